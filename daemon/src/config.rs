@@ -1,0 +1,894 @@
+//! The TOML configuration: parsing, defaults and validation.
+//!
+//! I/O: reads the config file, and the certificate/key files of L7 routes to check that they
+//! load as a pair. Invariant: a `Config` that exists is valid; every problem found is reported
+//! at once (not only the first), each naming the file, the listener and the route.
+//!
+//! The TOML seeds the database on first start only (see `store::Store::seed`); `[proxy]`,
+//! `[database]` and `[admin]` are read from it on every start. [`validate_route`] is the one
+//! route validation, shared with the admin API.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use mc_proxy_shared::{Mode, ParseModeError, Route};
+use serde::{Deserialize, Deserializer};
+
+use crate::certs::{CertError, load_certified_key};
+use crate::routes::{normalize_dns_name, normalize_route_hostname};
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// `[database]`.
+    pub database: DatabaseConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
+    /// `[firewall]`: the initial blocklist, seeded into the database.
+    pub firewall: FirewallConfig,
+    /// `[proxy]`: timeouts and limits.
+    pub proxy: ProxyConfig,
+    /// `[[listeners]]` with their routes, seeded into the database.
+    pub listeners: Vec<ListenerConfig>,
+    /// Things that are allowed but probably not meant (cert on an l4 route, ...).
+    pub warnings: Vec<String>,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// SQLite file; created on first start. Relative paths are relative to the working
+    /// directory.
+    pub path: PathBuf,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    /// Unix socket for the gRPC admin API; `None` disables the API.
+    pub socket: Option<PathBuf>,
+}
+
+/// `[firewall]`.
+#[derive(Debug, Clone, Default)]
+pub struct FirewallConfig {
+    /// Single blocked addresses.
+    pub blocked_ips: Vec<IpAddr>,
+    /// Blocked networks.
+    pub blocked_cidrs: Vec<IpNet>,
+}
+
+/// `[proxy]`: every field optional in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// How long a client may take to send its whole ClientHello.
+    pub client_hello_timeout: Duration,
+    /// How long dialing a backend may take.
+    pub connect_timeout: Duration,
+    /// A relayed connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long open connections may take to finish.
+    pub shutdown_timeout: Duration,
+    /// Connections open at once across all listeners; more are closed on accept.
+    pub max_connections: usize,
+    /// Extra CA bundle trusted for `backend_tls` (L7).
+    pub backend_ca: Option<PathBuf>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            client_hello_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            shutdown_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            backend_ca: None,
+        }
+    }
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Address to bind.
+    pub addr: SocketAddr,
+    /// Expect a PROXY protocol v1/v2 header on every connection.
+    pub proxy_protocol: bool,
+    /// Validated routes, hostnames normalised.
+    pub routes: Vec<Route>,
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type. The TOML
+    /// parser's message names the line and the key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The file parsed but describes something mc-proxy cannot run.
+    #[error("{path}: {} problem(s):\n{}", problems.len(), ProblemList(problems))]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    /// Every problem as one line each, for `mc-proxy check`.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { path, problems } => problems
+                .iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// One validation problem and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `listener 127.0.0.1:8443, route app.test`, `firewall.blocked_ips[1]`, ...
+    pub context: String,
+    /// What is wrong, in words an operator can act on.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.context, self.message)
+    }
+}
+
+struct ProblemList<'a>(&'a [Problem]);
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a route is not acceptable. Shared by the config loader and the admin API.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The hostname is neither a DNS name nor `*.` followed by one.
+    #[error("invalid hostname {0:?}: expected a DNS name like app.example.com or *.example.com")]
+    Hostname(String),
+    /// The backend is not `host:port`.
+    #[error("invalid backend {value:?}: {reason}")]
+    Backend {
+        /// What was given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The mode is not "", "l4" or "l7".
+    #[error(transparent)]
+    Mode(#[from] ParseModeError),
+    /// An l7 route without `tls_cert`.
+    #[error("mode l7 needs tls_cert (a PEM certificate chain for the route's hostname)")]
+    MissingCert,
+    /// An l7 route without `tls_key`.
+    #[error("mode l7 needs tls_key (the PEM private key for tls_cert)")]
+    MissingKey,
+    /// The cert/key pair does not load or does not match.
+    #[error(transparent)]
+    Cert(#[from] CertError),
+}
+
+/// A route that passed [`validate_route`]: normalised, with the warnings to log.
+#[derive(Debug, Clone)]
+pub struct ValidRoute {
+    /// The route with its hostname normalised (lowercase, no trailing dot).
+    pub route: Route,
+    /// Allowed but suspicious settings.
+    pub warnings: Vec<String>,
+}
+
+/// Checks one route on its own (not against its neighbours): hostname, backend, mode and, for
+/// L7, that the certificate and key load with rustls and belong together. Returns the
+/// normalised route and any warnings.
+pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
+    let hostname = normalize_route_hostname(&route.hostname)
+        .ok_or_else(|| RouteError::Hostname(route.hostname.clone()))?;
+    validate_backend(&route.backend)?;
+    let mut warnings = Vec::new();
+    match route.mode {
+        Mode::L7 => {
+            if route.tls_cert.is_empty() {
+                return Err(RouteError::MissingCert);
+            }
+            if route.tls_key.is_empty() {
+                return Err(RouteError::MissingKey);
+            }
+            load_certified_key(Path::new(&route.tls_cert), Path::new(&route.tls_key))?;
+        }
+        Mode::L4 => {
+            if !route.tls_cert.is_empty() || !route.tls_key.is_empty() {
+                warnings.push(
+                    "tls_cert/tls_key are set on an l4 route and are not used: \
+                     l4 passes TLS through to the backend"
+                        .to_owned(),
+                );
+            }
+            // backend_tls means nothing for passthrough; the plan says ignore, not error.
+        }
+    }
+    Ok(ValidRoute {
+        route: Route {
+            hostname,
+            ..route.clone()
+        },
+        warnings,
+    })
+}
+
+/// `host:port` where host is an IP address (IPv6 in brackets) or a DNS name, port 1-65535.
+fn validate_backend(backend: &str) -> Result<(), RouteError> {
+    let err = |reason| RouteError::Backend {
+        value: backend.to_owned(),
+        reason,
+    };
+    if let Ok(addr) = backend.parse::<SocketAddr>() {
+        return if addr.port() == 0 {
+            Err(err("port 0 cannot be dialed"))
+        } else {
+            Ok(())
+        };
+    }
+    let (host, port) = backend
+        .rsplit_once(':')
+        .ok_or_else(|| err("expected host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| err("port must be a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err(err("port 0 cannot be dialed"));
+    }
+    if host.contains(':') || host.starts_with('[') {
+        return Err(err("IPv6 addresses need brackets: [::1]:443"));
+    }
+    if normalize_dns_name(host).is_none() {
+        return Err(err("host must be an IP address or a DNS name"));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages and in
+    /// `Config::path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        file.validate(path)
+    }
+}
+
+// ---- The file format: serde structs that mirror the TOML exactly. ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database: FileDatabase,
+    #[serde(default)]
+    admin: FileAdmin,
+    #[serde(default)]
+    firewall: FileFirewall,
+    #[serde(default)]
+    proxy: FileProxy,
+    #[serde(default)]
+    listeners: Vec<FileListener>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDatabase {
+    path: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFirewall {
+    #[serde(default)]
+    blocked_ips: Vec<String>,
+    #[serde(default)]
+    blocked_cidrs: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProxy {
+    #[serde(default, deserialize_with = "duration")]
+    client_hello_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    shutdown_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    backend_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileListener {
+    addr: String,
+    #[serde(default)]
+    proxy_protocol: bool,
+    #[serde(default)]
+    routes: Vec<FileRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    hostname: String,
+    backend: String,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    tls_cert: String,
+    #[serde(default)]
+    tls_key: String,
+    #[serde(default)]
+    backend_tls: bool,
+    #[serde(default)]
+    send_proxy_protocol: bool,
+}
+
+/// `"10s"`, `"5m"`, `"1h 30m"`, `"250ms"`: humantime's syntax.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+}
+
+impl FileConfig {
+    fn validate(self, path: &Path) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+        let mut problem = |context: String, message: String| {
+            problems.push(Problem { context, message });
+        };
+
+        let firewall = validate_firewall(&self.firewall, &mut problem);
+
+        let defaults = ProxyConfig::default();
+        let p = self.proxy;
+        let proxy = ProxyConfig {
+            client_hello_timeout: p
+                .client_hello_timeout
+                .unwrap_or(defaults.client_hello_timeout),
+            connect_timeout: p.connect_timeout.unwrap_or(defaults.connect_timeout),
+            idle_timeout: p.idle_timeout.unwrap_or(defaults.idle_timeout),
+            shutdown_timeout: p.shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
+            max_connections: p.max_connections.unwrap_or(defaults.max_connections),
+            backend_ca: p.backend_ca.filter(|p| !p.as_os_str().is_empty()),
+        };
+        for (name, value) in [
+            ("client_hello_timeout", proxy.client_hello_timeout),
+            ("connect_timeout", proxy.connect_timeout),
+            ("idle_timeout", proxy.idle_timeout),
+        ] {
+            if value.is_zero() {
+                problem(format!("proxy.{name}"), "must be greater than zero".into());
+            }
+        }
+        if proxy.max_connections == 0 {
+            problem("proxy.max_connections".into(), "must be at least 1".into());
+        }
+
+        let mut listeners = Vec::new();
+        let mut seen_addrs: HashMap<SocketAddr, usize> = HashMap::new();
+        for (i, fl) in self.listeners.into_iter().enumerate() {
+            let lctx = format!("listener {}", fl.addr);
+            let addr = match fl.addr.parse::<SocketAddr>() {
+                Ok(addr) => addr,
+                Err(_) => {
+                    problem(
+                        format!("listeners[{i}]"),
+                        format!(
+                            "invalid addr {:?}: expected IP:port such as 127.0.0.1:8443 or [::]:443",
+                            fl.addr
+                        ),
+                    );
+                    continue;
+                }
+            };
+            // Port 0 is several listeners' worth of "any port": only one may ask for it.
+            if let Some(first) = seen_addrs.insert(addr, i)
+                && addr.port() != 0
+            {
+                problem(
+                    lctx.clone(),
+                    format!("duplicate listener address (also listeners[{first}])"),
+                );
+            }
+
+            let mut routes = Vec::new();
+            let mut seen_hosts: HashMap<String, usize> = HashMap::new();
+            for (j, fr) in fl.routes.into_iter().enumerate() {
+                let rctx = format!("{lctx}, route {}", fr.hostname);
+                let mode = match fr.mode.parse::<Mode>() {
+                    Ok(mode) => mode,
+                    Err(e) => {
+                        problem(rctx, e.to_string());
+                        continue;
+                    }
+                };
+                let route = Route {
+                    hostname: fr.hostname,
+                    backend: fr.backend,
+                    mode,
+                    tls_cert: fr.tls_cert,
+                    tls_key: fr.tls_key,
+                    backend_tls: fr.backend_tls,
+                    send_proxy_protocol: fr.send_proxy_protocol,
+                };
+                match validate_route(&route) {
+                    Ok(valid) => {
+                        warnings.extend(valid.warnings.iter().map(|w| format!("{rctx}: {w}")));
+                        if let Some(first) = seen_hosts.insert(valid.route.hostname.clone(), j) {
+                            problem(
+                                rctx,
+                                format!(
+                                    "duplicate hostname on this listener (also routes[{first}])"
+                                ),
+                            );
+                            continue;
+                        }
+                        routes.push(valid.route);
+                    }
+                    Err(e) => problem(rctx, e.to_string()),
+                }
+            }
+            listeners.push(ListenerConfig {
+                addr,
+                proxy_protocol: fl.proxy_protocol,
+                routes,
+            });
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            database: DatabaseConfig {
+                path: self.database.path,
+            },
+            admin: AdminConfig {
+                socket: self.admin.socket.filter(|p| !p.as_os_str().is_empty()),
+            },
+            firewall,
+            proxy,
+            listeners,
+            warnings,
+        })
+    }
+}
+
+fn validate_firewall(
+    file: &FileFirewall,
+    problem: &mut impl FnMut(String, String),
+) -> FirewallConfig {
+    let mut fw = FirewallConfig::default();
+    for (i, ip) in file.blocked_ips.iter().enumerate() {
+        match ip.parse::<IpAddr>() {
+            Ok(ip) => fw.blocked_ips.push(ip),
+            Err(_) => problem(
+                format!("firewall.blocked_ips[{i}]"),
+                format!("invalid IP address {ip:?}"),
+            ),
+        }
+    }
+    for (i, cidr) in file.blocked_cidrs.iter().enumerate() {
+        match cidr.parse::<IpNet>() {
+            Ok(net) => fw.blocked_cidrs.push(net.trunc()),
+            Err(_) => problem(
+                format!("firewall.blocked_cidrs[{i}]"),
+                format!("invalid CIDR {cidr:?}: expected a network such as 198.51.100.0/24"),
+            ),
+        }
+    }
+    fw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A temp dir with a self-signed cert/key pair for `web.test` and a second, unrelated key.
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["web.test".into()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            std::fs::write(dir.path().join("web.pem"), cert.pem()).unwrap();
+            std::fs::write(dir.path().join("web.key"), key.serialize_pem()).unwrap();
+            let other = rcgen::KeyPair::generate().unwrap();
+            std::fs::write(dir.path().join("other.key"), other.serialize_pem()).unwrap();
+            Fixture { dir }
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.dir.path().join(name).display().to_string()
+        }
+
+        fn parse(&self, listeners: &str) -> Result<Config, ConfigError> {
+            let text = format!("[database]\npath = \"x.db\"\n{listeners}");
+            Config::parse(&self.dir.path().join("mc-proxy.toml"), &text)
+        }
+
+        fn problems(&self, listeners: &str) -> Vec<String> {
+            match self.parse(listeners) {
+                Err(ConfigError::Invalid { problems, .. }) => {
+                    problems.iter().map(|p| p.to_string()).collect()
+                }
+                Err(other) => vec![other.to_string()],
+                Ok(_) => panic!("config should not validate:\n{listeners}"),
+            }
+        }
+    }
+
+    #[test]
+    fn valid_l4_and_l7_routes_load() {
+        let f = Fixture::new();
+        let config = f
+            .parse(&format!(
+                r#"
+                [proxy]
+                connect_timeout = "2s"
+                idle_timeout = "1m 30s"
+                [[listeners]]
+                addr = "127.0.0.1:8443"
+                proxy_protocol = true
+                [[listeners.routes]]
+                hostname = "app.test"
+                backend = "127.0.0.1:9443"
+                mode = "l4"
+                send_proxy_protocol = true
+                [[listeners.routes]]
+                hostname = "web.test"
+                backend = "localhost:9080"
+                mode = "l7"
+                tls_cert = "{}"
+                tls_key = "{}"
+                backend_tls = true
+                "#,
+                f.path("web.pem"),
+                f.path("web.key")
+            ))
+            .unwrap();
+        assert_eq!(config.proxy.connect_timeout, Duration::from_secs(2));
+        assert_eq!(config.proxy.idle_timeout, Duration::from_secs(90));
+        assert_eq!(config.proxy.shutdown_timeout, Duration::from_secs(30));
+        let l = &config.listeners[0];
+        assert!(l.proxy_protocol);
+        assert_eq!(l.routes[0].mode, Mode::L4);
+        assert!(l.routes[0].send_proxy_protocol);
+        assert_eq!(l.routes[1].mode, Mode::L7);
+        assert!(l.routes[1].backend_tls);
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+
+    #[test]
+    fn mode_defaults_to_l4() {
+        let f = Fixture::new();
+        let config = f
+            .parse(
+                r#"
+                [[listeners]]
+                addr = "127.0.0.1:8443"
+                [[listeners.routes]]
+                hostname = "App.Test."
+                backend = "127.0.0.1:9443"
+                [[listeners.routes]]
+                hostname = "b.test"
+                backend = "127.0.0.1:9444"
+                mode = ""
+                "#,
+            )
+            .unwrap();
+        let routes = &config.listeners[0].routes;
+        assert_eq!(routes[0].mode, Mode::L4);
+        assert_eq!(routes[0].hostname, "app.test");
+        assert_eq!(routes[1].mode, Mode::L4);
+        assert!(!config.listeners[0].proxy_protocol);
+    }
+
+    #[test]
+    fn l7_without_cert_or_key_is_rejected_naming_listener_and_route() {
+        let f = Fixture::new();
+        let problems = f.problems(&format!(
+            r#"
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            [[listeners.routes]]
+            hostname = "nocert.test"
+            backend = "127.0.0.1:9080"
+            mode = "l7"
+            tls_key = "{key}"
+            [[listeners.routes]]
+            hostname = "nokey.test"
+            backend = "127.0.0.1:9080"
+            mode = "l7"
+            tls_cert = "{cert}"
+            [[listeners.routes]]
+            hostname = "missingfile.test"
+            backend = "127.0.0.1:9080"
+            mode = "l7"
+            tls_cert = "{dir}/absent.pem"
+            tls_key = "{key}"
+            "#,
+            key = f.path("web.key"),
+            cert = f.path("web.pem"),
+            dir = f.dir.path().display(),
+        ));
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(problems[0].contains("listener 127.0.0.1:8443, route nocert.test"));
+        assert!(problems[0].contains("needs tls_cert"), "{}", problems[0]);
+        assert!(problems[1].contains("route nokey.test"));
+        assert!(problems[1].contains("needs tls_key"), "{}", problems[1]);
+        assert!(
+            problems[2].contains("cannot read tls_cert"),
+            "{}",
+            problems[2]
+        );
+        assert!(problems[2].contains("absent.pem"), "{}", problems[2]);
+    }
+
+    #[test]
+    fn mismatched_cert_and_key_is_rejected() {
+        let f = Fixture::new();
+        let problems = f.problems(&format!(
+            r#"
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            [[listeners.routes]]
+            hostname = "web.test"
+            backend = "127.0.0.1:9080"
+            mode = "l7"
+            tls_cert = "{}"
+            tls_key = "{}"
+            "#,
+            f.path("web.pem"),
+            f.path("other.key"),
+        ));
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0].contains("does not match"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn cert_that_is_not_pem_is_rejected() {
+        let f = Fixture::new();
+        let problems = f.problems(&format!(
+            r#"
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            [[listeners.routes]]
+            hostname = "web.test"
+            backend = "127.0.0.1:9080"
+            mode = "l7"
+            tls_cert = "{}"
+            tls_key = "{}"
+            "#,
+            f.path("web.key"),
+            f.path("web.key"),
+        ));
+        assert!(
+            problems[0].contains("no valid PEM certificate"),
+            "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn invalid_mode_is_rejected() {
+        let f = Fixture::new();
+        let problems = f.problems(
+            r#"
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            [[listeners.routes]]
+            hostname = "app.test"
+            backend = "127.0.0.1:9443"
+            mode = "tcp"
+            "#,
+        );
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].contains("route app.test"), "{}", problems[0]);
+        assert!(
+            problems[0].contains("invalid mode \"tcp\""),
+            "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn duplicate_hostname_on_one_listener_is_rejected_but_allowed_across_listeners() {
+        let f = Fixture::new();
+        let problems = f.problems(
+            r#"
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            [[listeners.routes]]
+            hostname = "app.test"
+            backend = "127.0.0.1:9443"
+            [[listeners.routes]]
+            hostname = "APP.test"
+            backend = "127.0.0.1:9444"
+            [[listeners]]
+            addr = "127.0.0.1:8444"
+            [[listeners.routes]]
+            hostname = "app.test"
+            backend = "127.0.0.1:9443"
+            "#,
+        );
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(problems[0].contains("listener 127.0.0.1:8443, route APP.test"));
+        assert!(
+            problems[0].contains("duplicate hostname"),
+            "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let f = Fixture::new();
+        let err = f
+            .parse(
+                r#"
+                [[listeners]]
+                addr = "127.0.0.1:8443"
+                [[listeners.routes]]
+                hostname = "app.test"
+                backend = "127.0.0.1:9443"
+                send_proxy_protocl = true
+                "#,
+            )
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{msg}");
+        assert!(msg.contains("send_proxy_protocl"), "{msg}");
+        assert!(msg.contains("mc-proxy.toml"), "{msg}");
+    }
+
+    #[test]
+    fn bad_addresses_hostnames_and_duplicates_are_all_reported_at_once() {
+        let f = Fixture::new();
+        let problems = f.problems(
+            r#"
+            [firewall]
+            blocked_ips = ["192.0.2.300"]
+            blocked_cidrs = ["198.51.100.0/40"]
+            [[listeners]]
+            addr = "localhost:8443"
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            [[listeners.routes]]
+            hostname = ""
+            backend = "127.0.0.1:9443"
+            [[listeners.routes]]
+            hostname = "bad name.test"
+            backend = "127.0.0.1:9443"
+            [[listeners.routes]]
+            hostname = "a.test"
+            backend = "127.0.0.1"
+            [[listeners.routes]]
+            hostname = "b.test"
+            backend = "::1:443"
+            [[listeners.routes]]
+            hostname = "c.test"
+            backend = "127.0.0.1:0"
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            "#,
+        );
+        let all = problems.join("\n");
+        assert_eq!(problems.len(), 9, "{all}");
+        for needle in [
+            "firewall.blocked_ips[0]",
+            "firewall.blocked_cidrs[0]",
+            "listeners[0]: invalid addr \"localhost:8443\"",
+            "route : invalid hostname \"\"",
+            "route bad name.test: invalid hostname",
+            "route a.test: invalid backend \"127.0.0.1\"",
+            "route b.test: invalid backend \"::1:443\": IPv6 addresses need brackets",
+            "route c.test: invalid backend \"127.0.0.1:0\"",
+            "listener 127.0.0.1:8443: duplicate listener address",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn cert_on_l4_route_is_a_warning_and_backend_tls_is_ignored() {
+        let f = Fixture::new();
+        let config = f
+            .parse(
+                r#"
+                [[listeners]]
+                addr = "127.0.0.1:8443"
+                [[listeners.routes]]
+                hostname = "app.test"
+                backend = "127.0.0.1:9443"
+                tls_cert = "whatever.pem"
+                backend_tls = true
+                "#,
+            )
+            .unwrap();
+        assert_eq!(config.warnings.len(), 1);
+        assert!(config.warnings[0].contains("route app.test"));
+        assert!(config.warnings[0].contains("not used"));
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let f = Fixture::new();
+        let err = f.parse("[proxy]\nidle_timeout = \"soon\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("idle_timeout"), "{msg}");
+        assert!(msg.contains("invalid duration \"soon\""), "{msg}");
+    }
+}

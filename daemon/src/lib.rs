@@ -1,0 +1,18 @@
+//! mc-proxy: a TLS edge router.
+//!
+//! The daemon accepts TCP connections on listeners, reads the TLS ClientHello to learn the SNI
+//! hostname, checks the firewall, looks the hostname up in the listener's route table and then
+//! either relays the connection untouched (L4) or terminates TLS (L7). See ARCHITECTURE.md for
+//! the pipeline and who owns what; `server::run` is the entry point binaries and tests share.
+
+#![warn(missing_docs)]
+
+pub mod certs;
+pub mod config;
+pub mod firewall;
+pub mod relay;
+pub mod routes;
+pub mod server;
+pub mod sni;
+pub mod state;
+pub mod store;

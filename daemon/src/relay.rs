@@ -1,0 +1,111 @@
+//! The L4 byte relay between a client and a backend.
+//!
+//! I/O: reads and writes the two sockets it is given, nothing else. Invariants:
+//! - Half-close is preserved: EOF from one side shuts down the write half towards the other
+//!   side and the opposite direction keeps flowing until it ends too. A client that writes,
+//!   shuts down its write half and then reads still gets the backend's whole answer.
+//! - An I/O error in either direction ends both (the other side would otherwise wait for an
+//!   idle timeout).
+//! - Byte counts are kept in atomics the caller owns, so they are right however the relay
+//!   ends (finished, idle, cancelled) and can be read live by observers.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Per-direction copy buffer. 16 KiB holds a full TLS record, so a record is usually moved in
+/// one read and one write.
+const BUF_SIZE: usize = 16 * 1024;
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Both sides closed their write halves.
+    Finished,
+    /// No byte moved either way for the idle timeout.
+    IdleTimeout,
+    /// The daemon's shutdown grace period ran out.
+    Cancelled,
+    /// A read or write failed (typically a reset from one side).
+    Error(io::Error),
+}
+
+/// Bytes moved so far, per direction.
+#[derive(Debug, Default)]
+pub struct Transferred {
+    /// Client to backend.
+    pub up: AtomicU64,
+    /// Backend to client.
+    pub down: AtomicU64,
+}
+
+/// Relays until both directions are done, a side fails, nothing moves for `idle`, or `cancel`
+/// fires. Counts into `bytes`.
+pub async fn relay(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    idle: Duration,
+    cancel: &CancellationToken,
+    bytes: &Transferred,
+) -> RelayEnd {
+    let start = Instant::now();
+    // Milliseconds after `start` of the last byte moved; shared by both directions.
+    let last = AtomicU64::new(0);
+    let (mut client_rx, mut client_tx) = client.split();
+    let (mut backend_rx, mut backend_tx) = backend.split();
+    let up = copy_half(&mut client_rx, &mut backend_tx, &bytes.up, &last, start);
+    let down = copy_half(&mut backend_rx, &mut client_tx, &bytes.down, &last, start);
+
+    tokio::select! {
+        res = async { tokio::try_join!(up, down) } => match res {
+            Ok(_) => RelayEnd::Finished,
+            Err(e) => RelayEnd::Error(e),
+        },
+        () = idle_expired(&last, start, idle) => RelayEnd::IdleTimeout,
+        () = cancel.cancelled() => RelayEnd::Cancelled,
+    }
+}
+
+async fn copy_half<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    count: &AtomicU64,
+    last: &AtomicU64,
+    start: Instant,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            // Pass the FIN on; the other direction is left running.
+            return match writer.shutdown().await {
+                Ok(()) => Ok(()),
+                // The peer already went away entirely: nothing left to tell it.
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        writer.write_all(&buf[..n]).await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+async fn idle_expired(last: &AtomicU64, start: Instant, idle: Duration) {
+    loop {
+        let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}

@@ -1,0 +1,431 @@
+//! Listeners and the connection pipeline.
+//!
+//! I/O: accepts on the bound listeners, reads each client's first bytes, dials backends. It
+//! owns every connection task through one `TaskTracker`; nothing is spawned detached.
+//!
+//! The pipeline (DESIGN.md), one step per call in [`handle_conn`]:
+//! accept (capacity) → PROXY header (issue 3) → firewall → ClientHello → route → dispatch
+//! (L4 relay; L7 not yet) → one log line at close.
+//!
+//! Shutdown: when `shutdown` fires the accept loops stop and the listeners close; open
+//! connections get `proxy.shutdown_timeout` to finish, then the relays are cancelled and
+//! [`run`] returns once every task has ended.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use mc_proxy_shared::Mode;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, Level};
+
+use crate::relay::{RelayEnd, Transferred, relay};
+use crate::routes::RouteInfo;
+use crate::sni::{self, ClientHello};
+use crate::state::{ListenerCounters, ListenerState, StartError, State};
+
+/// A bound socket and the listener state it serves.
+#[derive(Debug)]
+pub struct BoundListener {
+    /// The accepting socket.
+    pub listener: TcpListener,
+    /// Its routes, flags and counters.
+    pub state: Arc<ListenerState>,
+}
+
+impl BoundListener {
+    /// The address actually bound (differs from the configured one when the port was 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Binds every listener in `state`. Fails on the first address that cannot be bound, before
+/// any connection is accepted.
+pub async fn bind(state: &State) -> Result<Vec<BoundListener>, StartError> {
+    let mut bound = Vec::with_capacity(state.listeners.len());
+    for l in &state.listeners {
+        let listener = TcpListener::bind(l.addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: l.addr,
+                source,
+            })?;
+        bound.push(BoundListener {
+            listener,
+            state: Arc::clone(l),
+        });
+    }
+    Ok(bound)
+}
+
+/// What every connection task shares.
+struct Shared {
+    state: Arc<State>,
+    /// Fires when the shutdown grace period is over: relays stop.
+    force_close: CancellationToken,
+    next_id: AtomicU64,
+}
+
+/// Serves `listeners` until `shutdown` fires, then drains (see the module docs). The same
+/// function runs the daemon and the end-to-end tests.
+pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let capacity = Arc::new(Semaphore::new(state.proxy.max_connections));
+    let grace = state.proxy.shutdown_timeout;
+    let shared = Arc::new(Shared {
+        state,
+        force_close: CancellationToken::new(),
+        next_id: AtomicU64::new(1),
+    });
+
+    for bound in listeners {
+        match bound.local_addr() {
+            Ok(addr) => tracing::info!(
+                listener = %addr,
+                proxy_protocol = bound.state.proxy_protocol,
+                routes = bound.state.routes().len(),
+                "listening"
+            ),
+            Err(e) => tracing::warn!("listener without a local address: {e}"),
+        }
+        tracker.spawn(accept_loop(
+            bound,
+            Arc::clone(&shared),
+            Arc::clone(&capacity),
+            tracker.clone(),
+            shutdown.clone(),
+        ));
+    }
+
+    shutdown.cancelled().await;
+    tracker.close();
+    let open = || {
+        shared
+            .state
+            .listeners
+            .iter()
+            .map(|l| l.counters.active.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    tracing::info!(open = open(), grace = ?grace, "shutting down: no longer accepting");
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            open = open(),
+            "shutdown grace period over: closing open connections"
+        );
+        shared.force_close.cancel();
+        tracker.wait().await;
+    }
+    tracing::info!("all connections closed");
+}
+
+/// Accepts until shutdown. Accept errors (EMFILE, ENOBUFS, ...) back off and retry: a full
+/// file table must not end the listener for good.
+async fn accept_loop(
+    bound: BoundListener,
+    shared: Arc<Shared>,
+    capacity: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(5);
+    const MAX_BACKOFF: Duration = Duration::from_secs(1);
+    let mut backoff = MIN_BACKOFF;
+    let listener = bound.state;
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            res = bound.listener.accept() => res,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => {
+                backoff = MIN_BACKOFF;
+                conn
+            }
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                tracing::warn!(listener = %listener.addr, "accept failed, retrying in {backoff:?}: {e}");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        ListenerCounters::bump(&listener.counters.accepted);
+        let Ok(permit) = Arc::clone(&capacity).try_acquire_owned() else {
+            ListenerCounters::bump(&listener.counters.over_capacity);
+            tracing::warn!(listener = %listener.addr, client = %peer, "max_connections reached: connection closed");
+            reset(stream);
+            continue;
+        };
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!(
+            "conn",
+            id,
+            listener = %listener.addr,
+            client = %peer,
+            route = tracing::field::Empty,
+        );
+        let (shared, listener) = (Arc::clone(&shared), Arc::clone(&listener));
+        tracker.spawn(
+            async move {
+                handle_conn(stream, peer, &listener, &shared).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Errors that concern one half-accepted connection, not the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    )
+}
+
+/// What we know about a connection, for its log line.
+#[derive(Debug)]
+struct ConnInfo {
+    client: SocketAddr,
+    sni: Option<String>,
+    route: Option<Arc<RouteInfo>>,
+    bytes: Transferred,
+}
+
+/// Why a connection was reset, and whose fault it was.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("blocked by firewall: {0}")]
+    Blocked(IpAddr),
+    #[error("client hello: {0}")]
+    Hello(#[from] sni::ReadError),
+    #[error("no SNI in the ClientHello")]
+    NoSni,
+    #[error("no route for {0}")]
+    UnknownHost(String),
+    #[error("backend {backend}: connect timed out after {after:?}")]
+    BackendTimeout { backend: String, after: Duration },
+    #[error("backend {backend}: {source}")]
+    Backend {
+        backend: String,
+        source: std::io::Error,
+    },
+    #[error("l7 routes are not supported yet")]
+    L7Unsupported,
+}
+
+/// Who caused a failure: picks the log level (and, with the stats, the counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// The client sent something we refuse, or nothing in time.
+    Client,
+    /// Policy: the firewall said no.
+    Policy,
+    /// The backend is down or misbehaving.
+    Backend,
+    /// The configuration routes somewhere we cannot serve.
+    Config,
+}
+
+impl ConnError {
+    fn fault(&self) -> Fault {
+        match self {
+            ConnError::Blocked(_) => Fault::Policy,
+            ConnError::Hello(_) | ConnError::NoSni | ConnError::UnknownHost(_) => Fault::Client,
+            ConnError::BackendTimeout { .. } | ConnError::Backend { .. } => Fault::Backend,
+            ConnError::L7Unsupported => Fault::Config,
+        }
+    }
+
+    /// A short, stable name for the log line's `outcome` field.
+    fn reason(&self) -> &'static str {
+        match self {
+            ConnError::Blocked(_) => "blocked",
+            ConnError::Hello(sni::ReadError::Timeout) => "hello_timeout",
+            ConnError::Hello(sni::ReadError::Eof) => "client_closed",
+            ConnError::Hello(sni::ReadError::Io(_)) => "client_error",
+            ConnError::Hello(sni::ReadError::Parse(sni::ParseError::NotTls)) => "not_tls",
+            ConnError::Hello(sni::ReadError::Parse(sni::ParseError::TooLarge(_))) => {
+                "hello_too_large"
+            }
+            ConnError::Hello(sni::ReadError::Parse(_)) => "bad_hello",
+            ConnError::NoSni => "no_sni",
+            ConnError::UnknownHost(_) => "unknown_host",
+            ConnError::BackendTimeout { .. } => "backend_timeout",
+            ConnError::Backend { .. } => "backend_unreachable",
+            ConnError::L7Unsupported => "l7_unsupported",
+        }
+    }
+}
+
+/// One connection, start to end: the pipeline in DESIGN.md.
+async fn handle_conn(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    listener: &ListenerState,
+    shared: &Shared,
+) {
+    let started = Instant::now();
+    listener.counters.active.fetch_add(1, Ordering::Relaxed);
+    let mut conn = ConnInfo {
+        client: peer,
+        sni: None,
+        route: None,
+        bytes: Transferred::default(),
+    };
+
+    let result = pipeline(&mut stream, &mut conn, listener, shared).await;
+    if let Err(e) = &result {
+        ListenerCounters::bump(&listener.counters.resets);
+        if e.fault() == Fault::Policy {
+            ListenerCounters::bump(&listener.counters.blocked);
+        }
+        reset(stream);
+    }
+    log_close(&conn, &result, started.elapsed());
+    listener.counters.active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The steps; an `Err` means "reset the client".
+async fn pipeline(
+    stream: &mut TcpStream,
+    conn: &mut ConnInfo,
+    listener: &ListenerState,
+    shared: &Shared,
+) -> Result<RelayEnd, ConnError> {
+    let state = &shared.state;
+    check_firewall(state, conn.client.ip())?;
+    let (hello, peeked) = read_client_hello(stream, state.proxy.client_hello_timeout).await?;
+    let sni = hello.server_name.ok_or(ConnError::NoSni)?;
+    conn.sni = Some(sni.clone());
+    let route = listener.lookup(&sni).ok_or(ConnError::UnknownHost(sni))?;
+    tracing::Span::current().record("route", route.hostname.as_str());
+    conn.route = Some(Arc::clone(&route));
+    match route.mode {
+        Mode::L4 => relay_l4(stream, &peeked, &route, conn, shared).await,
+        Mode::L7 => Err(ConnError::L7Unsupported),
+    }
+}
+
+fn check_firewall(state: &State, client: IpAddr) -> Result<(), ConnError> {
+    if state.firewall().is_blocked(client) {
+        return Err(ConnError::Blocked(client));
+    }
+    Ok(())
+}
+
+/// Reads the whole ClientHello, returning it and every byte read (to be forwarded verbatim).
+async fn read_client_hello(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<(ClientHello, Vec<u8>), ConnError> {
+    let mut peeked = Vec::with_capacity(2048);
+    let hello = sni::read_client_hello(stream, &mut peeked, timeout).await?;
+    Ok((hello, peeked))
+}
+
+/// Dials the backend, forwards the peeked bytes, then relays both ways.
+async fn relay_l4(
+    client: &mut TcpStream,
+    peeked: &[u8],
+    route: &RouteInfo,
+    conn: &ConnInfo,
+    shared: &Shared,
+) -> Result<RelayEnd, ConnError> {
+    let proxy = &shared.state.proxy;
+    let mut backend = dial_backend(&route.backend, proxy.connect_timeout).await?;
+    if let Err(source) = backend.write_all(peeked).await {
+        return Err(ConnError::Backend {
+            backend: route.backend.clone(),
+            source,
+        });
+    }
+    conn.bytes
+        .up
+        .fetch_add(peeked.len() as u64, Ordering::Relaxed);
+    let _ = client.set_nodelay(true);
+    Ok(relay(
+        client,
+        &mut backend,
+        proxy.idle_timeout,
+        &shared.force_close,
+        &conn.bytes,
+    )
+    .await)
+}
+
+async fn dial_backend(backend: &str, timeout: Duration) -> Result<TcpStream, ConnError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(backend)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(source)) => {
+            return Err(ConnError::Backend {
+                backend: backend.to_owned(),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(ConnError::BackendTimeout {
+                backend: backend.to_owned(),
+                after: timeout,
+            });
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Closes with SO_LINGER 0, so the peer sees RST instead of an orderly FIN: a refused
+/// connection must not look like an empty successful one.
+fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// The access log: one line per connection, at close. The connection's span carries its id,
+/// listener, client and route; the event adds what happened.
+fn log_close(conn: &ConnInfo, result: &Result<RelayEnd, ConnError>, elapsed: Duration) {
+    let (level, outcome, error) = match result {
+        Ok(RelayEnd::Finished) => (Level::INFO, "closed", None),
+        Ok(RelayEnd::IdleTimeout) => (Level::INFO, "idle_timeout", None),
+        Ok(RelayEnd::Cancelled) => (Level::INFO, "shutdown", None),
+        Ok(RelayEnd::Error(e)) => (Level::INFO, "relay_error", Some(e.to_string())),
+        Err(e) => {
+            let level = match e.fault() {
+                Fault::Client | Fault::Policy => Level::INFO,
+                Fault::Backend | Fault::Config => Level::WARN,
+            };
+            (level, e.reason(), Some(e.to_string()))
+        }
+    };
+    macro_rules! access_log {
+        ($lvl:expr) => {
+            tracing::event!(
+                $lvl,
+                sni = conn.sni.as_deref().unwrap_or("-"),
+                backend = conn.route.as_ref().map_or("-", |r| r.backend.as_str()),
+                bytes_up = conn.bytes.up.load(Ordering::Relaxed),
+                bytes_down = conn.bytes.down.load(Ordering::Relaxed),
+                duration_ms = elapsed.as_millis() as u64,
+                outcome,
+                error = error.as_deref().unwrap_or(""),
+                "connection closed"
+            )
+        };
+    }
+    match level {
+        Level::WARN => access_log!(Level::WARN),
+        _ => access_log!(Level::INFO),
+    }
+}

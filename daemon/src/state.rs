@@ -1,0 +1,195 @@
+//! The daemon's live state: listeners with their route tables, the firewall and the proxy
+//! settings, as the connection pipeline reads them.
+//!
+//! No I/O after [`State::load`] (which reads the store once). Invariant: route tables and the
+//! firewall are immutable snapshots behind `ArcSwap`; writers (the admin API) build a new
+//! snapshot and swap it in, readers take a cheap guard and never block. A connection holds the
+//! `Arc<RouteInfo>` it was routed with for its whole life, so a route change affects new
+//! connections only.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ProxyConfig, validate_route};
+use crate::firewall::{Firewall, InvalidRule};
+use crate::routes::{RouteInfo, RouteTable};
+use crate::store::{Store, StoreError};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config file is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The database could not be opened, migrated, seeded or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored listener address does not parse.
+    #[error("stored listener address {addr:?} is not IP:port")]
+    ListenerAddr {
+        /// The stored value.
+        addr: String,
+    },
+    /// A stored firewall rule does not parse.
+    #[error("stored {0}")]
+    Firewall(#[from] InvalidRule),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// Counters for one listener. Atomics: the data path never waits on an observer.
+#[derive(Debug, Default)]
+pub struct ListenerCounters {
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections open now.
+    pub active: AtomicU64,
+    /// Connections reset by the pipeline (any reason, firewall included).
+    pub resets: AtomicU64,
+    /// Connections reset by the firewall.
+    pub blocked: AtomicU64,
+    /// Connections closed at accept because `max_connections` was reached.
+    pub over_capacity: AtomicU64,
+}
+
+impl ListenerCounters {
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One listener: its identity, flags and current route table.
+#[derive(Debug)]
+pub struct ListenerState {
+    /// Row id in the store.
+    pub id: i64,
+    /// The configured address (the bound one may differ when the port is 0).
+    pub addr: SocketAddr,
+    /// Expect a PROXY protocol header on every connection.
+    pub proxy_protocol: bool,
+    /// Live counters.
+    pub counters: ListenerCounters,
+    routes: ArcSwap<RouteTable>,
+}
+
+impl ListenerState {
+    /// A listener with the given routes.
+    pub fn new(id: i64, addr: SocketAddr, proxy_protocol: bool, routes: RouteTable) -> Self {
+        ListenerState {
+            id,
+            addr,
+            proxy_protocol,
+            counters: ListenerCounters::default(),
+            routes: ArcSwap::from_pointee(routes),
+        }
+    }
+
+    /// Looks a normalised SNI hostname up in the current table.
+    pub fn lookup(&self, sni: &str) -> Option<Arc<RouteInfo>> {
+        self.routes.load().lookup(sni)
+    }
+
+    /// The current route table.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    /// Swaps in a new route table; connections already routed are unaffected.
+    pub fn replace_routes(&self, table: RouteTable) {
+        self.routes.store(Arc::new(table));
+    }
+}
+
+/// Everything the connection pipeline reads.
+#[derive(Debug)]
+pub struct State {
+    /// `[proxy]` settings, fixed for the daemon's life.
+    pub proxy: ProxyConfig,
+    /// The listeners, in store order.
+    pub listeners: Vec<Arc<ListenerState>>,
+    firewall: ArcSwap<Firewall>,
+}
+
+impl State {
+    /// Builds state from parts (tests and `load`).
+    pub fn new(proxy: ProxyConfig, listeners: Vec<Arc<ListenerState>>, firewall: Firewall) -> Self {
+        State {
+            proxy,
+            listeners,
+            firewall: ArcSwap::from_pointee(firewall),
+        }
+    }
+
+    /// Seeds an empty store from the config, then loads listeners, routes and firewall rules
+    /// from the store: after the first start the store is the source of truth and the TOML's
+    /// listeners, routes and rules are not applied (this is logged).
+    ///
+    /// A stored route that no longer validates (an L7 certificate deleted since it was added)
+    /// is logged and left out rather than keeping every other route down.
+    pub fn load(config: &Config, store: &mut Store) -> Result<State, StartError> {
+        if store.seed(config)? {
+            tracing::info!(
+                listeners = config.listeners.len(),
+                "seeded the empty database from {}",
+                config.path.display()
+            );
+        } else {
+            tracing::info!(
+                "database already holds state: the listeners, routes and firewall rules in {} \
+                 were not applied (the database is the source of truth)",
+                config.path.display()
+            );
+        }
+
+        let mut listeners = Vec::new();
+        for row in store.listeners()? {
+            let addr: SocketAddr = row.addr.parse().map_err(|_| StartError::ListenerAddr {
+                addr: row.addr.clone(),
+            })?;
+            let mut routes = Vec::new();
+            for route in store.routes(row.id)? {
+                match validate_route(&route) {
+                    Ok(valid) => {
+                        for w in &valid.warnings {
+                            tracing::warn!(listener = %addr, route = %route.hostname, "{w}");
+                        }
+                        routes.push(valid.route);
+                    }
+                    Err(e) => tracing::error!(
+                        listener = %addr,
+                        route = %route.hostname,
+                        "stored route is invalid and will not be served: {e}"
+                    ),
+                }
+            }
+            listeners.push(Arc::new(ListenerState::new(
+                row.id,
+                addr,
+                row.proxy_protocol,
+                RouteTable::new(routes),
+            )));
+        }
+        let firewall = Firewall::from_rules(&store.firewall_rules()?)?;
+        Ok(State::new(config.proxy.clone(), listeners, firewall))
+    }
+
+    /// The current firewall snapshot.
+    pub fn firewall(&self) -> Arc<Firewall> {
+        self.firewall.load_full()
+    }
+
+    /// Swaps in a new firewall; it applies from the next connection on.
+    pub fn replace_firewall(&self, firewall: Firewall) {
+        self.firewall.store(Arc::new(firewall));
+    }
+}

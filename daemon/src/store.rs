@@ -1,0 +1,681 @@
+//! The SQLite store: listeners, routes and firewall rules, the daemon's source of truth after
+//! the first start.
+//!
+//! I/O: one SQLite file (WAL mode, foreign keys on). Blocking: callers on the async runtime use
+//! it from `spawn_blocking` or at start-up.
+//!
+//! Invariants:
+//! - Migrations in `migrations/` are embedded in the binary, applied in order, each in its own
+//!   transaction together with its `PRAGMA user_version` bump, so a crash leaves the database at
+//!   a whole version. They are forward-only and add columns with defaults, never drop data.
+//! - A database whose version is newer than this binary knows is refused before anything is
+//!   written to it (not even the WAL switch).
+//! - Every write is one transaction: it happens whole or not at all.
+
+use std::path::{Path, PathBuf};
+
+use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Mode, Route};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::config::Config;
+
+/// A numbered schema migration.
+struct Migration {
+    version: u32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+/// Every migration this binary knows, in order. Versions are 1, 2, 3, ... without gaps.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "l7_and_proxy_protocol",
+        sql: include_str!("../../migrations/0002_l7_and_proxy_protocol.sql"),
+    },
+];
+
+/// The schema version this binary creates and understands.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be opened as an SQLite database.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's reason.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer mc-proxy.
+    #[error(
+        "database {path} is at schema version {found}, but this mc-proxy knows versions up to \
+         {known}: run a newer mc-proxy (the database was left untouched)"
+    )]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// `PRAGMA user_version` found.
+        found: u32,
+        /// [`SCHEMA_VERSION`].
+        known: u32,
+    },
+    /// A migration failed; its transaction was rolled back.
+    #[error("database migration {version} ({name}) failed: {source}")]
+    Migration {
+        /// The migration's number.
+        version: u32,
+        /// The migration's name.
+        name: &'static str,
+        /// SQLite's reason.
+        source: rusqlite::Error,
+    },
+    /// No such listener, route or rule.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A listener, route or rule with that key exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// A row holds a value this binary cannot read (edited by hand?).
+    #[error("database holds an invalid value: {0}")]
+    Corrupt(String),
+    /// Any other SQLite failure.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// A listener as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerRow {
+    /// Row id.
+    pub id: i64,
+    /// Bind address as written (`127.0.0.1:8443`).
+    pub addr: String,
+    /// Expect PROXY protocol on this listener.
+    pub proxy_protocol: bool,
+}
+
+/// The SQLite store. One connection; wrap it in a mutex to share it.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        Store::open_at_version(path.as_ref(), SCHEMA_VERSION)
+    }
+
+    /// Opens and migrates up to `target` only. Lets tests build an old database.
+    fn open_at_version(path: &Path, target: u32) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        let found: u32 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(open_err)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path.to_owned(),
+                found,
+                known: SCHEMA_VERSION,
+            });
+        }
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn, found, target)?;
+        Ok(Store { conn })
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))?)
+    }
+
+    /// True when the database holds no listener, route or firewall rule: the only state in
+    /// which [`Store::seed`] writes.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        let rows: i64 = self.conn.query_row(
+            "SELECT (SELECT COUNT(*) FROM listeners) + (SELECT COUNT(*) FROM routes)
+                  + (SELECT COUNT(*) FROM firewall_rules)",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(rows == 0)
+    }
+
+    /// Copies the config's listeners, routes and firewall rules into an empty database, in one
+    /// transaction. Returns `false` and writes nothing when the database already holds state:
+    /// after the first start the database, not the TOML, is the source of truth.
+    pub fn seed(&mut self, config: &Config) -> Result<bool, StoreError> {
+        if !self.is_empty()? {
+            return Ok(false);
+        }
+        let tx = self.conn.transaction()?;
+        for listener in &config.listeners {
+            let id = insert_listener(&tx, &listener.addr.to_string(), listener.proxy_protocol)?;
+            for route in &listener.routes {
+                insert_route(&tx, id, route)?;
+            }
+        }
+        let ips = config.firewall.blocked_ips.iter().map(|ip| FirewallRule {
+            kind: FirewallRuleKind::Ip,
+            value: ip.to_string(),
+        });
+        let nets = config
+            .firewall
+            .blocked_cidrs
+            .iter()
+            .map(|net| FirewallRule {
+                kind: FirewallRuleKind::Cidr,
+                value: net.to_string(),
+            });
+        for rule in ips.chain(nets) {
+            insert_firewall_rule(&tx, &rule)?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// All listeners, in creation order.
+    pub fn listeners(&self) -> Result<Vec<ListenerRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, addr, proxy_protocol FROM listeners ORDER BY id")?;
+        let rows = stmt.query_map([], |row| {
+            Ok(ListenerRow {
+                id: row.get(0)?,
+                addr: row.get(1)?,
+                proxy_protocol: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The listener bound to `addr`, if any.
+    pub fn listener_by_addr(&self, addr: &str) -> Result<Option<ListenerRow>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, addr, proxy_protocol FROM listeners WHERE addr = ?1",
+                [addr],
+                |row| {
+                    Ok(ListenerRow {
+                        id: row.get(0)?,
+                        addr: row.get(1)?,
+                        proxy_protocol: row.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Adds a listener; returns its id.
+    pub fn create_listener(&mut self, addr: &str, proxy_protocol: bool) -> Result<i64, StoreError> {
+        insert_listener(&self.conn, addr, proxy_protocol)
+    }
+
+    /// The routes of one listener, ordered by hostname.
+    pub fn routes(&self, listener_id: i64) -> Result<Vec<Route>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT hostname, backend, mode, tls_cert, tls_key, backend_tls, send_proxy_protocol
+               FROM routes WHERE listener_id = ?1 ORDER BY hostname",
+        )?;
+        let rows = stmt.query_map([listener_id], |row| {
+            Ok((
+                row.get::<_, String>(2)?,
+                Route {
+                    hostname: row.get(0)?,
+                    backend: row.get(1)?,
+                    mode: Mode::L4,
+                    tls_cert: row.get(3)?,
+                    tls_key: row.get(4)?,
+                    backend_tls: row.get(5)?,
+                    send_proxy_protocol: row.get(6)?,
+                },
+            ))
+        })?;
+        rows.map(|row| {
+            let (mode, route) = row?;
+            let mode = mode
+                .parse::<Mode>()
+                .map_err(|e| StoreError::Corrupt(format!("route {}: {e}", route.hostname)))?;
+            Ok(Route { mode, ..route })
+        })
+        .collect()
+    }
+
+    /// Adds a route to a listener; returns its id. The hostname must be new on that listener.
+    pub fn create_route(&mut self, listener_id: i64, route: &Route) -> Result<i64, StoreError> {
+        insert_route(&self.conn, listener_id, route)
+    }
+
+    /// Replaces every field of the route `hostname` on a listener (the hostname too, so a
+    /// route can be renamed).
+    pub fn update_route(
+        &mut self,
+        listener_id: i64,
+        hostname: &str,
+        route: &Route,
+    ) -> Result<(), StoreError> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE routes SET hostname = ?3, backend = ?4, mode = ?5, tls_cert = ?6,
+                        tls_key = ?7, backend_tls = ?8, send_proxy_protocol = ?9
+                  WHERE listener_id = ?1 AND hostname = ?2",
+                params![
+                    listener_id,
+                    hostname,
+                    route.hostname,
+                    route.backend,
+                    route.mode.as_str(),
+                    route.tls_cert,
+                    route.tls_key,
+                    route.backend_tls,
+                    route.send_proxy_protocol,
+                ],
+            )
+            .map_err(|e| unique_violation(e, || format!("route {}", route.hostname)))?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("route {hostname}")));
+        }
+        Ok(())
+    }
+
+    /// Removes the route `hostname` from a listener.
+    pub fn delete_route(&mut self, listener_id: i64, hostname: &str) -> Result<(), StoreError> {
+        let changed = self.conn.execute(
+            "DELETE FROM routes WHERE listener_id = ?1 AND hostname = ?2",
+            params![listener_id, hostname],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("route {hostname}")));
+        }
+        Ok(())
+    }
+
+    /// All firewall rules, addresses first.
+    pub fn firewall_rules(&self) -> Result<Vec<FirewallRule>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, value FROM firewall_rules ORDER BY kind DESC, id")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        rows.map(|row| {
+            let (kind, value) = row?;
+            let kind = match kind.as_str() {
+                "ip" => FirewallRuleKind::Ip,
+                "cidr" => FirewallRuleKind::Cidr,
+                other => {
+                    return Err(StoreError::Corrupt(format!("firewall rule kind {other:?}")));
+                }
+            };
+            Ok(FirewallRule { kind, value })
+        })
+        .collect()
+    }
+
+    /// Adds a firewall rule.
+    pub fn add_firewall_rule(&mut self, rule: &FirewallRule) -> Result<(), StoreError> {
+        insert_firewall_rule(&self.conn, rule)
+    }
+
+    /// Removes a firewall rule.
+    pub fn remove_firewall_rule(&mut self, rule: &FirewallRule) -> Result<(), StoreError> {
+        let changed = self.conn.execute(
+            "DELETE FROM firewall_rules WHERE kind = ?1 AND value = ?2",
+            params![rule.kind.as_str(), rule.value],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!(
+                "firewall rule {} {}",
+                rule.kind, rule.value
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn migrate(conn: &mut Connection, from: u32, to: u32) -> Result<(), StoreError> {
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| m.version > from && m.version <= to)
+    {
+        let err = |source| StoreError::Migration {
+            version: m.version,
+            name: m.name,
+            source,
+        };
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(m.sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", m.version)
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied database migration"
+        );
+    }
+    Ok(())
+}
+
+/// Maps a UNIQUE constraint failure to `AlreadyExists`, leaves other errors alone.
+fn unique_violation(e: rusqlite::Error, what: impl FnOnce() -> String) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+        {
+            StoreError::AlreadyExists(what())
+        }
+        other => StoreError::Sqlite(other),
+    }
+}
+
+fn insert_listener(conn: &Connection, addr: &str, proxy_protocol: bool) -> Result<i64, StoreError> {
+    conn.execute(
+        "INSERT INTO listeners (addr, proxy_protocol) VALUES (?1, ?2)",
+        params![addr, proxy_protocol],
+    )
+    .map_err(|e| unique_violation(e, || format!("listener {addr}")))?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn insert_route(conn: &Connection, listener_id: i64, route: &Route) -> Result<i64, StoreError> {
+    conn.execute(
+        "INSERT INTO routes (listener_id, hostname, backend, mode, tls_cert, tls_key,
+                             backend_tls, send_proxy_protocol)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            listener_id,
+            route.hostname,
+            route.backend,
+            route.mode.as_str(),
+            route.tls_cert,
+            route.tls_key,
+            route.backend_tls,
+            route.send_proxy_protocol,
+        ],
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+        {
+            StoreError::NotFound(format!("listener id {listener_id}"))
+        }
+        e => unique_violation(e, || format!("route {}", route.hostname)),
+    })?;
+    Ok(conn.last_insert_rowid())
+}
+
+fn insert_firewall_rule(conn: &Connection, rule: &FirewallRule) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO firewall_rules (kind, value) VALUES (?1, ?2)",
+        params![rule.kind.as_str(), rule.value],
+    )
+    .map_err(|e| unique_violation(e, || format!("firewall rule {} {}", rule.kind, rule.value)))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn temp_db() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.db");
+        (dir, path)
+    }
+
+    fn columns(store: &Store, table: &str) -> Vec<String> {
+        let mut stmt = store
+            .conn
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .unwrap();
+        stmt.query_map([], |row| row.get::<_, String>(1))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn fresh_database_reaches_latest_version_with_v2_columns() {
+        let (_dir, path) = temp_db();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(SCHEMA_VERSION, 2);
+        assert!(columns(&store, "listeners").contains(&"proxy_protocol".to_owned()));
+        let routes = columns(&store, "routes");
+        for col in [
+            "mode",
+            "tls_cert",
+            "tls_key",
+            "backend_tls",
+            "send_proxy_protocol",
+        ] {
+            assert!(
+                routes.contains(&col.to_owned()),
+                "{col} missing: {routes:?}"
+            );
+        }
+        let journal: String = store
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        let fk: i64 = store
+            .conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+    }
+
+    #[test]
+    fn v1_database_with_rows_migrates_to_v2_keeping_them() {
+        let (_dir, path) = temp_db();
+        {
+            let store = Store::open_at_version(&path, 1).unwrap();
+            assert_eq!(store.schema_version().unwrap(), 1);
+            store
+                .conn
+                .execute_batch(
+                    "INSERT INTO listeners (id, addr) VALUES (1, '127.0.0.1:8443');
+                     INSERT INTO routes (listener_id, hostname, backend)
+                         VALUES (1, 'app.test', '127.0.0.1:9443');
+                     INSERT INTO firewall_rules (kind, value) VALUES ('ip', '192.0.2.10');",
+                )
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 2);
+        let listeners = store.listeners().unwrap();
+        assert_eq!(
+            listeners,
+            vec![ListenerRow {
+                id: 1,
+                addr: "127.0.0.1:8443".into(),
+                proxy_protocol: false
+            }]
+        );
+        assert_eq!(
+            store.routes(1).unwrap(),
+            vec![Route {
+                hostname: "app.test".into(),
+                backend: "127.0.0.1:9443".into(),
+                ..Route::default()
+            }]
+        );
+        assert_eq!(store.firewall_rules().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn newer_database_is_refused_and_left_untouched() {
+        let (dir, path) = temp_db();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 99;")
+                .unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::TooNew {
+                    found: 99,
+                    known: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer mc-proxy"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        let wal = dir.path().join("state.db-wal");
+        assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+    }
+
+    #[test]
+    fn every_route_and_listener_field_round_trips() {
+        let (_dir, path) = temp_db();
+        let mut store = Store::open(&path).unwrap();
+        let id = store.create_listener("[::1]:8443", true).unwrap();
+        let l7 = Route {
+            hostname: "web.test".into(),
+            backend: "backend.internal:9080".into(),
+            mode: Mode::L7,
+            tls_cert: "certs/web.pem".into(),
+            tls_key: "certs/web.key".into(),
+            backend_tls: true,
+            send_proxy_protocol: true,
+        };
+        let l4 = Route {
+            hostname: "app.test".into(),
+            backend: "127.0.0.1:9443".into(),
+            ..Route::default()
+        };
+        store.create_route(id, &l7).unwrap();
+        store.create_route(id, &l4).unwrap();
+        assert_eq!(store.routes(id).unwrap(), vec![l4.clone(), l7.clone()]);
+        let listener = store.listener_by_addr("[::1]:8443").unwrap().unwrap();
+        assert!(listener.proxy_protocol);
+        assert_eq!(listener.id, id);
+
+        // Reopen: it is on disk, not only in this connection.
+        drop(store);
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.routes(id).unwrap(), vec![l4.clone(), l7.clone()]);
+
+        let updated = Route {
+            backend: "127.0.0.1:9444".into(),
+            send_proxy_protocol: true,
+            ..l4.clone()
+        };
+        store.update_route(id, "app.test", &updated).unwrap();
+        assert_eq!(store.routes(id).unwrap()[0], updated);
+        assert!(matches!(
+            store.create_route(id, &l4),
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            store.update_route(id, "nope.test", &l4),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.create_route(id + 100, &l4),
+            Err(StoreError::NotFound(_))
+        ));
+        store.delete_route(id, "app.test").unwrap();
+        assert!(matches!(
+            store.delete_route(id, "app.test"),
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(store.routes(id).unwrap(), vec![l7]);
+    }
+
+    #[test]
+    fn firewall_rules_round_trip() {
+        let (_dir, path) = temp_db();
+        let mut store = Store::open(&path).unwrap();
+        let ip = FirewallRule {
+            kind: FirewallRuleKind::Ip,
+            value: "2001:db8::1".into(),
+        };
+        let net = FirewallRule {
+            kind: FirewallRuleKind::Cidr,
+            value: "198.51.100.0/24".into(),
+        };
+        store.add_firewall_rule(&net).unwrap();
+        store.add_firewall_rule(&ip).unwrap();
+        assert!(matches!(
+            store.add_firewall_rule(&ip),
+            Err(StoreError::AlreadyExists(_))
+        ));
+        assert_eq!(
+            store.firewall_rules().unwrap(),
+            vec![ip.clone(), net.clone()]
+        );
+        store.remove_firewall_rule(&ip).unwrap();
+        assert!(matches!(
+            store.remove_firewall_rule(&ip),
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(store.firewall_rules().unwrap(), vec![net]);
+    }
+
+    #[test]
+    fn seed_writes_only_into_an_empty_database() {
+        let (dir, path) = temp_db();
+        let config = Config::parse(
+            &dir.path().join("c.toml"),
+            r#"
+            [database]
+            path = "unused.db"
+            [firewall]
+            blocked_ips = ["192.0.2.10"]
+            blocked_cidrs = ["198.51.100.0/24"]
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            proxy_protocol = true
+            [[listeners.routes]]
+            hostname = "App.Test"
+            backend = "127.0.0.1:9443"
+            send_proxy_protocol = true
+            "#,
+        )
+        .unwrap();
+        let mut store = Store::open(&path).unwrap();
+        assert!(store.is_empty().unwrap());
+        assert!(store.seed(&config).unwrap());
+        let listeners = store.listeners().unwrap();
+        assert_eq!(listeners.len(), 1);
+        assert!(listeners[0].proxy_protocol);
+        let routes = store.routes(listeners[0].id).unwrap();
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].hostname, "app.test");
+        assert!(routes[0].send_proxy_protocol);
+        assert_eq!(store.firewall_rules().unwrap().len(), 2);
+
+        // Second start with a different TOML: nothing changes.
+        store.delete_route(listeners[0].id, "app.test").unwrap();
+        assert!(!store.seed(&config).unwrap());
+        assert!(store.routes(listeners[0].id).unwrap().is_empty());
+        assert_eq!(store.listeners().unwrap().len(), 1);
+    }
+}

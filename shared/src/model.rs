@@ -1,0 +1,132 @@
+//! The domain model: routes and firewall rules as the config, the store and the admin API see
+//! them.
+//!
+//! No I/O and no validation beyond parsing enums: a `Route` may hold a hostname that is not a DNS
+//! name or a backend that does not parse; the daemon's `config::validate_route` is the one place
+//! that decides whether a route is acceptable.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// How a route handles a connection once its SNI matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// TLS passthrough: the ClientHello and everything after it is relayed to the backend
+    /// byte for byte. The proxy never holds the key.
+    #[default]
+    L4,
+    /// TLS termination with the route's certificate, then HTTP reverse proxying.
+    L7,
+}
+
+impl Mode {
+    /// The name used in the TOML config, the database and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::L4 => "l4",
+            Mode::L7 => "l7",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A mode string that is none of `""`, `"l4"`, `"l7"`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid mode {0:?}: expected \"l4\" or \"l7\" (empty means \"l4\")")]
+pub struct ParseModeError(pub String);
+
+impl FromStr for Mode {
+    type Err = ParseModeError;
+
+    /// Parses the config spelling. The empty string is `l4`, so that configs and API calls
+    /// written before modes existed keep their meaning. Case-sensitive, like every other key.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" | "l4" => Ok(Mode::L4),
+            "l7" => Ok(Mode::L7),
+            other => Err(ParseModeError(other.to_owned())),
+        }
+    }
+}
+
+/// One entry of a listener's route table, with every field of the plan's phase 1.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Route {
+    /// The SNI hostname this route matches: an exact name or `*.domain` (one label).
+    pub hostname: String,
+    /// Where connections go: `host:port`, the host an IP address or a DNS name.
+    pub backend: String,
+    /// L4 passthrough or L7 termination.
+    pub mode: Mode,
+    /// PEM certificate chain presented to clients on an L7 route; empty on L4.
+    pub tls_cert: String,
+    /// PEM private key matching `tls_cert`; empty on L4.
+    pub tls_key: String,
+    /// L7 only: speak HTTP/2 over TLS to the backend instead of cleartext h2c.
+    pub backend_tls: bool,
+    /// Write a PROXY protocol v2 header carrying the client address to the backend.
+    pub send_proxy_protocol: bool,
+}
+
+/// What a firewall rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirewallRuleKind {
+    /// A single address, IPv4 or IPv6.
+    Ip,
+    /// A network in CIDR notation.
+    Cidr,
+}
+
+impl FirewallRuleKind {
+    /// The name used in the database and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirewallRuleKind::Ip => "ip",
+            FirewallRuleKind::Cidr => "cidr",
+        }
+    }
+}
+
+impl fmt::Display for FirewallRuleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A blocked address or network. The value is kept as text so that the store can hold exactly
+/// what the operator wrote; the daemon parses it when it builds the firewall.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FirewallRule {
+    /// Address or network.
+    pub kind: FirewallRuleKind,
+    /// `192.0.2.10`, `2001:db8::1`, `198.51.100.0/24`, ...
+    pub value: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_mode_means_l4() {
+        assert_eq!("".parse::<Mode>(), Ok(Mode::L4));
+        assert_eq!("l4".parse::<Mode>(), Ok(Mode::L4));
+        assert_eq!("l7".parse::<Mode>(), Ok(Mode::L7));
+    }
+
+    #[test]
+    fn unknown_mode_is_rejected_with_its_spelling() {
+        let err = "L7".parse::<Mode>().unwrap_err();
+        assert!(err.to_string().contains("\"L7\""), "{err}");
+        assert!("tcp".parse::<Mode>().is_err());
+    }
+}

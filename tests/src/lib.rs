@@ -1,0 +1,382 @@
+//! Fixtures for the end-to-end tests: a test PKI, TLS backends, a proxy built from a TOML
+//! snippet and run with `server::run` on port 0, and clients that record what they send.
+//!
+//! Every fixture cleans up after itself: servers stop when their handle is dropped, temp dirs
+//! are removed, and nothing binds a fixed port.
+
+#![allow(missing_docs)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use mc_proxy::config::Config;
+use mc_proxy::server;
+use mc_proxy::state::State;
+use mc_proxy::store::Store;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
+
+/// Logs to the test's captured output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A throwaway certificate authority; issues leaf certificates for test hostnames.
+pub struct Pki {
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mc-proxy test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        Pki { ca }
+    }
+
+    /// A leaf certificate (and key) for `names`, signed by this CA.
+    pub fn issue(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (
+            vec![cert.der().clone()],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+    }
+
+    /// Issues a leaf for `names` and writes it as `NAME.pem` / `NAME.key` (PEM) in `dir`;
+    /// returns the two paths as strings, ready for a TOML route.
+    pub fn write_pem(&self, dir: &std::path::Path, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let stem = names[0].replace('*', "_");
+        let cert_path = dir.join(format!("{stem}.pem"));
+        let key_path = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (
+            cert_path.display().to_string(),
+            key_path.display().to_string(),
+        )
+    }
+
+    /// A client config that trusts this CA only.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.client_config_with(|_| {})
+    }
+
+    /// Like `client_config`, with changes (ALPN, fragment size, ...).
+    pub fn client_config_with(
+        &self,
+        tweak: impl FnOnce(&mut rustls::ClientConfig),
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tweak(&mut config);
+        Arc::new(config)
+    }
+}
+
+/// Bytes seen by a `Recorded` stream.
+pub type Tape = Arc<Mutex<Vec<u8>>>;
+
+/// A stream wrapper that records the bytes read from it (`reads`) and written to it
+/// (`writes`), and optionally splits every write into `chunk`-byte pieces so that a
+/// ClientHello crosses many TCP segments.
+#[derive(Debug)]
+pub struct Recorded<S> {
+    inner: S,
+    pub reads: Tape,
+    pub writes: Tape,
+    chunk: Option<usize>,
+}
+
+impl<S> Recorded<S> {
+    pub fn new(inner: S) -> Self {
+        Recorded {
+            inner,
+            reads: Tape::default(),
+            writes: Tape::default(),
+            chunk: None,
+        }
+    }
+
+    /// Every write passes at most `chunk` bytes down (with TCP_NODELAY, one segment each).
+    pub fn chunked(mut self, chunk: usize) -> Self {
+        self.chunk = Some(chunk);
+        self
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Recorded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            self.reads
+                .lock()
+                .unwrap()
+                .extend_from_slice(&buf.filled()[before..]);
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Recorded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let limit = self.chunk.unwrap_or(buf.len()).min(buf.len());
+        let res = Pin::new(&mut self.inner).poll_write(cx, &buf[..limit]);
+        if let Poll::Ready(Ok(n)) = res {
+            self.writes.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A TLS echo server for one or more names: it echoes every byte, and when the client
+/// shuts down its write half it answers `bye from NAME\n` and closes. It records the raw
+/// (still encrypted) bytes of every connection it accepts.
+pub struct TlsBackend {
+    pub addr: SocketAddr,
+    pub name: String,
+    /// Raw bytes received, one tape per accepted connection, in accept order.
+    pub connections: Arc<Mutex<Vec<Tape>>>,
+    task: JoinHandle<()>,
+}
+
+impl TlsBackend {
+    pub async fn start(pki: &Pki, names: &[&str]) -> TlsBackend {
+        let (chain, key) = pki.issue(names);
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let name = names[0].to_owned();
+        let connections: Arc<Mutex<Vec<Tape>>> = Arc::default();
+        let task = tokio::spawn({
+            let (name, connections) = (name.clone(), Arc::clone(&connections));
+            async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let recorded = Recorded::new(tcp);
+                    connections
+                        .lock()
+                        .unwrap()
+                        .push(Arc::clone(&recorded.reads));
+                    let (acceptor, name) = (acceptor.clone(), name.clone());
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(recorded).await else {
+                            return;
+                        };
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            match tls.read(&mut buf).await {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if tls.write_all(&buf[..n]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(_) => return,
+                            }
+                        }
+                        let _ = tls.write_all(format!("bye from {name}\n").as_bytes()).await;
+                        let _ = tls.shutdown().await;
+                    });
+                }
+            }
+        });
+        TlsBackend {
+            addr,
+            name,
+            connections,
+            task,
+        }
+    }
+
+    /// The raw bytes of the `i`-th accepted connection so far.
+    pub fn received(&self, i: usize) -> Vec<u8> {
+        self.connections.lock().unwrap()[i].lock().unwrap().clone()
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.connections.lock().unwrap().len()
+    }
+}
+
+impl Drop for TlsBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A running proxy: `server::run` on listeners bound from a generated config.
+pub struct Proxy {
+    /// Bound address of each listener, in config order.
+    pub addrs: Vec<SocketAddr>,
+    pub state: Arc<State>,
+    pub shutdown: CancellationToken,
+    pub task: Option<JoinHandle<()>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Starts a proxy whose config is `[database]` in a temp dir plus `body` (listeners use
+    /// `127.0.0.1:0`).
+    pub async fn start(body: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        Proxy::start_in(dir, body).await
+    }
+
+    /// Like `start`, in an existing directory (reusing its database).
+    pub async fn start_in(dir: tempfile::TempDir, body: &str) -> Proxy {
+        init_tracing();
+        let db = dir.path().join("mc-proxy.db");
+        let text = format!("[database]\npath = {:?}\n{body}", db.display().to_string());
+        let config = Config::parse(&dir.path().join("mc-proxy.toml"), &text)
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        let mut store = Store::open(&config.database.path).unwrap();
+        let state = Arc::new(State::load(&config, &mut store).unwrap());
+        let listeners = server::bind(&state).await.unwrap();
+        let addrs = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server::run(listeners, Arc::clone(&state), shutdown.clone()));
+        Proxy {
+            addrs,
+            state,
+            shutdown,
+            task: Some(task),
+            dir,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Fires shutdown and waits for `server::run` to return.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A TLS client stream over a recorded TCP stream.
+pub type Client = tokio_rustls::client::TlsStream<Recorded<TcpStream>>;
+
+/// Connects to `addr` and completes a TLS handshake for `sni`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> io::Result<Client> {
+    tls_connect_chunked(addr, sni, config, None).await
+}
+
+/// Like `tls_connect`, writing at most `chunk` bytes per TCP write.
+pub async fn tls_connect_chunked(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+    chunk: Option<usize>,
+) -> io::Result<Client> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut recorded = Recorded::new(tcp);
+    if let Some(chunk) = chunk {
+        recorded = recorded.chunked(chunk);
+    }
+    let name = ServerName::try_from(sni.to_owned()).map_err(io::Error::other)?;
+    TlsConnector::from(config).connect(name, recorded).await
+}
+
+/// Writes `payload`, shuts down the write half, and reads to EOF.
+pub async fn send_and_finish(client: &mut Client, payload: &[u8]) -> io::Result<Vec<u8>> {
+    client.write_all(payload).await?;
+    client.shutdown().await?;
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await?;
+    Ok(answer)
+}
+
+/// Reads from a raw TCP stream until it ends; returns the error kind if it ended with one.
+pub async fn read_until_closed(stream: &mut TcpStream) -> Result<Vec<u8>, io::ErrorKind> {
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.map_err(|e| e.kind())?;
+    Ok(out)
+}
+
+/// An address on which nothing listens (bound, then released).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}

@@ -1,0 +1,333 @@
+//! L4 (passthrough) routing end to end: real rustls clients and backends, the real daemon
+//! pipeline on 127.0.0.1 port 0.
+
+use std::io::ErrorKind;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mc_proxy_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Two backends, `a.test` and `b.test`, behind one listener with the given extra config.
+async fn two_backends(pki: &Pki, extra: &str) -> (TlsBackend, TlsBackend, Proxy) {
+    let a = TlsBackend::start(pki, &["a.test"]).await;
+    let b = TlsBackend::start(pki, &["b.test"]).await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        {extra}
+        [[listeners]]
+        addr = "127.0.0.1:0"
+        [[listeners.routes]]
+        hostname = "a.test"
+        backend = "{}"
+        [[listeners.routes]]
+        hostname = "B.Test"
+        backend = "{}"
+        mode = "l4"
+        "#,
+        a.addr, b.addr
+    ))
+    .await;
+    (a, b, proxy)
+}
+
+/// Asserts that the proxy reset a raw connection (RST, not an orderly close).
+async fn assert_reset(stream: &mut TcpStream) {
+    let res = tokio::time::timeout(Duration::from_secs(10), read_until_closed(stream))
+        .await
+        .expect("proxy neither answered nor closed");
+    assert_eq!(res, Err(ErrorKind::ConnectionReset), "expected a reset");
+}
+
+#[tokio::test]
+async fn two_hostnames_reach_their_own_backends_with_data_both_ways() {
+    let pki = Pki::new();
+    let (a, b, proxy) = two_backends(&pki, "").await;
+
+    for (sni, backend) in [("a.test", &a), ("b.test", &b), ("A.TEST", &a)] {
+        let mut client = tls_connect(proxy.addr(), sni, pki.client_config())
+            .await
+            .unwrap_or_else(|e| panic!("{sni}: {e}"));
+        client.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        client.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"ping");
+        let rest = send_and_finish(&mut client, b"more").await.unwrap();
+        assert_eq!(rest, format!("morebye from {}\n", backend.name).as_bytes());
+    }
+    assert_eq!(a.accepted(), 2);
+    assert_eq!(b.accepted(), 1);
+    let counters = &proxy.state.listeners[0].counters;
+    assert_eq!(counters.accepted.load(Ordering::Relaxed), 3);
+    assert_eq!(counters.resets.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn wildcard_route_matches_one_label_and_exact_wins() {
+    let pki = Pki::new();
+    let wild = TlsBackend::start(&pki, &["*.wild.test"]).await;
+    let exact = TlsBackend::start(&pki, &["api.wild.test"]).await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [[listeners]]
+        addr = "127.0.0.1:0"
+        [[listeners.routes]]
+        hostname = "*.wild.test"
+        backend = "{}"
+        [[listeners.routes]]
+        hostname = "api.wild.test"
+        backend = "{}"
+        "#,
+        wild.addr, exact.addr
+    ))
+    .await;
+
+    let mut c = tls_connect(proxy.addr(), "www.wild.test", pki.client_config())
+        .await
+        .unwrap();
+    assert_eq!(
+        send_and_finish(&mut c, b"").await.unwrap(),
+        b"bye from *.wild.test\n"
+    );
+    let mut c = tls_connect(proxy.addr(), "api.wild.test", pki.client_config())
+        .await
+        .unwrap();
+    assert_eq!(
+        send_and_finish(&mut c, b"").await.unwrap(),
+        b"bye from api.wild.test\n"
+    );
+
+    // Two labels deep is not covered by the wildcard: no route, reset.
+    assert!(
+        tls_connect(proxy.addr(), "a.b.wild.test", pki.client_config())
+            .await
+            .is_err()
+    );
+    assert_eq!(wild.accepted(), 1);
+}
+
+#[tokio::test]
+async fn backend_receives_the_client_bytes_exactly_even_when_fragmented() {
+    let pki = Pki::new();
+    let (a, _b, proxy) = two_backends(&pki, "").await;
+
+    // 1: one write per record. 2: a hello spread over 40-byte TCP writes and 128-byte TLS
+    // records, the shape that broke other SNI routers.
+    let cases: [(Option<usize>, Option<usize>); 2] = [(None, None), (Some(40), Some(128))];
+    for (i, (chunk, fragment)) in cases.into_iter().enumerate() {
+        let config = pki.client_config_with(|c| {
+            c.max_fragment_size = fragment;
+            // Many ALPN names make a 2 KiB+ hello, like a post-quantum key share does.
+            c.alpn_protocols = (0..120)
+                .map(|n| format!("proto-{n:04}-padding").into_bytes())
+                .collect();
+        });
+        let mut client = tls_connect_chunked(proxy.addr(), "a.test", config, chunk)
+            .await
+            .unwrap();
+        let answer = send_and_finish(&mut client, b"payload").await.unwrap();
+        assert_eq!(answer, b"payloadbye from a.test\n");
+        let sent = client.get_ref().0.writes.lock().unwrap().clone();
+        assert!(
+            sent.len() > 2048,
+            "hello too small to cross segments: {}",
+            sent.len()
+        );
+        assert_eq!(a.received(i), sent, "case {i}: backend saw different bytes");
+    }
+}
+
+#[tokio::test]
+async fn client_that_half_closes_still_gets_the_whole_answer() {
+    let pki = Pki::new();
+    let (_a, b, proxy) = two_backends(&pki, "").await;
+    let mut client = tls_connect(proxy.addr(), "b.test", pki.client_config())
+        .await
+        .unwrap();
+    // 1 MiB up, then FIN; the echo of all of it must still come down, then the goodbye.
+    let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let answer = send_and_finish(&mut client, &payload).await.unwrap();
+    assert_eq!(answer.len(), payload.len() + "bye from b.test\n".len());
+    assert_eq!(&answer[..payload.len()], &payload[..]);
+    assert!(answer.ends_with(format!("bye from {}\n", b.name).as_bytes()));
+}
+
+#[tokio::test]
+async fn unknown_sni_is_reset() {
+    let pki = Pki::new();
+    let (a, b, proxy) = two_backends(&pki, "").await;
+    let err = tls_connect(proxy.addr(), "c.test", pki.client_config())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(a.accepted() + b.accepted(), 0);
+    let counters = &proxy.state.listeners[0].counters;
+    assert_eq!(counters.resets.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn plain_http_is_reset() {
+    let pki = Pki::new();
+    let (_a, _b, proxy) = two_backends(&pki, "").await;
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_reset(&mut s).await;
+}
+
+#[tokio::test]
+async fn hello_without_sni_is_reset() {
+    let pki = Pki::new();
+    let (a, _b, proxy) = two_backends(&pki, "").await;
+    // A client connecting to an IP address sends no server_name extension.
+    let err = tls_connect(proxy.addr(), "127.0.0.1", pki.client_config())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(a.accepted(), 0);
+}
+
+#[tokio::test]
+async fn blocked_ip_and_cidr_are_reset_before_the_hello() {
+    let pki = Pki::new();
+    for firewall in [
+        r#"blocked_ips = ["127.0.0.1"]"#,
+        r#"blocked_cidrs = ["127.0.0.0/8"]"#,
+    ] {
+        let (a, _b, proxy) = two_backends(&pki, &format!("[firewall]\n{firewall}")).await;
+        // The reset comes before the client says anything.
+        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_reset(&mut s).await;
+        assert!(
+            tls_connect(proxy.addr(), "a.test", pki.client_config())
+                .await
+                .is_err()
+        );
+        assert_eq!(a.accepted(), 0);
+        let counters = &proxy.state.listeners[0].counters;
+        assert_eq!(counters.blocked.load(Ordering::Relaxed), 2, "{firewall}");
+    }
+}
+
+#[tokio::test]
+async fn backend_down_is_reset() {
+    let pki = Pki::new();
+    let dead = dead_addr().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [[listeners]]
+        addr = "127.0.0.1:0"
+        [[listeners.routes]]
+        hostname = "down.test"
+        backend = "{dead}"
+        "#
+    ))
+    .await;
+    let err = tls_connect(proxy.addr(), "down.test", pki.client_config())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+}
+
+#[tokio::test]
+async fn slow_or_silent_client_is_reset_after_the_hello_timeout() {
+    let pki = Pki::new();
+    let (_a, _b, proxy) = two_backends(&pki, "[proxy]\nclient_hello_timeout = \"200ms\"").await;
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    // Half a record header, then nothing.
+    s.write_all(&[0x16, 0x03]).await.unwrap();
+    assert_reset(&mut s).await;
+}
+
+#[tokio::test]
+async fn oversize_hello_is_reset() {
+    let pki = Pki::new();
+    let (_a, _b, proxy) = two_backends(&pki, "").await;
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    // A handshake record announcing a 1 MiB ClientHello.
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x10, 0x00, 0x00])
+        .await
+        .unwrap();
+    assert_reset(&mut s).await;
+}
+
+#[tokio::test]
+async fn l7_route_is_reset_until_l7_is_built() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.write_pem(dir.path(), &["web.test"]);
+    let proxy = Proxy::start(&format!(
+        r#"
+        [[listeners]]
+        addr = "127.0.0.1:0"
+        [[listeners.routes]]
+        hostname = "web.test"
+        backend = "127.0.0.1:9"
+        mode = "l7"
+        tls_cert = {cert:?}
+        tls_key = {key:?}
+        "#
+    ))
+    .await;
+    let err = tls_connect(proxy.addr(), "web.test", pki.client_config())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_an_open_transfer_finish() {
+    let pki = Pki::new();
+    let (_a, _b, mut proxy) = two_backends(&pki, "[proxy]\nshutdown_timeout = \"30s\"").await;
+    let mut client = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    client.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    client.read_exact(&mut buf).await.unwrap();
+
+    proxy.shutdown.cancel();
+    // The listener closes: a new connection is refused, not accepted and dropped.
+    let addr = proxy.addr();
+    let mut refused = false;
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "listener still accepting after shutdown");
+
+    // The open connection keeps working until the client is done.
+    let answer = send_and_finish(&mut client, b"after shutdown")
+        .await
+        .unwrap();
+    assert_eq!(answer, b"after shutdownbye from a.test\n");
+    tokio::time::timeout(Duration::from_secs(10), proxy.stop())
+        .await
+        .expect("run() did not return after the last connection closed");
+}
+
+#[tokio::test]
+async fn shutdown_grace_period_closes_stuck_connections() {
+    let pki = Pki::new();
+    let (_a, _b, mut proxy) = two_backends(&pki, "[proxy]\nshutdown_timeout = \"100ms\"").await;
+    let mut client = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    client.write_all(b"x").await.unwrap();
+    let mut buf = [0u8; 1];
+    client.read_exact(&mut buf).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), proxy.stop())
+        .await
+        .expect("run() did not force-close after the grace period");
+    // The client sees its connection end.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+        .await
+        .expect("client connection still open");
+}
