@@ -101,6 +101,8 @@ pub struct ListenerConfig {
     pub addr: SocketAddr,
     /// Expect a PROXY protocol v1/v2 header on every connection.
     pub proxy_protocol: bool,
+    /// Peers allowed to send that header; empty means any peer. Others are reset.
+    pub proxy_protocol_from: Vec<IpNet>,
     /// Validated routes, hostnames normalised.
     pub routes: Vec<Route>,
 }
@@ -364,6 +366,8 @@ struct FileListener {
     #[serde(default)]
     proxy_protocol: bool,
     #[serde(default)]
+    proxy_protocol_from: Vec<String>,
+    #[serde(default)]
     routes: Vec<FileRoute>,
 }
 
@@ -454,6 +458,25 @@ impl FileConfig {
                 );
             }
 
+            let mut proxy_protocol_from = Vec::new();
+            for (k, value) in fl.proxy_protocol_from.iter().enumerate() {
+                match parse_net(value) {
+                    Some(net) => proxy_protocol_from.push(net),
+                    None => problem(
+                        format!("{lctx}, proxy_protocol_from[{k}]"),
+                        format!(
+                            "invalid network {value:?}: expected a CIDR such as 10.0.0.0/8 or an address"
+                        ),
+                    ),
+                }
+            }
+            if !proxy_protocol_from.is_empty() && !fl.proxy_protocol {
+                warnings.push(format!(
+                    "{lctx}: proxy_protocol_from is set but proxy_protocol is false, so no \
+                     header is read and the list has no effect"
+                ));
+            }
+
             let mut routes = Vec::new();
             let mut seen_hosts: HashMap<String, usize> = HashMap::new();
             for (j, fr) in fl.routes.into_iter().enumerate() {
@@ -494,6 +517,7 @@ impl FileConfig {
             listeners.push(ListenerConfig {
                 addr,
                 proxy_protocol: fl.proxy_protocol,
+                proxy_protocol_from,
                 routes,
             });
         }
@@ -518,6 +542,15 @@ impl FileConfig {
             warnings,
         })
     }
+}
+
+/// A CIDR, or a bare address meaning just that host. Host bits are cleared.
+pub fn parse_net(value: &str) -> Option<IpNet> {
+    value
+        .parse::<IpNet>()
+        .or_else(|_| value.parse::<IpAddr>().map(IpNet::from))
+        .ok()
+        .map(|net| net.trunc())
 }
 
 fn validate_firewall(
@@ -881,6 +914,64 @@ mod tests {
         assert_eq!(config.warnings.len(), 1);
         assert!(config.warnings[0].contains("route app.test"));
         assert!(config.warnings[0].contains("not used"));
+    }
+
+    #[test]
+    fn proxy_protocol_from_takes_networks_and_addresses() {
+        let f = Fixture::new();
+        let config = f
+            .parse(
+                r#"
+                [[listeners]]
+                addr = "127.0.0.1:8443"
+                proxy_protocol = true
+                proxy_protocol_from = ["10.1.2.3/8", "192.0.2.7", "2001:db8::/32"]
+                "#,
+            )
+            .unwrap();
+        let from: Vec<String> = config.listeners[0]
+            .proxy_protocol_from
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(from, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+        assert!(config.warnings.is_empty());
+
+        let problems = f.problems(
+            r#"
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            proxy_protocol = true
+            proxy_protocol_from = ["10.0.0.0/8", "lb.example.com"]
+            "#,
+        );
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0]
+                .contains("listener 127.0.0.1:8443, proxy_protocol_from[1]: invalid network"),
+            "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn proxy_protocol_from_without_proxy_protocol_is_a_warning() {
+        let f = Fixture::new();
+        let config = f
+            .parse(
+                r#"
+                [[listeners]]
+                addr = "127.0.0.1:8443"
+                proxy_protocol_from = ["10.0.0.0/8"]
+                "#,
+            )
+            .unwrap();
+        assert_eq!(config.warnings.len(), 1);
+        assert!(
+            config.warnings[0].contains("no effect"),
+            "{}",
+            config.warnings[0]
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 pub mod certs;
 pub mod config;
 pub mod firewall;
+pub mod io;
+pub mod proxyproto;
 pub mod relay;
 pub mod routes;
 pub mod server;

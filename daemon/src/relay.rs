@@ -7,7 +7,7 @@
 //! - An I/O error in either direction ends both (the other side would otherwise wait for an
 //!   idle timeout).
 //! - Byte counts are kept in atomics the caller owns, so they are right however the relay
-//!   ends (finished, idle, cancelled) and can be read live by observers.
+//!   ends (finished, idle, or the caller dropping it) and can be read live by observers.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +16,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Per-direction copy buffer. 16 KiB holds a full TLS record, so a record is usually moved in
 /// one read and one write.
@@ -29,7 +28,7 @@ pub enum RelayEnd {
     Finished,
     /// No byte moved either way for the idle timeout.
     IdleTimeout,
-    /// The daemon's shutdown grace period ran out.
+    /// The daemon's shutdown grace period ran out (set by the caller, which drops the relay).
     Cancelled,
     /// A read or write failed (typically a reset from one side).
     Error(io::Error),
@@ -44,13 +43,12 @@ pub struct Transferred {
     pub down: AtomicU64,
 }
 
-/// Relays until both directions are done, a side fails, nothing moves for `idle`, or `cancel`
-/// fires. Counts into `bytes`.
+/// Relays until both directions are done, a side fails or nothing moves for `idle`. Counts
+/// into `bytes`. Cancel by dropping the future.
 pub async fn relay(
     client: &mut TcpStream,
     backend: &mut TcpStream,
     idle: Duration,
-    cancel: &CancellationToken,
     bytes: &Transferred,
 ) -> RelayEnd {
     let start = Instant::now();
@@ -67,7 +65,6 @@ pub async fn relay(
             Err(e) => RelayEnd::Error(e),
         },
         () = idle_expired(&last, start, idle) => RelayEnd::IdleTimeout,
-        () = cancel.cancelled() => RelayEnd::Cancelled,
     }
 }
 

@@ -4,8 +4,11 @@
 //! owns every connection task through one `TaskTracker`; nothing is spawned detached.
 //!
 //! The pipeline (DESIGN.md), one step per call in [`handle_conn`]:
-//! accept (capacity) → PROXY header (issue 3) → firewall → ClientHello → route → dispatch
-//! (L4 relay; L7 not yet) → one log line at close.
+//! accept (capacity) → PROXY header (listeners with `proxy_protocol`) → firewall →
+//! ClientHello → route → dispatch (L4 relay; L7 not yet) → one log line at close.
+//!
+//! The client address is the TCP peer's, or the source of a received PROXY header: that one
+//! address is what the firewall checks, the log shows and a sent PROXY header carries.
 //!
 //! Shutdown: when `shutdown` fires the accept loops stop and the listeners close; open
 //! connections get `proxy.shutdown_timeout` to finish, then the relays are cancelled and
@@ -25,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Level};
 
+use crate::proxyproto;
 use crate::relay::{RelayEnd, Transferred, relay};
 use crate::routes::RouteInfo;
 use crate::sni::{self, ClientHello};
@@ -139,6 +143,8 @@ async fn accept_loop(
     const MAX_BACKOFF: Duration = Duration::from_secs(1);
     let mut backoff = MIN_BACKOFF;
     let listener = bound.state;
+    // The bound address (the configured one may say port 0) names the listener in logs.
+    let local = bound.listener.local_addr().unwrap_or(listener.addr);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -171,8 +177,9 @@ async fn accept_loop(
         let span = tracing::info_span!(
             "conn",
             id,
-            listener = %listener.addr,
-            client = %peer,
+            listener = %local,
+            peer = %peer,
+            client = tracing::field::Empty,
             route = tracing::field::Empty,
         );
         let (shared, listener) = (Arc::clone(&shared), Arc::clone(&listener));
@@ -198,6 +205,11 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 /// What we know about a connection, for its log line.
 #[derive(Debug)]
 struct ConnInfo {
+    /// The TCP peer.
+    peer: SocketAddr,
+    /// The address the connection was accepted on.
+    local: Option<SocketAddr>,
+    /// The real client: the peer, or the source of its PROXY header.
     client: SocketAddr,
     sni: Option<String>,
     route: Option<Arc<RouteInfo>>,
@@ -209,6 +221,10 @@ struct ConnInfo {
 enum ConnError {
     #[error("blocked by firewall: {0}")]
     Blocked(IpAddr),
+    #[error("peer {0} is not in proxy_protocol_from")]
+    UntrustedProxy(IpAddr),
+    #[error("PROXY header: {0}")]
+    ProxyHeader(#[from] proxyproto::ReadError),
     #[error("client hello: {0}")]
     Hello(#[from] sni::ReadError),
     #[error("no SNI in the ClientHello")]
@@ -242,7 +258,8 @@ enum Fault {
 impl ConnError {
     fn fault(&self) -> Fault {
         match self {
-            ConnError::Blocked(_) => Fault::Policy,
+            ConnError::Blocked(_) | ConnError::UntrustedProxy(_) => Fault::Policy,
+            ConnError::ProxyHeader(_) => Fault::Client,
             ConnError::Hello(_) | ConnError::NoSni | ConnError::UnknownHost(_) => Fault::Client,
             ConnError::BackendTimeout { .. } | ConnError::Backend { .. } => Fault::Backend,
             ConnError::L7Unsupported => Fault::Config,
@@ -253,6 +270,9 @@ impl ConnError {
     fn reason(&self) -> &'static str {
         match self {
             ConnError::Blocked(_) => "blocked",
+            ConnError::UntrustedProxy(_) => "untrusted_proxy",
+            ConnError::ProxyHeader(proxyproto::ReadError::Timeout) => "proxy_header_timeout",
+            ConnError::ProxyHeader(_) => "bad_proxy_header",
             ConnError::Hello(sni::ReadError::Timeout) => "hello_timeout",
             ConnError::Hello(sni::ReadError::Eof) => "client_closed",
             ConnError::Hello(sni::ReadError::Io(_)) => "client_error",
@@ -280,13 +300,19 @@ async fn handle_conn(
     let started = Instant::now();
     listener.counters.active.fetch_add(1, Ordering::Relaxed);
     let mut conn = ConnInfo {
+        peer,
+        local: stream.local_addr().ok(),
         client: peer,
         sni: None,
         route: None,
         bytes: Transferred::default(),
     };
 
-    let result = pipeline(&mut stream, &mut conn, listener, shared).await;
+    // Past the shutdown grace period every step stops, whichever it is in.
+    let result = tokio::select! {
+        result = pipeline(&mut stream, &mut conn, listener, shared) => result,
+        () = shared.force_close.cancelled() => Ok(RelayEnd::Cancelled),
+    };
     if let Err(e) = &result {
         ListenerCounters::bump(&listener.counters.resets);
         if e.fault() == Fault::Policy {
@@ -306,8 +332,10 @@ async fn pipeline(
     shared: &Shared,
 ) -> Result<RelayEnd, ConnError> {
     let state = &shared.state;
+    let early = read_proxy_header(stream, conn, listener).await?;
     check_firewall(state, conn.client.ip())?;
-    let (hello, peeked) = read_client_hello(stream, state.proxy.client_hello_timeout).await?;
+    let (hello, peeked) =
+        read_client_hello(stream, early, state.proxy.client_hello_timeout).await?;
     let sni = hello.server_name.ok_or(ConnError::NoSni)?;
     conn.sni = Some(sni.clone());
     let route = listener.lookup(&sni).ok_or(ConnError::UnknownHost(sni))?;
@@ -319,6 +347,29 @@ async fn pipeline(
     }
 }
 
+/// On a `proxy_protocol` listener: checks the peer may send a header, reads it (5 s) and
+/// takes its source as the client address. LOCAL and UNKNOWN headers (health checks) keep the
+/// peer address. Returns the bytes read past the header, which belong to the ClientHello.
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+    conn: &mut ConnInfo,
+    listener: &ListenerState,
+) -> Result<Vec<u8>, ConnError> {
+    if !listener.proxy_protocol {
+        tracing::Span::current().record("client", tracing::field::display(conn.client));
+        return Ok(Vec::new());
+    }
+    if !listener.trusts_proxy_header_from(conn.peer.ip()) {
+        return Err(ConnError::UntrustedProxy(conn.peer.ip()));
+    }
+    let (header, leftover) = proxyproto::read_header(stream, proxyproto::READ_TIMEOUT).await?;
+    if let Some(source) = header.source {
+        conn.client = source;
+    }
+    tracing::Span::current().record("client", tracing::field::display(conn.client));
+    Ok(leftover)
+}
+
 fn check_firewall(state: &State, client: IpAddr) -> Result<(), ConnError> {
     if state.firewall().is_blocked(client) {
         return Err(ConnError::Blocked(client));
@@ -326,17 +377,21 @@ fn check_firewall(state: &State, client: IpAddr) -> Result<(), ConnError> {
     Ok(())
 }
 
-/// Reads the whole ClientHello, returning it and every byte read (to be forwarded verbatim).
+/// Reads the whole ClientHello after the `early` bytes already read, returning it and every
+/// byte read (to be forwarded verbatim).
 async fn read_client_hello(
     stream: &mut TcpStream,
+    early: Vec<u8>,
     timeout: Duration,
 ) -> Result<(ClientHello, Vec<u8>), ConnError> {
-    let mut peeked = Vec::with_capacity(2048);
+    let mut peeked = early;
+    peeked.reserve(2048);
     let hello = sni::read_client_hello(stream, &mut peeked, timeout).await?;
     Ok((hello, peeked))
 }
 
-/// Dials the backend, forwards the peeked bytes, then relays both ways.
+/// Dials the backend, sends the PROXY v2 header if the route asks for it, forwards the peeked
+/// bytes, then relays both ways.
 async fn relay_l4(
     client: &mut TcpStream,
     peeked: &[u8],
@@ -346,6 +401,17 @@ async fn relay_l4(
 ) -> Result<RelayEnd, ConnError> {
     let proxy = &shared.state.proxy;
     let mut backend = dial_backend(&route.backend, proxy.connect_timeout).await?;
+    if route.send_proxy_protocol {
+        // The destination is where the client reached us; the spec has the header relay the
+        // original connection's endpoints.
+        let local = conn.local.unwrap_or(listener_fallback(conn.client));
+        if let Err(source) = proxyproto::write_v2(&mut backend, conn.client, local).await {
+            return Err(ConnError::Backend {
+                backend: route.backend.clone(),
+                source,
+            });
+        }
+    }
     if let Err(source) = backend.write_all(peeked).await {
         return Err(ConnError::Backend {
             backend: route.backend.clone(),
@@ -356,14 +422,16 @@ async fn relay_l4(
         .up
         .fetch_add(peeked.len() as u64, Ordering::Relaxed);
     let _ = client.set_nodelay(true);
-    Ok(relay(
-        client,
-        &mut backend,
-        proxy.idle_timeout,
-        &shared.force_close,
-        &conn.bytes,
-    )
-    .await)
+    Ok(relay(client, &mut backend, proxy.idle_timeout, &conn.bytes).await)
+}
+
+/// The unspecified address of the client's family: what a PROXY header says for "some local
+/// address" when the socket could not tell us its own.
+fn listener_fallback(client: SocketAddr) -> SocketAddr {
+    match client {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    }
 }
 
 async fn dial_backend(backend: &str, timeout: Duration) -> Result<TcpStream, ConnError> {

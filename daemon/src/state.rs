@@ -7,13 +7,14 @@
 //! `Arc<RouteInfo>` it was routed with for its whole life, so a route change affects new
 //! connections only.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+use ipnet::IpNet;
 
-use crate::config::{Config, ProxyConfig, validate_route};
+use crate::config::{Config, ProxyConfig, parse_net, validate_route};
 use crate::firewall::{Firewall, InvalidRule};
 use crate::routes::{RouteInfo, RouteTable};
 use crate::store::{Store, StoreError};
@@ -32,6 +33,14 @@ pub enum StartError {
     ListenerAddr {
         /// The stored value.
         addr: String,
+    },
+    /// A stored `proxy_protocol_from` entry does not parse.
+    #[error("listener {addr}: stored proxy_protocol_from entry {value:?} is not a network")]
+    ProxySource {
+        /// The listener.
+        addr: String,
+        /// The stored value.
+        value: String,
     },
     /// A stored firewall rule does not parse.
     #[error("stored {0}")]
@@ -77,6 +86,8 @@ pub struct ListenerState {
     pub addr: SocketAddr,
     /// Expect a PROXY protocol header on every connection.
     pub proxy_protocol: bool,
+    /// Peers allowed to send the PROXY header; empty means any peer.
+    pub proxy_protocol_from: Vec<IpNet>,
     /// Live counters.
     pub counters: ListenerCounters,
     routes: ArcSwap<RouteTable>,
@@ -84,14 +95,32 @@ pub struct ListenerState {
 
 impl ListenerState {
     /// A listener with the given routes.
-    pub fn new(id: i64, addr: SocketAddr, proxy_protocol: bool, routes: RouteTable) -> Self {
+    pub fn new(
+        id: i64,
+        addr: SocketAddr,
+        proxy_protocol: bool,
+        proxy_protocol_from: Vec<IpNet>,
+        routes: RouteTable,
+    ) -> Self {
         ListenerState {
             id,
             addr,
             proxy_protocol,
+            proxy_protocol_from,
             counters: ListenerCounters::default(),
             routes: ArcSwap::from_pointee(routes),
         }
+    }
+
+    /// May `peer` send this listener a PROXY header? Compared in canonical form, so an
+    /// IPv4 upstream accepted on a dual-stack socket matches its IPv4 network.
+    pub fn trusts_proxy_header_from(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxy_protocol_from.is_empty()
+            || self
+                .proxy_protocol_from
+                .iter()
+                .any(|net| net.contains(&peer))
     }
 
     /// Looks a normalised SNI hostname up in the current table.
@@ -172,10 +201,21 @@ impl State {
                     ),
                 }
             }
+            let proxy_protocol_from = row
+                .proxy_protocol_from
+                .iter()
+                .map(|value| {
+                    parse_net(value).ok_or_else(|| StartError::ProxySource {
+                        addr: row.addr.clone(),
+                        value: value.clone(),
+                    })
+                })
+                .collect::<Result<_, _>>()?;
             listeners.push(Arc::new(ListenerState::new(
                 row.id,
                 addr,
                 row.proxy_protocol,
+                proxy_protocol_from,
                 RouteTable::new(routes),
             )));
         }

@@ -38,6 +38,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "l7_and_proxy_protocol",
         sql: include_str!("../../migrations/0002_l7_and_proxy_protocol.sql"),
     },
+    Migration {
+        version: 3,
+        name: "proxy_protocol_from",
+        sql: include_str!("../../migrations/0003_proxy_protocol_from.sql"),
+    },
 ];
 
 /// The schema version this binary creates and understands.
@@ -100,6 +105,24 @@ pub struct ListenerRow {
     pub addr: String,
     /// Expect PROXY protocol on this listener.
     pub proxy_protocol: bool,
+    /// Networks allowed to send the PROXY header, as written; empty means any peer.
+    pub proxy_protocol_from: Vec<String>,
+}
+
+const LISTENER_COLUMNS: &str = "id, addr, proxy_protocol, proxy_protocol_from";
+
+fn listener_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ListenerRow> {
+    let from: String = row.get(3)?;
+    Ok(ListenerRow {
+        id: row.get(0)?,
+        addr: row.get(1)?,
+        proxy_protocol: row.get(2)?,
+        proxy_protocol_from: from
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 /// The SQLite store. One connection; wrap it in a mutex to share it.
@@ -166,7 +189,17 @@ impl Store {
         }
         let tx = self.conn.transaction()?;
         for listener in &config.listeners {
-            let id = insert_listener(&tx, &listener.addr.to_string(), listener.proxy_protocol)?;
+            let from: Vec<String> = listener
+                .proxy_protocol_from
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let id = insert_listener(
+                &tx,
+                &listener.addr.to_string(),
+                listener.proxy_protocol,
+                &from,
+            )?;
             for route in &listener.routes {
                 insert_route(&tx, id, route)?;
             }
@@ -192,16 +225,10 @@ impl Store {
 
     /// All listeners, in creation order.
     pub fn listeners(&self) -> Result<Vec<ListenerRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, addr, proxy_protocol FROM listeners ORDER BY id")?;
-        let rows = stmt.query_map([], |row| {
-            Ok(ListenerRow {
-                id: row.get(0)?,
-                addr: row.get(1)?,
-                proxy_protocol: row.get(2)?,
-            })
-        })?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {LISTENER_COLUMNS} FROM listeners ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], listener_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -210,22 +237,21 @@ impl Store {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, addr, proxy_protocol FROM listeners WHERE addr = ?1",
+                &format!("SELECT {LISTENER_COLUMNS} FROM listeners WHERE addr = ?1"),
                 [addr],
-                |row| {
-                    Ok(ListenerRow {
-                        id: row.get(0)?,
-                        addr: row.get(1)?,
-                        proxy_protocol: row.get(2)?,
-                    })
-                },
+                listener_row,
             )
             .optional()?)
     }
 
     /// Adds a listener; returns its id.
-    pub fn create_listener(&mut self, addr: &str, proxy_protocol: bool) -> Result<i64, StoreError> {
-        insert_listener(&self.conn, addr, proxy_protocol)
+    pub fn create_listener(
+        &mut self,
+        addr: &str,
+        proxy_protocol: bool,
+        proxy_protocol_from: &[String],
+    ) -> Result<i64, StoreError> {
+        insert_listener(&self.conn, addr, proxy_protocol, proxy_protocol_from)
     }
 
     /// The routes of one listener, ordered by hostname.
@@ -387,10 +413,15 @@ fn unique_violation(e: rusqlite::Error, what: impl FnOnce() -> String) -> StoreE
     }
 }
 
-fn insert_listener(conn: &Connection, addr: &str, proxy_protocol: bool) -> Result<i64, StoreError> {
+fn insert_listener(
+    conn: &Connection,
+    addr: &str,
+    proxy_protocol: bool,
+    proxy_protocol_from: &[String],
+) -> Result<i64, StoreError> {
     conn.execute(
-        "INSERT INTO listeners (addr, proxy_protocol) VALUES (?1, ?2)",
-        params![addr, proxy_protocol],
+        "INSERT INTO listeners (addr, proxy_protocol, proxy_protocol_from) VALUES (?1, ?2, ?3)",
+        params![addr, proxy_protocol, proxy_protocol_from.join(",")],
     )
     .map_err(|e| unique_violation(e, || format!("listener {addr}")))?;
     Ok(conn.last_insert_rowid())
@@ -459,8 +490,14 @@ mod tests {
         let (_dir, path) = temp_db();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 2);
-        assert!(columns(&store, "listeners").contains(&"proxy_protocol".to_owned()));
+        assert_eq!(SCHEMA_VERSION, 3);
+        let listeners = columns(&store, "listeners");
+        for col in ["proxy_protocol", "proxy_protocol_from"] {
+            assert!(
+                listeners.contains(&col.to_owned()),
+                "{col} missing: {listeners:?}"
+            );
+        }
         let routes = columns(&store, "routes");
         for col in [
             "mode",
@@ -487,7 +524,7 @@ mod tests {
     }
 
     #[test]
-    fn v1_database_with_rows_migrates_to_v2_keeping_them() {
+    fn v1_database_with_rows_migrates_to_latest_keeping_them() {
         let (_dir, path) = temp_db();
         {
             let store = Store::open_at_version(&path, 1).unwrap();
@@ -503,14 +540,15 @@ mod tests {
                 .unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         let listeners = store.listeners().unwrap();
         assert_eq!(
             listeners,
             vec![ListenerRow {
                 id: 1,
                 addr: "127.0.0.1:8443".into(),
-                proxy_protocol: false
+                proxy_protocol: false,
+                proxy_protocol_from: vec![],
             }]
         );
         assert_eq!(
@@ -539,7 +577,7 @@ mod tests {
                 err,
                 StoreError::TooNew {
                     found: 99,
-                    known: 2,
+                    known: SCHEMA_VERSION,
                     ..
                 }
             ),
@@ -555,7 +593,8 @@ mod tests {
     fn every_route_and_listener_field_round_trips() {
         let (_dir, path) = temp_db();
         let mut store = Store::open(&path).unwrap();
-        let id = store.create_listener("[::1]:8443", true).unwrap();
+        let from = vec!["10.0.0.0/8".to_owned(), "2001:db8::/32".to_owned()];
+        let id = store.create_listener("[::1]:8443", true, &from).unwrap();
         let l7 = Route {
             hostname: "web.test".into(),
             backend: "backend.internal:9080".into(),
@@ -575,6 +614,7 @@ mod tests {
         assert_eq!(store.routes(id).unwrap(), vec![l4.clone(), l7.clone()]);
         let listener = store.listener_by_addr("[::1]:8443").unwrap().unwrap();
         assert!(listener.proxy_protocol);
+        assert_eq!(listener.proxy_protocol_from, from);
         assert_eq!(listener.id, id);
 
         // Reopen: it is on disk, not only in this connection.
@@ -653,6 +693,7 @@ mod tests {
             [[listeners]]
             addr = "127.0.0.1:8443"
             proxy_protocol = true
+            proxy_protocol_from = ["10.1.2.3/8", "192.0.2.1"]
             [[listeners.routes]]
             hostname = "App.Test"
             backend = "127.0.0.1:9443"
@@ -666,6 +707,10 @@ mod tests {
         let listeners = store.listeners().unwrap();
         assert_eq!(listeners.len(), 1);
         assert!(listeners[0].proxy_protocol);
+        assert_eq!(
+            listeners[0].proxy_protocol_from,
+            ["10.0.0.0/8", "192.0.2.1/32"]
+        );
         let routes = store.routes(listeners[0].id).unwrap();
         assert_eq!(routes.len(), 1);
         assert_eq!(routes[0].hostname, "app.test");

@@ -11,8 +11,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use mc_proxy::config::Config;
+use mc_proxy::io::Rewind;
+use mc_proxy::proxyproto;
 use mc_proxy::server;
 use mc_proxy::state::State;
 use mc_proxy::store::Store;
@@ -189,17 +192,29 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Recorded<S> {
 
 /// A TLS echo server for one or more names: it echoes every byte, and when the client
 /// shuts down its write half it answers `bye from NAME\n` and closes. It records the raw
-/// (still encrypted) bytes of every connection it accepts.
+/// (still encrypted) bytes of every connection it accepts. Started with `start_proxied`, it
+/// first reads a PROXY protocol header (as an origin behind mc-proxy would) and records it.
 pub struct TlsBackend {
     pub addr: SocketAddr,
     pub name: String,
     /// Raw bytes received, one tape per accepted connection, in accept order.
     pub connections: Arc<Mutex<Vec<Tape>>>,
+    /// PROXY headers received (`start_proxied` only), in accept order.
+    pub headers: Arc<Mutex<Vec<proxyproto::Header>>>,
     task: JoinHandle<()>,
 }
 
 impl TlsBackend {
     pub async fn start(pki: &Pki, names: &[&str]) -> TlsBackend {
+        TlsBackend::start_with(pki, names, false).await
+    }
+
+    /// A backend that requires a PROXY header before the TLS handshake.
+    pub async fn start_proxied(pki: &Pki, names: &[&str]) -> TlsBackend {
+        TlsBackend::start_with(pki, names, true).await
+    }
+
+    async fn start_with(pki: &Pki, names: &[&str], expect_proxy: bool) -> TlsBackend {
         let (chain, key) = pki.issue(names);
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -212,8 +227,10 @@ impl TlsBackend {
         let addr = listener.local_addr().unwrap();
         let name = names[0].to_owned();
         let connections: Arc<Mutex<Vec<Tape>>> = Arc::default();
+        let headers: Arc<Mutex<Vec<proxyproto::Header>>> = Arc::default();
         let task = tokio::spawn({
-            let (name, connections) = (name.clone(), Arc::clone(&connections));
+            let (name, connections, headers) =
+                (name.clone(), Arc::clone(&connections), Arc::clone(&headers));
             async move {
                 loop {
                     let Ok((tcp, _)) = listener.accept().await else {
@@ -224,9 +241,23 @@ impl TlsBackend {
                         .lock()
                         .unwrap()
                         .push(Arc::clone(&recorded.reads));
-                    let (acceptor, name) = (acceptor.clone(), name.clone());
+                    let (acceptor, name, headers) =
+                        (acceptor.clone(), name.clone(), Arc::clone(&headers));
                     tokio::spawn(async move {
-                        let Ok(mut tls) = acceptor.accept(recorded).await else {
+                        let mut recorded = recorded;
+                        let mut early = Vec::new();
+                        if expect_proxy {
+                            let Ok((header, rest)) =
+                                proxyproto::read_header(&mut recorded, Duration::from_secs(5))
+                                    .await
+                            else {
+                                return;
+                            };
+                            headers.lock().unwrap().push(header);
+                            early = rest;
+                        }
+                        let Ok(mut tls) = acceptor.accept(Rewind::new(early, recorded)).await
+                        else {
                             return;
                         };
                         let mut buf = vec![0u8; 16 * 1024];
@@ -251,6 +282,7 @@ impl TlsBackend {
             addr,
             name,
             connections,
+            headers,
             task,
         }
     }
@@ -262,6 +294,11 @@ impl TlsBackend {
 
     pub fn accepted(&self) -> usize {
         self.connections.lock().unwrap().len()
+    }
+
+    /// The PROXY header of the `i`-th connection (`start_proxied` backends).
+    pub fn header(&self, i: usize) -> proxyproto::Header {
+        self.headers.lock().unwrap()[i].clone()
     }
 }
 
@@ -342,6 +379,28 @@ pub async fn tls_connect(
     tls_connect_chunked(addr, sni, config, None).await
 }
 
+/// Connects to `addr`, writes `preamble` (a PROXY header, say), then does TLS for `sni`.
+/// Returns the stream and the client's own TCP address.
+pub async fn tls_connect_after(
+    addr: SocketAddr,
+    preamble: &[u8],
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> io::Result<Client> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    tcp.write_all(preamble).await?;
+    let name = ServerName::try_from(sni.to_owned()).map_err(io::Error::other)?;
+    TlsConnector::from(config)
+        .connect(name, Recorded::new(tcp))
+        .await
+}
+
+/// The client's own TCP address on a TLS client stream.
+pub fn client_addr(client: &Client) -> SocketAddr {
+    client.get_ref().0.inner.local_addr().unwrap()
+}
+
 /// Like `tls_connect`, writing at most `chunk` bytes per TCP write.
 pub async fn tls_connect_chunked(
     addr: SocketAddr,
@@ -373,6 +432,47 @@ pub async fn read_until_closed(stream: &mut TcpStream) -> Result<Vec<u8>, io::Er
     let mut out = Vec::new();
     stream.read_to_end(&mut out).await.map_err(|e| e.kind())?;
     Ok(out)
+}
+
+/// Captures the log lines of the current thread (a `#[tokio::test]` runtime runs every task
+/// on it) until the guard drops.
+pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, Tape) {
+    #[derive(Clone)]
+    struct Writer(Tape);
+    impl io::Write for Writer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let tape = Tape::default();
+    let writer = Writer(Arc::clone(&tape));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("mc_proxy=debug"))
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (tracing::subscriber::set_default(subscriber), tape)
+}
+
+/// Waits (up to 10 s) for `needle` to appear in the captured log: connection log lines are
+/// written when the proxy's task ends, which can be just after the client saw EOF.
+pub async fn wait_for_log(tape: &Tape, needle: &str) -> bool {
+    for _ in 0..1000 {
+        if log_text(tape).contains(needle) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// The captured log as text.
+pub fn log_text(tape: &Tape) -> String {
+    String::from_utf8_lossy(&tape.lock().unwrap()).into_owned()
 }
 
 /// An address on which nothing listens (bound, then released).

@@ -331,3 +331,56 @@ async fn shutdown_grace_period_closes_stuck_connections() {
         .await
         .expect("client connection still open");
 }
+
+#[tokio::test]
+async fn idle_connection_is_closed_after_the_idle_timeout() {
+    let pki = Pki::new();
+    let (_a, _b, proxy) = two_backends(&pki, "[proxy]\nidle_timeout = \"300ms\"").await;
+    let mut client = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    client.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    client.read_exact(&mut one).await.unwrap();
+    // Say nothing more: the proxy ends the relay, the client sees its connection end.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "idle connection still open");
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn connections_over_max_connections_are_reset_until_a_slot_frees() {
+    let pki = Pki::new();
+    let (_a, _b, proxy) = two_backends(&pki, "[proxy]\nmax_connections = 1").await;
+    let mut first = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    first.write_all(b"1").await.unwrap();
+    let mut one = [0u8; 1];
+    first.read_exact(&mut one).await.unwrap();
+
+    let mut second = TcpStream::connect(proxy.addr()).await.unwrap();
+    assert_reset(&mut second).await;
+    let counters = &proxy.state.listeners[0].counters;
+    assert_eq!(counters.over_capacity.load(Ordering::Relaxed), 1);
+
+    send_and_finish(&mut first, b"").await.unwrap();
+    // The slot is released when the first connection's task ends.
+    let mut ok = false;
+    for _ in 0..500 {
+        if counters.active.load(Ordering::Relaxed) == 0 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(ok, "first connection never released its slot");
+    let mut third = tls_connect(proxy.addr(), "b.test", pki.client_config())
+        .await
+        .unwrap();
+    assert_eq!(
+        send_and_finish(&mut third, b"").await.unwrap(),
+        b"bye from b.test\n"
+    );
+}
