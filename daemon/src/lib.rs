@@ -17,4 +17,5 @@ pub mod routes;
 pub mod server;
 pub mod sni;
 pub mod state;
+pub mod stats;
 pub mod store;

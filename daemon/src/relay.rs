@@ -17,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::stats::Transferred;
+
 /// Per-direction copy buffer. 16 KiB holds a full TLS record, so a record is usually moved in
 /// one read and one write.
 const BUF_SIZE: usize = 16 * 1024;
@@ -34,30 +36,35 @@ pub enum RelayEnd {
     Error(io::Error),
 }
 
-/// Bytes moved so far, per direction.
-#[derive(Debug, Default)]
-pub struct Transferred {
-    /// Client to backend.
-    pub up: AtomicU64,
-    /// Backend to client.
-    pub down: AtomicU64,
-}
-
 /// Relays until both directions are done, a side fails or nothing moves for `idle`. Counts
-/// into `bytes`. Cancel by dropping the future.
+/// into both `conn` (this connection) and `route` (its route's live totals). Cancel by
+/// dropping the future.
 pub async fn relay(
     client: &mut TcpStream,
     backend: &mut TcpStream,
     idle: Duration,
-    bytes: &Transferred,
+    conn: &Transferred,
+    route: &Transferred,
 ) -> RelayEnd {
     let start = Instant::now();
     // Milliseconds after `start` of the last byte moved; shared by both directions.
     let last = AtomicU64::new(0);
     let (mut client_rx, mut client_tx) = client.split();
     let (mut backend_rx, mut backend_tx) = backend.split();
-    let up = copy_half(&mut client_rx, &mut backend_tx, &bytes.up, &last, start);
-    let down = copy_half(&mut backend_rx, &mut client_tx, &bytes.down, &last, start);
+    let up = copy_half(
+        &mut client_rx,
+        &mut backend_tx,
+        [&conn.up, &route.up],
+        &last,
+        start,
+    );
+    let down = copy_half(
+        &mut backend_rx,
+        &mut client_tx,
+        [&conn.down, &route.down],
+        &last,
+        start,
+    );
 
     tokio::select! {
         res = async { tokio::try_join!(up, down) } => match res {
@@ -71,7 +78,7 @@ pub async fn relay(
 async fn copy_half<R, W>(
     reader: &mut R,
     writer: &mut W,
-    count: &AtomicU64,
+    counts: [&AtomicU64; 2],
     last: &AtomicU64,
     start: Instant,
 ) -> io::Result<()>
@@ -92,7 +99,9 @@ where
             };
         }
         writer.write_all(&buf[..n]).await?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
+        for count in counts {
+            count.fetch_add(n as u64, Ordering::Relaxed);
+        }
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }

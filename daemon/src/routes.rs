@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use mc_proxy_shared::{Mode, Route};
 
+use crate::stats::RouteStats;
+
 /// Longest DNS name, without the trailing dot (RFC 1035 §2.3.4).
 const MAX_NAME_LEN: usize = 253;
 /// Longest DNS label (RFC 1035 §2.3.4).
@@ -58,8 +60,8 @@ pub fn normalize_route_hostname(hostname: &str) -> Option<String> {
 }
 
 /// What a matched route tells the connection pipeline: every field of the route, shared by
-/// all connections routed by it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// all connections routed by it, and its live counters.
+#[derive(Debug, Clone)]
 pub struct RouteInfo {
     /// The route's hostname as configured (`app.test` or `*.example.com`), normalised.
     pub hostname: String,
@@ -75,10 +77,13 @@ pub struct RouteInfo {
     pub backend_tls: bool,
     /// Write a PROXY v2 header to the backend before anything else.
     pub send_proxy_protocol: bool,
+    /// Counters, shared with every earlier and later version of this route.
+    pub stats: Arc<RouteStats>,
 }
 
-impl From<Route> for RouteInfo {
-    fn from(r: Route) -> Self {
+impl RouteInfo {
+    /// A route with the given counters.
+    pub fn new(r: Route, stats: Arc<RouteStats>) -> Self {
         RouteInfo {
             hostname: r.hostname,
             backend: r.backend,
@@ -87,6 +92,20 @@ impl From<Route> for RouteInfo {
             tls_key: r.tls_key,
             backend_tls: r.backend_tls,
             send_proxy_protocol: r.send_proxy_protocol,
+            stats,
+        }
+    }
+
+    /// The route's fields without the counters.
+    pub fn route(&self) -> Route {
+        Route {
+            hostname: self.hostname.clone(),
+            backend: self.backend.clone(),
+            mode: self.mode,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            backend_tls: self.backend_tls,
+            send_proxy_protocol: self.send_proxy_protocol,
         }
     }
 }
@@ -100,12 +119,22 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Builds a table from validated routes (hostnames normalised, unique per listener). A
-    /// later duplicate replaces an earlier one; validation keeps that from happening.
+    /// Builds a table from validated routes (hostnames normalised, unique per listener), each
+    /// with fresh counters.
     pub fn new(routes: impl IntoIterator<Item = Route>) -> Self {
+        RouteTable::with_stats(routes, |_| Arc::default())
+    }
+
+    /// Builds a table taking each route's counters from `stats_for(hostname)`. A later
+    /// duplicate replaces an earlier one; validation keeps that from happening.
+    pub fn with_stats(
+        routes: impl IntoIterator<Item = Route>,
+        mut stats_for: impl FnMut(&str) -> Arc<RouteStats>,
+    ) -> Self {
         let mut table = RouteTable::default();
         for route in routes {
-            let info = Arc::new(RouteInfo::from(route));
+            let stats = stats_for(&route.hostname);
+            let info = Arc::new(RouteInfo::new(route, stats));
             match info.hostname.strip_prefix("*.") {
                 Some(rest) => table.wildcard.insert(rest.to_owned(), info),
                 None => table.exact.insert(info.hostname.clone(), info),
@@ -121,6 +150,15 @@ impl RouteTable {
         }
         let (_, parent) = sni.split_once('.')?;
         self.wildcard.get(parent).map(Arc::clone)
+    }
+
+    /// Every route, exact names first, each group sorted by hostname.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<RouteInfo>> {
+        let mut exact: Vec<_> = self.exact.values().collect();
+        let mut wild: Vec<_> = self.wildcard.values().collect();
+        exact.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        wild.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        exact.into_iter().chain(wild)
     }
 
     /// Number of routes in the table.

@@ -29,10 +29,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Level};
 
 use crate::proxyproto;
-use crate::relay::{RelayEnd, Transferred, relay};
+use crate::relay::{RelayEnd, relay};
 use crate::routes::RouteInfo;
 use crate::sni::{self, ClientHello};
 use crate::state::{ListenerCounters, ListenerState, StartError, State};
+use crate::stats::{ActiveGuard, Transferred};
 
 /// A bound socket and the listener state it serves.
 #[derive(Debug)]
@@ -341,6 +342,7 @@ async fn pipeline(
     let route = listener.lookup(&sni).ok_or(ConnError::UnknownHost(sni))?;
     tracing::Span::current().record("route", route.hostname.as_str());
     conn.route = Some(Arc::clone(&route));
+    let _active = ActiveGuard::new(&route.stats);
     match route.mode {
         Mode::L4 => relay_l4(stream, &peeked, &route, conn, shared).await,
         Mode::L7 => Err(ConnError::L7Unsupported),
@@ -400,7 +402,11 @@ async fn relay_l4(
     shared: &Shared,
 ) -> Result<RelayEnd, ConnError> {
     let proxy = &shared.state.proxy;
-    let mut backend = dial_backend(&route.backend, proxy.connect_timeout).await?;
+    let mut backend = dial_backend(&route.backend, proxy.connect_timeout)
+        .await
+        .inspect_err(|_| {
+            route.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
+        })?;
     if route.send_proxy_protocol {
         // The destination is where the client reached us; the spec has the header relay the
         // original connection's endpoints.
@@ -422,7 +428,14 @@ async fn relay_l4(
         .up
         .fetch_add(peeked.len() as u64, Ordering::Relaxed);
     let _ = client.set_nodelay(true);
-    Ok(relay(client, &mut backend, proxy.idle_timeout, &conn.bytes).await)
+    Ok(relay(
+        client,
+        &mut backend,
+        proxy.idle_timeout,
+        &conn.bytes,
+        &route.stats.bytes,
+    )
+    .await)
 }
 
 /// The unspecified address of the client's family: what a PROXY header says for "some local

@@ -7,9 +7,10 @@
 //! `Arc<RouteInfo>` it was routed with for its whole life, so a route change affects new
 //! connections only.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
@@ -17,7 +18,9 @@ use ipnet::IpNet;
 use crate::config::{Config, ProxyConfig, parse_net, validate_route};
 use crate::firewall::{Firewall, InvalidRule};
 use crate::routes::{RouteInfo, RouteTable};
+use crate::stats::RouteStats;
 use crate::store::{Store, StoreError};
+use mc_proxy_shared::Route;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -147,16 +150,43 @@ pub struct State {
     /// The listeners, in store order.
     pub listeners: Vec<Arc<ListenerState>>,
     firewall: ArcSwap<Firewall>,
+    /// Counters per (listener id, hostname), kept across route table swaps. Locked only while
+    /// building a table, never on the data path.
+    route_stats: Mutex<HashMap<(i64, String), Arc<RouteStats>>>,
 }
 
 impl State {
     /// Builds state from parts (tests and `load`).
     pub fn new(proxy: ProxyConfig, listeners: Vec<Arc<ListenerState>>, firewall: Firewall) -> Self {
+        let mut route_stats = HashMap::new();
+        for l in &listeners {
+            for route in l.routes().iter() {
+                route_stats.insert((l.id, route.hostname.clone()), Arc::clone(&route.stats));
+            }
+        }
         State {
             proxy,
             listeners,
             firewall: ArcSwap::from_pointee(firewall),
+            route_stats: Mutex::new(route_stats),
         }
+    }
+
+    /// A route table for `listener_id` whose routes keep the counters of their earlier
+    /// versions (same hostname). Counters of hostnames no longer present are dropped.
+    pub fn build_table(&self, listener_id: i64, routes: Vec<Route>) -> RouteTable {
+        let mut stats = self.route_stats.lock().expect("route stats lock poisoned");
+        stats.retain(|(id, host), _| {
+            *id != listener_id || routes.iter().any(|r| &r.hostname == host)
+        });
+        RouteTable::with_stats(routes, |host| {
+            Arc::clone(stats.entry((listener_id, host.to_owned())).or_default())
+        })
+    }
+
+    /// The listener with this store id.
+    pub fn listener(&self, id: i64) -> Option<&Arc<ListenerState>> {
+        self.listeners.iter().find(|l| l.id == id)
     }
 
     /// Seeds an empty store from the config, then loads listeners, routes and firewall rules

@@ -58,6 +58,13 @@ async fn two_hostnames_reach_their_own_backends_with_data_both_ways() {
     }
     assert_eq!(a.accepted(), 2);
     assert_eq!(b.accepted(), 1);
+    let stats = proxy.state.listeners[0]
+        .lookup("a.test")
+        .unwrap()
+        .stats
+        .snapshot();
+    assert_eq!(stats.total, 2);
+    assert!(stats.bytes_up > 300 && stats.bytes_down > 1000, "{stats:?}");
     let counters = &proxy.state.listeners[0].counters;
     assert_eq!(counters.accepted.load(Ordering::Relaxed), 3);
     assert_eq!(counters.resets.load(Ordering::Relaxed), 0);
