@@ -12,10 +12,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use mc_proxy_shared::{Mode, ParseModeError, Route};
+use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Deserializer};
 
 use crate::certs::{CertError, load_certified_key};
@@ -212,8 +214,22 @@ pub enum RouteError {
 pub struct ValidRoute {
     /// The route with its hostname normalised (lowercase, no trailing dot).
     pub route: Route,
+    /// L7: the loaded and checked certificate/key pair, so connections never touch the files.
+    pub certified_key: Option<Arc<CertifiedKey>>,
     /// Allowed but suspicious settings.
     pub warnings: Vec<String>,
+}
+
+impl ValidRoute {
+    /// An L4 route taken as valid without checks (tests, and tables built from routes that
+    /// were validated before).
+    pub fn unchecked(route: Route) -> Self {
+        ValidRoute {
+            route,
+            certified_key: None,
+            warnings: Vec::new(),
+        }
+    }
 }
 
 /// Checks one route on its own (not against its neighbours): hostname, backend, mode and, for
@@ -224,6 +240,7 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
         .ok_or_else(|| RouteError::Hostname(route.hostname.clone()))?;
     validate_backend(&route.backend)?;
     let mut warnings = Vec::new();
+    let mut certified_key = None;
     match route.mode {
         Mode::L7 => {
             if route.tls_cert.is_empty() {
@@ -232,7 +249,10 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
             if route.tls_key.is_empty() {
                 return Err(RouteError::MissingKey);
             }
-            load_certified_key(Path::new(&route.tls_cert), Path::new(&route.tls_key))?;
+            certified_key = Some(load_certified_key(
+                Path::new(&route.tls_cert),
+                Path::new(&route.tls_key),
+            )?);
         }
         Mode::L4 => {
             if !route.tls_cert.is_empty() || !route.tls_key.is_empty() {
@@ -250,6 +270,7 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
             hostname,
             ..route.clone()
         },
+        certified_key,
         warnings,
     })
 }

@@ -14,6 +14,9 @@ use std::sync::Arc;
 
 use mc_proxy_shared::{Mode, Route};
 
+use rustls::sign::CertifiedKey;
+
+use crate::config::ValidRoute;
 use crate::stats::RouteStats;
 
 /// Longest DNS name, without the trailing dot (RFC 1035 §2.3.4).
@@ -77,13 +80,16 @@ pub struct RouteInfo {
     pub backend_tls: bool,
     /// Write a PROXY v2 header to the backend before anything else.
     pub send_proxy_protocol: bool,
+    /// L7: the certificate/key pair presented to clients, loaded when the route was.
+    pub certified_key: Option<Arc<CertifiedKey>>,
     /// Counters, shared with every earlier and later version of this route.
     pub stats: Arc<RouteStats>,
 }
 
 impl RouteInfo {
-    /// A route with the given counters.
-    pub fn new(r: Route, stats: Arc<RouteStats>) -> Self {
+    /// A validated route with the given counters.
+    pub fn new(valid: ValidRoute, stats: Arc<RouteStats>) -> Self {
+        let r = valid.route;
         RouteInfo {
             hostname: r.hostname,
             backend: r.backend,
@@ -92,6 +98,7 @@ impl RouteInfo {
             tls_key: r.tls_key,
             backend_tls: r.backend_tls,
             send_proxy_protocol: r.send_proxy_protocol,
+            certified_key: valid.certified_key,
             stats,
         }
     }
@@ -119,21 +126,23 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Builds a table from validated routes (hostnames normalised, unique per listener), each
-    /// with fresh counters.
+    /// Builds a table from L4 routes taken as valid, each with fresh counters (tests).
     pub fn new(routes: impl IntoIterator<Item = Route>) -> Self {
-        RouteTable::with_stats(routes, |_| Arc::default())
+        RouteTable::with_stats(routes.into_iter().map(ValidRoute::unchecked), |_| {
+            Arc::default()
+        })
     }
 
-    /// Builds a table taking each route's counters from `stats_for(hostname)`. A later
-    /// duplicate replaces an earlier one; validation keeps that from happening.
+    /// Builds a table from validated routes (hostnames normalised, unique per listener),
+    /// taking each route's counters from `stats_for(hostname)`. A later duplicate replaces an
+    /// earlier one; validation keeps that from happening.
     pub fn with_stats(
-        routes: impl IntoIterator<Item = Route>,
+        routes: impl IntoIterator<Item = ValidRoute>,
         mut stats_for: impl FnMut(&str) -> Arc<RouteStats>,
     ) -> Self {
         let mut table = RouteTable::default();
         for route in routes {
-            let stats = stats_for(&route.hostname);
+            let stats = stats_for(&route.route.hostname);
             let info = Arc::new(RouteInfo::new(route, stats));
             match info.hostname.strip_prefix("*.") {
                 Some(rest) => table.wildcard.insert(rest.to_owned(), info),

@@ -15,12 +15,12 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
+use crate::config::ValidRoute;
 use crate::config::{Config, ProxyConfig, parse_net, validate_route};
 use crate::firewall::{Firewall, InvalidRule};
 use crate::routes::{RouteInfo, RouteTable};
 use crate::stats::RouteStats;
 use crate::store::{Store, StoreError};
-use mc_proxy_shared::Route;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -174,10 +174,10 @@ impl State {
 
     /// A route table for `listener_id` whose routes keep the counters of their earlier
     /// versions (same hostname). Counters of hostnames no longer present are dropped.
-    pub fn build_table(&self, listener_id: i64, routes: Vec<Route>) -> RouteTable {
+    pub fn build_table(&self, listener_id: i64, routes: Vec<ValidRoute>) -> RouteTable {
         let mut stats = self.route_stats.lock().expect("route stats lock poisoned");
         stats.retain(|(id, host), _| {
-            *id != listener_id || routes.iter().any(|r| &r.hostname == host)
+            *id != listener_id || routes.iter().any(|r| &r.route.hostname == host)
         });
         RouteTable::with_stats(routes, |host| {
             Arc::clone(stats.entry((listener_id, host.to_owned())).or_default())
@@ -222,7 +222,7 @@ impl State {
                         for w in &valid.warnings {
                             tracing::warn!(listener = %addr, route = %route.hostname, "{w}");
                         }
-                        routes.push(valid.route);
+                        routes.push(valid);
                     }
                     Err(e) => tracing::error!(
                         listener = %addr,
@@ -246,7 +246,7 @@ impl State {
                 addr,
                 row.proxy_protocol,
                 proxy_protocol_from,
-                RouteTable::new(routes),
+                RouteTable::with_stats(routes, |_| Arc::default()),
             )));
         }
         let firewall = Firewall::from_rules(&store.firewall_rules()?)?;
