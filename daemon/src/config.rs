@@ -51,10 +51,13 @@ pub struct DatabaseConfig {
 }
 
 /// `[admin]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AdminConfig {
     /// Unix socket for the gRPC admin API; `None` disables the API.
     pub socket: Option<PathBuf>,
+    /// Events kept for a subscriber that has not read them yet; past that it loses the
+    /// oldest and is told how many.
+    pub event_buffer: usize,
 }
 
 /// `[firewall]`.
@@ -354,6 +357,7 @@ struct FileDatabase {
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     socket: Option<PathBuf>,
+    event_buffer: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -447,6 +451,9 @@ impl FileConfig {
             if value.is_zero() {
                 problem(format!("proxy.{name}"), "must be greater than zero".into());
             }
+        }
+        if self.admin.event_buffer == Some(0) {
+            problem("admin.event_buffer".into(), "must be at least 1".into());
         }
         if proxy.max_connections == 0 {
             problem("proxy.max_connections".into(), "must be at least 1".into());
@@ -556,6 +563,10 @@ impl FileConfig {
             },
             admin: AdminConfig {
                 socket: self.admin.socket.filter(|p| !p.as_os_str().is_empty()),
+                event_buffer: self
+                    .admin
+                    .event_buffer
+                    .unwrap_or(crate::events::DEFAULT_CAPACITY),
             },
             firewall,
             proxy,

@@ -7,8 +7,10 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod certs;
 pub mod config;
+pub mod events;
 pub mod firewall;
 pub mod io;
 pub mod proxyproto;

@@ -4,10 +4,11 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use mc_proxy::admin::{self, AdminSocket};
 use mc_proxy::config::Config;
 use mc_proxy::server;
 use mc_proxy::state::State;
@@ -115,10 +116,31 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let listeners = server::bind(&state).await?;
+        let admin_socket = config
+            .admin
+            .socket
+            .as_deref()
+            .map(AdminSocket::bind)
+            .transpose()?;
         let shutdown = CancellationToken::new();
         install_signal_handlers(shutdown.clone())?;
-        server::run(listeners, state, shutdown).await;
-        drop(store);
+        let store = Arc::new(Mutex::new(store));
+        let admin = async {
+            match admin_socket {
+                Some(socket) => {
+                    admin::serve(socket, Arc::clone(&state), store, shutdown.clone()).await
+                }
+                None => {
+                    tracing::info!("no [admin] socket configured: admin API disabled");
+                    Ok(())
+                }
+            }
+        };
+        let (admin, ()) = tokio::join!(
+            admin,
+            server::run(listeners, Arc::clone(&state), shutdown.clone())
+        );
+        admin?;
         Ok(())
     })
 }

@@ -103,6 +103,15 @@ impl RouteInfo {
         }
     }
 
+    /// The route as a `ValidRoute` (with its loaded key), to rebuild a table from.
+    pub fn to_valid(&self) -> ValidRoute {
+        ValidRoute {
+            route: self.route(),
+            certified_key: self.certified_key.clone(),
+            warnings: Vec::new(),
+        }
+    }
+
     /// The route's fields without the counters.
     pub fn route(&self) -> Route {
         Route {

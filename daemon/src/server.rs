@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use mc_proxy_shared::Mode;
+use mc_proxy_shared::{Mode, pb};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -186,7 +186,7 @@ async fn accept_loop(
         let (shared, listener) = (Arc::clone(&shared), Arc::clone(&listener));
         tracker.spawn(
             async move {
-                handle_conn(stream, peer, &listener, &shared).await;
+                handle_conn(id, stream, peer, &listener, &shared).await;
                 drop(permit);
             }
             .instrument(span),
@@ -206,6 +206,8 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 /// What we know about a connection, for its log line.
 #[derive(Debug)]
 struct ConnInfo {
+    /// Unique per daemon run; ties the events of one connection together.
+    id: u64,
     /// The TCP peer.
     peer: SocketAddr,
     /// The address the connection was accepted on.
@@ -293,6 +295,7 @@ impl ConnError {
 
 /// One connection, start to end: the pipeline in DESIGN.md.
 async fn handle_conn(
+    id: u64,
     mut stream: TcpStream,
     peer: SocketAddr,
     listener: &ListenerState,
@@ -301,6 +304,7 @@ async fn handle_conn(
     let started = Instant::now();
     listener.counters.active.fetch_add(1, Ordering::Relaxed);
     let mut conn = ConnInfo {
+        id,
         peer,
         local: stream.local_addr().ok(),
         client: peer,
@@ -314,6 +318,9 @@ async fn handle_conn(
         result = pipeline(&mut stream, &mut conn, listener, shared) => result,
         () = shared.force_close.cancelled() => Ok(RelayEnd::Cancelled),
     };
+    if let Err(e @ (ConnError::Blocked(_) | ConnError::UntrustedProxy(_))) = &result {
+        publish_blocked(&conn, listener, e, &shared.state);
+    }
     if let Err(e) = &result {
         ListenerCounters::bump(&listener.counters.resets);
         if e.fault() == Fault::Policy {
@@ -321,7 +328,9 @@ async fn handle_conn(
         }
         reset(stream);
     }
-    log_close(&conn, &result, started.elapsed());
+    let elapsed = started.elapsed();
+    log_close(&conn, &result, elapsed);
+    publish_close(&conn, listener, &result, elapsed, &shared.state);
     listener.counters.active.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -342,6 +351,7 @@ async fn pipeline(
     let route = listener.lookup(&sni).ok_or(ConnError::UnknownHost(sni))?;
     tracing::Span::current().record("route", route.hostname.as_str());
     conn.route = Some(Arc::clone(&route));
+    publish_open(conn, listener, &route, state);
     let _active = ActiveGuard::new(&route.stats);
     match route.mode {
         Mode::L4 => relay_l4(stream, &peeked, &route, conn, shared).await,
@@ -424,9 +434,9 @@ async fn relay_l4(
             source,
         });
     }
-    conn.bytes
-        .up
-        .fetch_add(peeked.len() as u64, Ordering::Relaxed);
+    for up in [&conn.bytes.up, &route.stats.bytes.up] {
+        up.fetch_add(peeked.len() as u64, Ordering::Relaxed);
+    }
     let _ = client.set_nodelay(true);
     Ok(relay(
         client,
@@ -474,22 +484,83 @@ fn reset(stream: TcpStream) {
     drop(stream);
 }
 
+fn publish_open(conn: &ConnInfo, listener: &ListenerState, route: &RouteInfo, state: &State) {
+    state.events.publish(|| {
+        pb::event::Kind::ConnectionOpened(pb::ConnectionOpened {
+            id: conn.id,
+            listener: listener.addr.to_string(),
+            client: conn.client.to_string(),
+            hostname: conn.sni.clone().unwrap_or_default(),
+            route: route.hostname.clone(),
+            mode: route.mode.to_string(),
+            backend: route.backend.clone(),
+        })
+    });
+}
+
+fn publish_blocked(conn: &ConnInfo, listener: &ListenerState, e: &ConnError, state: &State) {
+    state.events.publish(|| {
+        pb::event::Kind::ConnectionBlocked(pb::ConnectionBlocked {
+            listener: listener.addr.to_string(),
+            client: match e {
+                ConnError::UntrustedProxy(_) => conn.peer.to_string(),
+                _ => conn.client.to_string(),
+            },
+            reason: match e {
+                ConnError::UntrustedProxy(_) => "untrusted_proxy",
+                _ => "firewall",
+            }
+            .to_owned(),
+        })
+    });
+}
+
+fn publish_close(
+    conn: &ConnInfo,
+    listener: &ListenerState,
+    result: &Result<RelayEnd, ConnError>,
+    elapsed: Duration,
+    state: &State,
+) {
+    state.events.publish(|| {
+        let (outcome, error) = outcome(result);
+        let route = conn.route.as_deref();
+        pb::event::Kind::ConnectionClosed(pb::ConnectionClosed {
+            id: conn.id,
+            listener: listener.addr.to_string(),
+            client: conn.client.to_string(),
+            hostname: conn.sni.clone().unwrap_or_default(),
+            route: route.map(|r| r.hostname.clone()).unwrap_or_default(),
+            mode: route.map(|r| r.mode.to_string()).unwrap_or_default(),
+            backend: route.map(|r| r.backend.clone()).unwrap_or_default(),
+            bytes_in: conn.bytes.up.load(Ordering::Relaxed),
+            bytes_out: conn.bytes.down.load(Ordering::Relaxed),
+            duration_ms: elapsed.as_millis() as u64,
+            outcome: outcome.to_owned(),
+            error: error.unwrap_or_default(),
+        })
+    });
+}
+
+/// A connection's end as (outcome name, error text).
+fn outcome(result: &Result<RelayEnd, ConnError>) -> (&'static str, Option<String>) {
+    match result {
+        Ok(RelayEnd::Finished) => ("closed", None),
+        Ok(RelayEnd::IdleTimeout) => ("idle_timeout", None),
+        Ok(RelayEnd::Cancelled) => ("shutdown", None),
+        Ok(RelayEnd::Error(e)) => ("relay_error", Some(e.to_string())),
+        Err(e) => (e.reason(), Some(e.to_string())),
+    }
+}
+
 /// The access log: one line per connection, at close. The connection's span carries its id,
 /// listener, client and route; the event adds what happened.
 fn log_close(conn: &ConnInfo, result: &Result<RelayEnd, ConnError>, elapsed: Duration) {
-    let (level, outcome, error) = match result {
-        Ok(RelayEnd::Finished) => (Level::INFO, "closed", None),
-        Ok(RelayEnd::IdleTimeout) => (Level::INFO, "idle_timeout", None),
-        Ok(RelayEnd::Cancelled) => (Level::INFO, "shutdown", None),
-        Ok(RelayEnd::Error(e)) => (Level::INFO, "relay_error", Some(e.to_string())),
-        Err(e) => {
-            let level = match e.fault() {
-                Fault::Client | Fault::Policy => Level::INFO,
-                Fault::Backend | Fault::Config => Level::WARN,
-            };
-            (level, e.reason(), Some(e.to_string()))
-        }
+    let level = match result {
+        Err(e) if matches!(e.fault(), Fault::Backend | Fault::Config) => Level::WARN,
+        _ => Level::INFO,
     };
+    let (outcome, error) = outcome(result);
     macro_rules! access_log {
         ($lvl:expr) => {
             tracing::event!(

@@ -17,6 +17,7 @@ use ipnet::IpNet;
 
 use crate::config::ValidRoute;
 use crate::config::{Config, ProxyConfig, parse_net, validate_route};
+use crate::events::EventBus;
 use crate::firewall::{Firewall, InvalidRule};
 use crate::routes::{RouteInfo, RouteTable};
 use crate::stats::RouteStats;
@@ -149,6 +150,8 @@ pub struct State {
     pub proxy: ProxyConfig,
     /// The listeners, in store order.
     pub listeners: Vec<Arc<ListenerState>>,
+    /// Live events for admin API subscribers.
+    pub events: EventBus,
     firewall: ArcSwap<Firewall>,
     /// Counters per (listener id, hostname), kept across route table swaps. Locked only while
     /// building a table, never on the data path.
@@ -167,6 +170,7 @@ impl State {
         State {
             proxy,
             listeners,
+            events: EventBus::default(),
             firewall: ArcSwap::from_pointee(firewall),
             route_stats: Mutex::new(route_stats),
         }
@@ -250,7 +254,9 @@ impl State {
             )));
         }
         let firewall = Firewall::from_rules(&store.firewall_rules()?)?;
-        Ok(State::new(config.proxy.clone(), listeners, firewall))
+        let mut state = State::new(config.proxy.clone(), listeners, firewall);
+        state.events = EventBus::new(config.admin.event_buffer);
+        Ok(state)
     }
 
     /// The current firewall snapshot.

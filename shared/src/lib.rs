@@ -1,11 +1,19 @@
 //! Types shared by the mc-proxy daemon and the programs that talk to it (`mcproxyctl`, the
-//! console, other Rust programs).
+//! console, other Rust programs): the domain model, the generated admin API (`pb`), and a
+//! typed client over the daemon's Unix socket (`client`).
 //!
-//! No I/O. The types here are the vocabulary of the admin API: a route, its mode, a firewall
-//! rule. The daemon validates them (`mc_proxy::config::validate_route`); clients only build them.
+//! The model has no I/O and no validation beyond parsing enums: the daemon's
+//! `config::validate_route` is the one place that decides whether a route is acceptable.
 
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod model;
 
 pub use model::{FirewallRule, FirewallRuleKind, Mode, ParseModeError, Route};
+
+/// The admin API as generated from `proto/mc_proxy/v1/admin.proto` (package `mc_proxy.v1`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("mc_proxy.v1");
+}

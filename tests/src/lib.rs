@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use mc_proxy::admin::{self, AdminSocket};
 use mc_proxy::config::Config;
 use mc_proxy::io::Rewind;
 use mc_proxy::proxyproto;
@@ -308,54 +309,100 @@ impl Drop for TlsBackend {
     }
 }
 
-/// A running proxy: `server::run` on listeners bound from a generated config.
+/// A running daemon: `server::run` on listeners bound from a generated config, and the admin
+/// API on a socket in its temp dir, as `mc-proxy` runs them.
 pub struct Proxy {
     /// Bound address of each listener, in config order.
     pub addrs: Vec<SocketAddr>,
     pub state: Arc<State>,
+    /// The admin API's Unix socket.
+    pub socket: std::path::PathBuf,
     pub shutdown: CancellationToken,
     pub task: Option<JoinHandle<()>>,
+    pub admin_task: Option<JoinHandle<()>>,
     pub dir: tempfile::TempDir,
 }
 
 impl Proxy {
-    /// Starts a proxy whose config is `[database]` in a temp dir plus `body` (listeners use
-    /// `127.0.0.1:0`).
+    /// Starts a proxy whose config is `[database]` and `[admin]` in a temp dir plus `body`
+    /// (listeners use `127.0.0.1:0`).
     pub async fn start(body: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         Proxy::start_in(dir, body).await
     }
 
+    /// Like `start`, with extra `[admin]` keys (`event_buffer = 8`).
+    pub async fn start_with_admin(body: &str, admin_extra: &str) -> Proxy {
+        Proxy::start_full(tempfile::tempdir().unwrap(), body, admin_extra).await
+    }
+
     /// Like `start`, in an existing directory (reusing its database).
     pub async fn start_in(dir: tempfile::TempDir, body: &str) -> Proxy {
+        Proxy::start_full(dir, body, "").await
+    }
+
+    async fn start_full(dir: tempfile::TempDir, body: &str, admin_extra: &str) -> Proxy {
         init_tracing();
         let db = dir.path().join("mc-proxy.db");
-        let text = format!("[database]\npath = {:?}\n{body}", db.display().to_string());
+        let socket = dir.path().join("admin.sock");
+        let text = format!(
+            "[database]\npath = {:?}\n[admin]\nsocket = {:?}\n{admin_extra}\n{body}",
+            db.display().to_string(),
+            socket.display().to_string()
+        );
         let config = Config::parse(&dir.path().join("mc-proxy.toml"), &text)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let mut store = Store::open(&config.database.path).unwrap();
         let state = Arc::new(State::load(&config, &mut store).unwrap());
         let listeners = server::bind(&state).await.unwrap();
         let addrs = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let admin_socket = AdminSocket::bind(&socket).unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::run(listeners, Arc::clone(&state), shutdown.clone()));
+        let admin_task = tokio::spawn({
+            let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
+            let store = Arc::new(std::sync::Mutex::new(store));
+            async move {
+                admin::serve(admin_socket, state, store, shutdown)
+                    .await
+                    .unwrap();
+            }
+        });
         Proxy {
             addrs,
             state,
+            socket,
             shutdown,
             task: Some(task),
+            admin_task: Some(admin_task),
             dir,
         }
+    }
+
+    /// A client for this daemon's admin API.
+    pub async fn admin(&self) -> mc_proxy_shared::client::AdminClient {
+        mc_proxy_shared::client::AdminClient::connect(&self.socket)
+            .await
+            .unwrap()
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
     }
 
+    /// Stops the daemon and hands back its directory (database included), for a restart.
+    pub async fn stop_and_keep_dir(mut self) -> tempfile::TempDir {
+        self.stop().await;
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
     /// Fires shutdown and waits for `server::run` to return.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+        if let Some(task) = self.admin_task.take() {
             task.await.unwrap();
         }
     }

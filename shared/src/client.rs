@@ -1,0 +1,616 @@
+//! A typed client for the daemon's admin API over its Unix socket.
+//!
+//! I/O: one gRPC (HTTP/2) connection to the socket, made by [`AdminClient::connect`]. The API
+//! speaks the plain Rust types of this crate ([`Route`], [`FirewallRule`], [`Status`], [`Event`],
+//! ...), not prost messages; conversions to and from `pb` live at the bottom of this file and
+//! are used by the daemon too.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::model::{FirewallRule, FirewallRuleKind, Mode, Route};
+use crate::pb;
+use crate::pb::admin_service_client::AdminServiceClient;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answers on the socket.
+    #[error("cannot reach the mc-proxy daemon at {socket}: {reason} (is it running?)")]
+    Connect {
+        /// The socket tried.
+        socket: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The daemon answered with an error.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Rpc(#[from] tonic::Status),
+    /// The daemon sent something this client cannot read (version skew?).
+    #[error("unexpected answer from the daemon: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The gRPC code, for errors the daemon returned.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Rpc(status) => Some(status.code()),
+            _ => None,
+        }
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::AlreadyExists => "already exists",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::Internal => "internal error",
+        _ => "error",
+    }
+}
+
+/// Daemon status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    /// Daemon version.
+    pub version: String,
+    /// Time since the daemon started.
+    #[serde(rename = "uptime_seconds", serialize_with = "as_secs")]
+    pub uptime: Duration,
+    /// Every listener.
+    pub listeners: Vec<ListenerStatus>,
+    /// Connections open now.
+    pub active_connections: u64,
+    /// Connections accepted since start.
+    pub total_connections: u64,
+    /// Firewall rules in force.
+    pub firewall_rules: u32,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+/// One listener and its counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ListenerStatus {
+    /// Configured address; names the listener in every call.
+    pub addr: String,
+    /// Expects PROXY protocol headers.
+    pub proxy_protocol: bool,
+    /// Peers allowed to send them (empty: any).
+    pub proxy_protocol_from: Vec<String>,
+    /// Routes served.
+    pub route_count: u32,
+    /// Connections open now.
+    pub active_connections: u64,
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Connections reset (any reason).
+    pub resets: u64,
+    /// Connections reset by the firewall.
+    pub blocked: u64,
+    /// Connections refused at `max_connections`.
+    pub over_capacity: u64,
+}
+
+/// A route's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RouteStats {
+    /// Connections open now.
+    pub active_connections: u64,
+    /// Connections since start.
+    pub total_connections: u64,
+    /// Client to backend bytes.
+    pub bytes_in: u64,
+    /// Backend to client bytes.
+    pub bytes_out: u64,
+    /// Backend dial failures and timeouts.
+    pub backend_errors: u64,
+    /// L7 requests.
+    pub requests: u64,
+    /// L7 responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub responses: [u64; 5],
+}
+
+/// A route, the listener it belongs to, and its counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteEntry {
+    /// The listener's configured address.
+    pub listener: String,
+    /// Every field of the route.
+    pub route: Route,
+    /// Its counters.
+    pub stats: RouteStats,
+}
+
+/// The fields to change in `update_route`; `None` keeps the current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutePatch {
+    /// Rename the route.
+    pub hostname: Option<String>,
+    /// New backend.
+    pub backend: Option<String>,
+    /// New mode.
+    pub mode: Option<Mode>,
+    /// New certificate path.
+    pub tls_cert: Option<String>,
+    /// New key path.
+    pub tls_key: Option<String>,
+    /// New backend_tls flag.
+    pub backend_tls: Option<bool>,
+    /// New send_proxy_protocol flag.
+    pub send_proxy_protocol: Option<bool>,
+}
+
+/// One event from `watch_events`, with the daemon's time in ms since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TimedEvent {
+    /// When the daemon emitted it.
+    pub timestamp_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A connection was routed.
+    ConnectionOpened {
+        /// Connection id (unique per daemon run).
+        id: u64,
+        /// Listener address.
+        listener: String,
+        /// Real client address.
+        client: String,
+        /// SNI hostname.
+        hostname: String,
+        /// The matching route's hostname.
+        route: String,
+        /// "l4" or "l7".
+        mode: String,
+        /// Backend address.
+        backend: String,
+    },
+    /// A connection ended (routed or not).
+    ConnectionClosed {
+        /// Connection id.
+        id: u64,
+        /// Listener address.
+        listener: String,
+        /// Real client address.
+        client: String,
+        /// SNI hostname, empty if unknown.
+        hostname: String,
+        /// The route's hostname, empty if none.
+        route: String,
+        /// "l4", "l7" or empty.
+        mode: String,
+        /// Backend, empty if none.
+        backend: String,
+        /// Client to backend bytes.
+        bytes_in: u64,
+        /// Backend to client bytes.
+        bytes_out: u64,
+        /// Lifetime.
+        duration_ms: u64,
+        /// How it ended: "closed", "unknown_host", ...
+        outcome: String,
+        /// Error text, if any.
+        error: String,
+    },
+    /// A connection was refused by policy.
+    ConnectionBlocked {
+        /// Listener address.
+        listener: String,
+        /// Client address.
+        client: String,
+        /// "firewall" or "untrusted_proxy".
+        reason: String,
+    },
+    /// A route was added, updated or removed.
+    RouteChanged {
+        /// Listener address.
+        listener: String,
+        /// "added", "updated", "removed".
+        action: String,
+        /// The route (after the change; before it for "removed").
+        route: Route,
+        /// For "updated": the hostname before.
+        previous_hostname: String,
+    },
+    /// A firewall rule was added or removed.
+    FirewallChanged {
+        /// "added" or "removed".
+        action: String,
+        /// The rule.
+        rule: FirewallRule,
+    },
+    /// Counters of every listener and route, about once a second.
+    Stats {
+        /// Listeners.
+        listeners: Vec<ListenerStatus>,
+        /// Routes.
+        routes: Vec<RouteEntry>,
+    },
+    /// This subscriber read too slowly and lost events.
+    Lagged {
+        /// How many.
+        dropped: u64,
+    },
+}
+
+/// A connection to the daemon's admin socket.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    inner: AdminServiceClient<Channel>,
+}
+
+impl AdminClient {
+    /// Connects to the daemon's Unix socket.
+    pub async fn connect(socket: impl AsRef<Path>) -> Result<AdminClient, ClientError> {
+        let socket = socket.as_ref().to_owned();
+        let connect_err = |reason: String| ClientError::Connect {
+            socket: socket.clone(),
+            reason,
+        };
+        // The URI is required by the API but unused: the connector below ignores it.
+        let endpoint = Endpoint::try_from("http://mc-proxy.invalid")
+            .map_err(|e| connect_err(e.to_string()))?;
+        let path = socket.clone();
+        let channel =
+            endpoint
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
+                }))
+                .await
+                .map_err(|e| {
+                    // The transport error hides the io::Error that says what happened.
+                    let mut reason = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(inner) = source {
+                        reason = inner.to_string();
+                        source = inner.source();
+                    }
+                    connect_err(reason)
+                })?;
+        Ok(AdminClient {
+            inner: AdminServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
+        })
+    }
+
+    /// Version, uptime, listeners and totals.
+    pub async fn status(&mut self) -> Result<Status, ClientError> {
+        let r = self
+            .inner
+            .get_status(pb::GetStatusRequest {})
+            .await?
+            .into_inner();
+        Ok(Status {
+            version: r.version,
+            uptime: Duration::from_secs(r.uptime_seconds),
+            listeners: r.listeners.into_iter().map(ListenerStatus::from).collect(),
+            active_connections: r.active_connections,
+            total_connections: r.total_connections,
+            firewall_rules: r.firewall_rules,
+        })
+    }
+
+    /// Routes of one listener (`Some(addr)`) or of all.
+    pub async fn list_routes(
+        &mut self,
+        listener: Option<&str>,
+    ) -> Result<Vec<RouteEntry>, ClientError> {
+        let r = self
+            .inner
+            .list_routes(pb::ListRoutesRequest {
+                listener: listener.unwrap_or_default().to_owned(),
+            })
+            .await?
+            .into_inner();
+        r.routes.into_iter().map(RouteEntry::try_from).collect()
+    }
+
+    /// Adds a route; returns it as stored and any warnings.
+    pub async fn add_route(
+        &mut self,
+        listener: &str,
+        route: Route,
+    ) -> Result<(Route, Vec<String>), ClientError> {
+        let r = self
+            .inner
+            .add_route(pb::AddRouteRequest {
+                listener: listener.to_owned(),
+                route: Some(route.into()),
+            })
+            .await?
+            .into_inner();
+        Ok((required_route(r.route)?, r.warnings))
+    }
+
+    /// Changes the given fields of a route; returns it as stored and any warnings.
+    pub async fn update_route(
+        &mut self,
+        listener: &str,
+        hostname: &str,
+        patch: RoutePatch,
+    ) -> Result<(Route, Vec<String>), ClientError> {
+        let r = self
+            .inner
+            .update_route(pb::UpdateRouteRequest {
+                listener: listener.to_owned(),
+                hostname: hostname.to_owned(),
+                new_hostname: patch.hostname,
+                backend: patch.backend,
+                mode: patch.mode.map(|m| m.as_str().to_owned()),
+                tls_cert: patch.tls_cert,
+                tls_key: patch.tls_key,
+                backend_tls: patch.backend_tls,
+                send_proxy_protocol: patch.send_proxy_protocol,
+            })
+            .await?
+            .into_inner();
+        Ok((required_route(r.route)?, r.warnings))
+    }
+
+    /// Removes a route.
+    pub async fn remove_route(
+        &mut self,
+        listener: &str,
+        hostname: &str,
+    ) -> Result<(), ClientError> {
+        self.inner
+            .remove_route(pb::RemoveRouteRequest {
+                listener: listener.to_owned(),
+                hostname: hostname.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Every firewall rule.
+    pub async fn firewall_rules(&mut self) -> Result<Vec<FirewallRule>, ClientError> {
+        let r = self
+            .inner
+            .list_firewall_rules(pb::ListFirewallRulesRequest {})
+            .await?
+            .into_inner();
+        r.rules.into_iter().map(FirewallRule::try_from).collect()
+    }
+
+    /// Adds a rule; returns it as stored (normalised).
+    pub async fn add_firewall_rule(
+        &mut self,
+        rule: FirewallRule,
+    ) -> Result<FirewallRule, ClientError> {
+        let r = self
+            .inner
+            .add_firewall_rule(pb::AddFirewallRuleRequest {
+                rule: Some(rule.into()),
+            })
+            .await?
+            .into_inner();
+        r.rule
+            .ok_or_else(|| ClientError::Protocol("no rule in the answer".into()))?
+            .try_into()
+    }
+
+    /// Removes a rule.
+    pub async fn remove_firewall_rule(&mut self, rule: FirewallRule) -> Result<(), ClientError> {
+        self.inner
+            .remove_firewall_rule(pb::RemoveFirewallRuleRequest {
+                rule: Some(rule.into()),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Follows the daemon's events until the stream ends or the caller drops it.
+    pub async fn watch_events(
+        &mut self,
+    ) -> Result<impl Stream<Item = Result<TimedEvent, ClientError>> + use<>, ClientError> {
+        let stream = self
+            .inner
+            .watch_events(pb::WatchEventsRequest {})
+            .await?
+            .into_inner();
+        Ok(stream.map(|item| TimedEvent::try_from(item?)))
+    }
+}
+
+fn required_route(route: Option<pb::Route>) -> Result<Route, ClientError> {
+    route
+        .ok_or_else(|| ClientError::Protocol("no route in the answer".into()))?
+        .try_into()
+}
+
+// ---- Conversions between the model and the wire types (also used by the daemon). ----
+
+impl From<Route> for pb::Route {
+    fn from(r: Route) -> Self {
+        pb::Route {
+            hostname: r.hostname,
+            backend: r.backend,
+            mode: r.mode.as_str().to_owned(),
+            tls_cert: r.tls_cert,
+            tls_key: r.tls_key,
+            backend_tls: r.backend_tls,
+            send_proxy_protocol: r.send_proxy_protocol,
+        }
+    }
+}
+
+impl TryFrom<pb::Route> for Route {
+    type Error = ClientError;
+
+    fn try_from(r: pb::Route) -> Result<Self, Self::Error> {
+        Ok(Route {
+            mode: r
+                .mode
+                .parse()
+                .map_err(|e: crate::ParseModeError| ClientError::Protocol(e.to_string()))?,
+            hostname: r.hostname,
+            backend: r.backend,
+            tls_cert: r.tls_cert,
+            tls_key: r.tls_key,
+            backend_tls: r.backend_tls,
+            send_proxy_protocol: r.send_proxy_protocol,
+        })
+    }
+}
+
+impl From<FirewallRule> for pb::FirewallRule {
+    fn from(r: FirewallRule) -> Self {
+        pb::FirewallRule {
+            kind: r.kind.as_str().to_owned(),
+            value: r.value,
+        }
+    }
+}
+
+impl TryFrom<pb::FirewallRule> for FirewallRule {
+    type Error = ClientError;
+
+    fn try_from(r: pb::FirewallRule) -> Result<Self, Self::Error> {
+        let kind = match r.kind.as_str() {
+            "ip" => FirewallRuleKind::Ip,
+            "cidr" => FirewallRuleKind::Cidr,
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "unknown firewall rule kind {other:?}"
+                )));
+            }
+        };
+        Ok(FirewallRule {
+            kind,
+            value: r.value,
+        })
+    }
+}
+
+impl From<pb::ListenerStatus> for ListenerStatus {
+    fn from(l: pb::ListenerStatus) -> Self {
+        ListenerStatus {
+            addr: l.addr,
+            proxy_protocol: l.proxy_protocol,
+            proxy_protocol_from: l.proxy_protocol_from,
+            route_count: l.route_count,
+            active_connections: l.active_connections,
+            accepted: l.accepted,
+            resets: l.resets,
+            blocked: l.blocked,
+            over_capacity: l.over_capacity,
+        }
+    }
+}
+
+impl From<pb::RouteStats> for RouteStats {
+    fn from(s: pb::RouteStats) -> Self {
+        let mut responses = [0; 5];
+        for (slot, n) in responses.iter_mut().zip(s.responses) {
+            *slot = n;
+        }
+        RouteStats {
+            active_connections: s.active_connections,
+            total_connections: s.total_connections,
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            backend_errors: s.backend_errors,
+            requests: s.requests,
+            responses,
+        }
+    }
+}
+
+impl TryFrom<pb::RouteStatus> for RouteEntry {
+    type Error = ClientError;
+
+    fn try_from(r: pb::RouteStatus) -> Result<Self, Self::Error> {
+        Ok(RouteEntry {
+            listener: r.listener,
+            route: required_route(r.route)?,
+            stats: r.stats.map(RouteStats::from).unwrap_or_default(),
+        })
+    }
+}
+
+impl TryFrom<pb::Event> for TimedEvent {
+    type Error = ClientError;
+
+    fn try_from(e: pb::Event) -> Result<Self, Self::Error> {
+        use pb::event::Kind;
+        let kind = e
+            .kind
+            .ok_or_else(|| ClientError::Protocol("event without a kind".into()))?;
+        let event = match kind {
+            Kind::ConnectionOpened(c) => Event::ConnectionOpened {
+                id: c.id,
+                listener: c.listener,
+                client: c.client,
+                hostname: c.hostname,
+                route: c.route,
+                mode: c.mode,
+                backend: c.backend,
+            },
+            Kind::ConnectionClosed(c) => Event::ConnectionClosed {
+                id: c.id,
+                listener: c.listener,
+                client: c.client,
+                hostname: c.hostname,
+                route: c.route,
+                mode: c.mode,
+                backend: c.backend,
+                bytes_in: c.bytes_in,
+                bytes_out: c.bytes_out,
+                duration_ms: c.duration_ms,
+                outcome: c.outcome,
+                error: c.error,
+            },
+            Kind::ConnectionBlocked(c) => Event::ConnectionBlocked {
+                listener: c.listener,
+                client: c.client,
+                reason: c.reason,
+            },
+            Kind::RouteChanged(c) => Event::RouteChanged {
+                listener: c.listener,
+                action: c.action,
+                route: required_route(c.route)?,
+                previous_hostname: c.previous_hostname,
+            },
+            Kind::FirewallChanged(c) => Event::FirewallChanged {
+                action: c.action,
+                rule: c
+                    .rule
+                    .ok_or_else(|| ClientError::Protocol("firewall event without a rule".into()))?
+                    .try_into()?,
+            },
+            Kind::Stats(s) => Event::Stats {
+                listeners: s.listeners.into_iter().map(ListenerStatus::from).collect(),
+                routes: s
+                    .routes
+                    .into_iter()
+                    .map(RouteEntry::try_from)
+                    .collect::<Result<_, _>>()?,
+            },
+            Kind::Lagged(l) => Event::Lagged { dropped: l.dropped },
+        };
+        Ok(TimedEvent {
+            timestamp_ms: e.timestamp_ms,
+            event,
+        })
+    }
+}

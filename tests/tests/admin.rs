@@ -1,0 +1,520 @@
+//! The gRPC admin API end to end: the typed client over the daemon's Unix socket, writes that
+//! take effect on the next connection and survive restarts, and the live event stream.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mc_proxy::admin::{AdminError, AdminSocket};
+use mc_proxy::store::Store;
+use mc_proxy_shared::client::{Event, RoutePatch, TimedEvent};
+use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Mode, Route, pb};
+use mc_proxy_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn listener_toml(routes: &str) -> String {
+    format!("[[listeners]]\naddr = \"127.0.0.1:0\"\n{routes}")
+}
+
+fn route(hostname: &str, backend: impl ToString) -> Route {
+    Route {
+        hostname: hostname.into(),
+        backend: backend.to_string(),
+        ..Route::default()
+    }
+}
+
+const LISTENER: &str = "127.0.0.1:0";
+
+/// Waits for the next event matching `want`, skipping others (stats snapshots, ...).
+async fn next_matching(
+    events: &mut (
+             impl futures_util::Stream<Item = Result<TimedEvent, mc_proxy_shared::client::ClientError>>
+             + Unpin
+         ),
+    want: impl Fn(&Event) -> bool,
+) -> Event {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let event = events.next().await.expect("event stream ended").unwrap();
+            if want(&event.event) {
+                return event.event;
+            }
+        }
+    })
+    .await
+    .expect("no matching event within 10 s")
+}
+
+#[tokio::test]
+async fn socket_is_private_and_a_live_daemons_socket_is_not_taken_over() {
+    let proxy = Proxy::start(&listener_toml("")).await;
+    let mode = std::fs::metadata(&proxy.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    assert!(matches!(
+        AdminSocket::bind(&proxy.socket),
+        Err(AdminError::InUse(_))
+    ));
+    // The first daemon still answers.
+    proxy.admin().await.status().await.unwrap();
+
+    // A stale socket file nobody answers on is replaced.
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    AdminSocket::bind(&stale).unwrap();
+}
+
+#[tokio::test]
+async fn add_and_list_an_l7_route_with_every_field() {
+    let pki = Pki::new();
+    let proxy = Proxy::start(&listener_toml("")).await;
+    let (cert, key) = pki.write_pem(proxy.dir.path(), &["web.test"]);
+    let mut admin = proxy.admin().await;
+    let l7 = Route {
+        hostname: "Web.Test".into(),
+        backend: "backend.internal:9080".into(),
+        mode: Mode::L7,
+        tls_cert: cert,
+        tls_key: key,
+        backend_tls: true,
+        send_proxy_protocol: true,
+    };
+    let (stored, warnings) = admin.add_route(LISTENER, l7.clone()).await.unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let expected = Route {
+        hostname: "web.test".into(),
+        ..l7
+    };
+    assert_eq!(stored, expected);
+    let listed = admin.list_routes(Some(LISTENER)).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].route, expected);
+    assert_eq!(listed[0].listener, LISTENER);
+    let status = admin.status().await.unwrap();
+    assert_eq!(status.listeners[0].route_count, 1);
+    assert_eq!(status.version, env!("CARGO_PKG_VERSION"));
+}
+
+#[tokio::test]
+async fn invalid_routes_are_invalid_argument_and_change_nothing() {
+    let pki = Pki::new();
+    let proxy = Proxy::start(&listener_toml(
+        "[[listeners.routes]]\nhostname = \"keep.test\"\nbackend = \"127.0.0.1:9\"",
+    ))
+    .await;
+    let (cert, _) = pki.write_pem(proxy.dir.path(), &["web.test"]);
+    let (_, other_key) = pki.write_pem(proxy.dir.path(), &["other.test"]);
+    let mut admin = proxy.admin().await;
+    let missing = Route {
+        mode: Mode::L7,
+        tls_cert: proxy.dir.path().join("absent.pem").display().to_string(),
+        tls_key: other_key.clone(),
+        ..route("web.test", "127.0.0.1:9080")
+    };
+    let mismatched = Route {
+        mode: Mode::L7,
+        tls_cert: cert,
+        tls_key: other_key,
+        ..route("web.test", "127.0.0.1:9080")
+    };
+    let bad_backend = route("ok.test", "no-port");
+    let bad_host = route("bad host", "127.0.0.1:1");
+    for (bad, needle) in [
+        (missing, "cannot read tls_cert"),
+        (mismatched, "does not match"),
+        (bad_backend, "invalid backend"),
+        (bad_host, "invalid hostname"),
+    ] {
+        let err = admin.add_route(LISTENER, bad).await.unwrap_err();
+        assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+    let err = admin
+        .add_route(LISTENER, route("keep.test", "127.0.0.1:10"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::AlreadyExists), "{err}");
+    let err = admin
+        .add_route("127.0.0.1:1", route("x.test", "127.0.0.1:10"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::NotFound), "{err}");
+    let err = admin
+        .update_route(
+            LISTENER,
+            "keep.test",
+            RoutePatch {
+                mode: Some(Mode::L7),
+                ..RoutePatch::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+
+    // Neither the live table nor the database changed.
+    let listed = admin.list_routes(None).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].route, route("keep.test", "127.0.0.1:9"));
+    let store = Store::open(proxy.dir.path().join("mc-proxy.db")).unwrap();
+    let id = store.listeners().unwrap()[0].id;
+    assert_eq!(
+        store.routes(id).unwrap(),
+        vec![route("keep.test", "127.0.0.1:9")]
+    );
+}
+
+#[tokio::test]
+async fn add_with_only_hostname_and_backend_is_l4_without_proxy_protocol() {
+    let proxy = Proxy::start(&listener_toml("")).await;
+    // A client that predates modes: only the two original fields on the wire.
+    let mut raw = pb::admin_service_client::AdminServiceClient::new(
+        tonic::transport::Endpoint::try_from("http://x")
+            .unwrap()
+            .connect_with_connector(tower_service(proxy.socket.clone()))
+            .await
+            .unwrap(),
+    );
+    raw.add_route(pb::AddRouteRequest {
+        listener: LISTENER.into(),
+        route: Some(pb::Route {
+            hostname: "old.test".into(),
+            backend: "127.0.0.1:9".into(),
+            ..pb::Route::default()
+        }),
+    })
+    .await
+    .unwrap();
+    let listed = proxy.admin().await.list_routes(None).await.unwrap();
+    assert_eq!(listed[0].route, route("old.test", "127.0.0.1:9"));
+    assert_eq!(listed[0].route.mode, Mode::L4);
+    assert!(!listed[0].route.send_proxy_protocol);
+}
+
+fn tower_service(
+    path: std::path::PathBuf,
+) -> impl tower_service::Service<
+    tonic::transport::Uri,
+    Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone {
+    tower::service_fn(move |_| {
+        let path = path.clone();
+        async move {
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::connect(path).await?,
+            ))
+        }
+    })
+}
+
+#[tokio::test]
+async fn routes_change_live_and_in_flight_connections_keep_theirs() {
+    let pki = Pki::new();
+    let a = TlsBackend::start(&pki, &["a.test"]).await;
+    let b = TlsBackend::start(&pki, &["b.test"]).await;
+    let proxy = Proxy::start(&listener_toml("")).await;
+    let mut admin = proxy.admin().await;
+
+    // No route yet: reset.
+    let err = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+
+    admin
+        .add_route(LISTENER, route("a.test", a.addr))
+        .await
+        .unwrap();
+    let mut open = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    open.write_all(b"one").await.unwrap();
+    let mut buf = [0u8; 3];
+    open.read_exact(&mut buf).await.unwrap();
+
+    // Removing the route does not cut the connection already routed by it.
+    admin.remove_route(LISTENER, "a.test").await.unwrap();
+    assert!(
+        tls_connect(proxy.addr(), "a.test", pki.client_config())
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        send_and_finish(&mut open, b"two").await.unwrap(),
+        b"twobye from a.test\n"
+    );
+
+    // Update: add b.test, then rename it and point it elsewhere; counters follow the route.
+    admin
+        .add_route(LISTENER, route("b.test", b.addr))
+        .await
+        .unwrap();
+    let mut c = tls_connect(proxy.addr(), "b.test", pki.client_config())
+        .await
+        .unwrap();
+    send_and_finish(&mut c, b"").await.unwrap();
+    let (updated, _) = admin
+        .update_route(
+            LISTENER,
+            "b.test",
+            RoutePatch {
+                backend: Some(a.addr.to_string()),
+                send_proxy_protocol: Some(false),
+                ..RoutePatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated, route("b.test", a.addr));
+    let listed = admin.list_routes(None).await.unwrap();
+    assert_eq!(listed[0].stats.total_connections, 1);
+    // b.test now reaches backend a, whose certificate does not cover b.test.
+    assert!(
+        tls_connect(proxy.addr(), "b.test", pki.client_config())
+            .await
+            .is_err()
+    );
+    assert_eq!(a.accepted(), 2);
+}
+
+#[tokio::test]
+async fn firewall_rules_apply_from_the_next_connection() {
+    let pki = Pki::new();
+    let a = TlsBackend::start(&pki, &["a.test"]).await;
+    let proxy = Proxy::start(&listener_toml(&format!(
+        "[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"",
+        a.addr
+    )))
+    .await;
+    let mut admin = proxy.admin().await;
+    let rule = FirewallRule {
+        kind: FirewallRuleKind::Cidr,
+        value: "127.1.2.3/8".into(),
+    };
+    let stored = admin.add_firewall_rule(rule).await.unwrap();
+    assert_eq!(stored.value, "127.0.0.0/8");
+    assert!(
+        tls_connect(proxy.addr(), "a.test", pki.client_config())
+            .await
+            .is_err()
+    );
+    let err = admin
+        .add_firewall_rule(FirewallRule {
+            kind: FirewallRuleKind::Ip,
+            value: "999.1.1.1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument));
+    assert_eq!(admin.firewall_rules().await.unwrap(), vec![stored.clone()]);
+
+    admin.remove_firewall_rule(stored.clone()).await.unwrap();
+    let mut c = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    send_and_finish(&mut c, b"").await.unwrap();
+    let err = admin.remove_firewall_rule(stored).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::NotFound));
+}
+
+#[tokio::test]
+async fn api_changes_survive_a_restart_and_the_toml_is_not_reapplied() {
+    let toml = listener_toml(
+        "[[listeners.routes]]\nhostname = \"from-toml.test\"\nbackend = \"127.0.0.1:9\"\n\
+         [firewall]\nblocked_ips = [\"192.0.2.1\"]",
+    );
+    let proxy = Proxy::start(&toml).await;
+    let mut admin = proxy.admin().await;
+    admin
+        .add_route(LISTENER, route("from-api.test", "127.0.0.1:10"))
+        .await
+        .unwrap();
+    admin
+        .remove_route(LISTENER, "from-toml.test")
+        .await
+        .unwrap();
+    admin
+        .add_firewall_rule(FirewallRule {
+            kind: FirewallRuleKind::Ip,
+            value: "192.0.2.2".into(),
+        })
+        .await
+        .unwrap();
+    drop(admin);
+    let dir = proxy.stop_and_keep_dir().await;
+
+    let proxy = Proxy::start_in(dir, &toml).await;
+    let mut admin = proxy.admin().await;
+    let routes: Vec<String> = admin
+        .list_routes(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.route.hostname)
+        .collect();
+    assert_eq!(routes, ["from-api.test"]);
+    let rules: Vec<String> = admin
+        .firewall_rules()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(rules, ["192.0.2.1", "192.0.2.2"]);
+}
+
+#[tokio::test]
+async fn watchers_see_connections_open_and_close_with_byte_counts() {
+    let pki = Pki::new();
+    let a = TlsBackend::start(&pki, &["a.test"]).await;
+    let proxy = Proxy::start(&listener_toml(&format!(
+        "[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"",
+        a.addr
+    )))
+    .await;
+    let mut admin = proxy.admin().await;
+    let mut events = Box::pin(admin.watch_events().await.unwrap());
+    // Subscribed once the stream is up; wait until the daemon counts the subscriber.
+    for _ in 0..500 {
+        if proxy.state.events.has_subscribers() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut c = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    let me = client_addr(&c);
+    send_and_finish(&mut c, &[7u8; 5000]).await.unwrap();
+    let sent = c.get_ref().0.writes.lock().unwrap().len() as u64;
+    let received = c.get_ref().0.reads.lock().unwrap().len() as u64;
+
+    let opened = next_matching(&mut events, |e| matches!(e, Event::ConnectionOpened { .. })).await;
+    let Event::ConnectionOpened {
+        client,
+        hostname,
+        mode,
+        backend,
+        ..
+    } = opened
+    else {
+        unreachable!()
+    };
+    assert_eq!(client, me.to_string());
+    assert_eq!(hostname, "a.test");
+    assert_eq!(mode, "l4");
+    assert_eq!(backend, a.addr.to_string());
+
+    let closed = next_matching(&mut events, |e| matches!(e, Event::ConnectionClosed { .. })).await;
+    let Event::ConnectionClosed {
+        bytes_in,
+        bytes_out,
+        outcome,
+        ..
+    } = closed
+    else {
+        unreachable!()
+    };
+    assert_eq!(outcome, "closed");
+    assert_eq!(bytes_in, sent, "client->backend bytes");
+    assert_eq!(bytes_out, received, "backend->client bytes");
+
+    // Route and firewall changes and blocks are events too; so are stats snapshots.
+    admin
+        .add_route(LISTENER, route("b.test", "127.0.0.1:9"))
+        .await
+        .unwrap();
+    let changed = next_matching(&mut events, |e| matches!(e, Event::RouteChanged { .. })).await;
+    assert!(matches!(changed, Event::RouteChanged { ref action, .. } if action == "added"));
+    admin
+        .add_firewall_rule(FirewallRule {
+            kind: FirewallRuleKind::Ip,
+            value: "127.0.0.1".into(),
+        })
+        .await
+        .unwrap();
+    next_matching(&mut events, |e| matches!(e, Event::FirewallChanged { .. })).await;
+    let _ = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    next_matching(
+        &mut events,
+        |e| matches!(e, Event::ConnectionBlocked { reason, .. } if reason == "firewall"),
+    )
+    .await;
+    let stats = next_matching(&mut events, |e| matches!(e, Event::Stats { .. })).await;
+    let Event::Stats { routes, .. } = stats else {
+        unreachable!()
+    };
+    let a_stats = routes
+        .iter()
+        .find(|r| r.route.hostname == "a.test")
+        .unwrap();
+    assert_eq!(a_stats.stats.total_connections, 1);
+    assert_eq!(a_stats.stats.bytes_in, sent);
+}
+
+#[tokio::test]
+async fn a_stuck_subscriber_never_slows_traffic_and_learns_what_it_lost() {
+    let pki = Pki::new();
+    let a = TlsBackend::start(&pki, &["a.test"]).await;
+    let proxy = Proxy::start_with_admin(
+        &listener_toml(&format!(
+            "[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"",
+            a.addr
+        )),
+        "event_buffer = 8",
+    )
+    .await;
+    let mut admin = proxy.admin().await;
+    // Two subscribers that never read while traffic flows: one over gRPC, one on the bus.
+    let mut grpc_events = Box::pin(admin.watch_events().await.unwrap());
+    let mut bus = proxy.state.events.subscribe();
+
+    // A bulk transfer and a burst of connections, far more events than the buffer holds.
+    let mut c = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    let payload = vec![1u8; 8 * 1024 * 1024];
+    let answer = tokio::time::timeout(Duration::from_secs(60), send_and_finish(&mut c, &payload))
+        .await
+        .expect("bulk transfer stalled behind a stuck subscriber")
+        .unwrap();
+    assert_eq!(answer.len(), payload.len() + "bye from a.test\n".len());
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+        s.write_all(b"not tls").await.unwrap();
+        let _ = read_until_closed(&mut s).await;
+    }
+    // And a burst published faster than any subscriber task can run.
+    for _ in 0..100 {
+        proxy.state.events.publish(|| {
+            pb::event::Kind::FirewallChanged(pb::FirewallChanged {
+                action: "added".into(),
+                rule: Some(pb::FirewallRule {
+                    kind: "ip".into(),
+                    value: "192.0.2.1".into(),
+                }),
+            })
+        });
+    }
+
+    assert!(matches!(
+        bus.recv().await,
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) if n > 0
+    ));
+    let lagged = next_matching(&mut grpc_events, |e| matches!(e, Event::Lagged { .. })).await;
+    let Event::Lagged { dropped } = lagged else {
+        unreachable!()
+    };
+    assert!(dropped > 0);
+    // The stream goes on after the gap.
+    next_matching(&mut grpc_events, |_| true).await;
+}
