@@ -13,7 +13,7 @@ use mc_proxy_shared::client::{
 use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Mode, Route};
 use serde::Serialize;
 
-use crate::{Command, FirewallCommand, RouteArgs, RoutesCommand, RuleArgs, UpdateArgs};
+use crate::cli::{Command, FirewallCommand, RouteArgs, RoutesCommand, RuleArgs, UpdateArgs};
 
 /// A failed subcommand.
 #[derive(Debug)]
@@ -90,6 +90,7 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
             Ok(())
         }
         Command::Events { json, stats } => follow_events(&mut client, json, stats).await,
+        Command::Console => Err(CtlError::Usage("the console runs from main".into())),
     }
 }
 

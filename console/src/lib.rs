@@ -1,0 +1,7 @@
+//! The `mcproxyctl` library: its command line (`cli`), the scripted subcommands (`ctl`) and the
+//! terminal console (`tui`). The binary in `main.rs` only parses and dispatches; tests drive
+//! the console through this library with a test terminal.
+
+pub mod cli;
+pub mod ctl;
+pub mod tui;

@@ -1,0 +1,155 @@
+//! The console's connection to the daemon: one background task that connects, subscribes to
+//! events, fetches a snapshot, forwards events and carries out actions; when the daemon goes
+//! away it reports `Disconnected` and retries every second until it is back.
+//!
+//! I/O: the admin socket. The event subscription starts before the snapshot is fetched, so no
+//! change falls between the two (the app tolerates seeing one twice).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mc_proxy_shared::client::{AdminClient, ClientError, RoutePatch};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::app::{Action, DaemonMsg};
+
+/// Starts the link; returns its messages, the way to send it actions, and its task.
+pub fn spawn(
+    socket: PathBuf,
+) -> (
+    mpsc::Receiver<DaemonMsg>,
+    mpsc::Sender<Action>,
+    JoinHandle<()>,
+) {
+    let (msg_tx, msg_rx) = mpsc::channel(1024);
+    let (action_tx, action_rx) = mpsc::channel(8);
+    let task = tokio::spawn(run(socket, msg_tx, action_rx));
+    (msg_rx, action_tx, task)
+}
+
+async fn run(socket: PathBuf, msgs: mpsc::Sender<DaemonMsg>, mut actions: mpsc::Receiver<Action>) {
+    loop {
+        let reason = match session(&socket, &msgs, &mut actions).await {
+            Ok(()) => return, // the console is gone
+            Err(reason) => reason,
+        };
+        if msgs.send(DaemonMsg::Disconnected(reason)).await.is_err() {
+            return;
+        }
+        // Wait a second before retrying; refuse actions meanwhile.
+        let retry = tokio::time::sleep(Duration::from_secs(1));
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                () = &mut retry => break,
+                action = actions.recv() => {
+                    let Some(_) = action else { return };
+                    let refused = DaemonMsg::ActionDone(Err("not connected to the daemon".into()));
+                    if msgs.send(refused).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One connected stretch. `Ok` only when the console went away.
+async fn session(
+    socket: &PathBuf,
+    msgs: &mpsc::Sender<DaemonMsg>,
+    actions: &mut mpsc::Receiver<Action>,
+) -> Result<(), String> {
+    let short = |e: ClientError| match e {
+        ClientError::Connect { reason, .. } => reason,
+        other => other.to_string(),
+    };
+    let mut client = AdminClient::connect(socket).await.map_err(short)?;
+    let mut events = Box::pin(client.watch_events().await.map_err(short)?);
+    let status = client.status().await.map_err(short)?;
+    let routes = client.list_routes(None).await.map_err(short)?;
+    let rules = client.firewall_rules().await.map_err(short)?;
+    if msgs
+        .send(DaemonMsg::Snapshot {
+            status,
+            routes,
+            rules,
+        })
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    loop {
+        let msg = tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(event)) => DaemonMsg::Event(event),
+                Some(Err(e)) => return Err(short(e)),
+                None => return Err("the daemon closed the event stream".into()),
+            },
+            action = actions.recv() => match action {
+                Some(action) => DaemonMsg::ActionDone(perform(&mut client, action).await),
+                None => return Ok(()),
+            },
+        };
+        if msgs.send(msg).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Carries out one action; the text is shown to the operator either way.
+async fn perform(client: &mut AdminClient, action: Action) -> Result<String, String> {
+    let result = match action {
+        Action::AddRoute { listener, route } => client
+            .add_route(&listener, route)
+            .await
+            .map(|(r, w)| with_warnings(format!("added route {}", r.hostname), &w)),
+        Action::UpdateRoute {
+            listener,
+            hostname,
+            route,
+        } => {
+            let patch = RoutePatch {
+                hostname: (route.hostname != hostname).then_some(route.hostname),
+                backend: Some(route.backend),
+                mode: Some(route.mode),
+                tls_cert: Some(route.tls_cert),
+                tls_key: Some(route.tls_key),
+                backend_tls: Some(route.backend_tls),
+                send_proxy_protocol: Some(route.send_proxy_protocol),
+            };
+            client
+                .update_route(&listener, &hostname, patch)
+                .await
+                .map(|(r, w)| with_warnings(format!("updated route {}", r.hostname), &w))
+        }
+        Action::RemoveRoute { listener, hostname } => client
+            .remove_route(&listener, &hostname)
+            .await
+            .map(|()| format!("deleted route {hostname}")),
+        Action::AddRule(rule) => client
+            .add_firewall_rule(rule)
+            .await
+            .map(|r| format!("blocked {} {}", r.kind, r.value)),
+        Action::RemoveRule(rule) => {
+            let text = format!("unblocked {} {}", rule.kind, rule.value);
+            client.remove_firewall_rule(rule).await.map(|()| text)
+        }
+        Action::Quit => Ok(String::new()),
+    };
+    result.map_err(|e| match e {
+        ClientError::Rpc(status) => status.message().to_owned(),
+        other => other.to_string(),
+    })
+}
+
+fn with_warnings(text: String, warnings: &[String]) -> String {
+    if warnings.is_empty() {
+        text
+    } else {
+        format!("{text} (warning: {})", warnings.join("; "))
+    }
+}

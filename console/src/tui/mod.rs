@@ -1,0 +1,159 @@
+//! `mcproxyctl console`: the ratatui terminal console.
+//!
+//! - `app`: state and what keys and daemon messages do to it (no I/O, no drawing);
+//! - `ui`: drawing from `&App`;
+//! - `input`: the key table;
+//! - `link`: the background task that talks to the daemon, reconnecting when it goes away.
+//!
+//! I/O: the terminal (raw mode, alternate screen; restored on exit, on error and on panic) and,
+//! through `link`, the admin socket. The loop waits on keys, daemon messages and a 1 s tick
+//! (for the uptime); the view changes only from the event stream and action results, never by
+//! polling the daemon.
+
+pub mod app;
+pub mod input;
+pub mod link;
+pub mod ui;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crossterm::event::{Event as TermEvent, EventStream, KeyEvent, KeyEventKind};
+use crossterm::execute;
+use crossterm::terminal::{
+    EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
+};
+use futures_util::StreamExt;
+use ratatui::Terminal;
+use ratatui::backend::{Backend, CrosstermBackend};
+use tokio::sync::mpsc;
+
+use app::{Action, App, DaemonMsg};
+
+/// What the loop reacts to besides daemon messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// A key press.
+    Key(KeyEvent),
+    /// The terminal changed size: redraw.
+    Resize,
+}
+
+/// The app, its terminal and the way to the daemon.
+pub struct Console<B: Backend> {
+    /// The state.
+    pub app: App,
+    /// Where it is drawn.
+    pub terminal: Terminal<B>,
+    actions: mpsc::Sender<Action>,
+}
+
+impl<B: Backend> Console<B> {
+    /// A console drawing on `terminal` and sending actions to the link.
+    pub fn new(terminal: Terminal<B>, actions: mpsc::Sender<Action>) -> Self {
+        Console {
+            app: App::new(),
+            terminal,
+            actions,
+        }
+    }
+
+    /// Waits for one key or daemon message (or a tick), applies it and redraws. Returns
+    /// `false` once the user asked to quit.
+    pub async fn step(
+        &mut self,
+        inputs: &mut mpsc::UnboundedReceiver<Input>,
+        msgs: &mut mpsc::Receiver<DaemonMsg>,
+    ) -> io::Result<bool> {
+        tokio::select! {
+            input = inputs.recv() => match input {
+                Some(Input::Key(key)) => {
+                    if let Some(action) = self.app.on_key(key) {
+                        if action == Action::Quit {
+                            return Ok(false);
+                        }
+                        if self.actions.try_send(action).is_err() {
+                            self.app.on_daemon(DaemonMsg::ActionDone(Err(
+                                "busy: the previous change is still being saved".into(),
+                            )));
+                        }
+                    }
+                }
+                Some(Input::Resize) => {}
+                None => return Ok(false),
+            },
+            msg = msgs.recv() => match msg {
+                Some(msg) => self.app.on_daemon(msg),
+                None => return Ok(false),
+            },
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        self.draw()?;
+        Ok(true)
+    }
+
+    /// Draws the current state.
+    pub fn draw(&mut self) -> io::Result<()> {
+        let app = &self.app;
+        self.terminal
+            .draw(|frame| ui::render(app, frame))
+            .map(|_| ())
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+}
+
+/// Puts the terminal back however the console ends.
+struct RestoreTerminal;
+
+impl Drop for RestoreTerminal {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+fn restore() {
+    let _ = disable_raw_mode();
+    let _ = execute!(io::stdout(), LeaveAlternateScreen, crossterm::cursor::Show);
+}
+
+/// Runs the console on the real terminal until the user quits.
+pub async fn run(socket: PathBuf) -> io::Result<()> {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore();
+        default_hook(info);
+    }));
+    enable_raw_mode()?;
+    let _restore = RestoreTerminal;
+    execute!(io::stdout(), EnterAlternateScreen)?;
+    let terminal = Terminal::new(CrosstermBackend::new(io::stdout()))
+        .map_err(|e| io::Error::other(e.to_string()))?;
+
+    let (mut msgs, actions, link) = link::spawn(socket);
+    let (input_tx, mut inputs) = mpsc::unbounded_channel();
+    let keys = tokio::spawn(async move {
+        let mut events = EventStream::new();
+        while let Some(Ok(event)) = events.next().await {
+            let input = match event {
+                TermEvent::Key(key) if key.kind != KeyEventKind::Release => Input::Key(key),
+                TermEvent::Resize(..) => Input::Resize,
+                _ => continue,
+            };
+            if input_tx.send(input).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut console = Console::new(terminal, actions);
+    console.draw()?;
+    let result = async {
+        while console.step(&mut inputs, &mut msgs).await? {}
+        Ok(())
+    }
+    .await;
+    keys.abort();
+    link.abort();
+    result
+}
