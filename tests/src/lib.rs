@@ -522,6 +522,14 @@ pub fn log_text(tape: &Tape) -> String {
     String::from_utf8_lossy(&tape.lock().unwrap()).into_owned()
 }
 
+/// Asserts that the proxy reset a raw connection (RST, not an orderly close) within 10 s.
+pub async fn assert_reset(stream: &mut TcpStream) {
+    let res = tokio::time::timeout(Duration::from_secs(10), read_until_closed(stream))
+        .await
+        .expect("proxy neither answered nor closed");
+    assert_eq!(res, Err(io::ErrorKind::ConnectionReset), "expected a reset");
+}
+
 /// An address on which nothing listens (bound, then released).
 pub async fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

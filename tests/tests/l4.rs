@@ -32,14 +32,6 @@ async fn two_backends(pki: &Pki, extra: &str) -> (TlsBackend, TlsBackend, Proxy)
     (a, b, proxy)
 }
 
-/// Asserts that the proxy reset a raw connection (RST, not an orderly close).
-async fn assert_reset(stream: &mut TcpStream) {
-    let res = tokio::time::timeout(Duration::from_secs(10), read_until_closed(stream))
-        .await
-        .expect("proxy neither answered nor closed");
-    assert_eq!(res, Err(ErrorKind::ConnectionReset), "expected a reset");
-}
-
 #[tokio::test]
 async fn two_hostnames_reach_their_own_backends_with_data_both_ways() {
     let pki = Pki::new();
