@@ -283,6 +283,10 @@ fn listener_status(l: &ListenerState) -> pb::ListenerStatus {
         resets: c.resets.load(Relaxed),
         blocked: c.blocked.load(Relaxed),
         over_capacity: c.over_capacity.load(Relaxed),
+        resets_by_reason: c
+            .resets_by_reason()
+            .map(|(r, n)| (r.to_owned(), n))
+            .collect(),
     }
 }
 

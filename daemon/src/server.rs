@@ -322,7 +322,7 @@ async fn handle_conn(
         publish_blocked(&conn, listener, e, &shared.state);
     }
     if let Err(e) = &result {
-        ListenerCounters::bump(&listener.counters.resets);
+        listener.counters.count_reset(e.reason());
         if e.fault() == Fault::Policy {
             ListenerCounters::bump(&listener.counters.blocked);
         }

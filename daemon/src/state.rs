@@ -72,12 +72,57 @@ pub struct ListenerCounters {
     pub blocked: AtomicU64,
     /// Connections closed at accept because `max_connections` was reached.
     pub over_capacity: AtomicU64,
+    /// Resets by reason, indexed like [`RESET_REASONS`].
+    resets_by_reason: [AtomicU64; RESET_REASONS.len()],
 }
+
+/// The reasons a connection is reset, as the access log and the events name them. A reason not
+/// in the list is counted as "other".
+pub const RESET_REASONS: [&str; 19] = [
+    "blocked",
+    "untrusted_proxy",
+    "proxy_header_timeout",
+    "bad_proxy_header",
+    "hello_timeout",
+    "client_closed",
+    "client_error",
+    "not_tls",
+    "hello_too_large",
+    "bad_hello",
+    "no_sni",
+    "unknown_host",
+    "backend_timeout",
+    "backend_unreachable",
+    "tls_handshake_failed",
+    "tls_handshake_timeout",
+    "misdirected",
+    "l7_error",
+    "other",
+];
 
 impl ListenerCounters {
     /// Adds one to a counter.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a reset: in total and under its reason.
+    pub fn count_reset(&self, reason: &str) {
+        Self::bump(&self.resets);
+        let i = RESET_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(RESET_REASONS.len() - 1);
+        Self::bump(&self.resets_by_reason[i]);
+    }
+
+    /// Non-zero resets by reason.
+    pub fn resets_by_reason(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        RESET_REASONS
+            .iter()
+            .zip(&self.resets_by_reason)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
     }
 }
 

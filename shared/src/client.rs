@@ -101,6 +101,8 @@ pub struct ListenerStatus {
     pub blocked: u64,
     /// Connections refused at `max_connections`.
     pub over_capacity: u64,
+    /// Resets by reason (`not_tls`, `unknown_host`, `blocked`, ...).
+    pub resets_by_reason: std::collections::BTreeMap<String, u64>,
 }
 
 /// A route's counters.
@@ -514,6 +516,7 @@ impl From<pb::ListenerStatus> for ListenerStatus {
             resets: l.resets,
             blocked: l.blocked,
             over_capacity: l.over_capacity,
+            resets_by_reason: l.resets_by_reason.into_iter().collect(),
         }
     }
 }

@@ -315,6 +315,12 @@ async fn firewall_rules_apply_from_the_next_connection() {
         .unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::InvalidArgument));
     assert_eq!(admin.firewall_rules().await.unwrap(), vec![stored.clone()]);
+    let status = admin.status().await.unwrap();
+    assert_eq!(status.listeners[0].blocked, 1);
+    assert_eq!(
+        status.listeners[0].resets_by_reason.get("blocked"),
+        Some(&1)
+    );
 
     admin.remove_firewall_rule(stored.clone()).await.unwrap();
     let mut c = tls_connect(proxy.addr(), "a.test", pki.client_config())

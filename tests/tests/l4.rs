@@ -163,6 +163,8 @@ async fn unknown_sni_is_reset() {
     assert_eq!(a.accepted() + b.accepted(), 0);
     let counters = &proxy.state.listeners[0].counters;
     assert_eq!(counters.resets.load(Ordering::Relaxed), 1);
+    let by_reason: Vec<_> = counters.resets_by_reason().collect();
+    assert_eq!(by_reason, [("unknown_host", 1)]);
 }
 
 #[tokio::test]
