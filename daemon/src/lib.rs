@@ -11,6 +11,7 @@ pub mod certs;
 pub mod config;
 pub mod firewall;
 pub mod io;
+pub mod l7;
 pub mod proxyproto;
 pub mod relay;
 pub mod routes;
