@@ -6,6 +6,7 @@
 
 #![allow(missing_docs)]
 
+pub mod grpc;
 pub mod web;
 
 use std::io;

@@ -525,3 +525,160 @@ async fn connection_log_line_is_written_once_with_outcome() {
     let counters = &proxy.state.listeners[0].counters;
     assert_eq!(counters.resets.load(Ordering::Relaxed), 0);
 }
+
+mod grpc {
+    use super::*;
+    use mc_proxy_tests::grpc::pb::Msg;
+    use mc_proxy_tests::grpc::{GrpcBackend, echo_client};
+    use tonic::Code;
+
+    async fn setup() -> (Pki, Certs, GrpcBackend, Proxy) {
+        let pki = Pki::new();
+        let certs = Certs::new();
+        let backend = GrpcBackend::start().await;
+        let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+        (pki, certs, backend, proxy)
+    }
+
+    fn msg(text: &str) -> Msg {
+        Msg {
+            text: text.into(),
+            ..Msg::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn unary_and_server_streaming() {
+        let (pki, _certs, _backend, proxy) = setup().await;
+        let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
+
+        let reply = timed(client.unary(msg("hi"))).await.unwrap().into_inner();
+        assert_eq!(reply.text, "hi");
+
+        let mut stream = timed(client.server_stream(Msg {
+            count: 3,
+            ..msg("n")
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+        let mut got = Vec::new();
+        while let Some(m) = timed(stream.message()).await.unwrap() {
+            got.push(m.text);
+        }
+        assert_eq!(got, ["n 0", "n 1", "n 2"]);
+        let stats = web_stats(&proxy);
+        assert_eq!(stats.requests, 2);
+        assert_eq!(stats.responses, [0, 2, 0, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn client_and_bidirectional_streaming() {
+        let (pki, _certs, _backend, proxy) = setup().await;
+        let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
+
+        let upload = tokio_stream::iter(["a", "b", "c"].map(|t| Msg {
+            payload: vec![7; 1000],
+            ..msg(t)
+        }));
+        let reply = timed(client.client_stream(upload))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (reply.text.as_str(), reply.count, reply.sleep_ms),
+            ("a,b,c", 3, 3000)
+        );
+
+        // Each reply arrives before the next message is sent: nothing waits for the end.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(1);
+        let mut replies = timed(client.bidi(tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .await
+            .unwrap()
+            .into_inner();
+        for i in 0..3 {
+            tx.send(msg(&format!("m{i}"))).await.unwrap();
+            let reply = timed(replies.message()).await.unwrap().unwrap();
+            assert_eq!(reply.text, format!("echo m{i}"));
+        }
+        drop(tx);
+        assert!(timed(replies.message()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn error_statuses_reach_the_client_with_their_message() {
+        let (pki, _certs, _backend, proxy) = setup().await;
+        let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
+
+        // Trailers-only: the backend fails before sending any message.
+        let err = timed(client.unary(Msg {
+            fail_code: Code::InvalidArgument as i32,
+            ..msg("no such thing")
+        }))
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(err.message(), "no such thing");
+
+        // Trailers after data.
+        let mut stream = timed(client.server_stream(Msg {
+            count: 2,
+            fail_code: Code::PermissionDenied as i32,
+            ..msg("x")
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+        assert_eq!(timed(stream.message()).await.unwrap().unwrap().text, "x 0");
+        assert_eq!(timed(stream.message()).await.unwrap().unwrap().text, "x 1");
+        let err = timed(stream.message()).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert_eq!(err.message(), "failed after the messages");
+
+        // The connection is still good.
+        let reply = timed(client.unary(msg("after")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.text, "after");
+    }
+
+    #[tokio::test]
+    async fn eight_mib_messages_pass_both_ways() {
+        let (pki, _certs, _backend, proxy) = setup().await;
+        let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
+        let payload: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.unary(Msg {
+                payload: payload.clone(),
+                ..msg("big")
+            }),
+        )
+        .await
+        .expect("8 MiB round trip timed out")
+        .unwrap()
+        .into_inner();
+        assert!(reply.payload == payload, "payload changed on the way");
+        let stats = web_stats(&proxy);
+        assert!(
+            stats.bytes_up > 8 << 20 && stats.bytes_down > 8 << 20,
+            "{stats:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn deadline_expiring_at_the_backend_arrives_as_deadline_exceeded() {
+        let (pki, _certs, _backend, proxy) = setup().await;
+        let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
+        let mut req = tonic::Request::new(Msg {
+            sleep_ms: 10_000,
+            ..msg("slow")
+        });
+        // The backend gives up DEADLINE_MARGIN (1 s) before this: after about 500 ms.
+        req.set_timeout(Duration::from_millis(1500));
+        let err = timed(client.unary(req)).await.unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        assert_eq!(err.message(), "deadline expired at the backend");
+    }
+}
