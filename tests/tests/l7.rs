@@ -475,6 +475,33 @@ async fn client_that_distrusts_the_certificate_fails_cleanly_and_the_daemon_serv
 }
 
 #[tokio::test]
+async fn a_certificate_for_another_name_is_warned_about_at_load() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let backend = H2Backend::start().await;
+    let _proxy = Proxy::start(&format!(
+        r#"
+        [[listeners]]
+        addr = "127.0.0.1:0"
+        [[listeners.routes]]
+        hostname = "web.test"
+        backend = "{}"
+        mode = "l7"
+        {}
+        "#,
+        backend.addr,
+        certs.route_keys(&pki, &["other.test"]),
+    ))
+    .await;
+    assert!(
+        log_text(&logs).contains("does not cover web.test"),
+        "{}",
+        log_text(&logs)
+    );
+}
+
+#[tokio::test]
 async fn server_sent_events_arrive_one_by_one() {
     let pki = Pki::new();
     let certs = Certs::new();

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use http::uri::Scheme;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -184,6 +184,9 @@ pub async fn serve(
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // With a timer, hyper's HTTP/1.1 header read timeout (30 s) applies: a client must send
+    // each request's headers within it, which also closes idle keep-alive connections.
+    builder.http1().timer(TokioTimer::new());
     builder
         .http2()
         .initial_stream_window_size(upstream::STREAM_WINDOW)
