@@ -526,6 +526,40 @@ async fn server_sent_events_arrive_one_by_one() {
 }
 
 #[tokio::test]
+async fn shutdown_drains_an_open_stream_then_closes_the_connection() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let backend = H2Backend::start().await;
+    let mut proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    let req = Request::builder().uri("https://web.test/sse");
+    let resp = timed(client.send_request(with_body(req, "")))
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = timed(body.frame()).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: one\n\n");
+
+    // Shutdown starts: the client is told (GOAWAY) but its open stream may finish.
+    proxy.shutdown.cancel();
+    backend.release.notify_one();
+    let second = timed(body.frame()).await.unwrap().unwrap();
+    assert_eq!(second.into_data().unwrap(), "data: two\n\n");
+    // The stream ends (h2 may close it with an empty DATA frame).
+    let rest = timed(body.collect()).await.unwrap().to_bytes();
+    assert!(rest.is_empty(), "{rest:?}");
+    // The drained connection closes and the server returns well before the 30 s grace.
+    timed(proxy.stop()).await;
+    assert!(
+        log_text(&logs).contains("outcome=\"drained\""),
+        "{}",
+        log_text(&logs)
+    );
+}
+
+#[tokio::test]
 async fn connection_log_line_is_written_once_with_outcome() {
     let (_guard, logs) = capture_logs();
     let pki = Pki::new();
