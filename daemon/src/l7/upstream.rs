@@ -4,7 +4,8 @@
 //! TLS), does TLS with ALPN `h2` when `backend_tls` (verifying the certificate for the SNI the
 //! client sent against the system roots plus `[proxy] backend_ca`), then the HTTP/2 handshake
 //! with prior knowledge. The connection is dialled on the first request and redialled when it
-//! has broken; a failed request is never retried (it may not be idempotent).
+//! has broken. A request that may have reached the backend is never retried (it may not be
+//! idempotent); one that hyper hands back unsent is retried once on a fresh connection.
 //!
 //! Invariants: the whole establishment (dial, PROXY header, TLS, h2 handshake) is bounded by
 //! `connect_timeout`. The only lock held across an `.await` is the async dial gate, so
@@ -219,20 +220,42 @@ impl Upstream {
 
     /// Sends `req` (an HTTP/2 request with scheme and authority in its URI) on the backend
     /// connection, dialling it first if there is none or it has broken. On a request error the
-    /// connection is dropped, so the next request redials.
+    /// connection is dropped if it is closed, so the next request redials. A request that
+    /// hyper hands back unsent (the connection closed between the check and the send) is
+    /// retried once on a fresh connection; one that may have reached the backend never is.
     pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
         let mut sender = self.ready_sender().await?;
-        match sender.send_request(req).await {
+        let mut err = match sender.try_send_request(req).await {
+            Ok(resp) => return Ok(resp),
+            Err(e) => e,
+        };
+        self.forget_if_closed().await;
+        let Some(unsent) = err.take_message() else {
+            return Err(self.request_error(err.into_error()));
+        };
+        tracing::debug!("backend connection closed before the request was sent: retrying");
+        let mut sender = self.ready_sender().await?;
+        match sender.send_request(unsent).await {
             Ok(resp) => Ok(resp),
-            Err(source) => {
-                if sender.is_closed() {
-                    *self.sender.lock().await = None;
-                }
-                Err(UpstreamError::Request {
-                    backend: self.route.backend.clone(),
-                    source,
-                })
+            Err(e) => {
+                self.forget_if_closed().await;
+                Err(self.request_error(e))
             }
+        }
+    }
+
+    fn request_error(&self, source: hyper::Error) -> UpstreamError {
+        UpstreamError::Request {
+            backend: self.route.backend.clone(),
+            source,
+        }
+    }
+
+    /// Drops the stored connection if it has closed, so the next request redials.
+    async fn forget_if_closed(&self) {
+        let mut slot = self.sender.lock().await;
+        if slot.as_ref().is_some_and(|s| s.is_closed()) {
+            *slot = None;
         }
     }
 
