@@ -119,6 +119,7 @@ pub async fn handle(
     };
     *resp.version_mut() = version;
     stats.count_response(resp.status().as_u16());
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
     Ok(resp)
 }
 

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use http::uri::Scheme;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -183,7 +183,7 @@ pub async fn serve(
         closed,
     });
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(SpanExecutor(tracing::Span::current()));
     // With a timer, hyper's HTTP/1.1 header read timeout (30 s) applies: a client must send
     // each request's headers within it, which also closes idle keep-alive connections.
     builder.http1().timer(TokioTimer::new());
@@ -214,6 +214,21 @@ pub async fn serve(
             }
             () = activity.idle_for(session.idle_timeout) => return Ok(L7End::IdleTimeout),
         }
+    }
+}
+
+/// Spawns hyper's per-stream tasks inside the connection's span, so request logs carry the
+/// connection id, client and route like the connection's own lines.
+#[derive(Clone, Debug)]
+struct SpanExecutor(tracing::Span);
+
+impl<F> hyper::rt::Executor<F> for SpanExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(tracing::Instrument::instrument(fut, self.0.clone()));
     }
 }
 

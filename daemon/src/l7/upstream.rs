@@ -334,14 +334,15 @@ impl Upstream {
             })?;
         let closed = self.closed.clone();
         let backend = self.route.backend.clone();
-        tokio::spawn(async move {
+        let driver = async move {
             tokio::select! {
                 res = conn => if let Err(e) = res {
                     tracing::debug!(%backend, "backend connection ended: {e}");
                 },
                 () = closed.cancelled() => {}
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(driver));
         Ok(sender)
     }
 }
