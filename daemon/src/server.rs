@@ -335,12 +335,13 @@ async fn handle_conn(
         () = shared.force_close.cancelled() => Ok(ConnEnd::L4(RelayEnd::Cancelled)),
     };
     if let Err(e) = &result {
-        ListenerCounters::bump(&listener.counters.resets);
         if e.fault() == Fault::Policy {
             ListenerCounters::bump(&listener.counters.blocked);
         }
-        // An L7 connection that failed its handshake was closed by the L7 step already.
+        // An L7 connection that failed its TLS handshake was closed (not reset) by the L7
+        // step: rustls may have just written an alert the client should get to read.
         if let Some(stream) = stream {
+            ListenerCounters::bump(&listener.counters.resets);
             reset(stream);
         }
     }

@@ -472,6 +472,12 @@ async fn client_that_distrusts_the_certificate_fails_cleanly_and_the_daemon_serv
     .await;
     assert_eq!(resp.status, 200);
     assert_eq!(web_stats(&proxy).requests, 1);
+    let counters = &proxy.state.listeners[0].counters;
+    assert_eq!(
+        counters.resets.load(Ordering::Relaxed),
+        0,
+        "closed, not reset"
+    );
 }
 
 #[tokio::test]
