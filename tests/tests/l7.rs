@@ -749,3 +749,34 @@ mod grpc {
         assert_eq!(err.message(), "deadline expired at the backend");
     }
 }
+
+#[tokio::test]
+async fn idle_connection_is_closed_after_idle_timeout() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let backend = H2Backend::start().await;
+    let proxy = l7_proxy(
+        &pki,
+        &certs,
+        backend.addr,
+        "",
+        "[proxy]\nidle_timeout = \"300ms\"",
+    )
+    .await;
+    let mut tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        .await
+        .unwrap();
+    // Keep-alive: the proxy answers, then closes the idle connection by itself.
+    let mut out = Vec::new();
+    let _ = timed(tls.read_to_end(&mut out)).await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(wait_for_log(&logs, "outcome=\"idle_timeout\"").await);
+}
