@@ -108,3 +108,229 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     }
     Ok(Arc::new(certified))
 }
+
+/// Problems with a loaded certificate that do not stop its route but will break clients: the
+/// leaf has expired (or is not valid yet), or does not cover `hostname` (for a wildcard
+/// route `*.rest`, a name one label under `rest`). `now` is seconds since the Unix epoch.
+pub fn leaf_warnings(key: &CertifiedKey, hostname: &str, now: u64) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let Some(leaf) = key.cert.first() else {
+        return warnings;
+    };
+    match validity(leaf) {
+        Some((not_before, not_after)) => {
+            if now > not_after.unix() {
+                warnings.push(format!("the certificate expired on {not_after}"));
+            } else if now < not_before.unix() {
+                warnings.push(format!("the certificate is not valid until {not_before}"));
+            }
+        }
+        None => warnings.push("the certificate's validity period could not be read".into()),
+    }
+    let name = match hostname.strip_prefix("*.") {
+        Some(rest) => format!("wildcard-check.{rest}"),
+        None => hostname.to_owned(),
+    };
+    let covered = rustls_pki_types::ServerName::try_from(name.as_str())
+        .ok()
+        .zip(rustls::server::ParsedCertificate::try_from(leaf).ok())
+        .is_some_and(|(name, parsed)| rustls::client::verify_server_name(&parsed, &name).is_ok());
+    if !covered {
+        warnings.push(format!(
+            "the certificate does not cover {hostname}: clients will refuse it"
+        ));
+    }
+    warnings
+}
+
+/// A UTC time from a certificate (RFC 5280 §4.1.2.5), to the second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CertTime {
+    year: u64,
+    month: u64,
+    day: u64,
+    hour: u64,
+    minute: u64,
+    second: u64,
+}
+
+impl CertTime {
+    /// Seconds since the Unix epoch (proleptic Gregorian; days from civil, H. Hinnant).
+    fn unix(&self) -> u64 {
+        let (y, m) = if self.month <= 2 {
+            (self.year - 1, self.month + 9)
+        } else {
+            (self.year, self.month - 3)
+        };
+        let era = y / 400;
+        let yoe = y - era * 400;
+        let doy = (153 * m + 2) / 5 + self.day - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = (era * 146_097 + doe).saturating_sub(719_468);
+        days * 86_400 + self.hour * 3600 + self.minute * 60 + self.second
+    }
+}
+
+impl std::fmt::Display for CertTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+}
+
+/// One DER TLV with the expected tag: its contents and what follows it. Definite lengths of
+/// up to 4 bytes only (a certificate never needs more); anything else is `None`.
+fn tlv(buf: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&t, rest) = buf.split_first()?;
+    if t != tag {
+        return None;
+    }
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let (bytes, after) = rest.split_at(n);
+        rest = after;
+        bytes
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// Skips one TLV whatever its tag.
+fn skip(buf: &[u8]) -> Option<&[u8]> {
+    let tag = *buf.first()?;
+    tlv(buf, tag).map(|(_, rest)| rest)
+}
+
+/// UTCTime (`YYMMDDHHMMSSZ`, RFC 5280: years 50-99 are 19xx) or GeneralizedTime
+/// (`YYYYMMDDHHMMSSZ`).
+fn cert_time(buf: &[u8]) -> Option<(CertTime, &[u8])> {
+    let (digits, year, rest) = if let Some((v, rest)) = tlv(buf, 0x17) {
+        let yy = two(v.get(..2)?)?;
+        (
+            v.get(2..)?,
+            if yy >= 50 { 1900 + yy } else { 2000 + yy },
+            rest,
+        )
+    } else {
+        let (v, rest) = tlv(buf, 0x18)?;
+        (
+            v.get(4..)?,
+            two(v.get(..2)?)? * 100 + two(v.get(2..4)?)?,
+            rest,
+        )
+    };
+    if digits.len() != 11 || digits[10] != b'Z' {
+        return None;
+    }
+    let t = CertTime {
+        year,
+        month: two(&digits[0..2])?,
+        day: two(&digits[2..4])?,
+        hour: two(&digits[4..6])?,
+        minute: two(&digits[6..8])?,
+        second: two(&digits[8..10])?,
+    };
+    ((1..=12).contains(&t.month) && (1..=31).contains(&t.day)).then_some((t, rest))
+}
+
+fn two(b: &[u8]) -> Option<u64> {
+    match b {
+        [a @ b'0'..=b'9', c @ b'0'..=b'9'] => Some(u64::from(a - b'0') * 10 + u64::from(c - b'0')),
+        _ => None,
+    }
+}
+
+/// notBefore and notAfter of an X.509 certificate (RFC 5280 §4.1): a small DER walk through
+/// Certificate → tbsCertificate → [version], serial, signature, issuer → validity.
+fn validity(der: &[u8]) -> Option<(CertTime, CertTime)> {
+    let (cert, _) = tlv(der, 0x30)?;
+    let (tbs, _) = tlv(cert, 0x30)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = skip(rest)?;
+    }
+    for _ in 0..3 {
+        rest = skip(rest)?; // serialNumber, signature, issuer
+    }
+    let (validity, _) = tlv(rest, 0x30)?;
+    let (not_before, after) = cert_time(validity)?;
+    let (not_after, _) = cert_time(after)?;
+    Some((not_before, not_after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certified(
+        names: &[&str],
+        tweak: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> CertifiedKey {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        tweak(&mut params);
+        let cert = params.self_signed(&key).unwrap();
+        let der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let signing = rustls::crypto::ring::default_provider()
+            .key_provider
+            .load_private_key(der)
+            .unwrap();
+        CertifiedKey::new(vec![cert.der().clone()], signing)
+    }
+
+    const NOW_2026: u64 = 1_780_000_000;
+
+    #[test]
+    fn validity_is_read_from_the_der() {
+        let ck = certified(&["a.test"], |p| {
+            p.not_before = rcgen::date_time_ymd(2001, 2, 3);
+            p.not_after = rcgen::date_time_ymd(2060, 12, 31);
+        });
+        let (nb, na) = validity(&ck.cert[0]).unwrap();
+        assert_eq!(nb.to_string(), "2001-02-03 00:00:00 UTC");
+        assert_eq!(nb.unix(), 981_158_400);
+        assert_eq!(na.to_string(), "2060-12-31 00:00:00 UTC");
+    }
+
+    #[test]
+    fn a_good_certificate_has_no_warnings() {
+        let ck = certified(&["a.test", "*.w.test"], |p| {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2090, 1, 1);
+        });
+        assert!(leaf_warnings(&ck, "a.test", NOW_2026).is_empty());
+        assert!(leaf_warnings(&ck, "*.w.test", NOW_2026).is_empty());
+    }
+
+    #[test]
+    fn expired_and_uncovered_certificates_are_warned_about() {
+        let ck = certified(&["a.test"], |p| {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        });
+        let w = leaf_warnings(&ck, "b.test", NOW_2026);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("expired on 2001-01-01"), "{w:?}");
+        assert!(w[1].contains("does not cover b.test"), "{w:?}");
+        assert_eq!(leaf_warnings(&ck, "*.a.test", NOW_2026).len(), 2);
+    }
+
+    #[test]
+    fn garbage_is_not_a_certificate() {
+        assert!(validity(b"").is_none());
+        assert!(validity(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_none());
+        assert!(validity(&[0x30, 0x03, 0x30, 0x01, 0x02]).is_none());
+    }
+}

@@ -20,7 +20,7 @@ use mc_proxy_shared::{Mode, ParseModeError, Route};
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Deserializer};
 
-use crate::certs::{CertError, load_certified_key};
+use crate::certs::{CertError, leaf_warnings, load_certified_key};
 use crate::routes::{normalize_dns_name, normalize_route_hostname};
 
 /// A loaded, validated configuration.
@@ -252,10 +252,12 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
             if route.tls_key.is_empty() {
                 return Err(RouteError::MissingKey);
             }
-            certified_key = Some(load_certified_key(
-                Path::new(&route.tls_cert),
-                Path::new(&route.tls_key),
-            )?);
+            let key = load_certified_key(Path::new(&route.tls_cert), Path::new(&route.tls_key))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            warnings.extend(leaf_warnings(&key, &hostname, now));
+            certified_key = Some(key);
         }
         Mode::L4 => {
             if !route.tls_cert.is_empty() || !route.tls_key.is_empty() {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod events;
 pub mod firewall;
 pub mod io;
+pub mod l7;
 pub mod proxyproto;
 pub mod relay;
 pub mod routes;

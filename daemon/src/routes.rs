@@ -82,6 +82,9 @@ pub struct RouteInfo {
     pub send_proxy_protocol: bool,
     /// L7: the certificate/key pair presented to clients, loaded when the route was.
     pub certified_key: Option<Arc<CertifiedKey>>,
+    /// L7: the TLS server configuration built from `certified_key` (ALPN `h2`, `http/1.1`),
+    /// once per route load rather than per connection.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
     /// Counters, shared with every earlier and later version of this route.
     pub stats: Arc<RouteStats>,
 }
@@ -98,6 +101,7 @@ impl RouteInfo {
             tls_key: r.tls_key,
             backend_tls: r.backend_tls,
             send_proxy_protocol: r.send_proxy_protocol,
+            tls_server: valid.certified_key.clone().map(crate::l7::server_config),
             certified_key: valid.certified_key,
             stats,
         }

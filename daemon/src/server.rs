@@ -5,14 +5,16 @@
 //!
 //! The pipeline (DESIGN.md), one step per call in [`handle_conn`]:
 //! accept (capacity) → PROXY header (listeners with `proxy_protocol`) → firewall →
-//! ClientHello → route → dispatch (L4 relay; L7 not yet) → one log line at close.
+//! ClientHello → route → dispatch (L4 relay, or L7 termination in [`crate::l7`]) → one log
+//! line at close.
 //!
 //! The client address is the TCP peer's, or the source of a received PROXY header: that one
 //! address is what the firewall checks, the log shows and a sent PROXY header carries.
 //!
 //! Shutdown: when `shutdown` fires the accept loops stop and the listeners close; open
-//! connections get `proxy.shutdown_timeout` to finish, then the relays are cancelled and
-//! [`run`] returns once every task has ended.
+//! connections get `proxy.shutdown_timeout` to finish (L7 connections are told at once, with
+//! GOAWAY or `Connection: close`), then the relays are cancelled and [`run`] returns once every
+//! task has ended.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Level};
 
+use crate::l7::{self, L7End};
 use crate::proxyproto;
 use crate::relay::{RelayEnd, relay};
 use crate::routes::RouteInfo;
@@ -73,8 +76,12 @@ pub async fn bind(state: &State) -> Result<Vec<BoundListener>, StartError> {
 /// What every connection task shares.
 struct Shared {
     state: Arc<State>,
+    /// Fires when shutdown starts: L7 connections drain.
+    shutdown: CancellationToken,
     /// Fires when the shutdown grace period is over: relays stop.
     force_close: CancellationToken,
+    /// The client TLS config for `backend_tls` L7 routes, built once on first use.
+    backend_tls: l7::BackendTls,
     next_id: AtomicU64,
 }
 
@@ -85,7 +92,9 @@ pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: Can
     let capacity = Arc::new(Semaphore::new(state.proxy.max_connections));
     let grace = state.proxy.shutdown_timeout;
     let shared = Arc::new(Shared {
+        backend_tls: l7::BackendTls::new(state.proxy.backend_ca.clone()),
         state,
+        shutdown: shutdown.clone(),
         force_close: CancellationToken::new(),
         next_id: AtomicU64::new(1),
     });
@@ -216,7 +225,8 @@ struct ConnInfo {
     client: SocketAddr,
     sni: Option<String>,
     route: Option<Arc<RouteInfo>>,
-    bytes: Transferred,
+    /// Shared with the L7 server, which counts on the client stream.
+    bytes: Arc<Transferred>,
 }
 
 /// Why a connection was reset, and whose fault it was.
@@ -241,8 +251,8 @@ enum ConnError {
         backend: String,
         source: std::io::Error,
     },
-    #[error("l7 routes are not supported yet")]
-    L7Unsupported,
+    #[error("l7: {0}")]
+    L7(#[from] l7::L7Error),
 }
 
 /// Who caused a failure: picks the log level (and, with the stats, the counter).
@@ -265,7 +275,8 @@ impl ConnError {
             ConnError::ProxyHeader(_) => Fault::Client,
             ConnError::Hello(_) | ConnError::NoSni | ConnError::UnknownHost(_) => Fault::Client,
             ConnError::BackendTimeout { .. } | ConnError::Backend { .. } => Fault::Backend,
-            ConnError::L7Unsupported => Fault::Config,
+            ConnError::L7(e) if e.is_client_fault() => Fault::Client,
+            ConnError::L7(_) => Fault::Config,
         }
     }
 
@@ -288,15 +299,22 @@ impl ConnError {
             ConnError::UnknownHost(_) => "unknown_host",
             ConnError::BackendTimeout { .. } => "backend_timeout",
             ConnError::Backend { .. } => "backend_unreachable",
-            ConnError::L7Unsupported => "l7_unsupported",
+            ConnError::L7(e) => e.reason(),
         }
     }
+}
+
+/// How a served connection ended: an L4 relay or an L7 HTTP connection.
+#[derive(Debug)]
+enum ConnEnd {
+    L4(RelayEnd),
+    L7(L7End),
 }
 
 /// One connection, start to end: the pipeline in DESIGN.md.
 async fn handle_conn(
     id: u64,
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     listener: &ListenerState,
     shared: &Shared,
@@ -310,23 +328,29 @@ async fn handle_conn(
         client: peer,
         sni: None,
         route: None,
-        bytes: Transferred::default(),
+        bytes: Arc::default(),
     };
 
+    // The L7 step takes the stream (hyper needs to own it); every other step borrows it.
+    let mut stream = Some(stream);
     // Past the shutdown grace period every step stops, whichever it is in.
     let result = tokio::select! {
         result = pipeline(&mut stream, &mut conn, listener, shared) => result,
-        () = shared.force_close.cancelled() => Ok(RelayEnd::Cancelled),
+        () = shared.force_close.cancelled() => Ok(ConnEnd::L4(RelayEnd::Cancelled)),
     };
     if let Err(e @ (ConnError::Blocked(_) | ConnError::UntrustedProxy(_))) = &result {
         publish_blocked(&conn, listener, e, &shared.state);
     }
     if let Err(e) = &result {
-        listener.counters.count_reset(e.reason());
         if e.fault() == Fault::Policy {
             ListenerCounters::bump(&listener.counters.blocked);
         }
-        reset(stream);
+        // An L7 connection that failed its TLS handshake was closed (not reset) by the L7
+        // step: rustls may have just written an alert the client should get to read.
+        if let Some(stream) = stream {
+            listener.counters.count_reset(e.reason());
+            reset(stream);
+        }
     }
     let elapsed = started.elapsed();
     log_close(&conn, &result, elapsed);
@@ -334,29 +358,71 @@ async fn handle_conn(
     listener.counters.active.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// The steps; an `Err` means "reset the client".
+/// The steps; an `Err` means "reset the client" (if the stream is still here).
 async fn pipeline(
-    stream: &mut TcpStream,
+    slot: &mut Option<TcpStream>,
     conn: &mut ConnInfo,
     listener: &ListenerState,
     shared: &Shared,
-) -> Result<RelayEnd, ConnError> {
+) -> Result<ConnEnd, ConnError> {
     let state = &shared.state;
+    let stream = slot
+        .as_mut()
+        .expect("the stream is taken only by the dispatch step");
     let early = read_proxy_header(stream, conn, listener).await?;
     check_firewall(state, conn.client.ip())?;
     let (hello, peeked) =
         read_client_hello(stream, early, state.proxy.client_hello_timeout).await?;
     let sni = hello.server_name.ok_or(ConnError::NoSni)?;
     conn.sni = Some(sni.clone());
-    let route = listener.lookup(&sni).ok_or(ConnError::UnknownHost(sni))?;
+    let route = listener
+        .lookup(&sni)
+        .ok_or_else(|| ConnError::UnknownHost(sni.clone()))?;
     tracing::Span::current().record("route", route.hostname.as_str());
     conn.route = Some(Arc::clone(&route));
     publish_open(conn, listener, &route, state);
     let _active = ActiveGuard::new(&route.stats);
     match route.mode {
-        Mode::L4 => relay_l4(stream, &peeked, &route, conn, shared).await,
-        Mode::L7 => Err(ConnError::L7Unsupported),
+        Mode::L4 => Ok(ConnEnd::L4(
+            relay_l4(stream, &peeked, &route, conn, shared).await?,
+        )),
+        Mode::L7 => {
+            let stream = slot.take().expect("the stream is still here");
+            Ok(ConnEnd::L7(
+                serve_l7(stream, peeked, Arc::clone(&route), sni, conn, shared).await?,
+            ))
+        }
     }
+}
+
+/// Terminates TLS and reverse-proxies HTTP until the client is done (see [`crate::l7`]).
+async fn serve_l7(
+    stream: TcpStream,
+    peeked: Vec<u8>,
+    route: Arc<RouteInfo>,
+    sni: String,
+    conn: &ConnInfo,
+    shared: &Shared,
+) -> Result<L7End, ConnError> {
+    let proxy = &shared.state.proxy;
+    let session = l7::Session {
+        route,
+        sni,
+        client: conn.client,
+        local: conn.local.unwrap_or(listener_fallback(conn.client)),
+        bytes: Arc::clone(&conn.bytes),
+        handshake_timeout: proxy.client_hello_timeout,
+        connect_timeout: proxy.connect_timeout,
+        idle_timeout: proxy.idle_timeout,
+    };
+    Ok(l7::serve(
+        stream,
+        peeked,
+        session,
+        &shared.backend_tls,
+        shared.shutdown.clone(),
+    )
+    .await?)
 }
 
 /// On a `proxy_protocol` listener: checks the peer may send a header, reads it (5 s) and
@@ -518,7 +584,7 @@ fn publish_blocked(conn: &ConnInfo, listener: &ListenerState, e: &ConnError, sta
 fn publish_close(
     conn: &ConnInfo,
     listener: &ListenerState,
-    result: &Result<RelayEnd, ConnError>,
+    result: &Result<ConnEnd, ConnError>,
     elapsed: Duration,
     state: &State,
 ) {
@@ -542,20 +608,25 @@ fn publish_close(
     });
 }
 
-/// A connection's end as (outcome name, error text).
-fn outcome(result: &Result<RelayEnd, ConnError>) -> (&'static str, Option<String>) {
+/// A connection's end as (outcome name, error text), for the access log and the events.
+fn outcome(result: &Result<ConnEnd, ConnError>) -> (&'static str, Option<String>) {
     match result {
-        Ok(RelayEnd::Finished) => ("closed", None),
-        Ok(RelayEnd::IdleTimeout) => ("idle_timeout", None),
-        Ok(RelayEnd::Cancelled) => ("shutdown", None),
-        Ok(RelayEnd::Error(e)) => ("relay_error", Some(e.to_string())),
+        Ok(ConnEnd::L4(RelayEnd::Finished)) | Ok(ConnEnd::L7(L7End::Closed)) => ("closed", None),
+        Ok(ConnEnd::L4(RelayEnd::IdleTimeout)) | Ok(ConnEnd::L7(L7End::IdleTimeout)) => {
+            ("idle_timeout", None)
+        }
+        Ok(ConnEnd::L4(RelayEnd::Cancelled)) => ("shutdown", None),
+        Ok(ConnEnd::L4(RelayEnd::Error(e))) => ("relay_error", Some(e.to_string())),
+        Ok(ConnEnd::L7(L7End::Drained)) => ("drained", None),
+        Ok(ConnEnd::L7(L7End::Error(e))) => ("http_error", Some(e.to_string())),
+        Ok(ConnEnd::L7(L7End::Failed(e))) => ("http_error", Some(e.clone())),
         Err(e) => (e.reason(), Some(e.to_string())),
     }
 }
 
 /// The access log: one line per connection, at close. The connection's span carries its id,
 /// listener, client and route; the event adds what happened.
-fn log_close(conn: &ConnInfo, result: &Result<RelayEnd, ConnError>, elapsed: Duration) {
+fn log_close(conn: &ConnInfo, result: &Result<ConnEnd, ConnError>, elapsed: Duration) {
     let level = match result {
         Err(e) if matches!(e.fault(), Fault::Backend | Fault::Config) => Level::WARN,
         _ => Level::INFO,

@@ -78,7 +78,7 @@ pub struct ListenerCounters {
 
 /// The reasons a connection is reset, as the access log and the events name them. A reason not
 /// in the list is counted as "other".
-pub const RESET_REASONS: [&str; 19] = [
+pub const RESET_REASONS: [&str; 16] = [
     "blocked",
     "untrusted_proxy",
     "proxy_header_timeout",
@@ -93,10 +93,7 @@ pub const RESET_REASONS: [&str; 19] = [
     "unknown_host",
     "backend_timeout",
     "backend_unreachable",
-    "tls_handshake_failed",
-    "tls_handshake_timeout",
-    "misdirected",
-    "l7_error",
+    "no_certificate",
     "other",
 ];
 

@@ -23,9 +23,11 @@ pub struct RouteStats {
     pub active: AtomicU64,
     /// Connections routed here since start.
     pub total: AtomicU64,
-    /// Bytes relayed (L4) or carried on the client connection (L7), live.
+    /// Bytes relayed (L4) or carried on the client connection as TLS records, ClientHello
+    /// included (L7), live.
     pub bytes: Transferred,
-    /// Connections that failed on the backend side (dial failure, timeout).
+    /// L4: connections that failed on the backend side (dial failure, timeout). L7: requests
+    /// answered 502/504 because of the backend.
     pub backend_errors: AtomicU64,
     /// L7: requests received.
     pub requests: AtomicU64,

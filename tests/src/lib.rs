@@ -6,6 +6,9 @@
 
 #![allow(missing_docs)]
 
+pub mod grpc;
+pub mod web;
+
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -38,7 +41,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -95,6 +98,11 @@ impl Pki {
             cert_path.display().to_string(),
             key_path.display().to_string(),
         )
+    }
+
+    /// The CA certificate as PEM (for `[proxy] backend_ca`).
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
     }
 
     /// A client config that trusts this CA only.

@@ -255,30 +255,6 @@ async fn oversize_hello_is_reset() {
 }
 
 #[tokio::test]
-async fn l7_route_is_reset_until_l7_is_built() {
-    let pki = Pki::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = pki.write_pem(dir.path(), &["web.test"]);
-    let proxy = Proxy::start(&format!(
-        r#"
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        [[listeners.routes]]
-        hostname = "web.test"
-        backend = "127.0.0.1:9"
-        mode = "l7"
-        tls_cert = {cert:?}
-        tls_key = {key:?}
-        "#
-    ))
-    .await;
-    let err = tls_connect(proxy.addr(), "web.test", pki.client_config())
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
-}
-
-#[tokio::test]
 async fn graceful_shutdown_lets_an_open_transfer_finish() {
     let pki = Pki::new();
     let (_a, _b, mut proxy) = two_backends(&pki, "[proxy]\nshutdown_timeout = \"30s\"").await;

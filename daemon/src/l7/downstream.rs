@@ -1,0 +1,190 @@
+//! The client side of an L7 connection: each request, from the misrouting guard to the
+//! response handed back to hyper.
+//!
+//! I/O: none of its own; requests go out through [`Upstream`]. Every request gets exactly one
+//! response and is counted once (`requests`, and `count_response` with the status sent,
+//! including the proxy's own 421/502/504). Bodies and trailers are never buffered: the
+//! client's request body is handed to the backend as it arrives, the backend's response body
+//! (and its trailers) to the client.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+
+use super::headers;
+use super::upstream::{Upstream, UpstreamError};
+use crate::routes::RouteInfo;
+
+/// The body of every response the proxy sends: the backend's, streamed, or a short text.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Why a request was answered by the proxy itself.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Client fault: the request names another host than the one this connection was routed
+    /// by (connection coalescing, or a confused client).
+    #[error("request for {requested:?} on a connection for {sni}")]
+    Misdirected {
+        /// The request's authority/Host, normalised (`None`: it had none).
+        requested: Option<String>,
+        /// The SNI the connection was routed by.
+        sni: String,
+    },
+    /// Client fault: the request's authority cannot be used in an HTTP/2 request.
+    #[error("bad request authority: {0}")]
+    BadAuthority(String),
+    /// Backend fault (or config, for TLS trust): see [`UpstreamError`].
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The client connection ended while the request waited for the backend.
+    #[error("client connection closed")]
+    Closed,
+}
+
+impl RequestError {
+    fn status(&self) -> StatusCode {
+        match self {
+            RequestError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            RequestError::BadAuthority(_) => StatusCode::BAD_REQUEST,
+            RequestError::Upstream(e) => e.status(),
+            RequestError::Closed => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The short text body sent with the status.
+    fn text(&self) -> &'static str {
+        match self {
+            RequestError::Misdirected { .. } => {
+                "misdirected request: this connection serves another host\n"
+            }
+            RequestError::BadAuthority(_) => "bad request: unusable host\n",
+            RequestError::Upstream(UpstreamError::Timeout { .. }) => {
+                "gateway timeout: the backend did not answer in time\n"
+            }
+            RequestError::Upstream(_) | RequestError::Closed => {
+                "bad gateway: the backend is unreachable\n"
+            }
+        }
+    }
+}
+
+/// What every request on one client connection shares.
+#[derive(Debug)]
+pub struct Ctx {
+    /// The route the connection was routed by.
+    pub route: Arc<RouteInfo>,
+    /// The SNI the client sent (normalised): the only host this connection serves.
+    pub sni: String,
+    /// The real client address (TCP peer or received PROXY source).
+    pub client: SocketAddr,
+    /// Scheme of the backend request: `http` (h2c) or `https` (`backend_tls`).
+    pub scheme: Scheme,
+    /// The backend connection.
+    pub upstream: Upstream,
+    /// Cancelled when the client connection ends.
+    pub closed: CancellationToken,
+}
+
+/// hyper's service function: answers every request, never fails (errors become responses).
+pub async fn handle(
+    ctx: Arc<Ctx>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let stats = &ctx.route.stats;
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let version = req.version();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut resp = match forward(&ctx, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            match &e {
+                RequestError::Upstream(_) => {
+                    stats.backend_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%method, %path, "backend error: {e}");
+                }
+                _ => tracing::info!(%method, %path, "refused: {e}"),
+            }
+            text_response(e.status(), e.text())
+        }
+    };
+    *resp.version_mut() = version;
+    stats.count_response(resp.status().as_u16());
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
+    Ok(resp)
+}
+
+fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The authority the client asked for: `:authority` (HTTP/2, or an absolute-form HTTP/1.1
+/// target), else the `Host` header.
+fn requested_authority(req: &Request<Incoming>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_owned());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+}
+
+async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<ProxyBody>, RequestError> {
+    let authority = requested_authority(&req);
+    let host = authority.as_deref().and_then(headers::host_of);
+    if host.as_deref() != Some(ctx.sni.as_str()) {
+        return Err(RequestError::Misdirected {
+            requested: host,
+            sni: ctx.sni.clone(),
+        });
+    }
+    let authority = authority.unwrap_or_default();
+    let authority: Authority = authority
+        .parse()
+        .map_err(|_| RequestError::BadAuthority(authority.clone()))?;
+
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    parts.uri = Uri::builder()
+        .scheme(ctx.scheme.clone())
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| RequestError::BadAuthority(e.to_string()))?;
+    parts.version = Version::HTTP_2;
+    // HTTP/2 carries the host in :authority; a Host header beside it would be redundant.
+    parts.headers.remove(header::HOST);
+    headers::rewrite_request(&mut parts.headers, ctx.client.ip());
+
+    let resp = tokio::select! {
+        res = ctx.upstream.send(Request::from_parts(parts, body)) => res?,
+        () = ctx.closed.cancelled() => return Err(RequestError::Closed),
+    };
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, body.boxed()))
+}

@@ -1,0 +1,346 @@
+//! L7 routes: TLS termination and an HTTP/2 + HTTP/1.1 reverse proxy to an HTTP/2 backend.
+//!
+//! I/O: owns the client connection from the end of the ClientHello peek to its close.
+//! [`serve`] replays the peeked ClientHello (`io::Rewind`), terminates TLS with the route's
+//! prebuilt `rustls::ServerConfig` (ALPN `h2`, `http/1.1`) within `client_hello_timeout`, then
+//! serves both HTTP versions with hyper-util's auto builder. Each request goes through
+//! [`downstream`] (misrouting guard, header rewriting, error responses) to [`upstream`] (one
+//! HTTP/2 connection to the backend per client connection, h2c or TLS, optional PROXY v2).
+//! [`headers`] is the pure header rewriting.
+//!
+//! Invariants: nothing is buffered whole; request and response bodies and trailers stream.
+//! The route's byte counters count TLS bytes on the client connection (the same place L4
+//! counts them: what crossed the client's socket, ClientHello included), live. A connection
+//! with no byte either way for `idle_timeout` is closed, as on L4. When shutdown starts the
+//! connection gets GOAWAY (HTTP/2) or `Connection: close` after the current request
+//! (HTTP/1.1) and ends once its requests are done; `handle_conn` drops it when the grace
+//! period ends. No task outlives the client connection: the backend connection's driver and
+//! waiting requests watch a token cancelled when [`serve`] returns.
+
+pub mod downstream;
+pub mod headers;
+pub mod upstream;
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::Scheme;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::io::Rewind;
+use crate::routes::RouteInfo;
+use crate::stats::Transferred;
+pub use upstream::BackendTls;
+
+/// Why an L7 connection ended before serving HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum L7Error {
+    /// Client fault: the TLS handshake failed (the client does not trust our certificate,
+    /// speaks no common version, or hung up).
+    #[error("TLS handshake: {0}")]
+    Handshake(io::Error),
+    /// Client fault: the TLS handshake did not finish within `client_hello_timeout`.
+    #[error("TLS handshake timed out after {0:?}")]
+    HandshakeTimeout(Duration),
+    /// Config fault: an L7 route without a loaded certificate (validation prevents this).
+    #[error("route has no TLS certificate loaded")]
+    NoCertificate,
+}
+
+impl L7Error {
+    /// A short, stable name for the access log's `outcome` field.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            L7Error::Handshake(_) => "tls_handshake_failed",
+            L7Error::HandshakeTimeout(_) => "tls_handshake_timeout",
+            L7Error::NoCertificate => "no_certificate",
+        }
+    }
+
+    /// True when the client caused it (logged at info); false for the operator's faults.
+    pub fn is_client_fault(&self) -> bool {
+        !matches!(self, L7Error::NoCertificate)
+    }
+}
+
+/// How a served L7 connection ended.
+#[derive(Debug)]
+pub enum L7End {
+    /// The client closed the connection (or HTTP ended it: `Connection: close`, GOAWAY).
+    Closed,
+    /// No byte either way for `idle_timeout`.
+    IdleTimeout,
+    /// Shutdown started; the connection was drained with GOAWAY / `Connection: close`.
+    Drained,
+    /// The HTTP connection failed (protocol error from the client, reset, ...).
+    Error(hyper::Error),
+    /// The HTTP layer failed in a way hyper reports as a boxed error.
+    Failed(String),
+}
+
+/// What [`serve`] needs to know about the connection and the daemon.
+#[derive(Debug)]
+pub struct Session {
+    /// The route the connection was routed by.
+    pub route: Arc<RouteInfo>,
+    /// The SNI the client sent (normalised); the only host this connection serves.
+    pub sni: String,
+    /// The real client address.
+    pub client: SocketAddr,
+    /// The address the client connected to (the sent PROXY header's destination).
+    pub local: SocketAddr,
+    /// This connection's byte counters (for its log line).
+    pub bytes: Arc<Transferred>,
+    /// `[proxy] client_hello_timeout`: bounds the TLS handshake too.
+    pub handshake_timeout: Duration,
+    /// `[proxy] connect_timeout`: bounds establishing the backend connection.
+    pub connect_timeout: Duration,
+    /// `[proxy] idle_timeout`.
+    pub idle_timeout: Duration,
+}
+
+/// The rustls server configuration of an L7 route: its certificate, ALPN `h2` then
+/// `http/1.1`. Built once when the route is loaded, shared by its connections.
+pub fn server_config(key: Arc<CertifiedKey>) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the ring provider supports the default protocol versions")
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(SingleCertAndKey::from(key)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Terminates TLS on `stream` (after replaying `peeked`) and reverse-proxies its requests
+/// until the client closes, the connection idles out or, after `shutdown`, drains.
+pub async fn serve(
+    stream: TcpStream,
+    peeked: Vec<u8>,
+    session: Session,
+    backend_tls: &BackendTls,
+    shutdown: CancellationToken,
+) -> Result<L7End, L7Error> {
+    let route = Arc::clone(&session.route);
+    let config = route.tls_server.clone().ok_or(L7Error::NoCertificate)?;
+    let tls_client = route.backend_tls.then(|| backend_tls.config());
+    let _ = stream.set_nodelay(true);
+
+    let activity = Arc::new(Activity::new());
+    let metered = Metered {
+        inner: Rewind::new(peeked, stream),
+        conn: Arc::clone(&session.bytes),
+        route: Arc::clone(&route),
+        activity: Arc::clone(&activity),
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(metered);
+    let tls = match tokio::time::timeout(session.handshake_timeout, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return Err(L7Error::Handshake(e)),
+        Err(_) => return Err(L7Error::HandshakeTimeout(session.handshake_timeout)),
+    };
+    let alpn = tls
+        .get_ref()
+        .1
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    tracing::debug!(alpn = alpn.as_deref().unwrap_or("-"), "TLS established");
+
+    let closed = CancellationToken::new();
+    let _closed_on_return = closed.clone().drop_guard();
+    let scheme = if route.backend_tls {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    };
+    let ctx = Arc::new(downstream::Ctx {
+        upstream: upstream::Upstream::new(
+            Arc::clone(&route),
+            session.sni.clone(),
+            session.client,
+            session.local,
+            session.connect_timeout,
+            tls_client,
+            closed.clone(),
+        ),
+        route,
+        sni: session.sni,
+        client: session.client,
+        scheme,
+        closed,
+    });
+
+    let mut builder = auto::Builder::new(SpanExecutor(tracing::Span::current()));
+    // With a timer, hyper's HTTP/1.1 header read timeout (30 s) applies: a client must send
+    // each request's headers within it, which also closes idle keep-alive connections.
+    builder.http1().timer(TokioTimer::new());
+    builder
+        .http2()
+        .initial_stream_window_size(upstream::STREAM_WINDOW)
+        .initial_connection_window_size(upstream::CONNECTION_WINDOW);
+    let service = service_fn(move |req| downstream::handle(Arc::clone(&ctx), req));
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                return Ok(match res {
+                    Ok(()) if draining => L7End::Drained,
+                    Ok(()) => L7End::Closed,
+                    Err(e) => match e.downcast::<hyper::Error>() {
+                        Ok(e) => L7End::Error(*e),
+                        Err(e) => L7End::Failed(e.to_string()),
+                    },
+                });
+            }
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = activity.idle_for(session.idle_timeout) => return Ok(L7End::IdleTimeout),
+        }
+    }
+}
+
+/// Spawns hyper's per-stream tasks inside the connection's span, so request logs carry the
+/// connection id, client and route like the connection's own lines.
+#[derive(Clone, Debug)]
+struct SpanExecutor(tracing::Span);
+
+impl<F> hyper::rt::Executor<F> for SpanExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(tracing::Instrument::instrument(fut, self.0.clone()));
+    }
+}
+
+/// The last time a byte crossed the client connection, as milliseconds since `start`.
+#[derive(Debug)]
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// The client stream, counting the bytes that cross it (TLS records, ClientHello included)
+/// into the connection's and the route's counters and noting activity for the idle timeout.
+struct Metered {
+    inner: Rewind<TcpStream>,
+    conn: Arc<Transferred>,
+    route: Arc<RouteInfo>,
+    activity: Arc<Activity>,
+}
+
+impl Metered {
+    fn count(&self, up: bool, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let n = n as u64;
+        let (c, r) = if up {
+            (&self.conn.up, &self.route.stats.bytes.up)
+        } else {
+            (&self.conn.down, &self.route.stats.bytes.down)
+        };
+        c.fetch_add(n, Ordering::Relaxed);
+        r.fetch_add(n, Ordering::Relaxed);
+        self.activity.touch();
+    }
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            let n = buf.filled().len() - before;
+            self.count(true, n);
+        }
+        res
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            self.count(false, n);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = res {
+            self.count(false, n);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,782 @@
+//! L7 (TLS termination + HTTP reverse proxy) end to end: real rustls/hyper clients, real h2c
+//! and TLS backends, the real daemon pipeline on 127.0.0.1 port 0.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::Request;
+use http_body_util::BodyExt;
+use mc_proxy_tests::web::*;
+use mc_proxy_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Certificate files for the proxy's L7 routes, removed with the guard.
+struct Certs {
+    dir: tempfile::TempDir,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        Certs {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// TOML lines `tls_cert`/`tls_key` for a certificate covering `names`.
+    fn route_keys(&self, pki: &Pki, names: &[&str]) -> String {
+        let (cert, key) = pki.write_pem(self.dir.path(), names);
+        format!("tls_cert = {cert:?}\ntls_key = {key:?}")
+    }
+
+    /// Writes `pem` to a file and returns its path.
+    fn file(&self, name: &str, pem: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    }
+}
+
+/// A proxy with one L7 route `web.test` to `backend`, plus `route_extra` on that route and
+/// `global` before the listener.
+async fn l7_proxy(
+    pki: &Pki,
+    certs: &Certs,
+    backend: std::net::SocketAddr,
+    route_extra: &str,
+    global: &str,
+) -> Proxy {
+    Proxy::start(&format!(
+        r#"
+        {global}
+        [[listeners]]
+        addr = "127.0.0.1:0"
+        [[listeners.routes]]
+        hostname = "web.test"
+        backend = "{backend}"
+        mode = "l7"
+        {keys}
+        {route_extra}
+        "#,
+        keys = certs.route_keys(pki, &["web.test"]),
+    ))
+    .await
+}
+
+fn web_stats(proxy: &Proxy) -> mc_proxy::stats::RouteStatsSnapshot {
+    proxy.state.listeners[0]
+        .lookup("web.test")
+        .unwrap()
+        .stats
+        .snapshot()
+}
+
+async fn timed<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("timed out")
+}
+
+#[tokio::test]
+async fn h2_client_reaches_h2c_backend_with_forwarding_headers() {
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let backend = H2Backend::start().await;
+    let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    let req = Request::builder()
+        .method("POST")
+        .uri("https://web.test/echo?x=1")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-real-ip", "1.1.1.1")
+        .header("x-forwarded-proto", "http")
+        .header("te", "trailers")
+        .header("x-custom", "kept");
+    let resp = answer(
+        timed(client.send_request(with_body(req, "hello h2")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, "hello h2");
+    assert_eq!(resp.header("x-echo-method"), "POST");
+    assert_eq!(resp.header("x-echo-path"), "/echo?x=1");
+
+    let seen = backend.seen(0);
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.authority.as_deref(), Some("web.test"));
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(seen.headers["x-real-ip"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["te"], "trailers");
+    assert_eq!(seen.headers["x-custom"], "kept");
+    assert_eq!(seen.body, b"hello h2");
+
+    // A second request reuses the backend connection.
+    let req = Request::builder().uri("https://web.test/two");
+    let resp = answer(
+        timed(client.send_request(with_body(req, "")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        backend.raw.lock().unwrap().len(),
+        1,
+        "one backend connection"
+    );
+
+    let stats = web_stats(&proxy);
+    assert_eq!(stats.requests, 2);
+    assert_eq!(stats.responses, [0, 2, 0, 0, 0]);
+    assert!(stats.bytes_up > 0 && stats.bytes_down > 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn h1_client_is_forwarded_as_h2_without_connection_headers() {
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let backend = H2Backend::start().await;
+    let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+
+    let mut client = h1_client(proxy.addr(), "web.test", &pki).await;
+    let req = Request::builder()
+        .method("PUT")
+        .uri("/upload")
+        .header("host", format!("Web.Test:{}", proxy.addr().port()))
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("x-forwarded-for", "198.51.100.1, 198.51.100.2");
+    let resp = answer(
+        timed(client.send_request(with_body(req, "hello h1")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, "hello h1");
+
+    let seen = backend.seen(0);
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.method, "PUT");
+    assert_eq!(seen.path, "/upload");
+    assert_eq!(
+        seen.authority.as_deref(),
+        Some(format!("Web.Test:{}", proxy.addr().port()).as_str()),
+        "the client's authority is kept"
+    );
+    for gone in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "proxy-connection",
+        "host",
+    ] {
+        assert!(
+            !seen.headers.contains_key(gone),
+            "{gone} reached the backend"
+        );
+    }
+    assert_eq!(
+        seen.headers["x-forwarded-for"],
+        "198.51.100.1, 198.51.100.2, 127.0.0.1"
+    );
+
+    // Same connection, next request.
+    let req = Request::builder().uri("/again").header("host", "web.test");
+    let resp = answer(
+        timed(client.send_request(with_body(req, "")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(web_stats(&proxy).requests, 2);
+}
+
+#[tokio::test]
+async fn another_hostname_on_an_established_connection_gets_421() {
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let backend = H2Backend::start().await;
+    let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+
+    let mut h2 = h2_client(proxy.addr(), "web.test", &pki).await;
+    let req = Request::builder().uri("https://other.test/");
+    let resp = answer(timed(h2.send_request(with_body(req, ""))).await.unwrap()).await;
+    assert_eq!(resp.status, 421);
+    let req = Request::builder().uri("https://web.test:443/ok");
+    let resp = answer(timed(h2.send_request(with_body(req, ""))).await.unwrap()).await;
+    assert_eq!(resp.status, 200, "the connection stays usable");
+
+    let mut h1 = h1_client(proxy.addr(), "web.test", &pki).await;
+    let req = Request::builder().uri("/").header("host", "other.test");
+    let resp = answer(timed(h1.send_request(with_body(req, ""))).await.unwrap()).await;
+    assert_eq!(resp.status, 421);
+    let req = Request::builder().uri("/ok").header("host", "web.test");
+    let resp = answer(timed(h1.send_request(with_body(req, ""))).await.unwrap()).await;
+    assert_eq!(resp.status, 200);
+
+    assert_eq!(
+        backend.requests(),
+        2,
+        "misdirected requests never reach the backend"
+    );
+    let stats = web_stats(&proxy);
+    assert_eq!(stats.responses, [0, 2, 0, 2, 0]);
+}
+
+#[tokio::test]
+async fn backend_down_gives_502_and_the_connection_recovers() {
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let addr = dead_addr().await;
+    let proxy = l7_proxy(&pki, &certs, addr, "", "").await;
+
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    let req = Request::builder().uri("https://web.test/");
+    let resp = answer(
+        timed(client.send_request(with_body(req, "")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 502);
+    assert!(resp.body.contains("bad gateway"), "{}", resp.body);
+
+    let backend = H2Backend::start_with(H2Options {
+        addr: Some(addr),
+        ..H2Options::default()
+    })
+    .await;
+    let req = Request::builder().uri("https://web.test/up");
+    let resp = answer(
+        timed(client.send_request(with_body(req, "")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "the same client connection redials");
+    assert_eq!(backend.requests(), 1);
+
+    let stats = web_stats(&proxy);
+    assert_eq!(stats.backend_errors, 1);
+    assert_eq!(stats.responses, [0, 1, 0, 0, 1]);
+}
+
+#[tokio::test]
+async fn backend_that_does_not_finish_connecting_gives_504() {
+    let pki = Pki::new();
+    let certs = Certs::new();
+    // Accepts TCP and never answers the TLS handshake.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = l7_proxy(
+        &pki,
+        &certs,
+        silent.local_addr().unwrap(),
+        "backend_tls = true",
+        "[proxy]\nconnect_timeout = \"300ms\"",
+    )
+    .await;
+    let mut client = h1_client(proxy.addr(), "web.test", &pki).await;
+    let req = Request::builder().uri("/").header("host", "web.test");
+    let resp = answer(
+        timed(client.send_request(with_body(req, "")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 504);
+    assert_eq!(web_stats(&proxy).responses, [0, 0, 0, 0, 1]);
+    drop(silent);
+}
+
+#[tokio::test]
+async fn backend_tls_verifies_the_backend_against_backend_ca() {
+    let pki = Pki::new();
+    let backend_pki = Pki::new();
+    let certs = Certs::new();
+    let backend = H2Backend::start_with(H2Options {
+        tls: Some((&backend_pki, &["web.test"])),
+        ..H2Options::default()
+    })
+    .await;
+    // Signed by a CA the proxy does not trust.
+    let stranger_pki = Pki::new();
+    let stranger = H2Backend::start_with(H2Options {
+        tls: Some((&stranger_pki, &["bad.test"])),
+        ..H2Options::default()
+    })
+    .await;
+    let ca = certs.file("backend-ca.pem", &backend_pki.ca_pem());
+    let proxy = Proxy::start(&format!(
+        r#"
+        [proxy]
+        backend_ca = {ca:?}
+        [[listeners]]
+        addr = "127.0.0.1:0"
+        [[listeners.routes]]
+        hostname = "web.test"
+        backend = "{}"
+        mode = "l7"
+        backend_tls = true
+        {}
+        [[listeners.routes]]
+        hostname = "bad.test"
+        backend = "{}"
+        mode = "l7"
+        backend_tls = true
+        {}
+        "#,
+        backend.addr,
+        certs.route_keys(&pki, &["web.test"]),
+        stranger.addr,
+        certs.route_keys(&pki, &["bad.test"]),
+    ))
+    .await;
+
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    let req = Request::builder().uri("https://web.test/tls");
+    let resp = answer(
+        timed(client.send_request(with_body(req, "x")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(backend.seen(0).path, "/tls");
+    assert_eq!(backend.seen(0).headers["x-forwarded-proto"], "https");
+
+    let mut client = h2_client(proxy.addr(), "bad.test", &pki).await;
+    let req = Request::builder().uri("https://bad.test/");
+    let resp = answer(
+        timed(client.send_request(with_body(req, "")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 502);
+    assert_eq!(stranger.requests(), 0);
+}
+
+#[tokio::test]
+async fn send_proxy_protocol_writes_the_header_before_the_h2_preface() {
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let backend = H2Backend::start_with(H2Options {
+        proxied: true,
+        ..H2Options::default()
+    })
+    .await;
+    let proxy = l7_proxy(&pki, &certs, backend.addr, "send_proxy_protocol = true", "").await;
+
+    let tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"h2"])
+        .await
+        .unwrap();
+    let client_addr = tls.get_ref().0.local_addr().unwrap();
+    let (mut client, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder().uri("https://web.test/pp");
+    let resp = answer(
+        timed(client.send_request(with_body(req, "")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+
+    let header = backend.headers.lock().unwrap()[0].clone();
+    assert_eq!(header.source, Some(client_addr));
+    assert_eq!(header.destination, Some(proxy.addr()));
+    let raw = backend.raw.lock().unwrap()[0].lock().unwrap().clone();
+    assert!(
+        raw.starts_with(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        "HTTP/2 preface right after the PROXY header"
+    );
+}
+
+#[tokio::test]
+async fn l4_and_l7_routes_share_a_listener() {
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let h2 = H2Backend::start().await;
+    let passthrough = TlsBackend::start(&pki, &["raw.test"]).await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        [[listeners]]
+        addr = "127.0.0.1:0"
+        [[listeners.routes]]
+        hostname = "raw.test"
+        backend = "{}"
+        [[listeners.routes]]
+        hostname = "web.test"
+        backend = "{}"
+        mode = "l7"
+        {}
+        "#,
+        passthrough.addr,
+        h2.addr,
+        certs.route_keys(&pki, &["web.test"]),
+    ))
+    .await;
+
+    let mut raw = tls_connect(proxy.addr(), "raw.test", pki.client_config())
+        .await
+        .unwrap();
+    let answer_raw = timed(send_and_finish(&mut raw, b"ping")).await.unwrap();
+    assert_eq!(answer_raw, b"pingbye from raw.test\n");
+
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    let req = Request::builder().uri("https://web.test/l7");
+    let resp = answer(
+        timed(client.send_request(with_body(req, "")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(h2.seen(0).path, "/l7");
+}
+
+#[tokio::test]
+async fn client_that_distrusts_the_certificate_fails_cleanly_and_the_daemon_serves_on() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let backend = H2Backend::start().await;
+    let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+
+    let other = Pki::new();
+    let err = tls_to_proxy(proxy.addr(), "web.test", &other, &[b"h2"])
+        .await
+        .expect_err("the client must refuse our certificate");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    assert!(wait_for_log(&logs, "tls_handshake_failed").await);
+
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    let req = Request::builder().uri("https://web.test/");
+    let resp = answer(
+        timed(client.send_request(with_body(req, "")))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(web_stats(&proxy).requests, 1);
+    let counters = &proxy.state.listeners[0].counters;
+    assert_eq!(
+        counters.resets.load(Ordering::Relaxed),
+        0,
+        "closed, not reset"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_name_is_warned_about_at_load() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let backend = H2Backend::start().await;
+    let _proxy = Proxy::start(&format!(
+        r#"
+        [[listeners]]
+        addr = "127.0.0.1:0"
+        [[listeners.routes]]
+        hostname = "web.test"
+        backend = "{}"
+        mode = "l7"
+        {}
+        "#,
+        backend.addr,
+        certs.route_keys(&pki, &["other.test"]),
+    ))
+    .await;
+    assert!(
+        log_text(&logs).contains("does not cover web.test"),
+        "{}",
+        log_text(&logs)
+    );
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_one_by_one() {
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let backend = H2Backend::start().await;
+    let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+
+    let mut client = h1_client(proxy.addr(), "web.test", &pki).await;
+    let req = Request::builder().uri("/sse").header("host", "web.test");
+    let resp = timed(client.send_request(with_body(req, "")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let first = timed(body.frame()).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: one\n\n");
+    // Only now may the backend send the second event.
+    backend.release.notify_one();
+    let second = timed(body.frame()).await.unwrap().unwrap();
+    assert_eq!(second.into_data().unwrap(), "data: two\n\n");
+    assert!(timed(body.frame()).await.is_none(), "the stream ends");
+}
+
+#[tokio::test]
+async fn shutdown_drains_an_open_stream_then_closes_the_connection() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let backend = H2Backend::start().await;
+    let mut proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    let req = Request::builder().uri("https://web.test/sse");
+    let resp = timed(client.send_request(with_body(req, "")))
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = timed(body.frame()).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: one\n\n");
+
+    // Shutdown starts: the client is told (GOAWAY) but its open stream may finish.
+    proxy.shutdown.cancel();
+    backend.release.notify_one();
+    let second = timed(body.frame()).await.unwrap().unwrap();
+    assert_eq!(second.into_data().unwrap(), "data: two\n\n");
+    // The stream ends (h2 may close it with an empty DATA frame).
+    let rest = timed(body.collect()).await.unwrap().to_bytes();
+    assert!(rest.is_empty(), "{rest:?}");
+    // The drained connection closes and the server returns well before the 30 s grace.
+    timed(proxy.stop()).await;
+    assert!(
+        log_text(&logs).contains("outcome=\"drained\""),
+        "{}",
+        log_text(&logs)
+    );
+}
+
+#[tokio::test]
+async fn connection_log_line_is_written_once_with_outcome() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let backend = H2Backend::start().await;
+    let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+    let mut tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    timed(tls.read_to_end(&mut out)).await.unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(wait_for_log(&logs, "connection closed").await);
+    let text = log_text(&logs);
+    assert_eq!(text.matches("connection closed").count(), 1, "{text}");
+    assert!(text.contains("outcome=\"closed\""), "{text}");
+    let counters = &proxy.state.listeners[0].counters;
+    assert_eq!(counters.resets.load(Ordering::Relaxed), 0);
+}
+
+mod grpc {
+    use super::*;
+    use mc_proxy_tests::grpc::pb::Msg;
+    use mc_proxy_tests::grpc::{GrpcBackend, echo_client};
+    use tonic::Code;
+
+    async fn setup() -> (Pki, Certs, GrpcBackend, Proxy) {
+        let pki = Pki::new();
+        let certs = Certs::new();
+        let backend = GrpcBackend::start().await;
+        let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+        (pki, certs, backend, proxy)
+    }
+
+    fn msg(text: &str) -> Msg {
+        Msg {
+            text: text.into(),
+            ..Msg::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn unary_and_server_streaming() {
+        let (pki, _certs, _backend, proxy) = setup().await;
+        let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
+
+        let reply = timed(client.unary(msg("hi"))).await.unwrap().into_inner();
+        assert_eq!(reply.text, "hi");
+
+        let mut stream = timed(client.server_stream(Msg {
+            count: 3,
+            ..msg("n")
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+        let mut got = Vec::new();
+        while let Some(m) = timed(stream.message()).await.unwrap() {
+            got.push(m.text);
+        }
+        assert_eq!(got, ["n 0", "n 1", "n 2"]);
+        let stats = web_stats(&proxy);
+        assert_eq!(stats.requests, 2);
+        assert_eq!(stats.responses, [0, 2, 0, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn client_and_bidirectional_streaming() {
+        let (pki, _certs, _backend, proxy) = setup().await;
+        let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
+
+        let upload = tokio_stream::iter(["a", "b", "c"].map(|t| Msg {
+            payload: vec![7; 1000],
+            ..msg(t)
+        }));
+        let reply = timed(client.client_stream(upload))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (reply.text.as_str(), reply.count, reply.sleep_ms),
+            ("a,b,c", 3, 3000)
+        );
+
+        // Each reply arrives before the next message is sent: nothing waits for the end.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(1);
+        let mut replies = timed(client.bidi(tokio_stream::wrappers::ReceiverStream::new(rx)))
+            .await
+            .unwrap()
+            .into_inner();
+        for i in 0..3 {
+            tx.send(msg(&format!("m{i}"))).await.unwrap();
+            let reply = timed(replies.message()).await.unwrap().unwrap();
+            assert_eq!(reply.text, format!("echo m{i}"));
+        }
+        drop(tx);
+        assert!(timed(replies.message()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn error_statuses_reach_the_client_with_their_message() {
+        let (pki, _certs, _backend, proxy) = setup().await;
+        let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
+
+        // Trailers-only: the backend fails before sending any message.
+        let err = timed(client.unary(Msg {
+            fail_code: Code::InvalidArgument as i32,
+            ..msg("no such thing")
+        }))
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(err.message(), "no such thing");
+
+        // Trailers after data.
+        let mut stream = timed(client.server_stream(Msg {
+            count: 2,
+            fail_code: Code::PermissionDenied as i32,
+            ..msg("x")
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+        assert_eq!(timed(stream.message()).await.unwrap().unwrap().text, "x 0");
+        assert_eq!(timed(stream.message()).await.unwrap().unwrap().text, "x 1");
+        let err = timed(stream.message()).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert_eq!(err.message(), "failed after the messages");
+
+        // The connection is still good.
+        let reply = timed(client.unary(msg("after")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.text, "after");
+    }
+
+    #[tokio::test]
+    async fn eight_mib_messages_pass_both_ways() {
+        let (pki, _certs, _backend, proxy) = setup().await;
+        let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
+        let payload: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let reply = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.unary(Msg {
+                payload: payload.clone(),
+                ..msg("big")
+            }),
+        )
+        .await
+        .expect("8 MiB round trip timed out")
+        .unwrap()
+        .into_inner();
+        assert!(reply.payload == payload, "payload changed on the way");
+        let stats = web_stats(&proxy);
+        assert!(
+            stats.bytes_up > 8 << 20 && stats.bytes_down > 8 << 20,
+            "{stats:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn deadline_expiring_at_the_backend_arrives_as_deadline_exceeded() {
+        let (pki, _certs, _backend, proxy) = setup().await;
+        let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
+        let mut req = tonic::Request::new(Msg {
+            sleep_ms: 10_000,
+            ..msg("slow")
+        });
+        // The backend gives up DEADLINE_MARGIN (1 s) before this: after about 500 ms.
+        req.set_timeout(Duration::from_millis(1500));
+        let err = timed(client.unary(req)).await.unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        assert_eq!(err.message(), "deadline expired at the backend");
+    }
+}
+
+#[tokio::test]
+async fn idle_connection_is_closed_after_idle_timeout() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let certs = Certs::new();
+    let backend = H2Backend::start().await;
+    let proxy = l7_proxy(
+        &pki,
+        &certs,
+        backend.addr,
+        "",
+        "[proxy]\nidle_timeout = \"300ms\"",
+    )
+    .await;
+    let mut tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        .await
+        .unwrap();
+    // Keep-alive: the proxy answers, then closes the idle connection by itself.
+    let mut out = Vec::new();
+    let _ = timed(tls.read_to_end(&mut out)).await;
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(wait_for_log(&logs, "outcome=\"idle_timeout\"").await);
+}
