@@ -13,14 +13,13 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::stats::Transferred;
 
-/// Per-direction copy buffer. 16 KiB holds a full TLS record, so a record is usually moved in
-/// one read and one write.
+/// Per-direction copy buffer while data moves. 16 KiB holds a full TLS record, so a record is
+/// usually moved in one read and one write.
 const BUF_SIZE: usize = 16 * 1024;
 
 /// How a relay ended.
@@ -40,8 +39,8 @@ pub enum RelayEnd {
 /// into both `conn` (this connection) and `route` (its route's live totals). Cancel by
 /// dropping the future.
 pub async fn relay(
-    client: &mut TcpStream,
-    backend: &mut TcpStream,
+    client: &TcpStream,
+    backend: &TcpStream,
     idle: Duration,
     conn: &Transferred,
     route: &Transferred,
@@ -49,22 +48,8 @@ pub async fn relay(
     let start = Instant::now();
     // Milliseconds after `start` of the last byte moved; shared by both directions.
     let last = AtomicU64::new(0);
-    let (mut client_rx, mut client_tx) = client.split();
-    let (mut backend_rx, mut backend_tx) = backend.split();
-    let up = copy_half(
-        &mut client_rx,
-        &mut backend_tx,
-        [&conn.up, &route.up],
-        &last,
-        start,
-    );
-    let down = copy_half(
-        &mut backend_rx,
-        &mut client_tx,
-        [&conn.down, &route.down],
-        &last,
-        start,
-    );
+    let up = copy_half(client, backend, [&conn.up, &route.up], &last, start);
+    let down = copy_half(backend, client, [&conn.down, &route.down], &last, start);
 
     tokio::select! {
         res = async { tokio::try_join!(up, down) } => match res {
@@ -75,34 +60,56 @@ pub async fn relay(
     }
 }
 
-async fn copy_half<R, W>(
-    reader: &mut R,
-    writer: &mut W,
+/// Copies `from` to `to` until EOF (then passes the FIN on) or an error. The buffer exists only
+/// while bytes are moving: an idle connection holds none, so thousands of idle connections cost
+/// their sockets and tasks, not 32 KiB each.
+async fn copy_half(
+    from: &TcpStream,
+    to: &TcpStream,
     counts: [&AtomicU64; 2],
     last: &AtomicU64,
     start: Instant,
-) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUF_SIZE];
+) -> io::Result<()> {
     loop {
-        let n = reader.read(&mut buf).await?;
-        if n == 0 {
-            // Pass the FIN on; the other direction is left running.
-            return match writer.shutdown().await {
-                Ok(()) => Ok(()),
-                // The peer already went away entirely: nothing left to tell it.
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
-                Err(e) => Err(e),
-            };
+        from.readable().await?;
+        let mut buf = Vec::with_capacity(BUF_SIZE);
+        loop {
+            buf.clear();
+            match from.try_read_buf(&mut buf) {
+                Ok(0) => return shutdown_write(to),
+                Ok(n) => {
+                    write_all(to, &buf).await?;
+                    for count in counts {
+                        count.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+                // Drained: give the buffer back and wait for the next burst.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
         }
-        writer.write_all(&buf[..n]).await?;
-        for count in counts {
-            count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        to.writable().await?;
+        match to.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Passes a FIN on; the other direction is left running.
+fn shutdown_write(to: &TcpStream) -> io::Result<()> {
+    match socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write) {
+        // The peer already went away entirely: nothing left to tell it.
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+        other => other,
     }
 }
 

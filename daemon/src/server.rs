@@ -506,7 +506,7 @@ async fn relay_l4(
     let _ = client.set_nodelay(true);
     Ok(relay(
         client,
-        &mut backend,
+        &backend,
         proxy.idle_timeout,
         &conn.bytes,
         &route.stats.bytes,
