@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# bench/run.sh: mc-proxy against HAProxy on loopback, the same jobs, measured in the same run.
+#
+# Both proxies run side by side with the same backends; each measurement alternates between
+# them (mc-proxy, HAProxy, then HAProxy, mc-proxy, ...) for $ROUNDS rounds and the table shows
+# the median. The load generator and backends are `mc-bench` (tests/src/bin/mc-bench.rs).
+# See docs/BENCHMARKS.md for what the figures mean and what limits them.
+#
+# Knobs (environment): ROUNDS (3), CONC (32) and SECS (6) for new connections/s, BYTES (2 GiB)
+# for throughput, H2_CONNS (8), H2_STREAMS (8), H2_SECS (6) for L7, IDLE_N (2000) for memory,
+# LOGS (1: both proxies log each connection, as deployed; 0: neither logs),
+# PORT_BASE (24100: ports PORT_BASE+1..+21 on 127.0.0.1 must be free).
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+CONC=${CONC:-32}
+SECS=${SECS:-6}
+BYTES=${BYTES:-2147483648}
+H2_CONNS=${H2_CONNS:-8}
+H2_STREAMS=${H2_STREAMS:-8}
+H2_SECS=${H2_SECS:-6}
+IDLE_N=${IDLE_N:-2000}
+IDLE_HOLD=${IDLE_HOLD:-3}
+LOGS=${LOGS:-1}
+PORT_BASE=${PORT_BASE:-24100}
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+say() { printf '== %s\n' "$*" >&2; }
+
+# --- what we need --------------------------------------------------------------------------------
+missing=()
+command -v haproxy >/dev/null || missing+=(haproxy)
+if ((${#missing[@]})); then
+    say "installing ${missing[*]} from Debian's packages"
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Idle connections: the client holds N sockets, the proxy 2N, the backend N.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((2 * IDLE_N + 500)) ]; then
+    echo "open file limit $(ulimit -n) is too low for IDLE_N=$IDLE_N" >&2
+    exit 1
+fi
+# HAProxy refuses to start when maxconn needs more descriptors than the limit (2 per connection).
+NOFILE=$(ulimit -n)
+MAXCONN=20000
+[ "$NOFILE" = unlimited ] || MAXCONN=$(((NOFILE - 200) / 2))
+((MAXCONN <= 20000)) || MAXCONN=20000
+
+say "building mc-proxy and mc-bench (release)"
+cargo build --release -q -p mc-proxy -p mc-proxy-tests --bin mc-proxy --bin mc-bench
+MC_PROXY=$ROOT/target/release/mc-proxy
+BENCH=$ROOT/target/release/mc-bench
+
+# --- processes -----------------------------------------------------------------------------------
+TLS_BE=$((PORT_BASE + 1)) RAW_BE=$((PORT_BASE + 2)) H2C_BE=$((PORT_BASE + 3))
+MC=$((PORT_BASE + 10)) HA_L4=$((PORT_BASE + 20)) HA_L7=$((PORT_BASE + 21))
+for p in $TLS_BE $RAW_BE $H2C_BE $MC $HA_L4 $HA_L7; do
+    if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+        echo "127.0.0.1:$p is in use; set PORT_BASE to a free range" >&2
+        exit 1
+    fi
+done
+
+TMP=$(mktemp -d /tmp/mc-bench.XXXXXX)
+PIDS=()
+MC_PID= HA_PID=
+cleanup() {
+    local rc=$?
+    for pid in "${PIDS[@]}" $MC_PID $HA_PID; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ "$rc" = 0 ]; then rm -rf "$TMP"; else echo "failed; logs kept in $TMP" >&2; fi
+}
+trap cleanup EXIT
+
+wait_port() { # port: up to 10 s
+    for _ in $(seq 200); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing listens on 127.0.0.1:$1 after 10 s" >&2
+    return 1
+}
+
+"$BENCH" certs "$TMP/certs" >/dev/null
+C=$TMP/certs
+"$BENCH" tls-backend --addr 127.0.0.1:$TLS_BE --cert "$C/a.test.pem" --key "$C/a.test.key" \
+    --max-secs 1800 >"$TMP/tls-backend.log" 2>&1 &
+PIDS+=($!)
+"$BENCH" raw-backend --addr 127.0.0.1:$RAW_BE --max-secs 1800 >"$TMP/raw-backend.log" 2>&1 &
+PIDS+=($!)
+"$BENCH" h2c-backend --addr 127.0.0.1:$H2C_BE --max-secs 1800 >"$TMP/h2c-backend.log" 2>&1 &
+PIDS+=($!)
+for p in $TLS_BE $RAW_BE $H2C_BE; do wait_port $p; done
+
+L7_ROUTE="
+[[listeners.routes]]
+hostname = \"web.test\"
+backend = \"127.0.0.1:$H2C_BE\"
+mode = \"l7\"
+tls_cert = \"$C/web.test.pem\"
+tls_key = \"$C/web.test.key\"
+"
+write_mc_config() { # with_l7
+    cat >"$TMP/mc-proxy.toml" <<EOF
+[database]
+path = "$TMP/mc-proxy.db"
+
+[proxy]
+max_connections = $MAXCONN
+shutdown_timeout = "2s"
+
+[[listeners]]
+addr = "127.0.0.1:$MC"
+
+[[listeners.routes]]
+hostname = "a.test"
+backend = "127.0.0.1:$TLS_BE"
+
+[[listeners.routes]]
+hostname = "raw.test"
+backend = "127.0.0.1:$RAW_BE"
+${1:+$L7_ROUTE}
+EOF
+}
+L7=1
+write_mc_config 1
+if ! "$MC_PROXY" check --config "$TMP/mc-proxy.toml" >"$TMP/check.log" 2>&1; then
+    L7=0
+    write_mc_config ""
+fi
+
+MC_LOG=info HA_LOG="    log stdout format raw local0" HA_TCPLOG="    option tcplog"
+HA_HTTPLOG="    option httplog
+    option dontlog-normal"
+if [ "$LOGS" = 0 ]; then MC_LOG=warn HA_LOG= HA_TCPLOG= HA_HTTPLOG=; fi
+# One job for both: SNI routing of TLS passthrough on one port, TLS termination + h2c on another
+# (mc-proxy does both on one listener; HAProxy needs a tcp and an http frontend).
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    maxconn $MAXCONN
+$HA_LOG
+
+defaults
+    log global
+    timeout connect 5s
+    timeout client 5m
+    timeout server 5m
+
+frontend l4
+    mode tcp
+$HA_TCPLOG
+    bind 127.0.0.1:$HA_L4
+    tcp-request inspect-delay 5s
+    tcp-request content accept if { req_ssl_hello_type 1 }
+    use_backend tls_echo if { req_ssl_sni -i a.test }
+    use_backend raw_sink if { req_ssl_sni -i raw.test }
+
+backend tls_echo
+    mode tcp
+    server s1 127.0.0.1:$TLS_BE
+
+backend raw_sink
+    mode tcp
+    server s1 127.0.0.1:$RAW_BE
+
+frontend l7
+    mode http
+$HA_HTTPLOG
+    option forwardfor
+    bind 127.0.0.1:$HA_L7 ssl crt $C/web.test.haproxy.pem alpn h2,http/1.1
+    default_backend h2c
+
+backend h2c
+    mode http
+    server s1 127.0.0.1:$H2C_BE proto h2
+EOF
+haproxy -c -q -f "$TMP/haproxy.cfg"
+
+start_mc() {
+    rm -f "$TMP"/mc-proxy.db*
+    RUST_LOG=$MC_LOG "$MC_PROXY" --config "$TMP/mc-proxy.toml" >>"$TMP/mc-proxy.log" 2>&1 &
+    MC_PID=$!
+    wait_port $MC
+}
+stop_mc() { kill -TERM "$MC_PID"; wait "$MC_PID" || true; MC_PID=; }
+start_ha() {
+    haproxy -db -f "$TMP/haproxy.cfg" >>"$TMP/haproxy.log" 2>&1 &
+    HA_PID=$!
+    wait_port $HA_L4
+    wait_port $HA_L7
+}
+stop_ha() { kill -TERM "$HA_PID"; wait "$HA_PID" || true; HA_PID=; }
+
+# --- measuring -----------------------------------------------------------------------------------
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; } # utime + stime of the process
+rss_kib() { awk '/^VmRSS:/ {print $2}' /proc/"$1"/status; }
+field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
+record() { echo "$3" >>"$TMP/res.$1.$2"; } # metric who value
+median() { [ -s "$TMP/res.$1.$2" ] && sort -g "$TMP/res.$1.$2" | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}' || echo -; }
+pid_of() { case $1 in mc) echo "$MC_PID" ;; ha) echo "$HA_PID" ;; *) echo ;; esac; }
+l4_target() { case $1 in mc) echo 127.0.0.1:$MC ;; ha) echo 127.0.0.1:$HA_L4 ;; direct) echo "127.0.0.1:$2" ;; esac; }
+order() { # round -> the order of the contenders in it (alternating who goes first)
+    if (($1 % 2)); then echo "mc ha ${2:-}"; else echo "ha mc ${2:-}"; fi
+}
+
+# run METRIC-PREFIX WHO COMMAND...: runs one load command, records its RESULT fields and the
+# proxy's CPU time over the run; prints the RESULT line.
+run() {
+    local who=$1 pid out t0 t1
+    shift
+    pid=$(pid_of "$who")
+    [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
+    out=$("$@" 2>>"$TMP/bench.err" | grep '^RESULT') || {
+        echo "load command failed: $* (see below)" >&2
+        tail -5 "$TMP/bench.err" >&2
+        return 1
+    }
+    [ -n "$pid" ] && t1=$(cpu_ticks "$pid")
+    LAST_CPU_S=$([ -n "$pid" ] && awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" 'BEGIN {print (b - a) / hz}' || echo 0)
+    LAST=$out
+    printf '   %-7s %s proxy_cpu_s=%s\n' "$who" "${out#RESULT }" "$LAST_CPU_S" >&2
+}
+
+say "starting mc-proxy and HAProxy $(haproxy -v | awk 'NR==1 {print $3}')"
+start_mc
+start_ha
+
+say "L4 new TLS connections/s: $CONC clients, $SECS s, $ROUNDS rounds"
+for r in $(seq "$ROUNDS"); do
+    for who in $(order "$r" direct); do
+        run "$who" "$BENCH" connrate --target "$(l4_target "$who" $TLS_BE)" --sni a.test \
+            --ca "$C/ca.pem" --concurrency "$CONC" --seconds "$SECS"
+        conns=$(field "$LAST" conns) errors=$(field "$LAST" errors)
+        record connrate "$who" "$(field "$LAST" conn_per_sec)"
+        record connerr "$who" "$errors"
+        [ "$who" = direct ] || record conncpu "$who" "$(awk -v c="$LAST_CPU_S" -v n="$conns" 'BEGIN {printf "%.1f", c * 1e6 / n}')"
+    done
+done
+
+say "L4 throughput: one connection, $BYTES bytes, $ROUNDS rounds"
+for r in $(seq "$ROUNDS"); do
+    for who in $(order "$r" direct); do
+        run "$who" "$BENCH" throughput --target "$(l4_target "$who" $RAW_BE)" --sni raw.test \
+            --bytes "$BYTES"
+        record tput "$who" "$(field "$LAST" mb_per_sec)"
+        [ "$who" = direct ] || record tputcpu "$who" "$(awk -v c="$LAST_CPU_S" -v b="$BYTES" 'BEGIN {printf "%.2f", c / (b / 1e9)}')"
+    done
+done
+
+L7_NOTE=
+if [ "$L7" = 1 ] && "$BENCH" h2load-like --target 127.0.0.1:$MC --sni web.test --ca "$C/ca.pem" \
+    --concurrency 1 --streams 1 --seconds 0.2 >/dev/null 2>>"$TMP/bench.err"; then
+    say "L7 HTTP/2: $H2_CONNS connections x $H2_STREAMS streams, $H2_SECS s, $ROUNDS rounds"
+    for r in $(seq "$ROUNDS"); do
+        for who in $(order "$r"); do
+            target=127.0.0.1:$MC
+            [ "$who" = ha ] && target=127.0.0.1:$HA_L7
+            run "$who" "$BENCH" h2load-like --target "$target" --sni web.test --ca "$C/ca.pem" \
+                --concurrency "$H2_CONNS" --streams "$H2_STREAMS" --seconds "$H2_SECS"
+            record rps "$who" "$(field "$LAST" rps)"
+            record p99 "$who" "$(field "$LAST" p99_ms)"
+            record p50 "$who" "$(field "$LAST" p50_ms)"
+            record reqcpu "$who" "$(awk -v c="$LAST_CPU_S" -v n="$(field "$LAST" requests)" 'BEGIN {printf "%.1f", c * 1e6 / n}')"
+        done
+    done
+else
+    L7_NOTE="L7: skipped (mc-proxy L7 not available)"
+    say "$L7_NOTE"
+fi
+
+say "memory per idle L4 connection: $IDLE_N connections, fresh proxy each round, $ROUNDS rounds"
+idle_round() { # who: restart the proxy, warm it up, measure RSS before and with IDLE_N idle conns
+    local who=$1 pid before after out
+    if [ "$who" = mc ]; then stop_mc; start_mc; else stop_ha; start_ha; fi
+    pid=$(pid_of "$who")
+    "$BENCH" connrate --target "$(l4_target "$who")" --sni a.test --ca "$C/ca.pem" \
+        --concurrency 4 --seconds 0.3 >/dev/null 2>>"$TMP/bench.err"
+    sleep 0.3
+    before=$(rss_kib "$pid")
+    out=$TMP/idle.out
+    "$BENCH" idle --target "$(l4_target "$who")" --sni a.test --ca "$C/ca.pem" --count "$IDLE_N" \
+        --hold-secs "$IDLE_HOLD" >"$out" 2>>"$TMP/bench.err" &
+    local idle_pid=$!
+    for _ in $(seq 600); do
+        grep -q "^ready" "$out" 2>/dev/null && break
+        sleep 0.1
+    done
+    sleep 0.5
+    after=$(rss_kib "$pid")
+    wait "$idle_pid"
+    if ! grep -q "^ready $IDLE_N errors 0" "$out"; then
+        echo "idle: not all $IDLE_N connections came up: $(head -1 "$out")" >&2
+        return 1
+    fi
+    printf '   %-7s rss_before_kib=%s rss_after_kib=%s\n' "$who" "$before" "$after" >&2
+    record idlemem "$who" "$(awk -v a="$after" -v b="$before" -v n="$IDLE_N" 'BEGIN {printf "%.1f", (a - b) / n}')"
+}
+for r in $(seq "$ROUNDS"); do
+    for who in $(order "$r"); do idle_round "$who"; done
+done
+
+# --- the table -----------------------------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b}'; }
+row() { # label better metric
+    local m h
+    m=$(median "$3" mc) h=$(median "$3" ha)
+    printf '| %-44s | %-6s | %10s | %10s | %9s | %8s |\n' "$1" "$2" "$m" "$h" "$(ratio "$m" "$h")" "$(median "$3" direct)"
+}
+echo
+echo "mc-proxy $("$MC_PROXY" --version | awk '{print $2}') ($(git -C "$ROOT" rev-parse --short HEAD)) vs $(haproxy -v | awk 'NR==1 {print "HAProxy " $3}'), $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ), median of $ROUNDS alternating rounds, logs $([ "$LOGS" = 1 ] && echo on || echo off)"
+echo
+printf '| %-44s | %-6s | %10s | %10s | %9s | %8s |\n' figure better mc-proxy HAProxy "mc / HA" direct
+echo "|----------------------------------------------|--------|------------|------------|-----------|----------|"
+row "L4 new TLS connections/s (C=$CONC, ${SECS} s)" higher connrate
+row "  proxy CPU per connection (us)" lower conncpu
+row "  failed connections" lower connerr
+row "L4 throughput, one connection (MB/s)" higher tput
+row "  proxy CPU per GB (s)" lower tputcpu
+if [ -z "$L7_NOTE" ]; then
+    row "L7 h2 requests/s (${H2_CONNS}x${H2_STREAMS} streams, ${H2_SECS} s)" higher rps
+    row "L7 h2 p50 latency (ms)" lower p50
+    row "L7 h2 p99 latency (ms)" lower p99
+    row "  proxy CPU per request (us)" lower reqcpu
+fi
+row "L4 memory per idle connection (KiB, N=$IDLE_N)" lower idlemem
+[ -z "$L7_NOTE" ] || echo "$L7_NOTE"
+echo
+echo "direct: the client straight to the backend (no proxy), for scale."

@@ -1,0 +1,601 @@
+//! `mc-bench`: the load generator and the backends of `bench/run.sh`, which compares mc-proxy
+//! with HAProxy on loopback (see docs/BENCHMARKS.md).
+//!
+//! Backends (`tls-backend`, `raw-backend`, `h2c-backend`) serve until `--max-secs` (default
+//! 900) so that a crashed script never leaves them behind for long. Load subcommands print
+//! one `RESULT key=value ...` line for the script; every loop in them is bounded by a count
+//! or a deadline, and every network wait by a timeout.
+//!
+//! I/O: TCP on the given addresses, files under `certs DIR`, stdout.
+
+use std::convert::Infallible;
+use std::error::Error;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mc_proxy_tests::Pki;
+use rustls::client::Resumption;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// Time allowed for one connection setup, one round trip or one request.
+const OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+const USAGE: &str = "\
+usage: mc-bench SUBCOMMAND [--key value ...]
+  certs DIR                    CA (ca.pem) and leaves a.test, web.test (NAME.pem, NAME.key,
+                               NAME.haproxy.pem = cert + key for HAProxy)
+  tls-backend --addr A --cert P --key P [--max-secs S]   TLS echo server
+  raw-backend --addr A [--max-secs S]                     sink for `throughput`
+  h2c-backend --addr A [--max-secs S]                     HTTP/2 cleartext, answers 200 \"ok\"
+  connrate --target A --sni H --ca P --concurrency C --seconds T
+  throughput --target A --sni H --bytes N
+  h2load-like --target A --sni H --ca P --concurrency C --streams S --seconds T
+  idle --target A --sni H --ca P --count N --hold-secs S";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let opts = match Opts::parse(rest) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("mc-bench: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let res = runtime.block_on(async {
+        match cmd.as_str() {
+            "certs" => certs(&opts),
+            "tls-backend" => serve_for(&opts, tls_backend(&opts)).await,
+            "raw-backend" => serve_for(&opts, raw_backend(&opts)).await,
+            "h2c-backend" => serve_for(&opts, h2c_backend(&opts)).await,
+            "connrate" => connrate(&opts).await,
+            "throughput" => throughput(&opts).await,
+            "h2load-like" => h2load_like(&opts).await,
+            "idle" => idle(&opts).await,
+            other => Err(format!("unknown subcommand {other:?}").into()),
+        }
+    });
+    // Backend connection tasks may still be running; they are dropped with the runtime.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mc-bench {cmd}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--key value` pairs and positional arguments.
+struct Opts {
+    positional: Vec<String>,
+    named: Vec<(String, String)>,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Res<Opts> {
+        let mut opts = Opts {
+            positional: Vec::new(),
+            named: Vec::new(),
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            match arg.strip_prefix("--") {
+                Some(key) => {
+                    let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
+                    opts.named.push((key.to_owned(), value.clone()));
+                }
+                None => opts.positional.push(arg.clone()),
+            }
+        }
+        Ok(opts)
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.named
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn req(&self, key: &str) -> Res<&str> {
+        self.get(key)
+            .ok_or_else(|| format!("--{key} is required").into())
+    }
+
+    fn num<T: std::str::FromStr>(&self, key: &str, default: Option<T>) -> Res<T> {
+        match (self.get(key), default) {
+            (Some(v), _) => v
+                .parse()
+                .map_err(|_| format!("--{key}: not a number: {v:?}").into()),
+            (None, Some(d)) => Ok(d),
+            (None, None) => Err(format!("--{key} is required").into()),
+        }
+    }
+
+    fn addr(&self, key: &str) -> Res<SocketAddr> {
+        let v = self.req(key)?;
+        v.parse()
+            .map_err(|_| format!("--{key}: not IP:port: {v:?}").into())
+    }
+
+    fn sni(&self) -> Res<ServerName<'static>> {
+        Ok(ServerName::try_from(self.req("sni")?.to_owned())?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates and TLS configs
+
+fn certs(opts: &Opts) -> Res<()> {
+    let dir = PathBuf::from(opts.positional.first().ok_or("certs needs a DIR")?);
+    std::fs::create_dir_all(&dir)?;
+    let pki = Pki::new();
+    std::fs::write(dir.join("ca.pem"), pki.ca_pem())?;
+    for name in ["a.test", "web.test"] {
+        let (cert, key) = pki.write_pem(&dir, &[name]);
+        let mut both = std::fs::read(&cert)?;
+        both.extend(std::fs::read(&key)?);
+        std::fs::write(dir.join(format!("{name}.haproxy.pem")), both)?;
+    }
+    println!("certificates written to {}", dir.display());
+    Ok(())
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client config trusting only the CA in `ca` (if any), offering `alpn`, with session
+/// resumption off so that every connection is a full handshake.
+fn client_config(ca: Option<&str>, alpn: &[&[u8]]) -> Res<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = ca {
+        for cert in CertificateDer::pem_file_iter(ca)? {
+            roots.add(cert?)?;
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = Resumption::disabled();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+fn server_config(cert: &Path, key: &Path) -> Res<Arc<rustls::ServerConfig>> {
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backends
+
+/// Runs a backend until it fails or `--max-secs` (default 900) pass.
+async fn serve_for(opts: &Opts, serve: impl Future<Output = Res<()>>) -> Res<()> {
+    let max = Duration::from_secs(opts.num("max-secs", Some(900))?);
+    match tokio::time::timeout(max, serve).await {
+        Ok(res) => res,
+        Err(_) => Ok(()),
+    }
+}
+
+/// Accepts until the listener fails; errors such as EMFILE back off instead of ending it.
+async fn accept_each<F, Fut>(addr: SocketAddr, mut handle: F) -> Res<()>
+where
+    F: FnMut(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind(addr).await?;
+    println!("listening on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    loop {
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                tcp.set_nodelay(true)?;
+                tokio::spawn(handle(tcp));
+            }
+            Err(e) => {
+                eprintln!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// TLS echo: every byte read is written back; on EOF, close_notify and close.
+async fn tls_backend(opts: &Opts) -> Res<()> {
+    let config = server_config(Path::new(opts.req("cert")?), Path::new(opts.req("key")?))?;
+    let acceptor = TlsAcceptor::from(config);
+    accept_each(opts.addr("addr")?, move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(Ok(tls)) = tokio::time::timeout(OP_TIMEOUT, acceptor.accept(tcp)).await else {
+                return;
+            };
+            echo(tls).await;
+        }
+    })
+    .await
+}
+
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// The `throughput` peer: skips the TLS record holding the ClientHello, reads an 8-byte
+/// big-endian length N, reads N bytes, answers N (8 bytes) and waits for the client to close.
+async fn raw_backend(opts: &Opts) -> Res<()> {
+    accept_each(opts.addr("addr")?, |mut tcp| async move {
+        if let Err(e) = sink(&mut tcp).await {
+            eprintln!("raw-backend: {e}");
+        }
+    })
+    .await
+}
+
+async fn sink(tcp: &mut TcpStream) -> std::io::Result<()> {
+    let mut head = [0u8; 5];
+    tcp.read_exact(&mut head).await?;
+    if head[0] != 0x16 {
+        return Err(std::io::Error::other("not a TLS handshake record"));
+    }
+    let mut hello = vec![0u8; usize::from(u16::from_be_bytes([head[3], head[4]]))];
+    tcp.read_exact(&mut hello).await?;
+    let mut len = [0u8; 8];
+    tcp.read_exact(&mut len).await?;
+    let total = u64::from_be_bytes(len);
+    let mut left = total;
+    let mut buf = vec![0u8; 256 * 1024];
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = tcp.read(&mut buf[..want]).await?;
+        if n == 0 {
+            return Err(std::io::Error::other(format!(
+                "EOF after {} of {total} bytes",
+                total - left
+            )));
+        }
+        left -= n as u64;
+    }
+    tcp.write_all(&total.to_be_bytes()).await?;
+    let _ = tokio::time::timeout(OP_TIMEOUT, tcp.read(&mut buf)).await;
+    Ok(())
+}
+
+/// HTTP/2 with prior knowledge; every request gets `200 ok`.
+async fn h2c_backend(opts: &Opts) -> Res<()> {
+    accept_each(opts.addr("addr")?, |tcp| async move {
+        let service = service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .max_concurrent_streams(1000)
+            .serve_connection(TokioIo::new(tcp), service)
+            .await;
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load
+
+/// One TLS connection through the proxy: connect, full handshake, a 32-byte round trip.
+async fn tls_round_trip(
+    target: SocketAddr,
+    sni: ServerName<'static>,
+    connector: &TlsConnector,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(target).await?;
+    tcp.set_nodelay(true)?;
+    let mut tls = connector.connect(sni, tcp).await?;
+    let ping = [b'p'; 32];
+    tls.write_all(&ping).await?;
+    let mut pong = [0u8; 32];
+    tls.read_exact(&mut pong).await?;
+    if pong != ping {
+        return Err(std::io::Error::other("echo mismatch"));
+    }
+    Ok(tls)
+}
+
+/// New connections per second: `--concurrency` clients, each connecting, handshaking,
+/// doing one round trip and closing (close_notify, FIN) in a loop for `--seconds`.
+async fn connrate(opts: &Opts) -> Res<()> {
+    let target = opts.addr("target")?;
+    let sni = opts.sni()?;
+    let connector = TlsConnector::from(client_config(Some(opts.req("ca")?), &[])?);
+    let concurrency: usize = opts.num("concurrency", None)?;
+    let seconds: f64 = opts.num("seconds", None)?;
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let mut tasks = JoinSet::new();
+    for _ in 0..concurrency {
+        let (sni, connector, ok, errors) = (
+            sni.clone(),
+            connector.clone(),
+            Arc::clone(&ok),
+            Arc::clone(&errors),
+        );
+        tasks.spawn(async move {
+            let mut first_error = None;
+            while Instant::now() < deadline {
+                let conn = async {
+                    let mut tls = tls_round_trip(target, sni.clone(), &connector).await?;
+                    tls.shutdown().await
+                };
+                match tokio::time::timeout(OP_TIMEOUT, conn).await {
+                    Ok(Ok(())) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    res => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        first_error.get_or_insert_with(|| match res {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "timed out".to_owned(),
+                        });
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+            first_error
+        });
+    }
+    let mut first_error = None;
+    while let Some(res) = tasks.join_next().await {
+        if let Some(e) = res? {
+            first_error.get_or_insert(e);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let (ok, errors) = (ok.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+    if let Some(e) = first_error {
+        eprintln!("connrate: first error: {e}");
+    }
+    println!(
+        "RESULT conn_per_sec={:.0} conns={ok} errors={errors} secs={secs:.2}",
+        ok as f64 / secs
+    );
+    Ok(())
+}
+
+/// The first TLS record a rustls client sends for `sni`: a real ClientHello.
+fn client_hello(sni: ServerName<'static>) -> Res<Vec<u8>> {
+    let mut conn = rustls::ClientConnection::new(client_config(None, &[])?, sni)?;
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello)?;
+    Ok(hello)
+}
+
+/// One long upload through one connection: a real ClientHello (so that both proxies route
+/// it by SNI), then `--bytes` of payload to `raw-backend`, timed until its acknowledgement.
+async fn throughput(opts: &Opts) -> Res<()> {
+    let target = opts.addr("target")?;
+    let total: u64 = opts.num("bytes", None)?;
+    let hello = client_hello(opts.sni()?)?;
+    let transfer = async {
+        let mut tcp = TcpStream::connect(target).await?;
+        tcp.set_nodelay(true)?;
+        let start = Instant::now();
+        tcp.write_all(&hello).await?;
+        tcp.write_all(&total.to_be_bytes()).await?;
+        let buf = vec![0x5au8; 256 * 1024];
+        let mut left = total;
+        while left > 0 {
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            tcp.write_all(&buf[..n]).await?;
+            left -= n as u64;
+        }
+        let mut ack = [0u8; 8];
+        tcp.read_exact(&mut ack).await?;
+        let secs = start.elapsed().as_secs_f64();
+        if u64::from_be_bytes(ack) != total {
+            return Err(std::io::Error::other(
+                "the backend acknowledged a different length",
+            ));
+        }
+        Ok::<_, std::io::Error>(secs)
+    };
+    let secs = tokio::time::timeout(Duration::from_secs(300), transfer)
+        .await
+        .map_err(|_| "transfer took more than 300 s")??;
+    println!(
+        "RESULT mb_per_sec={:.0} bytes={total} secs={secs:.3}",
+        total as f64 / secs / 1e6
+    );
+    Ok(())
+}
+
+/// HTTP/2 over TLS: `--concurrency` connections with `--streams` request loops each, GET /
+/// until `--seconds` pass; requests per second and latency percentiles of the 200s.
+async fn h2load_like(opts: &Opts) -> Res<()> {
+    let target = opts.addr("target")?;
+    let host = opts.req("sni")?.to_owned();
+    let sni = opts.sni()?;
+    let connector = TlsConnector::from(client_config(Some(opts.req("ca")?), &[b"h2"])?);
+    let concurrency: usize = opts.num("concurrency", None)?;
+    let streams: usize = opts.num("streams", None)?;
+    let seconds: f64 = opts.num("seconds", None)?;
+    let uri: hyper::Uri = format!("https://{host}/").parse()?;
+
+    let mut senders = Vec::with_capacity(concurrency);
+    let mut drivers = JoinSet::new();
+    for _ in 0..concurrency {
+        let setup = async {
+            let tcp = TcpStream::connect(target).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(sni.clone(), tcp).await?;
+            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err::<_, Box<dyn Error + Send + Sync>>(
+                    "the proxy did not agree to h2".into(),
+                );
+            }
+            Ok(
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await?,
+            )
+        };
+        let (sender, conn) = tokio::time::timeout(OP_TIMEOUT, setup)
+            .await
+            .map_err(|_| "connection setup timed out")??;
+        drivers.spawn(conn);
+        senders.push(sender);
+    }
+
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let mut loops = JoinSet::new();
+    for sender in &senders {
+        for _ in 0..streams {
+            let (mut sender, uri) = (sender.clone(), uri.clone());
+            loops.spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                let mut first_error = None;
+                while Instant::now() < deadline {
+                    let req = Request::get(uri.clone())
+                        .body(Empty::<Bytes>::new())
+                        .expect("a valid request");
+                    let t0 = Instant::now();
+                    let exchange = async {
+                        let resp = sender.send_request(req).await?;
+                        let status = resp.status();
+                        resp.into_body().collect().await?;
+                        Ok::<_, hyper::Error>(status)
+                    };
+                    match tokio::time::timeout(OP_TIMEOUT, exchange).await {
+                        Ok(Ok(status)) if status == hyper::StatusCode::OK => {
+                            latencies.push(t0.elapsed());
+                        }
+                        res => {
+                            errors += 1;
+                            first_error.get_or_insert_with(|| format!("{res:?}"));
+                            if sender.is_closed() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                (latencies, errors, first_error)
+            });
+        }
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    while let Some(res) = loops.join_next().await {
+        let (l, e, f) = res?;
+        latencies.extend(l);
+        errors += e;
+        if let Some(f) = f {
+            first_error.get_or_insert(f);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(senders);
+    drivers.abort_all();
+    if let Some(e) = first_error {
+        eprintln!("h2load-like: first error: {e}");
+    }
+    if latencies.is_empty() {
+        return Err(format!("no request succeeded ({errors} errors)").into());
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i].as_secs_f64() * 1e3
+    };
+    println!(
+        "RESULT rps={:.0} p50_ms={:.3} p99_ms={:.3} requests={} errors={errors} secs={secs:.2}",
+        latencies.len() as f64 / secs,
+        pct(0.50),
+        pct(0.99),
+        latencies.len()
+    );
+    Ok(())
+}
+
+/// Opens `--count` TLS connections (64 setups at a time), does one round trip on each, prints
+/// `ready N` once all are up, holds them idle for `--hold-secs`, closes them, prints `closed`.
+async fn idle(opts: &Opts) -> Res<()> {
+    let target = opts.addr("target")?;
+    let sni = opts.sni()?;
+    let connector = TlsConnector::from(client_config(Some(opts.req("ca")?), &[])?);
+    let count: usize = opts.num("count", None)?;
+    let hold = Duration::from_secs_f64(opts.num("hold-secs", None)?);
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut setups = JoinSet::new();
+    for _ in 0..count {
+        let (sni, connector, gate) = (sni.clone(), connector.clone(), Arc::clone(&gate));
+        setups.spawn(async move {
+            let _permit = gate
+                .acquire_owned()
+                .await
+                .expect("the gate is never closed");
+            tokio::time::timeout(OP_TIMEOUT, tls_round_trip(target, sni, &connector)).await
+        });
+    }
+    let mut conns = Vec::with_capacity(count);
+    let mut errors = 0;
+    while let Some(res) = setups.join_next().await {
+        match res? {
+            Ok(Ok(tls)) => conns.push(tls),
+            Ok(Err(e)) => {
+                errors += 1;
+                eprintln!("idle: {e}");
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    println!("ready {} errors {errors}", conns.len());
+    std::io::stdout().flush()?;
+    tokio::time::sleep(hold).await;
+    drop(conns);
+    println!("closed");
+    Ok(())
+}
