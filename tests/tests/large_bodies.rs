@@ -127,7 +127,7 @@ async fn tens_of_mib_each_way_stream_without_growing_memory_by_their_size() {
     let upload = tokio::time::timeout(Duration::from_secs(120), async {
         let resp = send
             .send_request(
-                Request::post("https://web.test/upload")
+                Request::post("https://web.test/sink")
                     .body(generated(SIZE))
                     .unwrap(),
             )
