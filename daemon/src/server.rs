@@ -384,12 +384,22 @@ async fn pipeline(
     let _active = ActiveGuard::new(&route.stats);
     match route.mode {
         Mode::L4 => Ok(ConnEnd::L4(
-            relay_l4(stream, &peeked, &route, conn, shared).await?,
+            relay_l4(stream, peeked, &route, conn, shared).await?,
         )),
         Mode::L7 => {
             let stream = slot.take().expect("the stream is still here");
+            // Boxed so that L4 connections, the many idle ones above all, do not carry the
+            // L7 future's much larger state inline in their task.
             Ok(ConnEnd::L7(
-                serve_l7(stream, peeked, Arc::clone(&route), sni, conn, shared).await?,
+                Box::pin(serve_l7(
+                    stream,
+                    peeked,
+                    Arc::clone(&route),
+                    sni,
+                    conn,
+                    shared,
+                ))
+                .await?,
             ))
         }
     }
@@ -469,10 +479,11 @@ async fn read_client_hello(
 }
 
 /// Dials the backend, sends the PROXY v2 header if the route asks for it, forwards the peeked
-/// bytes, then relays both ways.
+/// bytes, then relays both ways. The peeked buffer is freed once forwarded: a long-lived
+/// connection should not keep its ClientHello.
 async fn relay_l4(
     client: &mut TcpStream,
-    peeked: &[u8],
+    peeked: Vec<u8>,
     route: &RouteInfo,
     conn: &ConnInfo,
     shared: &Shared,
@@ -494,7 +505,7 @@ async fn relay_l4(
             });
         }
     }
-    if let Err(source) = backend.write_all(peeked).await {
+    if let Err(source) = backend.write_all(&peeked).await {
         return Err(ConnError::Backend {
             backend: route.backend.clone(),
             source,
@@ -503,6 +514,7 @@ async fn relay_l4(
     for up in [&conn.bytes.up, &route.stats.bytes.up] {
         up.fetch_add(peeked.len() as u64, Ordering::Relaxed);
     }
+    drop(peeked);
     let _ = client.set_nodelay(true);
     Ok(relay(
         client,
