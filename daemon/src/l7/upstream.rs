@@ -268,7 +268,9 @@ impl Upstream {
             tracing::debug!(backend = %self.route.backend, "backend connection lost: redialling");
             *slot = None;
         }
-        let sender = match tokio::time::timeout(self.connect_timeout, self.dial()).await {
+        // Boxed: the dial (TCP, PROXY header, TLS, h2 handshake) is rare but its state is
+        // large, and it would otherwise be inlined in every request's future.
+        let sender = match tokio::time::timeout(self.connect_timeout, Box::pin(self.dial())).await {
             Ok(res) => res?,
             Err(_) => {
                 return Err(UpstreamError::Timeout {
