@@ -318,12 +318,7 @@ async fn events_follow_traffic_as_json_lines() {
         }
     });
     // Wait until the subscriber is attached, then make traffic.
-    for _ in 0..1000 {
-        if proxy.state.events.has_subscribers() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    proxy.wait_for_watchers().await;
     let mut c = tls_connect(proxy.addr(), "a.test", pki.client_config())
         .await
         .unwrap();

@@ -387,6 +387,18 @@ impl Proxy {
         }
     }
 
+    /// Waits (up to 5 s) until an event watcher is subscribed, so that what the test does next
+    /// is seen by it.
+    pub async fn wait_for_watchers(&self) {
+        for _ in 0..500 {
+            if self.state.events.has_subscribers() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no event watcher subscribed within 5 s");
+    }
+
     /// A client for this daemon's admin API.
     pub async fn admin(&self) -> mc_proxy_shared::client::AdminClient {
         mc_proxy_shared::client::AdminClient::connect(&self.socket)
@@ -420,6 +432,21 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// The TOML of an L7 route `hostname` to `backend`, with a certificate for `hostname` from
+/// `pki` written into `dir`.
+pub fn l7_route_toml(
+    pki: &Pki,
+    dir: &std::path::Path,
+    hostname: &str,
+    backend: SocketAddr,
+) -> String {
+    let (cert, key) = pki.write_pem(dir, &[hostname]);
+    format!(
+        "[[listeners.routes]]\nhostname = {hostname:?}\nbackend = \"{backend}\"\nmode = \"l7\"\n\
+         tls_cert = {cert:?}\ntls_key = {key:?}\n"
+    )
 }
 
 /// A TLS client stream over a recorded TCP stream.

@@ -388,13 +388,7 @@ async fn watchers_see_connections_open_and_close_with_byte_counts() {
     .await;
     let mut admin = proxy.admin().await;
     let mut events = Box::pin(admin.watch_events().await.unwrap());
-    // Subscribed once the stream is up; wait until the daemon counts the subscriber.
-    for _ in 0..500 {
-        if proxy.state.events.has_subscribers() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    proxy.wait_for_watchers().await;
 
     let mut c = tls_connect(proxy.addr(), "a.test", pki.client_config())
         .await

@@ -65,19 +65,11 @@ async fn tens_of_mib_each_way_stream_without_growing_memory_by_their_size() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = pki.write_pem(dir.path(), &["web.test"]);
     let proxy = Proxy::start(&format!(
-        r#"
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        [[listeners.routes]]
-        hostname = "web.test"
-        backend = "{}"
-        mode = "l7"
-        tls_cert = {cert:?}
-        tls_key = {key:?}
-        "#,
-        backend.addr
+        "[[listeners]]
+addr = \"127.0.0.1:0\"
+{}",
+        l7_route_toml(&pki, dir.path(), "web.test", backend.addr)
     ))
     .await;
 

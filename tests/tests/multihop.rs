@@ -44,7 +44,6 @@ async fn the_real_client_address_crosses_the_edge_to_the_origin() {
     let l4_backend = TlsBackend::start(&pki, &["l4.test"]).await;
     let web_backend = H2Backend::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = pki.write_pem(dir.path(), &["web.test"]);
     let origin = Proxy::start(&format!(
         r#"
         [[listeners]]
@@ -54,14 +53,10 @@ async fn the_real_client_address_crosses_the_edge_to_the_origin() {
         [[listeners.routes]]
         hostname = "l4.test"
         backend = "{}"
-        [[listeners.routes]]
-        hostname = "web.test"
-        backend = "{}"
-        mode = "l7"
-        tls_cert = {cert:?}
-        tls_key = {key:?}
+        {}
         "#,
-        l4_backend.addr, web_backend.addr
+        l4_backend.addr,
+        l7_route_toml(&pki, dir.path(), "web.test", web_backend.addr)
     ))
     .await;
     let edge = Proxy::start(&format!(
@@ -78,12 +73,7 @@ async fn the_real_client_address_crosses_the_edge_to_the_origin() {
     .await;
     let mut origin_admin = origin.admin().await;
     let mut events = Box::pin(origin_admin.watch_events().await.unwrap());
-    for _ in 0..500 {
-        if origin.state.events.has_subscribers() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    origin.wait_for_watchers().await;
 
     // L4 through both hops; the origin's events name the real client.
     let mut c = tls_from_client_ip(edge.addr(), "l4.test", pki.client_config())

@@ -66,19 +66,11 @@ async fn page_assets_and_event_stream_over_h2_and_http11() {
     let pki = Pki::new();
     let backend = H2Backend::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = pki.write_pem(dir.path(), &["web.test"]);
     let proxy = Proxy::start(&format!(
-        r#"
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        [[listeners.routes]]
-        hostname = "web.test"
-        backend = "{}"
-        mode = "l7"
-        tls_cert = {cert:?}
-        tls_key = {key:?}
-        "#,
-        backend.addr
+        "[[listeners]]
+addr = \"127.0.0.1:0\"
+{}",
+        l7_route_toml(&pki, dir.path(), "web.test", backend.addr)
     ))
     .await;
 
