@@ -397,7 +397,12 @@ fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
             "tab/up/down: field  space: toggle  enter: save  esc: cancel",
         )),
     }
-    let height = lines.len() as u16 + 2;
+    // The error wraps: give it the rows it needs inside a 76-column box.
+    let wrapped = form
+        .error
+        .as_ref()
+        .map_or(0, |e| ("error: ".len() + e.chars().count()) / 74);
+    let height = lines.len() as u16 + 2 + wrapped as u16;
     popup(frame, area, &title, lines, 76, height);
 }
 
