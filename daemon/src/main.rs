@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 /// them (L7).
 ///
 /// On first start the listeners, routes and firewall rules of the config seed the database;
-/// afterwards the database is the source of truth. Log verbosity follows RUST_LOG (default
+/// afterwards the database is the source of truth, changed at run time through the admin API
+/// on the [admin] socket (see `mcproxyctl --help`). Log verbosity follows RUST_LOG (default
 /// "info"). SIGTERM or SIGINT stops accepting and waits up to [proxy] shutdown_timeout for
 /// open connections; a second signal exits at once.
 #[derive(Debug, Parser)]
