@@ -100,7 +100,7 @@ impl Pki {
         )
     }
 
-    /// The CA certificate as PEM (for `[proxy] backend_ca`).
+    /// The CA certificate as PEM (for `[proxy] backend_ca`, or clients that are not Rust).
     pub fn ca_pem(&self) -> String {
         self.ca.pem()
     }
