@@ -398,9 +398,13 @@ impl App {
         self.visible_routes().get(self.route_idx).copied()
     }
 
-    /// Uptime now, extrapolated from the last status.
+    /// Uptime now, extrapolated from the last status while connected; frozen at the last
+    /// known value while the daemon is away (it may be restarting).
     pub fn uptime_now(&self) -> Duration {
-        self.uptime + self.status_at.elapsed()
+        match self.link {
+            Link::Connected => self.uptime + self.status_at.elapsed(),
+            _ => self.uptime,
+        }
     }
 
     fn push_log(&mut self, line: String) {
@@ -455,6 +459,7 @@ impl App {
             DaemonMsg::Disconnected(reason) => {
                 if self.link == Link::Connected {
                     self.push_log(format!("lost the daemon: {reason}"));
+                    self.uptime = self.uptime_now();
                 }
                 self.link = Link::Reconnecting(reason);
             }
