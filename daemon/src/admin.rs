@@ -235,18 +235,7 @@ fn listener_by_name<'a>(state: &'a State, name: &str) -> Result<&'a Arc<Listener
 
 fn route_from_pb(route: Option<pb::Route>) -> Result<Route, ApiError> {
     let r = route.ok_or_else(|| ApiError::Invalid("the request has no route".into()))?;
-    Ok(Route {
-        mode: r
-            .mode
-            .parse()
-            .map_err(|e: mc_proxy_shared::ParseModeError| ApiError::Invalid(e.to_string()))?,
-        hostname: r.hostname,
-        backend: r.backend,
-        tls_cert: r.tls_cert,
-        tls_key: r.tls_key,
-        backend_tls: r.backend_tls,
-        send_proxy_protocol: r.send_proxy_protocol,
-    })
+    Route::try_from(r).map_err(|e| ApiError::Invalid(e.to_string()))
 }
 
 fn validate(listener: &ListenerState, route: &Route) -> Result<ValidRoute, ApiError> {
@@ -319,32 +308,25 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
 /// Parses and normalises a firewall rule from the API.
 fn firewall_rule_from_pb(rule: Option<pb::FirewallRule>) -> Result<FirewallRule, ApiError> {
     let r = rule.ok_or_else(|| ApiError::Invalid("the request has no rule".into()))?;
-    let value = r.value.trim();
-    match r.kind.as_str() {
-        "ip" => {
-            let ip: IpAddr = value
-                .parse()
-                .map_err(|_| ApiError::Invalid(format!("{value:?} is not an IP address")))?;
-            Ok(FirewallRule {
-                kind: FirewallRuleKind::Ip,
-                value: ip.to_string(),
-            })
-        }
-        "cidr" => {
-            let net: IpNet = value.parse().map_err(|_| {
+    let FirewallRule { kind, value } =
+        FirewallRule::try_from(r).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let value = value.trim();
+    let value = match kind {
+        FirewallRuleKind::Ip => value
+            .parse::<IpAddr>()
+            .map_err(|_| ApiError::Invalid(format!("{value:?} is not an IP address")))?
+            .to_string(),
+        FirewallRuleKind::Cidr => value
+            .parse::<IpNet>()
+            .map_err(|_| {
                 ApiError::Invalid(format!(
                     "{value:?} is not a network in CIDR notation such as 198.51.100.0/24"
                 ))
-            })?;
-            Ok(FirewallRule {
-                kind: FirewallRuleKind::Cidr,
-                value: net.trunc().to_string(),
-            })
-        }
-        other => Err(ApiError::Invalid(format!(
-            "firewall rule kind {other:?}: expected \"ip\" or \"cidr\""
-        ))),
-    }
+            })?
+            .trunc()
+            .to_string(),
+    };
+    Ok(FirewallRule { kind, value })
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, tonic::Status>> + Send>>;
@@ -569,9 +551,7 @@ impl AdminService for Admin {
             Ok(match item {
                 Ok(event) => event,
                 Err(BroadcastStreamRecvError::Lagged(dropped)) => pb::Event {
-                    timestamp_ms: std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64),
+                    timestamp_ms: crate::events::now_ms(),
                     kind: Some(pb::event::Kind::Lagged(pb::Lagged { dropped })),
                 },
             })

@@ -47,15 +47,20 @@ impl EventBus {
         if !self.has_subscribers() {
             return;
         }
-        let timestamp_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let timestamp_ms = now_ms();
         // An error only means the last subscriber left in between: nothing to do.
         let _ = self.tx.send(pb::Event {
             timestamp_ms,
             kind: Some(build()),
         });
     }
+}
+
+/// Milliseconds since the Unix epoch: the `timestamp_ms` of every event.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -459,7 +459,7 @@ async fn read_proxy_header(
 }
 
 fn check_firewall(state: &State, client: IpAddr) -> Result<(), ConnError> {
-    if state.firewall().is_blocked(client) {
+    if state.is_blocked(client) {
         return Err(ConnError::Blocked(client));
     }
     Ok(())

@@ -230,11 +230,6 @@ impl State {
         })
     }
 
-    /// The listener with this store id.
-    pub fn listener(&self, id: i64) -> Option<&Arc<ListenerState>> {
-        self.listeners.iter().find(|l| l.id == id)
-    }
-
     /// Seeds an empty store from the config, then loads listeners, routes and firewall rules
     /// from the store: after the first start the store is the source of truth and the TOML's
     /// listeners, routes and rules are not applied (this is logged).
@@ -304,6 +299,12 @@ impl State {
     /// The current firewall snapshot.
     pub fn firewall(&self) -> Arc<Firewall> {
         self.firewall.load_full()
+    }
+
+    /// Is `ip` blocked by the current firewall? Reads the snapshot through a guard: no
+    /// reference count is touched on the per-connection path.
+    pub fn is_blocked(&self, ip: IpAddr) -> bool {
+        self.firewall.load().is_blocked(ip)
     }
 
     /// Swaps in a new firewall; it applies from the next connection on.

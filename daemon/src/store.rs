@@ -344,13 +344,9 @@ impl Store {
         })?;
         rows.map(|row| {
             let (kind, value) = row?;
-            let kind = match kind.as_str() {
-                "ip" => FirewallRuleKind::Ip,
-                "cidr" => FirewallRuleKind::Cidr,
-                other => {
-                    return Err(StoreError::Corrupt(format!("firewall rule kind {other:?}")));
-                }
-            };
+            let kind = kind
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
             Ok(FirewallRule { kind, value })
         })
         .collect()

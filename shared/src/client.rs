@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::model::{FirewallRule, FirewallRuleKind, Mode, Route};
+use crate::model::{FirewallRule, Mode, ParseKindError, ParseModeError, Route};
 use crate::pb;
 use crate::pb::admin_service_client::AdminServiceClient;
 
@@ -35,6 +35,18 @@ pub enum ClientError {
     /// The daemon sent something this client cannot read (version skew?).
     #[error("unexpected answer from the daemon: {0}")]
     Protocol(String),
+}
+
+impl From<ParseModeError> for ClientError {
+    fn from(e: ParseModeError) -> Self {
+        ClientError::Protocol(e.to_string())
+    }
+}
+
+impl From<ParseKindError> for ClientError {
+    fn from(e: ParseKindError) -> Self {
+        ClientError::Protocol(e.to_string())
+    }
 }
 
 impl ClientError {
@@ -391,7 +403,10 @@ impl AdminClient {
             .list_firewall_rules(pb::ListFirewallRulesRequest {})
             .await?
             .into_inner();
-        r.rules.into_iter().map(FirewallRule::try_from).collect()
+        r.rules
+            .into_iter()
+            .map(|rule| Ok(FirewallRule::try_from(rule)?))
+            .collect()
     }
 
     /// Adds a rule; returns it as stored (normalised).
@@ -406,9 +421,10 @@ impl AdminClient {
             })
             .await?
             .into_inner();
-        r.rule
-            .ok_or_else(|| ClientError::Protocol("no rule in the answer".into()))?
-            .try_into()
+        let rule = r
+            .rule
+            .ok_or_else(|| ClientError::Protocol("no rule in the answer".into()))?;
+        Ok(rule.try_into()?)
     }
 
     /// Removes a rule.
@@ -435,9 +451,8 @@ impl AdminClient {
 }
 
 fn required_route(route: Option<pb::Route>) -> Result<Route, ClientError> {
-    route
-        .ok_or_else(|| ClientError::Protocol("no route in the answer".into()))?
-        .try_into()
+    let route = route.ok_or_else(|| ClientError::Protocol("no route in the answer".into()))?;
+    Ok(route.try_into()?)
 }
 
 // ---- Conversions between the model and the wire types (also used by the daemon). ----
@@ -456,15 +471,13 @@ impl From<Route> for pb::Route {
     }
 }
 
+/// The wire route as a model route; the daemon (requests) and the client (answers) both use it.
 impl TryFrom<pb::Route> for Route {
-    type Error = ClientError;
+    type Error = ParseModeError;
 
     fn try_from(r: pb::Route) -> Result<Self, Self::Error> {
         Ok(Route {
-            mode: r
-                .mode
-                .parse()
-                .map_err(|e: crate::ParseModeError| ClientError::Protocol(e.to_string()))?,
+            mode: r.mode.parse()?,
             hostname: r.hostname,
             backend: r.backend,
             tls_cert: r.tls_cert,
@@ -484,21 +497,13 @@ impl From<FirewallRule> for pb::FirewallRule {
     }
 }
 
+/// The wire rule as a model rule (kind parsed; the value is not checked here).
 impl TryFrom<pb::FirewallRule> for FirewallRule {
-    type Error = ClientError;
+    type Error = ParseKindError;
 
     fn try_from(r: pb::FirewallRule) -> Result<Self, Self::Error> {
-        let kind = match r.kind.as_str() {
-            "ip" => FirewallRuleKind::Ip,
-            "cidr" => FirewallRuleKind::Cidr,
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "unknown firewall rule kind {other:?}"
-                )));
-            }
-        };
         Ok(FirewallRule {
-            kind,
+            kind: r.kind.parse()?,
             value: r.value,
         })
     }

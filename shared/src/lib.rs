@@ -10,7 +10,7 @@
 pub mod client;
 pub mod model;
 
-pub use model::{FirewallRule, FirewallRuleKind, Mode, ParseModeError, Route};
+pub use model::{FirewallRule, FirewallRuleKind, Mode, ParseKindError, ParseModeError, Route};
 
 /// The admin API as generated from `proto/mc_proxy/v1/admin.proto` (package `mc_proxy.v1`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -102,6 +102,24 @@ impl fmt::Display for FirewallRuleKind {
     }
 }
 
+/// A firewall rule kind that is neither `"ip"` nor `"cidr"`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid firewall rule kind {0:?}: expected \"ip\" or \"cidr\"")]
+pub struct ParseKindError(pub String);
+
+impl FromStr for FirewallRuleKind {
+    type Err = ParseKindError;
+
+    /// Parses the spelling used by the database and the admin API.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ip" => Ok(FirewallRuleKind::Ip),
+            "cidr" => Ok(FirewallRuleKind::Cidr),
+            other => Err(ParseKindError(other.to_owned())),
+        }
+    }
+}
+
 /// A blocked address or network. The value is kept as text so that the store can hold exactly
 /// what the operator wrote; the daemon parses it when it builds the firewall.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -121,6 +139,14 @@ mod tests {
         assert_eq!("".parse::<Mode>(), Ok(Mode::L4));
         assert_eq!("l4".parse::<Mode>(), Ok(Mode::L4));
         assert_eq!("l7".parse::<Mode>(), Ok(Mode::L7));
+    }
+
+    #[test]
+    fn firewall_rule_kinds_parse_their_own_spelling_only() {
+        for kind in [FirewallRuleKind::Ip, FirewallRuleKind::Cidr] {
+            assert_eq!(kind.as_str().parse::<FirewallRuleKind>(), Ok(kind));
+        }
+        assert!("IP".parse::<FirewallRuleKind>().is_err());
     }
 
     #[test]
