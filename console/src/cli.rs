@@ -4,11 +4,14 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Control a running mc-proxy daemon over its admin socket: routes, firewall rules and live
-/// events.
+/// Control a running mc-proxy daemon over its admin socket: routes, firewall rules,
+/// certificate reloads and live events.
 ///
-/// Exit status: 0 on success, 1 when the daemon refused the request (the reason is printed),
-/// 2 for a usage error, 3 when no daemon answers on the socket.
+/// Exit status: 0 on success (also when a reader such as `head` closes the pipe early), 1 when
+/// the daemon refused the request (the reason is printed) or a reload failed for a route,
+/// 2 for a usage error, 3 when no daemon answers on the socket or it went away during the
+/// call (a change may or may not have been applied: list to check), 4 when the socket exists
+/// but this user may not use it.
 #[derive(Debug, Parser)]
 #[command(name = "mcproxyctl", version)]
 pub struct Cli {
@@ -30,9 +33,8 @@ pub struct Cli {
 pub enum Command {
     /// Daemon version, uptime, listeners and connection totals.
     Status {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        table: TableArgs,
     },
     /// List, add, change or remove routes.
     #[command(subcommand)]
@@ -49,21 +51,46 @@ pub enum Command {
         #[arg(long)]
         stats: bool,
     },
+    /// Re-read every L7 route's certificate and key from disk (as `kill -HUP` does) and
+    /// serve the ones that load to new handshakes. Prints what happened per route; a route
+    /// whose files fail keeps the certificate it had, and the exit status is 1.
+    Reload {
+        #[command(flatten)]
+        table: TableArgs,
+    },
     /// The terminal console: listeners, routes with live traffic, events; add, edit and
     /// delete routes and firewall rules. Press ? inside for the keys.
     Console,
+    /// Print a shell completion script: `mcproxyctl completions bash > \
+    /// /etc/bash_completion.d/mcproxyctl`, `mcproxyctl completions zsh > \
+    /// "${fpath[1]}/_mcproxyctl"`, `mcproxyctl completions fish > \
+    /// ~/.config/fish/completions/mcproxyctl.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// How a listing is printed.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TableArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Leave out the header line(s) of the table, for shell loops.
+    #[arg(long, conflicts_with = "json")]
+    pub no_headers: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RoutesCommand {
-    /// Every route with its fields and counters.
+    /// Every route with its fields and counters, by listener then hostname.
     List {
         /// Only this listener's routes (its configured address, e.g. 127.0.0.1:8443).
         #[arg(long, value_name = "ADDR")]
         listener: Option<String>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        table: TableArgs,
     },
     /// Add a route. Without --mode it is an L4 (passthrough) route.
     Add(RouteArgs),
@@ -94,10 +121,11 @@ pub struct RouteArgs {
     /// l4 (TLS passthrough, default) or l7 (TLS termination and HTTP proxy).
     #[arg(long, value_name = "l4|l7")]
     pub mode: Option<String>,
-    /// L7: PEM certificate chain presented to clients.
+    /// L7: PEM certificate chain presented to clients (a relative path is resolved against
+    /// the current directory before it is sent).
     #[arg(long, value_name = "PATH")]
     pub tls_cert: Option<String>,
-    /// L7: PEM private key for --tls-cert.
+    /// L7: PEM private key for --tls-cert (made absolute likewise).
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<String>,
     /// L7: speak HTTP/2 over TLS to the backend.
@@ -128,10 +156,10 @@ pub struct UpdateArgs {
     /// New mode: l4 or l7.
     #[arg(long, value_name = "l4|l7")]
     pub mode: Option<String>,
-    /// New certificate path.
+    /// New certificate path (made absolute against the current directory).
     #[arg(long, value_name = "PATH")]
     pub tls_cert: Option<String>,
-    /// New key path.
+    /// New key path (made absolute likewise).
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<String>,
     /// HTTP/2 over TLS to the backend: --backend-tls, --backend-tls=false.
@@ -147,11 +175,10 @@ pub struct UpdateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum FirewallCommand {
-    /// Every rule.
+    /// Every rule, by kind then value.
     List {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        table: TableArgs,
     },
     /// Block an address or a network.
     Add(RuleArgs),

@@ -1,47 +1,74 @@
 //! The scripted subcommands: one admin API call each, printed as a table or JSON.
 //!
 //! I/O: the admin socket and stdout. Errors come back as `CtlError`, whose exit code tells a
-//! script what kind of failure it was.
+//! script what kind of failure it was. Everything printed goes through [`emit`], so a reader
+//! that stops early (`| head`) ends the command quietly instead of panicking on a closed pipe.
+//! Table rows come in a stable order (routes by listener then hostname, rules by kind then
+//! value), so shell loops can rely on it.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 
 use futures_util::StreamExt;
 use mc_proxy_shared::client::{
-    AdminClient, ClientError, Event, RouteEntry, RoutePatch, Status, TimedEvent,
+    AdminClient, ClientError, Event, ReloadResult, RouteEntry, RoutePatch, RouteReload, Status,
+    TimedEvent,
 };
 use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Mode, Route};
 use serde::Serialize;
 
-use crate::cli::{Command, FirewallCommand, RouteArgs, RoutesCommand, RuleArgs, UpdateArgs};
+use crate::cli::{
+    Command, FirewallCommand, RouteArgs, RoutesCommand, RuleArgs, TableArgs, UpdateArgs,
+};
 
 /// A failed subcommand.
 #[derive(Debug)]
 pub enum CtlError {
-    /// No daemon on the socket.
+    /// No daemon on the socket, or it went away during the call.
     Unreachable(ClientError),
+    /// The socket exists but this user may not use it.
+    Denied(ClientError),
     /// The daemon said no, or answered oddly.
     Daemon(ClientError),
+    /// A reload left some routes failed (they were printed).
+    ReloadFailed(usize),
     /// The arguments make no sense.
     Usage(String),
+    /// Whoever reads stdout went away (`| head`): not an error, the command just ends.
+    ClosedPipe,
+    /// Stdout could not be written for another reason.
+    Output(std::io::Error),
 }
 
 impl std::fmt::Display for CtlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CtlError::Unreachable(e) | CtlError::Daemon(e) => write!(f, "{e}"),
+            CtlError::Unreachable(e) | CtlError::Denied(e) | CtlError::Daemon(e) => {
+                write!(f, "{e}")
+            }
+            CtlError::ReloadFailed(n) => write!(
+                f,
+                "{n} route(s) failed to reload and keep the certificate they had"
+            ),
             CtlError::Usage(m) => f.write_str(m),
+            CtlError::ClosedPipe => f.write_str("stdout closed"),
+            CtlError::Output(e) => write!(f, "cannot write the output: {e}"),
         }
     }
 }
 
 impl CtlError {
-    /// 1: the daemon refused; 2: usage; 3: no daemon.
+    /// 0: a closed pipe; 1: the daemon refused (or a reload failed somewhere); 2: usage;
+    /// 3: no daemon, or it went away during the call; 4: the socket is not accessible to this
+    /// user.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CtlError::Daemon(_) => 1,
+            CtlError::ClosedPipe => 0,
+            CtlError::Daemon(_) | CtlError::ReloadFailed(_) | CtlError::Output(_) => 1,
             CtlError::Usage(_) => 2,
             CtlError::Unreachable(_) => 3,
+            CtlError::Denied(_) => 4,
         }
     }
 }
@@ -49,48 +76,82 @@ impl CtlError {
 impl From<ClientError> for CtlError {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::Connect { .. } => CtlError::Unreachable(e),
+            ClientError::Connect { .. } | ClientError::Gone { .. } => CtlError::Unreachable(e),
+            ClientError::PermissionDenied { .. } => CtlError::Denied(e),
             other => CtlError::Daemon(other),
         }
     }
+}
+
+/// Writes `text` to stdout and flushes it, so each event line reaches a pipe as it happens.
+pub fn emit(text: &str) -> Result<(), CtlError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => CtlError::ClosedPipe,
+            _ => CtlError::Output(e),
+        })
+}
+
+/// Writes a line to stderr; a closed stderr is ignored (there is nobody left to tell).
+pub fn warn(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 /// Runs one subcommand against the daemon at `socket`.
 pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
     let mut client = AdminClient::connect(socket).await?;
     match command {
-        Command::Status { json } => {
+        Command::Status { table } => {
             let status = client.status().await?;
-            print_out(json, &status, format_status)
+            print_out(&table, &status, format_status)
         }
-        Command::Routes(RoutesCommand::List { listener, json }) => {
-            let routes = client.list_routes(listener.as_deref()).await?;
-            print_out(json, &routes, |r| format_routes(r))
+        Command::Routes(RoutesCommand::List { listener, table }) => {
+            let mut routes = client.list_routes(listener.as_deref()).await?;
+            routes.sort_by(|a, b| {
+                (&a.listener, &a.route.hostname).cmp(&(&b.listener, &b.route.hostname))
+            });
+            print_out(&table, &routes, |r, h| format_routes(r, h))
         }
         Command::Routes(RoutesCommand::Add(args)) => add_route(&mut client, args).await,
         Command::Routes(RoutesCommand::Update(args)) => update_route(&mut client, args).await,
         Command::Routes(RoutesCommand::Remove { listener, hostname }) => {
             client.remove_route(&listener, &hostname).await?;
-            println!("removed route {hostname} from listener {listener}");
-            Ok(())
+            emit(&format!(
+                "removed route {hostname} from listener {listener}\n"
+            ))
         }
-        Command::Firewall(FirewallCommand::List { json }) => {
-            let rules = client.firewall_rules().await?;
-            print_out(json, &rules, |r| format_rules(r))
+        Command::Firewall(FirewallCommand::List { table }) => {
+            let mut rules = client.firewall_rules().await?;
+            rules.sort_by_cached_key(rule_order);
+            print_out(&table, &rules, |r, h| format_rules(r, h))
         }
         Command::Firewall(FirewallCommand::Add(args)) => {
             let rule = client.add_firewall_rule(rule(args)).await?;
-            println!("blocked {} {}", rule.kind, rule.value);
-            Ok(())
+            emit(&format!("blocked {} {}\n", rule.kind, rule.value))
         }
         Command::Firewall(FirewallCommand::Remove(args)) => {
             let rule = rule(args);
             client.remove_firewall_rule(rule.clone()).await?;
-            println!("unblocked {} {}", rule.kind, rule.value);
-            Ok(())
+            emit(&format!("unblocked {} {}\n", rule.kind, rule.value))
+        }
+        Command::Reload { table } => {
+            let report = client.reload().await?;
+            print_out(&table, &report, |r, h| format_reload(r, h))?;
+            match report
+                .iter()
+                .filter(|r| r.result == ReloadResult::Failed)
+                .count()
+            {
+                0 => Ok(()),
+                n => Err(CtlError::ReloadFailed(n)),
+            }
         }
         Command::Events { json, stats } => follow_events(&mut client, json, stats).await,
-        Command::Console => Err(CtlError::Usage("the console runs from main".into())),
+        Command::Console | Command::Completions { .. } => Err(CtlError::Usage(
+            "this subcommand runs from main, not against the daemon".into(),
+        )),
     }
 }
 
@@ -100,13 +161,26 @@ fn parse_mode(mode: Option<&str>) -> Result<Option<Mode>, CtlError> {
         .map_err(|e| CtlError::Usage(e.to_string()))
 }
 
+/// The daemon resolves paths in its own working directory and refuses relative ones; a path
+/// typed here means "relative to where I am", so it is made absolute here.
+pub fn absolute_path(path: &str) -> Result<String, CtlError> {
+    if path.is_empty() {
+        return Ok(String::new());
+    }
+    let abs = std::path::absolute(path)
+        .map_err(|e| CtlError::Usage(format!("cannot resolve the path {path}: {e}")))?;
+    abs.into_os_string()
+        .into_string()
+        .map_err(|_| CtlError::Usage(format!("the path {path} is not valid UTF-8")))
+}
+
 async fn add_route(client: &mut AdminClient, args: RouteArgs) -> Result<(), CtlError> {
     let route = Route {
         hostname: args.hostname,
         backend: args.backend,
         mode: parse_mode(args.mode.as_deref())?.unwrap_or_default(),
-        tls_cert: args.tls_cert.unwrap_or_default(),
-        tls_key: args.tls_key.unwrap_or_default(),
+        tls_cert: absolute_path(args.tls_cert.as_deref().unwrap_or_default())?,
+        tls_key: absolute_path(args.tls_key.as_deref().unwrap_or_default())?,
         backend_tls: args.backend_tls,
         send_proxy_protocol: args.send_proxy_protocol,
     };
@@ -119,8 +193,8 @@ async fn update_route(client: &mut AdminClient, args: UpdateArgs) -> Result<(), 
         hostname: args.new_hostname,
         backend: args.backend,
         mode: parse_mode(args.mode.as_deref())?,
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
+        tls_cert: args.tls_cert.as_deref().map(absolute_path).transpose()?,
+        tls_key: args.tls_key.as_deref().map(absolute_path).transpose()?,
         backend_tls: args.backend_tls,
         send_proxy_protocol: args.send_proxy_protocol,
     };
@@ -145,20 +219,33 @@ fn report_route(
     json: bool,
 ) -> Result<(), CtlError> {
     for w in warnings {
-        eprintln!("warning: {w}");
+        warn(&format!("warning: {w}"));
     }
     if json {
-        print_json(route);
+        print_json(route)
     } else {
-        println!(
-            "{verb} route {} on listener {listener}: {} -> {}{}",
+        emit(&format!(
+            "{verb} route {} on listener {listener}: {} -> {}{}\n",
             route.hostname,
             route.mode,
             route.backend,
             flags(route)
-        );
+        ))
     }
-    Ok(())
+}
+
+/// Addresses before networks, each in address order (`10.0.0.9` before `10.0.0.10`).
+fn rule_order(rule: &FirewallRule) -> (bool, Option<ipnet::IpNet>, String) {
+    let addr = rule
+        .value
+        .parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| rule.value.parse::<std::net::IpAddr>().ok().map(Into::into));
+    (
+        rule.kind == FirewallRuleKind::Cidr,
+        addr,
+        rule.value.clone(),
+    )
 }
 
 fn rule(args: RuleArgs) -> FirewallRule {
@@ -174,6 +261,8 @@ fn rule(args: RuleArgs) -> FirewallRule {
     }
 }
 
+/// Prints events until the daemon ends the stream. Its end, or a broken connection, means the
+/// daemon went away (exit 3), not that it refused anything.
 async fn follow_events(client: &mut AdminClient, json: bool, stats: bool) -> Result<(), CtlError> {
     let mut events = std::pin::pin!(client.watch_events().await?);
     while let Some(event) = events.next().await {
@@ -182,39 +271,42 @@ async fn follow_events(client: &mut AdminClient, json: bool, stats: bool) -> Res
             continue;
         }
         if json {
-            print_json(&event);
+            print_json(&event)?;
         } else {
-            println!("{}", format_event(&event));
+            emit(&format!("{}\n", format_event(&event)))?;
         }
     }
-    Err(CtlError::Daemon(ClientError::Protocol(
-        "the daemon closed the event stream (shutting down?)".into(),
-    )))
+    Err(CtlError::Unreachable(ClientError::Gone {
+        reason: "the daemon ended the event stream: it is shutting down".into(),
+    }))
 }
 
-fn print_json<T: Serialize + ?Sized>(value: &T) {
-    match serde_json::to_string(value) {
-        Ok(text) => println!("{text}"),
-        Err(e) => eprintln!("mcproxyctl: cannot encode JSON: {e}"),
-    }
+fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CtlError> {
+    let text = serde_json::to_string(value)
+        .map_err(|e| CtlError::Output(std::io::Error::other(format!("JSON: {e}"))))?;
+    emit(&format!("{text}\n"))
 }
 
+/// JSON, or the table `format` makes (with its header lines unless `--no-headers`).
 fn print_out<T: Serialize + ?Sized>(
-    json: bool,
+    how: &TableArgs,
     value: &T,
-    table: impl FnOnce(&T) -> String,
+    format: impl FnOnce(&T, bool) -> String,
 ) -> Result<(), CtlError> {
-    if json {
-        print_json(value);
-    } else {
-        print!("{}", table(value));
+    if how.json {
+        return print_json(value);
     }
-    Ok(())
+    emit(&format(value, !how.no_headers))
 }
 
-/// Aligned columns; the last column is not padded.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+/// Aligned columns; the last column is not padded. `header: None` prints the rows alone
+/// (`--no-headers`), aligned the same way.
+fn table(header: Option<&[&str]>, rows: &[Vec<String>]) -> String {
+    let columns = header.map_or_else(|| rows.first().map_or(0, Vec::len), <[&str]>::len);
+    let mut widths: Vec<usize> = match header {
+        Some(header) => header.iter().map(|h| h.chars().count()).collect(),
+        None => vec![0; columns],
+    };
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -232,7 +324,9 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
         out.push('\n');
     };
-    line(&mut header.iter().copied());
+    if let Some(header) = header {
+        line(&mut header.iter().copied());
+    }
     for row in rows {
         line(&mut row.iter().map(String::as_str));
     }
@@ -270,9 +364,10 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-fn format_status(s: &Status) -> String {
+fn format_status(s: &Status, headers: bool) -> String {
     let secs = s.uptime.as_secs();
-    let mut out = format!(
+    let mut out = String::new();
+    let summary = format!(
         "mc-proxy {}, up {}h{:02}m{:02}s, {} open / {} total connections, {} firewall rule(s)\n\n",
         s.version,
         secs / 3600,
@@ -282,6 +377,9 @@ fn format_status(s: &Status) -> String {
         s.total_connections,
         s.firewall_rules
     );
+    if headers {
+        out.push_str(&summary);
+    }
     let rows: Vec<Vec<String>> = s
         .listeners
         .iter()
@@ -306,15 +404,17 @@ fn format_status(s: &Status) -> String {
         })
         .collect();
     out.push_str(&table(
-        &[
-            "LISTENER", "PROXY", "ROUTES", "OPEN", "ACCEPTED", "RESETS", "BLOCKED",
-        ],
+        headers.then_some(
+            &[
+                "LISTENER", "PROXY", "ROUTES", "OPEN", "ACCEPTED", "RESETS", "BLOCKED",
+            ][..],
+        ),
         &rows,
     ));
     out
 }
 
-fn format_routes(routes: &[RouteEntry]) -> String {
+fn format_routes(routes: &[RouteEntry], headers: bool) -> String {
     let rows: Vec<Vec<String>> = routes
         .iter()
         .map(|e| {
@@ -338,19 +438,53 @@ fn format_routes(routes: &[RouteEntry]) -> String {
         })
         .collect();
     table(
-        &[
-            "LISTENER", "HOSTNAME", "MODE", "BACKEND", "FLAGS", "CONNS", "IN", "OUT", "L7",
-        ],
+        headers.then_some(
+            &[
+                "LISTENER", "HOSTNAME", "MODE", "BACKEND", "FLAGS", "CONNS", "IN", "OUT", "L7",
+            ][..],
+        ),
         &rows,
     )
 }
 
-fn format_rules(rules: &[FirewallRule]) -> String {
+fn format_rules(rules: &[FirewallRule], headers: bool) -> String {
     let rows: Vec<Vec<String>> = rules
         .iter()
         .map(|r| vec![r.kind.to_string(), r.value.clone()])
         .collect();
-    table(&["KIND", "VALUE"], &rows)
+    table(headers.then_some(&["KIND", "VALUE"][..]), &rows)
+}
+
+fn format_reload(report: &[RouteReload], headers: bool) -> String {
+    let rows: Vec<Vec<String>> = report
+        .iter()
+        .map(|r| {
+            let detail = match r.result {
+                ReloadResult::Failed if r.kept => format!("keeps its certificate: {}", r.error),
+                ReloadResult::Failed => format!("not served: {}", r.error),
+                _ if r.not_after.is_empty() => String::new(),
+                _ => format!("valid until {}", r.not_after),
+            };
+            let mut detail = detail;
+            for w in &r.warnings {
+                let _ = write!(detail, "; warning: {w}");
+            }
+            vec![
+                r.listener.clone(),
+                r.hostname.clone(),
+                r.result.as_str().to_owned(),
+                detail,
+            ]
+        })
+        .collect();
+    let mut out = table(
+        headers.then_some(&["LISTENER", "ROUTE", "RESULT", "DETAIL"][..]),
+        &rows,
+    );
+    if headers && report.is_empty() {
+        out.push_str("(no L7 routes: nothing to reload)\n");
+    }
+    out
 }
 
 fn format_event(e: &TimedEvent) -> String {
@@ -433,11 +567,10 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let t = table(
-            &["A", "LONG HEADER", "C"],
-            &[vec!["xxxx".into(), "y".into(), "z".into()]],
-        );
+        let rows = [vec!["xxxx".into(), "y".into(), "z".into()]];
+        let t = table(Some(&["A", "LONG HEADER", "C"]), &rows);
         assert_eq!(t, "A     LONG HEADER  C\nxxxx  y            z\n");
+        assert_eq!(table(None, &rows), "xxxx  y  z\n");
     }
 
     #[test]

@@ -344,3 +344,397 @@ async fn events_follow_traffic_as_json_lines() {
     assert_eq!(closed["outcome"], "closed");
     assert!(closed["bytes_in"].as_u64().unwrap() > 0);
 }
+
+/// Runs mcproxyctl with `args` and its stdout a pipe whose reader is already gone, so the
+/// first write fails with EPIPE whatever the timing.
+fn run_into_closed_pipe(socket: &std::path::Path, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_mcproxyctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_closed_pipe_ends_the_command_quietly() {
+    let proxy = Proxy::start(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n\
+         [[listeners.routes]]\nhostname = \"app.test\"\nbackend = \"127.0.0.1:9443\"",
+    )
+    .await;
+    for args in [
+        &["routes", "list", "--json"][..],
+        &["routes", "list"],
+        &["status"],
+        &["firewall", "list"],
+        &["completions", "bash"],
+    ] {
+        let socket = proxy.socket.clone();
+        let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let o = tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = owned.iter().map(String::as_str).collect();
+            run_into_closed_pipe(&socket, &args)
+        })
+        .await
+        .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o), "", "{args:?}");
+    }
+
+    // `events | head -1`: the reader leaves after one line; the next event ends the command.
+    let pki = Pki::new();
+    let backend = TlsBackend::start(&pki, &["a.test"]).await;
+    let mut admin = proxy.admin().await;
+    admin
+        .add_route(
+            L,
+            mc_proxy_shared::Route {
+                hostname: "a.test".into(),
+                backend: backend.addr.to_string(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mcproxyctl"))
+        .arg("--socket")
+        .arg(&proxy.socket)
+        .args(["events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap());
+    proxy.wait_for_watchers().await;
+    let traffic = || async {
+        let mut c = tls_connect(proxy.addr(), "a.test", pki.client_config())
+            .await
+            .unwrap();
+        send_and_finish(&mut c, b"x").await.unwrap();
+    };
+    traffic().await;
+    let first = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(first.contains("open"), "{first}");
+    // The reader (moved into the closure) is gone now; keep making events until it notices.
+    let exited = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            traffic().await;
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("mcproxyctl events kept running after its reader left");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(exited.code(), Some(0), "{err}");
+    assert_eq!(err, "");
+}
+
+#[tokio::test]
+async fn relative_certificate_paths_are_sent_absolute() {
+    let pki = Pki::new();
+    let proxy = Proxy::start("[[listeners]]\naddr = \"127.0.0.1:0\"").await;
+    let cwd = tempfile::tempdir().unwrap();
+    pki.write_pem(cwd.path(), &["web.test"]);
+    let names: Vec<String> = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let cert = names.iter().find(|n| n.ends_with(".pem")).unwrap().clone();
+    let key = names.iter().find(|n| n.ends_with(".key")).unwrap().clone();
+
+    let socket = proxy.socket.clone();
+    let dir = cwd.path().to_owned();
+    let (c, k) = (cert.clone(), key.clone());
+    let o = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_mcproxyctl"))
+            .current_dir(&dir)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["routes", "add", "--listener", L, "--hostname", "web.test"])
+            .args(["--backend", "127.0.0.1:9080", "--mode", "l7"])
+            .args(["--tls-cert", &c, "--tls-key", &k, "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_ok(&o);
+    let stored: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let want = |name: &str| cwd.path().join(name).display().to_string();
+    assert_eq!(stored["tls_cert"], want(&cert));
+    assert_eq!(stored["tls_key"], want(&key));
+
+    // The API itself refuses a relative path, and the refused write changes nothing.
+    let mut admin = proxy.admin().await;
+    let err = admin
+        .add_route(
+            L,
+            mc_proxy_shared::Route {
+                hostname: "rel.test".into(),
+                backend: "127.0.0.1:9080".into(),
+                mode: mc_proxy_shared::Mode::L7,
+                tls_cert: cert.clone(),
+                tls_key: key.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("relative path"), "{err}");
+    let routes = admin.list_routes(None).await.unwrap();
+    assert_eq!(routes.len(), 1, "{routes:?}");
+}
+
+#[tokio::test]
+async fn permission_denied_on_the_socket_is_its_own_exit_code() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let proxy = Proxy::start("[[listeners]]\naddr = \"127.0.0.1:0\"").await;
+    let as_root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let o = if as_root {
+        // Root passes every permission check: run the CLI as nobody instead, from a copy it
+        // may execute.
+        if Command::new("setpriv").arg("--version").output().is_err() {
+            eprintln!("skipping: running as root and setpriv is not installed");
+            return;
+        }
+        let bin = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ctl = bin.path().join("mcproxyctl");
+        std::fs::copy(env!("CARGO_BIN_EXE_mcproxyctl"), &ctl).unwrap();
+        let socket = proxy.socket.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&ctl)
+                .arg("--socket")
+                .arg(&socket)
+                .arg("status")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    } else {
+        std::fs::set_permissions(&proxy.socket, std::fs::Permissions::from_mode(0o000)).unwrap();
+        ctl(&proxy, &["status"]).await
+    };
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("not accessible to this user"), "{err}");
+    assert!(!err.contains("is it running"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// An admin socket whose "daemon" speaks HTTP/2, takes the first request and then drops the
+/// connection without answering: a daemon that died in the middle of a call.
+fn daemon_that_dies_mid_call(path: &std::path::Path) -> tokio::task::JoinHandle<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (died, on_death) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let service = hyper::service::service_fn(move |_req| {
+            let _ = died.send(());
+            std::future::pending::<
+                Result<hyper::Response<http_body_util::Empty<bytes::Bytes>>, std::io::Error>,
+            >()
+        });
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service);
+        let mut on_death = on_death;
+        tokio::select! {
+            _ = conn => {}
+            _ = on_death.recv() => {}
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_daemon_that_goes_away_mid_call_says_the_change_is_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let fake = daemon_that_dies_mid_call(&socket);
+    let o = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_mcproxyctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["routes", "add", "--listener", L, "--hostname", "a.test"])
+            .args(["--backend", "127.0.0.1:9"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    fake.await.unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("went away during the call"), "{err}");
+    assert!(err.contains("may or may not have been applied"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn huge_values_are_refused_with_a_short_message() {
+    let proxy = Proxy::start("[[listeners]]\naddr = \"127.0.0.1:0\"").await;
+    // 100 KB: about the longest argument Linux passes to a program (128 KiB).
+    let name = format!("{}.test", "a".repeat(100_000));
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "add",
+            "--listener",
+            L,
+            "--hostname",
+            &name,
+            "--backend",
+            "127.0.0.1:9",
+        ],
+    )
+    .await;
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", &err[..err.len().min(300)]);
+    assert!(err.len() < 200, "{} bytes: {}", err.len(), &err[..300]);
+    assert!(err.contains("at most 255"), "{err}");
+    assert!(err.contains("invalid argument"), "{err}");
+}
+
+#[tokio::test]
+async fn tables_without_headers_in_a_stable_order() {
+    let proxy = Proxy::start(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n\
+         [[listeners.routes]]\nhostname = \"b.test\"\nbackend = \"127.0.0.1:9443\"\n\
+         [[listeners.routes]]\nhostname = \"*.svc.test\"\nbackend = \"127.0.0.1:9444\"\n\
+         [[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"127.0.0.1:9445\"",
+    )
+    .await;
+    let o = ctl(&proxy, &["routes", "list", "--no-headers"]).await;
+    assert_ok(&o);
+    let hosts: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(hosts, ["*.svc.test", "a.test", "b.test"]);
+
+    for rule in ["10.0.0.10", "10.0.0.9"] {
+        assert_ok(&ctl(&proxy, &["firewall", "add", "--ip", rule]).await);
+    }
+    assert_ok(&ctl(&proxy, &["firewall", "add", "--cidr", "192.0.2.0/24"]).await);
+    let o = ctl(&proxy, &["firewall", "list", "--no-headers"]).await;
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        "ip    10.0.0.9\nip    10.0.0.10\ncidr  192.0.2.0/24\n"
+    );
+    let o = ctl(&proxy, &["status", "--no-headers"]).await;
+    assert_ok(&o);
+    assert_eq!(stdout(&o).lines().count(), 1, "{}", stdout(&o));
+    assert!(stdout(&o).starts_with(L), "{}", stdout(&o));
+
+    let o = ctl(&proxy, &["routes", "list", "--no-headers", "--json"]).await;
+    assert_eq!(o.status.code(), Some(2), "--no-headers and --json conflict");
+}
+
+#[tokio::test]
+async fn completions_for_each_shell() {
+    for (shell, needle) in [
+        ("bash", "complete -F _mcproxyctl"),
+        ("zsh", "#compdef mcproxyctl"),
+        ("fish", "complete -c mcproxyctl"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_mcproxyctl"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        let script = stdout(&o);
+        assert!(script.contains(needle), "{shell}: {script}");
+        assert!(script.contains("reload"), "{shell}: no subcommands in it");
+    }
+}
+
+#[tokio::test]
+async fn reload_serves_renewed_certificates_and_keeps_the_last_good_one() {
+    let pki = Pki::new();
+    let certs = tempfile::tempdir().unwrap();
+    let backend = "127.0.0.1:9".parse().unwrap();
+    let body = format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n{}{}",
+        l7_route_toml(&pki, certs.path(), "a.test", backend),
+        l7_route_toml(&pki, certs.path(), "b.test", backend)
+    );
+    let proxy = Proxy::start(&body).await;
+    let (a_cert, a_key) = pki.write_pem(certs.path(), &["a.test"]);
+    let served = |sni: &'static str| served_leaf(proxy.addr(), sni, pki.client_config());
+    let first_b = served("b.test").await.unwrap();
+    assert_eq!(
+        first_b,
+        pem_leaf(&certs.path().join("b.test.pem").display().to_string())
+    );
+
+    // a.test renewed on disk (write_pem wrote a new pair); b.test's certificate broken.
+    std::fs::write(certs.path().join("b.test.pem"), "not a certificate").unwrap();
+    assert_ne!(
+        served("a.test").await.unwrap(),
+        pem_leaf(&a_cert),
+        "served before reload"
+    );
+
+    let o = ctl(&proxy, &["reload"]).await;
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", stderr(&o));
+    let row = |host: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(host))
+            .unwrap_or_else(|| panic!("no row for {host}: {out}"))
+            .to_owned()
+    };
+    assert!(row("a.test").contains("renewed"), "{out}");
+    assert!(row("a.test").contains("valid until"), "{out}");
+    let b = row("b.test");
+    assert!(
+        b.contains("failed") && b.contains("keeps its certificate"),
+        "{out}"
+    );
+    assert!(b.contains("b.test.pem"), "the error names the file: {out}");
+    assert!(stderr(&o).contains("1 route(s) failed"), "{}", stderr(&o));
+
+    // New handshakes: a.test gets the renewed certificate, b.test still the old one.
+    assert_eq!(served("a.test").await.unwrap(), pem_leaf(&a_cert));
+    assert_eq!(served("b.test").await.unwrap(), first_b);
+
+    // Fixed: the next reload serves it; a.test is now unchanged.
+    let (b_cert, _) = pki.write_pem(certs.path(), &["b.test"]);
+    let o = ctl(&proxy, &["reload", "--json"]).await;
+    assert_ok(&o);
+    let report: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let result = |host: &str| {
+        report
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["hostname"] == host)
+            .unwrap()["result"]
+            .clone()
+    };
+    assert_eq!(result("a.test"), "unchanged");
+    assert_eq!(result("b.test"), "renewed");
+    assert_eq!(served("b.test").await.unwrap(), pem_leaf(&b_cert));
+    drop(a_key);
+}

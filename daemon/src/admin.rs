@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use futures_util::{Stream, StreamExt};
 use ipnet::IpNet;
 use mc_proxy_shared::pb::admin_service_server::{AdminService, AdminServiceServer};
+use mc_proxy_shared::text::clip;
 use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Route, pb};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::{
@@ -30,6 +31,7 @@ use tonic::{Request, Response};
 
 use crate::config::{ValidRoute, validate_route};
 use crate::firewall::Firewall;
+use crate::reload::{ReloadOutcome, RouteReload, reload_certificates};
 use crate::state::{ListenerState, State};
 use crate::store::{Store, StoreError};
 
@@ -213,7 +215,8 @@ impl Admin {
 fn listener_by_name<'a>(state: &'a State, name: &str) -> Result<&'a Arc<ListenerState>, ApiError> {
     let addr: SocketAddr = name.parse().map_err(|_| {
         ApiError::Invalid(format!(
-            "listener {name:?} is not an address like 127.0.0.1:8443"
+            "listener {} is not an address like 127.0.0.1:8443",
+            clip(name)
         ))
     })?;
     state
@@ -231,6 +234,74 @@ fn listener_by_name<'a>(state: &'a State, name: &str) -> Result<&'a Arc<Listener
                 }
             ))
         })
+}
+
+/// The longest value each request field may hold, in bytes. A longer one is refused with
+/// INVALID_ARGUMENT before anything else looks at it, so no answer repeats a huge value and
+/// nothing is stored that no resolver or file system could use.
+mod max_len {
+    /// A DNS name (253) with a leading `*.`.
+    pub const HOSTNAME: usize = 255;
+    /// `host:port`: a DNS name, a colon and a port.
+    pub const BACKEND: usize = 261;
+    /// A listener address, `[v6%scope]:port`.
+    pub const LISTENER: usize = 64;
+    /// `l4` / `l7`, or a firewall rule kind.
+    pub const KEYWORD: usize = 8;
+    /// PATH_MAX on Linux.
+    pub const PATH: usize = 4096;
+    /// An address or network, IPv6 included.
+    pub const RULE: usize = 64;
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.len() > max {
+        return Err(ApiError::Invalid(format!(
+            "{field} is {} bytes long; at most {max} are accepted",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The daemon resolves a relative path against its own working directory, which is not the
+/// directory of whoever sent it; so the API takes absolute paths only (`mcproxyctl` resolves
+/// them against its own working directory before sending).
+fn check_absolute(field: &str, path: &str) -> Result<(), ApiError> {
+    if path.is_empty() || Path::new(path).is_absolute() {
+        return Ok(());
+    }
+    Err(ApiError::Invalid(format!(
+        "{field} {} is a relative path, and the daemon cannot know what it is relative to: \
+         send an absolute path",
+        clip(path)
+    )))
+}
+
+fn check_route_fields(route: &pb::Route) -> Result<(), ApiError> {
+    check_len("hostname", &route.hostname, max_len::HOSTNAME)?;
+    check_len("backend", &route.backend, max_len::BACKEND)?;
+    check_len("mode", &route.mode, max_len::KEYWORD)?;
+    check_len("tls_cert", &route.tls_cert, max_len::PATH)?;
+    check_len("tls_key", &route.tls_key, max_len::PATH)
+}
+
+fn check_update_fields(req: &pb::UpdateRouteRequest) -> Result<(), ApiError> {
+    check_len("listener", &req.listener, max_len::LISTENER)?;
+    check_len("hostname", &req.hostname, max_len::HOSTNAME)?;
+    let optional = [
+        ("new_hostname", &req.new_hostname, max_len::HOSTNAME),
+        ("backend", &req.backend, max_len::BACKEND),
+        ("mode", &req.mode, max_len::KEYWORD),
+        ("tls_cert", &req.tls_cert, max_len::PATH),
+        ("tls_key", &req.tls_key, max_len::PATH),
+    ];
+    for (field, value, max) in optional {
+        if let Some(value) = value {
+            check_len(field, value, max)?;
+        }
+    }
+    Ok(())
 }
 
 fn route_from_pb(route: Option<pb::Route>) -> Result<Route, ApiError> {
@@ -308,19 +379,22 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
 /// Parses and normalises a firewall rule from the API.
 fn firewall_rule_from_pb(rule: Option<pb::FirewallRule>) -> Result<FirewallRule, ApiError> {
     let r = rule.ok_or_else(|| ApiError::Invalid("the request has no rule".into()))?;
+    check_len("kind", &r.kind, max_len::KEYWORD)?;
+    check_len("value", &r.value, max_len::RULE)?;
     let FirewallRule { kind, value } =
         FirewallRule::try_from(r).map_err(|e| ApiError::Invalid(e.to_string()))?;
     let value = value.trim();
     let value = match kind {
         FirewallRuleKind::Ip => value
             .parse::<IpAddr>()
-            .map_err(|_| ApiError::Invalid(format!("{value:?} is not an IP address")))?
+            .map_err(|_| ApiError::Invalid(format!("{} is not an IP address", clip(value))))?
             .to_string(),
         FirewallRuleKind::Cidr => value
             .parse::<IpNet>()
             .map_err(|_| {
                 ApiError::Invalid(format!(
-                    "{value:?} is not a network in CIDR notation such as 198.51.100.0/24"
+                    "{} is not a network in CIDR notation such as 198.51.100.0/24",
+                    clip(value)
                 ))
             })?
             .trunc()
@@ -358,6 +432,7 @@ impl AdminService for Admin {
         request: Request<pb::ListRoutesRequest>,
     ) -> Result<Response<pb::ListRoutesResponse>, tonic::Status> {
         let name = request.into_inner().listener;
+        check_len("listener", &name, max_len::LISTENER)?;
         let only = if name.is_empty() {
             None
         } else {
@@ -373,6 +448,12 @@ impl AdminService for Admin {
         request: Request<pb::AddRouteRequest>,
     ) -> Result<Response<pb::AddRouteResponse>, tonic::Status> {
         let req = request.into_inner();
+        check_len("listener", &req.listener, max_len::LISTENER)?;
+        if let Some(route) = &req.route {
+            check_route_fields(route)?;
+            check_absolute("tls_cert", &route.tls_cert)?;
+            check_absolute("tls_key", &route.tls_key)?;
+        }
         let response = self
             .write(move |store, state| {
                 let listener = listener_by_name(state, &req.listener)?;
@@ -403,6 +484,7 @@ impl AdminService for Admin {
         request: Request<pb::UpdateRouteRequest>,
     ) -> Result<Response<pb::UpdateRouteResponse>, tonic::Status> {
         let req = request.into_inner();
+        check_update_fields(&req)?;
         let response = self
             .write(move |store, state| {
                 let listener = listener_by_name(state, &req.listener)?;
@@ -417,6 +499,16 @@ impl AdminService for Admin {
                             listener.addr
                         ))
                     })?;
+                // A path the request changes must be absolute; one it keeps is the operator's
+                // earlier choice (a TOML-seeded route may hold a relative one).
+                for (field, new, stored) in [
+                    ("tls_cert", &req.tls_cert, &current.tls_cert),
+                    ("tls_key", &req.tls_key, &current.tls_key),
+                ] {
+                    if let Some(new) = new.as_deref().filter(|new| new != stored) {
+                        check_absolute(field, new)?;
+                    }
+                }
                 let mode = match req.mode {
                     Some(m) => m.parse().map_err(|e: mc_proxy_shared::ParseModeError| {
                         ApiError::Invalid(e.to_string())
@@ -464,6 +556,8 @@ impl AdminService for Admin {
         request: Request<pb::RemoveRouteRequest>,
     ) -> Result<Response<pb::RemoveRouteResponse>, tonic::Status> {
         let req = request.into_inner();
+        check_len("listener", &req.listener, max_len::LISTENER)?;
+        check_len("hostname", &req.hostname, max_len::HOSTNAME)?;
         self.write(move |store, state| {
             let listener = listener_by_name(state, &req.listener)?;
             let hostname = req.hostname.trim().to_ascii_lowercase();
@@ -541,6 +635,21 @@ impl AdminService for Admin {
         Ok(Response::new(pb::RemoveFirewallRuleResponse {}))
     }
 
+    async fn reload(
+        &self,
+        _: Request<pb::ReloadRequest>,
+    ) -> Result<Response<pb::ReloadResponse>, tonic::Status> {
+        let routes = self
+            .write(|store, state| {
+                tracing::info!("reload requested through the admin API");
+                Ok(reload_certificates(store, state)?)
+            })
+            .await?;
+        Ok(Response::new(pb::ReloadResponse {
+            routes: routes.into_iter().map(route_reload_to_pb).collect(),
+        }))
+    }
+
     type WatchEventsStream = EventStream;
 
     async fn watch_events(
@@ -560,6 +669,41 @@ impl AdminService for Admin {
         let events = events.take_until(self.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(events)))
     }
+}
+
+/// One route's reload result on the wire.
+fn route_reload_to_pb(r: RouteReload) -> pb::RouteReload {
+    use pb::ReloadResult as R;
+    let mut out = pb::RouteReload {
+        listener: r.listener.to_string(),
+        hostname: r.hostname,
+        ..Default::default()
+    };
+    match r.outcome {
+        ReloadOutcome::Reloaded {
+            changed,
+            not_after,
+            warnings,
+        } => {
+            out.set_result(if changed { R::Renewed } else { R::Unchanged });
+            out.not_after = not_after.unwrap_or_default();
+            out.warnings = warnings;
+        }
+        ReloadOutcome::Added {
+            not_after,
+            warnings,
+        } => {
+            out.set_result(R::Added);
+            out.not_after = not_after.unwrap_or_default();
+            out.warnings = warnings;
+        }
+        ReloadOutcome::Failed { error, kept } => {
+            out.set_result(R::Failed);
+            out.error = error.to_string();
+            out.kept = kept;
+        }
+    }
+    out
 }
 
 fn reload_firewall(store: &Store, state: &State) -> Result<(), ApiError> {

@@ -15,7 +15,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     /// The certificate file could not be read.
-    #[error("cannot read tls_cert {path}: {source}")]
+    #[error("cannot read tls_cert {}: {source}", shown(path))]
     ReadCert {
         /// The file named in the route.
         path: PathBuf,
@@ -23,7 +23,7 @@ pub enum CertError {
         source: std::io::Error,
     },
     /// The key file could not be read.
-    #[error("cannot read tls_key {path}: {source}")]
+    #[error("cannot read tls_key {}: {source}", shown(path))]
     ReadKey {
         /// The file named in the route.
         path: PathBuf,
@@ -31,7 +31,7 @@ pub enum CertError {
         source: std::io::Error,
     },
     /// The certificate file holds no PEM certificate, or a broken one.
-    #[error("tls_cert {path} holds no valid PEM certificate: {reason}")]
+    #[error("tls_cert {} holds no valid PEM certificate: {reason}", shown(path))]
     ParseCert {
         /// The file named in the route.
         path: PathBuf,
@@ -39,7 +39,7 @@ pub enum CertError {
         reason: String,
     },
     /// The key file holds no PEM private key rustls can use.
-    #[error("tls_key {path} holds no usable PEM private key: {reason}")]
+    #[error("tls_key {} holds no usable PEM private key: {reason}", shown(path))]
     ParseKey {
         /// The file named in the route.
         path: PathBuf,
@@ -47,13 +47,28 @@ pub enum CertError {
         reason: String,
     },
     /// Both load, but the key does not belong to the certificate.
-    #[error("tls_key {key} does not match the certificate in tls_cert {cert}")]
+    #[error(
+        "tls_key {} does not match the certificate in tls_cert {}",
+        shown(key),
+        shown(cert)
+    )]
     Mismatch {
         /// The certificate file.
         cert: PathBuf,
         /// The key file.
         key: PathBuf,
     },
+}
+
+/// A path as an error message shows it: whole when short, clipped when it is not (paths can
+/// come from admin requests; see `mc_proxy_shared::text`).
+fn shown(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text.chars().count() <= mc_proxy_shared::text::ECHO_CHARS * 2 {
+        text
+    } else {
+        mc_proxy_shared::text::clip(&text)
+    }
 }
 
 /// Reads and checks a PEM certificate chain and private key.
@@ -141,6 +156,13 @@ pub fn leaf_warnings(key: &CertifiedKey, hostname: &str, now: u64) -> Vec<String
         ));
     }
     warnings
+}
+
+/// The leaf certificate's `notAfter` as `YYYY-MM-DD HH:MM:SS UTC`, if it can be read: what an
+/// operator checks after renewing a certificate.
+pub fn not_after(key: &CertifiedKey) -> Option<String> {
+    let (_, not_after) = validity(key.cert.first()?)?;
+    Some(not_after.to_string())
 }
 
 /// A UTC time from a certificate (RFC 5280 §4.1.2.5), to the second.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use mc_proxy_shared::text::clip;
 use mc_proxy_shared::{Mode, ParseModeError, Route};
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Deserializer};
@@ -188,10 +189,13 @@ impl fmt::Display for ProblemList<'_> {
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     /// The hostname is neither a DNS name nor `*.` followed by one.
-    #[error("invalid hostname {0:?}: expected a DNS name like app.example.com or *.example.com")]
+    #[error(
+        "invalid hostname {}: expected a DNS name like app.example.com or *.example.com",
+        clip(.0)
+    )]
     Hostname(String),
     /// The backend is not `host:port`.
-    #[error("invalid backend {value:?}: {reason}")]
+    #[error("invalid backend {}: {reason}", clip(.value))]
     Backend {
         /// What was given.
         value: String,
@@ -471,8 +475,8 @@ impl FileConfig {
                     problem(
                         format!("listeners[{i}]"),
                         format!(
-                            "invalid addr {:?}: expected IP:port such as 127.0.0.1:8443 or [::]:443",
-                            fl.addr
+                            "invalid addr {}: expected IP:port such as 127.0.0.1:8443 or [::]:443",
+                            clip(&fl.addr)
                         ),
                     );
                     continue;
@@ -495,7 +499,8 @@ impl FileConfig {
                     None => problem(
                         format!("{lctx}, proxy_protocol_from[{k}]"),
                         format!(
-                            "invalid network {value:?}: expected a CIDR such as 10.0.0.0/8 or an address"
+                            "invalid network {}: expected a CIDR such as 10.0.0.0/8 or an address",
+                            clip(value)
                         ),
                     ),
                 }

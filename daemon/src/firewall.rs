@@ -14,7 +14,7 @@ use mc_proxy_shared::{FirewallRule, FirewallRuleKind};
 
 /// A rule from the store that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid firewall {kind} rule {value:?}")]
+#[error("invalid firewall {kind} rule {}", mc_proxy_shared::text::clip(.value))]
 pub struct InvalidRule {
     /// The rule's kind.
     pub kind: FirewallRuleKind,

@@ -16,6 +16,7 @@ pub mod io;
 pub mod l7;
 pub mod proxyproto;
 pub mod relay;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod sni;

@@ -22,8 +22,14 @@ use tokio_util::sync::CancellationToken;
 /// On first start the listeners, routes and firewall rules of the config seed the database;
 /// afterwards the database is the source of truth, changed at run time through the admin API
 /// on the [admin] socket (see `mcproxyctl --help`). Log verbosity follows RUST_LOG (default
-/// "info"). SIGTERM or SIGINT stops accepting and waits up to [proxy] shutdown_timeout for
-/// open connections; a second signal exits at once.
+/// "info").
+///
+/// Signals: SIGHUP re-reads every L7 route's certificate and key and serves the ones that load
+/// to new handshakes (a pair that fails keeps the old certificate and is logged; the same as
+/// `mcproxyctl reload`). SIGTERM or SIGINT stops accepting and waits up to [proxy]
+/// shutdown_timeout for open connections; a second one exits at once. Under systemd
+/// (Type=notify, see srv/mc-proxy.service) it reports READY=1 once listening, RELOADING=1 and
+/// READY=1 around a reload, and STOPPING=1 when draining.
 #[derive(Debug, Parser)]
 #[command(name = "mc-proxy", version)]
 struct Cli {
@@ -110,12 +116,16 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
     }
     let mut store = Store::open(&config.database.path)?;
     let state = Arc::new(State::load(&config, &mut store)?);
+    let store = Arc::new(Mutex::new(store));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Before anything can take time: from here on SIGHUP reloads instead of killing us.
+        let shutdown = CancellationToken::new();
+        let signals = Signals::install()?;
         let listeners = server::bind(&state).await?;
         let admin_socket = config
             .admin
@@ -123,9 +133,25 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
             .as_deref()
             .map(AdminSocket::bind)
             .transpose()?;
-        let shutdown = CancellationToken::new();
-        install_signal_handlers(shutdown.clone())?;
-        let store = Arc::new(Mutex::new(store));
+        let mut ready = format!(
+            "serving {}",
+            listeners
+                .iter()
+                .filter_map(|l| l.local_addr().ok())
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if let Some(socket) = &admin_socket {
+            ready.push_str(&format!("; admin API on {}", socket.path().display()));
+        }
+        notify::ready(&ready);
+        tokio::spawn(signals.handle(
+            shutdown.clone(),
+            Arc::clone(&state),
+            Arc::clone(&store),
+            ready,
+        ));
         let admin = async {
             match admin_socket {
                 Some(socket) => {
@@ -146,24 +172,123 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
     })
 }
 
-/// First SIGTERM/SIGINT: graceful shutdown. Second: exit now.
-fn install_signal_handlers(shutdown: CancellationToken) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::spawn(async move {
-        for round in 0.. {
+/// The signals the daemon acts on, installed once at start.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        let install =
+            |kind, name| signal(kind).with_context(|| format!("installing the {name} handler"));
+        Ok(Signals {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// First SIGTERM/SIGINT: graceful shutdown. Second: exit now. SIGHUP: reload the L7
+    /// certificates (see `mc_proxy::reload`), also while connections are open; ignored once
+    /// shutdown has begun.
+    async fn handle(
+        mut self,
+        shutdown: CancellationToken,
+        state: Arc<State>,
+        store: Arc<Mutex<Store>>,
+        ready_status: String,
+    ) {
+        let mut stopping = false;
+        loop {
             let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+                _ = self.hup.recv() => {
+                    if stopping {
+                        tracing::info!("SIGHUP: shutting down, not reloading");
+                    } else {
+                        reload(&state, &store, &ready_status).await;
+                    }
+                    continue;
+                }
             };
-            if round == 0 {
+            if !stopping {
+                stopping = true;
                 tracing::info!("{name}: shutting down gracefully (send again to exit at once)");
+                notify::stopping();
                 shutdown.cancel();
             } else {
                 tracing::warn!("{name} again: exiting without waiting for connections");
                 std::process::exit(1);
             }
         }
-    });
-    Ok(())
+    }
+}
+
+/// SIGHUP: reload every L7 certificate with the store held, as an admin write would.
+async fn reload(state: &Arc<State>, store: &Arc<Mutex<Store>>, ready_status: &str) {
+    tracing::info!("SIGHUP: reloading certificates");
+    notify::reloading();
+    let (state, store) = (Arc::clone(state), Arc::clone(store));
+    let result = tokio::task::spawn_blocking(move || {
+        let mut store = store
+            .lock()
+            .map_err(|_| anyhow::anyhow!("store lock poisoned by an earlier failure"))?;
+        Ok::<_, anyhow::Error>(mc_proxy::reload::reload_certificates(&mut store, &state)?)
+    })
+    .await;
+    match result {
+        Ok(Ok(report)) => {
+            let failed = report.iter().filter(|r| r.failed()).count();
+            let summary = format!(
+                "SIGHUP: reloaded {} of {} L7 route(s)",
+                report.len() - failed,
+                report.len()
+            );
+            if failed > 0 {
+                tracing::error!("{summary}; {failed} failed and keep what they had (see above)");
+            } else {
+                tracing::info!("{summary}");
+            }
+        }
+        Ok(Err(e)) => tracing::error!("SIGHUP: reload failed, nothing changed: {e:#}"),
+        Err(e) => tracing::error!("SIGHUP: reload task failed, nothing changed: {e}"),
+    }
+    notify::ready(ready_status);
+}
+
+/// systemd's readiness protocol (`Type=notify`): no-ops without `NOTIFY_SOCKET`. A failure to
+/// notify is logged, never fatal: the daemon serves whether or not systemd hears it.
+mod notify {
+    use sd_notify::NotifyState;
+
+    fn send(states: &[NotifyState<'_>]) {
+        if let Err(e) = sd_notify::notify(states) {
+            tracing::warn!("cannot notify systemd (NOTIFY_SOCKET): {e}");
+        }
+    }
+
+    /// Listeners and the admin socket are bound; `status` says what is served.
+    pub fn ready(status: &str) {
+        send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+
+    /// A reload began; `ready` ends it. Carries the monotonic time `Type=notify-reload` needs.
+    pub fn reloading() {
+        let mut states = vec![NotifyState::Reloading, NotifyState::Status("reloading")];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        send(&states);
+    }
+
+    /// Draining before exit.
+    pub fn stopping() {
+        send(&[
+            NotifyState::Stopping,
+            NotifyState::Status("draining connections"),
+        ]);
+    }
 }

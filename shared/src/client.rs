@@ -29,9 +29,29 @@ pub enum ClientError {
         /// What went wrong.
         reason: String,
     },
+    /// The socket is there but this user may not connect to it (the daemon creates it mode
+    /// 0600, for its own user).
+    #[error(
+        "the admin socket {socket} is not accessible to this user (permission denied): \
+         run as the daemon's user or root"
+    )]
+    PermissionDenied {
+        /// The socket tried.
+        socket: PathBuf,
+    },
+    /// The connection broke during a call: the daemon exited or was restarted. A change
+    /// may or may not have been applied.
+    #[error(
+        "the daemon went away during the call ({reason}); a change may or may not have been \
+         applied: list to check"
+    )]
+    Gone {
+        /// What the transport said.
+        reason: String,
+    },
     /// The daemon answered with an error.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
-    Rpc(#[from] tonic::Status),
+    Rpc(tonic::Status),
     /// The daemon sent something this client cannot read (version skew?).
     #[error("unexpected answer from the daemon: {0}")]
     Protocol(String),
@@ -47,6 +67,57 @@ impl From<ParseKindError> for ClientError {
     fn from(e: ParseKindError) -> Self {
         ClientError::Protocol(e.to_string())
     }
+}
+
+impl From<tonic::Status> for ClientError {
+    /// A status the daemon sent is [`ClientError::Rpc`]; one tonic made up because the
+    /// connection broke is [`ClientError::Gone`].
+    fn from(status: tonic::Status) -> Self {
+        if connection_lost(&status) {
+            ClientError::Gone {
+                reason: innermost(&status),
+            }
+        } else {
+            ClientError::Rpc(status)
+        }
+    }
+}
+
+/// Did the transport fail (rather than the daemon answer)? The daemon never sends UNAVAILABLE;
+/// tonic reports a lost connection as UNAVAILABLE, or as UNKNOWN/INTERNAL with the transport's
+/// error as the status's source.
+fn connection_lost(status: &tonic::Status) -> bool {
+    use std::error::Error as _;
+    match status.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled => {
+            status.source().is_some()
+        }
+        _ => false,
+    }
+}
+
+/// The innermost error's text: transport errors wrap the `io::Error` that says what happened.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut reason = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        reason = inner.to_string();
+        source = inner.source();
+    }
+    reason
+}
+
+/// The first `io::Error` in a chain, to tell "permission denied" from "nothing there".
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        current = err.source();
+    }
+    None
 }
 
 impl ClientError {
@@ -66,6 +137,7 @@ fn code_name(code: tonic::Code) -> &'static str {
         tonic::Code::AlreadyExists => "already exists",
         tonic::Code::Unavailable => "unavailable",
         tonic::Code::Internal => "internal error",
+        tonic::Code::OutOfRange => "request too large",
         _ => "error",
     }
 }
@@ -265,6 +337,54 @@ pub enum Event {
     },
 }
 
+/// What a certificate reload did to one L7 route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadResult {
+    /// The files hold the certificate that was already served.
+    Unchanged,
+    /// The files hold a new certificate: new handshakes get it.
+    Renewed,
+    /// The route was not served (its files failed before) and now is.
+    Added,
+    /// The files did not load; see `error` and `kept`.
+    Failed,
+}
+
+impl ReloadResult {
+    /// The name scripts and tables use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Unchanged => "unchanged",
+            ReloadResult::Renewed => "renewed",
+            ReloadResult::Added => "added",
+            ReloadResult::Failed => "failed",
+        }
+    }
+}
+
+/// One L7 route's certificate reload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteReload {
+    /// The listener's configured address.
+    pub listener: String,
+    /// The route's hostname.
+    pub hostname: String,
+    /// What happened.
+    pub result: ReloadResult,
+    /// For `Failed`: why, naming the file.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    /// For `Failed`: the route still serves its previous certificate.
+    pub kept: bool,
+    /// The served leaf's notAfter, when known.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub not_after: String,
+    /// Load warnings (expired, name not covered).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
 /// A connection to the daemon's admin socket.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
@@ -294,13 +414,13 @@ impl AdminClient {
                 .await
                 .map_err(|e| {
                     // The transport error hides the io::Error that says what happened.
-                    let mut reason = e.to_string();
-                    let mut source = std::error::Error::source(&e);
-                    while let Some(inner) = source {
-                        reason = inner.to_string();
-                        source = inner.source();
+                    if io_kind(&e) == Some(std::io::ErrorKind::PermissionDenied) {
+                        ClientError::PermissionDenied {
+                            socket: socket.clone(),
+                        }
+                    } else {
+                        connect_err(innermost(&e))
                     }
-                    connect_err(reason)
                 })?;
         Ok(AdminClient {
             inner: AdminServiceClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
@@ -437,6 +557,13 @@ impl AdminClient {
         Ok(())
     }
 
+    /// Re-reads every L7 route's certificate and key (what SIGHUP does); one entry per
+    /// stored L7 route.
+    pub async fn reload(&mut self) -> Result<Vec<RouteReload>, ClientError> {
+        let r = self.inner.reload(pb::ReloadRequest {}).await?.into_inner();
+        r.routes.into_iter().map(RouteReload::try_from).collect()
+    }
+
     /// Follows the daemon's events until the stream ends or the caller drops it.
     pub async fn watch_events(
         &mut self,
@@ -552,6 +679,35 @@ impl TryFrom<pb::RouteStatus> for RouteEntry {
             listener: r.listener,
             route: required_route(r.route)?,
             stats: r.stats.map(RouteStats::from).unwrap_or_default(),
+        })
+    }
+}
+
+impl TryFrom<pb::RouteReload> for RouteReload {
+    type Error = ClientError;
+
+    fn try_from(r: pb::RouteReload) -> Result<Self, Self::Error> {
+        use pb::ReloadResult as R;
+        let result = match r.result() {
+            R::Unchanged => ReloadResult::Unchanged,
+            R::Renewed => ReloadResult::Renewed,
+            R::Added => ReloadResult::Added,
+            R::Failed => ReloadResult::Failed,
+            R::Unspecified => {
+                return Err(ClientError::Protocol(format!(
+                    "reload result {} for route {} is unknown to this client",
+                    r.result, r.hostname
+                )));
+            }
+        };
+        Ok(RouteReload {
+            listener: r.listener,
+            hostname: r.hostname,
+            result,
+            error: r.error,
+            kept: r.kept,
+            not_after: r.not_after,
+            warnings: r.warnings,
         })
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod model;
+pub mod text;
 
 pub use model::{FirewallRule, FirewallRuleKind, Mode, ParseKindError, ParseModeError, Route};
 

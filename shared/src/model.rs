@@ -38,9 +38,10 @@ impl fmt::Display for Mode {
     }
 }
 
-/// A mode string that is none of `""`, `"l4"`, `"l7"`.
+/// A mode string that is none of `""`, `"l4"`, `"l7"`; holds it quoted and clipped for
+/// messages ([`crate::text::clip`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid mode {0:?}: expected \"l4\" or \"l7\" (empty means \"l4\")")]
+#[error("invalid mode {0}: expected \"l4\" or \"l7\" (empty means \"l4\")")]
 pub struct ParseModeError(pub String);
 
 impl FromStr for Mode {
@@ -52,7 +53,7 @@ impl FromStr for Mode {
         match s {
             "" | "l4" => Ok(Mode::L4),
             "l7" => Ok(Mode::L7),
-            other => Err(ParseModeError(other.to_owned())),
+            other => Err(ParseModeError(crate::text::clip(other))),
         }
     }
 }
@@ -102,9 +103,9 @@ impl fmt::Display for FirewallRuleKind {
     }
 }
 
-/// A firewall rule kind that is neither `"ip"` nor `"cidr"`.
+/// A firewall rule kind that is neither `"ip"` nor `"cidr"`; holds it quoted and clipped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid firewall rule kind {0:?}: expected \"ip\" or \"cidr\"")]
+#[error("invalid firewall rule kind {0}: expected \"ip\" or \"cidr\"")]
 pub struct ParseKindError(pub String);
 
 impl FromStr for FirewallRuleKind {
@@ -115,7 +116,7 @@ impl FromStr for FirewallRuleKind {
         match s {
             "ip" => Ok(FirewallRuleKind::Ip),
             "cidr" => Ok(FirewallRuleKind::Cidr),
-            other => Err(ParseKindError(other.to_owned())),
+            other => Err(ParseKindError(crate::text::clip(other))),
         }
     }
 }

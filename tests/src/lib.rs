@@ -461,6 +461,33 @@ pub async fn tls_connect(
     tls_connect_chunked(addr, sni, config, None).await
 }
 
+/// The leaf certificate a new TLS handshake with `addr` for `sni` is served (DER).
+pub async fn served_leaf(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> io::Result<Vec<u8>> {
+    let client = tls_connect(addr, sni, config).await?;
+    let leaf = client
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .ok_or_else(|| io::Error::other("no peer certificate"))?;
+    Ok(leaf.to_vec())
+}
+
+/// The DER of the first certificate in a PEM file.
+pub fn pem_leaf(path: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .next()
+        .expect("no certificate in the file")
+        .unwrap()
+        .to_vec()
+}
+
 /// Connects to `addr`, writes `preamble` (a PROXY header, say), then does TLS for `sni`.
 /// Returns the stream and the client's own TCP address.
 pub async fn tls_connect_after(

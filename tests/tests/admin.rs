@@ -518,3 +518,60 @@ async fn a_stuck_subscriber_never_slows_traffic_and_learns_what_it_lost() {
     // The stream goes on after the gap.
     next_matching(&mut grpc_events, |_| true).await;
 }
+
+#[tokio::test]
+async fn oversized_values_are_refused_briefly_and_change_nothing() {
+    let proxy = Proxy::start(&listener_toml(
+        "[[listeners.routes]]\nhostname = \"app.test\"\nbackend = \"127.0.0.1:9443\"",
+    ))
+    .await;
+    let mut admin = proxy.admin().await;
+    let huge = "a".repeat(1_000_000);
+    let before = admin.list_routes(None).await.unwrap();
+
+    let refusals = [
+        admin
+            .add_route(LISTENER, route(&format!("{huge}.test"), "127.0.0.1:1"))
+            .await
+            .unwrap_err(),
+        admin
+            .add_route(LISTENER, route("ok.test", format!("{huge}:1")))
+            .await
+            .unwrap_err(),
+        admin
+            .update_route(
+                LISTENER,
+                "app.test",
+                RoutePatch {
+                    tls_cert: Some(format!("/{huge}")),
+                    ..RoutePatch::default()
+                },
+            )
+            .await
+            .unwrap_err(),
+        admin.remove_route(&huge, "app.test").await.unwrap_err(),
+        admin
+            .add_firewall_rule(FirewallRule {
+                kind: FirewallRuleKind::Ip,
+                value: huge.clone(),
+            })
+            .await
+            .unwrap_err(),
+    ];
+    for err in refusals {
+        assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+        let text = err.to_string();
+        assert!(text.len() < 200, "{} bytes: {}", text.len(), &text[..200]);
+        assert!(text.contains("1000") && text.contains("at most"), "{text}");
+    }
+    // Values under the size caps but still invalid are echoed clipped, never whole.
+    let err = admin
+        .add_route(LISTENER, route(&"b".repeat(250), "127.0.0.1:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("…\" (250 bytes)"), "{err}");
+
+    assert_eq!(admin.list_routes(None).await.unwrap(), before);
+    assert!(admin.firewall_rules().await.unwrap().is_empty());
+}

@@ -1,0 +1,333 @@
+//! The `mc-proxy` binary as an operator runs it: systemd's readiness protocol on a fake
+//! `NOTIFY_SOCKET`, `kill -HUP` with a renewed and with a broken certificate, then `kill -TERM`.
+//!
+//! Signals are process-wide, so these tests run the real binary rather than `server::run`.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+/// A self-signed certificate for `name`: (PEM cert, PEM key, DER cert).
+fn self_signed(name: &str) -> (String, String, Vec<u8>) {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    (
+        ck.cert.pem(),
+        ck.signing_key.serialize_pem(),
+        ck.cert.der().to_vec(),
+    )
+}
+
+/// The daemon under test, its stderr collected as it runs, and the notify socket it reports to.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    notify: UnixDatagram,
+    /// Config, database, socket and certificates; removed when the test ends.
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(dir: tempfile::TempDir, config: &str) -> Daemon {
+        let config_path = dir.path().join("mc-proxy.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mc-proxy"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Daemon {
+            child,
+            log,
+            notify,
+            _dir: dir,
+        }
+    }
+
+    /// The next notification (one datagram, `KEY=value` lines).
+    fn next_notification(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self
+            .notify
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notification ({e}); log so far:\n{}", self.log_text()));
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits up to 10 s for `needle` in the daemon's log.
+    fn wait_for_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn still_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The leaf certificate a TLS handshake for `sni` is served, trusting any of `roots`.
+async fn served_leaf(addr: &str, sni: &'static str, roots: &[&[u8]]) -> Vec<u8> {
+    let mut store = rustls::RootCertStore::empty();
+    for der in roots {
+        store.add(CertificateDer::from(der.to_vec())).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from(sni).unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn write(path: &Path, text: &str) {
+    // Write then rename, as certificate tools do, so a reload never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_certificates_and_systemd_hears_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path): (PathBuf, PathBuf) =
+        (dir.path().join("web.pem"), dir.path().join("web.key"));
+    let (cert1, key1, der1) = self_signed("web.test");
+    write(&cert_path, &cert1);
+    write(&key_path, &key1);
+    let socket = dir.path().join("admin.sock");
+    let config = format!(
+        "[database]\npath = {:?}\n[admin]\nsocket = {:?}\n[proxy]\nshutdown_timeout = \"5s\"\n\
+         [[listeners]]\naddr = \"127.0.0.1:0\"\n[[listeners.routes]]\nhostname = \"web.test\"\n\
+         backend = \"127.0.0.1:9\"\nmode = \"l7\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+        dir.path().join("mc-proxy.db").display().to_string(),
+        socket.display().to_string(),
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    );
+    let mut daemon = Daemon::start(dir, &config);
+
+    // READY=1 once listening, with what is served in STATUS.
+    let ready = daemon.next_notification();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    let addr = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS=serving "))
+        .and_then(|s| s.split([',', ';']).next())
+        .unwrap_or_else(|| panic!("no listener in {ready}"))
+        .to_owned();
+    assert!(ready.contains("admin API on"), "{ready}");
+    assert!(socket.exists());
+    assert_eq!(served_leaf(&addr, "web.test", &[&der1]).await, der1);
+
+    // A renewed certificate: SIGHUP serves it to new handshakes; the daemon keeps running.
+    let (cert2, key2, der2) = self_signed("web.test");
+    write(&cert_path, &cert2);
+    write(&key_path, &key2);
+    daemon.signal("HUP");
+    let reloading = daemon.next_notification();
+    assert!(reloading.lines().any(|l| l == "RELOADING=1"), "{reloading}");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    let ready = daemon.next_notification();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(daemon.still_running(), "SIGHUP ended the daemon");
+    assert_eq!(served_leaf(&addr, "web.test", &[&der1, &der2]).await, der2);
+    assert!(daemon.wait_for_log("certificate reloaded: new certificate"));
+
+    // A broken key: the last good certificate stays, and the log names route and file.
+    write(
+        &key_path,
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    );
+    daemon.signal("HUP");
+    assert!(daemon.next_notification().contains("RELOADING=1"));
+    assert!(daemon.next_notification().contains("READY=1"));
+    assert!(
+        daemon.still_running(),
+        "a broken certificate ended the daemon"
+    );
+    assert_eq!(served_leaf(&addr, "web.test", &[&der1, &der2]).await, der2);
+    assert!(
+        daemon.wait_for_log("keeping the certificate loaded before"),
+        "{}",
+        daemon.log_text()
+    );
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("keeping the certificate loaded before"))
+        .unwrap();
+    assert!(line.contains("web.test"), "{line}");
+    assert!(
+        line.contains(&key_path.display().to_string()),
+        "the line names the file: {line}"
+    );
+
+    // SIGTERM: STOPPING=1, a clean exit, the admin socket removed.
+    daemon.signal("TERM");
+    let stopping = daemon.next_notification();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit {status:?}\n{}", daemon.log_text());
+    assert!(!socket.exists(), "admin socket left behind");
+    assert!(
+        daemon
+            .log_text()
+            .contains("SIGTERM: shutting down gracefully")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_notify_socket_it_serves_and_sighup_does_not_kill_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[database]\npath = {:?}\n[[listeners]]\naddr = \"127.0.0.1:0\"\n",
+        dir.path().join("mc-proxy.db").display().to_string(),
+    );
+    let config_path = dir.path().join("mc-proxy.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mc-proxy"))
+        .arg("--config")
+        .arg(&config_path)
+        .env_remove("NOTIFY_SOCKET")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let mut wait_for = |needle: &str| {
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains(needle) {
+                return;
+            }
+        }
+        panic!("the daemon ended before logging {needle:?}:\n{seen}");
+    };
+    wait_for("listening");
+    let pid = child.id().to_string();
+    let kill = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(&pid)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    kill("HUP");
+    wait_for("SIGHUP: reloaded 0 of 0 L7 route(s)");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the daemon"
+    );
+    kill("INT");
+    wait_for("SIGINT: shutting down gracefully");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn the_unit_file_passes_systemd_analyze_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping: systemd-analyze is not installed");
+        return;
+    }
+    // The unit as shipped, pointed at the binary under test (verify checks ExecStart exists).
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../srv/mc-proxy.service"
+    ))
+    .unwrap()
+    .replace("/usr/local/bin/mc-proxy", env!("CARGO_BIN_EXE_mc-proxy"));
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mc-proxy.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("mc-proxy.service:"),
+        "warnings about the unit: {text}"
+    );
+}
