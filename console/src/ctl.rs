@@ -425,7 +425,10 @@ fn format_routes(routes: &[RouteEntry], headers: bool) -> String {
                 r.hostname.clone(),
                 r.mode.to_string(),
                 r.backend.clone(),
-                flags(r).trim().to_owned(),
+                match flags(r).trim() {
+                    "" => "-".to_owned(),
+                    f => f.to_owned(),
+                },
                 format!("{}/{}", s.active_connections, s.total_connections),
                 human_bytes(s.bytes_in),
                 human_bytes(s.bytes_out),
