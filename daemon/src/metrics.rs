@@ -399,7 +399,7 @@ impl Collector for StateCollector {
 /// Serves `GET /metrics` on `listener` until `shutdown` fires and every connection has ended.
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
     match listener.local_addr() {
-        Ok(addr) => tracing::info!(%addr, "metrics listening on http://{addr}/metrics"),
+        Ok(addr) => tracing::info!("metrics listening on http://{addr}/metrics"),
         Err(e) => tracing::warn!("metrics listener without a local address: {e}"),
     }
     let registry = Arc::new(registry(state));
