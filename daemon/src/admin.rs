@@ -33,6 +33,7 @@ use crate::config::{ValidRoute, validate_route};
 use crate::firewall::Firewall;
 use crate::reload::{ReloadOutcome, RouteReload, reload_certificates};
 use crate::state::{ListenerState, State};
+use crate::stats::{BUCKET_BOUNDS_SECONDS, HistogramSnapshot};
 use crate::store::{Store, StoreError};
 
 /// Why the admin API could not start or serve.
@@ -369,11 +370,23 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
                     backend_errors: s.backend_errors,
                     requests: s.requests,
                     responses: s.responses.to_vec(),
+                    request_duration: Some(histogram(&s.request_duration)),
+                    connect_duration: Some(histogram(&s.connect_duration)),
                 }),
             });
         }
     }
     out
+}
+
+/// A histogram snapshot on the wire: bounds in seconds, per-bucket (not cumulative) counts.
+fn histogram(h: &HistogramSnapshot) -> pb::Histogram {
+    pb::Histogram {
+        upper_bounds_seconds: BUCKET_BOUNDS_SECONDS.to_vec(),
+        counts: h.counts.to_vec(),
+        sum_seconds: h.sum_seconds(),
+        count: h.count(),
+    }
 }
 
 /// Parses and normalises a firewall rule from the API.

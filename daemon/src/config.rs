@@ -5,7 +5,7 @@
 //! at once (not only the first), each naming the file, the listener and the route.
 //!
 //! The TOML seeds the database on first start only (see `store::Store::seed`); `[proxy]`,
-//! `[database]` and `[admin]` are read from it on every start. [`validate_route`] is the one
+//! `[database]`, `[admin]` and `[metrics]` are read from it on every start. [`validate_route`] is the one
 //! route validation, shared with the admin API.
 
 use std::collections::HashMap;
@@ -33,6 +33,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// `[admin]`.
     pub admin: AdminConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
     /// `[firewall]`: the initial blocklist, seeded into the database.
     pub firewall: FirewallConfig,
     /// `[proxy]`: timeouts and limits.
@@ -59,6 +61,14 @@ pub struct AdminConfig {
     /// Events kept for a subscriber that has not read them yet; past that it loses the
     /// oldest and is told how many.
     pub event_buffer: usize,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// TCP address of the Prometheus endpoint (`GET /metrics`); `None` (the default) turns
+    /// it off.
+    pub addr: Option<SocketAddr>,
 }
 
 /// `[firewall]`.
@@ -346,6 +356,8 @@ struct FileConfig {
     #[serde(default)]
     admin: FileAdmin,
     #[serde(default)]
+    metrics: FileMetrics,
+    #[serde(default)]
     firewall: FileFirewall,
     #[serde(default)]
     proxy: FileProxy,
@@ -364,6 +376,12 @@ struct FileDatabase {
 struct FileAdmin {
     socket: Option<PathBuf>,
     event_buffer: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    addr: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -464,6 +482,24 @@ impl FileConfig {
         if proxy.max_connections == 0 {
             problem("proxy.max_connections".into(), "must be at least 1".into());
         }
+        let metrics = MetricsConfig {
+            addr: match self.metrics.addr.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(text) => match text.parse::<SocketAddr>() {
+                    Ok(addr) => Some(addr),
+                    Err(_) => {
+                        problem(
+                            "metrics.addr".into(),
+                            format!(
+                                "invalid address {text:?}: expected IP:port such as \
+                                 127.0.0.1:9100 or [::1]:9100"
+                            ),
+                        );
+                        None
+                    }
+                },
+            },
+        };
 
         let mut listeners = Vec::new();
         let mut seen_addrs: HashMap<SocketAddr, usize> = HashMap::new();
@@ -575,6 +611,7 @@ impl FileConfig {
                     .event_buffer
                     .unwrap_or(crate::events::DEFAULT_CAPACITY),
             },
+            metrics,
             firewall,
             proxy,
             listeners,
@@ -863,6 +900,28 @@ mod tests {
             "{}",
             problems[0]
         );
+    }
+
+    #[test]
+    fn metrics_is_off_by_default_and_a_bad_address_names_the_key() {
+        let f = Fixture::new();
+        assert_eq!(f.parse("").unwrap().metrics.addr, None);
+        let config = f.parse("[metrics]\naddr = \"127.0.0.1:9100\"").unwrap();
+        assert_eq!(config.metrics.addr, Some("127.0.0.1:9100".parse().unwrap()));
+        let lines = f
+            .parse("[metrics]\naddr = \"localhost:9100\"")
+            .unwrap_err()
+            .lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].ends_with(
+                "mc-proxy.toml: metrics.addr: invalid address \"localhost:9100\": \
+                 expected IP:port such as 127.0.0.1:9100 or [::1]:9100"
+            ),
+            "{lines:?}"
+        );
+        let err = f.parse("[metrics]\nport = 9100").unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod events;
 pub mod firewall;
 pub mod io;
 pub mod l7;
+pub mod metrics;
 pub mod proxyproto;
 pub mod relay;
 pub mod reload;

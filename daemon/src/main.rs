@@ -10,9 +10,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mc_proxy::admin::{self, AdminSocket};
 use mc_proxy::config::Config;
-use mc_proxy::server;
 use mc_proxy::state::State;
 use mc_proxy::store::Store;
+use mc_proxy::{metrics, server};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -21,8 +21,10 @@ use tokio_util::sync::CancellationToken;
 ///
 /// On first start the listeners, routes and firewall rules of the config seed the database;
 /// afterwards the database is the source of truth, changed at run time through the admin API
-/// on the [admin] socket (see `mcproxyctl --help`). Log verbosity follows RUST_LOG (default
-/// "info").
+/// on the [admin] socket (see `mcproxyctl --help`). With [metrics] addr set (off by default),
+/// Prometheus metrics are served at http://ADDR/metrics: per listener and per route counters,
+/// L7 request and backend connect latency histograms, build info. Log verbosity follows
+/// RUST_LOG (default "info").
 ///
 /// Signals: SIGHUP re-reads every L7 route's certificate and key and serves the ones that load
 /// to new handshakes (a pair that fails keeps the old certificate and is logged; the same as
@@ -83,8 +85,12 @@ fn check(path: &std::path::Path) -> ExitCode {
                 println!("warning: {}: {w}", path.display());
             }
             let routes: usize = config.listeners.iter().map(|l| l.routes.len()).sum();
+            let metrics = config
+                .metrics
+                .addr
+                .map_or("metrics off".to_owned(), |a| format!("metrics on {a}"));
             println!(
-                "{}: ok ({} listener(s), {routes} route(s))",
+                "{}: ok ({} listener(s), {routes} route(s), {metrics})",
                 path.display(),
                 config.listeners.len()
             );
@@ -133,6 +139,10 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
             .as_deref()
             .map(AdminSocket::bind)
             .transpose()?;
+        let metrics_listener = match config.metrics.addr {
+            Some(addr) => Some(metrics::bind(addr).await?),
+            None => None,
+        };
         let mut ready = format!(
             "serving {}",
             listeners
@@ -142,6 +152,9 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        if let Some(addr) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            ready.push_str(&format!("; metrics on http://{addr}/metrics"));
+        }
         if let Some(socket) = &admin_socket {
             ready.push_str(&format!("; admin API on {}", socket.path().display()));
         }
@@ -163,9 +176,15 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
                 }
             }
         };
-        let (admin, ()) = tokio::join!(
+        let metrics = async {
+            if let Some(listener) = metrics_listener {
+                metrics::serve(listener, Arc::clone(&state), shutdown.clone()).await;
+            }
+        };
+        let (admin, (), ()) = tokio::join!(
             admin,
-            server::run(listeners, Arc::clone(&state), shutdown.clone())
+            server::run(listeners, Arc::clone(&state), shutdown.clone()),
+            metrics
         );
         admin?;
         Ok(())

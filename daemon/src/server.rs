@@ -489,11 +489,13 @@ async fn relay_l4(
     shared: &Shared,
 ) -> Result<RelayEnd, ConnError> {
     let proxy = &shared.state.proxy;
+    let dial_started = Instant::now();
     let mut backend = dial_backend(&route.backend, proxy.connect_timeout)
         .await
         .inspect_err(|_| {
             route.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
         })?;
+    route.stats.connect_duration.record(dial_started.elapsed());
     if route.send_proxy_protocol {
         // The destination is where the client reached us; the spec has the header relay the
         // original connection's endpoints.

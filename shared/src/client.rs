@@ -190,7 +190,7 @@ pub struct ListenerStatus {
 }
 
 /// A route's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RouteStats {
     /// Connections open now.
     pub active_connections: u64,
@@ -206,10 +206,100 @@ pub struct RouteStats {
     pub requests: u64,
     /// L7 responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
     pub responses: [u64; 5],
+    /// L7: time from receiving a request's head to handing back the response head (the
+    /// backend's or the proxy's own 421/502/504), since the daemon started.
+    pub request_duration: Histogram,
+    /// Successful backend connection setups (L7: TCP, PROXY header, TLS, HTTP/2 handshake;
+    /// L4: TCP connect), since the daemon started.
+    pub connect_duration: Histogram,
+}
+
+/// A latency histogram with fixed buckets, as the daemon counts it.
+///
+/// Counts are per bucket, not cumulative: `counts[i]` samples took at most
+/// `upper_bounds_seconds[i]` and more than the bound before it; the last count (one more than
+/// there are bounds) is the `+Inf` bucket. The numbers only grow while the daemon runs, so
+/// recent behaviour is the difference of two reads: `now.since(&earlier).quantile(0.99)`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Histogram {
+    /// Upper bound of every bucket but the last, in seconds, ascending.
+    pub upper_bounds_seconds: Vec<f64>,
+    /// Samples per bucket (not cumulative); the last one is `+Inf`.
+    pub counts: Vec<u64>,
+    /// Sum of the samples, in seconds.
+    pub sum_seconds: f64,
+    /// Number of samples (the sum of `counts`).
+    pub count: u64,
+}
+
+impl Histogram {
+    /// What was recorded after `earlier` was read: bucket by bucket differences. If the two do
+    /// not describe the same series (other bounds, or a count went down because the daemon
+    /// restarted in between), everything in `self` is new, and `self` is returned whole.
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        let comparable = self.upper_bounds_seconds == earlier.upper_bounds_seconds
+            && self.counts.len() == earlier.counts.len()
+            && self.counts.iter().zip(&earlier.counts).all(|(a, b)| a >= b)
+            && self.count >= earlier.count;
+        if !comparable {
+            return self.clone();
+        }
+        Histogram {
+            upper_bounds_seconds: self.upper_bounds_seconds.clone(),
+            counts: self
+                .counts
+                .iter()
+                .zip(&earlier.counts)
+                .map(|(a, b)| a - b)
+                .collect(),
+            sum_seconds: (self.sum_seconds - earlier.sum_seconds).max(0.0),
+            count: self.count - earlier.count,
+        }
+    }
+
+    /// The mean sample in seconds, or `None` without samples.
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum_seconds / self.count as f64)
+    }
+
+    /// Estimates the `q` quantile (0.5: the median, 0.99: p99) in seconds, as Prometheus's
+    /// `histogram_quantile` does: find the bucket holding the sample of rank `q × count` and
+    /// interpolate linearly between its lower and upper bound (the first bucket starts at 0).
+    /// A rank in the `+Inf` bucket is reported as the highest finite bound: the histogram
+    /// cannot say more. `None` without samples, or when `q` is not within 0..=1.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let total: u64 = self.counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q * total as f64;
+        let mut below = 0u64;
+        for (i, &n) in self.counts.iter().enumerate() {
+            if n == 0 || ((below + n) as f64) < rank {
+                below += n;
+                continue;
+            }
+            let lower = if i == 0 {
+                0.0
+            } else {
+                self.upper_bounds_seconds.get(i - 1).copied().unwrap_or(0.0)
+            };
+            let Some(&upper) = self.upper_bounds_seconds.get(i) else {
+                return Some(self.upper_bounds_seconds.last().copied().unwrap_or(0.0));
+            };
+            let within = (rank - below as f64) / n as f64;
+            return Some(lower + (upper - lower) * within);
+        }
+        // Rounding left the rank above the last sample: it is the largest one.
+        self.upper_bounds_seconds.last().copied()
+    }
 }
 
 /// A route, the listener it belongs to, and its counters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RouteEntry {
     /// The listener's configured address.
     pub listener: String,
@@ -239,7 +329,7 @@ pub struct RoutePatch {
 }
 
 /// One event from `watch_events`, with the daemon's time in ms since the Unix epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TimedEvent {
     /// When the daemon emitted it.
     pub timestamp_ms: u64,
@@ -249,7 +339,7 @@ pub struct TimedEvent {
 }
 
 /// What happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// A connection was routed.
@@ -667,6 +757,19 @@ impl From<pb::RouteStats> for RouteStats {
             backend_errors: s.backend_errors,
             requests: s.requests,
             responses,
+            request_duration: s.request_duration.map(Histogram::from).unwrap_or_default(),
+            connect_duration: s.connect_duration.map(Histogram::from).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<pb::Histogram> for Histogram {
+    fn from(h: pb::Histogram) -> Self {
+        Histogram {
+            upper_bounds_seconds: h.upper_bounds_seconds,
+            counts: h.counts,
+            sum_seconds: h.sum_seconds,
+            count: h.count,
         }
     }
 }
@@ -776,5 +879,74 @@ impl TryFrom<pb::Event> for TimedEvent {
             timestamp_ms: e.timestamp_ms,
             event,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bounds 0.01, 0.1, 1 (and +Inf) with the given per-bucket counts.
+    fn hist(counts: [u64; 4]) -> Histogram {
+        Histogram {
+            upper_bounds_seconds: vec![0.01, 0.1, 1.0],
+            counts: counts.to_vec(),
+            sum_seconds: 0.0,
+            count: counts.iter().sum(),
+        }
+    }
+
+    fn close(a: Option<f64>, b: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() < 1e-9)
+    }
+
+    #[test]
+    fn quantile_interpolates_within_the_bucket() {
+        // 10 samples <= 10 ms, 10 in (10 ms, 100 ms].
+        let h = hist([10, 10, 0, 0]);
+        // Rank 5 of 20: halfway through the first bucket, which starts at 0.
+        assert!(close(h.quantile(0.25), 0.005), "{:?}", h.quantile(0.25));
+        // Rank 10: the top of the first bucket.
+        assert!(close(h.quantile(0.5), 0.01));
+        // Rank 15: halfway through (0.01, 0.1].
+        assert!(close(h.quantile(0.75), 0.055));
+        assert!(close(h.quantile(1.0), 0.1));
+        // q = 0: the lower edge of the first bucket that has a sample.
+        assert!(close(hist([0, 4, 0, 0]).quantile(0.0), 0.01));
+    }
+
+    #[test]
+    fn quantile_in_the_inf_bucket_is_the_highest_bound() {
+        let h = hist([1, 0, 0, 9]);
+        assert!(close(h.quantile(0.99), 1.0));
+        assert!(close(h.quantile(0.05), 0.005));
+    }
+
+    #[test]
+    fn quantile_without_samples_or_with_a_bad_q_is_none() {
+        assert_eq!(hist([0, 0, 0, 0]).quantile(0.5), None);
+        assert_eq!(Histogram::default().quantile(0.5), None);
+        let h = hist([1, 1, 1, 1]);
+        assert_eq!(h.quantile(-0.1), None);
+        assert_eq!(h.quantile(1.5), None);
+        assert_eq!(h.quantile(f64::NAN), None);
+    }
+
+    #[test]
+    fn since_subtracts_bucket_by_bucket_and_survives_a_restart() {
+        let mut earlier = hist([5, 1, 0, 0]);
+        earlier.sum_seconds = 0.1;
+        let mut now = hist([5, 11, 0, 0]);
+        now.sum_seconds = 0.6;
+        let recent = now.since(&earlier);
+        assert_eq!(recent.counts, [0, 10, 0, 0]);
+        assert_eq!(recent.count, 10);
+        assert!((recent.sum_seconds - 0.5).abs() < 1e-9);
+        assert!(close(recent.mean(), 0.05));
+        // Everything recent lies in (0.01, 0.1]: the median is its middle.
+        assert!(close(recent.quantile(0.5), 0.055));
+        // The daemon restarted between the reads: counts went down, so all of `now` is new.
+        let restarted = hist([1, 0, 0, 0]);
+        assert_eq!(restarted.since(&now), restarted);
     }
 }

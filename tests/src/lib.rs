@@ -19,6 +19,7 @@ use std::time::Duration;
 use mc_proxy::admin::{self, AdminSocket};
 use mc_proxy::config::Config;
 use mc_proxy::io::Rewind;
+use mc_proxy::metrics;
 use mc_proxy::proxyproto;
 use mc_proxy::server;
 use mc_proxy::state::State;
@@ -317,17 +318,21 @@ impl Drop for TlsBackend {
     }
 }
 
-/// A running daemon: `server::run` on listeners bound from a generated config, and the admin
-/// API on a socket in its temp dir, as `mc-proxy` runs them.
+/// A running daemon: `server::run` on listeners bound from a generated config, the admin
+/// API on a socket in its temp dir and the metrics endpoint on 127.0.0.1 port 0, as
+/// `mc-proxy` runs them.
 pub struct Proxy {
     /// Bound address of each listener, in config order.
     pub addrs: Vec<SocketAddr>,
     pub state: Arc<State>,
     /// The admin API's Unix socket.
     pub socket: std::path::PathBuf,
+    /// The metrics endpoint (`http://ADDR/metrics`).
+    pub metrics: SocketAddr,
     pub shutdown: CancellationToken,
     pub task: Option<JoinHandle<()>>,
     pub admin_task: Option<JoinHandle<()>>,
+    pub metrics_task: Option<JoinHandle<()>>,
     pub dir: tempfile::TempDir,
 }
 
@@ -365,6 +370,10 @@ impl Proxy {
         let listeners = server::bind(&state).await.unwrap();
         let addrs = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
         let admin_socket = AdminSocket::bind(&socket).unwrap();
+        let metrics_listener = metrics::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let metrics = metrics_listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server::run(listeners, Arc::clone(&state), shutdown.clone()));
         let admin_task = tokio::spawn({
@@ -376,13 +385,20 @@ impl Proxy {
                     .unwrap();
             }
         });
+        let metrics_task = tokio::spawn(metrics::serve(
+            metrics_listener,
+            Arc::clone(&state),
+            shutdown.clone(),
+        ));
         Proxy {
             addrs,
             state,
             socket,
+            metrics,
             shutdown,
             task: Some(task),
             admin_task: Some(admin_task),
+            metrics_task: Some(metrics_task),
             dir,
         }
     }
@@ -423,6 +439,9 @@ impl Proxy {
             task.await.unwrap();
         }
         if let Some(task) = self.admin_task.take() {
+            task.await.unwrap();
+        }
+        if let Some(task) = self.metrics_task.take() {
             task.await.unwrap();
         }
     }

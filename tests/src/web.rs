@@ -403,3 +403,33 @@ pub fn with_body(builder: http::request::Builder, body: &str) -> Request<ClientB
         .body(Full::new(Bytes::from(body.to_owned())))
         .unwrap()
 }
+
+/// One plain HTTP/1.1 request to `addr` (the metrics endpoint) on a fresh connection, with
+/// `headers`; the answer read whole.
+pub async fn http1_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        sender.send_request(with_body(req, "")),
+    )
+    .await
+    .expect("no answer within 10 s")
+    .unwrap();
+    answer(resp).await
+}

@@ -10,6 +10,7 @@ use mc_proxy::admin::{AdminError, AdminSocket};
 use mc_proxy::store::Store;
 use mc_proxy_shared::client::{Event, RoutePatch, TimedEvent};
 use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Mode, Route, pb};
+use mc_proxy_tests::web;
 use mc_proxy_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -574,4 +575,384 @@ async fn oversized_values_are_refused_briefly_and_change_nothing() {
 
     assert_eq!(admin.list_routes(None).await.unwrap(), before);
     assert!(admin.firewall_rules().await.unwrap().is_empty());
+}
+
+/// One sample of a scrape: `name{labels} value`.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: std::collections::BTreeMap<String, String>,
+    value: f64,
+}
+
+/// A small parser for the Prometheus text format as mc-proxy writes it: comments skipped,
+/// label values without escapes (hostnames and addresses need none).
+fn parse_scrape(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample line has a value");
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.strip_suffix('}').expect("labels end with }")),
+            None => (series, ""),
+        };
+        let labels = labels
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').expect("label is k=\"v\"");
+                let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+                (k.to_owned(), v.expect("label value is quoted").to_owned())
+            })
+            .collect();
+        let value = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().expect("value is a number"),
+        };
+        out.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+/// The value of the one sample named `name` whose labels are exactly `labels`.
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let want: std::collections::BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let found: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == name && s.labels == want)
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}");
+    found[0].value
+}
+
+async fn scrape(proxy: &Proxy) -> String {
+    let answer = web::http1_request(proxy.metrics, "GET", "/metrics", &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        answer.header("content-type"),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    answer.body
+}
+
+/// `promtool check metrics` on `text`; skipped (with a message) where promtool is missing,
+/// unless MCPROXY_REQUIRE_PROMTOOL is set (CI).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            if std::env::var_os("MCPROXY_REQUIRE_PROMTOOL").is_some() {
+                panic!("MCPROXY_REQUIRE_PROMTOOL is set but promtool is not installed");
+            }
+            eprintln!(
+                "SKIPPED promtool check: promtool is not installed \
+                 (apt-get install prometheus to run it)"
+            );
+            return;
+        }
+        Err(e) => panic!("cannot run promtool: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}):\n{}{}\n--- scrape ---\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+}
+
+#[tokio::test]
+async fn metrics_match_the_admin_api_and_pass_promtool() {
+    use http::Request;
+    use mc_proxy_tests::web::{H2Backend, answer, h2_client, with_body};
+
+    let pki = Pki::new();
+    let l4 = TlsBackend::start(&pki, &["a.test"]).await;
+    let web = H2Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&listener_toml(&format!(
+        "[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"\n{}{}",
+        l4.addr,
+        l7_route_toml(&pki, dir.path(), "web.test", web.addr),
+        l7_route_toml(&pki, dir.path(), "down.test", dead_addr().await),
+    )))
+    .await;
+    let mut admin = proxy.admin().await;
+
+    // L4: two relayed connections, and two resets for different reasons.
+    for payload in [&b"one"[..], &[9u8; 3000]] {
+        let mut c = tls_connect(proxy.addr(), "a.test", pki.client_config())
+            .await
+            .unwrap();
+        send_and_finish(&mut c, payload).await.unwrap();
+    }
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    assert_reset(&mut raw).await;
+    assert!(
+        tls_connect(proxy.addr(), "nobody.test", pki.client_config())
+            .await
+            .is_err()
+    );
+
+    // L7: three 200s and a 421 on web.test, a 502 on down.test.
+    {
+        let mut h2 = h2_client(proxy.addr(), "web.test", &pki).await;
+        for path in ["/", "/a", "/b"] {
+            let req = Request::builder().uri(format!("https://web.test{path}"));
+            let resp = answer(h2.send_request(with_body(req, "hi")).await.unwrap()).await;
+            assert_eq!(resp.status, 200);
+        }
+        let req = Request::builder().uri("https://other.test/");
+        let resp = answer(h2.send_request(with_body(req, "")).await.unwrap()).await;
+        assert_eq!(resp.status, 421);
+        let mut down = h2_client(proxy.addr(), "down.test", &pki).await;
+        let req = Request::builder().uri("https://down.test/");
+        let resp = answer(down.send_request(with_body(req, "")).await.unwrap()).await;
+        assert_eq!(resp.status, 502);
+    }
+    // The clients are gone; wait until the daemon has closed every connection, so nothing
+    // moves between the scrape and the admin API's answer.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while admin.status().await.unwrap().active_connections > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("connections still open after 10 s");
+
+    let text = scrape(&proxy).await;
+    let samples = parse_scrape(&text);
+    let status = admin.status().await.unwrap();
+    let routes = admin.list_routes(None).await.unwrap();
+
+    assert_eq!(
+        sample(
+            &samples,
+            "mcproxy_build_info",
+            &[("version", &status.version)]
+        ),
+        1.0
+    );
+    for l in &status.listeners {
+        let listener = [("listener", l.addr.as_str())];
+        let value = |name: &str| sample(&samples, name, &listener) as u64;
+        assert_eq!(
+            value("mcproxy_listener_accepted_connections_total"),
+            l.accepted
+        );
+        assert_eq!(value("mcproxy_listener_active_connections"), 0);
+        assert_eq!(
+            value("mcproxy_listener_blocked_connections_total"),
+            l.blocked
+        );
+        assert_eq!(
+            value("mcproxy_listener_over_capacity_connections_total"),
+            l.over_capacity
+        );
+        let mut resets = 0;
+        for reason in mc_proxy::state::RESET_REASONS {
+            let n = sample(
+                &samples,
+                "mcproxy_listener_resets_total",
+                &[("listener", &l.addr), ("reason", reason)],
+            ) as u64;
+            assert_eq!(
+                n,
+                l.resets_by_reason.get(reason).copied().unwrap_or(0),
+                "{reason}"
+            );
+            resets += n;
+        }
+        assert_eq!(resets, l.resets);
+    }
+    assert_eq!(status.listeners[0].accepted, 6);
+    assert_eq!(
+        status.listeners[0].resets_by_reason.get("not_tls"),
+        Some(&1)
+    );
+    assert_eq!(
+        status.listeners[0].resets_by_reason.get("unknown_host"),
+        Some(&1)
+    );
+
+    for entry in &routes {
+        let labels = [
+            ("listener", entry.listener.as_str()),
+            ("route", entry.route.hostname.as_str()),
+        ];
+        let s = &entry.stats;
+        let value = |name: &str| sample(&samples, name, &labels) as u64;
+        let host = &entry.route.hostname;
+        assert_eq!(
+            value("mcproxy_route_connections_total"),
+            s.total_connections,
+            "{host}"
+        );
+        assert_eq!(
+            value("mcproxy_route_active_connections"),
+            s.active_connections
+        );
+        assert_eq!(
+            value("mcproxy_route_receive_bytes_total"),
+            s.bytes_in,
+            "{host}"
+        );
+        assert_eq!(
+            value("mcproxy_route_transmit_bytes_total"),
+            s.bytes_out,
+            "{host}"
+        );
+        assert_eq!(
+            value("mcproxy_route_backend_errors_total"),
+            s.backend_errors
+        );
+        assert_eq!(value("mcproxy_route_requests_total"), s.requests, "{host}");
+        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            let mut with_class = labels.to_vec();
+            with_class.push(("class", class));
+            let n = sample(&samples, "mcproxy_route_responses_total", &with_class) as u64;
+            assert_eq!(n, s.responses[i], "{host} {class}");
+        }
+        for (family, h) in [
+            (
+                "mcproxy_route_request_duration_seconds",
+                &s.request_duration,
+            ),
+            (
+                "mcproxy_route_backend_connect_duration_seconds",
+                &s.connect_duration,
+            ),
+        ] {
+            assert_eq!(
+                value(&format!("{family}_count")),
+                h.count,
+                "{host} {family}"
+            );
+            let sum = sample(&samples, &format!("{family}_sum"), &labels);
+            assert!((sum - h.sum_seconds).abs() < 1e-9, "{host} {family}: {sum}");
+            // Cumulative buckets in the scrape, per-bucket counts in the API.
+            let mut cumulative = 0;
+            for (i, n) in h.counts.iter().enumerate() {
+                cumulative += n;
+                let le = match h.upper_bounds_seconds.get(i) {
+                    Some(b) => b.to_string(),
+                    None => "+Inf".to_owned(),
+                };
+                let mut with_le = labels.to_vec();
+                with_le.push(("le", &le));
+                let bucket = sample(&samples, &format!("{family}_bucket"), &with_le) as u64;
+                assert_eq!(bucket, cumulative, "{host} {family} le={le}");
+            }
+        }
+    }
+    let stats_of = |host: &str| {
+        &routes
+            .iter()
+            .find(|e| e.route.hostname == host)
+            .unwrap()
+            .stats
+    };
+    let (a, w, d) = (
+        stats_of("a.test"),
+        stats_of("web.test"),
+        stats_of("down.test"),
+    );
+    assert_eq!(a.total_connections, 2);
+    assert_eq!(
+        a.connect_duration.count, 2,
+        "one TCP dial per L4 connection"
+    );
+    assert_eq!(a.request_duration.count, 0);
+    assert_eq!((w.requests, w.responses), (4, [0, 3, 0, 1, 0]));
+    assert_eq!(
+        w.request_duration.count, 4,
+        "every request, the 421 included"
+    );
+    assert_eq!(
+        w.connect_duration.count, 1,
+        "one backend connection per client connection"
+    );
+    assert_eq!(
+        (d.requests, d.responses, d.backend_errors),
+        (1, [0, 0, 0, 0, 1], 1)
+    );
+    assert_eq!(d.request_duration.count, 1, "the 502 too");
+    assert_eq!(d.connect_duration.count, 0, "failed setups are not timed");
+    assert!(w.request_duration.quantile(0.5).is_some());
+
+    promtool_check(&text);
+
+    // Routes appear and disappear with the live tables.
+    admin
+        .add_route(LISTENER, route("new.test", "127.0.0.1:9"))
+        .await
+        .unwrap();
+    let samples = parse_scrape(&scrape(&proxy).await);
+    let new = [("listener", LISTENER), ("route", "new.test")];
+    assert_eq!(
+        sample(&samples, "mcproxy_route_connections_total", &new),
+        0.0
+    );
+    admin.remove_route(LISTENER, "new.test").await.unwrap();
+    admin.remove_route(LISTENER, "down.test").await.unwrap();
+    let samples = parse_scrape(&scrape(&proxy).await);
+    for gone in ["new.test", "down.test"] {
+        assert!(
+            !samples
+                .iter()
+                .any(|s| s.labels.get("route").map(String::as_str) == Some(gone)),
+            "{gone} is still scraped"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_endpoint_answers_only_metrics() {
+    let proxy = Proxy::start(&listener_toml("")).await;
+    let other = web::http1_request(proxy.metrics, "GET", "/", &[]).await;
+    assert_eq!(other.status, 404);
+    let post = web::http1_request(proxy.metrics, "POST", "/metrics", &[]).await;
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), "GET, HEAD");
+    let head = web::http1_request(proxy.metrics, "HEAD", "/metrics", &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert!(head.header("content-length").parse::<usize>().unwrap() > 0);
+    let open = web::http1_request(
+        proxy.metrics,
+        "GET",
+        "/metrics",
+        &[("accept", "application/openmetrics-text;version=1.0.0")],
+    )
+    .await;
+    assert_eq!(
+        open.header("content-type"),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(open.body.ends_with("# EOF\n"), "{}", open.body);
 }

@@ -3,7 +3,10 @@
 //!
 //! I/O: none of its own; requests go out through [`Upstream`]. Every request gets exactly one
 //! response and is counted once (`requests`, and `count_response` with the status sent,
-//! including the proxy's own 421/502/504). Bodies and trailers are never buffered: the
+//! including the proxy's own 421/502/504), and its duration is recorded once in the route's
+//! `request_duration` histogram: from the moment hyper hands [`handle`] the parsed request
+//! head to the moment the response head is handed back (so it includes the backend dial when
+//! the request had to wait for one, and excludes streaming either body). Bodies and trailers are never buffered: the
 //! client's request body is handed to the backend as it arrives, the backend's response body
 //! (and its trailers) to the client.
 
@@ -11,6 +14,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
@@ -99,6 +103,7 @@ pub async fn handle(
     ctx: Arc<Ctx>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
     let stats = &ctx.route.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
     let version = req.version();
@@ -119,6 +124,7 @@ pub async fn handle(
     };
     *resp.version_mut() = version;
     stats.count_response(resp.status().as_u16());
+    stats.request_duration.record(started.elapsed());
     tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
     Ok(resp)
 }

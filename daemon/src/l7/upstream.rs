@@ -8,7 +8,8 @@
 //! idempotent); one that hyper hands back unsent is retried once on a fresh connection.
 //!
 //! Invariants: the whole establishment (dial, PROXY header, TLS, h2 handshake) is bounded by
-//! `connect_timeout`. The only lock held across an `.await` is the async dial gate, so
+//! `connect_timeout`, and its duration, when it succeeds, is recorded once in the route's
+//! `connect_duration` histogram. The only lock held across an `.await` is the async dial gate, so
 //! concurrent first requests share one dial rather than opening one connection each. The
 //! connection's driver task ends when the client connection does (`closed`).
 
@@ -270,8 +271,13 @@ impl Upstream {
         }
         // Boxed: the dial (TCP, PROXY header, TLS, h2 handshake) is rare but its state is
         // large, and it would otherwise be inlined in every request's future.
+        let started = std::time::Instant::now();
         let sender = match tokio::time::timeout(self.connect_timeout, Box::pin(self.dial())).await {
-            Ok(res) => res?,
+            Ok(res) => {
+                let sender = res?;
+                self.route.stats.connect_duration.record(started.elapsed());
+                sender
+            }
             Err(_) => {
                 return Err(UpstreamError::Timeout {
                     backend: self.route.backend.clone(),
