@@ -51,7 +51,11 @@ pub enum Command {
     },
     /// The terminal console: listeners, routes with live traffic, events; add, edit and
     /// delete routes and firewall rules. Press ? inside for the keys.
-    Console,
+    Console {
+        /// Watch only: hide and refuse every key that would change the daemon.
+        #[arg(long)]
+        read_only: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -90,7 +90,7 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
             Ok(())
         }
         Command::Events { json, stats } => follow_events(&mut client, json, stats).await,
-        Command::Console => Err(CtlError::Usage("the console runs from main".into())),
+        Command::Console { .. } => Err(CtlError::Usage("the console runs from main".into())),
     }
 }
 
