@@ -60,7 +60,11 @@ pub enum Command {
     },
     /// The terminal console: listeners, routes with live traffic, events; add, edit and
     /// delete routes and firewall rules. Press ? inside for the keys.
-    Console,
+    Console {
+        /// Watch only: hide and refuse every key that would change the daemon.
+        #[arg(long)]
+        read_only: bool,
+    },
     /// Print a shell completion script: `mcproxyctl completions bash > \
     /// /etc/bash_completion.d/mcproxyctl`, `mcproxyctl completions zsh > \
     /// "${fpath[1]}/_mcproxyctl"`, `mcproxyctl completions fish > \

@@ -149,7 +149,7 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
             }
         }
         Command::Events { json, stats } => follow_events(&mut client, json, stats).await,
-        Command::Console | Command::Completions { .. } => Err(CtlError::Usage(
+        Command::Console { .. } | Command::Completions { .. } => Err(CtlError::Usage(
             "this subcommand runs from main, not against the daemon".into(),
         )),
     }

@@ -31,8 +31,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Command::Console = cli.command {
-        return match runtime.block_on(tui::run(cli.socket)) {
+    if let Command::Console { read_only } = cli.command {
+        return match runtime.block_on(tui::run(cli.socket, read_only)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 warn(&format!("mcproxyctl: console: {e}"));

@@ -4,13 +4,16 @@
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use mc_proxy_shared::client::{Event, ListenerStatus, RouteEntry, RouteStats, Status, TimedEvent};
-use mc_proxy_shared::{Mode, Route};
+use mc_proxy_shared::client::{
+    Connection, ConnectionList, Event, ListenerStatus, RouteEntry, RouteStats, Status, TimedEvent,
+};
+use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Mode, Route};
 use mc_proxy_tests::*;
-use mcproxyctl::tui::app::{App, DaemonMsg};
+use mcproxyctl::tui::app::{App, DaemonMsg, Screen};
 use mcproxyctl::tui::{Console, Input, link, ui};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
+use ratatui::style::Color;
 
 fn screen(terminal: &Terminal<TestBackend>) -> String {
     let buffer = terminal.backend().buffer();
@@ -174,9 +177,9 @@ fn main_view_fits_80x24_with_listeners_routes_counters_and_events() {
         "10.0.0.5:9443",
         "2.0K/s",
         "4.0K/s",
-        "8.0/s 3",
-        "traffic app.test",
-        "12:34:56 open  #41 203.0.113.9:5555 app.test",
+        "8.0/s",
+        "38%",
+        "traffic, last",
         "close #41",
         "in 2.0K out 4.0K 12ms closed",
         "block 198.51.100.7:1 (firewall)",
@@ -186,6 +189,12 @@ fn main_view_fits_80x24_with_listeners_routes_counters_and_events() {
         assert!(s.contains(needle), "missing {needle:?} in:\n{s}");
     }
     assert_eq!(s.lines().count(), 24);
+    // 80x24 gives the routes the room and shows the last two events; 120x40 shows all three.
+    let big = render(&app, 120, 40);
+    assert!(
+        big.contains("12:34:56 open  #41 203.0.113.9:5555 app.test"),
+        "{big}"
+    );
 }
 
 #[test]
@@ -246,7 +255,7 @@ fn help_firewall_filter_and_reconnecting_views() {
     app.on_key(key(KeyCode::Char('?')));
     let s = render(&app, 80, 24);
     assert!(
-        s.contains(" keys ") && s.contains("filter routes by hostname"),
+        s.contains(" keys ") && s.contains("new hostname filter"),
         "{s}"
     );
     app.on_key(key(KeyCode::Esc));
@@ -273,6 +282,378 @@ fn help_firewall_filter_and_reconnecting_views() {
     assert!(s.contains("reconnecting (connection refused)"), "{s}");
     // The last known state stays on screen.
     assert!(s.contains("app.test"), "{s}");
+}
+
+/// A console with one listener and the given routes (hostname, backend, mode).
+fn app_with(routes: &[(&str, &str, Mode)]) -> App {
+    let mut app = App::new();
+    let listener = ListenerStatus {
+        addr: "127.0.0.1:8443".into(),
+        route_count: routes.len() as u32,
+        ..ListenerStatus::default()
+    };
+    app.on_daemon(DaemonMsg::Snapshot {
+        status: Status {
+            version: "9.9.9".into(),
+            uptime: Duration::from_secs(60),
+            listeners: vec![listener],
+            active_connections: 0,
+            total_connections: 0,
+            firewall_rules: 0,
+        },
+        routes: routes
+            .iter()
+            .map(|(hostname, backend, mode)| RouteEntry {
+                listener: "127.0.0.1:8443".into(),
+                route: Route {
+                    hostname: (*hostname).into(),
+                    backend: (*backend).into(),
+                    mode: *mode,
+                    tls_cert: "/etc/mc-proxy/certs/a-certificate-with-a-long-path.pem".into(),
+                    tls_key: "/etc/mc-proxy/certs/a-certificate-with-a-long-path.key".into(),
+                    ..Route::default()
+                },
+                stats: RouteStats::default(),
+            })
+            .collect(),
+        rules: vec![],
+    });
+    app
+}
+
+/// The screen line showing `hostname`'s row (found by its first label).
+fn row_of<'a>(s: &'a str, first_label: &str) -> &'a str {
+    s.lines()
+        .find(|l| l.contains(first_label) && !l.contains("traffic") && !l.contains(" routes of "))
+        .unwrap_or_else(|| panic!("no row for {first_label} in:\n{s}"))
+}
+
+/// `value` is on the row in full, or elided with `…` around the part that tells it apart.
+fn shown_or_marked(row: &str, value: &str, kept: &str) -> bool {
+    row.contains(value) || (row.contains('…') && row.contains(kept))
+}
+
+#[test]
+fn backends_that_differ_in_the_last_port_digit_never_look_the_same() {
+    let long = "svc-with-a-rather-long-first-label.eu-west-1.internal.example.com";
+    for (w, h) in [(60, 20), (80, 24), (120, 40)] {
+        let app = app_with(&[
+            ("a1.test", "127.0.0.1:38943", Mode::L4),
+            ("a2.test", "127.0.0.1:38944", Mode::L4),
+            (
+                long,
+                "backend-host-with-a-long-name.internal.example.com:38945",
+                Mode::L7,
+            ),
+        ]);
+        let s = render(&app, w, h);
+        let a = row_of(&s, "a1.test");
+        let b = row_of(&s, "a2.test");
+        assert!(
+            shown_or_marked(a, "127.0.0.1:38943", ":38943"),
+            "{w}x{h}:\n{s}"
+        );
+        assert!(
+            shown_or_marked(b, "127.0.0.1:38944", ":38944"),
+            "{w}x{h}:\n{s}"
+        );
+        assert_ne!(a.replace("a1", "a2"), b, "{w}x{h}:\n{s}");
+        // The long ones are cut, visibly, keeping the first label and the port.
+        let c = row_of(&s, "svc-with");
+        assert!(c.contains('…'), "{w}x{h}:\n{s}");
+        assert!(c.contains(":38945"), "port lost at {w}x{h}:\n{s}");
+        assert!(
+            !s.contains("38943 ") || s.contains("127.0.0.1:38943"),
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn an_edited_backend_shows_its_new_value() {
+    let mut app = app_with(&[("edit.test", "127.0.0.1:38080", Mode::L4)]);
+    app.on_event(
+        TimedEvent {
+            timestamp_ms: 0,
+            event: Event::RouteChanged {
+                listener: "127.0.0.1:8443".into(),
+                action: "updated".into(),
+                route: Route {
+                    hostname: "edit.test".into(),
+                    backend: "127.0.0.1:38081".into(),
+                    ..Route::default()
+                },
+                previous_hostname: "edit.test".into(),
+            },
+        },
+        Instant::now(),
+    );
+    for (w, h) in [(60, 20), (80, 24), (120, 40)] {
+        let s = render(&app, w, h);
+        let row = row_of(&s, "edit.test");
+        assert!(shown_or_marked(row, "127.0.0.1:38081", ":38081"), "{s}");
+        assert!(!row.contains("38080"), "{s}");
+    }
+}
+
+#[test]
+fn enter_shows_every_field_of_the_route_in_full() {
+    let long = "svc-with-a-rather-long-first-label.eu-west-1.internal.example.com";
+    let mut app = app_with(&[(long, "127.0.0.1:38943", Mode::L7)]);
+    app.on_key(key(KeyCode::Enter));
+    assert_eq!(app.mode, Screen::RouteDetail);
+    let s = render(&app, 120, 40);
+    for needle in [
+        long,
+        "127.0.0.1:38943",
+        "/etc/mc-proxy/certs/a-certificate-with-a-long-path.pem",
+        "/etc/mc-proxy/certs/a-certificate-with-a-long-path.key",
+        "latency",
+    ] {
+        assert!(s.contains(needle), "missing {needle:?}:\n{s}");
+    }
+    // At 80 columns long values wrap instead of being cut.
+    let s = render(&app, 80, 24);
+    let flat: String = s
+        .lines()
+        .map(|l| l.trim_matches(|c| c == '│' || c == ' '))
+        .collect();
+    assert!(flat.contains("a-certificate-with-a-long-path.pem"), "{s}");
+    // Enter on a listener shows the listener.
+    app.on_key(key(KeyCode::Esc));
+    app.on_key(key(KeyCode::Tab));
+    app.on_key(key(KeyCode::Enter));
+    let s = render(&app, 80, 24);
+    assert!(
+        s.contains("listener 127.0.0.1:8443") && s.contains("trusted from"),
+        "{s}"
+    );
+}
+
+/// The foreground colour of the first cell of `hostname`'s row.
+fn row_colour(app: &App, hostname: &str) -> Color {
+    let mut terminal = Terminal::new(TestBackend::new(120, 40)).unwrap();
+    terminal.draw(|f| ui::render(app, f)).unwrap();
+    let buffer = terminal.backend().buffer();
+    let w = buffer.area.width;
+    for y in 0..buffer.area.height {
+        let line: String = (0..w).map(|x| buffer[(x, y)].symbol().to_owned()).collect();
+        if let Some(col) = line.find(hostname) {
+            if line.contains("traffic") {
+                continue;
+            }
+            let x = line[..col].chars().count() as u16;
+            return buffer[(x, y)].fg;
+        }
+    }
+    panic!("no row for {hostname}");
+}
+
+fn l7_stats(requests: u64, errors: u64) -> RouteStats {
+    RouteStats {
+        total_connections: 1,
+        requests,
+        responses: [0, requests - errors, 0, 0, errors],
+        ..RouteStats::default()
+    }
+}
+
+fn stats_at(app: &mut App, at: Instant, routes: &[(&str, RouteStats)]) {
+    let listeners = app.listeners.clone();
+    app.on_event(
+        TimedEvent {
+            timestamp_ms: 0,
+            event: Event::Stats {
+                listeners,
+                routes: routes
+                    .iter()
+                    .map(|(h, stats)| RouteEntry {
+                        listener: "127.0.0.1:8443".into(),
+                        route: Route {
+                            hostname: (*h).into(),
+                            backend: "127.0.0.1:9".into(),
+                            mode: Mode::L7,
+                            ..Route::default()
+                        },
+                        stats: stats.clone(),
+                    })
+                    .collect(),
+            },
+        },
+        at,
+    );
+}
+
+#[test]
+fn row_colour_comes_from_the_recent_error_share() {
+    let mut app = app_with(&[
+        ("old.test", "127.0.0.1:9", Mode::L7),
+        ("burst.test", "127.0.0.1:9", Mode::L7),
+        ("down.test", "127.0.0.1:9", Mode::L7),
+    ]);
+    let t0 = Instant::now() + Duration::from_secs(1);
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    // An error burst on old.test, then a long quiet stretch of good requests.
+    stats_at(&mut app, at(1), &[("old.test", l7_stats(10, 9))]);
+    assert_eq!(
+        row_colour(&app, "old.test"),
+        Color::Red,
+        "fresh: 9 of 10 failed"
+    );
+    for i in 2..30 {
+        stats_at(&mut app, at(i), &[("old.test", l7_stats(i * 10, 9))]);
+    }
+    assert_eq!(
+        row_colour(&app, "old.test"),
+        Color::Reset,
+        "an old error still colours"
+    );
+
+    // 20 % failing in the last seconds: warning; 90 %: error.
+    stats_at(
+        &mut app,
+        at(30),
+        &[
+            ("burst.test", l7_stats(0, 0)),
+            ("down.test", l7_stats(0, 0)),
+        ],
+    );
+    stats_at(
+        &mut app,
+        at(31),
+        &[
+            ("burst.test", l7_stats(100, 20)),
+            ("down.test", l7_stats(100, 90)),
+        ],
+    );
+    assert_eq!(row_colour(&app, "burst.test"), Color::Yellow);
+    assert_eq!(row_colour(&app, "down.test"), Color::Red);
+    let s = render(&app, 120, 40);
+    assert!(row_of(&s, "burst.test").contains("20%"), "{s}");
+    assert!(row_of(&s, "down.test").contains("90%"), "{s}");
+}
+
+#[test]
+fn firewall_delete_asks_on_screen() {
+    let mut app = app_with(&[]);
+    app.on_key(key(KeyCode::Char('f')));
+    app.on_event(
+        TimedEvent {
+            timestamp_ms: 0,
+            event: Event::FirewallChanged {
+                action: "added".into(),
+                rule: FirewallRule {
+                    kind: FirewallRuleKind::Cidr,
+                    value: "10.0.0.0/8".into(),
+                },
+            },
+        },
+        Instant::now(),
+    );
+    assert_eq!(app.on_key(key(KeyCode::Char('d'))), None);
+    let s = render(&app, 80, 24);
+    assert!(
+        s.contains("Unblock cidr 10.0.0.0/8?") && s.contains("y: unblock"),
+        "{s}"
+    );
+}
+
+#[test]
+fn connections_view_lists_open_connections_and_read_only_hides_editing_keys() {
+    let mut app = app_with(&[("a.test", "127.0.0.1:9", Mode::L4)]);
+    assert!(render(&app, 80, 24).contains("a add"));
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('c'))),
+        Some(mcproxyctl::tui::app::Action::WatchConnections(true))
+    );
+    let conn = |id, client: &str, bytes_in| Connection {
+        id,
+        listener: "127.0.0.1:8443".into(),
+        client: client.into(),
+        hostname: "a.test".into(),
+        route: "a.test".into(),
+        mode: "l4".into(),
+        backend: "127.0.0.1:9".into(),
+        age: Duration::from_secs(75),
+        bytes_in,
+        bytes_out: 2048,
+    };
+    app.on_daemon(DaemonMsg::Connections(ConnectionList {
+        connections: vec![
+            conn(7, "203.0.113.9:38943", 1000),
+            conn(8, "203.0.113.9:38944", 5 << 20),
+        ],
+        total: 3,
+    }));
+    for (w, h) in [(60, 20), (80, 24), (120, 40)] {
+        let s = render(&app, w, h);
+        assert!(
+            s.contains("connections [1/2]") && s.contains("(first 2 of 3)"),
+            "{s}"
+        );
+        assert!(shown_or_marked(&s, "203.0.113.9:38943", ":38943"), "{s}");
+        assert!(shown_or_marked(&s, "203.0.113.9:38944", ":38944"), "{s}");
+        assert!(s.contains("5.0M") && s.contains("75s"), "{s}");
+    }
+    // Sorting by bytes moves the busy one up; the selection stays on its connection.
+    app.on_key(key(KeyCode::Char('s')));
+    assert_eq!(app.conns.selected().map(|c| c.id), Some(7));
+    assert_eq!(app.conns.sel.index(), 1);
+    app.on_key(key(KeyCode::Esc));
+
+    let mut ro = App::read_only();
+    ro.on_daemon(DaemonMsg::Snapshot {
+        status: Status {
+            version: "9.9.9".into(),
+            uptime: Duration::ZERO,
+            listeners: app.listeners.clone(),
+            active_connections: 0,
+            total_connections: 0,
+            firewall_rules: 0,
+        },
+        routes: vec![],
+        rules: vec![],
+    });
+    let s = render(&ro, 80, 24);
+    assert!(
+        s.contains("read-only") && !s.contains("a add") && !s.contains("press a"),
+        "{s}"
+    );
+    ro.on_key(key(KeyCode::Char('?')));
+    let s = render(&ro, 80, 24);
+    assert!(!s.contains("add a route"), "{s}");
+}
+
+#[test]
+fn numbers_keep_their_unit_under_load() {
+    let mut app = app_with(&[("busy.test", "127.0.0.1:9", Mode::L7)]);
+    let t0 = Instant::now() + Duration::from_secs(1);
+    let stats = |n: u64| RouteStats {
+        total_connections: n,
+        active_connections: 1234,
+        bytes_in: n * 7000,
+        bytes_out: n * 90_000,
+        requests: n * 2000,
+        responses: [0, n * 1990, 0, 0, n * 10],
+        ..RouteStats::default()
+    };
+    // Past the window, so the rate is exactly 2M requests/s.
+    for i in 1..16 {
+        stats_at(
+            &mut app,
+            t0 + Duration::from_secs(i),
+            &[("busy.test", stats(i * 1000))],
+        );
+    }
+    for (w, h) in [(60, 20), (80, 24), (120, 40)] {
+        let s = render(&app, w, h);
+        let row = row_of(&s, "busy.test");
+        assert!(row.contains("0.5%"), "5xx share lost at {w}x{h}:\n{s}");
+        assert!(row.contains("/s"), "{s}");
+        if w >= 80 {
+            assert!(row.contains("2.0M/s"), "request rate at {w}x{h}:\n{s}");
+        }
+    }
 }
 
 /// Steps the console until its screen contains `needle` (10 s at most).

@@ -663,6 +663,18 @@ impl AdminService for Admin {
         }))
     }
 
+    async fn list_connections(
+        &self,
+        request: Request<pb::ListConnectionsRequest>,
+    ) -> Result<Response<pb::ListConnectionsResponse>, tonic::Status> {
+        let limit = usize::try_from(request.into_inner().limit).unwrap_or(usize::MAX);
+        let (connections, total) = self.state.connections.list(limit);
+        Ok(Response::new(pb::ListConnectionsResponse {
+            connections,
+            total,
+        }))
+    }
+
     type WatchEventsStream = EventStream;
 
     async fn watch_events(

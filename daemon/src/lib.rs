@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod certs;
 pub mod config;
+pub mod conns;
 pub mod events;
 pub mod firewall;
 pub mod io;

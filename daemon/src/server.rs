@@ -381,6 +381,14 @@ async fn pipeline(
     tracing::Span::current().record("route", route.hostname.as_str());
     conn.route = Some(Arc::clone(&route));
     publish_open(conn, listener, &route, state);
+    let _listed = state.connections.register(
+        conn.id,
+        listener.addr,
+        conn.client,
+        &sni,
+        &route,
+        &conn.bytes,
+    );
     let _active = ActiveGuard::new(&route.stats);
     match route.mode {
         Mode::L4 => Ok(ConnEnd::L4(

@@ -194,6 +194,8 @@ pub struct State {
     pub listeners: Vec<Arc<ListenerState>>,
     /// Live events for admin API subscribers.
     pub events: EventBus,
+    /// Open routed connections, for `ListConnections`.
+    pub connections: crate::conns::Registry,
     firewall: ArcSwap<Firewall>,
     /// Counters per (listener id, hostname), kept across route table swaps. Locked only while
     /// building a table, never on the data path.
@@ -213,6 +215,7 @@ impl State {
             proxy,
             listeners,
             events: EventBus::default(),
+            connections: crate::conns::Registry::default(),
             firewall: ArcSwap::from_pointee(firewall),
             route_stats: Mutex::new(route_stats),
         }

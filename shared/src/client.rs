@@ -475,6 +475,52 @@ pub struct RouteReload {
     pub warnings: Vec<String>,
 }
 
+/// A routed connection open now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Connection {
+    /// Connection id, as in its events.
+    pub id: u64,
+    /// Listener address.
+    pub listener: String,
+    /// Real client address.
+    pub client: String,
+    /// SNI hostname.
+    pub hostname: String,
+    /// The matching route's hostname.
+    pub route: String,
+    /// "l4" or "l7".
+    pub mode: String,
+    /// Backend address.
+    pub backend: String,
+    /// Time since it was routed.
+    #[serde(rename = "age_ms", serialize_with = "as_millis")]
+    pub age: Duration,
+    /// Client to backend bytes so far.
+    pub bytes_in: u64,
+    /// Backend to client bytes so far.
+    pub bytes_out: u64,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+/// The open connections, oldest first, possibly cut at the requested limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConnectionList {
+    /// The connections listed.
+    pub connections: Vec<Connection>,
+    /// How many are open (more than listed when the list was cut).
+    pub total: u64,
+}
+
+impl ConnectionList {
+    /// Some open connections are not listed.
+    pub fn truncated(&self) -> bool {
+        (self.connections.len() as u64) < self.total
+    }
+}
+
 /// A connection to the daemon's admin socket.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
@@ -652,6 +698,35 @@ impl AdminClient {
     pub async fn reload(&mut self) -> Result<Vec<RouteReload>, ClientError> {
         let r = self.inner.reload(pb::ReloadRequest {}).await?.into_inner();
         r.routes.into_iter().map(RouteReload::try_from).collect()
+    }
+
+    /// The routed connections open now, oldest first, at most `limit` (0: the daemon's
+    /// maximum).
+    pub async fn list_connections(&mut self, limit: u32) -> Result<ConnectionList, ClientError> {
+        let r = self
+            .inner
+            .list_connections(pb::ListConnectionsRequest { limit })
+            .await?
+            .into_inner();
+        Ok(ConnectionList {
+            total: r.total,
+            connections: r
+                .connections
+                .into_iter()
+                .map(|c| Connection {
+                    id: c.id,
+                    listener: c.listener,
+                    client: c.client,
+                    hostname: c.hostname,
+                    route: c.route,
+                    mode: c.mode,
+                    backend: c.backend,
+                    age: Duration::from_millis(c.age_ms),
+                    bytes_in: c.bytes_in,
+                    bytes_out: c.bytes_out,
+                })
+                .collect(),
+        })
     }
 
     /// Follows the daemon's events until the stream ends or the caller drops it.

@@ -956,3 +956,79 @@ async fn metrics_endpoint_answers_only_metrics() {
     );
     assert!(open.body.ends_with("# EOF\n"), "{}", open.body);
 }
+
+/// Polls `ListConnections` until `want` holds (10 s at most).
+async fn until_connections(
+    admin: &mut mc_proxy_shared::client::AdminClient,
+    want: impl Fn(&mc_proxy_shared::client::ConnectionList) -> bool,
+) -> mc_proxy_shared::client::ConnectionList {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let list = admin.list_connections(0).await.unwrap();
+            if want(&list) {
+                return list;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("ListConnections never showed what was expected")
+}
+
+#[tokio::test]
+async fn open_connections_are_listed_with_their_route_and_live_bytes_until_closed() {
+    let pki = Pki::new();
+    let a = TlsBackend::start(&pki, &["a.test"]).await;
+    let proxy = Proxy::start(&listener_toml(&format!(
+        "[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"",
+        a.addr
+    )))
+    .await;
+    let mut admin = proxy.admin().await;
+    assert_eq!(admin.list_connections(0).await.unwrap().total, 0);
+
+    let mut c = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    let me = client_addr(&c);
+    c.write_all(&[1u8; 1000]).await.unwrap();
+    c.flush().await.unwrap();
+    let first = until_connections(&mut admin, |l| {
+        l.connections.first().is_some_and(|c| c.bytes_in > 1000)
+    })
+    .await;
+    assert_eq!(first.total, 1);
+    assert!(!first.truncated());
+    let listed = &first.connections[0];
+    assert_eq!(listed.client, me.to_string());
+    assert_eq!(listed.route, "a.test");
+    assert_eq!(listed.hostname, "a.test");
+    assert_eq!(listed.mode, "l4");
+    assert_eq!(listed.backend, a.addr.to_string());
+
+    // More traffic on the same connection: the listing reads the live counters.
+    c.write_all(&[2u8; 20_000]).await.unwrap();
+    c.flush().await.unwrap();
+    let grown = until_connections(&mut admin, |l| {
+        l.connections
+            .first()
+            .is_some_and(|c| c.bytes_in > listed.bytes_in + 20_000 && c.bytes_out > 20_000)
+    })
+    .await;
+    assert_eq!(grown.connections[0].id, listed.id);
+
+    // A limit cuts the list but not the total.
+    let mut d = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    d.write_all(b"x").await.unwrap();
+    until_connections(&mut admin, |l| l.total == 2).await;
+    let cut = admin.list_connections(1).await.unwrap();
+    assert_eq!((cut.connections.len(), cut.total), (1, 2));
+    assert_eq!(cut.connections[0].id, listed.id, "oldest first");
+
+    send_and_finish(&mut c, b"").await.unwrap();
+    send_and_finish(&mut d, b"").await.unwrap();
+    until_connections(&mut admin, |l| l.total == 0 && l.connections.is_empty()).await;
+}

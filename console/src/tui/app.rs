@@ -1,23 +1,42 @@
 //! The console's state and what keys and daemon messages do to it.
 //!
 //! No I/O and no drawing: `App` is updated by [`App::on_key`] (which may return an [`Action`]
-//! for the runner to carry out against the daemon) and by [`App::on_daemon`] (snapshots, live
-//! events, results of actions, connection state). The views in `ui` only read it.
+//! for the runner to carry out against the daemon), by [`App::on_daemon`] (snapshots, live
+//! events, results of actions, connection state) and by [`App::on_tick`] (notices expire). The
+//! views in `ui` only read it. The pieces live beside it: the form in `form`, selections in
+//! `select`, the recent-error window in `health`, the connections list in `conns`, the keys in
+//! `input`.
 //!
-//! Invariants: the event log and every rate history are bounded; selections always point at
-//! an existing row (or nothing when the list is empty).
+//! Invariants: the event log and every history are bounded; every selection is kept by key and
+//! re-found after each change (`follow_all`), so it points at an existing row, the same item
+//! as before when that item still exists, or nothing when the list is empty.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use mc_proxy_shared::client::{Event, ListenerStatus, RouteEntry, RouteStats, Status, TimedEvent};
-use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Mode, Route};
+use mc_proxy_shared::client::{
+    ConnectionList, Event, ListenerStatus, RouteEntry, RouteStats, Status, TimedEvent,
+};
+use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Route};
+
+use super::conns::ConnView;
+use super::fit;
+use super::form::edit_text;
+pub use super::form::{Field, Form};
+use super::health::{Health, Recent, Window};
+use super::input::{self, Command, Context};
+use super::order;
+use super::select::Selection;
 
 /// Lines kept in the event log.
 pub const LOG_CAPACITY: usize = 500;
 /// Rate samples kept per route (one per stats snapshot, about a second each).
 pub const HISTORY: usize = 180;
+/// How long a notice stays on the status line (it stays in the event log).
+pub const NOTE_TTL: Duration = Duration::from_secs(8);
+/// Rows moved by page up/down.
+pub const PAGE: isize = 10;
 
 /// What the daemon link reports to the app.
 #[derive(Debug, Clone)]
@@ -33,13 +52,15 @@ pub enum DaemonMsg {
     },
     /// A live event.
     Event(TimedEvent),
+    /// The open connections, polled while the connections view is shown.
+    Connections(ConnectionList),
     /// The daemon went away; the link retries.
     Disconnected(String),
     /// How an [`Action`] went: `Ok` with a note, or the daemon's error.
     ActionDone(Result<String, String>),
 }
 
-/// Something the user asked the daemon to do.
+/// Something the user asked the daemon (or the link) to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Add a route to a listener.
@@ -69,6 +90,8 @@ pub enum Action {
     AddRule(FirewallRule),
     /// Unblock one.
     RemoveRule(FirewallRule),
+    /// Start (`true`) or stop polling the open connections; no daemon change, no answer.
+    WatchConnections(bool),
     /// Leave the console.
     Quit,
 }
@@ -102,191 +125,50 @@ pub struct RouteView {
     pub route: Route,
     /// Latest counters.
     pub stats: RouteStats,
-    /// Latest rate.
+    /// Latest rate (between the last two snapshots).
     pub rate: Rate,
-    /// Recent rates, oldest first.
-    pub history: VecDeque<Rate>,
+    /// Recent rates with the time of their snapshot, oldest first, at most [`HISTORY`].
+    pub history: VecDeque<(Instant, Rate)>,
+    /// Counters over the last [`super::health::WINDOW`]: colour, request rate, 5xx share.
+    pub window: Window,
+    /// L7 latency percentiles, once the daemon reports them (its stats do not carry latency
+    /// histograms yet): set in [`RouteView::sample`], drawn in the route detail and, when any
+    /// route has them, as the routes table's `P50/P99` column.
+    pub latency: Option<Latency>,
     /// When `stats` was taken (for the next rate).
     last_sample: Option<Instant>,
 }
 
-/// The add/edit route form.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Form {
-    /// `None` for add; the edited route's hostname for edit.
-    pub editing: Option<String>,
-    /// The listener the route belongs to.
-    pub listener: String,
-    /// Field values.
-    pub hostname: String,
-    /// Backend host:port.
-    pub backend: String,
-    /// L4 or L7.
-    pub mode: Mode,
-    /// L7 certificate path.
-    pub tls_cert: String,
-    /// L7 key path.
-    pub tls_key: String,
-    /// L7: TLS to the backend.
-    pub backend_tls: bool,
-    /// PROXY v2 to the backend.
-    pub send_proxy_protocol: bool,
-    /// The focused field.
-    pub focus: Field,
-    /// The daemon's answer to the last submit, shown inline.
-    pub error: Option<String>,
-    /// Waiting for the daemon's answer.
-    pub pending: bool,
-}
-
-/// A form field.
+/// L7 response latency percentiles of a route (see [`RouteView::latency`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
-    /// Text.
-    Hostname,
-    /// Text.
-    Backend,
-    /// Toggle l4/l7.
-    Mode,
-    /// Text, L7 only.
-    TlsCert,
-    /// Text, L7 only.
-    TlsKey,
-    /// Toggle, L7 only.
-    BackendTls,
-    /// Toggle.
-    SendProxy,
+pub struct Latency {
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
 }
 
-impl Form {
-    fn new(listener: String) -> Form {
-        Form {
-            editing: None,
-            listener,
-            hostname: String::new(),
-            backend: String::new(),
-            mode: Mode::L4,
-            tls_cert: String::new(),
-            tls_key: String::new(),
-            backend_tls: false,
-            send_proxy_protocol: false,
-            focus: Field::Hostname,
-            error: None,
-            pending: false,
-        }
-    }
-
-    fn edit(listener: String, r: &Route) -> Form {
-        Form {
-            editing: Some(r.hostname.clone()),
-            hostname: r.hostname.clone(),
-            backend: r.backend.clone(),
-            mode: r.mode,
-            tls_cert: r.tls_cert.clone(),
-            tls_key: r.tls_key.clone(),
-            backend_tls: r.backend_tls,
-            send_proxy_protocol: r.send_proxy_protocol,
-            ..Form::new(listener)
-        }
-    }
-
-    /// The fields shown for the current mode, in order: L7 adds cert, key and backend TLS.
-    pub fn fields(&self) -> Vec<Field> {
-        match self.mode {
-            Mode::L4 => vec![
-                Field::Hostname,
-                Field::Backend,
-                Field::Mode,
-                Field::SendProxy,
-            ],
-            Mode::L7 => vec![
-                Field::Hostname,
-                Field::Backend,
-                Field::Mode,
-                Field::TlsCert,
-                Field::TlsKey,
-                Field::BackendTls,
-                Field::SendProxy,
-            ],
-        }
-    }
-
-    fn move_focus(&mut self, forward: bool) {
-        let fields = self.fields();
-        let i = fields.iter().position(|f| *f == self.focus).unwrap_or(0);
-        let n = fields.len();
-        self.focus = fields[if forward {
-            (i + 1) % n
-        } else {
-            (i + n - 1) % n
-        }];
-    }
-
-    fn text_mut(&mut self) -> Option<&mut String> {
-        match self.focus {
-            Field::Hostname => Some(&mut self.hostname),
-            Field::Backend => Some(&mut self.backend),
-            Field::TlsCert => Some(&mut self.tls_cert),
-            Field::TlsKey => Some(&mut self.tls_key),
-            _ => None,
-        }
-    }
-
-    fn toggle(&mut self) {
-        match self.focus {
-            Field::Mode => {
-                self.mode = match self.mode {
-                    Mode::L4 => Mode::L7,
-                    Mode::L7 => Mode::L4,
-                }
-            }
-            Field::BackendTls => self.backend_tls = !self.backend_tls,
-            Field::SendProxy => self.send_proxy_protocol = !self.send_proxy_protocol,
-            _ => {}
-        }
-    }
-
-    /// The route the form describes. L7-only fields are sent empty on an L4 route so a mode
-    /// switch does not leave stale paths behind.
-    pub fn route(&self) -> Route {
-        let l7 = self.mode == Mode::L7;
-        Route {
-            hostname: self.hostname.trim().to_owned(),
-            backend: self.backend.trim().to_owned(),
-            mode: self.mode,
-            tls_cert: if l7 {
-                self.tls_cert.trim().to_owned()
-            } else {
-                String::new()
-            },
-            tls_key: if l7 {
-                self.tls_key.trim().to_owned()
-            } else {
-                String::new()
-            },
-            backend_tls: l7 && self.backend_tls,
-            send_proxy_protocol: self.send_proxy_protocol,
-        }
-    }
-}
-
-/// The firewall pane's state.
+/// The firewall box's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FirewallView {
-    /// Selected rule.
-    pub selected: usize,
+    /// Selected rule, by value.
+    pub sel: Selection,
     /// Text being typed for a new rule (`Some` while adding).
     pub input: Option<String>,
+    /// "Unblock this rule?" while waiting for y.
+    pub confirm: Option<FirewallRule>,
+    /// An add was sent: the next rule the daemon reports added gets the selection.
+    pub select_next_added: bool,
     /// The daemon's answer to the last change.
     pub error: Option<String>,
 }
 
-/// What has the keyboard.
+/// What has the keyboard on top of the current view.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Screen {
-    /// Moving around the panes.
+    /// Moving around the view.
     Normal,
-    /// Typing the route filter.
+    /// Typing the filter of the current view.
     Filter,
     /// The add/edit form.
     Form(Form),
@@ -299,11 +181,15 @@ pub enum Screen {
     },
     /// The firewall rules.
     Firewall(FirewallView),
-    /// The key list.
-    Help,
+    /// Everything about the selected listener.
+    ListenerDetail,
+    /// Everything about the selected route.
+    RouteDetail,
+    /// The key list, scrolled down by this many lines.
+    Help(u16),
 }
 
-/// Which pane has the selection.
+/// Which pane of the routes view has the selection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pane {
     /// The listener list.
@@ -312,9 +198,62 @@ pub enum Pane {
     Routes,
 }
 
+/// The main view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// Listeners, routes, traffic, events.
+    Routes,
+    /// Open connections.
+    Connections,
+}
+
+/// Route order (`s` cycles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RouteSort {
+    /// Natural name order, wildcards last.
+    #[default]
+    Name,
+    /// Current bytes/s (in + out), busiest first.
+    Traffic,
+    /// Recent error share, worst first; then errors since start.
+    Errors,
+}
+
+impl RouteSort {
+    /// As the title shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteSort::Name => "name",
+            RouteSort::Traffic => "traffic",
+            RouteSort::Errors => "errors",
+        }
+    }
+
+    fn next(self) -> RouteSort {
+        match self {
+            RouteSort::Name => RouteSort::Traffic,
+            RouteSort::Traffic => RouteSort::Errors,
+            RouteSort::Errors => RouteSort::Name,
+        }
+    }
+}
+
+/// A one-line notice (the last action's result), shown on the status line for [`NOTE_TTL`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The text.
+    pub text: String,
+    /// Shown in red.
+    pub error: bool,
+    /// When it was set.
+    pub at: Instant,
+}
+
 /// The whole console state.
 #[derive(Debug)]
 pub struct App {
+    /// Editing keys are hidden and refused.
+    pub read_only: bool,
     /// Daemon version, from the last snapshot.
     pub version: String,
     /// Daemon uptime at `status_at`.
@@ -331,18 +270,26 @@ pub struct App {
     pub log: VecDeque<String>,
     /// Link state.
     pub link: Link,
-    /// Selected listener.
-    pub listener_idx: usize,
-    /// Selected route among the filtered routes.
-    pub route_idx: usize,
+    /// Selected listener, by address.
+    pub listener_sel: Selection,
+    /// Selected route among the visible routes, by hostname.
+    pub route_sel: Selection,
     /// Pane with focus.
     pub pane: Pane,
-    /// Route hostname filter.
+    /// Route filter (hostname or backend contains it, case-insensitively).
     pub filter: String,
+    /// Route order.
+    pub sort: RouteSort,
+    /// The main view.
+    pub view: View,
+    /// The connections view's state.
+    pub conns: ConnView,
     /// What has the keyboard.
     pub mode: Screen,
-    /// A one-line note for the status bar (last action's result).
-    pub note: Option<String>,
+    /// The status line's notice.
+    pub note: Option<Note>,
+    /// Time of the last tick or message (for notices; `render` never reads the clock).
+    pub now: Instant,
 }
 
 impl Default for App {
@@ -354,56 +301,103 @@ impl Default for App {
 impl App {
     /// An empty console, waiting for its first snapshot.
     pub fn new() -> App {
+        let now = Instant::now();
         App {
+            read_only: false,
             version: String::new(),
             uptime: Duration::ZERO,
-            status_at: Instant::now(),
+            status_at: now,
             listeners: Vec::new(),
             routes: HashMap::new(),
             rules: Vec::new(),
             log: VecDeque::new(),
             link: Link::Connecting,
-            listener_idx: 0,
-            route_idx: 0,
+            listener_sel: Selection::default(),
+            route_sel: Selection::default(),
             pane: Pane::Routes,
             filter: String::new(),
+            sort: RouteSort::Name,
+            view: View::Routes,
+            conns: ConnView::default(),
             mode: Screen::Normal,
             note: None,
+            now,
+        }
+    }
+
+    /// The same, with editing keys hidden and refused.
+    pub fn read_only() -> App {
+        App {
+            read_only: true,
+            ..App::new()
         }
     }
 
     /// The selected listener, if any.
     pub fn listener(&self) -> Option<&ListenerStatus> {
-        self.listeners.get(self.listener_idx)
+        self.listeners.get(self.listener_sel.index())
     }
 
-    /// The selected listener's routes that pass the filter.
+    /// The selected listener's routes that pass the filter, in the chosen order.
     pub fn visible_routes(&self) -> Vec<&RouteView> {
         let Some(l) = self.listener() else {
             return Vec::new();
         };
-        let filter = self.filter.to_ascii_lowercase();
-        self.routes
+        let filter = self.filter.to_lowercase();
+        let mut routes: Vec<&RouteView> = self
+            .routes
             .get(&l.addr)
             .map(|rs| {
                 rs.iter()
-                    .filter(|r| r.route.hostname.contains(&filter))
+                    .filter(|r| {
+                        filter.is_empty()
+                            || r.route.hostname.to_lowercase().contains(&filter)
+                            || r.route.backend.to_lowercase().contains(&filter)
+                    })
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let name =
+            |a: &RouteView, b: &RouteView| order::route_name(&a.route.hostname, &b.route.hostname);
+        match self.sort {
+            RouteSort::Name => routes.sort_by(|a, b| name(a, b)),
+            RouteSort::Traffic => routes.sort_by(|a, b| {
+                let t = |r: &RouteView| r.rate.in_bps + r.rate.out_bps;
+                t(b).total_cmp(&t(a)).then_with(|| name(a, b))
+            }),
+            RouteSort::Errors => routes.sort_by(|a, b| {
+                let share = |r: &RouteView| r.recent().error_share(r.route.mode).unwrap_or(0.0);
+                let total = |r: &RouteView| r.stats.responses[4] + r.stats.backend_errors;
+                share(b)
+                    .total_cmp(&share(a))
+                    .then_with(|| total(b).cmp(&total(a)))
+                    .then_with(|| name(a, b))
+            }),
+        }
+        routes
     }
 
     /// The selected route, if any.
     pub fn route(&self) -> Option<&RouteView> {
-        self.visible_routes().get(self.route_idx).copied()
+        self.visible_routes().get(self.route_sel.index()).copied()
     }
 
     /// Uptime now, extrapolated from the last status while connected; frozen at the last
     /// known value while the daemon is away (it may be restarting).
     pub fn uptime_now(&self) -> Duration {
         match self.link {
-            Link::Connected => self.uptime + self.status_at.elapsed(),
+            Link::Connected => self.uptime + self.now.saturating_duration_since(self.status_at),
             _ => self.uptime,
+        }
+    }
+
+    /// The key context of what is on screen.
+    pub fn context(&self) -> Context {
+        match (&self.mode, self.view) {
+            (Screen::Firewall(_), _) => Context::Firewall,
+            (Screen::Filter | Screen::Form(_), _) => Context::Text,
+            (_, View::Connections) => Context::Connections,
+            (_, View::Routes) => Context::Routes,
         }
     }
 
@@ -414,19 +408,48 @@ impl App {
         self.log.push_back(line);
     }
 
-    fn clamp(&mut self) {
-        self.listener_idx = self
-            .listener_idx
-            .min(self.listeners.len().saturating_sub(1));
-        let n = self.visible_routes().len();
-        self.route_idx = self.route_idx.min(n.saturating_sub(1));
-        if let Screen::Firewall(fw) = &mut self.mode {
-            fw.selected = fw.selected.min(self.rules.len().saturating_sub(1));
+    fn set_note(&mut self, text: String, error: bool) {
+        self.push_log(text.clone());
+        self.note = Some(Note {
+            text,
+            error,
+            at: self.now,
+        });
+    }
+
+    /// Advances the clock: notices older than [`NOTE_TTL`] go.
+    pub fn on_tick(&mut self, now: Instant) {
+        self.now = now;
+        if self
+            .note
+            .as_ref()
+            .is_some_and(|n| now.saturating_duration_since(n.at) >= NOTE_TTL)
+        {
+            self.note = None;
         }
+    }
+
+    /// Re-finds every selection after a change (see the module invariants).
+    fn follow_all(&mut self) {
+        let addrs: Vec<&str> = self.listeners.iter().map(|l| l.addr.as_str()).collect();
+        self.listener_sel.follow(&addrs);
+        let hosts: Vec<String> = self
+            .visible_routes()
+            .iter()
+            .map(|r| r.route.hostname.clone())
+            .collect();
+        self.route_sel.follow(&hosts);
+        let rules: Vec<String> = self.rules.iter().map(rule_key).collect();
+        if let Screen::Firewall(fw) = &mut self.mode {
+            fw.sel.follow(&rules);
+        }
+        self.conns.follow();
     }
 
     /// Applies a message from the daemon link.
     pub fn on_daemon(&mut self, msg: DaemonMsg) {
+        let now = Instant::now().max(self.now);
+        self.now = now;
         match msg {
             DaemonMsg::Snapshot {
                 status,
@@ -435,27 +458,41 @@ impl App {
             } => {
                 self.version = status.version;
                 self.uptime = status.uptime;
-                self.status_at = Instant::now();
+                self.status_at = now;
                 self.listeners = status.listeners;
                 let mut by_listener: HashMap<String, Vec<RouteView>> = HashMap::new();
                 for entry in routes {
-                    let old = self
+                    let mut view = self
                         .find_route(&entry.listener, &entry.route.hostname)
-                        .cloned();
-                    let mut view = old.unwrap_or_else(|| RouteView::new(entry.route.clone()));
+                        .cloned()
+                        .unwrap_or_else(|| RouteView::new(entry.route.clone()));
                     view.route = entry.route;
+                    // A restarted daemon starts its counters from zero: begin a new window.
+                    if entry.stats.total_connections < view.stats.total_connections {
+                        view.window = Window::default();
+                    }
+                    view.last_sample = Some(now);
+                    view.window.push(now, entry.stats.clone());
                     view.stats = entry.stats;
-                    view.last_sample = Some(Instant::now());
                     by_listener.entry(entry.listener).or_default().push(view);
                 }
                 self.routes = by_listener;
                 self.rules = rules;
                 if self.link != Link::Connected {
                     self.push_log("connected to the daemon".into());
+                    // Whatever went wrong while away is over.
+                    if self.note.as_ref().is_some_and(|n| n.error) {
+                        self.note = None;
+                    }
                 }
                 self.link = Link::Connected;
             }
-            DaemonMsg::Event(event) => self.on_event(event, Instant::now()),
+            DaemonMsg::Event(event) => {
+                // on_event re-finds the selections itself when a list changed.
+                self.on_event(event, now);
+                return;
+            }
+            DaemonMsg::Connections(list) => self.conns.update(list, now),
             DaemonMsg::Disconnected(reason) => {
                 if self.link == Link::Connected {
                     self.push_log(format!("lost the daemon: {reason}"));
@@ -465,7 +502,7 @@ impl App {
             }
             DaemonMsg::ActionDone(result) => self.on_action_done(result),
         }
-        self.clamp();
+        self.follow_all();
     }
 
     fn find_route(&self, listener: &str, hostname: &str) -> Option<&RouteView> {
@@ -477,6 +514,7 @@ impl App {
 
     /// Applies a live event received at `now`.
     pub fn on_event(&mut self, event: TimedEvent, now: Instant) {
+        self.now = self.now.max(now);
         let time = clock(event.timestamp_ms);
         match event.event {
             Event::Stats { listeners, routes } => {
@@ -490,8 +528,7 @@ impl App {
                         Some(view) => view.sample(entry.stats, now),
                         None => {
                             let mut view = RouteView::new(entry.route);
-                            view.stats = entry.stats;
-                            view.last_sample = Some(now);
+                            view.sample(entry.stats, now);
                             list.push(view);
                         }
                     }
@@ -504,9 +541,13 @@ impl App {
                 mode,
                 backend,
                 ..
-            } => self.push_log(format!(
-                "{time} open  #{id} {client} {hostname} {mode}->{backend}"
-            )),
+            } => {
+                // Log only: no list changes, no selection to re-find (the hot path under load).
+                self.push_log(format!(
+                    "{time} open  #{id} {client} {hostname} {mode}->{backend}"
+                ));
+                return;
+            }
             Event::ConnectionClosed {
                 id,
                 client,
@@ -524,9 +565,13 @@ impl App {
                 };
                 self.push_log(format!(
                     "{time} close #{id} {client} {host} in {} out {} {duration_ms}ms {outcome}",
-                    crate::ctl::human_bytes(bytes_in),
-                    crate::ctl::human_bytes(bytes_out)
+                    fit::bytes(bytes_in),
+                    fit::bytes(bytes_out)
                 ));
+                self.conns.closed(id);
+                if self.view == View::Routes {
+                    return;
+                }
             }
             Event::ConnectionBlocked { client, reason, .. } => {
                 self.push_log(format!("{time} block {client} ({reason})"));
@@ -541,6 +586,7 @@ impl App {
                     "{time} route {action} {} ({} -> {})",
                     route.hostname, route.mode, route.backend
                 ));
+                let selected_here = self.listener().is_some_and(|l| l.addr == listener);
                 let list = self.routes.entry(listener).or_default();
                 match action.as_str() {
                     // An add seen in the snapshot already (the stream starts before it).
@@ -553,13 +599,18 @@ impl App {
                             .iter_mut()
                             .find(|r| r.route.hostname == previous_hostname)
                         {
+                            // A rename keeps the selection on the renamed route.
+                            if selected_here
+                                && self.route_sel.key() == Some(previous_hostname.as_str())
+                            {
+                                self.route_sel.set(route.hostname.clone());
+                            }
                             view.route = route;
                         }
                     }
                     "removed" => list.retain(|r| r.route.hostname != route.hostname),
                     _ => {}
                 }
-                list.sort_by(|a, b| route_order(&a.route.hostname, &b.route.hostname));
             }
             Event::FirewallChanged { action, rule } => {
                 self.push_log(format!(
@@ -567,7 +618,17 @@ impl App {
                     rule.kind, rule.value
                 ));
                 match action.as_str() {
-                    "added" if !self.rules.contains(&rule) => self.rules.push(rule),
+                    "added" => {
+                        if let Screen::Firewall(fw) = &mut self.mode
+                            && fw.select_next_added
+                        {
+                            fw.select_next_added = false;
+                            fw.sel.set(rule_key(&rule));
+                        }
+                        if !self.rules.contains(&rule) {
+                            self.rules.push(rule);
+                        }
+                    }
                     "removed" => self.rules.retain(|r| *r != rule),
                     _ => {}
                 }
@@ -578,7 +639,7 @@ impl App {
                 ));
             }
         }
-        self.clamp();
+        self.follow_all();
     }
 
     fn on_action_done(&mut self, result: Result<String, String>) {
@@ -587,41 +648,43 @@ impl App {
                 form.pending = false;
                 form.error = Some(e);
             }
-            (Screen::Firewall(fw), Err(e)) => fw.error = Some(e),
+            (Screen::Firewall(fw), Err(e)) => {
+                fw.select_next_added = false;
+                fw.error = Some(e);
+            }
             (Screen::Firewall(fw), Ok(note)) => {
                 fw.error = None;
-                self.note = Some(note);
+                self.set_note(note, false);
             }
-            (_, Ok(note)) => {
+            (Screen::Form(_), Ok(note)) => {
                 self.mode = Screen::Normal;
-                self.note = Some(note);
+                self.set_note(note, false);
             }
-            (_, Err(e)) => self.note = Some(format!("error: {e}")),
+            (_, Ok(note)) => self.set_note(note, false),
+            (_, Err(e)) => self.set_note(format!("error: {e}"), true),
         }
     }
 
-    /// Handles a key; returns what to ask the daemon, if anything.
+    /// Handles a key; returns what to ask the daemon (or the link), if anything.
     pub fn on_key(&mut self, key: KeyEvent) -> Option<Action> {
         if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
             return Some(Action::Quit);
         }
-        match std::mem::replace(&mut self.mode, Screen::Normal) {
+        let action = match std::mem::replace(&mut self.mode, Screen::Normal) {
             Screen::Normal => self.on_normal_key(key),
             Screen::Filter => {
+                let filter = match self.view {
+                    View::Routes => &mut self.filter,
+                    View::Connections => &mut self.conns.filter,
+                };
                 match key.code {
                     KeyCode::Enter => {}
-                    KeyCode::Esc => self.filter.clear(),
-                    KeyCode::Backspace => {
-                        self.filter.pop();
+                    KeyCode::Esc => filter.clear(),
+                    _ => {
+                        edit_text(filter, &key);
                         self.mode = Screen::Filter;
                     }
-                    KeyCode::Char(c) => {
-                        self.filter.push(c);
-                        self.mode = Screen::Filter;
-                    }
-                    _ => self.mode = Screen::Filter,
                 }
-                self.route_idx = 0;
                 None
             }
             Screen::Form(form) => self.on_form_key(form, key),
@@ -632,39 +695,76 @@ impl App {
                 _ => None,
             },
             Screen::Firewall(fw) => self.on_firewall_key(fw, key),
-            Screen::Help => None,
+            Screen::ListenerDetail | Screen::RouteDetail => {
+                if key.code == KeyCode::Char('e') && !self.read_only && self.route().is_some() {
+                    self.edit_selected();
+                }
+                None
+            }
+            Screen::Help(scroll) => {
+                match key.code {
+                    KeyCode::Down | KeyCode::Char('j') => self.mode = Screen::Help(scroll + 1),
+                    KeyCode::Up | KeyCode::Char('k') => {
+                        self.mode = Screen::Help(scroll.saturating_sub(1));
+                    }
+                    _ => {}
+                }
+                None
+            }
+        };
+        self.follow_all();
+        action
+    }
+
+    fn edit_selected(&mut self) {
+        if let (Some(l), Some(r)) = (self.listener(), self.route()) {
+            self.mode = Screen::Form(Form::edit(l.addr.clone(), &r.route));
         }
     }
 
     fn on_normal_key(&mut self, key: KeyEvent) -> Option<Action> {
-        match key.code {
-            KeyCode::Char('q') => return Some(Action::Quit),
-            KeyCode::Char('?') => self.mode = Screen::Help,
-            KeyCode::Char('/') => self.mode = Screen::Filter,
-            KeyCode::Char('f') => self.mode = Screen::Firewall(FirewallView::default()),
-            KeyCode::Tab
-            | KeyCode::Left
-            | KeyCode::Right
-            | KeyCode::Char('h')
-            | KeyCode::Char('l') => {
+        let context = self.context();
+        let command = input::lookup(context, &key, self.read_only)?;
+        if self.view == View::Connections {
+            return self.on_connections_command(command);
+        }
+        match command {
+            Command::Quit => return Some(Action::Quit),
+            Command::Help => self.mode = Screen::Help(0),
+            Command::Filter => {
+                self.filter.clear();
+                self.mode = Screen::Filter;
+            }
+            Command::Firewall => self.mode = Screen::Firewall(FirewallView::default()),
+            Command::Connections => {
+                self.view = View::Connections;
+                return Some(Action::WatchConnections(true));
+            }
+            Command::Sort => self.sort = self.sort.next(),
+            Command::SwitchPane => {
                 self.pane = match self.pane {
                     Pane::Listeners => Pane::Routes,
                     Pane::Routes => Pane::Listeners,
                 };
             }
-            KeyCode::Down | KeyCode::Char('j') => self.move_selection(1),
-            KeyCode::Up | KeyCode::Char('k') => self.move_selection(-1),
-            KeyCode::Char('a') => {
+            Command::Up => self.move_selection(-1),
+            Command::Down => self.move_selection(1),
+            Command::PageUp => self.move_selection(-PAGE),
+            Command::PageDown => self.move_selection(PAGE),
+            Command::Top => self.move_selection(isize::MIN / 2),
+            Command::Bottom => self.move_selection(isize::MAX / 2),
+            Command::Detail => match self.pane {
+                Pane::Listeners if self.listener().is_some() => self.mode = Screen::ListenerDetail,
+                Pane::Routes if self.route().is_some() => self.mode = Screen::RouteDetail,
+                _ => {}
+            },
+            Command::Add => {
                 if let Some(l) = self.listener() {
                     self.mode = Screen::Form(Form::new(l.addr.clone()));
                 }
             }
-            KeyCode::Char('e') | KeyCode::Enter => {
-                if let (Some(l), Some(r)) = (self.listener(), self.route()) {
-                    self.mode = Screen::Form(Form::edit(l.addr.clone(), &r.route));
-                }
-            }
-            KeyCode::Char('d') | KeyCode::Delete => {
+            Command::Edit => self.edit_selected(),
+            Command::Delete => {
                 if let (Some(l), Some(r)) = (self.listener(), self.route()) {
                     self.mode = Screen::ConfirmDelete {
                         listener: l.addr.clone(),
@@ -672,29 +772,57 @@ impl App {
                     };
                 }
             }
-            KeyCode::Esc => self.note = None,
+            Command::Close => {
+                self.filter.clear();
+                self.note = None;
+            }
+            Command::TextEditing => {}
+        }
+        None
+    }
+
+    fn on_connections_command(&mut self, command: Command) -> Option<Action> {
+        match command {
+            Command::Quit => return Some(Action::Quit),
+            Command::Help => self.mode = Screen::Help(0),
+            Command::Filter => {
+                self.conns.filter.clear();
+                self.mode = Screen::Filter;
+            }
+            Command::Sort => self.conns.sort = self.conns.sort.next(),
+            Command::Close | Command::Connections => {
+                self.view = View::Routes;
+                return Some(Action::WatchConnections(false));
+            }
+            Command::Up => self.conns.step(-1),
+            Command::Down => self.conns.step(1),
+            Command::PageUp => self.conns.step(-PAGE),
+            Command::PageDown => self.conns.step(PAGE),
+            Command::Top => self.conns.step(isize::MIN / 2),
+            Command::Bottom => self.conns.step(isize::MAX / 2),
             _ => {}
         }
         None
     }
 
     fn move_selection(&mut self, delta: isize) {
-        let step = |i: usize, n: usize| {
-            if n == 0 {
-                0
-            } else {
-                (i as isize + delta).clamp(0, n as isize - 1) as usize
-            }
-        };
         match self.pane {
             Pane::Listeners => {
-                let before = self.listener_idx;
-                self.listener_idx = step(self.listener_idx, self.listeners.len());
-                if before != self.listener_idx {
-                    self.route_idx = 0;
+                let before = self.listener_sel.index();
+                let addrs: Vec<&str> = self.listeners.iter().map(|l| l.addr.as_str()).collect();
+                self.listener_sel.step(&addrs, delta);
+                if before != self.listener_sel.index() {
+                    self.route_sel = Selection::default();
                 }
             }
-            Pane::Routes => self.route_idx = step(self.route_idx, self.visible_routes().len()),
+            Pane::Routes => {
+                let hosts: Vec<String> = self
+                    .visible_routes()
+                    .iter()
+                    .map(|r| r.route.hostname.clone())
+                    .collect();
+                self.route_sel.step(&hosts, delta);
+            }
         }
     }
 
@@ -708,6 +836,8 @@ impl App {
                 form.error = None;
                 form.pending = true;
                 let route = form.route();
+                // The selection goes to the route being saved, wherever it sorts.
+                self.route_sel.expect(route.hostname.clone());
                 action = Some(match &form.editing {
                     None => Action::AddRoute {
                         listener: form.listener.clone(),
@@ -723,17 +853,11 @@ impl App {
             KeyCode::Char(' ') | KeyCode::Left | KeyCode::Right if form.text_mut().is_none() => {
                 form.toggle();
             }
-            KeyCode::Backspace => {
+            _ => {
                 if let Some(text) = form.text_mut() {
-                    text.pop();
+                    edit_text(text, &key);
                 }
             }
-            KeyCode::Char(c) => {
-                if let Some(text) = form.text_mut() {
-                    text.push(c);
-                }
-            }
-            _ => {}
         }
         self.mode = Screen::Form(form);
         action
@@ -741,6 +865,13 @@ impl App {
 
     fn on_firewall_key(&mut self, mut fw: FirewallView, key: KeyEvent) -> Option<Action> {
         let mut action = None;
+        if let Some(rule) = fw.confirm.take() {
+            if matches!(key.code, KeyCode::Char('y') | KeyCode::Char('Y')) {
+                action = Some(Action::RemoveRule(rule));
+            }
+            self.mode = Screen::Firewall(fw);
+            return action;
+        }
         if let Some(input) = &mut fw.input {
             match key.code {
                 KeyCode::Esc => fw.input = None,
@@ -753,26 +884,25 @@ impl App {
                     };
                     fw.input = None;
                     fw.error = None;
+                    fw.select_next_added = true;
                     action = Some(Action::AddRule(FirewallRule { kind, value }));
                 }
-                KeyCode::Backspace => {
-                    input.pop();
+                _ => {
+                    edit_text(input, &key);
                 }
-                KeyCode::Char(c) => input.push(c),
-                _ => {}
             }
             self.mode = Screen::Firewall(fw);
             return action;
         }
-        match key.code {
-            KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('f') => return None,
-            KeyCode::Down | KeyCode::Char('j') => {
-                fw.selected = (fw.selected + 1).min(self.rules.len().saturating_sub(1));
-            }
-            KeyCode::Up | KeyCode::Char('k') => fw.selected = fw.selected.saturating_sub(1),
-            KeyCode::Char('a') => fw.input = Some(String::new()),
-            KeyCode::Char('d') | KeyCode::Delete => {
-                action = self.rules.get(fw.selected).cloned().map(Action::RemoveRule);
+        let rules: Vec<String> = self.rules.iter().map(rule_key).collect();
+        match input::lookup(Context::Firewall, &key, self.read_only) {
+            Some(Command::Close) | Some(Command::Quit) => return None,
+            Some(Command::Down) => fw.sel.step(&rules, 1),
+            Some(Command::Up) => fw.sel.step(&rules, -1),
+            Some(Command::Add) => fw.input = Some(String::new()),
+            Some(Command::Delete) => {
+                fw.sel.follow(&rules);
+                fw.confirm = self.rules.get(fw.sel.index()).cloned();
             }
             _ => {}
         }
@@ -781,13 +911,21 @@ impl App {
     }
 }
 
+/// A firewall rule's key for selections.
+pub fn rule_key(rule: &FirewallRule) -> String {
+    format!("{} {}", rule.kind, rule.value)
+}
+
 impl RouteView {
-    fn new(route: Route) -> RouteView {
+    /// A route without counters yet.
+    pub fn new(route: Route) -> RouteView {
         RouteView {
             route,
             stats: RouteStats::default(),
             rate: Rate::default(),
             history: VecDeque::new(),
+            window: Window::default(),
+            latency: None,
             last_sample: None,
         }
     }
@@ -806,17 +944,23 @@ impl RouteView {
                 if self.history.len() == HISTORY {
                     self.history.pop_front();
                 }
-                self.history.push_back(self.rate);
+                self.history.push_back((now, self.rate));
             }
         }
+        self.window.push(now, stats.clone());
         self.stats = stats;
         self.last_sample = Some(now);
     }
-}
 
-/// Exact names first, then wildcards, each by name: the daemon's order.
-fn route_order(a: &str, b: &str) -> std::cmp::Ordering {
-    (a.starts_with('*'), a).cmp(&(b.starts_with('*'), b))
+    /// What happened over the recent window.
+    pub fn recent(&self) -> Recent {
+        self.window.recent()
+    }
+
+    /// The row colour class.
+    pub fn health(&self) -> Health {
+        self.recent().health(self.route.mode)
+    }
 }
 
 /// `HH:MM:SS` (UTC) of a Unix time in ms.
@@ -828,6 +972,7 @@ fn clock(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mc_proxy_shared::Mode;
 
     fn key(code: KeyCode) -> KeyEvent {
         KeyEvent::new(code, KeyModifiers::NONE)
@@ -880,6 +1025,18 @@ mod tests {
         app
     }
 
+    fn route_event(action: &str, hostname: &str, previous: &str) -> TimedEvent {
+        TimedEvent {
+            timestamp_ms: 0,
+            event: Event::RouteChanged {
+                listener: "127.0.0.1:8443".into(),
+                action: action.into(),
+                route: entry("", hostname).route,
+                previous_hostname: previous.into(),
+            },
+        }
+    }
+
     #[test]
     fn selection_moves_and_stays_in_bounds() {
         let mut app = app_with_routes();
@@ -898,7 +1055,73 @@ mod tests {
     }
 
     #[test]
-    fn filter_narrows_routes_and_escape_clears_it() {
+    fn route_selection_follows_the_route_through_inserts_renames_and_removals() {
+        let mut app = app_with_routes();
+        app.on_key(key(KeyCode::Down)); // app.test
+        app.on_event(route_event("added", "aaa.test", ""), Instant::now());
+        assert_eq!(app.route().unwrap().route.hostname, "app.test");
+        app.on_event(
+            route_event("updated", "zzz.test", "app.test"),
+            Instant::now(),
+        );
+        assert_eq!(app.route().unwrap().route.hostname, "zzz.test");
+        app.on_event(route_event("removed", "api.test", ""), Instant::now());
+        assert_eq!(app.route().unwrap().route.hostname, "zzz.test");
+        // The selected route itself goes: the row now at its place takes over.
+        app.on_event(route_event("removed", "zzz.test", ""), Instant::now());
+        assert!(app.route().is_some());
+    }
+
+    #[test]
+    fn routes_sort_naturally_and_by_traffic() {
+        let mut app = app_with_routes();
+        for h in ["svc10.test", "svc2.test"] {
+            app.on_event(route_event("added", h, ""), Instant::now());
+        }
+        let names = |app: &App| -> Vec<String> {
+            app.visible_routes()
+                .iter()
+                .map(|r| r.route.hostname.clone())
+                .collect()
+        };
+        assert_eq!(
+            names(&app),
+            [
+                "api.test",
+                "app.test",
+                "svc2.test",
+                "svc10.test",
+                "web.test"
+            ]
+        );
+        let t0 = Instant::now();
+        let busy = |bytes_in| RouteStats {
+            bytes_in,
+            ..RouteStats::default()
+        };
+        for (i, bytes) in [0, 5000].into_iter().enumerate() {
+            let mut routes = vec![entry("127.0.0.1:8443", "web.test")];
+            routes[0].stats = busy(bytes);
+            app.on_event(
+                TimedEvent {
+                    timestamp_ms: 0,
+                    event: Event::Stats {
+                        listeners: app.listeners.clone(),
+                        routes,
+                    },
+                },
+                t0 + Duration::from_secs(i as u64),
+            );
+        }
+        app.on_key(key(KeyCode::Char('s')));
+        assert_eq!(app.sort, RouteSort::Traffic);
+        assert_eq!(names(&app)[0], "web.test");
+        // The selection stayed on api.test while it moved.
+        assert_eq!(app.route().unwrap().route.hostname, "api.test");
+    }
+
+    #[test]
+    fn filter_narrows_routes_slash_starts_over_and_escape_clears() {
         let mut app = app_with_routes();
         app.on_key(key(KeyCode::Char('/')));
         type_text(&mut app, "ap");
@@ -911,9 +1134,24 @@ mod tests {
         app.on_key(key(KeyCode::Enter));
         assert_eq!(app.mode, Screen::Normal);
         assert_eq!(app.visible_routes().len(), 2);
+        // `/` starts a new filter rather than appending to the old one.
         app.on_key(key(KeyCode::Char('/')));
+        type_text(&mut app, "web");
+        assert_eq!(app.visible_routes().len(), 1);
+        app.on_key(key(KeyCode::Char('u')).with_ctrl());
+        assert_eq!(app.filter, "");
         app.on_key(key(KeyCode::Esc));
         assert_eq!(app.visible_routes().len(), 3);
+    }
+
+    trait Ctrl {
+        fn with_ctrl(self) -> Self;
+    }
+    impl Ctrl for KeyEvent {
+        fn with_ctrl(mut self) -> Self {
+            self.modifiers = KeyModifiers::CONTROL;
+            self
+        }
     }
 
     #[test]
@@ -965,6 +1203,10 @@ mod tests {
                 }
             })
         );
+        // Once the daemon reports it, the new route is the selected one.
+        app.on_daemon(DaemonMsg::ActionDone(Ok("added route new.test".into())));
+        app.on_event(route_event("added", "new.test", ""), Instant::now());
+        assert_eq!(app.route().unwrap().route.hostname, "new.test");
     }
 
     #[test]
@@ -972,13 +1214,11 @@ mod tests {
         let mut app = app_with_routes();
         app.on_key(key(KeyCode::Char('e')));
         app.on_key(key(KeyCode::Tab));
-        for _ in 0.."127.0.0.1:9".len() {
-            app.on_key(key(KeyCode::Backspace));
-        }
+        app.on_key(key(KeyCode::Char('u')).with_ctrl());
         type_text(&mut app, "nope");
         let action = app.on_key(key(KeyCode::Enter));
         assert!(
-            matches!(action, Some(Action::UpdateRoute { ref hostname, .. }) if hostname == "api.test")
+            matches!(action, Some(Action::UpdateRoute { ref hostname, ref route, .. }) if hostname == "api.test" && route.backend == "nope")
         );
         app.on_daemon(DaemonMsg::ActionDone(
             Err("invalid backend \"nope\"".into()),
@@ -1006,6 +1246,29 @@ mod tests {
                 hostname: "api.test".into()
             })
         );
+    }
+
+    #[test]
+    fn read_only_refuses_every_change() {
+        let mut app = App::read_only();
+        let snapshot = app_with_routes();
+        app.listeners = snapshot.listeners.clone();
+        app.routes = snapshot.routes.clone();
+        app.follow_all();
+        for c in ['a', 'e', 'd'] {
+            assert_eq!(app.on_key(key(KeyCode::Char(c))), None);
+            assert_eq!(app.mode, Screen::Normal, "{c}");
+        }
+        app.on_key(key(KeyCode::Enter));
+        assert_eq!(app.mode, Screen::RouteDetail);
+        app.on_key(key(KeyCode::Char('e')));
+        assert_eq!(app.mode, Screen::Normal);
+        app.on_key(key(KeyCode::Char('f')));
+        assert_eq!(app.on_key(key(KeyCode::Char('a'))), None);
+        let Screen::Firewall(fw) = &app.mode else {
+            panic!("firewall closed")
+        };
+        assert_eq!(fw.input, None);
     }
 
     #[test]
@@ -1044,15 +1307,7 @@ mod tests {
             timestamp_ms: 0,
             event,
         };
-        app.on_event(
-            ev(Event::RouteChanged {
-                listener: "127.0.0.1:8443".into(),
-                action: "removed".into(),
-                route: entry("", "api.test").route,
-                previous_hostname: String::new(),
-            }),
-            Instant::now(),
-        );
+        app.on_event(route_event("removed", "api.test", ""), Instant::now());
         assert_eq!(app.visible_routes().len(), 2);
         for i in 0..(LOG_CAPACITY + 50) {
             app.on_event(ev(Event::Lagged { dropped: i as u64 }), Instant::now());
@@ -1066,28 +1321,86 @@ mod tests {
         );
     }
 
+    fn rule(kind: FirewallRuleKind, value: &str) -> FirewallRule {
+        FirewallRule {
+            kind,
+            value: value.into(),
+        }
+    }
+
+    fn firewall_event(action: &str, r: FirewallRule) -> TimedEvent {
+        TimedEvent {
+            timestamp_ms: 0,
+            event: Event::FirewallChanged {
+                action: action.into(),
+                rule: r,
+            },
+        }
+    }
+
     #[test]
-    fn firewall_pane_adds_and_removes_rules() {
+    fn firewall_delete_asks_first_and_targets_the_rule_just_added() {
         let mut app = app_with_routes();
-        app.rules = vec![FirewallRule {
-            kind: FirewallRuleKind::Ip,
-            value: "192.0.2.1".into(),
-        }];
+        let seeded = rule(FirewallRuleKind::Ip, "192.0.2.1");
+        app.rules = vec![seeded.clone()];
         app.on_key(key(KeyCode::Char('f')));
         app.on_key(key(KeyCode::Char('a')));
-        type_text(&mut app, "10.0.0.0/8");
+        type_text(&mut app, "10.1.2.3/8");
         assert_eq!(
             app.on_key(key(KeyCode::Enter)),
-            Some(Action::AddRule(FirewallRule {
-                kind: FirewallRuleKind::Cidr,
-                value: "10.0.0.0/8".into()
-            }))
+            Some(Action::AddRule(rule(FirewallRuleKind::Cidr, "10.1.2.3/8")))
         );
+        // The daemon stores it normalised and reports it.
+        let added = rule(FirewallRuleKind::Cidr, "10.0.0.0/8");
+        app.on_daemon(DaemonMsg::ActionDone(Ok("blocked cidr 10.0.0.0/8".into())));
+        app.on_event(firewall_event("added", added.clone()), Instant::now());
+        // d asks; anything but y keeps the rule.
+        assert_eq!(app.on_key(key(KeyCode::Char('d'))), None);
+        assert_eq!(app.on_key(key(KeyCode::Char('n'))), None);
+        assert_eq!(app.on_key(key(KeyCode::Char('d'))), None);
         assert_eq!(
-            app.on_key(key(KeyCode::Char('d'))),
-            Some(Action::RemoveRule(app.rules[0].clone()))
+            app.on_key(key(KeyCode::Char('y'))),
+            Some(Action::RemoveRule(added.clone()))
         );
+        // A rule inserted before the selection does not move it.
+        app.on_event(firewall_event("removed", seeded.clone()), Instant::now());
+        let Screen::Firewall(fw) = &app.mode else {
+            panic!("firewall closed")
+        };
+        assert_eq!(fw.sel.key(), Some(rule_key(&added).as_str()));
         app.on_key(key(KeyCode::Esc));
         assert_eq!(app.mode, Screen::Normal);
+    }
+
+    #[test]
+    fn notices_expire_and_a_reconnect_clears_stale_errors() {
+        let mut app = app_with_routes();
+        app.on_daemon(DaemonMsg::Disconnected("refused".into()));
+        app.on_daemon(DaemonMsg::ActionDone(Err(
+            "not connected to the daemon".into()
+        )));
+        assert!(app.note.as_ref().is_some_and(|n| n.error));
+        let snapshot = app_with_routes();
+        app.on_daemon(DaemonMsg::Snapshot {
+            status: Status {
+                version: "0.1.0".into(),
+                uptime: Duration::ZERO,
+                listeners: snapshot.listeners.clone(),
+                active_connections: 0,
+                total_connections: 0,
+                firewall_rules: 0,
+            },
+            routes: vec![],
+            rules: vec![],
+        });
+        assert_eq!(app.link, Link::Connected);
+        assert_eq!(app.note, None);
+        app.on_daemon(DaemonMsg::ActionDone(Ok("added route x".into())));
+        let at = app.note.as_ref().unwrap().at;
+        app.on_tick(at + NOTE_TTL / 2);
+        assert!(app.note.is_some());
+        app.on_tick(at + NOTE_TTL);
+        assert_eq!(app.note, None);
+        assert!(app.log.iter().any(|l| l == "added route x"));
     }
 }

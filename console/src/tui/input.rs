@@ -1,19 +1,214 @@
-//! The console's key bindings, in one table: the help screen and the README are drawn from it,
-//! and `App::on_key` implements it.
+//! The console's key bindings, in one table: [`App::on_key`](super::app::App::on_key) finds
+//! commands with [`lookup`], and the help screen and the hint line are drawn from [`KEYS`], so
+//! what the help says is what the keys do.
+//!
+//! No I/O. Invariant: within one [`Context`] a key maps to at most one command (checked by a
+//! test), and every binding that changes the daemon is marked `edits`, which `--read-only`
+//! hides and refuses.
 
-/// (keys, what they do), in the order the help screen shows them.
-pub const KEYS: &[(&str, &str)] = &[
-    ("up/down j/k", "move the selection"),
-    ("tab left/right", "switch between listeners and routes"),
-    ("a", "add a route to the selected listener"),
-    ("e enter", "edit the selected route"),
-    ("d", "delete the selected route (asks first)"),
-    ("f", "firewall rules: a add, d remove, esc close"),
-    ("/", "filter routes by hostname (esc clears)"),
-    ("?", "this help"),
-    ("q ctrl-c", "quit"),
-    (
-        "in a form",
-        "tab/up/down field, space toggle, enter save, esc cancel",
-    ),
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+/// Where a binding applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Context {
+    /// The listeners and routes panes.
+    Routes,
+    /// The connections view.
+    Connections,
+    /// The firewall rules box.
+    Firewall,
+    /// Any text field (filter, form, new rule).
+    Text,
+}
+
+impl Context {
+    /// Heading on the help screen.
+    pub fn title(self) -> &'static str {
+        match self {
+            Context::Routes => "listeners and routes",
+            Context::Connections => "connections (c)",
+            Context::Firewall => "firewall (f)",
+            Context::Text => "in a text field or form",
+        }
+    }
+}
+
+/// What a key asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Selection one row up.
+    Up,
+    /// Selection one row down.
+    Down,
+    /// Selection a page up.
+    PageUp,
+    /// Selection a page down.
+    PageDown,
+    /// First row.
+    Top,
+    /// Last row.
+    Bottom,
+    /// Switch between the listeners and routes panes.
+    SwitchPane,
+    /// Everything about the selected row, in full.
+    Detail,
+    /// Add a route or rule.
+    Add,
+    /// Edit the selected route.
+    Edit,
+    /// Delete the selected route or rule (asks first).
+    Delete,
+    /// Open the firewall rules.
+    Firewall,
+    /// Switch between the routes and connections views.
+    Connections,
+    /// Start a new filter.
+    Filter,
+    /// Next sort order.
+    Sort,
+    /// The key list.
+    Help,
+    /// Close the box or view (or clear the notice).
+    Close,
+    /// Leave the console.
+    Quit,
+    /// Documentation only: text editing keys handled by the text field itself.
+    TextEditing,
+}
+
+/// One binding.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding {
+    /// Where it applies.
+    pub context: Context,
+    /// The keys (without modifiers, except where `ctrl` says so).
+    pub keys: &'static [KeyCode],
+    /// The keys as the help shows them.
+    pub label: &'static str,
+    /// What it does, for the help screen.
+    pub help: &'static str,
+    /// Short form for the hint line; `None` keeps it off the hint line.
+    pub hint: Option<&'static str>,
+    /// The command.
+    pub command: Command,
+    /// Changes the daemon's state: hidden and refused in `--read-only`.
+    pub edits: bool,
+}
+
+const fn b(
+    context: Context,
+    keys: &'static [KeyCode],
+    label: &'static str,
+    help: &'static str,
+    hint: Option<&'static str>,
+    command: Command,
+    edits: bool,
+) -> Binding {
+    Binding {
+        context,
+        keys,
+        label,
+        help,
+        hint,
+        command,
+        edits,
+    }
+}
+
+use Command as C;
+use Context::{Connections as Conns, Firewall as Fw, Routes as Rt, Text as Tx};
+use KeyCode::{Char, Delete, Down, End, Enter, Esc, Home, Left, PageDown, PageUp, Right, Tab, Up};
+
+/// Every binding, in the order the help screen shows them.
+#[rustfmt::skip]
+pub const KEYS: &[Binding] = &[
+    b(Rt, &[Up, Down, Char('k'), Char('j')], "up/down j/k", "move the selection", None, C::Down, false),
+    b(Rt, &[PageUp, PageDown, Home, End], "pgup/pgdn home/end", "move by a page, to the first or last row", None, C::PageDown, false),
+    b(Rt, &[Tab, Left, Right, Char('h'), Char('l')], "tab left/right", "switch between listeners and routes", Some("tab pane"), C::SwitchPane, false),
+    b(Rt, &[Enter], "enter", "details of the selected listener or route, in full", Some("enter detail"), C::Detail, false),
+    b(Rt, &[Char('a')], "a", "add a route to the selected listener", Some("a add"), C::Add, true),
+    b(Rt, &[Char('e')], "e", "edit the selected route", Some("e edit"), C::Edit, true),
+    b(Rt, &[Char('d'), Delete], "d del", "delete the selected route (asks first)", Some("d del"), C::Delete, true),
+    b(Rt, &[Char('s')], "s", "sort routes: name, traffic, errors", Some("s sort"), C::Sort, false),
+    b(Rt, &[Char('/')], "/", "new hostname filter (esc clears)", Some("/ filter"), C::Filter, false),
+    b(Rt, &[Char('c')], "c", "open connections", Some("c conns"), C::Connections, false),
+    b(Rt, &[Char('f')], "f", "firewall rules", Some("f firewall"), C::Firewall, false),
+    b(Rt, &[Char('?')], "?", "this help", Some("? help"), C::Help, false),
+    b(Rt, &[Esc], "esc", "clear the filter and the notice", None, C::Close, false),
+    b(Rt, &[Char('q')], "q ctrl-c", "quit", Some("q quit"), C::Quit, false),
+    b(Conns, &[Up, Down, Char('k'), Char('j')], "up/down j/k", "move the selection", None, C::Down, false),
+    b(Conns, &[PageUp, PageDown, Home, End], "pgup/pgdn home/end", "move by a page, to the first or last row", None, C::PageDown, false),
+    b(Conns, &[Char('s')], "s", "sort: age, bytes, client, route", Some("s sort"), C::Sort, false),
+    b(Conns, &[Char('/')], "/", "new filter on client, route or listener", Some("/ filter"), C::Filter, false),
+    b(Conns, &[Char('?')], "?", "this help", Some("? help"), C::Help, false),
+    b(Conns, &[Esc, Char('c')], "esc c", "back to the routes", Some("esc back"), C::Close, false),
+    b(Conns, &[Char('q')], "q", "quit", Some("q quit"), C::Quit, false),
+    b(Fw, &[Up, Down, Char('k'), Char('j')], "up/down j/k", "move the selection", None, C::Down, false),
+    b(Fw, &[Char('a')], "a", "block an address or network", Some("a block"), C::Add, true),
+    b(Fw, &[Char('d'), Delete], "d del", "unblock the selected rule (asks first)", Some("d unblock"), C::Delete, true),
+    b(Fw, &[Esc, Char('f'), Char('q')], "esc f", "close", Some("esc close"), C::Close, false),
+    b(Tx, &[], "ctrl-u ctrl-w", "clear the field, delete the last word", None, C::TextEditing, false),
+    b(Tx, &[], "tab up/down", "next or previous form field; space toggles", None, C::TextEditing, false),
+    b(Tx, &[], "enter esc", "save or keep; cancel (esc in the filter clears it)", None, C::TextEditing, false),
 ];
+
+/// The command `key` means in `context`, if any. Editing commands are refused when
+/// `read_only`. Up/Down and the page keys share one row of the table, so the exact direction
+/// is decided here.
+pub fn lookup(context: Context, key: &KeyEvent, read_only: bool) -> Option<Command> {
+    if key.modifiers.contains(KeyModifiers::CONTROL) {
+        return match key.code {
+            Char('c') => Some(Command::Quit),
+            _ => None,
+        };
+    }
+    let binding = KEYS
+        .iter()
+        .find(|b| b.context == context && b.keys.contains(&key.code))?;
+    if binding.edits && read_only {
+        return None;
+    }
+    Some(match (binding.command, key.code) {
+        (C::Down, Up | Char('k')) => C::Up,
+        (C::PageDown, PageUp) => C::PageUp,
+        (C::PageDown, Home) => C::Top,
+        (C::PageDown, End) => C::Bottom,
+        (command, _) => command,
+    })
+}
+
+/// The bindings of `context` the help and hint line show (editing ones hidden in read-only).
+pub fn shown(context: Context, read_only: bool) -> impl Iterator<Item = &'static Binding> {
+    KEYS.iter()
+        .filter(move |b| b.context == context && !(read_only && b.edits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_means_one_thing_per_context() {
+        for (i, a) in KEYS.iter().enumerate() {
+            for b in &KEYS[i + 1..] {
+                if a.context == b.context {
+                    for k in a.keys {
+                        assert!(!b.keys.contains(k), "{k:?} bound twice in {:?}", a.context);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn read_only_refuses_editing_keys_only() {
+        let key = |c| KeyEvent::new(Char(c), KeyModifiers::NONE);
+        assert_eq!(lookup(Rt, &key('a'), false), Some(C::Add));
+        assert_eq!(lookup(Rt, &key('a'), true), None);
+        assert_eq!(lookup(Rt, &key('d'), true), None);
+        assert_eq!(lookup(Rt, &key('s'), true), Some(C::Sort));
+        assert_eq!(lookup(Rt, &key('k'), true), Some(C::Up));
+        assert!(shown(Rt, true).all(|b| !b.edits));
+        assert!(shown(Rt, false).any(|b| b.edits));
+    }
+}

@@ -3,7 +3,9 @@
 //! away it reports `Disconnected` and retries every second until it is back.
 //!
 //! I/O: the admin socket. The event subscription starts before the snapshot is fetched, so no
-//! change falls between the two (the app tolerates seeing one twice).
+//! change falls between the two (the app tolerates seeing one twice). While the connections
+//! view is shown (`Action::WatchConnections`), the open connections are polled once a second;
+//! the wish survives reconnects.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,9 +31,14 @@ pub fn spawn(
     (msg_rx, action_tx, task)
 }
 
+/// How many connections one poll asks for: more than a screen can show many times over, few
+/// enough that a poll stays cheap for the daemon.
+pub const POLL_LIMIT: u32 = 2000;
+
 async fn run(socket: PathBuf, msgs: mpsc::Sender<DaemonMsg>, mut actions: mpsc::Receiver<Action>) {
+    let mut watch = false;
     loop {
-        let reason = match session(&socket, &msgs, &mut actions).await {
+        let reason = match session(&socket, &msgs, &mut actions, &mut watch).await {
             Ok(()) => return, // the console is gone
             Err(reason) => reason,
         };
@@ -45,7 +52,11 @@ async fn run(socket: PathBuf, msgs: mpsc::Sender<DaemonMsg>, mut actions: mpsc::
             tokio::select! {
                 () = &mut retry => break,
                 action = actions.recv() => {
-                    let Some(_) = action else { return };
+                    let Some(action) = action else { return };
+                    if let Action::WatchConnections(on) = action {
+                        watch = on;
+                        continue;
+                    }
                     let refused = DaemonMsg::ActionDone(Err("not connected to the daemon".into()));
                     if msgs.send(refused).await.is_err() {
                         return;
@@ -61,6 +72,7 @@ async fn session(
     socket: &PathBuf,
     msgs: &mpsc::Sender<DaemonMsg>,
     actions: &mut mpsc::Receiver<Action>,
+    watch: &mut bool,
 ) -> Result<(), String> {
     let short = |e: ClientError| match e {
         ClientError::Connect { reason, .. } => reason,
@@ -82,14 +94,26 @@ async fn session(
     {
         return Ok(());
     }
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let msg = tokio::select! {
+            _ = poll.tick(), if *watch => match client.list_connections(POLL_LIMIT).await {
+                Ok(list) => DaemonMsg::Connections(list),
+                Err(e) => return Err(short(e)),
+            },
             event = events.next() => match event {
                 Some(Ok(event)) => DaemonMsg::Event(event),
                 Some(Err(e)) => return Err(short(e)),
                 None => return Err("the daemon closed the event stream".into()),
             },
             action = actions.recv() => match action {
+                Some(Action::WatchConnections(on)) => {
+                    *watch = on;
+                    // Poll at once rather than up to a second later.
+                    poll.reset_immediately();
+                    continue;
+                }
                 Some(action) => DaemonMsg::ActionDone(perform(&mut client, action).await),
                 None => return Ok(()),
             },
@@ -138,7 +162,7 @@ async fn perform(client: &mut AdminClient, action: Action) -> Result<String, Str
             let text = format!("unblocked {} {}", rule.kind, rule.value);
             client.remove_firewall_rule(rule).await.map(|()| text)
         }
-        Action::Quit => Ok(String::new()),
+        Action::Quit | Action::WatchConnections(_) => Ok(String::new()),
     };
     result.map_err(|e| match e {
         ClientError::Rpc(status) => status.message().to_owned(),

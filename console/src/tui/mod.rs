@@ -7,12 +7,18 @@
 //!
 //! I/O: the terminal (raw mode, alternate screen; restored on exit, on error and on panic) and,
 //! through `link`, the admin socket. The loop waits on keys, daemon messages and a 1 s tick
-//! (for the uptime); the view changes only from the event stream and action results, never by
-//! polling the daemon.
+//! (for the uptime and expiring notices); the view changes from the event stream and action
+//! results, and the connections view from a once-a-second poll while it is shown.
 
 pub mod app;
+pub mod conns;
+pub mod fit;
+pub mod form;
+pub mod health;
 pub mod input;
 pub mod link;
+pub mod order;
+pub mod select;
 pub mod ui;
 
 use std::io;
@@ -30,6 +36,9 @@ use ratatui::backend::{Backend, CrosstermBackend};
 use tokio::sync::mpsc;
 
 use app::{Action, App, DaemonMsg};
+
+/// Most queued daemon messages applied before one redraw.
+const DRAIN: usize = 1024;
 
 /// What the loop reacts to besides daemon messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +61,13 @@ pub struct Console<B: Backend> {
 impl<B: Backend> Console<B> {
     /// A console drawing on `terminal` and sending actions to the link.
     pub fn new(terminal: Terminal<B>, actions: mpsc::Sender<Action>) -> Self {
+        Self::with_app(App::new(), terminal, actions)
+    }
+
+    /// The same with a prepared app (`App::read_only()`).
+    pub fn with_app(app: App, terminal: Terminal<B>, actions: mpsc::Sender<Action>) -> Self {
         Console {
-            app: App::new(),
+            app,
             terminal,
             actions,
         }
@@ -84,11 +98,22 @@ impl<B: Backend> Console<B> {
                 None => return Ok(false),
             },
             msg = msgs.recv() => match msg {
-                Some(msg) => self.app.on_daemon(msg),
+                Some(msg) => {
+                    self.app.on_daemon(msg);
+                    // Under load events come faster than frames: apply what is queued, then
+                    // draw once, so the screen never lags behind the daemon.
+                    for _ in 0..DRAIN {
+                        match msgs.try_recv() {
+                            Ok(msg) => self.app.on_daemon(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 None => return Ok(false),
             },
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+        self.app.on_tick(std::time::Instant::now());
         self.draw()?;
         Ok(true)
     }
@@ -117,8 +142,9 @@ fn restore() {
     let _ = execute!(io::stdout(), LeaveAlternateScreen, crossterm::cursor::Show);
 }
 
-/// Runs the console on the real terminal until the user quits.
-pub async fn run(socket: PathBuf) -> io::Result<()> {
+/// Runs the console on the real terminal until the user quits; `read_only` hides and refuses
+/// every key that would change the daemon.
+pub async fn run(socket: PathBuf, read_only: bool) -> io::Result<()> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         restore();
@@ -146,7 +172,12 @@ pub async fn run(socket: PathBuf) -> io::Result<()> {
         }
     });
 
-    let mut console = Console::new(terminal, actions);
+    let app = if read_only {
+        App::read_only()
+    } else {
+        App::new()
+    };
+    let mut console = Console::with_app(app, terminal, actions);
     console.draw()?;
     let result = async {
         while console.step(&mut inputs, &mut msgs).await? {}

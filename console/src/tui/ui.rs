@@ -1,21 +1,29 @@
-//! Drawing: turns an `&App` into widgets. No state changes and no I/O here.
+//! Drawing: turns an `&App` into widgets. No state changes and no I/O here, and no clock:
+//! times come from `App::now`.
 //!
-//! Layout, top to bottom: status line, listeners, routes of the selected listener, traffic of
-//! the selected route, event log, key hints. Everything fits 80x24; below 60x16 only a "too
-//! small" notice is drawn. Only the 16 basic colours and bold/reverse are used, so it reads on
-//! any terminal an operator reaches over SSH.
+//! Layout of the routes view, top to bottom: status line (with the last notice), listeners,
+//! routes of the selected listener, traffic of the selected route, event log, key hints. The
+//! connections view replaces everything between the status and hint lines. Boxes (form,
+//! details, firewall, help, confirmations) draw on top.
+//!
+//! Invariants: every cell is sized for its content and filled through `fit`, so nothing is ever
+//! cut without a `…` and numbers keep their unit; the columns shown depend on the width (more
+//! at 120 columns, fewer at 60), never the other way round. Below 60x16 only a "too small"
+//! notice is drawn. Only the 16 basic colours and bold/reverse are used, so it reads on any
+//! terminal an operator reaches over SSH.
 
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
-use ratatui::text::{Line, Span};
+use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{
     Block, Borders, Cell, Clear, List, ListItem, Paragraph, Row, Sparkline, Table, TableState, Wrap,
 };
 
-use super::app::{App, Field, Form, Link, Pane, RouteView, Screen};
-use super::input::KEYS;
-use crate::ctl::human_bytes;
+use super::app::{App, Field, FirewallView, Form, Link, Pane, RouteView, Screen, View};
+use super::fit;
+use super::health::{ERROR_SHARE, Health, WARN_SHARE, WINDOW};
+use super::input::{self, Context};
 use mc_proxy_shared::Mode;
 
 /// Smallest usable terminal.
@@ -34,21 +42,17 @@ pub fn render(app: &App, frame: &mut Frame<'_>) {
         frame.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), area);
         return;
     }
-    let listeners_h = (app.listeners.len() as u16 + 3).clamp(4, 7);
-    let [status, listeners, routes, traffic, log, hints] = Layout::vertical([
+    let [status, body, hints] = Layout::vertical([
         Constraint::Length(1),
-        Constraint::Length(listeners_h),
-        Constraint::Fill(3),
-        Constraint::Length(5),
-        Constraint::Fill(2),
+        Constraint::Fill(1),
         Constraint::Length(1),
     ])
     .areas(area);
     render_status(app, frame, status);
-    render_listeners(app, frame, listeners);
-    render_routes(app, frame, routes);
-    render_traffic(app, frame, traffic);
-    render_log(app, frame, log);
+    match app.view {
+        View::Routes => render_routes_view(app, frame, body),
+        View::Connections => render_connections(app, frame, body),
+    }
     render_hints(app, frame, hints);
 
     match &app.mode {
@@ -60,12 +64,36 @@ pub fn render(app: &App, frame: &mut Frame<'_>) {
                 Line::from(""),
                 Line::from(Span::styled("y: delete   any other key: cancel", bold())),
             ];
-            popup(frame, area, "delete route", text, 60, 6);
+            popup(frame, area, "delete route", text, 64, 7);
         }
         Screen::Firewall(fw) => render_firewall(app, fw, frame, area),
-        Screen::Help => render_help(frame, area),
+        Screen::ListenerDetail => render_listener_detail(app, frame, area),
+        Screen::RouteDetail => render_route_detail(app, frame, area),
+        Screen::Help(scroll) => render_help(app, *scroll, frame, area),
         Screen::Normal | Screen::Filter => {}
     }
+}
+
+fn render_routes_view(app: &App, frame: &mut Frame<'_>, area: Rect) {
+    let listeners_h = (app.listeners.len() as u16 + 3).clamp(4, 7);
+    // The routes table gets most of the room; on short terminals the chart and the log shrink
+    // to keep it.
+    let short = area.height < 22; // the body of a terminal under 24 rows
+    let [listeners, routes, traffic, log] = Layout::vertical([
+        Constraint::Length(if short { 4 } else { listeners_h }),
+        Constraint::Fill(2),
+        Constraint::Length(if area.height < 30 { 4 } else { 5 }),
+        if short {
+            Constraint::Length(3)
+        } else {
+            Constraint::Fill(1)
+        },
+    ])
+    .areas(area);
+    render_listeners(app, frame, listeners);
+    render_routes(app, frame, routes);
+    render_traffic(app, frame, traffic);
+    render_log(app, frame, log);
 }
 
 fn bold() -> Style {
@@ -76,8 +104,12 @@ fn selected() -> Style {
     Style::default().add_modifier(Modifier::REVERSED)
 }
 
-fn pane_block(title: String, focused: bool) -> Block<'static> {
-    let block = Block::default().borders(Borders::ALL).title(title);
+fn pane_block(title: &str, width: u16, focused: bool) -> Block<'static> {
+    // The title is elided to the border it sits on (2 corners, 2 spaces around it).
+    let title = fit::end(title, usize::from(width.saturating_sub(4)));
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(format!(" {title} "));
     if focused {
         block.border_style(Style::default().fg(Color::Cyan))
     } else {
@@ -85,8 +117,36 @@ fn pane_block(title: String, focused: bool) -> Block<'static> {
     }
 }
 
-fn rate(bps: f64) -> String {
-    format!("{}/s", human_bytes(bps.round() as u64))
+fn right(s: String) -> Cell<'static> {
+    Cell::from(Line::from(s).alignment(Alignment::Right))
+}
+
+/// A fixed-width table column: header and width.
+struct Col {
+    name: &'static str,
+    width: u16,
+}
+
+/// Splits `flex` columns between two text columns whose widest values need `a` and `b`:
+/// each gets what it needs when both fit; otherwise the one that needs less than half keeps
+/// it and the other gets the rest; otherwise half each.
+fn split(flex: usize, a: usize, b: usize) -> (usize, usize) {
+    let half = flex / 2;
+    if a + b <= flex || b <= half {
+        (flex - b, b)
+    } else if a <= flex - half {
+        (a, flex - a)
+    } else {
+        (flex - half, half)
+    }
+}
+
+fn health_style(h: Health) -> Style {
+    match h {
+        Health::Ok => Style::default(),
+        Health::Warning => Style::default().fg(Color::Yellow),
+        Health::Error => Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+    }
 }
 
 fn render_status(app: &App, frame: &mut Frame<'_>, area: Rect) {
@@ -108,56 +168,124 @@ fn render_status(app: &App, frame: &mut Frame<'_>, area: Rect) {
         format!("mc-proxy {}", app.version)
     };
     let open: u64 = app.listeners.iter().map(|l| l.active_connections).sum();
-    let line = Line::from(vec![
-        Span::styled(format!(" {version} "), bold()),
-        Span::raw(format!(
-            "| up {}h{:02}m{:02}s | {open} open | ",
-            up / 3600,
-            up / 60 % 60,
-            up % 60
-        )),
-        Span::styled(link, style),
-    ]);
-    frame.render_widget(Paragraph::new(line), area);
+    let ro = if app.read_only { " | read-only" } else { "" };
+    let head = format!(
+        " {version} | up {}h{:02}m{:02}s | {} open{ro} | ",
+        up / 3600,
+        up / 60 % 60,
+        up % 60,
+        fit::count(open)
+    );
+    let width = usize::from(area.width);
+    let link = fit::end(&link, width.saturating_sub(fit::width(&head)));
+    let used = fit::width(&head) + fit::width(&link);
+    let mut spans = vec![Span::styled(head, bold()), Span::styled(link, style)];
+    // The notice takes what is left; its full text is in the event log.
+    if let Some(note) = &app.note {
+        let room = width.saturating_sub(used + 3);
+        if room >= 8 {
+            let style = if note.error {
+                Style::default().fg(Color::Red)
+            } else {
+                Style::default().fg(Color::Cyan)
+            };
+            spans.push(Span::raw(" | "));
+            spans.push(Span::styled(fit::end(&note.text, room), style));
+        }
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
 fn render_listeners(app: &App, frame: &mut Frame<'_>, area: Rect) {
+    let inner = usize::from(area.width.saturating_sub(2));
+    let wide = inner >= 70;
+    let cols: Vec<Col> = if wide {
+        vec![
+            Col {
+                name: "PROXY",
+                width: 5,
+            },
+            Col {
+                name: "ROUTES",
+                width: 6,
+            },
+            Col {
+                name: "OPEN",
+                width: 4,
+            },
+            Col {
+                name: "ACCEPTED",
+                width: 8,
+            },
+            Col {
+                name: "RESETS",
+                width: 6,
+            },
+            Col {
+                name: "BLOCKED",
+                width: 7,
+            },
+        ]
+    } else {
+        vec![
+            Col {
+                name: "PROXY",
+                width: 5,
+            },
+            Col {
+                name: "RTS",
+                width: 4,
+            },
+            Col {
+                name: "OPEN",
+                width: 4,
+            },
+            Col {
+                name: "ACC",
+                width: 4,
+            },
+            Col {
+                name: "RST",
+                width: 4,
+            },
+            Col {
+                name: "BLK",
+                width: 4,
+            },
+        ]
+    };
+    let fixed: usize = cols.iter().map(|c| usize::from(c.width) + 1).sum();
+    let addr_w = inner.saturating_sub(fixed).max(1);
     let rows = app.listeners.iter().map(|l| {
         Row::new(vec![
-            l.addr.clone(),
-            if l.proxy_protocol { "PROXY" } else { "-" }.to_owned(),
-            l.route_count.to_string(),
-            l.active_connections.to_string(),
-            l.accepted.to_string(),
-            l.resets.to_string(),
-            l.blocked.to_string(),
+            Cell::from(fit::address(&l.addr, addr_w)),
+            Cell::from(if l.proxy_protocol { "PROXY" } else { "-" }),
+            right(fit::count(u64::from(l.route_count))),
+            right(fit::count(l.active_connections)),
+            right(fit::count(l.accepted)),
+            right(fit::count(l.resets)),
+            right(fit::count(l.blocked)),
         ])
     });
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Min(21),
-            Constraint::Length(5),
-            Constraint::Length(6),
-            Constraint::Length(6),
-            Constraint::Length(9),
-            Constraint::Length(7),
-            Constraint::Length(7),
-        ],
-    )
-    .header(
-        Row::new([
-            "LISTENER", "PROXY", "ROUTES", "OPEN", "ACCEPTED", "RESETS", "BLOCKED",
-        ])
-        .style(bold()),
-    )
-    .row_highlight_style(selected())
-    .block(pane_block(
-        " listeners ".into(),
-        app.pane == Pane::Listeners,
-    ));
+    let mut widths = vec![Constraint::Length(addr_w as u16)];
+    widths.extend(cols.iter().map(|c| Constraint::Length(c.width)));
+    let mut header = vec![Cell::from("LISTENER")];
+    header.extend(cols.iter().map(|c| Cell::from(c.name)));
+    let title = format!(
+        "listeners [{}/{}]",
+        if app.listeners.is_empty() {
+            0
+        } else {
+            app.listener_sel.index() + 1
+        },
+        app.listeners.len()
+    );
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(bold()))
+        .row_highlight_style(selected())
+        .block(pane_block(&title, area.width, app.pane == Pane::Listeners));
     let mut state = TableState::default()
-        .with_selected((!app.listeners.is_empty()).then_some(app.listener_idx));
+        .with_selected((!app.listeners.is_empty()).then_some(app.listener_sel.index()));
     frame.render_stateful_widget(table, area, &mut state);
 }
 
@@ -172,75 +300,210 @@ fn flags(r: &RouteView) -> String {
     if f.is_empty() { "-".into() } else { f }
 }
 
+/// The routes table's layouts, by the inner width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RouteLayout {
+    /// ≥ 100: flags, totals and rates.
+    Wide,
+    /// ≥ 70 (an 80-column terminal): rates only.
+    Medium,
+    /// Below: no connections column, no request rate.
+    Narrow,
+}
+
 fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
     let routes = app.visible_routes();
+    let inner = usize::from(area.width.saturating_sub(2));
+    let layout = match inner {
+        100.. => RouteLayout::Wide,
+        70.. => RouteLayout::Medium,
+        _ => RouteLayout::Narrow,
+    };
+    let latency = routes.iter().any(|r| r.latency.is_some()) && layout == RouteLayout::Wide;
+    let mut cols = vec![Col {
+        name: "M",
+        width: 2,
+    }];
+    match layout {
+        RouteLayout::Wide => cols.extend([
+            Col {
+                name: "FL",
+                width: 2,
+            },
+            Col {
+                name: "CONNS",
+                width: 9,
+            },
+            Col {
+                name: "IN",
+                width: 11,
+            },
+            Col {
+                name: "OUT",
+                width: 11,
+            },
+            Col {
+                name: "RQ/S",
+                width: 6,
+            },
+        ]),
+        RouteLayout::Medium => cols.extend([
+            Col {
+                name: "CONNS",
+                width: 9,
+            },
+            Col {
+                name: "IN/S",
+                width: 6,
+            },
+            Col {
+                name: "OUT/S",
+                width: 6,
+            },
+            Col {
+                name: "RQ/S",
+                width: 6,
+            },
+        ]),
+        RouteLayout::Narrow => cols.extend([
+            Col {
+                name: "IN/S",
+                width: 6,
+            },
+            Col {
+                name: "OUT/S",
+                width: 6,
+            },
+        ]),
+    }
+    cols.push(Col {
+        name: "ERR",
+        width: 4,
+    });
+    if latency {
+        cols.push(Col {
+            name: "P50/P99",
+            width: 11,
+        });
+    }
+    // Two flexible text columns and one space between every pair of columns.
+    let fixed: usize = cols.iter().map(|c| usize::from(c.width) + 1).sum::<usize>() + 1;
+    let flex = inner.saturating_sub(fixed).max(2);
+    let need_host = routes
+        .iter()
+        .map(|r| fit::width(&r.route.hostname))
+        .max()
+        .unwrap_or(8);
+    let need_backend = routes
+        .iter()
+        .map(|r| fit::width(&r.route.backend))
+        .max()
+        .unwrap_or(7);
+    let (host_w, backend_w) = split(flex, need_host.max(8), need_backend.max(7));
+
     let rows = routes.iter().map(|r| {
         let s = &r.stats;
-        let l7 = if r.route.mode == Mode::L7 {
-            format!("{:.1}/s {}", r.rate.rps, s.responses[4])
-        } else {
-            "-".into()
-        };
-        let mut row = Row::new(vec![
-            Cell::from(r.route.hostname.clone()),
+        let recent = r.recent();
+        let l7 = r.route.mode == Mode::L7;
+        let mut cells = vec![
+            Cell::from(fit::hostname(&r.route.hostname, host_w)),
             Cell::from(r.route.mode.to_string()),
-            Cell::from(r.route.backend.clone()),
-            Cell::from(flags(r)),
-            Cell::from(format!("{}/{}", s.active_connections, s.total_connections)),
-            Cell::from(format!(
-                "{} {}",
-                human_bytes(s.bytes_in),
-                rate(r.rate.in_bps)
-            )),
-            Cell::from(format!(
-                "{} {}",
-                human_bytes(s.bytes_out),
-                rate(r.rate.out_bps)
-            )),
-            Cell::from(l7),
-        ]);
-        if s.backend_errors > 0 || s.responses[4] > 0 {
-            row = row.style(Style::default().fg(Color::Yellow));
+        ];
+        cells.push(Cell::from(fit::address(&r.route.backend, backend_w)));
+        let conns = || {
+            right(format!(
+                "{}/{}",
+                fit::count(s.active_connections),
+                fit::count(s.total_connections)
+            ))
+        };
+        let rps = || {
+            right(if l7 {
+                fit::per_sec(recent.rps())
+            } else {
+                "-".into()
+            })
+        };
+        match layout {
+            RouteLayout::Wide => {
+                cells.push(Cell::from(flags(r)));
+                cells.push(conns());
+                cells.push(right(format!(
+                    "{} {}",
+                    fit::bytes(s.bytes_in),
+                    fit::byte_rate(r.rate.in_bps)
+                )));
+                cells.push(right(format!(
+                    "{} {}",
+                    fit::bytes(s.bytes_out),
+                    fit::byte_rate(r.rate.out_bps)
+                )));
+                cells.push(rps());
+            }
+            RouteLayout::Medium => {
+                cells.push(conns());
+                cells.push(right(fit::byte_rate(r.rate.in_bps)));
+                cells.push(right(fit::byte_rate(r.rate.out_bps)));
+                cells.push(rps());
+            }
+            RouteLayout::Narrow => {
+                cells.push(right(fit::byte_rate(r.rate.in_bps)));
+                cells.push(right(fit::byte_rate(r.rate.out_bps)));
+            }
         }
-        row
+        cells.push(right(
+            recent
+                .error_share(r.route.mode)
+                .map_or_else(|| "-".into(), fit::percent),
+        ));
+        if latency {
+            cells.push(right(r.latency.map_or_else(
+                || "-".into(),
+                |l| format!("{}/{}", ms(l.p50), ms(l.p99)),
+            )));
+        }
+        Row::new(cells).style(health_style(r.health()))
     });
-    let title = match (app.listener(), app.filter.is_empty(), &app.mode) {
-        (None, _, _) => " routes ".to_owned(),
-        (Some(l), true, Screen::Filter) | (Some(l), false, _) => {
-            format!(" routes of {} (filter: {}) ", l.addr, app.filter)
+    let mut widths = vec![
+        Constraint::Length(host_w as u16),
+        Constraint::Length(2),
+        Constraint::Length(backend_w as u16),
+    ];
+    widths.extend(cols[1..].iter().map(|c| Constraint::Length(c.width)));
+    let mut header = vec![
+        Cell::from("HOSTNAME"),
+        Cell::from("M"),
+        Cell::from("BACKEND"),
+    ];
+    header.extend(cols[1..].iter().map(|c| {
+        if c.name == "FL" {
+            Cell::from(c.name)
+        } else {
+            right(c.name.to_owned())
         }
-        (Some(l), true, _) => format!(" routes of {} ", l.addr),
+    }));
+    let position = if routes.is_empty() {
+        format!("0/{}", routes.len())
+    } else {
+        format!("{}/{}", app.route_sel.index() + 1, routes.len())
     };
-    let table = Table::new(
-        rows,
-        [
-            Constraint::Fill(1),
-            Constraint::Length(2),
-            Constraint::Fill(1),
-            Constraint::Length(3),
-            Constraint::Length(7),
-            Constraint::Length(11),
-            Constraint::Length(11),
-            Constraint::Length(9),
-        ],
-    )
-    .header(
-        Row::new([
-            "HOSTNAME",
-            "",
-            "BACKEND",
-            "FL",
-            "CONNS",
-            "IN",
-            "OUT",
-            "L7 RQ 5XX",
-        ])
-        .style(bold()),
-    )
-    .row_highlight_style(selected())
-    .block(pane_block(title, app.pane == Pane::Routes));
+    let mut title = match app.listener() {
+        None => "routes".to_owned(),
+        Some(l) => format!(
+            "routes of {} [{position}] sort:{}",
+            l.addr,
+            app.sort.as_str()
+        ),
+    };
+    if !app.filter.is_empty() || (app.mode == Screen::Filter && app.view == View::Routes) {
+        title.push_str(&format!(" filter:{}", app.filter));
+    }
+    let table = Table::new(rows, widths)
+        .header(Row::new(header).style(bold()))
+        .row_highlight_style(selected())
+        .block(pane_block(&title, area.width, app.pane == Pane::Routes));
     let mut state =
-        TableState::default().with_selected((!routes.is_empty()).then_some(app.route_idx));
+        TableState::default().with_selected((!routes.is_empty()).then_some(app.route_sel.index()));
     frame.render_stateful_widget(table, area, &mut state);
     if routes.is_empty() && area.height > 3 {
         let inner = Rect {
@@ -249,38 +512,49 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
             width: area.width.saturating_sub(4),
             height: 1,
         };
-        let msg = if app.filter.is_empty() {
-            "no routes: press a to add one"
-        } else {
-            "no route matches the filter"
+        let msg = match (app.filter.is_empty(), app.read_only) {
+            (false, _) => "no route matches the filter",
+            (true, false) => "no routes: press a to add one",
+            (true, true) => "no routes",
         };
         frame.render_widget(Paragraph::new(msg), inner);
     }
 }
 
+fn ms(d: std::time::Duration) -> String {
+    let ms = d.as_millis() as u64;
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{}s", fit::count(ms / 1000))
+    }
+}
+
 fn render_traffic(app: &App, frame: &mut Frame<'_>, area: Rect) {
     let Some(route) = app.route() else {
-        frame.render_widget(pane_block(" traffic ".into(), false), area);
+        frame.render_widget(pane_block("traffic", area.width, false), area);
         return;
     };
+    let inner_width = usize::from(area.width.saturating_sub(2));
+    let shown: Vec<_> = route.history.iter().rev().take(inner_width).rev().collect();
+    // The span is measured from the samples drawn, so the title cannot promise more history
+    // than the bars show.
+    let span = match (shown.first(), route.history.back()) {
+        (Some((first, _)), Some((last, _))) => last.saturating_duration_since(*first).as_secs() + 1,
+        _ => 0,
+    };
     let title = format!(
-        " traffic {}: in {} out {} ",
+        "traffic, last {span}s: in {} out {} | {}",
+        fit::byte_rate(route.rate.in_bps),
+        fit::byte_rate(route.rate.out_bps),
         route.route.hostname,
-        rate(route.rate.in_bps),
-        rate(route.rate.out_bps)
     );
-    let block = pane_block(title, false);
-    let inner_width = usize::from(block.inner(area).width);
-    let data: Vec<u64> = route
-        .history
+    let data: Vec<u64> = shown
         .iter()
-        .rev()
-        .take(inner_width)
-        .rev()
-        .map(|r| (r.in_bps + r.out_bps).round() as u64)
+        .map(|(_, r)| (r.in_bps + r.out_bps).round() as u64)
         .collect();
     let sparkline = Sparkline::default()
-        .block(block)
+        .block(pane_block(&title, area.width, false))
         .data(data)
         .style(Style::default().fg(Color::Green));
     frame.render_widget(sparkline, area);
@@ -288,40 +562,180 @@ fn render_traffic(app: &App, frame: &mut Frame<'_>, area: Rect) {
 
 fn render_log(app: &App, frame: &mut Frame<'_>, area: Rect) {
     let height = usize::from(area.height.saturating_sub(2));
+    let width = usize::from(area.width.saturating_sub(2));
     let items: Vec<ListItem<'_>> = app
         .log
         .iter()
         .rev()
         .take(height)
         .rev()
-        .map(|line| ListItem::new(line.as_str()))
+        .map(|line| ListItem::new(fit::end(line, width)))
         .collect();
     frame.render_widget(
-        List::new(items).block(pane_block(" events ".into(), false)),
+        List::new(items).block(pane_block("events", area.width, false)),
         area,
     );
 }
 
-fn render_hints(app: &App, frame: &mut Frame<'_>, area: Rect) {
-    let line = match (&app.mode, &app.note) {
-        (Screen::Filter, _) => Line::from(vec![
-            Span::styled(" filter: ", bold()),
-            Span::raw(format!("{}_", app.filter)),
-            Span::raw("   enter: keep  esc: clear"),
-        ]),
-        (_, Some(note)) => Line::from(Span::styled(
-            format!(" {note}"),
-            Style::default().fg(Color::Cyan),
-        )),
-        _ => Line::from(" a add  e edit  d delete  f firewall  / filter  tab pane  ? help  q quit"),
+fn render_connections(app: &App, frame: &mut Frame<'_>, area: Rect) {
+    let view = &app.conns;
+    let rows = view.visible();
+    let inner = usize::from(area.width.saturating_sub(2));
+    let wide = inner >= 100;
+    // CLIENT, LISTENER, ROUTE flexible; M, AGE, IN, OUT fixed; BACKEND when wide.
+    let fixed = 2 + 4 + 4 + 4 + 8;
+    let flex = inner.saturating_sub(fixed);
+    let need = |f: fn(&mc_proxy_shared::client::Connection) -> &str| {
+        rows.iter().map(|c| fit::width(f(c))).max().unwrap_or(6)
     };
-    frame.render_widget(Paragraph::new(line), area);
+    // Addresses get what they need (up to an IPv6 address and port) while the route keeps 12
+    // columns; past that the wider of the two gives way first.
+    let (mut client_w, mut listener_w) = (
+        need(|c| &c.client).clamp(6, 22),
+        need(|c| &c.listener).clamp(8, 22),
+    );
+    while client_w + listener_w + 12 > flex && (client_w > 6 || listener_w > 8) {
+        if client_w >= listener_w && client_w > 6 {
+            client_w -= 1;
+        } else {
+            listener_w -= 1;
+        }
+    }
+    let rest = flex.saturating_sub(client_w + listener_w + if wide { 1 } else { 0 });
+    let (route_w, backend_w) = if wide {
+        split(rest, need(|c| &c.route), need(|c| &c.backend))
+    } else {
+        (rest, 0)
+    };
+    let table_rows = rows.iter().map(|c| {
+        let mut cells = vec![
+            Cell::from(fit::address(&c.client, client_w)),
+            Cell::from(fit::address(&c.listener, listener_w)),
+            Cell::from(fit::hostname(&c.route, route_w)),
+        ];
+        if wide {
+            cells.push(Cell::from(fit::address(&c.backend, backend_w)));
+        }
+        cells.extend([
+            Cell::from(fit::end(&c.mode, 2)),
+            right(fit::age(c.age.as_secs())),
+            right(fit::bytes(c.bytes_in)),
+            right(fit::bytes(c.bytes_out)),
+        ]);
+        Row::new(cells)
+    });
+    let mut widths = vec![
+        Constraint::Length(client_w as u16),
+        Constraint::Length(listener_w as u16),
+        Constraint::Length(route_w as u16),
+    ];
+    let mut header = vec![
+        Cell::from("CLIENT"),
+        Cell::from("LISTENER"),
+        Cell::from("ROUTE"),
+    ];
+    if wide {
+        widths.push(Constraint::Length(backend_w as u16));
+        header.push(Cell::from("BACKEND"));
+    }
+    widths.extend([2, 4, 4, 4].map(Constraint::Length));
+    header.extend([
+        Cell::from("M"),
+        right("AGE".into()),
+        right("IN".into()),
+        right("OUT".into()),
+    ]);
+    let position = if rows.is_empty() {
+        0
+    } else {
+        view.sel.index() + 1
+    };
+    let mut title = format!(
+        "connections [{position}/{}] sort:{}",
+        rows.len(),
+        view.sort.as_str()
+    );
+    if view.list.truncated() {
+        title.push_str(&format!(
+            " (first {} of {})",
+            view.list.connections.len(),
+            view.list.total
+        ));
+    }
+    if !view.filter.is_empty() || app.mode == Screen::Filter {
+        title.push_str(&format!(" filter:{}", view.filter));
+    }
+    if let Some(at) = view.at {
+        title.push_str(&format!(
+            " | {}s ago",
+            app.now.saturating_duration_since(at).as_secs()
+        ));
+    }
+    let table = Table::new(table_rows, widths)
+        .header(Row::new(header).style(bold()))
+        .row_highlight_style(selected())
+        .block(pane_block(&title, area.width, true));
+    let mut state =
+        TableState::default().with_selected((!rows.is_empty()).then_some(view.sel.index()));
+    frame.render_stateful_widget(table, area, &mut state);
+    if rows.is_empty() && area.height > 3 {
+        let msg = match (view.at, view.filter.is_empty()) {
+            (None, _) => "asking the daemon...",
+            (Some(_), false) => "no connection matches the filter",
+            (Some(_), true) => "no open connections",
+        };
+        let inner = Rect {
+            x: area.x + 2,
+            y: area.y + 2,
+            width: area.width.saturating_sub(4),
+            height: 1,
+        };
+        frame.render_widget(Paragraph::new(msg), inner);
+    }
+}
+
+fn render_hints(app: &App, frame: &mut Frame<'_>, area: Rect) {
+    let width = usize::from(area.width);
+    if app.mode == Screen::Filter {
+        let filter = match app.view {
+            View::Routes => &app.filter,
+            View::Connections => &app.conns.filter,
+        };
+        let tail = "   enter: keep  esc: clear  ctrl-u/w";
+        let room = width.saturating_sub(10 + fit::width(tail) + 1);
+        let line = Line::from(vec![
+            Span::styled(" filter: ", bold()),
+            Span::raw(format!("{}_", fit::start(filter, room))),
+            Span::raw(tail),
+        ]);
+        frame.render_widget(Paragraph::new(line), area);
+        return;
+    }
+    let context = match app.view {
+        View::Routes => Context::Routes,
+        View::Connections => Context::Connections,
+    };
+    // Whole hints only: drop the ones that do not fit, but always keep help.
+    let hints: Vec<&str> = input::shown(context, app.read_only)
+        .filter_map(|b| b.hint)
+        .collect();
+    let help = "? help";
+    let mut line = String::from(" ");
+    for h in hints.iter().filter(|h| **h != help) {
+        if fit::width(&line) + fit::width(h) + 2 + fit::width(help) <= width {
+            line.push_str(h);
+            line.push_str("  ");
+        }
+    }
+    line.push_str(help);
+    frame.render_widget(Paragraph::new(fit::end(&line, width)), area);
 }
 
 /// A bordered box centred in `area`, cleared underneath.
 fn popup(frame: &mut Frame<'_>, area: Rect, title: &str, text: Vec<Line<'_>>, w: u16, h: u16) {
     let rect = centered(area, w, h);
     frame.render_widget(Clear, rect);
+    let title = fit::end(title, usize::from(rect.width.saturating_sub(4)));
     frame.render_widget(
         Paragraph::new(text).wrap(Wrap { trim: false }).block(
             Block::default()
@@ -344,11 +758,156 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
     }
 }
 
+/// Rows `lines` take when wrapped at `width`.
+fn wrapped_height(lines: &[Line<'_>], width: u16) -> u16 {
+    let w = usize::from(width.max(1));
+    lines
+        .iter()
+        .map(|l| l.width().max(1).div_ceil(w) as u16)
+        .sum()
+}
+
+/// "label   value" lines for the detail boxes; values wrap, never cut.
+fn field(label: &str, value: impl Into<String>) -> Line<'static> {
+    Line::from(vec![
+        Span::styled(format!("{label:<15}"), bold()),
+        Span::raw(value.into()),
+    ])
+}
+
+fn detail_popup(frame: &mut Frame<'_>, area: Rect, title: &str, mut lines: Vec<Line<'static>>) {
+    lines.push(Line::from(""));
+    lines.push(Line::from("esc: close").alignment(Alignment::Center));
+    let w = area.width.min(100);
+    let h = wrapped_height(&lines, w.saturating_sub(2)) + 2;
+    popup(frame, area, title, lines, w, h);
+}
+
+fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
+    let (Some(l), Some(r)) = (app.listener(), app.route()) else {
+        return;
+    };
+    let s = &r.stats;
+    let recent = r.recent();
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let mut lines = vec![
+        field("hostname", r.route.hostname.clone()),
+        field("listener", l.addr.clone()),
+        field("mode", r.route.mode.to_string()),
+        field("backend", r.route.backend.clone()),
+    ];
+    if r.route.mode == Mode::L7 {
+        lines.push(field("tls_cert", r.route.tls_cert.clone()));
+        lines.push(field("tls_key", r.route.tls_key.clone()));
+        lines.push(field("backend_tls", yes(r.route.backend_tls)));
+    }
+    lines.extend([
+        field("send_proxy", yes(r.route.send_proxy_protocol)),
+        field(
+            "connections",
+            format!(
+                "{} open, {} since start",
+                s.active_connections, s.total_connections
+            ),
+        ),
+        field(
+            "bytes",
+            format!(
+                "in {} ({}), out {} ({})",
+                fit::bytes(s.bytes_in),
+                fit::byte_rate(r.rate.in_bps),
+                fit::bytes(s.bytes_out),
+                fit::byte_rate(r.rate.out_bps)
+            ),
+        ),
+        field("backend errors", s.backend_errors.to_string()),
+    ]);
+    let window = WINDOW.as_secs();
+    if r.route.mode == Mode::L7 {
+        lines.push(field(
+            "requests",
+            format!(
+                "{} since start, {} over {window}s",
+                s.requests,
+                fit::per_sec(recent.rps())
+            ),
+        ));
+        lines.push(field(
+            "responses",
+            format!(
+                "1xx {}  2xx {}  3xx {}  4xx {}  5xx {}",
+                s.responses[0], s.responses[1], s.responses[2], s.responses[3], s.responses[4]
+            ),
+        ));
+        lines.push(field(
+            "latency",
+            match r.latency {
+                Some(lat) => format!("p50 {}  p99 {}", ms(lat.p50), ms(lat.p99)),
+                None => "p50/p99 not reported by the daemon".into(),
+            },
+        ));
+    }
+    let share = recent
+        .error_share(r.route.mode)
+        .map_or_else(|| "no traffic".into(), fit::percent);
+    lines.push(field(
+        "errors",
+        format!(
+            "{share} over {window}s (yellow above {}, red above {})",
+            fit::percent(WARN_SHARE),
+            fit::percent(ERROR_SHARE)
+        ),
+    ));
+    let mut title = format!("route {}", r.route.hostname);
+    if !app.read_only {
+        title.push_str(" (e: edit)");
+    }
+    detail_popup(frame, area, &title, lines);
+}
+
+fn render_listener_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
+    let Some(l) = app.listener() else {
+        return;
+    };
+    let trusted = if !l.proxy_protocol {
+        "-".to_owned()
+    } else if l.proxy_protocol_from.is_empty() {
+        "any peer".to_owned()
+    } else {
+        l.proxy_protocol_from.join(", ")
+    };
+    let mut lines = vec![
+        field("address", l.addr.clone()),
+        field(
+            "PROXY",
+            if l.proxy_protocol {
+                "expects a PROXY protocol header"
+            } else {
+                "no"
+            },
+        ),
+        field("trusted from", trusted),
+        field("routes", l.route_count.to_string()),
+        field("open", l.active_connections.to_string()),
+        field("accepted", l.accepted.to_string()),
+        field("over capacity", l.over_capacity.to_string()),
+        field("blocked", l.blocked.to_string()),
+        field("resets", l.resets.to_string()),
+    ];
+    for (reason, n) in &l.resets_by_reason {
+        lines.push(field(&format!("  {reason}"), n.to_string()));
+    }
+    detail_popup(frame, area, &format!("listener {}", l.addr), lines);
+}
+
 fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
     let title = match &form.editing {
         None => format!("add route to {}", form.listener),
         Some(h) => format!("edit route {h}"),
     };
+    let w = area.width.min(76);
+    // Label column 14; the value shows its end when long, so the cursor stays in view.
+    let value_w = usize::from(w.saturating_sub(2 + 14 + 1));
     let mut lines = Vec::new();
     for field in form.fields() {
         let (label, value) = match field {
@@ -367,20 +926,24 @@ fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
             Field::SendProxy => ("send_proxy", checkbox(form.send_proxy_protocol)),
         };
         let focused = field == form.focus;
-        let cursor = if focused
-            && matches!(
-                field,
-                Field::Hostname | Field::Backend | Field::TlsCert | Field::TlsKey
-            ) {
-            "_"
-        } else {
-            ""
-        };
+        let text_field = matches!(
+            field,
+            Field::Hostname | Field::Backend | Field::TlsCert | Field::TlsKey
+        );
+        let cursor = if focused && text_field { "_" } else { "" };
         let marker = if focused { "> " } else { "  " };
         let style = if focused { bold() } else { Style::default() };
+        let value = if text_field {
+            format!(
+                "{}{cursor}",
+                fit::start(&value, value_w.saturating_sub(cursor.len()))
+            )
+        } else {
+            fit::end(&value, value_w)
+        };
         lines.push(Line::from(vec![
             Span::styled(format!("{marker}{label:<12}"), style),
-            Span::raw(format!("{value}{cursor}")),
+            Span::raw(value),
         ]));
     }
     lines.push(Line::from(""));
@@ -397,27 +960,24 @@ fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
             "tab/up/down: field  space: toggle  enter: save  esc: cancel",
         )),
     }
-    // The error wraps: give it the rows it needs inside a 76-column box.
-    let wrapped = form
-        .error
-        .as_ref()
-        .map_or(0, |e| ("error: ".len() + e.chars().count()) / 74);
-    let height = lines.len() as u16 + 2 + wrapped as u16;
-    popup(frame, area, &title, lines, 76, height);
+    let height = wrapped_height(&lines, w.saturating_sub(2)) + 2;
+    popup(frame, area, &title, lines, w, height);
 }
 
 fn checkbox(on: bool) -> String {
     if on { "[x]".into() } else { "[ ]".into() }
 }
 
-fn render_firewall(app: &App, fw: &super::app::FirewallView, frame: &mut Frame<'_>, area: Rect) {
+fn render_firewall(app: &App, fw: &FirewallView, frame: &mut Frame<'_>, area: Rect) {
+    let w = area.width.min(64);
+    let inner = usize::from(w.saturating_sub(2));
     let mut lines: Vec<Line<'_>> = app
         .rules
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let text = format!("{:<5} {}", r.kind.as_str(), r.value);
-            if i == fw.selected {
+            let text = fit::end(&format!("{:<5} {}", r.kind.as_str(), r.value), inner);
+            if i == fw.sel.index() {
                 Line::from(Span::styled(text, selected()))
             } else {
                 Line::from(text)
@@ -428,16 +988,23 @@ fn render_firewall(app: &App, fw: &super::app::FirewallView, frame: &mut Frame<'
         lines.push(Line::from("no rules: nobody is blocked"));
     }
     lines.push(Line::from(""));
-    if let Some(input) = &fw.input {
+    if let Some(rule) = &fw.confirm {
+        lines.push(Line::from(Span::styled(
+            format!("Unblock {} {}?", rule.kind, rule.value),
+            bold(),
+        )));
+        lines.push(Line::from("y: unblock   any other key: keep it"));
+    } else if let Some(input) = &fw.input {
         lines.push(Line::from(vec![
             Span::styled("block: ", bold()),
-            Span::raw(format!("{input}_")),
+            Span::raw(format!("{}_", fit::start(input, inner.saturating_sub(8)))),
         ]));
         lines.push(Line::from("an address or a CIDR; enter: add  esc: cancel"));
     } else {
-        lines.push(Line::from(
-            "a: block an address/network  d: unblock  esc: close",
-        ));
+        let hints: Vec<&str> = input::shown(Context::Firewall, app.read_only)
+            .filter_map(|b| b.hint)
+            .collect();
+        lines.push(Line::from(hints.join("  ")));
     }
     if let Some(e) = &fw.error {
         lines.push(Line::from(Span::styled(
@@ -445,22 +1012,73 @@ fn render_firewall(app: &App, fw: &super::app::FirewallView, frame: &mut Frame<'
             Style::default().fg(Color::Red),
         )));
     }
-    let height = (lines.len() as u16 + 2).min(area.height);
-    popup(frame, area, "firewall", lines, 64, height);
+    let height = (wrapped_height(&lines, w.saturating_sub(2)) + 2).min(area.height);
+    let title = format!(
+        "firewall [{}/{}]",
+        if app.rules.is_empty() {
+            0
+        } else {
+            fw.sel.index() + 1
+        },
+        app.rules.len()
+    );
+    popup(frame, area, &title, lines, w, height);
 }
 
-fn render_help(frame: &mut Frame<'_>, area: Rect) {
-    let mut lines: Vec<Line<'_>> = KEYS
-        .iter()
-        .map(|(keys, what)| {
-            Line::from(vec![
-                Span::styled(format!("{keys:<16}"), bold()),
-                Span::raw(*what),
-            ])
-        })
-        .collect();
-    lines.push(Line::from(""));
-    lines.push(Line::from(Span::raw("any key: close")).alignment(Alignment::Center));
-    let height = lines.len() as u16 + 2;
-    popup(frame, area, "keys", lines, 76, height);
+fn render_help(app: &App, scroll: u16, frame: &mut Frame<'_>, area: Rect) {
+    let contexts = match app.context() {
+        Context::Connections => [Context::Connections, Context::Text],
+        Context::Firewall => [Context::Firewall, Context::Text],
+        Context::Routes | Context::Text => [Context::Routes, Context::Text],
+    };
+    let mut lines: Vec<Line<'_>> = Vec::new();
+    for context in contexts {
+        lines.push(Line::from(Span::styled(
+            context.title(),
+            Style::default()
+                .fg(Color::Cyan)
+                .add_modifier(Modifier::BOLD),
+        )));
+        for b in input::shown(context, app.read_only) {
+            lines.push(Line::from(vec![
+                Span::styled(format!("{:<19}", b.label), bold()),
+                Span::raw(b.help),
+            ]));
+        }
+    }
+    if app.view == View::Routes {
+        lines.push(Line::from(format!(
+            "traffic: one bar per stats snapshot (1 s), newest right; the title says the span. Colours and ERR: error share over the last {}s, yellow above {}, red above {}.",
+            WINDOW.as_secs(),
+            fit::percent(WARN_SHARE),
+            fit::percent(ERROR_SHARE)
+        )));
+    }
+    let w = area.width.min(84);
+    let total = wrapped_height(&lines, w.saturating_sub(2));
+    let room = area.height.saturating_sub(3);
+    let footer = if total > room {
+        format!(
+            "j/k: scroll ({}/{})  other keys: close",
+            scroll.min(total - room) + 1,
+            total - room + 1
+        )
+    } else {
+        "any key: close".to_owned()
+    };
+    let scroll = scroll.min(total.saturating_sub(room));
+    let rect = centered(area, w, (total + 3).min(area.height));
+    frame.render_widget(Clear, rect);
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(" keys ")
+        .title_bottom(Line::from(format!(" {footer} ")).alignment(Alignment::Center))
+        .border_style(Style::default().fg(Color::Cyan));
+    frame.render_widget(
+        Paragraph::new(Text::from(lines))
+            .wrap(Wrap { trim: false })
+            .scroll((scroll, 0))
+            .block(block),
+        rect,
+    );
 }
