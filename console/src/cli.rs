@@ -51,6 +51,14 @@ pub enum Command {
         #[arg(long)]
         stats: bool,
     },
+    /// The routed connections open now, oldest first, with their bytes so far.
+    Connections {
+        /// List at most this many (0: the daemon's maximum, 10000).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        limit: u32,
+        #[command(flatten)]
+        table: TableArgs,
+    },
     /// Re-read every L7 route's certificate and key from disk (as `kill -HUP` does) and
     /// serve the ones that load to new handshakes. Prints what happened per route; a route
     /// whose files fail keeps the certificate it had, and the exit status is 1.

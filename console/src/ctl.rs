@@ -12,8 +12,8 @@ use std::path::Path;
 
 use futures_util::StreamExt;
 use mc_proxy_shared::client::{
-    AdminClient, ClientError, Event, ReloadResult, RouteEntry, RoutePatch, RouteReload, Status,
-    TimedEvent,
+    AdminClient, ClientError, ConnectionList, Event, ReloadResult, RouteEntry, RoutePatch,
+    RouteReload, Status, TimedEvent,
 };
 use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Mode, Route};
 use serde::Serialize;
@@ -135,6 +135,10 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
             let rule = rule(args);
             client.remove_firewall_rule(rule.clone()).await?;
             emit(&format!("unblocked {} {}\n", rule.kind, rule.value))
+        }
+        Command::Connections { limit, table } => {
+            let list = client.list_connections(limit).await?;
+            print_out(&table, &list, format_connections)
         }
         Command::Reload { table } => {
             let report = client.reload().await?;
@@ -456,6 +460,46 @@ fn format_rules(rules: &[FirewallRule], headers: bool) -> String {
         .map(|r| vec![r.kind.to_string(), r.value.clone()])
         .collect();
     table(headers.then_some(&["KIND", "VALUE"][..]), &rows)
+}
+
+fn format_connections(list: &ConnectionList, headers: bool) -> String {
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let rows: Vec<Vec<String>> = list
+        .connections
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.to_string(),
+                c.client.clone(),
+                c.listener.clone(),
+                dash(&c.route),
+                dash(&c.mode),
+                dash(&c.backend),
+                format!("{}s", c.age.as_secs()),
+                human_bytes(c.bytes_in),
+                human_bytes(c.bytes_out),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        headers.then_some(
+            &[
+                "ID", "CLIENT", "LISTENER", "ROUTE", "MODE", "BACKEND", "AGE", "IN", "OUT",
+            ][..],
+        ),
+        &rows,
+    );
+    let listed = list.connections.len() as u64;
+    if headers && listed < list.total {
+        let _ = writeln!(out, "(first {listed} of {} open connections)", list.total);
+    }
+    out
 }
 
 fn format_reload(report: &[RouteReload], headers: bool) -> String {

@@ -738,3 +738,40 @@ async fn reload_serves_renewed_certificates_and_keeps_the_last_good_one() {
     assert_eq!(served("b.test").await.unwrap(), pem_leaf(&b_cert));
     drop(a_key);
 }
+
+#[tokio::test]
+async fn connections_lists_what_is_open() {
+    let pki = Pki::new();
+    let backend = TlsBackend::start(&pki, &["a.test"]).await;
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"",
+        backend.addr
+    ))
+    .await;
+    let o = ctl(&proxy, &["connections", "--no-headers"]).await;
+    assert_ok(&o);
+    assert_eq!(stdout(&o), "");
+
+    let client = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    let mine = client_addr(&client).to_string();
+    let o = ctl(&proxy, &["connections", "--no-headers"]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    let row: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(row.len(), 9, "{out}");
+    assert_eq!(
+        (row[1], row[3], row[4]),
+        (mine.as_str(), "a.test", "l4"),
+        "{out}"
+    );
+    assert_eq!(row[5], backend.addr.to_string());
+
+    let o = ctl(&proxy, &["connections", "--json", "--limit", "1"]).await;
+    assert_ok(&o);
+    let list: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["connections"][0]["client"], mine);
+    drop(client);
+}

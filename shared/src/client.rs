@@ -262,6 +262,18 @@ impl Histogram {
         (self.count > 0).then(|| self.sum_seconds / self.count as f64)
     }
 
+    /// Does the `q` quantile fall in the `+Inf` bucket, so that [`Histogram::quantile`] can
+    /// only say "at least the highest bound"? A display must then say `>30s`, not `30s`.
+    pub fn quantile_beyond_bounds(&self, q: f64) -> bool {
+        let total: u64 = self.counts.iter().sum();
+        let finite: u64 = self
+            .counts
+            .iter()
+            .take(self.upper_bounds_seconds.len())
+            .sum();
+        total > 0 && (finite as f64) < q * total as f64
+    }
+
     /// Estimates the `q` quantile (0.5: the median, 0.99: p99) in seconds, as Prometheus's
     /// `histogram_quantile` does: find the bucket holding the sample of rank `q × count` and
     /// interpolate linearly between its lower and upper bound (the first bucket starts at 0).

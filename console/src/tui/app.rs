@@ -70,12 +70,13 @@ pub enum Action {
         /// The new route.
         route: Route,
     },
-    /// Replace a route (all fields; the hostname may change).
+    /// Change a route: the fields that differ between `before` and `route` are sent, so an
+    /// edit never overwrites what it did not touch (the hostname may change too).
     UpdateRoute {
         /// Listener address.
         listener: String,
-        /// The route's current hostname.
-        hostname: String,
+        /// The route as the form was opened on it (its hostname names it to the daemon).
+        before: Route,
         /// Every field after the edit.
         route: Route,
     },
@@ -131,21 +132,8 @@ pub struct RouteView {
     pub history: VecDeque<(Instant, Rate)>,
     /// Counters over the last [`super::health::WINDOW`]: colour, request rate, 5xx share.
     pub window: Window,
-    /// L7 latency percentiles, once the daemon reports them (its stats do not carry latency
-    /// histograms yet): set in [`RouteView::sample`], drawn in the route detail and, when any
-    /// route has them, as the routes table's `P50/P99` column.
-    pub latency: Option<Latency>,
     /// When `stats` was taken (for the next rate).
     last_sample: Option<Instant>,
-}
-
-/// L7 response latency percentiles of a route (see [`RouteView::latency`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Latency {
-    /// Median.
-    pub p50: Duration,
-    /// 99th percentile.
-    pub p99: Duration,
 }
 
 /// The firewall box's state.
@@ -843,9 +831,9 @@ impl App {
                         listener: form.listener.clone(),
                         route,
                     },
-                    Some(hostname) => Action::UpdateRoute {
+                    Some(before) => Action::UpdateRoute {
                         listener: form.listener.clone(),
-                        hostname: hostname.clone(),
+                        before: before.clone(),
                         route,
                     },
                 });
@@ -925,7 +913,6 @@ impl RouteView {
             rate: Rate::default(),
             history: VecDeque::new(),
             window: Window::default(),
-            latency: None,
             last_sample: None,
         }
     }
@@ -1218,7 +1205,7 @@ mod tests {
         type_text(&mut app, "nope");
         let action = app.on_key(key(KeyCode::Enter));
         assert!(
-            matches!(action, Some(Action::UpdateRoute { ref hostname, ref route, .. }) if hostname == "api.test" && route.backend == "nope")
+            matches!(action, Some(Action::UpdateRoute { ref before, ref route, .. }) if before.hostname == "api.test" && route.backend == "nope")
         );
         app.on_daemon(DaemonMsg::ActionDone(
             Err("invalid backend \"nope\"".into()),

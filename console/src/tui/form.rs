@@ -32,8 +32,9 @@ pub fn edit_text(text: &mut String, key: &KeyEvent) -> bool {
 /// The add/edit route form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Form {
-    /// `None` for add; the edited route's hostname for edit.
-    pub editing: Option<String>,
+    /// `None` for add; for edit, the route as it was when the form opened (its hostname names
+    /// it to the daemon, and only the fields that differ from it are sent).
+    pub editing: Option<Route>,
     /// The listener the route belongs to.
     pub listener: String,
     /// Field values.
@@ -99,7 +100,7 @@ impl Form {
     /// A form editing `r` on `listener`.
     pub fn edit(listener: String, r: &Route) -> Form {
         Form {
-            editing: Some(r.hostname.clone()),
+            editing: Some(r.clone()),
             hostname: r.hostname.clone(),
             backend: r.backend.clone(),
             mode: r.mode,

@@ -49,6 +49,39 @@ pub struct Recent {
     pub connections: u64,
     /// Backend dial failures and timeouts.
     pub backend_errors: u64,
+    /// L7 request latency over the window (`None` without requests in it).
+    pub latency: Option<Latency>,
+}
+
+/// L7 request latency percentiles over the window, from the daemon's request-duration
+/// histogram (deltas, so old requests do not weigh in).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50: Quantile,
+    /// 99th percentile.
+    pub p99: Quantile,
+}
+
+/// One estimated quantile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Quantile {
+    /// Interpolated within a bucket.
+    Within(Duration),
+    /// Past the histogram's highest bound: only "more than this" is known.
+    Above(Duration),
+}
+
+impl Quantile {
+    fn of(h: &mc_proxy_shared::client::Histogram, q: f64) -> Option<Quantile> {
+        let secs = h.quantile(q)?;
+        let d = Duration::try_from_secs_f64(secs).ok()?;
+        Some(if h.quantile_beyond_bounds(q) {
+            Quantile::Above(d)
+        } else {
+            Quantile::Within(d)
+        })
+    }
 }
 
 impl Window {
@@ -76,6 +109,12 @@ impl Window {
             server_errors: d(b.responses[4], a.responses[4]),
             connections: d(b.total_connections, a.total_connections),
             backend_errors: d(b.backend_errors, a.backend_errors),
+            latency: {
+                let h = b.request_duration.since(&a.request_duration);
+                Quantile::of(&h, 0.5)
+                    .zip(Quantile::of(&h, 0.99))
+                    .map(|(p50, p99)| Latency { p50, p99 })
+            },
         }
     }
 }
@@ -124,6 +163,57 @@ mod tests {
             responses: [0, requests - errors, 0, 0, errors],
             ..RouteStats::default()
         }
+    }
+
+    /// L7 counters after `fast` requests of 0.2 ms and `slow` ones of 2 s, all time.
+    fn timed(fast: u64, slow: u64) -> RouteStats {
+        let bounds = vec![0.0005, 0.001, 1.0, 2.5, 30.0];
+        let mut stats = l7(fast + slow, 0);
+        stats.request_duration = mc_proxy_shared::client::Histogram {
+            counts: vec![fast, 0, 0, slow, 0, 0],
+            upper_bounds_seconds: bounds,
+            sum_seconds: fast as f64 * 0.0002 + slow as f64 * 2.0,
+            count: fast + slow,
+        };
+        stats
+    }
+
+    #[test]
+    fn latency_comes_from_the_window_not_from_all_time() {
+        let t0 = Instant::now();
+        let mut w = Window::default();
+        // A slow past: 1000 requests of 2 s, then only fast ones for 20 s.
+        w.push(t0, timed(0, 1000));
+        for s in 1..=20 {
+            w.push(t0 + Duration::from_secs(s), timed(100 * s, 1000));
+        }
+        let lat = w.recent().latency.expect("requests in the window");
+        let Quantile::Within(p99) = lat.p99 else {
+            panic!("{lat:?}")
+        };
+        assert!(p99 <= Duration::from_micros(500), "{p99:?}");
+        // Nothing in the window: no estimate rather than a stale one.
+        let mut idle = Window::default();
+        idle.push(t0, timed(5, 5));
+        idle.push(t0 + Duration::from_secs(1), timed(5, 5));
+        assert_eq!(idle.recent().latency, None);
+    }
+
+    #[test]
+    fn a_quantile_past_the_top_bucket_is_only_a_lower_bound() {
+        let t0 = Instant::now();
+        let mut w = Window::default();
+        let mut before = timed(0, 0);
+        before.request_duration.counts = vec![0; 6];
+        let mut after = before.clone();
+        after.request_duration.counts = vec![90, 0, 0, 0, 0, 10];
+        after.request_duration.count = 100;
+        after.requests = 100;
+        w.push(t0, before);
+        w.push(t0 + Duration::from_secs(1), after);
+        let lat = w.recent().latency.unwrap();
+        assert!(matches!(lat.p50, Quantile::Within(_)), "{lat:?}");
+        assert_eq!(lat.p99, Quantile::Above(Duration::from_secs(30)));
     }
 
     #[test]

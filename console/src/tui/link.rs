@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use mc_proxy_shared::Route;
 use mc_proxy_shared::client::{AdminClient, ClientError, RoutePatch};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -124,29 +125,55 @@ async fn session(
     }
 }
 
+/// A certificate path typed into a form, made absolute against the console's working
+/// directory as `mcproxyctl routes add` does (the daemon refuses relative ones).
+fn absolute(path: String) -> Result<String, String> {
+    crate::ctl::absolute_path(&path).map_err(|e| e.to_string())
+}
+
+/// The fields an edit changed, paths typed anew made absolute. A path left as it was (say a
+/// relative one from the TOML) is not sent, so it keeps its meaning.
+fn patch(before: &Route, after: Route) -> Result<RoutePatch, String> {
+    fn changed<T: PartialEq>(old: &T, new: T) -> Option<T> {
+        (*old != new).then_some(new)
+    }
+    Ok(RoutePatch {
+        hostname: changed(&before.hostname, after.hostname),
+        backend: changed(&before.backend, after.backend),
+        mode: changed(&before.mode, after.mode),
+        tls_cert: changed(&before.tls_cert, after.tls_cert)
+            .map(absolute)
+            .transpose()?,
+        tls_key: changed(&before.tls_key, after.tls_key)
+            .map(absolute)
+            .transpose()?,
+        backend_tls: changed(&before.backend_tls, after.backend_tls),
+        send_proxy_protocol: changed(&before.send_proxy_protocol, after.send_proxy_protocol),
+    })
+}
+
 /// Carries out one action; the text is shown to the operator either way.
 async fn perform(client: &mut AdminClient, action: Action) -> Result<String, String> {
     let result = match action {
-        Action::AddRoute { listener, route } => client
-            .add_route(&listener, route)
-            .await
-            .map(|(r, w)| with_warnings(format!("added route {}", r.hostname), &w)),
+        Action::AddRoute {
+            listener,
+            mut route,
+        } => {
+            route.tls_cert = absolute(route.tls_cert)?;
+            route.tls_key = absolute(route.tls_key)?;
+            client
+                .add_route(&listener, route)
+                .await
+                .map(|(r, w)| with_warnings(format!("added route {}", r.hostname), &w))
+        }
         Action::UpdateRoute {
             listener,
-            hostname,
+            before,
             route,
         } => {
-            let patch = RoutePatch {
-                hostname: (route.hostname != hostname).then_some(route.hostname),
-                backend: Some(route.backend),
-                mode: Some(route.mode),
-                tls_cert: Some(route.tls_cert),
-                tls_key: Some(route.tls_key),
-                backend_tls: Some(route.backend_tls),
-                send_proxy_protocol: Some(route.send_proxy_protocol),
-            };
+            let patch = patch(&before, route)?;
             client
-                .update_route(&listener, &hostname, patch)
+                .update_route(&listener, &before.hostname, patch)
                 .await
                 .map(|(r, w)| with_warnings(format!("updated route {}", r.hostname), &w))
         }
@@ -175,5 +202,40 @@ fn with_warnings(text: String, warnings: &[String]) -> String {
         text
     } else {
         format!("{text} (warning: {})", warnings.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mc_proxy_shared::Mode;
+
+    #[test]
+    fn an_edit_sends_only_what_changed_and_new_paths_absolute() {
+        let before = Route {
+            hostname: "web.test".into(),
+            backend: "127.0.0.1:9080".into(),
+            mode: Mode::L7,
+            tls_cert: "srv/certs/web.test.pem".into(),
+            tls_key: "srv/certs/web.test.key".into(),
+            ..Route::default()
+        };
+        let mut after = before.clone();
+        after.backend = "127.0.0.1:9081".into();
+        let p = patch(&before, after.clone()).unwrap();
+        assert_eq!(
+            p,
+            RoutePatch {
+                backend: Some("127.0.0.1:9081".into()),
+                ..RoutePatch::default()
+            },
+            "an untouched relative path is not sent"
+        );
+        after.tls_cert = "new.pem".into();
+        let p = patch(&before, after).unwrap();
+        let cert = p.tls_cert.expect("changed path sent");
+        assert!(std::path::Path::new(&cert).is_absolute(), "{cert}");
+        assert!(cert.ends_with("/new.pem"), "{cert}");
+        assert_eq!(p.tls_key, None);
     }
 }

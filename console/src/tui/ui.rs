@@ -22,7 +22,7 @@ use ratatui::widgets::{
 
 use super::app::{App, Field, FirewallView, Form, Link, Pane, RouteView, Screen, View};
 use super::fit;
-use super::health::{ERROR_SHARE, Health, WARN_SHARE, WINDOW};
+use super::health::{ERROR_SHARE, Health, Quantile, WARN_SHARE, WINDOW};
 use super::input::{self, Context};
 use mc_proxy_shared::Mode;
 
@@ -319,7 +319,7 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
         70.. => RouteLayout::Medium,
         _ => RouteLayout::Narrow,
     };
-    let latency = routes.iter().any(|r| r.latency.is_some()) && layout == RouteLayout::Wide;
+    let latency = layout == RouteLayout::Wide && routes.iter().any(|r| r.route.mode == Mode::L7);
     let mut cols = vec![Col {
         name: "M",
         width: 2,
@@ -457,10 +457,10 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
                 .map_or_else(|| "-".into(), fit::percent),
         ));
         if latency {
-            cells.push(right(r.latency.map_or_else(
-                || "-".into(),
-                |l| format!("{}/{}", ms(l.p50), ms(l.p99)),
-            )));
+            cells.push(right(match (r.route.mode, recent.latency) {
+                (Mode::L7, Some(l)) => format!("{}/{}", quantile(l.p50), quantile(l.p99)),
+                _ => "-".into(),
+            }));
         }
         Row::new(cells).style(health_style(r.health()))
     });
@@ -521,12 +521,26 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
     }
 }
 
-fn ms(d: std::time::Duration) -> String {
-    let ms = d.as_millis() as u64;
-    if ms < 1000 {
-        format!("{ms}ms")
+/// A latency estimate in at most 5 columns, always with its unit: `0.3ms`, `12ms`, `1.5s`;
+/// past the histogram's top bucket only a lower bound is known: `>30s`.
+fn quantile(q: Quantile) -> String {
+    match q {
+        Quantile::Within(d) => latency(d),
+        Quantile::Above(d) => format!(">{}", latency(d)),
+    }
+}
+
+fn latency(d: std::time::Duration) -> String {
+    // Thresholds sit where rounding would add a digit (9.96 ms prints as 10ms, not 10.0ms).
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 9.95 {
+        format!("{ms:.1}ms")
+    } else if ms < 999.5 {
+        format!("{ms:.0}ms")
+    } else if ms < 9_950.0 {
+        format!("{:.1}s", ms / 1000.0)
     } else {
-        format!("{}s", fit::count(ms / 1000))
+        format!("{:.0}s", ms / 1000.0)
     }
 }
 
@@ -841,9 +855,13 @@ fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
         ));
         lines.push(field(
             "latency",
-            match r.latency {
-                Some(lat) => format!("p50 {}  p99 {}", ms(lat.p50), ms(lat.p99)),
-                None => "p50/p99 not reported by the daemon".into(),
+            match recent.latency {
+                Some(lat) => format!(
+                    "p50 {}  p99 {} over {window}s (request head in to response head out)",
+                    quantile(lat.p50),
+                    quantile(lat.p99)
+                ),
+                None => format!("no requests in the last {window}s"),
             },
         ));
     }
@@ -903,7 +921,7 @@ fn render_listener_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
 fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
     let title = match &form.editing {
         None => format!("add route to {}", form.listener),
-        Some(h) => format!("edit route {h}"),
+        Some(before) => format!("edit route {}", before.hostname),
     };
     let w = area.width.min(76);
     // Label column 14; the value shows its end when long, so the cursor stays in view.
@@ -1081,4 +1099,24 @@ fn render_help(app: &App, scroll: u16, frame: &mut Frame<'_>, area: Rect) {
             .block(block),
         rect,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn latencies_keep_their_unit_and_say_when_only_a_bound_is_known() {
+        let within = |ms: f64| quantile(Quantile::Within(Duration::from_secs_f64(ms / 1000.0)));
+        assert_eq!(within(0.34), "0.3ms");
+        assert_eq!(within(12.4), "12ms");
+        assert_eq!(within(999.0), "999ms");
+        assert_eq!(within(1500.0), "1.5s");
+        assert_eq!(within(25_000.0), "25s");
+        assert_eq!(quantile(Quantile::Above(Duration::from_secs(30))), ">30s");
+        for ms in [0.01, 9.99, 10.0, 999.4, 9999.0, 29_999.0] {
+            assert!(within(ms).len() <= 5, "{ms}: {}", within(ms));
+        }
+    }
 }
