@@ -1,4 +1,5 @@
-//! Loading a route's PEM certificate chain and private key into a rustls `CertifiedKey`.
+//! A route's certificate: loading its PEM chain and private key into a rustls `CertifiedKey`,
+//! checking them, and the rustls server configuration L7 termination serves it with.
 //!
 //! I/O: reads the two files. Invariant: a `CertifiedKey` returned from here has a non-empty
 //! chain and a private key that belongs to the chain's first certificate (checked, not
@@ -122,6 +123,20 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
         }
     }
     Ok(Arc::new(certified))
+}
+
+/// The rustls server configuration of an L7 route: its certificate, ALPN `h2` then
+/// `http/1.1`. Built once when the route is loaded, shared by its connections.
+pub fn server_config(key: Arc<CertifiedKey>) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the ring provider supports the default protocol versions")
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
 }
 
 /// Problems with a loaded certificate that do not stop its route but will break clients: the

@@ -5,24 +5,22 @@
 //! at once (not only the first), each naming the file, the listener and the route.
 //!
 //! The TOML seeds the database on first start only (see `store::Store::seed`); `[proxy]`,
-//! `[database]`, `[admin]` and `[metrics]` are read from it on every start. [`validate_route`] is the one
-//! route validation, shared with the admin API.
+//! `[database]`, `[admin]` and `[metrics]` are read from it on every start. Routes are checked with
+//! `routes::validate_route`, the one route validation, shared with the admin API.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use mc_proxy_shared::text::clip;
-use mc_proxy_shared::{Mode, ParseModeError, Route};
-use rustls::sign::CertifiedKey;
+use mc_proxy_shared::{FirewallRuleKind, Mode, Route};
 use serde::{Deserialize, Deserializer};
 
-use crate::certs::{CertError, leaf_warnings, load_certified_key};
-use crate::routes::{normalize_dns_name, normalize_route_hostname};
+use crate::firewall::parse_rule;
+use crate::routes::validate_route;
 
 /// A loaded, validated configuration.
 #[derive(Debug, Clone)]
@@ -193,136 +191,6 @@ impl fmt::Display for ProblemList<'_> {
         }
         Ok(())
     }
-}
-
-/// Why a route is not acceptable. Shared by the config loader and the admin API.
-#[derive(Debug, thiserror::Error)]
-pub enum RouteError {
-    /// The hostname is neither a DNS name nor `*.` followed by one.
-    #[error(
-        "invalid hostname {}: expected a DNS name like app.example.com or *.example.com",
-        clip(.0)
-    )]
-    Hostname(String),
-    /// The backend is not `host:port`.
-    #[error("invalid backend {}: {reason}", clip(.value))]
-    Backend {
-        /// What was given.
-        value: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// The mode is not "", "l4" or "l7".
-    #[error(transparent)]
-    Mode(#[from] ParseModeError),
-    /// An l7 route without `tls_cert`.
-    #[error("mode l7 needs tls_cert (a PEM certificate chain for the route's hostname)")]
-    MissingCert,
-    /// An l7 route without `tls_key`.
-    #[error("mode l7 needs tls_key (the PEM private key for tls_cert)")]
-    MissingKey,
-    /// The cert/key pair does not load or does not match.
-    #[error(transparent)]
-    Cert(#[from] CertError),
-}
-
-/// A route that passed [`validate_route`]: normalised, with the warnings to log.
-#[derive(Debug, Clone)]
-pub struct ValidRoute {
-    /// The route with its hostname normalised (lowercase, no trailing dot).
-    pub route: Route,
-    /// L7: the loaded and checked certificate/key pair, so connections never touch the files.
-    pub certified_key: Option<Arc<CertifiedKey>>,
-    /// Allowed but suspicious settings.
-    pub warnings: Vec<String>,
-}
-
-impl ValidRoute {
-    /// An L4 route taken as valid without checks (tests, and tables built from routes that
-    /// were validated before).
-    pub fn unchecked(route: Route) -> Self {
-        ValidRoute {
-            route,
-            certified_key: None,
-            warnings: Vec::new(),
-        }
-    }
-}
-
-/// Checks one route on its own (not against its neighbours): hostname, backend, mode and, for
-/// L7, that the certificate and key load with rustls and belong together. Returns the
-/// normalised route and any warnings.
-pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
-    let hostname = normalize_route_hostname(&route.hostname)
-        .ok_or_else(|| RouteError::Hostname(route.hostname.clone()))?;
-    validate_backend(&route.backend)?;
-    let mut warnings = Vec::new();
-    let mut certified_key = None;
-    match route.mode {
-        Mode::L7 => {
-            if route.tls_cert.is_empty() {
-                return Err(RouteError::MissingCert);
-            }
-            if route.tls_key.is_empty() {
-                return Err(RouteError::MissingKey);
-            }
-            let key = load_certified_key(Path::new(&route.tls_cert), Path::new(&route.tls_key))?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            warnings.extend(leaf_warnings(&key, &hostname, now));
-            certified_key = Some(key);
-        }
-        Mode::L4 => {
-            if !route.tls_cert.is_empty() || !route.tls_key.is_empty() {
-                warnings.push(
-                    "tls_cert/tls_key are set on an l4 route and are not used: \
-                     l4 passes TLS through to the backend"
-                        .to_owned(),
-                );
-            }
-            // backend_tls means nothing for passthrough; the plan says ignore, not error.
-        }
-    }
-    Ok(ValidRoute {
-        route: Route {
-            hostname,
-            ..route.clone()
-        },
-        certified_key,
-        warnings,
-    })
-}
-
-/// `host:port` where host is an IP address (IPv6 in brackets) or a DNS name, port 1-65535.
-fn validate_backend(backend: &str) -> Result<(), RouteError> {
-    let err = |reason| RouteError::Backend {
-        value: backend.to_owned(),
-        reason,
-    };
-    if let Ok(addr) = backend.parse::<SocketAddr>() {
-        return if addr.port() == 0 {
-            Err(err("port 0 cannot be dialed"))
-        } else {
-            Ok(())
-        };
-    }
-    let (host, port) = backend
-        .rsplit_once(':')
-        .ok_or_else(|| err("expected host:port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| err("port must be a number from 1 to 65535"))?;
-    if port == 0 {
-        return Err(err("port 0 cannot be dialed"));
-    }
-    if host.contains(':') || host.starts_with('[') {
-        return Err(err("IPv6 addresses need brackets: [::1]:443"));
-    }
-    if normalize_dns_name(host).is_none() {
-        return Err(err("host must be an IP address or a DNS name"));
-    }
-    Ok(())
 }
 
 impl Config {
@@ -634,22 +502,17 @@ fn validate_firewall(
     problem: &mut impl FnMut(String, String),
 ) -> FirewallConfig {
     let mut fw = FirewallConfig::default();
+    // The one rule parser (also the admin API's); its text always parses back.
     for (i, ip) in file.blocked_ips.iter().enumerate() {
-        match ip.parse::<IpAddr>() {
-            Ok(ip) => fw.blocked_ips.push(ip),
-            Err(_) => problem(
-                format!("firewall.blocked_ips[{i}]"),
-                format!("invalid IP address {ip:?}"),
-            ),
+        match parse_rule(FirewallRuleKind::Ip, ip) {
+            Ok(rule) => fw.blocked_ips.extend(rule.value.parse::<IpAddr>()),
+            Err(e) => problem(format!("firewall.blocked_ips[{i}]"), e.to_string()),
         }
     }
     for (i, cidr) in file.blocked_cidrs.iter().enumerate() {
-        match cidr.parse::<IpNet>() {
-            Ok(net) => fw.blocked_cidrs.push(net.trunc()),
-            Err(_) => problem(
-                format!("firewall.blocked_cidrs[{i}]"),
-                format!("invalid CIDR {cidr:?}: expected a network such as 198.51.100.0/24"),
-            ),
+        match parse_rule(FirewallRuleKind::Cidr, cidr) {
+            Ok(rule) => fw.blocked_cidrs.extend(rule.value.parse::<IpNet>()),
+            Err(e) => problem(format!("firewall.blocked_cidrs[{i}]"), e.to_string()),
         }
     }
     fw

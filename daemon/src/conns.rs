@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use mc_proxy_shared::pb;
 use tokio::time::Instant;
 
 use crate::routes::RouteInfo;
@@ -67,8 +66,26 @@ impl Drop for Registered<'_> {
     }
 }
 
-/// A connection as the admin API describes it.
-pub type Listed = pb::OpenConnection;
+/// An open connection as a listing shows it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Connection id, as in its events.
+    pub id: u64,
+    /// The listener's configured address.
+    pub listener: SocketAddr,
+    /// The real client.
+    pub client: SocketAddr,
+    /// The SNI it sent.
+    pub sni: String,
+    /// The route it matched.
+    pub route: Arc<RouteInfo>,
+    /// Time since it was routed.
+    pub age: std::time::Duration,
+    /// Client to backend bytes so far.
+    pub bytes_in: u64,
+    /// Backend to client bytes so far.
+    pub bytes_out: u64,
+}
 
 impl Registry {
     fn shard(&self, id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
@@ -125,13 +142,11 @@ impl Registry {
             let shard = self.shard(i);
             all.extend(shard.iter().map(|(id, e)| Listed {
                 id: *id,
-                listener: e.listener.to_string(),
-                client: e.client.to_string(),
-                hostname: e.sni.clone(),
-                route: e.route.hostname.clone(),
-                mode: e.route.mode.to_string(),
-                backend: e.route.backend.clone(),
-                age_ms: now.saturating_duration_since(e.started).as_millis() as u64,
+                listener: e.listener,
+                client: e.client,
+                sni: e.sni.clone(),
+                route: Arc::clone(&e.route),
+                age: now.saturating_duration_since(e.started),
                 bytes_in: e.bytes.up.load(Ordering::Relaxed),
                 bytes_out: e.bytes.down.load(Ordering::Relaxed),
             }));

@@ -1,22 +1,108 @@
-//! The live event stream: connection opened/closed, blocks, route and firewall changes, stats.
+//! The live event stream: connection opened/closed, blocks, route and firewall changes, stats
+//! ticks.
 //!
-//! No I/O. Events go into a bounded `tokio::sync::broadcast` ring. Publishing never waits: with
-//! no subscriber nothing is even built, and a subscriber that reads too slowly loses the oldest
-//! events and is told how many (`RecvError::Lagged`, turned into a `Lagged` event by the admin
-//! API). Invariant: the data path never blocks on an observer.
+//! No I/O. Events are daemon types ([`Event`]: addresses, `Arc<RouteInfo>`, the shared enums),
+//! so the data plane never builds a wire message; the admin API converts them to protobuf for
+//! its watchers. They go into a bounded `tokio::sync::broadcast` ring. Publishing never waits:
+//! with no subscriber nothing is even built, and a subscriber that reads too slowly loses the
+//! oldest events and is told how many (`RecvError::Lagged`). Invariant: the data path never
+//! blocks on an observer.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mc_proxy_shared::pb;
+use mc_proxy_shared::{BlockedReason, ChangeAction, FirewallRule, Outcome, Route};
 use tokio::sync::broadcast;
+
+use crate::routes::RouteInfo;
 
 /// Default events buffered per subscriber before it lags.
 pub const DEFAULT_CAPACITY: usize = 1024;
 
+/// Something that happened, as the daemon knows it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A connection was routed.
+    ConnectionOpened {
+        /// Connection id (unique per daemon run).
+        id: u64,
+        /// The listener's configured address.
+        listener: SocketAddr,
+        /// The real client (from the PROXY header when there was one).
+        client: SocketAddr,
+        /// The SNI it sent.
+        sni: String,
+        /// The route it matched.
+        route: Arc<RouteInfo>,
+    },
+    /// A connection ended, routed or not.
+    ConnectionClosed {
+        /// Connection id.
+        id: u64,
+        /// The listener's configured address.
+        listener: SocketAddr,
+        /// The real client.
+        client: SocketAddr,
+        /// The SNI, when it got that far.
+        sni: Option<String>,
+        /// The route, when it got that far.
+        route: Option<Arc<RouteInfo>>,
+        /// Client to backend bytes.
+        bytes_in: u64,
+        /// Backend to client bytes.
+        bytes_out: u64,
+        /// Lifetime.
+        duration: Duration,
+        /// How it ended.
+        outcome: Outcome,
+        /// What went wrong, if anything.
+        error: Option<String>,
+    },
+    /// A connection was refused by policy.
+    ConnectionBlocked {
+        /// The listener's configured address.
+        listener: SocketAddr,
+        /// The client (for an untrusted PROXY sender: the TCP peer).
+        client: SocketAddr,
+        /// Which policy.
+        reason: BlockedReason,
+    },
+    /// A route was added, updated or removed.
+    RouteChanged {
+        /// The listener's configured address.
+        listener: SocketAddr,
+        /// What happened.
+        action: ChangeAction,
+        /// The route after the change (before it, for a removal).
+        route: Route,
+        /// For an update: the hostname before the change.
+        previous_hostname: Option<String>,
+    },
+    /// A firewall rule was added or removed.
+    FirewallChanged {
+        /// What happened.
+        action: ChangeAction,
+        /// The rule, normalised.
+        rule: FirewallRule,
+    },
+    /// About a second passed: watchers send a snapshot of the counters as they read this.
+    StatsTick,
+}
+
+/// An event and when it was published.
+#[derive(Debug, Clone)]
+pub struct Timed {
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// What happened.
+    pub event: Event,
+}
+
 /// Fan-out of daemon events to admin API subscribers.
 #[derive(Debug)]
 pub struct EventBus {
-    tx: broadcast::Sender<pb::Event>,
+    tx: broadcast::Sender<Timed>,
 }
 
 impl Default for EventBus {
@@ -33,7 +119,7 @@ impl EventBus {
     }
 
     /// A new subscriber; it sees events published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<pb::Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Timed> {
         self.tx.subscribe()
     }
 
@@ -43,15 +129,14 @@ impl EventBus {
     }
 
     /// Publishes the event `build` makes, building it only if someone listens.
-    pub fn publish(&self, build: impl FnOnce() -> pb::event::Kind) {
+    pub fn publish(&self, build: impl FnOnce() -> Event) {
         if !self.has_subscribers() {
             return;
         }
-        let timestamp_ms = now_ms();
         // An error only means the last subscriber left in between: nothing to do.
-        let _ = self.tx.send(pb::Event {
-            timestamp_ms,
-            kind: Some(build()),
+        let _ = self.tx.send(Timed {
+            timestamp_ms: now_ms(),
+            event: build(),
         });
     }
 }
@@ -67,8 +152,14 @@ pub fn now_ms() -> u64 {
 mod tests {
     use super::*;
 
-    fn lagged_kind(n: u64) -> pb::event::Kind {
-        pb::event::Kind::Lagged(pb::Lagged { dropped: n })
+    fn changed(n: u8) -> Event {
+        Event::FirewallChanged {
+            action: ChangeAction::Added,
+            rule: FirewallRule {
+                kind: mc_proxy_shared::FirewallRuleKind::Ip,
+                value: format!("192.0.2.{n}"),
+            },
+        }
     }
 
     #[test]
@@ -77,7 +168,7 @@ mod tests {
         let mut built = false;
         bus.publish(|| {
             built = true;
-            lagged_kind(0)
+            Event::StatsTick
         });
         assert!(!built);
     }
@@ -87,13 +178,16 @@ mod tests {
         let bus = EventBus::new(4);
         let mut rx = bus.subscribe();
         for n in 0..10 {
-            bus.publish(|| lagged_kind(n));
+            bus.publish(|| changed(n));
         }
         assert!(matches!(
             rx.recv().await,
             Err(broadcast::error::RecvError::Lagged(6))
         ));
         let next = rx.recv().await.unwrap();
-        assert_eq!(next.kind, Some(lagged_kind(6)));
+        assert!(
+            matches!(&next.event, Event::FirewallChanged { rule, .. } if rule.value == "192.0.2.6"),
+            "{next:?}"
+        );
     }
 }

@@ -12,14 +12,41 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use mc_proxy_shared::{FirewallRule, FirewallRuleKind};
 
-/// A rule from the store that does not parse.
+/// A rule that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid firewall {kind} rule {}", mc_proxy_shared::text::clip(.value))]
+#[error("{} is not {}", mc_proxy_shared::text::clip(.value), match .kind {
+    FirewallRuleKind::Ip => "an IP address",
+    FirewallRuleKind::Cidr => "a network in CIDR notation such as 198.51.100.0/24",
+})]
 pub struct InvalidRule {
     /// The rule's kind.
     pub kind: FirewallRuleKind,
     /// What it held.
     pub value: String,
+}
+
+/// Parses a rule: the one parser for rules from the TOML, the admin API and the store.
+/// Returns it normalised as it is stored and shown: an address in its canonical text
+/// (`2001:db8::1`), a network truncated to its prefix (`10.1.2.3/8` is `10.0.0.0/8`);
+/// surrounding whitespace is ignored.
+pub fn parse_rule(kind: FirewallRuleKind, value: &str) -> Result<FirewallRule, InvalidRule> {
+    let trimmed = value.trim();
+    let invalid = || InvalidRule {
+        kind,
+        value: value.to_owned(),
+    };
+    let value = match kind {
+        FirewallRuleKind::Ip => trimmed
+            .parse::<IpAddr>()
+            .map_err(|_| invalid())?
+            .to_string(),
+        FirewallRuleKind::Cidr => trimmed
+            .parse::<IpNet>()
+            .map_err(|_| invalid())?
+            .trunc()
+            .to_string(),
+    };
+    Ok(FirewallRule { kind, value })
 }
 
 /// Blocked addresses and networks.
@@ -48,13 +75,11 @@ impl Firewall {
         let mut ips = Vec::new();
         let mut nets = Vec::new();
         for rule in rules {
-            let invalid = || InvalidRule {
-                kind: rule.kind,
-                value: rule.value.clone(),
-            };
+            let parsed = parse_rule(rule.kind, &rule.value)?;
+            // parse_rule's text always parses back.
             match rule.kind {
-                FirewallRuleKind::Ip => ips.push(rule.value.parse().map_err(|_| invalid())?),
-                FirewallRuleKind::Cidr => nets.push(rule.value.parse().map_err(|_| invalid())?),
+                FirewallRuleKind::Ip => ips.extend(parsed.value.parse::<IpAddr>()),
+                FirewallRuleKind::Cidr => nets.extend(parsed.value.parse::<IpNet>()),
             }
         }
         Ok(Firewall::new(ips, nets))

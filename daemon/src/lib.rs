@@ -7,15 +7,20 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod admin;
+pub mod boot;
 pub mod certs;
 pub mod config;
 pub mod conns;
+pub mod control;
 pub mod events;
 pub mod firewall;
 pub mod io;
+pub mod l4;
 pub mod l7;
 pub mod metrics;
+pub mod pipeline;
 pub mod proxyproto;
 pub mod relay;
 pub mod reload;

@@ -4,13 +4,14 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mc_proxy::admin::{self, AdminSocket};
+use mc_proxy::boot;
 use mc_proxy::config::Config;
-use mc_proxy::state::State;
+use mc_proxy::control::{Applied, Change, Control};
 use mc_proxy::store::Store;
 use mc_proxy::{metrics, server};
 use tokio::signal::unix::{SignalKind, signal};
@@ -121,8 +122,8 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         tracing::warn!("{}: {w}", config_path.display());
     }
     let mut store = Store::open(&config.database.path)?;
-    let state = Arc::new(State::load(&config, &mut store)?);
-    let store = Arc::new(Mutex::new(store));
+    let state = Arc::new(boot::load_state(&config, &mut store)?);
+    let control = Arc::new(Control::new(Arc::clone(&state), store));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -159,16 +160,19 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
             ready.push_str(&format!("; admin API on {}", socket.path().display()));
         }
         notify::ready(&ready);
-        tokio::spawn(signals.handle(
-            shutdown.clone(),
-            Arc::clone(&state),
-            Arc::clone(&store),
-            ready,
-        ));
+        // Owned by the runtime: it lives as long as the daemon and ends with it.
+        tokio::spawn(signals.handle(shutdown.clone(), Arc::clone(&control), ready));
+        // An admin API failure is logged at once and the daemon keeps proxying: traffic
+        // matters more than control, SIGHUP still reloads, and the operator restarts when it
+        // suits them. The exit status still reports it.
         let admin = async {
             match admin_socket {
                 Some(socket) => {
-                    admin::serve(socket, Arc::clone(&state), store, shutdown.clone()).await
+                    let result = admin::serve(socket, Arc::clone(&control), shutdown.clone()).await;
+                    if let Err(e) = &result {
+                        tracing::error!("{e}: the admin API is down, proxying goes on");
+                    }
+                    result
                 }
                 None => {
                     tracing::info!("no [admin] socket configured: admin API disabled");
@@ -215,8 +219,7 @@ impl Signals {
     async fn handle(
         mut self,
         shutdown: CancellationToken,
-        state: Arc<State>,
-        store: Arc<Mutex<Store>>,
+        control: Arc<Control>,
         ready_status: String,
     ) {
         let mut stopping = false;
@@ -228,7 +231,7 @@ impl Signals {
                     if stopping {
                         tracing::info!("SIGHUP: shutting down, not reloading");
                     } else {
-                        reload(&state, &store, &ready_status).await;
+                        reload(&control, &ready_status).await;
                     }
                     continue;
                 }
@@ -246,20 +249,15 @@ impl Signals {
     }
 }
 
-/// SIGHUP: reload every L7 certificate with the store held, as an admin write would.
-async fn reload(state: &Arc<State>, store: &Arc<Mutex<Store>>, ready_status: &str) {
+/// SIGHUP: reload every L7 certificate, a change like any admin write.
+async fn reload(control: &Arc<Control>, ready_status: &str) {
     tracing::info!("SIGHUP: reloading certificates");
     notify::reloading();
-    let (state, store) = (Arc::clone(state), Arc::clone(store));
-    let result = tokio::task::spawn_blocking(move || {
-        let mut store = store
-            .lock()
-            .map_err(|_| anyhow::anyhow!("store lock poisoned by an earlier failure"))?;
-        Ok::<_, anyhow::Error>(mc_proxy::reload::reload_certificates(&mut store, &state)?)
-    })
-    .await;
+    let control = Arc::clone(control);
+    let result =
+        tokio::task::spawn_blocking(move || control.apply(Change::ReloadCertificates)).await;
     match result {
-        Ok(Ok(report)) => {
+        Ok(Ok(Applied::Reloaded(report))) => {
             let failed = report.iter().filter(|r| r.failed()).count();
             let summary = format!(
                 "SIGHUP: reloaded {} of {} L7 route(s)",
@@ -272,7 +270,8 @@ async fn reload(state: &Arc<State>, store: &Arc<Mutex<Store>>, ready_status: &st
                 tracing::info!("{summary}");
             }
         }
-        Ok(Err(e)) => tracing::error!("SIGHUP: reload failed, nothing changed: {e:#}"),
+        Ok(Ok(other)) => tracing::error!("SIGHUP: unexpected reload result {other:?}"),
+        Ok(Err(e)) => tracing::error!("SIGHUP: reload failed, nothing changed: {e}"),
         Err(e) => tracing::error!("SIGHUP: reload task failed, nothing changed: {e}"),
     }
     notify::ready(ready_status);

@@ -39,7 +39,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::state::{ListenerCounters, RESET_REASONS, State};
+use mc_proxy_shared::ResetReason;
+
+use crate::state::{ListenerCounters, State};
 use crate::stats::{BUCKET_BOUNDS_SECONDS, BUCKETS, HistogramSnapshot, RouteStatsSnapshot};
 
 /// Scrape connections served at once; more wait to be accepted.
@@ -257,15 +259,10 @@ impl Collector for StateCollector {
             MetricType::Counter,
             listeners.iter().flat_map(|(name, l)| {
                 // Every reason, zeros included, so rate() works from the first reset.
-                let by_reason: Vec<(&'static str, u64)> = l.counters.resets_by_reason().collect();
-                RESET_REASONS.iter().map(move |&reason| {
-                    let n = by_reason
-                        .iter()
-                        .find(|(r, _)| *r == reason)
-                        .map_or(0, |(_, n)| *n);
+                ResetReason::ALL.iter().map(move |&reason| {
                     (
-                        vec![("listener", name.as_str()), ("reason", reason)],
-                        ConstCounter::new(n),
+                        vec![("listener", name.as_str()), ("reason", reason.as_str())],
+                        ConstCounter::new(l.counters.resets(reason)),
                     )
                 })
             }),
@@ -290,7 +287,7 @@ impl Collector for StateCollector {
             for info in l.routes().iter() {
                 routes.push((
                     listener.as_str(),
-                    info.hostname.clone(),
+                    info.route.hostname.clone(),
                     info.stats.snapshot(),
                 ));
             }
@@ -508,9 +505,10 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ProxyConfig, ValidRoute};
+    use crate::config::ProxyConfig;
     use crate::firewall::Firewall;
     use crate::routes::RouteTable;
+    use crate::routes::ValidRoute;
     use crate::state::ListenerState;
     use mc_proxy_shared::Route;
 
@@ -539,7 +537,7 @@ mod tests {
     fn a_scrape_reads_the_live_counters_in_both_formats() {
         let state = state_with_one_route();
         let listener = &state.listeners[0];
-        listener.counters.count_reset("not_tls");
+        listener.counters.count_reset(ResetReason::NotTls);
         ListenerCounters::bump(&listener.counters.accepted);
         let route = listener.lookup("a.test").unwrap();
         route.stats.total.fetch_add(3, Relaxed);

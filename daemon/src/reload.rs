@@ -11,17 +11,19 @@
 //!   are untouched.
 //! - Existing connections keep the `RouteInfo` (and so the certificate) they started with;
 //!   new handshakes see the swapped table.
-//! - The caller holds the store exclusively (`&mut Store`): reload is a write like any admin
-//!   change and must not interleave with one, or one of the two table swaps would be lost.
+//! - The caller holds the store exclusively (`&mut Store`): reload is a change like any other
+//!   (`control::Change::ReloadCertificates`) and must not interleave with one, or one of the two
+//!   table swaps would be lost.
 
 use std::net::SocketAddr;
 
+use mc_proxy_shared::{ChangeAction, Mode, Route};
+
 use crate::certs::not_after;
-use crate::config::{RouteError, ValidRoute, validate_route};
-use crate::routes::RouteInfo;
+use crate::events::Event;
+use crate::routes::{RouteError, RouteInfo, ValidRoute, validate_route};
 use crate::state::State;
 use crate::store::{Store, StoreError};
-use mc_proxy_shared::{Mode, Route, pb};
 
 /// What happened to one L7 route.
 #[derive(Debug)]
@@ -94,10 +96,10 @@ pub fn reload_certificates(
         let mut changed_any = false;
         let mut added = Vec::new();
         for route in stored.into_iter().filter(|r| r.mode == Mode::L7) {
-            let live = table.iter().find(|r| r.hostname == route.hostname);
+            let live = table.iter().find(|r| r.route.hostname == route.hostname);
             let outcome = match validate_route(&route) {
                 Ok(valid) => {
-                    let key = valid.certified_key.as_deref();
+                    let key = valid.key().map(|k| &**k);
                     let expiry = key.and_then(not_after);
                     let warnings = valid.warnings.clone();
                     let outcome = match live {
@@ -144,19 +146,17 @@ pub fn reload_certificates(
 
 /// Watchers learn about a route that is served again as they learn about an added one.
 fn publish_added(state: &State, listener: SocketAddr, route: &Route) {
-    state.events.publish(|| {
-        pb::event::Kind::RouteChanged(pb::RouteChanged {
-            listener: listener.to_string(),
-            action: "added".into(),
-            route: Some(route.clone().into()),
-            previous_hostname: String::new(),
-        })
+    state.events.publish(|| Event::RouteChanged {
+        listener,
+        action: ChangeAction::Added,
+        route: route.clone(),
+        previous_hostname: None,
     });
 }
 
 fn same_chain(live: &RouteInfo, valid: &ValidRoute) -> bool {
-    match (&live.certified_key, &valid.certified_key) {
-        (Some(old), Some(new)) => old.cert == new.cert,
+    match (&live.tls, valid.key()) {
+        (Some(old), Some(new)) => old.key.cert == new.cert,
         _ => false,
     }
 }

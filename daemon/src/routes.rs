@@ -1,6 +1,7 @@
-//! Route tables: what a listener does with an SNI hostname.
+//! Routes: the one route validation ([`validate_route`], shared by the config loader, the
+//! admin API and reload) and the route tables a listener looks SNI hostnames up in.
 //!
-//! No I/O. A `RouteTable` is an immutable snapshot built once and swapped whole (see
+//! I/O: validation reads an L7 route's certificate and key files; the tables do none. A `RouteTable` is an immutable snapshot built once and swapped whole (see
 //! `state::ListenerState`), so a lookup never takes a lock and a connection keeps the
 //! `RouteInfo` it started with even if the table is replaced under it.
 //!
@@ -10,13 +11,15 @@
 //! `example.com` and not `a.b.example.com`), the rule browsers apply to wildcard certificates.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
-use mc_proxy_shared::{Mode, Route};
-
+use mc_proxy_shared::text::clip;
+use mc_proxy_shared::{Mode, ParseModeError, Route};
 use rustls::sign::CertifiedKey;
 
-use crate::config::ValidRoute;
+use crate::certs::{CertError, leaf_warnings, load_certified_key, server_config};
 use crate::stats::RouteStats;
 
 /// Longest DNS name, without the trailing dot (RFC 1035 §2.3.4).
@@ -62,47 +65,181 @@ pub fn normalize_route_hostname(hostname: &str) -> Option<String> {
     }
 }
 
-/// What a matched route tells the connection pipeline: every field of the route, shared by
-/// all connections routed by it, and its live counters.
+/// Why a route is not acceptable. Shared by the config loader and the admin API.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The hostname is neither a DNS name nor `*.` followed by one.
+    #[error(
+        "invalid hostname {}: expected a DNS name like app.example.com or *.example.com",
+        clip(.0)
+    )]
+    Hostname(String),
+    /// The backend is not `host:port`.
+    #[error("invalid backend {}: {reason}", clip(.value))]
+    Backend {
+        /// What was given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The mode is not "", "l4" or "l7".
+    #[error(transparent)]
+    Mode(#[from] ParseModeError),
+    /// An l7 route without `tls_cert`.
+    #[error("mode l7 needs tls_cert (a PEM certificate chain for the route's hostname)")]
+    MissingCert,
+    /// An l7 route without `tls_key`.
+    #[error("mode l7 needs tls_key (the PEM private key for tls_cert)")]
+    MissingKey,
+    /// The cert/key pair does not load or does not match.
+    #[error(transparent)]
+    Cert(#[from] CertError),
+}
+
+/// A route that passed [`validate_route`]: normalised, with the warnings to log.
+///
+/// Invariant: an L7 route carries its loaded certificate (only [`validate_route`] makes one,
+/// and [`ValidRoute::unchecked`] takes L4 routes only), so a [`RouteInfo`] built from it always
+/// has its TLS configuration.
+#[derive(Debug, Clone)]
+pub struct ValidRoute {
+    /// The route with its hostname normalised (lowercase, no trailing dot).
+    pub route: Route,
+    /// L7: the loaded and checked certificate/key pair, so connections never touch the files.
+    key: Option<Arc<CertifiedKey>>,
+    /// Allowed but suspicious settings.
+    pub warnings: Vec<String>,
+}
+
+impl ValidRoute {
+    /// An L4 route taken as valid without checks (tests).
+    ///
+    /// # Panics
+    /// On an L7 route: those need their certificate loaded by [`validate_route`].
+    pub fn unchecked(route: Route) -> Self {
+        assert_eq!(route.mode, Mode::L4, "only L4 routes can skip validation");
+        ValidRoute {
+            route,
+            key: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// L7: the loaded certificate/key pair.
+    pub fn key(&self) -> Option<&Arc<CertifiedKey>> {
+        self.key.as_ref()
+    }
+}
+
+/// Checks one route on its own (not against its neighbours): hostname, backend, mode and, for
+/// L7, that the certificate and key load with rustls and belong together. Returns the
+/// normalised route and any warnings.
+pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
+    let hostname = normalize_route_hostname(&route.hostname)
+        .ok_or_else(|| RouteError::Hostname(route.hostname.clone()))?;
+    validate_backend(&route.backend)?;
+    let mut warnings = Vec::new();
+    let mut key = None;
+    match route.mode {
+        Mode::L7 => {
+            if route.tls_cert.is_empty() {
+                return Err(RouteError::MissingCert);
+            }
+            if route.tls_key.is_empty() {
+                return Err(RouteError::MissingKey);
+            }
+            let loaded = load_certified_key(Path::new(&route.tls_cert), Path::new(&route.tls_key))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            warnings.extend(leaf_warnings(&loaded, &hostname, now));
+            key = Some(loaded);
+        }
+        Mode::L4 => {
+            if !route.tls_cert.is_empty() || !route.tls_key.is_empty() {
+                warnings.push(
+                    "tls_cert/tls_key are set on an l4 route and are not used: \
+                     l4 passes TLS through to the backend"
+                        .to_owned(),
+                );
+            }
+            // backend_tls means nothing for passthrough; the plan says ignore, not error.
+        }
+    }
+    Ok(ValidRoute {
+        route: Route {
+            hostname,
+            ..route.clone()
+        },
+        key,
+        warnings,
+    })
+}
+
+/// `host:port` where host is an IP address (IPv6 in brackets) or a DNS name, port 1-65535.
+fn validate_backend(backend: &str) -> Result<(), RouteError> {
+    let err = |reason| RouteError::Backend {
+        value: backend.to_owned(),
+        reason,
+    };
+    if let Ok(addr) = backend.parse::<SocketAddr>() {
+        return if addr.port() == 0 {
+            Err(err("port 0 cannot be dialed"))
+        } else {
+            Ok(())
+        };
+    }
+    let (host, port) = backend
+        .rsplit_once(':')
+        .ok_or_else(|| err("expected host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| err("port must be a number from 1 to 65535"))?;
+    if port == 0 {
+        return Err(err("port 0 cannot be dialed"));
+    }
+    if host.contains(':') || host.starts_with('[') {
+        return Err(err("IPv6 addresses need brackets: [::1]:443"));
+    }
+    if normalize_dns_name(host).is_none() {
+        return Err(err("host must be an IP address or a DNS name"));
+    }
+    Ok(())
+}
+
+/// What a matched route tells the connection pipeline: the route as stored, what loading it
+/// added (the L7 certificate and TLS configuration), and its live counters. Shared by every
+/// connection routed by it.
 #[derive(Debug, Clone)]
 pub struct RouteInfo {
-    /// The route's hostname as configured (`app.test` or `*.example.com`), normalised.
-    pub hostname: String,
-    /// `host:port` to dial.
-    pub backend: String,
-    /// L4 passthrough or L7 termination.
-    pub mode: Mode,
-    /// L7 certificate chain path.
-    pub tls_cert: String,
-    /// L7 private key path.
-    pub tls_key: String,
-    /// L7: HTTP/2 over TLS to the backend.
-    pub backend_tls: bool,
-    /// Write a PROXY v2 header to the backend before anything else.
-    pub send_proxy_protocol: bool,
-    /// L7: the certificate/key pair presented to clients, loaded when the route was.
-    pub certified_key: Option<Arc<CertifiedKey>>,
-    /// L7: the TLS server configuration built from `certified_key` (ALPN `h2`, `http/1.1`),
-    /// once per route load rather than per connection.
-    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Every field of the route, hostname normalised (`app.test` or `*.example.com`).
+    pub route: Route,
+    /// L7: the certificate presented to clients and the TLS configuration built from it.
+    /// `Some` exactly when the route is L7 (see [`ValidRoute`]).
+    pub tls: Option<L7Tls>,
     /// Counters, shared with every earlier and later version of this route.
     pub stats: Arc<RouteStats>,
+}
+
+/// An L7 route's TLS termination, built once per route load rather than per connection.
+#[derive(Debug, Clone)]
+pub struct L7Tls {
+    /// The certificate chain and key.
+    pub key: Arc<CertifiedKey>,
+    /// ALPN `h2`, `http/1.1`, this certificate.
+    pub server: Arc<rustls::ServerConfig>,
 }
 
 impl RouteInfo {
     /// A validated route with the given counters.
     pub fn new(valid: ValidRoute, stats: Arc<RouteStats>) -> Self {
-        let r = valid.route;
+        let tls = valid.key.map(|key| L7Tls {
+            server: server_config(Arc::clone(&key)),
+            key,
+        });
         RouteInfo {
-            hostname: r.hostname,
-            backend: r.backend,
-            mode: r.mode,
-            tls_cert: r.tls_cert,
-            tls_key: r.tls_key,
-            backend_tls: r.backend_tls,
-            send_proxy_protocol: r.send_proxy_protocol,
-            tls_server: valid.certified_key.clone().map(crate::l7::server_config),
-            certified_key: valid.certified_key,
+            route: valid.route,
+            tls,
             stats,
         }
     }
@@ -110,23 +247,20 @@ impl RouteInfo {
     /// The route as a `ValidRoute` (with its loaded key), to rebuild a table from.
     pub fn to_valid(&self) -> ValidRoute {
         ValidRoute {
-            route: self.route(),
-            certified_key: self.certified_key.clone(),
+            route: self.route.clone(),
+            key: self.tls.as_ref().map(|t| Arc::clone(&t.key)),
             warnings: Vec::new(),
         }
     }
 
-    /// The route's fields without the counters.
-    pub fn route(&self) -> Route {
-        Route {
-            hostname: self.hostname.clone(),
-            backend: self.backend.clone(),
-            mode: self.mode,
-            tls_cert: self.tls_cert.clone(),
-            tls_key: self.tls_key.clone(),
-            backend_tls: self.backend_tls,
-            send_proxy_protocol: self.send_proxy_protocol,
-        }
+    /// The route's hostname.
+    pub fn hostname(&self) -> &str {
+        &self.route.hostname
+    }
+
+    /// The route's backend.
+    pub fn backend(&self) -> &str {
+        &self.route.backend
     }
 }
 
@@ -157,9 +291,9 @@ impl RouteTable {
         for route in routes {
             let stats = stats_for(&route.route.hostname);
             let info = Arc::new(RouteInfo::new(route, stats));
-            match info.hostname.strip_prefix("*.") {
+            match info.route.hostname.strip_prefix("*.") {
                 Some(rest) => table.wildcard.insert(rest.to_owned(), info),
-                None => table.exact.insert(info.hostname.clone(), info),
+                None => table.exact.insert(info.route.hostname.clone(), info),
             };
         }
         table
@@ -178,8 +312,8 @@ impl RouteTable {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<RouteInfo>> {
         let mut exact: Vec<_> = self.exact.values().collect();
         let mut wild: Vec<_> = self.wildcard.values().collect();
-        exact.sort_by(|a, b| a.hostname.cmp(&b.hostname));
-        wild.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        exact.sort_by(|a, b| a.route.hostname.cmp(&b.route.hostname));
+        wild.sort_by(|a, b| a.route.hostname.cmp(&b.route.hostname));
         exact.into_iter().chain(wild)
     }
 
@@ -213,11 +347,11 @@ mod tests {
             route("api.example.com", "127.0.0.1:2"),
         ]);
         assert_eq!(
-            table.lookup("api.example.com").unwrap().backend,
+            table.lookup("api.example.com").unwrap().route.backend,
             "127.0.0.1:2"
         );
         assert_eq!(
-            table.lookup("www.example.com").unwrap().backend,
+            table.lookup("www.example.com").unwrap().route.backend,
             "127.0.0.1:1"
         );
     }

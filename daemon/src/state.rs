@@ -1,7 +1,7 @@
 //! The daemon's live state: listeners with their route tables, the firewall and the proxy
 //! settings, as the connection pipeline reads them.
 //!
-//! No I/O after [`State::load`] (which reads the store once). Invariant: route tables and the
+//! No I/O (the store is read once at start by `boot`, and written by `control`). Invariant: route tables and the
 //! firewall are immutable snapshots behind `ArcSwap`; writers (the admin API) build a new
 //! snapshot and swap it in, readers take a cheap guard and never block. A connection holds the
 //! `Arc<RouteInfo>` it was routed with for its whole life, so a route change affects new
@@ -15,49 +15,13 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
-use crate::config::ValidRoute;
-use crate::config::{Config, ProxyConfig, parse_net, validate_route};
-use crate::events::EventBus;
-use crate::firewall::{Firewall, InvalidRule};
-use crate::routes::{RouteInfo, RouteTable};
-use crate::stats::RouteStats;
-use crate::store::{Store, StoreError};
+use mc_proxy_shared::ResetReason;
 
-/// Why the daemon could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The config file is unusable.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// The database could not be opened, migrated, seeded or read.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A stored listener address does not parse.
-    #[error("stored listener address {addr:?} is not IP:port")]
-    ListenerAddr {
-        /// The stored value.
-        addr: String,
-    },
-    /// A stored `proxy_protocol_from` entry does not parse.
-    #[error("listener {addr}: stored proxy_protocol_from entry {value:?} is not a network")]
-    ProxySource {
-        /// The listener.
-        addr: String,
-        /// The stored value.
-        value: String,
-    },
-    /// A stored firewall rule does not parse.
-    #[error("stored {0}")]
-    Firewall(#[from] InvalidRule),
-    /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-}
+use crate::config::ProxyConfig;
+use crate::events::EventBus;
+use crate::firewall::Firewall;
+use crate::routes::{RouteInfo, RouteTable, ValidRoute};
+use crate::stats::RouteStats;
 
 /// Counters for one listener. Atomics: the data path never waits on an observer.
 #[derive(Debug, Default)]
@@ -72,30 +36,9 @@ pub struct ListenerCounters {
     pub blocked: AtomicU64,
     /// Connections closed at accept because `max_connections` was reached.
     pub over_capacity: AtomicU64,
-    /// Resets by reason, indexed like [`RESET_REASONS`].
-    resets_by_reason: [AtomicU64; RESET_REASONS.len()],
+    /// Resets by reason, indexed by [`ResetReason::index`].
+    resets_by_reason: [AtomicU64; ResetReason::ALL.len()],
 }
-
-/// The reasons a connection is reset, as the access log and the events name them. A reason not
-/// in the list is counted as "other".
-pub const RESET_REASONS: [&str; 16] = [
-    "blocked",
-    "untrusted_proxy",
-    "proxy_header_timeout",
-    "bad_proxy_header",
-    "hello_timeout",
-    "client_closed",
-    "client_error",
-    "not_tls",
-    "hello_too_large",
-    "bad_hello",
-    "no_sni",
-    "unknown_host",
-    "backend_timeout",
-    "backend_unreachable",
-    "no_certificate",
-    "other",
-];
 
 impl ListenerCounters {
     /// Adds one to a counter.
@@ -104,21 +47,21 @@ impl ListenerCounters {
     }
 
     /// Counts a reset: in total and under its reason.
-    pub fn count_reset(&self, reason: &str) {
+    pub fn count_reset(&self, reason: ResetReason) {
         Self::bump(&self.resets);
-        let i = RESET_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(RESET_REASONS.len() - 1);
-        Self::bump(&self.resets_by_reason[i]);
+        Self::bump(&self.resets_by_reason[reason.index()]);
+    }
+
+    /// Resets of one reason.
+    pub fn resets(&self, reason: ResetReason) -> u64 {
+        self.resets_by_reason[reason.index()].load(Ordering::Relaxed)
     }
 
     /// Non-zero resets by reason.
-    pub fn resets_by_reason(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        RESET_REASONS
+    pub fn resets_by_reason(&self) -> impl Iterator<Item = (ResetReason, u64)> + '_ {
+        ResetReason::ALL
             .iter()
-            .zip(&self.resets_by_reason)
-            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+            .map(|r| (*r, self.resets(*r)))
             .filter(|(_, n)| *n > 0)
     }
 }
@@ -208,7 +151,10 @@ impl State {
         let mut route_stats = HashMap::new();
         for l in &listeners {
             for route in l.routes().iter() {
-                route_stats.insert((l.id, route.hostname.clone()), Arc::clone(&route.stats));
+                route_stats.insert(
+                    (l.id, route.route.hostname.clone()),
+                    Arc::clone(&route.stats),
+                );
             }
         }
         State {
@@ -231,72 +177,6 @@ impl State {
         RouteTable::with_stats(routes, |host| {
             Arc::clone(stats.entry((listener_id, host.to_owned())).or_default())
         })
-    }
-
-    /// Seeds an empty store from the config, then loads listeners, routes and firewall rules
-    /// from the store: after the first start the store is the source of truth and the TOML's
-    /// listeners, routes and rules are not applied (this is logged).
-    ///
-    /// A stored route that no longer validates (an L7 certificate deleted since it was added)
-    /// is logged and left out rather than keeping every other route down.
-    pub fn load(config: &Config, store: &mut Store) -> Result<State, StartError> {
-        if store.seed(config)? {
-            tracing::info!(
-                listeners = config.listeners.len(),
-                "seeded the empty database from {}",
-                config.path.display()
-            );
-        } else {
-            tracing::info!(
-                "database already holds state: the listeners, routes and firewall rules in {} \
-                 were not applied (the database is the source of truth)",
-                config.path.display()
-            );
-        }
-
-        let mut listeners = Vec::new();
-        for row in store.listeners()? {
-            let addr: SocketAddr = row.addr.parse().map_err(|_| StartError::ListenerAddr {
-                addr: row.addr.clone(),
-            })?;
-            let mut routes = Vec::new();
-            for route in store.routes(row.id)? {
-                match validate_route(&route) {
-                    Ok(valid) => {
-                        for w in &valid.warnings {
-                            tracing::warn!(listener = %addr, route = %route.hostname, "{w}");
-                        }
-                        routes.push(valid);
-                    }
-                    Err(e) => tracing::error!(
-                        listener = %addr,
-                        route = %route.hostname,
-                        "stored route is invalid and will not be served: {e}"
-                    ),
-                }
-            }
-            let proxy_protocol_from = row
-                .proxy_protocol_from
-                .iter()
-                .map(|value| {
-                    parse_net(value).ok_or_else(|| StartError::ProxySource {
-                        addr: row.addr.clone(),
-                        value: value.clone(),
-                    })
-                })
-                .collect::<Result<_, _>>()?;
-            listeners.push(Arc::new(ListenerState::new(
-                row.id,
-                addr,
-                row.proxy_protocol,
-                proxy_protocol_from,
-                RouteTable::with_stats(routes, |_| Arc::default()),
-            )));
-        }
-        let firewall = Firewall::from_rules(&store.firewall_rules()?)?;
-        let mut state = State::new(config.proxy.clone(), listeners, firewall);
-        state.events = EventBus::new(config.admin.event_buffer);
-        Ok(state)
     }
 
     /// The current firewall snapshot.

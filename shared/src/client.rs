@@ -14,7 +14,8 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::model::{FirewallRule, Mode, ParseKindError, ParseModeError, Route};
+pub use crate::model::RoutePatch;
+use crate::model::{FirewallRule, ParseKindError, ParseModeError, Route};
 use crate::pb;
 use crate::pb::admin_service_client::AdminServiceClient;
 
@@ -319,25 +320,6 @@ pub struct RouteEntry {
     pub route: Route,
     /// Its counters.
     pub stats: RouteStats,
-}
-
-/// The fields to change in `update_route`; `None` keeps the current value.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RoutePatch {
-    /// Rename the route.
-    pub hostname: Option<String>,
-    /// New backend.
-    pub backend: Option<String>,
-    /// New mode.
-    pub mode: Option<Mode>,
-    /// New certificate path.
-    pub tls_cert: Option<String>,
-    /// New key path.
-    pub tls_key: Option<String>,
-    /// New backend_tls flag.
-    pub backend_tls: Option<bool>,
-    /// New send_proxy_protocol flag.
-    pub send_proxy_protocol: Option<bool>,
 }
 
 /// One event from `watch_events`, with the daemon's time in ms since the Unix epoch.

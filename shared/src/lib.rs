@@ -9,9 +9,13 @@
 
 pub mod client;
 pub mod model;
+pub mod outcome;
 pub mod text;
 
-pub use model::{FirewallRule, FirewallRuleKind, Mode, ParseKindError, ParseModeError, Route};
+pub use model::{
+    FirewallRule, FirewallRuleKind, Mode, ParseKindError, ParseModeError, Route, RoutePatch,
+};
+pub use outcome::{BlockedReason, ChangeAction, CloseReason, Outcome, ResetReason};
 
 /// The admin API as generated from `proto/mc_proxy/v1/admin.proto` (package `mc_proxy.v1`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

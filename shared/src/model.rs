@@ -77,6 +77,25 @@ pub struct Route {
     pub send_proxy_protocol: bool,
 }
 
+/// The fields of a route to change; `None` keeps the current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoutePatch {
+    /// Rename the route.
+    pub hostname: Option<String>,
+    /// New backend.
+    pub backend: Option<String>,
+    /// New mode.
+    pub mode: Option<Mode>,
+    /// New certificate path.
+    pub tls_cert: Option<String>,
+    /// New key path.
+    pub tls_key: Option<String>,
+    /// New backend_tls flag.
+    pub backend_tls: Option<bool>,
+    /// New send_proxy_protocol flag.
+    pub send_proxy_protocol: Option<bool>,
+}
+
 /// What a firewall rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -366,7 +366,7 @@ impl Proxy {
         let config = Config::parse(&dir.path().join("mc-proxy.toml"), &text)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let mut store = Store::open(&config.database.path).unwrap();
-        let state = Arc::new(State::load(&config, &mut store).unwrap());
+        let state = Arc::new(mc_proxy::boot::load_state(&config, &mut store).unwrap());
         let listeners = server::bind(&state).await.unwrap();
         let addrs = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
         let admin_socket = AdminSocket::bind(&socket).unwrap();
@@ -378,11 +378,9 @@ impl Proxy {
         let task = tokio::spawn(server::run(listeners, Arc::clone(&state), shutdown.clone()));
         let admin_task = tokio::spawn({
             let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
-            let store = Arc::new(std::sync::Mutex::new(store));
+            let control = Arc::new(mc_proxy::control::Control::new(state, store));
             async move {
-                admin::serve(admin_socket, state, store, shutdown)
-                    .await
-                    .unwrap();
+                admin::serve(admin_socket, control, shutdown).await.unwrap();
             }
         });
         let metrics_task = tokio::spawn(metrics::serve(

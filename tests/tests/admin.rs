@@ -496,15 +496,16 @@ async fn a_stuck_subscriber_never_slows_traffic_and_learns_what_it_lost() {
     }
     // And a burst published faster than any subscriber task can run.
     for _ in 0..100 {
-        proxy.state.events.publish(|| {
-            pb::event::Kind::FirewallChanged(pb::FirewallChanged {
-                action: "added".into(),
-                rule: Some(pb::FirewallRule {
-                    kind: "ip".into(),
+        proxy
+            .state
+            .events
+            .publish(|| mc_proxy::events::Event::FirewallChanged {
+                action: mc_proxy_shared::ChangeAction::Added,
+                rule: FirewallRule {
+                    kind: FirewallRuleKind::Ip,
                     value: "192.0.2.1".into(),
-                }),
-            })
-        });
+                },
+            });
     }
 
     assert!(matches!(
@@ -775,7 +776,7 @@ async fn metrics_match_the_admin_api_and_pass_promtool() {
             l.over_capacity
         );
         let mut resets = 0;
-        for reason in mc_proxy::state::RESET_REASONS {
+        for reason in mc_proxy_shared::ResetReason::ALL.iter().map(|r| r.as_str()) {
             let n = sample(
                 &samples,
                 "mcproxy_listener_resets_total",

@@ -164,7 +164,7 @@ async fn unknown_sni_is_reset() {
     let counters = &proxy.state.listeners[0].counters;
     assert_eq!(counters.resets.load(Ordering::Relaxed), 1);
     let by_reason: Vec<_> = counters.resets_by_reason().collect();
-    assert_eq!(by_reason, [("unknown_host", 1)]);
+    assert_eq!(by_reason, [(mc_proxy_shared::ResetReason::UnknownHost, 1)]);
 }
 
 #[tokio::test]

@@ -33,11 +33,13 @@ use http::uri::Scheme;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use mc_proxy_shared::CloseReason;
 
 use crate::io::Rewind;
 use crate::routes::RouteInfo;
@@ -54,24 +56,16 @@ pub enum L7Error {
     /// Client fault: the TLS handshake did not finish within `client_hello_timeout`.
     #[error("TLS handshake timed out after {0:?}")]
     HandshakeTimeout(Duration),
-    /// Config fault: an L7 route without a loaded certificate (validation prevents this).
-    #[error("route has no TLS certificate loaded")]
-    NoCertificate,
 }
 
 impl L7Error {
-    /// A short, stable name for the access log's `outcome` field.
-    pub fn reason(&self) -> &'static str {
+    /// How the connection ended, for the access record. Both are the client's doing; the
+    /// socket is closed, not reset, so the client can read rustls's alert.
+    pub fn close_reason(&self) -> CloseReason {
         match self {
-            L7Error::Handshake(_) => "tls_handshake_failed",
-            L7Error::HandshakeTimeout(_) => "tls_handshake_timeout",
-            L7Error::NoCertificate => "no_certificate",
+            L7Error::Handshake(_) => CloseReason::TlsHandshakeFailed,
+            L7Error::HandshakeTimeout(_) => CloseReason::TlsHandshakeTimeout,
         }
-    }
-
-    /// True when the client caused it (logged at info); false for the operator's faults.
-    pub fn is_client_fault(&self) -> bool {
-        !matches!(self, L7Error::NoCertificate)
     }
 }
 
@@ -95,6 +89,8 @@ pub enum L7End {
 pub struct Session {
     /// The route the connection was routed by.
     pub route: Arc<RouteInfo>,
+    /// Its TLS termination (certificate, ALPN).
+    pub tls: Arc<rustls::ServerConfig>,
     /// The SNI the client sent (normalised); the only host this connection serves.
     pub sni: String,
     /// The real client address.
@@ -111,20 +107,6 @@ pub struct Session {
     pub idle_timeout: Duration,
 }
 
-/// The rustls server configuration of an L7 route: its certificate, ALPN `h2` then
-/// `http/1.1`. Built once when the route is loaded, shared by its connections.
-pub fn server_config(key: Arc<CertifiedKey>) -> Arc<rustls::ServerConfig> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("the ring provider supports the default protocol versions")
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(SingleCertAndKey::from(key)));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
 /// Terminates TLS on `stream` (after replaying `peeked`) and reverse-proxies its requests
 /// until the client closes, the connection idles out or, after `shutdown`, drains.
 pub async fn serve(
@@ -133,10 +115,15 @@ pub async fn serve(
     session: Session,
     backend_tls: &BackendTls,
     shutdown: CancellationToken,
+    tasks: &TaskTracker,
 ) -> Result<L7End, L7Error> {
+    let executor = TaskExecutor {
+        tasks: tasks.clone(),
+        span: tracing::Span::current(),
+    };
     let route = Arc::clone(&session.route);
-    let config = route.tls_server.clone().ok_or(L7Error::NoCertificate)?;
-    let tls_client = route.backend_tls.then(|| backend_tls.config());
+    let config = Arc::clone(&session.tls);
+    let tls_client = route.route.backend_tls.then(|| backend_tls.config());
     let _ = stream.set_nodelay(true);
 
     let activity = Arc::new(Activity::new());
@@ -161,7 +148,7 @@ pub async fn serve(
 
     let closed = CancellationToken::new();
     let _closed_on_return = closed.clone().drop_guard();
-    let scheme = if route.backend_tls {
+    let scheme = if route.route.backend_tls {
         Scheme::HTTPS
     } else {
         Scheme::HTTP
@@ -175,6 +162,7 @@ pub async fn serve(
             session.connect_timeout,
             tls_client,
             closed.clone(),
+            executor.clone(),
         ),
         route,
         sni: session.sni,
@@ -183,7 +171,7 @@ pub async fn serve(
         closed,
     });
 
-    let mut builder = auto::Builder::new(SpanExecutor(tracing::Span::current()));
+    let mut builder = auto::Builder::new(executor);
     // With a timer, hyper's HTTP/1.1 header read timeout (30 s) applies: a client must send
     // each request's headers within it, which also closes idle keep-alive connections.
     builder.http1().timer(TokioTimer::new());
@@ -220,18 +208,24 @@ pub async fn serve(
     }
 }
 
-/// Spawns hyper's per-stream tasks inside the connection's span, so request logs carry the
-/// connection id, client and route like the connection's own lines.
-#[derive(Clone, Debug)]
-struct SpanExecutor(tracing::Span);
+/// hyper's executor for this connection's tasks (one per HTTP/2 stream on each side, the
+/// backend connection's driver): spawned through the server's `TaskTracker`, so every task has
+/// an owner and shutdown waits for it, inside the connection's span, so their logs say which
+/// connection they belong to.
+#[derive(Debug, Clone)]
+pub struct TaskExecutor {
+    tasks: TaskTracker,
+    span: tracing::Span,
+}
 
-impl<F> hyper::rt::Executor<F> for SpanExecutor
+impl<F> hyper::rt::Executor<F> for TaskExecutor
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(tracing::Instrument::instrument(fut, self.0.clone()));
+        self.tasks
+            .spawn(tracing::Instrument::instrument(fut, self.span.clone()));
     }
 }
 

@@ -11,7 +11,8 @@
 //! `connect_timeout`, and its duration, when it succeeds, is recorded once in the route's
 //! `connect_duration` histogram. The only lock held across an `.await` is the async dial gate, so
 //! concurrent first requests share one dial rather than opening one connection each. The
-//! connection's driver task ends when the client connection does (`closed`).
+//! connection's driver task ends when the client connection does (`closed`), and it and hyper's
+//! tasks are spawned through the server's `TaskTracker`, so shutdown waits for them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -30,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::TaskExecutor;
 use crate::proxyproto;
 use crate::routes::RouteInfo;
 
@@ -193,11 +195,16 @@ pub struct Upstream {
     tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
     /// Cancelled when the client connection ends: the backend connection goes with it.
     closed: CancellationToken,
+    /// Owns the connection's driver task and hyper's per-stream tasks (the server's tracker).
+    tasks: TaskExecutor,
     sender: Mutex<Option<SendRequest<Incoming>>>,
 }
 
 impl Upstream {
     /// A backend handle that dials lazily. `client`/`local` go into the PROXY header.
+    // One argument per thing the per-client-connection backend needs; the shared pool that
+    // replaces this type takes them from a per-backend target instead.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         route: Arc<RouteInfo>,
         server_name: String,
@@ -206,8 +213,10 @@ impl Upstream {
         connect_timeout: Duration,
         tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
         closed: CancellationToken,
+        tasks: TaskExecutor,
     ) -> Self {
         Upstream {
+            tasks,
             route,
             server_name,
             client,
@@ -247,7 +256,7 @@ impl Upstream {
 
     fn request_error(&self, source: hyper::Error) -> UpstreamError {
         UpstreamError::Request {
-            backend: self.route.backend.clone(),
+            backend: self.route.route.backend.clone(),
             source,
         }
     }
@@ -266,7 +275,7 @@ impl Upstream {
             if !sender.is_closed() && sender.ready().await.is_ok() {
                 return Ok(sender.clone());
             }
-            tracing::debug!(backend = %self.route.backend, "backend connection lost: redialling");
+            tracing::debug!(backend = %self.route.route.backend, "backend connection lost: redialling");
             *slot = None;
         }
         // Boxed: the dial (TCP, PROXY header, TLS, h2 handshake) is rare but its state is
@@ -280,7 +289,7 @@ impl Upstream {
             }
             Err(_) => {
                 return Err(UpstreamError::Timeout {
-                    backend: self.route.backend.clone(),
+                    backend: self.route.route.backend.clone(),
                     after: self.connect_timeout,
                 });
             }
@@ -290,7 +299,7 @@ impl Upstream {
     }
 
     async fn dial(&self) -> Result<SendRequest<Incoming>, UpstreamError> {
-        let backend = &self.route.backend;
+        let backend = &self.route.route.backend;
         let mut tcp =
             TcpStream::connect(backend)
                 .await
@@ -299,7 +308,7 @@ impl Upstream {
                     source,
                 })?;
         let _ = tcp.set_nodelay(true);
-        if self.route.send_proxy_protocol {
+        if self.route.route.send_proxy_protocol {
             proxyproto::write_v2(&mut tcp, self.client, self.local)
                 .await
                 .map_err(|source| UpstreamError::ProxyHeader {
@@ -331,17 +340,17 @@ impl Upstream {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        let (sender, conn) = http2::Builder::new(self.tasks.clone())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|source| UpstreamError::Handshake {
-                backend: self.route.backend.clone(),
+                backend: self.route.route.backend.clone(),
                 source,
             })?;
         let closed = self.closed.clone();
-        let backend = self.route.backend.clone();
+        let backend = self.route.route.backend.clone();
         let driver = async move {
             tokio::select! {
                 res = conn => if let Err(e) = res {
@@ -350,7 +359,7 @@ impl Upstream {
                 () = closed.cancelled() => {}
             }
         };
-        tokio::spawn(tracing::Instrument::in_current_span(driver));
+        hyper::rt::Executor::execute(&self.tasks, driver);
         Ok(sender)
     }
 }

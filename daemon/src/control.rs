@@ -1,0 +1,628 @@
+//! The control plane: the one way the daemon's routes, firewall and certificates change.
+//!
+//! I/O: the store (SQLite, blocking: call [`Control::apply`] from `spawn_blocking`) and, for
+//! L7 routes, their certificate and key files. No transport: the admin API converts gRPC
+//! requests into a [`Change`] and the [`Applied`] or [`ChangeError`] back; SIGHUP applies
+//! [`Change::ReloadCertificates`]. Modelled on sozu's `ConfigState::dispatch`.
+//!
+//! Every change goes through [`Control::apply`], once, in this order:
+//! 1. check the request (sizes, absolute paths, the listener, the route's fields with
+//!    `routes::validate_route`, firewall rules with `firewall::parse_rule`);
+//! 2. write the database (one statement or transaction);
+//! 3. swap the live snapshot (a listener's route table, the firewall);
+//! 4. publish the event.
+//!
+//! Invariants: a change that fails at 1 or 2 changes nothing, neither the database nor the
+//! snapshot. Changes are serialised by the store mutex, held from the write to the swap, so
+//! the database and the snapshot never disagree and no two table swaps race. Connections in
+//! flight keep the route they started with.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use mc_proxy_shared::text::clip;
+use mc_proxy_shared::{ChangeAction, FirewallRule, Route, RoutePatch};
+
+use crate::events::Event;
+use crate::firewall::{Firewall, parse_rule};
+use crate::reload::{RouteReload, reload_certificates};
+use crate::routes::{ValidRoute, normalize_route_hostname, validate_route};
+use crate::state::{ListenerState, State};
+use crate::store::{Store, StoreError};
+
+/// A change someone asked for.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Add a route to the listener named by its configured address.
+    AddRoute {
+        /// The listener's configured address.
+        listener: String,
+        /// The new route (missing fields mean l4 without PROXY).
+        route: Route,
+    },
+    /// Change the given fields of a route, keep the others.
+    UpdateRoute {
+        /// The listener's configured address.
+        listener: String,
+        /// The route to change.
+        hostname: String,
+        /// What to change.
+        patch: RoutePatch,
+    },
+    /// Remove a route; its open connections keep going.
+    RemoveRoute {
+        /// The listener's configured address.
+        listener: String,
+        /// The route to remove.
+        hostname: String,
+    },
+    /// Block an address or network.
+    AddFirewallRule(FirewallRule),
+    /// Unblock one.
+    RemoveFirewallRule(FirewallRule),
+    /// Re-read every L7 route's certificate and key (SIGHUP).
+    ReloadCertificates,
+}
+
+/// What a change did.
+#[derive(Debug)]
+pub enum Applied {
+    /// The route as stored (hostname normalised) and any warnings.
+    Route {
+        /// The route.
+        route: Route,
+        /// Accepted, but probably not meant (a certificate on an l4 route, ...).
+        warnings: Vec<String>,
+    },
+    /// The route or rule is gone.
+    Removed,
+    /// The rule as stored (normalised).
+    Rule(FirewallRule),
+    /// One result per stored L7 route.
+    Reloaded(Vec<RouteReload>),
+}
+
+/// Why a change was not applied; nothing changed. The first three are the caller's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The request cannot be applied as it is (bad field, oversized value, relative path).
+    #[error("{0}")]
+    Invalid(String),
+    /// It names a listener, route or rule that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// It would duplicate a route or rule.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The daemon's fault: the database write failed.
+    #[error("database write failed, nothing changed: {0}")]
+    Store(StoreError),
+    /// The daemon's fault: an earlier failure left the store unusable.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ChangeError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ChangeError::NotFound(format!("{what} not found")),
+            StoreError::AlreadyExists(what) => {
+                ChangeError::AlreadyExists(format!("{what} already exists"))
+            }
+            other => {
+                tracing::error!("admin write failed: {other}");
+                ChangeError::Store(other)
+            }
+        }
+    }
+}
+
+/// The longest value each field may hold, in bytes. A longer one is refused before anything
+/// else looks at it, so no answer repeats a huge value and nothing is stored that no resolver
+/// or file system could use.
+pub mod max_len {
+    /// A DNS name (253) with a leading `*.`.
+    pub const HOSTNAME: usize = 255;
+    /// `host:port`: a DNS name, a colon and a port.
+    pub const BACKEND: usize = 261;
+    /// A listener address, `[v6%scope]:port`.
+    pub const LISTENER: usize = 64;
+    /// PATH_MAX on Linux.
+    pub const PATH: usize = 4096;
+    /// An address or network, IPv6 included.
+    pub const RULE: usize = 64;
+}
+
+/// Refuses `value` if it is longer than `max` bytes.
+pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ChangeError> {
+    if value.len() > max {
+        return Err(ChangeError::Invalid(format!(
+            "{field} is {} bytes long; at most {max} are accepted",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The daemon resolves a relative path against its own working directory, which is not the
+/// directory of whoever sent it; so changes take absolute paths only (`mcproxyctl` and the
+/// console resolve them against their own working directory before sending).
+fn check_absolute(field: &str, path: &str) -> Result<(), ChangeError> {
+    if path.is_empty() || Path::new(path).is_absolute() {
+        return Ok(());
+    }
+    Err(ChangeError::Invalid(format!(
+        "{field} {} is a relative path, and the daemon cannot know what it is relative to: \
+         send an absolute path",
+        clip(path)
+    )))
+}
+
+fn check_route_fields(route: &Route) -> Result<(), ChangeError> {
+    check_len("hostname", &route.hostname, max_len::HOSTNAME)?;
+    check_len("backend", &route.backend, max_len::BACKEND)?;
+    check_len("tls_cert", &route.tls_cert, max_len::PATH)?;
+    check_len("tls_key", &route.tls_key, max_len::PATH)
+}
+
+fn check_patch_fields(patch: &RoutePatch) -> Result<(), ChangeError> {
+    let fields = [
+        ("new_hostname", &patch.hostname, max_len::HOSTNAME),
+        ("backend", &patch.backend, max_len::BACKEND),
+        ("tls_cert", &patch.tls_cert, max_len::PATH),
+        ("tls_key", &patch.tls_key, max_len::PATH),
+    ];
+    for (field, value, max) in fields {
+        if let Some(value) = value {
+            check_len(field, value, max)?;
+        }
+    }
+    Ok(())
+}
+
+/// The live state and the store behind it: what every change reads and writes.
+#[derive(Debug)]
+pub struct Control {
+    state: Arc<State>,
+    store: Mutex<Store>,
+}
+
+impl Control {
+    /// Takes over the store; `state` is what it serves.
+    pub fn new(state: Arc<State>, store: Store) -> Control {
+        Control {
+            state,
+            store: Mutex::new(store),
+        }
+    }
+
+    /// The live state.
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// The stored firewall rules (what `ListFirewallRules` shows).
+    pub fn firewall_rules(&self) -> Result<Vec<FirewallRule>, ChangeError> {
+        Ok(self.store()?.firewall_rules()?)
+    }
+
+    fn store(&self) -> Result<std::sync::MutexGuard<'_, Store>, ChangeError> {
+        self.store
+            .lock()
+            .map_err(|_| ChangeError::Internal("store lock poisoned by an earlier failure".into()))
+    }
+
+    /// Applies one change (see the module docs). Blocks on SQLite.
+    pub fn apply(&self, change: Change) -> Result<Applied, ChangeError> {
+        let mut store = self.store()?;
+        let state = &*self.state;
+        match change {
+            Change::AddRoute { listener, route } => {
+                check_route_fields(&route)?;
+                check_absolute("tls_cert", &route.tls_cert)?;
+                check_absolute("tls_key", &route.tls_key)?;
+                let listener = listener_by_name(state, &listener)?;
+                let valid = validate(listener, &route)?;
+                store.create_route(listener.id, &valid.route)?;
+                let applied = Applied::Route {
+                    route: valid.route.clone(),
+                    warnings: valid.warnings.clone(),
+                };
+                tracing::info!(listener = %listener.addr, route = %valid.route.hostname, backend = %valid.route.backend, mode = %valid.route.mode, "route added");
+                let route = valid.route.clone();
+                swap_routes(state, listener, |routes| routes.push(valid));
+                publish_route(state, listener.addr, ChangeAction::Added, route, None);
+                Ok(applied)
+            }
+            Change::UpdateRoute {
+                listener,
+                hostname,
+                patch,
+            } => {
+                check_len("hostname", &hostname, max_len::HOSTNAME)?;
+                check_patch_fields(&patch)?;
+                let listener = listener_by_name(state, &listener)?;
+                let old = route_name(listener, &hostname)?;
+                let current = store
+                    .routes(listener.id)?
+                    .into_iter()
+                    .find(|r| r.hostname == old)
+                    .ok_or_else(|| no_route(listener, &old))?;
+                // A path the change sets must be absolute; one it keeps is the operator's
+                // earlier choice (a TOML-seeded route may hold a relative one).
+                for (field, new, stored) in [
+                    ("tls_cert", &patch.tls_cert, &current.tls_cert),
+                    ("tls_key", &patch.tls_key, &current.tls_key),
+                ] {
+                    if let Some(new) = new.as_deref().filter(|new| new != stored) {
+                        check_absolute(field, new)?;
+                    }
+                }
+                let merged = merge(current, patch);
+                let valid = validate(listener, &merged)?;
+                store.update_route(listener.id, &old, &valid.route)?;
+                let applied = Applied::Route {
+                    route: valid.route.clone(),
+                    warnings: valid.warnings.clone(),
+                };
+                tracing::info!(listener = %listener.addr, route = %valid.route.hostname, previous = %old, backend = %valid.route.backend, mode = %valid.route.mode, "route updated");
+                let route = valid.route.clone();
+                swap_routes(state, listener, |routes| {
+                    routes.retain(|r| r.route.hostname != old);
+                    routes.push(valid);
+                });
+                publish_route(
+                    state,
+                    listener.addr,
+                    ChangeAction::Updated,
+                    route,
+                    Some(old),
+                );
+                Ok(applied)
+            }
+            Change::RemoveRoute { listener, hostname } => {
+                check_len("hostname", &hostname, max_len::HOSTNAME)?;
+                let listener = listener_by_name(state, &listener)?;
+                let name = route_name(listener, &hostname)?;
+                let removed = store
+                    .routes(listener.id)?
+                    .into_iter()
+                    .find(|r| r.hostname == name)
+                    .ok_or_else(|| no_route(listener, &name))?;
+                store.delete_route(listener.id, &name)?;
+                swap_routes(state, listener, |routes| {
+                    routes.retain(|r| r.route.hostname != name);
+                });
+                tracing::info!(listener = %listener.addr, route = %name, "route removed");
+                publish_route(state, listener.addr, ChangeAction::Removed, removed, None);
+                Ok(Applied::Removed)
+            }
+            Change::AddFirewallRule(rule) => {
+                let rule = checked_rule(&rule)?;
+                store.add_firewall_rule(&rule)?;
+                swap_firewall(&store, state)?;
+                publish_firewall(state, ChangeAction::Added, &rule);
+                Ok(Applied::Rule(rule))
+            }
+            Change::RemoveFirewallRule(rule) => {
+                let rule = checked_rule(&rule)?;
+                store.remove_firewall_rule(&rule)?;
+                swap_firewall(&store, state)?;
+                publish_firewall(state, ChangeAction::Removed, &rule);
+                Ok(Applied::Removed)
+            }
+            Change::ReloadCertificates => {
+                Ok(Applied::Reloaded(reload_certificates(&mut store, state)?))
+            }
+        }
+    }
+}
+
+/// The listener named by its configured address (`127.0.0.1:8443`): how every request names
+/// one.
+pub fn listener_by_name<'a>(
+    state: &'a State,
+    name: &str,
+) -> Result<&'a ListenerState, ChangeError> {
+    check_len("listener", name, max_len::LISTENER)?;
+    let addr: SocketAddr = name.parse().map_err(|_| {
+        ChangeError::Invalid(format!(
+            "listener {} is not an address like 127.0.0.1:8443",
+            clip(name)
+        ))
+    })?;
+    state
+        .listeners
+        .iter()
+        .find(|l| l.addr == addr)
+        .map(|l| &**l)
+        .ok_or_else(|| {
+            let known: Vec<String> = state.listeners.iter().map(|l| l.addr.to_string()).collect();
+            ChangeError::NotFound(format!(
+                "no listener {addr} (listeners: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })
+}
+
+/// The stored name of the route `hostname` names: the one normalisation the data path uses
+/// too, so `App.Test.` finds `app.test`. A name that cannot be a route is not found.
+fn route_name(listener: &ListenerState, hostname: &str) -> Result<String, ChangeError> {
+    normalize_route_hostname(hostname.trim()).ok_or_else(|| no_route(listener, hostname))
+}
+
+fn no_route(listener: &ListenerState, hostname: &str) -> ChangeError {
+    ChangeError::NotFound(format!(
+        "no route {} on listener {}",
+        clip(hostname),
+        listener.addr
+    ))
+}
+
+fn validate(listener: &ListenerState, route: &Route) -> Result<ValidRoute, ChangeError> {
+    validate_route(route).map_err(|e| {
+        ChangeError::Invalid(format!(
+            "listener {}, route {}: {e}",
+            listener.addr,
+            clip(&route.hostname)
+        ))
+    })
+}
+
+/// `current` with the fields `patch` sets replaced.
+fn merge(current: Route, patch: RoutePatch) -> Route {
+    Route {
+        hostname: patch.hostname.unwrap_or(current.hostname),
+        backend: patch.backend.unwrap_or(current.backend),
+        mode: patch.mode.unwrap_or(current.mode),
+        tls_cert: patch.tls_cert.unwrap_or(current.tls_cert),
+        tls_key: patch.tls_key.unwrap_or(current.tls_key),
+        backend_tls: patch.backend_tls.unwrap_or(current.backend_tls),
+        send_proxy_protocol: patch
+            .send_proxy_protocol
+            .unwrap_or(current.send_proxy_protocol),
+    }
+}
+
+fn checked_rule(rule: &FirewallRule) -> Result<FirewallRule, ChangeError> {
+    check_len("value", &rule.value, max_len::RULE)?;
+    parse_rule(rule.kind, &rule.value).map_err(|e| ChangeError::Invalid(e.to_string()))
+}
+
+/// Replaces a listener's table with its current routes changed by `edit`, keeping every
+/// route's loaded key and counters.
+fn swap_routes(state: &State, listener: &ListenerState, edit: impl FnOnce(&mut Vec<ValidRoute>)) {
+    let mut routes: Vec<ValidRoute> = listener.routes().iter().map(|r| r.to_valid()).collect();
+    edit(&mut routes);
+    listener.replace_routes(state.build_table(listener.id, routes));
+}
+
+fn swap_firewall(store: &Store, state: &State) -> Result<(), ChangeError> {
+    let firewall = Firewall::from_rules(&store.firewall_rules()?)
+        .map_err(|e| ChangeError::Internal(format!("stored firewall rule: {e}")))?;
+    state.replace_firewall(firewall);
+    Ok(())
+}
+
+fn publish_route(
+    state: &State,
+    listener: SocketAddr,
+    action: ChangeAction,
+    route: Route,
+    previous_hostname: Option<String>,
+) {
+    state.events.publish(|| Event::RouteChanged {
+        listener,
+        action,
+        route,
+        previous_hostname,
+    });
+}
+
+fn publish_firewall(state: &State, action: ChangeAction, rule: &FirewallRule) {
+    tracing::info!(kind = %rule.kind, value = %rule.value, "firewall rule {action}");
+    state.events.publish(|| Event::FirewallChanged {
+        action,
+        rule: rule.clone(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use mc_proxy_shared::FirewallRuleKind;
+
+    /// A control plane over a fresh database seeded with one listener and `app.test`.
+    fn control() -> (Control, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("mc.db");
+        let text = format!(
+            "[database]\npath = {:?}\n[[listeners]]\naddr = \"127.0.0.1:8443\"\n\
+             [[listeners.routes]]\nhostname = \"app.test\"\nbackend = \"127.0.0.1:9443\"\n",
+            db.display().to_string()
+        );
+        let config = Config::parse(&dir.path().join("mc.toml"), &text).unwrap();
+        let mut store = Store::open(&db).unwrap();
+        let state = Arc::new(crate::boot::load_state(&config, &mut store).unwrap());
+        (Control::new(state, store), dir)
+    }
+
+    fn route(hostname: &str, backend: &str) -> Route {
+        Route {
+            hostname: hostname.into(),
+            backend: backend.into(),
+            ..Route::default()
+        }
+    }
+
+    const L: &str = "127.0.0.1:8443";
+
+    fn backend_of(control: &Control, sni: &str) -> Option<String> {
+        control.state().listeners[0]
+            .lookup(sni)
+            .map(|r| r.route.backend.clone())
+    }
+
+    #[test]
+    fn an_added_route_is_stored_served_and_published() {
+        let (control, _dir) = control();
+        let mut events = control.state().events.subscribe();
+        let applied = control
+            .apply(Change::AddRoute {
+                listener: L.into(),
+                route: route("New.Test", "127.0.0.1:1"),
+            })
+            .unwrap();
+        assert!(
+            matches!(applied, Applied::Route { ref route, .. } if route.hostname == "new.test")
+        );
+        assert_eq!(
+            backend_of(&control, "new.test").as_deref(),
+            Some("127.0.0.1:1")
+        );
+        let stored = control.store().unwrap().routes(1).unwrap();
+        assert!(
+            stored.iter().any(|r| r.hostname == "new.test"),
+            "{stored:?}"
+        );
+        let event = events.try_recv().unwrap().event;
+        assert!(
+            matches!(event, Event::RouteChanged { action: ChangeAction::Added, ref route, .. } if route.hostname == "new.test"),
+            "{event:?}"
+        );
+    }
+
+    #[test]
+    fn updates_and_removals_find_the_route_through_the_one_normalisation() {
+        let (control, _dir) = control();
+        control
+            .apply(Change::UpdateRoute {
+                listener: L.into(),
+                hostname: "App.Test.".into(),
+                patch: RoutePatch {
+                    backend: Some("127.0.0.1:2".into()),
+                    ..RoutePatch::default()
+                },
+            })
+            .unwrap();
+        assert_eq!(
+            backend_of(&control, "app.test").as_deref(),
+            Some("127.0.0.1:2")
+        );
+        control
+            .apply(Change::RemoveRoute {
+                listener: L.into(),
+                hostname: "APP.test.".into(),
+            })
+            .unwrap();
+        assert_eq!(backend_of(&control, "app.test"), None);
+        assert!(control.store().unwrap().routes(1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_refused_change_changes_nothing() {
+        let (control, _dir) = control();
+        control
+            .apply(Change::AddRoute {
+                listener: L.into(),
+                route: route("b.test", "127.0.0.1:3"),
+            })
+            .unwrap();
+        let before = control.store().unwrap().routes(1).unwrap();
+        let refusals = [
+            // Renaming onto an existing route: the database refuses, the tables keep both.
+            Change::UpdateRoute {
+                listener: L.into(),
+                hostname: "b.test".into(),
+                patch: RoutePatch {
+                    hostname: Some("app.test".into()),
+                    ..RoutePatch::default()
+                },
+            },
+            Change::AddRoute {
+                listener: L.into(),
+                route: route("app.test", "127.0.0.1:4"),
+            },
+            Change::AddRoute {
+                listener: L.into(),
+                route: Route {
+                    mode: mc_proxy_shared::Mode::L7,
+                    tls_cert: "relative.pem".into(),
+                    tls_key: "/abs.key".into(),
+                    ..route("c.test", "127.0.0.1:5")
+                },
+            },
+            Change::AddRoute {
+                listener: "127.0.0.1:1".into(),
+                route: route("d.test", "127.0.0.1:5"),
+            },
+            Change::RemoveRoute {
+                listener: L.into(),
+                hostname: "nope.test".into(),
+            },
+        ];
+        let kinds: Vec<&str> = refusals
+            .into_iter()
+            .map(|change| match control.apply(change).unwrap_err() {
+                ChangeError::Invalid(_) => "invalid",
+                ChangeError::NotFound(_) => "not found",
+                ChangeError::AlreadyExists(_) => "exists",
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["exists", "exists", "invalid", "not found", "not found"]
+        );
+        assert_eq!(control.store().unwrap().routes(1).unwrap(), before);
+        assert_eq!(
+            backend_of(&control, "app.test").as_deref(),
+            Some("127.0.0.1:9443")
+        );
+        assert_eq!(
+            backend_of(&control, "b.test").as_deref(),
+            Some("127.0.0.1:3")
+        );
+    }
+
+    #[test]
+    fn firewall_rules_are_parsed_once_normalised_and_applied() {
+        let (control, _dir) = control();
+        let rule = |kind, value: &str| FirewallRule {
+            kind,
+            value: value.into(),
+        };
+        let applied = control
+            .apply(Change::AddFirewallRule(rule(
+                FirewallRuleKind::Cidr,
+                " 10.1.2.3/8 ",
+            )))
+            .unwrap();
+        assert!(
+            matches!(applied, Applied::Rule(ref r) if r.value == "10.0.0.0/8"),
+            "{applied:?}"
+        );
+        assert!(control.state().is_blocked("10.9.9.9".parse().unwrap()));
+        let err = control
+            .apply(Change::AddFirewallRule(rule(
+                FirewallRuleKind::Ip,
+                "10.0.0.0/8",
+            )))
+            .unwrap_err();
+        assert!(err.to_string().contains("not an IP address"), "{err}");
+        control
+            .apply(Change::RemoveFirewallRule(rule(
+                FirewallRuleKind::Cidr,
+                "10.0.0.0/8",
+            )))
+            .unwrap();
+        assert!(!control.state().is_blocked("10.9.9.9".parse().unwrap()));
+        assert!(control.firewall_rules().unwrap().is_empty());
+    }
+}
