@@ -18,11 +18,11 @@ use std::time::Duration;
 use ipnet::IpNet;
 use mc_proxy_shared::text::clip;
 use mc_proxy_shared::{Mode, ParseModeError, Route};
+use mc_proxy_wire::dns::{normalize_dns_name, normalize_route_hostname};
 use rustls::sign::CertifiedKey;
 use serde::{Deserialize, Deserializer};
 
 use crate::certs::{CertError, leaf_warnings, load_certified_key};
-use crate::routes::{normalize_dns_name, normalize_route_hostname};
 
 /// A loaded, validated configuration.
 #[derive(Debug, Clone)]
