@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
         Ok(Parsed::Complete(h)) => {
             assert!(h.len <= data.len(), "header longer than its input");
             assert!(h.len <= MAX_HEADER_LEN, "header over the 536-byte cap");
-            assert_eq!(parse(&data[..h.len]), verdict, "bytes after the header mattered");
+            assert_eq!(
+                parse(&data[..h.len]),
+                verdict,
+                "bytes after the header mattered"
+            );
         }
         Ok(Parsed::Incomplete) => {
             assert!(data.len() < MAX_HEADER_LEN, "Incomplete past the cap");

@@ -10,7 +10,11 @@ fuzz_target!(|data: &[u8]| {
     match &verdict {
         Ok(Parsed::Complete(hello)) => {
             assert!(hello.len <= data.len(), "ClientHello longer than its input");
-            assert_eq!(parse(&data[..hello.len]), verdict, "bytes after the hello mattered");
+            assert_eq!(
+                parse(&data[..hello.len]),
+                verdict,
+                "bytes after the hello mattered"
+            );
         }
         Ok(Parsed::Incomplete) => {
             assert!(data.len() <= MAX_HELLO_LEN, "Incomplete past the cap");
