@@ -27,7 +27,9 @@ use mc_proxy_shared::{ChangeAction, FirewallRule, Route, RoutePatch};
 use crate::events::Event;
 use crate::firewall::{Firewall, parse_rule};
 use crate::reload::{RouteReload, reload_certificates};
-use crate::routes::{ValidRoute, normalize_route_hostname, validate_route};
+use mc_proxy_wire::dns::normalize_route_hostname;
+
+use crate::routes::{ValidRoute, validate_route};
 use crate::state::{ListenerState, State};
 use crate::store::{Store, StoreError};
 

@@ -1,14 +1,16 @@
 //! Routes: the one route validation ([`validate_route`], shared by the config loader, the
-//! admin API and reload) and the route tables a listener looks SNI hostnames up in.
+//! control plane and reload) and the route tables a listener looks SNI hostnames up in.
 //!
-//! I/O: validation reads an L7 route's certificate and key files; the tables do none. A `RouteTable` is an immutable snapshot built once and swapped whole (see
+//! I/O: validation reads an L7 route's certificate and key files; the tables do none. A
+//! `RouteTable` is an immutable snapshot built once and swapped whole (see
 //! `state::ListenerState`), so a lookup never takes a lock and a connection keeps the
 //! `RouteInfo` it started with even if the table is replaced under it.
 //!
-//! Matching: the hostname is already normalised (lowercase, no trailing dot, see
-//! [`normalize_dns_name`]). An exact entry wins; otherwise `*.rest` matches a name with exactly
-//! one more label in front of `rest` (`*.example.com` matches `a.example.com`, not
-//! `example.com` and not `a.b.example.com`), the rule browsers apply to wildcard certificates.
+//! Matching: the SNI is already normalised by the ClientHello parser and route hostnames by
+//! [`validate_route`], both with `mc_proxy_wire::dns` (lowercase, no trailing dot). An exact
+//! entry wins; otherwise `*.rest` matches a name with exactly one more label in front of `rest`
+//! (`*.example.com` matches `a.example.com`, not `example.com` and not `a.b.example.com`), the
+//! rule browsers apply to wildcard certificates.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,51 +21,10 @@ use mc_proxy_shared::text::clip;
 use mc_proxy_shared::{Mode, ParseModeError, Route};
 use rustls::sign::CertifiedKey;
 
+use mc_proxy_wire::dns::{normalize_dns_name, normalize_route_hostname};
+
 use crate::certs::{CertError, leaf_warnings, load_certified_key, server_config};
 use crate::stats::RouteStats;
-
-/// Longest DNS name, without the trailing dot (RFC 1035 §2.3.4).
-const MAX_NAME_LEN: usize = 253;
-/// Longest DNS label (RFC 1035 §2.3.4).
-const MAX_LABEL_LEN: usize = 63;
-
-/// Lowercases `name`, strips one trailing dot and checks that what remains is a DNS name:
-/// ASCII labels of 1 to 63 letters, digits, `-` or `_` (not starting or ending with `-`),
-/// at most 253 bytes in all, the last label not all digits. Returns `None` for anything else
-/// (spaces, NUL, non-ASCII, empty labels, a `*`, an IPv4 literal such as `1.2.3.4` or `127.1`).
-///
-/// `_` is allowed because real service names carry it (`_acme-challenge`, SRV-style hosts)
-/// and matching on it is harmless; everything a resolver could not look up is not. No real
-/// top-level domain is numeric, so an all-digit last label can only be an address.
-pub fn normalize_dns_name(name: &str) -> Option<String> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return None;
-    }
-    let valid = name.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= MAX_LABEL_LEN
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    });
-    let numeric_tld = name
-        .rsplit('.')
-        .next()
-        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()));
-    (valid && !numeric_tld).then(|| name.to_ascii_lowercase())
-}
-
-/// Normalises a route hostname: an exact DNS name or `*.` followed by one (see
-/// [`normalize_dns_name`]). Returns `None` if it is neither.
-pub fn normalize_route_hostname(hostname: &str) -> Option<String> {
-    match hostname.strip_prefix("*.") {
-        Some(rest) => normalize_dns_name(rest).map(|rest| format!("*.{rest}")),
-        None => normalize_dns_name(hostname),
-    }
-}
 
 /// Why a route is not acceptable. Shared by the config loader and the admin API.
 #[derive(Debug, thiserror::Error)]
@@ -363,48 +324,5 @@ mod tests {
         assert!(table.lookup("a.b.example.com").is_none());
         assert!(table.lookup("a.example.com").is_some());
         assert!(table.lookup("a.example.org").is_none());
-    }
-
-    #[test]
-    fn dns_names_are_lowercased_and_lose_one_trailing_dot() {
-        assert_eq!(normalize_dns_name("App.Test.").as_deref(), Some("app.test"));
-        assert_eq!(normalize_dns_name("app.test..").as_deref(), None);
-        assert_eq!(
-            normalize_dns_name("_acme.x-y.test").as_deref(),
-            Some("_acme.x-y.test")
-        );
-    }
-
-    #[test]
-    fn non_dns_bytes_are_rejected() {
-        for bad in [
-            "",
-            ".",
-            "a..b",
-            "a b",
-            "a\0b",
-            "é.test",
-            "-a.test",
-            "a-.test",
-            "*.test",
-            "a/b",
-            "1.2.3.4",
-            "127.1",
-            &"a".repeat(64),
-            &format!("{}.test", "a.".repeat(125)),
-        ] {
-            assert_eq!(normalize_dns_name(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn route_hostnames_allow_one_leading_wildcard_only() {
-        assert_eq!(
-            normalize_route_hostname("*.Example.com").as_deref(),
-            Some("*.example.com")
-        );
-        assert_eq!(normalize_route_hostname("a.*.example.com"), None);
-        assert_eq!(normalize_route_hostname("*"), None);
-        assert_eq!(normalize_route_hostname("**.example.com"), None);
     }
 }
