@@ -2,7 +2,7 @@
 //! a fresh clone builds without a system protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "../proto/mc_proxy/v1/admin.proto";
+    let proto = "../proto/mc_proxy/v2/admin.proto";
     println!("cargo:rerun-if-changed={proto}");
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);

@@ -479,7 +479,7 @@ fn format_connections(list: &ConnectionList, headers: bool) -> String {
                 c.client.clone(),
                 c.listener.clone(),
                 dash(&c.route),
-                dash(&c.mode),
+                c.mode.to_string(),
                 dash(&c.backend),
                 format!("{}s", c.age.as_secs()),
                 human_bytes(c.bytes_in),

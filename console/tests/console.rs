@@ -125,7 +125,7 @@ fn busy_app() -> App {
             client: "203.0.113.9:5555".into(),
             hostname: "app.test".into(),
             route: "app.test".into(),
-            mode: "l4".into(),
+            mode: mc_proxy_shared::Mode::L4,
             backend: "10.0.0.5:9443".into(),
         }),
         t0,
@@ -137,12 +137,12 @@ fn busy_app() -> App {
             client: "203.0.113.9:5555".into(),
             hostname: "app.test".into(),
             route: "app.test".into(),
-            mode: "l4".into(),
+            mode: Some(mc_proxy_shared::Mode::L4),
             backend: "10.0.0.5:9443".into(),
             bytes_in: 2048,
             bytes_out: 4096,
             duration_ms: 12,
-            outcome: "closed".into(),
+            outcome: mc_proxy_shared::Outcome::Closed(mc_proxy_shared::CloseReason::Closed),
             error: String::new(),
         }),
         t0,
@@ -151,7 +151,7 @@ fn busy_app() -> App {
         ev(Event::ConnectionBlocked {
             listener: "127.0.0.1:8443".into(),
             client: "198.51.100.7:1".into(),
-            reason: "firewall".into(),
+            reason: mc_proxy_shared::BlockedReason::Firewall,
         }),
         t0,
     );
@@ -377,7 +377,7 @@ fn an_edited_backend_shows_its_new_value() {
             timestamp_ms: 0,
             event: Event::RouteChanged {
                 listener: "127.0.0.1:8443".into(),
-                action: "updated".into(),
+                action: mc_proxy_shared::ChangeAction::Updated,
                 route: Route {
                     hostname: "edit.test".into(),
                     backend: "127.0.0.1:38081".into(),
@@ -541,7 +541,7 @@ fn firewall_delete_asks_on_screen() {
         TimedEvent {
             timestamp_ms: 0,
             event: Event::FirewallChanged {
-                action: "added".into(),
+                action: mc_proxy_shared::ChangeAction::Added,
                 rule: FirewallRule {
                     kind: FirewallRuleKind::Cidr,
                     value: "10.0.0.0/8".into(),
@@ -572,7 +572,7 @@ fn connections_view_lists_open_connections_and_read_only_hides_editing_keys() {
         client: client.into(),
         hostname: "a.test".into(),
         route: "a.test".into(),
-        mode: "l4".into(),
+        mode: mc_proxy_shared::Mode::L4,
         backend: "127.0.0.1:9".into(),
         age: Duration::from_secs(75),
         bytes_in,

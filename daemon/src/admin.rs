@@ -1,4 +1,4 @@
-//! The gRPC admin API (`mc_proxy.v1.AdminService`) on a Unix socket.
+//! The gRPC admin API (`mc_proxy.v2.AdminService`) on a Unix socket.
 //!
 //! I/O: the socket (created mode 0600, a stale file from a dead daemon replaced, a live daemon's
 //! socket refused), and one ticker task that publishes a stats tick about once a second while
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
+use mc_proxy_shared::client::{outcome_to_pb, request_mode};
 use mc_proxy_shared::pb::admin_service_server::{AdminService, AdminServiceServer};
 use mc_proxy_shared::{FirewallRule, Route, RoutePatch, pb};
 use tokio::net::UnixListener;
@@ -207,7 +208,10 @@ fn listener_status(l: &ListenerState) -> pb::ListenerStatus {
         over_capacity: c.over_capacity.load(Relaxed),
         resets_by_reason: c
             .resets_by_reason()
-            .map(|(r, n)| (r.as_str().to_owned(), n))
+            .map(|(r, n)| pb::ResetCount {
+                reason: pb::ResetReason::from(r).into(),
+                count: n,
+            })
             .collect(),
     }
 }
@@ -266,7 +270,7 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
             client: client.to_string(),
             hostname: sni,
             route: route.route.hostname.clone(),
-            mode: route.route.mode.to_string(),
+            mode: pb::RouteMode::from(route.route.mode).into(),
             backend: route.route.backend.clone(),
         }),
         Event::ConnectionClosed {
@@ -288,12 +292,12 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
                 client: client.to_string(),
                 hostname: sni.unwrap_or_default(),
                 route: route.map(|r| r.hostname.clone()).unwrap_or_default(),
-                mode: route.map(|r| r.mode.to_string()).unwrap_or_default(),
+                mode: route.map_or(0, |r| pb::RouteMode::from(r.mode).into()),
                 backend: route.map(|r| r.backend.clone()).unwrap_or_default(),
                 bytes_in,
                 bytes_out,
                 duration_ms: duration.as_millis() as u64,
-                outcome: outcome.as_str().to_owned(),
+                outcome: Some(outcome_to_pb(outcome)),
                 error: error.unwrap_or_default(),
             })
         }
@@ -304,7 +308,7 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
         } => Kind::ConnectionBlocked(pb::ConnectionBlocked {
             listener: listener.to_string(),
             client: client.to_string(),
-            reason: reason.as_str().to_owned(),
+            reason: pb::BlockedReason::from(reason).into(),
         }),
         Event::RouteChanged {
             listener,
@@ -313,12 +317,12 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
             previous_hostname,
         } => Kind::RouteChanged(pb::RouteChanged {
             listener: listener.to_string(),
-            action: action.as_str().to_owned(),
+            action: pb::ChangeAction::from(action).into(),
             route: Some(route.into()),
             previous_hostname: previous_hostname.unwrap_or_default(),
         }),
         Event::FirewallChanged { action, rule } => Kind::FirewallChanged(pb::FirewallChanged {
-            action: action.as_str().to_owned(),
+            action: pb::ChangeAction::from(action).into(),
             rule: Some(rule.into()),
         }),
         Event::StatsTick => Kind::Stats(pb::StatsSnapshot {
@@ -427,9 +431,11 @@ impl AdminService for Admin {
         request: Request<pb::UpdateRouteRequest>,
     ) -> Result<Response<pb::UpdateRouteResponse>, tonic::Status> {
         let req = request.into_inner();
-        let mode = req.mode.map(|m| m.parse()).transpose().map_err(
-            |e: mc_proxy_shared::ParseModeError| tonic::Status::invalid_argument(e.to_string()),
-        )?;
+        let mode = req
+            .mode
+            .map(request_mode)
+            .transpose()
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         let change = Change::UpdateRoute {
             listener: req.listener,
             hostname: req.hostname,
@@ -537,7 +543,7 @@ impl AdminService for Admin {
                     client: c.client.to_string(),
                     hostname: c.sni,
                     route: c.route.route.hostname.clone(),
-                    mode: c.route.route.mode.to_string(),
+                    mode: pb::RouteMode::from(c.route.route.mode).into(),
                     backend: c.route.route.backend.clone(),
                     age_ms: c.age.as_millis() as u64,
                     bytes_in: c.bytes_in,

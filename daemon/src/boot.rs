@@ -11,7 +11,6 @@ use crate::config::{Config, parse_net};
 use crate::events::EventBus;
 use crate::firewall::{Firewall, InvalidRule};
 use crate::routes::{RouteTable, validate_route};
-use crate::server::BindError;
 use crate::state::{ListenerState, State};
 use crate::store::{Store, StoreError};
 
@@ -41,9 +40,6 @@ pub enum StartError {
     /// A stored firewall rule does not parse.
     #[error("stored {0}")]
     Firewall(#[from] InvalidRule),
-    /// A listener could not be bound.
-    #[error(transparent)]
-    Bind(#[from] BindError),
 }
 
 /// Seeds an empty store from the config, then loads listeners, routes and firewall rules

@@ -21,6 +21,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::firewall::parse_rule;
 use crate::routes::validate_route;
+pub use crate::state::ProxyConfig;
 
 /// A loaded, validated configuration.
 #[derive(Debug, Clone)]
@@ -76,36 +77,6 @@ pub struct FirewallConfig {
     pub blocked_ips: Vec<IpAddr>,
     /// Blocked networks.
     pub blocked_cidrs: Vec<IpNet>,
-}
-
-/// `[proxy]`: every field optional in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyConfig {
-    /// How long a client may take to send its whole ClientHello.
-    pub client_hello_timeout: Duration,
-    /// How long dialing a backend may take.
-    pub connect_timeout: Duration,
-    /// A relayed connection with no bytes either way for this long is closed.
-    pub idle_timeout: Duration,
-    /// On SIGTERM/SIGINT, how long open connections may take to finish.
-    pub shutdown_timeout: Duration,
-    /// Connections open at once across all listeners; more are closed on accept.
-    pub max_connections: usize,
-    /// Extra CA bundle trusted for `backend_tls` (L7).
-    pub backend_ca: Option<PathBuf>,
-}
-
-impl Default for ProxyConfig {
-    fn default() -> Self {
-        ProxyConfig {
-            client_hello_timeout: Duration::from_secs(10),
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(300),
-            shutdown_timeout: Duration::from_secs(30),
-            max_connections: 10_000,
-            backend_ca: None,
-        }
-    }
 }
 
 /// One `[[listeners]]` entry.

@@ -9,19 +9,51 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
 use mc_proxy_shared::ResetReason;
 
-use crate::config::ProxyConfig;
 use crate::events::EventBus;
 use crate::firewall::Firewall;
 use crate::routes::{RouteInfo, RouteTable, ValidRoute};
 use crate::stats::RouteStats;
+
+/// The `[proxy]` settings the data path reads (timeouts, capacity, backend trust), fixed for
+/// the daemon's life; `config` fills them from the TOML, with defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// How long a client may take to send its whole ClientHello.
+    pub client_hello_timeout: Duration,
+    /// How long dialing a backend may take.
+    pub connect_timeout: Duration,
+    /// A relayed connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long open connections may take to finish.
+    pub shutdown_timeout: Duration,
+    /// Connections open at once across all listeners; more are closed on accept.
+    pub max_connections: usize,
+    /// Extra CA bundle trusted for `backend_tls` (L7).
+    pub backend_ca: Option<PathBuf>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            client_hello_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(300),
+            shutdown_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            backend_ca: None,
+        }
+    }
+}
 
 /// Counters for one listener. Atomics: the data path never waits on an observer.
 #[derive(Debug, Default)]

@@ -15,7 +15,8 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use crate::model::RoutePatch;
-use crate::model::{FirewallRule, ParseKindError, ParseModeError, Route};
+use crate::model::{FirewallRule, FirewallRuleKind, Mode, ParseKindError, ParseModeError, Route};
+use crate::outcome::{BlockedReason, ChangeAction, CloseReason, Outcome, ResetReason};
 use crate::pb;
 use crate::pb::admin_service_client::AdminServiceClient;
 
@@ -187,7 +188,7 @@ pub struct ListenerStatus {
     /// Connections refused at `max_connections`.
     pub over_capacity: u64,
     /// Resets by reason (`not_tls`, `unknown_host`, `blocked`, ...).
-    pub resets_by_reason: std::collections::BTreeMap<String, u64>,
+    pub resets_by_reason: std::collections::BTreeMap<ResetReason, u64>,
 }
 
 /// A route's counters.
@@ -348,8 +349,8 @@ pub enum Event {
         hostname: String,
         /// The matching route's hostname.
         route: String,
-        /// "l4" or "l7".
-        mode: String,
+        /// The route's mode.
+        mode: Mode,
         /// Backend address.
         backend: String,
     },
@@ -365,8 +366,8 @@ pub enum Event {
         hostname: String,
         /// The route's hostname, empty if none.
         route: String,
-        /// "l4", "l7" or empty.
-        mode: String,
+        /// The route's mode; `None` if it was not routed.
+        mode: Option<Mode>,
         /// Backend, empty if none.
         backend: String,
         /// Client to backend bytes.
@@ -375,8 +376,8 @@ pub enum Event {
         bytes_out: u64,
         /// Lifetime.
         duration_ms: u64,
-        /// How it ended: "closed", "unknown_host", ...
-        outcome: String,
+        /// How it ended (serialised as its name: `closed`, `unknown_host`, ...).
+        outcome: Outcome,
         /// Error text, if any.
         error: String,
     },
@@ -386,15 +387,15 @@ pub enum Event {
         listener: String,
         /// Client address.
         client: String,
-        /// "firewall" or "untrusted_proxy".
-        reason: String,
+        /// Which policy.
+        reason: BlockedReason,
     },
     /// A route was added, updated or removed.
     RouteChanged {
         /// Listener address.
         listener: String,
-        /// "added", "updated", "removed".
-        action: String,
+        /// What happened.
+        action: ChangeAction,
         /// The route (after the change; before it for "removed").
         route: Route,
         /// For "updated": the hostname before.
@@ -402,8 +403,8 @@ pub enum Event {
     },
     /// A firewall rule was added or removed.
     FirewallChanged {
-        /// "added" or "removed".
-        action: String,
+        /// Added or removed.
+        action: ChangeAction,
         /// The rule.
         rule: FirewallRule,
     },
@@ -482,8 +483,8 @@ pub struct Connection {
     pub hostname: String,
     /// The matching route's hostname.
     pub route: String,
-    /// "l4" or "l7".
-    pub mode: String,
+    /// The route's mode.
+    pub mode: Mode,
     /// Backend address.
     pub backend: String,
     /// Time since it was routed.
@@ -567,7 +568,11 @@ impl AdminClient {
         Ok(Status {
             version: r.version,
             uptime: Duration::from_secs(r.uptime_seconds),
-            listeners: r.listeners.into_iter().map(ListenerStatus::from).collect(),
+            listeners: r
+                .listeners
+                .into_iter()
+                .map(ListenerStatus::try_from)
+                .collect::<Result<_, _>>()?,
             active_connections: r.active_connections,
             total_connections: r.total_connections,
             firewall_rules: r.firewall_rules,
@@ -620,7 +625,7 @@ impl AdminClient {
                 hostname: hostname.to_owned(),
                 new_hostname: patch.hostname,
                 backend: patch.backend,
-                mode: patch.mode.map(|m| m.as_str().to_owned()),
+                mode: patch.mode.map(|m| pb::RouteMode::from(m).into()),
                 tls_cert: patch.tls_cert,
                 tls_key: patch.tls_key,
                 backend_tls: patch.backend_tls,
@@ -707,19 +712,23 @@ impl AdminClient {
             connections: r
                 .connections
                 .into_iter()
-                .map(|c| Connection {
-                    id: c.id,
-                    listener: c.listener,
-                    client: c.client,
-                    hostname: c.hostname,
-                    route: c.route,
-                    mode: c.mode,
-                    backend: c.backend,
-                    age: Duration::from_millis(c.age_ms),
-                    bytes_in: c.bytes_in,
-                    bytes_out: c.bytes_out,
+                .map(|c| {
+                    Ok(Connection {
+                        id: c.id,
+                        mode: routed_mode(c.mode)?.ok_or_else(|| {
+                            ClientError::Protocol("connection without mode".into())
+                        })?,
+                        listener: c.listener,
+                        client: c.client,
+                        hostname: c.hostname,
+                        route: c.route,
+                        backend: c.backend,
+                        age: Duration::from_millis(c.age_ms),
+                        bytes_in: c.bytes_in,
+                        bytes_out: c.bytes_out,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, ClientError>>()?,
         })
     }
 
@@ -743,12 +752,150 @@ fn required_route(route: Option<pb::Route>) -> Result<Route, ClientError> {
 
 // ---- Conversions between the model and the wire types (also used by the daemon). ----
 
+/// An enum value the wire carried that this side does not know: UNSPECIFIED where a value is
+/// required, or a number from a newer peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} value {value} on the wire (a newer daemon or client?)")]
+pub struct UnknownWireValue {
+    /// Which enum.
+    pub what: &'static str,
+    /// The number.
+    pub value: i32,
+}
+
+impl From<UnknownWireValue> for ClientError {
+    fn from(e: UnknownWireValue) -> Self {
+        ClientError::Protocol(e.to_string())
+    }
+}
+
+/// The model enum and its proto twin, variant for variant (prost strips the proto prefix, so
+/// `RESET_REASON_NOT_TLS` is `NotTls` on both sides).
+macro_rules! wire_enum {
+    ($model:ident, $wire:ident, $what:literal, [$($v:ident),+ $(,)?]) => {
+        impl From<$model> for pb::$wire {
+            fn from(m: $model) -> Self {
+                match m {
+                    $($model::$v => pb::$wire::$v,)+
+                }
+            }
+        }
+
+        impl TryFrom<i32> for $model {
+            type Error = UnknownWireValue;
+
+            /// UNSPECIFIED and unknown numbers are refused.
+            fn try_from(value: i32) -> Result<Self, Self::Error> {
+                match pb::$wire::try_from(value) {
+                    $(Ok(pb::$wire::$v) => Ok($model::$v),)+
+                    _ => Err(UnknownWireValue { what: $what, value }),
+                }
+            }
+        }
+    };
+}
+
+wire_enum!(Mode, RouteMode, "route mode", [L4, L7]);
+wire_enum!(
+    FirewallRuleKind,
+    FirewallRuleKind,
+    "firewall rule kind",
+    [Ip, Cidr]
+);
+wire_enum!(
+    ChangeAction,
+    ChangeAction,
+    "change action",
+    [Added, Updated, Removed]
+);
+wire_enum!(
+    BlockedReason,
+    BlockedReason,
+    "blocked reason",
+    [Firewall, UntrustedProxy]
+);
+wire_enum!(
+    ResetReason,
+    ResetReason,
+    "reset reason",
+    [
+        Blocked,
+        UntrustedProxy,
+        ProxyHeaderTimeout,
+        BadProxyHeader,
+        HelloTimeout,
+        ClientClosed,
+        ClientError,
+        NotTls,
+        HelloTooLarge,
+        BadHello,
+        NoSni,
+        UnknownHost,
+        BackendTimeout,
+        BackendUnreachable,
+    ]
+);
+wire_enum!(
+    CloseReason,
+    CloseReason,
+    "close reason",
+    [
+        Closed,
+        IdleTimeout,
+        Shutdown,
+        Drained,
+        RelayError,
+        HttpError,
+        TlsHandshakeFailed,
+        TlsHandshakeTimeout,
+    ]
+);
+
+/// A route's mode in a request: UNSPECIFIED (the field left out) means L4, as the empty mode
+/// did in v1.
+pub fn request_mode(value: i32) -> Result<Mode, ParseModeError> {
+    if value == pb::RouteMode::Unspecified as i32 {
+        return Ok(Mode::L4);
+    }
+    Mode::try_from(value).map_err(|e| ParseModeError(e.value.to_string()))
+}
+
+/// A connection's mode in an event or listing: UNSPECIFIED means "not routed".
+pub fn routed_mode(value: i32) -> Result<Option<Mode>, UnknownWireValue> {
+    if value == pb::RouteMode::Unspecified as i32 {
+        return Ok(None);
+    }
+    Mode::try_from(value).map(Some)
+}
+
+/// A connection's outcome on the wire.
+pub fn outcome_to_pb(outcome: Outcome) -> pb::connection_closed::Outcome {
+    use pb::connection_closed::Outcome as O;
+    match outcome {
+        Outcome::Reset(r) => O::Reset(pb::ResetReason::from(r).into()),
+        Outcome::Closed(c) => O::Closed(pb::CloseReason::from(c).into()),
+    }
+}
+
+fn outcome_from_pb(
+    outcome: Option<pb::connection_closed::Outcome>,
+) -> Result<Outcome, ClientError> {
+    use pb::connection_closed::Outcome as O;
+    match outcome {
+        Some(O::Reset(r)) => Ok(Outcome::Reset(r.try_into()?)),
+        Some(O::Closed(c)) => Ok(Outcome::Closed(c.try_into()?)),
+        None => Err(ClientError::Protocol(
+            "connection closed without an outcome".into(),
+        )),
+    }
+}
+
 impl From<Route> for pb::Route {
     fn from(r: Route) -> Self {
         pb::Route {
             hostname: r.hostname,
             backend: r.backend,
-            mode: r.mode.as_str().to_owned(),
+            mode: pb::RouteMode::from(r.mode).into(),
             tls_cert: r.tls_cert,
             tls_key: r.tls_key,
             backend_tls: r.backend_tls,
@@ -763,7 +910,7 @@ impl TryFrom<pb::Route> for Route {
 
     fn try_from(r: pb::Route) -> Result<Self, Self::Error> {
         Ok(Route {
-            mode: r.mode.parse()?,
+            mode: request_mode(r.mode)?,
             hostname: r.hostname,
             backend: r.backend,
             tls_cert: r.tls_cert,
@@ -777,7 +924,7 @@ impl TryFrom<pb::Route> for Route {
 impl From<FirewallRule> for pb::FirewallRule {
     fn from(r: FirewallRule) -> Self {
         pb::FirewallRule {
-            kind: r.kind.as_str().to_owned(),
+            kind: pb::FirewallRuleKind::from(r.kind).into(),
             value: r.value,
         }
     }
@@ -789,15 +936,18 @@ impl TryFrom<pb::FirewallRule> for FirewallRule {
 
     fn try_from(r: pb::FirewallRule) -> Result<Self, Self::Error> {
         Ok(FirewallRule {
-            kind: r.kind.parse()?,
+            kind: FirewallRuleKind::try_from(r.kind)
+                .map_err(|e| ParseKindError(e.value.to_string()))?,
             value: r.value,
         })
     }
 }
 
-impl From<pb::ListenerStatus> for ListenerStatus {
-    fn from(l: pb::ListenerStatus) -> Self {
-        ListenerStatus {
+impl TryFrom<pb::ListenerStatus> for ListenerStatus {
+    type Error = ClientError;
+
+    fn try_from(l: pb::ListenerStatus) -> Result<Self, Self::Error> {
+        Ok(ListenerStatus {
             addr: l.addr,
             proxy_protocol: l.proxy_protocol,
             proxy_protocol_from: l.proxy_protocol_from,
@@ -807,8 +957,12 @@ impl From<pb::ListenerStatus> for ListenerStatus {
             resets: l.resets,
             blocked: l.blocked,
             over_capacity: l.over_capacity,
-            resets_by_reason: l.resets_by_reason.into_iter().collect(),
-        }
+            resets_by_reason: l
+                .resets_by_reason
+                .into_iter()
+                .map(|c| Ok((ResetReason::try_from(c.reason)?, c.count)))
+                .collect::<Result<_, UnknownWireValue>>()?,
+        })
     }
 }
 
@@ -899,7 +1053,8 @@ impl TryFrom<pb::Event> for TimedEvent {
                 client: c.client,
                 hostname: c.hostname,
                 route: c.route,
-                mode: c.mode,
+                mode: routed_mode(c.mode)?
+                    .ok_or_else(|| ClientError::Protocol("opened without a mode".into()))?,
                 backend: c.backend,
             },
             Kind::ConnectionClosed(c) => Event::ConnectionClosed {
@@ -908,34 +1063,38 @@ impl TryFrom<pb::Event> for TimedEvent {
                 client: c.client,
                 hostname: c.hostname,
                 route: c.route,
-                mode: c.mode,
+                mode: routed_mode(c.mode)?,
                 backend: c.backend,
                 bytes_in: c.bytes_in,
                 bytes_out: c.bytes_out,
                 duration_ms: c.duration_ms,
-                outcome: c.outcome,
+                outcome: outcome_from_pb(c.outcome)?,
                 error: c.error,
             },
             Kind::ConnectionBlocked(c) => Event::ConnectionBlocked {
                 listener: c.listener,
                 client: c.client,
-                reason: c.reason,
+                reason: c.reason.try_into()?,
             },
             Kind::RouteChanged(c) => Event::RouteChanged {
                 listener: c.listener,
-                action: c.action,
+                action: c.action.try_into()?,
                 route: required_route(c.route)?,
                 previous_hostname: c.previous_hostname,
             },
             Kind::FirewallChanged(c) => Event::FirewallChanged {
-                action: c.action,
+                action: c.action.try_into()?,
                 rule: c
                     .rule
                     .ok_or_else(|| ClientError::Protocol("firewall event without a rule".into()))?
                     .try_into()?,
             },
             Kind::Stats(s) => Event::Stats {
-                listeners: s.listeners.into_iter().map(ListenerStatus::from).collect(),
+                listeners: s
+                    .listeners
+                    .into_iter()
+                    .map(ListenerStatus::try_from)
+                    .collect::<Result<_, _>>()?,
                 routes: s
                     .routes
                     .into_iter()

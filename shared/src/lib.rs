@@ -17,8 +17,8 @@ pub use model::{
 };
 pub use outcome::{BlockedReason, ChangeAction, CloseReason, Outcome, ResetReason};
 
-/// The admin API as generated from `proto/mc_proxy/v1/admin.proto` (package `mc_proxy.v1`).
+/// The admin API as generated from `proto/mc_proxy/v2/admin.proto` (package `mc_proxy.v2`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
-    tonic::include_proto!("mc_proxy.v1");
+    tonic::include_proto!("mc_proxy.v2");
 }

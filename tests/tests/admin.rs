@@ -9,7 +9,10 @@ use futures_util::StreamExt;
 use mc_proxy::admin::{AdminError, AdminSocket};
 use mc_proxy::store::Store;
 use mc_proxy_shared::client::{Event, RoutePatch, TimedEvent};
-use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Mode, Route, pb};
+use mc_proxy_shared::{
+    BlockedReason, ChangeAction, CloseReason, FirewallRule, FirewallRuleKind, Mode, Outcome,
+    ResetReason, Route, pb,
+};
 use mc_proxy_tests::web;
 use mc_proxy_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -319,7 +322,9 @@ async fn firewall_rules_apply_from_the_next_connection() {
     let status = admin.status().await.unwrap();
     assert_eq!(status.listeners[0].blocked, 1);
     assert_eq!(
-        status.listeners[0].resets_by_reason.get("blocked"),
+        status.listeners[0]
+            .resets_by_reason
+            .get(&ResetReason::Blocked),
         Some(&1)
     );
 
@@ -412,7 +417,7 @@ async fn watchers_see_connections_open_and_close_with_byte_counts() {
     };
     assert_eq!(client, me.to_string());
     assert_eq!(hostname, "a.test");
-    assert_eq!(mode, "l4");
+    assert_eq!(mode, Mode::L4);
     assert_eq!(backend, a.addr.to_string());
 
     let closed = next_matching(&mut events, |e| matches!(e, Event::ConnectionClosed { .. })).await;
@@ -425,7 +430,7 @@ async fn watchers_see_connections_open_and_close_with_byte_counts() {
     else {
         unreachable!()
     };
-    assert_eq!(outcome, "closed");
+    assert_eq!(outcome, Outcome::Closed(CloseReason::Closed));
     assert_eq!(bytes_in, sent, "client->backend bytes");
     assert_eq!(bytes_out, received, "backend->client bytes");
 
@@ -435,7 +440,9 @@ async fn watchers_see_connections_open_and_close_with_byte_counts() {
         .await
         .unwrap();
     let changed = next_matching(&mut events, |e| matches!(e, Event::RouteChanged { .. })).await;
-    assert!(matches!(changed, Event::RouteChanged { ref action, .. } if action == "added"));
+    assert!(
+        matches!(changed, Event::RouteChanged { ref action, .. } if *action == ChangeAction::Added)
+    );
     admin
         .add_firewall_rule(FirewallRule {
             kind: FirewallRuleKind::Ip,
@@ -447,7 +454,7 @@ async fn watchers_see_connections_open_and_close_with_byte_counts() {
     let _ = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
     next_matching(
         &mut events,
-        |e| matches!(e, Event::ConnectionBlocked { reason, .. } if reason == "firewall"),
+        |e| matches!(e, Event::ConnectionBlocked { reason, .. } if *reason == BlockedReason::Firewall),
     )
     .await;
     let stats = next_matching(&mut events, |e| matches!(e, Event::Stats { .. })).await;
@@ -784,7 +791,10 @@ async fn metrics_match_the_admin_api_and_pass_promtool() {
             ) as u64;
             assert_eq!(
                 n,
-                l.resets_by_reason.get(reason).copied().unwrap_or(0),
+                l.resets_by_reason
+                    .get(&reason.parse::<ResetReason>().unwrap())
+                    .copied()
+                    .unwrap_or(0),
                 "{reason}"
             );
             resets += n;
@@ -793,11 +803,15 @@ async fn metrics_match_the_admin_api_and_pass_promtool() {
     }
     assert_eq!(status.listeners[0].accepted, 6);
     assert_eq!(
-        status.listeners[0].resets_by_reason.get("not_tls"),
+        status.listeners[0]
+            .resets_by_reason
+            .get(&ResetReason::NotTls),
         Some(&1)
     );
     assert_eq!(
-        status.listeners[0].resets_by_reason.get("unknown_host"),
+        status.listeners[0]
+            .resets_by_reason
+            .get(&ResetReason::UnknownHost),
         Some(&1)
     );
 
@@ -1005,7 +1019,7 @@ async fn open_connections_are_listed_with_their_route_and_live_bytes_until_close
     assert_eq!(listed.client, me.to_string());
     assert_eq!(listed.route, "a.test");
     assert_eq!(listed.hostname, "a.test");
-    assert_eq!(listed.mode, "l4");
+    assert_eq!(listed.mode, Mode::L4);
     assert_eq!(listed.backend, a.addr.to_string());
 
     // More traffic on the same connection: the listing reads the live counters.

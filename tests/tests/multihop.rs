@@ -162,7 +162,7 @@ async fn the_real_client_address_crosses_the_edge_to_the_origin() {
         blocked.0.starts_with(&format!("{CLIENT_IP}:")),
         "{blocked:?}"
     );
-    assert_eq!(blocked.1, "firewall");
+    assert_eq!(blocked.1, mc_proxy_shared::BlockedReason::Firewall);
     // The edge itself still gets through for other clients.
     let mut other = tls_connect(edge.addr(), "l4.test", pki.client_config())
         .await

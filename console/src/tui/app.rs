@@ -1017,7 +1017,7 @@ mod tests {
             timestamp_ms: 0,
             event: Event::RouteChanged {
                 listener: "127.0.0.1:8443".into(),
-                action: action.into(),
+                action: action.parse().expect("a change action"),
                 route: entry("", hostname).route,
                 previous_hostname: previous.into(),
             },
@@ -1319,7 +1319,7 @@ mod tests {
         TimedEvent {
             timestamp_ms: 0,
             event: Event::FirewallChanged {
-                action: action.into(),
+                action: action.parse().expect("a change action"),
                 rule: r,
             },
         }

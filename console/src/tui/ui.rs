@@ -631,7 +631,7 @@ fn render_connections(app: &App, frame: &mut Frame<'_>, area: Rect) {
             cells.push(Cell::from(fit::address(&c.backend, backend_w)));
         }
         cells.extend([
-            Cell::from(fit::end(&c.mode, 2)),
+            Cell::from(fit::end(c.mode.as_str(), 2)),
             right(fit::age(c.age.as_secs())),
             right(fit::bytes(c.bytes_in)),
             right(fit::bytes(c.bytes_out)),
