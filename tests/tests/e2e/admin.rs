@@ -693,14 +693,15 @@ async fn metrics_match_the_admin_api_and_pass_promtool() {
     let pki = Pki::new();
     let l4 = TlsBackend::start(&pki, &["a.test"]).await;
     let web = H2Backend::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(&listener_toml(&format!(
-        "[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"\n{}{}",
-        l4.addr,
-        l7_route_toml(&pki, dir.path(), "web.test", web.addr),
-        l7_route_toml(&pki, dir.path(), "down.test", dead_addr().await),
-    )))
-    .await;
+    let down = DeadBackend::new();
+    let proxy = ProxyBuilder::new()
+        .route("a.test", l4.addr)
+        .route("web.test", web.addr)
+        .l7(&pki)
+        .route("down.test", down.addr)
+        .l7(&pki)
+        .start()
+        .await;
     let mut admin = proxy.admin().await;
 
     // L4: two relayed connections, and two resets for different reasons.
