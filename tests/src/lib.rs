@@ -339,15 +339,11 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts a proxy whose config is `[database]` and `[admin]` in a temp dir plus `body`
-    /// (listeners use `127.0.0.1:0`).
+    /// (listeners use `127.0.0.1:0`): for tests about the TOML text itself; others use
+    /// [`ProxyBuilder`].
     pub async fn start(body: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         Proxy::start_in(dir, body).await
-    }
-
-    /// Like `start`, with extra `[admin]` keys (`event_buffer = 8`).
-    pub async fn start_with_admin(body: &str, admin_extra: &str) -> Proxy {
-        Proxy::start_full(tempfile::tempdir().unwrap(), body, admin_extra).await
     }
 
     /// Like `start`, in an existing directory (reusing its database).

@@ -98,11 +98,11 @@ async fn wildcard_route_matches_one_label_and_exact_wins() {
     );
 
     // Two labels deep is not covered by the wildcard: no route, reset.
-    assert!(
-        tls_connect(proxy.addr(), "a.b.wild.test", pki.client_config())
-            .await
-            .is_err()
-    );
+    let err = tls_connect(proxy.addr(), "a.b.wild.test", pki.client_config())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(resets_by_reason(&proxy), [("unknown_host", 1)]);
     assert_eq!(wild.accepted(), 1);
 }
 
