@@ -32,15 +32,90 @@ use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
-/// Logs to the test's captured output when `RUST_LOG` is set.
+/// Installs the process's one tracing subscriber (once; later calls do nothing). It has two
+/// layers: the test's captured output, filtered by `RUST_LOG` (off when unset), and the
+/// `capture_logs` layer, which writes `mc_proxy*` lines at debug and above into the tape of the
+/// thread that emitted them, if that thread is capturing.
+///
+/// One global subscriber instead of one scoped subscriber per capturing test: tracing caches
+/// each callsite's interest process-wide, and with scoped subscribers a callsite first reached
+/// on a thread without one can be cached as "never" while another thread captures, so that
+/// test misses its own lines. The capture layer's interest never depends on the thread.
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
-        )
-        .with_test_writer()
-        .try_init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, filter::DynFilterFn, fmt};
+
+    static INSTALLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let installed = *INSTALLED.get_or_init(|| {
+        let captured = |meta: &tracing::Metadata<'_>| {
+            meta.target().starts_with("mc_proxy") && *meta.level() <= tracing::Level::DEBUG
+        };
+        let capture = fmt::layer()
+            .with_ansi(false)
+            .with_writer(|| CaptureWriter)
+            .with_filter(
+                DynFilterFn::new(move |meta, _| captured(meta) && capturing())
+                    .with_callsite_filter(move |meta| {
+                        if captured(meta) {
+                            tracing::subscriber::Interest::sometimes()
+                        } else {
+                            tracing::subscriber::Interest::never()
+                        }
+                    }),
+            );
+        let env = fmt::layer().with_test_writer().with_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off")),
+        );
+        tracing_subscriber::registry()
+            .with(capture)
+            .with(env)
+            .try_init()
+            .is_ok()
+    });
+    assert!(
+        installed,
+        "another global tracing subscriber was installed first: capture_logs cannot work"
+    );
+}
+
+thread_local! {
+    /// The tape `capture_logs` writes this thread's log lines into, while it captures.
+    static CAPTURE: std::cell::RefCell<Option<Tape>> = const { std::cell::RefCell::new(None) };
+}
+
+fn capturing() -> bool {
+    CAPTURE.with(|c| c.borrow().is_some())
+}
+
+/// Writes into the current thread's capture tape (nowhere if it is not capturing).
+struct CaptureWriter;
+
+impl io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        CAPTURE.with(|c| {
+            if let Some(tape) = &*c.borrow() {
+                tape.lock().unwrap().extend_from_slice(buf);
+            }
+        });
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Ends a `capture_logs` capture when dropped.
+pub struct CaptureGuard {
+    previous: Option<Tape>,
+}
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CAPTURE.with(|c| *c.borrow_mut() = previous);
+    }
 }
 
 pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -818,14 +893,15 @@ pub async fn read_until_closed(stream: &mut TcpStream) -> Result<Vec<u8>, io::Er
     Ok(out)
 }
 
-/// Captures the log lines of the current thread until the guard drops.
+/// Captures the log lines (`mc_proxy*`, debug and above) of the current thread until the
+/// guard drops.
 ///
-/// The subscriber is the thread's default (`set_default`), not the process's: the tests of one
-/// binary run in parallel on threads of their own, and a `#[tokio::test]` (current-thread)
-/// runtime runs every task it spawns, the daemon's included, on the test's thread. So a test
-/// sees its own lines and no other test's. A multi-thread runtime would run tasks on threads
-/// this subscriber does not see, so this refuses to start on one.
-pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, Tape) {
+/// The tests of one binary run in parallel on threads of their own, and a `#[tokio::test]`
+/// (current-thread) runtime runs every task it spawns, the daemon's included, on the test's
+/// thread; lines are kept per thread (see `init_tracing`), so a test sees its own lines and no
+/// other test's. A multi-thread runtime would run tasks on threads this capture does not see,
+/// so this refuses to start on one.
+pub fn capture_logs() -> (CaptureGuard, Tape) {
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         assert_eq!(
             handle.runtime_flavor(),
@@ -833,25 +909,10 @@ pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, Tape) {
             "capture_logs sees the test's thread only: use a current-thread runtime"
         );
     }
-    #[derive(Clone)]
-    struct Writer(Tape);
-    impl io::Write for Writer {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    init_tracing();
     let tape = Tape::default();
-    let writer = Writer(Arc::clone(&tape));
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("mc_proxy=debug"))
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    (tracing::subscriber::set_default(subscriber), tape)
+    let previous = CAPTURE.with(|c| c.borrow_mut().replace(Arc::clone(&tape)));
+    (CaptureGuard { previous }, tape)
 }
 
 /// Waits (up to 10 s) for `needle` to appear in the captured log: connection log lines are
@@ -941,5 +1002,51 @@ impl ReservedPort {
             _socket: socket,
             port,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One callsite, reached from several threads.
+    fn emit(line: &str) {
+        tracing::debug!(target: "mc_proxy::fixture_check", "{line}");
+    }
+
+    #[test]
+    fn capture_logs_keeps_each_threads_lines_even_for_a_callsite_first_hit_elsewhere() {
+        init_tracing();
+        // First reached on a thread that does not capture: its interest must not be
+        // cached as "never" for the threads that do.
+        std::thread::spawn(|| emit("uncaptured")).join().unwrap();
+        let (_guard, mine) = capture_logs();
+        let theirs = std::thread::spawn(|| {
+            let (_guard, theirs) = capture_logs();
+            emit("their line");
+            log_text(&theirs)
+        })
+        .join()
+        .unwrap();
+        std::thread::spawn(|| emit("not captured either"))
+            .join()
+            .unwrap();
+        emit("my line");
+        let mine = log_text(&mine);
+        assert!(mine.contains("my line"), "{mine}");
+        assert!(
+            !mine.contains("their line") && !mine.contains("captured"),
+            "{mine}"
+        );
+        assert!(
+            theirs.contains("their line") && !theirs.contains("my line"),
+            "{theirs}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    #[should_panic(expected = "current-thread runtime")]
+    async fn capture_logs_refuses_a_multi_thread_runtime() {
+        let _ = capture_logs();
     }
 }
