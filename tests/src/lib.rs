@@ -1,5 +1,6 @@
-//! Fixtures for the end-to-end tests: a test PKI, TLS backends, a proxy built from a TOML
-//! snippet and run with `server::run` on port 0, and clients that record what they send.
+//! Fixtures for the end-to-end tests: a test PKI, TLS backends, a proxy built with
+//! [`ProxyBuilder`] (or from a TOML snippet) and run with `server::run` on port 0, and clients
+//! that record what they send.
 //!
 //! Every fixture cleans up after itself: servers stop when their handle is dropped, temp dirs
 //! are removed, and nothing binds a fixed port.
@@ -31,15 +32,90 @@ use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
-/// Logs to the test's captured output when `RUST_LOG` is set.
+/// Installs the process's one tracing subscriber (once; later calls do nothing). It has two
+/// layers: the test's captured output, filtered by `RUST_LOG` (off when unset), and the
+/// `capture_logs` layer, which writes `mc_proxy*` lines at debug and above into the tape of the
+/// thread that emitted them, if that thread is capturing.
+///
+/// One global subscriber instead of one scoped subscriber per capturing test: tracing caches
+/// each callsite's interest process-wide, and with scoped subscribers a callsite first reached
+/// on a thread without one can be cached as "never" while another thread captures, so that
+/// test misses its own lines. The capture layer's interest never depends on the thread.
 pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
-        )
-        .with_test_writer()
-        .try_init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, filter::DynFilterFn, fmt};
+
+    static INSTALLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let installed = *INSTALLED.get_or_init(|| {
+        let captured = |meta: &tracing::Metadata<'_>| {
+            meta.target().starts_with("mc_proxy") && *meta.level() <= tracing::Level::DEBUG
+        };
+        let capture = fmt::layer()
+            .with_ansi(false)
+            .with_writer(|| CaptureWriter)
+            .with_filter(
+                DynFilterFn::new(move |meta, _| captured(meta) && capturing())
+                    .with_callsite_filter(move |meta| {
+                        if captured(meta) {
+                            tracing::subscriber::Interest::sometimes()
+                        } else {
+                            tracing::subscriber::Interest::never()
+                        }
+                    }),
+            );
+        let env = fmt::layer().with_test_writer().with_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off")),
+        );
+        tracing_subscriber::registry()
+            .with(capture)
+            .with(env)
+            .try_init()
+            .is_ok()
+    });
+    assert!(
+        installed,
+        "another global tracing subscriber was installed first: capture_logs cannot work"
+    );
+}
+
+thread_local! {
+    /// The tape `capture_logs` writes this thread's log lines into, while it captures.
+    static CAPTURE: std::cell::RefCell<Option<Tape>> = const { std::cell::RefCell::new(None) };
+}
+
+fn capturing() -> bool {
+    CAPTURE.with(|c| c.borrow().is_some())
+}
+
+/// Writes into the current thread's capture tape (nowhere if it is not capturing).
+struct CaptureWriter;
+
+impl io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        CAPTURE.with(|c| {
+            if let Some(tape) = &*c.borrow() {
+                tape.lock().unwrap().extend_from_slice(buf);
+            }
+        });
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Ends a `capture_logs` capture when dropped.
+pub struct CaptureGuard {
+    previous: Option<Tape>,
+}
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CAPTURE.with(|c| *c.borrow_mut() = previous);
+    }
 }
 
 pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -338,15 +414,11 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts a proxy whose config is `[database]` and `[admin]` in a temp dir plus `body`
-    /// (listeners use `127.0.0.1:0`).
+    /// (listeners use `127.0.0.1:0`): for tests about the TOML text itself; others use
+    /// [`ProxyBuilder`].
     pub async fn start(body: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         Proxy::start_in(dir, body).await
-    }
-
-    /// Like `start`, with extra `[admin]` keys (`event_buffer = 8`).
-    pub async fn start_with_admin(body: &str, admin_extra: &str) -> Proxy {
-        Proxy::start_full(tempfile::tempdir().unwrap(), body, admin_extra).await
     }
 
     /// Like `start`, in an existing directory (reusing its database).
@@ -451,8 +523,267 @@ impl Drop for Proxy {
     }
 }
 
+/// A proxy config built from typed parts, then started with [`ProxyBuilder::start`]:
+///
+/// ```ignore
+/// let proxy = ProxyBuilder::new()
+///     .idle_timeout(Duration::from_millis(300))
+///     .listener()
+///     .proxy_protocol()
+///     .route("a.test", backend.addr)
+///     .l7(&pki)
+///     .send_proxy()
+///     .start()
+///     .await;
+/// ```
+///
+/// Listeners bind 127.0.0.1 port 0. Route settings (`l4`, `l7`, `send_proxy`, `backend_tls`)
+/// apply to the route added last, listener settings to the listener added last; `route`
+/// without a `listener` before it adds one. Certificates and the backend CA are written into
+/// the proxy's own temp dir.
+pub struct ProxyBuilder {
+    dir: tempfile::TempDir,
+    proxy: Vec<String>,
+    admin: Vec<String>,
+    blocked_ips: Vec<String>,
+    blocked_cidrs: Vec<String>,
+    listeners: Vec<ListenerSpec>,
+}
+
+#[derive(Default)]
+struct ListenerSpec {
+    proxy_protocol: bool,
+    proxy_protocol_from: Vec<String>,
+    routes: Vec<RouteSpec>,
+}
+
+struct RouteSpec {
+    hostname: String,
+    backend: String,
+    mode: Option<&'static str>,
+    cert: Option<(String, String)>,
+    backend_tls: bool,
+    send_proxy: bool,
+}
+
+impl Default for ProxyBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProxyBuilder {
+    pub fn new() -> ProxyBuilder {
+        ProxyBuilder {
+            dir: tempfile::tempdir().unwrap(),
+            proxy: Vec::new(),
+            admin: Vec::new(),
+            blocked_ips: Vec::new(),
+            blocked_cidrs: Vec::new(),
+            listeners: Vec::new(),
+        }
+    }
+
+    /// A new listener on 127.0.0.1 port 0.
+    pub fn listener(mut self) -> Self {
+        self.listeners.push(ListenerSpec::default());
+        self
+    }
+
+    fn last_listener(&mut self) -> &mut ListenerSpec {
+        if self.listeners.is_empty() {
+            self.listeners.push(ListenerSpec::default());
+        }
+        self.listeners.last_mut().unwrap()
+    }
+
+    fn last_route(&mut self) -> &mut RouteSpec {
+        self.last_listener()
+            .routes
+            .last_mut()
+            .expect("a route setting before any route")
+    }
+
+    /// The listener reads a PROXY header first.
+    pub fn proxy_protocol(mut self) -> Self {
+        self.last_listener().proxy_protocol = true;
+        self
+    }
+
+    /// The listener reads a PROXY header only from these peers (IPs or CIDRs).
+    pub fn proxy_protocol_from(mut self, peers: &[&str]) -> Self {
+        let listener = self.last_listener();
+        listener.proxy_protocol = true;
+        listener.proxy_protocol_from = peers.iter().map(|p| p.to_string()).collect();
+        self
+    }
+
+    /// A route (L4 unless `l7` follows) on the last listener.
+    pub fn route(mut self, hostname: &str, backend: impl std::fmt::Display) -> Self {
+        self.last_listener().routes.push(RouteSpec {
+            hostname: hostname.to_owned(),
+            backend: backend.to_string(),
+            mode: None,
+            cert: None,
+            backend_tls: false,
+            send_proxy: false,
+        });
+        self
+    }
+
+    /// The route is written with an explicit `mode = "l4"`.
+    pub fn l4(mut self) -> Self {
+        self.last_route().mode = Some("l4");
+        self
+    }
+
+    /// The route terminates TLS with a certificate for its hostname from `pki`.
+    pub fn l7(self, pki: &Pki) -> Self {
+        let hostname = self.listeners.last().and_then(|l| l.routes.last());
+        let hostname = hostname.expect("l7 before any route").hostname.clone();
+        self.l7_cert_for(pki, &[&hostname])
+    }
+
+    /// The route terminates TLS with a certificate for `names` (which need not cover it).
+    pub fn l7_cert_for(mut self, pki: &Pki, names: &[&str]) -> Self {
+        let cert = pki.write_pem(self.dir.path(), names);
+        let route = self.last_route();
+        route.mode = Some("l7");
+        route.cert = Some(cert);
+        self
+    }
+
+    /// The route's backend speaks TLS.
+    pub fn backend_tls(mut self) -> Self {
+        self.last_route().backend_tls = true;
+        self
+    }
+
+    /// The route sends a PROXY v2 header to its backend.
+    pub fn send_proxy(mut self) -> Self {
+        self.last_route().send_proxy = true;
+        self
+    }
+
+    fn duration(mut self, key: &str, value: Duration) -> Self {
+        self.proxy
+            .push(format!("{key} = \"{}ms\"", value.as_millis()));
+        self
+    }
+
+    pub fn client_hello_timeout(self, value: Duration) -> Self {
+        self.duration("client_hello_timeout", value)
+    }
+
+    pub fn connect_timeout(self, value: Duration) -> Self {
+        self.duration("connect_timeout", value)
+    }
+
+    pub fn idle_timeout(self, value: Duration) -> Self {
+        self.duration("idle_timeout", value)
+    }
+
+    pub fn shutdown_timeout(self, value: Duration) -> Self {
+        self.duration("shutdown_timeout", value)
+    }
+
+    pub fn max_connections(mut self, value: usize) -> Self {
+        self.proxy.push(format!("max_connections = {value}"));
+        self
+    }
+
+    /// Backends with `backend_tls` are verified against `pki`'s CA.
+    pub fn backend_ca(mut self, pki: &Pki) -> Self {
+        let path = self.dir.path().join("backend-ca.pem");
+        std::fs::write(&path, pki.ca_pem()).unwrap();
+        self.proxy
+            .push(format!("backend_ca = {:?}", path.display().to_string()));
+        self
+    }
+
+    /// `[admin] event_buffer`.
+    pub fn event_buffer(mut self, value: usize) -> Self {
+        self.admin.push(format!("event_buffer = {value}"));
+        self
+    }
+
+    /// A firewall rule blocking one IP.
+    pub fn block_ip(mut self, ip: &str) -> Self {
+        self.blocked_ips.push(ip.to_owned());
+        self
+    }
+
+    /// A firewall rule blocking a CIDR.
+    pub fn block_cidr(mut self, cidr: &str) -> Self {
+        self.blocked_cidrs.push(cidr.to_owned());
+        self
+    }
+
+    /// The config body (everything but `[database]` and `[admin]`), as TOML.
+    pub fn toml(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        if !self.proxy.is_empty() {
+            out.push_str("[proxy]\n");
+            for line in &self.proxy {
+                writeln!(out, "{line}").unwrap();
+            }
+        }
+        if !self.blocked_ips.is_empty() || !self.blocked_cidrs.is_empty() {
+            writeln!(
+                out,
+                "[firewall]\nblocked_ips = {:?}\nblocked_cidrs = {:?}",
+                self.blocked_ips, self.blocked_cidrs
+            )
+            .unwrap();
+        }
+        for listener in &self.listeners {
+            writeln!(out, "[[listeners]]\naddr = \"127.0.0.1:0\"").unwrap();
+            if listener.proxy_protocol {
+                writeln!(out, "proxy_protocol = true").unwrap();
+            }
+            if !listener.proxy_protocol_from.is_empty() {
+                writeln!(
+                    out,
+                    "proxy_protocol_from = {:?}",
+                    listener.proxy_protocol_from
+                )
+                .unwrap();
+            }
+            for route in &listener.routes {
+                writeln!(
+                    out,
+                    "[[listeners.routes]]\nhostname = {:?}\nbackend = {:?}",
+                    route.hostname, route.backend
+                )
+                .unwrap();
+                if let Some(mode) = route.mode {
+                    writeln!(out, "mode = {mode:?}").unwrap();
+                }
+                if let Some((cert, key)) = &route.cert {
+                    writeln!(out, "tls_cert = {cert:?}\ntls_key = {key:?}").unwrap();
+                }
+                if route.backend_tls {
+                    writeln!(out, "backend_tls = true").unwrap();
+                }
+                if route.send_proxy {
+                    writeln!(out, "send_proxy_protocol = true").unwrap();
+                }
+            }
+        }
+        out
+    }
+
+    /// Starts the daemon on this config, in the builder's temp dir.
+    pub async fn start(self) -> Proxy {
+        let body = self.toml();
+        Proxy::start_full(self.dir, &body, &self.admin.join("\n")).await
+    }
+}
+
 /// The TOML of an L7 route `hostname` to `backend`, with a certificate for `hostname` from
-/// `pki` written into `dir`.
+/// `pki` written into `dir`; for tests about the TOML text itself (and the console's tests),
+/// others use [`ProxyBuilder`].
 pub fn l7_route_toml(
     pki: &Pki,
     dir: &std::path::Path,
@@ -560,28 +891,26 @@ pub async fn read_until_closed(stream: &mut TcpStream) -> Result<Vec<u8>, io::Er
     Ok(out)
 }
 
-/// Captures the log lines of the current thread (a `#[tokio::test]` runtime runs every task
-/// on it) until the guard drops.
-pub fn capture_logs() -> (tracing::subscriber::DefaultGuard, Tape) {
-    #[derive(Clone)]
-    struct Writer(Tape);
-    impl io::Write for Writer {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+/// Captures the log lines (`mc_proxy*`, debug and above) of the current thread until the
+/// guard drops.
+///
+/// The tests of one binary run in parallel on threads of their own, and a `#[tokio::test]`
+/// (current-thread) runtime runs every task it spawns, the daemon's included, on the test's
+/// thread; lines are kept per thread (see `init_tracing`), so a test sees its own lines and no
+/// other test's. A multi-thread runtime would run tasks on threads this capture does not see,
+/// so this refuses to start on one.
+pub fn capture_logs() -> (CaptureGuard, Tape) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        assert_eq!(
+            handle.runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread,
+            "capture_logs sees the test's thread only: use a current-thread runtime"
+        );
     }
+    init_tracing();
     let tape = Tape::default();
-    let writer = Writer(Arc::clone(&tape));
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("mc_proxy=debug"))
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    (tracing::subscriber::set_default(subscriber), tape)
+    let previous = CAPTURE.with(|c| c.borrow_mut().replace(Arc::clone(&tape)));
+    (CaptureGuard { previous }, tape)
 }
 
 /// Waits (up to 10 s) for `needle` to appear in the captured log: connection log lines are
@@ -609,8 +938,113 @@ pub async fn assert_reset(stream: &mut TcpStream) {
     assert_eq!(res, Err(io::ErrorKind::ConnectionReset), "expected a reset");
 }
 
-/// An address on which nothing listens (bound, then released).
-pub async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+/// A backend that refuses every connection: a socket bound to 127.0.0.1 port 0 that never
+/// listens. The port stays taken for as long as this lives, so nothing else can start
+/// listening on it by chance, and a connect to `addr` is refused (RST) at once.
+pub struct DeadBackend {
+    socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+impl Default for DeadBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeadBackend {
+    pub fn new() -> DeadBackend {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        DeadBackend { socket, addr }
+    }
+
+    /// Brings the backend up on the same address: the socket starts listening (see
+    /// `H2Options::listener`).
+    pub fn listen(self) -> std::net::TcpListener {
+        self.socket.listen(128).unwrap();
+        self.socket.into()
+    }
+}
+
+/// A port number reserved for a process that must be told a number (HAProxy's `bind`): a
+/// socket bound with `SO_REUSEPORT` that never listens. A process of the same user that also
+/// sets `SO_REUSEPORT` (HAProxy does by default) can bind the port beside it; any other
+/// cannot, so the port cannot be taken between choosing it and using it. Connections only go
+/// to listening sockets, so holding it changes nothing for the process that serves there.
+pub struct ReservedPort {
+    _socket: socket2::Socket,
+    pub port: u16,
+}
+
+impl Default for ReservedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReservedPort {
+    pub fn new() -> ReservedPort {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_port(true).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+        ReservedPort {
+            _socket: socket,
+            port,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One callsite, reached from several threads.
+    fn emit(line: &str) {
+        tracing::debug!(target: "mc_proxy::fixture_check", "{line}");
+    }
+
+    #[test]
+    fn capture_logs_keeps_each_threads_lines_even_for_a_callsite_first_hit_elsewhere() {
+        init_tracing();
+        // First reached on a thread that does not capture: its interest must not be
+        // cached as "never" for the threads that do.
+        std::thread::spawn(|| emit("uncaptured")).join().unwrap();
+        let (_guard, mine) = capture_logs();
+        let theirs = std::thread::spawn(|| {
+            let (_guard, theirs) = capture_logs();
+            emit("their line");
+            log_text(&theirs)
+        })
+        .join()
+        .unwrap();
+        std::thread::spawn(|| emit("not captured either"))
+            .join()
+            .unwrap();
+        emit("my line");
+        let mine = log_text(&mine);
+        assert!(mine.contains("my line"), "{mine}");
+        assert!(
+            !mine.contains("their line") && !mine.contains("captured"),
+            "{mine}"
+        );
+        assert!(
+            theirs.contains("their line") && !theirs.contains("my line"),
+            "{theirs}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    #[should_panic(expected = "current-thread runtime")]
+    async fn capture_logs_refuses_a_multi_thread_runtime() {
+        let _ = capture_logs();
+    }
 }

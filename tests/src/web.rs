@@ -68,8 +68,12 @@ pub struct H2Options<'a> {
     pub tls: Option<(&'a Pki, &'a [&'a str])>,
     /// Read a PROXY header first.
     pub proxied: bool,
-    /// Bind this address instead of a fresh port (to bring a "down" backend up).
-    pub addr: Option<SocketAddr>,
+    /// Serve on this listener instead of a fresh port (a [`DeadBackend`] brought up with
+    /// [`DeadBackend::listen`]).
+    ///
+    /// [`DeadBackend`]: crate::DeadBackend
+    /// [`DeadBackend::listen`]: crate::DeadBackend::listen
+    pub listener: Option<std::net::TcpListener>,
     /// Do not keep the raw bytes of h2c connections (for transfers too large to keep).
     pub unrecorded: bool,
 }
@@ -92,9 +96,13 @@ impl H2Backend {
             config.alpn_protocols = vec![b"h2".to_vec()];
             TlsAcceptor::from(Arc::new(config))
         });
-        let listener = TcpListener::bind(opts.addr.unwrap_or(([127, 0, 0, 1], 0).into()))
-            .await
-            .unwrap();
+        let listener = match opts.listener {
+            Some(listener) => {
+                listener.set_nonblocking(true).unwrap();
+                TcpListener::from_std(listener).unwrap()
+            }
+            None => TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let headers: Arc<Mutex<Vec<proxyproto::Header>>> = Arc::default();

@@ -17,11 +17,10 @@ fn open_fds() -> u64 {
 async fn a_full_descriptor_table_pauses_accepting_without_ending_the_listener() {
     let pki = Pki::new();
     let backend = TlsBackend::start(&pki, &["a.test"]).await;
-    let proxy = Proxy::start(&format!(
-        "[[listeners]]\naddr = \"127.0.0.1:0\"\n[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"",
-        backend.addr
-    ))
-    .await;
+    let proxy = ProxyBuilder::new()
+        .route("a.test", backend.addr)
+        .start()
+        .await;
     let (_guard, logs) = capture_logs();
 
     // Leave room for a few dozen descriptors, then take them all with idle clients: the

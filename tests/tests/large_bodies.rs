@@ -64,14 +64,11 @@ async fn tens_of_mib_each_way_stream_without_growing_memory_by_their_size() {
         ..H2Options::default()
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(&format!(
-        "[[listeners]]
-addr = \"127.0.0.1:0\"
-{}",
-        l7_route_toml(&pki, dir.path(), "web.test", backend.addr)
-    ))
-    .await;
+    let proxy = ProxyBuilder::new()
+        .route("web.test", backend.addr)
+        .l7(&pki)
+        .start()
+        .await;
 
     let tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"h2"])
         .await

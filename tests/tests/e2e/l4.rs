@@ -3,39 +3,48 @@
 
 use std::io::ErrorKind;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mc_proxy_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Two backends, `a.test` and `b.test`, behind one listener with the given extra config.
-async fn two_backends(pki: &Pki, extra: &str) -> (TlsBackend, TlsBackend, Proxy) {
+/// Two backends, `a.test` and `b.test`, behind one listener of `proxy` (its other settings
+/// already made).
+async fn two_backends(pki: &Pki, proxy: ProxyBuilder) -> (TlsBackend, TlsBackend, Proxy) {
     let a = TlsBackend::start(pki, &["a.test"]).await;
     let b = TlsBackend::start(pki, &["b.test"]).await;
-    let proxy = Proxy::start(&format!(
-        r#"
-        {extra}
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        [[listeners.routes]]
-        hostname = "a.test"
-        backend = "{}"
-        [[listeners.routes]]
-        hostname = "B.Test"
-        backend = "{}"
-        mode = "l4"
-        "#,
-        a.addr, b.addr
-    ))
-    .await;
+    let proxy = proxy
+        .listener()
+        .route("a.test", a.addr)
+        .route("B.Test", b.addr)
+        .l4()
+        .start()
+        .await;
     (a, b, proxy)
 }
+
+/// The listener's resets by reason, as `unknown_sni_is_reset` reads them.
+fn resets_by_reason(proxy: &Proxy) -> Vec<(&'static str, u64)> {
+    proxy.state.listeners[0]
+        .counters
+        .resets_by_reason()
+        .collect()
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// How a TLS client sees the proxy end a relay it cut (idle timeout, end of the shutdown
+/// grace period): a FIN in the middle of the TLS stream, no close_notify (L4 cannot write
+/// one), which rustls reports as an unexpected EOF.
+const STUCK_CLOSE: Result<(), ErrorKind> = Err(ErrorKind::UnexpectedEof);
 
 #[tokio::test]
 async fn two_hostnames_reach_their_own_backends_with_data_both_ways() {
     let pki = Pki::new();
-    let (a, b, proxy) = two_backends(&pki, "").await;
+    let (a, b, proxy) = two_backends(&pki, ProxyBuilder::new()).await;
 
     for (sni, backend) in [("a.test", &a), ("b.test", &b), ("A.TEST", &a)] {
         let mut client = tls_connect(proxy.addr(), sni, pki.client_config())
@@ -67,20 +76,11 @@ async fn wildcard_route_matches_one_label_and_exact_wins() {
     let pki = Pki::new();
     let wild = TlsBackend::start(&pki, &["*.wild.test"]).await;
     let exact = TlsBackend::start(&pki, &["api.wild.test"]).await;
-    let proxy = Proxy::start(&format!(
-        r#"
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        [[listeners.routes]]
-        hostname = "*.wild.test"
-        backend = "{}"
-        [[listeners.routes]]
-        hostname = "api.wild.test"
-        backend = "{}"
-        "#,
-        wild.addr, exact.addr
-    ))
-    .await;
+    let proxy = ProxyBuilder::new()
+        .route("*.wild.test", wild.addr)
+        .route("api.wild.test", exact.addr)
+        .start()
+        .await;
 
     let mut c = tls_connect(proxy.addr(), "www.wild.test", pki.client_config())
         .await
@@ -98,18 +98,18 @@ async fn wildcard_route_matches_one_label_and_exact_wins() {
     );
 
     // Two labels deep is not covered by the wildcard: no route, reset.
-    assert!(
-        tls_connect(proxy.addr(), "a.b.wild.test", pki.client_config())
-            .await
-            .is_err()
-    );
+    let err = tls_connect(proxy.addr(), "a.b.wild.test", pki.client_config())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(resets_by_reason(&proxy), [("unknown_host", 1)]);
     assert_eq!(wild.accepted(), 1);
 }
 
 #[tokio::test]
 async fn backend_receives_the_client_bytes_exactly_even_when_fragmented() {
     let pki = Pki::new();
-    let (a, _b, proxy) = two_backends(&pki, "").await;
+    let (a, _b, proxy) = two_backends(&pki, ProxyBuilder::new()).await;
 
     // 1: one write per record. 2: a hello spread over 40-byte TCP writes and 128-byte TLS
     // records, the shape that broke other SNI routers.
@@ -140,7 +140,7 @@ async fn backend_receives_the_client_bytes_exactly_even_when_fragmented() {
 #[tokio::test]
 async fn client_that_half_closes_still_gets_the_whole_answer() {
     let pki = Pki::new();
-    let (_a, b, proxy) = two_backends(&pki, "").await;
+    let (_a, b, proxy) = two_backends(&pki, ProxyBuilder::new()).await;
     let mut client = tls_connect(proxy.addr(), "b.test", pki.client_config())
         .await
         .unwrap();
@@ -155,7 +155,7 @@ async fn client_that_half_closes_still_gets_the_whole_answer() {
 #[tokio::test]
 async fn unknown_sni_is_reset() {
     let pki = Pki::new();
-    let (a, b, proxy) = two_backends(&pki, "").await;
+    let (a, b, proxy) = two_backends(&pki, ProxyBuilder::new()).await;
     let err = tls_connect(proxy.addr(), "c.test", pki.client_config())
         .await
         .unwrap_err();
@@ -170,34 +170,36 @@ async fn unknown_sni_is_reset() {
 #[tokio::test]
 async fn plain_http_is_reset() {
     let pki = Pki::new();
-    let (_a, _b, proxy) = two_backends(&pki, "").await;
+    let (_a, _b, proxy) = two_backends(&pki, ProxyBuilder::new()).await;
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
         .await
         .unwrap();
     assert_reset(&mut s).await;
+    assert_eq!(resets_by_reason(&proxy), [("not_tls", 1)]);
 }
 
 #[tokio::test]
 async fn hello_without_sni_is_reset() {
     let pki = Pki::new();
-    let (a, _b, proxy) = two_backends(&pki, "").await;
+    let (a, _b, proxy) = two_backends(&pki, ProxyBuilder::new()).await;
     // A client connecting to an IP address sends no server_name extension.
     let err = tls_connect(proxy.addr(), "127.0.0.1", pki.client_config())
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
     assert_eq!(a.accepted(), 0);
+    assert_eq!(resets_by_reason(&proxy), [("no_sni", 1)]);
 }
 
 #[tokio::test]
 async fn blocked_ip_and_cidr_are_reset_before_the_hello() {
     let pki = Pki::new();
-    for firewall in [
-        r#"blocked_ips = ["127.0.0.1"]"#,
-        r#"blocked_cidrs = ["127.0.0.0/8"]"#,
+    for (firewall, rule) in [
+        ("ip", ProxyBuilder::new().block_ip("127.0.0.1")),
+        ("cidr", ProxyBuilder::new().block_cidr("127.0.0.0/8")),
     ] {
-        let (a, _b, proxy) = two_backends(&pki, &format!("[firewall]\n{firewall}")).await;
+        let (a, _b, proxy) = two_backends(&pki, rule).await;
         // The reset comes before the client says anything.
         let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
         assert_reset(&mut s).await;
@@ -209,55 +211,64 @@ async fn blocked_ip_and_cidr_are_reset_before_the_hello() {
         assert_eq!(a.accepted(), 0);
         let counters = &proxy.state.listeners[0].counters;
         assert_eq!(counters.blocked.load(Ordering::Relaxed), 2, "{firewall}");
+        assert_eq!(resets_by_reason(&proxy), [("blocked", 2)], "{firewall}");
     }
 }
 
 #[tokio::test]
 async fn backend_down_is_reset() {
     let pki = Pki::new();
-    let dead = dead_addr().await;
-    let proxy = Proxy::start(&format!(
-        r#"
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        [[listeners.routes]]
-        hostname = "down.test"
-        backend = "{dead}"
-        "#
-    ))
-    .await;
+    let dead = DeadBackend::new();
+    let proxy = ProxyBuilder::new()
+        .route("down.test", dead.addr)
+        .start()
+        .await;
     let err = tls_connect(proxy.addr(), "down.test", pki.client_config())
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(resets_by_reason(&proxy), [("backend_unreachable", 1)]);
 }
 
 #[tokio::test]
 async fn slow_or_silent_client_is_reset_after_the_hello_timeout() {
     let pki = Pki::new();
-    let (_a, _b, proxy) = two_backends(&pki, "[proxy]\nclient_hello_timeout = \"200ms\"").await;
+    let (_a, _b, proxy) =
+        two_backends(&pki, ProxyBuilder::new().client_hello_timeout(ms(200))).await;
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    let connected = Instant::now();
     // Half a record header, then nothing.
     s.write_all(&[0x16, 0x03]).await.unwrap();
     assert_reset(&mut s).await;
+    let waited = connected.elapsed();
+    assert!(
+        waited >= ms(180),
+        "reset after {waited:?}, before the 200 ms timeout"
+    );
+    assert_eq!(resets_by_reason(&proxy), [("hello_timeout", 1)]);
 }
 
 #[tokio::test]
 async fn oversize_hello_is_reset() {
     let pki = Pki::new();
-    let (_a, _b, proxy) = two_backends(&pki, "").await;
+    let (_a, _b, proxy) = two_backends(&pki, ProxyBuilder::new()).await;
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
     // A handshake record announcing a 1 MiB ClientHello.
     s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x10, 0x00, 0x00])
         .await
         .unwrap();
     assert_reset(&mut s).await;
+    assert_eq!(resets_by_reason(&proxy), [("hello_too_large", 1)]);
 }
 
 #[tokio::test]
 async fn graceful_shutdown_lets_an_open_transfer_finish() {
     let pki = Pki::new();
-    let (_a, _b, mut proxy) = two_backends(&pki, "[proxy]\nshutdown_timeout = \"30s\"").await;
+    let (_a, _b, mut proxy) = two_backends(
+        &pki,
+        ProxyBuilder::new().shutdown_timeout(Duration::from_secs(30)),
+    )
+    .await;
     let mut client = tls_connect(proxy.addr(), "a.test", pki.client_config())
         .await
         .unwrap();
@@ -292,44 +303,70 @@ async fn graceful_shutdown_lets_an_open_transfer_finish() {
 #[tokio::test]
 async fn shutdown_grace_period_closes_stuck_connections() {
     let pki = Pki::new();
-    let (_a, _b, mut proxy) = two_backends(&pki, "[proxy]\nshutdown_timeout = \"100ms\"").await;
+    let (_a, _b, mut proxy) =
+        two_backends(&pki, ProxyBuilder::new().shutdown_timeout(ms(300))).await;
     let mut client = tls_connect(proxy.addr(), "a.test", pki.client_config())
         .await
         .unwrap();
     client.write_all(b"x").await.unwrap();
     let mut buf = [0u8; 1];
     client.read_exact(&mut buf).await.unwrap();
+    let shutdown = Instant::now();
+    proxy.shutdown.cancel();
+    // The client sees its connection end: not before the grace period, and with nothing
+    // more from the backend (which never got a FIN, so never said goodbye).
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+        .await
+        .expect("client connection still open");
+    let waited = shutdown.elapsed();
+    assert_eq!(
+        ended.map(|_| ()).map_err(|e| e.kind()),
+        STUCK_CLOSE,
+        "{rest:?}"
+    );
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        waited >= ms(280),
+        "closed after {waited:?}, within the 300 ms grace"
+    );
     tokio::time::timeout(Duration::from_secs(10), proxy.stop())
         .await
         .expect("run() did not force-close after the grace period");
-    // The client sees its connection end.
-    let mut rest = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
-        .await
-        .expect("client connection still open");
 }
 
 #[tokio::test]
 async fn idle_connection_is_closed_after_the_idle_timeout() {
     let pki = Pki::new();
-    let (_a, _b, proxy) = two_backends(&pki, "[proxy]\nidle_timeout = \"300ms\"").await;
+    let (_a, _b, proxy) = two_backends(&pki, ProxyBuilder::new().idle_timeout(ms(300))).await;
     let mut client = tls_connect(proxy.addr(), "a.test", pki.client_config())
         .await
         .unwrap();
     client.write_all(b"x").await.unwrap();
     let mut one = [0u8; 1];
     client.read_exact(&mut one).await.unwrap();
+    let idle_since = Instant::now();
     // Say nothing more: the proxy ends the relay, the client sees its connection end.
     let mut rest = Vec::new();
     let ended = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest)).await;
-    assert!(ended.is_ok(), "idle connection still open");
+    let waited = idle_since.elapsed();
+    let ended = ended.expect("idle connection still open");
+    assert_eq!(
+        ended.map(|_| ()).map_err(|e| e.kind()),
+        STUCK_CLOSE,
+        "{rest:?}"
+    );
     assert!(rest.is_empty());
+    assert!(
+        waited >= ms(280),
+        "closed after {waited:?}, before the 300 ms idle timeout"
+    );
 }
 
 #[tokio::test]
 async fn connections_over_max_connections_are_reset_until_a_slot_frees() {
     let pki = Pki::new();
-    let (_a, _b, proxy) = two_backends(&pki, "[proxy]\nmax_connections = 1").await;
+    let (_a, _b, proxy) = two_backends(&pki, ProxyBuilder::new().max_connections(1)).await;
     let mut first = tls_connect(proxy.addr(), "a.test", pki.client_config())
         .await
         .unwrap();

@@ -14,32 +14,23 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// A proxy whose listener expects PROXY headers (with `listener_extra`), routing `a.test` to
-/// a backend that itself expects a PROXY header from mc-proxy.
-async fn proxied_setup(pki: &Pki, top: &str, listener_extra: &str) -> (TlsBackend, Proxy) {
+/// A proxy (`proxy`, its other settings made) whose listener expects PROXY headers, routing
+/// `a.test` to a backend that itself expects a PROXY header from mc-proxy.
+async fn proxied_setup(pki: &Pki, proxy: ProxyBuilder) -> (TlsBackend, Proxy) {
     let backend = TlsBackend::start_proxied(pki, &["a.test"]).await;
-    let proxy = Proxy::start(&format!(
-        r#"
-        {top}
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        proxy_protocol = true
-        {listener_extra}
-        [[listeners.routes]]
-        hostname = "a.test"
-        backend = "{}"
-        send_proxy_protocol = true
-        "#,
-        backend.addr
-    ))
-    .await;
+    let proxy = proxy
+        .proxy_protocol()
+        .route("a.test", backend.addr)
+        .send_proxy()
+        .start()
+        .await;
     (backend, proxy)
 }
 
 #[tokio::test]
 async fn v1_and_v2_headers_set_the_client_address_end_to_end() {
     let pki = Pki::new();
-    let (backend, proxy) = proxied_setup(&pki, "", "").await;
+    let (backend, proxy) = proxied_setup(&pki, ProxyBuilder::new()).await;
     let (_guard, logs) = capture_logs();
 
     let v2_client = sa("203.0.113.7:4242");
@@ -83,7 +74,7 @@ async fn v1_and_v2_headers_set_the_client_address_end_to_end() {
 #[tokio::test]
 async fn local_and_unknown_headers_keep_the_peer_address() {
     let pki = Pki::new();
-    let (backend, proxy) = proxied_setup(&pki, "", "").await;
+    let (backend, proxy) = proxied_setup(&pki, ProxyBuilder::new()).await;
     let mut local = proxyproto::encode_v2(sa("192.0.2.1:1"), sa("192.0.2.2:2"));
     local[12] = 0x20; // version 2, command LOCAL
     for (i, preamble) in [local, b"PROXY UNKNOWN\r\n".to_vec()]
@@ -103,7 +94,7 @@ async fn local_and_unknown_headers_keep_the_peer_address() {
 async fn header_and_hello_in_one_segment_lose_no_bytes() {
     // The hello bytes that arrive with the header must reach the ClientHello reader.
     let pki = Pki::new();
-    let (backend, proxy) = proxied_setup(&pki, "", "").await;
+    let (backend, proxy) = proxied_setup(&pki, ProxyBuilder::new()).await;
     let mut hello = Vec::new();
     {
         let mut conn =
@@ -131,7 +122,7 @@ async fn header_and_hello_in_one_segment_lose_no_bytes() {
 #[tokio::test]
 async fn garbage_missing_or_slow_headers_are_reset() {
     let pki = Pki::new();
-    let (backend, proxy) = proxied_setup(&pki, "", "").await;
+    let (backend, proxy) = proxied_setup(&pki, ProxyBuilder::new()).await;
 
     // Garbage instead of a header.
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
@@ -153,10 +144,16 @@ async fn garbage_missing_or_slow_headers_are_reset() {
         assert_reset(&mut s).await;
     }
 
-    // Half a header, then silence: reset after the 5 s PROXY deadline.
+    // Half a header, then silence: reset after the 5 s PROXY deadline, not before.
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    let connected = std::time::Instant::now();
     s.write_all(b"PROXY TCP4 192.0").await.unwrap();
     assert_reset(&mut s).await;
+    let waited = connected.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(4900),
+        "reset after {waited:?}, before the 5 s deadline"
+    );
 
     // The daemon is still serving good connections.
     let header = proxyproto::encode_v2(sa("192.0.2.5:5"), sa("192.0.2.1:443"));
@@ -170,6 +167,11 @@ async fn garbage_missing_or_slow_headers_are_reset() {
     assert_eq!(backend.accepted(), 1);
     let counters = &proxy.state.listeners[0].counters;
     assert_eq!(counters.resets.load(Ordering::Relaxed), 5);
+    let by_reason: Vec<_> = counters.resets_by_reason().collect();
+    assert_eq!(
+        by_reason,
+        [("proxy_header_timeout", 1), ("bad_proxy_header", 4)]
+    );
 }
 
 #[tokio::test]
@@ -179,8 +181,9 @@ async fn firewall_decides_on_the_header_address_not_the_tcp_peer() {
     // address may count.
     let (backend, proxy) = proxied_setup(
         &pki,
-        "[firewall]\nblocked_ips = [\"203.0.113.66\", \"127.0.0.1\"]",
-        "",
+        ProxyBuilder::new()
+            .block_ip("203.0.113.66")
+            .block_ip("127.0.0.1"),
     )
     .await;
 
@@ -201,6 +204,8 @@ async fn firewall_decides_on_the_header_address_not_the_tcp_peer() {
     assert_eq!(backend.accepted(), 1);
     let counters = &proxy.state.listeners[0].counters;
     assert_eq!(counters.blocked.load(Ordering::Relaxed), 1);
+    let by_reason: Vec<_> = counters.resets_by_reason().collect();
+    assert_eq!(by_reason, [("blocked", 1)]);
 }
 
 #[tokio::test]
@@ -208,16 +213,24 @@ async fn proxy_protocol_from_rejects_headers_from_untrusted_peers() {
     let pki = Pki::new();
     let header = proxyproto::encode_v2(sa("192.0.2.8:8"), sa("192.0.2.1:443"));
 
-    let (backend, proxy) = proxied_setup(&pki, "", r#"proxy_protocol_from = ["10.0.0.0/8"]"#).await;
+    let (backend, proxy) = proxied_setup(
+        &pki,
+        ProxyBuilder::new().proxy_protocol_from(&["10.0.0.0/8"]),
+    )
+    .await;
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
     s.write_all(&header).await.unwrap();
     assert_reset(&mut s).await;
     assert_eq!(backend.accepted(), 0);
+    let by_reason: Vec<_> = proxy.state.listeners[0]
+        .counters
+        .resets_by_reason()
+        .collect();
+    assert_eq!(by_reason, [("untrusted_proxy", 1)]);
 
     let (backend, proxy) = proxied_setup(
         &pki,
-        "",
-        r#"proxy_protocol_from = ["10.0.0.0/8", "127.0.0.0/8"]"#,
+        ProxyBuilder::new().proxy_protocol_from(&["10.0.0.0/8", "127.0.0.0/8"]),
     )
     .await;
     let mut c = tls_connect_after(proxy.addr(), &header, "a.test", pki.client_config())
@@ -234,17 +247,10 @@ async fn proxy_protocol_from_rejects_headers_from_untrusted_peers() {
 async fn route_without_send_proxy_protocol_sends_the_hello_first() {
     let pki = Pki::new();
     let backend = TlsBackend::start(&pki, &["a.test"]).await;
-    let proxy = Proxy::start(&format!(
-        r#"
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        [[listeners.routes]]
-        hostname = "a.test"
-        backend = "{}"
-        "#,
-        backend.addr
-    ))
-    .await;
+    let proxy = ProxyBuilder::new()
+        .route("a.test", backend.addr)
+        .start()
+        .await;
     let mut c = tls_connect(proxy.addr(), "a.test", pki.client_config())
         .await
         .unwrap();
@@ -264,19 +270,16 @@ async fn two_hops_carry_the_original_client_address() {
     // client -> edge (plain listener, L4 route sending PROXY) -> origin (PROXY listener, L4
     // route sending PROXY) -> backend. The backend must see the client's own address.
     let pki = Pki::new();
-    let (backend, origin) = proxied_setup(&pki, "", r#"proxy_protocol_from = ["127.0.0.1"]"#).await;
-    let edge = Proxy::start(&format!(
-        r#"
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        [[listeners.routes]]
-        hostname = "*.test"
-        backend = "{}"
-        send_proxy_protocol = true
-        "#,
-        origin.addr()
-    ))
+    let (backend, origin) = proxied_setup(
+        &pki,
+        ProxyBuilder::new().proxy_protocol_from(&["127.0.0.1"]),
+    )
     .await;
+    let edge = ProxyBuilder::new()
+        .route("*.test", origin.addr())
+        .send_proxy()
+        .start()
+        .await;
     let mut c = tls_connect(edge.addr(), "a.test", pki.client_config())
         .await
         .unwrap();

@@ -35,11 +35,11 @@ async fn python_grpc_client_through_l7_to_a_tonic_backend() {
     let pki = Pki::new();
     let backend = GrpcBackend::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(&format!(
-        "[[listeners]]\naddr = \"127.0.0.1:0\"\n{}",
-        l7_route_toml(&pki, dir.path(), "grpc.test", backend.addr)
-    ))
-    .await;
+    let proxy = ProxyBuilder::new()
+        .route("grpc.test", backend.addr)
+        .l7(&pki)
+        .start()
+        .await;
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, pki.ca_pem()).unwrap();
 

@@ -43,34 +43,18 @@ async fn the_real_client_address_crosses_the_edge_to_the_origin() {
     let pki = Pki::new();
     let l4_backend = TlsBackend::start(&pki, &["l4.test"]).await;
     let web_backend = H2Backend::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let origin = Proxy::start(&format!(
-        r#"
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        proxy_protocol = true
-        proxy_protocol_from = ["127.0.0.1/32"]
-        [[listeners.routes]]
-        hostname = "l4.test"
-        backend = "{}"
-        {}
-        "#,
-        l4_backend.addr,
-        l7_route_toml(&pki, dir.path(), "web.test", web_backend.addr)
-    ))
-    .await;
-    let edge = Proxy::start(&format!(
-        r#"
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        [[listeners.routes]]
-        hostname = "*.test"
-        backend = "{}"
-        send_proxy_protocol = true
-        "#,
-        origin.addr()
-    ))
-    .await;
+    let origin = ProxyBuilder::new()
+        .proxy_protocol_from(&["127.0.0.1/32"])
+        .route("l4.test", l4_backend.addr)
+        .route("web.test", web_backend.addr)
+        .l7(&pki)
+        .start()
+        .await;
+    let edge = ProxyBuilder::new()
+        .route("*.test", origin.addr())
+        .send_proxy()
+        .start()
+        .await;
     let mut origin_admin = origin.admin().await;
     let mut events = Box::pin(origin_admin.watch_events().await.unwrap());
     origin.wait_for_watchers().await;

@@ -10,57 +10,16 @@ use mc_proxy_tests::web::*;
 use mc_proxy_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Certificate files for the proxy's L7 routes, removed with the guard.
-struct Certs {
-    dir: tempfile::TempDir,
+/// A proxy with one L7 route `web.test` to `backend`, to finish (and start) with more
+/// settings.
+fn web_proxy(pki: &Pki, backend: std::net::SocketAddr) -> ProxyBuilder {
+    ProxyBuilder::new().route("web.test", backend).l7(pki)
 }
 
-impl Certs {
-    fn new() -> Certs {
-        Certs {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// TOML lines `tls_cert`/`tls_key` for a certificate covering `names`.
-    fn route_keys(&self, pki: &Pki, names: &[&str]) -> String {
-        let (cert, key) = pki.write_pem(self.dir.path(), names);
-        format!("tls_cert = {cert:?}\ntls_key = {key:?}")
-    }
-
-    /// Writes `pem` to a file and returns its path.
-    fn file(&self, name: &str, pem: &str) -> String {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, pem).unwrap();
-        path.display().to_string()
-    }
-}
-
-/// A proxy with one L7 route `web.test` to `backend`, plus `route_extra` on that route and
-/// `global` before the listener.
-async fn l7_proxy(
-    pki: &Pki,
-    certs: &Certs,
-    backend: std::net::SocketAddr,
-    route_extra: &str,
-    global: &str,
-) -> Proxy {
-    Proxy::start(&format!(
-        r#"
-        {global}
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        [[listeners.routes]]
-        hostname = "web.test"
-        backend = "{backend}"
-        mode = "l7"
-        {keys}
-        {route_extra}
-        "#,
-        keys = certs.route_keys(pki, &["web.test"]),
-    ))
-    .await
-}
+/// How the L7 client sees an idle connection closed: the daemon ends the TCP connection
+/// without a TLS close_notify, so rustls reports an unexpected EOF. (With a close_notify it
+/// would be `Ok`; should the daemon start sending one, this is the line to change.)
+const IDLE_CLOSE: Result<(), std::io::ErrorKind> = Err(std::io::ErrorKind::UnexpectedEof);
 
 fn web_stats(proxy: &Proxy) -> mc_proxy::stats::RouteStatsSnapshot {
     proxy.state.listeners[0]
@@ -79,9 +38,8 @@ async fn timed<F: std::future::Future>(f: F) -> F::Output {
 #[tokio::test]
 async fn h2_client_reaches_h2c_backend_with_forwarding_headers() {
     let pki = Pki::new();
-    let certs = Certs::new();
     let backend = H2Backend::start().await;
-    let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
 
     let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
     let req = Request::builder()
@@ -137,9 +95,8 @@ async fn h2_client_reaches_h2c_backend_with_forwarding_headers() {
 #[tokio::test]
 async fn h1_client_is_forwarded_as_h2_without_connection_headers() {
     let pki = Pki::new();
-    let certs = Certs::new();
     let backend = H2Backend::start().await;
-    let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
 
     let mut client = h1_client(proxy.addr(), "web.test", &pki).await;
     let req = Request::builder()
@@ -201,9 +158,8 @@ async fn h1_client_is_forwarded_as_h2_without_connection_headers() {
 #[tokio::test]
 async fn another_hostname_on_an_established_connection_gets_421() {
     let pki = Pki::new();
-    let certs = Certs::new();
     let backend = H2Backend::start().await;
-    let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
 
     let mut h2 = h2_client(proxy.addr(), "web.test", &pki).await;
     let req = Request::builder().uri("https://other.test/");
@@ -233,9 +189,8 @@ async fn another_hostname_on_an_established_connection_gets_421() {
 #[tokio::test]
 async fn backend_down_gives_502_and_the_connection_recovers() {
     let pki = Pki::new();
-    let certs = Certs::new();
-    let addr = dead_addr().await;
-    let proxy = l7_proxy(&pki, &certs, addr, "", "").await;
+    let dead = DeadBackend::new();
+    let proxy = web_proxy(&pki, dead.addr).start().await;
 
     let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
     let req = Request::builder().uri("https://web.test/");
@@ -249,7 +204,7 @@ async fn backend_down_gives_502_and_the_connection_recovers() {
     assert!(resp.body.contains("bad gateway"), "{}", resp.body);
 
     let backend = H2Backend::start_with(H2Options {
-        addr: Some(addr),
+        listener: Some(dead.listen()),
         ..H2Options::default()
     })
     .await;
@@ -271,17 +226,13 @@ async fn backend_down_gives_502_and_the_connection_recovers() {
 #[tokio::test]
 async fn backend_that_does_not_finish_connecting_gives_504() {
     let pki = Pki::new();
-    let certs = Certs::new();
     // Accepts TCP and never answers the TLS handshake.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = l7_proxy(
-        &pki,
-        &certs,
-        silent.local_addr().unwrap(),
-        "backend_tls = true",
-        "[proxy]\nconnect_timeout = \"300ms\"",
-    )
-    .await;
+    let proxy = web_proxy(&pki, silent.local_addr().unwrap())
+        .backend_tls()
+        .connect_timeout(Duration::from_millis(300))
+        .start()
+        .await;
     let mut client = h1_client(proxy.addr(), "web.test", &pki).await;
     let req = Request::builder().uri("/").header("host", "web.test");
     let resp = answer(
@@ -299,7 +250,6 @@ async fn backend_that_does_not_finish_connecting_gives_504() {
 async fn backend_tls_verifies_the_backend_against_backend_ca() {
     let pki = Pki::new();
     let backend_pki = Pki::new();
-    let certs = Certs::new();
     let backend = H2Backend::start_with(H2Options {
         tls: Some((&backend_pki, &["web.test"])),
         ..H2Options::default()
@@ -312,32 +262,16 @@ async fn backend_tls_verifies_the_backend_against_backend_ca() {
         ..H2Options::default()
     })
     .await;
-    let ca = certs.file("backend-ca.pem", &backend_pki.ca_pem());
-    let proxy = Proxy::start(&format!(
-        r#"
-        [proxy]
-        backend_ca = {ca:?}
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        [[listeners.routes]]
-        hostname = "web.test"
-        backend = "{}"
-        mode = "l7"
-        backend_tls = true
-        {}
-        [[listeners.routes]]
-        hostname = "bad.test"
-        backend = "{}"
-        mode = "l7"
-        backend_tls = true
-        {}
-        "#,
-        backend.addr,
-        certs.route_keys(&pki, &["web.test"]),
-        stranger.addr,
-        certs.route_keys(&pki, &["bad.test"]),
-    ))
-    .await;
+    let proxy = ProxyBuilder::new()
+        .backend_ca(&backend_pki)
+        .route("web.test", backend.addr)
+        .l7(&pki)
+        .backend_tls()
+        .route("bad.test", stranger.addr)
+        .l7(&pki)
+        .backend_tls()
+        .start()
+        .await;
 
     let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
     let req = Request::builder().uri("https://web.test/tls");
@@ -366,13 +300,12 @@ async fn backend_tls_verifies_the_backend_against_backend_ca() {
 #[tokio::test]
 async fn send_proxy_protocol_writes_the_header_before_the_h2_preface() {
     let pki = Pki::new();
-    let certs = Certs::new();
     let backend = H2Backend::start_with(H2Options {
         proxied: true,
         ..H2Options::default()
     })
     .await;
-    let proxy = l7_proxy(&pki, &certs, backend.addr, "send_proxy_protocol = true", "").await;
+    let proxy = web_proxy(&pki, backend.addr).send_proxy().start().await;
 
     let tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"h2"])
         .await
@@ -407,27 +340,14 @@ async fn send_proxy_protocol_writes_the_header_before_the_h2_preface() {
 #[tokio::test]
 async fn l4_and_l7_routes_share_a_listener() {
     let pki = Pki::new();
-    let certs = Certs::new();
     let h2 = H2Backend::start().await;
     let passthrough = TlsBackend::start(&pki, &["raw.test"]).await;
-    let proxy = Proxy::start(&format!(
-        r#"
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        [[listeners.routes]]
-        hostname = "raw.test"
-        backend = "{}"
-        [[listeners.routes]]
-        hostname = "web.test"
-        backend = "{}"
-        mode = "l7"
-        {}
-        "#,
-        passthrough.addr,
-        h2.addr,
-        certs.route_keys(&pki, &["web.test"]),
-    ))
-    .await;
+    let proxy = ProxyBuilder::new()
+        .route("raw.test", passthrough.addr)
+        .route("web.test", h2.addr)
+        .l7(&pki)
+        .start()
+        .await;
 
     let mut raw = tls_connect(proxy.addr(), "raw.test", pki.client_config())
         .await
@@ -451,9 +371,8 @@ async fn l4_and_l7_routes_share_a_listener() {
 async fn client_that_distrusts_the_certificate_fails_cleanly_and_the_daemon_serves_on() {
     let (_guard, logs) = capture_logs();
     let pki = Pki::new();
-    let certs = Certs::new();
     let backend = H2Backend::start().await;
-    let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
 
     let other = Pki::new();
     let err = tls_to_proxy(proxy.addr(), "web.test", &other, &[b"h2"])
@@ -484,22 +403,12 @@ async fn client_that_distrusts_the_certificate_fails_cleanly_and_the_daemon_serv
 async fn a_certificate_for_another_name_is_warned_about_at_load() {
     let (_guard, logs) = capture_logs();
     let pki = Pki::new();
-    let certs = Certs::new();
     let backend = H2Backend::start().await;
-    let _proxy = Proxy::start(&format!(
-        r#"
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        [[listeners.routes]]
-        hostname = "web.test"
-        backend = "{}"
-        mode = "l7"
-        {}
-        "#,
-        backend.addr,
-        certs.route_keys(&pki, &["other.test"]),
-    ))
-    .await;
+    let _proxy = ProxyBuilder::new()
+        .route("web.test", backend.addr)
+        .l7_cert_for(&pki, &["other.test"])
+        .start()
+        .await;
     assert!(
         log_text(&logs).contains("does not cover web.test"),
         "{}",
@@ -510,9 +419,8 @@ async fn a_certificate_for_another_name_is_warned_about_at_load() {
 #[tokio::test]
 async fn server_sent_events_arrive_one_by_one() {
     let pki = Pki::new();
-    let certs = Certs::new();
     let backend = H2Backend::start().await;
-    let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
 
     let mut client = h1_client(proxy.addr(), "web.test", &pki).await;
     let req = Request::builder().uri("/sse").header("host", "web.test");
@@ -535,9 +443,8 @@ async fn server_sent_events_arrive_one_by_one() {
 async fn shutdown_drains_an_open_stream_then_closes_the_connection() {
     let (_guard, logs) = capture_logs();
     let pki = Pki::new();
-    let certs = Certs::new();
     let backend = H2Backend::start().await;
-    let mut proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+    let mut proxy = web_proxy(&pki, backend.addr).start().await;
 
     let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
     let req = Request::builder().uri("https://web.test/sse");
@@ -569,9 +476,8 @@ async fn shutdown_drains_an_open_stream_then_closes_the_connection() {
 async fn connection_log_line_is_written_once_with_outcome() {
     let (_guard, logs) = capture_logs();
     let pki = Pki::new();
-    let certs = Certs::new();
     let backend = H2Backend::start().await;
-    let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
     let mut tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"http/1.1"])
         .await
         .unwrap();
@@ -599,12 +505,11 @@ mod grpc {
     use mc_proxy_tests::grpc::{GrpcBackend, echo_client};
     use tonic::Code;
 
-    async fn setup() -> (Pki, Certs, GrpcBackend, Proxy) {
+    async fn setup() -> (Pki, GrpcBackend, Proxy) {
         let pki = Pki::new();
-        let certs = Certs::new();
         let backend = GrpcBackend::start().await;
-        let proxy = l7_proxy(&pki, &certs, backend.addr, "", "").await;
-        (pki, certs, backend, proxy)
+        let proxy = web_proxy(&pki, backend.addr).start().await;
+        (pki, backend, proxy)
     }
 
     fn msg(text: &str) -> Msg {
@@ -616,7 +521,7 @@ mod grpc {
 
     #[tokio::test]
     async fn unary_and_server_streaming() {
-        let (pki, _certs, _backend, proxy) = setup().await;
+        let (pki, _backend, proxy) = setup().await;
         let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
 
         let reply = timed(client.unary(msg("hi"))).await.unwrap().into_inner();
@@ -641,7 +546,7 @@ mod grpc {
 
     #[tokio::test]
     async fn client_and_bidirectional_streaming() {
-        let (pki, _certs, _backend, proxy) = setup().await;
+        let (pki, _backend, proxy) = setup().await;
         let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
 
         let upload = tokio_stream::iter(["a", "b", "c"].map(|t| Msg {
@@ -674,7 +579,7 @@ mod grpc {
 
     #[tokio::test]
     async fn error_statuses_reach_the_client_with_their_message() {
-        let (pki, _certs, _backend, proxy) = setup().await;
+        let (pki, _backend, proxy) = setup().await;
         let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
 
         // Trailers-only: the backend fails before sending any message.
@@ -712,7 +617,7 @@ mod grpc {
 
     #[tokio::test]
     async fn eight_mib_messages_pass_both_ways() {
-        let (pki, _certs, _backend, proxy) = setup().await;
+        let (pki, _backend, proxy) = setup().await;
         let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
         let payload: Vec<u8> = (0..8 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
         let reply = tokio::time::timeout(
@@ -736,7 +641,7 @@ mod grpc {
 
     #[tokio::test]
     async fn deadline_expiring_at_the_backend_arrives_as_deadline_exceeded() {
-        let (pki, _certs, _backend, proxy) = setup().await;
+        let (pki, _backend, proxy) = setup().await;
         let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
         let mut req = tonic::Request::new(Msg {
             sleep_ms: 10_000,
@@ -754,29 +659,31 @@ mod grpc {
 async fn idle_connection_is_closed_after_idle_timeout() {
     let (_guard, logs) = capture_logs();
     let pki = Pki::new();
-    let certs = Certs::new();
     let backend = H2Backend::start().await;
-    let proxy = l7_proxy(
-        &pki,
-        &certs,
-        backend.addr,
-        "",
-        "[proxy]\nidle_timeout = \"300ms\"",
-    )
-    .await;
+    let proxy = web_proxy(&pki, backend.addr)
+        .idle_timeout(Duration::from_millis(300))
+        .start()
+        .await;
     let mut tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"http/1.1"])
         .await
         .unwrap();
+    let sent = std::time::Instant::now();
     tls.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
         .await
         .unwrap();
     // Keep-alive: the proxy answers, then closes the idle connection by itself.
     let mut out = Vec::new();
-    let _ = timed(tls.read_to_end(&mut out)).await;
+    let ended = timed(tls.read_to_end(&mut out)).await;
+    let waited = sent.elapsed();
+    assert_eq!(ended.map(|_| ()).map_err(|e| e.kind()), IDLE_CLOSE);
     assert!(
         out.starts_with(b"HTTP/1.1 200"),
         "{}",
         String::from_utf8_lossy(&out)
+    );
+    assert!(
+        waited >= Duration::from_millis(280),
+        "closed after {waited:?}, before the 300 ms idle timeout"
     );
     assert!(wait_for_log(&logs, "outcome=\"idle_timeout\"").await);
 }

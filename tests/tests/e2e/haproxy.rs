@@ -17,11 +17,19 @@ use tokio::net::TcpStream;
 struct Haproxy {
     child: Child,
     _dir: tempfile::TempDir,
+    _port: ReservedPort,
 }
 
 impl Haproxy {
     /// Starts HAProxy, or returns `None` (after saying so) when it is not installed.
-    async fn start(dir: tempfile::TempDir, config: &str, port: u16) -> Option<Haproxy> {
+    /// HAProxy binds `reserved` beside the reservation (both use `SO_REUSEPORT`), which it
+    /// keeps until it is killed.
+    async fn start(
+        dir: tempfile::TempDir,
+        config: &str,
+        reserved: ReservedPort,
+    ) -> Option<Haproxy> {
+        let port = reserved.port;
         let installed = Command::new("haproxy")
             .arg("-v")
             .stdout(Stdio::null())
@@ -56,7 +64,11 @@ impl Haproxy {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let haproxy = Haproxy { child, _dir: dir };
+        let haproxy = Haproxy {
+            child,
+            _dir: dir,
+            _port: reserved,
+        };
         // Ready when its frontend accepts.
         for _ in 0..500 {
             if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
@@ -75,11 +87,6 @@ impl Drop for Haproxy {
     }
 }
 
-/// A port that was free a moment ago (HAProxy needs a number in its config).
-async fn free_port() -> u16 {
-    dead_addr().await.port()
-}
-
 const DEFAULTS: &str = "
 defaults
     timeout connect 5s
@@ -93,21 +100,15 @@ async fn haproxy_send_proxy_v1_and_v2_reach_mc_proxy_with_the_client_address() {
     for (directive, version) in [("send-proxy-v2", Version::V2), ("send-proxy", Version::V1)] {
         let backend = TlsBackend::start_proxied(&pki, &["a.test"]).await;
         // Only HAProxy (on loopback) may send headers to this listener.
-        let proxy = Proxy::start(&format!(
-            r#"
-            [[listeners]]
-            addr = "127.0.0.1:0"
-            proxy_protocol = true
-            proxy_protocol_from = ["127.0.0.1/32"]
-            [[listeners.routes]]
-            hostname = "a.test"
-            backend = "{}"
-            send_proxy_protocol = true
-            "#,
-            backend.addr
-        ))
-        .await;
-        let port = free_port().await;
+        let proxy = ProxyBuilder::new()
+            .proxy_protocol_from(&["127.0.0.1/32"])
+            .route("a.test", backend.addr)
+            .send_proxy()
+            .start()
+            .await;
+        // HAProxy needs a port number in its config: one held until HAProxy has it.
+        let reserved = ReservedPort::new();
+        let port = reserved.port;
         let config = format!(
             "{DEFAULTS}
 frontend fe
@@ -120,7 +121,7 @@ backend be
 ",
             proxy.addr()
         );
-        let Some(_haproxy) = Haproxy::start(tempfile::tempdir().unwrap(), &config, port).await
+        let Some(_haproxy) = Haproxy::start(tempfile::tempdir().unwrap(), &config, reserved).await
         else {
             return;
         };
@@ -159,7 +160,8 @@ async fn haproxy_accept_proxy_sees_the_original_client_behind_mc_proxy() {
         std::fs::read_to_string(&cert).unwrap() + &std::fs::read_to_string(&key).unwrap(),
     )
     .unwrap();
-    let port = free_port().await;
+    let reserved = ReservedPort::new();
+    let port = reserved.port;
     let config = format!(
         "{DEFAULTS}
 frontend fe
@@ -169,20 +171,14 @@ frontend fe
 ",
         combined.display()
     );
-    let Some(_haproxy) = Haproxy::start(dir, &config, port).await else {
+    let Some(_haproxy) = Haproxy::start(dir, &config, reserved).await else {
         return;
     };
-    let proxy = Proxy::start(&format!(
-        r#"
-        [[listeners]]
-        addr = "127.0.0.1:0"
-        [[listeners.routes]]
-        hostname = "h.test"
-        backend = "127.0.0.1:{port}"
-        send_proxy_protocol = true
-        "#
-    ))
-    .await;
+    let proxy = ProxyBuilder::new()
+        .route("h.test", format!("127.0.0.1:{port}"))
+        .send_proxy()
+        .start()
+        .await;
 
     let mut c = tls_connect(proxy.addr(), "h.test", pki.client_config())
         .await

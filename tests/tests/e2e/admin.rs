@@ -53,7 +53,7 @@ async fn next_matching(
 
 #[tokio::test]
 async fn socket_is_private_and_a_live_daemons_socket_is_not_taken_over() {
-    let proxy = Proxy::start(&listener_toml("")).await;
+    let proxy = ProxyBuilder::new().listener().start().await;
     let mode = std::fs::metadata(&proxy.socket)
         .unwrap()
         .permissions()
@@ -77,7 +77,7 @@ async fn socket_is_private_and_a_live_daemons_socket_is_not_taken_over() {
 #[tokio::test]
 async fn add_and_list_an_l7_route_with_every_field() {
     let pki = Pki::new();
-    let proxy = Proxy::start(&listener_toml("")).await;
+    let proxy = ProxyBuilder::new().listener().start().await;
     let (cert, key) = pki.write_pem(proxy.dir.path(), &["web.test"]);
     let mut admin = proxy.admin().await;
     let l7 = Route {
@@ -108,10 +108,10 @@ async fn add_and_list_an_l7_route_with_every_field() {
 #[tokio::test]
 async fn invalid_routes_are_invalid_argument_and_change_nothing() {
     let pki = Pki::new();
-    let proxy = Proxy::start(&listener_toml(
-        "[[listeners.routes]]\nhostname = \"keep.test\"\nbackend = \"127.0.0.1:9\"",
-    ))
-    .await;
+    let proxy = ProxyBuilder::new()
+        .route("keep.test", "127.0.0.1:9")
+        .start()
+        .await;
     let (cert, _) = pki.write_pem(proxy.dir.path(), &["web.test"]);
     let (_, other_key) = pki.write_pem(proxy.dir.path(), &["other.test"]);
     let mut admin = proxy.admin().await;
@@ -176,7 +176,7 @@ async fn invalid_routes_are_invalid_argument_and_change_nothing() {
 
 #[tokio::test]
 async fn add_with_only_hostname_and_backend_is_l4_without_proxy_protocol() {
-    let proxy = Proxy::start(&listener_toml("")).await;
+    let proxy = ProxyBuilder::new().listener().start().await;
     // A client that predates modes: only the two original fields on the wire.
     let mut raw = pb::admin_service_client::AdminServiceClient::new(
         tonic::transport::Endpoint::try_from("http://x")
@@ -224,7 +224,7 @@ async fn routes_change_live_and_in_flight_connections_keep_theirs() {
     let pki = Pki::new();
     let a = TlsBackend::start(&pki, &["a.test"]).await;
     let b = TlsBackend::start(&pki, &["b.test"]).await;
-    let proxy = Proxy::start(&listener_toml("")).await;
+    let proxy = ProxyBuilder::new().listener().start().await;
     let mut admin = proxy.admin().await;
 
     // No route yet: reset.
@@ -293,11 +293,7 @@ async fn routes_change_live_and_in_flight_connections_keep_theirs() {
 async fn firewall_rules_apply_from_the_next_connection() {
     let pki = Pki::new();
     let a = TlsBackend::start(&pki, &["a.test"]).await;
-    let proxy = Proxy::start(&listener_toml(&format!(
-        "[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"",
-        a.addr
-    )))
-    .await;
+    let proxy = ProxyBuilder::new().route("a.test", a.addr).start().await;
     let mut admin = proxy.admin().await;
     let rule = FirewallRule {
         kind: FirewallRuleKind::Cidr,
@@ -387,11 +383,7 @@ async fn api_changes_survive_a_restart_and_the_toml_is_not_reapplied() {
 async fn watchers_see_connections_open_and_close_with_byte_counts() {
     let pki = Pki::new();
     let a = TlsBackend::start(&pki, &["a.test"]).await;
-    let proxy = Proxy::start(&listener_toml(&format!(
-        "[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"",
-        a.addr
-    )))
-    .await;
+    let proxy = ProxyBuilder::new().route("a.test", a.addr).start().await;
     let mut admin = proxy.admin().await;
     let mut events = Box::pin(admin.watch_events().await.unwrap());
     proxy.wait_for_watchers().await;
@@ -473,14 +465,11 @@ async fn watchers_see_connections_open_and_close_with_byte_counts() {
 async fn a_stuck_subscriber_never_slows_traffic_and_learns_what_it_lost() {
     let pki = Pki::new();
     let a = TlsBackend::start(&pki, &["a.test"]).await;
-    let proxy = Proxy::start_with_admin(
-        &listener_toml(&format!(
-            "[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"",
-            a.addr
-        )),
-        "event_buffer = 8",
-    )
-    .await;
+    let proxy = ProxyBuilder::new()
+        .event_buffer(8)
+        .route("a.test", a.addr)
+        .start()
+        .await;
     let mut admin = proxy.admin().await;
     // Two subscribers that never read while traffic flows: one over gRPC, one on the bus.
     let mut grpc_events = Box::pin(admin.watch_events().await.unwrap());
@@ -499,7 +488,7 @@ async fn a_stuck_subscriber_never_slows_traffic_and_learns_what_it_lost() {
     for _ in 0..20 {
         let mut s = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
         s.write_all(b"not tls").await.unwrap();
-        let _ = read_until_closed(&mut s).await;
+        assert_reset(&mut s).await;
     }
     // And a burst published faster than any subscriber task can run.
     for _ in 0..100 {
@@ -530,10 +519,10 @@ async fn a_stuck_subscriber_never_slows_traffic_and_learns_what_it_lost() {
 
 #[tokio::test]
 async fn oversized_values_are_refused_briefly_and_change_nothing() {
-    let proxy = Proxy::start(&listener_toml(
-        "[[listeners.routes]]\nhostname = \"app.test\"\nbackend = \"127.0.0.1:9443\"",
-    ))
-    .await;
+    let proxy = ProxyBuilder::new()
+        .route("app.test", "127.0.0.1:9443")
+        .start()
+        .await;
     let mut admin = proxy.admin().await;
     let huge = "a".repeat(1_000_000);
     let before = admin.list_routes(None).await.unwrap();
@@ -701,14 +690,15 @@ async fn metrics_match_the_admin_api_and_pass_promtool() {
     let pki = Pki::new();
     let l4 = TlsBackend::start(&pki, &["a.test"]).await;
     let web = H2Backend::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(&listener_toml(&format!(
-        "[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"\n{}{}",
-        l4.addr,
-        l7_route_toml(&pki, dir.path(), "web.test", web.addr),
-        l7_route_toml(&pki, dir.path(), "down.test", dead_addr().await),
-    )))
-    .await;
+    let down = DeadBackend::new();
+    let proxy = ProxyBuilder::new()
+        .route("a.test", l4.addr)
+        .route("web.test", web.addr)
+        .l7(&pki)
+        .route("down.test", down.addr)
+        .l7(&pki)
+        .start()
+        .await;
     let mut admin = proxy.admin().await;
 
     // L4: two relayed connections, and two resets for different reasons.
@@ -948,7 +938,7 @@ async fn metrics_match_the_admin_api_and_pass_promtool() {
 
 #[tokio::test]
 async fn metrics_endpoint_answers_only_metrics() {
-    let proxy = Proxy::start(&listener_toml("")).await;
+    let proxy = ProxyBuilder::new().listener().start().await;
     let other = web::http1_request(proxy.metrics, "GET", "/", &[]).await;
     assert_eq!(other.status, 404);
     let post = web::http1_request(proxy.metrics, "POST", "/metrics", &[]).await;
@@ -995,11 +985,7 @@ async fn until_connections(
 async fn open_connections_are_listed_with_their_route_and_live_bytes_until_closed() {
     let pki = Pki::new();
     let a = TlsBackend::start(&pki, &["a.test"]).await;
-    let proxy = Proxy::start(&listener_toml(&format!(
-        "[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"",
-        a.addr
-    )))
-    .await;
+    let proxy = ProxyBuilder::new().route("a.test", a.addr).start().await;
     let mut admin = proxy.admin().await;
     assert_eq!(admin.list_connections(0).await.unwrap().total, 0);
 

@@ -65,14 +65,11 @@ impl Client {
 async fn page_assets_and_event_stream_over_h2_and_http11() {
     let pki = Pki::new();
     let backend = H2Backend::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(&format!(
-        "[[listeners]]
-addr = \"127.0.0.1:0\"
-{}",
-        l7_route_toml(&pki, dir.path(), "web.test", backend.addr)
-    ))
-    .await;
+    let proxy = ProxyBuilder::new()
+        .route("web.test", backend.addr)
+        .l7(&pki)
+        .start()
+        .await;
 
     for h2 in [true, false] {
         let mut client = Client::connect(&proxy, &pki, h2).await;
