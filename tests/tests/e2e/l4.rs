@@ -29,6 +29,7 @@ fn resets_by_reason(proxy: &Proxy) -> Vec<(&'static str, u64)> {
     proxy.state.listeners[0]
         .counters
         .resets_by_reason()
+        .map(|(reason, n)| (reason.as_str(), n))
         .collect()
 }
 

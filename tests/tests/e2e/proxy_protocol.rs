@@ -167,7 +167,10 @@ async fn garbage_missing_or_slow_headers_are_reset() {
     assert_eq!(backend.accepted(), 1);
     let counters = &proxy.state.listeners[0].counters;
     assert_eq!(counters.resets.load(Ordering::Relaxed), 5);
-    let by_reason: Vec<_> = counters.resets_by_reason().collect();
+    let by_reason: Vec<_> = counters
+        .resets_by_reason()
+        .map(|(reason, n)| (reason.as_str(), n))
+        .collect();
     assert_eq!(
         by_reason,
         [("proxy_header_timeout", 1), ("bad_proxy_header", 4)]
@@ -204,7 +207,10 @@ async fn firewall_decides_on_the_header_address_not_the_tcp_peer() {
     assert_eq!(backend.accepted(), 1);
     let counters = &proxy.state.listeners[0].counters;
     assert_eq!(counters.blocked.load(Ordering::Relaxed), 1);
-    let by_reason: Vec<_> = counters.resets_by_reason().collect();
+    let by_reason: Vec<_> = counters
+        .resets_by_reason()
+        .map(|(reason, n)| (reason.as_str(), n))
+        .collect();
     assert_eq!(by_reason, [("blocked", 1)]);
 }
 
@@ -225,6 +231,7 @@ async fn proxy_protocol_from_rejects_headers_from_untrusted_peers() {
     let by_reason: Vec<_> = proxy.state.listeners[0]
         .counters
         .resets_by_reason()
+        .map(|(reason, n)| (reason.as_str(), n))
         .collect();
     assert_eq!(by_reason, [("untrusted_proxy", 1)]);
 
