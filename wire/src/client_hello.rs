@@ -495,103 +495,11 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    use std::sync::{Arc, LazyLock};
+    use std::sync::LazyLock;
 
     use proptest::prelude::*;
-    use rustls::pki_types::ServerName;
-    use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
-    // ---- Real hellos, captured from rustls -------------------------------
-
-    struct Case {
-        name: &'static str,
-        tls12_only: bool,
-        alpn: Vec<Vec<u8>>,
-        server: &'static str,
-        want_server_name: Option<&'static str>,
-    }
-
-    fn cases() -> Vec<Case> {
-        // Long ALPN names stand in for a post-quantum key share: they push
-        // the hello past 2 KiB without needing a PQ-capable provider.
-        let long_alpn: Vec<Vec<u8>> = (0..12u8).map(|i| vec![b'a' + i; 200]).collect();
-        vec![
-            Case {
-                name: "plain",
-                tls12_only: false,
-                alpn: vec![],
-                server: "Example.COM",
-                want_server_name: Some("example.com"),
-            },
-            Case {
-                name: "tls12 only",
-                tls12_only: true,
-                alpn: vec![],
-                server: "Example.COM",
-                want_server_name: Some("example.com"),
-            },
-            Case {
-                name: "alpn h2 + http/1.1",
-                tls12_only: false,
-                alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-                server: "Example.COM",
-                want_server_name: Some("example.com"),
-            },
-            Case {
-                name: "no sni (ip address)",
-                tls12_only: false,
-                alpn: vec![],
-                server: "192.0.2.1",
-                want_server_name: None,
-            },
-            Case {
-                name: "large",
-                tls12_only: false,
-                alpn: long_alpn,
-                server: "Example.COM",
-                want_server_name: Some("example.com"),
-            },
-        ]
-    }
-
-    fn config(tls12_only: bool) -> ClientConfig {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider);
-        let builder = if tls12_only {
-            builder.with_protocol_versions(&[&rustls::version::TLS12])
-        } else {
-            builder.with_safe_default_protocol_versions()
-        };
-        builder
-            .unwrap()
-            .with_root_certificates(RootCertStore::empty())
-            .with_no_client_auth()
-    }
-
-    fn capture_with(mut cfg: ClientConfig, server: &str, max_fragment: Option<usize>) -> Vec<u8> {
-        cfg.max_fragment_size = max_fragment;
-        let server: ServerName<'static> = server.to_owned().try_into().unwrap();
-        let mut conn = ClientConnection::new(Arc::new(cfg), server).unwrap();
-        let mut out = Vec::new();
-        while conn.wants_write() {
-            conn.write_tls(&mut out).unwrap();
-        }
-        out
-    }
-
-    fn capture(case: &Case, max_fragment: Option<usize>) -> Vec<u8> {
-        let mut cfg = config(case.tls12_only);
-        cfg.alpn_protocols = case.alpn.clone();
-        capture_with(cfg, case.server, max_fragment)
-    }
-
-    fn expected(case: &Case, len: usize) -> ClientHello {
-        ClientHello {
-            server_name: case.want_server_name.map(str::to_owned),
-            alpn: case.alpn.clone(),
-            len,
-        }
-    }
+    use crate::test_support::{capture, capture_with, cases, config, expected};
 
     fn complete(buf: &[u8]) -> ClientHello {
         match parse(buf) {

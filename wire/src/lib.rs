@@ -28,3 +28,6 @@
 pub mod client_hello;
 pub mod dns;
 pub mod proxy_protocol;
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
