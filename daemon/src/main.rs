@@ -113,6 +113,11 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written (stderr a pipe whose reader went away: a closed
+        // SSH session, `| tee` killed) is dropped. By default tracing-subscriber reports that
+        // with eprintln!, which panics on the same broken stderr: the daemon died, or, when
+        // the signal task hit it, went on ignoring SIGTERM.
+        .log_internal_errors(false)
         .init();
 }
 
@@ -160,8 +165,7 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
             ready.push_str(&format!("; admin API on {}", socket.path().display()));
         }
         notify::ready(&ready);
-        // Owned by the runtime: it lives as long as the daemon and ends with it.
-        tokio::spawn(signals.handle(shutdown.clone(), Arc::clone(&control), ready));
+        let signals = signals.handle(shutdown.clone(), Arc::clone(&control), ready);
         // An admin API failure is logged at once and the daemon keeps proxying: traffic
         // matters more than control, SIGHUP still reloads, and the operator restarts when it
         // suits them. The exit status still reports it.
@@ -185,11 +189,19 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
                 metrics::serve(listener, Arc::clone(&state), shutdown.clone()).await;
             }
         };
-        let (admin, (), ()) = tokio::join!(
-            admin,
-            server::run(listeners, Arc::clone(&state), shutdown.clone()),
-            metrics
-        );
+        let serving = async {
+            tokio::join!(
+                admin,
+                server::run(listeners, Arc::clone(&state), shutdown.clone()),
+                metrics
+            )
+        };
+        // The signal loop is polled here, not spawned: if it ever failed, the daemon would go
+        // on without anyone acting on SIGTERM. It never returns; serving ends at shutdown.
+        let (admin, (), ()) = tokio::select! {
+            never = signals => match never {},
+            served = serving => served,
+        };
         admin?;
         Ok(())
     })
@@ -221,7 +233,7 @@ impl Signals {
         shutdown: CancellationToken,
         control: Arc<Control>,
         ready_status: String,
-    ) {
+    ) -> std::convert::Infallible {
         let mut stopping = false;
         loop {
             let name = tokio::select! {

@@ -331,3 +331,81 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         "warnings about the unit: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_neither_kills_the_daemon_nor_deafens_it_to_sigterm() {
+    // A closed SSH session or a killed `| tee`: every log line from now on hits EPIPE.
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let config_path = dir.path().join("mc-proxy.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[database]\npath = {:?}\n[[listeners]]\naddr = \"127.0.0.1:0\"\n",
+            dir.path().join("mc-proxy.db").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mc-proxy"))
+        .arg("--config")
+        .arg(&config_path)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    let addr = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS=serving "))
+        .and_then(|s| s.split([',', ';']).next())
+        .unwrap()
+        .to_owned();
+    // Traffic that logs (a reset at info), a reload (logs), then a graceful stop.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"not tls")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut sink).await;
+    let pid = child.id().to_string();
+    let kill = |sig: &str| {
+        assert!(
+            Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(&pid)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    kill("HUP");
+    assert!(next().contains("RELOADING=1"));
+    assert!(next().contains("READY=1"));
+    assert!(child.try_wait().unwrap().is_none(), "died with its stderr");
+    kill("TERM");
+    assert!(next().contains("STOPPING=1"), "SIGTERM was not acted on");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
