@@ -242,6 +242,12 @@ struct FileProxy {
     #[serde(default, deserialize_with = "duration")]
     idle_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
+    response_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    request_header_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    keepalive_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
     shutdown_timeout: Option<Duration>,
     max_connections: Option<usize>,
     backend_ca: Option<PathBuf>,
@@ -302,6 +308,11 @@ impl FileConfig {
                 .unwrap_or(defaults.client_hello_timeout),
             connect_timeout: p.connect_timeout.unwrap_or(defaults.connect_timeout),
             idle_timeout: p.idle_timeout.unwrap_or(defaults.idle_timeout),
+            response_timeout: p.response_timeout.unwrap_or(defaults.response_timeout),
+            request_header_timeout: p
+                .request_header_timeout
+                .unwrap_or(defaults.request_header_timeout),
+            keepalive_timeout: p.keepalive_timeout.unwrap_or(defaults.keepalive_timeout),
             shutdown_timeout: p.shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
             max_connections: p.max_connections.unwrap_or(defaults.max_connections),
             backend_ca: p.backend_ca.filter(|p| !p.as_os_str().is_empty()),
@@ -310,6 +321,9 @@ impl FileConfig {
             ("client_hello_timeout", proxy.client_hello_timeout),
             ("connect_timeout", proxy.connect_timeout),
             ("idle_timeout", proxy.idle_timeout),
+            ("response_timeout", proxy.response_timeout),
+            ("request_header_timeout", proxy.request_header_timeout),
+            ("keepalive_timeout", proxy.keepalive_timeout),
         ] {
             if value.is_zero() {
                 problem(format!("proxy.{name}"), "must be greater than zero".into());

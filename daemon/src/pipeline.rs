@@ -150,6 +150,7 @@ impl ConnEnd {
             ConnEnd::L4(RelayEnd::Cancelled) | ConnEnd::Cancelled => (CloseReason::Shutdown, None),
             ConnEnd::L4(RelayEnd::Error(e)) => (CloseReason::RelayError, Some(e.to_string())),
             ConnEnd::L7(L7End::Drained) => (CloseReason::Drained, None),
+            ConnEnd::L7(L7End::KeepaliveTimeout) => (CloseReason::KeepaliveTimeout, None),
             ConnEnd::L7(L7End::Error(e)) => (CloseReason::HttpError, Some(e.to_string())),
             ConnEnd::L7(L7End::Failed(e)) => (CloseReason::HttpError, Some(e)),
         };
@@ -300,6 +301,9 @@ async fn serve_l7(
         bytes: Arc::clone(&record.bytes),
         handshake_timeout: proxy.client_hello_timeout,
         connect_timeout: proxy.connect_timeout,
+        response_timeout: proxy.response_timeout,
+        request_header_timeout: proxy.request_header_timeout,
+        keepalive_timeout: proxy.keepalive_timeout,
         idle_timeout: proxy.idle_timeout,
     };
     Ok(l7::serve(

@@ -34,6 +34,14 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// A relayed connection with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
+    /// L7: from a request sent to the backend to its response head; past it, 504. Bodies and
+    /// streams after the head are not bounded by it.
+    pub response_timeout: Duration,
+    /// L7: how long a client may take to send a request's head (HTTP/1.1).
+    pub request_header_timeout: Duration,
+    /// L7: a client connection with no request in flight for this long is closed (HTTP/1.1:
+    /// `Connection: close` semantics, HTTP/2: GOAWAY).
+    pub keepalive_timeout: Duration,
     /// On SIGTERM/SIGINT, how long open connections may take to finish.
     pub shutdown_timeout: Duration,
     /// Connections open at once across all listeners; more are closed on accept.
@@ -48,6 +56,9 @@ impl Default for ProxyConfig {
             client_hello_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
+            response_timeout: Duration::from_secs(60),
+            request_header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             backend_ca: None,

@@ -844,6 +844,7 @@ wire_enum!(
         IdleTimeout,
         Shutdown,
         Drained,
+        KeepaliveTimeout,
         RelayError,
         HttpError,
         TlsHandshakeFailed,

@@ -141,6 +141,8 @@ named! {
         Shutdown = "shutdown",
         /// L7: drained at shutdown with GOAWAY or `Connection: close`.
         Drained = "drained",
+        /// L7: no request in flight for `keepalive_timeout`; closed like a drain.
+        KeepaliveTimeout = "keepalive_timeout",
         /// L4: a read or write failed mid-relay.
         RelayError = "relay_error",
         /// L7: the HTTP connection failed.

@@ -687,6 +687,18 @@ impl ProxyBuilder {
         self.duration("shutdown_timeout", value)
     }
 
+    pub fn response_timeout(self, value: Duration) -> Self {
+        self.duration("response_timeout", value)
+    }
+
+    pub fn request_header_timeout(self, value: Duration) -> Self {
+        self.duration("request_header_timeout", value)
+    }
+
+    pub fn keepalive_timeout(self, value: Duration) -> Self {
+        self.duration("keepalive_timeout", value)
+    }
+
     pub fn max_connections(mut self, value: usize) -> Self {
         self.proxy.push(format!("max_connections = {value}"));
         self

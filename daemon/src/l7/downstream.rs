@@ -26,10 +26,46 @@ use tokio_util::sync::CancellationToken;
 
 use super::headers;
 use super::upstream::{Upstream, UpstreamError};
+use super::{InFlight, InFlightGuard};
 use crate::routes::RouteInfo;
 
-/// The body of every response the proxy sends: the backend's, streamed, or a short text.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// The body of every response the proxy sends: the backend's, streamed, or a short text. It
+/// holds its request's [`InFlightGuard`], so a request counts as in flight (for the keep-alive
+/// timeout) until its response body is done or dropped, not just until its head is sent.
+#[derive(Debug)]
+pub struct ProxyBody {
+    inner: BoxBody<Bytes, hyper::Error>,
+    _in_flight: Option<InFlightGuard>,
+}
+
+impl ProxyBody {
+    fn new(inner: BoxBody<Bytes, hyper::Error>) -> Self {
+        ProxyBody {
+            inner,
+            _in_flight: None,
+        }
+    }
+}
+
+impl http_body::Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Why a request was answered by the proxy itself.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +107,9 @@ impl RequestError {
                 "misdirected request: this connection serves another host\n"
             }
             RequestError::BadAuthority(_) => "bad request: unusable host\n",
-            RequestError::Upstream(UpstreamError::Timeout { .. }) => {
-                "gateway timeout: the backend did not answer in time\n"
-            }
+            RequestError::Upstream(
+                UpstreamError::Timeout { .. } | UpstreamError::ResponseTimeout { .. },
+            ) => "gateway timeout: the backend did not answer in time\n",
             RequestError::Upstream(_) | RequestError::Closed => {
                 "bad gateway: the backend is unreachable\n"
             }
@@ -96,6 +132,8 @@ pub struct Ctx {
     pub upstream: Upstream,
     /// Cancelled when the client connection ends.
     pub closed: CancellationToken,
+    /// The connection's requests in flight (the keep-alive timeout's clock).
+    pub in_flight: Arc<InFlight>,
 }
 
 /// hyper's service function: answers every request, never fails (errors become responses).
@@ -104,6 +142,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    let in_flight = ctx.in_flight.enter();
     let stats = &ctx.route.stats;
     stats.requests.fetch_add(1, Ordering::Relaxed);
     let version = req.version();
@@ -123,6 +162,7 @@ pub async fn handle(
         }
     };
     *resp.version_mut() = version;
+    resp.body_mut()._in_flight = Some(in_flight);
     stats.count_response(resp.status().as_u16());
     stats.request_duration.record(started.elapsed());
     tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
@@ -130,11 +170,11 @@ pub async fn handle(
 }
 
 fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(
+    let mut resp = Response::new(ProxyBody::new(
         Full::new(Bytes::from_static(text.as_bytes()))
             .map_err(|never| match never {})
             .boxed(),
-    );
+    ));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -192,5 +232,5 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<ProxyBody
     };
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body.boxed()))
+    Ok(Response::from_parts(parts, ProxyBody::new(body.boxed())))
 }

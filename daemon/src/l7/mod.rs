@@ -78,6 +78,8 @@ pub enum L7End {
     IdleTimeout,
     /// Shutdown started; the connection was drained with GOAWAY / `Connection: close`.
     Drained,
+    /// No request in flight for `keepalive_timeout`: closed like a drain.
+    KeepaliveTimeout,
     /// The HTTP connection failed (protocol error from the client, reset, ...).
     Error(hyper::Error),
     /// The HTTP layer failed in a way hyper reports as a boxed error.
@@ -103,6 +105,12 @@ pub struct Session {
     pub handshake_timeout: Duration,
     /// `[proxy] connect_timeout`: bounds establishing the backend connection.
     pub connect_timeout: Duration,
+    /// `[proxy] response_timeout`: from a request sent to the backend to its response head.
+    pub response_timeout: Duration,
+    /// `[proxy] request_header_timeout`: an HTTP/1.1 request head must arrive within it.
+    pub request_header_timeout: Duration,
+    /// `[proxy] keepalive_timeout`: no request in flight for this long closes the connection.
+    pub keepalive_timeout: Duration,
     /// `[proxy] idle_timeout`.
     pub idle_timeout: Duration,
 }
@@ -146,6 +154,7 @@ pub async fn serve(
         .map(|p| String::from_utf8_lossy(p).into_owned());
     tracing::debug!(alpn = alpn.as_deref().unwrap_or("-"), "TLS established");
 
+    let in_flight = Arc::new(InFlight::new());
     let closed = CancellationToken::new();
     let _closed_on_return = closed.clone().drop_guard();
     let scheme = if route.route.backend_tls {
@@ -159,7 +168,10 @@ pub async fn serve(
             session.sni.clone(),
             session.client,
             session.local,
-            session.connect_timeout,
+            upstream::Timeouts {
+                connect: session.connect_timeout,
+                response: session.response_timeout,
+            },
             tls_client,
             closed.clone(),
             executor.clone(),
@@ -169,12 +181,16 @@ pub async fn serve(
         client: session.client,
         scheme,
         closed,
+        in_flight: Arc::clone(&in_flight),
     });
 
     let mut builder = auto::Builder::new(executor);
-    // With a timer, hyper's HTTP/1.1 header read timeout (30 s) applies: a client must send
-    // each request's headers within it, which also closes idle keep-alive connections.
-    builder.http1().timer(TokioTimer::new());
+    // With a timer, hyper's HTTP/1.1 header read timeout applies: a client must send each
+    // request's head within `request_header_timeout`.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(session.request_header_timeout);
     builder
         .http2()
         .initial_stream_window_size(upstream::STREAM_WINDOW)
@@ -187,11 +203,15 @@ pub async fn serve(
     tokio::pin!(conn);
 
     let mut draining = false;
+    let mut keepalive_over = false;
     loop {
         tokio::select! {
             res = conn.as_mut() => {
                 return Ok(match res {
                     Ok(()) if draining => L7End::Drained,
+                    // After our GOAWAY a client may just hang up (no TLS close_notify), which
+                    // hyper reports as an error: it is still the keep-alive close.
+                    _ if keepalive_over => L7End::KeepaliveTimeout,
                     Ok(()) => L7End::Closed,
                     Err(e) => match e.downcast::<hyper::Error>() {
                         Ok(e) => L7End::Error(*e),
@@ -201,6 +221,12 @@ pub async fn serve(
             }
             () = shutdown.cancelled(), if !draining => {
                 draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            // No request in flight for keepalive_timeout: GOAWAY (HTTP/2) or close once the
+            // connection is idle (HTTP/1.1), as at shutdown.
+            () = in_flight.idle_for(session.keepalive_timeout), if !draining && !keepalive_over => {
+                keepalive_over = true;
                 conn.as_mut().graceful_shutdown();
             }
             () = activity.idle_for(session.idle_timeout) => return Ok(L7End::IdleTimeout),
@@ -226,6 +252,63 @@ where
     fn execute(&self, fut: F) {
         self.tasks
             .spawn(tracing::Instrument::instrument(fut, self.span.clone()));
+    }
+}
+
+/// The requests of one client connection that have not finished (their response body still
+/// streaming counts), and when the last one finished: what the keep-alive timeout watches.
+#[derive(Debug)]
+pub struct InFlight {
+    start: Instant,
+    count: AtomicU64,
+    last_done_ms: AtomicU64,
+}
+
+impl InFlight {
+    fn new() -> Self {
+        InFlight {
+            start: Instant::now(),
+            count: AtomicU64::new(0),
+            last_done_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard(Arc::clone(self))
+    }
+
+    /// Resolves once no request has been in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let deadline = if self.count.load(Ordering::Acquire) > 0 {
+                // Busy: look again later; the deadline only starts when the last one is done.
+                Instant::now() + idle
+            } else {
+                let last =
+                    self.start + Duration::from_millis(self.last_done_ms.load(Ordering::Relaxed));
+                let deadline = last + idle;
+                if Instant::now() >= deadline {
+                    return;
+                }
+                deadline
+            };
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// A request in flight (see [`InFlight::enter`]).
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let ms = self.0.start.elapsed().as_millis() as u64;
+        self.0.last_done_ms.fetch_max(ms, Ordering::Relaxed);
+        // Release: whoever sees the count drop also sees when it happened.
+        self.0.count.fetch_sub(1, Ordering::Release);
     }
 }
 

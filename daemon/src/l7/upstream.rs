@@ -93,6 +93,21 @@ pub enum UpstreamError {
         /// What hyper said.
         source: hyper::Error,
     },
+    /// The backend closed the connection before sending its HTTP/2 SETTINGS: it accepted TCP
+    /// but does not speak HTTP/2 (or refused us after all).
+    #[error("HTTP/2 handshake with {backend}: the backend closed without sending SETTINGS")]
+    NoSettings {
+        /// The backend address.
+        backend: String,
+    },
+    /// The request was sent but no response head came within `response_timeout`.
+    #[error("response from {backend} timed out after {after:?}")]
+    ResponseTimeout {
+        /// The backend address.
+        backend: String,
+        /// The configured `response_timeout`.
+        after: Duration,
+    },
     /// The request failed on an established connection (reset, connection lost).
     #[error("request to {backend}: {source}")]
     Request {
@@ -107,7 +122,9 @@ impl UpstreamError {
     /// The status the client gets: 504 for a timeout, 502 otherwise.
     pub fn status(&self) -> http::StatusCode {
         match self {
-            UpstreamError::Timeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Timeout { .. } | UpstreamError::ResponseTimeout { .. } => {
+                http::StatusCode::GATEWAY_TIMEOUT
+            }
             _ => http::StatusCode::BAD_GATEWAY,
         }
     }
@@ -182,6 +199,16 @@ fn build_client_config(
     Ok(Arc::new(config))
 }
 
+/// The backend timeouts of an L7 route.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// The whole connection setup: TCP, PROXY header, TLS, and the HTTP/2 handshake up to the
+    /// backend's SETTINGS.
+    pub connect: Duration,
+    /// From a request sent to its response head.
+    pub response: Duration,
+}
+
 /// One client connection's backend: at most one HTTP/2 connection at a time.
 #[derive(Debug)]
 pub struct Upstream {
@@ -190,7 +217,7 @@ pub struct Upstream {
     server_name: String,
     client: SocketAddr,
     local: SocketAddr,
-    connect_timeout: Duration,
+    timeouts: Timeouts,
     /// `Some` for `backend_tls` routes.
     tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
     /// Cancelled when the client connection ends: the backend connection goes with it.
@@ -210,7 +237,7 @@ impl Upstream {
         server_name: String,
         client: SocketAddr,
         local: SocketAddr,
-        connect_timeout: Duration,
+        timeouts: Timeouts,
         tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
         closed: CancellationToken,
         tasks: TaskExecutor,
@@ -221,7 +248,7 @@ impl Upstream {
             server_name,
             client,
             local,
-            connect_timeout,
+            timeouts,
             tls,
             closed,
             sender: Mutex::new(None),
@@ -235,7 +262,7 @@ impl Upstream {
     /// retried once on a fresh connection; one that may have reached the backend never is.
     pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
         let mut sender = self.ready_sender().await?;
-        let mut err = match sender.try_send_request(req).await {
+        let mut err = match self.in_time(sender.try_send_request(req)).await? {
             Ok(resp) => return Ok(resp),
             Err(e) => e,
         };
@@ -245,13 +272,24 @@ impl Upstream {
         };
         tracing::debug!("backend connection closed before the request was sent: retrying");
         let mut sender = self.ready_sender().await?;
-        match sender.send_request(unsent).await {
+        match self.in_time(sender.send_request(unsent)).await? {
             Ok(resp) => Ok(resp),
             Err(e) => {
                 self.forget_if_closed().await;
                 Err(self.request_error(e))
             }
         }
+    }
+
+    /// Bounds the wait for a response head by `response_timeout`; the body that follows is
+    /// not bounded (gRPC and event streams may stay open as long as they like).
+    async fn in_time<T>(&self, send: impl Future<Output = T>) -> Result<T, UpstreamError> {
+        tokio::time::timeout(self.timeouts.response, send)
+            .await
+            .map_err(|_| UpstreamError::ResponseTimeout {
+                backend: self.route.route.backend.clone(),
+                after: self.timeouts.response,
+            })
     }
 
     fn request_error(&self, source: hyper::Error) -> UpstreamError {
@@ -281,7 +319,8 @@ impl Upstream {
         // Boxed: the dial (TCP, PROXY header, TLS, h2 handshake) is rare but its state is
         // large, and it would otherwise be inlined in every request's future.
         let started = std::time::Instant::now();
-        let sender = match tokio::time::timeout(self.connect_timeout, Box::pin(self.dial())).await {
+        let sender = match tokio::time::timeout(self.timeouts.connect, Box::pin(self.dial())).await
+        {
             Ok(res) => {
                 let sender = res?;
                 self.route.stats.connect_duration.record(started.elapsed());
@@ -290,7 +329,7 @@ impl Upstream {
             Err(_) => {
                 return Err(UpstreamError::Timeout {
                     backend: self.route.route.backend.clone(),
-                    after: self.connect_timeout,
+                    after: self.timeouts.connect,
                 });
             }
         };
@@ -340,6 +379,10 @@ impl Upstream {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // hyper's handshake returns once our preface is queued, before the backend said
+        // anything: a backend that accepts TCP and stays silent would pass. Its first bytes
+        // are its SETTINGS (RFC 9113 §3.4), so wait for them (within connect_timeout).
+        let (io, heard) = FirstRead::new(io);
         let (sender, conn) = http2::Builder::new(self.tasks.clone())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -360,6 +403,82 @@ impl Upstream {
             }
         };
         hyper::rt::Executor::execute(&self.tasks, driver);
+        heard.await.map_err(|_| UpstreamError::NoSettings {
+            backend: self.route.route.backend.clone(),
+        })?;
         Ok(sender)
+    }
+}
+
+/// A backend stream that reports, once, that its first bytes arrived (or, by dropping the
+/// sender, that the stream ended without any).
+struct FirstRead<T> {
+    inner: T,
+    heard: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<T> FirstRead<T> {
+    fn new(inner: T) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            FirstRead {
+                inner,
+                heard: Some(tx),
+            },
+            rx,
+        )
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FirstRead<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before
+            && let Some(heard) = self.heard.take()
+        {
+            let _ = heard.send(());
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FirstRead<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

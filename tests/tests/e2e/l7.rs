@@ -687,3 +687,124 @@ async fn idle_connection_is_closed_after_idle_timeout() {
     );
     assert!(wait_for_log(&logs, "outcome=\"idle_timeout\"").await);
 }
+
+/// GET `path` on `web.test` over an HTTP/2 connection to the proxy.
+fn get(path: &str) -> Request<ClientBody> {
+    with_body(
+        Request::builder()
+            .method("GET")
+            .uri(format!("https://web.test{path}")),
+        "",
+    )
+}
+
+#[tokio::test]
+async fn a_silent_backend_is_504_within_connect_timeout() {
+    // Accepts TCP, never says a word: no SETTINGS, so no HTTP/2 connection.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let pki = Pki::new();
+    let proxy = web_proxy(&pki, addr)
+        .connect_timeout(Duration::from_millis(300))
+        .start()
+        .await;
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    let started = std::time::Instant::now();
+    let resp = answer(timed(client.send_request(get("/"))).await.unwrap()).await;
+    let waited = started.elapsed();
+    assert_eq!(resp.status, 504, "{}", resp.body);
+    assert!(waited >= Duration::from_millis(280), "504 after {waited:?}");
+    assert!(waited < Duration::from_secs(5), "504 after {waited:?}");
+    let route = proxy.state.listeners[0].lookup("web.test").unwrap();
+    assert_eq!(route.stats.backend_errors.load(Ordering::Relaxed), 1);
+    drop(silent);
+}
+
+#[tokio::test]
+async fn a_backend_that_never_answers_is_504_after_response_timeout_and_the_connection_goes_on() {
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr)
+        .response_timeout(Duration::from_millis(300))
+        .start()
+        .await;
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    let started = std::time::Instant::now();
+    let resp = answer(timed(client.send_request(get("/hang"))).await.unwrap()).await;
+    let waited = started.elapsed();
+    assert_eq!(resp.status, 504, "{}", resp.body);
+    assert!(
+        resp.body.contains("did not answer in time"),
+        "{}",
+        resp.body
+    );
+    assert!(waited >= Duration::from_millis(280), "504 after {waited:?}");
+    // The same client connection and backend connection serve the next request.
+    let resp = answer(timed(client.send_request(get("/after"))).await.unwrap()).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-echo-path"), "/after");
+}
+
+#[tokio::test]
+async fn streams_outlive_the_response_timeout() {
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr)
+        .response_timeout(Duration::from_millis(200))
+        .start()
+        .await;
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    let resp = timed(client.send_request(get("/sse"))).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = timed(body.frame()).await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "data: one\n\n");
+    // Well past the response timeout: the stream has its head, so it is not cut.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    backend.release.notify_one();
+    let second = timed(body.frame()).await.unwrap().unwrap();
+    assert_eq!(second.into_data().unwrap(), "data: two\n\n");
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_without_requests_is_closed_after_keepalive_timeout() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr)
+        .keepalive_timeout(Duration::from_millis(300))
+        .start()
+        .await;
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    // A long request keeps the connection busy past the keep-alive timeout: not closed.
+    let resp = timed(client.send_request(get("/sse"))).await.unwrap();
+    let mut body = resp.into_body();
+    timed(body.frame()).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    backend.release.notify_one();
+    timed(body.frame()).await.unwrap().unwrap();
+    while let Some(frame) = timed(body.frame()).await {
+        frame.unwrap();
+    }
+    // Now idle: GOAWAY after the keep-alive timeout, and the connection ends.
+    let idle_from = std::time::Instant::now();
+    timed(async {
+        while !client.is_closed() {
+            if client.ready().await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let waited = idle_from.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?}"
+    );
+    assert!(
+        wait_for_log(&logs, "outcome=\"keepalive_timeout\"").await,
+        "{}",
+        log_text(&logs)
+    );
+}
