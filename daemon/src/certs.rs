@@ -139,6 +139,9 @@ pub fn server_config(key: Arc<CertifiedKey>) -> Arc<rustls::ServerConfig> {
     Arc::new(config)
 }
 
+/// The hostname of a catch-all route (see `routes::RouteTable::lookup`).
+pub const CATCH_ALL: &str = "*";
+
 /// Problems with a loaded certificate that do not stop its route but will break clients: the
 /// leaf has expired (or is not valid yet), or does not cover `hostname` (for a wildcard
 /// route `*.rest`, a name one label under `rest`). `now` is seconds since the Unix epoch.
@@ -156,6 +159,10 @@ pub fn leaf_warnings(key: &CertifiedKey, hostname: &str, now: u64) -> Vec<String
             }
         }
         None => warnings.push("the certificate's validity period could not be read".into()),
+    }
+    if hostname == CATCH_ALL {
+        // A catch-all answers whatever name a client asks for: no one name to check.
+        return warnings;
     }
     let name = match hostname.strip_prefix("*.") {
         Some(rest) => format!("wildcard-check.{rest}"),

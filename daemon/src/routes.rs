@@ -23,6 +23,7 @@ use rustls::sign::CertifiedKey;
 
 use mc_proxy_wire::dns::{normalize_dns_name, normalize_route_hostname};
 
+pub use crate::certs::CATCH_ALL;
 use crate::certs::{CertError, leaf_warnings, load_certified_key, server_config};
 use crate::stats::RouteStats;
 
@@ -96,8 +97,12 @@ impl ValidRoute {
 /// L7, that the certificate and key load with rustls and belong together. Returns the
 /// normalised route and any warnings.
 pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
-    let hostname = normalize_route_hostname(&route.hostname)
-        .ok_or_else(|| RouteError::Hostname(route.hostname.clone()))?;
+    let hostname = if route.hostname.trim() == CATCH_ALL {
+        CATCH_ALL.to_owned()
+    } else {
+        normalize_route_hostname(&route.hostname)
+            .ok_or_else(|| RouteError::Hostname(route.hostname.clone()))?
+    };
     validate_backend(&route.backend)?;
     let mut warnings = Vec::new();
     let mut key = None;
@@ -231,6 +236,8 @@ pub struct RouteTable {
     exact: HashMap<String, Arc<RouteInfo>>,
     /// Keyed by the part after `*.`.
     wildcard: HashMap<String, Arc<RouteInfo>>,
+    /// The route named `*`: any SNI nothing else matches.
+    catch_all: Option<Arc<RouteInfo>>,
 }
 
 impl RouteTable {
@@ -252,6 +259,10 @@ impl RouteTable {
         for route in routes {
             let stats = stats_for(&route.route.hostname);
             let info = Arc::new(RouteInfo::new(route, stats));
+            if info.route.hostname == CATCH_ALL {
+                table.catch_all = Some(info);
+                continue;
+            }
             match info.route.hostname.strip_prefix("*.") {
                 Some(rest) => table.wildcard.insert(rest.to_owned(), info),
                 None => table.exact.insert(info.route.hostname.clone(), info),
@@ -260,27 +271,31 @@ impl RouteTable {
         table
     }
 
-    /// Finds the route for a normalised SNI hostname: exact first, then a one-label wildcard.
+    /// Finds the route for a normalised SNI hostname: exact first, then a one-label wildcard,
+    /// then the catch-all `*` if the listener has one.
     pub fn lookup(&self, sni: &str) -> Option<Arc<RouteInfo>> {
         if let Some(route) = self.exact.get(sni) {
             return Some(Arc::clone(route));
         }
-        let (_, parent) = sni.split_once('.')?;
-        self.wildcard.get(parent).map(Arc::clone)
+        sni.split_once('.')
+            .and_then(|(_, parent)| self.wildcard.get(parent))
+            .or(self.catch_all.as_ref())
+            .map(Arc::clone)
     }
 
-    /// Every route, exact names first, each group sorted by hostname.
+    /// Every route, exact names first, then wildcards, each group sorted by hostname, then
+    /// the catch-all.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<RouteInfo>> {
         let mut exact: Vec<_> = self.exact.values().collect();
         let mut wild: Vec<_> = self.wildcard.values().collect();
         exact.sort_by(|a, b| a.route.hostname.cmp(&b.route.hostname));
         wild.sort_by(|a, b| a.route.hostname.cmp(&b.route.hostname));
-        exact.into_iter().chain(wild)
+        exact.into_iter().chain(wild).chain(self.catch_all.as_ref())
     }
 
     /// Number of routes in the table.
     pub fn len(&self) -> usize {
-        self.exact.len() + self.wildcard.len()
+        self.exact.len() + self.wildcard.len() + usize::from(self.catch_all.is_some())
     }
 
     /// True when the table has no routes.
@@ -315,6 +330,36 @@ mod tests {
             table.lookup("www.example.com").unwrap().route.backend,
             "127.0.0.1:1"
         );
+    }
+
+    #[test]
+    fn the_catch_all_takes_only_what_nothing_else_matches() {
+        let table = RouteTable::new([
+            route("*", "127.0.0.1:9"),
+            route("*.example.com", "127.0.0.1:1"),
+            route("api.example.com", "127.0.0.1:2"),
+        ]);
+        let backend = |sni| table.lookup(sni).map(|r| r.route.backend.clone());
+        assert_eq!(backend("api.example.com").as_deref(), Some("127.0.0.1:2"));
+        assert_eq!(backend("www.example.com").as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(backend("a.b.example.com").as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(backend("localhost").as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(table.len(), 3);
+        assert_eq!(table.iter().last().unwrap().route.hostname, "*");
+        assert!(
+            RouteTable::new([route("a.test", "127.0.0.1:1")])
+                .lookup("b.test")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn star_alone_is_the_catch_all_and_nothing_else_with_a_star_is() {
+        let valid = |h: &str| validate_route(&route(h, "127.0.0.1:1")).map(|v| v.route.hostname);
+        assert_eq!(valid(" * ").unwrap(), "*");
+        for bad in ["**", "*.", "*.*", "a*", "*x.test"] {
+            assert!(valid(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

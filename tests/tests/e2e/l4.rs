@@ -399,3 +399,42 @@ async fn connections_over_max_connections_are_reset_until_a_slot_frees() {
         b"bye from b.test\n"
     );
 }
+
+#[tokio::test]
+async fn a_catch_all_route_takes_unknown_names_but_not_hellos_without_sni() {
+    let pki = Pki::new();
+    let named = TlsBackend::start(&pki, &["a.test"]).await;
+    let rest = TlsBackend::start(&pki, &["other.test", "x.y.test"]).await;
+    let proxy = ProxyBuilder::new()
+        .route("a.test", named.addr)
+        .route("*", rest.addr)
+        .start()
+        .await;
+    for sni in ["other.test", "x.y.test"] {
+        let mut c = tls_connect(proxy.addr(), sni, pki.client_config())
+            .await
+            .unwrap_or_else(|e| panic!("{sni}: {e}"));
+        // The catch-all's backend answers (echo, then its name).
+        assert_eq!(
+            send_and_finish(&mut c, b"hi").await.unwrap(),
+            b"hibye from other.test\n"
+        );
+    }
+    let mut c = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    send_and_finish(&mut c, b"hi").await.unwrap();
+    assert_eq!((named.accepted(), rest.accepted()), (1, 2));
+    // No SNI at all is not "an unknown name": still reset, counted as such.
+    let err = tls_connect(proxy.addr(), "127.0.0.1", pki.client_config())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(resets_by_reason(&proxy), [("no_sni", 1)]);
+    let route = proxy.state.listeners[0].lookup("nowhere.test").unwrap();
+    assert_eq!(route.route.hostname, "*");
+    assert_eq!(
+        route.stats.total.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}

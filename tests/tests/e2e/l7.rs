@@ -808,3 +808,29 @@ async fn a_kept_alive_connection_without_requests_is_closed_after_keepalive_time
         log_text(&logs)
     );
 }
+
+#[tokio::test]
+async fn an_l7_catch_all_terminates_tls_for_names_no_other_route_has() {
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = ProxyBuilder::new()
+        .route("*", backend.addr)
+        .l7_cert_for(&pki, &["any.test"])
+        .start()
+        .await;
+    let mut client = h2_client(proxy.addr(), "any.test", &pki).await;
+    let req = with_body(
+        Request::builder().method("GET").uri("https://any.test/x"),
+        "",
+    );
+    let resp = answer(timed(client.send_request(req)).await.unwrap()).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(backend.seen(0).authority.as_deref(), Some("any.test"));
+    // The misrouting guard still holds: the connection serves the name it was opened for.
+    let req = with_body(
+        Request::builder().method("GET").uri("https://other.test/x"),
+        "",
+    );
+    let resp = answer(timed(client.send_request(req)).await.unwrap()).await;
+    assert_eq!(resp.status, 421);
+}
