@@ -3,7 +3,7 @@
 //! typed client over the daemon's Unix socket (`client`).
 //!
 //! The model has no I/O and no validation beyond parsing enums: the daemon's
-//! `config::validate_route` is the one place that decides whether a route is acceptable.
+//! `routes::validate_route` is the one place that decides whether a route is acceptable.
 
 #![warn(missing_docs)]
 

@@ -2,7 +2,7 @@
 //! them.
 //!
 //! No I/O and no validation beyond parsing enums: a `Route` may hold a hostname that is not a DNS
-//! name or a backend that does not parse; the daemon's `config::validate_route` is the one place
+//! name or a backend that does not parse; the daemon's `routes::validate_route` is the one place
 //! that decides whether a route is acceptable.
 
 use std::fmt;
