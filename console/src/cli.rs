@@ -36,6 +36,9 @@ pub enum Command {
         #[command(flatten)]
         table: TableArgs,
     },
+    /// Change a listener's run-time settings.
+    #[command(subcommand)]
+    Listeners(ListenersCommand),
     /// List, add, change or remove routes.
     #[command(subcommand)]
     Routes(RoutesCommand),
@@ -92,6 +95,20 @@ pub struct TableArgs {
     /// Leave out the header line(s) of the table, for shell loops.
     #[arg(long, conflicts_with = "json")]
     pub no_headers: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListenersCommand {
+    /// Change a listener's settings.
+    Update {
+        /// The listener's configured address.
+        #[arg(long, value_name = "ADDR")]
+        listener: String,
+        /// The route (its hostname, `*` for the catch-all) that ClientHellos without SNI go
+        /// to; "" to reset them again.
+        #[arg(long, value_name = "HOSTNAME")]
+        no_sni_route: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -19,7 +19,8 @@ use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Mode, Route};
 use serde::Serialize;
 
 use crate::cli::{
-    Command, FirewallCommand, RouteArgs, RoutesCommand, RuleArgs, TableArgs, UpdateArgs,
+    Command, FirewallCommand, ListenersCommand, RouteArgs, RoutesCommand, RuleArgs, TableArgs,
+    UpdateArgs,
 };
 
 /// A failed subcommand.
@@ -113,6 +114,16 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
                 (&a.listener, &a.route.hostname).cmp(&(&b.listener, &b.route.hostname))
             });
             print_out(&table, &routes, |r, h| format_routes(r, h))
+        }
+        Command::Listeners(ListenersCommand::Update {
+            listener,
+            no_sni_route,
+        }) => {
+            let l = client.set_no_sni_route(&listener, &no_sni_route).await?;
+            emit(&match l.no_sni_route.as_str() {
+                "" => format!("listener {}: hellos without SNI are reset\n", l.addr),
+                route => format!("listener {}: hellos without SNI go to {route}\n", l.addr),
+            })
         }
         Command::Routes(RoutesCommand::Add(args)) => add_route(&mut client, args).await,
         Command::Routes(RoutesCommand::Update(args)) => update_route(&mut client, args).await,
@@ -404,13 +415,17 @@ fn format_status(s: &Status, headers: bool) -> String {
                 l.accepted.to_string(),
                 l.resets.to_string(),
                 l.blocked.to_string(),
+                match l.no_sni_route.as_str() {
+                    "" => "-".to_owned(),
+                    route => route.to_owned(),
+                },
             ]
         })
         .collect();
     out.push_str(&table(
         headers.then_some(
             &[
-                "LISTENER", "PROXY", "ROUTES", "OPEN", "ACCEPTED", "RESETS", "BLOCKED",
+                "LISTENER", "PROXY", "ROUTES", "OPEN", "ACCEPTED", "RESETS", "BLOCKED", "NO-SNI",
             ][..],
         ),
         &rows,

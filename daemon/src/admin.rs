@@ -206,6 +206,7 @@ fn listener_status(l: &ListenerState) -> pb::ListenerStatus {
         resets: c.resets.load(Relaxed),
         blocked: c.blocked.load(Relaxed),
         over_capacity: c.over_capacity.load(Relaxed),
+        no_sni_route: l.no_sni_route().unwrap_or_default(),
         resets_by_reason: c
             .resets_by_reason()
             .map(|(r, n)| pb::ResetCount {
@@ -525,6 +526,24 @@ impl AdminService for Admin {
         };
         Ok(Response::new(pb::ReloadResponse {
             routes: routes.into_iter().map(route_reload_to_pb).collect(),
+        }))
+    }
+
+    async fn update_listener(
+        &self,
+        request: Request<pb::UpdateListenerRequest>,
+    ) -> Result<Response<pb::UpdateListenerResponse>, tonic::Status> {
+        let req = request.into_inner();
+        if let Some(hostname) = req.no_sni_route {
+            self.apply(Change::SetNoSniRoute {
+                listener: req.listener.clone(),
+                hostname: Some(hostname),
+            })
+            .await?;
+        }
+        let listener = listener_by_name(self.state(), &req.listener).map_err(status)?;
+        Ok(Response::new(pb::UpdateListenerResponse {
+            listener: Some(listener_status(listener)),
         }))
     }
 

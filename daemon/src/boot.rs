@@ -95,13 +95,15 @@ pub fn load_state(config: &Config, store: &mut Store) -> Result<State, StartErro
                 })
             })
             .collect::<Result<_, _>>()?;
-        listeners.push(Arc::new(ListenerState::new(
+        let listener = ListenerState::new(
             row.id,
             addr,
             row.proxy_protocol,
             proxy_protocol_from,
             RouteTable::with_stats(routes, |_| Arc::default()),
-        )));
+        );
+        listener.set_no_sni_route(Some(row.no_sni_route).filter(|n| !n.is_empty()));
+        listeners.push(Arc::new(listener));
     }
     let firewall = Firewall::from_rules(&store.firewall_rules()?)?;
     let mut state = State::new(config.proxy.clone(), listeners, firewall);

@@ -20,7 +20,7 @@ use mc_proxy_shared::{FirewallRuleKind, Mode, Route};
 use serde::{Deserialize, Deserializer};
 
 use crate::firewall::parse_rule;
-use crate::routes::validate_route;
+use crate::routes::{route_name, validate_route};
 pub use crate::state::ProxyConfig;
 
 /// A loaded, validated configuration.
@@ -88,6 +88,8 @@ pub struct ListenerConfig {
     pub proxy_protocol: bool,
     /// Peers allowed to send that header; empty means any peer. Others are reset.
     pub proxy_protocol_from: Vec<IpNet>,
+    /// The route (its normalised hostname) for ClientHellos without SNI.
+    pub no_sni_route: Option<String>,
     /// Validated routes, hostnames normalised.
     pub routes: Vec<Route>,
 }
@@ -261,6 +263,8 @@ struct FileListener {
     proxy_protocol: bool,
     #[serde(default)]
     proxy_protocol_from: Vec<String>,
+    #[serde(default)]
+    no_sni_route: Option<String>,
     #[serde(default)]
     routes: Vec<FileRoute>,
 }
@@ -438,10 +442,24 @@ impl FileConfig {
                     Err(e) => problem(rctx, e.to_string()),
                 }
             }
+            let no_sni_route = match fl.no_sni_route.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(name) => match route_name(name).filter(|n| seen_hosts.contains_key(n)) {
+                    Some(name) => Some(name),
+                    None => {
+                        problem(
+                            format!("{lctx}, no_sni_route"),
+                            format!("{} names no route on this listener", clip(name)),
+                        );
+                        None
+                    }
+                },
+            };
             listeners.push(ListenerConfig {
                 addr,
                 proxy_protocol: fl.proxy_protocol,
                 proxy_protocol_from,
+                no_sni_route,
                 routes,
             });
         }
@@ -748,6 +766,26 @@ mod tests {
             "{}",
             problems[0]
         );
+    }
+
+    #[test]
+    fn a_no_sni_route_must_name_a_route_of_its_listener() {
+        let f = Fixture::new();
+        let routes = "[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"127.0.0.1:1\"\n";
+        let ok = f
+            .parse(&format!(
+                "[[listeners]]\naddr = \"127.0.0.1:1\"\nno_sni_route = \"A.test\"\n{routes}"
+            ))
+            .unwrap();
+        assert_eq!(ok.listeners[0].no_sni_route.as_deref(), Some("a.test"));
+        let err = f
+            .parse(&format!(
+                "[[listeners]]\naddr = \"127.0.0.1:1\"\nno_sni_route = \"b.test\"\n{routes}"
+            ))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("listener 127.0.0.1:1, no_sni_route"), "{msg}");
+        assert!(msg.contains("\"b.test\" names no route"), "{msg}");
     }
 
     #[test]

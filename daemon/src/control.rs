@@ -27,8 +27,6 @@ use mc_proxy_shared::{ChangeAction, FirewallRule, Route, RoutePatch};
 use crate::events::Event;
 use crate::firewall::{Firewall, parse_rule};
 use crate::reload::{RouteReload, reload_certificates};
-use mc_proxy_wire::dns::normalize_route_hostname;
-
 use crate::routes::{ValidRoute, validate_route};
 use crate::state::{ListenerState, State};
 use crate::store::{Store, StoreError};
@@ -65,6 +63,13 @@ pub enum Change {
     RemoveFirewallRule(FirewallRule),
     /// Re-read every L7 route's certificate and key (SIGHUP).
     ReloadCertificates,
+    /// Name the route for ClientHellos without SNI on a listener (`None`: reset them).
+    SetNoSniRoute {
+        /// The listener's configured address.
+        listener: String,
+        /// A route of that listener.
+        hostname: Option<String>,
+    },
 }
 
 /// What a change did.
@@ -83,6 +88,8 @@ pub enum Applied {
     Rule(FirewallRule),
     /// One result per stored L7 route.
     Reloaded(Vec<RouteReload>),
+    /// The listener's no-SNI route as stored now.
+    NoSniRoute(Option<String>),
 }
 
 /// Why a change was not applied; nothing changed. The first three are the caller's to fix.
@@ -262,6 +269,9 @@ impl Control {
                     }
                 }
                 let merged = merge(current, patch);
+                if crate::routes::route_name(&merged.hostname).as_deref() != Some(old.as_str()) {
+                    keep_no_sni_route(listener, &old, "renamed")?;
+                }
                 let valid = validate(listener, &merged)?;
                 store.update_route(listener.id, &old, &valid.route)?;
                 let applied = Applied::Route {
@@ -292,6 +302,7 @@ impl Control {
                     .into_iter()
                     .find(|r| r.hostname == name)
                     .ok_or_else(|| no_route(listener, &name))?;
+                keep_no_sni_route(listener, &name, "removed")?;
                 store.delete_route(listener.id, &name)?;
                 swap_routes(state, listener, |routes| {
                     routes.retain(|r| r.route.hostname != name);
@@ -316,6 +327,24 @@ impl Control {
             }
             Change::ReloadCertificates => {
                 Ok(Applied::Reloaded(reload_certificates(&mut store, state)?))
+            }
+            Change::SetNoSniRoute { listener, hostname } => {
+                let listener = listener_by_name(state, &listener)?;
+                let hostname = match hostname.as_deref().map(str::trim) {
+                    None | Some("") => None,
+                    Some(h) => {
+                        check_len("no_sni_route", h, max_len::HOSTNAME)?;
+                        let name = route_name(listener, h)?;
+                        if listener.routes().get(&name).is_none() {
+                            return Err(no_route(listener, &name));
+                        }
+                        Some(name)
+                    }
+                };
+                store.set_no_sni_route(listener.id, hostname.as_deref().unwrap_or_default())?;
+                tracing::info!(listener = %listener.addr, route = hostname.as_deref().unwrap_or("-"), "no-SNI route set");
+                listener.set_no_sni_route(hostname.clone());
+                Ok(Applied::NoSniRoute(hostname))
             }
         }
     }
@@ -355,7 +384,20 @@ pub fn listener_by_name<'a>(
 /// The stored name of the route `hostname` names: the one normalisation the data path uses
 /// too, so `App.Test.` finds `app.test`. A name that cannot be a route is not found.
 fn route_name(listener: &ListenerState, hostname: &str) -> Result<String, ChangeError> {
-    normalize_route_hostname(hostname.trim()).ok_or_else(|| no_route(listener, hostname))
+    crate::routes::route_name(hostname).ok_or_else(|| no_route(listener, hostname))
+}
+
+/// The listener's no-SNI route may not disappear under its setting: a route named by it is
+/// not removed or renamed until the setting points elsewhere.
+fn keep_no_sni_route(listener: &ListenerState, name: &str, what: &str) -> Result<(), ChangeError> {
+    if listener.no_sni_route().as_deref() == Some(name) {
+        return Err(ChangeError::Invalid(format!(
+            "route {name} is the no_sni_route of listener {}: it cannot be {what} until \
+             that setting names another route or none",
+            listener.addr
+        )));
+    }
+    Ok(())
 }
 
 fn no_route(listener: &ListenerState, hostname: &str) -> ChangeError {

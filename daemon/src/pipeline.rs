@@ -204,11 +204,14 @@ async fn pipeline(
     check_firewall(state, record.client.ip())?;
     let (hello, peeked) =
         read_client_hello(stream, early, state.proxy.client_hello_timeout).await?;
-    let sni = hello.server_name.ok_or(ConnError::NoSni)?;
-    record.sni = Some(sni.clone());
-    let route = listener
-        .lookup(&sni)
-        .ok_or_else(|| ConnError::UnknownHost(sni.clone()))?;
+    record.sni = hello.server_name;
+    let route = match &record.sni {
+        Some(sni) => listener
+            .lookup(sni)
+            .ok_or_else(|| ConnError::UnknownHost(sni.clone()))?,
+        None => listener.lookup_no_sni().ok_or(ConnError::NoSni)?,
+    };
+    let sni = record.sni.clone();
     tracing::Span::current().record("route", route.hostname());
     record.route = Some(Arc::clone(&route));
     access::opened(record, listener, &route, state);
@@ -216,7 +219,7 @@ async fn pipeline(
         record.id,
         listener.addr,
         record.client,
-        &sni,
+        sni.as_deref().unwrap_or_default(),
         &route,
         &record.bytes,
     );
@@ -287,7 +290,7 @@ async fn serve_l7(
     peeked: Vec<u8>,
     route: Arc<RouteInfo>,
     tls: Arc<rustls::ServerConfig>,
-    sni: String,
+    sni: Option<String>,
     record: &Record,
     shared: &Shared,
 ) -> Result<L7End, ConnError> {

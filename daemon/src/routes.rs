@@ -93,16 +93,23 @@ impl ValidRoute {
     }
 }
 
+/// A route hostname as routes are stored and looked up by name (`App.Test.` is `app.test`,
+/// ` * ` is `*`), or `None` if it cannot be a route's name: the one normalisation for names
+/// that requests and settings refer to routes by.
+pub fn route_name(hostname: &str) -> Option<String> {
+    let hostname = hostname.trim();
+    if hostname == CATCH_ALL {
+        return Some(CATCH_ALL.to_owned());
+    }
+    normalize_route_hostname(hostname)
+}
+
 /// Checks one route on its own (not against its neighbours): hostname, backend, mode and, for
 /// L7, that the certificate and key load with rustls and belong together. Returns the
 /// normalised route and any warnings.
 pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
-    let hostname = if route.hostname.trim() == CATCH_ALL {
-        CATCH_ALL.to_owned()
-    } else {
-        normalize_route_hostname(&route.hostname)
-            .ok_or_else(|| RouteError::Hostname(route.hostname.clone()))?
-    };
+    let hostname =
+        route_name(&route.hostname).ok_or_else(|| RouteError::Hostname(route.hostname.clone()))?;
     validate_backend(&route.backend)?;
     let mut warnings = Vec::new();
     let mut key = None;
@@ -281,6 +288,18 @@ impl RouteTable {
             .and_then(|(_, parent)| self.wildcard.get(parent))
             .or(self.catch_all.as_ref())
             .map(Arc::clone)
+    }
+
+    /// The route stored under `hostname` (normalised; `*.x` and `*` included), not a lookup.
+    pub fn get(&self, hostname: &str) -> Option<Arc<RouteInfo>> {
+        if hostname == CATCH_ALL {
+            return self.catch_all.clone();
+        }
+        match hostname.strip_prefix("*.") {
+            Some(rest) => self.wildcard.get(rest),
+            None => self.exact.get(hostname),
+        }
+        .map(Arc::clone)
     }
 
     /// Every route, exact names first, then wildcards, each group sorted by hostname, then

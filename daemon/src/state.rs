@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use ipnet::IpNet;
 
 use mc_proxy_shared::ResetReason;
@@ -120,6 +120,8 @@ pub struct ListenerState {
     pub proxy_protocol: bool,
     /// Peers allowed to send the PROXY header; empty means any peer.
     pub proxy_protocol_from: Vec<IpNet>,
+    /// The hostname of the route for ClientHellos without SNI; swapped by `control`.
+    no_sni_route: ArcSwapOption<String>,
     /// Live counters.
     pub counters: ListenerCounters,
     routes: ArcSwap<RouteTable>,
@@ -139,6 +141,7 @@ impl ListenerState {
             addr,
             proxy_protocol,
             proxy_protocol_from,
+            no_sni_route: ArcSwapOption::empty(),
             counters: ListenerCounters::default(),
             routes: ArcSwap::from_pointee(routes),
         }
@@ -158,6 +161,22 @@ impl ListenerState {
     /// Looks a normalised SNI hostname up in the current table.
     pub fn lookup(&self, sni: &str) -> Option<Arc<RouteInfo>> {
         self.routes.load().lookup(sni)
+    }
+
+    /// The route for a ClientHello without SNI, if the listener names one and it exists.
+    pub fn lookup_no_sni(&self) -> Option<Arc<RouteInfo>> {
+        let name = self.no_sni_route.load();
+        self.routes.load().get(name.as_deref()?)
+    }
+
+    /// The hostname of the route for ClientHellos without SNI.
+    pub fn no_sni_route(&self) -> Option<String> {
+        self.no_sni_route.load().as_deref().cloned()
+    }
+
+    /// Sets (or clears) the route for ClientHellos without SNI.
+    pub fn set_no_sni_route(&self, hostname: Option<String>) {
+        self.no_sni_route.store(hostname.map(Arc::new));
     }
 
     /// The current route table.

@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "proxy_protocol_from",
         sql: include_str!("../../migrations/0003_proxy_protocol_from.sql"),
     },
+    Migration {
+        version: 4,
+        name: "no_sni_route",
+        sql: include_str!("../../migrations/0004_no_sni_route.sql"),
+    },
 ];
 
 /// The schema version this binary creates and understands.
@@ -107,9 +112,11 @@ pub struct ListenerRow {
     pub proxy_protocol: bool,
     /// Networks allowed to send the PROXY header, as written; empty means any peer.
     pub proxy_protocol_from: Vec<String>,
+    /// The route for ClientHellos without SNI; empty: none.
+    pub no_sni_route: String,
 }
 
-const LISTENER_COLUMNS: &str = "id, addr, proxy_protocol, proxy_protocol_from";
+const LISTENER_COLUMNS: &str = "id, addr, proxy_protocol, proxy_protocol_from, no_sni_route";
 
 fn listener_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ListenerRow> {
     let from: String = row.get(3)?;
@@ -122,6 +129,7 @@ fn listener_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ListenerRow> {
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect(),
+        no_sni_route: row.get(4)?,
     })
 }
 
@@ -199,6 +207,7 @@ impl Store {
                 &listener.addr.to_string(),
                 listener.proxy_protocol,
                 &from,
+                listener.no_sni_route.as_deref().unwrap_or_default(),
             )?;
             for route in &listener.routes {
                 insert_route(&tx, id, route)?;
@@ -251,7 +260,19 @@ impl Store {
         proxy_protocol: bool,
         proxy_protocol_from: &[String],
     ) -> Result<i64, StoreError> {
-        insert_listener(&self.conn, addr, proxy_protocol, proxy_protocol_from)
+        insert_listener(&self.conn, addr, proxy_protocol, proxy_protocol_from, "")
+    }
+
+    /// Sets (or, with `""`, clears) the route a listener gives ClientHellos without SNI.
+    pub fn set_no_sni_route(&mut self, listener_id: i64, hostname: &str) -> Result<(), StoreError> {
+        let changed = self.conn.execute(
+            "UPDATE listeners SET no_sni_route = ?2 WHERE id = ?1",
+            params![listener_id, hostname],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("listener {listener_id}")));
+        }
+        Ok(())
     }
 
     /// The routes of one listener, ordered by hostname.
@@ -414,10 +435,17 @@ fn insert_listener(
     addr: &str,
     proxy_protocol: bool,
     proxy_protocol_from: &[String],
+    no_sni_route: &str,
 ) -> Result<i64, StoreError> {
     conn.execute(
-        "INSERT INTO listeners (addr, proxy_protocol, proxy_protocol_from) VALUES (?1, ?2, ?3)",
-        params![addr, proxy_protocol, proxy_protocol_from.join(",")],
+        "INSERT INTO listeners (addr, proxy_protocol, proxy_protocol_from, no_sni_route)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![
+            addr,
+            proxy_protocol,
+            proxy_protocol_from.join(","),
+            no_sni_route
+        ],
     )
     .map_err(|e| unique_violation(e, || format!("listener {addr}")))?;
     Ok(conn.last_insert_rowid())
@@ -486,9 +514,9 @@ mod tests {
         let (_dir, path) = temp_db();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 3);
+        assert_eq!(SCHEMA_VERSION, 4);
         let listeners = columns(&store, "listeners");
-        for col in ["proxy_protocol", "proxy_protocol_from"] {
+        for col in ["proxy_protocol", "proxy_protocol_from", "no_sni_route"] {
             assert!(
                 listeners.contains(&col.to_owned()),
                 "{col} missing: {listeners:?}"
@@ -545,6 +573,7 @@ mod tests {
                 addr: "127.0.0.1:8443".into(),
                 proxy_protocol: false,
                 proxy_protocol_from: vec![],
+                no_sni_route: String::new(),
             }]
         );
         assert_eq!(

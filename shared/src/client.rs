@@ -187,6 +187,8 @@ pub struct ListenerStatus {
     pub blocked: u64,
     /// Connections refused at `max_connections`.
     pub over_capacity: u64,
+    /// The route for ClientHellos without SNI; empty: they are reset.
+    pub no_sni_route: String,
     /// Resets by reason (`not_tls`, `unknown_host`, `blocked`, ...).
     pub resets_by_reason: std::collections::BTreeMap<ResetReason, u64>,
 }
@@ -692,6 +694,25 @@ impl AdminClient {
         Ok(())
     }
 
+    /// Sets (or, with `""`, clears) the route a listener gives ClientHellos without SNI.
+    pub async fn set_no_sni_route(
+        &mut self,
+        listener: &str,
+        hostname: &str,
+    ) -> Result<ListenerStatus, ClientError> {
+        let r = self
+            .inner
+            .update_listener(pb::UpdateListenerRequest {
+                listener: listener.to_owned(),
+                no_sni_route: Some(hostname.to_owned()),
+            })
+            .await?
+            .into_inner();
+        r.listener
+            .ok_or_else(|| ClientError::Protocol("no listener in the answer".into()))?
+            .try_into()
+    }
+
     /// Re-reads every L7 route's certificate and key (what SIGHUP does); one entry per
     /// stored L7 route.
     pub async fn reload(&mut self) -> Result<Vec<RouteReload>, ClientError> {
@@ -958,6 +979,7 @@ impl TryFrom<pb::ListenerStatus> for ListenerStatus {
             resets: l.resets,
             blocked: l.blocked,
             over_capacity: l.over_capacity,
+            no_sni_route: l.no_sni_route,
             resets_by_reason: l
                 .resets_by_reason
                 .into_iter()

@@ -554,6 +554,7 @@ pub struct ProxyBuilder {
 struct ListenerSpec {
     proxy_protocol: bool,
     proxy_protocol_from: Vec<String>,
+    no_sni_route: Option<String>,
     routes: Vec<RouteSpec>,
 }
 
@@ -607,6 +608,12 @@ impl ProxyBuilder {
     /// The listener reads a PROXY header first.
     pub fn proxy_protocol(mut self) -> Self {
         self.last_listener().proxy_protocol = true;
+        self
+    }
+
+    /// ClientHellos without SNI on this listener go to the route `hostname`.
+    pub fn no_sni_route(mut self, hostname: &str) -> Self {
+        self.last_listener().no_sni_route = Some(hostname.to_owned());
         self
     }
 
@@ -761,6 +768,9 @@ impl ProxyBuilder {
                     listener.proxy_protocol_from
                 )
                 .unwrap();
+            }
+            if let Some(route) = &listener.no_sni_route {
+                writeln!(out, "no_sni_route = {route:?}").unwrap();
             }
             for route in &listener.routes {
                 writeln!(

@@ -122,8 +122,9 @@ impl RequestError {
 pub struct Ctx {
     /// The route the connection was routed by.
     pub route: Arc<RouteInfo>,
-    /// The SNI the client sent (normalised): the only host this connection serves.
-    pub sni: String,
+    /// The SNI the client sent (normalised): the only host this connection serves (`None`:
+    /// a no-SNI connection, which serves whatever authority it is asked for).
+    pub sni: Option<String>,
     /// The real client address (TCP peer or received PROXY source).
     pub client: SocketAddr,
     /// Scheme of the backend request: `http` (h2c) or `https` (`backend_tls`).
@@ -198,10 +199,14 @@ fn requested_authority(req: &Request<Incoming>) -> Option<String> {
 async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<ProxyBody>, RequestError> {
     let authority = requested_authority(&req);
     let host = authority.as_deref().and_then(headers::host_of);
-    if host.as_deref() != Some(ctx.sni.as_str()) {
+    // Only a connection routed by a name can be misused for another one; a no-SNI connection
+    // (health checks to an address) was not.
+    if let Some(sni) = &ctx.sni
+        && host.as_deref() != Some(sni.as_str())
+    {
         return Err(RequestError::Misdirected {
             requested: host,
-            sni: ctx.sni.clone(),
+            sni: sni.clone(),
         });
     }
     let authority = authority.unwrap_or_default();

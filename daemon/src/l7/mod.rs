@@ -93,8 +93,9 @@ pub struct Session {
     pub route: Arc<RouteInfo>,
     /// Its TLS termination (certificate, ALPN).
     pub tls: Arc<rustls::ServerConfig>,
-    /// The SNI the client sent (normalised); the only host this connection serves.
-    pub sni: String,
+    /// The SNI the client sent (normalised): the only host this connection serves. `None` on
+    /// a listener's no-SNI route, whose connections were not routed by a name.
+    pub sni: Option<String>,
     /// The real client address.
     pub client: SocketAddr,
     /// The address the client connected to (the sent PROXY header's destination).
@@ -165,7 +166,12 @@ pub async fn serve(
     let ctx = Arc::new(downstream::Ctx {
         upstream: upstream::Upstream::new(
             Arc::clone(&route),
-            session.sni.clone(),
+            // A backend certificate is checked for the name the client asked for; without
+            // one, for the route's own name.
+            session
+                .sni
+                .clone()
+                .unwrap_or_else(|| route.route.hostname.clone()),
             session.client,
             session.local,
             upstream::Timeouts {

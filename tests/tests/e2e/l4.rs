@@ -6,6 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mc_proxy_tests::*;
+
+/// The listener as the admin API names it (the configured address; tests bind port 0).
+const L: &str = "127.0.0.1:0";
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -437,4 +440,55 @@ async fn a_catch_all_route_takes_unknown_names_but_not_hellos_without_sni() {
         route.stats.total.load(std::sync::atomic::Ordering::Relaxed),
         2
     );
+}
+
+#[tokio::test]
+async fn hellos_without_sni_go_to_the_no_sni_route_set_in_the_toml_or_at_run_time() {
+    let pki = Pki::new();
+    // Its certificate covers the address, as a health checker's URL names it.
+    let a = TlsBackend::start(&pki, &["a.test", "127.0.0.1"]).await;
+    let proxy = ProxyBuilder::new()
+        .route("a.test", a.addr)
+        .no_sni_route("A.Test")
+        .start()
+        .await;
+    let no_sni = || tls_connect(proxy.addr(), "127.0.0.1", pki.client_config());
+    let mut c = no_sni().await.unwrap();
+    assert_eq!(
+        send_and_finish(&mut c, b"ping").await.unwrap(),
+        b"pingbye from a.test\n"
+    );
+    assert_eq!(a.accepted(), 1);
+    assert!(resets_by_reason(&proxy).is_empty());
+
+    let mut admin = proxy.admin().await;
+    let status = admin.status().await.unwrap();
+    assert_eq!(status.listeners[0].no_sni_route, "a.test");
+    // The route it names cannot go away under it.
+    let err = admin.remove_route(L, "a.test").await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("no_sni_route"), "{err}");
+    // A name that is no route here is refused, and changes nothing.
+    let err = admin.set_no_sni_route(L, "nope.test").await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::NotFound), "{err}");
+    no_sni().await.unwrap();
+
+    // Cleared: reset again, as without the setting.
+    let l = admin.set_no_sni_route(L, "").await.unwrap();
+    assert_eq!(l.no_sni_route, "");
+    let err = no_sni().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(resets_by_reason(&proxy), [("no_sni", 1)]);
+
+    // Set at run time, and kept across a restart like every other change.
+    admin.set_no_sni_route(L, "a.test").await.unwrap();
+    let dir = proxy.stop_and_keep_dir().await;
+    let proxy = Proxy::start_in(dir, "[[listeners]]\naddr = \"127.0.0.1:0\"").await;
+    assert_eq!(
+        proxy.state.listeners[0].no_sni_route().as_deref(),
+        Some("a.test")
+    );
+    tls_connect(proxy.addr(), "127.0.0.1", pki.client_config())
+        .await
+        .unwrap();
 }

@@ -834,3 +834,27 @@ async fn an_l7_catch_all_terminates_tls_for_names_no_other_route_has() {
     let resp = answer(timed(client.send_request(req)).await.unwrap()).await;
     assert_eq!(resp.status, 421);
 }
+
+#[tokio::test]
+async fn a_health_check_without_sni_reaches_the_l7_no_sni_route_without_a_421() {
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = ProxyBuilder::new()
+        .route("web.test", backend.addr)
+        .l7_cert_for(&pki, &["web.test", "127.0.0.1"])
+        .no_sni_route("web.test")
+        .start()
+        .await;
+    // An address, not a name: the client sends no SNI, and its Host is the address.
+    let mut tls = tls_to_proxy(proxy.addr(), "127.0.0.1", &pki, &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = timed(tls.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(backend.seen(0).path, "/health");
+}
