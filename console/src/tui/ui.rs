@@ -905,6 +905,13 @@ fn render_listener_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
             },
         ),
         field("trusted from", trusted),
+        field(
+            "no-SNI route",
+            match l.no_sni_route.as_str() {
+                "" => "none (hellos without SNI are reset)".to_owned(),
+                route => route.to_owned(),
+            },
+        ),
         field("routes", l.route_count.to_string()),
         field("open", l.active_connections.to_string()),
         field("accepted", l.accepted.to_string()),
