@@ -301,6 +301,9 @@ async fn serve_l7(
         handshake_timeout: proxy.client_hello_timeout,
         connect_timeout: proxy.connect_timeout,
         idle_timeout: proxy.idle_timeout,
+        limits: l7::limits::Limits {
+            max_request_head: proxy.max_request_head,
+        },
     };
     Ok(l7::serve(
         stream,

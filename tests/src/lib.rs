@@ -692,6 +692,12 @@ impl ProxyBuilder {
         self
     }
 
+    /// `[proxy] max_request_head`, in bytes.
+    pub fn max_request_head(mut self, value: usize) -> Self {
+        self.proxy.push(format!("max_request_head = {value}"));
+        self
+    }
+
     /// Backends with `backend_tls` are verified against `pki`'s CA.
     pub fn backend_ca(mut self, pki: &Pki) -> Self {
         let path = self.dir.path().join("backend-ca.pem");

@@ -19,6 +19,7 @@
 
 pub mod downstream;
 pub mod headers;
+pub mod limits;
 pub mod upstream;
 
 use std::io;
@@ -105,6 +106,8 @@ pub struct Session {
     pub connect_timeout: Duration,
     /// `[proxy] idle_timeout`.
     pub idle_timeout: Duration,
+    /// Request framing limits (`[proxy] max_request_head`).
+    pub limits: limits::Limits,
 }
 
 /// Terminates TLS on `stream` (after replaying `peeked`) and reverse-proxies its requests
@@ -169,6 +172,7 @@ pub async fn serve(
         client: session.client,
         scheme,
         closed,
+        limits: session.limits,
     });
 
     let mut builder = auto::Builder::new(executor);
@@ -179,6 +183,7 @@ pub async fn serve(
         .http2()
         .initial_stream_window_size(upstream::STREAM_WINDOW)
         .initial_connection_window_size(upstream::CONNECTION_WINDOW);
+    limits::configure(&mut builder, session.limits);
     // Boxed: hyper moves each request's future into a task of its own, and this future is
     // large (it carries the backend dial); a pointer is cheaper to move than kilobytes of
     // state (measured: -13% CPU per request, docs/BENCHMARKS.md).
