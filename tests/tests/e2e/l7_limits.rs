@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use http::Request;
-use mc_proxy::l7::limits::{DEFAULT_MAX_REQUEST_HEAD, MAX_HEADERS};
+use mc_proxy::l7::limits::{
+    DEFAULT_MAX_REQUEST_HEAD, MAX_CONCURRENT_STREAMS, MAX_HEADERS, MAX_LOCAL_ERROR_RESET_STREAMS,
+};
+use mc_proxy_tests::h2raw::{self, RawH2};
 use mc_proxy_tests::web::*;
 use mc_proxy_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -230,4 +233,179 @@ async fn more_than_max_headers_fields_get_431_on_http1_and_http2() {
         .unwrap();
     assert_eq!(resp.status(), 431, "the proxy's own check");
     assert_eq!(backend.requests(), 2);
+}
+
+#[tokio::test]
+async fn the_server_announces_its_stream_and_header_limits() {
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
+
+    let mut raw = RawH2::connect(proxy.addr(), "web.test", &pki).await;
+    let settings = timed(raw.next_frame()).await.expect("a SETTINGS frame");
+    assert_eq!(settings.kind, h2raw::SETTINGS);
+    let settings = settings.settings();
+    assert!(
+        settings.contains(&(
+            h2raw::SETTINGS_MAX_CONCURRENT_STREAMS,
+            MAX_CONCURRENT_STREAMS
+        )),
+        "{settings:?}"
+    );
+    assert!(
+        settings.contains(&(
+            h2raw::SETTINGS_MAX_HEADER_LIST_SIZE,
+            DEFAULT_MAX_REQUEST_HEAD as u32
+        )),
+        "{settings:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_past_max_concurrent_streams_is_refused() {
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
+
+    let mut raw = RawH2::connect(proxy.addr(), "web.test", &pki).await;
+    // Streams with an unfinished body stay open: the backend's /sink waits for its end.
+    let mut bytes = Vec::new();
+    let n = MAX_CONCURRENT_STREAMS + 1;
+    for i in 0..n {
+        let block = h2raw::get("web.test", "/sink");
+        bytes.extend(h2raw::frame(
+            h2raw::HEADERS,
+            h2raw::END_HEADERS,
+            2 * i + 1,
+            &block,
+        ));
+    }
+    raw.send(&bytes).await.unwrap();
+    let last = 2 * (n - 1) + 1;
+    let refused = timed(async {
+        loop {
+            let f = raw.next_frame().await.expect("connection closed");
+            if f.kind == h2raw::RST_STREAM || f.kind == h2raw::GOAWAY {
+                return f;
+            }
+        }
+    })
+    .await;
+    assert_eq!(refused.kind, h2raw::RST_STREAM, "{refused:?}");
+    assert_eq!(refused.stream, last, "only the stream past the limit");
+    assert_eq!(refused.error_code(), Some(h2raw::REFUSED_STREAM));
+}
+
+#[tokio::test]
+async fn rapid_reset_gets_goaway_enhance_your_calm() {
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
+
+    let mut raw = RawH2::connect(proxy.addr(), "web.test", &pki).await;
+    // Open and cancel streams as fast as one write carries them (CVE-2023-44487).
+    let mut bytes = Vec::new();
+    for i in 0..500u32 {
+        let id = 2 * i + 1;
+        let block = h2raw::get("web.test", "/");
+        bytes.extend(h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, id, &block));
+        bytes.extend(h2raw::rst_stream(id, h2raw::CANCEL));
+    }
+    let _ = raw.send(&bytes).await;
+    let frames = raw.frames_until_goaway().await;
+    let goaway = frames.last().unwrap();
+    assert_eq!(
+        goaway.error_code(),
+        Some(h2raw::ENHANCE_YOUR_CALM),
+        "{goaway:?}"
+    );
+    assert_eq!(goaway.debug_data(), "too_many_resets");
+    assert!(backend.requests() < 500, "the flood was cut short");
+
+    // A well-behaved client is still served.
+    let mut h2 = h2_client(proxy.addr(), "web.test", &pki).await;
+    let resp = timed(h2.send_request(with_header_of("https://web.test/", 10)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn server_provoked_resets_get_goaway_enhance_your_calm() {
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
+
+    let mut raw = RawH2::connect(proxy.addr(), "web.test", &pki).await;
+    // "MadeYouReset" (CVE-2025-8671): each stream is opened, then given a WINDOW_UPDATE that
+    // overflows its send window, a stream error the server must answer with RST_STREAM
+    // FLOW_CONTROL_ERROR itself. (A zero increment would not do: h2 treats it as a
+    // connection error, GOAWAY PROTOCOL_ERROR at once.)
+    let provoke = |id: u32| {
+        let mut bytes = h2raw::frame(
+            h2raw::HEADERS,
+            h2raw::END_HEADERS,
+            id,
+            &h2raw::get("web.test", "/sink"),
+        );
+        bytes.extend(h2raw::window_update(id, 0x7fff_ffff));
+        bytes
+    };
+    let budget = MAX_LOCAL_ERROR_RESET_STREAMS as u32;
+    let bytes: Vec<u8> = (0..budget).flat_map(|i| provoke(2 * i + 1)).collect();
+    raw.send(&bytes).await.unwrap();
+    let resets = timed(async {
+        let mut resets = 0;
+        while resets < budget {
+            let f = raw
+                .next_frame()
+                .await
+                .expect("connection closed within the budget");
+            assert_ne!(f.kind, h2raw::GOAWAY, "GOAWAY within the budget: {f:?}");
+            if f.kind == h2raw::RST_STREAM {
+                assert_eq!(f.error_code(), Some(h2raw::FLOW_CONTROL_ERROR), "{f:?}");
+                resets += 1;
+            }
+        }
+        resets
+    })
+    .await;
+    assert_eq!(resets, budget);
+
+    // One more, and the connection is done.
+    raw.send(&provoke(2 * budget + 1)).await.unwrap();
+    let frames = raw.frames_until_goaway().await;
+    let goaway = frames.last().unwrap();
+    assert_eq!(
+        goaway.error_code(),
+        Some(h2raw::ENHANCE_YOUR_CALM),
+        "{goaway:?}"
+    );
+    assert_eq!(goaway.debug_data(), "too_many_internal_resets");
+}
+
+#[tokio::test]
+async fn a_continuation_flood_gets_goaway_after_a_few_frames() {
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
+
+    let mut raw = RawH2::connect(proxy.addr(), "web.test", &pki).await;
+    // HEADERS without END_HEADERS, then CONTINUATION frames that never end the block
+    // (CVE-2024-27316 family): small frames, so only their count can stop them.
+    let mut bytes = h2raw::frame(h2raw::HEADERS, 0, 1, &h2raw::get("web.test", "/"));
+    let filler = h2raw::header_block(&[("x-filler", &"a".repeat(1000))]);
+    for _ in 0..1000 {
+        bytes.extend(h2raw::frame(h2raw::CONTINUATION, 0, 1, &filler));
+    }
+    let _ = raw.send(&bytes).await;
+    let frames = raw.frames_until_goaway().await;
+    let goaway = frames.last().unwrap();
+    assert_eq!(
+        goaway.error_code(),
+        Some(h2raw::ENHANCE_YOUR_CALM),
+        "{goaway:?}"
+    );
+    assert_eq!(goaway.debug_data(), "too_many_continuations");
+    assert_eq!(backend.requests(), 0);
 }
