@@ -409,3 +409,25 @@ async fn a_continuation_flood_gets_goaway_after_a_few_frames() {
     assert_eq!(goaway.debug_data(), "too_many_continuations");
     assert_eq!(backend.requests(), 0);
 }
+
+#[tokio::test]
+async fn a_client_that_respects_the_stream_limit_gets_every_answer() {
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
+
+    // Half again the limit at once on one connection: h2 clients queue past
+    // SETTINGS_MAX_CONCURRENT_STREAMS, so nothing is refused.
+    let h2 = h2_client(proxy.addr(), "web.test", &pki).await;
+    let n = MAX_CONCURRENT_STREAMS as usize * 3 / 2;
+    let calls = (0..n).map(|i| {
+        let mut h2 = h2.clone();
+        async move {
+            let req = Request::builder().uri(format!("https://web.test/{i}"));
+            answer(h2.send_request(with_body(req, "x")).await.unwrap()).await
+        }
+    });
+    let answers = timed(futures_util::future::join_all(calls)).await;
+    assert!(answers.iter().all(|a| a.status == 200));
+    assert_eq!(backend.requests(), n);
+}
