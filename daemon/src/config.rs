@@ -253,6 +253,7 @@ struct FileProxy {
     shutdown_timeout: Option<Duration>,
     max_connections: Option<usize>,
     backend_ca: Option<PathBuf>,
+    max_request_head: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,6 +321,7 @@ impl FileConfig {
             shutdown_timeout: p.shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
             max_connections: p.max_connections.unwrap_or(defaults.max_connections),
             backend_ca: p.backend_ca.filter(|p| !p.as_os_str().is_empty()),
+            max_request_head: p.max_request_head.unwrap_or(defaults.max_request_head),
         };
         for (name, value) in [
             ("client_hello_timeout", proxy.client_hello_timeout),
@@ -338,6 +340,17 @@ impl FileConfig {
         }
         if proxy.max_connections == 0 {
             problem("proxy.max_connections".into(), "must be at least 1".into());
+        }
+        {
+            use crate::l7::limits::{MAX_MAX_REQUEST_HEAD, MIN_MAX_REQUEST_HEAD};
+            if !(MIN_MAX_REQUEST_HEAD..=MAX_MAX_REQUEST_HEAD).contains(&proxy.max_request_head) {
+                problem(
+                    "proxy.max_request_head".into(),
+                    format!(
+                        "must be between {MIN_MAX_REQUEST_HEAD} and {MAX_MAX_REQUEST_HEAD} bytes"
+                    ),
+                );
+            }
         }
         let metrics = MetricsConfig {
             addr: match self.metrics.addr.as_deref().map(str::trim) {
@@ -597,6 +610,7 @@ mod tests {
         assert_eq!(config.proxy.connect_timeout, Duration::from_secs(2));
         assert_eq!(config.proxy.idle_timeout, Duration::from_secs(90));
         assert_eq!(config.proxy.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(config.proxy.max_request_head, 64 * 1024, "the default");
         let l = &config.listeners[0];
         assert!(l.proxy_protocol);
         assert_eq!(l.routes[0].mode, Mode::L4);
@@ -604,6 +618,21 @@ mod tests {
         assert_eq!(l.routes[1].mode, Mode::L7);
         assert!(l.routes[1].backend_tls);
         assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    }
+
+    #[test]
+    fn max_request_head_is_read_and_bounded() {
+        let f = Fixture::new();
+        let config = f.parse("[proxy]\nmax_request_head = 16384\n").unwrap();
+        assert_eq!(config.proxy.max_request_head, 16384);
+        for bad in ["0", "8191", "16777217"] {
+            let problems = f.problems(&format!("[proxy]\nmax_request_head = {bad}\n"));
+            assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
+            assert!(
+                problems[0].contains("proxy.max_request_head"),
+                "{problems:?}"
+            );
+        }
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct ProxyConfig {
     pub max_connections: usize,
     /// Extra CA bundle trusted for `backend_tls` (L7).
     pub backend_ca: Option<PathBuf>,
+    /// L7: the largest request head accepted, in bytes (larger: 431).
+    pub max_request_head: usize,
 }
 
 impl Default for ProxyConfig {
@@ -62,6 +64,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             backend_ca: None,
+            max_request_head: crate::l7::limits::DEFAULT_MAX_REQUEST_HEAD,
         }
     }
 }

@@ -8,6 +8,7 @@
 #![allow(missing_docs)]
 
 pub mod grpc;
+pub mod h2raw;
 pub mod web;
 
 use std::io;
@@ -708,6 +709,12 @@ impl ProxyBuilder {
 
     pub fn max_connections(mut self, value: usize) -> Self {
         self.proxy.push(format!("max_connections = {value}"));
+        self
+    }
+
+    /// `[proxy] max_request_head`, in bytes.
+    pub fn max_request_head(mut self, value: usize) -> Self {
+        self.proxy.push(format!("max_request_head = {value}"));
         self
     }
 

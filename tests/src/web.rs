@@ -196,7 +196,10 @@ where
         let (seen, release) = (Arc::clone(&seen), Arc::clone(&release));
         async move { Ok::<_, Infallible>(echo(req, seen, release).await) }
     });
+    // A backend that accepts any head the proxy forwards (hyper's default is 16 KiB), so the
+    // proxy's own limit is what the tests see.
     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .max_header_list_size(1024 * 1024)
         .serve_connection(TokioIo::new(io), service)
         .await;
 }

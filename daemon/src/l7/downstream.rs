@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use super::headers;
+use super::limits::{self, Limits, Violation};
 use super::upstream::{Upstream, UpstreamError};
 use super::{InFlight, InFlightGuard};
 use crate::routes::RouteInfo;
@@ -79,6 +80,9 @@ pub enum RequestError {
         /// The SNI the connection was routed by.
         sni: String,
     },
+    /// Client fault: the request breaks a framing rule or limit (400, 431).
+    #[error(transparent)]
+    Refused(#[from] Violation),
     /// Client fault: the request's authority cannot be used in an HTTP/2 request.
     #[error("bad request authority: {0}")]
     BadAuthority(String),
@@ -95,6 +99,7 @@ impl RequestError {
         match self {
             RequestError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             RequestError::BadAuthority(_) => StatusCode::BAD_REQUEST,
+            RequestError::Refused(v) => v.status(),
             RequestError::Upstream(e) => e.status(),
             RequestError::Closed => StatusCode::BAD_GATEWAY,
         }
@@ -107,6 +112,7 @@ impl RequestError {
                 "misdirected request: this connection serves another host\n"
             }
             RequestError::BadAuthority(_) => "bad request: unusable host\n",
+            RequestError::Refused(v) => v.text(),
             RequestError::Upstream(
                 UpstreamError::Timeout { .. } | UpstreamError::ResponseTimeout { .. },
             ) => "gateway timeout: the backend did not answer in time\n",
@@ -135,6 +141,8 @@ pub struct Ctx {
     pub closed: CancellationToken,
     /// The connection's requests in flight (the keep-alive timeout's clock).
     pub in_flight: Arc<InFlight>,
+    /// What a request may look like (`[proxy] max_request_head`).
+    pub limits: Limits,
 }
 
 /// hyper's service function: answers every request, never fails (errors become responses).
@@ -197,6 +205,9 @@ fn requested_authority(req: &Request<Incoming>) -> Option<String> {
 }
 
 async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<ProxyBody>, RequestError> {
+    // Framing first: a request with two Hosts must not get as far as the misrouting guard,
+    // which reads only one of them.
+    limits::check_request(&req, ctx.limits)?;
     let authority = requested_authority(&req);
     let host = authority.as_deref().and_then(headers::host_of);
     // Only a connection routed by a name can be misused for another one; a no-SNI connection

@@ -19,6 +19,7 @@
 
 pub mod downstream;
 pub mod headers;
+pub mod limits;
 pub mod upstream;
 
 use std::io;
@@ -114,6 +115,8 @@ pub struct Session {
     pub keepalive_timeout: Duration,
     /// `[proxy] idle_timeout`.
     pub idle_timeout: Duration,
+    /// Request framing limits (`[proxy] max_request_head`).
+    pub limits: limits::Limits,
 }
 
 /// Terminates TLS on `stream` (after replaying `peeked`) and reverse-proxies its requests
@@ -188,6 +191,7 @@ pub async fn serve(
         scheme,
         closed,
         in_flight: Arc::clone(&in_flight),
+        limits: session.limits,
     });
 
     let mut builder = auto::Builder::new(executor);
@@ -201,6 +205,7 @@ pub async fn serve(
         .http2()
         .initial_stream_window_size(upstream::STREAM_WINDOW)
         .initial_connection_window_size(upstream::CONNECTION_WINDOW);
+    limits::configure(&mut builder, session.limits);
     // Boxed: hyper moves each request's future into a task of its own, and this future is
     // large (it carries the backend dial); a pointer is cheaper to move than kilobytes of
     // state (measured: -13% CPU per request, docs/BENCHMARKS.md).

@@ -12,6 +12,7 @@ mod grpc_python;
 mod haproxy;
 mod l4;
 mod l7;
+mod l7_limits;
 mod multihop;
 mod proxy_protocol;
 mod web_flow;
