@@ -33,7 +33,18 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// The daemon on `config`, its stderr collected.
     fn start(dir: tempfile::TempDir, config: &str) -> Daemon {
+        Daemon::start_with_stderr(dir, config, None)
+    }
+
+    /// The same, with stderr sent to `stderr` instead of being collected (`log_text` is then
+    /// empty).
+    fn start_with_stderr(
+        dir: tempfile::TempDir,
+        config: &str,
+        stderr: Option<std::io::PipeWriter>,
+    ) -> Daemon {
         let config_path = dir.path().join("mc-proxy.toml");
         std::fs::write(&config_path, config).unwrap();
         let notify_path = dir.path().join("notify.sock");
@@ -41,27 +52,29 @@ impl Daemon {
         notify
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
+        let collect = stderr.is_none();
         let mut child = Command::new(env!("CARGO_BIN_EXE_mc-proxy"))
             .arg("--config")
             .arg(&config_path)
             .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", if collect { "info" } else { "debug" })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(stderr.map_or_else(Stdio::piped, Stdio::from))
             .spawn()
             .unwrap();
         let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        if let Some(stderr) = child.stderr.take() {
+            let sink = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { return };
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
         Daemon {
             child,
             log,
@@ -336,38 +349,14 @@ fn the_unit_file_passes_systemd_analyze_verify() {
 async fn a_closed_stderr_neither_kills_the_daemon_nor_deafens_it_to_sigterm() {
     // A closed SSH session or a killed `| tee`: every log line from now on hits EPIPE.
     let dir = tempfile::tempdir().unwrap();
-    let notify_path = dir.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let config_path = dir.path().join("mc-proxy.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[database]\npath = {:?}\n[[listeners]]\naddr = \"127.0.0.1:0\"\n",
-            dir.path().join("mc-proxy.db").display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = format!(
+        "[database]\npath = {:?}\n[[listeners]]\naddr = \"127.0.0.1:0\"\n",
+        dir.path().join("mc-proxy.db").display().to_string()
+    );
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mc-proxy"))
-        .arg("--config")
-        .arg(&config_path)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(writer)
-        .spawn()
-        .unwrap();
-    let next = || {
-        let mut buf = [0u8; 4096];
-        let n = notify.recv(&mut buf).expect("a notification");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    let ready = next();
+    let mut daemon = Daemon::start_with_stderr(dir, &config, Some(writer));
+    let ready = daemon.next_notification();
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
     let addr = ready
         .lines()
@@ -382,26 +371,18 @@ async fn a_closed_stderr_neither_kills_the_daemon_nor_deafens_it_to_sigterm() {
         .unwrap();
     let mut sink = Vec::new();
     let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut sink).await;
-    let pid = child.id().to_string();
-    let kill = |sig: &str| {
-        assert!(
-            Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(&pid)
-                .status()
-                .unwrap()
-                .success()
-        )
-    };
-    kill("HUP");
-    assert!(next().contains("RELOADING=1"));
-    assert!(next().contains("READY=1"));
-    assert!(child.try_wait().unwrap().is_none(), "died with its stderr");
-    kill("TERM");
-    assert!(next().contains("STOPPING=1"), "SIGTERM was not acted on");
+    daemon.signal("HUP");
+    assert!(daemon.next_notification().contains("RELOADING=1"));
+    assert!(daemon.next_notification().contains("READY=1"));
+    assert!(daemon.still_running(), "died with its stderr");
+    daemon.signal("TERM");
+    assert!(
+        daemon.next_notification().contains("STOPPING=1"),
+        "SIGTERM was not acted on"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "no exit after SIGTERM");
