@@ -296,11 +296,10 @@ async fn errors_are_one_line_with_a_telling_exit_code() {
 async fn events_follow_traffic_as_json_lines() {
     let pki = Pki::new();
     let backend = TlsBackend::start(&pki, &["a.test"]).await;
-    let proxy = Proxy::start(&format!(
-        "[[listeners]]\naddr = \"127.0.0.1:0\"\n[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"",
-        backend.addr
-    ))
-    .await;
+    let proxy = ProxyBuilder::new()
+        .route("a.test", backend.addr)
+        .start()
+        .await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_mcproxyctl"))
         .arg("--socket")
         .arg(&proxy.socket)
@@ -743,11 +742,10 @@ async fn reload_serves_renewed_certificates_and_keeps_the_last_good_one() {
 async fn connections_lists_what_is_open() {
     let pki = Pki::new();
     let backend = TlsBackend::start(&pki, &["a.test"]).await;
-    let proxy = Proxy::start(&format!(
-        "[[listeners]]\naddr = \"127.0.0.1:0\"\n[[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"",
-        backend.addr
-    ))
-    .await;
+    let proxy = ProxyBuilder::new()
+        .route("a.test", backend.addr)
+        .start()
+        .await;
     let o = ctl(&proxy, &["connections", "--no-headers"]).await;
     assert_ok(&o);
     assert_eq!(stdout(&o), "");

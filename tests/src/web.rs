@@ -448,3 +448,26 @@ pub async fn http1_request(
     .unwrap();
     answer(resp).await
 }
+
+/// A proxy with one L7 route `web.test` to `backend`, its certificate from `pki`.
+pub fn web_proxy(pki: &Pki, backend: SocketAddr) -> crate::ProxyBuilder {
+    crate::ProxyBuilder::new()
+        .route("web.test", backend)
+        .l7(pki)
+}
+
+/// The counters of the first listener's `web.test` route.
+pub fn web_stats(proxy: &crate::Proxy) -> mc_proxy::stats::RouteStatsSnapshot {
+    proxy.state.listeners[0]
+        .lookup("web.test")
+        .expect("a web.test route")
+        .stats
+        .snapshot()
+}
+
+/// `f`, or a panic after 10 s: no L7 test waits forever on a proxy that hangs.
+pub async fn timed<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("timed out")
+}

@@ -12,28 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A proxy with one L7 route `web.test` to `backend`, to finish (and start) with more
 /// settings.
-fn web_proxy(pki: &Pki, backend: std::net::SocketAddr) -> ProxyBuilder {
-    ProxyBuilder::new().route("web.test", backend).l7(pki)
-}
-
 /// How the L7 client sees an idle connection closed: the daemon ends the TCP connection
 /// without a TLS close_notify, so rustls reports an unexpected EOF. (With a close_notify it
 /// would be `Ok`; should the daemon start sending one, this is the line to change.)
 const IDLE_CLOSE: Result<(), std::io::ErrorKind> = Err(std::io::ErrorKind::UnexpectedEof);
-
-fn web_stats(proxy: &Proxy) -> mc_proxy::stats::RouteStatsSnapshot {
-    proxy.state.listeners[0]
-        .lookup("web.test")
-        .unwrap()
-        .stats
-        .snapshot()
-}
-
-async fn timed<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("timed out")
-}
 
 #[tokio::test]
 async fn h2_client_reaches_h2c_backend_with_forwarding_headers() {

@@ -14,24 +14,6 @@ use mc_proxy_tests::web::*;
 use mc_proxy_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn web_proxy(pki: &Pki, backend: std::net::SocketAddr) -> ProxyBuilder {
-    ProxyBuilder::new().route("web.test", backend).l7(pki)
-}
-
-fn web_stats(proxy: &Proxy) -> mc_proxy::stats::RouteStatsSnapshot {
-    proxy.state.listeners[0]
-        .lookup("web.test")
-        .unwrap()
-        .stats
-        .snapshot()
-}
-
-async fn timed<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("timed out")
-}
-
 /// Writes one hand-made HTTP/1.1 request (it should say `Connection: close`) over TLS and
 /// returns everything the proxy answered until it closed the connection.
 async fn raw_h1(proxy: &Proxy, pki: &Pki, request: &[u8]) -> String {
