@@ -198,6 +198,7 @@ async fn add_route(client: &mut AdminClient, args: RouteArgs) -> Result<(), CtlE
         tls_key: absolute_path(args.tls_key.as_deref().unwrap_or_default())?,
         backend_tls: args.backend_tls,
         send_proxy_protocol: args.send_proxy_protocol,
+        backend_protocol: Default::default(),
     };
     let (route, warnings) = client.add_route(&args.listener, route).await?;
     report_route("added", &args.listener, &route, &warnings, args.json)
@@ -212,6 +213,7 @@ async fn update_route(client: &mut AdminClient, args: UpdateArgs) -> Result<(), 
         tls_key: args.tls_key.as_deref().map(absolute_path).transpose()?,
         backend_tls: args.backend_tls,
         send_proxy_protocol: args.send_proxy_protocol,
+        backend_protocol: None,
     };
     if patch == RoutePatch::default() {
         return Err(CtlError::Usage(

@@ -448,6 +448,7 @@ impl AdminService for Admin {
                 tls_key: req.tls_key,
                 backend_tls: req.backend_tls,
                 send_proxy_protocol: req.send_proxy_protocol,
+                backend_protocol: None,
             },
         };
         let (route, warnings) = route_answer(self.apply(change).await?)?;

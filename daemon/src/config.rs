@@ -437,6 +437,7 @@ impl FileConfig {
                     tls_key: fr.tls_key,
                     backend_tls: fr.backend_tls,
                     send_proxy_protocol: fr.send_proxy_protocol,
+                    backend_protocol: Default::default(),
                 };
                 match validate_route(&route) {
                     Ok(valid) => {

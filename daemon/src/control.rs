@@ -430,6 +430,7 @@ fn merge(current: Route, patch: RoutePatch) -> Route {
         send_proxy_protocol: patch
             .send_proxy_protocol
             .unwrap_or(current.send_proxy_protocol),
+        backend_protocol: patch.backend_protocol.unwrap_or(current.backend_protocol),
     }
 }
 

@@ -292,6 +292,7 @@ impl Store {
                     tls_key: row.get(4)?,
                     backend_tls: row.get(5)?,
                     send_proxy_protocol: row.get(6)?,
+                    backend_protocol: Default::default(),
                 },
             ))
         })?;

@@ -939,6 +939,8 @@ impl TryFrom<pb::Route> for Route {
             tls_key: r.tls_key,
             backend_tls: r.backend_tls,
             send_proxy_protocol: r.send_proxy_protocol,
+            // Not on the wire yet: the admin API gains the field with the store migration.
+            backend_protocol: Default::default(),
         })
     }
 }

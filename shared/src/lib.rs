@@ -13,7 +13,8 @@ pub mod outcome;
 pub mod text;
 
 pub use model::{
-    FirewallRule, FirewallRuleKind, Mode, ParseKindError, ParseModeError, Route, RoutePatch,
+    BackendProtocol, FirewallRule, FirewallRuleKind, Mode, ParseBackendProtocolError,
+    ParseKindError, ParseModeError, Route, RoutePatch,
 };
 pub use outcome::{BlockedReason, ChangeAction, CloseReason, Outcome, ResetReason};
 

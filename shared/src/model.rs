@@ -58,6 +58,72 @@ impl FromStr for Mode {
     }
 }
 
+/// The HTTP version an L7 route speaks to its backend. Orthogonal to `backend_tls`, which
+/// says whether that happens over TLS: `h2` without TLS is cleartext HTTP/2 with prior
+/// knowledge (h2c), with TLS HTTP/2 negotiated by ALPN `h2`; `http1` is HTTP/1.1 either way
+/// (ALPN `http/1.1` over TLS); `auto` offers ALPN `h2,http/1.1` and speaks what the backend
+/// picks, so it needs `backend_tls`. Meaningless on L4 routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum BackendProtocol {
+    /// HTTP/2: h2c with prior knowledge, or h2 over TLS. The default, as before the key
+    /// existed.
+    #[default]
+    #[serde(rename = "h2")]
+    H2,
+    /// HTTP/1.1, keep-alive, one request at a time per backend connection.
+    #[serde(rename = "http1")]
+    Http1,
+    /// TLS only: ALPN `h2,http/1.1`, then whichever the backend chose.
+    #[serde(rename = "auto")]
+    Auto,
+}
+
+impl BackendProtocol {
+    /// Every value, in declaration order.
+    pub const ALL: &'static [BackendProtocol] = &[
+        BackendProtocol::H2,
+        BackendProtocol::Http1,
+        BackendProtocol::Auto,
+    ];
+
+    /// The name used in the TOML config, the database and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendProtocol::H2 => "h2",
+            BackendProtocol::Http1 => "http1",
+            BackendProtocol::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for BackendProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A backend protocol string that is none of `""`, `"h2"`, `"http1"`, `"auto"`; holds it
+/// quoted and clipped for messages ([`crate::text::clip`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid backend_protocol {0}: expected \"h2\", \"http1\" or \"auto\" (empty means \"h2\")"
+)]
+pub struct ParseBackendProtocolError(pub String);
+
+impl FromStr for BackendProtocol {
+    type Err = ParseBackendProtocolError;
+
+    /// Parses the config spelling; the empty string is `h2` (API calls from before the field).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" | "h2" => Ok(BackendProtocol::H2),
+            "http1" => Ok(BackendProtocol::Http1),
+            "auto" => Ok(BackendProtocol::Auto),
+            other => Err(ParseBackendProtocolError(crate::text::clip(other))),
+        }
+    }
+}
+
 /// One entry of a listener's route table, with every field of the plan's phase 1.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Route {
@@ -75,6 +141,9 @@ pub struct Route {
     pub backend_tls: bool,
     /// Write a PROXY protocol v2 header carrying the client address to the backend.
     pub send_proxy_protocol: bool,
+    /// L7 only: the HTTP version spoken to the backend.
+    #[serde(default)]
+    pub backend_protocol: BackendProtocol,
 }
 
 /// The fields of a route to change; `None` keeps the current value.
@@ -94,6 +163,8 @@ pub struct RoutePatch {
     pub backend_tls: Option<bool>,
     /// New send_proxy_protocol flag.
     pub send_proxy_protocol: Option<bool>,
+    /// New backend protocol.
+    pub backend_protocol: Option<BackendProtocol>,
 }
 
 /// What a firewall rule matches.

@@ -1187,6 +1187,7 @@ mod tests {
                     tls_key: "/c.key".into(),
                     backend_tls: true,
                     send_proxy_protocol: false,
+                    ..Default::default()
                 }
             })
         );

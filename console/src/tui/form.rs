@@ -191,6 +191,7 @@ impl Form {
             },
             backend_tls: l7 && self.backend_tls,
             send_proxy_protocol: self.send_proxy_protocol,
+            backend_protocol: Default::default(),
         }
     }
 }
