@@ -629,6 +629,7 @@ mod tests {
             tls_key: "certs/web.key".into(),
             backend_tls: true,
             send_proxy_protocol: true,
+            ..Route::default()
         };
         let l4 = Route {
             hostname: "app.test".into(),

@@ -88,6 +88,7 @@ async fn add_and_list_an_l7_route_with_every_field() {
         tls_key: key,
         backend_tls: true,
         send_proxy_protocol: true,
+        ..Route::default()
     };
     let (stored, warnings) = admin.add_route(LISTENER, l7.clone()).await.unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
