@@ -254,6 +254,10 @@ struct FileProxy {
     max_connections: Option<usize>,
     backend_ca: Option<PathBuf>,
     max_request_head: Option<usize>,
+    backend_max_connections: Option<usize>,
+    backend_max_idle: Option<usize>,
+    #[serde(default, deserialize_with = "duration")]
+    backend_idle_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,6 +326,13 @@ impl FileConfig {
             max_connections: p.max_connections.unwrap_or(defaults.max_connections),
             backend_ca: p.backend_ca.filter(|p| !p.as_os_str().is_empty()),
             max_request_head: p.max_request_head.unwrap_or(defaults.max_request_head),
+            backend_max_connections: p
+                .backend_max_connections
+                .unwrap_or(defaults.backend_max_connections),
+            backend_max_idle: p.backend_max_idle.unwrap_or(defaults.backend_max_idle),
+            backend_idle_timeout: p
+                .backend_idle_timeout
+                .unwrap_or(defaults.backend_idle_timeout),
         };
         for (name, value) in [
             ("client_hello_timeout", proxy.client_hello_timeout),
@@ -330,6 +341,7 @@ impl FileConfig {
             ("response_timeout", proxy.response_timeout),
             ("request_header_timeout", proxy.request_header_timeout),
             ("keepalive_timeout", proxy.keepalive_timeout),
+            ("backend_idle_timeout", proxy.backend_idle_timeout),
         ] {
             if value.is_zero() {
                 problem(format!("proxy.{name}"), "must be greater than zero".into());

@@ -44,8 +44,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Fires when the shutdown grace period is over: relays stop.
     pub force_close: CancellationToken,
-    /// The client TLS config for `backend_tls` L7 routes, built once on first use.
-    pub backend_tls: l7::BackendTls,
+    /// The L7 backend connections, shared by every client connection.
+    pub pool: l7::Pool,
     /// Owns every task a connection spawns (the L7 HTTP connection's and backend drivers), so
     /// shutdown waits for them too.
     pub tasks: TaskTracker,
@@ -316,7 +316,7 @@ async fn serve_l7(
         stream,
         peeked,
         session,
-        &shared.backend_tls,
+        &shared.pool,
         shared.shutdown.clone(),
         &shared.tasks,
     )

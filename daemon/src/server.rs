@@ -74,16 +74,32 @@ pub async fn bind(state: &State) -> Result<Vec<BoundListener>, BindError> {
 /// function runs the daemon and the end-to-end tests.
 pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
+    // Pooled backend connections outlive any one client connection: they have a tracker of
+    // their own, closed after the client connections are done.
+    let pool_tasks = TaskTracker::new();
     let capacity = Arc::new(Semaphore::new(state.proxy.max_connections));
     let grace = state.proxy.shutdown_timeout;
     let shared = Arc::new(Shared {
-        backend_tls: l7::BackendTls::new(state.proxy.backend_ca.clone()),
+        pool: l7::Pool::new(
+            l7::BackendTls::new(state.proxy.backend_ca.clone()),
+            l7::pool::PoolSettings {
+                max_connections: state.proxy.backend_max_connections,
+                max_idle: state.proxy.backend_max_idle,
+                idle_timeout: state.proxy.backend_idle_timeout,
+            },
+            pool_tasks.clone(),
+        ),
         state,
         shutdown: shutdown.clone(),
         force_close: CancellationToken::new(),
         tasks: tracker.clone(),
         next_id: AtomicU64::new(1),
     });
+
+    {
+        let (shared, shutdown) = (Arc::clone(&shared), shutdown.clone());
+        pool_tasks.spawn(async move { shared.pool.run(shutdown).await });
+    }
 
     for bound in listeners {
         match bound.local_addr() {
@@ -123,6 +139,9 @@ pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: Can
         shared.force_close.cancel();
         tracker.wait().await;
     }
+    shared.pool.close();
+    pool_tasks.close();
+    pool_tasks.wait().await;
     tracing::info!("all connections closed");
 }
 

@@ -50,6 +50,12 @@ pub struct ProxyConfig {
     pub backend_ca: Option<PathBuf>,
     /// L7: the largest request head accepted, in bytes (larger: 431).
     pub max_request_head: usize,
+    /// L7: backend connections per backend target, open or being opened (0: no cap).
+    pub backend_max_connections: usize,
+    /// L7: idle HTTP/1.1 connections kept per backend target.
+    pub backend_max_idle: usize,
+    /// L7: a pooled backend connection unused for this long is closed.
+    pub backend_idle_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -65,6 +71,11 @@ impl Default for ProxyConfig {
             max_connections: 10_000,
             backend_ca: None,
             max_request_head: crate::l7::limits::DEFAULT_MAX_REQUEST_HEAD,
+            backend_max_connections: 1024,
+            backend_max_idle: 256,
+            // Under the 5 s keep-alive of Node.js and Apache: the proxy closes an idle
+            // connection before the backend does, so a request rarely races a close.
+            backend_idle_timeout: Duration::from_secs(4),
         }
     }
 }

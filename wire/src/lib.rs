@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`client_hello`] | the TLS ClientHello parser (`parse`, the resumable `Scanner`): SNI `host_name` and ALPN, across records and segments, capped at 64 KiB |
 //! | [`proxy_protocol`] | PROXY protocol: the shared types and `parse` dispatch; [`proxy_protocol::v1`] (text) and [`proxy_protocol::v2`] (binary, TLV walk, CRC32C) parsers; [`proxy_protocol::encode`] (v2 encoder) |
+//! | [`h2_settings`] | an HTTP/2 server's opening SETTINGS frame: `MAX_CONCURRENT_STREAMS` and `ENABLE_CONNECT_PROTOCOL`, for the backend pool |
 //! | [`dns`] | DNS-name normalisation shared by SNI parsing and route validation |
 //!
 //! Every parser is streaming: `Incomplete` (need more bytes) is distinct from an error (the
@@ -27,6 +28,7 @@
 
 pub mod client_hello;
 pub mod dns;
+pub mod h2_settings;
 pub mod proxy_protocol;
 
 #[cfg(any(test, feature = "test-support"))]

@@ -18,14 +18,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
+use super::body::ReqBody;
 use super::headers;
 use super::limits::{self, Limits, Violation};
+use super::pool::PoolError;
 use super::upstream::{Upstream, UpstreamError};
 use super::{InFlight, InFlightGuard};
 use crate::routes::RouteInfo;
@@ -113,9 +115,12 @@ impl RequestError {
             }
             RequestError::BadAuthority(_) => "bad request: unusable host\n",
             RequestError::Refused(v) => v.text(),
-            RequestError::Upstream(
-                UpstreamError::Timeout { .. } | UpstreamError::ResponseTimeout { .. },
-            ) => "gateway timeout: the backend did not answer in time\n",
+            RequestError::Upstream(e) if e.status() == StatusCode::GATEWAY_TIMEOUT => {
+                "gateway timeout: the backend did not answer in time\n"
+            }
+            RequestError::Upstream(UpstreamError::Pool(PoolError::Full { .. })) => {
+                "service unavailable: every backend connection is busy\n"
+            }
             RequestError::Upstream(_) | RequestError::Closed => {
                 "bad gateway: the backend is unreachable\n"
             }
@@ -133,8 +138,6 @@ pub struct Ctx {
     pub sni: Option<String>,
     /// The real client address (TCP peer or received PROXY source).
     pub client: SocketAddr,
-    /// Scheme of the backend request: `http` (h2c) or `https` (`backend_tls`).
-    pub scheme: Scheme,
     /// The backend connection.
     pub upstream: Upstream,
     /// Cancelled when the client connection ends.
@@ -231,19 +234,20 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<ProxyBody
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    // The neutral form the upstream rewrites for the backend connection's HTTP version.
     parts.uri = Uri::builder()
-        .scheme(ctx.scheme.clone())
+        .scheme(Scheme::HTTP)
         .authority(authority)
         .path_and_query(path)
         .build()
         .map_err(|e| RequestError::BadAuthority(e.to_string()))?;
-    parts.version = Version::HTTP_2;
-    // HTTP/2 carries the host in :authority; a Host header beside it would be redundant.
+    // The authority travels in the URI; the upstream writes `Host` back for HTTP/1.1.
     parts.headers.remove(header::HOST);
     headers::rewrite_request(&mut parts.headers, ctx.client.ip());
 
+    let req = Request::from_parts(parts, ReqBody::Client(body));
     let resp = tokio::select! {
-        res = ctx.upstream.send(Request::from_parts(parts, body)) => res?,
+        res = ctx.upstream.send(req, &ctx.route.stats.connect_duration) => res?,
         () = ctx.closed.cancelled() => return Err(RequestError::Closed),
     };
     let (mut parts, body) = resp.into_parts();

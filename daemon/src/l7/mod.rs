@@ -17,9 +17,12 @@
 //! period ends. No task outlives the client connection: the backend connection's driver and
 //! waiting requests watch a token cancelled when [`serve`] returns.
 
+pub mod body;
+pub mod connector;
 pub mod downstream;
 pub mod headers;
 pub mod limits;
+pub mod pool;
 pub mod upstream;
 
 use std::io;
@@ -30,7 +33,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::uri::Scheme;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -45,7 +47,8 @@ use mc_proxy_shared::CloseReason;
 use crate::io::Rewind;
 use crate::routes::RouteInfo;
 use crate::stats::Transferred;
-pub use upstream::BackendTls;
+pub use connector::BackendTls;
+pub use pool::Pool;
 
 /// Why an L7 connection ended before serving HTTP.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +128,7 @@ pub async fn serve(
     stream: TcpStream,
     peeked: Vec<u8>,
     session: Session,
-    backend_tls: &BackendTls,
+    pool: &Pool,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<L7End, L7Error> {
@@ -135,7 +138,6 @@ pub async fn serve(
     };
     let route = Arc::clone(&session.route);
     let config = Arc::clone(&session.tls);
-    let tls_client = route.route.backend_tls.then(|| backend_tls.config());
     let _ = stream.set_nodelay(true);
 
     let activity = Arc::new(Activity::new());
@@ -161,34 +163,42 @@ pub async fn serve(
     let in_flight = Arc::new(InFlight::new());
     let closed = CancellationToken::new();
     let _closed_on_return = closed.clone().drop_guard();
-    let scheme = if route.route.backend_tls {
-        Scheme::HTTPS
-    } else {
-        Scheme::HTTP
-    };
-    let ctx = Arc::new(downstream::Ctx {
-        upstream: upstream::Upstream::new(
-            Arc::clone(&route),
-            // A backend certificate is checked for the name the client asked for; without
-            // one, for the route's own name.
+    let target = connector::Target {
+        backend: route.route.backend.clone(),
+        protocol: route.route.backend_protocol,
+        // A backend certificate is checked for the name the client asked for; without one,
+        // for the route's own name.
+        tls: route.route.backend_tls.then(|| {
             session
                 .sni
                 .clone()
-                .unwrap_or_else(|| route.route.hostname.clone()),
-            session.client,
-            session.local,
+                .unwrap_or_else(|| route.route.hostname.clone())
+        }),
+        proxy: route
+            .route
+            .send_proxy_protocol
+            .then_some(connector::ProxyHeader {
+                client: session.client,
+                local: session.local,
+            }),
+    };
+    // A PROXY header names one client: such connections are this client connection's alone.
+    let backend = if target.proxy.is_some() {
+        pool.dedicated(target, closed.clone())
+    } else {
+        pool.target(&target)
+    };
+    let ctx = Arc::new(downstream::Ctx {
+        upstream: upstream::Upstream::new(
+            backend,
             upstream::Timeouts {
                 connect: session.connect_timeout,
                 response: session.response_timeout,
             },
-            tls_client,
-            closed.clone(),
-            executor.clone(),
         ),
         route,
         sni: session.sni,
         client: session.client,
-        scheme,
         closed,
         in_flight: Arc::clone(&in_flight),
         limits: session.limits,
@@ -203,8 +213,8 @@ pub async fn serve(
         .header_read_timeout(session.request_header_timeout);
     builder
         .http2()
-        .initial_stream_window_size(upstream::STREAM_WINDOW)
-        .initial_connection_window_size(upstream::CONNECTION_WINDOW);
+        .initial_stream_window_size(pool::STREAM_WINDOW)
+        .initial_connection_window_size(pool::CONNECTION_WINDOW);
     limits::configure(&mut builder, session.limits);
     // Boxed: hyper moves each request's future into a task of its own, and this future is
     // large (it carries the backend dial); a pointer is cheaper to move than kilobytes of

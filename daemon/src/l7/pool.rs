@@ -1,0 +1,822 @@
+//! Backend connections shared across client connections: one [`TargetPool`] per backend
+//! [`Target`] (address, protocol, TLS name, PROXY header).
+//!
+//! I/O: opens backend connections through [`connector::connect`] and does the HTTP handshake
+//! (HTTP/2 with prior knowledge or after ALPN, HTTP/1.1); each connection is driven by a task of
+//! the pool's own `TaskTracker`, which ends when the backend closes or the pool's token fires.
+//!
+//! How connections are shared:
+//! - HTTP/2: many streams per connection, up to the backend's `SETTINGS_MAX_CONCURRENT_STREAMS`
+//!   (read from its first SETTINGS frame, capped at [`MAX_STREAMS_PER_CONN`]). A request takes a
+//!   stream slot on the first connection with room, and another connection is opened only when
+//!   every one is full, so a long gRPC stream on a `MAX_CONCURRENT_STREAMS = 1` backend never
+//!   holds up the next request. One HTTP/2 dial at a time per target: a burst of first requests
+//!   waits for it rather than opening a connection each.
+//! - HTTP/1.1: one request at a time per connection. A connection goes back to the idle set
+//!   only after its response body was read to the end and neither side said
+//!   `Connection: close`; the idle set is LIFO (the warmest connection is reused, the coldest
+//!   ages out), bounded by `max_idle`, and a connection idle for `idle_timeout` is closed.
+//! - `auto`: the first connection's ALPN decides; until then dials are one at a time.
+//!
+//! Invariants: `max_connections` (open plus dialling) bounds every target; a request that finds
+//! the target full waits for a slot within `connect_timeout` and gets 503 after it. The pool
+//! lock is a `std::sync::Mutex` held only for list edits, never across an `.await`. Counters
+//! (open, idle, in use, opened, failed) are atomics read by the stats and `/metrics` at scrape
+//! time. A `send_proxy_protocol` route's connections carry one client's PROXY header, so they
+//! live in a [`TargetPool`] of that client connection (never in the shared map) and close with
+//! it.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::TokioIo;
+use mc_proxy_wire::h2_settings::{self, ServerSettings};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::body::ReqBody;
+use super::connector::{self, BackendStream, BackendTls, ConnectError, Target, Wire};
+
+/// Streams per HTTP/2 backend connection when the backend announces no limit (or a higher
+/// one): spreads a heavy load over a few connections instead of one huge one.
+pub const MAX_STREAMS_PER_CONN: u32 = 128;
+/// HTTP/2 flow-control windows: large enough that an 8 MiB gRPC message is not throttled to
+/// the 64 KiB default per round trip, small enough to bound what one stream can buffer.
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
+/// See [`STREAM_WINDOW`]; shared by every stream of the connection.
+pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// The pool settings of `[proxy]`.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Connections per target, open or being opened (`backend_max_connections`; 0: no cap).
+    pub max_connections: usize,
+    /// Idle HTTP/1.1 connections kept per target (`backend_max_idle`).
+    pub max_idle: usize,
+    /// An unused connection is closed after this long (`backend_idle_timeout`).
+    pub idle_timeout: Duration,
+}
+
+/// Why no backend connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Opening the byte stream failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The whole establishment (TCP, PROXY, TLS, HTTP handshake) took over `connect_timeout`.
+    #[error("connect to {backend} timed out after {after:?}")]
+    Timeout {
+        /// The backend address.
+        backend: String,
+        /// The configured `connect_timeout`.
+        after: Duration,
+    },
+    /// The HTTP handshake failed.
+    #[error("{version} handshake with {backend}: {source}")]
+    Handshake {
+        /// The backend address.
+        backend: String,
+        /// `HTTP/2` or `HTTP/1.1`.
+        version: &'static str,
+        /// What hyper said.
+        source: hyper::Error,
+    },
+    /// The backend's first bytes were not an HTTP/2 SETTINGS frame, or it closed before any.
+    #[error("HTTP/2 handshake with {backend}: {why}")]
+    NoSettings {
+        /// The backend address.
+        backend: String,
+        /// What came instead.
+        why: String,
+    },
+    /// Every connection to the target is busy, `max_connections` are open, and none freed up
+    /// within `connect_timeout`.
+    #[error("{backend}: all {max} backend connections busy for {after:?}")]
+    Full {
+        /// The backend address.
+        backend: String,
+        /// The cap.
+        max: usize,
+        /// How long the request waited.
+        after: Duration,
+    },
+    /// A dial another request made, and this one waited for, failed.
+    #[error("{0}")]
+    Shared(Arc<PoolError>),
+}
+
+impl PoolError {
+    /// Whether the client should hear 504 (the backend was too slow) rather than 502/503.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            PoolError::Timeout { .. } => true,
+            PoolError::Shared(e) => e.is_timeout(),
+            _ => false,
+        }
+    }
+
+    /// Whether the proxy's own cap, not the backend, refused the request (503).
+    pub fn is_full(&self) -> bool {
+        matches!(self, PoolError::Full { .. })
+    }
+}
+
+/// What the pool owns across targets.
+#[derive(Debug)]
+struct Common {
+    tls: BackendTls,
+    settings: PoolSettings,
+    /// Owns every backend connection's driver and hyper's per-stream tasks.
+    tasks: TaskTracker,
+}
+
+/// Every shared [`TargetPool`] of the daemon.
+#[derive(Debug)]
+pub struct Pool {
+    common: Arc<Common>,
+    targets: Mutex<HashMap<Target, Arc<TargetPool>>>,
+    /// Fires at the end of shutdown, once no client connection is left: every pooled
+    /// connection closes.
+    closed: CancellationToken,
+}
+
+impl Pool {
+    /// An empty pool; its connections' tasks go to `tasks`.
+    pub fn new(tls: BackendTls, settings: PoolSettings, tasks: TaskTracker) -> Self {
+        Pool {
+            common: Arc::new(Common {
+                tls,
+                settings,
+                tasks,
+            }),
+            targets: Mutex::new(HashMap::new()),
+            closed: CancellationToken::new(),
+        }
+    }
+
+    /// The shared pool of `target` (created on first use).
+    pub fn target(&self, target: &Target) -> Arc<TargetPool> {
+        let mut targets = lock(&self.targets);
+        if let Some(pool) = targets.get(target) {
+            return Arc::clone(pool);
+        }
+        let pool = Arc::new(TargetPool::new(
+            target.clone(),
+            Arc::clone(&self.common),
+            self.closed.child_token(),
+        ));
+        targets.insert(target.clone(), Arc::clone(&pool));
+        pool
+    }
+
+    /// A pool for one client connection's own use (`send_proxy_protocol`): not shared, and
+    /// its connections close when `closed` fires.
+    pub fn dedicated(&self, target: Target, closed: CancellationToken) -> Arc<TargetPool> {
+        Arc::new(TargetPool::new(target, Arc::clone(&self.common), closed))
+    }
+
+    /// Closes idle connections past `idle_timeout` and forgets targets with no connection
+    /// left (a wildcard route would otherwise keep one entry per SNI ever seen).
+    pub fn sweep(&self) {
+        let mut targets = lock(&self.targets);
+        for pool in targets.values() {
+            pool.sweep();
+        }
+        targets.retain(|_, pool| !pool.is_empty() || Arc::strong_count(pool) > 1);
+    }
+
+    /// Runs [`Pool::sweep`] every second until `shutdown`; then closes every connection.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.sweep(),
+                () = shutdown.cancelled() => break,
+            }
+        }
+    }
+
+    /// Closes every pooled connection (their drivers end; the tracker then empties).
+    pub fn close(&self) {
+        self.closed.cancel();
+        lock(&self.targets).clear();
+    }
+
+    /// The counters of every shared target, for stats and `/metrics`.
+    pub fn snapshot(&self) -> Vec<TargetSnapshot> {
+        let mut out: Vec<_> = lock(&self.targets)
+            .values()
+            .map(|pool| pool.snapshot())
+            .collect();
+        out.sort_by(|a, b| a.target.backend.cmp(&b.target.backend));
+        out
+    }
+}
+
+/// One target's figures at one moment.
+#[derive(Debug, Clone)]
+pub struct TargetSnapshot {
+    /// Which target.
+    pub target: Target,
+    /// Connections established and not yet closed.
+    pub open: u64,
+    /// Of those, carrying no request.
+    pub idle: u64,
+    /// Of those, carrying at least one request.
+    pub in_use: u64,
+    /// Requests (HTTP/2 streams) in flight.
+    pub streams: u64,
+    /// Connections opened since start.
+    pub opened: u64,
+    /// Dials that failed since start.
+    pub failed: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    open: AtomicU64,
+    opened: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// The connections of one target.
+#[derive(Debug)]
+pub struct TargetPool {
+    target: Target,
+    common: Arc<Common>,
+    closed: CancellationToken,
+    conns: Mutex<Conns>,
+    /// A stream slot or an idle connection became free, a dial finished, or a connection
+    /// closed: waiters look again.
+    changed: Notify,
+    counters: Counters,
+    /// The clock idle times are measured on (milliseconds since).
+    epoch: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Conns {
+    h2: Vec<Arc<H2Conn>>,
+    /// Idle HTTP/1.1 connections, the most recently used last.
+    idle: Vec<IdleH1>,
+    dialing: usize,
+    /// What the target speaks, once known (fixed by the protocol, or learned by `auto`).
+    wire: Option<Wire>,
+    /// The last dial failure and its generation, for requests that waited on that dial.
+    generation: u64,
+    failure: Option<(u64, Arc<PoolError>)>,
+}
+
+#[derive(Debug)]
+struct H2Conn {
+    sender: http2::SendRequest<ReqBody>,
+    max_streams: u32,
+    active: AtomicU32,
+    /// When `active` last dropped to zero (ms since the pool's epoch).
+    idle_since_ms: AtomicU64,
+    /// Whether the backend allows extended CONNECT (RFC 8441).
+    connect_protocol: bool,
+}
+
+#[derive(Debug)]
+struct IdleH1 {
+    sender: http1::SendRequest<ReqBody>,
+    since: Instant,
+}
+
+/// A connection (or a stream on one) held for one request.
+#[derive(Debug)]
+pub enum Lease {
+    /// A stream slot on an HTTP/2 connection.
+    H2 {
+        /// A handle to send on.
+        sender: http2::SendRequest<ReqBody>,
+        /// Frees the slot when dropped: keep it until the response body is done.
+        slot: StreamSlot,
+    },
+    /// An HTTP/1.1 connection, ready for a request.
+    Http1(H1Lease),
+}
+
+impl Lease {
+    /// The HTTP version the request must be written in.
+    pub fn wire(&self) -> Wire {
+        match self {
+            Lease::H2 { .. } => Wire::H2,
+            Lease::Http1(_) => Wire::Http1,
+        }
+    }
+}
+
+/// An HTTP/1.1 connection taken from the pool; [`H1Lease::finish`] hands it back.
+#[derive(Debug)]
+pub struct H1Lease {
+    /// The connection.
+    pub sender: http1::SendRequest<ReqBody>,
+    home: Arc<TargetPool>,
+}
+
+impl H1Lease {
+    /// Returns the connection to its pool after a response body read to the end with
+    /// keep-alive on both sides; otherwise drops it (hyper closes it).
+    pub fn finish(self, reusable: bool) {
+        if reusable && !self.sender.is_closed() {
+            self.home.put_idle(self.sender);
+        }
+    }
+}
+
+/// One HTTP/2 stream slot held by a request; dropping it frees the slot.
+#[derive(Debug)]
+pub struct StreamSlot {
+    conn: Arc<H2Conn>,
+    home: Arc<TargetPool>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if self.conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let now = self.home.epoch.elapsed().as_millis() as u64;
+            self.conn.idle_since_ms.store(now, Ordering::Relaxed);
+        }
+        self.home.changed.notify_waiters();
+    }
+}
+
+impl TargetPool {
+    fn new(target: Target, common: Arc<Common>, closed: CancellationToken) -> Self {
+        let wire = target.fixed_wire();
+        TargetPool {
+            target,
+            common,
+            closed,
+            conns: Mutex::new(Conns {
+                wire,
+                ..Conns::default()
+            }),
+            changed: Notify::new(),
+            counters: Counters::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The target these connections go to.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// A connection (HTTP/1.1) or stream slot (HTTP/2) for one request: reused when one is
+    /// free, dialled when the target has room, else waited for. All of it within
+    /// `connect_timeout`. Returns the lease and, when this request dialled, how long the dial
+    /// took (for the route's connect-time histogram).
+    pub async fn checkout(
+        self: &Arc<Self>,
+        connect_timeout: Duration,
+    ) -> Result<(Lease, Option<Duration>), PoolError> {
+        let deadline = Instant::now() + connect_timeout;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let waited_for = {
+                let mut conns = lock(&self.conns);
+                if let Some(lease) = self.reuse(&mut conns) {
+                    return Ok((lease, None));
+                }
+                let cap = self.common.settings.max_connections;
+                let open = self.counters.open.load(Ordering::Acquire) as usize;
+                let one_dial_at_a_time = conns.wire != Some(Wire::Http1);
+                let room = cap == 0 || open + conns.dialing < cap;
+                if room && !(one_dial_at_a_time && conns.dialing > 0) {
+                    conns.dialing += 1;
+                    None
+                } else {
+                    Some(conns.generation)
+                }
+            };
+            let Some(generation) = waited_for else {
+                return self.dial_new(deadline, connect_timeout).await;
+            };
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                let conns = lock(&self.conns);
+                if let Some((g, e)) = &conns.failure
+                    && *g > generation
+                {
+                    return Err(PoolError::Shared(Arc::clone(e)));
+                }
+                return Err(if conns.dialing > 0 {
+                    PoolError::Timeout {
+                        backend: self.target.backend.clone(),
+                        after: connect_timeout,
+                    }
+                } else {
+                    PoolError::Full {
+                        backend: self.target.backend.clone(),
+                        max: self.common.settings.max_connections,
+                        after: connect_timeout,
+                    }
+                });
+            }
+            // A dial this request waited for failed: it shares that answer rather than
+            // dialling the dead backend again (a burst of N requests would take N dials).
+            let conns = lock(&self.conns);
+            if let Some((g, e)) = &conns.failure
+                && *g > generation
+                && conns.dialing == 0
+                && conns.h2.is_empty()
+                && conns.idle.is_empty()
+            {
+                return Err(PoolError::Shared(Arc::clone(e)));
+            }
+        }
+    }
+
+    /// A free slot on an open HTTP/2 connection, or an idle HTTP/1.1 connection.
+    fn reuse(self: &Arc<Self>, conns: &mut Conns) -> Option<Lease> {
+        // hyper marks a connection closed once its dispatcher ended: the backend closed it,
+        // or sent GOAWAY (its open streams still finish on hyper's connection task).
+        conns.h2.retain(|c| !c.sender.is_closed());
+        for conn in &conns.h2 {
+            let active = conn.active.load(Ordering::Acquire);
+            if active < conn.max_streams && conn.sender.is_ready() {
+                conn.active.fetch_add(1, Ordering::AcqRel);
+                return Some(Lease::H2 {
+                    sender: conn.sender.clone(),
+                    slot: StreamSlot {
+                        conn: Arc::clone(conn),
+                        home: Arc::clone(self),
+                    },
+                });
+            }
+        }
+        let idle_timeout = self.common.settings.idle_timeout;
+        while let Some(idle) = conns.idle.pop() {
+            if idle.since.elapsed() < idle_timeout && !idle.sender.is_closed() {
+                return Some(Lease::Http1(H1Lease {
+                    sender: idle.sender,
+                    home: Arc::clone(self),
+                }));
+            }
+        }
+        None
+    }
+
+    /// Opens a connection for the caller, who took a `dialing` place.
+    async fn dial_new(
+        self: &Arc<Self>,
+        deadline: Instant,
+        connect_timeout: Duration,
+    ) -> Result<(Lease, Option<Duration>), PoolError> {
+        let started = Instant::now();
+        // Boxed: the dial's state (TLS, handshakes) is large and rare; requests that reuse a
+        // connection should not carry it.
+        let res = match tokio::time::timeout_at(deadline, Box::pin(self.open())).await {
+            Ok(res) => res,
+            Err(_) => Err(PoolError::Timeout {
+                backend: self.target.backend.clone(),
+                after: connect_timeout,
+            }),
+        };
+        let mut conns = lock(&self.conns);
+        conns.dialing -= 1;
+        conns.generation += 1;
+        let res = match res {
+            Ok(Opened::H2(conn)) => {
+                conns.wire = Some(Wire::H2);
+                conn.active.store(1, Ordering::Release);
+                conns.h2.push(Arc::clone(&conn));
+                Ok(Lease::H2 {
+                    sender: conn.sender.clone(),
+                    slot: StreamSlot {
+                        conn,
+                        home: Arc::clone(self),
+                    },
+                })
+            }
+            Ok(Opened::Http1(sender)) => {
+                conns.wire = Some(Wire::Http1);
+                Ok(Lease::Http1(H1Lease {
+                    sender,
+                    home: Arc::clone(self),
+                }))
+            }
+            Err(e) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                let e = Arc::new(e);
+                conns.failure = Some((conns.generation, Arc::clone(&e)));
+                Err(PoolError::Shared(e))
+            }
+        };
+        drop(conns);
+        // Waiters: a new connection with free slots, or a failure to share.
+        self.changed.notify_waiters();
+        res.map(|lease| (lease, Some(started.elapsed())))
+    }
+
+    async fn open(self: &Arc<Self>) -> Result<Opened, PoolError> {
+        let (stream, wire) = connector::connect(&self.target, &self.common.tls).await?;
+        let span = tracing::debug_span!("backend", backend = %self.target.backend);
+        match wire {
+            Wire::H2 => self.handshake_h2(stream, span).await.map(Opened::H2),
+            Wire::Http1 => self.handshake_h1(stream, span).await.map(Opened::Http1),
+        }
+    }
+
+    /// HTTP/2 with prior knowledge (or after ALPN `h2`). Done only once the backend's SETTINGS
+    /// arrived: hyper's handshake returns as soon as our preface is queued, so a backend that
+    /// accepts TCP and stays silent would otherwise pass (RFC 9113 §3.4: its first frame is
+    /// SETTINGS).
+    async fn handshake_h2(
+        self: &Arc<Self>,
+        stream: BackendStream,
+        span: tracing::Span,
+    ) -> Result<Arc<H2Conn>, PoolError> {
+        let (io, settings) = SettingsWatch::new(stream);
+        let executor = PoolExecutor {
+            tasks: self.common.tasks.clone(),
+            span: span.clone(),
+        };
+        let (sender, conn) = http2::Builder::new(executor)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| PoolError::Handshake {
+                backend: self.target.backend.clone(),
+                version: "HTTP/2",
+                source,
+            })?;
+        self.spawn_driver(conn, span);
+        let settings: ServerSettings = match settings.await {
+            Ok(Ok(settings)) => settings,
+            Ok(Err(why)) => {
+                return Err(PoolError::NoSettings {
+                    backend: self.target.backend.clone(),
+                    why,
+                });
+            }
+            Err(_) => {
+                return Err(PoolError::NoSettings {
+                    backend: self.target.backend.clone(),
+                    why: "the backend closed without sending SETTINGS".into(),
+                });
+            }
+        };
+        let max_streams = settings
+            .max_concurrent_streams
+            .unwrap_or(MAX_STREAMS_PER_CONN)
+            .clamp(1, MAX_STREAMS_PER_CONN);
+        let conn = Arc::new(H2Conn {
+            sender,
+            max_streams,
+            active: AtomicU32::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            connect_protocol: settings.enable_connect_protocol,
+        });
+        Ok(conn)
+    }
+
+    async fn handshake_h1(
+        self: &Arc<Self>,
+        stream: BackendStream,
+        span: tracing::Span,
+    ) -> Result<http1::SendRequest<ReqBody>, PoolError> {
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| PoolError::Handshake {
+                backend: self.target.backend.clone(),
+                version: "HTTP/1.1",
+                source,
+            })?;
+        self.spawn_driver(conn, span);
+        Ok(sender)
+    }
+
+    /// Drives a backend connection until it ends or the pool closes; counts it open meanwhile.
+    fn spawn_driver<C, E>(self: &Arc<Self>, conn: C, span: tracing::Span)
+    where
+        C: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.counters.open.fetch_add(1, Ordering::AcqRel);
+        self.counters.opened.fetch_add(1, Ordering::Relaxed);
+        let home = Arc::clone(self);
+        let closed = self.closed.clone();
+        let driver = async move {
+            tokio::select! {
+                res = conn => match res {
+                    Ok(()) => tracing::debug!("backend connection closed"),
+                    Err(e) => tracing::debug!("backend connection ended: {e}"),
+                },
+                () = closed.cancelled() => {}
+            }
+            home.counters.open.fetch_sub(1, Ordering::AcqRel);
+            // A closed connection frees a place under the cap.
+            home.changed.notify_waiters();
+        };
+        self.common.tasks.spawn(driver.instrument(span));
+    }
+
+    fn put_idle(&self, sender: http1::SendRequest<ReqBody>) {
+        let mut conns = lock(&self.conns);
+        conns.idle.push(IdleH1 {
+            sender,
+            since: Instant::now(),
+        });
+        let max_idle = self.common.settings.max_idle;
+        if conns.idle.len() > max_idle {
+            // The coldest goes: dropping its sender closes it.
+            let excess = conns.idle.len() - max_idle;
+            conns.idle.drain(..excess);
+        }
+        drop(conns);
+        self.changed.notify_waiters();
+    }
+
+    /// Closes connections idle for `idle_timeout`.
+    fn sweep(&self) {
+        let idle_timeout = self.common.settings.idle_timeout;
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let limit_ms = idle_timeout.as_millis() as u64;
+        let mut conns = lock(&self.conns);
+        conns
+            .idle
+            .retain(|c| c.since.elapsed() < idle_timeout && !c.sender.is_closed());
+        conns.h2.retain(|c| {
+            let unused = c.active.load(Ordering::Acquire) == 0
+                && now_ms.saturating_sub(c.idle_since_ms.load(Ordering::Relaxed)) >= limit_ms;
+            !unused && !c.sender.is_closed()
+        });
+    }
+
+    fn is_empty(&self) -> bool {
+        let conns = lock(&self.conns);
+        conns.h2.is_empty()
+            && conns.idle.is_empty()
+            && conns.dialing == 0
+            && self.counters.open.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether an open HTTP/2 connection of this target allows extended CONNECT (RFC 8441).
+    pub fn h2_connect_protocol(&self) -> Option<bool> {
+        let conns = lock(&self.conns);
+        conns.h2.first().map(|c| c.connect_protocol)
+    }
+
+    /// This target's figures.
+    pub fn snapshot(&self) -> TargetSnapshot {
+        let conns = lock(&self.conns);
+        let open = self.counters.open.load(Ordering::Relaxed);
+        let mut streams = 0;
+        let mut busy_h2 = 0;
+        for c in &conns.h2 {
+            let active = u64::from(c.active.load(Ordering::Relaxed));
+            streams += active;
+            busy_h2 += u64::from(active > 0);
+        }
+        let idle_h2 = conns.h2.len() as u64 - busy_h2;
+        let idle = idle_h2 + conns.idle.len() as u64;
+        TargetSnapshot {
+            target: self.target.clone(),
+            open,
+            idle: idle.min(open),
+            in_use: open.saturating_sub(idle),
+            streams,
+            opened: self.counters.opened.load(Ordering::Relaxed),
+            failed: self.counters.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+enum Opened {
+    H2(Arc<H2Conn>),
+    Http1(http1::SendRequest<ReqBody>),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code panics while holding a pool lock; if one did, the lists are still consistent
+    // (every edit is a single push/retain/pop).
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// hyper's executor for pooled connections: their tasks belong to the pool, not to a client
+/// connection, and log in the backend's span.
+#[derive(Debug, Clone)]
+struct PoolExecutor {
+    tasks: TaskTracker,
+    span: tracing::Span,
+}
+
+impl<F> hyper::rt::Executor<F> for PoolExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.tasks.spawn(fut.instrument(self.span.clone()));
+    }
+}
+
+/// A backend stream that hands the bytes it reads first to [`h2_settings::parse`] and
+/// reports, once, what the backend's opening SETTINGS frame said (or why there was none).
+struct SettingsWatch<T> {
+    inner: T,
+    seen: Vec<u8>,
+    report: Option<oneshot::Sender<Result<ServerSettings, String>>>,
+}
+
+impl<T> SettingsWatch<T> {
+    fn new(inner: T) -> (Self, oneshot::Receiver<Result<ServerSettings, String>>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            SettingsWatch {
+                inner,
+                seen: Vec::new(),
+                report: Some(tx),
+            },
+            rx,
+        )
+    }
+
+    fn watch(&mut self, fresh: &[u8]) {
+        let Some(report) = self.report.take() else {
+            return;
+        };
+        let answer = if self.seen.is_empty() {
+            h2_settings::parse(fresh)
+        } else {
+            self.seen.extend_from_slice(fresh);
+            h2_settings::parse(&self.seen)
+        };
+        let result = match answer {
+            Ok(h2_settings::Parsed::Incomplete) => {
+                if self.seen.is_empty() {
+                    self.seen.extend_from_slice(fresh);
+                }
+                self.report = Some(report);
+                return;
+            }
+            Ok(h2_settings::Parsed::Complete { settings, .. }) => Ok(settings),
+            Err(e) => Err(e.to_string()),
+        };
+        self.seen = Vec::new();
+        let _ = report.send(result);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SettingsWatch<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.report.is_some() && buf.filled().len() > before {
+            let fresh = buf.filled()[before..].to_vec();
+            self.watch(&fresh);
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SettingsWatch<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
