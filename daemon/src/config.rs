@@ -289,6 +289,8 @@ struct FileRoute {
     backend_tls: bool,
     #[serde(default)]
     send_proxy_protocol: bool,
+    #[serde(default)]
+    backend_protocol: String,
 }
 
 /// `"10s"`, `"5m"`, `"1h 30m"`, `"250ms"`: humantime's syntax.
@@ -449,7 +451,7 @@ impl FileConfig {
                     tls_key: fr.tls_key,
                     backend_tls: fr.backend_tls,
                     send_proxy_protocol: fr.send_proxy_protocol,
-                    backend_protocol: Default::default(),
+                    backend_protocol: fr.backend_protocol.parse().unwrap_or_default(),
                 };
                 match validate_route(&route) {
                     Ok(valid) => {

@@ -88,6 +88,7 @@ pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: Can
                 idle_timeout: state.proxy.backend_idle_timeout,
             },
             pool_tasks.clone(),
+            Arc::clone(&state.backends),
         ),
         state,
         shutdown: shutdown.clone(),

@@ -215,6 +215,8 @@ pub struct State {
     pub events: EventBus,
     /// Open routed connections, for `ListConnections`.
     pub connections: crate::conns::Registry,
+    /// The L7 backend connection pool's counters, per backend.
+    pub backends: Arc<crate::stats::BackendRegistry>,
     firewall: ArcSwap<Firewall>,
     /// Counters per (listener id, hostname), kept across route table swaps. Locked only while
     /// building a table, never on the data path.
@@ -238,6 +240,7 @@ impl State {
             listeners,
             events: EventBus::default(),
             connections: crate::conns::Registry::default(),
+            backends: Arc::default(),
             firewall: ArcSwap::from_pointee(firewall),
             route_stats: Mutex::new(route_stats),
         }

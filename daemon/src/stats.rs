@@ -277,3 +277,98 @@ mod tests {
         assert_eq!((snap.active, snap.total), (0, 2));
     }
 }
+
+/// Names a backend in the connection-pool figures: its address, the protocol routes ask for
+/// and whether TLS is spoken. The TLS server name and a PROXY header's client are left out, so
+/// one backend reached under many SNIs (a wildcard route) or by many `send_proxy_protocol`
+/// clients is one line, not thousands.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    /// `host:port` as routes name it.
+    pub backend: String,
+    /// `h2`, `http1` or `auto`.
+    pub protocol: mc_proxy_shared::BackendProtocol,
+    /// TLS to the backend.
+    pub tls: bool,
+}
+
+/// The L7 backend connection pool's counters for one [`BackendKey`]. Gauges move both ways;
+/// `opened` and `failed` only grow.
+#[derive(Debug, Default)]
+pub struct BackendCounters {
+    /// Connections established and not yet closed.
+    pub open: AtomicU64,
+    /// Of those, carrying at least one request.
+    pub in_use: AtomicU64,
+    /// Requests in flight (HTTP/2 streams, or HTTP/1.1 requests).
+    pub requests: AtomicU64,
+    /// Connections opened since start.
+    pub opened: AtomicU64,
+    /// Connection attempts that failed since start.
+    pub failed: AtomicU64,
+}
+
+/// A plain copy of one backend's pool counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSnapshot {
+    /// Which backend.
+    pub key: BackendKey,
+    /// See [`BackendCounters::open`].
+    pub open: u64,
+    /// Open connections carrying no request.
+    pub idle: u64,
+    /// See [`BackendCounters::in_use`].
+    pub in_use: u64,
+    /// See [`BackendCounters::requests`].
+    pub requests: u64,
+    /// See [`BackendCounters::opened`].
+    pub opened: u64,
+    /// See [`BackendCounters::failed`].
+    pub failed: u64,
+}
+
+/// Every backend's pool counters, created on first use and kept for the daemon's life (one
+/// entry per distinct backend of the routes, a small set). Locked only to find or list
+/// entries, never while a counter moves.
+#[derive(Debug, Default)]
+pub struct BackendRegistry {
+    entries:
+        std::sync::Mutex<std::collections::HashMap<BackendKey, std::sync::Arc<BackendCounters>>>,
+}
+
+impl BackendRegistry {
+    /// The counters of `key`.
+    pub fn counters(&self, key: BackendKey) -> std::sync::Arc<BackendCounters> {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        std::sync::Arc::clone(entries.entry(key).or_default())
+    }
+
+    /// Every backend's figures, ordered by backend, protocol, TLS.
+    pub fn snapshot(&self) -> Vec<BackendSnapshot> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut out: Vec<_> = entries
+            .iter()
+            .map(|(key, c)| {
+                let open = c.open.load(Ordering::Relaxed);
+                let in_use = c.in_use.load(Ordering::Relaxed).min(open);
+                BackendSnapshot {
+                    key: key.clone(),
+                    open,
+                    idle: open - in_use,
+                    in_use,
+                    requests: c.requests.load(Ordering::Relaxed),
+                    opened: c.opened.load(Ordering::Relaxed),
+                    failed: c.failed.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+}

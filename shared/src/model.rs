@@ -63,7 +63,9 @@ impl FromStr for Mode {
 /// knowledge (h2c), with TLS HTTP/2 negotiated by ALPN `h2`; `http1` is HTTP/1.1 either way
 /// (ALPN `http/1.1` over TLS); `auto` offers ALPN `h2,http/1.1` and speaks what the backend
 /// picks, so it needs `backend_tls`. Meaningless on L4 routes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 pub enum BackendProtocol {
     /// HTTP/2: h2c with prior knowledge, or h2 over TLS. The default, as before the key
     /// existed.

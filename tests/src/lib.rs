@@ -566,6 +566,7 @@ struct RouteSpec {
     cert: Option<(String, String)>,
     backend_tls: bool,
     send_proxy: bool,
+    backend_protocol: Option<&'static str>,
 }
 
 impl Default for ProxyBuilder {
@@ -635,6 +636,7 @@ impl ProxyBuilder {
             cert: None,
             backend_tls: false,
             send_proxy: false,
+            backend_protocol: None,
         });
         self
     }
@@ -665,6 +667,24 @@ impl ProxyBuilder {
     pub fn backend_tls(mut self) -> Self {
         self.last_route().backend_tls = true;
         self
+    }
+
+    /// The route speaks `protocol` (`h2`, `http1`, `auto`) to its backend.
+    pub fn backend_protocol(mut self, protocol: &'static str) -> Self {
+        self.last_route().backend_protocol = Some(protocol);
+        self
+    }
+
+    /// `[proxy] backend_max_connections`.
+    pub fn backend_max_connections(mut self, value: usize) -> Self {
+        self.proxy
+            .push(format!("backend_max_connections = {value}"));
+        self
+    }
+
+    /// `[proxy] backend_idle_timeout`.
+    pub fn backend_idle_timeout(self, value: Duration) -> Self {
+        self.duration("backend_idle_timeout", value)
     }
 
     /// The route sends a PROXY v2 header to its backend.
@@ -797,6 +817,9 @@ impl ProxyBuilder {
                 }
                 if route.send_proxy {
                     writeln!(out, "send_proxy_protocol = true").unwrap();
+                }
+                if let Some(protocol) = route.backend_protocol {
+                    writeln!(out, "backend_protocol = {protocol:?}").unwrap();
                 }
             }
         }

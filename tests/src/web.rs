@@ -11,6 +11,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -58,6 +59,8 @@ pub struct H2Backend {
     pub raw: Arc<Mutex<Vec<Tape>>>,
     /// Lets the `/sse` stream send its second event.
     pub release: Arc<Notify>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -76,6 +79,11 @@ pub struct H2Options<'a> {
     pub listener: Option<std::net::TcpListener>,
     /// Do not keep the raw bytes of h2c connections (for transfers too large to keep).
     pub unrecorded: bool,
+    /// Announce this `SETTINGS_MAX_CONCURRENT_STREAMS` (hyper's default otherwise: 200).
+    pub max_concurrent_streams: Option<u32>,
+    /// Each connection sends GOAWAY (graceful: its open streams finish) once it has received
+    /// this many requests.
+    pub goaway_after: Option<usize>,
 }
 
 impl H2Backend {
@@ -110,7 +118,13 @@ impl H2Backend {
         let release = Arc::new(Notify::new());
         let proxied = opts.proxied;
         let unrecorded = opts.unrecorded;
+        let h2 = H2Settings {
+            max_concurrent_streams: opts.max_concurrent_streams,
+            goaway_after: opts.goaway_after,
+        };
+        let connections = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn({
+            let accepted = Arc::clone(&connections);
             let (seen, headers, raw, release) = (
                 Arc::clone(&seen),
                 Arc::clone(&headers),
@@ -123,6 +137,7 @@ impl H2Backend {
                     let Ok((mut tcp, _)) = listener.accept().await else {
                         return;
                     };
+                    accepted.fetch_add(1, Ordering::SeqCst);
                     let (acceptor, seen, headers, raw, release) = (
                         acceptor.clone(),
                         Arc::clone(&seen),
@@ -147,13 +162,13 @@ impl H2Backend {
                                 let Ok(tls) = acceptor.accept(stream).await else {
                                     return;
                                 };
-                                serve_h2(tls, seen, release).await;
+                                serve_h2(tls, seen, release, h2).await;
                             }
-                            None if unrecorded => serve_h2(stream, seen, release).await,
+                            None if unrecorded => serve_h2(stream, seen, release, h2).await,
                             None => {
                                 let recorded = crate::Recorded::new(stream);
                                 raw.lock().unwrap().push(Arc::clone(&recorded.reads));
-                                serve_h2(recorded, seen, release).await;
+                                serve_h2(recorded, seen, release, h2).await;
                             }
                         }
                     });
@@ -166,6 +181,7 @@ impl H2Backend {
             headers,
             raw,
             release,
+            connections,
             task,
         }
     }
@@ -188,20 +204,233 @@ impl Drop for H2Backend {
     }
 }
 
-async fn serve_h2<S>(io: S, seen: Arc<Mutex<Vec<Seen>>>, release: Arc<Notify>)
+#[derive(Clone, Copy)]
+struct H2Settings {
+    max_concurrent_streams: Option<u32>,
+    goaway_after: Option<usize>,
+}
+
+async fn serve_h2<S>(io: S, seen: Arc<Mutex<Vec<Seen>>>, release: Arc<Notify>, opts: H2Settings)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req: Request<Incoming>| {
-        let (seen, release) = (Arc::clone(&seen), Arc::clone(&release));
-        async move { Ok::<_, Infallible>(echo(req, seen, release).await) }
+    let received = Arc::new(AtomicUsize::new(0));
+    let enough = Arc::new(Notify::new());
+    let service = service_fn({
+        let (received, enough) = (Arc::clone(&received), Arc::clone(&enough));
+        move |req: Request<Incoming>| {
+            let (seen, release) = (Arc::clone(&seen), Arc::clone(&release));
+            let n = received.fetch_add(1, Ordering::SeqCst) + 1;
+            if opts.goaway_after == Some(n) {
+                enough.notify_one();
+            }
+            async move { Ok::<_, Infallible>(echo(req, seen, release).await) }
+        }
     });
     // A backend that accepts any head the proxy forwards (hyper's default is 16 KiB), so the
     // proxy's own limit is what the tests see.
-    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .max_header_list_size(1024 * 1024)
-        .serve_connection(TokioIo::new(io), service)
-        .await;
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.max_header_list_size(1024 * 1024);
+    if let Some(max) = opts.max_concurrent_streams {
+        builder.max_concurrent_streams(max);
+    }
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = enough.notified() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
+}
+
+/// An HTTP/1.1-only echo backend (the same answers as [`H2Backend`]), counting connections.
+pub struct H1Backend {
+    pub addr: SocketAddr,
+    /// Every request received, in arrival order.
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// PROXY headers received (`proxied` backends), one per connection.
+    pub headers: Arc<Mutex<Vec<proxyproto::Header>>>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
+    /// Connections open now.
+    pub open: Arc<AtomicUsize>,
+    /// Lets the `/sse` stream send its second event.
+    pub release: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+/// How an [`H1Backend`] behaves.
+#[derive(Default)]
+pub struct H1Options<'a> {
+    /// Serve TLS (ALPN http/1.1) with a certificate for these names from this PKI.
+    pub tls: Option<(&'a Pki, &'a [&'a str])>,
+    /// Read a PROXY header first.
+    pub proxied: bool,
+    /// Close a connection that carried no request for this long, as Node.js (5 s) and
+    /// Apache do: the socket just closes, no `Connection: close` was announced.
+    pub idle_close: Option<Duration>,
+    /// Answer every request with `Connection: close` and close.
+    pub no_keepalive: bool,
+}
+
+impl H1Backend {
+    pub async fn start() -> H1Backend {
+        H1Backend::start_with(H1Options::default()).await
+    }
+
+    pub async fn start_with(opts: H1Options<'_>) -> H1Backend {
+        let acceptor = opts.tls.map(|(pki, names)| {
+            let (chain, key) = pki.issue(names);
+            let mut config = rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .unwrap();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            TlsAcceptor::from(Arc::new(config))
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let headers: Arc<Mutex<Vec<proxyproto::Header>>> = Arc::default();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(Notify::new());
+        let (proxied, idle_close, keepalive) = (opts.proxied, opts.idle_close, !opts.no_keepalive);
+        let task = tokio::spawn({
+            let (seen, headers, connections, open, release) = (
+                Arc::clone(&seen),
+                Arc::clone(&headers),
+                Arc::clone(&connections),
+                Arc::clone(&open),
+                Arc::clone(&release),
+            );
+            async move {
+                let mut conns = tokio::task::JoinSet::new();
+                loop {
+                    let Ok((mut tcp, _)) = listener.accept().await else {
+                        return;
+                    };
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    let (acceptor, seen, headers, open, release) = (
+                        acceptor.clone(),
+                        Arc::clone(&seen),
+                        Arc::clone(&headers),
+                        Arc::clone(&open),
+                        Arc::clone(&release),
+                    );
+                    conns.spawn(async move {
+                        open.fetch_add(1, Ordering::SeqCst);
+                        let _open = Decrement(open);
+                        let mut early = Vec::new();
+                        if proxied {
+                            let Ok((header, rest)) =
+                                proxyproto::read_header(&mut tcp, Duration::from_secs(5)).await
+                            else {
+                                return;
+                            };
+                            headers.lock().unwrap().push(header);
+                            early = rest;
+                        }
+                        let stream = Rewind::new(early, tcp);
+                        match acceptor {
+                            Some(acceptor) => {
+                                let Ok(tls) = acceptor.accept(stream).await else {
+                                    return;
+                                };
+                                serve_h1(tls, seen, release, idle_close, keepalive).await;
+                            }
+                            None => serve_h1(stream, seen, release, idle_close, keepalive).await,
+                        }
+                    });
+                }
+            }
+        });
+        H1Backend {
+            addr,
+            seen,
+            headers,
+            connections,
+            open,
+            release,
+            task,
+        }
+    }
+
+    /// The `i`-th request received.
+    pub fn seen(&self, i: usize) -> Seen {
+        self.seen.lock().unwrap()[i].clone()
+    }
+
+    /// How many requests arrived.
+    pub fn requests(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+impl Drop for H1Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Decrement(Arc<AtomicUsize>);
+
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn serve_h1<S>(
+    io: S,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<Notify>,
+    idle_close: Option<Duration>,
+    keepalive: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Requests in flight and when the last one ended: what the idle close watches.
+    let busy = Arc::new(AtomicUsize::new(0));
+    let last = Arc::new(Mutex::new(tokio::time::Instant::now()));
+    let service = service_fn({
+        let (busy, last) = (Arc::clone(&busy), Arc::clone(&last));
+        move |req: Request<Incoming>| {
+            let (seen, release) = (Arc::clone(&seen), Arc::clone(&release));
+            let (busy, last) = (Arc::clone(&busy), Arc::clone(&last));
+            busy.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let resp = echo(req, seen, release).await;
+                *last.lock().unwrap() = tokio::time::Instant::now();
+                busy.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, Infallible>(resp)
+            }
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(keepalive)
+        .max_buf_size(1024 * 1024)
+        .serve_connection(TokioIo::new(io), service);
+    let Some(idle) = idle_close else {
+        let _ = conn.await;
+        return;
+    };
+    tokio::pin!(conn);
+    loop {
+        let deadline = *last.lock().unwrap() + idle;
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = tokio::time::sleep_until(deadline) => {
+                let quiet = *last.lock().unwrap() + idle <= tokio::time::Instant::now();
+                if quiet && busy.load(Ordering::SeqCst) == 0 {
+                    // Dropping the connection closes the socket, unannounced.
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn echo(

@@ -45,6 +45,7 @@ use tracing::Instrument;
 
 use super::body::ReqBody;
 use super::connector::{self, BackendStream, BackendTls, ConnectError, Target, Wire};
+use crate::stats::{BackendCounters, BackendKey, BackendRegistry};
 
 /// Streams per HTTP/2 backend connection when the backend announces no limit (or a higher
 /// one): spreads a heavy load over a few connections instead of one huge one.
@@ -137,6 +138,8 @@ struct Common {
     settings: PoolSettings,
     /// Owns every backend connection's driver and hyper's per-stream tasks.
     tasks: TaskTracker,
+    /// Where each backend's counters live (the daemon's `State`).
+    stats: Arc<BackendRegistry>,
 }
 
 /// Every shared [`TargetPool`] of the daemon.
@@ -151,12 +154,18 @@ pub struct Pool {
 
 impl Pool {
     /// An empty pool; its connections' tasks go to `tasks`.
-    pub fn new(tls: BackendTls, settings: PoolSettings, tasks: TaskTracker) -> Self {
+    pub fn new(
+        tls: BackendTls,
+        settings: PoolSettings,
+        tasks: TaskTracker,
+        stats: Arc<BackendRegistry>,
+    ) -> Self {
         Pool {
             common: Arc::new(Common {
                 tls,
                 settings,
                 tasks,
+                stats,
             }),
             targets: Mutex::new(HashMap::new()),
             closed: CancellationToken::new(),
@@ -211,42 +220,6 @@ impl Pool {
         self.closed.cancel();
         lock(&self.targets).clear();
     }
-
-    /// The counters of every shared target, for stats and `/metrics`.
-    pub fn snapshot(&self) -> Vec<TargetSnapshot> {
-        let mut out: Vec<_> = lock(&self.targets)
-            .values()
-            .map(|pool| pool.snapshot())
-            .collect();
-        out.sort_by(|a, b| a.target.backend.cmp(&b.target.backend));
-        out
-    }
-}
-
-/// One target's figures at one moment.
-#[derive(Debug, Clone)]
-pub struct TargetSnapshot {
-    /// Which target.
-    pub target: Target,
-    /// Connections established and not yet closed.
-    pub open: u64,
-    /// Of those, carrying no request.
-    pub idle: u64,
-    /// Of those, carrying at least one request.
-    pub in_use: u64,
-    /// Requests (HTTP/2 streams) in flight.
-    pub streams: u64,
-    /// Connections opened since start.
-    pub opened: u64,
-    /// Dials that failed since start.
-    pub failed: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    open: AtomicU64,
-    opened: AtomicU64,
-    failed: AtomicU64,
 }
 
 /// The connections of one target.
@@ -259,7 +232,7 @@ pub struct TargetPool {
     /// A stream slot or an idle connection became free, a dial finished, or a connection
     /// closed: waiters look again.
     changed: Notify,
-    counters: Counters,
+    counters: Arc<BackendCounters>,
     /// The clock idle times are measured on (milliseconds since).
     epoch: Instant,
 }
@@ -321,17 +294,45 @@ impl Lease {
 /// An HTTP/1.1 connection taken from the pool; [`H1Lease::finish`] hands it back.
 #[derive(Debug)]
 pub struct H1Lease {
-    /// The connection.
-    pub sender: http1::SendRequest<ReqBody>,
+    sender: Option<http1::SendRequest<ReqBody>>,
     home: Arc<TargetPool>,
+    reusable: bool,
 }
 
 impl H1Lease {
+    fn new(sender: http1::SendRequest<ReqBody>, home: Arc<TargetPool>) -> Self {
+        home.counters.in_use.fetch_add(1, Ordering::Relaxed);
+        home.counters.requests.fetch_add(1, Ordering::Relaxed);
+        H1Lease {
+            sender: Some(sender),
+            home,
+            reusable: false,
+        }
+    }
+
+    /// The connection to send on.
+    pub fn sender(&mut self) -> &mut http1::SendRequest<ReqBody> {
+        self.sender
+            .as_mut()
+            .expect("an H1Lease holds its sender until dropped")
+    }
+
     /// Returns the connection to its pool after a response body read to the end with
     /// keep-alive on both sides; otherwise drops it (hyper closes it).
-    pub fn finish(self, reusable: bool) {
-        if reusable && !self.sender.is_closed() {
-            self.home.put_idle(self.sender);
+    pub fn finish(mut self, reusable: bool) {
+        self.reusable = reusable;
+    }
+}
+
+impl Drop for H1Lease {
+    fn drop(&mut self) {
+        self.home.counters.in_use.fetch_sub(1, Ordering::Relaxed);
+        self.home.counters.requests.fetch_sub(1, Ordering::Relaxed);
+        if let Some(sender) = self.sender.take()
+            && self.reusable
+            && !sender.is_closed()
+        {
+            self.home.put_idle(sender);
         }
     }
 }
@@ -343,9 +344,25 @@ pub struct StreamSlot {
     home: Arc<TargetPool>,
 }
 
+impl StreamSlot {
+    /// Takes a slot on `conn` (the caller checked there is room).
+    fn take(conn: &Arc<H2Conn>, home: &Arc<TargetPool>) -> Self {
+        if conn.active.fetch_add(1, Ordering::AcqRel) == 0 {
+            home.counters.in_use.fetch_add(1, Ordering::Relaxed);
+        }
+        home.counters.requests.fetch_add(1, Ordering::Relaxed);
+        StreamSlot {
+            conn: Arc::clone(conn),
+            home: Arc::clone(home),
+        }
+    }
+}
+
 impl Drop for StreamSlot {
     fn drop(&mut self) {
+        self.home.counters.requests.fetch_sub(1, Ordering::Relaxed);
         if self.conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.home.counters.in_use.fetch_sub(1, Ordering::Relaxed);
             let now = self.home.epoch.elapsed().as_millis() as u64;
             self.conn.idle_since_ms.store(now, Ordering::Relaxed);
         }
@@ -356,6 +373,11 @@ impl Drop for StreamSlot {
 impl TargetPool {
     fn new(target: Target, common: Arc<Common>, closed: CancellationToken) -> Self {
         let wire = target.fixed_wire();
+        let counters = common.stats.counters(BackendKey {
+            backend: target.backend.clone(),
+            protocol: target.protocol,
+            tls: target.tls.is_some(),
+        });
         TargetPool {
             target,
             common,
@@ -365,7 +387,7 @@ impl TargetPool {
                 ..Conns::default()
             }),
             changed: Notify::new(),
-            counters: Counters::default(),
+            counters,
             epoch: Instant::now(),
         }
     }
@@ -449,23 +471,16 @@ impl TargetPool {
         for conn in &conns.h2 {
             let active = conn.active.load(Ordering::Acquire);
             if active < conn.max_streams && conn.sender.is_ready() {
-                conn.active.fetch_add(1, Ordering::AcqRel);
                 return Some(Lease::H2 {
                     sender: conn.sender.clone(),
-                    slot: StreamSlot {
-                        conn: Arc::clone(conn),
-                        home: Arc::clone(self),
-                    },
+                    slot: StreamSlot::take(conn, self),
                 });
             }
         }
         let idle_timeout = self.common.settings.idle_timeout;
         while let Some(idle) = conns.idle.pop() {
             if idle.since.elapsed() < idle_timeout && !idle.sender.is_closed() {
-                return Some(Lease::Http1(H1Lease {
-                    sender: idle.sender,
-                    home: Arc::clone(self),
-                }));
+                return Some(Lease::Http1(H1Lease::new(idle.sender, Arc::clone(self))));
             }
         }
         None
@@ -493,22 +508,16 @@ impl TargetPool {
         let res = match res {
             Ok(Opened::H2(conn)) => {
                 conns.wire = Some(Wire::H2);
-                conn.active.store(1, Ordering::Release);
+                let slot = StreamSlot::take(&conn, self);
                 conns.h2.push(Arc::clone(&conn));
                 Ok(Lease::H2 {
                     sender: conn.sender.clone(),
-                    slot: StreamSlot {
-                        conn,
-                        home: Arc::clone(self),
-                    },
+                    slot,
                 })
             }
             Ok(Opened::Http1(sender)) => {
                 conns.wire = Some(Wire::Http1);
-                Ok(Lease::Http1(H1Lease {
-                    sender,
-                    home: Arc::clone(self),
-                }))
+                Ok(Lease::Http1(H1Lease::new(sender, Arc::clone(self))))
             }
             Err(e) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -672,30 +681,6 @@ impl TargetPool {
     pub fn h2_connect_protocol(&self) -> Option<bool> {
         let conns = lock(&self.conns);
         conns.h2.first().map(|c| c.connect_protocol)
-    }
-
-    /// This target's figures.
-    pub fn snapshot(&self) -> TargetSnapshot {
-        let conns = lock(&self.conns);
-        let open = self.counters.open.load(Ordering::Relaxed);
-        let mut streams = 0;
-        let mut busy_h2 = 0;
-        for c in &conns.h2 {
-            let active = u64::from(c.active.load(Ordering::Relaxed));
-            streams += active;
-            busy_h2 += u64::from(active > 0);
-        }
-        let idle_h2 = conns.h2.len() as u64 - busy_h2;
-        let idle = idle_h2 + conns.idle.len() as u64;
-        TargetSnapshot {
-            target: self.target.clone(),
-            open,
-            idle: idle.min(open),
-            in_use: open.saturating_sub(idle),
-            streams,
-            opened: self.counters.opened.load(Ordering::Relaxed),
-            failed: self.counters.failed.load(Ordering::Relaxed),
-        }
     }
 }
 

@@ -184,14 +184,14 @@ impl Upstream {
                 }),
             },
             Lease::Http1(mut lease) => {
-                if let Err(error) = lease.sender.ready().await {
+                if let Err(error) = lease.sender().ready().await {
                     return Err(Failed {
                         error,
                         unsent: Some(req),
                     });
                 }
                 let close = wants_close(req.headers());
-                match lease.sender.try_send_request(req).await {
+                match lease.sender().try_send_request(req).await {
                     Ok(resp) => {
                         let reusable = !close
                             && !wants_close(resp.headers())

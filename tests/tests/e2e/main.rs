@@ -14,5 +14,6 @@ mod l4;
 mod l7;
 mod l7_limits;
 mod multihop;
+mod pool;
 mod proxy_protocol;
 mod web_flow;
