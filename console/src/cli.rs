@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
+use mc_proxy_shared::BackendProtocol;
 
 /// Control a running mc-proxy daemon over its admin socket: routes, firewall rules,
 /// certificate reloads and live events.
@@ -157,9 +159,14 @@ pub struct RouteArgs {
     /// L7: PEM private key for --tls-cert (made absolute likewise).
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<String>,
-    /// L7: speak HTTP/2 over TLS to the backend.
+    /// L7: TLS to the backend (which HTTP version runs inside is --backend-protocol).
     #[arg(long)]
     pub backend_tls: bool,
+    /// L7: the HTTP version spoken to the backend. h2 (the default): HTTP/2, h2c in cleartext
+    /// or ALPN h2 with --backend-tls; http1: HTTP/1.1, ALPN http/1.1 with --backend-tls; auto:
+    /// ALPN h2,http/1.1 and the backend picks, which needs --backend-tls.
+    #[arg(long, value_name = "h2|http1|auto", value_parser = backend_protocol())]
+    pub backend_protocol: Option<BackendProtocol>,
     /// Send a PROXY protocol v2 header with the client address to the backend.
     #[arg(long)]
     pub send_proxy_protocol: bool,
@@ -191,15 +198,25 @@ pub struct UpdateArgs {
     /// New key path (made absolute likewise).
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<String>,
-    /// HTTP/2 over TLS to the backend: --backend-tls, --backend-tls=false.
+    /// TLS to the backend: --backend-tls, --backend-tls=false.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub backend_tls: Option<bool>,
+    /// New backend HTTP version: h2, http1, or auto (needs TLS to the backend).
+    #[arg(long, value_name = "h2|http1|auto", value_parser = backend_protocol())]
+    pub backend_protocol: Option<BackendProtocol>,
     /// PROXY v2 to the backend: --send-proxy-protocol, --send-proxy-protocol=false.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub send_proxy_protocol: Option<bool>,
     /// Print the stored route as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `h2`, `http1` or `auto`, spelled as in the TOML; clap lists them in `--help`, its errors and
+/// the shell completions.
+fn backend_protocol() -> impl TypedValueParser<Value = BackendProtocol> {
+    PossibleValuesParser::new(BackendProtocol::ALL.iter().map(|p| p.as_str()))
+        .try_map(|s| s.parse::<BackendProtocol>())
 }
 
 #[derive(Debug, Subcommand)]

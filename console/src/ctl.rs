@@ -198,7 +198,7 @@ async fn add_route(client: &mut AdminClient, args: RouteArgs) -> Result<(), CtlE
         tls_key: absolute_path(args.tls_key.as_deref().unwrap_or_default())?,
         backend_tls: args.backend_tls,
         send_proxy_protocol: args.send_proxy_protocol,
-        backend_protocol: Default::default(),
+        backend_protocol: args.backend_protocol.unwrap_or_default(),
     };
     let (route, warnings) = client.add_route(&args.listener, route).await?;
     report_route("added", &args.listener, &route, &warnings, args.json)
@@ -213,12 +213,12 @@ async fn update_route(client: &mut AdminClient, args: UpdateArgs) -> Result<(), 
         tls_key: args.tls_key.as_deref().map(absolute_path).transpose()?,
         backend_tls: args.backend_tls,
         send_proxy_protocol: args.send_proxy_protocol,
-        backend_protocol: None,
+        backend_protocol: args.backend_protocol,
     };
     if patch == RoutePatch::default() {
         return Err(CtlError::Usage(
             "nothing to change: give at least one of --new-hostname, --backend, --mode, \
-             --tls-cert, --tls-key, --backend-tls, --send-proxy-protocol"
+             --tls-cert, --tls-key, --backend-tls, --backend-protocol, --send-proxy-protocol"
                 .into(),
         ));
     }
@@ -242,11 +242,9 @@ fn report_route(
         print_json(route)
     } else {
         emit(&format!(
-            "{verb} route {} on listener {listener}: {} -> {}{}\n",
+            "{verb} route {} on listener {listener}: {}\n",
             route.hostname,
-            route.mode,
-            route.backend,
-            flags(route)
+            target(route)
         ))
     }
 }
@@ -350,6 +348,29 @@ fn table(header: Option<&[&str]>, rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Where a route goes and how, for one-line reports: `l7 -> 127.0.0.1:9080 (http1)
+/// [backend-tls]`. L4 routes speak no HTTP to their backend, so they show no protocol.
+fn target(route: &Route) -> String {
+    let protocol = match route.mode {
+        Mode::L7 => format!(" ({})", route.backend_protocol),
+        Mode::L4 => String::new(),
+    };
+    format!(
+        "{} -> {}{protocol}{}",
+        route.mode,
+        route.backend,
+        flags(route)
+    )
+}
+
+/// The table's PROTO cell: the backend protocol of an L7 route, `-` on L4.
+fn protocol_cell(route: &Route) -> String {
+    match route.mode {
+        Mode::L7 => route.backend_protocol.to_string(),
+        Mode::L4 => "-".into(),
+    }
+}
+
 fn flags(route: &Route) -> String {
     let mut f = Vec::new();
     if route.backend_tls {
@@ -446,6 +467,7 @@ fn format_routes(routes: &[RouteEntry], headers: bool) -> String {
                 r.hostname.clone(),
                 r.mode.to_string(),
                 r.backend.clone(),
+                protocol_cell(r),
                 match flags(r).trim() {
                     "" => "-".to_owned(),
                     f => f.to_owned(),
@@ -464,7 +486,8 @@ fn format_routes(routes: &[RouteEntry], headers: bool) -> String {
     table(
         headers.then_some(
             &[
-                "LISTENER", "HOSTNAME", "MODE", "BACKEND", "FLAGS", "CONNS", "IN", "OUT", "L7",
+                "LISTENER", "HOSTNAME", "MODE", "BACKEND", "PROTO", "FLAGS", "CONNS", "IN", "OUT",
+                "L7",
             ][..],
         ),
         &rows,
@@ -603,11 +626,9 @@ fn format_event(e: &TimedEvent) -> String {
             route,
             ..
         } => format!(
-            "route  {action} {} on {listener}: {} -> {}{}",
+            "route  {action} {} on {listener}: {}",
             route.hostname,
-            route.mode,
-            route.backend,
-            flags(route)
+            target(route)
         ),
         Event::FirewallChanged { action, rule } => {
             format!("fw     {action} {} {}", rule.kind, rule.value)
@@ -635,6 +656,51 @@ mod tests {
         let t = table(Some(&["A", "LONG HEADER", "C"]), &rows);
         assert_eq!(t, "A     LONG HEADER  C\nxxxx  y            z\n");
         assert_eq!(table(None, &rows), "xxxx  y  z\n");
+    }
+
+    #[test]
+    fn routes_show_the_backend_protocol_of_l7_routes_only() {
+        let entry = |hostname: &str, mode, backend_protocol| RouteEntry {
+            listener: "127.0.0.1:8443".into(),
+            route: Route {
+                hostname: hostname.into(),
+                backend: "127.0.0.1:9080".into(),
+                mode,
+                backend_tls: mode == Mode::L7,
+                backend_protocol,
+                ..Route::default()
+            },
+            stats: Default::default(),
+        };
+        let routes = [
+            entry("a.test", Mode::L4, mc_proxy_shared::BackendProtocol::Http1),
+            entry("b.test", Mode::L7, mc_proxy_shared::BackendProtocol::Auto),
+        ];
+        let cells = |text: &str| -> Vec<Vec<String>> {
+            text.lines()
+                .map(|l| l.split_whitespace().map(str::to_owned).collect())
+                .collect()
+        };
+        let with = cells(&format_routes(&routes, true));
+        assert_eq!(
+            with[0][..6],
+            ["LISTENER", "HOSTNAME", "MODE", "BACKEND", "PROTO", "FLAGS"]
+        );
+        let without = cells(&format_routes(&routes, false));
+        assert_eq!(without, with[1..], "--no-headers: the same rows");
+        assert_eq!(
+            without[0][1..6],
+            ["a.test", "l4", "127.0.0.1:9080", "-", "-"]
+        );
+        assert_eq!(
+            without[1][1..6],
+            ["b.test", "l7", "127.0.0.1:9080", "auto", "[backend-tls]"]
+        );
+        assert_eq!(target(&routes[0].route), "l4 -> 127.0.0.1:9080");
+        assert_eq!(
+            target(&routes[1].route),
+            "l7 -> 127.0.0.1:9080 (auto) [backend-tls]"
+        );
     }
 
     #[test]

@@ -186,6 +186,143 @@ async fn routes_and_status_as_tables_and_json() {
 }
 
 #[tokio::test]
+async fn backend_protocol_is_added_updated_listed_and_checked() {
+    let pki = Pki::new();
+    let proxy = Proxy::start(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n\
+         [[listeners.routes]]\nhostname = \"app.test\"\nbackend = \"127.0.0.1:9443\"",
+    )
+    .await;
+    let (cert, key) = pki.write_pem(proxy.dir.path(), &["web.test"]);
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "add",
+            "--listener",
+            L,
+            "--hostname",
+            "web.test",
+            "--backend",
+            "127.0.0.1:9080",
+            "--mode",
+            "l7",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--backend-protocol",
+            "http1",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        format!("added route web.test on listener {L}: l7 -> 127.0.0.1:9080 (http1)\n")
+    );
+
+    // The table has a PROTO column after BACKEND: the L7 route's protocol, "-" on L4.
+    let o = ctl(&proxy, &["routes", "list"]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header[3..6], ["BACKEND", "PROTO", "FLAGS"], "{out}");
+    let o = ctl(&proxy, &["routes", "list", "--no-headers"]).await;
+    assert_ok(&o);
+    let rows: Vec<Vec<String>> = stdout(&o)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(rows[0][1..5], ["app.test", "l4", "127.0.0.1:9443", "-"]);
+    assert_eq!(rows[1][1..5], ["web.test", "l7", "127.0.0.1:9080", "http1"]);
+
+    // auto without TLS to the backend: refused by the daemon, one line, nothing changed.
+    let update = |extra: &[&'static str]| {
+        let mut args = vec![
+            "routes",
+            "update",
+            "--listener",
+            L,
+            "--hostname",
+            "web.test",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let o = ctl(&proxy, &update(&["--backend-protocol", "auto"])).await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("route \"web.test\": backend_protocol auto needs backend_tls"),
+        "{err}"
+    );
+    let o = ctl(&proxy, &["routes", "list", "--no-headers"]).await;
+    assert_eq!(
+        stdout(&o).lines().nth(1).unwrap().split_whitespace().nth(4),
+        Some("http1")
+    );
+    let o = ctl(
+        &proxy,
+        &update(&["--backend-protocol", "auto", "--backend-tls", "--json"]),
+    )
+    .await;
+    assert_ok(&o);
+    let updated: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(updated["backend_protocol"], "auto");
+    assert_eq!(updated["backend_tls"], true);
+    let o = ctl(&proxy, &["routes", "list", "--json"]).await;
+    assert_ok(&o);
+    let listed: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let protocols: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["route"]["hostname"].as_str().unwrap(),
+                e["route"]["backend_protocol"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(protocols, [("app.test", "h2"), ("web.test", "auto")]);
+
+    // A value clap does not know is a usage error that lists the three, before any call.
+    let o = ctl(&proxy, &update(&["--backend-protocol", "h3"])).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("[possible values: h2, http1, auto]"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "update",
+            "--listener",
+            L,
+            "--hostname",
+            "web.test",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--backend-protocol"), "{}", stderr(&o));
+    for sub in ["add", "update"] {
+        let o = ctl(&proxy, &["routes", sub, "--help"]).await;
+        assert_ok(&o);
+        let help = stdout(&o);
+        assert!(
+            help.contains("--backend-protocol <h2|http1|auto>")
+                && help.contains("[possible values: h2, http1, auto]"),
+            "{sub}: {help}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn firewall_subcommands() {
     let proxy = Proxy::start("[[listeners]]\naddr = \"127.0.0.1:0\"").await;
     let o = ctl(&proxy, &["firewall", "add", "--ip", "192.0.2.7"]).await;
@@ -665,6 +802,10 @@ async fn completions_for_each_shell() {
         let script = stdout(&o);
         assert!(script.contains(needle), "{shell}: {script}");
         assert!(script.contains("reload"), "{shell}: no subcommands in it");
+        assert!(
+            script.contains("backend-protocol") && script.contains("http1"),
+            "{shell}: no backend protocol values in it"
+        );
     }
 }
 

@@ -7,7 +7,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use mc_proxy_shared::client::{
     Connection, ConnectionList, Event, ListenerStatus, RouteEntry, RouteStats, Status, TimedEvent,
 };
-use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Mode, Route};
+use mc_proxy_shared::{BackendProtocol, FirewallRule, FirewallRuleKind, Mode, Route};
 use mc_proxy_tests::*;
 use mcproxyctl::tui::app::{App, DaemonMsg, Screen};
 use mcproxyctl::tui::{Console, Input, link, ui};
@@ -241,12 +241,73 @@ fn form_shows_l7_fields_only_in_l7_and_errors_inline() {
         s.contains("tls_cert") && s.contains("tls_key") && s.contains("backend_tls"),
         "{s}"
     );
+    assert!(
+        s.contains("backend_proto h2 (h2c, prior knowledge)  [space: http1]"),
+        "{s}"
+    );
+    // With TLS to the backend the same choice reads differently; space steps on.
+    for _ in 0..3 {
+        app.on_key(key(KeyCode::Tab));
+    }
+    app.on_key(key(KeyCode::Char(' ')));
+    app.on_key(key(KeyCode::Tab));
+    app.on_key(key(KeyCode::Char(' ')));
+    app.on_key(key(KeyCode::Char(' ')));
+    let s = render(&app, 80, 24);
+    assert!(
+        s.contains("backend_proto auto (ALPN picks h2 or http/1.1)  [space: h2]"),
+        "{s}"
+    );
     app.on_key(key(KeyCode::Enter));
     app.on_daemon(DaemonMsg::ActionDone(Err(
         "mode l7 needs tls_cert (a PEM certificate chain)".into(),
     )));
     let s = render(&app, 80, 24);
     assert!(s.contains("error: mode l7 needs tls_cert"), "{s}");
+}
+
+#[test]
+fn route_details_show_the_backend_protocol_of_l7_routes() {
+    let mut app = app_with(&[
+        ("app.test", "127.0.0.1:9443", Mode::L4),
+        ("web.test", "127.0.0.1:9080", Mode::L7),
+    ]);
+    app.on_event(
+        TimedEvent {
+            timestamp_ms: 0,
+            event: Event::RouteChanged {
+                listener: "127.0.0.1:8443".into(),
+                action: mc_proxy_shared::ChangeAction::Updated,
+                route: Route {
+                    hostname: "web.test".into(),
+                    backend: "127.0.0.1:9080".into(),
+                    mode: Mode::L7,
+                    tls_cert: "/c.pem".into(),
+                    tls_key: "/c.key".into(),
+                    backend_tls: true,
+                    backend_protocol: BackendProtocol::Http1,
+                    ..Route::default()
+                },
+                previous_hostname: "web.test".into(),
+            },
+        },
+        Instant::now(),
+    );
+    app.on_key(key(KeyCode::Char('j')));
+    app.on_key(key(KeyCode::Enter));
+    let s = render(&app, 80, 24);
+    assert!(s.contains("route web.test"), "{s}");
+    assert!(
+        s.contains("backend_proto  http1 (HTTP/1.1 over TLS)"),
+        "{s}"
+    );
+    // An L4 route speaks no HTTP to its backend: no such line.
+    app.on_key(key(KeyCode::Esc));
+    app.on_key(key(KeyCode::Char('k')));
+    app.on_key(key(KeyCode::Enter));
+    let s = render(&app, 80, 24);
+    assert!(s.contains("route app.test"), "{s}");
+    assert!(!s.contains("backend_proto"), "{s}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
-use mc_proxy_shared::client::{outcome_to_pb, request_mode};
+use mc_proxy_shared::client::{outcome_to_pb, request_backend_protocol, request_mode};
 use mc_proxy_shared::pb::admin_service_server::{AdminService, AdminServiceServer};
 use mc_proxy_shared::{FirewallRule, Route, RoutePatch, pb};
 use tokio::net::UnixListener;
@@ -437,6 +437,11 @@ impl AdminService for Admin {
             .map(request_mode)
             .transpose()
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let backend_protocol = req
+            .backend_protocol
+            .map(request_backend_protocol)
+            .transpose()
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         let change = Change::UpdateRoute {
             listener: req.listener,
             hostname: req.hostname,
@@ -448,7 +453,7 @@ impl AdminService for Admin {
                 tls_key: req.tls_key,
                 backend_tls: req.backend_tls,
                 send_proxy_protocol: req.send_proxy_protocol,
-                backend_protocol: None,
+                backend_protocol,
             },
         };
         let (route, warnings) = route_answer(self.apply(change).await?)?;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use mc_proxy_shared::text::clip;
-use mc_proxy_shared::{FirewallRuleKind, Mode, Route};
+use mc_proxy_shared::{BackendProtocol, FirewallRuleKind, Mode, Route};
 use serde::{Deserialize, Deserializer};
 
 use crate::firewall::parse_rule;
@@ -436,12 +436,17 @@ impl FileConfig {
             let mut seen_hosts: HashMap<String, usize> = HashMap::new();
             for (j, fr) in fl.routes.into_iter().enumerate() {
                 let rctx = format!("{lctx}, route {}", fr.hostname);
-                let mode = match fr.mode.parse::<Mode>() {
-                    Ok(mode) => mode,
-                    Err(e) => {
-                        problem(rctx, e.to_string());
-                        continue;
-                    }
+                // Both enums are parsed before giving up on the route, so both are reported.
+                let mode = fr
+                    .mode
+                    .parse::<Mode>()
+                    .map_err(|e| problem(rctx.clone(), e.to_string()));
+                let backend_protocol = fr
+                    .backend_protocol
+                    .parse::<BackendProtocol>()
+                    .map_err(|e| problem(rctx.clone(), e.to_string()));
+                let (Ok(mode), Ok(backend_protocol)) = (mode, backend_protocol) else {
+                    continue;
                 };
                 let route = Route {
                     hostname: fr.hostname,
@@ -451,7 +456,7 @@ impl FileConfig {
                     tls_key: fr.tls_key,
                     backend_tls: fr.backend_tls,
                     send_proxy_protocol: fr.send_proxy_protocol,
-                    backend_protocol: fr.backend_protocol.parse().unwrap_or_default(),
+                    backend_protocol,
                 };
                 match validate_route(&route) {
                     Ok(valid) => {
@@ -784,6 +789,124 @@ mod tests {
     }
 
     #[test]
+    fn backend_protocol_defaults_to_h2_and_takes_every_value() {
+        let f = Fixture::new();
+        let l7 = |hostname: &str, extra: &str| {
+            format!(
+                "[[listeners.routes]]\nhostname = \"{hostname}\"\nbackend = \"127.0.0.1:9080\"\n\
+                 mode = \"l7\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{extra}\n",
+                f.path("web.pem"),
+                f.path("web.key")
+            )
+        };
+        let config = f
+            .parse(&format!(
+                "[[listeners]]\naddr = \"127.0.0.1:8443\"\n{}{}{}{}{}{}",
+                l7("a.test", ""),
+                l7("b.test", "backend_protocol = \"\""),
+                l7("c.test", "backend_protocol = \"h2\"\nbackend_tls = true"),
+                l7("d.test", "backend_protocol = \"http1\""),
+                l7("e.test", "backend_protocol = \"http1\"\nbackend_tls = true"),
+                l7("f.test", "backend_protocol = \"auto\"\nbackend_tls = true"),
+            ))
+            .unwrap();
+        let got: Vec<(&str, BackendProtocol, bool)> = config.listeners[0]
+            .routes
+            .iter()
+            .map(|r| (r.hostname.as_str(), r.backend_protocol, r.backend_tls))
+            .collect();
+        use BackendProtocol::{Auto, H2, Http1};
+        assert_eq!(
+            got,
+            [
+                ("a.test", H2, false),
+                ("b.test", H2, false),
+                ("c.test", H2, true),
+                ("d.test", Http1, false),
+                ("e.test", Http1, true),
+                ("f.test", Auto, true),
+            ]
+        );
+        // web.pem covers web.test only, hence one name warning per route and nothing else.
+        assert!(
+            config
+                .warnings
+                .iter()
+                .all(|w| !w.contains("backend_protocol")),
+            "{:?}",
+            config.warnings
+        );
+    }
+
+    #[test]
+    fn bad_backend_protocol_and_auto_without_backend_tls_name_listener_and_route() {
+        let f = Fixture::new();
+        let long = "h".repeat(100);
+        let problems = f.problems(&format!(
+            r#"
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            [[listeners.routes]]
+            hostname = "a.test"
+            backend = "127.0.0.1:9443"
+            backend_protocol = "h3"
+            [[listeners.routes]]
+            hostname = "b.test"
+            backend = "127.0.0.1:9443"
+            backend_protocol = "{long}"
+            [[listeners.routes]]
+            hostname = "c.test"
+            backend = "127.0.0.1:9443"
+            mode = "tcp"
+            backend_protocol = "HTTP1"
+            [[listeners.routes]]
+            hostname = "web.test"
+            backend = "127.0.0.1:9080"
+            mode = "l7"
+            tls_cert = "{cert}"
+            tls_key = "{key}"
+            backend_protocol = "auto"
+            "#,
+            cert = f.path("web.pem"),
+            key = f.path("web.key"),
+        ));
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert_eq!(
+            problems[0],
+            "listener 127.0.0.1:8443, route a.test: invalid backend_protocol \"h3\": \
+             expected \"h2\", \"http1\" or \"auto\" (empty means \"h2\")"
+        );
+        assert!(
+            problems[1].starts_with(&format!(
+                "listener 127.0.0.1:8443, route b.test: invalid backend_protocol \"{}…\" \
+                 (100 bytes)",
+                "h".repeat(64)
+            )),
+            "{}",
+            problems[1]
+        );
+        // A bad mode does not hide a bad backend_protocol on the same route.
+        assert!(
+            problems[2].starts_with("listener 127.0.0.1:8443, route c.test: invalid mode \"tcp\""),
+            "{}",
+            problems[2]
+        );
+        assert!(
+            problems[3].starts_with(
+                "listener 127.0.0.1:8443, route c.test: invalid backend_protocol \"HTTP1\""
+            ),
+            "{}",
+            problems[3]
+        );
+        assert_eq!(
+            problems[4],
+            "listener 127.0.0.1:8443, route web.test: backend_protocol auto needs backend_tls \
+             (the backend picks h2 or http/1.1 by ALPN, in the TLS handshake): set backend_tls, \
+             or use h2 or http1 for a cleartext backend"
+        );
+    }
+
+    #[test]
     fn duplicate_hostname_on_one_listener_is_rejected_but_allowed_across_listeners() {
         let f = Fixture::new();
         let problems = f.problems(
@@ -936,12 +1059,30 @@ mod tests {
                 backend = "127.0.0.1:9443"
                 tls_cert = "whatever.pem"
                 backend_tls = true
+                [[listeners.routes]]
+                hostname = "auto.test"
+                backend = "127.0.0.1:9444"
+                backend_protocol = "auto"
                 "#,
             )
             .unwrap();
-        assert_eq!(config.warnings.len(), 1);
+        assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
         assert!(config.warnings[0].contains("route app.test"));
         assert!(config.warnings[0].contains("not used"));
+        // backend_protocol is ignored on L4 the same way, auto without backend_tls included;
+        // being a choice of protocol rather than a leftover flag, it is warned about.
+        assert_eq!(
+            config.warnings[1],
+            "listener 127.0.0.1:8443, route auto.test: backend_protocol auto is set on an l4 \
+             route and is not used: l4 passes TLS through to the backend"
+        );
+        let routes = &config.listeners[0].routes;
+        assert!(routes[0].backend_tls, "kept as written");
+        assert_eq!(
+            routes[1].backend_protocol,
+            BackendProtocol::Auto,
+            "kept as written"
+        );
     }
 
     #[test]

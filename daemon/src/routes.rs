@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mc_proxy_shared::text::clip;
-use mc_proxy_shared::{Mode, ParseModeError, Route};
+use mc_proxy_shared::{BackendProtocol, Mode, ParseModeError, Route};
 use rustls::sign::CertifiedKey;
 
 use mc_proxy_wire::dns::{normalize_dns_name, normalize_route_hostname};
@@ -53,6 +53,12 @@ pub enum RouteError {
     /// An l7 route without `tls_key`.
     #[error("mode l7 needs tls_key (the PEM private key for tls_cert)")]
     MissingKey,
+    /// An l7 route with `backend_protocol` auto but without `backend_tls`.
+    #[error(
+        "backend_protocol auto needs backend_tls (the backend picks h2 or http/1.1 by ALPN, \
+         in the TLS handshake): set backend_tls, or use h2 or http1 for a cleartext backend"
+    )]
+    AutoWithoutTls,
     /// The cert/key pair does not load or does not match.
     #[error(transparent)]
     Cert(#[from] CertError),
@@ -105,8 +111,12 @@ pub fn route_name(hostname: &str) -> Option<String> {
 }
 
 /// Checks one route on its own (not against its neighbours): hostname, backend, mode and, for
-/// L7, that the certificate and key load with rustls and belong together. Returns the
-/// normalised route and any warnings.
+/// L7, that `backend_protocol` auto comes with `backend_tls` and that the certificate and key
+/// load with rustls and belong together. Returns the normalised route and any warnings.
+///
+/// On L4, `backend_tls` and `backend_protocol` mean nothing (the bytes pass through): they are
+/// kept as given, not refused; a `backend_protocol` other than the default is warned about,
+/// like a certificate.
 pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
     let hostname =
         route_name(&route.hostname).ok_or_else(|| RouteError::Hostname(route.hostname.clone()))?;
@@ -120,6 +130,9 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
             }
             if route.tls_key.is_empty() {
                 return Err(RouteError::MissingKey);
+            }
+            if route.backend_protocol == BackendProtocol::Auto && !route.backend_tls {
+                return Err(RouteError::AutoWithoutTls);
             }
             let loaded = load_certified_key(Path::new(&route.tls_cert), Path::new(&route.tls_key))?;
             let now = std::time::SystemTime::now()
@@ -135,6 +148,13 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
                      l4 passes TLS through to the backend"
                         .to_owned(),
                 );
+            }
+            if route.backend_protocol != BackendProtocol::default() {
+                warnings.push(format!(
+                    "backend_protocol {} is set on an l4 route and is not used: \
+                     l4 passes TLS through to the backend",
+                    route.backend_protocol
+                ));
             }
             // backend_tls means nothing for passthrough; the plan says ignore, not error.
         }
@@ -378,6 +398,77 @@ mod tests {
         assert_eq!(valid(" * ").unwrap(), "*");
         for bad in ["**", "*.", "*.*", "a*", "*x.test"] {
             assert!(valid(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A temp dir holding a self-signed `web.test` pair, and an L7 route using it.
+    fn l7_fixture() -> (tempfile::TempDir, Route) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["web.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("web.pem"), dir.path().join("web.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let route = Route {
+            mode: Mode::L7,
+            tls_cert: cert_path.display().to_string(),
+            tls_key: key_path.display().to_string(),
+            ..route("web.test", "127.0.0.1:9080")
+        };
+        (dir, route)
+    }
+
+    #[test]
+    fn backend_protocol_auto_needs_backend_tls_on_l7() {
+        let (_dir, l7) = l7_fixture();
+        for protocol in BackendProtocol::ALL.iter().copied() {
+            for backend_tls in [false, true] {
+                let r = Route {
+                    backend_tls,
+                    backend_protocol: protocol,
+                    ..l7.clone()
+                };
+                if protocol == BackendProtocol::Auto && !backend_tls {
+                    let err = validate_route(&r).unwrap_err();
+                    assert!(matches!(err, RouteError::AutoWithoutTls), "{err}");
+                    assert!(
+                        err.to_string()
+                            .starts_with("backend_protocol auto needs backend_tls"),
+                        "{err}"
+                    );
+                    continue;
+                }
+                let valid = validate_route(&r).unwrap();
+                assert_eq!(valid.route.backend_protocol, protocol);
+                assert_eq!(valid.route.backend_tls, backend_tls);
+                assert!(valid.warnings.is_empty(), "{:?}", valid.warnings);
+            }
+        }
+    }
+
+    #[test]
+    fn backend_protocol_on_l4_is_kept_and_warned_about_not_refused() {
+        let plain = validate_route(&route("app.test", "127.0.0.1:1")).unwrap();
+        assert_eq!(plain.route.backend_protocol, BackendProtocol::H2);
+        assert!(plain.warnings.is_empty(), "{:?}", plain.warnings);
+        for protocol in [BackendProtocol::Http1, BackendProtocol::Auto] {
+            // auto without backend_tls too: nothing on L4 speaks HTTP to the backend.
+            let valid = validate_route(&Route {
+                backend_protocol: protocol,
+                ..route("app.test", "127.0.0.1:1")
+            })
+            .unwrap();
+            assert_eq!(valid.route.backend_protocol, protocol);
+            assert_eq!(
+                valid.warnings,
+                [format!(
+                    "backend_protocol {protocol} is set on an l4 route and is not used: \
+                     l4 passes TLS through to the backend"
+                )]
+            );
         }
     }
 

@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Mode, Route};
+use mc_proxy_shared::{BackendProtocol, FirewallRule, FirewallRuleKind, Mode, Route};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::config::Config;
@@ -47,6 +47,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "no_sni_route",
         sql: include_str!("../../migrations/0004_no_sni_route.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "backend_protocol",
+        sql: include_str!("../../migrations/0005_backend_protocol.sql"),
     },
 ];
 
@@ -278,12 +283,14 @@ impl Store {
     /// The routes of one listener, ordered by hostname.
     pub fn routes(&self, listener_id: i64) -> Result<Vec<Route>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT hostname, backend, mode, tls_cert, tls_key, backend_tls, send_proxy_protocol
+            "SELECT hostname, backend, mode, tls_cert, tls_key, backend_tls, send_proxy_protocol,
+                    backend_protocol
                FROM routes WHERE listener_id = ?1 ORDER BY hostname",
         )?;
         let rows = stmt.query_map([listener_id], |row| {
             Ok((
                 row.get::<_, String>(2)?,
+                row.get::<_, String>(7)?,
                 Route {
                     hostname: row.get(0)?,
                     backend: row.get(1)?,
@@ -292,16 +299,24 @@ impl Store {
                     tls_key: row.get(4)?,
                     backend_tls: row.get(5)?,
                     send_proxy_protocol: row.get(6)?,
-                    backend_protocol: Default::default(),
+                    backend_protocol: BackendProtocol::H2,
                 },
             ))
         })?;
         rows.map(|row| {
-            let (mode, route) = row?;
-            let mode = mode
-                .parse::<Mode>()
-                .map_err(|e| StoreError::Corrupt(format!("route {}: {e}", route.hostname)))?;
-            Ok(Route { mode, ..route })
+            let (mode, backend_protocol, route) = row?;
+            let corrupt = |e: &dyn std::fmt::Display| {
+                StoreError::Corrupt(format!("route {}: {e}", route.hostname))
+            };
+            let mode = mode.parse::<Mode>().map_err(|e| corrupt(&e))?;
+            let backend_protocol = backend_protocol
+                .parse::<BackendProtocol>()
+                .map_err(|e| corrupt(&e))?;
+            Ok(Route {
+                mode,
+                backend_protocol,
+                ..route
+            })
         })
         .collect()
     }
@@ -323,7 +338,8 @@ impl Store {
             .conn
             .execute(
                 "UPDATE routes SET hostname = ?3, backend = ?4, mode = ?5, tls_cert = ?6,
-                        tls_key = ?7, backend_tls = ?8, send_proxy_protocol = ?9
+                        tls_key = ?7, backend_tls = ?8, send_proxy_protocol = ?9,
+                        backend_protocol = ?10
                   WHERE listener_id = ?1 AND hostname = ?2",
                 params![
                     listener_id,
@@ -335,6 +351,7 @@ impl Store {
                     route.tls_key,
                     route.backend_tls,
                     route.send_proxy_protocol,
+                    route.backend_protocol.as_str(),
                 ],
             )
             .map_err(|e| unique_violation(e, || format!("route {}", route.hostname)))?;
@@ -455,8 +472,8 @@ fn insert_listener(
 fn insert_route(conn: &Connection, listener_id: i64, route: &Route) -> Result<i64, StoreError> {
     conn.execute(
         "INSERT INTO routes (listener_id, hostname, backend, mode, tls_cert, tls_key,
-                             backend_tls, send_proxy_protocol)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                             backend_tls, send_proxy_protocol, backend_protocol)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             listener_id,
             route.hostname,
@@ -466,6 +483,7 @@ fn insert_route(conn: &Connection, listener_id: i64, route: &Route) -> Result<i6
             route.tls_key,
             route.backend_tls,
             route.send_proxy_protocol,
+            route.backend_protocol.as_str(),
         ],
     )
     .map_err(|e| match e {
@@ -515,7 +533,7 @@ mod tests {
         let (_dir, path) = temp_db();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 4);
+        assert_eq!(SCHEMA_VERSION, 5);
         let listeners = columns(&store, "listeners");
         for col in ["proxy_protocol", "proxy_protocol_from", "no_sni_route"] {
             assert!(
@@ -530,6 +548,7 @@ mod tests {
             "tls_key",
             "backend_tls",
             "send_proxy_protocol",
+            "backend_protocol",
         ] {
             assert!(
                 routes.contains(&col.to_owned()),
@@ -589,6 +608,96 @@ mod tests {
     }
 
     #[test]
+    fn v4_database_with_rows_migrates_to_v5_keeping_them_as_h2() {
+        let (_dir, path) = temp_db();
+        {
+            let store = Store::open_at_version(&path, 4).unwrap();
+            assert_eq!(store.schema_version().unwrap(), 4);
+            assert!(!columns(&store, "routes").contains(&"backend_protocol".to_owned()));
+            store
+                .conn
+                .execute_batch(
+                    "INSERT INTO listeners (id, addr, proxy_protocol, proxy_protocol_from,
+                                            no_sni_route)
+                         VALUES (1, '127.0.0.1:8443', 1, '10.0.0.0/8', 'web.test');
+                     INSERT INTO routes (listener_id, hostname, backend, mode, tls_cert,
+                                         tls_key, backend_tls, send_proxy_protocol)
+                         VALUES (1, 'web.test', '127.0.0.1:9080', 'l7', 'web.pem', 'web.key',
+                                 1, 1),
+                                (1, 'app.test', '127.0.0.1:9443', 'l4', '', '', 0, 0);",
+                )
+                .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 5);
+        let web = Route {
+            hostname: "web.test".into(),
+            backend: "127.0.0.1:9080".into(),
+            mode: Mode::L7,
+            tls_cert: "web.pem".into(),
+            tls_key: "web.key".into(),
+            backend_tls: true,
+            send_proxy_protocol: true,
+            backend_protocol: BackendProtocol::H2,
+        };
+        let app = Route {
+            hostname: "app.test".into(),
+            backend: "127.0.0.1:9443".into(),
+            ..Route::default()
+        };
+        assert_eq!(store.routes(1).unwrap(), vec![app, web.clone()]);
+        let stored: Vec<String> = store
+            .conn
+            .prepare("SELECT backend_protocol FROM routes ORDER BY hostname")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            stored,
+            ["h2", "h2"],
+            "the column default, spelled as the config does"
+        );
+        assert_eq!(store.listeners().unwrap()[0].no_sni_route, "web.test");
+        // The migrated row takes the new field like any other.
+        let http1 = Route {
+            backend_protocol: BackendProtocol::Http1,
+            ..web
+        };
+        store.update_route(1, "web.test", &http1).unwrap();
+        assert_eq!(store.routes(1).unwrap()[1], http1);
+    }
+
+    #[test]
+    fn a_stored_backend_protocol_that_does_not_parse_names_the_route() {
+        let (_dir, path) = temp_db();
+        let mut store = Store::open(&path).unwrap();
+        let id = store.create_listener("127.0.0.1:8443", false, &[]).unwrap();
+        store
+            .create_route(
+                id,
+                &Route {
+                    hostname: "app.test".into(),
+                    backend: "127.0.0.1:9443".into(),
+                    ..Route::default()
+                },
+            )
+            .unwrap();
+        store
+            .conn
+            .execute("UPDATE routes SET backend_protocol = 'h3'", [])
+            .unwrap();
+        let err = store.routes(id).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "database holds an invalid value: route app.test: invalid backend_protocol \"h3\": \
+             expected \"h2\", \"http1\" or \"auto\" (empty means \"h2\")"
+        );
+    }
+
+    #[test]
     fn newer_database_is_refused_and_left_untouched() {
         let (dir, path) = temp_db();
         {
@@ -629,7 +738,7 @@ mod tests {
             tls_key: "certs/web.key".into(),
             backend_tls: true,
             send_proxy_protocol: true,
-            ..Route::default()
+            backend_protocol: BackendProtocol::Http1,
         };
         let l4 = Route {
             hostname: "app.test".into(),
@@ -656,6 +765,13 @@ mod tests {
         };
         store.update_route(id, "app.test", &updated).unwrap();
         assert_eq!(store.routes(id).unwrap()[0], updated);
+        let auto = Route {
+            backend_protocol: BackendProtocol::Auto,
+            ..l7.clone()
+        };
+        store.update_route(id, "web.test", &auto).unwrap();
+        assert_eq!(store.routes(id).unwrap()[1], auto);
+        store.update_route(id, "web.test", &l7).unwrap();
         assert!(matches!(
             store.create_route(id, &l4),
             Err(StoreError::AlreadyExists(_))

@@ -15,7 +15,10 @@ use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use crate::model::RoutePatch;
-use crate::model::{FirewallRule, FirewallRuleKind, Mode, ParseKindError, ParseModeError, Route};
+use crate::model::{
+    BackendProtocol, FirewallRule, FirewallRuleKind, Mode, ParseBackendProtocolError,
+    ParseKindError, ParseModeError, Route,
+};
 use crate::outcome::{BlockedReason, ChangeAction, CloseReason, Outcome, ResetReason};
 use crate::pb;
 use crate::pb::admin_service_client::AdminServiceClient;
@@ -61,6 +64,12 @@ pub enum ClientError {
 
 impl From<ParseModeError> for ClientError {
     fn from(e: ParseModeError) -> Self {
+        ClientError::Protocol(e.to_string())
+    }
+}
+
+impl From<WireRouteError> for ClientError {
+    fn from(e: WireRouteError) -> Self {
         ClientError::Protocol(e.to_string())
     }
 }
@@ -632,6 +641,9 @@ impl AdminClient {
                 tls_key: patch.tls_key,
                 backend_tls: patch.backend_tls,
                 send_proxy_protocol: patch.send_proxy_protocol,
+                backend_protocol: patch
+                    .backend_protocol
+                    .map(|p| pb::BackendProtocol::from(p).into()),
             })
             .await?
             .into_inner();
@@ -818,6 +830,12 @@ macro_rules! wire_enum {
 
 wire_enum!(Mode, RouteMode, "route mode", [L4, L7]);
 wire_enum!(
+    BackendProtocol,
+    BackendProtocol,
+    "backend protocol",
+    [H2, Http1, Auto]
+);
+wire_enum!(
     FirewallRuleKind,
     FirewallRuleKind,
     "firewall rule kind",
@@ -882,6 +900,15 @@ pub fn request_mode(value: i32) -> Result<Mode, ParseModeError> {
     Mode::try_from(value).map_err(|e| ParseModeError(e.value.to_string()))
 }
 
+/// A route's backend protocol in a request or an answer: UNSPECIFIED (the field left out, or
+/// a peer from before it) means h2, what every route spoke before the field existed.
+pub fn request_backend_protocol(value: i32) -> Result<BackendProtocol, ParseBackendProtocolError> {
+    if value == pb::BackendProtocol::Unspecified as i32 {
+        return Ok(BackendProtocol::H2);
+    }
+    BackendProtocol::try_from(value).map_err(|e| ParseBackendProtocolError(e.value.to_string()))
+}
+
 /// A connection's mode in an event or listing: UNSPECIFIED means "not routed".
 pub fn routed_mode(value: i32) -> Result<Option<Mode>, UnknownWireValue> {
     if value == pb::RouteMode::Unspecified as i32 {
@@ -922,25 +949,37 @@ impl From<Route> for pb::Route {
             tls_key: r.tls_key,
             backend_tls: r.backend_tls,
             send_proxy_protocol: r.send_proxy_protocol,
+            backend_protocol: pb::BackendProtocol::from(r.backend_protocol).into(),
         }
     }
 }
 
+/// Why a wire route is not a model route: one of its enums holds a number this side does not
+/// know. The daemon answers it with INVALID_ARGUMENT; the client calls it a protocol error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireRouteError {
+    /// The mode.
+    #[error(transparent)]
+    Mode(#[from] ParseModeError),
+    /// The backend protocol.
+    #[error(transparent)]
+    BackendProtocol(#[from] ParseBackendProtocolError),
+}
+
 /// The wire route as a model route; the daemon (requests) and the client (answers) both use it.
 impl TryFrom<pb::Route> for Route {
-    type Error = ParseModeError;
+    type Error = WireRouteError;
 
     fn try_from(r: pb::Route) -> Result<Self, Self::Error> {
         Ok(Route {
             mode: request_mode(r.mode)?,
+            backend_protocol: request_backend_protocol(r.backend_protocol)?,
             hostname: r.hostname,
             backend: r.backend,
             tls_cert: r.tls_cert,
             tls_key: r.tls_key,
             backend_tls: r.backend_tls,
             send_proxy_protocol: r.send_proxy_protocol,
-            // Not on the wire yet: the admin API gains the field with the store migration.
-            backend_protocol: Default::default(),
         })
     }
 }
@@ -1138,6 +1177,43 @@ impl TryFrom<pb::Event> for TimedEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_protocol_crosses_the_wire_and_unspecified_means_h2() {
+        for protocol in BackendProtocol::ALL.iter().copied() {
+            let route = Route {
+                hostname: "web.test".into(),
+                backend_protocol: protocol,
+                ..Route::default()
+            };
+            let wire = pb::Route::from(route.clone());
+            assert_ne!(
+                wire.backend_protocol,
+                pb::BackendProtocol::Unspecified as i32,
+                "{protocol}: answers spell it out"
+            );
+            assert_eq!(Route::try_from(wire), Ok(route));
+        }
+        assert_eq!(request_backend_protocol(0), Ok(BackendProtocol::H2));
+        let old_client = pb::Route {
+            hostname: "old.test".into(),
+            ..pb::Route::default()
+        };
+        assert_eq!(
+            Route::try_from(old_client).map(|r| r.backend_protocol),
+            Ok(BackendProtocol::H2)
+        );
+        let err = Route::try_from(pb::Route {
+            backend_protocol: 4,
+            ..pb::Route::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid backend_protocol 4: expected \"h2\", \"http1\" or \"auto\" \
+             (empty means \"h2\")"
+        );
+    }
 
     /// Bounds 0.01, 0.1, 1 (and +Inf) with the given per-bucket counts.
     fn hist(counts: [u64; 4]) -> Histogram {

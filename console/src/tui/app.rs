@@ -839,7 +839,7 @@ impl App {
                 });
             }
             KeyCode::Char(' ') | KeyCode::Left | KeyCode::Right if form.text_mut().is_none() => {
-                form.toggle();
+                form.toggle(key.code != KeyCode::Left);
             }
             _ => {
                 if let Some(text) = form.text_mut() {
@@ -959,7 +959,7 @@ fn clock(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mc_proxy_shared::Mode;
+    use mc_proxy_shared::{BackendProtocol, Mode};
 
     fn key(code: KeyCode) -> KeyEvent {
         KeyEvent::new(code, KeyModifiers::NONE)
@@ -1195,6 +1195,54 @@ mod tests {
         app.on_daemon(DaemonMsg::ActionDone(Ok("added route new.test".into())));
         app.on_event(route_event("added", "new.test", ""), Instant::now());
         assert_eq!(app.route().unwrap().route.hostname, "new.test");
+    }
+
+    #[test]
+    fn the_form_cycles_the_backend_protocol_with_space_and_the_arrows() {
+        let mut app = app_with_routes();
+        app.on_key(key(KeyCode::Char('a')));
+        type_text(&mut app, "new.test");
+        app.on_key(key(KeyCode::Tab));
+        type_text(&mut app, "127.0.0.1:9000");
+        app.on_key(key(KeyCode::Tab));
+        app.on_key(key(KeyCode::Char(' '))); // l7
+        app.on_key(key(KeyCode::Tab));
+        type_text(&mut app, "/c.pem");
+        app.on_key(key(KeyCode::Tab));
+        type_text(&mut app, "/c.key");
+        app.on_key(key(KeyCode::Tab)); // backend_tls, left off
+        app.on_key(key(KeyCode::Tab));
+        let protocol = |app: &App| match &app.mode {
+            Screen::Form(form) => {
+                assert_eq!(form.focus, Field::BackendProtocol);
+                form.backend_protocol
+            }
+            other => panic!("no form: {other:?}"),
+        };
+        assert_eq!(protocol(&app), BackendProtocol::H2);
+        app.on_key(key(KeyCode::Char(' ')));
+        assert_eq!(protocol(&app), BackendProtocol::Http1);
+        app.on_key(key(KeyCode::Right));
+        assert_eq!(protocol(&app), BackendProtocol::Auto);
+        app.on_key(key(KeyCode::Left));
+        assert_eq!(protocol(&app), BackendProtocol::Http1);
+        let action = app.on_key(key(KeyCode::Enter));
+        assert_eq!(
+            action,
+            Some(Action::AddRoute {
+                listener: "127.0.0.1:8443".into(),
+                route: Route {
+                    hostname: "new.test".into(),
+                    backend: "127.0.0.1:9000".into(),
+                    mode: Mode::L7,
+                    tls_cert: "/c.pem".into(),
+                    tls_key: "/c.key".into(),
+                    backend_tls: false,
+                    send_proxy_protocol: false,
+                    backend_protocol: BackendProtocol::Http1,
+                }
+            })
+        );
     }
 
     #[test]

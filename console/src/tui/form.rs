@@ -4,7 +4,7 @@
 //! mode, and L7-only fields are never sent on an L4 route.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use mc_proxy_shared::{Mode, Route};
+use mc_proxy_shared::{BackendProtocol, Mode, Route};
 
 /// Applies a text-editing key to `text`: characters, backspace, Ctrl-U (clear) and Ctrl-W
 /// (delete the last word, as in a shell). Returns `false` for keys that are not editing keys.
@@ -49,6 +49,8 @@ pub struct Form {
     pub tls_key: String,
     /// L7: TLS to the backend.
     pub backend_tls: bool,
+    /// L7: the HTTP version spoken to the backend.
+    pub backend_protocol: BackendProtocol,
     /// PROXY v2 to the backend.
     pub send_proxy_protocol: bool,
     /// The focused field.
@@ -74,6 +76,8 @@ pub enum Field {
     TlsKey,
     /// Toggle, L7 only.
     BackendTls,
+    /// Cycles h2 → http1 → auto, L7 only.
+    BackendProtocol,
     /// Toggle.
     SendProxy,
 }
@@ -90,6 +94,7 @@ impl Form {
             tls_cert: String::new(),
             tls_key: String::new(),
             backend_tls: false,
+            backend_protocol: BackendProtocol::default(),
             send_proxy_protocol: false,
             focus: Field::Hostname,
             error: None,
@@ -107,12 +112,14 @@ impl Form {
             tls_cert: r.tls_cert.clone(),
             tls_key: r.tls_key.clone(),
             backend_tls: r.backend_tls,
+            backend_protocol: r.backend_protocol,
             send_proxy_protocol: r.send_proxy_protocol,
             ..Form::new(listener)
         }
     }
 
-    /// The fields shown for the current mode, in order: L7 adds cert, key and backend TLS.
+    /// The fields shown for the current mode, in order: L7 adds cert, key, backend TLS and
+    /// backend protocol.
     pub fn fields(&self) -> Vec<Field> {
         match self.mode {
             Mode::L4 => vec![
@@ -128,6 +135,7 @@ impl Form {
                 Field::TlsCert,
                 Field::TlsKey,
                 Field::BackendTls,
+                Field::BackendProtocol,
                 Field::SendProxy,
             ],
         }
@@ -156,8 +164,9 @@ impl Form {
         }
     }
 
-    /// Flips the focused toggle.
-    pub fn toggle(&mut self) {
+    /// Flips the focused toggle; the backend protocol, with three values, steps to the next
+    /// one (`forward`) or the previous one, wrapping around.
+    pub fn toggle(&mut self, forward: bool) {
         match self.focus {
             Field::Mode => {
                 self.mode = match self.mode {
@@ -166,6 +175,7 @@ impl Form {
                 }
             }
             Field::BackendTls => self.backend_tls = !self.backend_tls,
+            Field::BackendProtocol => self.backend_protocol = step(self.backend_protocol, forward),
             Field::SendProxy => self.send_proxy_protocol = !self.send_proxy_protocol,
             _ => {}
         }
@@ -191,14 +201,68 @@ impl Form {
             },
             backend_tls: l7 && self.backend_tls,
             send_proxy_protocol: self.send_proxy_protocol,
-            backend_protocol: Default::default(),
+            backend_protocol: if l7 {
+                self.backend_protocol
+            } else {
+                BackendProtocol::default()
+            },
         }
     }
+}
+
+/// The backend protocol after (or before) `p`, in [`BackendProtocol::ALL`]'s order, wrapping.
+pub fn step(p: BackendProtocol, forward: bool) -> BackendProtocol {
+    let all = BackendProtocol::ALL;
+    let i = all.iter().position(|q| *q == p).unwrap_or(0);
+    let n = all.len();
+    all[if forward {
+        (i + 1) % n
+    } else {
+        (i + n - 1) % n
+    }]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backend_protocol_cycles_is_l7_only_and_kept_by_an_edit() {
+        let mut form = Form::new("127.0.0.1:8443".into());
+        assert!(!form.fields().contains(&Field::BackendProtocol));
+        form.mode = Mode::L7;
+        let fields = form.fields();
+        let tls = fields.iter().position(|f| *f == Field::BackendTls).unwrap();
+        assert_eq!(fields[tls + 1], Field::BackendProtocol);
+
+        form.focus = Field::BackendProtocol;
+        assert_eq!(form.backend_protocol, BackendProtocol::H2);
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            form.toggle(true);
+            seen.push(form.backend_protocol);
+        }
+        use BackendProtocol::{Auto, H2, Http1};
+        assert_eq!(seen, [Http1, Auto, H2]);
+        form.toggle(false);
+        assert_eq!(form.backend_protocol, Auto, "backwards wraps around");
+        assert_eq!(form.route().backend_protocol, Auto);
+
+        // Back to L4: the L7-only choice is not sent, as a certificate path is not.
+        form.mode = Mode::L4;
+        assert_eq!(form.route().backend_protocol, H2);
+
+        let stored = Route {
+            hostname: "web.test".into(),
+            mode: Mode::L7,
+            backend_tls: true,
+            backend_protocol: Http1,
+            ..Route::default()
+        };
+        let edit = Form::edit("127.0.0.1:8443".into(), &stored);
+        assert_eq!(edit.backend_protocol, Http1);
+        assert_eq!(edit.route().backend_protocol, Http1);
+    }
 
     #[test]
     fn ctrl_u_clears_and_ctrl_w_deletes_a_word() {

@@ -238,5 +238,18 @@ mod tests {
         assert!(std::path::Path::new(&cert).is_absolute(), "{cert}");
         assert!(cert.ends_with("/new.pem"), "{cert}");
         assert_eq!(p.tls_key, None);
+
+        let after = Route {
+            backend_protocol: mc_proxy_shared::BackendProtocol::Http1,
+            ..before.clone()
+        };
+        assert_eq!(
+            patch(&before, after).unwrap(),
+            RoutePatch {
+                backend_protocol: Some(mc_proxy_shared::BackendProtocol::Http1),
+                ..RoutePatch::default()
+            },
+            "a changed protocol alone is sent alone"
+        );
     }
 }

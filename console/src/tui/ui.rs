@@ -24,7 +24,7 @@ use super::app::{App, Field, FirewallView, Form, Link, Pane, RouteView, Screen, 
 use super::fit;
 use super::health::{ERROR_SHARE, Health, Quantile, WARN_SHARE, WINDOW};
 use super::input::{self, Context};
-use mc_proxy_shared::Mode;
+use mc_proxy_shared::{BackendProtocol, Mode};
 
 /// Smallest usable terminal.
 pub const MIN_WIDTH: u16 = 60;
@@ -814,6 +814,14 @@ fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
         lines.push(field("tls_cert", r.route.tls_cert.clone()));
         lines.push(field("tls_key", r.route.tls_key.clone()));
         lines.push(field("backend_tls", yes(r.route.backend_tls)));
+        lines.push(field(
+            "backend_proto",
+            format!(
+                "{} ({})",
+                r.route.backend_protocol,
+                protocol_meaning(r.route.backend_protocol, r.route.backend_tls)
+            ),
+        ));
     }
     lines.extend([
         field("send_proxy", yes(r.route.send_proxy_protocol)),
@@ -931,8 +939,8 @@ fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
         Some(before) => format!("edit route {}", before.hostname),
     };
     let w = area.width.min(76);
-    // Label column 14; the value shows its end when long, so the cursor stays in view.
-    let value_w = usize::from(w.saturating_sub(2 + 14 + 1));
+    // Label column 16; the value shows its end when long, so the cursor stays in view.
+    let value_w = usize::from(w.saturating_sub(2 + 16 + 1));
     let mut lines = Vec::new();
     for field in form.fields() {
         let (label, value) = match field {
@@ -948,6 +956,15 @@ fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
             Field::TlsCert => ("tls_cert", form.tls_cert.clone()),
             Field::TlsKey => ("tls_key", form.tls_key.clone()),
             Field::BackendTls => ("backend_tls", checkbox(form.backend_tls)),
+            Field::BackendProtocol => (
+                "backend_proto",
+                format!(
+                    "{} ({})  [space: {}]",
+                    form.backend_protocol,
+                    protocol_meaning(form.backend_protocol, form.backend_tls),
+                    super::form::step(form.backend_protocol, true)
+                ),
+            ),
             Field::SendProxy => ("send_proxy", checkbox(form.send_proxy_protocol)),
         };
         let focused = field == form.focus;
@@ -967,7 +984,7 @@ fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
             fit::end(&value, value_w)
         };
         lines.push(Line::from(vec![
-            Span::styled(format!("{marker}{label:<12}"), style),
+            Span::styled(format!("{marker}{label:<14}"), style),
             Span::raw(value),
         ]));
     }
@@ -987,6 +1004,18 @@ fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
     }
     let height = wrapped_height(&lines, w.saturating_sub(2)) + 2;
     popup(frame, area, &title, lines, w, height);
+}
+
+/// What an L7 route's backend connection speaks, given its TLS setting, in a few words.
+fn protocol_meaning(protocol: BackendProtocol, backend_tls: bool) -> &'static str {
+    match (protocol, backend_tls) {
+        (BackendProtocol::H2, false) => "h2c, prior knowledge",
+        (BackendProtocol::H2, true) => "HTTP/2 over TLS",
+        (BackendProtocol::Http1, false) => "HTTP/1.1 cleartext",
+        (BackendProtocol::Http1, true) => "HTTP/1.1 over TLS",
+        (BackendProtocol::Auto, true) => "ALPN picks h2 or http/1.1",
+        (BackendProtocol::Auto, false) => "needs backend_tls",
+    }
 }
 
 fn checkbox(on: bool) -> String {

@@ -10,8 +10,8 @@ use mc_proxy::admin::{AdminError, AdminSocket};
 use mc_proxy::store::Store;
 use mc_proxy_shared::client::{Event, RoutePatch, TimedEvent};
 use mc_proxy_shared::{
-    BlockedReason, ChangeAction, CloseReason, FirewallRule, FirewallRuleKind, Mode, Outcome,
-    ResetReason, Route, pb,
+    BackendProtocol, BlockedReason, ChangeAction, CloseReason, FirewallRule, FirewallRuleKind,
+    Mode, Outcome, ResetReason, Route, pb,
 };
 use mc_proxy_tests::web;
 use mc_proxy_tests::*;
@@ -200,6 +200,178 @@ async fn add_with_only_hostname_and_backend_is_l4_without_proxy_protocol() {
     assert_eq!(listed[0].route, route("old.test", "127.0.0.1:9"));
     assert_eq!(listed[0].route.mode, Mode::L4);
     assert!(!listed[0].route.send_proxy_protocol);
+    assert_eq!(listed[0].route.backend_protocol, BackendProtocol::H2);
+}
+
+#[tokio::test]
+async fn backend_protocol_is_stored_listed_and_auto_without_backend_tls_is_refused() {
+    let pki = Pki::new();
+    let proxy = ProxyBuilder::new().listener().start().await;
+    let mut admin = proxy.admin().await;
+    let l7 = |hostname: &str, backend_tls, backend_protocol| {
+        let (cert, key) = pki.write_pem(proxy.dir.path(), &[hostname]);
+        Route {
+            mode: Mode::L7,
+            tls_cert: cert,
+            tls_key: key,
+            backend_tls,
+            backend_protocol,
+            ..route(hostname, "127.0.0.1:9080")
+        }
+    };
+    let web = l7("web.test", false, BackendProtocol::Http1);
+    let (stored, warnings) = admin.add_route(LISTENER, web.clone()).await.unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(stored, web);
+    let api = l7("api.test", true, BackendProtocol::Auto);
+    assert_eq!(admin.add_route(LISTENER, api.clone()).await.unwrap().0, api);
+    // An update that sets only the protocol keeps every other field.
+    let (updated, _) = admin
+        .update_route(
+            LISTENER,
+            "web.test",
+            RoutePatch {
+                backend_protocol: Some(BackendProtocol::H2),
+                ..RoutePatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let web = Route {
+        backend_protocol: BackendProtocol::H2,
+        ..web
+    };
+    assert_eq!(updated, web);
+    let (updated, _) = admin
+        .update_route(
+            LISTENER,
+            "web.test",
+            RoutePatch {
+                backend_protocol: Some(BackendProtocol::Auto),
+                backend_tls: Some(true),
+                ..RoutePatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    let web = Route {
+        backend_protocol: BackendProtocol::Auto,
+        backend_tls: true,
+        ..web
+    };
+    assert_eq!(updated, web);
+    let listed: Vec<Route> = admin
+        .list_routes(Some(LISTENER))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.route)
+        .collect();
+    assert_eq!(listed, [api.clone(), web.clone()]);
+
+    // auto without backend_tls, by an add or by an update that turns TLS off: refused whole.
+    let err = admin
+        .add_route(LISTENER, l7("bad.test", false, BackendProtocol::Auto))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+    assert!(
+        err.to_string().contains(
+            "listener 127.0.0.1:0, route \"bad.test\": backend_protocol auto needs backend_tls"
+        ),
+        "{err}"
+    );
+    let err = admin
+        .update_route(
+            LISTENER,
+            "api.test",
+            RoutePatch {
+                backend: Some("127.0.0.1:9999".into()),
+                backend_tls: Some(false),
+                ..RoutePatch::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+    assert!(
+        err.to_string().contains(
+            "listener 127.0.0.1:0, route \"api.test\": backend_protocol auto needs backend_tls"
+        ),
+        "{err}"
+    );
+
+    // A number this daemon does not know, from a client that sends raw messages.
+    let mut raw = pb::admin_service_client::AdminServiceClient::new(
+        tonic::transport::Endpoint::try_from("http://x")
+            .unwrap()
+            .connect_with_connector(tower_service(proxy.socket.clone()))
+            .await
+            .unwrap(),
+    );
+    let err = raw
+        .add_route(pb::AddRouteRequest {
+            listener: LISTENER.into(),
+            route: Some(pb::Route {
+                backend_protocol: 9,
+                ..pb::Route::from(l7("new.test", true, BackendProtocol::H2))
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(
+        err.message()
+            .starts_with("invalid backend_protocol 9: expected"),
+        "{err}"
+    );
+    let err = raw
+        .update_route(pb::UpdateRouteRequest {
+            listener: LISTENER.into(),
+            hostname: "web.test".into(),
+            backend_protocol: Some(-1),
+            ..pb::UpdateRouteRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(
+        err.message()
+            .starts_with("invalid backend_protocol -1: expected"),
+        "{err}"
+    );
+    // Answers spell the protocol out, h2 included, rather than leaving it UNSPECIFIED.
+    let answer = raw
+        .list_routes(pb::ListRoutesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let protocols: Vec<(String, i32)> = answer
+        .routes
+        .into_iter()
+        .map(|s| s.route.unwrap())
+        .map(|r| (r.hostname, r.backend_protocol))
+        .collect();
+    assert_eq!(
+        protocols,
+        [
+            ("api.test".to_owned(), pb::BackendProtocol::Auto as i32),
+            ("web.test".to_owned(), pb::BackendProtocol::Auto as i32),
+        ]
+    );
+
+    // Nothing refused reached the live table or the database.
+    let listed: Vec<Route> = admin
+        .list_routes(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.route)
+        .collect();
+    assert_eq!(listed, [api.clone(), web.clone()]);
+    let store = Store::open(proxy.dir.path().join("mc-proxy.db")).unwrap();
+    let id = store.listeners().unwrap()[0].id;
+    assert_eq!(store.routes(id).unwrap(), [api, web]);
 }
 
 fn tower_service(
