@@ -83,6 +83,18 @@ impl RespBody {
     }
 }
 
+impl RespBody {
+    /// The body ended: an HTTP/1.1 connection goes back to the pool (if reusable).
+    fn release(&mut self) {
+        self.done = true;
+        if let Held::Connection(lease, reusable) = &mut self.held
+            && let Some(lease) = lease.take()
+        {
+            lease.finish(*reusable);
+        }
+    }
+}
+
 impl Drop for RespBody {
     fn drop(&mut self) {
         if let Held::Connection(lease, reusable) = &mut self.held
@@ -105,7 +117,11 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let res = Pin::new(&mut self.inner).poll_frame(cx);
         match &res {
-            Poll::Ready(None) => self.done = true,
+            Poll::Ready(None) => self.release(),
+            // The last frame: hand the connection back now, before the client has it and
+            // can send its next request (released on drop, that request would race the
+            // return and open a connection of its own).
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
             Poll::Ready(Some(Err(_))) => {
                 if let Held::Connection(_, reusable) = &mut self.held {
                     *reusable = false;

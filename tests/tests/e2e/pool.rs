@@ -122,8 +122,9 @@ async fn http1_backend_connections_are_kept_alive_and_reused() {
         .start()
         .await;
 
-    // Four client connections of each version at once, 10 requests each: at most 8
-    // requests are in flight at any moment, so at most 8 backend connections.
+    // Four HTTP/1.1 client connections (one request at a time each) and four HTTP/2 ones
+    // (two at a time each), all at once: at most 12 requests are in flight at any moment, so
+    // at most 12 backend connections for the 80 requests.
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..4 {
         let (addr, p) = (proxy.addr(), Arc::clone(&pki));
@@ -141,7 +142,7 @@ async fn http1_backend_connections_are_kept_alive_and_reused() {
     assert_eq!(backend.requests(), 80);
     let connections = backend.connections.load(Ordering::SeqCst);
     assert!(
-        (1..=8).contains(&connections),
+        (1..=12).contains(&connections),
         "{connections} backend connections for 80 requests"
     );
     // What the HTTP/1.1 backend saw: origin-form target, Host, no TE, version 1.1.
@@ -152,6 +153,24 @@ async fn http1_backend_connections_are_kept_alive_and_reused() {
     let f = &backend_figures(&proxy)[0];
     assert_eq!(f.open as usize, connections, "{f:?}");
     assert_eq!((f.in_use, f.requests), (0, 0), "{f:?}");
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_http1_backend_connection() {
+    let pki = Arc::new(Pki::new());
+    let backend = H1Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr)
+        .backend_protocol("http1")
+        .start()
+        .await;
+    // The connection goes back to the pool as the response's last byte is read, before the
+    // client can send its next request: one connection, however fast the client is.
+    h1_sequence(proxy.addr(), &pki, 20, "seq").await;
+    for _ in 0..5 {
+        h2_burst(proxy.addr(), &pki, 1, "seq-h2").await;
+    }
+    assert_eq!(backend.requests(), 25);
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
@@ -209,9 +228,10 @@ async fn a_backend_sending_goaway_mid_load_fails_no_request() {
     while let Some(res) = timed(clients.join_next()).await {
         res.unwrap();
     }
-    // 120 answered (asserted in h2_burst); at 7 per connection that took many connections.
+    // 120 answered (asserted in h2_burst). Streams sent before a GOAWAY arrived still count
+    // on the old connection, so each carries more than 7; but the first one went away.
     let connections = backend.connections.load(Ordering::SeqCst);
-    assert!(connections >= 120 / 7, "{connections} connections");
+    assert!(connections >= 2, "{connections} connections");
     let stats = web_stats(&proxy);
     assert_eq!(stats.backend_errors, 0, "{stats:?}");
 }
