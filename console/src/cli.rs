@@ -38,6 +38,11 @@ pub enum Command {
         #[command(flatten)]
         table: TableArgs,
     },
+    /// The L7 backend connection pool: connections open, idle and in use per backend.
+    Backends {
+        #[command(flatten)]
+        table: TableArgs,
+    },
     /// Change a listener's run-time settings.
     #[command(subcommand)]
     Listeners(ListenersCommand),

@@ -12,8 +12,8 @@ use std::path::Path;
 
 use futures_util::StreamExt;
 use mc_proxy_shared::client::{
-    AdminClient, ClientError, ConnectionList, Event, ReloadResult, RouteEntry, RoutePatch,
-    RouteReload, Status, TimedEvent,
+    AdminClient, BackendStatus, ClientError, ConnectionList, Event, ReloadResult, RouteEntry,
+    RoutePatch, RouteReload, Status, TimedEvent,
 };
 use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Mode, Route};
 use serde::Serialize;
@@ -107,6 +107,10 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
         Command::Status { table } => {
             let status = client.status().await?;
             print_out(&table, &status, format_status)
+        }
+        Command::Backends { table } => {
+            let status = client.status().await?;
+            print_out(&table, &status.backends[..], format_backends)
         }
         Command::Routes(RoutesCommand::List { listener, table }) => {
             let mut routes = client.list_routes(listener.as_deref()).await?;
@@ -488,6 +492,33 @@ fn format_routes(routes: &[RouteEntry], headers: bool) -> String {
             &[
                 "LISTENER", "HOSTNAME", "MODE", "BACKEND", "PROTO", "FLAGS", "CONNS", "IN", "OUT",
                 "L7",
+            ][..],
+        ),
+        &rows,
+    )
+}
+
+fn format_backends(backends: &[BackendStatus], headers: bool) -> String {
+    let rows: Vec<Vec<String>> = backends
+        .iter()
+        .map(|b| {
+            vec![
+                b.backend.clone(),
+                b.protocol.to_string(),
+                if b.tls { "yes" } else { "no" }.to_owned(),
+                b.open.to_string(),
+                b.idle.to_string(),
+                b.in_use.to_string(),
+                b.requests.to_string(),
+                b.opened.to_string(),
+                b.failed.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        headers.then_some(
+            &[
+                "BACKEND", "PROTO", "TLS", "OPEN", "IDLE", "IN_USE", "REQUESTS", "OPENED", "FAILED",
             ][..],
         ),
         &rows,

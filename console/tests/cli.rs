@@ -914,3 +914,55 @@ async fn connections_lists_what_is_open() {
     assert_eq!(list["connections"][0]["client"], mine);
     drop(client);
 }
+
+#[tokio::test]
+async fn backends_shows_the_pool_per_backend() {
+    use mc_proxy_tests::web::*;
+    let pki = Pki::new();
+    let backend = H1Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr)
+        .backend_protocol("http1")
+        .start()
+        .await;
+    // Nothing dialled yet: no backend listed.
+    let o = ctl(&proxy, &["backends", "--no-headers"]).await;
+    assert_ok(&o);
+    assert_eq!(stdout(&o), "");
+
+    let mut client = h1_client(proxy.addr(), "web.test", &pki).await;
+    for _ in 0..3 {
+        let req = http::Request::builder()
+            .uri("/b")
+            .header("host", "web.test");
+        let resp = answer(
+            timed(client.send_request(with_body(req, "")))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(resp.status, 200);
+    }
+    let o = ctl(&proxy, &["backends"]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        [
+            "BACKEND", "PROTO", "TLS", "OPEN", "IDLE", "IN_USE", "REQUESTS", "OPENED", "FAILED"
+        ]
+    );
+    let addr = backend.addr.to_string();
+    assert_eq!(
+        lines[1].split_whitespace().collect::<Vec<_>>(),
+        [addr.as_str(), "http1", "no", "1", "1", "0", "0", "1", "0"],
+        "{out}"
+    );
+    let o = ctl(&proxy, &["backends", "--json"]).await;
+    assert_ok(&o);
+    let list: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(list[0]["backend"], addr);
+    assert_eq!(list[0]["protocol"], "http1");
+    assert_eq!(list[0]["opened"], 1);
+}

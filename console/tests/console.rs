@@ -93,6 +93,7 @@ fn busy_app() -> App {
             active_connections: 2,
             total_connections: 57,
             firewall_rules: 0,
+            backends: vec![],
         },
         routes: entries(stats(10, 1000, 2000, 0, 0), stats(40, 0, 0, 100, 0)),
         rules: vec![],
@@ -361,6 +362,7 @@ fn app_with(routes: &[(&str, &str, Mode)]) -> App {
             active_connections: 0,
             total_connections: 0,
             firewall_rules: 0,
+            backends: vec![],
         },
         routes: routes
             .iter()
@@ -671,6 +673,7 @@ fn connections_view_lists_open_connections_and_read_only_hides_editing_keys() {
             active_connections: 0,
             total_connections: 0,
             firewall_rules: 0,
+            backends: vec![],
         },
         routes: vec![],
         rules: vec![],

@@ -329,12 +329,33 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
         Event::StatsTick => Kind::Stats(pb::StatsSnapshot {
             listeners: state.listeners.iter().map(|l| listener_status(l)).collect(),
             routes: route_statuses(state, None),
+            backends: backend_statuses(state),
         }),
     };
     pb::Event {
         timestamp_ms: timed.timestamp_ms,
         kind: Some(kind),
     }
+}
+
+/// The backend pool's figures on the wire.
+fn backend_statuses(state: &State) -> Vec<pb::BackendStatus> {
+    state
+        .backends
+        .snapshot()
+        .into_iter()
+        .map(|b| pb::BackendStatus {
+            backend: b.key.backend,
+            protocol: pb::BackendProtocol::from(b.key.protocol).into(),
+            tls: b.key.tls,
+            open: b.open,
+            idle: b.idle,
+            in_use: b.in_use,
+            requests: b.requests,
+            opened: b.opened,
+            failed: b.failed,
+        })
+        .collect()
 }
 
 /// One route's reload result on the wire.
@@ -390,6 +411,7 @@ impl AdminService for Admin {
             total_connections: listeners.iter().map(|l| l.accepted).sum(),
             firewall_rules: u32::try_from(state.firewall().len()).unwrap_or(u32::MAX),
             listeners,
+            backends: backend_statuses(&state),
         }))
     }
 

@@ -42,7 +42,9 @@ use tokio_util::task::TaskTracker;
 use mc_proxy_shared::ResetReason;
 
 use crate::state::{ListenerCounters, State};
-use crate::stats::{BUCKET_BOUNDS_SECONDS, BUCKETS, HistogramSnapshot, RouteStatsSnapshot};
+use crate::stats::{
+    BUCKET_BOUNDS_SECONDS, BUCKETS, BackendSnapshot, HistogramSnapshot, RouteStatsSnapshot,
+};
 
 /// Scrape connections served at once; more wait to be accepted.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -389,6 +391,73 @@ impl Collector for StateCollector {
             MetricType::Histogram,
             |s: &RouteStatsSnapshot| ConstHistogram(s.connect_duration)
         );
+
+        // The L7 backend connection pool, per backend (address, protocol, TLS).
+        let backends: Vec<_> = self
+            .state
+            .backends
+            .snapshot()
+            .into_iter()
+            .map(|b| {
+                let tls = if b.key.tls { "true" } else { "false" };
+                (b.key.backend.clone(), b.key.protocol.as_str(), tls, b)
+            })
+            .collect();
+        fn labels<'a>(
+            (backend, protocol, tls, _): &'a (String, &'static str, &'static str, BackendSnapshot),
+        ) -> Vec<(&'static str, &'a str)> {
+            vec![
+                ("backend", backend.as_str()),
+                ("protocol", *protocol),
+                ("tls", *tls),
+            ]
+        }
+        family(
+            e,
+            "mcproxy_backend_connections",
+            "L7 pooled backend connections open now, by state: in_use (carrying a request) or \
+             idle.",
+            None,
+            MetricType::Gauge,
+            backends.iter().flat_map(|b| {
+                let s = &b.3;
+                [("in_use", s.in_use), ("idle", s.idle)].map(|(state, n)| {
+                    let mut l = labels(b);
+                    l.push(("state", state));
+                    (l, ConstGauge::new(n))
+                })
+            }),
+        )?;
+        family(
+            e,
+            "mcproxy_backend_requests_in_flight",
+            "L7 requests on pooled backend connections now (HTTP/2 streams, HTTP/1.1 requests).",
+            None,
+            MetricType::Gauge,
+            backends
+                .iter()
+                .map(|b| (labels(b), ConstGauge::new(b.3.requests))),
+        )?;
+        family(
+            e,
+            "mcproxy_backend_connections_opened",
+            "L7 backend connections opened by the pool.",
+            None,
+            MetricType::Counter,
+            backends
+                .iter()
+                .map(|b| (labels(b), ConstCounter::new(b.3.opened))),
+        )?;
+        family(
+            e,
+            "mcproxy_backend_connect_failures",
+            "L7 backend connection attempts that failed (refused, TLS, handshake, timeout).",
+            None,
+            MetricType::Counter,
+            backends
+                .iter()
+                .map(|b| (labels(b), ConstCounter::new(b.3.failed))),
+        )?;
         Ok(())
     }
 }

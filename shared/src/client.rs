@@ -169,6 +169,49 @@ pub struct Status {
     pub total_connections: u64,
     /// Firewall rules in force.
     pub firewall_rules: u32,
+    /// The L7 backend connection pool, per backend.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One backend's pooled L7 connections (see the proto's `BackendStatus`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendStatus {
+    /// `host:port`.
+    pub backend: String,
+    /// The protocol its routes ask for.
+    pub protocol: BackendProtocol,
+    /// TLS to the backend.
+    pub tls: bool,
+    /// Connections open now.
+    pub open: u64,
+    /// Of those, carrying no request.
+    pub idle: u64,
+    /// Of those, carrying at least one request.
+    pub in_use: u64,
+    /// Requests in flight on them.
+    pub requests: u64,
+    /// Connections opened since start.
+    pub opened: u64,
+    /// Connection attempts failed since start.
+    pub failed: u64,
+}
+
+impl TryFrom<pb::BackendStatus> for BackendStatus {
+    type Error = ParseBackendProtocolError;
+
+    fn try_from(b: pb::BackendStatus) -> Result<Self, Self::Error> {
+        Ok(BackendStatus {
+            protocol: request_backend_protocol(b.protocol)?,
+            backend: b.backend,
+            tls: b.tls,
+            open: b.open,
+            idle: b.idle,
+            in_use: b.in_use,
+            requests: b.requests,
+            opened: b.opened,
+            failed: b.failed,
+        })
+    }
 }
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -587,6 +630,12 @@ impl AdminClient {
             active_connections: r.active_connections,
             total_connections: r.total_connections,
             firewall_rules: r.firewall_rules,
+            backends: r
+                .backends
+                .into_iter()
+                .map(BackendStatus::try_from)
+                .collect::<Result<_, _>>()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?,
         })
     }
 

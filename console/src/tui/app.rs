@@ -1000,6 +1000,7 @@ mod tests {
                 active_connections: 0,
                 total_connections: 0,
                 firewall_rules: 0,
+                backends: vec![],
             },
             routes: vec![
                 entry("127.0.0.1:8443", "api.test"),
@@ -1425,6 +1426,7 @@ mod tests {
                 active_connections: 0,
                 total_connections: 0,
                 firewall_rules: 0,
+                backends: vec![],
             },
             routes: vec![],
             rules: vec![],

@@ -111,6 +111,24 @@ async fn many_client_connections_share_one_h2_backend_connection() {
         "{f:?}"
     );
     assert_eq!((f.opened, f.failed), (1, 0), "{f:?}");
+
+    // The same figures on /metrics.
+    let metrics = http1_request(proxy.metrics, "GET", "/metrics", &[])
+        .await
+        .body;
+    let labels = format!("backend=\"{}\",protocol=\"h2\",tls=\"false\"", backend.addr);
+    for line in [
+        format!("mcproxy_backend_connections{{{labels},state=\"idle\"}} 1"),
+        format!("mcproxy_backend_connections{{{labels},state=\"in_use\"}} 0"),
+        format!("mcproxy_backend_requests_in_flight{{{labels}}} 0"),
+        format!("mcproxy_backend_connections_opened_total{{{labels}}} 1"),
+        format!("mcproxy_backend_connect_failures_total{{{labels}}} 0"),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]
