@@ -411,7 +411,7 @@ impl AdminService for Admin {
             total_connections: listeners.iter().map(|l| l.accepted).sum(),
             firewall_rules: u32::try_from(state.firewall().len()).unwrap_or(u32::MAX),
             listeners,
-            backends: backend_statuses(&state),
+            backends: backend_statuses(state),
         }))
     }
 
