@@ -664,11 +664,17 @@ fn format_event(e: &TimedEvent) -> String {
         Event::FirewallChanged { action, rule } => {
             format!("fw     {action} {} {}", rule.kind, rule.value)
         }
-        Event::Stats { listeners, routes } => format!(
-            "stats  {} listener(s), {} route(s), {} open",
+        Event::Stats {
+            listeners,
+            routes,
+            backends,
+        } => format!(
+            "stats  {} listener(s), {} route(s), {} open, {} backend connection(s) ({} in use)",
             listeners.len(),
             routes.len(),
-            listeners.iter().map(|l| l.active_connections).sum::<u64>()
+            listeners.iter().map(|l| l.active_connections).sum::<u64>(),
+            backends.iter().map(|b| b.open).sum::<u64>(),
+            backends.iter().map(|b| b.in_use).sum::<u64>()
         ),
         Event::Lagged { dropped } => {
             format!("lagged {dropped} event(s) dropped: reading too slowly")

@@ -115,6 +115,7 @@ fn busy_app() -> App {
             ev(Event::Stats {
                 listeners: listeners.clone(),
                 routes: entries(a, b),
+                backends: vec![],
             }),
             t0 + Duration::from_secs(i as u64),
         );
@@ -528,6 +529,7 @@ fn stats_at(app: &mut App, at: Instant, routes: &[(&str, RouteStats)]) {
             timestamp_ms: 0,
             event: Event::Stats {
                 listeners,
+                backends: vec![],
                 routes: routes
                     .iter()
                     .map(|(h, stats)| RouteEntry {

@@ -468,6 +468,8 @@ pub enum Event {
         listeners: Vec<ListenerStatus>,
         /// Routes.
         routes: Vec<RouteEntry>,
+        /// The L7 backend pool, per backend.
+        backends: Vec<BackendStatus>,
     },
     /// This subscriber read too slowly and lost events.
     Lagged {
@@ -1213,6 +1215,12 @@ impl TryFrom<pb::Event> for TimedEvent {
                     .into_iter()
                     .map(RouteEntry::try_from)
                     .collect::<Result<_, _>>()?,
+                backends: s
+                    .backends
+                    .into_iter()
+                    .map(BackendStatus::try_from)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?,
             },
             Kind::Lagged(l) => Event::Lagged { dropped: l.dropped },
         };

@@ -505,7 +505,9 @@ impl App {
         self.now = self.now.max(now);
         let time = clock(event.timestamp_ms);
         match event.event {
-            Event::Stats { listeners, routes } => {
+            Event::Stats {
+                listeners, routes, ..
+            } => {
                 self.listeners = listeners;
                 for entry in routes {
                     let list = self.routes.entry(entry.listener).or_default();
@@ -1096,6 +1098,7 @@ mod tests {
                     event: Event::Stats {
                         listeners: app.listeners.clone(),
                         routes,
+                        backends: vec![],
                     },
                 },
                 t0 + Duration::from_secs(i as u64),

@@ -364,6 +364,24 @@ async fn long_streams_on_a_one_stream_backend_do_not_hold_up_new_requests() {
     assert_eq!(backend.connections.load(Ordering::SeqCst), 4);
     let f = &backend_figures(&proxy)[0];
     assert_eq!((f.open, f.in_use, f.requests), (4, 3, 3), "{f:?}");
+    // The same figures reach event watchers with each stats tick.
+    let mut admin = proxy.admin().await;
+    let mut events = Box::pin(admin.watch_events().await.unwrap());
+    let backends = loop {
+        let event = timed(futures_util::StreamExt::next(&mut events))
+            .await
+            .unwrap()
+            .unwrap();
+        if let mc_proxy_shared::client::Event::Stats { backends, .. } = event.event {
+            break backends;
+        }
+    };
+    assert_eq!(backends.len(), 1, "{backends:?}");
+    assert_eq!(backends[0].backend, backend.addr.to_string());
+    assert_eq!(
+        (backends[0].open, backends[0].in_use, backends[0].requests),
+        (4, 3, 3)
+    );
     drop(streams);
 }
 
