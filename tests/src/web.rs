@@ -93,17 +93,7 @@ impl H2Backend {
     }
 
     pub async fn start_with(opts: H2Options<'_>) -> H2Backend {
-        let acceptor = opts.tls.map(|(pki, names)| {
-            let (chain, key) = pki.issue(names);
-            let mut config = rustls::ServerConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .unwrap();
-            config.alpn_protocols = vec![b"h2".to_vec()];
-            TlsAcceptor::from(Arc::new(config))
-        });
+        let acceptor = opts.tls.map(|(pki, names)| tls_acceptor(pki, names, b"h2"));
         let listener = match opts.listener {
             Some(listener) => {
                 listener.set_nonblocking(true).unwrap();
@@ -146,16 +136,9 @@ impl H2Backend {
                         Arc::clone(&release),
                     );
                     conns.spawn(async move {
-                        let mut early = Vec::new();
-                        if proxied {
-                            let Ok((header, rest)) =
-                                proxyproto::read_header(&mut tcp, Duration::from_secs(5)).await
-                            else {
-                                return;
-                            };
-                            headers.lock().unwrap().push(header);
-                            early = rest;
-                        }
+                        let Some(early) = read_proxy(&mut tcp, proxied, &headers).await else {
+                            return;
+                        };
                         let stream = Rewind::new(early, tcp);
                         match acceptor {
                             Some(acceptor) => {
@@ -243,6 +226,36 @@ where
     let _ = conn.await;
 }
 
+/// A TLS acceptor with a certificate for `names` from `pki`, offering one ALPN protocol.
+fn tls_acceptor(pki: &Pki, names: &[&str], alpn: &[u8]) -> TlsAcceptor {
+    let (chain, key) = pki.issue(names);
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// On a `proxied` backend, reads the PROXY header (kept in `headers`); returns the bytes read
+/// past it, or `None` when there was no valid header (the connection is dropped).
+async fn read_proxy(
+    tcp: &mut TcpStream,
+    proxied: bool,
+    headers: &Mutex<Vec<proxyproto::Header>>,
+) -> Option<Vec<u8>> {
+    if !proxied {
+        return Some(Vec::new());
+    }
+    let (header, rest) = proxyproto::read_header(tcp, Duration::from_secs(5))
+        .await
+        .ok()?;
+    headers.lock().unwrap().push(header);
+    Some(rest)
+}
+
 /// An HTTP/1.1-only echo backend (the same answers as [`H2Backend`]), counting connections.
 pub struct H1Backend {
     pub addr: SocketAddr,
@@ -279,17 +292,9 @@ impl H1Backend {
     }
 
     pub async fn start_with(opts: H1Options<'_>) -> H1Backend {
-        let acceptor = opts.tls.map(|(pki, names)| {
-            let (chain, key) = pki.issue(names);
-            let mut config = rustls::ServerConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .unwrap();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            TlsAcceptor::from(Arc::new(config))
-        });
+        let acceptor = opts
+            .tls
+            .map(|(pki, names)| tls_acceptor(pki, names, b"http/1.1"));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -323,16 +328,9 @@ impl H1Backend {
                     conns.spawn(async move {
                         open.fetch_add(1, Ordering::SeqCst);
                         let _open = Decrement(open);
-                        let mut early = Vec::new();
-                        if proxied {
-                            let Ok((header, rest)) =
-                                proxyproto::read_header(&mut tcp, Duration::from_secs(5)).await
-                            else {
-                                return;
-                            };
-                            headers.lock().unwrap().push(header);
-                            early = rest;
-                        }
+                        let Some(early) = read_proxy(&mut tcp, proxied, &headers).await else {
+                            return;
+                        };
                         let stream = Rewind::new(early, tcp);
                         match acceptor {
                             Some(acceptor) => {
@@ -639,6 +637,22 @@ pub async fn answer(resp: Response<Incoming>) -> Answer {
         headers: parts.headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     }
+}
+
+/// Sends `req` on an HTTP/2 client connection and reads the answer whole (10 s bound).
+pub async fn ask_h2(
+    client: &mut hyper::client::conn::http2::SendRequest<ClientBody>,
+    req: Request<ClientBody>,
+) -> Answer {
+    answer(timed(client.send_request(req)).await.unwrap()).await
+}
+
+/// Sends `req` on an HTTP/1.1 client connection and reads the answer whole (10 s bound).
+pub async fn ask_h1(
+    client: &mut hyper::client::conn::http1::SendRequest<ClientBody>,
+    req: Request<ClientBody>,
+) -> Answer {
+    answer(timed(client.send_request(req)).await.unwrap()).await
 }
 
 /// Finishes a request with a body.

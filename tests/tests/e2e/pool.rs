@@ -45,12 +45,7 @@ async fn h1_sequence(addr: std::net::SocketAddr, pki: &Pki, n: usize, tag: &str)
             .method("POST")
             .uri(format!("/s/{i}"))
             .header("host", "web.test");
-        let resp = answer(
-            timed(client.send_request(with_body(req, &body)))
-                .await
-                .unwrap(),
-        )
-        .await;
+        let resp = ask_h1(&mut client, with_body(req, &body)).await;
         assert_eq!(resp.status, 200, "{}", resp.body);
         assert_eq!(resp.body, body);
     }
@@ -205,12 +200,7 @@ async fn h2_client_trailers_and_te_do_not_reach_an_http1_backend_as_te() {
         .uri("https://web.test/put?q=1")
         .header("te", "trailers")
         .header("x-custom", "kept");
-    let resp = answer(
-        timed(client.send_request(with_body(req, "payload")))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let resp = ask_h2(&mut client, with_body(req, "payload")).await;
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, "payload");
     assert_eq!(resp.header("x-echo-version"), "HTTP/1.1");
@@ -283,12 +273,7 @@ async fn a_backend_closing_idle_keepalive_connections_fails_no_request() {
         let req = Request::builder()
             .method(method)
             .uri(format!("https://web.test/idle/{i}"));
-        let resp = answer(
-            timed(client.send_request(with_body(req, &body)))
-                .await
-                .unwrap(),
-        )
-        .await;
+        let resp = ask_h2(&mut client, with_body(req, &body)).await;
         assert_eq!(
             resp.status, 200,
             "request {i} after {pause} ms: {}",
@@ -317,12 +302,7 @@ async fn connection_close_answers_are_never_reused() {
     // Hop-by-hop: the backend's Connection: close is not the client's business.
     let mut client = h1_client(proxy.addr(), "web.test", &pki).await;
     let req = Request::builder().uri("/x").header("host", "web.test");
-    let resp = answer(
-        timed(client.send_request(with_body(req, "")))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let resp = ask_h1(&mut client, with_body(req, "")).await;
     assert_eq!(resp.status, 200);
     assert!(
         resp.headers.get("connection").is_none(),
@@ -354,12 +334,7 @@ async fn long_streams_on_a_one_stream_backend_do_not_hold_up_new_requests() {
     }
     // A plain request is answered while they are open: it got a connection of its own.
     let req = Request::builder().uri("https://web.test/quick");
-    let resp = answer(
-        timed(client.send_request(with_body(req, "")))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let resp = ask_h2(&mut client, with_body(req, "")).await;
     assert_eq!(resp.status, 200);
     assert_eq!(backend.connections.load(Ordering::SeqCst), 4);
     let f = &backend_figures(&proxy)[0];
@@ -409,12 +384,7 @@ async fn a_full_pool_answers_503_after_connect_timeout() {
     }
     let started = Instant::now();
     let req = Request::builder().uri("https://web.test/second");
-    let resp = answer(
-        timed(client.send_request(with_body(req, "")))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let resp = ask_h2(&mut client, with_body(req, "")).await;
     let waited = started.elapsed();
     assert_eq!(resp.status, 503, "{}", resp.body);
     assert!(resp.body.contains("busy"), "{}", resp.body);
@@ -458,12 +428,7 @@ async fn send_proxy_protocol_routes_keep_backend_connections_per_client() {
             let req = Request::builder()
                 .uri(format!("/pp/{round}"))
                 .header("host", "web.test");
-            let resp = answer(
-                timed(client.send_request(with_body(req, "")))
-                    .await
-                    .unwrap(),
-            )
-            .await;
+            let resp = ask_h1(client, with_body(req, "")).await;
             assert_eq!(resp.status, 200);
         }
     }
@@ -509,12 +474,7 @@ async fn http1_and_auto_over_tls_speak_what_the_backend_negotiates() {
                 .method("POST")
                 .uri(format!("/tls/{i}"))
                 .header("host", "web.test");
-            let resp = answer(
-                timed(client.send_request(with_body(req, "over tls")))
-                    .await
-                    .unwrap(),
-            )
-            .await;
+            let resp = ask_h1(&mut client, with_body(req, "over tls")).await;
             assert_eq!(resp.status, 200, "{protocol} to {backend}: {}", resp.body);
             assert_eq!(resp.body, "over tls");
             assert_eq!(resp.header("x-echo-version"), version, "{protocol}");
