@@ -102,6 +102,12 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, ParseError> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
