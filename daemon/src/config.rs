@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use mc_proxy_shared::text::clip;
-use mc_proxy_shared::{FirewallRuleKind, Mode, Route};
+use mc_proxy_shared::{BackendProtocol, FirewallRuleKind, Mode, Route};
 use serde::{Deserialize, Deserializer};
 
 use crate::firewall::parse_rule;
@@ -289,6 +289,8 @@ struct FileRoute {
     backend_tls: bool,
     #[serde(default)]
     send_proxy_protocol: bool,
+    #[serde(default)]
+    backend_protocol: String,
 }
 
 /// `"10s"`, `"5m"`, `"1h 30m"`, `"250ms"`: humantime's syntax.
@@ -441,6 +443,13 @@ impl FileConfig {
                         continue;
                     }
                 };
+                let backend_protocol = match fr.backend_protocol.parse::<BackendProtocol>() {
+                    Ok(protocol) => protocol,
+                    Err(e) => {
+                        problem(rctx, e.to_string());
+                        continue;
+                    }
+                };
                 let route = Route {
                     hostname: fr.hostname,
                     backend: fr.backend,
@@ -449,7 +458,7 @@ impl FileConfig {
                     tls_key: fr.tls_key,
                     backend_tls: fr.backend_tls,
                     send_proxy_protocol: fr.send_proxy_protocol,
-                    backend_protocol: Default::default(),
+                    backend_protocol,
                 };
                 match validate_route(&route) {
                     Ok(valid) => {
