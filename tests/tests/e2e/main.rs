@@ -16,3 +16,4 @@ mod l7_limits;
 mod multihop;
 mod proxy_protocol;
 mod web_flow;
+mod websocket;
