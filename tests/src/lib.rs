@@ -9,6 +9,7 @@
 
 pub mod grpc;
 pub mod h2raw;
+pub mod site;
 pub mod web;
 pub mod ws;
 
@@ -163,7 +164,22 @@ impl Pki {
     /// Issues a leaf for `names` and writes it as `NAME.pem` / `NAME.key` (PEM) in `dir`;
     /// returns the two paths as strings, ready for a TOML route.
     pub fn write_pem(&self, dir: &std::path::Path, names: &[&str]) -> (String, String) {
+        let (cert, key, _) = self.write_pem_spki(dir, names);
+        (cert, key)
+    }
+
+    /// Like `write_pem`, also returning the base64 SHA-256 of the leaf's SubjectPublicKeyInfo
+    /// (what Chromium's `--ignore-certificate-errors-spki-list` takes).
+    pub fn write_pem_spki(
+        &self,
+        dir: &std::path::Path,
+        names: &[&str],
+    ) -> (String, String, String) {
+        use base64::Engine as _;
+        use rcgen::PublicKeyData as _;
         let key = rcgen::KeyPair::generate().unwrap();
+        let spki = ring::digest::digest(&ring::digest::SHA256, &key.subject_public_key_info());
+        let spki = base64::engine::general_purpose::STANDARD.encode(spki);
         let params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
@@ -176,6 +192,7 @@ impl Pki {
         (
             cert_path.display().to_string(),
             key_path.display().to_string(),
+            spki,
         )
     }
 
@@ -661,6 +678,14 @@ impl ProxyBuilder {
         let route = self.last_route();
         route.mode = Some("l7");
         route.cert = Some(cert);
+        self
+    }
+
+    /// The route terminates TLS with these PEM files (a `(cert, key)` pair of paths).
+    pub fn l7_cert_files(mut self, (cert, key): (String, String)) -> Self {
+        let route = self.last_route();
+        route.mode = Some("l7");
+        route.cert = Some((cert, key));
         self
     }
 

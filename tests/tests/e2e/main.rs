@@ -8,6 +8,7 @@
 //! process's peak resident size).
 
 mod admin;
+mod browser;
 mod grpc_python;
 mod haproxy;
 mod l4;
