@@ -921,7 +921,7 @@ async fn backends_shows_the_pool_per_backend() {
     let pki = Pki::new();
     let backend = H1Backend::start().await;
     let proxy = web_proxy(&pki, backend.addr)
-        .backend_protocol("http1")
+        .backend_protocol(mc_proxy_shared::BackendProtocol::Http1)
         .start()
         .await;
     // Nothing dialled yet: no backend listed.

@@ -9,7 +9,9 @@
 
 pub mod grpc;
 pub mod h2raw;
+pub mod site;
 pub mod web;
+pub mod ws;
 
 use std::io;
 use std::net::SocketAddr;
@@ -162,7 +164,22 @@ impl Pki {
     /// Issues a leaf for `names` and writes it as `NAME.pem` / `NAME.key` (PEM) in `dir`;
     /// returns the two paths as strings, ready for a TOML route.
     pub fn write_pem(&self, dir: &std::path::Path, names: &[&str]) -> (String, String) {
+        let (cert, key, _) = self.write_pem_spki(dir, names);
+        (cert, key)
+    }
+
+    /// Like `write_pem`, also returning the base64 SHA-256 of the leaf's SubjectPublicKeyInfo
+    /// (what Chromium's `--ignore-certificate-errors-spki-list` takes).
+    pub fn write_pem_spki(
+        &self,
+        dir: &std::path::Path,
+        names: &[&str],
+    ) -> (String, String, String) {
+        use base64::Engine as _;
+        use rcgen::PublicKeyData as _;
         let key = rcgen::KeyPair::generate().unwrap();
+        let spki = ring::digest::digest(&ring::digest::SHA256, &key.subject_public_key_info());
+        let spki = base64::engine::general_purpose::STANDARD.encode(spki);
         let params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
@@ -175,6 +192,7 @@ impl Pki {
         (
             cert_path.display().to_string(),
             key_path.display().to_string(),
+            spki,
         )
     }
 
@@ -566,7 +584,7 @@ struct RouteSpec {
     cert: Option<(String, String)>,
     backend_tls: bool,
     send_proxy: bool,
-    backend_protocol: Option<&'static str>,
+    backend_protocol: Option<mc_proxy_shared::BackendProtocol>,
 }
 
 impl Default for ProxyBuilder {
@@ -663,15 +681,17 @@ impl ProxyBuilder {
         self
     }
 
-    /// The route's backend speaks TLS.
-    pub fn backend_tls(mut self) -> Self {
-        self.last_route().backend_tls = true;
+    /// The route terminates TLS with these PEM files (a `(cert, key)` pair of paths).
+    pub fn l7_cert_files(mut self, (cert, key): (String, String)) -> Self {
+        let route = self.last_route();
+        route.mode = Some("l7");
+        route.cert = Some((cert, key));
         self
     }
 
-    /// The route speaks `protocol` (`h2`, `http1`, `auto`) to its backend.
-    pub fn backend_protocol(mut self, protocol: &'static str) -> Self {
-        self.last_route().backend_protocol = Some(protocol);
+    /// The route's backend speaks TLS.
+    pub fn backend_tls(mut self) -> Self {
+        self.last_route().backend_tls = true;
         self
     }
 
@@ -690,6 +710,12 @@ impl ProxyBuilder {
     /// The route sends a PROXY v2 header to its backend.
     pub fn send_proxy(mut self) -> Self {
         self.last_route().send_proxy = true;
+        self
+    }
+
+    /// The HTTP version the route speaks to its backend (`backend_protocol`).
+    pub fn backend_protocol(mut self, protocol: mc_proxy_shared::BackendProtocol) -> Self {
+        self.last_route().backend_protocol = Some(protocol);
         self
     }
 
@@ -819,7 +845,7 @@ impl ProxyBuilder {
                     writeln!(out, "send_proxy_protocol = true").unwrap();
                 }
                 if let Some(protocol) = route.backend_protocol {
-                    writeln!(out, "backend_protocol = {protocol:?}").unwrap();
+                    writeln!(out, "backend_protocol = \"{protocol}\"").unwrap();
                 }
             }
         }

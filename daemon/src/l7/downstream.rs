@@ -29,6 +29,7 @@ use super::headers;
 use super::limits::{self, Limits, Violation};
 use super::pool::PoolError;
 use super::upstream::{Upstream, UpstreamError};
+use super::websocket::{self, Tunnels, WebSocketError};
 use super::{InFlight, InFlightGuard};
 use crate::routes::RouteInfo;
 
@@ -91,6 +92,9 @@ pub enum RequestError {
     /// Backend fault (or config, for TLS trust): see [`UpstreamError`].
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// An upgrade (WebSocket, or one refused): see [`WebSocketError`] for whose fault.
+    #[error(transparent)]
+    WebSocket(#[from] WebSocketError),
     /// The client connection ended while the request waited for the backend.
     #[error("client connection closed")]
     Closed,
@@ -103,6 +107,7 @@ impl RequestError {
             RequestError::BadAuthority(_) => StatusCode::BAD_REQUEST,
             RequestError::Refused(v) => v.status(),
             RequestError::Upstream(e) => e.status(),
+            RequestError::WebSocket(e) => e.status(),
             RequestError::Closed => StatusCode::BAD_GATEWAY,
         }
     }
@@ -115,6 +120,7 @@ impl RequestError {
             }
             RequestError::BadAuthority(_) => "bad request: unusable host\n",
             RequestError::Refused(v) => v.text(),
+            RequestError::WebSocket(e) => e.text(),
             RequestError::Upstream(e) if e.status() == StatusCode::GATEWAY_TIMEOUT => {
                 "gateway timeout: the backend did not answer in time\n"
             }
@@ -146,6 +152,8 @@ pub struct Ctx {
     pub in_flight: Arc<InFlight>,
     /// What a request may look like (`[proxy] max_request_head`).
     pub limits: Limits,
+    /// The connection's WebSocket tunnels.
+    pub tunnels: Tunnels,
 }
 
 /// hyper's service function: answers every request, never fails (errors become responses).
@@ -168,9 +176,17 @@ pub async fn handle(
                     stats.backend_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%method, %path, "backend error: {e}");
                 }
+                RequestError::WebSocket(w) if w.is_backend() => {
+                    stats.backend_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%method, %path, "backend error: {e}");
+                }
                 _ => tracing::info!(%method, %path, "refused: {e}"),
             }
-            text_response(e.status(), e.text())
+            let mut resp = text_response(e.status(), e.text());
+            if let RequestError::WebSocket(w) = &e {
+                w.decorate(resp.headers_mut());
+            }
+            resp
         }
     };
     *resp.version_mut() = version;
@@ -227,6 +243,9 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<ProxyBody
     let authority: Authority = authority
         .parse()
         .map_err(|_| RequestError::BadAuthority(authority.clone()))?;
+    if let Some(upgrade) = websocket::upgrade_of(&req) {
+        return upgrade_websocket(ctx, req, upgrade?, authority).await;
+    }
 
     let (mut parts, body) = req.into_parts();
     let path = parts
@@ -253,4 +272,37 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<ProxyBody
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, ProxyBody::new(body.boxed())))
+}
+
+/// The WebSocket branch of [`forward`]: a dedicated backend connection and a tunnel
+/// ([`websocket`]), the answer to the client with the body it calls for.
+async fn upgrade_websocket(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    side: websocket::ClientSide,
+    authority: Authority,
+) -> Result<Response<ProxyBody>, RequestError> {
+    let pool = ctx.upstream.pool();
+    let setup = websocket::Setup {
+        target: pool.target(),
+        tls: pool.backend_tls(),
+        client: ctx.client.ip(),
+        closed: &ctx.closed,
+        tunnels: &ctx.tunnels,
+        in_flight: ctx.in_flight.enter(),
+    };
+    let answer = tokio::select! {
+        res = websocket::open(setup, req, side, authority) => res?,
+        () = ctx.closed.cancelled() => return Err(RequestError::Closed),
+    };
+    Ok(match answer {
+        websocket::Answer::Switched(resp) => resp.map(|()| {
+            ProxyBody::new(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+        }),
+        websocket::Answer::Refused(resp) => resp.map(|body| ProxyBody::new(body.boxed())),
+    })
 }

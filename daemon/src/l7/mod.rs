@@ -6,7 +6,10 @@
 //! serves both HTTP versions with hyper-util's auto builder. Each request goes through
 //! [`downstream`] (misrouting guard, header rewriting, error responses) to [`upstream`] (one
 //! HTTP/2 connection to the backend per client connection, h2c or TLS, optional PROXY v2).
-//! [`headers`] is the pure header rewriting.
+//! [`headers`] is the pure header rewriting. WebSockets (HTTP/1.1 `Upgrade`, HTTP/2 extended
+//! CONNECT, which this server advertises) leave `downstream` for [`websocket`]: a backend
+//! connection of their own, then a byte tunnel; an HTTP/1.1 connection that switched lasts
+//! until its tunnel ends.
 //!
 //! Invariants: nothing is buffered whole; request and response bodies and trailers stream.
 //! The route's byte counters count TLS bytes on the client connection (the same place L4
@@ -24,6 +27,7 @@ pub mod headers;
 pub mod limits;
 pub mod pool;
 pub mod upstream;
+pub mod websocket;
 
 use std::io;
 use std::net::SocketAddr;
@@ -161,6 +165,12 @@ pub async fn serve(
     tracing::debug!(alpn = alpn.as_deref().unwrap_or("-"), "TLS established");
 
     let in_flight = Arc::new(InFlight::new());
+    let tunnels = websocket::Tunnels::new(
+        executor.clone(),
+        session.connect_timeout,
+        session.response_timeout,
+        session.idle_timeout,
+    );
     let closed = CancellationToken::new();
     let _closed_on_return = closed.clone().drop_guard();
     let target = connector::Target {
@@ -202,6 +212,7 @@ pub async fn serve(
         closed,
         in_flight: Arc::clone(&in_flight),
         limits: session.limits,
+        tunnels: tunnels.clone(),
     });
 
     let mut builder = auto::Builder::new(executor);
@@ -214,13 +225,15 @@ pub async fn serve(
     builder
         .http2()
         .initial_stream_window_size(pool::STREAM_WINDOW)
-        .initial_connection_window_size(pool::CONNECTION_WINDOW);
+        .initial_connection_window_size(pool::CONNECTION_WINDOW)
+        // RFC 8441: HTTP/2 clients may open WebSockets with extended CONNECT.
+        .enable_connect_protocol();
     limits::configure(&mut builder, session.limits);
     // Boxed: hyper moves each request's future into a task of its own, and this future is
     // large (it carries the backend dial); a pointer is cheaper to move than kilobytes of
     // state (measured: -13% CPU per request, docs/BENCHMARKS.md).
     let service = service_fn(move |req| Box::pin(downstream::handle(Arc::clone(&ctx), req)));
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
 
     let mut draining = false;
@@ -228,6 +241,13 @@ pub async fn serve(
     loop {
         tokio::select! {
             res = conn.as_mut() => {
+                // An HTTP/1.1 connection that switched to a WebSocket handed its socket to
+                // the tunnel: the connection lasts as long as the tunnel does (cut, like an L4
+                // relay, when the grace period of a shutdown ends and this future is dropped).
+                tokio::select! {
+                    () = tunnels.finished() => {}
+                    () = activity.idle_for(session.idle_timeout) => return Ok(L7End::IdleTimeout),
+                }
                 return Ok(match res {
                     Ok(()) if draining => L7End::Drained,
                     // After our GOAWAY a client may just hang up (no TLS close_notify), which

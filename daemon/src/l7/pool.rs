@@ -397,6 +397,11 @@ impl TargetPool {
         &self.target
     }
 
+    /// The backend TLS client configs (for connections opened outside the pool: WebSockets).
+    pub fn backend_tls(&self) -> &BackendTls {
+        &self.common.tls
+    }
+
     /// A connection (HTTP/1.1) or stream slot (HTTP/2) for one request: reused when one is
     /// free, dialled when the target has room, else waited for. All of it within
     /// `connect_timeout`. Returns the lease and, when this request dialled, how long the dial
@@ -715,14 +720,14 @@ where
 
 /// A backend stream that hands the bytes it reads first to [`h2_settings::parse`] and
 /// reports, once, what the backend's opening SETTINGS frame said (or why there was none).
-struct SettingsWatch<T> {
+pub(super) struct SettingsWatch<T> {
     inner: T,
     seen: Vec<u8>,
     report: Option<oneshot::Sender<Result<ServerSettings, String>>>,
 }
 
 impl<T> SettingsWatch<T> {
-    fn new(inner: T) -> (Self, oneshot::Receiver<Result<ServerSettings, String>>) {
+    pub(super) fn new(inner: T) -> (Self, oneshot::Receiver<Result<ServerSettings, String>>) {
         let (tx, rx) = oneshot::channel();
         (
             SettingsWatch {

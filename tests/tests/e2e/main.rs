@@ -8,6 +8,7 @@
 //! process's peak resident size).
 
 mod admin;
+mod browser;
 mod grpc_python;
 mod haproxy;
 mod l4;
@@ -17,3 +18,4 @@ mod multihop;
 mod pool;
 mod proxy_protocol;
 mod web_flow;
+mod websocket;

@@ -131,7 +131,7 @@ async fn http1_backend_connections_are_kept_alive_and_reused() {
     let pki = Arc::new(Pki::new());
     let backend = H1Backend::start().await;
     let proxy = web_proxy(&pki, backend.addr)
-        .backend_protocol("http1")
+        .backend_protocol(mc_proxy_shared::BackendProtocol::Http1)
         .start()
         .await;
 
@@ -173,7 +173,7 @@ async fn sequential_requests_reuse_one_http1_backend_connection() {
     let pki = Arc::new(Pki::new());
     let backend = H1Backend::start().await;
     let proxy = web_proxy(&pki, backend.addr)
-        .backend_protocol("http1")
+        .backend_protocol(mc_proxy_shared::BackendProtocol::Http1)
         .start()
         .await;
     // The connection goes back to the pool as the response's last byte is read, before the
@@ -191,7 +191,7 @@ async fn h2_client_trailers_and_te_do_not_reach_an_http1_backend_as_te() {
     let pki = Arc::new(Pki::new());
     let backend = H1Backend::start().await;
     let proxy = web_proxy(&pki, backend.addr)
-        .backend_protocol("http1")
+        .backend_protocol(mc_proxy_shared::BackendProtocol::Http1)
         .start()
         .await;
     let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
@@ -253,7 +253,7 @@ async fn a_backend_closing_idle_keepalive_connections_fails_no_request() {
     })
     .await;
     let proxy = web_proxy(&pki, backend.addr)
-        .backend_protocol("http1")
+        .backend_protocol(mc_proxy_shared::BackendProtocol::Http1)
         .start()
         .await;
     let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
@@ -293,7 +293,7 @@ async fn connection_close_answers_are_never_reused() {
     })
     .await;
     let proxy = web_proxy(&pki, backend.addr)
-        .backend_protocol("http1")
+        .backend_protocol(mc_proxy_shared::BackendProtocol::Http1)
         .start()
         .await;
     h1_sequence(proxy.addr(), &pki, 6, "close").await;
@@ -365,7 +365,7 @@ async fn a_full_pool_answers_503_after_connect_timeout() {
     let pki = Arc::new(Pki::new());
     let backend = H1Backend::start().await;
     let proxy = web_proxy(&pki, backend.addr)
-        .backend_protocol("http1")
+        .backend_protocol(mc_proxy_shared::BackendProtocol::Http1)
         .backend_max_connections(1)
         .connect_timeout(Duration::from_millis(300))
         .start()
@@ -405,7 +405,7 @@ async fn send_proxy_protocol_routes_keep_backend_connections_per_client() {
     })
     .await;
     let proxy = web_proxy(&pki, backend.addr)
-        .backend_protocol("http1")
+        .backend_protocol(mc_proxy_shared::BackendProtocol::Http1)
         .send_proxy()
         .start()
         .await;
@@ -464,7 +464,7 @@ async fn http1_and_auto_over_tls_speak_what_the_backend_negotiates() {
     ] {
         let proxy = web_proxy(&pki, backend)
             .backend_tls()
-            .backend_protocol(protocol)
+            .backend_protocol(protocol.parse().unwrap())
             .backend_ca(&pki)
             .start()
             .await;
@@ -489,7 +489,7 @@ async fn idle_pooled_connections_close_after_backend_idle_timeout() {
     let pki = Arc::new(Pki::new());
     let backend = H1Backend::start().await;
     let proxy = web_proxy(&pki, backend.addr)
-        .backend_protocol("http1")
+        .backend_protocol(mc_proxy_shared::BackendProtocol::Http1)
         .backend_idle_timeout(Duration::from_millis(200))
         .start()
         .await;
