@@ -84,26 +84,23 @@ impl RespBody {
 }
 
 impl RespBody {
-    /// The body ended: an HTTP/1.1 connection goes back to the pool (if reusable).
-    fn release(&mut self) {
-        self.done = true;
+    /// Hands an HTTP/1.1 connection back (once): to the pool if it is reusable and the body
+    /// is `done`, else to be closed.
+    fn release(&mut self, done: bool) {
+        self.done |= done;
         if let Held::Connection(lease, reusable) = &mut self.held
             && let Some(lease) = lease.take()
         {
-            lease.finish(*reusable);
+            lease.finish(*reusable && self.done);
         }
     }
 }
 
 impl Drop for RespBody {
     fn drop(&mut self) {
-        if let Held::Connection(lease, reusable) = &mut self.held
-            && let Some(lease) = lease.take()
-        {
-            // A body nobody read (HEAD, 204, 304) is done when it says it is.
-            let done = self.done || self.inner.is_end_stream();
-            lease.finish(*reusable && done);
-        }
+        // A body nobody read (HEAD, 204, 304) is done when it says it is.
+        let done = self.inner.is_end_stream();
+        self.release(done);
     }
 }
 
@@ -117,11 +114,11 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let res = Pin::new(&mut self.inner).poll_frame(cx);
         match &res {
-            Poll::Ready(None) => self.release(),
+            Poll::Ready(None) => self.release(true),
             // The last frame: hand the connection back now, before the client has it and
             // can send its next request (released on drop, that request would race the
             // return and open a connection of its own).
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(true),
             Poll::Ready(Some(Err(_))) => {
                 if let Held::Connection(_, reusable) = &mut self.held {
                     *reusable = false;

@@ -257,8 +257,6 @@ struct H2Conn {
     active: AtomicU32,
     /// When `active` last dropped to zero (ms since the pool's epoch).
     idle_since_ms: AtomicU64,
-    /// Whether the backend allows extended CONNECT (RFC 8441).
-    connect_protocol: bool,
 }
 
 #[derive(Debug)]
@@ -546,58 +544,29 @@ impl TargetPool {
         }
     }
 
-    /// HTTP/2 with prior knowledge (or after ALPN `h2`). Done only once the backend's SETTINGS
-    /// arrived: hyper's handshake returns as soon as our preface is queued, so a backend that
-    /// accepts TCP and stays silent would otherwise pass (RFC 9113 §3.4: its first frame is
-    /// SETTINGS).
     async fn handshake_h2(
         self: &Arc<Self>,
         stream: BackendStream,
         span: tracing::Span,
     ) -> Result<Arc<H2Conn>, PoolError> {
-        let (io, settings) = SettingsWatch::new(stream);
         let executor = PoolExecutor {
             tasks: self.common.tasks.clone(),
             span: span.clone(),
         };
-        let (sender, conn) = http2::Builder::new(executor)
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|source| PoolError::Handshake {
-                backend: self.target.backend.clone(),
-                version: "HTTP/2",
-                source,
-            })?;
-        self.spawn_driver(conn, span);
-        let settings: ServerSettings = match settings.await {
-            Ok(Ok(settings)) => settings,
-            Ok(Err(why)) => {
-                return Err(PoolError::NoSettings {
-                    backend: self.target.backend.clone(),
-                    why,
-                });
-            }
-            Err(_) => {
-                return Err(PoolError::NoSettings {
-                    backend: self.target.backend.clone(),
-                    why: "the backend closed without sending SETTINGS".into(),
-                });
-            }
-        };
+        let (sender, settings) = handshake_h2(stream, executor, &self.target.backend, |conn| {
+            self.spawn_driver(conn, span)
+        })
+        .await?;
         let max_streams = settings
             .max_concurrent_streams
             .unwrap_or(MAX_STREAMS_PER_CONN)
             .clamp(1, MAX_STREAMS_PER_CONN);
-        let conn = Arc::new(H2Conn {
+        Ok(Arc::new(H2Conn {
             sender,
             max_streams,
             active: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
-            connect_protocol: settings.enable_connect_protocol,
-        });
-        Ok(conn)
+        }))
     }
 
     async fn handshake_h1(
@@ -605,14 +574,7 @@ impl TargetPool {
         stream: BackendStream,
         span: tracing::Span,
     ) -> Result<http1::SendRequest<ReqBody>, PoolError> {
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| PoolError::Handshake {
-                backend: self.target.backend.clone(),
-                version: "HTTP/1.1",
-                source,
-            })?;
+        let (sender, conn) = handshake_h1(stream, &self.target.backend).await?;
         self.spawn_driver(conn, span);
         Ok(sender)
     }
@@ -681,12 +643,66 @@ impl TargetPool {
             && conns.dialing == 0
             && self.counters.open.load(Ordering::Acquire) == 0
     }
+}
 
-    /// Whether an open HTTP/2 connection of this target allows extended CONNECT (RFC 8441).
-    pub fn h2_connect_protocol(&self) -> Option<bool> {
-        let conns = lock(&self.conns);
-        conns.h2.first().map(|c| c.connect_protocol)
-    }
+/// The HTTP/2 handshake on an opened backend stream, for pooled connections and WebSocket
+/// tunnels alike. Done only once the backend's SETTINGS arrived: hyper's handshake returns as
+/// soon as our preface is queued, so a backend that accepts TCP and stays silent would
+/// otherwise pass (RFC 9113 §3.4: its first frame is SETTINGS). `spawn` gets the connection's
+/// driver first, since the SETTINGS are only read while it runs.
+pub(super) async fn handshake_h2<E>(
+    stream: BackendStream,
+    executor: E,
+    backend: &str,
+    spawn: impl FnOnce(http2::Connection<TokioIo<SettingsWatch<BackendStream>>, ReqBody, E>),
+) -> Result<(http2::SendRequest<ReqBody>, ServerSettings), PoolError>
+where
+    E: hyper::rt::bounds::Http2ClientConnExec<ReqBody, TokioIo<SettingsWatch<BackendStream>>>
+        + Unpin
+        + Clone,
+{
+    let (io, settings) = SettingsWatch::new(stream);
+    let (sender, conn) = http2::Builder::new(executor)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| PoolError::Handshake {
+            backend: backend.to_owned(),
+            version: "HTTP/2",
+            source,
+        })?;
+    spawn(conn);
+    let why = match settings.await {
+        Ok(Ok(settings)) => return Ok((sender, settings)),
+        Ok(Err(why)) => why,
+        Err(_) => "the backend closed without sending SETTINGS".into(),
+    };
+    Err(PoolError::NoSettings {
+        backend: backend.to_owned(),
+        why,
+    })
+}
+
+/// The HTTP/1.1 handshake on an opened backend stream; the caller drives the connection.
+pub(super) async fn handshake_h1(
+    stream: BackendStream,
+    backend: &str,
+) -> Result<
+    (
+        http1::SendRequest<ReqBody>,
+        http1::Connection<TokioIo<BackendStream>, ReqBody>,
+    ),
+    PoolError,
+> {
+    http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| PoolError::Handshake {
+            backend: backend.to_owned(),
+            version: "HTTP/1.1",
+            source,
+        })
 }
 
 enum Opened {
@@ -727,7 +743,7 @@ pub(super) struct SettingsWatch<T> {
 }
 
 impl<T> SettingsWatch<T> {
-    pub(super) fn new(inner: T) -> (Self, oneshot::Receiver<Result<ServerSettings, String>>) {
+    fn new(inner: T) -> (Self, oneshot::Receiver<Result<ServerSettings, String>>) {
         let (tx, rx) = oneshot::channel();
         (
             SettingsWatch {

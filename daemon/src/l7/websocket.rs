@@ -22,8 +22,8 @@
 //!   client it computes the accept from the client's key. Subprotocols, extensions (e.g.
 //!   `permessage-deflate`), `Origin` and cookies pass through both ways as headers; frames
 //!   are never looked at, so whatever was negotiated holds end to end. An HTTP/2 backend is
-//!   asked only if its SETTINGS allowed extended CONNECT (read with the pool's
-//!   `SettingsWatch`); otherwise the client gets 502 saying so. `auto` routes offer only ALPN
+//!   asked only if its SETTINGS allowed extended CONNECT (read by the pool's
+//!   `handshake_h2`); otherwise the client gets 502 saying so. `auto` routes offer only ALPN
 //!   `http/1.1` for WebSockets: every WebSocket server speaks the HTTP/1.1 upgrade, few speak
 //!   RFC 8441. A backend that refuses (4xx, 5xx, 3xx) is answered to the client as it is; one
 //!   that answers 2xx without switching is a bad gateway (an HTTP/2 client would take a 200 as
@@ -65,7 +65,7 @@ use tokio_util::task::TaskTracker;
 use super::body::ReqBody;
 use super::connector::{self, BackendTls, ConnectError, Target, Wire};
 use super::headers;
-use super::pool::{self, SettingsWatch};
+use super::pool;
 use super::{InFlightGuard, TaskExecutor};
 use crate::relay::{self, RelayEnd};
 use crate::stats::Transferred;
@@ -108,24 +108,10 @@ pub enum WebSocketError {
         /// The configured `connect_timeout`.
         after: Duration,
     },
-    /// Backend fault: the HTTP handshake on the new connection failed.
-    #[error("{version} handshake with {backend}: {source}")]
-    Handshake {
-        /// The backend address.
-        backend: String,
-        /// `HTTP/2` or `HTTP/1.1`.
-        version: &'static str,
-        /// What hyper said.
-        source: hyper::Error,
-    },
-    /// Backend fault: an HTTP/2 backend whose first bytes were not a SETTINGS frame.
-    #[error("HTTP/2 handshake with {backend}: {why}")]
-    NoSettings {
-        /// The backend address.
-        backend: String,
-        /// What came instead.
-        why: String,
-    },
+    /// Backend fault: the HTTP handshake on the new connection failed (for HTTP/2: no
+    /// SETTINGS frame first), as the pool's handshake reports it.
+    #[error(transparent)]
+    Handshake(#[from] pool::PoolError),
     /// Backend (or config) fault: an HTTP/2 backend that did not send
     /// `SETTINGS_ENABLE_CONNECT_PROTOCOL`, so it cannot take a WebSocket (RFC 8441 §3).
     #[error(
@@ -176,8 +162,7 @@ impl WebSocketError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             WebSocketError::Connect(_)
-            | WebSocketError::Handshake { .. }
-            | WebSocketError::NoSettings { .. }
+            | WebSocketError::Handshake(_)
             | WebSocketError::NoConnectProtocol { .. }
             | WebSocketError::Request { .. }
             | WebSocketError::BadAnswer { .. } => StatusCode::BAD_GATEWAY,
@@ -207,8 +192,7 @@ impl WebSocketError {
                 "gateway timeout: the backend did not answer in time\n"
             }
             WebSocketError::Connect(_)
-            | WebSocketError::Handshake { .. }
-            | WebSocketError::NoSettings { .. }
+            | WebSocketError::Handshake(_)
             | WebSocketError::Request { .. } => "bad gateway: the backend is unreachable\n",
         }
     }
@@ -640,43 +624,22 @@ async fn dial(
     let span = tracing::debug_span!("websocket backend", backend = %backend);
     match wire {
         Wire::Http1 => {
-            let (sender, conn) = http1::Builder::new()
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|source| WebSocketError::Handshake {
-                    backend: backend.clone(),
-                    version: "HTTP/1.1",
-                    source,
-                })?;
+            let (sender, conn) = pool::handshake_h1(stream, backend).await?;
             tunnels.spawn(drive(conn.with_upgrades(), closed.clone(), span));
             Ok(Sender::Http1(sender))
         }
         Wire::H2 => {
-            let (io, settings) = SettingsWatch::new(stream);
-            let (sender, conn) = http2::Builder::new(tunnels.executor.clone())
-                .initial_stream_window_size(pool::STREAM_WINDOW)
-                .initial_connection_window_size(pool::CONNECTION_WINDOW)
-                .handshake(TokioIo::new(io))
-                .await
-                .map_err(|source| WebSocketError::Handshake {
+            let (sender, settings) =
+                pool::handshake_h2(stream, tunnels.executor.clone(), backend, |conn| {
+                    tunnels.spawn(drive(conn, closed.clone(), span))
+                })
+                .await?;
+            if settings.enable_connect_protocol {
+                Ok(Sender::H2(sender))
+            } else {
+                Err(WebSocketError::NoConnectProtocol {
                     backend: backend.clone(),
-                    version: "HTTP/2",
-                    source,
-                })?;
-            tunnels.spawn(drive(conn, closed.clone(), span));
-            match settings.await {
-                Ok(Ok(settings)) if settings.enable_connect_protocol => Ok(Sender::H2(sender)),
-                Ok(Ok(_)) => Err(WebSocketError::NoConnectProtocol {
-                    backend: backend.clone(),
-                }),
-                Ok(Err(why)) => Err(WebSocketError::NoSettings {
-                    backend: backend.clone(),
-                    why,
-                }),
-                Err(_) => Err(WebSocketError::NoSettings {
-                    backend: backend.clone(),
-                    why: "the backend closed without sending SETTINGS".to_owned(),
-                }),
+                })
             }
         }
     }
