@@ -250,6 +250,16 @@ struct Conns {
     failure: Option<(u64, Arc<PoolError>)>,
 }
 
+impl Conns {
+    /// The failure of a dial that ended after `generation` (the one a waiter waited for).
+    fn failed_since(&self, generation: u64) -> Option<PoolError> {
+        match &self.failure {
+            Some((g, e)) if *g > generation => Some(PoolError::Shared(Arc::clone(e))),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct H2Conn {
     sender: http2::SendRequest<ReqBody>,
@@ -434,10 +444,8 @@ impl TargetPool {
             };
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 let conns = lock(&self.conns);
-                if let Some((g, e)) = &conns.failure
-                    && *g > generation
-                {
-                    return Err(PoolError::Shared(Arc::clone(e)));
+                if let Some(e) = conns.failed_since(generation) {
+                    return Err(e);
                 }
                 return Err(if conns.dialing > 0 {
                     PoolError::Timeout {
@@ -455,13 +463,12 @@ impl TargetPool {
             // A dial this request waited for failed: it shares that answer rather than
             // dialling the dead backend again (a burst of N requests would take N dials).
             let conns = lock(&self.conns);
-            if let Some((g, e)) = &conns.failure
-                && *g > generation
-                && conns.dialing == 0
+            if conns.dialing == 0
                 && conns.h2.is_empty()
                 && conns.idle.is_empty()
+                && let Some(e) = conns.failed_since(generation)
             {
-                return Err(PoolError::Shared(Arc::clone(e)));
+                return Err(e);
             }
         }
     }
