@@ -13,8 +13,10 @@ pub mod outcome;
 pub mod text;
 
 pub use model::{
-    BackendProtocol, FirewallRule, FirewallRuleKind, Mode, ParseBackendProtocolError,
-    ParseKindError, ParseModeError, Route, RoutePatch,
+    AdminState, BackendProtocol, Balance, FirewallRule, FirewallRuleKind, HealthCheck, Mode,
+    ParseAdminStateError, ParseBackendProtocolError, ParseBalanceError, ParseKindError,
+    ParseModeError, ParseRouteBackendError, ParseStatusClassesError, Route, RouteBackend,
+    RoutePatch, StatusClasses,
 };
 pub use outcome::{BlockedReason, ChangeAction, CloseReason, Outcome, ResetReason};
 

@@ -126,13 +126,330 @@ impl FromStr for BackendProtocol {
     }
 }
 
+/// One member of a route's backend set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RouteBackend {
+    /// `host:port`, the host an IP address or a DNS name.
+    pub address: String,
+    /// Share of new connections (L4) or requests (L7) under weighted round robin, relative
+    /// to the other members: 1 to [`RouteBackend::MAX_WEIGHT`].
+    #[serde(default = "RouteBackend::default_weight")]
+    pub weight: u32,
+    /// What the operator said about this member: in rotation, draining or out.
+    #[serde(default)]
+    pub state: AdminState,
+}
+
+impl RouteBackend {
+    /// The largest weight, as HAProxy's `weight`.
+    pub const MAX_WEIGHT: u32 = 256;
+
+    /// The weight of a member that names none.
+    pub fn default_weight() -> u32 {
+        1
+    }
+
+    /// An enabled member of weight 1.
+    pub fn new(address: impl Into<String>) -> Self {
+        RouteBackend {
+            address: address.into(),
+            weight: 1,
+            state: AdminState::Enabled,
+        }
+    }
+
+    /// The same member with another weight.
+    pub fn with_weight(self, weight: u32) -> Self {
+        RouteBackend { weight, ..self }
+    }
+}
+
+/// A backend written `host:port` or `host:port weight=N`, the one text form of a member in the
+/// CLI and the console (the TOML has `{ address, weight }` tables too).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid backend {0}: expected host:port or host:port weight=N (N from 1 to 256)")]
+pub struct ParseRouteBackendError(pub String);
+
+impl FromStr for RouteBackend {
+    type Err = ParseRouteBackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseRouteBackendError(crate::text::clip(s));
+        let mut words = s.split_whitespace();
+        let address = words.next().ok_or_else(err)?;
+        let mut member = RouteBackend::new(address);
+        for word in words {
+            let value = word.strip_prefix("weight=").ok_or_else(err)?;
+            member.weight = value.parse().map_err(|_| err())?;
+        }
+        Ok(member)
+    }
+}
+
+impl fmt::Display for RouteBackend {
+    /// `host:port`, with ` weight=N` when the weight is not 1: what [`FromStr`] reads back.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.address)?;
+        if self.weight != 1 {
+            write!(f, " weight={}", self.weight)?;
+        }
+        Ok(())
+    }
+}
+
+/// An operator's say over one backend of a route, persisted like every admin change.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// In rotation (when healthy).
+    #[default]
+    Enabled,
+    /// Takes no new connections or requests; open ones finish.
+    Draining,
+    /// Out of rotation. Open connections are left to finish too: the proxy never cuts a
+    /// transfer because of an admin change.
+    Disabled,
+}
+
+impl AdminState {
+    /// Every value, in declaration order.
+    pub const ALL: &'static [AdminState] =
+        &[AdminState::Enabled, AdminState::Draining, AdminState::Disabled];
+
+    /// The name used in the database and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Enabled => "enabled",
+            AdminState::Draining => "draining",
+            AdminState::Disabled => "disabled",
+        }
+    }
+}
+
+impl fmt::Display for AdminState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An admin state string that is none of `enabled`, `draining`, `disabled`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid backend state {0}: expected \"enabled\", \"draining\" or \"disabled\"")]
+pub struct ParseAdminStateError(pub String);
+
+impl FromStr for AdminState {
+    type Err = ParseAdminStateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AdminState::ALL
+            .iter()
+            .copied()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| ParseAdminStateError(crate::text::clip(s)))
+    }
+}
+
+/// How a route picks one of its backends: per connection on L4, per request on L7.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+pub enum Balance {
+    /// Smooth weighted round robin (nginx's): each member in proportion to its weight,
+    /// interleaved rather than in runs.
+    #[default]
+    #[serde(rename = "round_robin")]
+    RoundRobin,
+    /// The member with the fewest open connections (L4) or requests in flight (L7), relative
+    /// to its weight; ties go round robin.
+    #[serde(rename = "least_conn")]
+    LeastConn,
+    /// The same client address goes to the same member while the set is unchanged
+    /// (rendezvous hashing: when a member leaves only its clients move).
+    #[serde(rename = "source")]
+    Source,
+}
+
+impl Balance {
+    /// Every value, in declaration order.
+    pub const ALL: &'static [Balance] = &[Balance::RoundRobin, Balance::LeastConn, Balance::Source];
+
+    /// The name used in the TOML config, the database and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::Source => "source",
+        }
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A balance string that is none of `""`, `round_robin`, `least_conn`, `source`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid balance {0}: expected \"round_robin\", \"least_conn\" or \"source\" \
+     (empty means \"round_robin\")"
+)]
+pub struct ParseBalanceError(pub String);
+
+impl FromStr for Balance {
+    type Err = ParseBalanceError;
+
+    /// The empty string is `round_robin` (API calls from before the field).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Ok(Balance::RoundRobin);
+        }
+        Balance::ALL
+            .iter()
+            .copied()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| ParseBalanceError(crate::text::clip(s)))
+    }
+}
+
+/// A route's active health check: every `interval`, each backend is probed; `fall` failures
+/// in a row mark it down, `rise` successes in a row bring it back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// Time between two probes of one backend.
+    #[serde(with = "millis")]
+    pub interval: std::time::Duration,
+    /// How long one probe may take (connect, and on HTTP the response head).
+    #[serde(with = "millis")]
+    pub timeout: std::time::Duration,
+    /// Successes in a row that bring a down backend up.
+    pub rise: u32,
+    /// Failures in a row that bring an up backend down.
+    pub fall: u32,
+    /// Empty: a TCP connect is the probe (the only kind on L4). Otherwise, L7 only: a `GET`
+    /// of this path (starting with `/`) over the route's backend protocol and TLS.
+    pub path: String,
+    /// HTTP probes: the status classes that count as healthy.
+    pub expect: StatusClasses,
+}
+
+impl Default for HealthCheck {
+    /// HAProxy's `inter 2s`, `rise 2`, `fall 3`; a 1 s probe timeout; a TCP probe.
+    fn default() -> Self {
+        HealthCheck {
+            interval: std::time::Duration::from_secs(2),
+            timeout: std::time::Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            path: String::new(),
+            expect: StatusClasses::default(),
+        }
+    }
+}
+
+/// A set of HTTP status classes (`2xx`, `3xx`, ...), written `2xx` or `2xx,3xx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StatusClasses(u8);
+
+impl StatusClasses {
+    /// Whether `status` (100-599) is in the set.
+    pub fn contains(self, status: u16) -> bool {
+        let class = status / 100;
+        (1..=5).contains(&class) && self.0 & (1 << class) != 0
+    }
+}
+
+impl Default for StatusClasses {
+    /// `2xx,3xx`: a redirect to a login page is a live backend.
+    fn default() -> Self {
+        StatusClasses((1 << 2) | (1 << 3))
+    }
+}
+
+/// A status class list that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid expected status {0}: expected classes like \"2xx\" or \"2xx,3xx\"")]
+pub struct ParseStatusClassesError(pub String);
+
+impl FromStr for StatusClasses {
+    type Err = ParseStatusClassesError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseStatusClassesError(crate::text::clip(s));
+        let mut bits = 0u8;
+        for class in s.split(',') {
+            let class = class.trim();
+            let digit = match class.as_bytes() {
+                [d @ b'1'..=b'5', b'x', b'x'] => d - b'0',
+                _ => return Err(err()),
+            };
+            bits |= 1 << digit;
+        }
+        Ok(StatusClasses(bits))
+    }
+}
+
+impl fmt::Display for StatusClasses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for class in 1..=5u8 {
+            if self.0 & (1 << class) != 0 {
+                if !first {
+                    f.write_str(",")?;
+                }
+                write!(f, "{class}xx")?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<String> for StatusClasses {
+    type Error = ParseStatusClassesError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<StatusClasses> for String {
+    fn from(c: StatusClasses) -> String {
+        c.to_string()
+    }
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
 /// One entry of a listener's route table, with every field of the plan's phase 1.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Route {
     /// The SNI hostname this route matches: an exact name or `*.domain` (one label).
     pub hostname: String,
-    /// Where connections go: `host:port`, the host an IP address or a DNS name.
-    pub backend: String,
+    /// Where connections go: one or more members, in the operator's order. Validation
+    /// (`routes::validate_route`) refuses an empty set and a duplicate address.
+    pub backends: Vec<RouteBackend>,
+    /// How a member is picked.
+    #[serde(default)]
+    pub balance: Balance,
+    /// The route's active health check, if it has one. Passive health (ejection after
+    /// connection failures) applies either way.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
     /// L4 passthrough or L7 termination.
     pub mode: Mode,
     /// PEM certificate chain presented to clients on an L7 route; empty on L4.
@@ -148,13 +465,31 @@ pub struct Route {
     pub backend_protocol: BackendProtocol,
 }
 
+impl Route {
+    /// The members' addresses joined by `, `: the one-line form for logs and tables.
+    pub fn backend_list(&self) -> String {
+        let mut out = String::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&b.address);
+        }
+        out
+    }
+}
+
 /// The fields of a route to change; `None` keeps the current value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoutePatch {
     /// Rename the route.
     pub hostname: Option<String>,
-    /// New backend.
-    pub backend: Option<String>,
+    /// A new backend set, replacing the old one whole.
+    pub backends: Option<Vec<RouteBackend>>,
+    /// New balance.
+    pub balance: Option<Balance>,
+    /// A new health check (`Some(None)` removes it).
+    pub health_check: Option<Option<HealthCheck>>,
     /// New mode.
     pub mode: Option<Mode>,
     /// New certificate path.
@@ -240,6 +575,44 @@ mod tests {
             assert_eq!(kind.as_str().parse::<FirewallRuleKind>(), Ok(kind));
         }
         assert!("IP".parse::<FirewallRuleKind>().is_err());
+    }
+
+    #[test]
+    fn route_backends_read_back_what_they_print() {
+        let b: RouteBackend = "10.0.0.1:443 weight=5".parse().unwrap();
+        assert_eq!(b, RouteBackend::new("10.0.0.1:443").with_weight(5));
+        assert_eq!(b.to_string().parse::<RouteBackend>(), Ok(b));
+        let one: RouteBackend = "app:80".parse().unwrap();
+        assert_eq!(one.to_string(), "app:80");
+        for bad in ["", "a:1 weight=x", "a:1 w=2", "a:1 weight=-1"] {
+            assert!(bad.parse::<RouteBackend>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn enums_parse_their_own_spelling_only() {
+        for b in Balance::ALL {
+            assert_eq!(b.as_str().parse::<Balance>(), Ok(*b));
+        }
+        assert_eq!("".parse::<Balance>(), Ok(Balance::RoundRobin));
+        assert!("roundrobin".parse::<Balance>().is_err());
+        for s in AdminState::ALL {
+            assert_eq!(s.as_str().parse::<AdminState>(), Ok(*s));
+        }
+        assert!("Enabled".parse::<AdminState>().is_err());
+    }
+
+    #[test]
+    fn status_classes_match_whole_classes() {
+        let c: StatusClasses = "2xx, 3xx".parse().unwrap();
+        assert!(c.contains(200) && c.contains(399) && !c.contains(404) && !c.contains(500));
+        assert_eq!(c.to_string(), "2xx,3xx");
+        assert_eq!(StatusClasses::default(), c);
+        let five: StatusClasses = "5xx".parse().unwrap();
+        assert!(five.contains(503) && !five.contains(200) && !five.contains(600));
+        for bad in ["", "2xx,", "6xx", "200", "2XX"] {
+            assert!(bad.parse::<StatusClasses>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -105,6 +105,8 @@ named! {
         BackendTimeout = "backend_timeout",
         /// The backend refused or failed (L4).
         BackendUnreachable = "backend_unreachable",
+        /// Every backend of the route is down, ejected, draining or disabled (L4).
+        NoBackend = "no_backend",
     }
 }
 
