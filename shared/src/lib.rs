@@ -13,10 +13,11 @@ pub mod outcome;
 pub mod text;
 
 pub use model::{
-    AdminState, BackendProtocol, Balance, FirewallRule, FirewallRuleKind, HealthCheck, Mode,
-    ParseAdminStateError, ParseBackendProtocolError, ParseBalanceError, ParseKindError,
-    ParseModeError, ParseRouteBackendError, ParseStatusClassesError, Route, RouteBackend,
-    RoutePatch, StatusClasses,
+    AdminState, BackendProtocol, BackendState, Balance, FirewallRule, FirewallRuleKind,
+    HealthCheck, MemberStats, Mode, ParseAdminStateError, ParseBackendProtocolError,
+    ParseBackendStateError, ParseBalanceError, ParseKindError, ParseModeError,
+    ParseRouteBackendError, ParseStatusClassesError, Route, RouteBackend, RoutePatch,
+    StatusClasses,
 };
 pub use outcome::{BlockedReason, ChangeAction, CloseReason, Outcome, ResetReason};
 

@@ -215,8 +215,11 @@ pub enum AdminState {
 
 impl AdminState {
     /// Every value, in declaration order.
-    pub const ALL: &'static [AdminState] =
-        &[AdminState::Enabled, AdminState::Draining, AdminState::Disabled];
+    pub const ALL: &'static [AdminState] = &[
+        AdminState::Enabled,
+        AdminState::Draining,
+        AdminState::Disabled,
+    ];
 
     /// The name used in the database and the admin API.
     pub fn as_str(self) -> &'static str {
@@ -249,6 +252,102 @@ impl FromStr for AdminState {
             .find(|v| v.as_str() == s)
             .ok_or_else(|| ParseAdminStateError(crate::text::clip(s)))
     }
+}
+
+/// What a route member is doing now, as stats, events, the console and metrics show it: the
+/// operator's [`AdminState`] combined with what health checking found.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Enabled and healthy (or not checked): takes traffic.
+    #[default]
+    Up,
+    /// The active health check failed `fall` times in a row; takes no traffic until it
+    /// passes `rise` times.
+    Down,
+    /// Passive health: connections failed several times in a row; out for a cooldown that
+    /// grows on each repeated ejection, then tried again with one connection.
+    Ejected,
+    /// The operator drains it: no new traffic, open connections finish.
+    Draining,
+    /// The operator disabled it.
+    Disabled,
+}
+
+impl BackendState {
+    /// Every value, in declaration order.
+    pub const ALL: &'static [BackendState] = &[
+        BackendState::Up,
+        BackendState::Down,
+        BackendState::Ejected,
+        BackendState::Draining,
+        BackendState::Disabled,
+    ];
+
+    /// The name used in stats, events, metrics and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendState::Up => "up",
+            BackendState::Down => "down",
+            BackendState::Ejected => "ejected",
+            BackendState::Draining => "draining",
+            BackendState::Disabled => "disabled",
+        }
+    }
+
+    /// Whether new traffic may go to a member in this state.
+    pub fn takes_traffic(self) -> bool {
+        self == BackendState::Up
+    }
+}
+
+impl fmt::Display for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A backend state string that names no [`BackendState`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid backend state {0}: expected up, down, ejected, draining or disabled")]
+pub struct ParseBackendStateError(pub String);
+
+impl FromStr for BackendState {
+    type Err = ParseBackendStateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        BackendState::ALL
+            .iter()
+            .copied()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| ParseBackendStateError(crate::text::clip(s)))
+    }
+}
+
+/// One route member's live figures, as the daemon reports them with the route's stats.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MemberStats {
+    /// The member's address, as configured.
+    pub address: String,
+    /// Its weight.
+    pub weight: u32,
+    /// What the operator set.
+    pub admin: AdminState,
+    /// What it is doing now.
+    pub state: BackendState,
+    /// L4 connections or L7 requests open on it now.
+    pub active: u64,
+    /// L4 connections or L7 requests sent to it since start.
+    pub total: u64,
+    /// Failed connects and connection-level failures since start.
+    pub failures: u64,
+    /// Times passive health ejected it.
+    pub ejections: u64,
+    /// Why it last changed state (`3 failed checks: connection refused`), clipped; empty
+    /// while nothing happened.
+    pub reason: String,
 }
 
 /// How a route picks one of its backends: per connection on L4, per request on L7.
