@@ -33,6 +33,8 @@ pub struct Record {
     pub sni: Option<String>,
     /// The route, once matched.
     pub route: Option<Arc<RouteInfo>>,
+    /// L4: the member dialled (the last one tried, if none answered).
+    pub backend: Option<Arc<str>>,
     /// Bytes each way; shared with the relay or the L7 server, which count on the client
     /// stream.
     pub bytes: Arc<Transferred>,
@@ -48,6 +50,7 @@ impl Record {
             client: peer,
             sni: None,
             route: None,
+            backend: None,
             bytes: Arc::default(),
         }
     }
@@ -73,6 +76,7 @@ pub fn opened(record: &Record, listener: &ListenerState, route: &Arc<RouteInfo>,
         client: record.client,
         sni: record.sni.clone().unwrap_or_default(),
         route: Arc::clone(route),
+        backend: record.backend.clone(),
     });
 }
 
@@ -104,6 +108,7 @@ pub fn closed(
         client: record.client,
         sni: record.sni.clone(),
         route: record.route.clone(),
+        backend: record.backend.clone(),
         bytes_in: record.bytes.up.load(Ordering::Relaxed),
         bytes_out: record.bytes.down.load(Ordering::Relaxed),
         duration: elapsed,
@@ -120,7 +125,7 @@ fn log_close(record: &Record, ending: &Ending, elapsed: Duration) {
             tracing::event!(
                 $lvl,
                 sni = record.sni.as_deref().unwrap_or("-"),
-                backend = record.route.as_ref().map_or("-", |r| r.backend()),
+                backend = %Backend(record),
                 bytes_up = record.bytes.up.load(Ordering::Relaxed),
                 bytes_down = record.bytes.down.load(Ordering::Relaxed),
                 duration_ms = elapsed.as_millis() as u64,
@@ -134,5 +139,18 @@ fn log_close(record: &Record, ending: &Ending, elapsed: Duration) {
     match ending.level {
         Level::WARN => access_log!(Level::WARN),
         _ => access_log!(Level::INFO),
+    }
+}
+
+/// The access log's `backend`: the member dialled (L4), else the route's set, else `-`.
+struct Backend<'a>(&'a Record);
+
+impl std::fmt::Display for Backend<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.0.backend, &self.0.route) {
+            (Some(b), _) => f.write_str(b),
+            (None, Some(r)) => f.write_str(&r.route.backend_list()),
+            (None, None) => f.write_str("-"),
+        }
     }
 }

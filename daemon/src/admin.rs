@@ -265,6 +265,7 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
             client,
             sni,
             route,
+            backend,
         } => Kind::ConnectionOpened(pb::ConnectionOpened {
             id,
             listener: listener.to_string(),
@@ -272,7 +273,7 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
             hostname: sni,
             route: route.route.hostname.clone(),
             mode: pb::RouteMode::from(route.route.mode).into(),
-            backend: route.route.backend.clone(),
+            backend: backend.map_or_else(|| route.route.backend_list(), |b| b.to_string()),
         }),
         Event::ConnectionClosed {
             id,
@@ -280,6 +281,7 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
             client,
             sni,
             route,
+            backend,
             bytes_in,
             bytes_out,
             duration,
@@ -294,7 +296,9 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
                 hostname: sni.unwrap_or_default(),
                 route: route.map(|r| r.hostname.clone()).unwrap_or_default(),
                 mode: route.map_or(0, |r| pb::RouteMode::from(r.mode).into()),
-                backend: route.map(|r| r.backend.clone()).unwrap_or_default(),
+                backend: backend
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| route.map(|r| r.backend_list()).unwrap_or_default()),
                 bytes_in,
                 bytes_out,
                 duration_ms: duration.as_millis() as u64,
@@ -326,7 +330,8 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
             action: pb::ChangeAction::from(action).into(),
             rule: Some(rule.into()),
         }),
-        Event::StatsTick => Kind::Stats(pb::StatsSnapshot {
+        // Until the wire has a backend_changed event, a change shows as fresh figures.
+        Event::BackendChanged { .. } | Event::StatsTick => Kind::Stats(pb::StatsSnapshot {
             listeners: state.listeners.iter().map(|l| listener_status(l)).collect(),
             routes: route_statuses(state, None),
             backends: backend_statuses(state),
@@ -469,7 +474,11 @@ impl AdminService for Admin {
             hostname: req.hostname,
             patch: RoutePatch {
                 hostname: req.new_hostname,
-                backend: req.backend,
+                backends: req
+                    .backend
+                    .map(|b| vec![mc_proxy_shared::RouteBackend::new(b)]),
+                balance: None,
+                health_check: None,
                 mode,
                 tls_cert: req.tls_cert,
                 tls_key: req.tls_key,
@@ -591,7 +600,10 @@ impl AdminService for Admin {
                     hostname: c.sni,
                     route: c.route.route.hostname.clone(),
                     mode: pb::RouteMode::from(c.route.route.mode).into(),
-                    backend: c.route.route.backend.clone(),
+                    backend: c
+                        .backend
+                        .as_deref()
+                        .map_or_else(|| c.route.route.backend_list(), str::to_owned),
                     age_ms: c.age.as_millis() as u64,
                     bytes_in: c.bytes_in,
                     bytes_out: c.bytes_out,

@@ -278,7 +278,14 @@ struct FileListener {
 #[serde(deny_unknown_fields)]
 struct FileRoute {
     hostname: String,
-    backend: String,
+    #[serde(default)]
+    backend: Option<String>,
+    #[serde(default)]
+    backends: Vec<FileBackend>,
+    #[serde(default)]
+    balance: String,
+    #[serde(default)]
+    health_check: Option<FileCheck>,
     #[serde(default)]
     mode: String,
     #[serde(default)]
@@ -291,6 +298,30 @@ struct FileRoute {
     send_proxy_protocol: bool,
     #[serde(default)]
     backend_protocol: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileBackend {
+    Text(String),
+    Table {
+        address: String,
+        weight: Option<u32>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCheck {
+    #[serde(default, deserialize_with = "duration")]
+    interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    timeout: Option<Duration>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+    #[serde(default)]
+    path: String,
+    expect: Option<String>,
 }
 
 /// `"10s"`, `"5m"`, `"1h 30m"`, `"250ms"`: humantime's syntax.
@@ -335,6 +366,9 @@ impl FileConfig {
             backend_idle_timeout: p
                 .backend_idle_timeout
                 .unwrap_or(defaults.backend_idle_timeout),
+            backend_eject_after: defaults.backend_eject_after,
+            backend_eject_time: defaults.backend_eject_time,
+            backend_eject_max_time: defaults.backend_eject_max_time,
         };
         for (name, value) in [
             ("client_hello_timeout", proxy.client_hello_timeout),
@@ -448,9 +482,43 @@ impl FileConfig {
                 let (Ok(mode), Ok(backend_protocol)) = (mode, backend_protocol) else {
                     continue;
                 };
+                let mut backends: Vec<mc_proxy_shared::RouteBackend> = fr
+                    .backend
+                    .into_iter()
+                    .map(mc_proxy_shared::RouteBackend::new)
+                    .collect();
+                for b in fr.backends {
+                    backends.push(match b {
+                        FileBackend::Text(t) => match t.parse() {
+                            Ok(b) => b,
+                            Err(e) => {
+                                problem(rctx.clone(), format!("{e}"));
+                                continue;
+                            }
+                        },
+                        FileBackend::Table { address, weight } => {
+                            mc_proxy_shared::RouteBackend::new(address)
+                                .with_weight(weight.unwrap_or(1))
+                        }
+                    });
+                }
+                let defaults = mc_proxy_shared::HealthCheck::default();
+                let health_check = fr.health_check.map(|c| mc_proxy_shared::HealthCheck {
+                    interval: c.interval.unwrap_or(defaults.interval),
+                    timeout: c.timeout.unwrap_or(defaults.timeout),
+                    rise: c.rise.unwrap_or(defaults.rise),
+                    fall: c.fall.unwrap_or(defaults.fall),
+                    path: c.path,
+                    expect: c
+                        .expect
+                        .and_then(|e| e.parse().ok())
+                        .unwrap_or(defaults.expect),
+                });
                 let route = Route {
                     hostname: fr.hostname,
-                    backend: fr.backend,
+                    backends,
+                    balance: fr.balance.parse().unwrap_or_default(),
+                    health_check,
                     mode,
                     tls_cert: fr.tls_cert,
                     tls_key: fr.tls_key,

@@ -34,6 +34,7 @@ struct Entry {
     client: SocketAddr,
     sni: String,
     route: Arc<RouteInfo>,
+    backend: Option<Arc<str>>,
     started: Instant,
     bytes: Arc<Transferred>,
 }
@@ -60,6 +61,15 @@ pub struct Registered<'a> {
     id: u64,
 }
 
+impl Registered<'_> {
+    /// Records the member the connection went to (L4, once dialled).
+    pub fn set_backend(&self, backend: &Arc<str>) {
+        if let Some(e) = self.registry.shard(self.id).get_mut(&self.id) {
+            e.backend = Some(Arc::clone(backend));
+        }
+    }
+}
+
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
         self.registry.shard(self.id).remove(&self.id);
@@ -79,6 +89,8 @@ pub struct Listed {
     pub sni: String,
     /// The route it matched.
     pub route: Arc<RouteInfo>,
+    /// L4: the member it went to, once dialled. L7: `None` (each request picks one).
+    pub backend: Option<Arc<str>>,
     /// Time since it was routed.
     pub age: std::time::Duration,
     /// Client to backend bytes so far.
@@ -111,6 +123,7 @@ impl Registry {
             client,
             sni: sni.to_owned(),
             route: Arc::clone(route),
+            backend: None,
             started: Instant::now(),
             bytes: Arc::clone(bytes),
         };
@@ -146,6 +159,7 @@ impl Registry {
                 client: e.client,
                 sni: e.sni.clone(),
                 route: Arc::clone(&e.route),
+                backend: e.backend.clone(),
                 age: now.saturating_duration_since(e.started),
                 bytes_in: e.bytes.up.load(Ordering::Relaxed),
                 bytes_out: e.bytes.down.load(Ordering::Relaxed),

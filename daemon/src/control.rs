@@ -170,7 +170,9 @@ fn check_absolute(field: &str, path: &str) -> Result<(), ChangeError> {
 
 fn check_route_fields(route: &Route) -> Result<(), ChangeError> {
     check_len("hostname", &route.hostname, max_len::HOSTNAME)?;
-    check_len("backend", &route.backend, max_len::BACKEND)?;
+    for b in &route.backends {
+        check_len("backend", &b.address, max_len::BACKEND)?;
+    }
     check_len("tls_cert", &route.tls_cert, max_len::PATH)?;
     check_len("tls_key", &route.tls_key, max_len::PATH)
 }
@@ -178,7 +180,6 @@ fn check_route_fields(route: &Route) -> Result<(), ChangeError> {
 fn check_patch_fields(patch: &RoutePatch) -> Result<(), ChangeError> {
     let fields = [
         ("new_hostname", &patch.hostname, max_len::HOSTNAME),
-        ("backend", &patch.backend, max_len::BACKEND),
         ("tls_cert", &patch.tls_cert, max_len::PATH),
         ("tls_key", &patch.tls_key, max_len::PATH),
     ];
@@ -238,7 +239,7 @@ impl Control {
                     route: valid.route.clone(),
                     warnings: valid.warnings.clone(),
                 };
-                tracing::info!(listener = %listener.addr, route = %valid.route.hostname, backend = %valid.route.backend, mode = %valid.route.mode, "route added");
+                tracing::info!(listener = %listener.addr, route = %valid.route.hostname, backend = %valid.route.backend_list(), mode = %valid.route.mode, "route added");
                 let route = valid.route.clone();
                 swap_routes(state, listener, |routes| routes.push(valid));
                 publish_route(state, listener.addr, ChangeAction::Added, route, None);
@@ -278,7 +279,7 @@ impl Control {
                     route: valid.route.clone(),
                     warnings: valid.warnings.clone(),
                 };
-                tracing::info!(listener = %listener.addr, route = %valid.route.hostname, previous = %old, backend = %valid.route.backend, mode = %valid.route.mode, "route updated");
+                tracing::info!(listener = %listener.addr, route = %valid.route.hostname, previous = %old, backend = %valid.route.backend_list(), mode = %valid.route.mode, "route updated");
                 let route = valid.route.clone();
                 swap_routes(state, listener, |routes| {
                     routes.retain(|r| r.route.hostname != old);
@@ -422,7 +423,9 @@ fn validate(listener: &ListenerState, route: &Route) -> Result<ValidRoute, Chang
 fn merge(current: Route, patch: RoutePatch) -> Route {
     Route {
         hostname: patch.hostname.unwrap_or(current.hostname),
-        backend: patch.backend.unwrap_or(current.backend),
+        backends: patch.backends.unwrap_or(current.backends),
+        balance: patch.balance.unwrap_or(current.balance),
+        health_check: patch.health_check.unwrap_or(current.health_check),
         mode: patch.mode.unwrap_or(current.mode),
         tls_cert: patch.tls_cert.unwrap_or(current.tls_cert),
         tls_key: patch.tls_key.unwrap_or(current.tls_key),
@@ -501,7 +504,7 @@ mod tests {
     fn route(hostname: &str, backend: &str) -> Route {
         Route {
             hostname: hostname.into(),
-            backend: backend.into(),
+            backends: vec![mc_proxy_shared::RouteBackend::new(backend)],
             ..Route::default()
         }
     }
@@ -511,7 +514,7 @@ mod tests {
     fn backend_of(control: &Control, sni: &str) -> Option<String> {
         control.state().listeners[0]
             .lookup(sni)
-            .map(|r| r.route.backend.clone())
+            .map(|r| r.route.backends[0].address.clone())
     }
 
     #[test]
@@ -551,7 +554,7 @@ mod tests {
                 listener: L.into(),
                 hostname: "App.Test.".into(),
                 patch: RoutePatch {
-                    backend: Some("127.0.0.1:2".into()),
+                    backends: Some(vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:2")]),
                     ..RoutePatch::default()
                 },
             })

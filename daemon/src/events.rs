@@ -1,5 +1,5 @@
-//! The live event stream: connection opened/closed, blocks, route and firewall changes, stats
-//! ticks.
+//! The live event stream: connection opened/closed, blocks, route and firewall changes, route
+//! members changing state, stats ticks.
 //!
 //! No I/O. Events are daemon types ([`Event`]: addresses, `Arc<RouteInfo>`, the shared enums),
 //! so the data plane never builds a wire message; the admin API converts them to protobuf for
@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mc_proxy_shared::{BlockedReason, ChangeAction, FirewallRule, Outcome, Route};
+use mc_proxy_shared::{BlockedReason, ChangeAction, FirewallRule, MemberStats, Outcome, Route};
 use tokio::sync::broadcast;
 
 use crate::routes::RouteInfo;
@@ -35,6 +35,8 @@ pub enum Event {
         sni: String,
         /// The route it matched.
         route: Arc<RouteInfo>,
+        /// The member chosen, if one is by now (`None`: see the route's set).
+        backend: Option<Arc<str>>,
     },
     /// A connection ended, routed or not.
     ConnectionClosed {
@@ -48,6 +50,8 @@ pub enum Event {
         sni: Option<String>,
         /// The route, when it got that far.
         route: Option<Arc<RouteInfo>>,
+        /// L4: the member it went to (or last tried). L7: `None` (each request picks one).
+        backend: Option<Arc<str>>,
         /// Client to backend bytes.
         bytes_in: u64,
         /// Backend to client bytes.
@@ -85,6 +89,15 @@ pub enum Event {
         action: ChangeAction,
         /// The rule, normalised.
         rule: FirewallRule,
+    },
+    /// A route member changed state (up, down, ejected, draining, disabled).
+    BackendChanged {
+        /// The listener's configured address.
+        listener: SocketAddr,
+        /// The route's hostname.
+        route: String,
+        /// The member's figures after the change.
+        member: MemberStats,
     },
     /// About a second passed: watchers send a snapshot of the counters as they read this.
     StatsTick,

@@ -1,11 +1,13 @@
-//! The L4 path: TLS passthrough to the route's backend.
+//! The L4 path: TLS passthrough to one of the route's backends.
 //!
-//! I/O: dials the backend (within `connect_timeout`), writes a PROXY v2 header in one write when
+//! I/O: picks a member and dials it, the next one when that fails (all within
+//! `connect_timeout`), writes a PROXY v2 header in one write when
 //! the route asks for it, forwards the ClientHello bytes verbatim, then relays both ways
 //! ([`crate::relay`]). Invariant: the peeked bytes are forwarded exactly once and freed before
 //! the relay starts, so a long-lived connection does not keep its ClientHello.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -15,19 +17,23 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::access::Record;
+use crate::backends::{Pick, Tried};
+use crate::conns::Registered;
 use crate::proxyproto;
 use crate::relay::{RelayEnd, relay};
 use crate::routes::RouteInfo;
+use crate::state::State;
 
-/// Why the backend could not be set up. Always the backend's fault; the client is reset.
+/// Why no backend could be set up. The backend's fault (or the operator's, when every member
+/// is out); the client is reset.
 #[derive(Debug, thiserror::Error)]
 pub enum L4Error {
-    /// The TCP connect did not finish within `connect_timeout`.
+    /// The TCP connect did not finish within what was left of `connect_timeout`.
     #[error("backend {backend}: connect timed out after {after:?}")]
     Timeout {
         /// The backend address.
         backend: String,
-        /// The configured `connect_timeout`.
+        /// How long this dial had.
         after: Duration,
     },
     /// The connect, the PROXY header or forwarding the ClientHello failed.
@@ -38,6 +44,14 @@ pub enum L4Error {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// No member may take a connection: every one is down, draining or disabled.
+    #[error("no backend of route {route} is available: {states}")]
+    NoBackend {
+        /// The route's hostname.
+        route: String,
+        /// Each member's state, `a:1 down, b:2 draining`.
+        states: String,
+    },
 }
 
 impl L4Error {
@@ -46,30 +60,37 @@ impl L4Error {
         match self {
             L4Error::Timeout { .. } => ResetReason::BackendTimeout,
             L4Error::Backend { .. } => ResetReason::BackendUnreachable,
+            L4Error::NoBackend { .. } => ResetReason::NoBackend,
         }
     }
 }
 
-/// Dials the backend, sends the PROXY v2 header if the route asks for it, forwards the peeked
-/// bytes, then relays both ways until both sides are done, the relay idles out or fails.
+/// Picks a member and dials it, then sends the PROXY v2 header if the route asks for it,
+/// forwards the peeked bytes, and relays both ways until both sides are done, the relay
+/// idles out or fails.
+///
+/// A dial that fails goes on to the next member at once, all within `connect_timeout`:
+/// nothing has reached a backend yet, so the ClientHello can go anywhere. Once connected,
+/// the connection stays with that member, whatever happens to the writes.
 pub async fn serve(
     client: &mut TcpStream,
     peeked: Vec<u8>,
     route: &RouteInfo,
-    record: &Record,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
+    record: &mut Record,
+    listener: SocketAddr,
+    state: &State,
+    listed: &Registered<'_>,
 ) -> Result<RelayEnd, L4Error> {
-    let backend_addr = route.backend();
+    let proxy = &state.proxy;
+    let (mut backend, pick) = connect(route, record, listener, state).await?;
+    if let Some(chosen) = &record.backend {
+        listed.set_backend(chosen);
+    }
+    let backend_addr = route.backends.member(pick.index).spec.address.as_str();
     let backend_err = |source| L4Error::Backend {
         backend: backend_addr.to_owned(),
         source,
     };
-    let dial_started = Instant::now();
-    let mut backend = dial(backend_addr, connect_timeout).await.inspect_err(|_| {
-        route.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
-    })?;
-    route.stats.connect_duration.record(dial_started.elapsed());
     if route.route.send_proxy_protocol {
         // The destination is where the client reached us; the spec has the header relay the
         // original connection's endpoints.
@@ -84,14 +105,82 @@ pub async fn serve(
     }
     drop(peeked);
     let _ = client.set_nodelay(true);
-    Ok(relay(
+    // `pick` lives until the relay ends: the member counts the connection as active, which
+    // least_conn reads and a drain waits for.
+    let end = relay(
         client,
         &backend,
-        idle_timeout,
+        proxy.idle_timeout,
         &record.bytes,
         &route.stats.bytes,
     )
-    .await)
+    .await;
+    drop(pick);
+    Ok(end)
+}
+
+/// Dials members until one answers, within `connect_timeout` in all; each failure is
+/// reported to passive health. Returns the stream and the member's pick.
+async fn connect(
+    route: &RouteInfo,
+    record: &mut Record,
+    listener: SocketAddr,
+    state: &State,
+) -> Result<(TcpStream, Pick), L4Error> {
+    let timeout = state.proxy.connect_timeout;
+    let deadline = Instant::now() + timeout;
+    let mut tried = Tried::default();
+    let mut last = None;
+    loop {
+        let Some(pick) = route.backends.pick(record.client.ip(), tried) else {
+            return Err(last.unwrap_or_else(|| no_backend(route)));
+        };
+        tried.add(pick.index);
+        let member = route.backends.member(pick.index);
+        record.backend = Some(Arc::from(member.spec.address.as_str()));
+        let dial_started = Instant::now();
+        let left = deadline.saturating_duration_since(dial_started);
+        match dial(&member.spec.address, left).await {
+            Ok(stream) => {
+                route.stats.connect_duration.record(dial_started.elapsed());
+                state.backend_changed(listener, route, pick.health().succeeded(&member.spec));
+                return Ok((stream, pick));
+            }
+            Err(e) => {
+                route.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
+                let failed = pick.health().failed(&member.spec, &state.passive(), &e);
+                state.backend_changed(listener, route, failed);
+                tracing::debug!(backend = %member.spec.address, "dial failed: {e}");
+                last = Some(e);
+                if Instant::now() >= deadline {
+                    return Err(last.expect("just set"));
+                }
+            }
+        }
+    }
+}
+
+/// The error for a route none of whose members may take a connection.
+pub fn no_backend(route: &RouteInfo) -> L4Error {
+    route.stats.no_backend.fetch_add(1, Ordering::Relaxed);
+    L4Error::NoBackend {
+        route: route.route.hostname.clone(),
+        states: member_states(route),
+    }
+}
+
+/// `a:1 down, b:2 draining`: each member and its state, for error messages.
+pub fn member_states(route: &RouteInfo) -> String {
+    let mut out = String::new();
+    for (i, m) in route.members().iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&m.address);
+        out.push(' ');
+        out.push_str(m.state.as_str());
+    }
+    out
 }
 
 /// The unspecified address of the client's family: what a PROXY header says for "some local

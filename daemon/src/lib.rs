@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod backends;
 pub mod boot;
 pub mod certs;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod conns;
 pub mod control;
 pub mod events;
 pub mod firewall;
+pub mod health;
 pub mod io;
 pub mod l4;
 pub mod l7;

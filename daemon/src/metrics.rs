@@ -39,7 +39,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use mc_proxy_shared::ResetReason;
+use mc_proxy_shared::{BackendState, MemberStats, ResetReason};
 
 use crate::state::{ListenerCounters, State};
 use crate::stats::{
@@ -392,6 +392,90 @@ impl Collector for StateCollector {
             |s: &RouteStatsSnapshot| ConstHistogram(s.connect_duration)
         );
 
+        per_route!(
+            "mcproxy_route_no_backend",
+            "Connections (L4, reset no_backend) or requests (L7, answered 503) refused because \
+             no member of the route could take them.",
+            None,
+            MetricType::Counter,
+            |s: &RouteStatsSnapshot| ConstCounter::new(s.no_backend)
+        );
+
+        // Route members: one sample per (listener, route, member).
+        let mut members = Vec::new();
+        for (listener, l) in &listeners {
+            for info in l.routes().iter() {
+                for m in info.members() {
+                    members.push((listener.as_str(), info.route.hostname.clone(), m));
+                }
+            }
+        }
+        fn member_labels<'a>(
+            (listener, route, m): &'a (&'a str, String, MemberStats),
+        ) -> Vec<(&'static str, &'a str)> {
+            vec![
+                ("listener", *listener),
+                ("route", route.as_str()),
+                ("backend", m.address.as_str()),
+            ]
+        }
+        family(
+            e,
+            "mcproxy_route_backend_state",
+            "1 for the state each route member is in (up, down, ejected, draining, disabled), \
+             0 for the others.",
+            None,
+            MetricType::Gauge,
+            members.iter().flat_map(|m| {
+                BackendState::ALL.iter().map(move |&state| {
+                    let mut l = member_labels(m);
+                    l.push(("state", state.as_str()));
+                    (l, ConstGauge::new(u64::from(m.2.state == state)))
+                })
+            }),
+        )?;
+        family(
+            e,
+            "mcproxy_route_backend_active",
+            "L4 connections or L7 requests open on the route member now.",
+            None,
+            MetricType::Gauge,
+            members
+                .iter()
+                .map(|m| (member_labels(m), ConstGauge::new(m.2.active))),
+        )?;
+        family(
+            e,
+            "mcproxy_route_backend_selected",
+            "L4 connections or L7 requests sent to the route member.",
+            None,
+            MetricType::Counter,
+            members
+                .iter()
+                .map(|m| (member_labels(m), ConstCounter::new(m.2.total))),
+        )?;
+        family(
+            e,
+            "mcproxy_route_backend_failures",
+            "Failed connects and L7 connection-level failures (lost before the response, \
+             response timeout) of the route member.",
+            None,
+            MetricType::Counter,
+            members
+                .iter()
+                .map(|m| (member_labels(m), ConstCounter::new(m.2.failures))),
+        )?;
+        family(
+            e,
+            "mcproxy_route_backend_ejections",
+            "Times passive health ejected the route member.",
+            None,
+            MetricType::Counter,
+            members
+                .iter()
+                .map(|m| (member_labels(m), ConstCounter::new(m.2.ejections))),
+        )?;
+
         // The L7 backend connection pool, per backend (address, protocol, TLS).
         let backends: Vec<_> = self
             .state
@@ -584,7 +668,7 @@ mod tests {
     fn state_with_one_route() -> Arc<State> {
         let route = Route {
             hostname: "a.test".into(),
-            backend: "127.0.0.1:9".into(),
+            backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9")],
             ..Route::default()
         };
         let table = RouteTable::with_stats([ValidRoute::unchecked(route)], |_| Arc::default());

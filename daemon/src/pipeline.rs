@@ -215,7 +215,7 @@ async fn pipeline(
     tracing::Span::current().record("route", route.hostname());
     record.route = Some(Arc::clone(&route));
     access::opened(record, listener, &route, state);
-    let _listed = state.connections.register(
+    let listed = state.connections.register(
         record.id,
         listener.addr,
         record.client,
@@ -232,8 +232,9 @@ async fn pipeline(
                 peeked,
                 &route,
                 record,
-                state.proxy.connect_timeout,
-                state.proxy.idle_timeout,
+                listener.addr,
+                state,
+                &listed,
             )
             .await?,
         )),
@@ -248,8 +249,8 @@ async fn pipeline(
                     peeked,
                     Arc::clone(&route),
                     server,
-                    sni,
                     record,
+                    listener.addr,
                     shared,
                 ))
                 .await?,
@@ -290,15 +291,15 @@ async fn serve_l7(
     peeked: Vec<u8>,
     route: Arc<RouteInfo>,
     tls: Arc<rustls::ServerConfig>,
-    sni: Option<String>,
     record: &Record,
+    listener: SocketAddr,
     shared: &Shared,
 ) -> Result<L7End, ConnError> {
     let proxy = &shared.state.proxy;
     let session = l7::Session {
         route,
         tls,
-        sni,
+        sni: record.sni.clone(),
         client: record.client,
         local: record.local.unwrap_or(l4::unspecified(record.client)),
         bytes: Arc::clone(&record.bytes),
@@ -311,6 +312,8 @@ async fn serve_l7(
         limits: l7::limits::Limits {
             max_request_head: proxy.max_request_head,
         },
+        state: Arc::clone(&shared.state),
+        listener,
     };
     Ok(l7::serve(
         stream,

@@ -18,11 +18,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mc_proxy_shared::text::clip;
-use mc_proxy_shared::{BackendProtocol, Mode, ParseModeError, Route};
+use mc_proxy_shared::{
+    BackendProtocol, HealthCheck, MemberStats, Mode, ParseModeError, Route, RouteBackend,
+};
 use rustls::sign::CertifiedKey;
 
 use mc_proxy_wire::dns::{normalize_dns_name, normalize_route_hostname};
 
+use crate::backends::{BackendSet, MAX_MEMBERS};
 pub use crate::certs::CATCH_ALL;
 use crate::certs::{CertError, leaf_warnings, load_certified_key, server_config};
 use crate::stats::RouteStats;
@@ -44,6 +47,33 @@ pub enum RouteError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A route without backends.
+    #[error("a route needs at least one backend: set backend = \"host:port\" or backends = [...]")]
+    NoBackends,
+    /// More members than a route may have.
+    #[error("a route has at most {max} backends, this one has {count}")]
+    TooManyBackends {
+        /// How many were given.
+        count: usize,
+        /// [`crate::backends::MAX_MEMBERS`].
+        max: usize,
+    },
+    /// The same address twice in one set.
+    #[error("backend {} is listed twice", clip(.0))]
+    DuplicateBackend(String),
+    /// A weight outside 1..=256.
+    #[error("backend {}: weight {weight} is out of range: expected 1 to {max}", clip(.address))]
+    Weight {
+        /// The member.
+        address: String,
+        /// What was given.
+        weight: u32,
+        /// [`RouteBackend::MAX_WEIGHT`].
+        max: u32,
+    },
+    /// A health check setting that cannot work.
+    #[error("health_check: {0}")]
+    HealthCheck(&'static str),
     /// The mode is not "", "l4" or "l7".
     #[error(transparent)]
     Mode(#[from] ParseModeError),
@@ -120,7 +150,10 @@ pub fn route_name(hostname: &str) -> Option<String> {
 pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
     let hostname =
         route_name(&route.hostname).ok_or_else(|| RouteError::Hostname(route.hostname.clone()))?;
-    validate_backend(&route.backend)?;
+    validate_backends(&route.backends)?;
+    if let Some(check) = &route.health_check {
+        validate_health_check(check, route.mode)?;
+    }
     let mut warnings = Vec::new();
     let mut key = None;
     match route.mode {
@@ -169,6 +202,64 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
     })
 }
 
+/// One to [`MAX_MEMBERS`] members, each a valid `host:port` with a weight in range, no
+/// address twice (compared as written, after trimming).
+fn validate_backends(backends: &[RouteBackend]) -> Result<(), RouteError> {
+    if backends.is_empty() {
+        return Err(RouteError::NoBackends);
+    }
+    if backends.len() > MAX_MEMBERS {
+        return Err(RouteError::TooManyBackends {
+            count: backends.len(),
+            max: MAX_MEMBERS,
+        });
+    }
+    for (i, b) in backends.iter().enumerate() {
+        validate_backend(&b.address)?;
+        if !(1..=RouteBackend::MAX_WEIGHT).contains(&b.weight) {
+            return Err(RouteError::Weight {
+                address: b.address.clone(),
+                weight: b.weight,
+                max: RouteBackend::MAX_WEIGHT,
+            });
+        }
+        let same = |o: &RouteBackend| o.address.eq_ignore_ascii_case(&b.address);
+        if backends[..i].iter().any(same) {
+            return Err(RouteError::DuplicateBackend(b.address.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Rise and fall at least 1, a probe timeout within the interval, an interval of at least
+/// 100 ms (a probe per backend per interval), and an HTTP path only on L7, starting with `/`.
+fn validate_health_check(check: &HealthCheck, mode: Mode) -> Result<(), RouteError> {
+    if check.rise == 0 || check.fall == 0 {
+        return Err(RouteError::HealthCheck("rise and fall must be at least 1"));
+    }
+    if check.interval < std::time::Duration::from_millis(100) {
+        return Err(RouteError::HealthCheck("interval must be at least 100ms"));
+    }
+    if check.timeout.is_zero() || check.timeout > check.interval {
+        return Err(RouteError::HealthCheck(
+            "timeout must be more than 0 and at most the interval",
+        ));
+    }
+    if !check.path.is_empty() {
+        if mode == Mode::L4 {
+            return Err(RouteError::HealthCheck(
+                "path (an HTTP check) needs an l7 route: an l4 route is checked by TCP connect",
+            ));
+        }
+        if !check.path.starts_with('/') || check.path.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(RouteError::HealthCheck(
+                "path must be an absolute path like /healthz",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `host:port` where host is an IP address (IPv6 in brackets) or a DNS name, port 1-65535.
 fn validate_backend(backend: &str) -> Result<(), RouteError> {
     let err = |reason| RouteError::Backend {
@@ -212,6 +303,8 @@ pub struct RouteInfo {
     pub tls: Option<L7Tls>,
     /// Counters, shared with every earlier and later version of this route.
     pub stats: Arc<RouteStats>,
+    /// The members with their health, and the balancing.
+    pub backends: BackendSet,
 }
 
 /// An L7 route's TLS termination, built once per route load rather than per connection.
@@ -230,10 +323,15 @@ impl RouteInfo {
             server: server_config(Arc::clone(&key)),
             key,
         });
+        stats.retain_members(&valid.route.backends);
+        let backends = BackendSet::new(&valid.route.backends, valid.route.balance, |address| {
+            stats.member(address)
+        });
         RouteInfo {
             route: valid.route,
             tls,
             stats,
+            backends,
         }
     }
 
@@ -251,9 +349,9 @@ impl RouteInfo {
         &self.route.hostname
     }
 
-    /// The route's backend.
-    pub fn backend(&self) -> &str {
-        &self.route.backend
+    /// Every member's live figures, in configured order.
+    pub fn members(&self) -> Vec<MemberStats> {
+        self.backends.stats()
     }
 }
 
@@ -350,9 +448,85 @@ mod tests {
     fn route(hostname: &str, backend: &str) -> Route {
         Route {
             hostname: hostname.into(),
-            backend: backend.into(),
+            backends: vec![RouteBackend::new(backend)],
             ..Route::default()
         }
+    }
+
+    #[test]
+    fn a_backend_set_must_be_non_empty_unique_and_weighted_in_range() {
+        let with = |backends: Vec<RouteBackend>| Route {
+            backends,
+            ..route("app.test", "127.0.0.1:1")
+        };
+        let err = |r: Route| validate_route(&r).unwrap_err().to_string();
+        assert!(err(with(vec![])).starts_with("a route needs at least one backend"));
+        let twice = with(vec![
+            RouteBackend::new("a.test:1"),
+            RouteBackend::new("A.test:1"),
+        ]);
+        assert_eq!(err(twice), "backend \"A.test:1\" is listed twice");
+        let heavy = with(vec![RouteBackend::new("a.test:1").with_weight(257)]);
+        assert_eq!(
+            err(heavy),
+            "backend \"a.test:1\": weight 257 is out of range: expected 1 to 256"
+        );
+        let zero = with(vec![RouteBackend::new("a.test:1").with_weight(0)]);
+        assert!(err(zero).contains("weight 0 is out of range"));
+        let bad = with(vec![
+            RouteBackend::new("a.test:1"),
+            RouteBackend::new("b.test"),
+        ]);
+        assert!(err(bad).starts_with("invalid backend \"b.test\""));
+        let many = with(
+            (1..=65)
+                .map(|p| RouteBackend::new(format!("a.test:{p}")))
+                .collect(),
+        );
+        assert_eq!(
+            err(many),
+            "a route has at most 64 backends, this one has 65"
+        );
+        let fine = with(vec![
+            RouteBackend::new("a.test:1"),
+            RouteBackend::new("a.test:2").with_weight(256),
+        ]);
+        assert_eq!(validate_route(&fine).unwrap().route.backends.len(), 2);
+    }
+
+    #[test]
+    fn health_checks_that_cannot_work_are_refused() {
+        let with = |check: HealthCheck| Route {
+            health_check: Some(check),
+            ..route("app.test", "127.0.0.1:1")
+        };
+        let err = |r: Route| validate_route(&r).unwrap_err().to_string();
+        let base = HealthCheck::default();
+        assert!(validate_route(&with(base.clone())).is_ok());
+        let rise0 = HealthCheck {
+            rise: 0,
+            ..base.clone()
+        };
+        assert_eq!(
+            err(with(rise0)),
+            "health_check: rise and fall must be at least 1"
+        );
+        let slow = HealthCheck {
+            timeout: base.interval * 2,
+            ..base.clone()
+        };
+        assert!(err(with(slow)).contains("at most the interval"));
+        let fast = HealthCheck {
+            interval: std::time::Duration::from_millis(10),
+            timeout: std::time::Duration::from_millis(5),
+            ..base.clone()
+        };
+        assert!(err(with(fast)).contains("at least 100ms"));
+        let http_on_l4 = HealthCheck {
+            path: "/healthz".into(),
+            ..base.clone()
+        };
+        assert!(err(with(http_on_l4)).contains("needs an l7 route"));
     }
 
     #[test]
@@ -362,11 +536,11 @@ mod tests {
             route("api.example.com", "127.0.0.1:2"),
         ]);
         assert_eq!(
-            table.lookup("api.example.com").unwrap().route.backend,
+            table.lookup("api.example.com").unwrap().route.backends[0].address,
             "127.0.0.1:2"
         );
         assert_eq!(
-            table.lookup("www.example.com").unwrap().route.backend,
+            table.lookup("www.example.com").unwrap().route.backends[0].address,
             "127.0.0.1:1"
         );
     }
@@ -378,7 +552,11 @@ mod tests {
             route("*.example.com", "127.0.0.1:1"),
             route("api.example.com", "127.0.0.1:2"),
         ]);
-        let backend = |sni| table.lookup(sni).map(|r| r.route.backend.clone());
+        let backend = |sni| {
+            table
+                .lookup(sni)
+                .map(|r| r.route.backends[0].address.clone())
+        };
         assert_eq!(backend("api.example.com").as_deref(), Some("127.0.0.1:2"));
         assert_eq!(backend("www.example.com").as_deref(), Some("127.0.0.1:1"));
         assert_eq!(backend("a.b.example.com").as_deref(), Some("127.0.0.1:9"));

@@ -101,6 +101,12 @@ pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: Can
         let (shared, shutdown) = (Arc::clone(&shared), shutdown.clone());
         pool_tasks.spawn(async move { shared.pool.run(shutdown).await });
     }
+    // Active health checks probe backends, not clients: their tasks live with the pool's.
+    pool_tasks.spawn(crate::health::run(
+        Arc::clone(&shared),
+        pool_tasks.clone(),
+        shutdown.clone(),
+    ));
 
     for bound in listeners {
         match bound.local_addr() {

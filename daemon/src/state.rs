@@ -19,7 +19,7 @@ use ipnet::IpNet;
 
 use mc_proxy_shared::ResetReason;
 
-use crate::events::EventBus;
+use crate::events::{Event, EventBus};
 use crate::firewall::Firewall;
 use crate::routes::{RouteInfo, RouteTable, ValidRoute};
 use crate::stats::RouteStats;
@@ -56,6 +56,12 @@ pub struct ProxyConfig {
     pub backend_max_idle: usize,
     /// L7: a pooled backend connection unused for this long is closed.
     pub backend_idle_timeout: Duration,
+    /// Passive health: failures in a row that eject a route member.
+    pub backend_eject_after: u32,
+    /// Passive health: the first ejection's cooldown (doubling on repeated ejections).
+    pub backend_eject_time: Duration,
+    /// Passive health: the longest cooldown.
+    pub backend_eject_max_time: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -76,6 +82,9 @@ impl Default for ProxyConfig {
             // Under the 5 s keep-alive of Node.js and Apache: the proxy closes an idle
             // connection before the backend does, so a request rarely races a close.
             backend_idle_timeout: Duration::from_secs(4),
+            backend_eject_after: 3,
+            backend_eject_time: Duration::from_secs(5),
+            backend_eject_max_time: Duration::from_secs(120),
         }
     }
 }
@@ -256,6 +265,36 @@ impl State {
         RouteTable::with_stats(routes, |host| {
             Arc::clone(stats.entry((listener_id, host.to_owned())).or_default())
         })
+    }
+
+    /// Passive health settings (`[proxy] backend_eject_*`).
+    pub fn passive(&self) -> crate::backends::Passive {
+        crate::backends::Passive {
+            eject_after: self.proxy.backend_eject_after,
+            eject_time: self.proxy.backend_eject_time,
+            eject_max_time: self.proxy.backend_eject_max_time,
+        }
+    }
+
+    /// Logs a route member's state change and publishes it as `backend_changed`.
+    pub fn backend_changed(
+        &self,
+        listener: SocketAddr,
+        route: &RouteInfo,
+        transition: Option<crate::backends::Transition>,
+    ) {
+        let Some(t) = transition else { return };
+        let m = &t.member;
+        if m.state.takes_traffic() {
+            tracing::info!(%listener, route = %route.route.hostname, backend = %m.address, state = %m.state, "backend state: {}", m.reason);
+        } else {
+            tracing::warn!(%listener, route = %route.route.hostname, backend = %m.address, state = %m.state, "backend state: {}", m.reason);
+        }
+        self.events.publish(|| Event::BackendChanged {
+            listener,
+            route: route.route.hostname.clone(),
+            member: t.member,
+        });
     }
 
     /// The current firewall snapshot.

@@ -10,8 +10,14 @@
 //! ([`BUCKET_BOUNDS_SECONDS`]) are fixed at compile time so that every route, every scrape and
 //! every admin API client sees the same buckets and deltas between two reads are meaningful.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use mc_proxy_shared::RouteBackend;
+
+use crate::backends::MemberHealth;
 
 /// Upper bounds of the latency histogram buckets, in seconds, from 0.5 ms to 30 s in roughly
 /// ×2-×2.5 steps (the Prometheus 1-2.5-5 series). A sample lands in the first bucket whose
@@ -133,6 +139,12 @@ pub struct RouteStats {
     /// (with `backend_tls`) and the HTTP/2 handshake, once per backend connection. L4: the TCP
     /// connect. Failed setups are not recorded here; they count in `backend_errors`.
     pub connect_duration: LatencyHistogram,
+    /// Connections (L4) or requests (L7) refused because no member could take them (every
+    /// one down, ejected with a trial out, draining or disabled).
+    pub no_backend: AtomicU64,
+    /// Each member's health and counters by address: kept across route edits and admin state
+    /// changes. Locked only while a route table is built, never on the data path.
+    members: Mutex<HashMap<String, Arc<MemberHealth>>>,
 }
 
 /// A plain copy of a route's counters at one moment.
@@ -156,6 +168,8 @@ pub struct RouteStatsSnapshot {
     pub request_duration: HistogramSnapshot,
     /// See [`RouteStats::connect_duration`].
     pub connect_duration: HistogramSnapshot,
+    /// See [`RouteStats::no_backend`].
+    pub no_backend: u64,
 }
 
 impl RouteStats {
@@ -167,6 +181,18 @@ impl RouteStats {
         {
             slot.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The health of the member at `address`, created on first use.
+    pub fn member(&self, address: &str) -> Arc<MemberHealth> {
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(members.entry(address.to_owned()).or_default())
+    }
+
+    /// Forgets the members whose address is not in `keep` (removed from the route).
+    pub fn retain_members(&self, keep: &[RouteBackend]) {
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        members.retain(|address, _| keep.iter().any(|b| &b.address == address));
     }
 
     /// Reads every counter.
@@ -182,6 +208,7 @@ impl RouteStats {
             responses: self.responses.each_ref().map(load),
             request_duration: self.request_duration.snapshot(),
             connect_duration: self.connect_duration.snapshot(),
+            no_backend: load(&self.no_backend),
         }
     }
 }

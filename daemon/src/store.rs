@@ -293,13 +293,13 @@ impl Store {
                 row.get::<_, String>(7)?,
                 Route {
                     hostname: row.get(0)?,
-                    backend: row.get(1)?,
                     mode: Mode::L4,
                     tls_cert: row.get(3)?,
                     tls_key: row.get(4)?,
                     backend_tls: row.get(5)?,
                     send_proxy_protocol: row.get(6)?,
                     backend_protocol: BackendProtocol::H2,
+                    ..unpack_backends(row.get(1)?)
                 },
             ))
         })?;
@@ -345,7 +345,7 @@ impl Store {
                     listener_id,
                     hostname,
                     route.hostname,
-                    route.backend,
+                    pack_backends(route),
                     route.mode.as_str(),
                     route.tls_cert,
                     route.tls_key,
@@ -477,7 +477,7 @@ fn insert_route(conn: &Connection, listener_id: i64, route: &Route) -> Result<i6
         params![
             listener_id,
             route.hostname,
-            route.backend,
+            pack_backends(route),
             route.mode.as_str(),
             route.tls_cert,
             route.tls_key,
@@ -600,7 +600,7 @@ mod tests {
             store.routes(1).unwrap(),
             vec![Route {
                 hostname: "app.test".into(),
-                backend: "127.0.0.1:9443".into(),
+                backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9443")],
                 ..Route::default()
             }]
         );
@@ -632,17 +632,18 @@ mod tests {
         assert_eq!(store.schema_version().unwrap(), 5);
         let web = Route {
             hostname: "web.test".into(),
-            backend: "127.0.0.1:9080".into(),
+            backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9080")],
             mode: Mode::L7,
             tls_cert: "web.pem".into(),
             tls_key: "web.key".into(),
             backend_tls: true,
             send_proxy_protocol: true,
             backend_protocol: BackendProtocol::H2,
+            ..Route::default()
         };
         let app = Route {
             hostname: "app.test".into(),
-            backend: "127.0.0.1:9443".into(),
+            backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9443")],
             ..Route::default()
         };
         assert_eq!(store.routes(1).unwrap(), vec![app, web.clone()]);
@@ -679,7 +680,7 @@ mod tests {
                 id,
                 &Route {
                     hostname: "app.test".into(),
-                    backend: "127.0.0.1:9443".into(),
+                    backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9443")],
                     ..Route::default()
                 },
             )
@@ -732,17 +733,18 @@ mod tests {
         let id = store.create_listener("[::1]:8443", true, &from).unwrap();
         let l7 = Route {
             hostname: "web.test".into(),
-            backend: "backend.internal:9080".into(),
+            backends: vec![mc_proxy_shared::RouteBackend::new("backend.internal:9080")],
             mode: Mode::L7,
             tls_cert: "certs/web.pem".into(),
             tls_key: "certs/web.key".into(),
             backend_tls: true,
             send_proxy_protocol: true,
             backend_protocol: BackendProtocol::Http1,
+            ..Route::default()
         };
         let l4 = Route {
             hostname: "app.test".into(),
-            backend: "127.0.0.1:9443".into(),
+            backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9443")],
             ..Route::default()
         };
         store.create_route(id, &l7).unwrap();
@@ -759,7 +761,7 @@ mod tests {
         assert_eq!(store.routes(id).unwrap(), vec![l4.clone(), l7.clone()]);
 
         let updated = Route {
-            backend: "127.0.0.1:9444".into(),
+            backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9444")],
             send_proxy_protocol: true,
             ..l4.clone()
         };
@@ -865,5 +867,37 @@ mod tests {
         assert!(!store.seed(&config).unwrap());
         assert!(store.routes(listeners[0].id).unwrap().is_empty());
         assert_eq!(store.listeners().unwrap().len(), 1);
+    }
+}
+
+// Interim (until the backends table): the set, balance and check as JSON in `backend`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Packed {
+    backends: Vec<mc_proxy_shared::RouteBackend>,
+    balance: mc_proxy_shared::Balance,
+    health_check: Option<mc_proxy_shared::HealthCheck>,
+}
+
+fn pack_backends(route: &Route) -> String {
+    serde_json::to_string(&Packed {
+        backends: route.backends.clone(),
+        balance: route.balance,
+        health_check: route.health_check.clone(),
+    })
+    .unwrap_or_default()
+}
+
+fn unpack_backends(text: String) -> Route {
+    match serde_json::from_str::<Packed>(&text) {
+        Ok(p) => Route {
+            backends: p.backends,
+            balance: p.balance,
+            health_check: p.health_check,
+            ..Route::default()
+        },
+        Err(_) => Route {
+            backends: vec![mc_proxy_shared::RouteBackend::new(text)],
+            ..Route::default()
+        },
     }
 }

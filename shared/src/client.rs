@@ -686,7 +686,10 @@ impl AdminClient {
                 listener: listener.to_owned(),
                 hostname: hostname.to_owned(),
                 new_hostname: patch.hostname,
-                backend: patch.backend,
+                backend: patch
+                    .backends
+                    .and_then(|b| b.into_iter().next())
+                    .map(|b| b.address),
                 mode: patch.mode.map(|m| pb::RouteMode::from(m).into()),
                 tls_cert: patch.tls_cert,
                 tls_key: patch.tls_key,
@@ -923,6 +926,7 @@ wire_enum!(
         UnknownHost,
         BackendTimeout,
         BackendUnreachable,
+        NoBackend,
     ]
 );
 wire_enum!(
@@ -993,8 +997,12 @@ fn outcome_from_pb(
 impl From<Route> for pb::Route {
     fn from(r: Route) -> Self {
         pb::Route {
+            backend: r
+                .backends
+                .first()
+                .map(|b| b.address.clone())
+                .unwrap_or_default(),
             hostname: r.hostname,
-            backend: r.backend,
             mode: pb::RouteMode::from(r.mode).into(),
             tls_cert: r.tls_cert,
             tls_key: r.tls_key,
@@ -1026,7 +1034,9 @@ impl TryFrom<pb::Route> for Route {
             mode: request_mode(r.mode)?,
             backend_protocol: request_backend_protocol(r.backend_protocol)?,
             hostname: r.hostname,
-            backend: r.backend,
+            backends: vec![crate::RouteBackend::new(r.backend)],
+            balance: Default::default(),
+            health_check: None,
             tls_cert: r.tls_cert,
             tls_key: r.tls_key,
             backend_tls: r.backend_tls,

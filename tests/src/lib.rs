@@ -319,7 +319,21 @@ impl TlsBackend {
         TlsBackend::start_with(pki, names, true).await
     }
 
+    /// A backend on `addr` (one that was stopped: brought back up on its old address).
+    pub async fn start_on(pki: &Pki, names: &[&str], addr: SocketAddr) -> TlsBackend {
+        TlsBackend::start_full(pki, names, false, Some(addr)).await
+    }
+
     async fn start_with(pki: &Pki, names: &[&str], expect_proxy: bool) -> TlsBackend {
+        TlsBackend::start_full(pki, names, expect_proxy, None).await
+    }
+
+    async fn start_full(
+        pki: &Pki,
+        names: &[&str],
+        expect_proxy: bool,
+        on: Option<SocketAddr>,
+    ) -> TlsBackend {
         let (chain, key) = pki.issue(names);
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -328,7 +342,9 @@ impl TlsBackend {
             .with_single_cert(chain, key)
             .unwrap();
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(on.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let name = names[0].to_owned();
         let connections: Arc<Mutex<Vec<Tape>>> = Arc::default();
@@ -580,6 +596,11 @@ struct ListenerSpec {
 struct RouteSpec {
     hostname: String,
     backend: String,
+    /// When set: `backends = [...]` (address, weight) instead of `backend`.
+    members: Vec<(String, u32)>,
+    balance: Option<&'static str>,
+    /// The `health_check` inline table's body.
+    health_check: Option<String>,
     mode: Option<&'static str>,
     cert: Option<(String, String)>,
     backend_tls: bool,
@@ -650,12 +671,51 @@ impl ProxyBuilder {
         self.last_listener().routes.push(RouteSpec {
             hostname: hostname.to_owned(),
             backend: backend.to_string(),
+            members: Vec::new(),
+            balance: None,
+            health_check: None,
             mode: None,
             cert: None,
             backend_tls: false,
             send_proxy: false,
             backend_protocol: None,
         });
+        self
+    }
+
+    /// A route (L4 unless `l7` follows) to several backends, each with a weight.
+    pub fn route_to<A: std::fmt::Display>(self, hostname: &str, members: &[(A, u32)]) -> Self {
+        let mut this = self.route(hostname, "unused:1");
+        this.last_route().members = members.iter().map(|(a, w)| (a.to_string(), *w)).collect();
+        this
+    }
+
+    /// The route's `balance` (`round_robin`, `least_conn`, `source`).
+    pub fn balance(mut self, balance: &'static str) -> Self {
+        self.last_route().balance = Some(balance);
+        self
+    }
+
+    /// The route's active health check: every `interval`, `fall` failures down, `rise`
+    /// successes up, each probe within `interval / 2`; an HTTP `GET path` when `path` is
+    /// given, else a TCP connect.
+    pub fn health_check(
+        mut self,
+        interval: Duration,
+        rise: u32,
+        fall: u32,
+        path: Option<&str>,
+    ) -> Self {
+        let ms = |d: Duration| format!("\"{}ms\"", d.as_millis());
+        let mut table = format!(
+            "interval = {}, timeout = {}, rise = {rise}, fall = {fall}",
+            ms(interval),
+            ms(interval / 2)
+        );
+        if let Some(path) = path {
+            table.push_str(&format!(", path = {path:?}"));
+        }
+        self.last_route().health_check = Some(table);
         self
     }
 
@@ -826,12 +886,23 @@ impl ProxyBuilder {
                 writeln!(out, "no_sni_route = {route:?}").unwrap();
             }
             for route in &listener.routes {
-                writeln!(
-                    out,
-                    "[[listeners.routes]]\nhostname = {:?}\nbackend = {:?}",
-                    route.hostname, route.backend
-                )
-                .unwrap();
+                writeln!(out, "[[listeners.routes]]\nhostname = {:?}", route.hostname).unwrap();
+                if route.members.is_empty() {
+                    writeln!(out, "backend = {:?}", route.backend).unwrap();
+                } else {
+                    let members: Vec<String> = route
+                        .members
+                        .iter()
+                        .map(|(a, w)| format!("{{ address = {a:?}, weight = {w} }}"))
+                        .collect();
+                    writeln!(out, "backends = [{}]", members.join(", ")).unwrap();
+                }
+                if let Some(balance) = route.balance {
+                    writeln!(out, "balance = {balance:?}").unwrap();
+                }
+                if let Some(check) = &route.health_check {
+                    writeln!(out, "health_check = {{ {check} }}").unwrap();
+                }
                 if let Some(mode) = route.mode {
                     writeln!(out, "mode = {mode:?}").unwrap();
                 }

@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::pool::{H1Lease, StreamSlot};
+use crate::backends::Pick;
 
 /// A request body sent to a backend: the client's, streamed, or none (a replayed request,
 /// an upgrade).
@@ -70,6 +71,8 @@ pub struct RespBody {
     held: Held,
     /// The body was read to its end (only then is an HTTP/1.1 connection reusable).
     done: bool,
+    /// The route member serving it: counted active until the body ends.
+    member: Option<Pick>,
 }
 
 impl RespBody {
@@ -79,7 +82,14 @@ impl RespBody {
             inner,
             held,
             done: false,
+            member: None,
         }
+    }
+
+    /// The same body, counting as active on `member` until it ends.
+    pub fn with_member(mut self, member: Pick) -> Self {
+        self.member = Some(member);
+        self
     }
 }
 
@@ -88,6 +98,10 @@ impl RespBody {
     /// is `done`, else to be closed.
     fn release(&mut self, done: bool) {
         self.done |= done;
+        if self.done {
+            // The member's request is over at its last frame, like the connection's.
+            self.member = None;
+        }
         if let Held::Connection(lease, reusable) = &mut self.held
             && let Some(lease) = lease.take()
         {

@@ -127,6 +127,9 @@ impl RequestError {
             RequestError::Upstream(UpstreamError::Pool(PoolError::Full { .. })) => {
                 "service unavailable: every backend connection is busy\n"
             }
+            RequestError::Upstream(UpstreamError::NoBackend { .. }) => {
+                "service unavailable: no backend is available\n"
+            }
             RequestError::Upstream(_) | RequestError::Closed => {
                 "bad gateway: the backend is unreachable\n"
             }
@@ -282,7 +285,9 @@ async fn upgrade_websocket(
     side: websocket::ClientSide,
     authority: Authority,
 ) -> Result<Response<ProxyBody>, RequestError> {
-    let pool = ctx.upstream.pool();
+    // A tunnel stays with the member it opened on; a failed dial is counted against it.
+    let (member, pool) = ctx.upstream.pick()?;
+    let index = member.index;
     let setup = websocket::Setup {
         target: pool.target(),
         tls: pool.backend_tls(),
@@ -290,10 +295,23 @@ async fn upgrade_websocket(
         closed: &ctx.closed,
         tunnels: &ctx.tunnels,
         in_flight: ctx.in_flight.enter(),
+        member,
     };
     let answer = tokio::select! {
-        res = websocket::open(setup, req, side, authority) => res?,
+        res = websocket::open(setup, req, side, authority) => res,
         () = ctx.closed.cancelled() => return Err(RequestError::Closed),
+    };
+    let answer = match answer {
+        Ok(answer) => {
+            ctx.upstream.succeeded(index);
+            answer
+        }
+        Err(e) => {
+            if e.is_backend() {
+                ctx.upstream.failed(index, &e);
+            }
+            return Err(e.into());
+        }
     };
     Ok(match answer {
         websocket::Answer::Switched(resp) => resp.map(|()| {

@@ -124,6 +124,10 @@ pub struct Session {
     pub idle_timeout: Duration,
     /// Request framing limits (`[proxy] max_request_head`).
     pub limits: limits::Limits,
+    /// Where member state changes go (events) and passive health settings.
+    pub state: Arc<crate::state::State>,
+    /// The listener's configured address (for those events).
+    pub listener: SocketAddr,
 }
 
 /// Terminates TLS on `stream` (after replaying `peeked`) and reverse-proxies its requests
@@ -173,38 +177,51 @@ pub async fn serve(
     );
     let closed = CancellationToken::new();
     let _closed_on_return = closed.clone().drop_guard();
-    let target = connector::Target {
-        backend: route.route.backend.clone(),
-        protocol: route.route.backend_protocol,
-        // A backend certificate is checked for the name the client asked for; without one,
-        // for the route's own name.
-        tls: route.route.backend_tls.then(|| {
-            session
-                .sni
-                .clone()
-                .unwrap_or_else(|| route.route.hostname.clone())
-        }),
-        proxy: route
-            .route
-            .send_proxy_protocol
-            .then_some(connector::ProxyHeader {
-                client: session.client,
-                local: session.local,
-            }),
-    };
-    // A PROXY header names one client: such connections are this client connection's alone.
-    let backend = if target.proxy.is_some() {
-        pool.dedicated(target, closed.clone())
-    } else {
-        pool.target(&target)
-    };
+    // One pool per member. A backend certificate is checked for the name the client asked
+    // for; without one, for the route's own name. A PROXY header names one client: such
+    // connections are this client connection's alone.
+    let tls_name = route.route.backend_tls.then(|| {
+        session
+            .sni
+            .clone()
+            .unwrap_or_else(|| route.route.hostname.clone())
+    });
+    let proxy = route
+        .route
+        .send_proxy_protocol
+        .then_some(connector::ProxyHeader {
+            client: session.client,
+            local: session.local,
+        });
+    let pools = route
+        .backends
+        .members()
+        .iter()
+        .map(|m| {
+            let target = connector::Target {
+                backend: m.spec.address.clone(),
+                protocol: route.route.backend_protocol,
+                tls: tls_name.clone(),
+                proxy,
+            };
+            if target.proxy.is_some() {
+                pool.dedicated(target, closed.clone())
+            } else {
+                pool.target(&target)
+            }
+        })
+        .collect();
     let ctx = Arc::new(downstream::Ctx {
         upstream: upstream::Upstream::new(
-            backend,
+            Arc::clone(&route),
+            pools,
             upstream::Timeouts {
                 connect: session.connect_timeout,
                 response: session.response_timeout,
             },
+            session.client.ip(),
+            Arc::clone(&session.state),
+            session.listener,
         ),
         route,
         sni: session.sni,

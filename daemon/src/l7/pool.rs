@@ -129,6 +129,12 @@ impl PoolError {
     pub fn is_full(&self) -> bool {
         matches!(self, PoolError::Full { .. })
     }
+
+    /// Whether this request's own dial failed (what passive health counts): not the cap,
+    /// and not a dial another request made and this one waited for (that one counts it).
+    pub fn is_backend_failure(&self) -> bool {
+        !matches!(self, PoolError::Full { .. } | PoolError::Shared(_))
+    }
 }
 
 /// What the pool owns across targets.
@@ -448,10 +454,11 @@ impl TargetPool {
                     return Err(e);
                 }
                 return Err(if conns.dialing > 0 {
-                    PoolError::Timeout {
+                    // Another request's dial is slow: that request counts the failure.
+                    PoolError::Shared(Arc::new(PoolError::Timeout {
                         backend: self.target.backend.clone(),
                         after: connect_timeout,
-                    }
+                    }))
                 } else {
                     PoolError::Full {
                         backend: self.target.backend.clone(),

@@ -1,22 +1,32 @@
-//! One request's trip to the backend: a lease from the pool, the request written in the HTTP
-//! version the lease speaks, the wait for the response head, and the retry rules.
+//! One request's trip to a backend: a member of the route's set, a lease from its pool, the
+//! request written in the HTTP version the lease speaks, the wait for the response head, and
+//! the retry rules.
 //!
 //! I/O: none of its own beyond what [`pool`] does; it sends on pooled connections.
+//!
+//! Members: each attempt picks one (`backends::BackendSet::pick`), skipping those that
+//! failed this request. A request that never got a connection (dial refused, TLS or HTTP
+//! handshake failed, the member's pool full) goes to the next member at once, all within
+//! `connect_timeout`. Connection-level failures (a failed dial, a connection lost before the
+//! response head, a response timeout) count against the member's passive health; a response
+//! head counts for it.
 //!
 //! Retry rules (RFC 9110 §9.2.2, as HAProxy's `retry-on conn-failure` and Pingora do): a
 //! request hyper hands back unsent (the connection closed between checkout and write) always
 //! goes to another connection. One that may have been sent is retried only when it had no
 //! body and either its method is idempotent or the backend said it did not process it
 //! (HTTP/2 `REFUSED_STREAM`, or a stream above a GOAWAY's last stream id), and only when the
-//! connection was lost before the response head, never after a timeout. At most
-//! [`MAX_ATTEMPTS`] tries.
+//! connection was lost before the response head, never after a timeout; the retry goes to
+//! another member when there is one. At most [`MAX_ATTEMPTS`] sends.
 //!
 //! Invariants: the response head is awaited within `response_timeout` per attempt; the body
 //! that follows is not bounded (gRPC and event streams stay open as long as they like). The
 //! lease (HTTP/2 stream slot, HTTP/1.1 connection) travels inside the response body and is
 //! released when the body ends.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -25,7 +35,11 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, head
 use super::body::{Held, ReqBody, RespBody};
 use super::connector::Wire;
 use super::pool::{Lease, PoolError, TargetPool};
+use crate::backends::{Pick, Tried};
+use crate::routes::RouteInfo;
+use crate::state::State;
 use crate::stats::LatencyHistogram;
+use tokio::time::Instant;
 
 /// Tries per request: the first, and up to two retries under the rules above.
 pub const MAX_ATTEMPTS: usize = 3;
@@ -45,6 +59,14 @@ pub enum UpstreamError {
         /// The configured `response_timeout`.
         after: Duration,
     },
+    /// No member may take the request: every one is down, draining or disabled.
+    #[error("no backend of route {route} is available: {states}")]
+    NoBackend {
+        /// The route's hostname.
+        route: String,
+        /// Each member's state.
+        states: String,
+    },
     /// The request failed on an established connection (reset, connection lost).
     #[error("request to {backend}: {source}")]
     Request {
@@ -56,10 +78,11 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The status the client gets: 504 for a timeout, 503 when the pool's cap refused, 502
-    /// otherwise.
+    /// The status the client gets: 504 for a timeout, 503 when the pool's cap refused or no
+    /// member is available, 502 otherwise.
     pub fn status(&self) -> http::StatusCode {
         match self {
+            UpstreamError::NoBackend { .. } => http::StatusCode::SERVICE_UNAVAILABLE,
             UpstreamError::ResponseTimeout { .. } => http::StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::Pool(e) if e.is_timeout() => http::StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::Pool(e) if e.is_full() => http::StatusCode::SERVICE_UNAVAILABLE,
@@ -78,12 +101,19 @@ pub struct Timeouts {
     pub response: Duration,
 }
 
-/// One client connection's way to its route's backend.
+/// One client connection's way to its route's backends: a pool per member.
 #[derive(Debug)]
 pub struct Upstream {
-    pool: Arc<TargetPool>,
+    route: Arc<RouteInfo>,
+    /// Indexed like `route.backends.members()`.
+    pools: Vec<Arc<TargetPool>>,
     timeouts: Timeouts,
     scheme: Scheme,
+    /// The real client (for `balance = "source"`).
+    client: IpAddr,
+    /// Where member state changes are published.
+    state: Arc<State>,
+    listener: SocketAddr,
 }
 
 /// A failed attempt: the error, and the request if hyper gave it back unsent.
@@ -93,28 +123,70 @@ struct Failed {
 }
 
 impl Upstream {
-    /// Requests go to `pool`'s connections.
-    pub fn new(pool: Arc<TargetPool>, timeouts: Timeouts) -> Self {
-        let scheme = if pool.target().tls.is_some() {
+    /// Requests go to `route`'s members, each through its pool in `pools` (same order).
+    pub fn new(
+        route: Arc<RouteInfo>,
+        pools: Vec<Arc<TargetPool>>,
+        timeouts: Timeouts,
+        client: IpAddr,
+        state: Arc<State>,
+        listener: SocketAddr,
+    ) -> Self {
+        let scheme = if route.route.backend_tls {
             Scheme::HTTPS
         } else {
             Scheme::HTTP
         };
         Upstream {
-            pool,
+            route,
+            pools,
             timeouts,
             scheme,
+            client,
+            state,
+            listener,
         }
     }
 
-    /// The pool this upstream sends on.
-    pub fn pool(&self) -> &Arc<TargetPool> {
-        &self.pool
+    /// A member for a request that cannot be retried elsewhere once started (a WebSocket),
+    /// with its pool (for the target and TLS settings).
+    pub fn pick(&self) -> Result<(Pick, &Arc<TargetPool>), UpstreamError> {
+        let pick = self
+            .route
+            .backends
+            .pick(self.client, Tried::default())
+            .ok_or_else(|| self.no_backend())?;
+        let pool = &self.pools[pick.index];
+        Ok((pick, pool))
     }
 
-    /// Sends `req` (absolute URI, no `Host` header: the proxy's neutral form) and returns the
-    /// response head, retrying under the module's rules. A dial made for it is recorded in
-    /// `connect_duration`.
+    /// Reports a connection-level failure of the member at `index` to passive health.
+    pub fn failed(&self, index: usize, why: &dyn std::fmt::Display) {
+        let member = self.route.backends.member(index);
+        let t = member
+            .health
+            .failed(&member.spec, &self.state.passive(), why);
+        self.state.backend_changed(self.listener, &self.route, t);
+    }
+
+    /// Reports a working exchange with the member at `index` to passive health.
+    pub fn succeeded(&self, index: usize) {
+        let member = self.route.backends.member(index);
+        let t = member.health.succeeded(&member.spec);
+        self.state.backend_changed(self.listener, &self.route, t);
+    }
+
+    fn no_backend(&self) -> UpstreamError {
+        self.route.stats.no_backend.fetch_add(1, Ordering::Relaxed);
+        UpstreamError::NoBackend {
+            route: self.route.route.hostname.clone(),
+            states: crate::l4::member_states(&self.route),
+        }
+    }
+
+    /// Sends `req` (absolute URI, no `Host` header: the proxy's neutral form) to a member and
+    /// returns the response head, retrying under the module's rules. A dial made for it is
+    /// recorded in `connect_duration`.
     pub async fn send(
         &self,
         req: Request<ReqBody>,
@@ -124,22 +196,65 @@ impl Upstream {
         let replay = http_body::Body::is_end_stream(req.body()).then(|| Replay::of(&req));
         let mut req = req;
         let mut attempt = 1;
+        let deadline = Instant::now() + self.timeouts.connect;
+        // Members that failed this request; after a lost connection the same member may be
+        // asked again (on another connection) when no other is left.
+        let mut tried = Tried::default();
+        let mut same_again = false;
+        let mut last: Option<UpstreamError> = None;
         loop {
-            let (lease, dialled) = self.pool.checkout(self.timeouts.connect).await?;
+            let backends = &self.route.backends;
+            let pick = backends.pick(self.client, tried).or_else(|| {
+                same_again
+                    .then(|| backends.pick(self.client, Tried::default()))
+                    .flatten()
+            });
+            let Some(pick) = pick else {
+                return Err(last.unwrap_or_else(|| self.no_backend()));
+            };
+            tried.add(pick.index);
+            same_again = false;
+            let pool = &self.pools[pick.index];
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (lease, dialled) = match pool.checkout(left).await {
+                Ok(leased) => leased,
+                Err(e) => {
+                    // Never sent: the next member may have it, within connect_timeout.
+                    if e.is_backend_failure() {
+                        self.failed(pick.index, &e);
+                    }
+                    tracing::debug!(backend = %pool.target().backend, "no connection: {e}");
+                    last = Some(e.into());
+                    if Instant::now() >= deadline {
+                        return Err(last.expect("just set"));
+                    }
+                    continue;
+                }
+            };
             if let Some(took) = dialled {
                 connect_duration.record(took);
             }
-            let sent = tokio::time::timeout(self.timeouts.response, self.send_on(lease, req));
+            let sent =
+                tokio::time::timeout(self.timeouts.response, send_on(lease, req, &self.scheme));
             let failed = match sent.await {
-                Ok(Ok(resp)) => return Ok(resp),
+                Ok(Ok(resp)) => {
+                    self.succeeded(pick.index);
+                    return Ok(resp.map(|body| body.with_member(pick)));
+                }
                 Ok(Err(failed)) => failed,
                 Err(_) => {
-                    return Err(UpstreamError::ResponseTimeout {
-                        backend: self.backend().to_owned(),
+                    let e = UpstreamError::ResponseTimeout {
+                        backend: pool.target().backend.clone(),
                         after: self.timeouts.response,
-                    });
+                    };
+                    self.failed(pick.index, &e);
+                    return Err(e);
                 }
             };
+            // Handed back unsent: a pooled connection closed under us, not the member failing.
+            if failed.unsent.is_none() {
+                self.failed(pick.index, &failed.error);
+            }
             let again = match (failed.unsent, &replay) {
                 (Some(unsent), _) => Some(unsent),
                 (None, Some(replay)) if replay.may_retry(&failed.error) => Some(replay.request()),
@@ -149,64 +264,100 @@ impl Upstream {
                 Some(next) if attempt < MAX_ATTEMPTS => {
                     tracing::debug!(
                         attempt,
+                        backend = %pool.target().backend,
                         "backend connection lost before the response: retrying: {}",
                         failed.error
                     );
                     req = next;
                     attempt += 1;
+                    same_again = true;
                 }
                 _ => {
                     return Err(UpstreamError::Request {
-                        backend: self.backend().to_owned(),
+                        backend: pool.target().backend.clone(),
                         source: failed.error,
                     });
                 }
             }
         }
     }
+}
 
-    fn backend(&self) -> &str {
-        &self.pool.target().backend
-    }
-
-    async fn send_on(
-        &self,
-        lease: Lease,
-        mut req: Request<ReqBody>,
-    ) -> Result<Response<RespBody>, Failed> {
-        to_wire(&mut req, lease.wire(), &self.scheme);
-        match lease {
-            Lease::H2 { mut sender, slot } => match sender.try_send_request(req).await {
-                Ok(resp) => Ok(resp.map(|body| RespBody::new(body, Held::Stream(slot)))),
+/// Writes `req` on `lease` in its HTTP version and waits for the response head.
+async fn send_on(
+    lease: Lease,
+    mut req: Request<ReqBody>,
+    scheme: &Scheme,
+) -> Result<Response<RespBody>, Failed> {
+    to_wire(&mut req, lease.wire(), scheme);
+    match lease {
+        Lease::H2 { mut sender, slot } => match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp.map(|body| RespBody::new(body, Held::Stream(slot)))),
+            Err(mut e) => Err(Failed {
+                unsent: e.take_message(),
+                error: e.into_error(),
+            }),
+        },
+        Lease::Http1(mut lease) => {
+            if let Err(error) = lease.sender().ready().await {
+                return Err(Failed {
+                    error,
+                    unsent: Some(req),
+                });
+            }
+            let close = wants_close(req.headers());
+            match lease.sender().try_send_request(req).await {
+                Ok(resp) => {
+                    let reusable = !close
+                        && !wants_close(resp.headers())
+                        && resp.version() == Version::HTTP_11;
+                    Ok(resp
+                        .map(|body| RespBody::new(body, Held::Connection(Some(lease), reusable))))
+                }
                 Err(mut e) => Err(Failed {
                     unsent: e.take_message(),
                     error: e.into_error(),
                 }),
-            },
-            Lease::Http1(mut lease) => {
-                if let Err(error) = lease.sender().ready().await {
-                    return Err(Failed {
-                        error,
-                        unsent: Some(req),
-                    });
-                }
-                let close = wants_close(req.headers());
-                match lease.sender().try_send_request(req).await {
-                    Ok(resp) => {
-                        let reusable = !close
-                            && !wants_close(resp.headers())
-                            && resp.version() == Version::HTTP_11;
-                        Ok(resp.map(|body| {
-                            RespBody::new(body, Held::Connection(Some(lease), reusable))
-                        }))
-                    }
-                    Err(mut e) => Err(Failed {
-                        unsent: e.take_message(),
-                        error: e.into_error(),
-                    }),
-                }
             }
         }
+    }
+}
+
+/// An active health check's HTTP probe: `GET path` with `authority` on a connection of
+/// `pool` (the route's protocol and TLS), within `timeout` for the connection and the head.
+/// Returns the response status; the body is not read.
+pub async fn probe(
+    pool: &Arc<TargetPool>,
+    authority: Authority,
+    path: &str,
+    timeout: Duration,
+) -> Result<http::StatusCode, String> {
+    let scheme = if pool.target().tls.is_some() {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    };
+    let uri = Uri::builder()
+        .scheme(scheme.clone())
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut req = Request::new(ReqBody::Empty);
+    *req.uri_mut() = uri;
+    req.headers_mut().insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("mc-proxy-health-check"),
+    );
+    let deadline = Instant::now() + timeout;
+    let (lease, _) = pool.checkout(timeout).await.map_err(|e| e.to_string())?;
+    match tokio::time::timeout_at(deadline, send_on(lease, req, &scheme)).await {
+        Ok(Ok(resp)) => Ok(resp.status()),
+        Ok(Err(failed)) => Err(failed.error.to_string()),
+        Err(_) => Err(format!(
+            "no response within {}",
+            humantime::format_duration(timeout)
+        )),
     }
 }
 

@@ -67,6 +67,7 @@ use super::connector::{self, BackendTls, ConnectError, Target, Wire};
 use super::headers;
 use super::pool;
 use super::{InFlightGuard, TaskExecutor};
+use crate::backends::Pick;
 use crate::relay::{self, RelayEnd};
 use crate::stats::Transferred;
 
@@ -405,6 +406,8 @@ pub struct Setup<'a> {
     pub tunnels: &'a Tunnels,
     /// The request's in-flight guard, held by the tunnel for its life.
     pub in_flight: InFlightGuard,
+    /// The route member it goes to, counted active for the tunnel's life (a drain waits).
+    pub member: Pick,
 }
 
 /// How the backend answered the WebSocket request.
@@ -552,6 +555,7 @@ pub async fn open(
         idle: tunnels.idle_timeout,
         closed: setup.closed.clone(),
         _in_flight: setup.in_flight,
+        _member: setup.member,
     };
     tunnels.spawn_tunnel(tunnel.run());
     Ok(Answer::Switched(Response::from_parts(head, ())))
@@ -669,6 +673,7 @@ struct Tunnel {
     idle: Duration,
     closed: CancellationToken,
     _in_flight: InFlightGuard,
+    _member: Pick,
 }
 
 impl Tunnel {

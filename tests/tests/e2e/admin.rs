@@ -24,7 +24,7 @@ fn listener_toml(routes: &str) -> String {
 fn route(hostname: &str, backend: impl ToString) -> Route {
     Route {
         hostname: hostname.into(),
-        backend: backend.to_string(),
+        backends: vec![mc_proxy_shared::RouteBackend::new(backend.to_string())],
         ..Route::default()
     }
 }
@@ -82,7 +82,7 @@ async fn add_and_list_an_l7_route_with_every_field() {
     let mut admin = proxy.admin().await;
     let l7 = Route {
         hostname: "Web.Test".into(),
-        backend: "backend.internal:9080".into(),
+        backends: vec![mc_proxy_shared::RouteBackend::new("backend.internal:9080")],
         mode: Mode::L7,
         tls_cert: cert,
         tls_key: key,
@@ -286,7 +286,7 @@ async fn backend_protocol_is_stored_listed_and_auto_without_backend_tls_is_refus
             LISTENER,
             "api.test",
             RoutePatch {
-                backend: Some("127.0.0.1:9999".into()),
+                backends: Some(vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9999")]),
                 backend_tls: Some(false),
                 ..RoutePatch::default()
             },
@@ -443,7 +443,7 @@ async fn routes_change_live_and_in_flight_connections_keep_theirs() {
             LISTENER,
             "b.test",
             RoutePatch {
-                backend: Some(a.addr.to_string()),
+                backends: Some(vec![mc_proxy_shared::RouteBackend::new(a.addr.to_string())]),
                 send_proxy_protocol: Some(false),
                 ..RoutePatch::default()
             },

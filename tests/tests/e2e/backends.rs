@@ -1,0 +1,352 @@
+//! Routes with several backends end to end: real TLS echo backends behind an L4 route and
+//! real h2c backends behind an L7 route, connections and requests counted per backend,
+//! backends killed and brought back under load, active health checks timed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use mc_proxy_shared::{BackendState, MemberStats, ResetReason};
+use mc_proxy_tests::web::*;
+use mc_proxy_tests::*;
+
+/// The live figures of the first listener's route `host`, one per member.
+fn members(proxy: &Proxy, host: &str) -> Vec<MemberStats> {
+    proxy.state.listeners[0]
+        .lookup(host)
+        .expect("the route")
+        .members()
+}
+
+/// Waits (up to 10 s) until the member at `addr` is in `state`; returns how long it took.
+async fn wait_state(proxy: &Proxy, host: &str, addr: SocketAddr, state: BackendState) -> Duration {
+    let started = Instant::now();
+    let addr = addr.to_string();
+    loop {
+        let now = members(proxy, host);
+        let m = now.iter().find(|m| m.address == addr).expect("the member");
+        if m.state == state {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{addr} still {} (not {state}) after 10 s: {now:?}",
+            m.state
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One L4 connection through the proxy to `a.test`: returns the name of the backend that
+/// answered (`bye from NAME`).
+async fn l4_once(proxy: SocketAddr, pki: &Pki) -> std::io::Result<String> {
+    let mut client = tls_connect(proxy, "a.test", pki.client_config()).await?;
+    let answer = send_and_finish(&mut client, b"ping").await?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let name = text
+        .strip_prefix("ping")
+        .and_then(|t| t.strip_prefix("bye from "))
+        .map(|t| t.trim_end().to_owned());
+    name.ok_or_else(|| std::io::Error::other(format!("unexpected answer {text:?}")))
+}
+
+/// Three TLS echo backends named `one.a.test`, `two.a.test`, `three.a.test` (each also
+/// valid for `a.test`).
+async fn three_tls(pki: &Pki) -> Vec<TlsBackend> {
+    let mut out = Vec::new();
+    for name in ["one.a.test", "two.a.test", "three.a.test"] {
+        out.push(TlsBackend::start(pki, &[name, "a.test"]).await);
+    }
+    out
+}
+
+fn count(names: &[String], name: &str) -> usize {
+    names.iter().filter(|n| *n == name).count()
+}
+
+#[tokio::test]
+async fn l4_connections_follow_the_weights() {
+    let pki = Pki::new();
+    let b = three_tls(&pki).await;
+    let proxy = ProxyBuilder::new()
+        .route_to("a.test", &[(b[0].addr, 1), (b[1].addr, 2), (b[2].addr, 3)])
+        .start()
+        .await;
+    let mut names = Vec::new();
+    for _ in 0..300 {
+        names.push(l4_once(proxy.addr(), &pki).await.unwrap());
+    }
+    // 1:2:3 of 300, within 10 %.
+    for (name, expected) in [
+        ("one.a.test", 50),
+        ("two.a.test", 100),
+        ("three.a.test", 150),
+    ] {
+        let got = count(&names, name);
+        assert!(
+            got.abs_diff(expected) <= expected / 10,
+            "{name}: {got} of 300, expected about {expected}"
+        );
+    }
+    let m = members(&proxy, "a.test");
+    assert_eq!(m.iter().map(|m| m.total).sum::<u64>(), 300);
+    assert!(m.iter().all(|m| m.active == 0 && m.failures == 0), "{m:?}");
+}
+
+#[tokio::test]
+async fn l4_source_balance_keeps_a_client_on_one_backend() {
+    let pki = Pki::new();
+    let b = three_tls(&pki).await;
+    let proxy = ProxyBuilder::new()
+        .route_to("a.test", &[(b[0].addr, 1), (b[1].addr, 1), (b[2].addr, 1)])
+        .balance("source")
+        .start()
+        .await;
+    let first = l4_once(proxy.addr(), &pki).await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(l4_once(proxy.addr(), &pki).await.unwrap(), first);
+    }
+}
+
+#[tokio::test]
+async fn l4_a_killed_backend_costs_no_connection_is_marked_down_and_comes_back() {
+    let pki = Arc::new(Pki::new());
+    let mut b = three_tls(&pki).await;
+    let interval = Duration::from_millis(200);
+    let (rise, fall) = (2, 2);
+    let proxy = ProxyBuilder::new()
+        .route_to("a.test", &[(b[0].addr, 1), (b[1].addr, 1), (b[2].addr, 1)])
+        .health_check(interval, rise, fall, None)
+        .start()
+        .await;
+    let addr = proxy.addr();
+
+    // Load from 4 clients while `two` dies: every connection must be served.
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (pki, served) = (Arc::clone(&pki), Arc::clone(&served));
+        load.spawn(async move {
+            let mut names = Vec::new();
+            for _ in 0..60 {
+                names.push(l4_once(addr, &pki).await.expect("a served connection"));
+                served.fetch_add(1, Ordering::SeqCst);
+            }
+            names
+        });
+    }
+    while served.load(Ordering::SeqCst) < 40 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let dead = b.remove(1);
+    let dead_addr = dead.addr;
+    drop(dead);
+    let killed = Instant::now();
+    let mut names = Vec::new();
+    while let Some(res) = timed(load.join_next()).await {
+        names.extend(res.unwrap());
+    }
+    assert_eq!(names.len(), 240, "every client connection was served");
+    assert!(count(&names, "one.a.test") > 0 && count(&names, "three.a.test") > 0);
+
+    // Marked down by the active check: `fall` failed probes, one per interval.
+    wait_state(&proxy, "a.test", dead_addr, BackendState::Down).await;
+    let down_after = killed.elapsed();
+    assert!(
+        down_after >= interval * (fall - 1) - Duration::from_millis(50),
+        "down after {down_after:?}: sooner than {fall} probes {interval:?} apart"
+    );
+    assert!(
+        down_after <= interval * (fall + 1) + Duration::from_millis(500),
+        "down only after {down_after:?}"
+    );
+    let before = members(&proxy, "a.test")[1].total;
+    for _ in 0..12 {
+        assert_ne!(l4_once(addr, &pki).await.unwrap(), "two.a.test");
+    }
+    assert_eq!(
+        members(&proxy, "a.test")[1].total,
+        before,
+        "nothing sent to a down member"
+    );
+
+    // Back on its address: up after `rise` passed probes, then it takes its share again.
+    let back = TlsBackend::start_on(&pki, &["two.a.test", "a.test"], dead_addr).await;
+    let up_after = wait_state(&proxy, "a.test", dead_addr, BackendState::Up).await;
+    assert!(
+        up_after >= interval * (rise - 1) - Duration::from_millis(50),
+        "up after {up_after:?}: sooner than {rise} probes"
+    );
+    let mut names = Vec::new();
+    for _ in 0..30 {
+        names.push(l4_once(addr, &pki).await.unwrap());
+    }
+    assert!(count(&names, "two.a.test") >= 8, "{names:?}");
+    assert!(back.accepted() >= 8);
+}
+
+#[tokio::test]
+async fn l4_with_every_backend_down_resets_with_no_backend() {
+    let pki = Pki::new();
+    let (dead1, dead2) = (DeadBackend::new(), DeadBackend::new());
+    let interval = Duration::from_millis(100);
+    let proxy = ProxyBuilder::new()
+        .route_to("a.test", &[(dead1.addr, 1), (dead2.addr, 1)])
+        .health_check(interval, 1, 1, None)
+        .start()
+        .await;
+    // Before the checks say so, a connection tries both and is reset as unreachable.
+    wait_state(&proxy, "a.test", dead1.addr, BackendState::Down).await;
+    wait_state(&proxy, "a.test", dead2.addr, BackendState::Down).await;
+    let counters = &proxy.state.listeners[0].counters;
+    let before = counters.resets(ResetReason::NoBackend);
+    let err = l4_once(proxy.addr(), &pki).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(counters.resets(ResetReason::NoBackend), before + 1);
+    let route = proxy.state.listeners[0].lookup("a.test").unwrap();
+    assert_eq!(route.stats.snapshot().no_backend, 1);
+    // No dial was made for it: every member's failures came from nowhere else.
+    assert!(
+        route.members().iter().all(|m| m.total == 0),
+        "{:?}",
+        route.members()
+    );
+}
+
+#[tokio::test]
+async fn l4_a_refused_dial_goes_to_the_next_backend_and_ejects_after_three() {
+    let pki = Pki::new();
+    let dead = DeadBackend::new();
+    let live = TlsBackend::start(&pki, &["live.a.test", "a.test"]).await;
+    let proxy = ProxyBuilder::new()
+        .route_to("a.test", &[(dead.addr, 1), (live.addr, 1)])
+        .start()
+        .await;
+    for _ in 0..10 {
+        assert_eq!(l4_once(proxy.addr(), &pki).await.unwrap(), "live.a.test");
+    }
+    let m = members(&proxy, "a.test");
+    // Three failures in a row eject it; it is not tried again within the 5 s cooldown.
+    assert_eq!((m[0].failures, m[0].ejections), (3, 1), "{m:?}");
+    assert_eq!(m[0].state, BackendState::Ejected);
+    assert!(
+        m[0].reason.contains("3 failures in a row"),
+        "{}",
+        m[0].reason
+    );
+    assert_eq!(m[1].total, 10);
+}
+
+/// `n` GETs on one HTTP/2 client connection, one after another; every one must be 200.
+async fn h2_gets(addr: SocketAddr, pki: &Pki, n: usize) {
+    let mut client = h2_client(addr, "web.test", pki).await;
+    for i in 0..n {
+        let req = Request::builder().uri(format!("https://web.test/g/{i}"));
+        let resp = timed(ask_h2(&mut client, with_body(req, ""))).await;
+        assert_eq!(resp.status, 200, "GET {i}: {}", resp.body);
+    }
+}
+
+#[tokio::test]
+async fn l7_requests_follow_the_weights_per_request() {
+    let pki = Pki::new();
+    let b = [
+        H2Backend::start().await,
+        H2Backend::start().await,
+        H2Backend::start().await,
+    ];
+    let proxy = ProxyBuilder::new()
+        .route_to(
+            "web.test",
+            &[(b[0].addr, 1), (b[1].addr, 1), (b[2].addr, 2)],
+        )
+        .l7(&pki)
+        .start()
+        .await;
+    // One client connection: the choice is per request, not per connection.
+    h2_gets(proxy.addr(), &pki, 200).await;
+    let got: Vec<usize> = b.iter().map(|b| b.requests()).collect();
+    for (got, expected) in got.iter().zip([50, 50, 100]) {
+        assert!(got.abs_diff(expected) <= expected / 10, "{got:?}");
+    }
+}
+
+#[tokio::test]
+async fn l7_a_killed_backend_fails_no_idempotent_request_and_is_marked_down() {
+    let pki = Arc::new(Pki::new());
+    let mut b = vec![
+        H2Backend::start().await,
+        H2Backend::start().await,
+        H2Backend::start().await,
+    ];
+    let interval = Duration::from_millis(200);
+    let proxy = ProxyBuilder::new()
+        .route_to(
+            "web.test",
+            &[(b[0].addr, 1), (b[1].addr, 1), (b[2].addr, 1)],
+        )
+        .l7(&pki)
+        .health_check(interval, 2, 2, Some("/healthz"))
+        .start()
+        .await;
+    let addr = proxy.addr();
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (pki, done) = (Arc::clone(&pki), Arc::clone(&done));
+        load.spawn(async move {
+            let mut client = h2_client(addr, "web.test", &pki).await;
+            for i in 0..100 {
+                let req = Request::builder().uri(format!("https://web.test/k/{i}"));
+                let resp = timed(ask_h2(&mut client, with_body(req, ""))).await;
+                assert_eq!(resp.status, 200, "GET {i}: {}", resp.body);
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    while done.load(Ordering::SeqCst) < 60 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let dead = b.remove(1);
+    let dead_addr = dead.addr;
+    drop(dead);
+    while let Some(res) = timed(load.join_next()).await {
+        res.unwrap();
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 400);
+    let took = wait_state(&proxy, "web.test", dead_addr, BackendState::Down).await;
+    assert!(
+        took <= interval * 3 + Duration::from_millis(500),
+        "{took:?}"
+    );
+    // The probes asked for the path, with the route's name.
+    let probe = (0..b[0].requests())
+        .map(|i| b[0].seen(i))
+        .find(|s| s.path == "/healthz")
+        .expect("a probe reached a live backend");
+    assert_eq!(probe.authority.as_deref(), Some("web.test"));
+}
+
+#[tokio::test]
+async fn l7_with_every_backend_down_answers_503() {
+    let pki = Pki::new();
+    let dead = DeadBackend::new();
+    let proxy = ProxyBuilder::new()
+        .route_to("web.test", &[(dead.addr, 1)])
+        .l7(&pki)
+        .health_check(Duration::from_millis(100), 1, 1, Some("/"))
+        .start()
+        .await;
+    wait_state(&proxy, "web.test", dead.addr, BackendState::Down).await;
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    let resp = ask_h2(
+        &mut client,
+        with_body(Request::builder().uri("https://web.test/"), ""),
+    )
+    .await;
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.body, "service unavailable: no backend is available\n");
+    assert_eq!(web_stats(&proxy).no_backend, 1);
+}
