@@ -73,6 +73,7 @@ pub fn opened(record: &Record, listener: &ListenerState, route: &Arc<RouteInfo>,
         client: record.client,
         sni: record.sni.clone().unwrap_or_default(),
         route: Arc::clone(route),
+        backend: None,
     });
 }
 
@@ -104,6 +105,7 @@ pub fn closed(
         client: record.client,
         sni: record.sni.clone(),
         route: record.route.clone(),
+        backend: None,
         bytes_in: record.bytes.up.load(Ordering::Relaxed),
         bytes_out: record.bytes.down.load(Ordering::Relaxed),
         duration: elapsed,

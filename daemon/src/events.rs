@@ -35,6 +35,8 @@ pub enum Event {
         sni: String,
         /// The route it matched.
         route: Arc<RouteInfo>,
+        /// The member chosen (None: none chosen; L7 picks per request).
+        backend: Option<Arc<str>>,
     },
     /// A connection ended, routed or not.
     ConnectionClosed {
@@ -48,6 +50,8 @@ pub enum Event {
         sni: Option<String>,
         /// The route, when it got that far.
         route: Option<Arc<RouteInfo>>,
+        /// The member chosen (None: none chosen; L7 picks per request).
+        backend: Option<Arc<str>>,
         /// Client to backend bytes.
         bytes_in: u64,
         /// Backend to client bytes.
@@ -85,6 +89,15 @@ pub enum Event {
         action: ChangeAction,
         /// The rule, normalised.
         rule: FirewallRule,
+    },
+    /// A route member's live state changed (CONTROL-PLANE STUB of the data plane's event).
+    BackendChanged {
+        /// The listener's configured address.
+        listener: SocketAddr,
+        /// The route's hostname.
+        route: String,
+        /// The member with its new state.
+        member: mc_proxy_shared::MemberStats,
     },
     /// About a second passed: watchers send a snapshot of the counters as they read this.
     StatsTick,

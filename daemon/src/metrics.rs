@@ -584,7 +584,7 @@ mod tests {
     fn state_with_one_route() -> Arc<State> {
         let route = Route {
             hostname: "a.test".into(),
-            backend: "127.0.0.1:9".into(),
+            backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9")],
             ..Route::default()
         };
         let table = RouteTable::with_stats([ValidRoute::unchecked(route)], |_| Arc::default());

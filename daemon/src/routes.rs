@@ -44,6 +44,23 @@ pub enum RouteError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// CONTROL-PLANE STUB: the backend set is empty.
+    #[error("a route needs at least one backend")]
+    NoBackends,
+    /// CONTROL-PLANE STUB: two members with one address.
+    #[error("duplicate backend {}", clip(.0))]
+    DuplicateBackend(String),
+    /// CONTROL-PLANE STUB: a weight outside 1..=256.
+    #[error("backend {}: weight {weight} is not from 1 to 256", clip(.address))]
+    Weight {
+        /// The member.
+        address: String,
+        /// Its weight.
+        weight: u32,
+    },
+    /// CONTROL-PLANE STUB: a bad health check.
+    #[error("invalid health_check: {0}")]
+    HealthCheck(&'static str),
     /// The mode is not "", "l4" or "l7".
     #[error(transparent)]
     Mode(#[from] ParseModeError),
@@ -120,7 +137,44 @@ pub fn route_name(hostname: &str) -> Option<String> {
 pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
     let hostname =
         route_name(&route.hostname).ok_or_else(|| RouteError::Hostname(route.hostname.clone()))?;
-    validate_backend(&route.backend)?;
+    // CONTROL-PLANE STUB of the data plane's set validation.
+    if route.backends.is_empty() {
+        return Err(RouteError::NoBackends);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for b in &route.backends {
+        validate_backend(&b.address)?;
+        if !(1..=mc_proxy_shared::RouteBackend::MAX_WEIGHT).contains(&b.weight) {
+            return Err(RouteError::Weight {
+                address: b.address.clone(),
+                weight: b.weight,
+            });
+        }
+        if !seen.insert(b.address.as_str()) {
+            return Err(RouteError::DuplicateBackend(b.address.clone()));
+        }
+    }
+    if let Some(c) = &route.health_check {
+        if c.rise == 0 || c.fall == 0 {
+            return Err(RouteError::HealthCheck("rise and fall must be at least 1"));
+        }
+        if c.timeout.is_zero() || c.timeout > c.interval {
+            return Err(RouteError::HealthCheck(
+                "timeout must be more than 0 and at most interval",
+            ));
+        }
+        if c.interval < std::time::Duration::from_millis(100) {
+            return Err(RouteError::HealthCheck("interval must be at least 100ms"));
+        }
+        if !c.path.is_empty() && route.mode == Mode::L4 {
+            return Err(RouteError::HealthCheck(
+                "path is for l7 routes (an l4 check is a TCP connect)",
+            ));
+        }
+        if !c.path.is_empty() && !c.path.starts_with('/') {
+            return Err(RouteError::HealthCheck("path must start with /"));
+        }
+    }
     let mut warnings = Vec::new();
     let mut key = None;
     match route.mode {
@@ -253,7 +307,33 @@ impl RouteInfo {
 
     /// The route's backend.
     pub fn backend(&self) -> &str {
-        &self.route.backend
+        self.route
+            .backends
+            .first()
+            .map_or("", |b| b.address.as_str())
+    }
+
+    /// CONTROL-PLANE STUB: each member's figures (the data plane keeps the live ones).
+    pub fn members(&self) -> Vec<mc_proxy_shared::MemberStats> {
+        self.route
+            .backends
+            .iter()
+            .map(|b| mc_proxy_shared::MemberStats {
+                address: b.address.clone(),
+                weight: b.weight,
+                admin: b.state,
+                state: match b.state {
+                    mc_proxy_shared::AdminState::Enabled => mc_proxy_shared::BackendState::Up,
+                    mc_proxy_shared::AdminState::Draining => {
+                        mc_proxy_shared::BackendState::Draining
+                    }
+                    mc_proxy_shared::AdminState::Disabled => {
+                        mc_proxy_shared::BackendState::Disabled
+                    }
+                },
+                ..Default::default()
+            })
+            .collect()
     }
 }
 
@@ -350,7 +430,7 @@ mod tests {
     fn route(hostname: &str, backend: &str) -> Route {
         Route {
             hostname: hostname.into(),
-            backend: backend.into(),
+            backends: vec![mc_proxy_shared::RouteBackend::new(backend)],
             ..Route::default()
         }
     }
@@ -362,11 +442,19 @@ mod tests {
             route("api.example.com", "127.0.0.1:2"),
         ]);
         assert_eq!(
-            table.lookup("api.example.com").unwrap().route.backend,
+            table
+                .lookup("api.example.com")
+                .unwrap()
+                .route
+                .backend_list(),
             "127.0.0.1:2"
         );
         assert_eq!(
-            table.lookup("www.example.com").unwrap().route.backend,
+            table
+                .lookup("www.example.com")
+                .unwrap()
+                .route
+                .backend_list(),
             "127.0.0.1:1"
         );
     }
@@ -378,7 +466,7 @@ mod tests {
             route("*.example.com", "127.0.0.1:1"),
             route("api.example.com", "127.0.0.1:2"),
         ]);
-        let backend = |sni| table.lookup(sni).map(|r| r.route.backend.clone());
+        let backend = |sni| table.lookup(sni).map(|r| r.route.backend_list());
         assert_eq!(backend("api.example.com").as_deref(), Some("127.0.0.1:2"));
         assert_eq!(backend("www.example.com").as_deref(), Some("127.0.0.1:1"));
         assert_eq!(backend("a.b.example.com").as_deref(), Some("127.0.0.1:9"));

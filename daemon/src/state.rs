@@ -56,6 +56,13 @@ pub struct ProxyConfig {
     pub backend_max_idle: usize,
     /// L7: a pooled backend connection unused for this long is closed.
     pub backend_idle_timeout: Duration,
+    /// Passive health: consecutive failures (connects, L7 connection-level failures) that
+    /// eject a route member. At least 1.
+    pub backend_eject_after: u32,
+    /// Passive health: the first ejection's cooldown; each repeated ejection doubles it.
+    pub backend_eject_time: Duration,
+    /// Passive health: the longest cooldown, at least `backend_eject_time`.
+    pub backend_eject_max_time: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -76,6 +83,9 @@ impl Default for ProxyConfig {
             // Under the 5 s keep-alive of Node.js and Apache: the proxy closes an idle
             // connection before the backend does, so a request rarely races a close.
             backend_idle_timeout: Duration::from_secs(4),
+            backend_eject_after: 3,
+            backend_eject_time: Duration::from_secs(5),
+            backend_eject_max_time: Duration::from_secs(120),
         }
     }
 }

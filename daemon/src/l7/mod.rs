@@ -174,7 +174,7 @@ pub async fn serve(
     let closed = CancellationToken::new();
     let _closed_on_return = closed.clone().drop_guard();
     let target = connector::Target {
-        backend: route.route.backend.clone(),
+        backend: route.route.backends[0].address.clone(),
         protocol: route.route.backend_protocol,
         // A backend certificate is checked for the name the client asked for; without one,
         // for the route's own name.
