@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
-use mc_proxy_shared::BackendProtocol;
+use mc_proxy_shared::{AdminState, BackendProtocol, Balance, RouteBackend};
 
 /// Control a running mc-proxy daemon over its admin socket: routes, firewall rules,
 /// certificate reloads and live events.
@@ -31,6 +31,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// One value per process, parsed once: its size does not matter, and boxing would make every
+// match on it clumsier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Daemon version, uptime, listeners and connection totals.
@@ -131,7 +134,24 @@ pub enum RoutesCommand {
     /// Add a route. Without --mode it is an L4 (passthrough) route.
     Add(RouteArgs),
     /// Change the given fields of a route; the others stay as they are.
+    #[command(visible_alias = "edit")]
     Update(UpdateArgs),
+    /// One route in full: its fields, health check and each backend with its weight, admin
+    /// state, live state and traffic.
+    Show {
+        /// The route's hostname.
+        hostname: String,
+        /// The listener's configured address; needed only when several listeners have a
+        /// route of that name.
+        #[arg(long, value_name = "ADDR")]
+        listener: Option<String>,
+        /// Print the route and its stats as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain, enable or disable one backend of a route (stored like every change).
+    #[command(subcommand)]
+    Backend(BackendCommand),
     /// Remove a route. Connections already open on it keep going.
     Remove {
         /// The listener's configured address.
@@ -143,6 +163,100 @@ pub enum RoutesCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// Take no new connections or requests; open ones finish.
+    Drain(BackendStateArgs),
+    /// Back in rotation (when healthy).
+    Enable(BackendStateArgs),
+    /// Out of rotation; open connections still finish.
+    Disable(BackendStateArgs),
+}
+
+impl BackendCommand {
+    /// The admin state asked for, and the member named.
+    pub fn into_parts(self) -> (AdminState, BackendStateArgs) {
+        match self {
+            BackendCommand::Drain(a) => (AdminState::Draining, a),
+            BackendCommand::Enable(a) => (AdminState::Enabled, a),
+            BackendCommand::Disable(a) => (AdminState::Disabled, a),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BackendStateArgs {
+    /// The route's hostname.
+    pub hostname: String,
+    /// The backend's address, as the route lists it (host:port).
+    pub address: String,
+    /// The listener's configured address; needed only when several listeners have a route
+    /// of that name.
+    #[arg(long, value_name = "ADDR")]
+    pub listener: Option<String>,
+}
+
+/// The active health check flags of `routes add` and `routes update`. Any of them turns the
+/// check on; the ones left out take the defaults (or, on update, the route's current values).
+#[derive(Debug, Clone, Default, Args)]
+pub struct CheckArgs {
+    /// Turn on the active health check with default settings (TCP connect every 2s, timeout
+    /// 1s, rise 2, fall 3).
+    #[arg(long)]
+    pub check: bool,
+    /// Time between two probes of one backend, e.g. 2s, 500ms.
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub check_interval: Option<std::time::Duration>,
+    /// How long one probe may take (at most the interval).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub check_timeout: Option<std::time::Duration>,
+    /// Successes in a row that bring a down backend up.
+    #[arg(long, value_name = "N")]
+    pub check_rise: Option<u32>,
+    /// Failures in a row that bring an up backend down.
+    #[arg(long, value_name = "N")]
+    pub check_fall: Option<u32>,
+    /// L7: probe with GET of this path (starting with /) instead of a TCP connect; "" for a
+    /// TCP connect again.
+    #[arg(long, value_name = "PATH")]
+    pub check_path: Option<String>,
+    /// L7 HTTP probes: the status classes that count as healthy, e.g. 2xx or 2xx,3xx.
+    #[arg(long, value_name = "CLASSES")]
+    pub check_expect: Option<String>,
+}
+
+impl CheckArgs {
+    /// Whether any check flag was given.
+    pub fn any(&self) -> bool {
+        self.check
+            || self.check_interval.is_some()
+            || self.check_timeout.is_some()
+            || self.check_rise.is_some()
+            || self.check_fall.is_some()
+            || self.check_path.is_some()
+            || self.check_expect.is_some()
+    }
+}
+
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 2s, 500ms, 1m)"))
+}
+
+/// A `--backend` value: `host:port`, `host:port,weight=N` or `host:port weight=N`.
+pub fn parse_backend(text: &str) -> Result<RouteBackend, String> {
+    let spaced = match text.split_once(",weight=") {
+        Some((address, weight)) => format!("{address} weight={weight}"),
+        None => text.to_owned(),
+    };
+    spaced.parse::<RouteBackend>().map_err(|e| e.to_string())
+}
+
+/// `round_robin`, `least_conn` or `source`, as in the TOML.
+fn balance() -> impl TypedValueParser<Value = Balance> {
+    PossibleValuesParser::new(Balance::ALL.iter().map(|b| b.as_str()))
+        .try_map(|s| s.parse::<Balance>())
+}
+
 #[derive(Debug, Args)]
 pub struct RouteArgs {
     /// The listener's configured address, e.g. 127.0.0.1:8443.
@@ -151,9 +265,16 @@ pub struct RouteArgs {
     /// SNI hostname: app.example.com or *.example.com.
     #[arg(long)]
     pub hostname: String,
-    /// Where to send connections: host:port.
-    #[arg(long)]
-    pub backend: String,
+    /// A backend: host:port, or host:port,weight=N (weight 1 to 256, default 1). Repeat it
+    /// for several: --backend 10.0.0.1:443 --backend 10.0.0.2:443,weight=3.
+    #[arg(long, required = true, value_name = "HOST:PORT[,weight=N]", value_parser = parse_backend)]
+    pub backend: Vec<RouteBackend>,
+    /// How a backend is picked: round_robin (weighted, the default), least_conn, or source
+    /// (the same client address to the same backend).
+    #[arg(long, value_name = "round_robin|least_conn|source", value_parser = balance())]
+    pub balance: Option<Balance>,
+    #[command(flatten)]
+    pub check: CheckArgs,
     /// l4 (TLS passthrough, default) or l7 (TLS termination and HTTP proxy).
     #[arg(long, value_name = "l4|l7")]
     pub mode: Option<String>,
@@ -191,9 +312,18 @@ pub struct UpdateArgs {
     /// Rename the route.
     #[arg(long, value_name = "HOSTNAME")]
     pub new_hostname: Option<String>,
-    /// New backend host:port.
-    #[arg(long)]
-    pub backend: Option<String>,
+    /// Replace the backend set: host:port or host:port,weight=N, repeated for several. A
+    /// backend that stays keeps its drain/disable state.
+    #[arg(long, value_name = "HOST:PORT[,weight=N]", value_parser = parse_backend)]
+    pub backend: Vec<RouteBackend>,
+    /// New balance: round_robin, least_conn or source.
+    #[arg(long, value_name = "round_robin|least_conn|source", value_parser = balance())]
+    pub balance: Option<Balance>,
+    #[command(flatten)]
+    pub check: CheckArgs,
+    /// Remove the active health check.
+    #[arg(long, conflicts_with_all = ["check", "check_interval", "check_timeout", "check_rise", "check_fall", "check_path", "check_expect"])]
+    pub no_check: bool,
     /// New mode: l4 or l7.
     #[arg(long, value_name = "l4|l7")]
     pub mode: Option<String>,

@@ -15,12 +15,15 @@ use mc_proxy_shared::client::{
     AdminClient, BackendStatus, ClientError, ConnectionList, Event, ReloadResult, RouteEntry,
     RoutePatch, RouteReload, Status, TimedEvent,
 };
-use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Mode, Route};
+use mc_proxy_shared::{
+    AdminState, BackendState, FirewallRule, FirewallRuleKind, HealthCheck, MemberStats, Mode,
+    Route, RouteBackend,
+};
 use serde::Serialize;
 
 use crate::cli::{
-    Command, FirewallCommand, ListenersCommand, RouteArgs, RoutesCommand, RuleArgs, TableArgs,
-    UpdateArgs,
+    CheckArgs, Command, FirewallCommand, ListenersCommand, RouteArgs, RoutesCommand, RuleArgs,
+    TableArgs, UpdateArgs,
 };
 
 /// A failed subcommand.
@@ -34,6 +37,8 @@ pub enum CtlError {
     Daemon(ClientError),
     /// A reload left some routes failed (they were printed).
     ReloadFailed(usize),
+    /// The route named is not there (or is on several listeners and none was given).
+    NoRoute(String),
     /// The arguments make no sense.
     Usage(String),
     /// Whoever reads stdout went away (`| head`): not an error, the command just ends.
@@ -52,7 +57,7 @@ impl std::fmt::Display for CtlError {
                 f,
                 "{n} route(s) failed to reload and keep the certificate they had"
             ),
-            CtlError::Usage(m) => f.write_str(m),
+            CtlError::Usage(m) | CtlError::NoRoute(m) => f.write_str(m),
             CtlError::ClosedPipe => f.write_str("stdout closed"),
             CtlError::Output(e) => write!(f, "cannot write the output: {e}"),
         }
@@ -66,7 +71,10 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::ClosedPipe => 0,
-            CtlError::Daemon(_) | CtlError::ReloadFailed(_) | CtlError::Output(_) => 1,
+            CtlError::Daemon(_)
+            | CtlError::ReloadFailed(_)
+            | CtlError::NoRoute(_)
+            | CtlError::Output(_) => 1,
             CtlError::Usage(_) => 2,
             CtlError::Unreachable(_) => 3,
             CtlError::Denied(_) => 4,
@@ -131,6 +139,29 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
         }
         Command::Routes(RoutesCommand::Add(args)) => add_route(&mut client, args).await,
         Command::Routes(RoutesCommand::Update(args)) => update_route(&mut client, args).await,
+        Command::Routes(RoutesCommand::Show {
+            hostname,
+            listener,
+            json,
+        }) => {
+            let entry = find_route(&mut client, &hostname, listener.as_deref()).await?;
+            if json {
+                print_json(&entry)
+            } else {
+                emit(&format_route_detail(&entry))
+            }
+        }
+        Command::Routes(RoutesCommand::Backend(command)) => {
+            let (state, args) = command.into_parts();
+            let entry = find_route(&mut client, &args.hostname, args.listener.as_deref()).await?;
+            let route = client
+                .set_backend_state(&entry.listener, &entry.route.hostname, &args.address, state)
+                .await?;
+            emit(&format!(
+                "backend {} of route {} on listener {}: {state}\n",
+                args.address, route.hostname, entry.listener
+            ))
+        }
         Command::Routes(RoutesCommand::Remove { listener, hostname }) => {
             client.remove_route(&listener, &hostname).await?;
             emit(&format!(
@@ -193,10 +224,93 @@ pub fn absolute_path(path: &str) -> Result<String, CtlError> {
         .map_err(|_| CtlError::Usage(format!("the path {path} is not valid UTF-8")))
 }
 
+/// The route `hostname` names (compared as the daemon does: case and a trailing dot do not
+/// matter), on `listener` or on the one listener that has it.
+async fn find_route(
+    client: &mut AdminClient,
+    hostname: &str,
+    listener: Option<&str>,
+) -> Result<RouteEntry, CtlError> {
+    let want = normalise(hostname);
+    let mut found: Vec<RouteEntry> = client
+        .list_routes(listener)
+        .await?
+        .into_iter()
+        .filter(|e| e.route.hostname == want)
+        .collect();
+    match found.len() {
+        0 => Err(CtlError::NoRoute(format!(
+            "no route {want}{}",
+            listener.map_or_else(String::new, |l| format!(" on listener {l}"))
+        ))),
+        1 => Ok(found.remove(0)),
+        _ => Err(CtlError::Usage(format!(
+            "route {want} is on listeners {}: say which with --listener",
+            found
+                .iter()
+                .map(|e| e.listener.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Lowercase without a trailing dot: how the daemon stores a hostname.
+fn normalise(hostname: &str) -> String {
+    hostname.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The health check the flags ask for, on top of `current` (or the defaults).
+pub fn check_from(
+    args: &CheckArgs,
+    current: Option<&HealthCheck>,
+) -> Result<HealthCheck, CtlError> {
+    let mut check = current.cloned().unwrap_or_default();
+    if let Some(v) = args.check_interval {
+        check.interval = v;
+    }
+    if let Some(v) = args.check_timeout {
+        check.timeout = v;
+    }
+    if let Some(v) = args.check_rise {
+        check.rise = v;
+    }
+    if let Some(v) = args.check_fall {
+        check.fall = v;
+    }
+    if let Some(v) = &args.check_path {
+        check.path.clone_from(v);
+    }
+    if let Some(v) = &args.check_expect {
+        check.expect = v.parse().map_err(|e| CtlError::Usage(format!("{e}")))?;
+    }
+    Ok(check)
+}
+
+/// A new backend set for a route whose set is `current`: a member that stays keeps its
+/// admin state (a drain is not undone by editing the weights).
+pub fn keep_admin_states(new: Vec<RouteBackend>, current: &[RouteBackend]) -> Vec<RouteBackend> {
+    new.into_iter()
+        .map(|b| match current.iter().find(|c| c.address == b.address) {
+            Some(c) => RouteBackend {
+                state: c.state,
+                ..b
+            },
+            None => b,
+        })
+        .collect()
+}
+
 async fn add_route(client: &mut AdminClient, args: RouteArgs) -> Result<(), CtlError> {
     let route = Route {
         hostname: args.hostname,
-        backend: args.backend,
+        backends: args.backend,
+        balance: args.balance.unwrap_or_default(),
+        health_check: if args.check.any() {
+            Some(check_from(&args.check, None)?)
+        } else {
+            None
+        },
         mode: parse_mode(args.mode.as_deref())?.unwrap_or_default(),
         tls_cert: absolute_path(args.tls_cert.as_deref().unwrap_or_default())?,
         tls_key: absolute_path(args.tls_key.as_deref().unwrap_or_default())?,
@@ -209,9 +323,33 @@ async fn add_route(client: &mut AdminClient, args: RouteArgs) -> Result<(), CtlE
 }
 
 async fn update_route(client: &mut AdminClient, args: UpdateArgs) -> Result<(), CtlError> {
+    // The set and the check are edited on top of what the route has now.
+    let current = if !args.backend.is_empty() || args.check.any() {
+        Some(
+            find_route(client, &args.hostname, Some(&args.listener))
+                .await?
+                .route,
+        )
+    } else {
+        None
+    };
+    let backends = match (&current, args.backend.is_empty()) {
+        (Some(route), false) => Some(keep_admin_states(args.backend, &route.backends)),
+        _ => None,
+    };
+    let health_check = if args.no_check {
+        Some(None)
+    } else if args.check.any() {
+        let now = current.as_ref().and_then(|r| r.health_check.as_ref());
+        Some(Some(check_from(&args.check, now)?))
+    } else {
+        None
+    };
     let patch = RoutePatch {
         hostname: args.new_hostname,
-        backend: args.backend,
+        backends,
+        balance: args.balance,
+        health_check,
         mode: parse_mode(args.mode.as_deref())?,
         tls_cert: args.tls_cert.as_deref().map(absolute_path).transpose()?,
         tls_key: args.tls_key.as_deref().map(absolute_path).transpose()?,
@@ -221,8 +359,9 @@ async fn update_route(client: &mut AdminClient, args: UpdateArgs) -> Result<(), 
     };
     if patch == RoutePatch::default() {
         return Err(CtlError::Usage(
-            "nothing to change: give at least one of --new-hostname, --backend, --mode, \
-             --tls-cert, --tls-key, --backend-tls, --backend-protocol, --send-proxy-protocol"
+            "nothing to change: give at least one of --new-hostname, --backend, --balance, \
+             --check*, --no-check, --mode, --tls-cert, --tls-key, --backend-tls, \
+             --backend-protocol, --send-proxy-protocol"
                 .into(),
         ));
     }
@@ -359,10 +498,15 @@ fn target(route: &Route) -> String {
         Mode::L7 => format!(" ({})", route.backend_protocol),
         Mode::L4 => String::new(),
     };
+    let balance = if route.backends.len() > 1 {
+        format!(" {}", route.balance)
+    } else {
+        String::new()
+    };
     format!(
-        "{} -> {}{protocol}{}",
+        "{} -> {}{balance}{protocol}{}",
         route.mode,
-        route.backend,
+        route.backend_list(),
         flags(route)
     )
 }
@@ -470,7 +614,7 @@ fn format_routes(routes: &[RouteEntry], headers: bool) -> String {
                 e.listener.clone(),
                 r.hostname.clone(),
                 r.mode.to_string(),
-                r.backend.clone(),
+                backends_cell(r),
                 protocol_cell(r),
                 match flags(r).trim() {
                     "" => "-".to_owned(),
@@ -490,12 +634,104 @@ fn format_routes(routes: &[RouteEntry], headers: bool) -> String {
     table(
         headers.then_some(
             &[
-                "LISTENER", "HOSTNAME", "MODE", "BACKEND", "PROTO", "FLAGS", "CONNS", "IN", "OUT",
+                "LISTENER", "HOSTNAME", "MODE", "BACKENDS", "PROTO", "FLAGS", "CONNS", "IN", "OUT",
                 "L7",
             ][..],
         ),
         &rows,
     )
+}
+
+/// The table's BACKENDS cell: every member's address, joined by commas (no spaces, so the
+/// columns stay whitespace-separated for shell loops).
+fn backends_cell(route: &Route) -> String {
+    route
+        .backends
+        .iter()
+        .map(|b| b.address.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// What a member is doing, for people: the live state, with the admin state when they differ
+/// in a way the live one does not say (an enabled member that is down shows `down`).
+pub fn member_state(m: &MemberStats) -> String {
+    match (m.admin, m.state) {
+        (AdminState::Enabled, s) => s.to_string(),
+        (admin, BackendState::Draining | BackendState::Disabled) => admin.to_string(),
+        (admin, s) => format!("{admin},{s}"),
+    }
+}
+
+/// `routes show`: the route's fields, then one row per member.
+fn format_route_detail(e: &RouteEntry) -> String {
+    let r = &e.route;
+    let mut out = String::new();
+    let _ = writeln!(out, "route     {} on listener {}", r.hostname, e.listener);
+    let _ = writeln!(out, "target    {}", target(r));
+    let _ = writeln!(out, "balance   {}", r.balance);
+    let _ = writeln!(
+        out,
+        "check     {}",
+        match &r.health_check {
+            None => "none (passive health only)".to_owned(),
+            Some(c) => format!(
+                "{} every {}, timeout {}, rise {}, fall {}{}",
+                if c.path.is_empty() {
+                    "tcp connect".to_owned()
+                } else {
+                    format!("GET {}", c.path)
+                },
+                humantime::format_duration(c.interval),
+                humantime::format_duration(c.timeout),
+                c.rise,
+                c.fall,
+                if c.path.is_empty() {
+                    String::new()
+                } else {
+                    format!(", expect {}", c.expect)
+                }
+            ),
+        }
+    );
+    out.push('\n');
+    // Members as configured, with their live figures when the daemon sent them.
+    let rows: Vec<Vec<String>> = r
+        .backends
+        .iter()
+        .map(|b| {
+            let live = e.stats.members.iter().find(|m| m.address == b.address);
+            let n = |f: fn(&MemberStats) -> u64| live.map_or("-".into(), |m| f(m).to_string());
+            vec![
+                b.address.clone(),
+                b.weight.to_string(),
+                b.state.to_string(),
+                live.map_or("-".into(), |m| m.state.to_string()),
+                n(|m| m.active),
+                n(|m| m.total),
+                n(|m| m.failures),
+                n(|m| m.ejections),
+                live.map_or(String::new(), |m| m.reason.clone()),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        Some(
+            &[
+                "BACKEND",
+                "WEIGHT",
+                "ADMIN",
+                "STATE",
+                "ACTIVE",
+                "TOTAL",
+                "FAILURES",
+                "EJECTIONS",
+                "REASON",
+            ][..],
+        ),
+        &rows,
+    ));
+    out
 }
 
 fn format_backends(backends: &[BackendStatus], headers: bool) -> String {
@@ -676,6 +912,21 @@ fn format_event(e: &TimedEvent) -> String {
             backends.iter().map(|b| b.open).sum::<u64>(),
             backends.iter().map(|b| b.in_use).sum::<u64>()
         ),
+        Event::BackendChanged {
+            listener,
+            route,
+            member,
+        } => {
+            let mut line = format!(
+                "backend {route} on {listener}: {} {}",
+                member.address,
+                member_state(member)
+            );
+            if !member.reason.is_empty() {
+                let _ = write!(line, " ({})", member.reason);
+            }
+            line
+        }
         Event::Lagged { dropped } => {
             format!("lagged {dropped} event(s) dropped: reading too slowly")
         }
@@ -701,7 +952,7 @@ mod tests {
             listener: "127.0.0.1:8443".into(),
             route: Route {
                 hostname: hostname.into(),
-                backend: "127.0.0.1:9080".into(),
+                backends: vec![RouteBackend::new("127.0.0.1:9080")],
                 mode,
                 backend_tls: mode == Mode::L7,
                 backend_protocol,
@@ -721,7 +972,7 @@ mod tests {
         let with = cells(&format_routes(&routes, true));
         assert_eq!(
             with[0][..6],
-            ["LISTENER", "HOSTNAME", "MODE", "BACKEND", "PROTO", "FLAGS"]
+            ["LISTENER", "HOSTNAME", "MODE", "BACKENDS", "PROTO", "FLAGS"]
         );
         let without = cells(&format_routes(&routes, false));
         assert_eq!(without, with[1..], "--no-headers: the same rows");
@@ -745,5 +996,129 @@ mod tests {
         assert_eq!(human_bytes(0), "0B");
         assert_eq!(human_bytes(1536), "1.5K");
         assert_eq!(human_bytes(5 * 1024 * 1024), "5.0M");
+    }
+
+    #[test]
+    fn backend_flags_take_both_weight_spellings() {
+        use crate::cli::parse_backend;
+        let three = RouteBackend::new("10.0.0.1:443").with_weight(3);
+        assert_eq!(parse_backend("10.0.0.1:443,weight=3"), Ok(three.clone()));
+        assert_eq!(parse_backend("10.0.0.1:443 weight=3"), Ok(three));
+        assert_eq!(
+            parse_backend("[::1]:443"),
+            Ok(RouteBackend::new("[::1]:443"))
+        );
+        assert!(parse_backend("a:1,weight=x").is_err());
+        assert!(parse_backend("a:1 w=2").is_err());
+    }
+
+    #[test]
+    fn a_new_set_keeps_the_admin_state_of_members_that_stay() {
+        let drained = RouteBackend {
+            state: AdminState::Draining,
+            ..RouteBackend::new("a:1")
+        };
+        let new = keep_admin_states(
+            vec![
+                RouteBackend::new("a:1").with_weight(4),
+                RouteBackend::new("b:1"),
+            ],
+            &[drained, RouteBackend::new("c:1")],
+        );
+        assert_eq!(
+            new,
+            vec![
+                RouteBackend {
+                    state: AdminState::Draining,
+                    ..RouteBackend::new("a:1").with_weight(4)
+                },
+                RouteBackend::new("b:1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_detail_lists_every_member_with_its_state_and_traffic() {
+        let route = Route {
+            hostname: "app.test".into(),
+            backends: vec![
+                RouteBackend::new("10.0.0.1:443").with_weight(2),
+                RouteBackend {
+                    state: AdminState::Draining,
+                    ..RouteBackend::new("10.0.0.1:444")
+                },
+            ],
+            balance: mc_proxy_shared::Balance::LeastConn,
+            ..Route::default()
+        };
+        let member = |address: &str, admin, state, active| MemberStats {
+            address: address.into(),
+            weight: 1,
+            admin,
+            state,
+            active,
+            total: 10,
+            failures: 1,
+            ejections: 0,
+            reason: String::new(),
+        };
+        let entry = RouteEntry {
+            listener: "127.0.0.1:8443".into(),
+            stats: mc_proxy_shared::client::RouteStats {
+                members: vec![
+                    member(
+                        "10.0.0.1:443",
+                        AdminState::Enabled,
+                        BackendState::Ejected,
+                        0,
+                    ),
+                    member(
+                        "10.0.0.1:444",
+                        AdminState::Draining,
+                        BackendState::Draining,
+                        3,
+                    ),
+                ],
+                ..Default::default()
+            },
+            route,
+        };
+        let text = format_route_detail(&entry);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("BACKEND"))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[1..],
+            [
+                vec![
+                    "10.0.0.1:443",
+                    "2",
+                    "enabled",
+                    "ejected",
+                    "0",
+                    "10",
+                    "1",
+                    "0"
+                ],
+                vec![
+                    "10.0.0.1:444",
+                    "1",
+                    "draining",
+                    "draining",
+                    "3",
+                    "10",
+                    "1",
+                    "0"
+                ],
+            ]
+        );
+        assert!(
+            text.contains("target    l4 -> 10.0.0.1:443, 10.0.0.1:444 least_conn"),
+            "{text}"
+        );
+        let cells = format_routes(std::slice::from_ref(&entry), false);
+        assert!(cells.contains(" 10.0.0.1:443,10.0.0.1:444 "), "{cells}");
     }
 }

@@ -143,11 +143,71 @@ async fn routes_and_status_as_tables_and_json() {
             "new.test",
             "--backend",
             "127.0.0.1:9555",
+            "--backend",
+            "127.0.0.1:9556,weight=3",
+            "--balance",
+            "least_conn",
             "--send-proxy-protocol=false",
         ],
     )
     .await;
     assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "updated route new.test on listener {L}: l4 -> 127.0.0.1:9555, 127.0.0.1:9556 \
+             least_conn\n"
+        )
+    );
+    // One member drained: said, stored, and shown by `routes show` with its live state.
+    let o = ctl(
+        &proxy,
+        &["routes", "backend", "drain", "new.test", "127.0.0.1:9556"],
+    )
+    .await;
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        format!("backend 127.0.0.1:9556 of route new.test on listener {L}: draining\n")
+    );
+    let o = ctl(&proxy, &["routes", "show", "New.Test"]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("BACKEND"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0][..8],
+        [
+            "BACKEND",
+            "WEIGHT",
+            "ADMIN",
+            "STATE",
+            "ACTIVE",
+            "TOTAL",
+            "FAILURES",
+            "EJECTIONS"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        rows[1][..4],
+        ["127.0.0.1:9555", "1", "enabled", "up"],
+        "{out}"
+    );
+    assert_eq!(
+        rows[2][..4],
+        ["127.0.0.1:9556", "3", "draining", "draining"],
+        "{out}"
+    );
+    let o = ctl(
+        &proxy,
+        &["routes", "backend", "enable", "new.test", "127.0.0.1:9999"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     let o = ctl(&proxy, &["routes", "list", "--listener", L, "--json"]).await;
     assert_ok(&o);
     let routes: Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -157,7 +217,11 @@ async fn routes_and_status_as_tables_and_json() {
         .iter()
         .find(|r| r["route"]["hostname"] == "new.test")
         .unwrap();
-    assert_eq!(new["route"]["backend"], "127.0.0.1:9555");
+    assert_eq!(new["route"]["backends"][0]["address"], "127.0.0.1:9555");
+    assert_eq!(new["route"]["backends"][1]["weight"], 3);
+    assert_eq!(new["route"]["backends"][1]["state"], "draining");
+    assert_eq!(new["route"]["balance"], "least_conn");
+    assert_eq!(new["stats"]["members"][1]["admin"], "draining");
     assert_eq!(new["route"]["send_proxy_protocol"], false);
     assert_eq!(new["stats"]["total_connections"], 0);
 
@@ -227,7 +291,7 @@ async fn backend_protocol_is_added_updated_listed_and_checked() {
     assert_ok(&o);
     let out = stdout(&o);
     let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header[3..6], ["BACKEND", "PROTO", "FLAGS"], "{out}");
+    assert_eq!(header[3..6], ["BACKENDS", "PROTO", "FLAGS"], "{out}");
     let o = ctl(&proxy, &["routes", "list", "--no-headers"]).await;
     assert_ok(&o);
     let rows: Vec<Vec<String>> = stdout(&o)
@@ -531,7 +595,7 @@ async fn a_closed_pipe_ends_the_command_quietly() {
             L,
             mc_proxy_shared::Route {
                 hostname: "a.test".into(),
-                backend: backend.addr.to_string(),
+                backends: vec![mc_proxy_shared::RouteBackend::new(backend.addr.to_string())],
                 ..Default::default()
             },
         )
@@ -622,7 +686,7 @@ async fn relative_certificate_paths_are_sent_absolute() {
             L,
             mc_proxy_shared::Route {
                 hostname: "rel.test".into(),
-                backend: "127.0.0.1:9080".into(),
+                backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9080")],
                 mode: mc_proxy_shared::Mode::L7,
                 tls_cert: cert.clone(),
                 tls_key: key.clone(),

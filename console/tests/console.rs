@@ -41,7 +41,7 @@ fn busy_app() -> App {
     let mut app = App::new();
     let route = |hostname: &str, mode, send_proxy_protocol| Route {
         hostname: hostname.into(),
-        backend: "10.0.0.5:9443".into(),
+        backends: vec![mc_proxy_shared::RouteBackend::new("10.0.0.5:9443")],
         mode,
         send_proxy_protocol,
         ..Route::default()
@@ -282,7 +282,7 @@ fn route_details_show_the_backend_protocol_of_l7_routes() {
                 action: mc_proxy_shared::ChangeAction::Updated,
                 route: Route {
                     hostname: "web.test".into(),
-                    backend: "127.0.0.1:9080".into(),
+                    backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9080")],
                     mode: Mode::L7,
                     tls_cert: "/c.pem".into(),
                     tls_key: "/c.key".into(),
@@ -371,7 +371,7 @@ fn app_with(routes: &[(&str, &str, Mode)]) -> App {
                 listener: "127.0.0.1:8443".into(),
                 route: Route {
                     hostname: (*hostname).into(),
-                    backend: (*backend).into(),
+                    backends: vec![mc_proxy_shared::RouteBackend::new(*backend)],
                     mode: *mode,
                     tls_cert: "/etc/mc-proxy/certs/a-certificate-with-a-long-path.pem".into(),
                     tls_key: "/etc/mc-proxy/certs/a-certificate-with-a-long-path.key".into(),
@@ -444,7 +444,7 @@ fn an_edited_backend_shows_its_new_value() {
                 action: mc_proxy_shared::ChangeAction::Updated,
                 route: Route {
                     hostname: "edit.test".into(),
-                    backend: "127.0.0.1:38081".into(),
+                    backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:38081")],
                     ..Route::default()
                 },
                 previous_hostname: "edit.test".into(),
@@ -536,7 +536,7 @@ fn stats_at(app: &mut App, at: Instant, routes: &[(&str, RouteStats)]) {
                         listener: "127.0.0.1:8443".into(),
                         route: Route {
                             hostname: (*h).into(),
-                            backend: "127.0.0.1:9".into(),
+                            backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9")],
                             mode: Mode::L7,
                             ..Route::default()
                         },
@@ -828,4 +828,167 @@ async fn console_shows_reconnecting_and_resumes_when_the_daemon_returns() {
     let s = until(&mut console, &mut inputs, &mut msgs, "| connected").await;
     assert!(s.contains("keep.test"), "{s}");
     link_task.abort();
+}
+
+/// The cell of the first occurrence of `needle` on screen, as (x, y).
+fn find_cell(terminal: &Terminal<TestBackend>, needle: &str) -> Option<(u16, u16)> {
+    let s = screen(terminal);
+    s.lines().enumerate().find_map(|(y, line)| {
+        line.find(needle)
+            .map(|i| (line[..i].chars().count() as u16, y as u16))
+    })
+}
+
+#[test]
+fn a_routes_backends_show_their_state_and_traffic_and_follow_state_changes() {
+    use mc_proxy_shared::{AdminState, BackendState, MemberStats, RouteBackend};
+    let mut app = app_with(&[("pool.test", "127.0.0.1:38943", Mode::L4)]);
+    let member = |address: &str, admin, state, active, failures| MemberStats {
+        address: address.into(),
+        weight: 1,
+        admin,
+        state,
+        active,
+        total: 100 + active,
+        failures,
+        ejections: u64::from(state == BackendState::Ejected),
+        reason: String::new(),
+    };
+    let route = Route {
+        hostname: "pool.test".into(),
+        backends: vec![
+            RouteBackend::new("127.0.0.1:38943"),
+            RouteBackend {
+                state: AdminState::Draining,
+                ..RouteBackend::new("127.0.0.1:38944")
+            },
+            RouteBackend::new("127.0.0.1:38945").with_weight(5),
+        ],
+        ..Route::default()
+    };
+    app.on_event(
+        TimedEvent {
+            timestamp_ms: 0,
+            event: Event::RouteChanged {
+                listener: "127.0.0.1:8443".into(),
+                action: mc_proxy_shared::ChangeAction::Updated,
+                route: route.clone(),
+                previous_hostname: "pool.test".into(),
+            },
+        },
+        Instant::now(),
+    );
+    app.on_event(
+        TimedEvent {
+            timestamp_ms: 1000,
+            event: Event::Stats {
+                listeners: vec![ListenerStatus {
+                    addr: "127.0.0.1:8443".into(),
+                    route_count: 1,
+                    ..ListenerStatus::default()
+                }],
+                routes: vec![RouteEntry {
+                    listener: "127.0.0.1:8443".into(),
+                    route: route.clone(),
+                    stats: RouteStats {
+                        members: vec![
+                            member(
+                                "127.0.0.1:38943",
+                                AdminState::Enabled,
+                                BackendState::Up,
+                                2,
+                                0,
+                            ),
+                            member(
+                                "127.0.0.1:38944",
+                                AdminState::Draining,
+                                BackendState::Draining,
+                                1,
+                                0,
+                            ),
+                            member(
+                                "127.0.0.1:38945",
+                                AdminState::Enabled,
+                                BackendState::Ejected,
+                                0,
+                                7,
+                            ),
+                        ],
+                        ..RouteStats::default()
+                    },
+                }],
+                backends: vec![],
+            },
+        },
+        Instant::now(),
+    );
+    // The table: the first member and how many more, never a cut list.
+    let s = render(&app, 80, 24);
+    let row = row_of(&s, "pool.test");
+    assert!(row.contains("127.0.0.1:38943 +2"), "{s}");
+
+    // The detail: every member in full with weight, state and traffic, coloured by state.
+    app.on_key(key(KeyCode::Enter));
+    assert_eq!(app.mode, Screen::RouteDetail);
+    let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    terminal.draw(|f| ui::render(&app, f)).unwrap();
+    let s = screen(&terminal);
+    let line = |address: &str| {
+        s.lines()
+            .find(|l| l.contains(address) && l.contains(" w"))
+            .unwrap_or_else(|| panic!("no member line for {address}:\n{s}"))
+            .to_owned()
+    };
+    let first = line("127.0.0.1:38943");
+    assert!(
+        first.contains("w1  up") && first.contains("2/102 conns"),
+        "{s}"
+    );
+    let second = line("127.0.0.1:38944");
+    assert!(
+        second.contains("draining") && second.contains("1/101 conns"),
+        "{s}"
+    );
+    let third = line("127.0.0.1:38945");
+    assert!(
+        third.contains("w5  ejected") && third.contains("7 fail") && third.contains("1 eject"),
+        "{s}"
+    );
+    let colour = |needle: &str| {
+        let (x, y) = find_cell(&terminal, needle).unwrap_or_else(|| panic!("{needle}:\n{s}"));
+        terminal.backend().buffer()[(x, y)].fg
+    };
+    assert_eq!(colour("ejected"), Color::Magenta);
+    assert_eq!(colour("draining"), Color::Yellow);
+    // A state change arrives as an event: the detail says so at once.
+    app.on_event(
+        TimedEvent {
+            timestamp_ms: 2000,
+            event: Event::BackendChanged {
+                listener: "127.0.0.1:8443".into(),
+                route: "pool.test".into(),
+                member: MemberStats {
+                    reason: "3 failed checks".into(),
+                    ..member(
+                        "127.0.0.1:38943",
+                        AdminState::Enabled,
+                        BackendState::Down,
+                        0,
+                        3,
+                    )
+                },
+            },
+        },
+        Instant::now(),
+    );
+    let s = render(&app, 80, 24);
+    let first = s
+        .lines()
+        .find(|l| l.contains("127.0.0.1:38943") && l.contains(" w"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        first.contains("down") && first.contains("(3 failed checks)"),
+        "{s}"
+    );
 }

@@ -15,9 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
-use mc_proxy_shared::client::{outcome_to_pb, request_backend_protocol, request_mode};
+use mc_proxy_shared::client::{
+    outcome_to_pb, request_backend_protocol, request_balance, request_mode,
+};
 use mc_proxy_shared::pb::admin_service_server::{AdminService, AdminServiceServer};
-use mc_proxy_shared::{FirewallRule, Route, RoutePatch, pb};
+use mc_proxy_shared::{AdminState, FirewallRule, HealthCheck, Route, RouteBackend, RoutePatch, pb};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::{
     BroadcastStream, UnixListenerStream, errors::BroadcastStreamRecvError,
@@ -238,6 +240,7 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
                     responses: s.responses.to_vec(),
                     request_duration: Some(histogram(&s.request_duration)),
                     connect_duration: Some(histogram(&s.connect_duration)),
+                    members: info.members().into_iter().map(Into::into).collect(),
                 }),
             });
         }
@@ -273,6 +276,7 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
             hostname: sni,
             route: route.route.hostname.clone(),
             mode: pb::RouteMode::from(route.route.mode).into(),
+            // The member chosen; L7 chooses per request, so the set.
             backend: backend.map_or_else(|| route.route.backend_list(), |b| b.to_string()),
         }),
         Event::ConnectionClosed {
@@ -296,9 +300,11 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
                 hostname: sni.unwrap_or_default(),
                 route: route.map(|r| r.hostname.clone()).unwrap_or_default(),
                 mode: route.map_or(0, |r| pb::RouteMode::from(r.mode).into()),
-                backend: backend
-                    .map(|b| b.to_string())
-                    .unwrap_or_else(|| route.map(|r| r.backend_list()).unwrap_or_default()),
+                backend: match (backend, route) {
+                    (Some(b), _) => b.to_string(),
+                    (None, Some(r)) => r.backend_list(),
+                    (None, None) => String::new(),
+                },
                 bytes_in,
                 bytes_out,
                 duration_ms: duration.as_millis() as u64,
@@ -330,8 +336,16 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
             action: pb::ChangeAction::from(action).into(),
             rule: Some(rule.into()),
         }),
-        // Until the wire has a backend_changed event, a change shows as fresh figures.
-        Event::BackendChanged { .. } | Event::StatsTick => Kind::Stats(pb::StatsSnapshot {
+        Event::BackendChanged {
+            listener,
+            route,
+            member,
+        } => Kind::BackendChanged(pb::BackendChanged {
+            listener: listener.to_string(),
+            route,
+            member: Some(member.into()),
+        }),
+        Event::StatsTick => Kind::Stats(pb::StatsSnapshot {
             listeners: state.listeners.iter().map(|l| listener_status(l)).collect(),
             routes: route_statuses(state, None),
             backends: backend_statuses(state),
@@ -469,16 +483,44 @@ impl AdminService for Admin {
             .map(request_backend_protocol)
             .transpose()
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let invalid = |e: &dyn std::fmt::Display| tonic::Status::invalid_argument(e.to_string());
+        // The set wins over field 4, which is a one-member set as before backend sets.
+        let backends = match (req.backends, req.backend) {
+            (Some(set), _) => Some(
+                set.backends
+                    .into_iter()
+                    .map(RouteBackend::try_from)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| invalid(&e))?,
+            ),
+            (None, Some(one)) => Some(vec![RouteBackend::new(one)]),
+            (None, None) => None,
+        };
+        let balance = req
+            .balance
+            .map(request_balance)
+            .transpose()
+            .map_err(|e| invalid(&e))?;
+        let health_check = match (req.clear_health_check, req.health_check) {
+            (true, Some(_)) => {
+                return Err(tonic::Status::invalid_argument(
+                    "health_check and clear_health_check are both set: send one",
+                ));
+            }
+            (true, None) => Some(None),
+            (false, Some(check)) => {
+                Some(Some(HealthCheck::try_from(check).map_err(|e| invalid(&e))?))
+            }
+            (false, None) => None,
+        };
         let change = Change::UpdateRoute {
             listener: req.listener,
             hostname: req.hostname,
             patch: RoutePatch {
                 hostname: req.new_hostname,
-                backends: req
-                    .backend
-                    .map(|b| vec![mc_proxy_shared::RouteBackend::new(b)]),
-                balance: None,
-                health_check: None,
+                backends,
+                balance,
+                health_check,
                 mode,
                 tls_cert: req.tls_cert,
                 tls_key: req.tls_key,
@@ -600,16 +642,38 @@ impl AdminService for Admin {
                     hostname: c.sni,
                     route: c.route.route.hostname.clone(),
                     mode: pb::RouteMode::from(c.route.route.mode).into(),
-                    backend: c
-                        .backend
-                        .as_deref()
-                        .map_or_else(|| c.route.route.backend_list(), str::to_owned),
+                    backend: c.route.route.backend_list(),
                     age_ms: c.age.as_millis() as u64,
                     bytes_in: c.bytes_in,
                     bytes_out: c.bytes_out,
                 })
                 .collect(),
             total,
+        }))
+    }
+
+    async fn set_backend_state(
+        &self,
+        request: Request<pb::SetBackendStateRequest>,
+    ) -> Result<Response<pb::SetBackendStateResponse>, tonic::Status> {
+        let req = request.into_inner();
+        // UNSPECIFIED is refused here: "set it to the default" is not a state change anyone
+        // means.
+        let state = AdminState::try_from(req.state).map_err(|_| {
+            tonic::Status::invalid_argument(format!(
+                "state {} is not enabled, draining or disabled",
+                req.state
+            ))
+        })?;
+        let change = Change::SetBackendState {
+            listener: req.listener,
+            hostname: req.hostname,
+            address: req.address,
+            state,
+        };
+        let (route, _) = route_answer(self.apply(change).await?)?;
+        Ok(Response::new(pb::SetBackendStateResponse {
+            route: Some(route),
         }))
     }
 

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use mc_proxy_shared::text::clip;
-use mc_proxy_shared::{BackendProtocol, FirewallRuleKind, Mode, Route};
+use mc_proxy_shared::{
+    BackendProtocol, Balance, FirewallRuleKind, HealthCheck, Mode, Route, RouteBackend,
+    StatusClasses,
+};
 use serde::{Deserialize, Deserializer};
 
 use crate::firewall::parse_rule;
@@ -258,6 +261,11 @@ struct FileProxy {
     backend_max_idle: Option<usize>,
     #[serde(default, deserialize_with = "duration")]
     backend_idle_timeout: Option<Duration>,
+    backend_eject_after: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    backend_eject_time: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    backend_eject_max_time: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -278,14 +286,15 @@ struct FileListener {
 #[serde(deny_unknown_fields)]
 struct FileRoute {
     hostname: String,
+    /// The one-member form; exactly one of `backend` and `backends`.
     #[serde(default)]
     backend: Option<String>,
     #[serde(default)]
-    backends: Vec<FileBackend>,
+    backends: Option<Vec<FileBackend>>,
     #[serde(default)]
     balance: String,
     #[serde(default)]
-    health_check: Option<FileCheck>,
+    health_check: Option<FileHealthCheck>,
     #[serde(default)]
     mode: String,
     #[serde(default)]
@@ -300,28 +309,138 @@ struct FileRoute {
     backend_protocol: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// One entry of `backends = [...]`: `"host:port"`, `"host:port weight=N"` or
+/// `{ address = "host:port", weight = N }`. Kept as written; `validate` parses it so that a
+/// problem names the listener and route.
+#[derive(Debug)]
 enum FileBackend {
     Text(String),
-    Table {
-        address: String,
-        weight: Option<u32>,
-    },
+    Table(FileBackendTable),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileCheck {
+struct FileBackendTable {
+    address: String,
+    /// i64: TOML's integer, so that a negative or huge weight is a validation problem (naming
+    /// the route) rather than a type error.
+    weight: Option<i64>,
+}
+
+impl<'de> Deserialize<'de> for FileBackend {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = FileBackend;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a backend: \"host:port\", \"host:port weight=N\" or \
+                     { address = \"host:port\", weight = N }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FileBackend, E> {
+                Ok(FileBackend::Text(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<FileBackend, A::Error> {
+                FileBackendTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(FileBackend::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl FileBackend {
+    /// The member, or what is wrong with the entry.
+    fn member(&self) -> Result<RouteBackend, String> {
+        match self {
+            FileBackend::Text(text) => text.parse::<RouteBackend>().map_err(|e| e.to_string()),
+            FileBackend::Table(t) => {
+                let weight = match t.weight {
+                    None => RouteBackend::default_weight(),
+                    // Out of u32: said here, in the words validation uses for 0 or 257.
+                    Some(w) => u32::try_from(w).map_err(|_| {
+                        format!(
+                            "backend {}: weight {w} is not from 1 to {}",
+                            clip(&t.address),
+                            RouteBackend::MAX_WEIGHT
+                        )
+                    })?,
+                };
+                Ok(RouteBackend::new(t.address.clone()).with_weight(weight))
+            }
+        }
+    }
+}
+
+/// `[listeners.routes.health_check]`; a key left out takes [`HealthCheck::default`]'s value.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHealthCheck {
     #[serde(default, deserialize_with = "duration")]
     interval: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     timeout: Option<Duration>,
     rise: Option<u32>,
     fall: Option<u32>,
-    #[serde(default)]
-    path: String,
+    path: Option<String>,
     expect: Option<String>,
+}
+
+impl FileHealthCheck {
+    fn check(self) -> Result<HealthCheck, String> {
+        let d = HealthCheck::default();
+        Ok(HealthCheck {
+            interval: self.interval.unwrap_or(d.interval),
+            timeout: self.timeout.unwrap_or(d.timeout),
+            rise: self.rise.unwrap_or(d.rise),
+            fall: self.fall.unwrap_or(d.fall),
+            path: self.path.unwrap_or(d.path),
+            expect: match self.expect {
+                None => d.expect,
+                Some(text) => text
+                    .parse::<StatusClasses>()
+                    .map_err(|e| format!("health_check: {e}"))?,
+            },
+        })
+    }
+}
+
+/// The route's backend set from `backend` or `backends`, exactly one of which must be set;
+/// every problem with an entry is reported.
+fn file_backends(
+    backend: Option<String>,
+    backends: Option<Vec<FileBackend>>,
+) -> Result<Vec<RouteBackend>, Vec<String>> {
+    match (backend, backends) {
+        (Some(_), Some(_)) => Err(vec![
+            "both backend and backends are set: use backend = \"host:port\" for one backend \
+             or backends = [...] for several, not both"
+                .into(),
+        ]),
+        (None, None) => Err(vec![
+            "no backend: set backend = \"host:port\" or backends = [\"host:port\", ...]".into(),
+        ]),
+        (Some(one), None) => Ok(vec![RouteBackend::new(one)]),
+        (None, Some(list)) => {
+            let mut members = Vec::new();
+            let mut errors = Vec::new();
+            for (k, entry) in list.iter().enumerate() {
+                match entry.member() {
+                    Ok(m) => members.push(m),
+                    Err(e) => errors.push(format!("backends[{k}]: {e}")),
+                }
+            }
+            if errors.is_empty() {
+                Ok(members)
+            } else {
+                Err(errors)
+            }
+        }
+    }
 }
 
 /// `"10s"`, `"5m"`, `"1h 30m"`, `"250ms"`: humantime's syntax.
@@ -366,9 +485,13 @@ impl FileConfig {
             backend_idle_timeout: p
                 .backend_idle_timeout
                 .unwrap_or(defaults.backend_idle_timeout),
-            backend_eject_after: defaults.backend_eject_after,
-            backend_eject_time: defaults.backend_eject_time,
-            backend_eject_max_time: defaults.backend_eject_max_time,
+            backend_eject_after: p
+                .backend_eject_after
+                .unwrap_or(defaults.backend_eject_after),
+            backend_eject_time: p.backend_eject_time.unwrap_or(defaults.backend_eject_time),
+            backend_eject_max_time: p
+                .backend_eject_max_time
+                .unwrap_or(defaults.backend_eject_max_time),
         };
         for (name, value) in [
             ("client_hello_timeout", proxy.client_hello_timeout),
@@ -378,6 +501,7 @@ impl FileConfig {
             ("request_header_timeout", proxy.request_header_timeout),
             ("keepalive_timeout", proxy.keepalive_timeout),
             ("backend_idle_timeout", proxy.backend_idle_timeout),
+            ("backend_eject_time", proxy.backend_eject_time),
         ] {
             if value.is_zero() {
                 problem(format!("proxy.{name}"), "must be greater than zero".into());
@@ -385,6 +509,21 @@ impl FileConfig {
         }
         if self.admin.event_buffer == Some(0) {
             problem("admin.event_buffer".into(), "must be at least 1".into());
+        }
+        if proxy.backend_eject_after == 0 {
+            problem(
+                "proxy.backend_eject_after".into(),
+                "must be at least 1 (failures in a row that eject a backend)".into(),
+            );
+        }
+        if proxy.backend_eject_max_time < proxy.backend_eject_time {
+            problem(
+                "proxy.backend_eject_max_time".into(),
+                format!(
+                    "must be at least backend_eject_time ({})",
+                    humantime::format_duration(proxy.backend_eject_time)
+                ),
+            );
         }
         if proxy.max_connections == 0 {
             problem("proxy.max_connections".into(), "must be at least 1".into());
@@ -470,7 +609,8 @@ impl FileConfig {
             let mut seen_hosts: HashMap<String, usize> = HashMap::new();
             for (j, fr) in fl.routes.into_iter().enumerate() {
                 let rctx = format!("{lctx}, route {}", fr.hostname);
-                // Both enums are parsed before giving up on the route, so both are reported.
+                // Every field parsed here is parsed before giving up on the route, so that
+                // each problem is reported.
                 let mode = fr
                     .mode
                     .parse::<Mode>()
@@ -479,45 +619,29 @@ impl FileConfig {
                     .backend_protocol
                     .parse::<BackendProtocol>()
                     .map_err(|e| problem(rctx.clone(), e.to_string()));
-                let (Ok(mode), Ok(backend_protocol)) = (mode, backend_protocol) else {
+                let balance = fr
+                    .balance
+                    .parse::<Balance>()
+                    .map_err(|e| problem(rctx.clone(), e.to_string()));
+                let backends = file_backends(fr.backend, fr.backends).map_err(|errors| {
+                    for e in errors {
+                        problem(rctx.clone(), e);
+                    }
+                });
+                let health_check = fr
+                    .health_check
+                    .map(FileHealthCheck::check)
+                    .transpose()
+                    .map_err(|e| problem(rctx.clone(), e));
+                let (Ok(mode), Ok(backend_protocol), Ok(balance), Ok(backends), Ok(health_check)) =
+                    (mode, backend_protocol, balance, backends, health_check)
+                else {
                     continue;
                 };
-                let mut backends: Vec<mc_proxy_shared::RouteBackend> = fr
-                    .backend
-                    .into_iter()
-                    .map(mc_proxy_shared::RouteBackend::new)
-                    .collect();
-                for b in fr.backends {
-                    backends.push(match b {
-                        FileBackend::Text(t) => match t.parse() {
-                            Ok(b) => b,
-                            Err(e) => {
-                                problem(rctx.clone(), format!("{e}"));
-                                continue;
-                            }
-                        },
-                        FileBackend::Table { address, weight } => {
-                            mc_proxy_shared::RouteBackend::new(address)
-                                .with_weight(weight.unwrap_or(1))
-                        }
-                    });
-                }
-                let defaults = mc_proxy_shared::HealthCheck::default();
-                let health_check = fr.health_check.map(|c| mc_proxy_shared::HealthCheck {
-                    interval: c.interval.unwrap_or(defaults.interval),
-                    timeout: c.timeout.unwrap_or(defaults.timeout),
-                    rise: c.rise.unwrap_or(defaults.rise),
-                    fall: c.fall.unwrap_or(defaults.fall),
-                    path: c.path,
-                    expect: c
-                        .expect
-                        .and_then(|e| e.parse().ok())
-                        .unwrap_or(defaults.expect),
-                });
                 let route = Route {
                     hostname: fr.hostname,
                     backends,
-                    balance: fr.balance.parse().unwrap_or_default(),
+                    balance,
                     health_check,
                     mode,
                     tls_cert: fr.tls_cert,
@@ -1218,5 +1342,170 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("idle_timeout"), "{msg}");
         assert!(msg.contains("invalid duration \"soon\""), "{msg}");
+    }
+
+    fn one_route(body: &str) -> String {
+        format!(
+            "[[listeners]]\naddr = \"127.0.0.1:8443\"\n[[listeners.routes]]\n\
+             hostname = \"app.test\"\n{body}\n"
+        )
+    }
+
+    #[test]
+    fn backends_take_strings_tables_and_the_weight_form_mixed() {
+        let f = Fixture::new();
+        let config = f
+            .parse(&one_route(
+                r#"backends = ["10.0.0.1:443", { address = "10.0.0.2:443", weight = 3 }, "b.internal:443 weight=2"]
+                balance = "least_conn"
+                [listeners.routes.health_check]
+                interval = "500ms"
+                timeout = "200ms"
+                fall = 5"#,
+            ))
+            .unwrap();
+        let route = &config.listeners[0].routes[0];
+        assert_eq!(
+            route.backends,
+            vec![
+                RouteBackend::new("10.0.0.1:443"),
+                RouteBackend::new("10.0.0.2:443").with_weight(3),
+                RouteBackend::new("b.internal:443").with_weight(2),
+            ]
+        );
+        assert_eq!(route.balance, Balance::LeastConn);
+        let check = route.health_check.as_ref().unwrap();
+        assert_eq!(
+            check,
+            &HealthCheck {
+                interval: Duration::from_millis(500),
+                timeout: Duration::from_millis(200),
+                fall: 5,
+                ..HealthCheck::default()
+            }
+        );
+        // The one-member form, round robin and no check by default.
+        let config = f.parse(&one_route("backend = \"127.0.0.1:1\"")).unwrap();
+        let route = &config.listeners[0].routes[0];
+        assert_eq!(route.backends, vec![RouteBackend::new("127.0.0.1:1")]);
+        assert_eq!(
+            (route.balance, &route.health_check),
+            (Balance::RoundRobin, &None)
+        );
+    }
+
+    #[test]
+    fn backend_set_errors_name_the_listener_and_route() {
+        let f = Fixture::new();
+        let ctx = "listener 127.0.0.1:8443, route app.test";
+        let cases = [
+            (
+                "backend = \"a:1\"\nbackends = [\"b:1\"]",
+                "both backend and backends are set",
+            ),
+            ("mode = \"l4\"", "no backend: set backend"),
+            ("backends = []", "a route needs at least one backend"),
+            (
+                "backends = [\"a:1\", { address = \"a:1\", weight = 2 }]",
+                "duplicate backend \"a:1\"",
+            ),
+            (
+                "backends = [{ address = \"a:1\", weight = 0 }]",
+                "backend \"a:1\": weight 0 is not from 1 to 256",
+            ),
+            (
+                "backends = [\"a:1 weight=257\"]",
+                "backend \"a:1\": weight 257 is not from 1 to 256",
+            ),
+            (
+                "backends = [{ address = \"a:1\", weight = -1 }]",
+                "backends[0]: backend \"a:1\": weight -1 is not from 1 to 256",
+            ),
+            (
+                "backends = [\"a:1 w=2\"]",
+                "backends[0]: invalid backend \"a:1 w=2\"",
+            ),
+            ("backends = [\"a\"]", "invalid backend \"a\""),
+            (
+                "backend = \"a:1\"\nbalance = \"random\"",
+                "invalid balance \"random\"",
+            ),
+        ];
+        for (body, expected) in cases {
+            let problems = f.problems(&one_route(body));
+            assert_eq!(problems.len(), 1, "{body}: {problems:?}");
+            assert!(
+                problems[0].starts_with(&format!("{ctx}: ")) && problems[0].contains(expected),
+                "{body}: {} does not say {expected}",
+                problems[0]
+            );
+        }
+        // The file is named too, in the error's own line.
+        let err = f.parse(&one_route("backends = []")).unwrap_err();
+        assert!(err.to_string().contains("mc-proxy.toml"), "{err}");
+        assert!(err.lines()[0].contains("mc-proxy.toml: listener 127.0.0.1:8443, route app.test"));
+    }
+
+    #[test]
+    fn health_check_errors_name_the_listener_and_route() {
+        let f = Fixture::new();
+        let ctx = "listener 127.0.0.1:8443, route app.test: ";
+        let cases = [
+            ("rise = 0", "rise"),
+            ("timeout = \"3s\"\ninterval = \"2s\"", "timeout"),
+            ("interval = \"50ms\"\ntimeout = \"10ms\"", "interval"),
+            ("path = \"/healthz\"", "path"),
+            ("expect = \"200\"", "invalid expected status \"200\""),
+        ];
+        for (body, expected) in cases {
+            let problems = f.problems(&one_route(&format!(
+                "backend = \"a:1\"\n[listeners.routes.health_check]\n{body}"
+            )));
+            assert_eq!(problems.len(), 1, "{body}: {problems:?}");
+            assert!(
+                problems[0].starts_with(ctx) && problems[0].contains(expected),
+                "{body}: {}",
+                problems[0]
+            );
+        }
+        // An unknown key in the table is the parser's error, naming it.
+        let err = f
+            .parse(&one_route(
+                "backend = \"a:1\"\n[listeners.routes.health_check]\nretries = 2",
+            ))
+            .unwrap_err();
+        assert!(err.to_string().contains("retries"), "{err}");
+    }
+
+    #[test]
+    fn passive_health_keys_have_defaults_and_bounds() {
+        let f = Fixture::new();
+        let config = f.parse("").unwrap();
+        assert_eq!(config.proxy.backend_eject_after, 3);
+        assert_eq!(config.proxy.backend_eject_time, Duration::from_secs(5));
+        assert_eq!(
+            config.proxy.backend_eject_max_time,
+            Duration::from_secs(120)
+        );
+        let config = f
+            .parse(
+                "[proxy]\nbackend_eject_after = 1\nbackend_eject_time = \"1s\"\n\
+                 backend_eject_max_time = \"1s\"\n",
+            )
+            .unwrap();
+        assert_eq!(config.proxy.backend_eject_after, 1);
+        assert_eq!(config.proxy.backend_eject_max_time, Duration::from_secs(1));
+        let problems = f.problems(
+            "[proxy]\nbackend_eject_after = 0\nbackend_eject_time = \"10s\"\n\
+             backend_eject_max_time = \"5s\"\n",
+        );
+        assert_eq!(
+            problems,
+            [
+                "proxy.backend_eject_after: must be at least 1 (failures in a row that eject a \
+                 backend)",
+                "proxy.backend_eject_max_time: must be at least backend_eject_time (10s)",
+            ]
+        );
     }
 }

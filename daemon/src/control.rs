@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use mc_proxy_shared::text::clip;
-use mc_proxy_shared::{ChangeAction, FirewallRule, Route, RoutePatch};
+use mc_proxy_shared::{AdminState, ChangeAction, FirewallRule, Route, RoutePatch};
 
 use crate::events::Event;
 use crate::firewall::{Firewall, parse_rule};
@@ -63,6 +63,19 @@ pub enum Change {
     RemoveFirewallRule(FirewallRule),
     /// Re-read every L7 route's certificate and key (SIGHUP).
     ReloadCertificates,
+    /// Set one member of a route enabled, draining or disabled: stored, then the route is
+    /// swapped for one whose member has the new state (the data plane keeps the member's
+    /// health and counters across the swap).
+    SetBackendState {
+        /// The listener's configured address.
+        listener: String,
+        /// The route's hostname.
+        hostname: String,
+        /// The member's address, as in the route.
+        address: String,
+        /// The new admin state.
+        state: AdminState,
+    },
     /// Name the route for ClientHellos without SNI on a listener (`None`: reset them).
     SetNoSniRoute {
         /// The listener's configured address.
@@ -135,6 +148,8 @@ pub mod max_len {
     pub const HOSTNAME: usize = 255;
     /// `host:port`: a DNS name, a colon and a port.
     pub const BACKEND: usize = 261;
+    /// Members of one route's backend set.
+    pub const BACKENDS: usize = 256;
     /// A listener address, `[v6%scope]:port`.
     pub const LISTENER: usize = 64;
     /// PATH_MAX on Linux.
@@ -168,16 +183,43 @@ fn check_absolute(field: &str, path: &str) -> Result<(), ChangeError> {
     )))
 }
 
-fn check_route_fields(route: &Route) -> Result<(), ChangeError> {
-    check_len("hostname", &route.hostname, max_len::HOSTNAME)?;
-    for b in &route.backends {
+/// A backend set's size and every member's address length.
+fn check_backends(backends: &[mc_proxy_shared::RouteBackend]) -> Result<(), ChangeError> {
+    if backends.len() > max_len::BACKENDS {
+        return Err(ChangeError::Invalid(format!(
+            "{} backends; a route takes at most {}",
+            backends.len(),
+            max_len::BACKENDS
+        )));
+    }
+    for b in backends {
         check_len("backend", &b.address, max_len::BACKEND)?;
     }
+    Ok(())
+}
+
+fn check_health_check(check: Option<&mc_proxy_shared::HealthCheck>) -> Result<(), ChangeError> {
+    match check {
+        Some(c) => check_len("health_check.path", &c.path, max_len::PATH),
+        None => Ok(()),
+    }
+}
+
+fn check_route_fields(route: &Route) -> Result<(), ChangeError> {
+    check_len("hostname", &route.hostname, max_len::HOSTNAME)?;
+    check_backends(&route.backends)?;
+    check_health_check(route.health_check.as_ref())?;
     check_len("tls_cert", &route.tls_cert, max_len::PATH)?;
     check_len("tls_key", &route.tls_key, max_len::PATH)
 }
 
 fn check_patch_fields(patch: &RoutePatch) -> Result<(), ChangeError> {
+    if let Some(backends) = &patch.backends {
+        check_backends(backends)?;
+    }
+    if let Some(check) = &patch.health_check {
+        check_health_check(check.as_ref())?;
+    }
     let fields = [
         ("new_hostname", &patch.hostname, max_len::HOSTNAME),
         ("tls_cert", &patch.tls_cert, max_len::PATH),
@@ -239,7 +281,7 @@ impl Control {
                     route: valid.route.clone(),
                     warnings: valid.warnings.clone(),
                 };
-                tracing::info!(listener = %listener.addr, route = %valid.route.hostname, backend = %valid.route.backend_list(), mode = %valid.route.mode, "route added");
+                tracing::info!(listener = %listener.addr, route = %valid.route.hostname, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route added");
                 let route = valid.route.clone();
                 swap_routes(state, listener, |routes| routes.push(valid));
                 publish_route(state, listener.addr, ChangeAction::Added, route, None);
@@ -279,7 +321,7 @@ impl Control {
                     route: valid.route.clone(),
                     warnings: valid.warnings.clone(),
                 };
-                tracing::info!(listener = %listener.addr, route = %valid.route.hostname, previous = %old, backend = %valid.route.backend_list(), mode = %valid.route.mode, "route updated");
+                tracing::info!(listener = %listener.addr, route = %valid.route.hostname, previous = %old, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route updated");
                 let route = valid.route.clone();
                 swap_routes(state, listener, |routes| {
                     routes.retain(|r| r.route.hostname != old);
@@ -328,6 +370,55 @@ impl Control {
             }
             Change::ReloadCertificates => {
                 Ok(Applied::Reloaded(reload_certificates(&mut store, state)?))
+            }
+            Change::SetBackendState {
+                listener,
+                hostname,
+                address,
+                state: admin,
+            } => {
+                check_len("hostname", &hostname, max_len::HOSTNAME)?;
+                check_len("address", &address, max_len::BACKEND)?;
+                let listener = listener_by_name(state, &listener)?;
+                let name = route_name(listener, &hostname)?;
+                // The live route, with its loaded certificate: a drain must not depend on
+                // the certificate files still loading.
+                let live = listener
+                    .routes()
+                    .get(&name)
+                    .ok_or_else(|| no_route(listener, &name))?;
+                let mut valid = live.to_valid();
+                let member = valid
+                    .route
+                    .backends
+                    .iter_mut()
+                    .find(|b| b.address == address)
+                    .ok_or_else(|| {
+                        ChangeError::NotFound(format!(
+                            "route {name} on listener {} has no backend {}",
+                            listener.addr,
+                            clip(&address)
+                        ))
+                    })?;
+                member.state = admin;
+                store.set_backend_state(listener.id, &name, &address, admin)?;
+                tracing::info!(listener = %listener.addr, route = %name, backend = %address, state = %admin, "backend admin state set");
+                let route = valid.route.clone();
+                swap_routes(state, listener, |routes| {
+                    routes.retain(|r| r.route.hostname != name);
+                    routes.push(valid);
+                });
+                publish_route(
+                    state,
+                    listener.addr,
+                    ChangeAction::Updated,
+                    route.clone(),
+                    Some(name),
+                );
+                Ok(Applied::Route {
+                    route,
+                    warnings: Vec::new(),
+                })
             }
             Change::SetNoSniRoute { listener, hostname } => {
                 let listener = listener_by_name(state, &listener)?;
@@ -484,7 +575,7 @@ fn publish_firewall(state: &State, action: ChangeAction, rule: &FirewallRule) {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use mc_proxy_shared::FirewallRuleKind;
+    use mc_proxy_shared::{FirewallRuleKind, RouteBackend};
 
     /// A control plane over a fresh database seeded with one listener and `app.test`.
     fn control() -> (Control, tempfile::TempDir) {
@@ -504,7 +595,7 @@ mod tests {
     fn route(hostname: &str, backend: &str) -> Route {
         Route {
             hostname: hostname.into(),
-            backends: vec![mc_proxy_shared::RouteBackend::new(backend)],
+            backends: vec![RouteBackend::new(backend)],
             ..Route::default()
         }
     }
@@ -514,7 +605,7 @@ mod tests {
     fn backend_of(control: &Control, sni: &str) -> Option<String> {
         control.state().listeners[0]
             .lookup(sni)
-            .map(|r| r.route.backends[0].address.clone())
+            .map(|r| r.route.backend_list())
     }
 
     #[test]
@@ -554,7 +645,7 @@ mod tests {
                 listener: L.into(),
                 hostname: "App.Test.".into(),
                 patch: RoutePatch {
-                    backends: Some(vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:2")]),
+                    backends: Some(vec![RouteBackend::new("127.0.0.1:2")]),
                     ..RoutePatch::default()
                 },
             })
@@ -672,5 +763,165 @@ mod tests {
             .unwrap();
         assert!(!control.state().is_blocked("10.9.9.9".parse().unwrap()));
         assert!(control.firewall_rules().unwrap().is_empty());
+    }
+
+    fn set_state(address: &str, state: AdminState) -> Change {
+        Change::SetBackendState {
+            listener: L.into(),
+            hostname: "App.Test".into(),
+            address: address.into(),
+            state,
+        }
+    }
+
+    fn live_states(control: &Control) -> Vec<(String, AdminState)> {
+        let route = control.state().listeners[0].lookup("app.test").unwrap();
+        route
+            .route
+            .backends
+            .iter()
+            .map(|b| (b.address.clone(), b.state))
+            .collect()
+    }
+
+    #[test]
+    fn a_backend_state_change_is_stored_then_served_and_published() {
+        let (control, _dir) = control();
+        control
+            .apply(Change::UpdateRoute {
+                listener: L.into(),
+                hostname: "app.test".into(),
+                patch: RoutePatch {
+                    backends: Some(vec![
+                        RouteBackend::new("127.0.0.1:1"),
+                        RouteBackend::new("127.0.0.1:2").with_weight(3),
+                    ]),
+                    ..RoutePatch::default()
+                },
+            })
+            .unwrap();
+        let mut events = control.state().events.subscribe();
+        let applied = control
+            .apply(set_state("127.0.0.1:2", AdminState::Draining))
+            .unwrap();
+        let Applied::Route { route, .. } = applied else {
+            panic!("{applied:?}")
+        };
+        assert_eq!(route.backends[1].state, AdminState::Draining);
+        assert_eq!(
+            route.backends[1].weight, 3,
+            "the rest of the member is kept"
+        );
+        let expected = vec![
+            ("127.0.0.1:1".to_owned(), AdminState::Enabled),
+            ("127.0.0.1:2".to_owned(), AdminState::Draining),
+        ];
+        assert_eq!(live_states(&control), expected);
+        let stored = control.store().unwrap().routes(1).unwrap();
+        assert_eq!(stored[0].backends, route.backends);
+        let event = events.try_recv().unwrap().event;
+        assert!(
+            matches!(event, Event::RouteChanged { action: ChangeAction::Updated, ref route, .. }
+                if route.backends[1].state == AdminState::Draining),
+            "{event:?}"
+        );
+
+        // Unknown member or route: not found, nothing changes.
+        for change in [
+            set_state("127.0.0.1:3", AdminState::Disabled),
+            Change::SetBackendState {
+                listener: L.into(),
+                hostname: "nope.test".into(),
+                address: "127.0.0.1:1".into(),
+                state: AdminState::Disabled,
+            },
+        ] {
+            let err = control.apply(change).unwrap_err();
+            assert!(matches!(err, ChangeError::NotFound(_)), "{err}");
+        }
+        assert_eq!(live_states(&control), expected);
+    }
+
+    #[test]
+    fn a_failed_backend_state_write_changes_nothing() {
+        let (control, _dir) = control();
+        control
+            .store()
+            .unwrap()
+            .execute_batch_for_tests(
+                "CREATE TRIGGER no_writes BEFORE UPDATE ON backends
+                 BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END;",
+            )
+            .unwrap();
+        let mut events = control.state().events.subscribe();
+        let err = control
+            .apply(set_state("127.0.0.1:9443", AdminState::Disabled))
+            .unwrap_err();
+        assert!(matches!(err, ChangeError::Store(_)), "{err}");
+        assert_eq!(
+            live_states(&control),
+            [("127.0.0.1:9443".to_owned(), AdminState::Enabled)]
+        );
+        assert_eq!(
+            control.store().unwrap().routes(1).unwrap()[0].backends[0].state,
+            AdminState::Enabled
+        );
+        assert!(events.try_recv().is_err(), "nothing published");
+    }
+
+    #[test]
+    fn a_patch_replaces_the_set_balance_and_health_check() {
+        let (control, _dir) = control();
+        let check = mc_proxy_shared::HealthCheck::default();
+        let applied = control
+            .apply(Change::UpdateRoute {
+                listener: L.into(),
+                hostname: "app.test".into(),
+                patch: RoutePatch {
+                    backends: Some(vec![
+                        RouteBackend::new("127.0.0.1:1"),
+                        RouteBackend::new("127.0.0.1:2"),
+                    ]),
+                    balance: Some(mc_proxy_shared::Balance::Source),
+                    health_check: Some(Some(check.clone())),
+                    ..RoutePatch::default()
+                },
+            })
+            .unwrap();
+        let Applied::Route { route, .. } = applied else {
+            panic!()
+        };
+        assert_eq!(route.backend_list(), "127.0.0.1:1, 127.0.0.1:2");
+        assert_eq!(route.health_check, Some(check));
+        let stored = control.store().unwrap().routes(1).unwrap();
+        assert_eq!(stored, vec![route.clone()]);
+        // Clearing the check keeps the set; a duplicate member is refused whole.
+        control
+            .apply(Change::UpdateRoute {
+                listener: L.into(),
+                hostname: "app.test".into(),
+                patch: RoutePatch {
+                    health_check: Some(None),
+                    ..RoutePatch::default()
+                },
+            })
+            .unwrap();
+        let err = control
+            .apply(Change::UpdateRoute {
+                listener: L.into(),
+                hostname: "app.test".into(),
+                patch: RoutePatch {
+                    backends: Some(vec![
+                        RouteBackend::new("127.0.0.1:5"),
+                        RouteBackend::new("127.0.0.1:5"),
+                    ]),
+                    ..RoutePatch::default()
+                },
+            })
+            .unwrap_err();
+        assert!(matches!(err, ChangeError::Invalid(_)), "{err}");
+        let stored = control.store().unwrap().routes(1).unwrap();
+        assert_eq!(stored[0].backend_list(), "127.0.0.1:1, 127.0.0.1:2");
+        assert_eq!(stored[0].health_check, None);
     }
 }

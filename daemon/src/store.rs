@@ -14,7 +14,12 @@
 
 use std::path::{Path, PathBuf};
 
-use mc_proxy_shared::{BackendProtocol, FirewallRule, FirewallRuleKind, Mode, Route};
+use std::time::Duration;
+
+use mc_proxy_shared::{
+    AdminState, BackendProtocol, Balance, FirewallRule, FirewallRuleKind, HealthCheck, Mode, Route,
+    RouteBackend, StatusClasses,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::config::Config;
@@ -52,6 +57,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 5,
         name: "backend_protocol",
         sql: include_str!("../../migrations/0005_backend_protocol.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "backend_sets",
+        sql: include_str!("../../migrations/0006_backend_sets.sql"),
     },
 ];
 
@@ -280,85 +290,133 @@ impl Store {
         Ok(())
     }
 
-    /// The routes of one listener, ordered by hostname.
+    /// The routes of one listener, ordered by hostname, each with its backend set in the
+    /// operator's order.
     pub fn routes(&self, listener_id: i64) -> Result<Vec<Route>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT hostname, backend, mode, tls_cert, tls_key, backend_tls, send_proxy_protocol,
-                    backend_protocol
-               FROM routes WHERE listener_id = ?1 ORDER BY hostname",
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {ROUTE_COLUMNS} FROM routes WHERE listener_id = ?1 ORDER BY hostname"
+        ))?;
+        let rows = stmt
+            .query_map([listener_id], StoredRoute::from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut members = self.conn.prepare(
+            "SELECT address, weight, admin_state FROM backends
+              WHERE route_id = ?1 ORDER BY position",
         )?;
-        let rows = stmt.query_map([listener_id], |row| {
-            Ok((
-                row.get::<_, String>(2)?,
-                row.get::<_, String>(7)?,
-                Route {
-                    hostname: row.get(0)?,
-                    mode: Mode::L4,
-                    tls_cert: row.get(3)?,
-                    tls_key: row.get(4)?,
-                    backend_tls: row.get(5)?,
-                    send_proxy_protocol: row.get(6)?,
-                    backend_protocol: BackendProtocol::H2,
-                    ..unpack_backends(row.get(1)?)
-                },
-            ))
-        })?;
-        rows.map(|row| {
-            let (mode, backend_protocol, route) = row?;
-            let corrupt = |e: &dyn std::fmt::Display| {
-                StoreError::Corrupt(format!("route {}: {e}", route.hostname))
-            };
-            let mode = mode.parse::<Mode>().map_err(|e| corrupt(&e))?;
-            let backend_protocol = backend_protocol
-                .parse::<BackendProtocol>()
-                .map_err(|e| corrupt(&e))?;
-            Ok(Route {
-                mode,
-                backend_protocol,
-                ..route
+        rows.into_iter()
+            .map(|stored| {
+                let backends = members
+                    .query_map([stored.id], |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, String>(2)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                stored.into_route(backends)
             })
-        })
-        .collect()
+            .collect()
     }
 
-    /// Adds a route to a listener; returns its id. The hostname must be new on that listener.
+    /// Adds a route to a listener with its backend set, in one transaction; returns its id.
+    /// The hostname must be new on that listener.
     pub fn create_route(&mut self, listener_id: i64, route: &Route) -> Result<i64, StoreError> {
-        insert_route(&self.conn, listener_id, route)
+        let tx = self.conn.transaction()?;
+        let id = insert_route(&tx, listener_id, route)?;
+        tx.commit()?;
+        Ok(id)
     }
 
     /// Replaces every field of the route `hostname` on a listener (the hostname too, so a
-    /// route can be renamed).
+    /// route can be renamed) and its whole backend set, in one transaction.
     pub fn update_route(
         &mut self,
         listener_id: i64,
         hostname: &str,
         route: &Route,
     ) -> Result<(), StoreError> {
-        let changed = self
-            .conn
-            .execute(
-                "UPDATE routes SET hostname = ?3, backend = ?4, mode = ?5, tls_cert = ?6,
-                        tls_key = ?7, backend_tls = ?8, send_proxy_protocol = ?9,
-                        backend_protocol = ?10
-                  WHERE listener_id = ?1 AND hostname = ?2",
-                params![
-                    listener_id,
-                    hostname,
-                    route.hostname,
-                    pack_backends(route),
-                    route.mode.as_str(),
-                    route.tls_cert,
-                    route.tls_key,
-                    route.backend_tls,
-                    route.send_proxy_protocol,
-                    route.backend_protocol.as_str(),
-                ],
+        let tx = self.conn.transaction()?;
+        let id: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM routes WHERE listener_id = ?1 AND hostname = ?2",
+                params![listener_id, hostname],
+                |row| row.get(0),
             )
-            .map_err(|e| unique_violation(e, || format!("route {}", route.hostname)))?;
-        if changed == 0 {
+            .optional()?;
+        let Some(id) = id else {
             return Err(StoreError::NotFound(format!("route {hostname}")));
-        }
+        };
+        let check = CheckColumns::of(route.health_check.as_ref());
+        tx.execute(
+            "UPDATE routes SET hostname = ?2, backend = ?3, mode = ?4, tls_cert = ?5,
+                    tls_key = ?6, backend_tls = ?7, send_proxy_protocol = ?8,
+                    backend_protocol = ?9, balance = ?10, check_interval_ms = ?11,
+                    check_timeout_ms = ?12, check_rise = ?13, check_fall = ?14,
+                    check_path = ?15, check_expect = ?16
+              WHERE id = ?1",
+            params![
+                id,
+                route.hostname,
+                first_address(route),
+                route.mode.as_str(),
+                route.tls_cert,
+                route.tls_key,
+                route.backend_tls,
+                route.send_proxy_protocol,
+                route.backend_protocol.as_str(),
+                route.balance.as_str(),
+                check.interval_ms,
+                check.timeout_ms,
+                check.rise,
+                check.fall,
+                check.path,
+                check.expect,
+            ],
+        )
+        .map_err(|e| unique_violation(e, || format!("route {}", route.hostname)))?;
+        tx.execute("DELETE FROM backends WHERE route_id = ?1", [id])?;
+        insert_backends(&tx, id, route)?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Sets the admin state of one member of the route `hostname` on a listener.
+    pub fn set_backend_state(
+        &mut self,
+        listener_id: i64,
+        hostname: &str,
+        address: &str,
+        state: AdminState,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let id: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM routes WHERE listener_id = ?1 AND hostname = ?2",
+                params![listener_id, hostname],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let Some(id) = id else {
+            return Err(StoreError::NotFound(format!("route {hostname}")));
+        };
+        let changed = tx.execute(
+            "UPDATE backends SET admin_state = ?3 WHERE route_id = ?1 AND address = ?2",
+            params![id, address, state.as_str()],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!(
+                "backend {address} of route {hostname}"
+            )));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs raw SQL: lets tests make a write fail (a trigger) to check that nothing changes.
+    #[cfg(test)]
+    pub fn execute_batch_for_tests(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.execute_batch(sql)
     }
 
     /// Removes the route `hostname` from a listener.
@@ -469,21 +527,176 @@ fn insert_listener(
     Ok(conn.last_insert_rowid())
 }
 
+const ROUTE_COLUMNS: &str = "id, hostname, mode, tls_cert, tls_key, backend_tls, \
+     send_proxy_protocol, backend_protocol, balance, check_interval_ms, check_timeout_ms, \
+     check_rise, check_fall, check_path, check_expect";
+
+/// A `routes` row as read, its enums still text: parsed in [`StoredRoute::into_route`] so
+/// that a bad value names the route.
+struct StoredRoute {
+    id: i64,
+    hostname: String,
+    mode: String,
+    tls_cert: String,
+    tls_key: String,
+    backend_tls: bool,
+    send_proxy_protocol: bool,
+    backend_protocol: String,
+    balance: String,
+    check_interval_ms: Option<i64>,
+    check_timeout_ms: i64,
+    check_rise: i64,
+    check_fall: i64,
+    check_path: String,
+    check_expect: String,
+}
+
+impl StoredRoute {
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRoute> {
+        Ok(StoredRoute {
+            id: row.get(0)?,
+            hostname: row.get(1)?,
+            mode: row.get(2)?,
+            tls_cert: row.get(3)?,
+            tls_key: row.get(4)?,
+            backend_tls: row.get(5)?,
+            send_proxy_protocol: row.get(6)?,
+            backend_protocol: row.get(7)?,
+            balance: row.get(8)?,
+            check_interval_ms: row.get(9)?,
+            check_timeout_ms: row.get(10)?,
+            check_rise: row.get(11)?,
+            check_fall: row.get(12)?,
+            check_path: row.get(13)?,
+            check_expect: row.get(14)?,
+        })
+    }
+
+    /// The route, with `members` as (address, weight, admin state) in position order.
+    fn into_route(self, members: Vec<(String, i64, String)>) -> Result<Route, StoreError> {
+        let hostname = self.hostname;
+        let corrupt =
+            |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("route {hostname}: {e}"));
+        let mode = self.mode.parse::<Mode>().map_err(|e| corrupt(&e))?;
+        let backend_protocol = self
+            .backend_protocol
+            .parse::<BackendProtocol>()
+            .map_err(|e| corrupt(&e))?;
+        let balance = self.balance.parse::<Balance>().map_err(|e| corrupt(&e))?;
+        let count = |name: &str, v: i64| {
+            u32::try_from(v).map_err(|_| corrupt(&format!("invalid {name} {v}")))
+        };
+        let millis = |name: &str, v: i64| {
+            u64::try_from(v)
+                .map(Duration::from_millis)
+                .map_err(|_| corrupt(&format!("invalid {name} {v}")))
+        };
+        let health_check = match self.check_interval_ms {
+            None => None,
+            Some(interval) => Some(HealthCheck {
+                interval: millis("check_interval_ms", interval)?,
+                timeout: millis("check_timeout_ms", self.check_timeout_ms)?,
+                rise: count("check_rise", self.check_rise)?,
+                fall: count("check_fall", self.check_fall)?,
+                path: self.check_path,
+                expect: self
+                    .check_expect
+                    .parse::<StatusClasses>()
+                    .map_err(|e| corrupt(&e))?,
+            }),
+        };
+        let backends = members
+            .into_iter()
+            .map(|(address, weight, state)| {
+                Ok(RouteBackend {
+                    weight: count("weight", weight)?,
+                    state: state.parse::<AdminState>().map_err(|e| corrupt(&e))?,
+                    address,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Route {
+            hostname,
+            backends,
+            balance,
+            health_check,
+            mode,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            backend_tls: self.backend_tls,
+            send_proxy_protocol: self.send_proxy_protocol,
+            backend_protocol,
+        })
+    }
+}
+
+/// The `check_*` columns of a route: all NULL-or-empty but the interval's NULL when it has no
+/// check.
+struct CheckColumns {
+    interval_ms: Option<i64>,
+    timeout_ms: i64,
+    rise: u32,
+    fall: u32,
+    path: String,
+    expect: String,
+}
+
+impl CheckColumns {
+    fn of(check: Option<&HealthCheck>) -> CheckColumns {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        match check {
+            None => CheckColumns {
+                interval_ms: None,
+                timeout_ms: 0,
+                rise: 0,
+                fall: 0,
+                path: String::new(),
+                expect: String::new(),
+            },
+            Some(c) => CheckColumns {
+                interval_ms: Some(ms(c.interval)),
+                timeout_ms: ms(c.timeout),
+                rise: c.rise,
+                fall: c.fall,
+                path: c.path.clone(),
+                expect: c.expect.to_string(),
+            },
+        }
+    }
+}
+
+/// The old `backend` column: the first member's address (validation refuses an empty set;
+/// the store writes `""` for one rather than failing).
+fn first_address(route: &Route) -> &str {
+    route.backends.first().map_or("", |b| b.address.as_str())
+}
+
+/// Inserts a route and its members; the caller holds the transaction.
 fn insert_route(conn: &Connection, listener_id: i64, route: &Route) -> Result<i64, StoreError> {
+    let check = CheckColumns::of(route.health_check.as_ref());
     conn.execute(
         "INSERT INTO routes (listener_id, hostname, backend, mode, tls_cert, tls_key,
-                             backend_tls, send_proxy_protocol, backend_protocol)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                             backend_tls, send_proxy_protocol, backend_protocol, balance,
+                             check_interval_ms, check_timeout_ms, check_rise, check_fall,
+                             check_path, check_expect)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params![
             listener_id,
             route.hostname,
-            pack_backends(route),
+            first_address(route),
             route.mode.as_str(),
             route.tls_cert,
             route.tls_key,
             route.backend_tls,
             route.send_proxy_protocol,
             route.backend_protocol.as_str(),
+            route.balance.as_str(),
+            check.interval_ms,
+            check.timeout_ms,
+            check.rise,
+            check.fall,
+            check.path,
+            check.expect,
         ],
     )
     .map_err(|e| match e {
@@ -494,7 +707,32 @@ fn insert_route(conn: &Connection, listener_id: i64, route: &Route) -> Result<i6
         }
         e => unique_violation(e, || format!("route {}", route.hostname)),
     })?;
-    Ok(conn.last_insert_rowid())
+    let id = conn.last_insert_rowid();
+    insert_backends(conn, id, route)?;
+    Ok(id)
+}
+
+/// Writes a route's members at positions 0, 1, ...; the caller holds the transaction.
+fn insert_backends(conn: &Connection, route_id: i64, route: &Route) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO backends (route_id, address, weight, position, admin_state)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (position, b) in route.backends.iter().enumerate() {
+        stmt.execute(params![
+            route_id,
+            b.address,
+            b.weight,
+            i64::try_from(position).unwrap_or(i64::MAX),
+            b.state.as_str(),
+        ])
+        .map_err(|e| {
+            unique_violation(e, || {
+                format!("backend {} of route {}", b.address, route.hostname)
+            })
+        })?;
+    }
+    Ok(())
 }
 
 fn insert_firewall_rule(conn: &Connection, rule: &FirewallRule) -> Result<(), StoreError> {
@@ -533,7 +771,7 @@ mod tests {
         let (_dir, path) = temp_db();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 5);
+        assert_eq!(SCHEMA_VERSION, 6);
         let listeners = columns(&store, "listeners");
         for col in ["proxy_protocol", "proxy_protocol_from", "no_sni_route"] {
             assert!(
@@ -600,7 +838,7 @@ mod tests {
             store.routes(1).unwrap(),
             vec![Route {
                 hostname: "app.test".into(),
-                backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9443")],
+                backends: vec![RouteBackend::new("127.0.0.1:9443")],
                 ..Route::default()
             }]
         );
@@ -629,10 +867,10 @@ mod tests {
                 .unwrap();
         }
         let mut store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 5);
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         let web = Route {
             hostname: "web.test".into(),
-            backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9080")],
+            backends: vec![RouteBackend::new("127.0.0.1:9080")],
             mode: Mode::L7,
             tls_cert: "web.pem".into(),
             tls_key: "web.key".into(),
@@ -643,7 +881,7 @@ mod tests {
         };
         let app = Route {
             hostname: "app.test".into(),
-            backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9443")],
+            backends: vec![RouteBackend::new("127.0.0.1:9443")],
             ..Route::default()
         };
         assert_eq!(store.routes(1).unwrap(), vec![app, web.clone()]);
@@ -680,7 +918,7 @@ mod tests {
                 id,
                 &Route {
                     hostname: "app.test".into(),
-                    backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9443")],
+                    backends: vec![RouteBackend::new("127.0.0.1:9443")],
                     ..Route::default()
                 },
             )
@@ -695,6 +933,179 @@ mod tests {
             err.to_string(),
             "database holds an invalid value: route app.test: invalid backend_protocol \"h3\": \
              expected \"h2\", \"http1\" or \"auto\" (empty means \"h2\")"
+        );
+    }
+
+    /// Rows as mc-proxy at schema v5 wrote them: raw SQL against the v1..v5 migrations.
+    #[test]
+    fn a_v5_database_migrates_with_each_routes_backend_as_its_one_member() {
+        let (_dir, path) = temp_db();
+        {
+            let store = Store::open_at_version(&path, 5).unwrap();
+            assert_eq!(store.schema_version().unwrap(), 5);
+            store
+                .conn
+                .execute_batch(
+                    "INSERT INTO listeners (id, addr) VALUES (1, '127.0.0.1:8443'),
+                                                          (2, '[::1]:8443');
+                     INSERT INTO routes (listener_id, hostname, backend, mode, tls_cert,
+                                         tls_key, backend_tls, send_proxy_protocol,
+                                         backend_protocol)
+                         VALUES (1, 'web.test', 'backend.internal:9080', 'l7', '/w.pem',
+                                 '/w.key', 1, 0, 'http1'),
+                                (1, 'app.test', '127.0.0.1:9443', 'l4', '', '', 0, 1, 'h2'),
+                                (2, 'app.test', '[::1]:9443', 'l4', '', '', 0, 0, 'h2');",
+                )
+                .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 6);
+        let one = |address: &str| vec![RouteBackend::new(address)];
+        let routes = store.routes(1).unwrap();
+        assert_eq!(
+            routes,
+            vec![
+                Route {
+                    hostname: "app.test".into(),
+                    backends: one("127.0.0.1:9443"),
+                    send_proxy_protocol: true,
+                    ..Route::default()
+                },
+                Route {
+                    hostname: "web.test".into(),
+                    backends: one("backend.internal:9080"),
+                    mode: Mode::L7,
+                    tls_cert: "/w.pem".into(),
+                    tls_key: "/w.key".into(),
+                    backend_tls: true,
+                    backend_protocol: BackendProtocol::Http1,
+                    ..Route::default()
+                },
+            ]
+        );
+        assert!(routes.iter().all(|r| r.balance == Balance::RoundRobin));
+        assert!(routes.iter().all(|r| r.health_check.is_none()));
+        assert_eq!(store.routes(2).unwrap()[0].backends, one("[::1]:9443"));
+        // The migrated member is a row like any other: it takes a state and a set change.
+        store
+            .set_backend_state(1, "app.test", "127.0.0.1:9443", AdminState::Draining)
+            .unwrap();
+        assert_eq!(
+            store.routes(1).unwrap()[0].backends[0].state,
+            AdminState::Draining
+        );
+    }
+
+    #[test]
+    fn a_backend_set_round_trips_in_order_with_weights_states_and_check() {
+        let (_dir, path) = temp_db();
+        let mut store = Store::open(&path).unwrap();
+        let id = store.create_listener("127.0.0.1:8443", false, &[]).unwrap();
+        let route = Route {
+            hostname: "app.test".into(),
+            // Not in address order: the operator's order is kept.
+            backends: vec![
+                RouteBackend::new("10.0.0.9:443").with_weight(5),
+                RouteBackend {
+                    state: AdminState::Disabled,
+                    ..RouteBackend::new("10.0.0.1:443")
+                },
+                RouteBackend::new("10.0.0.5:443"),
+            ],
+            balance: Balance::LeastConn,
+            health_check: Some(HealthCheck {
+                interval: Duration::from_millis(1500),
+                timeout: Duration::from_millis(250),
+                rise: 1,
+                fall: 4,
+                path: "/healthz".into(),
+                expect: "2xx".parse().unwrap(),
+            }),
+            ..Route::default()
+        };
+        store.create_route(id, &route).unwrap();
+        assert_eq!(store.routes(id).unwrap(), vec![route.clone()]);
+        let legacy: String = store
+            .conn
+            .query_row("SELECT backend FROM routes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            legacy, "10.0.0.9:443",
+            "the old column holds the first member"
+        );
+
+        // A new set replaces the old one whole; removing the check clears it.
+        let smaller = Route {
+            backends: vec![RouteBackend::new("10.0.0.5:443"), RouteBackend::new("b:1")],
+            health_check: None,
+            balance: Balance::Source,
+            ..route.clone()
+        };
+        store.update_route(id, "app.test", &smaller).unwrap();
+        assert_eq!(store.routes(id).unwrap(), vec![smaller.clone()]);
+
+        // A duplicate member fails the whole write: route and set stay as they were.
+        let duplicate = Route {
+            backends: vec![RouteBackend::new("c:1"), RouteBackend::new("c:1")],
+            mode: Mode::L7,
+            ..smaller.clone()
+        };
+        let err = store.update_route(id, "app.test", &duplicate).unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists(_)), "{err}");
+        assert_eq!(store.routes(id).unwrap(), vec![smaller.clone()]);
+        let err = store
+            .create_route(
+                id,
+                &Route {
+                    hostname: "dup.test".into(),
+                    ..duplicate
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists(_)), "{err}");
+        assert_eq!(store.routes(id).unwrap().len(), 1, "no half-written route");
+
+        assert!(matches!(
+            store.set_backend_state(id, "app.test", "nope:1", AdminState::Draining),
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.set_backend_state(id, "nope.test", "b:1", AdminState::Draining),
+            Err(StoreError::NotFound(_))
+        ));
+        store.delete_route(id, "app.test").unwrap();
+        let members: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM backends", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(members, 0, "a route's members go with it");
+    }
+
+    #[test]
+    fn a_stored_admin_state_that_does_not_parse_names_the_route() {
+        let (_dir, path) = temp_db();
+        let mut store = Store::open(&path).unwrap();
+        let id = store.create_listener("127.0.0.1:8443", false, &[]).unwrap();
+        store
+            .create_route(
+                id,
+                &Route {
+                    hostname: "app.test".into(),
+                    backends: vec![RouteBackend::new("127.0.0.1:1")],
+                    ..Route::default()
+                },
+            )
+            .unwrap();
+        store
+            .conn
+            .execute("UPDATE backends SET admin_state = 'paused'", [])
+            .unwrap();
+        let err = store.routes(id).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "database holds an invalid value: route app.test: invalid backend state \"paused\""
+            ),
+            "{err}"
         );
     }
 
@@ -733,7 +1144,7 @@ mod tests {
         let id = store.create_listener("[::1]:8443", true, &from).unwrap();
         let l7 = Route {
             hostname: "web.test".into(),
-            backends: vec![mc_proxy_shared::RouteBackend::new("backend.internal:9080")],
+            backends: vec![RouteBackend::new("backend.internal:9080")],
             mode: Mode::L7,
             tls_cert: "certs/web.pem".into(),
             tls_key: "certs/web.key".into(),
@@ -744,7 +1155,7 @@ mod tests {
         };
         let l4 = Route {
             hostname: "app.test".into(),
-            backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9443")],
+            backends: vec![RouteBackend::new("127.0.0.1:9443")],
             ..Route::default()
         };
         store.create_route(id, &l7).unwrap();
@@ -761,7 +1172,7 @@ mod tests {
         assert_eq!(store.routes(id).unwrap(), vec![l4.clone(), l7.clone()]);
 
         let updated = Route {
-            backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9444")],
+            backends: vec![RouteBackend::new("127.0.0.1:9444")],
             send_proxy_protocol: true,
             ..l4.clone()
         };
@@ -867,37 +1278,5 @@ mod tests {
         assert!(!store.seed(&config).unwrap());
         assert!(store.routes(listeners[0].id).unwrap().is_empty());
         assert_eq!(store.listeners().unwrap().len(), 1);
-    }
-}
-
-// Interim (until the backends table): the set, balance and check as JSON in `backend`.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Packed {
-    backends: Vec<mc_proxy_shared::RouteBackend>,
-    balance: mc_proxy_shared::Balance,
-    health_check: Option<mc_proxy_shared::HealthCheck>,
-}
-
-fn pack_backends(route: &Route) -> String {
-    serde_json::to_string(&Packed {
-        backends: route.backends.clone(),
-        balance: route.balance,
-        health_check: route.health_check.clone(),
-    })
-    .unwrap_or_default()
-}
-
-fn unpack_backends(text: String) -> Route {
-    match serde_json::from_str::<Packed>(&text) {
-        Ok(p) => Route {
-            backends: p.backends,
-            balance: p.balance,
-            health_check: p.health_check,
-            ..Route::default()
-        },
-        Err(_) => Route {
-            backends: vec![mc_proxy_shared::RouteBackend::new(text)],
-            ..Route::default()
-        },
     }
 }

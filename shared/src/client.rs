@@ -16,8 +16,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use crate::model::RoutePatch;
 use crate::model::{
-    BackendProtocol, FirewallRule, FirewallRuleKind, Mode, ParseBackendProtocolError,
-    ParseKindError, ParseModeError, Route,
+    AdminState, BackendProtocol, BackendState, Balance, FirewallRule, FirewallRuleKind,
+    HealthCheck, MemberStats, Mode, ParseBackendProtocolError, ParseBalanceError, ParseKindError,
+    ParseModeError, ParseStatusClassesError, Route, RouteBackend, StatusClasses,
 };
 use crate::outcome::{BlockedReason, ChangeAction, CloseReason, Outcome, ResetReason};
 use crate::pb;
@@ -268,6 +269,8 @@ pub struct RouteStats {
     /// Successful backend connection setups (L7: TCP, PROXY header, TLS, HTTP/2 handshake;
     /// L4: TCP connect), since the daemon started.
     pub connect_duration: Histogram,
+    /// Per member of the backend set, in the route's order.
+    pub members: Vec<MemberStats>,
 }
 
 /// A latency histogram with fixed buckets, as the daemon counts it.
@@ -470,6 +473,15 @@ pub enum Event {
         routes: Vec<RouteEntry>,
         /// The L7 backend pool, per backend.
         backends: Vec<BackendStatus>,
+    },
+    /// A route member's live state changed (health check, ejection, admin change).
+    BackendChanged {
+        /// Listener address.
+        listener: String,
+        /// The route's hostname.
+        route: String,
+        /// The member, with its new state and figures.
+        member: MemberStats,
     },
     /// This subscriber read too slowly and lost events.
     Lagged {
@@ -686,10 +698,13 @@ impl AdminClient {
                 listener: listener.to_owned(),
                 hostname: hostname.to_owned(),
                 new_hostname: patch.hostname,
-                backend: patch
-                    .backends
-                    .and_then(|b| b.into_iter().next())
-                    .map(|b| b.address),
+                backend: None,
+                backends: patch.backends.map(|set| pb::BackendSet {
+                    backends: set.into_iter().map(pb::RouteBackend::from).collect(),
+                }),
+                balance: patch.balance.map(|b| pb::Balance::from(b).into()),
+                clear_health_check: matches!(patch.health_check, Some(None)),
+                health_check: patch.health_check.flatten().map(pb::HealthCheck::from),
                 mode: patch.mode.map(|m| pb::RouteMode::from(m).into()),
                 tls_cert: patch.tls_cert,
                 tls_key: patch.tls_key,
@@ -702,6 +717,28 @@ impl AdminClient {
             .await?
             .into_inner();
         Ok((required_route(r.route)?, r.warnings))
+    }
+
+    /// Sets one member of a route enabled, draining or disabled; returns the route as
+    /// stored after the change.
+    pub async fn set_backend_state(
+        &mut self,
+        listener: &str,
+        hostname: &str,
+        address: &str,
+        state: AdminState,
+    ) -> Result<Route, ClientError> {
+        let r = self
+            .inner
+            .set_backend_state(pb::SetBackendStateRequest {
+                listener: listener.to_owned(),
+                hostname: hostname.to_owned(),
+                address: address.to_owned(),
+                state: pb::AdminState::from(state).into(),
+            })
+            .await?
+            .into_inner();
+        required_route(r.route)
     }
 
     /// Removes a route.
@@ -930,6 +967,36 @@ wire_enum!(
     ]
 );
 wire_enum!(
+    AdminState,
+    AdminState,
+    "backend admin state",
+    [Enabled, Draining, Disabled]
+);
+wire_enum!(Balance, Balance, "balance", [RoundRobin, LeastConn, Source]);
+wire_enum!(
+    BackendState,
+    BackendState,
+    "backend state",
+    [Up, Down, Ejected, Draining, Disabled]
+);
+
+/// A member's admin state in a route: UNSPECIFIED (left out) means enabled.
+pub fn request_admin_state(value: i32) -> Result<AdminState, UnknownWireValue> {
+    if value == pb::AdminState::Unspecified as i32 {
+        return Ok(AdminState::Enabled);
+    }
+    AdminState::try_from(value)
+}
+
+/// A route's balance in a request or an answer: UNSPECIFIED (left out, or a peer from before
+/// the field) means round robin.
+pub fn request_balance(value: i32) -> Result<Balance, ParseBalanceError> {
+    if value == pb::Balance::Unspecified as i32 {
+        return Ok(Balance::RoundRobin);
+    }
+    Balance::try_from(value).map_err(|e| ParseBalanceError(e.value.to_string()))
+}
+wire_enum!(
     CloseReason,
     CloseReason,
     "close reason",
@@ -995,6 +1062,8 @@ fn outcome_from_pb(
 }
 
 impl From<Route> for pb::Route {
+    /// Field 2 (`backend`) carries the first member's address, for clients from before
+    /// backend sets.
     fn from(r: Route) -> Self {
         pb::Route {
             backend: r
@@ -1003,6 +1072,9 @@ impl From<Route> for pb::Route {
                 .map(|b| b.address.clone())
                 .unwrap_or_default(),
             hostname: r.hostname,
+            backends: r.backends.into_iter().map(pb::RouteBackend::from).collect(),
+            balance: pb::Balance::from(r.balance).into(),
+            health_check: r.health_check.map(pb::HealthCheck::from),
             mode: pb::RouteMode::from(r.mode).into(),
             tls_cert: r.tls_cert,
             tls_key: r.tls_key,
@@ -1010,6 +1082,108 @@ impl From<Route> for pb::Route {
             send_proxy_protocol: r.send_proxy_protocol,
             backend_protocol: pb::BackendProtocol::from(r.backend_protocol).into(),
         }
+    }
+}
+
+impl From<RouteBackend> for pb::RouteBackend {
+    fn from(b: RouteBackend) -> Self {
+        pb::RouteBackend {
+            address: b.address,
+            weight: b.weight,
+            state: pb::AdminState::from(b.state).into(),
+        }
+    }
+}
+
+impl TryFrom<pb::RouteBackend> for RouteBackend {
+    type Error = WireRouteError;
+
+    /// Weight 0 (left out) is 1 and UNSPECIFIED is enabled; the address and a weight above
+    /// the maximum are left to the daemon's validation.
+    fn try_from(b: pb::RouteBackend) -> Result<Self, Self::Error> {
+        Ok(RouteBackend {
+            weight: if b.weight == 0 { 1 } else { b.weight },
+            state: request_admin_state(b.state).map_err(WireRouteError::AdminState)?,
+            address: b.address,
+        })
+    }
+}
+
+impl From<HealthCheck> for pb::HealthCheck {
+    fn from(h: HealthCheck) -> Self {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        pb::HealthCheck {
+            interval_ms: ms(h.interval),
+            timeout_ms: ms(h.timeout),
+            rise: h.rise,
+            fall: h.fall,
+            path: h.path,
+            expect: h.expect.to_string(),
+        }
+    }
+}
+
+impl TryFrom<pb::HealthCheck> for HealthCheck {
+    type Error = WireRouteError;
+
+    /// A field left at 0 or empty takes [`HealthCheck::default`]'s value; the rest is the
+    /// daemon's validation's to judge.
+    fn try_from(h: pb::HealthCheck) -> Result<Self, Self::Error> {
+        let d = HealthCheck::default();
+        let or = |v: u64, default: Duration| {
+            if v == 0 {
+                default
+            } else {
+                Duration::from_millis(v)
+            }
+        };
+        Ok(HealthCheck {
+            interval: or(h.interval_ms, d.interval),
+            timeout: or(h.timeout_ms, d.timeout),
+            rise: if h.rise == 0 { d.rise } else { h.rise },
+            fall: if h.fall == 0 { d.fall } else { h.fall },
+            expect: if h.expect.is_empty() {
+                d.expect
+            } else {
+                h.expect.parse::<StatusClasses>()?
+            },
+            path: h.path,
+        })
+    }
+}
+
+impl From<MemberStats> for pb::MemberStats {
+    fn from(m: MemberStats) -> Self {
+        pb::MemberStats {
+            address: m.address,
+            weight: m.weight,
+            admin: pb::AdminState::from(m.admin).into(),
+            state: pb::BackendState::from(m.state).into(),
+            active: m.active,
+            total: m.total,
+            failures: m.failures,
+            ejections: m.ejections,
+            reason: m.reason,
+        }
+    }
+}
+
+impl TryFrom<pb::MemberStats> for MemberStats {
+    type Error = UnknownWireValue;
+
+    /// Every state is required: a display must not guess one.
+    fn try_from(m: pb::MemberStats) -> Result<Self, Self::Error> {
+        Ok(MemberStats {
+            admin: AdminState::try_from(m.admin)?,
+            state: BackendState::try_from(m.state)?,
+            address: m.address,
+            weight: m.weight,
+            active: m.active,
+            total: m.total,
+            failures: m.failures,
+            ejections: m.ejections,
+            reason: m.reason,
+        })
     }
 }
 
@@ -1023,6 +1197,15 @@ pub enum WireRouteError {
     /// The backend protocol.
     #[error(transparent)]
     BackendProtocol(#[from] ParseBackendProtocolError),
+    /// The balance.
+    #[error(transparent)]
+    Balance(#[from] ParseBalanceError),
+    /// A member's admin state.
+    #[error(transparent)]
+    AdminState(UnknownWireValue),
+    /// The health check's expected status classes.
+    #[error(transparent)]
+    Expect(#[from] ParseStatusClassesError),
 }
 
 /// The wire route as a model route; the daemon (requests) and the client (answers) both use it.
@@ -1030,13 +1213,26 @@ impl TryFrom<pb::Route> for Route {
     type Error = WireRouteError;
 
     fn try_from(r: pb::Route) -> Result<Self, Self::Error> {
+        // A peer from before backend sets sends field 2 only: its one member.
+        let backends = if r.backends.is_empty() {
+            if r.backend.is_empty() {
+                Vec::new()
+            } else {
+                vec![RouteBackend::new(r.backend)]
+            }
+        } else {
+            r.backends
+                .into_iter()
+                .map(RouteBackend::try_from)
+                .collect::<Result<_, _>>()?
+        };
         Ok(Route {
             mode: request_mode(r.mode)?,
             backend_protocol: request_backend_protocol(r.backend_protocol)?,
+            balance: request_balance(r.balance)?,
+            health_check: r.health_check.map(HealthCheck::try_from).transpose()?,
             hostname: r.hostname,
-            backends: vec![crate::RouteBackend::new(r.backend)],
-            balance: Default::default(),
-            health_check: None,
+            backends,
             tls_cert: r.tls_cert,
             tls_key: r.tls_key,
             backend_tls: r.backend_tls,
@@ -1091,13 +1287,20 @@ impl TryFrom<pb::ListenerStatus> for ListenerStatus {
     }
 }
 
-impl From<pb::RouteStats> for RouteStats {
-    fn from(s: pb::RouteStats) -> Self {
+impl TryFrom<pb::RouteStats> for RouteStats {
+    type Error = UnknownWireValue;
+
+    fn try_from(s: pb::RouteStats) -> Result<Self, Self::Error> {
         let mut responses = [0; 5];
         for (slot, n) in responses.iter_mut().zip(s.responses) {
             *slot = n;
         }
-        RouteStats {
+        Ok(RouteStats {
+            members: s
+                .members
+                .into_iter()
+                .map(MemberStats::try_from)
+                .collect::<Result<_, _>>()?,
             active_connections: s.active_connections,
             total_connections: s.total_connections,
             bytes_in: s.bytes_in,
@@ -1107,7 +1310,7 @@ impl From<pb::RouteStats> for RouteStats {
             responses,
             request_duration: s.request_duration.map(Histogram::from).unwrap_or_default(),
             connect_duration: s.connect_duration.map(Histogram::from).unwrap_or_default(),
-        }
+        })
     }
 }
 
@@ -1129,7 +1332,11 @@ impl TryFrom<pb::RouteStatus> for RouteEntry {
         Ok(RouteEntry {
             listener: r.listener,
             route: required_route(r.route)?,
-            stats: r.stats.map(RouteStats::from).unwrap_or_default(),
+            stats: r
+                .stats
+                .map(RouteStats::try_from)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -1232,6 +1439,14 @@ impl TryFrom<pb::Event> for TimedEvent {
                     .collect::<Result<_, _>>()
                     .map_err(|e| ClientError::Protocol(e.to_string()))?,
             },
+            Kind::BackendChanged(c) => Event::BackendChanged {
+                listener: c.listener,
+                route: c.route,
+                member: c
+                    .member
+                    .ok_or_else(|| ClientError::Protocol("backend event without a member".into()))?
+                    .try_into()?,
+            },
             Kind::Lagged(l) => Event::Lagged { dropped: l.dropped },
         };
         Ok(TimedEvent {
@@ -1280,6 +1495,80 @@ mod tests {
             "invalid backend_protocol 4: expected \"h2\", \"http1\" or \"auto\" \
              (empty means \"h2\")"
         );
+    }
+
+    #[test]
+    fn a_backend_set_crosses_the_wire_whole_and_field_2_serves_old_peers() {
+        let route = Route {
+            hostname: "web.test".into(),
+            backends: vec![
+                RouteBackend::new("10.0.0.1:80").with_weight(3),
+                RouteBackend {
+                    state: AdminState::Draining,
+                    ..RouteBackend::new("10.0.0.1:81")
+                },
+            ],
+            balance: Balance::LeastConn,
+            health_check: Some(HealthCheck {
+                path: "/healthz".into(),
+                expect: "2xx".parse().unwrap(),
+                ..HealthCheck::default()
+            }),
+            mode: Mode::L7,
+            ..Route::default()
+        };
+        let wire = pb::Route::from(route.clone());
+        assert_eq!(
+            wire.backend, "10.0.0.1:80",
+            "an old client sees the first member"
+        );
+        assert_eq!(wire.balance, pb::Balance::LeastConn as i32);
+        assert_eq!(Route::try_from(wire), Ok(route));
+
+        // An old client sends field 2 only: one enabled member of weight 1, round robin.
+        let old = Route::try_from(pb::Route {
+            hostname: "old.test".into(),
+            backend: "127.0.0.1:9443".into(),
+            ..pb::Route::default()
+        })
+        .unwrap();
+        assert_eq!(old.backends, vec![RouteBackend::new("127.0.0.1:9443")]);
+        assert_eq!((old.balance, old.health_check), (Balance::RoundRobin, None));
+        // With a set, field 2 is ignored.
+        let both = Route::try_from(pb::Route {
+            backend: "ignored:1".into(),
+            backends: vec![pb::RouteBackend {
+                address: "a:1".into(),
+                ..pb::RouteBackend::default()
+            }],
+            ..pb::Route::default()
+        })
+        .unwrap();
+        assert_eq!(both.backends, vec![RouteBackend::new("a:1")]);
+    }
+
+    #[test]
+    fn a_health_check_left_at_zero_takes_the_defaults_and_a_bad_expect_is_refused() {
+        let check = HealthCheck::try_from(pb::HealthCheck {
+            path: "/up".into(),
+            ..pb::HealthCheck::default()
+        })
+        .unwrap();
+        assert_eq!(
+            check,
+            HealthCheck {
+                path: "/up".into(),
+                ..HealthCheck::default()
+            }
+        );
+        let err = HealthCheck::try_from(pb::HealthCheck {
+            expect: "200".into(),
+            ..pb::HealthCheck::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("\"200\""), "{err}");
+        // Member states the wire leaves out are refused, not guessed.
+        assert!(MemberStats::try_from(pb::MemberStats::default()).is_err());
     }
 
     /// Bounds 0.01, 0.1, 1 (and +Inf) with the given per-bucket counts.

@@ -80,6 +80,17 @@ pub enum Action {
         /// Every field after the edit.
         route: Route,
     },
+    /// Set one backend of a route enabled, draining or disabled.
+    SetBackendState {
+        /// Listener address.
+        listener: String,
+        /// The route's hostname.
+        hostname: String,
+        /// The backend's address.
+        address: String,
+        /// The new admin state.
+        state: mc_proxy_shared::AdminState,
+    },
     /// Remove a route.
     RemoveRoute {
         /// Listener address.
@@ -152,6 +163,8 @@ pub struct FirewallView {
 }
 
 /// What has the keyboard on top of the current view.
+// One value, the screen on show: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Screen {
     /// Moving around the view.
@@ -262,6 +275,8 @@ pub struct App {
     pub listener_sel: Selection,
     /// Selected route among the visible routes, by hostname.
     pub route_sel: Selection,
+    /// The backend selected in the route detail box (an index into the route's set).
+    pub member_sel: usize,
     /// Pane with focus.
     pub pane: Pane,
     /// Route filter (hostname or backend contains it, case-insensitively).
@@ -302,6 +317,7 @@ impl App {
             link: Link::Connecting,
             listener_sel: Selection::default(),
             route_sel: Selection::default(),
+            member_sel: 0,
             pane: Pane::Routes,
             filter: String::new(),
             sort: RouteSort::Name,
@@ -340,7 +356,10 @@ impl App {
                     .filter(|r| {
                         filter.is_empty()
                             || r.route.hostname.to_lowercase().contains(&filter)
-                            || r.route.backend.to_lowercase().contains(&filter)
+                            || r.route
+                                .backends
+                                .iter()
+                                .any(|b| b.address.to_lowercase().contains(&filter))
                     })
                     .collect()
             })
@@ -384,6 +403,7 @@ impl App {
         match (&self.mode, self.view) {
             (Screen::Firewall(_), _) => Context::Firewall,
             (Screen::Filter | Screen::Form(_), _) => Context::Text,
+            (Screen::RouteDetail, _) => Context::RouteDetail,
             (_, View::Connections) => Context::Connections,
             (_, View::Routes) => Context::Routes,
         }
@@ -524,6 +544,37 @@ impl App {
                     }
                 }
             }
+            Event::BackendChanged {
+                listener,
+                route,
+                member,
+            } => {
+                let mut line = format!(
+                    "{time} backend {route} {} {}",
+                    member.address,
+                    crate::ctl::member_state(&member)
+                );
+                if !member.reason.is_empty() {
+                    let _ =
+                        std::fmt::Write::write_fmt(&mut line, format_args!(" ({})", member.reason));
+                }
+                self.push_log(line);
+                if let Some(view) = self
+                    .routes
+                    .get_mut(&listener)
+                    .and_then(|list| list.iter_mut().find(|r| r.route.hostname == route))
+                {
+                    match view
+                        .stats
+                        .members
+                        .iter_mut()
+                        .find(|m| m.address == member.address)
+                    {
+                        Some(m) => *m = member,
+                        None => view.stats.members.push(member),
+                    }
+                }
+            }
             Event::ConnectionOpened {
                 id,
                 client,
@@ -574,7 +625,9 @@ impl App {
             } => {
                 self.push_log(format!(
                     "{time} route {action} {} ({} -> {})",
-                    route.hostname, route.mode, route.backend
+                    route.hostname,
+                    route.mode,
+                    route.backend_list()
                 ));
                 let selected_here = self.listener().is_some_and(|l| l.addr == listener);
                 let list = self.routes.entry(listener).or_default();
@@ -685,12 +738,13 @@ impl App {
                 _ => None,
             },
             Screen::Firewall(fw) => self.on_firewall_key(fw, key),
-            Screen::ListenerDetail | Screen::RouteDetail => {
+            Screen::ListenerDetail => {
                 if key.code == KeyCode::Char('e') && !self.read_only && self.route().is_some() {
                     self.edit_selected();
                 }
                 None
             }
+            Screen::RouteDetail => self.on_route_detail_key(key),
             Screen::Help(scroll) => {
                 match key.code {
                     KeyCode::Down | KeyCode::Char('j') => self.mode = Screen::Help(scroll + 1),
@@ -704,6 +758,45 @@ impl App {
         };
         self.follow_all();
         action
+    }
+
+    /// The route detail box: select a backend, drain, enable or disable it, edit the route;
+    /// any other key closes the box, as the other detail boxes do.
+    fn on_route_detail_key(&mut self, key: KeyEvent) -> Option<Action> {
+        use mc_proxy_shared::AdminState;
+        let (listener, route) = match (self.listener(), self.route()) {
+            (Some(l), Some(r)) => (l.addr.clone(), r.route.clone()),
+            _ => return None,
+        };
+        let n = route.backends.len();
+        let state = match input::lookup(Context::RouteDetail, &key, self.read_only) {
+            Some(Command::Up) => {
+                self.member_sel = self.member_sel.saturating_sub(1);
+                None
+            }
+            Some(Command::Down) => {
+                self.member_sel = (self.member_sel + 1).min(n.saturating_sub(1));
+                None
+            }
+            Some(Command::Drain) => Some(AdminState::Draining),
+            Some(Command::Enable) => Some(AdminState::Enabled),
+            Some(Command::Disable) => Some(AdminState::Disabled),
+            Some(Command::Edit) => {
+                self.edit_selected();
+                return None;
+            }
+            _ => return None,
+        };
+        self.mode = Screen::RouteDetail;
+        let member = route
+            .backends
+            .get(self.member_sel.min(n.saturating_sub(1)))?;
+        state.map(|state| Action::SetBackendState {
+            listener,
+            hostname: route.hostname.clone(),
+            address: member.address.clone(),
+            state,
+        })
     }
 
     fn edit_selected(&mut self) {
@@ -745,7 +838,10 @@ impl App {
             Command::Bottom => self.move_selection(isize::MAX / 2),
             Command::Detail => match self.pane {
                 Pane::Listeners if self.listener().is_some() => self.mode = Screen::ListenerDetail,
-                Pane::Routes if self.route().is_some() => self.mode = Screen::RouteDetail,
+                Pane::Routes if self.route().is_some() => {
+                    self.member_sel = 0;
+                    self.mode = Screen::RouteDetail;
+                }
                 _ => {}
             },
             Command::Add => {
@@ -766,7 +862,7 @@ impl App {
                 self.filter.clear();
                 self.note = None;
             }
-            Command::TextEditing => {}
+            Command::TextEditing | Command::Drain | Command::Enable | Command::Disable => {}
         }
         None
     }
@@ -823,9 +919,18 @@ impl App {
             KeyCode::Tab | KeyCode::Down => form.move_focus(true),
             KeyCode::BackTab | KeyCode::Up => form.move_focus(false),
             KeyCode::Enter if !form.pending => {
+                // What was typed is checked here first, and said inline like the daemon's
+                // refusals.
+                let route = match form.route() {
+                    Ok(route) => route,
+                    Err(e) => {
+                        form.error = Some(e);
+                        self.mode = Screen::Form(form);
+                        return None;
+                    }
+                };
                 form.error = None;
                 form.pending = true;
-                let route = form.route();
                 // The selection goes to the route being saved, wherever it sorts.
                 self.route_sel.expect(route.hostname.clone());
                 action = Some(match &form.editing {
@@ -985,7 +1090,7 @@ mod tests {
             listener: listener.into(),
             route: Route {
                 hostname: hostname.into(),
-                backend: "127.0.0.1:9".into(),
+                backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9")],
                 ..Route::default()
             },
             stats: RouteStats::default(),
@@ -1158,7 +1263,9 @@ mod tests {
                 Field::Hostname,
                 Field::Backend,
                 Field::Mode,
-                Field::SendProxy
+                Field::SendProxy,
+                Field::Balance,
+                Field::Check
             ]
         );
         type_text(&mut app, "new.test");
@@ -1185,7 +1292,7 @@ mod tests {
                 listener: "127.0.0.1:8443".into(),
                 route: Route {
                     hostname: "new.test".into(),
-                    backend: "127.0.0.1:9000".into(),
+                    backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9000")],
                     mode: Mode::L7,
                     tls_cert: "/c.pem".into(),
                     tls_key: "/c.key".into(),
@@ -1237,16 +1344,82 @@ mod tests {
                 listener: "127.0.0.1:8443".into(),
                 route: Route {
                     hostname: "new.test".into(),
-                    backend: "127.0.0.1:9000".into(),
+                    backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9000")],
                     mode: Mode::L7,
                     tls_cert: "/c.pem".into(),
                     tls_key: "/c.key".into(),
                     backend_tls: false,
                     send_proxy_protocol: false,
                     backend_protocol: BackendProtocol::Http1,
+                    ..Route::default()
                 }
             })
         );
+    }
+
+    #[test]
+    fn a_set_that_does_not_parse_is_refused_inline_without_asking_the_daemon() {
+        let mut app = app_with_routes();
+        app.on_key(key(KeyCode::Char('e')));
+        app.on_key(key(KeyCode::Tab));
+        app.on_key(key(KeyCode::Char('u')).with_ctrl());
+        type_text(&mut app, "a:1 weight=many");
+        assert_eq!(app.on_key(key(KeyCode::Enter)), None);
+        let Screen::Form(form) = &app.mode else {
+            panic!("form closed")
+        };
+        assert!(!form.pending);
+        assert_eq!(
+            form.error.as_deref(),
+            Some("invalid weight \"many\" for backend \"a:1\": expected a number from 1 to 256")
+        );
+    }
+
+    #[test]
+    fn the_route_detail_drains_enables_and_disables_the_selected_backend() {
+        use mc_proxy_shared::AdminState;
+        let mut app = app_with_routes();
+        let (l, hostname) = {
+            let l = app.listener().unwrap().addr.clone();
+            let r = app.route().unwrap().route.hostname.clone();
+            (l, r)
+        };
+        // Give the selected route two members.
+        for view in app.routes.get_mut(&l).unwrap() {
+            if view.route.hostname == hostname {
+                view.route.backends = vec![
+                    mc_proxy_shared::RouteBackend::new("10.0.0.1:80"),
+                    mc_proxy_shared::RouteBackend::new("10.0.0.1:81"),
+                ];
+            }
+        }
+        app.pane = Pane::Routes;
+        app.on_key(key(KeyCode::Enter));
+        assert_eq!(app.mode, Screen::RouteDetail);
+        app.on_key(key(KeyCode::Down));
+        assert_eq!(app.mode, Screen::RouteDetail, "moving keeps the box open");
+        let expect = |address: &str, state| Action::SetBackendState {
+            listener: l.clone(),
+            hostname: hostname.clone(),
+            address: address.into(),
+            state,
+        };
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('w'))),
+            Some(expect("10.0.0.1:81", AdminState::Draining))
+        );
+        app.on_key(key(KeyCode::Up));
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('x'))),
+            Some(expect("10.0.0.1:80", AdminState::Disabled))
+        );
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('n'))),
+            Some(expect("10.0.0.1:80", AdminState::Enabled))
+        );
+        // Read-only: the keys do nothing.
+        app.read_only = true;
+        assert_eq!(app.on_key(key(KeyCode::Char('w'))), None);
     }
 
     #[test]
@@ -1258,7 +1431,7 @@ mod tests {
         type_text(&mut app, "nope");
         let action = app.on_key(key(KeyCode::Enter));
         assert!(
-            matches!(action, Some(Action::UpdateRoute { ref before, ref route, .. }) if before.hostname == "api.test" && route.backend == "nope")
+            matches!(action, Some(Action::UpdateRoute { ref before, ref route, .. }) if before.hostname == "api.test" && route.backend_list() == "nope")
         );
         app.on_daemon(DaemonMsg::ActionDone(
             Err("invalid backend \"nope\"".into()),

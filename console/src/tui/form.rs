@@ -4,7 +4,7 @@
 //! mode, and L7-only fields are never sent on an L4 route.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use mc_proxy_shared::{BackendProtocol, Mode, Route};
+use mc_proxy_shared::{BackendProtocol, Balance, HealthCheck, Mode, Route, RouteBackend};
 
 /// Applies a text-editing key to `text`: characters, backspace, Ctrl-U (clear) and Ctrl-W
 /// (delete the last word, as in a shell). Returns `false` for keys that are not editing keys.
@@ -39,8 +39,17 @@ pub struct Form {
     pub listener: String,
     /// Field values.
     pub hostname: String,
-    /// Backend host:port.
+    /// The backend set as typed: members separated by commas or spaces, each `host:port`
+    /// optionally followed by ` weight=N` (`a:1 weight=2, b:2`).
     pub backend: String,
+    /// How a member is picked.
+    pub balance: Balance,
+    /// Whether the route has an active health check.
+    pub check: bool,
+    /// The check's interval as typed (`2s`, `500ms`).
+    pub check_interval: String,
+    /// L7: the check's path (empty: a TCP connect).
+    pub check_path: String,
     /// L4 or L7.
     pub mode: Mode,
     /// L7 certificate path.
@@ -66,8 +75,16 @@ pub struct Form {
 pub enum Field {
     /// Text.
     Hostname,
-    /// Text.
+    /// Text: the backend set.
     Backend,
+    /// Cycles round_robin → least_conn → source.
+    Balance,
+    /// Toggle: an active health check or none.
+    Check,
+    /// Text, with a check only.
+    CheckInterval,
+    /// Text, L7 with a check only.
+    CheckPath,
     /// Toggle l4/l7.
     Mode,
     /// Text, L7 only.
@@ -90,6 +107,10 @@ impl Form {
             listener,
             hostname: String::new(),
             backend: String::new(),
+            balance: Balance::default(),
+            check: false,
+            check_interval: humantime::format_duration(HealthCheck::default().interval).to_string(),
+            check_path: String::new(),
             mode: Mode::L4,
             tls_cert: String::new(),
             tls_key: String::new(),
@@ -107,7 +128,20 @@ impl Form {
         Form {
             editing: Some(r.clone()),
             hostname: r.hostname.clone(),
-            backend: r.backend.clone(),
+            backend: format_backends(&r.backends),
+            balance: r.balance,
+            check: r.health_check.is_some(),
+            check_interval: humantime::format_duration(
+                r.health_check
+                    .as_ref()
+                    .map_or(HealthCheck::default().interval, |c| c.interval),
+            )
+            .to_string(),
+            check_path: r
+                .health_check
+                .as_ref()
+                .map(|c| c.path.clone())
+                .unwrap_or_default(),
             mode: r.mode,
             tls_cert: r.tls_cert.clone(),
             tls_key: r.tls_key.clone(),
@@ -120,25 +154,25 @@ impl Form {
 
     /// The fields shown for the current mode, in order: L7 adds cert, key, backend TLS and
     /// backend protocol.
+    /// The check's interval and (L7) path follow the check toggle when it is on.
     pub fn fields(&self) -> Vec<Field> {
-        match self.mode {
-            Mode::L4 => vec![
-                Field::Hostname,
-                Field::Backend,
-                Field::Mode,
-                Field::SendProxy,
-            ],
-            Mode::L7 => vec![
-                Field::Hostname,
-                Field::Backend,
-                Field::Mode,
+        let mut fields = vec![Field::Hostname, Field::Backend, Field::Mode];
+        if self.mode == Mode::L7 {
+            fields.extend([
                 Field::TlsCert,
                 Field::TlsKey,
                 Field::BackendTls,
                 Field::BackendProtocol,
-                Field::SendProxy,
-            ],
+            ]);
         }
+        fields.extend([Field::SendProxy, Field::Balance, Field::Check]);
+        if self.check {
+            fields.push(Field::CheckInterval);
+            if self.mode == Mode::L7 {
+                fields.push(Field::CheckPath);
+            }
+        }
+        fields
     }
 
     /// Next (or previous) field of the current mode.
@@ -160,6 +194,8 @@ impl Form {
             Field::Backend => Some(&mut self.backend),
             Field::TlsCert => Some(&mut self.tls_cert),
             Field::TlsKey => Some(&mut self.tls_key),
+            Field::CheckInterval => Some(&mut self.check_interval),
+            Field::CheckPath => Some(&mut self.check_path),
             _ => None,
         }
     }
@@ -177,17 +213,53 @@ impl Form {
             Field::BackendTls => self.backend_tls = !self.backend_tls,
             Field::BackendProtocol => self.backend_protocol = step(self.backend_protocol, forward),
             Field::SendProxy => self.send_proxy_protocol = !self.send_proxy_protocol,
+            Field::Balance => self.balance = step_in(Balance::ALL, self.balance, forward),
+            Field::Check => self.check = !self.check,
             _ => {}
         }
     }
 
-    /// The route the form describes. L7-only fields are sent empty on an L4 route so a mode
-    /// switch does not leave stale paths behind.
-    pub fn route(&self) -> Route {
+    /// The route the form describes, or what is wrong with what was typed (shown inline).
+    /// L7-only fields are sent empty on an L4 route so a mode switch does not leave stale
+    /// paths behind. An edited member keeps its admin state (a drain survives a weight
+    /// change); the check keeps the timeout, rise, fall and expect it had.
+    pub fn route(&self) -> Result<Route, String> {
         let l7 = self.mode == Mode::L7;
-        Route {
+        let mut backends = parse_backends(&self.backend)?;
+        if let Some(before) = &self.editing {
+            for b in &mut backends {
+                if let Some(old) = before.backends.iter().find(|o| o.address == b.address) {
+                    b.state = old.state;
+                }
+            }
+        }
+        let health_check = if self.check {
+            let mut check = self
+                .editing
+                .as_ref()
+                .and_then(|r| r.health_check.clone())
+                .unwrap_or_default();
+            let text = self.check_interval.trim();
+            check.interval = humantime::parse_duration(text).map_err(|_| {
+                format!(
+                    "invalid check interval {}: expected e.g. 2s or 500ms",
+                    mc_proxy_shared::text::clip(text)
+                )
+            })?;
+            check.path = if l7 {
+                self.check_path.trim().to_owned()
+            } else {
+                String::new()
+            };
+            Some(check)
+        } else {
+            None
+        };
+        Ok(Route {
             hostname: self.hostname.trim().to_owned(),
-            backend: self.backend.trim().to_owned(),
+            backends,
+            balance: self.balance,
+            health_check,
             mode: self.mode,
             tls_cert: if l7 {
                 self.tls_cert.trim().to_owned()
@@ -206,8 +278,58 @@ impl Form {
             } else {
                 BackendProtocol::default()
             },
+        })
+    }
+}
+
+/// A backend set as the form shows it: `a:1 weight=2, b:2`.
+pub fn format_backends(backends: &[RouteBackend]) -> String {
+    backends
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A backend set as typed: members separated by commas or spaces, each `host:port` with an
+/// optional `weight=N` after it. The daemon's validation judges the addresses and weights.
+pub fn parse_backends(text: &str) -> Result<Vec<RouteBackend>, String> {
+    let mut members: Vec<RouteBackend> = Vec::new();
+    for word in text.split(|c: char| c == ',' || c.is_whitespace()) {
+        if word.is_empty() {
+            continue;
+        }
+        if let Some(weight) = word.strip_prefix("weight=") {
+            let Some(last) = members.last_mut() else {
+                return Err("weight= must follow a backend's host:port".into());
+            };
+            last.weight = weight.parse().map_err(|_| {
+                format!(
+                    "invalid weight {} for backend {}: expected a number from 1 to {}",
+                    mc_proxy_shared::text::clip(weight),
+                    mc_proxy_shared::text::clip(&last.address),
+                    RouteBackend::MAX_WEIGHT
+                )
+            })?;
+        } else {
+            members.push(RouteBackend::new(word));
         }
     }
+    if members.is_empty() {
+        return Err("at least one backend is needed (host:port)".into());
+    }
+    Ok(members)
+}
+
+/// The value after (or before) `v` in `all`, wrapping.
+pub fn step_in<T: Copy + PartialEq>(all: &[T], v: T, forward: bool) -> T {
+    let i = all.iter().position(|q| *q == v).unwrap_or(0);
+    let n = all.len();
+    all[if forward {
+        (i + 1) % n
+    } else {
+        (i + n - 1) % n
+    }]
 }
 
 /// The backend protocol after (or before) `p`, in [`BackendProtocol::ALL`]'s order, wrapping.
@@ -246,22 +368,24 @@ mod tests {
         assert_eq!(seen, [Http1, Auto, H2]);
         form.toggle(false);
         assert_eq!(form.backend_protocol, Auto, "backwards wraps around");
-        assert_eq!(form.route().backend_protocol, Auto);
+        form.backend = "a:1".into();
+        assert_eq!(form.route().unwrap().backend_protocol, Auto);
 
         // Back to L4: the L7-only choice is not sent, as a certificate path is not.
         form.mode = Mode::L4;
-        assert_eq!(form.route().backend_protocol, H2);
+        assert_eq!(form.route().unwrap().backend_protocol, H2);
 
         let stored = Route {
             hostname: "web.test".into(),
             mode: Mode::L7,
             backend_tls: true,
             backend_protocol: Http1,
+            backends: vec![RouteBackend::new("a:1")],
             ..Route::default()
         };
         let edit = Form::edit("127.0.0.1:8443".into(), &stored);
         assert_eq!(edit.backend_protocol, Http1);
-        assert_eq!(edit.route().backend_protocol, Http1);
+        assert_eq!(edit.route().unwrap().backend_protocol, Http1);
     }
 
     #[test]
@@ -283,5 +407,80 @@ mod tests {
             &KeyEvent::new(KeyCode::Char('a'), KeyModifiers::NONE)
         ));
         assert_eq!(t, "a");
+    }
+
+    #[test]
+    fn the_backend_field_takes_a_set_separated_by_commas_or_spaces() {
+        let set = parse_backends("a:1 weight=2, b:2,c:3  [::1]:4 weight=7").unwrap();
+        assert_eq!(
+            set,
+            vec![
+                RouteBackend::new("a:1").with_weight(2),
+                RouteBackend::new("b:2"),
+                RouteBackend::new("c:3"),
+                RouteBackend::new("[::1]:4").with_weight(7),
+            ]
+        );
+        assert_eq!(
+            format_backends(&set),
+            "a:1 weight=2, b:2, c:3, [::1]:4 weight=7"
+        );
+        assert_eq!(parse_backends(&format_backends(&set)).unwrap(), set);
+        assert_eq!(
+            parse_backends(" , ").unwrap_err(),
+            "at least one backend is needed (host:port)"
+        );
+        assert_eq!(
+            parse_backends("weight=2 a:1").unwrap_err(),
+            "weight= must follow a backend's host:port"
+        );
+        assert_eq!(
+            parse_backends("a:1 weight=lots").unwrap_err(),
+            "invalid weight \"lots\" for backend \"a:1\": expected a number from 1 to 256"
+        );
+    }
+
+    #[test]
+    fn an_edit_keeps_member_states_and_the_check_it_had() {
+        use mc_proxy_shared::AdminState;
+        let stored = Route {
+            hostname: "app.test".into(),
+            backends: vec![
+                RouteBackend {
+                    state: AdminState::Draining,
+                    ..RouteBackend::new("a:1")
+                },
+                RouteBackend::new("b:1"),
+            ],
+            health_check: Some(HealthCheck {
+                fall: 7,
+                ..HealthCheck::default()
+            }),
+            ..Route::default()
+        };
+        let mut form = Form::edit("127.0.0.1:8443".into(), &stored);
+        assert_eq!(form.backend, "a:1, b:1");
+        assert!(form.check && form.fields().contains(&Field::CheckInterval));
+        assert!(!form.fields().contains(&Field::CheckPath), "L4: no path");
+        form.backend = "a:1 weight=3 c:1".into();
+        form.check_interval = "5s".into();
+        form.focus = Field::Balance;
+        form.toggle(true);
+        let route = form.route().unwrap();
+        assert_eq!(route.backends[0].state, AdminState::Draining);
+        assert_eq!(route.backends[0].weight, 3);
+        assert_eq!(route.backends[1], RouteBackend::new("c:1"));
+        assert_eq!(route.balance, Balance::LeastConn);
+        let check = route.health_check.unwrap();
+        assert_eq!((check.interval.as_secs(), check.fall), (5, 7));
+        form.check_interval = "soon".into();
+        assert_eq!(
+            form.route().unwrap_err(),
+            "invalid check interval \"soon\": expected e.g. 2s or 500ms"
+        );
+        form.focus = Field::Check;
+        form.toggle(true);
+        assert_eq!(form.route().unwrap().health_check, None);
+        assert!(!form.fields().contains(&Field::CheckInterval));
     }
 }

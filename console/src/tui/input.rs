@@ -17,6 +17,8 @@ pub enum Context {
     Connections,
     /// The firewall rules box.
     Firewall,
+    /// A route's detail box, with its backends.
+    RouteDetail,
     /// Any text field (filter, form, new rule).
     Text,
 }
@@ -28,6 +30,7 @@ impl Context {
             Context::Routes => "listeners and routes",
             Context::Connections => "connections (c)",
             Context::Firewall => "firewall (f)",
+            Context::RouteDetail => "route detail (enter on a route)",
             Context::Text => "in a text field or form",
         }
     }
@@ -72,6 +75,12 @@ pub enum Command {
     Close,
     /// Leave the console.
     Quit,
+    /// Drain the selected backend: no new traffic, open connections finish.
+    Drain,
+    /// Put the selected backend back in rotation.
+    Enable,
+    /// Take the selected backend out of rotation.
+    Disable,
     /// Documentation only: text editing keys handled by the text field itself.
     TextEditing,
 }
@@ -116,7 +125,7 @@ const fn b(
 }
 
 use Command as C;
-use Context::{Connections as Conns, Firewall as Fw, Routes as Rt, Text as Tx};
+use Context::{Connections as Conns, Firewall as Fw, RouteDetail as Rd, Routes as Rt, Text as Tx};
 use KeyCode::{Char, Delete, Down, End, Enter, Esc, Home, Left, PageDown, PageUp, Right, Tab, Up};
 
 /// Every binding, in the order the help screen shows them.
@@ -147,6 +156,12 @@ pub const KEYS: &[Binding] = &[
     b(Fw, &[Char('a')], "a", "block an address or network", Some("a block"), C::Add, true),
     b(Fw, &[Char('d'), Delete], "d del", "unblock the selected rule (asks first)", Some("d unblock"), C::Delete, true),
     b(Fw, &[Esc, Char('f'), Char('q')], "esc f", "close", Some("esc close"), C::Close, false),
+    b(Rd, &[Up, Down, Char('k'), Char('j')], "up/down j/k", "select a backend", None, C::Down, false),
+    b(Rd, &[Char('w')], "w", "drain the selected backend (no new traffic, open connections finish)", Some("w drain"), C::Drain, true),
+    b(Rd, &[Char('n')], "n", "enable the selected backend", Some("n enable"), C::Enable, true),
+    b(Rd, &[Char('x')], "x", "disable the selected backend", Some("x disable"), C::Disable, true),
+    b(Rd, &[Char('e')], "e", "edit the route", Some("e edit"), C::Edit, true),
+    b(Rd, &[Esc, Char('q')], "esc q", "close", Some("esc close"), C::Close, false),
     b(Tx, &[], "ctrl-u ctrl-w", "clear the field, delete the last word", None, C::TextEditing, false),
     b(Tx, &[], "tab up/down", "next or previous form field; space toggles", None, C::TextEditing, false),
     b(Tx, &[], "enter esc", "save or keep; cancel (esc in the filter clears it)", None, C::TextEditing, false),

@@ -139,7 +139,9 @@ fn patch(before: &Route, after: Route) -> Result<RoutePatch, String> {
     }
     Ok(RoutePatch {
         hostname: changed(&before.hostname, after.hostname),
-        backend: changed(&before.backend, after.backend),
+        backends: changed(&before.backends, after.backends),
+        balance: changed(&before.balance, after.balance),
+        health_check: changed(&before.health_check, after.health_check),
         mode: changed(&before.mode, after.mode),
         tls_cert: changed(&before.tls_cert, after.tls_cert)
             .map(absolute)
@@ -178,6 +180,15 @@ async fn perform(client: &mut AdminClient, action: Action) -> Result<String, Str
                 .await
                 .map(|(r, w)| with_warnings(format!("updated route {}", r.hostname), &w))
         }
+        Action::SetBackendState {
+            listener,
+            hostname,
+            address,
+            state,
+        } => client
+            .set_backend_state(&listener, &hostname, &address, state)
+            .await
+            .map(|r| format!("backend {address} of route {}: {state}", r.hostname)),
         Action::RemoveRoute { listener, hostname } => client
             .remove_route(&listener, &hostname)
             .await
@@ -215,19 +226,19 @@ mod tests {
     fn an_edit_sends_only_what_changed_and_new_paths_absolute() {
         let before = Route {
             hostname: "web.test".into(),
-            backend: "127.0.0.1:9080".into(),
+            backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9080")],
             mode: Mode::L7,
             tls_cert: "srv/certs/web.test.pem".into(),
             tls_key: "srv/certs/web.test.key".into(),
             ..Route::default()
         };
         let mut after = before.clone();
-        after.backend = "127.0.0.1:9081".into();
+        after.backends = vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9081")];
         let p = patch(&before, after.clone()).unwrap();
         assert_eq!(
             p,
             RoutePatch {
-                backend: Some("127.0.0.1:9081".into()),
+                backends: Some(vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9081")]),
                 ..RoutePatch::default()
             },
             "an untouched relative path is not sent"

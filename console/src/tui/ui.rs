@@ -396,7 +396,7 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
         .unwrap_or(8);
     let need_backend = routes
         .iter()
-        .map(|r| fit::width(&r.route.backend))
+        .map(|r| fit::width(&members_cell(&r.route, usize::MAX)))
         .max()
         .unwrap_or(7);
     let (host_w, backend_w) = split(flex, need_host.max(8), need_backend.max(7));
@@ -409,7 +409,7 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
             Cell::from(fit::hostname(&r.route.hostname, host_w)),
             Cell::from(r.route.mode.to_string()),
         ];
-        cells.push(Cell::from(fit::address(&r.route.backend, backend_w)));
+        cells.push(Cell::from(members_cell(&r.route, backend_w)));
         let conns = || {
             right(format!(
                 "{}/{}",
@@ -808,8 +808,29 @@ fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
         field("hostname", r.route.hostname.clone()),
         field("listener", l.addr.clone()),
         field("mode", r.route.mode.to_string()),
-        field("backend", r.route.backend.clone()),
+        field("balance", r.route.balance.to_string()),
+        field(
+            "health check",
+            match &r.route.health_check {
+                None => "none (passive health only)".to_owned(),
+                Some(c) if c.path.is_empty() => format!(
+                    "tcp every {}, rise {} fall {}",
+                    humantime::format_duration(c.interval),
+                    c.rise,
+                    c.fall
+                ),
+                Some(c) => format!(
+                    "GET {} every {}, expect {}, rise {} fall {}",
+                    c.path,
+                    humantime::format_duration(c.interval),
+                    c.expect,
+                    c.rise,
+                    c.fall
+                ),
+            },
+        ),
     ];
+    lines.extend(member_lines(r, app.member_sel));
     if r.route.mode == Mode::L7 {
         lines.push(field("tls_cert", r.route.tls_cert.clone()));
         lines.push(field("tls_key", r.route.tls_key.clone()));
@@ -886,9 +907,74 @@ fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
     ));
     let mut title = format!("route {}", r.route.hostname);
     if !app.read_only {
-        title.push_str(" (e: edit)");
+        title.push_str(" (e: edit, w/n/x: drain/enable/disable backend)");
     }
     detail_popup(frame, area, &title, lines);
+}
+
+/// The routes table's backend cell: the first member's address, then `+N` for the others,
+/// so that a cut address is never taken for the whole set (the detail lists them all).
+pub fn members_cell(route: &mc_proxy_shared::Route, w: usize) -> String {
+    let first = route.backends.first().map_or("", |b| b.address.as_str());
+    match route.backends.len() {
+        0 | 1 => fit::address(first, w),
+        n => {
+            let more = format!(" +{}", n - 1);
+            format!(
+                "{}{more}",
+                fit::address(first, w.saturating_sub(more.len()).max(1))
+            )
+        }
+    }
+}
+
+/// The colour of a member's live state: green up, red down, magenta ejected, yellow
+/// draining, grey disabled.
+pub fn state_color(state: mc_proxy_shared::BackendState) -> Color {
+    use mc_proxy_shared::BackendState as S;
+    match state {
+        S::Up => Color::Green,
+        S::Down => Color::Red,
+        S::Ejected => Color::Magenta,
+        S::Draining => Color::Yellow,
+        S::Disabled => Color::DarkGray,
+    }
+}
+
+/// One line per member of the route's set, in full (the box wraps, it never cuts an
+/// address): address, weight, live state (with the admin state when it says more), traffic.
+fn member_lines(r: &super::app::RouteView, selected: usize) -> Vec<Line<'static>> {
+    let mut lines = vec![field("backends", format!("{}", r.route.backends.len()))];
+    let selected = selected.min(r.route.backends.len().saturating_sub(1));
+    for (i, b) in r.route.backends.iter().enumerate() {
+        let live = r.stats.members.iter().find(|m| m.address == b.address);
+        let marker = if i == selected { "> " } else { "  " };
+        let (state, color) = match live {
+            Some(m) => (crate::ctl::member_state(m), state_color(m.state)),
+            // No figures yet: say what the operator set, not a guessed health.
+            None => (format!("{} (no stats yet)", b.state), Color::Gray),
+        };
+        let traffic = live.map_or_else(String::new, |m| {
+            format!(
+                "  {}/{} conns  {} fail  {} eject",
+                fit::count(m.active),
+                fit::count(m.total),
+                fit::count(m.failures),
+                fit::count(m.ejections)
+            )
+        });
+        let mut spans = vec![
+            Span::styled(format!("{marker}{}", b.address), bold()),
+            Span::raw(format!("  w{}  ", b.weight)),
+            Span::styled(state, Style::default().fg(color)),
+            Span::raw(traffic),
+        ];
+        if let Some(m) = live.filter(|m| !m.reason.is_empty()) {
+            spans.push(Span::raw(format!("  ({})", m.reason)));
+        }
+        lines.push(Line::from(spans));
+    }
+    lines
 }
 
 fn render_listener_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
@@ -945,7 +1031,18 @@ fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
     for field in form.fields() {
         let (label, value) = match field {
             Field::Hostname => ("hostname", form.hostname.clone()),
-            Field::Backend => ("backend", form.backend.clone()),
+            Field::Backend => ("backends", form.backend.clone()),
+            Field::Balance => (
+                "balance",
+                format!(
+                    "{}  [space: {}]",
+                    form.balance,
+                    super::form::step_in(mc_proxy_shared::Balance::ALL, form.balance, true)
+                ),
+            ),
+            Field::Check => ("health check", checkbox(form.check)),
+            Field::CheckInterval => ("check every", form.check_interval.clone()),
+            Field::CheckPath => ("check path", form.check_path.clone()),
             Field::Mode => (
                 "mode",
                 match form.mode {
@@ -970,7 +1067,12 @@ fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
         let focused = field == form.focus;
         let text_field = matches!(
             field,
-            Field::Hostname | Field::Backend | Field::TlsCert | Field::TlsKey
+            Field::Hostname
+                | Field::Backend
+                | Field::TlsCert
+                | Field::TlsKey
+                | Field::CheckInterval
+                | Field::CheckPath
         );
         let cursor = if focused && text_field { "_" } else { "" };
         let marker = if focused { "> " } else { "  " };
@@ -1081,9 +1183,11 @@ fn render_firewall(app: &App, fw: &FirewallView, frame: &mut Frame<'_>, area: Re
 
 fn render_help(app: &App, scroll: u16, frame: &mut Frame<'_>, area: Rect) {
     let contexts = match app.context() {
-        Context::Connections => [Context::Connections, Context::Text],
-        Context::Firewall => [Context::Firewall, Context::Text],
-        Context::Routes | Context::Text => [Context::Routes, Context::Text],
+        Context::Connections => vec![Context::Connections, Context::Text],
+        Context::Firewall => vec![Context::Firewall, Context::Text],
+        Context::Routes | Context::RouteDetail | Context::Text => {
+            vec![Context::Routes, Context::RouteDetail, Context::Text]
+        }
     };
     let mut lines: Vec<Line<'_>> = Vec::new();
     for context in contexts {
