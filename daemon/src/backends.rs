@@ -438,7 +438,6 @@ impl BackendSet {
     /// ones in `tried`; `None` when no member may take it.
     pub fn pick(&self, client: IpAddr, tried: Tried) -> Option<Pick> {
         let now = Instant::now();
-        // A single member: no choice to make, only whether it may take traffic.
         for panic in [false, true] {
             let mut trial = Tried::default();
             let mut candidates = Tried::default();
@@ -500,6 +499,10 @@ impl BackendSet {
     }
 
     fn choose(&self, candidates: Tried, client: IpAddr) -> Option<usize> {
+        // The common case, one backend: nothing to balance, no lock to take.
+        if self.members.len() == 1 {
+            return candidates.has(0).then_some(0);
+        }
         let eligible = || (0..self.members.len()).filter(move |i| candidates.has(*i));
         match self.balance {
             Balance::RoundRobin => self.round_robin(candidates),

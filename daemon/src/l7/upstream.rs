@@ -391,9 +391,11 @@ impl Replay {
     }
 }
 
-/// The connection went away before a response head: not a reset of this one stream.
+/// The connection went away before a response head: not a reset of this one stream. A
+/// backend process that dies with requests in flight resets its sockets (ECONNRESET): hyper
+/// reports that as an I/O error of the connection.
 fn connection_lost(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() || io_error(e) {
         return true;
     }
     h2_error(e).is_some_and(|h2| {
@@ -406,6 +408,17 @@ fn not_processed(e: &hyper::Error) -> bool {
     h2_error(e).is_some_and(|h2| {
         (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
     })
+}
+
+fn io_error(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::Request;
-use mc_proxy_shared::{BackendState, MemberStats, ResetReason};
+use mc_proxy_shared::{AdminState, BackendState, MemberStats, ResetReason};
 use mc_proxy_tests::web::*;
 use mc_proxy_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The live figures of the first listener's route `host`, one per member.
 fn members(proxy: &Proxy, host: &str) -> Vec<MemberStats> {
@@ -349,4 +350,78 @@ async fn l7_with_every_backend_down_answers_503() {
     assert_eq!(resp.status, 503);
     assert_eq!(resp.body, "service unavailable: no backend is available\n");
     assert_eq!(web_stats(&proxy).no_backend, 1);
+}
+
+#[tokio::test]
+async fn drain_lets_a_long_transfer_finish_while_new_connections_go_elsewhere() {
+    let pki = Pki::new();
+    let (x, y) = (
+        TlsBackend::start(&pki, &["x.a.test", "a.test"]).await,
+        TlsBackend::start(&pki, &["y.a.test", "a.test"]).await,
+    );
+    let builder = ProxyBuilder::new().route_to("a.test", &[(x.addr, 1), (y.addr, 1)]);
+    let body = builder.toml();
+    let proxy = builder.start().await;
+    let addr = proxy.addr();
+
+    // A long transfer on x: round robin starts with the first member.
+    let mut long = tls_connect(addr, "a.test", pki.client_config())
+        .await
+        .unwrap();
+    let mut echo = [0u8; 5];
+    long.write_all(b"first").await.unwrap();
+    long.read_exact(&mut echo).await.unwrap();
+    assert_eq!(members(&proxy, "a.test")[0].active, 1);
+
+    let mut admin = proxy.admin().await;
+    let stored = admin
+        .set_backend_state(
+            "127.0.0.1:0",
+            "a.test",
+            &x.addr.to_string(),
+            AdminState::Draining,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.backends[0].state, AdminState::Draining);
+    assert_eq!(members(&proxy, "a.test")[0].state, BackendState::Draining);
+
+    // New connections all go to y while x drains.
+    for _ in 0..6 {
+        assert_eq!(l4_once(addr, &pki).await.unwrap(), "y.a.test");
+    }
+    // The transfer on x goes on, and ends as it would have.
+    for chunk in [&b"second"[..], b"third"] {
+        long.write_all(chunk).await.unwrap();
+        let mut back = vec![0u8; chunk.len()];
+        long.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, chunk);
+    }
+    long.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    long.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"bye from x.a.test\n");
+    let m = members(&proxy, "a.test");
+    assert_eq!((m[0].active, m[0].total, m[1].total), (0, 1, 6), "{m:?}");
+
+    // Persisted: a restart keeps it draining; enabling puts it back in rotation.
+    let dir = proxy.stop_and_keep_dir().await;
+    let proxy = Proxy::start_in(dir, &body).await;
+    assert_eq!(members(&proxy, "a.test")[0].state, BackendState::Draining);
+    proxy
+        .admin()
+        .await
+        .set_backend_state(
+            "127.0.0.1:0",
+            "a.test",
+            &x.addr.to_string(),
+            AdminState::Enabled,
+        )
+        .await
+        .unwrap();
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        names.push(l4_once(proxy.addr(), &pki).await.unwrap());
+    }
+    assert_eq!(count(&names, "x.a.test"), 2, "{names:?}");
 }
