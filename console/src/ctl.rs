@@ -1121,4 +1121,39 @@ mod tests {
         let cells = format_routes(std::slice::from_ref(&entry), false);
         assert!(cells.contains(" 10.0.0.1:443,10.0.0.1:444 "), "{cells}");
     }
+
+    #[test]
+    fn a_backend_change_is_one_line_with_its_state_and_reason() {
+        let event = TimedEvent {
+            timestamp_ms: 45_296_000,
+            event: Event::BackendChanged {
+                listener: "127.0.0.1:8443".into(),
+                route: "app.test".into(),
+                member: MemberStats {
+                    address: "10.0.0.1:443".into(),
+                    weight: 1,
+                    admin: AdminState::Enabled,
+                    state: BackendState::Down,
+                    reason: "3 failed checks: connection refused".into(),
+                    ..MemberStats::default()
+                },
+            },
+        };
+        assert_eq!(
+            format_event(&event),
+            "12:34:56.000 backend app.test on 127.0.0.1:8443: 10.0.0.1:443 down \
+             (3 failed checks: connection refused)"
+        );
+        let drained = MemberStats {
+            admin: AdminState::Draining,
+            state: BackendState::Draining,
+            ..MemberStats::default()
+        };
+        assert_eq!(member_state(&drained), "draining");
+        let ejected_while_draining = MemberStats {
+            state: BackendState::Ejected,
+            ..drained
+        };
+        assert_eq!(member_state(&ejected_while_draining), "draining,ejected");
+    }
 }

@@ -10,8 +10,8 @@ use mc_proxy::admin::{AdminError, AdminSocket};
 use mc_proxy::store::Store;
 use mc_proxy_shared::client::{Event, RoutePatch, TimedEvent};
 use mc_proxy_shared::{
-    BackendProtocol, BlockedReason, ChangeAction, CloseReason, FirewallRule, FirewallRuleKind,
-    Mode, Outcome, ResetReason, Route, pb,
+    AdminState, BackendProtocol, Balance, BlockedReason, ChangeAction, CloseReason, FirewallRule,
+    FirewallRuleKind, Mode, Outcome, ResetReason, Route, RouteBackend, pb,
 };
 use mc_proxy_tests::web;
 use mc_proxy_tests::*;
@@ -24,7 +24,7 @@ fn listener_toml(routes: &str) -> String {
 fn route(hostname: &str, backend: impl ToString) -> Route {
     Route {
         hostname: hostname.into(),
-        backends: vec![mc_proxy_shared::RouteBackend::new(backend.to_string())],
+        backends: vec![RouteBackend::new(backend.to_string())],
         ..Route::default()
     }
 }
@@ -82,7 +82,7 @@ async fn add_and_list_an_l7_route_with_every_field() {
     let mut admin = proxy.admin().await;
     let l7 = Route {
         hostname: "Web.Test".into(),
-        backends: vec![mc_proxy_shared::RouteBackend::new("backend.internal:9080")],
+        backends: vec![RouteBackend::new("backend.internal:9080")],
         mode: Mode::L7,
         tls_cert: cert,
         tls_key: key,
@@ -173,6 +173,108 @@ async fn invalid_routes_are_invalid_argument_and_change_nothing() {
         store.routes(id).unwrap(),
         vec![route("keep.test", "127.0.0.1:9")]
     );
+}
+
+#[tokio::test]
+async fn a_backend_set_is_stored_listed_and_one_member_drained_through_the_api() {
+    let proxy = ProxyBuilder::new().listener().start().await;
+    let mut admin = proxy.admin().await;
+    let mut events = admin.watch_events().await.unwrap();
+    let set = Route {
+        hostname: "pool.test".into(),
+        backends: vec![
+            RouteBackend::new("127.0.0.1:9001").with_weight(2),
+            RouteBackend::new("127.0.0.1:9002"),
+        ],
+        balance: Balance::LeastConn,
+        ..Route::default()
+    };
+    let (stored, _) = admin.add_route(LISTENER, set.clone()).await.unwrap();
+    assert_eq!(stored, set);
+
+    let route = admin
+        .set_backend_state(
+            LISTENER,
+            "Pool.Test",
+            "127.0.0.1:9002",
+            AdminState::Draining,
+        )
+        .await
+        .unwrap();
+    assert_eq!(route.backends[1].state, AdminState::Draining);
+    assert_eq!(
+        route.backends[0], set.backends[0],
+        "the other member is untouched"
+    );
+    let changed = next_matching(&mut events, |e| {
+        matches!(
+            e,
+            Event::RouteChanged {
+                action: ChangeAction::Updated,
+                ..
+            }
+        )
+    })
+    .await;
+    let Event::RouteChanged {
+        route: published, ..
+    } = changed
+    else {
+        unreachable!()
+    };
+    assert_eq!(published, route);
+
+    let listed = admin.list_routes(Some(LISTENER)).await.unwrap();
+    assert_eq!(listed[0].route, route);
+    let members: Vec<(&str, AdminState)> = listed[0]
+        .stats
+        .members
+        .iter()
+        .map(|m| (m.address.as_str(), m.admin))
+        .collect();
+    assert_eq!(
+        members,
+        [
+            ("127.0.0.1:9001", AdminState::Enabled),
+            ("127.0.0.1:9002", AdminState::Draining),
+        ]
+    );
+
+    // An unknown member or route is NOT_FOUND and changes nothing.
+    for (hostname, address) in [
+        ("pool.test", "127.0.0.1:9003"),
+        ("nope.test", "127.0.0.1:9001"),
+    ] {
+        let err = admin
+            .set_backend_state(LISTENER, hostname, address, AdminState::Disabled)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(tonic::Code::NotFound), "{err}");
+    }
+    assert_eq!(admin.list_routes(None).await.unwrap()[0].route, route);
+
+    // Both spellings of one member, or a duplicate, are refused with the route named.
+    let err = admin
+        .update_route(
+            LISTENER,
+            "pool.test",
+            RoutePatch {
+                backends: Some(vec![
+                    RouteBackend::new("127.0.0.1:9001"),
+                    RouteBackend::new("127.0.0.1:9001"),
+                ]),
+                ..RoutePatch::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+    assert!(
+        err.to_string()
+            .contains("route \"pool.test\": duplicate backend"),
+        "{err}"
+    );
+    assert_eq!(admin.list_routes(None).await.unwrap()[0].route, route);
 }
 
 #[tokio::test]
@@ -286,7 +388,7 @@ async fn backend_protocol_is_stored_listed_and_auto_without_backend_tls_is_refus
             LISTENER,
             "api.test",
             RoutePatch {
-                backends: Some(vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9999")]),
+                backends: Some(vec![RouteBackend::new("127.0.0.1:9999")]),
                 backend_tls: Some(false),
                 ..RoutePatch::default()
             },
@@ -443,7 +545,7 @@ async fn routes_change_live_and_in_flight_connections_keep_theirs() {
             LISTENER,
             "b.test",
             RoutePatch {
-                backends: Some(vec![mc_proxy_shared::RouteBackend::new(a.addr.to_string())]),
+                backends: Some(vec![RouteBackend::new(a.addr.to_string())]),
                 send_proxy_protocol: Some(false),
                 ..RoutePatch::default()
             },
