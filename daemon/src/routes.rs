@@ -59,10 +59,10 @@ pub enum RouteError {
         max: usize,
     },
     /// The same address twice in one set.
-    #[error("backend {} is listed twice", clip(.0))]
+    #[error("duplicate backend {}: each address may appear once in a set", clip(.0))]
     DuplicateBackend(String),
     /// A weight outside 1..=256.
-    #[error("backend {}: weight {weight} is out of range: expected 1 to {max}", clip(.address))]
+    #[error("backend {}: weight {weight} is not from 1 to {max}", clip(.address))]
     Weight {
         /// The member.
         address: String,
@@ -465,14 +465,17 @@ mod tests {
             RouteBackend::new("a.test:1"),
             RouteBackend::new("A.test:1"),
         ]);
-        assert_eq!(err(twice), "backend \"A.test:1\" is listed twice");
+        assert_eq!(
+            err(twice),
+            "duplicate backend \"A.test:1\": each address may appear once in a set"
+        );
         let heavy = with(vec![RouteBackend::new("a.test:1").with_weight(257)]);
         assert_eq!(
             err(heavy),
-            "backend \"a.test:1\": weight 257 is out of range: expected 1 to 256"
+            "backend \"a.test:1\": weight 257 is not from 1 to 256"
         );
         let zero = with(vec![RouteBackend::new("a.test:1").with_weight(0)]);
-        assert!(err(zero).contains("weight 0 is out of range"));
+        assert!(err(zero).contains("weight 0 is not from 1 to 256"));
         let bad = with(vec![
             RouteBackend::new("a.test:1"),
             RouteBackend::new("b.test"),
