@@ -183,16 +183,18 @@ async fn copy_half(
         }
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     };
+    // The burst futures are boxed: while idle the task holds only this loop and its
+    // `readable()` wait, not room for a burst's state (two directions per connection).
     loop {
         from.readable().await?;
         #[cfg(target_os = "linux")]
         if let Some(mut pipe) = splice::POOL.take() {
-            match splice::burst(from, to, &mut pipe, moved).await? {
+            match Box::pin(splice::burst(from, to, &mut pipe, moved)).await? {
                 Burst::Eof => return shutdown_write(to),
                 Burst::Drained => continue,
             }
         }
-        match copy_burst(from, to, moved).await? {
+        match Box::pin(copy_burst(from, to, moved)).await? {
             Burst::Eof => return shutdown_write(to),
             Burst::Drained => {}
         }
