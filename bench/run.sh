@@ -6,23 +6,34 @@
 # the median. The load generator and backends are `mc-bench` (tests/src/bin/mc-bench.rs).
 # See docs/BENCHMARKS.md for what the figures mean and what limits them.
 #
-# Knobs (environment): ROUNDS (3), CONC (32) and SECS (6) for new connections/s, BYTES (2 GiB)
-# for throughput, H2_CONNS (8), H2_STREAMS (8), H2_SECS (6) for L7, IDLE_N (2000) for memory,
-# LOGS (1: both proxies log each connection, as deployed; 0: neither logs),
-# PORT_BASE (24100: ports PORT_BASE+1..+21 on 127.0.0.1 must be free).
+# Knobs (environment): ROUNDS (3), CONC (32) and SECS (6) for new connections/s, BYTES (1 GiB)
+# for throughput, H2_CONNS (64), H2_STREAMS (10), H2_SECS (6) for L7 HTTP/2, H1_CONNS (32) for
+# L7 HTTP/1.1, IDLE_N (5000) for L4 idle memory, IDLE_L7_N (2000) for L7 idle memory, HOLD_N
+# (10000, capped by the open file limit) for connections held, LOGS (0: mc-proxy logs at
+# `warn` and HAProxy not at all, like the issue's harness; 1: both log each connection, as
+# deployed), PORT_BASE (24100: ports PORT_BASE+1..+21 on 127.0.0.1 must be free).
+# CARGO_TARGET_DIR is honoured (the binaries are taken from its release directory); MC_PROXY
+# names another mc-proxy binary to measure (and BENCH another mc-bench; with both set nothing is
+# built). ONLY (all): a subset of
+# "connrate tput h2 h1 idle l7idle hold", for a quick A/B of one lever.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
 CONC=${CONC:-32}
 SECS=${SECS:-6}
-BYTES=${BYTES:-2147483648}
-H2_CONNS=${H2_CONNS:-8}
-H2_STREAMS=${H2_STREAMS:-8}
+BYTES=${BYTES:-1073741824}
+H2_CONNS=${H2_CONNS:-64}
+H2_STREAMS=${H2_STREAMS:-10}
 H2_SECS=${H2_SECS:-6}
-IDLE_N=${IDLE_N:-2000}
+H1_CONNS=${H1_CONNS:-32}
+IDLE_N=${IDLE_N:-5000}
+IDLE_L7_N=${IDLE_L7_N:-2000}
 IDLE_HOLD=${IDLE_HOLD:-3}
-LOGS=${LOGS:-1}
+HOLD_N=${HOLD_N:-10000}
+LOGS=${LOGS:-0}
 PORT_BASE=${PORT_BASE:-24100}
+ONLY=${ONLY:-}
+want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -38,7 +49,8 @@ if ((${#missing[@]})); then
     $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# Idle connections: the client holds N sockets, the proxy 2N, the backend N.
+# Idle connections: the client holds N sockets, the proxy 2N, the backend N. Raise the soft
+# limit as far as the hard one allows.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((2 * IDLE_N + 500)) ]; then
     echo "open file limit $(ulimit -n) is too low for IDLE_N=$IDLE_N" >&2
@@ -49,11 +61,24 @@ NOFILE=$(ulimit -n)
 MAXCONN=20000
 [ "$NOFILE" = unlimited ] || MAXCONN=$(((NOFILE - 200) / 2))
 ((MAXCONN <= 20000)) || MAXCONN=20000
+# Connections held: a proxy needs two descriptors per relayed connection plus its own few, so
+# with a hard limit of 20 000 (this sandbox) it can hold about 9 900, not 10 000.
+HOLD_CAP=$((MAXCONN - 50))
+((HOLD_N <= HOLD_CAP)) || HOLD_N=$HOLD_CAP
 
-say "building mc-proxy and mc-bench (release)"
-cargo build --release -q -p mc-proxy -p mc-proxy-tests --bin mc-proxy --bin mc-bench
-MC_PROXY=$ROOT/target/release/mc-proxy
-BENCH=$ROOT/target/release/mc-bench
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+if [ -n "${MC_PROXY:-}" ] && [ -n "${BENCH:-}" ]; then
+    say "measuring $MC_PROXY with $BENCH (nothing built)"
+elif [ -n "${MC_PROXY:-}" ]; then
+    say "building mc-bench (release); measuring $MC_PROXY"
+    cargo build --release -q -p mc-proxy-tests --bin mc-bench
+    BENCH=$TARGET_DIR/release/mc-bench
+else
+    BENCH=$TARGET_DIR/release/mc-bench
+    say "building mc-proxy and mc-bench (release)"
+    cargo build --release -q -p mc-proxy -p mc-proxy-tests --bin mc-proxy --bin mc-bench
+    MC_PROXY=$TARGET_DIR/release/mc-proxy
+fi
 
 # --- processes -----------------------------------------------------------------------------------
 TLS_BE=$((PORT_BASE + 1)) RAW_BE=$((PORT_BASE + 2)) H2C_BE=$((PORT_BASE + 3))
@@ -142,6 +167,7 @@ if [ "$LOGS" = 0 ]; then MC_LOG=warn HA_LOG= HA_TCPLOG= HA_HTTPLOG=; fi
 cat >"$TMP/haproxy.cfg" <<EOF
 global
     maxconn $MAXCONN
+    nbthread 2
 $HA_LOG
 
 defaults
@@ -230,8 +256,8 @@ say "starting mc-proxy and HAProxy $(haproxy -v | awk 'NR==1 {print $3}')"
 start_mc
 start_ha
 
-say "L4 new TLS connections/s: $CONC clients, $SECS s, $ROUNDS rounds"
-for r in $(seq "$ROUNDS"); do
+want connrate && say "L4 new TLS connections/s: $CONC clients, $SECS s, $ROUNDS rounds"
+want connrate && for r in $(seq "$ROUNDS"); do
     for who in $(order "$r" direct); do
         run "$who" "$BENCH" connrate --target "$(l4_target "$who" $TLS_BE)" --sni a.test \
             --ca "$C/ca.pem" --concurrency "$CONC" --seconds "$SECS"
@@ -242,21 +268,21 @@ for r in $(seq "$ROUNDS"); do
     done
 done
 
-say "L4 throughput: one connection, $BYTES bytes, $ROUNDS rounds"
-for r in $(seq "$ROUNDS"); do
+want tput && say "L4 throughput: one connection, $BYTES bytes, $ROUNDS rounds"
+want tput && for r in $(seq "$ROUNDS"); do
     for who in $(order "$r" direct); do
         run "$who" "$BENCH" throughput --target "$(l4_target "$who" $RAW_BE)" --sni raw.test \
             --bytes "$BYTES"
         record tput "$who" "$(field "$LAST" mb_per_sec)"
-        [ "$who" = direct ] || record tputcpu "$who" "$(awk -v c="$LAST_CPU_S" -v b="$BYTES" 'BEGIN {printf "%.2f", c / (b / 1e9)}')"
+        [ "$who" = direct ] || record tputcpu "$who" "$(awk -v c="$LAST_CPU_S" -v b="$BYTES" 'BEGIN {printf "%.2f", c / (b / 1073741824)}')"
     done
 done
 
 L7_NOTE=
 if [ "$L7" = 1 ] && "$BENCH" h2load-like --target 127.0.0.1:$MC --sni web.test --ca "$C/ca.pem" \
     --concurrency 1 --streams 1 --seconds 0.2 >/dev/null 2>>"$TMP/bench.err"; then
-    say "L7 HTTP/2: $H2_CONNS connections x $H2_STREAMS streams, $H2_SECS s, $ROUNDS rounds"
-    for r in $(seq "$ROUNDS"); do
+    want h2 && say "L7 HTTP/2: $H2_CONNS connections x $H2_STREAMS streams, $H2_SECS s, $ROUNDS rounds"
+    want h2 && for r in $(seq "$ROUNDS"); do
         for who in $(order "$r"); do
             target=127.0.0.1:$MC
             [ "$who" = ha ] && target=127.0.0.1:$HA_L7
@@ -268,41 +294,75 @@ if [ "$L7" = 1 ] && "$BENCH" h2load-like --target 127.0.0.1:$MC --sni web.test -
             record reqcpu "$who" "$(awk -v c="$LAST_CPU_S" -v n="$(field "$LAST" requests)" 'BEGIN {printf "%.1f", c * 1e6 / n}')"
         done
     done
+    want h1 && say "L7 HTTP/1.1 clients: $H1_CONNS keep-alive connections, $H2_SECS s, $ROUNDS rounds"
+    want h1 && for r in $(seq "$ROUNDS"); do
+        for who in $(order "$r"); do
+            target=127.0.0.1:$MC
+            [ "$who" = ha ] && target=127.0.0.1:$HA_L7
+            run "$who" "$BENCH" h2load-like --http 1 --target "$target" --sni web.test --ca "$C/ca.pem" \
+                --concurrency "$H1_CONNS" --seconds "$H2_SECS"
+            record h1rps "$who" "$(field "$LAST" rps)"
+            record h1cpu "$who" "$(awk -v c="$LAST_CPU_S" -v n="$(field "$LAST" requests)" 'BEGIN {printf "%.1f", c * 1e6 / n}')"
+        done
+    done
 else
     L7_NOTE="L7: skipped (mc-proxy L7 not available)"
     say "$L7_NOTE"
 fi
 
-say "memory per idle L4 connection: $IDLE_N connections, fresh proxy each round, $ROUNDS rounds"
-idle_round() { # who: restart the proxy, warm it up, measure RSS before and with IDLE_N idle conns
-    local who=$1 pid before after out
+# idle_round WHO MODE N METRIC: restart the proxy, warm it up, measure RSS before and with N idle
+# connections (MODE l4: TLS through to the echo backend; tls: TLS-terminated, nothing sent;
+# h2: TLS-terminated after one HTTP/2 request); records KiB per connection under METRIC and
+# the number of connections that came up under METRIC.up.
+idle_round() {
+    local who=$1 mode=$2 n=$3 metric=$4 pid before after out target sni=a.test up
     if [ "$who" = mc ]; then stop_mc; start_mc; else stop_ha; start_ha; fi
     pid=$(pid_of "$who")
-    "$BENCH" connrate --target "$(l4_target "$who")" --sni a.test --ca "$C/ca.pem" \
-        --concurrency 4 --seconds 0.3 >/dev/null 2>>"$TMP/bench.err"
+    if [ "$mode" = l4 ]; then
+        target=$(l4_target "$who")
+        "$BENCH" connrate --target "$target" --sni a.test --ca "$C/ca.pem" \
+            --concurrency 4 --seconds 0.3 >/dev/null 2>>"$TMP/bench.err"
+    else
+        target=127.0.0.1:$MC sni=web.test
+        [ "$who" = ha ] && target=127.0.0.1:$HA_L7
+        "$BENCH" h2load-like --target "$target" --sni web.test --ca "$C/ca.pem" \
+            --concurrency 4 --streams 2 --seconds 0.3 >/dev/null 2>>"$TMP/bench.err"
+    fi
     sleep 0.3
     before=$(rss_kib "$pid")
     out=$TMP/idle.out
-    "$BENCH" idle --target "$(l4_target "$who")" --sni a.test --ca "$C/ca.pem" --count "$IDLE_N" \
+    "$BENCH" idle --mode "$mode" --target "$target" --sni "$sni" --ca "$C/ca.pem" --count "$n" \
         --hold-secs "$IDLE_HOLD" >"$out" 2>>"$TMP/bench.err" &
     local idle_pid=$!
-    for _ in $(seq 600); do
+    for _ in $(seq 1200); do
         grep -q "^ready" "$out" 2>/dev/null && break
         sleep 0.1
     done
     sleep 0.5
     after=$(rss_kib "$pid")
-    wait "$idle_pid"
-    if ! grep -q "^ready $IDLE_N errors 0" "$out"; then
-        echo "idle: not all $IDLE_N connections came up: $(head -1 "$out")" >&2
-        return 1
+    wait "$idle_pid" || true
+    up=$(awk '/^ready/ {print $2}' "$out")
+    printf '   %-7s %s: %s rss_before_kib=%s rss_after_kib=%s\n' "$who" "$mode" "$(head -1 "$out")" "$before" "$after" >&2
+    record "$metric.up" "$who" "${up:-0}"
+    if [ "${up:-0}" -gt 0 ]; then
+        record "$metric" "$who" "$(awk -v a="$after" -v b="$before" -v n="$up" 'BEGIN {printf "%.1f", (a - b) / n}')"
     fi
-    printf '   %-7s rss_before_kib=%s rss_after_kib=%s\n' "$who" "$before" "$after" >&2
-    record idlemem "$who" "$(awk -v a="$after" -v b="$before" -v n="$IDLE_N" 'BEGIN {printf "%.1f", (a - b) / n}')"
 }
-for r in $(seq "$ROUNDS"); do
-    for who in $(order "$r"); do idle_round "$who"; done
+want idle && say "memory per idle L4 connection: $IDLE_N connections, fresh proxy each round, $ROUNDS rounds"
+want idle && for r in $(seq "$ROUNDS"); do
+    for who in $(order "$r"); do idle_round "$who" l4 "$IDLE_N" idlemem; done
 done
+if [ -z "$L7_NOTE" ] && want l7idle; then
+    say "memory per idle L7 connection: $IDLE_L7_N connections, TLS only and after one h2 request, $ROUNDS rounds"
+    for r in $(seq "$ROUNDS"); do
+        for who in $(order "$r"); do
+            idle_round "$who" tls "$IDLE_L7_N" idletls
+            idle_round "$who" h2 "$IDLE_L7_N" idleh2
+        done
+    done
+fi
+want hold && say "connections held: $HOLD_N L4 connections at once, one round"
+want hold && for who in $(order 1); do idle_round "$who" l4 "$HOLD_N" hold; done
 
 # --- the table -----------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b}'; }
@@ -320,14 +380,22 @@ row "L4 new TLS connections/s (C=$CONC, ${SECS} s)" higher connrate
 row "  proxy CPU per connection (us)" lower conncpu
 row "  failed connections" lower connerr
 row "L4 throughput, one connection (MB/s)" higher tput
-row "  proxy CPU per GB (s)" lower tputcpu
+row "  proxy CPU per GiB (s)" lower tputcpu
 if [ -z "$L7_NOTE" ]; then
     row "L7 h2 requests/s (${H2_CONNS}x${H2_STREAMS} streams, ${H2_SECS} s)" higher rps
     row "L7 h2 p50 latency (ms)" lower p50
     row "L7 h2 p99 latency (ms)" lower p99
     row "  proxy CPU per request (us)" lower reqcpu
+    row "L7 HTTP/1.1 requests/s (${H1_CONNS} conns, ${H2_SECS} s)" higher h1rps
+    row "  proxy CPU per request (us)" lower h1cpu
 fi
 row "L4 memory per idle connection (KiB, N=$IDLE_N)" lower idlemem
+if [ -z "$L7_NOTE" ]; then
+    row "L7 memory per idle conn, TLS only (KiB, N=$IDLE_L7_N)" lower idletls
+    row "L7 memory per idle conn, after h2 req (KiB)" lower idleh2
+fi
+row "L4 connections held (of $HOLD_N)" higher hold.up
+row "  memory per held connection (KiB)" lower hold
 [ -z "$L7_NOTE" ] || echo "$L7_NOTE"
 echo
 echo "direct: the client straight to the backend (no proxy), for scale."

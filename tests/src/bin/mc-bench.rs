@@ -47,8 +47,8 @@ usage: mc-bench SUBCOMMAND [--key value ...]
   h2c-backend --addr A [--max-secs S]                     HTTP/2 cleartext, answers 200 \"ok\"
   connrate --target A --sni H --ca P --concurrency C --seconds T
   throughput --target A --sni H --bytes N
-  h2load-like --target A --sni H --ca P --concurrency C --streams S --seconds T
-  idle --target A --sni H --ca P --count N --hold-secs S";
+  h2load-like --target A --sni H --ca P --concurrency C --streams S --seconds T [--http 1]
+  idle --target A --sni H --ca P --count N --hold-secs S [--mode l4|tls|h2]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -451,39 +451,103 @@ async fn throughput(opts: &Opts) -> Res<()> {
     Ok(())
 }
 
-/// HTTP/2 over TLS: `--concurrency` connections with `--streams` request loops each, GET /
-/// until `--seconds` pass; requests per second and latency percentiles of the 200s.
+/// One client connection's request sender, HTTP/2 (shared by its streams) or HTTP/1.1.
+#[derive(Clone)]
+enum Sender {
+    H1(Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>>),
+    H2(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    /// TLS to `target`, ALPN `h2` or `http/1.1` (whichever `h1` says), and the HTTP handshake.
+    /// The connection's driver is a task of its own; it ends once every clone of the sender
+    /// is dropped.
+    async fn connect(
+        target: SocketAddr,
+        sni: ServerName<'static>,
+        connector: &TlsConnector,
+        h1: bool,
+    ) -> Res<Sender> {
+        let tcp = TcpStream::connect(target).await?;
+        tcp.set_nodelay(true)?;
+        let tls = connector.connect(sni, tcp).await?;
+        let want: &[u8] = if h1 { b"http/1.1" } else { b"h2" };
+        if tls.get_ref().1.alpn_protocol() != Some(want) {
+            return Err(format!(
+                "the proxy did not agree to {}",
+                String::from_utf8_lossy(want)
+            )
+            .into());
+        }
+        let io = TokioIo::new(tls);
+        if h1 {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Sender::H1(Arc::new(tokio::sync::Mutex::new(sender))))
+        } else {
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Sender::H2(sender))
+        }
+    }
+
+    /// GET / (with `Host` on HTTP/1.1, `:authority` on HTTP/2), the body read to its end.
+    async fn get(&mut self, host: &str) -> Result<hyper::StatusCode, hyper::Error> {
+        let resp = match self {
+            Sender::H1(sender) => {
+                let req = Request::get("/")
+                    .header(hyper::header::HOST, host)
+                    .body(Empty::<Bytes>::new())
+                    .expect("a valid request");
+                let mut sender = sender.lock().await;
+                sender.ready().await?;
+                sender.send_request(req).await?
+            }
+            Sender::H2(sender) => {
+                let req = Request::get(format!("https://{host}/"))
+                    .body(Empty::<Bytes>::new())
+                    .expect("a valid request");
+                sender.send_request(req).await?
+            }
+        };
+        let status = resp.status();
+        resp.into_body().collect().await?;
+        Ok(status)
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(sender) => sender.try_lock().is_ok_and(|s| s.is_closed()),
+            Sender::H2(sender) => sender.is_closed(),
+        }
+    }
+}
+
+/// HTTP over TLS: `--concurrency` connections with `--streams` request loops each (HTTP/2; with
+/// `--http 1`, HTTP/1.1 keep-alive and one loop per connection), GET / until `--seconds` pass;
+/// requests per second and latency percentiles of the 200s.
 async fn h2load_like(opts: &Opts) -> Res<()> {
     let target = opts.addr("target")?;
     let host = opts.req("sni")?.to_owned();
     let sni = opts.sni()?;
-    let connector = TlsConnector::from(client_config(Some(opts.req("ca")?), &[b"h2"])?);
+    let h1 = opts.get("http") == Some("1");
+    let alpn: &[&[u8]] = if h1 { &[b"http/1.1"] } else { &[b"h2"] };
+    let connector = TlsConnector::from(client_config(Some(opts.req("ca")?), alpn)?);
     let concurrency: usize = opts.num("concurrency", None)?;
-    let streams: usize = opts.num("streams", None)?;
+    let streams: usize = if h1 { 1 } else { opts.num("streams", None)? };
     let seconds: f64 = opts.num("seconds", None)?;
-    let uri: hyper::Uri = format!("https://{host}/").parse()?;
 
     let mut senders = Vec::with_capacity(concurrency);
-    let mut drivers = JoinSet::new();
     for _ in 0..concurrency {
-        let setup = async {
-            let tcp = TcpStream::connect(target).await?;
-            tcp.set_nodelay(true)?;
-            let tls = connector.connect(sni.clone(), tcp).await?;
-            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-                return Err::<_, Box<dyn Error + Send + Sync>>(
-                    "the proxy did not agree to h2".into(),
-                );
-            }
-            Ok(
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                    .await?,
-            )
-        };
-        let (sender, conn) = tokio::time::timeout(OP_TIMEOUT, setup)
+        let setup = Sender::connect(target, sni.clone(), &connector, h1);
+        let sender = tokio::time::timeout(OP_TIMEOUT, setup)
             .await
             .map_err(|_| "connection setup timed out")??;
-        drivers.spawn(conn);
         senders.push(sender);
     }
 
@@ -492,23 +556,14 @@ async fn h2load_like(opts: &Opts) -> Res<()> {
     let mut loops = JoinSet::new();
     for sender in &senders {
         for _ in 0..streams {
-            let (mut sender, uri) = (sender.clone(), uri.clone());
+            let (mut sender, host) = (sender.clone(), host.clone());
             loops.spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
                 let mut first_error = None;
                 while Instant::now() < deadline {
-                    let req = Request::get(uri.clone())
-                        .body(Empty::<Bytes>::new())
-                        .expect("a valid request");
                     let t0 = Instant::now();
-                    let exchange = async {
-                        let resp = sender.send_request(req).await?;
-                        let status = resp.status();
-                        resp.into_body().collect().await?;
-                        Ok::<_, hyper::Error>(status)
-                    };
-                    match tokio::time::timeout(OP_TIMEOUT, exchange).await {
+                    match tokio::time::timeout(OP_TIMEOUT, sender.get(&host)).await {
                         Ok(Ok(status)) if status == hyper::StatusCode::OK => {
                             latencies.push(t0.elapsed());
                         }
@@ -538,7 +593,6 @@ async fn h2load_like(opts: &Opts) -> Res<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     drop(senders);
-    drivers.abort_all();
     if let Some(e) = first_error {
         eprintln!("h2load-like: first error: {e}");
     }
@@ -560,31 +614,77 @@ async fn h2load_like(opts: &Opts) -> Res<()> {
     Ok(())
 }
 
-/// Opens `--count` TLS connections (64 setups at a time), does one round trip on each, prints
-/// `ready N` once all are up, holds them idle for `--hold-secs`, closes them, prints `closed`.
+/// One idle connection of `idle`, kept open until dropped.
+enum Held {
+    /// TLS end to end with the echo backend (L4), or with the proxy (L7, nothing sent).
+    #[allow(dead_code)] // held for its drop
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// HTTP/2 through the proxy after one request.
+    #[allow(dead_code)] // held for its drop
+    Http(Sender),
+}
+
+/// Opens `--count` connections (64 setups at a time) and prints `ready N` once all are up,
+/// holds them idle for `--hold-secs`, closes them, prints `closed`. `--mode l4` (default): TLS
+/// through an L4 route to the echo backend and one round trip; `--mode tls`: a TLS handshake
+/// with the proxy (ALPN h2) and nothing more; `--mode h2`: that, then HTTP/2 and one GET /.
 async fn idle(opts: &Opts) -> Res<()> {
     let target = opts.addr("target")?;
     let sni = opts.sni()?;
-    let connector = TlsConnector::from(client_config(Some(opts.req("ca")?), &[])?);
+    let host = opts.req("sni")?.to_owned();
+    let mode = opts.get("mode").unwrap_or("l4").to_owned();
+    if !["l4", "tls", "h2"].contains(&mode.as_str()) {
+        return Err(format!("--mode {mode:?}: l4, tls or h2").into());
+    }
+    let alpn: &[&[u8]] = if mode == "l4" { &[] } else { &[b"h2"] };
+    let connector = TlsConnector::from(client_config(Some(opts.req("ca")?), alpn)?);
     let count: usize = opts.num("count", None)?;
     let hold = Duration::from_secs_f64(opts.num("hold-secs", None)?);
     let gate = Arc::new(tokio::sync::Semaphore::new(64));
     let mut setups = JoinSet::new();
     for _ in 0..count {
-        let (sni, connector, gate) = (sni.clone(), connector.clone(), Arc::clone(&gate));
+        let (sni, connector, gate, mode, host) = (
+            sni.clone(),
+            connector.clone(),
+            Arc::clone(&gate),
+            mode.clone(),
+            host.clone(),
+        );
         setups.spawn(async move {
             let _permit = gate
                 .acquire_owned()
                 .await
                 .expect("the gate is never closed");
-            tokio::time::timeout(OP_TIMEOUT, tls_round_trip(target, sni, &connector)).await
+            let setup = async {
+                match mode.as_str() {
+                    "l4" => Ok(Held::Tls(Box::new(
+                        tls_round_trip(target, sni, &connector).await?,
+                    ))),
+                    "tls" => {
+                        let tcp = TcpStream::connect(target).await?;
+                        tcp.set_nodelay(true)?;
+                        Ok(Held::Tls(Box::new(connector.connect(sni, tcp).await?)))
+                    }
+                    _ => {
+                        let mut sender = Sender::connect(target, sni, &connector, false).await?;
+                        let status = sender.get(&host).await?;
+                        if status != hyper::StatusCode::OK {
+                            return Err::<_, Box<dyn Error + Send + Sync>>(
+                                format!("status {status}").into(),
+                            );
+                        }
+                        Ok(Held::Http(sender))
+                    }
+                }
+            };
+            tokio::time::timeout(OP_TIMEOUT, setup).await
         });
     }
     let mut conns = Vec::with_capacity(count);
     let mut errors = 0;
     while let Some(res) = setups.join_next().await {
         match res? {
-            Ok(Ok(tls)) => conns.push(tls),
+            Ok(Ok(held)) => conns.push(held),
             Ok(Err(e)) => {
                 errors += 1;
                 eprintln!("idle: {e}");
