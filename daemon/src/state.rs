@@ -17,7 +17,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use ipnet::IpNet;
 
-use mc_proxy_shared::ResetReason;
+use mc_proxy_shared::{BackendState, ResetReason};
 
 use crate::events::{Event, EventBus};
 use crate::firewall::Firewall;
@@ -285,7 +285,9 @@ impl State {
     ) {
         let Some(t) = transition else { return };
         let m = &t.member;
-        if m.state.takes_traffic() {
+        // The backend's trouble warns; the operator's own drain or disable, and recoveries,
+        // are information.
+        if !matches!(m.state, BackendState::Down | BackendState::Ejected) {
             tracing::info!(%listener, route = %route.route.hostname, backend = %m.address, state = %m.state, "backend state: {}", m.reason);
         } else {
             tracing::warn!(%listener, route = %route.route.hostname, backend = %m.address, state = %m.state, "backend state: {}", m.reason);

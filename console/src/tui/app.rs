@@ -584,6 +584,12 @@ impl App {
                 ..
             } => {
                 // Log only: no list changes, no selection to re-find (the hot path under load).
+                // A route's whole set (L7: each request picks) is shown as the routes table
+                // shows it, `first +N`, so that the line's cut end never hides a member.
+                let backend = match backend.split_once(", ") {
+                    Some((first, _)) => format!("{first} +{}", backend.matches(", ").count()),
+                    None => backend,
+                };
                 self.push_log(format!(
                     "{time} open  #{id} {client} {hostname} {mode}->{backend}"
                 ));

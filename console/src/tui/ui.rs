@@ -954,9 +954,14 @@ fn member_lines(r: &super::app::RouteView, selected: usize) -> Vec<Line<'static>
             // No figures yet: say what the operator set, not a guessed health.
             None => (format!("{} (no stats yet)", b.state), Color::Gray),
         };
+        // A member carries connections on L4 and requests on L7 (each request picks one).
+        let unit = match r.route.mode {
+            mc_proxy_shared::Mode::L4 => "conns",
+            mc_proxy_shared::Mode::L7 => "reqs",
+        };
         let traffic = live.map_or_else(String::new, |m| {
             format!(
-                "  {}/{} conns  {} fail  {} eject",
+                "  {}/{} {unit}  {} fail  {} eject",
                 fit::count(m.active),
                 fit::count(m.total),
                 fit::count(m.failures),

@@ -110,6 +110,10 @@ pub enum PoolError {
         /// How long the request waited.
         after: Duration,
     },
+    /// This request's own dial failed (kept shared: requests that waited for it get it too,
+    /// as [`PoolError::Shared`]).
+    #[error("{0}")]
+    Dialled(Arc<PoolError>),
     /// A dial another request made, and this one waited for, failed.
     #[error("{0}")]
     Shared(Arc<PoolError>),
@@ -120,7 +124,7 @@ impl PoolError {
     pub fn is_timeout(&self) -> bool {
         match self {
             PoolError::Timeout { .. } => true,
-            PoolError::Shared(e) => e.is_timeout(),
+            PoolError::Shared(e) | PoolError::Dialled(e) => e.is_timeout(),
             _ => false,
         }
     }
@@ -540,7 +544,7 @@ impl TargetPool {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 let e = Arc::new(e);
                 conns.failure = Some((conns.generation, Arc::clone(&e)));
-                Err(PoolError::Shared(e))
+                Err(PoolError::Dialled(e))
             }
         };
         drop(conns);

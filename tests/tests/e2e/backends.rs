@@ -425,3 +425,26 @@ async fn drain_lets_a_long_transfer_finish_while_new_connections_go_elsewhere() 
     }
     assert_eq!(count(&names, "x.a.test"), 2, "{names:?}");
 }
+
+#[tokio::test]
+async fn l7_a_refused_dial_goes_to_the_next_backend_and_counts_against_the_dead_one() {
+    let pki = Pki::new();
+    let dead = DeadBackend::new();
+    let live = H1Backend::start().await;
+    let proxy = ProxyBuilder::new()
+        .route_to(
+            "web.test",
+            &[(dead.addr.to_string(), 1), (live.addr.to_string(), 1)],
+        )
+        .l7(&pki)
+        .backend_protocol(mc_proxy_shared::BackendProtocol::Http1)
+        .start()
+        .await;
+    h2_gets(proxy.addr(), &pki, 10).await;
+    assert_eq!(live.requests(), 10);
+    let m = members(&proxy, "web.test");
+    // Each refused dial counted once, then ejected: passive health sees what clients do not.
+    assert_eq!((m[0].failures, m[0].ejections), (3, 1), "{m:?}");
+    assert_eq!(m[0].state, BackendState::Ejected);
+    assert_eq!(web_stats(&proxy).backend_errors, 0);
+}
