@@ -562,17 +562,25 @@ async fn an_idle_websocket_is_closed_after_idle_timeout() {
             .idle_timeout(idle),
     )
     .await;
+    // Each tunnel's idle clock starts at its last byte, which is after the moment its
+    // handshake began: measured from there, the close can come no sooner than `idle`.
+    let h1_began = Instant::now();
     let (mut h1, _) = ws::h1_websocket(proxy.addr(), &pki, "/", None)
         .await
         .unwrap();
     let mut sender = web::h2_client(proxy.addr(), "web.test", &pki).await;
+    let h2_began = Instant::now();
     let (mut h2, _) = ws::h2_websocket(&mut sender, "/", None).await.unwrap();
     let started = Instant::now();
-    let (a, b) = tokio::join!(next(&mut h1), next(&mut h2));
+    let ((a, h1_took), (b, h2_took)) =
+        tokio::join!(async { (next(&mut h1).await, h1_began.elapsed()) }, async {
+            (next(&mut h2).await, h2_began.elapsed())
+        },);
     let took = started.elapsed();
     assert!(!matches!(a, Some(Ok(_))), "{a:?}");
     assert!(!matches!(b, Some(Ok(_))), "{b:?}");
-    assert!(took >= idle, "closed after {took:?}");
+    assert!(h1_took >= idle, "HTTP/1.1 tunnel closed after {h1_took:?}");
+    assert!(h2_took >= idle, "HTTP/2 tunnel closed after {h2_took:?}");
     assert!(took < Duration::from_secs(3), "closed after {took:?}");
 }
 
