@@ -50,6 +50,10 @@ pub struct Form {
     pub check_interval: String,
     /// L7: the check's path (empty: a TCP connect).
     pub check_path: String,
+    /// Passed checks in a row that bring a backend up, as typed.
+    pub check_rise: String,
+    /// Failed checks in a row that take a backend down, as typed.
+    pub check_fall: String,
     /// L4 or L7.
     pub mode: Mode,
     /// L7 certificate path.
@@ -85,6 +89,10 @@ pub enum Field {
     CheckInterval,
     /// Text, L7 with a check only.
     CheckPath,
+    /// Text, with a check only.
+    CheckRise,
+    /// Text, with a check only.
+    CheckFall,
     /// Toggle l4/l7.
     Mode,
     /// Text, L7 only.
@@ -111,6 +119,8 @@ impl Form {
             check: false,
             check_interval: humantime::format_duration(HealthCheck::default().interval).to_string(),
             check_path: String::new(),
+            check_rise: HealthCheck::default().rise.to_string(),
+            check_fall: HealthCheck::default().fall.to_string(),
             mode: Mode::L4,
             tls_cert: String::new(),
             tls_key: String::new(),
@@ -142,6 +152,16 @@ impl Form {
                 .as_ref()
                 .map(|c| c.path.clone())
                 .unwrap_or_default(),
+            check_rise: r
+                .health_check
+                .as_ref()
+                .map_or(HealthCheck::default().rise, |c| c.rise)
+                .to_string(),
+            check_fall: r
+                .health_check
+                .as_ref()
+                .map_or(HealthCheck::default().fall, |c| c.fall)
+                .to_string(),
             mode: r.mode,
             tls_cert: r.tls_cert.clone(),
             tls_key: r.tls_key.clone(),
@@ -154,7 +174,7 @@ impl Form {
 
     /// The fields shown for the current mode, in order: L7 adds cert, key, backend TLS and
     /// backend protocol.
-    /// The check's interval and (L7) path follow the check toggle when it is on.
+    /// The check's interval, rise, fall and (L7) path follow the check toggle when it is on.
     pub fn fields(&self) -> Vec<Field> {
         let mut fields = vec![Field::Hostname, Field::Backend, Field::Mode];
         if self.mode == Mode::L7 {
@@ -167,7 +187,7 @@ impl Form {
         }
         fields.extend([Field::SendProxy, Field::Balance, Field::Check]);
         if self.check {
-            fields.push(Field::CheckInterval);
+            fields.extend([Field::CheckInterval, Field::CheckRise, Field::CheckFall]);
             if self.mode == Mode::L7 {
                 fields.push(Field::CheckPath);
             }
@@ -196,6 +216,8 @@ impl Form {
             Field::TlsKey => Some(&mut self.tls_key),
             Field::CheckInterval => Some(&mut self.check_interval),
             Field::CheckPath => Some(&mut self.check_path),
+            Field::CheckRise => Some(&mut self.check_rise),
+            Field::CheckFall => Some(&mut self.check_fall),
             _ => None,
         }
     }
@@ -222,7 +244,8 @@ impl Form {
     /// The route the form describes, or what is wrong with what was typed (shown inline).
     /// L7-only fields are sent empty on an L4 route so a mode switch does not leave stale
     /// paths behind. An edited member keeps its admin state (a drain survives a weight
-    /// change); the check keeps the timeout, rise, fall and expect it had.
+    /// change); the check keeps the timeout and expect it had (a timeout longer than a
+    /// shortened interval is halved to fit).
     pub fn route(&self) -> Result<Route, String> {
         let l7 = self.mode == Mode::L7;
         let mut backends = parse_backends(&self.backend)?;
@@ -246,6 +269,21 @@ impl Form {
                     mc_proxy_shared::text::clip(text)
                 )
             })?;
+            // A kept timeout longer than a shortened interval would be refused: halve it.
+            if check.timeout > check.interval {
+                check.timeout = check.interval / 2;
+            }
+            let count = |what: &str, text: &str| {
+                let text = text.trim();
+                text.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    format!(
+                        "invalid check {what} {}: expected a count of 1 or more",
+                        mc_proxy_shared::text::clip(text)
+                    )
+                })
+            };
+            check.rise = count("rise", &self.check_rise)?;
+            check.fall = count("fall", &self.check_fall)?;
             check.path = if l7 {
                 self.check_path.trim().to_owned()
             } else {
@@ -438,6 +476,45 @@ mod tests {
             parse_backends("a:1 weight=lots").unwrap_err(),
             "invalid weight \"lots\" for backend \"a:1\": expected a number from 1 to 256"
         );
+    }
+
+    #[test]
+    fn rise_and_fall_are_edited_and_checked_and_a_long_timeout_fits_a_short_interval() {
+        let stored = Route {
+            hostname: "app.test".into(),
+            backends: vec![RouteBackend::new("a:1")],
+            health_check: Some(HealthCheck {
+                rise: 4,
+                fall: 5,
+                ..HealthCheck::default()
+            }),
+            ..Route::default()
+        };
+        let mut form = Form::edit("127.0.0.1:8443".into(), &stored);
+        assert_eq!(
+            (form.check_rise.as_str(), form.check_fall.as_str()),
+            ("4", "5")
+        );
+        let fields = form.fields();
+        let at = fields
+            .iter()
+            .position(|f| *f == Field::CheckInterval)
+            .unwrap();
+        assert_eq!(fields[at + 1..at + 3], [Field::CheckRise, Field::CheckFall]);
+        form.check_rise = "1".into();
+        form.check_fall = " 2 ".into();
+        form.check_interval = "500ms".into();
+        let check = form.route().unwrap().health_check.unwrap();
+        assert_eq!((check.rise, check.fall), (1, 2));
+        // The kept 1 s timeout would exceed the new interval: halved to fit.
+        assert_eq!(check.timeout, std::time::Duration::from_millis(250));
+        form.check_fall = "0".into();
+        assert_eq!(
+            form.route().unwrap_err(),
+            "invalid check fall \"0\": expected a count of 1 or more"
+        );
+        form.check_fall = "x".repeat(1000);
+        assert!(form.route().unwrap_err().len() < 200, "no unbounded echo");
     }
 
     #[test]

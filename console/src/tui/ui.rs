@@ -1048,6 +1048,8 @@ fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
             Field::Check => ("health check", checkbox(form.check)),
             Field::CheckInterval => ("check every", form.check_interval.clone()),
             Field::CheckPath => ("check path", form.check_path.clone()),
+            Field::CheckRise => ("check rise", form.check_rise.clone()),
+            Field::CheckFall => ("check fall", form.check_fall.clone()),
             Field::Mode => (
                 "mode",
                 match form.mode {
@@ -1078,6 +1080,8 @@ fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
                 | Field::TlsKey
                 | Field::CheckInterval
                 | Field::CheckPath
+                | Field::CheckRise
+                | Field::CheckFall
         );
         let cursor = if focused && text_field { "_" } else { "" };
         let marker = if focused { "> " } else { "  " };
