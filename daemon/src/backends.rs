@@ -21,7 +21,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,10 @@ pub struct MemberHealth {
     failures: AtomicU64,
     /// Times passive health ejected it.
     ejections: AtomicU64,
+    /// Passive health has something a success would clear (failures in a row, an
+    /// ejection): set under the lock, read without it, so the per-request success of a
+    /// healthy member takes no lock.
+    troubled: AtomicBool,
     inner: Mutex<Health>,
 }
 
@@ -150,7 +154,11 @@ impl MemberHealth {
 
     /// Passive: a connection or request to the member worked.
     pub fn succeeded(&self, spec: &RouteBackend) -> Option<Transition> {
+        if !self.troubled.load(Ordering::Acquire) {
+            return None;
+        }
         let mut h = self.lock();
+        self.troubled.store(false, Ordering::Release);
         h.failures_in_row = 0;
         if h.ejected_until.take().is_some() {
             h.trial_out = false;
@@ -170,6 +178,7 @@ impl MemberHealth {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let mut h = self.lock();
+        self.troubled.store(true, Ordering::Release);
         h.failures_in_row = h.failures_in_row.saturating_add(1);
         let eject = if h.ejected_until.is_some() {
             // Only the trial's failure counts while ejected: it sends the member back out.
@@ -196,11 +205,10 @@ impl MemberHealth {
                 humantime::format_duration(cooldown),
                 h.failures_in_row
             ));
-            // Published even when it was ejected already (a failed trial): the cooldown and
-            // the count changed.
-            h.published = BackendState::Up;
         }
-        self.transition(h, spec)
+        // An ejection is published even when the member was ejected already (a failed
+        // trial): the cooldown and the count changed.
+        self.transition_if(h, spec, eject)
     }
 
     /// Active check: whether a probe is due at `now` (and, if so, marks it running).
@@ -265,11 +273,21 @@ impl MemberHealth {
 
     fn transition(
         &self,
-        mut h: std::sync::MutexGuard<'_, Health>,
+        h: std::sync::MutexGuard<'_, Health>,
         spec: &RouteBackend,
     ) -> Option<Transition> {
+        self.transition_if(h, spec, false)
+    }
+
+    /// [`Self::transition`], or the member's figures anyway when `force` is set.
+    fn transition_if(
+        &self,
+        mut h: std::sync::MutexGuard<'_, Health>,
+        spec: &RouteBackend,
+        force: bool,
+    ) -> Option<Transition> {
         let state = h.state(spec.state);
-        if state == h.published {
+        if state == h.published && !force {
             return None;
         }
         let by_operator =
@@ -424,6 +442,20 @@ impl BackendSet {
             .iter()
             .map(|m| m.health.stats(&m.spec))
             .collect()
+    }
+
+    /// `a:1 down, b:2 draining`: each member and its state, for "no backend" errors.
+    pub fn states(&self) -> String {
+        let mut out = String::new();
+        for (i, m) in self.stats().iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&m.address);
+            out.push(' ');
+            out.push_str(m.state.as_str());
+        }
+        out
     }
 
     /// State changes not yet published (after a swap that changed admin states).

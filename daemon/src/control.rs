@@ -322,18 +322,7 @@ impl Control {
                     warnings: valid.warnings.clone(),
                 };
                 tracing::info!(listener = %listener.addr, route = %valid.route.hostname, previous = %old, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route updated");
-                let route = valid.route.clone();
-                swap_routes(state, listener, |routes| {
-                    routes.retain(|r| r.route.hostname != old);
-                    routes.push(valid);
-                });
-                publish_route(
-                    state,
-                    listener.addr,
-                    ChangeAction::Updated,
-                    route,
-                    Some(old),
-                );
+                replace_route(state, listener, old, valid);
                 Ok(applied)
             }
             Change::RemoveRoute { listener, hostname } => {
@@ -404,17 +393,7 @@ impl Control {
                 store.set_backend_state(listener.id, &name, &address, admin)?;
                 tracing::info!(listener = %listener.addr, route = %name, backend = %address, state = %admin, "backend admin state set");
                 let route = valid.route.clone();
-                swap_routes(state, listener, |routes| {
-                    routes.retain(|r| r.route.hostname != name);
-                    routes.push(valid);
-                });
-                publish_route(
-                    state,
-                    listener.addr,
-                    ChangeAction::Updated,
-                    route.clone(),
-                    Some(name),
-                );
+                replace_route(state, listener, name, valid);
                 Ok(Applied::Route {
                     route,
                     warnings: Vec::new(),
@@ -539,6 +518,22 @@ fn swap_routes(state: &State, listener: &ListenerState, edit: impl FnOnce(&mut V
     let mut routes: Vec<ValidRoute> = listener.routes().iter().map(|r| r.to_valid()).collect();
     edit(&mut routes);
     listener.replace_routes(state.build_table(listener.id, routes));
+}
+
+/// Swaps `valid` in for the route stored as `old` and publishes the update.
+fn replace_route(state: &State, listener: &ListenerState, old: String, valid: ValidRoute) {
+    let route = valid.route.clone();
+    swap_routes(state, listener, |routes| {
+        routes.retain(|r| r.route.hostname != old);
+        routes.push(valid);
+    });
+    publish_route(
+        state,
+        listener.addr,
+        ChangeAction::Updated,
+        route,
+        Some(old),
+    );
 }
 
 fn swap_firewall(store: &Store, state: &State) -> Result<(), ChangeError> {

@@ -161,26 +161,11 @@ async fn connect(
 }
 
 /// The error for a route none of whose members may take a connection.
-pub fn no_backend(route: &RouteInfo) -> L4Error {
-    route.stats.no_backend.fetch_add(1, Ordering::Relaxed);
+fn no_backend(route: &RouteInfo) -> L4Error {
     L4Error::NoBackend {
         route: route.route.hostname.clone(),
-        states: member_states(route),
+        states: route.count_no_backend(),
     }
-}
-
-/// `a:1 down, b:2 draining`: each member and its state, for error messages.
-pub fn member_states(route: &RouteInfo) -> String {
-    let mut out = String::new();
-    for (i, m) in route.members().iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        out.push_str(&m.address);
-        out.push(' ');
-        out.push_str(m.state.as_str());
-    }
-    out
 }
 
 /// The unspecified address of the client's family: what a PROXY header says for "some local

@@ -353,6 +353,15 @@ impl RouteInfo {
     pub fn members(&self) -> Vec<MemberStats> {
         self.backends.stats()
     }
+
+    /// Counts a connection (L4) or request (L7) no member could take, and returns each
+    /// member's state (`a:1 down, b:2 draining`) for its error.
+    pub fn count_no_backend(&self) -> String {
+        self.stats
+            .no_backend
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.backends.states()
+    }
 }
 
 /// An immutable hostname → route map for one listener.

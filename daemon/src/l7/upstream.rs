@@ -26,7 +26,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -177,10 +176,9 @@ impl Upstream {
     }
 
     fn no_backend(&self) -> UpstreamError {
-        self.route.stats.no_backend.fetch_add(1, Ordering::Relaxed);
         UpstreamError::NoBackend {
             route: self.route.route.hostname.clone(),
-            states: crate::l4::member_states(&self.route),
+            states: self.route.count_no_backend(),
         }
     }
 
