@@ -15,7 +15,7 @@
 # CARGO_TARGET_DIR is honoured (the binaries are taken from its release directory); MC_PROXY
 # names another mc-proxy binary to measure (and BENCH another mc-bench; with both set nothing is
 # built). ONLY (all): a subset of
-# "connrate tput h2 h1 idle l7idle hold", for a quick A/B of one lever.
+# "connrate tput l7hs h2 h1 idle l7idle hold", for a quick A/B of one lever.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -281,6 +281,22 @@ done
 L7_NOTE=
 if [ "$L7" = 1 ] && "$BENCH" h2load-like --target 127.0.0.1:$MC --sni web.test --ca "$C/ca.pem" \
     --concurrency 1 --streams 1 --seconds 0.2 >/dev/null 2>>"$TMP/bench.err"; then
+    want l7hs && say "L7 new TLS handshakes/s (the proxy's own TLS): $CONC clients, $SECS s, $ROUNDS rounds"
+    want l7hs && for r in $(seq "$ROUNDS"); do
+        for who in $(order "$r"); do
+            target=127.0.0.1:$MC
+            [ "$who" = ha ] && target=127.0.0.1:$HA_L7
+            run "$who" "$BENCH" connrate --mode handshake --target "$target" --sni web.test \
+                --ca "$C/ca.pem" --concurrency "$CONC" --seconds "$SECS"
+            record l7hs "$who" "$(field "$LAST" conn_per_sec)"
+            record l7hscpu "$who" "$(awk -v c="$LAST_CPU_S" -v n="$(field "$LAST" conns)" 'BEGIN {printf "%.1f", c * 1e6 / n}')"
+        done
+        # The post-quantum hybrid group: mc-proxy only (HAProxy 2.6 on OpenSSL 3.0 has none).
+        run mc "$BENCH" connrate --mode handshake --groups pq --target 127.0.0.1:$MC --sni web.test \
+            --ca "$C/ca.pem" --concurrency "$CONC" --seconds "$SECS"
+        record l7pq mc "$(field "$LAST" conn_per_sec)"
+        record l7pqcpu mc "$(awk -v c="$LAST_CPU_S" -v n="$(field "$LAST" conns)" 'BEGIN {printf "%.1f", c * 1e6 / n}')"
+    done
     want h2 && say "L7 HTTP/2: $H2_CONNS connections x $H2_STREAMS streams, $H2_SECS s, $ROUNDS rounds"
     want h2 && for r in $(seq "$ROUNDS"); do
         for who in $(order "$r"); do
@@ -382,6 +398,10 @@ row "  failed connections" lower connerr
 row "L4 throughput, one connection (MB/s)" higher tput
 row "  proxy CPU per GiB (s)" lower tputcpu
 if [ -z "$L7_NOTE" ]; then
+    row "L7 new TLS handshakes/s (C=$CONC, ${SECS} s)" higher l7hs
+    row "  proxy CPU per handshake (us)" lower l7hscpu
+    row "  X25519MLKEM768 handshakes/s" higher l7pq
+    row "  X25519MLKEM768 proxy CPU per handshake (us)" lower l7pqcpu
     row "L7 h2 requests/s (${H2_CONNS}x${H2_STREAMS} streams, ${H2_SECS} s)" higher rps
     row "L7 h2 p50 latency (ms)" lower p50
     row "L7 h2 p99 latency (ms)" lower p99

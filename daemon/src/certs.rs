@@ -100,9 +100,8 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
         reason: e.to_string(),
     })?;
 
-    let provider = rustls::crypto::ring::default_provider();
     let signing_key =
-        provider
+        provider()
             .key_provider
             .load_private_key(der)
             .map_err(|e| CertError::ParseKey {
@@ -125,16 +124,25 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     Ok(Arc::new(certified))
 }
 
+/// The crypto behind every TLS connection the daemon makes or terminates: rustls's AWS-LC
+/// provider. Over `ring` it brings the post-quantum hybrid key exchange X25519MLKEM768 (what
+/// Chrome and Firefox offer first): a client that offers it gets it, since a rustls server
+/// follows the client's order of groups; X25519, P-256 and P-384 for the rest. Its handshake
+/// and AES-GCM cost are in docs/BENCHMARKS.md.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    static PROVIDER: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())))
+}
+
 /// The rustls server configuration of an L7 route: its certificate, ALPN `h2` then
 /// `http/1.1`. Built once when the route is loaded, shared by its connections.
 pub fn server_config(key: Arc<CertifiedKey>) -> Arc<rustls::ServerConfig> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("the ring provider supports the default protocol versions")
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("the AWS-LC provider supports the default protocol versions")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }
@@ -327,7 +335,7 @@ mod tests {
         tweak(&mut params);
         let cert = params.self_signed(&key).unwrap();
         let der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-        let signing = rustls::crypto::ring::default_provider()
+        let signing = rustls::crypto::aws_lc_rs::default_provider()
             .key_provider
             .load_private_key(der)
             .unwrap();

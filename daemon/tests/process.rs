@@ -136,7 +136,9 @@ async fn served_leaf(addr: &str, sni: &'static str, roots: &[&[u8]]) -> Vec<u8> 
     for der in roots {
         store.add(CertificateDer::from(der.to_vec())).unwrap();
     }
-    let config = rustls::ClientConfig::builder()
+    let config = rustls::ClientConfig::builder_with_provider(mc_proxy::certs::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
         .with_root_certificates(store)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));

@@ -122,7 +122,7 @@ impl Drop for CaptureGuard {
 }
 
 pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// A throwaway certificate authority; issues leaf certificates for test hostnames.
@@ -178,7 +178,8 @@ impl Pki {
         use base64::Engine as _;
         use rcgen::PublicKeyData as _;
         let key = rcgen::KeyPair::generate().unwrap();
-        let spki = ring::digest::digest(&ring::digest::SHA256, &key.subject_public_key_info());
+        let spki =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &key.subject_public_key_info());
         let spki = base64::engine::general_purpose::STANDARD.encode(spki);
         let params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -204,6 +205,38 @@ impl Pki {
     /// A client config that trusts this CA only.
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         self.client_config_with(|_| {})
+    }
+
+    /// A client config that trusts this CA and offers only `groups`, in that order, for the
+    /// key exchange (a key share for the first, and for X25519 too when it follows a
+    /// post-quantum hybrid, as browsers send).
+    pub fn client_config_with_groups(
+        &self,
+        groups: &[rustls::NamedGroup],
+    ) -> Arc<rustls::ClientConfig> {
+        let base = provider();
+        let kx_groups = groups
+            .iter()
+            .map(|name| {
+                *base
+                    .kx_groups
+                    .iter()
+                    .find(|g| g.name() == *name)
+                    .unwrap_or_else(|| panic!("the test provider has no {name:?}"))
+            })
+            .collect();
+        let provider = rustls::crypto::CryptoProvider {
+            kx_groups,
+            ..(*base).clone()
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
     }
 
     /// Like `client_config`, with changes (ALPN, fragment size, ...).

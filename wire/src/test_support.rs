@@ -76,9 +76,9 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
-/// A rustls client config (ring, no roots: the handshake never gets past the hello).
+/// A rustls client config (AWS-LC, no roots: the handshake never gets past the hello).
 pub fn config(tls12_only: bool) -> ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(provider);
     let builder = if tls12_only {
         builder.with_protocol_versions(&[&rustls::version::TLS12])

@@ -195,13 +195,11 @@ fn build_configs(backend_ca: Option<&std::path::Path>) -> Result<Configs, String
                 .map_err(|e| format!("backend_ca {}: {e}", path.display()))?;
         }
     }
-    let base = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let base = rustls::ClientConfig::builder_with_provider(crate::certs::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let with_alpn = |alpn: &[&[u8]]| {
         let mut config = base.clone();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

@@ -328,7 +328,7 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 
 /// `Sec-WebSocket-Accept` for `key` (RFC 6455 §4.2.2): base64 of SHA-1 of key + GUID.
 pub fn accept_for(key: &[u8]) -> HeaderValue {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
     ctx.update(key);
     ctx.update(ACCEPT_GUID);
     let encoded = base64::engine::general_purpose::STANDARD.encode(ctx.finish());
@@ -337,9 +337,9 @@ pub fn accept_for(key: &[u8]) -> HeaderValue {
 
 /// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 §4.1).
 fn fresh_key() -> Result<HeaderValue, WebSocketError> {
-    use ring::rand::SecureRandom;
+    use aws_lc_rs::rand::SecureRandom;
     let mut nonce = [0u8; 16];
-    ring::rand::SystemRandom::new()
+    aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut nonce)
         .map_err(|_| WebSocketError::NoRandom)?;
     let encoded = base64::engine::general_purpose::STANDARD.encode(nonce);

@@ -45,7 +45,9 @@ usage: mc-bench SUBCOMMAND [--key value ...]
   tls-backend --addr A --cert P --key P [--max-secs S]   TLS echo server
   raw-backend --addr A [--max-secs S]                     sink for `throughput`
   h2c-backend --addr A [--max-secs S]                     HTTP/2 cleartext, answers 200 \"ok\"
-  connrate --target A --sni H --ca P --concurrency C --seconds T
+  connrate --target A --sni H --ca P --concurrency C --seconds T [--mode echo|handshake]
+                               [--groups default|pq]  (handshake: TLS with the proxy itself,
+                               close_notify, read to EOF; pq: offer only X25519MLKEM768)
   throughput --target A --sni H --bytes N
   h2load-like --target A --sni H --ca P --concurrency C --streams S --seconds T [--http 1]
   idle --target A --sni H --ca P --count N --hold-secs S [--mode l4|tls|h2]";
@@ -169,19 +171,28 @@ fn certs(opts: &Opts) -> Res<()> {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// A client config trusting only the CA in `ca` (if any), offering `alpn`, with session
 /// resumption off so that every connection is a full handshake.
 fn client_config(ca: Option<&str>, alpn: &[&[u8]]) -> Res<Arc<rustls::ClientConfig>> {
+    client_config_with(provider(), ca, alpn)
+}
+
+/// [`client_config`] with another provider (other key exchange groups).
+fn client_config_with(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    ca: Option<&str>,
+    alpn: &[&[u8]],
+) -> Res<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = ca {
         for cert in CertificateDer::pem_file_iter(ca)? {
             roots.add(cert?)?;
         }
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -342,12 +353,47 @@ async fn tls_round_trip(
     Ok(tls)
 }
 
+/// A terminating proxy's handshake: connect, handshake, close_notify, then read to EOF, so
+/// that the proxy has done all its work for the connection (its Finished check, its session
+/// tickets, its close_notify) before the next one starts.
+async fn tls_handshake_only(
+    target: SocketAddr,
+    sni: ServerName<'static>,
+    connector: &TlsConnector,
+) -> std::io::Result<()> {
+    let tcp = TcpStream::connect(target).await?;
+    tcp.set_nodelay(true)?;
+    let mut tls = connector.connect(sni, tcp).await?;
+    tls.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    while tls.read(&mut sink).await? > 0 {}
+    Ok(())
+}
+
 /// New connections per second: `--concurrency` clients, each connecting, handshaking,
-/// doing one round trip and closing (close_notify, FIN) in a loop for `--seconds`.
+/// doing one round trip and closing (close_notify, FIN) in a loop for `--seconds`. With
+/// `--mode handshake` the TLS is the proxy's own (an L7 route): handshake and close only.
+/// `--groups pq` offers only the post-quantum hybrid X25519MLKEM768 (as the first and only
+/// key share, like Chrome's first choice); the default offers rustls's defaults (X25519).
 async fn connrate(opts: &Opts) -> Res<()> {
     let target = opts.addr("target")?;
     let sni = opts.sni()?;
-    let connector = TlsConnector::from(client_config(Some(opts.req("ca")?), &[])?);
+    let handshake_only = match opts.get("mode").unwrap_or("echo") {
+        "echo" => false,
+        "handshake" => true,
+        other => return Err(format!("--mode: echo or handshake, not {other:?}").into()),
+    };
+    let provider = match opts.get("groups").unwrap_or("default") {
+        "default" => provider(),
+        "pq" => {
+            let mut pq = (*provider()).clone();
+            pq.kx_groups
+                .retain(|g| g.name() == rustls::NamedGroup::X25519MLKEM768);
+            Arc::new(pq)
+        }
+        other => return Err(format!("--groups: default or pq, not {other:?}").into()),
+    };
+    let connector = TlsConnector::from(client_config_with(provider, Some(opts.req("ca")?), &[])?);
     let concurrency: usize = opts.num("concurrency", None)?;
     let seconds: f64 = opts.num("seconds", None)?;
     let ok = Arc::new(AtomicU64::new(0));
@@ -366,6 +412,9 @@ async fn connrate(opts: &Opts) -> Res<()> {
             let mut first_error = None;
             while Instant::now() < deadline {
                 let conn = async {
+                    if handshake_only {
+                        return tls_handshake_only(target, sni.clone(), &connector).await;
+                    }
                     let mut tls = tls_round_trip(target, sni.clone(), &connector).await?;
                     tls.shutdown().await
                 };

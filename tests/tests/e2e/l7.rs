@@ -349,6 +349,59 @@ async fn l4_and_l7_routes_share_a_listener() {
     assert_eq!(h2.seen(0).path, "/l7");
 }
 
+/// What a TLS client that offers `groups` negotiates with the proxy, and the status line of
+/// one HTTP/1.1 request on that connection.
+async fn negotiated_group(
+    proxy: &Proxy,
+    pki: &Pki,
+    groups: &[rustls::NamedGroup],
+) -> (rustls::NamedGroup, rustls::HandshakeKind, String) {
+    let config = pki.client_config_with_groups(groups);
+    let tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("web.test").unwrap();
+    let mut tls = timed(tokio_rustls::TlsConnector::from(config).connect(name, tcp))
+        .await
+        .unwrap();
+    let (_, conn) = tls.get_ref();
+    let group = conn.negotiated_key_exchange_group().unwrap().name();
+    let kind = conn.handshake_kind().unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    timed(tls.read_to_end(&mut answer)).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    (group, kind, answer.lines().next().unwrap_or("").to_owned())
+}
+
+#[tokio::test]
+async fn a_browser_offering_x25519mlkem768_gets_it_and_others_keep_their_group() {
+    use rustls::NamedGroup::{X25519, X25519MLKEM768, secp256r1};
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
+
+    // Chrome's and Firefox's order: the hybrid first, X25519 as the fallback share. The proxy
+    // takes the hybrid without a HelloRetryRequest.
+    let (group, kind, status) = negotiated_group(&proxy, &pki, &[X25519MLKEM768, X25519]).await;
+    assert_eq!(group, X25519MLKEM768);
+    assert_eq!(kind, rustls::HandshakeKind::Full);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+
+    // A client without it negotiates what it offers.
+    for offered in [X25519, secp256r1] {
+        let (group, kind, status) = negotiated_group(&proxy, &pki, &[offered]).await;
+        assert_eq!((group, kind), (offered, rustls::HandshakeKind::Full));
+        assert_eq!(status, "HTTP/1.1 200 OK");
+    }
+    // A client that lists the hybrid but sent only an X25519 share is answered with that
+    // share's group, not asked again (no extra round trip for a cautious client).
+    let (group, _, status) = negotiated_group(&proxy, &pki, &[X25519, X25519MLKEM768]).await;
+    assert_eq!(group, X25519);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(web_stats(&proxy).requests, 4);
+}
+
 #[tokio::test]
 async fn client_that_distrusts_the_certificate_fails_cleanly_and_the_daemon_serves_on() {
     let (_guard, logs) = capture_logs();
