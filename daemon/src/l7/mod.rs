@@ -161,12 +161,17 @@ pub async fn serve(
         Ok(Err(e)) => return Err(L7Error::Handshake(e)),
         Err(_) => return Err(L7Error::HandshakeTimeout(session.handshake_timeout)),
     };
-    let alpn = tls
-        .get_ref()
-        .1
-        .alpn_protocol()
-        .map(|p| String::from_utf8_lossy(p).into_owned());
-    tracing::debug!(alpn = alpn.as_deref().unwrap_or("-"), "TLS established");
+    let negotiated = tls.get_ref().1;
+    tracing::debug!(
+        alpn = negotiated
+            .alpn_protocol()
+            .map(String::from_utf8_lossy)
+            .as_deref()
+            .unwrap_or("-"),
+        version = ?negotiated.protocol_version(),
+        group = ?negotiated.negotiated_key_exchange_group().map(|g| g.name()),
+        "TLS established"
+    );
 
     let in_flight = Arc::new(InFlight::new());
     let tunnels = websocket::Tunnels::new(
