@@ -183,10 +183,13 @@ async fn copy_half(
         }
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     };
-    // The burst futures are boxed: while idle the task holds only this loop and its
-    // `readable()` wait, not room for a burst's state (two directions per connection).
+    // The burst futures are boxed: while idle the task holds only this loop and its wait,
+    // not room for a burst's state (two directions per connection). The wait is
+    // `poll_read_ready` rather than `readable()`: tokio keeps the waker in the socket's
+    // registration, so the wait stores no future of its own (`readable()` keeps a waiter
+    // node and its async layers in the task, per direction, for as long as it idles).
     loop {
-        from.readable().await?;
+        std::future::poll_fn(|cx| from.poll_read_ready(cx)).await?;
         #[cfg(target_os = "linux")]
         if let Some(mut pipe) = splice::POOL.take() {
             match Box::pin(splice::burst(from, to, &mut pipe, moved)).await? {
