@@ -335,10 +335,7 @@ mod tests {
         tweak(&mut params);
         let cert = params.self_signed(&key).unwrap();
         let der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-        let signing = rustls::crypto::aws_lc_rs::default_provider()
-            .key_provider
-            .load_private_key(der)
-            .unwrap();
+        let signing = provider().key_provider.load_private_key(der).unwrap();
         CertifiedKey::new(vec![cert.der().clone()], signing)
     }
 
