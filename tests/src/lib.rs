@@ -229,14 +229,7 @@ impl Pki {
             kx_groups,
             ..(*base).clone()
         };
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der().clone()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Arc::new(config)
+        self.client_config_on(Arc::new(provider), |_| {})
     }
 
     /// Like `client_config`, with changes (ALPN, fragment size, ...).
@@ -244,9 +237,18 @@ impl Pki {
         &self,
         tweak: impl FnOnce(&mut rustls::ClientConfig),
     ) -> Arc<rustls::ClientConfig> {
+        self.client_config_on(provider(), tweak)
+    }
+
+    /// The one place a client config is built: this CA as the only root, on `provider`.
+    fn client_config_on(
+        &self,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+        tweak: impl FnOnce(&mut rustls::ClientConfig),
+    ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)

@@ -568,6 +568,15 @@ pub async fn tls_to_proxy(
     let config = pki.client_config_with(|c| {
         c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     });
+    tls_to_proxy_with(addr, sni, config).await
+}
+
+/// [`tls_to_proxy`] with a client config of the caller's (other key exchange groups, ...).
+pub async fn tls_to_proxy_with(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(sni.to_owned()).map_err(std::io::Error::other)?;

@@ -357,9 +357,7 @@ async fn negotiated_group(
     groups: &[rustls::NamedGroup],
 ) -> (rustls::NamedGroup, rustls::HandshakeKind, String) {
     let config = pki.client_config_with_groups(groups);
-    let tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("web.test").unwrap();
-    let mut tls = timed(tokio_rustls::TlsConnector::from(config).connect(name, tcp))
+    let mut tls = timed(tls_to_proxy_with(proxy.addr(), "web.test", config))
         .await
         .unwrap();
     let (_, conn) = tls.get_ref();
