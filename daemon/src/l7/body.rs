@@ -1,12 +1,15 @@
-//! The bodies that cross the proxy: [`ReqBody`] towards the backend, [`RespBody`] back from it.
+//! The bodies that cross the proxy: [`ReqBody`] towards the backend, [`RespBody`] back from it,
+//! and [`BackendError`], what an exchange with a backend fails with.
 //!
 //! No I/O of their own; both stream frame by frame (data and trailers), never buffering.
 //! [`RespBody`] carries the backend connection's lease: an HTTP/2 stream slot is freed, and an
 //! HTTP/1.1 connection goes back to the pool, only when the response body has ended, since
-//! until then the backend connection is still busy with it.
+//! until then the backend connection is still busy with it. An HTTP/2 response body hands
+//! its flow-control window back as the client side takes each chunk, so a slow client slows
+//! the backend's stream instead of making the proxy buffer it.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -14,6 +17,18 @@ use hyper::body::Incoming;
 
 use super::pool::{H1Lease, StreamSlot};
 use crate::backends::Pick;
+
+/// What an exchange with a backend failed with, in the words of the library that spoke it:
+/// hyper on HTTP/1.1 connections, the `h2` crate on HTTP/2 ones.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// On an HTTP/1.1 connection.
+    #[error(transparent)]
+    Http1(#[from] hyper::Error),
+    /// On an HTTP/2 connection or stream.
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+}
 
 /// A request body sent to a backend: the client's, streamed, or none (a replayed request,
 /// an upgrade).
@@ -64,10 +79,27 @@ pub enum Held {
     Connection(Option<H1Lease>, bool),
 }
 
+/// The frames of a backend's response, as the connection's library delivers them.
+#[derive(Debug)]
+enum Frames {
+    /// hyper's body of an HTTP/1.1 response.
+    Http1(Incoming),
+    /// The receive half of an HTTP/2 stream: its DATA frames, then its trailers.
+    H2 {
+        recv: h2::RecvStream,
+        /// Every DATA frame was read; only trailers (if any) are left.
+        data_done: bool,
+        /// The trailers were handed on (or there were none): nothing is left.
+        finished: bool,
+        /// What `content-length` said is left, for the size hint.
+        remaining: Option<u64>,
+    },
+}
+
 /// A backend's response body, holding its backend connection until it ends.
 #[derive(Debug)]
 pub struct RespBody {
-    inner: Incoming,
+    inner: Frames,
     held: Held,
     /// The body was read to its end (only then is an HTTP/1.1 connection reusable).
     done: bool,
@@ -76,8 +108,25 @@ pub struct RespBody {
 }
 
 impl RespBody {
-    /// Wraps `inner`, keeping `held` until it ends or is dropped.
-    pub fn new(inner: Incoming, held: Held) -> Self {
+    /// An HTTP/1.1 response body, keeping `held` until it ends or is dropped.
+    pub fn http1(inner: Incoming, held: Held) -> Self {
+        Self::of(Frames::Http1(inner), held)
+    }
+
+    /// An HTTP/2 stream's response body; `content_length` is the response's header, if any.
+    pub fn h2(recv: h2::RecvStream, content_length: Option<u64>, held: Held) -> Self {
+        Self::of(
+            Frames::H2 {
+                recv,
+                data_done: false,
+                finished: false,
+                remaining: content_length,
+            },
+            held,
+        )
+    }
+
+    fn of(inner: Frames, held: Held) -> Self {
         RespBody {
             inner,
             held,
@@ -91,9 +140,7 @@ impl RespBody {
         self.member = Some(member);
         self
     }
-}
 
-impl RespBody {
     /// Hands an HTTP/1.1 connection back (once): to the pool if it is reusable and the body
     /// is `done`, else to be closed.
     fn release(&mut self, done: bool) {
@@ -118,15 +165,79 @@ impl Drop for RespBody {
     }
 }
 
+impl Frames {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BackendError>>> {
+        match self {
+            Frames::Http1(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BackendError::from))),
+            Frames::H2 {
+                recv,
+                data_done,
+                finished,
+                remaining,
+            } => {
+                if *finished {
+                    return Poll::Ready(None);
+                }
+                if !*data_done {
+                    match ready!(recv.poll_data(cx)) {
+                        Some(Ok(data)) => {
+                            // The chunk leaves the proxy's hands now: the backend may send
+                            // that much more on this stream (and connection).
+                            let _ = recv.flow_control().release_capacity(data.len());
+                            if let Some(left) = remaining {
+                                *left = left.saturating_sub(data.len() as u64);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                        None => *data_done = true,
+                    }
+                }
+                let trailers = ready!(recv.poll_trailers(cx));
+                *finished = true;
+                match trailers {
+                    Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                    Ok(None) => Poll::Ready(None),
+                    Err(e) => Poll::Ready(Some(Err(e.into()))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Frames::Http1(body) => body.is_end_stream(),
+            Frames::H2 { recv, finished, .. } => *finished || recv.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Frames::Http1(body) => body.size_hint(),
+            _ if self.is_end_stream() => SizeHint::with_exact(0),
+            Frames::H2 {
+                remaining: Some(left),
+                ..
+            } => SizeHint::with_exact(*left),
+            Frames::H2 { .. } => SizeHint::default(),
+        }
+    }
+}
+
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BackendError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let res = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BackendError>>> {
+        let res = self.inner.poll_frame(cx);
         match &res {
             Poll::Ready(None) => self.release(true),
             // The last frame: hand the connection back now, before the client has it and

@@ -12,19 +12,20 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
-use super::body::ReqBody;
+use super::body::{BackendError, ReqBody, RespBody};
 use super::headers;
 use super::limits::{self, Limits, Violation};
 use super::pool::PoolError;
@@ -38,12 +39,23 @@ use crate::routes::RouteInfo;
 /// timeout) until its response body is done or dropped, not just until its head is sent.
 #[derive(Debug)]
 pub struct ProxyBody {
-    inner: BoxBody<Bytes, hyper::Error>,
+    inner: Content,
     _in_flight: Option<InFlightGuard>,
 }
 
+/// What a [`ProxyBody`] streams (an enum, not a boxed body: no allocation per response).
+#[derive(Debug)]
+enum Content {
+    /// A backend's response body.
+    Backend(RespBody),
+    /// A WebSocket backend's refusal, as hyper read it.
+    Refused(Incoming),
+    /// The proxy's own short text (taken once sent), or nothing.
+    Text(Option<Bytes>),
+}
+
 impl ProxyBody {
-    fn new(inner: BoxBody<Bytes, hyper::Error>) -> Self {
+    fn new(inner: Content) -> Self {
         ProxyBody {
             inner,
             _in_flight: None,
@@ -53,21 +65,37 @@ impl ProxyBody {
 
 impl http_body::Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BackendError;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BackendError>>> {
+        match &mut self.inner {
+            Content::Backend(body) => Pin::new(body).poll_frame(cx),
+            Content::Refused(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(BackendError::from))),
+            Content::Text(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Content::Backend(body) => body.is_end_stream(),
+            Content::Refused(body) => body.is_end_stream(),
+            Content::Text(text) => text.is_none(),
+        }
     }
 
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Content::Backend(body) => body.size_hint(),
+            Content::Refused(body) => body.size_hint(),
+            Content::Text(text) => {
+                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
+            }
+        }
     }
 }
 
@@ -201,11 +229,9 @@ pub async fn handle(
 }
 
 fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::new(
-        Full::new(Bytes::from_static(text.as_bytes()))
-            .map_err(|never| match never {})
-            .boxed(),
-    ));
+    let mut resp = Response::new(ProxyBody::new(Content::Text(Some(Bytes::from_static(
+        text.as_bytes(),
+    )))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -274,7 +300,10 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<ProxyBody
     };
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, ProxyBody::new(body.boxed())))
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::new(Content::Backend(body)),
+    ))
 }
 
 /// The WebSocket branch of [`forward`]: a dedicated backend connection and a tunnel
@@ -314,13 +343,7 @@ async fn upgrade_websocket(
         }
     };
     Ok(match answer {
-        websocket::Answer::Switched(resp) => resp.map(|()| {
-            ProxyBody::new(
-                http_body_util::Empty::new()
-                    .map_err(|never| match never {})
-                    .boxed(),
-            )
-        }),
-        websocket::Answer::Refused(resp) => resp.map(|body| ProxyBody::new(body.boxed())),
+        websocket::Answer::Switched(resp) => resp.map(|()| ProxyBody::new(Content::Text(None))),
+        websocket::Answer::Refused(resp) => resp.map(|body| ProxyBody::new(Content::Refused(body))),
     })
 }

@@ -12,12 +12,18 @@
 //! head counts for it.
 //!
 //! Retry rules (RFC 9110 §9.2.2, as HAProxy's `retry-on conn-failure` and Pingora do): a
-//! request hyper hands back unsent (the connection closed between checkout and write) always
-//! goes to another connection. One that may have been sent is retried only when it had no
+//! request known unsent (the connection closed between checkout and write) always goes to
+//! another connection. One that may have been sent is retried only when it had no
 //! body and either its method is idempotent or the backend said it did not process it
 //! (HTTP/2 `REFUSED_STREAM`, or a stream above a GOAWAY's last stream id), and only when the
 //! connection was lost before the response head, never after a timeout; the retry goes to
 //! another member when there is one. At most [`MAX_ATTEMPTS`] sends.
+//!
+//! HTTP/2: the request's stream is opened on the pooled `h2` connection from the request's
+//! own task, which then awaits the response head itself. A request body is piped to the
+//! stream by a task of the pool's (it may outlive the response head: gRPC streams both ways),
+//! which honours the backend's flow control and stops when the backend resets the stream or
+//! the request is abandoned before its head came.
 //!
 //! Invariants: the response head is awaited within `response_timeout` per attempt; the body
 //! that follows is not bounded (gRPC and event streams stay open as long as they like). The
@@ -26,14 +32,18 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version, header};
+use http_body::Body;
+use tokio::sync::oneshot;
 
-use super::body::{Held, ReqBody, RespBody};
+use super::body::{BackendError, Held, ReqBody, RespBody};
 use super::connector::Wire;
-use super::pool::{Lease, PoolError, TargetPool};
+use super::pool::{Lease, PoolError, StreamSlot, TargetPool};
 use crate::backends::{Pick, Tried};
 use crate::routes::RouteInfo;
 use crate::state::State;
@@ -71,8 +81,8 @@ pub enum UpstreamError {
     Request {
         /// The backend address.
         backend: String,
-        /// What hyper said.
-        source: hyper::Error,
+        /// What the HTTP library said.
+        source: BackendError,
     },
 }
 
@@ -115,9 +125,9 @@ pub struct Upstream {
     listener: SocketAddr,
 }
 
-/// A failed attempt: the error, and the request if hyper gave it back unsent.
+/// A failed attempt: the error, and the request if it is known not to have been sent.
 struct Failed {
-    error: hyper::Error,
+    error: BackendError,
     unsent: Option<Request<ReqBody>>,
 }
 
@@ -190,7 +200,7 @@ impl Upstream {
         req: Request<ReqBody>,
         connect_duration: &LatencyHistogram,
     ) -> Result<Response<RespBody>, UpstreamError> {
-        // Only a bodyless request can be replayed once hyper has taken it.
+        // Only a bodyless request can be replayed once the connection has taken it.
         let replay = http_body::Body::is_end_stream(req.body()).then(|| Replay::of(&req));
         let mut req = req;
         let mut attempt = 1;
@@ -289,17 +299,11 @@ async fn send_on(
 ) -> Result<Response<RespBody>, Failed> {
     to_wire(&mut req, lease.wire(), scheme);
     match lease {
-        Lease::H2 { mut sender, slot } => match sender.try_send_request(req).await {
-            Ok(resp) => Ok(resp.map(|body| RespBody::new(body, Held::Stream(slot)))),
-            Err(mut e) => Err(Failed {
-                unsent: e.take_message(),
-                error: e.into_error(),
-            }),
-        },
+        Lease::H2 { sender, slot } => send_h2(sender, slot, req).await,
         Lease::Http1(mut lease) => {
             if let Err(error) = lease.sender().ready().await {
                 return Err(Failed {
-                    error,
+                    error: error.into(),
                     unsent: Some(req),
                 });
             }
@@ -310,14 +314,189 @@ async fn send_on(
                         && !wants_close(resp.headers())
                         && resp.version() == Version::HTTP_11;
                     Ok(resp
-                        .map(|body| RespBody::new(body, Held::Connection(Some(lease), reusable))))
+                        .map(|body| RespBody::http1(body, Held::Connection(Some(lease), reusable))))
                 }
                 Err(mut e) => Err(Failed {
                     unsent: e.take_message(),
-                    error: e.into_error(),
+                    error: e.into_error().into(),
                 }),
             }
         }
+    }
+}
+
+/// Opens `req`'s stream on the HTTP/2 connection `sender` belongs to, hands its body to a
+/// pipe, and awaits the response head.
+async fn send_h2(
+    mut sender: h2::client::SendRequest<Bytes>,
+    slot: StreamSlot,
+    req: Request<ReqBody>,
+) -> Result<Response<RespBody>, Failed> {
+    // The lease's handle was ready at checkout; the backend may have sent GOAWAY since,
+    // and while the request is still ours it can go to another connection.
+    if let Err(e) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
+        return Err(Failed {
+            error: e.into(),
+            unsent: Some(req),
+        });
+    }
+    let (mut parts, body) = req.into_parts();
+    strip_connection_headers(&mut parts.headers);
+    let end_of_stream = body.is_end_stream();
+    let (response, stream) = sender
+        .send_request(Request::from_parts(parts, ()), end_of_stream)
+        .map_err(|e| Failed {
+            error: e.into(),
+            unsent: None,
+        })?;
+    // Dropped before the head came (response timeout, client gone): the pipe resets the
+    // stream. Once the head is here the pipe goes on (a gRPC stream's request half).
+    let abandoned = (!end_of_stream).then(|| {
+        let (abandon, abandoned) = oneshot::channel();
+        slot.tasks().spawn(pipe_body(body, stream, abandoned));
+        AbandonOnDrop(Some(abandon))
+    });
+    let resp = response.await.map_err(|e| Failed {
+        error: e.into(),
+        unsent: None,
+    })?;
+    if let Some(mut guard) = abandoned {
+        guard.0 = None;
+    }
+    let content_length = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    Ok(resp.map(|recv| RespBody::h2(recv, content_length, Held::Stream(slot))))
+}
+
+/// Tells a request body's pipe, when dropped armed, that its request was abandoned.
+struct AbandonOnDrop(Option<oneshot::Sender<()>>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if let Some(abandon) = self.0.take() {
+            let _ = abandon.send(());
+        }
+    }
+}
+
+/// Copies the client's request body to the backend stream frame by frame, within the
+/// stream's flow-control window: DATA as the backend grants room, then trailers or an empty
+/// end-of-stream DATA frame. Ends early, resetting the stream, when the client's body fails
+/// or the request is `abandoned`; ends when the backend resets the stream.
+async fn pipe_body(
+    mut body: ReqBody,
+    mut stream: h2::SendStream<Bytes>,
+    mut abandoned: oneshot::Receiver<()>,
+) {
+    let mut listening = true;
+    let mut pending: Option<(Bytes, bool)> = None;
+    let outcome: Result<(), BackendError> = std::future::poll_fn(|cx| {
+        loop {
+            if listening {
+                match std::pin::Pin::new(&mut abandoned).poll(cx) {
+                    Poll::Ready(Ok(())) => {
+                        stream.send_reset(h2::Reason::CANCEL);
+                        return Poll::Ready(Ok(()));
+                    }
+                    // The head came: the request goes on.
+                    Poll::Ready(Err(_)) => listening = false,
+                    Poll::Pending => {}
+                }
+            }
+            if let Poll::Ready(reset) = stream.poll_reset(cx) {
+                return Poll::Ready(match reset {
+                    Ok(reason) => Err(h2::Error::from(reason).into()),
+                    Err(e) => Err(e.into()),
+                });
+            }
+            if let Some((data, last)) = pending.take() {
+                // Claim only a byte of window, as hyper does: h2 raises the claim to what
+                // is buffered once the chunk is handed over, and a stream that claims its
+                // whole chunk up front can starve the connection's other streams.
+                if stream.capacity() == 0 {
+                    stream.reserve_capacity(1);
+                    match stream.poll_capacity(cx) {
+                        Poll::Pending => {
+                            pending = Some((data, last));
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Some(Ok(_))) => {
+                            pending = Some((data, last));
+                            continue;
+                        }
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
+                        // The stream is over (reset or closed): nothing more to send.
+                        Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    }
+                }
+                if let Err(e) = stream.send_data(data, last) {
+                    return Poll::Ready(Err(e.into()));
+                }
+                if last {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            let frame = ready!(std::pin::Pin::new(&mut body).poll_frame(cx));
+            match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {
+                        let last = body.is_end_stream();
+                        if let Err(e) = stream.send_data(data, last) {
+                            return Poll::Ready(Err(e.into()));
+                        }
+                        if last {
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                    Ok(data) => pending = Some((data, body.is_end_stream())),
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            stream.reserve_capacity(0);
+                            let sent = stream.send_trailers(trailers);
+                            return Poll::Ready(sent.map_err(BackendError::from));
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    stream.send_reset(h2::Reason::CANCEL);
+                    return Poll::Ready(Err(e.into()));
+                }
+                None => {
+                    let sent = stream.send_data(Bytes::new(), true);
+                    return Poll::Ready(sent.map_err(BackendError::from));
+                }
+            }
+        }
+    })
+    .await;
+    if let Err(e) = outcome {
+        tracing::debug!("request body to the backend ended: {e}");
+    }
+}
+
+/// Removes what HTTP/2 forbids in a request (RFC 9113 §8.2.2): connection-specific fields,
+/// and `TE` other than `trailers`. The proxy's header rewrite drops hop-by-hop fields
+/// already; this keeps a field it does not know of from failing the whole request in `h2`.
+fn strip_connection_headers(headers: &mut HeaderMap) {
+    const CONNECTION_SPECIFIC: [HeaderName; 5] = [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ];
+    for name in &CONNECTION_SPECIFIC {
+        headers.remove(name);
+    }
+    if headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes() != b"trailers")
+    {
+        headers.remove(header::TE);
     }
 }
 
@@ -384,28 +563,33 @@ impl Replay {
     }
 
     /// Whether the failure allows sending the request again (see the module docs).
-    fn may_retry(&self, error: &hyper::Error) -> bool {
+    fn may_retry(&self, error: &BackendError) -> bool {
         connection_lost(error) && (self.method.is_idempotent() || not_processed(error))
     }
 }
 
 /// The connection went away before a response head: not a reset of this one stream. A
-/// backend process that dies with requests in flight resets its sockets (ECONNRESET): hyper
-/// reports that as an I/O error of the connection.
-fn connection_lost(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() || io_error(e) {
-        return true;
+/// backend process that dies with requests in flight resets its sockets (ECONNRESET): both
+/// libraries report that as an I/O error of the connection.
+fn connection_lost(e: &BackendError) -> bool {
+    match e {
+        BackendError::Http1(e) => {
+            e.is_incomplete_message() || e.is_canceled() || e.is_closed() || io_error(e)
+        }
+        BackendError::H2(h2) => {
+            h2.is_go_away() || h2.is_io() || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        }
     }
-    h2_error(e).is_some_and(|h2| {
-        h2.is_go_away() || h2.is_io() || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-    })
 }
 
 /// The backend says it did not act on the request (RFC 9113 §8.7).
-fn not_processed(e: &hyper::Error) -> bool {
-    h2_error(e).is_some_and(|h2| {
-        (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-    })
+fn not_processed(e: &BackendError) -> bool {
+    match e {
+        BackendError::Http1(_) => false,
+        BackendError::H2(h2) => {
+            (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        }
+    }
 }
 
 fn io_error(e: &hyper::Error) -> bool {
@@ -417,17 +601,6 @@ fn io_error(e: &hyper::Error) -> bool {
         source = s.source();
     }
     false
-}
-
-fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return Some(h2);
-        }
-        source = s.source();
-    }
-    None
 }
 
 fn wants_close(headers: &HeaderMap) -> bool {

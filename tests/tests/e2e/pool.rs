@@ -505,3 +505,101 @@ async fn idle_pooled_connections_close_after_backend_idle_timeout() {
     let f = &backend_figures(&proxy)[0];
     assert_eq!(f.open, 0, "{f:?}");
 }
+
+/// An h2c backend that takes one request, reads its body and never answers; it reports the
+/// first chunk it got and, when the body fails, the HTTP/2 reason the stream was reset with.
+async fn upload_sink() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Result<bytes::Bytes, Option<h2::Reason>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (report, reports) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let report = report.clone();
+            async move {
+                let mut body = req.into_body();
+                loop {
+                    match body.frame().await {
+                        Some(Ok(frame)) => {
+                            if let Ok(data) = frame.into_data() {
+                                let _ = report.send(Ok(data));
+                            }
+                        }
+                        Some(Err(e)) => {
+                            let reason = std::error::Error::source(&e)
+                                .and_then(|s| s.downcast_ref::<h2::Error>())
+                                .and_then(h2::Error::reason);
+                            let _ = report.send(Err(reason));
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                std::future::pending::<Result<http::Response<String>, std::convert::Infallible>>()
+                    .await
+            }
+        });
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .await;
+    });
+    (addr, reports, task)
+}
+
+#[tokio::test]
+async fn an_upload_abandoned_at_the_response_timeout_is_reset_at_the_backend() {
+    type Chunks = tokio_stream::wrappers::ReceiverStream<
+        Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >;
+    let pki = Pki::new();
+    let (backend, mut reports, backend_task) = upload_sink().await;
+    let proxy = web_proxy(&pki, backend)
+        .response_timeout(Duration::from_millis(300))
+        .start()
+        .await;
+    let tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"h2"])
+        .await
+        .unwrap();
+    let (mut client, conn) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::StreamBody<Chunks>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // A body that sends one chunk and stays open: the upload is still going when the
+    // response timeout ends the request.
+    let (chunks, rx) = tokio::sync::mpsc::channel(1);
+    chunks
+        .send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+            b"part one",
+        ))))
+        .await
+        .unwrap();
+    let req = Request::builder()
+        .method("POST")
+        .uri("https://web.test/upload")
+        .body(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap();
+    let started = Instant::now();
+    let resp = answer(timed(client.send_request(req)).await.unwrap()).await;
+    let waited = started.elapsed();
+    assert_eq!(resp.status, 504, "{}", resp.body);
+    assert!(waited >= Duration::from_millis(280), "504 after {waited:?}");
+    // The backend had the first chunk, streamed before any answer...
+    let first = timed(reports.recv()).await.expect("the backend reported");
+    assert_eq!(first, Ok(bytes::Bytes::from_static(b"part one")));
+    // ...and its stream is then reset as cancelled, not left open with the upload half done.
+    let end = timed(reports.recv()).await.expect("the backend reported");
+    assert_eq!(end, Err(Some(h2::Reason::CANCEL)));
+    drop(chunks);
+    backend_task.abort();
+}
