@@ -240,10 +240,16 @@ impl Body for RespBody {
         let res = self.inner.poll_frame(cx);
         match &res {
             Poll::Ready(None) => self.release(true),
-            // The last frame: hand the connection back now, before the client has it and
-            // can send its next request (released on drop, that request would race the
-            // return and open a connection of its own).
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(true),
+            // The last frame of an HTTP/1.1 body: hand the connection back now, before the
+            // client has it and can send its next request (released on drop, that request
+            // would race the return and open a connection of its own). Asked only there:
+            // on HTTP/2 the question takes the connection's stream lock, and the slot is
+            // freed at the end of the stream anyway.
+            Poll::Ready(Some(Ok(_)))
+                if matches!(self.held, Held::Connection(..)) && self.inner.is_end_stream() =>
+            {
+                self.release(true)
+            }
             Poll::Ready(Some(Err(_))) => {
                 if let Held::Connection(_, reusable) = &mut self.held {
                     *reusable = false;

@@ -10,6 +10,7 @@
 //! client's request body is handed to the backend as it arrives, the backend's response body
 //! (and its trailers) to the client.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -175,6 +176,8 @@ pub struct Ctx {
     pub sni: Option<String>,
     /// The real client address (TCP peer or received PROXY source).
     pub client: SocketAddr,
+    /// The same address as the forwarding headers carry it.
+    pub forwarded: headers::ClientAddr,
     /// The backend connection.
     pub upstream: Upstream,
     /// Cancelled when the client connection ends.
@@ -198,7 +201,9 @@ pub async fn handle(
     stats.requests.fetch_add(1, Ordering::Relaxed);
     let version = req.version();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // A shared clone of the target (no copy) for the logs below; they print the path only.
+    let target = req.uri().path_and_query().cloned();
+    let path = target.as_ref().map_or("", PathAndQuery::path);
     let mut resp = match forward(&ctx, req).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -241,37 +246,44 @@ fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> 
 }
 
 /// The authority the client asked for: `:authority` (HTTP/2, or an absolute-form HTTP/1.1
-/// target), else the `Host` header.
-fn requested_authority(req: &Request<Incoming>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_owned());
+/// target), else the `Host` header. On a connection routed by `sni` its host must be that
+/// name. Only a misdirected or bad request allocates.
+fn requested_authority(
+    req: &Request<Incoming>,
+    sni: Option<&str>,
+) -> Result<Authority, RequestError> {
+    let in_uri = req.uri().authority();
+    let text = match in_uri {
+        Some(a) => Some(a.as_str()),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok()),
+    };
+    // Only a connection routed by a name can be misused for another one; a no-SNI connection
+    // (health checks to an address) was not.
+    if let Some(sni) = sni {
+        let host = text.and_then(headers::host_of);
+        if host.as_deref() != Some(sni) {
+            return Err(RequestError::Misdirected {
+                requested: host.map(Cow::into_owned),
+                sni: sni.to_owned(),
+            });
+        }
     }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
+    if let Some(authority) = in_uri {
+        return Ok(authority.clone());
+    }
+    let text = text.unwrap_or_default();
+    text.parse()
+        .map_err(|_| RequestError::BadAuthority(text.to_owned()))
 }
 
 async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<ProxyBody>, RequestError> {
     // Framing first: a request with two Hosts must not get as far as the misrouting guard,
     // which reads only one of them.
     limits::check_request(&req, ctx.limits)?;
-    let authority = requested_authority(&req);
-    let host = authority.as_deref().and_then(headers::host_of);
-    // Only a connection routed by a name can be misused for another one; a no-SNI connection
-    // (health checks to an address) was not.
-    if let Some(sni) = &ctx.sni
-        && host.as_deref() != Some(sni.as_str())
-    {
-        return Err(RequestError::Misdirected {
-            requested: host,
-            sni: sni.clone(),
-        });
-    }
-    let authority = authority.unwrap_or_default();
-    let authority: Authority = authority
-        .parse()
-        .map_err(|_| RequestError::BadAuthority(authority.clone()))?;
+    let authority = requested_authority(&req, ctx.sni.as_deref())?;
     if let Some(upgrade) = websocket::upgrade_of(&req) {
         return upgrade_websocket(ctx, req, upgrade?, authority).await;
     }
@@ -291,7 +303,7 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<ProxyBody
         .map_err(|e| RequestError::BadAuthority(e.to_string()))?;
     // The authority travels in the URI; the upstream writes `Host` back for HTTP/1.1.
     parts.headers.remove(header::HOST);
-    headers::rewrite_request(&mut parts.headers, ctx.client.ip());
+    headers::rewrite_request(&mut parts.headers, &ctx.forwarded);
 
     let req = Request::from_parts(parts, ReqBody::Client(body));
     let resp = tokio::select! {

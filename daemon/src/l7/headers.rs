@@ -8,6 +8,7 @@
 //! `X-Forwarded-Proto: https`. [`host_of`] is how the misrouting guard compares an authority
 //! with the SNI.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::HeaderMap;
@@ -60,36 +61,58 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// A client's address as the forwarding headers carry it, made once per client connection:
+/// every request of the connection then shares the one value instead of formatting it again.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    /// The address in its canonical text (an IPv4-mapped IPv6 address as IPv4).
+    text: String,
+    value: HeaderValue,
+}
+
+impl ClientAddr {
+    /// The forwarding form of `ip`.
+    pub fn new(ip: IpAddr) -> Self {
+        let text = ip.to_canonical().to_string();
+        let value = HeaderValue::from_str(&text).expect("an IP address is ASCII");
+        ClientAddr { text, value }
+    }
+}
+
 /// Rewrites a client's request headers for the backend: strips connection-specific fields,
 /// appends `client` to `X-Forwarded-For` (joining every list the client sent, in order), and
 /// sets `X-Real-IP` and `X-Forwarded-Proto: https`, replacing whatever the client sent.
-pub fn rewrite_request(headers: &mut HeaderMap, client: IpAddr) {
+pub fn rewrite_request(headers: &mut HeaderMap, client: &ClientAddr) {
     strip_hop_by_hop(headers);
-    let client = client.to_canonical();
-    let mut chain: Vec<String> = headers
+    let mut chain = String::new();
+    for value in headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .collect();
-    chain.push(client.to_string());
-    let joined = chain.join(", ");
-    // Built from visible ASCII (the client's values passed to_str) plus an address.
-    let xff = HeaderValue::from_str(&joined)
-        .unwrap_or_else(|_| HeaderValue::from_str(&client.to_string()).expect("an IP is ASCII"));
+    {
+        let value = value.trim();
+        if !value.is_empty() {
+            chain.push_str(value);
+            chain.push_str(", ");
+        }
+    }
+    let xff = if chain.is_empty() {
+        client.value.clone()
+    } else {
+        chain.push_str(&client.text);
+        // Built from visible ASCII (the client's values passed to_str) plus an address.
+        HeaderValue::from_str(&chain).unwrap_or_else(|_| client.value.clone())
+    };
     headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(
-        X_REAL_IP.clone(),
-        HeaderValue::from_str(&client.to_string()).expect("an IP is ASCII"),
-    );
+    headers.insert(X_REAL_IP.clone(), client.value.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
 }
 
 /// The host part of an authority (`Host` header or `:authority`), as the misrouting guard
 /// compares it with the SNI: userinfo and port stripped, lowercased, one trailing dot removed.
-/// IPv6 literals keep their brackets stripped too. `None` if nothing is left.
-pub fn host_of(authority: &str) -> Option<String> {
+/// IPv6 literals keep their brackets stripped too. `None` if nothing is left. Borrowed when
+/// already lowercase (the usual case: no allocation per request).
+pub fn host_of(authority: &str) -> Option<Cow<'_, str>> {
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split_once(']').map(|(h, _)| h)?
@@ -97,7 +120,13 @@ pub fn host_of(authority: &str) -> Option<String> {
         authority.split_once(':').map_or(authority, |(h, _)| h)
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+    if host.is_empty() {
+        None
+    } else if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Some(Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Some(Cow::Borrowed(host))
+    }
 }
 
 #[cfg(test)]
@@ -128,7 +157,7 @@ mod tests {
             ("x-forwarded-for", "203.0.113.1, 10.0.0.1"),
             ("x-forwarded-for", "10.0.0.2"),
         ]);
-        rewrite_request(&mut m, "192.0.2.7".parse().unwrap());
+        rewrite_request(&mut m, &ClientAddr::new("192.0.2.7".parse().unwrap()));
         assert_eq!(
             all(&m, "x-forwarded-for"),
             ["203.0.113.1, 10.0.0.1, 10.0.0.2, 192.0.2.7"]
@@ -142,7 +171,10 @@ mod tests {
             ("x-forwarded-proto", "http"),
             ("x-forwarded-proto", "gopher"),
         ]);
-        rewrite_request(&mut m, "::ffff:192.0.2.7".parse().unwrap());
+        rewrite_request(
+            &mut m,
+            &ClientAddr::new("::ffff:192.0.2.7".parse().unwrap()),
+        );
         assert_eq!(all(&m, "x-real-ip"), ["192.0.2.7"]);
         assert_eq!(all(&m, "x-forwarded-proto"), ["https"]);
         assert_eq!(all(&m, "x-forwarded-for"), ["192.0.2.7"]);

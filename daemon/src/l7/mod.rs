@@ -231,6 +231,7 @@ pub async fn serve(
         route,
         sni: session.sni,
         client: session.client,
+        forwarded: headers::ClientAddr::new(session.client.ip()),
         closed,
         in_flight: Arc::clone(&in_flight),
         limits: session.limits,

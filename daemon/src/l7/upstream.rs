@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use http_body::Body;
 use tokio::sync::oneshot;
 
@@ -340,8 +340,9 @@ async fn send_h2(
             unsent: Some(req),
         });
     }
-    let (mut parts, body) = req.into_parts();
-    strip_connection_headers(&mut parts.headers);
+    // Valid for HTTP/2 already: `headers::rewrite_request` removed every connection-specific
+    // field (h2 would refuse the request otherwise).
+    let (parts, body) = req.into_parts();
     let end_of_stream = body.is_end_stream();
     let (response, stream) = sender
         .send_request(Request::from_parts(parts, ()), end_of_stream)
@@ -475,28 +476,6 @@ async fn pipe_body(
     .await;
     if let Err(e) = outcome {
         tracing::debug!("request body to the backend ended: {e}");
-    }
-}
-
-/// Removes what HTTP/2 forbids in a request (RFC 9113 §8.2.2): connection-specific fields,
-/// and `TE` other than `trailers`. The proxy's header rewrite drops hop-by-hop fields
-/// already; this keeps a field it does not know of from failing the whole request in `h2`.
-fn strip_connection_headers(headers: &mut HeaderMap) {
-    const CONNECTION_SPECIFIC: [HeaderName; 5] = [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ];
-    for name in &CONNECTION_SPECIFIC {
-        headers.remove(name);
-    }
-    if headers
-        .get(header::TE)
-        .is_some_and(|te| te.as_bytes() != b"trailers")
-    {
-        headers.remove(header::TE);
     }
 }
 

@@ -437,7 +437,7 @@ pub async fn open(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut fields = parts.headers;
     fields.remove(header::HOST);
-    headers::rewrite_request(&mut fields, setup.client);
+    headers::rewrite_request(&mut fields, &headers::ClientAddr::new(setup.client));
     for name in [
         header::SEC_WEBSOCKET_KEY,
         header::SEC_WEBSOCKET_ACCEPT,
