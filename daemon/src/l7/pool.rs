@@ -32,7 +32,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -250,8 +250,12 @@ pub struct TargetPool {
     closed: CancellationToken,
     conns: Mutex<Conns>,
     /// A stream slot or an idle connection became free, a dial finished, or a connection
-    /// closed: waiters look again.
+    /// closed: waiters look again. Signalled through [`TargetPool::wake`] only.
     changed: Notify,
+    /// Requests registered on `changed`. A request that finds a free slot at once never
+    /// touches the `Notify` (whose list is a mutex shared by every thread), and a freed slot
+    /// with nobody waiting signals nothing: the common case costs no lock of its own.
+    waiting: AtomicUsize,
     counters: Arc<BackendCounters>,
     /// The clock idle times are measured on (milliseconds since).
     epoch: Instant,
@@ -368,6 +372,23 @@ impl Drop for H1Lease {
     }
 }
 
+/// A request counted in [`TargetPool::waiting`] while it waits for a slot.
+struct Waiting<'a>(&'a TargetPool);
+
+impl<'a> Waiting<'a> {
+    fn register(pool: &'a TargetPool) -> Self {
+        pool.waiting.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        Waiting(pool)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// One HTTP/2 stream slot held by a request; dropping it frees the slot.
 #[derive(Debug)]
 pub struct StreamSlot {
@@ -403,7 +424,7 @@ impl Drop for StreamSlot {
             let now = self.home.epoch.elapsed().as_millis() as u64;
             self.conn.idle_since_ms.store(now, Ordering::Relaxed);
         }
-        self.home.changed.notify_waiters();
+        self.home.wake();
     }
 }
 
@@ -424,6 +445,7 @@ impl TargetPool {
                 ..Conns::default()
             }),
             changed: Notify::new(),
+            waiting: AtomicUsize::new(0),
             counters,
             epoch: Instant::now(),
         }
@@ -448,10 +470,17 @@ impl TargetPool {
         connect_timeout: Duration,
     ) -> Result<(Lease, Option<Duration>), PoolError> {
         let deadline = Instant::now() + connect_timeout;
+        // The common case: a free slot or idle connection, taken without registering.
+        if let Some(lease) = self.reuse(&mut lock(&self.conns)) {
+            return Ok((lease, None));
+        }
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
+            // Registered before looking again, so a slot freed meanwhile is either seen
+            // below or signalled to `changed` (see `wake`).
+            let _waiting = Waiting::register(self);
             let waited_for = {
                 let mut conns = lock(&self.conns);
                 if let Some(lease) = self.reuse(&mut conns) {
@@ -578,7 +607,7 @@ impl TargetPool {
         };
         drop(conns);
         // Waiters: a new connection with free slots, or a failure to share.
-        self.changed.notify_waiters();
+        self.wake();
         res.map(|lease| (lease, Some(started.elapsed())))
     }
 
@@ -681,7 +710,7 @@ impl TargetPool {
             }
             home.counters.open.fetch_sub(1, Ordering::AcqRel);
             // A closed connection frees a place under the cap.
-            home.changed.notify_waiters();
+            home.wake();
         };
         self.common.tasks.spawn(driver.instrument(span));
     }
@@ -699,7 +728,18 @@ impl TargetPool {
             conns.idle.drain(..excess);
         }
         drop(conns);
-        self.changed.notify_waiters();
+        self.wake();
+    }
+
+    /// Tells the requests waiting on this target to look again, if there are any. The
+    /// fence pairs with the one in [`Waiting::register`]: either the waiter's look sees what
+    /// the caller just freed, or the caller sees the waiter (and the waiter's `Notified`,
+    /// enabled before it registered) and signals it.
+    fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_waiters();
+        }
     }
 
     /// Closes connections idle for `idle_timeout`.
