@@ -652,21 +652,7 @@ impl TargetPool {
             },
             span,
         );
-        let settings = match settings.await {
-            Ok(Ok(settings)) => settings,
-            Ok(Err(why)) => {
-                return Err(PoolError::NoSettings {
-                    backend: backend.clone(),
-                    why,
-                });
-            }
-            Err(_) => {
-                return Err(PoolError::NoSettings {
-                    backend: backend.clone(),
-                    why: "the backend closed without sending SETTINGS".into(),
-                });
-            }
-        };
+        let settings = opening_settings(settings, backend).await?;
         let max_streams = settings
             .max_concurrent_streams
             .unwrap_or(MAX_STREAMS_PER_CONN)
@@ -795,8 +781,17 @@ where
             source: source.into(),
         })?;
     spawn(conn);
-    let why = match settings.await {
-        Ok(Ok(settings)) => return Ok((sender, settings)),
+    Ok((sender, opening_settings(settings, backend).await?))
+}
+
+/// What [`SettingsWatch`] reports of the backend's opening SETTINGS frame (its driver must
+/// be running to read it), or why there was none.
+async fn opening_settings(
+    report: oneshot::Receiver<Result<ServerSettings, String>>,
+    backend: &str,
+) -> Result<ServerSettings, PoolError> {
+    let why = match report.await {
+        Ok(Ok(settings)) => return Ok(settings),
         Ok(Err(why)) => why,
         Err(_) => "the backend closed without sending SETTINGS".into(),
     };
