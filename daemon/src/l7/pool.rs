@@ -130,6 +130,18 @@ pub enum PoolError {
 }
 
 impl PoolError {
+    /// How a failed `version` handshake with `backend` is reported, whichever library ran it.
+    fn handshake<E: Into<BackendError>>(
+        backend: &str,
+        version: &'static str,
+    ) -> impl FnOnce(E) -> PoolError {
+        move |source| PoolError::Handshake {
+            backend: backend.to_owned(),
+            version,
+            source: source.into(),
+        }
+    }
+
     /// Whether the client should hear 504 (the backend was too slow) rather than 502/503.
     pub fn is_timeout(&self) -> bool {
         match self {
@@ -588,7 +600,7 @@ impl TargetPool {
                 conns.wire = Some(Wire::H2);
                 let slot = StreamSlot::take(&conn, self);
                 conns.h2.push(Arc::clone(&conn));
-                // The fresh connection's first stream: the handshake already saw it ready.
+                // A fresh handle has no stream pending open: it takes this request at once.
                 Ok(Lease::H2 {
                     sender: conn.sender.clone(),
                     slot,
@@ -637,11 +649,7 @@ impl TargetPool {
             .max_send_buffer_size(MAX_SEND_BUFFER)
             .handshake::<_, Bytes>(io)
             .await
-            .map_err(|source| PoolError::Handshake {
-                backend: backend.clone(),
-                version: "HTTP/2",
-                source: source.into(),
-            })?;
+            .map_err(PoolError::handshake(backend, "HTTP/2"))?;
         let closed = Arc::new(AtomicBool::new(false));
         let ended = Arc::clone(&closed);
         self.spawn_driver(
@@ -775,11 +783,7 @@ where
         .initial_connection_window_size(CONNECTION_WINDOW)
         .handshake(TokioIo::new(io))
         .await
-        .map_err(|source| PoolError::Handshake {
-            backend: backend.to_owned(),
-            version: "HTTP/2",
-            source: source.into(),
-        })?;
+        .map_err(PoolError::handshake(backend, "HTTP/2"))?;
     spawn(conn);
     Ok((sender, opening_settings(settings, backend).await?))
 }
@@ -815,11 +819,7 @@ pub(super) async fn handshake_h1(
     http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
-        .map_err(|source| PoolError::Handshake {
-            backend: backend.to_owned(),
-            version: "HTTP/1.1",
-            source: source.into(),
-        })
+        .map_err(PoolError::handshake(backend, "HTTP/1.1"))
 }
 
 enum Opened {

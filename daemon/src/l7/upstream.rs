@@ -332,14 +332,10 @@ async fn send_h2(
     slot: StreamSlot,
     req: Request<ReqBody>,
 ) -> Result<Response<RespBody>, Failed> {
-    // The lease's handle was ready at checkout; the backend may have sent GOAWAY since,
-    // and while the request is still ours it can go to another connection.
-    if let Err(e) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
-        return Err(Failed {
-            error: e.into(),
-            unsent: Some(req),
-        });
-    }
+    // The lease's handle was found ready at checkout (`TargetPool::reuse`), with no await
+    // since. Should a GOAWAY land in between, `send_request` fails with it and opens no
+    // stream; the head is gone with it, so only a bodyless request is sent again (from
+    // its replay copy, the GOAWAY saying it was not processed).
     // Valid for HTTP/2 already: `headers::rewrite_request` removed every connection-specific
     // field (h2 would refuse the request otherwise).
     let (parts, body) = req.into_parts();
