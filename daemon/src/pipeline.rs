@@ -152,6 +152,7 @@ impl ConnEnd {
             ConnEnd::L7(L7End::Drained) => (CloseReason::Drained, None),
             ConnEnd::L7(L7End::KeepaliveTimeout) => (CloseReason::KeepaliveTimeout, None),
             ConnEnd::L7(L7End::Error(e)) => (CloseReason::HttpError, Some(e.to_string())),
+            ConnEnd::L7(L7End::H2(e)) => (CloseReason::HttpError, Some(e.to_string())),
             ConnEnd::L7(L7End::Failed(e)) => (CloseReason::HttpError, Some(e)),
         };
         Ending {

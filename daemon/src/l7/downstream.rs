@@ -3,7 +3,8 @@
 //!
 //! I/O: none of its own; requests go out through [`Upstream`]. Every request gets exactly one
 //! response and is counted once (`requests`, and `count_response` with the status sent,
-//! including the proxy's own 421/502/504), and its duration is recorded once in the route's
+//! including the proxy's own 421/502/504; an HTTP/2 request its client reset before the
+//! answer is dropped and counts in `requests` only), and its duration is recorded once in the route's
 //! `request_duration` histogram: from the moment hyper hands [`handle`] the parsed request
 //! head to the moment the response head is handed back (so it includes the backend dial when
 //! the request had to wait for one, and excludes streaming either body). Bodies and trailers are never buffered: the
@@ -27,6 +28,7 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{BackendError, ReqBody, RespBody};
+use super::h2_stream::Handoff;
 use super::headers;
 use super::limits::{self, Limits, Violation};
 use super::pool::PoolError;
@@ -53,6 +55,9 @@ enum Content {
     Refused(Incoming),
     /// The proxy's own short text (taken once sent), or nothing.
     Text(Option<Bytes>),
+    /// A switched WebSocket on an HTTP/2 stream `h2_server` serves: no body, the stream's
+    /// send half goes to the tunnel once the head is sent.
+    Tunnel(Option<Handoff>),
 }
 
 impl ProxyBody {
@@ -60,6 +65,14 @@ impl ProxyBody {
         ProxyBody {
             inner,
             _in_flight: None,
+        }
+    }
+
+    /// Where a switched WebSocket's stream goes, if this answers one opened on a stream.
+    pub fn take_handoff(&mut self) -> Option<Handoff> {
+        match &mut self.inner {
+            Content::Tunnel(handoff) => handoff.take(),
+            _ => None,
         }
     }
 }
@@ -78,6 +91,7 @@ impl http_body::Body for ProxyBody {
                 .poll_frame(cx)
                 .map(|f| f.map(|f| f.map_err(BackendError::from))),
             Content::Text(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+            Content::Tunnel(_) => Poll::Ready(None),
         }
     }
 
@@ -86,6 +100,7 @@ impl http_body::Body for ProxyBody {
             Content::Backend(body) => body.is_end_stream(),
             Content::Refused(body) => body.is_end_stream(),
             Content::Text(text) => text.is_none(),
+            Content::Tunnel(_) => true,
         }
     }
 
@@ -96,6 +111,7 @@ impl http_body::Body for ProxyBody {
             Content::Text(text) => {
                 SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
             }
+            Content::Tunnel(_) => SizeHint::with_exact(0),
         }
     }
 }
@@ -190,10 +206,11 @@ pub struct Ctx {
     pub tunnels: Tunnels,
 }
 
-/// hyper's service function: answers every request, never fails (errors become responses).
+/// Answers every request, never fails (errors become responses): hyper's service function,
+/// and `h2_server`'s for each stream.
 pub async fn handle(
     ctx: Arc<Ctx>,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let in_flight = ctx.in_flight.enter();
@@ -248,10 +265,7 @@ fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> 
 /// The authority the client asked for: `:authority` (HTTP/2, or an absolute-form HTTP/1.1
 /// target), else the `Host` header. On a connection routed by `sni` its host must be that
 /// name. Only a misdirected or bad request allocates.
-fn requested_authority(
-    req: &Request<Incoming>,
-    sni: Option<&str>,
-) -> Result<Authority, RequestError> {
+fn requested_authority<B>(req: &Request<B>, sni: Option<&str>) -> Result<Authority, RequestError> {
     let in_uri = req.uri().authority();
     let text = match in_uri {
         Some(a) => Some(a.as_str()),
@@ -279,7 +293,7 @@ fn requested_authority(
         .map_err(|_| RequestError::BadAuthority(text.to_owned()))
 }
 
-async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<ProxyBody>, RequestError> {
+async fn forward(ctx: &Ctx, req: Request<ReqBody>) -> Result<Response<ProxyBody>, RequestError> {
     // Framing first: a request with two Hosts must not get as far as the misrouting guard,
     // which reads only one of them.
     limits::check_request(&req, ctx.limits)?;
@@ -305,7 +319,7 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<ProxyBody
     parts.headers.remove(header::HOST);
     headers::rewrite_request(&mut parts.headers, &ctx.forwarded);
 
-    let req = Request::from_parts(parts, ReqBody::Client(body));
+    let req = Request::from_parts(parts, body);
     let resp = tokio::select! {
         res = ctx.upstream.send(req, &ctx.route.stats.connect_duration) => res?,
         () = ctx.closed.cancelled() => return Err(RequestError::Closed),
@@ -322,7 +336,7 @@ async fn forward(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<ProxyBody
 /// ([`websocket`]), the answer to the client with the body it calls for.
 async fn upgrade_websocket(
     ctx: &Ctx,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     side: websocket::ClientSide,
     authority: Authority,
 ) -> Result<Response<ProxyBody>, RequestError> {
@@ -355,7 +369,12 @@ async fn upgrade_websocket(
         }
     };
     Ok(match answer {
-        websocket::Answer::Switched(resp) => resp.map(|()| ProxyBody::new(Content::Text(None))),
+        websocket::Answer::Switched(resp) => resp.map(|handoff| {
+            ProxyBody::new(match handoff {
+                Some(handoff) => Content::Tunnel(Some(handoff)),
+                None => Content::Text(None),
+            })
+        }),
         websocket::Answer::Refused(resp) => resp.map(|body| ProxyBody::new(Content::Refused(body))),
     })
 }

@@ -90,6 +90,20 @@ pub fn configure<E>(builder: &mut auto::Builder<E>, limits: Limits) {
         .max_send_buf_size(MAX_SEND_BUF_SIZE);
 }
 
+/// Applies the same limits to the `h2` crate's server builder, for the HTTP/2 connections
+/// that `l7::h2_server` serves: both servers announce and enforce one policy.
+pub fn configure_h2(builder: &mut h2::server::Builder, limits: Limits) {
+    let head = limits
+        .max_request_head
+        .clamp(MIN_MAX_REQUEST_HEAD, MAX_MAX_REQUEST_HEAD);
+    builder
+        .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .max_send_buffer_size(MAX_SEND_BUF_SIZE);
+}
+
 /// Why a parsed request is refused before it is forwarded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Violation {

@@ -3,9 +3,12 @@
 //! I/O: owns the client connection from the end of the ClientHello peek to its close.
 //! [`serve`] replays the peeked ClientHello (`io::Rewind`), terminates TLS with the route's
 //! prebuilt `rustls::ServerConfig` (ALPN `h2`, `http/1.1`) within `client_hello_timeout`, then
-//! serves both HTTP versions with hyper-util's auto builder. Each request goes through
-//! [`downstream`] (misrouting guard, header rewriting, error responses) to [`upstream`] (one
-//! HTTP/2 connection to the backend per client connection, h2c or TLS, optional PROXY v2).
+//! serves the client: by [`h2_server`] (the `h2` crate, every stream polled by the
+//! connection's own task) when ALPN chose `h2`, by hyper-util's auto builder otherwise
+//! (HTTP/1.1, and prior-knowledge HTTP/2 from a client that named no protocol). Each request
+//! goes through [`downstream`] (misrouting guard, header rewriting, error responses) to
+//! [`upstream`] (a lease from the shared backend pool: an HTTP/2 stream or an HTTP/1.1
+//! connection, h2c or TLS, optional PROXY v2).
 //! [`headers`] is the pure header rewriting. WebSockets (HTTP/1.1 `Upgrade`, HTTP/2 extended
 //! CONNECT, which this server advertises) leave `downstream` for [`websocket`]: a backend
 //! connection of their own, then a byte tunnel; an HTTP/1.1 connection that switched lasts
@@ -23,6 +26,8 @@
 pub mod body;
 pub mod connector;
 pub mod downstream;
+pub mod h2_server;
+pub mod h2_stream;
 pub mod headers;
 pub mod limits;
 pub mod pool;
@@ -90,6 +95,9 @@ pub enum L7End {
     KeepaliveTimeout,
     /// The HTTP connection failed (protocol error from the client, reset, ...).
     Error(hyper::Error),
+    /// The HTTP/2 connection `h2_server` served failed (protocol error from the client, a
+    /// GOAWAY for abuse, I/O).
+    H2(h2::Error),
     /// The HTTP layer failed in a way hyper reports as a boxed error.
     Failed(String),
 }
@@ -238,6 +246,21 @@ pub async fn serve(
         tunnels: tunnels.clone(),
     });
 
+    // A client that chose HTTP/2 by ALPN is served by `h2_server`: its streams are polled
+    // by this task, not spawned one task each as hyper's server does. HTTP/1.1, and a
+    // client that named no protocol (prior-knowledge HTTP/2 is told apart by its preface),
+    // go to hyper.
+    if negotiated.alpn_protocol() == Some(b"h2") {
+        let watch = h2_server::Watch {
+            shutdown: &shutdown,
+            in_flight: &in_flight,
+            activity: &activity,
+            keepalive: session.keepalive_timeout,
+            idle: session.idle_timeout,
+        };
+        return Ok(h2_server::serve(tls, ctx, session.limits, watch).await);
+    }
+
     let mut builder = auto::Builder::new(executor);
     // With a timer, hyper's HTTP/1.1 header read timeout applies: a client must send each
     // request's head within `request_header_timeout`.
@@ -255,7 +278,10 @@ pub async fn serve(
     // Boxed: hyper moves each request's future into a task of its own, and this future is
     // large (it carries the backend dial); a pointer is cheaper to move than kilobytes of
     // state (measured: -13% CPU per request, docs/BENCHMARKS.md).
-    let service = service_fn(move |req| Box::pin(downstream::handle(Arc::clone(&ctx), req)));
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let req = req.map(body::ReqBody::Client);
+        Box::pin(downstream::handle(Arc::clone(&ctx), req))
+    });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
 
@@ -298,8 +324,8 @@ pub async fn serve(
     }
 }
 
-/// hyper's executor for this connection's tasks (one per HTTP/2 stream on each side, the
-/// backend connection's driver): spawned through the server's `TaskTracker`, so every task has
+/// hyper's executor for this connection's tasks (the backend connection's driver, hyper's
+/// per-stream tasks for a client served by hyper, WebSocket tunnels' backend connections): spawned through the server's `TaskTracker`, so every task has
 /// an owner and shutdown waits for it, inside the connection's span, so their logs say which
 /// connection they belong to.
 #[derive(Debug, Clone)]

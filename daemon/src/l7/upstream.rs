@@ -32,7 +32,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::task::{Poll, ready};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,7 +41,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, head
 use http_body::Body;
 use tokio::sync::oneshot;
 
-use super::body::{BackendError, Held, ReqBody, RespBody};
+use super::body::{self, BackendError, Held, ReqBody, RespBody, ToStream};
 use super::connector::Wire;
 use super::pool::{Lease, PoolError, StreamSlot, TargetPool};
 use crate::backends::{Pick, Tried};
@@ -360,11 +360,7 @@ async fn send_h2(
     if let Some(mut guard) = abandoned {
         guard.0 = None;
     }
-    let content_length = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let content_length = body::content_length(resp.headers());
     Ok(resp.map(|recv| RespBody::h2(recv, content_length, Held::Stream(slot))))
 }
 
@@ -379,95 +375,29 @@ impl Drop for AbandonOnDrop {
     }
 }
 
-/// Copies the client's request body to the backend stream frame by frame, within the
-/// stream's flow-control window: DATA as the backend grants room, then trailers or an empty
-/// end-of-stream DATA frame. Ends early, resetting the stream, when the client's body fails
-/// or the request is `abandoned`; ends when the backend resets the stream.
+/// Copies the client's request body to the backend stream ([`ToStream`]). Ends early,
+/// resetting the stream, when the client's body fails or the request is `abandoned`; ends
+/// when the backend resets the stream.
 async fn pipe_body(
     mut body: ReqBody,
-    mut stream: h2::SendStream<Bytes>,
+    stream: h2::SendStream<Bytes>,
     mut abandoned: oneshot::Receiver<()>,
 ) {
     let mut listening = true;
-    let mut pending: Option<(Bytes, bool)> = None;
-    let outcome: Result<(), BackendError> = std::future::poll_fn(|cx| {
-        loop {
-            if listening {
-                match std::pin::Pin::new(&mut abandoned).poll(cx) {
-                    Poll::Ready(Ok(())) => {
-                        stream.send_reset(h2::Reason::CANCEL);
-                        return Poll::Ready(Ok(()));
-                    }
-                    // The head came: the request goes on.
-                    Poll::Ready(Err(_)) => listening = false,
-                    Poll::Pending => {}
-                }
-            }
-            if let Poll::Ready(reset) = stream.poll_reset(cx) {
-                return Poll::Ready(match reset {
-                    Ok(reason) => Err(h2::Error::from(reason).into()),
-                    Err(e) => Err(e.into()),
-                });
-            }
-            if let Some((data, last)) = pending.take() {
-                // Claim only a byte of window, as hyper does: h2 raises the claim to what
-                // is buffered once the chunk is handed over, and a stream that claims its
-                // whole chunk up front can starve the connection's other streams.
-                if stream.capacity() == 0 {
-                    stream.reserve_capacity(1);
-                    match stream.poll_capacity(cx) {
-                        Poll::Pending => {
-                            pending = Some((data, last));
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(Some(Ok(_))) => {
-                            pending = Some((data, last));
-                            continue;
-                        }
-                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
-                        // The stream is over (reset or closed): nothing more to send.
-                        Poll::Ready(None) => return Poll::Ready(Ok(())),
-                    }
-                }
-                if let Err(e) = stream.send_data(data, last) {
-                    return Poll::Ready(Err(e.into()));
-                }
-                if last {
+    let mut to = ToStream::new(stream);
+    let outcome = std::future::poll_fn(|cx| {
+        if listening {
+            match std::pin::Pin::new(&mut abandoned).poll(cx) {
+                Poll::Ready(Ok(())) => {
+                    to.stream_mut().send_reset(h2::Reason::CANCEL);
                     return Poll::Ready(Ok(()));
                 }
-                continue;
-            }
-            let frame = ready!(std::pin::Pin::new(&mut body).poll_frame(cx));
-            match frame {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if data.is_empty() => {
-                        let last = body.is_end_stream();
-                        if let Err(e) = stream.send_data(data, last) {
-                            return Poll::Ready(Err(e.into()));
-                        }
-                        if last {
-                            return Poll::Ready(Ok(()));
-                        }
-                    }
-                    Ok(data) => pending = Some((data, body.is_end_stream())),
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            stream.reserve_capacity(0);
-                            let sent = stream.send_trailers(trailers);
-                            return Poll::Ready(sent.map_err(BackendError::from));
-                        }
-                    }
-                },
-                Some(Err(e)) => {
-                    stream.send_reset(h2::Reason::CANCEL);
-                    return Poll::Ready(Err(e.into()));
-                }
-                None => {
-                    let sent = stream.send_data(Bytes::new(), true);
-                    return Poll::Ready(sent.map_err(BackendError::from));
-                }
+                // The head came: the request goes on.
+                Poll::Ready(Err(_)) => listening = false,
+                Poll::Pending => {}
             }
         }
+        to.poll_send(std::pin::Pin::new(&mut body), h2::Reason::CANCEL, cx)
     })
     .await;
     if let Err(e) = outcome {

@@ -31,9 +31,9 @@
 //!
 //! I/O: one backend connection per WebSocket, opened with [`connector::connect`] (TCP, PROXY
 //! v2, TLS) and never taken from or given to the pool: a tunnel holds its connection for its
-//! whole life. After the switch, [`relay::relay_streams`] splices hyper's upgraded client
-//! stream (the TLS connection for HTTP/1.1, one HTTP/2 stream for HTTP/2) and the backend's,
-//! byte for byte, half-close preserved.
+//! whole life. After the switch, [`relay::relay_streams`] splices the client's side (hyper's
+//! upgraded TLS connection for HTTP/1.1, one HTTP/2 stream for HTTP/2: [`StreamIo`] on the
+//! connections `h2_server` serves) and the backend's, byte for byte, half-close preserved.
 //!
 //! Invariants: setting up is bounded by `connect_timeout` (TCP, PROXY, TLS, HTTP handshake,
 //! and for HTTP/2 the backend's SETTINGS) and then `response_timeout` (the backend's answer).
@@ -49,6 +49,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use base64::Engine as _;
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -59,11 +60,13 @@ use hyper_util::rt::TokioIo;
 use mc_proxy_shared::BackendProtocol;
 use mc_proxy_shared::text::clip;
 use tokio::time::Instant;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::body::ReqBody;
 use super::connector::{self, BackendTls, ConnectError, Target, Wire};
+use super::h2_stream::{Handoff, StreamIo};
 use super::headers;
 use super::pool;
 use super::{InFlightGuard, TaskExecutor};
@@ -414,8 +417,9 @@ pub struct Setup<'a> {
 #[derive(Debug)]
 pub enum Answer {
     /// It switched: send this head (101 for HTTP/1.1, 200 for HTTP/2) with an empty body; the
-    /// tunnel task is waiting for hyper to hand over the client's side.
-    Switched(Response<()>),
+    /// tunnel task is waiting for the client's side: from hyper, or, on a stream `h2_server`
+    /// serves, the stream's send half through the [`Handoff`] this carries.
+    Switched(Response<Option<Handoff>>),
     /// It refused (3xx, 4xx, 5xx): its response, connection headers stripped, to pass on.
     Refused(Response<Incoming>),
 }
@@ -424,11 +428,11 @@ pub enum Answer {
 /// the route's backend, and starts its tunnel.
 pub async fn open(
     setup: Setup<'_>,
-    mut req: Request<Incoming>,
+    mut req: Request<ReqBody>,
     side: ClientSide,
     authority: Authority,
 ) -> Result<Answer, WebSocketError> {
-    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (client_upgrade, handoff) = ClientUpgrade::of(&mut req);
     let (parts, _no_body) = req.into_parts();
     let path = parts
         .uri
@@ -558,7 +562,7 @@ pub async fn open(
         _member: setup.member,
     };
     tunnels.spawn_tunnel(tunnel.run());
-    Ok(Answer::Switched(Response::from_parts(head, ())))
+    Ok(Answer::Switched(Response::from_parts(head, handoff)))
 }
 
 /// The target a WebSocket connects to: the route's, except that `auto` offers only ALPN
@@ -666,9 +670,35 @@ where
     tracing::Instrument::instrument(driven, span).await;
 }
 
+/// Where a WebSocket's client side comes from once the answer is sent.
+enum ClientUpgrade {
+    /// From hyper, which serves the connection.
+    Hyper(OnUpgrade),
+    /// The request's HTTP/2 stream: its receive half now, its send half once `h2_server`
+    /// has sent the head.
+    H2 {
+        recv: h2::RecvStream,
+        send: tokio::sync::oneshot::Receiver<h2::SendStream<Bytes>>,
+    },
+}
+
+impl ClientUpgrade {
+    /// The upgrade `req` will hand over, and for a stream, the handoff for its send half.
+    fn of(req: &mut Request<ReqBody>) -> (Self, Option<Handoff>) {
+        match std::mem::replace(req.body_mut(), ReqBody::Empty) {
+            ReqBody::H2(body) => {
+                let (handoff, send) = tokio::sync::oneshot::channel();
+                let recv = body.into_inner();
+                (ClientUpgrade::H2 { recv, send }, Some(handoff))
+            }
+            _ => (ClientUpgrade::Hyper(hyper::upgrade::on(req)), None),
+        }
+    }
+}
+
 /// One switched WebSocket, waiting for both sides of the upgrade, then relaying.
 struct Tunnel {
-    client: OnUpgrade,
+    client: ClientUpgrade,
     backend: OnUpgrade,
     idle: Duration,
     closed: CancellationToken,
@@ -678,24 +708,45 @@ struct Tunnel {
 
 impl Tunnel {
     async fn run(self) {
+        let Tunnel {
+            client,
+            backend,
+            idle,
+            closed,
+            _in_flight,
+            _member,
+        } = self;
         let started = Instant::now();
-        let both = async { tokio::try_join!(self.client, self.backend) };
-        let (client, backend) = tokio::select! {
+        let both = async {
+            match client {
+                ClientUpgrade::Hyper(client) => {
+                    let (client, backend) = tokio::try_join!(client, backend)?;
+                    Ok((Either::Left(TokioIo::new(client)), backend))
+                }
+                ClientUpgrade::H2 { recv, send } => {
+                    let backend = backend.await?;
+                    // Dropped unsent when the head could not be sent: the client is gone.
+                    let send = send.await.map_err(|_| UpgradeFailed::ClientGone)?;
+                    Ok((Either::Right(StreamIo::new(send, recv)), backend))
+                }
+            }
+        };
+        let (mut client, backend) = tokio::select! {
             res = both => match res {
                 Ok(both) => both,
                 Err(e) => {
+                    let e: UpgradeFailed = e;
                     tracing::debug!("WebSocket upgrade did not complete: {e}");
                     return;
                 }
             },
-            () = self.closed.cancelled() => return,
+            () = closed.cancelled() => return,
         };
         let bytes = Transferred::default();
-        let mut client = TokioIo::new(client);
-        let relay = relay::relay_streams(&mut client, TokioIo::new(backend), self.idle, &bytes);
+        let relay = relay::relay_streams(&mut client, TokioIo::new(backend), idle, &bytes);
         let end = tokio::select! {
             end = relay => end,
-            () = self.closed.cancelled() => RelayEnd::Cancelled,
+            () = closed.cancelled() => RelayEnd::Cancelled,
         };
         if matches!(end, RelayEnd::IdleTimeout | RelayEnd::Error(_)) {
             // The tunnel ends for a reason of the backend's or the clock's: the client is
@@ -717,6 +768,17 @@ impl Tunnel {
             "WebSocket ended: {how}"
         );
     }
+}
+
+/// Why a switched WebSocket never got both of its sides.
+#[derive(Debug, thiserror::Error)]
+enum UpgradeFailed {
+    /// hyper could not hand a side over (the connection ended first).
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// The client's stream was gone before the answer could be sent.
+    #[error("the client's stream closed before the answer was sent")]
+    ClientGone,
 }
 
 #[cfg(test)]

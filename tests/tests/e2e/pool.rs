@@ -551,6 +551,67 @@ async fn upload_sink() -> (
     (addr, reports, task)
 }
 
+/// An HTTP/2 client that resets its stream (RST_STREAM) before the answer abandons the
+/// request: the proxy resets the backend stream as cancelled rather than leaving the upload
+/// half done, and the client connection goes on serving its other streams.
+#[tokio::test]
+async fn a_client_reset_before_the_answer_resets_the_backend_stream() {
+    let pki = Pki::new();
+    let (backend, mut reports, backend_task) = upload_sink().await;
+    // A response timeout far beyond the test's own: the backend's reset can only come from
+    // the client's.
+    let proxy = web_proxy(&pki, backend)
+        .response_timeout(Duration::from_secs(60))
+        .start()
+        .await;
+    let tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"h2"])
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let upload = |path: &'static str| {
+        Request::builder()
+            .method("POST")
+            .uri(format!("https://web.test{path}"))
+            .body(())
+            .unwrap()
+    };
+    let mut client = timed(client.ready()).await.unwrap();
+    let (answer, mut first) = client.send_request(upload("/first"), false).unwrap();
+    first
+        .send_data(bytes::Bytes::from_static(b"part one"), false)
+        .unwrap();
+    let got = timed(reports.recv()).await.expect("the backend reported");
+    assert_eq!(got, Ok(bytes::Bytes::from_static(b"part one")));
+
+    first.send_reset(h2::Reason::CANCEL);
+    let end = timed(reports.recv()).await.expect("the backend reported");
+    assert_eq!(end, Err(Some(h2::Reason::CANCEL)));
+    // The client's stream ended by its own reset, not by an answer from the proxy.
+    let answered = timed(answer).await;
+    assert!(
+        answered
+            .as_ref()
+            .is_err_and(|e| e.reason() == Some(h2::Reason::CANCEL)),
+        "{answered:?}"
+    );
+
+    // The connection survived: a second upload on it reaches the backend.
+    let mut client = timed(client.ready()).await.unwrap();
+    let (_answer, mut second) = client.send_request(upload("/second"), false).unwrap();
+    second
+        .send_data(bytes::Bytes::from_static(b"part two"), false)
+        .unwrap();
+    let got = timed(reports.recv()).await.expect("the backend reported");
+    assert_eq!(got, Ok(bytes::Bytes::from_static(b"part two")));
+    let stats = web_stats(&proxy);
+    assert_eq!(stats.responses, [0; 5], "no answer was counted");
+    assert_eq!(stats.requests, 2);
+    backend_task.abort();
+}
+
 #[tokio::test]
 async fn an_upload_abandoned_at_the_response_timeout_is_reset_at_the_backend() {
     type Chunks = tokio_stream::wrappers::ReceiverStream<

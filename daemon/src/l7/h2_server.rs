@@ -1,0 +1,206 @@
+//! Serving HTTP/2 clients with the `h2` crate: one task per client connection polls the
+//! connection and all of its streams.
+//!
+//! I/O: the client's TLS stream, once ALPN chose `h2`, until the connection ends. Each stream
+//! is a future in the connection's own task (a `FuturesUnordered`), not a task of its own:
+//! its request goes through [`downstream::handle`], its response head and body go back on the
+//! stream within the client's flow-control window ([`ToStream`]). Streams and connection
+//! wake one task, so a request costs no task spawn and no hand-off between tasks on the
+//! client side (hyper's server spawns a task per stream; measured in docs/BENCHMARKS.md).
+//! A WebSocket the client opens with extended CONNECT gets the stream's send half after its
+//! 200 ([`Handoff`]), the tunnel's client side.
+//!
+//! Invariants: the settings and abuse policy are those hyper's builder gets
+//! ([`limits::configure_h2`], the windows of `l7::pool`). Every accepted stream gets a
+//! response or a reset. A client's reset before the response head drops the request's
+//! future, and with it the backend stream (reset `CANCEL`). A response body that fails
+//! resets the client's stream with `INTERNAL_ERROR`. Shutdown and the keep-alive timeout
+//! send GOAWAY and let the open streams finish; the idle timeout ends the connection.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::{HeaderValue, Request, Response, header};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::body::{self, H2Recv, ReqBody, ToStream};
+use super::downstream::{self, Ctx};
+use super::limits::{self, Limits};
+use super::{Activity, InFlight, L7End, pool};
+
+/// What ends or changes a served connection, besides its streams.
+pub(super) struct Watch<'a> {
+    /// Shutdown started: GOAWAY, then drain.
+    pub shutdown: &'a CancellationToken,
+    /// The connection's requests in flight (the keep-alive timeout's clock).
+    pub in_flight: &'a InFlight,
+    /// The last byte either way (the idle timeout's clock).
+    pub activity: &'a Activity,
+    /// `[proxy] keepalive_timeout`.
+    pub keepalive: Duration,
+    /// `[proxy] idle_timeout`.
+    pub idle: Duration,
+}
+
+/// What the connection's poll loop stopped for.
+enum Event {
+    Shutdown,
+    KeepaliveOver,
+    Idle,
+    /// The connection ended: closed (`Ok`) or failed.
+    Ended(Result<(), h2::Error>),
+}
+
+/// Serves HTTP/2 on `io` (the client already chose it by ALPN) until the connection ends.
+pub(super) async fn serve<T>(io: T, ctx: Arc<Ctx>, limits: Limits, watch: Watch<'_>) -> L7End
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(pool::STREAM_WINDOW)
+        .initial_connection_window_size(pool::CONNECTION_WINDOW)
+        // RFC 8441: HTTP/2 clients may open WebSockets with extended CONNECT.
+        .enable_connect_protocol();
+    limits::configure_h2(&mut builder, limits);
+    let mut idle = pin!(watch.activity.idle_for(watch.idle));
+    let mut shutdown = pin!(watch.shutdown.cancelled());
+    let mut conn = tokio::select! {
+        res = builder.handshake::<_, Bytes>(io) => match res {
+            Ok(conn) => conn,
+            Err(e) => return L7End::H2(e),
+        },
+        () = idle.as_mut() => return L7End::IdleTimeout,
+        () = shutdown.as_mut() => return L7End::Drained,
+    };
+    let mut keepalive = pin!(watch.in_flight.idle_for(watch.keepalive));
+    let mut streams = FuturesUnordered::new();
+    let mut draining = false;
+    let mut keepalive_over = false;
+    loop {
+        let event = std::future::poll_fn(|cx| {
+            if !draining && shutdown.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Shutdown);
+            }
+            if !draining && !keepalive_over && keepalive.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::KeepaliveOver);
+            }
+            if idle.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Idle);
+            }
+            loop {
+                // Streams first: what they queue is written by the connection's poll below,
+                // in the same pass.
+                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+                match conn.poll_accept(cx) {
+                    Poll::Ready(Some(Ok((req, respond)))) => {
+                        streams.push(stream(Arc::clone(&ctx), req, respond));
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Event::Ended(Err(e))),
+                    Poll::Ready(None) => return Poll::Ready(Event::Ended(Ok(()))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await;
+        match event {
+            Event::Shutdown => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            // No request in flight for keepalive_timeout: GOAWAY, as at shutdown.
+            Event::KeepaliveOver => {
+                keepalive_over = true;
+                conn.graceful_shutdown();
+            }
+            Event::Idle => return L7End::IdleTimeout,
+            Event::Ended(res) => {
+                return match res {
+                    Ok(()) if draining => L7End::Drained,
+                    // After our GOAWAY a client may just hang up: still the keep-alive close.
+                    _ if keepalive_over => L7End::KeepaliveTimeout,
+                    Ok(()) => L7End::Closed,
+                    Err(e) => L7End::H2(e),
+                };
+            }
+        }
+    }
+}
+
+/// One client stream: its request handled, its response sent back.
+async fn stream(
+    ctx: Arc<Ctx>,
+    req: Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+) {
+    let content_length = body::content_length(req.headers());
+    let (mut parts, recv) = req.into_parts();
+    // The extended CONNECT's `:protocol`, in the type the upgrade check reads (hyper's,
+    // which the connections hyper serves carry).
+    if let Some(protocol) = parts.extensions.remove::<h2::ext::Protocol>() {
+        parts
+            .extensions
+            .insert(hyper::ext::Protocol::from(protocol.as_str()));
+    }
+    let req = Request::from_parts(parts, ReqBody::H2(H2Recv::new(recv, content_length)));
+    let mut handled = pin!(downstream::handle(ctx, req));
+    // A client's reset before the head is an abandoned request: drop its future. The reset
+    // is looked at first: it also fails the request body, which can end the request with a
+    // 502 in the same wake-up, and a client that left is not a backend error.
+    let resp = std::future::poll_fn(|cx| {
+        if respond.poll_reset(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        handled.as_mut().poll(cx).map(Some)
+    })
+    .await;
+    let Some(Ok(resp)) = resp else {
+        tracing::debug!("stream reset by the client before its response");
+        return;
+    };
+    let (head, mut body) = resp.into_parts();
+    let mut head = Response::from_parts(head, ());
+    if let Some(handoff) = body.take_handoff() {
+        // A switched WebSocket: the stream is the tunnel's from here.
+        match respond.send_response(head, false) {
+            Ok(send) => drop(handoff.send(send)),
+            Err(e) => tracing::debug!("WebSocket answer to the client failed: {e}"),
+        }
+        return;
+    }
+    let end = body.is_end_stream();
+    if !end
+        && !head.headers().contains_key(header::CONTENT_LENGTH)
+        && let Some(len) = body.size_hint().exact()
+    {
+        head.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    let send = match respond.send_response(head, end) {
+        Ok(send) => send,
+        Err(e) => {
+            tracing::debug!("response head to the client failed: {e}");
+            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+            return;
+        }
+    };
+    if end {
+        return;
+    }
+    let mut to = ToStream::new(send);
+    let sent = std::future::poll_fn(|cx: &mut Context<'_>| {
+        to.poll_send(Pin::new(&mut body), h2::Reason::INTERNAL_ERROR, cx)
+    })
+    .await;
+    if let Err(e) = sent {
+        tracing::debug!("response body to the client ended: {e}");
+    }
+}
