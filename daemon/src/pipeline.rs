@@ -154,6 +154,7 @@ impl ConnEnd {
             ConnEnd::L7(L7End::Error(e)) => (CloseReason::HttpError, Some(e.to_string())),
             ConnEnd::L7(L7End::H2(e)) => (CloseReason::HttpError, Some(e.to_string())),
             ConnEnd::L7(L7End::Failed(e)) => (CloseReason::HttpError, Some(e)),
+            ConnEnd::L7(L7End::Io(e)) => (CloseReason::HttpError, Some(e.to_string())),
         };
         Ending {
             outcome: Outcome::Closed(reason),

@@ -21,34 +21,22 @@ use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::{HeaderValue, Request, Response, header};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::body::{self, H2Recv, ReqBody, ToStream};
 use super::downstream::{self, Ctx};
 use super::limits::{self, Limits};
-use super::{Activity, InFlight, L7End, pool};
+use super::{L7End, Watch, pool};
+use crate::io::Rewind;
 
-/// What ends or changes a served connection, besides its streams.
-pub(super) struct Watch<'a> {
-    /// Shutdown started: GOAWAY, then drain.
-    pub shutdown: &'a CancellationToken,
-    /// The connection's requests in flight (the keep-alive timeout's clock).
-    pub in_flight: &'a InFlight,
-    /// The last byte either way (the idle timeout's clock).
-    pub activity: &'a Activity,
-    /// `[proxy] keepalive_timeout`.
-    pub keepalive: Duration,
-    /// `[proxy] idle_timeout`.
-    pub idle: Duration,
-}
+/// The client connection preface's length (RFC 9113 §3.4): what is read before h2 starts.
+const PREFACE_LEN: usize = 24;
 
 /// What the connection's poll loop stopped for.
 enum Event {
@@ -59,10 +47,61 @@ enum Event {
     Ended(Result<(), h2::Error>),
 }
 
+/// The HTTP/2 connection: h2's handshake (our SETTINGS out, the client's preface in), then
+/// the connection. One value, so the future holds the larger of the two, not both.
+enum Phase<T> {
+    Handshake(h2::server::Handshake<T, Bytes>),
+    Serving(h2::server::Connection<T, Bytes>),
+}
+
+// `serve` and `run` are plain functions returning an `async move` block: the block's
+// captures are its state, where an `async fn` would also copy each argument into a local of
+// its own (rust-lang/rust#62958), doubling the kilobyte-sized TLS stream in a future every
+// connection holds.
+
 /// Serves HTTP/2 on `io` (the client already chose it by ALPN) until the connection ends.
-pub(super) async fn serve<T>(io: T, ctx: Arc<Ctx>, limits: Limits, watch: Watch<'_>) -> L7End
+pub(super) fn serve<'a, T>(
+    io: T,
+    ctx: Arc<Ctx>,
+    limits: Limits,
+    watch: Watch<'a>,
+) -> impl Future<Output = L7End> + 'a
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin + 'a,
+{
+    let mut io = io;
+    async move {
+        // Nothing of HTTP/2 exists until the client's first bytes: h2's handshake allocates
+        // the connection's read and write buffers (24 KiB), which a connection that only
+        // finished TLS should not hold (hyper's server, reading the preface first, did not
+        // either).
+        let mut first = [0u8; PREFACE_LEN];
+        let n = tokio::select! {
+            read = io.read(&mut first) => match read {
+                Ok(0) => return L7End::Closed,
+                Ok(n) => n,
+                Err(e) => return L7End::Io(e),
+            },
+            () = watch.activity.idle_for(watch.idle) => return L7End::IdleTimeout,
+            () = watch.in_flight.idle_for(watch.keepalive) => return L7End::KeepaliveTimeout,
+            () = watch.shutdown.cancelled() => return L7End::Drained,
+        };
+        let io = Rewind::new(first[..n].to_vec(), io);
+        // Boxed: the connection's state (h2's codec, the streams) is allocated only now.
+        Box::pin(run(io, ctx, limits, watch)).await
+    }
+}
+
+/// Serves the connection once the client's first bytes are in: h2's handshake, then its
+/// streams.
+fn run<'a, T>(
+    io: T,
+    ctx: Arc<Ctx>,
+    limits: Limits,
+    watch: Watch<'a>,
+) -> impl Future<Output = L7End> + 'a
+where
+    T: AsyncRead + AsyncWrite + Unpin + 'a,
 {
     let mut builder = h2::server::Builder::new();
     builder
@@ -71,65 +110,82 @@ where
         // RFC 8441: HTTP/2 clients may open WebSockets with extended CONNECT.
         .enable_connect_protocol();
     limits::configure_h2(&mut builder, limits);
-    let mut idle = pin!(watch.activity.idle_for(watch.idle));
-    let mut shutdown = pin!(watch.shutdown.cancelled());
-    let mut conn = tokio::select! {
-        res = builder.handshake::<_, Bytes>(io) => match res {
-            Ok(conn) => conn,
-            Err(e) => return L7End::H2(e),
-        },
-        () = idle.as_mut() => return L7End::IdleTimeout,
-        () = shutdown.as_mut() => return L7End::Drained,
-    };
-    let mut keepalive = pin!(watch.in_flight.idle_for(watch.keepalive));
-    let mut streams = FuturesUnordered::new();
-    let mut draining = false;
-    let mut keepalive_over = false;
-    loop {
-        let event = std::future::poll_fn(|cx| {
-            if !draining && shutdown.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Shutdown);
-            }
-            if !draining && !keepalive_over && keepalive.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::KeepaliveOver);
-            }
-            if idle.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Idle);
-            }
-            loop {
-                // Streams first: what they queue is written by the connection's poll below,
-                // in the same pass.
-                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-                match conn.poll_accept(cx) {
-                    Poll::Ready(Some(Ok((req, respond)))) => {
-                        streams.push(stream(Arc::clone(&ctx), req, respond));
-                    }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Event::Ended(Err(e))),
-                    Poll::Ready(None) => return Poll::Ready(Event::Ended(Ok(()))),
-                    Poll::Pending => return Poll::Pending,
+    let mut phase = Phase::Handshake(builder.handshake::<_, Bytes>(io));
+    async move {
+        let mut idle = pin!(watch.activity.idle_for(watch.idle));
+        let mut shutdown = pin!(watch.shutdown.cancelled());
+        let mut keepalive = pin!(watch.in_flight.idle_for(watch.keepalive));
+        let mut streams = FuturesUnordered::new();
+        let mut draining = false;
+        let mut keepalive_over = false;
+        loop {
+            let event = std::future::poll_fn(|cx| {
+                if !draining && shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Shutdown);
                 }
-            }
-        })
-        .await;
-        match event {
-            Event::Shutdown => {
-                draining = true;
-                conn.graceful_shutdown();
-            }
-            // No request in flight for keepalive_timeout: GOAWAY, as at shutdown.
-            Event::KeepaliveOver => {
-                keepalive_over = true;
-                conn.graceful_shutdown();
-            }
-            Event::Idle => return L7End::IdleTimeout,
-            Event::Ended(res) => {
-                return match res {
-                    Ok(()) if draining => L7End::Drained,
-                    // After our GOAWAY a client may just hang up: still the keep-alive close.
-                    _ if keepalive_over => L7End::KeepaliveTimeout,
-                    Ok(()) => L7End::Closed,
-                    Err(e) => L7End::H2(e),
+                if !draining && !keepalive_over && keepalive.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::KeepaliveOver);
+                }
+                if idle.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Idle);
+                }
+                if let Phase::Handshake(handshake) = &mut phase {
+                    match Pin::new(handshake).poll(cx) {
+                        Poll::Ready(Ok(conn)) => phase = Phase::Serving(conn),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Event::Ended(Err(e))),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                let Phase::Serving(conn) = &mut phase else {
+                    unreachable!("the handshake is done");
                 };
+                loop {
+                    // Streams first: what they queue is written by the connection's poll
+                    // below, in the same pass.
+                    while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+                    match conn.poll_accept(cx) {
+                        Poll::Ready(Some(Ok((req, respond)))) => {
+                            // Boxed: `FuturesUnordered` keeps a stub task the size of its
+                            // future for the connection's life, and a stream's future
+                            // carries the request's whole pipeline (kilobytes an idle
+                            // connection would hold; measured in docs/BENCHMARKS.md).
+                            streams.push(Box::pin(stream(Arc::clone(&ctx), req, respond)));
+                        }
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Event::Ended(Err(e))),
+                        Poll::Ready(None) => return Poll::Ready(Event::Ended(Ok(()))),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            })
+            .await;
+            let conn = match &mut phase {
+                Phase::Serving(conn) => Some(conn),
+                Phase::Handshake(_) => None,
+            };
+            match (event, conn) {
+                // Before the handshake is done there is nothing to drain.
+                (Event::Shutdown, None) => return L7End::Drained,
+                (Event::KeepaliveOver, None) => return L7End::KeepaliveTimeout,
+                (Event::Shutdown, Some(conn)) => {
+                    draining = true;
+                    conn.graceful_shutdown();
+                }
+                // No request in flight for keepalive_timeout: GOAWAY, as at shutdown.
+                (Event::KeepaliveOver, Some(conn)) => {
+                    keepalive_over = true;
+                    conn.graceful_shutdown();
+                }
+                (Event::Idle, _) => return L7End::IdleTimeout,
+                (Event::Ended(res), _) => {
+                    return match res {
+                        Ok(()) if draining => L7End::Drained,
+                        // After our GOAWAY a client may just hang up: still the keep-alive
+                        // close.
+                        _ if keepalive_over => L7End::KeepaliveTimeout,
+                        Ok(()) => L7End::Closed,
+                        Err(e) => L7End::H2(e),
+                    };
+                }
             }
         }
     }

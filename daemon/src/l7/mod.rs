@@ -100,6 +100,9 @@ pub enum L7End {
     H2(h2::Error),
     /// The HTTP layer failed in a way hyper reports as a boxed error.
     Failed(String),
+    /// Reading the client's first bytes after the handshake failed (a reset, a bad TLS
+    /// record): before HTTP/2 started, so neither hyper's nor h2's error.
+    Io(std::io::Error),
 }
 
 /// What [`serve`] needs to know about the connection and the daemon.
@@ -250,31 +253,76 @@ pub async fn serve(
     // by this task, not spawned one task each as hyper's server does. HTTP/1.1, and a
     // client that named no protocol (prior-knowledge HTTP/2 is told apart by its preface),
     // go to hyper.
+    let watch = Watch {
+        shutdown: &shutdown,
+        in_flight: &in_flight,
+        activity: &activity,
+        keepalive: session.keepalive_timeout,
+        idle: session.idle_timeout,
+    };
+    // Each server is its own boxed future: this connection's task then holds only the one it
+    // runs, sized for what it holds while waiting, not the larger of the two (an idle TLS
+    // connection's memory, docs/BENCHMARKS.md).
     if negotiated.alpn_protocol() == Some(b"h2") {
-        let watch = h2_server::Watch {
-            shutdown: &shutdown,
-            in_flight: &in_flight,
-            activity: &activity,
-            keepalive: session.keepalive_timeout,
-            idle: session.idle_timeout,
-        };
-        return Ok(h2_server::serve(tls, ctx, session.limits, watch).await);
+        return Ok(Box::pin(h2_server::serve(tls, ctx, session.limits, watch)).await);
     }
+    let hyper = Hyper {
+        executor,
+        tunnels,
+        request_header_timeout: session.request_header_timeout,
+        limits: session.limits,
+    };
+    Ok(Box::pin(serve_hyper(tls, ctx, hyper, watch)).await)
+}
 
+/// What [`serve_hyper`] needs besides the connection and its watch.
+struct Hyper {
+    executor: TaskExecutor,
+    tunnels: websocket::Tunnels,
+    request_header_timeout: Duration,
+    limits: limits::Limits,
+}
+
+/// What ends or changes a served connection, besides its requests.
+struct Watch<'a> {
+    /// Shutdown started: GOAWAY / `Connection: close`, then drain.
+    shutdown: &'a CancellationToken,
+    /// The connection's requests in flight (the keep-alive timeout's clock).
+    in_flight: &'a InFlight,
+    /// The last byte either way (the idle timeout's clock).
+    activity: &'a Activity,
+    /// `[proxy] keepalive_timeout`.
+    keepalive: Duration,
+    /// `[proxy] idle_timeout`.
+    idle: Duration,
+}
+
+/// Serves HTTP/1.1 (and HTTP/2 by prior knowledge) with hyper's server until the connection
+/// ends.
+async fn serve_hyper<T>(tls: T, ctx: Arc<downstream::Ctx>, hyper: Hyper, watch: Watch<'_>) -> L7End
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Hyper {
+        executor,
+        tunnels,
+        request_header_timeout,
+        limits,
+    } = hyper;
     let mut builder = auto::Builder::new(executor);
     // With a timer, hyper's HTTP/1.1 header read timeout applies: a client must send each
     // request's head within `request_header_timeout`.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(session.request_header_timeout);
+        .header_read_timeout(request_header_timeout);
     builder
         .http2()
         .initial_stream_window_size(pool::STREAM_WINDOW)
         .initial_connection_window_size(pool::CONNECTION_WINDOW)
         // RFC 8441: HTTP/2 clients may open WebSockets with extended CONNECT.
         .enable_connect_protocol();
-    limits::configure(&mut builder, session.limits);
+    limits::configure(&mut builder, limits);
     // Boxed: hyper moves each request's future into a task of its own, and this future is
     // large (it carries the backend dial); a pointer is cheaper to move than kilobytes of
     // state (measured: -13% CPU per request, docs/BENCHMARKS.md).
@@ -295,9 +343,9 @@ pub async fn serve(
                 // relay, when the grace period of a shutdown ends and this future is dropped).
                 tokio::select! {
                     () = tunnels.finished() => {}
-                    () = activity.idle_for(session.idle_timeout) => return Ok(L7End::IdleTimeout),
+                    () = watch.activity.idle_for(watch.idle) => return L7End::IdleTimeout,
                 }
-                return Ok(match res {
+                return match res {
                     Ok(()) if draining => L7End::Drained,
                     // After our GOAWAY a client may just hang up (no TLS close_notify), which
                     // hyper reports as an error: it is still the keep-alive close.
@@ -307,27 +355,27 @@ pub async fn serve(
                         Ok(e) => L7End::Error(*e),
                         Err(e) => L7End::Failed(e.to_string()),
                     },
-                });
+                };
             }
-            () = shutdown.cancelled(), if !draining => {
+            () = watch.shutdown.cancelled(), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
             // No request in flight for keepalive_timeout: GOAWAY (HTTP/2) or close once the
             // connection is idle (HTTP/1.1), as at shutdown.
-            () = in_flight.idle_for(session.keepalive_timeout), if !draining && !keepalive_over => {
+            () = watch.in_flight.idle_for(watch.keepalive), if !draining && !keepalive_over => {
                 keepalive_over = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = activity.idle_for(session.idle_timeout) => return Ok(L7End::IdleTimeout),
+            () = watch.activity.idle_for(watch.idle) => return L7End::IdleTimeout,
         }
     }
 }
 
 /// hyper's executor for this connection's tasks (the backend connection's driver, hyper's
-/// per-stream tasks for a client served by hyper, WebSocket tunnels' backend connections): spawned through the server's `TaskTracker`, so every task has
-/// an owner and shutdown waits for it, inside the connection's span, so their logs say which
-/// connection they belong to.
+/// per-stream tasks for a client served by hyper, WebSocket tunnels' backend connections):
+/// spawned through the server's `TaskTracker`, so every task has an owner and shutdown waits
+/// for it, inside the connection's span, so their logs say which connection they belong to.
 #[derive(Debug, Clone)]
 pub struct TaskExecutor {
     tasks: TaskTracker,

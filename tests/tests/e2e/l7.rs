@@ -843,6 +843,114 @@ async fn a_kept_alive_connection_without_requests_is_closed_after_keepalive_time
 }
 
 #[tokio::test]
+async fn an_h2_client_that_sends_nothing_after_tls_gets_nothing_and_is_closed_after_keepalive_timeout()
+ {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr)
+        .keepalive_timeout(Duration::from_millis(300))
+        .start()
+        .await;
+    let mut tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"h2"])
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let connected = std::time::Instant::now();
+    let mut out = Vec::new();
+    let ended = timed(tls.read_to_end(&mut out)).await;
+    let waited = connected.elapsed();
+    assert_eq!(ended.map(|_| ()).map_err(|e| e.kind()), IDLE_CLOSE);
+    // HTTP/2 starts with the client's first bytes: not even the server's SETTINGS before.
+    assert!(out.is_empty(), "the proxy sent {out:?}");
+    assert!(
+        waited >= Duration::from_millis(280),
+        "closed after {waited:?}, before the 300 ms keep-alive timeout"
+    );
+    assert!(
+        wait_for_log(&logs, "outcome=\"keepalive_timeout\"").await,
+        "{}",
+        log_text(&logs)
+    );
+}
+
+/// A client stream that has already sent the first `skip` bytes its user writes: lets a test
+/// send the start of a protocol by hand and hand the rest of the conversation to a client.
+struct AlreadySent<S> {
+    inner: S,
+    skip: usize,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for AlreadySent<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for AlreadySent<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.skip > 0 {
+            let n = self.skip.min(buf.len());
+            self.skip -= n;
+            return std::task::Poll::Ready(Ok(n));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn an_h2_preface_that_arrives_in_pieces_is_served() {
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
+    let mut tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"h2"])
+        .await
+        .unwrap();
+    // The first 10 of the preface's 24 bytes alone, in a record of their own, read by the
+    // proxy before the rest exists: what it read first must reach HTTP/2 intact.
+    const FIRST: &[u8] = b"PRI * HTTP";
+    tls.write_all(FIRST).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let io = AlreadySent {
+        inner: tls,
+        skip: FIRST.len(),
+    };
+    let (mut client, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = answer(timed(client.send_request(get("/pieces"))).await.unwrap()).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(resp.header("x-echo-path"), "/pieces");
+}
+
+#[tokio::test]
 async fn an_l7_catch_all_terminates_tls_for_names_no_other_route_has() {
     let pki = Pki::new();
     let backend = H2Backend::start().await;
