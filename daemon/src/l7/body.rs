@@ -324,6 +324,33 @@ impl Body for RespBody {
     }
 }
 
+/// The peer's reset of `stream`, or its connection's failure, as an error once there is one.
+pub fn poll_reset(stream: &mut h2::SendStream<Bytes>, cx: &mut Context<'_>) -> Poll<h2::Error> {
+    stream.poll_reset(cx).map(|reset| match reset {
+        Ok(reason) => h2::Error::from(reason),
+        Err(e) => e,
+    })
+}
+
+/// Ready once `stream` has send window, claiming only a byte of it, as hyper does: h2 raises
+/// the claim to what is buffered once a chunk is handed over, and a stream that claims its
+/// whole chunk up front can starve the connection's other streams. `None`: the stream is
+/// over (reset or closed).
+pub fn poll_window(
+    stream: &mut h2::SendStream<Bytes>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<(), h2::Error>>> {
+    while stream.capacity() == 0 {
+        stream.reserve_capacity(1);
+        match ready!(stream.poll_capacity(cx)) {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+            None => return Poll::Ready(None),
+        }
+    }
+    Poll::Ready(Some(Ok(())))
+}
+
 /// Why copying a body into an HTTP/2 stream ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum SendBodyError<E> {
@@ -374,33 +401,21 @@ impl ToStream {
     {
         let stream = &mut self.stream;
         loop {
-            if let Poll::Ready(reset) = stream.poll_reset(cx) {
-                return Poll::Ready(Err(SendBodyError::Stream(match reset {
-                    Ok(reason) => h2::Error::from(reason),
-                    Err(e) => e,
-                })));
+            if let Poll::Ready(e) = poll_reset(stream, cx) {
+                return Poll::Ready(Err(SendBodyError::Stream(e)));
             }
             if let Some((data, last)) = self.pending.take() {
-                // Claim only a byte of window, as hyper does: h2 raises the claim to what
-                // is buffered once the chunk is handed over, and a stream that claims its
-                // whole chunk up front can starve the connection's other streams.
-                if stream.capacity() == 0 {
-                    stream.reserve_capacity(1);
-                    match stream.poll_capacity(cx) {
-                        Poll::Pending => {
-                            self.pending = Some((data, last));
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(Some(Ok(_))) => {
-                            self.pending = Some((data, last));
-                            continue;
-                        }
-                        Poll::Ready(Some(Err(e))) => {
-                            return Poll::Ready(Err(SendBodyError::Stream(e)));
-                        }
-                        // The stream is over (reset or closed): nothing more to send.
-                        Poll::Ready(None) => return Poll::Ready(Ok(())),
+                match poll_window(stream, cx) {
+                    Poll::Pending => {
+                        self.pending = Some((data, last));
+                        return Poll::Pending;
                     }
+                    Poll::Ready(Some(Ok(()))) => {}
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(SendBodyError::Stream(e)));
+                    }
+                    // The stream is over (reset or closed): nothing more to send.
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
                 }
                 stream
                     .send_data(data, last)

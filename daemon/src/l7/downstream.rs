@@ -4,8 +4,8 @@
 //! I/O: none of its own; requests go out through [`Upstream`]. Every request gets exactly one
 //! response and is counted once (`requests`, and `count_response` with the status sent,
 //! including the proxy's own 421/502/504; an HTTP/2 request its client reset before the
-//! answer is dropped and counts in `requests` only), and its duration is recorded once in the route's
-//! `request_duration` histogram: from the moment hyper hands [`handle`] the parsed request
+//! answer is dropped and counts in `requests` only), and its duration is recorded once in
+//! the route's `request_duration` histogram: from the moment hyper hands [`handle`] the parsed request
 //! head to the moment the response head is handed back (so it includes the backend dial when
 //! the request had to wait for one, and excludes streaming either body). Bodies and trailers are never buffered: the
 //! client's request body is handed to the backend as it arrives, the backend's response body

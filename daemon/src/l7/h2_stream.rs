@@ -15,6 +15,8 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
+use super::body;
+
 /// Where the server puts a switched stream's send half once the response head is sent.
 pub type Handoff = oneshot::Sender<h2::SendStream<Bytes>>;
 
@@ -91,21 +93,14 @@ impl AsyncWrite for StreamIo {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if let Poll::Ready(reset) = self.send.poll_reset(cx) {
-            let e = match reset {
-                Ok(reason) => h2::Error::from(reason),
-                Err(e) => e,
-            };
+        if let Poll::Ready(e) = body::poll_reset(&mut self.send, cx) {
             return Poll::Ready(Err(io_error(e)));
         }
-        // As for bodies: claim a byte of window, send the whole write once there is some.
-        while self.send.capacity() == 0 {
-            self.send.reserve_capacity(1);
-            match ready!(self.send.poll_capacity(cx)) {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
+        // As for bodies: a byte of window claimed, the whole write sent once there is some.
+        match ready!(body::poll_window(&mut self.send, cx)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
+            None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
         }
         self.send
             .send_data(Bytes::copy_from_slice(buf), false)
