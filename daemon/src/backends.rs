@@ -344,6 +344,9 @@ pub struct Member {
     pub spec: RouteBackend,
     /// Health and counters, shared across route versions.
     pub health: Arc<MemberHealth>,
+    /// `spec.address`, shared: every L4 connection to the member names it in its record and
+    /// listing without a copy of its own.
+    pub address: Arc<str>,
 }
 
 /// A route's members and how it picks one.
@@ -416,6 +419,7 @@ impl BackendSet {
             .take(MAX_MEMBERS)
             .map(|spec| Member {
                 health: health_for(&spec.address),
+                address: Arc::from(spec.address.as_str()),
                 spec: spec.clone(),
             })
             .collect();

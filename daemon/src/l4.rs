@@ -72,51 +72,61 @@ impl L4Error {
 /// A dial that fails goes on to the next member at once, all within `connect_timeout`:
 /// nothing has reached a backend yet, so the ClientHello can go anywhere. Once connected,
 /// the connection stays with that member, whatever happens to the writes.
-pub async fn serve(
-    client: &mut TcpStream,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+)]
+pub fn serve<'a>(
+    client: &'a mut TcpStream,
     peeked: Vec<u8>,
-    route: &RouteInfo,
-    record: &mut Record,
+    route: &'a RouteInfo,
+    record: &'a mut Record,
     listener: SocketAddr,
-    state: &State,
-    listed: &Registered<'_>,
-) -> Result<RelayEnd, L4Error> {
-    let proxy = &state.proxy;
-    let (mut backend, pick) = connect(route, record, listener, state).await?;
-    if let Some(chosen) = &record.backend {
-        listed.set_backend(chosen);
+    state: &'a State,
+    listed: &'a Registered<'a>,
+) -> impl Future<Output = Result<RelayEnd, L4Error>> + Send + 'a {
+    // A plain `fn` returning `async move`: an `async fn` would store its arguments twice, for
+    // as long as the relay runs.
+    async move {
+        let proxy = &state.proxy;
+        // Boxed: dialling needs more state than the relay, and the task would otherwise carry
+        // that room for as long as the connection lives.
+        let (mut backend, pick) = Box::pin(connect(route, record, listener, state)).await?;
+        if let Some(chosen) = &record.backend {
+            listed.set_backend(chosen);
+        }
+        let backend_addr = route.backends.member(pick.index).spec.address.as_str();
+        let backend_err = |source| L4Error::Backend {
+            backend: backend_addr.to_owned(),
+            source,
+        };
+        if route.route.send_proxy_protocol {
+            // The destination is where the client reached us; the spec has the header relay the
+            // original connection's endpoints.
+            let local = record.local.unwrap_or(unspecified(record.client));
+            proxyproto::write_v2(&mut backend, record.client, local)
+                .await
+                .map_err(backend_err)?;
+        }
+        backend.write_all(&peeked).await.map_err(backend_err)?;
+        for up in [&record.bytes.up, &route.stats.bytes.up] {
+            up.fetch_add(peeked.len() as u64, Ordering::Relaxed);
+        }
+        drop(peeked);
+        let _ = client.set_nodelay(true);
+        // `pick` lives until the relay ends: the member counts the connection as active, which
+        // least_conn reads and a drain waits for.
+        let end = relay(
+            client,
+            &backend,
+            proxy.idle_timeout,
+            &record.bytes,
+            &route.stats.bytes,
+        )
+        .await;
+        drop(pick);
+        Ok(end)
     }
-    let backend_addr = route.backends.member(pick.index).spec.address.as_str();
-    let backend_err = |source| L4Error::Backend {
-        backend: backend_addr.to_owned(),
-        source,
-    };
-    if route.route.send_proxy_protocol {
-        // The destination is where the client reached us; the spec has the header relay the
-        // original connection's endpoints.
-        let local = record.local.unwrap_or(unspecified(record.client));
-        proxyproto::write_v2(&mut backend, record.client, local)
-            .await
-            .map_err(backend_err)?;
-    }
-    backend.write_all(&peeked).await.map_err(backend_err)?;
-    for up in [&record.bytes.up, &route.stats.bytes.up] {
-        up.fetch_add(peeked.len() as u64, Ordering::Relaxed);
-    }
-    drop(peeked);
-    let _ = client.set_nodelay(true);
-    // `pick` lives until the relay ends: the member counts the connection as active, which
-    // least_conn reads and a drain waits for.
-    let end = relay(
-        client,
-        &backend,
-        proxy.idle_timeout,
-        &record.bytes,
-        &route.stats.bytes,
-    )
-    .await;
-    drop(pick);
-    Ok(end)
 }
 
 /// Dials members until one answers, within `connect_timeout` in all; each failure is
@@ -137,7 +147,7 @@ async fn connect(
         };
         tried.add(pick.index);
         let member = route.backends.member(pick.index);
-        record.backend = Some(Arc::from(member.spec.address.as_str()));
+        record.backend = Some(Arc::clone(&member.address));
         let dial_started = Instant::now();
         let left = deadline.saturating_duration_since(dial_started);
         match dial(&member.spec.address, left).await {

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use mc_proxy_shared::{BlockedReason, CloseReason, Outcome, ResetReason};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,7 +33,7 @@ use crate::l7::{self, L7End};
 use crate::proxyproto;
 use crate::relay::RelayEnd;
 use crate::routes::RouteInfo;
-use crate::sni::{self, ClientHello};
+use crate::sni;
 use crate::state::{ListenerState, State};
 use crate::stats::ActiveGuard;
 
@@ -164,31 +165,46 @@ impl ConnEnd {
     }
 }
 
-/// One connection, start to end: the pipeline in DESIGN.md.
-pub async fn handle_conn(
+/// One connection, start to end: the pipeline in DESIGN.md. `slot` is the connection's
+/// `max_connections` permit, released when it ends.
+///
+/// A plain `fn` returning `async move`, which owns everything it is given: the returned future
+/// is the connection's whole task, and an `async fn` (or an `async` block calling one) would
+/// store the arguments twice, once as given and once as moved in (rust-lang/rust#62958), for
+/// the connection's whole life.
+pub fn handle_conn(
     id: u64,
     stream: TcpStream,
     peer: SocketAddr,
-    listener: &ListenerState,
-    shared: &Shared,
-) {
+    listener: Arc<ListenerState>,
+    shared: Arc<Shared>,
+    slot: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send + 'static {
     let started = Instant::now();
     listener.counters.active.fetch_add(1, Ordering::Relaxed);
     let mut record = Record::new(id, peer, stream.local_addr().ok());
-
     // The L7 step takes the stream (hyper needs to own it); every other step borrows it.
     let mut stream = Some(stream);
-    // Past the shutdown grace period every step stops, whichever it is in.
-    let result = tokio::select! {
-        result = pipeline(&mut stream, &mut record, listener, shared) => result,
-        () = shared.force_close.cancelled() => Ok(ConnEnd::Cancelled),
-    };
-    let ending = match result {
-        Ok(end) => end.ending(),
-        Err(e) => refuse(e, stream, &record, listener, &shared.state),
-    };
-    access::closed(&record, listener, &ending, started.elapsed(), &shared.state);
-    listener.counters.active.fetch_sub(1, Ordering::Relaxed);
+    async move {
+        // Past the shutdown grace period every step stops, whichever it is in.
+        let result = tokio::select! {
+            result = pipeline(&mut stream, &mut record, &listener, &shared) => result,
+            () = shared.force_close.cancelled() => Ok(ConnEnd::Cancelled),
+        };
+        let ending = match result {
+            Ok(end) => end.ending(),
+            Err(e) => refuse(e, stream, &record, &listener, &shared.state),
+        };
+        access::closed(
+            &record,
+            &listener,
+            &ending,
+            started.elapsed(),
+            &shared.state,
+        );
+        listener.counters.active.fetch_sub(1, Ordering::Relaxed);
+        drop(slot);
+    }
 }
 
 /// The steps; an `Err` means "reset the client" (if the stream is still here).
@@ -202,18 +218,19 @@ async fn pipeline(
     let stream = slot
         .as_mut()
         .expect("the stream is taken only by the dispatch step");
-    let early = read_proxy_header(stream, record, listener).await?;
+    // Boxed: reading the header needs more state than an idle relay holds, and the task
+    // would otherwise carry that room for its whole life (a future is as large as its
+    // largest step).
+    let early = Box::pin(read_proxy_header(stream, record, listener)).await?;
     check_firewall(state, record.client.ip())?;
-    let (hello, peeked) =
-        read_client_hello(stream, early, state.proxy.client_hello_timeout).await?;
-    record.sni = hello.server_name;
+    let (sni, peeked) = read_client_hello(stream, early, state.proxy.client_hello_timeout).await?;
+    record.sni = sni;
     let route = match &record.sni {
         Some(sni) => listener
             .lookup(sni)
             .ok_or_else(|| ConnError::UnknownHost(sni.clone()))?,
         None => listener.lookup_no_sni().ok_or(ConnError::NoSni)?,
     };
-    let sni = record.sni.clone();
     tracing::Span::current().record("route", route.hostname());
     record.route = Some(Arc::clone(&route));
     access::opened(record, listener, &route, state);
@@ -221,7 +238,7 @@ async fn pipeline(
         record.id,
         listener.addr,
         record.client,
-        sni.as_deref().unwrap_or_default(),
+        record.sni.as_deref().unwrap_or_default(),
         &route,
         &record.bytes,
     );
@@ -358,17 +375,18 @@ fn check_firewall(state: &State, client: IpAddr) -> Result<(), ConnError> {
     Ok(())
 }
 
-/// Reads the whole ClientHello after the `early` bytes already read, returning it and every
-/// byte read (to be forwarded verbatim).
+/// Reads the whole ClientHello after the `early` bytes already read, returning its SNI and
+/// every byte read (to be forwarded verbatim). The rest of the hello (its ALPN list) is
+/// dropped here: an L4 connection would otherwise keep it for its whole life.
 async fn read_client_hello(
     stream: &mut TcpStream,
     early: Vec<u8>,
     timeout: Duration,
-) -> Result<(ClientHello, Vec<u8>), ConnError> {
+) -> Result<(Option<String>, Vec<u8>), ConnError> {
     let mut peeked = early;
     peeked.reserve(2048);
     let hello = sni::read_client_hello(stream, &mut peeked, timeout).await?;
-    Ok((hello, peeked))
+    Ok((hello.server_name, peeked))
 }
 
 /// Closes with SO_LINGER 0, so the peer sees RST instead of an orderly FIN: a refused

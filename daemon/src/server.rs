@@ -204,14 +204,15 @@ async fn accept_loop(
             client = tracing::field::Empty,
             route = tracing::field::Empty,
         );
-        let (shared, listener) = (Arc::clone(&shared), Arc::clone(&listener));
-        tracker.spawn(
-            async move {
-                pipeline::handle_conn(id, stream, peer, &listener, &shared).await;
-                drop(permit);
-            }
-            .instrument(span),
+        let conn = pipeline::handle_conn(
+            id,
+            stream,
+            peer,
+            Arc::clone(&listener),
+            Arc::clone(&shared),
+            permit,
         );
+        tracker.spawn(conn.instrument(span));
     }
 }
 
