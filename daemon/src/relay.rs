@@ -24,7 +24,7 @@ use std::time::Duration;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -162,11 +162,8 @@ type BurstFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Burst>> + Send + '
 /// Nothing is held while the direction is idle: it waits with `poll_read_ready`, which keeps
 /// the waker in the socket's tokio registration rather than in a future of its own
 /// (`readable()` would store a waiter node and its async layers for as long as it idles).
-/// Readable, it starts a burst: on Linux the burst borrows a pipe from [`splice::POOL`] and
-/// moves the bytes socket → pipe → socket with splice(2), without copying them through user
-/// space; a burst that cannot get a pipe (fd limit) and other OSes use a buffer that exists
-/// only while bytes are moving. Either way thousands of idle connections cost their sockets
-/// and tasks, not 32 KiB each.
+/// Readable, it starts a [`burst`], whose buffer or pipe exists only while bytes move:
+/// thousands of idle connections cost their sockets and tasks, not 32 KiB each.
 enum Direction<'a> {
     /// Waiting for `from` to be readable.
     Waiting,
@@ -211,13 +208,77 @@ impl<'a> Direction<'a> {
     }
 }
 
-/// Starts a burst: through a pooled pipe where splice(2) is available, else a buffer.
+/// Starts a burst. Most bursts are small (the messages of a TLS handshake, a request), and
+/// those are copied through a buffer: a read that does not fill it has drained the socket
+/// (see [`read_some`]), so a small burst costs one read and one write. A read that fills the
+/// buffer means bulk data: on Linux the rest of the burst goes through a pipe borrowed from
+/// [`splice::POOL`] (splice(2), no copy through user space; a splice read cannot tell a
+/// drained socket from a full pipe, so that path ends on `EAGAIN`). Without a pipe (fd limit,
+/// other OSes) the buffer carries on. Either way the buffer and the pipe exist only while
+/// bytes move.
 fn burst<'a>(from: &'a TcpStream, to: &'a TcpStream, moved: Moved<'a>) -> BurstFuture<'a> {
-    #[cfg(target_os = "linux")]
-    if let Some(mut pipe) = splice::POOL.take() {
-        return Box::pin(async move { splice::burst(from, to, &mut pipe, moved).await });
+    Box::pin(async move {
+        let mut buf = Vec::with_capacity(BUF_SIZE);
+        loop {
+            match read_some(from, &mut buf)? {
+                Got::Eof => return Ok(Burst::Eof),
+                Got::Nothing => return Ok(Burst::Drained),
+                Got::Bytes { drained } => {
+                    write_all(to, &buf).await?;
+                    moved.chunk(buf.len());
+                    if drained {
+                        return Ok(Burst::Drained);
+                    }
+                }
+            }
+            #[cfg(target_os = "linux")]
+            if let Some(mut pipe) = splice::POOL.take() {
+                drop(buf);
+                return splice::burst(from, to, &mut pipe, moved).await;
+            }
+        }
+    })
+}
+
+/// What one [`read_some`] got.
+enum Got {
+    /// The peer's FIN.
+    Eof,
+    /// Nothing after all (the readiness was stale); it is cleared.
+    Nothing,
+    /// Bytes in the buffer; `drained` when the read did not fill it.
+    Bytes { drained: bool },
+}
+
+/// Reads what `from` has into `buf` (emptied first, up to its capacity).
+///
+/// A TCP read that returns less than it was asked for has taken every queued segment (the
+/// kernel copies until the length or the receive queue runs out), so the socket is drained
+/// and its readiness is cleared then too, not only on `EAGAIN`, as tokio's own `poll_read`
+/// does: the next wait is a real one, without a read that finds nothing. A FIN that came
+/// with the data is not lost: tokio keeps read-closed readiness through a clear.
+fn read_some(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Got> {
+    buf.clear();
+    let capacity = buf.capacity();
+    let res = from.try_io(Interest::READABLE, || {
+        let n = from.try_read_buf(buf)?;
+        if n > 0 && n < capacity {
+            // Not a failed read but a drained socket: `try_io` clears readiness only on
+            // `WouldBlock`, and only if no new event came in since it was read.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match res {
+        Ok(0) => Ok(Got::Eof),
+        Ok(_) => Ok(Got::Bytes { drained: false }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(if buf.is_empty() {
+            Got::Nothing
+        } else {
+            Got::Bytes { drained: true }
+        }),
+        Err(e) => Err(e),
     }
-    Box::pin(copy_burst(from, to, moved))
 }
 
 /// [`relay`] for any two byte streams (the WebSocket tunnel: hyper's upgraded client stream,
@@ -319,24 +380,6 @@ enum Burst {
     Drained,
     /// `from` sent its FIN.
     Eof,
-}
-
-/// Moves what `from` has to `to` through a buffer that lives only for the burst.
-async fn copy_burst(from: &TcpStream, to: &TcpStream, moved: Moved<'_>) -> io::Result<Burst> {
-    let mut buf = Vec::with_capacity(BUF_SIZE);
-    loop {
-        buf.clear();
-        match from.try_read_buf(&mut buf) {
-            Ok(0) => return Ok(Burst::Eof),
-            Ok(n) => {
-                write_all(to, &buf).await?;
-                moved.chunk(n);
-            }
-            // Drained: give the buffer back and wait for the next burst.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 /// splice(2) through a pipe: the L4 relay's bulk path on Linux (rustix's safe wrappers; the
@@ -616,11 +659,48 @@ mod tests {
         assert_eq!(counts.down.load(Ordering::Relaxed), 2);
     }
 
-    /// Many small bursts on one connection: each borrows a pipe and gives it back, and the
-    /// pool never grows past its cap.
+    /// A small write followed at once by a FIN, each way: the short read that clears the
+    /// socket's readiness must not lose the FIN behind it (the relay would then wait for the
+    /// idle timeout instead of finishing).
+    #[tokio::test]
+    async fn a_fin_right_behind_a_small_write_is_passed_on() {
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_backend, mut backend) = pair().await;
+        let counts = Transferred::default();
+        let relayed = relay(
+            &proxy_client,
+            &proxy_backend,
+            Duration::from_secs(30),
+            &counts,
+            &counts,
+        );
+        let traffic = async {
+            client.write_all(b"hello").await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            backend.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"hello");
+            backend.write_all(b"bye").await.unwrap();
+            backend.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"bye");
+        };
+        let (end, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(relayed, traffic)
+        })
+        .await
+        .expect("the relay finishes well before its idle timeout");
+        assert!(matches!(end, RelayEnd::Finished), "{end:?}");
+        assert_eq!(counts.up.load(Ordering::Relaxed), 10);
+        assert_eq!(counts.down.load(Ordering::Relaxed), 6);
+    }
+
+    /// Many small bursts on one connection, each copied through a buffer: every byte arrives
+    /// in order, and the pipe pool (used by bulk bursts) never grows past its cap.
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn bursts_reuse_pooled_pipes() {
+    async fn small_bursts_arrive_in_order() {
         let (mut client, proxy_client) = pair().await;
         let (proxy_backend, mut backend) = pair().await;
         let counts = Transferred::default();
