@@ -208,46 +208,53 @@ pub struct Ctx {
 
 /// Answers every request, never fails (errors become responses): hyper's service function,
 /// and `h2_server`'s for each stream.
-pub async fn handle(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+)]
+pub fn handle(
     ctx: Arc<Ctx>,
     req: Request<ReqBody>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let started = Instant::now();
-    let in_flight = ctx.in_flight.enter();
-    let stats = &ctx.route.stats;
-    stats.requests.fetch_add(1, Ordering::Relaxed);
-    let version = req.version();
-    let method = req.method().clone();
-    // A shared clone of the target (no copy) for the logs below; they print the path only.
-    let target = req.uri().path_and_query().cloned();
-    let path = target.as_ref().map_or("", PathAndQuery::path);
-    let mut resp = match forward(&ctx, req).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            match &e {
-                RequestError::Upstream(_) => {
-                    stats.backend_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%method, %path, "backend error: {e}");
+) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
+    // A request's future is moved whole when created and boxed: no second copy of `req`.
+    async move {
+        let started = Instant::now();
+        let in_flight = ctx.in_flight.enter();
+        let stats = &ctx.route.stats;
+        stats.requests.fetch_add(1, Ordering::Relaxed);
+        let version = req.version();
+        let method = req.method().clone();
+        // A shared clone of the target (no copy) for the logs below; they print the path only.
+        let target = req.uri().path_and_query().cloned();
+        let path = target.as_ref().map_or("", PathAndQuery::path);
+        let mut resp = match forward(&ctx, req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                match &e {
+                    RequestError::Upstream(_) => {
+                        stats.backend_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%method, %path, "backend error: {e}");
+                    }
+                    RequestError::WebSocket(w) if w.is_backend() => {
+                        stats.backend_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%method, %path, "backend error: {e}");
+                    }
+                    _ => tracing::info!(%method, %path, "refused: {e}"),
                 }
-                RequestError::WebSocket(w) if w.is_backend() => {
-                    stats.backend_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%method, %path, "backend error: {e}");
+                let mut resp = text_response(e.status(), e.text());
+                if let RequestError::WebSocket(w) = &e {
+                    w.decorate(resp.headers_mut());
                 }
-                _ => tracing::info!(%method, %path, "refused: {e}"),
+                resp
             }
-            let mut resp = text_response(e.status(), e.text());
-            if let RequestError::WebSocket(w) = &e {
-                w.decorate(resp.headers_mut());
-            }
-            resp
-        }
-    };
-    *resp.version_mut() = version;
-    resp.body_mut()._in_flight = Some(in_flight);
-    stats.count_response(resp.status().as_u16());
-    stats.request_duration.record(started.elapsed());
-    tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
-    Ok(resp)
+        };
+        *resp.version_mut() = version;
+        resp.body_mut()._in_flight = Some(in_flight);
+        stats.count_response(resp.status().as_u16());
+        stats.request_duration.record(started.elapsed());
+        tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
+        Ok(resp)
+    }
 }
 
 fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
@@ -293,43 +300,56 @@ fn requested_authority<B>(req: &Request<B>, sni: Option<&str>) -> Result<Authori
         .map_err(|_| RequestError::BadAuthority(text.to_owned()))
 }
 
-async fn forward(ctx: &Ctx, req: Request<ReqBody>) -> Result<Response<ProxyBody>, RequestError> {
-    // Framing first: a request with two Hosts must not get as far as the misrouting guard,
-    // which reads only one of them.
-    limits::check_request(&req, ctx.limits)?;
-    let authority = requested_authority(&req, ctx.sni.as_deref())?;
-    if let Some(upgrade) = websocket::upgrade_of(&req) {
-        return upgrade_websocket(ctx, req, upgrade?, authority).await;
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+)]
+fn forward<'a>(
+    ctx: &'a Ctx,
+    req: Request<ReqBody>,
+) -> impl Future<Output = Result<Response<ProxyBody>, RequestError>> + Send + 'a {
+    // A request's future is moved whole when created and boxed: no second copy of `req`.
+    async move {
+        // Framing first: a request with two Hosts must not get as far as the misrouting guard,
+        // which reads only one of them.
+        limits::check_request(&req, ctx.limits)?;
+        let authority = requested_authority(&req, ctx.sni.as_deref())?;
+        if let Some(upgrade) = websocket::upgrade_of(&req) {
+            // Boxed: the WebSocket set-up's state is larger than the whole plain-request path,
+            // and every request's future (moved whole when it is created and boxed) would carry
+            // room for it.
+            return Box::pin(upgrade_websocket(ctx, req, upgrade?, authority)).await;
+        }
+
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        // The neutral form the upstream rewrites for the backend connection's HTTP version.
+        parts.uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|e| RequestError::BadAuthority(e.to_string()))?;
+        // The authority travels in the URI; the upstream writes `Host` back for HTTP/1.1.
+        parts.headers.remove(header::HOST);
+        headers::rewrite_request(&mut parts.headers, &ctx.forwarded);
+
+        let req = Request::from_parts(parts, body);
+        let resp = tokio::select! {
+            res = ctx.upstream.send(req, &ctx.route.stats.connect_duration) => res?,
+            () = ctx.closed.cancelled() => return Err(RequestError::Closed),
+        };
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::new(Content::Backend(body)),
+        ))
     }
-
-    let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    // The neutral form the upstream rewrites for the backend connection's HTTP version.
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority)
-        .path_and_query(path)
-        .build()
-        .map_err(|e| RequestError::BadAuthority(e.to_string()))?;
-    // The authority travels in the URI; the upstream writes `Host` back for HTTP/1.1.
-    parts.headers.remove(header::HOST);
-    headers::rewrite_request(&mut parts.headers, &ctx.forwarded);
-
-    let req = Request::from_parts(parts, body);
-    let resp = tokio::select! {
-        res = ctx.upstream.send(req, &ctx.route.stats.connect_duration) => res?,
-        () = ctx.closed.cancelled() => return Err(RequestError::Closed),
-    };
-    let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(
-        parts,
-        ProxyBody::new(Content::Backend(body)),
-    ))
 }
 
 /// The WebSocket branch of [`forward`]: a dedicated backend connection and a tunnel

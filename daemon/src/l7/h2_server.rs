@@ -192,71 +192,78 @@ where
 }
 
 /// One client stream: its request handled, its response sent back.
-async fn stream(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+)]
+fn stream(
     ctx: Arc<Ctx>,
     req: Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
-) {
-    let content_length = body::content_length(req.headers());
-    let (mut parts, recv) = req.into_parts();
-    // The extended CONNECT's `:protocol`, in the type the upgrade check reads (hyper's,
-    // which the connections hyper serves carry).
-    if let Some(protocol) = parts.extensions.remove::<h2::ext::Protocol>() {
-        parts
-            .extensions
-            .insert(hyper::ext::Protocol::from(protocol.as_str()));
-    }
-    let req = Request::from_parts(parts, ReqBody::H2(H2Recv::new(recv, content_length)));
-    let mut handled = pin!(downstream::handle(ctx, req));
-    // A client's reset before the head is an abandoned request: drop its future. The reset
-    // is looked at first: it also fails the request body, which can end the request with a
-    // 502 in the same wake-up, and a client that left is not a backend error.
-    let resp = std::future::poll_fn(|cx| {
-        if respond.poll_reset(cx).is_ready() {
-            return Poll::Ready(None);
+) -> impl Future<Output = ()> + Send + 'static {
+    // Boxed per stream and moved whole when created: no second copy of the arguments.
+    async move {
+        let content_length = body::content_length(req.headers());
+        let (mut parts, recv) = req.into_parts();
+        // The extended CONNECT's `:protocol`, in the type the upgrade check reads (hyper's,
+        // which the connections hyper serves carry).
+        if let Some(protocol) = parts.extensions.remove::<h2::ext::Protocol>() {
+            parts
+                .extensions
+                .insert(hyper::ext::Protocol::from(protocol.as_str()));
         }
-        handled.as_mut().poll(cx).map(Some)
-    })
-    .await;
-    let Some(Ok(resp)) = resp else {
-        tracing::debug!("stream reset by the client before its response");
-        return;
-    };
-    let (head, mut body) = resp.into_parts();
-    let mut head = Response::from_parts(head, ());
-    if let Some(handoff) = body.take_handoff() {
-        // A switched WebSocket: the stream is the tunnel's from here.
-        match respond.send_response(head, false) {
-            Ok(send) => drop(handoff.send(send)),
-            Err(e) => tracing::debug!("WebSocket answer to the client failed: {e}"),
-        }
-        return;
-    }
-    let end = body.is_end_stream();
-    if !end
-        && !head.headers().contains_key(header::CONTENT_LENGTH)
-        && let Some(len) = body.size_hint().exact()
-    {
-        head.headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    }
-    let send = match respond.send_response(head, end) {
-        Ok(send) => send,
-        Err(e) => {
-            tracing::debug!("response head to the client failed: {e}");
-            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+        let req = Request::from_parts(parts, ReqBody::H2(H2Recv::new(recv, content_length)));
+        let mut handled = pin!(downstream::handle(ctx, req));
+        // A client's reset before the head is an abandoned request: drop its future. The reset
+        // is looked at first: it also fails the request body, which can end the request with a
+        // 502 in the same wake-up, and a client that left is not a backend error.
+        let resp = std::future::poll_fn(|cx| {
+            if respond.poll_reset(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            handled.as_mut().poll(cx).map(Some)
+        })
+        .await;
+        let Some(Ok(resp)) = resp else {
+            tracing::debug!("stream reset by the client before its response");
+            return;
+        };
+        let (head, mut body) = resp.into_parts();
+        let mut head = Response::from_parts(head, ());
+        if let Some(handoff) = body.take_handoff() {
+            // A switched WebSocket: the stream is the tunnel's from here.
+            match respond.send_response(head, false) {
+                Ok(send) => drop(handoff.send(send)),
+                Err(e) => tracing::debug!("WebSocket answer to the client failed: {e}"),
+            }
             return;
         }
-    };
-    if end {
-        return;
-    }
-    let mut to = ToStream::new(send);
-    let sent = std::future::poll_fn(|cx: &mut Context<'_>| {
-        to.poll_send(Pin::new(&mut body), h2::Reason::INTERNAL_ERROR, cx)
-    })
-    .await;
-    if let Err(e) = sent {
-        tracing::debug!("response body to the client ended: {e}");
+        let end = body.is_end_stream();
+        if !end
+            && !head.headers().contains_key(header::CONTENT_LENGTH)
+            && let Some(len) = body.size_hint().exact()
+        {
+            head.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        let send = match respond.send_response(head, end) {
+            Ok(send) => send,
+            Err(e) => {
+                tracing::debug!("response head to the client failed: {e}");
+                respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                return;
+            }
+        };
+        if end {
+            return;
+        }
+        let mut to = ToStream::new(send);
+        let sent = std::future::poll_fn(|cx: &mut Context<'_>| {
+            to.poll_send(Pin::new(&mut body), h2::Reason::INTERNAL_ERROR, cx)
+        })
+        .await;
+        if let Err(e) = sent {
+            tracing::debug!("response body to the client ended: {e}");
+        }
     }
 }

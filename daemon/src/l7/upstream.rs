@@ -43,7 +43,7 @@ use tokio::sync::oneshot;
 
 use super::body::{self, BackendError, Held, ReqBody, RespBody, ToStream};
 use super::connector::Wire;
-use super::pool::{Lease, PoolError, StreamSlot, TargetPool};
+use super::pool::{H1Lease, Lease, PoolError, StreamSlot, TargetPool};
 use crate::backends::{Pick, Tried};
 use crate::routes::RouteInfo;
 use crate::state::State;
@@ -195,96 +195,104 @@ impl Upstream {
     /// Sends `req` (absolute URI, no `Host` header: the proxy's neutral form) to a member and
     /// returns the response head, retrying under the module's rules. A dial made for it is
     /// recorded in `connect_duration`.
-    pub async fn send(
-        &self,
-        req: Request<ReqBody>,
-        connect_duration: &LatencyHistogram,
-    ) -> Result<Response<RespBody>, UpstreamError> {
-        // Only a bodyless request can be replayed once the connection has taken it.
-        let replay = http_body::Body::is_end_stream(req.body()).then(|| Replay::of(&req));
-        let mut req = req;
-        let mut attempt = 1;
-        let deadline = Instant::now() + self.timeouts.connect;
-        // Members that failed this request; after a lost connection the same member may be
-        // asked again (on another connection) when no other is left.
-        let mut tried = Tried::default();
-        let mut same_again = false;
-        let mut last: Option<UpstreamError> = None;
-        loop {
-            let backends = &self.route.backends;
-            let pick = backends.pick(self.client, tried).or_else(|| {
-                same_again
-                    .then(|| backends.pick(self.client, Tried::default()))
-                    .flatten()
-            });
-            let Some(pick) = pick else {
-                return Err(last.unwrap_or_else(|| self.no_backend()));
-            };
-            tried.add(pick.index);
-            same_again = false;
-            let pool = &self.pools[pick.index];
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (lease, dialled) = match pool.checkout(left).await {
-                Ok(leased) => leased,
-                Err(e) => {
-                    // Never sent: the next member may have it, within connect_timeout.
-                    if e.is_backend_failure() {
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+    )]
+    pub fn send<'a>(
+        &'a self,
+        mut req: Request<ReqBody>,
+        connect_duration: &'a LatencyHistogram,
+    ) -> impl Future<Output = Result<Response<RespBody>, UpstreamError>> + Send + 'a {
+        // A request's future is moved whole when created and boxed: no second copy of `req`.
+        async move {
+            // Only a bodyless request can be replayed once the connection has taken it.
+            let replay = http_body::Body::is_end_stream(req.body()).then(|| Replay::of(&req));
+            let mut attempt = 1;
+            let deadline = Instant::now() + self.timeouts.connect;
+            // Members that failed this request; after a lost connection the same member may be
+            // asked again (on another connection) when no other is left.
+            let mut tried = Tried::default();
+            let mut same_again = false;
+            let mut last: Option<UpstreamError> = None;
+            loop {
+                let backends = &self.route.backends;
+                let pick = backends.pick(self.client, tried).or_else(|| {
+                    same_again
+                        .then(|| backends.pick(self.client, Tried::default()))
+                        .flatten()
+                });
+                let Some(pick) = pick else {
+                    return Err(last.unwrap_or_else(|| self.no_backend()));
+                };
+                tried.add(pick.index);
+                same_again = false;
+                let pool = &self.pools[pick.index];
+                let left = deadline.saturating_duration_since(Instant::now());
+                let (lease, dialled) = match pool.checkout(left).await {
+                    Ok(leased) => leased,
+                    Err(e) => {
+                        // Never sent: the next member may have it, within connect_timeout.
+                        if e.is_backend_failure() {
+                            self.failed(pick.index, &e);
+                        }
+                        tracing::debug!(backend = %pool.target().backend, "no connection: {e}");
+                        last = Some(e.into());
+                        if Instant::now() >= deadline {
+                            return Err(last.expect("just set"));
+                        }
+                        continue;
+                    }
+                };
+                if let Some(took) = dialled {
+                    connect_duration.record(took);
+                }
+                let sent =
+                    tokio::time::timeout(self.timeouts.response, send_on(lease, req, &self.scheme));
+                let failed = match sent.await {
+                    Ok(Ok(resp)) => {
+                        self.succeeded(pick.index);
+                        return Ok(resp.map(|body| body.with_member(pick)));
+                    }
+                    Ok(Err(failed)) => failed,
+                    Err(_) => {
+                        let e = UpstreamError::ResponseTimeout {
+                            backend: pool.target().backend.clone(),
+                            after: self.timeouts.response,
+                        };
                         self.failed(pick.index, &e);
+                        return Err(e);
                     }
-                    tracing::debug!(backend = %pool.target().backend, "no connection: {e}");
-                    last = Some(e.into());
-                    if Instant::now() >= deadline {
-                        return Err(last.expect("just set"));
+                };
+                // Handed back unsent: a pooled connection closed under us, not the member failing.
+                if failed.unsent.is_none() {
+                    self.failed(pick.index, &failed.error);
+                }
+                let again = match (failed.unsent, &replay) {
+                    (Some(unsent), _) => Some(unsent),
+                    (None, Some(replay)) if replay.may_retry(&failed.error) => {
+                        Some(replay.request())
                     }
-                    continue;
-                }
-            };
-            if let Some(took) = dialled {
-                connect_duration.record(took);
-            }
-            let sent =
-                tokio::time::timeout(self.timeouts.response, send_on(lease, req, &self.scheme));
-            let failed = match sent.await {
-                Ok(Ok(resp)) => {
-                    self.succeeded(pick.index);
-                    return Ok(resp.map(|body| body.with_member(pick)));
-                }
-                Ok(Err(failed)) => failed,
-                Err(_) => {
-                    let e = UpstreamError::ResponseTimeout {
-                        backend: pool.target().backend.clone(),
-                        after: self.timeouts.response,
-                    };
-                    self.failed(pick.index, &e);
-                    return Err(e);
-                }
-            };
-            // Handed back unsent: a pooled connection closed under us, not the member failing.
-            if failed.unsent.is_none() {
-                self.failed(pick.index, &failed.error);
-            }
-            let again = match (failed.unsent, &replay) {
-                (Some(unsent), _) => Some(unsent),
-                (None, Some(replay)) if replay.may_retry(&failed.error) => Some(replay.request()),
-                _ => None,
-            };
-            match again {
-                Some(next) if attempt < MAX_ATTEMPTS => {
-                    tracing::debug!(
-                        attempt,
-                        backend = %pool.target().backend,
-                        "backend connection lost before the response: retrying: {}",
-                        failed.error
-                    );
-                    req = next;
-                    attempt += 1;
-                    same_again = true;
-                }
-                _ => {
-                    return Err(UpstreamError::Request {
-                        backend: pool.target().backend.clone(),
-                        source: failed.error,
-                    });
+                    _ => None,
+                };
+                match again {
+                    Some(next) if attempt < MAX_ATTEMPTS => {
+                        tracing::debug!(
+                            attempt,
+                            backend = %pool.target().backend,
+                            "backend connection lost before the response: retrying: {}",
+                            failed.error
+                        );
+                        req = next;
+                        attempt += 1;
+                        same_again = true;
+                    }
+                    _ => {
+                        return Err(UpstreamError::Request {
+                            backend: pool.target().backend.clone(),
+                            source: failed.error,
+                        });
+                    }
                 }
             }
         }
@@ -292,76 +300,93 @@ impl Upstream {
 }
 
 /// Writes `req` on `lease` in its HTTP version and waits for the response head.
-async fn send_on(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+)]
+fn send_on<'a>(
     lease: Lease,
     mut req: Request<ReqBody>,
-    scheme: &Scheme,
-) -> Result<Response<RespBody>, Failed> {
-    to_wire(&mut req, lease.wire(), scheme);
-    match lease {
-        Lease::H2 { sender, slot } => send_h2(sender, slot, req).await,
-        Lease::Http1(mut lease) => {
-            if let Err(error) = lease.sender().ready().await {
-                return Err(Failed {
-                    error: error.into(),
-                    unsent: Some(req),
-                });
-            }
-            let close = wants_close(req.headers());
-            match lease.sender().try_send_request(req).await {
-                Ok(resp) => {
-                    let reusable = !close
-                        && !wants_close(resp.headers())
-                        && resp.version() == Version::HTTP_11;
-                    Ok(resp
-                        .map(|body| RespBody::http1(body, Held::Connection(Some(lease), reusable))))
-                }
-                Err(mut e) => Err(Failed {
-                    unsent: e.take_message(),
-                    error: e.into_error().into(),
-                }),
-            }
+    scheme: &'a Scheme,
+) -> impl Future<Output = Result<Response<RespBody>, Failed>> + Send + 'a {
+    // A request's future is moved whole when created and boxed: no second copy of `req`.
+    async move {
+        to_wire(&mut req, lease.wire(), scheme);
+        match lease {
+            Lease::H2 { sender, slot } => send_h2(sender, slot, req).await,
+            // Boxed: hyper's HTTP/1.1 send is twice the size of the HTTP/2 path, and every
+            // request's future would carry room for it.
+            Lease::Http1(lease) => Box::pin(send_h1(lease, req)).await,
         }
+    }
+}
+
+/// [`send_on`] for an HTTP/1.1 connection: one request at a time.
+async fn send_h1(mut lease: H1Lease, req: Request<ReqBody>) -> Result<Response<RespBody>, Failed> {
+    if let Err(error) = lease.sender().ready().await {
+        return Err(Failed {
+            error: error.into(),
+            unsent: Some(req),
+        });
+    }
+    let close = wants_close(req.headers());
+    match lease.sender().try_send_request(req).await {
+        Ok(resp) => {
+            let reusable =
+                !close && !wants_close(resp.headers()) && resp.version() == Version::HTTP_11;
+            Ok(resp.map(|body| RespBody::http1(body, Held::Connection(Some(lease), reusable))))
+        }
+        Err(mut e) => Err(Failed {
+            unsent: e.take_message(),
+            error: e.into_error().into(),
+        }),
     }
 }
 
 /// Opens `req`'s stream on the HTTP/2 connection `sender` belongs to, hands its body to a
 /// pipe, and awaits the response head.
-async fn send_h2(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+)]
+fn send_h2(
     mut sender: h2::client::SendRequest<Bytes>,
     slot: StreamSlot,
     req: Request<ReqBody>,
-) -> Result<Response<RespBody>, Failed> {
-    // The lease's handle was found ready at checkout (`TargetPool::reuse`), with no await
-    // since. Should a GOAWAY land in between, `send_request` fails with it and opens no
-    // stream; the head is gone with it, so only a bodyless request is sent again (from
-    // its replay copy, the GOAWAY saying it was not processed).
-    // Valid for HTTP/2 already: `headers::rewrite_request` removed every connection-specific
-    // field (h2 would refuse the request otherwise).
-    let (parts, body) = req.into_parts();
-    let end_of_stream = body.is_end_stream();
-    let (response, stream) = sender
-        .send_request(Request::from_parts(parts, ()), end_of_stream)
-        .map_err(|e| Failed {
+) -> impl Future<Output = Result<Response<RespBody>, Failed>> + Send + 'static {
+    // A request's future is moved whole when created and boxed: no second copy of `req`.
+    async move {
+        // The lease's handle was found ready at checkout (`TargetPool::reuse`), with no await
+        // since. Should a GOAWAY land in between, `send_request` fails with it and opens no
+        // stream; the head is gone with it, so only a bodyless request is sent again (from
+        // its replay copy, the GOAWAY saying it was not processed).
+        // Valid for HTTP/2 already: `headers::rewrite_request` removed every connection-specific
+        // field (h2 would refuse the request otherwise).
+        let (parts, body) = req.into_parts();
+        let end_of_stream = body.is_end_stream();
+        let (response, stream) = sender
+            .send_request(Request::from_parts(parts, ()), end_of_stream)
+            .map_err(|e| Failed {
+                error: e.into(),
+                unsent: None,
+            })?;
+        // Dropped before the head came (response timeout, client gone): the pipe resets the
+        // stream. Once the head is here the pipe goes on (a gRPC stream's request half).
+        let abandoned = (!end_of_stream).then(|| {
+            let (abandon, abandoned) = oneshot::channel();
+            slot.tasks().spawn(pipe_body(body, stream, abandoned));
+            AbandonOnDrop(Some(abandon))
+        });
+        let resp = response.await.map_err(|e| Failed {
             error: e.into(),
             unsent: None,
         })?;
-    // Dropped before the head came (response timeout, client gone): the pipe resets the
-    // stream. Once the head is here the pipe goes on (a gRPC stream's request half).
-    let abandoned = (!end_of_stream).then(|| {
-        let (abandon, abandoned) = oneshot::channel();
-        slot.tasks().spawn(pipe_body(body, stream, abandoned));
-        AbandonOnDrop(Some(abandon))
-    });
-    let resp = response.await.map_err(|e| Failed {
-        error: e.into(),
-        unsent: None,
-    })?;
-    if let Some(mut guard) = abandoned {
-        guard.0 = None;
+        if let Some(mut guard) = abandoned {
+            guard.0 = None;
+        }
+        let content_length = body::content_length(resp.headers());
+        Ok(resp.map(|recv| RespBody::h2(recv, content_length, Held::Stream(slot))))
     }
-    let content_length = body::content_length(resp.headers());
-    Ok(resp.map(|recv| RespBody::h2(recv, content_length, Held::Stream(slot))))
 }
 
 /// Tells a request body's pipe, when dropped armed, that its request was abandoned.
