@@ -17,6 +17,7 @@
 //! buffer to read into, so [`relay_streams`] (TLS and HTTP/2 streams from hyper's upgrades)
 //! keeps one buffer per direction for its life.
 
+use std::cell::RefCell;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -209,34 +210,88 @@ impl<'a> Direction<'a> {
 }
 
 /// Starts a burst. Most bursts are small (the messages of a TLS handshake, a request), and
-/// those are copied through a buffer: a read that does not fill it has drained the socket
-/// (see [`read_some`]), so a small burst costs one read and one write. A read that fills the
-/// buffer means bulk data: on Linux the rest of the burst goes through a pipe borrowed from
-/// [`splice::POOL`] (splice(2), no copy through user space; a splice read cannot tell a
-/// drained socket from a full pipe, so that path ends on `EAGAIN`). Without a pipe (fd limit,
-/// other OSes) the buffer carries on. Either way the buffer and the pipe exist only while
-/// bytes move.
+/// those are copied through the worker thread's scratch buffer ([`step`]): a read that does
+/// not fill it has drained the socket (see [`read_some`]), so a small burst costs one read and
+/// one write and no allocation. A read that fills the buffer means bulk data: on Linux the rest
+/// of the burst goes through a pipe borrowed from [`splice::POOL`] (splice(2), no copy through
+/// user space; a splice read cannot tell a drained socket from a full pipe, so that path ends
+/// on `EAGAIN`). Without a pipe (fd limit, other OSes) the buffer carries on. Nothing of it
+/// outlives the burst: an idle connection holds no buffer and no pipe.
 fn burst<'a>(from: &'a TcpStream, to: &'a TcpStream, moved: Moved<'a>) -> BurstFuture<'a> {
     Box::pin(async move {
-        let mut buf = Vec::with_capacity(BUF_SIZE);
         loop {
-            match read_some(from, &mut buf)? {
-                Got::Eof => return Ok(Burst::Eof),
-                Got::Nothing => return Ok(Burst::Drained),
-                Got::Bytes { drained } => {
-                    write_all(to, &buf).await?;
-                    moved.chunk(buf.len());
-                    if drained {
-                        return Ok(Burst::Drained);
-                    }
+            let (n, drained) = match step(from, to)? {
+                Step::Eof => return Ok(Burst::Eof),
+                Step::Nothing => return Ok(Burst::Drained),
+                Step::Moved { n, drained } => (n, drained),
+                Step::Blocked { rest, n, drained } => {
+                    write_all(to, &rest).await?;
+                    (n, drained)
                 }
+            };
+            moved.chunk(n);
+            if drained {
+                return Ok(Burst::Drained);
             }
             #[cfg(target_os = "linux")]
             if let Some(mut pipe) = splice::POOL.take() {
-                drop(buf);
                 return splice::burst(from, to, &mut pipe, moved).await;
             }
         }
+    })
+}
+
+thread_local! {
+    /// Each thread's read buffer for the relay's bursts. A chunk is read into it and written
+    /// on in one synchronous [`step`], so it is never borrowed across an await, and no burst
+    /// allocates (or leaves the allocator holding) a buffer of its own.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; BUF_SIZE]);
+}
+
+/// What one [`step`] did.
+enum Step {
+    /// `from` sent its FIN.
+    Eof,
+    /// Nothing to read after all (the readiness was stale; it is cleared).
+    Nothing,
+    /// `n` bytes read and written; `drained` when the read did not fill the buffer.
+    Moved { n: usize, drained: bool },
+    /// `n` bytes read, of which `to` did not take `rest` yet.
+    Blocked {
+        rest: Vec<u8>,
+        n: usize,
+        drained: bool,
+    },
+}
+
+/// Reads one chunk from `from` into the thread's scratch buffer and writes what `to` takes of
+/// it now; the part it does not take (a full send buffer, rare) is copied out for the caller
+/// to write with an await.
+fn step(from: &TcpStream, to: &TcpStream) -> io::Result<Step> {
+    SCRATCH.with_borrow_mut(|buf| {
+        let (n, drained) = match read_some(from, buf)? {
+            Got::Eof => return Ok(Step::Eof),
+            Got::Nothing => return Ok(Step::Nothing),
+            Got::Bytes { n, drained } => (n, drained),
+        };
+        let mut written = 0;
+        while written < n {
+            match to.try_write(&buf[written..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(m) => written += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(if written == n {
+            Step::Moved { n, drained }
+        } else {
+            Step::Blocked {
+                rest: buf[written..n].to_vec(),
+                n,
+                drained,
+            }
+        })
     })
 }
 
@@ -246,23 +301,24 @@ enum Got {
     Eof,
     /// Nothing after all (the readiness was stale); it is cleared.
     Nothing,
-    /// Bytes in the buffer; `drained` when the read did not fill it.
-    Bytes { drained: bool },
+    /// `n` bytes at the start of the buffer; `drained` when they did not fill it.
+    Bytes { n: usize, drained: bool },
 }
 
-/// Reads what `from` has into `buf` (emptied first, up to its capacity).
+/// Reads what `from` has into `buf`, up to its length.
 ///
 /// A TCP read that returns less than it was asked for has taken every queued segment (the
 /// kernel copies until the length or the receive queue runs out), so the socket is drained
 /// and its readiness is cleared then too, not only on `EAGAIN`, as tokio's own `poll_read`
 /// does: the next wait is a real one, without a read that finds nothing. A FIN that came
 /// with the data is not lost: tokio keeps read-closed readiness through a clear.
-fn read_some(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Got> {
-    buf.clear();
-    let capacity = buf.capacity();
+fn read_some(from: &TcpStream, buf: &mut [u8]) -> io::Result<Got> {
+    let len = buf.len();
+    let mut got = 0;
     let res = from.try_io(Interest::READABLE, || {
-        let n = from.try_read_buf(buf)?;
-        if n > 0 && n < capacity {
+        let n = from.try_read(buf)?;
+        got = n;
+        if n > 0 && n < len {
             // Not a failed read but a drained socket: `try_io` clears readiness only on
             // `WouldBlock`, and only if no new event came in since it was read.
             return Err(io::ErrorKind::WouldBlock.into());
@@ -271,12 +327,12 @@ fn read_some(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Got> {
     });
     match res {
         Ok(0) => Ok(Got::Eof),
-        Ok(_) => Ok(Got::Bytes { drained: false }),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(if buf.is_empty() {
-            Got::Nothing
-        } else {
-            Got::Bytes { drained: true }
+        Ok(n) => Ok(Got::Bytes { n, drained: false }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(Got::Bytes {
+            n: got,
+            drained: true,
         }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Got::Nothing),
         Err(e) => Err(e),
     }
 }
@@ -694,6 +750,46 @@ mod tests {
         assert!(matches!(end, RelayEnd::Finished), "{end:?}");
         assert_eq!(counts.up.load(Ordering::Relaxed), 10);
         assert_eq!(counts.down.load(Ordering::Relaxed), 6);
+    }
+
+    /// A backend that reads late: the relay's writes back up (a chunk the backend's socket
+    /// cannot take yet is kept and written once it can) and every byte still arrives, in
+    /// order.
+    #[tokio::test]
+    async fn a_backend_that_reads_late_gets_every_byte_in_order() {
+        let (mut client, proxy_client) = pair().await;
+        let (proxy_backend, mut backend) = pair().await;
+        let counts = Transferred::default();
+        let relayed = relay(
+            &proxy_client,
+            &proxy_backend,
+            Duration::from_secs(30),
+            &counts,
+            &counts,
+        );
+        let up = pattern(4 * 1024 * 1024 + 3, 5);
+        let writer = async {
+            for chunk in up.chunks(1000) {
+                client.write_all(chunk).await.unwrap();
+            }
+            client.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            rest
+        };
+        let reader = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut got = Vec::new();
+            backend.read_to_end(&mut got).await.unwrap();
+            drop(backend);
+            got
+        };
+        let (end, rest, got) = tokio::join!(relayed, writer, reader);
+        assert!(got == up, "the backend got other bytes than sent");
+        assert!(rest.is_empty());
+        assert!(matches!(end, RelayEnd::Finished), "{end:?}");
+        // `counts` is both the connection's and the route's: every byte counts twice.
+        assert_eq!(counts.up.load(Ordering::Relaxed), 2 * up.len() as u64);
     }
 
     /// Many small bursts on one connection, each copied through a buffer: every byte arrives
