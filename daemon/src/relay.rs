@@ -610,6 +610,16 @@ mod tests {
         (outer.unwrap(), accepted.unwrap().0)
     }
 
+    /// A relay that does not idle out within a test, counting into `counts` as both the
+    /// connection's and the route's counters (every byte counts twice).
+    fn long_relay<'a>(
+        client: &'a TcpStream,
+        backend: &'a TcpStream,
+        counts: &'a Transferred,
+    ) -> Relay<'a> {
+        relay(client, backend, Duration::from_secs(30), counts, counts)
+    }
+
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -723,13 +733,7 @@ mod tests {
         let (mut client, proxy_client) = pair().await;
         let (proxy_backend, mut backend) = pair().await;
         let counts = Transferred::default();
-        let relayed = relay(
-            &proxy_client,
-            &proxy_backend,
-            Duration::from_secs(30),
-            &counts,
-            &counts,
-        );
+        let relayed = long_relay(&proxy_client, &proxy_backend, &counts);
         let traffic = async {
             client.write_all(b"hello").await.unwrap();
             client.shutdown().await.unwrap();
@@ -760,13 +764,7 @@ mod tests {
         let (mut client, proxy_client) = pair().await;
         let (proxy_backend, mut backend) = pair().await;
         let counts = Transferred::default();
-        let relayed = relay(
-            &proxy_client,
-            &proxy_backend,
-            Duration::from_secs(30),
-            &counts,
-            &counts,
-        );
+        let relayed = long_relay(&proxy_client, &proxy_backend, &counts);
         let up = pattern(4 * 1024 * 1024 + 3, 5);
         let writer = async {
             for chunk in up.chunks(1000) {
@@ -800,16 +798,7 @@ mod tests {
         let (mut client, proxy_client) = pair().await;
         let (proxy_backend, mut backend) = pair().await;
         let counts = Transferred::default();
-        let relayed = async {
-            relay(
-                &proxy_client,
-                &proxy_backend,
-                Duration::from_secs(30),
-                &counts,
-                &counts,
-            )
-            .await
-        };
+        let relayed = async { long_relay(&proxy_client, &proxy_backend, &counts).await };
         let traffic = async {
             let mut buf = [0u8; 5];
             for _ in 0..20 {
