@@ -218,10 +218,15 @@ async fn pipeline(
     let stream = slot
         .as_mut()
         .expect("the stream is taken only by the dispatch step");
-    // Boxed: reading the header needs more state than an idle relay holds, and the task
-    // would otherwise carry that room for its whole life (a future is as large as its
-    // largest step).
-    let early = Box::pin(read_proxy_header(stream, record, listener)).await?;
+    // Boxed, and only where a header is expected: reading one needs more state than an idle
+    // relay holds, and the task would otherwise carry that room for its whole life (a future
+    // is as large as its largest step).
+    let early = if listener.proxy_protocol {
+        Box::pin(read_proxy_header(stream, record, listener)).await?
+    } else {
+        Vec::new()
+    };
+    tracing::Span::current().record("client", tracing::field::display(record.client));
     check_firewall(state, record.client.ip())?;
     let (sni, peeked) = read_client_hello(stream, early, state.proxy.client_hello_timeout).await?;
     record.sni = sni;
@@ -345,7 +350,7 @@ async fn serve_l7(
     .await?)
 }
 
-/// On a `proxy_protocol` listener: checks the peer may send a header, reads it (5 s) and
+/// On a `proxy_protocol` listener (the caller checks): checks the peer may send a header, reads it (5 s) and
 /// takes its source as the client address. LOCAL and UNKNOWN headers (health checks) keep the
 /// peer address. Returns the bytes read past the header, which belong to the ClientHello.
 async fn read_proxy_header(
@@ -353,10 +358,6 @@ async fn read_proxy_header(
     record: &mut Record,
     listener: &ListenerState,
 ) -> Result<Vec<u8>, ConnError> {
-    if !listener.proxy_protocol {
-        tracing::Span::current().record("client", tracing::field::display(record.client));
-        return Ok(Vec::new());
-    }
     if !listener.trusts_proxy_header_from(record.peer.ip()) {
         return Err(ConnError::UntrustedProxy(record.peer.ip()));
     }
@@ -364,7 +365,6 @@ async fn read_proxy_header(
     if let Some(source) = header.source {
         record.client = source;
     }
-    tracing::Span::current().record("client", tracing::field::display(record.client));
     Ok(leftover)
 }
 
