@@ -26,6 +26,10 @@ use crate::firewall::parse_rule;
 use crate::routes::{route_name, validate_route};
 pub use crate::state::ProxyConfig;
 
+/// The most data-plane workers `proxy.workers` may ask for: each is a thread with its own
+/// runtime and a socket per listener, so a typo (`workers = 1000000`) must not start that many.
+pub const MAX_WORKERS: usize = 256;
+
 /// A loaded, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -266,6 +270,7 @@ struct FileProxy {
     backend_eject_time: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     backend_eject_max_time: Option<Duration>,
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -492,6 +497,7 @@ impl FileConfig {
             backend_eject_max_time: p
                 .backend_eject_max_time
                 .unwrap_or(defaults.backend_eject_max_time),
+            workers: p.workers.unwrap_or(defaults.workers),
         };
         for (name, value) in [
             ("client_hello_timeout", proxy.client_hello_timeout),
@@ -527,6 +533,12 @@ impl FileConfig {
         }
         if proxy.max_connections == 0 {
             problem("proxy.max_connections".into(), "must be at least 1".into());
+        }
+        if proxy.workers > MAX_WORKERS {
+            problem(
+                "proxy.workers".into(),
+                format!("must be at most {MAX_WORKERS} (0: one per CPU)"),
+            );
         }
         {
             use crate::l7::limits::{MAX_MAX_REQUEST_HEAD, MIN_MAX_REQUEST_HEAD};
@@ -1236,6 +1248,25 @@ mod tests {
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn workers_default_to_one_per_cpu_and_a_huge_count_is_refused() {
+        let f = Fixture::new();
+        let listener = "[[listeners]]\naddr = \"127.0.0.1:8443\"\n";
+        let config = f.parse(listener).unwrap();
+        assert_eq!(config.proxy.workers, 0, "0: one per CPU");
+        let config = f
+            .parse(&format!("[proxy]\nworkers = 3\n{listener}"))
+            .unwrap();
+        assert_eq!(config.proxy.workers, 3);
+        let problems = f.problems(&format!("[proxy]\nworkers = 100000\n{listener}"));
+        assert_eq!(
+            problems,
+            [format!(
+                "proxy.workers: must be at most {MAX_WORKERS} (0: one per CPU)"
+            )]
+        );
     }
 
     #[test]

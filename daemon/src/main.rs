@@ -1,5 +1,6 @@
 //! `mc-proxy`: the daemon binary. Parses flags, loads the config, opens the store, binds the
-//! listeners, installs the signal handlers and hands over to `mc_proxy::server::run`.
+//! listeners once per data-plane worker, installs the signal handlers, starts the workers
+//! (`mc_proxy::server::Workers`) and serves the control plane on the main thread.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -136,15 +137,16 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
     let state = Arc::new(boot::load_state(&config, &mut store)?);
     let control = Arc::new(Control::new(Arc::clone(&state), store));
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The control plane (signals, the admin API, /metrics, reloads) runs on this thread;
+    // the data plane on worker threads of its own (`server::Workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let shutdown = CancellationToken::new();
+    let (signals, admin_socket, metrics_listener) = runtime.block_on(async {
         // Before anything can take time: from here on SIGHUP reloads instead of killing us.
-        let shutdown = CancellationToken::new();
         let signals = Signals::install()?;
-        let listeners = server::bind(&state).await?;
         let admin_socket = config
             .admin
             .socket
@@ -155,11 +157,20 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
             Some(addr) => Some(metrics::bind(addr).await?),
             None => None,
         };
+        anyhow::Ok((signals, admin_socket, metrics_listener))
+    })?;
+    // Outside `block_on`: a worker runtime that fails to start is dropped here.
+    let workers = {
+        let _control = runtime.enter();
+        server::Workers::bind(&state, server::worker_count(&state.proxy))?
+    };
+    let listening = workers.local_addrs();
+    let workers = workers.start(&state, &shutdown)?;
+    runtime.block_on(async move {
         let mut ready = format!(
             "serving {}",
-            listeners
+            listening
                 .iter()
-                .filter_map(|l| l.local_addr().ok())
                 .map(|a| a.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -195,13 +206,7 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
                 metrics::serve(listener, Arc::clone(&state), shutdown.clone()).await;
             }
         };
-        let serving = async {
-            tokio::join!(
-                admin,
-                server::run(listeners, Arc::clone(&state), shutdown.clone()),
-                metrics
-            )
-        };
+        let serving = async { tokio::join!(admin, workers.wait(), metrics) };
         // The signal loop is polled here, not spawned: if it ever failed, the daemon would go
         // on without anyone acting on SIGTERM. It never returns; serving ends at shutdown.
         let (admin, (), ()) = tokio::select! {

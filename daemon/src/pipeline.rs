@@ -50,8 +50,8 @@ pub struct Shared {
     /// Owns every task a connection spawns (the L7 HTTP connection's and backend drivers), so
     /// shutdown waits for them too.
     pub tasks: TaskTracker,
-    /// The next connection id.
-    pub next_id: AtomicU64,
+    /// The next connection id, shared by every worker of the daemon.
+    pub next_id: Arc<AtomicU64>,
 }
 
 /// Why a connection was not served, and whose fault it was.

@@ -1,4 +1,10 @@
-//! Listeners: binding, the accept loops, and the one shutdown story.
+//! Listeners: binding, the data-plane workers, the accept loops, and the one shutdown story.
+//!
+//! The daemon's data plane is [`Workers`]: a thread per worker, each with a current-thread
+//! runtime and its own `SO_REUSEPORT` socket on every listener address, so that everything a
+//! connection does stays on one thread. [`run`] serves one worker's share on the caller's
+//! runtime (the tests). Shared by all workers: the `max_connections` permits, connection ids,
+//! the state snapshots and the backend counters.
 //!
 //! I/O: binds and accepts; each accepted connection goes to [`pipeline::handle_conn`] in a task
 //! owned by the server's `TaskTracker` (nothing is spawned detached: the L7 server's own tasks
@@ -70,21 +76,246 @@ pub async fn bind(state: &State) -> Result<Vec<BoundListener>, BindError> {
     Ok(bound)
 }
 
+/// How many data-plane workers `proxy` asks for: `workers`, or one per CPU when it is 0.
+pub fn worker_count(proxy: &crate::state::ProxyConfig) -> usize {
+    match proxy.workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    }
+}
+
+/// Why the data-plane workers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkersError {
+    /// A listener address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// A worker's runtime could not be built (threads, the epoll instance, timers).
+    #[error("starting data-plane worker {worker}'s runtime: {source}")]
+    Runtime {
+        /// The worker's index.
+        worker: usize,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A worker thread could not be started.
+    #[error("starting data-plane worker {worker}'s thread: {source}")]
+    Thread {
+        /// The worker's index.
+        worker: usize,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// The data plane as worker threads, each with a runtime of its own (one thread, no work
+/// stealing) and its own socket on every listener address (`SO_REUSEPORT`: the kernel
+/// spreads new connections over the workers). A connection, its TLS, its HTTP streams and
+/// the backend connections it uses are all polled by one thread, so they never wake each
+/// other across cores or share a lock with another core (measured in docs/BENCHMARKS.md);
+/// HAProxy's `nbthread` and nginx's `reuseport` workers are laid out the same way.
+///
+/// Built in two steps so that every error (an address in use, a runtime that cannot start)
+/// comes before the daemon reports itself ready: [`Workers::bind`], then [`Workers::run`].
+#[derive(Debug)]
+pub struct Workers {
+    workers: Vec<(tokio::runtime::Runtime, Vec<BoundListener>)>,
+}
+
+impl Workers {
+    /// One current-thread runtime per worker, and every listener bound in each. The first
+    /// worker binds the configured address (port 0 included); the others bind the address it
+    /// got. With one worker no `SO_REUSEPORT` is set.
+    pub fn bind(state: &State, workers: usize) -> Result<Workers, WorkersError> {
+        let workers = workers.max(1);
+        // On an error the runtimes built so far go through `Drop for Workers`.
+        let mut built = Workers {
+            workers: Vec::with_capacity(workers),
+        };
+        for worker in 0..workers {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| WorkersError::Runtime { worker, source })?;
+            let mut bound = Vec::with_capacity(state.listeners.len());
+            for (i, l) in state.listeners.iter().enumerate() {
+                let addr = match built.workers.first() {
+                    Some((_, first)) => first[i].local_addr().unwrap_or(l.addr),
+                    None => l.addr,
+                };
+                // The socket registers with the runtime current at `listen`: this worker's.
+                let _in_worker = runtime.enter();
+                let listener =
+                    bind_shared(addr, workers > 1).map_err(|source| BindError { addr, source })?;
+                bound.push(BoundListener {
+                    listener,
+                    state: Arc::clone(l),
+                });
+            }
+            built.workers.push((runtime, bound));
+        }
+        Ok(built)
+    }
+
+    /// The addresses the first worker bound, one per listener (all workers share them).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.workers
+            .first()
+            .map(|(_, bound)| bound.iter().filter_map(|b| b.local_addr().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Starts the worker threads, which serve until `shutdown` fires (see the module docs);
+    /// worker 0 also runs the active health checks. [`Running::wait`] then waits for the
+    /// drain.
+    pub fn start(
+        mut self,
+        state: &Arc<State>,
+        shutdown: &CancellationToken,
+    ) -> Result<Running, WorkersError> {
+        let fleet = Fleet::new(state, self.workers.len());
+        let mut running = Vec::with_capacity(self.workers.len());
+        // What is not started yet stays in `self` (and its `Drop`) if a thread fails.
+        let mut pending = std::mem::take(&mut self.workers).into_iter().enumerate();
+        while let Some((worker, (runtime, listeners))) = pending.next() {
+            let (done, finished) = tokio::sync::oneshot::channel::<()>();
+            let serving = serve_worker(
+                listeners,
+                Arc::clone(state),
+                shutdown.clone(),
+                fleet.clone(),
+                worker == 0,
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("mc-worker-{worker}"))
+                .spawn(move || {
+                    runtime.block_on(serving);
+                    // The runtime goes before `done`: nothing of this worker outlives it.
+                    drop(runtime);
+                    let _ = done.send(());
+                });
+            match spawned {
+                Ok(thread) => running.push((worker, finished, thread)),
+                Err(source) => {
+                    // The workers already started stop with the rest of the daemon; the
+                    // failed one's runtime went with the closure `spawn` dropped (the daemon
+                    // starts its workers outside `block_on`, where that drop may block).
+                    shutdown.cancel();
+                    self.workers = pending.map(|(_, w)| w).collect();
+                    return Err(WorkersError::Thread { worker, source });
+                }
+            }
+        }
+        Ok(Running { running })
+    }
+}
+
+impl Drop for Workers {
+    /// Runtimes never started (an error on the way): shut down without blocking, since this
+    /// may run inside another runtime's task, where dropping a runtime panics.
+    fn drop(&mut self) {
+        for (runtime, listeners) in self.workers.drain(..) {
+            drop(listeners);
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The started workers (see [`Workers::start`]).
+#[derive(Debug)]
+pub struct Running {
+    running: Vec<(
+        usize,
+        tokio::sync::oneshot::Receiver<()>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+impl Running {
+    /// Returns once every worker has drained and ended.
+    pub async fn wait(self) {
+        for (worker, finished, thread) in self.running {
+            if finished.await.is_err() {
+                // A panic outside any connection's task (each of those is caught by tokio).
+                tracing::error!(worker, "data-plane worker ended by a panic");
+            }
+            // Done or dead: the join returns at once.
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        tracing::info!("all connections closed");
+    }
+}
+
+/// A listening socket on `addr`, registered with the current runtime; `reuse_port`: other
+/// sockets of this daemon may listen on the same address (the kernel balances between them).
+fn bind_shared(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restart may bind while old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Serves `listeners` until `shutdown` fires, then drains (see the module docs). The same
 /// function runs the daemon and the end-to-end tests.
 pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: CancellationToken) {
+    let fleet = Fleet::new(&state, 1);
+    serve_worker(listeners, state, shutdown, fleet, true).await;
+    tracing::info!("all connections closed");
+}
+
+/// What every worker of one daemon shares: the `max_connections` budget and the connection
+/// ids (unique across workers: the admin API names connections by id). The backend pools'
+/// counters are shared through `State::backends`, so `backend_max_connections` is one cap per
+/// target across the workers too.
+#[derive(Debug, Clone)]
+struct Fleet {
+    capacity: Arc<Semaphore>,
+    next_id: Arc<AtomicU64>,
+    workers: usize,
+}
+
+impl Fleet {
+    fn new(state: &State, workers: usize) -> Self {
+        Fleet {
+            capacity: Arc::new(Semaphore::new(state.proxy.max_connections)),
+            next_id: Arc::new(AtomicU64::new(1)),
+            workers: workers.max(1),
+        }
+    }
+}
+
+/// One worker's share of the data plane: its listener sockets, accept loops, client
+/// connections and backend pool, all on the runtime that polls this future. `health`: this
+/// `lead`: this worker also runs the active health checks and logs the listeners and the
+/// start of shutdown (one worker does, for the whole daemon).
+async fn serve_worker(
+    listeners: Vec<BoundListener>,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+    fleet: Fleet,
+    lead: bool,
+) {
     let tracker = TaskTracker::new();
     // Pooled backend connections outlive any one client connection: they have a tracker of
     // their own, closed after the client connections are done.
     let pool_tasks = TaskTracker::new();
-    let capacity = Arc::new(Semaphore::new(state.proxy.max_connections));
+    let capacity = fleet.capacity;
     let grace = state.proxy.shutdown_timeout;
     let shared = Arc::new(Shared {
         pool: l7::Pool::new(
             l7::BackendTls::new(state.proxy.backend_ca.clone()),
             l7::pool::PoolSettings {
                 max_connections: state.proxy.backend_max_connections,
-                max_idle: state.proxy.backend_max_idle,
+                // Each worker keeps its share of the idle HTTP/1.1 connections.
+                max_idle: state.proxy.backend_max_idle.div_ceil(fleet.workers),
                 idle_timeout: state.proxy.backend_idle_timeout,
             },
             pool_tasks.clone(),
@@ -94,7 +325,7 @@ pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: Can
         shutdown: shutdown.clone(),
         force_close: CancellationToken::new(),
         tasks: tracker.clone(),
-        next_id: AtomicU64::new(1),
+        next_id: fleet.next_id,
     });
 
     {
@@ -102,14 +333,17 @@ pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: Can
         pool_tasks.spawn(async move { shared.pool.run(shutdown).await });
     }
     // Active health checks probe backends, not clients: their tasks live with the pool's.
-    pool_tasks.spawn(crate::health::run(
-        Arc::clone(&shared),
-        pool_tasks.clone(),
-        shutdown.clone(),
-    ));
+    if lead {
+        pool_tasks.spawn(crate::health::run(
+            Arc::clone(&shared),
+            pool_tasks.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     for bound in listeners {
         match bound.local_addr() {
+            Ok(_) if !lead => {}
             Ok(addr) => tracing::info!(
                 listener = %addr,
                 proxy_protocol = bound.state.proxy_protocol,
@@ -137,7 +371,9 @@ pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: Can
             .map(|l| l.counters.active.load(Ordering::Relaxed))
             .sum::<u64>()
     };
-    tracing::info!(open = open(), grace = ?grace, "shutting down: no longer accepting");
+    if lead {
+        tracing::info!(open = open(), grace = ?grace, "shutting down: no longer accepting");
+    }
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
             open = open(),
@@ -149,7 +385,6 @@ pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: Can
     shared.pool.close();
     pool_tasks.close();
     pool_tasks.wait().await;
-    tracing::info!("all connections closed");
 }
 
 /// Accepts until shutdown. Accept errors (EMFILE, ENOBUFS, ...) back off and retry: a full

@@ -62,6 +62,9 @@ pub struct ProxyConfig {
     pub backend_eject_time: Duration,
     /// Passive health: the longest cooldown.
     pub backend_eject_max_time: Duration,
+    /// Data-plane worker threads, each with its own runtime and listener sockets (0: one
+    /// per CPU). Read at start only.
+    pub workers: usize,
 }
 
 impl Default for ProxyConfig {
@@ -85,6 +88,7 @@ impl Default for ProxyConfig {
             backend_eject_after: 3,
             backend_eject_time: Duration::from_secs(5),
             backend_eject_max_time: Duration::from_secs(120),
+            workers: 0,
         }
     }
 }

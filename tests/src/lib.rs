@@ -509,15 +509,26 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let mut store = Store::open(&config.database.path).unwrap();
         let state = Arc::new(mc_proxy::boot::load_state(&config, &mut store).unwrap());
-        let listeners = server::bind(&state).await.unwrap();
-        let addrs = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let shutdown = CancellationToken::new();
+        // `[proxy] workers` of 2 or more: the daemon's worker threads (`server::Workers`), as
+        // `mc-proxy` runs them; otherwise `server::run` on the test's own runtime (whose thread
+        // `capture_logs` sees).
+        let (addrs, task) = if state.proxy.workers >= 2 {
+            let workers = server::Workers::bind(&state, state.proxy.workers).unwrap();
+            let addrs = workers.local_addrs();
+            let running = workers.start(&state, &shutdown).unwrap();
+            (addrs, tokio::spawn(running.wait()))
+        } else {
+            let listeners = server::bind(&state).await.unwrap();
+            let addrs = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+            let task = tokio::spawn(server::run(listeners, Arc::clone(&state), shutdown.clone()));
+            (addrs, task)
+        };
         let admin_socket = AdminSocket::bind(&socket).unwrap();
         let metrics_listener = metrics::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .unwrap();
         let metrics = metrics_listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server::run(listeners, Arc::clone(&state), shutdown.clone()));
         let admin_task = tokio::spawn({
             let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
             let control = Arc::new(mc_proxy::control::Control::new(state, store));
@@ -846,6 +857,12 @@ impl ProxyBuilder {
 
     pub fn keepalive_timeout(self, value: Duration) -> Self {
         self.duration("keepalive_timeout", value)
+    }
+
+    /// `[proxy] workers`: 2 or more runs the daemon's worker threads (see [`Proxy`]).
+    pub fn workers(mut self, value: usize) -> Self {
+        self.proxy.push(format!("workers = {value}"));
+        self
     }
 
     pub fn max_connections(mut self, value: usize) -> Self {

@@ -1,5 +1,7 @@
 //! Backend connections shared across client connections: one [`TargetPool`] per backend
-//! [`Target`] (address, protocol, TLS name, PROXY header).
+//! [`Target`] (address, protocol, TLS name, PROXY header), and one [`Pool`] per data-plane
+//! worker (`server::Workers`), so a request and the connection it goes out on are polled by
+//! the same thread. The counters behind the caps are shared by the workers' pools.
 //!
 //! I/O: opens backend connections through [`connector::connect`] and does the HTTP handshake
 //! (HTTP/2 with prior knowledge or after ALPN, HTTP/1.1); each connection is driven by a task of

@@ -404,6 +404,71 @@ async fn connections_over_max_connections_are_reset_until_a_slot_frees() {
 }
 
 #[tokio::test]
+async fn worker_threads_share_each_listener_port_and_drain_together() {
+    let pki = Pki::new();
+    let (_a, _b, mut proxy) = two_backends(&pki, ProxyBuilder::new().workers(2)).await;
+    let addr = proxy.addr();
+    // 32 at once: SO_REUSEPORT spreads them over both workers' sockets by the client port.
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let config = pki.client_config();
+        clients.spawn(async move {
+            let sni = if i % 2 == 0 { "a.test" } else { "b.test" };
+            let mut c = tls_connect(addr, sni, config).await.unwrap();
+            let answer = send_and_finish(&mut c, format!("{i}").as_bytes())
+                .await
+                .unwrap();
+            (i, sni, answer)
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        let (i, sni, answer) = done.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&answer),
+            format!("{i}bye from {sni}\n"),
+            "client {i}"
+        );
+    }
+    let counters = &proxy.state.listeners[0].counters;
+    assert_eq!(counters.accepted.load(Ordering::Relaxed), 32);
+    tokio::time::timeout(Duration::from_secs(10), proxy.stop())
+        .await
+        .expect("the workers did not drain");
+    // Every worker's socket on the port is closed, not just one of them.
+    for _ in 0..8 {
+        let refused = TcpStream::connect(addr)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.kind());
+        assert_eq!(refused, Err(ErrorKind::ConnectionRefused));
+    }
+}
+
+#[tokio::test]
+async fn max_connections_is_one_budget_across_worker_threads() {
+    let pki = Pki::new();
+    let proxy = ProxyBuilder::new().workers(2).max_connections(1);
+    let (_a, _b, proxy) = two_backends(&pki, proxy).await;
+    let mut first = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    first.write_all(b"1").await.unwrap();
+    let mut one = [0u8; 1];
+    first.read_exact(&mut one).await.unwrap();
+    // Whichever worker's socket they land on, the one slot is taken. The worker resets on
+    // its own thread, so the reset may already be there when `connect` returns.
+    for _ in 0..8 {
+        match TcpStream::connect(proxy.addr()).await {
+            Ok(mut over) => assert_reset(&mut over).await,
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+    let counters = &proxy.state.listeners[0].counters;
+    assert_eq!(counters.over_capacity.load(Ordering::Relaxed), 8);
+    assert_eq!(counters.accepted.load(Ordering::Relaxed), 9);
+}
+
+#[tokio::test]
 async fn a_catch_all_route_takes_unknown_names_but_not_hellos_without_sni() {
     let pki = Pki::new();
     let named = TlsBackend::start(&pki, &["a.test"]).await;
