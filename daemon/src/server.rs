@@ -272,9 +272,8 @@ pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: Can
 }
 
 /// What every worker of one daemon shares: the `max_connections` budget and the connection
-/// ids (unique across workers: the admin API names connections by id). The backend pools'
-/// counters are shared through `State::backends`, so `backend_max_connections` is one cap per
-/// target across the workers too.
+/// ids (unique across workers: the admin API names connections by id). Each worker's backend
+/// pool gets its share of `backend_max_connections` and `backend_max_idle`.
 #[derive(Debug, Clone)]
 struct Fleet {
     capacity: Arc<Semaphore>,
@@ -313,8 +312,9 @@ async fn serve_worker(
         pool: l7::Pool::new(
             l7::BackendTls::new(state.proxy.backend_ca.clone()),
             l7::pool::PoolSettings {
-                max_connections: state.proxy.backend_max_connections,
-                // Each worker keeps its share of the idle HTTP/1.1 connections.
+                // Each worker's pool has its share of the cap (rounded up): a request waits
+                // only for its own worker's connections, the ones whose frees wake it.
+                max_connections: state.proxy.backend_max_connections.div_ceil(fleet.workers),
                 max_idle: state.proxy.backend_max_idle.div_ceil(fleet.workers),
                 idle_timeout: state.proxy.backend_idle_timeout,
             },

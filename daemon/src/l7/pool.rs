@@ -270,6 +270,11 @@ pub struct TargetPool {
     /// touches the `Notify` (whose list is a mutex shared by every thread), and a freed slot
     /// with nobody waiting signals nothing: the common case costs no lock of its own.
     waiting: AtomicUsize,
+    /// This pool's open connections, which `max_connections` bounds. The counters' `open` is
+    /// the figure for stats, shared with every pool that reaches the same backend (other
+    /// workers', other TLS names'): a request waits only for connections of its own pool,
+    /// whose frees signal `changed`.
+    open: AtomicUsize,
     counters: Arc<BackendCounters>,
     /// The clock idle times are measured on (milliseconds since).
     epoch: Instant,
@@ -460,6 +465,7 @@ impl TargetPool {
             }),
             changed: Notify::new(),
             waiting: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             counters,
             epoch: Instant::now(),
         }
@@ -501,7 +507,7 @@ impl TargetPool {
                     return Ok((lease, None));
                 }
                 let cap = self.common.settings.max_connections;
-                let open = self.counters.open.load(Ordering::Acquire) as usize;
+                let open = self.open.load(Ordering::Acquire);
                 let one_dial_at_a_time = conns.wire != Some(Wire::Http1);
                 let room = cap == 0 || open + conns.dialing < cap;
                 if room && !(one_dial_at_a_time && conns.dialing > 0) {
@@ -692,6 +698,7 @@ impl TargetPool {
         C: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display,
     {
+        self.open.fetch_add(1, Ordering::AcqRel);
         self.counters.open.fetch_add(1, Ordering::AcqRel);
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
         let home = Arc::clone(self);
@@ -705,6 +712,7 @@ impl TargetPool {
                 () = closed.cancelled() => {}
             }
             home.counters.open.fetch_sub(1, Ordering::AcqRel);
+            home.open.fetch_sub(1, Ordering::AcqRel);
             // A closed connection frees a place under the cap.
             home.wake();
         };
@@ -759,7 +767,7 @@ impl TargetPool {
         conns.h2.is_empty()
             && conns.idle.is_empty()
             && conns.dialing == 0
-            && self.counters.open.load(Ordering::Acquire) == 0
+            && self.open.load(Ordering::Acquire) == 0
     }
 }
 

@@ -397,6 +397,39 @@ async fn a_full_pool_answers_503_after_connect_timeout() {
 }
 
 #[tokio::test]
+async fn each_worker_thread_has_its_own_share_of_the_backend_connections() {
+    let pki = Arc::new(Pki::new());
+    let backend = H2Backend::start_with(H2Options {
+        unrecorded: true,
+        ..H2Options::default()
+    })
+    .await;
+    // A cap of 1 over 2 workers: each worker's pool may open one connection. A request never
+    // waits for a connection of the other worker's pool (whose frees would not wake it), so
+    // none of these gets the 503 of a full pool.
+    let proxy = web_proxy(&pki, backend.addr)
+        .workers(2)
+        .backend_max_connections(1)
+        .connect_timeout(Duration::from_millis(300))
+        .start()
+        .await;
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..16 {
+        let (proxy_addr, p) = (proxy.addr(), Arc::clone(&pki));
+        clients.spawn(async move { h2_burst(proxy_addr, &p, 4, &format!("c{c}")).await });
+    }
+    while let Some(res) = timed(clients.join_next()).await {
+        res.unwrap();
+    }
+    assert_eq!(backend.requests(), 64);
+    let connections = backend.connections.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&connections), "{connections} connections");
+    let figures = backend_figures(&proxy);
+    assert_eq!(figures.len(), 1, "{figures:?}");
+    assert_eq!(figures[0].opened as usize, connections, "{figures:?}");
+}
+
+#[tokio::test]
 async fn send_proxy_protocol_routes_keep_backend_connections_per_client() {
     let pki = Arc::new(Pki::new());
     let backend = H1Backend::start_with(H1Options {
