@@ -116,7 +116,7 @@ pub enum WorkersError {
 /// HAProxy's `nbthread` and nginx's `reuseport` workers are laid out the same way.
 ///
 /// Built in two steps so that every error (an address in use, a runtime that cannot start)
-/// comes before the daemon reports itself ready: [`Workers::bind`], then [`Workers::run`].
+/// comes before the daemon reports itself ready: [`Workers::bind`], then [`Workers::start`].
 #[derive(Debug)]
 pub struct Workers {
     workers: Vec<(tokio::runtime::Runtime, Vec<BoundListener>)>,
@@ -263,8 +263,9 @@ fn bind_shared(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListene
     socket.listen(1024)
 }
 
-/// Serves `listeners` until `shutdown` fires, then drains (see the module docs). The same
-/// function runs the daemon and the end-to-end tests.
+/// Serves `listeners` on the caller's runtime until `shutdown` fires, then drains (see the
+/// module docs): one worker's share of the data plane, the same `serve_worker` each of the
+/// daemon's [`Workers`] runs. The end-to-end tests call it on port 0.
 pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: CancellationToken) {
     let fleet = Fleet::new(&state, 1);
     serve_worker(listeners, state, shutdown, fleet, true).await;
