@@ -165,6 +165,7 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         server::Workers::bind(&state, server::worker_count(&state.proxy))?
     };
     let listening = workers.local_addrs();
+    let worker_count = workers.count();
     let workers = workers.start(&state, &shutdown)?;
     runtime.block_on(async move {
         let mut ready = format!(
@@ -175,6 +176,7 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        ready.push_str(&format!("; {worker_count} data-plane thread(s)"));
         if let Some(addr) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
             ready.push_str(&format!("; metrics on http://{addr}/metrics"));
         }

@@ -157,6 +157,11 @@ impl Workers {
         Ok(built)
     }
 
+    /// How many workers there are.
+    pub fn count(&self) -> usize {
+        self.workers.len()
+    }
+
     /// The addresses the first worker bound, one per listener (all workers share them).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.workers

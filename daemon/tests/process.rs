@@ -187,6 +187,12 @@ async fn sighup_reloads_certificates_and_systemd_hears_every_step() {
         .unwrap_or_else(|| panic!("no listener in {ready}"))
         .to_owned();
     assert!(ready.contains("admin API on"), "{ready}");
+    // `workers` unset: one data-plane thread per CPU.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        ready.contains(&format!("; {cpus} data-plane thread(s)")),
+        "{ready}"
+    );
     assert!(socket.exists());
     assert_eq!(served_leaf(&addr, "web.test", &[&der1]).await, der1);
 
