@@ -27,6 +27,19 @@ async fn two_backends(pki: &Pki, proxy: ProxyBuilder) -> (TlsBackend, TlsBackend
     (a, b, proxy)
 }
 
+/// A client relayed to `a.test`'s backend, with `payload` sent and its echo read back: the
+/// relay is up both ways.
+async fn relayed_to_a(proxy: &Proxy, pki: &Pki, payload: &[u8]) -> Client {
+    let mut client = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    client.write_all(payload).await.unwrap();
+    let mut echo = vec![0u8; payload.len()];
+    client.read_exact(&mut echo).await.unwrap();
+    assert_eq!(echo, payload);
+    client
+}
+
 /// The listener's resets by reason, as `unknown_sni_is_reset` reads them.
 fn resets_by_reason(proxy: &Proxy) -> Vec<(&'static str, u64)> {
     proxy.state.listeners[0]
@@ -273,12 +286,7 @@ async fn graceful_shutdown_lets_an_open_transfer_finish() {
         ProxyBuilder::new().shutdown_timeout(Duration::from_secs(30)),
     )
     .await;
-    let mut client = tls_connect(proxy.addr(), "a.test", pki.client_config())
-        .await
-        .unwrap();
-    client.write_all(b"before").await.unwrap();
-    let mut buf = [0u8; 6];
-    client.read_exact(&mut buf).await.unwrap();
+    let mut client = relayed_to_a(&proxy, &pki, b"before").await;
 
     proxy.shutdown.cancel();
     // The listener closes: a new connection is refused, not accepted and dropped.
@@ -309,12 +317,7 @@ async fn shutdown_grace_period_closes_stuck_connections() {
     let pki = Pki::new();
     let (_a, _b, mut proxy) =
         two_backends(&pki, ProxyBuilder::new().shutdown_timeout(ms(300))).await;
-    let mut client = tls_connect(proxy.addr(), "a.test", pki.client_config())
-        .await
-        .unwrap();
-    client.write_all(b"x").await.unwrap();
-    let mut buf = [0u8; 1];
-    client.read_exact(&mut buf).await.unwrap();
+    let mut client = relayed_to_a(&proxy, &pki, b"x").await;
     let shutdown = Instant::now();
     proxy.shutdown.cancel();
     // The client sees its connection end: not before the grace period, and with nothing
@@ -343,12 +346,7 @@ async fn shutdown_grace_period_closes_stuck_connections() {
 async fn idle_connection_is_closed_after_the_idle_timeout() {
     let pki = Pki::new();
     let (_a, _b, proxy) = two_backends(&pki, ProxyBuilder::new().idle_timeout(ms(300))).await;
-    let mut client = tls_connect(proxy.addr(), "a.test", pki.client_config())
-        .await
-        .unwrap();
-    client.write_all(b"x").await.unwrap();
-    let mut one = [0u8; 1];
-    client.read_exact(&mut one).await.unwrap();
+    let mut client = relayed_to_a(&proxy, &pki, b"x").await;
     let idle_since = Instant::now();
     // Say nothing more: the proxy ends the relay, the client sees its connection end.
     let mut rest = Vec::new();
@@ -371,12 +369,7 @@ async fn idle_connection_is_closed_after_the_idle_timeout() {
 async fn connections_over_max_connections_are_reset_until_a_slot_frees() {
     let pki = Pki::new();
     let (_a, _b, proxy) = two_backends(&pki, ProxyBuilder::new().max_connections(1)).await;
-    let mut first = tls_connect(proxy.addr(), "a.test", pki.client_config())
-        .await
-        .unwrap();
-    first.write_all(b"1").await.unwrap();
-    let mut one = [0u8; 1];
-    first.read_exact(&mut one).await.unwrap();
+    let mut first = relayed_to_a(&proxy, &pki, b"1").await;
 
     let mut second = TcpStream::connect(proxy.addr()).await.unwrap();
     assert_reset(&mut second).await;
@@ -449,12 +442,8 @@ async fn max_connections_is_one_budget_across_worker_threads() {
     let pki = Pki::new();
     let proxy = ProxyBuilder::new().workers(2).max_connections(1);
     let (_a, _b, proxy) = two_backends(&pki, proxy).await;
-    let mut first = tls_connect(proxy.addr(), "a.test", pki.client_config())
-        .await
-        .unwrap();
-    first.write_all(b"1").await.unwrap();
-    let mut one = [0u8; 1];
-    first.read_exact(&mut one).await.unwrap();
+    // Held open to the end of the test: it takes the one slot.
+    let _held = relayed_to_a(&proxy, &pki, b"1").await;
     // Whichever worker's socket they land on, the one slot is taken. The worker resets on
     // its own thread, so the reset may already be there when `connect` returns.
     for _ in 0..8 {
