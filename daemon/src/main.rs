@@ -32,7 +32,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// on the [admin] socket (see `mcproxyctl --help`). With [metrics] addr set (off by default),
 /// Prometheus metrics are served at http://ADDR/metrics: per listener and per route counters,
 /// L7 request and backend connect latency histograms, build info. Log verbosity follows
-/// RUST_LOG (default "info").
+/// RUST_LOG (default "info"). Traffic is served by [proxy] workers threads (default: one per
+/// CPU), each with its own socket on every listener address (SO_REUSEPORT).
 ///
 /// Signals: SIGHUP re-reads every L7 route's certificate and key and serves the ones that load
 /// to new handshakes (a pair that fails keeps the old certificate and is logged; the same as
