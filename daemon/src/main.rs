@@ -160,11 +160,9 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         };
         anyhow::Ok((signals, admin_socket, metrics_listener))
     })?;
-    // Outside `block_on`: a worker runtime that fails to start is dropped here.
-    let workers = {
-        let _control = runtime.enter();
-        server::Workers::bind(&state, server::worker_count(&state.proxy))?
-    };
+    // Outside `block_on`: `start` drops the runtime of a worker whose thread could not be
+    // spawned, which a runtime context forbids.
+    let workers = server::Workers::bind(&state, server::worker_count(&state.proxy))?;
     let listening = workers.local_addrs();
     let worker_count = workers.count();
     let workers = workers.start(&state, &shutdown)?;

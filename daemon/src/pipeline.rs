@@ -350,9 +350,10 @@ async fn serve_l7(
     .await?)
 }
 
-/// On a `proxy_protocol` listener (the caller checks): checks the peer may send a header, reads it (5 s) and
-/// takes its source as the client address. LOCAL and UNKNOWN headers (health checks) keep the
-/// peer address. Returns the bytes read past the header, which belong to the ClientHello.
+/// On a `proxy_protocol` listener (the caller checks): checks the peer may send a header,
+/// reads it (5 s) and takes its source as the client address. LOCAL and UNKNOWN headers
+/// (health checks) keep the peer address. Returns the bytes read past the header, which
+/// belong to the ClientHello.
 async fn read_proxy_header(
     stream: &mut TcpStream,
     record: &mut Record,

@@ -60,20 +60,48 @@ pub struct BindError {
 /// Binds every listener in `state`. Fails on the first address that cannot be bound, before
 /// any connection is accepted.
 pub async fn bind(state: &State) -> Result<Vec<BoundListener>, BindError> {
+    bind_listeners(state, None, false)
+}
+
+/// Binds every listener in `state` with the current runtime: at its configured address, or
+/// at the address the same listener of `like` got (another worker's sockets, port 0
+/// resolved). `reuse_port`: other sockets of this daemon may listen on the same address (the
+/// kernel balances new connections between them).
+fn bind_listeners(
+    state: &State,
+    like: Option<&[BoundListener]>,
+    reuse_port: bool,
+) -> Result<Vec<BoundListener>, BindError> {
     let mut bound = Vec::with_capacity(state.listeners.len());
-    for l in &state.listeners {
-        let listener = TcpListener::bind(l.addr)
-            .await
-            .map_err(|source| BindError {
-                addr: l.addr,
-                source,
-            })?;
+    for (i, l) in state.listeners.iter().enumerate() {
+        let addr = match like {
+            Some(like) => like[i].local_addr().unwrap_or(l.addr),
+            None => l.addr,
+        };
+        let listener = bind_one(addr, reuse_port).map_err(|source| BindError { addr, source })?;
         bound.push(BoundListener {
             listener,
             state: Arc::clone(l),
         });
     }
     Ok(bound)
+}
+
+/// A listening socket on `addr`, registered with the current runtime: what
+/// `TcpListener::bind` does (`SO_REUSEADDR`, so a restart binds while old connections are in
+/// TIME_WAIT; a backlog of 1024), and `SO_REUSEPORT` when asked.
+fn bind_one(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// How many data-plane workers `proxy` asks for: `workers`, or one per CPU when it is 0.
@@ -137,22 +165,20 @@ impl Workers {
                 .enable_all()
                 .build()
                 .map_err(|source| WorkersError::Runtime { worker, source })?;
-            let mut bound = Vec::with_capacity(state.listeners.len());
-            for (i, l) in state.listeners.iter().enumerate() {
-                let addr = match built.workers.first() {
-                    Some((_, first)) => first[i].local_addr().unwrap_or(l.addr),
-                    None => l.addr,
-                };
-                // The socket registers with the runtime current at `listen`: this worker's.
+            let like = built.workers.first().map(|(_, first)| &first[..]);
+            // The sockets register with the runtime current at `listen`: this worker's.
+            let bound = {
                 let _in_worker = runtime.enter();
-                let listener =
-                    bind_shared(addr, workers > 1).map_err(|source| BindError { addr, source })?;
-                bound.push(BoundListener {
-                    listener,
-                    state: Arc::clone(l),
-                });
+                bind_listeners(state, like, workers > 1)
+            };
+            match bound {
+                Ok(bound) => built.workers.push((runtime, bound)),
+                Err(e) => {
+                    // Without blocking, as in `Drop for Workers`.
+                    runtime.shutdown_background();
+                    return Err(e.into());
+                }
             }
-            built.workers.push((runtime, bound));
         }
         Ok(built)
     }
@@ -249,23 +275,6 @@ impl Running {
         }
         tracing::info!("all connections closed");
     }
-}
-
-/// A listening socket on `addr`, registered with the current runtime; `reuse_port`: other
-/// sockets of this daemon may listen on the same address (the kernel balances between them).
-fn bind_shared(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // As `TcpListener::bind` does: a restart may bind while old connections are in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    if reuse_port {
-        socket.set_reuseport(true)?;
-    }
-    socket.bind(addr)?;
-    socket.listen(1024)
 }
 
 /// Serves `listeners` on the caller's runtime until `shutdown` fires, then drains (see the

@@ -1,7 +1,8 @@
 //! Backend connections shared across client connections: one [`TargetPool`] per backend
 //! [`Target`] (address, protocol, TLS name, PROXY header), and one [`Pool`] per data-plane
 //! worker (`server::Workers`), so a request and the connection it goes out on are polled by
-//! the same thread. The counters behind the caps are shared by the workers' pools.
+//! the same thread. Each worker's pool has its share of the caps; the figures for stats are
+//! shared by every worker's pool.
 //!
 //! I/O: opens backend connections through [`connector::connect`] and does the HTTP handshake
 //! (HTTP/2 with prior knowledge or after ALPN, HTTP/1.1); each connection is driven by a task of
