@@ -113,7 +113,6 @@ pub fn serve<'a>(
             up.fetch_add(peeked.len() as u64, Ordering::Relaxed);
         }
         drop(peeked);
-        let _ = client.set_nodelay(true);
         // `pick` lives until the relay ends: the member counts the connection as active, which
         // least_conn reads and a drain waits for.
         let end = relay(

@@ -165,8 +165,8 @@ impl ConnEnd {
     }
 }
 
-/// One connection, start to end: the pipeline in DESIGN.md. `slot` is the connection's
-/// `max_connections` permit, released when it ends.
+/// One connection, start to end: the pipeline in DESIGN.md. `bound`: the listener's bound
+/// address; `slot` is the connection's `max_connections` permit, released when it ends.
 ///
 /// A plain `fn` returning `async move`, which owns everything it is given: the returned future
 /// is the connection's whole task, and an `async fn` (or an `async` block calling one) would
@@ -176,13 +176,22 @@ pub fn handle_conn(
     id: u64,
     stream: TcpStream,
     peer: SocketAddr,
+    bound: SocketAddr,
     listener: Arc<ListenerState>,
     shared: Arc<Shared>,
     slot: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send + 'static {
     let started = Instant::now();
     listener.counters.active.fetch_add(1, Ordering::Relaxed);
-    let mut record = Record::new(id, peer, stream.local_addr().ok());
+    // A listener bound to one address accepts on that address only: it is each connection's
+    // local address, without a getsockname(2) per connection. A wildcard listener's
+    // connections each have their own.
+    let local = if bound.ip().is_unspecified() {
+        stream.local_addr().ok()
+    } else {
+        Some(bound)
+    };
+    let mut record = Record::new(id, peer, local);
     // The L7 step takes the stream (hyper needs to own it); every other step borrows it.
     let mut stream = Some(stream);
     async move {

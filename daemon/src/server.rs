@@ -97,6 +97,10 @@ fn bind_one(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> 
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    // Every accepted socket wants TCP_NODELAY (the proxy writes what it has, whole): Linux
+    // copies it from the listening socket, which saves a setsockopt(2) per connection; other
+    // systems get it per connection in the accept loop.
+    socket.set_nodelay(true)?;
     if reuse_port {
         socket.set_reuseport(true)?;
     }
@@ -438,6 +442,8 @@ async fn accept_loop(
                 continue;
             }
         };
+        #[cfg(not(target_os = "linux"))]
+        let _ = stream.set_nodelay(true);
         ListenerCounters::bump(&listener.counters.accepted);
         let Ok(permit) = Arc::clone(&capacity).try_acquire_owned() else {
             ListenerCounters::bump(&listener.counters.over_capacity);
@@ -458,6 +464,7 @@ async fn accept_loop(
             id,
             stream,
             peer,
+            local,
             Arc::clone(&listener),
             Arc::clone(&shared),
             permit,

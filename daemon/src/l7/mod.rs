@@ -157,7 +157,6 @@ pub async fn serve(
     };
     let route = Arc::clone(&session.route);
     let config = Arc::clone(&session.tls);
-    let _ = stream.set_nodelay(true);
 
     let activity = Arc::new(Activity::new());
     let metered = Metered {

@@ -304,3 +304,31 @@ async fn two_hops_carry_the_original_client_address() {
         origin.addr().port()
     );
 }
+
+/// On a wildcard listener each connection has its own local address: the header sent to the
+/// backend names the address the client reached (here 127.0.0.1), never `0.0.0.0`. (A
+/// listener bound to one address takes its connections' local address from its own.)
+#[tokio::test]
+async fn a_wildcard_listener_sends_the_address_the_client_reached() {
+    let pki = Pki::new();
+    let backend = TlsBackend::start_proxied(&pki, &["a.test"]).await;
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\naddr = \"0.0.0.0:0\"\n\
+         [[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"{}\"\nsend_proxy_protocol = true\n",
+        backend.addr
+    ))
+    .await;
+    assert!(proxy.addr().ip().is_unspecified(), "{}", proxy.addr());
+    let reached = sa(&format!("127.0.0.1:{}", proxy.addr().port()));
+    let mut c = tls_connect(reached, "a.test", pki.client_config())
+        .await
+        .unwrap();
+    let me = client_addr(&c);
+    assert_eq!(
+        send_and_finish(&mut c, b"hi").await.unwrap(),
+        b"hibye from a.test\n"
+    );
+    let header = backend.header(0);
+    assert_eq!(header.source, Some(me));
+    assert_eq!(header.destination, Some(reached));
+}
