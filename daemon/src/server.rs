@@ -481,3 +481,27 @@ fn is_connection_error(e: &std::io::Error) -> bool {
         ConnectionRefused | ConnectionAborted | ConnectionReset
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Linux copies TCP_NODELAY from the listening socket to each accepted one, which is why
+    /// the accept loop does not set it there: if that ever stopped holding, small writes
+    /// would wait for Nagle's timer on every connection.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let listener = bind_one("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (accepted, _) = accepted.unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "the accepted socket has Nagle on"
+        );
+        // The connecting side is untouched: the option comes from the listener.
+        assert!(!client.unwrap().nodelay().unwrap());
+    }
+}
