@@ -185,8 +185,9 @@ pub fn handle_conn(
     listener.counters.active.fetch_add(1, Ordering::Relaxed);
     // A listener bound to one address accepts on that address only: it is each connection's
     // local address, without a getsockname(2) per connection. A wildcard listener's
-    // connections each have their own.
-    let local = if bound.ip().is_unspecified() {
+    // connections each have their own (and so would any whose listener could not say its
+    // port).
+    let local = if bound.ip().is_unspecified() || bound.port() == 0 {
         stream.local_addr().ok()
     } else {
         Some(bound)
