@@ -193,7 +193,7 @@ pub fn handle_conn(
         Some(bound)
     };
     let mut record = Record::new(id, peer, local);
-    // The L7 step takes the stream (hyper needs to own it); every other step borrows it.
+    // The L7 step takes the stream (its TLS session owns it); every other step borrows it.
     let mut stream = Some(stream);
     async move {
         // Past the shutdown grace period every step stops, whichever it is in.
