@@ -291,6 +291,12 @@ async fn without_notify_socket_it_serves_and_sighup_does_not_kill_it() {
         panic!("the daemon ended before logging {needle:?}:\n{seen}");
     };
     wait_for("listening");
+    // Transparent huge pages are off for the daemon (main.rs: an idle connection would
+    // otherwise fault its allocator's memory in 2 MiB at a time).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    if let Some(thp) = status.lines().find_map(|l| l.strip_prefix("THP_enabled:")) {
+        assert_eq!(thp.trim(), "0", "THP is on for the daemon");
+    }
     let pid = child.id().to_string();
     let kill = |sig: &str| {
         assert!(
