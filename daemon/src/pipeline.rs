@@ -165,8 +165,9 @@ impl ConnEnd {
     }
 }
 
-/// One connection, start to end: the pipeline in DESIGN.md. `bound`: the listener's bound
-/// address; `slot` is the connection's `max_connections` permit, released when it ends.
+/// One connection, start to end: the pipeline in DESIGN.md. `local`: the connection's local
+/// address when its listener already knows it (see `server::accept_loop`), else it is asked
+/// of the socket; `slot` is the connection's `max_connections` permit, released when it ends.
 ///
 /// A plain `fn` returning `async move`, which owns everything it is given: the returned future
 /// is the connection's whole task, and an `async fn` (or an `async` block calling one) would
@@ -176,22 +177,14 @@ pub fn handle_conn(
     id: u64,
     stream: TcpStream,
     peer: SocketAddr,
-    bound: SocketAddr,
+    local: Option<SocketAddr>,
     listener: Arc<ListenerState>,
     shared: Arc<Shared>,
     slot: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send + 'static {
     let started = Instant::now();
     listener.counters.active.fetch_add(1, Ordering::Relaxed);
-    // A listener bound to one address accepts on that address only: it is each connection's
-    // local address, without a getsockname(2) per connection. A wildcard listener's
-    // connections each have their own (and so would any whose listener could not say its
-    // port).
-    let local = if bound.ip().is_unspecified() || bound.port() == 0 {
-        stream.local_addr().ok()
-    } else {
-        Some(bound)
-    };
+    let local = local.or_else(|| stream.local_addr().ok());
     let mut record = Record::new(id, peer, local);
     // The L7 step takes the stream (its TLS session owns it); every other step borrows it.
     let mut stream = Some(stream);

@@ -420,7 +420,12 @@ async fn accept_loop(
     let mut backoff = MIN_BACKOFF;
     let listener = bound.state;
     // The bound address (the configured one may say port 0) names the listener in logs.
-    let local = bound.listener.local_addr().unwrap_or(listener.addr);
+    let bound_addr = bound.listener.local_addr().ok();
+    let local = bound_addr.unwrap_or(listener.addr);
+    // A socket bound to one address accepts on that address only: it is every connection's
+    // local address, so no getsockname(2) per connection. A wildcard listener's connections
+    // each have their own, which `handle_conn` asks the socket for.
+    let conn_local = bound_addr.filter(|a| !a.ip().is_unspecified());
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -464,7 +469,7 @@ async fn accept_loop(
             id,
             stream,
             peer,
-            local,
+            conn_local,
             Arc::clone(&listener),
             Arc::clone(&shared),
             permit,
