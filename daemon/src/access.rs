@@ -102,6 +102,9 @@ pub fn closed(
     state: &State,
 ) {
     log_close(record, ending, elapsed);
+    if let Outcome::Closed(reason) = ending.outcome {
+        listener.counters.count_close(reason);
+    }
     state.events.publish(|| Event::ConnectionClosed {
         id: record.id,
         listener: listener.addr,

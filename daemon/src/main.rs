@@ -35,6 +35,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// RUST_LOG (default "info"). Traffic is served by [proxy] workers threads (default: one per
 /// CPU), each with its own socket on every listener address (SO_REUSEPORT).
 ///
+/// Idle L7 client connections: one that has not sent a complete first request (HTTP/1.1 head,
+/// HTTP/2 preface and HEADERS) within [proxy] request_header_timeout (10s) of its TLS
+/// handshake is closed, outcome request_header_timeout; one that has made requests and has
+/// none in flight, after keepalive_timeout (60s), outcome keepalive_timeout; one with a
+/// request open but no byte moving, after idle_timeout (5m). Route changes (a drain, a new
+/// backend set) apply to the next request of every open L7 connection.
+///
 /// Signals: SIGHUP re-reads every L7 route's certificate and key and serves the ones that load
 /// to new handshakes (a pair that fails keeps the old certificate and is logged; the same as
 /// `mcproxyctl reload`). SIGTERM or SIGINT stops accepting and waits up to [proxy]

@@ -39,7 +39,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use mc_proxy_shared::{BackendState, MemberStats, ResetReason};
+use mc_proxy_shared::{BackendState, CloseReason, MemberStats, ResetReason};
 
 use crate::state::{ListenerCounters, State};
 use crate::stats::{
@@ -265,6 +265,23 @@ impl Collector for StateCollector {
                     (
                         vec![("listener", name.as_str()), ("reason", reason.as_str())],
                         ConstCounter::new(l.counters.resets(reason)),
+                    )
+                })
+            }),
+        )?;
+        family(
+            e,
+            "mcproxy_listener_closes",
+            "Served connections closed, by reason (closed, idle_timeout, keepalive_timeout, \
+             request_header_timeout, route_gone, drained, ...).",
+            None,
+            MetricType::Counter,
+            listeners.iter().flat_map(|(name, l)| {
+                // Every reason, zeros included, as for resets.
+                CloseReason::ALL.iter().map(move |&reason| {
+                    (
+                        vec![("listener", name.as_str()), ("reason", reason.as_str())],
+                        ConstCounter::new(l.counters.closes(reason)),
                     )
                 })
             }),

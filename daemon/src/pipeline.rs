@@ -46,7 +46,7 @@ pub struct Shared {
     /// Fires when the shutdown grace period is over: relays stop.
     pub force_close: CancellationToken,
     /// The L7 backend connections, shared by every client connection.
-    pub pool: l7::Pool,
+    pub pool: Arc<l7::Pool>,
     /// Owns every task a connection spawns (the L7 HTTP connection's and backend drivers), so
     /// shutdown waits for them too.
     pub tasks: TaskTracker,
@@ -152,6 +152,8 @@ impl ConnEnd {
             ConnEnd::L4(RelayEnd::Error(e)) => (CloseReason::RelayError, Some(e.to_string())),
             ConnEnd::L7(L7End::Drained) => (CloseReason::Drained, None),
             ConnEnd::L7(L7End::KeepaliveTimeout) => (CloseReason::KeepaliveTimeout, None),
+            ConnEnd::L7(L7End::RequestHeaderTimeout) => (CloseReason::RequestHeaderTimeout, None),
+            ConnEnd::L7(L7End::RouteGone) => (CloseReason::RouteGone, None),
             ConnEnd::L7(L7End::Error(e)) => (CloseReason::HttpError, Some(e.to_string())),
             ConnEnd::L7(L7End::H2(e)) => (CloseReason::HttpError, Some(e.to_string())),
             ConnEnd::L7(L7End::Failed(e)) => (CloseReason::HttpError, Some(e)),
@@ -214,7 +216,7 @@ pub fn handle_conn(
 async fn pipeline(
     slot: &mut Option<TcpStream>,
     record: &mut Record,
-    listener: &ListenerState,
+    listener: &Arc<ListenerState>,
     shared: &Shared,
 ) -> Result<ConnEnd, ConnError> {
     let state = &shared.state;
@@ -277,7 +279,7 @@ async fn pipeline(
                     Arc::clone(&route),
                     server,
                     record,
-                    listener.addr,
+                    listener,
                     shared,
                 ))
                 .await?,
@@ -319,7 +321,7 @@ async fn serve_l7(
     route: Arc<RouteInfo>,
     tls: Arc<rustls::ServerConfig>,
     record: &Record,
-    listener: SocketAddr,
+    listener: &Arc<ListenerState>,
     shared: &Shared,
 ) -> Result<L7End, ConnError> {
     let proxy = &shared.state.proxy;
@@ -340,7 +342,7 @@ async fn serve_l7(
             max_request_head: proxy.max_request_head,
         },
         state: Arc::clone(&shared.state),
-        listener,
+        listener: Arc::clone(listener),
     };
     Ok(l7::serve(
         stream,

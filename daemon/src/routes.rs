@@ -3,8 +3,9 @@
 //!
 //! I/O: validation reads an L7 route's certificate and key files; the tables do none. A
 //! `RouteTable` is an immutable snapshot built once and swapped whole (see
-//! `state::ListenerState`), so a lookup never takes a lock and a connection keeps the
-//! `RouteInfo` it started with even if the table is replaced under it.
+//! `state::ListenerState`), so a lookup never takes a lock; an L4 connection keeps the
+//! `RouteInfo` it started with even if the table is replaced under it, an L7 connection looks
+//! its route up again per request.
 //!
 //! Matching: the SNI is already normalised by the ClientHello parser and route hostnames by
 //! [`validate_route`], both with `mc_proxy_wire::dns` (lowercase, no trailing dot). An exact
@@ -408,25 +409,33 @@ impl RouteTable {
     /// Finds the route for a normalised SNI hostname: exact first, then a one-label wildcard,
     /// then the catch-all `*` if the listener has one.
     pub fn lookup(&self, sni: &str) -> Option<Arc<RouteInfo>> {
+        self.find(sni).map(Arc::clone)
+    }
+
+    /// [`Self::lookup`] by reference.
+    pub fn find(&self, sni: &str) -> Option<&Arc<RouteInfo>> {
         if let Some(route) = self.exact.get(sni) {
-            return Some(Arc::clone(route));
+            return Some(route);
         }
         sni.split_once('.')
             .and_then(|(_, parent)| self.wildcard.get(parent))
             .or(self.catch_all.as_ref())
-            .map(Arc::clone)
     }
 
     /// The route stored under `hostname` (normalised; `*.x` and `*` included), not a lookup.
     pub fn get(&self, hostname: &str) -> Option<Arc<RouteInfo>> {
+        self.stored(hostname).map(Arc::clone)
+    }
+
+    /// [`Self::get`] by reference.
+    pub fn stored(&self, hostname: &str) -> Option<&Arc<RouteInfo>> {
         if hostname == CATCH_ALL {
-            return self.catch_all.clone();
+            return self.catch_all.as_ref();
         }
         match hostname.strip_prefix("*.") {
             Some(rest) => self.wildcard.get(rest),
             None => self.exact.get(hostname),
         }
-        .map(Arc::clone)
     }
 
     /// Every route, exact names first, then wildcards, each group sorted by hostname, then

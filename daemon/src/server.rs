@@ -328,7 +328,7 @@ async fn serve_worker(
     let capacity = fleet.capacity;
     let grace = state.proxy.shutdown_timeout;
     let shared = Arc::new(Shared {
-        pool: l7::Pool::new(
+        pool: Arc::new(l7::Pool::new(
             l7::BackendTls::new(state.proxy.backend_ca.clone()),
             l7::pool::PoolSettings {
                 // Each worker's pool has its share of the cap (rounded up): a request waits
@@ -339,7 +339,7 @@ async fn serve_worker(
             },
             pool_tasks.clone(),
             Arc::clone(&state.backends),
-        ),
+        )),
         state,
         shutdown: shutdown.clone(),
         force_close: CancellationToken::new(),

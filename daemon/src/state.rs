@@ -3,9 +3,10 @@
 //!
 //! No I/O (the store is read once at start by `boot`, and written by `control`). Invariant: route tables and the
 //! firewall are immutable snapshots behind `ArcSwap`; writers (the admin API) build a new
-//! snapshot and swap it in, readers take a cheap guard and never block. A connection holds the
-//! `Arc<RouteInfo>` it was routed with for its whole life, so a route change affects new
-//! connections only.
+//! snapshot and swap it in, readers take a cheap guard and never block. An L4 connection holds
+//! the `Arc<RouteInfo>` it was routed with for its whole life; an L7 connection looks its route
+//! up again for each request (`l7::routing`), so a drain or a new backend set reaches it at
+//! once.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +18,8 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use ipnet::IpNet;
 
-use mc_proxy_shared::{BackendState, ResetReason};
+use mc_proxy_shared::{BackendState, CloseReason, ResetReason};
+use tokio_util::sync::CancellationToken;
 
 use crate::events::{Event, EventBus};
 use crate::firewall::Firewall;
@@ -108,6 +110,8 @@ pub struct ListenerCounters {
     pub over_capacity: AtomicU64,
     /// Resets by reason, indexed by [`ResetReason::index`].
     resets_by_reason: [AtomicU64; ResetReason::ALL.len()],
+    /// Served connections closed, by reason, indexed like [`CloseReason::ALL`].
+    closes_by_reason: [AtomicU64; CloseReason::ALL.len()],
 }
 
 impl ListenerCounters {
@@ -127,6 +131,16 @@ impl ListenerCounters {
         self.resets_by_reason[reason.index()].load(Ordering::Relaxed)
     }
 
+    /// Counts a served connection's close under its reason.
+    pub fn count_close(&self, reason: CloseReason) {
+        Self::bump(&self.closes_by_reason[close_index(reason)]);
+    }
+
+    /// Served connections closed for one reason.
+    pub fn closes(&self, reason: CloseReason) -> u64 {
+        self.closes_by_reason[close_index(reason)].load(Ordering::Relaxed)
+    }
+
     /// Non-zero resets by reason.
     pub fn resets_by_reason(&self) -> impl Iterator<Item = (ResetReason, u64)> + '_ {
         ResetReason::ALL
@@ -134,6 +148,14 @@ impl ListenerCounters {
             .map(|r| (*r, self.resets(*r)))
             .filter(|(_, n)| *n > 0)
     }
+}
+
+/// `reason`'s position in [`CloseReason::ALL`].
+fn close_index(reason: CloseReason) -> usize {
+    CloseReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .expect("every close reason is in ALL")
 }
 
 /// One listener: its identity, flags and current route table.
@@ -152,6 +174,9 @@ pub struct ListenerState {
     /// Live counters.
     pub counters: ListenerCounters,
     routes: ArcSwap<RouteTable>,
+    /// Cancelled (and replaced by a fresh one) whenever the route table or the no-SNI route
+    /// changes: what open L7 connections wait on to see whether their route is still theirs.
+    changed: ArcSwap<CancellationToken>,
 }
 
 impl ListenerState {
@@ -171,6 +196,7 @@ impl ListenerState {
             no_sni_route: ArcSwapOption::empty(),
             counters: ListenerCounters::default(),
             routes: ArcSwap::from_pointee(routes),
+            changed: ArcSwap::from_pointee(CancellationToken::new()),
         }
     }
 
@@ -190,6 +216,37 @@ impl ListenerState {
         self.routes.load().lookup(sni)
     }
 
+    /// The current route for a connection routed by `sni` (`None`: by the no-SNI route),
+    /// handed to `f` by reference: the per-request look-up of an open L7 connection takes no
+    /// reference count unless `f` does.
+    pub fn with_route<R>(
+        &self,
+        sni: Option<&str>,
+        f: impl FnOnce(Option<&Arc<RouteInfo>>) -> R,
+    ) -> R {
+        let table = self.routes.load();
+        let found = match sni {
+            Some(sni) => table.find(sni),
+            None => {
+                let name = self.no_sni_route.load();
+                name.as_deref().and_then(|n| table.stored(n))
+            }
+        };
+        f(found)
+    }
+
+    /// A token cancelled at the next change of the route table or the no-SNI route. Taken
+    /// before looking a route up, it cannot miss a change made after the look-up.
+    pub fn changes(&self) -> CancellationToken {
+        CancellationToken::clone(&self.changed.load())
+    }
+
+    /// Tells those waiting on [`Self::changes`] that routes changed.
+    fn announce_change(&self) {
+        let old = self.changed.swap(Arc::new(CancellationToken::new()));
+        old.cancel();
+    }
+
     /// The route for a ClientHello without SNI, if the listener names one and it exists.
     pub fn lookup_no_sni(&self) -> Option<Arc<RouteInfo>> {
         let name = self.no_sni_route.load();
@@ -204,6 +261,7 @@ impl ListenerState {
     /// Sets (or clears) the route for ClientHellos without SNI.
     pub fn set_no_sni_route(&self, hostname: Option<String>) {
         self.no_sni_route.store(hostname.map(Arc::new));
+        self.announce_change();
     }
 
     /// The current route table.
@@ -211,9 +269,12 @@ impl ListenerState {
         self.routes.load_full()
     }
 
-    /// Swaps in a new route table; connections already routed are unaffected.
+    /// Swaps in a new route table. L4 connections already routed keep the route they were
+    /// routed with; open L7 connections take the new one from their next request on (and
+    /// are drained if their route is gone), see `l7::routing`.
     pub fn replace_routes(&self, table: RouteTable) {
         self.routes.store(Arc::new(table));
+        self.announce_change();
     }
 }
 

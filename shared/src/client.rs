@@ -1006,6 +1006,8 @@ wire_enum!(
         Shutdown,
         Drained,
         KeepaliveTimeout,
+        RequestHeaderTimeout,
+        RouteGone,
         RelayError,
         HttpError,
         TlsHandshakeFailed,

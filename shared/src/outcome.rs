@@ -145,6 +145,13 @@ named! {
         Drained = "drained",
         /// L7: no request in flight for `keepalive_timeout`; closed like a drain.
         KeepaliveTimeout = "keepalive_timeout",
+        /// L7: a new connection sent no complete first request head (HTTP/1.1), or no
+        /// preface and first HEADERS (HTTP/2), within `request_header_timeout`.
+        RequestHeaderTimeout = "request_header_timeout",
+        /// L7: the route the connection was served by was removed, switched to L4, or its
+        /// name now leads to another route: drained like a shutdown (GOAWAY, or
+        /// `Connection: close`), requests meanwhile answered 421.
+        RouteGone = "route_gone",
         /// L4: a read or write failed mid-relay.
         RelayError = "relay_error",
         /// L7: the HTTP connection failed.

@@ -32,6 +32,7 @@ use super::h2_stream::Handoff;
 use super::headers;
 use super::limits::{self, Limits, Violation};
 use super::pool::PoolError;
+use super::routing::Routing;
 use super::upstream::{Upstream, UpstreamError};
 use super::websocket::{self, Tunnels, WebSocketError};
 use super::{InFlight, InFlightGuard};
@@ -128,6 +129,11 @@ pub enum RequestError {
         /// The SNI the connection was routed by.
         sni: String,
     },
+    /// Not a fault: the route this connection was served by is gone (removed, switched to
+    /// L4, or its name now leads to another route); the client retries on a new connection,
+    /// which the connection's drain (GOAWAY / `Connection: close`) asks of it anyway.
+    #[error("the route this connection was served by is gone")]
+    RouteGone,
     /// Client fault: the request breaks a framing rule or limit (400, 431).
     #[error(transparent)]
     Refused(#[from] Violation),
@@ -148,7 +154,9 @@ pub enum RequestError {
 impl RequestError {
     fn status(&self) -> StatusCode {
         match self {
-            RequestError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            RequestError::Misdirected { .. } | RequestError::RouteGone => {
+                StatusCode::MISDIRECTED_REQUEST
+            }
             RequestError::BadAuthority(_) => StatusCode::BAD_REQUEST,
             RequestError::Refused(v) => v.status(),
             RequestError::Upstream(e) => e.status(),
@@ -162,6 +170,9 @@ impl RequestError {
         match self {
             RequestError::Misdirected { .. } => {
                 "misdirected request: this connection serves another host\n"
+            }
+            RequestError::RouteGone => {
+                "misdirected request: this connection's route changed; retry on a new connection\n"
             }
             RequestError::BadAuthority(_) => "bad request: unusable host\n",
             RequestError::Refused(v) => v.text(),
@@ -185,7 +196,8 @@ impl RequestError {
 /// What every request on one client connection shares.
 #[derive(Debug)]
 pub struct Ctx {
-    /// The route the connection was routed by.
+    /// The route the connection was routed by: its counters (shared by every version of the
+    /// route). Requests go to the route's current version, through `routing`.
     pub route: Arc<RouteInfo>,
     /// The SNI the client sent (normalised): the only host this connection serves (`None`:
     /// a no-SNI connection, which serves whatever authority it is asked for).
@@ -194,8 +206,8 @@ pub struct Ctx {
     pub client: SocketAddr,
     /// The same address as the forwarding headers carry it.
     pub forwarded: headers::ClientAddr,
-    /// The backend connection.
-    pub upstream: Upstream,
+    /// The current version of the connection's route and its backend pools.
+    pub routing: Routing,
     /// Cancelled when the client connection ends.
     pub closed: CancellationToken,
     /// The connection's requests in flight (the keep-alive timeout's clock).
@@ -255,6 +267,11 @@ pub fn handle(
         tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
         Ok(resp)
     }
+}
+
+/// The route version this request goes to, or [`RequestError::RouteGone`].
+fn current(ctx: &Ctx) -> Result<Arc<Upstream>, RequestError> {
+    ctx.routing.current().ok_or(RequestError::RouteGone)
 }
 
 fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
@@ -339,8 +356,9 @@ fn forward<'a>(
         headers::rewrite_request(&mut parts.headers, &ctx.forwarded);
 
         let req = Request::from_parts(parts, body);
+        let upstream = current(ctx)?;
         let resp = tokio::select! {
-            res = ctx.upstream.send(req, &ctx.route.stats.connect_duration) => res?,
+            res = upstream.send(req, &ctx.route.stats.connect_duration) => res?,
             () = ctx.closed.cancelled() => return Err(RequestError::Closed),
         };
         let (mut parts, body) = resp.into_parts();
@@ -361,7 +379,8 @@ async fn upgrade_websocket(
     authority: Authority,
 ) -> Result<Response<ProxyBody>, RequestError> {
     // A tunnel stays with the member it opened on; a failed dial is counted against it.
-    let (member, pool) = ctx.upstream.pick()?;
+    let upstream = current(ctx)?;
+    let (member, pool) = upstream.pick()?;
     let index = member.index;
     let setup = websocket::Setup {
         target: pool.target(),
@@ -378,12 +397,12 @@ async fn upgrade_websocket(
     };
     let answer = match answer {
         Ok(answer) => {
-            ctx.upstream.succeeded(index);
+            upstream.succeeded(index);
             answer
         }
         Err(e) => {
             if e.is_backend() {
-                ctx.upstream.failed(index, &e);
+                upstream.failed(index, &e);
             }
             return Err(e.into());
         }

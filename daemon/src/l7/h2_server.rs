@@ -14,8 +14,9 @@
 //! ([`limits::configure_h2`], the windows of `l7::pool`). Every accepted stream gets a
 //! response or a reset. A client's reset before the response head drops the request's
 //! future, and with it the backend stream (reset `CANCEL`). A response body that fails
-//! resets the client's stream with `INTERNAL_ERROR`. Shutdown and the keep-alive timeout
-//! send GOAWAY and let the open streams finish; the idle timeout ends the connection.
+//! resets the client's stream with `INTERNAL_ERROR`. Shutdown, a route gone and the
+//! keep-alive timeout send GOAWAY and let the open streams finish; the idle timeout, and a
+//! client that opened no stream within `request_header_timeout`, end the connection.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -40,8 +41,10 @@ const PREFACE_LEN: usize = 24;
 
 /// What the connection's poll loop stopped for.
 enum Event {
-    Shutdown,
-    KeepaliveOver,
+    /// Time to close gracefully (shutdown, route gone, keep-alive over), with the reason.
+    Closing(L7End),
+    /// No first request within `request_header_timeout`.
+    NoRequest,
     Idle,
     /// The connection ended: closed (`Ok`) or failed.
     Ended(Result<(), h2::Error>),
@@ -83,8 +86,11 @@ where
                 Err(e) => return L7End::Io(e),
             },
             () = watch.activity.idle_for(watch.idle) => return L7End::IdleTimeout,
-            () = watch.in_flight.idle_for(watch.keepalive) => return L7End::KeepaliveTimeout,
-            () = watch.shutdown.cancelled() => return L7End::Drained,
+            () = watch.in_flight.no_first_request(watch.first_request) => {
+                return L7End::RequestHeaderTimeout;
+            }
+            // Nothing of HTTP/2 to drain yet.
+            why = watch.closing() => return why,
         };
         let io = Rewind::new(first[..n].to_vec(), io);
         // Boxed: the connection's state (h2's codec, the streams) is allocated only now.
@@ -113,18 +119,19 @@ where
     let mut phase = Phase::Handshake(builder.handshake::<_, Bytes>(io));
     async move {
         let mut idle = pin!(watch.activity.idle_for(watch.idle));
-        let mut shutdown = pin!(watch.shutdown.cancelled());
-        let mut keepalive = pin!(watch.in_flight.idle_for(watch.keepalive));
+        let mut closing_soon = pin!(watch.closing());
+        let mut no_request = pin!(watch.in_flight.no_first_request(watch.first_request));
         let mut streams = FuturesUnordered::new();
-        let mut draining = false;
-        let mut keepalive_over = false;
+        let mut closing: Option<L7End> = None;
         loop {
             let event = std::future::poll_fn(|cx| {
-                if !draining && shutdown.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Shutdown);
+                if closing.is_none()
+                    && let Poll::Ready(why) = closing_soon.as_mut().poll(cx)
+                {
+                    return Poll::Ready(Event::Closing(why));
                 }
-                if !draining && !keepalive_over && keepalive.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::KeepaliveOver);
+                if no_request.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::NoRequest);
                 }
                 if idle.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Idle);
@@ -164,26 +171,21 @@ where
             };
             match (event, conn) {
                 // Before the handshake is done there is nothing to drain.
-                (Event::Shutdown, None) => return L7End::Drained,
-                (Event::KeepaliveOver, None) => return L7End::KeepaliveTimeout,
-                (Event::Shutdown, Some(conn)) => {
-                    draining = true;
+                (Event::Closing(why), None) => return why,
+                // GOAWAY, and the open streams finish.
+                (Event::Closing(why), Some(conn)) => {
+                    closing = Some(why);
                     conn.graceful_shutdown();
                 }
-                // No request in flight for keepalive_timeout: GOAWAY, as at shutdown.
-                (Event::KeepaliveOver, Some(conn)) => {
-                    keepalive_over = true;
-                    conn.graceful_shutdown();
-                }
+                (Event::NoRequest, _) => return L7End::RequestHeaderTimeout,
                 (Event::Idle, _) => return L7End::IdleTimeout,
                 (Event::Ended(res), _) => {
-                    return match res {
-                        Ok(()) if draining => L7End::Drained,
-                        // After our GOAWAY a client may just hang up: still the keep-alive
-                        // close.
-                        _ if keepalive_over => L7End::KeepaliveTimeout,
-                        Ok(()) => L7End::Closed,
-                        Err(e) => L7End::H2(e),
+                    return match (res, closing) {
+                        // After our GOAWAY a client may just hang up: still the close we
+                        // started.
+                        (_, Some(why)) => why,
+                        (Ok(()), None) => L7End::Closed,
+                        (Err(e), None) => L7End::H2(e),
                     };
                 }
             }

@@ -1,4 +1,5 @@
-//! L7 routes: TLS termination and an HTTP/2 + HTTP/1.1 reverse proxy to an HTTP/2 backend.
+//! L7 routes: TLS termination and an HTTP/2 + HTTP/1.1 reverse proxy to HTTP/2 or HTTP/1.1
+//! backends (h2c or TLS).
 //!
 //! I/O: owns the client connection from the end of the ClientHello peek to its close.
 //! [`serve`] replays the peeked ClientHello (`io::Rewind`), terminates TLS with the route's
@@ -6,9 +7,10 @@
 //! serves the client: by [`h2_server`] (the `h2` crate, every stream polled by the
 //! connection's own task) when ALPN chose `h2`, by hyper-util's auto builder otherwise
 //! (HTTP/1.1, and prior-knowledge HTTP/2 from a client that named no protocol). Each request
-//! goes through [`downstream`] (misrouting guard, header rewriting, error responses) to
-//! [`upstream`] (a lease from the shared backend pool: an HTTP/2 stream or an HTTP/1.1
-//! connection, h2c or TLS, optional PROXY v2).
+//! goes through [`downstream`] (misrouting guard, header rewriting, error responses), takes the
+//! current version of the connection's route from [`routing`], and goes to [`upstream`] (a
+//! lease from the worker's backend pool: an HTTP/2 stream or an HTTP/1.1 connection, h2c or
+//! TLS, optional PROXY v2).
 //! [`headers`] is the pure header rewriting. WebSockets (HTTP/1.1 `Upgrade`, HTTP/2 extended
 //! CONNECT, which this server advertises) leave `downstream` for [`websocket`]: a backend
 //! connection of their own, then a byte tunnel; an HTTP/1.1 connection that switched lasts
@@ -17,11 +19,15 @@
 //! Invariants: nothing is buffered whole; request and response bodies and trailers stream.
 //! The route's byte counters count TLS bytes on the client connection (the same place L4
 //! counts them: what crossed the client's socket, ClientHello included), live. A connection
-//! with no byte either way for `idle_timeout` is closed, as on L4. When shutdown starts the
-//! connection gets GOAWAY (HTTP/2) or `Connection: close` after the current request
-//! (HTTP/1.1) and ends once its requests are done; `handle_conn` drops it when the grace
-//! period ends. No task outlives the client connection: the backend connection's driver and
-//! waiting requests watch a token cancelled when [`serve`] returns.
+//! with no byte either way for `idle_timeout` is closed, as on L4; one that started no request
+//! within `request_header_timeout` of its handshake is closed too. When shutdown starts, when
+//! the connection's route is gone ([`routing::Routing::gone`]) or after `keepalive_timeout`
+//! without a request in flight, the connection gets GOAWAY (HTTP/2) or `Connection: close`
+//! after the current request (HTTP/1.1) and ends once its requests are done; `handle_conn`
+//! drops it when a shutdown's grace period ends. The connection's own tasks (hyper's, its
+//! WebSocket tunnels, the dedicated pools of a `send_proxy_protocol` route) watch a token
+//! cancelled when [`serve`] returns; the shared pool's connection drivers outlive it on
+//! purpose (the next client's requests reuse them) and belong to the worker's pool.
 
 pub mod body;
 pub mod connector;
@@ -31,6 +37,7 @@ pub mod h2_stream;
 pub mod headers;
 pub mod limits;
 pub mod pool;
+pub mod routing;
 pub mod upstream;
 pub mod websocket;
 
@@ -38,7 +45,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -93,6 +100,10 @@ pub enum L7End {
     Drained,
     /// No request in flight for `keepalive_timeout`: closed like a drain.
     KeepaliveTimeout,
+    /// No first request (HTTP/1.1 head, HTTP/2 HEADERS) within `request_header_timeout`.
+    RequestHeaderTimeout,
+    /// The connection's route is gone (`routing`): drained like a shutdown.
+    RouteGone,
     /// The HTTP connection failed (protocol error from the client, reset, ...).
     Error(hyper::Error),
     /// The HTTP/2 connection `h2_server` served failed (protocol error from the client, a
@@ -137,8 +148,8 @@ pub struct Session {
     pub limits: limits::Limits,
     /// Where member state changes go (events) and passive health settings.
     pub state: Arc<crate::state::State>,
-    /// The listener's configured address (for those events).
-    pub listener: SocketAddr,
+    /// The listener: each request looks the connection's route up in its current table.
+    pub listener: Arc<crate::state::ListenerState>,
 }
 
 /// Terminates TLS on `stream` (after replaying `peeked`) and reverse-proxies its requests
@@ -147,7 +158,7 @@ pub async fn serve(
     stream: TcpStream,
     peeked: Vec<u8>,
     session: Session,
-    pool: &Pool,
+    pool: &Arc<Pool>,
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<L7End, L7Error> {
@@ -192,52 +203,24 @@ pub async fn serve(
     );
     let closed = CancellationToken::new();
     let _closed_on_return = closed.clone().drop_guard();
-    // One pool per member. A backend certificate is checked for the name the client asked
-    // for; without one, for the route's own name. A PROXY header names one client: such
-    // connections are this client connection's alone.
-    let tls_name = route.route.backend_tls.then(|| {
-        session
-            .sni
-            .clone()
-            .unwrap_or_else(|| route.route.hostname.clone())
-    });
-    let proxy = route
-        .route
-        .send_proxy_protocol
-        .then_some(connector::ProxyHeader {
+    let routing = routing::Routing::new(
+        session.listener,
+        session.sni.clone(),
+        Arc::clone(&route),
+        routing::Endpoints {
+            pool: Arc::clone(pool),
             client: session.client,
             local: session.local,
-        });
-    let pools = route
-        .backends
-        .members()
-        .iter()
-        .map(|m| {
-            let target = connector::Target {
-                backend: m.spec.address.clone(),
-                protocol: route.route.backend_protocol,
-                tls: tls_name.clone(),
-                proxy,
-            };
-            if target.proxy.is_some() {
-                pool.dedicated(target, closed.clone())
-            } else {
-                pool.target(&target)
-            }
-        })
-        .collect();
-    let ctx = Arc::new(downstream::Ctx {
-        upstream: upstream::Upstream::new(
-            Arc::clone(&route),
-            pools,
-            upstream::Timeouts {
+            timeouts: upstream::Timeouts {
                 connect: session.connect_timeout,
                 response: session.response_timeout,
             },
-            session.client.ip(),
-            Arc::clone(&session.state),
-            session.listener,
-        ),
+            state: session.state,
+            closed: closed.clone(),
+        },
+    );
+    let ctx = Arc::new(downstream::Ctx {
+        routing,
         route,
         sni: session.sni,
         client: session.client,
@@ -256,9 +239,12 @@ pub async fn serve(
         shutdown: &shutdown,
         in_flight: &in_flight,
         activity: &activity,
+        routing: &ctx.routing,
+        first_request: session.request_header_timeout,
         keepalive: session.keepalive_timeout,
         idle: session.idle_timeout,
     };
+    let ctx = Arc::clone(&ctx);
     // Each server is its own boxed future: this connection's task then holds only the one it
     // runs, sized for what it holds while waiting, not the larger of the two (an idle TLS
     // connection's memory, docs/BENCHMARKS.md).
@@ -290,6 +276,10 @@ struct Watch<'a> {
     in_flight: &'a InFlight,
     /// The last byte either way (the idle timeout's clock).
     activity: &'a Activity,
+    /// The connection's route: drained when it is gone.
+    routing: &'a routing::Routing,
+    /// `[proxy] request_header_timeout`: the first request must have started within it.
+    first_request: Duration,
     /// `[proxy] keepalive_timeout`.
     keepalive: Duration,
     /// `[proxy] idle_timeout`.
@@ -332,8 +322,7 @@ where
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(conn);
 
-    let mut draining = false;
-    let mut keepalive_over = false;
+    let mut closing = None;
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -344,29 +333,43 @@ where
                     () = tunnels.finished() => {}
                     () = watch.activity.idle_for(watch.idle) => return L7End::IdleTimeout,
                 }
-                return match res {
-                    Ok(()) if draining => L7End::Drained,
+                return match (res, closing) {
                     // After our GOAWAY a client may just hang up (no TLS close_notify), which
-                    // hyper reports as an error: it is still the keep-alive close.
-                    _ if keepalive_over => L7End::KeepaliveTimeout,
-                    Ok(()) => L7End::Closed,
-                    Err(e) => match e.downcast::<hyper::Error>() {
+                    // hyper reports as an error: it is still the close we started.
+                    (_, Some(why)) => why,
+                    (Ok(()), None) => L7End::Closed,
+                    (Err(e), None) => match e.downcast::<hyper::Error>() {
+                        // hyper's own header timer: a head begun and not finished in time.
+                        Ok(e) if e.is_timeout() => L7End::RequestHeaderTimeout,
                         Ok(e) => L7End::Error(*e),
                         Err(e) => L7End::Failed(e.to_string()),
                     },
                 };
             }
-            () = watch.shutdown.cancelled(), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
+            // Nothing asked within request_header_timeout: nothing to drain either.
+            () = watch.in_flight.no_first_request(watch.first_request) => {
+                return L7End::RequestHeaderTimeout;
             }
-            // No request in flight for keepalive_timeout: GOAWAY (HTTP/2) or close once the
-            // connection is idle (HTTP/1.1), as at shutdown.
-            () = watch.in_flight.idle_for(watch.keepalive), if !draining && !keepalive_over => {
-                keepalive_over = true;
+            why = watch.closing(), if closing.is_none() => {
+                closing = Some(why);
                 conn.as_mut().graceful_shutdown();
             }
             () = watch.activity.idle_for(watch.idle) => return L7End::IdleTimeout,
+        }
+    }
+}
+
+impl Watch<'_> {
+    /// Resolves when the connection should close gracefully, with the reason: shutdown
+    /// started, its route is gone, or no request was in flight for `keepalive_timeout`.
+    /// Closing means GOAWAY (HTTP/2) or `Connection: close` after the current response
+    /// (HTTP/1.1), as at shutdown: requests in flight finish.
+    async fn closing(&self) -> L7End {
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => L7End::Drained,
+            () = self.routing.gone() => L7End::RouteGone,
+            () = self.in_flight.idle_for(self.keepalive) => L7End::KeepaliveTimeout,
         }
     }
 }
@@ -397,6 +400,8 @@ where
 #[derive(Debug)]
 pub struct InFlight {
     start: Instant,
+    /// A request has started on the connection.
+    started: AtomicBool,
     count: AtomicU64,
     last_done_ms: AtomicU64,
 }
@@ -405,6 +410,7 @@ impl InFlight {
     fn new() -> Self {
         InFlight {
             start: Instant::now(),
+            started: AtomicBool::new(false),
             count: AtomicU64::new(0),
             last_done_ms: AtomicU64::new(0),
         }
@@ -413,7 +419,24 @@ impl InFlight {
     /// Counts a request as in flight until the guard drops.
     pub fn enter(self: &Arc<Self>) -> InFlightGuard {
         self.count.fetch_add(1, Ordering::Relaxed);
+        if !self.started.load(Ordering::Relaxed) {
+            self.started.store(true, Ordering::Relaxed);
+        }
         InFlightGuard(Arc::clone(self))
+    }
+
+    /// Resolves at `timeout` after the connection was set up if no request has started by
+    /// then; never otherwise. A connection must ask for something within
+    /// `request_header_timeout`, not idle for `keepalive_timeout` with a handshake's worth of
+    /// memory held (the same rule as nginx's `client_header_timeout` for a new connection).
+    async fn no_first_request(&self, timeout: Duration) {
+        if !self.started.load(Ordering::Relaxed) {
+            tokio::time::sleep_until(self.start + timeout).await;
+            if !self.started.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+        std::future::pending().await
     }
 
     /// Resolves once no request has been in flight for `idle`.

@@ -157,6 +157,11 @@ impl Upstream {
         }
     }
 
+    /// The route version this upstream sends to.
+    pub fn route(&self) -> &Arc<RouteInfo> {
+        &self.route
+    }
+
     /// A member for a request that cannot be retried elsewhere once started (a WebSocket),
     /// with its pool (for the target and TLS settings).
     pub fn pick(&self) -> Result<(Pick, &Arc<TargetPool>), UpstreamError> {

@@ -842,36 +842,77 @@ async fn a_kept_alive_connection_without_requests_is_closed_after_keepalive_time
     );
 }
 
-#[tokio::test]
-async fn an_h2_client_that_sends_nothing_after_tls_gets_nothing_and_is_closed_after_keepalive_timeout()
- {
+/// How long a new connection that asks nothing lives, and how it is counted: closed after
+/// `request_header_timeout` (not the much longer `keepalive_timeout`), outcome
+/// `request_header_timeout`.
+async fn closed_for_asking_nothing(first_bytes: &[u8], alpn: &[u8], expect_empty: bool) {
     let (_guard, logs) = capture_logs();
     let pki = Pki::new();
     let backend = H2Backend::start().await;
     let proxy = web_proxy(&pki, backend.addr)
-        .keepalive_timeout(Duration::from_millis(300))
+        .request_header_timeout(Duration::from_millis(300))
+        .keepalive_timeout(Duration::from_secs(10))
         .start()
         .await;
-    let mut tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"h2"])
+    let mut tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[alpn])
         .await
         .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
     let connected = std::time::Instant::now();
+    tls.write_all(first_bytes).await.unwrap();
+    tls.flush().await.unwrap();
     let mut out = Vec::new();
     let ended = timed(tls.read_to_end(&mut out)).await;
     let waited = connected.elapsed();
     assert_eq!(ended.map(|_| ()).map_err(|e| e.kind()), IDLE_CLOSE);
-    // HTTP/2 starts with the client's first bytes: not even the server's SETTINGS before.
-    assert!(out.is_empty(), "the proxy sent {out:?}");
+    if expect_empty {
+        // HTTP/2 starts with the client's first bytes: not even the server's SETTINGS before.
+        assert!(out.is_empty(), "the proxy sent {out:?}");
+    }
     assert!(
         waited >= Duration::from_millis(280),
-        "closed after {waited:?}, before the 300 ms keep-alive timeout"
+        "closed after {waited:?}, before the 300 ms request_header_timeout"
     );
     assert!(
-        wait_for_log(&logs, "outcome=\"keepalive_timeout\"").await,
+        waited < Duration::from_secs(3),
+        "closed after {waited:?}: not by request_header_timeout"
+    );
+    assert!(
+        wait_for_log(&logs, "outcome=\"request_header_timeout\"").await,
         "{}",
         log_text(&logs)
     );
+    let counters = &proxy.state.listeners[0].counters;
+    assert_eq!(
+        counters.closes(mc_proxy_shared::CloseReason::RequestHeaderTimeout),
+        1
+    );
+    assert_eq!(
+        counters.closes(mc_proxy_shared::CloseReason::KeepaliveTimeout),
+        0
+    );
+    assert_eq!(backend.requests(), 0);
+}
+
+#[tokio::test]
+async fn an_h2_client_that_sends_nothing_after_tls_gets_nothing_and_is_closed_after_request_header_timeout()
+ {
+    closed_for_asking_nothing(b"", b"h2", true).await;
+}
+
+#[tokio::test]
+async fn an_h2_client_that_sends_its_preface_but_no_request_is_closed_after_request_header_timeout()
+{
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(h2raw::frame(0x4, 0, 0, &[]));
+    closed_for_asking_nothing(&opening, b"h2", false).await;
+}
+
+#[tokio::test]
+async fn an_http1_client_that_sends_nothing_or_half_a_head_is_closed_after_request_header_timeout()
+{
+    closed_for_asking_nothing(b"", b"http/1.1", true).await;
+    closed_for_asking_nothing(b"GET / HTTP/1.1\r\nHost: web.test\r\n", b"http/1.1", true).await;
 }
 
 /// A client stream that has already sent the first `skip` bytes its user writes: lets a test

@@ -15,6 +15,7 @@ mod haproxy;
 mod l4;
 mod l7;
 mod l7_limits;
+mod live_changes;
 mod multihop;
 mod pool;
 mod proxy_protocol;
