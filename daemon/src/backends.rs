@@ -322,13 +322,30 @@ impl MemberHealth {
         }
     }
 
-    /// Takes the trial slot; false if another connection took it first.
-    fn claim_trial(&self) -> bool {
+    /// Gives back the trial slot of a trial that ended without a verdict (its request was
+    /// abandoned, or ended in what is not the member's fault nor its success: a wait for
+    /// another request's dial, the proxy's cap, a graceful close): the next request may be
+    /// the trial. `ejections` is the count when the trial was claimed: a trial of an
+    /// ejection since over, or followed by another, is not this one's to give back.
+    fn release_trial(&self, ejections: u64) {
+        let mut h = self.lock();
+        if h.ejected_until.is_some() && self.ejections.load(Ordering::Relaxed) == ejections {
+            h.trial_out = false;
+        }
+    }
+
+    /// Takes the trial slot: `Ok(Some(ejections))` with the ejection count it was taken
+    /// under, `Ok(None)` when the member is no longer ejected (no trial needed), `Err(())`
+    /// when another connection took it first.
+    fn claim_trial(&self) -> Result<Option<u64>, ()> {
         let mut h = self.lock();
         if h.ejected_until.is_none() {
-            return true;
+            return Ok(None);
         }
-        !std::mem::replace(&mut h.trial_out, true)
+        if std::mem::replace(&mut h.trial_out, true) {
+            return Err(());
+        }
+        Ok(Some(self.ejections.load(Ordering::Relaxed)))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Health> {
@@ -364,6 +381,8 @@ pub struct Pick {
     /// Position in the set.
     pub index: usize,
     health: Arc<MemberHealth>,
+    /// The trial after an ejection: the member's ejection count when it was claimed.
+    trial: Option<u64>,
 }
 
 impl Pick {
@@ -376,6 +395,11 @@ impl Pick {
 impl Drop for Pick {
     fn drop(&mut self) {
         self.health.active.fetch_sub(1, Ordering::Relaxed);
+        // A trial with no verdict by now (a failure re-ejected the member, a success ended
+        // the ejection) must not keep the member out for good.
+        if let Some(ejections) = self.trial {
+            self.health.release_trial(ejections);
+        }
     }
 }
 
@@ -387,6 +411,11 @@ impl Tried {
     /// Adds a position.
     pub fn add(&mut self, index: usize) {
         self.0 |= 1 << index;
+    }
+
+    /// Takes a position out.
+    pub fn remove(&mut self, index: usize) {
+        self.0 &= !(1 << index);
     }
 
     /// Whether it holds `index`.
@@ -498,17 +527,24 @@ impl BackendSet {
             }
             let index = self.choose(candidates, client)?;
             let health = &self.members[index].health;
-            if trial.has(index) && !health.claim_trial() {
-                // Raced another connection for the trial: choose among the rest.
-                let mut tried = tried;
-                tried.add(index);
-                return self.pick(client, tried);
+            let mut claimed = None;
+            if trial.has(index) {
+                match health.claim_trial() {
+                    Ok(ejections) => claimed = ejections,
+                    Err(()) => {
+                        // Raced another connection for the trial: choose among the rest.
+                        let mut tried = tried;
+                        tried.add(index);
+                        return self.pick(client, tried);
+                    }
+                }
             }
             health.active.fetch_add(1, Ordering::Relaxed);
             health.total.fetch_add(1, Ordering::Relaxed);
             return Some(Pick {
                 index,
                 health: Arc::clone(health),
+                trial: claimed,
             });
         }
         None

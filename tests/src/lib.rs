@@ -8,6 +8,7 @@
 #![allow(missing_docs)]
 
 pub mod grpc;
+pub mod h2origin;
 pub mod h2raw;
 pub mod site;
 pub mod web;

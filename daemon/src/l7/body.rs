@@ -179,6 +179,9 @@ pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 pub enum Held {
     /// An HTTP/2 stream slot, freed on drop.
     Stream(#[allow(dead_code)] StreamSlot),
+    /// An HTTP/2 stream slot shared with the request body's pipe, freed when both are done:
+    /// a stream counts against the backend's limit until both halves end.
+    SharedStream(#[allow(dead_code)] std::sync::Arc<StreamSlot>),
     /// An HTTP/1.1 connection, and whether it may be reused once the body is done (no
     /// `Connection: close` on either side).
     Connection(Option<H1Lease>, bool),

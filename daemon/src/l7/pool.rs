@@ -392,6 +392,23 @@ impl Drop for H1Lease {
     }
 }
 
+/// A `dialing` place taken in [`TargetPool::checkout`], held by the request that dials.
+/// Dropped still held (the request's future was dropped mid-dial), it gives the place back
+/// and wakes the waiters, one of which dials instead.
+struct DialPlace<'a> {
+    pool: &'a TargetPool,
+    held: bool,
+}
+
+impl Drop for DialPlace<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            lock(&self.pool.conns).dialing -= 1;
+            self.pool.wake();
+        }
+    }
+}
+
 /// A request counted in [`TargetPool::waiting`] while it waits for a slot.
 struct Waiting<'a>(&'a TargetPool);
 
@@ -558,7 +575,10 @@ impl TargetPool {
         conns.h2.retain(|c| !c.closed.load(Ordering::Acquire));
         for conn in &conns.h2 {
             let active = conn.active.load(Ordering::Acquire);
-            if active >= conn.max_streams {
+            // The backend may have lowered its limit since its first SETTINGS: h2 would
+            // queue a stream opened past it (until another ends, or response_timeout).
+            let now_max = u32::try_from(conn.sender.current_max_send_streams()).unwrap_or(u32::MAX);
+            if active >= conn.max_streams.min(now_max) {
                 continue;
             }
             // A fresh handle is ready at once unless the connection is done: the backend
@@ -591,6 +611,13 @@ impl TargetPool {
         deadline: Instant,
         connect_timeout: Duration,
     ) -> Result<(Lease, Option<Duration>), PoolError> {
+        // Given back if this future is dropped before the dial ends (the client gave up, the
+        // request was reset): else `dialing` would stay counted for good, and with one dial
+        // at a time (HTTP/2) no request of this target would ever dial again.
+        let mut place = DialPlace {
+            pool: self,
+            held: true,
+        };
         let started = Instant::now();
         // Boxed: the dial's state (TLS, handshakes) is large and rare; requests that reuse a
         // connection should not carry it.
@@ -602,6 +629,7 @@ impl TargetPool {
             }),
         };
         let mut conns = lock(&self.conns);
+        place.held = false;
         conns.dialing -= 1;
         conns.generation += 1;
         let res = match res {

@@ -6,10 +6,14 @@
 //!
 //! Members: each attempt picks one (`backends::BackendSet::pick`), skipping those that
 //! failed this request. A request that never got a connection (dial refused, TLS or HTTP
-//! handshake failed, the member's pool full) goes to the next member at once, all within
-//! `connect_timeout`. Connection-level failures (a failed dial, a connection lost before the
-//! response head, a response timeout) count against the member's passive health; a response
-//! head counts for it.
+//! handshake failed, the member's pool full) goes to the next member at once, all within the
+//! attempt's `connect_timeout`; each send attempt has a connect budget of its own, so a
+//! request takes at most [`MAX_ATTEMPTS`] × (`connect_timeout` + `response_timeout`) to get
+//! its answer or its 502/503/504. Connection-level failures (a failed dial, a connection lost
+//! with the request in flight, a response timeout) count against the member's passive
+//! health; a response head counts for it. A graceful close by the backend (GOAWAY `NO_ERROR`,
+//! `REFUSED_STREAM`, a kept-alive HTTP/1.1 connection closed between requests) is not a
+//! failure: the request is replayed and nothing is counted.
 //!
 //! Retry rules (RFC 9110 §9.2.2, as HAProxy's `retry-on conn-failure` and Pingora do): a
 //! request known unsent (the connection closed between checkout and write) always goes to
@@ -17,7 +21,9 @@
 //! body and either its method is idempotent or the backend said it did not process it
 //! (HTTP/2 `REFUSED_STREAM`, or a stream above a GOAWAY's last stream id), and only when the
 //! connection was lost before the response head, never after a timeout; the retry goes to
-//! another member when there is one. At most [`MAX_ATTEMPTS`] sends.
+//! another member when there is one. At most [`MAX_ATTEMPTS`] sends, plus `MAX_REFUSED` that
+//! the backend ended in an orderly way (see `graceful`): those leave the member a candidate,
+//! since another of its connections may take the request.
 //!
 //! HTTP/2: the request's stream is opened on the pooled `h2` connection from the request's
 //! own task, which then awaits the response head itself. A request body is piped to the
@@ -52,6 +58,15 @@ use tokio::time::Instant;
 
 /// Tries per request: the first, and up to two retries under the rules above.
 pub const MAX_ATTEMPTS: usize = 3;
+
+/// Sends of one request that a backend ended in an orderly way (see `graceful`), on top of
+/// [`MAX_ATTEMPTS`]: the backend did not process them, so they cost it nothing, but a
+/// backend refusing everything must not keep a request going round.
+const MAX_REFUSED: usize = 3;
+
+/// Less connect budget than this left in an attempt: no further member is dialled (a dial
+/// given nothing would only report a timeout "after 0ns").
+const MIN_CONNECT_LEFT: Duration = Duration::from_millis(1);
 
 /// Why a request got no response from the backend. Always the backend's fault (or the
 /// network's), except TLS trust problems inside [`UpstreamError::Pool`] (the operator's).
@@ -214,7 +229,10 @@ impl Upstream {
             // Only a bodyless request can be replayed once the connection has taken it.
             let replay = http_body::Body::is_end_stream(req.body()).then(|| Replay::of(&req));
             let mut attempt = 1;
-            let deadline = Instant::now() + self.timeouts.connect;
+            let mut refused = 0;
+            // Each send attempt has its own connect budget: a request replayed after its
+            // first attempt waited long for an answer still gets a whole connect_timeout.
+            let mut deadline = Instant::now() + self.timeouts.connect;
             // Members that failed this request; after a lost connection the same member may be
             // asked again (on another connection) when no other is left.
             let mut tried = Tried::default();
@@ -237,13 +255,14 @@ impl Upstream {
                 let (lease, dialled) = match pool.checkout(left).await {
                     Ok(leased) => leased,
                     Err(e) => {
-                        // Never sent: the next member may have it, within connect_timeout.
+                        // Never sent: the next member may have it, within this attempt's
+                        // connect budget.
                         if e.is_backend_failure() {
                             self.failed(pick.index, &e);
                         }
                         tracing::debug!(backend = %pool.target().backend, "no connection: {e}");
                         last = Some(e.into());
-                        if Instant::now() >= deadline {
+                        if deadline.saturating_duration_since(Instant::now()) < MIN_CONNECT_LEFT {
                             return Err(last.expect("just set"));
                         }
                         continue;
@@ -269,8 +288,16 @@ impl Upstream {
                         return Err(e);
                     }
                 };
-                // Handed back unsent: a pooled connection closed under us, not the member failing.
-                if failed.unsent.is_none() {
+                // Handed back unsent, or closed gracefully by the backend: the connection's
+                // end, not the member failing (see `graceful`). The member stays a candidate
+                // for this request: another connection of it may take it (with the others
+                // also closing gracefully and a dead one left, the request would otherwise
+                // end on the dead one's refused dial: a 502 with two members up).
+                let reused = dialled.is_none();
+                let orderly = failed.unsent.is_some() || graceful(&failed.error, reused);
+                if orderly {
+                    tried.remove(pick.index);
+                } else {
                     self.failed(pick.index, &failed.error);
                 }
                 let again = match (failed.unsent, &replay) {
@@ -280,17 +307,27 @@ impl Upstream {
                     }
                     _ => None,
                 };
+                let budget = if orderly {
+                    refused < MAX_REFUSED
+                } else {
+                    attempt < MAX_ATTEMPTS
+                };
                 match again {
-                    Some(next) if attempt < MAX_ATTEMPTS => {
+                    Some(next) if budget => {
                         tracing::debug!(
                             attempt,
                             backend = %pool.target().backend,
-                            "backend connection lost before the response: retrying: {}",
+                            "backend connection ended before the response: retrying: {}",
                             failed.error
                         );
                         req = next;
-                        attempt += 1;
+                        if orderly {
+                            refused += 1;
+                        } else {
+                            attempt += 1;
+                        }
                         same_again = true;
+                        deadline = Instant::now() + self.timeouts.connect;
                     }
                     _ => {
                         return Err(UpstreamError::Request {
@@ -375,13 +412,23 @@ fn send_h2(
                 error: e.into(),
                 unsent: None,
             })?;
-        // Dropped before the head came (response timeout, client gone): the pipe resets the
-        // stream. Once the head is here the pipe goes on (a gRPC stream's request half).
-        let abandoned = (!end_of_stream).then(|| {
+        // A request body goes to the backend through a pipe task. Dropped before the head
+        // came (response timeout, client gone), the request resets the stream through it;
+        // once the head is here the pipe goes on (a gRPC stream's request half). The stream
+        // counts against the connection's limit (h2's count, which queues a stream opened
+        // past it) until both halves are done, so the pipe holds the slot too: an upload
+        // going on after its answer keeps its place, and the pool opens another connection
+        // rather than queueing the next request behind it. A bodyless request's slot is
+        // the response body's alone (no shared allocation on the common path).
+        let (held, abandoned) = if end_of_stream {
+            (Held::Stream(slot), None)
+        } else {
+            let slot = Arc::new(slot);
             let (abandon, abandoned) = oneshot::channel();
-            slot.tasks().spawn(pipe_body(body, stream, abandoned));
-            AbandonOnDrop(Some(abandon))
-        });
+            let pipe = pipe_body(body, stream, abandoned, Arc::clone(&slot));
+            slot.tasks().spawn(pipe);
+            (Held::SharedStream(slot), Some(AbandonOnDrop(Some(abandon))))
+        };
         let resp = response.await.map_err(|e| Failed {
             error: e.into(),
             unsent: None,
@@ -390,7 +437,7 @@ fn send_h2(
             guard.0 = None;
         }
         let content_length = body::content_length(resp.headers());
-        Ok(resp.map(|recv| RespBody::h2(recv, content_length, Held::Stream(slot))))
+        Ok(resp.map(|recv| RespBody::h2(recv, content_length, held)))
     }
 }
 
@@ -412,6 +459,7 @@ async fn pipe_body(
     mut body: ReqBody,
     stream: h2::SendStream<Bytes>,
     mut abandoned: oneshot::Receiver<()>,
+    _slot: Arc<StreamSlot>,
 ) {
     let mut listening = true;
     let mut to = ToStream::new(stream);
@@ -524,6 +572,22 @@ fn not_processed(e: &BackendError) -> bool {
         BackendError::H2(h2) => {
             (h2.is_go_away() && h2.is_remote()) || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
         }
+    }
+}
+
+/// The backend ended the connection in an orderly way, not by failing: an HTTP/2 GOAWAY with
+/// `NO_ERROR` (nginx after `keepalive_requests`, Go servers and hypercorn do it routinely) or
+/// a stream it refused unprocessed (`REFUSED_STREAM`), or an HTTP/1.1 connection that had
+/// served requests and was closed between two of them (its keep-alive ended as the request
+/// went out; nothing was read back). Such a request is replayed and the member is not
+/// counted as failing: a backend that is really gone fails the next dial, which counts.
+fn graceful(e: &BackendError, reused: bool) -> bool {
+    match e {
+        BackendError::H2(h2) => {
+            h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR))
+        }
+        BackendError::Http1(e) => reused && (e.is_incomplete_message() || e.is_canceled()),
     }
 }
 

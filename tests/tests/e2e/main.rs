@@ -8,6 +8,7 @@
 //! process's peak resident size).
 
 mod admin;
+mod backend_close;
 mod backends;
 mod browser;
 mod grpc_python;
