@@ -392,6 +392,15 @@ impl Drop for H1Lease {
     }
 }
 
+/// Which HTTP/2 connection a checkout tries first (see [`TargetPool::checkout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// The oldest with room: requests packed onto few connections.
+    Oldest,
+    /// The youngest with room: for a request a closing connection refused.
+    Youngest,
+}
+
 /// A `dialing` place taken in [`TargetPool::checkout`], held by the request that dials.
 /// Dropped still held (the request's future was dropped mid-dial), it gives the place back
 /// and wakes the waiters, one of which dials instead.
@@ -503,13 +512,19 @@ impl TargetPool {
     /// free, dialled when the target has room, else waited for. All of it within
     /// `connect_timeout`. Returns the lease and, when this request dialled, how long the dial
     /// took (for the route's connect-time histogram).
+    ///
+    /// `pick`: which open HTTP/2 connection with room goes first. The oldest packs requests
+    /// onto few connections; a request that a closing connection refused goes to the
+    /// youngest, since backends that close after N requests (nginx's `keepalive_requests`)
+    /// refuse the streams past N of their oldest connection first.
     pub async fn checkout(
         self: &Arc<Self>,
         connect_timeout: Duration,
+        pick: Pick,
     ) -> Result<(Lease, Option<Duration>), PoolError> {
         let deadline = Instant::now() + connect_timeout;
         // The common case: a free slot or idle connection, taken without registering.
-        if let Some(lease) = self.reuse(&mut lock(&self.conns)) {
+        if let Some(lease) = self.reuse(&mut lock(&self.conns), pick) {
             return Ok((lease, None));
         }
         loop {
@@ -521,7 +536,7 @@ impl TargetPool {
             let _waiting = Waiting::register(self);
             let waited_for = {
                 let mut conns = lock(&self.conns);
-                if let Some(lease) = self.reuse(&mut conns) {
+                if let Some(lease) = self.reuse(&mut conns, pick) {
                     return Ok((lease, None));
                 }
                 let cap = self.common.settings.max_connections;
@@ -570,10 +585,15 @@ impl TargetPool {
         }
     }
 
-    /// A free slot on an open HTTP/2 connection, or an idle HTTP/1.1 connection.
-    fn reuse(self: &Arc<Self>, conns: &mut Conns) -> Option<Lease> {
+    /// A free slot on an open HTTP/2 connection (the oldest or the youngest with room, as
+    /// `pick` says), or an idle HTTP/1.1 connection.
+    fn reuse(self: &Arc<Self>, conns: &mut Conns, pick: Pick) -> Option<Lease> {
         conns.h2.retain(|c| !c.closed.load(Ordering::Acquire));
-        for conn in &conns.h2 {
+        let order: &mut dyn Iterator<Item = &Arc<H2Conn>> = match pick {
+            Pick::Oldest => &mut conns.h2.iter(),
+            Pick::Youngest => &mut conns.h2.iter().rev(),
+        };
+        for conn in order {
             let active = conn.active.load(Ordering::Acquire);
             // The backend may have lowered its limit since its first SETTINGS: h2 would
             // queue a stream opened past it (until another ends, or response_timeout).
