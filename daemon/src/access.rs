@@ -128,7 +128,9 @@ fn log_close(record: &Record, ending: &Ending, elapsed: Duration) {
             tracing::event!(
                 $lvl,
                 sni = record.sni.as_deref().unwrap_or("-"),
-                backend = %Backend(record),
+                // A string field, so that it is quoted: the route's set (`a:1, b:2`) holds
+                // spaces, which broke logfmt parsers as a bare value.
+                backend = Backend(record).to_string().as_str(),
                 bytes_up = record.bytes.up.load(Ordering::Relaxed),
                 bytes_down = record.bytes.down.load(Ordering::Relaxed),
                 duration_ms = elapsed.as_millis() as u64,

@@ -72,6 +72,28 @@ fn shown(path: &Path) -> String {
     }
 }
 
+/// What is wrong with a PEM file, in words: the parser's own text shows the marker lines as
+/// byte arrays (`missing section end marker: [45, 45, ...]`).
+fn pem_reason(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    let text = |bytes: &[u8]| mc_proxy_shared::text::clip(&String::from_utf8_lossy(bytes));
+    match e {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "the file is cut short: its {} line is missing",
+            mc_proxy_shared::text::clip(&format!(
+                "-----END {}-----",
+                String::from_utf8_lossy(end_marker)
+            ))
+        ),
+        Error::IllegalSectionStart { line } => {
+            format!("a malformed BEGIN line: {}", text(line))
+        }
+        Error::Base64Decode(e) => format!("the base64 between BEGIN and END is damaged: {e}"),
+        Error::NoItemsFound => "no PEM block of the expected kind".to_owned(),
+        other => other.to_string(),
+    }
+}
+
 /// Reads and checks a PEM certificate chain and private key.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertError> {
     let cert_pem = std::fs::read(cert).map_err(|source| CertError::ReadCert {
@@ -87,7 +109,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CertError::ParseCert {
             path: cert.to_owned(),
-            reason: e.to_string(),
+            reason: pem_reason(&e),
         })?;
     if chain.is_empty() {
         return Err(CertError::ParseCert {
@@ -97,7 +119,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     }
     let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertError::ParseKey {
         path: key.to_owned(),
-        reason: e.to_string(),
+        reason: pem_reason(&e),
     })?;
 
     let signing_key =
@@ -340,6 +362,29 @@ mod tests {
     }
 
     const NOW_2026: u64 = 1_780_000_000;
+
+    #[test]
+    fn a_truncated_pem_is_reported_in_words_not_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.test".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        let (c, k) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+        std::fs::write(&c, &cert[..cert.len() / 2]).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let err = load_certified_key(&c, &k).unwrap_err().to_string();
+        assert!(
+            err.ends_with(
+                "holds no valid PEM certificate: the file is cut short: its \
+                 \"-----END CERTIFICATE-----\" line is missing"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("[45, 45"), "{err}");
+    }
 
     #[test]
     fn validity_is_read_from_the_der() {

@@ -23,7 +23,7 @@ use mc_proxy_shared::{
 use serde::{Deserialize, Deserializer};
 
 use crate::firewall::parse_rule;
-use crate::routes::{route_name, validate_route};
+use crate::routes::{RouteError, route_name, validate_route};
 pub use crate::state::ProxyConfig;
 
 /// The most data-plane workers `proxy.workers` may ask for: each is a thread with its own
@@ -49,6 +49,12 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     /// Things that are allowed but probably not meant (cert on an l4 route, ...).
     pub warnings: Vec<String>,
+    /// L7 routes whose certificate or key files do not load: errors for `mc-proxy check`, but
+    /// never a reason not to start (one route's files must not keep every other route down).
+    /// When the file seeds an empty database such a route is stored and left out of service
+    /// until its files load (`reload`); once the database exists the file's routes are not
+    /// applied, so their files do not matter to the daemon at all.
+    pub file_problems: Vec<Problem>,
 }
 
 /// `[database]`.
@@ -459,6 +465,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Erro
 impl FileConfig {
     fn validate(self, path: &Path) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
+        let mut file_problems = Vec::new();
         let mut warnings = Vec::new();
         let mut problem = |context: String, message: String| {
             problems.push(Problem { context, message });
@@ -662,10 +669,27 @@ impl FileConfig {
                     send_proxy_protocol: fr.send_proxy_protocol,
                     backend_protocol,
                 };
-                match validate_route(&route) {
+                let checked = match validate_route(&route) {
                     Ok(valid) => {
                         warnings.extend(valid.warnings.iter().map(|w| format!("{rctx}: {w}")));
-                        if let Some(first) = seen_hosts.insert(valid.route.hostname.clone(), j) {
+                        Ok(valid.route)
+                    }
+                    // Everything but the files is right (the files are loaded last): the
+                    // route is kept, and its files are a problem of their own kind.
+                    Err(RouteError::Cert(e)) => {
+                        file_problems.push(Problem {
+                            context: rctx.clone(),
+                            message: e.to_string(),
+                        });
+                        let hostname = route_name(&route.hostname)
+                            .expect("validate_route checks the hostname before the files");
+                        Ok(Route { hostname, ..route })
+                    }
+                    Err(e) => Err(e),
+                };
+                match checked {
+                    Ok(route) => {
+                        if let Some(first) = seen_hosts.insert(route.hostname.clone(), j) {
                             problem(
                                 rctx,
                                 format!(
@@ -674,7 +698,7 @@ impl FileConfig {
                             );
                             continue;
                         }
-                        routes.push(valid.route);
+                        routes.push(route);
                     }
                     Err(e) => problem(rctx, e.to_string()),
                 }
@@ -702,6 +726,8 @@ impl FileConfig {
         }
 
         if !problems.is_empty() {
+            // Every problem, the files' too: `check` prints them all at once.
+            problems.extend(file_problems);
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
                 problems,
@@ -724,6 +750,7 @@ impl FileConfig {
             proxy,
             listeners,
             warnings,
+            file_problems,
         })
     }
 }
@@ -791,12 +818,17 @@ mod tests {
             Config::parse(&self.dir.path().join("mc-proxy.toml"), &text)
         }
 
+        /// Every problem `mc-proxy check` reports: those that make the config unusable, or
+        /// else the route files that do not load (which do not stop a start).
         fn problems(&self, listeners: &str) -> Vec<String> {
             match self.parse(listeners) {
                 Err(ConfigError::Invalid { problems, .. }) => {
                     problems.iter().map(|p| p.to_string()).collect()
                 }
                 Err(other) => vec![other.to_string()],
+                Ok(config) if !config.file_problems.is_empty() => {
+                    config.file_problems.iter().map(|p| p.to_string()).collect()
+                }
                 Ok(_) => panic!("config should not validate:\n{listeners}"),
             }
         }
@@ -882,6 +914,44 @@ mod tests {
         assert_eq!(routes[0].hostname, "app.test");
         assert_eq!(routes[1].mode, Mode::L4);
         assert!(!config.listeners[0].proxy_protocol);
+    }
+
+    #[test]
+    fn certificate_files_that_fail_are_file_problems_that_do_not_stop_a_start() {
+        let f = Fixture::new();
+        let config = f
+            .parse(&format!(
+                r#"
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            [[listeners.routes]]
+            hostname = "Gone.Test."
+            backend = "127.0.0.1:9080"
+            mode = "l7"
+            tls_cert = "{dir}/absent.pem"
+            tls_key = "{key}"
+            [[listeners.routes]]
+            hostname = "plain.test"
+            backend = "127.0.0.1:9443"
+            "#,
+                key = f.path("web.key"),
+                dir = f.dir.path().display(),
+            ))
+            .expect("one route's files never make the config unusable");
+        // The route is kept, normalised, for seeding (and left out of service at load).
+        let hosts: Vec<&str> = config.listeners[0]
+            .routes
+            .iter()
+            .map(|r| r.hostname.as_str())
+            .collect();
+        assert_eq!(hosts, ["gone.test", "plain.test"]);
+        assert_eq!(config.file_problems.len(), 1, "{:?}", config.file_problems);
+        let p = config.file_problems[0].to_string();
+        assert!(
+            p.starts_with("listener 127.0.0.1:8443, route Gone.Test.: "),
+            "names listener and route as written: {p}"
+        );
+        assert!(p.contains("cannot read tls_cert"), "{p}");
     }
 
     #[test]

@@ -68,7 +68,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate the config (syntax, addresses, routes, L7 certificate/key pairs), print every
-    /// problem and exit 1 if there is any. Touches no database and binds nothing.
+    /// problem and exit 1 if there is any. Touches no database and binds nothing: it checks
+    /// the file as it would seed an empty database. A route whose certificate files do not
+    /// load is an error here but never stops the daemon: it is left out of service (and
+    /// logged) until its files load.
     Check,
 }
 
@@ -108,6 +111,21 @@ fn no_transparent_huge_pages() {
 
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
+        Ok(config) if !config.file_problems.is_empty() => {
+            for w in &config.warnings {
+                println!("warning: {}: {w}", path.display());
+            }
+            for p in &config.file_problems {
+                eprintln!("error: {}: {p}", path.display());
+            }
+            eprintln!(
+                "note: the daemon still starts with these: seeding an empty database it stores \
+                 such routes and serves them once their files load (mcproxyctl reload); once the \
+                 database exists the file's routes are not applied (check does not read the \
+                 database)"
+            );
+            ExitCode::FAILURE
+        }
         Ok(config) => {
             for w in &config.warnings {
                 println!("warning: {}: {w}", path.display());

@@ -298,6 +298,8 @@ struct Fleet {
     capacity: Arc<Semaphore>,
     next_id: Arc<AtomicU64>,
     workers: usize,
+    /// Set by the first worker whose shutdown grace ran out: one warning for the daemon.
+    grace_over: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Fleet {
@@ -306,6 +308,7 @@ impl Fleet {
             capacity: Arc::new(Semaphore::new(state.proxy.max_connections)),
             next_id: Arc::new(AtomicU64::new(1)),
             workers: workers.max(1),
+            grace_over: Arc::default(),
         }
     }
 }
@@ -325,7 +328,7 @@ async fn serve_worker(
     // Pooled backend connections outlive any one client connection: they have a tracker of
     // their own, closed after the client connections are done.
     let pool_tasks = TaskTracker::new();
-    let capacity = fleet.capacity;
+    let capacity = Arc::clone(&fleet.capacity);
     let grace = state.proxy.shutdown_timeout;
     let shared = Arc::new(Shared {
         pool: Arc::new(l7::Pool::new(
@@ -344,7 +347,7 @@ async fn serve_worker(
         shutdown: shutdown.clone(),
         force_close: CancellationToken::new(),
         tasks: tracker.clone(),
-        next_id: fleet.next_id,
+        next_id: Arc::clone(&fleet.next_id),
     });
 
     {
@@ -394,10 +397,15 @@ async fn serve_worker(
         tracing::info!(open = open(), grace = ?grace, "shutting down: no longer accepting");
     }
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(
-            open = open(),
-            "shutdown grace period over: closing open connections"
-        );
+        // Every worker's grace ends at the same moment: one line for the daemon, by the first
+        // worker there, with the count across workers before any closes its connections
+        // (each worker logging the shared count gave `open=8` then `open=3`).
+        if !fleet.grace_over.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                open = open(),
+                "shutdown grace period over: closing open connections"
+            );
+        }
         shared.force_close.cancel();
         tracker.wait().await;
     }

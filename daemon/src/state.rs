@@ -110,7 +110,7 @@ pub struct ListenerCounters {
     pub over_capacity: AtomicU64,
     /// Resets by reason, indexed by [`ResetReason::index`].
     resets_by_reason: [AtomicU64; ResetReason::ALL.len()],
-    /// Served connections closed, by reason, indexed like [`CloseReason::ALL`].
+    /// Served connections closed, by reason, indexed by [`CloseReason::index`].
     closes_by_reason: [AtomicU64; CloseReason::ALL.len()],
 }
 
@@ -133,12 +133,12 @@ impl ListenerCounters {
 
     /// Counts a served connection's close under its reason.
     pub fn count_close(&self, reason: CloseReason) {
-        Self::bump(&self.closes_by_reason[close_index(reason)]);
+        Self::bump(&self.closes_by_reason[reason.index()]);
     }
 
     /// Served connections closed for one reason.
     pub fn closes(&self, reason: CloseReason) -> u64 {
-        self.closes_by_reason[close_index(reason)].load(Ordering::Relaxed)
+        self.closes_by_reason[reason.index()].load(Ordering::Relaxed)
     }
 
     /// Non-zero resets by reason.
@@ -148,14 +148,6 @@ impl ListenerCounters {
             .map(|r| (*r, self.resets(*r)))
             .filter(|(_, n)| *n > 0)
     }
-}
-
-/// `reason`'s position in [`CloseReason::ALL`].
-fn close_index(reason: CloseReason) -> usize {
-    CloseReason::ALL
-        .iter()
-        .position(|r| *r == reason)
-        .expect("every close reason is in ALL")
 }
 
 /// One listener: its identity, flags and current route table.
@@ -213,7 +205,7 @@ impl ListenerState {
 
     /// Looks a normalised SNI hostname up in the current table.
     pub fn lookup(&self, sni: &str) -> Option<Arc<RouteInfo>> {
-        self.routes.load().lookup(sni)
+        self.with_route(Some(sni), |r| r.cloned())
     }
 
     /// The current route for a connection routed by `sni` (`None`: by the no-SNI route),
@@ -249,8 +241,7 @@ impl ListenerState {
 
     /// The route for a ClientHello without SNI, if the listener names one and it exists.
     pub fn lookup_no_sni(&self) -> Option<Arc<RouteInfo>> {
-        let name = self.no_sni_route.load();
-        self.routes.load().get(name.as_deref()?)
+        self.with_route(None, |r| r.cloned())
     }
 
     /// The hostname of the route for ClientHellos without SNI.

@@ -48,6 +48,8 @@ impl Daemon {
         let config_path = dir.path().join("mc-proxy.toml");
         std::fs::write(&config_path, config).unwrap();
         let notify_path = dir.path().join("notify.sock");
+        // A restart in the same directory: the last run's socket file is still there.
+        let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         notify
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -120,6 +122,13 @@ impl Daemon {
 
     fn still_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Kills the daemon and hands back its directory (database included), for a restart.
+    fn kill_keep_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap())
     }
 }
 
@@ -403,4 +412,93 @@ async fn a_closed_stderr_neither_kills_the_daemon_nor_deafens_it_to_sigterm() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// The config of the start-up tests: an L7 route `web.test` on `cert`/`key` and an L4 route
+/// `plain.test`, on one listener, with the database and the admin socket in `dir`.
+fn two_routes(dir: &Path, cert: &Path, key: &Path) -> String {
+    format!(
+        "[database]\npath = {:?}\n[admin]\nsocket = {:?}\n[proxy]\nshutdown_timeout = \"1s\"\n\
+         [[listeners]]\naddr = \"127.0.0.1:0\"\n\
+         [[listeners.routes]]\nhostname = \"web.test\"\nbackend = \"127.0.0.1:9\"\nmode = \"l7\"\n\
+         tls_cert = {:?}\ntls_key = {:?}\n\
+         [[listeners.routes]]\nhostname = \"plain.test\"\nbackend = \"127.0.0.1:9\"\n",
+        dir.join("mc-proxy.db").display().to_string(),
+        dir.join("admin.sock").display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    )
+}
+
+/// The first listener address in a READY notification, or a panic with the log.
+fn ready_addr(daemon: &Daemon) -> String {
+    let ready = daemon.next_notification();
+    assert!(
+        ready.lines().any(|l| l == "READY=1"),
+        "{ready}\n{}",
+        daemon.log_text()
+    );
+    ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS=serving "))
+        .and_then(|s| s.split([',', ';']).next())
+        .unwrap_or_else(|| panic!("no listener in {ready}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_whose_certificate_files_fail_never_keeps_the_daemon_from_starting() {
+    // First start, seeding an empty database: the certificate is a truncated PEM.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("web.pem"), dir.path().join("web.key"));
+    let (cert, key, _) = self_signed("web.test");
+    write(&cert_path, &cert[..cert.len() / 2]);
+    write(&key_path, &key);
+    let config = two_routes(dir.path(), &cert_path, &key_path);
+
+    // `check` reports it, by file, listener and route, and says the daemon still starts.
+    let config_path = dir.path().join("check.toml");
+    std::fs::write(&config_path, &config).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_mc-proxy"))
+        .args(["check", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        said.contains("listener 127.0.0.1:0, route web.test")
+            && said.contains("holds no valid PEM certificate")
+            && said.contains("the daemon still starts"),
+        "{said}"
+    );
+
+    let daemon = Daemon::start(dir, &config);
+    let addr = ready_addr(&daemon);
+    // The other route is served; the broken one is logged and left out.
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    drop(tcp);
+    assert!(
+        daemon.wait_for_log("stored route is invalid and will not be served"),
+        "{}",
+        daemon.log_text()
+    );
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("will not be served"))
+        .unwrap();
+    assert!(line.contains("web.test"), "{line}");
+
+    // Second start on the same database, the file now missing altogether: still starts.
+    let dir = daemon.kill_keep_dir();
+    std::fs::remove_file(&cert_path).unwrap();
+    let daemon = Daemon::start(dir, &config);
+    let addr = ready_addr(&daemon);
+    TcpStream::connect(&addr).await.unwrap();
+    assert!(
+        daemon.wait_for_log("were not applied"),
+        "{}",
+        daemon.log_text()
+    );
 }

@@ -448,3 +448,23 @@ async fn l7_a_refused_dial_goes_to_the_next_backend_and_counts_against_the_dead_
     assert_eq!(m[0].state, BackendState::Ejected);
     assert_eq!(web_stats(&proxy).backend_errors, 0);
 }
+
+#[tokio::test]
+async fn the_access_line_quotes_an_l7_routes_backend_set_for_logfmt_parsers() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let b = [H2Backend::start().await, H2Backend::start().await];
+    let proxy = ProxyBuilder::new()
+        .route_to("web.test", &[(b[0].addr, 1), (b[1].addr, 1)])
+        .l7(&pki)
+        .start()
+        .await;
+    h2_gets(proxy.addr(), &pki, 1).await;
+    // One value with its space inside quotes, not `backend=a:1, b:2` (two tokens).
+    let expected = format!("backend=\"{}, {}\"", b[0].addr, b[1].addr);
+    assert!(
+        wait_for_log(&logs, &expected).await,
+        "no {expected} in:\n{}",
+        log_text(&logs)
+    );
+}
