@@ -142,8 +142,19 @@ async fn connect(
     let mut last = None;
     loop {
         let Some(pick) = route.backends.pick(record.client.ip(), tried) else {
-            return Err(last.unwrap_or_else(|| no_backend(route)));
+            return Err(match last {
+                // Every member failed its dial: the client's connection fails.
+                Some(e) => {
+                    route.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
+                    e
+                }
+                None => no_backend(route),
+            });
         };
+        if last.is_some() {
+            // A failover: the client sees nothing but the wait.
+            route.stats.retries.fetch_add(1, Ordering::Relaxed);
+        }
         tried.add(pick.index);
         let member = route.backends.member(pick.index);
         record.backend = Some(Arc::clone(&member.address));
@@ -156,14 +167,15 @@ async fn connect(
                 return Ok((stream, pick));
             }
             Err(e) => {
-                route.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
                 let failed = pick.health().failed(&member.spec, &state.passive(), &e);
                 state.backend_changed(listener, route, failed);
                 tracing::debug!(backend = %member.spec.address, "dial failed: {e}");
-                last = Some(e);
                 if Instant::now() >= deadline {
-                    return Err(last.expect("just set"));
+                    // No time left for another member: the client's connection fails.
+                    route.stats.backend_errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
                 }
+                last = Some(e);
             }
         }
     }

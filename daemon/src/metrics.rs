@@ -360,11 +360,19 @@ impl Collector for StateCollector {
         );
         per_route!(
             "mcproxy_route_backend_errors",
-            "L4: backend dials that failed or timed out. L7: requests answered 502/504 because \
-             of the backend.",
+            "Failures the client saw because of the backend. L4: connections reset because no \
+             member answered the dial. L7: requests answered 502/504 because of the backend.",
             None,
             MetricType::Counter,
             |s: &RouteStatsSnapshot| ConstCounter::new(s.backend_errors)
+        );
+        per_route!(
+            "mcproxy_route_retries",
+            "Tries the client did not see: L4 dials that went on to the next member, L7 \
+             requests sent again (failover, lost connection, refused stream, graceful close).",
+            None,
+            MetricType::Counter,
+            |s: &RouteStatsSnapshot| ConstCounter::new(s.retries)
         );
         per_route!(
             "mcproxy_route_requests",

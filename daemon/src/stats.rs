@@ -124,9 +124,14 @@ pub struct RouteStats {
     /// Bytes relayed (L4) or carried on the client connection as TLS records, ClientHello
     /// included (L7), live.
     pub bytes: Transferred,
-    /// L4: connections that failed on the backend side (dial failure, timeout). L7: requests
-    /// answered 502/504 because of the backend.
+    /// Failures the client saw because of the backend: L4 connections reset because no member
+    /// answered the dial (a failover that worked is not one), L7 requests answered 502/504
+    /// because of the backend.
     pub backend_errors: AtomicU64,
+    /// Tries after the first that the client did not see: L4 dials that went on to the next
+    /// member, L7 requests sent again (after a lost connection, a refused stream, a graceful
+    /// close, or handed back unsent).
+    pub retries: AtomicU64,
     /// L7: requests received.
     pub requests: AtomicU64,
     /// L7: responses sent, by status class: index 0 is 1xx ... index 4 is 5xx.
@@ -160,6 +165,8 @@ pub struct RouteStatsSnapshot {
     pub bytes_down: u64,
     /// See [`RouteStats::backend_errors`].
     pub backend_errors: u64,
+    /// See [`RouteStats::retries`].
+    pub retries: u64,
     /// See [`RouteStats::requests`].
     pub requests: u64,
     /// See [`RouteStats::responses`].
@@ -204,6 +211,7 @@ impl RouteStats {
             bytes_up: load(&self.bytes.up),
             bytes_down: load(&self.bytes.down),
             backend_errors: load(&self.backend_errors),
+            retries: load(&self.retries),
             requests: load(&self.requests),
             responses: self.responses.each_ref().map(load),
             request_duration: self.request_duration.snapshot(),

@@ -38,6 +38,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -234,6 +235,8 @@ impl Upstream {
             let replay = http_body::Body::is_end_stream(req.body()).then(|| Replay::of(&req));
             let mut attempt = 1;
             let mut refused = 0;
+            // Members asked so far, failovers and replays included (the retries counter).
+            let mut tries = 0u32;
             // After an orderly refusal, the next try goes to the youngest connection.
             let mut conn_pick = ConnPick::Oldest;
             // Each send attempt has its own connect budget: a request replayed after its
@@ -254,6 +257,11 @@ impl Upstream {
                 let Some(pick) = pick else {
                     return Err(last.unwrap_or_else(|| self.no_backend()));
                 };
+                if tries > 0 {
+                    // A failover or a replay the client does not see.
+                    self.route.stats.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                tries += 1;
                 tried.add(pick.index);
                 same_again = false;
                 let pool = &self.pools[pick.index];
