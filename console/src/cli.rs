@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
+use mc_proxy_shared::text::clip;
 use mc_proxy_shared::{AdminState, BackendProtocol, Balance, RouteBackend};
 
 /// Control a running mc-proxy daemon over its admin socket: routes, firewall rules,
@@ -74,7 +76,8 @@ pub enum Command {
     },
     /// Re-read every L7 route's certificate and key from disk (as `kill -HUP` does) and
     /// serve the ones that load to new handshakes. Prints what happened per route; a route
-    /// whose files fail keeps the certificate it had, and the exit status is 1.
+    /// whose files fail keeps the certificate it had (or, if it was not served, stays not
+    /// served), and the exit status is 1.
     Reload {
         #[command(flatten)]
         table: TableArgs,
@@ -86,10 +89,14 @@ pub enum Command {
         #[arg(long)]
         read_only: bool,
     },
-    /// Print a shell completion script: `mcproxyctl completions bash > \
-    /// /etc/bash_completion.d/mcproxyctl`, `mcproxyctl completions zsh > \
-    /// "${fpath[1]}/_mcproxyctl"`, `mcproxyctl completions fish > \
-    /// ~/.config/fish/completions/mcproxyctl.fish`.
+    /// Print a shell completion script on stdout.
+    ///
+    /// Install it with the line for your shell, as shown (one line each):
+    ///
+    ///   mcproxyctl completions bash > /etc/bash_completion.d/mcproxyctl
+    ///   mcproxyctl completions zsh > "${fpath[1]}/_mcproxyctl"
+    ///   mcproxyctl completions fish > ~/.config/fish/completions/mcproxyctl.fish
+    #[command(verbatim_doc_comment)]
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
@@ -204,17 +211,17 @@ pub struct CheckArgs {
     /// 1s, rise 2, fall 3).
     #[arg(long)]
     pub check: bool,
-    /// Time between two probes of one backend, e.g. 2s, 500ms.
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    /// Time between two probes of one backend, e.g. 2s, 500ms (at least 100ms).
+    #[arg(long, value_name = "DURATION", value_parser = Clipped(duration))]
     pub check_interval: Option<std::time::Duration>,
-    /// How long one probe may take (at most the interval).
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    /// How long one probe may take (more than 0, at most the interval).
+    #[arg(long, value_name = "DURATION", value_parser = Clipped(duration))]
     pub check_timeout: Option<std::time::Duration>,
-    /// Successes in a row that bring a down backend up.
-    #[arg(long, value_name = "N")]
+    /// Successes in a row that bring a down backend up (at least 1).
+    #[arg(long, value_name = "N", value_parser = Clipped(count))]
     pub check_rise: Option<u32>,
-    /// Failures in a row that bring an up backend down.
-    #[arg(long, value_name = "N")]
+    /// Failures in a row that bring an up backend down (at least 1).
+    #[arg(long, value_name = "N", value_parser = Clipped(count))]
     pub check_fall: Option<u32>,
     /// L7: probe with GET of this path (starting with /) instead of a TCP connect; "" for a
     /// TCP connect again.
@@ -238,17 +245,80 @@ impl CheckArgs {
     }
 }
 
-fn duration(text: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 2s, 500ms, 1m)"))
+/// A flag value parser whose error says what is wrong with the value without repeating it
+/// whole (clap's own "invalid value" error quotes it in full, and a flag may be 100 KB long):
+/// the function's message quotes it through [`clip`].
+#[derive(Clone, Copy)]
+struct Clipped<T>(fn(&str) -> Result<T, String>);
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for Clipped<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let flag = arg.and_then(clap::Arg::get_long);
+        let fail = |kind, message: String| {
+            let message = match flag {
+                Some(long) => format!("invalid value for --{long}: {message}\n"),
+                None => format!("{message}\n"),
+            };
+            clap::Error::raw(kind, message).with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| {
+            fail(
+                ErrorKind::InvalidUtf8,
+                format!("{} is not UTF-8", clip(&value.to_string_lossy())),
+            )
+        })?;
+        (self.0)(text).map_err(|e| fail(ErrorKind::ValueValidation, e))
+    }
 }
 
-/// A `--backend` value: `host:port`, `host:port,weight=N` or `host:port weight=N`.
+/// A `--check-interval` or `--check-timeout`: `2s`, `500ms`, `1m` (0 too, for the daemon to
+/// refuse as the TOML's validation does).
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|_| {
+        format!(
+            "{} is not a duration: expected e.g. 2s, 500ms, 1m",
+            clip(text)
+        )
+    })
+}
+
+/// A `--check-rise` or `--check-fall`: a whole number (0 too, for the daemon to refuse as the
+/// TOML's validation does, rather than be read as "unset").
+fn count(text: &str) -> Result<u32, String> {
+    text.parse::<u32>().map_err(|_| {
+        format!(
+            "{} is not a count: expected a whole number like 3",
+            clip(text)
+        )
+    })
+}
+
+/// A word no flag takes: always refused. One with a `=` is most likely a backend option split
+/// from its address by a space (`--backend a:1, weight=3`).
+fn stray(text: &str) -> Result<String, String> {
+    Err(if text.contains('=') || text.starts_with(',') {
+        format!(
+            "unexpected argument {}: a backend's options go in the same word as its address, \
+             --backend host:port,weight=N",
+            clip(text)
+        )
+    } else {
+        format!("unexpected argument {}", clip(text))
+    })
+}
+
+/// A `--backend` value: `host:port`, `host:port,weight=N` or `host:port weight=N`. A weight of
+/// 0 or above 256 is passed on for the daemon to refuse; a misspelt option or a stray `,` is
+/// refused here, naming it ([`RouteBackend::parse_flag`]).
 pub fn parse_backend(text: &str) -> Result<RouteBackend, String> {
-    let spaced = match text.split_once(",weight=") {
-        Some((address, weight)) => format!("{address} weight={weight}"),
-        None => text.to_owned(),
-    };
-    spaced.parse::<RouteBackend>().map_err(|e| e.to_string())
+    RouteBackend::parse_flag(text).map_err(|e| e.to_string())
 }
 
 /// `round_robin`, `least_conn` or `source`, as in the TOML.
@@ -267,7 +337,7 @@ pub struct RouteArgs {
     pub hostname: String,
     /// A backend: host:port, or host:port,weight=N (weight 1 to 256, default 1). Repeat it
     /// for several: --backend 10.0.0.1:443 --backend 10.0.0.2:443,weight=3.
-    #[arg(long, required = true, value_name = "HOST:PORT[,weight=N]", value_parser = parse_backend)]
+    #[arg(long, required = true, value_name = "HOST:PORT[,weight=N]", value_parser = Clipped(parse_backend))]
     pub backend: Vec<RouteBackend>,
     /// How a backend is picked: round_robin (weighted, the default), least_conn, or source
     /// (the same client address to the same backend).
@@ -299,6 +369,10 @@ pub struct RouteArgs {
     /// Print the stored route as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Refused: a word no flag takes (a backend's options go in its --backend word). Caught
+    /// here, not by clap, to say so: `--backend a:1, weight=3`.
+    #[arg(hide = true, value_name = "WORD", value_hint = clap::ValueHint::Other, value_parser = Clipped(stray))]
+    pub stray: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -314,7 +388,7 @@ pub struct UpdateArgs {
     pub new_hostname: Option<String>,
     /// Replace the backend set: host:port or host:port,weight=N, repeated for several. A
     /// backend that stays keeps its drain/disable state.
-    #[arg(long, value_name = "HOST:PORT[,weight=N]", value_parser = parse_backend)]
+    #[arg(long, value_name = "HOST:PORT[,weight=N]", value_parser = Clipped(parse_backend))]
     pub backend: Vec<RouteBackend>,
     /// New balance: round_robin, least_conn or source.
     #[arg(long, value_name = "round_robin|least_conn|source", value_parser = balance())]
@@ -345,6 +419,10 @@ pub struct UpdateArgs {
     /// Print the stored route as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Refused: a word no flag takes (a backend's options go in its --backend word). Caught
+    /// here, not by clap, to say so: `--backend a:1, weight=3`.
+    #[arg(hide = true, value_name = "WORD", value_hint = clap::ValueHint::Other, value_parser = Clipped(stray))]
+    pub stray: Vec<String>,
 }
 
 /// `h2`, `http1` or `auto`, spelled as in the TOML; clap lists them in `--help`, its errors and

@@ -35,8 +35,14 @@ pub enum CtlError {
     Denied(ClientError),
     /// The daemon said no, or answered oddly.
     Daemon(ClientError),
-    /// A reload left some routes failed (they were printed).
-    ReloadFailed(usize),
+    /// A reload left some routes failed (they were printed): how many still serve the
+    /// certificate they had, and how many are not served.
+    ReloadFailed {
+        /// Failed, still serving the certificate loaded before.
+        kept: usize,
+        /// Failed, and not served (left out at start or at an earlier reload).
+        not_served: usize,
+    },
     /// The route named is not there (or is on several listeners and none was given).
     NoRoute(String),
     /// The arguments make no sense.
@@ -53,10 +59,21 @@ impl std::fmt::Display for CtlError {
             CtlError::Unreachable(e) | CtlError::Denied(e) | CtlError::Daemon(e) => {
                 write!(f, "{e}")
             }
-            CtlError::ReloadFailed(n) => write!(
-                f,
-                "{n} route(s) failed to reload and keep the certificate they had"
-            ),
+            CtlError::ReloadFailed { kept, not_served } => {
+                let n = kept + not_served;
+                match (kept, not_served) {
+                    (_, 0) => write!(
+                        f,
+                        "{n} route(s) failed to reload and keep the certificate they had"
+                    ),
+                    (0, _) => write!(f, "{n} route(s) failed to reload and are not served"),
+                    _ => write!(
+                        f,
+                        "{n} route(s) failed to reload: {kept} keep the certificate they had, \
+                         {not_served} not served"
+                    ),
+                }
+            }
             CtlError::Usage(m) | CtlError::NoRoute(m) => f.write_str(m),
             CtlError::ClosedPipe => f.write_str("stdout closed"),
             CtlError::Output(e) => write!(f, "cannot write the output: {e}"),
@@ -72,7 +89,7 @@ impl CtlError {
         match self {
             CtlError::ClosedPipe => 0,
             CtlError::Daemon(_)
-            | CtlError::ReloadFailed(_)
+            | CtlError::ReloadFailed { .. }
             | CtlError::NoRoute(_)
             | CtlError::Output(_) => 1,
             CtlError::Usage(_) => 2,
@@ -189,13 +206,15 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
         Command::Reload { table } => {
             let report = client.reload().await?;
             print_out(&table, &report, |r, h| format_reload(r, h))?;
-            match report
-                .iter()
-                .filter(|r| r.result == ReloadResult::Failed)
-                .count()
-            {
-                0 => Ok(()),
-                n => Err(CtlError::ReloadFailed(n)),
+            let failed = |kept: bool| {
+                report
+                    .iter()
+                    .filter(|r| r.result == ReloadResult::Failed && r.kept == kept)
+                    .count()
+            };
+            match (failed(true), failed(false)) {
+                (0, 0) => Ok(()),
+                (kept, not_served) => Err(CtlError::ReloadFailed { kept, not_served }),
             }
         }
         Command::Events { json, stats } => follow_events(&mut client, json, stats).await,
@@ -601,7 +620,28 @@ fn format_status(s: &Status, headers: bool) -> String {
         ),
         &rows,
     ));
+    // ROUTES counts the served ones; the others are said under the table.
+    let not_served = s.listeners.iter().filter(|l| l.routes_not_served > 0);
+    for l in not_served.filter(|_| headers) {
+        let _ = writeln!(
+            out,
+            "listener {}: {} stored route(s) not served (see mcproxyctl routes list)",
+            l.addr, l.routes_not_served
+        );
+    }
     out
+}
+
+/// Characters of a not-served reason shown in the `routes list` STATE cell (`routes show`
+/// and `--json` carry it whole).
+const REASON_CHARS: usize = 60;
+
+/// The STATE cell: `served`, or `not served: ` and the reason, cut with `…`.
+fn state_cell(e: &RouteEntry) -> String {
+    match &e.not_served {
+        None => "served".to_owned(),
+        Some(reason) => format!("not served: {}", crate::tui::fit::end(reason, REASON_CHARS)),
+    }
 }
 
 fn format_routes(routes: &[RouteEntry], headers: bool) -> String {
@@ -610,6 +650,8 @@ fn format_routes(routes: &[RouteEntry], headers: bool) -> String {
         .map(|e| {
             let r = &e.route;
             let s = &e.stats;
+            let live = e.not_served.is_none();
+            let figure = |text: String| if live { text } else { "-".to_owned() };
             vec![
                 e.listener.clone(),
                 r.hostname.clone(),
@@ -620,14 +662,15 @@ fn format_routes(routes: &[RouteEntry], headers: bool) -> String {
                     "" => "-".to_owned(),
                     f => f.to_owned(),
                 },
-                format!("{}/{}", s.active_connections, s.total_connections),
-                human_bytes(s.bytes_in),
-                human_bytes(s.bytes_out),
-                if r.mode == Mode::L7 {
+                figure(format!("{}/{}", s.active_connections, s.total_connections)),
+                figure(human_bytes(s.bytes_in)),
+                figure(human_bytes(s.bytes_out)),
+                if r.mode == Mode::L7 && live {
                     format!("{} req, {} 5xx", s.requests, s.responses[4])
                 } else {
                     "-".into()
                 },
+                state_cell(e),
             ]
         })
         .collect();
@@ -635,7 +678,7 @@ fn format_routes(routes: &[RouteEntry], headers: bool) -> String {
         headers.then_some(
             &[
                 "LISTENER", "HOSTNAME", "MODE", "BACKENDS", "PROTO", "FLAGS", "CONNS", "IN", "OUT",
-                "L7",
+                "L7", "STATE",
             ][..],
         ),
         &rows,
@@ -668,6 +711,9 @@ fn format_route_detail(e: &RouteEntry) -> String {
     let r = &e.route;
     let mut out = String::new();
     let _ = writeln!(out, "route     {} on listener {}", r.hostname, e.listener);
+    if let Some(reason) = &e.not_served {
+        let _ = writeln!(out, "state     not served: {reason}");
+    }
     let _ = writeln!(out, "target    {}", target(r));
     let _ = writeln!(out, "balance   {}", r.balance);
     let _ = writeln!(
@@ -949,6 +995,7 @@ mod tests {
     #[test]
     fn routes_show_the_backend_protocol_of_l7_routes_only() {
         let entry = |hostname: &str, mode, backend_protocol| RouteEntry {
+            not_served: None,
             listener: "127.0.0.1:8443".into(),
             route: Route {
                 hostname: hostname.into(),
@@ -1010,6 +1057,20 @@ mod tests {
         );
         assert!(parse_backend("a:1,weight=x").is_err());
         assert!(parse_backend("a:1 w=2").is_err());
+        // 0 is passed on as 0, for the daemon to refuse as the TOML's validation does.
+        assert_eq!(
+            parse_backend("a:1,weight=0"),
+            Ok(RouteBackend::new("a:1").with_weight(0))
+        );
+        assert_eq!(
+            parse_backend("a:1,wieght=3").unwrap_err(),
+            "invalid backend \"a:1,wieght=3\": unknown option \"wieght\": expected weight=N"
+        );
+        for stray in ["a:1, weight=3", "a:1,", ", weight=3"] {
+            let err = parse_backend(stray).unwrap_err();
+            assert!(err.contains(": stray \",\": expected"), "{stray:?}: {err}");
+            assert!(!err.contains("port must"), "{err}");
+        }
     }
 
     #[test]
@@ -1063,6 +1124,7 @@ mod tests {
             reason: String::new(),
         };
         let entry = RouteEntry {
+            not_served: None,
             listener: "127.0.0.1:8443".into(),
             stats: mc_proxy_shared::client::RouteStats {
                 members: vec![

@@ -74,11 +74,13 @@ fn busy_app() -> App {
     let entries = |a: RouteStats, b: RouteStats| {
         vec![
             RouteEntry {
+                not_served: None,
                 listener: "127.0.0.1:8443".into(),
                 route: route("app.test", Mode::L4, true),
                 stats: a,
             },
             RouteEntry {
+                not_served: None,
                 listener: "127.0.0.1:8443".into(),
                 route: route("web.test", Mode::L7, false),
                 stats: b,
@@ -368,6 +370,7 @@ fn app_with(routes: &[(&str, &str, Mode)]) -> App {
         routes: routes
             .iter()
             .map(|(hostname, backend, mode)| RouteEntry {
+                not_served: None,
                 listener: "127.0.0.1:8443".into(),
                 route: Route {
                     hostname: (*hostname).into(),
@@ -533,6 +536,7 @@ fn stats_at(app: &mut App, at: Instant, routes: &[(&str, RouteStats)]) {
                 routes: routes
                     .iter()
                     .map(|(h, stats)| RouteEntry {
+                        not_served: None,
                         listener: "127.0.0.1:8443".into(),
                         route: Route {
                             hostname: (*h).into(),
@@ -888,6 +892,7 @@ fn a_routes_backends_show_their_state_and_traffic_and_follow_state_changes() {
                     ..ListenerStatus::default()
                 }],
                 routes: vec![RouteEntry {
+                    not_served: None,
                     listener: "127.0.0.1:8443".into(),
                     route: route.clone(),
                     stats: RouteStats {
@@ -991,4 +996,75 @@ fn a_routes_backends_show_their_state_and_traffic_and_follow_state_changes() {
         first.contains("down") && first.contains("(3 failed checks)"),
         "{s}"
     );
+}
+
+/// Issue 28: a stored route that is not served is listed red with `not served` in place of its
+/// backend and no figures, its detail says why in full, and once a reload serves it (the next
+/// stats snapshot says so) it is an ordinary row again.
+#[test]
+fn a_route_not_served_is_red_with_its_reason_in_the_detail() {
+    let mut app = app_with(&[
+        ("a.test", "127.0.0.1:9", Mode::L7),
+        ("b.test", "127.0.0.1:9", Mode::L7),
+    ]);
+    let reason = "tls_cert /etc/mc-proxy/certs/b.test.pem: no certificate found in the PEM \
+                  file (is it a certificate?)";
+    let snapshot = |app: &mut App, not_served: Option<&str>, at: Instant| {
+        let listeners = app.listeners.clone();
+        let entry = |h: &str, not_served: Option<&str>| RouteEntry {
+            not_served: not_served.map(str::to_owned),
+            listener: "127.0.0.1:8443".into(),
+            route: Route {
+                hostname: h.into(),
+                backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9")],
+                mode: Mode::L7,
+                ..Route::default()
+            },
+            stats: RouteStats::default(),
+        };
+        app.on_event(
+            TimedEvent {
+                timestamp_ms: 0,
+                event: Event::Stats {
+                    listeners,
+                    backends: vec![],
+                    routes: vec![entry("a.test", None), entry("b.test", not_served)],
+                },
+            },
+            at,
+        );
+    };
+    let t0 = Instant::now();
+    snapshot(&mut app, Some(reason), t0);
+
+    let s = render(&app, 80, 24);
+    let row = row_of(&s, "b.test");
+    assert!(row.contains("not served"), "{s}");
+    assert!(!row.contains("127.0.0.1:9"), "no backend shown: {s}");
+    assert!(
+        shown_or_marked(row_of(&s, "a.test"), "127.0.0.1:9", "127.0"),
+        "{s}"
+    );
+    assert_eq!(row_colour(&app, "b.test"), Color::Red);
+    assert_ne!(row_colour(&app, "a.test"), Color::Red);
+
+    // The detail says why, in full (wrapped at 80 columns).
+    app.on_key(key(KeyCode::Down));
+    app.on_key(key(KeyCode::Enter));
+    assert_eq!(app.mode, Screen::RouteDetail);
+    let s = render(&app, 80, 24);
+    let flat: String = s
+        .lines()
+        .map(|l| l.trim_matches(|c| c == '│' || c == ' '))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(flat.contains("not served: tls_cert"), "{s}");
+    assert!(flat.contains("(is it a certificate?)"), "{s}");
+    app.on_key(key(KeyCode::Esc));
+
+    // Served again: an ordinary row.
+    snapshot(&mut app, None, t0 + Duration::from_secs(1));
+    let s = render(&app, 80, 24);
+    assert!(!row_of(&s, "b.test").contains("not served"), "{s}");
+    assert_ne!(row_colour(&app, "b.test"), Color::Red);
 }

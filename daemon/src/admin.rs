@@ -203,6 +203,7 @@ fn listener_status(l: &ListenerState) -> pb::ListenerStatus {
             .map(ToString::to_string)
             .collect(),
         route_count: u32::try_from(l.routes().len()).unwrap_or(u32::MAX),
+        routes_not_served: u32::try_from(l.not_served().len()).unwrap_or(u32::MAX),
         active_connections: c.active.load(Relaxed),
         accepted: c.accepted.load(Relaxed),
         resets: c.resets.load(Relaxed),
@@ -242,6 +243,16 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
                     connect_duration: Some(histogram(&s.connect_duration)),
                     members: info.members().into_iter().map(Into::into).collect(),
                 }),
+                not_served: String::new(),
+            });
+        }
+        // Stored routes left out (their files did not load): listed, with why, no stats.
+        for n in l.not_served().iter() {
+            out.push(pb::RouteStatus {
+                listener: l.addr.to_string(),
+                route: Some(n.route.clone().into()),
+                stats: None,
+                not_served: n.reason.clone(),
             });
         }
     }

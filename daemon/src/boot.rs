@@ -11,7 +11,7 @@ use crate::config::{Config, parse_net};
 use crate::events::EventBus;
 use crate::firewall::{Firewall, InvalidRule};
 use crate::routes::{RouteTable, validate_route};
-use crate::state::{ListenerState, State};
+use crate::state::{ListenerState, NotServed, State};
 use crate::store::{Store, StoreError};
 
 /// Why the daemon could not start.
@@ -47,8 +47,9 @@ pub enum StartError {
 /// listeners, routes and rules are not applied (this is logged).
 ///
 /// A stored route that no longer validates (an L7 certificate deleted since it was added) is
-/// logged and left out rather than keeping every other route down; a certificate reload
-/// serves it once its files load again.
+/// logged and left out rather than keeping every other route down; the listener keeps it,
+/// with the reason, in its not-served list (what the admin API lists), and a certificate
+/// reload serves it once its files load again.
 pub fn load_state(config: &Config, store: &mut Store) -> Result<State, StartError> {
     if store.seed(config)? {
         tracing::info!(
@@ -70,6 +71,7 @@ pub fn load_state(config: &Config, store: &mut Store) -> Result<State, StartErro
             addr: row.addr.clone(),
         })?;
         let mut routes = Vec::new();
+        let mut not_served = Vec::new();
         for route in store.routes(row.id)? {
             match validate_route(&route) {
                 Ok(valid) => {
@@ -78,11 +80,17 @@ pub fn load_state(config: &Config, store: &mut Store) -> Result<State, StartErro
                     }
                     routes.push(valid);
                 }
-                Err(e) => tracing::error!(
-                    listener = %addr,
-                    route = %route.hostname,
-                    "stored route is invalid and will not be served: {e}"
-                ),
+                Err(e) => {
+                    tracing::error!(
+                        listener = %addr,
+                        route = %route.hostname,
+                        "stored route is invalid and will not be served: {e}"
+                    );
+                    not_served.push(NotServed {
+                        route,
+                        reason: e.to_string(),
+                    });
+                }
             }
         }
         let proxy_protocol_from = row
@@ -103,6 +111,7 @@ pub fn load_state(config: &Config, store: &mut Store) -> Result<State, StartErro
             RouteTable::with_stats(routes, |_| Arc::default()),
         );
         listener.set_no_sni_route(Some(row.no_sni_route).filter(|n| !n.is_empty()));
+        listener.set_not_served(not_served);
         listeners.push(Arc::new(listener));
     }
     let firewall = Firewall::from_rules(&store.firewall_rules()?)?;

@@ -9,7 +9,8 @@
 //! 1. check the request (sizes, absolute paths, the listener, the route's fields with
 //!    `routes::validate_route`, firewall rules with `firewall::parse_rule`);
 //! 2. write the database (one statement or transaction);
-//! 3. swap the live snapshot (a listener's route table, the firewall);
+//! 3. swap the live snapshot (a listener's route table and its list of stored routes not
+//!    served, the firewall);
 //! 4. publish the event.
 //!
 //! Invariants: a change that fails at 1 or 2 changes nothing, neither the database nor the
@@ -275,6 +276,15 @@ impl Control {
                 check_absolute("tls_cert", &route.tls_cert)?;
                 check_absolute("tls_key", &route.tls_key)?;
                 let listener = listener_by_name(state, &listener)?;
+                if let Some(name) = crate::routes::route_name(&route.hostname)
+                    && let Some(stored) = listener.not_served_route(&name)
+                {
+                    return Err(ChangeError::AlreadyExists(format!(
+                        "route {name} already exists on listener {} but is not served: {}; \
+                         fix its files and reload, or update or remove it",
+                        listener.addr, stored.reason
+                    )));
+                }
                 let valid = validate(listener, &route)?;
                 store.create_route(listener.id, &valid.route)?;
                 let applied = Applied::Route {
@@ -322,6 +332,8 @@ impl Control {
                     warnings: valid.warnings.clone(),
                 };
                 tracing::info!(listener = %listener.addr, route = %valid.route.hostname, previous = %old, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route updated");
+                // A route that was not served validates now: it is served from here on.
+                listener.forget_not_served(&old);
                 replace_route(state, listener, old, valid);
                 Ok(applied)
             }
@@ -339,6 +351,7 @@ impl Control {
                 swap_routes(state, listener, |routes| {
                     routes.retain(|r| r.route.hostname != name);
                 });
+                listener.forget_not_served(&name);
                 tracing::info!(listener = %listener.addr, route = %name, "route removed");
                 publish_route(state, listener.addr, ChangeAction::Removed, removed, None);
                 Ok(Applied::Removed)
@@ -375,7 +388,7 @@ impl Control {
                 let live = listener
                     .routes()
                     .get(&name)
-                    .ok_or_else(|| no_route(listener, &name))?;
+                    .ok_or_else(|| not_live(listener, &name))?;
                 let mut valid = live.to_valid();
                 let member = valid
                     .route
@@ -407,7 +420,7 @@ impl Control {
                         check_len("no_sni_route", h, max_len::HOSTNAME)?;
                         let name = route_name(listener, h)?;
                         if listener.routes().get(&name).is_none() {
-                            return Err(no_route(listener, &name));
+                            return Err(not_live(listener, &name));
                         }
                         Some(name)
                     }
@@ -477,6 +490,18 @@ fn no_route(listener: &ListenerState, hostname: &str) -> ChangeError {
         clip(hostname),
         listener.addr
     ))
+}
+
+/// A change that needs the route served (a backend state, the no-SNI route): a stored route
+/// that is not served is refused with its reason, any other name is not found.
+fn not_live(listener: &ListenerState, name: &str) -> ChangeError {
+    match listener.not_served_route(name) {
+        Some(stored) => ChangeError::Invalid(format!(
+            "route {name} on listener {} is not served: {}",
+            listener.addr, stored.reason
+        )),
+        None => no_route(listener, name),
+    }
 }
 
 fn validate(listener: &ListenerState, route: &Route) -> Result<ValidRoute, ChangeError> {

@@ -61,8 +61,30 @@ struct Cli {
     )]
     config: Option<PathBuf>,
 
+    /// Log line format on stderr: `text` (tracing's human format; every value with a space is
+    /// quoted) or `json` (one JSON object per line: timestamp, level, target, message, the
+    /// event's fields, and the connection's span as `span`), for Loki, Vector and the like.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "MCPROXY_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,7 +107,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&config_path),
         None => {
-            init_logging();
+            init_logging(cli.log_format);
             match serve(&config_path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -151,19 +173,28 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
         // A log line that cannot be written (stderr a pipe whose reader went away: a closed
         // SSH session, `| tee` killed) is dropped. By default tracing-subscriber reports that
         // with eprintln!, which panics on the same broken stderr: the daemon died, or, when
         // the signal task hit it, went on ignoring SIGTERM.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // The event's fields at the top level, next to `message`; the connection's span (id,
+        // listener, peer, client, route) as `span`, so a line stands on its own.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {

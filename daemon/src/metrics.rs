@@ -301,25 +301,35 @@ impl Collector for StateCollector {
         )?;
 
         // One snapshot per route for the whole scrape: every family sees the same moment.
+        // L4 routes carry no HTTP: the request families are for L7 routes only (an L4 route
+        // exported 24 series that could never move).
         let mut routes = Vec::new();
+        let mut l7_routes = Vec::new();
         for (listener, l) in &listeners {
             for info in l.routes().iter() {
-                routes.push((
+                let row = (
                     listener.as_str(),
                     info.route.hostname.clone(),
                     info.stats.snapshot(),
-                ));
+                );
+                if info.route.mode == mc_proxy_shared::Mode::L7 {
+                    l7_routes.push(row.clone());
+                }
+                routes.push(row);
             }
         }
         macro_rules! per_route {
             ($name:expr, $help:expr, $unit:expr, $type:expr, $metric:expr) => {
+                per_route!(routes, $name, $help, $unit, $type, $metric)
+            };
+            ($rows:ident, $name:expr, $help:expr, $unit:expr, $type:expr, $metric:expr) => {
                 family(
                     e,
                     $name,
                     $help,
                     $unit,
                     $type,
-                    routes.iter().map(|(listener, route, s)| {
+                    $rows.iter().map(|(listener, route, s)| {
                         (
                             vec![("listener", *listener), ("route", route.as_str())],
                             $metric(s),
@@ -375,6 +385,7 @@ impl Collector for StateCollector {
             |s: &RouteStatsSnapshot| ConstCounter::new(s.retries)
         );
         per_route!(
+            l7_routes,
             "mcproxy_route_requests",
             "L7 requests received.",
             None,
@@ -387,7 +398,7 @@ impl Collector for StateCollector {
             "L7 responses sent, by status class (the proxy's own 421/502/504 included).",
             None,
             MetricType::Counter,
-            routes.iter().flat_map(|(listener, route, s)| {
+            l7_routes.iter().flat_map(|(listener, route, s)| {
                 CLASSES.iter().zip(s.responses).map(move |(class, n)| {
                     (
                         vec![
@@ -401,6 +412,7 @@ impl Collector for StateCollector {
             }),
         )?;
         per_route!(
+            l7_routes,
             "mcproxy_route_request_duration",
             "L7: time from receiving a request's head to handing back the response head (the \
              backend's, or the proxy's own 421/502/504); body streaming excluded.",
@@ -720,12 +732,11 @@ mod tests {
         let route = listener.lookup("a.test").unwrap();
         route.stats.total.fetch_add(3, Relaxed);
         route.stats.count_response(200);
-        route.stats.count_response(502);
         route
             .stats
-            .request_duration
+            .connect_duration
             .record(Duration::from_millis(2));
-        route.stats.request_duration.record(Duration::from_secs(60));
+        route.stats.connect_duration.record(Duration::from_secs(60));
         let registry = registry(Arc::clone(&state));
 
         let text = encode(&registry, Format::Prometheus);
@@ -736,16 +747,21 @@ mod tests {
             r#"mcproxy_listener_resets_total{listener="127.0.0.1:8443",reason="not_tls"} 1"#.into(),
             r#"mcproxy_listener_resets_total{listener="127.0.0.1:8443",reason="blocked"} 0"#.into(),
             format!("mcproxy_route_connections_total{labels}}} 3"),
-            format!(r#"mcproxy_route_responses_total{labels},class="2xx"}} 1"#),
-            format!(r#"mcproxy_route_responses_total{labels},class="5xx"}} 1"#),
-            format!(r#"mcproxy_route_request_duration_seconds_bucket{labels},le="0.001"}} 0"#),
-            format!(r#"mcproxy_route_request_duration_seconds_bucket{labels},le="0.0025"}} 1"#),
-            format!(r#"mcproxy_route_request_duration_seconds_bucket{labels},le="30"}} 1"#),
-            format!(r#"mcproxy_route_request_duration_seconds_bucket{labels},le="+Inf"}} 2"#),
-            format!("mcproxy_route_request_duration_seconds_count{labels}}} 2"),
-            format!("mcproxy_route_request_duration_seconds_sum{labels}}} 60.002"),
-            format!("mcproxy_route_backend_connect_duration_seconds_count{labels}}} 0"),
+            format!(
+                r#"mcproxy_route_backend_connect_duration_seconds_bucket{labels},le="0.001"}} 0"#
+            ),
+            format!(
+                r#"mcproxy_route_backend_connect_duration_seconds_bucket{labels},le="0.0025"}} 1"#
+            ),
+            format!(r#"mcproxy_route_backend_connect_duration_seconds_bucket{labels},le="30"}} 1"#),
+            format!(
+                r#"mcproxy_route_backend_connect_duration_seconds_bucket{labels},le="+Inf"}} 2"#
+            ),
+            format!("mcproxy_route_backend_connect_duration_seconds_count{labels}}} 2"),
+            format!("mcproxy_route_backend_connect_duration_seconds_sum{labels}}} 60.002"),
             "# TYPE mcproxy_route_receive_bytes_total counter".into(),
+            // Described for the L7 routes there may be, with no series for this L4 one.
+            "# TYPE mcproxy_route_requests_total counter".into(),
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -753,6 +769,16 @@ mod tests {
             );
         }
         assert!(!text.contains("# EOF"));
+        // An L4 route has no HTTP series (they could never move), even with a count in them.
+        for family in [
+            "mcproxy_route_responses_total{",
+            "mcproxy_route_request_duration",
+        ] {
+            assert!(
+                !text.lines().any(|l| l.starts_with(family)),
+                "{family} in:\n{text}"
+            );
+        }
 
         let open = encode(&registry, Format::OpenMetrics);
         assert!(open.ends_with("# EOF\n"), "{open}");

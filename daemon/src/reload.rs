@@ -7,7 +7,7 @@
 //!   files are picked up, and a route left out at start because its files did not load comes
 //!   back once they do.
 //! - Last good wins: a route whose files fail to load keeps the certificate it was serving (a
-//!   route that was not being served stays out). Nothing else about a route changes; L4 routes
+//!   route that was not being served stays out, listed with the new reason). Nothing else about a route changes; L4 routes
 //!   are untouched.
 //! - Existing connections keep the `RouteInfo` (and so the certificate) they started with;
 //!   new handshakes see the swapped table.
@@ -22,7 +22,7 @@ use mc_proxy_shared::{ChangeAction, Mode, Route};
 use crate::certs::not_after;
 use crate::events::Event;
 use crate::routes::{RouteError, RouteInfo, ValidRoute, validate_route};
-use crate::state::State;
+use crate::state::{NotServed, State};
 use crate::store::{Store, StoreError};
 
 /// What happened to one L7 route.
@@ -95,6 +95,17 @@ pub fn reload_certificates(
         let mut routes: Vec<ValidRoute> = table.iter().map(|r| r.to_valid()).collect();
         let mut changed_any = false;
         let mut added = Vec::new();
+        // Stored routes left out after this reload, with why: L4 ones keep the reason they
+        // were left out with at start (reload does not touch them).
+        let before = listener.not_served();
+        let mut not_served: Vec<NotServed> = Vec::new();
+        for route in &stored {
+            if route.mode != Mode::L7
+                && let Some(n) = before.iter().find(|n| n.route.hostname == route.hostname)
+            {
+                not_served.push(n.clone());
+            }
+        }
         for route in stored.into_iter().filter(|r| r.mode == Mode::L7) {
             let live = table.iter().find(|r| r.route.hostname == route.hostname);
             let outcome = match validate_route(&route) {
@@ -121,10 +132,18 @@ pub fn reload_certificates(
                     changed_any = true;
                     outcome
                 }
-                Err(error) => ReloadOutcome::Failed {
-                    error,
-                    kept: live.is_some(),
-                },
+                Err(error) => {
+                    if live.is_none() {
+                        not_served.push(NotServed {
+                            route: route.clone(),
+                            reason: error.to_string(),
+                        });
+                    }
+                    ReloadOutcome::Failed {
+                        error,
+                        kept: live.is_some(),
+                    }
+                }
             };
             log(listener.addr, &route.hostname, &outcome);
             report.push(RouteReload {
@@ -136,6 +155,7 @@ pub fn reload_certificates(
         if changed_any {
             listener.replace_routes(state.build_table(listener.id, routes));
         }
+        listener.set_not_served(not_served);
         for route in &added {
             publish_added(state, listener.addr, route);
         }

@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 use mc_proxy_shared::text::clip;
 use mc_proxy_shared::{
-    BackendProtocol, HealthCheck, MemberStats, Mode, ParseModeError, Route, RouteBackend,
+    BackendProtocol, HealthCheck, HealthCheckError, MemberStats, Mode, ParseModeError, Route,
+    RouteBackend, WeightError,
 };
 use rustls::sign::CertifiedKey;
 
@@ -62,19 +63,12 @@ pub enum RouteError {
     /// The same address twice in one set.
     #[error("duplicate backend {}: each address may appear once in a set", clip(.0))]
     DuplicateBackend(String),
-    /// A weight outside 1..=256.
-    #[error("backend {}: weight {weight} is not from 1 to {max}", clip(.address))]
-    Weight {
-        /// The member.
-        address: String,
-        /// What was given.
-        weight: u32,
-        /// [`RouteBackend::MAX_WEIGHT`].
-        max: u32,
-    },
-    /// A health check setting that cannot work.
-    #[error("health_check: {0}")]
-    HealthCheck(&'static str),
+    /// A weight outside 1..=256 (0 included).
+    #[error(transparent)]
+    Weight(#[from] WeightError),
+    /// A health check setting that cannot work (0 rise, fall, interval or timeout included).
+    #[error(transparent)]
+    HealthCheck(#[from] HealthCheckError),
     /// The mode is not "", "l4" or "l7".
     #[error(transparent)]
     Mode(#[from] ParseModeError),
@@ -217,13 +211,7 @@ fn validate_backends(backends: &[RouteBackend]) -> Result<(), RouteError> {
     }
     for (i, b) in backends.iter().enumerate() {
         validate_backend(&b.address)?;
-        if !(1..=RouteBackend::MAX_WEIGHT).contains(&b.weight) {
-            return Err(RouteError::Weight {
-                address: b.address.clone(),
-                weight: b.weight,
-                max: RouteBackend::MAX_WEIGHT,
-            });
-        }
+        b.check_weight()?;
         let same = |o: &RouteBackend| o.address.eq_ignore_ascii_case(&b.address);
         if backends[..i].iter().any(same) {
             return Err(RouteError::DuplicateBackend(b.address.clone()));
@@ -233,29 +221,19 @@ fn validate_backends(backends: &[RouteBackend]) -> Result<(), RouteError> {
 }
 
 /// Rise and fall at least 1, a probe timeout within the interval, an interval of at least
-/// 100 ms (a probe per backend per interval), and an HTTP path only on L7, starting with `/`.
+/// 100 ms (a probe per backend per interval) ([`HealthCheck::check_timing`], which the console
+/// applies too), and an HTTP path only on L7, starting with `/`.
 fn validate_health_check(check: &HealthCheck, mode: Mode) -> Result<(), RouteError> {
-    if check.rise == 0 || check.fall == 0 {
-        return Err(RouteError::HealthCheck("rise and fall must be at least 1"));
-    }
-    if check.interval < std::time::Duration::from_millis(100) {
-        return Err(RouteError::HealthCheck("interval must be at least 100ms"));
-    }
-    if check.timeout.is_zero() || check.timeout > check.interval {
-        return Err(RouteError::HealthCheck(
-            "timeout must be more than 0 and at most the interval",
-        ));
-    }
+    check.check_timing()?;
     if !check.path.is_empty() {
         if mode == Mode::L4 {
-            return Err(RouteError::HealthCheck(
+            return Err(HealthCheckError(
                 "path (an HTTP check) needs an l7 route: an l4 route is checked by TCP connect",
-            ));
+            )
+            .into());
         }
         if !check.path.starts_with('/') || check.path.parse::<http::uri::PathAndQuery>().is_err() {
-            return Err(RouteError::HealthCheck(
-                "path must be an absolute path like /healthz",
-            ));
+            return Err(HealthCheckError("path must be an absolute path like /healthz").into());
         }
     }
     Ok(())
@@ -543,6 +521,34 @@ mod tests {
             ..base.clone()
         };
         assert!(err(with(fast)).contains("at least 100ms"));
+        // Zeros are refused, never read as "unset".
+        let zero = std::time::Duration::ZERO;
+        for (check, needle) in [
+            (
+                HealthCheck {
+                    fall: 0,
+                    ..base.clone()
+                },
+                "health_check: rise and fall must be at least 1",
+            ),
+            (
+                HealthCheck {
+                    interval: zero,
+                    timeout: zero,
+                    ..base.clone()
+                },
+                "health_check: interval must be at least 100ms",
+            ),
+            (
+                HealthCheck {
+                    timeout: zero,
+                    ..base.clone()
+                },
+                "health_check: timeout must be more than 0",
+            ),
+        ] {
+            assert!(err(with(check.clone())).starts_with(needle), "{check:?}");
+        }
         let http_on_l4 = HealthCheck {
             path: "/healthz".into(),
             ..base.clone()

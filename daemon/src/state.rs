@@ -18,7 +18,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use ipnet::IpNet;
 
-use mc_proxy_shared::{BackendState, CloseReason, ResetReason};
+use mc_proxy_shared::{BackendState, CloseReason, ResetReason, Route};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{Event, EventBus};
@@ -150,6 +150,16 @@ impl ListenerCounters {
     }
 }
 
+/// A stored route the listener does not serve (its L7 certificate or key did not load at
+/// start or at a reload), and why: it stays in the store and is listed with its reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotServed {
+    /// The route as stored.
+    pub route: Route,
+    /// Why it is not served (names the file that failed).
+    pub reason: String,
+}
+
 /// One listener: its identity, flags and current route table.
 #[derive(Debug)]
 pub struct ListenerState {
@@ -166,6 +176,9 @@ pub struct ListenerState {
     /// Live counters.
     pub counters: ListenerCounters,
     routes: ArcSwap<RouteTable>,
+    /// Stored routes left out of `routes`, by hostname; swapped by `boot`, `control` and
+    /// `reload` only, never read by the data path.
+    not_served: ArcSwap<Vec<NotServed>>,
     /// Cancelled (and replaced by a fresh one) whenever the route table or the no-SNI route
     /// changes: what open L7 connections wait on to see whether their route is still theirs.
     changed: ArcSwap<CancellationToken>,
@@ -188,6 +201,7 @@ impl ListenerState {
             no_sni_route: ArcSwapOption::empty(),
             counters: ListenerCounters::default(),
             routes: ArcSwap::from_pointee(routes),
+            not_served: ArcSwap::from_pointee(Vec::new()),
             changed: ArcSwap::from_pointee(CancellationToken::new()),
         }
     }
@@ -258,6 +272,39 @@ impl ListenerState {
     /// The current route table.
     pub fn routes(&self) -> Arc<RouteTable> {
         self.routes.load_full()
+    }
+
+    /// The stored routes this listener does not serve, in hostname order.
+    pub fn not_served(&self) -> Arc<Vec<NotServed>> {
+        self.not_served.load_full()
+    }
+
+    /// The stored route `hostname` (a stored name) if it is one this listener does not serve.
+    pub fn not_served_route(&self, hostname: &str) -> Option<NotServed> {
+        self.not_served
+            .load()
+            .iter()
+            .find(|n| n.route.hostname == hostname)
+            .cloned()
+    }
+
+    /// Swaps in the list of stored routes not served (sorted here by hostname).
+    pub fn set_not_served(&self, mut list: Vec<NotServed>) {
+        list.sort_by(|a, b| a.route.hostname.cmp(&b.route.hostname));
+        self.not_served.store(Arc::new(list));
+    }
+
+    /// The list without `hostname`: a route removed, or updated or reloaded into one served.
+    pub fn forget_not_served(&self, hostname: &str) {
+        let list = self.not_served.load();
+        if list.iter().any(|n| n.route.hostname == hostname) {
+            let rest = list
+                .iter()
+                .filter(|n| n.route.hostname != hostname)
+                .cloned()
+                .collect();
+            self.set_not_served(rest);
+        }
     }
 
     /// Swaps in a new route table. L4 connections already routed keep the route they were

@@ -230,6 +230,9 @@ pub struct ListenerStatus {
     pub proxy_protocol_from: Vec<String>,
     /// Routes served.
     pub route_count: u32,
+    /// Stored routes not served (their certificate or key did not load); not in
+    /// `route_count`. `list_routes` lists them with the reason.
+    pub routes_not_served: u32,
     /// Connections open now.
     pub active_connections: u64,
     /// Connections accepted since start.
@@ -376,8 +379,12 @@ pub struct RouteEntry {
     pub listener: String,
     /// Every field of the route.
     pub route: Route,
-    /// Its counters.
+    /// Its counters (all zero on a route that is not served).
     pub stats: RouteStats,
+    /// `Some(reason)`: the route is stored but not served (its L7 certificate or key did not
+    /// load at start or at a reload); a reload that loads the files serves it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_served: Option<String>,
 }
 
 /// One event from `watch_events`, with the daemon's time in ms since the Unix epoch.
@@ -1088,10 +1095,11 @@ impl From<Route> for pb::Route {
 }
 
 impl From<RouteBackend> for pb::RouteBackend {
+    /// The weight is always sent, 0 included: the receiver validates it, never defaults it.
     fn from(b: RouteBackend) -> Self {
         pb::RouteBackend {
             address: b.address,
-            weight: b.weight,
+            weight: Some(b.weight),
             state: pb::AdminState::from(b.state).into(),
         }
     }
@@ -1100,11 +1108,12 @@ impl From<RouteBackend> for pb::RouteBackend {
 impl TryFrom<pb::RouteBackend> for RouteBackend {
     type Error = WireRouteError;
 
-    /// Weight 0 (left out) is 1 and UNSPECIFIED is enabled; the address and a weight above
-    /// the maximum are left to the daemon's validation.
+    /// A weight left out is 1 (a peer from before the field had presence leaves out only 0,
+    /// which it meant as 1); a weight that is there is taken as sent, 0 included, for the
+    /// daemon's validation to refuse as the TOML's does. UNSPECIFIED is enabled.
     fn try_from(b: pb::RouteBackend) -> Result<Self, Self::Error> {
         Ok(RouteBackend {
-            weight: if b.weight == 0 { 1 } else { b.weight },
+            weight: b.weight.unwrap_or_else(RouteBackend::default_weight),
             state: request_admin_state(b.state).map_err(WireRouteError::AdminState)?,
             address: b.address,
         })
@@ -1112,15 +1121,16 @@ impl TryFrom<pb::RouteBackend> for RouteBackend {
 }
 
 impl From<HealthCheck> for pb::HealthCheck {
+    /// Every field is sent, zeros included.
     fn from(h: HealthCheck) -> Self {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         pb::HealthCheck {
-            interval_ms: ms(h.interval),
-            timeout_ms: ms(h.timeout),
-            rise: h.rise,
-            fall: h.fall,
+            interval_ms: Some(ms(h.interval)),
+            timeout_ms: Some(ms(h.timeout)),
+            rise: Some(h.rise),
+            fall: Some(h.fall),
             path: h.path,
-            expect: h.expect.to_string(),
+            expect: Some(h.expect.to_string()),
         }
     }
 }
@@ -1128,26 +1138,20 @@ impl From<HealthCheck> for pb::HealthCheck {
 impl TryFrom<pb::HealthCheck> for HealthCheck {
     type Error = WireRouteError;
 
-    /// A field left at 0 or empty takes [`HealthCheck::default`]'s value; the rest is the
-    /// daemon's validation's to judge.
+    /// A field left out takes [`HealthCheck::default`]'s value, as a key left out of the
+    /// TOML does; a field that is there is taken as sent (0 and an empty expect included) for
+    /// the daemon's validation to judge, so that an explicit 0 is refused rather than read as
+    /// the default.
     fn try_from(h: pb::HealthCheck) -> Result<Self, Self::Error> {
         let d = HealthCheck::default();
-        let or = |v: u64, default: Duration| {
-            if v == 0 {
-                default
-            } else {
-                Duration::from_millis(v)
-            }
-        };
         Ok(HealthCheck {
-            interval: or(h.interval_ms, d.interval),
-            timeout: or(h.timeout_ms, d.timeout),
-            rise: if h.rise == 0 { d.rise } else { h.rise },
-            fall: if h.fall == 0 { d.fall } else { h.fall },
-            expect: if h.expect.is_empty() {
-                d.expect
-            } else {
-                h.expect.parse::<StatusClasses>()?
+            interval: h.interval_ms.map_or(d.interval, Duration::from_millis),
+            timeout: h.timeout_ms.map_or(d.timeout, Duration::from_millis),
+            rise: h.rise.unwrap_or(d.rise),
+            fall: h.fall.unwrap_or(d.fall),
+            expect: match h.expect {
+                None => d.expect,
+                Some(text) => text.parse::<StatusClasses>()?,
             },
             path: h.path,
         })
@@ -1274,6 +1278,7 @@ impl TryFrom<pb::ListenerStatus> for ListenerStatus {
             proxy_protocol: l.proxy_protocol,
             proxy_protocol_from: l.proxy_protocol_from,
             route_count: l.route_count,
+            routes_not_served: l.routes_not_served,
             active_connections: l.active_connections,
             accepted: l.accepted,
             resets: l.resets,
@@ -1339,6 +1344,7 @@ impl TryFrom<pb::RouteStatus> for RouteEntry {
                 .map(RouteStats::try_from)
                 .transpose()?
                 .unwrap_or_default(),
+            not_served: Some(r.not_served).filter(|reason| !reason.is_empty()),
         })
     }
 }
@@ -1550,7 +1556,7 @@ mod tests {
     }
 
     #[test]
-    fn a_health_check_left_at_zero_takes_the_defaults_and_a_bad_expect_is_refused() {
+    fn a_health_check_left_out_takes_the_defaults_and_a_bad_expect_is_refused() {
         let check = HealthCheck::try_from(pb::HealthCheck {
             path: "/up".into(),
             ..pb::HealthCheck::default()
@@ -1564,13 +1570,77 @@ mod tests {
             }
         );
         let err = HealthCheck::try_from(pb::HealthCheck {
-            expect: "200".into(),
+            expect: Some("200".into()),
             ..pb::HealthCheck::default()
         })
         .unwrap_err();
         assert!(err.to_string().contains("\"200\""), "{err}");
         // Member states the wire leaves out are refused, not guessed.
         assert!(MemberStats::try_from(pb::MemberStats::default()).is_err());
+    }
+
+    #[test]
+    fn an_explicit_zero_crosses_the_wire_as_zero_and_only_a_field_left_out_is_the_default() {
+        use prost::Message;
+        // Zeros set by the sender arrive as zeros, for validation to refuse.
+        let zero = HealthCheck {
+            interval: Duration::ZERO,
+            timeout: Duration::ZERO,
+            rise: 0,
+            fall: 0,
+            ..HealthCheck::default()
+        };
+        let wire = pb::HealthCheck::from(zero.clone());
+        assert_eq!(
+            (wire.interval_ms, wire.timeout_ms, wire.rise, wire.fall),
+            (Some(0), Some(0), Some(0), Some(0))
+        );
+        let bytes = wire.encode_to_vec();
+        let back = pb::HealthCheck::decode(bytes.as_slice()).unwrap();
+        assert_eq!(HealthCheck::try_from(back), Ok(zero));
+        let empty_expect = HealthCheck::try_from(pb::HealthCheck {
+            expect: Some(String::new()),
+            ..pb::HealthCheck::default()
+        });
+        assert!(
+            empty_expect.is_err(),
+            "an empty expect is refused as in the TOML"
+        );
+
+        let member = pb::RouteBackend::from(RouteBackend::new("a:1").with_weight(0));
+        let back = pb::RouteBackend::decode(member.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(back.weight, Some(0));
+        assert_eq!(RouteBackend::try_from(back).unwrap().weight, 0);
+
+        // A peer from before presence: it left out a 0 (meaning the default) and sent any
+        // other value as the same bytes a field with presence has.
+        let old_member = [0x0a, 0x03, b'a', b':', b'1'];
+        let back = pb::RouteBackend::decode(old_member.as_slice()).unwrap();
+        assert_eq!(back.weight, None);
+        assert_eq!(RouteBackend::try_from(back).unwrap().weight, 1);
+        // address "a:1", weight 3, state ENABLED.
+        let old_weighted = [0x0a, 0x03, b'a', b':', b'1', 0x10, 0x03, 0x18, 0x01];
+        assert_eq!(
+            pb::RouteBackend::decode(old_weighted.as_slice())
+                .unwrap()
+                .weight,
+            Some(3)
+        );
+        assert_eq!(
+            pb::RouteBackend::from(RouteBackend::new("a:1").with_weight(3)).encode_to_vec(),
+            old_weighted,
+            "a weight is encoded as it was before presence"
+        );
+        // An old client's check with rise 4 only: the rest are the defaults.
+        let old_check = [0x18, 0x04];
+        let back = HealthCheck::try_from(pb::HealthCheck::decode(old_check.as_slice()).unwrap());
+        assert_eq!(
+            back,
+            Ok(HealthCheck {
+                rise: 4,
+                ..HealthCheck::default()
+            })
+        );
     }
 
     /// Bounds 0.01, 0.1, 1 (and +Inf) with the given per-bucket counts.

@@ -2,8 +2,10 @@
 //! console, other Rust programs): the domain model, the generated admin API (`pb`), and a
 //! typed client over the daemon's Unix socket (`client`).
 //!
-//! The model has no I/O and no validation beyond parsing enums: the daemon's
-//! `routes::validate_route` is the one place that decides whether a route is acceptable.
+//! The model has no I/O and little validation: parsing enums, and the weight and health
+//! check numbers (`RouteBackend::check_weight`, `HealthCheck::check_timing`), which the daemon's
+//! `routes::validate_route` (the one place that decides whether a route is acceptable) applies
+//! and the console uses to refuse the same values with the same words before sending.
 
 #![warn(missing_docs)]
 
@@ -14,10 +16,10 @@ pub mod text;
 
 pub use model::{
     AdminState, BackendProtocol, BackendState, Balance, FirewallRule, FirewallRuleKind,
-    HealthCheck, MemberStats, Mode, ParseAdminStateError, ParseBackendProtocolError,
-    ParseBackendStateError, ParseBalanceError, ParseKindError, ParseModeError,
-    ParseRouteBackendError, ParseStatusClassesError, Route, RouteBackend, RoutePatch,
-    StatusClasses,
+    HealthCheck, HealthCheckError, MemberStats, Mode, ParseAdminStateError,
+    ParseBackendProtocolError, ParseBackendStateError, ParseBalanceError, ParseKindError,
+    ParseModeError, ParseRouteBackendError, ParseStatusClassesError, Route, RouteBackend,
+    RoutePatch, StatusClasses, WeightError,
 };
 pub use outcome::{BlockedReason, ChangeAction, CloseReason, Outcome, ResetReason};
 

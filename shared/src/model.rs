@@ -1,9 +1,11 @@
 //! The domain model: routes and firewall rules as the config, the store and the admin API see
 //! them.
 //!
-//! No I/O and no validation beyond parsing enums: a `Route` may hold a hostname that is not a DNS
-//! name or a backend that does not parse; the daemon's `routes::validate_route` is the one place
-//! that decides whether a route is acceptable.
+//! No I/O and little validation: a `Route` may hold a hostname that is not a DNS name or a
+//! backend that does not parse; the daemon's `routes::validate_route` is the one place that
+//! decides whether a route is acceptable. The numbers it checks are checked here
+//! ([`RouteBackend::check_weight`], [`HealthCheck::check_timing`]) so that the console can refuse
+//! the same values in the same words before sending them.
 
 use std::fmt;
 use std::str::FromStr;
@@ -162,27 +164,155 @@ impl RouteBackend {
     pub fn with_weight(self, weight: u32) -> Self {
         RouteBackend { weight, ..self }
     }
+
+    /// Refuses a weight outside 1 to [`RouteBackend::MAX_WEIGHT`] (0 included: it is never
+    /// read as "unset"), in the words the TOML, the admin API and the console share.
+    pub fn check_weight(&self) -> Result<(), WeightError> {
+        if (1..=RouteBackend::MAX_WEIGHT).contains(&self.weight) {
+            Ok(())
+        } else {
+            Err(WeightError {
+                address: self.address.clone(),
+                weight: self.weight,
+            })
+        }
+    }
+
+    /// A `--backend` flag of `mcproxyctl`: `host:port`, `host:port,weight=N` (one word) or
+    /// `host:port weight=N`. A `,` anywhere else (`host:port, weight=N`, a trailing one) is
+    /// refused as a stray separator rather than read into the address.
+    pub fn parse_flag(text: &str) -> Result<Self, ParseRouteBackendError> {
+        parse_member(text, true)
+    }
+}
+
+/// A member's weight outside 1 to [`RouteBackend::MAX_WEIGHT`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "backend {}: weight {weight} is not from 1 to {}",
+    crate::text::clip(.address),
+    RouteBackend::MAX_WEIGHT
+)]
+pub struct WeightError {
+    /// The member.
+    pub address: String,
+    /// What was given.
+    pub weight: u32,
 }
 
 /// A backend written `host:port` or `host:port weight=N`, the one text form of a member in the
-/// CLI and the console (the TOML has `{ address, weight }` tables too).
+/// CLI and the console (the TOML has `{ address, weight }` tables too): what is wrong with it.
+/// The value is quoted and clipped ([`crate::text::clip`]); the reason names the part at
+/// fault (an unknown option, a stray `,`), clipped too.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid backend {0}: expected host:port or host:port weight=N (N from 1 to 256)")]
-pub struct ParseRouteBackendError(pub String);
+#[error("invalid backend {value}: {reason}")]
+pub struct ParseRouteBackendError {
+    /// The text, quoted and clipped.
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// What every member text form allows, for the end of a message.
+const MEMBER_FORMS: &str = "expected host:port or host:port weight=N (N from 1 to 256)";
+/// The same for a `--backend` flag, which also takes `host:port,weight=N`.
+const FLAG_FORMS: &str =
+    "expected host:port or host:port,weight=N (one word, no spaces) or \"host:port weight=N\"";
+
+/// `host:port` then options, each after whitespace (or, with `commas`, a single `,` with no
+/// space around it). The only option is `weight=N`; the address is left to the daemon's
+/// validation, but a `,` in it is never an address (no host or port has one), so it is said to
+/// be a stray separator rather than passed on to become "bad port".
+fn parse_member(text: &str, commas: bool) -> Result<RouteBackend, ParseRouteBackendError> {
+    use crate::text::clip;
+    let fail = |reason: String| ParseRouteBackendError {
+        value: clip(text),
+        reason,
+    };
+    let forms = if commas { FLAG_FORMS } else { MEMBER_FORMS };
+    let stray = || {
+        fail(if commas {
+            format!("stray \",\": {forms}")
+        } else {
+            "unexpected \",\": an option follows the address after a space \
+             (host:port weight=N)"
+                .to_owned()
+        })
+    };
+    let trimmed = text.trim();
+    let is_sep = |c: char| c.is_whitespace() || c == ',';
+    let end = trimmed.find(is_sep).unwrap_or(trimmed.len());
+    let (address, mut rest) = trimmed.split_at(end);
+    if address.is_empty() {
+        return Err(if trimmed.is_empty() {
+            fail(forms.to_owned())
+        } else {
+            stray()
+        });
+    }
+    if address.contains('=') {
+        return Err(fail(format!(
+            "{} is an option, not host:port: the address comes first",
+            clip(address)
+        )));
+    }
+    let mut member = RouteBackend::new(address);
+    let mut weight_seen = false;
+    while !rest.is_empty() {
+        // One separator: a run of whitespace, or (commas) one ',' between two words.
+        let after = if let Some(after) = rest.strip_prefix(',') {
+            if !commas || after.is_empty() || after.starts_with(is_sep) {
+                return Err(stray());
+            }
+            after
+        } else {
+            let after = rest.trim_start();
+            if after.starts_with(',') {
+                return Err(stray());
+            }
+            after
+        };
+        let end = after.find(is_sep).unwrap_or(after.len());
+        let (word, next) = after.split_at(end);
+        rest = next;
+        let Some((key, value)) = word.split_once('=') else {
+            return Err(fail(if word == "weight" {
+                "weight needs a value: expected weight=N".to_owned()
+            } else {
+                format!(
+                    "unexpected {} after the address: expected weight=N",
+                    clip(word)
+                )
+            }));
+        };
+        if key != "weight" {
+            return Err(fail(format!(
+                "unknown option {}: expected weight=N",
+                clip(key)
+            )));
+        }
+        if weight_seen {
+            return Err(fail("weight is given twice".to_owned()));
+        }
+        weight_seen = true;
+        member.weight = value.parse().map_err(|_| {
+            fail(format!(
+                "weight {} is not a number from 1 to {}",
+                clip(value),
+                RouteBackend::MAX_WEIGHT
+            ))
+        })?;
+    }
+    Ok(member)
+}
 
 impl FromStr for RouteBackend {
     type Err = ParseRouteBackendError;
 
+    /// `host:port` or `host:port weight=N`. A weight of 0 or above the maximum parses (as
+    /// the TOML's table form does) and is refused by validation ([`RouteBackend::check_weight`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseRouteBackendError(crate::text::clip(s));
-        let mut words = s.split_whitespace();
-        let address = words.next().ok_or_else(err)?;
-        let mut member = RouteBackend::new(address);
-        for word in words {
-            let value = word.strip_prefix("weight=").ok_or_else(err)?;
-            member.weight = value.parse().map_err(|_| err())?;
-        }
-        Ok(member)
+        parse_member(s, false)
     }
 }
 
@@ -449,6 +579,36 @@ impl Default for HealthCheck {
     }
 }
 
+impl HealthCheck {
+    /// The shortest interval: a probe per backend per interval.
+    pub const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+    /// Refuses counts and times that cannot work: rise and fall at least 1, an interval of at
+    /// least [`HealthCheck::MIN_INTERVAL`], a timeout more than 0 and at most the interval. A
+    /// 0 is refused like any other bad value, never read as "unset". The words are the ones
+    /// the TOML, the admin API and the console share (`health_check: ...`); the daemon's
+    /// route validation adds the path checks.
+    pub fn check_timing(&self) -> Result<(), HealthCheckError> {
+        if self.rise == 0 || self.fall == 0 {
+            return Err(HealthCheckError("rise and fall must be at least 1"));
+        }
+        if self.interval < HealthCheck::MIN_INTERVAL {
+            return Err(HealthCheckError("interval must be at least 100ms"));
+        }
+        if self.timeout.is_zero() || self.timeout > self.interval {
+            return Err(HealthCheckError(
+                "timeout must be more than 0 and at most the interval",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A health check setting that cannot work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("health_check: {0}")]
+pub struct HealthCheckError(pub &'static str);
+
 /// A set of HTTP status classes (`2xx`, `3xx`, ...), written `2xx` or `2xx,3xx`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -686,6 +846,105 @@ mod tests {
         for bad in ["", "a:1 weight=x", "a:1 w=2", "a:1 weight=-1"] {
             assert!(bad.parse::<RouteBackend>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_misspelt_option_or_a_stray_comma_is_named_not_read_into_the_address() {
+        let err = |text: &str| text.parse::<RouteBackend>().unwrap_err().to_string();
+        let flag = |text: &str| RouteBackend::parse_flag(text).unwrap_err().to_string();
+        assert_eq!(
+            err("a:1 wieght=3"),
+            "invalid backend \"a:1 wieght=3\": unknown option \"wieght\": expected weight=N"
+        );
+        assert_eq!(
+            flag("a:1,wieght=3"),
+            "invalid backend \"a:1,wieght=3\": unknown option \"wieght\": expected weight=N"
+        );
+        for stray in [
+            "a:1, weight=3",
+            "a:1,",
+            "a:1 ,weight=3",
+            ", weight=3",
+            "a:1,,weight=3",
+        ] {
+            assert!(
+                flag(stray).starts_with(&format!(
+                    "invalid backend {}: stray \",\": expected host:port or host:port,weight=N",
+                    crate::text::clip(stray)
+                )),
+                "{stray:?}: {}",
+                flag(stray)
+            );
+        }
+        // The TOML's string form has no commas: said so, rather than "bad port".
+        assert!(
+            err("a:1,weight=3")
+                .contains("unexpected \",\": an option follows the address after a space"),
+            "{}",
+            err("a:1,weight=3")
+        );
+        assert_eq!(
+            flag("a:1,weight"),
+            "invalid backend \"a:1,weight\": weight needs a value: expected weight=N"
+        );
+        assert_eq!(
+            flag("a:1,weight=x"),
+            "invalid backend \"a:1,weight=x\": weight \"x\" is not a number from 1 to 256"
+        );
+        assert_eq!(
+            flag("a:1,weight=2,weight=3"),
+            "invalid backend \"a:1,weight=2,weight=3\": weight is given twice"
+        );
+        assert_eq!(
+            err("a:1 3"),
+            "invalid backend \"a:1 3\": unexpected \"3\" after the address: expected weight=N"
+        );
+        assert!(flag("weight=3").contains("is an option, not host:port"));
+        // Zero and too much parse: validation refuses them (check_weight), as the TOML does.
+        let zero = RouteBackend::parse_flag("a:1,weight=0").unwrap();
+        assert_eq!(zero.weight, 0);
+        assert_eq!(
+            zero.check_weight().unwrap_err().to_string(),
+            "backend \"a:1\": weight 0 is not from 1 to 256"
+        );
+        assert!(
+            RouteBackend::new("a:1")
+                .with_weight(257)
+                .check_weight()
+                .is_err()
+        );
+        assert!(
+            RouteBackend::new("a:1")
+                .with_weight(256)
+                .check_weight()
+                .is_ok()
+        );
+        // Nothing is echoed unbounded.
+        let huge = format!("a:1,{}=3", "w".repeat(100_000));
+        assert!(flag(&huge).len() < 300, "{}", flag(&huge).len());
+        let huge = format!("{}:1,weight={}", "a".repeat(100_000), "9".repeat(100_000));
+        assert!(flag(&huge).len() < 300, "{}", flag(&huge).len());
+    }
+
+    #[test]
+    fn zero_counts_and_times_are_refused_not_read_as_unset() {
+        let check = |edit: fn(&mut HealthCheck)| {
+            let mut c = HealthCheck::default();
+            edit(&mut c);
+            c.check_timing().map_err(|e| e.to_string())
+        };
+        assert_eq!(check(|_| {}), Ok(()));
+        let rise_fall = Err("health_check: rise and fall must be at least 1".to_owned());
+        assert_eq!(check(|c| c.rise = 0), rise_fall);
+        assert_eq!(check(|c| c.fall = 0), rise_fall);
+        assert_eq!(
+            check(|c| c.interval = std::time::Duration::ZERO),
+            Err("health_check: interval must be at least 100ms".to_owned())
+        );
+        assert_eq!(
+            check(|c| c.timeout = std::time::Duration::ZERO),
+            Err("health_check: timeout must be more than 0 and at most the interval".to_owned())
+        );
     }
 
     #[test]

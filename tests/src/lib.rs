@@ -45,6 +45,16 @@ use tokio_util::sync::CancellationToken;
 /// each callsite's interest process-wide, and with scoped subscribers a callsite first reached
 /// on a thread without one can be cached as "never" while another thread captures, so that
 /// test misses its own lines. The capture layer's interest never depends on the thread.
+/// Says that a test (or one of its checks) did not run and why, past the test harness's
+/// output capture: a newcomer's `cargo test` passes without HAProxy, Chromium, promtool or
+/// grpcio, and must show what it did not check. CI sets `MCPROXY_REQUIRE_*` and fails instead.
+pub fn skipped(what: &str) {
+    use std::io::Write;
+    // `eprintln!` goes to the captured output, shown only for failing tests; a write to the
+    // stderr handle itself is not captured.
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {what}");
+}
+
 pub fn init_tracing() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;

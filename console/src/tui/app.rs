@@ -145,6 +145,9 @@ pub struct RouteView {
     pub window: Window,
     /// When `stats` was taken (for the next rate).
     last_sample: Option<Instant>,
+    /// `Some(reason)`: stored but not served (its certificate or key did not load); shown
+    /// red, with the reason in the detail.
+    pub not_served: Option<String>,
 }
 
 /// The firewall box's state.
@@ -475,6 +478,7 @@ impl App {
                         .cloned()
                         .unwrap_or_else(|| RouteView::new(entry.route.clone()));
                     view.route = entry.route;
+                    view.not_served = entry.not_served;
                     // A restarted daemon starts its counters from zero: begin a new window.
                     if entry.stats.total_connections < view.stats.total_connections {
                         view.window = Window::default();
@@ -535,9 +539,13 @@ impl App {
                         .iter_mut()
                         .find(|r| r.route.hostname == entry.route.hostname)
                     {
-                        Some(view) => view.sample(entry.stats, now),
+                        Some(view) => {
+                            view.not_served = entry.not_served;
+                            view.sample(entry.stats, now);
+                        }
                         None => {
                             let mut view = RouteView::new(entry.route);
+                            view.not_served = entry.not_served;
                             view.sample(entry.stats, now);
                             list.push(view);
                         }
@@ -639,8 +647,12 @@ impl App {
                 let list = self.routes.entry(listener).or_default();
                 match action.as_str() {
                     // An add seen in the snapshot already (the stream starts before it).
+                    // Also a stored route a reload serves again.
                     "added" => match list.iter_mut().find(|r| r.route.hostname == route.hostname) {
-                        Some(view) => view.route = route,
+                        Some(view) => {
+                            view.route = route;
+                            view.not_served = None;
+                        }
                         None => list.push(RouteView::new(route)),
                     },
                     "updated" => {
@@ -655,6 +667,8 @@ impl App {
                                 self.route_sel.set(route.hostname.clone());
                             }
                             view.route = route;
+                            // An update is applied only if the route validates: served.
+                            view.not_served = None;
                         }
                     }
                     "removed" => list.retain(|r| r.route.hostname != route.hostname),
@@ -1027,6 +1041,7 @@ impl RouteView {
             history: VecDeque::new(),
             window: Window::default(),
             last_sample: None,
+            not_served: None,
         }
     }
 
@@ -1093,6 +1108,7 @@ mod tests {
 
     fn entry(listener: &str, hostname: &str) -> RouteEntry {
         RouteEntry {
+            not_served: None,
             listener: listener.into(),
             route: Route {
                 hostname: hostname.into(),

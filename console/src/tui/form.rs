@@ -246,9 +246,16 @@ impl Form {
     /// paths behind. An edited member keeps its admin state (a drain survives a weight
     /// change); the check keeps the timeout and expect it had (a timeout longer than a
     /// shortened interval is halved to fit).
+    ///
+    /// A weight, rise, fall or interval of 0 is refused here in the daemon's (and the TOML's)
+    /// words, as any other out-of-range value is ([`RouteBackend::check_weight`],
+    /// [`HealthCheck::check_timing`]): never sent as "unset", never turned into a default.
     pub fn route(&self) -> Result<Route, String> {
         let l7 = self.mode == Mode::L7;
         let mut backends = parse_backends(&self.backend)?;
+        for b in &backends {
+            b.check_weight().map_err(|e| e.to_string())?;
+        }
         if let Some(before) = &self.editing {
             for b in &mut backends {
                 if let Some(old) = before.backends.iter().find(|o| o.address == b.address) {
@@ -275,7 +282,7 @@ impl Form {
             }
             let count = |what: &str, text: &str| {
                 let text = text.trim();
-                text.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                text.parse::<u32>().map_err(|_| {
                     format!(
                         "invalid check {what} {}: expected a count of 1 or more",
                         mc_proxy_shared::text::clip(text)
@@ -289,6 +296,7 @@ impl Form {
             } else {
                 String::new()
             };
+            check.check_timing().map_err(|e| e.to_string())?;
             Some(check)
         } else {
             None
@@ -330,28 +338,46 @@ pub fn format_backends(backends: &[RouteBackend]) -> String {
 }
 
 /// A backend set as typed: members separated by commas or spaces, each `host:port` with an
-/// optional `weight=N` after it. The daemon's validation judges the addresses and weights.
+/// optional `weight=N` after it. The daemon's validation judges the addresses; a word with a
+/// `=` is an option, and one that is not `weight=` is refused here, named (a misspelt
+/// `wieght=3` is not a backend whose port is wrong). A weight of 0 parses, for
+/// [`Form::route`] to refuse.
 pub fn parse_backends(text: &str) -> Result<Vec<RouteBackend>, String> {
+    use mc_proxy_shared::text::clip;
     let mut members: Vec<RouteBackend> = Vec::new();
     for word in text.split(|c: char| c == ',' || c.is_whitespace()) {
         if word.is_empty() {
             continue;
         }
-        if let Some(weight) = word.strip_prefix("weight=") {
-            let Some(last) = members.last_mut() else {
-                return Err("weight= must follow a backend's host:port".into());
-            };
-            last.weight = weight.parse().map_err(|_| {
-                format!(
-                    "invalid weight {} for backend {}: expected a number from 1 to {}",
-                    mc_proxy_shared::text::clip(weight),
-                    mc_proxy_shared::text::clip(&last.address),
-                    RouteBackend::MAX_WEIGHT
-                )
-            })?;
-        } else {
-            members.push(RouteBackend::new(word));
+        if word == "weight" {
+            return Err(
+                "weight needs a value: expected weight=N after a backend's host:port".into(),
+            );
         }
+        let Some((key, weight)) = word.split_once('=') else {
+            members.push(RouteBackend::new(word));
+            continue;
+        };
+        if key != "weight" {
+            let after = members.last().map_or_else(String::new, |m| {
+                format!(" after backend {}", clip(&m.address))
+            });
+            return Err(format!(
+                "unknown option {}{after}: expected weight=N",
+                clip(key)
+            ));
+        }
+        let Some(last) = members.last_mut() else {
+            return Err("weight= must follow a backend's host:port".into());
+        };
+        last.weight = weight.parse().map_err(|_| {
+            format!(
+                "invalid weight {} for backend {}: expected a number from 1 to {}",
+                clip(weight),
+                clip(&last.address),
+                RouteBackend::MAX_WEIGHT
+            )
+        })?;
     }
     if members.is_empty() {
         return Err("at least one backend is needed (host:port)".into());
@@ -508,13 +534,97 @@ mod tests {
         assert_eq!((check.rise, check.fall), (1, 2));
         // The kept 1 s timeout would exceed the new interval: halved to fit.
         assert_eq!(check.timeout, std::time::Duration::from_millis(250));
-        form.check_fall = "0".into();
-        assert_eq!(
-            form.route().unwrap_err(),
-            "invalid check fall \"0\": expected a count of 1 or more"
-        );
         form.check_fall = "x".repeat(1000);
         assert!(form.route().unwrap_err().len() < 200, "no unbounded echo");
+        form.check_fall = "-1".into();
+        assert_eq!(
+            form.route().unwrap_err(),
+            "invalid check fall \"-1\": expected a count of 1 or more"
+        );
+    }
+
+    #[test]
+    fn zeros_are_refused_in_the_daemons_words_never_sent_as_unset() {
+        let stored = Route {
+            hostname: "app.test".into(),
+            backends: vec![RouteBackend::new("a:1").with_weight(2)],
+            health_check: Some(HealthCheck::default()),
+            ..Route::default()
+        };
+        let fresh = || Form::edit("127.0.0.1:8443".into(), &stored);
+        // The texts `routes::validate_route` gives for the TOML and the admin API.
+        type Edit = fn(&mut Form);
+        let cases: [(Edit, &str); 6] = [
+            (
+                |f| f.backend = "a:1 weight=0".into(),
+                "backend \"a:1\": weight 0 is not from 1 to 256",
+            ),
+            (
+                |f| f.backend = "a:1, b:2 weight=257".into(),
+                "backend \"b:2\": weight 257 is not from 1 to 256",
+            ),
+            (
+                |f| f.check_rise = "0".into(),
+                "health_check: rise and fall must be at least 1",
+            ),
+            (
+                |f| f.check_fall = " 0 ".into(),
+                "health_check: rise and fall must be at least 1",
+            ),
+            (
+                |f| f.check_interval = "0s".into(),
+                "health_check: interval must be at least 100ms",
+            ),
+            (
+                |f| f.check_interval = "50ms".into(),
+                "health_check: interval must be at least 100ms",
+            ),
+        ];
+        for (edit, expected) in cases {
+            let mut form = fresh();
+            assert!(form.route().is_ok());
+            edit(&mut form);
+            assert_eq!(form.route().unwrap_err(), expected, "{form:?}");
+        }
+        // The smallest values that work are taken as typed.
+        let mut form = fresh();
+        form.backend = "a:1 weight=1".into();
+        form.check_rise = "1".into();
+        form.check_fall = "1".into();
+        form.check_interval = "100ms".into();
+        let route = form.route().unwrap();
+        assert_eq!(route.backends[0].weight, 1);
+        let check = route.health_check.unwrap();
+        assert_eq!((check.rise, check.fall), (1, 1));
+        assert_eq!(check.interval, std::time::Duration::from_millis(100));
+        assert_eq!(check.timeout, std::time::Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_misspelt_backend_option_is_named_not_taken_for_an_address() {
+        assert_eq!(
+            parse_backends("a:1 wieght=3").unwrap_err(),
+            "unknown option \"wieght\" after backend \"a:1\": expected weight=N"
+        );
+        assert_eq!(
+            parse_backends("a:1,wieght=3").unwrap_err(),
+            "unknown option \"wieght\" after backend \"a:1\": expected weight=N"
+        );
+        assert_eq!(
+            parse_backends("w=3 a:1").unwrap_err(),
+            "unknown option \"w\": expected weight=N"
+        );
+        assert_eq!(
+            parse_backends("a:1 weight").unwrap_err(),
+            "weight needs a value: expected weight=N after a backend's host:port"
+        );
+        // A comma before the weight is just a separator here.
+        assert_eq!(
+            parse_backends("a:1, weight=3").unwrap(),
+            vec![RouteBackend::new("a:1").with_weight(3)]
+        );
+        let huge = format!("a:1 {}=3", "w".repeat(100_000));
+        assert!(parse_backends(&huge).unwrap_err().len() < 200);
     }
 
     #[test]

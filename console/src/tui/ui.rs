@@ -396,7 +396,10 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
         .unwrap_or(8);
     let need_backend = routes
         .iter()
-        .map(|r| fit::width(&members_cell(&r.route, usize::MAX)))
+        .map(|r| match r.not_served {
+            None => fit::width(&members_cell(&r.route, usize::MAX)),
+            Some(_) => fit::width(NOT_SERVED),
+        })
         .max()
         .unwrap_or(7);
     let (host_w, backend_w) = split(flex, need_host.max(8), need_backend.max(7));
@@ -409,6 +412,12 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
             Cell::from(fit::hostname(&r.route.hostname, host_w)),
             Cell::from(r.route.mode.to_string()),
         ];
+        if r.not_served.is_some() {
+            // Stored but not served: no traffic to show; the detail says why.
+            cells.push(Cell::from(fit::end(NOT_SERVED, backend_w)));
+            cells.extend(cols[1..].iter().map(|_| right("-".into())));
+            return Row::new(cells).style(not_served_style());
+        }
         cells.push(Cell::from(members_cell(&r.route, backend_w)));
         let conns = || {
             right(format!(
@@ -797,6 +806,14 @@ fn detail_popup(frame: &mut Frame<'_>, area: Rect, title: &str, mut lines: Vec<L
     popup(frame, area, title, lines, w, h);
 }
 
+/// What the routes table shows in place of the backend of a route that is not served.
+const NOT_SERVED: &str = "not served";
+
+/// A route that is stored but not served: red, as a route in error.
+fn not_served_style() -> Style {
+    Style::default().fg(Color::Red).add_modifier(Modifier::BOLD)
+}
+
 fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
     let (Some(l), Some(r)) = (app.listener(), app.route()) else {
         return;
@@ -804,8 +821,11 @@ fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
     let s = &r.stats;
     let recent = r.recent();
     let yes = |b: bool| if b { "yes" } else { "no" };
-    let mut lines = vec![
-        field("hostname", r.route.hostname.clone()),
+    let mut lines = vec![field("hostname", r.route.hostname.clone())];
+    if let Some(reason) = &r.not_served {
+        lines.push(field("state", format!("{NOT_SERVED}: {reason}")).style(not_served_style()));
+    }
+    lines.extend([
         field("listener", l.addr.clone()),
         field("mode", r.route.mode.to_string()),
         field("balance", r.route.balance.to_string()),
@@ -829,7 +849,7 @@ fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
                 ),
             },
         ),
-    ];
+    ]);
     lines.extend(member_lines(r, app.member_sel));
     if r.route.mode == Mode::L7 {
         lines.push(field("tls_cert", r.route.tls_cert.clone()));
@@ -1011,7 +1031,13 @@ fn render_listener_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
                 route => route.to_owned(),
             },
         ),
-        field("routes", l.route_count.to_string()),
+        field(
+            "routes",
+            match l.routes_not_served {
+                0 => l.route_count.to_string(),
+                n => format!("{} served, {n} not served", l.route_count),
+            },
+        ),
         field("open", l.active_connections.to_string()),
         field("accepted", l.accepted.to_string()),
         field("over capacity", l.over_capacity.to_string()),

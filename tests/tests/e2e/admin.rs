@@ -11,7 +11,7 @@ use mc_proxy::store::Store;
 use mc_proxy_shared::client::{Event, RoutePatch, TimedEvent};
 use mc_proxy_shared::{
     AdminState, BackendProtocol, Balance, BlockedReason, ChangeAction, CloseReason, FirewallRule,
-    FirewallRuleKind, Mode, Outcome, ResetReason, Route, RouteBackend, pb,
+    FirewallRuleKind, HealthCheck, Mode, Outcome, ResetReason, Route, RouteBackend, pb,
 };
 use mc_proxy_tests::web;
 use mc_proxy_tests::*;
@@ -849,6 +849,234 @@ async fn oversized_values_are_refused_briefly_and_change_nothing() {
     assert!(admin.firewall_rules().await.unwrap().is_empty());
 }
 
+/// The config loader's message for one route of `body` (TOML keys of `[[listeners.routes]]`).
+fn toml_refusal(body: &str) -> String {
+    let text = format!(
+        "[database]\npath = \"x.db\"\n[[listeners]]\naddr = \"127.0.0.1:8443\"\n\
+         [[listeners.routes]]\nhostname = \"app.test\"\n{body}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    match mc_proxy::config::Config::parse(&dir.path().join("mc-proxy.toml"), &text) {
+        Ok(_) => panic!("the TOML takes {body}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn zero_weights_and_check_settings_are_refused_as_the_toml_refuses_them() {
+    let proxy = ProxyBuilder::new()
+        .route_to("app.test", &[("127.0.0.1:9443", 2)])
+        .health_check(Duration::from_secs(3), 4, 5, None)
+        .start()
+        .await;
+    let mut admin = proxy.admin().await;
+    let routes = |entries: Vec<mc_proxy_shared::client::RouteEntry>| {
+        entries.into_iter().map(|e| e.route).collect::<Vec<_>>()
+    };
+    let before = routes(admin.list_routes(None).await.unwrap());
+    let stored = before[0].clone();
+    assert_eq!(stored.backends[0].weight, 2);
+    let check = stored.health_check.clone().unwrap();
+    assert_eq!((check.rise, check.fall), (4, 5));
+
+    // Each zero, with the words the TOML loader uses for it.
+    let weight = "backend \"127.0.0.1:9443\": weight 0 is not from 1 to 256";
+    assert!(
+        toml_refusal("backends = [{ address = \"127.0.0.1:9443\", weight = 0 }]").contains(weight)
+    );
+    let rise_fall = "health_check: rise and fall must be at least 1";
+    let interval = "health_check: interval must be at least 100ms";
+    let timeout = "health_check: timeout must be more than 0 and at most the interval";
+    let zero = Duration::ZERO;
+    let checks = [
+        (
+            "rise = 0",
+            HealthCheck {
+                rise: 0,
+                ..check.clone()
+            },
+            rise_fall,
+        ),
+        (
+            "fall = 0",
+            HealthCheck {
+                fall: 0,
+                ..check.clone()
+            },
+            rise_fall,
+        ),
+        (
+            "interval = \"0s\"\ntimeout = \"0s\"",
+            HealthCheck {
+                interval: zero,
+                timeout: zero,
+                ..check.clone()
+            },
+            interval,
+        ),
+        (
+            "timeout = \"0s\"",
+            HealthCheck {
+                timeout: zero,
+                ..check.clone()
+            },
+            timeout,
+        ),
+    ];
+    for (toml, _, needle) in &checks {
+        let refused = toml_refusal(&format!(
+            "backend = \"127.0.0.1:9443\"\n[listeners.routes.health_check]\n{toml}"
+        ));
+        assert!(refused.contains(needle), "{toml}: {refused}");
+    }
+
+    let refused = |err: mc_proxy_shared::client::ClientError, needle: &str| {
+        assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+        assert!(err.to_string().contains(needle), "{needle}: {err}");
+    };
+    let zero_weight = vec![RouteBackend::new("127.0.0.1:9443").with_weight(0)];
+    let err = admin
+        .update_route(
+            LISTENER,
+            "app.test",
+            RoutePatch {
+                backends: Some(zero_weight.clone()),
+                ..RoutePatch::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    refused(err, weight);
+    let err = admin
+        .add_route(
+            LISTENER,
+            Route {
+                backends: zero_weight,
+                ..route("new.test", "unused:1")
+            },
+        )
+        .await
+        .unwrap_err();
+    refused(err, weight);
+    for (_, bad, needle) in checks {
+        let err = admin
+            .update_route(
+                LISTENER,
+                "app.test",
+                RoutePatch {
+                    health_check: Some(Some(bad.clone())),
+                    ..RoutePatch::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        refused(err, needle);
+        let err = admin
+            .add_route(
+                LISTENER,
+                Route {
+                    health_check: Some(bad),
+                    ..route("new.test", "127.0.0.1:9")
+                },
+            )
+            .await
+            .unwrap_err();
+        refused(err, needle);
+    }
+
+    // A peer that leaves the fields out (one from before they had presence, which never sent a
+    // 0) gets the defaults; the same fields sent as 0 are refused.
+    let mut raw = pb::admin_service_client::AdminServiceClient::new(
+        tonic::transport::Endpoint::try_from("http://x")
+            .unwrap()
+            .connect_with_connector(tower_service(proxy.socket.clone()))
+            .await
+            .unwrap(),
+    );
+    let raw_route = |weight: Option<u32>, check: pb::HealthCheck| pb::AddRouteRequest {
+        listener: LISTENER.into(),
+        route: Some(pb::Route {
+            hostname: "raw.test".into(),
+            backends: vec![pb::RouteBackend {
+                address: "127.0.0.1:9".into(),
+                weight,
+                state: 0,
+            }],
+            health_check: Some(check),
+            ..pb::Route::default()
+        }),
+    };
+    let status = raw
+        .add_route(raw_route(Some(0), pb::HealthCheck::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("backend \"127.0.0.1:9\": weight 0 is not from 1 to 256"),
+        "{status:?}"
+    );
+    for (check, needle) in [
+        (
+            pb::HealthCheck {
+                rise: Some(0),
+                ..pb::HealthCheck::default()
+            },
+            rise_fall,
+        ),
+        (
+            pb::HealthCheck {
+                fall: Some(0),
+                ..pb::HealthCheck::default()
+            },
+            rise_fall,
+        ),
+        (
+            pb::HealthCheck {
+                interval_ms: Some(0),
+                ..pb::HealthCheck::default()
+            },
+            interval,
+        ),
+        (
+            pb::HealthCheck {
+                timeout_ms: Some(0),
+                ..pb::HealthCheck::default()
+            },
+            timeout,
+        ),
+        (
+            pb::HealthCheck {
+                expect: Some(String::new()),
+                ..pb::HealthCheck::default()
+            },
+            "invalid expected status \"\"",
+        ),
+    ] {
+        let status = raw.add_route(raw_route(None, check)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains(needle), "{needle}: {status:?}");
+    }
+
+    // Nothing changed: the live table and the database hold the route as it was.
+    assert_eq!(routes(admin.list_routes(None).await.unwrap()), before);
+    let store = Store::open(proxy.dir.path().join("mc-proxy.db")).unwrap();
+    let id = store.listeners().unwrap()[0].id;
+    assert_eq!(store.routes(id).unwrap(), before);
+
+    let added = raw
+        .add_route(raw_route(None, pb::HealthCheck::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .route
+        .unwrap();
+    let added = Route::try_from(added).unwrap();
+    assert_eq!(added.backends, [RouteBackend::new("127.0.0.1:9")]);
+    assert_eq!(added.health_check, Some(HealthCheck::default()));
+}
+
 /// One sample of a scrape: `name{labels} value`.
 #[derive(Debug, Clone, PartialEq)]
 struct Sample {
@@ -933,9 +1161,8 @@ fn promtool_check(text: &str) {
             if std::env::var_os("MCPROXY_REQUIRE_PROMTOOL").is_some() {
                 panic!("MCPROXY_REQUIRE_PROMTOOL is set but promtool is not installed");
             }
-            eprintln!(
-                "SKIPPED promtool check: promtool is not installed \
-                 (apt-get install prometheus to run it)"
+            mc_proxy_tests::skipped(
+                "promtool check: promtool is not installed (apt-get install prometheus to run it)",
             );
             return;
         }
@@ -1111,12 +1338,27 @@ async fn metrics_match_the_admin_api_and_pass_promtool() {
             value("mcproxy_route_backend_errors_total"),
             s.backend_errors
         );
-        assert_eq!(value("mcproxy_route_requests_total"), s.requests, "{host}");
-        for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
-            let mut with_class = labels.to_vec();
-            with_class.push(("class", class));
-            let n = sample(&samples, "mcproxy_route_responses_total", &with_class) as u64;
-            assert_eq!(n, s.responses[i], "{host} {class}");
+        // The HTTP families are an L7 route's only: an L4 route has no series in them.
+        let l7 = entry.route.mode == mc_proxy_shared::Mode::L7;
+        let http = |name: &str| {
+            name == "mcproxy_route_requests_total"
+                || name == "mcproxy_route_responses_total"
+                || name.starts_with("mcproxy_route_request_duration_seconds")
+        };
+        if l7 {
+            assert_eq!(value("mcproxy_route_requests_total"), s.requests, "{host}");
+            for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                let mut with_class = labels.to_vec();
+                with_class.push(("class", class));
+                let n = sample(&samples, "mcproxy_route_responses_total", &with_class) as u64;
+                assert_eq!(n, s.responses[i], "{host} {class}");
+            }
+        } else {
+            let l4_http: Vec<&Sample> = samples
+                .iter()
+                .filter(|x| http(&x.name) && x.labels.get("route") == Some(host))
+                .collect();
+            assert!(l4_http.is_empty(), "{host}: {l4_http:?}");
         }
         for (family, h) in [
             (
@@ -1128,6 +1370,9 @@ async fn metrics_match_the_admin_api_and_pass_promtool() {
                 &s.connect_duration,
             ),
         ] {
+            if !l7 && http(&format!("{family}_count")) {
+                continue;
+            }
             assert_eq!(
                 value(&format!("{family}_count")),
                 h.count,
@@ -1307,4 +1552,108 @@ async fn open_connections_are_listed_with_their_route_and_live_bytes_until_close
     send_and_finish(&mut c, b"").await.unwrap();
     send_and_finish(&mut d, b"").await.unwrap();
     until_connections(&mut admin, |l| l.total == 0 && l.connections.is_empty()).await;
+}
+
+/// Issue 28: stored L7 routes whose certificate broke before a restart are listed with why
+/// (not left out), `add` of the name says so, `remove` works, a failed reload says "not
+/// served" (not "kept"), and a reload after the fix serves the route and drops the reason.
+#[tokio::test]
+async fn a_route_left_out_at_start_is_listed_as_not_served_until_a_reload_serves_it() {
+    use mc_proxy_shared::client::ReloadResult;
+    let pki = Pki::new();
+    let certs = tempfile::tempdir().unwrap();
+    let backend = "127.0.0.1:9".parse().unwrap();
+    let toml = listener_toml(&format!(
+        "{}{}{}[[listeners.routes]]\nhostname = \"l4.test\"\nbackend = \"127.0.0.1:10\"\n",
+        l7_route_toml(&pki, certs.path(), "a.test", backend),
+        l7_route_toml(&pki, certs.path(), "b.test", backend),
+        l7_route_toml(&pki, certs.path(), "c.test", backend),
+    ));
+    let proxy = Proxy::start(&toml).await;
+    let dir = proxy.stop_and_keep_dir().await;
+    for name in ["b.test", "c.test"] {
+        std::fs::write(
+            certs.path().join(format!("{name}.pem")),
+            "not a certificate",
+        )
+        .unwrap();
+    }
+    let proxy = Proxy::start_in(dir, &toml).await;
+    let mut admin = proxy.admin().await;
+
+    let states = |routes: &[mc_proxy_shared::client::RouteEntry]| {
+        let mut s: Vec<(String, Option<String>)> = routes
+            .iter()
+            .map(|e| (e.route.hostname.clone(), e.not_served.clone()))
+            .collect();
+        s.sort();
+        s
+    };
+    let listed = states(&admin.list_routes(None).await.unwrap());
+    let names: Vec<&str> = listed.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(names, ["a.test", "b.test", "c.test", "l4.test"]);
+    for (host, reason) in &listed {
+        match host.as_str() {
+            "b.test" | "c.test" => {
+                let reason = reason.as_deref().expect("listed as not served");
+                assert!(reason.contains(&format!("{host}.pem")), "{reason}");
+            }
+            _ => assert_eq!(reason, &None, "{host} is served"),
+        }
+    }
+    // The listener-filtered list says the same.
+    assert_eq!(
+        states(&admin.list_routes(Some(LISTENER)).await.unwrap()),
+        listed
+    );
+    let status = admin.status().await.unwrap();
+    let l = &status.listeners[0];
+    assert_eq!((l.route_count, l.routes_not_served), (2, 2));
+    // The others are served; the broken one is not.
+    let served = |sni: &'static str| served_leaf(proxy.addr(), sni, pki.client_config());
+    assert_eq!(
+        served("a.test").await.unwrap(),
+        pem_leaf(&certs.path().join("a.test.pem").display().to_string())
+    );
+    assert!(served("b.test").await.is_err());
+
+    // Adding the name again: it exists, not served, and why.
+    let err = admin
+        .add_route(LISTENER, route("b.test", "127.0.0.1:11"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("already exists") && err.contains("not served") && err.contains("b.test.pem"),
+        "{err}"
+    );
+
+    // Removing one that is not served works and it is gone for good.
+    admin.remove_route(LISTENER, "c.test").await.unwrap();
+
+    // A reload with the file still broken: failed, not kept, still listed with the reason.
+    let report = admin.reload().await.unwrap();
+    let b = report.iter().find(|r| r.hostname == "b.test").unwrap();
+    assert_eq!((b.result, b.kept), (ReloadResult::Failed, false), "{b:?}");
+    assert!(report.iter().all(|r| r.hostname != "c.test"), "{report:?}");
+    let listed = states(&admin.list_routes(None).await.unwrap());
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(
+        listed[1]
+            .1
+            .as_deref()
+            .is_some_and(|r| r.contains("b.test.pem"))
+    );
+
+    // Fixed: the reload serves it and the reason is gone.
+    let (b_cert, _) = pki.write_pem(certs.path(), &["b.test"]);
+    let report = admin.reload().await.unwrap();
+    let b = report.iter().find(|r| r.hostname == "b.test").unwrap();
+    assert_eq!(b.result, ReloadResult::Added, "{b:?}");
+    let listed = states(&admin.list_routes(None).await.unwrap());
+    assert!(listed.iter().all(|(_, r)| r.is_none()), "{listed:?}");
+    let status = admin.status().await.unwrap();
+    let l = &status.listeners[0];
+    assert_eq!((l.route_count, l.routes_not_served), (3, 0));
+    assert_eq!(served("b.test").await.unwrap(), pem_leaf(&b_cert));
 }

@@ -77,7 +77,9 @@ async fn chromium_opens_a_websocket_over_http2_and_reads_an_event_stream() {
         if std::env::var_os("MCPROXY_REQUIRE_CHROMIUM").is_some() {
             panic!("MCPROXY_REQUIRE_CHROMIUM is set but chromium is not installed");
         }
-        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium to run this test)");
+        mc_proxy_tests::skipped(
+            "chromium is not installed (apt-get install chromium to run this test)",
+        );
         return;
     };
     let (_guard, tape) = capture_logs();

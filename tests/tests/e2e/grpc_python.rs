@@ -20,8 +20,8 @@ fn python_grpc_available() -> bool {
         if std::env::var_os("MCPROXY_REQUIRE_PYGRPC").is_some() {
             panic!("MCPROXY_REQUIRE_PYGRPC is set but python3 cannot import grpc and grpc_tools");
         }
-        eprintln!(
-            "SKIPPED: python3 grpcio/grpcio-tools not installed (pip install grpcio grpcio-tools)"
+        mc_proxy_tests::skipped(
+            "python3 grpcio/grpcio-tools not installed (pip install grpcio grpcio-tools)",
         );
     }
     ok

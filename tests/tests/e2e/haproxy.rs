@@ -40,8 +40,8 @@ impl Haproxy {
             if std::env::var_os("MCPROXY_REQUIRE_HAPROXY").is_some() {
                 panic!("MCPROXY_REQUIRE_HAPROXY is set but haproxy is not installed");
             }
-            eprintln!(
-                "SKIPPED: haproxy is not installed (apt-get install haproxy to run this test)"
+            mc_proxy_tests::skipped(
+                "haproxy is not installed (apt-get install haproxy to run this test)",
             );
             return None;
         }
