@@ -23,6 +23,30 @@ use tokio_tungstenite::tungstenite::Message;
 /// The listener as the admin API names it in these tests' configs.
 const LISTENER: &str = "127.0.0.1:0";
 
+/// A client connection that keeps its connection: HTTP/2 or HTTP/1.1 keep-alive.
+enum Client {
+    H2(hyper::client::conn::http2::SendRequest<ClientBody>),
+    H1(hyper::client::conn::http1::SendRequest<ClientBody>),
+}
+
+impl Client {
+    /// `GET https://web.test{path}` (HTTP/2 names the authority in the target, HTTP/1.1 in
+    /// `Host`); the status.
+    async fn get(&mut self, path: &str) -> u16 {
+        let answer = match self {
+            Client::H2(c) => {
+                let req = Request::builder().uri(format!("https://web.test{path}"));
+                timed(ask_h2(c, with_body(req, ""))).await
+            }
+            Client::H1(c) => {
+                let req = Request::builder().uri(path).header("host", "web.test");
+                timed(ask_h1(c, with_body(req, ""))).await
+            }
+        };
+        answer.status.as_u16()
+    }
+}
+
 /// Clients connected before a change, each sending GETs one after another until stopped.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -38,53 +62,26 @@ impl Load {
         for i in 0..h2 + h1 {
             let stop = Arc::clone(&stop);
             let (ready, is_ready) = tokio::sync::oneshot::channel();
-            // HTTP/2 names the authority in the target, HTTP/1.1 in Host.
-            let get = move |n: usize| {
-                let req = if i < h2 {
-                    Request::builder().uri(format!("https://web.test/c{i}/{n}"))
-                } else {
-                    Request::builder()
-                        .uri(format!("/c{i}/{n}"))
-                        .header("host", "web.test")
-                };
-                with_body(req, "")
-            };
-            let task = if i < h2 {
-                let mut client = h2_client(addr, "web.test", pki).await;
-                tokio::spawn(async move {
-                    let mut ready = Some(ready);
-                    let mut statuses = Vec::new();
-                    // Bounded: a test that never stops its load still ends.
-                    for n in 0..20_000 {
-                        let status = timed(ask_h2(&mut client, get(n))).await.status;
-                        statuses.push(status.as_u16());
-                        if let Some(ready) = ready.take() {
-                            let _ = ready.send(());
-                        }
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                    }
-                    statuses
-                })
+            let mut client = if i < h2 {
+                Client::H2(h2_client(addr, "web.test", pki).await)
             } else {
-                let mut client = h1_client(addr, "web.test", pki).await;
-                tokio::spawn(async move {
-                    let mut ready = Some(ready);
-                    let mut statuses = Vec::new();
-                    for n in 0..20_000 {
-                        let status = timed(ask_h1(&mut client, get(n))).await.status;
-                        statuses.push(status.as_u16());
-                        if let Some(ready) = ready.take() {
-                            let _ = ready.send(());
-                        }
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                    }
-                    statuses
-                })
+                Client::H1(h1_client(addr, "web.test", pki).await)
             };
+            let task = tokio::spawn(async move {
+                let mut ready = Some(ready);
+                let mut statuses = Vec::new();
+                // Bounded: a test that never stops its load still ends.
+                for n in 0..20_000 {
+                    statuses.push(client.get(&format!("/c{i}/{n}")).await);
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(());
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                statuses
+            });
             timed(is_ready).await.unwrap();
             clients.push(task);
         }
