@@ -915,11 +915,14 @@ fn format_event(e: &TimedEvent) -> String {
             duration_ms,
             outcome,
             error,
+            backend,
             ..
         } => {
             let host = if hostname.is_empty() { "-" } else { hostname };
+            // The member it went to (L4), or the route's set (L7 chooses per request).
+            let backend = if backend.is_empty() { "-" } else { backend };
             let mut line = format!(
-                "close  #{id} {client} {host} in {} out {} {duration_ms}ms {outcome}",
+                "close  #{id} {client} {host} -> {backend} in {} out {} {duration_ms}ms {outcome}",
                 human_bytes(*bytes_in),
                 human_bytes(*bytes_out)
             );

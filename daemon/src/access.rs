@@ -68,11 +68,12 @@ pub struct Ending {
     pub level: Level,
 }
 
-/// Publishes `connection_opened` once the connection is routed.
-pub fn opened(record: &Record, listener: &ListenerState, route: &Arc<RouteInfo>, state: &State) {
+/// Publishes `connection_opened`: an L7 connection once routed, an L4 one once its backend
+/// answered the dial, so that the event names the member it went to.
+pub fn opened(record: &Record, listener: SocketAddr, route: &Arc<RouteInfo>, state: &State) {
     state.events.publish(|| Event::ConnectionOpened {
         id: record.id,
-        listener: listener.addr,
+        listener,
         client: record.client,
         sni: record.sni.clone().unwrap_or_default(),
         route: Arc::clone(route),

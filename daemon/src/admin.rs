@@ -653,7 +653,12 @@ impl AdminService for Admin {
                     hostname: c.sni,
                     route: c.route.route.hostname.clone(),
                     mode: pb::RouteMode::from(c.route.route.mode).into(),
-                    backend: c.route.route.backend_list(),
+                    // The member an L4 connection was dialled to; an L7 connection chooses
+                    // per request, so the route's set.
+                    backend: c
+                        .backend
+                        .as_deref()
+                        .map_or_else(|| c.route.route.backend_list(), str::to_owned),
                     age_ms: c.age.as_millis() as u64,
                     bytes_in: c.bytes_in,
                     bytes_out: c.bytes_out,

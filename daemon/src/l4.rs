@@ -95,6 +95,9 @@ pub fn serve<'a>(
         if let Some(chosen) = &record.backend {
             listed.set_backend(chosen);
         }
+        if let Some(routed) = &record.route {
+            crate::access::opened(record, listener, routed, state);
+        }
         let backend_addr = route.backends.member(pick.index).spec.address.as_str();
         let backend_err = |source| L4Error::Backend {
             backend: backend_addr.to_owned(),

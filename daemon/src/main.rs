@@ -45,7 +45,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Signals: SIGHUP re-reads every L7 route's certificate and key and serves the ones that load
 /// to new handshakes (a pair that fails keeps the old certificate and is logged; the same as
 /// `mcproxyctl reload`). SIGTERM or SIGINT stops accepting and waits up to [proxy]
-/// shutdown_timeout for open connections; a second one exits at once. Under systemd
+/// shutdown_timeout for open connections (the admin API and /metrics answer until they are
+/// done); a second one exits at once. Under systemd
 /// (Type=notify, see srv/mc-proxy.service) it reports READY=1 once listening, RELOADING=1 and
 /// READY=1 around a reload, and STOPPING=1 when draining.
 #[derive(Debug, Parser)]
@@ -252,13 +253,16 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         }
         notify::ready(&ready);
         let signals = signals.handle(shutdown.clone(), Arc::clone(&control), ready);
+        // The admin API and /metrics stay up through the drain (an operator watches the last
+        // connections close, and can still inspect them), and end once the data plane has.
+        let drained = CancellationToken::new();
         // An admin API failure is logged at once and the daemon keeps proxying: traffic
         // matters more than control, SIGHUP still reloads, and the operator restarts when it
         // suits them. The exit status still reports it.
-        let admin = async {
+        let admin_api = async {
             match admin_socket {
                 Some(socket) => {
-                    let result = admin::serve(socket, Arc::clone(&control), shutdown.clone()).await;
+                    let result = admin::serve(socket, Arc::clone(&control), drained.clone()).await;
                     if let Err(e) = &result {
                         tracing::error!("{e}: the admin API is down, proxying goes on");
                     }
@@ -270,12 +274,31 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
                 }
             }
         };
-        let metrics = async {
-            if let Some(listener) = metrics_listener {
-                metrics::serve(listener, Arc::clone(&state), shutdown.clone()).await;
+        // Once drained, an admin client gets a moment to go (its event streams have ended);
+        // one that holds an idle connection (or never spoke HTTP/2) must not keep the daemon
+        // from exiting.
+        let admin = async {
+            tokio::select! {
+                result = admin_api => result,
+                () = async {
+                    drained.cancelled().await;
+                    tokio::time::sleep(ADMIN_CLOSE_GRACE).await;
+                } => {
+                    tracing::info!("admin API: closing the connections still open");
+                    Ok(())
+                }
             }
         };
-        let serving = async { tokio::join!(admin, workers.wait(), metrics) };
+        let metrics = async {
+            if let Some(listener) = metrics_listener {
+                metrics::serve(listener, Arc::clone(&state), drained.clone()).await;
+            }
+        };
+        let data_plane = async {
+            workers.wait().await;
+            drained.cancel();
+        };
+        let serving = async { tokio::join!(admin, data_plane, metrics) };
         // The signal loop is polled here, not spawned: if it ever failed, the daemon would go
         // on without anyone acting on SIGTERM. It never returns; serving ends at shutdown.
         let (admin, (), ()) = tokio::select! {
@@ -286,6 +309,9 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// How long admin clients may stay connected once the data plane has drained.
+const ADMIN_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The signals the daemon acts on, installed once at start.
 struct Signals {

@@ -243,7 +243,10 @@ async fn pipeline(
     };
     tracing::Span::current().record("route", route.hostname());
     record.route = Some(Arc::clone(&route));
-    access::opened(record, listener, &route, state);
+    if route.tls.is_some() {
+        // L4 publishes it once dialled, naming its backend (`l4::serve`).
+        access::opened(record, listener.addr, &route, state);
+    }
     let listed = state.connections.register(
         record.id,
         listener.addr,

@@ -557,3 +557,59 @@ async fn log_format_json_writes_one_object_per_line_with_the_access_fields() {
         "{closed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_socket_answers_through_the_drain_and_goes_with_the_last_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let config = format!(
+        "[database]\npath = {:?}\n[admin]\nsocket = {:?}\n[proxy]\nshutdown_timeout = \"2s\"\n\
+         [[listeners]]\naddr = \"127.0.0.1:0\"\n",
+        dir.path().join("mc-proxy.db").display().to_string(),
+        socket.display().to_string(),
+    );
+    let mut daemon = Daemon::start(dir, &config);
+    let addr = ready_addr(&daemon);
+    // A connection that never finishes its ClientHello: the drain waits for it until the
+    // grace period ends.
+    let _held = TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    daemon.signal("TERM");
+    assert!(daemon.next_notification().contains("STOPPING=1"));
+    let stopped = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Mid-drain: the admin API still answers. The connection is kept open and silent: an
+    // admin client that never leaves must not keep the daemon from exiting either.
+    let admin = tokio::net::UnixStream::connect(&socket).await;
+    assert!(
+        admin.is_ok(),
+        "admin socket gone during the drain: {admin:?}\n{}",
+        daemon.log_text()
+    );
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(10), "no exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let took = stopped.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "exited after {took:?}, before the 2 s grace period ended"
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "exited after {took:?}: the silent admin client held it up"
+    );
+    drop(admin);
+    assert!(!socket.exists(), "admin socket left behind");
+    // One grace-over line for the daemon, however many workers it has.
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("shutdown grace period over").count(),
+        1,
+        "{log}"
+    );
+}

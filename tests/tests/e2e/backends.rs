@@ -477,3 +477,44 @@ async fn the_access_line_quotes_an_l7_routes_backend_set_for_logfmt_parsers() {
         log_text(&logs)
     );
 }
+
+#[tokio::test]
+async fn an_l4_connection_is_named_with_the_member_it_went_to_not_the_routes_set() {
+    use futures_util::StreamExt;
+    use mc_proxy_shared::client::Event;
+    let pki = Pki::new();
+    let b = three_tls(&pki).await;
+    let proxy = ProxyBuilder::new()
+        .route_to("a.test", &[(b[0].addr, 1), (b[1].addr, 1), (b[2].addr, 1)])
+        .start()
+        .await;
+    let mut admin = proxy.admin().await;
+    let mut events = Box::pin(admin.watch_events().await.unwrap());
+    proxy.wait_for_watchers().await;
+    // Round robin starts with the first member; the connection stays open while we look.
+    let mut c = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    c.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    c.read_exact(&mut echo).await.unwrap();
+    let first = b[0].addr.to_string();
+
+    let listed = proxy.admin().await.list_connections(0).await.unwrap();
+    let backends: Vec<&str> = listed
+        .connections
+        .iter()
+        .map(|c| c.backend.as_str())
+        .collect();
+    assert_eq!(backends, [first.as_str()]);
+    let opened = timed(async {
+        loop {
+            let event = events.next().await.unwrap().unwrap().event;
+            if let Event::ConnectionOpened { backend, .. } = event {
+                return backend;
+            }
+        }
+    })
+    .await;
+    assert_eq!(opened, first);
+}
