@@ -23,7 +23,7 @@ use mc_proxy_shared::{
 use serde::{Deserialize, Deserializer};
 
 use crate::firewall::parse_rule;
-use crate::routes::{RouteError, route_name, validate_route};
+use crate::routes::{RouteError, route_name, route_problems, validate_route};
 pub use crate::state::ProxyConfig;
 
 /// The most data-plane workers `proxy.workers` may ask for: each is a thread with its own
@@ -669,10 +669,10 @@ impl FileConfig {
                     send_proxy_protocol: fr.send_proxy_protocol,
                     backend_protocol,
                 };
-                let checked = match validate_route(&route) {
+                let route = match validate_route(&route) {
                     Ok(valid) => {
                         warnings.extend(valid.warnings.iter().map(|w| format!("{rctx}: {w}")));
-                        Ok(valid.route)
+                        valid.route
                     }
                     // Everything but the files is right (the files are loaded last): the
                     // route is kept, and its files are a problem of their own kind.
@@ -683,25 +683,30 @@ impl FileConfig {
                         });
                         let hostname = route_name(&route.hostname)
                             .expect("validate_route checks the hostname before the files");
-                        Ok(Route { hostname, ..route })
+                        Route { hostname, ..route }
                     }
-                    Err(e) => Err(e),
-                };
-                match checked {
-                    Ok(route) => {
-                        if let Some(first) = seen_hosts.insert(route.hostname.clone(), j) {
-                            problem(
-                                rctx,
-                                format!(
-                                    "duplicate hostname on this listener (also routes[{first}])"
-                                ),
-                            );
-                            continue;
+                    // Something besides the files: every problem of the route, not the first.
+                    Err(_) => {
+                        for p in route_problems(&route) {
+                            match p {
+                                RouteError::Cert(e) => file_problems.push(Problem {
+                                    context: rctx.clone(),
+                                    message: e.to_string(),
+                                }),
+                                other => problem(rctx.clone(), other.to_string()),
+                            }
                         }
-                        routes.push(route);
+                        continue;
                     }
-                    Err(e) => problem(rctx, e.to_string()),
+                };
+                if let Some(first) = seen_hosts.insert(route.hostname.clone(), j) {
+                    problem(
+                        rctx,
+                        format!("duplicate hostname on this listener (also routes[{first}])"),
+                    );
+                    continue;
                 }
+                routes.push(route);
             }
             let no_sni_route = match fl.no_sni_route.as_deref().map(str::trim) {
                 None | Some("") => None,
@@ -914,6 +919,34 @@ mod tests {
         assert_eq!(routes[0].hostname, "app.test");
         assert_eq!(routes[1].mode, Mode::L4);
         assert!(!config.listeners[0].proxy_protocol);
+    }
+
+    #[test]
+    fn check_reports_every_problem_of_one_route_not_only_the_first() {
+        let f = Fixture::new();
+        let problems = f.problems(
+            r#"
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            [[listeners.routes]]
+            hostname = "bad host"
+            backends = []
+            mode = "l7"
+            backend_protocol = "auto"
+            "#,
+        );
+        let route = "listener 127.0.0.1:8443, route bad host: ";
+        let expected = [
+            "invalid hostname",
+            "a route needs at least one backend",
+            "mode l7 needs tls_cert",
+            "mode l7 needs tls_key",
+            "backend_protocol auto needs backend_tls",
+        ];
+        assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+        for (p, e) in problems.iter().zip(expected) {
+            assert!(p.starts_with(&format!("{route}{e}")), "{p}");
+        }
     }
 
     #[test]

@@ -197,6 +197,43 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
     })
 }
 
+/// Every problem of one route, where [`validate_route`] stops at the first: what
+/// `mc-proxy check` reports, so that one run shows all there is to fix. The certificate and
+/// key are loaded only when the route names both.
+pub fn route_problems(route: &Route) -> Vec<RouteError> {
+    let mut out = Vec::new();
+    if route_name(&route.hostname).is_none() {
+        out.push(RouteError::Hostname(route.hostname.clone()));
+    }
+    if let Err(e) = validate_backends(&route.backends) {
+        out.push(e);
+    }
+    if let Some(check) = &route.health_check
+        && let Err(e) = validate_health_check(check, route.mode)
+    {
+        out.push(e);
+    }
+    if route.mode == Mode::L7 {
+        if route.tls_cert.is_empty() {
+            out.push(RouteError::MissingCert);
+        }
+        if route.tls_key.is_empty() {
+            out.push(RouteError::MissingKey);
+        }
+        if route.backend_protocol == BackendProtocol::Auto && !route.backend_tls {
+            out.push(RouteError::AutoWithoutTls);
+        }
+        if !route.tls_cert.is_empty()
+            && !route.tls_key.is_empty()
+            && let Err(e) =
+                load_certified_key(Path::new(&route.tls_cert), Path::new(&route.tls_key))
+        {
+            out.push(e.into());
+        }
+    }
+    out
+}
+
 /// One to [`MAX_MEMBERS`] members, each a valid `host:port` with a weight in range, no
 /// address twice (compared as written, after trimming).
 fn validate_backends(backends: &[RouteBackend]) -> Result<(), RouteError> {
