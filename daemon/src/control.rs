@@ -406,7 +406,18 @@ impl Control {
                 store.set_backend_state(listener.id, &name, &address, admin)?;
                 tracing::info!(listener = %listener.addr, route = %name, backend = %address, state = %admin, "backend admin state set");
                 let route = valid.route.clone();
-                replace_route(state, listener, name, valid);
+                // A member's state changed, not the route: `backend_changed` with the new
+                // state and reason at once (not `route_changed`, and not only when the health
+                // loop next looks).
+                swap_routes(state, listener, |routes| {
+                    routes.retain(|r| r.route.hostname != name);
+                    routes.push(valid);
+                });
+                if let Some(live) = listener.routes().get(&name) {
+                    for t in live.backends.publishable() {
+                        state.backend_changed(listener.addr, &live, Some(t));
+                    }
+                }
                 Ok(Applied::Route {
                     route,
                     warnings: Vec::new(),
@@ -839,12 +850,16 @@ mod tests {
         assert_eq!(live_states(&control), expected);
         let stored = control.store().unwrap().routes(1).unwrap();
         assert_eq!(stored[0].backends, route.backends);
+        // Published at once as the member's change, with its reason; no route_changed.
         let event = events.try_recv().unwrap().event;
         assert!(
-            matches!(event, Event::RouteChanged { action: ChangeAction::Updated, ref route, .. }
-                if route.backends[1].state == AdminState::Draining),
+            matches!(event, Event::BackendChanged { ref member, .. }
+                if member.address == "127.0.0.1:2"
+                    && member.state == mc_proxy_shared::BackendState::Draining
+                    && member.reason == "draining by the operator"),
             "{event:?}"
         );
+        assert!(events.try_recv().is_err(), "one event for one change");
 
         // Unknown member or route: not found, nothing changes.
         for change in [

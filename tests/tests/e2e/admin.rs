@@ -206,23 +206,40 @@ async fn a_backend_set_is_stored_listed_and_one_member_drained_through_the_api()
         route.backends[0], set.backends[0],
         "the other member is untouched"
     );
+    // The member's change is published as such, at once, with its reason (a drain is not a
+    // route change: no `route_changed`).
     let changed = next_matching(&mut events, |e| {
         matches!(
             e,
-            Event::RouteChanged {
-                action: ChangeAction::Updated,
-                ..
-            }
+            Event::BackendChanged { .. }
+                | Event::RouteChanged {
+                    action: ChangeAction::Updated,
+                    ..
+                }
         )
     })
     .await;
-    let Event::RouteChanged {
-        route: published, ..
+    let Event::BackendChanged {
+        route: hostname,
+        member,
+        ..
     } = changed
     else {
-        unreachable!()
+        panic!("{changed:?}")
     };
-    assert_eq!(published, route);
+    assert_eq!(hostname, "pool.test");
+    assert_eq!(
+        (
+            member.address.as_str(),
+            member.admin,
+            member.reason.as_str()
+        ),
+        (
+            "127.0.0.1:9002",
+            AdminState::Draining,
+            "draining by the operator"
+        )
+    );
 
     let listed = admin.list_routes(Some(LISTENER)).await.unwrap();
     assert_eq!(listed[0].route, route);
