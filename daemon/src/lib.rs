@@ -23,6 +23,7 @@ pub mod l4;
 pub mod l7;
 pub mod metrics;
 pub mod pipeline;
+pub(crate) mod procfs;
 pub mod proxyproto;
 pub mod relay;
 pub mod reload;

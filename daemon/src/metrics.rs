@@ -197,6 +197,62 @@ impl EncodeMetric for ConstHistogram {
     }
 }
 
+/// The process's own figures (`process_*`, as the Prometheus client libraries name them);
+/// nothing where `/proc` cannot be read.
+fn encode_process(e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+    let Some(p) = crate::procfs::read() else {
+        return Ok(());
+    };
+    let none = || Vec::<(&'static str, &str)>::new();
+    family(
+        e,
+        "process_cpu_seconds",
+        "Total user and system CPU time spent in seconds.",
+        None,
+        MetricType::Counter,
+        [(none(), ConstCounter::new(p.cpu_seconds))],
+    )?;
+    let gauges: [(&str, &str, Option<f64>); 5] = [
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            Some(p.resident_bytes as f64),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            Some(p.virtual_bytes as f64),
+        ),
+        (
+            "process_open_fds",
+            "Number of open file descriptors.",
+            Some(p.open_fds as f64),
+        ),
+        (
+            "process_max_fds",
+            "Maximum number of open file descriptors (the soft limit).",
+            p.max_fds.map(|n| n as f64),
+        ),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds.",
+            Some(p.start_time_seconds),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        // An unlimited descriptor limit has no number: the family is described, empty.
+        family(
+            e,
+            name,
+            help,
+            None,
+            MetricType::Gauge,
+            value.map(|v| (none(), ConstGauge::new(v))),
+        )?;
+    }
+    Ok(())
+}
+
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let e = &mut encoder;
@@ -208,6 +264,8 @@ impl Collector for StateCollector {
             None,
             MetricType::Info,
         )?)?;
+
+        encode_process(e)?;
 
         let listeners: Vec<_> = self
             .state
@@ -769,6 +827,28 @@ mod tests {
             );
         }
         assert!(!text.contains("# EOF"));
+        // The process's own figures, under the client libraries' names (Linux: /proc).
+        if std::path::Path::new("/proc/self/stat").exists() {
+            for family in [
+                "process_cpu_seconds_total",
+                "process_resident_memory_bytes",
+                "process_open_fds",
+                "process_start_time_seconds",
+            ] {
+                let value = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{family} ")))
+                    .unwrap_or_else(|| panic!("no {family} in:\n{text}"));
+                let value: f64 = value.parse().unwrap();
+                // CPU time counts in clock ticks: a young process may not have one yet.
+                let floor = if family == "process_cpu_seconds_total" {
+                    0.0
+                } else {
+                    1.0
+                };
+                assert!(value >= floor, "{family} {value}");
+            }
+        }
         // An L4 route has no HTTP series (they could never move), even with a count in them.
         for family in [
             "mcproxy_route_responses_total{",
