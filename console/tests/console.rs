@@ -1068,3 +1068,344 @@ fn a_route_not_served_is_red_with_its_reason_in_the_detail() {
     assert!(!row_of(&s, "b.test").contains("not served"), "{s}");
     assert_ne!(row_colour(&app, "b.test"), Color::Red);
 }
+
+/// A console with one route, `pool.test`, whose set has `n` backends `10.0.0.1:8000`,
+/// `10.0.0.1:8001`, ..., with the given admin states (the rest enabled), and its detail open.
+fn pool_detail(n: u16, states: &[mc_proxy_shared::AdminState]) -> App {
+    use mc_proxy_shared::RouteBackend;
+    let mut app = app_with(&[("pool.test", "10.0.0.1:8000", Mode::L4)]);
+    let route = Route {
+        hostname: "pool.test".into(),
+        backends: (0..n)
+            .map(|i| RouteBackend {
+                state: states.get(usize::from(i)).copied().unwrap_or_default(),
+                ..RouteBackend::new(format!("10.0.0.1:{}", 8000 + i))
+            })
+            .collect(),
+        ..Route::default()
+    };
+    app.on_event(
+        TimedEvent {
+            timestamp_ms: 0,
+            event: Event::RouteChanged {
+                listener: "127.0.0.1:8443".into(),
+                action: mc_proxy_shared::ChangeAction::Updated,
+                route,
+                previous_hostname: "pool.test".into(),
+            },
+        },
+        Instant::now(),
+    );
+    app.on_key(key(KeyCode::Enter));
+    assert_eq!(app.mode, Screen::RouteDetail);
+    app
+}
+
+/// The backend the detail shows selected (`> address`), if it is on screen.
+fn selected_backend(s: &str) -> Option<String> {
+    s.lines().find_map(|l| {
+        let at = l.find("> 10.0.0.1:")?;
+        Some(l[at + 2..].split_whitespace().next()?.to_owned())
+    })
+}
+
+/// Issue 28: a route with 22 backends at 80x24 (and 60x16). The detail shows the part around
+/// the selected backend, with a "more" line where rows are cut; every move keeps the selected
+/// backend on screen; PageDown/PageUp/Home/End move within the detail, and `?` shows the
+/// detail's keys and goes back to it.
+#[test]
+fn a_long_backend_list_scrolls_to_the_selection_with_more_markers() {
+    let mut app = pool_detail(22, &[]);
+    let s = render(&app, 80, 24);
+    assert_eq!(
+        selected_backend(&s).as_deref(),
+        Some("10.0.0.1:8000"),
+        "{s}"
+    );
+    assert!(
+        s.contains("▼ ") && s.contains(" more"),
+        "no cut marker:\n{s}"
+    );
+    assert!(!s.contains("10.0.0.1:8021"), "{s}");
+    assert!(s.contains("[backend 1/22]"), "{s}");
+    // Down one at a time to the last: the selection is always on screen.
+    for i in 1..22 {
+        app.on_key(key(KeyCode::Down));
+        for (w, h) in [(80, 24), (60, 16)] {
+            let s = render(&app, w, h);
+            assert_eq!(
+                selected_backend(&s),
+                Some(format!("10.0.0.1:{}", 8000 + i)),
+                "{w}x{h}:\n{s}"
+            );
+        }
+    }
+    let s = render(&app, 80, 24);
+    assert!(
+        s.contains("▲ ") && s.contains(" more"),
+        "no cut marker above:\n{s}"
+    );
+    assert!(!s.contains("10.0.0.1:8000 "), "{s}");
+    assert!(s.contains("[backend 22/22]"), "{s}");
+
+    // Home, then PageDown: the detail stays open and shows the backend a page further.
+    app.on_key(key(KeyCode::Home));
+    let s = render(&app, 80, 24);
+    assert_eq!(
+        selected_backend(&s).as_deref(),
+        Some("10.0.0.1:8000"),
+        "{s}"
+    );
+    app.on_key(key(KeyCode::PageDown));
+    assert_eq!(app.mode, Screen::RouteDetail);
+    let s = render(&app, 80, 24);
+    assert!(
+        s.contains("route pool.test"),
+        "PageDown closed the detail:\n{s}"
+    );
+    assert_eq!(
+        selected_backend(&s).as_deref(),
+        Some("10.0.0.1:8010"),
+        "{s}"
+    );
+    app.on_key(key(KeyCode::PageDown));
+    app.on_key(key(KeyCode::PageDown));
+    let s = render(&app, 80, 24);
+    assert_eq!(
+        selected_backend(&s).as_deref(),
+        Some("10.0.0.1:8021"),
+        "{s}"
+    );
+    app.on_key(key(KeyCode::PageUp));
+    let s = render(&app, 80, 24);
+    assert_eq!(
+        selected_backend(&s).as_deref(),
+        Some("10.0.0.1:8011"),
+        "{s}"
+    );
+    app.on_key(key(KeyCode::End));
+    let s = render(&app, 80, 24);
+    assert_eq!(
+        selected_backend(&s).as_deref(),
+        Some("10.0.0.1:8021"),
+        "{s}"
+    );
+
+    // `?` lists the detail's keys (not the routes view's), and any key goes back to it.
+    assert!(s.contains("? keys"), "{s}");
+    app.on_key(key(KeyCode::Char('?')));
+    let s = render(&app, 80, 24);
+    assert!(s.contains(" keys ") && s.contains("route detail"), "{s}");
+    assert!(s.contains("disable the selected backend"), "{s}");
+    assert!(!s.contains("new hostname filter"), "{s}");
+    app.on_key(key(KeyCode::Esc));
+    assert_eq!(app.mode, Screen::RouteDetail);
+    let s = render(&app, 80, 24);
+    assert_eq!(
+        selected_backend(&s).as_deref(),
+        Some("10.0.0.1:8021"),
+        "{s}"
+    );
+}
+
+/// Issue 28: a backend's reason that wraps takes rows the box did not count; nothing is cut
+/// without a mark, and the selected backend (with its reason) stays on screen.
+#[test]
+fn a_wrapping_reason_never_hides_rows_without_a_mark() {
+    use mc_proxy_shared::{AdminState, BackendState, MemberStats};
+    let mut app = pool_detail(6, &[]);
+    let reason = "3 failed checks: connection refused by 10.0.0.1 while the backend was \
+                  restarting after a deploy that took longer than the check interval allows";
+    let members = (0..6)
+        .map(|i| MemberStats {
+            address: format!("10.0.0.1:{}", 8000 + i),
+            weight: 1,
+            admin: AdminState::Enabled,
+            state: BackendState::Down,
+            reason: reason.into(),
+            ..MemberStats::default()
+        })
+        .collect();
+    let route = app.route().unwrap().route.clone();
+    app.on_event(
+        TimedEvent {
+            timestamp_ms: 0,
+            event: Event::Stats {
+                listeners: app.listeners.clone(),
+                routes: vec![RouteEntry {
+                    not_served: None,
+                    listener: "127.0.0.1:8443".into(),
+                    route,
+                    stats: RouteStats {
+                        members,
+                        ..RouteStats::default()
+                    },
+                }],
+                backends: vec![],
+            },
+        },
+        Instant::now(),
+    );
+    for (w, h) in [(80, 24), (60, 20)] {
+        app.on_key(key(KeyCode::Home));
+        let s = render(&app, w, h);
+        // The last line of the content is the error share: either shown or marked cut.
+        assert!(
+            s.contains("errors ") || s.contains("▼ "),
+            "rows cut without a mark at {w}x{h}:\n{s}"
+        );
+        app.on_key(key(KeyCode::End));
+        let s = render(&app, w, h);
+        assert_eq!(
+            selected_backend(&s).as_deref(),
+            Some("10.0.0.1:8005"),
+            "{w}x{h}:\n{s}"
+        );
+        assert!(s.contains("▲ "), "{w}x{h}:\n{s}");
+    }
+}
+
+/// Issue 28: `x` (and `w`) on the only enabled backend would leave the route with none: the
+/// console asks first, and nothing is sent until `y`.
+#[test]
+fn disabling_the_last_enabled_backend_asks_first() {
+    use mc_proxy_shared::AdminState;
+    let mut app = pool_detail(2, &[AdminState::Enabled, AdminState::Disabled]);
+    assert_eq!(app.on_key(key(KeyCode::Char('x'))), None, "sent at once");
+    let s = render(&app, 80, 24);
+    assert!(s.contains("Disable 10.0.0.1:8000 of pool.test?"), "{s}");
+    assert!(
+        s.contains("No other backend of this route is enabled"),
+        "{s}"
+    );
+    assert!(s.contains("y: disable"), "{s}");
+    // Any other key: nothing sent, back to the detail.
+    assert_eq!(app.on_key(key(KeyCode::Char('n'))), None);
+    assert_eq!(app.mode, Screen::RouteDetail);
+    let s = render(&app, 80, 24);
+    assert!(!s.contains("Disable 10.0.0.1:8000"), "{s}");
+    assert!(s.contains("route pool.test"), "{s}");
+    // Draining it asks too; `y` sends.
+    assert_eq!(app.on_key(key(KeyCode::Char('w'))), None);
+    let s = render(&app, 80, 24);
+    assert!(s.contains("Drain 10.0.0.1:8000 of pool.test?"), "{s}");
+    let expect = |state| mcproxyctl::tui::app::Action::SetBackendState {
+        listener: "127.0.0.1:8443".into(),
+        hostname: "pool.test".into(),
+        address: "10.0.0.1:8000".into(),
+        state,
+    };
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('y'))),
+        Some(expect(AdminState::Draining))
+    );
+    assert_eq!(app.mode, Screen::RouteDetail);
+    // With another backend enabled, `x` does not ask.
+    let mut app = pool_detail(2, &[]);
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('x'))),
+        Some(expect(AdminState::Disabled))
+    );
+    let s = render(&app, 80, 24);
+    assert!(!s.contains("Disable 10.0.0.1:8000 of"), "{s}");
+}
+
+/// Issue 28: the README promises the console stays usable at 60x16; the routes box had no
+/// room for a single row there.
+#[test]
+fn the_route_list_shows_rows_at_60x16() {
+    let app = app_with(&[
+        ("a1.test", "127.0.0.1:38943", Mode::L4),
+        ("a2.test", "127.0.0.1:38944", Mode::L4),
+    ]);
+    let s = render(&app, 60, 16);
+    assert!(s.contains("routes of 127.0.0.1:8443"), "{s}");
+    assert!(row_of(&s, "a1.test").contains("38943"), "{s}");
+    assert!(row_of(&s, "a2.test").contains("38944"), "{s}");
+    assert_eq!(s.lines().count(), 16);
+}
+
+/// The foreground colour of the first cell of `needle` on a `w`x`h` screen, on the first
+/// line that contains it and `on_line`.
+fn colour_of(app: &App, w: u16, h: u16, on_line: &str, needle: &str) -> Color {
+    let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+    terminal.draw(|f| ui::render(app, f)).unwrap();
+    let s = screen(&terminal);
+    let (y, line) = s
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains(on_line) && l.contains(needle))
+        .unwrap_or_else(|| panic!("no {needle:?} on a line with {on_line:?}:\n{s}"));
+    let x = line[..line.find(needle).unwrap()].chars().count() as u16;
+    terminal.backend().buffer()[(x, y as u16)].fg
+}
+
+/// Issue 28: with the daemon gone the last figures stay, but grey, and a line says they are
+/// old and since when, also over an open route detail at 80x24.
+#[test]
+fn without_the_daemon_the_figures_are_grey_and_the_screen_says_since_when() {
+    let mut app = busy_app();
+    let s = render(&app, 80, 24);
+    assert!(!s.contains("daemon unreachable"), "{s}");
+    assert_ne!(
+        colour_of(&app, 80, 24, "app.test", "2.0K/s"),
+        Color::DarkGray
+    );
+    assert_ne!(colour_of(&app, 80, 24, "2.0K/s", "1/12"), Color::DarkGray);
+
+    app.on_daemon(DaemonMsg::Disconnected("connection refused".into()));
+    let s = render(&app, 80, 24);
+    assert!(
+        s.contains("daemon unreachable: values from 12:34:56 UTC, not live"),
+        "{s}"
+    );
+    // The last values are still there, in grey: rates, open/total, the error share.
+    assert_eq!(
+        colour_of(&app, 80, 24, "app.test", "2.0K/s"),
+        Color::DarkGray
+    );
+    assert_eq!(colour_of(&app, 80, 24, "app.test", "1/12"), Color::DarkGray);
+    assert_eq!(colour_of(&app, 80, 24, "web.test", "38%"), Color::DarkGray);
+    // The hostname itself is not a figure: it keeps its colour.
+    assert_ne!(
+        colour_of(&app, 80, 24, "app.test", "app.test"),
+        Color::DarkGray
+    );
+    // The status line's open count too.
+    assert_eq!(
+        colour_of(&app, 80, 24, "mc-proxy", "2 open"),
+        Color::DarkGray
+    );
+
+    // A route detail covers the status line at 80x24: it says so itself, and greys its
+    // counters.
+    app.on_key(key(KeyCode::Down));
+    app.on_key(key(KeyCode::Enter));
+    assert_eq!(app.mode, Screen::RouteDetail);
+    let s = render(&app, 80, 24);
+    assert!(s.contains("route web.test"), "{s}");
+    assert!(s.contains("values from 12:34:56 UTC"), "{s}");
+    assert_eq!(
+        colour_of(&app, 80, 24, "connections", "open, 42 since start"),
+        Color::DarkGray
+    );
+
+    // Back: the line goes and the figures are live again.
+    app.on_key(key(KeyCode::Esc));
+    let snapshot = busy_app();
+    app.on_daemon(DaemonMsg::Snapshot {
+        status: Status {
+            version: "9.9.9".into(),
+            uptime: Duration::from_secs(60),
+            listeners: snapshot.listeners.clone(),
+            active_connections: 0,
+            total_connections: 0,
+            firewall_rules: 0,
+            backends: vec![],
+        },
+        routes: vec![],
+        rules: vec![],
+    });
+    let s = render(&app, 80, 24);
+    assert!(!s.contains("daemon unreachable"), "{s}");
+}

@@ -189,8 +189,16 @@ pub enum Screen {
     ListenerDetail,
     /// Everything about the selected route.
     RouteDetail,
-    /// The key list, scrolled down by this many lines.
-    Help(u16),
+    /// "Drain/disable this backend?", asked when it would leave the route with no enabled
+    /// backend; `y` sends the action, any other key goes back to the route detail.
+    ConfirmBackend(Action),
+    /// The key list.
+    Help {
+        /// Scrolled down by this many lines.
+        scroll: u16,
+        /// Opened from the route detail: it lists the detail's keys and closes back to it.
+        detail: bool,
+    },
 }
 
 /// Which pane of the routes view has the selection.
@@ -296,6 +304,9 @@ pub struct App {
     pub note: Option<Note>,
     /// Time of the last tick or message (for notices; `render` never reads the clock).
     pub now: Instant,
+    /// Unix time (ms) of the newest figures: the last stats event's timestamp, or when the
+    /// last snapshot arrived. Shown when the daemon is unreachable, so stale values say so.
+    pub figures_at_ms: Option<u64>,
 }
 
 impl Default for App {
@@ -329,6 +340,7 @@ impl App {
             mode: Screen::Normal,
             note: None,
             now,
+            figures_at_ms: None,
         }
     }
 
@@ -398,6 +410,15 @@ impl App {
         match self.link {
             Link::Connected => self.uptime + self.now.saturating_duration_since(self.status_at),
             _ => self.uptime,
+        }
+    }
+
+    /// `Some(HH:MM:SS)` (UTC, like the event log) of the figures on screen when they are not
+    /// live: the daemon is unreachable and what is shown is what it last said.
+    pub fn stale_since(&self) -> Option<String> {
+        match self.link {
+            Link::Reconnecting(_) => self.figures_at_ms.map(clock),
+            Link::Connected | Link::Connecting => None,
         }
     }
 
@@ -490,6 +511,7 @@ impl App {
                 }
                 self.routes = by_listener;
                 self.rules = rules;
+                self.figures_at_ms = Some(unix_ms_now());
                 if self.link != Link::Connected {
                     self.push_log("connected to the daemon".into());
                     // Whatever went wrong while away is over.
@@ -532,6 +554,10 @@ impl App {
             Event::Stats {
                 listeners, routes, ..
             } => {
+                self.figures_at_ms = Some(match event.timestamp_ms {
+                    0 => unix_ms_now(),
+                    ms => ms,
+                });
                 self.listeners = listeners;
                 for entry in routes {
                     let list = self.routes.entry(entry.listener).or_default();
@@ -765,12 +791,30 @@ impl App {
                 None
             }
             Screen::RouteDetail => self.on_route_detail_key(key),
-            Screen::Help(scroll) => {
+            Screen::ConfirmBackend(action) => {
+                // Either way the detail stays open; only `y` sends.
+                self.mode = Screen::RouteDetail;
                 match key.code {
-                    KeyCode::Down | KeyCode::Char('j') => self.mode = Screen::Help(scroll + 1),
-                    KeyCode::Up | KeyCode::Char('k') => {
-                        self.mode = Screen::Help(scroll.saturating_sub(1));
+                    KeyCode::Char('y') | KeyCode::Char('Y') => Some(action),
+                    _ => None,
+                }
+            }
+            Screen::Help { scroll, detail } => {
+                match key.code {
+                    KeyCode::Down | KeyCode::Char('j') => {
+                        self.mode = Screen::Help {
+                            scroll: scroll + 1,
+                            detail,
+                        };
                     }
+                    KeyCode::Up | KeyCode::Char('k') => {
+                        self.mode = Screen::Help {
+                            scroll: scroll.saturating_sub(1),
+                            detail,
+                        };
+                    }
+                    // Closing the detail's help goes back to the detail.
+                    _ if detail && self.route().is_some() => self.mode = Screen::RouteDetail,
                     _ => {}
                 }
                 None
@@ -780,23 +824,49 @@ impl App {
         action
     }
 
-    /// The route detail box: select a backend, drain, enable or disable it, edit the route;
-    /// any other key closes the box, as the other detail boxes do.
+    /// The route detail box: select a backend (by one, by a page, first or last), drain,
+    /// enable or disable it, edit the route, show its keys; any other key closes the box, as
+    /// the other detail boxes do. A drain or disable that would leave the route with no
+    /// enabled backend asks first (`Screen::ConfirmBackend`).
     fn on_route_detail_key(&mut self, key: KeyEvent) -> Option<Action> {
         use mc_proxy_shared::AdminState;
-        let (listener, route) = match (self.listener(), self.route()) {
-            (Some(l), Some(r)) => (l.addr.clone(), r.route.clone()),
+        let (listener, route, admin) = match (self.listener(), self.route()) {
+            (Some(l), Some(r)) => (l.addr.clone(), r.route.clone(), admin_states(r)),
             _ => return None,
         };
-        let n = route.backends.len();
+        let last = route.backends.len().saturating_sub(1);
+        let step = |sel: usize, delta: isize| sel.saturating_add_signed(delta).min(last);
         let state = match input::lookup(Context::RouteDetail, &key, self.read_only) {
             Some(Command::Up) => {
-                self.member_sel = self.member_sel.saturating_sub(1);
+                self.member_sel = step(self.member_sel, -1);
                 None
             }
             Some(Command::Down) => {
-                self.member_sel = (self.member_sel + 1).min(n.saturating_sub(1));
+                self.member_sel = step(self.member_sel, 1);
                 None
+            }
+            Some(Command::PageUp) => {
+                self.member_sel = step(self.member_sel, -PAGE);
+                None
+            }
+            Some(Command::PageDown) => {
+                self.member_sel = step(self.member_sel, PAGE);
+                None
+            }
+            Some(Command::Top) => {
+                self.member_sel = 0;
+                None
+            }
+            Some(Command::Bottom) => {
+                self.member_sel = last;
+                None
+            }
+            Some(Command::Help) => {
+                self.mode = Screen::Help {
+                    scroll: 0,
+                    detail: true,
+                };
+                return None;
             }
             Some(Command::Drain) => Some(AdminState::Draining),
             Some(Command::Enable) => Some(AdminState::Enabled),
@@ -808,15 +878,24 @@ impl App {
             _ => return None,
         };
         self.mode = Screen::RouteDetail;
-        let member = route
-            .backends
-            .get(self.member_sel.min(n.saturating_sub(1)))?;
-        state.map(|state| Action::SetBackendState {
+        self.member_sel = self.member_sel.min(last);
+        let member = route.backends.get(self.member_sel)?;
+        let state = state?;
+        let action = Action::SetBackendState {
             listener,
             hostname: route.hostname.clone(),
             address: member.address.clone(),
             state,
-        })
+        };
+        let others_enabled = admin
+            .iter()
+            .enumerate()
+            .any(|(i, s)| i != self.member_sel && *s == AdminState::Enabled);
+        if state != AdminState::Enabled && !others_enabled {
+            self.mode = Screen::ConfirmBackend(action);
+            return None;
+        }
+        Some(action)
     }
 
     fn edit_selected(&mut self) {
@@ -833,7 +912,12 @@ impl App {
         }
         match command {
             Command::Quit => return Some(Action::Quit),
-            Command::Help => self.mode = Screen::Help(0),
+            Command::Help => {
+                self.mode = Screen::Help {
+                    scroll: 0,
+                    detail: false,
+                };
+            }
             Command::Filter => {
                 self.filter.clear();
                 self.mode = Screen::Filter;
@@ -890,7 +974,12 @@ impl App {
     fn on_connections_command(&mut self, command: Command) -> Option<Action> {
         match command {
             Command::Quit => return Some(Action::Quit),
-            Command::Help => self.mode = Screen::Help(0),
+            Command::Help => {
+                self.mode = Screen::Help {
+                    scroll: 0,
+                    detail: false,
+                };
+            }
             Command::Filter => {
                 self.conns.filter.clear();
                 self.mode = Screen::Filter;
@@ -1076,6 +1165,29 @@ impl RouteView {
     pub fn health(&self) -> Health {
         self.recent().health(self.route.mode)
     }
+}
+
+/// The admin state of each member of `r`'s set, in order: the daemon's live figure when there
+/// is one (it follows drains made elsewhere), else what the route's set says.
+pub fn admin_states(r: &RouteView) -> Vec<mc_proxy_shared::AdminState> {
+    r.route
+        .backends
+        .iter()
+        .map(|b| {
+            r.stats
+                .members
+                .iter()
+                .find(|m| m.address == b.address)
+                .map_or(b.state, |m| m.admin)
+        })
+        .collect()
+}
+
+/// Now as Unix time in ms (the time the figures of a snapshot are from).
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `HH:MM:SS` (UTC) of a Unix time in ms.

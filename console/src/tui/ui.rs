@@ -8,9 +8,11 @@
 //!
 //! Invariants: every cell is sized for its content and filled through `fit`, so nothing is ever
 //! cut without a `…` and numbers keep their unit; the columns shown depend on the width (more
-//! at 120 columns, fewer at 60), never the other way round. Below 60x16 only a "too small"
-//! notice is drawn. Only the 16 basic colours and bold/reverse are used, so it reads on any
-//! terminal an operator reaches over SSH.
+//! at 120 columns, fewer at 60), never the other way round. A detail box taller than the
+//! terminal scrolls to its selected backend and marks each cut with a `▲ n more` / `▼ n more`
+//! row. While the daemon is unreachable, live figures are grey and a red line says since when.
+//! Below 60x16 only a "too small" notice is drawn. Only the 16 basic colours and
+//! bold/reverse/dim are used, so it reads on any terminal an operator reaches over SSH.
 
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
@@ -42,13 +44,19 @@ pub fn render(app: &App, frame: &mut Frame<'_>) {
         frame.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), area);
         return;
     }
-    let [status, body, hints] = Layout::vertical([
+    // While the daemon is unreachable a line under the status says the figures are old.
+    let stale = app.stale_since().is_some();
+    let [status, banner, body, hints] = Layout::vertical([
         Constraint::Length(1),
+        Constraint::Length(u16::from(stale)),
         Constraint::Fill(1),
         Constraint::Length(1),
     ])
     .areas(area);
     render_status(app, frame, status);
+    if let Some(line) = stale_line(app, usize::from(banner.width)) {
+        frame.render_widget(Paragraph::new(line), banner);
+    }
     match app.view {
         View::Routes => render_routes_view(app, frame, body),
         View::Connections => render_connections(app, frame, body),
@@ -69,7 +77,38 @@ pub fn render(app: &App, frame: &mut Frame<'_>) {
         Screen::Firewall(fw) => render_firewall(app, fw, frame, area),
         Screen::ListenerDetail => render_listener_detail(app, frame, area),
         Screen::RouteDetail => render_route_detail(app, frame, area),
-        Screen::Help(scroll) => render_help(app, *scroll, frame, area),
+        Screen::ConfirmBackend(action) => {
+            render_route_detail(app, frame, area);
+            if let super::app::Action::SetBackendState {
+                hostname,
+                address,
+                state,
+                ..
+            } = action
+            {
+                let verb = match state {
+                    mc_proxy_shared::AdminState::Draining => "Drain",
+                    mc_proxy_shared::AdminState::Disabled => "Disable",
+                    mc_proxy_shared::AdminState::Enabled => "Enable",
+                };
+                let text = vec![
+                    Line::from(format!("{verb} {address} of {hostname}?")),
+                    Line::from(
+                        "No other backend of this route is enabled: it would have none left \
+                         for new connections and requests.",
+                    ),
+                    Line::from(""),
+                    Line::from(Span::styled(
+                        format!("y: {}   any other key: cancel", verb.to_lowercase()),
+                        bold(),
+                    )),
+                ];
+                let w = area.width.min(64);
+                let h = wrapped_height(&text, w.saturating_sub(2)) + 2;
+                popup(frame, area, "no enabled backend left", text, w, h);
+            }
+        }
+        Screen::Help { scroll, detail } => render_help(app, *scroll, *detail, frame, area),
         Screen::Normal | Screen::Filter => {}
     }
 }
@@ -77,12 +116,18 @@ pub fn render(app: &App, frame: &mut Frame<'_>) {
 fn render_routes_view(app: &App, frame: &mut Frame<'_>, area: Rect) {
     let listeners_h = (app.listeners.len() as u16 + 3).clamp(4, 7);
     // The routes table gets most of the room; on short terminals the chart and the log shrink
-    // to keep it.
+    // to keep it, and under 18 rows of body (a 60x16 terminal has 14) the chart goes: with it
+    // the routes box would have no room left for a single row.
     let short = area.height < 22; // the body of a terminal under 24 rows
+    let traffic_h = match area.height {
+        ..18 => 0,
+        18..30 => 4,
+        _ => 5,
+    };
     let [listeners, routes, traffic, log] = Layout::vertical([
         Constraint::Length(if short { 4 } else { listeners_h }),
         Constraint::Fill(2),
-        Constraint::Length(if area.height < 30 { 4 } else { 5 }),
+        Constraint::Length(traffic_h),
         if short {
             Constraint::Length(3)
         } else {
@@ -92,7 +137,9 @@ fn render_routes_view(app: &App, frame: &mut Frame<'_>, area: Rect) {
     .areas(area);
     render_listeners(app, frame, listeners);
     render_routes(app, frame, routes);
-    render_traffic(app, frame, traffic);
+    if traffic.height > 0 {
+        render_traffic(app, frame, traffic);
+    }
     render_log(app, frame, log);
 }
 
@@ -119,6 +166,36 @@ fn pane_block(title: &str, width: u16, focused: bool) -> Block<'static> {
 
 fn right(s: String) -> Cell<'static> {
     Cell::from(Line::from(s).alignment(Alignment::Right))
+}
+
+/// A live figure's cell: right-aligned, dimmed when it is not current (`stale`).
+fn figure(s: String, stale: bool) -> Cell<'static> {
+    if stale {
+        right(s).style(stale_style())
+    } else {
+        right(s)
+    }
+}
+
+/// Figures the daemon can no longer confirm: dark grey, dimmed.
+fn stale_style() -> Style {
+    Style::default()
+        .fg(Color::DarkGray)
+        .add_modifier(Modifier::DIM)
+}
+
+/// While the daemon is unreachable: the line that says so and how old the figures are.
+fn stale_line(app: &App, width: usize) -> Option<Line<'static>> {
+    let since = app.stale_since()?;
+    // The reason is on the status line; this says what it means for the figures.
+    let text = format!(" daemon unreachable: values from {since} UTC, not live; retrying");
+    Some(Line::from(Span::styled(
+        fit::end(&text, width),
+        Style::default()
+            .fg(Color::White)
+            .bg(Color::Red)
+            .add_modifier(Modifier::BOLD),
+    )))
 }
 
 /// A fixed-width table column: header and width.
@@ -170,16 +247,28 @@ fn render_status(app: &App, frame: &mut Frame<'_>, area: Rect) {
     let open: u64 = app.listeners.iter().map(|l| l.active_connections).sum();
     let ro = if app.read_only { " | read-only" } else { "" };
     let head = format!(
-        " {version} | up {}h{:02}m{:02}s | {} open{ro} | ",
+        " {version} | up {}h{:02}m{:02}s | ",
         up / 3600,
         up / 60 % 60,
         up % 60,
-        fit::count(open)
     );
+    let open = format!("{} open", fit::count(open));
+    let tail = format!("{ro} | ");
+    let open_style = if app.stale_since().is_some() {
+        stale_style()
+    } else {
+        bold()
+    };
     let width = usize::from(area.width);
-    let link = fit::end(&link, width.saturating_sub(fit::width(&head)));
-    let used = fit::width(&head) + fit::width(&link);
-    let mut spans = vec![Span::styled(head, bold()), Span::styled(link, style)];
+    let used = fit::width(&head) + fit::width(&open) + fit::width(&tail);
+    let link = fit::end(&link, width.saturating_sub(used));
+    let used = used + fit::width(&link);
+    let mut spans = vec![
+        Span::styled(head, bold()),
+        Span::styled(open, open_style),
+        Span::styled(tail, bold()),
+        Span::styled(link, style),
+    ];
     // The notice takes what is left; its full text is in the event log.
     if let Some(note) = &app.note {
         let room = width.saturating_sub(used + 3);
@@ -256,15 +345,16 @@ fn render_listeners(app: &App, frame: &mut Frame<'_>, area: Rect) {
     };
     let fixed: usize = cols.iter().map(|c| usize::from(c.width) + 1).sum();
     let addr_w = inner.saturating_sub(fixed).max(1);
+    let stale = app.stale_since().is_some();
     let rows = app.listeners.iter().map(|l| {
         Row::new(vec![
             Cell::from(fit::address(&l.addr, addr_w)),
             Cell::from(if l.proxy_protocol { "PROXY" } else { "-" }),
             right(fit::count(u64::from(l.route_count))),
-            right(fit::count(l.active_connections)),
-            right(fit::count(l.accepted)),
-            right(fit::count(l.resets)),
-            right(fit::count(l.blocked)),
+            figure(fit::count(l.active_connections), stale),
+            figure(fit::count(l.accepted), stale),
+            figure(fit::count(l.resets), stale),
+            figure(fit::count(l.blocked), stale),
         ])
     });
     let mut widths = vec![Constraint::Length(addr_w as u16)];
@@ -403,6 +493,9 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
         .max()
         .unwrap_or(7);
     let (host_w, backend_w) = split(flex, need_host.max(8), need_backend.max(7));
+    // Without the daemon the figures are the last it sent: dimmed, so they do not look live.
+    let stale = app.stale_since().is_some();
+    let right = |s: String| figure(s, stale);
 
     let rows = routes.iter().map(|r| {
         let s = &r.stats;
@@ -488,7 +581,7 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
         if c.name == "FL" {
             Cell::from(c.name)
         } else {
-            right(c.name.to_owned())
+            Cell::from(Line::from(c.name).alignment(Alignment::Right))
         }
     }));
     let position = if routes.is_empty() {
@@ -576,10 +669,15 @@ fn render_traffic(app: &App, frame: &mut Frame<'_>, area: Rect) {
         .iter()
         .map(|(_, r)| (r.in_bps + r.out_bps).round() as u64)
         .collect();
+    let style = if app.stale_since().is_some() {
+        stale_style()
+    } else {
+        Style::default().fg(Color::Green)
+    };
     let sparkline = Sparkline::default()
         .block(pane_block(&title, area.width, false))
         .data(data)
-        .style(Style::default().fg(Color::Green));
+        .style(style);
     frame.render_widget(sparkline, area);
 }
 
@@ -798,12 +896,137 @@ fn field(label: &str, value: impl Into<String>) -> Line<'static> {
     ])
 }
 
-fn detail_popup(frame: &mut Frame<'_>, area: Rect, title: &str, mut lines: Vec<Line<'static>>) {
-    lines.push(Line::from(""));
-    lines.push(Line::from("esc: close").alignment(Alignment::Center));
+/// `line` broken into rows of at most `width` columns, at a space where there is one (a long
+/// value wraps, it is never cut), each piece keeping its style. Breaking here rather than in
+/// the paragraph makes the row count exact, so a box is never shorter than its content.
+fn wrap_line(line: &Line<'static>, width: usize) -> Vec<Line<'static>> {
+    use unicode_width::UnicodeWidthChar;
+    let width = width.max(1);
+    let chars: Vec<(char, Style)> = line
+        .spans
+        .iter()
+        .flat_map(|s| s.content.chars().map(move |c| (c, s.style)))
+        .collect();
+    let mut rows: Vec<&[(char, Style)]> = Vec::new();
+    let mut start = 0;
+    while start < chars.len() || rows.is_empty() {
+        let (mut end, mut used, mut space) = (start, 0, None);
+        while let Some(&(c, _)) = chars.get(end) {
+            let cw = c.width().unwrap_or(0);
+            if used + cw > width {
+                break;
+            }
+            used += cw;
+            if c == ' ' {
+                space = Some(end);
+            }
+            end += 1;
+        }
+        let mut next = end;
+        if end < chars.len() {
+            if chars[end].0 == ' ' {
+                next = end + 1; // the break falls on a space: it goes
+            } else if let Some(sp) = space.filter(|&sp| sp > start) {
+                end = sp + 1;
+                next = end;
+            } else if end == start {
+                end = start + 1; // wider than the row: one character per row
+                next = end;
+            }
+        }
+        rows.push(&chars[start..end]);
+        start = next;
+    }
+    rows.into_iter()
+        .map(|row| {
+            let mut spans: Vec<Span<'static>> = Vec::new();
+            for &(c, style) in row {
+                match spans.last_mut() {
+                    Some(last) if last.style == style => last.content.to_mut().push(c),
+                    _ => spans.push(Span::styled(c.to_string(), style)),
+                }
+            }
+            Line::from(spans).style(line.style)
+        })
+        .collect()
+}
+
+/// A detail box (listener or route) as wide as the terminal allows (100 at most) and as tall
+/// as its content, wrapped. When the content is taller than the terminal it scrolls to show
+/// `focus` (an index into `lines`, the selected backend) with the rows around it, and a
+/// `▲ n more` / `▼ n more` line where rows are cut. The keys are on the bottom border; while
+/// the daemon is unreachable the first row says the figures are old.
+fn detail_popup(
+    app: &App,
+    frame: &mut Frame<'_>,
+    area: Rect,
+    title: &str,
+    lines: Vec<Line<'static>>,
+    focus: Option<usize>,
+    keys: &str,
+) {
     let w = area.width.min(100);
-    let h = wrapped_height(&lines, w.saturating_sub(2)) + 2;
-    popup(frame, area, title, lines, w, h);
+    let inner_w = usize::from(w.saturating_sub(2));
+    let stale = stale_line(app, inner_w);
+    let mut rows: Vec<Line<'static>> = Vec::new();
+    let mut focus_rows = 0..0;
+    for (i, line) in lines.iter().enumerate() {
+        let start = rows.len();
+        rows.extend(wrap_line(line, inner_w));
+        if focus == Some(i) {
+            focus_rows = start..rows.len();
+        }
+    }
+    let fixed = usize::from(stale.is_some());
+    let h = (rows.len() + fixed + 2).min(usize::from(area.height));
+    let room = h.saturating_sub(2 + fixed);
+    let (total, more) = (rows.len(), |n: usize, up: bool| {
+        let arrow = if up { '▲' } else { '▼' };
+        Line::from(Span::styled(
+            format!("{arrow} {n} more"),
+            Style::default().fg(Color::Cyan),
+        ))
+    });
+    let mut shown: Vec<Line<'static>> = stale.into_iter().collect();
+    if total <= room {
+        shown.extend(rows);
+    } else {
+        // One marker when the focus is near an end, two in the middle; the focus is centred
+        // in what is left (or its start shown, if it alone is taller than that).
+        let (offset, len) = if focus_rows.end <= room.saturating_sub(1) {
+            (0, room.saturating_sub(1))
+        } else if focus_rows.start >= total - room.saturating_sub(1) {
+            let len = room.saturating_sub(1);
+            (total - len, len)
+        } else {
+            let len = room.saturating_sub(2).max(1);
+            let centred = focus_rows
+                .start
+                .saturating_sub(len.saturating_sub(focus_rows.len()) / 2);
+            (centred.clamp(1, total - len - 1), len)
+        };
+        if offset > 0 {
+            shown.push(more(offset, true));
+        }
+        shown.extend(rows.into_iter().skip(offset).take(len));
+        if offset + len < total {
+            shown.push(more(total - offset - len, false));
+        }
+    }
+    let rect = centered(area, w, h as u16);
+    frame.render_widget(Clear, rect);
+    let title = fit::end(title, usize::from(rect.width.saturating_sub(4)));
+    let keys = fit::end(keys, usize::from(rect.width.saturating_sub(4)));
+    frame.render_widget(
+        Paragraph::new(shown).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(format!(" {title} "))
+                .title_bottom(Line::from(format!(" {keys} ")).alignment(Alignment::Center))
+                .border_style(Style::default().fg(Color::Cyan)),
+        ),
+        rect,
+    );
 }
 
 /// What the routes table shows in place of the backend of a route that is not served.
@@ -850,7 +1073,11 @@ fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
             },
         ),
     ]);
-    lines.extend(member_lines(r, app.member_sel));
+    let sel = app.member_sel.min(r.route.backends.len().saturating_sub(1));
+    // The selected backend's line: the header line ("backends  N"), then one per member.
+    let focus = lines.len() + 1 + sel;
+    let stale = app.stale_since().is_some();
+    lines.extend(member_lines(r, sel, stale));
     if r.route.mode == Mode::L7 {
         lines.push(field("tls_cert", r.route.tls_cert.clone()));
         lines.push(field("tls_key", r.route.tls_key.clone()));
@@ -864,6 +1091,8 @@ fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
             ),
         ));
     }
+    // From the line after send_proxy on: counters and rates.
+    let figures_from = lines.len() + 1;
     lines.extend([
         field("send_proxy", yes(r.route.send_proxy_protocol)),
         field(
@@ -925,11 +1154,30 @@ fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
             fit::percent(ERROR_SHARE)
         ),
     ));
-    let mut title = format!("route {}", r.route.hostname);
-    if !app.read_only {
-        title.push_str(" (e: edit, w/n/x: drain/enable/disable backend)");
+    if stale {
+        for line in &mut lines[figures_from..] {
+            *line = std::mem::take(line).style(stale_style());
+        }
     }
-    detail_popup(frame, area, &title, lines);
+    let title = format!(
+        "route {} [backend {}/{}]",
+        r.route.hostname,
+        app.member_sel.min(r.route.backends.len().saturating_sub(1)) + 1,
+        r.route.backends.len()
+    );
+    // Whole hints on the bottom border, those that fit, always ending with `? keys`.
+    let room = usize::from(area.width.min(100).saturating_sub(4));
+    let help = "? keys";
+    let mut keys = String::from("↑↓ select");
+    for hint in input::shown(Context::RouteDetail, app.read_only).filter_map(|b| b.hint) {
+        if hint != help && fit::width(&keys) + 2 + fit::width(hint) + 2 + help.len() <= room {
+            keys.push_str("  ");
+            keys.push_str(hint);
+        }
+    }
+    keys.push_str("  ");
+    keys.push_str(help);
+    detail_popup(app, frame, area, &title, lines, Some(focus), &keys);
 }
 
 /// The routes table's backend cell: the first member's address, then `+N` for the others,
@@ -963,7 +1211,7 @@ pub fn state_color(state: mc_proxy_shared::BackendState) -> Color {
 
 /// One line per member of the route's set, in full (the box wraps, it never cuts an
 /// address): address, weight, live state (with the admin state when it says more), traffic.
-fn member_lines(r: &super::app::RouteView, selected: usize) -> Vec<Line<'static>> {
+fn member_lines(r: &super::app::RouteView, selected: usize, stale: bool) -> Vec<Line<'static>> {
     let mut lines = vec![field("backends", format!("{}", r.route.backends.len()))];
     let selected = selected.min(r.route.backends.len().saturating_sub(1));
     for (i, b) in r.route.backends.iter().enumerate() {
@@ -992,7 +1240,11 @@ fn member_lines(r: &super::app::RouteView, selected: usize) -> Vec<Line<'static>
             Span::styled(format!("{marker}{}", b.address), bold()),
             Span::raw(format!("  w{}  ", b.weight)),
             Span::styled(state, Style::default().fg(color)),
-            Span::raw(traffic),
+            if stale {
+                Span::styled(traffic, stale_style())
+            } else {
+                Span::raw(traffic)
+            },
         ];
         if let Some(m) = live.filter(|m| !m.reason.is_empty()) {
             spans.push(Span::raw(format!("  ({})", m.reason)));
@@ -1047,7 +1299,15 @@ fn render_listener_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
     for (reason, n) in &l.resets_by_reason {
         lines.push(field(&format!("  {reason}"), n.to_string()));
     }
-    detail_popup(frame, area, &format!("listener {}", l.addr), lines);
+    detail_popup(
+        app,
+        frame,
+        area,
+        &format!("listener {}", l.addr),
+        lines,
+        None,
+        "esc: close",
+    );
 }
 
 fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
@@ -1216,8 +1476,10 @@ fn render_firewall(app: &App, fw: &FirewallView, frame: &mut Frame<'_>, area: Re
     popup(frame, area, &title, lines, w, height);
 }
 
-fn render_help(app: &App, scroll: u16, frame: &mut Frame<'_>, area: Rect) {
+fn render_help(app: &App, scroll: u16, detail: bool, frame: &mut Frame<'_>, area: Rect) {
     let contexts = match app.context() {
+        // Asked from the route detail: its keys only (any key goes back to it).
+        _ if detail => vec![Context::RouteDetail],
         Context::Connections => vec![Context::Connections, Context::Text],
         Context::Firewall => vec![Context::Firewall, Context::Text],
         Context::Routes | Context::RouteDetail | Context::Text => {
@@ -1239,7 +1501,7 @@ fn render_help(app: &App, scroll: u16, frame: &mut Frame<'_>, area: Rect) {
             ]));
         }
     }
-    if app.view == View::Routes {
+    if app.view == View::Routes && !detail {
         lines.push(Line::from(format!(
             "traffic: one bar per stats snapshot (1 s), newest right; the title says the span. Colours and ERR: error share over the last {}s, yellow above {}, red above {}.",
             WINDOW.as_secs(),
@@ -1256,6 +1518,8 @@ fn render_help(app: &App, scroll: u16, frame: &mut Frame<'_>, area: Rect) {
             scroll.min(total - room) + 1,
             total - room + 1
         )
+    } else if detail {
+        "any key: back to the route".to_owned()
     } else {
         "any key: close".to_owned()
     };
