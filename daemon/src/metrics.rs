@@ -329,6 +329,23 @@ impl Collector for StateCollector {
         )?;
         family(
             e,
+            "mcproxy_listener_tls_handshake_failures",
+            "L7 TLS handshakes that failed, by reason (certificate_rejected: the client's alert \
+             refused the certificate; incompatible: no version, suite or group in common; \
+             no_alpn; protocol_error; client_closed; timeout; alert_received; other).",
+            None,
+            MetricType::Counter,
+            listeners.iter().flat_map(|(name, l)| {
+                crate::stats::TlsFailure::ALL.iter().map(move |&reason| {
+                    (
+                        vec![("listener", name.as_str()), ("reason", reason.as_str())],
+                        ConstCounter::new(l.counters.tls_failures(reason)),
+                    )
+                })
+            }),
+        )?;
+        family(
+            e,
             "mcproxy_listener_closes",
             "Served connections closed, by reason (closed, idle_timeout, keepalive_timeout, \
              request_header_timeout, route_gone, drained, ...).",

@@ -303,6 +303,9 @@ fn refuse(
         access::blocked(record, listener, reason, state);
         listener.counters.blocked.fetch_add(1, Ordering::Relaxed);
     }
+    if let ConnError::L7(failed) = &e {
+        listener.counters.count_tls_failure(failed.tls_failure());
+    }
     let outcome = e.outcome();
     // An L7 connection that failed its TLS handshake was closed (not reset) by the L7 step:
     // rustls may have just written an alert the client should get to read.

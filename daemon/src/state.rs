@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{Event, EventBus};
 use crate::firewall::Firewall;
 use crate::routes::{RouteInfo, RouteTable, ValidRoute};
-use crate::stats::RouteStats;
+use crate::stats::{RouteStats, TlsFailure};
 
 /// The `[proxy]` settings the data path reads (timeouts, capacity, backend trust), fixed for
 /// the daemon's life; `config` fills them from the TOML, with defaults.
@@ -112,6 +112,8 @@ pub struct ListenerCounters {
     resets_by_reason: [AtomicU64; ResetReason::ALL.len()],
     /// Served connections closed, by reason, indexed by [`CloseReason::index`].
     closes_by_reason: [AtomicU64; CloseReason::ALL.len()],
+    /// L7 TLS handshakes that failed, by reason, indexed by [`TlsFailure::index`].
+    tls_failures: [AtomicU64; TlsFailure::ALL.len()],
 }
 
 impl ListenerCounters {
@@ -134,6 +136,16 @@ impl ListenerCounters {
     /// Counts a served connection's close under its reason.
     pub fn count_close(&self, reason: CloseReason) {
         Self::bump(&self.closes_by_reason[reason.index()]);
+    }
+
+    /// Counts a failed L7 TLS handshake under its reason.
+    pub fn count_tls_failure(&self, reason: TlsFailure) {
+        Self::bump(&self.tls_failures[reason.index()]);
+    }
+
+    /// Failed L7 TLS handshakes of one reason.
+    pub fn tls_failures(&self, reason: TlsFailure) -> u64 {
+        self.tls_failures[reason.index()].load(Ordering::Relaxed)
     }
 
     /// Served connections closed for one reason.

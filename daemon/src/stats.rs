@@ -407,3 +407,58 @@ impl BackendRegistry {
         out
     }
 }
+
+/// Why an L7 TLS handshake failed, as `/metrics` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The client's alert says it does not accept the certificate (unknown CA, bad or
+    /// expired certificate, ...): a certificate problem to look at.
+    CertificateRejected,
+    /// The client sent another fatal alert.
+    AlertReceived,
+    /// No TLS version, cipher suite or key exchange group in common (old clients).
+    Incompatible,
+    /// No application protocol in common (the client offered neither `h2` nor `http/1.1`).
+    NoAlpn,
+    /// Malformed or out-of-order handshake messages (scanners, broken clients).
+    ProtocolError,
+    /// The client closed or reset the connection during the handshake.
+    ClientClosed,
+    /// Not finished within `client_hello_timeout`.
+    Timeout,
+    /// Anything else.
+    Other,
+}
+
+impl TlsFailure {
+    /// Every reason, for per-reason counters.
+    pub const ALL: [TlsFailure; 8] = [
+        TlsFailure::CertificateRejected,
+        TlsFailure::AlertReceived,
+        TlsFailure::Incompatible,
+        TlsFailure::NoAlpn,
+        TlsFailure::ProtocolError,
+        TlsFailure::ClientClosed,
+        TlsFailure::Timeout,
+        TlsFailure::Other,
+    ];
+
+    /// Position in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsFailure::CertificateRejected => "certificate_rejected",
+            TlsFailure::AlertReceived => "alert_received",
+            TlsFailure::Incompatible => "incompatible",
+            TlsFailure::NoAlpn => "no_alpn",
+            TlsFailure::ProtocolError => "protocol_error",
+            TlsFailure::ClientClosed => "client_closed",
+            TlsFailure::Timeout => "timeout",
+            TlsFailure::Other => "other",
+        }
+    }
+}

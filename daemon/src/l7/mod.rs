@@ -62,7 +62,7 @@ use mc_proxy_shared::CloseReason;
 
 use crate::io::Rewind;
 use crate::routes::RouteInfo;
-use crate::stats::Transferred;
+use crate::stats::{TlsFailure, Transferred};
 pub use connector::BackendTls;
 pub use pool::Pool;
 
@@ -85,6 +85,48 @@ impl L7Error {
         match self {
             L7Error::Handshake(_) => CloseReason::TlsHandshakeFailed,
             L7Error::HandshakeTimeout(_) => CloseReason::TlsHandshakeTimeout,
+        }
+    }
+
+    /// Why the handshake failed, for `mcproxy_listener_tls_handshake_failures_total`: what an
+    /// operator can act on (clients that distrust the certificate, old clients, scanners).
+    pub fn tls_failure(&self) -> TlsFailure {
+        let e = match self {
+            L7Error::HandshakeTimeout(_) => return TlsFailure::Timeout,
+            L7Error::Handshake(e) => e,
+        };
+        if let Some(tls) = e.get_ref().and_then(|s| s.downcast_ref::<rustls::Error>()) {
+            use rustls::AlertDescription as A;
+            return match tls {
+                rustls::Error::AlertReceived(
+                    A::UnknownCA
+                    | A::BadCertificate
+                    | A::CertificateUnknown
+                    | A::CertificateExpired
+                    | A::CertificateRevoked
+                    | A::UnsupportedCertificate
+                    | A::AccessDenied
+                    // What a client sends when a signature in our chain does not verify
+                    // against the CA it trusts under that name (another CA of the same name).
+                    | A::DecryptError,
+                ) => TlsFailure::CertificateRejected,
+                rustls::Error::AlertReceived(_) => TlsFailure::AlertReceived,
+                rustls::Error::PeerIncompatible(_) => TlsFailure::Incompatible,
+                rustls::Error::NoApplicationProtocol => TlsFailure::NoAlpn,
+                rustls::Error::InvalidMessage(_)
+                | rustls::Error::PeerMisbehaved(_)
+                | rustls::Error::InappropriateMessage { .. }
+                | rustls::Error::InappropriateHandshakeMessage { .. }
+                | rustls::Error::PeerSentOversizedRecord
+                | rustls::Error::DecryptError => TlsFailure::ProtocolError,
+                _ => TlsFailure::Other,
+            };
+        }
+        match e.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe => TlsFailure::ClientClosed,
+            _ => TlsFailure::Other,
         }
     }
 }

@@ -430,6 +430,51 @@ async fn client_that_distrusts_the_certificate_fails_cleanly_and_the_daemon_serv
         0,
         "closed, not reset"
     );
+    // Counted by why: the client's alert refused the certificate.
+    use mc_proxy::stats::TlsFailure;
+    let by_reason: Vec<(TlsFailure, u64)> = TlsFailure::ALL
+        .iter()
+        .map(|r| (*r, counters.tls_failures(*r)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(
+        by_reason,
+        [(TlsFailure::CertificateRejected, 1)],
+        "{}",
+        log_text(&logs)
+    );
+}
+
+#[tokio::test]
+async fn a_client_offering_no_common_alpn_or_hanging_up_is_counted_by_reason() {
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
+    // Neither h2 nor http/1.1 offered: rustls refuses (RFC 7301 no_application_protocol).
+    let err = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"spdy/3"])
+        .await
+        .expect_err("no protocol in common");
+    assert!(!err.to_string().is_empty());
+    // A full ClientHello, then gone before the handshake ends.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut hello = Vec::new();
+    rustls::ClientConnection::new(pki.client_config(), "web.test".try_into().unwrap())
+        .unwrap()
+        .write_tls(&mut hello)
+        .unwrap();
+    tcp.write_all(&hello).await.unwrap();
+    drop(tcp);
+    use mc_proxy::stats::TlsFailure;
+    let counters = &proxy.state.listeners[0].counters;
+    timed(async {
+        while counters.tls_failures(TlsFailure::NoAlpn) < 1
+            || counters.tls_failures(TlsFailure::ClientClosed) < 1
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(counters.tls_failures(TlsFailure::CertificateRejected), 0);
 }
 
 #[tokio::test]
