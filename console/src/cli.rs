@@ -65,6 +65,13 @@ pub enum Command {
         /// Also print the per-second stats snapshots.
         #[arg(long)]
         stats: bool,
+        /// Print only events of this type (repeatable), named as in `--json`'s `type`.
+        #[arg(
+            long = "type",
+            value_name = "TYPE",
+            value_parser = PossibleValuesParser::new(crate::ctl::EVENT_TYPES)
+        )]
+        types: Vec<String>,
     },
     /// The routed connections open now, oldest first, with their bytes so far.
     Connections {

@@ -217,7 +217,9 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
                 (kept, not_served) => Err(CtlError::ReloadFailed { kept, not_served }),
             }
         }
-        Command::Events { json, stats } => follow_events(&mut client, json, stats).await,
+        Command::Events { json, stats, types } => {
+            follow_events(&mut client, json, stats, &types).await
+        }
         Command::Console { .. } | Command::Completions { .. } => Err(CtlError::Usage(
             "this subcommand runs from main, not against the daemon".into(),
         )),
@@ -440,11 +442,24 @@ fn rule(args: RuleArgs) -> FirewallRule {
 
 /// Prints events until the daemon ends the stream. Its end, or a broken connection, means the
 /// daemon went away (exit 3), not that it refused anything.
-async fn follow_events(client: &mut AdminClient, json: bool, stats: bool) -> Result<(), CtlError> {
+/// `events --type TYPE` (issue 28): only these types are printed. Empty: every type but
+/// `stats`, which `--stats` (or `--type stats`) adds.
+async fn follow_events(
+    client: &mut AdminClient,
+    json: bool,
+    stats: bool,
+    types: &[String],
+) -> Result<(), CtlError> {
     let mut events = std::pin::pin!(client.watch_events().await?);
     while let Some(event) = events.next().await {
         let event = event?;
-        if !stats && matches!(event.event, Event::Stats { .. }) {
+        let kind = event_type(&event.event);
+        let wanted = if kind == "stats" {
+            stats || types.iter().any(|t| t == kind)
+        } else {
+            types.is_empty() || types.iter().any(|t| t == kind)
+        };
+        if !wanted {
             continue;
         }
         if json {
@@ -456,6 +471,32 @@ async fn follow_events(client: &mut AdminClient, json: bool, stats: bool) -> Res
     Err(CtlError::Unreachable(ClientError::Gone {
         reason: "the daemon ended the event stream: it is shutting down".into(),
     }))
+}
+
+/// Every event type, as `--json` names it in `type`.
+pub const EVENT_TYPES: [&str; 8] = [
+    "connection_opened",
+    "connection_closed",
+    "connection_blocked",
+    "route_changed",
+    "firewall_changed",
+    "backend_changed",
+    "stats",
+    "lagged",
+];
+
+/// The event's type, as `--json` names it (one of [`EVENT_TYPES`]).
+pub fn event_type(event: &Event) -> &'static str {
+    match event {
+        Event::ConnectionOpened { .. } => "connection_opened",
+        Event::ConnectionClosed { .. } => "connection_closed",
+        Event::ConnectionBlocked { .. } => "connection_blocked",
+        Event::RouteChanged { .. } => "route_changed",
+        Event::FirewallChanged { .. } => "firewall_changed",
+        Event::BackendChanged { .. } => "backend_changed",
+        Event::Stats { .. } => "stats",
+        Event::Lagged { .. } => "lagged",
+    }
 }
 
 fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CtlError> {
@@ -670,6 +711,9 @@ fn format_routes(routes: &[RouteEntry], headers: bool) -> String {
                 } else {
                     "-".into()
                 },
+                // STATE last: a reason holds spaces, so every column before it splits on
+                // whitespace and STATE is the rest of the line.
+                members_cell(e),
                 state_cell(e),
             ]
         })
@@ -678,7 +722,7 @@ fn format_routes(routes: &[RouteEntry], headers: bool) -> String {
         headers.then_some(
             &[
                 "LISTENER", "HOSTNAME", "MODE", "BACKENDS", "PROTO", "FLAGS", "CONNS", "IN", "OUT",
-                "L7", "STATE",
+                "L7", "MEMBERS", "STATE",
             ][..],
         ),
         &rows,
@@ -692,6 +736,27 @@ fn backends_cell(route: &Route) -> String {
         .backends
         .iter()
         .map(|b| b.address.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The table's MEMBERS cell (issue 28): each member as `address/wWEIGHT/STATE`, its live state
+/// (up, down, ejected, draining, disabled; `-` before the daemon has figures for it, and on a
+/// route not served), joined by commas without spaces like BACKENDS.
+fn members_cell(e: &RouteEntry) -> String {
+    e.route
+        .backends
+        .iter()
+        .map(|b| {
+            let state = e
+                .stats
+                .members
+                .iter()
+                .find(|m| m.address == b.address)
+                .filter(|_| e.not_served.is_none())
+                .map_or_else(|| "-".to_owned(), |m| m.state.to_string());
+            format!("{}/w{}/{state}", b.address, b.weight)
+        })
         .collect::<Vec<_>>()
         .join(",")
 }

@@ -202,6 +202,32 @@ async fn routes_and_status_as_tables_and_json() {
         ["127.0.0.1:9556", "3", "draining", "draining"],
         "{out}"
     );
+    // Issue 28: `routes list` shows each member's weight and live state, before STATE (the
+    // rest of the line: a reason holds spaces), the columns before it in their old order.
+    let o = ctl(&proxy, &["routes", "list", "--listener", L]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "LISTENER", "HOSTNAME", "MODE", "BACKENDS", "PROTO", "FLAGS", "CONNS", "IN", "OUT",
+            "L7", "MEMBERS", "STATE"
+        ],
+        "{out}"
+    );
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.contains("new.test"))
+        .expect(&out)
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[3], "127.0.0.1:9555,127.0.0.1:9556", "{out}");
+    assert_eq!(
+        row[10], "127.0.0.1:9555/w1/up,127.0.0.1:9556/w3/draining",
+        "{out}"
+    );
+    assert_eq!(row[11], "served", "{out}");
     let o = ctl(
         &proxy,
         &["routes", "backend", "enable", "new.test", "127.0.0.1:9999"],
@@ -222,6 +248,9 @@ async fn routes_and_status_as_tables_and_json() {
     assert_eq!(new["route"]["backends"][1]["state"], "draining");
     assert_eq!(new["route"]["balance"], "least_conn");
     assert_eq!(new["stats"]["members"][1]["admin"], "draining");
+    assert_eq!(new["stats"]["members"][1]["state"], "draining");
+    assert_eq!(new["stats"]["members"][0]["state"], "up");
+    assert_eq!(new["stats"]["members"][0]["weight"], 1);
     assert_eq!(new["route"]["send_proxy_protocol"], false);
     assert_eq!(new["stats"]["total_connections"], 0);
 
@@ -543,6 +572,117 @@ async fn events_follow_traffic_as_json_lines() {
     assert_eq!(closed["hostname"], "a.test");
     assert_eq!(closed["outcome"], "closed");
     assert!(closed["bytes_in"].as_u64().unwrap() > 0);
+}
+
+/// Issue 28: `events --type backend_changed` prints a drain's event and nothing of the
+/// connections and route changes around it; an unknown type is a usage error naming the
+/// valid ones.
+#[tokio::test]
+async fn events_of_one_type_only() {
+    let pki = Pki::new();
+    let first = TlsBackend::start(&pki, &["a.test"]).await;
+    let second = TlsBackend::start(&pki, &["a.test"]).await;
+    let proxy = ProxyBuilder::new()
+        .route("a.test", first.addr)
+        .start()
+        .await;
+    let listener = L.to_owned();
+
+    let o = ctl(&proxy, &["events", "--type", "backend_change"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    for t in [
+        "connection_opened",
+        "connection_closed",
+        "connection_blocked",
+        "route_changed",
+        "firewall_changed",
+        "backend_changed",
+        "stats",
+        "lagged",
+    ] {
+        assert!(stderr(&o).contains(t), "{t}: {}", stderr(&o));
+    }
+    assert!(stdout(&o).is_empty());
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mcproxyctl"))
+        .arg("--socket")
+        .arg(&proxy.socket)
+        .args(["events", "--type", "backend_changed"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    proxy.wait_for_watchers().await;
+    // What the filter leaves out: a route change and a whole connection, seen published.
+    let mut published = proxy.state.events.subscribe();
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "update",
+            "--listener",
+            &listener,
+            "--hostname",
+            "a.test",
+            "--backend",
+            &first.addr.to_string(),
+            "--backend",
+            &second.addr.to_string(),
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let mut c = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    send_and_finish(&mut c, b"hello").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let t = published.recv().await.unwrap();
+            if format!("{:?}", t.event).starts_with("ConnectionClosed") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("no connection_closed published");
+
+    let second_addr = second.addr.to_string();
+    let o = ctl(
+        &proxy,
+        &["routes", "backend", "drain", "a.test", &second_addr],
+    )
+    .await;
+    assert_ok(&o);
+    let line = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no backend_changed line")
+        .expect("mcproxyctl events ended");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.contains(&format!(
+            " backend a.test on {listener}: {second_addr} draining"
+        )),
+        "{line}"
+    );
+    // Nothing else: the route change and the connection came before the drain's event.
+    let mut rest = Vec::new();
+    while let Ok(l) = rx.try_recv() {
+        rest.push(l);
+    }
+    assert!(
+        rest.iter().all(|l| l.contains(" backend a.test ")),
+        "{rest:?}"
+    );
 }
 
 /// Runs mcproxyctl with `args` and its stdout a pipe whose reader is already gone, so the
@@ -1203,16 +1343,37 @@ async fn a_route_not_served_is_listed_shown_and_removable() {
     assert_ok(&o);
     let out = stdout(&o);
     let header = out.lines().next().unwrap();
-    assert!(header.trim_end().ends_with("STATE"), "{out}");
+    // MEMBERS, then STATE last (the rest of the line).
+    assert!(
+        header
+            .split_whitespace()
+            .rev()
+            .take(2)
+            .eq(["STATE", "MEMBERS"]),
+        "{out}"
+    );
     let row = |host: &str| {
         out.lines()
             .find(|l| l.split_whitespace().nth(1) == Some(host))
             .unwrap_or_else(|| panic!("no row for {host}: {out}"))
             .to_owned()
     };
-    assert!(row("a.test").trim_end().ends_with("served"), "{out}");
+    assert!(
+        row("a.test")
+            .split_whitespace()
+            .rev()
+            .take(2)
+            .eq(["served", "127.0.0.1:9/w1/up"]),
+        "{out}"
+    );
+    // A route not served has no live member state.
     let b = row("b.test");
-    let state = &b[b.find("not served: ").expect(&out)..];
+    // MEMBERS without a live state, then STATE.
+    let members = "127.0.0.1:9/w1/-";
+    let after = &b[b.find(members).expect(&out) + members.len()..];
+    assert!(after.trim_start().starts_with("not served: "), "{out}");
+    let state = b.trim_end();
+    let state = &state[state.find("not served: ").expect(&out)..];
     assert!(
         state.chars().count() <= "not served: ".len() + 60 && state.ends_with('…'),
         "the reason is cut: {state}"

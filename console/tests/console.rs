@@ -1409,3 +1409,207 @@ fn without_the_daemon_the_figures_are_grey_and_the_screen_says_since_when() {
     let s = render(&app, 80, 24);
     assert!(!s.contains("daemon unreachable"), "{s}");
 }
+
+/// A three-member L4 pool on `127.0.0.1:8443` whose members are all up, and a one-backend
+/// route beside it.
+fn pool_app() -> App {
+    use mc_proxy_shared::{AdminState, BackendState, MemberStats, RouteBackend};
+    let mut app = app_with(&[("single.test", "127.0.0.1:38900", Mode::L4)]);
+    let route = Route {
+        hostname: "pool.test".into(),
+        backends: vec![
+            RouteBackend::new("127.0.0.1:38943"),
+            RouteBackend::new("127.0.0.1:38944").with_weight(2),
+            RouteBackend::new("127.0.0.1:38945"),
+        ],
+        ..Route::default()
+    };
+    let members = route
+        .backends
+        .iter()
+        .map(|b| MemberStats {
+            address: b.address.clone(),
+            weight: b.weight,
+            admin: AdminState::Enabled,
+            state: BackendState::Up,
+            ..MemberStats::default()
+        })
+        .collect();
+    app.on_event(
+        TimedEvent {
+            timestamp_ms: 1000,
+            event: Event::Stats {
+                listeners: vec![ListenerStatus {
+                    addr: "127.0.0.1:8443".into(),
+                    route_count: 2,
+                    ..ListenerStatus::default()
+                }],
+                routes: vec![RouteEntry {
+                    not_served: None,
+                    listener: "127.0.0.1:8443".into(),
+                    route,
+                    stats: RouteStats {
+                        members,
+                        ..RouteStats::default()
+                    },
+                }],
+                backends: vec![],
+            },
+        },
+        Instant::now(),
+    );
+    app
+}
+
+/// A live state change of one pool member, as the daemon sends it.
+fn member_changed(
+    address: &str,
+    admin: mc_proxy_shared::AdminState,
+    state: mc_proxy_shared::BackendState,
+    reason: &str,
+) -> TimedEvent {
+    TimedEvent {
+        timestamp_ms: 2000,
+        event: Event::BackendChanged {
+            listener: "127.0.0.1:8443".into(),
+            route: "pool.test".into(),
+            member: mc_proxy_shared::MemberStats {
+                address: address.into(),
+                weight: 1,
+                admin,
+                state,
+                reason: reason.into(),
+                ..mc_proxy_shared::MemberStats::default()
+            },
+        },
+    }
+}
+
+/// Issue 28: a pool's row says how many of its members are up, coloured green / yellow / red,
+/// at 80x24 and 60x16; a single-backend route has no such figure.
+#[test]
+fn a_pools_row_shows_how_many_members_are_up_in_colour() {
+    use mc_proxy_shared::{AdminState, BackendState};
+    let mut app = pool_app();
+    for (w, h) in [(80, 24), (60, 16)] {
+        let s = render(&app, w, h);
+        assert!(s.contains(" UP "), "{s}");
+        assert!(row_of(&s, "pool.test").contains("3/3 up"), "{s}");
+        assert!(!row_of(&s, "single.test").contains(" up"), "{s}");
+        assert_eq!(colour_of(&app, w, h, "pool.test", "3/3 up"), Color::Green);
+    }
+
+    // One member drained: 2/3, yellow.
+    app.on_event(
+        member_changed(
+            "127.0.0.1:38944",
+            AdminState::Draining,
+            BackendState::Draining,
+            "",
+        ),
+        Instant::now(),
+    );
+    for (w, h) in [(80, 24), (60, 16)] {
+        let s = render(&app, w, h);
+        assert!(row_of(&s, "pool.test").contains("2/3 up"), "{s}");
+        assert_eq!(colour_of(&app, w, h, "pool.test", "2/3 up"), Color::Yellow);
+    }
+
+    // Another one down: 1/3, still yellow; the last one ejected: 0/3, red.
+    app.on_event(
+        member_changed(
+            "127.0.0.1:38943",
+            AdminState::Enabled,
+            BackendState::Down,
+            "",
+        ),
+        Instant::now(),
+    );
+    assert_eq!(
+        colour_of(&app, 80, 24, "pool.test", "1/3 up"),
+        Color::Yellow
+    );
+    app.on_event(
+        member_changed(
+            "127.0.0.1:38945",
+            AdminState::Enabled,
+            BackendState::Ejected,
+            "",
+        ),
+        Instant::now(),
+    );
+    for (w, h) in [(80, 24), (60, 16)] {
+        assert_eq!(colour_of(&app, w, h, "pool.test", "0/3 up"), Color::Red);
+    }
+}
+
+/// Issue 28: a member going down is a notice on the status line (red, it expires like every
+/// notice); a drain, which the operator asked for, is not.
+#[test]
+fn a_backend_going_down_is_a_notice_on_the_status_line() {
+    use mc_proxy_shared::{AdminState, BackendState};
+    let mut app = pool_app();
+    let now = Instant::now();
+    app.on_tick(now);
+    app.on_event(
+        member_changed(
+            "127.0.0.1:38944",
+            AdminState::Draining,
+            BackendState::Draining,
+            "",
+        ),
+        now,
+    );
+    assert!(app.note.is_none(), "{:?}", app.note);
+
+    app.on_event(
+        member_changed(
+            "127.0.0.1:38943",
+            AdminState::Enabled,
+            BackendState::Down,
+            "3 failed checks",
+        ),
+        now,
+    );
+    let note = app.note.clone().expect("no notice");
+    assert!(note.error);
+    assert_eq!(
+        note.text,
+        "backend 127.0.0.1:38943 of pool.test down (3 failed checks)"
+    );
+    let s = render(&app, 120, 40);
+    let status = s.lines().next().unwrap();
+    assert!(
+        status.contains("backend 127.0.0.1:38943 of pool.test down (3 failed checks)"),
+        "{s}"
+    );
+    assert_eq!(
+        colour_of(&app, 120, 40, "connected", "backend 127.0.0.1:38943"),
+        Color::Red
+    );
+    // At 80 columns it is cut visibly, never wrapped.
+    let s = render(&app, 80, 24);
+    let status = s.lines().next().unwrap();
+    assert!(
+        status.contains("backend 127.0.0") && status.contains('…'),
+        "{s}"
+    );
+
+    // An ejection says so too; the notice goes after its time.
+    app.on_event(
+        member_changed(
+            "127.0.0.1:38945",
+            AdminState::Enabled,
+            BackendState::Ejected,
+            "",
+        ),
+        now,
+    );
+    assert_eq!(
+        app.note.as_ref().map(|n| n.text.as_str()),
+        Some("backend 127.0.0.1:38945 of pool.test ejected")
+    );
+    app.on_tick(now + mcproxyctl::tui::app::NOTE_TTL);
+    assert!(app.note.is_none());
+    assert!(!render(&app, 120, 40).contains("of pool.test ejected"));
+}

@@ -593,6 +593,29 @@ impl App {
                         std::fmt::Write::write_fmt(&mut line, format_args!(" ({})", member.reason));
                 }
                 self.push_log(line);
+                // Issue 28: a member going down or ejected is a notice on the status line too
+                // (already in the log: set it without logging it twice).
+                if matches!(
+                    member.state,
+                    mc_proxy_shared::BackendState::Down | mc_proxy_shared::BackendState::Ejected
+                ) {
+                    let mut text = format!(
+                        "backend {} of {route} {}",
+                        member.address,
+                        crate::ctl::member_state(&member)
+                    );
+                    if !member.reason.is_empty() {
+                        let _ = std::fmt::Write::write_fmt(
+                            &mut text,
+                            format_args!(" ({})", member.reason),
+                        );
+                    }
+                    self.note = Some(Note {
+                        text,
+                        error: true,
+                        at: self.now,
+                    });
+                }
                 if let Some(view) = self
                     .routes
                     .get_mut(&listener)

@@ -492,6 +492,17 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
         })
         .max()
         .unwrap_or(7);
+    // Issue 28: `N/M up` for routes with several members, when any visible route has them.
+    let up_w = routes
+        .iter()
+        .filter(|r| r.not_served.is_none())
+        .filter_map(|r| up_cell(r).map(|(text, _)| fit::width(&text)))
+        .max()
+        .map(|w| w.clamp(6, 8));
+    let flex = match up_w {
+        Some(w) => flex.saturating_sub(w + 1).max(2),
+        None => flex,
+    };
     let (host_w, backend_w) = split(flex, need_host.max(8), need_backend.max(7));
     // Without the daemon the figures are the last it sent: dimmed, so they do not look live.
     let stale = app.stale_since().is_some();
@@ -508,10 +519,26 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
         if r.not_served.is_some() {
             // Stored but not served: no traffic to show; the detail says why.
             cells.push(Cell::from(fit::end(NOT_SERVED, backend_w)));
+            if up_w.is_some() {
+                cells.push(Cell::from(""));
+            }
             cells.extend(cols[1..].iter().map(|_| right("-".into())));
             return Row::new(cells).style(not_served_style());
         }
         cells.push(Cell::from(members_cell(&r.route, backend_w)));
+        if let Some(w) = up_w {
+            cells.push(match up_cell(r) {
+                Some((text, color)) => {
+                    let style = if stale {
+                        stale_style()
+                    } else {
+                        Style::default().fg(color)
+                    };
+                    Cell::from(Span::styled(fit::end(&text, w), style))
+                }
+                None => Cell::from(""),
+            });
+        }
         let conns = || {
             right(format!(
                 "{}/{}",
@@ -571,12 +598,18 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
         Constraint::Length(2),
         Constraint::Length(backend_w as u16),
     ];
+    if let Some(w) = up_w {
+        widths.push(Constraint::Length(w as u16));
+    }
     widths.extend(cols[1..].iter().map(|c| Constraint::Length(c.width)));
     let mut header = vec![
         Cell::from("HOSTNAME"),
         Cell::from("M"),
         Cell::from("BACKEND"),
     ];
+    if up_w.is_some() {
+        header.push(Cell::from("UP"));
+    }
     header.extend(cols[1..].iter().map(|c| {
         if c.name == "FL" {
             Cell::from(c.name)
@@ -1194,6 +1227,36 @@ pub fn members_cell(route: &mc_proxy_shared::Route, w: usize) -> String {
             )
         }
     }
+}
+
+/// The routes table's UP cell of a route with several members: `N/M up`, members up over
+/// all members, from the live member figures, green when all are up, yellow when some are
+/// not, red when none is. `-` before the daemon sent any figures; `None` for a single backend.
+pub fn up_cell(r: &super::app::RouteView) -> Option<(String, Color)> {
+    let all = r.route.backends.len();
+    if all < 2 {
+        return None;
+    }
+    if r.stats.members.is_empty() {
+        return Some(("-".into(), Color::Gray));
+    }
+    let up = r
+        .route
+        .backends
+        .iter()
+        .filter(|b| {
+            r.stats
+                .members
+                .iter()
+                .any(|m| m.address == b.address && m.state == mc_proxy_shared::BackendState::Up)
+        })
+        .count();
+    let color = match up {
+        0 => Color::Red,
+        n if n == all => Color::Green,
+        _ => Color::Yellow,
+    };
+    Some((format!("{up}/{all} up"), color))
 }
 
 /// The colour of a member's live state: green up, red down, magenta ejected, yellow
