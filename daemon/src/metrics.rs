@@ -336,7 +336,7 @@ impl Collector for StateCollector {
             None,
             MetricType::Counter,
             listeners.iter().flat_map(|(name, l)| {
-                crate::stats::TlsFailure::ALL.iter().map(move |&reason| {
+                mc_proxy_shared::TlsFailure::ALL.iter().map(move |&reason| {
                     (
                         vec![("listener", name.as_str()), ("reason", reason.as_str())],
                         ConstCounter::new(l.counters.tls_failures(reason)),

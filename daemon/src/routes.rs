@@ -143,25 +143,14 @@ pub fn route_name(hostname: &str) -> Option<String> {
 /// kept as given, not refused; a `backend_protocol` other than the default is warned about,
 /// like a certificate.
 pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
-    let hostname =
-        route_name(&route.hostname).ok_or_else(|| RouteError::Hostname(route.hostname.clone()))?;
-    validate_backends(&route.backends)?;
-    if let Some(check) = &route.health_check {
-        validate_health_check(check, route.mode)?;
+    if let Some(first) = shape_problems(route).into_iter().next() {
+        return Err(first);
     }
+    let hostname = route_name(&route.hostname).expect("shape_problems checks the hostname");
     let mut warnings = Vec::new();
     let mut key = None;
     match route.mode {
         Mode::L7 => {
-            if route.tls_cert.is_empty() {
-                return Err(RouteError::MissingCert);
-            }
-            if route.tls_key.is_empty() {
-                return Err(RouteError::MissingKey);
-            }
-            if route.backend_protocol == BackendProtocol::Auto && !route.backend_tls {
-                return Err(RouteError::AutoWithoutTls);
-            }
             let loaded = load_certified_key(Path::new(&route.tls_cert), Path::new(&route.tls_key))?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -201,6 +190,20 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
 /// `mc-proxy check` reports, so that one run shows all there is to fix. The certificate and
 /// key are loaded only when the route names both.
 pub fn route_problems(route: &Route) -> Vec<RouteError> {
+    let mut out = shape_problems(route);
+    if route.mode == Mode::L7
+        && !route.tls_cert.is_empty()
+        && !route.tls_key.is_empty()
+        && let Err(e) = load_certified_key(Path::new(&route.tls_cert), Path::new(&route.tls_key))
+    {
+        out.push(e.into());
+    }
+    out
+}
+
+/// The one list of checks on a route's fields, every file left aside, in the order
+/// [`validate_route`] reports the first of them.
+fn shape_problems(route: &Route) -> Vec<RouteError> {
     let mut out = Vec::new();
     if route_name(&route.hostname).is_none() {
         out.push(RouteError::Hostname(route.hostname.clone()));
@@ -222,13 +225,6 @@ pub fn route_problems(route: &Route) -> Vec<RouteError> {
         }
         if route.backend_protocol == BackendProtocol::Auto && !route.backend_tls {
             out.push(RouteError::AutoWithoutTls);
-        }
-        if !route.tls_cert.is_empty()
-            && !route.tls_key.is_empty()
-            && let Err(e) =
-                load_certified_key(Path::new(&route.tls_cert), Path::new(&route.tls_key))
-        {
-            out.push(e.into());
         }
     }
     out

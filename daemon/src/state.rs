@@ -18,13 +18,13 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use ipnet::IpNet;
 
-use mc_proxy_shared::{BackendState, CloseReason, ResetReason, Route};
+use mc_proxy_shared::{BackendState, CloseReason, ResetReason, Route, TlsFailure};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{Event, EventBus};
 use crate::firewall::Firewall;
 use crate::routes::{RouteInfo, RouteTable, ValidRoute};
-use crate::stats::{RouteStats, TlsFailure};
+use crate::stats::RouteStats;
 
 /// The `[proxy]` settings the data path reads (timeouts, capacity, backend trust), fixed for
 /// the daemon's life; `config` fills them from the TOML, with defaults.

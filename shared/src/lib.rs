@@ -21,7 +21,7 @@ pub use model::{
     ParseModeError, ParseRouteBackendError, ParseStatusClassesError, Route, RouteBackend,
     RoutePatch, StatusClasses, WeightError,
 };
-pub use outcome::{BlockedReason, ChangeAction, CloseReason, Outcome, ResetReason};
+pub use outcome::{BlockedReason, ChangeAction, CloseReason, Outcome, ResetReason, TlsFailure};
 
 /// The admin API as generated from `proto/mc_proxy/v2/admin.proto` (package `mc_proxy.v2`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

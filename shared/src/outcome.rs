@@ -163,6 +163,30 @@ named! {
     }
 }
 
+named! {
+    /// Why an L7 TLS handshake failed, as `/metrics` counts it: what an operator can act on
+    /// (clients that distrust the certificate, old clients, scanners).
+    pub enum TlsFailure ("TLS handshake failure") {
+        /// The client's alert says it does not accept the certificate (unknown CA, bad or
+        /// expired certificate, a signature that does not verify): a certificate problem.
+        CertificateRejected = "certificate_rejected",
+        /// The client sent another fatal alert.
+        AlertReceived = "alert_received",
+        /// No TLS version, cipher suite or key exchange group in common (old clients).
+        Incompatible = "incompatible",
+        /// No application protocol in common (neither `h2` nor `http/1.1` offered).
+        NoAlpn = "no_alpn",
+        /// Malformed or out-of-order handshake messages (scanners, broken clients).
+        ProtocolError = "protocol_error",
+        /// The client closed or reset the connection during the handshake.
+        ClientClosed = "client_closed",
+        /// Not finished within `client_hello_timeout`.
+        Timeout = "timeout",
+        /// Anything else.
+        Other = "other",
+    }
+}
+
 /// How a connection ended: reset by the pipeline, or closed after being served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]

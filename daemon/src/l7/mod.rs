@@ -58,11 +58,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use mc_proxy_shared::CloseReason;
+use mc_proxy_shared::{CloseReason, TlsFailure};
 
 use crate::io::Rewind;
 use crate::routes::RouteInfo;
-use crate::stats::{TlsFailure, Transferred};
+use crate::stats::Transferred;
 pub use connector::BackendTls;
 pub use pool::Pool;
 

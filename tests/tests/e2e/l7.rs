@@ -431,7 +431,7 @@ async fn client_that_distrusts_the_certificate_fails_cleanly_and_the_daemon_serv
         "closed, not reset"
     );
     // Counted by why: the client's alert refused the certificate.
-    use mc_proxy::stats::TlsFailure;
+    use mc_proxy_shared::TlsFailure;
     let by_reason: Vec<(TlsFailure, u64)> = TlsFailure::ALL
         .iter()
         .map(|r| (*r, counters.tls_failures(*r)))
@@ -464,7 +464,7 @@ async fn a_client_offering_no_common_alpn_or_hanging_up_is_counted_by_reason() {
         .unwrap();
     tcp.write_all(&hello).await.unwrap();
     drop(tcp);
-    use mc_proxy::stats::TlsFailure;
+    use mc_proxy_shared::TlsFailure;
     let counters = &proxy.state.listeners[0].counters;
     timed(async {
         while counters.tls_failures(TlsFailure::NoAlpn) < 1
