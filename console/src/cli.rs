@@ -48,7 +48,7 @@ pub enum Command {
         #[command(flatten)]
         table: TableArgs,
     },
-    /// Change a listener's run-time settings.
+    /// List, add, change or remove listeners while the daemon runs.
     #[command(subcommand)]
     Listeners(ListenersCommand),
     /// List, add, change or remove routes.
@@ -81,10 +81,12 @@ pub enum Command {
         #[command(flatten)]
         table: TableArgs,
     },
-    /// Re-read every L7 route's certificate and key from disk (as `kill -HUP` does) and
-    /// serve the ones that load to new handshakes. Prints what happened per route; a route
-    /// whose files fail keeps the certificate it had (or, if it was not served, stays not
-    /// served), and the exit status is 1.
+    /// Reload as `kill -HUP` does: re-read the config file's [proxy] settings (timeouts,
+    /// request head limit, passive health apply to new connections; the others are named as
+    /// needing a restart), then every L7 route's certificate and key, serving the ones that
+    /// load to new handshakes. Prints what happened per route and per setting; a route whose
+    /// files fail keeps the certificate it had (or, if it was not served, stays not served),
+    /// and a config file that does not load changes no setting: the exit status is 1 then.
     Reload {
         #[command(flatten)]
         table: TableArgs,
@@ -123,7 +125,28 @@ pub struct TableArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ListenersCommand {
-    /// Change a listener's settings.
+    /// Every listener with its settings and counters (as in `status`).
+    List {
+        #[command(flatten)]
+        table: TableArgs,
+    },
+    /// Listen on a new address: bound at once on every data-plane thread, then stored, so it
+    /// survives a restart (an address that cannot be bound stores nothing). It starts with no
+    /// routes: add them with `routes add --listener ADDR`.
+    Add {
+        /// IP:port to listen on: 0.0.0.0:443, [::]:443, 192.0.2.1:8443.
+        addr: String,
+        /// Expect a PROXY protocol header (v1 or v2) on every connection.
+        #[arg(long)]
+        proxy_protocol: bool,
+        /// A peer (address or network) allowed to send the PROXY header; repeat for several.
+        /// Without it any peer may.
+        #[arg(long, value_name = "NET")]
+        proxy_protocol_from: Vec<String>,
+    },
+    /// Change a listener's settings, all or nothing. Connections accepted from then on use
+    /// them; open ones keep what they started with. The address cannot change: add the new
+    /// listener, move the routes, remove the old one.
     Update {
         /// The listener's configured address.
         #[arg(long, value_name = "ADDR")]
@@ -131,7 +154,26 @@ pub enum ListenersCommand {
         /// The route (its hostname, `*` for the catch-all) that ClientHellos without SNI go
         /// to; "" to reset them again.
         #[arg(long, value_name = "HOSTNAME")]
-        no_sni_route: String,
+        no_sni_route: Option<String>,
+        /// PROXY protocol headers expected: --proxy-protocol, --proxy-protocol=false.
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        proxy_protocol: Option<bool>,
+        /// Replace the peers allowed to send the PROXY header (repeat for several).
+        #[arg(long, value_name = "NET", conflicts_with = "any_proxy_source")]
+        proxy_protocol_from: Vec<String>,
+        /// Let any peer send the PROXY header (clears --proxy-protocol-from).
+        #[arg(long)]
+        any_proxy_source: bool,
+    },
+    /// Stop listening and delete the listener. Open L7 connections are drained (GOAWAY,
+    /// `Connection: close`), L4 relays run to their end. Refused while it has routes, unless
+    /// --with-routes.
+    Remove {
+        /// The listener's configured address.
+        addr: String,
+        /// Delete its routes too.
+        #[arg(long)]
+        with_routes: bool,
     },
 }
 

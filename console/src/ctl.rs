@@ -12,8 +12,8 @@ use std::path::Path;
 
 use futures_util::StreamExt;
 use mc_proxy_shared::client::{
-    AdminClient, BackendStatus, ClientError, ConnectionList, Event, ReloadResult, RouteEntry,
-    RoutePatch, RouteReload, Status, TimedEvent,
+    AdminClient, BackendStatus, ClientError, ConnectionList, Event, ListenerStatus, ListenerUpdate,
+    ReloadResult, RouteEntry, RoutePatch, RouteReload, Status, TimedEvent,
 };
 use mc_proxy_shared::{
     AdminState, BackendState, FirewallRule, FirewallRuleKind, HealthCheck, MemberStats, Mode,
@@ -42,6 +42,8 @@ pub enum CtlError {
         kept: usize,
         /// Failed, and not served (left out at start or at an earlier reload).
         not_served: usize,
+        /// The config file did not load, so no `[proxy]` setting was re-read.
+        settings: bool,
     },
     /// The route named is not there (or is on several listeners and none was given).
     NoRoute(String),
@@ -59,9 +61,16 @@ impl std::fmt::Display for CtlError {
             CtlError::Unreachable(e) | CtlError::Denied(e) | CtlError::Daemon(e) => {
                 write!(f, "{e}")
             }
-            CtlError::ReloadFailed { kept, not_served } => {
+            CtlError::ReloadFailed {
+                kept,
+                not_served,
+                settings,
+            } => {
                 let n = kept + not_served;
                 match (kept, not_served) {
+                    (0, 0) if *settings => {
+                        write!(f, "the config file did not load: settings unchanged")
+                    }
                     (_, 0) => write!(
                         f,
                         "{n} route(s) failed to reload and keep the certificate they had"
@@ -144,16 +153,7 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
             });
             print_out(&table, &routes, |r, h| format_routes(r, h))
         }
-        Command::Listeners(ListenersCommand::Update {
-            listener,
-            no_sni_route,
-        }) => {
-            let l = client.set_no_sni_route(&listener, &no_sni_route).await?;
-            emit(&match l.no_sni_route.as_str() {
-                "" => format!("listener {}: hellos without SNI are reset\n", l.addr),
-                route => format!("listener {}: hellos without SNI go to {route}\n", l.addr),
-            })
-        }
+        Command::Listeners(command) => listeners(&mut client, command).await,
         Command::Routes(RoutesCommand::Add(args)) => add_route(&mut client, args).await,
         Command::Routes(RoutesCommand::Update(args)) => update_route(&mut client, args).await,
         Command::Routes(RoutesCommand::Show {
@@ -204,8 +204,27 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
             print_out(&table, &list, format_connections)
         }
         Command::Reload { table } => {
-            let report = client.reload().await?;
+            let all = client.reload_all().await?;
+            let report = all.routes;
             print_out(&table, &report, |r, h| format_reload(r, h))?;
+            // The settings part: said after the routes in the table form (`--json` keeps
+            // printing the route list alone, as before settings were reloaded).
+            if !table.json {
+                for s in &all.settings_applied {
+                    emit(&format!("setting applied to new connections: {s}\n"))?;
+                }
+                for s in &all.settings_need_restart {
+                    warn(&format!(
+                        "warning: setting {s} changed in the config file; it keeps its running value until a restart"
+                    ));
+                }
+                for l in &all.listeners_not_applied {
+                    warn(&format!("warning: {l}"));
+                }
+            }
+            if let Some(e) = &all.settings_error {
+                warn(&format!("error: {e}"));
+            }
             let failed = |kept: bool| {
                 report
                     .iter()
@@ -213,8 +232,12 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
                     .count()
             };
             match (failed(true), failed(false)) {
-                (0, 0) => Ok(()),
-                (kept, not_served) => Err(CtlError::ReloadFailed { kept, not_served }),
+                (0, 0) if all.settings_error.is_none() => Ok(()),
+                (kept, not_served) => Err(CtlError::ReloadFailed {
+                    kept,
+                    not_served,
+                    settings: all.settings_error.is_some(),
+                }),
             }
         }
         Command::Events { json, stats, types } => {
@@ -341,6 +364,94 @@ async fn add_route(client: &mut AdminClient, args: RouteArgs) -> Result<(), CtlE
     };
     let (route, warnings) = client.add_route(&args.listener, route).await?;
     report_route("added", &args.listener, &route, &warnings, args.json)
+}
+
+fn print_warnings(warnings: &[String]) -> Result<(), CtlError> {
+    for w in warnings {
+        warn(&format!("warning: {w}"));
+    }
+    Ok(())
+}
+
+async fn listeners(client: &mut AdminClient, command: ListenersCommand) -> Result<(), CtlError> {
+    match command {
+        ListenersCommand::List { table } => {
+            let status = client.status().await?;
+            print_out(&table, &status.listeners[..], format_listeners)
+        }
+        ListenersCommand::Add {
+            addr,
+            proxy_protocol,
+            proxy_protocol_from,
+        } => {
+            let (l, warnings) = client
+                .add_listener(&addr, proxy_protocol, proxy_protocol_from)
+                .await?;
+            print_warnings(&warnings)?;
+            let bound = match l.bound.as_str() {
+                "" => String::new(),
+                b if b == l.addr => String::new(),
+                b => format!(" (bound to {b})"),
+            };
+            emit(&format!(
+                "listener {} added{bound}, {}; no routes yet: mcproxyctl routes add --listener {} ...\n",
+                l.addr,
+                proxy_text(&l),
+                l.addr
+            ))
+        }
+        ListenersCommand::Update {
+            listener,
+            no_sni_route,
+            proxy_protocol,
+            proxy_protocol_from,
+            any_proxy_source,
+        } => {
+            let update = ListenerUpdate {
+                no_sni_route,
+                proxy_protocol,
+                proxy_protocol_from: match (any_proxy_source, proxy_protocol_from.is_empty()) {
+                    (true, _) => Some(Vec::new()),
+                    (false, false) => Some(proxy_protocol_from),
+                    (false, true) => None,
+                },
+            };
+            if update == ListenerUpdate::default() {
+                return Err(CtlError::Usage(
+                    "nothing to change: give at least one of --no-sni-route, --proxy-protocol, \
+                     --proxy-protocol-from, --any-proxy-source"
+                        .into(),
+                ));
+            }
+            let (l, warnings) = client.update_listener(&listener, update).await?;
+            print_warnings(&warnings)?;
+            let no_sni = match l.no_sni_route.as_str() {
+                "" => "hellos without SNI are reset".to_owned(),
+                route => format!("hellos without SNI go to {route}"),
+            };
+            emit(&format!(
+                "listener {} updated: {}; {no_sni}\n",
+                l.addr,
+                proxy_text(&l)
+            ))
+        }
+        ListenersCommand::Remove { addr, with_routes } => {
+            client.remove_listener(&addr, with_routes).await?;
+            emit(&format!("listener {} removed\n", addr.trim()))
+        }
+    }
+}
+
+/// A listener's PROXY protocol setting in words.
+fn proxy_text(l: &ListenerStatus) -> String {
+    match (l.proxy_protocol, l.proxy_protocol_from.is_empty()) {
+        (false, _) => "no PROXY header expected".to_owned(),
+        (true, true) => "PROXY header expected from any peer".to_owned(),
+        (true, false) => format!(
+            "PROXY header expected from {}",
+            l.proxy_protocol_from.join(", ")
+        ),
+    }
 }
 
 async fn update_route(client: &mut AdminClient, args: UpdateArgs) -> Result<(), CtlError> {
@@ -474,11 +585,12 @@ async fn follow_events(
 }
 
 /// Every event type, as `--json` names it in `type`.
-pub const EVENT_TYPES: [&str; 8] = [
+pub const EVENT_TYPES: [&str; 9] = [
     "connection_opened",
     "connection_closed",
     "connection_blocked",
     "route_changed",
+    "listener_changed",
     "firewall_changed",
     "backend_changed",
     "stats",
@@ -492,6 +604,7 @@ pub fn event_type(event: &Event) -> &'static str {
         Event::ConnectionClosed { .. } => "connection_closed",
         Event::ConnectionBlocked { .. } => "connection_blocked",
         Event::RouteChanged { .. } => "route_changed",
+        Event::ListenerChanged { .. } => "listener_changed",
         Event::FirewallChanged { .. } => "firewall_changed",
         Event::BackendChanged { .. } => "backend_changed",
         Event::Stats { .. } => "stats",
@@ -610,28 +723,18 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-fn format_status(s: &Status, headers: bool) -> String {
-    let secs = s.uptime.as_secs();
-    let mut out = String::new();
-    let summary = format!(
-        "mc-proxy {}, up {}h{:02}m{:02}s, {} open / {} total connections, {} firewall rule(s)\n\n",
-        s.version,
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        s.active_connections,
-        s.total_connections,
-        s.firewall_rules
-    );
-    if headers {
-        out.push_str(&summary);
-    }
-    let rows: Vec<Vec<String>> = s
-        .listeners
+/// The listeners table of `status` and `listeners list`, with a line under it per listener
+/// whose stored routes are not all served.
+fn format_listeners(listeners: &[ListenerStatus], headers: bool) -> String {
+    let rows: Vec<Vec<String>> = listeners
         .iter()
         .map(|l| {
             vec![
-                l.addr.clone(),
+                match l.bound.as_str() {
+                    // Port 0 in the address: the port it got.
+                    b if !b.is_empty() && b != l.addr => format!("{} ({b})", l.addr),
+                    _ => l.addr.clone(),
+                },
                 if l.proxy_protocol {
                     if l.proxy_protocol_from.is_empty() {
                         "yes".into()
@@ -653,16 +756,16 @@ fn format_status(s: &Status, headers: bool) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(
+    let mut out = table(
         headers.then_some(
             &[
                 "LISTENER", "PROXY", "ROUTES", "OPEN", "ACCEPTED", "RESETS", "BLOCKED", "NO-SNI",
             ][..],
         ),
         &rows,
-    ));
+    );
     // ROUTES counts the served ones; the others are said under the table.
-    let not_served = s.listeners.iter().filter(|l| l.routes_not_served > 0);
+    let not_served = listeners.iter().filter(|l| l.routes_not_served > 0);
     for l in not_served.filter(|_| headers) {
         let _ = writeln!(
             out,
@@ -670,6 +773,26 @@ fn format_status(s: &Status, headers: bool) -> String {
             l.addr, l.routes_not_served
         );
     }
+    out
+}
+
+fn format_status(s: &Status, headers: bool) -> String {
+    let secs = s.uptime.as_secs();
+    let mut out = String::new();
+    let summary = format!(
+        "mc-proxy {}, up {}h{:02}m{:02}s, {} open / {} total connections, {} firewall rule(s)\n\n",
+        s.version,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        s.active_connections,
+        s.total_connections,
+        s.firewall_rules
+    );
+    if headers {
+        out.push_str(&summary);
+    }
+    out.push_str(&format_listeners(&s.listeners, headers));
     out
 }
 
@@ -1011,6 +1134,7 @@ fn format_event(e: &TimedEvent) -> String {
             route.hostname,
             target(route)
         ),
+        Event::ListenerChanged { listener, action } => format!("lsnr   {action} {listener}"),
         Event::FirewallChanged { action, rule } => {
             format!("fw     {action} {} {}", rule.kind, rule.value)
         }

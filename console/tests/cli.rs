@@ -1458,3 +1458,141 @@ async fn a_route_not_served_is_listed_shown_and_removable() {
     assert_ok(&o);
     assert_eq!(stdout(&o).lines().count(), 1, "{}", stdout(&o));
 }
+
+#[tokio::test]
+async fn listeners_are_listed_added_updated_and_removed() {
+    let proxy = ProxyBuilder::new()
+        .route("a.test", "127.0.0.1:9")
+        .start()
+        .await;
+
+    let o = ctl(
+        &proxy,
+        &["listeners", "add", "127.0.0.6:0", "--proxy-protocol"],
+    )
+    .await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("listener 127.0.0.6:0 added (bound to 127.0.0.6:"),
+        "{out}"
+    );
+    assert!(out.contains("PROXY header expected from any peer"), "{out}");
+    assert!(
+        out.contains("mcproxyctl routes add --listener 127.0.0.6:0"),
+        "{out}"
+    );
+
+    // Listed with the port it got, in the table and as JSON.
+    let o = ctl(&proxy, &["listeners", "list", "--no-headers"]).await;
+    assert_ok(&o);
+    let rows: Vec<String> = stdout(&o).lines().map(str::to_owned).collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[1].starts_with("127.0.0.6:0 (127.0.0.6:"), "{rows:?}");
+    let o = ctl(&proxy, &["listeners", "list", "--json"]).await;
+    let list: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(list[1]["addr"], "127.0.0.6:0");
+    assert_eq!(list[1]["proxy_protocol"], true);
+
+    // Updated; nothing to change is a usage error; a bad network the daemon's refusal.
+    let o = ctl(
+        &proxy,
+        &[
+            "listeners",
+            "update",
+            "--listener",
+            "127.0.0.6:0",
+            "--proxy-protocol-from",
+            "10.0.0.0/8",
+            "--proxy-protocol-from",
+            "192.0.2.7",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        "listener 127.0.0.6:0 updated: PROXY header expected from 10.0.0.0/8, 192.0.2.7/32; \
+         hellos without SNI are reset\n"
+    );
+    let o = ctl(
+        &proxy,
+        &["listeners", "update", "--listener", "127.0.0.6:0"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nothing to change"), "{}", stderr(&o));
+    let o = ctl(
+        &proxy,
+        &[
+            "listeners",
+            "update",
+            "--listener",
+            "127.0.0.6:0",
+            "--proxy-protocol-from",
+            "lb.example",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("proxy_protocol_from[0]"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The same address twice is refused; removed, it is gone.
+    let o = ctl(&proxy, &["listeners", "add", "127.0.0.6:0"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    let o = ctl(&proxy, &["listeners", "remove", "127.0.0.6:0"]).await;
+    assert_ok(&o);
+    assert_eq!(stdout(&o), "listener 127.0.0.6:0 removed\n");
+    // The TOML's listener has a route: refused without --with-routes.
+    let o = ctl(&proxy, &["listeners", "remove", L]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--with-routes"), "{}", stderr(&o));
+    let o = ctl(&proxy, &["listeners", "list", "--no-headers"]).await;
+    assert_eq!(stdout(&o).lines().count(), 1, "{}", stdout(&o));
+}
+
+#[tokio::test]
+async fn reload_reports_the_settings_it_applied_and_those_that_wait() {
+    let proxy = ProxyBuilder::new()
+        .route("a.test", "127.0.0.1:9")
+        .idle_timeout(Duration::from_secs(300))
+        .start()
+        .await;
+    let path = proxy.dir.path().join("mc-proxy.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replace(
+        "idle_timeout = \"300000ms\"",
+        "idle_timeout = \"2m\"\nworkers = 2",
+    );
+    assert_ne!(edited, text);
+    std::fs::write(&path, edited).unwrap();
+
+    let o = ctl(&proxy, &["reload"]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("setting applied to new connections: idle_timeout: 300s -> 120s"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("warning: setting workers changed in the config file"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A file that does not load: exit 1, the settings unchanged.
+    std::fs::write(&path, "[proxy\n").unwrap();
+    let o = ctl(&proxy, &["reload"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the config file did not load: settings unchanged"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(proxy.state.proxy().idle_timeout, Duration::from_secs(120));
+}

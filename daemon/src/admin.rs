@@ -27,7 +27,7 @@ use tokio_stream::wrappers::{
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response};
 
-use crate::control::{Applied, Change, ChangeError, Control, listener_by_name};
+use crate::control::{Applied, Change, ChangeError, Control, ListenerChange, listener_by_name};
 use crate::events::{Event, Timed};
 use crate::reload::{ReloadOutcome, RouteReload};
 use crate::state::{ListenerState, State};
@@ -191,13 +191,23 @@ fn route_answer(applied: Applied) -> Result<(pb::Route, Vec<String>), tonic::Sta
     }
 }
 
+fn listener_answer(applied: Applied) -> Result<(pb::ListenerStatus, Vec<String>), tonic::Status> {
+    match applied {
+        Applied::Listener { listener, warnings } => Ok((listener_status(&listener), warnings)),
+        other => Err(tonic::Status::internal(format!(
+            "unexpected result of a listener change: {other:?}"
+        ))),
+    }
+}
+
 fn listener_status(l: &ListenerState) -> pb::ListenerStatus {
     use std::sync::atomic::Ordering::Relaxed;
     let c = &l.counters;
+    let settings = l.settings();
     pb::ListenerStatus {
         addr: l.addr.to_string(),
-        proxy_protocol: l.proxy_protocol,
-        proxy_protocol_from: l
+        proxy_protocol: settings.proxy_protocol,
+        proxy_protocol_from: settings
             .proxy_protocol_from
             .iter()
             .map(ToString::to_string)
@@ -210,6 +220,7 @@ fn listener_status(l: &ListenerState) -> pb::ListenerStatus {
         blocked: c.blocked.load(Relaxed),
         over_capacity: c.over_capacity.load(Relaxed),
         no_sni_route: l.no_sni_route().unwrap_or_default(),
+        bound: l.bound().map(|a| a.to_string()).unwrap_or_default(),
         resets_by_reason: c
             .resets_by_reason()
             .map(|(r, n)| pb::ResetCount {
@@ -222,7 +233,7 @@ fn listener_status(l: &ListenerState) -> pb::ListenerStatus {
 
 fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteStatus> {
     let mut out = Vec::new();
-    for l in &state.listeners {
+    for l in state.listeners().iter() {
         if only.is_some_and(|o| o.id != l.id) {
             continue;
         }
@@ -356,8 +367,16 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
             route,
             member: Some(member.into()),
         }),
+        Event::ListenerChanged { listener, action } => Kind::ListenerChanged(pb::ListenerChanged {
+            listener: listener.to_string(),
+            action: pb::ChangeAction::from(action).into(),
+        }),
         Event::StatsTick => Kind::Stats(pb::StatsSnapshot {
-            listeners: state.listeners.iter().map(|l| listener_status(l)).collect(),
+            listeners: state
+                .listeners()
+                .iter()
+                .map(|l| listener_status(l))
+                .collect(),
             routes: route_statuses(state, None),
             backends: backend_statuses(state),
         }),
@@ -432,8 +451,11 @@ impl AdminService for Admin {
         _: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, tonic::Status> {
         let state = self.state();
-        let listeners: Vec<pb::ListenerStatus> =
-            state.listeners.iter().map(|l| listener_status(l)).collect();
+        let listeners: Vec<pb::ListenerStatus> = state
+            .listeners()
+            .iter()
+            .map(|l| listener_status(l))
+            .collect();
         Ok(Response::new(pb::GetStatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: self.started.elapsed().as_secs(),
@@ -457,7 +479,7 @@ impl AdminService for Admin {
             Some(listener_by_name(state, &name).map_err(status)?)
         };
         Ok(Response::new(pb::ListRoutesResponse {
-            routes: route_statuses(state, only),
+            routes: route_statuses(state, only.as_deref()),
         }))
     }
 
@@ -606,17 +628,57 @@ impl AdminService for Admin {
         _: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::ReloadResponse>, tonic::Status> {
         tracing::info!("reload requested through the admin API");
-        let routes = match self.apply(Change::ReloadCertificates).await? {
-            Applied::Reloaded(routes) => routes,
-            other => {
-                return Err(tonic::Status::internal(format!(
-                    "unexpected result of a reload: {other:?}"
-                )));
-            }
+        let control = Arc::clone(&self.control);
+        let report = tokio::task::spawn_blocking(move || control.reload())
+            .await
+            .map_err(|e| tonic::Status::internal(format!("admin task failed: {e}")))?
+            .map_err(status)?;
+        let (settings_applied, settings_need_restart, settings_error) = match report.settings {
+            Ok(s) => (s.applied, s.need_restart, String::new()),
+            Err(e) => (Vec::new(), Vec::new(), e),
         };
         Ok(Response::new(pb::ReloadResponse {
-            routes: routes.into_iter().map(route_reload_to_pb).collect(),
+            routes: report.routes.into_iter().map(route_reload_to_pb).collect(),
+            settings_applied,
+            settings_need_restart,
+            settings_error,
+            listeners_not_applied: report.listeners_not_applied,
         }))
+    }
+
+    async fn add_listener(
+        &self,
+        request: Request<pb::AddListenerRequest>,
+    ) -> Result<Response<pb::AddListenerResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let applied = self
+            .apply(Change::AddListener {
+                addr: req.addr,
+                settings: ListenerChange {
+                    proxy_protocol: Some(req.proxy_protocol),
+                    proxy_protocol_from: Some(req.proxy_protocol_from),
+                    no_sni_route: None,
+                },
+            })
+            .await?;
+        let (listener, warnings) = listener_answer(applied)?;
+        Ok(Response::new(pb::AddListenerResponse {
+            listener: Some(listener),
+            warnings,
+        }))
+    }
+
+    async fn remove_listener(
+        &self,
+        request: Request<pb::RemoveListenerRequest>,
+    ) -> Result<Response<pb::RemoveListenerResponse>, tonic::Status> {
+        let req = request.into_inner();
+        self.apply(Change::RemoveListener {
+            listener: req.listener,
+            with_routes: req.with_routes,
+        })
+        .await?;
+        Ok(Response::new(pb::RemoveListenerResponse {}))
     }
 
     async fn update_listener(
@@ -624,16 +686,20 @@ impl AdminService for Admin {
         request: Request<pb::UpdateListenerRequest>,
     ) -> Result<Response<pb::UpdateListenerResponse>, tonic::Status> {
         let req = request.into_inner();
-        if let Some(hostname) = req.no_sni_route {
-            self.apply(Change::SetNoSniRoute {
-                listener: req.listener.clone(),
-                hostname: Some(hostname),
+        let applied = self
+            .apply(Change::UpdateListener {
+                listener: req.listener,
+                settings: ListenerChange {
+                    proxy_protocol: req.proxy_protocol,
+                    proxy_protocol_from: req.proxy_protocol_from.map(|p| p.sources),
+                    no_sni_route: req.no_sni_route,
+                },
             })
             .await?;
-        }
-        let listener = listener_by_name(self.state(), &req.listener).map_err(status)?;
+        let (listener, warnings) = listener_answer(applied)?;
         Ok(Response::new(pb::UpdateListenerResponse {
-            listener: Some(listener_status(listener)),
+            listener: Some(listener),
+            warnings,
         }))
     }
 

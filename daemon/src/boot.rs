@@ -11,7 +11,7 @@ use crate::config::{Config, parse_net};
 use crate::events::EventBus;
 use crate::firewall::{Firewall, InvalidRule};
 use crate::routes::{RouteTable, validate_route};
-use crate::state::{ListenerState, NotServed, State};
+use crate::state::{ListenerSettings, ListenerState, NotServed, State};
 use crate::store::{Store, StoreError};
 
 /// Why the daemon could not start.
@@ -106,8 +106,10 @@ pub fn load_state(config: &Config, store: &mut Store) -> Result<State, StartErro
         let listener = ListenerState::new(
             row.id,
             addr,
-            row.proxy_protocol,
-            proxy_protocol_from,
+            ListenerSettings {
+                proxy_protocol: row.proxy_protocol,
+                proxy_protocol_from,
+            },
             RouteTable::with_stats(routes, |_| Arc::default()),
         );
         listener.set_no_sni_route(Some(row.no_sni_route).filter(|n| !n.is_empty()));

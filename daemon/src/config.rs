@@ -107,6 +107,21 @@ pub struct ListenerConfig {
     pub routes: Vec<Route>,
 }
 
+impl ListenerConfig {
+    /// The `mcproxyctl` command that adds this listener to a running daemon (its routes are
+    /// added one by one after it).
+    pub fn add_command(&self) -> String {
+        let mut command = format!("mcproxyctl listeners add {}", self.addr);
+        if self.proxy_protocol {
+            command.push_str(" --proxy-protocol");
+        }
+        for net in &self.proxy_protocol_from {
+            command.push_str(&format!(" --proxy-protocol-from {net}"));
+        }
+        command
+    }
+}
+
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

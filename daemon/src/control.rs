@@ -19,7 +19,7 @@
 //! flight keep the route they started with.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use mc_proxy_shared::text::clip;
@@ -29,7 +29,7 @@ use crate::events::Event;
 use crate::firewall::{Firewall, parse_rule};
 use crate::reload::{RouteReload, reload_certificates};
 use crate::routes::{ValidRoute, validate_route};
-use crate::state::{ListenerState, State};
+use crate::state::{ListenerSettings, ListenerState, State};
 use crate::store::{Store, StoreError};
 
 /// A change someone asked for.
@@ -77,18 +77,62 @@ pub enum Change {
         /// The new admin state.
         state: AdminState,
     },
-    /// Name the route for ClientHellos without SNI on a listener (`None`: reset them).
-    SetNoSniRoute {
+    /// Add a listener: bound on every data-plane worker before it is stored, so an address
+    /// that cannot be bound changes nothing.
+    AddListener {
+        /// The address to listen on (`0.0.0.0:443`, `[::]:443`).
+        addr: String,
+        /// Its PROXY protocol settings.
+        settings: ListenerChange,
+    },
+    /// Change a listener's PROXY protocol settings and its no-SNI route, all or nothing (the
+    /// address cannot change: remove it and add the new one). Connections accepted from then
+    /// on use them.
+    UpdateListener {
         /// The listener's configured address.
         listener: String,
-        /// A route of that listener.
-        hostname: Option<String>,
+        /// What to change.
+        settings: ListenerChange,
     },
+    /// Remove a listener: it stops accepting at once; its open L7 connections are drained as
+    /// on a route removal, its L4 relays run to their end. Refused while it has routes,
+    /// unless `with_routes`.
+    RemoveListener {
+        /// The listener's configured address.
+        listener: String,
+        /// Remove its routes too.
+        with_routes: bool,
+    },
+    /// Swap in the `[proxy]` settings that may change while running (SIGHUP re-reads the
+    /// config file); the others are reported as needing a restart.
+    ReloadSettings(Box<crate::state::ProxyConfig>),
+}
+
+/// A listener's PROXY protocol settings as a change gives them: `None` keeps the current
+/// value (a new listener: off, any peer).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerChange {
+    /// Expect a PROXY protocol header on every connection.
+    pub proxy_protocol: Option<bool>,
+    /// Peers allowed to send it (addresses or networks); empty: any peer.
+    pub proxy_protocol_from: Option<Vec<String>>,
+    /// The route (a hostname of this listener) for ClientHellos without SNI; `Some("")`
+    /// resets them. Ignored when adding a listener (it has no route yet).
+    pub no_sni_route: Option<String>,
 }
 
 /// What a change did.
 #[derive(Debug)]
 pub enum Applied {
+    /// The listener as it is now, and any warnings.
+    Listener {
+        /// The live listener.
+        listener: Arc<ListenerState>,
+        /// Accepted, but probably not meant.
+        warnings: Vec<String>,
+    },
+    /// What re-reading `[proxy]` changed and what waits for a restart.
+    Settings(crate::state::SettingsReload),
     /// The route as stored (hostname normalised) and any warnings.
     Route {
         /// The route.
@@ -102,8 +146,6 @@ pub enum Applied {
     Rule(FirewallRule),
     /// One result per stored L7 route.
     Reloaded(Vec<RouteReload>),
-    /// The listener's no-SNI route as stored now.
-    NoSniRoute(Option<String>),
 }
 
 /// Why a change was not applied; nothing changed. The first three are the caller's to fix.
@@ -157,6 +199,8 @@ pub mod max_len {
     pub const PATH: usize = 4096;
     /// An address or network, IPv6 included.
     pub const RULE: usize = 64;
+    /// Entries of one listener's `proxy_protocol_from`.
+    pub const PROXY_SOURCES: usize = 64;
 }
 
 /// Refuses `value` if it is longer than `max` bytes.
@@ -234,11 +278,28 @@ fn check_patch_fields(patch: &RoutePatch) -> Result<(), ChangeError> {
     Ok(())
 }
 
+/// How long a listener removal waits for the workers to close its sockets (each does at its
+/// next poll; more means a worker thread is stuck).
+const SOCKET_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The live state and the store behind it: what every change reads and writes.
 #[derive(Debug)]
 pub struct Control {
     state: Arc<State>,
     store: Mutex<Store>,
+    /// The config file a reload re-reads `[proxy]` from (none: settings are not reloaded).
+    config_path: Option<PathBuf>,
+}
+
+/// What a reload ([`Control::reload`]) did.
+#[derive(Debug)]
+pub struct ReloadReport {
+    /// The `[proxy]` settings re-read, or why the file could not be (nothing changed then).
+    pub settings: Result<crate::state::SettingsReload, String>,
+    /// Listeners of the file the database does not hold: not applied, and how to apply them.
+    pub listeners_not_applied: Vec<String>,
+    /// One result per stored L7 route.
+    pub routes: Vec<RouteReload>,
 }
 
 impl Control {
@@ -247,7 +308,69 @@ impl Control {
         Control {
             state,
             store: Mutex::new(store),
+            config_path: None,
         }
+    }
+
+    /// Reloads re-read `[proxy]` from the config file at `path`.
+    pub fn with_config_path(mut self, path: PathBuf) -> Control {
+        self.config_path = Some(path);
+        self
+    }
+
+    /// A reload (SIGHUP, the admin API's `Reload`): re-reads the config file's `[proxy]`
+    /// settings and applies those that may change ([`Change::ReloadSettings`]), names the
+    /// file's listeners the database does not hold, then reloads every L7 certificate
+    /// ([`Change::ReloadCertificates`]). A config file that does not load changes no setting
+    /// and still reloads the certificates. Blocks on the file and SQLite.
+    pub fn reload(&self) -> Result<ReloadReport, ChangeError> {
+        let mut listeners_not_applied = Vec::new();
+        let settings = match &self.config_path {
+            None => Ok(crate::state::SettingsReload::default()),
+            Some(path) => match crate::config::Config::load(path) {
+                Ok(config) => {
+                    listeners_not_applied = not_applied(&config, &self.state);
+                    match self.apply(Change::ReloadSettings(Box::new(config.proxy)))? {
+                        Applied::Settings(report) => Ok(report),
+                        other => {
+                            return Err(ChangeError::Internal(format!(
+                                "unexpected result of a settings reload: {other:?}"
+                            )));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let lines = e.lines();
+                    let more = match lines.len() {
+                        0 | 1 => String::new(),
+                        n => format!(" (and {} more: see mc-proxy check)", n - 1),
+                    };
+                    let why = format!(
+                        "{} does not load, [proxy] settings unchanged: {}{more}",
+                        path.display(),
+                        lines.first().map(String::as_str).unwrap_or_default()
+                    );
+                    tracing::error!("{why}");
+                    Err(why)
+                }
+            },
+        };
+        for line in &listeners_not_applied {
+            tracing::warn!("{line}");
+        }
+        let routes = match self.apply(Change::ReloadCertificates)? {
+            Applied::Reloaded(routes) => routes,
+            other => {
+                return Err(ChangeError::Internal(format!(
+                    "unexpected result of a certificate reload: {other:?}"
+                )));
+            }
+        };
+        Ok(ReloadReport {
+            settings,
+            listeners_not_applied,
+            routes,
+        })
     }
 
     /// The live state.
@@ -276,6 +399,7 @@ impl Control {
                 check_absolute("tls_cert", &route.tls_cert)?;
                 check_absolute("tls_key", &route.tls_key)?;
                 let listener = listener_by_name(state, &listener)?;
+                let listener = &*listener;
                 if let Some(name) = crate::routes::route_name(&route.hostname)
                     && let Some(stored) = listener.not_served_route(&name)
                 {
@@ -305,6 +429,7 @@ impl Control {
                 check_len("hostname", &hostname, max_len::HOSTNAME)?;
                 check_patch_fields(&patch)?;
                 let listener = listener_by_name(state, &listener)?;
+                let listener = &*listener;
                 let old = route_name(listener, &hostname)?;
                 let current = store
                     .routes(listener.id)?
@@ -340,6 +465,7 @@ impl Control {
             Change::RemoveRoute { listener, hostname } => {
                 check_len("hostname", &hostname, max_len::HOSTNAME)?;
                 let listener = listener_by_name(state, &listener)?;
+                let listener = &*listener;
                 let name = route_name(listener, &hostname)?;
                 let removed = store
                     .routes(listener.id)?
@@ -382,6 +508,7 @@ impl Control {
                 check_len("hostname", &hostname, max_len::HOSTNAME)?;
                 check_len("address", &address, max_len::BACKEND)?;
                 let listener = listener_by_name(state, &listener)?;
+                let listener = &*listener;
                 let name = route_name(listener, &hostname)?;
                 // The live route, with its loaded certificate: a drain must not depend on
                 // the certificate files still loading.
@@ -423,48 +550,151 @@ impl Control {
                     warnings: Vec::new(),
                 })
             }
-            Change::SetNoSniRoute { listener, hostname } => {
+            Change::AddListener { addr, settings } => {
+                check_len("listener", &addr, max_len::LISTENER)?;
+                let addr: SocketAddr = parse_listener_addr(&addr)?;
+                if state.listeners().iter().any(|l| l.addr == addr) {
+                    return Err(ChangeError::AlreadyExists(format!(
+                        "listener {addr} already exists"
+                    )));
+                }
+                let (settings, warnings) =
+                    listener_settings(ListenerSettings::default(), settings)?;
+                // Bound before it is stored: an address in use fails with nothing written.
+                let sockets = state
+                    .sockets
+                    .bind(addr)
+                    .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+                let id = store.create_listener(
+                    &addr.to_string(),
+                    settings.proxy_protocol,
+                    &sources_text(&settings),
+                )?;
+                let listener = Arc::new(ListenerState::new(
+                    id,
+                    addr,
+                    settings,
+                    crate::routes::RouteTable::with_stats(Vec::new(), |_| Arc::default()),
+                ));
+                let mut all = state.listeners().to_vec();
+                all.push(Arc::clone(&listener));
+                state.set_listeners(all);
+                state.sockets.start(&listener, sockets);
+                tracing::info!(listener = %addr, bound = ?listener.bound(), proxy_protocol = listener.settings().proxy_protocol, "listener added");
+                publish_listener(state, addr, ChangeAction::Added);
+                Ok(Applied::Listener { listener, warnings })
+            }
+            Change::UpdateListener { listener, settings } => {
                 let listener = listener_by_name(state, &listener)?;
-                let hostname = match hostname.as_deref().map(str::trim) {
-                    None | Some("") => None,
+                // Everything is checked before anything is written.
+                let no_sni = match settings.no_sni_route.as_deref().map(str::trim) {
+                    None => listener.no_sni_route(),
+                    Some("") => None,
                     Some(h) => {
                         check_len("no_sni_route", h, max_len::HOSTNAME)?;
-                        let name = route_name(listener, h)?;
+                        let name = route_name(&listener, h)?;
                         if listener.routes().get(&name).is_none() {
-                            return Err(not_live(listener, &name));
+                            return Err(not_live(&listener, &name));
                         }
                         Some(name)
                     }
                 };
-                store.set_no_sni_route(listener.id, hostname.as_deref().unwrap_or_default())?;
-                tracing::info!(listener = %listener.addr, route = hostname.as_deref().unwrap_or("-"), "no-SNI route set");
-                listener.set_no_sni_route(hostname.clone());
-                Ok(Applied::NoSniRoute(hostname))
+                let (settings, warnings) =
+                    listener_settings((*listener.settings()).clone(), settings)?;
+                store.update_listener(
+                    listener.id,
+                    settings.proxy_protocol,
+                    &sources_text(&settings),
+                    no_sni.as_deref().unwrap_or_default(),
+                )?;
+                tracing::info!(listener = %listener.addr, proxy_protocol = settings.proxy_protocol, proxy_protocol_from = %sources_text(&settings).join(","), no_sni_route = no_sni.as_deref().unwrap_or("-"), "listener updated");
+                listener.set_settings(settings);
+                if listener.no_sni_route() != no_sni {
+                    listener.set_no_sni_route(no_sni);
+                }
+                publish_listener(state, listener.addr, ChangeAction::Updated);
+                Ok(Applied::Listener { listener, warnings })
+            }
+            Change::RemoveListener {
+                listener,
+                with_routes,
+            } => {
+                let listener = listener_by_name(state, &listener)?;
+                let routes = store.routes(listener.id)?.len();
+                if routes > 0 && !with_routes {
+                    return Err(ChangeError::Invalid(format!(
+                        "listener {} has {routes} route(s): remove them first, or remove the \
+                         listener with its routes (--with-routes)",
+                        listener.addr
+                    )));
+                }
+                store.delete_listener(listener.id)?;
+                let rest = state
+                    .listeners()
+                    .iter()
+                    .filter(|l| l.id != listener.id)
+                    .cloned()
+                    .collect();
+                state.set_listeners(rest);
+                // Its counters go with it; its open connections finish on their own.
+                state.build_table(listener.id, Vec::new());
+                // Every worker's socket closed before the answer: the address can be listened
+                // on again at once (re-added with other settings, say).
+                if !listener.close(SOCKET_CLOSE_WAIT) {
+                    tracing::warn!(listener = %listener.addr, "listener removed, but a worker had not closed its socket after {SOCKET_CLOSE_WAIT:?}");
+                }
+                tracing::info!(listener = %listener.addr, routes, open = listener.counters.active.load(std::sync::atomic::Ordering::Relaxed), "listener removed");
+                publish_listener(state, listener.addr, ChangeAction::Removed);
+                Ok(Applied::Removed)
+            }
+            Change::ReloadSettings(new) => {
+                let (merged, report) = state.proxy().reload(&new);
+                if !report.applied.is_empty() {
+                    state.set_proxy(merged);
+                    tracing::info!(changed = %report.applied.join(", "), "[proxy] settings applied to new connections");
+                }
+                if !report.need_restart.is_empty() {
+                    tracing::warn!(settings = %report.need_restart.join(", "), "[proxy] settings changed in the file keep their running value until a restart");
+                }
+                Ok(Applied::Settings(report))
             }
         }
     }
 }
 
-/// The listener named by its configured address (`127.0.0.1:8443`): how every request names
-/// one.
-pub fn listener_by_name<'a>(
-    state: &'a State,
-    name: &str,
-) -> Result<&'a ListenerState, ChangeError> {
-    check_len("listener", name, max_len::LISTENER)?;
-    let addr: SocketAddr = name.parse().map_err(|_| {
-        ChangeError::Invalid(format!(
-            "listener {} is not an address like 127.0.0.1:8443",
-            clip(name)
-        ))
-    })?;
-    state
+/// The config's listeners that `state` does not have, each as a line that says so and gives
+/// the command that adds it (once a database exists its listeners are the source of truth;
+/// the file's are read only to seed an empty one).
+pub fn not_applied(config: &crate::config::Config, state: &State) -> Vec<String> {
+    let live = state.listeners();
+    config
         .listeners
         .iter()
+        .filter(|l| !live.iter().any(|s| s.addr == l.addr))
+        .map(|l| {
+            format!(
+                "listener {} in {} is not in the database and not served (the database is the \
+                 source of truth); to add it: {}",
+                l.addr,
+                config.path.display(),
+                l.add_command()
+            )
+        })
+        .collect()
+}
+
+/// The listener named by its configured address (`127.0.0.1:8443`): how every request names
+/// one.
+pub fn listener_by_name(state: &State, name: &str) -> Result<Arc<ListenerState>, ChangeError> {
+    check_len("listener", name, max_len::LISTENER)?;
+    let addr = parse_listener_addr(name)?;
+    let listeners = state.listeners();
+    listeners
+        .iter()
         .find(|l| l.addr == addr)
-        .map(|l| &**l)
+        .cloned()
         .ok_or_else(|| {
-            let known: Vec<String> = state.listeners.iter().map(|l| l.addr.to_string()).collect();
+            let known: Vec<String> = listeners.iter().map(|l| l.addr.to_string()).collect();
             ChangeError::NotFound(format!(
                 "no listener {addr} (listeners: {})",
                 if known.is_empty() {
@@ -474,6 +704,70 @@ pub fn listener_by_name<'a>(
                 }
             ))
         })
+}
+
+fn parse_listener_addr(name: &str) -> Result<SocketAddr, ChangeError> {
+    name.trim().parse().map_err(|_| {
+        ChangeError::Invalid(format!(
+            "listener {} is not an address like 127.0.0.1:8443",
+            clip(name)
+        ))
+    })
+}
+
+/// `current` with the fields `change` sets, checked as the TOML's are; warnings for what is
+/// accepted but probably not meant.
+fn listener_settings(
+    current: ListenerSettings,
+    change: ListenerChange,
+) -> Result<(ListenerSettings, Vec<String>), ChangeError> {
+    let mut settings = current;
+    if let Some(on) = change.proxy_protocol {
+        settings.proxy_protocol = on;
+    }
+    if let Some(from) = change.proxy_protocol_from {
+        if from.len() > max_len::PROXY_SOURCES {
+            return Err(ChangeError::Invalid(format!(
+                "{} proxy_protocol_from entries; a listener takes at most {}",
+                from.len(),
+                max_len::PROXY_SOURCES
+            )));
+        }
+        let mut nets = Vec::with_capacity(from.len());
+        for (i, value) in from.iter().enumerate() {
+            check_len("proxy_protocol_from", value, max_len::RULE)?;
+            nets.push(crate::config::parse_net(value.trim()).ok_or_else(|| {
+                ChangeError::Invalid(format!(
+                    "proxy_protocol_from[{i}]: {} is not an address or network",
+                    clip(value)
+                ))
+            })?);
+        }
+        settings.proxy_protocol_from = nets;
+    }
+    let mut warnings = Vec::new();
+    if !settings.proxy_protocol_from.is_empty() && !settings.proxy_protocol {
+        warnings.push(
+            "proxy_protocol_from is set but proxy_protocol is off, so no PROXY header is read"
+                .to_owned(),
+        );
+    }
+    Ok((settings, warnings))
+}
+
+/// `proxy_protocol_from` as stored: each network in its canonical text.
+fn sources_text(settings: &ListenerSettings) -> Vec<String> {
+    settings
+        .proxy_protocol_from
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn publish_listener(state: &State, listener: SocketAddr, action: ChangeAction) {
+    state
+        .events
+        .publish(|| Event::ListenerChanged { listener, action });
 }
 
 /// The stored name of the route `hostname` names: the one normalisation the data path uses
@@ -634,7 +928,7 @@ mod tests {
     const L: &str = "127.0.0.1:8443";
 
     fn backend_of(control: &Control, sni: &str) -> Option<String> {
-        control.state().listeners[0]
+        control.state().listeners()[0]
             .lookup(sni)
             .map(|r| r.route.backend_list())
     }
@@ -806,7 +1100,7 @@ mod tests {
     }
 
     fn live_states(control: &Control) -> Vec<(String, AdminState)> {
-        let route = control.state().listeners[0].lookup("app.test").unwrap();
+        let route = control.state().listeners()[0].lookup("app.test").unwrap();
         route
             .route
             .backends

@@ -90,6 +90,13 @@ pub enum Event {
         /// The rule, normalised.
         rule: FirewallRule,
     },
+    /// A listener was added, its settings updated, or it was removed.
+    ListenerChanged {
+        /// The listener's configured address.
+        listener: SocketAddr,
+        /// What happened.
+        action: ChangeAction,
+    },
     /// A route member changed state (up, down, ejected, draining, disabled).
     BackendChanged {
         /// The listener's configured address.

@@ -44,7 +44,7 @@ pub async fn run(shared: Arc<Shared>, tasks: TaskTracker, shutdown: Cancellation
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        for listener in &shared.state.listeners {
+        for listener in shared.state.listeners().iter() {
             for route in listener.routes().iter() {
                 let Some(check) = &route.route.health_check else {
                     for m in route.backends.members() {

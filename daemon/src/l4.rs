@@ -88,7 +88,6 @@ pub fn serve<'a>(
     // A plain `fn` returning `async move`: an `async fn` would store its arguments twice, for
     // as long as the relay runs.
     async move {
-        let proxy = &state.proxy;
         // Boxed: dialling needs more state than the relay, and the task would otherwise carry
         // that room for as long as the connection lives.
         let (mut backend, pick) = Box::pin(connect(route, record, listener, state)).await?;
@@ -121,7 +120,7 @@ pub fn serve<'a>(
         let end = relay(
             client,
             &backend,
-            proxy.idle_timeout,
+            state.proxy().idle_timeout,
             &record.bytes,
             &route.stats.bytes,
         )
@@ -139,7 +138,7 @@ async fn connect(
     listener: SocketAddr,
     state: &State,
 ) -> Result<(TcpStream, Pick), L4Error> {
-    let timeout = state.proxy.connect_timeout;
+    let timeout = state.proxy().connect_timeout;
     let deadline = Instant::now() + timeout;
     let mut tried = Tried::default();
     let mut last = None;

@@ -30,6 +30,7 @@ pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod sni;
+pub mod sockets;
 pub mod state;
 pub mod stats;
 pub mod store;

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use mc_proxy::admin::{self, AdminSocket};
 use mc_proxy::boot;
 use mc_proxy::config::Config;
-use mc_proxy::control::{Applied, Change, Control};
+use mc_proxy::control::Control;
 use mc_proxy::store::Store;
 use mc_proxy::{metrics, server};
 use tokio::signal::unix::{SignalKind, signal};
@@ -133,7 +133,11 @@ fn no_transparent_huge_pages() {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match Config::load(path) {
+    let loaded = Config::load(path);
+    if let Ok(config) = &loaded {
+        database_note(config);
+    }
+    match loaded {
         Ok(config) if !config.file_problems.is_empty() => {
             for w in &config.warnings {
                 println!("warning: {}: {w}", path.display());
@@ -174,6 +178,36 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// Once the database exists its listeners, routes and firewall rules are what the daemon
+/// serves: `check` says so, and names the file's listeners the database lacks (never served
+/// until added) with the command that adds each.
+fn database_note(config: &Config) {
+    let db = &config.database.path;
+    match Store::peek_listener_addrs(db) {
+        Ok(None) => {}
+        Ok(Some(stored)) => {
+            println!(
+                "note: the database {} exists: the daemon serves its listeners, routes and \
+                 firewall rules, not the file's (the file's [proxy], [admin] and [metrics] \
+                 apply)",
+                db.display()
+            );
+            for l in &config.listeners {
+                let addr = l.addr.to_string();
+                if !stored.contains(&addr) {
+                    println!(
+                        "warning: {}: listener {addr} is not in the database and is not \
+                         served; to add it: {}",
+                        config.path.display(),
+                        l.add_command()
+                    );
+                }
+            }
+        }
+        Err(e) => println!("note: cannot read the database {}: {e}", db.display()),
+    }
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -205,7 +239,11 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
     }
     let mut store = Store::open(&config.database.path)?;
     let state = Arc::new(boot::load_state(&config, &mut store)?);
-    let control = Arc::new(Control::new(Arc::clone(&state), store));
+    for line in mc_proxy::control::not_applied(&config, &state) {
+        tracing::warn!("{line}");
+    }
+    let control =
+        Arc::new(Control::new(Arc::clone(&state), store).with_config_path(config_path.to_owned()));
 
     // The control plane (signals, the admin API, /metrics, reloads) runs on this thread;
     // the data plane on worker threads of its own (`server::Workers`).
@@ -231,7 +269,7 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
     })?;
     // Outside `block_on`: `start` drops the runtime of a worker whose thread could not be
     // spawned, which a runtime context forbids.
-    let workers = server::Workers::bind(&state, server::worker_count(&state.proxy))?;
+    let workers = server::Workers::bind(&state, server::worker_count(&state.proxy()))?;
     let listening = workers.local_addrs();
     let worker_count = workers.count();
     let workers = workers.start(&state, &shutdown)?;
@@ -331,9 +369,9 @@ impl Signals {
         })
     }
 
-    /// First SIGTERM/SIGINT: graceful shutdown. Second: exit now. SIGHUP: reload the L7
-    /// certificates (see `mc_proxy::reload`), also while connections are open; ignored once
-    /// shutdown has begun.
+    /// First SIGTERM/SIGINT: graceful shutdown. Second: exit now. SIGHUP: re-read `[proxy]`
+    /// and reload the L7 certificates (see [`Control::reload`]), also while connections are
+    /// open; ignored once shutdown has begun.
     async fn handle(
         mut self,
         shutdown: CancellationToken,
@@ -367,20 +405,20 @@ impl Signals {
     }
 }
 
-/// SIGHUP: reload every L7 certificate, a change like any admin write.
+/// SIGHUP: re-read the config file's `[proxy]` settings and every L7 certificate
+/// ([`Control::reload`]), changes like any admin write.
 async fn reload(control: &Arc<Control>, ready_status: &str) {
-    tracing::info!("SIGHUP: reloading certificates");
+    tracing::info!("SIGHUP: reloading settings and certificates");
     notify::reloading();
     let control = Arc::clone(control);
-    let result =
-        tokio::task::spawn_blocking(move || control.apply(Change::ReloadCertificates)).await;
+    let result = tokio::task::spawn_blocking(move || control.reload()).await;
     match result {
-        Ok(Ok(Applied::Reloaded(report))) => {
-            let failed = report.iter().filter(|r| r.failed()).count();
+        Ok(Ok(report)) => {
+            let failed = report.routes.iter().filter(|r| r.failed()).count();
             let summary = format!(
                 "SIGHUP: reloaded {} of {} L7 route(s)",
-                report.len() - failed,
-                report.len()
+                report.routes.len() - failed,
+                report.routes.len()
             );
             if failed > 0 {
                 tracing::error!("{summary}; {failed} failed and keep what they had (see above)");
@@ -388,7 +426,6 @@ async fn reload(control: &Arc<Control>, ready_status: &str) {
                 tracing::info!("{summary}");
             }
         }
-        Ok(Ok(other)) => tracing::error!("SIGHUP: unexpected reload result {other:?}"),
         Ok(Err(e)) => tracing::error!("SIGHUP: reload failed, nothing changed: {e}"),
         Err(e) => tracing::error!("SIGHUP: reload task failed, nothing changed: {e}"),
     }

@@ -267,12 +267,8 @@ impl Collector for StateCollector {
 
         encode_process(e)?;
 
-        let listeners: Vec<_> = self
-            .state
-            .listeners
-            .iter()
-            .map(|l| (l.addr.to_string(), l))
-            .collect();
+        let all = self.state.listeners();
+        let listeners: Vec<_> = all.iter().map(|l| (l.addr.to_string(), l)).collect();
         let counter = |e: &mut DescriptorEncoder<'_>,
                        name: &str,
                        help: &str,
@@ -787,8 +783,7 @@ mod tests {
         let listener = ListenerState::new(
             1,
             "127.0.0.1:8443".parse().unwrap(),
-            false,
-            Vec::new(),
+            crate::state::ListenerSettings::default(),
             table,
         );
         Arc::new(State::new(
@@ -801,7 +796,7 @@ mod tests {
     #[test]
     fn a_scrape_reads_the_live_counters_in_both_formats() {
         let state = state_with_one_route();
-        let listener = &state.listeners[0];
+        let listener = &state.listeners()[0];
         listener.counters.count_reset(ResetReason::NotTls);
         ListenerCounters::bump(&listener.counters.accepted);
         let route = listener.lookup("a.test").unwrap();
@@ -888,7 +883,7 @@ mod tests {
         let state = state_with_one_route();
         let registry = registry(Arc::clone(&state));
         assert!(encode(&registry, Format::Prometheus).contains(r#"route="a.test""#));
-        state.listeners[0].replace_routes(state.build_table(1, Vec::new()));
+        state.listeners()[0].replace_routes(state.build_table(1, Vec::new()));
         let text = encode(&registry, Format::Prometheus);
         assert!(!text.contains("route="), "{text}");
         // The families stay, described, with no samples.

@@ -34,7 +34,7 @@ use crate::proxyproto;
 use crate::relay::RelayEnd;
 use crate::routes::RouteInfo;
 use crate::sni;
-use crate::state::{ListenerState, State};
+use crate::state::{ListenerSettings, ListenerState, State};
 use crate::stats::ActiveGuard;
 
 /// What every connection task shares.
@@ -226,14 +226,20 @@ async fn pipeline(
     // Boxed, and only where a header is expected: reading one needs more state than an idle
     // relay holds, and the task would otherwise carry that room for its whole life (a future
     // is as large as its largest step).
-    let early = if listener.proxy_protocol {
-        Box::pin(read_proxy_header(stream, record, listener)).await?
-    } else {
-        Vec::new()
+    // The listener's settings as of this connection's accept (an admin change may swap them);
+    // dropped before the later steps, so that the task does not carry them.
+    let early = {
+        let settings = listener.settings();
+        if settings.proxy_protocol {
+            Box::pin(read_proxy_header(stream, record, &settings)).await?
+        } else {
+            Vec::new()
+        }
     };
     tracing::Span::current().record("client", tracing::field::display(record.client));
     check_firewall(state, record.client.ip())?;
-    let (sni, peeked) = read_client_hello(stream, early, state.proxy.client_hello_timeout).await?;
+    let (sni, peeked) =
+        read_client_hello(stream, early, state.proxy().client_hello_timeout).await?;
     record.sni = sni;
     let route = match &record.sni {
         Some(sni) => listener
@@ -330,7 +336,7 @@ async fn serve_l7(
     listener: &Arc<ListenerState>,
     shared: &Shared,
 ) -> Result<L7End, ConnError> {
-    let proxy = &shared.state.proxy;
+    let proxy = shared.state.proxy();
     let session = l7::Session {
         route,
         tls,
@@ -368,9 +374,9 @@ async fn serve_l7(
 async fn read_proxy_header(
     stream: &mut TcpStream,
     record: &mut Record,
-    listener: &ListenerState,
+    settings: &ListenerSettings,
 ) -> Result<Vec<u8>, ConnError> {
-    if !listener.trusts_proxy_header_from(record.peer.ip()) {
+    if !settings.trusts_proxy_header_from(record.peer.ip()) {
         return Err(ConnError::UntrustedProxy(record.peer.ip()));
     }
     let (header, leftover) = proxyproto::read_header(stream, proxyproto::READ_TIMEOUT).await?;

@@ -81,14 +81,14 @@ pub fn reload_certificates(
     state: &State,
 ) -> Result<Vec<RouteReload>, StoreError> {
     // Read everything first: a store error must not leave half the listeners swapped.
-    let stored = state
-        .listeners
+    let listeners = state.listeners();
+    let stored = listeners
         .iter()
         .map(|l| store.routes(l.id))
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut report = Vec::new();
-    for (listener, stored) in state.listeners.iter().zip(stored) {
+    for (listener, stored) in listeners.iter().zip(stored) {
         let table = listener.routes();
         // Start from what is served, so L4 routes and unchanged ones keep their `RouteInfo`
         // fields as they are; then replace or add the L7 routes that loaded.

@@ -6,6 +6,10 @@
 //! runtime (the tests). Shared by all workers: the `max_connections` permits, connection ids,
 //! the state snapshots and the backend counters.
 //!
+//! Listeners added at run time reach every worker through `sockets::Feed` (the control plane
+//! binds their sockets, each worker registers its own and accepts like on the others); a
+//! removed listener's accept loops end on its `closed` token.
+//!
 //! I/O: binds and accepts; each accepted connection goes to [`pipeline::handle_conn`] in a task
 //! owned by the server's `TaskTracker` (nothing is spawned detached: the L7 server's own tasks
 //! go through the same tracker). Accept step: a connection takes an owned permit of
@@ -29,7 +33,8 @@ use tracing::Instrument;
 
 use crate::l7;
 use crate::pipeline::{self, Shared};
-use crate::state::{ListenerCounters, ListenerState, State};
+use crate::sockets;
+use crate::state::{ListenerCounters, ListenerState, SocketGuard, State};
 
 /// A bound socket and the listener state it serves.
 #[derive(Debug)]
@@ -38,6 +43,8 @@ pub struct BoundListener {
     pub listener: TcpListener,
     /// Its routes, flags and counters.
     pub state: Arc<ListenerState>,
+    /// Counts the socket as open; after `listener`, so it drops after the socket closed.
+    _open: SocketGuard,
 }
 
 impl BoundListener {
@@ -47,65 +54,37 @@ impl BoundListener {
     }
 }
 
-/// A listener address that could not be bound.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
-pub struct BindError {
-    /// The address.
-    pub addr: SocketAddr,
-    /// What the OS said.
-    pub source: std::io::Error,
-}
+pub use crate::sockets::BindError;
 
-/// Binds every listener in `state`. Fails on the first address that cannot be bound, before
-/// any connection is accepted.
+/// Binds every listener in `state` with the current runtime, one socket each (no
+/// `SO_REUSEPORT`): one worker's share, for [`run`]. Fails on the first address that cannot
+/// be bound, before any connection is accepted.
 pub async fn bind(state: &State) -> Result<Vec<BoundListener>, BindError> {
-    bind_listeners(state, None, false)
-}
-
-/// Binds every listener in `state` with the current runtime: at its configured address, or
-/// at the address the same listener of `like` got (another worker's sockets, port 0
-/// resolved). `reuse_port`: other sockets of this daemon may listen on the same address (the
-/// kernel balances new connections between them).
-fn bind_listeners(
-    state: &State,
-    like: Option<&[BoundListener]>,
-    reuse_port: bool,
-) -> Result<Vec<BoundListener>, BindError> {
-    let mut bound = Vec::with_capacity(state.listeners.len());
-    for (i, l) in state.listeners.iter().enumerate() {
-        let addr = match like {
-            Some(like) => like[i].local_addr().unwrap_or(l.addr),
-            None => l.addr,
-        };
-        let listener = bind_one(addr, reuse_port).map_err(|source| BindError { addr, source })?;
-        bound.push(BoundListener {
-            listener,
-            state: Arc::clone(l),
-        });
+    let mut bound = Vec::new();
+    for l in state.listeners().iter() {
+        let socket = sockets::bind_one(l.addr, false).map_err(|source| BindError {
+            addr: l.addr,
+            source,
+        })?;
+        bound.push(register(l, socket, l.socket_guard())?);
     }
     Ok(bound)
 }
 
-/// A listening socket on `addr`, registered with the current runtime: what
-/// `TcpListener::bind` does (`SO_REUSEADDR`, so a restart binds while old connections are in
-/// TIME_WAIT; a backlog of 1024), and `SO_REUSEPORT` when asked.
-fn bind_one(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    // Every accepted socket wants TCP_NODELAY (the proxy writes what it has, whole): Linux
-    // copies it from the listening socket, which saves a setsockopt(2) per connection; other
-    // systems get it per connection in the accept loop.
-    socket.set_nodelay(true)?;
-    if reuse_port {
-        socket.set_reuseport(true)?;
-    }
-    socket.bind(addr)?;
-    socket.listen(1024)
+/// Registers `socket` with the current runtime as one of `state`'s sockets.
+fn register(
+    state: &Arc<ListenerState>,
+    socket: std::net::TcpListener,
+    open: SocketGuard,
+) -> Result<BoundListener, BindError> {
+    let addr = socket.local_addr().unwrap_or(state.addr);
+    let listener = TcpListener::from_std(socket).map_err(|source| BindError { addr, source })?;
+    state.set_bound(addr);
+    Ok(BoundListener {
+        listener,
+        state: Arc::clone(state),
+        _open: open,
+    })
 }
 
 /// How many data-plane workers `proxy` asks for: `workers`, or one per CPU when it is 0.
@@ -160,6 +139,12 @@ impl Workers {
     /// got. With one worker no `SO_REUSEPORT` is set.
     pub fn bind(state: &State, workers: usize) -> Result<Workers, WorkersError> {
         let workers = workers.max(1);
+        // Every socket first, so that an address in use fails before any runtime starts.
+        let listeners = state.listeners();
+        let mut sockets = Vec::with_capacity(listeners.len());
+        for l in listeners.iter() {
+            sockets.push(sockets::bind_for_workers(l.addr, workers)?.into_iter());
+        }
         // On an error the runtimes built so far go through `Drop for Workers`.
         let mut built = Workers {
             workers: Vec::with_capacity(workers),
@@ -169,11 +154,17 @@ impl Workers {
                 .enable_all()
                 .build()
                 .map_err(|source| WorkersError::Runtime { worker, source })?;
-            let like = built.workers.first().map(|(_, first)| &first[..]);
-            // The sockets register with the runtime current at `listen`: this worker's.
+            // The sockets register with the runtime current at `from_std`: this worker's.
             let bound = {
                 let _in_worker = runtime.enter();
-                bind_listeners(state, like, workers > 1)
+                listeners
+                    .iter()
+                    .zip(sockets.iter_mut())
+                    .filter_map(|(l, mine)| {
+                        mine.next()
+                            .map(|socket| register(l, socket, l.socket_guard()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
             };
             match bound {
                 Ok(bound) => built.workers.push((runtime, bound)),
@@ -216,6 +207,7 @@ impl Workers {
             let (done, finished) = tokio::sync::oneshot::channel::<()>();
             let serving = serve_worker(
                 listeners,
+                state.sockets.subscribe(),
                 Arc::clone(state),
                 shutdown.clone(),
                 fleet.clone(),
@@ -286,7 +278,8 @@ impl Running {
 /// daemon's [`Workers`] runs. The end-to-end tests call it on port 0.
 pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: CancellationToken) {
     let fleet = Fleet::new(&state, 1);
-    serve_worker(listeners, state, shutdown, fleet, true).await;
+    let added = state.sockets.subscribe();
+    serve_worker(listeners, added, state, shutdown, fleet, true).await;
     tracing::info!("all connections closed");
 }
 
@@ -305,7 +298,7 @@ struct Fleet {
 impl Fleet {
     fn new(state: &State, workers: usize) -> Self {
         Fleet {
-            capacity: Arc::new(Semaphore::new(state.proxy.max_connections)),
+            capacity: Arc::new(Semaphore::new(state.proxy().max_connections)),
             next_id: Arc::new(AtomicU64::new(1)),
             workers: workers.max(1),
             grace_over: Arc::default(),
@@ -314,11 +307,13 @@ impl Fleet {
 }
 
 /// One worker's share of the data plane: its listener sockets, accept loops, client
-/// connections and backend pool, all on the runtime that polls this future. `health`: this
-/// `lead`: this worker also runs the active health checks and logs the listeners and the
-/// start of shutdown (one worker does, for the whole daemon).
+/// connections and backend pool, all on the runtime that polls this future. `added`: this
+/// worker's sockets of listeners added at run time (`sockets::Feed`). `lead`: this worker
+/// also runs the active health checks and logs the listeners and the start of shutdown (one
+/// worker does, for the whole daemon).
 async fn serve_worker(
     listeners: Vec<BoundListener>,
+    mut added: tokio::sync::mpsc::UnboundedReceiver<crate::sockets::Opened>,
     state: Arc<State>,
     shutdown: CancellationToken,
     fleet: Fleet,
@@ -329,16 +324,16 @@ async fn serve_worker(
     // their own, closed after the client connections are done.
     let pool_tasks = TaskTracker::new();
     let capacity = Arc::clone(&fleet.capacity);
-    let grace = state.proxy.shutdown_timeout;
+    let proxy = state.proxy();
     let shared = Arc::new(Shared {
         pool: Arc::new(l7::Pool::new(
-            l7::BackendTls::new(state.proxy.backend_ca.clone()),
+            l7::BackendTls::new(proxy.backend_ca.clone()),
             l7::pool::PoolSettings {
                 // Each worker's pool has its share of the cap (rounded up): a request waits
                 // only for its own worker's connections, the ones whose frees wake it.
-                max_connections: state.proxy.backend_max_connections.div_ceil(fleet.workers),
-                max_idle: state.proxy.backend_max_idle.div_ceil(fleet.workers),
-                idle_timeout: state.proxy.backend_idle_timeout,
+                max_connections: proxy.backend_max_connections.div_ceil(fleet.workers),
+                max_idle: proxy.backend_max_idle.div_ceil(fleet.workers),
+                idle_timeout: proxy.backend_idle_timeout,
             },
             pool_tasks.clone(),
             Arc::clone(&state.backends),
@@ -363,16 +358,17 @@ async fn serve_worker(
         ));
     }
 
-    for bound in listeners {
-        match bound.local_addr() {
-            Ok(_) if !lead => {}
-            Ok(addr) => tracing::info!(
-                listener = %addr,
-                proxy_protocol = bound.state.proxy_protocol,
-                routes = bound.state.routes().len(),
-                "listening"
-            ),
-            Err(e) => tracing::warn!("listener without a local address: {e}"),
+    let accept = |bound: BoundListener| {
+        if lead {
+            match bound.local_addr() {
+                Ok(addr) => tracing::info!(
+                    listener = %addr,
+                    proxy_protocol = bound.state.settings().proxy_protocol,
+                    routes = bound.state.routes().len(),
+                    "listening"
+                ),
+                Err(e) => tracing::warn!("listener without a local address: {e}"),
+            }
         }
         tracker.spawn(accept_loop(
             bound,
@@ -381,14 +377,32 @@ async fn serve_worker(
             tracker.clone(),
             shutdown.clone(),
         ));
+    };
+    for bound in listeners {
+        accept(bound);
     }
-
-    shutdown.cancelled().await;
+    // Until shutdown: listeners added at run time start accepting on this worker too.
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            opened = added.recv() => match opened {
+                Some(opened) => match register(&opened.state, opened.socket, opened.guard) {
+                    Ok(bound) => accept(bound),
+                    Err(e) => tracing::error!("{e}: this worker does not accept on it"),
+                },
+                // The feed went away (the state is being dropped): nothing more to add.
+                None => shutdown.cancelled().await,
+            },
+        }
+    }
+    drop(added);
     tracker.close();
+    // Read now: a SIGHUP may have changed it since the start.
+    let grace = shared.state.proxy().shutdown_timeout;
     let open = || {
         shared
             .state
-            .listeners
+            .listeners()
             .iter()
             .map(|l| l.counters.active.load(Ordering::Relaxed))
             .sum::<u64>()
@@ -434,9 +448,14 @@ async fn accept_loop(
     // local address, so no getsockname(2) per connection. A wildcard listener's connections
     // each have their own, which `handle_conn` asks the socket for.
     let conn_local = bound_addr.filter(|a| !a.ip().is_unspecified());
+    let removed = listener.closed().clone();
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
+            () = removed.cancelled() => {
+                tracing::debug!(listener = %local, "listener removed: no longer accepting");
+                return;
+            }
             res = bound.listener.accept() => res,
         };
         let (stream, peer) = match accepted {
@@ -493,28 +512,4 @@ fn is_connection_error(e: &std::io::Error) -> bool {
         e.kind(),
         ConnectionRefused | ConnectionAborted | ConnectionReset
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Linux copies TCP_NODELAY from the listening socket to each accepted one, which is why
-    /// the accept loop does not set it there: if that ever stopped holding, small writes
-    /// would wait for Nagle's timer on every connection.
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
-        let listener = bind_one("127.0.0.1:0".parse().unwrap(), false).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (client, accepted) =
-            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let (accepted, _) = accepted.unwrap();
-        assert!(
-            accepted.nodelay().unwrap(),
-            "the accepted socket has Nagle on"
-        );
-        // The connecting side is untouched: the option comes from the listener.
-        assert!(!client.unwrap().nodelay().unwrap());
-    }
 }

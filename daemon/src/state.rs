@@ -26,8 +26,9 @@ use crate::firewall::Firewall;
 use crate::routes::{RouteInfo, RouteTable, ValidRoute};
 use crate::stats::RouteStats;
 
-/// The `[proxy]` settings the data path reads (timeouts, capacity, backend trust), fixed for
-/// the daemon's life; `config` fills them from the TOML, with defaults.
+/// The `[proxy]` settings the data path reads (timeouts, capacity, backend trust); `config`
+/// fills them from the TOML, with defaults. A connection reads them once, when it starts; a
+/// SIGHUP swaps in the ones [`ProxyConfig::reload`] allows (see `control`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
     /// How long a client may take to send its whole ClientHello.
@@ -92,6 +93,89 @@ impl Default for ProxyConfig {
             backend_eject_max_time: Duration::from_secs(120),
             workers: 0,
         }
+    }
+}
+
+/// What re-reading `[proxy]` does ([`ProxyConfig::reload`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SettingsReload {
+    /// Settings that changed and apply from the next connection on, as `name: old -> new`.
+    pub applied: Vec<String>,
+    /// Settings that changed in the file but keep their running value until a restart.
+    pub need_restart: Vec<String>,
+}
+
+impl ProxyConfig {
+    /// `self` with the settings of `new` that may change while the daemon runs, and what
+    /// changed. Every timeout, the request head limit and passive health are read per
+    /// connection or per failure, so they change safely; `max_connections` (the semaphore's
+    /// size), `backend_ca` (the backend TLS config built at start), the pools' sizes and idle
+    /// timeout (per worker, built at start) and `workers` keep their value until a restart.
+    pub fn reload(&self, new: &ProxyConfig) -> (ProxyConfig, SettingsReload) {
+        // Every field is named here, so a new one cannot be forgotten in both lists below.
+        let ProxyConfig {
+            client_hello_timeout: _,
+            connect_timeout: _,
+            idle_timeout: _,
+            response_timeout: _,
+            request_header_timeout: _,
+            keepalive_timeout: _,
+            shutdown_timeout: _,
+            max_connections: _,
+            backend_ca: _,
+            max_request_head: _,
+            backend_max_connections: _,
+            backend_max_idle: _,
+            backend_idle_timeout: _,
+            backend_eject_after: _,
+            backend_eject_time: _,
+            backend_eject_max_time: _,
+            workers: _,
+        } = new;
+        let mut merged = self.clone();
+        let mut report = SettingsReload::default();
+        macro_rules! live {
+            ($($field:ident),* $(,)?) => {$(
+                if self.$field != new.$field {
+                    report.applied.push(format!(
+                        "{}: {:?} -> {:?}",
+                        stringify!($field),
+                        self.$field,
+                        new.$field
+                    ));
+                    merged.$field = new.$field.clone();
+                }
+            )*};
+        }
+        macro_rules! restart {
+            ($($field:ident),* $(,)?) => {$(
+                if self.$field != new.$field {
+                    report.need_restart.push(stringify!($field).to_owned());
+                }
+            )*};
+        }
+        live!(
+            client_hello_timeout,
+            connect_timeout,
+            idle_timeout,
+            response_timeout,
+            request_header_timeout,
+            keepalive_timeout,
+            shutdown_timeout,
+            max_request_head,
+            backend_eject_after,
+            backend_eject_time,
+            backend_eject_max_time,
+        );
+        restart!(
+            max_connections,
+            backend_ca,
+            backend_max_connections,
+            backend_max_idle,
+            backend_idle_timeout,
+            workers,
+        );
+        (merged, report)
     }
 }
 
@@ -172,17 +256,61 @@ pub struct NotServed {
     pub reason: String,
 }
 
-/// One listener: its identity, flags and current route table.
+/// A listener's settings that an admin change may replace while it serves; a connection reads
+/// them once, when it is accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerSettings {
+    /// Expect a PROXY protocol header on every connection.
+    pub proxy_protocol: bool,
+    /// Peers allowed to send the PROXY header; empty means any peer.
+    pub proxy_protocol_from: Vec<IpNet>,
+}
+
+impl ListenerSettings {
+    /// May `peer` send this listener a PROXY header? Compared in canonical form, so an
+    /// IPv4 upstream accepted on a dual-stack socket matches its IPv4 network.
+    pub fn trusts_proxy_header_from(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.proxy_protocol_from.is_empty()
+            || self
+                .proxy_protocol_from
+                .iter()
+                .any(|net| net.contains(&peer))
+    }
+}
+
+/// One open listening socket of a listener ([`ListenerState::socket_guard`]).
+#[derive(Debug)]
+pub struct SocketGuard(Arc<(Mutex<usize>, std::sync::Condvar)>);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let (open, closed) = &*self.0;
+        let mut open = open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *open = open.saturating_sub(1);
+        closed.notify_all();
+    }
+}
+
+/// One listener: its identity, settings and current route table.
 #[derive(Debug)]
 pub struct ListenerState {
     /// Row id in the store.
     pub id: i64,
     /// The configured address (the bound one may differ when the port is 0).
     pub addr: SocketAddr,
-    /// Expect a PROXY protocol header on every connection.
-    pub proxy_protocol: bool,
-    /// Peers allowed to send the PROXY header; empty means any peer.
-    pub proxy_protocol_from: Vec<IpNet>,
+    /// PROXY protocol settings; swapped by `control`.
+    settings: ArcSwap<ListenerSettings>,
+    /// The address its sockets got (set once bound; differs from `addr` when the port is 0).
+    bound: std::sync::OnceLock<SocketAddr>,
+    /// Cancelled when the listener is removed: its accept loops end (open connections go on
+    /// as after a route removal, see `control`).
+    closed: CancellationToken,
+    /// Its listening sockets still open, across workers: a removal waits for 0, so that the
+    /// address is free again when it returns.
+    sockets: Arc<(Mutex<usize>, std::sync::Condvar)>,
     /// The hostname of the route for ClientHellos without SNI; swapped by `control`.
     no_sni_route: ArcSwapOption<String>,
     /// Live counters.
@@ -198,18 +326,14 @@ pub struct ListenerState {
 
 impl ListenerState {
     /// A listener with the given routes.
-    pub fn new(
-        id: i64,
-        addr: SocketAddr,
-        proxy_protocol: bool,
-        proxy_protocol_from: Vec<IpNet>,
-        routes: RouteTable,
-    ) -> Self {
+    pub fn new(id: i64, addr: SocketAddr, settings: ListenerSettings, routes: RouteTable) -> Self {
         ListenerState {
             id,
             addr,
-            proxy_protocol,
-            proxy_protocol_from,
+            settings: ArcSwap::from_pointee(settings),
+            bound: std::sync::OnceLock::new(),
+            closed: CancellationToken::new(),
+            sockets: Arc::default(),
             no_sni_route: ArcSwapOption::empty(),
             counters: ListenerCounters::default(),
             routes: ArcSwap::from_pointee(routes),
@@ -218,15 +342,57 @@ impl ListenerState {
         }
     }
 
-    /// May `peer` send this listener a PROXY header? Compared in canonical form, so an
-    /// IPv4 upstream accepted on a dual-stack socket matches its IPv4 network.
-    pub fn trusts_proxy_header_from(&self, peer: IpAddr) -> bool {
-        let peer = peer.to_canonical();
-        self.proxy_protocol_from.is_empty()
-            || self
-                .proxy_protocol_from
-                .iter()
-                .any(|net| net.contains(&peer))
+    /// The current PROXY protocol settings.
+    pub fn settings(&self) -> Arc<ListenerSettings> {
+        self.settings.load_full()
+    }
+
+    /// Swaps in new settings: connections accepted from now on use them.
+    pub fn set_settings(&self, settings: ListenerSettings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// The address the listener's sockets are bound to, once they are.
+    pub fn bound(&self) -> Option<SocketAddr> {
+        self.bound.get().copied()
+    }
+
+    /// Records the address the sockets got (the first call wins: every worker's socket has
+    /// the same one).
+    pub fn set_bound(&self, addr: SocketAddr) {
+        let _ = self.bound.set(addr);
+    }
+
+    /// Fires when the listener is removed: its accept loops stop.
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    /// Stops accepting (the listener was removed) and drains its open L7 connections as a
+    /// route removal does: the table is emptied, so each finds its route gone. Waits (at most
+    /// `wait`, blocking) until every worker has closed its socket; false if one has not.
+    pub fn close(&self, wait: Duration) -> bool {
+        self.closed.cancel();
+        self.replace_routes(RouteTable::with_stats(Vec::new(), |_| Arc::default()));
+        self.set_not_served(Vec::new());
+        let (open, closed) = &*self.sockets;
+        let open = open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (open, _) = closed
+            .wait_timeout_while(open, wait, |n| *n > 0)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *open == 0
+    }
+
+    /// Counts one listening socket of this listener as open until the guard drops (with the
+    /// socket it is kept beside).
+    pub fn socket_guard(&self) -> SocketGuard {
+        let (open, _) = &*self.sockets;
+        *open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        SocketGuard(Arc::clone(&self.sockets))
     }
 
     /// Looks a normalised SNI hostname up in the current table.
@@ -331,10 +497,12 @@ impl ListenerState {
 /// Everything the connection pipeline reads.
 #[derive(Debug)]
 pub struct State {
-    /// `[proxy]` settings, fixed for the daemon's life.
-    pub proxy: ProxyConfig,
-    /// The listeners, in store order.
-    pub listeners: Vec<Arc<ListenerState>>,
+    /// `[proxy]` settings; swapped by `control` (SIGHUP) where they may change.
+    proxy: ArcSwap<ProxyConfig>,
+    /// The listeners, in store order; swapped by `control` when one is added or removed.
+    listeners: ArcSwap<Vec<Arc<ListenerState>>>,
+    /// Where the data-plane workers receive listeners added at run time.
+    pub sockets: crate::sockets::Feed,
     /// Live events for admin API subscribers.
     pub events: EventBus,
     /// Open routed connections, for `ListConnections`.
@@ -360,8 +528,9 @@ impl State {
             }
         }
         State {
-            proxy,
-            listeners,
+            proxy: ArcSwap::from_pointee(proxy),
+            listeners: ArcSwap::from_pointee(listeners),
+            sockets: crate::sockets::Feed::default(),
             events: EventBus::default(),
             connections: crate::conns::Registry::default(),
             backends: Arc::default(),
@@ -382,12 +551,33 @@ impl State {
         })
     }
 
+    /// The current `[proxy]` settings.
+    pub fn proxy(&self) -> Arc<ProxyConfig> {
+        self.proxy.load_full()
+    }
+
+    /// Swaps in new `[proxy]` settings (`control` checks which may change).
+    pub fn set_proxy(&self, proxy: ProxyConfig) {
+        self.proxy.store(Arc::new(proxy));
+    }
+
+    /// The listeners, in store order.
+    pub fn listeners(&self) -> Arc<Vec<Arc<ListenerState>>> {
+        self.listeners.load_full()
+    }
+
+    /// Swaps in a new list of listeners (`control`, which adds or removes one).
+    pub fn set_listeners(&self, listeners: Vec<Arc<ListenerState>>) {
+        self.listeners.store(Arc::new(listeners));
+    }
+
     /// Passive health settings (`[proxy] backend_eject_*`).
     pub fn passive(&self) -> crate::backends::Passive {
+        let proxy = self.proxy.load();
         crate::backends::Passive {
-            eject_after: self.proxy.backend_eject_after,
-            eject_time: self.proxy.backend_eject_time,
-            eject_max_time: self.proxy.backend_eject_max_time,
+            eject_after: proxy.backend_eject_after,
+            eject_time: proxy.backend_eject_time,
+            eject_max_time: proxy.backend_eject_max_time,
         }
     }
 
@@ -428,5 +618,45 @@ impl State {
     /// Swaps in a new firewall; it applies from the next connection on.
     pub fn replace_firewall(&self, firewall: Firewall) {
         self.firewall.store(Arc::new(firewall));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Timeouts, the head limit and passive health change at run time; the settings built
+    /// into sockets, pools and threads at start are named as needing a restart and keep
+    /// their running value.
+    #[test]
+    fn a_settings_reload_applies_what_is_read_per_connection_only() {
+        let running = ProxyConfig::default();
+        let file = ProxyConfig {
+            connect_timeout: Duration::from_secs(2),
+            backend_eject_after: 7,
+            max_connections: 5,
+            workers: 4,
+            backend_ca: Some(PathBuf::from("/etc/ca.pem")),
+            ..ProxyConfig::default()
+        };
+        let (merged, report) = running.reload(&file);
+        assert_eq!(
+            report.applied,
+            ["connect_timeout: 5s -> 2s", "backend_eject_after: 3 -> 7"]
+        );
+        assert_eq!(
+            report.need_restart,
+            ["max_connections", "backend_ca", "workers"]
+        );
+        assert_eq!(merged.connect_timeout, Duration::from_secs(2));
+        assert_eq!(merged.backend_eject_after, 7);
+        assert_eq!(merged.max_connections, running.max_connections);
+        assert_eq!(merged.workers, running.workers);
+        assert_eq!(merged.backend_ca, None);
+
+        // The same file again: nothing to say.
+        let (again, report) = merged.reload(&file);
+        assert_eq!(report, SettingsReload::default());
+        assert_eq!(again, merged);
     }
 }

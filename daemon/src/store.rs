@@ -184,6 +184,30 @@ impl Store {
         Ok(Store { conn })
     }
 
+    /// The addresses of the listeners stored in the database at `path`, read without writing
+    /// anything (not even a migration or the WAL switch): what `mc-proxy check` compares the
+    /// file's listeners with. `None` when there is no database there yet.
+    pub fn peek_listener_addrs(path: &Path) -> Result<Option<Vec<String>>, StoreError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let found: u32 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if found == 0 {
+            // Created, never migrated: as good as empty.
+            return Ok(None);
+        }
+        let mut stmt = conn.prepare("SELECT addr FROM listeners ORDER BY id")?;
+        let addrs = stmt
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(Some(addrs))
+    }
+
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
         Ok(self
@@ -278,12 +302,37 @@ impl Store {
         insert_listener(&self.conn, addr, proxy_protocol, proxy_protocol_from, "")
     }
 
-    /// Sets (or, with `""`, clears) the route a listener gives ClientHellos without SNI.
-    pub fn set_no_sni_route(&mut self, listener_id: i64, hostname: &str) -> Result<(), StoreError> {
+    /// Replaces a listener's PROXY protocol settings and its no-SNI route (`""`: none), in one
+    /// statement.
+    pub fn update_listener(
+        &mut self,
+        listener_id: i64,
+        proxy_protocol: bool,
+        proxy_protocol_from: &[String],
+        no_sni_route: &str,
+    ) -> Result<(), StoreError> {
         let changed = self.conn.execute(
-            "UPDATE listeners SET no_sni_route = ?2 WHERE id = ?1",
-            params![listener_id, hostname],
+            "UPDATE listeners SET proxy_protocol = ?2, proxy_protocol_from = ?3, no_sni_route = ?4
+             WHERE id = ?1",
+            params![
+                listener_id,
+                proxy_protocol,
+                proxy_protocol_from.join(","),
+                no_sni_route
+            ],
         )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("listener {listener_id}")));
+        }
+        Ok(())
+    }
+
+    /// Removes a listener with its routes and their backend sets (`ON DELETE CASCADE`), in one
+    /// statement.
+    pub fn delete_listener(&mut self, listener_id: i64) -> Result<(), StoreError> {
+        let changed = self
+            .conn
+            .execute("DELETE FROM listeners WHERE id = ?1", [listener_id])?;
         if changed == 0 {
             return Err(StoreError::NotFound(format!("listener {listener_id}")));
         }

@@ -613,3 +613,53 @@ async fn the_admin_socket_answers_through_the_drain_and_goes_with_the_last_conne
         "{log}"
     );
 }
+
+/// How long the daemon at `addr` lets a client that sends nothing stay: until its reset.
+fn silent_client_lasts(addr: &str) -> Duration {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let err = stream
+        .read(&mut buf)
+        .expect_err("the proxy answered a client that sent nothing");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_changed_timeout_to_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |hello: &str| {
+        format!(
+            "[database]\npath = {:?}\n[proxy]\nshutdown_timeout = \"1s\"\n\
+             client_hello_timeout = \"{hello}\"\n[[listeners]]\naddr = \"127.0.0.1:0\"\n",
+            dir.path().join("mc-proxy.db").display().to_string(),
+        )
+    };
+    let (before, after) = (config("3s"), config("300ms"));
+    let path = dir.path().join("mc-proxy.toml");
+    let daemon = Daemon::start(dir, &before);
+    let addr = ready_addr(&daemon);
+    let lasted = silent_client_lasts(&addr);
+    assert!(
+        lasted >= Duration::from_millis(2800) && lasted < Duration::from_secs(10),
+        "before the change a silent client lasted {lasted:?}"
+    );
+
+    write(&path, &after);
+    daemon.signal("HUP");
+    assert!(
+        daemon.wait_for_log("client_hello_timeout: 3s -> 300ms"),
+        "{}",
+        daemon.log_text()
+    );
+    let lasted = silent_client_lasts(&addr);
+    assert!(
+        lasted >= Duration::from_millis(250) && lasted < Duration::from_millis(2500),
+        "after SIGHUP a silent client lasted {lasted:?}"
+    );
+}

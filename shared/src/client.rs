@@ -247,6 +247,46 @@ pub struct ListenerStatus {
     pub no_sni_route: String,
     /// Resets by reason (`not_tls`, `unknown_host`, `blocked`, ...).
     pub resets_by_reason: std::collections::BTreeMap<ResetReason, u64>,
+    /// The address its sockets are bound to (differs from `addr` when its port is 0; empty
+    /// from a daemon before run-time listeners).
+    pub bound: String,
+}
+
+/// A listener change's answer: the listener as it is now, and any warnings.
+fn listener_answer(
+    listener: Option<pb::ListenerStatus>,
+    warnings: Vec<String>,
+) -> Result<(ListenerStatus, Vec<String>), ClientError> {
+    let listener = listener
+        .ok_or_else(|| ClientError::Protocol("no listener in the answer".into()))?
+        .try_into()?;
+    Ok((listener, warnings))
+}
+
+/// What a listener update sets; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerUpdate {
+    /// Expect PROXY protocol headers.
+    pub proxy_protocol: Option<bool>,
+    /// Peers allowed to send them (an empty list: any peer).
+    pub proxy_protocol_from: Option<Vec<String>>,
+    /// The route for ClientHellos without SNI (`""`: none).
+    pub no_sni_route: Option<String>,
+}
+
+/// What a reload did ([`AdminClient::reload_all`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Reload {
+    /// One entry per stored L7 route.
+    pub routes: Vec<RouteReload>,
+    /// `[proxy]` settings applied to new connections, as `name: old -> new`.
+    pub settings_applied: Vec<String>,
+    /// `[proxy]` settings changed in the file that wait for a restart.
+    pub settings_need_restart: Vec<String>,
+    /// Why the config file was not re-read (settings unchanged).
+    pub settings_error: Option<String>,
+    /// The file's listeners the database does not hold, each with the command that adds it.
+    pub listeners_not_applied: Vec<String>,
 }
 
 /// A route's counters.
@@ -464,6 +504,13 @@ pub enum Event {
         route: Route,
         /// For "updated": the hostname before.
         previous_hostname: String,
+    },
+    /// A listener was added, its settings changed, or it was removed.
+    ListenerChanged {
+        /// The listener's configured address.
+        listener: String,
+        /// Added, updated or removed.
+        action: ChangeAction,
     },
     /// A firewall rule was added or removed.
     FirewallChanged {
@@ -810,24 +857,91 @@ impl AdminClient {
         listener: &str,
         hostname: &str,
     ) -> Result<ListenerStatus, ClientError> {
+        let update = ListenerUpdate {
+            no_sni_route: Some(hostname.to_owned()),
+            ..ListenerUpdate::default()
+        };
+        Ok(self.update_listener(listener, update).await?.0)
+    }
+
+    /// Changes what `update` sets on a listener, all or nothing; the listener as it is now
+    /// and any warnings.
+    pub async fn update_listener(
+        &mut self,
+        listener: &str,
+        update: ListenerUpdate,
+    ) -> Result<(ListenerStatus, Vec<String>), ClientError> {
         let r = self
             .inner
             .update_listener(pb::UpdateListenerRequest {
                 listener: listener.to_owned(),
-                no_sni_route: Some(hostname.to_owned()),
+                no_sni_route: update.no_sni_route,
+                proxy_protocol: update.proxy_protocol,
+                proxy_protocol_from: update
+                    .proxy_protocol_from
+                    .map(|sources| pb::ProxySources { sources }),
             })
             .await?
             .into_inner();
-        r.listener
-            .ok_or_else(|| ClientError::Protocol("no listener in the answer".into()))?
-            .try_into()
+        listener_answer(r.listener, r.warnings)
+    }
+
+    /// Adds a listener (bound at once on every worker, stored after); it has no route yet.
+    pub async fn add_listener(
+        &mut self,
+        addr: &str,
+        proxy_protocol: bool,
+        proxy_protocol_from: Vec<String>,
+    ) -> Result<(ListenerStatus, Vec<String>), ClientError> {
+        let r = self
+            .inner
+            .add_listener(pb::AddListenerRequest {
+                addr: addr.to_owned(),
+                proxy_protocol,
+                proxy_protocol_from,
+            })
+            .await?
+            .into_inner();
+        listener_answer(r.listener, r.warnings)
+    }
+
+    /// Removes a listener (with its routes when `with_routes`; refused otherwise while it has
+    /// some).
+    pub async fn remove_listener(
+        &mut self,
+        listener: &str,
+        with_routes: bool,
+    ) -> Result<(), ClientError> {
+        self.inner
+            .remove_listener(pb::RemoveListenerRequest {
+                listener: listener.to_owned(),
+                with_routes,
+            })
+            .await?;
+        Ok(())
     }
 
     /// Re-reads every L7 route's certificate and key (what SIGHUP does); one entry per
-    /// stored L7 route.
+    /// stored L7 route. [`AdminClient::reload_all`] also tells what the settings did.
     pub async fn reload(&mut self) -> Result<Vec<RouteReload>, ClientError> {
+        Ok(self.reload_all().await?.routes)
+    }
+
+    /// A reload as SIGHUP does it: `[proxy]` settings re-read from the config file, the
+    /// file's listeners the database lacks named, every L7 certificate re-read.
+    pub async fn reload_all(&mut self) -> Result<Reload, ClientError> {
         let r = self.inner.reload(pb::ReloadRequest {}).await?.into_inner();
-        r.routes.into_iter().map(RouteReload::try_from).collect()
+        Ok(Reload {
+            routes: r
+                .routes
+                .into_iter()
+                .map(RouteReload::try_from)
+                .collect::<Result<_, _>>()?,
+            settings_applied: r.settings_applied,
+            settings_need_restart: r.settings_need_restart,
+            settings_error: Some(r.settings_error).filter(|e| !e.is_empty()),
+            listeners_not_applied: r.listeners_not_applied,
+        })
     }
 
     /// The routed connections open now, oldest first, at most `limit` (0: the daemon's
@@ -1285,6 +1399,7 @@ impl TryFrom<pb::ListenerStatus> for ListenerStatus {
             blocked: l.blocked,
             over_capacity: l.over_capacity,
             no_sni_route: l.no_sni_route,
+            bound: l.bound,
             resets_by_reason: l
                 .resets_by_reason
                 .into_iter()
@@ -1421,6 +1536,10 @@ impl TryFrom<pb::Event> for TimedEvent {
                 action: c.action.try_into()?,
                 route: required_route(c.route)?,
                 previous_hostname: c.previous_hostname,
+            },
+            Kind::ListenerChanged(c) => Event::ListenerChanged {
+                listener: c.listener,
+                action: c.action.try_into()?,
             },
             Kind::FirewallChanged(c) => Event::FirewallChanged {
                 action: c.action.try_into()?,

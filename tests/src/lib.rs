@@ -516,7 +516,10 @@ impl Proxy {
             db.display().to_string(),
             socket.display().to_string()
         );
-        let config = Config::parse(&dir.path().join("mc-proxy.toml"), &text)
+        // On disk too: a reload re-reads its `[proxy]` settings from there, as the daemon's.
+        let path = dir.path().join("mc-proxy.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::parse(&path, &text)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let mut store = Store::open(&config.database.path).unwrap();
         let state = Arc::new(mc_proxy::boot::load_state(&config, &mut store).unwrap());
@@ -524,8 +527,8 @@ impl Proxy {
         // `[proxy] workers` of 2 or more: the daemon's worker threads (`server::Workers`), as
         // `mc-proxy` runs them; otherwise `server::run` on the test's own runtime (whose thread
         // `capture_logs` sees).
-        let (addrs, task) = if state.proxy.workers >= 2 {
-            let workers = server::Workers::bind(&state, state.proxy.workers).unwrap();
+        let (addrs, task) = if state.proxy().workers >= 2 {
+            let workers = server::Workers::bind(&state, state.proxy().workers).unwrap();
             let addrs = workers.local_addrs();
             let running = workers.start(&state, &shutdown).unwrap();
             (addrs, tokio::spawn(running.wait()))
@@ -542,7 +545,8 @@ impl Proxy {
         let metrics = metrics_listener.local_addr().unwrap();
         let admin_task = tokio::spawn({
             let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
-            let control = Arc::new(mc_proxy::control::Control::new(state, store));
+            let control =
+                Arc::new(mc_proxy::control::Control::new(state, store).with_config_path(path));
             async move {
                 admin::serve(admin_socket, control, shutdown).await.unwrap();
             }

@@ -782,7 +782,7 @@ pub fn web_proxy(pki: &Pki, backend: SocketAddr) -> crate::ProxyBuilder {
 
 /// The counters of the first listener's `web.test` route.
 pub fn web_stats(proxy: &crate::Proxy) -> mc_proxy::stats::RouteStatsSnapshot {
-    proxy.state.listeners[0]
+    proxy.state.listeners()[0]
         .lookup("web.test")
         .expect("a web.test route")
         .stats

@@ -139,7 +139,7 @@ async fn tens_of_mib_each_way_stream_without_growing_memory_by_their_size() {
         "peak resident size grew by {growth_mib} MiB while moving 2 x {} MiB",
         SIZE >> 20
     );
-    let stats = proxy.state.listeners[0]
+    let stats = proxy.state.listeners()[0]
         .lookup("web.test")
         .unwrap()
         .stats

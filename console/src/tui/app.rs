@@ -724,6 +724,10 @@ impl App {
                     _ => {}
                 }
             }
+            // The listener list itself comes with the next stats tick.
+            Event::ListenerChanged { listener, action } => {
+                self.push_log(format!("{time} listener {action} {listener}"));
+            }
             Event::FirewallChanged { action, rule } => {
                 self.push_log(format!(
                     "{time} firewall {action} {} {}",

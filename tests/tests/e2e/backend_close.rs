@@ -28,7 +28,7 @@ const HANG: &str = "no answer within the client's limit";
 
 /// The live figures of the route's members.
 fn members(proxy: &Proxy) -> Vec<MemberStats> {
-    proxy.state.listeners[0]
+    proxy.state.listeners()[0]
         .lookup(HOST)
         .expect("the route")
         .members()

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The live figures of the first listener's route `host`, one per member.
 fn members(proxy: &Proxy, host: &str) -> Vec<MemberStats> {
-    proxy.state.listeners[0]
+    proxy.state.listeners()[0]
         .lookup(host)
         .expect("the route")
         .members()
@@ -201,12 +201,12 @@ async fn l4_with_every_backend_down_resets_with_no_backend() {
     // Before the checks say so, a connection tries both and is reset as unreachable.
     wait_state(&proxy, "a.test", dead1.addr, BackendState::Down).await;
     wait_state(&proxy, "a.test", dead2.addr, BackendState::Down).await;
-    let counters = &proxy.state.listeners[0].counters;
+    let counters = &proxy.state.listeners()[0].counters;
     let before = counters.resets(ResetReason::NoBackend);
     let err = l4_once(proxy.addr(), &pki).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
     assert_eq!(counters.resets(ResetReason::NoBackend), before + 1);
-    let route = proxy.state.listeners[0].lookup("a.test").unwrap();
+    let route = proxy.state.listeners()[0].lookup("a.test").unwrap();
     assert_eq!(route.stats.snapshot().no_backend, 1);
     // No dial was made for it: every member's failures came from nowhere else.
     assert!(
@@ -240,7 +240,7 @@ async fn l4_a_refused_dial_goes_to_the_next_backend_and_ejects_after_three() {
     assert_eq!(m[1].total, 10);
     // One meaning on both layers: the three failovers are retries the clients never saw, not
     // backend errors (which colour the console's row).
-    let stats = proxy.state.listeners[0]
+    let stats = proxy.state.listeners()[0]
         .lookup("a.test")
         .unwrap()
         .stats

@@ -42,7 +42,7 @@ async fn relayed_to_a(proxy: &Proxy, pki: &Pki, payload: &[u8]) -> Client {
 
 /// The listener's resets by reason, as `unknown_sni_is_reset` reads them.
 fn resets_by_reason(proxy: &Proxy) -> Vec<(&'static str, u64)> {
-    proxy.state.listeners[0]
+    proxy.state.listeners()[0]
         .counters
         .resets_by_reason()
         .map(|(reason, n)| (reason.as_str(), n))
@@ -76,14 +76,14 @@ async fn two_hostnames_reach_their_own_backends_with_data_both_ways() {
     }
     assert_eq!(a.accepted(), 2);
     assert_eq!(b.accepted(), 1);
-    let stats = proxy.state.listeners[0]
+    let stats = proxy.state.listeners()[0]
         .lookup("a.test")
         .unwrap()
         .stats
         .snapshot();
     assert_eq!(stats.total, 2);
     assert!(stats.bytes_up > 300 && stats.bytes_down > 1000, "{stats:?}");
-    let counters = &proxy.state.listeners[0].counters;
+    let counters = &proxy.state.listeners()[0].counters;
     assert_eq!(counters.accepted.load(Ordering::Relaxed), 3);
     assert_eq!(counters.resets.load(Ordering::Relaxed), 0);
 }
@@ -178,7 +178,7 @@ async fn unknown_sni_is_reset() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
     assert_eq!(a.accepted() + b.accepted(), 0);
-    let counters = &proxy.state.listeners[0].counters;
+    let counters = &proxy.state.listeners()[0].counters;
     assert_eq!(counters.resets.load(Ordering::Relaxed), 1);
     let by_reason: Vec<_> = counters.resets_by_reason().collect();
     assert_eq!(by_reason, [(mc_proxy_shared::ResetReason::UnknownHost, 1)]);
@@ -226,7 +226,7 @@ async fn blocked_ip_and_cidr_are_reset_before_the_hello() {
                 .is_err()
         );
         assert_eq!(a.accepted(), 0);
-        let counters = &proxy.state.listeners[0].counters;
+        let counters = &proxy.state.listeners()[0].counters;
         assert_eq!(counters.blocked.load(Ordering::Relaxed), 2, "{firewall}");
         assert_eq!(resets_by_reason(&proxy), [("blocked", 2)], "{firewall}");
     }
@@ -373,7 +373,7 @@ async fn connections_over_max_connections_are_reset_until_a_slot_frees() {
 
     let mut second = TcpStream::connect(proxy.addr()).await.unwrap();
     assert_reset(&mut second).await;
-    let counters = &proxy.state.listeners[0].counters;
+    let counters = &proxy.state.listeners()[0].counters;
     assert_eq!(counters.over_capacity.load(Ordering::Relaxed), 1);
 
     send_and_finish(&mut first, b"").await.unwrap();
@@ -422,7 +422,7 @@ async fn worker_threads_share_each_listener_port_and_drain_together() {
             "client {i}"
         );
     }
-    let counters = &proxy.state.listeners[0].counters;
+    let counters = &proxy.state.listeners()[0].counters;
     assert_eq!(counters.accepted.load(Ordering::Relaxed), 32);
     tokio::time::timeout(Duration::from_secs(10), proxy.stop())
         .await
@@ -452,7 +452,7 @@ async fn max_connections_is_one_budget_across_worker_threads() {
             Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
         }
     }
-    let counters = &proxy.state.listeners[0].counters;
+    let counters = &proxy.state.listeners()[0].counters;
     assert_eq!(counters.over_capacity.load(Ordering::Relaxed), 8);
     assert_eq!(counters.accepted.load(Ordering::Relaxed), 9);
 }
@@ -488,7 +488,7 @@ async fn a_catch_all_route_takes_unknown_names_but_not_hellos_without_sni() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
     assert_eq!(resets_by_reason(&proxy), [("no_sni", 1)]);
-    let route = proxy.state.listeners[0].lookup("nowhere.test").unwrap();
+    let route = proxy.state.listeners()[0].lookup("nowhere.test").unwrap();
     assert_eq!(route.route.hostname, "*");
     assert_eq!(
         route.stats.total.load(std::sync::atomic::Ordering::Relaxed),
@@ -539,7 +539,7 @@ async fn hellos_without_sni_go_to_the_no_sni_route_set_in_the_toml_or_at_run_tim
     let dir = proxy.stop_and_keep_dir().await;
     let proxy = Proxy::start_in(dir, "[[listeners]]\naddr = \"127.0.0.1:0\"").await;
     assert_eq!(
-        proxy.state.listeners[0].no_sni_route().as_deref(),
+        proxy.state.listeners()[0].no_sni_route().as_deref(),
         Some("a.test")
     );
     tls_connect(proxy.addr(), "127.0.0.1", pki.client_config())

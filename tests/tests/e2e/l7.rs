@@ -424,7 +424,7 @@ async fn client_that_distrusts_the_certificate_fails_cleanly_and_the_daemon_serv
     .await;
     assert_eq!(resp.status, 200);
     assert_eq!(web_stats(&proxy).requests, 1);
-    let counters = &proxy.state.listeners[0].counters;
+    let counters = &proxy.state.listeners()[0].counters;
     assert_eq!(
         counters.resets.load(Ordering::Relaxed),
         0,
@@ -465,7 +465,7 @@ async fn a_client_offering_no_common_alpn_or_hanging_up_is_counted_by_reason() {
     tcp.write_all(&hello).await.unwrap();
     drop(tcp);
     use mc_proxy_shared::TlsFailure;
-    let counters = &proxy.state.listeners[0].counters;
+    let counters = &proxy.state.listeners()[0].counters;
     timed(async {
         while counters.tls_failures(TlsFailure::NoAlpn) < 1
             || counters.tls_failures(TlsFailure::ClientClosed) < 1
@@ -573,7 +573,7 @@ async fn connection_log_line_is_written_once_with_outcome() {
     let text = log_text(&logs);
     assert_eq!(text.matches("connection closed").count(), 1, "{text}");
     assert!(text.contains("outcome=\"closed\""), "{text}");
-    let counters = &proxy.state.listeners[0].counters;
+    let counters = &proxy.state.listeners()[0].counters;
     assert_eq!(counters.resets.load(Ordering::Relaxed), 0);
 }
 
@@ -793,7 +793,7 @@ async fn a_silent_backend_is_504_within_connect_timeout() {
     assert_eq!(resp.status, 504, "{}", resp.body);
     assert!(waited >= Duration::from_millis(280), "504 after {waited:?}");
     assert!(waited < Duration::from_secs(5), "504 after {waited:?}");
-    let route = proxy.state.listeners[0].lookup("web.test").unwrap();
+    let route = proxy.state.listeners()[0].lookup("web.test").unwrap();
     assert_eq!(route.stats.backend_errors.load(Ordering::Relaxed), 1);
     drop(silent);
 }
@@ -927,7 +927,7 @@ async fn closed_for_asking_nothing(first_bytes: &[u8], alpn: &[u8], expect_empty
         "{}",
         log_text(&logs)
     );
-    let counters = &proxy.state.listeners[0].counters;
+    let counters = &proxy.state.listeners()[0].counters;
     assert_eq!(
         counters.closes(mc_proxy_shared::CloseReason::RequestHeaderTimeout),
         1

@@ -215,7 +215,7 @@ async fn a_change_reaches_open_connections(change: Change) {
         );
     } else {
         // Its requests in flight at the change are done: nothing active is left on it.
-        let m = &proxy.state.listeners[0]
+        let m = &proxy.state.listeners()[0]
             .lookup("web.test")
             .unwrap()
             .members()[0];
@@ -324,7 +324,7 @@ async fn a_route_removed_under_an_open_h2_connection_drains_it_and_answers_421_m
         "{}",
         log_text(&logs)
     );
-    let counters = &proxy.state.listeners[0].counters;
+    let counters = &proxy.state.listeners()[0].counters;
     assert_eq!(counters.closes(CloseReason::RouteGone), 1);
     // The backend saw the event stream only: the late request never left the proxy.
     assert_eq!(backend.requests(), 1);
@@ -421,7 +421,7 @@ async fn a_websocket_open_on_a_drained_member_keeps_working_until_it_ends() {
             break;
         }
     }
-    let m = &proxy.state.listeners[0]
+    let m = &proxy.state.listeners()[0]
         .lookup("web.test")
         .unwrap()
         .members()[0];

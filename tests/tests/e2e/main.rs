@@ -16,6 +16,7 @@ mod haproxy;
 mod l4;
 mod l7;
 mod l7_limits;
+mod listeners;
 mod live_changes;
 mod multihop;
 mod pool;

@@ -165,7 +165,7 @@ async fn garbage_missing_or_slow_headers_are_reset() {
         b"bye from a.test\n"
     );
     assert_eq!(backend.accepted(), 1);
-    let counters = &proxy.state.listeners[0].counters;
+    let counters = &proxy.state.listeners()[0].counters;
     assert_eq!(counters.resets.load(Ordering::Relaxed), 5);
     let by_reason: Vec<_> = counters
         .resets_by_reason()
@@ -205,7 +205,7 @@ async fn firewall_decides_on_the_header_address_not_the_tcp_peer() {
         b"bye from a.test\n"
     );
     assert_eq!(backend.accepted(), 1);
-    let counters = &proxy.state.listeners[0].counters;
+    let counters = &proxy.state.listeners()[0].counters;
     assert_eq!(counters.blocked.load(Ordering::Relaxed), 1);
     let by_reason: Vec<_> = counters
         .resets_by_reason()
@@ -228,7 +228,7 @@ async fn proxy_protocol_from_rejects_headers_from_untrusted_peers() {
     s.write_all(&header).await.unwrap();
     assert_reset(&mut s).await;
     assert_eq!(backend.accepted(), 0);
-    let by_reason: Vec<_> = proxy.state.listeners[0]
+    let by_reason: Vec<_> = proxy.state.listeners()[0]
         .counters
         .resets_by_reason()
         .map(|(reason, n)| (reason.as_str(), n))
