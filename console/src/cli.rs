@@ -91,6 +91,11 @@ pub enum Command {
         #[command(flatten)]
         table: TableArgs,
     },
+    /// Print the daemon's listeners, routes (with their backends, admin states and health
+    /// checks) and firewall rules as the config file's TOML: what its database holds. Add
+    /// [database] (and [admin], [metrics], [proxy]) to use it as a config; a daemon seeds an
+    /// empty database from it. Routes not served are exported with a comment saying why.
+    Export,
     /// The terminal console: listeners, routes with live traffic, events; add, edit and
     /// delete routes and firewall rules. Press ? inside for the keys.
     Console {

@@ -185,6 +185,18 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
                 "removed route {hostname} from listener {listener}\n"
             ))
         }
+        Command::Export => {
+            let status = client.status().await?;
+            let routes = client.list_routes(None).await?;
+            let mut rules = client.firewall_rules().await?;
+            rules.sort_by_cached_key(rule_order);
+            emit(&crate::export::to_toml(
+                &status.listeners,
+                &routes,
+                &rules,
+                &socket.display().to_string(),
+            ))
+        }
         Command::Firewall(FirewallCommand::List { table }) => {
             let mut rules = client.firewall_rules().await?;
             rules.sort_by_cached_key(rule_order);

@@ -1,7 +1,9 @@
-//! The `mcproxyctl` library: its command line (`cli`), the scripted subcommands (`ctl`) and the
+//! The `mcproxyctl` library: its command line (`cli`), the scripted subcommands (`ctl`, with
+//! `export` writing the daemon's state as config TOML) and the
 //! terminal console (`tui`). The binary in `main.rs` only parses and dispatches; tests drive
 //! the console through this library with a test terminal.
 
 pub mod cli;
 pub mod ctl;
+pub mod export;
 pub mod tui;

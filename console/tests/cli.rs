@@ -1596,3 +1596,88 @@ async fn reload_reports_the_settings_it_applied_and_those_that_wait() {
     );
     assert_eq!(proxy.state.proxy().idle_timeout, Duration::from_secs(120));
 }
+
+/// Every route and listener field the export writes, as a comparable value.
+async fn state_of(proxy: &Proxy) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+    let mut admin = proxy.admin().await;
+    let status = admin.status().await.unwrap();
+    let listeners = status
+        .listeners
+        .iter()
+        .map(|l| {
+            serde_json::json!([
+                l.addr,
+                l.proxy_protocol,
+                l.proxy_protocol_from,
+                l.no_sni_route
+            ])
+        })
+        .collect();
+    let routes = admin
+        .list_routes(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| serde_json::json!([r.listener, r.route]))
+        .collect();
+    let rules = admin
+        .firewall_rules()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect();
+    (listeners, routes, rules)
+}
+
+#[tokio::test]
+async fn export_writes_a_config_that_seeds_the_same_state() {
+    let pki = Pki::new();
+    let certs = tempfile::tempdir().unwrap();
+    let backend = "127.0.0.1:9".parse().unwrap();
+    // A certificate path with a quote and a backslash in it: the TOML must still parse.
+    let odd = certs.path().join("we\"ird\\dir");
+    std::fs::create_dir(&odd).unwrap();
+    let body = format!(
+        "[firewall]\nblocked_cidrs = [\"198.51.100.0/24\"]\n\
+         [[listeners]]\naddr = \"127.0.0.1:0\"\nproxy_protocol = true\n\
+         proxy_protocol_from = [\"10.0.0.0/8\"]\n\
+         [[listeners.routes]]\nhostname = \"a.test\"\n\
+         backends = [\"127.0.0.1:9001\", \"127.0.0.1:9002 weight=3\"]\nbalance = \"least_conn\"\n\
+         [listeners.routes.health_check]\ninterval = \"1500ms\"\nfall = 4\n\
+         [[listeners]]\naddr = \"127.0.0.2:0\"\n{}",
+        l7_route_toml(&pki, &odd, "web.test", backend)
+    );
+    let proxy = Proxy::start(&body).await;
+    // Changes made at run time are part of what is exported.
+    let mut admin = proxy.admin().await;
+    admin
+        .set_backend_state(
+            L,
+            "a.test",
+            "127.0.0.1:9002",
+            mc_proxy_shared::AdminState::Draining,
+        )
+        .await
+        .unwrap();
+    admin
+        .set_no_sni_route("127.0.0.2:0", "web.test")
+        .await
+        .unwrap();
+    admin
+        .add_firewall_rule(mc_proxy_shared::FirewallRule {
+            kind: mc_proxy_shared::FirewallRuleKind::Ip,
+            value: "192.0.2.7".into(),
+        })
+        .await
+        .unwrap();
+
+    let o = ctl(&proxy, &["export"]).await;
+    assert_ok(&o);
+    let text = stdout(&o);
+    assert!(text.contains("state = \"draining\""), "{text}");
+    assert!(text.contains("interval = \"1500ms\""), "{text}");
+    // A config `check` accepts, and a fresh daemon seeded from it holds the same state.
+    let seeded = Proxy::start(&text).await;
+    assert_eq!(state_of(&seeded).await, state_of(&proxy).await, "{text}");
+}

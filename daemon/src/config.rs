@@ -351,6 +351,9 @@ struct FileBackendTable {
     /// i64: TOML's integer, so that a negative or huge weight is a validation problem (naming
     /// the route) rather than a type error.
     weight: Option<i64>,
+    /// The operator's say: `enabled` (the default), `draining` or `disabled`; what
+    /// `mcproxyctl export` writes for a member drained or disabled at run time.
+    state: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for FileBackend {
@@ -396,7 +399,13 @@ impl FileBackend {
                         )
                     })?,
                 };
-                Ok(RouteBackend::new(t.address.clone()).with_weight(weight))
+                let mut member = RouteBackend::new(t.address.clone()).with_weight(weight);
+                if let Some(state) = &t.state {
+                    member.state = state
+                        .parse()
+                        .map_err(|e| format!("backend {}: {e}", clip(&t.address)))?;
+                }
+                Ok(member)
             }
         }
     }
@@ -1498,6 +1507,35 @@ mod tests {
             "[[listeners]]\naddr = \"127.0.0.1:8443\"\n[[listeners.routes]]\n\
              hostname = \"app.test\"\n{body}\n"
         )
+    }
+
+    /// The table form carries an admin state (what `mcproxyctl export` writes for a drained
+    /// or disabled member); a state that is none of the three names the route and backend.
+    #[test]
+    fn a_backend_table_takes_an_admin_state() {
+        let f = Fixture::new();
+        let config = f
+            .parse(&one_route(
+                r#"backends = [{ address = "10.0.0.1:443", state = "draining" }, { address = "10.0.0.2:443", weight = 2, state = "enabled" }]"#,
+            ))
+            .unwrap();
+        let mut drained = RouteBackend::new("10.0.0.1:443");
+        drained.state = mc_proxy_shared::AdminState::Draining;
+        assert_eq!(
+            config.listeners[0].routes[0].backends,
+            [drained, RouteBackend::new("10.0.0.2:443").with_weight(2)]
+        );
+        let err = f
+            .parse(&one_route(
+                r#"backends = [{ address = "10.0.0.1:443", state = "off" }]"#,
+            ))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("route app.test"), "{err}");
+        assert!(
+            err.contains(r#"backends[0]: backend "10.0.0.1:443": invalid backend state "off""#),
+            "{err}"
+        );
     }
 
     #[test]
