@@ -232,15 +232,26 @@ pub enum BackendCommand {
     Enable(BackendStateArgs),
     /// Out of rotation; open connections still finish.
     Disable(BackendStateArgs),
+    /// Change one backend's weight (1 to 256), leaving the rest of the set as it is; new
+    /// connections and requests are balanced with it at once.
+    Weight {
+        #[command(flatten)]
+        member: BackendStateArgs,
+        /// The new weight, 1 to 256.
+        #[arg(value_name = "WEIGHT")]
+        weight: u32,
+    },
 }
 
 impl BackendCommand {
-    /// The admin state asked for, and the member named.
-    pub fn into_parts(self) -> (AdminState, BackendStateArgs) {
+    /// The admin state asked for (`None`: unchanged), the weight (likewise), and the member
+    /// named.
+    pub fn into_parts(self) -> (Option<AdminState>, Option<u32>, BackendStateArgs) {
         match self {
-            BackendCommand::Drain(a) => (AdminState::Draining, a),
-            BackendCommand::Enable(a) => (AdminState::Enabled, a),
-            BackendCommand::Disable(a) => (AdminState::Disabled, a),
+            BackendCommand::Drain(a) => (Some(AdminState::Draining), None, a),
+            BackendCommand::Enable(a) => (Some(AdminState::Enabled), None, a),
+            BackendCommand::Disable(a) => (Some(AdminState::Disabled), None, a),
+            BackendCommand::Weight { member, weight } => (None, Some(weight), member),
         }
     }
 }

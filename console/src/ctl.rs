@@ -169,13 +169,25 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
             }
         }
         Command::Routes(RoutesCommand::Backend(command)) => {
-            let (state, args) = command.into_parts();
+            let (state, weight, args) = command.into_parts();
             let entry = find_route(&mut client, &args.hostname, args.listener.as_deref()).await?;
             let route = client
-                .set_backend_state(&entry.listener, &entry.route.hostname, &args.address, state)
+                .set_backend(
+                    &entry.listener,
+                    &entry.route.hostname,
+                    &args.address,
+                    state,
+                    weight,
+                )
                 .await?;
+            let member = route.backends.iter().find(|b| b.address == args.address);
+            let what = match (state, member) {
+                (Some(state), _) => state.to_string(),
+                (None, Some(m)) => format!("weight {}", m.weight),
+                (None, None) => "changed".to_owned(),
+            };
             emit(&format!(
-                "backend {} of route {} on listener {}: {state}\n",
+                "backend {} of route {} on listener {}: {what}\n",
                 args.address, route.hostname, entry.listener
             ))
         }

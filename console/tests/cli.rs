@@ -1681,3 +1681,52 @@ async fn export_writes_a_config_that_seeds_the_same_state() {
     let seeded = Proxy::start(&text).await;
     assert_eq!(state_of(&seeded).await, state_of(&proxy).await, "{text}");
 }
+
+#[tokio::test]
+async fn one_backends_weight_is_set_without_restating_the_set() {
+    let proxy = ProxyBuilder::new()
+        .route_to("a.test", &[("127.0.0.1:9001", 1), ("127.0.0.1:9002", 2)])
+        .start()
+        .await;
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "backend",
+            "weight",
+            "a.test",
+            "127.0.0.1:9002",
+            "7",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        "backend 127.0.0.1:9002 of route a.test on listener 127.0.0.1:0: weight 7\n"
+    );
+    let o = ctl(&proxy, &["routes", "show", "a.test", "--json"]).await;
+    let entry: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let weights: Vec<_> = entry["route"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["weight"].as_u64().unwrap())
+        .collect();
+    assert_eq!(weights, [1, 7]);
+    // Out of range: the daemon's refusal in the TOML's words, exit 1, nothing changed.
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "backend",
+            "weight",
+            "a.test",
+            "127.0.0.1:9002",
+            "0",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("weight 0"), "{}", stderr(&o));
+}

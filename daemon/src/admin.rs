@@ -739,19 +739,22 @@ impl AdminService for Admin {
         request: Request<pb::SetBackendStateRequest>,
     ) -> Result<Response<pb::SetBackendStateResponse>, tonic::Status> {
         let req = request.into_inner();
-        // UNSPECIFIED is refused here: "set it to the default" is not a state change anyone
-        // means.
-        let state = AdminState::try_from(req.state).map_err(|_| {
-            tonic::Status::invalid_argument(format!(
-                "state {} is not enabled, draining or disabled",
-                req.state
-            ))
-        })?;
+        // UNSPECIFIED means "unchanged" (a weight change), never "set it to the default": a
+        // request with neither is refused by `apply`.
+        let state = match req.state {
+            0 => None,
+            n => Some(AdminState::try_from(n).map_err(|_| {
+                tonic::Status::invalid_argument(format!(
+                    "state {n} is not enabled, draining or disabled"
+                ))
+            })?),
+        };
         let change = Change::SetBackendState {
             listener: req.listener,
             hostname: req.hostname,
             address: req.address,
             state,
+            weight: req.weight,
         };
         let (route, _) = route_answer(self.apply(change).await?)?;
         Ok(Response::new(pb::SetBackendStateResponse {

@@ -64,9 +64,9 @@ pub enum Change {
     RemoveFirewallRule(FirewallRule),
     /// Re-read every L7 route's certificate and key (SIGHUP).
     ReloadCertificates,
-    /// Set one member of a route enabled, draining or disabled: stored, then the route is
-    /// swapped for one whose member has the new state (the data plane keeps the member's
-    /// health and counters across the swap).
+    /// Set one member of a route enabled, draining or disabled, and/or its weight: stored,
+    /// then the route is swapped for one whose member has the new state (the data plane keeps
+    /// the member's health and counters across the swap). At least one of the two is given.
     SetBackendState {
         /// The listener's configured address.
         listener: String,
@@ -74,8 +74,10 @@ pub enum Change {
         hostname: String,
         /// The member's address, as in the route.
         address: String,
-        /// The new admin state.
-        state: AdminState,
+        /// The new admin state (`None`: unchanged).
+        state: Option<AdminState>,
+        /// The new weight, 1 to 256 (`None`: unchanged).
+        weight: Option<u32>,
     },
     /// Add a listener: bound on every data-plane worker before it is stored, so an address
     /// that cannot be bound changes nothing.
@@ -504,9 +506,15 @@ impl Control {
                 hostname,
                 address,
                 state: admin,
+                weight,
             } => {
                 check_len("hostname", &hostname, max_len::HOSTNAME)?;
                 check_len("address", &address, max_len::BACKEND)?;
+                if admin.is_none() && weight.is_none() {
+                    return Err(ChangeError::Invalid(
+                        "nothing to change: give a state or a weight".into(),
+                    ));
+                }
                 let listener = listener_by_name(state, &listener)?;
                 let listener = &*listener;
                 let name = route_name(listener, &hostname)?;
@@ -529,9 +537,19 @@ impl Control {
                             clip(&address)
                         ))
                     })?;
-                member.state = admin;
-                store.set_backend_state(listener.id, &name, &address, admin)?;
-                tracing::info!(listener = %listener.addr, route = %name, backend = %address, state = %admin, "backend admin state set");
+                if let Some(admin) = admin {
+                    member.state = admin;
+                }
+                if let Some(weight) = weight {
+                    member.weight = weight;
+                    // The TOML's and the route's own rule (1 to 256), in its words.
+                    member
+                        .check_weight()
+                        .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+                }
+                let (admin, weight) = (member.state, member.weight);
+                store.set_backend(listener.id, &name, &address, admin, weight)?;
+                tracing::info!(listener = %listener.addr, route = %name, backend = %address, state = %admin, weight, "backend admin state and weight set");
                 let route = valid.route.clone();
                 // A member's state changed, not the route: `backend_changed` with the new
                 // state and reason at once (not `route_changed`, and not only when the health
@@ -1095,7 +1113,8 @@ mod tests {
             listener: L.into(),
             hostname: "App.Test".into(),
             address: address.into(),
-            state,
+            state: Some(state),
+            weight: None,
         }
     }
 
@@ -1162,7 +1181,8 @@ mod tests {
                 listener: L.into(),
                 hostname: "nope.test".into(),
                 address: "127.0.0.1:1".into(),
-                state: AdminState::Disabled,
+                state: Some(AdminState::Disabled),
+                weight: None,
             },
         ] {
             let err = control.apply(change).unwrap_err();

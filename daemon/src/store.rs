@@ -438,6 +438,31 @@ impl Store {
         address: &str,
         state: AdminState,
     ) -> Result<(), StoreError> {
+        let weight: Option<u32> = None;
+        self.update_backend(listener_id, hostname, address, state, weight)
+    }
+
+    /// Sets the admin state and the weight of one member of the route `hostname` on a
+    /// listener, in one statement.
+    pub fn set_backend(
+        &mut self,
+        listener_id: i64,
+        hostname: &str,
+        address: &str,
+        state: AdminState,
+        weight: u32,
+    ) -> Result<(), StoreError> {
+        self.update_backend(listener_id, hostname, address, state, Some(weight))
+    }
+
+    fn update_backend(
+        &mut self,
+        listener_id: i64,
+        hostname: &str,
+        address: &str,
+        state: AdminState,
+        weight: Option<u32>,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         let id: Option<i64> = tx
             .query_row(
@@ -450,8 +475,9 @@ impl Store {
             return Err(StoreError::NotFound(format!("route {hostname}")));
         };
         let changed = tx.execute(
-            "UPDATE backends SET admin_state = ?3 WHERE route_id = ?1 AND address = ?2",
-            params![id, address, state.as_str()],
+            "UPDATE backends SET admin_state = ?3, weight = COALESCE(?4, weight)
+             WHERE route_id = ?1 AND address = ?2",
+            params![id, address, state.as_str(), weight],
         )?;
         if changed == 0 {
             return Err(StoreError::NotFound(format!(

@@ -782,13 +782,28 @@ impl AdminClient {
         address: &str,
         state: AdminState,
     ) -> Result<Route, ClientError> {
+        self.set_backend(listener, hostname, address, Some(state), None)
+            .await
+    }
+
+    /// Sets one member's admin state and/or weight (1 to 256), leaving the rest of the set as
+    /// it is; returns the route as stored after the change.
+    pub async fn set_backend(
+        &mut self,
+        listener: &str,
+        hostname: &str,
+        address: &str,
+        state: Option<AdminState>,
+        weight: Option<u32>,
+    ) -> Result<Route, ClientError> {
         let r = self
             .inner
             .set_backend_state(pb::SetBackendStateRequest {
                 listener: listener.to_owned(),
                 hostname: hostname.to_owned(),
                 address: address.to_owned(),
-                state: pb::AdminState::from(state).into(),
+                state: state.map_or(0, |s| pb::AdminState::from(s).into()),
+                weight,
             })
             .await?
             .into_inner();

@@ -518,3 +518,47 @@ async fn an_l4_connection_is_named_with_the_member_it_went_to_not_the_routes_set
     .await;
     assert_eq!(opened, first);
 }
+
+#[tokio::test]
+async fn one_backends_weight_changes_at_run_time_and_bad_weights_change_nothing() {
+    let pki = Pki::new();
+    let b = three_tls(&pki).await;
+    let proxy = ProxyBuilder::new()
+        .route_to("a.test", &[(b[0].addr, 1), (b[1].addr, 1)])
+        .start()
+        .await;
+    let mut admin = proxy.admin().await;
+    let one = b[0].addr.to_string();
+
+    // 0, 257 and "nothing to change" are refused; the set is untouched.
+    for (state, weight) in [(None, Some(0)), (None, Some(257)), (None, None)] {
+        let err = admin
+            .set_backend("127.0.0.1:0", "a.test", &one, state, weight)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
+    }
+    assert!(members(&proxy, "a.test").iter().all(|m| m.weight == 1));
+
+    // Weight 3 for one member: stored, live at once, its state and the other member kept.
+    let route = admin
+        .set_backend("127.0.0.1:0", "a.test", &one, None, Some(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        route
+            .backends
+            .iter()
+            .map(|m| (m.weight, m.state))
+            .collect::<Vec<_>>(),
+        [(3, AdminState::Enabled), (1, AdminState::Enabled)]
+    );
+    let mut names = Vec::new();
+    for _ in 0..200 {
+        names.push(l4_once(proxy.addr(), &pki).await.unwrap());
+    }
+    assert_eq!(count(&names, "one.a.test"), 150, "{names:?}");
+    assert_eq!(count(&names, "two.a.test"), 50, "{names:?}");
+    let stored = admin.list_routes(None).await.unwrap();
+    assert_eq!(stored[0].route.backends[0].weight, 3);
+}
