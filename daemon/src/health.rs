@@ -162,7 +162,15 @@ impl Probe {
         );
         let status = tokio::time::timeout_at(deadline, probe)
             .await
-            .map_err(|_| format!("timeout {}", self.after()))??;
+            .map_err(|_| format!("timeout {}", self.after()))?
+            .map_err(|e| {
+                // The OS's words for the most common failure, as the TCP probe says it.
+                if e.contains("Connection refused") {
+                    "connect refused".to_owned()
+                } else {
+                    e
+                }
+            })?;
         if self.check.expect.contains(status.as_u16()) {
             Ok(())
         } else {

@@ -349,6 +349,8 @@ async fn l7_with_every_backend_down_answers_503() {
         .start()
         .await;
     wait_state(&proxy, "web.test", dead.addr, BackendState::Down).await;
+    let m = member(&proxy, "web.test", dead.addr);
+    assert_eq!(m.reason, "a check failed: connect refused", "{m:?}");
     let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
     let resp = ask_h2(
         &mut client,
@@ -777,4 +779,30 @@ async fn l7_expect_takes_codes_ranges_and_classes_and_a_changed_check_drops_old_
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+#[tokio::test]
+async fn l7_a_check_that_gets_no_answer_times_out_after_its_timeout() {
+    let pki = Pki::new();
+    let web = H2Backend::start().await;
+    let interval = Duration::from_millis(400);
+    let timeout = interval / 2;
+    let proxy = ProxyBuilder::new()
+        .route_to("web.test", &[(web.addr, 1)])
+        .l7(&pki)
+        .health_check(interval, 1, 1, Some("/hang"))
+        .start()
+        .await;
+    let took = wait_state(&proxy, "web.test", web.addr, BackendState::Down).await;
+    assert!(
+        took >= timeout - Duration::from_millis(20),
+        "down after {took:?}"
+    );
+    let m = member(&proxy, "web.test", web.addr);
+    assert_eq!(m.reason, "a check failed: timeout after 200ms", "{m:?}");
+    let last = m.last_check.unwrap();
+    assert!(
+        last.latency >= timeout && last.latency < timeout + Duration::from_millis(500),
+        "{last:?}"
+    );
 }
