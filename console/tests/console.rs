@@ -1543,6 +1543,16 @@ fn a_pools_row_shows_how_many_members_are_up_in_colour() {
     for (w, h) in [(80, 24), (60, 16)] {
         assert_eq!(colour_of(&app, w, h, "pool.test", "0/3 up"), Color::Red);
     }
+    // Nothing known yet of any (a new route): not up, but nothing wrong either.
+    for address in ["127.0.0.1:38943", "127.0.0.1:38944", "127.0.0.1:38945"] {
+        app.on_event(
+            member_changed(address, AdminState::Enabled, BackendState::Unknown, ""),
+            Instant::now(),
+        );
+    }
+    for (w, h) in [(80, 24), (60, 16)] {
+        assert_eq!(colour_of(&app, w, h, "pool.test", "0/3 up"), Color::Gray);
+    }
 }
 
 /// Issue 28: a member going down is a notice on the status line (red, it expires like every

@@ -1237,8 +1237,10 @@ pub fn members_cell(route: &mc_proxy_shared::Route, w: usize) -> String {
 }
 
 /// The routes table's UP cell of a route with several members: `N/M up`, members up over
-/// all members, from the live member figures, green when all are up, yellow when some are
-/// not, red when none is. `-` before the daemon sent any figures; `None` for a single backend.
+/// all members, from the live member figures, green when all are up, grey when the others
+/// are `unknown` (nothing wrong is known: a new route before its first connection or check),
+/// yellow when some are not up, red when none takes traffic. `-` before the daemon sent any
+/// figures; `None` for a single backend.
 pub fn up_cell(r: &super::app::RouteView) -> Option<(String, Color)> {
     let all = r.route.backends.len();
     if all < 2 {
@@ -1247,21 +1249,28 @@ pub fn up_cell(r: &super::app::RouteView) -> Option<(String, Color)> {
     if r.stats.members.is_empty() {
         return Some(("-".into(), Color::Gray));
     }
-    let up = r
-        .route
-        .backends
-        .iter()
-        .filter(|b| {
-            r.stats
-                .members
-                .iter()
-                .any(|m| m.address == b.address && m.state == mc_proxy_shared::BackendState::Up)
-        })
-        .count();
-    let color = match up {
-        0 => Color::Red,
-        n if n == all => Color::Green,
-        _ => Color::Yellow,
+    let count = |state: mc_proxy_shared::BackendState| {
+        r.route
+            .backends
+            .iter()
+            .filter(|b| {
+                r.stats
+                    .members
+                    .iter()
+                    .any(|m| m.address == b.address && m.state == state)
+            })
+            .count()
+    };
+    let up = count(mc_proxy_shared::BackendState::Up);
+    let unknown = count(mc_proxy_shared::BackendState::Unknown);
+    let color = if up == all {
+        Color::Green
+    } else if up + unknown == all {
+        Color::Gray
+    } else if up + unknown == 0 {
+        Color::Red
+    } else {
+        Color::Yellow
     };
     Some((format!("{up}/{all} up"), color))
 }
