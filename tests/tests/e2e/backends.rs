@@ -806,3 +806,24 @@ async fn l7_a_check_that_gets_no_answer_times_out_after_its_timeout() {
         "{last:?}"
     );
 }
+
+#[tokio::test]
+async fn l4_tls_check_sends_the_proxy_header_a_route_sends() {
+    let pki = Pki::new();
+    let backend = TlsBackend::start_proxied(&pki, &["a.test"]).await;
+    let proxy = ProxyBuilder::new()
+        .route_to("a.test", &[(backend.addr, 1)])
+        .send_proxy()
+        .health_check(Duration::from_millis(200), 1, 1, None)
+        .start()
+        .await;
+    // The backend reads a PROXY header before its TLS handshake: without one the probe's
+    // ClientHello would be taken for a bad header and the check would fail.
+    wait_state(&proxy, "a.test", backend.addr, BackendState::Up).await;
+    let m = member(&proxy, "a.test", backend.addr);
+    assert_eq!(m.last_check.unwrap().error, None);
+    assert_eq!(m.total, 0, "no client connection made it up: the check did");
+    // The probe's header says nothing of a client: there is none.
+    let header = backend.header(0);
+    assert!(format!("{header:?}").contains("0.0.0.0"), "{header:?}");
+}
