@@ -272,28 +272,29 @@ pub struct BackendStateArgs {
 /// check on; the ones left out take the defaults (or, on update, the route's current values).
 #[derive(Debug, Clone, Default, Args)]
 pub struct CheckArgs {
-    /// Turn on the active health check with default settings (TCP connect every 2s, timeout
-    /// 1s, rise 2, fall 3).
+    /// Turn on the active health check with default settings (every 2s, timeout 1s, rise 2,
+    /// fall 3; L4: TCP connect + TLS handshake, certificate not verified; L7: TCP connect).
     #[arg(long)]
     pub check: bool,
-    /// Time between two probes of one backend, e.g. 2s, 500ms (at least 100ms).
+    /// Time between two probes of one backend, e.g. 2s, 500ms (from 100ms to 1h).
     #[arg(long, value_name = "DURATION", value_parser = Clipped(duration))]
     pub check_interval: Option<std::time::Duration>,
     /// How long one probe may take (more than 0, at most the interval).
     #[arg(long, value_name = "DURATION", value_parser = Clipped(duration))]
     pub check_timeout: Option<std::time::Duration>,
-    /// Successes in a row that bring a down backend up (at least 1).
+    /// Successes in a row that bring a down backend up (1 to 100).
     #[arg(long, value_name = "N", value_parser = Clipped(count))]
     pub check_rise: Option<u32>,
-    /// Failures in a row that bring an up backend down (at least 1).
+    /// Failures in a row that bring an up backend down (1 to 100).
     #[arg(long, value_name = "N", value_parser = Clipped(count))]
     pub check_fall: Option<u32>,
     /// L7: probe with GET of this path (starting with /) instead of a TCP connect; "" for a
     /// TCP connect again.
     #[arg(long, value_name = "PATH")]
     pub check_path: Option<String>,
-    /// L7 HTTP probes: the status classes that count as healthy, e.g. 2xx or 2xx,3xx.
-    #[arg(long, value_name = "CLASSES")]
+    /// L7 HTTP probes: the statuses that count as healthy, as HAProxy takes them: codes,
+    /// classes, ranges or a comma list of them, e.g. 200, 2xx, 200-399, 200,301-302,4xx.
+    #[arg(long, value_name = "STATUSES")]
     pub check_expect: Option<String>,
 }
 

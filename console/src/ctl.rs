@@ -918,8 +918,46 @@ pub fn member_state(m: &MemberStats) -> String {
     }
 }
 
+/// `for 2m`: how long the member has been in its state at `now_ms` (ms since the Unix
+/// epoch); `-` from a daemon that does not say.
+pub fn member_since(m: &MemberStats, now_ms: u64) -> String {
+    if m.since_ms == 0 {
+        return "-".into();
+    }
+    format!(
+        "for {}",
+        crate::tui::fit::age(now_ms.saturating_sub(m.since_ms) / 1000)
+    )
+}
+
+/// The last active check at `now_ms`: `3s ago: ok in 2ms`, `1s ago: connect refused in
+/// 150µs`; `-` when there is none (no check, or its settings just changed).
+pub fn member_check(m: &MemberStats, now_ms: u64) -> String {
+    match &m.last_check {
+        None => "-".into(),
+        Some(c) => format!(
+            "{} ago: {} in {}",
+            crate::tui::fit::age(now_ms.saturating_sub(c.at_ms) / 1000),
+            c.error.as_deref().unwrap_or("ok"),
+            crate::tui::fit::latency(c.latency)
+        ),
+    }
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// `routes show`: the route's fields, then one row per member.
 fn format_route_detail(e: &RouteEntry) -> String {
+    format_route_detail_at(e, now_ms())
+}
+
+/// [`format_route_detail`] with times relative to `now_ms`.
+fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
     let r = &e.route;
     let mut out = String::new();
     let _ = writeln!(out, "route     {} on listener {}", r.hostname, e.listener);
@@ -935,7 +973,9 @@ fn format_route_detail(e: &RouteEntry) -> String {
             None => "none (passive health only)".to_owned(),
             Some(c) => format!(
                 "{} every {}, timeout {}, rise {}, fall {}{}",
-                if c.path.is_empty() {
+                if c.path.is_empty() && r.mode == mc_proxy_shared::Mode::L4 {
+                    "tcp connect + tls handshake".to_owned()
+                } else if c.path.is_empty() {
                     "tcp connect".to_owned()
                 } else {
                     format!("GET {}", c.path)
@@ -969,6 +1009,8 @@ fn format_route_detail(e: &RouteEntry) -> String {
                 n(|m| m.total),
                 n(|m| m.failures),
                 n(|m| m.ejections),
+                live.map_or("-".into(), |m| member_since(m, now_ms)),
+                live.map_or("-".into(), |m| member_check(m, now_ms)),
                 live.map_or(String::new(), |m| m.reason.clone()),
             ]
         })
@@ -984,6 +1026,8 @@ fn format_route_detail(e: &RouteEntry) -> String {
                 "TOTAL",
                 "FAILURES",
                 "EJECTIONS",
+                "SINCE",
+                "CHECK",
                 "REASON",
             ][..],
         ),
@@ -1338,6 +1382,10 @@ mod tests {
             failures: 1,
             ejections: 0,
             reason: String::new(),
+            since_ms: 1_000_000,
+            last_check: None,
+            checks_passed: 0,
+            checks_failed: 0,
         };
         let entry = RouteEntry {
             not_served: None,
@@ -1361,7 +1409,18 @@ mod tests {
             },
             route,
         };
-        let text = format_route_detail(&entry);
+        let mut entry = entry;
+        entry.stats.members[0].last_check = Some(mc_proxy_shared::CheckResult {
+            at_ms: 1_117_000,
+            error: Some("connect refused".into()),
+            latency: std::time::Duration::from_micros(150),
+        });
+        let text = format_route_detail_at(&entry, 1_120_000);
+        assert!(
+            text.contains("for 2m  3s ago: connect refused in 150µs"),
+            "{text}"
+        );
+        assert!(text.contains("for 2m  -"), "no check: {text}");
         let rows: Vec<Vec<&str>> = text
             .lines()
             .skip_while(|l| !l.starts_with("BACKEND"))
@@ -1378,7 +1437,15 @@ mod tests {
                     "0",
                     "10",
                     "1",
-                    "0"
+                    "0",
+                    "for",
+                    "2m",
+                    "3s",
+                    "ago:",
+                    "connect",
+                    "refused",
+                    "in",
+                    "150µs"
                 ],
                 vec![
                     "10.0.0.1:444",
@@ -1388,7 +1455,10 @@ mod tests {
                     "3",
                     "10",
                     "1",
-                    "0"
+                    "0",
+                    "for",
+                    "2m",
+                    "-"
                 ],
             ]
         );

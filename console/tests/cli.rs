@@ -194,7 +194,8 @@ async fn routes_and_status_as_tables_and_json() {
     );
     assert_eq!(
         rows[1][..4],
-        ["127.0.0.1:9555", "1", "enabled", "up"],
+        // Never contacted, no check: nothing is known of it yet.
+        ["127.0.0.1:9555", "1", "enabled", "unknown"],
         "{out}"
     );
     assert_eq!(
@@ -224,7 +225,7 @@ async fn routes_and_status_as_tables_and_json() {
         .collect();
     assert_eq!(row[3], "127.0.0.1:9555,127.0.0.1:9556", "{out}");
     assert_eq!(
-        row[10], "127.0.0.1:9555/w1/up,127.0.0.1:9556/w3/draining",
+        row[10], "127.0.0.1:9555/w1/unknown,127.0.0.1:9556/w3/draining",
         "{out}"
     );
     assert_eq!(row[11], "served", "{out}");
@@ -249,7 +250,7 @@ async fn routes_and_status_as_tables_and_json() {
     assert_eq!(new["route"]["balance"], "least_conn");
     assert_eq!(new["stats"]["members"][1]["admin"], "draining");
     assert_eq!(new["stats"]["members"][1]["state"], "draining");
-    assert_eq!(new["stats"]["members"][0]["state"], "up");
+    assert_eq!(new["stats"]["members"][0]["state"], "unknown");
     assert_eq!(new["stats"]["members"][0]["weight"], 1);
     assert_eq!(new["route"]["send_proxy_protocol"], false);
     assert_eq!(new["stats"]["total_connections"], 0);
@@ -568,7 +569,12 @@ async fn events_follow_traffic_as_json_lines() {
     .expect("no connection_closed event");
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(kinds, ["connection_opened", "connection_closed"]);
+    // The backend was `unknown` (never contacted): the connection made it `up`, which is
+    // published too.
+    let (changes, rest): (Vec<String>, Vec<String>) =
+        kinds.into_iter().partition(|k| k == "backend_changed");
+    assert_eq!(rest, ["connection_opened", "connection_closed"]);
+    assert_eq!(changes.len(), 1, "{changes:?}");
     assert_eq!(closed["hostname"], "a.test");
     assert_eq!(closed["outcome"], "closed");
     assert!(closed["bytes_in"].as_u64().unwrap() > 0);
@@ -662,10 +668,18 @@ async fn events_of_one_type_only() {
     )
     .await;
     assert_ok(&o);
-    let line = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("no backend_changed line")
-        .expect("mcproxyctl events ended");
+    // The connection's member was `unknown` (never contacted): its first connection made it
+    // `up`, a backend change of its own that may come first.
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let line = rx.recv().await.expect("mcproxyctl events ended");
+            if !line.contains(" up (the first connection went through)") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("no backend_changed line");
     let _ = child.kill();
     let _ = child.wait();
     assert!(
@@ -765,7 +779,11 @@ async fn a_closed_pipe_ends_the_command_quietly() {
     })
     .await
     .unwrap();
-    assert!(first.contains("open"), "{first}");
+    // The first line is the connection's, or the backend change it made (unknown to up).
+    assert!(
+        first.contains("open") || first.contains(" up (the first connection went through)"),
+        "{first}"
+    );
     // The reader (moved into the closure) is gone now; keep making events until it notices.
     let exited = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -1041,7 +1059,9 @@ async fn zeros_are_refused_in_the_tomls_words_and_change_nothing() {
         "--backend",
         "127.0.0.1:9444",
     ];
-    let cases: [(&[&str], &[&str], &str); 9] = [
+    let most = "health_check: rise and fall must be at most 100";
+    let longest = "health_check: interval must be at most 1h";
+    let cases: [(&[&str], &[&str], &str); 13] = [
         (&update, &["--backend", "127.0.0.1:9443,weight=0"], weight),
         (&update, &["--backend", "127.0.0.1:9443 weight=0"], weight),
         (&add[..6], &["--backend", "127.0.0.1:9443,weight=0"], weight),
@@ -1063,6 +1083,11 @@ async fn zeros_are_refused_in_the_tomls_words_and_change_nothing() {
         (&update, &["--check-timeout", "0s"], timeout),
         (&add, &["--check-rise", "0"], rise_fall),
         (&add, &["--check-interval", "0s"], interval),
+        // The upper bounds, in the same words.
+        (&update, &["--check-rise", "101"], most),
+        (&add, &["--check-fall", "1000"], most),
+        (&update, &["--check-interval", "2h"], longest),
+        (&add, &["--check-interval", "61m"], longest),
     ];
     for (command, flags, needle) in cases {
         let args = [command, flags].concat();
@@ -1097,6 +1122,22 @@ async fn zeros_are_refused_in_the_tomls_words_and_change_nothing() {
             assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
             assert!(err.contains(needle), "{args:?}: {err}");
             assert!(!err.contains("port must"), "{args:?}: {err}");
+        }
+    }
+    // `--check-expect` goes through the one parser of `expect`, the TOML's and the API's:
+    // refused before any call, in its words.
+    let expect = "invalid expected status \"2xx-3xx\": expected status codes from 100 to 599, \
+                  classes or ranges";
+    for (value, needle) in [
+        ("2xx-3xx", expect),
+        ("200,600", "invalid expected status \"200,600\""),
+    ] {
+        for command in [&update[..], &add[..]] {
+            let args = [command, &["--check-expect", value][..]].concat();
+            let o = ctl(&proxy, &args).await;
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains(needle), "{args:?}: {err}");
         }
     }
     // A huge misspelt option or count is quoted cut short.
@@ -1363,7 +1404,7 @@ async fn a_route_not_served_is_listed_shown_and_removable() {
             .split_whitespace()
             .rev()
             .take(2)
-            .eq(["served", "127.0.0.1:9/w1/up"]),
+            .eq(["served", "127.0.0.1:9/w1/unknown"]),
         "{out}"
     );
     // A route not served has no live member state.
@@ -1729,4 +1770,73 @@ async fn one_backends_weight_is_set_without_restating_the_set() {
     .await;
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("weight 0"), "{}", stderr(&o));
+}
+
+/// Issue 28: `routes show` says per backend how long it has been in its state and what its
+/// last check found (time ago, result, latency); the JSON carries the same figures.
+#[tokio::test]
+async fn routes_show_says_since_when_and_the_last_check() {
+    let pki = Pki::new();
+    let live = TlsBackend::start(&pki, &["a.test"]).await;
+    let dead = DeadBackend::new();
+    let proxy = ProxyBuilder::new()
+        .route_to("a.test", &[(live.addr, 1), (dead.addr, 1)])
+        .health_check(Duration::from_millis(100), 1, 1, None)
+        .start()
+        .await;
+    let members = || async {
+        let o = ctl(&proxy, &["routes", "show", "a.test", "--json"]).await;
+        assert_ok(&o);
+        let entry: Value = serde_json::from_str(&stdout(&o)).unwrap();
+        entry["stats"]["members"].clone()
+    };
+    let started = std::time::Instant::now();
+    let m = loop {
+        let m = members().await;
+        if m[0]["state"] == "up" && m[1]["state"] == "down" {
+            break m;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(m[1]["last_check"]["error"], "connect refused", "{m}");
+    assert_eq!(m[0]["last_check"]["error"], Value::Null, "{m}");
+    assert!(m[0]["last_check"]["at_ms"].as_u64().unwrap() > 0, "{m}");
+    assert!(m[1]["since_ms"].as_u64().unwrap() > 0, "{m}");
+    assert!(m[1]["checks_failed"].as_u64().unwrap() >= 1, "{m}");
+
+    let o = ctl(&proxy, &["routes", "show", "a.test"]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.contains("check     tcp connect + tls handshake every 100ms"),
+        "{out}"
+    );
+    let lines: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("BACKEND"))
+        .collect();
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header[8..],
+        ["SINCE", "CHECK", "REASON"],
+        "after the counters: {out}"
+    );
+    let row = |addr: String| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(&addr))
+            .unwrap_or_else(|| panic!("no row for {addr}: {out}"))
+            .to_string()
+    };
+    let up = row(live.addr.to_string());
+    let cells: Vec<&str> = up.split_whitespace().collect();
+    assert_eq!(cells[3], "up", "{out}");
+    assert_eq!(cells[8], "for", "{out}");
+    assert!(cells[9].ends_with('s'), "{out}");
+    assert!(up.contains(" ago: ok in "), "{out}");
+    let down = row(dead.addr.to_string());
+    assert!(down.split_whitespace().nth(3) == Some("down"), "{out}");
+    assert!(down.contains(" ago: connect refused in "), "{out}");
+    assert!(down.ends_with("a check failed: connect refused"), "{out}");
 }

@@ -857,6 +857,8 @@ fn a_routes_backends_show_their_state_and_traffic_and_follow_state_changes() {
         failures,
         ejections: u64::from(state == BackendState::Ejected),
         reason: String::new(),
+        // A daemon from before the field: no "for ..." shown.
+        ..MemberStats::default()
     };
     let route = Route {
         hostname: "pool.test".into(),
@@ -1541,6 +1543,16 @@ fn a_pools_row_shows_how_many_members_are_up_in_colour() {
     for (w, h) in [(80, 24), (60, 16)] {
         assert_eq!(colour_of(&app, w, h, "pool.test", "0/3 up"), Color::Red);
     }
+    // Nothing known yet of any (a new route): not up, but nothing wrong either.
+    for address in ["127.0.0.1:38943", "127.0.0.1:38944", "127.0.0.1:38945"] {
+        app.on_event(
+            member_changed(address, AdminState::Enabled, BackendState::Unknown, ""),
+            Instant::now(),
+        );
+    }
+    for (w, h) in [(80, 24), (60, 16)] {
+        assert_eq!(colour_of(&app, w, h, "pool.test", "0/3 up"), Color::Gray);
+    }
 }
 
 /// Issue 28: a member going down is a notice on the status line (red, it expires like every
@@ -1612,4 +1624,118 @@ fn a_backend_going_down_is_a_notice_on_the_status_line() {
     app.on_tick(now + mcproxyctl::tui::app::NOTE_TTL);
     assert!(app.note.is_none());
     assert!(!render(&app, 120, 40).contains("of pool.test ejected"));
+}
+
+/// Issue 28: the route detail says per backend how long it has been in its state and what its
+/// last check found, as of the figures (not the screen's clock), within the layout at 80x24,
+/// and at 60x16 the selected backend's line (scrolled to) still shows it.
+#[test]
+fn a_backends_since_and_last_check_show_in_the_route_detail() {
+    use mc_proxy_shared::{AdminState, BackendState, CheckResult, HealthCheck, MemberStats};
+    let mut app = app_with(&[("pool.test", "127.0.0.1:38943", Mode::L4)]);
+    let at = 1_800_000_000_000u64;
+    let route = Route {
+        hostname: "pool.test".into(),
+        backends: (0..6)
+            .map(|i| mc_proxy_shared::RouteBackend::new(format!("127.0.0.1:3894{i}")))
+            .collect(),
+        health_check: Some(HealthCheck::default()),
+        ..Route::default()
+    };
+    let member = |i: usize| MemberStats {
+        address: format!("127.0.0.1:3894{i}"),
+        weight: 1,
+        admin: AdminState::Enabled,
+        state: if i == 5 {
+            BackendState::Down
+        } else {
+            BackendState::Up
+        },
+        since_ms: at - 125_000,
+        last_check: Some(CheckResult {
+            at_ms: at - 3_000,
+            error: (i == 5).then(|| "connect refused".to_owned()),
+            latency: Duration::from_micros(if i == 5 { 150 } else { 2_400 }),
+        }),
+        reason: if i == 5 {
+            "3 checks failed in a row: connect refused".into()
+        } else {
+            String::new()
+        },
+        ..MemberStats::default()
+    };
+    app.on_event(
+        TimedEvent {
+            timestamp_ms: at,
+            event: Event::RouteChanged {
+                listener: "127.0.0.1:8443".into(),
+                action: mc_proxy_shared::ChangeAction::Updated,
+                route: route.clone(),
+                previous_hostname: "pool.test".into(),
+            },
+        },
+        Instant::now(),
+    );
+    app.on_event(
+        TimedEvent {
+            timestamp_ms: at,
+            event: Event::Stats {
+                listeners: vec![ListenerStatus {
+                    addr: "127.0.0.1:8443".into(),
+                    route_count: 1,
+                    ..ListenerStatus::default()
+                }],
+                routes: vec![RouteEntry {
+                    not_served: None,
+                    listener: "127.0.0.1:8443".into(),
+                    route: route.clone(),
+                    stats: RouteStats {
+                        members: (0..6).map(member).collect(),
+                        ..RouteStats::default()
+                    },
+                }],
+                backends: vec![],
+            },
+        },
+        Instant::now(),
+    );
+    app.on_key(key(KeyCode::Enter));
+    assert_eq!(app.mode, Screen::RouteDetail);
+    let s = render(&app, 80, 24);
+    assert!(
+        s.contains("tcp + tls handshake every 2s"),
+        "the L4 check says what it does: {s}"
+    );
+    let first = s
+        .lines()
+        .find(|l| l.contains("127.0.0.1:38940") && l.contains(" w1"))
+        .unwrap_or_else(|| panic!("{s}"));
+    assert!(first.contains("up for 2m"), "{s}");
+    assert!(flat(&s).contains("check 3s ago: ok in 2ms"), "{s}");
+    // The last member: select it; the detail scrolls to it.
+    for _ in 0..5 {
+        app.on_key(key(KeyCode::Down));
+    }
+    for (w, h) in [(80, 24), (60, 16)] {
+        let s = render(&app, w, h);
+        assert!(
+            s.lines()
+                .any(|l| l.contains("127.0.0.1:38945") && l.contains("down for 2m")),
+            "{w}x{h}: {s}"
+        );
+        assert!(
+            flat(&s).contains("check 3s ago: connect refused in 150µs"),
+            "{w}x{h}: {s}"
+        );
+    }
+}
+
+/// The screen's text with box edges taken off and wrapped lines joined by a space (the
+/// detail wraps at spaces).
+fn flat(screen: &str) -> String {
+    screen
+        .lines()
+        .map(|l| l.trim().trim_matches('│').trim())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

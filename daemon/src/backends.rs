@@ -18,14 +18,25 @@
 //! within a few cooldowns (capped at `eject_max_time`); when the cooldown is over one
 //! connection is let through, and its result decides: success brings the member back,
 //! failure ejects it again for longer.
+//!
+//! What is shown never outlives its evidence: the state is computed when read (an ejection
+//! whose cooldown is over reads `up`, or `unknown`, at once), every state change records its
+//! wall clock "since", the reason is rewritten by each check result (an `up` member carries
+//! no old failure), and a change of the route's check drops the results of the old one. A
+//! member with no evidence yet (never checked, never contacted) is `unknown`: it takes
+//! traffic, its first success makes it `up`, its failures count as usual.
 
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use mc_proxy_shared::{AdminState, BackendState, Balance, MemberStats, RouteBackend};
+use mc_proxy_shared::{
+    AdminState, BackendState, Balance, CheckResult, HealthCheck, MemberStats, RouteBackend,
+};
+
+use crate::stats::{HistogramSnapshot, LatencyHistogram};
 
 /// The longest state change reason kept, in bytes: errors can carry names from afar.
 const REASON_MAX: usize = 200;
@@ -78,6 +89,16 @@ pub struct MemberHealth {
     failures: AtomicU64,
     /// Times passive health ejected it.
     ejections: AtomicU64,
+    /// Active check probes that passed.
+    checks_passed: AtomicU64,
+    /// Active check probes that failed.
+    checks_failed: AtomicU64,
+    /// Active check probe durations (to the failure, for a failed one).
+    check_duration: LatencyHistogram,
+    /// Something worked: a check passed, or a connection or request went through. Until
+    /// then (and again when a check that had it down is removed) the member is `unknown`.
+    /// Read without the lock on the success path, set under it.
+    known: AtomicBool,
     /// Passive health has something a success would clear (failures in a row, an
     /// ejection): set under the lock, read without it, so the per-request success of a
     /// healthy member takes no lock.
@@ -105,19 +126,47 @@ struct Health {
     probing: bool,
     /// Active check: when the next probe is due.
     next_probe: Option<Instant>,
-    /// Why it last changed state.
+    /// Active check: the check the results below are for; another one (the route's check
+    /// was edited) drops them.
+    check_for: Option<HealthCheck>,
+    /// Active check: the newest result with `check_for`.
+    last_check: Option<CheckResult>,
+    /// Why it is in its state.
     reason: String,
     /// The state last published, to publish changes only.
     published: BackendState,
+    /// When `published` last changed.
+    since: Since,
+}
+
+/// A wall clock time that defaults to now: a member's first "since" is when it was first seen.
+#[derive(Debug, Clone, Copy)]
+struct Since(SystemTime);
+
+impl Default for Since {
+    fn default() -> Self {
+        Since(SystemTime::now())
+    }
+}
+
+/// Milliseconds since the Unix epoch of `t` (0 before it).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Health {
-    fn state(&self, admin: AdminState) -> BackendState {
+    /// The state at `now`: an ejection counts only until its cooldown is over (then the
+    /// member is tried again and shows so, whether or not a trial went yet).
+    fn state(&self, admin: AdminState, known: bool, now: Instant) -> BackendState {
         match admin {
             AdminState::Disabled => BackendState::Disabled,
             AdminState::Draining => BackendState::Draining,
             AdminState::Enabled if self.check_down => BackendState::Down,
-            AdminState::Enabled if self.ejected_until.is_some() => BackendState::Ejected,
+            AdminState::Enabled if self.ejected_until.is_some_and(|until| until > now) => {
+                BackendState::Ejected
+            }
+            AdminState::Enabled if !known => BackendState::Unknown,
             AdminState::Enabled => BackendState::Up,
         }
     }
@@ -133,18 +182,56 @@ pub struct Transition {
 impl MemberHealth {
     /// The member's figures, for stats and events.
     pub fn stats(&self, spec: &RouteBackend) -> MemberStats {
+        let check = self.lock().check_for.clone();
+        self.stats_for(spec, check.as_ref())
+    }
+
+    /// The member's figures as the route with `check` reads them: when the route's check
+    /// changed and the walk did not see it yet (at most a tick), the old check's result and
+    /// the reason drawn from it are not shown.
+    pub fn stats_for(&self, spec: &RouteBackend, check: Option<&HealthCheck>) -> MemberStats {
         let h = self.lock();
+        let now = Instant::now();
+        let current = h.check_for.as_ref() == check;
+        let state = h.state(spec.state, self.is_known(), now);
+        let check_reason =
+            spec.state == AdminState::Enabled && h.ejected_until.is_none_or(|until| until <= now);
         MemberStats {
             address: spec.address.clone(),
             weight: spec.weight,
             admin: spec.state,
-            state: h.state(spec.state),
+            state,
             active: self.active.load(Ordering::Relaxed),
             total: self.total.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             ejections: self.ejections.load(Ordering::Relaxed),
-            reason: h.reason.clone(),
+            // Read between the state's change and the walk that publishes it (at most a
+            // tick), the reason would be the old state's: better none than a wrong one.
+            reason: if state != h.published {
+                String::new()
+            } else if !current && check_reason {
+                match check {
+                    Some(_) => "the health check changed: no result yet",
+                    None => "the health check was removed",
+                }
+                .to_owned()
+            } else {
+                h.reason.clone()
+            },
+            since_ms: unix_ms(h.since.0),
+            last_check: if current { h.last_check.clone() } else { None },
+            checks_passed: self.checks_passed.load(Ordering::Relaxed),
+            checks_failed: self.checks_failed.load(Ordering::Relaxed),
         }
+    }
+
+    /// The active check probe durations since start.
+    pub fn check_duration(&self) -> HistogramSnapshot {
+        self.check_duration.snapshot()
+    }
+
+    fn is_known(&self) -> bool {
+        self.known.load(Ordering::Acquire)
     }
 
     /// Open connections or requests on it now.
@@ -154,7 +241,7 @@ impl MemberHealth {
 
     /// Passive: a connection or request to the member worked.
     pub fn succeeded(&self, spec: &RouteBackend) -> Option<Transition> {
-        if !self.troubled.load(Ordering::Acquire) {
+        if !self.troubled.load(Ordering::Acquire) && self.is_known() {
             return None;
         }
         let mut h = self.lock();
@@ -163,7 +250,10 @@ impl MemberHealth {
         if h.ejected_until.take().is_some() {
             h.trial_out = false;
             h.reason = "a trial connection after the ejection succeeded".to_owned();
+        } else if !self.is_known() && !h.check_down {
+            h.reason = "the first connection went through".to_owned();
         }
+        self.known.store(true, Ordering::Release);
         self.transition(h, spec)
     }
 
@@ -200,8 +290,11 @@ impl MemberHealth {
             h.ejected_until = Some(now + cooldown);
             h.ejected_at = Some(now);
             self.ejections.fetch_add(1, Ordering::Relaxed);
+            // The end as a wall clock time: read later, "for 5s" alone would not say whether
+            // the 5 s are over.
+            let until = humantime::format_rfc3339_seconds(SystemTime::now() + cooldown);
             h.reason = clip(&format!(
-                "ejected for {}: {} failures in a row, the last: {why}",
+                "ejected until {until} ({}): {} failures in a row, the last: {why}",
                 humantime::format_duration(cooldown),
                 h.failures_in_row
             ));
@@ -221,30 +314,51 @@ impl MemberHealth {
         true
     }
 
-    /// Active check: a probe's result. `rise` successes in a row bring a down member up,
-    /// `fall` failures in a row bring an up one down; the next probe is due `interval` later.
+    /// Active check: a probe's result after `latency`. The first success of an `unknown`
+    /// member makes it `up`; `rise` successes in a row bring a down member up, `fall`
+    /// failures in a row bring an up (or unknown) one down; the next probe is due `interval`
+    /// later. The reason follows the result. A result for another check than the route's
+    /// current one (it was edited while the probe ran) is dropped.
     pub fn probed(
         &self,
         spec: &RouteBackend,
-        check: &mc_proxy_shared::HealthCheck,
+        check: &HealthCheck,
         result: Result<(), String>,
+        latency: Duration,
     ) -> Option<Transition> {
+        let now = Instant::now();
         let mut h = self.lock();
         h.probing = false;
-        h.next_probe = Some(Instant::now() + check.interval);
-        let agrees = result.is_ok() != h.check_down;
-        if agrees {
+        h.next_probe = Some(now + check.interval);
+        if h.check_for.as_ref().is_some_and(|c| c != check) {
+            return None;
+        }
+        if h.check_for.is_none() {
+            // The walk had not handed it over yet (the member is new).
+            h.check_for = Some(check.clone());
+        }
+        let counter = match result {
+            Ok(()) => &self.checks_passed,
+            Err(_) => &self.checks_failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.check_duration.record(latency);
+        let error = result.err().map(|e| clip(&e));
+        h.last_check = Some(CheckResult {
+            at_ms: unix_ms(SystemTime::now()),
+            error: error.clone(),
+            latency,
+        });
+        let was_down = h.check_down;
+        let first = !was_down && !self.is_known();
+        if error.is_none() != was_down {
             h.check_run = 0;
         } else {
-            h.check_run += 1;
-            let needed = if h.check_down { check.rise } else { check.fall };
+            h.check_run = h.check_run.saturating_add(1);
+            let needed = if was_down { check.rise } else { check.fall };
             if h.check_run >= needed.max(1) {
                 h.check_run = 0;
-                h.check_down = !h.check_down;
-                h.reason = match &result {
-                    Ok(()) => format!("{} checks passed in a row", check.rise),
-                    Err(e) => clip(&format!("{} checks failed in a row: {e}", check.fall)),
-                };
+                h.check_down = !was_down;
                 if !h.check_down {
                     // Back from down: a fresh start for passive health too.
                     h.failures_in_row = 0;
@@ -253,15 +367,59 @@ impl MemberHealth {
                 }
             }
         }
+        if error.is_none() {
+            self.known.store(true, Ordering::Release);
+        }
+        // The reason is the check's while the check decides the state (not while the
+        // operator's drain or disable, or a passive ejection, does).
+        let ejected = h.ejected_until.is_some_and(|until| until > now);
+        if spec.state == AdminState::Enabled && !ejected {
+            let run = h.check_run;
+            h.reason = match (&error, was_down, h.check_down) {
+                (None, true, false) if check.rise == 1 => "a check passed".to_owned(),
+                (None, true, false) => format!("{} checks passed in a row", check.rise),
+                (None, true, true) => format!("{run} of {} checks passed to come back", check.rise),
+                (None, false, _) if first => "the first check passed".to_owned(),
+                (None, false, _) => "the last check passed".to_owned(),
+                (Some(e), false, true) if check.fall == 1 => clip(&format!("a check failed: {e}")),
+                (Some(e), false, true) => {
+                    clip(&format!("{} checks failed in a row: {e}", check.fall))
+                }
+                (Some(e), true, _) => clip(&format!("checks failing, the last: {e}")),
+                (Some(e), false, false) => clip(&format!(
+                    "{run} of {} checks failed that mark it down, the last: {e}",
+                    check.fall
+                )),
+            };
+        }
         self.transition(h, spec)
     }
 
-    /// Forgets the active check's verdict (the route no longer has a check).
-    pub fn unchecked(&self, spec: &RouteBackend) -> Option<Transition> {
+    /// Active check: what the walk sees each tick, the route's `check` now. A check that
+    /// changed drops the old one's results (they answered another question) and is probed
+    /// at once; a check removed forgets its verdict too (a member it had down is `unknown`
+    /// again). Publishes any state change since the last one (admin changes, an ejection
+    /// whose cooldown ended).
+    pub fn observe(&self, spec: &RouteBackend, check: Option<&HealthCheck>) -> Option<Transition> {
         let mut h = self.lock();
-        h.check_down = false;
-        h.check_run = 0;
-        h.next_probe = None;
+        if h.check_for.as_ref() != check {
+            let had = h.check_for.is_some();
+            h.check_for = check.cloned();
+            h.last_check = None;
+            h.check_run = 0;
+            h.next_probe = None;
+            if check.is_none() && h.check_down {
+                h.check_down = false;
+                self.known.store(false, Ordering::Release);
+            }
+            let ejected = h.ejected_until.is_some_and(|until| until > Instant::now());
+            if had && spec.state == AdminState::Enabled && !ejected {
+                h.reason = match check {
+                    Some(_) => "the health check changed: no result yet".to_owned(),
+                    None => "the health check was removed".to_owned(),
+                };
+            }
+        }
         self.transition(h, spec)
     }
 
@@ -286,7 +444,7 @@ impl MemberHealth {
         spec: &RouteBackend,
         force: bool,
     ) -> Option<Transition> {
-        let state = h.state(spec.state);
+        let state = h.state(spec.state, self.is_known(), Instant::now());
         if state == h.published && !force {
             return None;
         }
@@ -294,8 +452,14 @@ impl MemberHealth {
             |s: BackendState| matches!(s, BackendState::Draining | BackendState::Disabled);
         if by_operator(state) {
             h.reason = format!("{} by the operator", spec.state);
-        } else if by_operator(h.published) && state == BackendState::Up {
+        } else if by_operator(h.published) && state.takes_traffic() {
             h.reason = "enabled by the operator".to_owned();
+        } else if h.published == BackendState::Ejected && state.takes_traffic() {
+            // The cooldown is over and no verdict came yet: say so, not the old failure.
+            h.reason = "the ejection's cooldown is over: the next connection is a trial".to_owned();
+        }
+        if state != h.published {
+            h.since = Since::default();
         }
         h.published = state;
         drop(h);
@@ -469,18 +633,23 @@ impl BackendSet {
         &self.members[index]
     }
 
-    /// Every member's figures, in configured order.
-    pub fn stats(&self) -> Vec<MemberStats> {
+    /// Every member's figures, in configured order, as the route with `check` reads them.
+    pub fn stats(&self, check: Option<&HealthCheck>) -> Vec<MemberStats> {
         self.members
             .iter()
-            .map(|m| m.health.stats(&m.spec))
+            .map(|m| m.health.stats_for(&m.spec, check))
             .collect()
     }
 
     /// `a:1 down, b:2 draining`: each member and its state, for "no backend" errors.
     pub fn states(&self) -> String {
         let mut out = String::new();
-        for (i, m) in self.stats().iter().enumerate() {
+        for (i, m) in self
+            .members
+            .iter()
+            .map(|m| m.health.stats(&m.spec))
+            .enumerate()
+        {
             if i > 0 {
                 out.push_str(", ");
             }
@@ -779,7 +948,7 @@ mod tests {
             .failed(&a.spec, &passive, &"refused")
             .expect("ejected again");
         assert!(
-            t.member.reason.contains("ejected for 100ms"),
+            t.member.reason.contains("(100ms): 4 failures in a row"),
             "{:?}",
             t.member
         );
@@ -816,10 +985,14 @@ mod tests {
         };
         let s = set(&[("a:1", 1)], Balance::RoundRobin);
         let a = s.member(0);
-        let fail = || a.health.probed(&a.spec, &check, Err("refused".into()));
-        let pass = || a.health.probed(&a.spec, &check, Ok(()));
+        let ms = Duration::from_millis(1);
+        let fail = || a.health.probed(&a.spec, &check, Err("refused".into()), ms);
+        let pass = || a.health.probed(&a.spec, &check, Ok(()), ms);
+        assert_eq!(a.health.stats(&a.spec).state, BackendState::Unknown);
         assert!(fail().is_none() && fail().is_none());
-        assert!(pass().is_none(), "a success resets the run");
+        let up = pass().expect("the first success makes it up");
+        assert_eq!(up.member.state, BackendState::Up);
+        assert_eq!(up.member.reason, "the first check passed");
         assert!(fail().is_none() && fail().is_none());
         let down = fail().expect("down after 3 in a row");
         assert_eq!(down.member.state, BackendState::Down);
@@ -838,6 +1011,72 @@ mod tests {
     }
 
     #[test]
+    fn an_ejection_reads_up_once_its_cooldown_is_over() {
+        let passive = Passive {
+            eject_after: 1,
+            eject_time: Duration::from_millis(50),
+            eject_max_time: Duration::from_secs(1),
+        };
+        let s = set(&[("a:1", 1), ("b:1", 1)], Balance::RoundRobin);
+        let a = s.member(0);
+        assert!(a.health.succeeded(&a.spec).is_some(), "unknown to up");
+        let t = a.health.failed(&a.spec, &passive, &"refused").unwrap();
+        assert!(
+            t.member.reason.starts_with("ejected until "),
+            "{:?}",
+            t.member
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        let stats = a.health.stats(&a.spec);
+        assert_eq!(stats.state, BackendState::Up);
+        assert!(!stats.reason.contains("ejected until"), "{stats:?}");
+        let t = a.health.observe(&a.spec, None).expect("published");
+        assert_eq!(t.member.state, BackendState::Up);
+        assert!(t.member.since_ms >= stats.since_ms);
+        assert!(
+            t.member.reason.contains("cooldown is over"),
+            "{:?}",
+            t.member
+        );
+    }
+
+    #[test]
+    fn a_changed_check_drops_the_old_results_and_a_removed_one_its_verdict() {
+        let check = mc_proxy_shared::HealthCheck {
+            fall: 1,
+            ..Default::default()
+        };
+        let s = set(&[("a:1", 1)], Balance::RoundRobin);
+        let a = s.member(0);
+        a.health.observe(&a.spec, Some(&check));
+        let ms = Duration::from_millis(1);
+        let down = a
+            .health
+            .probed(&a.spec, &check, Err("status 500".into()), ms)
+            .expect("down");
+        assert_eq!(down.member.state, BackendState::Down);
+        assert_eq!(
+            down.member.last_check.as_ref().unwrap().error.as_deref(),
+            Some("status 500")
+        );
+        let edited = mc_proxy_shared::HealthCheck {
+            path: "/other".into(),
+            ..check.clone()
+        };
+        assert!(a.health.observe(&a.spec, Some(&edited)).is_none());
+        let stats = a.health.stats(&a.spec);
+        assert_eq!(stats.last_check, None);
+        assert!(!stats.reason.contains("500"), "{stats:?}");
+        // A late result of the old check is dropped.
+        a.health
+            .probed(&a.spec, &check, Err("status 500".into()), ms);
+        assert_eq!(a.health.stats(&a.spec).last_check, None);
+        // The check removed: no verdict, nothing known.
+        let t = a.health.observe(&a.spec, None).expect("no longer down");
+        assert_eq!(t.member.state, BackendState::Unknown);
+    }
+
+    #[test]
     fn a_probe_is_not_due_while_one_runs_or_before_the_interval() {
         let check = mc_proxy_shared::HealthCheck::default();
         let s = set(&[("a:1", 1)], Balance::RoundRobin);
@@ -845,7 +1084,8 @@ mod tests {
         let now = Instant::now();
         assert!(a.health.probe_due(now));
         assert!(!a.health.probe_due(now), "one at a time");
-        a.health.probed(&a.spec, &check, Ok(()));
+        a.health
+            .probed(&a.spec, &check, Ok(()), Duration::from_millis(1));
         assert!(!a.health.probe_due(Instant::now()));
         assert!(a.health.probe_due(Instant::now() + check.interval));
     }

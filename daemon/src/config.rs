@@ -1642,7 +1642,12 @@ mod tests {
             ("timeout = \"3s\"\ninterval = \"2s\"", "timeout"),
             ("interval = \"50ms\"\ntimeout = \"10ms\"", "interval"),
             ("path = \"/healthz\"", "path"),
-            ("expect = \"200\"", "invalid expected status \"200\""),
+            (
+                "expect = \"2xx-3xx\"",
+                "invalid expected status \"2xx-3xx\"",
+            ),
+            ("fall = 101", "rise and fall must be at most 100"),
+            ("interval = \"2h\"", "interval must be at most 1h"),
         ];
         for (body, expected) in cases {
             let problems = f.problems(&one_route(&format!(

@@ -530,8 +530,8 @@ impl Collector for StateCollector {
         family(
             e,
             "mcproxy_route_backend_state",
-            "1 for the state each route member is in (up, down, ejected, draining, disabled), \
-             0 for the others.",
+            "1 for the state each route member is in (up, down, ejected, draining, disabled, \
+             unknown), 0 for the others.",
             None,
             MetricType::Gauge,
             members.iter().flat_map(|m| {
@@ -582,6 +582,62 @@ impl Collector for StateCollector {
             members
                 .iter()
                 .map(|m| (member_labels(m), ConstCounter::new(m.2.ejections))),
+        )?;
+        family(
+            e,
+            "mcproxy_route_backend_state_since",
+            "When the route member entered its current state, in seconds since the Unix epoch.",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+            members.iter().map(|m| {
+                // Millisecond precision: exact in an f64 for millions of years.
+                let since = m.2.since_ms as f64 / 1000.0;
+                (member_labels(m), ConstGauge::new(since))
+            }),
+        )?;
+
+        // Active health checks: only the members of routes that have one.
+        let mut checked = Vec::new();
+        for (listener, l) in &listeners {
+            for info in l.routes().iter() {
+                if info.route.health_check.is_none() {
+                    continue;
+                }
+                for (stats, m) in info.members().into_iter().zip(info.backends.members()) {
+                    let duration = m.health.check_duration();
+                    checked.push((
+                        (listener.as_str(), info.route.hostname.clone(), stats),
+                        duration,
+                    ));
+                }
+            }
+        }
+        family(
+            e,
+            "mcproxy_health_checks",
+            "Active health check probes of the route member, by result (ok, failed).",
+            None,
+            MetricType::Counter,
+            checked.iter().flat_map(|(m, _)| {
+                [("ok", m.2.checks_passed), ("failed", m.2.checks_failed)]
+                    .into_iter()
+                    .map(move |(result, n)| {
+                        let mut l = member_labels(m);
+                        l.push(("result", result));
+                        (l, ConstCounter::new(n))
+                    })
+            }),
+        )?;
+        family(
+            e,
+            "mcproxy_health_check_duration",
+            "Active health check probe durations of the route member, passed or failed (a \
+             failed one to its failure, a timeout at the check's timeout).",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+            checked
+                .iter()
+                .map(|(m, d)| (member_labels(m), ConstHistogram(*d))),
         )?;
 
         // The L7 backend connection pool, per backend (address, protocol, TLS).

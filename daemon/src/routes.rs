@@ -363,7 +363,7 @@ impl RouteInfo {
 
     /// Every member's live figures, in configured order.
     pub fn members(&self) -> Vec<MemberStats> {
-        self.backends.stats()
+        self.backends.stats(self.route.health_check.as_ref())
     }
 
     /// Counts a connection (L4) or request (L7) no member could take, and returns each

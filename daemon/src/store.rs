@@ -1094,7 +1094,8 @@ mod tests {
                 rise: 1,
                 fall: 4,
                 path: "/healthz".into(),
-                expect: "2xx".parse().unwrap(),
+                // Codes and ranges are stored as their canonical text and read back.
+                expect: "200,301-302,4xx".parse().unwrap(),
             }),
             ..Route::default()
         };

@@ -16,9 +16,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub use crate::model::RoutePatch;
 use crate::model::{
-    AdminState, BackendProtocol, BackendState, Balance, FirewallRule, FirewallRuleKind,
-    HealthCheck, MemberStats, Mode, ParseBackendProtocolError, ParseBalanceError, ParseKindError,
-    ParseModeError, ParseStatusClassesError, Route, RouteBackend, StatusClasses,
+    AdminState, BackendProtocol, BackendState, Balance, CheckResult, FirewallRule,
+    FirewallRuleKind, HealthCheck, MemberStats, Mode, ParseBackendProtocolError, ParseBalanceError,
+    ParseKindError, ParseModeError, ParseStatusClassesError, Route, RouteBackend, StatusClasses,
 };
 use crate::outcome::{BlockedReason, ChangeAction, CloseReason, Outcome, ResetReason};
 use crate::pb;
@@ -1113,7 +1113,7 @@ wire_enum!(
     BackendState,
     BackendState,
     "backend state",
-    [Up, Down, Ejected, Draining, Disabled]
+    [Up, Down, Ejected, Draining, Disabled, Unknown]
 );
 
 /// A member's admin state in a route: UNSPECIFIED (left out) means enabled.
@@ -1299,6 +1299,18 @@ impl From<MemberStats> for pb::MemberStats {
             failures: m.failures,
             ejections: m.ejections,
             reason: m.reason,
+            since_ms: m.since_ms,
+            last_check_ms: m.last_check.as_ref().map_or(0, |c| c.at_ms.max(1)),
+            last_check_error: m
+                .last_check
+                .as_ref()
+                .and_then(|c| c.error.clone())
+                .unwrap_or_default(),
+            last_check_latency_us: m.last_check.as_ref().map_or(0, |c| {
+                u64::try_from(c.latency.as_micros()).unwrap_or(u64::MAX)
+            }),
+            checks_passed: m.checks_passed,
+            checks_failed: m.checks_failed,
         }
     }
 }
@@ -1318,6 +1330,14 @@ impl TryFrom<pb::MemberStats> for MemberStats {
             failures: m.failures,
             ejections: m.ejections,
             reason: m.reason,
+            since_ms: m.since_ms,
+            last_check: (m.last_check_ms != 0).then(|| CheckResult {
+                at_ms: m.last_check_ms,
+                error: (!m.last_check_error.is_empty()).then_some(m.last_check_error),
+                latency: Duration::from_micros(m.last_check_latency_us),
+            }),
+            checks_passed: m.checks_passed,
+            checks_failed: m.checks_failed,
         })
     }
 }
@@ -1704,11 +1724,20 @@ mod tests {
             }
         );
         let err = HealthCheck::try_from(pb::HealthCheck {
-            expect: Some("200".into()),
+            expect: Some("2xx-3xx".into()),
             ..pb::HealthCheck::default()
         })
         .unwrap_err();
-        assert!(err.to_string().contains("\"200\""), "{err}");
+        assert!(err.to_string().contains("\"2xx-3xx\""), "{err}");
+        let ranges = HealthCheck::try_from(pb::HealthCheck {
+            expect: Some("200,301-302,4xx".into()),
+            ..pb::HealthCheck::default()
+        })
+        .unwrap();
+        assert_eq!(
+            pb::HealthCheck::from(ranges).expect.as_deref(),
+            Some("200,301-302,4xx")
+        );
         // Member states the wire leaves out are refused, not guessed.
         assert!(MemberStats::try_from(pb::MemberStats::default()).is_err());
     }

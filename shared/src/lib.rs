@@ -15,8 +15,8 @@ pub mod outcome;
 pub mod text;
 
 pub use model::{
-    AdminState, BackendProtocol, BackendState, Balance, FirewallRule, FirewallRuleKind,
-    HealthCheck, HealthCheckError, MemberStats, Mode, ParseAdminStateError,
+    AdminState, BackendProtocol, BackendState, Balance, CheckResult, FirewallRule,
+    FirewallRuleKind, HealthCheck, HealthCheckError, MemberStats, Mode, ParseAdminStateError,
     ParseBackendProtocolError, ParseBackendStateError, ParseBalanceError, ParseKindError,
     ParseModeError, ParseRouteBackendError, ParseStatusClassesError, Route, RouteBackend,
     RoutePatch, StatusClasses, WeightError,

@@ -391,8 +391,8 @@ impl FromStr for AdminState {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum BackendState {
-    /// Enabled and healthy (or not checked): takes traffic.
-    #[default]
+    /// Enabled and known to work: its last check passed, or (without an active check) its
+    /// last connection or request went through. Takes traffic.
     Up,
     /// The active health check failed `fall` times in a row; takes no traffic until it
     /// passes `rise` times.
@@ -404,6 +404,11 @@ pub enum BackendState {
     Draining,
     /// The operator disabled it.
     Disabled,
+    /// Enabled, and nothing is known yet: never checked and never contacted (or its check
+    /// was removed while it was failing). Takes traffic like `up` (it is not down); the
+    /// first success makes it `up`, failures count as usual.
+    #[default]
+    Unknown,
 }
 
 impl BackendState {
@@ -414,6 +419,7 @@ impl BackendState {
         BackendState::Ejected,
         BackendState::Draining,
         BackendState::Disabled,
+        BackendState::Unknown,
     ];
 
     /// The name used in stats, events, metrics and the admin API.
@@ -424,12 +430,13 @@ impl BackendState {
             BackendState::Ejected => "ejected",
             BackendState::Draining => "draining",
             BackendState::Disabled => "disabled",
+            BackendState::Unknown => "unknown",
         }
     }
 
-    /// Whether new traffic may go to a member in this state.
+    /// Whether new traffic may go to a member in this state (an `unknown` one is tried).
     pub fn takes_traffic(self) -> bool {
-        self == BackendState::Up
+        matches!(self, BackendState::Up | BackendState::Unknown)
     }
 }
 
@@ -441,7 +448,7 @@ impl fmt::Display for BackendState {
 
 /// A backend state string that names no [`BackendState`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid backend state {0}: expected up, down, ejected, draining or disabled")]
+#[error("invalid backend state {0}: expected up, down, ejected, draining, disabled or unknown")]
 pub struct ParseBackendStateError(pub String);
 
 impl FromStr for BackendState {
@@ -475,9 +482,32 @@ pub struct MemberStats {
     pub failures: u64,
     /// Times passive health ejected it.
     pub ejections: u64,
-    /// Why it last changed state (`3 failed checks: connection refused`), clipped; empty
-    /// while nothing happened.
+    /// Why it is in its state (`3 checks failed in a row: connect refused`), clipped; empty
+    /// while nothing happened. It follows the evidence: an `up` member shows no old failure.
     pub reason: String,
+    /// When the state last changed, in milliseconds since the Unix epoch (the daemon's clock;
+    /// for a member never changed, when the daemon first saw it).
+    pub since_ms: u64,
+    /// The newest active check result with the route's current check; `None` before the
+    /// first one, without a check, and right after the check's settings changed.
+    pub last_check: Option<CheckResult>,
+    /// Active check probes that passed, since start.
+    pub checks_passed: u64,
+    /// Active check probes that failed, since start.
+    pub checks_failed: u64,
+}
+
+/// One active health check probe's result.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CheckResult {
+    /// When it ended, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// `None`: it passed. Otherwise the failure in a few words (`connect refused`, `timeout
+    /// after 1s`, `status 500`, `TLS handshake timeout after 1s`), clipped.
+    pub error: Option<String>,
+    /// How long it took (to the failure, for a failed one).
+    #[serde(with = "micros")]
+    pub latency: std::time::Duration,
 }
 
 /// How a route picks one of its backends: per connection on L4, per request on L7.
@@ -561,7 +591,7 @@ pub struct HealthCheck {
     /// Empty: a TCP connect is the probe (the only kind on L4). Otherwise, L7 only: a `GET`
     /// of this path (starting with `/`) over the route's backend protocol and TLS.
     pub path: String,
-    /// HTTP probes: the status classes that count as healthy.
+    /// HTTP probes: the statuses that count as healthy.
     pub expect: StatusClasses,
 }
 
@@ -582,9 +612,15 @@ impl Default for HealthCheck {
 impl HealthCheck {
     /// The shortest interval: a probe per backend per interval.
     pub const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+    /// The longest interval: a check rarer than hourly would report ancient news.
+    pub const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+    /// The most successes (`rise`) or failures (`fall`) in a row a verdict may wait for
+    /// (HAProxy takes any number; past 100 a state change would take hours to notice).
+    pub const MAX_RUN: u32 = 100;
 
-    /// Refuses counts and times that cannot work: rise and fall at least 1, an interval of at
-    /// least [`HealthCheck::MIN_INTERVAL`], a timeout more than 0 and at most the interval. A
+    /// Refuses counts and times that cannot work: rise and fall from 1 to
+    /// [`HealthCheck::MAX_RUN`], an interval from [`HealthCheck::MIN_INTERVAL`] to
+    /// [`HealthCheck::MAX_INTERVAL`], a timeout more than 0 and at most the interval. A
     /// 0 is refused like any other bad value, never read as "unset". The words are the ones
     /// the TOML, the admin API and the console share (`health_check: ...`); the daemon's
     /// route validation adds the path checks.
@@ -592,8 +628,14 @@ impl HealthCheck {
         if self.rise == 0 || self.fall == 0 {
             return Err(HealthCheckError("rise and fall must be at least 1"));
         }
+        if self.rise > HealthCheck::MAX_RUN || self.fall > HealthCheck::MAX_RUN {
+            return Err(HealthCheckError("rise and fall must be at most 100"));
+        }
         if self.interval < HealthCheck::MIN_INTERVAL {
             return Err(HealthCheckError("interval must be at least 100ms"));
+        }
+        if self.interval > HealthCheck::MAX_INTERVAL {
+            return Err(HealthCheckError("interval must be at most 1h"));
         }
         if self.timeout.is_zero() || self.timeout > self.interval {
             return Err(HealthCheckError(
@@ -609,29 +651,63 @@ impl HealthCheck {
 #[error("health_check: {0}")]
 pub struct HealthCheckError(pub &'static str);
 
-/// A set of HTTP status classes (`2xx`, `3xx`, ...), written `2xx` or `2xx,3xx`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The HTTP statuses an HTTP probe takes as healthy (`expect`), written as HAProxy's
+/// `http-check expect status` and nginx's `match` take them: single codes (`200`), classes
+/// (`2xx`), ranges (`200-399`), or a comma list mixing them (`200,301-302,4xx`). Any status
+/// from 100 to 599 can be in the set; it is written back in a canonical form (whole classes
+/// as `2xx`, other runs as `200-204` or `200`), which is what the database, the API and the
+/// displays carry.
+///
+/// The bitset is boxed: 64 bytes inline would make every `Route` (and the control plane's
+/// enums that carry one) that much larger for a field most routes leave out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct StatusClasses(u8);
+pub struct StatusClasses(Box<[u64; 8]>);
 
 impl StatusClasses {
-    /// Whether `status` (100-599) is in the set.
-    pub fn contains(self, status: u16) -> bool {
-        let class = status / 100;
-        (1..=5).contains(&class) && self.0 & (1 << class) != 0
+    /// The lowest status a set can hold.
+    const FIRST: u16 = 100;
+    /// The highest.
+    const LAST: u16 = 599;
+
+    /// Whether `status` is in the set.
+    pub fn contains(&self, status: u16) -> bool {
+        if !(Self::FIRST..=Self::LAST).contains(&status) {
+            return false;
+        }
+        let i = usize::from(status - Self::FIRST);
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn add(&mut self, status: u16) {
+        let i = usize::from(status - Self::FIRST);
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    fn of(ranges: &[(u16, u16)]) -> Self {
+        let mut set = StatusClasses(Box::new([0; 8]));
+        for &(lo, hi) in ranges {
+            for status in lo..=hi {
+                set.add(status);
+            }
+        }
+        set
     }
 }
 
 impl Default for StatusClasses {
     /// `2xx,3xx`: a redirect to a login page is a live backend.
     fn default() -> Self {
-        StatusClasses((1 << 2) | (1 << 3))
+        StatusClasses::of(&[(200, 399)])
     }
 }
 
-/// A status class list that does not parse.
+/// An `expect` that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid expected status {0}: expected classes like \"2xx\" or \"2xx,3xx\"")]
+#[error(
+    "invalid expected status {0}: expected status codes from 100 to 599, classes or ranges, \
+     comma separated, like \"200\", \"2xx\", \"200-399\" or \"200,301-302,4xx\""
+)]
 pub struct ParseStatusClassesError(pub String);
 
 impl FromStr for StatusClasses {
@@ -639,32 +715,72 @@ impl FromStr for StatusClasses {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ParseStatusClassesError(crate::text::clip(s));
-        let mut bits = 0u8;
-        for class in s.split(',') {
-            let class = class.trim();
-            let digit = match class.as_bytes() {
-                [d @ b'1'..=b'5', b'x', b'x'] => d - b'0',
-                _ => return Err(err()),
+        let code = |t: &str| -> Option<u16> {
+            let t = t.trim();
+            if t.len() != 3 || !t.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            t.parse::<u16>()
+                .ok()
+                .filter(|c| (StatusClasses::FIRST..=StatusClasses::LAST).contains(c))
+        };
+        let mut ranges = Vec::new();
+        for item in s.split(',') {
+            let item = item.trim();
+            let range = match item.as_bytes() {
+                [d @ b'1'..=b'5', b'x', b'x'] => {
+                    let lo = u16::from(d - b'0') * 100;
+                    (lo, lo + 99)
+                }
+                _ => match item.split_once('-') {
+                    Some((lo, hi)) => match (code(lo), code(hi)) {
+                        (Some(lo), Some(hi)) if lo <= hi => (lo, hi),
+                        _ => return Err(err()),
+                    },
+                    None => {
+                        let c = code(item).ok_or_else(err)?;
+                        (c, c)
+                    }
+                },
             };
-            bits |= 1 << digit;
+            ranges.push(range);
         }
-        Ok(StatusClasses(bits))
+        Ok(StatusClasses::of(&ranges))
     }
 }
 
 impl fmt::Display for StatusClasses {
+    /// Canonical: ascending, whole classes as `2xx`, other runs as `lo-hi` or a single code.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        for class in 1..=5u8 {
-            if self.0 & (1 << class) != 0 {
-                if !first {
-                    f.write_str(",")?;
-                }
-                write!(f, "{class}xx")?;
-                first = false;
+        // Whether `status` starts a class that is in the set whole.
+        let whole_class = |status: u16| {
+            status.is_multiple_of(100) && (status..status + 100).all(|c| self.contains(c))
+        };
+        let mut items = Vec::new();
+        let mut status = StatusClasses::FIRST;
+        while status <= StatusClasses::LAST {
+            if !self.contains(status) {
+                status += 1;
+                continue;
             }
+            if whole_class(status) {
+                items.push(format!("{}xx", status / 100));
+                status += 100;
+                continue;
+            }
+            // A run, cut at the end of its class so that a following whole class shows.
+            let mut end = status;
+            while end < StatusClasses::LAST && self.contains(end + 1) && !whole_class(end + 1) {
+                end += 1;
+            }
+            items.push(if end == status {
+                status.to_string()
+            } else {
+                format!("{status}-{end}")
+            });
+            status = end + 1;
         }
-        Ok(())
+        f.write_str(&items.join(","))
     }
 }
 
@@ -678,6 +794,19 @@ impl TryFrom<String> for StatusClasses {
 impl From<StatusClasses> for String {
     fn from(c: StatusClasses) -> String {
         c.to_string()
+    }
+}
+
+mod micros {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_micros)
     }
 }
 
@@ -968,9 +1097,84 @@ mod tests {
         assert_eq!(StatusClasses::default(), c);
         let five: StatusClasses = "5xx".parse().unwrap();
         assert!(five.contains(503) && !five.contains(200) && !five.contains(600));
-        for bad in ["", "2xx,", "6xx", "200", "2XX"] {
-            assert!(bad.parse::<StatusClasses>().is_err(), "{bad:?}");
+    }
+
+    #[test]
+    fn expect_takes_codes_classes_ranges_and_lists_as_haproxy_does() {
+        let parse = |s: &str| s.parse::<StatusClasses>().unwrap();
+        let one = parse("200");
+        assert!(one.contains(200) && !one.contains(201) && !one.contains(199));
+        assert_eq!(one.to_string(), "200");
+        let range = parse("200-399");
+        assert!(range.contains(200) && range.contains(302) && range.contains(399));
+        assert!(!range.contains(400));
+        assert_eq!(
+            range.to_string(),
+            "2xx,3xx",
+            "whole classes show as classes"
+        );
+        let mixed = parse("200,301-302,4xx");
+        for yes in [200, 301, 302, 400, 404, 499] {
+            assert!(mixed.contains(yes), "{yes}");
         }
+        for no in [201, 300, 303, 500] {
+            assert!(!mixed.contains(no), "{no}");
+        }
+        assert_eq!(mixed.to_string(), "200,301-302,4xx");
+        assert_eq!(
+            parse(&mixed.to_string()),
+            mixed,
+            "the canonical form parses back"
+        );
+        assert_eq!(parse("150-250").to_string(), "150-250");
+        assert_eq!(parse("199-399").to_string(), "199,2xx,3xx");
+        assert_eq!(parse("204, 200 - 203").to_string(), "200-204");
+        for bad in [
+            "",
+            "2xx,",
+            ",200",
+            "6xx",
+            "099",
+            "600",
+            "2XX",
+            "20",
+            "2000",
+            "300-200",
+            "2xx-3xx",
+            "200-",
+            "-200",
+            "200-300-400",
+            "abc",
+            "+200",
+            "1e2",
+        ] {
+            let e = bad.parse::<StatusClasses>().unwrap_err().to_string();
+            assert!(e.contains("like \"200\", \"2xx\""), "{bad:?}: {e}");
+        }
+        let huge = "2".repeat(100_000);
+        assert!(huge.parse::<StatusClasses>().unwrap_err().to_string().len() < 400);
+    }
+
+    #[test]
+    fn rise_fall_and_interval_have_upper_bounds() {
+        let check = |edit: fn(&mut HealthCheck)| {
+            let mut c = HealthCheck::default();
+            edit(&mut c);
+            c.check_timing().map_err(|e| e.to_string())
+        };
+        assert_eq!(check(|c| c.rise = 100), Ok(()));
+        assert_eq!(check(|c| c.fall = 100), Ok(()));
+        let run = Err("health_check: rise and fall must be at most 100".to_owned());
+        assert_eq!(check(|c| c.rise = 101), run);
+        assert_eq!(check(|c| c.fall = u32::MAX), run);
+        assert_eq!(
+            check(|c| c.interval = std::time::Duration::from_secs(3600)),
+            Ok(())
+        );
+        assert_eq!(
+            check(|c| c.interval = std::time::Duration::from_secs(3601)),
+            Err("health_check: interval must be at most 1h".to_owned())
+        );
     }
 
     #[test]

@@ -780,6 +780,18 @@ impl ProxyBuilder {
         self
     }
 
+    /// The last route's health check (set with [`ProxyBuilder::health_check`] first) takes
+    /// `expect`.
+    pub fn health_check_expect(mut self, expect: &str) -> Self {
+        let route = self.last_route();
+        let table = route
+            .health_check
+            .as_mut()
+            .expect("health_check before health_check_expect");
+        table.push_str(&format!(", expect = {expect:?}"));
+        self
+    }
+
     /// The route is written with an explicit `mode = "l4"`.
     pub fn l4(mut self) -> Self {
         self.last_route().mode = Some("l4");

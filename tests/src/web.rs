@@ -536,6 +536,15 @@ async fn echo(
         // A backend that took the request and never answers.
         return std::future::pending().await;
     }
+    if let Some(status) = path
+        .strip_prefix("/status/")
+        .and_then(|code| http::StatusCode::from_bytes(code.as_bytes()).ok())
+    {
+        // A backend that answers this status (health checks' `expect`).
+        let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+        *resp.status_mut() = status;
+        return resp;
+    }
     if path == "/sse" {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
         tokio::spawn(async move {

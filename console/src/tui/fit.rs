@@ -176,9 +176,29 @@ pub fn age(secs: u64) -> String {
     }
 }
 
+/// A probe's latency, at most 5 columns: `850µs`, `12ms`, `1.2s`, `30s`.
+pub fn latency(d: std::time::Duration) -> String {
+    let micros = d.as_micros();
+    match micros {
+        0..=999 => format!("{micros}µs"),
+        1_000..=999_999 => format!("{}ms", micros / 1000),
+        1_000_000..=9_999_999 => format!("{:.1}s", d.as_secs_f64()),
+        _ => format!("{}s", d.as_secs()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latencies_keep_their_unit() {
+        use std::time::Duration;
+        assert_eq!(latency(Duration::from_micros(850)), "850µs");
+        assert_eq!(latency(Duration::from_micros(12_345)), "12ms");
+        assert_eq!(latency(Duration::from_millis(1_250)), "1.2s");
+        assert_eq!(latency(Duration::from_secs(30)), "30s");
+    }
 
     #[test]
     fn short_values_are_untouched() {

@@ -1090,7 +1090,12 @@ fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
             match &r.route.health_check {
                 None => "none (passive health only)".to_owned(),
                 Some(c) if c.path.is_empty() => format!(
-                    "tcp every {}, rise {} fall {}",
+                    "{} every {}, rise {} fall {}",
+                    if r.route.mode == Mode::L4 {
+                        "tcp + tls handshake"
+                    } else {
+                        "tcp"
+                    },
                     humantime::format_duration(c.interval),
                     c.rise,
                     c.fall
@@ -1110,7 +1115,9 @@ fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
     // The selected backend's line: the header line ("backends  N"), then one per member.
     let focus = lines.len() + 1 + sel;
     let stale = app.stale_since().is_some();
-    lines.extend(member_lines(r, sel, stale));
+    // Relative times are as of the figures, not the screen's clock: `render` reads none.
+    let now_ms = app.figures_at_ms.unwrap_or(0);
+    lines.extend(member_lines(r, sel, stale, now_ms));
     if r.route.mode == Mode::L7 {
         lines.push(field("tls_cert", r.route.tls_cert.clone()));
         lines.push(field("tls_key", r.route.tls_key.clone()));
@@ -1230,8 +1237,10 @@ pub fn members_cell(route: &mc_proxy_shared::Route, w: usize) -> String {
 }
 
 /// The routes table's UP cell of a route with several members: `N/M up`, members up over
-/// all members, from the live member figures, green when all are up, yellow when some are
-/// not, red when none is. `-` before the daemon sent any figures; `None` for a single backend.
+/// all members, from the live member figures, green when all are up, grey when the others
+/// are `unknown` (nothing wrong is known: a new route before its first connection or check),
+/// yellow when some are not up, red when none takes traffic. `-` before the daemon sent any
+/// figures; `None` for a single backend.
 pub fn up_cell(r: &super::app::RouteView) -> Option<(String, Color)> {
     let all = r.route.backends.len();
     if all < 2 {
@@ -1240,27 +1249,34 @@ pub fn up_cell(r: &super::app::RouteView) -> Option<(String, Color)> {
     if r.stats.members.is_empty() {
         return Some(("-".into(), Color::Gray));
     }
-    let up = r
-        .route
-        .backends
-        .iter()
-        .filter(|b| {
-            r.stats
-                .members
-                .iter()
-                .any(|m| m.address == b.address && m.state == mc_proxy_shared::BackendState::Up)
-        })
-        .count();
-    let color = match up {
-        0 => Color::Red,
-        n if n == all => Color::Green,
-        _ => Color::Yellow,
+    let count = |state: mc_proxy_shared::BackendState| {
+        r.route
+            .backends
+            .iter()
+            .filter(|b| {
+                r.stats
+                    .members
+                    .iter()
+                    .any(|m| m.address == b.address && m.state == state)
+            })
+            .count()
+    };
+    let up = count(mc_proxy_shared::BackendState::Up);
+    let unknown = count(mc_proxy_shared::BackendState::Unknown);
+    let color = if up == all {
+        Color::Green
+    } else if up + unknown == all {
+        Color::Gray
+    } else if up + unknown == 0 {
+        Color::Red
+    } else {
+        Color::Yellow
     };
     Some((format!("{up}/{all} up"), color))
 }
 
 /// The colour of a member's live state: green up, red down, magenta ejected, yellow
-/// draining, grey disabled.
+/// draining, grey disabled, cyan unknown (not checked or contacted yet).
 pub fn state_color(state: mc_proxy_shared::BackendState) -> Color {
     use mc_proxy_shared::BackendState as S;
     match state {
@@ -1269,19 +1285,36 @@ pub fn state_color(state: mc_proxy_shared::BackendState) -> Color {
         S::Ejected => Color::Magenta,
         S::Draining => Color::Yellow,
         S::Disabled => Color::DarkGray,
+        S::Unknown => Color::Cyan,
     }
 }
 
 /// One line per member of the route's set, in full (the box wraps, it never cuts an
-/// address): address, weight, live state (with the admin state when it says more), traffic.
-fn member_lines(r: &super::app::RouteView, selected: usize, stale: bool) -> Vec<Line<'static>> {
+/// address): address, weight, live state (with the admin state when it says more) and how
+/// long, traffic, the last active check (as of `now_ms`), the reason.
+fn member_lines(
+    r: &super::app::RouteView,
+    selected: usize,
+    stale: bool,
+    now_ms: u64,
+) -> Vec<Line<'static>> {
     let mut lines = vec![field("backends", format!("{}", r.route.backends.len()))];
     let selected = selected.min(r.route.backends.len().saturating_sub(1));
     for (i, b) in r.route.backends.iter().enumerate() {
         let live = r.stats.members.iter().find(|m| m.address == b.address);
         let marker = if i == selected { "> " } else { "  " };
         let (state, color) = match live {
-            Some(m) => (crate::ctl::member_state(m), state_color(m.state)),
+            Some(m) if m.since_ms == 0 || now_ms == 0 => {
+                (crate::ctl::member_state(m), state_color(m.state))
+            }
+            Some(m) => (
+                format!(
+                    "{} {}",
+                    crate::ctl::member_state(m),
+                    crate::ctl::member_since(m, now_ms)
+                ),
+                state_color(m.state),
+            ),
             // No figures yet: say what the operator set, not a guessed health.
             None => (format!("{} (no stats yet)", b.state), Color::Gray),
         };
@@ -1309,6 +1342,12 @@ fn member_lines(r: &super::app::RouteView, selected: usize, stale: bool) -> Vec<
                 Span::raw(traffic)
             },
         ];
+        if let Some(m) = live.filter(|m| m.last_check.is_some() && now_ms != 0) {
+            spans.push(Span::raw(format!(
+                "  check {}",
+                crate::ctl::member_check(m, now_ms)
+            )));
+        }
         if let Some(m) = live.filter(|m| !m.reason.is_empty()) {
             spans.push(Span::raw(format!("  ({})", m.reason)));
         }

@@ -533,8 +533,9 @@ pub async fn probe(
     match tokio::time::timeout_at(deadline, send_on(lease, req, &scheme)).await {
         Ok(Ok(resp)) => Ok(resp.status()),
         Ok(Err(failed)) => Err(failed.error.to_string()),
+        // The health check's words for a timeout, as its other probes say it.
         Err(_) => Err(format!(
-            "no response within {}",
+            "timeout after {}",
             humantime::format_duration(timeout)
         )),
     }

@@ -939,6 +939,31 @@ async fn zero_weights_and_check_settings_are_refused_as_the_toml_refuses_them() 
             },
             timeout,
         ),
+        // The upper bounds, on the same paths with the same words.
+        (
+            "rise = 101",
+            HealthCheck {
+                rise: 101,
+                ..check.clone()
+            },
+            "health_check: rise and fall must be at most 100",
+        ),
+        (
+            "fall = 4000000000",
+            HealthCheck {
+                fall: 4_000_000_000,
+                ..check.clone()
+            },
+            "health_check: rise and fall must be at most 100",
+        ),
+        (
+            "interval = \"61m\"",
+            HealthCheck {
+                interval: Duration::from_secs(61 * 60),
+                ..check.clone()
+            },
+            "health_check: interval must be at most 1h",
+        ),
     ];
     for (toml, _, needle) in &checks {
         let refused = toml_refusal(&format!(
@@ -1069,6 +1094,20 @@ async fn zero_weights_and_check_settings_are_refused_as_the_toml_refuses_them() 
                 ..pb::HealthCheck::default()
             },
             "invalid expected status \"\"",
+        ),
+        (
+            pb::HealthCheck {
+                expect: Some("2xx-3xx".into()),
+                ..pb::HealthCheck::default()
+            },
+            "invalid expected status \"2xx-3xx\": expected status codes from 100 to 599",
+        ),
+        (
+            pb::HealthCheck {
+                rise: Some(101),
+                ..pb::HealthCheck::default()
+            },
+            "health_check: rise and fall must be at most 100",
         ),
     ] {
         let status = raw.add_route(raw_route(None, check)).await.unwrap_err();
@@ -1212,6 +1251,7 @@ async fn metrics_match_the_admin_api_and_pass_promtool() {
     let down = DeadBackend::new();
     let proxy = ProxyBuilder::new()
         .route("a.test", l4.addr)
+        .health_check(Duration::from_millis(100), 1, 1, None)
         .route("web.test", web.addr)
         .l7(&pki)
         .route("down.test", down.addr)
@@ -1219,6 +1259,22 @@ async fn metrics_match_the_admin_api_and_pass_promtool() {
         .start()
         .await;
     let mut admin = proxy.admin().await;
+    // The L4 route's check (a TLS handshake) passed at least once.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let routes = admin.list_routes(None).await.unwrap();
+            let a = routes
+                .iter()
+                .find(|e| e.route.hostname == "a.test")
+                .unwrap();
+            if a.stats.members[0].checks_passed > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("no passed check in 10 s");
 
     // L4: two relayed connections, and two resets for different reasons.
     for payload in [&b"one"[..], &[9u8; 3000]] {
@@ -1446,6 +1502,57 @@ async fn metrics_match_the_admin_api_and_pass_promtool() {
     assert_eq!(d.request_duration.count, 1, "the 502 too");
     assert_eq!(d.connect_duration.count, 0, "failed setups are not timed");
     assert!(w.request_duration.quantile(0.5).is_some());
+
+    // Health checks: counted by result per member, timed, on routes with a check only; every
+    // member's state carries its "since".
+    let member = |host: &'static str, backend: String| {
+        move |extra: &[(&'static str, &'static str)]| {
+            let mut l = vec![
+                ("listener", LISTENER.to_owned()),
+                ("route", host.to_owned()),
+            ];
+            l.push(("backend", backend.clone()));
+            l.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+            l
+        }
+    };
+    let get = |name: &str, labels: Vec<(&'static str, String)>| {
+        let refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        sample(&samples, name, &refs)
+    };
+    let a_member = member("a.test", l4.addr.to_string());
+    let ok = get("mcproxy_health_checks_total", a_member(&[("result", "ok")]));
+    assert!(ok >= 1.0, "{ok}");
+    assert!(
+        ok <= a.members[0].checks_passed as f64,
+        "the scrape came first"
+    );
+    assert_eq!(
+        get(
+            "mcproxy_health_checks_total",
+            a_member(&[("result", "failed")])
+        ),
+        0.0
+    );
+    let probes = get("mcproxy_health_check_duration_seconds_count", a_member(&[]));
+    assert!(probes >= ok, "every probe timed: {probes} < {ok}");
+    assert_eq!(
+        get("mcproxy_route_backend_state", a_member(&[("state", "up")])),
+        1.0
+    );
+    let since = get("mcproxy_route_backend_state_since_seconds", a_member(&[]));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(since <= now && since > now - 60.0, "{since} vs {now}");
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.name.starts_with("mcproxy_health_check")
+                && s.labels.get("route").map(String::as_str) != Some("a.test")),
+        "routes without a check have no check series"
+    );
 
     promtool_check(&text);
 

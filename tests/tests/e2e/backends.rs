@@ -349,6 +349,8 @@ async fn l7_with_every_backend_down_answers_503() {
         .start()
         .await;
     wait_state(&proxy, "web.test", dead.addr, BackendState::Down).await;
+    let m = member(&proxy, "web.test", dead.addr);
+    assert_eq!(m.reason, "a check failed: connect refused", "{m:?}");
     let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
     let resp = ask_h2(
         &mut client,
@@ -561,4 +563,311 @@ async fn one_backends_weight_changes_at_run_time_and_bad_weights_change_nothing(
     assert_eq!(count(&names, "two.a.test"), 50, "{names:?}");
     let stored = admin.list_routes(None).await.unwrap();
     assert_eq!(stored[0].route.backends[0].weight, 3);
+}
+
+// Health checks an operator can read (issue 28): states that carry their "since", a reason that
+// follows the last check result, `unknown` until something is known, the L4 TLS check.
+
+/// Milliseconds since the Unix epoch now.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The member at `addr` of the first listener's route `host`.
+fn member(proxy: &Proxy, host: &str, addr: SocketAddr) -> MemberStats {
+    let addr = addr.to_string();
+    members(proxy, host)
+        .into_iter()
+        .find(|m| m.address == addr)
+        .expect("the member")
+}
+
+#[tokio::test]
+async fn l4_tls_check_marks_a_backend_that_accepts_tcp_but_never_answers_the_hello_down() {
+    let pki = Pki::new();
+    let live = TlsBackend::start(&pki, &["a.test"]).await;
+    // Listening (the kernel completes TCP handshakes) but nobody ever reads or writes: a
+    // wedged TLS server, which a TCP connect check would call up.
+    let wedged = DeadBackend::new().listen();
+    let wedged_addr = wedged.local_addr().unwrap();
+    let (interval, fall) = (Duration::from_millis(300), 2);
+    let timeout = interval / 2;
+    let proxy = ProxyBuilder::new()
+        .route_to("a.test", &[(live.addr, 1), (wedged_addr, 1)])
+        .health_check(interval, 2, fall, None)
+        .start()
+        .await;
+    let started = Instant::now();
+    let first = member(&proxy, "a.test", wedged_addr);
+    if started.elapsed() < timeout {
+        // No probe of it can have ended yet: nothing is known.
+        assert_eq!(first.state, BackendState::Unknown, "{first:?}");
+        assert_eq!(first.last_check, None);
+    }
+
+    let took = wait_state(&proxy, "a.test", wedged_addr, BackendState::Down).await;
+    // `fall` probes, each running into the timeout, an interval apart.
+    let least = interval * (fall - 1) + timeout * fall - Duration::from_millis(50);
+    assert!(took >= least, "down after {took:?}, sooner than {least:?}");
+    assert!(
+        took <= least + interval + Duration::from_secs(1),
+        "down only after {took:?}"
+    );
+    let m = member(&proxy, "a.test", wedged_addr);
+    let words = "TLS handshake timeout after 150ms";
+    assert!(m.reason.contains(words), "{m:?}");
+    let last = m.last_check.clone().expect("a check result");
+    assert_eq!(last.error.as_deref(), Some(words));
+    assert!(last.latency >= timeout, "{last:?}");
+    assert!(
+        m.checks_failed >= u64::from(fall) && m.checks_passed == 0,
+        "{m:?}"
+    );
+
+    // The real TLS backend completes the handshake: up, the result ok and quick.
+    let ok = member(&proxy, "a.test", live.addr);
+    assert_eq!(ok.state, BackendState::Up, "{ok:?}");
+    let last = ok.last_check.clone().expect("a check result");
+    assert_eq!(last.error, None);
+    assert!(last.latency < timeout, "{last:?}");
+    assert!(!ok.reason.contains("fail"), "{ok:?}");
+    // Clients go to the one that answers.
+    for _ in 0..4 {
+        l4_once(proxy.addr(), &pki).await.unwrap();
+    }
+    assert_eq!(member(&proxy, "a.test", wedged_addr).total, 0);
+    drop(wedged);
+}
+
+#[tokio::test]
+async fn unknown_until_the_first_check_then_up_and_a_recovered_backend_shows_no_old_failure() {
+    let pki = Pki::new();
+    let live = TlsBackend::start(&pki, &["a.test"]).await;
+    let dead = DeadBackend::new();
+    let dead_addr = dead.addr;
+    let (interval, rise, fall) = (Duration::from_millis(500), 2, 2);
+    let proxy = ProxyBuilder::new()
+        .route_to("a.test", &[(live.addr, 1), (dead_addr, 1)])
+        .health_check(interval, rise, fall, None)
+        .start()
+        .await;
+    let before_start = wall_ms();
+    // Unknown is not down: its first passed check makes it up at once, not `rise` checks
+    // (an interval apart) later.
+    let took = wait_state(&proxy, "a.test", live.addr, BackendState::Up).await;
+    assert!(took < interval, "up only after {took:?}");
+    let up = member(&proxy, "a.test", live.addr);
+    assert_eq!(up.reason, "the first check passed");
+    assert_eq!(up.last_check.as_ref().unwrap().error, None);
+
+    wait_state(&proxy, "a.test", dead_addr, BackendState::Down).await;
+    let down = member(&proxy, "a.test", dead_addr);
+    assert_eq!(down.reason, "2 checks failed in a row: connect refused");
+    assert_eq!(
+        down.last_check.as_ref().unwrap().error.as_deref(),
+        Some("connect refused")
+    );
+    assert!(down.since_ms + 1000 >= before_start, "{down:?}");
+
+    // Back on its address: up after `rise` passed checks, with nothing of the failure left.
+    drop(dead);
+    let back_at = wall_ms();
+    let _back = TlsBackend::start_on(&pki, &["a.test"], dead_addr).await;
+    let took = wait_state(&proxy, "a.test", dead_addr, BackendState::Up).await;
+    assert!(
+        took >= interval * (rise - 1) - Duration::from_millis(50),
+        "up after {took:?}: sooner than {rise} checks"
+    );
+    let m = member(&proxy, "a.test", dead_addr);
+    assert_eq!(m.reason, "2 checks passed in a row", "{m:?}");
+    assert_eq!(m.last_check.as_ref().unwrap().error, None, "{m:?}");
+    assert!(m.since_ms >= back_at, "{m:?} since before {back_at}");
+    assert!(m.checks_failed >= 2 && m.checks_passed >= 2, "{m:?}");
+}
+
+#[tokio::test]
+async fn an_ejection_is_not_shown_once_its_cooldown_is_over() {
+    let pki = Pki::new();
+    let mut b = vec![
+        TlsBackend::start(&pki, &["one.a.test", "a.test"]).await,
+        TlsBackend::start(&pki, &["two.a.test", "a.test"]).await,
+    ];
+    let cooldown = Duration::from_millis(400);
+    let proxy = ProxyBuilder::new()
+        .route_to("a.test", &[(b[0].addr, 1), (b[1].addr, 1)])
+        .backend_eject_time(cooldown)
+        .start()
+        .await;
+    // No check and no traffic yet: nothing is known of either.
+    let m = members(&proxy, "a.test");
+    assert!(
+        m.iter()
+            .all(|m| m.state == BackendState::Unknown && m.last_check.is_none()),
+        "{m:?}"
+    );
+    for _ in 0..4 {
+        l4_once(proxy.addr(), &pki).await.unwrap();
+    }
+    let m = members(&proxy, "a.test");
+    assert!(m.iter().all(|m| m.state == BackendState::Up), "{m:?}");
+    assert_eq!(m[0].reason, "the first connection went through");
+
+    let gone = b.remove(0);
+    let gone_addr = gone.addr;
+    drop(gone);
+    for _ in 0..8 {
+        assert_eq!(l4_once(proxy.addr(), &pki).await.unwrap(), "two.a.test");
+    }
+    let ejected = member(&proxy, "a.test", gone_addr);
+    let ejected_at = Instant::now();
+    assert_eq!(ejected.state, BackendState::Ejected, "{ejected:?}");
+    assert!(
+        ejected.reason.starts_with("ejected until ") && ejected.reason.contains("(400ms)"),
+        "{ejected:?}"
+    );
+
+    // Over: up again (the next connection is its trial), the ejection no longer quoted.
+    let took = wait_state(&proxy, "a.test", gone_addr, BackendState::Up).await;
+    assert!(
+        took + Duration::from_millis(50) >= cooldown.saturating_sub(ejected_at.elapsed() - took),
+        "the cooldown was cut short: {took:?}"
+    );
+    assert!(took <= cooldown + Duration::from_secs(1), "{took:?}");
+    // The walk publishes the end within a tick, with its reason and a new "since".
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = member(&proxy, "a.test", gone_addr);
+    assert_eq!(m.state, BackendState::Up, "{m:?}");
+    assert!(!m.reason.contains("ejected until"), "{m:?}");
+    assert!(m.reason.contains("cooldown is over"), "{m:?}");
+    assert!(m.since_ms > ejected.since_ms, "{m:?} vs {ejected:?}");
+}
+
+#[tokio::test]
+async fn l7_expect_takes_codes_ranges_and_classes_and_a_changed_check_drops_old_results() {
+    let pki = Pki::new();
+    let web = H2Backend::start().await;
+    let proxy = ProxyBuilder::new()
+        .route_to("web.test", &[(web.addr, 1)])
+        .l7(&pki)
+        .health_check(Duration::from_millis(200), 1, 1, Some("/status/500"))
+        .health_check_expect("200,301-302,4xx")
+        .start()
+        .await;
+    wait_state(&proxy, "web.test", web.addr, BackendState::Down).await;
+    let m = member(&proxy, "web.test", web.addr);
+    assert_eq!(
+        m.reason, "a check failed: status 500 (expected 200,301-302,4xx)",
+        "{m:?}"
+    );
+
+    let mut admin = proxy.admin().await;
+    let current = proxy.state.listeners()[0]
+        .lookup("web.test")
+        .unwrap()
+        .route
+        .health_check
+        .clone()
+        .unwrap();
+    // Each path in turn: in the set (up) or not (down), and never an old result shown.
+    for (path, state) in [
+        ("/status/302", BackendState::Up),
+        ("/status/303", BackendState::Down),
+        ("/status/404", BackendState::Up),
+        ("/status/201", BackendState::Down),
+        ("/status/200", BackendState::Up),
+    ] {
+        let code = path.trim_start_matches("/status/");
+        admin
+            .update_route(
+                "127.0.0.1:0",
+                "web.test",
+                mc_proxy_shared::RoutePatch {
+                    health_check: Some(Some(mc_proxy_shared::HealthCheck {
+                        path: path.into(),
+                        ..current.clone()
+                    })),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let started = Instant::now();
+        loop {
+            let m = member(&proxy, "web.test", web.addr);
+            if let Some(last) = &m.last_check {
+                // Only a result for the new check is shown, from the moment the change is
+                // made: the old path's status is never quoted.
+                match &last.error {
+                    None => assert_eq!(state, BackendState::Up, "{path}: {m:?}"),
+                    Some(e) if e.starts_with(&format!("status {code} ")) => {
+                        assert_eq!(state, BackendState::Down, "{path}: {m:?}")
+                    }
+                    Some(e) => panic!("{path}: an old result shown: {e}"),
+                }
+            }
+            if m.state == state && m.last_check.is_some() && !m.reason.is_empty() {
+                if state == BackendState::Up {
+                    assert!(!m.reason.contains("status"), "{path}: {m:?}");
+                } else {
+                    assert!(
+                        m.reason.contains(&format!("status {code} ")),
+                        "{path}: {m:?}"
+                    );
+                }
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "{path}: {m:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn l7_a_check_that_gets_no_answer_times_out_after_its_timeout() {
+    let pki = Pki::new();
+    let web = H2Backend::start().await;
+    let interval = Duration::from_millis(400);
+    let timeout = interval / 2;
+    let proxy = ProxyBuilder::new()
+        .route_to("web.test", &[(web.addr, 1)])
+        .l7(&pki)
+        .health_check(interval, 1, 1, Some("/hang"))
+        .start()
+        .await;
+    let took = wait_state(&proxy, "web.test", web.addr, BackendState::Down).await;
+    assert!(
+        took >= timeout - Duration::from_millis(20),
+        "down after {took:?}"
+    );
+    let m = member(&proxy, "web.test", web.addr);
+    assert_eq!(m.reason, "a check failed: timeout after 200ms", "{m:?}");
+    let last = m.last_check.unwrap();
+    assert!(
+        last.latency >= timeout && last.latency < timeout + Duration::from_millis(500),
+        "{last:?}"
+    );
+}
+
+#[tokio::test]
+async fn l4_tls_check_sends_the_proxy_header_a_route_sends() {
+    let pki = Pki::new();
+    let backend = TlsBackend::start_proxied(&pki, &["a.test"]).await;
+    let proxy = ProxyBuilder::new()
+        .route_to("a.test", &[(backend.addr, 1)])
+        .send_proxy()
+        .health_check(Duration::from_millis(200), 1, 1, None)
+        .start()
+        .await;
+    // The backend reads a PROXY header before its TLS handshake: without one the probe's
+    // ClientHello would be taken for a bad header and the check would fail.
+    wait_state(&proxy, "a.test", backend.addr, BackendState::Up).await;
+    let m = member(&proxy, "a.test", backend.addr);
+    assert_eq!(m.last_check.unwrap().error, None);
+    assert_eq!(m.total, 0, "no client connection made it up: the check did");
+    // The probe's header says nothing of a client: there is none.
+    let header = backend.header(0);
+    assert!(format!("{header:?}").contains("0.0.0.0"), "{header:?}");
 }
