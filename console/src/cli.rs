@@ -74,7 +74,11 @@ pub enum Command {
         types: Vec<String>,
     },
     /// The routed connections open now, oldest first, with their bytes so far.
+    #[command(args_conflicts_with_subcommands = true)]
     Connections {
+        /// `close ID...`: cut connections now.
+        #[command(subcommand)]
+        action: Option<ConnectionsCommand>,
         /// List at most this many (0: the daemon's maximum, 10000).
         #[arg(long, default_value_t = 0, value_name = "N")]
         limit: u32,
@@ -114,6 +118,18 @@ pub enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionsCommand {
+    /// Close connections now, by id (the ID column of `connections`, the `id` of events): cut
+    /// like at the end of the shutdown grace period, L7 requests in flight included; their
+    /// close is logged with the outcome `admin_closed`. Exit 1 if one was not open.
+    Close {
+        /// The connections' ids.
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<u64>,
     },
 }
 

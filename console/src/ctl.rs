@@ -22,8 +22,8 @@ use mc_proxy_shared::{
 use serde::Serialize;
 
 use crate::cli::{
-    CheckArgs, Command, FirewallCommand, ListenersCommand, RouteArgs, RoutesCommand, RuleArgs,
-    TableArgs, UpdateArgs,
+    CheckArgs, Command, ConnectionsCommand, FirewallCommand, ListenersCommand, RouteArgs,
+    RoutesCommand, RuleArgs, TableArgs, UpdateArgs,
 };
 
 /// A failed subcommand.
@@ -47,6 +47,8 @@ pub enum CtlError {
     },
     /// The route named is not there (or is on several listeners and none was given).
     NoRoute(String),
+    /// The daemon refused part of a request made of several calls; its reasons, joined.
+    Refused(String),
     /// The arguments make no sense.
     Usage(String),
     /// Whoever reads stdout went away (`| head`): not an error, the command just ends.
@@ -83,7 +85,7 @@ impl std::fmt::Display for CtlError {
                     ),
                 }
             }
-            CtlError::Usage(m) | CtlError::NoRoute(m) => f.write_str(m),
+            CtlError::Usage(m) | CtlError::NoRoute(m) | CtlError::Refused(m) => f.write_str(m),
             CtlError::ClosedPipe => f.write_str("stdout closed"),
             CtlError::Output(e) => write!(f, "cannot write the output: {e}"),
         }
@@ -100,6 +102,7 @@ impl CtlError {
             CtlError::Daemon(_)
             | CtlError::ReloadFailed { .. }
             | CtlError::NoRoute(_)
+            | CtlError::Refused(_)
             | CtlError::Output(_) => 1,
             CtlError::Usage(_) => 2,
             CtlError::Unreachable(_) => 3,
@@ -223,7 +226,30 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
             client.remove_firewall_rule(rule.clone()).await?;
             emit(&format!("unblocked {} {}\n", rule.kind, rule.value))
         }
-        Command::Connections { limit, table } => {
+        Command::Connections {
+            action: Some(ConnectionsCommand::Close { ids }),
+            ..
+        } => {
+            // Each one on its own: one that ended meanwhile does not keep the others open.
+            let mut refused = Vec::new();
+            for id in ids {
+                match client.close_connection(id).await {
+                    Ok(()) => emit(&format!("connection {id} closed\n"))?,
+                    // The daemon's refusal (not open): said at the end, the others closed.
+                    Err(ClientError::Rpc(status)) => refused.push(status.message().to_owned()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            match refused.is_empty() {
+                true => Ok(()),
+                false => Err(CtlError::Refused(refused.join("; "))),
+            }
+        }
+        Command::Connections {
+            action: None,
+            limit,
+            table,
+        } => {
             let list = client.list_connections(limit).await?;
             print_out(&table, &list, format_connections)
         }

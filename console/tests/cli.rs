@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use mc_proxy_tests::*;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Runs mcproxyctl off the runtime thread (the daemon under test runs on it).
 async fn ctl(proxy: &Proxy, args: &[&str]) -> Output {
@@ -1839,4 +1840,34 @@ async fn routes_show_says_since_when_and_the_last_check() {
     assert!(down.split_whitespace().nth(3) == Some("down"), "{out}");
     assert!(down.contains(" ago: connect refused in "), "{out}");
     assert!(down.ends_with("a check failed: connect refused"), "{out}");
+}
+
+#[tokio::test]
+async fn connections_close_cuts_the_ones_named_and_says_which_were_not_open() {
+    let pki = Pki::new();
+    let a = TlsBackend::start(&pki, &["a.test"]).await;
+    let proxy = ProxyBuilder::new().route("a.test", a.addr).start().await;
+    let mut c = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    c.write_all(b"hi").await.unwrap();
+    let mut echo = [0u8; 2];
+    c.read_exact(&mut echo).await.unwrap();
+    let o = ctl(&proxy, &["connections", "--json"]).await;
+    let list: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let id = list["connections"][0]["id"].as_u64().unwrap().to_string();
+
+    let o = ctl(&proxy, &["connections", "close", &id, "999999"]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("connection {id} closed\n"));
+    assert!(
+        stderr(&o).contains("no open connection 999999"),
+        "{}",
+        stderr(&o)
+    );
+    let mut rest = Vec::new();
+    assert!(c.read_to_end(&mut rest).await.is_err(), "the relay went on");
+    // No id is a usage error.
+    let o = ctl(&proxy, &["connections", "close"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }

@@ -1739,3 +1739,71 @@ fn flat(screen: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// `+` and `-` in the route detail change the selected backend's weight by one, within 1 to
+/// 256; read-only refuses them.
+#[test]
+fn plus_and_minus_change_the_selected_backends_weight() {
+    use mcproxyctl::tui::app::Action;
+    let mut app = pool_detail(2, &[]);
+    app.on_key(key(KeyCode::Down));
+    let weight = |weight| Action::SetBackendWeight {
+        listener: "127.0.0.1:8443".into(),
+        hostname: "pool.test".into(),
+        address: "10.0.0.1:8001".into(),
+        weight,
+    };
+    assert_eq!(app.on_key(key(KeyCode::Char('+'))), Some(weight(2)));
+    // At 1 already: nothing to send.
+    assert_eq!(app.on_key(key(KeyCode::Char('-'))), None);
+    assert_eq!(app.mode, Screen::RouteDetail);
+    let s = render(&app, 80, 24);
+    assert!(s.contains("+/- weight"), "{s}");
+    app.on_key(key(KeyCode::Char('?')));
+    assert!(
+        render(&app, 80, 24).contains("one more weight"),
+        "the detail's keys"
+    );
+
+    let mut ro = pool_detail(2, &[]);
+    ro.read_only = true;
+    assert_eq!(ro.on_key(key(KeyCode::Char('+'))), None);
+}
+
+/// `d` on a connection asks, `y` closes it; any other key keeps it.
+#[test]
+fn a_connection_is_closed_from_the_connections_view_after_asking() {
+    use mcproxyctl::tui::app::Action;
+    let mut app = app_with(&[("a.test", "127.0.0.1:9", Mode::L4)]);
+    app.on_key(key(KeyCode::Char('c')));
+    app.on_daemon(DaemonMsg::Connections(ConnectionList {
+        connections: vec![Connection {
+            id: 42,
+            listener: "127.0.0.1:8443".into(),
+            client: "203.0.113.9:38943".into(),
+            hostname: "a.test".into(),
+            route: "a.test".into(),
+            mode: Mode::L4,
+            backend: "127.0.0.1:9".into(),
+            age: Duration::from_secs(75),
+            bytes_in: 10,
+            bytes_out: 20,
+        }],
+        total: 1,
+    }));
+    assert!(render(&app, 80, 24).contains("d close"));
+    assert_eq!(app.on_key(key(KeyCode::Char('d'))), None, "sent at once");
+    let s = render(&app, 80, 24);
+    assert!(
+        s.contains("Close connection #42 203.0.113.9:38943 -> a.test"),
+        "{s}"
+    );
+    assert!(s.contains("y: close"), "{s}");
+    assert_eq!(app.on_key(key(KeyCode::Char('n'))), None);
+    assert!(!render(&app, 80, 24).contains("Close connection"));
+    app.on_key(key(KeyCode::Delete));
+    assert_eq!(
+        app.on_key(key(KeyCode::Char('y'))),
+        Some(Action::CloseConnection { id: 42 })
+    );
+}

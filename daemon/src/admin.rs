@@ -762,6 +762,22 @@ impl AdminService for Admin {
         }))
     }
 
+    async fn close_connection(
+        &self,
+        request: Request<pb::CloseConnectionRequest>,
+    ) -> Result<Response<pb::CloseConnectionResponse>, tonic::Status> {
+        let id = request.into_inner().id;
+        // Not a configuration change: nothing is stored, so no `control::apply`. The
+        // connection logs its own end, with the outcome `admin_closed`.
+        if !self.state().connections.close(id) {
+            return Err(tonic::Status::not_found(format!(
+                "no open connection {id} (mcproxyctl connections lists them)"
+            )));
+        }
+        tracing::info!(id, "connection closed through the admin API");
+        Ok(Response::new(pb::CloseConnectionResponse {}))
+    }
+
     type WatchEventsStream = EventStream;
 
     async fn watch_events(

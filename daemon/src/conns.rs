@@ -1,4 +1,5 @@
-//! The registry of open, routed connections, for the admin API's `ListConnections`.
+//! The registry of open, routed connections, for the admin API's `ListConnections` and
+//! `CloseConnection`.
 //!
 //! Owns: one entry per connection that has been routed (SNI read, route found), from the moment
 //! its `ConnectionOpened` event is published until its [`Registered`] guard drops, however the
@@ -18,6 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::routes::RouteInfo;
 use crate::stats::Transferred;
@@ -37,6 +39,8 @@ struct Entry {
     backend: Option<Arc<str>>,
     started: Instant,
     bytes: Arc<Transferred>,
+    /// Cancelled by [`Registry::close`]: the connection's task stops serving.
+    close: CancellationToken,
 }
 
 /// The open routed connections (see the module docs).
@@ -59,9 +63,15 @@ impl Default for Registry {
 pub struct Registered<'a> {
     registry: &'a Registry,
     id: u64,
+    close: CancellationToken,
 }
 
 impl Registered<'_> {
+    /// Fires when an operator closes the connection ([`Registry::close`]).
+    pub fn closed_by_admin(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.close.cancelled()
+    }
+
     /// Records the member the connection went to (L4, once dialled).
     pub fn set_backend(&self, backend: &Arc<str>) {
         if let Some(e) = self.registry.shard(self.id).get_mut(&self.id) {
@@ -118,6 +128,9 @@ impl Registry {
         route: &Arc<RouteInfo>,
         bytes: &Arc<Transferred>,
     ) -> Registered<'_> {
+        // One small allocation per routed connection: the one thing an admin close needs
+        // to reach its task (connections never routed cannot be listed, so cannot be closed).
+        let close = CancellationToken::new();
         let entry = Entry {
             listener,
             client,
@@ -126,9 +139,26 @@ impl Registry {
             backend: None,
             started: Instant::now(),
             bytes: Arc::clone(bytes),
+            close: close.clone(),
         };
         self.shard(id).insert(id, entry);
-        Registered { registry: self, id }
+        Registered {
+            registry: self,
+            id,
+            close,
+        }
+    }
+
+    /// Tells connection `id` to stop now (see [`Registered::closed_by_admin`]); false if no
+    /// such connection is open.
+    pub fn close(&self, id: u64) -> bool {
+        match self.shard(id).get(&id) {
+            Some(e) => {
+                e.close.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Connections open now.

@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Level;
 
 use crate::access::{self, Ending, Record};
+use crate::conns::Registered;
 use crate::l4::{self, L4Error};
 use crate::l7::{self, L7End};
 use crate::proxyproto;
@@ -137,6 +138,8 @@ pub enum ConnEnd {
     L7(L7End),
     /// The shutdown grace period ran out in a step before serving.
     Cancelled,
+    /// An operator closed it.
+    AdminClosed,
 }
 
 impl ConnEnd {
@@ -149,6 +152,7 @@ impl ConnEnd {
                 (CloseReason::IdleTimeout, None)
             }
             ConnEnd::L4(RelayEnd::Cancelled) | ConnEnd::Cancelled => (CloseReason::Shutdown, None),
+            ConnEnd::AdminClosed => (CloseReason::AdminClosed, None),
             ConnEnd::L4(RelayEnd::Error(e)) => (CloseReason::RelayError, Some(e.to_string())),
             ConnEnd::L7(L7End::Drained) => (CloseReason::Drained, None),
             ConnEnd::L7(L7End::KeepaliveTimeout) => (CloseReason::KeepaliveTimeout, None),
@@ -262,17 +266,38 @@ async fn pipeline(
         &record.bytes,
     );
     let _active = ActiveGuard::new(&route.stats);
+    // An operator's close cuts whatever step serves it, as the end of the shutdown grace does.
+    tokio::select! {
+        served = serve(slot, peeked, &route, record, listener, shared, &listed) => served,
+        () = listed.closed_by_admin() => Ok(ConnEnd::AdminClosed),
+    }
+}
+
+/// The serving step of a routed connection: the L4 relay or the L7 HTTP server.
+async fn serve(
+    slot: &mut Option<TcpStream>,
+    peeked: Vec<u8>,
+    route: &Arc<RouteInfo>,
+    record: &mut Record,
+    listener: &Arc<ListenerState>,
+    shared: &Shared,
+    listed: &Registered<'_>,
+) -> Result<ConnEnd, ConnError> {
+    let state = &shared.state;
+    let stream = slot
+        .as_mut()
+        .expect("the stream is taken only by the dispatch step");
     // An L7 route always carries its TLS configuration (routes::ValidRoute), an L4 one never.
     match &route.tls {
         None => Ok(ConnEnd::L4(
             l4::serve(
                 stream,
                 peeked,
-                &route,
+                route,
                 record,
                 listener.addr,
                 state,
-                &listed,
+                listed,
             )
             .await?,
         )),
@@ -285,7 +310,7 @@ async fn pipeline(
                 Box::pin(serve_l7(
                     stream,
                     peeked,
-                    Arc::clone(&route),
+                    Arc::clone(route),
                     server,
                     record,
                     listener,

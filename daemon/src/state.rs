@@ -654,9 +654,14 @@ mod tests {
         assert_eq!(merged.workers, running.workers);
         assert_eq!(merged.backend_ca, None);
 
-        // The same file again: nothing to say.
+        // The same file again: nothing more applies; what waits for a restart is said again
+        // (the file still differs from what runs).
         let (again, report) = merged.reload(&file);
-        assert_eq!(report, SettingsReload::default());
+        assert!(report.applied.is_empty(), "{report:?}");
+        assert_eq!(
+            report.need_restart,
+            ["max_connections", "backend_ca", "workers"]
+        );
         assert_eq!(again, merged);
     }
 }

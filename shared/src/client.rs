@@ -959,6 +959,14 @@ impl AdminClient {
         })
     }
 
+    /// Closes the routed connection `id` now (outcome `admin_closed`).
+    pub async fn close_connection(&mut self, id: u64) -> Result<(), ClientError> {
+        self.inner
+            .close_connection(pb::CloseConnectionRequest { id })
+            .await?;
+        Ok(())
+    }
+
     /// The routed connections open now, oldest first, at most `limit` (0: the daemon's
     /// maximum).
     pub async fn list_connections(&mut self, limit: u32) -> Result<ConnectionList, ClientError> {
@@ -1148,6 +1156,7 @@ wire_enum!(
         HttpError,
         TlsHandshakeFailed,
         TlsHandshakeTimeout,
+        AdminClosed,
     ]
 );
 

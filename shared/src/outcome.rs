@@ -160,6 +160,9 @@ named! {
         TlsHandshakeFailed = "tls_handshake_failed",
         /// L7: the client did not finish the TLS handshake in time.
         TlsHandshakeTimeout = "tls_handshake_timeout",
+        /// An operator closed it (`mcproxyctl connections close`, the console): cut at once,
+        /// like at the end of the shutdown grace period.
+        AdminClosed = "admin_closed",
     }
 }
 

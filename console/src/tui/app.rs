@@ -91,6 +91,22 @@ pub enum Action {
         /// The new admin state.
         state: mc_proxy_shared::AdminState,
     },
+    /// Set one backend's weight.
+    SetBackendWeight {
+        /// Listener address.
+        listener: String,
+        /// The route's hostname.
+        hostname: String,
+        /// The backend's address.
+        address: String,
+        /// The new weight, 1 to 256.
+        weight: u32,
+    },
+    /// Cut one open connection now.
+    CloseConnection {
+        /// Its id.
+        id: u64,
+    },
     /// Remove a route.
     RemoveRoute {
         /// Listener address.
@@ -192,6 +208,13 @@ pub enum Screen {
     /// "Drain/disable this backend?", asked when it would leave the route with no enabled
     /// backend; `y` sends the action, any other key goes back to the route detail.
     ConfirmBackend(Action),
+    /// "Close this connection?" (connections view); `y` closes it.
+    ConfirmClose {
+        /// The connection's id.
+        id: u64,
+        /// Client, route and age, as the question shows them.
+        what: String,
+    },
     /// The key list.
     Help {
         /// Scrolled down by this many lines.
@@ -818,6 +841,10 @@ impl App {
                 None
             }
             Screen::RouteDetail => self.on_route_detail_key(key),
+            Screen::ConfirmClose { id, .. } => match key.code {
+                KeyCode::Char('y') | KeyCode::Char('Y') => Some(Action::CloseConnection { id }),
+                _ => None,
+            },
             Screen::ConfirmBackend(action) => {
                 // Either way the detail stays open; only `y` sends.
                 self.mode = Screen::RouteDetail;
@@ -894,6 +921,26 @@ impl App {
                     detail: true,
                 };
                 return None;
+            }
+            Some(command @ (Command::WeightUp | Command::WeightDown)) => {
+                // The detail stays open, whether anything is sent or not.
+                self.mode = Screen::RouteDetail;
+                self.member_sel = self.member_sel.min(last);
+                let member = route.backends.get(self.member_sel)?;
+                let weight = match command {
+                    Command::WeightUp => member.weight.saturating_add(1),
+                    _ => member.weight.saturating_sub(1),
+                }
+                .clamp(1, mc_proxy_shared::RouteBackend::MAX_WEIGHT);
+                if weight == member.weight {
+                    return None;
+                }
+                return Some(Action::SetBackendWeight {
+                    listener,
+                    hostname: route.hostname.clone(),
+                    address: member.address.clone(),
+                    weight,
+                });
             }
             Some(Command::Drain) => Some(AdminState::Draining),
             Some(Command::Enable) => Some(AdminState::Enabled),
@@ -993,7 +1040,12 @@ impl App {
                 self.filter.clear();
                 self.note = None;
             }
-            Command::TextEditing | Command::Drain | Command::Enable | Command::Disable => {}
+            Command::TextEditing
+            | Command::Drain
+            | Command::Enable
+            | Command::Disable
+            | Command::WeightUp
+            | Command::WeightDown => {}
         }
         None
     }
@@ -1022,6 +1074,20 @@ impl App {
             Command::PageDown => self.conns.step(PAGE),
             Command::Top => self.conns.step(isize::MIN / 2),
             Command::Bottom => self.conns.step(isize::MAX / 2),
+            Command::Delete => {
+                let visible = self.conns.visible();
+                if let Some(c) = visible.get(self.conns.sel.index()) {
+                    let what = format!(
+                        "#{} {} -> {} ({}, open {}s)",
+                        c.id,
+                        c.client,
+                        c.route,
+                        c.mode,
+                        c.age.as_secs()
+                    );
+                    self.mode = Screen::ConfirmClose { id: c.id, what };
+                }
+            }
             _ => {}
         }
         None

@@ -81,6 +81,10 @@ pub enum Command {
     Enable,
     /// Take the selected backend out of rotation.
     Disable,
+    /// One more weight for the selected backend.
+    WeightUp,
+    /// One less weight for the selected backend.
+    WeightDown,
     /// Documentation only: text editing keys handled by the text field itself.
     TextEditing,
 }
@@ -148,6 +152,7 @@ pub const KEYS: &[Binding] = &[
     b(Conns, &[Up, Down, Char('k'), Char('j')], "up/down j/k", "move the selection", None, C::Down, false),
     b(Conns, &[PageUp, PageDown, Home, End], "pgup/pgdn home/end", "move by a page, to the first or last row", None, C::PageDown, false),
     b(Conns, &[Char('s')], "s", "sort: age, bytes, client, route", Some("s sort"), C::Sort, false),
+    b(Conns, &[Char('d'), Delete], "d del", "close the selected connection now (asks first)", Some("d close"), C::Delete, true),
     b(Conns, &[Char('/')], "/", "new filter on client, route or listener", Some("/ filter"), C::Filter, false),
     b(Conns, &[Char('?')], "?", "this help", Some("? help"), C::Help, false),
     b(Conns, &[Esc, Char('c')], "esc c", "back to the routes", Some("esc back"), C::Close, false),
@@ -161,6 +166,8 @@ pub const KEYS: &[Binding] = &[
     b(Rd, &[Char('w')], "w", "drain the selected backend (no new traffic, open connections finish; asks first when no other backend is enabled)", Some("w drain"), C::Drain, true),
     b(Rd, &[Char('n')], "n", "enable the selected backend", Some("n enable"), C::Enable, true),
     b(Rd, &[Char('x')], "x", "disable the selected backend (asks first when no other backend is enabled)", Some("x disable"), C::Disable, true),
+    b(Rd, &[Char('+'), Char('=')], "+", "one more weight for the selected backend (up to 256)", Some("+/- weight"), C::WeightUp, true),
+    b(Rd, &[Char('-')], "-", "one less weight for the selected backend (down to 1)", None, C::WeightDown, true),
     b(Rd, &[Char('e')], "e", "edit the route", Some("e edit"), C::Edit, true),
     b(Rd, &[Char('?')], "?", "these keys", Some("? keys"), C::Help, false),
     b(Rd, &[Esc, Char('q')], "esc q", "close", Some("esc close"), C::Close, false),

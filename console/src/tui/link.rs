@@ -189,6 +189,19 @@ async fn perform(client: &mut AdminClient, action: Action) -> Result<String, Str
             .set_backend_state(&listener, &hostname, &address, state)
             .await
             .map(|r| format!("backend {address} of route {}: {state}", r.hostname)),
+        Action::SetBackendWeight {
+            listener,
+            hostname,
+            address,
+            weight,
+        } => client
+            .set_backend(&listener, &hostname, &address, None, Some(weight))
+            .await
+            .map(|r| format!("backend {address} of route {}: weight {weight}", r.hostname)),
+        Action::CloseConnection { id } => client
+            .close_connection(id)
+            .await
+            .map(|()| format!("closed connection #{id}")),
         Action::RemoveRoute { listener, hostname } => client
             .remove_route(&listener, &hostname)
             .await

@@ -108,6 +108,17 @@ pub fn render(app: &App, frame: &mut Frame<'_>) {
                 popup(frame, area, "no enabled backend left", text, w, h);
             }
         }
+        Screen::ConfirmClose { what, .. } => {
+            let text = vec![
+                Line::from(format!("Close connection {what}?")),
+                Line::from("It is cut now, requests in flight included."),
+                Line::from(""),
+                Line::from(Span::styled("y: close   any other key: cancel", bold())),
+            ];
+            let w = area.width.min(64);
+            let h = wrapped_height(&text, w.saturating_sub(2)) + 2;
+            popup(frame, area, "close connection", text, w, h);
+        }
         Screen::Help { scroll, detail } => render_help(app, *scroll, *detail, frame, area),
         Screen::Normal | Screen::Filter => {}
     }

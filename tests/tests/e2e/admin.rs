@@ -1781,3 +1781,104 @@ async fn a_route_left_out_at_start_is_listed_as_not_served_until_a_reload_serves
     assert_eq!((l.route_count, l.routes_not_served), (3, 0));
     assert_eq!(served("b.test").await.unwrap(), pem_leaf(&b_cert));
 }
+
+/// An operator cuts one connection: an L4 relay and an HTTP/2 connection end at once with the
+/// outcome `admin_closed` (in the events and the log), the others on the same routes go on,
+/// and an id that is not open is NOT_FOUND.
+#[tokio::test]
+async fn an_operator_closes_one_connection_and_the_others_go_on() {
+    let pki = Pki::new();
+    let a = TlsBackend::start(&pki, &["a.test"]).await;
+    let h2 = web::H2Backend::start().await;
+    let proxy = web::web_proxy(&pki, h2.addr)
+        .route("a.test", a.addr)
+        .l4()
+        .start()
+        .await;
+    let (_guard, logs) = capture_logs();
+    let mut admin = proxy.admin().await;
+    let mut events = Box::pin(admin.watch_events().await.unwrap());
+
+    let mut cut = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    let mut kept = tls_connect(proxy.addr(), "a.test", pki.client_config())
+        .await
+        .unwrap();
+    let mut web_client = web::h2_client(proxy.addr(), "web.test", &pki).await;
+    let get = || {
+        http::Request::get("https://web.test/x")
+            .body(web::ClientBody::default())
+            .unwrap()
+    };
+    assert_eq!(web::ask_h2(&mut web_client, get()).await.status, 200);
+    for c in [&mut cut, &mut kept] {
+        c.write_all(b"hi").await.unwrap();
+        let mut echo = [0u8; 2];
+        c.read_exact(&mut echo).await.unwrap();
+    }
+    let list = until_connections(&mut admin, |l| l.total == 3).await;
+    let id_of = |route: &str, client: std::net::SocketAddr| {
+        list.connections
+            .iter()
+            .find(|c| c.route == route && c.client == client.to_string())
+            .map(|c| c.id)
+            .unwrap()
+    };
+    let cut_id = id_of("a.test", client_addr(&cut));
+    let web_id = list
+        .connections
+        .iter()
+        .find(|c| c.route == "web.test")
+        .unwrap()
+        .id;
+
+    admin.close_connection(cut_id).await.unwrap();
+    // The client sees its relay end without close_notify (L4 cannot write one).
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), cut.read_to_end(&mut rest))
+        .await
+        .expect("the closed relay did not end");
+    assert_eq!(end.map_err(|e| e.kind()), Err(ErrorKind::UnexpectedEof));
+    let closed = next_matching(
+        &mut events,
+        |e| matches!(e, Event::ConnectionClosed { id, .. } if *id == cut_id),
+    )
+    .await;
+    let Event::ConnectionClosed { outcome, .. } = closed else {
+        unreachable!()
+    };
+    assert_eq!(outcome, Outcome::Closed(CloseReason::AdminClosed));
+    assert!(
+        wait_for_log(&logs, "outcome=\"admin_closed\"").await,
+        "{}",
+        log_text(&logs)
+    );
+
+    admin.close_connection(web_id).await.unwrap();
+    next_matching(&mut events, |e| {
+        matches!(e, Event::ConnectionClosed { id, outcome, .. }
+            if *id == web_id && *outcome == Outcome::Closed(CloseReason::AdminClosed))
+    })
+    .await;
+    let refused = tokio::time::timeout(Duration::from_secs(5), web_client.send_request(get()))
+        .await
+        .expect("the closed HTTP/2 connection still waits");
+    assert!(
+        refused.is_err(),
+        "a request went through a closed connection"
+    );
+
+    // The other relay is untouched; a closed id is no longer there.
+    kept.write_all(b"on").await.unwrap();
+    let mut echo = [0u8; 2];
+    kept.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"on");
+    let err = admin.close_connection(cut_id).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::NotFound), "{err}");
+    assert!(err.to_string().contains(&cut_id.to_string()), "{err}");
+    let closes = proxy.state.listeners()[0]
+        .counters
+        .closes(CloseReason::AdminClosed);
+    assert_eq!(closes, 2);
+}
