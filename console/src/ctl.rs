@@ -12,8 +12,8 @@ use std::path::Path;
 
 use futures_util::StreamExt;
 use mc_proxy_shared::client::{
-    AdminClient, BackendStatus, ClientError, ConnectionList, Event, ListenerStatus, ListenerUpdate,
-    ReloadResult, RouteEntry, RoutePatch, RouteReload, Status, TimedEvent,
+    AdminClient, BackendStatus, ChangeOrigin, ClientError, ConnectionList, Event, ListenerStatus,
+    ListenerUpdate, ReloadResult, RouteEntry, RoutePatch, RouteReload, Status, TimedEvent,
 };
 use mc_proxy_shared::{
     AdminState, BackendState, FirewallRule, FirewallRuleKind, HealthCheck, MemberStats, Mode,
@@ -662,6 +662,13 @@ pub fn event_type(event: &Event) -> &'static str {
     }
 }
 
+/// ` [change 7 by uid 1000 pid 4242 (mcproxyctl)]` for an operator's change, else nothing.
+fn by(origin: &Option<ChangeOrigin>) -> String {
+    origin.as_ref().map_or_else(String::new, |o| {
+        format!(" [change {} by {}]", o.change_id, o.by)
+    })
+}
+
 fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CtlError> {
     let text = serde_json::to_string(value)
         .map_err(|e| CtlError::Output(std::io::Error::other(format!("JSON: {e}"))))?;
@@ -1222,15 +1229,25 @@ fn format_event(e: &TimedEvent) -> String {
             listener,
             action,
             route,
+            origin,
             ..
         } => format!(
-            "route  {action} {} on {listener}: {}",
+            "route  {action} {} on {listener}: {}{}",
             route.hostname,
-            target(route)
+            target(route),
+            by(origin)
         ),
-        Event::ListenerChanged { listener, action } => format!("lsnr   {action} {listener}"),
-        Event::FirewallChanged { action, rule } => {
-            format!("fw     {action} {} {}", rule.kind, rule.value)
+        Event::ListenerChanged {
+            listener,
+            action,
+            origin,
+        } => format!("lsnr   {action} {listener}{}", by(origin)),
+        Event::FirewallChanged {
+            action,
+            rule,
+            origin,
+        } => {
+            format!("fw     {action} {} {}{}", rule.kind, rule.value, by(origin))
         }
         Event::Stats {
             listeners,
@@ -1248,6 +1265,7 @@ fn format_event(e: &TimedEvent) -> String {
             listener,
             route,
             member,
+            origin,
         } => {
             let mut line = format!(
                 "backend {route} on {listener}: {} {}",
@@ -1257,6 +1275,7 @@ fn format_event(e: &TimedEvent) -> String {
             if !member.reason.is_empty() {
                 let _ = write!(line, " ({})", member.reason);
             }
+            line.push_str(&by(origin));
             line
         }
         Event::Lagged { dropped } => {
@@ -1511,6 +1530,7 @@ mod tests {
                     reason: "3 failed checks: connection refused".into(),
                     ..MemberStats::default()
                 },
+                origin: None,
             },
         };
         assert_eq!(

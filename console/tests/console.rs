@@ -293,6 +293,7 @@ fn route_details_show_the_backend_protocol_of_l7_routes() {
                     ..Route::default()
                 },
                 previous_hostname: "web.test".into(),
+                origin: None,
             },
         },
         Instant::now(),
@@ -451,6 +452,7 @@ fn an_edited_backend_shows_its_new_value() {
                     ..Route::default()
                 },
                 previous_hostname: "edit.test".into(),
+                origin: None,
             },
         },
         Instant::now(),
@@ -615,6 +617,7 @@ fn firewall_delete_asks_on_screen() {
                     kind: FirewallRuleKind::Cidr,
                     value: "10.0.0.0/8".into(),
                 },
+                origin: None,
             },
         },
         Instant::now(),
@@ -880,6 +883,7 @@ fn a_routes_backends_show_their_state_and_traffic_and_follow_state_changes() {
                 action: mc_proxy_shared::ChangeAction::Updated,
                 route: route.clone(),
                 previous_hostname: "pool.test".into(),
+                origin: None,
             },
         },
         Instant::now(),
@@ -984,6 +988,7 @@ fn a_routes_backends_show_their_state_and_traffic_and_follow_state_changes() {
                         3,
                     )
                 },
+                origin: None,
             },
         },
         Instant::now(),
@@ -1094,6 +1099,7 @@ fn pool_detail(n: u16, states: &[mc_proxy_shared::AdminState]) -> App {
                 action: mc_proxy_shared::ChangeAction::Updated,
                 route,
                 previous_hostname: "pool.test".into(),
+                origin: None,
             },
         },
         Instant::now(),
@@ -1483,6 +1489,7 @@ fn member_changed(
                 reason: reason.into(),
                 ..mc_proxy_shared::MemberStats::default()
             },
+            origin: None,
         },
     }
 }
@@ -1672,6 +1679,7 @@ fn a_backends_since_and_last_check_show_in_the_route_detail() {
                 action: mc_proxy_shared::ChangeAction::Updated,
                 route: route.clone(),
                 previous_hostname: "pool.test".into(),
+                origin: None,
             },
         },
         Instant::now(),

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response};
 
 use crate::control::{Applied, Change, ChangeError, Control, ListenerChange, listener_by_name};
-use crate::events::{Event, Timed};
+use crate::events::{Caller, Event, Origin, Timed};
 use crate::reload::{ReloadOutcome, RouteReload};
 use crate::state::{ListenerState, State};
 use crate::stats::{BUCKET_BOUNDS_SECONDS, HistogramSnapshot};
@@ -169,12 +169,54 @@ impl Admin {
     }
 
     /// Applies a change off the async runtime (SQLite blocks).
-    async fn apply(&self, change: Change) -> Result<Applied, tonic::Status> {
+    async fn apply(&self, caller: Caller, change: Change) -> Result<Applied, tonic::Status> {
         let control = Arc::clone(&self.control);
-        tokio::task::spawn_blocking(move || control.apply(change))
+        tokio::task::spawn_blocking(move || control.apply_by(change, caller))
             .await
             .map_err(|e| tonic::Status::internal(format!("admin task failed: {e}")))?
             .map_err(status)
+    }
+}
+
+/// Who sent `request`: the admin socket's peer as the kernel names it (`SO_PEERCRED`, which
+/// tonic records per connection), and the process's name from `/proc`.
+fn caller_of<T>(request: &Request<T>) -> Caller {
+    let cred = request
+        .extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .and_then(|info| info.peer_cred);
+    let Some(cred) = cred else {
+        return Caller::Unknown;
+    };
+    let pid = cred.pid().and_then(|p| u32::try_from(p).ok());
+    let process = pid
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).ok())
+        .map(|comm| clip_name(comm.trim()))
+        .unwrap_or_default();
+    Caller::Socket {
+        uid: cred.uid(),
+        pid,
+        process,
+    }
+}
+
+/// A process name as the kernel keeps it is at most 15 bytes; anything longer (or odd) is
+/// cut, so a log line never carries more than a name.
+fn clip_name(name: &str) -> String {
+    name.chars().filter(|c| !c.is_control()).take(32).collect()
+}
+
+fn origin_to_pb(origin: &Origin) -> pb::ChangeOrigin {
+    let (uid, pid, process) = match &origin.caller {
+        Caller::Socket { uid, pid, process } => (Some(*uid), *pid, process.clone()),
+        Caller::Signal(_) | Caller::Unknown => (None, None, String::new()),
+    };
+    pb::ChangeOrigin {
+        change_id: origin.change,
+        by: origin.caller.to_string(),
+        uid,
+        pid,
+        process,
     }
 }
 
@@ -348,28 +390,42 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
             action,
             route,
             previous_hostname,
+            origin,
         } => Kind::RouteChanged(pb::RouteChanged {
             listener: listener.to_string(),
             action: pb::ChangeAction::from(action).into(),
             route: Some(route.into()),
             previous_hostname: previous_hostname.unwrap_or_default(),
+            origin: Some(origin_to_pb(&origin)),
         }),
-        Event::FirewallChanged { action, rule } => Kind::FirewallChanged(pb::FirewallChanged {
+        Event::FirewallChanged {
+            action,
+            rule,
+            origin,
+        } => Kind::FirewallChanged(pb::FirewallChanged {
             action: pb::ChangeAction::from(action).into(),
             rule: Some(rule.into()),
+            origin: Some(origin_to_pb(&origin)),
         }),
         Event::BackendChanged {
             listener,
             route,
             member,
+            origin,
         } => Kind::BackendChanged(pb::BackendChanged {
             listener: listener.to_string(),
             route,
             member: Some(member.into()),
+            origin: origin.as_ref().map(origin_to_pb),
         }),
-        Event::ListenerChanged { listener, action } => Kind::ListenerChanged(pb::ListenerChanged {
+        Event::ListenerChanged {
+            listener,
+            action,
+            origin,
+        } => Kind::ListenerChanged(pb::ListenerChanged {
             listener: listener.to_string(),
             action: pb::ChangeAction::from(action).into(),
+            origin: Some(origin_to_pb(&origin)),
         }),
         Event::StatsTick => Kind::Stats(pb::StatsSnapshot {
             listeners: state
@@ -487,6 +543,7 @@ impl AdminService for Admin {
         &self,
         request: Request<pb::AddRouteRequest>,
     ) -> Result<Response<pb::AddRouteResponse>, tonic::Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
         let route = Route::try_from(required(req.route, "route")?)
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
@@ -494,7 +551,7 @@ impl AdminService for Admin {
             listener: req.listener,
             route,
         };
-        let (route, warnings) = route_answer(self.apply(change).await?)?;
+        let (route, warnings) = route_answer(self.apply(caller, change).await?)?;
         Ok(Response::new(pb::AddRouteResponse {
             route: Some(route),
             warnings,
@@ -505,6 +562,7 @@ impl AdminService for Admin {
         &self,
         request: Request<pb::UpdateRouteRequest>,
     ) -> Result<Response<pb::UpdateRouteResponse>, tonic::Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
         let mode = req
             .mode
@@ -562,7 +620,7 @@ impl AdminService for Admin {
                 backend_protocol,
             },
         };
-        let (route, warnings) = route_answer(self.apply(change).await?)?;
+        let (route, warnings) = route_answer(self.apply(caller, change).await?)?;
         Ok(Response::new(pb::UpdateRouteResponse {
             route: Some(route),
             warnings,
@@ -573,11 +631,15 @@ impl AdminService for Admin {
         &self,
         request: Request<pb::RemoveRouteRequest>,
     ) -> Result<Response<pb::RemoveRouteResponse>, tonic::Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
-        self.apply(Change::RemoveRoute {
-            listener: req.listener,
-            hostname: req.hostname,
-        })
+        self.apply(
+            caller,
+            Change::RemoveRoute {
+                listener: req.listener,
+                hostname: req.hostname,
+            },
+        )
         .await?;
         Ok(Response::new(pb::RemoveRouteResponse {}))
     }
@@ -600,8 +662,9 @@ impl AdminService for Admin {
         &self,
         request: Request<pb::AddFirewallRuleRequest>,
     ) -> Result<Response<pb::AddFirewallRuleResponse>, tonic::Status> {
+        let caller = caller_of(&request);
         let rule = rule_from_pb(request.into_inner().rule)?;
-        let rule = match self.apply(Change::AddFirewallRule(rule)).await? {
+        let rule = match self.apply(caller, Change::AddFirewallRule(rule)).await? {
             Applied::Rule(rule) => rule,
             other => {
                 return Err(tonic::Status::internal(format!(
@@ -618,18 +681,20 @@ impl AdminService for Admin {
         &self,
         request: Request<pb::RemoveFirewallRuleRequest>,
     ) -> Result<Response<pb::RemoveFirewallRuleResponse>, tonic::Status> {
+        let caller = caller_of(&request);
         let rule = rule_from_pb(request.into_inner().rule)?;
-        self.apply(Change::RemoveFirewallRule(rule)).await?;
+        self.apply(caller, Change::RemoveFirewallRule(rule)).await?;
         Ok(Response::new(pb::RemoveFirewallRuleResponse {}))
     }
 
     async fn reload(
         &self,
-        _: Request<pb::ReloadRequest>,
+        request: Request<pb::ReloadRequest>,
     ) -> Result<Response<pb::ReloadResponse>, tonic::Status> {
-        tracing::info!("reload requested through the admin API");
+        let caller = caller_of(&request);
+        tracing::info!(by = %caller, "reload requested through the admin API");
         let control = Arc::clone(&self.control);
-        let report = tokio::task::spawn_blocking(move || control.reload())
+        let report = tokio::task::spawn_blocking(move || control.reload(&caller))
             .await
             .map_err(|e| tonic::Status::internal(format!("admin task failed: {e}")))?
             .map_err(status)?;
@@ -650,16 +715,20 @@ impl AdminService for Admin {
         &self,
         request: Request<pb::AddListenerRequest>,
     ) -> Result<Response<pb::AddListenerResponse>, tonic::Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
         let applied = self
-            .apply(Change::AddListener {
-                addr: req.addr,
-                settings: ListenerChange {
-                    proxy_protocol: Some(req.proxy_protocol),
-                    proxy_protocol_from: Some(req.proxy_protocol_from),
-                    no_sni_route: None,
+            .apply(
+                caller,
+                Change::AddListener {
+                    addr: req.addr,
+                    settings: ListenerChange {
+                        proxy_protocol: Some(req.proxy_protocol),
+                        proxy_protocol_from: Some(req.proxy_protocol_from),
+                        no_sni_route: None,
+                    },
                 },
-            })
+            )
             .await?;
         let (listener, warnings) = listener_answer(applied)?;
         Ok(Response::new(pb::AddListenerResponse {
@@ -672,11 +741,15 @@ impl AdminService for Admin {
         &self,
         request: Request<pb::RemoveListenerRequest>,
     ) -> Result<Response<pb::RemoveListenerResponse>, tonic::Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
-        self.apply(Change::RemoveListener {
-            listener: req.listener,
-            with_routes: req.with_routes,
-        })
+        self.apply(
+            caller,
+            Change::RemoveListener {
+                listener: req.listener,
+                with_routes: req.with_routes,
+            },
+        )
         .await?;
         Ok(Response::new(pb::RemoveListenerResponse {}))
     }
@@ -685,16 +758,20 @@ impl AdminService for Admin {
         &self,
         request: Request<pb::UpdateListenerRequest>,
     ) -> Result<Response<pb::UpdateListenerResponse>, tonic::Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
         let applied = self
-            .apply(Change::UpdateListener {
-                listener: req.listener,
-                settings: ListenerChange {
-                    proxy_protocol: req.proxy_protocol,
-                    proxy_protocol_from: req.proxy_protocol_from.map(|p| p.sources),
-                    no_sni_route: req.no_sni_route,
+            .apply(
+                caller,
+                Change::UpdateListener {
+                    listener: req.listener,
+                    settings: ListenerChange {
+                        proxy_protocol: req.proxy_protocol,
+                        proxy_protocol_from: req.proxy_protocol_from.map(|p| p.sources),
+                        no_sni_route: req.no_sni_route,
+                    },
                 },
-            })
+            )
             .await?;
         let (listener, warnings) = listener_answer(applied)?;
         Ok(Response::new(pb::UpdateListenerResponse {
@@ -738,6 +815,7 @@ impl AdminService for Admin {
         &self,
         request: Request<pb::SetBackendStateRequest>,
     ) -> Result<Response<pb::SetBackendStateResponse>, tonic::Status> {
+        let caller = caller_of(&request);
         let req = request.into_inner();
         // UNSPECIFIED means "unchanged" (a weight change), never "set it to the default": a
         // request with neither is refused by `apply`.
@@ -756,7 +834,7 @@ impl AdminService for Admin {
             state,
             weight: req.weight,
         };
-        let (route, _) = route_answer(self.apply(change).await?)?;
+        let (route, _) = route_answer(self.apply(caller, change).await?)?;
         Ok(Response::new(pb::SetBackendStateResponse {
             route: Some(route),
         }))
@@ -766,6 +844,7 @@ impl AdminService for Admin {
         &self,
         request: Request<pb::CloseConnectionRequest>,
     ) -> Result<Response<pb::CloseConnectionResponse>, tonic::Status> {
+        let caller = caller_of(&request);
         let id = request.into_inner().id;
         // Not a configuration change: nothing is stored, so no `control::apply`. The
         // connection logs its own end, with the outcome `admin_closed`.
@@ -774,7 +853,7 @@ impl AdminService for Admin {
                 "no open connection {id} (mcproxyctl connections lists them)"
             )));
         }
-        tracing::info!(id, "connection closed through the admin API");
+        tracing::info!(id, by = %caller, "connection closed through the admin API");
         Ok(Response::new(pb::CloseConnectionResponse {}))
     }
 

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use mc_proxy_shared::text::clip;
 use mc_proxy_shared::{AdminState, ChangeAction, FirewallRule, Route, RoutePatch};
 
-use crate::events::Event;
+use crate::events::{Caller, Event, Origin};
 use crate::firewall::{Firewall, parse_rule};
 use crate::reload::{RouteReload, reload_certificates};
 use crate::routes::{ValidRoute, validate_route};
@@ -108,6 +108,25 @@ pub enum Change {
     /// Swap in the `[proxy]` settings that may change while running (SIGHUP re-reads the
     /// config file); the others are reported as needing a restart.
     ReloadSettings(Box<crate::state::ProxyConfig>),
+}
+
+impl Change {
+    /// The change's kind, as the audit line names it (`change applied change=add_route`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::AddRoute { .. } => "add_route",
+            Change::UpdateRoute { .. } => "update_route",
+            Change::RemoveRoute { .. } => "remove_route",
+            Change::AddFirewallRule(_) => "add_firewall_rule",
+            Change::RemoveFirewallRule(_) => "remove_firewall_rule",
+            Change::ReloadCertificates => "reload_certificates",
+            Change::SetBackendState { .. } => "set_backend",
+            Change::AddListener { .. } => "add_listener",
+            Change::UpdateListener { .. } => "update_listener",
+            Change::RemoveListener { .. } => "remove_listener",
+            Change::ReloadSettings(_) => "reload_settings",
+        }
+    }
 }
 
 /// A listener's PROXY protocol settings as a change gives them: `None` keeps the current
@@ -291,6 +310,8 @@ pub struct Control {
     store: Mutex<Store>,
     /// The config file a reload re-reads `[proxy]` from (none: settings are not reloaded).
     config_path: Option<PathBuf>,
+    /// Changes asked for so far: the last change id.
+    changes: std::sync::atomic::AtomicU64,
 }
 
 /// What a reload ([`Control::reload`]) did.
@@ -311,6 +332,7 @@ impl Control {
             state,
             store: Mutex::new(store),
             config_path: None,
+            changes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -325,14 +347,15 @@ impl Control {
     /// file's listeners the database does not hold, then reloads every L7 certificate
     /// ([`Change::ReloadCertificates`]). A config file that does not load changes no setting
     /// and still reloads the certificates. Blocks on the file and SQLite.
-    pub fn reload(&self) -> Result<ReloadReport, ChangeError> {
+    pub fn reload(&self, caller: &Caller) -> Result<ReloadReport, ChangeError> {
         let mut listeners_not_applied = Vec::new();
         let settings = match &self.config_path {
             None => Ok(crate::state::SettingsReload::default()),
             Some(path) => match crate::config::Config::load(path) {
                 Ok(config) => {
                     listeners_not_applied = not_applied(&config, &self.state);
-                    match self.apply(Change::ReloadSettings(Box::new(config.proxy)))? {
+                    let settings = Change::ReloadSettings(Box::new(config.proxy));
+                    match self.apply_by(settings, caller.clone())? {
                         Applied::Settings(report) => Ok(report),
                         other => {
                             return Err(ChangeError::Internal(format!(
@@ -360,7 +383,7 @@ impl Control {
         for line in &listeners_not_applied {
             tracing::warn!("{line}");
         }
-        let routes = match self.apply(Change::ReloadCertificates)? {
+        let routes = match self.apply_by(Change::ReloadCertificates, caller.clone())? {
             Applied::Reloaded(routes) => routes,
             other => {
                 return Err(ChangeError::Internal(format!(
@@ -391,8 +414,42 @@ impl Control {
             .map_err(|_| ChangeError::Internal("store lock poisoned by an earlier failure".into()))
     }
 
-    /// Applies one change (see the module docs). Blocks on SQLite.
+    /// Applies one change for an unknown caller ([`Control::apply_by`]).
     pub fn apply(&self, change: Change) -> Result<Applied, ChangeError> {
+        self.apply_by(change, Caller::Unknown)
+    }
+
+    /// Applies one change (see the module docs) for `caller`. Blocks on SQLite. The change
+    /// gets an id; its log lines carry `change{id=.. by=..}` and its events the [`Origin`],
+    /// and a refusal is logged too, so the log says who did (or tried) what.
+    pub fn apply_by(&self, change: Change, caller: Caller) -> Result<Applied, ChangeError> {
+        let origin = Origin {
+            change: self
+                .changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1,
+            caller,
+        };
+        // `?` of the text: quoted, so the line stays one logfmt field per value.
+        let span =
+            tracing::info_span!("change", id = origin.change, by = ?origin.caller.to_string());
+        let _in_change = span.enter();
+        let kind = change.kind();
+        let result = self.dispatch(change, &origin);
+        match &result {
+            Ok(_) => tracing::info!(change = kind, "change applied"),
+            // The daemon's own failures were logged at error where they happened.
+            Err(
+                e @ (ChangeError::Invalid(_)
+                | ChangeError::NotFound(_)
+                | ChangeError::AlreadyExists(_)),
+            ) => tracing::info!(change = kind, "change refused: {e}"),
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn dispatch(&self, change: Change, origin: &Origin) -> Result<Applied, ChangeError> {
         let mut store = self.store()?;
         let state = &*self.state;
         match change {
@@ -420,7 +477,14 @@ impl Control {
                 tracing::info!(listener = %listener.addr, route = %valid.route.hostname, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route added");
                 let route = valid.route.clone();
                 swap_routes(state, listener, |routes| routes.push(valid));
-                publish_route(state, listener.addr, ChangeAction::Added, route, None);
+                publish_route(
+                    state,
+                    listener.addr,
+                    ChangeAction::Added,
+                    route,
+                    None,
+                    origin,
+                );
                 Ok(applied)
             }
             Change::UpdateRoute {
@@ -461,7 +525,7 @@ impl Control {
                 tracing::info!(listener = %listener.addr, route = %valid.route.hostname, previous = %old, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route updated");
                 // A route that was not served validates now: it is served from here on.
                 listener.forget_not_served(&old);
-                replace_route(state, listener, old, valid);
+                replace_route(state, listener, old, valid, origin);
                 Ok(applied)
             }
             Change::RemoveRoute { listener, hostname } => {
@@ -481,26 +545,33 @@ impl Control {
                 });
                 listener.forget_not_served(&name);
                 tracing::info!(listener = %listener.addr, route = %name, "route removed");
-                publish_route(state, listener.addr, ChangeAction::Removed, removed, None);
+                publish_route(
+                    state,
+                    listener.addr,
+                    ChangeAction::Removed,
+                    removed,
+                    None,
+                    origin,
+                );
                 Ok(Applied::Removed)
             }
             Change::AddFirewallRule(rule) => {
                 let rule = checked_rule(&rule)?;
                 store.add_firewall_rule(&rule)?;
                 swap_firewall(&store, state)?;
-                publish_firewall(state, ChangeAction::Added, &rule);
+                publish_firewall(state, ChangeAction::Added, &rule, origin);
                 Ok(Applied::Rule(rule))
             }
             Change::RemoveFirewallRule(rule) => {
                 let rule = checked_rule(&rule)?;
                 store.remove_firewall_rule(&rule)?;
                 swap_firewall(&store, state)?;
-                publish_firewall(state, ChangeAction::Removed, &rule);
+                publish_firewall(state, ChangeAction::Removed, &rule, origin);
                 Ok(Applied::Removed)
             }
-            Change::ReloadCertificates => {
-                Ok(Applied::Reloaded(reload_certificates(&mut store, state)?))
-            }
+            Change::ReloadCertificates => Ok(Applied::Reloaded(reload_certificates(
+                &mut store, state, origin,
+            )?)),
             Change::SetBackendState {
                 listener,
                 hostname,
@@ -560,7 +631,12 @@ impl Control {
                 });
                 if let Some(live) = listener.routes().get(&name) {
                     for t in live.backends.publishable() {
-                        state.backend_changed(listener.addr, &live, Some(t));
+                        state.backend_changed_by(
+                            listener.addr,
+                            &live,
+                            Some(t),
+                            Some(origin.clone()),
+                        );
                     }
                 }
                 Ok(Applied::Route {
@@ -599,7 +675,7 @@ impl Control {
                 state.set_listeners(all);
                 state.sockets.start(&listener, sockets);
                 tracing::info!(listener = %addr, bound = ?listener.bound(), proxy_protocol = listener.settings().proxy_protocol, "listener added");
-                publish_listener(state, addr, ChangeAction::Added);
+                publish_listener(state, addr, ChangeAction::Added, origin);
                 Ok(Applied::Listener { listener, warnings })
             }
             Change::UpdateListener { listener, settings } => {
@@ -630,7 +706,7 @@ impl Control {
                 if listener.no_sni_route() != no_sni {
                     listener.set_no_sni_route(no_sni);
                 }
-                publish_listener(state, listener.addr, ChangeAction::Updated);
+                publish_listener(state, listener.addr, ChangeAction::Updated, origin);
                 Ok(Applied::Listener { listener, warnings })
             }
             Change::RemoveListener {
@@ -662,7 +738,7 @@ impl Control {
                     tracing::warn!(listener = %listener.addr, "listener removed, but a worker had not closed its socket after {SOCKET_CLOSE_WAIT:?}");
                 }
                 tracing::info!(listener = %listener.addr, routes, open = listener.counters.active.load(std::sync::atomic::Ordering::Relaxed), "listener removed");
-                publish_listener(state, listener.addr, ChangeAction::Removed);
+                publish_listener(state, listener.addr, ChangeAction::Removed, origin);
                 Ok(Applied::Removed)
             }
             Change::ReloadSettings(new) => {
@@ -782,10 +858,12 @@ fn sources_text(settings: &ListenerSettings) -> Vec<String> {
         .collect()
 }
 
-fn publish_listener(state: &State, listener: SocketAddr, action: ChangeAction) {
-    state
-        .events
-        .publish(|| Event::ListenerChanged { listener, action });
+fn publish_listener(state: &State, listener: SocketAddr, action: ChangeAction, origin: &Origin) {
+    state.events.publish(|| Event::ListenerChanged {
+        listener,
+        action,
+        origin: origin.clone(),
+    });
 }
 
 /// The stored name of the route `hostname` names: the one normalisation the data path uses
@@ -869,7 +947,13 @@ fn swap_routes(state: &State, listener: &ListenerState, edit: impl FnOnce(&mut V
 }
 
 /// Swaps `valid` in for the route stored as `old` and publishes the update.
-fn replace_route(state: &State, listener: &ListenerState, old: String, valid: ValidRoute) {
+fn replace_route(
+    state: &State,
+    listener: &ListenerState,
+    old: String,
+    valid: ValidRoute,
+    origin: &Origin,
+) {
     let route = valid.route.clone();
     swap_routes(state, listener, |routes| {
         routes.retain(|r| r.route.hostname != old);
@@ -881,6 +965,7 @@ fn replace_route(state: &State, listener: &ListenerState, old: String, valid: Va
         ChangeAction::Updated,
         route,
         Some(old),
+        origin,
     );
 }
 
@@ -897,20 +982,23 @@ fn publish_route(
     action: ChangeAction,
     route: Route,
     previous_hostname: Option<String>,
+    origin: &Origin,
 ) {
     state.events.publish(|| Event::RouteChanged {
         listener,
         action,
         route,
         previous_hostname,
+        origin: origin.clone(),
     });
 }
 
-fn publish_firewall(state: &State, action: ChangeAction, rule: &FirewallRule) {
+fn publish_firewall(state: &State, action: ChangeAction, rule: &FirewallRule, origin: &Origin) {
     tracing::info!(kind = %rule.kind, value = %rule.value, "firewall rule {action}");
     state.events.publish(|| Event::FirewallChanged {
         action,
         rule: rule.clone(),
+        origin: origin.clone(),
     });
 }
 

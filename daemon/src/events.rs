@@ -17,6 +17,53 @@ use tokio::sync::broadcast;
 
 use crate::routes::RouteInfo;
 
+/// Who made a change: what its events carry and its log lines say (`change{id=.. by=..}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Unique per daemon run, counted from 1: ties a change's events and log lines together.
+    pub change: u64,
+    /// Who asked for it.
+    pub caller: Caller,
+}
+
+/// Who asked for a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A client of the admin socket, as the kernel names it (`SO_PEERCRED`): the socket is
+    /// 0600, so this is the daemon's user or root, and the process tells which tool or script.
+    Socket {
+        /// The peer's user id.
+        uid: u32,
+        /// The peer's process id, where the kernel gives it.
+        pid: Option<u32>,
+        /// The peer process's name (`/proc/PID/comm`); empty if it could not be read.
+        process: String,
+    },
+    /// A signal to the daemon (SIGHUP).
+    Signal(&'static str),
+    /// No caller known: an admin connection without credentials, the control plane's tests.
+    Unknown,
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Socket { uid, pid, process } => {
+                write!(f, "uid {uid}")?;
+                if let Some(pid) = pid {
+                    write!(f, " pid {pid}")?;
+                }
+                if !process.is_empty() {
+                    write!(f, " ({process})")?;
+                }
+                Ok(())
+            }
+            Caller::Signal(name) => f.write_str(name),
+            Caller::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
 /// Default events buffered per subscriber before it lags.
 pub const DEFAULT_CAPACITY: usize = 1024;
 
@@ -82,6 +129,8 @@ pub enum Event {
         route: Route,
         /// For an update: the hostname before the change.
         previous_hostname: Option<String>,
+        /// Who changed it.
+        origin: Origin,
     },
     /// A firewall rule was added or removed.
     FirewallChanged {
@@ -89,6 +138,8 @@ pub enum Event {
         action: ChangeAction,
         /// The rule, normalised.
         rule: FirewallRule,
+        /// Who changed it.
+        origin: Origin,
     },
     /// A listener was added, its settings updated, or it was removed.
     ListenerChanged {
@@ -96,6 +147,8 @@ pub enum Event {
         listener: SocketAddr,
         /// What happened.
         action: ChangeAction,
+        /// Who changed it.
+        origin: Origin,
     },
     /// A route member changed state (up, down, ejected, draining, disabled).
     BackendChanged {
@@ -105,6 +158,8 @@ pub enum Event {
         route: String,
         /// The member's figures after the change.
         member: MemberStats,
+        /// An operator's change (drain, weight, ...); `None` for what health checking found.
+        origin: Option<Origin>,
     },
     /// About a second passed: watchers send a snapshot of the counters as they read this.
     StatsTick,
@@ -178,6 +233,10 @@ mod tests {
             rule: FirewallRule {
                 kind: mc_proxy_shared::FirewallRuleKind::Ip,
                 value: format!("192.0.2.{n}"),
+            },
+            origin: Origin {
+                change: 1,
+                caller: Caller::Unknown,
             },
         }
     }

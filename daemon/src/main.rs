@@ -411,7 +411,10 @@ async fn reload(control: &Arc<Control>, ready_status: &str) {
     tracing::info!("SIGHUP: reloading settings and certificates");
     notify::reloading();
     let control = Arc::clone(control);
-    let result = tokio::task::spawn_blocking(move || control.reload()).await;
+    let result = tokio::task::spawn_blocking(move || {
+        control.reload(&mc_proxy::events::Caller::Signal("SIGHUP"))
+    })
+    .await;
     match result {
         Ok(Ok(report)) => {
             let failed = report.routes.iter().filter(|r| r.failed()).count();

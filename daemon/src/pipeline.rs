@@ -290,16 +290,7 @@ async fn serve(
     // An L7 route always carries its TLS configuration (routes::ValidRoute), an L4 one never.
     match &route.tls {
         None => Ok(ConnEnd::L4(
-            l4::serve(
-                stream,
-                peeked,
-                route,
-                record,
-                listener.addr,
-                state,
-                listed,
-            )
-            .await?,
+            l4::serve(stream, peeked, route, record, listener.addr, state, listed).await?,
         )),
         Some(tls) => {
             let server = Arc::clone(&tls.server);

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use mc_proxy_shared::{ChangeAction, Mode, Route};
 
 use crate::certs::not_after;
-use crate::events::Event;
+use crate::events::{Event, Origin};
 use crate::routes::{RouteError, RouteInfo, ValidRoute, validate_route};
 use crate::state::{NotServed, State};
 use crate::store::{Store, StoreError};
@@ -79,6 +79,7 @@ impl RouteReload {
 pub fn reload_certificates(
     store: &mut Store,
     state: &State,
+    origin: &Origin,
 ) -> Result<Vec<RouteReload>, StoreError> {
     // Read everything first: a store error must not leave half the listeners swapped.
     let listeners = state.listeners();
@@ -157,7 +158,7 @@ pub fn reload_certificates(
         }
         listener.set_not_served(not_served);
         for route in &added {
-            publish_added(state, listener.addr, route);
+            publish_added(state, listener.addr, route, origin);
         }
     }
     report.sort_by(|a, b| (a.listener, &a.hostname).cmp(&(b.listener, &b.hostname)));
@@ -165,12 +166,13 @@ pub fn reload_certificates(
 }
 
 /// Watchers learn about a route that is served again as they learn about an added one.
-fn publish_added(state: &State, listener: SocketAddr, route: &Route) {
+fn publish_added(state: &State, listener: SocketAddr, route: &Route, origin: &Origin) {
     state.events.publish(|| Event::RouteChanged {
         listener,
         action: ChangeAction::Added,
         route: route.clone(),
         previous_hostname: None,
+        origin: origin.clone(),
     });
 }
 

@@ -588,6 +588,17 @@ impl State {
         route: &RouteInfo,
         transition: Option<crate::backends::Transition>,
     ) {
+        self.backend_changed_by(listener, route, transition, None);
+    }
+
+    /// [`State::backend_changed`] for an operator's change, published with who made it.
+    pub fn backend_changed_by(
+        &self,
+        listener: SocketAddr,
+        route: &RouteInfo,
+        transition: Option<crate::backends::Transition>,
+        origin: Option<crate::events::Origin>,
+    ) {
         let Some(t) = transition else { return };
         let m = &t.member;
         // The backend's trouble warns; the operator's own drain or disable, and recoveries,
@@ -601,6 +612,7 @@ impl State {
             listener,
             route: route.route.hostname.clone(),
             member: t.member,
+            origin,
         });
     }
 

@@ -663,3 +663,61 @@ async fn sighup_applies_a_changed_timeout_to_new_connections() {
         "after SIGHUP a silent client lasted {lasted:?}"
     );
 }
+
+/// Who did what: every admin change's log lines carry `change{id=N by="uid U pid P (name)"}`
+/// with the socket peer the kernel names, a refused change is logged too, and a SIGHUP's
+/// reload says it came from the signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_are_logged_with_the_caller_and_a_change_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let config = format!(
+        "[database]\npath = {:?}\n[admin]\nsocket = {:?}\n[proxy]\nshutdown_timeout = \"1s\"\n\
+         [[listeners]]\naddr = \"127.0.0.1:0\"\n\
+         [[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"127.0.0.1:9\"\n",
+        dir.path().join("mc-proxy.db").display().to_string(),
+        socket.display().to_string(),
+    );
+    let daemon = Daemon::start(dir, &config);
+    ready_addr(&daemon);
+    let mut admin = mc_proxy_shared::client::AdminClient::connect(&socket)
+        .await
+        .unwrap();
+    admin.remove_route("127.0.0.1:0", "a.test").await.unwrap();
+    admin
+        .remove_route("127.0.0.1:0", "nope.test")
+        .await
+        .unwrap_err();
+    assert!(
+        daemon.wait_for_log("change refused"),
+        "{}",
+        daemon.log_text()
+    );
+
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    let me = format!("by=\"uid {uid} pid {} (", std::process::id());
+    let log = daemon.log_text();
+    let removed = log.lines().find(|l| l.contains("route removed")).unwrap();
+    assert!(
+        removed.contains("change{id=1 ") && removed.contains(&me),
+        "{removed}"
+    );
+    let refused = log.lines().find(|l| l.contains("change refused")).unwrap();
+    assert!(
+        refused.contains("change{id=2 ") && refused.contains("no route \"nope.test\""),
+        "{refused}"
+    );
+
+    daemon.signal("HUP");
+    assert!(
+        daemon.wait_for_log("SIGHUP: reloaded"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        daemon.log_text().contains("by=\"SIGHUP\""),
+        "{}",
+        daemon.log_text()
+    );
+}

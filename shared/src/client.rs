@@ -437,6 +437,36 @@ pub struct TimedEvent {
     pub event: Event,
 }
 
+/// Who made a change and its id: the daemon's log lines for it carry `change{id=..}` too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChangeOrigin {
+    /// Unique per daemon run, counted from 1.
+    pub change_id: u64,
+    /// In words: `uid 1000 pid 4242 (mcproxyctl)`, `SIGHUP`, `unknown`.
+    pub by: String,
+    /// An admin socket client's user id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Its process id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Its process name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub process: String,
+}
+
+impl From<pb::ChangeOrigin> for ChangeOrigin {
+    fn from(o: pb::ChangeOrigin) -> Self {
+        ChangeOrigin {
+            change_id: o.change_id,
+            by: o.by,
+            uid: o.uid,
+            pid: o.pid,
+            process: o.process,
+        }
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -504,6 +534,9 @@ pub enum Event {
         route: Route,
         /// For "updated": the hostname before.
         previous_hostname: String,
+        /// Who changed it (absent from a daemon before change origins).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        origin: Option<ChangeOrigin>,
     },
     /// A listener was added, its settings changed, or it was removed.
     ListenerChanged {
@@ -511,6 +544,9 @@ pub enum Event {
         listener: String,
         /// Added, updated or removed.
         action: ChangeAction,
+        /// Who changed it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        origin: Option<ChangeOrigin>,
     },
     /// A firewall rule was added or removed.
     FirewallChanged {
@@ -518,6 +554,9 @@ pub enum Event {
         action: ChangeAction,
         /// The rule.
         rule: FirewallRule,
+        /// Who changed it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        origin: Option<ChangeOrigin>,
     },
     /// Counters of every listener and route, about once a second.
     Stats {
@@ -536,6 +575,10 @@ pub enum Event {
         route: String,
         /// The member, with its new state and figures.
         member: MemberStats,
+        /// Set when an operator's change caused it (drain, weight, ...), absent for what
+        /// health checking found.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        origin: Option<ChangeOrigin>,
     },
     /// This subscriber read too slowly and lost events.
     Lagged {
@@ -1580,10 +1623,12 @@ impl TryFrom<pb::Event> for TimedEvent {
                 action: c.action.try_into()?,
                 route: required_route(c.route)?,
                 previous_hostname: c.previous_hostname,
+                origin: c.origin.map(Into::into),
             },
             Kind::ListenerChanged(c) => Event::ListenerChanged {
                 listener: c.listener,
                 action: c.action.try_into()?,
+                origin: c.origin.map(Into::into),
             },
             Kind::FirewallChanged(c) => Event::FirewallChanged {
                 action: c.action.try_into()?,
@@ -1591,6 +1636,7 @@ impl TryFrom<pb::Event> for TimedEvent {
                     .rule
                     .ok_or_else(|| ClientError::Protocol("firewall event without a rule".into()))?
                     .try_into()?,
+                origin: c.origin.map(Into::into),
             },
             Kind::Stats(s) => Event::Stats {
                 listeners: s
@@ -1617,6 +1663,7 @@ impl TryFrom<pb::Event> for TimedEvent {
                     .member
                     .ok_or_else(|| ClientError::Protocol("backend event without a member".into()))?
                     .try_into()?,
+                origin: c.origin.map(Into::into),
             },
             Kind::Lagged(l) => Event::Lagged { dropped: l.dropped },
         };

@@ -124,6 +124,16 @@ pub enum Action {
     Quit,
 }
 
+/// ` by mcproxyctl` (the process, else the caller in words) for an event pane line: short, the
+/// pane is 80 columns at most; `mcproxyctl events` prints the whole origin.
+fn by(origin: Option<&mc_proxy_shared::client::ChangeOrigin>) -> String {
+    match origin {
+        Some(o) if !o.process.is_empty() => format!(" by {}", o.process),
+        Some(o) => format!(" by {}", o.by),
+        None => String::new(),
+    }
+}
+
 /// Link state, for the status line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Link {
@@ -605,6 +615,7 @@ impl App {
                 listener,
                 route,
                 member,
+                ..
             } => {
                 let mut line = format!(
                     "{time} backend {route} {} {}",
@@ -708,12 +719,14 @@ impl App {
                 action,
                 route,
                 previous_hostname,
+                origin,
             } => {
                 self.push_log(format!(
-                    "{time} route {action} {} ({} -> {})",
+                    "{time} route {action} {} ({} -> {}){}",
                     route.hostname,
                     route.mode,
-                    route.backend_list()
+                    route.backend_list(),
+                    by(origin.as_ref())
                 ));
                 let selected_here = self.listener().is_some_and(|l| l.addr == listener);
                 let list = self.routes.entry(listener).or_default();
@@ -748,13 +761,26 @@ impl App {
                 }
             }
             // The listener list itself comes with the next stats tick.
-            Event::ListenerChanged { listener, action } => {
-                self.push_log(format!("{time} listener {action} {listener}"));
-            }
-            Event::FirewallChanged { action, rule } => {
+            Event::ListenerChanged {
+                listener,
+                action,
+                origin,
+            } => {
                 self.push_log(format!(
-                    "{time} firewall {action} {} {}",
-                    rule.kind, rule.value
+                    "{time} listener {action} {listener}{}",
+                    by(origin.as_ref())
+                ));
+            }
+            Event::FirewallChanged {
+                action,
+                rule,
+                origin,
+            } => {
+                self.push_log(format!(
+                    "{time} firewall {action} {} {}{}",
+                    rule.kind,
+                    rule.value,
+                    by(origin.as_ref())
                 ));
                 match action.as_str() {
                     "added" => {
@@ -1355,6 +1381,7 @@ mod tests {
                 action: action.parse().expect("a change action"),
                 route: entry("", hostname).route,
                 previous_hostname: previous.into(),
+                origin: None,
             },
         }
     }
@@ -1774,6 +1801,7 @@ mod tests {
             event: Event::FirewallChanged {
                 action: action.parse().expect("a change action"),
                 rule: r,
+                origin: None,
             },
         }
     }

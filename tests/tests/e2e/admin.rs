@@ -793,6 +793,10 @@ async fn a_stuck_subscriber_never_slows_traffic_and_learns_what_it_lost() {
                     kind: FirewallRuleKind::Ip,
                     value: "192.0.2.1".into(),
                 },
+                origin: mc_proxy::events::Origin {
+                    change: 1,
+                    caller: mc_proxy::events::Caller::Unknown,
+                },
             });
     }
 

@@ -202,17 +202,39 @@ async fn listener_added_removed_and_restored(workers: usize) {
     admin.remove_listener(&again, false).await.unwrap();
 
     // Published: added, then removed.
-    let mut seen = Vec::new();
+    let (mut seen, mut origins) = (Vec::new(), Vec::new());
     while seen.len() < 4 {
         let e = tokio::time::timeout(Duration::from_secs(5), events.next())
             .await
             .expect("listener events")
             .unwrap()
             .unwrap();
-        if let mc_proxy_shared::client::Event::ListenerChanged { listener, action } = e.event {
+        if let mc_proxy_shared::client::Event::ListenerChanged {
+            listener,
+            action,
+            origin,
+        } = e.event
+        {
             seen.push((listener, action.to_string()));
+            origins.push(origin.expect("a change names who made it"));
         }
     }
+    // Who did it: this process, as the kernel names the admin socket's peer; each change its
+    // own id, in order.
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    for o in &origins {
+        assert_eq!(
+            (o.uid, o.pid),
+            (Some(uid), Some(std::process::id())),
+            "{o:?}"
+        );
+        assert!(o.by.starts_with(&format!("uid {uid} pid ")), "{o:?}");
+    }
+    assert!(
+        origins.windows(2).all(|w| w[0].change_id < w[1].change_id),
+        "{origins:?}"
+    );
     let expected = [
         (ADDED, "added"),
         (ADDED, "removed"),
