@@ -538,6 +538,7 @@ impl AdminService for Admin {
                 backend_tls: req.backend_tls,
                 send_proxy_protocol: req.send_proxy_protocol,
                 backend_protocol,
+                access_log: req.access_log,
             },
         };
         let (route, warnings) = route_answer(self.apply(change).await?)?;

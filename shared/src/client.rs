@@ -720,6 +720,7 @@ impl AdminClient {
                 backend_protocol: patch
                     .backend_protocol
                     .map(|p| pb::BackendProtocol::from(p).into()),
+                access_log: patch.access_log,
             })
             .await?
             .into_inner();
@@ -1090,6 +1091,7 @@ impl From<Route> for pb::Route {
             backend_tls: r.backend_tls,
             send_proxy_protocol: r.send_proxy_protocol,
             backend_protocol: pb::BackendProtocol::from(r.backend_protocol).into(),
+            access_log: r.access_log,
         }
     }
 }
@@ -1243,6 +1245,7 @@ impl TryFrom<pb::Route> for Route {
             tls_key: r.tls_key,
             backend_tls: r.backend_tls,
             send_proxy_protocol: r.send_proxy_protocol,
+            access_log: r.access_log,
         })
     }
 }
