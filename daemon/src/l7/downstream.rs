@@ -288,11 +288,8 @@ pub fn handle(
         // its stream), the record still writes its line.
         let upstream = ctx.routing.current();
         let route = upstream.as_ref().map_or(&ctx.route, |u| u.route());
-        let mut trace = Trace {
-            on: route.route.access_log || ctx.routing.listener_logs(),
-            ..Trace::default()
-        };
-        let mut log = trace.on.then(|| {
+        let on = route.route.access_log || ctx.routing.listener_logs();
+        let mut log = on.then(|| {
             Box::new(RequestLog::new(
                 Arc::clone(&ctx),
                 started,
@@ -302,10 +299,10 @@ pub fn handle(
                 version,
             ))
         });
-        let res = forward(&ctx, req, upstream, &mut trace).await;
-        if let Some(log) = &mut log {
-            log.traced(trace);
-        }
+        // Off: a trace of the request's own, which nothing reads.
+        let mut untraced = Trace::default();
+        let trace = log.as_mut().map_or(&mut untraced, |l| &mut l.trace);
+        let res = forward(&ctx, req, upstream, trace).await;
         let mut resp = match res {
             Ok(resp) => resp,
             Err(e) => {

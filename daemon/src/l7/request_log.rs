@@ -4,7 +4,8 @@
 //! No I/O of its own (the line goes to `tracing`). [`Trace`] is what `downstream` and
 //! `upstream` note about a request on its way (the member asked, the retries, a request body
 //! counter) and costs nothing unless the line is on: a `bool` decides, once per request, and
-//! nothing is allocated or formatted when it is false. [`RequestLog`] is the record of a
+//! nothing is allocated or formatted when it is false (the trace is then a local of the
+//! request's; on, it is the record's own). [`RequestLog`] is the record of a
 //! logged request; it travels inside the response body (`downstream::ProxyBody`), which
 //! counts the body's bytes into it, and writes the line when it is dropped, so the line comes
 //! exactly once whatever ends the response (the last frame, a backend error mid-body, the
@@ -71,9 +72,9 @@ pub struct RequestLog {
     version: Version,
     /// The status sent; 0 while none was (and in the line when none ever was).
     pub status: u16,
-    backend: Option<String>,
-    retries: u32,
-    bytes_in: Option<Arc<AtomicU64>>,
+    /// What the request's trip notes, filled in place (so a request dropped on its way still
+    /// names the backend it was waiting for).
+    pub trace: Trace,
     /// Response body bytes handed to the client.
     pub bytes_out: u64,
     /// The response body reached its end.
@@ -101,20 +102,14 @@ impl RequestLog {
             host: host.map_or_else(String::new, |h| escape(h, MAX_HOST)),
             version,
             status: 0,
-            backend: None,
-            retries: 0,
-            bytes_in: None,
+            trace: Trace {
+                on: true,
+                ..Trace::default()
+            },
             bytes_out: 0,
             ended: false,
             error: None,
         }
-    }
-
-    /// Takes what the request's trip noted.
-    pub fn traced(&mut self, trace: Trace) {
-        self.backend = trace.backend;
-        self.retries = trace.tries.saturating_sub(1);
-        self.bytes_in = trace.bytes_in;
     }
 
     /// How the response ended, as the line's `outcome`.
@@ -150,10 +145,11 @@ impl Drop for RequestLog {
             path = path.as_str(),
             protocol = protocol(self.version),
             status = self.status,
-            backend = self.backend.as_deref().unwrap_or(""),
-            retries = self.retries,
+            backend = self.trace.backend.as_deref().unwrap_or(""),
+            retries = self.trace.tries.saturating_sub(1),
             duration_ms = self.started.elapsed().as_millis() as u64,
             bytes_in = self
+                .trace
                 .bytes_in
                 .as_ref()
                 .map_or(0, |b| b.load(Ordering::Relaxed)),

@@ -206,6 +206,51 @@ async fn backend_down_gives_502_and_the_connection_recovers() {
 }
 
 #[tokio::test]
+async fn a_request_its_http2_client_resets_before_the_answer_is_logged_with_status_0() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).access_log().start().await;
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    // `/hang` never answers: the client gives up, which resets the stream.
+    let req = Request::builder().uri("https://web.test/hang");
+    let waiting = client.send_request(with_body(req, ""));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), waiting)
+            .await
+            .is_err()
+    );
+    assert!(
+        wait_for_log(&logs, "path=\"/hang\"").await,
+        "{}",
+        log_text(&logs)
+    );
+    let log = log_text(&logs);
+    let line = log.lines().find(|l| l.contains("path=\"/hang\"")).unwrap();
+    for field in [
+        "status=0".to_owned(),
+        "outcome=\"client_closed\"".to_owned(),
+        // The backend it was waiting for.
+        format!("backend=\"{}\"", backend.addr),
+        "protocol=\"HTTP/2\"".to_owned(),
+    ] {
+        assert!(line.contains(&field), "no {field} in {line}");
+    }
+    // At least the 200 ms the client waited (a lower bound: the line is not early).
+    let ms: u64 = line
+        .split(" duration_ms=")
+        .nth(1)
+        .and_then(|v| v.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(ms >= 200, "{line}");
+    // The connection serves on, and its next request is logged as usual.
+    let req = Request::builder().uri("https://web.test/next");
+    assert_eq!(ask_h2(&mut client, with_body(req, "")).await.status, 200);
+    assert!(wait_for_log(&logs, "path=\"/next\"").await);
+}
+
+#[tokio::test]
 async fn backend_that_does_not_finish_connecting_gives_504() {
     let pki = Pki::new();
     // Accepts TCP and never answers the TLS handshake.
