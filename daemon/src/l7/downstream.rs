@@ -33,7 +33,7 @@ use super::h2_stream::Handoff;
 use super::headers;
 use super::limits::{self, Limits, Violation};
 use super::pool::PoolError;
-use super::request_log::{RequestLog, Trace};
+use super::request_log::{self, RequestLog, Trace};
 use super::routing::Routing;
 use super::upstream::{Upstream, UpstreamError};
 use super::websocket::{self, Tunnels, WebSocketError};
@@ -288,7 +288,7 @@ pub fn handle(
         // its stream), the record still writes its line.
         let upstream = ctx.routing.current();
         let route = upstream.as_ref().map_or(&ctx.route, |u| u.route());
-        let on = route.route.access_log || ctx.routing.listener_logs();
+        let on = (route.route.access_log || ctx.routing.listener_logs()) && request_log::wanted();
         let mut log = on.then(|| {
             Box::new(RequestLog::new(
                 Arc::clone(&ctx),

@@ -37,6 +37,12 @@ pub const MAX_PATH: usize = 1024;
 /// Longest `Host` / `:authority` logged, in bytes of the request (before escaping).
 pub const MAX_HOST: usize = 256;
 
+/// Whether the subscriber writes request lines at all: a flag that is on with
+/// `RUST_LOG=...,mc_proxy::request=off` builds no record either. Asked only when a flag is on.
+pub fn wanted() -> bool {
+    tracing::enabled!(target: TARGET, tracing::Level::INFO)
+}
+
 /// What a request's trip notes for its log line. `on` is decided once per request; the rest
 /// is filled only when it is true (except `tries`, a plain counter).
 #[derive(Debug, Default)]
