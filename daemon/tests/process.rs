@@ -864,7 +864,7 @@ struct Sent {
 /// (`é`; a target that is not UTF-8 is refused by hyper with a 400 before any route sees it).
 const H1_PATH: &[u8] = b"/h1/\"q\"=v\\w%20?x=\xc3\xa9";
 /// The same as the access line shows it.
-const H1_PATH_LOGGED: &str = "/h1/\"q\"=v\\x5cw%20?x=\\xc3\\xa9";
+const H1_PATH_LOGGED: &str = "/h1/\"q\"=v%5Cw%20?x=%C3%A9";
 /// The HTTP/2 path: quotes, `=`, `{`.
 const H2_PATH: &str = "/h2/\"a b\"=c{d}";
 /// How HTTP/2's `:path` arrives (the client percent-encodes nothing; the space is not a
@@ -1166,6 +1166,19 @@ async fn request_lines_parse_as_logfmt_with_every_field_in_the_text_format() {
             ["INFO", "mc_proxy::request:", "request"],
             "{line}"
         );
+        // The `logfmt` crate reads the same pairs, but for the empty values it drops when a
+        // pair follows (`backend="" retries=0`), a bug of its own.
+        let theirs: Logfmt = logfmt::parse(line)
+            .into_iter()
+            .map(|p| (p.key, p.val))
+            .collect();
+        let ours: Logfmt = pairs
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, v))| v.as_deref() != Some("") || *i + 1 == pairs.len())
+            .map(|(_, p)| p.clone())
+            .collect();
+        assert_eq!(theirs, ours, "{line}");
         let fields: HashMap<String, String> = pairs
             .into_iter()
             .filter_map(|(k, v)| Some((k, v?)))

@@ -14,8 +14,8 @@
 //! Invariants: the line is a root event (no parent span), so it carries the connection's id,
 //! listener, client and route as fields of its own: with the text format a span's
 //! `conn{...}:` prefix is not logfmt. Every text value the client controls (host, path,
-//! method) goes through [`escape`] first: printable ASCII only, so the text formatter's
-//! quoting (`"..."` with `\"` and `\\`) is the only escaping left and the line parses as
+//! method) goes through [`escape`] first: printable ASCII without `\`, so the text
+//! formatter's quoting (`"..."`, `\"` inside) is the only escaping left and the line parses as
 //! logfmt, and the JSON formatter's string is the same text.
 
 use std::sync::Arc;
@@ -181,20 +181,22 @@ fn protocol(version: Version) -> &'static str {
     }
 }
 
-/// `bytes` as printable ASCII, for a log value: every byte outside `!`..`~` and space, and
-/// `\` itself, written `\xNN` (as nginx's access log does), so the value has no control
-/// character, no newline and no invalid UTF-8, and an escape cannot be confused with text
-/// the client sent. Cut after `max` bytes of input, marked with a trailing `…` (never part of
-/// an escaped value otherwise, being non-ASCII).
+/// `bytes` as printable ASCII, for a log value: every byte outside space..`~`, and `\`,
+/// percent-encoded (`%0A`, `%C3%A9`, `%5C`), so the value has no control character, no
+/// newline, no invalid UTF-8 and no backslash. A path stays an equivalent form of the request
+/// target (RFC 3986 §2.1: any byte may be written percent-encoded). No backslash: the text
+/// formatter's only escape left is `\"`, which every logfmt parser reads, where some (Python's
+/// `logfmt`) misread `\\`. Cut after `max` bytes of input, marked with a trailing `…` (never
+/// part of an escaped value otherwise, being non-ASCII).
 pub fn escape(bytes: &[u8], max: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let kept = &bytes[..bytes.len().min(max)];
     let mut out = String::with_capacity(kept.len() + 3);
     for &b in kept {
         if (b' '..=b'~').contains(&b) && b != b'\\' {
             out.push(char::from(b));
         } else {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\x");
+            out.push('%');
             out.push(char::from(HEX[usize::from(b >> 4)]));
             out.push(char::from(HEX[usize::from(b & 0xf)]));
         }
@@ -215,14 +217,13 @@ mod tests {
     }
 
     #[test]
-    fn control_bytes_backslash_and_non_ascii_are_hex_escaped() {
-        assert_eq!(
-            escape(b"a\nb\r\t\x00\x7f", 100),
-            "a\\x0ab\\x0d\\x09\\x00\\x7f"
-        );
-        assert_eq!(escape(b"\\x41", 100), "\\x5cx41");
-        assert_eq!(escape(b"\xff\xfe", 100), "\\xff\\xfe");
-        assert_eq!(escape("é".as_bytes(), 100), "\\xc3\\xa9");
+    fn control_bytes_backslash_and_non_ascii_are_percent_encoded() {
+        assert_eq!(escape(b"a\nb\r\t\x00\x7f", 100), "a%0Ab%0D%09%00%7F");
+        assert_eq!(escape(b"\\x41", 100), "%5Cx41");
+        assert_eq!(escape(b"\xff\xfe", 100), "%FF%FE");
+        assert_eq!(escape("é".as_bytes(), 100), "%C3%A9");
+        // What the client percent-encoded itself stays as it was.
+        assert_eq!(escape(b"/a%20b", 100), "/a%20b");
     }
 
     #[test]
@@ -235,9 +236,13 @@ mod tests {
     }
 
     #[test]
-    fn the_output_is_printable_ascii_whatever_the_input() {
+    fn the_output_is_printable_ascii_without_backslash_whatever_the_input() {
         let all: Vec<u8> = (0..=255).collect();
         let out = escape(&all, 1000);
-        assert!(out.bytes().all(|b| (b' '..=b'~').contains(&b)), "{out}");
+        assert!(
+            out.bytes()
+                .all(|b| (b' '..=b'~').contains(&b) && b != b'\\'),
+            "{out}"
+        );
     }
 }
