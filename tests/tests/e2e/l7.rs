@@ -643,6 +643,51 @@ mod grpc {
     }
 
     #[tokio::test]
+    async fn a_grpc_stream_is_logged_once_its_trailers_are_through() {
+        let (_guard, logs) = capture_logs();
+        let pki = Pki::new();
+        let backend = GrpcBackend::start().await;
+        let proxy = web_proxy(&pki, backend.addr).access_log().start().await;
+        let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
+        let mut stream = timed(client.server_stream(Msg {
+            count: 3,
+            ..msg("n")
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+        while timed(stream.message()).await.unwrap().is_some() {}
+        assert!(
+            wait_for_log(&logs, "mc_proxy::request").await,
+            "{}",
+            log_text(&logs)
+        );
+        let log = log_text(&logs);
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("mc_proxy::request"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{log}");
+        for field in [
+            "method=\"POST\"",
+            "protocol=\"HTTP/2\"",
+            "status=200",
+            "outcome=\"complete\"",
+            "path=\"/echo.Echo/",
+        ] {
+            assert!(lines[0].contains(field), "no {field} in {}", lines[0]);
+        }
+        // Three length-prefixed messages went back: more than nothing, less than a KiB.
+        let out: u64 = lines[0]
+            .split(" bytes_out=")
+            .nth(1)
+            .and_then(|v| v.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!((15..1024).contains(&out), "{}", lines[0]);
+    }
+
+    #[tokio::test]
     async fn unary_and_server_streaming() {
         let (pki, _backend, proxy) = setup().await;
         let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
