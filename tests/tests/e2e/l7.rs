@@ -251,6 +251,36 @@ async fn a_request_its_http2_client_resets_before_the_answer_is_logged_with_stat
 }
 
 #[tokio::test]
+async fn http1_keepalive_requests_are_logged_each_at_its_response_end() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).access_log().start().await;
+    let mut client = h1_client(proxy.addr(), "web.test", &pki).await;
+    for (i, body) in ["", "twelve bytes"].iter().enumerate() {
+        let req = Request::post(format!("https://web.test/k{i}")).header("host", "web.test");
+        let answer = ask_h1(&mut client, with_body(req, body)).await;
+        assert_eq!(answer.status, 200);
+        // The connection stays open: the line comes with the response, not with the close.
+        let needle = format!("path=\"/k{i}\"");
+        assert!(wait_for_log(&logs, &needle).await, "{}", log_text(&logs));
+        let log = log_text(&logs);
+        let line = log.lines().find(|l| l.contains(&needle)).unwrap();
+        assert!(line.contains("protocol=\"HTTP/1.1\""), "{line}");
+        assert!(
+            line.contains(&format!(" bytes_in={} ", body.len())),
+            "{line}"
+        );
+        // The echo backend sends the body back.
+        assert!(
+            line.contains(&format!(" bytes_out={} ", answer.body.len())),
+            "{line}"
+        );
+    }
+    assert!(!log_text(&logs).contains("connection closed"));
+}
+
+#[tokio::test]
 async fn backend_that_does_not_finish_connecting_gives_504() {
     let pki = Pki::new();
     // Accepts TCP and never answers the TLS handshake.
