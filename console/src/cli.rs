@@ -404,6 +404,11 @@ pub fn parse_backend(text: &str) -> Result<RouteBackend, String> {
 }
 
 /// `round_robin`, `least_conn` or `source`, as in the TOML.
+/// `on` or `off`, for a switch that is set rather than toggled by its presence.
+fn on_off() -> impl TypedValueParser<Value = bool> {
+    PossibleValuesParser::new(["on", "off"]).map(|s| s == "on")
+}
+
 fn balance() -> impl TypedValueParser<Value = Balance> {
     PossibleValuesParser::new(Balance::ALL.iter().map(|b| b.as_str()))
         .try_map(|s| s.parse::<Balance>())
@@ -448,6 +453,10 @@ pub struct RouteArgs {
     /// Send a PROXY protocol v2 header with the client address to the backend.
     #[arg(long)]
     pub send_proxy_protocol: bool,
+    /// L7: one access log line per request (tracing target mc_proxy::request: time, client,
+    /// host, method, path, status, backend, duration, bytes, retries). Default off.
+    #[arg(long, value_name = "on|off", value_parser = on_off())]
+    pub access_log: Option<bool>,
     /// Print the stored route as JSON.
     #[arg(long)]
     pub json: bool,
@@ -498,6 +507,9 @@ pub struct UpdateArgs {
     /// PROXY v2 to the backend: --send-proxy-protocol, --send-proxy-protocol=false.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub send_proxy_protocol: Option<bool>,
+    /// L7: the per-request access log line (target mc_proxy::request), on or off.
+    #[arg(long, value_name = "on|off", value_parser = on_off())]
+    pub access_log: Option<bool>,
     /// Print the stored route as JSON.
     #[arg(long)]
     pub json: bool,

@@ -411,6 +411,7 @@ async fn add_route(client: &mut AdminClient, args: RouteArgs) -> Result<(), CtlE
         backend_tls: args.backend_tls,
         send_proxy_protocol: args.send_proxy_protocol,
         backend_protocol: args.backend_protocol.unwrap_or_default(),
+        access_log: args.access_log.unwrap_or(false),
     };
     let (route, warnings) = client.add_route(&args.listener, route).await?;
     report_route("added", &args.listener, &route, &warnings, args.json)
@@ -538,12 +539,13 @@ async fn update_route(client: &mut AdminClient, args: UpdateArgs) -> Result<(), 
         backend_tls: args.backend_tls,
         send_proxy_protocol: args.send_proxy_protocol,
         backend_protocol: args.backend_protocol,
+        access_log: args.access_log,
     };
     if patch == RoutePatch::default() {
         return Err(CtlError::Usage(
             "nothing to change: give at least one of --new-hostname, --backend, --balance, \
              --check*, --no-check, --mode, --tls-cert, --tls-key, --backend-tls, \
-             --backend-protocol, --send-proxy-protocol"
+             --backend-protocol, --send-proxy-protocol, --access-log"
                 .into(),
         ));
     }
@@ -756,6 +758,9 @@ fn flags(route: &Route) -> String {
     }
     if route.send_proxy_protocol {
         f.push("send-proxy");
+    }
+    if route.access_log {
+        f.push("access-log");
     }
     if f.is_empty() {
         String::new()
@@ -999,6 +1004,15 @@ fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
     }
     let _ = writeln!(out, "target    {}", target(r));
     let _ = writeln!(out, "balance   {}", r.balance);
+    let _ = writeln!(
+        out,
+        "access    {}",
+        if r.access_log {
+            "on (a log line per request)"
+        } else {
+            "off"
+        }
+    );
     let _ = writeln!(
         out,
         "check     {}",

@@ -418,6 +418,87 @@ async fn backend_protocol_is_added_updated_listed_and_checked() {
 }
 
 #[tokio::test]
+async fn access_log_is_added_updated_shown_and_checked() {
+    let pki = Pki::new();
+    let proxy = Proxy::start("[[listeners]]\naddr = \"127.0.0.1:0\"").await;
+    let (cert, key) = pki.write_pem(proxy.dir.path(), &["web.test"]);
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "add",
+            "--listener",
+            L,
+            "--hostname",
+            "web.test",
+            "--backend",
+            "127.0.0.1:9080",
+            "--mode",
+            "l7",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--access-log",
+            "on",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        format!("added route web.test on listener {L}: l7 -> 127.0.0.1:9080 (h2) [access-log]\n")
+    );
+    let o = ctl(&proxy, &["routes", "show", "web.test"]).await;
+    assert_ok(&o);
+    let shown = stdout(&o);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l == "access    on (a log line per request)"),
+        "{shown}"
+    );
+
+    let update = |value: &'static str| {
+        vec![
+            "routes",
+            "update",
+            "--listener",
+            L,
+            "--hostname",
+            "web.test",
+            "--access-log",
+            value,
+            "--json",
+        ]
+    };
+    let o = ctl(&proxy, &update("off")).await;
+    assert_ok(&o);
+    let updated: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(updated["access_log"], false);
+    let o = ctl(&proxy, &["routes", "show", "web.test"]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).lines().any(|l| l == "access    off"),
+        "{}",
+        stdout(&o)
+    );
+    let o = ctl(&proxy, &update("on")).await;
+    assert_ok(&o);
+    let updated: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(updated["access_log"], true);
+
+    // Only on and off: a usage error before any call.
+    let o = ctl(&proxy, &update("yes")).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("[possible values: on, off]"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[tokio::test]
 async fn firewall_subcommands() {
     let proxy = Proxy::start("[[listeners]]\naddr = \"127.0.0.1:0\"").await;
     let o = ctl(&proxy, &["firewall", "add", "--ip", "192.0.2.7"]).await;

@@ -618,6 +618,7 @@ impl AdminService for Admin {
                 backend_tls: req.backend_tls,
                 send_proxy_protocol: req.send_proxy_protocol,
                 backend_protocol,
+                access_log: req.access_log,
             },
         };
         let (route, warnings) = route_answer(self.apply(caller, change).await?)?;

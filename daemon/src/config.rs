@@ -105,6 +105,9 @@ pub struct ListenerConfig {
     pub no_sni_route: Option<String>,
     /// Validated routes, hostnames normalised.
     pub routes: Vec<Route>,
+    /// Log every L7 request on this listener (`mc_proxy::request`), whatever its route says.
+    /// Read from the file at every start (not stored).
+    pub access_log: bool,
 }
 
 impl ListenerConfig {
@@ -306,6 +309,8 @@ struct FileListener {
     no_sni_route: Option<String>,
     #[serde(default)]
     routes: Vec<FileRoute>,
+    #[serde(default)]
+    access_log: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -333,6 +338,8 @@ struct FileRoute {
     send_proxy_protocol: bool,
     #[serde(default)]
     backend_protocol: String,
+    #[serde(default)]
+    access_log: bool,
 }
 
 /// One entry of `backends = [...]`: `"host:port"`, `"host:port weight=N"` or
@@ -692,6 +699,7 @@ impl FileConfig {
                     backend_tls: fr.backend_tls,
                     send_proxy_protocol: fr.send_proxy_protocol,
                     backend_protocol,
+                    access_log: fr.access_log,
                 };
                 let route = match validate_route(&route) {
                     Ok(valid) => {
@@ -751,6 +759,7 @@ impl FileConfig {
                 proxy_protocol_from,
                 no_sni_route,
                 routes,
+                access_log: fl.access_log,
             });
         }
 
@@ -887,6 +896,10 @@ mod tests {
                 tls_cert = "{}"
                 tls_key = "{}"
                 backend_tls = true
+                access_log = true
+                [[listeners]]
+                addr = "127.0.0.1:8444"
+                access_log = true
                 "#,
                 f.path("web.pem"),
                 f.path("web.key")
@@ -902,6 +915,10 @@ mod tests {
         assert!(l.routes[0].send_proxy_protocol);
         assert_eq!(l.routes[1].mode, Mode::L7);
         assert!(l.routes[1].backend_tls);
+        // Off unless said: the first listener and route did not.
+        assert!(!l.access_log && !l.routes[0].access_log);
+        assert!(l.routes[1].access_log);
+        assert!(config.listeners[1].access_log);
         assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     }
 

@@ -65,6 +65,9 @@ struct Cli {
     /// Log line format on stderr: `text` (tracing's human format; every value with a space is
     /// quoted) or `json` (one JSON object per line: timestamp, level, target, message, the
     /// event's fields, and the connection's span as `span`), for Loki, Vector and the like.
+    /// L7 routes and listeners with `access_log = true` add one line per request (target
+    /// mc_proxy::request, message "request"; in the text format the whole line is logfmt).
+    /// Filter it with RUST_LOG, e.g. RUST_LOG=info,mc_proxy::request=off.
     #[arg(
         long,
         global = true,

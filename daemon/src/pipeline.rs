@@ -358,6 +358,7 @@ async fn serve_l7(
         tls,
         sni: record.sni.clone(),
         client: record.client,
+        conn: record.id,
         local: record.local.unwrap_or(l4::unspecified(record.client)),
         bytes: Arc::clone(&record.bytes),
         handshake_timeout: proxy.client_hello_timeout,

@@ -173,6 +173,13 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
                     route.backend_protocol
                 ));
             }
+            if route.access_log {
+                warnings.push(
+                    "access_log is set on an l4 route and is not used: an l4 route has no \
+                     requests to log (its connections get the connection line)"
+                        .to_owned(),
+                );
+            }
             // backend_tls means nothing for passthrough; the plan says ignore, not error.
         }
     }
@@ -708,6 +715,18 @@ mod tests {
                 )]
             );
         }
+    }
+
+    #[test]
+    fn access_log_on_l4_is_kept_and_warned_about_not_refused() {
+        let valid = validate_route(&Route {
+            access_log: true,
+            ..route("app.test", "127.0.0.1:1")
+        })
+        .unwrap();
+        assert!(valid.route.access_log);
+        assert_eq!(valid.warnings.len(), 1, "{:?}", valid.warnings);
+        assert!(valid.warnings[0].starts_with("access_log is set on an l4 route"));
     }
 
     #[test]

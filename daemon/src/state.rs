@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -322,6 +322,10 @@ pub struct ListenerState {
     /// Cancelled (and replaced by a fresh one) whenever the route table or the no-SNI route
     /// changes: what open L7 connections wait on to see whether their route is still theirs.
     changed: ArcSwap<CancellationToken>,
+    /// `access_log`: every L7 request on this listener gets a `mc_proxy::request` line,
+    /// whatever its route says. An atomic so that a run-time change needs no new state;
+    /// read once per request.
+    access_log: AtomicBool,
 }
 
 impl ListenerState {
@@ -339,6 +343,7 @@ impl ListenerState {
             routes: ArcSwap::from_pointee(routes),
             not_served: ArcSwap::from_pointee(Vec::new()),
             changed: ArcSwap::from_pointee(CancellationToken::new()),
+            access_log: AtomicBool::new(false),
         }
     }
 
@@ -393,6 +398,16 @@ impl ListenerState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
         SocketGuard(Arc::clone(&self.sockets))
+    }
+
+    /// Whether every L7 request on this listener is logged (`[[listeners]] access_log`).
+    pub fn access_log(&self) -> bool {
+        self.access_log.load(Ordering::Relaxed)
+    }
+
+    /// Turns the per-request log of every route on this listener on or off.
+    pub fn set_access_log(&self, on: bool) {
+        self.access_log.store(on, Ordering::Relaxed);
     }
 
     /// Looks a normalised SNI hostname up in the current table.

@@ -63,6 +63,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "backend_sets",
         sql: include_str!("../../migrations/0006_backend_sets.sql"),
     },
+    Migration {
+        version: 7,
+        name: "route_access_log",
+        sql: include_str!("../../migrations/0007_route_access_log.sql"),
+    },
 ];
 
 /// The schema version this binary creates and understands.
@@ -402,7 +407,7 @@ impl Store {
                     tls_key = ?6, backend_tls = ?7, send_proxy_protocol = ?8,
                     backend_protocol = ?9, balance = ?10, check_interval_ms = ?11,
                     check_timeout_ms = ?12, check_rise = ?13, check_fall = ?14,
-                    check_path = ?15, check_expect = ?16
+                    check_path = ?15, check_expect = ?16, access_log = ?17
               WHERE id = ?1",
             params![
                 id,
@@ -421,6 +426,7 @@ impl Store {
                 check.fall,
                 check.path,
                 check.expect,
+                route.access_log,
             ],
         )
         .map_err(|e| unique_violation(e, || format!("route {}", route.hostname)))?;
@@ -604,7 +610,7 @@ fn insert_listener(
 
 const ROUTE_COLUMNS: &str = "id, hostname, mode, tls_cert, tls_key, backend_tls, \
      send_proxy_protocol, backend_protocol, balance, check_interval_ms, check_timeout_ms, \
-     check_rise, check_fall, check_path, check_expect";
+     check_rise, check_fall, check_path, check_expect, access_log";
 
 /// A `routes` row as read, its enums still text: parsed in [`StoredRoute::into_route`] so
 /// that a bad value names the route.
@@ -624,6 +630,7 @@ struct StoredRoute {
     check_fall: i64,
     check_path: String,
     check_expect: String,
+    access_log: bool,
 }
 
 impl StoredRoute {
@@ -644,6 +651,7 @@ impl StoredRoute {
             check_fall: row.get(12)?,
             check_path: row.get(13)?,
             check_expect: row.get(14)?,
+            access_log: row.get(15)?,
         })
     }
 
@@ -701,6 +709,7 @@ impl StoredRoute {
             backend_tls: self.backend_tls,
             send_proxy_protocol: self.send_proxy_protocol,
             backend_protocol,
+            access_log: self.access_log,
         })
     }
 }
@@ -753,8 +762,8 @@ fn insert_route(conn: &Connection, listener_id: i64, route: &Route) -> Result<i6
         "INSERT INTO routes (listener_id, hostname, backend, mode, tls_cert, tls_key,
                              backend_tls, send_proxy_protocol, backend_protocol, balance,
                              check_interval_ms, check_timeout_ms, check_rise, check_fall,
-                             check_path, check_expect)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                             check_path, check_expect, access_log)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         params![
             listener_id,
             route.hostname,
@@ -772,6 +781,7 @@ fn insert_route(conn: &Connection, listener_id: i64, route: &Route) -> Result<i6
             check.fall,
             check.path,
             check.expect,
+            route.access_log,
         ],
     )
     .map_err(|e| match e {
@@ -846,7 +856,7 @@ mod tests {
         let (_dir, path) = temp_db();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 6);
+        assert_eq!(SCHEMA_VERSION, 7);
         let listeners = columns(&store, "listeners");
         for col in ["proxy_protocol", "proxy_protocol_from", "no_sni_route"] {
             assert!(
@@ -862,6 +872,7 @@ mod tests {
             "backend_tls",
             "send_proxy_protocol",
             "backend_protocol",
+            "access_log",
         ] {
             assert!(
                 routes.contains(&col.to_owned()),
@@ -1034,7 +1045,7 @@ mod tests {
                 .unwrap();
         }
         let mut store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 6);
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         let one = |address: &str| vec![RouteBackend::new(address)];
         let routes = store.routes(1).unwrap();
         assert_eq!(
@@ -1069,6 +1080,37 @@ mod tests {
             store.routes(1).unwrap()[0].backends[0].state,
             AdminState::Draining
         );
+    }
+
+    #[test]
+    fn a_v6_database_migrates_with_every_route_access_log_off() {
+        let (_dir, path) = temp_db();
+        {
+            let store = Store::open_at_version(&path, 6).unwrap();
+            store
+                .conn
+                .execute_batch(
+                    "INSERT INTO listeners (id, addr) VALUES (1, '127.0.0.1:8443');
+                     INSERT INTO routes (id, listener_id, hostname, backend, mode, tls_cert,
+                                         tls_key)
+                         VALUES (1, 1, 'web.test', 'b:1', 'l7', '/w.pem', '/w.key');
+                     INSERT INTO backends (route_id, position, address)
+                         VALUES (1, 0, 'b:1');",
+                )
+                .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 7);
+        let routes = store.routes(1).unwrap();
+        assert_eq!(routes.len(), 1);
+        assert!(!routes[0].access_log);
+        // And the column takes a change like the others.
+        let on = Route {
+            access_log: true,
+            ..routes[0].clone()
+        };
+        store.update_route(1, "web.test", &on).unwrap();
+        assert!(store.routes(1).unwrap()[0].access_log);
     }
 
     #[test]
@@ -1227,6 +1269,7 @@ mod tests {
             backend_tls: true,
             send_proxy_protocol: true,
             backend_protocol: BackendProtocol::Http1,
+            access_log: true,
             ..Route::default()
         };
         let l4 = Route {
@@ -1260,6 +1303,12 @@ mod tests {
         };
         store.update_route(id, "web.test", &auto).unwrap();
         assert_eq!(store.routes(id).unwrap()[1], auto);
+        let quiet = Route {
+            access_log: false,
+            ..l7.clone()
+        };
+        store.update_route(id, "web.test", &quiet).unwrap();
+        assert_eq!(store.routes(id).unwrap()[1], quiet);
         store.update_route(id, "web.test", &l7).unwrap();
         assert!(matches!(
             store.create_route(id, &l4),

@@ -810,6 +810,7 @@ impl AdminClient {
                 backend_protocol: patch
                     .backend_protocol
                     .map(|p| pb::BackendProtocol::from(p).into()),
+                access_log: patch.access_log,
             })
             .await?
             .into_inner();
@@ -1271,6 +1272,7 @@ impl From<Route> for pb::Route {
             backend_tls: r.backend_tls,
             send_proxy_protocol: r.send_proxy_protocol,
             backend_protocol: pb::BackendProtocol::from(r.backend_protocol).into(),
+            access_log: r.access_log,
         }
     }
 }
@@ -1444,6 +1446,7 @@ impl TryFrom<pb::Route> for Route {
             tls_key: r.tls_key,
             backend_tls: r.backend_tls,
             send_proxy_protocol: r.send_proxy_protocol,
+            access_log: r.access_log,
         })
     }
 }

@@ -851,6 +851,10 @@ pub struct Route {
     /// L7 only: the HTTP version spoken to the backend.
     #[serde(default)]
     pub backend_protocol: BackendProtocol,
+    /// L7 only: one `mc_proxy::request` log line per request (also on when the listener's
+    /// `access_log` is).
+    #[serde(default)]
+    pub access_log: bool,
 }
 
 impl Route {
@@ -890,6 +894,8 @@ pub struct RoutePatch {
     pub send_proxy_protocol: Option<bool>,
     /// New backend protocol.
     pub backend_protocol: Option<BackendProtocol>,
+    /// New access_log flag.
+    pub access_log: Option<bool>,
 }
 
 /// What a firewall rule matches.

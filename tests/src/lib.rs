@@ -667,6 +667,7 @@ struct RouteSpec {
     backend_tls: bool,
     send_proxy: bool,
     backend_protocol: Option<mc_proxy_shared::BackendProtocol>,
+    access_log: bool,
 }
 
 impl Default for ProxyBuilder {
@@ -740,7 +741,14 @@ impl ProxyBuilder {
             backend_tls: false,
             send_proxy: false,
             backend_protocol: None,
+            access_log: false,
         });
+        self
+    }
+
+    /// The route's per-request access log (`access_log = true`).
+    pub fn access_log(mut self) -> Self {
+        self.last_route().access_log = true;
         self
     }
 
@@ -996,6 +1004,9 @@ impl ProxyBuilder {
                 }
                 if let Some(protocol) = route.backend_protocol {
                     writeln!(out, "backend_protocol = \"{protocol}\"").unwrap();
+                }
+                if route.access_log {
+                    writeln!(out, "access_log = true").unwrap();
                 }
             }
         }

@@ -324,6 +324,8 @@ impl Form {
             } else {
                 BackendProtocol::default()
             },
+            // Not on the form (`mcproxyctl routes update --access-log`): an edit keeps it.
+            access_log: self.editing.as_ref().is_some_and(|r| r.access_log),
         })
     }
 }

@@ -152,6 +152,7 @@ fn patch(before: &Route, after: Route) -> Result<RoutePatch, String> {
         backend_tls: changed(&before.backend_tls, after.backend_tls),
         send_proxy_protocol: changed(&before.send_proxy_protocol, after.send_proxy_protocol),
         backend_protocol: changed(&before.backend_protocol, after.backend_protocol),
+        access_log: changed(&before.access_log, after.access_log),
     })
 }
 

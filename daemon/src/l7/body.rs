@@ -9,6 +9,8 @@
 //! the backend's stream instead of making the proxy buffer it.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -52,6 +54,9 @@ pub enum ReqBody {
     H2(H2Recv),
     /// No body.
     Empty,
+    /// A body whose data bytes are counted as they are read (a request whose access line is
+    /// on; boxed: only those pay for it).
+    Counted(Box<ReqBody>, Arc<AtomicU64>),
 }
 
 impl Body for ReqBody {
@@ -70,6 +75,15 @@ impl Body for ReqBody {
                 .poll_frame(cx)
                 .map(|f| f.map(|f| f.map_err(ClientBodyError::from))),
             ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Counted(body, counter) => {
+                let res = Pin::new(&mut **body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &res
+                    && let Some(data) = frame.data_ref()
+                {
+                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                res
+            }
         }
     }
 
@@ -78,6 +92,7 @@ impl Body for ReqBody {
             ReqBody::Client(body) => body.is_end_stream(),
             ReqBody::H2(body) => body.is_end_stream(),
             ReqBody::Empty => true,
+            ReqBody::Counted(body, _) => body.is_end_stream(),
         }
     }
 
@@ -86,6 +101,7 @@ impl Body for ReqBody {
             ReqBody::Client(body) => body.size_hint(),
             ReqBody::H2(body) => body.size_hint(),
             ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Counted(body, _) => body.size_hint(),
         }
     }
 }

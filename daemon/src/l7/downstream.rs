@@ -9,21 +9,22 @@
 //! head to the moment the response head is handed back (so it includes the backend dial when
 //! the request had to wait for one, and excludes streaming either body). Bodies and trailers are never buffered: the
 //! client's request body is handed to the backend as it arrives, the backend's response body
-//! (and its trailers) to the client.
+//! (and its trailers) to the client. A request whose route or listener has `access_log` gets
+//! its `request_log` line when its response is over (the record rides in [`ProxyBody`]).
 
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +33,7 @@ use super::h2_stream::Handoff;
 use super::headers;
 use super::limits::{self, Limits, Violation};
 use super::pool::PoolError;
+use super::request_log::{self, RequestLog, Trace};
 use super::routing::Routing;
 use super::upstream::{Upstream, UpstreamError};
 use super::websocket::{self, Tunnels, WebSocketError};
@@ -45,6 +47,9 @@ use crate::routes::RouteInfo;
 pub struct ProxyBody {
     inner: Content,
     _in_flight: Option<InFlightGuard>,
+    /// The request's access log record, when its line is on: counts the bytes sent and
+    /// writes the line when this body is dropped (`request_log`).
+    log: Option<Box<RequestLog>>,
 }
 
 /// What a [`ProxyBody`] streams (an enum, not a boxed body: no allocation per response).
@@ -66,6 +71,16 @@ impl ProxyBody {
         ProxyBody {
             inner,
             _in_flight: None,
+            log: None,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match &self.inner {
+            Content::Backend(body) => body.is_end_stream(),
+            Content::Refused(body) => body.is_end_stream(),
+            Content::Text(text) => text.is_none(),
+            Content::Tunnel(_) => true,
         }
     }
 
@@ -86,23 +101,32 @@ impl http_body::Body for ProxyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BackendError>>> {
-        match &mut self.inner {
+        let this = &mut *self;
+        let res = match &mut this.inner {
             Content::Backend(body) => Pin::new(body).poll_frame(cx),
             Content::Refused(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|f| f.map(|f| f.map_err(BackendError::from))),
             Content::Text(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
             Content::Tunnel(_) => Poll::Ready(None),
+        };
+        if let Some(log) = &mut this.log {
+            match &res {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        log.bytes_out += data.len() as u64;
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => log.error = Some(e.to_string()),
+                Poll::Ready(None) => log.ended = true,
+                Poll::Pending => {}
+            }
         }
+        res
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Content::Backend(body) => body.is_end_stream(),
-            Content::Refused(body) => body.is_end_stream(),
-            Content::Text(text) => text.is_none(),
-            Content::Tunnel(_) => true,
-        }
+        self.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -113,6 +137,21 @@ impl http_body::Body for ProxyBody {
                 SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
             }
             Content::Tunnel(_) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // A body the server never polled to its end because it said it had none left (HEAD,
+        // 204, an empty body, the last frame taken) is complete; the line is written as the
+        // record drops, after this.
+        let done = self.is_done();
+        if let Some(log) = &mut self.log
+            && log.error.is_none()
+            && done
+        {
+            log.ended = true;
         }
     }
 }
@@ -204,6 +243,11 @@ pub struct Ctx {
     pub sni: Option<String>,
     /// The real client address (TCP peer or received PROXY source).
     pub client: SocketAddr,
+    /// The connection's id (the one its events and its access line carry).
+    pub conn: u64,
+    /// The address the client connected to (the listener's bound address, as the
+    /// connection's span names it).
+    pub local: SocketAddr,
     /// The same address as the forwarding headers carry it.
     pub forwarded: headers::ClientAddr,
     /// The current version of the connection's route and its backend pools.
@@ -239,7 +283,27 @@ pub fn handle(
         // A shared clone of the target (no copy) for the logs below; they print the path only.
         let target = req.uri().path_and_query().cloned();
         let path = target.as_ref().map_or("", PathAndQuery::path);
-        let mut resp = match forward(&ctx, req).await {
+        // The route version the request goes to, looked up once, here: its `access_log` (or
+        // the listener's) decides the request's line. Dropped unanswered (the client reset
+        // its stream), the record still writes its line.
+        let upstream = ctx.routing.current();
+        let route = upstream.as_ref().map_or(&ctx.route, |u| u.route());
+        let on = (route.route.access_log || ctx.routing.listener_logs()) && request_log::wanted();
+        let mut log = on.then(|| {
+            Box::new(RequestLog::new(
+                Arc::clone(&ctx),
+                started,
+                method.clone(),
+                target.clone(),
+                request_host(&req),
+                version,
+            ))
+        });
+        // Off: a trace of the request's own, which nothing reads.
+        let mut untraced = Trace::default();
+        let trace = log.as_mut().map_or(&mut untraced, |l| &mut l.trace);
+        let res = forward(&ctx, req, upstream, trace).await;
+        let mut resp = match res {
             Ok(resp) => resp,
             Err(e) => {
                 match &e {
@@ -265,13 +329,20 @@ pub fn handle(
         stats.count_response(resp.status().as_u16());
         stats.request_duration.record(started.elapsed());
         tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
+        if let Some(mut log) = log {
+            log.status = resp.status().as_u16();
+            resp.body_mut().log = Some(log);
+        }
         Ok(resp)
     }
 }
 
-/// The route version this request goes to, or [`RequestError::RouteGone`].
-fn current(ctx: &Ctx) -> Result<Arc<Upstream>, RequestError> {
-    ctx.routing.current().ok_or(RequestError::RouteGone)
+/// The request's `:authority` or `Host`, raw, for its access line.
+fn request_host<B>(req: &Request<B>) -> Option<&[u8]> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => req.headers().get(header::HOST).map(HeaderValue::as_bytes),
+    }
 }
 
 fn text_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
@@ -324,6 +395,8 @@ fn requested_authority<B>(req: &Request<B>, sni: Option<&str>) -> Result<Authori
 fn forward<'a>(
     ctx: &'a Ctx,
     req: Request<ReqBody>,
+    upstream: Option<Arc<Upstream>>,
+    trace: &'a mut Trace,
 ) -> impl Future<Output = Result<Response<ProxyBody>, RequestError>> + Send + 'a {
     // A request's future is moved whole when created and boxed: no second copy of `req`.
     async move {
@@ -335,7 +408,11 @@ fn forward<'a>(
             // Boxed: the WebSocket set-up's state is larger than the whole plain-request path,
             // and every request's future (moved whole when it is created and boxed) would carry
             // room for it.
-            return Box::pin(upgrade_websocket(ctx, req, upgrade?, authority)).await;
+            let upstream = upstream.ok_or(RequestError::RouteGone)?;
+            return Box::pin(upgrade_websocket(
+                ctx, req, upgrade?, authority, upstream, trace,
+            ))
+            .await;
         }
 
         let (mut parts, body) = req.into_parts();
@@ -355,10 +432,17 @@ fn forward<'a>(
         parts.headers.remove(header::HOST);
         headers::rewrite_request(&mut parts.headers, &ctx.forwarded);
 
+        let upstream = upstream.ok_or(RequestError::RouteGone)?;
+        let body = if trace.on {
+            let counter = Arc::new(AtomicU64::new(0));
+            trace.bytes_in = Some(Arc::clone(&counter));
+            ReqBody::Counted(Box::new(body), counter)
+        } else {
+            body
+        };
         let req = Request::from_parts(parts, body);
-        let upstream = current(ctx)?;
         let resp = tokio::select! {
-            res = upstream.send(req, &ctx.route.stats.connect_duration) => res?,
+            res = upstream.send(req, &ctx.route.stats.connect_duration, trace) => res?,
             () = ctx.closed.cancelled() => return Err(RequestError::Closed),
         };
         let (mut parts, body) = resp.into_parts();
@@ -377,10 +461,12 @@ async fn upgrade_websocket(
     req: Request<ReqBody>,
     side: websocket::ClientSide,
     authority: Authority,
+    upstream: Arc<Upstream>,
+    trace: &mut Trace,
 ) -> Result<Response<ProxyBody>, RequestError> {
     // A tunnel stays with the member it opened on; a failed dial is counted against it.
-    let upstream = current(ctx)?;
     let (member, pool) = upstream.pick()?;
+    trace.asking(&pool.target().backend);
     let index = member.index;
     let setup = websocket::Setup {
         target: pool.target(),

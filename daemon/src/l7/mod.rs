@@ -37,6 +37,7 @@ pub mod h2_stream;
 pub mod headers;
 pub mod limits;
 pub mod pool;
+pub mod request_log;
 pub mod routing;
 pub mod upstream;
 pub mod websocket;
@@ -170,6 +171,8 @@ pub struct Session {
     pub sni: Option<String>,
     /// The real client address.
     pub client: SocketAddr,
+    /// The connection's id (its access record's).
+    pub conn: u64,
     /// The address the client connected to (the sent PROXY header's destination).
     pub local: SocketAddr,
     /// This connection's byte counters (for its log line).
@@ -266,6 +269,8 @@ pub async fn serve(
         route,
         sni: session.sni,
         client: session.client,
+        conn: session.conn,
+        local: session.local,
         forwarded: headers::ClientAddr::new(session.client.ip()),
         closed,
         in_flight: Arc::clone(&in_flight),

@@ -88,6 +88,11 @@ impl Routing {
         self.listener.addr
     }
 
+    /// Whether the listener logs every request (`[[listeners]] access_log`).
+    pub fn listener_logs(&self) -> bool {
+        self.listener.access_log()
+    }
+
     /// The current version of the connection's route, with its pools; `None` when the route
     /// is gone (see the module docs).
     pub fn current(&self) -> Option<Arc<Upstream>> {

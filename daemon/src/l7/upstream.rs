@@ -51,6 +51,7 @@ use tokio::sync::oneshot;
 use super::body::{self, BackendError, Held, ReqBody, RespBody, ToStream};
 use super::connector::Wire;
 use super::pool::{H1Lease, Lease, Pick as ConnPick, PoolError, StreamSlot, TargetPool};
+use super::request_log::Trace;
 use crate::backends::{Pick, Tried};
 use crate::routes::RouteInfo;
 use crate::state::State;
@@ -219,7 +220,8 @@ impl Upstream {
 
     /// Sends `req` (absolute URI, no `Host` header: the proxy's neutral form) to a member and
     /// returns the response head, retrying under the module's rules. A dial made for it is
-    /// recorded in `connect_duration`.
+    /// recorded in `connect_duration`; each member asked is noted in `trace` (the request's
+    /// access line).
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
@@ -228,6 +230,7 @@ impl Upstream {
         &'a self,
         mut req: Request<ReqBody>,
         connect_duration: &'a LatencyHistogram,
+        trace: &'a mut Trace,
     ) -> impl Future<Output = Result<Response<RespBody>, UpstreamError>> + Send + 'a {
         // A request's future is moved whole when created and boxed: no second copy of `req`.
         async move {
@@ -265,6 +268,7 @@ impl Upstream {
                 tried.add(pick.index);
                 same_again = false;
                 let pool = &self.pools[pick.index];
+                trace.asking(&pool.target().backend);
                 let left = deadline.saturating_duration_since(Instant::now());
                 let (lease, dialled) = match pool.checkout(left, conn_pick).await {
                     Ok(leased) => leased,

@@ -206,6 +206,81 @@ async fn backend_down_gives_502_and_the_connection_recovers() {
 }
 
 #[tokio::test]
+async fn a_request_its_http2_client_resets_before_the_answer_is_logged_with_status_0() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).access_log().start().await;
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    // `/hang` never answers: the client gives up, which resets the stream.
+    let req = Request::builder().uri("https://web.test/hang");
+    let waiting = client.send_request(with_body(req, ""));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), waiting)
+            .await
+            .is_err()
+    );
+    assert!(
+        wait_for_log(&logs, "path=\"/hang\"").await,
+        "{}",
+        log_text(&logs)
+    );
+    let log = log_text(&logs);
+    let line = log.lines().find(|l| l.contains("path=\"/hang\"")).unwrap();
+    for field in [
+        "status=0".to_owned(),
+        "outcome=\"client_closed\"".to_owned(),
+        // The backend it was waiting for.
+        format!("backend=\"{}\"", backend.addr),
+        "protocol=\"HTTP/2\"".to_owned(),
+    ] {
+        assert!(line.contains(&field), "no {field} in {line}");
+    }
+    // At least the 200 ms the client waited (a lower bound: the line is not early).
+    let ms: u64 = line
+        .split(" duration_ms=")
+        .nth(1)
+        .and_then(|v| v.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(ms >= 200, "{line}");
+    // The connection serves on, and its next request is logged as usual.
+    let req = Request::builder().uri("https://web.test/next");
+    assert_eq!(ask_h2(&mut client, with_body(req, "")).await.status, 200);
+    assert!(wait_for_log(&logs, "path=\"/next\"").await);
+}
+
+#[tokio::test]
+async fn http1_keepalive_requests_are_logged_each_at_its_response_end() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).access_log().start().await;
+    let mut client = h1_client(proxy.addr(), "web.test", &pki).await;
+    for (i, body) in ["", "twelve bytes"].iter().enumerate() {
+        let req = Request::post(format!("https://web.test/k{i}")).header("host", "web.test");
+        let answer = ask_h1(&mut client, with_body(req, body)).await;
+        assert_eq!(answer.status, 200);
+        // The connection stays open: the line comes with the response, not with the close.
+        let needle = format!("path=\"/k{i}\"");
+        assert!(wait_for_log(&logs, &needle).await, "{}", log_text(&logs));
+        let log = log_text(&logs);
+        let line = log.lines().find(|l| l.contains(&needle)).unwrap();
+        assert!(line.contains("protocol=\"HTTP/1.1\""), "{line}");
+        assert!(
+            line.contains(&format!(" bytes_in={} ", body.len())),
+            "{line}"
+        );
+        // The echo backend sends the body back.
+        assert!(
+            line.contains(&format!(" bytes_out={} ", answer.body.len())),
+            "{line}"
+        );
+    }
+    assert!(!log_text(&logs).contains("connection closed"));
+}
+
+#[tokio::test]
 async fn backend_that_does_not_finish_connecting_gives_504() {
     let pki = Pki::new();
     // Accepts TCP and never answers the TLS handshake.
@@ -595,6 +670,51 @@ mod grpc {
             text: text.into(),
             ..Msg::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_grpc_stream_is_logged_once_its_trailers_are_through() {
+        let (_guard, logs) = capture_logs();
+        let pki = Pki::new();
+        let backend = GrpcBackend::start().await;
+        let proxy = web_proxy(&pki, backend.addr).access_log().start().await;
+        let mut client = echo_client(proxy.addr(), "web.test", &pki).await;
+        let mut stream = timed(client.server_stream(Msg {
+            count: 3,
+            ..msg("n")
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+        while timed(stream.message()).await.unwrap().is_some() {}
+        assert!(
+            wait_for_log(&logs, "mc_proxy::request").await,
+            "{}",
+            log_text(&logs)
+        );
+        let log = log_text(&logs);
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("mc_proxy::request"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{log}");
+        for field in [
+            "method=\"POST\"",
+            "protocol=\"HTTP/2\"",
+            "status=200",
+            "outcome=\"complete\"",
+            "path=\"/echo.Echo/",
+        ] {
+            assert!(lines[0].contains(field), "no {field} in {}", lines[0]);
+        }
+        // Three length-prefixed messages went back: more than nothing, less than a KiB.
+        let out: u64 = lines[0]
+            .split(" bytes_out=")
+            .nth(1)
+            .and_then(|v| v.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!((15..1024).contains(&out), "{}", lines[0]);
     }
 
     #[tokio::test]

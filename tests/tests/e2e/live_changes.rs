@@ -427,3 +427,70 @@ async fn a_websocket_open_on_a_drained_member_keeps_working_until_it_ends() {
         .members()[0];
     assert_eq!((m.total, m.state.as_str()), (1, "draining"), "{m:?}");
 }
+
+#[tokio::test]
+async fn a_routes_access_log_switched_through_the_api_applies_to_the_next_request_of_an_open_connection()
+ {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    let get = |path: &str| {
+        with_body(
+            Request::builder().uri(format!("https://web.test{path}")),
+            "",
+        )
+    };
+    let logged = |path: &str| {
+        log_text(&logs)
+            .lines()
+            .filter(|l| l.contains("mc_proxy::request") && l.contains(&format!("path=\"{path}\"")))
+            .count()
+    };
+
+    // Off by default: no line.
+    assert_eq!(ask_h2(&mut client, get("/before")).await.status, 200);
+
+    let mut admin = proxy.admin().await;
+    let on = RoutePatch {
+        access_log: Some(true),
+        ..RoutePatch::default()
+    };
+    let (route, _) = admin.update_route(LISTENER, "web.test", on).await.unwrap();
+    assert!(route.access_log, "{route:?}");
+    assert!(admin.list_routes(None).await.unwrap()[0].route.access_log);
+    // The same connection's next request is logged, once.
+    assert_eq!(ask_h2(&mut client, get("/on")).await.status, 200);
+    assert!(
+        wait_for_log(&logs, "path=\"/on\"").await,
+        "{}",
+        log_text(&logs)
+    );
+    let line = log_text(&logs)
+        .lines()
+        .find(|l| l.contains("path=\"/on\""))
+        .unwrap()
+        .to_owned();
+    for field in [
+        "route=\"web.test\"",
+        "status=200",
+        "protocol=\"HTTP/2\"",
+        &format!("backend=\"{}\"", backend.addr),
+        "outcome=\"complete\"",
+    ] {
+        assert!(line.contains(field), "no {field} in {line}");
+    }
+    assert_eq!(logged("/on"), 1);
+
+    let off = RoutePatch {
+        access_log: Some(false),
+        ..RoutePatch::default()
+    };
+    admin.update_route(LISTENER, "web.test", off).await.unwrap();
+    assert_eq!(ask_h2(&mut client, get("/off")).await.status, 200);
+    // A request logged after it would be written by now (this one's answer is read whole).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(logged("/before"), 0, "{}", log_text(&logs));
+    assert_eq!(logged("/off"), 0, "{}", log_text(&logs));
+}

@@ -222,6 +222,45 @@ async fn http2_client_to_http2_backend_stays_extended_connect() {
 }
 
 #[tokio::test]
+async fn a_websocket_is_logged_once_when_its_answer_is_given() {
+    let (_guard, logs) = mc_proxy_tests::capture_logs();
+    let pki = Pki::new();
+    let backend = backend(Side::H1).await;
+    let proxy = proxy_with(
+        web_proxy(&pki, backend.addr)
+            .backend_protocol(protocol(Side::H1))
+            .access_log(),
+    )
+    .await;
+    let (mut ws, resp) = ws::h1_websocket(proxy.addr(), &pki, "/chat?room=1", Some("echo"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    // Logged with the tunnel still open: at the answer, not at the tunnel's end.
+    assert!(
+        mc_proxy_tests::wait_for_log(&logs, "mc_proxy::request").await,
+        "{}",
+        mc_proxy_tests::log_text(&logs)
+    );
+    let line = mc_proxy_tests::log_text(&logs)
+        .lines()
+        .find(|l| l.contains("mc_proxy::request"))
+        .unwrap()
+        .to_owned();
+    for field in [
+        "status=101".to_owned(),
+        "path=\"/chat?room=1\"".to_owned(),
+        format!("backend=\"{}\"", backend.addr),
+        "outcome=\"complete\"".to_owned(),
+    ] {
+        assert!(line.contains(&field), "no {field} in {line}");
+    }
+    exercise(&mut ws).await;
+    let log = mc_proxy_tests::log_text(&logs);
+    assert_eq!(log.matches("mc_proxy::request").count(), 1, "{log}");
+}
+
+#[tokio::test]
 async fn a_close_from_the_backend_reaches_the_client_with_its_code() {
     for (client, side) in [
         (Side::H1, Side::H1),
