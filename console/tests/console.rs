@@ -1815,3 +1815,44 @@ fn a_connection_is_closed_from_the_connections_view_after_asking() {
         Some(Action::CloseConnection { id: 42 })
     );
 }
+
+/// `v` filters the events pane: without traffic the route change stays and the connection
+/// lines go; the title says what is shown; the next presses cycle back to everything.
+#[test]
+fn v_filters_the_events_pane() {
+    let mut app = busy_app();
+    app.on_event(
+        TimedEvent {
+            timestamp_ms: 45_297_000,
+            event: Event::FirewallChanged {
+                action: mc_proxy_shared::ChangeAction::Added,
+                rule: mc_proxy_shared::FirewallRule {
+                    kind: mc_proxy_shared::FirewallRuleKind::Ip,
+                    value: "192.0.2.66".into(),
+                },
+                origin: None,
+            },
+        },
+        Instant::now(),
+    );
+    let s = render(&app, 120, 40);
+    assert!(s.contains("close #41") && s.contains("192.0.2.66"), "{s}");
+    assert!(s.contains("v events"), "{s}");
+
+    app.on_key(key(KeyCode::Char('v')));
+    let s = render(&app, 120, 40);
+    assert!(s.contains("events: no traffic (v)"), "{s}");
+    assert!(s.contains("firewall added ip 192.0.2.66"), "{s}");
+    assert!(
+        !s.contains("close #41") && !s.contains("open  #41") && !s.contains("block 198"),
+        "{s}"
+    );
+    app.on_key(key(KeyCode::Char('v')));
+    app.on_key(key(KeyCode::Char('v')));
+    let s = render(&app, 120, 40);
+    assert!(s.contains("events: traffic (v)"), "{s}");
+    assert!(s.contains("close #41") && !s.contains("192.0.2.66"), "{s}");
+    app.on_key(key(KeyCode::Char('v')));
+    let s = render(&app, 120, 40);
+    assert!(s.contains("close #41") && s.contains("192.0.2.66"), "{s}");
+}

@@ -252,6 +252,74 @@ pub enum View {
     Connections,
 }
 
+/// One line of the events pane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// What it is about, for the filter.
+    pub kind: LogKind,
+    /// As shown.
+    pub text: String,
+}
+
+/// What an events pane line is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogKind {
+    /// Connections opened, closed, blocked.
+    Traffic,
+    /// A route member changed state.
+    Backend,
+    /// Routes, listeners and firewall rules changed.
+    Change,
+    /// The console's own: the link to the daemon, answers to its changes; always shown.
+    Daemon,
+}
+
+/// What the events pane shows (`v` cycles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFilter {
+    /// Everything.
+    #[default]
+    All,
+    /// Everything but connections: what changed and what broke.
+    NoTraffic,
+    /// Backend state changes only.
+    Backends,
+    /// Connections only.
+    Traffic,
+}
+
+impl LogFilter {
+    /// As the pane's title shows it (`None` for everything).
+    pub fn title(self) -> Option<&'static str> {
+        match self {
+            LogFilter::All => None,
+            LogFilter::NoTraffic => Some("no traffic"),
+            LogFilter::Backends => Some("backends"),
+            LogFilter::Traffic => Some("traffic"),
+        }
+    }
+
+    /// The next filter.
+    pub fn next(self) -> LogFilter {
+        match self {
+            LogFilter::All => LogFilter::NoTraffic,
+            LogFilter::NoTraffic => LogFilter::Backends,
+            LogFilter::Backends => LogFilter::Traffic,
+            LogFilter::Traffic => LogFilter::All,
+        }
+    }
+
+    /// Whether a line of `kind` is shown.
+    pub fn shows(self, kind: LogKind) -> bool {
+        match (self, kind) {
+            (LogFilter::All, _) | (_, LogKind::Daemon) => true,
+            (LogFilter::NoTraffic, k) => k != LogKind::Traffic,
+            (LogFilter::Backends, k) => k == LogKind::Backend,
+            (LogFilter::Traffic, k) => k == LogKind::Traffic,
+        }
+    }
+}
+
 /// Route order (`s` cycles).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RouteSort {
@@ -312,7 +380,9 @@ pub struct App {
     /// Firewall rules.
     pub rules: Vec<FirewallRule>,
     /// Recent events, oldest first, at most [`LOG_CAPACITY`].
-    pub log: VecDeque<String>,
+    pub log: VecDeque<LogLine>,
+    /// What the events pane shows (`v` cycles).
+    pub log_filter: LogFilter,
     /// Link state.
     pub link: Link,
     /// Selected listener, by address.
@@ -361,6 +431,7 @@ impl App {
             routes: HashMap::new(),
             rules: Vec::new(),
             log: VecDeque::new(),
+            log_filter: LogFilter::default(),
             link: Link::Connecting,
             listener_sel: Selection::default(),
             route_sel: Selection::default(),
@@ -466,15 +537,24 @@ impl App {
         }
     }
 
-    fn push_log(&mut self, line: String) {
+    fn push_log(&mut self, kind: LogKind, text: String) {
         if self.log.len() == LOG_CAPACITY {
             self.log.pop_front();
         }
-        self.log.push_back(line);
+        self.log.push_back(LogLine { kind, text });
+    }
+
+    /// The events pane's lines its filter shows, oldest first.
+    pub fn log_shown(&self) -> impl DoubleEndedIterator<Item = &str> {
+        let filter = self.log_filter;
+        self.log
+            .iter()
+            .filter(move |l| filter.shows(l.kind))
+            .map(|l| l.text.as_str())
     }
 
     fn set_note(&mut self, text: String, error: bool) {
-        self.push_log(text.clone());
+        self.push_log(LogKind::Daemon, text.clone());
         self.note = Some(Note {
             text,
             error,
@@ -546,7 +626,7 @@ impl App {
                 self.rules = rules;
                 self.figures_at_ms = Some(unix_ms_now());
                 if self.link != Link::Connected {
-                    self.push_log("connected to the daemon".into());
+                    self.push_log(LogKind::Daemon, "connected to the daemon".into());
                     // Whatever went wrong while away is over.
                     if self.note.as_ref().is_some_and(|n| n.error) {
                         self.note = None;
@@ -562,7 +642,7 @@ impl App {
             DaemonMsg::Connections(list) => self.conns.update(list, now),
             DaemonMsg::Disconnected(reason) => {
                 if self.link == Link::Connected {
-                    self.push_log(format!("lost the daemon: {reason}"));
+                    self.push_log(LogKind::Daemon, format!("lost the daemon: {reason}"));
                     self.uptime = self.uptime_now();
                 }
                 self.link = Link::Reconnecting(reason);
@@ -626,7 +706,7 @@ impl App {
                     let _ =
                         std::fmt::Write::write_fmt(&mut line, format_args!(" ({})", member.reason));
                 }
-                self.push_log(line);
+                self.push_log(LogKind::Backend, line);
                 // Issue 28: a member going down or ejected is a notice on the status line too
                 // (already in the log: set it without logging it twice).
                 if matches!(
@@ -681,9 +761,10 @@ impl App {
                     Some((first, _)) => format!("{first} +{}", backend.matches(", ").count()),
                     None => backend,
                 };
-                self.push_log(format!(
-                    "{time} open  #{id} {client} {hostname} {mode}->{backend}"
-                ));
+                self.push_log(
+                    LogKind::Traffic,
+                    format!("{time} open  #{id} {client} {hostname} {mode}->{backend}"),
+                );
                 return;
             }
             Event::ConnectionClosed {
@@ -701,18 +782,24 @@ impl App {
                 } else {
                     hostname
                 };
-                self.push_log(format!(
-                    "{time} close #{id} {client} {host} in {} out {} {duration_ms}ms {outcome}",
-                    fit::bytes(bytes_in),
-                    fit::bytes(bytes_out)
-                ));
+                self.push_log(
+                    LogKind::Traffic,
+                    format!(
+                        "{time} close #{id} {client} {host} in {} out {} {duration_ms}ms {outcome}",
+                        fit::bytes(bytes_in),
+                        fit::bytes(bytes_out)
+                    ),
+                );
                 self.conns.closed(id);
                 if self.view == View::Routes {
                     return;
                 }
             }
             Event::ConnectionBlocked { client, reason, .. } => {
-                self.push_log(format!("{time} block {client} ({reason})"));
+                self.push_log(
+                    LogKind::Traffic,
+                    format!("{time} block {client} ({reason})"),
+                );
             }
             Event::RouteChanged {
                 listener,
@@ -721,13 +808,16 @@ impl App {
                 previous_hostname,
                 origin,
             } => {
-                self.push_log(format!(
-                    "{time} route {action} {} ({} -> {}){}",
-                    route.hostname,
-                    route.mode,
-                    route.backend_list(),
-                    by(origin.as_ref())
-                ));
+                self.push_log(
+                    LogKind::Change,
+                    format!(
+                        "{time} route {action} {} ({} -> {}){}",
+                        route.hostname,
+                        route.mode,
+                        route.backend_list(),
+                        by(origin.as_ref())
+                    ),
+                );
                 let selected_here = self.listener().is_some_and(|l| l.addr == listener);
                 let list = self.routes.entry(listener).or_default();
                 match action.as_str() {
@@ -766,22 +856,25 @@ impl App {
                 action,
                 origin,
             } => {
-                self.push_log(format!(
-                    "{time} listener {action} {listener}{}",
-                    by(origin.as_ref())
-                ));
+                self.push_log(
+                    LogKind::Change,
+                    format!("{time} listener {action} {listener}{}", by(origin.as_ref())),
+                );
             }
             Event::FirewallChanged {
                 action,
                 rule,
                 origin,
             } => {
-                self.push_log(format!(
-                    "{time} firewall {action} {} {}{}",
-                    rule.kind,
-                    rule.value,
-                    by(origin.as_ref())
-                ));
+                self.push_log(
+                    LogKind::Change,
+                    format!(
+                        "{time} firewall {action} {} {}{}",
+                        rule.kind,
+                        rule.value,
+                        by(origin.as_ref())
+                    ),
+                );
                 match action.as_str() {
                     "added" => {
                         if let Screen::Firewall(fw) = &mut self.mode
@@ -799,9 +892,10 @@ impl App {
                 }
             }
             Event::Lagged { dropped } => {
-                self.push_log(format!(
-                    "{time} missed {dropped} event(s): console too slow"
-                ));
+                self.push_log(
+                    LogKind::Daemon,
+                    format!("{time} missed {dropped} event(s): console too slow"),
+                );
             }
         }
         self.follow_all();
@@ -1028,6 +1122,7 @@ impl App {
                 return Some(Action::WatchConnections(true));
             }
             Command::Sort => self.sort = self.sort.next(),
+            Command::EventFilter => self.log_filter = self.log_filter.next(),
             Command::SwitchPane => {
                 self.pane = match self.pane {
                     Pane::Listeners => Pane::Routes,
@@ -1781,8 +1876,8 @@ mod tests {
         }
         assert_eq!(app.log.len(), LOG_CAPACITY);
         assert!(
-            app.log
-                .back()
+            app.log_shown()
+                .next_back()
                 .unwrap()
                 .contains(&format!("{}", LOG_CAPACITY + 49))
         );
@@ -1870,6 +1965,6 @@ mod tests {
         assert!(app.note.is_some());
         app.on_tick(at + NOTE_TTL);
         assert_eq!(app.note, None);
-        assert!(app.log.iter().any(|l| l == "added route x"));
+        assert!(app.log_shown().any(|l| l == "added route x"));
     }
 }

@@ -69,6 +69,8 @@ pub enum Command {
     Filter,
     /// Next sort order.
     Sort,
+    /// What the events pane shows next: all, no traffic, backends, traffic.
+    EventFilter,
     /// The key list.
     Help,
     /// Close the box or view (or clear the notice).
@@ -144,6 +146,7 @@ pub const KEYS: &[Binding] = &[
     b(Rt, &[Char('d'), Delete], "d del", "delete the selected route (asks first)", Some("d del"), C::Delete, true),
     b(Rt, &[Char('s')], "s", "sort routes: name, traffic, errors", Some("s sort"), C::Sort, false),
     b(Rt, &[Char('/')], "/", "new hostname filter (esc clears)", Some("/ filter"), C::Filter, false),
+    b(Rt, &[Char('v')], "v", "events pane: all, no traffic, backends only, traffic only", Some("v events"), C::EventFilter, false),
     b(Rt, &[Char('c')], "c", "open connections", Some("c conns"), C::Connections, false),
     b(Rt, &[Char('f')], "f", "firewall rules", Some("f firewall"), C::Firewall, false),
     b(Rt, &[Char('?')], "?", "this help", Some("? help"), C::Help, false),

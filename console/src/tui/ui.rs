@@ -728,16 +728,18 @@ fn render_traffic(app: &App, frame: &mut Frame<'_>, area: Rect) {
 fn render_log(app: &App, frame: &mut Frame<'_>, area: Rect) {
     let height = usize::from(area.height.saturating_sub(2));
     let width = usize::from(area.width.saturating_sub(2));
-    let items: Vec<ListItem<'_>> = app
-        .log
-        .iter()
-        .rev()
-        .take(height)
+    let lines: Vec<&str> = app.log_shown().rev().take(height).collect();
+    let items: Vec<ListItem<'_>> = lines
+        .into_iter()
         .rev()
         .map(|line| ListItem::new(fit::end(line, width)))
         .collect();
+    let title = match app.log_filter.title() {
+        Some(only) => format!("events: {only} (v)"),
+        None => "events".to_owned(),
+    };
     frame.render_widget(
-        List::new(items).block(pane_block("events", area.width, false)),
+        List::new(items).block(pane_block(&title, area.width, false)),
         area,
     );
 }
