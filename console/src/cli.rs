@@ -164,6 +164,10 @@ pub enum ListenersCommand {
         /// Without it any peer may.
         #[arg(long, value_name = "NET")]
         proxy_protocol_from: Vec<String>,
+        /// Log every L7 request on it (one `mc_proxy::request` line each), whatever its
+        /// routes say.
+        #[arg(long)]
+        access_log: bool,
     },
     /// Change a listener's settings, all or nothing. Connections accepted from then on use
     /// them; open ones keep what they started with. The address cannot change: add the new
@@ -185,6 +189,9 @@ pub enum ListenersCommand {
         /// Let any peer send the PROXY header (clears --proxy-protocol-from).
         #[arg(long)]
         any_proxy_source: bool,
+        /// Log every L7 request on it: on, or off (then each route's own setting decides).
+        #[arg(long, value_name = "on|off", value_parser = on_off())]
+        access_log: Option<bool>,
     },
     /// Stop listening and delete the listener. Open L7 connections are drained (GOAWAY,
     /// `Connection: close`), L4 relays run to their end. Refused while it has routes, unless

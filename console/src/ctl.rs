@@ -434,10 +434,15 @@ async fn listeners(client: &mut AdminClient, command: ListenersCommand) -> Resul
             addr,
             proxy_protocol,
             proxy_protocol_from,
+            access_log,
         } => {
-            let (l, warnings) = client
-                .add_listener(&addr, proxy_protocol, proxy_protocol_from)
-                .await?;
+            let fields = ListenerUpdate {
+                proxy_protocol: Some(proxy_protocol),
+                proxy_protocol_from: Some(proxy_protocol_from),
+                no_sni_route: None,
+                access_log: Some(access_log),
+            };
+            let (l, warnings) = client.add_listener_with(&addr, fields).await?;
             print_warnings(&warnings)?;
             let bound = match l.bound.as_str() {
                 "" => String::new(),
@@ -457,9 +462,11 @@ async fn listeners(client: &mut AdminClient, command: ListenersCommand) -> Resul
             proxy_protocol,
             proxy_protocol_from,
             any_proxy_source,
+            access_log,
         } => {
             let update = ListenerUpdate {
                 no_sni_route,
+                access_log,
                 proxy_protocol,
                 proxy_protocol_from: match (any_proxy_source, proxy_protocol_from.is_empty()) {
                     (true, _) => Some(Vec::new()),
@@ -470,7 +477,7 @@ async fn listeners(client: &mut AdminClient, command: ListenersCommand) -> Resul
             if update == ListenerUpdate::default() {
                 return Err(CtlError::Usage(
                     "nothing to change: give at least one of --no-sni-route, --proxy-protocol, \
-                     --proxy-protocol-from, --any-proxy-source"
+                     --proxy-protocol-from, --any-proxy-source, --access-log"
                         .into(),
                 ));
             }

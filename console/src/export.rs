@@ -60,6 +60,9 @@ pub fn to_toml(
         if !l.no_sni_route.is_empty() {
             let _ = writeln!(out, "no_sni_route = {}", quote(&l.no_sni_route));
         }
+        if l.access_log {
+            out.push_str("access_log = true\n");
+        }
         let mut mine: Vec<&RouteEntry> = routes.iter().filter(|r| r.listener == l.addr).collect();
         mine.sort_by(|a, b| a.route.hostname.cmp(&b.route.hostname));
         for entry in mine {
@@ -102,6 +105,9 @@ fn write_route(out: &mut String, entry: &RouteEntry) {
     }
     if r.send_proxy_protocol {
         out.push_str("send_proxy_protocol = true\n");
+    }
+    if r.access_log {
+        out.push_str("access_log = true\n");
     }
     if let Some(check) = &r.health_check {
         write_check(out, check);

@@ -1732,7 +1732,8 @@ async fn state_of(proxy: &Proxy) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
                 l.addr,
                 l.proxy_protocol,
                 l.proxy_protocol_from,
-                l.no_sni_route
+                l.no_sni_route,
+                l.access_log
             ])
         })
         .collect();
@@ -1768,7 +1769,7 @@ async fn export_writes_a_config_that_seeds_the_same_state() {
          [[listeners.routes]]\nhostname = \"a.test\"\n\
          backends = [\"127.0.0.1:9001\", \"127.0.0.1:9002 weight=3\"]\nbalance = \"least_conn\"\n\
          [listeners.routes.health_check]\ninterval = \"1500ms\"\nfall = 4\n\
-         [[listeners]]\naddr = \"127.0.0.2:0\"\n{}",
+         [[listeners]]\naddr = \"127.0.0.2:0\"\naccess_log = true\n{}access_log = true\n",
         l7_route_toml(&pki, &odd, "web.test", backend)
     );
     let proxy = Proxy::start(&body).await;
@@ -1800,6 +1801,7 @@ async fn export_writes_a_config_that_seeds_the_same_state() {
     let text = stdout(&o);
     assert!(text.contains("state = \"draining\""), "{text}");
     assert!(text.contains("interval = \"1500ms\""), "{text}");
+    assert_eq!(text.matches("access_log = true").count(), 2, "{text}");
     // A config `check` accepts, and a fresh daemon seeded from it holds the same state.
     let seeded = Proxy::start(&text).await;
     assert_eq!(state_of(&seeded).await, state_of(&proxy).await, "{text}");

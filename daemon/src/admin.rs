@@ -263,6 +263,7 @@ fn listener_status(l: &ListenerState) -> pb::ListenerStatus {
         over_capacity: c.over_capacity.load(Relaxed),
         no_sni_route: l.no_sni_route().unwrap_or_default(),
         bound: l.bound().map(|a| a.to_string()).unwrap_or_default(),
+        access_log: settings.access_log,
         resets_by_reason: c
             .resets_by_reason()
             .map(|(r, n)| pb::ResetCount {
@@ -727,6 +728,7 @@ impl AdminService for Admin {
                         proxy_protocol: Some(req.proxy_protocol),
                         proxy_protocol_from: Some(req.proxy_protocol_from),
                         no_sni_route: None,
+                        access_log: Some(req.access_log),
                     },
                 },
             )
@@ -770,6 +772,7 @@ impl AdminService for Admin {
                         proxy_protocol: req.proxy_protocol,
                         proxy_protocol_from: req.proxy_protocol_from.map(|p| p.sources),
                         no_sni_route: req.no_sni_route,
+                        access_log: req.access_log,
                     },
                 },
             )

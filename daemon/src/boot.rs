@@ -109,19 +109,12 @@ pub fn load_state(config: &Config, store: &mut Store) -> Result<State, StartErro
             ListenerSettings {
                 proxy_protocol: row.proxy_protocol,
                 proxy_protocol_from,
+                access_log: row.access_log,
             },
             RouteTable::with_stats(routes, |_| Arc::default()),
         );
         listener.set_no_sni_route(Some(row.no_sni_route).filter(|n| !n.is_empty()));
         listener.set_not_served(not_served);
-        // Not stored: the file's `access_log` for this address, at every start (no admin
-        // API changes it yet).
-        listener.set_access_log(
-            config
-                .listeners
-                .iter()
-                .any(|l| l.addr == addr && l.access_log),
-        );
         listeners.push(Arc::new(listener));
     }
     let firewall = Firewall::from_rules(&store.firewall_rules()?)?;

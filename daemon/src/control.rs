@@ -30,7 +30,7 @@ use crate::firewall::{Firewall, parse_rule};
 use crate::reload::{RouteReload, reload_certificates};
 use crate::routes::{ValidRoute, validate_route};
 use crate::state::{ListenerSettings, ListenerState, State};
-use crate::store::{Store, StoreError};
+use crate::store::{ListenerFields, Store, StoreError};
 
 /// A change someone asked for.
 #[derive(Debug, Clone)]
@@ -140,6 +140,8 @@ pub struct ListenerChange {
     /// The route (a hostname of this listener) for ClientHellos without SNI; `Some("")`
     /// resets them. Ignored when adding a listener (it has no route yet).
     pub no_sni_route: Option<String>,
+    /// Log every L7 request on it (one `mc_proxy::request` line each).
+    pub access_log: Option<bool>,
 }
 
 /// What a change did.
@@ -659,11 +661,7 @@ impl Control {
                     .sockets
                     .bind(addr)
                     .map_err(|e| ChangeError::Invalid(e.to_string()))?;
-                let id = store.create_listener(
-                    &addr.to_string(),
-                    settings.proxy_protocol,
-                    &sources_text(&settings),
-                )?;
+                let id = store.create_listener(&addr.to_string(), &stored(&settings, None))?;
                 let listener = Arc::new(ListenerState::new(
                     id,
                     addr,
@@ -695,13 +693,8 @@ impl Control {
                 };
                 let (settings, warnings) =
                     listener_settings((*listener.settings()).clone(), settings)?;
-                store.update_listener(
-                    listener.id,
-                    settings.proxy_protocol,
-                    &sources_text(&settings),
-                    no_sni.as_deref().unwrap_or_default(),
-                )?;
-                tracing::info!(listener = %listener.addr, proxy_protocol = settings.proxy_protocol, proxy_protocol_from = %sources_text(&settings).join(","), no_sni_route = no_sni.as_deref().unwrap_or("-"), "listener updated");
+                store.update_listener(listener.id, &stored(&settings, no_sni.as_deref()))?;
+                tracing::info!(listener = %listener.addr, proxy_protocol = settings.proxy_protocol, proxy_protocol_from = %sources_text(&settings).join(","), no_sni_route = no_sni.as_deref().unwrap_or("-"), access_log = settings.access_log, "listener updated");
                 listener.set_settings(settings);
                 if listener.no_sni_route() != no_sni {
                     listener.set_no_sni_route(no_sni);
@@ -761,20 +754,50 @@ impl Control {
 /// the file's are read only to seed an empty one).
 pub fn not_applied(config: &crate::config::Config, state: &State) -> Vec<String> {
     let live = state.listeners();
-    config
-        .listeners
-        .iter()
-        .filter(|l| !live.iter().any(|s| s.addr == l.addr))
-        .map(|l| {
-            format!(
+    let mut lines = Vec::new();
+    for l in &config.listeners {
+        let Some(running) = live.iter().find(|s| s.addr == l.addr) else {
+            lines.push(format!(
                 "listener {} in {} is not in the database and not served (the database is the \
                  source of truth); to add it: {}",
                 l.addr,
                 config.path.display(),
                 l.add_command()
-            )
-        })
-        .collect()
+            ));
+            continue;
+        };
+        // Settings edited in the file after the database was seeded: the database's apply.
+        let settings = running.settings();
+        let mut differ = Vec::new();
+        if settings.proxy_protocol != l.proxy_protocol {
+            differ.push(format!("--proxy-protocol={}", l.proxy_protocol));
+        }
+        if settings.proxy_protocol_from != l.proxy_protocol_from {
+            match l.proxy_protocol_from.is_empty() {
+                true => differ.push("--any-proxy-source".to_owned()),
+                false => differ.extend(
+                    l.proxy_protocol_from
+                        .iter()
+                        .map(|n| format!("--proxy-protocol-from {n}")),
+                ),
+            }
+        }
+        if settings.access_log != l.access_log {
+            let on = if l.access_log { "on" } else { "off" };
+            differ.push(format!("--access-log {on}"));
+        }
+        if !differ.is_empty() {
+            lines.push(format!(
+                "listener {} in {} has settings the database does not (the database's apply); \
+                 to apply the file's: mcproxyctl listeners update --listener {} {}",
+                l.addr,
+                config.path.display(),
+                l.addr,
+                differ.join(" ")
+            ));
+        }
+    }
+    lines
 }
 
 /// The listener named by its configured address (`127.0.0.1:8443`): how every request names
@@ -819,6 +842,9 @@ fn listener_settings(
     if let Some(on) = change.proxy_protocol {
         settings.proxy_protocol = on;
     }
+    if let Some(on) = change.access_log {
+        settings.access_log = on;
+    }
     if let Some(from) = change.proxy_protocol_from {
         if from.len() > max_len::PROXY_SOURCES {
             return Err(ChangeError::Invalid(format!(
@@ -847,6 +873,16 @@ fn listener_settings(
         );
     }
     Ok((settings, warnings))
+}
+
+/// A listener's row as the store keeps it.
+fn stored(settings: &ListenerSettings, no_sni_route: Option<&str>) -> ListenerFields {
+    ListenerFields {
+        proxy_protocol: settings.proxy_protocol,
+        proxy_protocol_from: sources_text(settings),
+        no_sni_route: no_sni_route.unwrap_or_default().to_owned(),
+        access_log: settings.access_log,
+    }
 }
 
 /// `proxy_protocol_from` as stored: each network in its canonical text.

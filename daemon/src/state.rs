@@ -264,6 +264,9 @@ pub struct ListenerSettings {
     pub proxy_protocol: bool,
     /// Peers allowed to send the PROXY header; empty means any peer.
     pub proxy_protocol_from: Vec<IpNet>,
+    /// Every L7 request on this listener gets a `mc_proxy::request` line, whatever its
+    /// route says.
+    pub access_log: bool,
 }
 
 impl ListenerSettings {
@@ -322,15 +325,15 @@ pub struct ListenerState {
     /// Cancelled (and replaced by a fresh one) whenever the route table or the no-SNI route
     /// changes: what open L7 connections wait on to see whether their route is still theirs.
     changed: ArcSwap<CancellationToken>,
-    /// `access_log`: every L7 request on this listener gets a `mc_proxy::request` line,
-    /// whatever its route says. An atomic so that a run-time change needs no new state;
-    /// read once per request.
+    /// `settings.access_log` as an atomic: read once per request, where a load of
+    /// `settings` would touch a reference count; written by [`ListenerState::set_settings`].
     access_log: AtomicBool,
 }
 
 impl ListenerState {
     /// A listener with the given routes.
     pub fn new(id: i64, addr: SocketAddr, settings: ListenerSettings, routes: RouteTable) -> Self {
+        let access_log = AtomicBool::new(settings.access_log);
         ListenerState {
             id,
             addr,
@@ -343,7 +346,7 @@ impl ListenerState {
             routes: ArcSwap::from_pointee(routes),
             not_served: ArcSwap::from_pointee(Vec::new()),
             changed: ArcSwap::from_pointee(CancellationToken::new()),
-            access_log: AtomicBool::new(false),
+            access_log,
         }
     }
 
@@ -352,8 +355,11 @@ impl ListenerState {
         self.settings.load_full()
     }
 
-    /// Swaps in new settings: connections accepted from now on use them.
+    /// Swaps in new settings: connections accepted from now on use them (the access log
+    /// flag: requests from now on, open connections included).
     pub fn set_settings(&self, settings: ListenerSettings) {
+        self.access_log
+            .store(settings.access_log, Ordering::Relaxed);
         self.settings.store(Arc::new(settings));
     }
 
@@ -403,11 +409,6 @@ impl ListenerState {
     /// Whether every L7 request on this listener is logged (`[[listeners]] access_log`).
     pub fn access_log(&self) -> bool {
         self.access_log.load(Ordering::Relaxed)
-    }
-
-    /// Turns the per-request log of every route on this listener on or off.
-    pub fn set_access_log(&self, on: bool) {
-        self.access_log.store(on, Ordering::Relaxed);
     }
 
     /// Looks a normalised SNI hostname up in the current table.

@@ -68,6 +68,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "route_access_log",
         sql: include_str!("../../migrations/0007_route_access_log.sql"),
     },
+    Migration {
+        version: 8,
+        name: "listener_access_log",
+        sql: include_str!("../../migrations/0008_listener_access_log.sql"),
+    },
 ];
 
 /// The schema version this binary creates and understands.
@@ -134,9 +139,25 @@ pub struct ListenerRow {
     pub proxy_protocol_from: Vec<String>,
     /// The route for ClientHellos without SNI; empty: none.
     pub no_sni_route: String,
+    /// Every L7 request on it gets a per-request log line.
+    pub access_log: bool,
 }
 
-const LISTENER_COLUMNS: &str = "id, addr, proxy_protocol, proxy_protocol_from, no_sni_route";
+/// What a listener write stores: everything but its id and address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerFields {
+    /// Expect PROXY protocol on this listener.
+    pub proxy_protocol: bool,
+    /// Networks allowed to send the PROXY header, as written; empty means any peer.
+    pub proxy_protocol_from: Vec<String>,
+    /// The route for ClientHellos without SNI; empty: none.
+    pub no_sni_route: String,
+    /// Every L7 request on it gets a per-request log line.
+    pub access_log: bool,
+}
+
+const LISTENER_COLUMNS: &str =
+    "id, addr, proxy_protocol, proxy_protocol_from, no_sni_route, access_log";
 
 fn listener_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ListenerRow> {
     let from: String = row.get(3)?;
@@ -150,6 +171,7 @@ fn listener_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ListenerRow> {
             .map(str::to_owned)
             .collect(),
         no_sni_route: row.get(4)?,
+        access_log: row.get(5)?,
     })
 }
 
@@ -246,13 +268,13 @@ impl Store {
                 .iter()
                 .map(ToString::to_string)
                 .collect();
-            let id = insert_listener(
-                &tx,
-                &listener.addr.to_string(),
-                listener.proxy_protocol,
-                &from,
-                listener.no_sni_route.as_deref().unwrap_or_default(),
-            )?;
+            let fields = ListenerFields {
+                proxy_protocol: listener.proxy_protocol,
+                proxy_protocol_from: from,
+                no_sni_route: listener.no_sni_route.clone().unwrap_or_default(),
+                access_log: listener.access_log,
+            };
+            let id = insert_listener(&tx, &listener.addr.to_string(), &fields)?;
             for route in &listener.routes {
                 insert_route(&tx, id, route)?;
             }
@@ -301,29 +323,28 @@ impl Store {
     pub fn create_listener(
         &mut self,
         addr: &str,
-        proxy_protocol: bool,
-        proxy_protocol_from: &[String],
+        fields: &ListenerFields,
     ) -> Result<i64, StoreError> {
-        insert_listener(&self.conn, addr, proxy_protocol, proxy_protocol_from, "")
+        insert_listener(&self.conn, addr, fields)
     }
 
-    /// Replaces a listener's PROXY protocol settings and its no-SNI route (`""`: none), in one
+    /// Replaces every stored field of a listener (all but its id and address), in one
     /// statement.
     pub fn update_listener(
         &mut self,
         listener_id: i64,
-        proxy_protocol: bool,
-        proxy_protocol_from: &[String],
-        no_sni_route: &str,
+        fields: &ListenerFields,
     ) -> Result<(), StoreError> {
         let changed = self.conn.execute(
-            "UPDATE listeners SET proxy_protocol = ?2, proxy_protocol_from = ?3, no_sni_route = ?4
+            "UPDATE listeners SET proxy_protocol = ?2, proxy_protocol_from = ?3,
+                                  no_sni_route = ?4, access_log = ?5
              WHERE id = ?1",
             params![
                 listener_id,
-                proxy_protocol,
-                proxy_protocol_from.join(","),
-                no_sni_route
+                fields.proxy_protocol,
+                fields.proxy_protocol_from.join(","),
+                fields.no_sni_route,
+                fields.access_log
             ],
         )?;
         if changed == 0 {
@@ -590,18 +611,18 @@ fn unique_violation(e: rusqlite::Error, what: impl FnOnce() -> String) -> StoreE
 fn insert_listener(
     conn: &Connection,
     addr: &str,
-    proxy_protocol: bool,
-    proxy_protocol_from: &[String],
-    no_sni_route: &str,
+    fields: &ListenerFields,
 ) -> Result<i64, StoreError> {
     conn.execute(
-        "INSERT INTO listeners (addr, proxy_protocol, proxy_protocol_from, no_sni_route)
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO listeners (addr, proxy_protocol, proxy_protocol_from, no_sni_route,
+                                access_log)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
             addr,
-            proxy_protocol,
-            proxy_protocol_from.join(","),
-            no_sni_route
+            fields.proxy_protocol,
+            fields.proxy_protocol_from.join(","),
+            fields.no_sni_route,
+            fields.access_log
         ],
     )
     .map_err(|e| unique_violation(e, || format!("listener {addr}")))?;
@@ -918,6 +939,7 @@ mod tests {
                 proxy_protocol: false,
                 proxy_protocol_from: vec![],
                 no_sni_route: String::new(),
+                access_log: false,
             }]
         );
         assert_eq!(
@@ -998,7 +1020,9 @@ mod tests {
     fn a_stored_backend_protocol_that_does_not_parse_names_the_route() {
         let (_dir, path) = temp_db();
         let mut store = Store::open(&path).unwrap();
-        let id = store.create_listener("127.0.0.1:8443", false, &[]).unwrap();
+        let id = store
+            .create_listener("127.0.0.1:8443", &ListenerFields::default())
+            .unwrap();
         store
             .create_route(
                 id,
@@ -1117,7 +1141,9 @@ mod tests {
     fn a_backend_set_round_trips_in_order_with_weights_states_and_check() {
         let (_dir, path) = temp_db();
         let mut store = Store::open(&path).unwrap();
-        let id = store.create_listener("127.0.0.1:8443", false, &[]).unwrap();
+        let id = store
+            .create_listener("127.0.0.1:8443", &ListenerFields::default())
+            .unwrap();
         let route = Route {
             hostname: "app.test".into(),
             // Not in address order: the operator's order is kept.
@@ -1203,7 +1229,9 @@ mod tests {
     fn a_stored_admin_state_that_does_not_parse_names_the_route() {
         let (_dir, path) = temp_db();
         let mut store = Store::open(&path).unwrap();
-        let id = store.create_listener("127.0.0.1:8443", false, &[]).unwrap();
+        let id = store
+            .create_listener("127.0.0.1:8443", &ListenerFields::default())
+            .unwrap();
         store
             .create_route(
                 id,
@@ -1259,7 +1287,16 @@ mod tests {
         let (_dir, path) = temp_db();
         let mut store = Store::open(&path).unwrap();
         let from = vec!["10.0.0.0/8".to_owned(), "2001:db8::/32".to_owned()];
-        let id = store.create_listener("[::1]:8443", true, &from).unwrap();
+        let id = store
+            .create_listener(
+                "[::1]:8443",
+                &ListenerFields {
+                    proxy_protocol: true,
+                    proxy_protocol_from: from.clone(),
+                    ..ListenerFields::default()
+                },
+            )
+            .unwrap();
         let l7 = Route {
             hostname: "web.test".into(),
             backends: vec![RouteBackend::new("backend.internal:9080")],

@@ -250,6 +250,8 @@ pub struct ListenerStatus {
     /// The address its sockets are bound to (differs from `addr` when its port is 0; empty
     /// from a daemon before run-time listeners).
     pub bound: String,
+    /// Every L7 request on it is logged.
+    pub access_log: bool,
 }
 
 /// A listener change's answer: the listener as it is now, and any warnings.
@@ -272,6 +274,8 @@ pub struct ListenerUpdate {
     pub proxy_protocol_from: Option<Vec<String>>,
     /// The route for ClientHellos without SNI (`""`: none).
     pub no_sni_route: Option<String>,
+    /// Log every L7 request on it.
+    pub access_log: Option<bool>,
 }
 
 /// What a reload did ([`AdminClient::reload_all`]).
@@ -935,6 +939,7 @@ impl AdminClient {
             .update_listener(pb::UpdateListenerRequest {
                 listener: listener.to_owned(),
                 no_sni_route: update.no_sni_route,
+                access_log: update.access_log,
                 proxy_protocol: update.proxy_protocol,
                 proxy_protocol_from: update
                     .proxy_protocol_from
@@ -952,12 +957,28 @@ impl AdminClient {
         proxy_protocol: bool,
         proxy_protocol_from: Vec<String>,
     ) -> Result<(ListenerStatus, Vec<String>), ClientError> {
+        let update = ListenerUpdate {
+            proxy_protocol: Some(proxy_protocol),
+            proxy_protocol_from: Some(proxy_protocol_from),
+            ..ListenerUpdate::default()
+        };
+        self.add_listener_with(addr, update).await
+    }
+
+    /// Adds a listener with the settings `fields` gives (unset: off; the no-SNI route is
+    /// ignored, a new listener has no route).
+    pub async fn add_listener_with(
+        &mut self,
+        addr: &str,
+        fields: ListenerUpdate,
+    ) -> Result<(ListenerStatus, Vec<String>), ClientError> {
         let r = self
             .inner
             .add_listener(pb::AddListenerRequest {
                 addr: addr.to_owned(),
-                proxy_protocol,
-                proxy_protocol_from,
+                proxy_protocol: fields.proxy_protocol.unwrap_or(false),
+                proxy_protocol_from: fields.proxy_protocol_from.unwrap_or_default(),
+                access_log: fields.access_log.unwrap_or(false),
             })
             .await?
             .into_inner();
@@ -1490,6 +1511,7 @@ impl TryFrom<pb::ListenerStatus> for ListenerStatus {
             over_capacity: l.over_capacity,
             no_sni_route: l.no_sni_route,
             bound: l.bound,
+            access_log: l.access_log,
             resets_by_reason: l
                 .resets_by_reason
                 .into_iter()

@@ -292,12 +292,13 @@ async fn a_listener_update_applies_to_new_connections_all_or_nothing() {
         proxy_protocol: Some(true),
         proxy_protocol_from: Some(vec!["10.0.0.0/8".into(), "lb.example".into()]),
         no_sni_route: Some("a.test".into()),
+        access_log: Some(true),
     };
     let err = admin.update_listener(L, update).await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");
     assert!(err.to_string().contains("proxy_protocol_from[1]"), "{err}");
     let l = &admin.status().await.unwrap().listeners[0];
-    assert!(!l.proxy_protocol);
+    assert!(!l.proxy_protocol && !l.access_log);
     assert_eq!(l.no_sni_route, "");
     round_trip(proxy.addr(), &pki).await.unwrap();
 
@@ -384,10 +385,16 @@ async fn a_reload_rereads_proxy_settings_and_names_what_needs_a_restart() {
 
     // The hello timeout to 300 ms (applies to new connections), the worker count changed
     // (needs a restart), and a listener the database does not have.
-    let edited = original.replace(
-        "client_hello_timeout = \"30000ms\"",
-        "client_hello_timeout = \"300ms\"\nworkers = 3",
-    ) + "\n[[listeners]]\naddr = \"127.0.0.4:8443\"\nproxy_protocol = true\n";
+    let edited = original
+        .replace(
+            "client_hello_timeout = \"30000ms\"",
+            "client_hello_timeout = \"300ms\"\nworkers = 3",
+        )
+        .replace(
+            "addr = \"127.0.0.1:0\"",
+            "addr = \"127.0.0.1:0\"\naccess_log = true",
+        )
+        + "\n[[listeners]]\naddr = \"127.0.0.4:8443\"\nproxy_protocol = true\n";
     assert_ne!(edited, original);
     std::fs::write(&path, edited).unwrap();
     let report = admin.reload_all().await.unwrap();
@@ -397,8 +404,19 @@ async fn a_reload_rereads_proxy_settings_and_names_what_needs_a_restart() {
         ["client_hello_timeout: 30s -> 300ms"]
     );
     assert_eq!(report.settings_need_restart, ["workers"]);
-    assert_eq!(report.listeners_not_applied.len(), 1, "{report:?}");
+    assert_eq!(report.listeners_not_applied.len(), 2, "{report:?}");
+    // A listener's setting edited in the file: named, with the command that applies it.
     let line = &report.listeners_not_applied[0];
+    assert!(
+        line.contains("listener 127.0.0.1:0 in ")
+            && line.ends_with("mcproxyctl listeners update --listener 127.0.0.1:0 --access-log on"),
+        "{line}"
+    );
+    assert!(
+        !proxy.state.listeners()[0].access_log(),
+        "applied from the file"
+    );
+    let line = &report.listeners_not_applied[1];
     assert!(
         line.contains("mcproxyctl listeners add 127.0.0.4:8443 --proxy-protocol"),
         "{line}"

@@ -494,3 +494,48 @@ async fn a_routes_access_log_switched_through_the_api_applies_to_the_next_reques
     assert_eq!(logged("/before"), 0, "{}", log_text(&logs));
     assert_eq!(logged("/off"), 0, "{}", log_text(&logs));
 }
+
+/// The listener's own access log flag, switched through the API, applies to the next request
+/// of an open connection (whatever the route says), is stored, and survives a restart.
+#[tokio::test]
+async fn a_listeners_access_log_switched_through_the_api_logs_every_route_and_is_kept() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let proxy = web_proxy(&pki, backend.addr).start().await;
+    let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
+    let get = |path: &str| {
+        with_body(
+            Request::builder().uri(format!("https://web.test{path}")),
+            "",
+        )
+    };
+    let logged = |path: &str| {
+        log_text(&logs)
+            .lines()
+            .filter(|l| l.contains("mc_proxy::request") && l.contains(&format!("path=\"{path}\"")))
+            .count()
+    };
+    let mut admin = proxy.admin().await;
+    let on = mc_proxy_shared::client::ListenerUpdate {
+        access_log: Some(true),
+        ..Default::default()
+    };
+    let (l, _) = admin.update_listener(LISTENER, on).await.unwrap();
+    assert!(l.access_log);
+    assert_eq!(ask_h2(&mut client, get("/listener-on")).await.status, 200);
+    assert!(
+        wait_for_log(&logs, "path=\"/listener-on\"").await,
+        "{}",
+        log_text(&logs)
+    );
+    assert_eq!(logged("/listener-on"), 1);
+    assert!(!admin.list_routes(None).await.unwrap()[0].route.access_log);
+
+    // Stored: a restart on the same database keeps it.
+    drop((client, admin));
+    let dir = proxy.stop_and_keep_dir().await;
+    let proxy = Proxy::start_in(dir, "[[listeners]]\naddr = \"127.0.0.1:0\"").await;
+    let status = proxy.admin().await.status().await.unwrap();
+    assert!(status.listeners[0].access_log, "{:?}", status.listeners[0]);
+}
