@@ -877,9 +877,14 @@ mod tests {
         let (_dir, path) = temp_db();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 7);
+        assert_eq!(SCHEMA_VERSION, 8);
         let listeners = columns(&store, "listeners");
-        for col in ["proxy_protocol", "proxy_protocol_from", "no_sni_route"] {
+        for col in [
+            "proxy_protocol",
+            "proxy_protocol_from",
+            "no_sni_route",
+            "access_log",
+        ] {
             assert!(
                 listeners.contains(&col.to_owned()),
                 "{col} missing: {listeners:?}"
@@ -1124,7 +1129,9 @@ mod tests {
                 .unwrap();
         }
         let mut store = Store::open(&path).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 7);
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        // v8: the listener's flag too, off.
+        assert!(!store.listeners().unwrap()[0].access_log);
         let routes = store.routes(1).unwrap();
         assert_eq!(routes.len(), 1);
         assert!(!routes[0].access_log);
