@@ -1046,6 +1046,15 @@ fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
             ),
         }
     );
+    if e.not_served.is_none() {
+        let s = &e.stats;
+        let _ = writeln!(
+            out,
+            "traffic   {} open, {} total; backend errors {} seen by clients, {} retried on \
+             another backend",
+            s.active_connections, s.total_connections, s.backend_errors, s.retries
+        );
+    }
     out.push('\n');
     // Members as configured, with their live figures when the daemon sent them.
     let rows: Vec<Vec<String>> = r

@@ -291,6 +291,7 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
                     bytes_in: s.bytes_up,
                     bytes_out: s.bytes_down,
                     backend_errors: s.backend_errors,
+                    retries: s.retries,
                     requests: s.requests,
                     responses: s.responses.to_vec(),
                     request_duration: Some(histogram(&s.request_duration)),

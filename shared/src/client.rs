@@ -304,8 +304,10 @@ pub struct RouteStats {
     pub bytes_in: u64,
     /// Backend to client bytes.
     pub bytes_out: u64,
-    /// Backend dial failures and timeouts.
+    /// Failures the client saw (a reset, a 502/503/504 of the proxy's own).
     pub backend_errors: u64,
+    /// Attempts on another backend after one failed: failures the client did not see.
+    pub retries: u64,
     /// L7 requests.
     pub requests: u64,
     /// L7 responses by class: 1xx, 2xx, 3xx, 4xx, 5xx.
@@ -1540,6 +1542,7 @@ impl TryFrom<pb::RouteStats> for RouteStats {
             bytes_in: s.bytes_in,
             bytes_out: s.bytes_out,
             backend_errors: s.backend_errors,
+            retries: s.retries,
             requests: s.requests,
             responses,
             request_duration: s.request_duration.map(Histogram::from).unwrap_or_default(),

@@ -1165,7 +1165,13 @@ fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
                 fit::byte_rate(r.rate.out_bps)
             ),
         ),
-        field("backend errors", s.backend_errors.to_string()),
+        field(
+            "backend errors",
+            format!(
+                "{} seen by clients, {} retried on another backend",
+                s.backend_errors, s.retries
+            ),
+        ),
     ]);
     let window = WINDOW.as_secs();
     if r.route.mode == Mode::L7 {

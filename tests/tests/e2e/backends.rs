@@ -246,6 +246,12 @@ async fn l4_a_refused_dial_goes_to_the_next_backend_and_ejects_after_three() {
         .stats
         .snapshot();
     assert_eq!((stats.backend_errors, stats.retries), (0, 3), "{stats:?}");
+    // The admin API says the same.
+    let listed = proxy.admin().await.list_routes(None).await.unwrap();
+    assert_eq!(
+        (listed[0].stats.backend_errors, listed[0].stats.retries),
+        (0, 3)
+    );
 }
 
 /// `n` GETs on one HTTP/2 client connection, one after another; every one must be 200.
