@@ -66,6 +66,8 @@ pub struct Form {
     pub backend_protocol: BackendProtocol,
     /// PROXY v2 to the backend.
     pub send_proxy_protocol: bool,
+    /// L7: a log line per request.
+    pub access_log: bool,
     /// The focused field.
     pub focus: Field,
     /// The daemon's answer to the last submit, shown inline.
@@ -103,6 +105,8 @@ pub enum Field {
     BackendTls,
     /// Cycles h2 → http1 → auto, L7 only.
     BackendProtocol,
+    /// Toggle, L7 only: the per-request log.
+    AccessLog,
     /// Toggle.
     SendProxy,
 }
@@ -127,6 +131,7 @@ impl Form {
             backend_tls: false,
             backend_protocol: BackendProtocol::default(),
             send_proxy_protocol: false,
+            access_log: false,
             focus: Field::Hostname,
             error: None,
             pending: false,
@@ -168,12 +173,13 @@ impl Form {
             backend_tls: r.backend_tls,
             backend_protocol: r.backend_protocol,
             send_proxy_protocol: r.send_proxy_protocol,
+            access_log: r.access_log,
             ..Form::new(listener)
         }
     }
 
-    /// The fields shown for the current mode, in order: L7 adds cert, key, backend TLS and
-    /// backend protocol.
+    /// The fields shown for the current mode, in order: L7 adds cert, key, backend TLS,
+    /// backend protocol and the request log.
     /// The check's interval, rise, fall and (L7) path follow the check toggle when it is on.
     pub fn fields(&self) -> Vec<Field> {
         let mut fields = vec![Field::Hostname, Field::Backend, Field::Mode];
@@ -183,6 +189,7 @@ impl Form {
                 Field::TlsKey,
                 Field::BackendTls,
                 Field::BackendProtocol,
+                Field::AccessLog,
             ]);
         }
         fields.extend([Field::SendProxy, Field::Balance, Field::Check]);
@@ -235,6 +242,7 @@ impl Form {
             Field::BackendTls => self.backend_tls = !self.backend_tls,
             Field::BackendProtocol => self.backend_protocol = step(self.backend_protocol, forward),
             Field::SendProxy => self.send_proxy_protocol = !self.send_proxy_protocol,
+            Field::AccessLog => self.access_log = !self.access_log,
             Field::Balance => self.balance = step_in(Balance::ALL, self.balance, forward),
             Field::Check => self.check = !self.check,
             _ => {}
@@ -324,8 +332,8 @@ impl Form {
             } else {
                 BackendProtocol::default()
             },
-            // Not on the form (`mcproxyctl routes update --access-log`): an edit keeps it.
-            access_log: self.editing.as_ref().is_some_and(|r| r.access_log),
+            // An L7 field: an L4 route has no requests to log (its connection line says all).
+            access_log: l7 && self.access_log,
         })
     }
 }
@@ -671,5 +679,30 @@ mod tests {
         form.toggle(true);
         assert_eq!(form.route().unwrap().health_check, None);
         assert!(!form.fields().contains(&Field::CheckInterval));
+    }
+
+    /// The request log is an L7 field: shown and sent on L7, neither on L4, and an edit
+    /// starts from the route's own value.
+    #[test]
+    fn the_request_log_is_an_l7_toggle_kept_by_an_edit() {
+        let mut form = Form::new("127.0.0.1:8443".into());
+        form.hostname = "web.test".into();
+        form.backend = "127.0.0.1:9".into();
+        assert!(!form.fields().contains(&Field::AccessLog));
+        form.mode = Mode::L7;
+        form.focus = Field::AccessLog;
+        assert!(form.fields().contains(&Field::AccessLog));
+        form.toggle(true);
+        assert!(form.route().unwrap().access_log);
+        form.mode = Mode::L4;
+        assert!(!form.route().unwrap().access_log, "sent on an L4 route");
+
+        let route = Route {
+            mode: Mode::L7,
+            access_log: true,
+            ..form.route().unwrap()
+        };
+        let edit = Form::edit("127.0.0.1:8443".into(), &route);
+        assert!(edit.access_log && edit.route().unwrap().access_log);
     }
 }

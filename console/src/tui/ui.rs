@@ -1143,6 +1143,7 @@ fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
                 protocol_meaning(r.route.backend_protocol, r.route.backend_tls)
             ),
         ));
+        lines.push(field("access_log", yes(r.route.access_log)));
     }
     // From the line after send_proxy on: counters and rates.
     let figures_from = lines.len() + 1;
@@ -1477,6 +1478,7 @@ fn render_form(form: &Form, frame: &mut Frame<'_>, area: Rect) {
                 ),
             ),
             Field::SendProxy => ("send_proxy", checkbox(form.send_proxy_protocol)),
+            Field::AccessLog => ("access_log", checkbox(form.access_log)),
         };
         let focused = field == form.focus;
         let text_field = matches!(
