@@ -3,34 +3,20 @@
 //! The daemon accepts TCP connections on listeners, reads the TLS ClientHello to learn the SNI
 //! hostname, checks the firewall, looks the hostname up in the listener's route table and then
 //! either relays the connection untouched (L4) or terminates TLS (L7). See ARCHITECTURE.md for
-//! the pipeline and who owns what; `server::run` is the entry point binaries and tests share.
+//! the pipeline and who owns what; `listeners::server::run` is the entry point binaries and tests
+//! share.
+//!
+//! The folders are the layers, each importing only those below it: `model` (the snapshot) ←
+//! `protocols` ← `connectors` ← `proxy` ← `listeners` ← the binaries; `control` → `model`;
+//! `api` → `control` and `model`. `daemon/tests/layers.rs` reads the sources and fails on an
+//! upward import or a circle.
 
 #![warn(missing_docs)]
 
-pub mod access;
-pub mod admin;
-pub mod backends;
-pub mod boot;
-pub mod certs;
-pub mod config;
-pub mod conns;
+pub mod api;
+pub mod connectors;
 pub mod control;
-pub mod events;
-pub mod firewall;
-pub mod health;
-pub mod io;
-pub mod l4;
-pub mod l7;
-pub mod metrics;
-pub mod pipeline;
-pub(crate) mod procfs;
-pub mod proxyproto;
-pub mod relay;
-pub mod reload;
-pub mod routes;
-pub mod server;
-pub mod sni;
-pub mod sockets;
-pub mod state;
-pub mod stats;
-pub mod store;
+pub mod listeners;
+pub mod model;
+pub mod protocols;
+pub mod proxy;

@@ -1,6 +1,6 @@
 //! `mc-proxy`: the daemon binary. Parses flags, loads the config, opens the store, binds the
 //! listeners once per data-plane worker, installs the signal handlers, starts the workers
-//! (`mc_proxy::server::Workers`) and serves the control plane on the main thread.
+//! (`mc_proxy::listeners::server::Workers`) and serves the control plane on the main thread.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mc_proxy::admin::{self, AdminSocket};
-use mc_proxy::boot;
-use mc_proxy::config::Config;
+use mc_proxy::api::admin::{self, AdminSocket};
+use mc_proxy::api::metrics;
 use mc_proxy::control::Control;
-use mc_proxy::store::Store;
-use mc_proxy::{metrics, server};
+use mc_proxy::control::boot;
+use mc_proxy::control::config::Config;
+use mc_proxy::control::store::Store;
+use mc_proxy::listeners::server;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -415,7 +416,7 @@ async fn reload(control: &Arc<Control>, ready_status: &str) {
     notify::reloading();
     let control = Arc::clone(control);
     let result = tokio::task::spawn_blocking(move || {
-        control.reload(&mc_proxy::events::Caller::Signal("SIGHUP"))
+        control.reload(&mc_proxy::model::events::Caller::Signal("SIGHUP"))
     })
     .await;
     match result {

@@ -148,7 +148,7 @@ async fn served_leaf(addr: &str, sni: &'static str, roots: &[&[u8]]) -> Vec<u8> 
     for der in roots {
         store.add(CertificateDer::from(der.to_vec())).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(mc_proxy::certs::provider())
+    let config = rustls::ClientConfig::builder_with_provider(mc_proxy::model::certs::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(store)
@@ -918,11 +918,12 @@ async fn tls_client(
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut store = rustls::RootCertStore::empty();
     store.add(CertificateDer::from(root.to_vec())).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(mc_proxy::certs::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(mc_proxy::model::certs::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(store)
+            .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await.unwrap();

@@ -21,14 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use mc_proxy::admin::{self, AdminSocket};
-use mc_proxy::config::Config;
-use mc_proxy::io::Rewind;
-use mc_proxy::metrics;
-use mc_proxy::proxyproto;
-use mc_proxy::server;
-use mc_proxy::state::State;
-use mc_proxy::store::Store;
+use mc_proxy::api::admin::{self, AdminSocket};
+use mc_proxy::api::metrics;
+use mc_proxy::control::config::Config;
+use mc_proxy::control::store::Store;
+use mc_proxy::listeners::server;
+use mc_proxy::model::state::State;
+use mc_proxy::protocols::io::Rewind;
+use mc_proxy::protocols::proxyproto;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -522,7 +522,7 @@ impl Proxy {
         let config = Config::parse(&path, &text)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let mut store = Store::open(&config.database.path).unwrap();
-        let state = Arc::new(mc_proxy::boot::load_state(&config, &mut store).unwrap());
+        let state = Arc::new(mc_proxy::control::boot::load_state(&config, &mut store).unwrap());
         let shutdown = CancellationToken::new();
         // `[proxy] workers` of 2 or more: the daemon's worker threads (`server::Workers`), as
         // `mc-proxy` runs them; otherwise `server::run` on the test's own runtime (whose thread

@@ -26,8 +26,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mc_proxy::io::Rewind;
-use mc_proxy::proxyproto;
+use mc_proxy::protocols::io::Rewind;
+use mc_proxy::protocols::proxyproto;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -790,7 +790,7 @@ pub fn web_proxy(pki: &Pki, backend: SocketAddr) -> crate::ProxyBuilder {
 }
 
 /// The counters of the first listener's `web.test` route.
-pub fn web_stats(proxy: &crate::Proxy) -> mc_proxy::stats::RouteStatsSnapshot {
+pub fn web_stats(proxy: &crate::Proxy) -> mc_proxy::model::stats::RouteStatsSnapshot {
     proxy.state.listeners()[0]
         .lookup("web.test")
         .expect("a web.test route")

@@ -6,8 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use mc_proxy::admin::{AdminError, AdminSocket};
-use mc_proxy::store::Store;
+use mc_proxy::api::admin::{AdminError, AdminSocket};
+use mc_proxy::control::store::Store;
 use mc_proxy_shared::client::{Event, RoutePatch, TimedEvent};
 use mc_proxy_shared::{
     AdminState, BackendProtocol, Balance, BlockedReason, ChangeAction, CloseReason, FirewallRule,
@@ -787,15 +787,15 @@ async fn a_stuck_subscriber_never_slows_traffic_and_learns_what_it_lost() {
         proxy
             .state
             .events
-            .publish(|| mc_proxy::events::Event::FirewallChanged {
+            .publish(|| mc_proxy::model::events::Event::FirewallChanged {
                 action: mc_proxy_shared::ChangeAction::Added,
                 rule: FirewallRule {
                     kind: FirewallRuleKind::Ip,
                     value: "192.0.2.1".into(),
                 },
-                origin: mc_proxy::events::Origin {
+                origin: mc_proxy::model::events::Origin {
                     change: 1,
-                    caller: mc_proxy::events::Caller::Unknown,
+                    caller: mc_proxy::model::events::Caller::Unknown,
                 },
             });
     }
@@ -877,7 +877,7 @@ fn toml_refusal(body: &str) -> String {
          [[listeners.routes]]\nhostname = \"app.test\"\n{body}\n"
     );
     let dir = tempfile::tempdir().unwrap();
-    match mc_proxy::config::Config::parse(&dir.path().join("mc-proxy.toml"), &text) {
+    match mc_proxy::control::config::Config::parse(&dir.path().join("mc-proxy.toml"), &text) {
         Ok(_) => panic!("the TOML takes {body}"),
         Err(e) => e.to_string(),
     }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use http::Request;
-use mc_proxy::l7::limits::{
+use mc_proxy::proxy::l7::limits::{
     DEFAULT_MAX_REQUEST_HEAD, MAX_CONCURRENT_STREAMS, MAX_HEADERS, MAX_LOCAL_ERROR_RESET_STREAMS,
 };
 use mc_proxy_tests::h2raw::{self, RawH2};

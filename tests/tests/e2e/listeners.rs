@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use mc_proxy::proxyproto;
+use mc_proxy::protocols::proxyproto;
 use mc_proxy_shared::client::ListenerUpdate;
 use mc_proxy_shared::{Route, RouteBackend};
 use mc_proxy_tests::*;

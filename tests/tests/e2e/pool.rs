@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::Request;
-use mc_proxy::stats::BackendSnapshot;
+use mc_proxy::model::stats::BackendSnapshot;
 use mc_proxy_tests::web::*;
 use mc_proxy_tests::*;
 

@@ -5,7 +5,7 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use mc_proxy::proxyproto::{self, Command, Version};
+use mc_proxy::protocols::proxyproto::{self, Command, Version};
 use mc_proxy_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

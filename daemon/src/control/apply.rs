@@ -1,0 +1,1407 @@
+//! The control plane: the one way the daemon's routes, firewall and certificates change.
+//!
+//! I/O: the store (SQLite, blocking: call [`Control::apply`] from `spawn_blocking`) and, for
+//! L7 routes, their certificate and key files. No transport: the admin API converts gRPC
+//! requests into a [`Change`] and the [`Applied`] or [`ChangeError`] back; SIGHUP applies
+//! [`Change::ReloadCertificates`]. Modelled on sozu's `ConfigState::dispatch`.
+//!
+//! Every change goes through [`Control::apply`], once, in this order:
+//! 1. check the request (sizes, absolute paths, the listener, the route's fields with
+//!    `routes::validate_route`, firewall rules with `firewall::parse_rule`);
+//! 2. write the database (one statement or transaction);
+//! 3. swap the live snapshot (a listener's route table and its list of stored routes not
+//!    served, the firewall);
+//! 4. publish the event.
+//!
+//! Invariants: a change that fails at 1 or 2 changes nothing, neither the database nor the
+//! snapshot. Changes are serialised by the store mutex, held from the write to the swap, so
+//! the database and the snapshot never disagree and no two table swaps race. Connections in
+//! flight keep the route they started with.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use mc_proxy_shared::text::clip;
+use mc_proxy_shared::{AdminState, ChangeAction, FirewallRule, Route, RoutePatch};
+
+use crate::control::reload::{RouteReload, reload_certificates};
+use crate::control::store::{ListenerFields, Store, StoreError};
+use crate::model::events::{Caller, Event, Origin};
+use crate::model::firewall::{Firewall, parse_rule};
+use crate::model::routes::{ValidRoute, validate_route};
+use crate::model::state::{ListenerSettings, ListenerState, State};
+
+/// A change someone asked for.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Add a route to the listener named by its configured address.
+    AddRoute {
+        /// The listener's configured address.
+        listener: String,
+        /// The new route (missing fields mean l4 without PROXY).
+        route: Route,
+    },
+    /// Change the given fields of a route, keep the others.
+    UpdateRoute {
+        /// The listener's configured address.
+        listener: String,
+        /// The route to change.
+        hostname: String,
+        /// What to change.
+        patch: RoutePatch,
+    },
+    /// Remove a route; its open connections keep going.
+    RemoveRoute {
+        /// The listener's configured address.
+        listener: String,
+        /// The route to remove.
+        hostname: String,
+    },
+    /// Block an address or network.
+    AddFirewallRule(FirewallRule),
+    /// Unblock one.
+    RemoveFirewallRule(FirewallRule),
+    /// Re-read every L7 route's certificate and key (SIGHUP).
+    ReloadCertificates,
+    /// Set one member of a route enabled, draining or disabled, and/or its weight: stored,
+    /// then the route is swapped for one whose member has the new state (the data plane keeps
+    /// the member's health and counters across the swap). At least one of the two is given.
+    SetBackendState {
+        /// The listener's configured address.
+        listener: String,
+        /// The route's hostname.
+        hostname: String,
+        /// The member's address, as in the route.
+        address: String,
+        /// The new admin state (`None`: unchanged).
+        state: Option<AdminState>,
+        /// The new weight, 1 to 256 (`None`: unchanged).
+        weight: Option<u32>,
+    },
+    /// Add a listener: bound on every data-plane worker before it is stored, so an address
+    /// that cannot be bound changes nothing.
+    AddListener {
+        /// The address to listen on (`0.0.0.0:443`, `[::]:443`).
+        addr: String,
+        /// Its PROXY protocol settings.
+        settings: ListenerChange,
+    },
+    /// Change a listener's PROXY protocol settings and its no-SNI route, all or nothing (the
+    /// address cannot change: remove it and add the new one). Connections accepted from then
+    /// on use them.
+    UpdateListener {
+        /// The listener's configured address.
+        listener: String,
+        /// What to change.
+        settings: ListenerChange,
+    },
+    /// Remove a listener: it stops accepting at once; its open L7 connections are drained as
+    /// on a route removal, its L4 relays run to their end. Refused while it has routes,
+    /// unless `with_routes`.
+    RemoveListener {
+        /// The listener's configured address.
+        listener: String,
+        /// Remove its routes too.
+        with_routes: bool,
+    },
+    /// Swap in the `[proxy]` settings that may change while running (SIGHUP re-reads the
+    /// config file); the others are reported as needing a restart.
+    ReloadSettings(Box<crate::model::state::ProxyConfig>),
+}
+
+impl Change {
+    /// The change's kind, as the audit line names it (`change applied change=add_route`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::AddRoute { .. } => "add_route",
+            Change::UpdateRoute { .. } => "update_route",
+            Change::RemoveRoute { .. } => "remove_route",
+            Change::AddFirewallRule(_) => "add_firewall_rule",
+            Change::RemoveFirewallRule(_) => "remove_firewall_rule",
+            Change::ReloadCertificates => "reload_certificates",
+            Change::SetBackendState { .. } => "set_backend",
+            Change::AddListener { .. } => "add_listener",
+            Change::UpdateListener { .. } => "update_listener",
+            Change::RemoveListener { .. } => "remove_listener",
+            Change::ReloadSettings(_) => "reload_settings",
+        }
+    }
+}
+
+/// A listener's PROXY protocol settings as a change gives them: `None` keeps the current
+/// value (a new listener: off, any peer).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenerChange {
+    /// Expect a PROXY protocol header on every connection.
+    pub proxy_protocol: Option<bool>,
+    /// Peers allowed to send it (addresses or networks); empty: any peer.
+    pub proxy_protocol_from: Option<Vec<String>>,
+    /// The route (a hostname of this listener) for ClientHellos without SNI; `Some("")`
+    /// resets them. Ignored when adding a listener (it has no route yet).
+    pub no_sni_route: Option<String>,
+    /// Log every L7 request on it (one `mc_proxy::request` line each).
+    pub access_log: Option<bool>,
+}
+
+/// What a change did.
+#[derive(Debug)]
+pub enum Applied {
+    /// The listener as it is now, and any warnings.
+    Listener {
+        /// The live listener.
+        listener: Arc<ListenerState>,
+        /// Accepted, but probably not meant.
+        warnings: Vec<String>,
+    },
+    /// What re-reading `[proxy]` changed and what waits for a restart.
+    Settings(crate::model::state::SettingsReload),
+    /// The route as stored (hostname normalised) and any warnings.
+    Route {
+        /// The route.
+        route: Route,
+        /// Accepted, but probably not meant (a certificate on an l4 route, ...).
+        warnings: Vec<String>,
+    },
+    /// The route or rule is gone.
+    Removed,
+    /// The rule as stored (normalised).
+    Rule(FirewallRule),
+    /// One result per stored L7 route.
+    Reloaded(Vec<RouteReload>),
+}
+
+/// Why a change was not applied; nothing changed. The first three are the caller's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The request cannot be applied as it is (bad field, oversized value, relative path).
+    #[error("{0}")]
+    Invalid(String),
+    /// It names a listener, route or rule that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// It would duplicate a route or rule.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The daemon's fault: the database write failed.
+    #[error("database write failed, nothing changed: {0}")]
+    Store(StoreError),
+    /// The daemon's fault: an earlier failure left the store unusable.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ChangeError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => ChangeError::NotFound(format!("{what} not found")),
+            StoreError::AlreadyExists(what) => {
+                ChangeError::AlreadyExists(format!("{what} already exists"))
+            }
+            other => {
+                tracing::error!("admin write failed: {other}");
+                ChangeError::Store(other)
+            }
+        }
+    }
+}
+
+/// The longest value each field may hold, in bytes. A longer one is refused before anything
+/// else looks at it, so no answer repeats a huge value and nothing is stored that no resolver
+/// or file system could use.
+pub mod max_len {
+    /// A DNS name (253) with a leading `*.`.
+    pub const HOSTNAME: usize = 255;
+    /// `host:port`: a DNS name, a colon and a port.
+    pub const BACKEND: usize = 261;
+    /// Members of one route's backend set.
+    pub const BACKENDS: usize = 256;
+    /// A listener address, `[v6%scope]:port`.
+    pub const LISTENER: usize = 64;
+    /// PATH_MAX on Linux.
+    pub const PATH: usize = 4096;
+    /// An address or network, IPv6 included.
+    pub const RULE: usize = 64;
+    /// Entries of one listener's `proxy_protocol_from`.
+    pub const PROXY_SOURCES: usize = 64;
+}
+
+/// Refuses `value` if it is longer than `max` bytes.
+pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), ChangeError> {
+    if value.len() > max {
+        return Err(ChangeError::Invalid(format!(
+            "{field} is {} bytes long; at most {max} are accepted",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The daemon resolves a relative path against its own working directory, which is not the
+/// directory of whoever sent it; so changes take absolute paths only (`mcproxyctl` and the
+/// console resolve them against their own working directory before sending).
+fn check_absolute(field: &str, path: &str) -> Result<(), ChangeError> {
+    if path.is_empty() || Path::new(path).is_absolute() {
+        return Ok(());
+    }
+    Err(ChangeError::Invalid(format!(
+        "{field} {} is a relative path, and the daemon cannot know what it is relative to: \
+         send an absolute path",
+        clip(path)
+    )))
+}
+
+/// A backend set's size and every member's address length.
+fn check_backends(backends: &[mc_proxy_shared::RouteBackend]) -> Result<(), ChangeError> {
+    if backends.len() > max_len::BACKENDS {
+        return Err(ChangeError::Invalid(format!(
+            "{} backends; a route takes at most {}",
+            backends.len(),
+            max_len::BACKENDS
+        )));
+    }
+    for b in backends {
+        check_len("backend", &b.address, max_len::BACKEND)?;
+    }
+    Ok(())
+}
+
+fn check_health_check(check: Option<&mc_proxy_shared::HealthCheck>) -> Result<(), ChangeError> {
+    match check {
+        Some(c) => check_len("health_check.path", &c.path, max_len::PATH),
+        None => Ok(()),
+    }
+}
+
+fn check_route_fields(route: &Route) -> Result<(), ChangeError> {
+    check_len("hostname", &route.hostname, max_len::HOSTNAME)?;
+    check_backends(&route.backends)?;
+    check_health_check(route.health_check.as_ref())?;
+    check_len("tls_cert", &route.tls_cert, max_len::PATH)?;
+    check_len("tls_key", &route.tls_key, max_len::PATH)
+}
+
+fn check_patch_fields(patch: &RoutePatch) -> Result<(), ChangeError> {
+    if let Some(backends) = &patch.backends {
+        check_backends(backends)?;
+    }
+    if let Some(check) = &patch.health_check {
+        check_health_check(check.as_ref())?;
+    }
+    let fields = [
+        ("new_hostname", &patch.hostname, max_len::HOSTNAME),
+        ("tls_cert", &patch.tls_cert, max_len::PATH),
+        ("tls_key", &patch.tls_key, max_len::PATH),
+    ];
+    for (field, value, max) in fields {
+        if let Some(value) = value {
+            check_len(field, value, max)?;
+        }
+    }
+    Ok(())
+}
+
+/// How long a listener removal waits for the workers to close its sockets (each does at its
+/// next poll; more means a worker thread is stuck).
+const SOCKET_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The live state and the store behind it: what every change reads and writes.
+#[derive(Debug)]
+pub struct Control {
+    state: Arc<State>,
+    store: Mutex<Store>,
+    /// The config file a reload re-reads `[proxy]` from (none: settings are not reloaded).
+    config_path: Option<PathBuf>,
+    /// Changes asked for so far: the last change id.
+    changes: std::sync::atomic::AtomicU64,
+}
+
+/// What a reload ([`Control::reload`]) did.
+#[derive(Debug)]
+pub struct ReloadReport {
+    /// The `[proxy]` settings re-read, or why the file could not be (nothing changed then).
+    pub settings: Result<crate::model::state::SettingsReload, String>,
+    /// Listeners of the file the database does not hold: not applied, and how to apply them.
+    pub listeners_not_applied: Vec<String>,
+    /// One result per stored L7 route.
+    pub routes: Vec<RouteReload>,
+}
+
+impl Control {
+    /// Takes over the store; `state` is what it serves.
+    pub fn new(state: Arc<State>, store: Store) -> Control {
+        Control {
+            state,
+            store: Mutex::new(store),
+            config_path: None,
+            changes: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Reloads re-read `[proxy]` from the config file at `path`.
+    pub fn with_config_path(mut self, path: PathBuf) -> Control {
+        self.config_path = Some(path);
+        self
+    }
+
+    /// A reload (SIGHUP, the admin API's `Reload`): re-reads the config file's `[proxy]`
+    /// settings and applies those that may change ([`Change::ReloadSettings`]), names the
+    /// file's listeners the database does not hold, then reloads every L7 certificate
+    /// ([`Change::ReloadCertificates`]). A config file that does not load changes no setting
+    /// and still reloads the certificates. Blocks on the file and SQLite.
+    pub fn reload(&self, caller: &Caller) -> Result<ReloadReport, ChangeError> {
+        let mut listeners_not_applied = Vec::new();
+        let settings = match &self.config_path {
+            None => Ok(crate::model::state::SettingsReload::default()),
+            Some(path) => match crate::control::config::Config::load(path) {
+                Ok(config) => {
+                    listeners_not_applied = not_applied(&config, &self.state);
+                    let settings = Change::ReloadSettings(Box::new(config.proxy));
+                    match self.apply_by(settings, caller.clone())? {
+                        Applied::Settings(report) => Ok(report),
+                        other => {
+                            return Err(ChangeError::Internal(format!(
+                                "unexpected result of a settings reload: {other:?}"
+                            )));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let lines = e.lines();
+                    let more = match lines.len() {
+                        0 | 1 => String::new(),
+                        n => format!(" (and {} more: see mc-proxy check)", n - 1),
+                    };
+                    let why = format!(
+                        "{} does not load, [proxy] settings unchanged: {}{more}",
+                        path.display(),
+                        lines.first().map(String::as_str).unwrap_or_default()
+                    );
+                    tracing::error!("{why}");
+                    Err(why)
+                }
+            },
+        };
+        for line in &listeners_not_applied {
+            tracing::warn!("{line}");
+        }
+        let routes = match self.apply_by(Change::ReloadCertificates, caller.clone())? {
+            Applied::Reloaded(routes) => routes,
+            other => {
+                return Err(ChangeError::Internal(format!(
+                    "unexpected result of a certificate reload: {other:?}"
+                )));
+            }
+        };
+        Ok(ReloadReport {
+            settings,
+            listeners_not_applied,
+            routes,
+        })
+    }
+
+    /// The live state.
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// The stored firewall rules (what `ListFirewallRules` shows).
+    pub fn firewall_rules(&self) -> Result<Vec<FirewallRule>, ChangeError> {
+        Ok(self.store()?.firewall_rules()?)
+    }
+
+    fn store(&self) -> Result<std::sync::MutexGuard<'_, Store>, ChangeError> {
+        self.store
+            .lock()
+            .map_err(|_| ChangeError::Internal("store lock poisoned by an earlier failure".into()))
+    }
+
+    /// Applies one change for an unknown caller ([`Control::apply_by`]).
+    pub fn apply(&self, change: Change) -> Result<Applied, ChangeError> {
+        self.apply_by(change, Caller::Unknown)
+    }
+
+    /// Applies one change (see the module docs) for `caller`. Blocks on SQLite. The change
+    /// gets an id; its log lines carry `change{id=.. by=..}` and its events the [`Origin`],
+    /// and a refusal is logged too, so the log says who did (or tried) what.
+    pub fn apply_by(&self, change: Change, caller: Caller) -> Result<Applied, ChangeError> {
+        let origin = Origin {
+            change: self
+                .changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1,
+            caller,
+        };
+        // `?` of the text: quoted, so the line stays one logfmt field per value.
+        let span =
+            tracing::info_span!("change", id = origin.change, by = ?origin.caller.to_string());
+        let _in_change = span.enter();
+        let kind = change.kind();
+        let result = self.dispatch(change, &origin);
+        match &result {
+            Ok(_) => tracing::info!(change = kind, "change applied"),
+            // The daemon's own failures were logged at error where they happened.
+            Err(
+                e @ (ChangeError::Invalid(_)
+                | ChangeError::NotFound(_)
+                | ChangeError::AlreadyExists(_)),
+            ) => tracing::info!(change = kind, "change refused: {e}"),
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn dispatch(&self, change: Change, origin: &Origin) -> Result<Applied, ChangeError> {
+        let mut store = self.store()?;
+        let state = &*self.state;
+        match change {
+            Change::AddRoute { listener, route } => {
+                check_route_fields(&route)?;
+                check_absolute("tls_cert", &route.tls_cert)?;
+                check_absolute("tls_key", &route.tls_key)?;
+                let listener = listener_by_name(state, &listener)?;
+                let listener = &*listener;
+                if let Some(name) = crate::model::routes::route_name(&route.hostname)
+                    && let Some(stored) = listener.not_served_route(&name)
+                {
+                    return Err(ChangeError::AlreadyExists(format!(
+                        "route {name} already exists on listener {} but is not served: {}; \
+                         fix its files and reload, or update or remove it",
+                        listener.addr, stored.reason
+                    )));
+                }
+                let valid = validate(listener, &route)?;
+                store.create_route(listener.id, &valid.route)?;
+                let applied = Applied::Route {
+                    route: valid.route.clone(),
+                    warnings: valid.warnings.clone(),
+                };
+                tracing::info!(listener = %listener.addr, route = %valid.route.hostname, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route added");
+                let route = valid.route.clone();
+                swap_routes(state, listener, |routes| routes.push(valid));
+                publish_route(
+                    state,
+                    listener.addr,
+                    ChangeAction::Added,
+                    route,
+                    None,
+                    origin,
+                );
+                Ok(applied)
+            }
+            Change::UpdateRoute {
+                listener,
+                hostname,
+                patch,
+            } => {
+                check_len("hostname", &hostname, max_len::HOSTNAME)?;
+                check_patch_fields(&patch)?;
+                let listener = listener_by_name(state, &listener)?;
+                let listener = &*listener;
+                let old = route_name(listener, &hostname)?;
+                let current = store
+                    .routes(listener.id)?
+                    .into_iter()
+                    .find(|r| r.hostname == old)
+                    .ok_or_else(|| no_route(listener, &old))?;
+                // A path the change sets must be absolute; one it keeps is the operator's
+                // earlier choice (a TOML-seeded route may hold a relative one).
+                for (field, new, stored) in [
+                    ("tls_cert", &patch.tls_cert, &current.tls_cert),
+                    ("tls_key", &patch.tls_key, &current.tls_key),
+                ] {
+                    if let Some(new) = new.as_deref().filter(|new| new != stored) {
+                        check_absolute(field, new)?;
+                    }
+                }
+                let merged = merge(current, patch);
+                if crate::model::routes::route_name(&merged.hostname).as_deref()
+                    != Some(old.as_str())
+                {
+                    keep_no_sni_route(listener, &old, "renamed")?;
+                }
+                let valid = validate(listener, &merged)?;
+                store.update_route(listener.id, &old, &valid.route)?;
+                let applied = Applied::Route {
+                    route: valid.route.clone(),
+                    warnings: valid.warnings.clone(),
+                };
+                tracing::info!(listener = %listener.addr, route = %valid.route.hostname, previous = %old, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route updated");
+                // A route that was not served validates now: it is served from here on.
+                listener.forget_not_served(&old);
+                replace_route(state, listener, old, valid, origin);
+                Ok(applied)
+            }
+            Change::RemoveRoute { listener, hostname } => {
+                check_len("hostname", &hostname, max_len::HOSTNAME)?;
+                let listener = listener_by_name(state, &listener)?;
+                let listener = &*listener;
+                let name = route_name(listener, &hostname)?;
+                let removed = store
+                    .routes(listener.id)?
+                    .into_iter()
+                    .find(|r| r.hostname == name)
+                    .ok_or_else(|| no_route(listener, &name))?;
+                keep_no_sni_route(listener, &name, "removed")?;
+                store.delete_route(listener.id, &name)?;
+                swap_routes(state, listener, |routes| {
+                    routes.retain(|r| r.route.hostname != name);
+                });
+                listener.forget_not_served(&name);
+                tracing::info!(listener = %listener.addr, route = %name, "route removed");
+                publish_route(
+                    state,
+                    listener.addr,
+                    ChangeAction::Removed,
+                    removed,
+                    None,
+                    origin,
+                );
+                Ok(Applied::Removed)
+            }
+            Change::AddFirewallRule(rule) => {
+                let rule = checked_rule(&rule)?;
+                store.add_firewall_rule(&rule)?;
+                swap_firewall(&store, state)?;
+                publish_firewall(state, ChangeAction::Added, &rule, origin);
+                Ok(Applied::Rule(rule))
+            }
+            Change::RemoveFirewallRule(rule) => {
+                let rule = checked_rule(&rule)?;
+                store.remove_firewall_rule(&rule)?;
+                swap_firewall(&store, state)?;
+                publish_firewall(state, ChangeAction::Removed, &rule, origin);
+                Ok(Applied::Removed)
+            }
+            Change::ReloadCertificates => Ok(Applied::Reloaded(reload_certificates(
+                &mut store, state, origin,
+            )?)),
+            Change::SetBackendState {
+                listener,
+                hostname,
+                address,
+                state: admin,
+                weight,
+            } => {
+                check_len("hostname", &hostname, max_len::HOSTNAME)?;
+                check_len("address", &address, max_len::BACKEND)?;
+                if admin.is_none() && weight.is_none() {
+                    return Err(ChangeError::Invalid(
+                        "nothing to change: give a state or a weight".into(),
+                    ));
+                }
+                let listener = listener_by_name(state, &listener)?;
+                let listener = &*listener;
+                let name = route_name(listener, &hostname)?;
+                // The live route, with its loaded certificate: a drain must not depend on
+                // the certificate files still loading.
+                let live = listener
+                    .routes()
+                    .get(&name)
+                    .ok_or_else(|| not_live(listener, &name))?;
+                let mut valid = live.to_valid();
+                let member = valid
+                    .route
+                    .backends
+                    .iter_mut()
+                    .find(|b| b.address == address)
+                    .ok_or_else(|| {
+                        ChangeError::NotFound(format!(
+                            "route {name} on listener {} has no backend {}",
+                            listener.addr,
+                            clip(&address)
+                        ))
+                    })?;
+                if let Some(admin) = admin {
+                    member.state = admin;
+                }
+                if let Some(weight) = weight {
+                    member.weight = weight;
+                    // The TOML's and the route's own rule (1 to 256), in its words.
+                    member
+                        .check_weight()
+                        .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+                }
+                let (admin, weight) = (member.state, member.weight);
+                store.set_backend(listener.id, &name, &address, admin, weight)?;
+                tracing::info!(listener = %listener.addr, route = %name, backend = %address, state = %admin, weight, "backend admin state and weight set");
+                let route = valid.route.clone();
+                // A member's state changed, not the route: `backend_changed` with the new
+                // state and reason at once (not `route_changed`, and not only when the health
+                // loop next looks).
+                swap_routes(state, listener, |routes| {
+                    routes.retain(|r| r.route.hostname != name);
+                    routes.push(valid);
+                });
+                if let Some(live) = listener.routes().get(&name) {
+                    for t in live.backends.publishable() {
+                        state.backend_changed_by(
+                            listener.addr,
+                            &live,
+                            Some(t),
+                            Some(origin.clone()),
+                        );
+                    }
+                }
+                Ok(Applied::Route {
+                    route,
+                    warnings: Vec::new(),
+                })
+            }
+            Change::AddListener { addr, settings } => {
+                check_len("listener", &addr, max_len::LISTENER)?;
+                let addr: SocketAddr = parse_listener_addr(&addr)?;
+                if state.listeners().iter().any(|l| l.addr == addr) {
+                    return Err(ChangeError::AlreadyExists(format!(
+                        "listener {addr} already exists"
+                    )));
+                }
+                let (settings, warnings) =
+                    listener_settings(ListenerSettings::default(), settings)?;
+                // Bound before it is stored: an address in use fails with nothing written.
+                let host = state.sockets().ok_or_else(|| {
+                    ChangeError::Internal("no data plane runs to listen on the address".into())
+                })?;
+                let sockets = host
+                    .bind(addr)
+                    .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+                let id = store.create_listener(&addr.to_string(), &stored(&settings, None))?;
+                let listener = Arc::new(ListenerState::new(
+                    id,
+                    addr,
+                    settings,
+                    crate::model::routes::RouteTable::with_stats(Vec::new(), |_| Arc::default()),
+                ));
+                let mut all = state.listeners().to_vec();
+                all.push(Arc::clone(&listener));
+                state.set_listeners(all);
+                sockets.start(&listener);
+                tracing::info!(listener = %addr, bound = ?listener.bound(), proxy_protocol = listener.settings().proxy_protocol, "listener added");
+                publish_listener(state, addr, ChangeAction::Added, origin);
+                Ok(Applied::Listener { listener, warnings })
+            }
+            Change::UpdateListener { listener, settings } => {
+                let listener = listener_by_name(state, &listener)?;
+                // Everything is checked before anything is written.
+                let no_sni = match settings.no_sni_route.as_deref().map(str::trim) {
+                    None => listener.no_sni_route(),
+                    Some("") => None,
+                    Some(h) => {
+                        check_len("no_sni_route", h, max_len::HOSTNAME)?;
+                        let name = route_name(&listener, h)?;
+                        if listener.routes().get(&name).is_none() {
+                            return Err(not_live(&listener, &name));
+                        }
+                        Some(name)
+                    }
+                };
+                let (settings, warnings) =
+                    listener_settings((*listener.settings()).clone(), settings)?;
+                store.update_listener(listener.id, &stored(&settings, no_sni.as_deref()))?;
+                tracing::info!(listener = %listener.addr, proxy_protocol = settings.proxy_protocol, proxy_protocol_from = %sources_text(&settings).join(","), no_sni_route = no_sni.as_deref().unwrap_or("-"), access_log = settings.access_log, "listener updated");
+                listener.set_settings(settings);
+                if listener.no_sni_route() != no_sni {
+                    listener.set_no_sni_route(no_sni);
+                }
+                publish_listener(state, listener.addr, ChangeAction::Updated, origin);
+                Ok(Applied::Listener { listener, warnings })
+            }
+            Change::RemoveListener {
+                listener,
+                with_routes,
+            } => {
+                let listener = listener_by_name(state, &listener)?;
+                let routes = store.routes(listener.id)?.len();
+                if routes > 0 && !with_routes {
+                    return Err(ChangeError::Invalid(format!(
+                        "listener {} has {routes} route(s): remove them first, or remove the \
+                         listener with its routes (--with-routes)",
+                        listener.addr
+                    )));
+                }
+                store.delete_listener(listener.id)?;
+                let rest = state
+                    .listeners()
+                    .iter()
+                    .filter(|l| l.id != listener.id)
+                    .cloned()
+                    .collect();
+                state.set_listeners(rest);
+                // Its counters go with it; its open connections finish on their own.
+                state.build_table(listener.id, Vec::new());
+                // Every worker's socket closed before the answer: the address can be listened
+                // on again at once (re-added with other settings, say).
+                if !listener.close(SOCKET_CLOSE_WAIT) {
+                    tracing::warn!(listener = %listener.addr, "listener removed, but a worker had not closed its socket after {SOCKET_CLOSE_WAIT:?}");
+                }
+                tracing::info!(listener = %listener.addr, routes, open = listener.counters.active.load(std::sync::atomic::Ordering::Relaxed), "listener removed");
+                publish_listener(state, listener.addr, ChangeAction::Removed, origin);
+                Ok(Applied::Removed)
+            }
+            Change::ReloadSettings(new) => {
+                let (merged, report) = state.proxy().reload(&new);
+                if !report.applied.is_empty() {
+                    state.set_proxy(merged);
+                    tracing::info!(changed = %report.applied.join(", "), "[proxy] settings applied to new connections");
+                }
+                if !report.need_restart.is_empty() {
+                    tracing::warn!(settings = %report.need_restart.join(", "), "[proxy] settings changed in the file keep their running value until a restart");
+                }
+                Ok(Applied::Settings(report))
+            }
+        }
+    }
+}
+
+/// The config's listeners that `state` does not have, each as a line that says so and gives
+/// the command that adds it (once a database exists its listeners are the source of truth;
+/// the file's are read only to seed an empty one).
+pub fn not_applied(config: &crate::control::config::Config, state: &State) -> Vec<String> {
+    let live = state.listeners();
+    let mut lines = Vec::new();
+    for l in &config.listeners {
+        let Some(running) = live.iter().find(|s| s.addr == l.addr) else {
+            lines.push(format!(
+                "listener {} in {} is not in the database and not served (the database is the \
+                 source of truth); to add it: {}",
+                l.addr,
+                config.path.display(),
+                l.add_command()
+            ));
+            continue;
+        };
+        // Settings edited in the file after the database was seeded: the database's apply.
+        let settings = running.settings();
+        let mut differ = Vec::new();
+        if settings.proxy_protocol != l.proxy_protocol {
+            differ.push(format!("--proxy-protocol={}", l.proxy_protocol));
+        }
+        if settings.proxy_protocol_from != l.proxy_protocol_from {
+            match l.proxy_protocol_from.is_empty() {
+                true => differ.push("--any-proxy-source".to_owned()),
+                false => differ.extend(
+                    l.proxy_protocol_from
+                        .iter()
+                        .map(|n| format!("--proxy-protocol-from {n}")),
+                ),
+            }
+        }
+        if settings.access_log != l.access_log {
+            let on = if l.access_log { "on" } else { "off" };
+            differ.push(format!("--access-log {on}"));
+        }
+        if !differ.is_empty() {
+            lines.push(format!(
+                "listener {} in {} has settings the database does not (the database's apply); \
+                 to apply the file's: mcproxyctl listeners update --listener {} {}",
+                l.addr,
+                config.path.display(),
+                l.addr,
+                differ.join(" ")
+            ));
+        }
+    }
+    lines
+}
+
+/// The listener named by its configured address (`127.0.0.1:8443`): how every request names
+/// one.
+pub fn listener_by_name(state: &State, name: &str) -> Result<Arc<ListenerState>, ChangeError> {
+    check_len("listener", name, max_len::LISTENER)?;
+    let addr = parse_listener_addr(name)?;
+    let listeners = state.listeners();
+    listeners
+        .iter()
+        .find(|l| l.addr == addr)
+        .cloned()
+        .ok_or_else(|| {
+            let known: Vec<String> = listeners.iter().map(|l| l.addr.to_string()).collect();
+            ChangeError::NotFound(format!(
+                "no listener {addr} (listeners: {})",
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })
+}
+
+fn parse_listener_addr(name: &str) -> Result<SocketAddr, ChangeError> {
+    name.trim().parse().map_err(|_| {
+        ChangeError::Invalid(format!(
+            "listener {} is not an address like 127.0.0.1:8443",
+            clip(name)
+        ))
+    })
+}
+
+/// `current` with the fields `change` sets, checked as the TOML's are; warnings for what is
+/// accepted but probably not meant.
+fn listener_settings(
+    current: ListenerSettings,
+    change: ListenerChange,
+) -> Result<(ListenerSettings, Vec<String>), ChangeError> {
+    let mut settings = current;
+    if let Some(on) = change.proxy_protocol {
+        settings.proxy_protocol = on;
+    }
+    if let Some(on) = change.access_log {
+        settings.access_log = on;
+    }
+    if let Some(from) = change.proxy_protocol_from {
+        if from.len() > max_len::PROXY_SOURCES {
+            return Err(ChangeError::Invalid(format!(
+                "{} proxy_protocol_from entries; a listener takes at most {}",
+                from.len(),
+                max_len::PROXY_SOURCES
+            )));
+        }
+        let mut nets = Vec::with_capacity(from.len());
+        for (i, value) in from.iter().enumerate() {
+            check_len("proxy_protocol_from", value, max_len::RULE)?;
+            nets.push(
+                crate::control::config::parse_net(value.trim()).ok_or_else(|| {
+                    ChangeError::Invalid(format!(
+                        "proxy_protocol_from[{i}]: {} is not an address or network",
+                        clip(value)
+                    ))
+                })?,
+            );
+        }
+        settings.proxy_protocol_from = nets;
+    }
+    let mut warnings = Vec::new();
+    if !settings.proxy_protocol_from.is_empty() && !settings.proxy_protocol {
+        warnings.push(
+            "proxy_protocol_from is set but proxy_protocol is off, so no PROXY header is read"
+                .to_owned(),
+        );
+    }
+    Ok((settings, warnings))
+}
+
+/// A listener's row as the store keeps it.
+fn stored(settings: &ListenerSettings, no_sni_route: Option<&str>) -> ListenerFields {
+    ListenerFields {
+        proxy_protocol: settings.proxy_protocol,
+        proxy_protocol_from: sources_text(settings),
+        no_sni_route: no_sni_route.unwrap_or_default().to_owned(),
+        access_log: settings.access_log,
+    }
+}
+
+/// `proxy_protocol_from` as stored: each network in its canonical text.
+fn sources_text(settings: &ListenerSettings) -> Vec<String> {
+    settings
+        .proxy_protocol_from
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn publish_listener(state: &State, listener: SocketAddr, action: ChangeAction, origin: &Origin) {
+    state.events.publish(|| Event::ListenerChanged {
+        listener,
+        action,
+        origin: origin.clone(),
+    });
+}
+
+/// The stored name of the route `hostname` names: the one normalisation the data path uses
+/// too, so `App.Test.` finds `app.test`. A name that cannot be a route is not found.
+fn route_name(listener: &ListenerState, hostname: &str) -> Result<String, ChangeError> {
+    crate::model::routes::route_name(hostname).ok_or_else(|| no_route(listener, hostname))
+}
+
+/// The listener's no-SNI route may not disappear under its setting: a route named by it is
+/// not removed or renamed until the setting points elsewhere.
+fn keep_no_sni_route(listener: &ListenerState, name: &str, what: &str) -> Result<(), ChangeError> {
+    if listener.no_sni_route().as_deref() == Some(name) {
+        return Err(ChangeError::Invalid(format!(
+            "route {name} is the no_sni_route of listener {}: it cannot be {what} until \
+             that setting names another route or none",
+            listener.addr
+        )));
+    }
+    Ok(())
+}
+
+fn no_route(listener: &ListenerState, hostname: &str) -> ChangeError {
+    ChangeError::NotFound(format!(
+        "no route {} on listener {}",
+        clip(hostname),
+        listener.addr
+    ))
+}
+
+/// A change that needs the route served (a backend state, the no-SNI route): a stored route
+/// that is not served is refused with its reason, any other name is not found.
+fn not_live(listener: &ListenerState, name: &str) -> ChangeError {
+    match listener.not_served_route(name) {
+        Some(stored) => ChangeError::Invalid(format!(
+            "route {name} on listener {} is not served: {}",
+            listener.addr, stored.reason
+        )),
+        None => no_route(listener, name),
+    }
+}
+
+fn validate(listener: &ListenerState, route: &Route) -> Result<ValidRoute, ChangeError> {
+    validate_route(route).map_err(|e| {
+        ChangeError::Invalid(format!(
+            "listener {}, route {}: {e}",
+            listener.addr,
+            clip(&route.hostname)
+        ))
+    })
+}
+
+/// `current` with the fields `patch` sets replaced.
+fn merge(current: Route, patch: RoutePatch) -> Route {
+    Route {
+        hostname: patch.hostname.unwrap_or(current.hostname),
+        backends: patch.backends.unwrap_or(current.backends),
+        balance: patch.balance.unwrap_or(current.balance),
+        health_check: patch.health_check.unwrap_or(current.health_check),
+        mode: patch.mode.unwrap_or(current.mode),
+        tls_cert: patch.tls_cert.unwrap_or(current.tls_cert),
+        tls_key: patch.tls_key.unwrap_or(current.tls_key),
+        backend_tls: patch.backend_tls.unwrap_or(current.backend_tls),
+        send_proxy_protocol: patch
+            .send_proxy_protocol
+            .unwrap_or(current.send_proxy_protocol),
+        backend_protocol: patch.backend_protocol.unwrap_or(current.backend_protocol),
+        access_log: patch.access_log.unwrap_or(current.access_log),
+    }
+}
+
+fn checked_rule(rule: &FirewallRule) -> Result<FirewallRule, ChangeError> {
+    check_len("value", &rule.value, max_len::RULE)?;
+    parse_rule(rule.kind, &rule.value).map_err(|e| ChangeError::Invalid(e.to_string()))
+}
+
+/// Replaces a listener's table with its current routes changed by `edit`, keeping every
+/// route's loaded key and counters.
+fn swap_routes(state: &State, listener: &ListenerState, edit: impl FnOnce(&mut Vec<ValidRoute>)) {
+    let mut routes: Vec<ValidRoute> = listener.routes().iter().map(|r| r.to_valid()).collect();
+    edit(&mut routes);
+    listener.replace_routes(state.build_table(listener.id, routes));
+}
+
+/// Swaps `valid` in for the route stored as `old` and publishes the update.
+fn replace_route(
+    state: &State,
+    listener: &ListenerState,
+    old: String,
+    valid: ValidRoute,
+    origin: &Origin,
+) {
+    let route = valid.route.clone();
+    swap_routes(state, listener, |routes| {
+        routes.retain(|r| r.route.hostname != old);
+        routes.push(valid);
+    });
+    publish_route(
+        state,
+        listener.addr,
+        ChangeAction::Updated,
+        route,
+        Some(old),
+        origin,
+    );
+}
+
+fn swap_firewall(store: &Store, state: &State) -> Result<(), ChangeError> {
+    let firewall = Firewall::from_rules(&store.firewall_rules()?)
+        .map_err(|e| ChangeError::Internal(format!("stored firewall rule: {e}")))?;
+    state.replace_firewall(firewall);
+    Ok(())
+}
+
+fn publish_route(
+    state: &State,
+    listener: SocketAddr,
+    action: ChangeAction,
+    route: Route,
+    previous_hostname: Option<String>,
+    origin: &Origin,
+) {
+    state.events.publish(|| Event::RouteChanged {
+        listener,
+        action,
+        route,
+        previous_hostname,
+        origin: origin.clone(),
+    });
+}
+
+fn publish_firewall(state: &State, action: ChangeAction, rule: &FirewallRule, origin: &Origin) {
+    tracing::info!(kind = %rule.kind, value = %rule.value, "firewall rule {action}");
+    state.events.publish(|| Event::FirewallChanged {
+        action,
+        rule: rule.clone(),
+        origin: origin.clone(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::config::Config;
+    use mc_proxy_shared::{FirewallRuleKind, RouteBackend};
+
+    /// A control plane over a fresh database seeded with one listener and `app.test`.
+    fn control() -> (Control, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("mc.db");
+        let text = format!(
+            "[database]\npath = {:?}\n[[listeners]]\naddr = \"127.0.0.1:8443\"\n\
+             [[listeners.routes]]\nhostname = \"app.test\"\nbackend = \"127.0.0.1:9443\"\n",
+            db.display().to_string()
+        );
+        let config = Config::parse(&dir.path().join("mc.toml"), &text).unwrap();
+        let mut store = Store::open(&db).unwrap();
+        let state = Arc::new(crate::control::boot::load_state(&config, &mut store).unwrap());
+        (Control::new(state, store), dir)
+    }
+
+    fn route(hostname: &str, backend: &str) -> Route {
+        Route {
+            hostname: hostname.into(),
+            backends: vec![RouteBackend::new(backend)],
+            ..Route::default()
+        }
+    }
+
+    const L: &str = "127.0.0.1:8443";
+
+    fn backend_of(control: &Control, sni: &str) -> Option<String> {
+        control.state().listeners()[0]
+            .lookup(sni)
+            .map(|r| r.route.backend_list())
+    }
+
+    #[test]
+    fn an_added_route_is_stored_served_and_published() {
+        let (control, _dir) = control();
+        let mut events = control.state().events.subscribe();
+        let applied = control
+            .apply(Change::AddRoute {
+                listener: L.into(),
+                route: route("New.Test", "127.0.0.1:1"),
+            })
+            .unwrap();
+        assert!(
+            matches!(applied, Applied::Route { ref route, .. } if route.hostname == "new.test")
+        );
+        assert_eq!(
+            backend_of(&control, "new.test").as_deref(),
+            Some("127.0.0.1:1")
+        );
+        let stored = control.store().unwrap().routes(1).unwrap();
+        assert!(
+            stored.iter().any(|r| r.hostname == "new.test"),
+            "{stored:?}"
+        );
+        let event = events.try_recv().unwrap().event;
+        assert!(
+            matches!(event, Event::RouteChanged { action: ChangeAction::Added, ref route, .. } if route.hostname == "new.test"),
+            "{event:?}"
+        );
+    }
+
+    #[test]
+    fn updates_and_removals_find_the_route_through_the_one_normalisation() {
+        let (control, _dir) = control();
+        control
+            .apply(Change::UpdateRoute {
+                listener: L.into(),
+                hostname: "App.Test.".into(),
+                patch: RoutePatch {
+                    backends: Some(vec![RouteBackend::new("127.0.0.1:2")]),
+                    ..RoutePatch::default()
+                },
+            })
+            .unwrap();
+        assert_eq!(
+            backend_of(&control, "app.test").as_deref(),
+            Some("127.0.0.1:2")
+        );
+        control
+            .apply(Change::RemoveRoute {
+                listener: L.into(),
+                hostname: "APP.test.".into(),
+            })
+            .unwrap();
+        assert_eq!(backend_of(&control, "app.test"), None);
+        assert!(control.store().unwrap().routes(1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_refused_change_changes_nothing() {
+        let (control, _dir) = control();
+        control
+            .apply(Change::AddRoute {
+                listener: L.into(),
+                route: route("b.test", "127.0.0.1:3"),
+            })
+            .unwrap();
+        let before = control.store().unwrap().routes(1).unwrap();
+        let refusals = [
+            // Renaming onto an existing route: the database refuses, the tables keep both.
+            Change::UpdateRoute {
+                listener: L.into(),
+                hostname: "b.test".into(),
+                patch: RoutePatch {
+                    hostname: Some("app.test".into()),
+                    ..RoutePatch::default()
+                },
+            },
+            Change::AddRoute {
+                listener: L.into(),
+                route: route("app.test", "127.0.0.1:4"),
+            },
+            Change::AddRoute {
+                listener: L.into(),
+                route: Route {
+                    mode: mc_proxy_shared::Mode::L7,
+                    tls_cert: "relative.pem".into(),
+                    tls_key: "/abs.key".into(),
+                    ..route("c.test", "127.0.0.1:5")
+                },
+            },
+            Change::AddRoute {
+                listener: "127.0.0.1:1".into(),
+                route: route("d.test", "127.0.0.1:5"),
+            },
+            Change::RemoveRoute {
+                listener: L.into(),
+                hostname: "nope.test".into(),
+            },
+        ];
+        let kinds: Vec<&str> = refusals
+            .into_iter()
+            .map(|change| match control.apply(change).unwrap_err() {
+                ChangeError::Invalid(_) => "invalid",
+                ChangeError::NotFound(_) => "not found",
+                ChangeError::AlreadyExists(_) => "exists",
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["exists", "exists", "invalid", "not found", "not found"]
+        );
+        assert_eq!(control.store().unwrap().routes(1).unwrap(), before);
+        assert_eq!(
+            backend_of(&control, "app.test").as_deref(),
+            Some("127.0.0.1:9443")
+        );
+        assert_eq!(
+            backend_of(&control, "b.test").as_deref(),
+            Some("127.0.0.1:3")
+        );
+    }
+
+    #[test]
+    fn firewall_rules_are_parsed_once_normalised_and_applied() {
+        let (control, _dir) = control();
+        let rule = |kind, value: &str| FirewallRule {
+            kind,
+            value: value.into(),
+        };
+        let applied = control
+            .apply(Change::AddFirewallRule(rule(
+                FirewallRuleKind::Cidr,
+                " 10.1.2.3/8 ",
+            )))
+            .unwrap();
+        assert!(
+            matches!(applied, Applied::Rule(ref r) if r.value == "10.0.0.0/8"),
+            "{applied:?}"
+        );
+        assert!(control.state().is_blocked("10.9.9.9".parse().unwrap()));
+        let err = control
+            .apply(Change::AddFirewallRule(rule(
+                FirewallRuleKind::Ip,
+                "10.0.0.0/8",
+            )))
+            .unwrap_err();
+        assert!(err.to_string().contains("not an IP address"), "{err}");
+        control
+            .apply(Change::RemoveFirewallRule(rule(
+                FirewallRuleKind::Cidr,
+                "10.0.0.0/8",
+            )))
+            .unwrap();
+        assert!(!control.state().is_blocked("10.9.9.9".parse().unwrap()));
+        assert!(control.firewall_rules().unwrap().is_empty());
+    }
+
+    fn set_state(address: &str, state: AdminState) -> Change {
+        Change::SetBackendState {
+            listener: L.into(),
+            hostname: "App.Test".into(),
+            address: address.into(),
+            state: Some(state),
+            weight: None,
+        }
+    }
+
+    fn live_states(control: &Control) -> Vec<(String, AdminState)> {
+        let route = control.state().listeners()[0].lookup("app.test").unwrap();
+        route
+            .route
+            .backends
+            .iter()
+            .map(|b| (b.address.clone(), b.state))
+            .collect()
+    }
+
+    #[test]
+    fn a_backend_state_change_is_stored_then_served_and_published() {
+        let (control, _dir) = control();
+        control
+            .apply(Change::UpdateRoute {
+                listener: L.into(),
+                hostname: "app.test".into(),
+                patch: RoutePatch {
+                    backends: Some(vec![
+                        RouteBackend::new("127.0.0.1:1"),
+                        RouteBackend::new("127.0.0.1:2").with_weight(3),
+                    ]),
+                    ..RoutePatch::default()
+                },
+            })
+            .unwrap();
+        let mut events = control.state().events.subscribe();
+        let applied = control
+            .apply(set_state("127.0.0.1:2", AdminState::Draining))
+            .unwrap();
+        let Applied::Route { route, .. } = applied else {
+            panic!("{applied:?}")
+        };
+        assert_eq!(route.backends[1].state, AdminState::Draining);
+        assert_eq!(
+            route.backends[1].weight, 3,
+            "the rest of the member is kept"
+        );
+        let expected = vec![
+            ("127.0.0.1:1".to_owned(), AdminState::Enabled),
+            ("127.0.0.1:2".to_owned(), AdminState::Draining),
+        ];
+        assert_eq!(live_states(&control), expected);
+        let stored = control.store().unwrap().routes(1).unwrap();
+        assert_eq!(stored[0].backends, route.backends);
+        // Published at once as the member's change, with its reason; no route_changed.
+        let event = events.try_recv().unwrap().event;
+        assert!(
+            matches!(event, Event::BackendChanged { ref member, .. }
+                if member.address == "127.0.0.1:2"
+                    && member.state == mc_proxy_shared::BackendState::Draining
+                    && member.reason == "draining by the operator"),
+            "{event:?}"
+        );
+        assert!(events.try_recv().is_err(), "one event for one change");
+
+        // Unknown member or route: not found, nothing changes.
+        for change in [
+            set_state("127.0.0.1:3", AdminState::Disabled),
+            Change::SetBackendState {
+                listener: L.into(),
+                hostname: "nope.test".into(),
+                address: "127.0.0.1:1".into(),
+                state: Some(AdminState::Disabled),
+                weight: None,
+            },
+        ] {
+            let err = control.apply(change).unwrap_err();
+            assert!(matches!(err, ChangeError::NotFound(_)), "{err}");
+        }
+        assert_eq!(live_states(&control), expected);
+    }
+
+    #[test]
+    fn a_failed_backend_state_write_changes_nothing() {
+        let (control, _dir) = control();
+        control
+            .store()
+            .unwrap()
+            .execute_batch_for_tests(
+                "CREATE TRIGGER no_writes BEFORE UPDATE ON backends
+                 BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END;",
+            )
+            .unwrap();
+        let mut events = control.state().events.subscribe();
+        let err = control
+            .apply(set_state("127.0.0.1:9443", AdminState::Disabled))
+            .unwrap_err();
+        assert!(matches!(err, ChangeError::Store(_)), "{err}");
+        assert_eq!(
+            live_states(&control),
+            [("127.0.0.1:9443".to_owned(), AdminState::Enabled)]
+        );
+        assert_eq!(
+            control.store().unwrap().routes(1).unwrap()[0].backends[0].state,
+            AdminState::Enabled
+        );
+        assert!(events.try_recv().is_err(), "nothing published");
+    }
+
+    #[test]
+    fn a_patch_replaces_the_set_balance_and_health_check() {
+        let (control, _dir) = control();
+        let check = mc_proxy_shared::HealthCheck::default();
+        let applied = control
+            .apply(Change::UpdateRoute {
+                listener: L.into(),
+                hostname: "app.test".into(),
+                patch: RoutePatch {
+                    backends: Some(vec![
+                        RouteBackend::new("127.0.0.1:1"),
+                        RouteBackend::new("127.0.0.1:2"),
+                    ]),
+                    balance: Some(mc_proxy_shared::Balance::Source),
+                    health_check: Some(Some(check.clone())),
+                    ..RoutePatch::default()
+                },
+            })
+            .unwrap();
+        let Applied::Route { route, .. } = applied else {
+            panic!()
+        };
+        assert_eq!(route.backend_list(), "127.0.0.1:1, 127.0.0.1:2");
+        assert_eq!(route.health_check, Some(check));
+        let stored = control.store().unwrap().routes(1).unwrap();
+        assert_eq!(stored, vec![route.clone()]);
+        // Clearing the check keeps the set; a duplicate member is refused whole.
+        control
+            .apply(Change::UpdateRoute {
+                listener: L.into(),
+                hostname: "app.test".into(),
+                patch: RoutePatch {
+                    health_check: Some(None),
+                    ..RoutePatch::default()
+                },
+            })
+            .unwrap();
+        let err = control
+            .apply(Change::UpdateRoute {
+                listener: L.into(),
+                hostname: "app.test".into(),
+                patch: RoutePatch {
+                    backends: Some(vec![
+                        RouteBackend::new("127.0.0.1:5"),
+                        RouteBackend::new("127.0.0.1:5"),
+                    ]),
+                    ..RoutePatch::default()
+                },
+            })
+            .unwrap_err();
+        assert!(matches!(err, ChangeError::Invalid(_)), "{err}");
+        let stored = control.store().unwrap().routes(1).unwrap();
+        assert_eq!(stored[0].backend_list(), "127.0.0.1:1, 127.0.0.1:2");
+        assert_eq!(stored[0].health_check, None);
+    }
+}

@@ -1,0 +1,17 @@
+//! The control plane: the one way what the daemon serves changes. `apply` (every change,
+//! checked, stored, swapped, published), the TOML `config`, the SQLite `store`, start-up
+//! (`boot`) and certificate `reload`.
+//!
+//! I/O: the config file, the database, certificate files. Imports `model` only; the data
+//! plane never imports it (checked by `daemon/tests/layers.rs`).
+
+pub mod apply;
+pub mod boot;
+pub mod config;
+pub mod reload;
+pub mod store;
+
+pub use apply::{
+    Applied, Change, ChangeError, Control, ListenerChange, ReloadReport, check_len,
+    listener_by_name, max_len, not_applied,
+};

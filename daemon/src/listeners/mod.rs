@@ -1,0 +1,8 @@
+//! Listeners: binding listening sockets (`sockets`), the data-plane workers and their accept
+//! loops, and the shutdown story (`server`).
+//!
+//! I/O: bind, listen, accept. Hands each connection to `proxy::pipeline`. The top of the data
+//! plane: only the binaries import it.
+
+pub mod server;
+pub mod sockets;

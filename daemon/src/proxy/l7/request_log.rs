@@ -1,0 +1,259 @@
+//! The per-request access log: one `info` line per L7 request, target [`TARGET`], message
+//! `request`, written when the response is over (its body finished, failed or abandoned).
+//!
+//! No I/O of its own (the line goes to `tracing`). [`Trace`] is what `downstream` and
+//! `upstream` note about a request on its way (the member asked, the retries, a request body
+//! counter) and costs nothing unless the line is on: a `bool` decides, once per request, and
+//! nothing is allocated or formatted when it is false (the trace is then a local of the
+//! request's; on, it is the record's own). [`RequestLog`] is the record of a
+//! logged request; it travels inside the response body (`downstream::ProxyBody`), which
+//! counts the body's bytes into it, and writes the line when it is dropped, so the line comes
+//! exactly once whatever ends the response (the last frame, a backend error mid-body, the
+//! client going away, or the request's future dropped before any response).
+//!
+//! Invariants: the line is a root event (no parent span), so it carries the connection's id,
+//! listener, client and route as fields of its own: with the text format a span's
+//! `conn{...}:` prefix is not logfmt. Every text value the client controls (host, path,
+//! method) goes through [`escape`] first: printable ASCII without `\`, so the text
+//! formatter's quoting (`"..."`, `\"` inside) is the only escaping left and the line parses as
+//! logfmt, and the JSON formatter's string is the same text.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::uri::PathAndQuery;
+use http::{Method, Version};
+
+/// The tracing target of the per-request line: what `RUST_LOG` filters on
+/// (`RUST_LOG=info,mc_proxy::request=off`).
+pub const TARGET: &str = "mc_proxy::request";
+
+/// Longest request target logged, in bytes of the request (before escaping).
+pub const MAX_PATH: usize = 1024;
+
+/// Longest `Host` / `:authority` logged, in bytes of the request (before escaping).
+pub const MAX_HOST: usize = 256;
+
+/// Whether the subscriber writes request lines at all: a flag that is on with
+/// `RUST_LOG=...,mc_proxy::request=off` builds no record either. Asked only when a flag is on.
+pub fn wanted() -> bool {
+    tracing::enabled!(target: TARGET, tracing::Level::INFO)
+}
+
+/// What a request's trip notes for its log line. `on` is decided once per request; the rest
+/// is filled only when it is true (except `tries`, a plain counter).
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// The line is on for this request (its listener's or its route's `access_log`).
+    pub on: bool,
+    /// The member that answered, or the last one tried (`on` only).
+    pub backend: Option<String>,
+    /// Members asked so far, the first included.
+    pub tries: u32,
+    /// Request body bytes read from the client (`on` only; see `ReqBody::Counted`).
+    pub bytes_in: Option<Arc<AtomicU64>>,
+}
+
+impl Trace {
+    /// Notes that `backend` is being asked.
+    pub fn asking(&mut self, backend: &str) {
+        self.tries += 1;
+        if self.on {
+            self.backend = Some(backend.to_owned());
+        }
+    }
+}
+
+/// The connection a logged request came on, as its line names it.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// The connection's id.
+    pub conn: u64,
+    /// The address the client connected to.
+    pub local: std::net::SocketAddr,
+    /// The real client.
+    pub client: std::net::SocketAddr,
+    /// The route the connection was routed by.
+    pub route: Arc<crate::model::routes::RouteInfo>,
+}
+
+/// The record of one logged request, written as its line when dropped.
+#[derive(Debug)]
+pub struct RequestLog {
+    ctx: Conn,
+    started: Instant,
+    method: Method,
+    target: Option<PathAndQuery>,
+    host: String,
+    version: Version,
+    /// The status sent; 0 while none was (and in the line when none ever was).
+    pub status: u16,
+    /// What the request's trip notes, filled in place (so a request dropped on its way still
+    /// names the backend it was waiting for).
+    pub trace: Trace,
+    /// Response body bytes handed to the client.
+    pub bytes_out: u64,
+    /// The response body reached its end.
+    pub ended: bool,
+    /// What the response body failed with, if it did.
+    pub error: Option<String>,
+}
+
+impl RequestLog {
+    /// A request just received, with its head's method, target, host (`:authority` or
+    /// `Host`, raw) and version.
+    pub fn new(
+        ctx: Conn,
+        started: Instant,
+        method: Method,
+        target: Option<PathAndQuery>,
+        host: Option<&[u8]>,
+        version: Version,
+    ) -> Self {
+        RequestLog {
+            ctx,
+            started,
+            method,
+            target,
+            host: host.map_or_else(String::new, |h| escape(h, MAX_HOST)),
+            version,
+            status: 0,
+            trace: Trace {
+                on: true,
+                ..Trace::default()
+            },
+            bytes_out: 0,
+            ended: false,
+            error: None,
+        }
+    }
+
+    /// How the response ended, as the line's `outcome`.
+    fn outcome(&self) -> &'static str {
+        if self.error.is_some() {
+            "failed"
+        } else if self.ended {
+            "complete"
+        } else {
+            // Dropped before its end: the client reset the stream or closed the connection
+            // (or, with status 0, gave up before the response head).
+            "client_closed"
+        }
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let ctx = &self.ctx;
+        let path = self
+            .target
+            .as_ref()
+            .map_or_else(String::new, |t| escape(t.as_str().as_bytes(), MAX_PATH));
+        tracing::info!(
+            target: TARGET,
+            parent: None,
+            conn = ctx.conn,
+            listener = %ctx.local,
+            client = %ctx.client,
+            route = ctx.route.route.hostname.as_str(),
+            host = self.host.as_str(),
+            method = escape(self.method.as_str().as_bytes(), MAX_HOST).as_str(),
+            path = path.as_str(),
+            protocol = protocol(self.version),
+            status = self.status,
+            backend = self.trace.backend.as_deref().unwrap_or(""),
+            retries = self.trace.tries.saturating_sub(1),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            bytes_in = self
+                .trace
+                .bytes_in
+                .as_ref()
+                .map_or(0, |b| b.load(Ordering::Relaxed)),
+            bytes_out = self.bytes_out,
+            outcome = self.outcome(),
+            error = self
+                .error
+                .as_deref()
+                .map_or_else(String::new, |e| escape(e.as_bytes(), MAX_HOST))
+                .as_str(),
+            "request"
+        );
+    }
+}
+
+/// The client's HTTP version as the line names it.
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// `bytes` as printable ASCII, for a log value: every byte outside space..`~`, and `\`,
+/// percent-encoded (`%0A`, `%C3%A9`, `%5C`), so the value has no control character, no
+/// newline, no invalid UTF-8 and no backslash. A path stays an equivalent form of the request
+/// target (RFC 3986 §2.1: any byte may be written percent-encoded). No backslash: the text
+/// formatter's only escape left is `\"`, which every logfmt parser reads, where some (Python's
+/// `logfmt`) misread `\\`. Cut after `max` bytes of input, marked with a trailing `…` (never
+/// part of an escaped value otherwise, being non-ASCII).
+pub fn escape(bytes: &[u8], max: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let kept = &bytes[..bytes.len().min(max)];
+    let mut out = String::with_capacity(kept.len() + 3);
+    for &b in kept {
+        if (b' '..=b'~').contains(&b) && b != b'\\' {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+    if bytes.len() > max {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_ascii_is_kept_as_it_is() {
+        assert_eq!(escape(b"/a b?c=\"d\"&e='f'", 100), "/a b?c=\"d\"&e='f'");
+    }
+
+    #[test]
+    fn control_bytes_backslash_and_non_ascii_are_percent_encoded() {
+        assert_eq!(escape(b"a\nb\r\t\x00\x7f", 100), "a%0Ab%0D%09%00%7F");
+        assert_eq!(escape(b"\\x41", 100), "%5Cx41");
+        assert_eq!(escape(b"\xff\xfe", 100), "%FF%FE");
+        assert_eq!(escape("é".as_bytes(), 100), "%C3%A9");
+        // What the client percent-encoded itself stays as it was.
+        assert_eq!(escape(b"/a%20b", 100), "/a%20b");
+    }
+
+    #[test]
+    fn long_values_are_cut_and_marked() {
+        let long = vec![b'x'; 5000];
+        let out = escape(&long, MAX_PATH);
+        assert_eq!(out.len(), MAX_PATH + '…'.len_utf8());
+        assert!(out.ends_with("x…"));
+        assert_eq!(escape(b"abc", 3), "abc");
+    }
+
+    #[test]
+    fn the_output_is_printable_ascii_without_backslash_whatever_the_input() {
+        let all: Vec<u8> = (0..=255).collect();
+        let out = escape(&all, 1000);
+        assert!(
+            out.bytes()
+                .all(|b| (b' '..=b'~').contains(&b) && b != b'\\'),
+            "{out}"
+        );
+    }
+}

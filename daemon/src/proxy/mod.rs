@@ -1,0 +1,11 @@
+//! The proxy: one accepted connection from its first byte to its access record
+//! (`pipeline::handle_conn`), the L4 path (`l4`) and the L7 reverse proxy (`l7`).
+//!
+//! I/O on the client connection and, through `l7`'s pool and `l4`'s dial, to backends.
+//! Imports `model`, `protocols` and `connectors`; `listeners` hands it connections.
+
+pub mod access;
+pub mod health;
+pub mod l4;
+pub mod l7;
+pub mod pipeline;

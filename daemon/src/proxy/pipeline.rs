@@ -1,0 +1,432 @@
+//! The connection pipeline: one connection, from accept to its access record.
+//!
+//! I/O: reads the client's first bytes (a PROXY header, the ClientHello), then hands the
+//! stream to the L4 relay or the L7 server. [`handle_conn`] reads top to bottom as DESIGN.md's
+//! pipeline, one call per step:
+//! PROXY header (listeners with `proxy_protocol`) → firewall → ClientHello → route → dispatch
+//! (L4 passthrough in [`crate::proxy::l4`], L7 termination in [`crate::proxy::l7`]) → access record.
+//!
+//! The client address is the TCP peer's, or the source of a received PROXY header: that one
+//! address is what the firewall checks, the log shows and a sent PROXY header carries.
+//!
+//! Invariants: every failure before serving is a [`ConnError`] that knows whose fault it was
+//! and which reset reason it counts; a failed connection is reset (SO_LINGER 0) unless the L7
+//! step already owns and closed the socket; every connection ends with exactly one
+//! [`access::closed`] call.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use mc_proxy_shared::{BlockedReason, CloseReason, Outcome, ResetReason};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Level;
+
+use crate::model::conns::Registered;
+use crate::model::routes::RouteInfo;
+use crate::model::state::{ListenerSettings, ListenerState, State};
+use crate::model::stats::ActiveGuard;
+use crate::protocols::proxyproto;
+use crate::protocols::relay::RelayEnd;
+use crate::protocols::sni;
+use crate::proxy::access::{self, Ending, Record};
+use crate::proxy::l4::{self, L4Error};
+use crate::proxy::l7::{self, L7End};
+
+/// What every connection task shares.
+pub struct Shared {
+    /// Routes, firewall, settings, events.
+    pub state: Arc<State>,
+    /// Fires when shutdown starts: L7 connections drain.
+    pub shutdown: CancellationToken,
+    /// Fires when the shutdown grace period is over: relays stop.
+    pub force_close: CancellationToken,
+    /// The L7 backend connections, shared by every client connection.
+    pub pool: Arc<l7::Pool>,
+    /// Owns every task a connection spawns (the L7 HTTP connection's and backend drivers), so
+    /// shutdown waits for them too.
+    pub tasks: TaskTracker,
+    /// The next connection id, shared by every worker of the daemon.
+    pub next_id: Arc<AtomicU64>,
+}
+
+/// Why a connection was not served, and whose fault it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// Policy: the client address is blocked.
+    #[error("blocked by firewall: {0}")]
+    Blocked(IpAddr),
+    /// Policy: the peer may not send PROXY headers here.
+    #[error("peer {0} is not in proxy_protocol_from")]
+    UntrustedProxy(IpAddr),
+    /// Client: a missing, late or malformed PROXY header.
+    #[error("PROXY header: {0}")]
+    ProxyHeader(#[from] proxyproto::ReadError),
+    /// Client: a missing, late or malformed ClientHello.
+    #[error("client hello: {0}")]
+    Hello(#[from] sni::ReadError),
+    /// Client: no SNI.
+    #[error("no SNI in the ClientHello")]
+    NoSni,
+    /// Client (or config): no route for the SNI.
+    #[error("no route for {0}")]
+    UnknownHost(String),
+    /// Backend: the L4 backend could not be set up.
+    #[error(transparent)]
+    L4(#[from] L4Error),
+    /// Client: the L7 TLS handshake failed.
+    #[error("l7: {0}")]
+    L7(#[from] l7::L7Error),
+}
+
+impl ConnError {
+    /// How the connection ended: every error but an L7 handshake failure is a reset.
+    fn outcome(&self) -> Outcome {
+        let reason = match self {
+            ConnError::Blocked(_) => ResetReason::Blocked,
+            ConnError::UntrustedProxy(_) => ResetReason::UntrustedProxy,
+            ConnError::ProxyHeader(proxyproto::ReadError::Timeout) => {
+                ResetReason::ProxyHeaderTimeout
+            }
+            ConnError::ProxyHeader(_) => ResetReason::BadProxyHeader,
+            ConnError::Hello(sni::ReadError::Timeout) => ResetReason::HelloTimeout,
+            ConnError::Hello(sni::ReadError::Eof) => ResetReason::ClientClosed,
+            ConnError::Hello(sni::ReadError::Io(_)) => ResetReason::ClientError,
+            ConnError::Hello(sni::ReadError::Parse(sni::ParseError::NotTls)) => ResetReason::NotTls,
+            ConnError::Hello(sni::ReadError::Parse(sni::ParseError::TooLarge(_))) => {
+                ResetReason::HelloTooLarge
+            }
+            ConnError::Hello(sni::ReadError::Parse(_)) => ResetReason::BadHello,
+            ConnError::NoSni => ResetReason::NoSni,
+            ConnError::UnknownHost(_) => ResetReason::UnknownHost,
+            ConnError::L4(e) => e.reason(),
+            ConnError::L7(e) => return Outcome::Closed(e.close_reason()),
+        };
+        Outcome::Reset(reason)
+    }
+
+    /// The policy that refused the connection, if one did.
+    fn blocked(&self) -> Option<BlockedReason> {
+        match self {
+            ConnError::Blocked(_) => Some(BlockedReason::Firewall),
+            ConnError::UntrustedProxy(_) => Some(BlockedReason::UntrustedProxy),
+            _ => None,
+        }
+    }
+
+    /// Backend trouble is the operator's to look at (warn); clients and policy are routine
+    /// (info).
+    fn level(&self) -> Level {
+        match self {
+            ConnError::L4(_) => Level::WARN,
+            _ => Level::INFO,
+        }
+    }
+}
+
+/// How a served connection ended: an L4 relay or an L7 HTTP connection.
+#[derive(Debug)]
+pub enum ConnEnd {
+    /// The relay's end.
+    L4(RelayEnd),
+    /// The HTTP connection's end.
+    L7(L7End),
+    /// The shutdown grace period ran out in a step before serving.
+    Cancelled,
+    /// An operator closed it.
+    AdminClosed,
+}
+
+impl ConnEnd {
+    fn ending(self) -> Ending {
+        let (reason, error) = match self {
+            ConnEnd::L4(RelayEnd::Finished) | ConnEnd::L7(L7End::Closed) => {
+                (CloseReason::Closed, None)
+            }
+            ConnEnd::L4(RelayEnd::IdleTimeout) | ConnEnd::L7(L7End::IdleTimeout) => {
+                (CloseReason::IdleTimeout, None)
+            }
+            ConnEnd::L4(RelayEnd::Cancelled) | ConnEnd::Cancelled => (CloseReason::Shutdown, None),
+            ConnEnd::AdminClosed => (CloseReason::AdminClosed, None),
+            ConnEnd::L4(RelayEnd::Error(e)) => (CloseReason::RelayError, Some(e.to_string())),
+            ConnEnd::L7(L7End::Drained) => (CloseReason::Drained, None),
+            ConnEnd::L7(L7End::KeepaliveTimeout) => (CloseReason::KeepaliveTimeout, None),
+            ConnEnd::L7(L7End::RequestHeaderTimeout) => (CloseReason::RequestHeaderTimeout, None),
+            ConnEnd::L7(L7End::RouteGone) => (CloseReason::RouteGone, None),
+            ConnEnd::L7(L7End::Error(e)) => (CloseReason::HttpError, Some(e.to_string())),
+            ConnEnd::L7(L7End::H2(e)) => (CloseReason::HttpError, Some(e.to_string())),
+            ConnEnd::L7(L7End::Failed(e)) => (CloseReason::HttpError, Some(e)),
+            ConnEnd::L7(L7End::Io(e)) => (CloseReason::HttpError, Some(e.to_string())),
+        };
+        Ending {
+            outcome: Outcome::Closed(reason),
+            error,
+            level: Level::INFO,
+        }
+    }
+}
+
+/// One connection, start to end: the pipeline in DESIGN.md. `local`: the connection's local
+/// address when its listener already knows it (see `server::accept_loop`), else it is asked
+/// of the socket; `slot` is the connection's `max_connections` permit, released when it ends.
+///
+/// A plain `fn` returning `async move`, which owns everything it is given: the returned future
+/// is the connection's whole task, and an `async fn` (or an `async` block calling one) would
+/// store the arguments twice, once as given and once as moved in (rust-lang/rust#62958), for
+/// the connection's whole life.
+pub fn handle_conn(
+    id: u64,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    listener: Arc<ListenerState>,
+    shared: Arc<Shared>,
+    slot: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send + 'static {
+    let started = Instant::now();
+    listener.counters.active.fetch_add(1, Ordering::Relaxed);
+    let local = local.or_else(|| stream.local_addr().ok());
+    let mut record = Record::new(id, peer, local);
+    // The L7 step takes the stream (its TLS session owns it); every other step borrows it.
+    let mut stream = Some(stream);
+    async move {
+        // Past the shutdown grace period every step stops, whichever it is in.
+        let result = tokio::select! {
+            result = pipeline(&mut stream, &mut record, &listener, &shared) => result,
+            () = shared.force_close.cancelled() => Ok(ConnEnd::Cancelled),
+        };
+        let ending = match result {
+            Ok(end) => end.ending(),
+            Err(e) => refuse(e, stream, &record, &listener, &shared.state),
+        };
+        access::closed(
+            &record,
+            &listener,
+            &ending,
+            started.elapsed(),
+            &shared.state,
+        );
+        listener.counters.active.fetch_sub(1, Ordering::Relaxed);
+        drop(slot);
+    }
+}
+
+/// The steps; an `Err` means "reset the client" (if the stream is still here).
+async fn pipeline(
+    slot: &mut Option<TcpStream>,
+    record: &mut Record,
+    listener: &Arc<ListenerState>,
+    shared: &Shared,
+) -> Result<ConnEnd, ConnError> {
+    let state = &shared.state;
+    let stream = slot
+        .as_mut()
+        .expect("the stream is taken only by the dispatch step");
+    // Boxed, and only where a header is expected: reading one needs more state than an idle
+    // relay holds, and the task would otherwise carry that room for its whole life (a future
+    // is as large as its largest step).
+    // The listener's settings as of this connection's accept (an admin change may swap them);
+    // dropped before the later steps, so that the task does not carry them.
+    let early = {
+        let settings = listener.settings();
+        if settings.proxy_protocol {
+            Box::pin(read_proxy_header(stream, record, &settings)).await?
+        } else {
+            Vec::new()
+        }
+    };
+    tracing::Span::current().record("client", tracing::field::display(record.client));
+    check_firewall(state, record.client.ip())?;
+    let (sni, peeked) =
+        read_client_hello(stream, early, state.proxy().client_hello_timeout).await?;
+    record.sni = sni;
+    let route = match &record.sni {
+        Some(sni) => listener
+            .lookup(sni)
+            .ok_or_else(|| ConnError::UnknownHost(sni.clone()))?,
+        None => listener.lookup_no_sni().ok_or(ConnError::NoSni)?,
+    };
+    tracing::Span::current().record("route", route.hostname());
+    record.route = Some(Arc::clone(&route));
+    if route.tls.is_some() {
+        // L4 publishes it once dialled, naming its backend (`l4::serve`).
+        access::opened(record, listener.addr, &route, state);
+    }
+    let listed = state.connections.register(
+        record.id,
+        listener.addr,
+        record.client,
+        record.sni.as_deref().unwrap_or_default(),
+        &route,
+        &record.bytes,
+    );
+    let _active = ActiveGuard::new(&route.stats);
+    // An operator's close cuts whatever step serves it, as the end of the shutdown grace does.
+    tokio::select! {
+        served = serve(slot, peeked, &route, record, listener, shared, &listed) => served,
+        () = listed.closed_by_admin() => Ok(ConnEnd::AdminClosed),
+    }
+}
+
+/// The serving step of a routed connection: the L4 relay or the L7 HTTP server.
+async fn serve(
+    slot: &mut Option<TcpStream>,
+    peeked: Vec<u8>,
+    route: &Arc<RouteInfo>,
+    record: &mut Record,
+    listener: &Arc<ListenerState>,
+    shared: &Shared,
+    listed: &Registered<'_>,
+) -> Result<ConnEnd, ConnError> {
+    let state = &shared.state;
+    let stream = slot
+        .as_mut()
+        .expect("the stream is taken only by the dispatch step");
+    // An L7 route always carries its TLS configuration (routes::ValidRoute), an L4 one never.
+    match &route.tls {
+        None => Ok(ConnEnd::L4(
+            l4::serve(stream, peeked, route, record, listener.addr, state, listed).await?,
+        )),
+        Some(tls) => {
+            let server = Arc::clone(&tls.server);
+            let stream = slot.take().expect("the stream is still here");
+            // Boxed so that L4 connections, the many idle ones above all, do not carry the
+            // L7 future's much larger state inline in their task.
+            Ok(ConnEnd::L7(
+                Box::pin(serve_l7(
+                    stream,
+                    peeked,
+                    Arc::clone(route),
+                    server,
+                    record,
+                    listener,
+                    shared,
+                ))
+                .await?,
+            ))
+        }
+    }
+}
+
+/// Counts, publishes and resets a connection the pipeline refused; returns its ending.
+fn refuse(
+    e: ConnError,
+    stream: Option<TcpStream>,
+    record: &Record,
+    listener: &ListenerState,
+    state: &State,
+) -> Ending {
+    if let Some(reason) = e.blocked() {
+        access::blocked(record, listener, reason, state);
+        listener.counters.blocked.fetch_add(1, Ordering::Relaxed);
+    }
+    if let ConnError::L7(failed) = &e {
+        listener.counters.count_tls_failure(failed.tls_failure());
+    }
+    let outcome = e.outcome();
+    // An L7 connection that failed its TLS handshake was closed (not reset) by the L7 step:
+    // rustls may have just written an alert the client should get to read.
+    if let (Some(stream), Outcome::Reset(reason)) = (stream, outcome) {
+        listener.counters.count_reset(reason);
+        reset(stream);
+    }
+    Ending {
+        outcome,
+        error: Some(e.to_string()),
+        level: e.level(),
+    }
+}
+
+/// Terminates TLS and reverse-proxies HTTP until the client is done (see [`crate::proxy::l7`]).
+async fn serve_l7(
+    stream: TcpStream,
+    peeked: Vec<u8>,
+    route: Arc<RouteInfo>,
+    tls: Arc<rustls::ServerConfig>,
+    record: &Record,
+    listener: &Arc<ListenerState>,
+    shared: &Shared,
+) -> Result<L7End, ConnError> {
+    let proxy = shared.state.proxy();
+    let session = l7::Session {
+        route,
+        tls,
+        sni: record.sni.clone(),
+        client: record.client,
+        conn: record.id,
+        local: record.local.unwrap_or(l4::unspecified(record.client)),
+        bytes: Arc::clone(&record.bytes),
+        handshake_timeout: proxy.client_hello_timeout,
+        connect_timeout: proxy.connect_timeout,
+        response_timeout: proxy.response_timeout,
+        request_header_timeout: proxy.request_header_timeout,
+        keepalive_timeout: proxy.keepalive_timeout,
+        idle_timeout: proxy.idle_timeout,
+        limits: l7::limits::Limits {
+            max_request_head: proxy.max_request_head,
+        },
+        state: Arc::clone(&shared.state),
+        listener: Arc::clone(listener),
+    };
+    Ok(l7::serve(
+        stream,
+        peeked,
+        session,
+        &shared.pool,
+        shared.shutdown.clone(),
+        &shared.tasks,
+    )
+    .await?)
+}
+
+/// On a `proxy_protocol` listener (the caller checks): checks the peer may send a header,
+/// reads it (5 s) and takes its source as the client address. LOCAL and UNKNOWN headers
+/// (health checks) keep the peer address. Returns the bytes read past the header, which
+/// belong to the ClientHello.
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+    record: &mut Record,
+    settings: &ListenerSettings,
+) -> Result<Vec<u8>, ConnError> {
+    if !settings.trusts_proxy_header_from(record.peer.ip()) {
+        return Err(ConnError::UntrustedProxy(record.peer.ip()));
+    }
+    let (header, leftover) = proxyproto::read_header(stream, proxyproto::READ_TIMEOUT).await?;
+    if let Some(source) = header.source {
+        record.client = source;
+    }
+    Ok(leftover)
+}
+
+fn check_firewall(state: &State, client: IpAddr) -> Result<(), ConnError> {
+    if state.is_blocked(client) {
+        return Err(ConnError::Blocked(client));
+    }
+    Ok(())
+}
+
+/// Reads the whole ClientHello after the `early` bytes already read, returning its SNI and
+/// every byte read (to be forwarded verbatim). The rest of the hello (its ALPN list) is
+/// dropped here: an L4 connection would otherwise keep it for its whole life.
+async fn read_client_hello(
+    stream: &mut TcpStream,
+    early: Vec<u8>,
+    timeout: Duration,
+) -> Result<(Option<String>, Vec<u8>), ConnError> {
+    let mut peeked = early;
+    peeked.reserve(2048);
+    let hello = sni::read_client_hello(stream, &mut peeked, timeout).await?;
+    Ok((hello.server_name, peeked))
+}
+
+/// Closes with SO_LINGER 0, so the peer sees RST instead of an orderly FIN: a refused
+/// connection must not look like an empty successful one.
+pub fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
