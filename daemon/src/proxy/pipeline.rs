@@ -1,7 +1,7 @@
 //! The connection pipeline: one connection, from accept to its access record.
 //!
 //! I/O: reads the client's first bytes (a PROXY header, the ClientHello), then hands the
-//! stream to the L4 relay or the L7 server. [`handle_conn`] reads top to bottom as DESIGN.md's
+//! stream to the L4 relay or the L7 server. [`handle_conn`] reads top to bottom as ARCHITECTURE.md's
 //! pipeline, one call per step:
 //! PROXY header (listeners with `proxy_protocol`) → firewall → ClientHello → route → dispatch
 //! (L4 passthrough in [`crate::proxy::l4`], L7 termination in [`crate::proxy::l7`]) → access record.
@@ -171,7 +171,7 @@ impl ConnEnd {
     }
 }
 
-/// One connection, start to end: the pipeline in DESIGN.md. `local`: the connection's local
+/// One connection, start to end: the pipeline in ARCHITECTURE.md. `local`: the connection's local
 /// address when its listener already knows it (see `server::accept_loop`), else it is asked
 /// of the socket; `slot` is the connection's `max_connections` permit, released when it ends.
 ///
