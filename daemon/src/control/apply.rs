@@ -454,303 +454,418 @@ impl Control {
     fn dispatch(&self, change: Change, origin: &Origin) -> Result<Applied, ChangeError> {
         let mut store = self.store()?;
         let state = &*self.state;
+        let cx = Apply {
+            store: &mut store,
+            state,
+            origin,
+        };
         match change {
-            Change::AddRoute { listener, route } => {
-                check_route_fields(&route)?;
-                check_absolute("tls_cert", &route.tls_cert)?;
-                check_absolute("tls_key", &route.tls_key)?;
-                let listener = listener_by_name(state, &listener)?;
-                let listener = &*listener;
-                if let Some(name) = crate::model::routes::route_name(&route.hostname)
-                    && let Some(stored) = listener.not_served_route(&name)
-                {
-                    return Err(ChangeError::AlreadyExists(format!(
-                        "route {name} already exists on listener {} but is not served: {}; \
-                         fix its files and reload, or update or remove it",
-                        listener.addr, stored.reason
-                    )));
-                }
-                let valid = validate(listener, &route)?;
-                store.create_route(listener.id, &valid.route)?;
-                let applied = Applied::Route {
-                    route: valid.route.clone(),
-                    warnings: valid.warnings.clone(),
-                };
-                tracing::info!(listener = %listener.addr, route = %valid.route.hostname, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route added");
-                let route = valid.route.clone();
-                swap_routes(state, listener, |routes| routes.push(valid));
-                publish_route(
-                    state,
-                    listener.addr,
-                    ChangeAction::Added,
-                    route,
-                    None,
-                    origin,
-                );
-                Ok(applied)
-            }
+            Change::AddRoute { listener, route } => add_route(cx, listener, route),
             Change::UpdateRoute {
                 listener,
                 hostname,
                 patch,
-            } => {
-                check_len("hostname", &hostname, max_len::HOSTNAME)?;
-                check_patch_fields(&patch)?;
-                let listener = listener_by_name(state, &listener)?;
-                let listener = &*listener;
-                let old = route_name(listener, &hostname)?;
-                let current = store
-                    .routes(listener.id)?
-                    .into_iter()
-                    .find(|r| r.hostname == old)
-                    .ok_or_else(|| no_route(listener, &old))?;
-                // A path the change sets must be absolute; one it keeps is the operator's
-                // earlier choice (a TOML-seeded route may hold a relative one).
-                for (field, new, stored) in [
-                    ("tls_cert", &patch.tls_cert, &current.tls_cert),
-                    ("tls_key", &patch.tls_key, &current.tls_key),
-                ] {
-                    if let Some(new) = new.as_deref().filter(|new| new != stored) {
-                        check_absolute(field, new)?;
-                    }
-                }
-                let merged = merge(current, patch);
-                if crate::model::routes::route_name(&merged.hostname).as_deref()
-                    != Some(old.as_str())
-                {
-                    keep_no_sni_route(listener, &old, "renamed")?;
-                }
-                let valid = validate(listener, &merged)?;
-                store.update_route(listener.id, &old, &valid.route)?;
-                let applied = Applied::Route {
-                    route: valid.route.clone(),
-                    warnings: valid.warnings.clone(),
-                };
-                tracing::info!(listener = %listener.addr, route = %valid.route.hostname, previous = %old, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route updated");
-                // A route that was not served validates now: it is served from here on.
-                listener.forget_not_served(&old);
-                replace_route(state, listener, old, valid, origin);
-                Ok(applied)
-            }
-            Change::RemoveRoute { listener, hostname } => {
-                check_len("hostname", &hostname, max_len::HOSTNAME)?;
-                let listener = listener_by_name(state, &listener)?;
-                let listener = &*listener;
-                let name = route_name(listener, &hostname)?;
-                let removed = store
-                    .routes(listener.id)?
-                    .into_iter()
-                    .find(|r| r.hostname == name)
-                    .ok_or_else(|| no_route(listener, &name))?;
-                keep_no_sni_route(listener, &name, "removed")?;
-                store.delete_route(listener.id, &name)?;
-                swap_routes(state, listener, |routes| {
-                    routes.retain(|r| r.route.hostname != name);
-                });
-                listener.forget_not_served(&name);
-                tracing::info!(listener = %listener.addr, route = %name, "route removed");
-                publish_route(
+            } => update_route(cx, listener, hostname, patch),
+            Change::RemoveRoute { listener, hostname } => remove_route(cx, listener, hostname),
+            Change::AddFirewallRule(rule) => add_firewall_rule(cx, rule),
+            Change::RemoveFirewallRule(rule) => remove_firewall_rule(cx, rule),
+            Change::ReloadCertificates => {
+                let Apply {
+                    store,
                     state,
-                    listener.addr,
-                    ChangeAction::Removed,
-                    removed,
-                    None,
                     origin,
-                );
-                Ok(Applied::Removed)
+                } = cx;
+                Ok(Applied::Reloaded(reload_certificates(
+                    store, state, origin,
+                )?))
             }
-            Change::AddFirewallRule(rule) => {
-                let rule = checked_rule(&rule)?;
-                store.add_firewall_rule(&rule)?;
-                swap_firewall(&store, state)?;
-                publish_firewall(state, ChangeAction::Added, &rule, origin);
-                Ok(Applied::Rule(rule))
-            }
-            Change::RemoveFirewallRule(rule) => {
-                let rule = checked_rule(&rule)?;
-                store.remove_firewall_rule(&rule)?;
-                swap_firewall(&store, state)?;
-                publish_firewall(state, ChangeAction::Removed, &rule, origin);
-                Ok(Applied::Removed)
-            }
-            Change::ReloadCertificates => Ok(Applied::Reloaded(reload_certificates(
-                &mut store, state, origin,
-            )?)),
             Change::SetBackendState {
                 listener,
                 hostname,
                 address,
                 state: admin,
                 weight,
-            } => {
-                check_len("hostname", &hostname, max_len::HOSTNAME)?;
-                check_len("address", &address, max_len::BACKEND)?;
-                if admin.is_none() && weight.is_none() {
-                    return Err(ChangeError::Invalid(
-                        "nothing to change: give a state or a weight".into(),
-                    ));
-                }
-                let listener = listener_by_name(state, &listener)?;
-                let listener = &*listener;
-                let name = route_name(listener, &hostname)?;
-                // The live route, with its loaded certificate: a drain must not depend on
-                // the certificate files still loading.
-                let live = listener
-                    .routes()
-                    .get(&name)
-                    .ok_or_else(|| not_live(listener, &name))?;
-                let mut valid = live.to_valid();
-                let member = valid
-                    .route
-                    .backends
-                    .iter_mut()
-                    .find(|b| b.address == address)
-                    .ok_or_else(|| {
-                        ChangeError::NotFound(format!(
-                            "route {name} on listener {} has no backend {}",
-                            listener.addr,
-                            clip(&address)
-                        ))
-                    })?;
-                if let Some(admin) = admin {
-                    member.state = admin;
-                }
-                if let Some(weight) = weight {
-                    member.weight = weight;
-                    // The TOML's and the route's own rule (1 to 256), in its words.
-                    member
-                        .check_weight()
-                        .map_err(|e| ChangeError::Invalid(e.to_string()))?;
-                }
-                let (admin, weight) = (member.state, member.weight);
-                store.set_backend(listener.id, &name, &address, admin, weight)?;
-                tracing::info!(listener = %listener.addr, route = %name, backend = %address, state = %admin, weight, "backend admin state and weight set");
-                let route = valid.route.clone();
-                // A member's state changed, not the route: `backend_changed` with the new
-                // state and reason at once (not `route_changed`, and not only when the health
-                // loop next looks).
-                swap_routes(state, listener, |routes| {
-                    routes.retain(|r| r.route.hostname != name);
-                    routes.push(valid);
-                });
-                if let Some(live) = listener.routes().get(&name) {
-                    for t in live.backends.publishable() {
-                        state.backend_changed_by(
-                            listener.addr,
-                            &live,
-                            Some(t),
-                            Some(origin.clone()),
-                        );
-                    }
-                }
-                Ok(Applied::Route {
-                    route,
-                    warnings: Vec::new(),
-                })
-            }
-            Change::AddListener { addr, settings } => {
-                check_len("listener", &addr, max_len::LISTENER)?;
-                let addr: SocketAddr = parse_listener_addr(&addr)?;
-                if state.listeners().iter().any(|l| l.addr == addr) {
-                    return Err(ChangeError::AlreadyExists(format!(
-                        "listener {addr} already exists"
-                    )));
-                }
-                let (settings, warnings) =
-                    listener_settings(ListenerSettings::default(), settings)?;
-                // Bound before it is stored: an address in use fails with nothing written.
-                let host = state.sockets().ok_or_else(|| {
-                    ChangeError::Internal("no data plane runs to listen on the address".into())
-                })?;
-                let sockets = host
-                    .bind(addr)
-                    .map_err(|e| ChangeError::Invalid(e.to_string()))?;
-                let id = store.create_listener(&addr.to_string(), &stored(&settings, None))?;
-                let listener = Arc::new(ListenerState::new(
-                    id,
-                    addr,
-                    settings,
-                    crate::model::routes::RouteTable::with_stats(Vec::new(), |_| Arc::default()),
-                ));
-                let mut all = state.listeners().to_vec();
-                all.push(Arc::clone(&listener));
-                state.set_listeners(all);
-                sockets.start(&listener);
-                tracing::info!(listener = %addr, bound = ?listener.bound(), proxy_protocol = listener.settings().proxy_protocol, "listener added");
-                publish_listener(state, addr, ChangeAction::Added, origin);
-                Ok(Applied::Listener { listener, warnings })
-            }
+            } => set_backend(cx, listener, hostname, address, admin, weight),
+            Change::AddListener { addr, settings } => add_listener(cx, addr, settings),
             Change::UpdateListener { listener, settings } => {
-                let listener = listener_by_name(state, &listener)?;
-                // Everything is checked before anything is written.
-                let no_sni = match settings.no_sni_route.as_deref().map(str::trim) {
-                    None => listener.no_sni_route(),
-                    Some("") => None,
-                    Some(h) => {
-                        check_len("no_sni_route", h, max_len::HOSTNAME)?;
-                        let name = route_name(&listener, h)?;
-                        if listener.routes().get(&name).is_none() {
-                            return Err(not_live(&listener, &name));
-                        }
-                        Some(name)
-                    }
-                };
-                let (settings, warnings) =
-                    listener_settings((*listener.settings()).clone(), settings)?;
-                store.update_listener(listener.id, &stored(&settings, no_sni.as_deref()))?;
-                tracing::info!(listener = %listener.addr, proxy_protocol = settings.proxy_protocol, proxy_protocol_from = %sources_text(&settings).join(","), no_sni_route = no_sni.as_deref().unwrap_or("-"), access_log = settings.access_log, "listener updated");
-                listener.set_settings(settings);
-                if listener.no_sni_route() != no_sni {
-                    listener.set_no_sni_route(no_sni);
-                }
-                publish_listener(state, listener.addr, ChangeAction::Updated, origin);
-                Ok(Applied::Listener { listener, warnings })
+                update_listener(cx, listener, settings)
             }
             Change::RemoveListener {
                 listener,
                 with_routes,
-            } => {
-                let listener = listener_by_name(state, &listener)?;
-                let routes = store.routes(listener.id)?.len();
-                if routes > 0 && !with_routes {
-                    return Err(ChangeError::Invalid(format!(
-                        "listener {} has {routes} route(s): remove them first, or remove the \
-                         listener with its routes (--with-routes)",
-                        listener.addr
-                    )));
-                }
-                store.delete_listener(listener.id)?;
-                let rest = state
-                    .listeners()
-                    .iter()
-                    .filter(|l| l.id != listener.id)
-                    .cloned()
-                    .collect();
-                state.set_listeners(rest);
-                // Its counters go with it; its open connections finish on their own.
-                state.build_table(listener.id, Vec::new());
-                // Every worker's socket closed before the answer: the address can be listened
-                // on again at once (re-added with other settings, say).
-                if !listener.close(SOCKET_CLOSE_WAIT) {
-                    tracing::warn!(listener = %listener.addr, "listener removed, but a worker had not closed its socket after {SOCKET_CLOSE_WAIT:?}");
-                }
-                tracing::info!(listener = %listener.addr, routes, open = listener.counters.active.load(std::sync::atomic::Ordering::Relaxed), "listener removed");
-                publish_listener(state, listener.addr, ChangeAction::Removed, origin);
-                Ok(Applied::Removed)
-            }
-            Change::ReloadSettings(new) => {
-                let (merged, report) = state.proxy().reload(&new);
-                if !report.applied.is_empty() {
-                    state.set_proxy(merged);
-                    tracing::info!(changed = %report.applied.join(", "), "[proxy] settings applied to new connections");
-                }
-                if !report.need_restart.is_empty() {
-                    tracing::warn!(settings = %report.need_restart.join(", "), "[proxy] settings changed in the file keep their running value until a restart");
-                }
-                Ok(Applied::Settings(report))
-            }
+            } => remove_listener(cx, listener, with_routes),
+            Change::ReloadSettings(new) => reload_settings(state, new),
         }
     }
+}
+
+/// What every change function works with: the store (locked for the change), the live
+/// state and who asked.
+struct Apply<'a> {
+    store: &'a mut Store,
+    state: &'a State,
+    origin: &'a Origin,
+}
+
+/// [`Change::AddRoute`].
+fn add_route(cx: Apply<'_>, listener: String, route: Route) -> Result<Applied, ChangeError> {
+    let Apply {
+        store,
+        state,
+        origin,
+    } = cx;
+    check_route_fields(&route)?;
+    check_absolute("tls_cert", &route.tls_cert)?;
+    check_absolute("tls_key", &route.tls_key)?;
+    let listener = listener_by_name(state, &listener)?;
+    let listener = &*listener;
+    if let Some(name) = crate::model::routes::route_name(&route.hostname)
+        && let Some(stored) = listener.not_served_route(&name)
+    {
+        return Err(ChangeError::AlreadyExists(format!(
+            "route {name} already exists on listener {} but is not served: {}; \
+             fix its files and reload, or update or remove it",
+            listener.addr, stored.reason
+        )));
+    }
+    let valid = validate(listener, &route)?;
+    store.create_route(listener.id, &valid.route)?;
+    let applied = Applied::Route {
+        route: valid.route.clone(),
+        warnings: valid.warnings.clone(),
+    };
+    tracing::info!(listener = %listener.addr, route = %valid.route.hostname, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route added");
+    let route = valid.route.clone();
+    swap_routes(state, listener, |routes| routes.push(valid));
+    publish_route(
+        state,
+        listener.addr,
+        ChangeAction::Added,
+        route,
+        None,
+        origin,
+    );
+    Ok(applied)
+}
+
+/// [`Change::UpdateRoute`].
+fn update_route(
+    cx: Apply<'_>,
+    listener: String,
+    hostname: String,
+    patch: RoutePatch,
+) -> Result<Applied, ChangeError> {
+    let Apply {
+        store,
+        state,
+        origin,
+    } = cx;
+    check_len("hostname", &hostname, max_len::HOSTNAME)?;
+    check_patch_fields(&patch)?;
+    let listener = listener_by_name(state, &listener)?;
+    let listener = &*listener;
+    let old = route_name(listener, &hostname)?;
+    let current = store
+        .routes(listener.id)?
+        .into_iter()
+        .find(|r| r.hostname == old)
+        .ok_or_else(|| no_route(listener, &old))?;
+    // A path the change sets must be absolute; one it keeps is the operator's
+    // earlier choice (a TOML-seeded route may hold a relative one).
+    for (field, new, stored) in [
+        ("tls_cert", &patch.tls_cert, &current.tls_cert),
+        ("tls_key", &patch.tls_key, &current.tls_key),
+    ] {
+        if let Some(new) = new.as_deref().filter(|new| new != stored) {
+            check_absolute(field, new)?;
+        }
+    }
+    let merged = merge(current, patch);
+    if crate::model::routes::route_name(&merged.hostname).as_deref() != Some(old.as_str()) {
+        keep_no_sni_route(listener, &old, "renamed")?;
+    }
+    let valid = validate(listener, &merged)?;
+    store.update_route(listener.id, &old, &valid.route)?;
+    let applied = Applied::Route {
+        route: valid.route.clone(),
+        warnings: valid.warnings.clone(),
+    };
+    tracing::info!(listener = %listener.addr, route = %valid.route.hostname, previous = %old, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route updated");
+    // A route that was not served validates now: it is served from here on.
+    listener.forget_not_served(&old);
+    replace_route(state, listener, old, valid, origin);
+    Ok(applied)
+}
+
+/// [`Change::RemoveRoute`].
+fn remove_route(cx: Apply<'_>, listener: String, hostname: String) -> Result<Applied, ChangeError> {
+    let Apply {
+        store,
+        state,
+        origin,
+    } = cx;
+    check_len("hostname", &hostname, max_len::HOSTNAME)?;
+    let listener = listener_by_name(state, &listener)?;
+    let listener = &*listener;
+    let name = route_name(listener, &hostname)?;
+    let removed = store
+        .routes(listener.id)?
+        .into_iter()
+        .find(|r| r.hostname == name)
+        .ok_or_else(|| no_route(listener, &name))?;
+    keep_no_sni_route(listener, &name, "removed")?;
+    store.delete_route(listener.id, &name)?;
+    swap_routes(state, listener, |routes| {
+        routes.retain(|r| r.route.hostname != name);
+    });
+    listener.forget_not_served(&name);
+    tracing::info!(listener = %listener.addr, route = %name, "route removed");
+    publish_route(
+        state,
+        listener.addr,
+        ChangeAction::Removed,
+        removed,
+        None,
+        origin,
+    );
+    Ok(Applied::Removed)
+}
+
+/// [`Change::AddFirewallRule`].
+fn add_firewall_rule(cx: Apply<'_>, rule: FirewallRule) -> Result<Applied, ChangeError> {
+    let Apply {
+        store,
+        state,
+        origin,
+    } = cx;
+    let rule = checked_rule(&rule)?;
+    store.add_firewall_rule(&rule)?;
+    swap_firewall(store, state)?;
+    publish_firewall(state, ChangeAction::Added, &rule, origin);
+    Ok(Applied::Rule(rule))
+}
+
+/// [`Change::RemoveFirewallRule`].
+fn remove_firewall_rule(cx: Apply<'_>, rule: FirewallRule) -> Result<Applied, ChangeError> {
+    let Apply {
+        store,
+        state,
+        origin,
+    } = cx;
+    let rule = checked_rule(&rule)?;
+    store.remove_firewall_rule(&rule)?;
+    swap_firewall(store, state)?;
+    publish_firewall(state, ChangeAction::Removed, &rule, origin);
+    Ok(Applied::Removed)
+}
+
+/// [`Change::SetBackendState`].
+fn set_backend(
+    cx: Apply<'_>,
+    listener: String,
+    hostname: String,
+    address: String,
+    admin: Option<AdminState>,
+    weight: Option<u32>,
+) -> Result<Applied, ChangeError> {
+    let Apply {
+        store,
+        state,
+        origin,
+    } = cx;
+    check_len("hostname", &hostname, max_len::HOSTNAME)?;
+    check_len("address", &address, max_len::BACKEND)?;
+    if admin.is_none() && weight.is_none() {
+        return Err(ChangeError::Invalid(
+            "nothing to change: give a state or a weight".into(),
+        ));
+    }
+    let listener = listener_by_name(state, &listener)?;
+    let listener = &*listener;
+    let name = route_name(listener, &hostname)?;
+    // The live route, with its loaded certificate: a drain must not depend on
+    // the certificate files still loading.
+    let live = listener
+        .routes()
+        .get(&name)
+        .ok_or_else(|| not_live(listener, &name))?;
+    let mut valid = live.to_valid();
+    let member = valid
+        .route
+        .backends
+        .iter_mut()
+        .find(|b| b.address == address)
+        .ok_or_else(|| {
+            ChangeError::NotFound(format!(
+                "route {name} on listener {} has no backend {}",
+                listener.addr,
+                clip(&address)
+            ))
+        })?;
+    if let Some(admin) = admin {
+        member.state = admin;
+    }
+    if let Some(weight) = weight {
+        member.weight = weight;
+        // The TOML's and the route's own rule (1 to 256), in its words.
+        member
+            .check_weight()
+            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+    }
+    let (admin, weight) = (member.state, member.weight);
+    store.set_backend(listener.id, &name, &address, admin, weight)?;
+    tracing::info!(listener = %listener.addr, route = %name, backend = %address, state = %admin, weight, "backend admin state and weight set");
+    let route = valid.route.clone();
+    // A member's state changed, not the route: `backend_changed` with the new
+    // state and reason at once (not `route_changed`, and not only when the health
+    // loop next looks).
+    swap_routes(state, listener, |routes| {
+        routes.retain(|r| r.route.hostname != name);
+        routes.push(valid);
+    });
+    if let Some(live) = listener.routes().get(&name) {
+        for t in live.backends.publishable() {
+            state.backend_changed_by(listener.addr, &live, Some(t), Some(origin.clone()));
+        }
+    }
+    Ok(Applied::Route {
+        route,
+        warnings: Vec::new(),
+    })
+}
+
+/// [`Change::AddListener`].
+fn add_listener(
+    cx: Apply<'_>,
+    addr: String,
+    settings: ListenerChange,
+) -> Result<Applied, ChangeError> {
+    let Apply {
+        store,
+        state,
+        origin,
+    } = cx;
+    check_len("listener", &addr, max_len::LISTENER)?;
+    let addr: SocketAddr = parse_listener_addr(&addr)?;
+    if state.listeners().iter().any(|l| l.addr == addr) {
+        return Err(ChangeError::AlreadyExists(format!(
+            "listener {addr} already exists"
+        )));
+    }
+    let (settings, warnings) = listener_settings(ListenerSettings::default(), settings)?;
+    // Bound before it is stored: an address in use fails with nothing written.
+    let host = state.sockets().ok_or_else(|| {
+        ChangeError::Internal("no data plane runs to listen on the address".into())
+    })?;
+    let sockets = host
+        .bind(addr)
+        .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+    let id = store.create_listener(&addr.to_string(), &stored(&settings, None))?;
+    let listener = Arc::new(ListenerState::new(
+        id,
+        addr,
+        settings,
+        crate::model::routes::RouteTable::with_stats(Vec::new(), |_| Arc::default()),
+    ));
+    let mut all = state.listeners().to_vec();
+    all.push(Arc::clone(&listener));
+    state.set_listeners(all);
+    sockets.start(&listener);
+    tracing::info!(listener = %addr, bound = ?listener.bound(), proxy_protocol = listener.settings().proxy_protocol, "listener added");
+    publish_listener(state, addr, ChangeAction::Added, origin);
+    Ok(Applied::Listener { listener, warnings })
+}
+
+/// [`Change::UpdateListener`].
+fn update_listener(
+    cx: Apply<'_>,
+    listener: String,
+    settings: ListenerChange,
+) -> Result<Applied, ChangeError> {
+    let Apply {
+        store,
+        state,
+        origin,
+    } = cx;
+    let listener = listener_by_name(state, &listener)?;
+    // Everything is checked before anything is written.
+    let no_sni = match settings.no_sni_route.as_deref().map(str::trim) {
+        None => listener.no_sni_route(),
+        Some("") => None,
+        Some(h) => {
+            check_len("no_sni_route", h, max_len::HOSTNAME)?;
+            let name = route_name(&listener, h)?;
+            if listener.routes().get(&name).is_none() {
+                return Err(not_live(&listener, &name));
+            }
+            Some(name)
+        }
+    };
+    let (settings, warnings) = listener_settings((*listener.settings()).clone(), settings)?;
+    store.update_listener(listener.id, &stored(&settings, no_sni.as_deref()))?;
+    tracing::info!(listener = %listener.addr, proxy_protocol = settings.proxy_protocol, proxy_protocol_from = %sources_text(&settings).join(","), no_sni_route = no_sni.as_deref().unwrap_or("-"), access_log = settings.access_log, "listener updated");
+    listener.set_settings(settings);
+    if listener.no_sni_route() != no_sni {
+        listener.set_no_sni_route(no_sni);
+    }
+    publish_listener(state, listener.addr, ChangeAction::Updated, origin);
+    Ok(Applied::Listener { listener, warnings })
+}
+
+/// [`Change::RemoveListener`].
+fn remove_listener(
+    cx: Apply<'_>,
+    listener: String,
+    with_routes: bool,
+) -> Result<Applied, ChangeError> {
+    let Apply {
+        store,
+        state,
+        origin,
+    } = cx;
+    let listener = listener_by_name(state, &listener)?;
+    let routes = store.routes(listener.id)?.len();
+    if routes > 0 && !with_routes {
+        return Err(ChangeError::Invalid(format!(
+            "listener {} has {routes} route(s): remove them first, or remove the \
+             listener with its routes (--with-routes)",
+            listener.addr
+        )));
+    }
+    store.delete_listener(listener.id)?;
+    let rest = state
+        .listeners()
+        .iter()
+        .filter(|l| l.id != listener.id)
+        .cloned()
+        .collect();
+    state.set_listeners(rest);
+    // Its counters go with it; its open connections finish on their own.
+    state.build_table(listener.id, Vec::new());
+    // Every worker's socket closed before the answer: the address can be listened
+    // on again at once (re-added with other settings, say).
+    if !listener.close(SOCKET_CLOSE_WAIT) {
+        tracing::warn!(listener = %listener.addr, "listener removed, but a worker had not closed its socket after {SOCKET_CLOSE_WAIT:?}");
+    }
+    tracing::info!(listener = %listener.addr, routes, open = listener.counters.active.load(std::sync::atomic::Ordering::Relaxed), "listener removed");
+    publish_listener(state, listener.addr, ChangeAction::Removed, origin);
+    Ok(Applied::Removed)
+}
+
+/// [`Change::ReloadSettings`].
+fn reload_settings(
+    state: &State,
+    new: Box<crate::model::state::ProxyConfig>,
+) -> Result<Applied, ChangeError> {
+    let (merged, report) = state.proxy().reload(&new);
+    if !report.applied.is_empty() {
+        state.set_proxy(merged);
+        tracing::info!(changed = %report.applied.join(", "), "[proxy] settings applied to new connections");
+    }
+    if !report.need_restart.is_empty() {
+        tracing::warn!(settings = %report.need_restart.join(", "), "[proxy] settings changed in the file keep their running value until a restart");
+    }
+    Ok(Applied::Settings(report))
 }
 
 /// The config's listeners that `state` does not have, each as a line that says so and gives
