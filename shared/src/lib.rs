@@ -1,6 +1,7 @@
 //! Types shared by the mc-proxy daemon and the programs that talk to it (`mcproxyctl`, the
 //! console, other Rust programs): the domain model, the generated admin API (`pb`), and a
-//! typed client over the daemon's Unix socket (`client`).
+//! typed client over the daemon's Unix socket (`client`), with the conversions between the model
+//! and the wire types that both ends use (`convert`).
 //!
 //! The model has no I/O and little validation: parsing enums, and the weight and health
 //! check numbers (`RouteBackend::check_weight`, `HealthCheck::check_timing`), which the daemon's
@@ -10,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod convert;
 pub mod model;
 pub mod outcome;
 pub mod text;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
-use mc_proxy_shared::client::{
+use mc_proxy_shared::convert::{
     outcome_to_pb, request_backend_protocol, request_balance, request_mode,
 };
 use mc_proxy_shared::pb::admin_service_server::{AdminService, AdminServiceServer};
