@@ -41,7 +41,7 @@ use tokio_util::task::TaskTracker;
 
 use mc_proxy_shared::{BackendState, CloseReason, MemberStats, ResetReason};
 
-use crate::model::state::{ListenerCounters, State};
+use crate::model::state::{ListenerCounters, ListenerState, State};
 use crate::model::stats::{
     BUCKET_BOUNDS_SECONDS, BUCKETS, BackendSnapshot, HistogramSnapshot, RouteStatsSnapshot,
 };
@@ -256,458 +256,503 @@ fn encode_process(e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> 
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let e = &mut encoder;
-        // `mcproxy_build_info{version="..."} 1`: an OpenMetrics info, a gauge in the
-        // Prometheus text format.
-        Info::new([("version", env!("CARGO_PKG_VERSION"))]).encode(e.encode_descriptor(
-            "mcproxy_build",
-            "mc-proxy build information; always 1.",
-            None,
-            MetricType::Info,
-        )?)?;
-
+        encode_build_info(e)?;
         encode_process(e)?;
-
         let all = self.state.listeners();
         let listeners: Vec<_> = all.iter().map(|l| (l.addr.to_string(), l)).collect();
-        let counter = |e: &mut DescriptorEncoder<'_>,
-                       name: &str,
-                       help: &str,
-                       read: &dyn Fn(&ListenerCounters) -> u64| {
-            family(
-                e,
-                name,
-                help,
-                None,
-                MetricType::Counter,
-                listeners.iter().map(|(name, l)| {
-                    (
-                        vec![("listener", name.as_str())],
-                        ConstCounter::new(read(&l.counters)),
-                    )
-                }),
-            )
-        };
-        counter(
-            e,
-            "mcproxy_listener_accepted_connections",
-            "Connections accepted by the listener.",
-            &|c| c.accepted.load(Relaxed),
-        )?;
+        encode_listeners(e, &listeners)?;
+        encode_routes(e, &listeners)?;
+        encode_members(e, &listeners)?;
+        encode_health_checks(e, &listeners)?;
+        encode_pool(e, &self.state)?;
+        Ok(())
+    }
+}
+
+/// `mcproxy_build_info{version="..."} 1`.
+fn encode_build_info(e: &mut DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+    // `mcproxy_build_info{version="..."} 1`: an OpenMetrics info, a gauge in the
+    // Prometheus text format.
+    Info::new([("version", env!("CARGO_PKG_VERSION"))]).encode(e.encode_descriptor(
+        "mcproxy_build",
+        "mc-proxy build information; always 1.",
+        None,
+        MetricType::Info,
+    )?)?;
+    Ok(())
+}
+
+/// The listeners' families: accepted, active, resets, TLS failures, closes, blocked, over
+/// capacity.
+fn encode_listeners(
+    e: &mut DescriptorEncoder<'_>,
+    listeners: &[(String, &Arc<ListenerState>)],
+) -> Result<(), std::fmt::Error> {
+    let counter = |e: &mut DescriptorEncoder<'_>,
+                   name: &str,
+                   help: &str,
+                   read: &dyn Fn(&ListenerCounters) -> u64| {
         family(
             e,
-            "mcproxy_listener_active_connections",
-            "Connections open on the listener now.",
+            name,
+            help,
             None,
-            MetricType::Gauge,
+            MetricType::Counter,
             listeners.iter().map(|(name, l)| {
                 (
                     vec![("listener", name.as_str())],
-                    ConstGauge::new(l.counters.active.load(Relaxed)),
+                    ConstCounter::new(read(&l.counters)),
                 )
             }),
-        )?;
-        family(
-            e,
-            "mcproxy_listener_resets",
-            "Connections reset by the pipeline, by reason (blocked, not_tls, unknown_host, \
-             backend_unreachable, ...).",
-            None,
-            MetricType::Counter,
-            listeners.iter().flat_map(|(name, l)| {
-                // Every reason, zeros included, so rate() works from the first reset.
-                ResetReason::ALL.iter().map(move |&reason| {
-                    (
-                        vec![("listener", name.as_str()), ("reason", reason.as_str())],
-                        ConstCounter::new(l.counters.resets(reason)),
-                    )
-                })
-            }),
-        )?;
-        family(
-            e,
-            "mcproxy_listener_tls_handshake_failures",
-            "L7 TLS handshakes that failed, by reason (certificate_rejected: the client's alert \
-             refused the certificate; incompatible: no version, suite or group in common; \
-             no_alpn; protocol_error; client_closed; timeout; alert_received; other).",
-            None,
-            MetricType::Counter,
-            listeners.iter().flat_map(|(name, l)| {
-                mc_proxy_shared::TlsFailure::ALL.iter().map(move |&reason| {
-                    (
-                        vec![("listener", name.as_str()), ("reason", reason.as_str())],
-                        ConstCounter::new(l.counters.tls_failures(reason)),
-                    )
-                })
-            }),
-        )?;
-        family(
-            e,
-            "mcproxy_listener_closes",
-            "Served connections closed, by reason (closed, idle_timeout, keepalive_timeout, \
-             request_header_timeout, route_gone, drained, ...).",
-            None,
-            MetricType::Counter,
-            listeners.iter().flat_map(|(name, l)| {
-                // Every reason, zeros included, as for resets.
-                CloseReason::ALL.iter().map(move |&reason| {
-                    (
-                        vec![("listener", name.as_str()), ("reason", reason.as_str())],
-                        ConstCounter::new(l.counters.closes(reason)),
-                    )
-                })
-            }),
-        )?;
-        counter(
-            e,
-            "mcproxy_listener_blocked_connections",
-            "Connections refused by policy: the firewall, or a PROXY header from a peer outside \
-             proxy_protocol_from.",
-            &|c| c.blocked.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "mcproxy_listener_over_capacity_connections",
-            "Connections closed at accept because [proxy] max_connections was reached.",
-            &|c| c.over_capacity.load(Relaxed),
-        )?;
-
-        // One snapshot per route for the whole scrape: every family sees the same moment.
-        // L4 routes carry no HTTP: the request families are for L7 routes only (an L4 route
-        // exported 24 series that could never move).
-        let mut routes = Vec::new();
-        let mut l7_routes = Vec::new();
-        for (listener, l) in &listeners {
-            for info in l.routes().iter() {
-                let row = (
-                    listener.as_str(),
-                    info.route.hostname.clone(),
-                    info.stats.snapshot(),
-                );
-                if info.route.mode == mc_proxy_shared::Mode::L7 {
-                    l7_routes.push(row.clone());
-                }
-                routes.push(row);
-            }
-        }
-        macro_rules! per_route {
-            ($name:expr, $help:expr, $unit:expr, $type:expr, $metric:expr) => {
-                per_route!(routes, $name, $help, $unit, $type, $metric)
-            };
-            ($rows:ident, $name:expr, $help:expr, $unit:expr, $type:expr, $metric:expr) => {
-                family(
-                    e,
-                    $name,
-                    $help,
-                    $unit,
-                    $type,
-                    $rows.iter().map(|(listener, route, s)| {
-                        (
-                            vec![("listener", *listener), ("route", route.as_str())],
-                            $metric(s),
-                        )
-                    }),
-                )?
-            };
-        }
-        per_route!(
-            "mcproxy_route_connections",
-            "Connections routed by the route.",
-            None,
-            MetricType::Counter,
-            |s: &RouteStatsSnapshot| ConstCounter::new(s.total)
-        );
-        per_route!(
-            "mcproxy_route_active_connections",
-            "Connections routed by the route and open now.",
-            None,
-            MetricType::Gauge,
-            |s: &RouteStatsSnapshot| ConstGauge::new(s.active)
-        );
-        per_route!(
-            "mcproxy_route_receive",
-            "Bytes received from clients and sent toward the backend (TLS bytes on the client \
-             connection, ClientHello included; admin API bytes_in).",
-            Some(&Unit::Bytes),
-            MetricType::Counter,
-            |s: &RouteStatsSnapshot| ConstCounter::new(s.bytes_up)
-        );
-        per_route!(
-            "mcproxy_route_transmit",
-            "Bytes sent to clients from the backend (TLS bytes on the client connection; admin \
-             API bytes_out).",
-            Some(&Unit::Bytes),
-            MetricType::Counter,
-            |s: &RouteStatsSnapshot| ConstCounter::new(s.bytes_down)
-        );
-        per_route!(
-            "mcproxy_route_backend_errors",
-            "Failures the client saw because of the backend. L4: connections reset because no \
-             member answered the dial. L7: requests answered 502/504 because of the backend.",
-            None,
-            MetricType::Counter,
-            |s: &RouteStatsSnapshot| ConstCounter::new(s.backend_errors)
-        );
-        per_route!(
-            "mcproxy_route_retries",
-            "Tries the client did not see: L4 dials that went on to the next member, L7 \
-             requests sent again (failover, lost connection, refused stream, graceful close).",
-            None,
-            MetricType::Counter,
-            |s: &RouteStatsSnapshot| ConstCounter::new(s.retries)
-        );
-        per_route!(
-            l7_routes,
-            "mcproxy_route_requests",
-            "L7 requests received.",
-            None,
-            MetricType::Counter,
-            |s: &RouteStatsSnapshot| ConstCounter::new(s.requests)
-        );
-        family(
-            e,
-            "mcproxy_route_responses",
-            "L7 responses sent, by status class (the proxy's own 421/502/504 included).",
-            None,
-            MetricType::Counter,
-            l7_routes.iter().flat_map(|(listener, route, s)| {
-                CLASSES.iter().zip(s.responses).map(move |(class, n)| {
-                    (
-                        vec![
-                            ("listener", *listener),
-                            ("route", route.as_str()),
-                            ("class", *class),
-                        ],
-                        ConstCounter::new(n),
-                    )
-                })
-            }),
-        )?;
-        per_route!(
-            l7_routes,
-            "mcproxy_route_request_duration",
-            "L7: time from receiving a request's head to handing back the response head (the \
-             backend's, or the proxy's own 421/502/504); body streaming excluded.",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-            |s: &RouteStatsSnapshot| ConstHistogram(s.request_duration)
-        );
-        per_route!(
-            "mcproxy_route_backend_connect_duration",
-            "Successful backend connection setups. L7: TCP connect, PROXY header, TLS and \
-             HTTP/2 handshake, once per backend connection. L4: the TCP connect.",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-            |s: &RouteStatsSnapshot| ConstHistogram(s.connect_duration)
-        );
-
-        per_route!(
-            "mcproxy_route_no_backend",
-            "Connections (L4, reset no_backend) or requests (L7, answered 503) refused because \
-             no member of the route could take them.",
-            None,
-            MetricType::Counter,
-            |s: &RouteStatsSnapshot| ConstCounter::new(s.no_backend)
-        );
-
-        // Route members: one sample per (listener, route, member).
-        let mut members = Vec::new();
-        for (listener, l) in &listeners {
-            for info in l.routes().iter() {
-                for m in info.members() {
-                    members.push((listener.as_str(), info.route.hostname.clone(), m));
-                }
-            }
-        }
-        fn member_labels<'a>(
-            (listener, route, m): &'a (&'a str, String, MemberStats),
-        ) -> Vec<(&'static str, &'a str)> {
-            vec![
-                ("listener", *listener),
-                ("route", route.as_str()),
-                ("backend", m.address.as_str()),
-            ]
-        }
-        family(
-            e,
-            "mcproxy_route_backend_state",
-            "1 for the state each route member is in (up, down, ejected, draining, disabled, \
-             unknown), 0 for the others.",
-            None,
-            MetricType::Gauge,
-            members.iter().flat_map(|m| {
-                BackendState::ALL.iter().map(move |&state| {
-                    let mut l = member_labels(m);
-                    l.push(("state", state.as_str()));
-                    (l, ConstGauge::new(u64::from(m.2.state == state)))
-                })
-            }),
-        )?;
-        family(
-            e,
-            "mcproxy_route_backend_active",
-            "L4 connections or L7 requests open on the route member now.",
-            None,
-            MetricType::Gauge,
-            members
-                .iter()
-                .map(|m| (member_labels(m), ConstGauge::new(m.2.active))),
-        )?;
-        family(
-            e,
-            "mcproxy_route_backend_selected",
-            "L4 connections or L7 requests sent to the route member.",
-            None,
-            MetricType::Counter,
-            members
-                .iter()
-                .map(|m| (member_labels(m), ConstCounter::new(m.2.total))),
-        )?;
-        family(
-            e,
-            "mcproxy_route_backend_failures",
-            "Failed connects and L7 connection-level failures (lost before the response, \
-             response timeout) of the route member.",
-            None,
-            MetricType::Counter,
-            members
-                .iter()
-                .map(|m| (member_labels(m), ConstCounter::new(m.2.failures))),
-        )?;
-        family(
-            e,
-            "mcproxy_route_backend_ejections",
-            "Times passive health ejected the route member.",
-            None,
-            MetricType::Counter,
-            members
-                .iter()
-                .map(|m| (member_labels(m), ConstCounter::new(m.2.ejections))),
-        )?;
-        family(
-            e,
-            "mcproxy_route_backend_state_since",
-            "When the route member entered its current state, in seconds since the Unix epoch.",
-            Some(&Unit::Seconds),
-            MetricType::Gauge,
-            members.iter().map(|m| {
-                // Millisecond precision: exact in an f64 for millions of years.
-                let since = m.2.since_ms as f64 / 1000.0;
-                (member_labels(m), ConstGauge::new(since))
-            }),
-        )?;
-
-        // Active health checks: only the members of routes that have one.
-        let mut checked = Vec::new();
-        for (listener, l) in &listeners {
-            for info in l.routes().iter() {
-                if info.route.health_check.is_none() {
-                    continue;
-                }
-                for (stats, m) in info.members().into_iter().zip(info.backends.members()) {
-                    let duration = m.health.check_duration();
-                    checked.push((
-                        (listener.as_str(), info.route.hostname.clone(), stats),
-                        duration,
-                    ));
-                }
-            }
-        }
-        family(
-            e,
-            "mcproxy_health_checks",
-            "Active health check probes of the route member, by result (ok, failed).",
-            None,
-            MetricType::Counter,
-            checked.iter().flat_map(|(m, _)| {
-                [("ok", m.2.checks_passed), ("failed", m.2.checks_failed)]
-                    .into_iter()
-                    .map(move |(result, n)| {
-                        let mut l = member_labels(m);
-                        l.push(("result", result));
-                        (l, ConstCounter::new(n))
-                    })
-            }),
-        )?;
-        family(
-            e,
-            "mcproxy_health_check_duration",
-            "Active health check probe durations of the route member, passed or failed (a \
-             failed one to its failure, a timeout at the check's timeout).",
-            Some(&Unit::Seconds),
-            MetricType::Histogram,
-            checked
-                .iter()
-                .map(|(m, d)| (member_labels(m), ConstHistogram(*d))),
-        )?;
-
-        // The L7 backend connection pool, per backend (address, protocol, TLS).
-        let backends: Vec<_> = self
-            .state
-            .backends
-            .snapshot()
-            .into_iter()
-            .map(|b| {
-                let tls = if b.key.tls { "true" } else { "false" };
-                (b.key.backend.clone(), b.key.protocol.as_str(), tls, b)
+        )
+    };
+    counter(
+        e,
+        "mcproxy_listener_accepted_connections",
+        "Connections accepted by the listener.",
+        &|c| c.accepted.load(Relaxed),
+    )?;
+    family(
+        e,
+        "mcproxy_listener_active_connections",
+        "Connections open on the listener now.",
+        None,
+        MetricType::Gauge,
+        listeners.iter().map(|(name, l)| {
+            (
+                vec![("listener", name.as_str())],
+                ConstGauge::new(l.counters.active.load(Relaxed)),
+            )
+        }),
+    )?;
+    family(
+        e,
+        "mcproxy_listener_resets",
+        "Connections reset by the pipeline, by reason (blocked, not_tls, unknown_host, \
+         backend_unreachable, ...).",
+        None,
+        MetricType::Counter,
+        listeners.iter().flat_map(|(name, l)| {
+            // Every reason, zeros included, so rate() works from the first reset.
+            ResetReason::ALL.iter().map(move |&reason| {
+                (
+                    vec![("listener", name.as_str()), ("reason", reason.as_str())],
+                    ConstCounter::new(l.counters.resets(reason)),
+                )
             })
-            .collect();
-        fn labels<'a>(
-            (backend, protocol, tls, _): &'a (String, &'static str, &'static str, BackendSnapshot),
-        ) -> Vec<(&'static str, &'a str)> {
-            vec![
-                ("backend", backend.as_str()),
-                ("protocol", *protocol),
-                ("tls", *tls),
-            ]
+        }),
+    )?;
+    family(
+        e,
+        "mcproxy_listener_tls_handshake_failures",
+        "L7 TLS handshakes that failed, by reason (certificate_rejected: the client's alert \
+         refused the certificate; incompatible: no version, suite or group in common; \
+         no_alpn; protocol_error; client_closed; timeout; alert_received; other).",
+        None,
+        MetricType::Counter,
+        listeners.iter().flat_map(|(name, l)| {
+            mc_proxy_shared::TlsFailure::ALL.iter().map(move |&reason| {
+                (
+                    vec![("listener", name.as_str()), ("reason", reason.as_str())],
+                    ConstCounter::new(l.counters.tls_failures(reason)),
+                )
+            })
+        }),
+    )?;
+    family(
+        e,
+        "mcproxy_listener_closes",
+        "Served connections closed, by reason (closed, idle_timeout, keepalive_timeout, \
+         request_header_timeout, route_gone, drained, ...).",
+        None,
+        MetricType::Counter,
+        listeners.iter().flat_map(|(name, l)| {
+            // Every reason, zeros included, as for resets.
+            CloseReason::ALL.iter().map(move |&reason| {
+                (
+                    vec![("listener", name.as_str()), ("reason", reason.as_str())],
+                    ConstCounter::new(l.counters.closes(reason)),
+                )
+            })
+        }),
+    )?;
+    counter(
+        e,
+        "mcproxy_listener_blocked_connections",
+        "Connections refused by policy: the firewall, or a PROXY header from a peer outside \
+         proxy_protocol_from.",
+        &|c| c.blocked.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "mcproxy_listener_over_capacity_connections",
+        "Connections closed at accept because [proxy] max_connections was reached.",
+        &|c| c.over_capacity.load(Relaxed),
+    )?;
+    Ok(())
+}
+
+/// The routes' families: connections, bytes, errors, retries, requests and responses,
+/// durations (the request families for L7 routes only).
+fn encode_routes(
+    e: &mut DescriptorEncoder<'_>,
+    listeners: &[(String, &Arc<ListenerState>)],
+) -> Result<(), std::fmt::Error> {
+    // One snapshot per route for the whole scrape: every family sees the same moment.
+    // L4 routes carry no HTTP: the request families are for L7 routes only (an L4 route
+    // exported 24 series that could never move).
+    let mut routes = Vec::new();
+    let mut l7_routes = Vec::new();
+    for (listener, l) in listeners {
+        for info in l.routes().iter() {
+            let row = (
+                listener.as_str(),
+                info.route.hostname.clone(),
+                info.stats.snapshot(),
+            );
+            if info.route.mode == mc_proxy_shared::Mode::L7 {
+                l7_routes.push(row.clone());
+            }
+            routes.push(row);
         }
-        family(
-            e,
-            "mcproxy_backend_connections",
-            "L7 pooled backend connections open now, by state: in_use (carrying a request) or \
-             idle.",
-            None,
-            MetricType::Gauge,
-            backends.iter().flat_map(|b| {
-                let s = &b.3;
-                [("in_use", s.in_use), ("idle", s.idle)].map(|(state, n)| {
-                    let mut l = labels(b);
-                    l.push(("state", state));
-                    (l, ConstGauge::new(n))
-                })
-            }),
-        )?;
-        family(
-            e,
-            "mcproxy_backend_requests_in_flight",
-            "L7 requests on pooled backend connections now (HTTP/2 streams, HTTP/1.1 requests).",
-            None,
-            MetricType::Gauge,
-            backends
-                .iter()
-                .map(|b| (labels(b), ConstGauge::new(b.3.requests))),
-        )?;
-        family(
-            e,
-            "mcproxy_backend_connections_opened",
-            "L7 backend connections opened by the pool.",
-            None,
-            MetricType::Counter,
-            backends
-                .iter()
-                .map(|b| (labels(b), ConstCounter::new(b.3.opened))),
-        )?;
-        family(
-            e,
-            "mcproxy_backend_connect_failures",
-            "L7 backend connection attempts that failed (refused, TLS, handshake, timeout).",
-            None,
-            MetricType::Counter,
-            backends
-                .iter()
-                .map(|b| (labels(b), ConstCounter::new(b.3.failed))),
-        )?;
-        Ok(())
     }
+    macro_rules! per_route {
+        ($name:expr, $help:expr, $unit:expr, $type:expr, $metric:expr) => {
+            per_route!(routes, $name, $help, $unit, $type, $metric)
+        };
+        ($rows:ident, $name:expr, $help:expr, $unit:expr, $type:expr, $metric:expr) => {
+            family(
+                e,
+                $name,
+                $help,
+                $unit,
+                $type,
+                $rows.iter().map(|(listener, route, s)| {
+                    (
+                        vec![("listener", *listener), ("route", route.as_str())],
+                        $metric(s),
+                    )
+                }),
+            )?
+        };
+    }
+    per_route!(
+        "mcproxy_route_connections",
+        "Connections routed by the route.",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.total)
+    );
+    per_route!(
+        "mcproxy_route_active_connections",
+        "Connections routed by the route and open now.",
+        None,
+        MetricType::Gauge,
+        |s: &RouteStatsSnapshot| ConstGauge::new(s.active)
+    );
+    per_route!(
+        "mcproxy_route_receive",
+        "Bytes received from clients and sent toward the backend (TLS bytes on the client \
+         connection, ClientHello included; admin API bytes_in).",
+        Some(&Unit::Bytes),
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.bytes_up)
+    );
+    per_route!(
+        "mcproxy_route_transmit",
+        "Bytes sent to clients from the backend (TLS bytes on the client connection; admin \
+         API bytes_out).",
+        Some(&Unit::Bytes),
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.bytes_down)
+    );
+    per_route!(
+        "mcproxy_route_backend_errors",
+        "Failures the client saw because of the backend. L4: connections reset because no \
+         member answered the dial. L7: requests answered 502/504 because of the backend.",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.backend_errors)
+    );
+    per_route!(
+        "mcproxy_route_retries",
+        "Tries the client did not see: L4 dials that went on to the next member, L7 \
+         requests sent again (failover, lost connection, refused stream, graceful close).",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.retries)
+    );
+    per_route!(
+        l7_routes,
+        "mcproxy_route_requests",
+        "L7 requests received.",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.requests)
+    );
+    family(
+        e,
+        "mcproxy_route_responses",
+        "L7 responses sent, by status class (the proxy's own 421/502/504 included).",
+        None,
+        MetricType::Counter,
+        l7_routes.iter().flat_map(|(listener, route, s)| {
+            CLASSES.iter().zip(s.responses).map(move |(class, n)| {
+                (
+                    vec![
+                        ("listener", *listener),
+                        ("route", route.as_str()),
+                        ("class", *class),
+                    ],
+                    ConstCounter::new(n),
+                )
+            })
+        }),
+    )?;
+    per_route!(
+        l7_routes,
+        "mcproxy_route_request_duration",
+        "L7: time from receiving a request's head to handing back the response head (the \
+         backend's, or the proxy's own 421/502/504); body streaming excluded.",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+        |s: &RouteStatsSnapshot| ConstHistogram(s.request_duration)
+    );
+    per_route!(
+        "mcproxy_route_backend_connect_duration",
+        "Successful backend connection setups. L7: TCP connect, PROXY header, TLS and \
+         HTTP/2 handshake, once per backend connection. L4: the TCP connect.",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+        |s: &RouteStatsSnapshot| ConstHistogram(s.connect_duration)
+    );
+
+    per_route!(
+        "mcproxy_route_no_backend",
+        "Connections (L4, reset no_backend) or requests (L7, answered 503) refused because \
+         no member of the route could take them.",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.no_backend)
+    );
+    Ok(())
+}
+
+/// A member's labels: listener, route, backend.
+fn member_labels<'a>(
+    (listener, route, m): &'a (&'a str, String, MemberStats),
+) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("listener", *listener),
+        ("route", route.as_str()),
+        ("backend", m.address.as_str()),
+    ]
+}
+
+/// The route members' families: weight, state, since, traffic, failures, ejections.
+fn encode_members(
+    e: &mut DescriptorEncoder<'_>,
+    listeners: &[(String, &Arc<ListenerState>)],
+) -> Result<(), std::fmt::Error> {
+    // Route members: one sample per (listener, route, member).
+    let mut members = Vec::new();
+    for (listener, l) in listeners {
+        for info in l.routes().iter() {
+            for m in info.members() {
+                members.push((listener.as_str(), info.route.hostname.clone(), m));
+            }
+        }
+    }
+    family(
+        e,
+        "mcproxy_route_backend_state",
+        "1 for the state each route member is in (up, down, ejected, draining, disabled, \
+         unknown), 0 for the others.",
+        None,
+        MetricType::Gauge,
+        members.iter().flat_map(|m| {
+            BackendState::ALL.iter().map(move |&state| {
+                let mut l = member_labels(m);
+                l.push(("state", state.as_str()));
+                (l, ConstGauge::new(u64::from(m.2.state == state)))
+            })
+        }),
+    )?;
+    family(
+        e,
+        "mcproxy_route_backend_active",
+        "L4 connections or L7 requests open on the route member now.",
+        None,
+        MetricType::Gauge,
+        members
+            .iter()
+            .map(|m| (member_labels(m), ConstGauge::new(m.2.active))),
+    )?;
+    family(
+        e,
+        "mcproxy_route_backend_selected",
+        "L4 connections or L7 requests sent to the route member.",
+        None,
+        MetricType::Counter,
+        members
+            .iter()
+            .map(|m| (member_labels(m), ConstCounter::new(m.2.total))),
+    )?;
+    family(
+        e,
+        "mcproxy_route_backend_failures",
+        "Failed connects and L7 connection-level failures (lost before the response, \
+         response timeout) of the route member.",
+        None,
+        MetricType::Counter,
+        members
+            .iter()
+            .map(|m| (member_labels(m), ConstCounter::new(m.2.failures))),
+    )?;
+    family(
+        e,
+        "mcproxy_route_backend_ejections",
+        "Times passive health ejected the route member.",
+        None,
+        MetricType::Counter,
+        members
+            .iter()
+            .map(|m| (member_labels(m), ConstCounter::new(m.2.ejections))),
+    )?;
+    family(
+        e,
+        "mcproxy_route_backend_state_since",
+        "When the route member entered its current state, in seconds since the Unix epoch.",
+        Some(&Unit::Seconds),
+        MetricType::Gauge,
+        members.iter().map(|m| {
+            // Millisecond precision: exact in an f64 for millions of years.
+            let since = m.2.since_ms as f64 / 1000.0;
+            (member_labels(m), ConstGauge::new(since))
+        }),
+    )?;
+    Ok(())
+}
+
+/// The active health checks' families, for the members of routes that have one.
+fn encode_health_checks(
+    e: &mut DescriptorEncoder<'_>,
+    listeners: &[(String, &Arc<ListenerState>)],
+) -> Result<(), std::fmt::Error> {
+    // Active health checks: only the members of routes that have one.
+    let mut checked = Vec::new();
+    for (listener, l) in listeners {
+        for info in l.routes().iter() {
+            if info.route.health_check.is_none() {
+                continue;
+            }
+            for (stats, m) in info.members().into_iter().zip(info.backends.members()) {
+                let duration = m.health.check_duration();
+                checked.push((
+                    (listener.as_str(), info.route.hostname.clone(), stats),
+                    duration,
+                ));
+            }
+        }
+    }
+    family(
+        e,
+        "mcproxy_health_checks",
+        "Active health check probes of the route member, by result (ok, failed).",
+        None,
+        MetricType::Counter,
+        checked.iter().flat_map(|(m, _)| {
+            [("ok", m.2.checks_passed), ("failed", m.2.checks_failed)]
+                .into_iter()
+                .map(move |(result, n)| {
+                    let mut l = member_labels(m);
+                    l.push(("result", result));
+                    (l, ConstCounter::new(n))
+                })
+        }),
+    )?;
+    family(
+        e,
+        "mcproxy_health_check_duration",
+        "Active health check probe durations of the route member, passed or failed (a \
+         failed one to its failure, a timeout at the check's timeout).",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+        checked
+            .iter()
+            .map(|(m, d)| (member_labels(m), ConstHistogram(*d))),
+    )?;
+    Ok(())
+}
+
+/// The L7 backend connection pool's families, per backend (address, protocol, TLS).
+fn encode_pool(e: &mut DescriptorEncoder<'_>, state: &State) -> Result<(), std::fmt::Error> {
+    // The L7 backend connection pool, per backend (address, protocol, TLS).
+    let backends: Vec<_> = state
+        .backends
+        .snapshot()
+        .into_iter()
+        .map(|b| {
+            let tls = if b.key.tls { "true" } else { "false" };
+            (b.key.backend.clone(), b.key.protocol.as_str(), tls, b)
+        })
+        .collect();
+    fn labels<'a>(
+        (backend, protocol, tls, _): &'a (String, &'static str, &'static str, BackendSnapshot),
+    ) -> Vec<(&'static str, &'a str)> {
+        vec![
+            ("backend", backend.as_str()),
+            ("protocol", *protocol),
+            ("tls", *tls),
+        ]
+    }
+    family(
+        e,
+        "mcproxy_backend_connections",
+        "L7 pooled backend connections open now, by state: in_use (carrying a request) or \
+         idle.",
+        None,
+        MetricType::Gauge,
+        backends.iter().flat_map(|b| {
+            let s = &b.3;
+            [("in_use", s.in_use), ("idle", s.idle)].map(|(state, n)| {
+                let mut l = labels(b);
+                l.push(("state", state));
+                (l, ConstGauge::new(n))
+            })
+        }),
+    )?;
+    family(
+        e,
+        "mcproxy_backend_requests_in_flight",
+        "L7 requests on pooled backend connections now (HTTP/2 streams, HTTP/1.1 requests).",
+        None,
+        MetricType::Gauge,
+        backends
+            .iter()
+            .map(|b| (labels(b), ConstGauge::new(b.3.requests))),
+    )?;
+    family(
+        e,
+        "mcproxy_backend_connections_opened",
+        "L7 backend connections opened by the pool.",
+        None,
+        MetricType::Counter,
+        backends
+            .iter()
+            .map(|b| (labels(b), ConstCounter::new(b.3.opened))),
+    )?;
+    family(
+        e,
+        "mcproxy_backend_connect_failures",
+        "L7 backend connection attempts that failed (refused, TLS, handshake, timeout).",
+        None,
+        MetricType::Counter,
+        backends
+            .iter()
+            .map(|b| (labels(b), ConstCounter::new(b.3.failed))),
+    )?;
+    Ok(())
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` fires and every connection has ended.
