@@ -18,7 +18,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use mc_proxy_shared::client::{
     ConnectionList, Event, ListenerStatus, RouteEntry, RouteStats, Status, TimedEvent,
 };
-use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Route};
+use mc_proxy_shared::{ChangeAction, FirewallRule, FirewallRuleKind, Route};
 
 use super::conns::ConnView;
 use super::fit;
@@ -820,17 +820,19 @@ impl App {
                 );
                 let selected_here = self.listener().is_some_and(|l| l.addr == listener);
                 let list = self.routes.entry(listener).or_default();
-                match action.as_str() {
+                match action {
                     // An add seen in the snapshot already (the stream starts before it).
                     // Also a stored route a reload serves again.
-                    "added" => match list.iter_mut().find(|r| r.route.hostname == route.hostname) {
-                        Some(view) => {
-                            view.route = route;
-                            view.not_served = None;
+                    ChangeAction::Added => {
+                        match list.iter_mut().find(|r| r.route.hostname == route.hostname) {
+                            Some(view) => {
+                                view.route = route;
+                                view.not_served = None;
+                            }
+                            None => list.push(RouteView::new(route)),
                         }
-                        None => list.push(RouteView::new(route)),
-                    },
-                    "updated" => {
+                    }
+                    ChangeAction::Updated => {
                         if let Some(view) = list
                             .iter_mut()
                             .find(|r| r.route.hostname == previous_hostname)
@@ -846,8 +848,7 @@ impl App {
                             view.not_served = None;
                         }
                     }
-                    "removed" => list.retain(|r| r.route.hostname != route.hostname),
-                    _ => {}
+                    ChangeAction::Removed => list.retain(|r| r.route.hostname != route.hostname),
                 }
             }
             // The listener list itself comes with the next stats tick.
@@ -875,8 +876,8 @@ impl App {
                         by(origin.as_ref())
                     ),
                 );
-                match action.as_str() {
-                    "added" => {
+                match action {
+                    ChangeAction::Added => {
                         if let Screen::Firewall(fw) = &mut self.mode
                             && fw.select_next_added
                         {
@@ -887,8 +888,9 @@ impl App {
                             self.rules.push(rule);
                         }
                     }
-                    "removed" => self.rules.retain(|r| *r != rule),
-                    _ => {}
+                    ChangeAction::Removed => self.rules.retain(|r| *r != rule),
+                    // A rule is its value: it is never changed in place.
+                    ChangeAction::Updated => {}
                 }
             }
             Event::Lagged { dropped } => {
