@@ -12,12 +12,11 @@ use std::path::Path;
 
 use futures_util::StreamExt;
 use mc_proxy_shared::client::{
-    AdminClient, BackendStatus, ChangeOrigin, ClientError, ConnectionList, Event, ListenerStatus,
-    ListenerUpdate, ReloadResult, RouteEntry, RoutePatch, RouteReload, Status, TimedEvent,
+    AdminClient, BackendStatus, ClientError, ConnectionList, Event, ListenerStatus, ListenerUpdate,
+    ReloadResult, RouteEntry, RoutePatch, RouteReload, Status, TimedEvent,
 };
 use mc_proxy_shared::{
-    AdminState, BackendState, FirewallRule, FirewallRuleKind, HealthCheck, MemberStats, Mode,
-    Route, RouteBackend,
+    FirewallRule, FirewallRuleKind, HealthCheck, MemberStats, Mode, Route, RouteBackend,
 };
 use serde::Serialize;
 
@@ -25,6 +24,11 @@ use crate::cli::{
     CheckArgs, Command, ConnectionsCommand, FirewallCommand, ListenersCommand, RouteArgs,
     RoutesCommand, RuleArgs, TableArgs, UpdateArgs,
 };
+use crate::format::{
+    clock_ms, fit, human_bytes, member_check, member_since, member_state_reason, now_ms,
+    origin_long, uptime,
+};
+use crate::paths::absolute_path;
 
 /// A failed subcommand.
 #[derive(Debug)]
@@ -108,6 +112,12 @@ impl CtlError {
             CtlError::Unreachable(_) => 3,
             CtlError::Denied(_) => 4,
         }
+    }
+}
+
+impl From<crate::paths::PathError> for CtlError {
+    fn from(e: crate::paths::PathError) -> Self {
+        CtlError::Usage(e.to_string())
     }
 }
 
@@ -303,19 +313,6 @@ fn parse_mode(mode: Option<&str>) -> Result<Option<Mode>, CtlError> {
     mode.map(|m| m.parse::<Mode>())
         .transpose()
         .map_err(|e| CtlError::Usage(e.to_string()))
-}
-
-/// The daemon resolves paths in its own working directory and refuses relative ones; a path
-/// typed here means "relative to where I am", so it is made absolute here.
-pub fn absolute_path(path: &str) -> Result<String, CtlError> {
-    if path.is_empty() {
-        return Ok(String::new());
-    }
-    let abs = std::path::absolute(path)
-        .map_err(|e| CtlError::Usage(format!("cannot resolve the path {path}: {e}")))?;
-    abs.into_os_string()
-        .into_string()
-        .map_err(|_| CtlError::Usage(format!("the path {path} is not valid UTF-8")))
 }
 
 /// The route `hostname` names (compared as the daemon does: case and a trailing dot do not
@@ -671,13 +668,6 @@ pub fn event_type(event: &Event) -> &'static str {
     }
 }
 
-/// ` [change 7 by uid 1000 pid 4242 (mcproxyctl)]` for an operator's change, else nothing.
-fn by(origin: &Option<ChangeOrigin>) -> String {
-    origin.as_ref().map_or_else(String::new, |o| {
-        format!(" [change {} by {}]", o.change_id, o.by)
-    })
-}
-
 fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), CtlError> {
     let text = serde_json::to_string(value)
         .map_err(|e| CtlError::Output(std::io::Error::other(format!("JSON: {e}"))))?;
@@ -776,22 +766,6 @@ fn flags(route: &Route) -> String {
     }
 }
 
-/// 1536 -> "1.5K".
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n}B")
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
-}
-
 /// The listeners table of `status` and `listeners list`, with a line under it per listener
 /// whose stored routes are not all served.
 fn format_listeners(listeners: &[ListenerStatus], headers: bool) -> String {
@@ -846,14 +820,11 @@ fn format_listeners(listeners: &[ListenerStatus], headers: bool) -> String {
 }
 
 fn format_status(s: &Status, headers: bool) -> String {
-    let secs = s.uptime.as_secs();
     let mut out = String::new();
     let summary = format!(
-        "mc-proxy {}, up {}h{:02}m{:02}s, {} open / {} total connections, {} firewall rule(s)\n\n",
+        "mc-proxy {}, up {}, {} open / {} total connections, {} firewall rule(s)\n\n",
         s.version,
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
+        uptime(s.uptime),
         s.active_connections,
         s.total_connections,
         s.firewall_rules
@@ -873,7 +844,7 @@ const REASON_CHARS: usize = 60;
 fn state_cell(e: &RouteEntry) -> String {
     match &e.not_served {
         None => "served".to_owned(),
-        Some(reason) => format!("not served: {}", crate::tui::fit::end(reason, REASON_CHARS)),
+        Some(reason) => format!("not served: {}", fit::end(reason, REASON_CHARS)),
     }
 }
 
@@ -951,49 +922,6 @@ fn members_cell(e: &RouteEntry) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// What a member is doing, for people: the live state, with the admin state when they differ
-/// in a way the live one does not say (an enabled member that is down shows `down`).
-pub fn member_state(m: &MemberStats) -> String {
-    match (m.admin, m.state) {
-        (AdminState::Enabled, s) => s.to_string(),
-        (admin, BackendState::Draining | BackendState::Disabled) => admin.to_string(),
-        (admin, s) => format!("{admin},{s}"),
-    }
-}
-
-/// `for 2m`: how long the member has been in its state at `now_ms` (ms since the Unix
-/// epoch); `-` from a daemon that does not say.
-pub fn member_since(m: &MemberStats, now_ms: u64) -> String {
-    if m.since_ms == 0 {
-        return "-".into();
-    }
-    format!(
-        "for {}",
-        crate::tui::fit::age(now_ms.saturating_sub(m.since_ms) / 1000)
-    )
-}
-
-/// The last active check at `now_ms`: `3s ago: ok in 2ms`, `1s ago: connect refused in
-/// 150µs`; `-` when there is none (no check, or its settings just changed).
-pub fn member_check(m: &MemberStats, now_ms: u64) -> String {
-    match &m.last_check {
-        None => "-".into(),
-        Some(c) => format!(
-            "{} ago: {} in {}",
-            crate::tui::fit::age(now_ms.saturating_sub(c.at_ms) / 1000),
-            c.error.as_deref().unwrap_or("ok"),
-            crate::tui::fit::latency(c.latency)
-        ),
-    }
-}
-
-/// Now, in milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `routes show`: the route's fields, then one row per member.
@@ -1207,14 +1135,7 @@ fn format_reload(report: &[RouteReload], headers: bool) -> String {
 }
 
 fn format_event(e: &TimedEvent) -> String {
-    let secs = e.timestamp_ms / 1000;
-    let time = format!(
-        "{:02}:{:02}:{:02}.{:03}",
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60,
-        e.timestamp_ms % 1000
-    );
+    let time = clock_ms(e.timestamp_ms);
     let what = match &e.event {
         Event::ConnectionOpened {
             id,
@@ -1265,19 +1186,24 @@ fn format_event(e: &TimedEvent) -> String {
             "route  {action} {} on {listener}: {}{}",
             route.hostname,
             target(route),
-            by(origin)
+            origin_long(origin.as_ref())
         ),
         Event::ListenerChanged {
             listener,
             action,
             origin,
-        } => format!("lsnr   {action} {listener}{}", by(origin)),
+        } => format!("lsnr   {action} {listener}{}", origin_long(origin.as_ref())),
         Event::FirewallChanged {
             action,
             rule,
             origin,
         } => {
-            format!("fw     {action} {} {}{}", rule.kind, rule.value, by(origin))
+            format!(
+                "fw     {action} {} {}{}",
+                rule.kind,
+                rule.value,
+                origin_long(origin.as_ref())
+            )
         }
         Event::Stats {
             listeners,
@@ -1300,12 +1226,9 @@ fn format_event(e: &TimedEvent) -> String {
             let mut line = format!(
                 "backend {route} on {listener}: {} {}",
                 member.address,
-                member_state(member)
+                member_state_reason(member)
             );
-            if !member.reason.is_empty() {
-                let _ = write!(line, " ({})", member.reason);
-            }
-            line.push_str(&by(origin));
+            line.push_str(&origin_long(origin.as_ref()));
             line
         }
         Event::Lagged { dropped } => {
@@ -1318,6 +1241,8 @@ fn format_event(e: &TimedEvent) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::member_state;
+    use mc_proxy_shared::{AdminState, BackendState};
 
     #[test]
     fn tables_align_columns() {

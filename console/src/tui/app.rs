@@ -21,13 +21,13 @@ use mc_proxy_shared::client::{
 use mc_proxy_shared::{ChangeAction, FirewallRule, FirewallRuleKind, Route};
 
 use super::conns::ConnView;
-use super::fit;
 use super::form::edit_text;
 pub use super::form::{Field, Form};
 use super::health::{Health, Recent, Window};
 use super::input::{self, Command, Context};
 use super::order;
 use super::select::Selection;
+use crate::format::{clock, fit, member_state_reason, now_ms, origin_short};
 
 /// Lines kept in the event log.
 pub const LOG_CAPACITY: usize = 500;
@@ -122,16 +122,6 @@ pub enum Action {
     WatchConnections(bool),
     /// Leave the console.
     Quit,
-}
-
-/// ` by mcproxyctl` (the process, else the caller in words) for an event pane line: short, the
-/// pane is 80 columns at most; `mcproxyctl events` prints the whole origin.
-fn by(origin: Option<&mc_proxy_shared::client::ChangeOrigin>) -> String {
-    match origin {
-        Some(o) if !o.process.is_empty() => format!(" by {}", o.process),
-        Some(o) => format!(" by {}", o.by),
-        None => String::new(),
-    }
 }
 
 /// Link state, for the status line.
@@ -624,7 +614,7 @@ impl App {
                 }
                 self.routes = by_listener;
                 self.rules = rules;
-                self.figures_at_ms = Some(unix_ms_now());
+                self.figures_at_ms = Some(now_ms());
                 if self.link != Link::Connected {
                     self.push_log(LogKind::Daemon, "connected to the daemon".into());
                     // Whatever went wrong while away is over.
@@ -668,7 +658,7 @@ impl App {
                 listeners, routes, ..
             } => {
                 self.figures_at_ms = Some(match event.timestamp_ms {
-                    0 => unix_ms_now(),
+                    0 => now_ms(),
                     ms => ms,
                 });
                 self.listeners = listeners;
@@ -697,15 +687,11 @@ impl App {
                 member,
                 ..
             } => {
-                let mut line = format!(
+                let line = format!(
                     "{time} backend {route} {} {}",
                     member.address,
-                    crate::ctl::member_state(&member)
+                    member_state_reason(&member)
                 );
-                if !member.reason.is_empty() {
-                    let _ =
-                        std::fmt::Write::write_fmt(&mut line, format_args!(" ({})", member.reason));
-                }
                 self.push_log(LogKind::Backend, line);
                 // Issue 28: a member going down or ejected is a notice on the status line too
                 // (already in the log: set it without logging it twice).
@@ -713,17 +699,11 @@ impl App {
                     member.state,
                     mc_proxy_shared::BackendState::Down | mc_proxy_shared::BackendState::Ejected
                 ) {
-                    let mut text = format!(
+                    let text = format!(
                         "backend {} of {route} {}",
                         member.address,
-                        crate::ctl::member_state(&member)
+                        member_state_reason(&member)
                     );
-                    if !member.reason.is_empty() {
-                        let _ = std::fmt::Write::write_fmt(
-                            &mut text,
-                            format_args!(" ({})", member.reason),
-                        );
-                    }
                     self.note = Some(Note {
                         text,
                         error: true,
@@ -815,7 +795,7 @@ impl App {
                         route.hostname,
                         route.mode,
                         route.backend_list(),
-                        by(origin.as_ref())
+                        origin_short(origin.as_ref())
                     ),
                 );
                 let selected_here = self.listener().is_some_and(|l| l.addr == listener);
@@ -859,7 +839,10 @@ impl App {
             } => {
                 self.push_log(
                     LogKind::Change,
-                    format!("{time} listener {action} {listener}{}", by(origin.as_ref())),
+                    format!(
+                        "{time} listener {action} {listener}{}",
+                        origin_short(origin.as_ref())
+                    ),
                 );
             }
             Event::FirewallChanged {
@@ -873,7 +856,7 @@ impl App {
                         "{time} firewall {action} {} {}{}",
                         rule.kind,
                         rule.value,
-                        by(origin.as_ref())
+                        origin_short(origin.as_ref())
                     ),
                 );
                 match action {
@@ -1397,19 +1380,6 @@ pub fn admin_states(r: &RouteView) -> Vec<mc_proxy_shared::AdminState> {
                 .map_or(b.state, |m| m.admin)
         })
         .collect()
-}
-
-/// Now as Unix time in ms (the time the figures of a snapshot are from).
-fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// `HH:MM:SS` (UTC) of a Unix time in ms.
-fn clock(ms: u64) -> String {
-    let s = ms / 1000;
-    format!("{:02}:{:02}:{:02}", s / 3600 % 24, s / 60 % 60, s % 60)
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@
 
 pub mod app;
 pub mod conns;
-pub mod fit;
 pub mod form;
 pub mod health;
 pub mod input;

@@ -23,9 +23,9 @@ use ratatui::widgets::{
 };
 
 use super::app::{App, Field, FirewallView, Form, Link, Pane, RouteView, Screen, View};
-use super::fit;
-use super::health::{ERROR_SHARE, Health, Quantile, WARN_SHARE, WINDOW};
+use super::health::{ERROR_SHARE, Health, WARN_SHARE, WINDOW};
 use super::input::{self, Context};
+use crate::format::fit;
 use mc_proxy_shared::{BackendProtocol, Mode};
 
 /// Smallest usable terminal.
@@ -238,7 +238,6 @@ fn health_style(h: Health) -> Style {
 }
 
 fn render_status(app: &App, frame: &mut Frame<'_>, area: Rect) {
-    let up = app.uptime_now().as_secs();
     let (link, style) = match &app.link {
         Link::Connected => ("connected".to_owned(), Style::default().fg(Color::Green)),
         Link::Connecting => (
@@ -258,10 +257,8 @@ fn render_status(app: &App, frame: &mut Frame<'_>, area: Rect) {
     let open: u64 = app.listeners.iter().map(|l| l.active_connections).sum();
     let ro = if app.read_only { " | read-only" } else { "" };
     let head = format!(
-        " {version} | up {}h{:02}m{:02}s | ",
-        up / 3600,
-        up / 60 % 60,
-        up % 60,
+        " {version} | up {} | ",
+        crate::format::uptime(app.uptime_now())
     );
     let open = format!("{} open", fit::count(open));
     let tail = format!("{ro} | ");
@@ -598,7 +595,7 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
         ));
         if latency {
             cells.push(right(match (r.route.mode, recent.latency) {
-                (Mode::L7, Some(l)) => format!("{}/{}", quantile(l.p50), quantile(l.p99)),
+                (Mode::L7, Some(l)) => format!("{}/{}", fit::quantile(l.p50), fit::quantile(l.p99)),
                 _ => "-".into(),
             }));
         }
@@ -664,29 +661,6 @@ fn render_routes(app: &App, frame: &mut Frame<'_>, area: Rect) {
             (true, true) => "no routes",
         };
         frame.render_widget(Paragraph::new(msg), inner);
-    }
-}
-
-/// A latency estimate in at most 5 columns, always with its unit: `0.3ms`, `12ms`, `1.5s`;
-/// past the histogram's top bucket only a lower bound is known: `>30s`.
-fn quantile(q: Quantile) -> String {
-    match q {
-        Quantile::Within(d) => latency(d),
-        Quantile::Above(d) => format!(">{}", latency(d)),
-    }
-}
-
-fn latency(d: std::time::Duration) -> String {
-    // Thresholds sit where rounding would add a digit (9.96 ms prints as 10ms, not 10.0ms).
-    let ms = d.as_secs_f64() * 1000.0;
-    if ms < 9.95 {
-        format!("{ms:.1}ms")
-    } else if ms < 999.5 {
-        format!("{ms:.0}ms")
-    } else if ms < 9_950.0 {
-        format!("{:.1}s", ms / 1000.0)
-    } else {
-        format!("{:.0}s", ms / 1000.0)
     }
 }
 
@@ -1196,8 +1170,8 @@ fn render_route_detail(app: &App, frame: &mut Frame<'_>, area: Rect) {
             match recent.latency {
                 Some(lat) => format!(
                     "p50 {}  p99 {} over {window}s (request head in to response head out)",
-                    quantile(lat.p50),
-                    quantile(lat.p99)
+                    fit::quantile(lat.p50),
+                    fit::quantile(lat.p99)
                 ),
                 None => format!("no requests in the last {window}s"),
             },
@@ -1325,13 +1299,13 @@ fn member_lines(
         let marker = if i == selected { "> " } else { "  " };
         let (state, color) = match live {
             Some(m) if m.since_ms == 0 || now_ms == 0 => {
-                (crate::ctl::member_state(m), state_color(m.state))
+                (crate::format::member_state(m), state_color(m.state))
             }
             Some(m) => (
                 format!(
                     "{} {}",
-                    crate::ctl::member_state(m),
-                    crate::ctl::member_since(m, now_ms)
+                    crate::format::member_state(m),
+                    crate::format::member_since(m, now_ms)
                 ),
                 state_color(m.state),
             ),
@@ -1365,7 +1339,7 @@ fn member_lines(
         if let Some(m) = live.filter(|m| m.last_check.is_some() && now_ms != 0) {
             spans.push(Span::raw(format!(
                 "  check {}",
-                crate::ctl::member_check(m, now_ms)
+                crate::format::member_check(m, now_ms)
             )));
         }
         if let Some(m) = live.filter(|m| !m.reason.is_empty()) {
@@ -1661,24 +1635,4 @@ fn render_help(app: &App, scroll: u16, detail: bool, frame: &mut Frame<'_>, area
             .block(block),
         rect,
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn latencies_keep_their_unit_and_say_when_only_a_bound_is_known() {
-        let within = |ms: f64| quantile(Quantile::Within(Duration::from_secs_f64(ms / 1000.0)));
-        assert_eq!(within(0.34), "0.3ms");
-        assert_eq!(within(12.4), "12ms");
-        assert_eq!(within(999.0), "999ms");
-        assert_eq!(within(1500.0), "1.5s");
-        assert_eq!(within(25_000.0), "25s");
-        assert_eq!(quantile(Quantile::Above(Duration::from_secs(30))), ">30s");
-        for ms in [0.01, 9.99, 10.0, 999.4, 9999.0, 29_999.0] {
-            assert!(within(ms).len() <= 5, "{ms}: {}", within(ms));
-        }
-    }
 }
