@@ -74,8 +74,18 @@ pub fn event_type(event: &Event) -> &'static str {
 }
 
 fn format_event(e: &TimedEvent) -> String {
-    let time = clock_ms(e.timestamp_ms);
     let what = match &e.event {
+        Event::ConnectionOpened { .. }
+        | Event::ConnectionClosed { .. }
+        | Event::ConnectionBlocked { .. } => connection_text(&e.event),
+        other => change_text(other),
+    };
+    format!("{} {what}", clock_ms(e.timestamp_ms))
+}
+
+/// A connection opened, closed or blocked, in a line.
+fn connection_text(event: &Event) -> String {
+    match event {
         Event::ConnectionOpened {
             id,
             listener,
@@ -115,6 +125,13 @@ fn format_event(e: &TimedEvent) -> String {
             client,
             reason,
         } => format!("block  {client} -> {listener} ({reason})"),
+        _ => String::new(),
+    }
+}
+
+/// Anything but a connection: a change and who made it, a member's state, stats, lag.
+fn change_text(event: &Event) -> String {
+    match event {
         Event::RouteChanged {
             listener,
             action,
@@ -173,8 +190,8 @@ fn format_event(e: &TimedEvent) -> String {
         Event::Lagged { dropped } => {
             format!("lagged {dropped} event(s) dropped: reading too slowly")
         }
-    };
-    format!("{time} {what}")
+        _ => String::new(),
+    }
 }
 
 #[cfg(test)]

@@ -32,19 +32,7 @@ pub(super) async fn run(
                 no_sni_route: None,
                 access_log: Some(access_log),
             };
-            let (l, warnings) = client.add_listener_with(&addr, fields).await?;
-            print_warnings(&warnings)?;
-            let bound = match l.bound.as_str() {
-                "" => String::new(),
-                b if b == l.addr => String::new(),
-                b => format!(" (bound to {b})"),
-            };
-            emit(&format!(
-                "listener {} added{bound}, {}; no routes yet: mcproxyctl routes add --listener {} ...\n",
-                l.addr,
-                proxy_text(&l),
-                l.addr
-            ))
+            add(client, &addr, fields).await
         }
         ListenersCommand::Update {
             listener,
@@ -54,7 +42,7 @@ pub(super) async fn run(
             any_proxy_source,
             access_log,
         } => {
-            let update = ListenerUpdate {
+            let fields = ListenerUpdate {
                 no_sni_route,
                 access_log,
                 proxy_protocol,
@@ -64,30 +52,56 @@ pub(super) async fn run(
                     (false, true) => None,
                 },
             };
-            if update == ListenerUpdate::default() {
-                return Err(CtlError::Usage(
-                    "nothing to change: give at least one of --no-sni-route, --proxy-protocol, \
-                     --proxy-protocol-from, --any-proxy-source, --access-log"
-                        .into(),
-                ));
-            }
-            let (l, warnings) = client.update_listener(&listener, update).await?;
-            print_warnings(&warnings)?;
-            let no_sni = match l.no_sni_route.as_str() {
-                "" => "hellos without SNI are reset".to_owned(),
-                route => format!("hellos without SNI go to {route}"),
-            };
-            emit(&format!(
-                "listener {} updated: {}; {no_sni}\n",
-                l.addr,
-                proxy_text(&l)
-            ))
+            update(client, &listener, fields).await
         }
         ListenersCommand::Remove { addr, with_routes } => {
             client.remove_listener(&addr, with_routes).await?;
             emit(&format!("listener {} removed\n", addr.trim()))
         }
     }
+}
+
+/// `listeners add`: the listener as bound (port 0 says the port it got).
+async fn add(client: &mut AdminClient, addr: &str, fields: ListenerUpdate) -> Result<(), CtlError> {
+    let (l, warnings) = client.add_listener_with(addr, fields).await?;
+    print_warnings(&warnings)?;
+    let bound = match l.bound.as_str() {
+        "" => String::new(),
+        b if b == l.addr => String::new(),
+        b => format!(" (bound to {b})"),
+    };
+    emit(&format!(
+        "listener {} added{bound}, {}; no routes yet: mcproxyctl routes add --listener {} ...\n",
+        l.addr,
+        proxy_text(&l),
+        l.addr
+    ))
+}
+
+/// `listeners update`: only what the flags name changes; nothing named is a usage error.
+async fn update(
+    client: &mut AdminClient,
+    listener: &str,
+    fields: ListenerUpdate,
+) -> Result<(), CtlError> {
+    if fields == ListenerUpdate::default() {
+        return Err(CtlError::Usage(
+            "nothing to change: give at least one of --no-sni-route, --proxy-protocol, \
+             --proxy-protocol-from, --any-proxy-source, --access-log"
+                .into(),
+        ));
+    }
+    let (l, warnings) = client.update_listener(listener, fields).await?;
+    print_warnings(&warnings)?;
+    let no_sni = match l.no_sni_route.as_str() {
+        "" => "hellos without SNI are reset".to_owned(),
+        route => format!("hellos without SNI go to {route}"),
+    };
+    emit(&format!(
+        "listener {} updated: {}; {no_sni}\n",
+        l.addr,
+        proxy_text(&l)
+    ))
 }
 
 /// A listener's PROXY protocol setting in words.

@@ -414,32 +414,7 @@ fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
             "off"
         }
     );
-    let _ = writeln!(
-        out,
-        "check     {}",
-        match &r.health_check {
-            None => "none (passive health only)".to_owned(),
-            Some(c) => format!(
-                "{} every {}, timeout {}, rise {}, fall {}{}",
-                if c.path.is_empty() && r.mode == mc_proxy_shared::Mode::L4 {
-                    "tcp connect + tls handshake".to_owned()
-                } else if c.path.is_empty() {
-                    "tcp connect".to_owned()
-                } else {
-                    format!("GET {}", c.path)
-                },
-                humantime::format_duration(c.interval),
-                humantime::format_duration(c.timeout),
-                c.rise,
-                c.fall,
-                if c.path.is_empty() {
-                    String::new()
-                } else {
-                    format!(", expect {}", c.expect)
-                }
-            ),
-        }
-    );
+    let _ = writeln!(out, "check     {}", check_text(r));
     if e.not_served.is_none() {
         let s = &e.stats;
         let _ = writeln!(
@@ -450,8 +425,41 @@ fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
         );
     }
     out.push('\n');
-    // Members as configured, with their live figures when the daemon sent them.
-    let rows: Vec<Vec<String>> = r
+    out.push_str(&members_table(e, now_ms));
+    out
+}
+
+/// The check in words: `GET /health every 2s, timeout 1s, rise 2, fall 3, expect 200-399`.
+fn check_text(r: &Route) -> String {
+    match &r.health_check {
+        None => "none (passive health only)".to_owned(),
+        Some(c) => format!(
+            "{} every {}, timeout {}, rise {}, fall {}{}",
+            if c.path.is_empty() && r.mode == Mode::L4 {
+                "tcp connect + tls handshake".to_owned()
+            } else if c.path.is_empty() {
+                "tcp connect".to_owned()
+            } else {
+                format!("GET {}", c.path)
+            },
+            humantime::format_duration(c.interval),
+            humantime::format_duration(c.timeout),
+            c.rise,
+            c.fall,
+            if c.path.is_empty() {
+                String::new()
+            } else {
+                format!(", expect {}", c.expect)
+            }
+        ),
+    }
+}
+
+/// `routes show`'s member table: the members as configured, with their live figures when
+/// the daemon sent them (times relative to `now_ms`).
+fn members_table(e: &RouteEntry, now_ms: u64) -> String {
+    let rows: Vec<Vec<String>> = e
+        .route
         .backends
         .iter()
         .map(|b| {
@@ -472,7 +480,7 @@ fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(
+    table(
         Some(
             &[
                 "BACKEND",
@@ -489,8 +497,7 @@ fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
             ][..],
         ),
         &rows,
-    ));
-    out
+    )
 }
 
 #[cfg(test)]

@@ -202,16 +202,78 @@ impl Component for ConnView {
     }
 
     fn render(&self, ctx: &Ctx<'_>, frame: &mut Frame<'_>, area: Rect) {
-        let view = self;
-        let rows = view.visible();
-        let inner = usize::from(area.width.saturating_sub(2));
+        let rows = self.visible();
+        let columns = ConnColumns::new(&rows, usize::from(area.width.saturating_sub(2)));
+        let title = self.title(ctx, rows.len());
+        let table = Table::new(rows.iter().map(|c| columns.row(c)), columns.widths())
+            .header(columns.header())
+            .row_highlight_style(selected())
+            .block(pane_block(&title, area.width, true));
+        let mut state =
+            TableState::default().with_selected((!rows.is_empty()).then_some(self.sel.index()));
+        frame.render_stateful_widget(table, area, &mut state);
+        if rows.is_empty() && area.height > 3 {
+            let msg = match (self.at, self.filter.is_empty()) {
+                (None, _) => "asking the daemon...",
+                (Some(_), false) => "no connection matches the filter",
+                (Some(_), true) => "no open connections",
+            };
+            let inner = Rect {
+                x: area.x + 2,
+                y: area.y + 2,
+                width: area.width.saturating_sub(4),
+                height: 1,
+            };
+            frame.render_widget(Paragraph::new(msg), inner);
+        }
+    }
+}
+
+impl ConnView {
+    /// `connections [n/m] sort:age (first N of M) filter:x | 1s ago`.
+    fn title(&self, ctx: &Ctx<'_>, count: usize) -> String {
+        let position = if count == 0 { 0 } else { self.sel.index() + 1 };
+        let mut title = format!(
+            "connections [{position}/{count}] sort:{}",
+            self.sort.as_str()
+        );
+        if self.list.truncated() {
+            title.push_str(&format!(
+                " (first {} of {})",
+                self.list.connections.len(),
+                self.list.total
+            ));
+        }
+        if !self.filter.is_empty() || self.filtering {
+            title.push_str(&format!(" filter:{}", self.filter));
+        }
+        if let Some(at) = self.at {
+            title.push_str(&format!(
+                " | {}s ago",
+                ctx.data.now.saturating_duration_since(at).as_secs()
+            ));
+        }
+        title
+    }
+}
+
+/// The connections table's text columns for one frame: CLIENT, LISTENER and ROUTE share
+/// what M, AGE, IN and OUT leave; BACKEND too when the table is 100 columns wide.
+struct ConnColumns {
+    wide: bool,
+    client_w: usize,
+    listener_w: usize,
+    route_w: usize,
+    backend_w: usize,
+}
+
+impl ConnColumns {
+    fn new(rows: &[&Connection], inner: usize) -> ConnColumns {
         let wide = inner >= 100;
-        // CLIENT, LISTENER, ROUTE flexible; M, AGE, IN, OUT fixed; BACKEND when wide.
         let fixed = 2 + 4 + 4 + 4 + 8;
         let flex = inner.saturating_sub(fixed);
-        let need = |f: fn(&mc_proxy_shared::client::Connection) -> &str| {
-            rows.iter().map(|c| fit::width(f(c))).max().unwrap_or(6)
-        };
+        let need =
+            |f: fn(&Connection) -> &str| rows.iter().map(|c| fit::width(f(c))).max().unwrap_or(6);
         // Addresses get what they need (up to an IPv6 address and port) while the route keeps 12
         // columns; past that the wider of the two gives way first.
         let (mut client_w, mut listener_w) = (
@@ -231,90 +293,61 @@ impl Component for ConnView {
         } else {
             (rest, 0)
         };
-        let table_rows = rows.iter().map(|c| {
-            let mut cells = vec![
-                Cell::from(fit::address(&c.client, client_w)),
-                Cell::from(fit::address(&c.listener, listener_w)),
-                Cell::from(fit::hostname(&c.route, route_w)),
-            ];
-            if wide {
-                cells.push(Cell::from(fit::address(&c.backend, backend_w)));
-            }
-            cells.extend([
-                Cell::from(fit::end(c.mode.as_str(), 2)),
-                right(fit::age(c.age.as_secs())),
-                right(fit::bytes(c.bytes_in)),
-                right(fit::bytes(c.bytes_out)),
-            ]);
-            Row::new(cells)
-        });
+        ConnColumns {
+            wide,
+            client_w,
+            listener_w,
+            route_w,
+            backend_w,
+        }
+    }
+
+    fn widths(&self) -> Vec<Constraint> {
         let mut widths = vec![
-            Constraint::Length(client_w as u16),
-            Constraint::Length(listener_w as u16),
-            Constraint::Length(route_w as u16),
+            Constraint::Length(self.client_w as u16),
+            Constraint::Length(self.listener_w as u16),
+            Constraint::Length(self.route_w as u16),
         ];
+        if self.wide {
+            widths.push(Constraint::Length(self.backend_w as u16));
+        }
+        widths.extend([2, 4, 4, 4].map(Constraint::Length));
+        widths
+    }
+
+    fn header(&self) -> Row<'static> {
         let mut header = vec![
             Cell::from("CLIENT"),
             Cell::from("LISTENER"),
             Cell::from("ROUTE"),
         ];
-        if wide {
-            widths.push(Constraint::Length(backend_w as u16));
+        if self.wide {
             header.push(Cell::from("BACKEND"));
         }
-        widths.extend([2, 4, 4, 4].map(Constraint::Length));
         header.extend([
             Cell::from("M"),
             right("AGE".into()),
             right("IN".into()),
             right("OUT".into()),
         ]);
-        let position = if rows.is_empty() {
-            0
-        } else {
-            view.sel.index() + 1
-        };
-        let mut title = format!(
-            "connections [{position}/{}] sort:{}",
-            rows.len(),
-            view.sort.as_str()
-        );
-        if view.list.truncated() {
-            title.push_str(&format!(
-                " (first {} of {})",
-                view.list.connections.len(),
-                view.list.total
-            ));
+        Row::new(header).style(bold())
+    }
+
+    fn row(&self, c: &Connection) -> Row<'static> {
+        let mut cells = vec![
+            Cell::from(fit::address(&c.client, self.client_w)),
+            Cell::from(fit::address(&c.listener, self.listener_w)),
+            Cell::from(fit::hostname(&c.route, self.route_w)),
+        ];
+        if self.wide {
+            cells.push(Cell::from(fit::address(&c.backend, self.backend_w)));
         }
-        if !view.filter.is_empty() || view.filtering {
-            title.push_str(&format!(" filter:{}", view.filter));
-        }
-        if let Some(at) = view.at {
-            title.push_str(&format!(
-                " | {}s ago",
-                ctx.data.now.saturating_duration_since(at).as_secs()
-            ));
-        }
-        let table = Table::new(table_rows, widths)
-            .header(Row::new(header).style(bold()))
-            .row_highlight_style(selected())
-            .block(pane_block(&title, area.width, true));
-        let mut state =
-            TableState::default().with_selected((!rows.is_empty()).then_some(view.sel.index()));
-        frame.render_stateful_widget(table, area, &mut state);
-        if rows.is_empty() && area.height > 3 {
-            let msg = match (view.at, view.filter.is_empty()) {
-                (None, _) => "asking the daemon...",
-                (Some(_), false) => "no connection matches the filter",
-                (Some(_), true) => "no open connections",
-            };
-            let inner = Rect {
-                x: area.x + 2,
-                y: area.y + 2,
-                width: area.width.saturating_sub(4),
-                height: 1,
-            };
-            frame.render_widget(Paragraph::new(msg), inner);
-        }
+        cells.extend([
+            Cell::from(fit::end(c.mode.as_str(), 2)),
+            right(fit::age(c.age.as_secs())),
+            right(fit::bytes(c.bytes_in)),
+            right(fit::bytes(c.bytes_out)),
+        ]);
+        Row::new(cells)
     }
 }

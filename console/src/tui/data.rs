@@ -405,10 +405,16 @@ impl Data {
         self.link = Link::Reconnecting(reason);
     }
 
-    /// Applies a live event received at `now`; says what it changed.
+    /// Applies a live event received at `now`: logged (stats are not), then applied to the
+    /// lists; says what it changed.
     pub fn on_event(&mut self, event: TimedEvent, now: Instant) -> Applied {
         self.now = self.now.max(now);
         let time = clock(event.timestamp_ms);
+        if let Some((kind, line)) =
+            traffic_line(&time, &event.event).or_else(|| change_line(&time, &event.event))
+        {
+            self.push_log(kind, line);
+        }
         match event.event {
             Event::Stats {
                 listeners, routes, ..
@@ -422,118 +428,24 @@ impl Data {
                 member,
                 ..
             } => {
-                self.on_backend_changed(&time, &listener, &route, member);
+                self.on_backend_changed(&listener, &route, member);
                 Applied::Changed
             }
-            Event::ConnectionOpened {
-                id,
-                client,
-                hostname,
-                mode,
-                backend,
-                ..
-            } => {
-                // A route's whole set (L7: each request picks) is shown as the routes table
-                // shows it, `first +N`, so that the line's cut end never hides a member.
-                let backend = match backend.split_once(", ") {
-                    Some((first, _)) => format!("{first} +{}", backend.matches(", ").count()),
-                    None => backend,
-                };
-                self.push_log(
-                    LogKind::Traffic,
-                    format!("{time} open  #{id} {client} {hostname} {mode}->{backend}"),
-                );
-                Applied::Logged
-            }
-            Event::ConnectionClosed {
-                id,
-                client,
-                hostname,
-                bytes_in,
-                bytes_out,
-                duration_ms,
-                outcome,
-                ..
-            } => {
-                let host = if hostname.is_empty() {
-                    "-".into()
-                } else {
-                    hostname
-                };
-                self.push_log(
-                    LogKind::Traffic,
-                    format!(
-                        "{time} close #{id} {client} {host} in {} out {} {duration_ms}ms {outcome}",
-                        fit::bytes(bytes_in),
-                        fit::bytes(bytes_out)
-                    ),
-                );
-                Applied::ConnectionClosed(id)
-            }
-            Event::ConnectionBlocked { client, reason, .. } => {
-                self.push_log(
-                    LogKind::Traffic,
-                    format!("{time} block {client} ({reason})"),
-                );
-                Applied::Changed
-            }
+            // Log only: no list changes (the hot path under load).
+            Event::ConnectionOpened { .. } => Applied::Logged,
+            Event::ConnectionClosed { id, .. } => Applied::ConnectionClosed(id),
             Event::RouteChanged {
                 listener,
                 action,
                 route,
                 previous_hostname,
-                origin,
-            } => {
-                self.push_log(
-                    LogKind::Change,
-                    format!(
-                        "{time} route {action} {} ({} -> {}){}",
-                        route.hostname,
-                        route.mode,
-                        route.backend_list(),
-                        origin_short(origin.as_ref())
-                    ),
-                );
-                self.on_route_changed(listener, action, route, previous_hostname)
-            }
+                ..
+            } => self.on_route_changed(listener, action, route, previous_hostname),
+            Event::FirewallChanged { action, rule, .. } => self.on_firewall_changed(action, rule),
             // The listener list itself comes with the next stats tick.
-            Event::ListenerChanged {
-                listener,
-                action,
-                origin,
-            } => {
-                self.push_log(
-                    LogKind::Change,
-                    format!(
-                        "{time} listener {action} {listener}{}",
-                        origin_short(origin.as_ref())
-                    ),
-                );
-                Applied::Changed
-            }
-            Event::FirewallChanged {
-                action,
-                rule,
-                origin,
-            } => {
-                self.push_log(
-                    LogKind::Change,
-                    format!(
-                        "{time} firewall {action} {} {}{}",
-                        rule.kind,
-                        rule.value,
-                        origin_short(origin.as_ref())
-                    ),
-                );
-                self.on_firewall_changed(action, rule)
-            }
-            Event::Lagged { dropped } => {
-                self.push_log(
-                    LogKind::Daemon,
-                    format!("{time} missed {dropped} event(s): console too slow"),
-                );
-                Applied::Changed
-            }
+            Event::ListenerChanged { .. }
+            | Event::ConnectionBlocked { .. }
+            | Event::Lagged { .. } => Applied::Changed,
         }
     }
 
@@ -570,15 +482,9 @@ impl Data {
         }
     }
 
-    /// A member changed state: logged, its figures replaced; a member going down or
-    /// ejected is a notice too (issue 28).
-    fn on_backend_changed(&mut self, time: &str, listener: &str, route: &str, member: MemberStats) {
-        let line = format!(
-            "{time} backend {route} {} {}",
-            member.address,
-            member_state_reason(&member)
-        );
-        self.push_log(LogKind::Backend, line);
+    /// A member changed state: its figures replaced; a member going down or ejected is a
+    /// notice too (issue 28).
+    fn on_backend_changed(&mut self, listener: &str, route: &str, member: MemberStats) {
         // Already in the log: set the notice without logging it twice.
         if matches!(
             member.state,
@@ -675,4 +581,107 @@ impl Data {
             ChangeAction::Updated => Applied::Changed,
         }
     }
+}
+
+/// The events pane's line for a connection opened, closed or blocked at `time`.
+fn traffic_line(time: &str, event: &Event) -> Option<(LogKind, String)> {
+    let line = match event {
+        Event::ConnectionOpened {
+            id,
+            client,
+            hostname,
+            mode,
+            backend,
+            ..
+        } => {
+            // A route's whole set (L7: each request picks) is shown as the routes table
+            // shows it, `first +N`, so that the line's cut end never hides a member.
+            let backend = match backend.split_once(", ") {
+                Some((first, _)) => format!("{first} +{}", backend.matches(", ").count()),
+                None => backend.clone(),
+            };
+            format!("{time} open  #{id} {client} {hostname} {mode}->{backend}")
+        }
+        Event::ConnectionClosed {
+            id,
+            client,
+            hostname,
+            bytes_in,
+            bytes_out,
+            duration_ms,
+            outcome,
+            ..
+        } => {
+            let host = if hostname.is_empty() { "-" } else { hostname };
+            format!(
+                "{time} close #{id} {client} {host} in {} out {} {duration_ms}ms {outcome}",
+                fit::bytes(*bytes_in),
+                fit::bytes(*bytes_out)
+            )
+        }
+        Event::ConnectionBlocked { client, reason, .. } => {
+            format!("{time} block {client} ({reason})")
+        }
+        _ => return None,
+    };
+    Some((LogKind::Traffic, line))
+}
+
+/// The events pane's line for anything else but stats: what changed (and who changed it),
+/// a member's new state, events lost.
+fn change_line(time: &str, event: &Event) -> Option<(LogKind, String)> {
+    Some(match event {
+        Event::BackendChanged { route, member, .. } => (
+            LogKind::Backend,
+            format!(
+                "{time} backend {route} {} {}",
+                member.address,
+                member_state_reason(member)
+            ),
+        ),
+        Event::RouteChanged {
+            action,
+            route,
+            origin,
+            ..
+        } => (
+            LogKind::Change,
+            format!(
+                "{time} route {action} {} ({} -> {}){}",
+                route.hostname,
+                route.mode,
+                route.backend_list(),
+                origin_short(origin.as_ref())
+            ),
+        ),
+        Event::ListenerChanged {
+            listener,
+            action,
+            origin,
+        } => (
+            LogKind::Change,
+            format!(
+                "{time} listener {action} {listener}{}",
+                origin_short(origin.as_ref())
+            ),
+        ),
+        Event::FirewallChanged {
+            action,
+            rule,
+            origin,
+        } => (
+            LogKind::Change,
+            format!(
+                "{time} firewall {action} {} {}{}",
+                rule.kind,
+                rule.value,
+                origin_short(origin.as_ref())
+            ),
+        ),
+        Event::Lagged { dropped } => (
+            LogKind::Daemon,
+            format!("{time} missed {dropped} event(s): console too slow"),
+        ),
+        _ => return None,
+    })
 }

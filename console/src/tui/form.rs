@@ -480,44 +480,7 @@ impl Component for Form {
         let value_w = usize::from(w.saturating_sub(2 + 16 + 1));
         let mut lines = Vec::new();
         for field in form.fields() {
-            let (label, value) = match field {
-                Field::Hostname => ("hostname", form.hostname.clone()),
-                Field::Backend => ("backends", form.backend.clone()),
-                Field::Balance => (
-                    "balance",
-                    format!(
-                        "{}  [space: {}]",
-                        form.balance,
-                        step_in(mc_proxy_shared::Balance::ALL, form.balance, true)
-                    ),
-                ),
-                Field::Check => ("health check", checkbox(form.check)),
-                Field::CheckInterval => ("check every", form.check_interval.clone()),
-                Field::CheckPath => ("check path", form.check_path.clone()),
-                Field::CheckRise => ("check rise", form.check_rise.clone()),
-                Field::CheckFall => ("check fall", form.check_fall.clone()),
-                Field::Mode => (
-                    "mode",
-                    match form.mode {
-                        Mode::L4 => "l4 (passthrough)  [space: l7]".into(),
-                        Mode::L7 => "l7 (terminate TLS)  [space: l4]".into(),
-                    },
-                ),
-                Field::TlsCert => ("tls_cert", form.tls_cert.clone()),
-                Field::TlsKey => ("tls_key", form.tls_key.clone()),
-                Field::BackendTls => ("backend_tls", checkbox(form.backend_tls)),
-                Field::BackendProtocol => (
-                    "backend_proto",
-                    format!(
-                        "{} ({})  [space: {}]",
-                        form.backend_protocol,
-                        protocol_meaning(form.backend_protocol, form.backend_tls),
-                        step(form.backend_protocol, true)
-                    ),
-                ),
-                Field::SendProxy => ("send_proxy", checkbox(form.send_proxy_protocol)),
-                Field::AccessLog => ("access_log", checkbox(form.access_log)),
-            };
+            let (label, value) = form.label_value(field);
             let focused = field == form.focus;
             let text_field = matches!(
                 field,
@@ -564,6 +527,48 @@ impl Component for Form {
 }
 
 impl Form {
+    /// A field's label and its value as shown (choices say what space steps to).
+    fn label_value(&self, field: Field) -> (&'static str, String) {
+        match field {
+            Field::Hostname => ("hostname", self.hostname.clone()),
+            Field::Backend => ("backends", self.backend.clone()),
+            Field::Balance => (
+                "balance",
+                format!(
+                    "{}  [space: {}]",
+                    self.balance,
+                    step_in(mc_proxy_shared::Balance::ALL, self.balance, true)
+                ),
+            ),
+            Field::Check => ("health check", checkbox(self.check)),
+            Field::CheckInterval => ("check every", self.check_interval.clone()),
+            Field::CheckPath => ("check path", self.check_path.clone()),
+            Field::CheckRise => ("check rise", self.check_rise.clone()),
+            Field::CheckFall => ("check fall", self.check_fall.clone()),
+            Field::Mode => (
+                "mode",
+                match self.mode {
+                    Mode::L4 => "l4 (passthrough)  [space: l7]".into(),
+                    Mode::L7 => "l7 (terminate TLS)  [space: l4]".into(),
+                },
+            ),
+            Field::TlsCert => ("tls_cert", self.tls_cert.clone()),
+            Field::TlsKey => ("tls_key", self.tls_key.clone()),
+            Field::BackendTls => ("backend_tls", checkbox(self.backend_tls)),
+            Field::BackendProtocol => (
+                "backend_proto",
+                format!(
+                    "{} ({})  [space: {}]",
+                    self.backend_protocol,
+                    protocol_meaning(self.backend_protocol, self.backend_tls),
+                    step(self.backend_protocol, true)
+                ),
+            ),
+            Field::SendProxy => ("send_proxy", checkbox(self.send_proxy_protocol)),
+            Field::AccessLog => ("access_log", checkbox(self.access_log)),
+        }
+    }
+
     /// Enter: what was typed is checked first (refused inline); then the add or update is
     /// sent and the form waits for the daemon's answer.
     fn submit(&mut self) -> Outcome {

@@ -270,61 +270,27 @@ impl RoutesView {
     fn render_listeners(&self, data: &Data, frame: &mut Frame<'_>, area: Rect) {
         let inner = usize::from(area.width.saturating_sub(2));
         let wide = inner >= 70;
-        let cols: Vec<Col> = if wide {
-            vec![
-                Col {
-                    name: "PROXY",
-                    width: 5,
-                },
-                Col {
-                    name: "ROUTES",
-                    width: 6,
-                },
-                Col {
-                    name: "OPEN",
-                    width: 4,
-                },
-                Col {
-                    name: "ACCEPTED",
-                    width: 8,
-                },
-                Col {
-                    name: "RESETS",
-                    width: 6,
-                },
-                Col {
-                    name: "BLOCKED",
-                    width: 7,
-                },
-            ]
-        } else {
-            vec![
-                Col {
-                    name: "PROXY",
-                    width: 5,
-                },
-                Col {
-                    name: "RTS",
-                    width: 4,
-                },
-                Col {
-                    name: "OPEN",
-                    width: 4,
-                },
-                Col {
-                    name: "ACC",
-                    width: 4,
-                },
-                Col {
-                    name: "RST",
-                    width: 4,
-                },
-                Col {
-                    name: "BLK",
-                    width: 4,
-                },
-            ]
-        };
+        // Short headers below 70 columns, so the address keeps its room.
+        let cols: Vec<Col> = [
+            ("PROXY", "PROXY", 5, 5),
+            ("ROUTES", "RTS", 6, 4),
+            ("OPEN", "OPEN", 4, 4),
+            ("ACCEPTED", "ACC", 8, 4),
+            ("RESETS", "RST", 6, 4),
+            ("BLOCKED", "BLK", 7, 4),
+        ]
+        .into_iter()
+        .map(|(long, short, w, n)| match wide {
+            true => Col {
+                name: long,
+                width: w,
+            },
+            false => Col {
+                name: short,
+                width: n,
+            },
+        })
+        .collect();
         let fixed: usize = cols.iter().map(|c| usize::from(c.width) + 1).sum();
         let addr_w = inner.saturating_sub(fixed).max(1);
         let stale = data.stale_since().is_some();
