@@ -30,7 +30,7 @@ use serde::Serialize;
 use crate::cli::{Command, ConnectionsCommand, TableArgs};
 
 pub use events::{EVENT_TYPES, event_type};
-pub use routes::{check_from, keep_admin_states};
+pub use routes::check_from;
 
 /// A failed subcommand.
 #[derive(Debug)]

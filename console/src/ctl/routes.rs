@@ -7,10 +7,11 @@
 use std::fmt::Write as _;
 
 use mc_proxy_shared::client::{AdminClient, RouteEntry, RoutePatch};
-use mc_proxy_shared::{ChangeAction, HealthCheck, MemberStats, Mode, Route, RouteBackend};
+use mc_proxy_shared::{ChangeAction, HealthCheck, MemberStats, Mode, Route};
 
 use super::{CtlError, emit, print_json, print_out, print_warnings, table};
 use crate::cli::{CheckArgs, RouteArgs, RoutesCommand, UpdateArgs};
+use crate::edit::keep_admin_states;
 use crate::format::{fit, human_bytes, member_check, member_since, now_ms};
 use crate::paths::absolute_path;
 
@@ -137,20 +138,6 @@ pub fn check_from(
         check.expect = v.parse().map_err(|e| CtlError::Usage(format!("{e}")))?;
     }
     Ok(check)
-}
-
-/// A new backend set for a route whose set is `current`: a member that stays keeps its
-/// admin state (a drain is not undone by editing the weights).
-pub fn keep_admin_states(new: Vec<RouteBackend>, current: &[RouteBackend]) -> Vec<RouteBackend> {
-    new.into_iter()
-        .map(|b| match current.iter().find(|c| c.address == b.address) {
-            Some(c) => RouteBackend {
-                state: c.state,
-                ..b
-            },
-            None => b,
-        })
-        .collect()
 }
 
 async fn add_route(client: &mut AdminClient, args: RouteArgs) -> Result<(), CtlError> {
@@ -503,7 +490,7 @@ fn members_table(e: &RouteEntry, now_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mc_proxy_shared::{AdminState, BackendState};
+    use mc_proxy_shared::{AdminState, BackendState, RouteBackend};
 
     #[test]
     fn routes_show_the_backend_protocol_of_l7_routes_only() {
@@ -548,31 +535,6 @@ mod tests {
         assert_eq!(
             target(&routes[1].route),
             "l7 -> 127.0.0.1:9080 (auto) [backend-tls]"
-        );
-    }
-
-    #[test]
-    fn a_new_set_keeps_the_admin_state_of_members_that_stay() {
-        let drained = RouteBackend {
-            state: AdminState::Draining,
-            ..RouteBackend::new("a:1")
-        };
-        let new = keep_admin_states(
-            vec![
-                RouteBackend::new("a:1").with_weight(4),
-                RouteBackend::new("b:1"),
-            ],
-            &[drained, RouteBackend::new("c:1")],
-        );
-        assert_eq!(
-            new,
-            vec![
-                RouteBackend {
-                    state: AdminState::Draining,
-                    ..RouteBackend::new("a:1").with_weight(4)
-                },
-                RouteBackend::new("b:1"),
-            ]
         );
     }
 

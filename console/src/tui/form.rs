@@ -16,6 +16,7 @@ use super::app::Action;
 use super::component::{Component, Ctx, Outcome};
 use super::input::{self, Command, Context};
 use super::widgets::{bold, popup, wrapped_height};
+use crate::edit::keep_admin_states;
 use crate::format::fit;
 
 /// Applies a text-editing key to `text`: characters, backspace, Ctrl-U (clear) and Ctrl-W
@@ -293,11 +294,7 @@ impl Form {
             b.check_weight().map_err(|e| e.to_string())?;
         }
         if let Some(before) = &self.editing {
-            for b in &mut backends {
-                if let Some(old) = before.backends.iter().find(|o| o.address == b.address) {
-                    b.state = old.state;
-                }
-            }
+            backends = keep_admin_states(backends, &before.backends);
         }
         let health_check = if self.check {
             let mut check = self

@@ -278,6 +278,26 @@ mod tests {
     }
 
     #[test]
+    fn every_context_lists_its_keys_in_the_help() {
+        for context in [Rt, Conns, Fw, Rd, Fm, Fl, Nr, Cf, Hp, Tx] {
+            assert!(!context.title().is_empty());
+            assert!(shown(context, false).count() > 0, "{context:?} has no keys");
+        }
+        // The form's footer and the filter line are the table's hints.
+        let hints = |c| shown(c, false).filter_map(|b| b.hint).collect::<Vec<_>>();
+        assert_eq!(
+            hints(Fm).join("  "),
+            "tab/up/down: field  space: toggle  enter: save  esc: cancel"
+        );
+        assert_eq!(hints(Fl).join("  "), "enter: keep  esc: clear");
+        let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
+        assert_eq!(lookup(Fm, &key(Char(' ')), false), Some(C::Toggle));
+        assert_eq!(lookup(Fm, &key(Char('x')), false), None, "typed");
+        assert_eq!(lookup(Cf, &key(Char('Y')), false), Some(C::Yes));
+        assert_eq!(lookup(Hp, &key(Char('k')), false), Some(C::Up));
+    }
+
+    #[test]
     fn read_only_refuses_editing_keys_only() {
         let key = |c| KeyEvent::new(Char(c), KeyModifiers::NONE);
         assert_eq!(lookup(Rt, &key('a'), false), Some(C::Add));

@@ -77,19 +77,19 @@ impl RouteSort {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutesView {
     /// Selected listener, by address.
-    pub listener_sel: Selection,
+    pub(super) listener_sel: Selection,
     /// Selected route among the visible routes, by hostname.
-    pub route_sel: Selection,
+    pub(super) route_sel: Selection,
     /// Pane with focus.
-    pub pane: Pane,
+    pub(super) pane: Pane,
     /// Route filter (hostname or backend contains it, case-insensitively).
-    pub filter: String,
+    pub(super) filter: String,
     /// The filter is being typed (context `Filter`).
-    pub filtering: bool,
+    pub(super) filtering: bool,
     /// Route order.
-    pub sort: RouteSort,
+    pub(super) sort: RouteSort,
     /// What the events pane shows (`v` cycles).
-    pub log_filter: LogFilter,
+    pub(super) log_filter: LogFilter,
 }
 
 impl Default for RoutesView {
