@@ -55,6 +55,7 @@ impl Help {
             (None, View::Routes) => vec![
                 Context::Routes,
                 Context::RouteDetail,
+                Context::ListenerDetail,
                 Context::Form,
                 Context::Filter,
                 Context::Firewall,

@@ -20,6 +20,8 @@ pub enum Context {
     Firewall,
     /// A route's detail box, with its backends.
     RouteDetail,
+    /// A listener's detail box.
+    ListenerDetail,
     /// The add/edit route form.
     Form,
     /// Typing the filter of the current view.
@@ -43,6 +45,7 @@ impl Context {
             Context::Connections => "connections (c)",
             Context::Firewall => "firewall (f)",
             Context::RouteDetail => "route detail (enter on a route)",
+            Context::ListenerDetail => "listener detail (enter on a listener)",
             Context::Form => "route form (a, e)",
             Context::Filter => "typing a filter (/)",
             Context::NewRule => "typing a rule to block (a in the firewall)",
@@ -166,7 +169,7 @@ const fn b(
 use Command as C;
 use Context::{
     Confirm as Cf, Connections as Conns, Filter as Fl, Firewall as Fw, Form as Fm, Help as Hp,
-    NewRule as Nr, RouteDetail as Rd, Routes as Rt, Text as Tx,
+    ListenerDetail as Ld, NewRule as Nr, RouteDetail as Rd, Routes as Rt, Text as Tx,
 };
 use KeyCode::{
     BackTab, Char, Delete, Down, End, Enter, Esc, Home, Left, PageDown, PageUp, Right, Tab, Up,
@@ -212,6 +215,8 @@ pub const KEYS: &[Binding] = &[
     b(Rd, &[Char('e')], "e", "edit the route", Some("e edit"), C::Edit, true),
     b(Rd, &[Char('?')], "?", "these keys", Some("? keys"), C::Help, false),
     b(Rd, &[Esc, Char('q')], "esc q", "close", Some("esc close"), C::Close, false),
+    b(Ld, &[Char('e')], "e", "edit the selected route", None, C::Edit, true),
+    b(Ld, &[], "any other key", "close", None, C::OtherKey, false),
     b(Fm, &[Tab, Down], "tab down", "next field", Some("tab/up/down: field"), C::NextField, true),
     b(Fm, &[BackTab, Up], "shift-tab up", "previous field", None, C::PrevField, true),
     b(Fm, &[Char(' '), Right], "space right", "toggle or cycle the focused choice (typed in a text field)", Some("space: toggle"), C::Toggle, true),
@@ -279,7 +284,7 @@ mod tests {
 
     #[test]
     fn every_context_lists_its_keys_in_the_help() {
-        for context in [Rt, Conns, Fw, Rd, Fm, Fl, Nr, Cf, Hp, Tx] {
+        for context in [Rt, Conns, Fw, Rd, Ld, Fm, Fl, Nr, Cf, Hp, Tx] {
             assert!(!context.title().is_empty());
             assert!(shown(context, false).count() > 0, "{context:?} has no keys");
         }

@@ -19,13 +19,13 @@ pub struct ListenerDetail;
 
 impl Component for ListenerDetail {
     fn context(&self) -> Context {
-        Context::Routes
+        Context::ListenerDetail
     }
 
     fn on_key(&mut self, key: &KeyEvent, ctx: &Ctx<'_>) -> Outcome {
-        // `e` as in the routes pane (refused read-only); anything else closes.
+        // `e` (refused read-only); anything else closes.
         match (
-            input::lookup(Context::Routes, key, ctx.data.read_only),
+            input::lookup(Context::ListenerDetail, key, ctx.data.read_only),
             ctx.listener,
             ctx.route,
         ) {
