@@ -470,7 +470,7 @@ fn enter_shows_every_field_of_the_route_in_full() {
     let long = "svc-with-a-rather-long-first-label.eu-west-1.internal.example.com";
     let mut app = app_with(&[(long, "127.0.0.1:38943", Mode::L7)]);
     app.on_key(key(KeyCode::Enter));
-    assert_eq!(app.mode, Screen::RouteDetail);
+    assert_eq!(app.screen(), Screen::RouteDetail);
     let s = render(&app, 120, 40);
     for needle in [
         long,
@@ -528,7 +528,7 @@ fn l7_stats(requests: u64, errors: u64) -> RouteStats {
 }
 
 fn stats_at(app: &mut App, at: Instant, routes: &[(&str, RouteStats)]) {
-    let listeners = app.listeners.clone();
+    let listeners = app.data().listeners.clone();
     app.on_event(
         TimedEvent {
             timestamp_ms: 0,
@@ -669,8 +669,8 @@ fn connections_view_lists_open_connections_and_read_only_hides_editing_keys() {
     }
     // Sorting by bytes moves the busy one up; the selection stays on its connection.
     app.on_key(key(KeyCode::Char('s')));
-    assert_eq!(app.conns.selected().map(|c| c.id), Some(7));
-    assert_eq!(app.conns.sel.index(), 1);
+    assert_eq!(app.conns().selected().map(|c| c.id), Some(7));
+    assert_eq!(app.conns().sel.index(), 1);
     app.on_key(key(KeyCode::Esc));
 
     let mut ro = App::read_only();
@@ -678,7 +678,7 @@ fn connections_view_lists_open_connections_and_read_only_hides_editing_keys() {
         status: Status {
             version: "9.9.9".into(),
             uptime: Duration::ZERO,
-            listeners: app.listeners.clone(),
+            listeners: app.data().listeners.clone(),
             active_connections: 0,
             total_connections: 0,
             firewall_rules: 0,
@@ -940,7 +940,7 @@ fn a_routes_backends_show_their_state_and_traffic_and_follow_state_changes() {
 
     // The detail: every member in full with weight, state and traffic, coloured by state.
     app.on_key(key(KeyCode::Enter));
-    assert_eq!(app.mode, Screen::RouteDetail);
+    assert_eq!(app.screen(), Screen::RouteDetail);
     let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
     terminal.draw(|f| ui::render(&app, f)).unwrap();
     let s = screen(&terminal);
@@ -1017,7 +1017,7 @@ fn a_route_not_served_is_red_with_its_reason_in_the_detail() {
     let reason = "tls_cert /etc/mc-proxy/certs/b.test.pem: no certificate found in the PEM \
                   file (is it a certificate?)";
     let snapshot = |app: &mut App, not_served: Option<&str>, at: Instant| {
-        let listeners = app.listeners.clone();
+        let listeners = app.data().listeners.clone();
         let entry = |h: &str, not_served: Option<&str>| RouteEntry {
             not_served: not_served.map(str::to_owned),
             listener: "127.0.0.1:8443".into(),
@@ -1058,7 +1058,7 @@ fn a_route_not_served_is_red_with_its_reason_in_the_detail() {
     // The detail says why, in full (wrapped at 80 columns).
     app.on_key(key(KeyCode::Down));
     app.on_key(key(KeyCode::Enter));
-    assert_eq!(app.mode, Screen::RouteDetail);
+    assert_eq!(app.screen(), Screen::RouteDetail);
     let s = render(&app, 80, 24);
     let flat: String = s
         .lines()
@@ -1105,7 +1105,7 @@ fn pool_detail(n: u16, states: &[mc_proxy_shared::AdminState]) -> App {
         Instant::now(),
     );
     app.on_key(key(KeyCode::Enter));
-    assert_eq!(app.mode, Screen::RouteDetail);
+    assert_eq!(app.screen(), Screen::RouteDetail);
     app
 }
 
@@ -1165,7 +1165,7 @@ fn a_long_backend_list_scrolls_to_the_selection_with_more_markers() {
         "{s}"
     );
     app.on_key(key(KeyCode::PageDown));
-    assert_eq!(app.mode, Screen::RouteDetail);
+    assert_eq!(app.screen(), Screen::RouteDetail);
     let s = render(&app, 80, 24);
     assert!(
         s.contains("route pool.test"),
@@ -1207,7 +1207,7 @@ fn a_long_backend_list_scrolls_to_the_selection_with_more_markers() {
     assert!(s.contains("disable the selected backend"), "{s}");
     assert!(!s.contains("new hostname filter"), "{s}");
     app.on_key(key(KeyCode::Esc));
-    assert_eq!(app.mode, Screen::RouteDetail);
+    assert_eq!(app.screen(), Screen::RouteDetail);
     let s = render(&app, 80, 24);
     assert_eq!(
         selected_backend(&s).as_deref(),
@@ -1239,7 +1239,7 @@ fn a_wrapping_reason_never_hides_rows_without_a_mark() {
         TimedEvent {
             timestamp_ms: 0,
             event: Event::Stats {
-                listeners: app.listeners.clone(),
+                listeners: app.data().listeners.clone(),
                 routes: vec![RouteEntry {
                     not_served: None,
                     listener: "127.0.0.1:8443".into(),
@@ -1289,7 +1289,7 @@ fn disabling_the_last_enabled_backend_asks_first() {
     assert!(s.contains("y: disable"), "{s}");
     // Any other key: nothing sent, back to the detail.
     assert_eq!(app.on_key(key(KeyCode::Char('n'))), None);
-    assert_eq!(app.mode, Screen::RouteDetail);
+    assert_eq!(app.screen(), Screen::RouteDetail);
     let s = render(&app, 80, 24);
     assert!(!s.contains("Disable 10.0.0.1:8000"), "{s}");
     assert!(s.contains("route pool.test"), "{s}");
@@ -1307,7 +1307,7 @@ fn disabling_the_last_enabled_backend_asks_first() {
         app.on_key(key(KeyCode::Char('y'))),
         Some(expect(AdminState::Draining))
     );
-    assert_eq!(app.mode, Screen::RouteDetail);
+    assert_eq!(app.screen(), Screen::RouteDetail);
     // With another backend enabled, `x` does not ask.
     let mut app = pool_detail(2, &[]);
     assert_eq!(
@@ -1389,7 +1389,7 @@ fn without_the_daemon_the_figures_are_grey_and_the_screen_says_since_when() {
     // counters.
     app.on_key(key(KeyCode::Down));
     app.on_key(key(KeyCode::Enter));
-    assert_eq!(app.mode, Screen::RouteDetail);
+    assert_eq!(app.screen(), Screen::RouteDetail);
     let s = render(&app, 80, 24);
     assert!(s.contains("route web.test"), "{s}");
     assert!(s.contains("values from 12:34:56 UTC"), "{s}");
@@ -1405,7 +1405,7 @@ fn without_the_daemon_the_figures_are_grey_and_the_screen_says_since_when() {
         status: Status {
             version: "9.9.9".into(),
             uptime: Duration::from_secs(60),
-            listeners: snapshot.listeners.clone(),
+            listeners: snapshot.data().listeners.clone(),
             active_connections: 0,
             total_connections: 0,
             firewall_rules: 0,
@@ -1579,7 +1579,7 @@ fn a_backend_going_down_is_a_notice_on_the_status_line() {
         ),
         now,
     );
-    assert!(app.note.is_none(), "{:?}", app.note);
+    assert!(app.data().note.is_none(), "{:?}", app.data().note);
 
     app.on_event(
         member_changed(
@@ -1590,7 +1590,7 @@ fn a_backend_going_down_is_a_notice_on_the_status_line() {
         ),
         now,
     );
-    let note = app.note.clone().expect("no notice");
+    let note = app.data().note.clone().expect("no notice");
     assert!(note.error);
     assert_eq!(
         note.text,
@@ -1625,11 +1625,11 @@ fn a_backend_going_down_is_a_notice_on_the_status_line() {
         now,
     );
     assert_eq!(
-        app.note.as_ref().map(|n| n.text.as_str()),
+        app.data().note.as_ref().map(|n| n.text.as_str()),
         Some("backend 127.0.0.1:38945 of pool.test ejected")
     );
     app.on_tick(now + mcproxyctl::tui::app::NOTE_TTL);
-    assert!(app.note.is_none());
+    assert!(app.data().note.is_none());
     assert!(!render(&app, 120, 40).contains("of pool.test ejected"));
 }
 
@@ -1708,7 +1708,7 @@ fn a_backends_since_and_last_check_show_in_the_route_detail() {
         Instant::now(),
     );
     app.on_key(key(KeyCode::Enter));
-    assert_eq!(app.mode, Screen::RouteDetail);
+    assert_eq!(app.screen(), Screen::RouteDetail);
     let s = render(&app, 80, 24);
     assert!(
         s.contains("tcp + tls handshake every 2s"),
@@ -1764,7 +1764,7 @@ fn plus_and_minus_change_the_selected_backends_weight() {
     assert_eq!(app.on_key(key(KeyCode::Char('+'))), Some(weight(2)));
     // At 1 already: nothing to send.
     assert_eq!(app.on_key(key(KeyCode::Char('-'))), None);
-    assert_eq!(app.mode, Screen::RouteDetail);
+    assert_eq!(app.screen(), Screen::RouteDetail);
     let s = render(&app, 80, 24);
     assert!(s.contains("+/- weight"), "{s}");
     app.on_key(key(KeyCode::Char('?')));
@@ -1774,7 +1774,7 @@ fn plus_and_minus_change_the_selected_backends_weight() {
     );
 
     let mut ro = pool_detail(2, &[]);
-    ro.read_only = true;
+    ro.set_read_only(true);
     assert_eq!(ro.on_key(key(KeyCode::Char('+'))), None);
 }
 

@@ -1,40 +1,37 @@
-//! The console's state and what keys and daemon messages do to it.
+//! The console's top: the daemon's data, the two views and the popup on top, and the routing
+//! of keys and daemon messages between them.
 //!
-//! No I/O and no drawing: `App` is updated by [`App::on_key`] (which may return an [`Action`]
-//! for the runner to carry out against the daemon), by [`App::on_daemon`] (snapshots, live
-//! events, results of actions, connection state) and by [`App::on_tick`] (notices expire). The
-//! views in `ui` only read it. The pieces live beside it: the form in `form`, selections in
-//! `select`, the recent-error window in `health`, the connections list in `conns`, the keys in
-//! `input`.
+//! No I/O and no drawing of its own. `App` keeps what the daemon sends ([`Data`], changed only
+//! here, by [`App::on_daemon`], [`App::on_event`] and [`App::on_tick`]) and which component has
+//! the keyboard: the popup on top if there is one, else the main view. [`App::on_key`] hands
+//! the key to that component and carries out its [`Outcome`]: it may return an [`Action`] for
+//! the runner to carry out against the daemon. The components (`routes_view`, `conns`,
+//! `route_detail`, `listener_detail`, `firewall`, `form`, `confirm`, `help`) own their state,
+//! keys and drawing; `ui` lays out the frame.
 //!
 //! Invariants: the event log and every history are bounded; every selection is kept by key and
 //! re-found after each change (`follow_all`), so it points at an existing row, the same item
 //! as before when that item still exists, or nothing when the list is empty.
 
-use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use mc_proxy_shared::client::{
-    ConnectionList, Event, ListenerStatus, RouteEntry, RouteStats, Status, TimedEvent,
+use mc_proxy_shared::client::{ConnectionList, ListenerStatus, RouteEntry, Status, TimedEvent};
+use mc_proxy_shared::{FirewallRule, Route};
+
+use super::component::{Component, Ctx, Outcome, Popup};
+pub use super::conns::ConnView;
+use super::data::Applied;
+pub use super::data::{
+    Data, HISTORY, LOG_CAPACITY, Link, LogFilter, LogKind, LogLine, NOTE_TTL, Note, Rate,
+    RouteView, admin_states, rule_key,
 };
-use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Route};
-
-use super::conns::ConnView;
-use super::fit;
-use super::form::edit_text;
+pub use super::firewall::FirewallView;
 pub use super::form::{Field, Form};
-use super::health::{Health, Recent, Window};
-use super::input::{self, Command, Context};
-use super::order;
-use super::select::Selection;
+use super::input::Context;
+pub use super::route_detail::RouteDetail;
+pub use super::routes_view::{Pane, RouteSort, RoutesView};
 
-/// Lines kept in the event log.
-pub const LOG_CAPACITY: usize = 500;
-/// Rate samples kept per route (one per stats snapshot, about a second each).
-pub const HISTORY: usize = 180;
-/// How long a notice stays on the status line (it stays in the event log).
-pub const NOTE_TTL: Duration = Duration::from_secs(8);
 /// Rows moved by page up/down.
 pub const PAGE: isize = 10;
 
@@ -124,125 +121,6 @@ pub enum Action {
     Quit,
 }
 
-/// ` by mcproxyctl` (the process, else the caller in words) for an event pane line: short, the
-/// pane is 80 columns at most; `mcproxyctl events` prints the whole origin.
-fn by(origin: Option<&mc_proxy_shared::client::ChangeOrigin>) -> String {
-    match origin {
-        Some(o) if !o.process.is_empty() => format!(" by {}", o.process),
-        Some(o) => format!(" by {}", o.by),
-        None => String::new(),
-    }
-}
-
-/// Link state, for the status line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Link {
-    /// Not connected yet.
-    Connecting,
-    /// Live.
-    Connected,
-    /// Lost; the link retries. Holds the last error.
-    Reconnecting(String),
-}
-
-/// One rate sample of a route.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Rate {
-    /// Client to backend, bytes per second.
-    pub in_bps: f64,
-    /// Backend to client, bytes per second.
-    pub out_bps: f64,
-    /// L7 requests per second.
-    pub rps: f64,
-}
-
-/// A route as the console shows it: fields, counters and rates.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteView {
-    /// Every field.
-    pub route: Route,
-    /// Latest counters.
-    pub stats: RouteStats,
-    /// Latest rate (between the last two snapshots).
-    pub rate: Rate,
-    /// Recent rates with the time of their snapshot, oldest first, at most [`HISTORY`].
-    pub history: VecDeque<(Instant, Rate)>,
-    /// Counters over the last [`super::health::WINDOW`]: colour, request rate, 5xx share.
-    pub window: Window,
-    /// When `stats` was taken (for the next rate).
-    last_sample: Option<Instant>,
-    /// `Some(reason)`: stored but not served (its certificate or key did not load); shown
-    /// red, with the reason in the detail.
-    pub not_served: Option<String>,
-}
-
-/// The firewall box's state.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FirewallView {
-    /// Selected rule, by value.
-    pub sel: Selection,
-    /// Text being typed for a new rule (`Some` while adding).
-    pub input: Option<String>,
-    /// "Unblock this rule?" while waiting for y.
-    pub confirm: Option<FirewallRule>,
-    /// An add was sent: the next rule the daemon reports added gets the selection.
-    pub select_next_added: bool,
-    /// The daemon's answer to the last change.
-    pub error: Option<String>,
-}
-
-/// What has the keyboard on top of the current view.
-// One value, the screen on show: its size does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Screen {
-    /// Moving around the view.
-    Normal,
-    /// Typing the filter of the current view.
-    Filter,
-    /// The add/edit form.
-    Form(Form),
-    /// "Delete this route?"
-    ConfirmDelete {
-        /// Listener address.
-        listener: String,
-        /// Route hostname.
-        hostname: String,
-    },
-    /// The firewall rules.
-    Firewall(FirewallView),
-    /// Everything about the selected listener.
-    ListenerDetail,
-    /// Everything about the selected route.
-    RouteDetail,
-    /// "Drain/disable this backend?", asked when it would leave the route with no enabled
-    /// backend; `y` sends the action, any other key goes back to the route detail.
-    ConfirmBackend(Action),
-    /// "Close this connection?" (connections view); `y` closes it.
-    ConfirmClose {
-        /// The connection's id.
-        id: u64,
-        /// Client, route and age, as the question shows them.
-        what: String,
-    },
-    /// The key list.
-    Help {
-        /// Scrolled down by this many lines.
-        scroll: u16,
-        /// Opened from the route detail: it lists the detail's keys and closes back to it.
-        detail: bool,
-    },
-}
-
-/// Which pane of the routes view has the selection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pane {
-    /// The listener list.
-    Listeners,
-    /// The selected listener's routes.
-    Routes,
-}
-
 /// The main view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
@@ -252,164 +130,44 @@ pub enum View {
     Connections,
 }
 
-/// One line of the events pane.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogLine {
-    /// What it is about, for the filter.
-    pub kind: LogKind,
-    /// As shown.
-    pub text: String,
-}
-
-/// What an events pane line is about.
+/// What has the keyboard, by name (the component itself is [`App::popup`] or the view).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogKind {
-    /// Connections opened, closed, blocked.
-    Traffic,
-    /// A route member changed state.
-    Backend,
-    /// Routes, listeners and firewall rules changed.
-    Change,
-    /// The console's own: the link to the daemon, answers to its changes; always shown.
-    Daemon,
-}
-
-/// What the events pane shows (`v` cycles).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogFilter {
-    /// Everything.
-    #[default]
-    All,
-    /// Everything but connections: what changed and what broke.
-    NoTraffic,
-    /// Backend state changes only.
-    Backends,
-    /// Connections only.
-    Traffic,
-}
-
-impl LogFilter {
-    /// As the pane's title shows it (`None` for everything).
-    pub fn title(self) -> Option<&'static str> {
-        match self {
-            LogFilter::All => None,
-            LogFilter::NoTraffic => Some("no traffic"),
-            LogFilter::Backends => Some("backends"),
-            LogFilter::Traffic => Some("traffic"),
-        }
-    }
-
-    /// The next filter.
-    pub fn next(self) -> LogFilter {
-        match self {
-            LogFilter::All => LogFilter::NoTraffic,
-            LogFilter::NoTraffic => LogFilter::Backends,
-            LogFilter::Backends => LogFilter::Traffic,
-            LogFilter::Traffic => LogFilter::All,
-        }
-    }
-
-    /// Whether a line of `kind` is shown.
-    pub fn shows(self, kind: LogKind) -> bool {
-        match (self, kind) {
-            (LogFilter::All, _) | (_, LogKind::Daemon) => true,
-            (LogFilter::NoTraffic, k) => k != LogKind::Traffic,
-            (LogFilter::Backends, k) => k == LogKind::Backend,
-            (LogFilter::Traffic, k) => k == LogKind::Traffic,
-        }
-    }
-}
-
-/// Route order (`s` cycles).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RouteSort {
-    /// Natural name order, wildcards last.
-    #[default]
-    Name,
-    /// Current bytes/s (in + out), busiest first.
-    Traffic,
-    /// Recent error share, worst first; then errors since start.
-    Errors,
-}
-
-impl RouteSort {
-    /// As the title shows it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteSort::Name => "name",
-            RouteSort::Traffic => "traffic",
-            RouteSort::Errors => "errors",
-        }
-    }
-
-    fn next(self) -> RouteSort {
-        match self {
-            RouteSort::Name => RouteSort::Traffic,
-            RouteSort::Traffic => RouteSort::Errors,
-            RouteSort::Errors => RouteSort::Name,
-        }
-    }
-}
-
-/// A one-line notice (the last action's result), shown on the status line for [`NOTE_TTL`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Note {
-    /// The text.
-    pub text: String,
-    /// Shown in red.
-    pub error: bool,
-    /// When it was set.
-    pub at: Instant,
+pub enum Screen {
+    /// Moving around the view.
+    Normal,
+    /// Typing the filter of the current view.
+    Filter,
+    /// The add/edit form.
+    Form,
+    /// "Delete this route?"
+    ConfirmDelete,
+    /// The firewall rules.
+    Firewall,
+    /// Everything about the selected listener.
+    ListenerDetail,
+    /// Everything about the selected route.
+    RouteDetail,
+    /// "Drain/disable this backend?" over the route detail.
+    ConfirmBackend,
+    /// "Close this connection?" (connections view).
+    ConfirmClose,
+    /// The key list.
+    Help,
 }
 
 /// The whole console state.
 #[derive(Debug)]
 pub struct App {
-    /// Editing keys are hidden and refused.
-    pub read_only: bool,
-    /// Daemon version, from the last snapshot.
-    pub version: String,
-    /// Daemon uptime at `status_at`.
-    pub uptime: Duration,
-    /// When the uptime was read.
-    pub status_at: Instant,
-    /// Listeners, in daemon order.
-    pub listeners: Vec<ListenerStatus>,
-    /// Routes per listener address.
-    pub routes: HashMap<String, Vec<RouteView>>,
-    /// Firewall rules.
-    pub rules: Vec<FirewallRule>,
-    /// Recent events, oldest first, at most [`LOG_CAPACITY`].
-    pub log: VecDeque<LogLine>,
-    /// What the events pane shows (`v` cycles).
-    pub log_filter: LogFilter,
-    /// Link state.
-    pub link: Link,
-    /// Selected listener, by address.
-    pub listener_sel: Selection,
-    /// Selected route among the visible routes, by hostname.
-    pub route_sel: Selection,
-    /// The backend selected in the route detail box (an index into the route's set).
-    pub member_sel: usize,
-    /// Pane with focus.
-    pub pane: Pane,
-    /// Route filter (hostname or backend contains it, case-insensitively).
-    pub filter: String,
-    /// Route order.
-    pub sort: RouteSort,
-    /// The main view.
-    pub view: View,
-    /// The connections view's state.
-    pub conns: ConnView,
-    /// What has the keyboard.
-    pub mode: Screen,
-    /// The status line's notice.
-    pub note: Option<Note>,
-    /// Time of the last tick or message (for notices; `render` never reads the clock).
-    pub now: Instant,
-    /// Unix time (ms) of the newest figures: the last stats event's timestamp, or when the
-    /// last snapshot arrived. Shown when the daemon is unreachable, so stale values say so.
-    pub figures_at_ms: Option<u64>,
+    /// What the daemon said.
+    data: Data,
+    /// The routes view.
+    routes: RoutesView,
+    /// The connections view.
+    conns: ConnView,
+    /// The main view on show.
+    view: View,
+    /// The box on top, with the keyboard.
+    popup: Option<Popup>,
 }
 
 impl Default for App {
@@ -421,999 +179,263 @@ impl Default for App {
 impl App {
     /// An empty console, waiting for its first snapshot.
     pub fn new() -> App {
-        let now = Instant::now();
         App {
-            read_only: false,
-            version: String::new(),
-            uptime: Duration::ZERO,
-            status_at: now,
-            listeners: Vec::new(),
-            routes: HashMap::new(),
-            rules: Vec::new(),
-            log: VecDeque::new(),
-            log_filter: LogFilter::default(),
-            link: Link::Connecting,
-            listener_sel: Selection::default(),
-            route_sel: Selection::default(),
-            member_sel: 0,
-            pane: Pane::Routes,
-            filter: String::new(),
-            sort: RouteSort::Name,
-            view: View::Routes,
+            data: Data::new(false),
+            routes: RoutesView::default(),
             conns: ConnView::default(),
-            mode: Screen::Normal,
-            note: None,
-            now,
-            figures_at_ms: None,
+            view: View::Routes,
+            popup: None,
         }
     }
 
     /// The same, with editing keys hidden and refused.
     pub fn read_only() -> App {
         App {
-            read_only: true,
+            data: Data::new(true),
             ..App::new()
         }
     }
 
+    /// Hides and refuses the editing keys from now on (or allows them again).
+    pub fn set_read_only(&mut self, read_only: bool) {
+        self.data.read_only = read_only;
+    }
+
+    /// What the daemon said.
+    pub fn data(&self) -> &Data {
+        &self.data
+    }
+
+    /// The routes view.
+    pub fn routes_view(&self) -> &RoutesView {
+        &self.routes
+    }
+
+    /// The connections view.
+    pub fn conns(&self) -> &ConnView {
+        &self.conns
+    }
+
+    /// The main view on show.
+    pub fn view(&self) -> View {
+        self.view
+    }
+
+    /// The box on top, if any.
+    pub fn popup(&self) -> Option<&Popup> {
+        self.popup.as_ref()
+    }
+
+    /// The form, while it is open.
+    pub fn form(&self) -> Option<&Form> {
+        match &self.popup {
+            Some(Popup::Form(form)) => Some(form),
+            _ => None,
+        }
+    }
+
+    /// The firewall box, while it is open.
+    pub fn firewall(&self) -> Option<&FirewallView> {
+        match &self.popup {
+            Some(Popup::Firewall(fw)) => Some(fw),
+            _ => None,
+        }
+    }
+
+    /// What has the keyboard, by name.
+    pub fn screen(&self) -> Screen {
+        use super::confirm::Confirm;
+        match &self.popup {
+            Some(Popup::Form(_)) => Screen::Form,
+            Some(Popup::Confirm(Confirm::DeleteRoute { .. })) => Screen::ConfirmDelete,
+            Some(Popup::Confirm(Confirm::CloseConnection { .. })) => Screen::ConfirmClose,
+            Some(Popup::Confirm(Confirm::Backend { .. })) => Screen::ConfirmBackend,
+            Some(Popup::Firewall(_)) => Screen::Firewall,
+            Some(Popup::ListenerDetail(_)) => Screen::ListenerDetail,
+            Some(Popup::RouteDetail(_)) => Screen::RouteDetail,
+            Some(Popup::Help(_)) => Screen::Help,
+            None if self.filtering() => Screen::Filter,
+            None => Screen::Normal,
+        }
+    }
+
+    fn filtering(&self) -> bool {
+        match self.view {
+            View::Routes => self.routes.filtering,
+            View::Connections => self.conns.filtering,
+        }
+    }
+
+    /// What the components read: the data and the routes view's selection.
+    pub fn ctx(&self) -> Ctx<'_> {
+        Ctx::new(&self.data, &self.routes, self.view)
+    }
+
     /// The selected listener, if any.
     pub fn listener(&self) -> Option<&ListenerStatus> {
-        self.listeners.get(self.listener_sel.index())
+        self.routes.listener(&self.data)
     }
 
     /// The selected listener's routes that pass the filter, in the chosen order.
     pub fn visible_routes(&self) -> Vec<&RouteView> {
-        let Some(l) = self.listener() else {
-            return Vec::new();
-        };
-        let filter = self.filter.to_lowercase();
-        let mut routes: Vec<&RouteView> = self
-            .routes
-            .get(&l.addr)
-            .map(|rs| {
-                rs.iter()
-                    .filter(|r| {
-                        filter.is_empty()
-                            || r.route.hostname.to_lowercase().contains(&filter)
-                            || r.route
-                                .backends
-                                .iter()
-                                .any(|b| b.address.to_lowercase().contains(&filter))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let name =
-            |a: &RouteView, b: &RouteView| order::route_name(&a.route.hostname, &b.route.hostname);
-        match self.sort {
-            RouteSort::Name => routes.sort_by(|a, b| name(a, b)),
-            RouteSort::Traffic => routes.sort_by(|a, b| {
-                let t = |r: &RouteView| r.rate.in_bps + r.rate.out_bps;
-                t(b).total_cmp(&t(a)).then_with(|| name(a, b))
-            }),
-            RouteSort::Errors => routes.sort_by(|a, b| {
-                let share = |r: &RouteView| r.recent().error_share(r.route.mode).unwrap_or(0.0);
-                let total = |r: &RouteView| r.stats.responses[4] + r.stats.backend_errors;
-                share(b)
-                    .total_cmp(&share(a))
-                    .then_with(|| total(b).cmp(&total(a)))
-                    .then_with(|| name(a, b))
-            }),
-        }
-        routes
+        self.routes.visible(&self.data)
     }
 
     /// The selected route, if any.
     pub fn route(&self) -> Option<&RouteView> {
-        self.visible_routes().get(self.route_sel.index()).copied()
+        self.routes.route(&self.data)
     }
 
-    /// Uptime now, extrapolated from the last status while connected; frozen at the last
-    /// known value while the daemon is away (it may be restarting).
-    pub fn uptime_now(&self) -> Duration {
-        match self.link {
-            Link::Connected => self.uptime + self.now.saturating_duration_since(self.status_at),
-            _ => self.uptime,
-        }
-    }
-
-    /// `Some(HH:MM:SS)` (UTC, like the event log) of the figures on screen when they are not
-    /// live: the daemon is unreachable and what is shown is what it last said.
-    pub fn stale_since(&self) -> Option<String> {
-        match self.link {
-            Link::Reconnecting(_) => self.figures_at_ms.map(clock),
-            Link::Connected | Link::Connecting => None,
-        }
-    }
-
-    /// The key context of what is on screen.
+    /// The key context of what has the keyboard.
     pub fn context(&self) -> Context {
-        match (&self.mode, self.view) {
-            (Screen::Firewall(_), _) => Context::Firewall,
-            (Screen::Filter | Screen::Form(_), _) => Context::Text,
-            (Screen::RouteDetail, _) => Context::RouteDetail,
-            (_, View::Connections) => Context::Connections,
-            (_, View::Routes) => Context::Routes,
+        match (&self.popup, self.view) {
+            (Some(popup), _) => popup.component().context(),
+            (None, View::Routes) => self.routes.context(),
+            (None, View::Connections) => self.conns.context(),
         }
-    }
-
-    fn push_log(&mut self, kind: LogKind, text: String) {
-        if self.log.len() == LOG_CAPACITY {
-            self.log.pop_front();
-        }
-        self.log.push_back(LogLine { kind, text });
     }
 
     /// The events pane's lines its filter shows, oldest first.
     pub fn log_shown(&self) -> impl DoubleEndedIterator<Item = &str> {
-        let filter = self.log_filter;
-        self.log
-            .iter()
-            .filter(move |l| filter.shows(l.kind))
-            .map(|l| l.text.as_str())
-    }
-
-    fn set_note(&mut self, text: String, error: bool) {
-        self.push_log(LogKind::Daemon, text.clone());
-        self.note = Some(Note {
-            text,
-            error,
-            at: self.now,
-        });
+        self.data.log_shown(self.routes.log_filter)
     }
 
     /// Advances the clock: notices older than [`NOTE_TTL`] go.
     pub fn on_tick(&mut self, now: Instant) {
-        self.now = now;
-        if self
-            .note
-            .as_ref()
-            .is_some_and(|n| now.saturating_duration_since(n.at) >= NOTE_TTL)
-        {
-            self.note = None;
-        }
+        self.data.on_tick(now);
     }
 
     /// Re-finds every selection after a change (see the module invariants).
     fn follow_all(&mut self) {
-        let addrs: Vec<&str> = self.listeners.iter().map(|l| l.addr.as_str()).collect();
-        self.listener_sel.follow(&addrs);
-        let hosts: Vec<String> = self
-            .visible_routes()
-            .iter()
-            .map(|r| r.route.hostname.clone())
-            .collect();
-        self.route_sel.follow(&hosts);
-        let rules: Vec<String> = self.rules.iter().map(rule_key).collect();
-        if let Screen::Firewall(fw) = &mut self.mode {
-            fw.sel.follow(&rules);
+        self.routes.follow(&self.data);
+        if let Some(Popup::Firewall(fw)) = &mut self.popup {
+            fw.follow(&self.data);
         }
         self.conns.follow();
     }
 
     /// Applies a message from the daemon link.
     pub fn on_daemon(&mut self, msg: DaemonMsg) {
-        let now = Instant::now().max(self.now);
-        self.now = now;
+        let now = Instant::now().max(self.data.now);
+        self.data.now = now;
         match msg {
             DaemonMsg::Snapshot {
                 status,
                 routes,
                 rules,
-            } => {
-                self.version = status.version;
-                self.uptime = status.uptime;
-                self.status_at = now;
-                self.listeners = status.listeners;
-                let mut by_listener: HashMap<String, Vec<RouteView>> = HashMap::new();
-                for entry in routes {
-                    let mut view = self
-                        .find_route(&entry.listener, &entry.route.hostname)
-                        .cloned()
-                        .unwrap_or_else(|| RouteView::new(entry.route.clone()));
-                    view.route = entry.route;
-                    view.not_served = entry.not_served;
-                    // A restarted daemon starts its counters from zero: begin a new window.
-                    if entry.stats.total_connections < view.stats.total_connections {
-                        view.window = Window::default();
-                    }
-                    view.last_sample = Some(now);
-                    view.window.push(now, entry.stats.clone());
-                    view.stats = entry.stats;
-                    by_listener.entry(entry.listener).or_default().push(view);
-                }
-                self.routes = by_listener;
-                self.rules = rules;
-                self.figures_at_ms = Some(unix_ms_now());
-                if self.link != Link::Connected {
-                    self.push_log(LogKind::Daemon, "connected to the daemon".into());
-                    // Whatever went wrong while away is over.
-                    if self.note.as_ref().is_some_and(|n| n.error) {
-                        self.note = None;
-                    }
-                }
-                self.link = Link::Connected;
-            }
+            } => self.data.on_snapshot(status, routes, rules, now),
             DaemonMsg::Event(event) => {
                 // on_event re-finds the selections itself when a list changed.
                 self.on_event(event, now);
                 return;
             }
             DaemonMsg::Connections(list) => self.conns.update(list, now),
-            DaemonMsg::Disconnected(reason) => {
-                if self.link == Link::Connected {
-                    self.push_log(LogKind::Daemon, format!("lost the daemon: {reason}"));
-                    self.uptime = self.uptime_now();
-                }
-                self.link = Link::Reconnecting(reason);
-            }
+            DaemonMsg::Disconnected(reason) => self.data.on_disconnected(reason),
             DaemonMsg::ActionDone(result) => self.on_action_done(result),
         }
         self.follow_all();
     }
 
-    fn find_route(&self, listener: &str, hostname: &str) -> Option<&RouteView> {
-        self.routes
-            .get(listener)?
-            .iter()
-            .find(|r| r.route.hostname == hostname)
-    }
-
-    /// Applies a live event received at `now`.
+    /// Applies a live event received at `now`, then tells the components that follow it.
     pub fn on_event(&mut self, event: TimedEvent, now: Instant) {
-        self.now = self.now.max(now);
-        let time = clock(event.timestamp_ms);
-        match event.event {
-            Event::Stats {
-                listeners, routes, ..
-            } => {
-                self.figures_at_ms = Some(match event.timestamp_ms {
-                    0 => unix_ms_now(),
-                    ms => ms,
-                });
-                self.listeners = listeners;
-                for entry in routes {
-                    let list = self.routes.entry(entry.listener).or_default();
-                    match list
-                        .iter_mut()
-                        .find(|r| r.route.hostname == entry.route.hostname)
-                    {
-                        Some(view) => {
-                            view.not_served = entry.not_served;
-                            view.sample(entry.stats, now);
-                        }
-                        None => {
-                            let mut view = RouteView::new(entry.route);
-                            view.not_served = entry.not_served;
-                            view.sample(entry.stats, now);
-                            list.push(view);
-                        }
-                    }
+        match self.data.on_event(event, now) {
+            Applied::Logged => return,
+            Applied::Changed => {}
+            Applied::Renamed { listener, from, to } => {
+                self.routes.renamed(&self.data, &listener, &from, to);
+            }
+            Applied::RuleAdded(rule) => {
+                if let Some(Popup::Firewall(fw)) = &mut self.popup {
+                    fw.rule_added(&rule);
                 }
             }
-            Event::BackendChanged {
-                listener,
-                route,
-                member,
-                ..
-            } => {
-                let mut line = format!(
-                    "{time} backend {route} {} {}",
-                    member.address,
-                    crate::ctl::member_state(&member)
-                );
-                if !member.reason.is_empty() {
-                    let _ =
-                        std::fmt::Write::write_fmt(&mut line, format_args!(" ({})", member.reason));
-                }
-                self.push_log(LogKind::Backend, line);
-                // Issue 28: a member going down or ejected is a notice on the status line too
-                // (already in the log: set it without logging it twice).
-                if matches!(
-                    member.state,
-                    mc_proxy_shared::BackendState::Down | mc_proxy_shared::BackendState::Ejected
-                ) {
-                    let mut text = format!(
-                        "backend {} of {route} {}",
-                        member.address,
-                        crate::ctl::member_state(&member)
-                    );
-                    if !member.reason.is_empty() {
-                        let _ = std::fmt::Write::write_fmt(
-                            &mut text,
-                            format_args!(" ({})", member.reason),
-                        );
-                    }
-                    self.note = Some(Note {
-                        text,
-                        error: true,
-                        at: self.now,
-                    });
-                }
-                if let Some(view) = self
-                    .routes
-                    .get_mut(&listener)
-                    .and_then(|list| list.iter_mut().find(|r| r.route.hostname == route))
-                {
-                    match view
-                        .stats
-                        .members
-                        .iter_mut()
-                        .find(|m| m.address == member.address)
-                    {
-                        Some(m) => *m = member,
-                        None => view.stats.members.push(member),
-                    }
-                }
-            }
-            Event::ConnectionOpened {
-                id,
-                client,
-                hostname,
-                mode,
-                backend,
-                ..
-            } => {
-                // Log only: no list changes, no selection to re-find (the hot path under load).
-                // A route's whole set (L7: each request picks) is shown as the routes table
-                // shows it, `first +N`, so that the line's cut end never hides a member.
-                let backend = match backend.split_once(", ") {
-                    Some((first, _)) => format!("{first} +{}", backend.matches(", ").count()),
-                    None => backend,
-                };
-                self.push_log(
-                    LogKind::Traffic,
-                    format!("{time} open  #{id} {client} {hostname} {mode}->{backend}"),
-                );
-                return;
-            }
-            Event::ConnectionClosed {
-                id,
-                client,
-                hostname,
-                bytes_in,
-                bytes_out,
-                duration_ms,
-                outcome,
-                ..
-            } => {
-                let host = if hostname.is_empty() {
-                    "-".into()
-                } else {
-                    hostname
-                };
-                self.push_log(
-                    LogKind::Traffic,
-                    format!(
-                        "{time} close #{id} {client} {host} in {} out {} {duration_ms}ms {outcome}",
-                        fit::bytes(bytes_in),
-                        fit::bytes(bytes_out)
-                    ),
-                );
+            Applied::ConnectionClosed(id) => {
                 self.conns.closed(id);
                 if self.view == View::Routes {
                     return;
                 }
             }
-            Event::ConnectionBlocked { client, reason, .. } => {
-                self.push_log(
-                    LogKind::Traffic,
-                    format!("{time} block {client} ({reason})"),
-                );
-            }
-            Event::RouteChanged {
-                listener,
-                action,
-                route,
-                previous_hostname,
-                origin,
-            } => {
-                self.push_log(
-                    LogKind::Change,
-                    format!(
-                        "{time} route {action} {} ({} -> {}){}",
-                        route.hostname,
-                        route.mode,
-                        route.backend_list(),
-                        by(origin.as_ref())
-                    ),
-                );
-                let selected_here = self.listener().is_some_and(|l| l.addr == listener);
-                let list = self.routes.entry(listener).or_default();
-                match action.as_str() {
-                    // An add seen in the snapshot already (the stream starts before it).
-                    // Also a stored route a reload serves again.
-                    "added" => match list.iter_mut().find(|r| r.route.hostname == route.hostname) {
-                        Some(view) => {
-                            view.route = route;
-                            view.not_served = None;
-                        }
-                        None => list.push(RouteView::new(route)),
-                    },
-                    "updated" => {
-                        if let Some(view) = list
-                            .iter_mut()
-                            .find(|r| r.route.hostname == previous_hostname)
-                        {
-                            // A rename keeps the selection on the renamed route.
-                            if selected_here
-                                && self.route_sel.key() == Some(previous_hostname.as_str())
-                            {
-                                self.route_sel.set(route.hostname.clone());
-                            }
-                            view.route = route;
-                            // An update is applied only if the route validates: served.
-                            view.not_served = None;
-                        }
-                    }
-                    "removed" => list.retain(|r| r.route.hostname != route.hostname),
-                    _ => {}
-                }
-            }
-            // The listener list itself comes with the next stats tick.
-            Event::ListenerChanged {
-                listener,
-                action,
-                origin,
-            } => {
-                self.push_log(
-                    LogKind::Change,
-                    format!("{time} listener {action} {listener}{}", by(origin.as_ref())),
-                );
-            }
-            Event::FirewallChanged {
-                action,
-                rule,
-                origin,
-            } => {
-                self.push_log(
-                    LogKind::Change,
-                    format!(
-                        "{time} firewall {action} {} {}{}",
-                        rule.kind,
-                        rule.value,
-                        by(origin.as_ref())
-                    ),
-                );
-                match action.as_str() {
-                    "added" => {
-                        if let Screen::Firewall(fw) = &mut self.mode
-                            && fw.select_next_added
-                        {
-                            fw.select_next_added = false;
-                            fw.sel.set(rule_key(&rule));
-                        }
-                        if !self.rules.contains(&rule) {
-                            self.rules.push(rule);
-                        }
-                    }
-                    "removed" => self.rules.retain(|r| *r != rule),
-                    _ => {}
-                }
-            }
-            Event::Lagged { dropped } => {
-                self.push_log(
-                    LogKind::Daemon,
-                    format!("{time} missed {dropped} event(s): console too slow"),
-                );
-            }
         }
         self.follow_all();
     }
 
+    /// The daemon's answer to an action: to the form or the firewall box that asked (the
+    /// form closes on success), else a notice.
     fn on_action_done(&mut self, result: Result<String, String>) {
-        match (&mut self.mode, result) {
-            (Screen::Form(form), Err(e)) => {
+        match (&mut self.popup, result) {
+            (Some(Popup::Form(form)), Err(e)) => {
                 form.pending = false;
                 form.error = Some(e);
             }
-            (Screen::Firewall(fw), Err(e)) => {
-                fw.select_next_added = false;
-                fw.error = Some(e);
+            (Some(Popup::Firewall(fw)), result) => {
+                fw.answered(&result);
+                if let Ok(note) = result {
+                    self.data.set_note(note, false);
+                }
             }
-            (Screen::Firewall(fw), Ok(note)) => {
-                fw.error = None;
-                self.set_note(note, false);
+            (Some(Popup::Form(_)), Ok(note)) => {
+                self.popup = None;
+                self.data.set_note(note, false);
             }
-            (Screen::Form(_), Ok(note)) => {
-                self.mode = Screen::Normal;
-                self.set_note(note, false);
-            }
-            (_, Ok(note)) => self.set_note(note, false),
-            (_, Err(e)) => self.set_note(format!("error: {e}"), true),
+            (_, Ok(note)) => self.data.set_note(note, false),
+            (_, Err(e)) => self.data.set_note(format!("error: {e}"), true),
         }
     }
 
-    /// Handles a key; returns what to ask the daemon (or the link), if anything.
+    /// Handles a key: the component with the keyboard decides; returns what to ask the daemon
+    /// (or the link), if anything.
     pub fn on_key(&mut self, key: KeyEvent) -> Option<Action> {
         if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
             return Some(Action::Quit);
         }
-        let action = match std::mem::replace(&mut self.mode, Screen::Normal) {
-            Screen::Normal => self.on_normal_key(key),
-            Screen::Filter => {
-                let filter = match self.view {
-                    View::Routes => &mut self.filter,
-                    View::Connections => &mut self.conns.filter,
-                };
-                match key.code {
-                    KeyCode::Enter => {}
-                    KeyCode::Esc => filter.clear(),
-                    _ => {
-                        edit_text(filter, &key);
-                        self.mode = Screen::Filter;
-                    }
-                }
-                None
-            }
-            Screen::Form(form) => self.on_form_key(form, key),
-            Screen::ConfirmDelete { listener, hostname } => match key.code {
-                KeyCode::Char('y') | KeyCode::Char('Y') => {
-                    Some(Action::RemoveRoute { listener, hostname })
-                }
-                _ => None,
-            },
-            Screen::Firewall(fw) => self.on_firewall_key(fw, key),
-            Screen::ListenerDetail => {
-                if key.code == KeyCode::Char('e') && !self.read_only && self.route().is_some() {
-                    self.edit_selected();
-                }
-                None
-            }
-            Screen::RouteDetail => self.on_route_detail_key(key),
-            Screen::ConfirmClose { id, .. } => match key.code {
-                KeyCode::Char('y') | KeyCode::Char('Y') => Some(Action::CloseConnection { id }),
-                _ => None,
-            },
-            Screen::ConfirmBackend(action) => {
-                // Either way the detail stays open; only `y` sends.
-                self.mode = Screen::RouteDetail;
-                match key.code {
-                    KeyCode::Char('y') | KeyCode::Char('Y') => Some(action),
-                    _ => None,
-                }
-            }
-            Screen::Help { scroll, detail } => {
-                match key.code {
-                    KeyCode::Down | KeyCode::Char('j') => {
-                        self.mode = Screen::Help {
-                            scroll: scroll + 1,
-                            detail,
-                        };
-                    }
-                    KeyCode::Up | KeyCode::Char('k') => {
-                        self.mode = Screen::Help {
-                            scroll: scroll.saturating_sub(1),
-                            detail,
-                        };
-                    }
-                    // Closing the detail's help goes back to the detail.
-                    _ if detail && self.route().is_some() => self.mode = Screen::RouteDetail,
-                    _ => {}
-                }
-                None
-            }
+        let ctx = Ctx::new(&self.data, &self.routes, self.view);
+        let outcome = match (&mut self.popup, self.view) {
+            (Some(popup), _) => popup.component_mut().on_key(&key, &ctx),
+            (None, View::Routes) => self.routes.on_key(&key, &ctx),
+            (None, View::Connections) => self.conns.on_key(&key, &ctx),
         };
+        let action = self.apply(outcome);
         self.follow_all();
         action
     }
 
-    /// The route detail box: select a backend (by one, by a page, first or last), drain,
-    /// enable or disable it, edit the route, show its keys; any other key closes the box, as
-    /// the other detail boxes do. A drain or disable that would leave the route with no
-    /// enabled backend asks first (`Screen::ConfirmBackend`).
-    fn on_route_detail_key(&mut self, key: KeyEvent) -> Option<Action> {
-        use mc_proxy_shared::AdminState;
-        let (listener, route, admin) = match (self.listener(), self.route()) {
-            (Some(l), Some(r)) => (l.addr.clone(), r.route.clone(), admin_states(r)),
-            _ => return None,
+    /// Carries out what a component asked for; returns the action to send.
+    fn apply(&mut self, outcome: Outcome) -> Option<Action> {
+        let action = match outcome {
+            Outcome::Stay => None,
+            Outcome::Send(action) => Some(action),
+            Outcome::Close(action) => {
+                self.popup = None;
+                action
+            }
+            Outcome::Open(popup, action) => {
+                self.popup = Some(*popup);
+                action
+            }
+            Outcome::Show(view) => {
+                self.view = view;
+                Some(Action::WatchConnections(view == View::Connections))
+            }
+            Outcome::ClearNote => {
+                self.data.note = None;
+                None
+            }
         };
-        let last = route.backends.len().saturating_sub(1);
-        let step = |sel: usize, delta: isize| sel.saturating_add_signed(delta).min(last);
-        let state = match input::lookup(Context::RouteDetail, &key, self.read_only) {
-            Some(Command::Up) => {
-                self.member_sel = step(self.member_sel, -1);
-                None
-            }
-            Some(Command::Down) => {
-                self.member_sel = step(self.member_sel, 1);
-                None
-            }
-            Some(Command::PageUp) => {
-                self.member_sel = step(self.member_sel, -PAGE);
-                None
-            }
-            Some(Command::PageDown) => {
-                self.member_sel = step(self.member_sel, PAGE);
-                None
-            }
-            Some(Command::Top) => {
-                self.member_sel = 0;
-                None
-            }
-            Some(Command::Bottom) => {
-                self.member_sel = last;
-                None
-            }
-            Some(Command::Help) => {
-                self.mode = Screen::Help {
-                    scroll: 0,
-                    detail: true,
-                };
-                return None;
-            }
-            Some(command @ (Command::WeightUp | Command::WeightDown)) => {
-                // The detail stays open, whether anything is sent or not.
-                self.mode = Screen::RouteDetail;
-                self.member_sel = self.member_sel.min(last);
-                let member = route.backends.get(self.member_sel)?;
-                let weight = match command {
-                    Command::WeightUp => member.weight.saturating_add(1),
-                    _ => member.weight.saturating_sub(1),
-                }
-                .clamp(1, mc_proxy_shared::RouteBackend::MAX_WEIGHT);
-                if weight == member.weight {
-                    return None;
-                }
-                return Some(Action::SetBackendWeight {
-                    listener,
-                    hostname: route.hostname.clone(),
-                    address: member.address.clone(),
-                    weight,
-                });
-            }
-            Some(Command::Drain) => Some(AdminState::Draining),
-            Some(Command::Enable) => Some(AdminState::Enabled),
-            Some(Command::Disable) => Some(AdminState::Disabled),
-            Some(Command::Edit) => {
-                self.edit_selected();
-                return None;
-            }
-            _ => return None,
-        };
-        self.mode = Screen::RouteDetail;
-        self.member_sel = self.member_sel.min(last);
-        let member = route.backends.get(self.member_sel)?;
-        let state = state?;
-        let action = Action::SetBackendState {
-            listener,
-            hostname: route.hostname.clone(),
-            address: member.address.clone(),
-            state,
-        };
-        let others_enabled = admin
-            .iter()
-            .enumerate()
-            .any(|(i, s)| i != self.member_sel && *s == AdminState::Enabled);
-        if state != AdminState::Enabled && !others_enabled {
-            self.mode = Screen::ConfirmBackend(action);
-            return None;
+        if let Some(Action::AddRoute { route, .. } | Action::UpdateRoute { route, .. }) = &action {
+            // The selection goes to the route being saved, wherever it sorts.
+            self.routes.route_sel.expect(route.hostname.clone());
         }
-        Some(action)
-    }
-
-    fn edit_selected(&mut self) {
-        if let (Some(l), Some(r)) = (self.listener(), self.route()) {
-            self.mode = Screen::Form(Form::edit(l.addr.clone(), &r.route));
-        }
-    }
-
-    fn on_normal_key(&mut self, key: KeyEvent) -> Option<Action> {
-        let context = self.context();
-        let command = input::lookup(context, &key, self.read_only)?;
-        if self.view == View::Connections {
-            return self.on_connections_command(command);
-        }
-        match command {
-            Command::Quit => return Some(Action::Quit),
-            Command::Help => {
-                self.mode = Screen::Help {
-                    scroll: 0,
-                    detail: false,
-                };
-            }
-            Command::Filter => {
-                self.filter.clear();
-                self.mode = Screen::Filter;
-            }
-            Command::Firewall => self.mode = Screen::Firewall(FirewallView::default()),
-            Command::Connections => {
-                self.view = View::Connections;
-                return Some(Action::WatchConnections(true));
-            }
-            Command::Sort => self.sort = self.sort.next(),
-            Command::EventFilter => self.log_filter = self.log_filter.next(),
-            Command::SwitchPane => {
-                self.pane = match self.pane {
-                    Pane::Listeners => Pane::Routes,
-                    Pane::Routes => Pane::Listeners,
-                };
-            }
-            Command::Up => self.move_selection(-1),
-            Command::Down => self.move_selection(1),
-            Command::PageUp => self.move_selection(-PAGE),
-            Command::PageDown => self.move_selection(PAGE),
-            Command::Top => self.move_selection(isize::MIN / 2),
-            Command::Bottom => self.move_selection(isize::MAX / 2),
-            Command::Detail => match self.pane {
-                Pane::Listeners if self.listener().is_some() => self.mode = Screen::ListenerDetail,
-                Pane::Routes if self.route().is_some() => {
-                    self.member_sel = 0;
-                    self.mode = Screen::RouteDetail;
-                }
-                _ => {}
-            },
-            Command::Add => {
-                if let Some(l) = self.listener() {
-                    self.mode = Screen::Form(Form::new(l.addr.clone()));
-                }
-            }
-            Command::Edit => self.edit_selected(),
-            Command::Delete => {
-                if let (Some(l), Some(r)) = (self.listener(), self.route()) {
-                    self.mode = Screen::ConfirmDelete {
-                        listener: l.addr.clone(),
-                        hostname: r.route.hostname.clone(),
-                    };
-                }
-            }
-            Command::Close => {
-                self.filter.clear();
-                self.note = None;
-            }
-            Command::TextEditing
-            | Command::Drain
-            | Command::Enable
-            | Command::Disable
-            | Command::WeightUp
-            | Command::WeightDown => {}
-        }
-        None
-    }
-
-    fn on_connections_command(&mut self, command: Command) -> Option<Action> {
-        match command {
-            Command::Quit => return Some(Action::Quit),
-            Command::Help => {
-                self.mode = Screen::Help {
-                    scroll: 0,
-                    detail: false,
-                };
-            }
-            Command::Filter => {
-                self.conns.filter.clear();
-                self.mode = Screen::Filter;
-            }
-            Command::Sort => self.conns.sort = self.conns.sort.next(),
-            Command::Close | Command::Connections => {
-                self.view = View::Routes;
-                return Some(Action::WatchConnections(false));
-            }
-            Command::Up => self.conns.step(-1),
-            Command::Down => self.conns.step(1),
-            Command::PageUp => self.conns.step(-PAGE),
-            Command::PageDown => self.conns.step(PAGE),
-            Command::Top => self.conns.step(isize::MIN / 2),
-            Command::Bottom => self.conns.step(isize::MAX / 2),
-            Command::Delete => {
-                let visible = self.conns.visible();
-                if let Some(c) = visible.get(self.conns.sel.index()) {
-                    let what = format!(
-                        "#{} {} -> {} ({}, open {}s)",
-                        c.id,
-                        c.client,
-                        c.route,
-                        c.mode,
-                        c.age.as_secs()
-                    );
-                    self.mode = Screen::ConfirmClose { id: c.id, what };
-                }
-            }
-            _ => {}
-        }
-        None
-    }
-
-    fn move_selection(&mut self, delta: isize) {
-        match self.pane {
-            Pane::Listeners => {
-                let before = self.listener_sel.index();
-                let addrs: Vec<&str> = self.listeners.iter().map(|l| l.addr.as_str()).collect();
-                self.listener_sel.step(&addrs, delta);
-                if before != self.listener_sel.index() {
-                    self.route_sel = Selection::default();
-                }
-            }
-            Pane::Routes => {
-                let hosts: Vec<String> = self
-                    .visible_routes()
-                    .iter()
-                    .map(|r| r.route.hostname.clone())
-                    .collect();
-                self.route_sel.step(&hosts, delta);
-            }
-        }
-    }
-
-    fn on_form_key(&mut self, mut form: Form, key: KeyEvent) -> Option<Action> {
-        let mut action = None;
-        match key.code {
-            KeyCode::Esc => return None,
-            KeyCode::Tab | KeyCode::Down => form.move_focus(true),
-            KeyCode::BackTab | KeyCode::Up => form.move_focus(false),
-            KeyCode::Enter if !form.pending => {
-                // What was typed is checked here first, and said inline like the daemon's
-                // refusals.
-                let route = match form.route() {
-                    Ok(route) => route,
-                    Err(e) => {
-                        form.error = Some(e);
-                        self.mode = Screen::Form(form);
-                        return None;
-                    }
-                };
-                form.error = None;
-                form.pending = true;
-                // The selection goes to the route being saved, wherever it sorts.
-                self.route_sel.expect(route.hostname.clone());
-                action = Some(match &form.editing {
-                    None => Action::AddRoute {
-                        listener: form.listener.clone(),
-                        route,
-                    },
-                    Some(before) => Action::UpdateRoute {
-                        listener: form.listener.clone(),
-                        before: before.clone(),
-                        route,
-                    },
-                });
-            }
-            KeyCode::Char(' ') | KeyCode::Left | KeyCode::Right if form.text_mut().is_none() => {
-                form.toggle(key.code != KeyCode::Left);
-            }
-            _ => {
-                if let Some(text) = form.text_mut() {
-                    edit_text(text, &key);
-                }
-            }
-        }
-        self.mode = Screen::Form(form);
         action
     }
-
-    fn on_firewall_key(&mut self, mut fw: FirewallView, key: KeyEvent) -> Option<Action> {
-        let mut action = None;
-        if let Some(rule) = fw.confirm.take() {
-            if matches!(key.code, KeyCode::Char('y') | KeyCode::Char('Y')) {
-                action = Some(Action::RemoveRule(rule));
-            }
-            self.mode = Screen::Firewall(fw);
-            return action;
-        }
-        if let Some(input) = &mut fw.input {
-            match key.code {
-                KeyCode::Esc => fw.input = None,
-                KeyCode::Enter => {
-                    let value = input.trim().to_owned();
-                    let kind = if value.contains('/') {
-                        FirewallRuleKind::Cidr
-                    } else {
-                        FirewallRuleKind::Ip
-                    };
-                    fw.input = None;
-                    fw.error = None;
-                    fw.select_next_added = true;
-                    action = Some(Action::AddRule(FirewallRule { kind, value }));
-                }
-                _ => {
-                    edit_text(input, &key);
-                }
-            }
-            self.mode = Screen::Firewall(fw);
-            return action;
-        }
-        let rules: Vec<String> = self.rules.iter().map(rule_key).collect();
-        match input::lookup(Context::Firewall, &key, self.read_only) {
-            Some(Command::Close) | Some(Command::Quit) => return None,
-            Some(Command::Down) => fw.sel.step(&rules, 1),
-            Some(Command::Up) => fw.sel.step(&rules, -1),
-            Some(Command::Add) => fw.input = Some(String::new()),
-            Some(Command::Delete) => {
-                fw.sel.follow(&rules);
-                fw.confirm = self.rules.get(fw.sel.index()).cloned();
-            }
-            _ => {}
-        }
-        self.mode = Screen::Firewall(fw);
-        action
-    }
-}
-
-/// A firewall rule's key for selections.
-pub fn rule_key(rule: &FirewallRule) -> String {
-    format!("{} {}", rule.kind, rule.value)
-}
-
-impl RouteView {
-    /// A route without counters yet.
-    pub fn new(route: Route) -> RouteView {
-        RouteView {
-            route,
-            stats: RouteStats::default(),
-            rate: Rate::default(),
-            history: VecDeque::new(),
-            window: Window::default(),
-            last_sample: None,
-            not_served: None,
-        }
-    }
-
-    /// Takes a new counter sample and derives the rate since the previous one.
-    pub fn sample(&mut self, stats: RouteStats, now: Instant) {
-        if let Some(prev) = self.last_sample {
-            let dt = now.saturating_duration_since(prev).as_secs_f64();
-            if dt > 0.0 {
-                let per_sec = |new: u64, old: u64| new.saturating_sub(old) as f64 / dt;
-                self.rate = Rate {
-                    in_bps: per_sec(stats.bytes_in, self.stats.bytes_in),
-                    out_bps: per_sec(stats.bytes_out, self.stats.bytes_out),
-                    rps: per_sec(stats.requests, self.stats.requests),
-                };
-                if self.history.len() == HISTORY {
-                    self.history.pop_front();
-                }
-                self.history.push_back((now, self.rate));
-            }
-        }
-        self.window.push(now, stats.clone());
-        self.stats = stats;
-        self.last_sample = Some(now);
-    }
-
-    /// What happened over the recent window.
-    pub fn recent(&self) -> Recent {
-        self.window.recent()
-    }
-
-    /// The row colour class.
-    pub fn health(&self) -> Health {
-        self.recent().health(self.route.mode)
-    }
-}
-
-/// The admin state of each member of `r`'s set, in order: the daemon's live figure when there
-/// is one (it follows drains made elsewhere), else what the route's set says.
-pub fn admin_states(r: &RouteView) -> Vec<mc_proxy_shared::AdminState> {
-    r.route
-        .backends
-        .iter()
-        .map(|b| {
-            r.stats
-                .members
-                .iter()
-                .find(|m| m.address == b.address)
-                .map_or(b.state, |m| m.admin)
-        })
-        .collect()
-}
-
-/// Now as Unix time in ms (the time the figures of a snapshot are from).
-fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// `HH:MM:SS` (UTC) of a Unix time in ms.
-fn clock(ms: u64) -> String {
-    let s = ms / 1000;
-    format!("{:02}:{:02}:{:02}", s / 3600 % 24, s / 60 % 60, s % 60)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mc_proxy_shared::FirewallRuleKind;
+    use mc_proxy_shared::client::{Event, RouteStats};
     use mc_proxy_shared::{BackendProtocol, Mode};
+    use std::time::Duration;
 
     fn key(code: KeyCode) -> KeyEvent {
         KeyEvent::new(code, KeyModifiers::NONE)
@@ -1550,7 +572,7 @@ mod tests {
                 TimedEvent {
                     timestamp_ms: 0,
                     event: Event::Stats {
-                        listeners: app.listeners.clone(),
+                        listeners: app.data.listeners.clone(),
                         routes,
                         backends: vec![],
                     },
@@ -1559,7 +581,7 @@ mod tests {
             );
         }
         app.on_key(key(KeyCode::Char('s')));
-        assert_eq!(app.sort, RouteSort::Traffic);
+        assert_eq!(app.routes.sort, RouteSort::Traffic);
         assert_eq!(names(&app)[0], "web.test");
         // The selection stayed on api.test while it moved.
         assert_eq!(app.route().unwrap().route.hostname, "api.test");
@@ -1577,14 +599,14 @@ mod tests {
             .collect();
         assert_eq!(names, ["api.test", "app.test"]);
         app.on_key(key(KeyCode::Enter));
-        assert_eq!(app.mode, Screen::Normal);
+        assert_eq!(app.screen(), Screen::Normal);
         assert_eq!(app.visible_routes().len(), 2);
         // `/` starts a new filter rather than appending to the old one.
         app.on_key(key(KeyCode::Char('/')));
         type_text(&mut app, "web");
         assert_eq!(app.visible_routes().len(), 1);
         app.on_key(key(KeyCode::Char('u')).with_ctrl());
-        assert_eq!(app.filter, "");
+        assert_eq!(app.routes.filter, "");
         app.on_key(key(KeyCode::Esc));
         assert_eq!(app.visible_routes().len(), 3);
     }
@@ -1603,7 +625,7 @@ mod tests {
     fn form_fields_follow_the_mode() {
         let mut app = app_with_routes();
         app.on_key(key(KeyCode::Char('a')));
-        let Screen::Form(form) = &app.mode else {
+        let Some(form) = app.form() else {
             panic!("no form")
         };
         assert_eq!(
@@ -1622,7 +644,7 @@ mod tests {
         type_text(&mut app, "127.0.0.1:9000");
         app.on_key(key(KeyCode::Tab));
         app.on_key(key(KeyCode::Char(' ')));
-        let Screen::Form(form) = &app.mode else {
+        let Some(form) = app.form() else {
             panic!("no form")
         };
         assert_eq!(form.mode, Mode::L7);
@@ -1672,12 +694,12 @@ mod tests {
         type_text(&mut app, "/c.key");
         app.on_key(key(KeyCode::Tab)); // backend_tls, left off
         app.on_key(key(KeyCode::Tab));
-        let protocol = |app: &App| match &app.mode {
-            Screen::Form(form) => {
+        let protocol = |app: &App| match app.form() {
+            Some(form) => {
                 assert_eq!(form.focus, Field::BackendProtocol);
                 form.backend_protocol
             }
-            other => panic!("no form: {other:?}"),
+            None => panic!("no form: {:?}", app.screen()),
         };
         assert_eq!(protocol(&app), BackendProtocol::H2);
         app.on_key(key(KeyCode::Char(' ')));
@@ -1714,7 +736,7 @@ mod tests {
         app.on_key(key(KeyCode::Char('u')).with_ctrl());
         type_text(&mut app, "a:1 weight=many");
         assert_eq!(app.on_key(key(KeyCode::Enter)), None);
-        let Screen::Form(form) = &app.mode else {
+        let Some(form) = app.form() else {
             panic!("form closed")
         };
         assert!(!form.pending);
@@ -1734,7 +756,7 @@ mod tests {
             (l, r)
         };
         // Give the selected route two members.
-        for view in app.routes.get_mut(&l).unwrap() {
+        for view in app.data.routes.get_mut(&l).unwrap() {
             if view.route.hostname == hostname {
                 view.route.backends = vec![
                     mc_proxy_shared::RouteBackend::new("10.0.0.1:80"),
@@ -1742,11 +764,15 @@ mod tests {
                 ];
             }
         }
-        app.pane = Pane::Routes;
+        app.routes.pane = Pane::Routes;
         app.on_key(key(KeyCode::Enter));
-        assert_eq!(app.mode, Screen::RouteDetail);
+        assert_eq!(app.screen(), Screen::RouteDetail);
         app.on_key(key(KeyCode::Down));
-        assert_eq!(app.mode, Screen::RouteDetail, "moving keeps the box open");
+        assert_eq!(
+            app.screen(),
+            Screen::RouteDetail,
+            "moving keeps the box open"
+        );
         let expect = |address: &str, state| Action::SetBackendState {
             listener: l.clone(),
             hostname: hostname.clone(),
@@ -1767,7 +793,7 @@ mod tests {
             Some(expect("10.0.0.1:80", AdminState::Enabled))
         );
         // Read-only: the keys do nothing.
-        app.read_only = true;
+        app.set_read_only(true);
         assert_eq!(app.on_key(key(KeyCode::Char('w'))), None);
     }
 
@@ -1785,13 +811,13 @@ mod tests {
         app.on_daemon(DaemonMsg::ActionDone(
             Err("invalid backend \"nope\"".into()),
         ));
-        let Screen::Form(form) = &app.mode else {
+        let Some(form) = app.form() else {
             panic!("form closed on error")
         };
         assert_eq!(form.error.as_deref(), Some("invalid backend \"nope\""));
         assert!(!form.pending);
         app.on_daemon(DaemonMsg::ActionDone(Ok("updated".into())));
-        assert_eq!(app.mode, Screen::Normal);
+        assert_eq!(app.screen(), Screen::Normal);
     }
 
     #[test]
@@ -1799,7 +825,7 @@ mod tests {
         let mut app = app_with_routes();
         app.on_key(key(KeyCode::Char('d')));
         assert_eq!(app.on_key(key(KeyCode::Char('n'))), None);
-        assert_eq!(app.mode, Screen::Normal);
+        assert_eq!(app.screen(), Screen::Normal);
         app.on_key(key(KeyCode::Char('d')));
         assert_eq!(
             app.on_key(key(KeyCode::Char('y'))),
@@ -1814,20 +840,20 @@ mod tests {
     fn read_only_refuses_every_change() {
         let mut app = App::read_only();
         let snapshot = app_with_routes();
-        app.listeners = snapshot.listeners.clone();
-        app.routes = snapshot.routes.clone();
+        app.data.listeners = snapshot.data.listeners.clone();
+        app.data.routes = snapshot.data.routes.clone();
         app.follow_all();
         for c in ['a', 'e', 'd'] {
             assert_eq!(app.on_key(key(KeyCode::Char(c))), None);
-            assert_eq!(app.mode, Screen::Normal, "{c}");
+            assert_eq!(app.screen(), Screen::Normal, "{c}");
         }
         app.on_key(key(KeyCode::Enter));
-        assert_eq!(app.mode, Screen::RouteDetail);
+        assert_eq!(app.screen(), Screen::RouteDetail);
         app.on_key(key(KeyCode::Char('e')));
-        assert_eq!(app.mode, Screen::Normal);
+        assert_eq!(app.screen(), Screen::Normal);
         app.on_key(key(KeyCode::Char('f')));
         assert_eq!(app.on_key(key(KeyCode::Char('a'))), None);
-        let Screen::Firewall(fw) = &app.mode else {
+        let Some(fw) = app.firewall() else {
             panic!("firewall closed")
         };
         assert_eq!(fw.input, None);
@@ -1874,7 +900,7 @@ mod tests {
         for i in 0..(LOG_CAPACITY + 50) {
             app.on_event(ev(Event::Lagged { dropped: i as u64 }), Instant::now());
         }
-        assert_eq!(app.log.len(), LOG_CAPACITY);
+        assert_eq!(app.data.log.len(), LOG_CAPACITY);
         assert!(
             app.log_shown()
                 .next_back()
@@ -1905,7 +931,7 @@ mod tests {
     fn firewall_delete_asks_first_and_targets_the_rule_just_added() {
         let mut app = app_with_routes();
         let seeded = rule(FirewallRuleKind::Ip, "192.0.2.1");
-        app.rules = vec![seeded.clone()];
+        app.data.rules = vec![seeded.clone()];
         app.on_key(key(KeyCode::Char('f')));
         app.on_key(key(KeyCode::Char('a')));
         type_text(&mut app, "10.1.2.3/8");
@@ -1927,12 +953,12 @@ mod tests {
         );
         // A rule inserted before the selection does not move it.
         app.on_event(firewall_event("removed", seeded.clone()), Instant::now());
-        let Screen::Firewall(fw) = &app.mode else {
+        let Some(fw) = app.firewall() else {
             panic!("firewall closed")
         };
         assert_eq!(fw.sel.key(), Some(rule_key(&added).as_str()));
         app.on_key(key(KeyCode::Esc));
-        assert_eq!(app.mode, Screen::Normal);
+        assert_eq!(app.screen(), Screen::Normal);
     }
 
     #[test]
@@ -1942,13 +968,13 @@ mod tests {
         app.on_daemon(DaemonMsg::ActionDone(Err(
             "not connected to the daemon".into()
         )));
-        assert!(app.note.as_ref().is_some_and(|n| n.error));
+        assert!(app.data.note.as_ref().is_some_and(|n| n.error));
         let snapshot = app_with_routes();
         app.on_daemon(DaemonMsg::Snapshot {
             status: Status {
                 version: "0.1.0".into(),
                 uptime: Duration::ZERO,
-                listeners: snapshot.listeners.clone(),
+                listeners: snapshot.data.listeners.clone(),
                 active_connections: 0,
                 total_connections: 0,
                 firewall_rules: 0,
@@ -1957,14 +983,14 @@ mod tests {
             routes: vec![],
             rules: vec![],
         });
-        assert_eq!(app.link, Link::Connected);
-        assert_eq!(app.note, None);
+        assert_eq!(app.data.link, Link::Connected);
+        assert_eq!(app.data.note, None);
         app.on_daemon(DaemonMsg::ActionDone(Ok("added route x".into())));
-        let at = app.note.as_ref().unwrap().at;
+        let at = app.data.note.as_ref().unwrap().at;
         app.on_tick(at + NOTE_TTL / 2);
-        assert!(app.note.is_some());
+        assert!(app.data.note.is_some());
         app.on_tick(at + NOTE_TTL);
-        assert_eq!(app.note, None);
+        assert_eq!(app.data.note, None);
         assert!(app.log_shown().any(|l| l == "added route x"));
     }
 }

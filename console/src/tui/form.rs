@@ -1,10 +1,23 @@
-//! The add/edit route form and the text-field editing every text input shares.
+//! The add/edit route form (a popup component: its fields, keys in context `Form`, drawing)
+//! and the text-field editing every text input shares (the form, the filters, a new rule).
 //!
-//! No I/O, no drawing. Invariants: the focus is always one of [`Form::fields`] for the current
-//! mode, and L7-only fields are never sent on an L4 route.
+//! No I/O. Invariants: the focus is always one of [`Form::fields`] for the current mode, and
+//! L7-only fields are never sent on an L4 route; what was typed is checked here before
+//! anything is sent, and said inline like the daemon's refusals.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use mc_proxy_shared::{BackendProtocol, Balance, HealthCheck, Mode, Route, RouteBackend};
+use ratatui::Frame;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+
+use super::app::Action;
+use super::component::{Component, Ctx, Outcome};
+use super::input::{self, Command, Context};
+use super::widgets::{bold, popup, wrapped_height};
+use crate::edit::keep_admin_states;
+use crate::format::fit;
 
 /// Applies a text-editing key to `text`: characters, backspace, Ctrl-U (clear) and Ctrl-W
 /// (delete the last word, as in a shell). Returns `false` for keys that are not editing keys.
@@ -27,6 +40,22 @@ pub fn edit_text(text: &mut String, key: &KeyEvent) -> bool {
         _ => return false,
     }
     true
+}
+
+/// A key while a filter is typed: enter keeps it, esc clears it, other keys edit it.
+/// Returns whether the filter is still being typed.
+pub fn filter_key(filter: &mut String, key: &KeyEvent) -> bool {
+    match input::lookup(Context::Filter, key, false) {
+        Some(Command::Save) => false,
+        Some(Command::Cancel) => {
+            filter.clear();
+            false
+        }
+        _ => {
+            edit_text(filter, key);
+            true
+        }
+    }
 }
 
 /// The add/edit route form.
@@ -265,11 +294,7 @@ impl Form {
             b.check_weight().map_err(|e| e.to_string())?;
         }
         if let Some(before) = &self.editing {
-            for b in &mut backends {
-                if let Some(old) = before.backends.iter().find(|o| o.address == b.address) {
-                    b.state = old.state;
-                }
-            }
+            backends = keep_admin_states(backends, &before.backends);
         }
         let health_check = if self.check {
             let mut check = self
@@ -416,6 +441,179 @@ pub fn step(p: BackendProtocol, forward: bool) -> BackendProtocol {
     } else {
         (i + n - 1) % n
     }]
+}
+
+impl Component for Form {
+    fn context(&self) -> Context {
+        Context::Form
+    }
+
+    fn on_key(&mut self, key: &KeyEvent, _ctx: &Ctx<'_>) -> Outcome {
+        // Never open read-only: its keys are looked up as editing ones.
+        match input::lookup(Context::Form, key, false) {
+            Some(Command::Cancel) => return Outcome::Close(None),
+            Some(Command::NextField) => self.move_focus(true),
+            Some(Command::PrevField) => self.move_focus(false),
+            Some(Command::Save) if !self.pending => return self.submit(),
+            Some(Command::Toggle) if self.text_mut().is_none() => self.toggle(true),
+            Some(Command::ToggleBack) if self.text_mut().is_none() => self.toggle(false),
+            _ => {
+                if let Some(text) = self.text_mut() {
+                    edit_text(text, key);
+                }
+            }
+        }
+        Outcome::Stay
+    }
+
+    fn render(&self, _ctx: &Ctx<'_>, frame: &mut Frame<'_>, area: Rect) {
+        let form = self;
+        let title = match &form.editing {
+            None => format!("add route to {}", form.listener),
+            Some(before) => format!("edit route {}", before.hostname),
+        };
+        let w = area.width.min(76);
+        // Label column 16; the value shows its end when long, so the cursor stays in view.
+        let value_w = usize::from(w.saturating_sub(2 + 16 + 1));
+        let mut lines = Vec::new();
+        for field in form.fields() {
+            let (label, value) = form.label_value(field);
+            let focused = field == form.focus;
+            let text_field = matches!(
+                field,
+                Field::Hostname
+                    | Field::Backend
+                    | Field::TlsCert
+                    | Field::TlsKey
+                    | Field::CheckInterval
+                    | Field::CheckPath
+                    | Field::CheckRise
+                    | Field::CheckFall
+            );
+            let cursor = if focused && text_field { "_" } else { "" };
+            let marker = if focused { "> " } else { "  " };
+            let style = if focused { bold() } else { Style::default() };
+            let value = if text_field {
+                format!(
+                    "{}{cursor}",
+                    fit::start(&value, value_w.saturating_sub(cursor.len()))
+                )
+            } else {
+                fit::end(&value, value_w)
+            };
+            lines.push(Line::from(vec![
+                Span::styled(format!("{marker}{label:<14}"), style),
+                Span::raw(value),
+            ]));
+        }
+        lines.push(Line::from(""));
+        match (&form.error, form.pending) {
+            (_, true) => lines.push(Line::from(Span::styled(
+                "saving...",
+                Style::default().fg(Color::Yellow),
+            ))),
+            (Some(e), false) => lines.push(Line::from(Span::styled(
+                format!("error: {e}"),
+                Style::default().fg(Color::Red),
+            ))),
+            (None, false) => lines.push(Line::from(hints(Context::Form))),
+        }
+        let height = wrapped_height(&lines, w.saturating_sub(2)) + 2;
+        popup(frame, area, &title, lines, w, height);
+    }
+}
+
+impl Form {
+    /// A field's label and its value as shown (choices say what space steps to).
+    fn label_value(&self, field: Field) -> (&'static str, String) {
+        match field {
+            Field::Hostname => ("hostname", self.hostname.clone()),
+            Field::Backend => ("backends", self.backend.clone()),
+            Field::Balance => (
+                "balance",
+                format!(
+                    "{}  [space: {}]",
+                    self.balance,
+                    step_in(mc_proxy_shared::Balance::ALL, self.balance, true)
+                ),
+            ),
+            Field::Check => ("health check", checkbox(self.check)),
+            Field::CheckInterval => ("check every", self.check_interval.clone()),
+            Field::CheckPath => ("check path", self.check_path.clone()),
+            Field::CheckRise => ("check rise", self.check_rise.clone()),
+            Field::CheckFall => ("check fall", self.check_fall.clone()),
+            Field::Mode => (
+                "mode",
+                match self.mode {
+                    Mode::L4 => "l4 (passthrough)  [space: l7]".into(),
+                    Mode::L7 => "l7 (terminate TLS)  [space: l4]".into(),
+                },
+            ),
+            Field::TlsCert => ("tls_cert", self.tls_cert.clone()),
+            Field::TlsKey => ("tls_key", self.tls_key.clone()),
+            Field::BackendTls => ("backend_tls", checkbox(self.backend_tls)),
+            Field::BackendProtocol => (
+                "backend_proto",
+                format!(
+                    "{} ({})  [space: {}]",
+                    self.backend_protocol,
+                    protocol_meaning(self.backend_protocol, self.backend_tls),
+                    step(self.backend_protocol, true)
+                ),
+            ),
+            Field::SendProxy => ("send_proxy", checkbox(self.send_proxy_protocol)),
+            Field::AccessLog => ("access_log", checkbox(self.access_log)),
+        }
+    }
+
+    /// Enter: what was typed is checked first (refused inline); then the add or update is
+    /// sent and the form waits for the daemon's answer.
+    fn submit(&mut self) -> Outcome {
+        let route = match self.route() {
+            Ok(route) => route,
+            Err(e) => {
+                self.error = Some(e);
+                return Outcome::Stay;
+            }
+        };
+        self.error = None;
+        self.pending = true;
+        Outcome::Send(match &self.editing {
+            None => Action::AddRoute {
+                listener: self.listener.clone(),
+                route,
+            },
+            Some(before) => Action::UpdateRoute {
+                listener: self.listener.clone(),
+                before: before.clone(),
+                route,
+            },
+        })
+    }
+}
+
+/// The hints of `context`, joined: the footer of a box that lists its keys.
+pub fn hints(context: Context) -> String {
+    input::shown(context, false)
+        .filter_map(|b| b.hint)
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+/// What an L7 route's backend connection speaks, given its TLS setting, in a few words.
+pub fn protocol_meaning(protocol: BackendProtocol, backend_tls: bool) -> &'static str {
+    match (protocol, backend_tls) {
+        (BackendProtocol::H2, false) => "h2c, prior knowledge",
+        (BackendProtocol::H2, true) => "HTTP/2 over TLS",
+        (BackendProtocol::Http1, false) => "HTTP/1.1 cleartext",
+        (BackendProtocol::Http1, true) => "HTTP/1.1 over TLS",
+        (BackendProtocol::Auto, true) => "ALPN picks h2 or http/1.1",
+        (BackendProtocol::Auto, false) => "needs backend_tls",
+    }
+}
+
+fn checkbox(on: bool) -> String {
+    if on { "[x]".into() } else { "[ ]".into() }
 }
 
 #[cfg(test)]

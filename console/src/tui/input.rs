@@ -1,6 +1,7 @@
-//! The console's key bindings, in one table: [`App::on_key`](super::app::App::on_key) finds
-//! commands with [`lookup`], and the help screen and the hint line are drawn from [`KEYS`], so
-//! what the help says is what the keys do.
+//! The console's key bindings, in one table for every context (views, boxes, the form, the
+//! filter, questions, the help): each component finds its commands with [`lookup`], and the
+//! help screen and the hint lines are drawn from [`KEYS`], so what the help says is what the
+//! keys do. Keys no binding claims in a text context (form, filter, new rule) are typed.
 //!
 //! No I/O. Invariant: within one [`Context`] a key maps to at most one command (checked by a
 //! test), and every binding that changes the daemon is marked `edits`, which `--read-only`
@@ -19,7 +20,20 @@ pub enum Context {
     Firewall,
     /// A route's detail box, with its backends.
     RouteDetail,
-    /// Any text field (filter, form, new rule).
+    /// A listener's detail box.
+    ListenerDetail,
+    /// The add/edit route form.
+    Form,
+    /// Typing the filter of the current view.
+    Filter,
+    /// Typing an address or network to block (firewall box).
+    NewRule,
+    /// A question: delete a route, close a connection, unblock a rule, leave a route with no
+    /// enabled backend.
+    Confirm,
+    /// The key list itself.
+    Help,
+    /// Any text field (filter, form, new rule): the editing keys, documentation only.
     Text,
 }
 
@@ -31,6 +45,12 @@ impl Context {
             Context::Connections => "connections (c)",
             Context::Firewall => "firewall (f)",
             Context::RouteDetail => "route detail (enter on a route)",
+            Context::ListenerDetail => "listener detail (enter on a listener)",
+            Context::Form => "route form (a, e)",
+            Context::Filter => "typing a filter (/)",
+            Context::NewRule => "typing a rule to block (a in the firewall)",
+            Context::Confirm => "a question (delete, close, unblock, no backend left)",
+            Context::Help => "this list",
             Context::Text => "in a text field or form",
         }
     }
@@ -87,6 +107,22 @@ pub enum Command {
     WeightUp,
     /// One less weight for the selected backend.
     WeightDown,
+    /// Form: the next field.
+    NextField,
+    /// Form: the previous field.
+    PrevField,
+    /// Form: toggle or cycle the focused choice forward (on a text field the key is typed).
+    Toggle,
+    /// Form: cycle the focused choice backward.
+    ToggleBack,
+    /// Save the form, keep the filter, add the rule.
+    Save,
+    /// Leave the form or the typed rule; clear the filter.
+    Cancel,
+    /// Yes to a question.
+    Yes,
+    /// Documentation only: what any other key does in a question or in the help.
+    OtherKey,
     /// Documentation only: text editing keys handled by the text field itself.
     TextEditing,
 }
@@ -131,8 +167,13 @@ const fn b(
 }
 
 use Command as C;
-use Context::{Connections as Conns, Firewall as Fw, RouteDetail as Rd, Routes as Rt, Text as Tx};
-use KeyCode::{Char, Delete, Down, End, Enter, Esc, Home, Left, PageDown, PageUp, Right, Tab, Up};
+use Context::{
+    Confirm as Cf, Connections as Conns, Filter as Fl, Firewall as Fw, Form as Fm, Help as Hp,
+    ListenerDetail as Ld, NewRule as Nr, RouteDetail as Rd, Routes as Rt, Text as Tx,
+};
+use KeyCode::{
+    BackTab, Char, Delete, Down, End, Enter, Esc, Home, Left, PageDown, PageUp, Right, Tab, Up,
+};
 
 /// Every binding, in the order the help screen shows them.
 #[rustfmt::skip]
@@ -174,9 +215,23 @@ pub const KEYS: &[Binding] = &[
     b(Rd, &[Char('e')], "e", "edit the route", Some("e edit"), C::Edit, true),
     b(Rd, &[Char('?')], "?", "these keys", Some("? keys"), C::Help, false),
     b(Rd, &[Esc, Char('q')], "esc q", "close", Some("esc close"), C::Close, false),
+    b(Ld, &[Char('e')], "e", "edit the selected route", None, C::Edit, true),
+    b(Ld, &[], "any other key", "close", None, C::OtherKey, false),
+    b(Fm, &[Tab, Down], "tab down", "next field", Some("tab/up/down: field"), C::NextField, true),
+    b(Fm, &[BackTab, Up], "shift-tab up", "previous field", None, C::PrevField, true),
+    b(Fm, &[Char(' '), Right], "space right", "toggle or cycle the focused choice (typed in a text field)", Some("space: toggle"), C::Toggle, true),
+    b(Fm, &[Left], "left", "cycle the focused choice back", None, C::ToggleBack, true),
+    b(Fm, &[Enter], "enter", "save (the form stays open until the daemon agrees)", Some("enter: save"), C::Save, true),
+    b(Fm, &[Esc], "esc", "cancel", Some("esc: cancel"), C::Cancel, true),
+    b(Fl, &[Enter], "enter", "keep the filter", Some("enter: keep"), C::Save, false),
+    b(Fl, &[Esc], "esc", "clear the filter", Some("esc: clear"), C::Cancel, false),
+    b(Nr, &[Enter], "enter", "block it", Some("enter: add"), C::Save, true),
+    b(Nr, &[Esc], "esc", "cancel", Some("esc: cancel"), C::Cancel, true),
+    b(Cf, &[Char('y'), Char('Y')], "y", "yes", None, C::Yes, false),
+    b(Cf, &[], "any other key", "no: nothing changes", None, C::OtherKey, false),
+    b(Hp, &[Up, Down, Char('k'), Char('j')], "up/down j/k", "scroll", None, C::Down, false),
+    b(Hp, &[], "any other key", "close (back to the route detail when opened from it)", None, C::OtherKey, false),
     b(Tx, &[], "ctrl-u ctrl-w", "clear the field, delete the last word", None, C::TextEditing, false),
-    b(Tx, &[], "tab up/down", "next or previous form field; space toggles", None, C::TextEditing, false),
-    b(Tx, &[], "enter esc", "save or keep; cancel (esc in the filter clears it)", None, C::TextEditing, false),
 ];
 
 /// The command `key` means in `context`, if any. Editing commands are refused when
@@ -225,6 +280,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_context_lists_its_keys_in_the_help() {
+        for context in [Rt, Conns, Fw, Rd, Ld, Fm, Fl, Nr, Cf, Hp, Tx] {
+            assert!(!context.title().is_empty());
+            assert!(shown(context, false).count() > 0, "{context:?} has no keys");
+        }
+        // The form's footer and the filter line are the table's hints.
+        let hints = |c| shown(c, false).filter_map(|b| b.hint).collect::<Vec<_>>();
+        assert_eq!(
+            hints(Fm).join("  "),
+            "tab/up/down: field  space: toggle  enter: save  esc: cancel"
+        );
+        assert_eq!(hints(Fl).join("  "), "enter: keep  esc: clear");
+        let key = |code| KeyEvent::new(code, KeyModifiers::NONE);
+        assert_eq!(lookup(Fm, &key(Char(' ')), false), Some(C::Toggle));
+        assert_eq!(lookup(Fm, &key(Char('x')), false), None, "typed");
+        assert_eq!(lookup(Cf, &key(Char('Y')), false), Some(C::Yes));
+        assert_eq!(lookup(Hp, &key(Char('k')), false), Some(C::Up));
     }
 
     #[test]

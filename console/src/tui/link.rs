@@ -128,7 +128,7 @@ async fn session(
 /// A certificate path typed into a form, made absolute against the console's working
 /// directory as `mcproxyctl routes add` does (the daemon refuses relative ones).
 fn absolute(path: String) -> Result<String, String> {
-    crate::ctl::absolute_path(&path).map_err(|e| e.to_string())
+    crate::paths::absolute_path(&path).map_err(|e| e.to_string())
 }
 
 /// The fields an edit changed, paths typed anew made absolute. A path left as it was (say a

@@ -1,8 +1,12 @@
 //! `mcproxyctl console`: the ratatui terminal console.
 //!
-//! - `app`: state and what keys and daemon messages do to it (no I/O, no drawing);
-//! - `ui`: drawing from `&App`;
-//! - `input`: the key table;
+//! - `app`: the daemon's data (`data`), the two views and the popup on top, and the routing of
+//!   keys and daemon messages between them (no I/O, no drawing);
+//! - `component`: the `Component` trait (state, keys, drawing) every view and popup has:
+//!   `routes_view`, `conns`, `route_detail`, `listener_detail`, `firewall`, `form`, `confirm`,
+//!   `help`; shared drawing pieces are in `widgets`;
+//! - `ui`: the frame's layout (status line, view, hints, popup), from `&App`;
+//! - `input`: the key table, every context (views, boxes, form, filter, questions, help);
 //! - `link`: the background task that talks to the daemon, reconnecting when it goes away.
 //!
 //! I/O: the terminal (raw mode, alternate screen; restored on exit, on error and on panic) and,
@@ -11,15 +15,23 @@
 //! results, and the connections view from a once-a-second poll while it is shown.
 
 pub mod app;
+pub mod component;
+pub mod confirm;
 pub mod conns;
-pub mod fit;
+pub mod data;
+pub mod firewall;
 pub mod form;
 pub mod health;
+pub mod help;
 pub mod input;
 pub mod link;
+pub mod listener_detail;
 pub mod order;
+pub mod route_detail;
+pub mod routes_view;
 pub mod select;
 pub mod ui;
+pub mod widgets;
 
 use std::io;
 use std::path::PathBuf;

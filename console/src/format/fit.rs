@@ -9,6 +9,8 @@
 
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
+use crate::tui::health::Quantile;
+
 /// The mark of an elided value (one column wide).
 pub const ELLIPSIS: char = '…';
 
@@ -187,6 +189,29 @@ pub fn latency(d: std::time::Duration) -> String {
     }
 }
 
+/// A latency estimate in at most 5 columns, always with its unit: `0.3ms`, `12ms`, `1.5s`;
+/// past the histogram's top bucket only a lower bound is known: `>30s`.
+pub fn quantile(q: Quantile) -> String {
+    match q {
+        Quantile::Within(d) => request_latency(d),
+        Quantile::Above(d) => format!(">{}", request_latency(d)),
+    }
+}
+
+fn request_latency(d: std::time::Duration) -> String {
+    // Thresholds sit where rounding would add a digit (9.96 ms prints as 10ms, not 10.0ms).
+    let ms = d.as_secs_f64() * 1000.0;
+    if ms < 9.95 {
+        format!("{ms:.1}ms")
+    } else if ms < 999.5 {
+        format!("{ms:.0}ms")
+    } else if ms < 9_950.0 {
+        format!("{:.1}s", ms / 1000.0)
+    } else {
+        format!("{:.0}s", ms / 1000.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,6 +329,21 @@ mod tests {
         }
         for p in 0..=1000 {
             assert!(width(&percent(f64::from(p) / 1000.0)) <= 4);
+        }
+    }
+
+    #[test]
+    fn latencies_keep_their_unit_and_say_when_only_a_bound_is_known() {
+        use std::time::Duration;
+        let within = |ms: f64| quantile(Quantile::Within(Duration::from_secs_f64(ms / 1000.0)));
+        assert_eq!(within(0.34), "0.3ms");
+        assert_eq!(within(12.4), "12ms");
+        assert_eq!(within(999.0), "999ms");
+        assert_eq!(within(1500.0), "1.5s");
+        assert_eq!(within(25_000.0), "25s");
+        assert_eq!(quantile(Quantile::Above(Duration::from_secs(30))), ">30s");
+        for ms in [0.01, 9.99, 10.0, 999.4, 9999.0, 29_999.0] {
+            assert!(within(ms).len() <= 5, "{ms}: {}", within(ms));
         }
     }
 }

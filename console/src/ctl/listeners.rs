@@ -1,0 +1,170 @@
+//! `mcproxyctl listeners ...`: list, add, update (PROXY protocol, trusted sources, the no-SNI
+//! route, the access log), remove; and the listeners table `status` prints too.
+//!
+//! I/O: the admin socket (through the caller's client) and stdout/stderr.
+
+use std::fmt::Write as _;
+
+use mc_proxy_shared::client::{AdminClient, ListenerStatus, ListenerUpdate};
+
+use super::{CtlError, emit, print_out, print_warnings, table};
+use crate::cli::ListenersCommand;
+
+/// Runs one `listeners` subcommand.
+pub(super) async fn run(
+    client: &mut AdminClient,
+    command: ListenersCommand,
+) -> Result<(), CtlError> {
+    match command {
+        ListenersCommand::List { table } => {
+            let status = client.status().await?;
+            print_out(&table, &status.listeners[..], format_listeners)
+        }
+        ListenersCommand::Add {
+            addr,
+            proxy_protocol,
+            proxy_protocol_from,
+            access_log,
+        } => {
+            let fields = ListenerUpdate {
+                proxy_protocol: Some(proxy_protocol),
+                proxy_protocol_from: Some(proxy_protocol_from),
+                no_sni_route: None,
+                access_log: Some(access_log),
+            };
+            add(client, &addr, fields).await
+        }
+        ListenersCommand::Update {
+            listener,
+            no_sni_route,
+            proxy_protocol,
+            proxy_protocol_from,
+            any_proxy_source,
+            access_log,
+        } => {
+            let fields = ListenerUpdate {
+                no_sni_route,
+                access_log,
+                proxy_protocol,
+                proxy_protocol_from: match (any_proxy_source, proxy_protocol_from.is_empty()) {
+                    (true, _) => Some(Vec::new()),
+                    (false, false) => Some(proxy_protocol_from),
+                    (false, true) => None,
+                },
+            };
+            update(client, &listener, fields).await
+        }
+        ListenersCommand::Remove { addr, with_routes } => {
+            client.remove_listener(&addr, with_routes).await?;
+            emit(&format!("listener {} removed\n", addr.trim()))
+        }
+    }
+}
+
+/// `listeners add`: the listener as bound (port 0 says the port it got).
+async fn add(client: &mut AdminClient, addr: &str, fields: ListenerUpdate) -> Result<(), CtlError> {
+    let (l, warnings) = client.add_listener_with(addr, fields).await?;
+    print_warnings(&warnings)?;
+    let bound = match l.bound.as_str() {
+        "" => String::new(),
+        b if b == l.addr => String::new(),
+        b => format!(" (bound to {b})"),
+    };
+    emit(&format!(
+        "listener {} added{bound}, {}; no routes yet: mcproxyctl routes add --listener {} ...\n",
+        l.addr,
+        proxy_text(&l),
+        l.addr
+    ))
+}
+
+/// `listeners update`: only what the flags name changes; nothing named is a usage error.
+async fn update(
+    client: &mut AdminClient,
+    listener: &str,
+    fields: ListenerUpdate,
+) -> Result<(), CtlError> {
+    if fields == ListenerUpdate::default() {
+        return Err(CtlError::Usage(
+            "nothing to change: give at least one of --no-sni-route, --proxy-protocol, \
+             --proxy-protocol-from, --any-proxy-source, --access-log"
+                .into(),
+        ));
+    }
+    let (l, warnings) = client.update_listener(listener, fields).await?;
+    print_warnings(&warnings)?;
+    let no_sni = match l.no_sni_route.as_str() {
+        "" => "hellos without SNI are reset".to_owned(),
+        route => format!("hellos without SNI go to {route}"),
+    };
+    emit(&format!(
+        "listener {} updated: {}; {no_sni}\n",
+        l.addr,
+        proxy_text(&l)
+    ))
+}
+
+/// A listener's PROXY protocol setting in words.
+fn proxy_text(l: &ListenerStatus) -> String {
+    match (l.proxy_protocol, l.proxy_protocol_from.is_empty()) {
+        (false, _) => "no PROXY header expected".to_owned(),
+        (true, true) => "PROXY header expected from any peer".to_owned(),
+        (true, false) => format!(
+            "PROXY header expected from {}",
+            l.proxy_protocol_from.join(", ")
+        ),
+    }
+}
+
+/// The listeners table of `status` and `listeners list`, with a line under it per listener
+/// whose stored routes are not all served.
+pub(super) fn format_listeners(listeners: &[ListenerStatus], headers: bool) -> String {
+    let rows: Vec<Vec<String>> = listeners
+        .iter()
+        .map(|l| {
+            vec![
+                match l.bound.as_str() {
+                    // Port 0 in the address: the port it got.
+                    b if !b.is_empty() && b != l.addr => format!("{} ({b})", l.addr),
+                    _ => l.addr.clone(),
+                },
+                if l.proxy_protocol {
+                    if l.proxy_protocol_from.is_empty() {
+                        "yes".into()
+                    } else {
+                        format!("from {}", l.proxy_protocol_from.join(","))
+                    }
+                } else {
+                    "no".into()
+                },
+                l.route_count.to_string(),
+                l.active_connections.to_string(),
+                l.accepted.to_string(),
+                l.resets.to_string(),
+                l.blocked.to_string(),
+                match l.no_sni_route.as_str() {
+                    "" => "-".to_owned(),
+                    route => route.to_owned(),
+                },
+            ]
+        })
+        .collect();
+    let mut out = table(
+        headers.then_some(
+            &[
+                "LISTENER", "PROXY", "ROUTES", "OPEN", "ACCEPTED", "RESETS", "BLOCKED", "NO-SNI",
+            ][..],
+        ),
+        &rows,
+    );
+    // ROUTES counts the served ones; the others are said under the table.
+    let not_served = listeners.iter().filter(|l| l.routes_not_served > 0);
+    for l in not_served.filter(|_| headers) {
+        let _ = writeln!(
+            out,
+            "listener {}: {} stored route(s) not served (see mcproxyctl routes list)",
+            l.addr, l.routes_not_served
+        );
+    }
+    out
+}

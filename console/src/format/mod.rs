@@ -1,0 +1,129 @@
+//! Values written for people, shared by the command line (`ctl`) and the console (`tui`), so
+//! the two never say the same thing two ways: byte sizes, member states and how long they
+//! have held, the last health check, times of day, uptimes, who made a change.
+//!
+//! No I/O, no state; only [`now_ms`] reads the clock (callers that must not, such as drawing,
+//! pass a time in). `fit` holds the fixed-width forms the console's tables use (and that the
+//! CLI borrows to cut a long reason).
+
+pub mod fit;
+
+use std::time::Duration;
+
+use mc_proxy_shared::client::ChangeOrigin;
+use mc_proxy_shared::{AdminState, BackendState, MemberStats};
+
+/// 1536 -> "1.5K" (the CLI's tables: one decimal, binary units).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+/// What a member is doing, for people: the live state, with the admin state when they differ
+/// in a way the live one does not say (an enabled member that is down shows `down`).
+pub fn member_state(m: &MemberStats) -> String {
+    match (m.admin, m.state) {
+        (AdminState::Enabled, s) => s.to_string(),
+        (admin, BackendState::Draining | BackendState::Disabled) => admin.to_string(),
+        (admin, s) => format!("{admin},{s}"),
+    }
+}
+
+/// `backend 10.0.0.1:80 down (3 failed checks)`-style tail: the member's state for people and
+/// its reason in brackets when the daemon gave one.
+pub fn member_state_reason(m: &MemberStats) -> String {
+    match m.reason.as_str() {
+        "" => member_state(m),
+        reason => format!("{} ({reason})", member_state(m)),
+    }
+}
+
+/// `for 2m`: how long the member has been in its state at `now_ms` (ms since the Unix
+/// epoch); `-` from a daemon that does not say.
+pub fn member_since(m: &MemberStats, now_ms: u64) -> String {
+    if m.since_ms == 0 {
+        return "-".into();
+    }
+    format!("for {}", fit::age(now_ms.saturating_sub(m.since_ms) / 1000))
+}
+
+/// The last active check at `now_ms`: `3s ago: ok in 2ms`, `1s ago: connect refused in
+/// 150µs`; `-` when there is none (no check, or its settings just changed).
+pub fn member_check(m: &MemberStats, now_ms: u64) -> String {
+    match &m.last_check {
+        None => "-".into(),
+        Some(c) => format!(
+            "{} ago: {} in {}",
+            fit::age(now_ms.saturating_sub(c.at_ms) / 1000),
+            c.error.as_deref().unwrap_or("ok"),
+            fit::latency(c.latency)
+        ),
+    }
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `HH:MM:SS` (UTC) of a Unix time in ms: the console's event pane and stale banner.
+pub fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}", s / 3600 % 24, s / 60 % 60, s % 60)
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a Unix time in ms: `mcproxyctl events`, where lines come faster.
+pub fn clock_ms(ms: u64) -> String {
+    format!("{}.{:03}", clock(ms), ms % 1000)
+}
+
+/// `1h02m03s`: the daemon's uptime, in the status line and `mcproxyctl status`.
+pub fn uptime(d: Duration) -> String {
+    let secs = d.as_secs();
+    format!("{}h{:02}m{:02}s", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// ` [change 7 by uid 1000 pid 4242 (mcproxyctl)]` for an operator's change, else nothing:
+/// `mcproxyctl events`, which has the room for the whole origin.
+pub fn origin_long(origin: Option<&ChangeOrigin>) -> String {
+    origin.map_or_else(String::new, |o| {
+        format!(" [change {} by {}]", o.change_id, o.by)
+    })
+}
+
+/// ` by mcproxyctl` (the process, else the caller in words) for the console's event pane:
+/// short, the pane is 80 columns at most.
+pub fn origin_short(origin: Option<&ChangeOrigin>) -> String {
+    match origin {
+        Some(o) if !o.process.is_empty() => format!(" by {}", o.process),
+        Some(o) => format!(" by {}", o.by),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_of_day_and_uptimes_read_the_same_everywhere() {
+        let ms = (13 * 3600 + 4 * 60 + 5) * 1000 + 42;
+        assert_eq!(clock(ms), "13:04:05");
+        assert_eq!(clock_ms(ms), "13:04:05.042");
+        assert_eq!(uptime(Duration::from_secs(3723)), "1h02m03s");
+        assert_eq!(human_bytes(1536), "1.5K");
+        assert_eq!(human_bytes(12), "12B");
+    }
+}
