@@ -5,9 +5,10 @@
 //! [`MemberHealth`] (counters, passive ejection, active check results) lives in the route's
 //! `RouteStats`, keyed by address, so it outlives route edits and admin state changes.
 //!
-//! Choosing (`BackendSet::pick`) takes one short `std::sync::Mutex` (the round robin
-//! position) and, per member considered, the member's own health lock: never held across an
-//! `.await`. A member is a candidate when it is enabled, not down by the active check, and not
+//! Choosing (`BackendSet::pick`) takes no lock while the members are healthy: the round robin
+//! is one atomic increment over a precomputed cycle, and each member's "barred" flag (down or
+//! ejected) is an atomic mirrored from its health lock; only a barred member's closer look
+//! takes that lock, never held across an `.await`. A member is a candidate when it is enabled, not down by the active check, and not
 //! ejected (or ejected with its cooldown over and no trial connection out yet: then this
 //! connection is the trial). When no enabled, checked-up member is a candidate because every
 //! one of them is ejected, ejection is ignored (Envoy's "panic" rule): with nowhere else to
@@ -103,7 +104,38 @@ pub struct MemberHealth {
     /// ejection): set under the lock, read without it, so the per-request success of a
     /// healthy member takes no lock.
     troubled: AtomicBool,
+    /// Not a candidate without a closer look (down by the active check, or ejected):
+    /// mirrored from `inner` each time its lock is released ([`Locked`]), read without it,
+    /// so choosing among healthy members takes no lock.
+    barred: AtomicBool,
     inner: Mutex<Health>,
+}
+
+/// [`MemberHealth`]'s lock, which mirrors the member's "barred" state into its atomic when
+/// released (before the mutex unlocks, so the next locker sees both agree).
+struct Locked<'a> {
+    guard: std::sync::MutexGuard<'a, Health>,
+    barred: &'a AtomicBool,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Health;
+    fn deref(&self) -> &Health {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Health {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let barred = self.guard.check_down || self.guard.ejected_until.is_some();
+        self.barred.store(barred, Ordering::Release);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -429,18 +461,14 @@ impl MemberHealth {
         self.transition(self.lock(), spec)
     }
 
-    fn transition(
-        &self,
-        h: std::sync::MutexGuard<'_, Health>,
-        spec: &RouteBackend,
-    ) -> Option<Transition> {
+    fn transition(&self, h: Locked<'_>, spec: &RouteBackend) -> Option<Transition> {
         self.transition_if(h, spec, false)
     }
 
     /// [`Self::transition`], or the member's figures anyway when `force` is set.
     fn transition_if(
         &self,
-        mut h: std::sync::MutexGuard<'_, Health>,
+        mut h: Locked<'_>,
         spec: &RouteBackend,
         force: bool,
     ) -> Option<Transition> {
@@ -473,6 +501,10 @@ impl MemberHealth {
     fn candidate(&self, admin: AdminState, now: Instant, panic: bool) -> Option<bool> {
         if admin != AdminState::Enabled {
             return None;
+        }
+        // Healthy and not ejected (the common case): no lock.
+        if !self.barred.load(Ordering::Acquire) {
+            return Some(false);
         }
         let h = self.lock();
         if h.check_down {
@@ -512,9 +544,13 @@ impl MemberHealth {
         Ok(Some(self.ejections.load(Ordering::Relaxed)))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Health> {
-        // A panic elsewhere while holding it leaves plain data behind: keep going.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> Locked<'_> {
+        // A panic while holding it cannot leave `Health` half-updated in a way that matters:
+        // keep going with what is there.
+        Locked {
+            guard: self.inner.lock().unwrap_or_else(|e| e.into_inner()),
+            barred: &self.barred,
+        }
     }
 }
 
@@ -535,8 +571,12 @@ pub struct Member {
 pub struct BackendSet {
     members: Vec<Member>,
     balance: Balance,
-    /// Smooth weighted round robin: each member's current weight.
-    rr: Mutex<Vec<i64>>,
+    /// Smooth weighted round robin over every member, precomputed for one cycle (the total
+    /// weight: at most 64 × 256 slots), so that a pick is one atomic increment, no lock
+    /// (pingora-load-balancing does the same).
+    sequence: Box<[u8]>,
+    /// The next slot of `sequence` (modulo its length).
+    cursor: AtomicU64,
 }
 
 /// The member chosen for one connection or request; counts it as active until dropped.
@@ -594,7 +634,8 @@ impl Clone for BackendSet {
         BackendSet {
             members: self.members.clone(),
             balance: self.balance,
-            rr: Mutex::new(self.rr.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+            sequence: self.sequence.clone(),
+            cursor: AtomicU64::new(self.cursor.load(Ordering::Relaxed)),
         }
     }
 }
@@ -617,7 +658,8 @@ impl BackendSet {
             })
             .collect();
         BackendSet {
-            rr: Mutex::new(vec![0; members.len()]),
+            sequence: smooth_sequence(&members),
+            cursor: AtomicU64::new(0),
             members,
             balance,
         }
@@ -778,28 +820,47 @@ impl BackendSet {
         }
     }
 
-    /// nginx's smooth weighted round robin over `candidates`: every candidate gains its
-    /// weight, the one with the most goes and loses the total. Over a cycle each member gets
-    /// exactly its weight's share, interleaved.
+    /// nginx's smooth weighted round robin over `candidates`: the next slot of the
+    /// precomputed cycle whose member is a candidate. Every slot taken is consumed, so members
+    /// left out (ejected, draining, tried) give their turns to the others evenly; over a cycle
+    /// with every member a candidate each gets exactly its weight's share, interleaved.
     fn round_robin(&self, candidates: Tried) -> Option<usize> {
-        let mut current = self.rr.lock().unwrap_or_else(|e| e.into_inner());
-        let mut total = 0i64;
-        let mut best: Option<usize> = None;
-        for (i, m) in self.members.iter().enumerate() {
-            if !candidates.has(i) {
-                continue;
-            }
-            let w = i64::from(m.spec.weight.max(1));
-            current[i] += w;
-            total += w;
-            if best.is_none_or(|b| current[i] > current[b]) {
-                best = Some(i);
+        let len = self.sequence.len() as u64;
+        for _ in 0..len {
+            let slot = self.cursor.fetch_add(1, Ordering::Relaxed) % len;
+            let i = usize::from(self.sequence[slot as usize]);
+            if candidates.has(i) {
+                return Some(i);
             }
         }
-        let best = best?;
-        current[best] -= total;
-        Some(best)
+        None
     }
+}
+
+/// One cycle of nginx's smooth weighted round robin over `members` (each gains its weight,
+/// the one with the most goes and loses the total): the member index per slot, `Σ weights`
+/// slots.
+fn smooth_sequence(members: &[Member]) -> Box<[u8]> {
+    let weights: Vec<i64> = members
+        .iter()
+        .map(|m| i64::from(m.spec.weight.max(1)))
+        .collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, w) in weights.iter().enumerate() {
+            current[i] += w;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        // At most MAX_MEMBERS (64) members: an index fits a byte.
+        out.push(u8::try_from(best).unwrap_or(u8::MAX));
+    }
+    out.into_boxed_slice()
 }
 
 /// Weighted rendezvous hashing: each member scores `-weight / ln(h)` with `h` a hash of the
@@ -855,6 +916,41 @@ mod tests {
                 .windows(3)
                 .all(|w| !(w[0] == 2 && w[1] == 2 && w[2] == 2))
         );
+    }
+
+    /// A member left out gives its turns to the others evenly, not to its neighbour in the
+    /// cycle; and the round robin takes no lock, so the workers' picks interleave freely.
+    #[test]
+    fn round_robin_without_a_member_shares_its_turns_evenly() {
+        let s = set(&[("a:1", 1), ("b:1", 1), ("c:1", 1)], Balance::RoundRobin);
+        let mut tried = Tried::default();
+        tried.add(2);
+        let mut got = [0usize; 3];
+        for _ in 0..300 {
+            let p = s.pick(ip(1), tried).unwrap();
+            got[p.index] += 1;
+        }
+        assert_eq!(got, [150, 150, 0]);
+
+        // Picks from several threads at once: every one lands, the shares stay exact.
+        let s = Arc::new(set(&[("a:1", 3), ("b:1", 1)], Balance::RoundRobin));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || {
+                    let mut got = [0usize; 2];
+                    for _ in 0..1000 {
+                        got[s.pick(ip(1), Tried::default()).unwrap().index] += 1;
+                    }
+                    got
+                })
+            })
+            .collect();
+        let total = threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .fold([0, 0], |a, b| [a[0] + b[0], a[1] + b[1]]);
+        assert_eq!(total, [3000, 1000]);
     }
 
     #[test]
