@@ -504,264 +504,17 @@ impl FileConfig {
 
         let firewall = validate_firewall(&self.firewall, &mut problem);
 
-        let defaults = ProxyConfig::default();
-        let p = self.proxy;
-        let proxy = ProxyConfig {
-            client_hello_timeout: p
-                .client_hello_timeout
-                .unwrap_or(defaults.client_hello_timeout),
-            connect_timeout: p.connect_timeout.unwrap_or(defaults.connect_timeout),
-            idle_timeout: p.idle_timeout.unwrap_or(defaults.idle_timeout),
-            response_timeout: p.response_timeout.unwrap_or(defaults.response_timeout),
-            request_header_timeout: p
-                .request_header_timeout
-                .unwrap_or(defaults.request_header_timeout),
-            keepalive_timeout: p.keepalive_timeout.unwrap_or(defaults.keepalive_timeout),
-            shutdown_timeout: p.shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
-            max_connections: p.max_connections.unwrap_or(defaults.max_connections),
-            backend_ca: p.backend_ca.filter(|p| !p.as_os_str().is_empty()),
-            max_request_head: p.max_request_head.unwrap_or(defaults.max_request_head),
-            backend_max_connections: p
-                .backend_max_connections
-                .unwrap_or(defaults.backend_max_connections),
-            backend_max_idle: p.backend_max_idle.unwrap_or(defaults.backend_max_idle),
-            backend_idle_timeout: p
-                .backend_idle_timeout
-                .unwrap_or(defaults.backend_idle_timeout),
-            backend_eject_after: p
-                .backend_eject_after
-                .unwrap_or(defaults.backend_eject_after),
-            backend_eject_time: p.backend_eject_time.unwrap_or(defaults.backend_eject_time),
-            backend_eject_max_time: p
-                .backend_eject_max_time
-                .unwrap_or(defaults.backend_eject_max_time),
-            workers: p.workers.unwrap_or(defaults.workers),
-        };
-        for (name, value) in [
-            ("client_hello_timeout", proxy.client_hello_timeout),
-            ("connect_timeout", proxy.connect_timeout),
-            ("idle_timeout", proxy.idle_timeout),
-            ("response_timeout", proxy.response_timeout),
-            ("request_header_timeout", proxy.request_header_timeout),
-            ("keepalive_timeout", proxy.keepalive_timeout),
-            ("backend_idle_timeout", proxy.backend_idle_timeout),
-            ("backend_eject_time", proxy.backend_eject_time),
-        ] {
-            if value.is_zero() {
-                problem(format!("proxy.{name}"), "must be greater than zero".into());
-            }
-        }
+        let proxy = validate_proxy(self.proxy, &mut problem);
         if self.admin.event_buffer == Some(0) {
             problem("admin.event_buffer".into(), "must be at least 1".into());
         }
-        if proxy.backend_eject_after == 0 {
-            problem(
-                "proxy.backend_eject_after".into(),
-                "must be at least 1 (failures in a row that eject a backend)".into(),
-            );
-        }
-        if proxy.backend_eject_max_time < proxy.backend_eject_time {
-            problem(
-                "proxy.backend_eject_max_time".into(),
-                format!(
-                    "must be at least backend_eject_time ({})",
-                    humantime::format_duration(proxy.backend_eject_time)
-                ),
-            );
-        }
-        if proxy.max_connections == 0 {
-            problem("proxy.max_connections".into(), "must be at least 1".into());
-        }
-        if proxy.workers > MAX_WORKERS {
-            problem(
-                "proxy.workers".into(),
-                format!("must be at most {MAX_WORKERS} (0: one per CPU)"),
-            );
-        }
-        {
-            use crate::model::state::{MAX_MAX_REQUEST_HEAD, MIN_MAX_REQUEST_HEAD};
-            if !(MIN_MAX_REQUEST_HEAD..=MAX_MAX_REQUEST_HEAD).contains(&proxy.max_request_head) {
-                problem(
-                    "proxy.max_request_head".into(),
-                    format!(
-                        "must be between {MIN_MAX_REQUEST_HEAD} and {MAX_MAX_REQUEST_HEAD} bytes"
-                    ),
-                );
-            }
-        }
-        let metrics = MetricsConfig {
-            addr: match self.metrics.addr.as_deref().map(str::trim) {
-                None | Some("") => None,
-                Some(text) => match text.parse::<SocketAddr>() {
-                    Ok(addr) => Some(addr),
-                    Err(_) => {
-                        problem(
-                            "metrics.addr".into(),
-                            format!(
-                                "invalid address {text:?}: expected IP:port such as \
-                                 127.0.0.1:9100 or [::1]:9100"
-                            ),
-                        );
-                        None
-                    }
-                },
-            },
-        };
-
-        let mut listeners = Vec::new();
-        let mut seen_addrs: HashMap<SocketAddr, usize> = HashMap::new();
-        for (i, fl) in self.listeners.into_iter().enumerate() {
-            let lctx = format!("listener {}", fl.addr);
-            let addr = match fl.addr.parse::<SocketAddr>() {
-                Ok(addr) => addr,
-                Err(_) => {
-                    problem(
-                        format!("listeners[{i}]"),
-                        format!(
-                            "invalid addr {}: expected IP:port such as 127.0.0.1:8443 or [::]:443",
-                            clip(&fl.addr)
-                        ),
-                    );
-                    continue;
-                }
-            };
-            // Port 0 is several listeners' worth of "any port": only one may ask for it.
-            if let Some(first) = seen_addrs.insert(addr, i)
-                && addr.port() != 0
-            {
-                problem(
-                    lctx.clone(),
-                    format!("duplicate listener address (also listeners[{first}])"),
-                );
-            }
-
-            let mut proxy_protocol_from = Vec::new();
-            for (k, value) in fl.proxy_protocol_from.iter().enumerate() {
-                match parse_net(value) {
-                    Some(net) => proxy_protocol_from.push(net),
-                    None => problem(
-                        format!("{lctx}, proxy_protocol_from[{k}]"),
-                        format!(
-                            "invalid network {}: expected a CIDR such as 10.0.0.0/8 or an address",
-                            clip(value)
-                        ),
-                    ),
-                }
-            }
-            if !proxy_protocol_from.is_empty() && !fl.proxy_protocol {
-                warnings.push(format!(
-                    "{lctx}: proxy_protocol_from is set but proxy_protocol is false, so no \
-                     header is read and the list has no effect"
-                ));
-            }
-
-            let mut routes = Vec::new();
-            let mut seen_hosts: HashMap<String, usize> = HashMap::new();
-            for (j, fr) in fl.routes.into_iter().enumerate() {
-                let rctx = format!("{lctx}, route {}", fr.hostname);
-                // Every field parsed here is parsed before giving up on the route, so that
-                // each problem is reported.
-                let mode = fr
-                    .mode
-                    .parse::<Mode>()
-                    .map_err(|e| problem(rctx.clone(), e.to_string()));
-                let backend_protocol = fr
-                    .backend_protocol
-                    .parse::<BackendProtocol>()
-                    .map_err(|e| problem(rctx.clone(), e.to_string()));
-                let balance = fr
-                    .balance
-                    .parse::<Balance>()
-                    .map_err(|e| problem(rctx.clone(), e.to_string()));
-                let backends = file_backends(fr.backend, fr.backends).map_err(|errors| {
-                    for e in errors {
-                        problem(rctx.clone(), e);
-                    }
-                });
-                let health_check = fr
-                    .health_check
-                    .map(FileHealthCheck::check)
-                    .transpose()
-                    .map_err(|e| problem(rctx.clone(), e));
-                let (Ok(mode), Ok(backend_protocol), Ok(balance), Ok(backends), Ok(health_check)) =
-                    (mode, backend_protocol, balance, backends, health_check)
-                else {
-                    continue;
-                };
-                let route = Route {
-                    hostname: fr.hostname,
-                    backends,
-                    balance,
-                    health_check,
-                    mode,
-                    tls_cert: fr.tls_cert,
-                    tls_key: fr.tls_key,
-                    backend_tls: fr.backend_tls,
-                    send_proxy_protocol: fr.send_proxy_protocol,
-                    backend_protocol,
-                    access_log: fr.access_log,
-                };
-                let route = match validate_route(&route) {
-                    Ok(valid) => {
-                        warnings.extend(valid.warnings.iter().map(|w| format!("{rctx}: {w}")));
-                        valid.route
-                    }
-                    // Everything but the files is right (the files are loaded last): the
-                    // route is kept, and its files are a problem of their own kind.
-                    Err(RouteError::Cert(e)) => {
-                        file_problems.push(Problem {
-                            context: rctx.clone(),
-                            message: e.to_string(),
-                        });
-                        let hostname = route_name(&route.hostname)
-                            .expect("validate_route checks the hostname before the files");
-                        Route { hostname, ..route }
-                    }
-                    // Something besides the files: every problem of the route, not the first.
-                    Err(_) => {
-                        for p in route_problems(&route) {
-                            match p {
-                                RouteError::Cert(e) => file_problems.push(Problem {
-                                    context: rctx.clone(),
-                                    message: e.to_string(),
-                                }),
-                                other => problem(rctx.clone(), other.to_string()),
-                            }
-                        }
-                        continue;
-                    }
-                };
-                if let Some(first) = seen_hosts.insert(route.hostname.clone(), j) {
-                    problem(
-                        rctx,
-                        format!("duplicate hostname on this listener (also routes[{first}])"),
-                    );
-                    continue;
-                }
-                routes.push(route);
-            }
-            let no_sni_route = match fl.no_sni_route.as_deref().map(str::trim) {
-                None | Some("") => None,
-                Some(name) => match route_name(name).filter(|n| seen_hosts.contains_key(n)) {
-                    Some(name) => Some(name),
-                    None => {
-                        problem(
-                            format!("{lctx}, no_sni_route"),
-                            format!("{} names no route on this listener", clip(name)),
-                        );
-                        None
-                    }
-                },
-            };
-            listeners.push(ListenerConfig {
-                addr,
-                proxy_protocol: fl.proxy_protocol,
-                proxy_protocol_from,
-                no_sni_route,
-                routes,
-                access_log: fl.access_log,
-            });
-        }
+        let metrics = validate_metrics(&self.metrics, &mut problem);
+        let listeners = validate_listeners(
+            self.listeners,
+            &mut problem,
+            &mut file_problems,
+            &mut warnings,
+        );
 
         if !problems.is_empty() {
             // Every problem, the files' too: `check` prints them all at once.
@@ -791,6 +544,278 @@ impl FileConfig {
             file_problems,
         })
     }
+}
+
+/// `[proxy]`: every setting, defaults filled in, each out of its bounds a problem.
+fn validate_proxy(p: FileProxy, problem: &mut impl FnMut(String, String)) -> ProxyConfig {
+    let defaults = ProxyConfig::default();
+    let proxy = ProxyConfig {
+        client_hello_timeout: p
+            .client_hello_timeout
+            .unwrap_or(defaults.client_hello_timeout),
+        connect_timeout: p.connect_timeout.unwrap_or(defaults.connect_timeout),
+        idle_timeout: p.idle_timeout.unwrap_or(defaults.idle_timeout),
+        response_timeout: p.response_timeout.unwrap_or(defaults.response_timeout),
+        request_header_timeout: p
+            .request_header_timeout
+            .unwrap_or(defaults.request_header_timeout),
+        keepalive_timeout: p.keepalive_timeout.unwrap_or(defaults.keepalive_timeout),
+        shutdown_timeout: p.shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
+        max_connections: p.max_connections.unwrap_or(defaults.max_connections),
+        backend_ca: p.backend_ca.filter(|p| !p.as_os_str().is_empty()),
+        max_request_head: p.max_request_head.unwrap_or(defaults.max_request_head),
+        backend_max_connections: p
+            .backend_max_connections
+            .unwrap_or(defaults.backend_max_connections),
+        backend_max_idle: p.backend_max_idle.unwrap_or(defaults.backend_max_idle),
+        backend_idle_timeout: p
+            .backend_idle_timeout
+            .unwrap_or(defaults.backend_idle_timeout),
+        backend_eject_after: p
+            .backend_eject_after
+            .unwrap_or(defaults.backend_eject_after),
+        backend_eject_time: p.backend_eject_time.unwrap_or(defaults.backend_eject_time),
+        backend_eject_max_time: p
+            .backend_eject_max_time
+            .unwrap_or(defaults.backend_eject_max_time),
+        workers: p.workers.unwrap_or(defaults.workers),
+    };
+    for (name, value) in [
+        ("client_hello_timeout", proxy.client_hello_timeout),
+        ("connect_timeout", proxy.connect_timeout),
+        ("idle_timeout", proxy.idle_timeout),
+        ("response_timeout", proxy.response_timeout),
+        ("request_header_timeout", proxy.request_header_timeout),
+        ("keepalive_timeout", proxy.keepalive_timeout),
+        ("backend_idle_timeout", proxy.backend_idle_timeout),
+        ("backend_eject_time", proxy.backend_eject_time),
+    ] {
+        if value.is_zero() {
+            problem(format!("proxy.{name}"), "must be greater than zero".into());
+        }
+    }
+    if proxy.backend_eject_after == 0 {
+        problem(
+            "proxy.backend_eject_after".into(),
+            "must be at least 1 (failures in a row that eject a backend)".into(),
+        );
+    }
+    if proxy.backend_eject_max_time < proxy.backend_eject_time {
+        problem(
+            "proxy.backend_eject_max_time".into(),
+            format!(
+                "must be at least backend_eject_time ({})",
+                humantime::format_duration(proxy.backend_eject_time)
+            ),
+        );
+    }
+    if proxy.max_connections == 0 {
+        problem("proxy.max_connections".into(), "must be at least 1".into());
+    }
+    if proxy.workers > MAX_WORKERS {
+        problem(
+            "proxy.workers".into(),
+            format!("must be at most {MAX_WORKERS} (0: one per CPU)"),
+        );
+    }
+    {
+        use crate::model::state::{MAX_MAX_REQUEST_HEAD, MIN_MAX_REQUEST_HEAD};
+        if !(MIN_MAX_REQUEST_HEAD..=MAX_MAX_REQUEST_HEAD).contains(&proxy.max_request_head) {
+            problem(
+                "proxy.max_request_head".into(),
+                format!("must be between {MIN_MAX_REQUEST_HEAD} and {MAX_MAX_REQUEST_HEAD} bytes"),
+            );
+        }
+    }
+    proxy
+}
+
+/// `[metrics]`: the address, if any.
+fn validate_metrics(file: &FileMetrics, problem: &mut impl FnMut(String, String)) -> MetricsConfig {
+    MetricsConfig {
+        addr: match file.addr.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    problem(
+                        "metrics.addr".into(),
+                        format!(
+                            "invalid address {text:?}: expected IP:port such as \
+                             127.0.0.1:9100 or [::1]:9100"
+                        ),
+                    );
+                    None
+                }
+            },
+        },
+    }
+}
+
+/// `[[listeners]]` with their routes: every problem named by listener and route; a route
+/// whose certificate files fail is a file problem (it never stops a start), a route's
+/// warnings are the file's.
+fn validate_listeners(
+    file: Vec<FileListener>,
+    problem: &mut impl FnMut(String, String),
+    file_problems: &mut Vec<Problem>,
+    warnings: &mut Vec<String>,
+) -> Vec<ListenerConfig> {
+    let mut listeners = Vec::new();
+    let mut seen_addrs: HashMap<SocketAddr, usize> = HashMap::new();
+    for (i, fl) in file.into_iter().enumerate() {
+        let lctx = format!("listener {}", fl.addr);
+        let addr = match fl.addr.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                problem(
+                    format!("listeners[{i}]"),
+                    format!(
+                        "invalid addr {}: expected IP:port such as 127.0.0.1:8443 or [::]:443",
+                        clip(&fl.addr)
+                    ),
+                );
+                continue;
+            }
+        };
+        // Port 0 is several listeners' worth of "any port": only one may ask for it.
+        if let Some(first) = seen_addrs.insert(addr, i)
+            && addr.port() != 0
+        {
+            problem(
+                lctx.clone(),
+                format!("duplicate listener address (also listeners[{first}])"),
+            );
+        }
+
+        let mut proxy_protocol_from = Vec::new();
+        for (k, value) in fl.proxy_protocol_from.iter().enumerate() {
+            match parse_net(value) {
+                Some(net) => proxy_protocol_from.push(net),
+                None => problem(
+                    format!("{lctx}, proxy_protocol_from[{k}]"),
+                    format!(
+                        "invalid network {}: expected a CIDR such as 10.0.0.0/8 or an address",
+                        clip(value)
+                    ),
+                ),
+            }
+        }
+        if !proxy_protocol_from.is_empty() && !fl.proxy_protocol {
+            warnings.push(format!(
+                "{lctx}: proxy_protocol_from is set but proxy_protocol is false, so no \
+                 header is read and the list has no effect"
+            ));
+        }
+
+        let mut routes = Vec::new();
+        let mut seen_hosts: HashMap<String, usize> = HashMap::new();
+        for (j, fr) in fl.routes.into_iter().enumerate() {
+            let rctx = format!("{lctx}, route {}", fr.hostname);
+            // Every field parsed here is parsed before giving up on the route, so that
+            // each problem is reported.
+            let mode = fr
+                .mode
+                .parse::<Mode>()
+                .map_err(|e| problem(rctx.clone(), e.to_string()));
+            let backend_protocol = fr
+                .backend_protocol
+                .parse::<BackendProtocol>()
+                .map_err(|e| problem(rctx.clone(), e.to_string()));
+            let balance = fr
+                .balance
+                .parse::<Balance>()
+                .map_err(|e| problem(rctx.clone(), e.to_string()));
+            let backends = file_backends(fr.backend, fr.backends).map_err(|errors| {
+                for e in errors {
+                    problem(rctx.clone(), e);
+                }
+            });
+            let health_check = fr
+                .health_check
+                .map(FileHealthCheck::check)
+                .transpose()
+                .map_err(|e| problem(rctx.clone(), e));
+            let (Ok(mode), Ok(backend_protocol), Ok(balance), Ok(backends), Ok(health_check)) =
+                (mode, backend_protocol, balance, backends, health_check)
+            else {
+                continue;
+            };
+            let route = Route {
+                hostname: fr.hostname,
+                backends,
+                balance,
+                health_check,
+                mode,
+                tls_cert: fr.tls_cert,
+                tls_key: fr.tls_key,
+                backend_tls: fr.backend_tls,
+                send_proxy_protocol: fr.send_proxy_protocol,
+                backend_protocol,
+                access_log: fr.access_log,
+            };
+            let route = match validate_route(&route) {
+                Ok(valid) => {
+                    warnings.extend(valid.warnings.iter().map(|w| format!("{rctx}: {w}")));
+                    valid.route
+                }
+                // Everything but the files is right (the files are loaded last): the
+                // route is kept, and its files are a problem of their own kind.
+                Err(RouteError::Cert(e)) => {
+                    file_problems.push(Problem {
+                        context: rctx.clone(),
+                        message: e.to_string(),
+                    });
+                    let hostname = route_name(&route.hostname)
+                        .expect("validate_route checks the hostname before the files");
+                    Route { hostname, ..route }
+                }
+                // Something besides the files: every problem of the route, not the first.
+                Err(_) => {
+                    for p in route_problems(&route) {
+                        match p {
+                            RouteError::Cert(e) => file_problems.push(Problem {
+                                context: rctx.clone(),
+                                message: e.to_string(),
+                            }),
+                            other => problem(rctx.clone(), other.to_string()),
+                        }
+                    }
+                    continue;
+                }
+            };
+            if let Some(first) = seen_hosts.insert(route.hostname.clone(), j) {
+                problem(
+                    rctx,
+                    format!("duplicate hostname on this listener (also routes[{first}])"),
+                );
+                continue;
+            }
+            routes.push(route);
+        }
+        let no_sni_route = match fl.no_sni_route.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(name) => match route_name(name).filter(|n| seen_hosts.contains_key(n)) {
+                Some(name) => Some(name),
+                None => {
+                    problem(
+                        format!("{lctx}, no_sni_route"),
+                        format!("{} names no route on this listener", clip(name)),
+                    );
+                    None
+                }
+            },
+        };
+        listeners.push(ListenerConfig {
+            addr,
+            proxy_protocol: fl.proxy_protocol,
+            proxy_protocol_from,
+            no_sni_route,
+            routes,
+            access_log: fl.access_log,
+        });
+    }
+    listeners
 }
 
 /// A CIDR, or a bare address meaning just that host. Host bits are cleared.
