@@ -199,12 +199,7 @@ fn database_note(config: &Config) {
             for l in &config.listeners {
                 let addr = l.addr.to_string();
                 if !stored.contains(&addr) {
-                    println!(
-                        "warning: {}: listener {addr} is not in the database and is not \
-                         served; to add it: {}",
-                        config.path.display(),
-                        l.add_command()
-                    );
+                    println!("warning: {}", l.not_in_database(&config.path));
                 }
             }
         }

@@ -1335,3 +1335,46 @@ async fn request_lines_are_json_objects_with_numbers_as_numbers() {
     }
     check_request_lines(&parsed, &sent, &all);
 }
+
+/// Once the database exists, `check` says the file's listeners are not what runs, and names a
+/// listener the database lacks with the command that adds it; the daemon's start says the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_added_to_the_file_after_the_database_exists_is_reported_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[database]\npath = {:?}\n[proxy]\nshutdown_timeout = \"1s\"\n\
+         [[listeners]]\naddr = \"127.0.0.1:0\"\n",
+        dir.path().join("mc-proxy.db").display().to_string(),
+    );
+    let config_path = dir.path().join("mc-proxy.toml");
+    let daemon = Daemon::start(dir, &config);
+    ready_addr(&daemon);
+    let dir = daemon.kill_keep_dir();
+
+    let edited =
+        format!("{config}[[listeners]]\naddr = \"127.0.0.7:8443\"\nproxy_protocol = true\n");
+    write(&config_path, &edited);
+    let check = Command::new(env!("CARGO_BIN_EXE_mc-proxy"))
+        .args(["check", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(0), "{out}");
+    assert!(out.contains("note: the database"), "{out}");
+    assert!(
+        out.contains("listener 127.0.0.7:8443 in ")
+            && out.contains("is not in the database and is not served")
+            && out.contains("mcproxyctl listeners add 127.0.0.7:8443 --proxy-protocol"),
+        "{out}"
+    );
+    assert!(!out.contains("listener 127.0.0.1:0 in "), "{out}");
+
+    let daemon = Daemon::start(dir, &edited);
+    ready_addr(&daemon);
+    assert!(
+        daemon.wait_for_log("listener 127.0.0.7:8443 in "),
+        "{}",
+        daemon.log_text()
+    );
+}

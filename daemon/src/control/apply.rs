@@ -876,13 +876,7 @@ pub fn not_applied(config: &crate::control::config::Config, state: &State) -> Ve
     let mut lines = Vec::new();
     for l in &config.listeners {
         let Some(running) = live.iter().find(|s| s.addr == l.addr) else {
-            lines.push(format!(
-                "listener {} in {} is not in the database and not served (the database is the \
-                 source of truth); to add it: {}",
-                l.addr,
-                config.path.display(),
-                l.add_command()
-            ));
+            lines.push(l.not_in_database(&config.path));
             continue;
         };
         // Settings edited in the file after the database was seeded: the database's apply.

@@ -111,6 +111,18 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
+    /// What start-up, a reload and `check` say of this listener when the database does not
+    /// hold it: it is not served, and the command that adds it. `file` is the config's path.
+    pub fn not_in_database(&self, file: &Path) -> String {
+        format!(
+            "listener {} in {} is not in the database and is not served (the database is \
+             the source of truth); to add it: {}",
+            self.addr,
+            file.display(),
+            self.add_command()
+        )
+    }
+
     /// The `mcproxyctl` command that adds this listener to a running daemon (its routes are
     /// added one by one after it).
     pub fn add_command(&self) -> String {
