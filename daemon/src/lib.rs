@@ -10,11 +10,15 @@
 //! `protocols` ← `connectors` ← `proxy` ← `listeners` ← the binaries; `control` → `model`;
 //! `api` → `control` and `model`. `daemon/tests/layers.rs` reads the sources and fails on an
 //! upward import or a circle.
+//!
+//! What is `pub` here is what the binaries and the tests use (the state, the server, the
+//! control plane, the config and store, the admin API and metrics, the PROXY and stream
+//! helpers the tests drive); the rest of each layer is `pub(crate)`.
 
 #![warn(missing_docs)]
 
 pub mod api;
-pub mod connectors;
+pub(crate) mod connectors;
 pub mod control;
 pub mod listeners;
 pub mod model;

@@ -5,10 +5,10 @@
 //! I/O: the config file, the database, certificate files. Imports `model` only; the data
 //! plane never imports it (checked by `daemon/tests/layers.rs`).
 
-pub mod apply;
+pub(crate) mod apply;
 pub mod boot;
 pub mod config;
-pub mod reload;
+pub(crate) mod reload;
 pub mod store;
 
 pub use apply::{

@@ -5,4 +5,4 @@
 //! plane: only the binaries import it.
 
 pub mod server;
-pub mod sockets;
+pub(crate) mod sockets;

@@ -8,12 +8,12 @@
 //! imports from above (checked by `daemon/tests/layers.rs`). Writers of the snapshot are
 //! `control` (and `listeners` for the bound address); everyone else reads.
 
-pub mod backends;
+pub(crate) mod backends;
 pub mod certs;
-pub mod conns;
+pub(crate) mod conns;
 pub mod events;
-pub mod firewall;
-pub mod histogram;
-pub mod routes;
+pub(crate) mod firewall;
+pub(crate) mod histogram;
+pub(crate) mod routes;
 pub mod state;
 pub mod stats;

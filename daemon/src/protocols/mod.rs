@@ -7,5 +7,5 @@
 
 pub mod io;
 pub mod proxyproto;
-pub mod relay;
-pub mod sni;
+pub(crate) mod relay;
+pub(crate) mod sni;

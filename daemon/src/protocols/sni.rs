@@ -8,7 +8,7 @@
 //!
 //! I/O: reads from the client stream; nothing is written. Invariants: every byte read stays
 //! in the caller's buffer (the backend must see the original hello), and the buffer never
-//! grows much past [`MAX_HELLO_LEN`] because the scanner refuses an oversized hello as soon
+//! grows much past `mc_proxy_wire`'s `MAX_HELLO_LEN` because the scanner refuses an oversized hello as soon
 //! as it is known.
 
 #![deny(
@@ -24,9 +24,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-pub use mc_proxy_wire::client_hello::{
-    ClientHello, MAX_HELLO_LEN, ParseError, Parsed, Scanner, parse,
-};
+pub use mc_proxy_wire::client_hello::{ClientHello, ParseError, Parsed, Scanner};
 
 /// Read granularity for [`read_client_hello`]: one read usually gets a whole
 /// hello, and the buffer never outgrows the cap by more than this.
@@ -95,6 +93,7 @@ async fn read_until_hello<R: AsyncRead + Unpin>(
 )]
 mod tests {
     use super::*;
+    use mc_proxy_wire::client_hello::MAX_HELLO_LEN;
 
     use tokio::io::AsyncWriteExt;
 

@@ -4,8 +4,8 @@
 //! I/O on the client connection and, through `l7`'s pool and `l4`'s dial, to backends.
 //! Imports `model`, `protocols` and `connectors`; `listeners` hands it connections.
 
-pub mod access;
-pub mod health;
-pub mod l4;
+pub(crate) mod access;
+pub(crate) mod health;
+pub(crate) mod l4;
 pub mod l7;
-pub mod pipeline;
+pub(crate) mod pipeline;
