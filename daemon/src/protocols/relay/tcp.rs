@@ -1,52 +1,26 @@
-//! The byte relay between a client and a backend: L4 passthrough ([`relay`], two sockets) and
-//! the L7 WebSocket tunnel ([`relay_streams`], any two byte streams).
+//! The L4 relay over two sockets ([`relay`]): one hand-written future driven by readiness,
+//! holding nothing while a side is idle; a burst moves data with splice(2) on Linux
+//! (`super::splice`) or a buffer.
 //!
-//! I/O: reads and writes the two streams it is given, nothing else. Invariants (both forms):
-//! - Half-close is preserved: EOF from one side shuts down the write half towards the other
-//!   side and the opposite direction keeps flowing until it ends too. A client that writes,
-//!   shuts down its write half and then reads still gets the backend's whole answer.
-//! - An I/O error in either direction ends both (the other side would otherwise wait for an
-//!   idle timeout).
-//! - Byte counts are kept in atomics the caller owns, so they are right however the relay
-//!   ends (finished, idle, or the caller dropping it) and can be read live by observers.
-//!
-//! Two forms, one set of rules: [`relay`] works on `&TcpStream` with readiness
-//! (`poll_read_ready`, then splice(2) or `try_read_buf`), which is what lets an idle L4
-//! connection hold no buffer at all, and is one hand-written future (a burst in progress is
-//! the only thing it boxes); a generic `AsyncRead` cannot be asked "is there data?" without a
-//! buffer to read into, so [`relay_streams`] (TLS and HTTP/2 streams from hyper's upgrades)
-//! keeps one buffer per direction for its life.
+//! I/O: the two sockets it is given.
 
 use std::cell::RefCell;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::model::stats::Transferred;
 
-/// Per-direction copy buffer while data moves. 16 KiB holds a full TLS record, so a record is
-/// usually moved in one read and one write.
-const BUF_SIZE: usize = 16 * 1024;
-
-/// How a relay ended.
-#[derive(Debug)]
-pub enum RelayEnd {
-    /// Both sides closed their write halves.
-    Finished,
-    /// No byte moved either way for the idle timeout.
-    IdleTimeout,
-    /// The daemon's shutdown grace period ran out (set by the caller, which drops the relay).
-    Cancelled,
-    /// A read or write failed (typically a reset from one side).
-    Error(io::Error),
-}
+use super::common::{BUF_SIZE, Burst, Moved, RelayEnd};
+#[cfg(target_os = "linux")]
+use super::splice;
 
 /// Relays until both directions are done, a side fails or nothing moves for `idle`. Counts
 /// into both `conn` (this connection) and `route` (its route's live totals). Cancel by
@@ -139,19 +113,6 @@ impl Future for Relay<'_> {
 fn total(t: &Transferred) -> u64 {
     t.up.load(Ordering::Relaxed)
         .wrapping_add(t.down.load(Ordering::Relaxed))
-}
-
-/// The counters a direction adds each chunk to once it is written: the connection's and the
-/// route's.
-#[derive(Clone, Copy)]
-struct Moved<'a>([&'a AtomicU64; 2]);
-
-impl Moved<'_> {
-    fn chunk(&self, n: usize) {
-        for count in self.0 {
-            count.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    }
 }
 
 /// A burst in progress: boxed, so a waiting direction holds one pointer's worth of state.
@@ -337,231 +298,6 @@ fn read_some(from: &TcpStream, buf: &mut [u8]) -> io::Result<Got> {
     }
 }
 
-/// [`relay`] for any two byte streams (the WebSocket tunnel: hyper's upgraded client stream,
-/// TLS or an HTTP/2 stream, and the backend's): the same half-close, error and idle rules.
-/// EOF from one side shuts the other's write half down (`poll_shutdown`: a TCP FIN, a TLS
-/// close_notify, an HTTP/2 END_STREAM). Counts into `counts` only (`up` is `client` to
-/// `backend`). Cancel by dropping the future.
-pub async fn relay_streams<C, B>(
-    client: C,
-    mut backend: B,
-    idle: Duration,
-    counts: &Transferred,
-) -> RelayEnd
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
-    // Counting on the client side sees both directions: what is read from it goes up, what
-    // is written to it came down.
-    let mut client = Counted {
-        inner: client,
-        counts,
-        last: &last,
-        start,
-    };
-    let copy =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, BUF_SIZE, BUF_SIZE);
-    tokio::select! {
-        res = copy => match res {
-            Ok(_) => RelayEnd::Finished,
-            Err(e) => RelayEnd::Error(e),
-        },
-        () = idle_expired(&last, start, idle) => RelayEnd::IdleTimeout,
-    }
-}
-
-/// A stream that counts the bytes read from it (`up`) and written to it (`down`) and notes
-/// when the last one moved.
-struct Counted<'a, S> {
-    inner: S,
-    counts: &'a Transferred,
-    last: &'a AtomicU64,
-    start: Instant,
-}
-
-impl<S> Counted<'_, S> {
-    fn moved(&self, count: &AtomicU64, n: usize) {
-        if n > 0 {
-            count.fetch_add(n as u64, Ordering::Relaxed);
-            self.last
-                .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = res {
-            let n = buf.filled().len() - before;
-            self.moved(&self.counts.up, n);
-        }
-        res
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = res {
-            self.moved(&self.counts.down, n);
-        }
-        res
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// How a burst of reads ended.
-enum Burst {
-    /// `from` has nothing more to read for now.
-    Drained,
-    /// `from` sent its FIN.
-    Eof,
-}
-
-/// splice(2) through a pipe: the L4 relay's bulk path on Linux (rustix's safe wrappers; the
-/// workspace forbids `unsafe`).
-#[cfg(target_os = "linux")]
-mod splice {
-    use std::io;
-    use std::os::fd::OwnedFd;
-    use std::sync::Mutex;
-
-    use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
-    use tokio::io::Interest;
-    use tokio::net::TcpStream;
-
-    use super::{Burst, Moved};
-
-    /// Capacity asked for each pipe: one splice call moves up to this much. 256 KiB is within
-    /// the unprivileged `fs.pipe-max-size` (1 MiB by default); a refusal leaves the 64 KiB
-    /// default, which only costs more calls.
-    const PIPE_SIZE: usize = 256 * 1024;
-    /// Empty pipes kept for the next burst. A burst beyond this many at once opens a pipe and
-    /// closes it afterwards; idle connections hold none (a pipe is two descriptors and the
-    /// file table must fit 10 000s of idle connections).
-    const POOL_MAX: usize = 64;
-
-    const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
-
-    /// A pipe, empty whenever it is in the pool.
-    pub(super) struct Pipe {
-        read: OwnedFd,
-        write: OwnedFd,
-        size: usize,
-    }
-
-    /// The process-wide pool of empty pipes.
-    pub(super) static POOL: Pool = Pool(Mutex::new(Vec::new()));
-
-    pub(super) struct Pool(Mutex<Vec<Pipe>>);
-
-    impl Pool {
-        /// How many pipes are pooled now.
-        #[cfg(test)]
-        pub(super) fn len(&self) -> usize {
-            self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-        }
-
-        /// An empty pipe: a pooled one or a new one; `None` when no pipe can be opened (the
-        /// caller copies through a buffer instead).
-        pub(super) fn take(&'static self) -> Option<Lease> {
-            let pooled = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let pipe = match pooled {
-                Some(pipe) => pipe,
-                None => {
-                    let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
-                    let size = fcntl_setpipe_size(&write, PIPE_SIZE).unwrap_or(64 * 1024);
-                    Pipe { read, write, size }
-                }
-            };
-            Some(Lease {
-                pipe: Some(pipe),
-                pending: 0,
-                pool: self,
-            })
-        }
-    }
-
-    /// A pipe borrowed for one burst. Back to the pool on drop if it is empty; a pipe still
-    /// holding bytes (an error or a cancelled relay mid-write) is closed instead.
-    pub(super) struct Lease {
-        pipe: Option<Pipe>,
-        pending: usize,
-        pool: &'static Pool,
-    }
-
-    impl Drop for Lease {
-        fn drop(&mut self) {
-            if let Some(pipe) = self.pipe.take()
-                && self.pending == 0
-            {
-                let mut pool = self.pool.0.lock().unwrap_or_else(|e| e.into_inner());
-                if pool.len() < POOL_MAX {
-                    pool.push(pipe);
-                }
-            }
-        }
-    }
-
-    /// Moves what `from` has to `to` via the leased pipe, which is empty again when this
-    /// returns `Ok`. `moved` is told each chunk once it is written to `to`.
-    pub(super) async fn burst(
-        from: &TcpStream,
-        to: &TcpStream,
-        lease: &mut Lease,
-        moved: Moved<'_>,
-    ) -> io::Result<Burst> {
-        let pipe = lease
-            .pipe
-            .as_ref()
-            .expect("a lease holds its pipe until dropped");
-        loop {
-            // The pipe is empty here, so EAGAIN can only mean the socket has nothing to read
-            // (and `try_io` rightly clears its readiness).
-            let n = match from.try_io(Interest::READABLE, || {
-                Ok(splice(from, None, &pipe.write, None, pipe.size, FLAGS)?)
-            }) {
-                Ok(0) => return Ok(Burst::Eof),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Drained),
-                Err(e) => return Err(e),
-            };
-            lease.pending = n;
-            while lease.pending > 0 {
-                to.writable().await?;
-                match to.try_io(Interest::WRITABLE, || {
-                    Ok(splice(&pipe.read, None, to, None, lease.pending, FLAGS)?)
-                }) {
-                    Ok(m) => lease.pending -= m,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            moved.chunk(n);
-        }
-    }
-}
-
 async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         to.writable().await?;
@@ -580,16 +316,6 @@ fn shutdown_write(to: &TcpStream) -> io::Result<()> {
         // The peer already went away entirely: nothing left to tell it.
         Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
         other => other,
-    }
-}
-
-async fn idle_expired(last: &AtomicU64, start: Instant, idle: Duration) {
-    loop {
-        let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep_until(deadline).await;
     }
 }
 
