@@ -428,6 +428,22 @@ async fn a_websocket_open_on_a_drained_member_keeps_working_until_it_ends() {
     assert_eq!((m.total, m.state.as_str()), (1, "draining"), "{m:?}");
 }
 
+/// A GET of `path` on `web.test`, bodyless.
+fn web_get(path: &str) -> Request<ClientBody> {
+    with_body(
+        Request::builder().uri(format!("https://web.test{path}")),
+        "",
+    )
+}
+
+/// How many request log lines name `path`.
+fn request_lines(logs: &Tape, path: &str) -> usize {
+    log_text(logs)
+        .lines()
+        .filter(|l| l.contains("mc_proxy::request") && l.contains(&format!("path=\"{path}\"")))
+        .count()
+}
+
 #[tokio::test]
 async fn a_routes_access_log_switched_through_the_api_applies_to_the_next_request_of_an_open_connection()
  {
@@ -436,18 +452,8 @@ async fn a_routes_access_log_switched_through_the_api_applies_to_the_next_reques
     let backend = H2Backend::start().await;
     let proxy = web_proxy(&pki, backend.addr).start().await;
     let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
-    let get = |path: &str| {
-        with_body(
-            Request::builder().uri(format!("https://web.test{path}")),
-            "",
-        )
-    };
-    let logged = |path: &str| {
-        log_text(&logs)
-            .lines()
-            .filter(|l| l.contains("mc_proxy::request") && l.contains(&format!("path=\"{path}\"")))
-            .count()
-    };
+    let get = |path: &str| web_get(path);
+    let logged = |path: &str| request_lines(&logs, path);
 
     // Off by default: no line.
     assert_eq!(ask_h2(&mut client, get("/before")).await.status, 200);
@@ -504,18 +510,8 @@ async fn a_listeners_access_log_switched_through_the_api_logs_every_route_and_is
     let backend = H2Backend::start().await;
     let proxy = web_proxy(&pki, backend.addr).start().await;
     let mut client = h2_client(proxy.addr(), "web.test", &pki).await;
-    let get = |path: &str| {
-        with_body(
-            Request::builder().uri(format!("https://web.test{path}")),
-            "",
-        )
-    };
-    let logged = |path: &str| {
-        log_text(&logs)
-            .lines()
-            .filter(|l| l.contains("mc_proxy::request") && l.contains(&format!("path=\"{path}\"")))
-            .count()
-    };
+    let get = |path: &str| web_get(path);
+    let logged = |path: &str| request_lines(&logs, path);
     let mut admin = proxy.admin().await;
     let on = mc_proxy_shared::client::ListenerUpdate {
         access_log: Some(true),
