@@ -984,3 +984,253 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SettingsWatch<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    //! The pool's connection life against real loopback backends (the dialer is the real
+    //! one: a connect to 127.0.0.1 is as cheap as a fake, and tells the truth about sockets).
+
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+    use mc_proxy_shared::BackendProtocol;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An HTTP/1.1 backend answering every request `200 ok` with keep-alive; counts the
+    /// connections it accepted.
+    async fn h1_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let answer = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), answer)
+                        .await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn pool(max_connections: usize, stats: &Arc<BackendRegistry>) -> Pool {
+        Pool::new(
+            BackendTls::new(None),
+            PoolSettings {
+                max_connections,
+                max_idle: 8,
+                idle_timeout: Duration::from_secs(30),
+            },
+            TaskTracker::new(),
+            Arc::clone(stats),
+        )
+    }
+
+    fn http1(addr: SocketAddr) -> Target {
+        Target {
+            backend: addr.to_string(),
+            protocol: BackendProtocol::Http1,
+            tls: None,
+            proxy: None,
+        }
+    }
+
+    /// One request on an HTTP/1.1 lease, its answer read to the end.
+    async fn one_request(lease: &mut H1Lease) {
+        let response = lease
+            .sender()
+            .send_request(http::Request::new(ReqBody::Empty))
+            .await
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+
+    fn h1(lease: Lease) -> H1Lease {
+        match lease {
+            Lease::Http1(h1) => h1,
+            Lease::H2 { .. } => panic!("an HTTP/1.1 target gave an HTTP/2 lease"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_http1_connection_handed_back_is_reused_and_one_not_reusable_is_not() {
+        let (addr, accepted) = h1_backend().await;
+        let stats = Arc::default();
+        let pool = pool(0, &stats);
+        let target = pool.target(&http1(addr));
+
+        let (lease, _) = target
+            .checkout(Duration::from_secs(5), Pick::Oldest)
+            .await
+            .unwrap();
+        let mut lease = h1(lease);
+        one_request(&mut lease).await;
+        lease.finish(true);
+        // Handed back: the next request takes it, no second dial.
+        let (lease, _) = target
+            .checkout(Duration::from_secs(5), Pick::Oldest)
+            .await
+            .unwrap();
+        let mut lease = h1(lease);
+        one_request(&mut lease).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+        // Not reusable (`Connection: close` on a side): dropped, the next one dials.
+        lease.finish(false);
+        let (lease, _) = target
+            .checkout(Duration::from_secs(5), Pick::Oldest)
+            .await
+            .unwrap();
+        let mut lease = h1(lease);
+        one_request(&mut lease).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+        let figures = &stats.snapshot()[0];
+        assert_eq!((figures.opened, figures.failed, figures.in_use), (2, 0, 1));
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_a_request_waits_for_a_free_connection_then_is_refused_as_full() {
+        let (addr, accepted) = h1_backend().await;
+        let stats = Arc::default();
+        let pool = pool(1, &stats);
+        let target = pool.target(&http1(addr));
+        let (held, _) = target
+            .checkout(Duration::from_secs(5), Pick::Oldest)
+            .await
+            .unwrap();
+
+        let wait = Duration::from_millis(300);
+        let started = Instant::now();
+        let refused = target.checkout(wait, Pick::Oldest).await.unwrap_err();
+        let waited = started.elapsed();
+        assert!(
+            refused.is_full() && !refused.is_backend_failure(),
+            "{refused}"
+        );
+        assert!(
+            waited >= wait && waited < Duration::from_secs(3),
+            "refused after {waited:?}"
+        );
+
+        // Freed while another waits: that one gets it, without a dial.
+        let waiter = {
+            let target = Arc::clone(&target);
+            tokio::spawn(async move {
+                target
+                    .checkout(Duration::from_secs(5), Pick::Oldest)
+                    .await
+                    .map(|(lease, _)| lease)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut held = h1(held);
+        one_request(&mut held).await;
+        held.finish(true);
+        let lease = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("the waiter was not woken")
+            .unwrap()
+            .unwrap();
+        drop(h1(lease));
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    }
+
+    /// An HTTP/2 backend (h2c) allowing `streams` concurrent streams per connection, answering
+    /// each request `200` with no body; counts the connections it accepted.
+    async fn h2_backend(streams: u32) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::Builder::new()
+                        .max_concurrent_streams(streams)
+                        .handshake::<_, Bytes>(tcp)
+                        .await
+                    else {
+                        return;
+                    };
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        let _ = respond.send_response(http::Response::new(()), true);
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// HTTP/2: a connection carries as many requests at once as the backend's SETTINGS allow;
+    /// past that a second connection is dialled, and freed slots are used before dialling.
+    #[tokio::test]
+    async fn http2_streams_fill_a_connection_up_to_the_backends_limit_then_dial_another() {
+        let (addr, accepted) = h2_backend(2).await;
+        let stats = Arc::default();
+        let pool = pool(0, &stats);
+        let target = pool.target(&Target {
+            protocol: BackendProtocol::H2,
+            ..http1(addr)
+        });
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let (lease, _) = target
+                .checkout(Duration::from_secs(5), Pick::Oldest)
+                .await
+                .unwrap();
+            assert_eq!(lease.wire(), Wire::H2);
+            held.push(lease);
+        }
+        // Two streams on the first connection, the third on a second one.
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+        let figures = &stats.snapshot()[0];
+        assert_eq!((figures.opened, figures.open), (2, 2));
+        // A slot freed is taken again without a dial.
+        held.truncate(1);
+        for _ in 0..2 {
+            let (lease, _) = target
+                .checkout(Duration::from_secs(5), Pick::Oldest)
+                .await
+                .unwrap();
+            held.push(lease);
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_dial_is_the_backends_failure_and_is_counted() {
+        // A bound socket that never listens: a connect to it is refused at once.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        let stats = Arc::default();
+        let pool = pool(0, &stats);
+        let target = pool.target(&http1(addr));
+
+        let failed = target
+            .checkout(Duration::from_secs(5), Pick::Oldest)
+            .await
+            .unwrap_err();
+        assert!(failed.is_backend_failure() && !failed.is_full(), "{failed}");
+        assert!(!failed.is_timeout(), "{failed}");
+        let figures = &stats.snapshot()[0];
+        assert_eq!((figures.opened, figures.failed, figures.open), (0, 1, 0));
+    }
+}
