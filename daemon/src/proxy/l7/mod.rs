@@ -186,17 +186,73 @@ pub async fn serve(
         tasks: tasks.clone(),
         span: tracing::Span::current(),
     };
-    let route = Arc::clone(&session.route);
-    let config = Arc::clone(&session.tls);
-
     let activity = Arc::new(Activity::new());
+    let tls = handshake(stream, peeked, &session, &activity).await?;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+
+    let in_flight = Arc::new(InFlight::new());
+    let tunnels = websocket::Tunnels::new(
+        executor.clone(),
+        session.connect_timeout,
+        session.response_timeout,
+        session.idle_timeout,
+    );
+    // What the rest needs of the session, which `connection_ctx` takes.
+    let (limits, first_request, keepalive, idle) = (
+        session.limits,
+        session.request_header_timeout,
+        session.keepalive_timeout,
+        session.idle_timeout,
+    );
+    let ctx = connection_ctx(session, pool, &in_flight, &tunnels);
+    // The connection's end, whichever way this returns: what its backend work watches.
+    let _closed_on_return = ctx.closed.clone().drop_guard();
+
+    // A client that chose HTTP/2 by ALPN is served by `h2_server`: its streams are polled
+    // by this task, not spawned one task each as hyper's server does. HTTP/1.1, and a
+    // client that named no protocol (prior-knowledge HTTP/2 is told apart by its preface),
+    // go to hyper.
+    let watch = Watch {
+        shutdown: &shutdown,
+        in_flight: &in_flight,
+        activity: &activity,
+        routing: &ctx.routing,
+        first_request,
+        keepalive,
+        idle,
+    };
+    let ctx = Arc::clone(&ctx);
+    // Each server is its own boxed future: this connection's task then holds only the one it
+    // runs, sized for what it holds while waiting, not the larger of the two (an idle TLS
+    // connection's memory, docs/BENCHMARKS.md).
+    if h2 {
+        return Ok(Box::pin(h2_server::serve(tls, ctx, limits, watch)).await);
+    }
+    let hyper = Hyper {
+        executor,
+        tunnels,
+        request_header_timeout: first_request,
+        limits,
+    };
+    Ok(Box::pin(serve_hyper(tls, ctx, hyper, watch)).await)
+}
+
+/// The TLS handshake on the client stream (after replaying `peeked`), within the session's
+/// handshake timeout. The stream counts every byte into the connection's and the route's
+/// counters and notes `activity` from the first one.
+async fn handshake(
+    stream: TcpStream,
+    peeked: Vec<u8>,
+    session: &Session,
+    activity: &Arc<Activity>,
+) -> Result<tokio_rustls::server::TlsStream<Metered>, L7Error> {
     let metered = Metered {
         inner: Rewind::new(peeked, stream),
         conn: Arc::clone(&session.bytes),
-        route: Arc::clone(&route),
-        activity: Arc::clone(&activity),
+        route: Arc::clone(&session.route),
+        activity: Arc::clone(activity),
     };
-    let accept = tokio_rustls::TlsAcceptor::from(config).accept(metered);
+    let accept = tokio_rustls::TlsAcceptor::from(Arc::clone(&session.tls)).accept(metered);
     let tls = match tokio::time::timeout(session.handshake_timeout, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return Err(L7Error::Handshake(e)),
@@ -213,16 +269,21 @@ pub async fn serve(
         group = ?negotiated.negotiated_key_exchange_group().map(|g| g.name()),
         "TLS established"
     );
+    Ok(tls)
+}
 
-    let in_flight = Arc::new(InFlight::new());
-    let tunnels = websocket::Tunnels::new(
-        executor.clone(),
-        session.connect_timeout,
-        session.response_timeout,
-        session.idle_timeout,
-    );
+/// What every request of the connection reads ([`downstream::Ctx`]): its route and the
+/// routing to that route's current version and backends, the client, the limits, its
+/// requests in flight and tunnels. Its `closed` token is the connection's end: the caller
+/// cancels it when the connection ends.
+fn connection_ctx(
+    session: Session,
+    pool: &Arc<Pool>,
+    in_flight: &Arc<InFlight>,
+    tunnels: &websocket::Tunnels,
+) -> Arc<downstream::Ctx> {
     let closed = CancellationToken::new();
-    let _closed_on_return = closed.clone().drop_guard();
+    let route = Arc::clone(&session.route);
     let routing = routing::Routing::new(
         session.listener,
         session.sni.clone(),
@@ -239,7 +300,7 @@ pub async fn serve(
             closed: closed.clone(),
         },
     );
-    let ctx = Arc::new(downstream::Ctx {
+    Arc::new(downstream::Ctx {
         routing,
         route,
         sni: session.sni,
@@ -248,38 +309,10 @@ pub async fn serve(
         local: session.local,
         forwarded: headers::ClientAddr::new(session.client.ip()),
         closed,
-        in_flight: Arc::clone(&in_flight),
+        in_flight: Arc::clone(in_flight),
         limits: session.limits,
         tunnels: tunnels.clone(),
-    });
-
-    // A client that chose HTTP/2 by ALPN is served by `h2_server`: its streams are polled
-    // by this task, not spawned one task each as hyper's server does. HTTP/1.1, and a
-    // client that named no protocol (prior-knowledge HTTP/2 is told apart by its preface),
-    // go to hyper.
-    let watch = Watch {
-        shutdown: &shutdown,
-        in_flight: &in_flight,
-        activity: &activity,
-        routing: &ctx.routing,
-        first_request: session.request_header_timeout,
-        keepalive: session.keepalive_timeout,
-        idle: session.idle_timeout,
-    };
-    let ctx = Arc::clone(&ctx);
-    // Each server is its own boxed future: this connection's task then holds only the one it
-    // runs, sized for what it holds while waiting, not the larger of the two (an idle TLS
-    // connection's memory, docs/BENCHMARKS.md).
-    if negotiated.alpn_protocol() == Some(b"h2") {
-        return Ok(Box::pin(h2_server::serve(tls, ctx, session.limits, watch)).await);
-    }
-    let hyper = Hyper {
-        executor,
-        tunnels,
-        request_header_timeout: session.request_header_timeout,
-        limits: session.limits,
-    };
-    Ok(Box::pin(serve_hyper(tls, ctx, hyper, watch)).await)
+    })
 }
 
 /// What [`serve_hyper`] needs besides the connection and its watch.

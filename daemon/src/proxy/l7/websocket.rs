@@ -439,20 +439,7 @@ pub async fn open(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut fields = parts.headers;
-    fields.remove(header::HOST);
-    headers::rewrite_request(&mut fields, &headers::ClientAddr::new(setup.client));
-    for name in [
-        header::SEC_WEBSOCKET_KEY,
-        header::SEC_WEBSOCKET_ACCEPT,
-        header::CONTENT_LENGTH,
-    ] {
-        fields.remove(name);
-    }
-    fields.insert(
-        header::SEC_WEBSOCKET_VERSION,
-        HeaderValue::from_static(VERSION),
-    );
+    let fields = backend_fields(parts.headers, setup.client);
 
     let target = websocket_target(setup.target);
     let backend = target.backend.as_str();
@@ -464,64 +451,17 @@ pub async fn open(
             backend: backend.to_owned(),
             after: tunnels.connect_timeout,
         })??;
-    let ask =
-        async {
-            match sender {
-                Sender::Http1(mut sender) => {
-                    let key = match &side {
-                        ClientSide::Http1 { key } => key.clone(),
-                        ClientSide::H2 => fresh_key()?,
-                    };
-                    let mut req = Request::new(ReqBody::Empty);
-                    *req.uri_mut() = Uri::from(path);
-                    *req.headers_mut() = fields;
-                    let h = req.headers_mut();
-                    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                        h.insert(header::HOST, host);
-                    }
-                    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-                    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-                    h.insert(header::SEC_WEBSOCKET_KEY, key.clone());
-                    let request_failed = |source| WebSocketError::Request {
-                        backend: backend.to_owned(),
-                        source,
-                    };
-                    sender.ready().await.map_err(request_failed)?;
-                    let resp = sender.send_request(req).await.map_err(request_failed)?;
-                    Ok(checked_http1(resp, &key, backend)?)
-                }
-                Sender::H2(mut sender) => {
-                    let scheme = if target.tls.is_some() {
-                        Scheme::HTTPS
-                    } else {
-                        Scheme::HTTP
-                    };
-                    let mut req = Request::new(ReqBody::Empty);
-                    *req.method_mut() = Method::CONNECT;
-                    *req.version_mut() = Version::HTTP_2;
-                    *req.uri_mut() = Uri::builder()
-                        .scheme(scheme)
-                        .authority(authority)
-                        .path_and_query(path)
-                        .build()
-                        .expect("scheme, authority and path were each parsed already");
-                    *req.headers_mut() = fields;
-                    req.extensions_mut()
-                        .insert(hyper::ext::Protocol::from_static("websocket"));
-                    let resp = sender.send_request(req).await.map_err(|source| {
-                        WebSocketError::Request {
-                            backend: backend.to_owned(),
-                            source,
-                        }
-                    })?;
-                    Ok(if resp.status().is_success() {
-                        Checked::Switched(resp)
-                    } else {
-                        Checked::Refused(resp)
-                    })
-                }
+    let ask = async {
+        match sender {
+            Sender::Http1(sender) => {
+                ask_http1(sender, &side, path, fields, &authority, backend).await
             }
-        };
+            Sender::H2(sender) => {
+                let tls = target.tls.is_some();
+                ask_h2(sender, tls, path, fields, authority, backend).await
+            }
+        }
+    };
     let answered: Result<Checked, WebSocketError> =
         tokio::time::timeout(tunnels.response_timeout, ask)
             .await
@@ -539,20 +479,8 @@ pub async fn open(
     };
 
     let backend_upgrade = hyper::upgrade::on(&mut resp);
-    let (mut head, _no_body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut head.headers);
-    head.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
-    head.headers.remove(header::CONTENT_LENGTH);
-    match &side {
-        ClientSide::Http1 { key } => {
-            head.status = StatusCode::SWITCHING_PROTOCOLS;
-            let h = &mut head.headers;
-            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-            h.insert(header::SEC_WEBSOCKET_ACCEPT, accept_for(key.as_bytes()));
-        }
-        ClientSide::H2 => head.status = StatusCode::OK,
-    }
+    let (head, _no_body) = resp.into_parts();
+    let head = client_head(head, &side);
     let tunnel = Tunnel {
         client: client_upgrade,
         backend: backend_upgrade,
@@ -563,6 +491,114 @@ pub async fn open(
     };
     tunnels.spawn_tunnel(tunnel.run());
     Ok(Answer::Switched(Response::from_parts(head, handoff)))
+}
+
+/// The client request's fields as the backend gets them: no `Host` (the request names its
+/// authority), the forwarding fields, no client key, accept or length, our WebSocket version.
+fn backend_fields(mut fields: HeaderMap, client: std::net::IpAddr) -> HeaderMap {
+    fields.remove(header::HOST);
+    headers::rewrite_request(&mut fields, &headers::ClientAddr::new(client));
+    for name in [
+        header::SEC_WEBSOCKET_KEY,
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::CONTENT_LENGTH,
+    ] {
+        fields.remove(name);
+    }
+    fields.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static(VERSION),
+    );
+    fields
+}
+
+/// Asks an HTTP/1.1 backend to upgrade (`Connection: Upgrade`, the client's key or, for an
+/// HTTP/2 client, a fresh one) and checks its answer as RFC 6455 has a client do.
+async fn ask_http1(
+    mut sender: http1::SendRequest<ReqBody>,
+    side: &ClientSide,
+    path: PathAndQuery,
+    fields: HeaderMap,
+    authority: &Authority,
+    backend: &str,
+) -> Result<Checked, WebSocketError> {
+    let key = match side {
+        ClientSide::Http1 { key } => key.clone(),
+        ClientSide::H2 => fresh_key()?,
+    };
+    let mut req = Request::new(ReqBody::Empty);
+    *req.uri_mut() = Uri::from(path);
+    *req.headers_mut() = fields;
+    let h = req.headers_mut();
+    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+        h.insert(header::HOST, host);
+    }
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_KEY, key.clone());
+    let request_failed = |source| WebSocketError::Request {
+        backend: backend.to_owned(),
+        source,
+    };
+    sender.ready().await.map_err(request_failed)?;
+    let resp = sender.send_request(req).await.map_err(request_failed)?;
+    checked_http1(resp, &key, backend)
+}
+
+/// Asks an HTTP/2 backend for a tunnel with extended CONNECT (RFC 8441, `:protocol`
+/// websocket); any 2xx is a switch.
+async fn ask_h2(
+    mut sender: http2::SendRequest<ReqBody>,
+    tls: bool,
+    path: PathAndQuery,
+    fields: HeaderMap,
+    authority: Authority,
+    backend: &str,
+) -> Result<Checked, WebSocketError> {
+    let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
+    let mut req = Request::new(ReqBody::Empty);
+    *req.method_mut() = Method::CONNECT;
+    *req.version_mut() = Version::HTTP_2;
+    *req.uri_mut() = Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .expect("scheme, authority and path were each parsed already");
+    *req.headers_mut() = fields;
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|source| WebSocketError::Request {
+            backend: backend.to_owned(),
+            source,
+        })?;
+    Ok(if resp.status().is_success() {
+        Checked::Switched(resp)
+    } else {
+        Checked::Refused(resp)
+    })
+}
+
+/// The backend's switching answer as the client gets it: hop-by-hop fields gone, and for an
+/// HTTP/1.1 client `101` with its own `Sec-WebSocket-Accept`, for an HTTP/2 one `200`.
+fn client_head(mut head: http::response::Parts, side: &ClientSide) -> http::response::Parts {
+    headers::strip_hop_by_hop(&mut head.headers);
+    head.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+    head.headers.remove(header::CONTENT_LENGTH);
+    match side {
+        ClientSide::Http1 { key } => {
+            head.status = StatusCode::SWITCHING_PROTOCOLS;
+            let h = &mut head.headers;
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, accept_for(key.as_bytes()));
+        }
+        ClientSide::H2 => head.status = StatusCode::OK,
+    }
+    head
 }
 
 /// The target a WebSocket connects to: the route's, except that `auto` offers only ALPN
