@@ -3,9 +3,9 @@
 //!
 //! I/O: the two sockets and the pipes. Below the TCP relay, above nothing but `common`.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
 
 use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
 use tokio::io::Interest;
@@ -17,7 +17,7 @@ use super::common::{Burst, Moved};
 /// the unprivileged `fs.pipe-max-size` (1 MiB by default); a refusal leaves the 64 KiB
 /// default, which only costs more calls.
 const PIPE_SIZE: usize = 256 * 1024;
-/// Empty pipes kept for the next burst. A burst beyond this many at once opens a pipe and
+/// Empty pipes kept for the next burst, per thread. A burst beyond this many at once opens a pipe and
 /// closes it afterwards; idle connections hold none (a pipe is two descriptors and the
 /// file table must fit 10 000s of idle connections).
 const POOL_MAX: usize = 64;
@@ -31,22 +31,30 @@ pub(super) struct Pipe {
     size: usize,
 }
 
-/// The process-wide pool of empty pipes.
-pub(super) static POOL: Pool = Pool(Mutex::new(Vec::new()));
+/// The empty pipes kept for the next burst, one pool per thread: a data-plane worker's
+/// connections all run on its thread, so the pool is never shared between workers and
+/// takes no lock (a burst that ends on another thread, in a multi-threaded runtime, gives
+/// its pipe to that thread's pool).
+pub(super) static POOL: Pool = Pool;
 
-pub(super) struct Pool(Mutex<Vec<Pipe>>);
+thread_local! {
+    static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+/// This thread's pool of empty pipes ([`POOL`]).
+pub(super) struct Pool;
 
 impl Pool {
-    /// How many pipes are pooled now.
+    /// How many pipes this thread has pooled now.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+        PIPES.with_borrow(Vec::len)
     }
 
     /// An empty pipe: a pooled one or a new one; `None` when no pipe can be opened (the
     /// caller copies through a buffer instead).
-    pub(super) fn take(&'static self) -> Option<Lease> {
-        let pooled = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    pub(super) fn take(&self) -> Option<Lease> {
+        let pooled = PIPES.with_borrow_mut(Vec::pop);
         let pipe = match pooled {
             Some(pipe) => pipe,
             None => {
@@ -58,7 +66,6 @@ impl Pool {
         Some(Lease {
             pipe: Some(pipe),
             pending: 0,
-            pool: self,
         })
     }
 }
@@ -68,7 +75,6 @@ impl Pool {
 pub(super) struct Lease {
     pipe: Option<Pipe>,
     pending: usize,
-    pool: &'static Pool,
 }
 
 impl Drop for Lease {
@@ -76,10 +82,13 @@ impl Drop for Lease {
         if let Some(pipe) = self.pipe.take()
             && self.pending == 0
         {
-            let mut pool = self.pool.0.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < POOL_MAX {
-                pool.push(pipe);
-            }
+            // Dropped while the thread is going away (its pool already is): the pipe closes.
+            let _ = PIPES.try_with(|pool| {
+                let mut pool = pool.borrow_mut();
+                if pool.len() < POOL_MAX {
+                    pool.push(pipe);
+                }
+            });
         }
     }
 }
