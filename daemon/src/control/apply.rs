@@ -801,7 +801,8 @@ fn update_listener(
             Some(name)
         }
     };
-    let (settings, warnings) = listener_settings((*listener.settings()).clone(), settings)?;
+    let (settings, warnings) =
+        listener_settings(ListenerSettings::clone(&listener.settings()), settings)?;
     store.update_listener(listener.id, &stored(&settings, no_sni.as_deref()))?;
     tracing::info!(listener = %listener.addr, proxy_protocol = settings.proxy_protocol, proxy_protocol_from = %sources_text(&settings).join(","), no_sni_route = no_sni.as_deref().unwrap_or("-"), access_log = settings.access_log, "listener updated");
     listener.set_settings(settings);

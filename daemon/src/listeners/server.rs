@@ -330,7 +330,7 @@ async fn serve_worker(
     // their own, closed after the client connections are done.
     let pool_tasks = TaskTracker::new();
     let capacity = Arc::clone(&fleet.capacity);
-    let proxy = state.proxy();
+    let proxy = arc_swap::Guard::into_inner(state.proxy());
     let shared = Arc::new(Shared {
         pool: Arc::new(l7::Pool::new(
             l7::BackendTls::new(proxy.backend_ca.clone()),

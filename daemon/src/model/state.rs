@@ -389,9 +389,11 @@ impl ListenerState {
         }
     }
 
-    /// The current PROXY protocol settings.
-    pub fn settings(&self) -> Arc<ListenerSettings> {
-        self.settings.load_full()
+    /// The current settings, through a guard: read on every accept, so no reference count
+    /// is touched (a count shared by every worker would bounce between cores). Keep it for
+    /// a statement, not across an `.await` (take [`arc_swap::Guard::into_inner`] for that).
+    pub fn settings(&self) -> arc_swap::Guard<Arc<ListenerSettings>> {
+        self.settings.load()
     }
 
     /// Swaps in new settings: connections accepted from now on use them (the access log
@@ -617,9 +619,11 @@ impl State {
         let _ = self.sockets.set(host);
     }
 
-    /// The current `[proxy]` settings.
-    pub fn proxy(&self) -> Arc<ProxyConfig> {
-        self.proxy.load_full()
+    /// The current `[proxy]` settings, through a guard (read per connection: no reference
+    /// count shared between workers is touched). Keep it for a statement, not across an
+    /// `.await`.
+    pub fn proxy(&self) -> arc_swap::Guard<Arc<ProxyConfig>> {
+        self.proxy.load()
     }
 
     /// Swaps in new `[proxy]` settings (`control` checks which may change).

@@ -117,14 +117,9 @@ pub fn serve<'a>(
         drop(peeked);
         // `pick` lives until the relay ends: the member counts the connection as active, which
         // least_conn reads and a drain waits for.
-        let end = relay(
-            client,
-            &backend,
-            state.proxy().idle_timeout,
-            &record.bytes,
-            &route.stats.bytes,
-        )
-        .await;
+        // Read before the relay: a settings guard must not live across its `.await`.
+        let idle = state.proxy().idle_timeout;
+        let end = relay(client, &backend, idle, &record.bytes, &route.stats.bytes).await;
         drop(pick);
         Ok(end)
     }

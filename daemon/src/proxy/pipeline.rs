@@ -235,6 +235,8 @@ async fn pipeline(
     let early = {
         let settings = listener.settings();
         if settings.proxy_protocol {
+            // Held across the header's read: its own count, not the guard.
+            let settings = arc_swap::Guard::into_inner(settings);
             Box::pin(read_proxy_header(stream, record, &settings)).await?
         } else {
             Vec::new()
@@ -242,8 +244,8 @@ async fn pipeline(
     };
     tracing::Span::current().record("client", tracing::field::display(record.client));
     check_firewall(state, record.client.ip())?;
-    let (sni, peeked) =
-        read_client_hello(stream, early, state.proxy().client_hello_timeout).await?;
+    let hello_timeout = state.proxy().client_hello_timeout;
+    let (sni, peeked) = read_client_hello(stream, early, hello_timeout).await?;
     record.sni = sni;
     let route = match &record.sni {
         Some(sni) => listener
@@ -352,26 +354,28 @@ async fn serve_l7(
     listener: &Arc<ListenerState>,
     shared: &Shared,
 ) -> Result<L7End, ConnError> {
-    let proxy = shared.state.proxy();
-    let session = l7::Session {
-        route,
-        tls,
-        sni: record.sni.clone(),
-        client: record.client,
-        conn: record.id,
-        local: record.local.unwrap_or(l4::unspecified(record.client)),
-        bytes: Arc::clone(&record.bytes),
-        handshake_timeout: proxy.client_hello_timeout,
-        connect_timeout: proxy.connect_timeout,
-        response_timeout: proxy.response_timeout,
-        request_header_timeout: proxy.request_header_timeout,
-        keepalive_timeout: proxy.keepalive_timeout,
-        idle_timeout: proxy.idle_timeout,
-        limits: l7::limits::Limits {
-            max_request_head: proxy.max_request_head,
-        },
-        state: Arc::clone(&shared.state),
-        listener: Arc::clone(listener),
+    let session = {
+        let proxy = shared.state.proxy();
+        l7::Session {
+            route,
+            tls,
+            sni: record.sni.clone(),
+            client: record.client,
+            conn: record.id,
+            local: record.local.unwrap_or(l4::unspecified(record.client)),
+            bytes: Arc::clone(&record.bytes),
+            handshake_timeout: proxy.client_hello_timeout,
+            connect_timeout: proxy.connect_timeout,
+            response_timeout: proxy.response_timeout,
+            request_header_timeout: proxy.request_header_timeout,
+            keepalive_timeout: proxy.keepalive_timeout,
+            idle_timeout: proxy.idle_timeout,
+            limits: l7::limits::Limits {
+                max_request_head: proxy.max_request_head,
+            },
+            state: Arc::clone(&shared.state),
+            listener: Arc::clone(listener),
+        }
     };
     Ok(l7::serve(
         stream,
