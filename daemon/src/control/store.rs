@@ -457,20 +457,8 @@ impl Store {
         Ok(())
     }
 
-    /// Sets the admin state of one member of the route `hostname` on a listener.
-    pub fn set_backend_state(
-        &mut self,
-        listener_id: i64,
-        hostname: &str,
-        address: &str,
-        state: AdminState,
-    ) -> Result<(), StoreError> {
-        let weight: Option<u32> = None;
-        self.update_backend(listener_id, hostname, address, state, weight)
-    }
-
     /// Sets the admin state and the weight of one member of the route `hostname` on a
-    /// listener, in one statement.
+    /// listener, in one transaction.
     pub fn set_backend(
         &mut self,
         listener_id: i64,
@@ -478,17 +466,6 @@ impl Store {
         address: &str,
         state: AdminState,
         weight: u32,
-    ) -> Result<(), StoreError> {
-        self.update_backend(listener_id, hostname, address, state, Some(weight))
-    }
-
-    fn update_backend(
-        &mut self,
-        listener_id: i64,
-        hostname: &str,
-        address: &str,
-        state: AdminState,
-        weight: Option<u32>,
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         let id: Option<i64> = tx
@@ -502,7 +479,7 @@ impl Store {
             return Err(StoreError::NotFound(format!("route {hostname}")));
         };
         let changed = tx.execute(
-            "UPDATE backends SET admin_state = ?3, weight = COALESCE(?4, weight)
+            "UPDATE backends SET admin_state = ?3, weight = ?4
              WHERE route_id = ?1 AND address = ?2",
             params![id, address, state.as_str(), weight],
         )?;
@@ -1103,7 +1080,7 @@ mod tests {
         assert_eq!(store.routes(2).unwrap()[0].backends, one("[::1]:9443"));
         // The migrated member is a row like any other: it takes a state and a set change.
         store
-            .set_backend_state(1, "app.test", "127.0.0.1:9443", AdminState::Draining)
+            .set_backend(1, "app.test", "127.0.0.1:9443", AdminState::Draining, 1)
             .unwrap();
         assert_eq!(
             store.routes(1).unwrap()[0].backends[0].state,
@@ -1217,11 +1194,11 @@ mod tests {
         assert_eq!(store.routes(id).unwrap().len(), 1, "no half-written route");
 
         assert!(matches!(
-            store.set_backend_state(id, "app.test", "nope:1", AdminState::Draining),
+            store.set_backend(id, "app.test", "nope:1", AdminState::Draining, 1),
             Err(StoreError::NotFound(_))
         ));
         assert!(matches!(
-            store.set_backend_state(id, "nope.test", "b:1", AdminState::Draining),
+            store.set_backend(id, "nope.test", "b:1", AdminState::Draining, 1),
             Err(StoreError::NotFound(_))
         ));
         store.delete_route(id, "app.test").unwrap();

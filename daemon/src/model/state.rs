@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -364,15 +364,11 @@ pub struct ListenerState {
     /// Cancelled (and replaced by a fresh one) whenever the route table or the no-SNI route
     /// changes: what open L7 connections wait on to see whether their route is still theirs.
     changed: ArcSwap<CancellationToken>,
-    /// `settings.access_log` as an atomic: read once per request, where a load of
-    /// `settings` would touch a reference count; written by [`ListenerState::set_settings`].
-    access_log: AtomicBool,
 }
 
 impl ListenerState {
     /// A listener with the given routes.
     pub fn new(id: i64, addr: SocketAddr, settings: ListenerSettings, routes: RouteTable) -> Self {
-        let access_log = AtomicBool::new(settings.access_log);
         ListenerState {
             id,
             addr,
@@ -385,7 +381,6 @@ impl ListenerState {
             routes: ArcSwap::from_pointee(routes),
             not_served: ArcSwap::from_pointee(Vec::new()),
             changed: ArcSwap::from_pointee(CancellationToken::new()),
-            access_log,
         }
     }
 
@@ -399,8 +394,6 @@ impl ListenerState {
     /// Swaps in new settings: connections accepted from now on use them (the access log
     /// flag: requests from now on, open connections included).
     pub fn set_settings(&self, settings: ListenerSettings) {
-        self.access_log
-            .store(settings.access_log, Ordering::Relaxed);
         self.settings.store(Arc::new(settings));
     }
 
@@ -449,7 +442,7 @@ impl ListenerState {
 
     /// Whether every L7 request on this listener is logged (`[[listeners]] access_log`).
     pub fn access_log(&self) -> bool {
-        self.access_log.load(Ordering::Relaxed)
+        self.settings.load().access_log
     }
 
     /// Looks a normalised SNI hostname up in the current table.
