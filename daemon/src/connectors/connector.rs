@@ -4,7 +4,7 @@
 //! precedes TLS, as HAProxy's `send-proxy-v2` does), then does TLS when the target asks for it,
 //! verifying the certificate for the target's server name against the system roots plus
 //! `[proxy] backend_ca`, offering the ALPN list of the target's protocol. What HTTP is spoken
-//! on the stream is the caller's business ([`super::pool`] for requests, [`super::websocket`]
+//! on the stream is the caller's business ([`super::pool`] for requests, `proxy::l7::websocket`
 //! for upgrades); this module only reports which version the backend's ALPN chose.
 //!
 //! Invariants: no timeout of its own (the caller bounds the whole establishment, HTTP

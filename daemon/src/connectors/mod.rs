@@ -1,9 +1,14 @@
-//! Connectors: the backend side's dialer (`connector`: TCP, the PROXY header, TLS with the
-//! backend trust, the HTTP/2 or HTTP/1.1 handshake, each step under the connect budget).
+//! Connectors: the backend side. The dialer (`connector`: TCP, the PROXY header, TLS with the
+//! backend trust, each step under the connect budget), the L7 connection pool (`pool`: shared
+//! HTTP/2 and HTTP/1.1 connections per backend target, the handshakes, the leases a request
+//! holds), one request sent on a lease (`send`) with its response body (`response`), and the
+//! active health checks (`health`) that probe members through the same dialer and pool.
 //!
-//! I/O: connections to backends. Imports `model` and `protocols`. The L7 pool and the active
-//! health checks still live in `proxy` (`proxy::l7::pool`, `proxy::health`): the pool's
-//! response bodies and the checks' HTTP probe share the L7 request path there; they move
-//! here once those are split from the client side.
+//! I/O: connections to backends, never to clients. Imports `model` and `protocols` only; the
+//! client side (`proxy`) calls down into it.
 
 pub mod connector;
+pub(crate) mod health;
+pub mod pool;
+pub(crate) mod response;
+pub(crate) mod send;

@@ -10,7 +10,7 @@
 //! binds their sockets, each worker registers its own and accepts like on the others); a
 //! removed listener's accept loops end on its `closed` token.
 //!
-//! I/O: binds and accepts; each accepted connection goes to [`pipeline::handle_conn`] in a task
+//! I/O: binds and accepts; each accepted connection goes to `pipeline::handle_conn` in a task
 //! owned by the server's `TaskTracker` (nothing is spawned detached: the L7 server's own tasks
 //! go through the same tracker). Accept step: a connection takes an owned permit of
 //! `max_connections` or is reset at once; accept errors back off instead of ending the listener.
@@ -334,7 +334,7 @@ async fn serve_worker(
     let shared = Arc::new(Shared {
         pool: Arc::new(l7::Pool::new(
             l7::BackendTls::new(proxy.backend_ca.clone()),
-            l7::pool::PoolSettings {
+            crate::connectors::pool::PoolSettings {
                 // Each worker's pool has its share of the cap (rounded up): a request waits
                 // only for its own worker's connections, the ones whose frees wake it.
                 max_connections: proxy.backend_max_connections.div_ceil(fleet.workers),
@@ -357,8 +357,11 @@ async fn serve_worker(
     }
     // Active health checks probe backends, not clients: their tasks live with the pool's.
     if lead {
-        pool_tasks.spawn(crate::proxy::health::run(
-            Arc::clone(&shared),
+        pool_tasks.spawn(crate::connectors::health::run(
+            crate::connectors::health::Checker {
+                state: Arc::clone(&shared.state),
+                pool: Arc::clone(&shared.pool),
+            },
             pool_tasks.clone(),
             shutdown.clone(),
         ));

@@ -5,6 +5,7 @@
 //! I/O on one stream at a time, given to them; they know no route, listener or backend pool.
 //! Imports only `model` (counters) below them.
 
+pub(crate) mod body;
 pub mod io;
 pub mod proxyproto;
 pub(crate) mod relay;

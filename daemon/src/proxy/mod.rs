@@ -5,7 +5,6 @@
 //! Imports `model`, `protocols` and `connectors`; `listeners` hands it connections.
 
 pub(crate) mod access;
-pub(crate) mod health;
 pub(crate) mod l4;
 pub mod l7;
 pub(crate) mod pipeline;

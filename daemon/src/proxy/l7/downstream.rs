@@ -28,18 +28,18 @@ use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
-use super::body::{BackendError, ReqBody};
 use super::h2_stream::Handoff;
 use super::headers;
 use super::lifecycle::{InFlight, InFlightGuard};
 use super::limits::{self, Limits, Violation};
-use super::pool::PoolError;
 use super::request_log::{self, RequestLog, Trace};
-use super::response::RespBody;
 use super::routing::Routing;
 use super::upstream::{Upstream, UpstreamError};
 use super::websocket::{self, Tunnels, WebSocketError};
+use crate::connectors::pool::PoolError;
+use crate::connectors::response::RespBody;
 use crate::model::routes::RouteInfo;
+use crate::protocols::body::{BackendError, ReqBody};
 
 /// The body of every response the proxy sends: the backend's, streamed, or a short text. It
 /// holds its request's [`InFlightGuard`], so a request counts as in flight (for the keep-alive

@@ -4,14 +4,14 @@
 //! I/O: the client's TLS stream, once ALPN chose `h2`, until the connection ends. Each stream
 //! is a future in the connection's own task (a `FuturesUnordered`), not a task of its own:
 //! its request goes through [`downstream::handle`], its response head and body go back on the
-//! stream within the client's flow-control window ([`ToStream`]). Streams and connection
+//! stream within the client's flow-control window (`ToStream`). Streams and connection
 //! wake one task, so a request costs no task spawn and no hand-off between tasks on the
 //! client side (hyper's server spawns a task per stream; measured in docs/BENCHMARKS.md).
 //! A WebSocket the client opens with extended CONNECT gets the stream's send half after its
-//! 200 ([`Handoff`]), the tunnel's client side.
+//! 200 (`Handoff`), the tunnel's client side.
 //!
 //! Invariants: the settings and abuse policy are those hyper's builder gets
-//! ([`limits::configure_h2`], the windows of `l7::pool`). Every accepted stream gets a
+//! ([`limits::configure_h2`], the windows of `connectors::pool`). Every accepted stream gets a
 //! response or a reset. A client's reset before the response head drops the request's
 //! future, and with it the backend stream (reset `CANCEL`). A response body that fails
 //! resets the client's stream with `INTERNAL_ERROR`. Shutdown, a route gone and the
@@ -30,11 +30,11 @@ use http::{HeaderValue, Request, Response, header};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use super::body::{self, H2Recv, ReqBody, ToStream};
 use super::downstream::{self, Ctx};
 use super::lifecycle::{L7End, Watch};
 use super::limits::{self, Limits};
-use super::pool;
+use crate::connectors::pool;
+use crate::protocols::body::{self, H2Recv, ReqBody, ToStream};
 use crate::protocols::io::Rewind;
 
 /// The client connection preface's length (RFC 9113 §3.4): what is read before h2 starts.

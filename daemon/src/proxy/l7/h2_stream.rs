@@ -15,7 +15,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
-use super::body;
+use crate::protocols::body;
 
 /// Where the server puts a switched stream's send half once the response head is sent.
 pub type Handoff = oneshot::Sender<h2::SendStream<Bytes>>;

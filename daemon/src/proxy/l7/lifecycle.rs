@@ -1,6 +1,6 @@
 //! An L7 connection's life, as its parts share it: how it ended ([`L7End`]), what ends or
-//! drains it ([`Watch`]: shutdown, its route gone, the keep-alive, first-request and idle
-//! clocks), its requests in flight ([`InFlight`]), the last byte's time ([`Activity`]) and
+//! drains it (`Watch`: shutdown, its route gone, the keep-alive, first-request and idle
+//! clocks), its requests in flight (`InFlight`), the last byte's time (`Activity`) and
 //! the executor its tasks run on ([`TaskExecutor`]).
 //!
 //! No I/O. A leaf under `l7`'s connection (`mod.rs`) and the request path (`downstream`,

@@ -29,16 +29,13 @@
 //! cancelled when [`serve`] returns; the shared pool's connection drivers outlive it on
 //! purpose (the next client's requests reuse them) and belong to the worker's pool.
 
-pub mod body;
 pub mod downstream;
 pub mod h2_server;
 pub mod h2_stream;
 pub mod headers;
 pub mod lifecycle;
 pub mod limits;
-pub mod pool;
 pub mod request_log;
-pub mod response;
 pub mod routing;
 pub mod upstream;
 pub mod websocket;
@@ -62,12 +59,12 @@ use tokio_util::task::TaskTracker;
 use mc_proxy_shared::{CloseReason, TlsFailure};
 
 pub use crate::connectors::connector::BackendTls;
+pub use crate::connectors::pool::Pool;
 use crate::model::routes::RouteInfo;
 use crate::model::stats::Transferred;
 use crate::protocols::io::Rewind;
 use lifecycle::{Activity, Watch};
 pub use lifecycle::{InFlight, InFlightGuard, L7End, TaskExecutor};
-pub use pool::Pool;
 
 /// Why an L7 connection ended before serving HTTP.
 #[derive(Debug, thiserror::Error)]
@@ -344,8 +341,8 @@ where
         .header_read_timeout(request_header_timeout);
     builder
         .http2()
-        .initial_stream_window_size(pool::STREAM_WINDOW)
-        .initial_connection_window_size(pool::CONNECTION_WINDOW)
+        .initial_stream_window_size(crate::connectors::pool::STREAM_WINDOW)
+        .initial_connection_window_size(crate::connectors::pool::CONNECTION_WINDOW)
         // RFC 8441: HTTP/2 clients may open WebSockets with extended CONNECT.
         .enable_connect_protocol();
     limits::configure(&mut builder, limits);
@@ -353,7 +350,7 @@ where
     // large (it carries the backend dial); a pointer is cheaper to move than kilobytes of
     // state (measured: -13% CPU per request, docs/BENCHMARKS.md).
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let req = req.map(body::ReqBody::Client);
+        let req = req.map(crate::protocols::body::ReqBody::Client);
         Box::pin(downstream::handle(Arc::clone(&ctx), req))
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);

@@ -24,9 +24,9 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use super::pool::{Pool, TargetPool};
 use super::upstream::{Timeouts, Upstream};
 use crate::connectors::connector::{ProxyHeader, Target};
+use crate::connectors::pool::{Pool, TargetPool};
 use crate::model::routes::RouteInfo;
 use crate::model::state::{ListenerState, State};
 

@@ -29,9 +29,9 @@
 //!   that answers 2xx without switching is a bad gateway (an HTTP/2 client would take a 200 as
 //!   an open tunnel).
 //!
-//! I/O: one backend connection per WebSocket, opened with [`connector::connect`] (TCP, PROXY
+//! I/O: one backend connection per WebSocket, opened with `connector::connect` (TCP, PROXY
 //! v2, TLS) and never taken from or given to the pool: a tunnel holds its connection for its
-//! whole life. After the switch, [`relay::relay_streams`] splices the client's side (hyper's
+//! whole life. After the switch, `relay::relay_streams` splices the client's side (hyper's
 //! upgraded TLS connection for HTTP/1.1, one HTTP/2 stream for HTTP/2: [`StreamIo`] on the
 //! connections `h2_server` serves) and the backend's, byte for byte, half-close preserved.
 //!
@@ -64,14 +64,14 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::body::ReqBody;
 use super::h2_stream::{Handoff, StreamIo};
 use super::headers;
 use super::lifecycle::{InFlightGuard, TaskExecutor};
-use super::pool;
 use crate::connectors::connector::{self, BackendTls, ConnectError, Target, Wire};
+use crate::connectors::pool;
 use crate::model::backends::Pick;
 use crate::model::stats::Transferred;
+use crate::protocols::body::ReqBody;
 use crate::protocols::relay::{self, RelayEnd};
 
 /// RFC 6455 §1.3: appended to the key before hashing it into `Sec-WebSocket-Accept`.

@@ -34,35 +34,35 @@
 //! it.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::TokioIo;
-use mc_proxy_wire::h2_settings::{self, ServerSettings};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, oneshot};
+use hyper::client::conn::http1;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::body::{BackendError, ReqBody};
-use crate::connectors::connector::{self, BackendStream, BackendTls, ConnectError, Target, Wire};
+mod error;
+mod handshake;
+
+pub use error::PoolError;
+pub use handshake::{CONNECTION_WINDOW, STREAM_WINDOW};
+
+use handshake::opening_settings;
+pub(crate) use handshake::{SettingsWatch, handshake_h1, handshake_h2};
+
+use crate::connectors::connector::{self, BackendStream, BackendTls, Target, Wire};
 use crate::model::stats::{BackendCounters, BackendKey, BackendRegistry};
+use crate::protocols::body::ReqBody;
 
 /// Streams per HTTP/2 backend connection when the backend announces no limit (or a higher
 /// one): spreads a heavy load over a few connections instead of one huge one.
 pub const MAX_STREAMS_PER_CONN: u32 = 128;
-/// HTTP/2 flow-control windows: large enough that an 8 MiB gRPC message is not throttled to
-/// the 64 KiB default per round trip, small enough to bound what one stream can buffer.
-pub const STREAM_WINDOW: u32 = 1024 * 1024;
-/// See [`STREAM_WINDOW`]; shared by every stream of the connection.
-pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// The largest response head (decoded header list) taken from an HTTP/2 backend, and what
 /// the backend is told in SETTINGS: hyper's client default, which this pool used before.
 const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
@@ -80,92 +80,6 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
 }
 
-/// Why no backend connection could be had.
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    /// Opening the byte stream failed.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// The whole establishment (TCP, PROXY, TLS, HTTP handshake) took over `connect_timeout`.
-    #[error("connect to {backend} timed out after {after:?}")]
-    Timeout {
-        /// The backend address.
-        backend: String,
-        /// The configured `connect_timeout`.
-        after: Duration,
-    },
-    /// The HTTP handshake failed.
-    #[error("{version} handshake with {backend}: {source}")]
-    Handshake {
-        /// The backend address.
-        backend: String,
-        /// `HTTP/2` or `HTTP/1.1`.
-        version: &'static str,
-        /// What the HTTP library said.
-        source: BackendError,
-    },
-    /// The backend's first bytes were not an HTTP/2 SETTINGS frame, or it closed before any.
-    #[error("HTTP/2 handshake with {backend}: {why}")]
-    NoSettings {
-        /// The backend address.
-        backend: String,
-        /// What came instead.
-        why: String,
-    },
-    /// Every connection to the target is busy, `max_connections` are open, and none freed up
-    /// within `connect_timeout`.
-    #[error("{backend}: all {max} backend connections busy for {after:?}")]
-    Full {
-        /// The backend address.
-        backend: String,
-        /// The cap.
-        max: usize,
-        /// How long the request waited.
-        after: Duration,
-    },
-    /// This request's own dial failed (kept shared: requests that waited for it get it too,
-    /// as [`PoolError::Shared`]).
-    #[error("{0}")]
-    Dialled(Arc<PoolError>),
-    /// A dial another request made, and this one waited for, failed.
-    #[error("{0}")]
-    Shared(Arc<PoolError>),
-}
-
-impl PoolError {
-    /// How a failed `version` handshake with `backend` is reported, whichever library ran it.
-    fn handshake<E: Into<BackendError>>(
-        backend: &str,
-        version: &'static str,
-    ) -> impl FnOnce(E) -> PoolError {
-        move |source| PoolError::Handshake {
-            backend: backend.to_owned(),
-            version,
-            source: source.into(),
-        }
-    }
-
-    /// Whether the client should hear 504 (the backend was too slow) rather than 502/503.
-    pub fn is_timeout(&self) -> bool {
-        match self {
-            PoolError::Timeout { .. } => true,
-            PoolError::Shared(e) | PoolError::Dialled(e) => e.is_timeout(),
-            _ => false,
-        }
-    }
-
-    /// Whether the proxy's own cap, not the backend, refused the request (503).
-    pub fn is_full(&self) -> bool {
-        matches!(self, PoolError::Full { .. })
-    }
-
-    /// Whether this request's own dial failed (what passive health counts): not the cap,
-    /// and not a dial another request made and this one waited for (that one counts it).
-    pub fn is_backend_failure(&self) -> bool {
-        !matches!(self, PoolError::Full { .. } | PoolError::Shared(_))
-    }
-}
-
 /// What the pool owns across targets.
 #[derive(Debug)]
 struct Common {
@@ -177,7 +91,7 @@ struct Common {
     stats: Arc<BackendRegistry>,
 }
 
-/// Every shared [`TargetPool`] of the daemon.
+/// Every shared `TargetPool` of the daemon.
 #[derive(Debug)]
 pub struct Pool {
     common: Arc<Common>,
@@ -820,67 +734,6 @@ impl TargetPool {
     }
 }
 
-/// The HTTP/2 handshake on hyper's client, for WebSocket tunnels (extended CONNECT needs
-/// hyper's upgrade support). Done only once the backend's SETTINGS arrived: the handshake
-/// returns as soon as our preface is queued, so a backend that accepts TCP and stays silent
-/// would otherwise pass (RFC 9113 §3.4: its first frame is SETTINGS). `spawn` gets the
-/// connection's driver first, since the SETTINGS are only read while it runs.
-pub(super) async fn handshake_h2<E>(
-    stream: BackendStream,
-    executor: E,
-    backend: &str,
-    spawn: impl FnOnce(http2::Connection<TokioIo<SettingsWatch<BackendStream>>, ReqBody, E>),
-) -> Result<(http2::SendRequest<ReqBody>, ServerSettings), PoolError>
-where
-    E: hyper::rt::bounds::Http2ClientConnExec<ReqBody, TokioIo<SettingsWatch<BackendStream>>>
-        + Unpin
-        + Clone,
-{
-    let (io, settings) = SettingsWatch::new(stream);
-    let (sender, conn) = http2::Builder::new(executor)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(PoolError::handshake(backend, "HTTP/2"))?;
-    spawn(conn);
-    Ok((sender, opening_settings(settings, backend).await?))
-}
-
-/// What [`SettingsWatch`] reports of the backend's opening SETTINGS frame (its driver must
-/// be running to read it), or why there was none.
-async fn opening_settings(
-    report: oneshot::Receiver<Result<ServerSettings, String>>,
-    backend: &str,
-) -> Result<ServerSettings, PoolError> {
-    let why = match report.await {
-        Ok(Ok(settings)) => return Ok(settings),
-        Ok(Err(why)) => why,
-        Err(_) => "the backend closed without sending SETTINGS".into(),
-    };
-    Err(PoolError::NoSettings {
-        backend: backend.to_owned(),
-        why,
-    })
-}
-
-/// The HTTP/1.1 handshake on an opened backend stream; the caller drives the connection.
-pub(super) async fn handshake_h1(
-    stream: BackendStream,
-    backend: &str,
-) -> Result<
-    (
-        http1::SendRequest<ReqBody>,
-        http1::Connection<TokioIo<BackendStream>, ReqBody>,
-    ),
-    PoolError,
-> {
-    http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(PoolError::handshake(backend, "HTTP/1.1"))
-}
-
 enum Opened {
     H2(Arc<H2Conn>),
     Http1(http1::SendRequest<ReqBody>),
@@ -890,99 +743,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // No code panics while holding a pool lock; if one did, the lists are still consistent
     // (every edit is a single push/retain/pop).
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A backend stream that hands the bytes it reads first to [`h2_settings::parse`] and
-/// reports, once, what the backend's opening SETTINGS frame said (or why there was none).
-pub(super) struct SettingsWatch<T> {
-    inner: T,
-    seen: Vec<u8>,
-    report: Option<oneshot::Sender<Result<ServerSettings, String>>>,
-}
-
-impl<T> SettingsWatch<T> {
-    fn new(inner: T) -> (Self, oneshot::Receiver<Result<ServerSettings, String>>) {
-        let (tx, rx) = oneshot::channel();
-        (
-            SettingsWatch {
-                inner,
-                seen: Vec::new(),
-                report: Some(tx),
-            },
-            rx,
-        )
-    }
-
-    fn watch(&mut self, fresh: &[u8]) {
-        let Some(report) = self.report.take() else {
-            return;
-        };
-        let answer = if self.seen.is_empty() {
-            h2_settings::parse(fresh)
-        } else {
-            self.seen.extend_from_slice(fresh);
-            h2_settings::parse(&self.seen)
-        };
-        let result = match answer {
-            Ok(h2_settings::Parsed::Incomplete) => {
-                if self.seen.is_empty() {
-                    self.seen.extend_from_slice(fresh);
-                }
-                self.report = Some(report);
-                return;
-            }
-            Ok(h2_settings::Parsed::Complete { settings, .. }) => Ok(settings),
-            Err(e) => Err(e.to_string()),
-        };
-        self.seen = Vec::new();
-        let _ = report.send(result);
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for SettingsWatch<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if self.report.is_some() && buf.filled().len() > before {
-            let fresh = buf.filled()[before..].to_vec();
-            self.watch(&fresh);
-        }
-        res
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for SettingsWatch<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -31,15 +31,26 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::connectors::connector::{ProxyHeader, Target};
+use crate::connectors::pool::Pool;
 use crate::model::routes::{CATCH_ALL, RouteInfo};
-use crate::proxy::l7::upstream;
-use crate::proxy::pipeline::Shared;
+use crate::model::state::State;
 
 /// How often due probes are looked for: the resolution of `interval`.
 pub const TICK: Duration = Duration::from_millis(100);
 
+/// What the probes need: the routes to walk and publish to, and the pool an HTTP probe
+/// borrows a connection from (the lead worker's).
+#[derive(Clone)]
+pub struct Checker {
+    /// Routes and their members' health; where state changes are published.
+    pub state: Arc<State>,
+    /// The lead worker's L7 pool.
+    pub pool: Arc<Pool>,
+}
+
 /// Starts due probes until `shutdown`; each runs on `tasks`.
-pub async fn run(shared: Arc<Shared>, tasks: TaskTracker, shutdown: CancellationToken) {
+pub async fn run(shared: Checker, tasks: TaskTracker, shutdown: CancellationToken) {
+    let shared = Arc::new(shared);
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -84,7 +95,7 @@ pub async fn run(shared: Arc<Shared>, tasks: TaskTracker, shutdown: Cancellation
 
 /// One probe of one member.
 struct Probe {
-    shared: Arc<Shared>,
+    shared: Arc<Checker>,
     listener: SocketAddr,
     route: Arc<RouteInfo>,
     index: usize,
@@ -154,7 +165,7 @@ impl Probe {
         } else {
             self.shared.pool.target(&target)
         };
-        let probe = upstream::probe(
+        let probe = crate::connectors::send::probe(
             &pool,
             self.authority(),
             &self.check.path,

@@ -14,9 +14,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::body::{BackendError, H2Recv};
 use super::pool::{H1Lease, StreamSlot};
 use crate::model::backends::Pick;
+use crate::protocols::body::{BackendError, H2Recv};
 
 /// What a response body holds of its backend connection.
 #[derive(Debug)]
