@@ -214,7 +214,7 @@ impl Workers {
                 Arc::clone(state),
                 shutdown.clone(),
                 fleet.clone(),
-                worker == 0,
+                worker,
             );
             let spawned = std::thread::Builder::new()
                 .name(format!("mc-worker-{worker}"))
@@ -285,7 +285,7 @@ pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: Can
     let feed = sockets::Feed::default();
     let added = feed.subscribe();
     state.install_sockets(Arc::new(feed));
-    serve_worker(listeners, added, state, shutdown, fleet, true).await;
+    serve_worker(listeners, added, state, shutdown, fleet, 0).await;
     tracing::info!("all connections closed");
 }
 
@@ -314,17 +314,19 @@ impl Fleet {
 
 /// One worker's share of the data plane: its listener sockets, accept loops, client
 /// connections and backend pool, all on the runtime that polls this future. `added`: this
-/// worker's sockets of listeners added at run time (`sockets::Feed`). `lead`: this worker
-/// also runs the active health checks and logs the listeners and the start of shutdown (one
-/// worker does, for the whole daemon).
+/// worker's sockets of listeners added at run time (`sockets::Feed`). `worker`: its index,
+/// which picks its shard of the connection registry; worker 0 is the lead, which also runs
+/// the active health checks and logs the listeners and the start of shutdown (one worker
+/// does, for the whole daemon).
 async fn serve_worker(
     listeners: Vec<BoundListener>,
     mut added: tokio::sync::mpsc::UnboundedReceiver<crate::listeners::sockets::Opened>,
     state: Arc<State>,
     shutdown: CancellationToken,
     fleet: Fleet,
-    lead: bool,
+    worker: usize,
 ) {
+    let lead = worker == 0;
     let tracker = TaskTracker::new();
     // Pooled backend connections outlive any one client connection: they have a tracker of
     // their own, closed after the client connections are done.
@@ -349,6 +351,7 @@ async fn serve_worker(
         force_close: CancellationToken::new(),
         tasks: tracker.clone(),
         next_id: Arc::clone(&fleet.next_id),
+        worker,
     });
 
     {

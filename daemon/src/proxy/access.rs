@@ -13,10 +13,10 @@ use std::time::Duration;
 use mc_proxy_shared::{BlockedReason, Outcome};
 use tracing::Level;
 
+use crate::model::conns::Live;
 use crate::model::events::Event;
 use crate::model::routes::RouteInfo;
 use crate::model::state::{ListenerState, State};
-use crate::model::stats::Transferred;
 
 /// What is known about a connection, for its events and its log line.
 #[derive(Debug)]
@@ -35,9 +35,9 @@ pub struct Record {
     pub route: Option<Arc<RouteInfo>>,
     /// L4: the member dialled (the last one tried, if none answered).
     pub backend: Option<Arc<str>>,
-    /// Bytes each way; shared with the relay or the L7 server, which count on the client
-    /// stream.
-    pub bytes: Arc<Transferred>,
+    /// Bytes each way (shared with the relay or the L7 server, which count on the client
+    /// stream) and an operator's close, shared with the connection registry.
+    pub live: Arc<Live>,
 }
 
 impl Record {
@@ -51,7 +51,7 @@ impl Record {
             sni: None,
             route: None,
             backend: None,
-            bytes: Arc::default(),
+            live: Arc::default(),
         }
     }
 }
@@ -113,8 +113,8 @@ pub fn closed(
         sni: record.sni.clone(),
         route: record.route.clone(),
         backend: record.backend.clone(),
-        bytes_in: record.bytes.up.load(Ordering::Relaxed),
-        bytes_out: record.bytes.down.load(Ordering::Relaxed),
+        bytes_in: record.live.bytes.up.load(Ordering::Relaxed),
+        bytes_out: record.live.bytes.down.load(Ordering::Relaxed),
         duration: elapsed,
         outcome: ending.outcome,
         error: ending.error.clone(),
@@ -132,8 +132,8 @@ fn log_close(record: &Record, ending: &Ending, elapsed: Duration) {
                 // A string field, so that it is quoted: the route's set (`a:1, b:2`) holds
                 // spaces, which broke logfmt parsers as a bare value.
                 backend = Backend(record).to_string().as_str(),
-                bytes_up = record.bytes.up.load(Ordering::Relaxed),
-                bytes_down = record.bytes.down.load(Ordering::Relaxed),
+                bytes_up = record.live.bytes.up.load(Ordering::Relaxed),
+                bytes_down = record.live.bytes.down.load(Ordering::Relaxed),
                 duration_ms = elapsed.as_millis() as u64,
                 outcome = ending.outcome.as_str(),
                 error = ending.error.as_deref().unwrap_or(""),

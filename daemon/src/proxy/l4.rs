@@ -111,7 +111,7 @@ pub fn serve<'a>(
                 .map_err(backend_err)?;
         }
         backend.write_all(&peeked).await.map_err(backend_err)?;
-        for up in [&record.bytes.up, &route.stats.bytes.up] {
+        for up in [&record.live.bytes.up, &route.stats.bytes.up] {
             up.fetch_add(peeked.len() as u64, Ordering::Relaxed);
         }
         drop(peeked);
@@ -119,7 +119,14 @@ pub fn serve<'a>(
         // least_conn reads and a drain waits for.
         // Read before the relay: a settings guard must not live across its `.await`.
         let idle = state.proxy().idle_timeout;
-        let end = relay(client, &backend, idle, &record.bytes, &route.stats.bytes).await;
+        let end = relay(
+            client,
+            &backend,
+            idle,
+            &record.live.bytes,
+            &route.stats.bytes,
+        )
+        .await;
         drop(pick);
         Ok(end)
     }

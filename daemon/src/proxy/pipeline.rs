@@ -53,6 +53,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// The next connection id, shared by every worker of the daemon.
     pub next_id: Arc<AtomicU64>,
+    /// This worker's index (0 for the lead): picks its shard of the connection registry.
+    pub worker: usize,
 }
 
 /// Why a connection was not served, and whose fault it was.
@@ -260,18 +262,20 @@ async fn pipeline(
         access::opened(record, listener.addr, &route, state);
     }
     let listed = state.connections.register(
+        shared.worker,
         record.id,
         listener.addr,
         record.client,
         record.sni.as_deref().unwrap_or_default(),
         &route,
-        &record.bytes,
+        &record.live,
     );
     let _active = ActiveGuard::new(&route.stats);
     // An operator's close cuts whatever step serves it, as the end of the shutdown grace does.
+    let live = Arc::clone(&record.live);
     tokio::select! {
         served = serve(slot, peeked, &route, record, listener, shared, &listed) => served,
-        () = listed.closed_by_admin() => Ok(ConnEnd::AdminClosed),
+        () = live.close.requested() => Ok(ConnEnd::AdminClosed),
     }
 }
 
@@ -363,7 +367,7 @@ async fn serve_l7(
             client: record.client,
             conn: record.id,
             local: record.local.unwrap_or(l4::unspecified(record.client)),
-            bytes: Arc::clone(&record.bytes),
+            live: Arc::clone(&record.live),
             handshake_timeout: proxy.client_hello_timeout,
             connect_timeout: proxy.connect_timeout,
             response_timeout: proxy.response_timeout,

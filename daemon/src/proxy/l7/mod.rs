@@ -60,8 +60,8 @@ use mc_proxy_shared::{CloseReason, TlsFailure};
 
 pub use crate::connectors::connector::BackendTls;
 pub use crate::connectors::pool::Pool;
+use crate::model::conns::Live;
 use crate::model::routes::RouteInfo;
-use crate::model::stats::Transferred;
 use crate::protocols::io::Rewind;
 use lifecycle::{Activity, Watch};
 pub use lifecycle::{InFlight, InFlightGuard, L7End, TaskExecutor};
@@ -148,7 +148,7 @@ pub struct Session {
     /// The address the client connected to (the sent PROXY header's destination).
     pub local: SocketAddr,
     /// This connection's byte counters (for its log line).
-    pub bytes: Arc<Transferred>,
+    pub live: Arc<Live>,
     /// `[proxy] client_hello_timeout`: bounds the TLS handshake too.
     pub handshake_timeout: Duration,
     /// `[proxy] connect_timeout`: bounds establishing the backend connection.
@@ -245,7 +245,7 @@ async fn handshake(
 ) -> Result<tokio_rustls::server::TlsStream<Metered>, L7Error> {
     let metered = Metered {
         inner: Rewind::new(peeked, stream),
-        conn: Arc::clone(&session.bytes),
+        conn: Arc::clone(&session.live),
         route: Arc::clone(&session.route),
         activity: Arc::clone(activity),
     };
@@ -397,7 +397,7 @@ where
 /// into the connection's and the route's counters and noting activity for the idle timeout.
 struct Metered {
     inner: Rewind<TcpStream>,
-    conn: Arc<Transferred>,
+    conn: Arc<Live>,
     route: Arc<RouteInfo>,
     activity: Arc<Activity>,
 }
@@ -409,9 +409,9 @@ impl Metered {
         }
         let n = n as u64;
         let (c, r) = if up {
-            (&self.conn.up, &self.route.stats.bytes.up)
+            (&self.conn.bytes.up, &self.route.stats.bytes.up)
         } else {
-            (&self.conn.down, &self.route.stats.bytes.down)
+            (&self.conn.bytes.down, &self.route.stats.bytes.down)
         };
         c.fetch_add(n, Ordering::Relaxed);
         r.fetch_add(n, Ordering::Relaxed);
