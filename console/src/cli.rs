@@ -95,6 +95,11 @@ pub enum Command {
         #[command(flatten)]
         table: TableArgs,
     },
+    /// On a node with [cluster]: its link to the fleet's store (connected, behind, or
+    /// disconnected since when) and every node registered there with the revision it
+    /// applied.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Print the daemon's listeners, routes (with their backends, admin states and health
     /// checks) and firewall rules as the config file's TOML: what its database holds. Add
     /// [database] (and [admin], [metrics], [proxy]) to use it as a config; a daemon seeds an
@@ -118,6 +123,16 @@ pub enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// This node's link and every registered node: name, version, applied revision and how
+    /// far behind the store it is, last error.
+    Status {
+        #[command(flatten)]
+        table: TableArgs,
     },
 }
 

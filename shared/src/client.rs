@@ -63,6 +63,19 @@ pub enum ClientError {
     Protocol(String),
 }
 
+impl ClientError {
+    /// A cluster node refused the change because another change to the same object won
+    /// (ABORTED): nothing was applied; list and retry.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ClientError::Rpc(s) if s.code() == tonic::Code::Aborted)
+    }
+
+    /// A cluster node could not reach its fleet's store (UNAVAILABLE): nothing was applied.
+    pub fn is_store_away(&self) -> bool {
+        matches!(self, ClientError::Rpc(s) if s.code() == tonic::Code::Unavailable)
+    }
+}
+
 impl From<ParseModeError> for ClientError {
     fn from(e: ParseModeError) -> Self {
         ClientError::Protocol(e.to_string())
@@ -1026,6 +1039,36 @@ impl AdminClient {
         })
     }
 
+    /// On a cluster node: its link to the fleet's store and every registered node.
+    pub async fn cluster_status(&mut self) -> Result<ClusterStatus, ClientError> {
+        let r = self
+            .inner
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await?
+            .into_inner();
+        let link = r
+            .link
+            .ok_or_else(|| ClientError::Protocol("a cluster status without its link".into()))?;
+        Ok(ClusterStatus {
+            link: ClusterLink::from(link),
+            nodes: r
+                .nodes
+                .into_iter()
+                .map(|n| ClusterNode {
+                    name: n.name,
+                    version: n.version,
+                    listeners: n.listeners,
+                    admin: n.admin,
+                    metrics: n.metrics,
+                    applied_revision: n.applied_revision,
+                    last_error: n.last_error,
+                    started_ms: n.started_ms,
+                })
+                .collect(),
+            nodes_error: r.nodes_error,
+        })
+    }
+
     /// Closes the routed connection `id` now (outcome `admin_closed`).
     pub async fn close_connection(&mut self, id: u64) -> Result<(), ClientError> {
         self.inner
@@ -1562,4 +1605,81 @@ mod tests {
         let restarted = hist([1, 0, 0, 0]);
         assert_eq!(restarted.since(&now), restarted);
     }
+}
+
+/// A node's link to the fleet's store, as `ClusterStatus` and `GetStatus` give it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterLink {
+    /// This node's name.
+    pub node: String,
+    /// The etcd endpoints.
+    pub endpoints: Vec<String>,
+    /// The key prefix.
+    pub prefix: String,
+    /// `connecting`, `connected`, `disconnected` (or `unknown` from a newer daemon).
+    pub state: String,
+    /// Since when, ms since the Unix epoch.
+    pub since_ms: u64,
+    /// The store revision this node applied.
+    pub applied_revision: i64,
+    /// The newest store revision it heard of.
+    pub store_revision: i64,
+    /// The sync's last error.
+    pub last_error: String,
+    /// Differences a periodic comparison repaired since start.
+    pub drift_repaired: u64,
+}
+
+impl From<pb::ClusterLink> for ClusterLink {
+    fn from(l: pb::ClusterLink) -> Self {
+        let state = match pb::ClusterLinkState::try_from(l.state) {
+            Ok(pb::ClusterLinkState::Connecting) => "connecting",
+            Ok(pb::ClusterLinkState::Connected) => "connected",
+            Ok(pb::ClusterLinkState::Disconnected) => "disconnected",
+            _ => "unknown",
+        };
+        ClusterLink {
+            node: l.node,
+            endpoints: l.endpoints,
+            prefix: l.prefix,
+            state: state.to_owned(),
+            since_ms: l.since_ms,
+            applied_revision: l.applied_revision,
+            store_revision: l.store_revision,
+            last_error: l.last_error,
+            drift_repaired: l.drift_repaired,
+        }
+    }
+}
+
+/// A node as the store's registry lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterNode {
+    /// Its name.
+    pub name: String,
+    /// Its mc-proxy version.
+    pub version: String,
+    /// `name=address` per listener.
+    pub listeners: Vec<String>,
+    /// Its admin socket.
+    pub admin: String,
+    /// Its metrics address.
+    pub metrics: String,
+    /// The store revision it applied.
+    pub applied_revision: i64,
+    /// Its sync's last error.
+    pub last_error: String,
+    /// When it started, ms since the Unix epoch.
+    pub started_ms: u64,
+}
+
+/// `ClusterStatus`: this node's link and every registered node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterStatus {
+    /// This node's link.
+    pub link: ClusterLink,
+    /// The registered nodes, by name.
+    pub nodes: Vec<ClusterNode>,
+    /// Why the list is missing (the store is away), empty otherwise.
+    pub nodes_error: String,
 }

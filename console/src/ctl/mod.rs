@@ -12,6 +12,7 @@
 //!
 //! I/O: the admin socket, stdout and stderr.
 
+mod cluster;
 mod connections;
 mod events;
 mod firewall;
@@ -41,6 +42,10 @@ pub enum CtlError {
     Denied(ClientError),
     /// The daemon said no, or answered oddly.
     Daemon(ClientError),
+    /// A cluster node: another change to the same object won; nothing was applied.
+    Conflict(ClientError),
+    /// A cluster node: the fleet's store is away; nothing was applied.
+    StoreAway(ClientError),
     /// A reload left some routes failed (they were printed): how many still serve the
     /// certificate they had, and how many are not served.
     ReloadFailed {
@@ -66,7 +71,11 @@ pub enum CtlError {
 impl std::fmt::Display for CtlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CtlError::Unreachable(e) | CtlError::Denied(e) | CtlError::Daemon(e) => {
+            CtlError::Unreachable(e)
+            | CtlError::Denied(e)
+            | CtlError::Daemon(e)
+            | CtlError::Conflict(e)
+            | CtlError::StoreAway(e) => {
                 write!(f, "{e}")
             }
             CtlError::ReloadFailed {
@@ -101,7 +110,8 @@ impl std::fmt::Display for CtlError {
 impl CtlError {
     /// 0: a closed pipe; 1: the daemon refused (or a reload failed somewhere); 2: usage;
     /// 3: no daemon, or it went away during the call; 4: the socket is not accessible to this
-    /// user.
+    /// user; 5 (cluster): changed concurrently on another node, nothing applied (list and
+    /// retry); 6 (cluster): the fleet's store is away, nothing applied.
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::ClosedPipe => 0,
@@ -113,6 +123,8 @@ impl CtlError {
             CtlError::Usage(_) => 2,
             CtlError::Unreachable(_) => 3,
             CtlError::Denied(_) => 4,
+            CtlError::Conflict(_) => 5,
+            CtlError::StoreAway(_) => 6,
         }
     }
 }
@@ -128,6 +140,8 @@ impl From<ClientError> for CtlError {
         match e {
             ClientError::Connect { .. } | ClientError::Gone { .. } => CtlError::Unreachable(e),
             ClientError::PermissionDenied { .. } => CtlError::Denied(e),
+            _ if e.is_conflict() => CtlError::Conflict(e),
+            _ if e.is_store_away() => CtlError::StoreAway(e),
             other => CtlError::Daemon(other),
         }
     }
@@ -168,6 +182,9 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
             limit,
             table,
         } => connections::list(&mut client, limit, &table).await,
+        Command::Cluster(crate::cli::ClusterCommand::Status { table }) => {
+            cluster::status(&mut client, &table).await
+        }
         Command::Export => export(&mut client, socket).await,
         Command::Reload { table } => reload::run(&mut client, &table).await,
         Command::Events { json, stats, types } => {

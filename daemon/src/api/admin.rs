@@ -149,6 +149,8 @@ fn status(e: ChangeError) -> tonic::Status {
         ChangeError::Invalid(m) => tonic::Status::invalid_argument(m),
         ChangeError::NotFound(m) => tonic::Status::not_found(m),
         ChangeError::AlreadyExists(m) => tonic::Status::already_exists(m),
+        ChangeError::Conflict(m) => tonic::Status::aborted(m),
+        ChangeError::Unavailable(m) => tonic::Status::unavailable(m),
         e @ (ChangeError::Store(_) | ChangeError::Internal(_)) => {
             tonic::Status::internal(e.to_string())
         }
@@ -206,10 +208,50 @@ fn clip_name(name: &str) -> String {
     name.chars().filter(|c| !c.is_control()).take(32).collect()
 }
 
+fn cluster_link(view: &crate::model::cluster::ClusterView) -> pb::ClusterLink {
+    use crate::model::cluster::Link;
+    pb::ClusterLink {
+        node: view.node.clone(),
+        endpoints: view.endpoints.clone(),
+        prefix: view.prefix.clone(),
+        state: match view.link {
+            Link::Connecting => pb::ClusterLinkState::Connecting,
+            Link::Connected => pb::ClusterLinkState::Connected,
+            Link::Disconnected => pb::ClusterLinkState::Disconnected,
+        } as i32,
+        since_ms: view
+            .since
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default(),
+        applied_revision: view.applied,
+        store_revision: view.store_revision,
+        last_error: view.last_error.clone(),
+        drift_repaired: view.drift_repaired,
+    }
+}
+
+fn cluster_node(node: crate::model::cluster::NodeInfo) -> pb::ClusterNode {
+    pb::ClusterNode {
+        name: node.name,
+        version: node.version,
+        listeners: node.listeners,
+        admin: node.admin,
+        metrics: node.metrics,
+        applied_revision: node.applied_revision,
+        last_error: node.last_error,
+        started_ms: node.started_ms,
+    }
+}
+
 fn origin_to_pb(origin: &Origin) -> pb::ChangeOrigin {
     let (uid, pid, process) = match &origin.caller {
         Caller::Socket { uid, pid, process } => (Some(*uid), *pid, process.clone()),
-        Caller::Signal(_) | Caller::Unknown => (None, None, String::new()),
+        Caller::Signal(_) | Caller::Unknown | Caller::Node { .. } => (None, None, String::new()),
+    };
+    let node = match &origin.caller {
+        Caller::Node { node, .. } => node.clone(),
+        _ => String::new(),
     };
     pb::ChangeOrigin {
         change_id: origin.change,
@@ -217,6 +259,7 @@ fn origin_to_pb(origin: &Origin) -> pb::ChangeOrigin {
         uid,
         pid,
         process,
+        node,
     }
 }
 
@@ -522,6 +565,27 @@ impl AdminService for Admin {
             firewall_rules: u32::try_from(state.firewall().len()).unwrap_or(u32::MAX),
             listeners,
             backends: backend_statuses(state),
+            cluster: state.cluster().map(|view| cluster_link(&view)),
+        }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, tonic::Status> {
+        let (Some(view), Some(fleet)) = (self.state().cluster(), self.control.fleet()) else {
+            return Err(tonic::Status::failed_precondition(
+                "this node is not in a cluster (no [cluster] section in its config)",
+            ));
+        };
+        let (nodes, nodes_error) = match fleet.nodes().await {
+            Ok(nodes) => (nodes.into_iter().map(cluster_node).collect(), String::new()),
+            Err(e) => (Vec::new(), e.to_string()),
+        };
+        Ok(Response::new(pb::ClusterStatusResponse {
+            link: Some(cluster_link(&view)),
+            nodes,
+            nodes_error,
         }))
     }
 

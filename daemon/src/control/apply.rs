@@ -108,6 +108,42 @@ pub enum Change {
     /// Swap in the `[proxy]` settings that may change while running (SIGHUP re-reads the
     /// config file); the others are reported as needing a restart.
     ReloadSettings(Box<crate::model::state::ProxyConfig>),
+    /// A fleet object as the cluster store now has it, delivered by its watch (or found
+    /// different by a resync): applied here as it is, whoever wrote it. Only the cluster
+    /// sync sends these.
+    Synced(Vec<Synced>),
+}
+
+/// One object of the fleet's shared state as the cluster store has it (see
+/// `control::cluster`). Applying one is idempotent: what is already so changes nothing.
+#[derive(Debug, Clone)]
+pub enum Synced {
+    /// The route as it is now (added or replaced whole); its certificate paths are this
+    /// node's copies of the fleet's PEM.
+    PutRoute {
+        /// The listener's name.
+        listener: String,
+        /// Every field.
+        route: Route,
+    },
+    /// The route is gone.
+    DeleteRoute {
+        /// The listener's name.
+        listener: String,
+        /// The route's hostname.
+        hostname: String,
+    },
+    /// The rule is in force.
+    PutRule(FirewallRule),
+    /// The rule is gone.
+    DeleteRule(FirewallRule),
+    /// A listener's route for ClientHellos without SNI (`None`: reset them).
+    NoSni {
+        /// The listener's name.
+        listener: String,
+        /// The route's hostname.
+        hostname: Option<String>,
+    },
 }
 
 impl Change {
@@ -125,6 +161,22 @@ impl Change {
             Change::UpdateListener { .. } => "update_listener",
             Change::RemoveListener { .. } => "remove_listener",
             Change::ReloadSettings(_) => "reload_settings",
+            Change::Synced(_) => "sync",
+        }
+    }
+
+    /// Whether, on a cluster node, the change is the fleet's (written to the cluster store
+    /// and applied by every node from its watch) rather than this node's alone.
+    fn is_fleet_wide(&self) -> bool {
+        match self {
+            Change::AddRoute { .. }
+            | Change::UpdateRoute { .. }
+            | Change::RemoveRoute { .. }
+            | Change::SetBackendState { .. }
+            | Change::AddFirewallRule(_)
+            | Change::RemoveFirewallRule(_) => true,
+            Change::UpdateListener { settings, .. } => settings.no_sni_route.is_some(),
+            _ => false,
         }
     }
 }
@@ -189,6 +241,14 @@ pub enum ChangeError {
     /// The daemon's fault: an earlier failure left the store unusable.
     #[error("{0}")]
     Internal(String),
+    /// A cluster node: another change to the same object won the race (its revision moved
+    /// since this node read it); nothing was applied anywhere.
+    #[error("{0}")]
+    Conflict(String),
+    /// A cluster node: the fleet's store cannot be reached or has no quorum; nothing was
+    /// applied. The node keeps serving what it has.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<StoreError> for ChangeError {
@@ -314,6 +374,9 @@ pub struct Control {
     config_path: Option<PathBuf>,
     /// Changes asked for so far: the last change id.
     changes: std::sync::atomic::AtomicU64,
+    /// On a cluster node, the fleet's store: fleet-wide changes are written there and
+    /// applied from its watch.
+    fleet: std::sync::OnceLock<Arc<dyn FleetStore>>,
 }
 
 /// What a reload ([`Control::reload`]) did.
@@ -335,6 +398,7 @@ impl Control {
             store: Mutex::new(store),
             config_path: None,
             changes: std::sync::atomic::AtomicU64::new(0),
+            fleet: std::sync::OnceLock::new(),
         }
     }
 
@@ -437,14 +501,25 @@ impl Control {
             tracing::info_span!("change", id = origin.change, by = ?origin.caller.to_string());
         let _in_change = span.enter();
         let kind = change.kind();
-        let result = self.dispatch(change, &origin);
+        let result = match self.fleet.get() {
+            // A change the watch delivered is applied here as it is; one asked of this node
+            // goes to the fleet first.
+            Some(fleet)
+                if change.is_fleet_wide() && !matches!(origin.caller, Caller::Node { .. }) =>
+            {
+                self.fleet_apply(fleet.as_ref(), change, &origin)
+            }
+            _ => self.dispatch(change, &origin),
+        };
         match &result {
             Ok(_) => tracing::info!(change = kind, "change applied"),
             // The daemon's own failures were logged at error where they happened.
             Err(
                 e @ (ChangeError::Invalid(_)
                 | ChangeError::NotFound(_)
-                | ChangeError::AlreadyExists(_)),
+                | ChangeError::AlreadyExists(_)
+                | ChangeError::Conflict(_)
+                | ChangeError::Unavailable(_)),
             ) => tracing::info!(change = kind, "change refused: {e}"),
             Err(_) => {}
         }
@@ -495,6 +570,7 @@ impl Control {
                 with_routes,
             } => remove_listener(cx, listener, with_routes),
             Change::ReloadSettings(new) => reload_settings(state, new),
+            Change::Synced(batch) => apply_synced(cx, batch),
         }
     }
 }
@@ -514,21 +590,8 @@ fn add_route(cx: Apply<'_>, listener: String, route: Route) -> Result<Applied, C
         state,
         origin,
     } = cx;
-    check_route_fields(&route)?;
-    check_absolute("tls_cert", &route.tls_cert)?;
-    check_absolute("tls_key", &route.tls_key)?;
-    let listener = listener_by_name(state, &listener)?;
+    let (listener, valid) = new_route(state, &listener, &route)?;
     let listener = &*listener;
-    if let Some(name) = crate::model::routes::route_name(&route.hostname)
-        && let Some(stored) = listener.not_served_route(&name)
-    {
-        return Err(ChangeError::AlreadyExists(format!(
-            "route {name} already exists on listener {} but is not served: {}; \
-             fix its files and reload, or update or remove it",
-            listener.addr, stored.reason
-        )));
-    }
-    let valid = validate(listener, &route)?;
     store.create_route(listener.id, &valid.route)?;
     let applied = Applied::Route {
         route: valid.route.clone(),
@@ -548,6 +611,29 @@ fn add_route(cx: Apply<'_>, listener: String, route: Route) -> Result<Applied, C
     Ok(applied)
 }
 
+/// The checks of [`Change::AddRoute`]: the listener and the route as it would be added.
+fn new_route(
+    state: &State,
+    listener: &str,
+    route: &Route,
+) -> Result<(Arc<ListenerState>, ValidRoute), ChangeError> {
+    check_route_fields(route)?;
+    check_absolute("tls_cert", &route.tls_cert)?;
+    check_absolute("tls_key", &route.tls_key)?;
+    let listener = listener_by_name(state, listener)?;
+    if let Some(name) = crate::model::routes::route_name(&route.hostname)
+        && let Some(stored) = listener.not_served_route(&name)
+    {
+        return Err(ChangeError::AlreadyExists(format!(
+            "route {name} already exists on listener {} but is not served: {}; \
+             fix its files and reload, or update or remove it",
+            listener.addr, stored.reason
+        )));
+    }
+    let valid = validate(&listener, route)?;
+    Ok((listener, valid))
+}
+
 /// [`Change::UpdateRoute`].
 fn update_route(
     cx: Apply<'_>,
@@ -560,16 +646,38 @@ fn update_route(
         state,
         origin,
     } = cx;
-    check_len("hostname", &hostname, max_len::HOSTNAME)?;
-    check_patch_fields(&patch)?;
-    let listener = listener_by_name(state, &listener)?;
+    let (listener, old, valid) = updated_route(store, state, &listener, &hostname, patch)?;
     let listener = &*listener;
-    let old = route_name(listener, &hostname)?;
+    store.update_route(listener.id, &old, &valid.route)?;
+    let applied = Applied::Route {
+        route: valid.route.clone(),
+        warnings: valid.warnings.clone(),
+    };
+    tracing::info!(listener = %listener.addr, route = %valid.route.hostname, previous = %old, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route updated");
+    // A route that was not served validates now: it is served from here on.
+    listener.forget_not_served(&old);
+    replace_route(state, listener, old, valid, origin);
+    Ok(applied)
+}
+
+/// The checks of [`Change::UpdateRoute`]: the listener, the route's current name and the
+/// route as it would be after the patch.
+fn updated_route(
+    store: &Store,
+    state: &State,
+    listener: &str,
+    hostname: &str,
+    patch: RoutePatch,
+) -> Result<(Arc<ListenerState>, String, ValidRoute), ChangeError> {
+    check_len("hostname", hostname, max_len::HOSTNAME)?;
+    check_patch_fields(&patch)?;
+    let listener = listener_by_name(state, listener)?;
+    let old = route_name(&listener, hostname)?;
     let current = store
         .routes(listener.id)?
         .into_iter()
         .find(|r| r.hostname == old)
-        .ok_or_else(|| no_route(listener, &old))?;
+        .ok_or_else(|| no_route(&listener, &old))?;
     // A path the change sets must be absolute; one it keeps is the operator's
     // earlier choice (a TOML-seeded route may hold a relative one).
     for (field, new, stored) in [
@@ -582,19 +690,10 @@ fn update_route(
     }
     let merged = merge(current, patch);
     if crate::model::routes::route_name(&merged.hostname).as_deref() != Some(old.as_str()) {
-        keep_no_sni_route(listener, &old, "renamed")?;
+        keep_no_sni_route(&listener, &old, "renamed")?;
     }
-    let valid = validate(listener, &merged)?;
-    store.update_route(listener.id, &old, &valid.route)?;
-    let applied = Applied::Route {
-        route: valid.route.clone(),
-        warnings: valid.warnings.clone(),
-    };
-    tracing::info!(listener = %listener.addr, route = %valid.route.hostname, previous = %old, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route updated");
-    // A route that was not served validates now: it is served from here on.
-    listener.forget_not_served(&old);
-    replace_route(state, listener, old, valid, origin);
-    Ok(applied)
+    let valid = validate(&listener, &merged)?;
+    Ok((listener, old, valid))
 }
 
 /// [`Change::RemoveRoute`].
@@ -673,45 +772,15 @@ fn set_backend(
         state,
         origin,
     } = cx;
-    check_len("hostname", &hostname, max_len::HOSTNAME)?;
-    check_len("address", &address, max_len::BACKEND)?;
-    if admin.is_none() && weight.is_none() {
-        return Err(ChangeError::Invalid(
-            "nothing to change: give a state or a weight".into(),
-        ));
-    }
-    let listener = listener_by_name(state, &listener)?;
+    let (listener, name, valid) =
+        edited_member(state, &listener, &hostname, &address, admin, weight)?;
     let listener = &*listener;
-    let name = route_name(listener, &hostname)?;
-    // The live route, with its loaded certificate: a drain must not depend on
-    // the certificate files still loading.
-    let live = listener
-        .routes()
-        .get(&name)
-        .ok_or_else(|| not_live(listener, &name))?;
-    let mut valid = live.to_valid();
     let member = valid
         .route
         .backends
-        .iter_mut()
+        .iter()
         .find(|b| b.address == address)
-        .ok_or_else(|| {
-            ChangeError::NotFound(format!(
-                "route {name} on listener {} has no backend {}",
-                listener.addr,
-                clip(&address)
-            ))
-        })?;
-    if let Some(admin) = admin {
-        member.state = admin;
-    }
-    if let Some(weight) = weight {
-        member.weight = weight;
-        // The TOML's and the route's own rule (1 to 256), in its words.
-        member
-            .check_weight()
-            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
-    }
+        .ok_or_else(|| ChangeError::Internal("the edited member went missing".into()))?;
     let (admin, weight) = (member.state, member.weight);
     store.set_backend(listener.id, &name, &address, admin, weight)?;
     tracing::info!(listener = %listener.addr, route = %name, backend = %address, state = %admin, weight, "backend admin state and weight set");
@@ -732,6 +801,57 @@ fn set_backend(
         route,
         warnings: Vec::new(),
     })
+}
+
+/// The checks of [`Change::SetBackendState`]: the listener, the route's name and the live
+/// route with the member's new state and weight.
+fn edited_member(
+    state: &State,
+    listener: &str,
+    hostname: &str,
+    address: &str,
+    admin: Option<AdminState>,
+    weight: Option<u32>,
+) -> Result<(Arc<ListenerState>, String, ValidRoute), ChangeError> {
+    check_len("hostname", hostname, max_len::HOSTNAME)?;
+    check_len("address", address, max_len::BACKEND)?;
+    if admin.is_none() && weight.is_none() {
+        return Err(ChangeError::Invalid(
+            "nothing to change: give a state or a weight".into(),
+        ));
+    }
+    let listener = listener_by_name(state, listener)?;
+    let name = route_name(&listener, hostname)?;
+    // The live route, with its loaded certificate: a drain must not depend on
+    // the certificate files still loading.
+    let live = listener
+        .routes()
+        .get(&name)
+        .ok_or_else(|| not_live(&listener, &name))?;
+    let mut valid = live.to_valid();
+    let member = valid
+        .route
+        .backends
+        .iter_mut()
+        .find(|b| b.address == address)
+        .ok_or_else(|| {
+            ChangeError::NotFound(format!(
+                "route {name} on listener {} has no backend {}",
+                listener.addr,
+                clip(address)
+            ))
+        })?;
+    if let Some(admin) = admin {
+        member.state = admin;
+    }
+    if let Some(weight) = weight {
+        member.weight = weight;
+        // The TOML's and the route's own rule (1 to 256), in its words.
+        member
+            .check_weight()
+            .map_err(|e| ChangeError::Invalid(e.to_string()))?;
+    }
+    Ok((listener, name, valid))
 }
 
 /// [`Change::AddListener`].
@@ -789,18 +909,7 @@ fn update_listener(
     } = cx;
     let listener = listener_by_name(state, &listener)?;
     // Everything is checked before anything is written.
-    let no_sni = match settings.no_sni_route.as_deref().map(str::trim) {
-        None => listener.no_sni_route(),
-        Some("") => None,
-        Some(h) => {
-            check_len("no_sni_route", h, max_len::HOSTNAME)?;
-            let name = route_name(&listener, h)?;
-            if listener.routes().get(&name).is_none() {
-                return Err(not_live(&listener, &name));
-            }
-            Some(name)
-        }
-    };
+    let no_sni = new_no_sni_route(&listener, settings.no_sni_route.as_deref())?;
     let (settings, warnings) =
         listener_settings(ListenerSettings::clone(&listener.settings()), settings)?;
     store.update_listener(listener.id, &stored(&settings, no_sni.as_deref()))?;
@@ -811,6 +920,26 @@ fn update_listener(
     }
     publish_listener(state, listener.addr, ChangeAction::Updated, origin);
     Ok(Applied::Listener { listener, warnings })
+}
+
+/// The no-SNI route `change` asks for (`None` keeps the current one, `""` clears it),
+/// checked: it must be a live route of the listener.
+fn new_no_sni_route(
+    listener: &ListenerState,
+    change: Option<&str>,
+) -> Result<Option<String>, ChangeError> {
+    Ok(match change.map(str::trim) {
+        None => listener.no_sni_route(),
+        Some("") => None,
+        Some(h) => {
+            check_len("no_sni_route", h, max_len::HOSTNAME)?;
+            let name = route_name(listener, h)?;
+            if listener.routes().get(&name).is_none() {
+                return Err(not_live(listener, &name));
+            }
+            Some(name)
+        }
+    })
 }
 
 /// [`Change::RemoveListener`].
@@ -1153,6 +1282,540 @@ fn publish_firewall(state: &State, action: ChangeAction, rule: &FirewallRule, or
         rule: rule.clone(),
         origin: origin.clone(),
     });
+}
+
+/// The fleet's shared store as `apply` writes to it, on a cluster node (implemented by
+/// `control::cluster`, which `apply` does not import).
+pub trait FleetStore: Send + Sync + std::fmt::Debug {
+    /// The store revision of `key`'s current version as this node last applied it (`None`:
+    /// the store has no such object).
+    fn revision_of(&self, key: &FleetKey) -> Option<i64>;
+
+    /// Writes `ops` in one transaction that succeeds only if every object is still at the
+    /// revision this node knows, then waits until this node has applied it from the watch.
+    /// Blocks (call from `spawn_blocking`, like every change).
+    fn write(&self, ops: Vec<FleetOp>, by: &str) -> Result<(), ChangeError>;
+
+    /// Every node registered in the store now, by name.
+    fn nodes(
+        &self,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<Vec<crate::model::cluster::NodeInfo>, ChangeError>,
+                > + Send
+                + '_,
+        >,
+    >;
+}
+
+/// An object of the fleet's shared state, by what names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FleetKey {
+    /// A route of the listener with this name.
+    Route {
+        /// The listener's name.
+        listener: String,
+        /// The route's hostname.
+        hostname: String,
+    },
+    /// A firewall rule (its normalised value).
+    Rule(String),
+    /// A listener's no-SNI route.
+    NoSni {
+        /// The listener's name.
+        listener: String,
+    },
+}
+
+/// One write of a fleet-wide change; `expect` is the object's revision the change was
+/// computed from (`None`: it must not exist yet).
+#[derive(Debug, Clone)]
+pub enum FleetOp {
+    /// Add or replace the route (its certificate paths are this node's; the store gets the
+    /// PEM they hold).
+    PutRoute {
+        /// The listener's name.
+        listener: String,
+        /// Every field.
+        route: Route,
+        /// The revision replaced.
+        expect: Option<i64>,
+    },
+    /// Remove the route.
+    DeleteRoute {
+        /// The listener's name.
+        listener: String,
+        /// The route's hostname.
+        hostname: String,
+        /// The revision removed.
+        expect: i64,
+    },
+    /// Add the rule.
+    PutRule {
+        /// The normalised rule.
+        rule: FirewallRule,
+    },
+    /// Remove the rule.
+    DeleteRule {
+        /// The normalised rule.
+        rule: FirewallRule,
+        /// The revision removed.
+        expect: i64,
+    },
+    /// Set a listener's no-SNI route.
+    PutNoSni {
+        /// The listener's name.
+        listener: String,
+        /// The route's hostname (`None`: reset ClientHellos without SNI).
+        hostname: Option<String>,
+        /// The revision replaced.
+        expect: Option<i64>,
+    },
+}
+
+/// This node's objects of the fleet's shared state, as its database holds them: what seeds
+/// an empty cluster and what a resync compares with the store.
+#[derive(Debug, Default)]
+pub struct FleetObjects {
+    /// `(listener name, route)` for every stored route (certificate paths are this node's).
+    pub routes: Vec<(String, Route)>,
+    /// Every firewall rule.
+    pub rules: Vec<FirewallRule>,
+    /// `(listener name, no-SNI route)` for every listener.
+    pub no_sni: Vec<(String, Option<String>)>,
+}
+
+/// The name a listener goes by in the fleet's store: what nodes that bind different
+/// addresses share their routes through.
+pub fn fleet_name(listener: &ListenerState) -> String {
+    listener.addr.to_string()
+}
+
+/// The listener going by `name` in the fleet.
+fn listener_by_fleet_name(state: &State, name: &str) -> Result<Arc<ListenerState>, ChangeError> {
+    state
+        .listeners()
+        .iter()
+        .find(|l| fleet_name(l) == name)
+        .cloned()
+        .ok_or_else(|| ChangeError::NotFound(format!("this node has no listener {}", clip(name))))
+}
+
+fn not_in_store(what: &str) -> ChangeError {
+    ChangeError::Conflict(format!(
+        "{what} is not in the cluster store as this node knows it (changed concurrently?), \
+         nothing applied: list and retry"
+    ))
+}
+
+impl Control {
+    /// Makes this control plane a cluster node's: fleet-wide changes go to `fleet`.
+    pub fn set_fleet(&self, fleet: Arc<dyn FleetStore>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// The fleet's store, on a cluster node.
+    pub fn fleet(&self) -> Option<&Arc<dyn FleetStore>> {
+        self.fleet.get()
+    }
+
+    /// This node's objects of the fleet's shared state ([`FleetObjects`]). Blocks on SQLite.
+    pub fn fleet_objects(&self) -> Result<FleetObjects, ChangeError> {
+        let store = self.store()?;
+        let mut objects = FleetObjects {
+            rules: store.firewall_rules()?,
+            ..FleetObjects::default()
+        };
+        for listener in self.state.listeners().iter() {
+            let name = fleet_name(listener);
+            for route in store.routes(listener.id)? {
+                objects.routes.push((name.clone(), route));
+            }
+            objects.no_sni.push((name, listener.no_sni_route()));
+        }
+        Ok(objects)
+    }
+
+    /// A fleet-wide change on a cluster node: checked here as [`Control::dispatch`] would
+    /// check it, written to the fleet's store, and applied here (as on every node) when the
+    /// store's watch delivers it; what is this node's alone in it (an `UpdateListener`'s
+    /// PROXY settings) is applied after.
+    fn fleet_apply(
+        &self,
+        fleet: &dyn FleetStore,
+        change: Change,
+        origin: &Origin,
+    ) -> Result<Applied, ChangeError> {
+        let (ops, applied, local) = {
+            let store = self.store()?;
+            plan(&store, &self.state, fleet, change)?
+        };
+        fleet.write(ops, &origin.caller.to_string())?;
+        match local {
+            Some(local) => self.dispatch(local, origin),
+            None => applied(&self.state),
+        }
+    }
+}
+
+/// What [`plan`] makes of a change: the writes, the answer once they are applied here (it
+/// reads the live state then), and the part of the change that is this node's alone.
+type Plan = (Vec<FleetOp>, Answer, Option<Change>);
+
+/// The answer of a planned change, made once it is applied here.
+type Answer = Box<dyn FnOnce(&State) -> Result<Applied, ChangeError>>;
+
+/// A fleet-wide change as writes to the fleet's store, after the checks the change would
+/// pass on a single node.
+fn plan(
+    store: &Store,
+    state: &State,
+    fleet: &dyn FleetStore,
+    change: Change,
+) -> Result<Plan, ChangeError> {
+    let route_answer = |route: Route, warnings: Vec<String>| -> Answer {
+        Box::new(move |_| Ok(Applied::Route { route, warnings }))
+    };
+    let route_key = |listener: &ListenerState, hostname: &str| FleetKey::Route {
+        listener: fleet_name(listener),
+        hostname: hostname.to_owned(),
+    };
+    match change {
+        Change::AddRoute { listener, route } => {
+            let (listener, valid) = new_route(state, &listener, &route)?;
+            let key = route_key(&listener, &valid.route.hostname);
+            if fleet.revision_of(&key).is_some()
+                || listener.routes().get(&valid.route.hostname).is_some()
+            {
+                return Err(ChangeError::AlreadyExists(format!(
+                    "route {} already exists on listener {}",
+                    valid.route.hostname, listener.addr
+                )));
+            }
+            let ops = vec![FleetOp::PutRoute {
+                listener: fleet_name(&listener),
+                route: valid.route.clone(),
+                expect: None,
+            }];
+            Ok((ops, route_answer(valid.route, valid.warnings), None))
+        }
+        Change::UpdateRoute {
+            listener,
+            hostname,
+            patch,
+        } => {
+            let (listener, old, valid) = updated_route(store, state, &listener, &hostname, patch)?;
+            let old_key = route_key(&listener, &old);
+            let expect = fleet
+                .revision_of(&old_key)
+                .ok_or_else(|| not_in_store(&format!("route {old}")))?;
+            let mut ops = Vec::new();
+            if valid.route.hostname != old {
+                let new_key = route_key(&listener, &valid.route.hostname);
+                if fleet.revision_of(&new_key).is_some() {
+                    return Err(ChangeError::AlreadyExists(format!(
+                        "route {} already exists on listener {}",
+                        valid.route.hostname, listener.addr
+                    )));
+                }
+                ops.push(FleetOp::DeleteRoute {
+                    listener: fleet_name(&listener),
+                    hostname: old,
+                    expect,
+                });
+                ops.push(FleetOp::PutRoute {
+                    listener: fleet_name(&listener),
+                    route: valid.route.clone(),
+                    expect: None,
+                });
+            } else {
+                ops.push(FleetOp::PutRoute {
+                    listener: fleet_name(&listener),
+                    route: valid.route.clone(),
+                    expect: Some(expect),
+                });
+            }
+            Ok((ops, route_answer(valid.route, valid.warnings), None))
+        }
+        Change::RemoveRoute { listener, hostname } => {
+            check_len("hostname", &hostname, max_len::HOSTNAME)?;
+            let listener = listener_by_name(state, &listener)?;
+            let name = route_name(&listener, &hostname)?;
+            let expect = fleet
+                .revision_of(&route_key(&listener, &name))
+                .ok_or_else(|| no_route(&listener, &name))?;
+            keep_no_sni_route(&listener, &name, "removed")?;
+            let ops = vec![FleetOp::DeleteRoute {
+                listener: fleet_name(&listener),
+                hostname: name,
+                expect,
+            }];
+            Ok((ops, Box::new(|_| Ok(Applied::Removed)), None))
+        }
+        Change::SetBackendState {
+            listener,
+            hostname,
+            address,
+            state: admin,
+            weight,
+        } => {
+            let (listener, name, valid) =
+                edited_member(state, &listener, &hostname, &address, admin, weight)?;
+            let expect = fleet
+                .revision_of(&route_key(&listener, &name))
+                .ok_or_else(|| not_in_store(&format!("route {name}")))?;
+            let ops = vec![FleetOp::PutRoute {
+                listener: fleet_name(&listener),
+                route: valid.route.clone(),
+                expect: Some(expect),
+            }];
+            Ok((ops, route_answer(valid.route, Vec::new()), None))
+        }
+        Change::AddFirewallRule(rule) => {
+            let rule = checked_rule(&rule)?;
+            if fleet
+                .revision_of(&FleetKey::Rule(rule.value.clone()))
+                .is_some()
+            {
+                return Err(ChangeError::AlreadyExists(format!(
+                    "firewall rule {} already exists",
+                    rule.value
+                )));
+            }
+            let answer = rule.clone();
+            Ok((
+                vec![FleetOp::PutRule { rule }],
+                Box::new(move |_| Ok(Applied::Rule(answer))),
+                None,
+            ))
+        }
+        Change::RemoveFirewallRule(rule) => {
+            let rule = checked_rule(&rule)?;
+            let expect = fleet
+                .revision_of(&FleetKey::Rule(rule.value.clone()))
+                .ok_or_else(|| {
+                    ChangeError::NotFound(format!("firewall rule {} not found", rule.value))
+                })?;
+            Ok((
+                vec![FleetOp::DeleteRule { rule, expect }],
+                Box::new(|_| Ok(Applied::Removed)),
+                None,
+            ))
+        }
+        Change::UpdateListener {
+            listener: name,
+            mut settings,
+        } => {
+            let listener = listener_by_name(state, &name)?;
+            let no_sni = new_no_sni_route(&listener, settings.no_sni_route.as_deref())?;
+            settings.no_sni_route = None;
+            // The node's own part is checked now too: all or nothing.
+            listener_settings(
+                ListenerSettings::clone(&listener.settings()),
+                settings.clone(),
+            )?;
+            let local = (settings != ListenerChange::default()).then_some(Change::UpdateListener {
+                listener: name,
+                settings,
+            });
+            let key = FleetKey::NoSni {
+                listener: fleet_name(&listener),
+            };
+            let ops = vec![FleetOp::PutNoSni {
+                listener: fleet_name(&listener),
+                hostname: no_sni,
+                expect: fleet.revision_of(&key),
+            }];
+            let addr = listener.addr;
+            let answer = Box::new(move |state: &State| {
+                let listener = state
+                    .listeners()
+                    .iter()
+                    .find(|l| l.addr == addr)
+                    .cloned()
+                    .ok_or_else(|| ChangeError::NotFound(format!("no listener {addr}")))?;
+                Ok(Applied::Listener {
+                    listener,
+                    warnings: Vec::new(),
+                })
+            });
+            Ok((ops, answer, local))
+        }
+        other => Err(ChangeError::Internal(format!(
+            "{} is not a fleet-wide change",
+            other.kind()
+        ))),
+    }
+}
+
+/// [`Change::Synced`]: the fleet's objects as the store has them, applied here whatever this
+/// node had (idempotent). Routes are written one by one but each listener's table is swapped
+/// once for the whole batch, so a node that loads a large fleet does not rebuild its table
+/// per route. An object that cannot be applied here (a listener this node lacks, a
+/// certificate that does not load) is skipped and named in the error; the rest is applied.
+fn apply_synced(cx: Apply<'_>, batch: Vec<Synced>) -> Result<Applied, ChangeError> {
+    let Apply {
+        store,
+        state,
+        origin,
+    } = cx;
+    let mut failed = Vec::new();
+    // Per listener: the routes to put and the hostnames to drop, swapped once at the end.
+    let mut tables: Vec<(Arc<ListenerState>, Vec<ValidRoute>, Vec<String>)> = Vec::new();
+    let mut firewall_changed = false;
+    for synced in batch {
+        let result = match synced {
+            Synced::PutRoute { listener, route } => sync_put_route(store, state, &listener, route, origin, &mut tables),
+            Synced::DeleteRoute { listener, hostname } => sync_delete_route(store, state, &listener, hostname, origin, &mut tables),
+            Synced::PutRule(rule) => checked_rule(&rule).and_then(|rule| {
+                if !store.firewall_rules()?.contains(&rule) {
+                    store.add_firewall_rule(&rule)?;
+                    firewall_changed = true;
+                    publish_firewall(state, ChangeAction::Added, &rule, origin);
+                }
+                Ok(())
+            }),
+            Synced::DeleteRule(rule) => checked_rule(&rule).and_then(|rule| {
+                if store.firewall_rules()?.contains(&rule) {
+                    store.remove_firewall_rule(&rule)?;
+                    firewall_changed = true;
+                    publish_firewall(state, ChangeAction::Removed, &rule, origin);
+                }
+                Ok(())
+            }),
+            Synced::NoSni { listener, hostname } => listener_by_fleet_name(state, &listener).and_then(|listener| {
+                if listener.no_sni_route() != hostname {
+                    store.update_listener(listener.id, &stored(&listener.settings(), hostname.as_deref()))?;
+                    tracing::info!(listener = %listener.addr, no_sni_route = hostname.as_deref().unwrap_or("-"), "no_sni_route set from the cluster");
+                    listener.set_no_sni_route(hostname);
+                    publish_listener(state, listener.addr, ChangeAction::Updated, origin);
+                }
+                Ok(())
+            }),
+        };
+        if let Err(e) = result {
+            failed.push(e.to_string());
+        }
+    }
+    for (listener, put, dropped) in tables {
+        swap_routes(state, &listener, |routes| {
+            routes.retain(|r| {
+                !dropped.contains(&r.route.hostname)
+                    && !put.iter().any(|p| p.route.hostname == r.route.hostname)
+            });
+            routes.extend(put);
+        });
+    }
+    if firewall_changed {
+        swap_firewall(store, state)?;
+    }
+    match failed.len() {
+        0 => Ok(Applied::Removed),
+        n => Err(ChangeError::Invalid(format!(
+            "{n} object(s) of the cluster not applied on this node: {}",
+            clip(&failed.join("; "))
+        ))),
+    }
+}
+
+/// The entry of `tables` for `listener`.
+fn table_of<'t>(
+    tables: &'t mut Vec<(Arc<ListenerState>, Vec<ValidRoute>, Vec<String>)>,
+    listener: &Arc<ListenerState>,
+) -> &'t mut (Arc<ListenerState>, Vec<ValidRoute>, Vec<String>) {
+    let at = match tables.iter().position(|(l, _, _)| l.id == listener.id) {
+        Some(at) => at,
+        None => {
+            tables.push((Arc::clone(listener), Vec::new(), Vec::new()));
+            tables.len() - 1
+        }
+    };
+    &mut tables[at]
+}
+
+/// [`Synced::PutRoute`]: stored now, swapped with the batch.
+fn sync_put_route(
+    store: &mut Store,
+    state: &State,
+    listener: &str,
+    route: Route,
+    origin: &Origin,
+    tables: &mut Vec<(Arc<ListenerState>, Vec<ValidRoute>, Vec<String>)>,
+) -> Result<(), ChangeError> {
+    let listener = listener_by_fleet_name(state, listener)?;
+    let valid = validate(&listener, &route)?;
+    let name = valid.route.hostname.clone();
+    let current = store
+        .routes(listener.id)?
+        .into_iter()
+        .find(|r| r.hostname == name);
+    let action = match &current {
+        Some(current) if *current == valid.route => return Ok(()),
+        Some(_) => {
+            store.update_route(listener.id, &name, &valid.route)?;
+            ChangeAction::Updated
+        }
+        None => {
+            store.create_route(listener.id, &valid.route)?;
+            ChangeAction::Added
+        }
+    };
+    listener.forget_not_served(&name);
+    tracing::info!(listener = %listener.addr, route = %name, backends = %valid.route.backend_list(), "route {action} from the cluster");
+    let previous = current.map(|c| c.hostname);
+    publish_route(
+        state,
+        listener.addr,
+        action,
+        valid.route.clone(),
+        previous,
+        origin,
+    );
+    let (_, put, dropped) = table_of(tables, &listener);
+    put.retain(|p| p.route.hostname != name);
+    dropped.retain(|d| *d != name);
+    put.push(valid);
+    Ok(())
+}
+
+/// [`Synced::DeleteRoute`]: deleted now, swapped with the batch.
+fn sync_delete_route(
+    store: &mut Store,
+    state: &State,
+    listener: &str,
+    hostname: String,
+    origin: &Origin,
+    tables: &mut Vec<(Arc<ListenerState>, Vec<ValidRoute>, Vec<String>)>,
+) -> Result<(), ChangeError> {
+    let listener = listener_by_fleet_name(state, listener)?;
+    let Some(removed) = store
+        .routes(listener.id)?
+        .into_iter()
+        .find(|r| r.hostname == hostname)
+    else {
+        return Ok(());
+    };
+    if listener.no_sni_route().as_deref() == Some(hostname.as_str()) {
+        // The fleet removed it: ClientHellos without SNI are reset from now on.
+        store.update_listener(listener.id, &stored(&listener.settings(), None))?;
+        listener.set_no_sni_route(None);
+    }
+    store.delete_route(listener.id, &hostname)?;
+    listener.forget_not_served(&hostname);
+    tracing::info!(listener = %listener.addr, route = %hostname, "route removed from the cluster");
+    publish_route(
+        state,
+        listener.addr,
+        ChangeAction::Removed,
+        removed,
+        None,
+        origin,
+    );
+    let (_, put, dropped) = table_of(tables, &listener);
+    put.retain(|p| p.route.hostname != hostname);
+    dropped.push(hostname);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -43,6 +43,14 @@ pub enum Caller {
     Signal(&'static str),
     /// No caller known: an admin connection without credentials, the control plane's tests.
     Unknown,
+    /// A change another node of the fleet (or this one, through its own admin API) wrote to
+    /// the cluster store, applied here when the store's watch delivered it.
+    Node {
+        /// The node whose admin API took the change.
+        node: String,
+        /// Who asked it there, in that node's words.
+        by: String,
+    },
 }
 
 impl std::fmt::Display for Caller {
@@ -60,6 +68,7 @@ impl std::fmt::Display for Caller {
             }
             Caller::Signal(name) => f.write_str(name),
             Caller::Unknown => f.write_str("unknown"),
+            Caller::Node { node, by } => write!(f, "node {node}: {by}"),
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub(crate) mod backends;
 pub mod certs;
+pub mod cluster;
 pub(crate) mod conns;
 pub mod events;
 pub(crate) mod firewall;

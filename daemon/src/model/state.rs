@@ -560,6 +560,8 @@ pub struct State {
     /// The L7 backend connection pool's counters, per backend.
     pub backends: Arc<crate::model::stats::BackendRegistry>,
     firewall: ArcSwap<Firewall>,
+    /// The link to the fleet's store, on a node with `[cluster]`.
+    cluster: ArcSwapOption<crate::model::cluster::ClusterView>,
     /// Counters per (listener id, hostname), kept across route table swaps. Locked only while
     /// building a table, never on the data path.
     route_stats: Mutex<HashMap<(i64, String), Arc<RouteStats>>>,
@@ -585,6 +587,7 @@ impl State {
             connections: crate::model::conns::Registry::default(),
             backends: Arc::default(),
             firewall: ArcSwap::from_pointee(firewall),
+            cluster: ArcSwapOption::empty(),
             route_stats: Mutex::new(route_stats),
         }
     }
@@ -622,6 +625,16 @@ impl State {
     /// Swaps in new `[proxy]` settings (`control` checks which may change).
     pub fn set_proxy(&self, proxy: ProxyConfig) {
         self.proxy.store(Arc::new(proxy));
+    }
+
+    /// The link to the fleet's store (`None`: not a cluster node).
+    pub fn cluster(&self) -> Option<Arc<crate::model::cluster::ClusterView>> {
+        self.cluster.load_full()
+    }
+
+    /// Replaces the cluster link's view (the cluster sync only).
+    pub fn set_cluster(&self, view: crate::model::cluster::ClusterView) {
+        self.cluster.store(Some(Arc::new(view)));
     }
 
     /// The listeners, in store order.

@@ -1,0 +1,1061 @@
+//! The node's half of the fleet: it keeps this node's routes, firewall and no-SNI routes equal
+//! to the etcd prefix, and writes the fleet-wide changes asked of this node there.
+//!
+//! Read path: at start the node serves from SQLite at once; [`Cluster::run`] then reads the
+//! whole prefix at a revision R, applies the differences through `control::apply`
+//! ([`Change::Synced`]: the same step that writes SQLite and swaps the snapshot) and watches
+//! from R+1. Every watched event is applied the same way, in revision order. A compacted
+//! revision (the node was away too long) means a full read again, applied as a difference:
+//! never a silent gap. A periodic full comparison proves the node and the store agree, and
+//! repairs (and counts) any difference; progress requests tell how far behind the store the
+//! node is when nothing changes.
+//!
+//! Write path: a fleet-wide change is checked by `apply` ([`FleetStore::write`] gets its
+//! writes), sent as one etcd transaction that compares the revision of every object it
+//! touches with the one this node applied, and answered once this node's watch has applied
+//! it. A compare that fails means another change won: nothing was applied anywhere.
+//!
+//! The store away: writes fail within `request_timeout` naming the endpoints; the node keeps
+//! serving its last applied state, reconnects with backoff (100 ms doubling to 5 s) and
+//! resumes the watch from the revision after the last one it applied.
+//!
+//! Node registry: a key per node bound to a lease of `lease_ttl`, kept alive every third of
+//! it, holding the node's name, version, listeners, addresses, applied revision and last
+//! error; it disappears when the node does.
+//!
+//! Invariants: objects are applied in store order, and a version older than the one applied
+//! for the same key is never applied over it (a resync and the watch can deliver the same
+//! revisions twice). SQLite and the snapshot change only through `apply`. No lock is held
+//! across an `.await`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Route};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::doc::{self, DocOrigin, NoSniDoc, NodeDoc, RouteDoc, RuleDoc};
+use super::keys::{Key, Keys};
+use crate::control::apply::{
+    Change, ChangeError, Control, FleetKey, FleetObjects, FleetOp, FleetStore, Synced,
+};
+use crate::model::cluster::{ClusterView, Link};
+use crate::model::events::Caller;
+
+/// The largest certificate or key file a route's PEM is read from.
+const MAX_PEM: u64 = 1024 * 1024;
+/// Reconnection backoff bounds.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often the node asks the store how far it is (progress) and refreshes its registry
+/// entry when its applied revision moved.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// What the sync needs to know of its node and store.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// This node's name.
+    pub node: String,
+    /// The key prefix (`/mc-proxy/default`).
+    pub prefix: String,
+    /// The etcd endpoints, for messages.
+    pub endpoints: Vec<String>,
+    /// The limit of one store request.
+    pub request_timeout: Duration,
+    /// The registry lease's time to live.
+    pub lease_ttl: Duration,
+    /// Where this node keeps the PEM files of the fleet's L7 routes.
+    pub cert_dir: PathBuf,
+    /// The admin socket path and the metrics address, for the registry.
+    pub admin: String,
+    /// See `admin`.
+    pub metrics: String,
+    /// How often the whole prefix is compared with this node's state.
+    pub resync_every: Duration,
+}
+
+/// Opens a client to the store (the cluster's `client::connect` with its TLS and auth).
+pub type Connector =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Client, String>> + Send>> + Send + Sync>;
+
+/// A fleet-wide write waiting for the sync task: the writes, who asked, where to answer.
+struct WriteJob {
+    ops: Vec<FleetOp>,
+    by: String,
+    reply: std::sync::mpsc::SyncSender<Result<(), ChangeError>>,
+}
+
+/// The node's link to the fleet's store (see the module docs).
+pub struct Cluster {
+    settings: SyncSettings,
+    keys: Keys,
+    control: Arc<Control>,
+    /// Every key of the prefix this node has applied, with its store revision.
+    mirror: Mutex<HashMap<String, i64>>,
+    /// The store revision applied here.
+    applied: watch::Sender<i64>,
+    /// The connected client, `None` while the store is away.
+    client: Mutex<Option<Client>>,
+    /// What status, metrics and the console show.
+    view: Mutex<ClusterView>,
+    writes: mpsc::UnboundedSender<WriteJob>,
+    jobs: Mutex<Option<mpsc::UnboundedReceiver<WriteJob>>>,
+    started_ms: u64,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.settings.node)
+            .field("prefix", &self.settings.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// What the store holds under the prefix, decoded.
+#[derive(Debug, Default)]
+struct Desired {
+    routes: BTreeMap<(String, String), RouteDoc>,
+    rules: BTreeMap<String, RuleDoc>,
+    no_sni: BTreeMap<String, NoSniDoc>,
+    seeded: bool,
+}
+
+impl Cluster {
+    /// The link for `control`'s node; nothing runs until [`Cluster::run`]. Makes `control`
+    /// send fleet-wide changes here.
+    pub fn new(settings: SyncSettings, control: Arc<Control>) -> Arc<Cluster> {
+        let (writes, jobs) = mpsc::unbounded_channel();
+        let view = ClusterView {
+            node: settings.node.clone(),
+            endpoints: settings.endpoints.clone(),
+            prefix: settings.prefix.clone(),
+            link: Link::Connecting,
+            since: SystemTime::now(),
+            applied: 0,
+            store_revision: 0,
+            last_error: String::new(),
+            drift_repaired: 0,
+        };
+        control.state().set_cluster(view.clone());
+        let cluster = Arc::new(Cluster {
+            keys: Keys::new(&settings.prefix),
+            settings,
+            control: Arc::clone(&control),
+            mirror: Mutex::new(HashMap::new()),
+            applied: watch::Sender::new(0),
+            client: Mutex::new(None),
+            view: Mutex::new(view),
+            writes,
+            jobs: Mutex::new(Some(jobs)),
+            started_ms: now_ms(),
+        });
+        control.set_fleet(Arc::clone(&cluster) as Arc<dyn FleetStore>);
+        cluster
+    }
+
+    /// This node's view of the link (what status shows).
+    pub fn view(&self) -> ClusterView {
+        lock(&self.view).clone()
+    }
+
+    fn update_view(&self, edit: impl FnOnce(&mut ClusterView)) {
+        let view = {
+            let mut view = lock(&self.view);
+            edit(&mut view);
+            view.clone()
+        };
+        self.control.state().set_cluster(view);
+    }
+
+    fn set_link(&self, link: Link, error: Option<String>) {
+        self.update_view(|v| {
+            if v.link != link {
+                v.link = link;
+                v.since = SystemTime::now();
+            }
+            if let Some(e) = error {
+                v.last_error = e;
+            }
+        });
+    }
+
+    fn endpoints(&self) -> String {
+        mc_proxy_shared::text::clip(&self.settings.endpoints.join(","))
+    }
+
+    fn unavailable(&self, why: impl std::fmt::Display) -> ChangeError {
+        ChangeError::Unavailable(format!(
+            "cluster store unreachable ({}): {why}; nothing applied, this node keeps serving \
+             its last state",
+            self.endpoints()
+        ))
+    }
+
+    /// The nodes registered in the store now (each node's registry entry).
+    pub async fn nodes(&self) -> Result<Vec<NodeDoc>, ChangeError> {
+        let Some(mut client) = lock(&self.client).clone() else {
+            return Err(self.unavailable("not connected"));
+        };
+        let resp = tokio::time::timeout(
+            self.settings.request_timeout,
+            client.get(self.keys.nodes(), Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        .map_err(|_| self.unavailable("timed out"))?
+        .map_err(|e| self.unavailable(e))?;
+        let mut nodes: Vec<NodeDoc> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| doc::decode(kv.value()).ok())
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
+    }
+
+    /// Keeps the node in step with the store until `shutdown` (see the module docs).
+    pub async fn run(self: Arc<Self>, connect: Connector, shutdown: CancellationToken) {
+        let Some(mut jobs) = lock(&self.jobs).take() else {
+            return;
+        };
+        let mut backoff = BACKOFF_MIN;
+        let mut resume: Option<i64> = None;
+        loop {
+            let connected = tokio::select! {
+                () = shutdown.cancelled() => return,
+                c = connect() => c,
+            };
+            let outcome = match connected {
+                Ok(client) => {
+                    *lock(&self.client) = Some(client.clone());
+                    let outcome = self
+                        .session(client, &mut resume, &mut jobs, &shutdown)
+                        .await;
+                    *lock(&self.client) = None;
+                    if outcome.is_ok() {
+                        return;
+                    }
+                    backoff = BACKOFF_MIN;
+                    outcome
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
+                let was = lock(&self.view).link.clone();
+                if was != Link::Disconnected {
+                    tracing::warn!(endpoints = %self.endpoints(), "cluster store lost: {e}; serving the last applied state");
+                }
+                self.set_link(Link::Disconnected, Some(e));
+            }
+            // While away, writes are refused at once rather than left waiting.
+            let pause = tokio::time::sleep(backoff);
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = &mut pause => break,
+                    Some(job) = jobs.recv() => {
+                        let _ = job.reply.send(Err(self.unavailable("not connected")));
+                    }
+                }
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connection's life: load (or resume), register, watch, write. `Ok` on shutdown.
+    async fn session(
+        self: &Arc<Self>,
+        mut client: Client,
+        resume: &mut Option<i64>,
+        jobs: &mut mpsc::UnboundedReceiver<WriteJob>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let mut start = match *resume {
+            Some(applied) => applied + 1,
+            None => self.load(&mut client, false).await? + 1,
+        };
+        let lease = self.register(&mut client).await?;
+        let (mut keeper, mut kept) = client
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| format!("lease keep-alive: {e}"))?;
+        let mut keep_alive = tokio::time::interval(self.settings.lease_ttl / 3);
+        let mut progress = tokio::time::interval(PROGRESS_EVERY);
+        let mut resync = tokio::time::interval(self.settings.resync_every);
+        resync.reset();
+        let mut registered_at = *self.applied.borrow();
+        'watch: loop {
+            let (mut watcher, mut stream) = client
+                .watch(
+                    self.keys.root(),
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(start)
+                            .with_progress_notify(),
+                    ),
+                )
+                .await
+                .map_err(|e| format!("watch: {e}"))?
+                .split();
+            if lock(&self.view).link != Link::Connected {
+                tracing::info!(endpoints = %self.endpoints(), from = start, "cluster store connected, watching");
+            }
+            self.set_link(Link::Connected, Some(String::new()));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
+                        return Ok(());
+                    }
+                    message = stream.message() => {
+                        let resp = match message {
+                            Ok(Some(resp)) => resp,
+                            Ok(None) => return Err("the watch ended".into()),
+                            Err(e) => return Err(format!("watch: {e}")),
+                        };
+                        if resp.compact_revision() > 0 || resp.canceled() {
+                            tracing::warn!(compacted = resp.compact_revision(), "the store compacted revisions this node had not applied: full resync");
+                            start = self.load(&mut client, false).await? + 1;
+                            *resume = Some(start - 1);
+                            // The old watch ends when its stream is dropped.
+                            continue 'watch;
+                        }
+                        let store_revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+                        self.apply_watched(&resp).await;
+                        if resp.events().is_empty() && store_revision > 0 {
+                            // A progress answer: every event up to it has been delivered.
+                            self.applied.send_if_modified(|a| {
+                                let moved = store_revision > *a;
+                                *a = (*a).max(store_revision);
+                                moved
+                            });
+                        }
+                        let applied = *self.applied.borrow();
+                        *resume = Some(applied);
+                        self.update_view(|v| {
+                            v.applied = applied;
+                            v.store_revision = v.store_revision.max(store_revision).max(applied);
+                        });
+                    }
+                    Some(job) = jobs.recv() => {
+                        let me = Arc::clone(self);
+                        let client = client.clone();
+                        tokio::spawn(async move {
+                            let result = me.write_job(client, job.ops, &job.by).await;
+                            let _ = job.reply.send(result);
+                        });
+                    }
+                    _ = keep_alive.tick() => {
+                        keeper.keep_alive().await.map_err(|e| format!("lease keep-alive: {e}"))?;
+                    }
+                    kept = kept.message() => {
+                        match kept {
+                            Ok(Some(resp)) if resp.ttl() > 0 => {}
+                            Ok(_) => return Err("the registry lease expired".into()),
+                            Err(e) => return Err(format!("lease keep-alive: {e}")),
+                        }
+                    }
+                    _ = progress.tick() => {
+                        watcher.request_progress().await.map_err(|e| format!("watch progress: {e}"))?;
+                        let applied = *self.applied.borrow();
+                        if applied != registered_at {
+                            registered_at = applied;
+                            self.put_registry(&mut client, lease).await?;
+                        }
+                    }
+                    _ = resync.tick() => {
+                        // Proof that node and store agree: the whole prefix compared.
+                        self.load(&mut client, true).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the whole prefix, seeds it first if it was never seeded, and applies what this
+    /// node has different. Returns the revision read. `check`: a periodic comparison, whose
+    /// differences are counted as drift.
+    async fn load(&self, client: &mut Client, check: bool) -> Result<i64, String> {
+        loop {
+            let resp = tokio::time::timeout(
+                self.settings.request_timeout * 4,
+                client.get(self.keys.root(), Some(GetOptions::new().with_prefix())),
+            )
+            .await
+            .map_err(|_| "reading the prefix timed out".to_owned())?
+            .map_err(|e| format!("reading the prefix: {e}"))?;
+            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            let mut desired = Desired::default();
+            let mut mirror = HashMap::new();
+            for kv in resp.kvs() {
+                let Ok(key) = kv.key_str() else { continue };
+                let Some(parsed) = self.keys.parse(key) else {
+                    continue;
+                };
+                let decoded = match &parsed {
+                    Key::Route { listener, hostname } => {
+                        doc::decode::<RouteDoc>(kv.value()).map(|d| {
+                            desired
+                                .routes
+                                .insert((listener.clone(), hostname.clone()), d);
+                        })
+                    }
+                    Key::Rule(rule) => doc::decode::<RuleDoc>(kv.value()).map(|d| {
+                        desired.rules.insert(rule.clone(), d);
+                    }),
+                    Key::NoSni { listener } => doc::decode::<NoSniDoc>(kv.value()).map(|d| {
+                        desired.no_sni.insert(listener.clone(), d);
+                    }),
+                    Key::Seeded => {
+                        desired.seeded = true;
+                        Ok(())
+                    }
+                    Key::Node(_) => continue,
+                };
+                match decoded {
+                    Ok(()) => {
+                        mirror.insert(key.to_owned(), kv.mod_revision());
+                    }
+                    Err(e) => {
+                        tracing::error!(key = %mc_proxy_shared::text::clip(key), "cluster value does not decode, skipped: {e}")
+                    }
+                }
+            }
+            if !desired.seeded {
+                if self.seed(client).await? {
+                    continue;
+                }
+                // Another node seeded it first: read what it wrote.
+                continue;
+            }
+            let objects = self.local_objects().await?;
+            let batch = self.differences(&desired, &objects);
+            let n = batch.len();
+            if n > 0 {
+                if check {
+                    tracing::warn!(
+                        objects = n,
+                        "this node had drifted from the cluster store: repaired"
+                    );
+                    self.update_view(|v| v.drift_repaired += n as u64);
+                } else {
+                    tracing::info!(
+                        objects = n,
+                        revision,
+                        "cluster store read: applying what differs"
+                    );
+                }
+                self.apply_batch(batch, None).await;
+            }
+            *lock(&self.mirror) = mirror;
+            self.applied.send_if_modified(|a| {
+                let moved = revision > *a;
+                *a = (*a).max(revision);
+                moved
+            });
+            self.update_view(|v| {
+                v.applied = v.applied.max(revision);
+                v.store_revision = v.store_revision.max(revision);
+            });
+            return Ok(revision);
+        }
+    }
+
+    /// Seeds an empty prefix from this node's database, guarded so that only one node does.
+    /// Returns whether this node's seed won (either way the caller reads the prefix again).
+    async fn seed(&self, client: &mut Client) -> Result<bool, String> {
+        let objects = self.local_objects().await?;
+        let origin = DocOrigin {
+            node: self.settings.node.clone(),
+            by: "seed".into(),
+        };
+        let mut ops = vec![TxnOp::put(self.keys.seeded(), doc::encode(&origin), None)];
+        for (listener, route) in &objects.routes {
+            let doc = self
+                .route_doc(route.clone(), &origin)
+                .map_err(|e| e.to_string())?;
+            ops.push(TxnOp::put(
+                self.keys.route(listener, &route.hostname),
+                doc::encode(&doc),
+                None,
+            ));
+        }
+        for rule in &objects.rules {
+            let doc = RuleDoc {
+                rule: rule.clone(),
+                origin: origin.clone(),
+            };
+            ops.push(TxnOp::put(
+                self.keys.rule(&rule.value),
+                doc::encode(&doc),
+                None,
+            ));
+        }
+        for (listener, hostname) in &objects.no_sni {
+            if hostname.is_some() {
+                let doc = NoSniDoc {
+                    hostname: hostname.clone(),
+                    origin: origin.clone(),
+                };
+                ops.push(TxnOp::put(
+                    self.keys.no_sni(listener),
+                    doc::encode(&doc),
+                    None,
+                ));
+            }
+        }
+        // etcd takes at most 128 operations per transaction by default: a larger seed goes
+        // in after the guard, in chunks (the guard alone decides who seeds).
+        let rest = if ops.len() > 100 {
+            ops.split_off(100)
+        } else {
+            Vec::new()
+        };
+        let txn = Txn::new()
+            .when(vec![Compare::version(
+                self.keys.seeded(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(ops);
+        let resp = tokio::time::timeout(self.settings.request_timeout, client.txn(txn))
+            .await
+            .map_err(|_| "seeding timed out".to_owned())?
+            .map_err(|e| format!("seeding: {e}"))?;
+        if !resp.succeeded() {
+            return Ok(false);
+        }
+        for chunk in rest.chunks(100) {
+            tokio::time::timeout(
+                self.settings.request_timeout,
+                client.txn(Txn::new().and_then(chunk.to_vec())),
+            )
+            .await
+            .map_err(|_| "seeding timed out".to_owned())?
+            .map_err(|e| format!("seeding: {e}"))?;
+        }
+        tracing::info!(
+            routes = objects.routes.len(),
+            rules = objects.rules.len(),
+            "seeded the empty cluster store from this node's database"
+        );
+        Ok(true)
+    }
+
+    /// This node's objects, read from its database on a blocking thread.
+    async fn local_objects(&self) -> Result<FleetObjects, String> {
+        let control = Arc::clone(&self.control);
+        tokio::task::spawn_blocking(move || control.fleet_objects())
+            .await
+            .map_err(|e| format!("reading the database: {e}"))?
+            .map_err(|e| e.to_string())
+    }
+
+    /// What must be applied here for this node to hold what the store holds.
+    fn differences(&self, desired: &Desired, objects: &FleetObjects) -> Vec<(Synced, DocOrigin)> {
+        let mut batch = Vec::new();
+        let local: HashMap<(String, String), &Route> = objects
+            .routes
+            .iter()
+            .map(|(l, r)| ((l.clone(), r.hostname.clone()), r))
+            .collect();
+        for ((listener, hostname), want) in &desired.routes {
+            let same = local
+                .get(&(listener.clone(), hostname.clone()))
+                .and_then(|have| self.route_doc((*have).clone(), &DocOrigin::default()).ok())
+                .is_some_and(|have| have.same_content(want));
+            if !same && let Some(synced) = self.put_route(listener, want) {
+                batch.push((synced, want.origin.clone()));
+            }
+        }
+        let listeners: Vec<&String> = objects.no_sni.iter().map(|(l, _)| l).collect();
+        for (listener, hostname) in local.keys() {
+            if !desired
+                .routes
+                .contains_key(&(listener.clone(), hostname.clone()))
+            {
+                batch.push((
+                    Synced::DeleteRoute {
+                        listener: listener.clone(),
+                        hostname: hostname.clone(),
+                    },
+                    DocOrigin::default(),
+                ));
+            }
+        }
+        for (value, want) in &desired.rules {
+            if !objects.rules.iter().any(|r| &r.value == value) {
+                batch.push((Synced::PutRule(want.rule.clone()), want.origin.clone()));
+            }
+        }
+        for rule in &objects.rules {
+            if !desired.rules.contains_key(&rule.value) {
+                batch.push((Synced::DeleteRule(rule.clone()), DocOrigin::default()));
+            }
+        }
+        for (listener, have) in &objects.no_sni {
+            let want = desired.no_sni.get(listener);
+            let want_host = want.and_then(|d| d.hostname.clone());
+            if *have != want_host {
+                batch.push((
+                    Synced::NoSni {
+                        listener: listener.clone(),
+                        hostname: want_host,
+                    },
+                    want.map(|d| d.origin.clone()).unwrap_or_default(),
+                ));
+            }
+        }
+        // Routes of listeners this node does not have stay unapplied (named once).
+        for (listener, hostname) in desired.routes.keys() {
+            if !listeners.contains(&listener) {
+                tracing::debug!(listener = %listener, route = %hostname, "cluster route for a listener this node does not have: not served here");
+            }
+        }
+        batch.retain(|(s, _)| match s {
+            Synced::PutRoute { listener, .. } | Synced::NoSni { listener, .. } => {
+                listeners.contains(&listener)
+            }
+            _ => true,
+        });
+        batch
+    }
+
+    /// A route's store document: every field, its PEM instead of its paths.
+    fn route_doc(&self, mut route: Route, origin: &DocOrigin) -> Result<RouteDoc, ChangeError> {
+        let (mut cert_pem, mut key_pem) = (String::new(), String::new());
+        if !route.tls_cert.is_empty() {
+            cert_pem = read_pem(Path::new(&route.tls_cert))?;
+            key_pem = read_pem(Path::new(&route.tls_key))?;
+        }
+        route.tls_cert.clear();
+        route.tls_key.clear();
+        Ok(RouteDoc {
+            route,
+            cert_pem,
+            key_pem,
+            origin: origin.clone(),
+        })
+    }
+
+    /// [`Synced::PutRoute`] for `doc`, its PEM written to this node's files first.
+    fn put_route(&self, listener: &str, doc: &RouteDoc) -> Option<Synced> {
+        let mut route = doc.route.clone();
+        if !doc.cert_pem.is_empty() {
+            match self.write_pem(listener, &route.hostname, doc) {
+                Ok((cert, key)) => {
+                    route.tls_cert = cert.display().to_string();
+                    route.tls_key = key.display().to_string();
+                }
+                Err(e) => {
+                    tracing::error!(listener, route = %route.hostname, "cluster route's certificate not written: {e}");
+                    self.update_view(|v| v.last_error = format!("route {}: {e}", route.hostname));
+                    return None;
+                }
+            }
+        }
+        Some(Synced::PutRoute {
+            listener: listener.to_owned(),
+            route,
+        })
+    }
+
+    /// Writes a route's certificate and key (0600) under `cert_dir`, replacing them whole
+    /// (written aside, then renamed) when they differ.
+    fn write_pem(
+        &self,
+        listener: &str,
+        hostname: &str,
+        doc: &RouteDoc,
+    ) -> std::io::Result<(PathBuf, PathBuf)> {
+        let dir = self.settings.cert_dir.join(file_name(listener));
+        std::fs::create_dir_all(&dir)?;
+        let cert = dir.join(format!("{}.crt", file_name(hostname)));
+        let key = dir.join(format!("{}.key", file_name(hostname)));
+        for (path, text) in [(&cert, &doc.cert_pem), (&key, &doc.key_pem)] {
+            if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
+                continue;
+            }
+            let aside = path.with_extension("new");
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&aside)?;
+                f.write_all(text.as_bytes())?;
+                f.sync_all()?;
+            }
+            std::fs::rename(&aside, path)?;
+        }
+        Ok((cert, key))
+    }
+
+    /// Applies the watched events of one response, in order, skipping versions older than
+    /// the one applied for the same key.
+    async fn apply_watched(&self, resp: &etcd_client::WatchResponse) {
+        let mut batch = Vec::new();
+        let mut newest = 0;
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            let revision = kv.mod_revision();
+            newest = newest.max(revision);
+            let Ok(key) = kv.key_str() else { continue };
+            let Some(parsed) = self.keys.parse(key) else {
+                continue;
+            };
+            {
+                let mut mirror = lock(&self.mirror);
+                if mirror.get(key).is_some_and(|known| *known >= revision) {
+                    continue;
+                }
+                match event.event_type() {
+                    EventType::Put => mirror.insert(key.to_owned(), revision),
+                    EventType::Delete => mirror.remove(key),
+                };
+            }
+            let put = event.event_type() == EventType::Put;
+            let item = match (parsed, put) {
+                (Key::Route { listener, .. }, true) => match doc::decode::<RouteDoc>(kv.value()) {
+                    Ok(doc) => self.put_route(&listener, &doc).map(|s| (s, doc.origin)),
+                    Err(e) => {
+                        tracing::error!(key, "cluster route does not decode, skipped: {e}");
+                        None
+                    }
+                },
+                (Key::Route { listener, hostname }, false) => Some((
+                    Synced::DeleteRoute { listener, hostname },
+                    DocOrigin::default(),
+                )),
+                (Key::Rule(_), true) => match doc::decode::<RuleDoc>(kv.value()) {
+                    Ok(doc) => Some((Synced::PutRule(doc.rule), doc.origin)),
+                    Err(e) => {
+                        tracing::error!(key, "cluster rule does not decode, skipped: {e}");
+                        None
+                    }
+                },
+                (Key::Rule(value), false) => Some((
+                    Synced::DeleteRule(FirewallRule {
+                        kind: if value.contains('/') {
+                            FirewallRuleKind::Cidr
+                        } else {
+                            FirewallRuleKind::Ip
+                        },
+                        value,
+                    }),
+                    DocOrigin::default(),
+                )),
+                (Key::NoSni { listener }, true) => match doc::decode::<NoSniDoc>(kv.value()) {
+                    Ok(doc) => Some((
+                        Synced::NoSni {
+                            listener,
+                            hostname: doc.hostname,
+                        },
+                        doc.origin,
+                    )),
+                    Err(e) => {
+                        tracing::error!(key, "cluster no-SNI route does not decode, skipped: {e}");
+                        None
+                    }
+                },
+                (Key::NoSni { listener }, false) => Some((
+                    Synced::NoSni {
+                        listener,
+                        hostname: None,
+                    },
+                    DocOrigin::default(),
+                )),
+                (Key::Node(_) | Key::Seeded, _) => None,
+            };
+            batch.extend(item);
+        }
+        if !batch.is_empty() {
+            self.apply_batch(batch, None).await;
+        }
+        if newest > 0 {
+            self.applied.send_if_modified(|a| {
+                let moved = newest > *a;
+                *a = (*a).max(newest);
+                moved
+            });
+        }
+    }
+
+    /// Applies `batch` through `control::apply`, one change per origin run (events name who
+    /// made them), on a blocking thread.
+    async fn apply_batch(&self, batch: Vec<(Synced, DocOrigin)>, _why: Option<&str>) {
+        let mut runs: Vec<(DocOrigin, Vec<Synced>)> = Vec::new();
+        for (synced, origin) in batch {
+            match runs.last_mut() {
+                Some((o, items)) if *o == origin => items.push(synced),
+                _ => runs.push((origin, vec![synced])),
+            }
+        }
+        let control = Arc::clone(&self.control);
+        let node = self.settings.node.clone();
+        let failed = tokio::task::spawn_blocking(move || {
+            let mut failed = Vec::new();
+            for (origin, items) in runs {
+                let caller = Caller::Node {
+                    node: if origin.node.is_empty() {
+                        node.clone()
+                    } else {
+                        origin.node
+                    },
+                    by: if origin.by.is_empty() {
+                        "cluster resync".into()
+                    } else {
+                        origin.by
+                    },
+                };
+                if let Err(e) = control.apply_by(Change::Synced(items), caller) {
+                    failed.push(e.to_string());
+                }
+            }
+            failed
+        })
+        .await
+        .unwrap_or_else(|e| vec![format!("applying cluster changes: {e}")]);
+        if let Some(e) = failed.last() {
+            tracing::error!("cluster change not applied on this node: {e}");
+            self.update_view(|v| v.last_error = e.clone());
+        }
+    }
+
+    /// Grants this node's lease and writes its registry entry under it.
+    async fn register(&self, client: &mut Client) -> Result<i64, String> {
+        let ttl = self.settings.lease_ttl.as_secs().max(1) as i64;
+        let lease =
+            tokio::time::timeout(self.settings.request_timeout, client.lease_grant(ttl, None))
+                .await
+                .map_err(|_| "lease grant timed out".to_owned())?
+                .map_err(|e| format!("lease grant: {e}"))?
+                .id();
+        self.put_registry(client, lease).await?;
+        Ok(lease)
+    }
+
+    /// Writes this node's registry entry.
+    async fn put_registry(&self, client: &mut Client, lease: i64) -> Result<(), String> {
+        let view = self.view();
+        let listeners = self
+            .control
+            .state()
+            .listeners()
+            .iter()
+            .map(|l| {
+                let name = crate::control::apply::fleet_name(l);
+                format!("{name}={}", l.addr)
+            })
+            .collect();
+        let entry = NodeDoc {
+            name: self.settings.node.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            listeners,
+            admin: self.settings.admin.clone(),
+            metrics: self.settings.metrics.clone(),
+            applied_revision: *self.applied.borrow(),
+            last_error: view.last_error,
+            started_ms: self.started_ms,
+        };
+        tokio::time::timeout(
+            self.settings.request_timeout,
+            client.put(
+                self.keys.node(&self.settings.node),
+                doc::encode(&entry),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await
+        .map_err(|_| "registry write timed out".to_owned())?
+        .map_err(|e| format!("registry write: {e}"))?;
+        Ok(())
+    }
+
+    /// One fleet-wide write: the transaction, then the wait for this node's watch.
+    async fn write_job(
+        &self,
+        mut client: Client,
+        ops: Vec<FleetOp>,
+        by: &str,
+    ) -> Result<(), ChangeError> {
+        let origin = DocOrigin {
+            node: self.settings.node.clone(),
+            by: by.to_owned(),
+        };
+        let mut compares = Vec::new();
+        let mut writes = Vec::new();
+        let expect = |key: &str, expect: Option<i64>| match expect {
+            None => Compare::version(key, CompareOp::Equal, 0),
+            Some(revision) => Compare::mod_revision(key, CompareOp::Equal, revision),
+        };
+        for op in ops {
+            match op {
+                FleetOp::PutRoute {
+                    listener,
+                    route,
+                    expect: at,
+                } => {
+                    let key = self.keys.route(&listener, &route.hostname);
+                    let doc = self.route_doc(route, &origin)?;
+                    compares.push(expect(&key, at));
+                    writes.push(TxnOp::put(key, doc::encode(&doc), None));
+                }
+                FleetOp::DeleteRoute {
+                    listener,
+                    hostname,
+                    expect: at,
+                } => {
+                    let key = self.keys.route(&listener, &hostname);
+                    compares.push(expect(&key, Some(at)));
+                    writes.push(TxnOp::delete(key, None));
+                }
+                FleetOp::PutRule { rule } => {
+                    let key = self.keys.rule(&rule.value);
+                    compares.push(expect(&key, None));
+                    let doc = RuleDoc {
+                        rule,
+                        origin: origin.clone(),
+                    };
+                    writes.push(TxnOp::put(key, doc::encode(&doc), None));
+                }
+                FleetOp::DeleteRule { rule, expect: at } => {
+                    let key = self.keys.rule(&rule.value);
+                    compares.push(expect(&key, Some(at)));
+                    writes.push(TxnOp::delete(key, None));
+                }
+                FleetOp::PutNoSni {
+                    listener,
+                    hostname,
+                    expect: at,
+                } => {
+                    let key = self.keys.no_sni(&listener);
+                    compares.push(expect(&key, at));
+                    let doc = NoSniDoc {
+                        hostname,
+                        origin: origin.clone(),
+                    };
+                    writes.push(TxnOp::put(key, doc::encode(&doc), None));
+                }
+            }
+        }
+        let txn = Txn::new().when(compares).and_then(writes);
+        let resp = tokio::time::timeout(self.settings.request_timeout, client.txn(txn))
+            .await
+            .map_err(|_| {
+                self.unavailable(format!(
+                    "no answer within {:?}",
+                    self.settings.request_timeout
+                ))
+            })?
+            .map_err(|e| self.unavailable(e))?;
+        if !resp.succeeded() {
+            return Err(ChangeError::Conflict(
+                "changed concurrently on another node, nothing applied: list and retry".into(),
+            ));
+        }
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        let mut applied = self.applied.subscribe();
+        let waited = tokio::time::timeout(
+            self.settings.request_timeout,
+            applied.wait_for(|a| *a >= revision),
+        )
+        .await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ChangeError::Unavailable(format!(
+                "stored in the cluster at revision {revision}, but this node has not applied it \
+                 within {:?}: it will when its watch catches up (check with mcproxyctl cluster status)",
+                self.settings.request_timeout
+            ))),
+        }
+    }
+}
+
+impl FleetStore for Cluster {
+    fn revision_of(&self, key: &FleetKey) -> Option<i64> {
+        let key = match key {
+            FleetKey::Route { listener, hostname } => self.keys.route(listener, hostname),
+            FleetKey::Rule(rule) => self.keys.rule(rule),
+            FleetKey::NoSni { listener } => self.keys.no_sni(listener),
+        };
+        lock(&self.mirror).get(&key).copied()
+    }
+
+    fn nodes(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<NodeDoc>, ChangeError>> + Send + '_>> {
+        Box::pin(Cluster::nodes(self))
+    }
+
+    fn write(&self, ops: Vec<FleetOp>, by: &str) -> Result<(), ChangeError> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.writes
+            .send(WriteJob {
+                ops,
+                by: by.to_owned(),
+                reply,
+            })
+            .map_err(|_| self.unavailable("the cluster sync has stopped"))?;
+        // The job answers within two request timeouts (the write, the wait to apply it).
+        answer
+            .recv_timeout(self.settings.request_timeout * 2 + Duration::from_secs(1))
+            .map_err(|_| self.unavailable("no answer from the cluster sync"))?
+    }
+}
+
+/// A PEM file's text, bounded.
+fn read_pem(path: &Path) -> Result<String, ChangeError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| ChangeError::Invalid(format!("{}: {e}", path.display())))?;
+    let mut text = String::new();
+    file.take(MAX_PEM + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| ChangeError::Invalid(format!("{}: {e}", path.display())))?;
+    if text.len() as u64 > MAX_PEM {
+        return Err(ChangeError::Invalid(format!(
+            "{} is over {MAX_PEM} bytes: not a certificate or key",
+            path.display()
+        )));
+    }
+    Ok(text)
+}
+
+/// A listener or host name as a file name: anything but letters, digits, `.` and `-` as `_`
+/// (`*.a.test` → `_.a.test`).
+fn file_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
