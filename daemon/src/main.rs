@@ -171,6 +171,9 @@ fn check(path: &std::path::Path) -> ExitCode {
                 path.display(),
                 config.listeners.len()
             );
+            if let Some(cluster) = &config.cluster {
+                println!("{}", cluster.summary());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

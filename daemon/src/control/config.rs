@@ -22,6 +22,8 @@ use mc_proxy_shared::{
 };
 use serde::{Deserialize, Deserializer};
 
+use crate::control::cluster::settings::FileCluster;
+pub use crate::control::cluster::settings::{ClusterAuth, ClusterConfig, ClusterTls};
 use crate::model::firewall::parse_rule;
 use crate::model::routes::{RouteError, route_name, route_problems, validate_route};
 pub use crate::model::state::ProxyConfig;
@@ -47,6 +49,9 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[[listeners]]` with their routes, seeded into the database.
     pub listeners: Vec<ListenerConfig>,
+    /// `[cluster]`: the etcd cluster this node shares its state through; `None` (no section):
+    /// a node of its own, SQLite alone.
+    pub cluster: Option<ClusterConfig>,
     /// Things that are allowed but probably not meant (cert on an l4 route, ...).
     pub warnings: Vec<String>,
     /// L7 routes whose certificate or key files do not load: errors for `mc-proxy check`, but
@@ -247,6 +252,7 @@ struct FileConfig {
     proxy: FileProxy,
     #[serde(default)]
     listeners: Vec<FileListener>,
+    cluster: Option<FileCluster>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -498,7 +504,7 @@ fn file_backends(
 }
 
 /// `"10s"`, `"5m"`, `"1h 30m"`, `"250ms"`: humantime's syntax.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text)
         .map(Some)
@@ -521,6 +527,7 @@ impl FileConfig {
             problem("admin.event_buffer".into(), "must be at least 1".into());
         }
         let metrics = validate_metrics(&self.metrics, &mut problem);
+        let cluster = self.cluster.and_then(|c| c.validate(&mut problem));
         let listeners = validate_listeners(
             self.listeners,
             &mut problem,
@@ -552,6 +559,7 @@ impl FileConfig {
             firewall,
             proxy,
             listeners,
+            cluster,
             warnings,
             file_problems,
         })

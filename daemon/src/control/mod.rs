@@ -7,6 +7,7 @@
 
 pub(crate) mod apply;
 pub mod boot;
+pub mod cluster;
 pub mod config;
 pub(crate) mod reload;
 pub mod store;
