@@ -530,7 +530,7 @@ fn file_backends(
 }
 
 /// `"10s"`, `"5m"`, `"1h 30m"`, `"250ms"`: humantime's syntax.
-pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text)
         .map(Some)
@@ -1365,6 +1365,27 @@ mod tests {
              (the backend picks h2 or http/1.1 by ALPN, in the TLS handshake): set backend_tls, \
              or use h2 or http1 for a cleartext backend"
         );
+    }
+
+    #[test]
+    fn no_cluster_section_means_no_cluster_and_its_problems_name_file_and_key() {
+        let f = Fixture::new();
+        assert!(f.parse("").unwrap().cluster.is_none());
+        let err = f
+            .parse("[cluster]\nendpoints = [\"http://h:1\"]\nname = \"n\"\nprefix = \"x\"\n")
+            .unwrap_err();
+        let lines = err.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].ends_with("mc-proxy.toml: cluster.prefix: \"x\": must start with / and name something, such as /mc-proxy/prod"),
+            "{lines:?}"
+        );
+        let c = f
+            .parse("[cluster]\nendpoints = [\"http://h:1\"]\nname = \"n\"\n")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.name, "n");
     }
 
     #[test]

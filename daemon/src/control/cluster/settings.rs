@@ -142,12 +142,11 @@ pub(crate) struct FileCluster {
     username: Option<String>,
     password: Option<String>,
     password_file: Option<PathBuf>,
-    #[serde(default, deserialize_with = "super::super::config::duration")]
-    connect_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "super::super::config::duration")]
-    request_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "super::super::config::duration")]
-    lease_ttl: Option<Duration>,
+    // Durations in `[proxy]`'s humantime syntax ("3s", "250ms"), parsed in `validate` so
+    // that a bad one is a problem named by its key like the others.
+    connect_timeout: Option<String>,
+    request_timeout: Option<String>,
+    lease_ttl: Option<String>,
 }
 
 /// `[cluster.tls]` exactly as the TOML has it.
@@ -284,8 +283,24 @@ impl FileCluster {
             bad("username", "must not be empty".into());
         }
 
-        let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        let request_timeout = self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        let mut duration = |key: &str, text: Option<String>, default: Duration| match text {
+            None => default,
+            Some(text) => humantime::parse_duration(&text).unwrap_or_else(|e| {
+                bad(key, format!("invalid duration {}: {e}", clip(&text)));
+                default
+            }),
+        };
+        let connect_timeout = duration(
+            "connect_timeout",
+            self.connect_timeout,
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let request_timeout = duration(
+            "request_timeout",
+            self.request_timeout,
+            DEFAULT_REQUEST_TIMEOUT,
+        );
+        let lease_ttl = duration("lease_ttl", self.lease_ttl, DEFAULT_LEASE_TTL);
         for (key, value) in [
             ("connect_timeout", connect_timeout),
             ("request_timeout", request_timeout),
@@ -300,7 +315,6 @@ impl FileCluster {
                 );
             }
         }
-        let lease_ttl = self.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL);
         if !(MIN_LEASE_TTL..=MAX_LEASE_TTL).contains(&lease_ttl) {
             bad(
                 "lease_ttl",
@@ -493,33 +507,30 @@ fn read_pem(path: &Path, kind: PemKind) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::config::{Config, ConfigError};
 
-    /// Parses `[database]` plus `cluster` (the section's text) from a file in `dir`.
-    fn parse(dir: &Path, cluster: &str) -> Result<Config, ConfigError> {
-        let text = format!("[database]\npath = \"x.db\"\n{cluster}");
-        Config::parse(&dir.join("mc-proxy.toml"), &text)
+    /// A document with only `[cluster]`, as the config file's parser sees the section.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        cluster: FileCluster,
     }
 
-    /// The section, or every problem as `file: key: message`.
-    fn cluster(dir: &Path, text: &str) -> Result<ClusterConfig, Vec<String>> {
-        match parse(dir, text) {
-            Ok(c) => Ok(c.cluster.expect("a [cluster] section")),
-            Err(e) => Err(e.lines()),
+    /// The section, or every problem as `key: message` (or the parser's error). The config
+    /// file's own tests check that the file is named in front.
+    fn cluster(_dir: &Path, text: &str) -> Result<ClusterConfig, Vec<String>> {
+        let doc: Doc = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        let mut problems = Vec::new();
+        let config = doc
+            .cluster
+            .validate(&mut |key, message| problems.push(format!("{key}: {message}")));
+        match config {
+            Some(c) if problems.is_empty() => Ok(c),
+            _ => Err(problems),
         }
     }
 
     fn problems(dir: &Path, text: &str) -> Vec<String> {
-        let file = dir.join("mc-proxy.toml").display().to_string();
-        cluster(dir, text)
-            .expect_err("a bad section")
-            .into_iter()
-            .map(|l| {
-                l.strip_prefix(&format!("{file}: "))
-                    .unwrap_or(&l)
-                    .to_owned()
-            })
-            .collect()
+        cluster(dir, text).expect_err("a bad section")
     }
 
     /// A temp dir with a CA, a client certificate and its key, and a password file.
@@ -536,12 +547,6 @@ mod tests {
         std::fs::write(dir.path().join("junk.pem"), "not pem\n").unwrap();
         std::fs::write(dir.path().join("password"), "s3cret\nignored\n").unwrap();
         dir
-    }
-
-    #[test]
-    fn no_section_means_no_cluster() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(parse(dir.path(), "").unwrap().cluster.is_none());
     }
 
     #[test]
@@ -700,7 +705,11 @@ mod tests {
             ["cluster.lease_ttl: must be whole seconds (etcd leases count in seconds)"]
         );
         let p = problems(dir.path(), &format!("{base}lease_ttl = \"soon\"\n"));
-        assert!(p[0].contains("invalid duration \"soon\""), "{p:?}");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("cluster.lease_ttl: invalid duration \"soon\""),
+            "{p:?}"
+        );
         for ok in ["2s", "300s", "1m"] {
             assert!(cluster(dir.path(), &format!("{base}lease_ttl = \"{ok}\"\n")).is_ok());
         }
@@ -709,18 +718,16 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let e = parse(
+        let p = problems(
             dir.path(),
             "[cluster]\nendpoints = [\"http://h:1\"]\nttl = \"5s\"\n",
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("unknown field `ttl`"), "{e}");
-        let e = parse(
+        );
+        assert!(p[0].contains("unknown field `ttl`"), "{p:?}");
+        let p = problems(
             dir.path(),
             "[cluster]\nendpoints = [\"http://h:1\"]\n[cluster.tls]\ncafile = \"x\"\n",
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("unknown field `cafile`"), "{e}");
+        );
+        assert!(p[0].contains("unknown field `cafile`"), "{p:?}");
     }
 
     #[test]
