@@ -10,6 +10,9 @@
 //! retried on new ports. etcd cannot be handed an already bound socket, so this small race is
 //! the price of a real etcd.
 //!
+//! `start_tls` puts the client URLs on `https://` with `--client-cert-auth`; health is asked on
+//! each member's plain-HTTP metrics port either way (three ports a member).
+//!
 //! A missing `etcd` binary: `available()` says so (printing a `SKIPPED:` line) and tests return,
 //! unless `MCPROXY_REQUIRE_ETCD` is set (`.ci/run` does), then it panics. When a test fails
 //! (the thread panics) `Drop` prints the tail of every member's log; it always kills every member
@@ -51,11 +54,29 @@ pub fn available() -> bool {
     installed
 }
 
+/// TLS on the members' client URLs: their certificate and key, the CA they check client
+/// certificates against, and whether they require one (`--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA (PEM) of client certificates, and of the members' own, for the fixture's client.
+    pub ca: PathBuf,
+    /// The members' certificate (PEM), valid for 127.0.0.1.
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+    /// A client certificate signed by `ca` (PEM), for the fixture's own client.
+    pub client_cert: PathBuf,
+    /// Its key (PEM).
+    pub client_key: PathBuf,
+}
+
 /// One member: its ports, directory, log, and its process while it runs.
 struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP `/health` and `/metrics`, whatever the client URLs speak.
+    metrics_port: u16,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -65,6 +86,7 @@ struct Member {
 pub struct EtcdCluster {
     dir: tempfile::TempDir,
     token: String,
+    tls: Option<EtcdTls>,
     members: Vec<Member>,
 }
 
@@ -72,10 +94,19 @@ impl EtcdCluster {
     /// Starts `members` etcd processes as one cluster and waits until it is healthy. Call
     /// `available()` first: this panics when etcd cannot be started.
     pub async fn start(members: usize) -> EtcdCluster {
+        EtcdCluster::start_with(members, None).await
+    }
+
+    /// Like `start`, with the client URLs on `https://` and client certificates required.
+    pub async fn start_tls(members: usize, tls: EtcdTls) -> EtcdCluster {
+        EtcdCluster::start_with(members, Some(tls)).await
+    }
+
+    async fn start_with(members: usize, tls: Option<EtcdTls>) -> EtcdCluster {
         assert!(members > 0, "an etcd cluster needs a member");
         let mut last = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let mut cluster = EtcdCluster::spawn(members);
+            let mut cluster = EtcdCluster::spawn(members, tls.clone());
             match cluster.healthy_within(HEALTHY_WITHIN).await {
                 Ok(()) => return cluster,
                 Err(e) => {
@@ -89,18 +120,19 @@ impl EtcdCluster {
     }
 
     /// Picks ports and starts every member (not yet waiting for health).
-    fn spawn(count: usize) -> EtcdCluster {
+    fn spawn(count: usize, tls: Option<EtcdTls>) -> EtcdCluster {
         let dir = tempfile::Builder::new()
             .prefix("mc-proxy-etcd")
             .tempdir()
             .expect("temp dir for etcd");
-        let ports = free_ports(2 * count);
+        let ports = free_ports(3 * count);
         let token = format!("mc-proxy-test-{:x}", random());
         let members = (0..count)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: ports[2 * i],
-                peer_port: ports[2 * i + 1],
+                client_port: ports[3 * i],
+                peer_port: ports[3 * i + 1],
+                metrics_port: ports[3 * i + 2],
                 data_dir: dir.path().join(format!("m{i}.etcd")),
                 log: dir.path().join(format!("m{i}.log")),
                 child: None,
@@ -109,6 +141,7 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster {
             dir,
             token,
+            tls,
             members,
         };
         for i in 0..count {
@@ -133,9 +166,22 @@ impl EtcdCluster {
             .open(&m.log)
             .expect("etcd log file");
         let err = log.try_clone().expect("etcd log file");
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new("etcd")
+        let metrics = format!("http://127.0.0.1:{}", m.metrics_port);
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -143,6 +189,7 @@ impl EtcdCluster {
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
+            .args(["--listen-metrics-urls", &metrics])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &initial_cluster])
             .args(["--initial-cluster-token", &self.token])
@@ -158,10 +205,35 @@ impl EtcdCluster {
 
     /// The client URL of every member (running or not), in member order.
     pub fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
             .collect()
+    }
+
+    /// How the fixture's own etcd client connects: with the CA and client certificate on a
+    /// TLS cluster.
+    pub fn client_options(&self) -> Option<etcd_client::ConnectOptions> {
+        let tls = self.tls.as_ref()?;
+        let read = |p: &Path| std::fs::read(p).expect("etcd TLS file");
+        Some(
+            etcd_client::ConnectOptions::new().with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)))
+                    .identity(etcd_client::Identity::from_pem(
+                        read(&tls.client_cert),
+                        read(&tls.client_key),
+                    )),
+            ),
+        )
+    }
+
+    /// A plain etcd client for the test's own setup (users, roles, keys), on every member.
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect(self.endpoints(), self.client_options())
+            .await
+            .expect("etcd client")
     }
 
     /// The temp dir holding the data dirs and logs.
@@ -217,7 +289,7 @@ impl EtcdCluster {
                     m.child = None;
                     return Err(format!("etcd member {i} exited: {status}"));
                 }
-                if !health(m.client_port).await {
+                if !health(m.metrics_port).await {
                     unhealthy = Some(i);
                     break;
                 }
@@ -242,7 +314,8 @@ impl EtcdCluster {
                 continue;
             }
             let status = async {
-                let mut c = etcd_client::Client::connect([&endpoints[i]], None).await?;
+                let options = self.client_options();
+                let mut c = etcd_client::Client::connect([&endpoints[i]], options).await?;
                 c.status().await
             };
             if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), status).await {
@@ -259,9 +332,7 @@ impl EtcdCluster {
     /// Compacts the store to its current revision (physically: older revisions are gone, a
     /// watch from before fails with `compacted`). Returns that revision.
     pub async fn compact_to_latest(&self) -> i64 {
-        let mut client = etcd_client::Client::connect(self.endpoints(), None)
-            .await
-            .expect("etcd client");
+        let mut client = self.client().await;
         let revision = client
             .get("compact-probe", None)
             .await
@@ -287,10 +358,11 @@ impl EtcdCluster {
             let lines: Vec<&str> = text.lines().collect();
             let from = lines.len().saturating_sub(LOG_TAIL);
             out.push_str(&format!(
-                "--- etcd {} (client {}, peer {}), last {} lines of {}:\n",
+                "--- etcd {} (client {}, peer {}, metrics {}), last {} lines of {}:\n",
                 m.name,
                 m.client_port,
                 m.peer_port,
+                m.metrics_port,
                 lines.len() - from,
                 m.log.display()
             ));
@@ -316,7 +388,7 @@ impl Drop for EtcdCluster {
     }
 }
 
-/// `GET /health` on a member: true when it answers that it has a leader.
+/// `GET /health` on a member's metrics port: true when it answers that it has a leader.
 async fn health(port: u16) -> bool {
     let probe = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;

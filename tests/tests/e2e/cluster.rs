@@ -1,6 +1,7 @@
-//! The cluster's link to etcd against a real three-member etcd (`mc_proxy_tests::etcd`): the
-//! connection survives one member lost, fails in bounded time naming the endpoints when quorum
-//! is lost, and works again once the members are back.
+//! The cluster's link to etcd against a real etcd (`mc_proxy_tests::etcd`): the connection
+//! survives one member of three lost, fails in bounded time naming the endpoints when quorum is
+//! lost, and works again once the members are back; TLS with a client certificate, and
+//! etcd's users, with their failures told apart from an outage.
 //!
 //! `.ci/run` installs etcd and sets `MCPROXY_REQUIRE_ETCD=1`, so in CI a missing etcd fails.
 //! Elsewhere these tests skip with a message when `etcd` is not on the PATH.
@@ -8,8 +9,11 @@
 use std::time::{Duration, Instant};
 
 use mc_proxy::control::cluster::client::{ClusterError, call, connect};
-use mc_proxy::control::cluster::settings::ClusterConfig;
-use mc_proxy_tests::etcd::{self, EtcdCluster};
+use mc_proxy::control::cluster::settings::{
+    ClusterAuth, ClusterConfig, ClusterIdentity, ClusterTls,
+};
+use mc_proxy_tests::Pki;
+use mc_proxy_tests::etcd::{self, EtcdCluster, EtcdTls};
 
 /// Short enough for a test, long enough for a loaded CI machine to answer a healthy put.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -178,4 +182,120 @@ async fn connecting_to_no_etcd_fails_in_bounded_time_naming_the_endpoints() {
         took <= cfg.connect_timeout + REQUEST_TIMEOUT + Duration::from_millis(500),
         "{took:?}"
     );
+}
+
+/// TLS to etcd with a client certificate (`--client-cert-auth`): `connect` with the CA and the
+/// identity works; a CA that did not sign the members' certificate is a TLS error, not an
+/// outage; no client certificate is refused.
+#[tokio::test]
+async fn etcd_over_tls_needs_the_ca_and_takes_a_client_certificate() {
+    if !etcd::available() {
+        return;
+    }
+    let pki = Pki::new();
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.write_pem(files.path(), &["127.0.0.1"]);
+    let (client_cert, client_key) = pki.write_pem(files.path(), &["mc-proxy-node"]);
+    let ca = files.path().join("ca.pem");
+    std::fs::write(&ca, pki.ca_pem()).unwrap();
+    let etcd = EtcdCluster::start_tls(
+        1,
+        EtcdTls {
+            ca: ca.clone(),
+            cert: cert.into(),
+            key: key.into(),
+            client_cert: client_cert.clone().into(),
+            client_key: client_key.clone().into(),
+        },
+    )
+    .await;
+    let identity = ClusterIdentity {
+        cert: std::fs::read(&client_cert).unwrap(),
+        key: std::fs::read(&client_key).unwrap(),
+    };
+    let mut cfg = config(etcd.endpoints());
+    cfg.tls = Some(ClusterTls {
+        ca: pki.ca_pem().into_bytes(),
+        identity: Some(identity.clone()),
+    });
+    let client = connect(&cfg).await.expect("connect over TLS");
+    put_and_get(&cfg, &client, "/mc-proxy/test/tls", "1")
+        .await
+        .unwrap();
+
+    // Another CA: the members' certificate does not chain to it.
+    let mut wrong = cfg.clone();
+    wrong.tls = Some(ClusterTls {
+        ca: Pki::new().ca_pem().into_bytes(),
+        identity: Some(identity),
+    });
+    let started = Instant::now();
+    let Err(err) = connect(&wrong).await else {
+        panic!("connected with the wrong CA")
+    };
+    eprintln!("wrong CA, after {:?}: {err}", started.elapsed());
+    assert!(matches!(err, ClusterError::Tls(_)), "{err}");
+
+    // No client certificate: etcd ends the handshake.
+    let mut anonymous = cfg.clone();
+    anonymous.tls = Some(ClusterTls {
+        ca: pki.ca_pem().into_bytes(),
+        identity: None,
+    });
+    let Err(err) = connect(&anonymous).await else {
+        panic!("connected without a client certificate")
+    };
+    eprintln!("no client certificate: {err}");
+    assert!(
+        matches!(err, ClusterError::Tls(_) | ClusterError::Unreachable { .. }),
+        "{err}"
+    );
+}
+
+/// etcd authentication: the right user and password connect; a wrong password is an `Auth`
+/// error, at once, not an outage.
+#[tokio::test]
+async fn etcd_auth_takes_the_user_and_refuses_a_wrong_password() {
+    if !etcd::available() {
+        return;
+    }
+    let etcd = EtcdCluster::start(1).await;
+    let mut admin = etcd.client().await;
+    admin.user_add("root", "root-pw", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let mut cfg = config(etcd.endpoints());
+    cfg.auth = Some(ClusterAuth {
+        username: "root".into(),
+        password: "root-pw".into(),
+    });
+    let client = connect(&cfg).await.expect("connect with the password");
+    put_and_get(&cfg, &client, "/mc-proxy/test/auth", "1")
+        .await
+        .unwrap();
+
+    cfg.auth = Some(ClusterAuth {
+        username: "root".into(),
+        password: "wrong".into(),
+    });
+    let started = Instant::now();
+    let Err(err) = connect(&cfg).await else {
+        panic!("connected with a wrong password")
+    };
+    eprintln!("wrong password, after {:?}: {err}", started.elapsed());
+    assert!(matches!(err, ClusterError::Auth(_)), "{err}");
+    assert!(
+        started.elapsed() < REQUEST_TIMEOUT,
+        "{:?}",
+        started.elapsed()
+    );
+
+    // No credentials at all: the read of the prefix is refused.
+    cfg.auth = None;
+    let Err(err) = connect(&cfg).await else {
+        panic!("connected without credentials to an etcd with auth")
+    };
+    eprintln!("no credentials: {err}");
+    assert!(matches!(err, ClusterError::Auth(_)), "{err}");
 }

@@ -138,7 +138,8 @@ where
     let tries = async {
         loop {
             match request().await {
-                Err(e) if is_transport(&e) => {
+                // A certificate refused fails the same way every time: not retried.
+                Err(e) if is_transport(&e) && !looks_like_tls(&e.to_string()) => {
                     tracing::debug!(error = %e, "etcd: a connection broke, trying again");
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
@@ -190,6 +191,18 @@ pub fn classify(e: etcd_client::Error, cfg: &ClusterConfig) -> ClusterError {
     if is_transport(&e) {
         let text = match &e {
             E::TransportError(t) => error_chain(t),
+            // The status's own text repeats its code and debug-prints its source; the
+            // message and the sources' messages say it all.
+            E::GRpcStatus(status) => {
+                let mut text = status.message().to_owned();
+                let mut source = std::error::Error::source(status);
+                while let Some(s) = source {
+                    text.push_str(": ");
+                    text.push_str(&s.to_string());
+                    source = s.source();
+                }
+                text
+            }
             other => other.to_string(),
         };
         return if looks_like_tls(&text) {
@@ -203,8 +216,9 @@ pub fn classify(e: etcd_client::Error, cfg: &ClusterConfig) -> ClusterError {
             let message = status.message().to_owned();
             match status.code() {
                 Code::Unauthenticated | Code::PermissionDenied => ClusterError::Auth(message),
-                // "etcdserver: authentication failed, invalid user ID or password"
-                Code::InvalidArgument if message.contains("authentication failed") => {
+                // etcd sends "authentication failed, invalid user ID or password" and "user
+                // name is empty" (auth on, no user given) as INVALID_ARGUMENT.
+                Code::InvalidArgument | Code::FailedPrecondition if is_auth_message(&message) => {
                     ClusterError::Auth(message)
                 }
                 _ if looks_like_tls(&message) => ClusterError::Tls(message),
@@ -224,6 +238,19 @@ pub fn classify(e: etcd_client::Error, cfg: &ClusterConfig) -> ClusterError {
         E::InvalidArgs(m) | E::EndpointError(m) => ClusterError::Tls(m),
         other => ClusterError::Request(other.to_string()),
     }
+}
+
+/// etcd's messages for a refused user, password or token.
+fn is_auth_message(message: &str) -> bool {
+    [
+        "authentication failed",
+        "user name is empty",
+        "invalid auth token",
+        "permission denied",
+        "user name not found",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 /// etcd's messages for a cluster without quorum or a leader.
