@@ -172,6 +172,11 @@ pub enum ListenersCommand {
     Add {
         /// IP:port to listen on: 0.0.0.0:443, [::]:443, 192.0.2.1:8443.
         addr: String,
+        /// Its name, what shared (cluster) routes and every command can name it by: 1-64 of
+        /// A-Z a-z 0-9 . _ : [ ] -, unique, never another listener's address. Fixed once added.
+        /// Default: the address.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
         /// Expect a PROXY protocol header (v1 or v2) on every connection.
         #[arg(long)]
         proxy_protocol: bool,
@@ -188,7 +193,7 @@ pub enum ListenersCommand {
     /// them; open ones keep what they started with. The address cannot change: add the new
     /// listener, move the routes, remove the old one.
     Update {
-        /// The listener's configured address.
+        /// The listener's name or configured address.
         #[arg(long, value_name = "ADDR")]
         listener: String,
         /// The route (its hostname, `*` for the catch-all) that ClientHellos without SNI go
@@ -212,7 +217,7 @@ pub enum ListenersCommand {
     /// `Connection: close`), L4 relays run to their end. Refused while it has routes, unless
     /// --with-routes.
     Remove {
-        /// The listener's configured address.
+        /// The listener's name or configured address.
         addr: String,
         /// Delete its routes too.
         #[arg(long)]
@@ -224,7 +229,7 @@ pub enum ListenersCommand {
 pub enum RoutesCommand {
     /// Every route with its fields and counters, by listener then hostname.
     List {
-        /// Only this listener's routes (its configured address, e.g. 127.0.0.1:8443).
+        /// Only this listener's routes (its name or configured address, e.g. 127.0.0.1:8443).
         #[arg(long, value_name = "ADDR")]
         listener: Option<String>,
         #[command(flatten)]
@@ -240,7 +245,7 @@ pub enum RoutesCommand {
     Show {
         /// The route's hostname.
         hostname: String,
-        /// The listener's configured address; needed only when several listeners have a
+        /// The listener's name or configured address; needed only when several listeners have a
         /// route of that name.
         #[arg(long, value_name = "ADDR")]
         listener: Option<String>,
@@ -253,7 +258,7 @@ pub enum RoutesCommand {
     Backend(BackendCommand),
     /// Remove a route. Connections already open on it keep going.
     Remove {
-        /// The listener's configured address.
+        /// The listener's name or configured address.
         #[arg(long, value_name = "ADDR")]
         listener: String,
         /// The route's hostname.
@@ -300,7 +305,7 @@ pub struct BackendStateArgs {
     pub hostname: String,
     /// The backend's address, as the route lists it (host:port).
     pub address: String,
-    /// The listener's configured address; needed only when several listeners have a route
+    /// The listener's name or configured address; needed only when several listeners have a route
     /// of that name.
     #[arg(long, value_name = "ADDR")]
     pub listener: Option<String>,
@@ -438,7 +443,7 @@ fn balance() -> impl TypedValueParser<Value = Balance> {
 
 #[derive(Debug, Args)]
 pub struct RouteArgs {
-    /// The listener's configured address, e.g. 127.0.0.1:8443.
+    /// The listener's name or configured address, e.g. 127.0.0.1:8443.
     #[arg(long, value_name = "ADDR")]
     pub listener: String,
     /// SNI hostname: app.example.com or *.example.com.
@@ -490,7 +495,7 @@ pub struct RouteArgs {
 
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
-    /// The listener's configured address.
+    /// The listener's name or configured address.
     #[arg(long, value_name = "ADDR")]
     pub listener: String,
     /// The route to change.

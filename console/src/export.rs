@@ -50,6 +50,9 @@ pub fn to_toml(
     for l in listeners {
         out.push_str("\n[[listeners]]\n");
         let _ = writeln!(out, "addr = {}", quote(&l.addr));
+        if l.name != l.addr {
+            let _ = writeln!(out, "name = {}", quote(&l.name));
+        }
         if l.proxy_protocol {
             out.push_str("proxy_protocol = true\n");
         }

@@ -171,6 +171,9 @@ fn check(path: &std::path::Path) -> ExitCode {
                 path.display(),
                 config.listeners.len()
             );
+            if let Some(cluster) = &config.cluster {
+                println!("{}", cluster.summary());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -187,7 +190,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 /// until added) with the command that adds each.
 fn database_note(config: &Config) {
     let db = &config.database.path;
-    match Store::peek_listener_addrs(db) {
+    match Store::peek_listeners(db) {
         Ok(None) => {}
         Ok(Some(stored)) => {
             println!(
@@ -198,8 +201,13 @@ fn database_note(config: &Config) {
             );
             for l in &config.listeners {
                 let addr = l.addr.to_string();
-                if !stored.contains(&addr) {
-                    println!("warning: {}", l.not_in_database(&config.path));
+                match stored.iter().find(|(a, _)| *a == addr) {
+                    None => println!("warning: {}", l.not_in_database(&config.path)),
+                    Some((_, name)) => {
+                        if let Some(line) = l.name_differs(&config.path, name) {
+                            println!("warning: {line}");
+                        }
+                    }
                 }
             }
         }

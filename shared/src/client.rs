@@ -235,8 +235,10 @@ fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 /// One listener and its counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ListenerStatus {
-    /// Configured address; names the listener in every call.
+    /// Configured address; names the listener in every call (as `name` does).
     pub addr: String,
+    /// Its name (`addr` unless given one at `add_listener_with`); names it in every call.
+    pub name: String,
     /// Expects PROXY protocol headers.
     pub proxy_protocol: bool,
     /// Peers allowed to send them (empty: any).
@@ -977,14 +979,16 @@ impl AdminClient {
             proxy_protocol_from: Some(proxy_protocol_from),
             ..ListenerUpdate::default()
         };
-        self.add_listener_with(addr, update).await
+        self.add_listener_with(addr, None, update).await
     }
 
     /// Adds a listener with the settings `fields` gives (unset: off; the no-SNI route is
     /// ignored, a new listener has no route).
+    /// `name`: its name (`None`: its address).
     pub async fn add_listener_with(
         &mut self,
         addr: &str,
+        name: Option<&str>,
         fields: ListenerUpdate,
     ) -> Result<(ListenerStatus, Vec<String>), ClientError> {
         let r = self
@@ -994,6 +998,7 @@ impl AdminClient {
                 proxy_protocol: fields.proxy_protocol.unwrap_or(false),
                 proxy_protocol_from: fields.proxy_protocol_from.unwrap_or_default(),
                 access_log: fields.access_log.unwrap_or(false),
+                name: name.map(str::to_owned),
             })
             .await?
             .into_inner();
@@ -1151,8 +1156,15 @@ impl TryFrom<pb::ListenerStatus> for ListenerStatus {
     type Error = ClientError;
 
     fn try_from(l: pb::ListenerStatus) -> Result<Self, Self::Error> {
+        // A daemon from before listener names names each by its address.
+        let name = if l.name.is_empty() {
+            l.addr.clone()
+        } else {
+            l.name
+        };
         Ok(ListenerStatus {
             addr: l.addr,
+            name,
             proxy_protocol: l.proxy_protocol,
             proxy_protocol_from: l.proxy_protocol_from,
             route_count: l.route_count,

@@ -7,6 +7,7 @@
 
 #![allow(missing_docs)]
 
+pub mod etcd;
 pub mod grpc;
 pub mod h2origin;
 pub mod h2raw;

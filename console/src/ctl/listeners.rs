@@ -22,6 +22,7 @@ pub(super) async fn run(
         }
         ListenersCommand::Add {
             addr,
+            name,
             proxy_protocol,
             proxy_protocol_from,
             access_log,
@@ -32,7 +33,7 @@ pub(super) async fn run(
                 no_sni_route: None,
                 access_log: Some(access_log),
             };
-            add(client, &addr, fields).await
+            add(client, &addr, name.as_deref(), fields).await
         }
         ListenersCommand::Update {
             listener,
@@ -62,19 +63,30 @@ pub(super) async fn run(
 }
 
 /// `listeners add`: the listener as bound (port 0 says the port it got).
-async fn add(client: &mut AdminClient, addr: &str, fields: ListenerUpdate) -> Result<(), CtlError> {
-    let (l, warnings) = client.add_listener_with(addr, fields).await?;
+async fn add(
+    client: &mut AdminClient,
+    addr: &str,
+    name: Option<&str>,
+    fields: ListenerUpdate,
+) -> Result<(), CtlError> {
+    let (l, warnings) = client.add_listener_with(addr, name, fields).await?;
     print_warnings(&warnings)?;
     let bound = match l.bound.as_str() {
         "" => String::new(),
         b if b == l.addr => String::new(),
         b => format!(" (bound to {b})"),
     };
+    let named = if l.name == l.addr {
+        String::new()
+    } else {
+        format!(" (name {})", l.name)
+    };
     emit(&format!(
-        "listener {} added{bound}, {}; no routes yet: mcproxyctl routes add --listener {} ...\n",
+        "listener {}{named} added{bound}, {}; no routes yet: mcproxyctl routes add --listener {} \
+         ...\n",
         l.addr,
         proxy_text(&l),
-        l.addr
+        l.name
     ))
 }
 
@@ -117,12 +129,14 @@ fn proxy_text(l: &ListenerStatus) -> String {
 }
 
 /// The listeners table of `status` and `listeners list`, with a line under it per listener
-/// whose stored routes are not all served.
+/// whose stored routes are not all served. A NAME column only when some listener has a name
+/// other than its address: the table is at 80 columns already, and most have none.
 pub(super) fn format_listeners(listeners: &[ListenerStatus], headers: bool) -> String {
+    let named = listeners.iter().any(|l| l.name != l.addr);
     let rows: Vec<Vec<String>> = listeners
         .iter()
         .map(|l| {
-            vec![
+            let mut row = vec![
                 match l.bound.as_str() {
                     // Port 0 in the address: the port it got.
                     b if !b.is_empty() && b != l.addr => format!("{} ({b})", l.addr),
@@ -146,17 +160,20 @@ pub(super) fn format_listeners(listeners: &[ListenerStatus], headers: bool) -> S
                     "" => "-".to_owned(),
                     route => route.to_owned(),
                 },
-            ]
+            ];
+            if named {
+                row.insert(1, l.name.clone());
+            }
+            row
         })
         .collect();
-    let mut out = table(
-        headers.then_some(
-            &[
-                "LISTENER", "PROXY", "ROUTES", "OPEN", "ACCEPTED", "RESETS", "BLOCKED", "NO-SNI",
-            ][..],
-        ),
-        &rows,
-    );
+    let mut header = vec![
+        "LISTENER", "PROXY", "ROUTES", "OPEN", "ACCEPTED", "RESETS", "BLOCKED", "NO-SNI",
+    ];
+    if named {
+        header.insert(1, "NAME");
+    }
+    let mut out = table(headers.then_some(&header[..]), &rows);
     // ROUTES counts the served ones; the others are said under the table.
     let not_served = listeners.iter().filter(|l| l.routes_not_served > 0);
     for l in not_served.filter(|_| headers) {

@@ -306,6 +306,7 @@ fn listener_status(l: &ListenerState) -> pb::ListenerStatus {
         over_capacity: c.over_capacity.load(Relaxed),
         no_sni_route: l.no_sni_route().unwrap_or_default(),
         bound: l.bound().map(|a| a.to_string()).unwrap_or_default(),
+        name: l.name.clone(),
         access_log: settings.access_log,
         resets_by_reason: c
             .resets_by_reason()
@@ -789,6 +790,7 @@ impl AdminService for Admin {
                 caller,
                 Change::AddListener {
                     addr: req.addr,
+                    name: req.name,
                     settings: ListenerChange {
                         proxy_protocol: Some(req.proxy_protocol),
                         proxy_protocol_from: Some(req.proxy_protocol_from),

@@ -30,7 +30,7 @@ use crate::control::store::{ListenerFields, Store, StoreError};
 use crate::model::events::{Caller, Event, Origin};
 use crate::model::firewall::{Firewall, parse_rule};
 use crate::model::routes::{ValidRoute, validate_route};
-use crate::model::state::{ListenerSettings, ListenerState, State};
+use crate::model::state::{ListenerSettings, ListenerState, State, check_listener_name};
 
 /// A change someone asked for.
 #[derive(Debug, Clone)]
@@ -84,6 +84,8 @@ pub enum Change {
     AddListener {
         /// The address to listen on (`0.0.0.0:443`, `[::]:443`).
         addr: String,
+        /// Its name (`check_listener_name`); `None`: its address.
+        name: Option<String>,
         /// Its PROXY protocol settings.
         settings: ListenerChange,
     },
@@ -561,7 +563,11 @@ impl Control {
                 state: admin,
                 weight,
             } => set_backend(cx, listener, hostname, address, admin, weight),
-            Change::AddListener { addr, settings } => add_listener(cx, addr, settings),
+            Change::AddListener {
+                addr,
+                name,
+                settings,
+            } => add_listener(cx, addr, name, settings),
             Change::UpdateListener { listener, settings } => {
                 update_listener(cx, listener, settings)
             }
@@ -858,6 +864,7 @@ fn edited_member(
 fn add_listener(
     cx: Apply<'_>,
     addr: String,
+    name: Option<String>,
     settings: ListenerChange,
 ) -> Result<Applied, ChangeError> {
     let Apply {
@@ -872,6 +879,25 @@ fn add_listener(
             "listener {addr} already exists"
         )));
     }
+    let name = name.map_or_else(|| addr.to_string(), |n| n.trim().to_owned());
+    check_listener_name(&name).map_err(ChangeError::Invalid)?;
+    for l in state.listeners().iter() {
+        // One listener whichever way a request names it: names unique, and no name another
+        // listener's address (either way round).
+        if l.name == name {
+            return Err(ChangeError::AlreadyExists(format!(
+                "listener name {name} is taken by listener {}",
+                l.addr
+            )));
+        }
+        if l.addr.to_string() == name || l.name == addr.to_string() {
+            return Err(ChangeError::Invalid(format!(
+                "listener name {name}: a name may not be another listener's address \
+                 (listener {} is named {})",
+                l.addr, l.name
+            )));
+        }
+    }
     let (settings, warnings) = listener_settings(ListenerSettings::default(), settings)?;
     // Bound before it is stored: an address in use fails with nothing written.
     let host = state.sockets().ok_or_else(|| {
@@ -880,13 +906,16 @@ fn add_listener(
     let sockets = host
         .bind(addr)
         .map_err(|e| ChangeError::Invalid(e.to_string()))?;
-    let id = store.create_listener(&addr.to_string(), &stored(&settings, None))?;
-    let listener = Arc::new(ListenerState::new(
-        id,
-        addr,
-        settings,
-        crate::model::routes::RouteTable::with_stats(Vec::new(), |_| Arc::default()),
-    ));
+    let id = store.create_listener(&addr.to_string(), &name, &stored(&settings, None))?;
+    let listener = Arc::new(
+        ListenerState::new(
+            id,
+            addr,
+            settings,
+            crate::model::routes::RouteTable::with_stats(Vec::new(), |_| Arc::default()),
+        )
+        .with_name(name),
+    );
     let mut all = state.listeners().to_vec();
     all.push(Arc::clone(&listener));
     state.set_listeners(all);
@@ -1009,6 +1038,7 @@ pub fn not_applied(config: &crate::control::config::Config, state: &State) -> Ve
             lines.push(l.not_in_database(&config.path));
             continue;
         };
+        lines.extend(l.name_differs(&config.path, &running.name));
         // Settings edited in the file after the database was seeded: the database's apply.
         let settings = running.settings();
         let mut differ = Vec::new();
@@ -1043,27 +1073,37 @@ pub fn not_applied(config: &crate::control::config::Config, state: &State) -> Ve
     lines
 }
 
-/// The listener named by its configured address (`127.0.0.1:8443`): how every request names
-/// one.
+/// The listener a request names, by its name or its configured address (`127.0.0.1:8443`):
+/// how every request names one (`State::listener`, the one resolution).
 pub fn listener_by_name(state: &State, name: &str) -> Result<Arc<ListenerState>, ChangeError> {
     check_len("listener", name, max_len::LISTENER)?;
-    let addr = parse_listener_addr(name)?;
+    if let Some(listener) = state.listener(name) {
+        return Ok(listener);
+    }
     let listeners = state.listeners();
-    listeners
+    let known: Vec<String> = listeners
         .iter()
-        .find(|l| l.addr == addr)
-        .cloned()
-        .ok_or_else(|| {
-            let known: Vec<String> = listeners.iter().map(|l| l.addr.to_string()).collect();
-            ChangeError::NotFound(format!(
-                "no listener {addr} (listeners: {})",
-                if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                }
-            ))
+        .map(|l| {
+            if l.name == l.addr.to_string() {
+                l.name.clone()
+            } else {
+                format!("{} ({})", l.name, l.addr)
+            }
         })
+        .collect();
+    // An address as written back by the parser; any other name quoted and clipped.
+    let shown = match name.trim().parse::<SocketAddr>() {
+        Ok(addr) => addr.to_string(),
+        Err(_) => clip(name.trim()),
+    };
+    Err(ChangeError::NotFound(format!(
+        "no listener {shown} (listeners: {})",
+        if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        }
+    )))
 }
 
 fn parse_listener_addr(name: &str) -> Result<SocketAddr, ChangeError> {
@@ -1389,7 +1429,7 @@ pub struct FleetObjects {
 /// The name a listener goes by in the fleet's store: what nodes that bind different
 /// addresses share their routes through.
 pub fn fleet_name(listener: &ListenerState) -> String {
-    listener.addr.to_string()
+    listener.name.clone()
 }
 
 /// The listener going by `name` in the fleet.

@@ -112,7 +112,8 @@ pub fn load_state(config: &Config, store: &mut Store) -> Result<State, StartErro
                 access_log: row.access_log,
             },
             RouteTable::with_stats(routes, |_| Arc::default()),
-        );
+        )
+        .with_name(row.name);
         listener.set_no_sni_route(Some(row.no_sni_route).filter(|n| !n.is_empty()));
         listener.set_not_served(not_served);
         listeners.push(Arc::new(listener));

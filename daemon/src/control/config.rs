@@ -22,9 +22,12 @@ use mc_proxy_shared::{
 };
 use serde::{Deserialize, Deserializer};
 
+use crate::control::cluster::settings::FileCluster;
+pub use crate::control::cluster::settings::{ClusterAuth, ClusterConfig, ClusterTls};
 use crate::model::firewall::parse_rule;
 use crate::model::routes::{RouteError, route_name, route_problems, validate_route};
 pub use crate::model::state::ProxyConfig;
+use crate::model::state::check_listener_name;
 
 /// The most data-plane workers `proxy.workers` may ask for: each is a thread with its own
 /// runtime and a socket per listener, so a typo (`workers = 1000000`) must not start that many.
@@ -47,6 +50,9 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[[listeners]]` with their routes, seeded into the database.
     pub listeners: Vec<ListenerConfig>,
+    /// `[cluster]`: the etcd cluster this node shares its state through; `None` (no section):
+    /// a node of its own, SQLite alone.
+    pub cluster: Option<ClusterConfig>,
     /// Things that are allowed but probably not meant (cert on an l4 route, ...).
     pub warnings: Vec<String>,
     /// L7 routes whose certificate or key files do not load: errors for `mc-proxy check`, but
@@ -97,6 +103,9 @@ pub struct FirewallConfig {
 pub struct ListenerConfig {
     /// Address to bind.
     pub addr: SocketAddr,
+    /// Its name (`check_listener_name`): `addr` unless the file names it. What shared
+    /// routes name the listener by.
+    pub name: String,
     /// Expect a PROXY protocol v1/v2 header on every connection.
     pub proxy_protocol: bool,
     /// Peers allowed to send that header; empty means any peer. Others are reset.
@@ -123,10 +132,30 @@ impl ListenerConfig {
         )
     }
 
+    /// What start-up, a reload and `check` say when the database names this listener
+    /// `stored` and the file another name: the database's applies, and how to rename it.
+    pub fn name_differs(&self, file: &Path, stored: &str) -> Option<String> {
+        (self.name != stored).then(|| {
+            format!(
+                "listener {} is named {} in {} but {} in the database (the database's \
+                 applies); a name is fixed when the listener is added: to rename it, remove it \
+                 and add it again with --name {}",
+                self.addr,
+                self.name,
+                file.display(),
+                stored,
+                self.name
+            )
+        })
+    }
+
     /// The `mcproxyctl` command that adds this listener to a running daemon (its routes are
     /// added one by one after it).
     pub fn add_command(&self) -> String {
         let mut command = format!("mcproxyctl listeners add {}", self.addr);
+        if self.name != self.addr.to_string() {
+            command.push_str(&format!(" --name {}", self.name));
+        }
         if self.proxy_protocol {
             command.push_str(" --proxy-protocol");
         }
@@ -247,6 +276,7 @@ struct FileConfig {
     proxy: FileProxy,
     #[serde(default)]
     listeners: Vec<FileListener>,
+    cluster: Option<FileCluster>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -313,6 +343,8 @@ struct FileProxy {
 #[serde(deny_unknown_fields)]
 struct FileListener {
     addr: String,
+    #[serde(default)]
+    name: Option<String>,
     #[serde(default)]
     proxy_protocol: bool,
     #[serde(default)]
@@ -521,6 +553,7 @@ impl FileConfig {
             problem("admin.event_buffer".into(), "must be at least 1".into());
         }
         let metrics = validate_metrics(&self.metrics, &mut problem);
+        let cluster = self.cluster.and_then(|c| c.validate(&mut problem));
         let listeners = validate_listeners(
             self.listeners,
             &mut problem,
@@ -552,6 +585,7 @@ impl FileConfig {
             firewall,
             proxy,
             listeners,
+            cluster,
             warnings,
             file_problems,
         })
@@ -675,6 +709,8 @@ fn validate_listeners(
 ) -> Vec<ListenerConfig> {
     let mut listeners = Vec::new();
     let mut seen_addrs: HashMap<SocketAddr, usize> = HashMap::new();
+    // (index, address, name, named in the file): checked against each other at the end.
+    let mut names: Vec<(usize, SocketAddr, String, bool)> = Vec::new();
     for (i, fl) in file.into_iter().enumerate() {
         let lctx = format!("listener {}", fl.addr);
         let addr = match fl.addr.parse::<SocketAddr>() {
@@ -699,6 +735,12 @@ fn validate_listeners(
                 format!("duplicate listener address (also listeners[{first}])"),
             );
         }
+
+        let name = fl.name.clone().unwrap_or_else(|| addr.to_string());
+        if let Err(e) = check_listener_name(&name) {
+            problem(format!("{lctx}, name"), e);
+        }
+        names.push((i, addr, name.clone(), fl.name.is_some()));
 
         let mut proxy_protocol_from = Vec::new();
         for (k, value) in fl.proxy_protocol_from.iter().enumerate() {
@@ -820,6 +862,7 @@ fn validate_listeners(
         };
         listeners.push(ListenerConfig {
             addr,
+            name,
             proxy_protocol: fl.proxy_protocol,
             proxy_protocol_from,
             no_sni_route,
@@ -827,7 +870,40 @@ fn validate_listeners(
             access_log: fl.access_log,
         });
     }
+    listener_name_problems(&names, problem);
     listeners
+}
+
+/// Names are unique, and no name is another listener's address: a request naming a listener
+/// must find one listener whichever way it names it. Port-0 listeners (tests) repeat their
+/// address, so their default names may repeat too.
+fn listener_name_problems(
+    names: &[(usize, SocketAddr, String, bool)],
+    problem: &mut impl FnMut(String, String),
+) {
+    let mut seen: HashMap<&str, (usize, bool)> = HashMap::new();
+    for (i, addr, name, named) in names {
+        let ctx = format!("listener {addr}, name");
+        // Two default names are two equal addresses: the address rule's to report (or two
+        // port-0 listeners, which may repeat).
+        if let Some((first, first_named)) = seen.insert(name.as_str(), (*i, *named))
+            && (*named || first_named)
+        {
+            problem(
+                ctx.clone(),
+                format!("{} is also the name of listeners[{first}]", clip(name)),
+            );
+        }
+        if let Some((j, ..)) = names
+            .iter()
+            .find(|(j, other, ..)| j != i && other != addr && other.to_string() == *name)
+        {
+            problem(
+                ctx,
+                format!("{} is the address of listeners[{j}]", clip(name)),
+            );
+        }
+    }
 }
 
 /// A CIDR, or a bare address meaning just that host. Host bits are cleared.
@@ -1289,6 +1365,122 @@ mod tests {
              (the backend picks h2 or http/1.1 by ALPN, in the TLS handshake): set backend_tls, \
              or use h2 or http1 for a cleartext backend"
         );
+    }
+
+    #[test]
+    fn no_cluster_section_means_no_cluster_and_its_problems_name_file_and_key() {
+        let f = Fixture::new();
+        assert!(f.parse("").unwrap().cluster.is_none());
+        let err = f
+            .parse("[cluster]\nendpoints = [\"http://h:1\"]\nname = \"n\"\nprefix = \"x\"\n")
+            .unwrap_err();
+        let lines = err.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].ends_with("mc-proxy.toml: cluster.prefix: \"x\": must start with / and name something, such as /mc-proxy/prod"),
+            "{lines:?}"
+        );
+        let c = f
+            .parse("[cluster]\nendpoints = [\"http://h:1\"]\nname = \"n\"\n")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.name, "n");
+    }
+
+    #[test]
+    fn listener_names_default_to_the_address_and_may_be_set() {
+        let f = Fixture::new();
+        let config = f
+            .parse(
+                r#"
+                [[listeners]]
+                addr = "127.0.0.1:8443"
+                [[listeners]]
+                addr = "[::1]:8443"
+                name = "edge-v6"
+                [[listeners]]
+                addr = "127.0.0.1:0"
+                [[listeners]]
+                addr = "127.0.0.1:0"
+                "#,
+            )
+            .unwrap();
+        let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["127.0.0.1:8443", "edge-v6", "127.0.0.1:0", "127.0.0.1:0"]
+        );
+        assert_eq!(
+            config.listeners[1].add_command(),
+            "mcproxyctl listeners add [::1]:8443 --name edge-v6"
+        );
+        assert_eq!(
+            config.listeners[0].add_command(),
+            "mcproxyctl listeners add 127.0.0.1:8443"
+        );
+        assert_eq!(
+            config.listeners[1].name_differs(&config.path, "edge-v6"),
+            None
+        );
+        let line = config.listeners[1]
+            .name_differs(&config.path, "[::1]:8443")
+            .unwrap();
+        assert!(
+            line.contains("named edge-v6 in") && line.contains("but [::1]:8443 in the database")
+        );
+    }
+
+    #[test]
+    fn listener_names_are_checked_unique_and_never_another_address() {
+        let f = Fixture::new();
+        let problems = f.problems(
+            r#"
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            name = "edge"
+            [[listeners]]
+            addr = "127.0.0.1:8444"
+            name = "edge"
+            [[listeners]]
+            addr = "127.0.0.1:8445"
+            name = "127.0.0.1:8443"
+            [[listeners]]
+            addr = "127.0.0.1:8446"
+            name = "bad name"
+            [[listeners]]
+            addr = "127.0.0.1:8447"
+            name = ""
+            "#,
+        );
+        assert_eq!(
+            problems,
+            [
+                "listener 127.0.0.1:8446, name: listener name \"bad name\" may only hold \
+                 letters, digits and . _ : [ ] -",
+                "listener 127.0.0.1:8447, name: listener name \"\" must be 1 to 64 characters",
+                "listener 127.0.0.1:8444, name: \"edge\" is also the name of listeners[0]",
+                "listener 127.0.0.1:8445, name: \"127.0.0.1:8443\" is the address of listeners[0]",
+            ]
+        );
+    }
+
+    #[test]
+    fn listener_name_rules() {
+        use crate::model::state::check_listener_name;
+        for good in [
+            "a",
+            "edge-1",
+            "127.0.0.1:8443",
+            "[::1]:443",
+            "eu_1.public",
+            &"n".repeat(64),
+        ] {
+            assert_eq!(check_listener_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", "a b", "a/b", "é", "a,b", "x\n", &"n".repeat(65)] {
+            assert!(check_listener_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

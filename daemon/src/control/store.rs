@@ -73,6 +73,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "listener_access_log",
         sql: include_str!("../../../migrations/0008_listener_access_log.sql"),
     },
+    Migration {
+        version: 9,
+        name: "listener_name",
+        sql: include_str!("../../../migrations/0009_listener_name.sql"),
+    },
 ];
 
 /// The schema version this binary creates and understands.
@@ -141,6 +146,8 @@ pub struct ListenerRow {
     pub no_sni_route: String,
     /// Every L7 request on it gets a per-request log line.
     pub access_log: bool,
+    /// Its name (the address unless given one), unique; fixed when it is added.
+    pub name: String,
 }
 
 /// What a listener write stores: everything but its id and address.
@@ -157,7 +164,7 @@ pub struct ListenerFields {
 }
 
 const LISTENER_COLUMNS: &str =
-    "id, addr, proxy_protocol, proxy_protocol_from, no_sni_route, access_log";
+    "id, addr, proxy_protocol, proxy_protocol_from, no_sni_route, access_log, name";
 
 fn listener_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ListenerRow> {
     let from: String = row.get(3)?;
@@ -172,6 +179,7 @@ fn listener_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ListenerRow> {
             .collect(),
         no_sni_route: row.get(4)?,
         access_log: row.get(5)?,
+        name: row.get(6)?,
     })
 }
 
@@ -211,10 +219,11 @@ impl Store {
         Ok(Store { conn })
     }
 
-    /// The addresses of the listeners stored in the database at `path`, read without writing
+    /// The listeners stored in the database at `path` as (address, name), read without writing
     /// anything (not even a migration or the WAL switch): what `mc-proxy check` compares the
-    /// file's listeners with. `None` when there is no database there yet.
-    pub fn peek_listener_addrs(path: &Path) -> Result<Option<Vec<String>>, StoreError> {
+    /// file's listeners with. `None` when there is no database there yet. A database from
+    /// before listener names (v8 and older) names each by its address, as its migration will.
+    pub fn peek_listeners(path: &Path) -> Result<Option<Vec<(String, String)>>, StoreError> {
         if !path.exists() {
             return Ok(None);
         }
@@ -228,11 +237,16 @@ impl Store {
             // Created, never migrated: as good as empty.
             return Ok(None);
         }
-        let mut stmt = conn.prepare("SELECT addr FROM listeners ORDER BY id")?;
-        let addrs = stmt
-            .query_map([], |row| row.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok(Some(addrs))
+        let sql = if found >= 9 {
+            "SELECT addr, name FROM listeners ORDER BY id"
+        } else {
+            "SELECT addr, addr FROM listeners ORDER BY id"
+        };
+        let mut stmt = conn.prepare(sql)?;
+        let listeners = stmt
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<Vec<(String, String)>, _>>()?;
+        Ok(Some(listeners))
     }
 
     /// The schema version of the open database.
@@ -274,7 +288,7 @@ impl Store {
                 no_sni_route: listener.no_sni_route.clone().unwrap_or_default(),
                 access_log: listener.access_log,
             };
-            let id = insert_listener(&tx, &listener.addr.to_string(), &fields)?;
+            let id = insert_listener(&tx, &listener.addr.to_string(), &listener.name, &fields)?;
             for route in &listener.routes {
                 insert_route(&tx, id, route)?;
             }
@@ -319,13 +333,14 @@ impl Store {
             .optional()?)
     }
 
-    /// Adds a listener; returns its id.
+    /// Adds a listener named `name`; returns its id.
     pub fn create_listener(
         &mut self,
         addr: &str,
+        name: &str,
         fields: &ListenerFields,
     ) -> Result<i64, StoreError> {
-        insert_listener(&self.conn, addr, fields)
+        insert_listener(&self.conn, addr, name, fields)
     }
 
     /// Replaces every stored field of a listener (all but its id and address), in one
@@ -588,21 +603,23 @@ fn unique_violation(e: rusqlite::Error, what: impl FnOnce() -> String) -> StoreE
 fn insert_listener(
     conn: &Connection,
     addr: &str,
+    name: &str,
     fields: &ListenerFields,
 ) -> Result<i64, StoreError> {
     conn.execute(
         "INSERT INTO listeners (addr, proxy_protocol, proxy_protocol_from, no_sni_route,
-                                access_log)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+                                access_log, name)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             addr,
             fields.proxy_protocol,
             fields.proxy_protocol_from.join(","),
             fields.no_sni_route,
-            fields.access_log
+            fields.access_log,
+            name
         ],
     )
-    .map_err(|e| unique_violation(e, || format!("listener {addr}")))?;
+    .map_err(|e| unique_violation(e, || format!("listener {addr} (name {name})")))?;
     Ok(conn.last_insert_rowid())
 }
 
@@ -854,13 +871,14 @@ mod tests {
         let (_dir, path) = temp_db();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 8);
+        assert_eq!(SCHEMA_VERSION, 9);
         let listeners = columns(&store, "listeners");
         for col in [
             "proxy_protocol",
             "proxy_protocol_from",
             "no_sni_route",
             "access_log",
+            "name",
         ] {
             assert!(
                 listeners.contains(&col.to_owned()),
@@ -922,6 +940,7 @@ mod tests {
                 proxy_protocol_from: vec![],
                 no_sni_route: String::new(),
                 access_log: false,
+                name: "127.0.0.1:8443".into(),
             }]
         );
         assert_eq!(
@@ -933,6 +952,42 @@ mod tests {
             }]
         );
         assert_eq!(store.firewall_rules().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn v8_listeners_are_named_by_their_address_and_names_stay_unique() {
+        let (_dir, path) = temp_db();
+        {
+            let store = Store::open_at_version(&path, 8).unwrap();
+            store
+                .conn
+                .execute_batch(
+                    "INSERT INTO listeners (id, addr) VALUES (1, '127.0.0.1:8443');
+                     INSERT INTO listeners (id, addr) VALUES (2, '[::1]:443');",
+                )
+                .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        let names: Vec<(String, String)> = store
+            .listeners()
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.addr, l.name))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("127.0.0.1:8443".into(), "127.0.0.1:8443".into()),
+                ("[::1]:443".into(), "[::1]:443".into())
+            ]
+        );
+        let taken =
+            store.create_listener("127.0.0.1:9443", "[::1]:443", &ListenerFields::default());
+        assert!(
+            matches!(taken, Err(StoreError::AlreadyExists(_))),
+            "{taken:?}"
+        );
+        assert_eq!(store.listeners().unwrap().len(), 2);
     }
 
     #[test]
@@ -1003,7 +1058,11 @@ mod tests {
         let (_dir, path) = temp_db();
         let mut store = Store::open(&path).unwrap();
         let id = store
-            .create_listener("127.0.0.1:8443", &ListenerFields::default())
+            .create_listener(
+                "127.0.0.1:8443",
+                "127.0.0.1:8443",
+                &ListenerFields::default(),
+            )
             .unwrap();
         store
             .create_route(
@@ -1126,7 +1185,11 @@ mod tests {
         let (_dir, path) = temp_db();
         let mut store = Store::open(&path).unwrap();
         let id = store
-            .create_listener("127.0.0.1:8443", &ListenerFields::default())
+            .create_listener(
+                "127.0.0.1:8443",
+                "127.0.0.1:8443",
+                &ListenerFields::default(),
+            )
             .unwrap();
         let route = Route {
             hostname: "app.test".into(),
@@ -1214,7 +1277,11 @@ mod tests {
         let (_dir, path) = temp_db();
         let mut store = Store::open(&path).unwrap();
         let id = store
-            .create_listener("127.0.0.1:8443", &ListenerFields::default())
+            .create_listener(
+                "127.0.0.1:8443",
+                "127.0.0.1:8443",
+                &ListenerFields::default(),
+            )
             .unwrap();
         store
             .create_route(
@@ -1274,6 +1341,7 @@ mod tests {
         let id = store
             .create_listener(
                 "[::1]:8443",
+                "edge-v6",
                 &ListenerFields {
                     proxy_protocol: true,
                     proxy_protocol_from: from.clone(),
@@ -1305,6 +1373,7 @@ mod tests {
         assert!(listener.proxy_protocol);
         assert_eq!(listener.proxy_protocol_from, from);
         assert_eq!(listener.id, id);
+        assert_eq!(listener.name, "edge-v6");
 
         // Reopen: it is on disk, not only in this connection.
         drop(store);

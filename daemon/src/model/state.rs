@@ -343,6 +343,9 @@ pub struct ListenerState {
     pub id: i64,
     /// The configured address (the bound one may differ when the port is 0).
     pub addr: SocketAddr,
+    /// Its name (`check_listener_name`), unique among listeners; its address by default. What
+    /// shared routes name it by, so nodes binding different addresses can share them.
+    pub name: String,
     /// PROXY protocol settings; swapped by `control`.
     settings: ArcSwap<ListenerSettings>,
     /// The address its sockets got (set once bound; differs from `addr` when the port is 0).
@@ -366,12 +369,38 @@ pub struct ListenerState {
     changed: ArcSwap<CancellationToken>,
 }
 
+/// The longest listener name.
+pub const MAX_LISTENER_NAME_LEN: usize = 64;
+
+/// The listener name rules (the TOML, the admin API and the CLI share them): 1 to
+/// `MAX_LISTENER_NAME_LEN` characters of `[A-Za-z0-9._:[]-]`, so that any `IP:port` is a valid
+/// name (the default) and a name is safe in an etcd key and a log line.
+pub fn check_listener_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_LISTENER_NAME_LEN {
+        return Err(format!(
+            "listener name {} must be 1 to {MAX_LISTENER_NAME_LEN} characters",
+            mc_proxy_shared::text::clip(name)
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'[' | b']' | b'-'))
+    {
+        return Err(format!(
+            "listener name {} may only hold letters, digits and . _ : [ ] -",
+            mc_proxy_shared::text::clip(name)
+        ));
+    }
+    Ok(())
+}
+
 impl ListenerState {
-    /// A listener with the given routes.
+    /// A listener with the given routes, named by its address (see `with_name`).
     pub fn new(id: i64, addr: SocketAddr, settings: ListenerSettings, routes: RouteTable) -> Self {
         ListenerState {
             id,
             addr,
+            name: addr.to_string(),
             settings: ArcSwap::from_pointee(settings),
             bound: std::sync::OnceLock::new(),
             closed: CancellationToken::new(),
@@ -382,6 +411,11 @@ impl ListenerState {
             not_served: ArcSwap::from_pointee(Vec::new()),
             changed: ArcSwap::from_pointee(CancellationToken::new()),
         }
+    }
+
+    /// The same listener with the name it is stored under.
+    pub fn with_name(self, name: String) -> Self {
+        ListenerState { name, ..self }
     }
 
     /// The current settings, through a guard: read on every accept, so no reference count
@@ -642,6 +676,20 @@ impl State {
         self.listeners.load_full()
     }
 
+    /// The listener a request names: by its name first, then by its configured address
+    /// (`127.0.0.1:8443`, `[::1]:443`, compared as addresses). The one way the admin API, the
+    /// CLI and the cluster find a listener. Names and addresses never collide (a name equal to
+    /// another listener's address is refused), so the order only matters for clarity.
+    pub fn listener(&self, key: &str) -> Option<Arc<ListenerState>> {
+        let key = key.trim();
+        let listeners = self.listeners.load();
+        if let Some(l) = listeners.iter().find(|l| l.name == key) {
+            return Some(Arc::clone(l));
+        }
+        let addr: SocketAddr = key.parse().ok()?;
+        listeners.iter().find(|l| l.addr == addr).cloned()
+    }
+
     /// Swaps in a new list of listeners (`control`, which adds or removes one).
     pub fn set_listeners(&self, listeners: Vec<Arc<ListenerState>>) {
         self.listeners.store(Arc::new(listeners));
@@ -712,6 +760,51 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn listener(id: i64, addr: &str, name: Option<&str>) -> Arc<ListenerState> {
+        let addr: SocketAddr = addr.parse().unwrap();
+        let l = ListenerState::new(
+            id,
+            addr,
+            ListenerSettings::default(),
+            RouteTable::with_stats(Vec::new(), |_| Arc::default()),
+        );
+        Arc::new(match name {
+            Some(n) => l.with_name(n.to_owned()),
+            None => l,
+        })
+    }
+
+    /// One resolution for every request: a listener is found by its name, or by its
+    /// configured address written any way that parses to it.
+    #[test]
+    fn a_listener_is_found_by_name_or_by_address() {
+        let state = State::new(
+            ProxyConfig::default(),
+            vec![
+                listener(1, "127.0.0.1:8443", None),
+                listener(2, "[::1]:443", Some("edge-v6")),
+            ],
+            Firewall::default(),
+        );
+        let id = |key: &str| state.listener(key).map(|l| l.id);
+        assert_eq!(id("127.0.0.1:8443"), Some(1));
+        assert_eq!(id(" 127.0.0.1:8443 "), Some(1));
+        assert_eq!(id("edge-v6"), Some(2));
+        assert_eq!(
+            id("[::1]:443"),
+            Some(2),
+            "the address still names a named listener"
+        );
+        assert_eq!(
+            id("[0:0::1]:443"),
+            Some(2),
+            "addresses compare as addresses"
+        );
+        assert_eq!(id("edge"), None);
+        assert_eq!(id("127.0.0.1:9999"), None);
+        assert_eq!(state.listener("[::1]:443").unwrap().name, "edge-v6");
+    }
 
     /// Timeouts, the head limit and passive health change at run time; the settings built
     /// into sockets, pools and threads at start are named as needing a restart and keep

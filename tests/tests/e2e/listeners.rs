@@ -276,6 +276,78 @@ async fn listeners_added_at_run_time_reach_every_worker_thread() {
     listener_added_removed_and_restored(2).await;
 }
 
+/// A listener added with a name is named by it in every request (routes added, listed,
+/// removed through it), still by its address too, and keeps the name across a restart; names
+/// are unique and never another listener's address.
+#[tokio::test]
+async fn a_named_listener_takes_routes_through_its_name() {
+    let pki = Pki::new();
+    let a = TlsBackend::start(&pki, &["a.test"]).await;
+    let proxy = ProxyBuilder::new()
+        .route("b.test", a.addr)
+        .l4()
+        .start()
+        .await;
+    let mut admin = proxy.admin().await;
+
+    let (added, warnings) = admin
+        .add_listener_with(ADDED, Some("edge-2"), ListenerUpdate::default())
+        .await
+        .unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        (added.addr.as_str(), added.name.as_str()),
+        (ADDED, "edge-2")
+    );
+    let addr: SocketAddr = added.bound.parse().unwrap();
+
+    // Through the name: added, listed, served.
+    admin
+        .add_route("edge-2", l4_route("a.test", a.addr))
+        .await
+        .unwrap();
+    let listed = admin.list_routes(Some("edge-2")).await.unwrap();
+    let hosts: Vec<&str> = listed.iter().map(|e| e.route.hostname.as_str()).collect();
+    assert_eq!(hosts, ["a.test"]);
+    round_trip(addr, &pki).await.unwrap();
+    // The address still names it; an unnamed listener is named by its address.
+    assert_eq!(admin.list_routes(Some(ADDED)).await.unwrap().len(), 1);
+    let status = admin.status().await.unwrap();
+    let toml = status.listeners.iter().find(|l| l.addr == L).unwrap();
+    assert_eq!(toml.name, L);
+
+    // Refused, storing nothing: a taken name, a name that is another listener's address, a
+    // name outside the rules; an unknown name is not found.
+    for (name, code) in [
+        ("edge-2", tonic::Code::AlreadyExists),
+        (L, tonic::Code::AlreadyExists),
+        (ADDED, tonic::Code::InvalidArgument),
+        ("bad name", tonic::Code::InvalidArgument),
+        ("", tonic::Code::InvalidArgument),
+    ] {
+        let err = admin
+            .add_listener_with("127.0.0.3:0", Some(name), ListenerUpdate::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(code), "name {name:?}: {err}");
+    }
+    let err = admin.list_routes(Some("edge-9")).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::NotFound), "{err}");
+    assert!(err.to_string().contains("edge-2 (127.0.0.2:0)"), "{err}");
+    assert_eq!(admin.status().await.unwrap().listeners.len(), 2);
+
+    // Kept across a restart, and still the name requests use.
+    drop(admin);
+    let dir = proxy.stop_and_keep_dir().await;
+    let proxy = Proxy::start_in(dir, "[[listeners]]\naddr = \"127.0.0.1:0\"").await;
+    let mut admin = proxy.admin().await;
+    let status = admin.status().await.unwrap();
+    let restored = status.listeners.iter().find(|l| l.addr == ADDED).unwrap();
+    assert_eq!(restored.name, "edge-2");
+    admin.remove_route("edge-2", "a.test").await.unwrap();
+    assert!(admin.list_routes(Some("edge-2")).await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn a_listener_update_applies_to_new_connections_all_or_nothing() {
     let pki = Pki::new();

@@ -11,6 +11,7 @@ mod admin;
 mod backend_close;
 mod backends;
 mod browser;
+mod cluster;
 mod grpc_python;
 mod haproxy;
 mod l4;
