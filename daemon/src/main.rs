@@ -334,19 +334,35 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
                 }
             }
         };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let metrics = async {
             if let Some(listener) = metrics_listener {
                 metrics::serve(listener, Arc::clone(&state), drained.clone()).await;
+            }
+        };
+        // The fleet's store, with [cluster]: the node serves from its database meanwhile,
+        // and keeps its link up through the drain (as the admin API) until drained.
+        let cluster = async {
+            if let Some(cfg) = &config.cluster {
+                let (_, run) = mc_proxy::control::cluster::start(
+                    cfg,
+                    &control,
+                    &config.database.path,
+                    config.admin.socket.as_deref(),
+                    metrics_addr,
+                    drained.clone(),
+                );
+                run.await;
             }
         };
         let data_plane = async {
             workers.wait().await;
             drained.cancel();
         };
-        let serving = async { tokio::join!(admin, data_plane, metrics) };
+        let serving = async { tokio::join!(admin, data_plane, metrics, cluster) };
         // The signal loop is polled here, not spawned: if it ever failed, the daemon would go
         // on without anyone acting on SIGTERM. It never returns; serving ends at shutdown.
-        let (admin, (), ()) = tokio::select! {
+        let (admin, (), (), ()) = tokio::select! {
             never = signals => match never {},
             served = serving => served,
         };

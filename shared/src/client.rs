@@ -94,6 +94,10 @@ impl From<ParseKindError> for ClientError {
     }
 }
 
+/// The metadata key a daemon's own UNAVAILABLE carries (its cluster store is away), to tell
+/// it from the UNAVAILABLE tonic makes up when the connection to the daemon breaks.
+pub const STORE_AWAY_HEADER: &str = "mc-proxy-store-away";
+
 impl From<tonic::Status> for ClientError {
     /// A status the daemon sent is [`ClientError::Rpc`]; one tonic made up because the
     /// connection broke is [`ClientError::Gone`].
@@ -114,7 +118,8 @@ impl From<tonic::Status> for ClientError {
 fn connection_lost(status: &tonic::Status) -> bool {
     use std::error::Error as _;
     match status.code() {
-        tonic::Code::Unavailable => true,
+        // The daemon's own UNAVAILABLE (a cluster node whose store is away) says so.
+        tonic::Code::Unavailable => status.metadata().get(STORE_AWAY_HEADER).is_none(),
         tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled => {
             status.source().is_some()
         }
@@ -474,6 +479,9 @@ pub struct ChangeOrigin {
     /// Its process name.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub process: String,
+    /// On a cluster node: the node whose admin API took the change.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node: String,
 }
 
 impl From<pb::ChangeOrigin> for ChangeOrigin {
@@ -484,6 +492,7 @@ impl From<pb::ChangeOrigin> for ChangeOrigin {
             uid: o.uid,
             pid: o.pid,
             process: o.process,
+            node: o.node,
         }
     }
 }

@@ -544,12 +544,29 @@ impl Proxy {
             .await
             .unwrap();
         let metrics = metrics_listener.local_addr().unwrap();
+        let control = Arc::new(
+            mc_proxy::control::Control::new(Arc::clone(&state), store).with_config_path(path),
+        );
+        // With [cluster], the node joins the fleet as the daemon does (its sync ends with
+        // the admin API's task).
+        let cluster_task = config.cluster.as_ref().map(|cfg| {
+            let (_, run) = mc_proxy::control::cluster::start(
+                cfg,
+                &control,
+                &config.database.path,
+                Some(&socket),
+                None,
+                shutdown.clone(),
+            );
+            tokio::spawn(run)
+        });
         let admin_task = tokio::spawn({
-            let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
-            let control =
-                Arc::new(mc_proxy::control::Control::new(state, store).with_config_path(path));
+            let shutdown = shutdown.clone();
             async move {
                 admin::serve(admin_socket, control, shutdown).await.unwrap();
+                if let Some(task) = cluster_task {
+                    let _ = task.await;
+                }
             }
         });
         let metrics_task = tokio::spawn(metrics::serve(

@@ -150,7 +150,14 @@ fn status(e: ChangeError) -> tonic::Status {
         ChangeError::NotFound(m) => tonic::Status::not_found(m),
         ChangeError::AlreadyExists(m) => tonic::Status::already_exists(m),
         ChangeError::Conflict(m) => tonic::Status::aborted(m),
-        ChangeError::Unavailable(m) => tonic::Status::unavailable(m),
+        ChangeError::Unavailable(m) => {
+            let mut status = tonic::Status::unavailable(m);
+            status.metadata_mut().insert(
+                mc_proxy_shared::client::STORE_AWAY_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            status
+        }
         e @ (ChangeError::Store(_) | ChangeError::Internal(_)) => {
             tonic::Status::internal(e.to_string())
         }

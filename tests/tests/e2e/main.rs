@@ -12,6 +12,7 @@ mod backend_close;
 mod backends;
 mod browser;
 mod cluster;
+mod fleet;
 mod grpc_python;
 mod haproxy;
 mod l4;

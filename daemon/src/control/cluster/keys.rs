@@ -5,7 +5,9 @@
 //! - `firewall/<rule>`: a firewall rule (its normalised text);
 //! - `listeners/<listener>/no-sni`: a listener's route for ClientHellos without SNI;
 //! - `nodes/<name>`: a node's registry entry, bound to its lease;
-//! - `seeded`: written once, by the node that seeded an empty prefix.
+//! - `seeded`: written once, by the node that seeded an empty prefix;
+//! - `last-change`: who made the latest change, written in each change's transaction, so that
+//!   a deletion (whose event carries no value) is still told apart by who made it.
 //!
 //! No I/O. Invariants: a segment never contains `/` (escaped as `%2F`, `%` as `%25`), so
 //! [`Keys::parse`] reads back exactly what the builders wrote; a key that does not parse is
@@ -39,6 +41,8 @@ pub enum Key {
     Node(String),
     /// The seeding guard.
     Seeded,
+    /// Who made the latest change.
+    LastChange,
 }
 
 fn escape(segment: &str) -> String {
@@ -97,6 +101,11 @@ impl Keys {
         format!("{}seeded", self.root)
     }
 
+    /// The key naming who made the latest change.
+    pub fn last_change(&self) -> String {
+        format!("{}last-change", self.root)
+    }
+
     /// What `key` names, or `None` for a key the daemon does not write.
     pub fn parse(&self, key: &str) -> Option<Key> {
         let rest = key.strip_prefix(&self.root)?;
@@ -112,6 +121,7 @@ impl Keys {
             }),
             ["nodes", name] => Some(Key::Node(unescape(name))),
             ["seeded"] => Some(Key::Seeded),
+            ["last-change"] => Some(Key::LastChange),
             _ => None,
         }
     }
@@ -143,6 +153,7 @@ mod tests {
             ),
             (keys.node("edge-1"), Key::Node("edge-1".into())),
             (keys.seeded(), Key::Seeded),
+            (keys.last_change(), Key::LastChange),
         ];
         for (key, want) in cases {
             assert_eq!(keys.parse(&key), Some(want), "{key}");

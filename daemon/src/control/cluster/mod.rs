@@ -13,3 +13,64 @@ pub mod doc;
 pub mod keys;
 pub mod settings;
 pub mod sync;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::control::apply::Control;
+
+/// How often a node compares the whole prefix with what it serves.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
+/// Makes `control`'s node a member of the fleet `cfg` names: fleet-wide changes go to the
+/// store from now on, and the returned future keeps the node in step with it until
+/// `shutdown` (it serves from its database meanwhile, store or no store). The PEM files of
+/// the fleet's L7 routes are kept next to the database (`<database>.cluster-certs/`).
+pub fn start(
+    cfg: &settings::ClusterConfig,
+    control: &Arc<Control>,
+    database: &Path,
+    admin: Option<&Path>,
+    metrics: Option<SocketAddr>,
+    shutdown: CancellationToken,
+) -> (
+    Arc<sync::Cluster>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let settings = sync::SyncSettings {
+        node: cfg.name.clone(),
+        prefix: cfg.prefix.clone(),
+        endpoints: cfg.endpoints.clone(),
+        request_timeout: cfg.request_timeout,
+        lease_ttl: cfg.lease_ttl,
+        cert_dir: format!("{}.cluster-certs", database.display()).into(),
+        admin: admin.map(|p| p.display().to_string()).unwrap_or_default(),
+        metrics: metrics.map(|a| a.to_string()).unwrap_or_default(),
+        resync_every: RESYNC_EVERY,
+        config: cfg.clone(),
+    };
+    let cluster = sync::Cluster::new(settings, Arc::clone(control));
+    let cfg = Arc::new(cfg.clone());
+    let connect: sync::Connector = Arc::new(move || {
+        let cfg = Arc::clone(&cfg);
+        Box::pin(async move { client::connect(&cfg).await.map_err(|e| e.to_string()) })
+    });
+    tracing::info!("{}", cluster_summary(&cluster));
+    let run = Arc::clone(&cluster).run(connect, shutdown);
+    (cluster, run)
+}
+
+fn cluster_summary(cluster: &sync::Cluster) -> String {
+    let view = cluster.view();
+    format!(
+        "cluster: node {} on etcd {} (prefix {}): serving from the database until the store is read",
+        view.node,
+        mc_proxy_shared::text::clip(&view.endpoints.join(",")),
+        view.prefix
+    )
+}

@@ -58,6 +58,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often the node asks the store how far it is (progress) and refreshes its registry
 /// entry when its applied revision moved.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// A link that worked this long is retried at once when it breaks.
+const STABLE_AFTER: Duration = Duration::from_secs(5);
 
 /// What the sync needs to know of its node and store.
 #[derive(Debug, Clone)]
@@ -80,6 +82,8 @@ pub struct SyncSettings {
     pub metrics: String,
     /// How often the whole prefix is compared with this node's state.
     pub resync_every: Duration,
+    /// The `[cluster]` settings (for [`super::client::call`]'s retries and messages).
+    pub config: super::settings::ClusterConfig,
 }
 
 /// Opens a client to the store (the cluster's `client::connect` with its TLS and auth).
@@ -211,18 +215,32 @@ impl Cluster {
         ))
     }
 
+    /// One store request, tried again on another member while the connection it went out
+    /// on broke, all within `request_timeout` (`client::call`).
+    async fn etcd<T, Fut>(
+        &self,
+        client: &Client,
+        request: impl Fn(Client) -> Fut,
+    ) -> Result<T, super::client::ClusterError>
+    where
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        super::client::call(&self.settings.config, || request(client.clone())).await
+    }
+
     /// The nodes registered in the store now (each node's registry entry).
     pub async fn nodes(&self) -> Result<Vec<NodeDoc>, ChangeError> {
-        let Some(mut client) = lock(&self.client).clone() else {
+        let Some(client) = lock(&self.client).clone() else {
             return Err(self.unavailable("not connected"));
         };
-        let resp = tokio::time::timeout(
-            self.settings.request_timeout,
-            client.get(self.keys.nodes(), Some(GetOptions::new().with_prefix())),
-        )
-        .await
-        .map_err(|_| self.unavailable("timed out"))?
-        .map_err(|e| self.unavailable(e))?;
+        let key = self.keys.nodes();
+        let resp = self
+            .etcd(&client, |mut c| {
+                let key = key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await
+            .map_err(|e| ChangeError::Unavailable(e.to_string()))?;
         let mut nodes: Vec<NodeDoc> = resp
             .kvs()
             .iter()
@@ -237,49 +255,90 @@ impl Cluster {
         let Some(mut jobs) = lock(&self.jobs).take() else {
             return;
         };
-        let mut backoff = BACKOFF_MIN;
+        // Writes asked while (re)connecting wait for the link, up to their request timeout:
+        // a member lost costs a reconnection, not a refused write.
+        let mut waiting: Vec<(tokio::time::Instant, WriteJob)> = Vec::new();
+        let mut backoff = Duration::ZERO;
         let mut resume: Option<i64> = None;
         loop {
-            let connected = tokio::select! {
-                () = shutdown.cancelled() => return,
-                c = connect() => c,
+            if !backoff.is_zero() {
+                let pause = tokio::time::sleep(backoff);
+                tokio::pin!(pause);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = &mut pause => break,
+                        Some(job) = jobs.recv() => waiting.push((tokio::time::Instant::now(), job)),
+                    }
+                    self.expire(&mut waiting);
+                }
+            }
+            let connecting = connect();
+            tokio::pin!(connecting);
+            let connected = loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    c = &mut connecting => break c,
+                    Some(job) = jobs.recv() => waiting.push((tokio::time::Instant::now(), job)),
+                }
+                self.expire(&mut waiting);
             };
-            let outcome = match connected {
+            self.expire(&mut waiting);
+            let outcome: Result<(), String> = match connected {
                 Ok(client) => {
                     *lock(&self.client) = Some(client.clone());
+                    let began = tokio::time::Instant::now();
                     let outcome = self
-                        .session(client, &mut resume, &mut jobs, &shutdown)
+                        .session(client, &mut resume, &mut jobs, &mut waiting, &shutdown)
                         .await;
                     *lock(&self.client) = None;
-                    if outcome.is_ok() {
-                        return;
+                    match outcome {
+                        Ok(()) => return,
+                        // A link that worked a while is tried again at once (the client
+                        // picks another member); one that keeps failing, with backoff.
+                        Err(e) => {
+                            backoff = if began.elapsed() > STABLE_AFTER {
+                                Duration::ZERO
+                            } else {
+                                (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX)
+                            };
+                            Err(e)
+                        }
                     }
-                    backoff = BACKOFF_MIN;
-                    outcome
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                    Err(e)
+                }
             };
             if let Err(e) = outcome {
                 let was = lock(&self.view).link.clone();
-                if was != Link::Disconnected {
-                    tracing::warn!(endpoints = %self.endpoints(), "cluster store lost: {e}; serving the last applied state");
-                }
-                self.set_link(Link::Disconnected, Some(e));
-            }
-            // While away, writes are refused at once rather than left waiting.
-            let pause = tokio::time::sleep(backoff);
-            tokio::pin!(pause);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = &mut pause => break,
-                    Some(job) = jobs.recv() => {
-                        let _ = job.reply.send(Err(self.unavailable("not connected")));
+                if was == Link::Connected {
+                    tracing::warn!(endpoints = %self.endpoints(), "cluster store link lost: {e}; reconnecting, serving the last applied state");
+                    self.set_link(Link::Disconnected, Some(e));
+                } else if backoff >= BACKOFF_MIN {
+                    // Not back after a retry: the store is away.
+                    if was != Link::Disconnected {
+                        tracing::warn!(endpoints = %self.endpoints(), "cluster store unreachable: {e}; serving the last applied state");
                     }
+                    self.set_link(Link::Disconnected, Some(e));
                 }
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+
+    /// Refuses the waiting writes whose request timeout has passed.
+    fn expire(&self, waiting: &mut Vec<(tokio::time::Instant, WriteJob)>) {
+        let timeout = self.settings.request_timeout;
+        waiting.retain(|(since, job)| {
+            if since.elapsed() < timeout {
+                return true;
+            }
+            let _ = job.reply.send(Err(
+                self.unavailable(format!("not connected within {timeout:?}"))
+            ));
+            false
+        });
     }
 
     /// One connection's life: load (or resume), register, watch, write. `Ok` on shutdown.
@@ -288,15 +347,24 @@ impl Cluster {
         mut client: Client,
         resume: &mut Option<i64>,
         jobs: &mut mpsc::UnboundedReceiver<WriteJob>,
+        waiting: &mut Vec<(tokio::time::Instant, WriteJob)>,
         shutdown: &CancellationToken,
     ) -> Result<(), String> {
         let mut start = match *resume {
             Some(applied) => applied + 1,
             None => self.load(&mut client, false).await? + 1,
         };
+        tracing::debug!("cluster store: registering");
         let lease = self.register(&mut client).await?;
-        let (mut keeper, mut kept) = client
-            .lease_keep_alive(lease)
+        // Linked again: the writes that waited go out (they stay waiting if this fails).
+        for (_, job) in waiting.drain(..) {
+            self.spawn_write(&client, job);
+        }
+        let (mut keeper, mut kept) = self
+            .etcd(
+                &client,
+                |mut c| async move { c.lease_keep_alive(lease).await },
+            )
             .await
             .map_err(|e| format!("lease keep-alive: {e}"))?;
         let mut keep_alive = tokio::time::interval(self.settings.lease_ttl / 3);
@@ -305,16 +373,24 @@ impl Cluster {
         resync.reset();
         let mut registered_at = *self.applied.borrow();
         'watch: loop {
-            let (mut watcher, mut stream) = client
-                .watch(
-                    self.keys.root(),
-                    Some(
-                        WatchOptions::new()
-                            .with_prefix()
-                            .with_start_revision(start)
-                            .with_progress_notify(),
-                    ),
-                )
+            tracing::debug!(from = start, "cluster store: opening the watch");
+            let root = self.keys.root().to_owned();
+            let (mut watcher, mut stream) = self
+                .etcd(&client, |mut c| {
+                    let root = root.clone();
+                    async move {
+                        c.watch(
+                            root,
+                            Some(
+                                WatchOptions::new()
+                                    .with_prefix()
+                                    .with_start_revision(start)
+                                    .with_progress_notify(),
+                            ),
+                        )
+                        .await
+                    }
+                })
                 .await
                 .map_err(|e| format!("watch: {e}"))?
                 .split();
@@ -358,14 +434,7 @@ impl Cluster {
                             v.store_revision = v.store_revision.max(store_revision).max(applied);
                         });
                     }
-                    Some(job) = jobs.recv() => {
-                        let me = Arc::clone(self);
-                        let client = client.clone();
-                        tokio::spawn(async move {
-                            let result = me.write_job(client, job.ops, &job.by).await;
-                            let _ = job.reply.send(result);
-                        });
-                    }
+                    Some(job) = jobs.recv() => self.spawn_write(&client, job),
                     _ = keep_alive.tick() => {
                         keeper.keep_alive().await.map_err(|e| format!("lease keep-alive: {e}"))?;
                     }
@@ -393,18 +462,29 @@ impl Cluster {
         }
     }
 
+    /// Runs one fleet-wide write on its own task (writes do not wait for each other).
+    fn spawn_write(self: &Arc<Self>, client: &Client, job: WriteJob) {
+        let me = Arc::clone(self);
+        let client = client.clone();
+        tokio::spawn(async move {
+            let result = me.write_job(client, job.ops, &job.by).await;
+            let _ = job.reply.send(result);
+        });
+    }
+
     /// Reads the whole prefix, seeds it first if it was never seeded, and applies what this
     /// node has different. Returns the revision read. `check`: a periodic comparison, whose
     /// differences are counted as drift.
     async fn load(&self, client: &mut Client, check: bool) -> Result<i64, String> {
         loop {
-            let resp = tokio::time::timeout(
-                self.settings.request_timeout * 4,
-                client.get(self.keys.root(), Some(GetOptions::new().with_prefix())),
-            )
-            .await
-            .map_err(|_| "reading the prefix timed out".to_owned())?
-            .map_err(|e| format!("reading the prefix: {e}"))?;
+            let root = self.keys.root().to_owned();
+            let resp = self
+                .etcd(client, |mut c| {
+                    let root = root.clone();
+                    async move { c.get(root, Some(GetOptions::new().with_prefix())).await }
+                })
+                .await
+                .map_err(|e| format!("reading the prefix: {e}"))?;
             let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
             let mut desired = Desired::default();
             let mut mirror = HashMap::new();
@@ -431,7 +511,7 @@ impl Cluster {
                         desired.seeded = true;
                         Ok(())
                     }
-                    Key::Node(_) => continue,
+                    Key::Node(_) | Key::LastChange => continue,
                 };
                 match decoded {
                     Ok(()) => {
@@ -539,20 +619,22 @@ impl Cluster {
                 0,
             )])
             .and_then(ops);
-        let resp = tokio::time::timeout(self.settings.request_timeout, client.txn(txn))
+        let resp = self
+            .etcd(client, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await
-            .map_err(|_| "seeding timed out".to_owned())?
             .map_err(|e| format!("seeding: {e}"))?;
         if !resp.succeeded() {
             return Ok(false);
         }
         for chunk in rest.chunks(100) {
-            tokio::time::timeout(
-                self.settings.request_timeout,
-                client.txn(Txn::new().and_then(chunk.to_vec())),
-            )
+            self.etcd(client, |mut c| {
+                let txn = Txn::new().and_then(chunk.to_vec());
+                async move { c.txn(txn).await }
+            })
             .await
-            .map_err(|_| "seeding timed out".to_owned())?
             .map_err(|e| format!("seeding: {e}"))?;
         }
         tracing::info!(
@@ -720,6 +802,18 @@ impl Cluster {
     async fn apply_watched(&self, resp: &etcd_client::WatchResponse) {
         let mut batch = Vec::new();
         let mut newest = 0;
+        // Who made each revision's change (a deletion carries no value to say it): the
+        // `last-change` key its transaction wrote, delivered in the same response.
+        let mut made_by: HashMap<i64, DocOrigin> = HashMap::new();
+        for event in resp.events() {
+            if let Some(kv) = event.kv()
+                && kv.key_str().ok().and_then(|k| self.keys.parse(k)) == Some(Key::LastChange)
+                && let Ok(origin) = doc::decode::<DocOrigin>(kv.value())
+            {
+                made_by.insert(kv.mod_revision(), origin);
+            }
+        }
+        let deleted_by = |revision: i64| made_by.get(&revision).cloned().unwrap_or_default();
         for event in resp.events() {
             let Some(kv) = event.kv() else { continue };
             let revision = kv.mod_revision();
@@ -749,7 +843,7 @@ impl Cluster {
                 },
                 (Key::Route { listener, hostname }, false) => Some((
                     Synced::DeleteRoute { listener, hostname },
-                    DocOrigin::default(),
+                    deleted_by(revision),
                 )),
                 (Key::Rule(_), true) => match doc::decode::<RuleDoc>(kv.value()) {
                     Ok(doc) => Some((Synced::PutRule(doc.rule), doc.origin)),
@@ -767,7 +861,7 @@ impl Cluster {
                         },
                         value,
                     }),
-                    DocOrigin::default(),
+                    deleted_by(revision),
                 )),
                 (Key::NoSni { listener }, true) => match doc::decode::<NoSniDoc>(kv.value()) {
                     Ok(doc) => Some((
@@ -787,9 +881,9 @@ impl Cluster {
                         listener,
                         hostname: None,
                     },
-                    DocOrigin::default(),
+                    deleted_by(revision),
                 )),
-                (Key::Node(_) | Key::Seeded, _) => None,
+                (Key::Node(_) | Key::Seeded | Key::LastChange, _) => None,
             };
             batch.extend(item);
         }
@@ -849,12 +943,14 @@ impl Cluster {
     /// Grants this node's lease and writes its registry entry under it.
     async fn register(&self, client: &mut Client) -> Result<i64, String> {
         let ttl = self.settings.lease_ttl.as_secs().max(1) as i64;
-        let lease =
-            tokio::time::timeout(self.settings.request_timeout, client.lease_grant(ttl, None))
-                .await
-                .map_err(|_| "lease grant timed out".to_owned())?
-                .map_err(|e| format!("lease grant: {e}"))?
-                .id();
+        let lease = self
+            .etcd(
+                client,
+                |mut c| async move { c.lease_grant(ttl, None).await },
+            )
+            .await
+            .map_err(|e| format!("lease grant: {e}"))?
+            .id();
         self.put_registry(client, lease).await?;
         Ok(lease)
     }
@@ -882,16 +978,15 @@ impl Cluster {
             last_error: view.last_error,
             started_ms: self.started_ms,
         };
-        tokio::time::timeout(
-            self.settings.request_timeout,
-            client.put(
-                self.keys.node(&self.settings.node),
-                doc::encode(&entry),
-                Some(PutOptions::new().with_lease(lease)),
-            ),
-        )
+        let (key, value) = (self.keys.node(&self.settings.node), doc::encode(&entry));
+        self.etcd(client, |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
         .await
-        .map_err(|_| "registry write timed out".to_owned())?
         .map_err(|e| format!("registry write: {e}"))?;
         Ok(())
     }
@@ -899,7 +994,7 @@ impl Cluster {
     /// One fleet-wide write: the transaction, then the wait for this node's watch.
     async fn write_job(
         &self,
-        mut client: Client,
+        client: Client,
         ops: Vec<FleetOp>,
         by: &str,
     ) -> Result<(), ChangeError> {
@@ -963,16 +1058,19 @@ impl Cluster {
                 }
             }
         }
+        writes.push(TxnOp::put(
+            self.keys.last_change(),
+            doc::encode(&origin),
+            None,
+        ));
         let txn = Txn::new().when(compares).and_then(writes);
-        let resp = tokio::time::timeout(self.settings.request_timeout, client.txn(txn))
+        let resp = self
+            .etcd(&client, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
             .await
-            .map_err(|_| {
-                self.unavailable(format!(
-                    "no answer within {:?}",
-                    self.settings.request_timeout
-                ))
-            })?
-            .map_err(|e| self.unavailable(e))?;
+            .map_err(|e| ChangeError::Unavailable(format!("{e}; nothing applied")))?;
         if !resp.succeeded() {
             return Err(ChangeError::Conflict(
                 "changed concurrently on another node, nothing applied: list and retry".into(),

@@ -1,0 +1,568 @@
+//! Two (or three) mc-proxy nodes sharing one route table through a real three-member etcd
+//! (`mc_proxy_tests::etcd`): a change made through one node's admin API is served, drained
+//! and gone on the other, certificates included; two nodes racing on one route leave exactly
+//! one change; the store losing a member is not noticed, losing quorum stops no traffic and
+//! refuses writes clearly, and everything converges when it is back; a node restarted while
+//! the store is down serves its last state; a node that missed compacted revisions resyncs in
+//! full; a fresh node loads a 1000-route table.
+//!
+//! Each node is the daemon's own code in this process (`Proxy` with a `[cluster]` section),
+//! its data plane on real sockets. Figures (propagation p50/p99, load time) are printed, not
+//! asserted: they go in docs/BENCHMARKS.md.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use mc_proxy::model::cluster::Link;
+use mc_proxy_shared::ChangeAction;
+use mc_proxy_shared::client::Event;
+use mc_proxy_shared::{AdminState, FirewallRule, FirewallRuleKind, Mode, Route, RouteBackend};
+use mc_proxy_tests::etcd::{self, EtcdCluster};
+use mc_proxy_tests::{Pki, Proxy, TlsBackend, served_leaf, tls_connect};
+
+/// The listener every node binds (port 0: its name is this address on every node).
+const L: &str = "127.0.0.1:0";
+
+/// A node's config: `[cluster]` on `endpoints` under `prefix`, one listener, `routes` (TOML
+/// `[[listeners.routes]]` tables) seeded into its database at first start.
+fn node_config(name: &str, endpoints: &[String], prefix: &str, routes: &str) -> String {
+    let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
+    format!(
+        "[cluster]\nendpoints = [{}]\nprefix = {prefix:?}\nname = {name:?}\n\
+         request_timeout = \"2s\"\nconnect_timeout = \"1s\"\nlease_ttl = \"4s\"\n\
+         [[listeners]]\naddr = {L:?}\n{routes}",
+        endpoints.join(", ")
+    )
+}
+
+fn l4_route(hostname: &str, backend: SocketAddr) -> String {
+    format!("[[listeners.routes]]\nhostname = {hostname:?}\nbackend = \"{backend}\"\n")
+}
+
+/// Waits until `cond` holds, polling every 2 ms; panics with `what` after `within`.
+async fn until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    start.elapsed()
+}
+
+fn link(p: &Proxy) -> Option<Link> {
+    p.state.cluster().map(|v| v.link.clone())
+}
+
+async fn connected(p: &Proxy) {
+    until(
+        "node connected to the store",
+        Duration::from_secs(20),
+        || link(p) == Some(Link::Connected),
+    )
+    .await;
+}
+
+fn backends_of(p: &Proxy, sni: &str) -> Option<Vec<RouteBackend>> {
+    p.state.listeners()[0]
+        .lookup(sni)
+        .map(|r| r.route.backends.clone())
+}
+
+fn served(p: &Proxy, sni: &str) -> bool {
+    p.state.listeners()[0]
+        .lookup(sni)
+        .is_some_and(|r| r.route.hostname == sni)
+}
+
+fn route(hostname: &str, backend: SocketAddr) -> Route {
+    Route {
+        hostname: hostname.into(),
+        backends: vec![RouteBackend::new(&backend.to_string())],
+        ..Route::default()
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::test]
+async fn a_change_through_one_node_is_served_by_the_other() {
+    if !etcd::available() {
+        return;
+    }
+    let store = EtcdCluster::start(3).await;
+    let pki = Pki::new();
+    let one = TlsBackend::start(&pki, &["a.test", "seed.test"]).await;
+    let two = TlsBackend::start(&pki, &["a.test"]).await;
+    let prefix = "/mc-proxy/share";
+    let a = Proxy::start(&node_config(
+        "a",
+        &store.endpoints(),
+        prefix,
+        &l4_route("seed.test", one.addr),
+    ))
+    .await;
+    connected(&a).await;
+    // B's own TOML route is not the fleet's: the store (seeded by A) wins.
+    let b = Proxy::start(&node_config(
+        "b",
+        &store.endpoints(),
+        prefix,
+        &l4_route("only-b.test", two.addr),
+    ))
+    .await;
+    connected(&b).await;
+    until(
+        "B serves the fleet's table",
+        Duration::from_secs(10),
+        || served(&b, "seed.test") && !served(&b, "only-b.test"),
+    )
+    .await;
+    let mut admin = a.admin().await;
+
+    // Added on A: served by B, end to end.
+    admin.add_route(L, route("a.test", one.addr)).await.unwrap();
+    let took = until(
+        "route added on A served by B",
+        Duration::from_secs(5),
+        || served(&b, "a.test"),
+    )
+    .await;
+    println!("FIGURE cluster add route A->B: {took:?}");
+    tls_connect(b.addr(), "a.test", pki.client_config())
+        .await
+        .expect("B relays the route A added");
+    until(
+        "one backend took B's connection",
+        Duration::from_secs(5),
+        || one.accepted() >= 1,
+    )
+    .await;
+
+    // Its backend set replaced on A, then a member drained: B follows.
+    admin
+        .update_route(
+            L,
+            "a.test",
+            mc_proxy_shared::RoutePatch {
+                backends: Some(vec![
+                    RouteBackend::new(&one.addr.to_string()),
+                    RouteBackend::new(&two.addr.to_string()),
+                ]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    until("B has both members", Duration::from_secs(5), || {
+        backends_of(&b, "a.test").is_some_and(|m| m.len() == 2)
+    })
+    .await;
+    admin
+        .set_backend_state(L, "a.test", &one.addr.to_string(), AdminState::Draining)
+        .await
+        .unwrap();
+    until("B drains the member", Duration::from_secs(5), || {
+        backends_of(&b, "a.test").is_some_and(|m| m[0].state == AdminState::Draining)
+    })
+    .await;
+    let before = two.accepted();
+    for _ in 0..4 {
+        tls_connect(b.addr(), "a.test", pki.client_config())
+            .await
+            .unwrap();
+    }
+    until(
+        "B sends new connections to the member left",
+        Duration::from_secs(5),
+        || two.accepted() >= before + 4,
+    )
+    .await;
+
+    // Propagation time over 100 acknowledged changes (a member's weight each time).
+    let mut took = Vec::new();
+    for w in 1..=100u32 {
+        admin
+            .set_backend(L, "a.test", &two.addr.to_string(), None, Some(w))
+            .await
+            .unwrap();
+        let acked = Instant::now();
+        while !backends_of(&b, "a.test").is_some_and(|m| m[1].weight == w) {
+            assert!(
+                acked.elapsed() < Duration::from_secs(5),
+                "weight {w} never reached B"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        took.push(acked.elapsed());
+    }
+    took.sort();
+    println!(
+        "FIGURE cluster ack on A -> applied on B over 100 changes: p50 {:?} p99 {:?}",
+        percentile(&took, 0.5),
+        percentile(&took, 0.99)
+    );
+
+    // The firewall, both ways.
+    let rule = FirewallRule {
+        kind: FirewallRuleKind::Ip,
+        value: "192.0.2.7".into(),
+    };
+    admin.add_firewall_rule(rule.clone()).await.unwrap();
+    until("B blocks the address", Duration::from_secs(5), || {
+        b.state.firewall().is_blocked("192.0.2.7".parse().unwrap())
+    })
+    .await;
+    admin.remove_firewall_rule(rule).await.unwrap();
+    until("B unblocks it", Duration::from_secs(5), || {
+        !b.state.firewall().is_blocked("192.0.2.7".parse().unwrap())
+    })
+    .await;
+
+    // An L7 route's certificate exists as a file on A only: B presents it all the same.
+    let (cert, key) = pki.write_pem(a.dir.path(), &["tls.test"]);
+    let l7 = Route {
+        mode: Mode::L7,
+        tls_cert: cert.clone(),
+        tls_key: key,
+        ..route("tls.test", one.addr)
+    };
+    admin.add_route(L, l7).await.unwrap();
+    until("B serves the L7 route", Duration::from_secs(5), || {
+        served(&b, "tls.test")
+    })
+    .await;
+    let leaf = served_leaf(b.addr(), "tls.test", pki.client_config())
+        .await
+        .expect("B terminates TLS for the route A added");
+    assert_eq!(
+        leaf,
+        mc_proxy_tests::pem_leaf(&cert),
+        "B presents A's certificate"
+    );
+
+    // Removed on A: gone on B. B's events say which node made the change.
+    let mut events = b.admin().await.watch_events().await.unwrap();
+    admin.remove_route(L, "a.test").await.unwrap();
+    until("route gone on B", Duration::from_secs(5), || {
+        !served(&b, "a.test")
+    })
+    .await;
+    let by = loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("B published the removal")
+            .expect("the stream goes on")
+            .unwrap();
+        if let Event::RouteChanged {
+            action: ChangeAction::Removed,
+            route,
+            origin: Some(origin),
+            ..
+        } = event.event
+            && route.hostname == "a.test"
+        {
+            break origin;
+        }
+    };
+    assert_eq!(by.node, "a", "{by:?}");
+
+    // Both nodes list each other, at the same revision once quiet.
+    let status = admin.cluster_status().await.unwrap();
+    let names: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"], "{status:?}");
+    assert_eq!(status.link.state, "connected");
+}
+
+#[tokio::test]
+async fn two_nodes_racing_on_one_route_leave_exactly_one_change() {
+    if !etcd::available() {
+        return;
+    }
+    let store = EtcdCluster::start(3).await;
+    let pki = Pki::new();
+    let one = TlsBackend::start(&pki, &["race.test"]).await;
+    let prefix = "/mc-proxy/race";
+    let seed = l4_route("race.test", one.addr);
+    let a = Proxy::start(&node_config("a", &store.endpoints(), prefix, &seed)).await;
+    connected(&a).await;
+    let b = Proxy::start(&node_config("b", &store.endpoints(), prefix, &seed)).await;
+    connected(&b).await;
+    let (mut on_a, mut on_b) = (a.admin().await, b.admin().await);
+    let member = one.addr.to_string();
+    let weight_on = |p: &Proxy| backends_of(p, "race.test").map(|m| m[0].weight);
+    let mut conflicts = 0;
+    for round in 0..20u32 {
+        let (wa, wb) = (2 + 2 * round, 3 + 2 * round);
+        let (ra, rb) = tokio::join!(
+            on_a.set_backend(L, "race.test", &member, None, Some(wa)),
+            on_b.set_backend(L, "race.test", &member, None, Some(wb)),
+        );
+        let winner = match (&ra, &rb) {
+            (Ok(_), Err(e)) if e.is_conflict() => wa,
+            (Err(e), Ok(_)) if e.is_conflict() => wb,
+            // One after the other: both applied, in some order.
+            (Ok(_), Ok(_)) => {
+                until("both nodes agree", Duration::from_secs(5), || {
+                    weight_on(&a).is_some() && weight_on(&a) == weight_on(&b)
+                })
+                .await;
+                continue;
+            }
+            other => panic!("round {round}: neither or both refused: {other:?}"),
+        };
+        conflicts += 1;
+        let refused = if ra.is_err() {
+            ra.unwrap_err()
+        } else {
+            rb.unwrap_err()
+        };
+        assert!(
+            refused.to_string().contains("changed concurrently"),
+            "the loser is told why: {refused}"
+        );
+        until(
+            "both nodes hold the winner's value",
+            Duration::from_secs(5),
+            || weight_on(&a) == Some(winner) && weight_on(&b) == Some(winner),
+        )
+        .await;
+    }
+    assert!(
+        conflicts > 0,
+        "20 rounds of simultaneous writes never raced"
+    );
+    println!("FIGURE cluster race: {conflicts}/20 rounds raced, one winner each");
+}
+
+#[tokio::test]
+async fn quorum_lost_stops_no_traffic_refuses_writes_and_converges_after() {
+    if !etcd::available() {
+        return;
+    }
+    let mut store = EtcdCluster::start(3).await;
+    let pki = Pki::new();
+    let one = TlsBackend::start(&pki, &["q.test", "m1.test", "later.test"]).await;
+    let prefix = "/mc-proxy/quorum";
+    let seed = l4_route("q.test", one.addr);
+    let a = Proxy::start(&node_config("a", &store.endpoints(), prefix, &seed)).await;
+    connected(&a).await;
+    let b = Proxy::start(&node_config("b", &store.endpoints(), prefix, "")).await;
+    connected(&b).await;
+    until("B has the seed", Duration::from_secs(10), || {
+        served(&b, "q.test")
+    })
+    .await;
+    let mut admin = a.admin().await;
+
+    // One member of three lost: nothing noticed.
+    store.kill(0);
+    admin
+        .add_route(L, route("m1.test", one.addr))
+        .await
+        .unwrap();
+    until("B serves it", Duration::from_secs(10), || {
+        served(&b, "m1.test")
+    })
+    .await;
+
+    // Quorum lost: traffic goes on through both nodes, writes are refused clearly.
+    store.kill(1);
+    for node in [&a, &b] {
+        tls_connect(node.addr(), "q.test", pki.client_config())
+            .await
+            .expect("traffic goes on without the store");
+    }
+    let asked = Instant::now();
+    let refused = admin
+        .add_route(L, route("later.test", one.addr))
+        .await
+        .expect_err("no quorum: the write is refused");
+    let took = asked.elapsed();
+    assert!(refused.is_store_away(), "{refused}");
+    assert!(
+        refused.to_string().contains(&store.endpoints()[2]),
+        "the refusal names the endpoints: {refused}"
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "refused in bounded time, took {took:?}"
+    );
+    assert!(
+        !served(&a, "later.test") && !served(&b, "later.test"),
+        "nothing applied"
+    );
+    until("B says it lost the store", Duration::from_secs(20), || {
+        link(&b) == Some(Link::Disconnected)
+    })
+    .await;
+    tls_connect(b.addr(), "m1.test", pki.client_config())
+        .await
+        .expect("B still serves its last state");
+
+    // Quorum back: both reconnect, the refused change goes through and reaches both.
+    store.restart(0);
+    store.restart(1);
+    store.wait_healthy().await;
+    connected(&a).await;
+    connected(&b).await;
+    admin
+        .add_route(L, route("later.test", one.addr))
+        .await
+        .unwrap();
+    until("B converges", Duration::from_secs(10), || {
+        served(&b, "later.test") && served(&b, "m1.test") && served(&b, "q.test")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_node_restarted_while_the_store_is_down_serves_its_last_state() {
+    if !etcd::available() {
+        return;
+    }
+    let mut store = EtcdCluster::start(3).await;
+    let pki = Pki::new();
+    let one = TlsBackend::start(&pki, &["kept.test", "after.test"]).await;
+    let prefix = "/mc-proxy/restart";
+    let a = Proxy::start(&node_config("a", &store.endpoints(), prefix, "")).await;
+    connected(&a).await;
+    let b_config = node_config("b", &store.endpoints(), prefix, "");
+    let b = Proxy::start(&b_config).await;
+    connected(&b).await;
+    let mut admin = a.admin().await;
+    admin
+        .add_route(L, route("kept.test", one.addr))
+        .await
+        .unwrap();
+    until("B serves it", Duration::from_secs(10), || {
+        served(&b, "kept.test")
+    })
+    .await;
+
+    let dir = b.stop_and_keep_dir().await;
+    for i in 0..3 {
+        store.kill(i);
+    }
+    let b = Proxy::start_in(dir, &b_config).await;
+    assert!(
+        served(&b, "kept.test"),
+        "B serves from its database at once"
+    );
+    tls_connect(b.addr(), "kept.test", pki.client_config())
+        .await
+        .expect("B relays with the store down");
+    assert_ne!(link(&b), Some(Link::Connected));
+
+    for i in 0..3 {
+        store.restart(i);
+    }
+    store.wait_healthy().await;
+    connected(&a).await;
+    connected(&b).await;
+    admin
+        .add_route(L, route("after.test", one.addr))
+        .await
+        .unwrap();
+    until("B follows again", Duration::from_secs(10), || {
+        served(&b, "after.test")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_node_that_missed_compacted_revisions_resyncs_in_full() {
+    if !etcd::available() {
+        return;
+    }
+    let mut store = EtcdCluster::start(3).await;
+    let pki = Pki::new();
+    let one = TlsBackend::start(&pki, &["old.test", "new.test"]).await;
+    let prefix = "/mc-proxy/compact";
+    let endpoints = store.endpoints();
+    // A talks to members 0 and 1, B to member 2 only: killing 2 cuts B off while the
+    // store keeps its quorum.
+    let a = Proxy::start(&node_config(
+        "a",
+        &endpoints[..2],
+        prefix,
+        &l4_route("old.test", one.addr),
+    ))
+    .await;
+    connected(&a).await;
+    let b = Proxy::start(&node_config("b", &endpoints[2..], prefix, "")).await;
+    connected(&b).await;
+    until("B has the seed", Duration::from_secs(10), || {
+        served(&b, "old.test")
+    })
+    .await;
+
+    store.kill(2);
+    // Members 0 and 1 keep the quorum (and elect a leader if 2 was it).
+    store.wait_healthy().await;
+    until("B lost the store", Duration::from_secs(20), || {
+        link(&b) == Some(Link::Disconnected)
+    })
+    .await;
+    let mut admin = a.admin().await;
+    admin
+        .add_route(L, route("new.test", one.addr))
+        .await
+        .unwrap();
+    admin.remove_route(L, "old.test").await.unwrap();
+    let rule = FirewallRule {
+        kind: FirewallRuleKind::Cidr,
+        value: "198.51.100.0/24".into(),
+    };
+    admin.add_firewall_rule(rule).await.unwrap();
+    // Some churn, then everything B has not seen is compacted away.
+    for w in 1..=20 {
+        admin
+            .set_backend(L, "new.test", &one.addr.to_string(), None, Some(w))
+            .await
+            .unwrap();
+    }
+    store.compact_to_latest().await;
+
+    store.restart(2);
+    store.wait_healthy().await;
+    until("B resynced in full", Duration::from_secs(20), || {
+        served(&b, "new.test")
+            && !served(&b, "old.test")
+            && b.state
+                .firewall()
+                .is_blocked("198.51.100.9".parse().unwrap())
+            && backends_of(&b, "new.test").is_some_and(|m| m[0].weight == 20)
+    })
+    .await;
+    assert_eq!(link(&b), Some(Link::Connected));
+}
+
+#[tokio::test]
+async fn a_fresh_node_loads_a_1000_route_table() {
+    if !etcd::available() {
+        return;
+    }
+    let store = EtcdCluster::start(3).await;
+    let backend: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let routes: String = (0..1000)
+        .map(|i| l4_route(&format!("r{i}.fleet.test"), backend))
+        .collect();
+    let prefix = "/mc-proxy/big";
+    let a = Proxy::start(&node_config("a", &store.endpoints(), prefix, &routes)).await;
+    connected(&a).await;
+    let started = Instant::now();
+    let b = Proxy::start(&node_config("b", &store.endpoints(), prefix, "")).await;
+    let took = until("B serves all 1000 routes", Duration::from_secs(60), || {
+        b.state.listeners()[0].routes().len() == 1000
+    })
+    .await;
+    assert!(served(&b, "r0.fleet.test") && served(&b, "r999.fleet.test"));
+    println!(
+        "FIGURE cluster fresh node loads 1000 routes: {:?} (start to served: {:?})",
+        took,
+        started.elapsed()
+    );
+}
