@@ -322,6 +322,64 @@ pub fn endpoints_text(endpoints: &[String]) -> String {
 mod tests {
     use super::*;
 
+    fn cfg() -> ClusterConfig {
+        ClusterConfig {
+            endpoints: vec!["http://10.0.0.1:2379".into(), "http://10.0.0.2:2379".into()],
+            prefix: "/mc-proxy/default".into(),
+            name: "n".into(),
+            tls: None,
+            auth: None,
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
+
+    /// etcd's answers as etcd 3.4 sends them, each to the fault it is.
+    #[test]
+    fn etcd_answers_are_classified_by_whose_fault() {
+        let classify =
+            |status: tonic::Status| classify(etcd_client::Error::GRpcStatus(status), &cfg());
+        let auth = [
+            tonic::Status::invalid_argument(
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            tonic::Status::invalid_argument("etcdserver: user name is empty"),
+            tonic::Status::permission_denied("etcdserver: permission denied"),
+            tonic::Status::unauthenticated("etcdserver: invalid auth token"),
+        ];
+        for status in auth {
+            let e = classify(status);
+            assert!(matches!(e, ClusterError::Auth(_)), "{e}");
+        }
+        for status in [
+            tonic::Status::unavailable("etcdserver: no leader"),
+            tonic::Status::unavailable("etcdserver: request timed out"),
+            tonic::Status::unknown("etcdserver: leader changed"),
+            tonic::Status::cancelled("Timeout expired"),
+        ] {
+            let e = classify(status);
+            assert!(e.is_unreachable(), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with("etcd unreachable or without quorum at http://10.0.0.1:2379, http://10.0.0.2:2379: "),
+                "{e}"
+            );
+        }
+        let e = classify(tonic::Status::cancelled("Timeout expired"));
+        assert!(e.to_string().ends_with("no answer within 5s"), "{e}");
+        let e = classify(tonic::Status::out_of_range(
+            "etcdserver: mvcc: required revision has been compacted",
+        ));
+        assert!(matches!(e, ClusterError::Request(_)), "{e}");
+        assert!(!is_transport(&etcd_client::Error::GRpcStatus(
+            tonic::Status::unavailable("etcdserver: no leader")
+        )));
+        assert!(is_transport(&etcd_client::Error::GRpcStatus(
+            tonic::Status::unknown("transport error")
+        )));
+    }
+
     #[test]
     fn endpoints_are_clipped_to_a_few() {
         let eps: Vec<String> = (1..=5).map(|i| format!("http://10.0.0.{i}:2379")).collect();
