@@ -1720,6 +1720,80 @@ async fn reload_reports_the_settings_it_applied_and_those_that_wait() {
     assert_eq!(proxy.state.proxy().idle_timeout, Duration::from_secs(120));
 }
 
+/// `listeners add --name`: the name is shown, every `--listener` takes it, and the listeners
+/// table grows a NAME column only once some listener has a name other than its address.
+#[tokio::test]
+async fn a_listener_added_with_a_name_is_named_by_it_in_every_command() {
+    let proxy = ProxyBuilder::new()
+        .route("a.test", "127.0.0.1:9")
+        .start()
+        .await;
+    let o = ctl(&proxy, &["listeners", "list"]).await;
+    assert!(!stdout(&o).contains("NAME"), "{}", stdout(&o));
+
+    let o = ctl(
+        &proxy,
+        &["listeners", "add", "127.0.0.7:0", "--name", "edge-7"],
+    )
+    .await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("listener 127.0.0.7:0 (name edge-7) added"),
+        "{out}"
+    );
+    assert!(
+        out.contains("mcproxyctl routes add --listener edge-7"),
+        "{out}"
+    );
+
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "add",
+            "--listener",
+            "edge-7",
+            "--hostname",
+            "b.test",
+            "--backend",
+            "127.0.0.1:9",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let o = ctl(
+        &proxy,
+        &["routes", "list", "--listener", "edge-7", "--json"],
+    )
+    .await;
+    assert_ok(&o);
+    let routes: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(routes.as_array().unwrap().len(), 1, "{routes}");
+    assert_eq!(routes[0]["route"]["hostname"], "b.test");
+
+    let o = ctl(&proxy, &["listeners", "list"]).await;
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("LISTENER") && lines[0].contains("NAME"),
+        "{out}"
+    );
+    assert!(lines.iter().any(|l| l.contains("edge-7")), "{out}");
+
+    // A bad name is the daemon's refusal, exit 1; removed by its name.
+    let o = ctl(
+        &proxy,
+        &["listeners", "add", "127.0.0.8:0", "--name", "a b"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("listener name"), "{}", stderr(&o));
+    let o = ctl(&proxy, &["listeners", "remove", "edge-7", "--with-routes"]).await;
+    assert_ok(&o);
+    assert_eq!(stdout(&o), "listener edge-7 removed\n");
+}
+
 /// Every route and listener field the export writes, as a comparable value.
 async fn state_of(proxy: &Proxy) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
     let mut admin = proxy.admin().await;
@@ -1730,6 +1804,7 @@ async fn state_of(proxy: &Proxy) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
         .map(|l| {
             serde_json::json!([
                 l.addr,
+                l.name,
                 l.proxy_protocol,
                 l.proxy_protocol_from,
                 l.no_sni_route,
@@ -1769,7 +1844,8 @@ async fn export_writes_a_config_that_seeds_the_same_state() {
          [[listeners.routes]]\nhostname = \"a.test\"\n\
          backends = [\"127.0.0.1:9001\", \"127.0.0.1:9002 weight=3\"]\nbalance = \"least_conn\"\n\
          [listeners.routes.health_check]\ninterval = \"1500ms\"\nfall = 4\n\
-         [[listeners]]\naddr = \"127.0.0.2:0\"\naccess_log = true\n{}access_log = true\n",
+         [[listeners]]\naddr = \"127.0.0.2:0\"\nname = \"edge-2\"\naccess_log = true\n\
+         {}access_log = true\n",
         l7_route_toml(&pki, &odd, "web.test", backend)
     );
     let proxy = Proxy::start(&body).await;
@@ -1784,10 +1860,7 @@ async fn export_writes_a_config_that_seeds_the_same_state() {
         )
         .await
         .unwrap();
-    admin
-        .set_no_sni_route("127.0.0.2:0", "web.test")
-        .await
-        .unwrap();
+    admin.set_no_sni_route("edge-2", "web.test").await.unwrap();
     admin
         .add_firewall_rule(mc_proxy_shared::FirewallRule {
             kind: mc_proxy_shared::FirewallRuleKind::Ip,
@@ -1802,6 +1875,8 @@ async fn export_writes_a_config_that_seeds_the_same_state() {
     assert!(text.contains("state = \"draining\""), "{text}");
     assert!(text.contains("interval = \"1500ms\""), "{text}");
     assert_eq!(text.matches("access_log = true").count(), 2, "{text}");
+    assert_eq!(text.matches("\nname = ").count(), 1, "{text}");
+    assert!(text.contains("name = \"edge-2\""), "{text}");
     // A config `check` accepts, and a fresh daemon seeded from it holds the same state.
     let seeded = Proxy::start(&text).await;
     assert_eq!(state_of(&seeded).await, state_of(&proxy).await, "{text}");

@@ -1351,8 +1351,13 @@ async fn a_listener_added_to_the_file_after_the_database_exists_is_reported_not_
     ready_addr(&daemon);
     let dir = daemon.kill_keep_dir();
 
+    // The stored listener renamed in the file (a name is fixed once stored), and a new one.
+    let renamed = config.replace(
+        "addr = \"127.0.0.1:0\"\n",
+        "addr = \"127.0.0.1:0\"\nname = \"edge\"\n",
+    );
     let edited =
-        format!("{config}[[listeners]]\naddr = \"127.0.0.7:8443\"\nproxy_protocol = true\n");
+        format!("{renamed}[[listeners]]\naddr = \"127.0.0.7:8443\"\nproxy_protocol = true\n");
     write(&config_path, &edited);
     let check = Command::new(env!("CARGO_BIN_EXE_mc-proxy"))
         .args(["check", "--config"])
@@ -1369,6 +1374,11 @@ async fn a_listener_added_to_the_file_after_the_database_exists_is_reported_not_
         "{out}"
     );
     assert!(!out.contains("listener 127.0.0.1:0 in "), "{out}");
+    assert!(
+        out.contains("warning: listener 127.0.0.1:0 is named edge in ")
+            && out.contains("but 127.0.0.1:0 in the database"),
+        "{out}"
+    );
 
     let daemon = Daemon::start(dir, &edited);
     ready_addr(&daemon);
@@ -1376,5 +1386,56 @@ async fn a_listener_added_to_the_file_after_the_database_exists_is_reported_not_
         daemon.wait_for_log("listener 127.0.0.7:8443 in "),
         "{}",
         daemon.log_text()
+    );
+    assert!(
+        daemon.wait_for_log("listener 127.0.0.1:0 is named edge in "),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+/// `check` validates `[cluster]`: its files must exist and parse, and a good section is
+/// summed up in one line (endpoints, prefix, node name).
+#[test]
+fn check_validates_the_cluster_section_and_names_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("mc-proxy.toml");
+    let check = |text: &str| {
+        write(&config_path, text);
+        Command::new(env!("CARGO_BIN_EXE_mc-proxy"))
+            .args(["check", "--config"])
+            .arg(&config_path)
+            .output()
+            .unwrap()
+    };
+    let base = format!(
+        "[database]\npath = {:?}\n",
+        dir.path().join("mc-proxy.db").display().to_string()
+    );
+    let good = check(&format!(
+        "{base}[cluster]\nendpoints = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\n\
+         name = \"edge-1\"\n"
+    ));
+    let out = String::from_utf8_lossy(&good.stdout);
+    assert_eq!(good.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains(
+            "cluster: etcd http://10.0.0.1:2379,http://10.0.0.2:2379 (prefix /mc-proxy/default, \
+             node edge-1)"
+        ),
+        "{out}"
+    );
+
+    let missing = dir.path().join("missing-ca.pem");
+    let bad = check(&format!(
+        "{base}[cluster]\nendpoints = [\"https://10.0.0.1:2379\"]\nname = \"edge-1\"\n\
+         [cluster.tls]\nca = {:?}\n",
+        missing.display().to_string()
+    ));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("mc-proxy.toml: cluster.tls.ca: ") && err.contains("missing-ca.pem"),
+        "{err}"
     );
 }

@@ -205,7 +205,10 @@ pub async fn echo_client(
         sni: sni.to_owned(),
         config,
     };
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{sni}"))
+    // `http://` although the connector speaks TLS: with tonic's own TLS compiled in (etcd-client
+    // turns it on) an `https://` endpoint without tonic's TLS config is refused
+    // (`HttpsUriWithoutTlsSupport`). Only the request's `:scheme` says `http`.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{sni}"))
         .unwrap()
         .connect_with_connector(connector)
         .await

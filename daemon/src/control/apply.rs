@@ -879,7 +879,8 @@ fn add_listener(
             "listener {addr} already exists"
         )));
     }
-    let name = name.map_or_else(|| addr.to_string(), |n| n.trim().to_owned());
+    // Checked as written, as the TOML checks it: " edge" is refused, not trimmed.
+    let name = name.unwrap_or_else(|| addr.to_string());
     check_listener_name(&name).map_err(ChangeError::Invalid)?;
     for l in state.listeners().iter() {
         // One listener whichever way a request names it: names unique, and no name another

@@ -146,6 +146,17 @@ async fn etcd_survives_one_member_lost_and_refuses_writes_in_bounded_time_withou
         String::from_utf8_lossy(value)
     );
 
+    // A clean stop and restart of a member: nothing noticed either.
+    etcd.stop(follower);
+    put_and_get(&cfg, &client, "/mc-proxy/test/c", "stopped")
+        .await
+        .unwrap();
+    etcd.restart(follower);
+    etcd.wait_healthy().await;
+    put_and_get(&cfg, &client, "/mc-proxy/test/c", "restarted")
+        .await
+        .unwrap();
+
     // The fixture's compaction: older revisions are gone.
     let revision = etcd.compact_to_latest().await;
     let old = call(&cfg, || {

@@ -193,16 +193,7 @@ pub fn classify(e: etcd_client::Error, cfg: &ClusterConfig) -> ClusterError {
             E::TransportError(t) => error_chain(t),
             // The status's own text repeats its code and debug-prints its source; the
             // message and the sources' messages say it all.
-            E::GRpcStatus(status) => {
-                let mut text = status.message().to_owned();
-                let mut source = std::error::Error::source(status);
-                while let Some(s) = source {
-                    text.push_str(": ");
-                    text.push_str(&s.to_string());
-                    source = s.source();
-                }
-                text
-            }
+            E::GRpcStatus(status) => status_text(status),
             other => other.to_string(),
         };
         return if looks_like_tls(&text) {
@@ -221,7 +212,10 @@ pub fn classify(e: etcd_client::Error, cfg: &ClusterConfig) -> ClusterError {
                 Code::InvalidArgument | Code::FailedPrecondition if is_auth_message(&message) => {
                     ClusterError::Auth(message)
                 }
-                _ if looks_like_tls(&message) => ClusterError::Tls(message),
+                // A TLS alert ending the connection shows only in the status's sources.
+                _ if looks_like_tls(&status_text(&status)) => {
+                    ClusterError::Tls(status_text(&status))
+                }
                 // No leader, a member going away, the client's own timeout (Cancelled):
                 // the store is away, not the request wrong.
                 // tonic's own end of a request at `request_timeout`.
@@ -238,6 +232,32 @@ pub fn classify(e: etcd_client::Error, cfg: &ClusterConfig) -> ClusterError {
         E::InvalidArgs(m) | E::EndpointError(m) => ClusterError::Tls(m),
         other => ClusterError::Request(other.to_string()),
     }
+}
+
+/// A status's message and its sources' messages: the status's own text repeats its code and
+/// debug-prints its source.
+fn status_text(status: &tonic::Status) -> String {
+    with_sources(
+        status.message().to_owned(),
+        std::error::Error::source(status),
+    )
+}
+
+/// `text`, then each source's message not already in it ("transport error" wrappers repeat
+/// what they wrap).
+fn with_sources(
+    mut text: String,
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// etcd's messages for a refused user, password or token.
@@ -282,14 +302,7 @@ fn looks_like_tls(message: &str) -> bool {
 /// The error and its sources on one line: tonic's transport error says only "transport
 /// error" at the top.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    with_sources(e.to_string(), e.source())
 }
 
 /// The endpoints for a message: the first few, then how many more.
@@ -308,6 +321,64 @@ pub fn endpoints_text(endpoints: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cfg() -> ClusterConfig {
+        ClusterConfig {
+            endpoints: vec!["http://10.0.0.1:2379".into(), "http://10.0.0.2:2379".into()],
+            prefix: "/mc-proxy/default".into(),
+            name: "n".into(),
+            tls: None,
+            auth: None,
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
+
+    /// etcd's answers as etcd 3.4 sends them, each to the fault it is.
+    #[test]
+    fn etcd_answers_are_classified_by_whose_fault() {
+        let classify =
+            |status: tonic::Status| classify(etcd_client::Error::GRpcStatus(status), &cfg());
+        let auth = [
+            tonic::Status::invalid_argument(
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            tonic::Status::invalid_argument("etcdserver: user name is empty"),
+            tonic::Status::permission_denied("etcdserver: permission denied"),
+            tonic::Status::unauthenticated("etcdserver: invalid auth token"),
+        ];
+        for status in auth {
+            let e = classify(status);
+            assert!(matches!(e, ClusterError::Auth(_)), "{e}");
+        }
+        for status in [
+            tonic::Status::unavailable("etcdserver: no leader"),
+            tonic::Status::unavailable("etcdserver: request timed out"),
+            tonic::Status::unknown("etcdserver: leader changed"),
+            tonic::Status::cancelled("Timeout expired"),
+        ] {
+            let e = classify(status);
+            assert!(e.is_unreachable(), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with("etcd unreachable or without quorum at http://10.0.0.1:2379, http://10.0.0.2:2379: "),
+                "{e}"
+            );
+        }
+        let e = classify(tonic::Status::cancelled("Timeout expired"));
+        assert!(e.to_string().ends_with("no answer within 5s"), "{e}");
+        let e = classify(tonic::Status::out_of_range(
+            "etcdserver: mvcc: required revision has been compacted",
+        ));
+        assert!(matches!(e, ClusterError::Request(_)), "{e}");
+        assert!(!is_transport(&etcd_client::Error::GRpcStatus(
+            tonic::Status::unavailable("etcdserver: no leader")
+        )));
+        assert!(is_transport(&etcd_client::Error::GRpcStatus(
+            tonic::Status::unknown("transport error")
+        )));
+    }
 
     #[test]
     fn endpoints_are_clipped_to_a_few() {
