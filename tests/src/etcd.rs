@@ -332,22 +332,31 @@ impl EtcdCluster {
     /// Compacts the store to its current revision (physically: older revisions are gone, a
     /// watch from before fails with `compacted`). Returns that revision.
     pub async fn compact_to_latest(&self) -> i64 {
-        let mut client = self.client().await;
-        let revision = client
-            .get("compact-probe", None)
-            .await
-            .expect("etcd get")
-            .header()
-            .expect("etcd header")
-            .revision();
-        client
-            .compact(
-                revision,
-                Some(etcd_client::CompactionOptions::new().with_physical()),
-            )
-            .await
-            .expect("etcd compact");
-        revision
+        // Retried: with a member down, the client may first pick its dead connection.
+        let mut last = None;
+        for _ in 0..50 {
+            let mut client = self.client().await;
+            let revision = match client.get("compact-probe", None).await {
+                Ok(r) => r.header().expect("etcd header").revision(),
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match client
+                .compact(
+                    revision,
+                    Some(etcd_client::CompactionOptions::new().with_physical()),
+                )
+                .await
+            {
+                Ok(_) => return revision,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("etcd compact failed: {last:?}");
     }
 
     /// The last lines of every member's log, for a failure message.

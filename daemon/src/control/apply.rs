@@ -18,6 +18,7 @@
 //! the database and the snapshot never disagree and no two table swaps race. Connections in
 //! flight keep the route they started with.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -1704,11 +1705,29 @@ fn apply_synced(cx: Apply<'_>, batch: Vec<Synced>) -> Result<Applied, ChangeErro
     let mut failed = Vec::new();
     // Per listener: the routes to put and the hostnames to drop, swapped once at the end.
     let mut tables: Vec<(Arc<ListenerState>, Vec<ValidRoute>, Vec<String>)> = Vec::new();
+    // Each listener's stored routes, read once per batch (not once per route).
+    let mut stored_routes: StoredRoutes = HashMap::new();
     let mut firewall_changed = false;
     for synced in batch {
         let result = match synced {
-            Synced::PutRoute { listener, route } => sync_put_route(store, state, &listener, route, origin, &mut tables),
-            Synced::DeleteRoute { listener, hostname } => sync_delete_route(store, state, &listener, hostname, origin, &mut tables),
+            Synced::PutRoute { listener, route } => sync_put_route(
+                store,
+                state,
+                &listener,
+                route,
+                origin,
+                &mut tables,
+                &mut stored_routes,
+            ),
+            Synced::DeleteRoute { listener, hostname } => sync_delete_route(
+                store,
+                state,
+                &listener,
+                hostname,
+                origin,
+                &mut tables,
+                &mut stored_routes,
+            ),
             Synced::PutRule(rule) => checked_rule(&rule).and_then(|rule| {
                 if !store.firewall_rules()?.contains(&rule) {
                     store.add_firewall_rule(&rule)?;
@@ -1775,6 +1794,24 @@ fn table_of<'t>(
     &mut tables[at]
 }
 
+/// Stored routes by listener id and hostname, as a batch of [`Synced`] changes them.
+type StoredRoutes = HashMap<i64, HashMap<String, Route>>;
+
+/// `listener`'s entry of `stored`, read from the store the first time.
+fn stored_of<'s>(
+    stored: &'s mut StoredRoutes,
+    store: &Store,
+    listener: &ListenerState,
+) -> Result<&'s mut HashMap<String, Route>, ChangeError> {
+    Ok(match stored.entry(listener.id) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let routes = store.routes(listener.id)?;
+            e.insert(routes.into_iter().map(|r| (r.hostname.clone(), r)).collect())
+        }
+    })
+}
+
 /// [`Synced::PutRoute`]: stored now, swapped with the batch.
 fn sync_put_route(
     store: &mut Store,
@@ -1783,14 +1820,12 @@ fn sync_put_route(
     route: Route,
     origin: &Origin,
     tables: &mut Vec<(Arc<ListenerState>, Vec<ValidRoute>, Vec<String>)>,
+    stored: &mut StoredRoutes,
 ) -> Result<(), ChangeError> {
     let listener = listener_by_fleet_name(state, listener)?;
     let valid = validate(&listener, &route)?;
     let name = valid.route.hostname.clone();
-    let current = store
-        .routes(listener.id)?
-        .into_iter()
-        .find(|r| r.hostname == name);
+    let current = stored_of(stored, store, &listener)?.get(&name).cloned();
     let action = match &current {
         Some(current) if *current == valid.route => return Ok(()),
         Some(_) => {
@@ -1805,6 +1840,7 @@ fn sync_put_route(
     listener.forget_not_served(&name);
     tracing::info!(listener = %listener.addr, route = %name, backends = %valid.route.backend_list(), "route {action} from the cluster");
     let previous = current.map(|c| c.hostname);
+    stored_of(stored, store, &listener)?.insert(name.clone(), valid.route.clone());
     publish_route(
         state,
         listener.addr,
@@ -1828,13 +1864,10 @@ fn sync_delete_route(
     hostname: String,
     origin: &Origin,
     tables: &mut Vec<(Arc<ListenerState>, Vec<ValidRoute>, Vec<String>)>,
+    routes: &mut StoredRoutes,
 ) -> Result<(), ChangeError> {
     let listener = listener_by_fleet_name(state, listener)?;
-    let Some(removed) = store
-        .routes(listener.id)?
-        .into_iter()
-        .find(|r| r.hostname == hostname)
-    else {
+    let Some(removed) = stored_of(routes, store, &listener)?.remove(&hostname) else {
         return Ok(());
     };
     if listener.no_sni_route().as_deref() == Some(hostname.as_str()) {

@@ -30,7 +30,7 @@ fn node_config(name: &str, endpoints: &[String], prefix: &str, routes: &str) -> 
     let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
     format!(
         "[cluster]\nendpoints = [{}]\nprefix = {prefix:?}\nname = {name:?}\n\
-         request_timeout = \"2s\"\nconnect_timeout = \"1s\"\nlease_ttl = \"4s\"\n\
+         request_timeout = \"4s\"\nconnect_timeout = \"1s\"\nlease_ttl = \"4s\"\n\
          [[listeners]]\naddr = {L:?}\n{routes}",
         endpoints.join(", ")
     )
@@ -78,7 +78,7 @@ fn served(p: &Proxy, sni: &str) -> bool {
 fn route(hostname: &str, backend: SocketAddr) -> Route {
     Route {
         hostname: hostname.into(),
-        backends: vec![RouteBackend::new(&backend.to_string())],
+        backends: vec![RouteBackend::new(backend.to_string())],
         ..Route::default()
     }
 }
@@ -148,8 +148,8 @@ async fn a_change_through_one_node_is_served_by_the_other() {
             "a.test",
             mc_proxy_shared::RoutePatch {
                 backends: Some(vec![
-                    RouteBackend::new(&one.addr.to_string()),
-                    RouteBackend::new(&two.addr.to_string()),
+                    RouteBackend::new(one.addr.to_string()),
+                    RouteBackend::new(two.addr.to_string()),
                 ]),
                 ..Default::default()
             },
@@ -189,7 +189,7 @@ async fn a_change_through_one_node_is_served_by_the_other() {
             .await
             .unwrap();
         let acked = Instant::now();
-        while !backends_of(&b, "a.test").is_some_and(|m| m[1].weight == w) {
+        while backends_of(&b, "a.test").is_none_or(|m| m[1].weight != w) {
             assert!(
                 acked.elapsed() < Duration::from_secs(5),
                 "weight {w} never reached B"
@@ -314,10 +314,9 @@ async fn two_nodes_racing_on_one_route_leave_exactly_one_change() {
             other => panic!("round {round}: neither or both refused: {other:?}"),
         };
         conflicts += 1;
-        let refused = if ra.is_err() {
-            ra.unwrap_err()
-        } else {
-            rb.unwrap_err()
+        let refused = match (ra, rb) {
+            (Err(e), _) | (_, Err(e)) => e,
+            (Ok(_), Ok(_)) => unreachable!("a winner was found above"),
         };
         assert!(
             refused.to_string().contains("changed concurrently"),
@@ -357,8 +356,10 @@ async fn quorum_lost_stops_no_traffic_refuses_writes_and_converges_after() {
     .await;
     let mut admin = a.admin().await;
 
-    // One member of three lost: nothing noticed.
-    store.kill(0);
+    // One member of three lost, the leader at that: nothing noticed (the write waits out
+    // the election).
+    let leader = store.leader().await.expect("a leader");
+    store.kill(leader);
     admin
         .add_route(L, route("m1.test", one.addr))
         .await
@@ -369,7 +370,9 @@ async fn quorum_lost_stops_no_traffic_refuses_writes_and_converges_after() {
     .await;
 
     // Quorum lost: traffic goes on through both nodes, writes are refused clearly.
-    store.kill(1);
+    let second = (leader + 1) % 3;
+    let last = (leader + 2) % 3;
+    store.kill(second);
     for node in [&a, &b] {
         tls_connect(node.addr(), "q.test", pki.client_config())
             .await
@@ -383,11 +386,11 @@ async fn quorum_lost_stops_no_traffic_refuses_writes_and_converges_after() {
     let took = asked.elapsed();
     assert!(refused.is_store_away(), "{refused}");
     assert!(
-        refused.to_string().contains(&store.endpoints()[2]),
+        refused.to_string().contains(&store.endpoints()[last]),
         "the refusal names the endpoints: {refused}"
     );
     assert!(
-        took < Duration::from_secs(6),
+        took < Duration::from_secs(10),
         "refused in bounded time, took {took:?}"
     );
     assert!(
@@ -403,8 +406,8 @@ async fn quorum_lost_stops_no_traffic_refuses_writes_and_converges_after() {
         .expect("B still serves its last state");
 
     // Quorum back: both reconnect, the refused change goes through and reaches both.
-    store.restart(0);
-    store.restart(1);
+    store.restart(leader);
+    store.restart(second);
     store.wait_healthy().await;
     connected(&a).await;
     connected(&b).await;

@@ -204,7 +204,7 @@ impl Cluster {
     }
 
     fn endpoints(&self) -> String {
-        mc_proxy_shared::text::clip(&self.settings.endpoints.join(","))
+        super::client::endpoints_text(&self.settings.endpoints)
     }
 
     fn unavailable(&self, why: impl std::fmt::Display) -> ChangeError {
