@@ -265,8 +265,66 @@ impl Collector for StateCollector {
         encode_members(e, &listeners)?;
         encode_health_checks(e, &listeners)?;
         encode_pool(e, &self.state)?;
+        encode_cluster(e, &self.state)?;
         Ok(())
     }
+}
+
+/// On a cluster node: its link to the fleet's store. Absent on a single node.
+fn encode_cluster(e: &mut DescriptorEncoder<'_>, state: &State) -> Result<(), std::fmt::Error> {
+    let Some(view) = state.cluster() else {
+        return Ok(());
+    };
+    let node = || vec![("node", view.node.as_str())];
+    let connected = i64::from(view.link == crate::model::cluster::Link::Connected);
+    let since = view
+        .since
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    family(
+        e,
+        "mcproxy_cluster_connected",
+        "1 while this node is connected to the fleet's store (etcd) and watching it; 0 while \
+         it serves its last applied state without it.",
+        None,
+        MetricType::Gauge,
+        [(node(), ConstGauge::new(connected))],
+    )?;
+    family(
+        e,
+        "mcproxy_cluster_link_since_seconds",
+        "When the link to the fleet's store entered its current state, since the Unix epoch.",
+        None,
+        MetricType::Gauge,
+        [(node(), ConstGauge::new(since))],
+    )?;
+    family(
+        e,
+        "mcproxy_cluster_applied_revision",
+        "The store revision this node has applied.",
+        None,
+        MetricType::Gauge,
+        [(node(), ConstGauge::new(view.applied))],
+    )?;
+    family(
+        e,
+        "mcproxy_cluster_behind_revisions",
+        "Store revisions this node has heard of but not applied yet.",
+        None,
+        MetricType::Gauge,
+        [(node(), ConstGauge::new(view.behind()))],
+    )?;
+    family(
+        e,
+        "mcproxy_cluster_drift_repaired",
+        "Objects a periodic comparison found different from the store and repaired, since \
+         start (0 on a healthy node).",
+        None,
+        MetricType::Counter,
+        [(node(), ConstCounter::new(view.drift_repaired))],
+    )?;
+    Ok(())
 }
 
 /// `mcproxy_build_info{version="..."} 1`.

@@ -1807,7 +1807,12 @@ fn stored_of<'s>(
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(e) => {
             let routes = store.routes(listener.id)?;
-            e.insert(routes.into_iter().map(|r| (r.hostname.clone(), r)).collect())
+            e.insert(
+                routes
+                    .into_iter()
+                    .map(|r| (r.hostname.clone(), r))
+                    .collect(),
+            )
         }
     })
 }

@@ -596,6 +596,8 @@ pub struct State {
     firewall: ArcSwap<Firewall>,
     /// The link to the fleet's store, on a node with `[cluster]`.
     cluster: ArcSwapOption<crate::model::cluster::ClusterView>,
+    /// This node's name in the fleet, set once when it joins: the access lines name it.
+    node: std::sync::OnceLock<Arc<str>>,
     /// Counters per (listener id, hostname), kept across route table swaps. Locked only while
     /// building a table, never on the data path.
     route_stats: Mutex<HashMap<(i64, String), Arc<RouteStats>>>,
@@ -622,6 +624,7 @@ impl State {
             backends: Arc::default(),
             firewall: ArcSwap::from_pointee(firewall),
             cluster: ArcSwapOption::empty(),
+            node: std::sync::OnceLock::new(),
             route_stats: Mutex::new(route_stats),
         }
     }
@@ -664,6 +667,21 @@ impl State {
     /// The link to the fleet's store (`None`: not a cluster node).
     pub fn cluster(&self) -> Option<Arc<crate::model::cluster::ClusterView>> {
         self.cluster.load_full()
+    }
+
+    /// This node's name in the fleet (`None`: not a cluster node).
+    pub fn node(&self) -> Option<&str> {
+        self.node.get().map(|n| &**n)
+    }
+
+    /// [`State::node`], shared (a reference count, no copy).
+    pub fn node_shared(&self) -> Option<Arc<str>> {
+        self.node.get().cloned()
+    }
+
+    /// Names this node in the fleet (the cluster sync, once, at start).
+    pub fn set_node(&self, name: &str) {
+        let _ = self.node.set(Arc::from(name));
     }
 
     /// Replaces the cluster link's view (the cluster sync only).

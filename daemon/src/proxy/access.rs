@@ -102,7 +102,7 @@ pub fn closed(
     elapsed: Duration,
     state: &State,
 ) {
-    log_close(record, ending, elapsed);
+    log_close(record, ending, elapsed, state.node());
     if let Outcome::Closed(reason) = ending.outcome {
         listener.counters.count_close(reason);
     }
@@ -123,7 +123,7 @@ pub fn closed(
 
 /// The access log: one line per connection, at close. The connection's span carries its id,
 /// listener, client and route; the event adds what happened.
-fn log_close(record: &Record, ending: &Ending, elapsed: Duration) {
+fn log_close(record: &Record, ending: &Ending, elapsed: Duration, node: Option<&str>) {
     macro_rules! access_log {
         ($lvl:expr) => {
             tracing::event!(
@@ -137,6 +137,8 @@ fn log_close(record: &Record, ending: &Ending, elapsed: Duration) {
                 duration_ms = elapsed.as_millis() as u64,
                 outcome = ending.outcome.as_str(),
                 error = ending.error.as_deref().unwrap_or(""),
+                // A cluster node's name; absent on a single node.
+                node,
                 "connection closed"
             )
         };

@@ -274,6 +274,26 @@ async fn a_change_through_one_node_is_served_by_the_other() {
     let names: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(names, ["a", "b"], "{status:?}");
     assert_eq!(status.link.state, "connected");
+    until("B has applied what A has", Duration::from_secs(5), || {
+        b.state.cluster().map(|v| v.applied) == a.state.cluster().map(|v| v.applied)
+    })
+    .await;
+
+    // /metrics says so too.
+    let answer = mc_proxy_tests::web::http1_request(b.metrics, "GET", "/metrics", &[]).await;
+    assert_eq!(answer.status, 200);
+    let applied = b.state.cluster().unwrap().applied;
+    for line in [
+        "mcproxy_cluster_connected{node=\"b\"} 1".to_owned(),
+        format!("mcproxy_cluster_applied_revision{{node=\"b\"}} {applied}"),
+        "mcproxy_cluster_drift_repaired_total{node=\"b\"} 0".to_owned(),
+    ] {
+        assert!(
+            answer.body.lines().any(|l| l == line),
+            "{line} in:\n{}",
+            answer.body
+        );
+    }
 }
 
 #[tokio::test]

@@ -161,6 +161,7 @@ impl Cluster {
             drift_repaired: 0,
         };
         control.state().set_cluster(view.clone());
+        control.state().set_node(&settings.node);
         let cluster = Arc::new(Cluster {
             keys: Keys::new(&settings.prefix),
             settings,

@@ -296,6 +296,7 @@ pub fn handle(
                 local: ctx.local,
                 client: ctx.client,
                 route: Arc::clone(&ctx.route),
+                node: ctx.routing.node(),
             };
             Box::new(RequestLog::new(
                 conn,

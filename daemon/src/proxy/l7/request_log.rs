@@ -76,6 +76,8 @@ pub struct Conn {
     pub client: std::net::SocketAddr,
     /// The route the connection was routed by.
     pub route: Arc<crate::model::routes::RouteInfo>,
+    /// A cluster node's name (`None` on a single node).
+    pub node: Option<Arc<str>>,
 }
 
 /// The record of one logged request, written as its line when dropped.
@@ -164,6 +166,7 @@ impl Drop for RequestLog {
             status = self.status,
             backend = self.trace.backend.as_deref().unwrap_or(""),
             retries = self.trace.tries.saturating_sub(1),
+            node = ctx.node.as_deref(),
             duration_ms = self.started.elapsed().as_millis() as u64,
             bytes_in = self
                 .trace

@@ -63,6 +63,11 @@ pub struct Routing {
 }
 
 impl Routing {
+    /// The node's name in the fleet, for the request log (`None`: not a cluster node).
+    pub fn node(&self) -> Option<Arc<str>> {
+        self.endpoints.state.node_shared()
+    }
+
     /// The routing of a connection that `listener` routed by `sni` to `route`.
     pub fn new(
         listener: Arc<ListenerState>,
