@@ -100,6 +100,27 @@ enum Command {
     /// load is an error here but never stops the daemon: it is left out of service (and
     /// logged) until its files load.
     Check,
+    /// Move this node's state into the fleet's store ([cluster] of the config) and back.
+    #[command(subcommand)]
+    Cluster(ClusterAction),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterAction {
+    /// Write this node's routes (certificates included, as PEM), firewall rules and no-SNI
+    /// routes from its database into the [cluster] prefix, making it the fleet's table:
+    /// how a single node becomes the first of a fleet. Refused when the prefix already holds
+    /// a table, unless --replace (which also deletes what the node does not have). Running
+    /// nodes of the fleet apply it from their watch.
+    Import {
+        /// Overwrite the table the prefix holds.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Make this node's database hold the fleet's table (routes, firewall rules, no-SNI
+    /// routes), so the node can leave the fleet and run alone: remove [cluster] afterwards.
+    /// The daemon must be stopped (its database changes under it otherwise).
+    Export,
 }
 
 fn main() -> ExitCode {
@@ -111,6 +132,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check) => check(&config_path),
+        Some(Command::Cluster(action)) => cluster_command(&config_path, action),
         None => {
             init_logging(cli.log_format);
             match serve(&config_path) {
@@ -121,6 +143,59 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `mc-proxy cluster import|export`: prints one line saying what moved, or why not (exit 1;
+/// 2 without a [cluster] section).
+fn cluster_command(path: &std::path::Path, action: ClusterAction) -> ExitCode {
+    let run = || -> anyhow::Result<String> {
+        let config = Config::load(path)?;
+        let Some(cluster) = &config.cluster else {
+            anyhow::bail!("{} has no [cluster] section", path.display());
+        };
+        if matches!(action, ClusterAction::Export)
+            && let Some(socket) = &config.admin.socket
+            && std::os::unix::net::UnixStream::connect(socket).is_ok()
+        {
+            anyhow::bail!(
+                "the daemon is running (its admin socket {} answers): stop it first, export \
+                 rewrites its database",
+                socket.display()
+            );
+        }
+        let mut store = Store::open(&config.database.path)?;
+        let state = Arc::new(boot::load_state(&config, &mut store)?);
+        let control = Arc::new(Control::new(state, store));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        runtime.block_on(async {
+            let (node, _not_run) = mc_proxy::control::cluster::start(
+                cluster,
+                &control,
+                &config.database.path,
+                None,
+                None,
+                CancellationToken::new(),
+            );
+            match action {
+                ClusterAction::Import { replace } => node.import_local(replace).await,
+                ClusterAction::Export => node.export_to_local().await,
+            }
+            .map_err(anyhow::Error::msg)
+        })
+    };
+    match run() {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mc-proxy: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

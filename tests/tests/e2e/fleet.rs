@@ -589,3 +589,109 @@ async fn a_fresh_node_loads_a_1000_route_table() {
         started.elapsed()
     );
 }
+
+/// `mc-proxy cluster import` / `export` (the library calls the subcommands make) on the
+/// database in `dir`, with `config` (its `[database]` is added here).
+async fn move_state(
+    dir: &std::path::Path,
+    config: &str,
+    import: Option<bool>,
+) -> Result<String, String> {
+    use mc_proxy::control::{Control, boot, config::Config, store::Store};
+    let db = dir.join("mc-proxy.db");
+    let text = format!(
+        "[database]\npath = {:?}\n{config}",
+        db.display().to_string()
+    );
+    let config = Config::parse(&dir.join("mc-proxy.toml"), &text).unwrap();
+    let mut store = Store::open(&db).unwrap();
+    let state = std::sync::Arc::new(boot::load_state(&config, &mut store).unwrap());
+    let control = std::sync::Arc::new(Control::new(state, store));
+    let (node, _not_run) = mc_proxy::control::cluster::start(
+        config.cluster.as_ref().unwrap(),
+        &control,
+        &db,
+        None,
+        None,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    match import {
+        Some(replace) => node.import_local(replace).await,
+        None => node.export_to_local().await,
+    }
+}
+
+#[tokio::test]
+async fn a_single_nodes_database_moves_into_the_fleet_and_back() {
+    if !etcd::available() {
+        return;
+    }
+    let store = EtcdCluster::start(3).await;
+    let pki = Pki::new();
+    let one = TlsBackend::start(&pki, &["x.test", "y.test"]).await;
+    let prefix = "/mc-proxy/moved";
+    let endpoints = store.endpoints();
+
+    // A node that ran alone, with a route and a firewall rule in its database.
+    let alone = format!(
+        "[[listeners]]\naddr = {L:?}\n{}",
+        l4_route("x.test", one.addr)
+    );
+    let mut single = Proxy::start(&alone).await;
+    single
+        .admin()
+        .await
+        .add_firewall_rule(FirewallRule {
+            kind: FirewallRuleKind::Ip,
+            value: "192.0.2.44".into(),
+        })
+        .await
+        .unwrap();
+    single.stop().await;
+    let with_cluster = node_config("single", &endpoints, prefix, "");
+    let said = move_state(single.dir.path(), &with_cluster, Some(false))
+        .await
+        .expect("import into an empty prefix");
+    assert!(
+        said.contains("imported 1 route(s), 1 firewall rule(s)"),
+        "{said}"
+    );
+    let again = move_state(single.dir.path(), &with_cluster, Some(false))
+        .await
+        .expect_err("a second import is refused");
+    assert!(again.contains("already holds a route table"), "{again}");
+
+    // A node joining serves what was imported.
+    let a = Proxy::start(&node_config("a", &endpoints, prefix, "")).await;
+    connected(&a).await;
+    until(
+        "A serves the imported table",
+        Duration::from_secs(10),
+        || served(&a, "x.test") && a.state.firewall().is_blocked("192.0.2.44".parse().unwrap()),
+    )
+    .await;
+    a.admin()
+        .await
+        .add_route(L, route("y.test", one.addr))
+        .await
+        .unwrap();
+
+    // Exported into a node's own database: it holds the fleet's table, to run alone.
+    let leaving = tempfile::tempdir().unwrap();
+    let said = move_state(
+        leaving.path(),
+        &node_config("leaving", &endpoints, prefix, ""),
+        None,
+    )
+    .await
+    .expect("export");
+    assert!(said.contains("the database now holds the table"), "{said}");
+    let alone = Proxy::start_in(leaving, &format!("[[listeners]]\naddr = {L:?}\n")).await;
+    assert!(served(&alone, "x.test") && served(&alone, "y.test"));
+    assert!(
+        alone
+            .state
+            .firewall()
+            .is_blocked("192.0.2.44".parse().unwrap())
+    );
+}

@@ -477,6 +477,16 @@ impl Cluster {
     /// node has different. Returns the revision read. `check`: a periodic comparison, whose
     /// differences are counted as drift.
     async fn load(&self, client: &mut Client, check: bool) -> Result<i64, String> {
+        self.load_or_seed(client, check, true).await
+    }
+
+    /// [`Cluster::load`]; `seed`: an empty prefix is seeded from this node (else an error).
+    async fn load_or_seed(
+        &self,
+        client: &mut Client,
+        check: bool,
+        seed: bool,
+    ) -> Result<i64, String> {
         loop {
             let root = self.keys.root().to_owned();
             let resp = self
@@ -524,6 +534,12 @@ impl Cluster {
                 }
             }
             if !desired.seeded {
+                if !seed {
+                    return Err(format!(
+                        "the prefix {} holds no route table (no node seeded it)",
+                        self.settings.prefix
+                    ));
+                }
                 if self.seed(client).await? {
                     continue;
                 }
@@ -1092,6 +1108,131 @@ impl Cluster {
                 self.settings.request_timeout
             ))),
         }
+    }
+}
+
+/// `mc-proxy cluster import|export`: a node's database moved into the fleet's store and back,
+/// with no daemon running on it.
+impl Cluster {
+    /// Writes this node's routes, firewall rules and no-SNI routes into the prefix and marks
+    /// it seeded. Refused when the prefix already holds a table, unless `replace`, which also
+    /// deletes what the prefix holds and this node does not. Written in transactions of at
+    /// most 100 objects, the guard first. Returns a summary line.
+    pub async fn import_local(&self, replace: bool) -> Result<String, String> {
+        let mut client = super::client::connect(&self.settings.config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let root = self.keys.root().to_owned();
+        let resp = self
+            .etcd(&client, |mut c| {
+                let root = root.clone();
+                async move { c.get(root, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await
+            .map_err(|e| format!("reading the prefix: {e}"))?;
+        let present: Vec<String> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok().map(str::to_owned))
+            .filter(|k| {
+                matches!(
+                    self.keys.parse(k),
+                    Some(Key::Route { .. } | Key::Rule(_) | Key::NoSni { .. } | Key::Seeded)
+                )
+            })
+            .collect();
+        if !present.is_empty() && !replace {
+            return Err(format!(
+                "the prefix {} already holds a route table ({} keys): give --replace to \
+                 overwrite it with this node's",
+                self.settings.prefix,
+                present.len()
+            ));
+        }
+        let objects = self.local_objects().await?;
+        let origin = DocOrigin {
+            node: self.settings.node.clone(),
+            by: "mc-proxy cluster import".into(),
+        };
+        let mut ops = vec![TxnOp::put(self.keys.seeded(), doc::encode(&origin), None)];
+        let mut written = std::collections::HashSet::new();
+        written.insert(self.keys.seeded());
+        for (listener, route) in &objects.routes {
+            let doc = self
+                .route_doc(route.clone(), &origin)
+                .map_err(|e| e.to_string())?;
+            let key = self.keys.route(listener, &route.hostname);
+            written.insert(key.clone());
+            ops.push(TxnOp::put(key, doc::encode(&doc), None));
+        }
+        for rule in &objects.rules {
+            let key = self.keys.rule(&rule.value);
+            written.insert(key.clone());
+            let doc = RuleDoc {
+                rule: rule.clone(),
+                origin: origin.clone(),
+            };
+            ops.push(TxnOp::put(key, doc::encode(&doc), None));
+        }
+        for (listener, hostname) in &objects.no_sni {
+            let key = self.keys.no_sni(listener);
+            written.insert(key.clone());
+            let doc = NoSniDoc {
+                hostname: hostname.clone(),
+                origin: origin.clone(),
+            };
+            ops.push(TxnOp::put(key, doc::encode(&doc), None));
+        }
+        let stale: Vec<&String> = present.iter().filter(|k| !written.contains(*k)).collect();
+        for key in &stale {
+            ops.push(TxnOp::delete(key.as_str(), None));
+        }
+        ops.push(TxnOp::put(
+            self.keys.last_change(),
+            doc::encode(&origin),
+            None,
+        ));
+        for chunk in ops.chunks(100) {
+            self.etcd(&client, |mut c| {
+                let txn = Txn::new().and_then(chunk.to_vec());
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(|e| format!("writing the prefix: {e}"))?;
+        }
+        let _ = &mut client;
+        Ok(format!(
+            "imported {} route(s), {} firewall rule(s) and {} listener setting(s) into {} \
+             (prefix {}){}",
+            objects.routes.len(),
+            objects.rules.len(),
+            objects.no_sni.len(),
+            self.endpoints(),
+            self.settings.prefix,
+            if stale.is_empty() {
+                String::new()
+            } else {
+                format!("; {} object(s) of the previous table deleted", stale.len())
+            }
+        ))
+    }
+
+    /// Makes this node's database hold what the prefix holds (routes, firewall rules, no-SNI
+    /// routes), as a node joining would, so it can run on alone. Returns a summary line.
+    pub async fn export_to_local(&self) -> Result<String, String> {
+        let mut client = super::client::connect(&self.settings.config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let revision = self.load_or_seed(&mut client, false, false).await?;
+        let error = self.view().last_error;
+        if !error.is_empty() {
+            return Err(format!("not everything applied: {error}"));
+        }
+        Ok(format!(
+            "the database now holds the table of {} (prefix {}) at revision {revision}",
+            self.endpoints(),
+            self.settings.prefix
+        ))
     }
 }
 
