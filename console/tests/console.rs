@@ -96,6 +96,7 @@ fn busy_app() -> App {
             total_connections: 57,
             firewall_rules: 0,
             backends: vec![],
+            cluster: None,
         },
         routes: entries(stats(10, 1000, 2000, 0, 0), stats(40, 0, 0, 100, 0)),
         rules: vec![],
@@ -118,6 +119,7 @@ fn busy_app() -> App {
                 listeners: listeners.clone(),
                 routes: entries(a, b),
                 backends: vec![],
+                cluster: None,
             }),
             t0 + Duration::from_secs(i as u64),
         );
@@ -199,6 +201,48 @@ fn main_view_fits_80x24_with_listeners_routes_counters_and_events() {
         big.contains("12:34:56 open  #41 203.0.113.9:5555 app.test"),
         "{big}"
     );
+}
+
+#[test]
+fn a_cluster_nodes_status_line_says_how_its_store_link_is_at_80_columns() {
+    let mut app = busy_app();
+    let link = |state: &str, applied: i64, store: i64| mc_proxy_shared::client::ClusterLink {
+        node: "edge-a".into(),
+        endpoints: vec!["http://10.0.0.1:2379".into()],
+        prefix: "/mc-proxy/default".into(),
+        state: state.into(),
+        since_ms: 45_296_000, // 12:34:56
+        applied_revision: applied,
+        store_revision: store,
+        last_error: String::new(),
+        drift_repaired: 0,
+    };
+    for (cluster, shown) in [
+        (link("connected", 42, 42), "cluster ok |"),
+        (link("connected", 40, 43), "cluster behind 3 |"),
+        (
+            link("disconnected", 42, 42),
+            "cluster DOWN since 12:34:56 |",
+        ),
+    ] {
+        app.on_event(
+            TimedEvent {
+                timestamp_ms: 0,
+                event: Event::Stats {
+                    listeners: app.data().listeners.clone(),
+                    routes: vec![],
+                    backends: vec![],
+                    cluster: Some(cluster),
+                },
+            },
+            Instant::now(),
+        );
+        let s = render(&app, 80, 24);
+        let status = s.lines().next().unwrap();
+        assert!(status.contains(shown), "{shown:?} in {status:?}");
+        // The open count is whole after it, whatever the link says.
+        assert!(status.contains("| 2 open |"), "{status:?}");
+    }
 }
 
 #[test]
@@ -367,6 +411,7 @@ fn app_with(routes: &[(&str, &str, Mode)]) -> App {
             total_connections: 0,
             firewall_rules: 0,
             backends: vec![],
+            cluster: None,
         },
         routes: routes
             .iter()
@@ -535,6 +580,7 @@ fn stats_at(app: &mut App, at: Instant, routes: &[(&str, RouteStats)]) {
             event: Event::Stats {
                 listeners,
                 backends: vec![],
+                cluster: None,
                 routes: routes
                     .iter()
                     .map(|(h, stats)| RouteEntry {
@@ -683,6 +729,7 @@ fn connections_view_lists_open_connections_and_read_only_hides_editing_keys() {
             total_connections: 0,
             firewall_rules: 0,
             backends: vec![],
+            cluster: None,
         },
         routes: vec![],
         rules: vec![],
@@ -929,6 +976,7 @@ fn a_routes_backends_show_their_state_and_traffic_and_follow_state_changes() {
                     },
                 }],
                 backends: vec![],
+                cluster: None,
             },
         },
         Instant::now(),
@@ -1035,6 +1083,7 @@ fn a_route_not_served_is_red_with_its_reason_in_the_detail() {
                 event: Event::Stats {
                     listeners,
                     backends: vec![],
+                    cluster: None,
                     routes: vec![entry("a.test", None), entry("b.test", not_served)],
                 },
             },
@@ -1250,6 +1299,7 @@ fn a_wrapping_reason_never_hides_rows_without_a_mark() {
                     },
                 }],
                 backends: vec![],
+                cluster: None,
             },
         },
         Instant::now(),
@@ -1410,6 +1460,7 @@ fn without_the_daemon_the_figures_are_grey_and_the_screen_says_since_when() {
             total_connections: 0,
             firewall_rules: 0,
             backends: vec![],
+            cluster: None,
         },
         routes: vec![],
         rules: vec![],
@@ -1462,6 +1513,7 @@ fn pool_app() -> App {
                     },
                 }],
                 backends: vec![],
+                cluster: None,
             },
         },
         Instant::now(),
@@ -1703,6 +1755,7 @@ fn a_backends_since_and_last_check_show_in_the_route_detail() {
                     },
                 }],
                 backends: vec![],
+                cluster: None,
             },
         },
         Instant::now(),

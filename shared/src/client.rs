@@ -190,6 +190,9 @@ pub struct Status {
     pub firewall_rules: u32,
     /// The L7 backend connection pool, per backend.
     pub backends: Vec<BackendStatus>,
+    /// On a cluster node: its link to the fleet's store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterLink>,
 }
 
 /// One backend's pooled L7 connections (see the proto's `BackendStatus`).
@@ -596,6 +599,9 @@ pub enum Event {
         routes: Vec<RouteEntry>,
         /// The L7 backend pool, per backend.
         backends: Vec<BackendStatus>,
+        /// On a cluster node: its link to the fleet's store.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cluster: Option<ClusterLink>,
     },
     /// A route member's live state changed (health check, ejection, admin change).
     BackendChanged {
@@ -777,6 +783,7 @@ impl AdminClient {
                 .map(BackendStatus::try_from)
                 .collect::<Result<_, _>>()
                 .map_err(|e| ClientError::Protocol(e.to_string()))?,
+            cluster: r.cluster.map(ClusterLink::from),
         })
     }
 
@@ -1355,6 +1362,7 @@ impl TryFrom<pb::Event> for TimedEvent {
                     .map(BackendStatus::try_from)
                     .collect::<Result<_, _>>()
                     .map_err(|e| ClientError::Protocol(e.to_string()))?,
+                cluster: s.cluster.map(ClusterLink::from),
             },
             Kind::BackendChanged(c) => Event::BackendChanged {
                 listener: c.listener,

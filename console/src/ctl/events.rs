@@ -165,13 +165,18 @@ fn change_text(event: &Event) -> String {
             listeners,
             routes,
             backends,
+            cluster,
         } => format!(
-            "stats  {} listener(s), {} route(s), {} open, {} backend connection(s) ({} in use)",
+            "stats  {} listener(s), {} route(s), {} open, {} backend connection(s) ({} in use){}",
             listeners.len(),
             routes.len(),
             listeners.iter().map(|l| l.active_connections).sum::<u64>(),
             backends.iter().map(|b| b.open).sum::<u64>(),
-            backends.iter().map(|b| b.in_use).sum::<u64>()
+            backends.iter().map(|b| b.in_use).sum::<u64>(),
+            cluster
+                .as_ref()
+                .map(|c| format!(", cluster {}", crate::format::cluster_link(c)))
+                .unwrap_or_default()
         ),
         Event::BackendChanged {
             listener,

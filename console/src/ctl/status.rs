@@ -34,6 +34,17 @@ fn format_status(s: &Status, headers: bool) -> String {
     );
     if headers {
         out.push_str(&summary);
+        if let Some(c) = &s.cluster {
+            out.insert_str(
+                out.len() - 1,
+                &format!(
+                    "cluster: node {} {}, applied revision {}\n",
+                    c.node,
+                    crate::format::cluster_link(c),
+                    c.applied_revision
+                ),
+            );
+        }
     }
     out.push_str(&format_listeners(&s.listeners, headers));
     out

@@ -10,7 +10,7 @@ pub mod fit;
 
 use std::time::Duration;
 
-use mc_proxy_shared::client::ChangeOrigin;
+use mc_proxy_shared::client::{ChangeOrigin, ClusterLink};
 use mc_proxy_shared::{AdminState, BackendState, MemberStats};
 
 /// 1536 -> "1.5K" (the CLI's tables: one decimal, binary units).
@@ -87,6 +87,30 @@ pub fn clock(ms: u64) -> String {
 /// `HH:MM:SS.mmm` (UTC) of a Unix time in ms: `mcproxyctl events`, where lines come faster.
 pub fn clock_ms(ms: u64) -> String {
     format!("{}.{:03}", clock(ms), ms % 1000)
+}
+
+/// A cluster node's link to the fleet's store: `connected`, `connected, behind by 3`,
+/// `DISCONNECTED since 12:03:04` (the node serves its last state meanwhile), `connecting`.
+pub fn cluster_link(c: &ClusterLink) -> String {
+    let behind = (c.store_revision - c.applied_revision).max(0);
+    match c.state.as_str() {
+        "connected" if behind > 0 => format!("connected, behind by {behind}"),
+        "connected" => "connected".to_owned(),
+        "disconnected" => format!("DISCONNECTED since {}", clock(c.since_ms)),
+        other => other.to_owned(),
+    }
+}
+
+/// [`cluster_link`] in the console's status line, where room is short: `cluster ok`,
+/// `cluster behind 3`, `cluster DOWN since 12:03:04`, `cluster connecting`.
+pub fn cluster_link_short(c: &ClusterLink) -> String {
+    let behind = (c.store_revision - c.applied_revision).max(0);
+    match c.state.as_str() {
+        "connected" if behind > 0 => format!("cluster behind {behind}"),
+        "connected" => "cluster ok".to_owned(),
+        "disconnected" => format!("cluster DOWN since {}", clock(c.since_ms)),
+        other => format!("cluster {other}"),
+    }
 }
 
 /// `1h02m03s`: the daemon's uptime, in the status line and `mcproxyctl status`.

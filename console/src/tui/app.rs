@@ -478,6 +478,7 @@ mod tests {
                 total_connections: 0,
                 firewall_rules: 0,
                 backends: vec![],
+                cluster: None,
             },
             routes: vec![
                 entry("127.0.0.1:8443", "api.test"),
@@ -575,6 +576,7 @@ mod tests {
                         listeners: app.data.listeners.clone(),
                         routes,
                         backends: vec![],
+                        cluster: None,
                     },
                 },
                 t0 + Duration::from_secs(i as u64),
@@ -979,6 +981,7 @@ mod tests {
                 total_connections: 0,
                 firewall_rules: 0,
                 backends: vec![],
+                cluster: None,
             },
             routes: vec![],
             rules: vec![],

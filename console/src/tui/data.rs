@@ -220,6 +220,9 @@ pub struct Data {
     pub read_only: bool,
     /// Daemon version, from the last snapshot.
     pub version: String,
+    /// On a cluster node: its link to the fleet's store (from the snapshot, then each
+    /// second's stats).
+    pub cluster: Option<mc_proxy_shared::client::ClusterLink>,
     /// Daemon uptime at `status_at`.
     pub uptime: Duration,
     /// When the uptime was read.
@@ -272,6 +275,7 @@ impl Data {
         Data {
             read_only,
             version: String::new(),
+            cluster: None,
             uptime: Duration::ZERO,
             status_at: now,
             listeners: Vec::new(),
@@ -363,6 +367,7 @@ impl Data {
         now: Instant,
     ) {
         self.version = status.version;
+        self.cluster = status.cluster;
         self.uptime = status.uptime;
         self.status_at = now;
         self.listeners = status.listeners;
@@ -417,8 +422,12 @@ impl Data {
         }
         match event.event {
             Event::Stats {
-                listeners, routes, ..
+                listeners,
+                routes,
+                cluster,
+                ..
             } => {
+                self.cluster = cluster;
                 self.on_stats(event.timestamp_ms, listeners, routes, now);
                 Applied::Changed
             }

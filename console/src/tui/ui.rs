@@ -88,10 +88,25 @@ fn render_status(data: &Data, frame: &mut Frame<'_>, area: Rect) {
     };
     let open: u64 = data.listeners.iter().map(|l| l.active_connections).sum();
     let ro = if data.read_only { " | read-only" } else { "" };
+    // A cluster node says how its link to the fleet's store is, before anything optional.
+    let cluster = data.cluster.as_ref().map(|c| {
+        (
+            format!("{} | ", crate::format::cluster_link_short(c)),
+            c.state == "connected",
+        )
+    });
     let head = format!(
         " {version} | up {} | ",
         crate::format::uptime(data.uptime_now())
     );
+    let (cluster, cluster_style) = match cluster {
+        Some((text, true)) => (text, bold()),
+        Some((text, false)) => (
+            text,
+            Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+        ),
+        None => (String::new(), bold()),
+    };
     let open = format!("{} open", fit::count(open));
     let tail = format!("{ro} | ");
     let open_style = if data.stale_since().is_some() {
@@ -100,11 +115,12 @@ fn render_status(data: &Data, frame: &mut Frame<'_>, area: Rect) {
         bold()
     };
     let width = usize::from(area.width);
-    let used = fit::width(&head) + fit::width(&open) + fit::width(&tail);
+    let used = fit::width(&head) + fit::width(&cluster) + fit::width(&open) + fit::width(&tail);
     let link = fit::end(&link, width.saturating_sub(used));
     let used = used + fit::width(&link);
     let mut spans = vec![
         Span::styled(head, bold()),
+        Span::styled(cluster, cluster_style),
         Span::styled(open, open_style),
         Span::styled(tail, bold()),
         Span::styled(link, style),

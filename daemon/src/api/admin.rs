@@ -488,6 +488,7 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
                 .collect(),
             routes: route_statuses(state, None),
             backends: backend_statuses(state),
+            cluster: state.cluster().map(|view| cluster_link(&view)),
         }),
     };
     pb::Event {
