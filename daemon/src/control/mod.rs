@@ -1,8 +1,9 @@
 //! The control plane: the one way what the daemon serves changes. `apply` (every change,
 //! checked, stored, swapped, published), the TOML `config`, the SQLite `store`, start-up
-//! (`boot`) and certificate `reload`.
+//! (`boot`), certificate `reload`, and the `cluster` link through which a fleet of nodes
+//! shares its routes (etcd; its changes, too, go through `apply`).
 //!
-//! I/O: the config file, the database, certificate files. Imports `model` only; the data
+//! I/O: the config file, the database, certificate files, etcd. Imports `model` only; the data
 //! plane never imports it (checked by `daemon/tests/layers.rs`).
 
 pub(crate) mod apply;
