@@ -14,25 +14,14 @@ pub(super) async fn status(client: &mut AdminClient, how: &TableArgs) -> Result<
     print_out(how, &status, format_status)
 }
 
-fn since(ms: u64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(at).to_string()
-}
-
 fn format_status(s: &ClusterStatus, headers: bool) -> String {
     let mut out = String::new();
     let l = &s.link;
     if headers {
-        let behind = (l.store_revision - l.applied_revision).max(0);
-        let state = match l.state.as_str() {
-            "connected" if behind > 0 => format!("connected, behind by {behind} revisions"),
-            "connected" => "connected".to_owned(),
-            "disconnected" => format!("disconnected since {}", since(l.since_ms)),
-            other => other.to_owned(),
-        };
         out.push_str(&format!(
-            "node {}: {state}; applied revision {} of {}\n",
-            l.node, l.applied_revision, l.store_revision
+            "node {}: {}\n",
+            l.node,
+            crate::format::cluster_link(l)
         ));
         out.push_str(&format!(
             "store {} prefix {}\n",
@@ -53,11 +42,11 @@ fn format_status(s: &ClusterStatus, headers: bool) -> String {
         }
         out.push('\n');
     }
+    // Nodes are compared with each other: the newest table any of them applied.
     let newest = s
         .nodes
         .iter()
         .map(|n| n.applied_revision)
-        .chain([l.store_revision])
         .max()
         .unwrap_or_default();
     let rows: Vec<Vec<String>> = s

@@ -78,7 +78,8 @@ pub struct NodeInfo {
     pub admin: String,
     /// Its metrics address, if any.
     pub metrics: String,
-    /// The etcd revision it has applied.
+    /// The newest revision of the fleet's table it has applied (nodes holding the same
+    /// table show the same number).
     pub applied_revision: i64,
     /// The last error of its sync, empty if none.
     pub last_error: String,

@@ -376,10 +376,11 @@ async fn quorum_lost_stops_no_traffic_refuses_writes_and_converges_after() {
     .await;
     let mut admin = a.admin().await;
 
-    // One member of three lost, the leader at that: nothing noticed (the write waits out
-    // the election).
+    // One member of three lost: nothing noticed. (A follower: with the leader killed, a write
+    // sent in the next seconds waits out the election and may time out; README "A fleet".)
     let leader = store.leader().await.expect("a leader");
-    store.kill(leader);
+    let follower = (leader + 1) % 3;
+    store.kill(follower);
     admin
         .add_route(L, route("m1.test", one.addr))
         .await
@@ -390,8 +391,8 @@ async fn quorum_lost_stops_no_traffic_refuses_writes_and_converges_after() {
     .await;
 
     // Quorum lost: traffic goes on through both nodes, writes are refused clearly.
-    let second = (leader + 1) % 3;
-    let last = (leader + 2) % 3;
+    let second = (leader + 2) % 3;
+    let last = leader;
     store.kill(second);
     for node in [&a, &b] {
         tls_connect(node.addr(), "q.test", pki.client_config())
@@ -426,17 +427,22 @@ async fn quorum_lost_stops_no_traffic_refuses_writes_and_converges_after() {
         .expect("B still serves its last state");
 
     // Quorum back: both reconnect, the refused change goes through and reaches both.
-    store.restart(leader);
+    store.restart(follower);
     store.restart(second);
     store.wait_healthy().await;
     connected(&a).await;
     connected(&b).await;
-    admin
-        .add_route(L, route("later.test", one.addr))
-        .await
-        .unwrap();
-    until("B converges", Duration::from_secs(10), || {
-        served(&b, "later.test") && served(&b, "m1.test") && served(&b, "q.test")
+    // The refused change made again goes through, unless the store applied the timed-out
+    // attempt after all once it had a quorum (its refusal said it might): then it is there.
+    match admin.add_route(L, route("later.test", one.addr)).await {
+        Ok(_) => {}
+        Err(e) if e.is_conflict() || e.to_string().contains("already exists") => {}
+        Err(e) => panic!("the change made again: {e}"),
+    }
+    until("both nodes converge", Duration::from_secs(10), || {
+        [&a, &b]
+            .iter()
+            .all(|n| served(n, "later.test") && served(n, "m1.test") && served(n, "q.test"))
     })
     .await;
 }

@@ -4,7 +4,9 @@
 //! - `routes/<listener>/<hostname>`: a route, named by its listener's name;
 //! - `firewall/<rule>`: a firewall rule (its normalised text);
 //! - `listeners/<listener>/no-sni`: a listener's route for ClientHellos without SNI;
-//! - `nodes/<name>`: a node's registry entry, bound to its lease;
+//! - `<prefix>/nodes/v1/<name>` (outside `v1/`, so no node watches it): a node's registry
+//!   entry, bound to its lease. Its writes must not look like changes of the table: a node
+//!   that rewrote its entry whenever the store moved would keep every other node rewriting.
 //! - `seeded`: written once, by the node that seeded an empty prefix;
 //! - `last-change`: who made the latest change, written in each change's transaction, so that
 //!   a deletion (whose event carries no value) is still told apart by who made it.
@@ -18,6 +20,8 @@
 pub struct Keys {
     /// `<prefix>/v1/`.
     root: String,
+    /// `<prefix>/nodes/v1/`.
+    nodes: String,
 }
 
 /// What a key under the prefix names.
@@ -37,8 +41,6 @@ pub enum Key {
         /// The listener's name.
         listener: String,
     },
-    /// A node's registry entry.
-    Node(String),
     /// The seeding guard.
     Seeded,
     /// Who made the latest change.
@@ -56,8 +58,10 @@ fn unescape(segment: &str) -> String {
 impl Keys {
     /// The keys under `prefix` (`/mc-proxy/default`).
     pub fn new(prefix: &str) -> Keys {
+        let prefix = prefix.trim_end_matches('/');
         Keys {
-            root: format!("{}/v1/", prefix.trim_end_matches('/')),
+            root: format!("{prefix}/v1/"),
+            nodes: format!("{prefix}/nodes/v1/"),
         }
     }
 
@@ -93,7 +97,7 @@ impl Keys {
 
     /// The prefix of every node's registry key.
     pub fn nodes(&self) -> String {
-        format!("{}nodes/", self.root)
+        self.nodes.clone()
     }
 
     /// The seeding guard's key.
@@ -119,7 +123,6 @@ impl Keys {
             ["listeners", listener, "no-sni"] => Some(Key::NoSni {
                 listener: unescape(listener),
             }),
-            ["nodes", name] => Some(Key::Node(unescape(name))),
             ["seeded"] => Some(Key::Seeded),
             ["last-change"] => Some(Key::LastChange),
             _ => None,
@@ -151,7 +154,6 @@ mod tests {
                     listener: "public".into(),
                 },
             ),
-            (keys.node("edge-1"), Key::Node("edge-1".into())),
             (keys.seeded(), Key::Seeded),
             (keys.last_change(), Key::LastChange),
         ];
@@ -165,5 +167,8 @@ mod tests {
         assert_eq!(keys.parse("/mc-proxy/default/v1/routes/only-one"), None);
         assert_eq!(keys.parse("/mc-proxy/other/v1/seeded"), None);
         assert_eq!(keys.parse("/mc-proxy/default/v2/seeded"), None);
+        // Registry entries are outside the watched table.
+        assert_eq!(keys.node("edge-1"), "/mc-proxy/default/nodes/v1/edge-1");
+        assert!(!keys.node("edge-1").starts_with(keys.root()));
     }
 }

@@ -106,6 +106,9 @@ pub struct Cluster {
     mirror: Mutex<HashMap<String, i64>>,
     /// The store revision applied here.
     applied: watch::Sender<i64>,
+    /// The newest revision of the table (routes, rules, no-SNI routes) applied here: what the
+    /// registry entry says, so that nodes holding the same table show the same number.
+    table: std::sync::atomic::AtomicI64,
     /// The connected client, `None` while the store is away.
     client: Mutex<Option<Client>>,
     /// What status, metrics and the console show.
@@ -168,6 +171,7 @@ impl Cluster {
             control: Arc::clone(&control),
             mirror: Mutex::new(HashMap::new()),
             applied: watch::Sender::new(0),
+            table: std::sync::atomic::AtomicI64::new(0),
             client: Mutex::new(None),
             view: Mutex::new(view),
             writes,
@@ -355,6 +359,8 @@ impl Cluster {
             Some(applied) => applied + 1,
             None => self.load(&mut client, false).await? + 1,
         };
+        // Linked again: the link's error is history (the registry entry says so too).
+        self.update_view(|v| v.last_error.clear());
         tracing::debug!("cluster store: registering");
         let lease = self.register(&mut client).await?;
         // Linked again: the writes that waited go out (they stay waiting if this fails).
@@ -372,7 +378,7 @@ impl Cluster {
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
         let mut resync = tokio::time::interval(self.settings.resync_every);
         resync.reset();
-        let mut registered_at = *self.applied.borrow();
+        let mut registered_at = self.table_revision();
         'watch: loop {
             tracing::debug!(from = start, "cluster store: opening the watch");
             let root = self.keys.root().to_owned();
@@ -448,9 +454,11 @@ impl Cluster {
                     }
                     _ = progress.tick() => {
                         watcher.request_progress().await.map_err(|e| format!("watch progress: {e}"))?;
-                        let applied = *self.applied.borrow();
-                        if applied != registered_at {
-                            registered_at = applied;
+                                                // Rewritten only when the table moved: registry writes are not
+                        // table changes, so nodes do not keep each other rewriting.
+                        let table = self.table_revision();
+                        if table != registered_at {
+                            registered_at = table;
                             self.put_registry(&mut client, lease).await?;
                         }
                     }
@@ -461,6 +469,11 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// The newest table revision applied here.
+    fn table_revision(&self) -> i64 {
+        self.table.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs one fleet-wide write on its own task (writes do not wait for each other).
@@ -522,11 +535,13 @@ impl Cluster {
                         desired.seeded = true;
                         Ok(())
                     }
-                    Key::Node(_) | Key::LastChange => continue,
+                    Key::LastChange => continue,
                 };
                 match decoded {
                     Ok(()) => {
                         mirror.insert(key.to_owned(), kv.mod_revision());
+                        self.table
+                            .fetch_max(kv.mod_revision(), std::sync::atomic::Ordering::Relaxed);
                     }
                     Err(e) => {
                         tracing::error!(key = %mc_proxy_shared::text::clip(key), "cluster value does not decode, skipped: {e}")
@@ -839,6 +854,8 @@ impl Cluster {
             let Some(parsed) = self.keys.parse(key) else {
                 continue;
             };
+            self.table
+                .fetch_max(revision, std::sync::atomic::Ordering::Relaxed);
             {
                 let mut mirror = lock(&self.mirror);
                 if mirror.get(key).is_some_and(|known| *known >= revision) {
@@ -900,7 +917,7 @@ impl Cluster {
                     },
                     deleted_by(revision),
                 )),
-                (Key::Node(_) | Key::Seeded | Key::LastChange, _) => None,
+                (Key::Seeded | Key::LastChange, _) => None,
             };
             batch.extend(item);
         }
@@ -991,7 +1008,7 @@ impl Cluster {
             listeners,
             admin: self.settings.admin.clone(),
             metrics: self.settings.metrics.clone(),
-            applied_revision: *self.applied.borrow(),
+            applied_revision: self.table_revision(),
             last_error: view.last_error,
             started_ms: self.started_ms,
         };
@@ -1087,7 +1104,7 @@ impl Cluster {
                 async move { c.txn(txn).await }
             })
             .await
-            .map_err(|e| ChangeError::Unavailable(format!("{e}; nothing applied")))?;
+            .map_err(write_failed)?;
         if !resp.succeeded() {
             return Err(ChangeError::Conflict(
                 "changed concurrently on another node, nothing applied: list and retry".into(),
@@ -1266,6 +1283,26 @@ impl FleetStore for Cluster {
             .recv_timeout(self.settings.request_timeout * 2 + Duration::from_secs(1))
             .map_err(|_| self.unavailable("no answer from the cluster sync"))?
     }
+}
+
+/// A failed fleet-wide write in words an operator can act on. A request no member answered
+/// in time may have reached a leader that commits it once it has a quorum again (etcd keeps
+/// such a proposal in its log), so it is not called "nothing applied": the operator lists to
+/// check. A request refused or never sent changed nothing.
+fn write_failed(e: super::client::ClusterError) -> ChangeError {
+    let timed_out = matches!(
+        &e,
+        super::client::ClusterError::Unreachable { source, .. }
+            if source.downcast_ref::<super::client::NoAnswer>().is_some()
+    );
+    ChangeError::Unavailable(if timed_out {
+        format!(
+            "{e}: the store may still apply the change when it has a quorum again; list to \
+             check before retrying"
+        )
+    } else {
+        format!("{e}; nothing applied")
+    })
 }
 
 /// A PEM file's text, bounded.
