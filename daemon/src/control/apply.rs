@@ -1462,6 +1462,16 @@ impl Control {
         self.fleet.get()
     }
 
+    /// The etcd revision of `prefix`'s table the database reflects (cluster nodes).
+    pub fn cluster_revision(&self, prefix: &str) -> Result<Option<i64>, ChangeError> {
+        Ok(self.store()?.cluster_revision(prefix)?)
+    }
+
+    /// Records the etcd revision of `prefix`'s table the database now reflects.
+    pub fn set_cluster_revision(&self, prefix: &str, revision: i64) -> Result<(), ChangeError> {
+        Ok(self.store()?.set_cluster_revision(prefix, revision)?)
+    }
+
     /// This node's objects of the fleet's shared state ([`FleetObjects`]). Blocks on SQLite.
     pub fn fleet_objects(&self) -> Result<FleetObjects, ChangeError> {
         let store = self.store()?;

@@ -78,6 +78,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "listener_name",
         sql: include_str!("../../../migrations/0009_listener_name.sql"),
     },
+    Migration {
+        version: 10,
+        name: "cluster_revision",
+        sql: include_str!("../../../migrations/0010_cluster_revision.sql"),
+    },
 ];
 
 /// The schema version this binary creates and understands.
@@ -548,6 +553,29 @@ impl Store {
         insert_firewall_rule(&self.conn, rule)
     }
 
+    /// On a cluster node: the etcd revision of the fleet's table this database reflects, if it
+    /// was last synced from `prefix`.
+    pub fn cluster_revision(&self, prefix: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT revision FROM cluster_state WHERE id = 1 AND prefix = ?1",
+                [prefix],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Records that this database reflects `prefix`'s table at `revision`.
+    pub fn set_cluster_revision(&mut self, prefix: &str, revision: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO cluster_state (id, prefix, revision) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET prefix = excluded.prefix, revision = excluded.revision",
+            params![prefix, revision],
+        )?;
+        Ok(())
+    }
+
     /// Removes a firewall rule.
     pub fn remove_firewall_rule(&mut self, rule: &FirewallRule) -> Result<(), StoreError> {
         let changed = self.conn.execute(
@@ -867,11 +895,26 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_revision_is_kept_per_prefix() {
+        let (_dir, path) = temp_db();
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.cluster_revision("/mc-proxy/a").unwrap(), None);
+        store.set_cluster_revision("/mc-proxy/a", 41).unwrap();
+        store.set_cluster_revision("/mc-proxy/a", 42).unwrap();
+        assert_eq!(store.cluster_revision("/mc-proxy/a").unwrap(), Some(42));
+        // Moved to another fleet: nothing known of that one.
+        assert_eq!(store.cluster_revision("/mc-proxy/b").unwrap(), None);
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.cluster_revision("/mc-proxy/a").unwrap(), Some(42));
+    }
+
+    #[test]
     fn fresh_database_reaches_latest_version_with_v2_columns() {
         let (_dir, path) = temp_db();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 9);
+        assert_eq!(SCHEMA_VERSION, 10);
         let listeners = columns(&store, "listeners");
         for col in [
             "proxy_protocol",

@@ -472,6 +472,12 @@ async fn a_node_restarted_while_the_store_is_down_serves_its_last_state() {
     .await;
 
     let dir = b.stop_and_keep_dir().await;
+    // The database says which revision of the fleet's table it holds.
+    let db = mc_proxy::control::store::Store::open(dir.path().join("mc-proxy.db")).unwrap();
+    let revision = db.cluster_revision(prefix).unwrap();
+    assert!(revision.is_some_and(|r| r > 0), "{revision:?}");
+    assert_eq!(db.cluster_revision("/mc-proxy/other").unwrap(), None);
+    drop(db);
     for i in 0..3 {
         store.kill(i);
     }

@@ -54,23 +54,28 @@ pub fn start(
         resync_every: RESYNC_EVERY,
         config: cfg.clone(),
     };
+    let stored = control.cluster_revision(&cfg.prefix).ok().flatten();
     let cluster = sync::Cluster::new(settings, Arc::clone(control));
     let cfg = Arc::new(cfg.clone());
     let connect: sync::Connector = Arc::new(move || {
         let cfg = Arc::clone(&cfg);
         Box::pin(async move { client::connect(&cfg).await.map_err(|e| e.to_string()) })
     });
-    tracing::info!("{}", cluster_summary(&cluster));
+    tracing::info!("{}", cluster_summary(&cluster, stored));
     let run = Arc::clone(&cluster).run(connect, shutdown);
     (cluster, run)
 }
 
-fn cluster_summary(cluster: &sync::Cluster) -> String {
+fn cluster_summary(cluster: &sync::Cluster, stored: Option<i64>) -> String {
     let view = cluster.view();
+    let copy = match stored {
+        Some(revision) => format!("the database's copy of the fleet's table (revision {revision})"),
+        None => "the database (not synced with this prefix yet)".to_owned(),
+    };
     format!(
-        "cluster: node {} on etcd {} (prefix {}): serving from the database until the store is read",
+        "cluster: node {} on etcd {} (prefix {}): serving {copy} until the store is read",
         view.node,
-        mc_proxy_shared::text::clip(&view.endpoints.join(",")),
+        client::endpoints_text(&view.endpoints),
         view.prefix
     )
 }

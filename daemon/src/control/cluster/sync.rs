@@ -109,6 +109,8 @@ pub struct Cluster {
     /// The newest revision of the table (routes, rules, no-SNI routes) applied here: what the
     /// registry entry says, so that nodes holding the same table show the same number.
     table: std::sync::atomic::AtomicI64,
+    /// The table revision last written to the database (`cluster_state`).
+    persisted: std::sync::atomic::AtomicI64,
     /// The connected client, `None` while the store is away.
     client: Mutex<Option<Client>>,
     /// What status, metrics and the console show.
@@ -172,6 +174,7 @@ impl Cluster {
             mirror: Mutex::new(HashMap::new()),
             applied: watch::Sender::new(0),
             table: std::sync::atomic::AtomicI64::new(0),
+            persisted: std::sync::atomic::AtomicI64::new(0),
             client: Mutex::new(None),
             view: Mutex::new(view),
             writes,
@@ -471,6 +474,31 @@ impl Cluster {
         }
     }
 
+    /// Writes the table revision to the database when it moved: the database is the node's
+    /// persisted copy of the fleet's table, and says which revision it reflects.
+    async fn persist(&self) {
+        use std::sync::atomic::Ordering;
+        let table = self.table_revision();
+        if table <= self.persisted.load(Ordering::Relaxed) {
+            return;
+        }
+        let control = Arc::clone(&self.control);
+        let prefix = self.settings.prefix.clone();
+        let written =
+            tokio::task::spawn_blocking(move || control.set_cluster_revision(&prefix, table)).await;
+        match written {
+            Ok(Ok(())) => self.persisted.fetch_max(table, Ordering::Relaxed),
+            Ok(Err(e)) => {
+                tracing::error!("recording the cluster revision in the database: {e}");
+                0
+            }
+            Err(e) => {
+                tracing::error!("recording the cluster revision in the database: {e}");
+                0
+            }
+        };
+    }
+
     /// The newest table revision applied here.
     fn table_revision(&self) -> i64 {
         self.table.load(std::sync::atomic::Ordering::Relaxed)
@@ -590,6 +618,7 @@ impl Cluster {
                 v.applied = v.applied.max(revision);
                 v.store_revision = v.store_revision.max(revision);
             });
+            self.persist().await;
             return Ok(revision);
         }
     }
@@ -931,6 +960,7 @@ impl Cluster {
                 moved
             });
         }
+        self.persist().await;
     }
 
     /// Applies `batch` through `control::apply`, one change per origin run (events name who
