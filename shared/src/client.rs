@@ -581,6 +581,11 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         origin: Option<ChangeOrigin>,
     },
+    /// A cluster node's link to the fleet's store changed state.
+    ClusterLink {
+        /// The link as it is now.
+        link: ClusterLink,
+    },
     /// A firewall rule was added or removed.
     FirewallChanged {
         /// Added or removed.
@@ -1331,6 +1336,9 @@ impl TryFrom<pb::Event> for TimedEvent {
                 route: required_route(c.route)?,
                 previous_hostname: c.previous_hostname,
                 origin: c.origin.map(Into::into),
+            },
+            Kind::ClusterLink(l) => Event::ClusterLink {
+                link: ClusterLink::from(l),
             },
             Kind::ListenerChanged(c) => Event::ListenerChanged {
                 listener: c.listener,

@@ -46,7 +46,7 @@ pub(super) async fn follow(
 }
 
 /// Every event type, as `--json` names it in `type`.
-pub const EVENT_TYPES: [&str; 9] = [
+pub const EVENT_TYPES: [&str; 10] = [
     "connection_opened",
     "connection_closed",
     "connection_blocked",
@@ -54,6 +54,7 @@ pub const EVENT_TYPES: [&str; 9] = [
     "listener_changed",
     "firewall_changed",
     "backend_changed",
+    "cluster_link",
     "stats",
     "lagged",
 ];
@@ -68,6 +69,7 @@ pub fn event_type(event: &Event) -> &'static str {
         Event::ListenerChanged { .. } => "listener_changed",
         Event::FirewallChanged { .. } => "firewall_changed",
         Event::BackendChanged { .. } => "backend_changed",
+        Event::ClusterLink { .. } => "cluster_link",
         Event::Stats { .. } => "stats",
         Event::Lagged { .. } => "lagged",
     }
@@ -149,6 +151,16 @@ fn change_text(event: &Event) -> String {
             action,
             origin,
         } => format!("lsnr   {action} {listener}{}", origin_long(origin.as_ref())),
+        Event::ClusterLink { link } => format!(
+            "clstr  node {} {}{}",
+            link.node,
+            crate::format::cluster_link(link),
+            if link.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", link.last_error)
+            }
+        ),
         Event::FirewallChanged {
             action,
             rule,

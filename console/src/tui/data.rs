@@ -451,6 +451,10 @@ impl Data {
                 ..
             } => self.on_route_changed(listener, action, route, previous_hostname),
             Event::FirewallChanged { action, rule, .. } => self.on_firewall_changed(action, rule),
+            Event::ClusterLink { link } => {
+                self.cluster = Some(link);
+                Applied::Changed
+            }
             // The listener list itself comes with the next stats tick.
             Event::ListenerChanged { .. }
             | Event::ConnectionBlocked { .. }
@@ -673,6 +677,10 @@ fn change_line(time: &str, event: &Event) -> Option<(LogKind, String)> {
                 "{time} listener {action} {listener}{}",
                 origin_short(origin.as_ref())
             ),
+        ),
+        Event::ClusterLink { link } => (
+            LogKind::Daemon,
+            format!("{time} cluster {}", crate::format::cluster_link(link)),
         ),
         Event::FirewallChanged {
             action,

@@ -480,6 +480,7 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
             action: pb::ChangeAction::from(action).into(),
             origin: Some(origin_to_pb(&origin)),
         }),
+        Event::ClusterLink(view) => Kind::ClusterLink(cluster_link(&view)),
         Event::StatsTick => Kind::Stats(pb::StatsSnapshot {
             listeners: state
                 .listeners()

@@ -170,6 +170,8 @@ pub enum Event {
         /// An operator's change (drain, weight, ...); `None` for what health checking found.
         origin: Option<Origin>,
     },
+    /// A cluster node's link to the fleet's store changed state (connected, lost, back).
+    ClusterLink(crate::model::cluster::ClusterView),
     /// About a second passed: watchers send a snapshot of the counters as they read this.
     StatsTick,
 }

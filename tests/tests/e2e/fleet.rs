@@ -391,6 +391,7 @@ async fn quorum_lost_stops_no_traffic_refuses_writes_and_converges_after() {
     .await;
 
     // Quorum lost: traffic goes on through both nodes, writes are refused clearly.
+    let mut b_events = b.admin().await.watch_events().await.unwrap();
     let second = (leader + 2) % 3;
     let last = leader;
     store.kill(second);
@@ -422,6 +423,19 @@ async fn quorum_lost_stops_no_traffic_refuses_writes_and_converges_after() {
         link(&b) == Some(Link::Disconnected)
     })
     .await;
+    // Its watchers were told (the console's log, `mcproxyctl events --type cluster_link`).
+    let told = loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), b_events.next())
+            .await
+            .expect("a cluster_link event")
+            .expect("the stream goes on")
+            .unwrap();
+        if let Event::ClusterLink { link } = event.event {
+            break link;
+        }
+    };
+    assert_eq!(told.state, "disconnected", "{told:?}");
+    assert!(!told.last_error.is_empty(), "{told:?}");
     tls_connect(b.addr(), "m1.test", pki.client_config())
         .await
         .expect("B still serves its last state");

@@ -200,15 +200,24 @@ impl Cluster {
     }
 
     fn set_link(&self, link: Link, error: Option<String>) {
+        let mut changed = false;
         self.update_view(|v| {
             if v.link != link {
                 v.link = link;
                 v.since = SystemTime::now();
+                changed = true;
             }
             if let Some(e) = error {
                 v.last_error = e;
             }
         });
+        if changed {
+            let view = self.view();
+            self.control
+                .state()
+                .events
+                .publish(|| crate::model::events::Event::ClusterLink(view));
+        }
     }
 
     fn endpoints(&self) -> String {
