@@ -632,6 +632,40 @@ impl Cluster {
         }
     }
 
+    /// This node's table as the store's keys and values, each written by `origin`: what a
+    /// seed and an import write.
+    fn table_values(
+        &self,
+        objects: &FleetObjects,
+        origin: &DocOrigin,
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut values = Vec::new();
+        for (listener, route) in &objects.routes {
+            let doc = self
+                .route_doc(route.clone(), origin)
+                .map_err(|e| e.to_string())?;
+            values.push((
+                self.keys.route(listener, &route.hostname),
+                doc::encode(&doc),
+            ));
+        }
+        for rule in &objects.rules {
+            let doc = RuleDoc {
+                rule: rule.clone(),
+                origin: origin.clone(),
+            };
+            values.push((self.keys.rule(&rule.value), doc::encode(&doc)));
+        }
+        for (listener, hostname) in &objects.no_sni {
+            let doc = NoSniDoc {
+                hostname: hostname.clone(),
+                origin: origin.clone(),
+            };
+            values.push((self.keys.no_sni(listener), doc::encode(&doc)));
+        }
+        Ok(values)
+    }
+
     /// Seeds an empty prefix from this node's database, guarded so that only one node does.
     /// Returns whether this node's seed won (either way the caller reads the prefix again).
     async fn seed(&self, client: &mut Client) -> Result<bool, String> {
@@ -641,39 +675,8 @@ impl Cluster {
             by: "seed".into(),
         };
         let mut ops = vec![TxnOp::put(self.keys.seeded(), doc::encode(&origin), None)];
-        for (listener, route) in &objects.routes {
-            let doc = self
-                .route_doc(route.clone(), &origin)
-                .map_err(|e| e.to_string())?;
-            ops.push(TxnOp::put(
-                self.keys.route(listener, &route.hostname),
-                doc::encode(&doc),
-                None,
-            ));
-        }
-        for rule in &objects.rules {
-            let doc = RuleDoc {
-                rule: rule.clone(),
-                origin: origin.clone(),
-            };
-            ops.push(TxnOp::put(
-                self.keys.rule(&rule.value),
-                doc::encode(&doc),
-                None,
-            ));
-        }
-        for (listener, hostname) in &objects.no_sni {
-            if hostname.is_some() {
-                let doc = NoSniDoc {
-                    hostname: hostname.clone(),
-                    origin: origin.clone(),
-                };
-                ops.push(TxnOp::put(
-                    self.keys.no_sni(listener),
-                    doc::encode(&doc),
-                    None,
-                ));
-            }
+        for (key, value) in self.table_values(&objects, &origin)? {
+            ops.push(TxnOp::put(key, value, None));
         }
         // etcd takes at most 128 operations per transaction by default: a larger seed goes
         // in after the guard, in chunks (the guard alone decides who seeds).
@@ -1213,31 +1216,9 @@ impl Cluster {
         let mut ops = vec![TxnOp::put(self.keys.seeded(), doc::encode(&origin), None)];
         let mut written = std::collections::HashSet::new();
         written.insert(self.keys.seeded());
-        for (listener, route) in &objects.routes {
-            let doc = self
-                .route_doc(route.clone(), &origin)
-                .map_err(|e| e.to_string())?;
-            let key = self.keys.route(listener, &route.hostname);
+        for (key, value) in self.table_values(&objects, &origin)? {
             written.insert(key.clone());
-            ops.push(TxnOp::put(key, doc::encode(&doc), None));
-        }
-        for rule in &objects.rules {
-            let key = self.keys.rule(&rule.value);
-            written.insert(key.clone());
-            let doc = RuleDoc {
-                rule: rule.clone(),
-                origin: origin.clone(),
-            };
-            ops.push(TxnOp::put(key, doc::encode(&doc), None));
-        }
-        for (listener, hostname) in &objects.no_sni {
-            let key = self.keys.no_sni(listener);
-            written.insert(key.clone());
-            let doc = NoSniDoc {
-                hostname: hostname.clone(),
-                origin: origin.clone(),
-            };
-            ops.push(TxnOp::put(key, doc::encode(&doc), None));
+            ops.push(TxnOp::put(key, value, None));
         }
         let stale: Vec<&String> = present.iter().filter(|k| !written.contains(*k)).collect();
         for key in &stale {
