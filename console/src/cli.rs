@@ -15,19 +15,23 @@ use mc_proxy_shared::{AdminState, BackendProtocol, Balance, RouteBackend};
 /// the daemon refused the request (the reason is printed) or a reload failed for a route,
 /// 2 for a usage error, 3 when no daemon answers on the socket or it went away during the
 /// call (a change may or may not have been applied: list to check), 4 when the socket exists
-/// but this user may not use it.
+/// but this user may not use it, 5 (a cluster node) when another change to the same object won
+/// (nothing applied: list and retry), 6 (a cluster node) when the fleet's store is away.
+///
+/// Which daemon: --socket, else --context, else $MCPROXY_SOCKET, else $MCPROXY_CONTEXT, else
+/// the current context of the contexts file (`mcproxyctl config`), else srv/mc-proxy.sock.
 #[derive(Debug, Parser)]
 #[command(name = "mcproxyctl", version)]
 pub struct Cli {
-    /// The daemon's admin socket (the `[admin] socket` of its config).
-    #[arg(
-        long,
-        global = true,
-        env = "MCPROXY_SOCKET",
-        default_value = "srv/mc-proxy.sock",
-        value_name = "PATH"
-    )]
-    pub socket: PathBuf,
+    /// The daemon's admin socket (the `[admin] socket` of its config). Default:
+    /// $MCPROXY_SOCKET, else the context's, else srv/mc-proxy.sock.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// The context (a named admin socket, `mcproxyctl config`) to talk to. Default:
+    /// $MCPROXY_CONTEXT, else the current context.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -112,6 +116,10 @@ pub enum Command {
         #[arg(long)]
         read_only: bool,
     },
+    /// Contexts: named admin sockets, one per node (a local one, or one `ssh -L` forwards from
+    /// a remote node), kept in ~/.config/mcproxyctl/contexts.toml ($MCPROXYCTL_CONFIG).
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print a shell completion script on stdout.
     ///
     /// Install it with the line for your shell, as shown (one line each):
@@ -123,6 +131,36 @@ pub enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Add a context for the admin socket given with --socket PATH (made absolute), or point an
+    /// existing one at it.
+    AddContext {
+        /// Its name: 1 to 32 of A-Z a-z 0-9 . _ -.
+        name: String,
+        /// Make it the current context too.
+        #[arg(long = "use")]
+        use_it: bool,
+    },
+    /// Make a context the one commands use when they name none.
+    UseContext {
+        /// The context.
+        name: String,
+    },
+    /// List the contexts; the current one is marked with `*`.
+    GetContexts {
+        #[command(flatten)]
+        table: TableArgs,
+    },
+    /// Print the current context's name.
+    CurrentContext,
+    /// Remove a context.
+    DeleteContext {
+        /// The context.
+        name: String,
     },
 }
 

@@ -5,6 +5,7 @@
 //! the console through this library with a test terminal.
 
 pub mod cli;
+pub mod contexts;
 pub mod ctl;
 pub mod edit;
 pub mod export;

@@ -31,8 +31,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let contexts = mcproxyctl::contexts::file_path();
+    if let Command::Config(command) = cli.command {
+        return match ctl::config::run(&contexts, cli.socket, command) {
+            Ok(()) | Err(CtlError::ClosedPipe) => ExitCode::SUCCESS,
+            Err(e) => {
+                warn(&format!("mcproxyctl: {e}"));
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
+    let target = match mcproxyctl::contexts::Target::resolve(cli.socket, cli.context, &contexts) {
+        Ok(target) => target,
+        Err(e) => {
+            warn(&format!("mcproxyctl: {e}"));
+            return ExitCode::from(2);
+        }
+    };
     if let Command::Console { read_only } = cli.command {
-        return match runtime.block_on(tui::run(cli.socket, read_only)) {
+        return match runtime.block_on(tui::run(target.socket, read_only, target.context)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 warn(&format!("mcproxyctl: console: {e}"));
@@ -40,7 +57,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match runtime.block_on(ctl::run(&cli.socket, cli.command)) {
+    match runtime.block_on(ctl::run(&target.socket, cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         // A reader that went away early (`| head`) has what it wanted: end quietly.
         Err(CtlError::ClosedPipe) => ExitCode::SUCCESS,

@@ -2029,3 +2029,111 @@ async fn connections_close_cuts_the_ones_named_and_says_which_were_not_open() {
     let o = ctl(&proxy, &["connections", "close"]).await;
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+/// Runs mcproxyctl with the contexts file `file`, no socket flag, and `env` set.
+async fn ctl_in(file: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let file = file.to_owned();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_mcproxyctl"))
+            .env("MCPROXYCTL_CONFIG", &file)
+            .env_remove("MCPROXY_SOCKET")
+            .env_remove("MCPROXY_CONTEXT")
+            .envs(env)
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn contexts_name_each_nodes_socket_and_commands_reach_the_one_named() {
+    let one = Proxy::start("[[listeners]]\naddr = \"127.0.0.1:0\"\n[[listeners.routes]]\nhostname = \"one.test\"\nbackend = \"127.0.0.1:9\"").await;
+    let two = Proxy::start("[[listeners]]\naddr = \"127.0.0.1:0\"\n[[listeners.routes]]\nhostname = \"two.test\"\nbackend = \"127.0.0.1:9\"").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ctl/contexts.toml");
+    let s1 = one.socket.display().to_string();
+    let s2 = two.socket.display().to_string();
+
+    let o = ctl_in(
+        &file,
+        &[],
+        &["config", "add-context", "edge-1", "--socket", &s1, "--use"],
+    )
+    .await;
+    assert_ok(&o);
+    assert_eq!(stdout(&o), format!("context edge-1 is {s1} (current)\n"));
+    assert_ok(
+        &ctl_in(
+            &file,
+            &[],
+            &["config", "add-context", "edge-2", "--socket", &s2],
+        )
+        .await,
+    );
+    let o = ctl_in(&file, &[], &["config", "get-contexts"]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[1].starts_with('*') && lines[1].contains("edge-1"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("edge-2") && lines[2].contains(&s2),
+        "{out}"
+    );
+
+    // The current context, then --context, then $MCPROXY_CONTEXT: each reaches its node.
+    let routes = |o: &Output| stdout(o);
+    let o = ctl_in(&file, &[], &["routes", "list", "--no-headers"]).await;
+    assert_ok(&o);
+    assert!(routes(&o).contains("one.test"), "{}", routes(&o));
+    let o = ctl_in(
+        &file,
+        &[],
+        &["--context", "edge-2", "routes", "list", "--no-headers"],
+    )
+    .await;
+    assert_ok(&o);
+    assert!(routes(&o).contains("two.test"), "{}", routes(&o));
+    let o = ctl_in(&file, &[("MCPROXY_CONTEXT", "edge-2")], &["routes", "list"]).await;
+    assert!(routes(&o).contains("two.test"), "{}", routes(&o));
+    assert_ok(&ctl_in(&file, &[], &["config", "use-context", "edge-2"]).await);
+    let o = ctl_in(&file, &[], &["config", "current-context"]).await;
+    assert_eq!(stdout(&o), "edge-2\n");
+
+    // Mistakes are usage errors that say what there is.
+    let o = ctl_in(&file, &[], &["--context", "nope", "status"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no context \"nope\"") && stderr(&o).contains("edge-1, edge-2"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ctl_in(
+        &file,
+        &[],
+        &["--context", "edge-1", "--socket", &s2, "status"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = ctl_in(
+        &file,
+        &[],
+        &["config", "add-context", "bad name", "--socket", &s1],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_ok(&ctl_in(&file, &[], &["config", "delete-context", "edge-2"]).await);
+    let o = ctl_in(&file, &[], &["config", "get-contexts", "--json"]).await;
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+}

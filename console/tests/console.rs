@@ -205,7 +205,8 @@ fn main_view_fits_80x24_with_listeners_routes_counters_and_events() {
 
 #[test]
 fn a_cluster_nodes_status_line_says_how_its_store_link_is_at_80_columns() {
-    let mut app = busy_app();
+    // Started for a context (`mcproxyctl --context edge-2 console`): named first.
+    let mut app = busy_app().with_context(Some("edge-2".into()));
     let link = |state: &str, applied: i64, store: i64| mc_proxy_shared::client::ClusterLink {
         node: "edge-a".into(),
         endpoints: vec!["http://10.0.0.1:2379".into()],
@@ -239,6 +240,7 @@ fn a_cluster_nodes_status_line_says_how_its_store_link_is_at_80_columns() {
         );
         let s = render(&app, 80, 24);
         let status = s.lines().next().unwrap();
+        assert!(status.starts_with(" [edge-2] mc-proxy 9.9.9 |"), "{status:?}");
         assert!(status.contains(shown), "{shown:?} in {status:?}");
         // The open count is whole after it, whatever the link says.
         assert!(status.contains("| 2 open |"), "{status:?}");

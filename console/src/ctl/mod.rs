@@ -13,6 +13,7 @@
 //! I/O: the admin socket, stdout and stderr.
 
 mod cluster;
+pub mod config;
 mod connections;
 mod events;
 mod firewall;
@@ -190,9 +191,9 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
         Command::Events { json, stats, types } => {
             events::follow(&mut client, json, stats, &types).await
         }
-        Command::Console { .. } | Command::Completions { .. } => Err(CtlError::Usage(
-            "this subcommand runs from main, not against the daemon".into(),
-        )),
+        Command::Console { .. } | Command::Completions { .. } | Command::Config(_) => Err(
+            CtlError::Usage("this subcommand runs from main, not against the daemon".into()),
+        ),
     }
 }
 

@@ -196,6 +196,13 @@ impl App {
         }
     }
 
+    /// The console of the context `name` (`mcproxyctl --context`): the status line names it,
+    /// so an operator with several nodes open sees which one this is.
+    pub fn with_context(mut self, name: Option<String>) -> App {
+        self.data.context = name;
+        self
+    }
+
     /// Hides and refuses the editing keys from now on (or allows them again).
     pub fn set_read_only(&mut self, read_only: bool) {
         self.data.read_only = read_only;

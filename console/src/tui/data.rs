@@ -220,6 +220,8 @@ pub struct Data {
     pub read_only: bool,
     /// Daemon version, from the last snapshot.
     pub version: String,
+    /// The context the console was started for (`--context`), shown first in the status line.
+    pub context: Option<String>,
     /// On a cluster node: its link to the fleet's store (from the snapshot, then each
     /// second's stats).
     pub cluster: Option<mc_proxy_shared::client::ClusterLink>,
@@ -276,6 +278,7 @@ impl Data {
             read_only,
             version: String::new(),
             cluster: None,
+            context: None,
             uptime: Duration::ZERO,
             status_at: now,
             listeners: Vec::new(),

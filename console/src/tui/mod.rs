@@ -155,8 +155,9 @@ fn restore() {
 }
 
 /// Runs the console on the real terminal until the user quits; `read_only` hides and refuses
-/// every key that would change the daemon.
-pub async fn run(socket: PathBuf, read_only: bool) -> io::Result<()> {
+/// every key that would change the daemon; `context`, the context that named the socket, is
+/// shown in the status line.
+pub async fn run(socket: PathBuf, read_only: bool, context: Option<String>) -> io::Result<()> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         restore();
@@ -188,7 +189,8 @@ pub async fn run(socket: PathBuf, read_only: bool) -> io::Result<()> {
         App::read_only()
     } else {
         App::new()
-    };
+    }
+    .with_context(context);
     let mut console = Console::with_app(app, terminal, actions);
     console.draw()?;
     let result = async {

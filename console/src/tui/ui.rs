@@ -86,6 +86,11 @@ fn render_status(data: &Data, frame: &mut Frame<'_>, area: Rect) {
     } else {
         format!("mc-proxy {}", data.version)
     };
+    // The context first: with several nodes' consoles open, which one this is.
+    let version = match &data.context {
+        Some(name) => format!("[{name}] {version}"),
+        None => version,
+    };
     let open: u64 = data.listeners.iter().map(|l| l.active_connections).sum();
     let ro = if data.read_only { " | read-only" } else { "" };
     // A cluster node says how its link to the fleet's store is, before anything optional.
