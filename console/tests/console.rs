@@ -240,7 +240,10 @@ fn a_cluster_nodes_status_line_says_how_its_store_link_is_at_80_columns() {
         );
         let s = render(&app, 80, 24);
         let status = s.lines().next().unwrap();
-        assert!(status.starts_with(" [edge-2] mc-proxy 9.9.9 |"), "{status:?}");
+        assert!(
+            status.starts_with(" [edge-2] mc-proxy 9.9.9 |"),
+            "{status:?}"
+        );
         assert!(status.contains(shown), "{shown:?} in {status:?}");
         // The open count is whole after it, whatever the link says.
         assert!(status.contains("| 2 open |"), "{status:?}");

@@ -117,6 +117,9 @@ pub struct Cluster {
     view: Mutex<ClusterView>,
     writes: mpsc::UnboundedSender<WriteJob>,
     jobs: Mutex<Option<mpsc::UnboundedReceiver<WriteJob>>>,
+    /// The write tasks in flight: each ends within its request timeouts, and `run` waits
+    /// for them before it returns.
+    in_flight: tokio_util::task::TaskTracker,
     started_ms: u64,
 }
 
@@ -179,6 +182,7 @@ impl Cluster {
             view: Mutex::new(view),
             writes,
             jobs: Mutex::new(Some(jobs)),
+            in_flight: tokio_util::task::TaskTracker::new(),
             started_ms: now_ms(),
         });
         control.set_fleet(Arc::clone(&cluster) as Arc<dyn FleetStore>);
@@ -267,8 +271,16 @@ impl Cluster {
         Ok(nodes)
     }
 
-    /// Keeps the node in step with the store until `shutdown` (see the module docs).
+    /// Keeps the node in step with the store until `shutdown` (see the module docs), then
+    /// waits for the writes in flight (each bounded by its request timeouts).
     pub async fn run(self: Arc<Self>, connect: Connector, shutdown: CancellationToken) {
+        Arc::clone(&self).follow(connect, shutdown).await;
+        self.in_flight.close();
+        self.in_flight.wait().await;
+    }
+
+    /// [`Cluster::run`] up to shutdown.
+    async fn follow(self: Arc<Self>, connect: Connector, shutdown: CancellationToken) {
         let Some(mut jobs) = lock(&self.jobs).take() else {
             return;
         };
@@ -517,7 +529,7 @@ impl Cluster {
     fn spawn_write(self: &Arc<Self>, client: &Client, job: WriteJob) {
         let me = Arc::clone(self);
         let client = client.clone();
-        tokio::spawn(async move {
+        self.in_flight.spawn(async move {
             let result = me.write_job(client, job.ops, &job.by).await;
             let _ = job.reply.send(result);
         });
@@ -599,7 +611,10 @@ impl Cluster {
                 continue;
             }
             let objects = self.local_objects().await?;
-            let batch = self.differences(&desired, &objects);
+            // Comparing reads this node's PEM files: on a blocking thread.
+            let batch = tokio::task::spawn_blocking(move || differences(&desired, &objects))
+                .await
+                .map_err(|e| format!("comparing with the store: {e}"))?;
             let n = batch.len();
             if n > 0 {
                 if check {
@@ -634,36 +649,19 @@ impl Cluster {
 
     /// This node's table as the store's keys and values, each written by `origin`: what a
     /// seed and an import write.
-    fn table_values(
+    async fn table_values(
         &self,
-        objects: &FleetObjects,
+        objects: FleetObjects,
         origin: &DocOrigin,
-    ) -> Result<Vec<(String, Vec<u8>)>, String> {
-        let mut values = Vec::new();
-        for (listener, route) in &objects.routes {
-            let doc = self
-                .route_doc(route.clone(), origin)
-                .map_err(|e| e.to_string())?;
-            values.push((
-                self.keys.route(listener, &route.hostname),
-                doc::encode(&doc),
-            ));
-        }
-        for rule in &objects.rules {
-            let doc = RuleDoc {
-                rule: rule.clone(),
-                origin: origin.clone(),
-            };
-            values.push((self.keys.rule(&rule.value), doc::encode(&doc)));
-        }
-        for (listener, hostname) in &objects.no_sni {
-            let doc = NoSniDoc {
-                hostname: hostname.clone(),
-                origin: origin.clone(),
-            };
-            values.push((self.keys.no_sni(listener), doc::encode(&doc)));
-        }
-        Ok(values)
+    ) -> Result<(FleetObjects, Vec<(String, Vec<u8>)>), String> {
+        // The routes' PEM files are read on a blocking thread.
+        let (keys, origin) = (self.keys.clone(), origin.clone());
+        tokio::task::spawn_blocking(move || {
+            let values = table_values(&keys, &objects, &origin)?;
+            Ok((objects, values))
+        })
+        .await
+        .map_err(|e| format!("reading the routes' certificates: {e}"))?
     }
 
     /// Seeds an empty prefix from this node's database, guarded so that only one node does.
@@ -675,7 +673,8 @@ impl Cluster {
             by: "seed".into(),
         };
         let mut ops = vec![TxnOp::put(self.keys.seeded(), doc::encode(&origin), None)];
-        for (key, value) in self.table_values(&objects, &origin)? {
+        let (objects, values) = self.table_values(objects, &origin).await?;
+        for (key, value) in values {
             ops.push(TxnOp::put(key, value, None));
         }
         // etcd takes at most 128 operations per transaction by default: a larger seed goes
@@ -727,149 +726,6 @@ impl Cluster {
             .map_err(|e| e.to_string())
     }
 
-    /// What must be applied here for this node to hold what the store holds.
-    fn differences(&self, desired: &Desired, objects: &FleetObjects) -> Vec<(Synced, DocOrigin)> {
-        let mut batch = Vec::new();
-        let local: HashMap<(String, String), &Route> = objects
-            .routes
-            .iter()
-            .map(|(l, r)| ((l.clone(), r.hostname.clone()), r))
-            .collect();
-        for ((listener, hostname), want) in &desired.routes {
-            let same = local
-                .get(&(listener.clone(), hostname.clone()))
-                .and_then(|have| self.route_doc((*have).clone(), &DocOrigin::default()).ok())
-                .is_some_and(|have| have.same_content(want));
-            if !same && let Some(synced) = self.put_route(listener, want) {
-                batch.push((synced, want.origin.clone()));
-            }
-        }
-        let listeners: Vec<&String> = objects.no_sni.iter().map(|(l, _)| l).collect();
-        for (listener, hostname) in local.keys() {
-            if !desired
-                .routes
-                .contains_key(&(listener.clone(), hostname.clone()))
-            {
-                batch.push((
-                    Synced::DeleteRoute {
-                        listener: listener.clone(),
-                        hostname: hostname.clone(),
-                    },
-                    DocOrigin::default(),
-                ));
-            }
-        }
-        for (value, want) in &desired.rules {
-            if !objects.rules.iter().any(|r| &r.value == value) {
-                batch.push((Synced::PutRule(want.rule.clone()), want.origin.clone()));
-            }
-        }
-        for rule in &objects.rules {
-            if !desired.rules.contains_key(&rule.value) {
-                batch.push((Synced::DeleteRule(rule.clone()), DocOrigin::default()));
-            }
-        }
-        for (listener, have) in &objects.no_sni {
-            let want = desired.no_sni.get(listener);
-            let want_host = want.and_then(|d| d.hostname.clone());
-            if *have != want_host {
-                batch.push((
-                    Synced::NoSni {
-                        listener: listener.clone(),
-                        hostname: want_host,
-                    },
-                    want.map(|d| d.origin.clone()).unwrap_or_default(),
-                ));
-            }
-        }
-        // Routes of listeners this node does not have stay unapplied (named once).
-        for (listener, hostname) in desired.routes.keys() {
-            if !listeners.contains(&listener) {
-                tracing::debug!(listener = %listener, route = %hostname, "cluster route for a listener this node does not have: not served here");
-            }
-        }
-        batch.retain(|(s, _)| match s {
-            Synced::PutRoute { listener, .. } | Synced::NoSni { listener, .. } => {
-                listeners.contains(&listener)
-            }
-            _ => true,
-        });
-        batch
-    }
-
-    /// A route's store document: every field, its PEM instead of its paths.
-    fn route_doc(&self, mut route: Route, origin: &DocOrigin) -> Result<RouteDoc, ChangeError> {
-        let (mut cert_pem, mut key_pem) = (String::new(), String::new());
-        if !route.tls_cert.is_empty() {
-            cert_pem = read_pem(Path::new(&route.tls_cert))?;
-            key_pem = read_pem(Path::new(&route.tls_key))?;
-        }
-        route.tls_cert.clear();
-        route.tls_key.clear();
-        Ok(RouteDoc {
-            route,
-            cert_pem,
-            key_pem,
-            origin: origin.clone(),
-        })
-    }
-
-    /// [`Synced::PutRoute`] for `doc`, its PEM written to this node's files first.
-    fn put_route(&self, listener: &str, doc: &RouteDoc) -> Option<Synced> {
-        let mut route = doc.route.clone();
-        if !doc.cert_pem.is_empty() {
-            match self.write_pem(listener, &route.hostname, doc) {
-                Ok((cert, key)) => {
-                    route.tls_cert = cert.display().to_string();
-                    route.tls_key = key.display().to_string();
-                }
-                Err(e) => {
-                    tracing::error!(listener, route = %route.hostname, "cluster route's certificate not written: {e}");
-                    self.update_view(|v| v.last_error = format!("route {}: {e}", route.hostname));
-                    return None;
-                }
-            }
-        }
-        Some(Synced::PutRoute {
-            listener: listener.to_owned(),
-            route,
-        })
-    }
-
-    /// Writes a route's certificate and key (0600) under `cert_dir`, replacing them whole
-    /// (written aside, then renamed) when they differ.
-    fn write_pem(
-        &self,
-        listener: &str,
-        hostname: &str,
-        doc: &RouteDoc,
-    ) -> std::io::Result<(PathBuf, PathBuf)> {
-        let dir = self.settings.cert_dir.join(file_name(listener));
-        std::fs::create_dir_all(&dir)?;
-        let cert = dir.join(format!("{}.crt", file_name(hostname)));
-        let key = dir.join(format!("{}.key", file_name(hostname)));
-        for (path, text) in [(&cert, &doc.cert_pem), (&key, &doc.key_pem)] {
-            if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
-                continue;
-            }
-            let aside = path.with_extension("new");
-            {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&aside)?;
-                f.write_all(text.as_bytes())?;
-                f.sync_all()?;
-            }
-            std::fs::rename(&aside, path)?;
-        }
-        Ok((cert, key))
-    }
-
     /// Applies the watched events of one response, in order, skipping versions older than
     /// the one applied for the same key.
     async fn apply_watched(&self, resp: &etcd_client::WatchResponse) {
@@ -908,26 +764,30 @@ impl Cluster {
                 };
             }
             let put = event.event_type() == EventType::Put;
+            let ready = |synced: Synced, origin: DocOrigin| Some((Pending::Ready(synced), origin));
             let item = match (parsed, put) {
                 (Key::Route { listener, .. }, true) => match doc::decode::<RouteDoc>(kv.value()) {
-                    Ok(doc) => self.put_route(&listener, &doc).map(|s| (s, doc.origin)),
+                    Ok(doc) => {
+                        let origin = doc.origin.clone();
+                        Some((Pending::Route { listener, doc }, origin))
+                    }
                     Err(e) => {
                         tracing::error!(key, "cluster route does not decode, skipped: {e}");
                         None
                     }
                 },
-                (Key::Route { listener, hostname }, false) => Some((
+                (Key::Route { listener, hostname }, false) => ready(
                     Synced::DeleteRoute { listener, hostname },
                     deleted_by(revision),
-                )),
+                ),
                 (Key::Rule(_), true) => match doc::decode::<RuleDoc>(kv.value()) {
-                    Ok(doc) => Some((Synced::PutRule(doc.rule), doc.origin)),
+                    Ok(doc) => ready(Synced::PutRule(doc.rule), doc.origin),
                     Err(e) => {
                         tracing::error!(key, "cluster rule does not decode, skipped: {e}");
                         None
                     }
                 },
-                (Key::Rule(value), false) => Some((
+                (Key::Rule(value), false) => ready(
                     Synced::DeleteRule(FirewallRule {
                         kind: if value.contains('/') {
                             FirewallRuleKind::Cidr
@@ -937,27 +797,27 @@ impl Cluster {
                         value,
                     }),
                     deleted_by(revision),
-                )),
+                ),
                 (Key::NoSni { listener }, true) => match doc::decode::<NoSniDoc>(kv.value()) {
-                    Ok(doc) => Some((
+                    Ok(doc) => ready(
                         Synced::NoSni {
                             listener,
                             hostname: doc.hostname,
                         },
                         doc.origin,
-                    )),
+                    ),
                     Err(e) => {
                         tracing::error!(key, "cluster no-SNI route does not decode, skipped: {e}");
                         None
                     }
                 },
-                (Key::NoSni { listener }, false) => Some((
+                (Key::NoSni { listener }, false) => ready(
                     Synced::NoSni {
                         listener,
                         hostname: None,
                     },
                     deleted_by(revision),
-                )),
+                ),
                 (Key::Seeded | Key::LastChange, _) => None,
             };
             batch.extend(item);
@@ -977,18 +837,33 @@ impl Cluster {
 
     /// Applies `batch` through `control::apply`, one change per origin run (events name who
     /// made them), on a blocking thread.
-    async fn apply_batch(&self, batch: Vec<(Synced, DocOrigin)>, _why: Option<&str>) {
-        let mut runs: Vec<(DocOrigin, Vec<Synced>)> = Vec::new();
-        for (synced, origin) in batch {
-            match runs.last_mut() {
-                Some((o, items)) if *o == origin => items.push(synced),
-                _ => runs.push((origin, vec![synced])),
-            }
-        }
+    async fn apply_batch(&self, batch: Vec<(Pending, DocOrigin)>, _why: Option<&str>) {
         let control = Arc::clone(&self.control);
         let node = self.settings.node.clone();
+        let cert_dir = self.settings.cert_dir.clone();
         let failed = tokio::task::spawn_blocking(move || {
             let mut failed = Vec::new();
+            // A route's PEM files first (here, off the runtime), then one change per run of
+            // the same origin.
+            let mut runs: Vec<(DocOrigin, Vec<Synced>)> = Vec::new();
+            for (pending, origin) in batch {
+                let synced = match pending {
+                    Pending::Ready(synced) => synced,
+                    Pending::Route { listener, doc } => {
+                        match to_synced(&cert_dir, &listener, doc) {
+                            Ok(synced) => synced,
+                            Err(e) => {
+                                failed.push(e);
+                                continue;
+                            }
+                        }
+                    }
+                };
+                match runs.last_mut() {
+                    Some((o, items)) if *o == origin => items.push(synced),
+                    _ => runs.push((origin, vec![synced])),
+                }
+            }
             for (origin, items) in runs {
                 let caller = Caller::Node {
                     node: if origin.node.is_empty() {
@@ -1092,7 +967,11 @@ impl Cluster {
                     expect: at,
                 } => {
                     let key = self.keys.route(&listener, &route.hostname);
-                    let doc = self.route_doc(route, &origin)?;
+                    // The operator's PEM files, read off the runtime.
+                    let origin = origin.clone();
+                    let doc = tokio::task::spawn_blocking(move || route_doc(route, &origin))
+                        .await
+                        .map_err(|e| ChangeError::Internal(e.to_string()))??;
                     compares.push(expect(&key, at));
                     writes.push(TxnOp::put(key, doc::encode(&doc), None));
                 }
@@ -1216,7 +1095,8 @@ impl Cluster {
         let mut ops = vec![TxnOp::put(self.keys.seeded(), doc::encode(&origin), None)];
         let mut written = std::collections::HashSet::new();
         written.insert(self.keys.seeded());
-        for (key, value) in self.table_values(&objects, &origin)? {
+        let (objects, values) = self.table_values(objects, &origin).await?;
+        for (key, value) in values {
             written.insert(key.clone());
             ops.push(TxnOp::put(key, value, None));
         }
@@ -1303,6 +1183,198 @@ impl FleetStore for Cluster {
             .recv_timeout(self.settings.request_timeout * 2 + Duration::from_secs(1))
             .map_err(|_| self.unavailable("no answer from the cluster sync"))?
     }
+}
+
+/// A change of the batch being applied: ready, or a route whose PEM files are still to be
+/// written (on the blocking thread that applies the batch, never on the runtime's).
+#[derive(Debug)]
+enum Pending {
+    /// Applied as it is.
+    Ready(Synced),
+    /// A route of the fleet with its certificate as PEM.
+    Route {
+        /// The listener's name.
+        listener: String,
+        /// The route as the store holds it.
+        doc: RouteDoc,
+    },
+}
+
+/// What must be applied here for this node to hold what the store holds.
+fn differences(desired: &Desired, objects: &FleetObjects) -> Vec<(Pending, DocOrigin)> {
+    let mut batch = Vec::new();
+    let local: HashMap<(String, String), &Route> = objects
+        .routes
+        .iter()
+        .map(|(l, r)| ((l.clone(), r.hostname.clone()), r))
+        .collect();
+    for ((listener, hostname), want) in &desired.routes {
+        let same = local
+            .get(&(listener.clone(), hostname.clone()))
+            .and_then(|have| route_doc((*have).clone(), &DocOrigin::default()).ok())
+            .is_some_and(|have| have.same_content(want));
+        if !same {
+            batch.push((
+                Pending::Route {
+                    listener: listener.clone(),
+                    doc: want.clone(),
+                },
+                want.origin.clone(),
+            ));
+        }
+    }
+    let listeners: Vec<&String> = objects.no_sni.iter().map(|(l, _)| l).collect();
+    for (listener, hostname) in local.keys() {
+        if !desired
+            .routes
+            .contains_key(&(listener.clone(), hostname.clone()))
+        {
+            batch.push((
+                Pending::Ready(Synced::DeleteRoute {
+                    listener: listener.clone(),
+                    hostname: hostname.clone(),
+                }),
+                DocOrigin::default(),
+            ));
+        }
+    }
+    for (value, want) in &desired.rules {
+        if !objects.rules.iter().any(|r| &r.value == value) {
+            batch.push((
+                Pending::Ready(Synced::PutRule(want.rule.clone())),
+                want.origin.clone(),
+            ));
+        }
+    }
+    for rule in &objects.rules {
+        if !desired.rules.contains_key(&rule.value) {
+            batch.push((
+                Pending::Ready(Synced::DeleteRule(rule.clone())),
+                DocOrigin::default(),
+            ));
+        }
+    }
+    for (listener, have) in &objects.no_sni {
+        let want = desired.no_sni.get(listener);
+        let want_host = want.and_then(|d| d.hostname.clone());
+        if *have != want_host {
+            batch.push((
+                Pending::Ready(Synced::NoSni {
+                    listener: listener.clone(),
+                    hostname: want_host,
+                }),
+                want.map(|d| d.origin.clone()).unwrap_or_default(),
+            ));
+        }
+    }
+    // Routes of listeners this node does not have stay unapplied (named once).
+    for (listener, hostname) in desired.routes.keys() {
+        if !listeners.contains(&listener) {
+            tracing::debug!(listener = %listener, route = %hostname, "cluster route for a listener this node does not have: not served here");
+        }
+    }
+    batch.retain(|(s, _)| match s {
+        Pending::Route { listener, .. } | Pending::Ready(Synced::NoSni { listener, .. }) => {
+            listeners.contains(&listener)
+        }
+        Pending::Ready(_) => true,
+    });
+    batch
+}
+
+/// A route's store document: every field, its PEM instead of its paths.
+fn route_doc(mut route: Route, origin: &DocOrigin) -> Result<RouteDoc, ChangeError> {
+    let (mut cert_pem, mut key_pem) = (String::new(), String::new());
+    if !route.tls_cert.is_empty() {
+        cert_pem = read_pem(Path::new(&route.tls_cert))?;
+        key_pem = read_pem(Path::new(&route.tls_key))?;
+    }
+    route.tls_cert.clear();
+    route.tls_key.clear();
+    Ok(RouteDoc {
+        route,
+        cert_pem,
+        key_pem,
+        origin: origin.clone(),
+    })
+}
+
+/// [`Synced::PutRoute`] for `doc`, its PEM written to this node's files under `cert_dir`
+/// first. Blocking (call it on a blocking thread).
+fn to_synced(cert_dir: &Path, listener: &str, doc: RouteDoc) -> Result<Synced, String> {
+    let mut route = doc.route.clone();
+    if !doc.cert_pem.is_empty() {
+        let (cert, key) = write_pem(cert_dir, listener, &route.hostname, &doc)
+            .map_err(|e| format!("route {}: its certificate not written: {e}", route.hostname))?;
+        route.tls_cert = cert.display().to_string();
+        route.tls_key = key.display().to_string();
+    }
+    Ok(Synced::PutRoute {
+        listener: listener.to_owned(),
+        route,
+    })
+}
+
+/// Writes a route's certificate and key (0600) under `cert_dir`, replacing them whole
+/// (written aside, then renamed) when they differ.
+fn write_pem(
+    cert_dir: &Path,
+    listener: &str,
+    hostname: &str,
+    doc: &RouteDoc,
+) -> std::io::Result<(PathBuf, PathBuf)> {
+    let dir = cert_dir.join(file_name(listener));
+    std::fs::create_dir_all(&dir)?;
+    let cert = dir.join(format!("{}.crt", file_name(hostname)));
+    let key = dir.join(format!("{}.key", file_name(hostname)));
+    for (path, text) in [(&cert, &doc.cert_pem), (&key, &doc.key_pem)] {
+        if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        let aside = path.with_extension("new");
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&aside)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&aside, path)?;
+    }
+    Ok((cert, key))
+}
+
+/// [`Cluster::table_values`], blocking.
+fn table_values(
+    keys: &Keys,
+    objects: &FleetObjects,
+    origin: &DocOrigin,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut values = Vec::new();
+    for (listener, route) in &objects.routes {
+        let doc = route_doc(route.clone(), origin).map_err(|e| e.to_string())?;
+        values.push((keys.route(listener, &route.hostname), doc::encode(&doc)));
+    }
+    for rule in &objects.rules {
+        let doc = RuleDoc {
+            rule: rule.clone(),
+            origin: origin.clone(),
+        };
+        values.push((keys.rule(&rule.value), doc::encode(&doc)));
+    }
+    for (listener, hostname) in &objects.no_sni {
+        let doc = NoSniDoc {
+            hostname: hostname.clone(),
+            origin: origin.clone(),
+        };
+        values.push((keys.no_sni(listener), doc::encode(&doc)));
+    }
+    Ok(values)
 }
 
 /// A failed fleet-wide write in words an operator can act on. A request no member answered
