@@ -494,7 +494,10 @@ impl Signals {
                 stopping = true;
                 tracing::info!("{name}: shutting down gracefully (send again to exit at once)");
                 notify::stopping();
-                shutdown.cancel();
+                // /ready answers 503 at once; the listeners close after [proxy]
+                // shutdown_delay (a second signal meanwhile exits at once, below).
+                let (state, shutdown) = (Arc::clone(control.state()), shutdown.clone());
+                tokio::spawn(async move { server::drain_then_stop(&state, &shutdown).await });
             } else {
                 tracing::warn!("{name} again: exiting without waiting for connections");
                 std::process::exit(1);

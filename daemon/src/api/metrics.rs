@@ -819,7 +819,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
         Ok(addr) => tracing::info!("metrics listening on http://{addr}/metrics"),
         Err(e) => tracing::warn!("metrics listener without a local address: {e}"),
     }
-    let registry = Arc::new(registry(state));
+    let registry = Arc::new(registry(Arc::clone(&state)));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let tracker = TaskTracker::new();
     loop {
@@ -844,9 +844,10 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
                 }
             },
         };
-        let (registry, shutdown) = (Arc::clone(&registry), shutdown.clone());
+        let (registry, state, shutdown) =
+            (Arc::clone(&registry), Arc::clone(&state), shutdown.clone());
         tracker.spawn(async move {
-            serve_connection(stream, registry, shutdown).await;
+            serve_connection(stream, registry, state, shutdown).await;
             drop(permit);
         });
     }
@@ -858,11 +859,12 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     registry: Arc<Registry>,
+    state: Arc<State>,
     shutdown: CancellationToken,
 ) {
     let service = service_fn(move |req| {
-        let registry = Arc::clone(&registry);
-        async move { Ok::<_, Infallible>(respond(&req, &registry)) }
+        let (registry, state) = (Arc::clone(&registry), Arc::clone(&state));
+        async move { Ok::<_, Infallible>(respond(&req, &registry, &state)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -881,13 +883,22 @@ async fn serve_connection(
     }
 }
 
-/// The answer to one request: the scrape, 404 or 405.
-fn respond(req: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
-    if req.uri().path() != "/metrics" {
-        return text(
-            StatusCode::NOT_FOUND,
-            "not found: metrics are at /metrics\n",
-        );
+/// The answer to one request: the scrape, the readiness answer, 404 or 405.
+fn respond(req: &Request<Incoming>, registry: &Registry, state: &State) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/metrics" => {}
+        // For a load balancer's health check: 503 once shutdown has begun, while the
+        // listeners still accept for [proxy] shutdown_delay.
+        "/ready" if state.is_draining() => {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        }
+        "/ready" => return text(StatusCode::OK, "ready\n"),
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found: metrics are at /metrics, readiness at /ready\n",
+            );
+        }
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = text(

@@ -324,6 +324,8 @@ struct FileProxy {
     keepalive_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     shutdown_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    shutdown_delay: Option<Duration>,
     max_connections: Option<usize>,
     backend_ca: Option<PathBuf>,
     max_request_head: Option<usize>,
@@ -592,6 +594,9 @@ impl FileConfig {
     }
 }
 
+/// The longest `[proxy] shutdown_delay`: a load balancer's check notices in seconds.
+const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
+
 /// `[proxy]`: every setting, defaults filled in, each out of its bounds a problem.
 fn validate_proxy(p: FileProxy, problem: &mut impl FnMut(String, String)) -> ProxyConfig {
     let defaults = ProxyConfig::default();
@@ -607,6 +612,7 @@ fn validate_proxy(p: FileProxy, problem: &mut impl FnMut(String, String)) -> Pro
             .unwrap_or(defaults.request_header_timeout),
         keepalive_timeout: p.keepalive_timeout.unwrap_or(defaults.keepalive_timeout),
         shutdown_timeout: p.shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
+        shutdown_delay: p.shutdown_delay.unwrap_or(defaults.shutdown_delay),
         max_connections: p.max_connections.unwrap_or(defaults.max_connections),
         backend_ca: p.backend_ca.filter(|p| !p.as_os_str().is_empty()),
         max_request_head: p.max_request_head.unwrap_or(defaults.max_request_head),
@@ -657,6 +663,15 @@ fn validate_proxy(p: FileProxy, problem: &mut impl FnMut(String, String)) -> Pro
     }
     if proxy.max_connections == 0 {
         problem("proxy.max_connections".into(), "must be at least 1".into());
+    }
+    if proxy.shutdown_delay > MAX_SHUTDOWN_DELAY {
+        problem(
+            "proxy.shutdown_delay".into(),
+            format!(
+                "must be at most {}",
+                humantime::format_duration(MAX_SHUTDOWN_DELAY)
+            ),
+        );
     }
     if proxy.workers > MAX_WORKERS {
         problem(
@@ -1944,6 +1959,18 @@ mod tests {
                  backend)",
                 "proxy.backend_eject_max_time: must be at least backend_eject_time (10s)",
             ]
+        );
+    }
+
+    #[test]
+    fn shutdown_delay_defaults_to_none_and_is_bounded() {
+        let f = Fixture::new();
+        assert_eq!(f.parse("").unwrap().proxy.shutdown_delay, Duration::ZERO);
+        let config = f.parse("[proxy]\nshutdown_delay = \"2s\"\n").unwrap();
+        assert_eq!(config.proxy.shutdown_delay, Duration::from_secs(2));
+        assert_eq!(
+            f.problems("[proxy]\nshutdown_delay = \"6m\"\n"),
+            ["proxy.shutdown_delay: must be at most 5m"]
         );
     }
 }

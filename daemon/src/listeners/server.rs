@@ -277,6 +277,26 @@ impl Running {
     }
 }
 
+/// The start of a graceful shutdown (SIGTERM, SIGINT): `/ready` answers 503 at once, the
+/// listeners keep accepting for `[proxy] shutdown_delay` (a load balancer's health check
+/// takes the node out meanwhile, so no client is refused by a closed listener or reset in
+/// its backlog), then `shutdown` fires and the drain of [`run`] / [`Workers`] begins.
+pub async fn drain_then_stop(state: &State, shutdown: &CancellationToken) {
+    state.begin_draining();
+    let delay = state.proxy().shutdown_delay;
+    if !delay.is_zero() {
+        tracing::info!(
+            "draining: /ready answers 503; listeners stay open for shutdown_delay {}",
+            humantime::format_duration(delay)
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => {}
+        }
+    }
+    shutdown.cancel();
+}
+
 /// Serves `listeners` on the caller's runtime until `shutdown` fires, then drains (see the
 /// module docs): one worker's share of the data plane, the same `serve_worker` each of the
 /// daemon's [`Workers`] runs. The end-to-end tests call it on port 0.

@@ -59,6 +59,9 @@ pub struct ProxyConfig {
     pub keepalive_timeout: Duration,
     /// On SIGTERM/SIGINT, how long open connections may take to finish.
     pub shutdown_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long the listeners keep accepting while `/ready` answers 503,
+    /// so that a load balancer's health check takes the node out before they close.
+    pub shutdown_delay: Duration,
     /// Connections open at once across all listeners; more are closed on accept.
     pub max_connections: usize,
     /// Extra CA bundle trusted for `backend_tls` (L7).
@@ -92,6 +95,7 @@ impl Default for ProxyConfig {
             request_header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
             max_connections: 10_000,
             backend_ca: None,
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
@@ -133,6 +137,7 @@ impl ProxyConfig {
             request_header_timeout: _,
             keepalive_timeout: _,
             shutdown_timeout: _,
+            shutdown_delay: _,
             max_connections: _,
             backend_ca: _,
             max_request_head: _,
@@ -174,6 +179,7 @@ impl ProxyConfig {
             request_header_timeout,
             keepalive_timeout,
             shutdown_timeout,
+            shutdown_delay,
             max_request_head,
             backend_eject_after,
             backend_eject_time,
@@ -598,6 +604,9 @@ pub struct State {
     cluster: ArcSwapOption<crate::model::cluster::ClusterView>,
     /// This node's name in the fleet, set once when it joins: the access lines name it.
     node: std::sync::OnceLock<Arc<str>>,
+    /// Shutdown has begun: `/ready` answers 503 (the listeners may still accept, for
+    /// `[proxy] shutdown_delay`).
+    draining: std::sync::atomic::AtomicBool,
     /// Counters per (listener id, hostname), kept across route table swaps. Locked only while
     /// building a table, never on the data path.
     route_stats: Mutex<HashMap<(i64, String), Arc<RouteStats>>>,
@@ -625,6 +634,7 @@ impl State {
             firewall: ArcSwap::from_pointee(firewall),
             cluster: ArcSwapOption::empty(),
             node: std::sync::OnceLock::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
             route_stats: Mutex::new(route_stats),
         }
     }
@@ -667,6 +677,17 @@ impl State {
     /// The link to the fleet's store (`None`: not a cluster node).
     pub fn cluster(&self) -> Option<Arc<crate::model::cluster::ClusterView>> {
         self.cluster.load_full()
+    }
+
+    /// Whether shutdown has begun (`/ready` answers 503).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Shutdown begins: from now on `/ready` answers 503.
+    pub fn begin_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// This node's name in the fleet (`None`: not a cluster node).

@@ -726,3 +726,231 @@ async fn a_single_nodes_database_moves_into_the_fleet_and_back() {
             .is_blocked("192.0.2.44".parse().unwrap())
     );
 }
+
+/// A TLS handshake for `sni` through `addr`, from the local address `from` (127.0.0.2: an
+/// address other than the balancer's, so the hops can be told apart on loopback).
+async fn tls_from(
+    from: std::net::IpAddr,
+    addr: SocketAddr,
+    sni: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> std::io::Result<SocketAddr> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    let stream = socket.connect(addr).await?;
+    let me = stream.local_addr()?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await?;
+    use tokio::io::AsyncWriteExt;
+    tls.shutdown().await?;
+    Ok(me)
+}
+
+/// The README's recipe: HAProxy in front (`mode tcp`, `balance roundrobin`, `send-proxy-v2`,
+/// health checks), two nodes of one fleet with `proxy_protocol` from the balancer only,
+/// backends that get the client's address in a PROXY header of their own.
+#[tokio::test]
+async fn behind_haproxy_a_draining_node_loses_no_client_and_the_client_address_crosses_both_hops() {
+    if !etcd::available() {
+        return;
+    }
+    let store = EtcdCluster::start(3).await;
+    let pki = Pki::new();
+    let backend = TlsBackend::start_proxied(&pki, &["app.test", "late.test"]).await;
+    let prefix = "/mc-proxy/recipe";
+    // SIGTERM's path keeps the listeners open for a second while /ready says 503.
+    let node = |name: &str, routes: &str| {
+        let config = node_config(name, &store.endpoints(), prefix, routes);
+        format!("[proxy]\nshutdown_delay = \"1s\"\n{config}").replace(
+            &format!("addr = {L:?}\n"),
+            &format!(
+                "addr = {L:?}\nproxy_protocol = true\nproxy_protocol_from = [\"127.0.0.1/32\"]\n"
+            ),
+        )
+    };
+    let seed = format!(
+        "{}send_proxy_protocol = true\n",
+        l4_route("app.test", backend.addr)
+    );
+    let mut a = Proxy::start(&node("a", &seed)).await;
+    connected(&a).await;
+    let b = Proxy::start(&node("b", "")).await;
+    connected(&b).await;
+    until("B has the route", Duration::from_secs(10), || {
+        served(&b, "app.test")
+    })
+    .await;
+
+    let reserved = mc_proxy_tests::ReservedPort::new();
+    let port = reserved.port;
+    let config = format!(
+        "defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 10s
+    timeout server 10s
+    retries 3
+    option redispatch
+frontend edge
+    bind 127.0.0.1:{port}
+    default_backend nodes
+backend nodes
+    balance roundrobin
+    option httpchk GET /ready
+    server a {} send-proxy-v2 check port {} inter 100ms fall 1 rise 2
+    server b {} send-proxy-v2 check port {} inter 100ms fall 1 rise 2
+",
+        a.addr(),
+        a.metrics.port(),
+        b.addr(),
+        b.metrics.port()
+    );
+    let Some(_haproxy) =
+        super::haproxy::Haproxy::start(tempfile::tempdir().unwrap(), &config, reserved).await
+    else {
+        return;
+    };
+    let edge: SocketAddr = ([127, 0, 0, 1], port).into();
+    let client: std::net::IpAddr = [127, 0, 0, 2].into();
+
+    // Both nodes serve, and the client's own address reaches the backend through both hops.
+    for _ in 0..6 {
+        tls_from(client, edge, "app.test", pki.client_config())
+            .await
+            .expect("through the fleet");
+    }
+    until("each node relayed some", Duration::from_secs(5), || {
+        a.state.listeners()[0]
+            .counters
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 1
+            && b.state.listeners()[0]
+                .counters
+                .accepted
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 1
+    })
+    .await;
+    let sources: Vec<_> = backend
+        .headers
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h.source)
+        .collect();
+    assert!(
+        !sources.is_empty() && sources.iter().all(|s| s.ip() == client),
+        "{sources:?}"
+    );
+
+    // A firewall rule added through one node blocks that client on every node (it is the
+    // client's address the nodes see, not the balancer's); others pass.
+    let rule = FirewallRule {
+        kind: FirewallRuleKind::Ip,
+        value: "127.0.0.2".into(),
+    };
+    b.admin()
+        .await
+        .add_firewall_rule(rule.clone())
+        .await
+        .unwrap();
+    until("A blocks it too", Duration::from_secs(5), || {
+        a.state.firewall().is_blocked(client)
+    })
+    .await;
+    for _ in 0..4 {
+        assert!(
+            tls_from(client, edge, "app.test", pki.client_config())
+                .await
+                .is_err(),
+            "blocked"
+        );
+        tls_from([127, 0, 0, 3].into(), edge, "app.test", pki.client_config())
+            .await
+            .expect("another client passes");
+    }
+    b.admin().await.remove_firewall_rule(rule).await.unwrap();
+    until("A unblocks it", Duration::from_secs(5), || {
+        !a.state.firewall().is_blocked(client)
+    })
+    .await;
+
+    // Under a steady stream of new connections, node A drains (SIGTERM's path): HAProxy's
+    // check takes it out and re-dispatches what it refuses; no client connection fails.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = {
+        let (stop, config) = (stop.clone(), pki.client_config());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.is_cancelled() {
+                match tls_from(client, edge, "app.test", config.clone()).await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let ready = |addr| async move {
+        mc_proxy_tests::web::http1_request(addr, "GET", "/ready", &[])
+            .await
+            .status
+    };
+    assert_eq!(ready(a.metrics).await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let draining = {
+        let (state, shutdown) = (std::sync::Arc::clone(&a.state), a.shutdown.clone());
+        tokio::spawn(async move {
+            mc_proxy::listeners::server::drain_then_stop(&state, &shutdown).await
+        })
+    };
+    let asked = Instant::now();
+    while ready(a.metrics).await != 503 {
+        assert!(
+            asked.elapsed() < Duration::from_millis(500),
+            "/ready says draining at once"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !a.shutdown.is_cancelled(),
+        "the listeners stay open for shutdown_delay"
+    );
+    draining.await.unwrap();
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "shutdown_delay held: {:?}",
+        asked.elapsed()
+    );
+    a.stop().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    // A route added through the node left is served through the balancer.
+    b.admin()
+        .await
+        .add_route(
+            L,
+            Route {
+                send_proxy_protocol: true,
+                ..route("late.test", backend.addr)
+            },
+        )
+        .await
+        .unwrap();
+    tls_from(client, edge, "late.test", pki.client_config())
+        .await
+        .expect("the new route through the balancer");
+    stop.cancel();
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 20, "the load ran: {ok} connections");
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    println!("FIGURE recipe: {ok} connections through HAProxy while a node drained, 0 failed");
+}

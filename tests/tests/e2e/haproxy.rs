@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A HAProxy process running a generated config; killed on drop.
-struct Haproxy {
+pub(crate) struct Haproxy {
     child: Child,
     _dir: tempfile::TempDir,
     _port: ReservedPort,
@@ -24,7 +24,7 @@ impl Haproxy {
     /// Starts HAProxy, or returns `None` (after saying so) when it is not installed.
     /// HAProxy binds `reserved` beside the reservation (both use `SO_REUSEPORT`), which it
     /// keeps until it is killed.
-    async fn start(
+    pub(crate) async fn start(
         dir: tempfile::TempDir,
         config: &str,
         reserved: ReservedPort,
