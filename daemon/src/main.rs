@@ -45,7 +45,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// Signals: SIGHUP re-reads every L7 route's certificate and key and serves the ones that load
 /// to new handshakes (a pair that fails keeps the old certificate and is logged; the same as
-/// `mcproxyctl reload`). SIGTERM or SIGINT stops accepting and waits up to [proxy]
+/// `mcproxyctl reload`). SIGTERM or SIGINT makes GET /ready (on the metrics address) answer
+/// 503, keeps accepting for [proxy] shutdown_delay (0 by default: a load balancer's health
+/// check takes the node out meanwhile), then stops accepting and waits up to [proxy]
 /// shutdown_timeout for open connections (the admin API and /metrics answer until they are
 /// done); a second one exits at once. Under systemd
 /// (Type=notify, see srv/mc-proxy.service) it reports READY=1 once listening, RELOADING=1 and
