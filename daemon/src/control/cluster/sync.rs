@@ -630,7 +630,7 @@ impl Cluster {
                         "cluster store read: applying what differs"
                     );
                 }
-                self.apply_batch(batch, None).await;
+                self.apply_batch(batch).await;
             }
             *lock(&self.mirror) = mirror;
             self.applied.send_if_modified(|a| {
@@ -823,7 +823,7 @@ impl Cluster {
             batch.extend(item);
         }
         if !batch.is_empty() {
-            self.apply_batch(batch, None).await;
+            self.apply_batch(batch).await;
         }
         if newest > 0 {
             self.applied.send_if_modified(|a| {
@@ -837,7 +837,7 @@ impl Cluster {
 
     /// Applies `batch` through `control::apply`, one change per origin run (events name who
     /// made them), on a blocking thread.
-    async fn apply_batch(&self, batch: Vec<(Pending, DocOrigin)>, _why: Option<&str>) {
+    async fn apply_batch(&self, batch: Vec<(Pending, DocOrigin)>) {
         let control = Arc::clone(&self.control);
         let node = self.settings.node.clone();
         let cert_dir = self.settings.cert_dir.clone();
@@ -1057,7 +1057,7 @@ impl Cluster {
     /// deletes what the prefix holds and this node does not. Written in transactions of at
     /// most 100 objects, the guard first. Returns a summary line.
     pub async fn import_local(&self, replace: bool) -> Result<String, String> {
-        let mut client = super::client::connect(&self.settings.config)
+        let client = super::client::connect(&self.settings.config)
             .await
             .map_err(|e| e.to_string())?;
         let root = self.keys.root().to_owned();
@@ -1117,7 +1117,6 @@ impl Cluster {
             .await
             .map_err(|e| format!("writing the prefix: {e}"))?;
         }
-        let _ = &mut client;
         Ok(format!(
             "imported {} route(s), {} firewall rule(s) and {} listener setting(s) into {} \
              (prefix {}){}",
