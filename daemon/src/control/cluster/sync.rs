@@ -7,8 +7,10 @@
 //! from R+1. Every watched event is applied the same way, in revision order. A compacted
 //! revision (the node was away too long) means a full read again, applied as a difference:
 //! never a silent gap. A periodic full comparison proves the node and the store agree, and
-//! repairs (and counts) any difference; progress requests tell how far behind the store the
-//! node is when nothing changes.
+//! repairs (and counts) any difference; a one-key read of the table's newest change every
+//! 2 s tells how far behind the store the node is. Only events move the applied revision:
+//! a watch response without events (the one creating it, etcd 3.4's progress answer) may
+//! come before the events it claims are delivered.
 //!
 //! Write path: a fleet-wide change is checked by `apply` ([`FleetStore::write`] gets its
 //! writes), sent as one etcd transaction that compares the revision of every object it
@@ -36,7 +38,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, WatchOptions,
 };
 use mc_proxy_shared::{FirewallRule, FirewallRuleKind, Route};
 use tokio::sync::{mpsc, watch};
@@ -55,7 +58,7 @@ const MAX_PEM: u64 = 1024 * 1024;
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How often the node asks the store how far it is (progress) and refreshes its registry
+/// How often the node reads the table's newest change (for "behind by N") and refreshes its registry
 /// entry when its applied revision moved.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// A link that worked this long is retried at once when it breaks.
@@ -406,18 +409,13 @@ impl Cluster {
         'watch: loop {
             tracing::debug!(from = start, "cluster store: opening the watch");
             let root = self.keys.root().to_owned();
-            let (mut watcher, mut stream) = self
+            let (_requests, mut stream) = self
                 .etcd(&client, |mut c| {
                     let root = root.clone();
                     async move {
                         c.watch(
                             root,
-                            Some(
-                                WatchOptions::new()
-                                    .with_prefix()
-                                    .with_start_revision(start)
-                                    .with_progress_notify(),
-                            ),
+                            Some(WatchOptions::new().with_prefix().with_start_revision(start)),
                         )
                         .await
                     }
@@ -448,22 +446,15 @@ impl Cluster {
                             // The old watch ends when its stream is dropped.
                             continue 'watch;
                         }
-                        let store_revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+                                                // Only events move the applied revision. A response without events
+                        // proves nothing: the one that creates the watch, and etcd 3.4's answer
+                        // to a progress request, carry the store's revision now while events
+                        // from the start revision may still be on their way (taking them for
+                        // progress made a reconnected node skip a route: the quorum test).
                         self.apply_watched(&resp).await;
-                        if resp.events().is_empty() && store_revision > 0 {
-                            // A progress answer: every event up to it has been delivered.
-                            self.applied.send_if_modified(|a| {
-                                let moved = store_revision > *a;
-                                *a = (*a).max(store_revision);
-                                moved
-                            });
-                        }
                         let applied = *self.applied.borrow();
                         *resume = Some(applied);
-                        self.update_view(|v| {
-                            v.applied = applied;
-                            v.store_revision = v.store_revision.max(store_revision).max(applied);
-                        });
+                        self.update_view(|v| v.applied = applied);
                     }
                     Some(job) = jobs.recv() => self.spawn_write(&client, job),
                     _ = keep_alive.tick() => {
@@ -476,8 +467,11 @@ impl Cluster {
                             Err(e) => return Err(format!("lease keep-alive: {e}")),
                         }
                     }
-                    _ = progress.tick() => {
-                        watcher.request_progress().await.map_err(|e| format!("watch progress: {e}"))?;
+                                        _ = progress.tick() => {
+                        // How far the table is: its newest change's revision (every change
+                        // writes `last-change`), for "behind by N".
+                        let newest = self.newest_change(&client).await?;
+                        self.update_view(|v| v.store_revision = newest);
                                                 // Rewritten only when the table moved: registry writes are not
                         // table changes, so nodes do not keep each other rewriting.
                         let table = self.table_revision();
@@ -523,6 +517,31 @@ impl Cluster {
     /// The newest table revision applied here.
     fn table_revision(&self) -> i64 {
         self.table.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The revision of the table's newest change: the prefix's highest mod revision.
+    async fn newest_change(&self, client: &Client) -> Result<i64, String> {
+        let root = self.keys.root().to_owned();
+        let resp = self
+            .etcd(client, |mut c| {
+                let root = root.clone();
+                async move {
+                    c.get(
+                        root,
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_sort(SortTarget::Mod, SortOrder::Descend)
+                                .with_limit(1)
+                                .with_keys_only(),
+                        ),
+                    )
+                    .await
+                }
+            })
+            .await
+            .map_err(|e| format!("reading the newest change: {e}"))?;
+        Ok(resp.kvs().first().map_or(0, |kv| kv.mod_revision()))
     }
 
     /// Runs one fleet-wide write on its own task (writes do not wait for each other).
