@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod ctl;
+pub mod declared;
 pub mod edit;
 pub mod export;
 pub mod format;
