@@ -244,6 +244,8 @@ pub struct Declared {
     pub rules: Vec<FirewallRule>,
     /// One line per section of the file that apply does not touch.
     pub notes: Vec<String>,
+    /// The file's directory, which its relative certificate paths are taken from.
+    pub dir: PathBuf,
 }
 
 impl Declared {
@@ -318,6 +320,7 @@ impl Declared {
             listeners,
             rules,
             notes,
+            dir: dir.to_path_buf(),
         })
     }
 }
@@ -748,7 +751,8 @@ pub fn plan(
                     route: want.clone(),
                 }),
                 Some(e) => {
-                    if let Some(c) = route_change(&have.addr, &label, &e.route, want) {
+                    if let Some(c) = route_change(&have.addr, &label, &e.route, want, &declared.dir)
+                    {
                         p.changes.push(c);
                     }
                 }
@@ -793,8 +797,16 @@ pub fn plan(
     Ok(p)
 }
 
-/// The update that makes `have` the route `want` is, field by field, or `None`.
-fn route_change(listener: &str, label: &str, have: &Route, want: &Route) -> Option<Change> {
+/// The update that makes `have` the route `want` is, field by field, or `None`. A relative
+/// certificate path stored from the daemon's TOML is taken as the file's when the file writes
+/// it the same (`dir` joined to it), so that an export applies with no change.
+fn route_change(
+    listener: &str,
+    label: &str,
+    have: &Route,
+    want: &Route,
+    dir: &Path,
+) -> Option<Change> {
     let mut patch = RoutePatch::default();
     let mut fields = Vec::new();
     let weights = |r: &Route| -> Vec<(String, u32)> {
@@ -849,8 +861,18 @@ fn route_change(listener: &str, label: &str, have: &Route, want: &Route) -> Opti
         patch.health_check = Some(want.health_check.clone());
     }
     field!(mode, |r| r.mode.to_string());
-    field!(tls_cert, |r| or_dash(&r.tls_cert).to_owned());
-    field!(tls_key, |r| or_dash(&r.tls_key).to_owned());
+    let same_path = |have: &str, want: &str| {
+        have == want
+            || (!have.is_empty()
+                && Path::new(have).is_relative()
+                && dir.join(have) == Path::new(want))
+    };
+    if !same_path(&have.tls_cert, &want.tls_cert) {
+        field!(tls_cert, |r| or_dash(&r.tls_cert).to_owned());
+    }
+    if !same_path(&have.tls_key, &want.tls_key) {
+        field!(tls_key, |r| or_dash(&r.tls_key).to_owned());
+    }
     field!(backend_tls, |r| r.backend_tls.to_string());
     // L4 routes speak no HTTP to their backend, and export leaves the field out there.
     if want.mode == Mode::L7 {
@@ -1042,7 +1064,8 @@ balance = "least_conn"
             health_check: Some(HealthCheck::default()),
             ..have.clone()
         };
-        let Some(Change::UpdateRoute { fields, patch, .. }) = route_change("l", "l", &have, &want)
+        let Some(Change::UpdateRoute { fields, patch, .. }) =
+            route_change("l", "l", &have, &want, Path::new("/etc"))
         else {
             panic!("a change");
         };
@@ -1066,6 +1089,21 @@ balance = "least_conn"
         let patch = patch.unwrap();
         assert_eq!(patch.mode, Some(Mode::L7));
         assert_eq!(patch.backends, None);
+        // A relative path stored from the daemon's TOML, written the same in the file.
+        let stored = Route {
+            tls_cert: "c.pem".into(),
+            tls_key: "k.pem".into(),
+            ..want.clone()
+        };
+        let file = Route {
+            tls_cert: "/etc/c.pem".into(),
+            tls_key: "/etc/k.pem".into(),
+            ..want.clone()
+        };
+        assert_eq!(
+            route_change("l", "l", &stored, &file, Path::new("/etc")),
+            None
+        );
     }
 
     #[test]
@@ -1089,6 +1127,13 @@ balance = "least_conn"
             ),
             "{weight}"
         );
+        let member = parse(
+            "[[listeners]]\nname = \"public\"\n[[listeners.routes]]\nhostname = \"a.test\"\n\
+             backends = [{ address = \"10.0.0.1:80\", wieght = 2 }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(member.contains("wieght"), "{member}");
         let d = parse("[[listeners]]\nname = \"other\"\n").unwrap();
         let missing = plan(&d, &[have_listener()], &[], &[], false)
             .unwrap_err()

@@ -2205,3 +2205,76 @@ async fn a_refused_change_stops_the_apply_and_lists_what_was_applied() {
     let o = ctl(&proxy, &["routes", "list", "--no-headers"]).await;
     assert_eq!(stdout(&o), "", "the refused route is not there");
 }
+
+#[tokio::test]
+async fn apply_on_a_cluster_node_changes_the_fleet_and_stops_when_the_store_is_away() {
+    use mc_proxy::model::cluster::Link;
+    use mc_proxy_tests::etcd::{self, EtcdCluster};
+    if !etcd::available() {
+        return;
+    }
+    let mut store = EtcdCluster::start(1).await;
+    let endpoints: Vec<String> = store.endpoints().iter().map(|e| format!("{e:?}")).collect();
+    let config = |name: &str| {
+        format!(
+            "[cluster]\nendpoints = [{}]\nprefix = \"/mc-proxy/apply\"\nname = {name:?}\n\
+             request_timeout = \"2s\"\nconnect_timeout = \"1s\"\nlease_ttl = \"4s\"\n\
+             [[listeners]]\naddr = \"127.0.0.1:0\"\n",
+            endpoints.join(", ")
+        )
+    };
+    let a = Proxy::start(&config("a")).await;
+    let b = Proxy::start(&config("b")).await;
+    for p in [&a, &b] {
+        let start = std::time::Instant::now();
+        while p.state.cluster().map(|v| v.link.clone()) != Some(Link::Connected) {
+            assert!(start.elapsed() < Duration::from_secs(20), "node connected");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    let route = |hostname: &str| {
+        format!("[[listeners.routes]]\nhostname = {hostname:?}\nbackend = \"127.0.0.1:9001\"\n")
+    };
+    let head = "[firewall]\nblocked_ips = [\"192.0.2.7\"]\n[[listeners]]\naddr = \"127.0.0.1:0\"\n";
+    std::fs::write(&path, format!("{head}{}", route("fleet.test"))).unwrap();
+    let path = path.display().to_string();
+
+    // Applied through A: the fleet's change, which B serves and then has nothing to change.
+    let o = ctl(&a, &["apply", "-f", &path]).await;
+    assert_ok(&o);
+    let start = std::time::Instant::now();
+    loop {
+        let o = ctl(&b, &["diff", "-f", &path]).await;
+        if o.status.code() == Some(0) {
+            assert_eq!(stdout(&o), "no changes\n");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", stdout(&o));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let o = ctl(&b, &["apply", "-f", &path]).await;
+    assert_eq!(stdout(&o), "no changes\n");
+
+    // The store away: the first change is refused with the cluster's exit status, naming the
+    // file, listener and route; nothing changed.
+    store.kill(0);
+    std::fs::write(
+        &path,
+        format!("{head}{}{}", route("fleet.test"), route("more.test")),
+    )
+    .unwrap();
+    let o = ctl(&a, &["apply", "-f", &path]).await;
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{path}: listener 127.0.0.1:0, route more.test: refused"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("nothing was applied"), "{err}");
+    let o = ctl(&a, &["routes", "list", "--no-headers"]).await;
+    assert!(!stdout(&o).contains("more.test"), "{}", stdout(&o));
+}
