@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mc_proxy_shared::client::{ListenerStatus, ListenerUpdate, RouteEntry, RoutePatch};
+use mc_proxy_shared::route_check;
 use mc_proxy_shared::text::clip;
 use mc_proxy_shared::{
     AdminState, BackendProtocol, Balance, FirewallRule, FirewallRuleKind, HealthCheck, Mode, Route,
@@ -350,9 +351,10 @@ fn name(s: &str) -> String {
     }
 }
 
-/// Lowercase without a trailing dot: how the daemon stores a route's hostname.
+/// How the daemon stores a route's hostname (`App.Test.` is `app.test`); a name that cannot
+/// be one is kept as written, for the checks to refuse.
 fn hostname(h: &str) -> String {
-    h.trim().trim_end_matches('.').to_ascii_lowercase()
+    route_check::route_name(h).unwrap_or_else(|| h.trim().to_owned())
 }
 
 fn listener(
@@ -408,14 +410,11 @@ fn listener(
     })
 }
 
-/// The route the file declares, checked with the shared rules (parsers, weight bounds, health
-/// check timing); every problem, not the first.
+/// The route the file declares, checked with the shared rules (the model's parsers and
+/// `route_check`, as the daemon checks a route); every problem, not the first.
 fn route(fr: FileRoute, dir: &Path) -> Result<Route, Vec<String>> {
     let mut errors = Vec::new();
     let name = hostname(&fr.hostname);
-    if name.is_empty() || name.contains(char::is_whitespace) {
-        errors.push(format!("invalid hostname {}", clip(&fr.hostname)));
-    }
     let mode = fr
         .mode
         .parse::<Mode>()
@@ -442,17 +441,6 @@ fn route(fr: FileRoute, dir: &Path) -> Result<Route, Vec<String>> {
             }
         }
     }
-    for (i, b) in backends.iter().enumerate() {
-        if let Err(e) = b.check_weight() {
-            errors.push(e.to_string());
-        }
-        if backends[..i]
-            .iter()
-            .any(|o| o.address.eq_ignore_ascii_case(&b.address))
-        {
-            errors.push(format!("backend {} is listed twice", clip(&b.address)));
-        }
-    }
     let health_check = match fr.health_check.map(check).transpose() {
         Ok(c) => c,
         Err(e) => {
@@ -467,12 +455,10 @@ fn route(fr: FileRoute, dir: &Path) -> Result<Route, Vec<String>> {
             dir.join(PathBuf::from(&p)).display().to_string()
         }
     };
-    let (Ok(mode), Ok(balance), Ok(backend_protocol), true) =
-        (mode, balance, protocol, errors.is_empty())
-    else {
+    let (Ok(mode), Ok(balance), Ok(backend_protocol)) = (mode, balance, protocol) else {
         return Err(errors);
     };
-    Ok(Route {
+    let route = Route {
         hostname: name,
         backends,
         balance,
@@ -484,7 +470,19 @@ fn route(fr: FileRoute, dir: &Path) -> Result<Route, Vec<String>> {
         send_proxy_protocol: fr.send_proxy_protocol,
         backend_protocol,
         access_log: fr.access_log,
-    })
+    };
+    // The daemon's own checks on the fields (hostname, backend addresses, weights, duplicates,
+    // the health check's timing and path, what l7 needs): the same words as its refusals.
+    errors.extend(
+        route_check::route_field_problems(&route)
+            .iter()
+            .map(ToString::to_string),
+    );
+    if errors.is_empty() {
+        Ok(route)
+    } else {
+        Err(errors)
+    }
 }
 
 fn member(entry: FileBackend) -> Result<RouteBackend, String> {
@@ -521,7 +519,7 @@ fn check(fc: FileHealthCheck) -> Result<HealthCheck, String> {
         Some(text) => humantime::parse_duration(&text)
             .map_err(|e| format!("health_check.{key}: invalid duration {}: {e}", clip(&text))),
     };
-    let check = HealthCheck {
+    Ok(HealthCheck {
         interval: duration("interval", fc.interval, d.interval)?,
         timeout: duration("timeout", fc.timeout, d.timeout)?,
         rise: fc.rise.unwrap_or(d.rise),
@@ -533,9 +531,7 @@ fn check(fc: FileHealthCheck) -> Result<HealthCheck, String> {
                 .parse::<StatusClasses>()
                 .map_err(|e| format!("health_check: {e}"))?,
         },
-    };
-    check.check_timing().map_err(|e| e.to_string())?;
-    Ok(check)
+    })
 }
 
 // ---- The plan. ----
@@ -1134,6 +1130,22 @@ balance = "least_conn"
         .unwrap_err()
         .to_string();
         assert!(member.contains("wieght"), "{member}");
+        // The daemon's field checks, before anything is sent: every problem of the route.
+        let l7 = parse(
+            "[[listeners]]\nname = \"public\"\n[[listeners.routes]]\nhostname = \"b.test\"\n\
+             backend = \"10.0.0.1\"\nmode = \"l7\"\n\
+             [listeners.routes.health_check]\npath = \"healthz\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for said in [
+            "routes.toml: listener public, route b.test: invalid backend \"10.0.0.1\"",
+            "routes.toml: listener public, route b.test: health_check: path must be an absolute",
+            "routes.toml: listener public, route b.test: mode l7 needs tls_cert",
+            "routes.toml: listener public, route b.test: mode l7 needs tls_key",
+        ] {
+            assert!(l7.contains(said), "{said}: {l7}");
+        }
         let d = parse("[[listeners]]\nname = \"other\"\n").unwrap();
         let missing = plan(&d, &[have_listener()], &[], &[], false)
             .unwrap_err()
