@@ -132,6 +132,38 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Compare a file of listeners, routes and firewall rules (the config file's TOML, as
+    /// `export` writes it) with the daemon, and print what `apply` would change: `+` added,
+    /// `~` changed (field by field), `-` removed (with --prune). Exit status 0: no changes;
+    /// 1: differences (as `kubectl diff` and `diff`); 2: the file is refused.
+    Diff(ApplyArgs),
+    /// Make the daemon match a file of listeners, routes and firewall rules (the config file's
+    /// TOML, as `export` writes it), change by change through the admin API: firewall adds,
+    /// route adds and updates, member states, listener settings, then with --prune route and
+    /// rule removals. Not transactional: a refused change stops the apply and what was
+    /// already applied is listed. A second apply of the same file says "no changes". The file
+    /// is checked whole first: a bad file, or a listener the daemon lacks, sends nothing.
+    Apply {
+        #[command(flatten)]
+        args: ApplyArgs,
+        /// Print what would change (as `diff`) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// The file of `diff` and `apply`, and whether what it lacks is removed.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The TOML file: [[listeners]] with their [[listeners.routes]], and [firewall]. Other
+    /// sections ([database], [admin], ...) are ignored with a note. Relative tls_cert and
+    /// tls_key paths are taken from the file's directory.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: std::path::PathBuf,
+    /// Also remove the routes (on the file's listeners) and firewall rules the file lacks.
+    /// Listeners are never removed.
+    #[arg(long)]
+    pub prune: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod contexts;
 pub mod ctl;
+pub mod declared;
 pub mod edit;
 pub mod export;
 pub mod format;

@@ -2137,3 +2137,252 @@ async fn contexts_name_each_nodes_socket_and_commands_reach_the_one_named() {
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
 }
+
+#[tokio::test]
+async fn apply_makes_the_daemon_match_a_file_and_a_second_apply_changes_nothing() {
+    let proxy = Proxy::start(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n\
+         [[listeners.routes]]\nhostname = \"api.test\"\nbackend = \"127.0.0.1:9001\"\n\
+         [[listeners.routes]]\nhostname = \"old.test\"\nbackend = \"127.0.0.1:9003\"\n",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, body: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path.display().to_string()
+    };
+
+    // The daemon's own export, with a [database] section: nothing to change.
+    let o = ctl(&proxy, &["export"]).await;
+    assert_ok(&o);
+    let exported = file(
+        "exported.toml",
+        &format!("[database]\npath = \"x.db\"\n{}", stdout(&o)),
+    );
+    let o = ctl(&proxy, &["apply", "-f", &exported]).await;
+    assert_ok(&o);
+    assert_eq!(stdout(&o), "no changes\n");
+    assert!(
+        stderr(&o).contains("[database] is a daemon setting"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ctl(&proxy, &["diff", "-f", &exported]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "no changes\n");
+
+    let routes = file(
+        "routes.toml",
+        "[firewall]\nblocked_ips = [\"192.0.2.7\"]\n\
+         [[listeners]]\naddr = \"127.0.0.1:0\"\n\
+         [[listeners.routes]]\nhostname = \"web.test\"\nbackend = \"127.0.0.1:9002\"\n\
+         [[listeners.routes]]\nhostname = \"api.test\"\nbalance = \"least_conn\"\n\
+         backends = [\"127.0.0.1:9001\", { address = \"127.0.0.1:9004\", state = \"draining\" }]\n",
+    );
+    let o = ctl(&proxy, &["diff", "-f", &routes]).await;
+    assert_eq!(o.status.code(), Some(1), "differences: diff's 1");
+    assert_eq!(
+        stdout(&o),
+        "+ firewall ip 192.0.2.7\n\
+         + route web.test on 127.0.0.1:0: l4 -> 127.0.0.1:9002\n\
+         ~ route api.test on 127.0.0.1:0: backends 127.0.0.1:9001 -> \
+         127.0.0.1:9001,127.0.0.1:9004; state of 127.0.0.1:9004 enabled -> draining; \
+         balance round_robin -> least_conn\n  \
+         route old.test on 127.0.0.1:0: not in the file (kept; --prune removes)\n"
+    );
+
+    // --dry-run prints the same and changes nothing.
+    let before = state_of(&proxy).await;
+    let o = ctl(&proxy, &["apply", "-f", &routes, "--dry-run"]).await;
+    assert_ok(&o);
+    assert!(stdout(&o).contains("+ route web.test"), "{}", stdout(&o));
+    assert_eq!(state_of(&proxy).await, before);
+
+    let o = ctl(&proxy, &["apply", "-f", &routes]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).ends_with(&format!("applied 3 change(s) from {routes}\n")),
+        "{}",
+        stdout(&o)
+    );
+    let o = ctl(&proxy, &["routes", "list", "--no-headers"]).await;
+    assert_ok(&o);
+    let list = stdout(&o);
+    assert!(list.contains(" web.test "), "{list}");
+    assert!(list.contains(" old.test "), "kept without --prune: {list}");
+    let o = ctl(&proxy, &["routes", "show", "api.test"]).await;
+    assert!(stdout(&o).contains("least_conn"), "{}", stdout(&o));
+    let api = proxy.admin().await.list_routes(None).await.unwrap();
+    let api = api.iter().find(|e| e.route.hostname == "api.test").unwrap();
+    assert_eq!(
+        api.route.backends[1].state,
+        mc_proxy_shared::AdminState::Draining
+    );
+    let o = ctl(&proxy, &["firewall", "list", "--no-headers"]).await;
+    assert!(stdout(&o).contains("192.0.2.7"), "{}", stdout(&o));
+
+    let o = ctl(&proxy, &["apply", "-f", &routes]).await;
+    assert_ok(&o);
+    assert!(stdout(&o).ends_with("no changes\n"), "{}", stdout(&o));
+
+    // --prune removes what the file lacks; then nothing is left to change.
+    let o = ctl(&proxy, &["apply", "-f", &routes, "--prune"]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).starts_with("- route old.test on 127.0.0.1:0\n"),
+        "{}",
+        stdout(&o)
+    );
+    let o = ctl(&proxy, &["apply", "-f", &routes, "--prune"]).await;
+    assert_eq!(stdout(&o), "no changes\n");
+    let o = ctl(&proxy, &["routes", "list", "--no-headers"]).await;
+    assert!(!stdout(&o).contains("old.test"), "{}", stdout(&o));
+
+    // A file with an error sends nothing, and says where the error is.
+    let before = state_of(&proxy).await;
+    let route = "[[listeners]]\naddr = \"127.0.0.1:0\"\n\
+                 [[listeners.routes]]\nhostname = \"new.test\"\n";
+    for (name, body, said) in [
+        (
+            "weight.toml",
+            format!("{route}backends = [{{ address = \"127.0.0.1:9005\", weight = 0 }}]\n"),
+            "listener 127.0.0.1:0, route new.test: backend \"127.0.0.1:9005\": weight 0 is not \
+             from 1 to 256",
+        ),
+        (
+            "key.toml",
+            format!("{route}backend = \"127.0.0.1:9005\"\nbackend_tsl = true\n"),
+            "backend_tsl",
+        ),
+        (
+            "listener.toml",
+            "[[listeners]]\nname = \"edge\"\n[[listeners.routes]]\nhostname = \"new.test\"\n\
+             backend = \"127.0.0.1:9005\"\n"
+                .to_owned(),
+            "listener edge is not on the daemon: add it first with mcproxyctl listeners add edge",
+        ),
+    ] {
+        let path = file(name, &body);
+        for command in ["apply", "diff"] {
+            let o = ctl(&proxy, &[command, "-f", &path]).await;
+            assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
+            let err = stderr(&o);
+            assert!(err.contains(&format!("{path}: ")), "{name}: {err}");
+            assert!(err.contains(said), "{name}: {err}");
+        }
+    }
+    assert_eq!(state_of(&proxy).await, before, "nothing was sent");
+}
+
+#[tokio::test]
+async fn a_refused_change_stops_the_apply_and_lists_what_was_applied() {
+    let proxy = Proxy::start("[[listeners]]\naddr = \"127.0.0.1:0\"\nname = \"public\"\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    // The certificate is the daemon's to load: the file passes the checks made before sending,
+    // and the daemon refuses the route. Its relative paths are sent from the file's directory.
+    std::fs::write(
+        &path,
+        "[firewall]\nblocked_ips = [\"192.0.2.7\"]\n\
+         [[listeners]]\nname = \"public\"\n\
+         [[listeners.routes]]\nhostname = \"bad.test\"\nbackend = \"127.0.0.1:9001\"\n\
+         mode = \"l7\"\ntls_cert = \"missing.pem\"\ntls_key = \"missing.key\"\n",
+    )
+    .unwrap();
+    let path = path.display().to_string();
+    let o = ctl(&proxy, &["apply", "-f", &path]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "+ firewall ip 192.0.2.7\n");
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{path}: listener public, route bad.test: refused: + route bad.test on public"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("applied before it (1 change(s)") && err.contains("  + firewall ip 192.0.2.7"),
+        "{err}"
+    );
+    let missing = dir.path().join("missing.pem").display().to_string();
+    assert!(
+        err.contains(&missing),
+        "the path from the file's directory: {err}"
+    );
+    let o = ctl(&proxy, &["routes", "list", "--no-headers"]).await;
+    assert_eq!(stdout(&o), "", "the refused route is not there");
+}
+
+#[tokio::test]
+async fn apply_on_a_cluster_node_changes_the_fleet_and_stops_when_the_store_is_away() {
+    use mc_proxy::model::cluster::Link;
+    use mc_proxy_tests::etcd::{self, EtcdCluster};
+    if !etcd::available() {
+        return;
+    }
+    let mut store = EtcdCluster::start(1).await;
+    let endpoints: Vec<String> = store.endpoints().iter().map(|e| format!("{e:?}")).collect();
+    let config = |name: &str| {
+        format!(
+            "[cluster]\nendpoints = [{}]\nprefix = \"/mc-proxy/apply\"\nname = {name:?}\n\
+             request_timeout = \"2s\"\nconnect_timeout = \"1s\"\nlease_ttl = \"4s\"\n\
+             [[listeners]]\naddr = \"127.0.0.1:0\"\n",
+            endpoints.join(", ")
+        )
+    };
+    let a = Proxy::start(&config("a")).await;
+    let b = Proxy::start(&config("b")).await;
+    for p in [&a, &b] {
+        let start = std::time::Instant::now();
+        while p.state.cluster().map(|v| v.link.clone()) != Some(Link::Connected) {
+            assert!(start.elapsed() < Duration::from_secs(20), "node connected");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    let route = |hostname: &str| {
+        format!("[[listeners.routes]]\nhostname = {hostname:?}\nbackend = \"127.0.0.1:9001\"\n")
+    };
+    let head = "[firewall]\nblocked_ips = [\"192.0.2.7\"]\n[[listeners]]\naddr = \"127.0.0.1:0\"\n";
+    std::fs::write(&path, format!("{head}{}", route("fleet.test"))).unwrap();
+    let path = path.display().to_string();
+
+    // Applied through A: the fleet's change, which B serves and then has nothing to change.
+    let o = ctl(&a, &["apply", "-f", &path]).await;
+    assert_ok(&o);
+    let start = std::time::Instant::now();
+    loop {
+        let o = ctl(&b, &["diff", "-f", &path]).await;
+        if o.status.code() == Some(0) {
+            assert_eq!(stdout(&o), "no changes\n");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", stdout(&o));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let o = ctl(&b, &["apply", "-f", &path]).await;
+    assert_eq!(stdout(&o), "no changes\n");
+
+    // The store away: the first change is refused with the cluster's exit status, naming the
+    // file, listener and route; nothing changed.
+    store.kill(0);
+    std::fs::write(
+        &path,
+        format!("{head}{}{}", route("fleet.test"), route("more.test")),
+    )
+    .unwrap();
+    let o = ctl(&a, &["apply", "-f", &path]).await;
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "{path}: listener 127.0.0.1:0, route more.test: refused"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("nothing was applied"), "{err}");
+    let o = ctl(&a, &["routes", "list", "--no-headers"]).await;
+    assert!(!stdout(&o).contains("more.test"), "{}", stdout(&o));
+}

@@ -6,7 +6,9 @@
 //! The model has no I/O and little validation: parsing enums, and the weight and health
 //! check numbers (`RouteBackend::check_weight`, `HealthCheck::check_timing`), which the daemon's
 //! `routes::validate_route` (the one place that decides whether a route is acceptable) applies
-//! and the console uses to refuse the same values with the same words before sending.
+//! and the console uses to refuse the same values with the same words before sending;
+//! `route_check`, every check on a route's fields that needs no file, which `validate_route`
+//! applies before loading the certificate and `mcproxyctl apply` before sending a file.
 
 #![warn(missing_docs)]
 
@@ -14,6 +16,7 @@ pub mod client;
 pub mod convert;
 pub mod model;
 pub mod outcome;
+pub mod route_check;
 pub mod text;
 
 pub use model::{

@@ -12,6 +12,7 @@
 //!
 //! I/O: the admin socket, stdout and stderr.
 
+mod apply;
 mod cluster;
 pub mod config;
 mod connections;
@@ -191,6 +192,8 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
         Command::Events { json, stats, types } => {
             events::follow(&mut client, json, stats, &types).await
         }
+        Command::Diff(args) => apply::diff(&mut client, &args).await,
+        Command::Apply { args, dry_run } => apply::apply(&mut client, &args, dry_run).await,
         Command::Console { .. } | Command::Completions { .. } | Command::Config(_) => Err(
             CtlError::Usage("this subcommand runs from main, not against the daemon".into()),
         ),

@@ -55,7 +55,7 @@ fn clip(text: &str) -> String {
 }
 
 /// The most members a route may have: choices keep the tried ones in a `u64` bit set.
-pub const MAX_MEMBERS: usize = 64;
+pub const MAX_MEMBERS: usize = mc_proxy_shared::route_check::MAX_MEMBERS;
 
 /// Passive health settings (`[proxy]` `backend_eject_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

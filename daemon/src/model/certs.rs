@@ -170,7 +170,7 @@ pub fn server_config(key: Arc<CertifiedKey>) -> Arc<rustls::ServerConfig> {
 }
 
 /// The hostname of a catch-all route (see `routes::RouteTable::lookup`).
-pub const CATCH_ALL: &str = "*";
+pub const CATCH_ALL: &str = mc_proxy_shared::route_check::CATCH_ALL;
 
 /// Problems with a loaded certificate that do not stop its route but will break clients: the
 /// leaf has expired (or is not valid yet), or does not cover `hostname` (for a wildcard

@@ -14,20 +14,14 @@
 //! rule browsers apply to wildcard certificates.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use mc_proxy_shared::text::clip;
-use mc_proxy_shared::{
-    BackendProtocol, HealthCheck, HealthCheckError, MemberStats, Mode, ParseModeError, Route,
-    RouteBackend, WeightError,
-};
+use mc_proxy_shared::route_check::{self, RouteFieldError};
+use mc_proxy_shared::{BackendProtocol, MemberStats, Mode, ParseModeError, Route};
 use rustls::sign::CertifiedKey;
 
-use mc_proxy_wire::dns::{normalize_dns_name, normalize_route_hostname};
-
-use crate::model::backends::{BackendSet, MAX_MEMBERS};
+use crate::model::backends::BackendSet;
 pub use crate::model::certs::CATCH_ALL;
 use crate::model::certs::{CertError, leaf_warnings, load_certified_key, server_config};
 use crate::model::stats::RouteStats;
@@ -35,55 +29,13 @@ use crate::model::stats::RouteStats;
 /// Why a route is not acceptable. Shared by the config loader and the admin API.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
-    /// The hostname is neither a DNS name nor `*.` followed by one.
-    #[error(
-        "invalid hostname {}: expected a DNS name like app.example.com or *.example.com",
-        clip(.0)
-    )]
-    Hostname(String),
-    /// The backend is not `host:port`.
-    #[error("invalid backend {}: {reason}", clip(.value))]
-    Backend {
-        /// What was given.
-        value: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// A route without backends.
-    #[error("a route needs at least one backend: set backend = \"host:port\" or backends = [...]")]
-    NoBackends,
-    /// More members than a route may have.
-    #[error("a route has at most {max} backends, this one has {count}")]
-    TooManyBackends {
-        /// How many were given.
-        count: usize,
-        /// [`crate::model::backends::MAX_MEMBERS`].
-        max: usize,
-    },
-    /// The same address twice in one set.
-    #[error("duplicate backend {}: each address may appear once in a set", clip(.0))]
-    DuplicateBackend(String),
-    /// A weight outside 1..=256 (0 included).
+    /// A field the shared checks refuse (`mc_proxy_shared::route_check`: hostname, backends,
+    /// health check, what an l7 route must name).
     #[error(transparent)]
-    Weight(#[from] WeightError),
-    /// A health check setting that cannot work (0 rise, fall, interval or timeout included).
-    #[error(transparent)]
-    HealthCheck(#[from] HealthCheckError),
+    Fields(#[from] RouteFieldError),
     /// The mode is not "", "l4" or "l7".
     #[error(transparent)]
     Mode(#[from] ParseModeError),
-    /// An l7 route without `tls_cert`.
-    #[error("mode l7 needs tls_cert (a PEM certificate chain for the route's hostname)")]
-    MissingCert,
-    /// An l7 route without `tls_key`.
-    #[error("mode l7 needs tls_key (the PEM private key for tls_cert)")]
-    MissingKey,
-    /// An l7 route with `backend_protocol` auto but without `backend_tls`.
-    #[error(
-        "backend_protocol auto needs backend_tls (the backend picks h2 or http/1.1 by ALPN, \
-         in the TLS handshake): set backend_tls, or use h2 or http1 for a cleartext backend"
-    )]
-    AutoWithoutTls,
     /// The cert/key pair does not load or does not match.
     #[error(transparent)]
     Cert(#[from] CertError),
@@ -126,13 +78,9 @@ impl ValidRoute {
 
 /// A route hostname as routes are stored and looked up by name (`App.Test.` is `app.test`,
 /// ` * ` is `*`), or `None` if it cannot be a route's name: the one normalisation for names
-/// that requests and settings refer to routes by.
+/// that requests and settings refer to routes by (`mc_proxy_shared::route_check`).
 pub fn route_name(hostname: &str) -> Option<String> {
-    let hostname = hostname.trim();
-    if hostname == CATCH_ALL {
-        return Some(CATCH_ALL.to_owned());
-    }
-    normalize_route_hostname(hostname)
+    route_check::route_name(hostname)
 }
 
 /// Checks one route on its own (not against its neighbours): hostname, backend, mode and, for
@@ -209,105 +157,13 @@ pub fn route_problems(route: &Route) -> Vec<RouteError> {
 }
 
 /// The one list of checks on a route's fields, every file left aside, in the order
-/// [`validate_route`] reports the first of them.
+/// [`validate_route`] reports the first of them: `mc_proxy_shared::route_check`'s, which
+/// `mcproxyctl apply` runs too.
 fn shape_problems(route: &Route) -> Vec<RouteError> {
-    let mut out = Vec::new();
-    if route_name(&route.hostname).is_none() {
-        out.push(RouteError::Hostname(route.hostname.clone()));
-    }
-    if let Err(e) = validate_backends(&route.backends) {
-        out.push(e);
-    }
-    if let Some(check) = &route.health_check
-        && let Err(e) = validate_health_check(check, route.mode)
-    {
-        out.push(e);
-    }
-    if route.mode == Mode::L7 {
-        if route.tls_cert.is_empty() {
-            out.push(RouteError::MissingCert);
-        }
-        if route.tls_key.is_empty() {
-            out.push(RouteError::MissingKey);
-        }
-        if route.backend_protocol == BackendProtocol::Auto && !route.backend_tls {
-            out.push(RouteError::AutoWithoutTls);
-        }
-    }
-    out
-}
-
-/// One to [`MAX_MEMBERS`] members, each a valid `host:port` with a weight in range, no
-/// address twice (compared as written, after trimming).
-fn validate_backends(backends: &[RouteBackend]) -> Result<(), RouteError> {
-    if backends.is_empty() {
-        return Err(RouteError::NoBackends);
-    }
-    if backends.len() > MAX_MEMBERS {
-        return Err(RouteError::TooManyBackends {
-            count: backends.len(),
-            max: MAX_MEMBERS,
-        });
-    }
-    for (i, b) in backends.iter().enumerate() {
-        validate_backend(&b.address)?;
-        b.check_weight()?;
-        let same = |o: &RouteBackend| o.address.eq_ignore_ascii_case(&b.address);
-        if backends[..i].iter().any(same) {
-            return Err(RouteError::DuplicateBackend(b.address.clone()));
-        }
-    }
-    Ok(())
-}
-
-/// Rise and fall at least 1, a probe timeout within the interval, an interval of at least
-/// 100 ms (a probe per backend per interval) ([`HealthCheck::check_timing`], which the console
-/// applies too), and an HTTP path only on L7, starting with `/`.
-fn validate_health_check(check: &HealthCheck, mode: Mode) -> Result<(), RouteError> {
-    check.check_timing()?;
-    if !check.path.is_empty() {
-        if mode == Mode::L4 {
-            return Err(HealthCheckError(
-                "path (an HTTP check) needs an l7 route: an l4 route is checked by TCP connect",
-            )
-            .into());
-        }
-        if !check.path.starts_with('/') || check.path.parse::<http::uri::PathAndQuery>().is_err() {
-            return Err(HealthCheckError("path must be an absolute path like /healthz").into());
-        }
-    }
-    Ok(())
-}
-
-/// `host:port` where host is an IP address (IPv6 in brackets) or a DNS name, port 1-65535.
-fn validate_backend(backend: &str) -> Result<(), RouteError> {
-    let err = |reason| RouteError::Backend {
-        value: backend.to_owned(),
-        reason,
-    };
-    if let Ok(addr) = backend.parse::<SocketAddr>() {
-        return if addr.port() == 0 {
-            Err(err("port 0 cannot be dialed"))
-        } else {
-            Ok(())
-        };
-    }
-    let (host, port) = backend
-        .rsplit_once(':')
-        .ok_or_else(|| err("expected host:port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| err("port must be a number from 1 to 65535"))?;
-    if port == 0 {
-        return Err(err("port 0 cannot be dialed"));
-    }
-    if host.contains(':') || host.starts_with('[') {
-        return Err(err("IPv6 addresses need brackets: [::1]:443"));
-    }
-    if normalize_dns_name(host).is_none() {
-        return Err(err("host must be an IP address or a DNS name"));
-    }
-    Ok(())
+    route_check::route_field_problems(route)
+        .into_iter()
+        .map(RouteError::from)
+        .collect()
 }
 
 /// What a matched route tells the connection pipeline: the route as stored, what loading it
@@ -480,6 +336,7 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mc_proxy_shared::{HealthCheck, RouteBackend};
 
     fn route(hostname: &str, backend: &str) -> Route {
         Route {
@@ -678,7 +535,10 @@ mod tests {
                 };
                 if protocol == BackendProtocol::Auto && !backend_tls {
                     let err = validate_route(&r).unwrap_err();
-                    assert!(matches!(err, RouteError::AutoWithoutTls), "{err}");
+                    assert!(
+                        matches!(err, RouteError::Fields(RouteFieldError::AutoWithoutTls)),
+                        "{err}"
+                    );
                     assert!(
                         err.to_string()
                             .starts_with("backend_protocol auto needs backend_tls"),
