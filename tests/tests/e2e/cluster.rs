@@ -28,6 +28,7 @@ fn config(endpoints: Vec<String>) -> ClusterConfig {
         connect_timeout: Duration::from_secs(1),
         request_timeout: REQUEST_TIMEOUT,
         lease_ttl: Duration::from_secs(10),
+        check_interval: Duration::from_secs(30),
     }
 }
 

@@ -954,3 +954,54 @@ backend nodes
     );
     println!("FIGURE recipe: {ok} connections through HAProxy while a node drained, 0 failed");
 }
+
+#[tokio::test]
+async fn a_node_whose_database_drifted_from_the_store_is_repaired_and_says_so() {
+    if !etcd::available() {
+        return;
+    }
+    let store = EtcdCluster::start(3).await;
+    let prefix = "/mc-proxy/drift";
+    let backend: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let config = node_config(
+        "a",
+        &store.endpoints(),
+        prefix,
+        &l4_route("kept.test", backend),
+    )
+    .replace("[cluster]\n", "[cluster]\ncheck_interval = \"1s\"\n");
+    let a = Proxy::start(&config).await;
+    connected(&a).await;
+    let drift = || a.state.cluster().map_or(0, |v| v.drift_repaired);
+    assert_eq!(drift(), 0);
+
+    // Someone edits the node's database behind its back.
+    let db_path = a.dir.path().join("mc-proxy.db");
+    {
+        let mut db = mc_proxy::control::store::Store::open(&db_path).unwrap();
+        let listener = db.listeners().unwrap()[0].id;
+        db.delete_route(listener, "kept.test").unwrap();
+    }
+    // The next comparison puts the store's route back and counts it.
+    until("the drift repaired", Duration::from_secs(10), || {
+        drift() >= 1
+    })
+    .await;
+    let db = mc_proxy::control::store::Store::open(&db_path).unwrap();
+    let listener = db.listeners().unwrap()[0].id;
+    let routes = db.routes(listener).unwrap();
+    assert!(
+        routes.iter().any(|r| r.hostname == "kept.test"),
+        "{routes:?}"
+    );
+    assert!(served(&a, "kept.test"));
+    let answer = mc_proxy_tests::web::http1_request(a.metrics, "GET", "/metrics", &[]).await;
+    assert!(
+        answer
+            .body
+            .lines()
+            .any(|l| l == "mcproxy_cluster_drift_repaired_total{node=\"a\"} 1"),
+        "{}",
+        answer.body
+    );
+}

@@ -332,6 +332,7 @@ mod tests {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(10),
+            check_interval: Duration::from_secs(30),
         }
     }
 

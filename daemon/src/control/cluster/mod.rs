@@ -18,14 +18,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::control::apply::Control;
-
-/// How often a node compares the whole prefix with what it serves.
-pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
 /// Makes `control`'s node a member of the fleet `cfg` names: fleet-wide changes go to the
 /// store from now on, and the returned future keeps the node in step with it until
@@ -51,7 +47,7 @@ pub fn start(
         cert_dir: format!("{}.cluster-certs", database.display()).into(),
         admin: admin.map(|p| p.display().to_string()).unwrap_or_default(),
         metrics: metrics.map(|a| a.to_string()).unwrap_or_default(),
-        resync_every: RESYNC_EVERY,
+        resync_every: cfg.check_interval,
         config: cfg.clone(),
     };
     let stored = control.cluster_revision(&cfg.prefix).ok().flatten();

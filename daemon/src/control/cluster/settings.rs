@@ -36,6 +36,12 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
 /// The longest `lease_ttl`: a dead node leaves the registry within five minutes.
 pub const MAX_LEASE_TTL: Duration = Duration::from_secs(300);
+/// `check_interval` when left out.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// The bounds of `check_interval`: each comparison reads the whole prefix.
+pub const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// See [`MIN_CHECK_INTERVAL`].
+pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// The longest `connect_timeout` / `request_timeout`: a write an operator waits for.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest endpoint URL accepted.
@@ -60,6 +66,9 @@ pub struct ClusterConfig {
     pub request_timeout: Duration,
     /// The TTL of the lease that binds this node's registry key (whole seconds).
     pub lease_ttl: Duration,
+    /// How often the node compares the whole prefix with what it serves, repairing (and
+    /// counting) any difference.
+    pub check_interval: Duration,
 }
 
 impl ClusterConfig {
@@ -147,6 +156,7 @@ pub(crate) struct FileCluster {
     connect_timeout: Option<String>,
     request_timeout: Option<String>,
     lease_ttl: Option<String>,
+    check_interval: Option<String>,
 }
 
 /// `[cluster.tls]` exactly as the TOML has it.
@@ -301,6 +311,21 @@ impl FileCluster {
             DEFAULT_REQUEST_TIMEOUT,
         );
         let lease_ttl = duration("lease_ttl", self.lease_ttl, DEFAULT_LEASE_TTL);
+        let check_interval = duration(
+            "check_interval",
+            self.check_interval,
+            DEFAULT_CHECK_INTERVAL,
+        );
+        if !(MIN_CHECK_INTERVAL..=MAX_CHECK_INTERVAL).contains(&check_interval) {
+            bad(
+                "check_interval",
+                format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(MIN_CHECK_INTERVAL),
+                    humantime::format_duration(MAX_CHECK_INTERVAL)
+                ),
+            );
+        }
         for (key, value) in [
             ("connect_timeout", connect_timeout),
             ("request_timeout", request_timeout),
@@ -340,6 +365,7 @@ impl FileCluster {
             connect_timeout,
             request_timeout,
             lease_ttl,
+            check_interval,
         })
     }
 }
@@ -712,6 +738,14 @@ mod tests {
         );
         for ok in ["2s", "300s", "1m"] {
             assert!(cluster(dir.path(), &format!("{base}lease_ttl = \"{ok}\"\n")).is_ok());
+        }
+        for bad in ["0s", "500ms", "2h"] {
+            let p = problems(dir.path(), &format!("{base}check_interval = \"{bad}\"\n"));
+            assert_eq!(
+                p,
+                ["cluster.check_interval: must be between 1s and 1h"],
+                "{bad}"
+            );
         }
     }
 
