@@ -1526,84 +1526,15 @@ fn plan(
     fleet: &dyn FleetStore,
     change: Change,
 ) -> Result<Plan, ChangeError> {
-    let route_answer = |route: Route, warnings: Vec<String>| -> Answer {
-        Box::new(move |_| Ok(Applied::Route { route, warnings }))
-    };
-    let route_key = |listener: &ListenerState, hostname: &str| FleetKey::Route {
-        listener: fleet_name(listener),
-        hostname: hostname.to_owned(),
-    };
     match change {
-        Change::AddRoute { listener, route } => {
-            let (listener, valid) = new_route(state, &listener, &route)?;
-            let key = route_key(&listener, &valid.route.hostname);
-            if fleet.revision_of(&key).is_some()
-                || listener.routes().get(&valid.route.hostname).is_some()
-            {
-                return Err(ChangeError::AlreadyExists(format!(
-                    "route {} already exists on listener {}",
-                    valid.route.hostname, listener.addr
-                )));
-            }
-            let ops = vec![FleetOp::PutRoute {
-                listener: fleet_name(&listener),
-                route: valid.route.clone(),
-                expect: None,
-            }];
-            Ok((ops, route_answer(valid.route, valid.warnings), None))
-        }
+        Change::AddRoute { listener, route } => plan_add_route(state, fleet, listener, route),
         Change::UpdateRoute {
             listener,
             hostname,
             patch,
-        } => {
-            let (listener, old, valid) = updated_route(store, state, &listener, &hostname, patch)?;
-            let old_key = route_key(&listener, &old);
-            let expect = fleet
-                .revision_of(&old_key)
-                .ok_or_else(|| not_in_store(&format!("route {old}")))?;
-            let mut ops = Vec::new();
-            if valid.route.hostname != old {
-                let new_key = route_key(&listener, &valid.route.hostname);
-                if fleet.revision_of(&new_key).is_some() {
-                    return Err(ChangeError::AlreadyExists(format!(
-                        "route {} already exists on listener {}",
-                        valid.route.hostname, listener.addr
-                    )));
-                }
-                ops.push(FleetOp::DeleteRoute {
-                    listener: fleet_name(&listener),
-                    hostname: old,
-                    expect,
-                });
-                ops.push(FleetOp::PutRoute {
-                    listener: fleet_name(&listener),
-                    route: valid.route.clone(),
-                    expect: None,
-                });
-            } else {
-                ops.push(FleetOp::PutRoute {
-                    listener: fleet_name(&listener),
-                    route: valid.route.clone(),
-                    expect: Some(expect),
-                });
-            }
-            Ok((ops, route_answer(valid.route, valid.warnings), None))
-        }
+        } => plan_update_route(store, state, fleet, listener, hostname, patch),
         Change::RemoveRoute { listener, hostname } => {
-            check_len("hostname", &hostname, max_len::HOSTNAME)?;
-            let listener = listener_by_name(state, &listener)?;
-            let name = route_name(&listener, &hostname)?;
-            let expect = fleet
-                .revision_of(&route_key(&listener, &name))
-                .ok_or_else(|| no_route(&listener, &name))?;
-            keep_no_sni_route(&listener, &name, "removed")?;
-            let ops = vec![FleetOp::DeleteRoute {
-                listener: fleet_name(&listener),
-                hostname: name,
-                expect,
-            }];
-            Ok((ops, Box::new(|_| Ok(Applied::Removed)), None))
+            plan_remove_route(state, fleet, listener, hostname)
         }
         Change::SetBackendState {
             listener,
@@ -1611,94 +1542,218 @@ fn plan(
             address,
             state: admin,
             weight,
-        } => {
-            let (listener, name, valid) =
-                edited_member(state, &listener, &hostname, &address, admin, weight)?;
-            let expect = fleet
-                .revision_of(&route_key(&listener, &name))
-                .ok_or_else(|| not_in_store(&format!("route {name}")))?;
-            let ops = vec![FleetOp::PutRoute {
-                listener: fleet_name(&listener),
-                route: valid.route.clone(),
-                expect: Some(expect),
-            }];
-            Ok((ops, route_answer(valid.route, Vec::new()), None))
-        }
-        Change::AddFirewallRule(rule) => {
-            let rule = checked_rule(&rule)?;
-            if fleet
-                .revision_of(&FleetKey::Rule(rule.value.clone()))
-                .is_some()
-            {
-                return Err(ChangeError::AlreadyExists(format!(
-                    "firewall rule {} already exists",
-                    rule.value
-                )));
-            }
-            let answer = rule.clone();
-            Ok((
-                vec![FleetOp::PutRule { rule }],
-                Box::new(move |_| Ok(Applied::Rule(answer))),
-                None,
-            ))
-        }
-        Change::RemoveFirewallRule(rule) => {
-            let rule = checked_rule(&rule)?;
-            let expect = fleet
-                .revision_of(&FleetKey::Rule(rule.value.clone()))
-                .ok_or_else(|| {
-                    ChangeError::NotFound(format!("firewall rule {} not found", rule.value))
-                })?;
-            Ok((
-                vec![FleetOp::DeleteRule { rule, expect }],
-                Box::new(|_| Ok(Applied::Removed)),
-                None,
-            ))
-        }
+        } => plan_set_backend(state, fleet, listener, hostname, address, admin, weight),
+        Change::AddFirewallRule(rule) => plan_add_rule(fleet, rule),
+        Change::RemoveFirewallRule(rule) => plan_remove_rule(fleet, rule),
         Change::UpdateListener {
             listener: name,
-            mut settings,
-        } => {
-            let listener = listener_by_name(state, &name)?;
-            let no_sni = new_no_sni_route(&listener, settings.no_sni_route.as_deref())?;
-            settings.no_sni_route = None;
-            // The node's own part is checked now too: all or nothing.
-            listener_settings(
-                ListenerSettings::clone(&listener.settings()),
-                settings.clone(),
-            )?;
-            let local = (settings != ListenerChange::default()).then_some(Change::UpdateListener {
-                listener: name,
-                settings,
-            });
-            let key = FleetKey::NoSni {
-                listener: fleet_name(&listener),
-            };
-            let ops = vec![FleetOp::PutNoSni {
-                listener: fleet_name(&listener),
-                hostname: no_sni,
-                expect: fleet.revision_of(&key),
-            }];
-            let addr = listener.addr;
-            let answer = Box::new(move |state: &State| {
-                let listener = state
-                    .listeners()
-                    .iter()
-                    .find(|l| l.addr == addr)
-                    .cloned()
-                    .ok_or_else(|| ChangeError::NotFound(format!("no listener {addr}")))?;
-                Ok(Applied::Listener {
-                    listener,
-                    warnings: Vec::new(),
-                })
-            });
-            Ok((ops, answer, local))
-        }
+            settings,
+        } => plan_update_listener(state, fleet, name, settings),
         other => Err(ChangeError::Internal(format!(
             "{} is not a fleet-wide change",
             other.kind()
         ))),
     }
+}
+
+/// The answer to a planned route change.
+fn route_answer(route: Route, warnings: Vec<String>) -> Answer {
+    Box::new(move |_| Ok(Applied::Route { route, warnings }))
+}
+
+/// The fleet's key of `listener`'s route `hostname`.
+fn route_key(listener: &ListenerState, hostname: &str) -> FleetKey {
+    FleetKey::Route {
+        listener: fleet_name(listener),
+        hostname: hostname.to_owned(),
+    }
+}
+
+/// [`plan`] for [`Change::AddRoute`].
+fn plan_add_route(
+    state: &State,
+    fleet: &dyn FleetStore,
+    listener: String,
+    route: Route,
+) -> Result<Plan, ChangeError> {
+    let (listener, valid) = new_route(state, &listener, &route)?;
+    let key = route_key(&listener, &valid.route.hostname);
+    if fleet.revision_of(&key).is_some() || listener.routes().get(&valid.route.hostname).is_some() {
+        return Err(ChangeError::AlreadyExists(format!(
+            "route {} already exists on listener {}",
+            valid.route.hostname, listener.addr
+        )));
+    }
+    let ops = vec![FleetOp::PutRoute {
+        listener: fleet_name(&listener),
+        route: valid.route.clone(),
+        expect: None,
+    }];
+    Ok((ops, route_answer(valid.route, valid.warnings), None))
+}
+
+/// [`plan`] for [`Change::UpdateRoute`].
+fn plan_update_route(
+    store: &Store,
+    state: &State,
+    fleet: &dyn FleetStore,
+    listener: String,
+    hostname: String,
+    patch: RoutePatch,
+) -> Result<Plan, ChangeError> {
+    let (listener, old, valid) = updated_route(store, state, &listener, &hostname, patch)?;
+    let old_key = route_key(&listener, &old);
+    let expect = fleet
+        .revision_of(&old_key)
+        .ok_or_else(|| not_in_store(&format!("route {old}")))?;
+    let mut ops = Vec::new();
+    if valid.route.hostname != old {
+        let new_key = route_key(&listener, &valid.route.hostname);
+        if fleet.revision_of(&new_key).is_some() {
+            return Err(ChangeError::AlreadyExists(format!(
+                "route {} already exists on listener {}",
+                valid.route.hostname, listener.addr
+            )));
+        }
+        ops.push(FleetOp::DeleteRoute {
+            listener: fleet_name(&listener),
+            hostname: old,
+            expect,
+        });
+        ops.push(FleetOp::PutRoute {
+            listener: fleet_name(&listener),
+            route: valid.route.clone(),
+            expect: None,
+        });
+    } else {
+        ops.push(FleetOp::PutRoute {
+            listener: fleet_name(&listener),
+            route: valid.route.clone(),
+            expect: Some(expect),
+        });
+    }
+    Ok((ops, route_answer(valid.route, valid.warnings), None))
+}
+
+/// [`plan`] for [`Change::RemoveRoute`].
+fn plan_remove_route(
+    state: &State,
+    fleet: &dyn FleetStore,
+    listener: String,
+    hostname: String,
+) -> Result<Plan, ChangeError> {
+    check_len("hostname", &hostname, max_len::HOSTNAME)?;
+    let listener = listener_by_name(state, &listener)?;
+    let name = route_name(&listener, &hostname)?;
+    let expect = fleet
+        .revision_of(&route_key(&listener, &name))
+        .ok_or_else(|| no_route(&listener, &name))?;
+    keep_no_sni_route(&listener, &name, "removed")?;
+    let ops = vec![FleetOp::DeleteRoute {
+        listener: fleet_name(&listener),
+        hostname: name,
+        expect,
+    }];
+    Ok((ops, Box::new(|_| Ok(Applied::Removed)), None))
+}
+
+/// [`plan`] for [`Change::SetBackendState`].
+fn plan_set_backend(
+    state: &State,
+    fleet: &dyn FleetStore,
+    listener: String,
+    hostname: String,
+    address: String,
+    admin: Option<AdminState>,
+    weight: Option<u32>,
+) -> Result<Plan, ChangeError> {
+    let (listener, name, valid) =
+        edited_member(state, &listener, &hostname, &address, admin, weight)?;
+    let expect = fleet
+        .revision_of(&route_key(&listener, &name))
+        .ok_or_else(|| not_in_store(&format!("route {name}")))?;
+    let ops = vec![FleetOp::PutRoute {
+        listener: fleet_name(&listener),
+        route: valid.route.clone(),
+        expect: Some(expect),
+    }];
+    Ok((ops, route_answer(valid.route, Vec::new()), None))
+}
+
+/// [`plan`] for [`Change::AddFirewallRule`].
+fn plan_add_rule(fleet: &dyn FleetStore, rule: FirewallRule) -> Result<Plan, ChangeError> {
+    let rule = checked_rule(&rule)?;
+    if fleet
+        .revision_of(&FleetKey::Rule(rule.value.clone()))
+        .is_some()
+    {
+        return Err(ChangeError::AlreadyExists(format!(
+            "firewall rule {} already exists",
+            rule.value
+        )));
+    }
+    let answer = rule.clone();
+    Ok((
+        vec![FleetOp::PutRule { rule }],
+        Box::new(move |_| Ok(Applied::Rule(answer))),
+        None,
+    ))
+}
+
+/// [`plan`] for [`Change::RemoveFirewallRule`].
+fn plan_remove_rule(fleet: &dyn FleetStore, rule: FirewallRule) -> Result<Plan, ChangeError> {
+    let rule = checked_rule(&rule)?;
+    let expect = fleet
+        .revision_of(&FleetKey::Rule(rule.value.clone()))
+        .ok_or_else(|| ChangeError::NotFound(format!("firewall rule {} not found", rule.value)))?;
+    Ok((
+        vec![FleetOp::DeleteRule { rule, expect }],
+        Box::new(|_| Ok(Applied::Removed)),
+        None,
+    ))
+}
+
+/// [`plan`] for [`Change::UpdateListener`].
+fn plan_update_listener(
+    state: &State,
+    fleet: &dyn FleetStore,
+    name: String,
+    mut settings: ListenerChange,
+) -> Result<Plan, ChangeError> {
+    let listener = listener_by_name(state, &name)?;
+    let no_sni = new_no_sni_route(&listener, settings.no_sni_route.as_deref())?;
+    settings.no_sni_route = None;
+    // The node's own part is checked now too: all or nothing.
+    listener_settings(
+        ListenerSettings::clone(&listener.settings()),
+        settings.clone(),
+    )?;
+    let local = (settings != ListenerChange::default()).then_some(Change::UpdateListener {
+        listener: name,
+        settings,
+    });
+    let key = FleetKey::NoSni {
+        listener: fleet_name(&listener),
+    };
+    let ops = vec![FleetOp::PutNoSni {
+        listener: fleet_name(&listener),
+        hostname: no_sni,
+        expect: fleet.revision_of(&key),
+    }];
+    let addr = listener.addr;
+    let answer = Box::new(move |state: &State| {
+        let listener = state
+            .listeners()
+            .iter()
+            .find(|l| l.addr == addr)
+            .cloned()
+            .ok_or_else(|| ChangeError::NotFound(format!("no listener {addr}")))?;
+        Ok(Applied::Listener {
+            listener,
+            warnings: Vec::new(),
+        })
+    });
+    Ok((ops, answer, local))
 }
 
 /// [`Change::Synced`]: the fleet's objects as the store has them, applied here whatever this
