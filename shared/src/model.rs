@@ -909,6 +909,16 @@ pub enum FirewallRuleKind {
 }
 
 impl FirewallRuleKind {
+    /// The kind a rule's text is: a network when it has a prefix length (`10.0.0.0/8`), else
+    /// an address. Whether the text parses is the rule parser's to say.
+    pub fn of(value: &str) -> FirewallRuleKind {
+        if value.contains('/') {
+            FirewallRuleKind::Cidr
+        } else {
+            FirewallRuleKind::Ip
+        }
+    }
+
     /// The name used in the database and the admin API.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -80,11 +80,7 @@ impl FirewallView {
             Some(Command::Cancel) => self.input = None,
             Some(Command::Save) => {
                 let value = input.trim().to_owned();
-                let kind = if value.contains('/') {
-                    FirewallRuleKind::Cidr
-                } else {
-                    FirewallRuleKind::Ip
-                };
+                let kind = FirewallRuleKind::of(&value);
                 self.input = None;
                 self.error = None;
                 self.select_next_added = true;

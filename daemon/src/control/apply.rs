@@ -1793,31 +1793,13 @@ fn apply_synced(cx: Apply<'_>, batch: Vec<Synced>) -> Result<Applied, ChangeErro
                 &mut tables,
                 &mut stored_routes,
             ),
-            Synced::PutRule(rule) => checked_rule(&rule).and_then(|rule| {
-                if !store.firewall_rules()?.contains(&rule) {
-                    store.add_firewall_rule(&rule)?;
-                    firewall_changed = true;
-                    publish_firewall(state, ChangeAction::Added, &rule, origin);
-                }
-                Ok(())
-            }),
-            Synced::DeleteRule(rule) => checked_rule(&rule).and_then(|rule| {
-                if store.firewall_rules()?.contains(&rule) {
-                    store.remove_firewall_rule(&rule)?;
-                    firewall_changed = true;
-                    publish_firewall(state, ChangeAction::Removed, &rule, origin);
-                }
-                Ok(())
-            }),
-            Synced::NoSni { listener, hostname } => listener_by_fleet_name(state, &listener).and_then(|listener| {
-                if listener.no_sni_route() != hostname {
-                    store.update_listener(listener.id, &stored(&listener.settings(), hostname.as_deref()))?;
-                    tracing::info!(listener = %listener.addr, no_sni_route = hostname.as_deref().unwrap_or("-"), "no_sni_route set from the cluster");
-                    listener.set_no_sni_route(hostname);
-                    publish_listener(state, listener.addr, ChangeAction::Updated, origin);
-                }
-                Ok(())
-            }),
+            Synced::PutRule(rule) => sync_rule(store, state, rule, true, origin)
+                .map(|changed| firewall_changed |= changed),
+            Synced::DeleteRule(rule) => sync_rule(store, state, rule, false, origin)
+                .map(|changed| firewall_changed |= changed),
+            Synced::NoSni { listener, hostname } => {
+                sync_no_sni(store, state, &listener, hostname, origin)
+            }
         };
         if let Err(e) = result {
             failed.push(e.to_string());
@@ -1926,6 +1908,61 @@ fn sync_put_route(
     Ok(())
 }
 
+/// [`Synced::PutRule`] (`present`) or [`Synced::DeleteRule`]: stored now, the firewall
+/// swapped with the batch. Says whether anything changed.
+fn sync_rule(
+    store: &mut Store,
+    state: &State,
+    rule: FirewallRule,
+    present: bool,
+    origin: &Origin,
+) -> Result<bool, ChangeError> {
+    let rule = checked_rule(&rule)?;
+    if store.firewall_rules()?.contains(&rule) == present {
+        return Ok(false);
+    }
+    if present {
+        store.add_firewall_rule(&rule)?;
+        publish_firewall(state, ChangeAction::Added, &rule, origin);
+    } else {
+        store.remove_firewall_rule(&rule)?;
+        publish_firewall(state, ChangeAction::Removed, &rule, origin);
+    }
+    Ok(true)
+}
+
+/// [`Synced::NoSni`].
+fn sync_no_sni(
+    store: &mut Store,
+    state: &State,
+    listener: &str,
+    hostname: Option<String>,
+    origin: &Origin,
+) -> Result<(), ChangeError> {
+    let listener = listener_by_fleet_name(state, listener)?;
+    if listener.no_sni_route() == hostname {
+        return Ok(());
+    }
+    tracing::info!(listener = %listener.addr, no_sni_route = hostname.as_deref().unwrap_or("-"), "no_sni_route set from the cluster");
+    store_no_sni_route(store, &listener, hostname)?;
+    publish_listener(state, listener.addr, ChangeAction::Updated, origin);
+    Ok(())
+}
+
+/// Stores and serves `hostname` as the listener's no-SNI route, its other settings kept.
+fn store_no_sni_route(
+    store: &mut Store,
+    listener: &ListenerState,
+    hostname: Option<String>,
+) -> Result<(), ChangeError> {
+    store.update_listener(
+        listener.id,
+        &stored(&listener.settings(), hostname.as_deref()),
+    )?;
+    listener.set_no_sni_route(hostname);
+    Ok(())
+}
+
 /// [`Synced::DeleteRoute`]: deleted now, swapped with the batch.
 fn sync_delete_route(
     store: &mut Store,
@@ -1942,8 +1979,7 @@ fn sync_delete_route(
     };
     if listener.no_sni_route().as_deref() == Some(hostname.as_str()) {
         // The fleet removed it: ClientHellos without SNI are reset from now on.
-        store.update_listener(listener.id, &stored(&listener.settings(), None))?;
-        listener.set_no_sni_route(None);
+        store_no_sni_route(store, &listener, None)?;
     }
     store.delete_route(listener.id, &hostname)?;
     listener.forget_not_served(&hostname);

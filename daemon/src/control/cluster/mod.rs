@@ -39,16 +39,10 @@ pub fn start(
     impl Future<Output = ()> + Send + 'static,
 ) {
     let settings = sync::SyncSettings {
-        node: cfg.name.clone(),
-        prefix: cfg.prefix.clone(),
-        endpoints: cfg.endpoints.clone(),
-        request_timeout: cfg.request_timeout,
-        lease_ttl: cfg.lease_ttl,
+        config: cfg.clone(),
         cert_dir: format!("{}.cluster-certs", database.display()).into(),
         admin: admin.map(|p| p.display().to_string()).unwrap_or_default(),
         metrics: metrics.map(|a| a.to_string()).unwrap_or_default(),
-        resync_every: cfg.check_interval,
-        config: cfg.clone(),
     };
     let stored = control.cluster_revision(&cfg.prefix).ok().flatten();
     let cluster = sync::Cluster::new(settings, Arc::clone(control));

@@ -67,26 +67,15 @@ const STABLE_AFTER: Duration = Duration::from_secs(5);
 /// What the sync needs to know of its node and store.
 #[derive(Debug, Clone)]
 pub struct SyncSettings {
-    /// This node's name.
-    pub node: String,
-    /// The key prefix (`/mc-proxy/default`).
-    pub prefix: String,
-    /// The etcd endpoints, for messages.
-    pub endpoints: Vec<String>,
-    /// The limit of one store request.
-    pub request_timeout: Duration,
-    /// The registry lease's time to live.
-    pub lease_ttl: Duration,
+    /// The `[cluster]` settings: the node's name, the prefix, the endpoints, the timeouts, the
+    /// lease and the comparison interval.
+    pub config: super::settings::ClusterConfig,
     /// Where this node keeps the PEM files of the fleet's L7 routes.
     pub cert_dir: PathBuf,
     /// The admin socket path and the metrics address, for the registry.
     pub admin: String,
     /// See `admin`.
     pub metrics: String,
-    /// How often the whole prefix is compared with this node's state.
-    pub resync_every: Duration,
-    /// The `[cluster]` settings (for [`super::client::call`]'s retries and messages).
-    pub config: super::settings::ClusterConfig,
 }
 
 /// Opens a client to the store (the cluster's `client::connect` with its TLS and auth).
@@ -129,8 +118,8 @@ pub struct Cluster {
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
-            .field("node", &self.settings.node)
-            .field("prefix", &self.settings.prefix)
+            .field("node", &self.settings.config.name)
+            .field("prefix", &self.settings.config.prefix)
             .finish_non_exhaustive()
     }
 }
@@ -161,9 +150,9 @@ impl Cluster {
     pub fn new(settings: SyncSettings, control: Arc<Control>) -> Arc<Cluster> {
         let (writes, jobs) = mpsc::unbounded_channel();
         let view = ClusterView {
-            node: settings.node.clone(),
-            endpoints: settings.endpoints.clone(),
-            prefix: settings.prefix.clone(),
+            node: settings.config.name.clone(),
+            endpoints: settings.config.endpoints.clone(),
+            prefix: settings.config.prefix.clone(),
             link: Link::Connecting,
             since: SystemTime::now(),
             applied: 0,
@@ -172,9 +161,9 @@ impl Cluster {
             drift_repaired: 0,
         };
         control.state().set_cluster(view.clone());
-        control.state().set_node(&settings.node);
+        control.state().set_node(&settings.config.name);
         let cluster = Arc::new(Cluster {
-            keys: Keys::new(&settings.prefix),
+            keys: Keys::new(&settings.config.prefix),
             settings,
             control: Arc::clone(&control),
             mirror: Mutex::new(HashMap::new()),
@@ -228,7 +217,7 @@ impl Cluster {
     }
 
     fn endpoints(&self) -> String {
-        super::client::endpoints_text(&self.settings.endpoints)
+        super::client::endpoints_text(&self.settings.config.endpoints)
     }
 
     fn unavailable(&self, why: impl std::fmt::Display) -> ChangeError {
@@ -361,7 +350,7 @@ impl Cluster {
 
     /// Refuses the waiting writes whose request timeout has passed.
     fn expire(&self, waiting: &mut Vec<(tokio::time::Instant, WriteJob)>) {
-        let timeout = self.settings.request_timeout;
+        let timeout = self.settings.config.request_timeout;
         waiting.retain(|(since, job)| {
             if since.elapsed() < timeout {
                 return true;
@@ -401,9 +390,9 @@ impl Cluster {
             )
             .await
             .map_err(|e| format!("lease keep-alive: {e}"))?;
-        let mut keep_alive = tokio::time::interval(self.settings.lease_ttl / 3);
+        let mut keep_alive = tokio::time::interval(self.settings.config.lease_ttl / 3);
         let mut progress = tokio::time::interval(PROGRESS_EVERY);
-        let mut resync = tokio::time::interval(self.settings.resync_every);
+        let mut resync = tokio::time::interval(self.settings.config.check_interval);
         resync.reset();
         let mut registered_at = self.table_revision();
         'watch: loop {
@@ -498,7 +487,7 @@ impl Cluster {
             return;
         }
         let control = Arc::clone(&self.control);
-        let prefix = self.settings.prefix.clone();
+        let prefix = self.settings.config.prefix.clone();
         let written =
             tokio::task::spawn_blocking(move || control.set_cluster_revision(&prefix, table)).await;
         match written {
@@ -620,7 +609,7 @@ impl Cluster {
                 if !seed {
                     return Err(format!(
                         "the prefix {} holds no route table (no node seeded it)",
-                        self.settings.prefix
+                        self.settings.config.prefix
                     ));
                 }
                 if self.seed(client).await? {
@@ -688,7 +677,7 @@ impl Cluster {
     async fn seed(&self, client: &mut Client) -> Result<bool, String> {
         let objects = self.local_objects().await?;
         let origin = DocOrigin {
-            node: self.settings.node.clone(),
+            node: self.settings.config.name.clone(),
             by: "seed".into(),
         };
         let mut ops = vec![TxnOp::put(self.keys.seeded(), doc::encode(&origin), None)];
@@ -808,11 +797,7 @@ impl Cluster {
                 },
                 (Key::Rule(value), false) => ready(
                     Synced::DeleteRule(FirewallRule {
-                        kind: if value.contains('/') {
-                            FirewallRuleKind::Cidr
-                        } else {
-                            FirewallRuleKind::Ip
-                        },
+                        kind: FirewallRuleKind::of(&value),
                         value,
                     }),
                     deleted_by(revision),
@@ -858,7 +843,7 @@ impl Cluster {
     /// made them), on a blocking thread.
     async fn apply_batch(&self, batch: Vec<(Pending, DocOrigin)>) {
         let control = Arc::clone(&self.control);
-        let node = self.settings.node.clone();
+        let node = self.settings.config.name.clone();
         let cert_dir = self.settings.cert_dir.clone();
         let failed = tokio::task::spawn_blocking(move || {
             let mut failed = Vec::new();
@@ -912,7 +897,7 @@ impl Cluster {
 
     /// Grants this node's lease and writes its registry entry under it.
     async fn register(&self, client: &mut Client) -> Result<i64, String> {
-        let ttl = self.settings.lease_ttl.as_secs().max(1) as i64;
+        let ttl = self.settings.config.lease_ttl.as_secs().max(1) as i64;
         let lease = self
             .etcd(
                 client,
@@ -939,7 +924,7 @@ impl Cluster {
             })
             .collect();
         let entry = NodeDoc {
-            name: self.settings.node.clone(),
+            name: self.settings.config.name.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             listeners,
             admin: self.settings.admin.clone(),
@@ -948,7 +933,10 @@ impl Cluster {
             last_error: view.last_error,
             started_ms: self.started_ms,
         };
-        let (key, value) = (self.keys.node(&self.settings.node), doc::encode(&entry));
+        let (key, value) = (
+            self.keys.node(&self.settings.config.name),
+            doc::encode(&entry),
+        );
         self.etcd(client, |mut c| {
             let (key, value) = (key.clone(), value.clone());
             async move {
@@ -969,7 +957,7 @@ impl Cluster {
         by: &str,
     ) -> Result<(), ChangeError> {
         let origin = DocOrigin {
-            node: self.settings.node.clone(),
+            node: self.settings.config.name.clone(),
             by: by.to_owned(),
         };
         let mut compares = Vec::new();
@@ -1053,7 +1041,7 @@ impl Cluster {
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let mut applied = self.applied.subscribe();
         let waited = tokio::time::timeout(
-            self.settings.request_timeout,
+            self.settings.config.request_timeout,
             applied.wait_for(|a| *a >= revision),
         )
         .await;
@@ -1062,7 +1050,7 @@ impl Cluster {
             _ => Err(ChangeError::Unavailable(format!(
                 "stored in the cluster at revision {revision}, but this node has not applied it \
                  within {:?}: it will when its watch catches up (check with mcproxyctl cluster status)",
-                self.settings.request_timeout
+                self.settings.config.request_timeout
             ))),
         }
     }
@@ -1102,13 +1090,13 @@ impl Cluster {
             return Err(format!(
                 "the prefix {} already holds a route table ({} keys): give --replace to \
                  overwrite it with this node's",
-                self.settings.prefix,
+                self.settings.config.prefix,
                 present.len()
             ));
         }
         let objects = self.local_objects().await?;
         let origin = DocOrigin {
-            node: self.settings.node.clone(),
+            node: self.settings.config.name.clone(),
             by: "mc-proxy cluster import".into(),
         };
         let mut ops = vec![TxnOp::put(self.keys.seeded(), doc::encode(&origin), None)];
@@ -1143,7 +1131,7 @@ impl Cluster {
             objects.rules.len(),
             objects.no_sni.len(),
             self.endpoints(),
-            self.settings.prefix,
+            self.settings.config.prefix,
             if stale.is_empty() {
                 String::new()
             } else {
@@ -1166,7 +1154,7 @@ impl Cluster {
         Ok(format!(
             "the database now holds the table of {} (prefix {}) at revision {revision}",
             self.endpoints(),
-            self.settings.prefix
+            self.settings.config.prefix
         ))
     }
 }
@@ -1198,7 +1186,7 @@ impl FleetStore for Cluster {
             .map_err(|_| self.unavailable("the cluster sync has stopped"))?;
         // The job answers within two request timeouts (the write, the wait to apply it).
         answer
-            .recv_timeout(self.settings.request_timeout * 2 + Duration::from_secs(1))
+            .recv_timeout(self.settings.config.request_timeout * 2 + Duration::from_secs(1))
             .map_err(|_| self.unavailable("no answer from the cluster sync"))?
     }
 }
