@@ -625,13 +625,7 @@ impl Cluster {
                 .map_err(|e| format!("comparing with the store: {e}"))?;
             let n = batch.len();
             if n > 0 {
-                if check {
-                    tracing::warn!(
-                        objects = n,
-                        "this node had drifted from the cluster store: repaired"
-                    );
-                    self.update_view(|v| v.drift_repaired += n as u64);
-                } else {
+                if !check {
                     tracing::info!(
                         objects = n,
                         revision,
@@ -639,6 +633,14 @@ impl Cluster {
                     );
                 }
                 self.apply_batch(batch).await;
+                // Counted once repaired, so whoever sees the count sees the repair.
+                if check {
+                    tracing::warn!(
+                        objects = n,
+                        "this node had drifted from the cluster store: repaired"
+                    );
+                    self.update_view(|v| v.drift_repaired += n as u64);
+                }
             }
             *lock(&self.mirror) = mirror;
             self.applied.send_if_modified(|a| {
