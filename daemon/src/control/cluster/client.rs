@@ -163,6 +163,14 @@ pub fn is_transport(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     match e {
         E::TransportError(_) | E::IoError(_) => true,
+        // A member stopping cleanly (GOAWAY) cancels what is on its connection; hyper's
+        // words for it. Seen in the client test right after a member's SIGTERM.
+        E::GRpcStatus(status)
+            if status.code() == tonic::Code::Cancelled
+                && status.message().contains("operation was canceled") =>
+        {
+            true
+        }
         E::GRpcStatus(status) => {
             let m = status.message();
             !m.starts_with("etcdserver:")
@@ -378,6 +386,13 @@ mod tests {
         )));
         assert!(is_transport(&etcd_client::Error::GRpcStatus(
             tonic::Status::unknown("transport error")
+        )));
+        // A member's clean stop cancels its connection's requests: tried on another.
+        assert!(is_transport(&etcd_client::Error::GRpcStatus(
+            tonic::Status::cancelled("operation was canceled")
+        )));
+        assert!(!is_transport(&etcd_client::Error::GRpcStatus(
+            tonic::Status::cancelled("etcdserver: request cancelled")
         )));
     }
 
