@@ -49,7 +49,13 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Console { read_only } = cli.command {
-        return match runtime.block_on(tui::run(target.socket, read_only, target.context)) {
+        // The fleet view's nodes; a file that does not load leaves only the console's own node
+        // (every other command reports the file's error).
+        let fleet = mcproxyctl::contexts::Contexts::load(&contexts)
+            .map(|c| c.contexts)
+            .unwrap_or_default();
+        let console = tui::run(target.socket, read_only, target.context, fleet);
+        return match runtime.block_on(console) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 warn(&format!("mcproxyctl: console: {e}"));

@@ -811,7 +811,7 @@ async fn add_a_route_see_its_traffic_and_delete_it_with_keys_only() {
     let backend = TlsBackend::start(&pki, &["new.test"]).await;
     let proxy = Proxy::start("[[listeners]]\naddr = \"127.0.0.1:0\"").await;
 
-    let (mut msgs, actions, link_task) = link::spawn(proxy.socket.clone());
+    let (mut msgs, actions, link_task) = link::spawn(proxy.socket.clone(), Vec::new());
     let (keys, mut inputs) = tokio::sync::mpsc::unbounded_channel();
     let terminal = Terminal::new(TestBackend::new(100, 30)).unwrap();
     let mut console = Console::new(terminal, actions);
@@ -875,7 +875,7 @@ async fn console_shows_reconnecting_and_resumes_when_the_daemon_returns() {
         "[[listeners]]\naddr = \"127.0.0.1:0\"\n[[listeners.routes]]\nhostname = \"keep.test\"\nbackend = \"127.0.0.1:9\"",
     )
     .await;
-    let (mut msgs, actions, link_task) = link::spawn(proxy.socket.clone());
+    let (mut msgs, actions, link_task) = link::spawn(proxy.socket.clone(), Vec::new());
     let (_keys, mut inputs) = tokio::sync::mpsc::unbounded_channel();
     let mut console = Console::new(Terminal::new(TestBackend::new(80, 24)).unwrap(), actions);
     until(&mut console, &mut inputs, &mut msgs, "keep.test").await;
@@ -1913,4 +1913,258 @@ fn v_filters_the_events_pane() {
     app.on_key(key(KeyCode::Char('v')));
     let s = render(&app, 120, 40);
     assert!(s.contains("close #41") && s.contains("192.0.2.66"), "{s}");
+}
+
+/// Sends one key to the console.
+fn press(keys: &tokio::sync::mpsc::UnboundedSender<Input>, code: KeyCode) {
+    keys.send(Input::Key(key(code))).unwrap();
+}
+
+#[tokio::test]
+async fn the_fleet_view_polls_every_context_and_enter_switches_the_console_to_a_node() {
+    use mcproxyctl::contexts::Context;
+    let pki = Pki::new();
+    let backend = TlsBackend::start(&pki, &["web.test", "only-b.test"]).await;
+    let config = format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\nname = \"edge\"\n[[listeners.routes]]\nhostname = \"web.test\"\nbackend = \"{}\"",
+        backend.addr
+    );
+    let a = Proxy::start(&config).await;
+    let b = Proxy::start(&config).await;
+    // A route only b has: seen once the console shows b, never before.
+    b.admin()
+        .await
+        .add_route(
+            "edge",
+            Route {
+                hostname: "only-b.test".into(),
+                backends: vec![mc_proxy_shared::RouteBackend::new(backend.addr.to_string())],
+                ..Route::default()
+            },
+        )
+        .await
+        .unwrap();
+    let gone = tempfile::tempdir().unwrap();
+    let contexts = vec![
+        Context {
+            name: "alpha".into(),
+            socket: a.socket.clone(),
+        },
+        Context {
+            name: "beta".into(),
+            socket: b.socket.clone(),
+        },
+        Context {
+            name: "gamma".into(),
+            socket: gone.path().join("mc-proxy.sock"),
+        },
+    ];
+    // Traffic through b only, the whole test long.
+    let traffic = {
+        let (addr, config) = (b.addr(), pki.client_config());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(mut c) = tls_connect(addr, "web.test", config.clone()).await {
+                    let _ = send_and_finish(&mut c, b"ping").await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    let (mut msgs, actions, link_task) = link::spawn(a.socket.clone(), contexts);
+    let (keys, mut inputs) = tokio::sync::mpsc::unbounded_channel();
+    let app = App::new().with_context(Some("alpha".into()));
+    let terminal = Terminal::new(TestBackend::new(100, 40)).unwrap();
+    let mut console = Console::with_app(app, terminal, actions);
+    let s = until(&mut console, &mut inputs, &mut msgs, "web.test").await;
+    assert!(s.contains("[alpha]") && !s.contains("only-b.test"), "{s}");
+
+    // n: every context, the unreachable one with a dash for every live figure.
+    press(&keys, KeyCode::Char('n'));
+    let s = until(&mut console, &mut inputs, &mut msgs, "3 node(s), 2 reached").await;
+    let row = |s: &str, name: &str| {
+        s.lines()
+            .find(|l| l.starts_with('│') && l.contains(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{s}"))
+            .to_owned()
+    };
+    let gamma = row(&s, "gamma");
+    assert!(gamma.contains("unreachable") && !gamma.contains("/s"), "{gamma}");
+    assert!(row(&s, "alpha").contains("*alpha"), "the node shown is marked:\n{s}");
+    // Two polls later b has a rate and a has none.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let s = loop {
+        let s = until(&mut console, &mut inputs, &mut msgs, "reached").await;
+        let beta = row(&s, "beta");
+        if beta.contains("/s") && !beta.contains(" 0/s") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "beta never showed a rate:\n{s}");
+        let _ = tokio::time::timeout(
+            Duration::from_millis(300),
+            console.step(&mut inputs, &mut msgs),
+        )
+        .await;
+    };
+    assert!(row(&s, "alpha").contains(" 0/s"), "a had no traffic:\n{s}");
+
+    // The route's detail on a says what each node serves of it.
+    press(&keys, KeyCode::Esc);
+    press(&keys, KeyCode::Enter);
+    let s = until(&mut console, &mut inputs, &mut msgs, "per node").await;
+    let beta = s
+        .lines()
+        .find(|l| l.contains(" beta "))
+        .unwrap_or_else(|| panic!("no beta line:\n{s}"));
+    assert!(beta.contains("req/s") && !beta.contains(" 0/s"), "{beta}");
+    press(&keys, KeyCode::Esc);
+
+    // Enter on beta: the console is b's now.
+    press(&keys, KeyCode::Char('n'));
+    until(&mut console, &mut inputs, &mut msgs, "reached").await;
+    press(&keys, KeyCode::Down);
+    press(&keys, KeyCode::Enter);
+    let s = until(&mut console, &mut inputs, &mut msgs, "only-b.test").await;
+    assert!(s.contains("[beta]") && !s.contains("[alpha]"), "{s}");
+    press(&keys, KeyCode::Char('n'));
+    let s = until(&mut console, &mut inputs, &mut msgs, "*beta").await;
+    assert!(!s.contains("*alpha"), "{s}");
+    traffic.abort();
+    link_task.abort();
+}
+
+/// A fleet of four: the console's node (a cluster member, behind by 2), a busy one with a
+/// long name, one whose socket is gone, one only the registry names.
+fn fleet_app() -> App {
+    use mc_proxy_shared::client::{ClusterLink, ClusterNode, ClusterStatus};
+    use mcproxyctl::tui::fleet::{Poll, Reading, Sample};
+    let link = |node: &str, applied, store| ClusterLink {
+        node: node.into(),
+        endpoints: vec!["http://127.0.0.1:2379".into()],
+        prefix: "/mc-proxy/default".into(),
+        state: "connected".into(),
+        since_ms: 0,
+        applied_revision: applied,
+        store_revision: store,
+        last_error: String::new(),
+        drift_repaired: 0,
+    };
+    let status = |node: &str, applied, open| Status {
+        version: "0.1.0".into(),
+        uptime: Duration::from_secs(100),
+        listeners: vec![ListenerStatus {
+            addr: "0.0.0.0:443".into(),
+            name: "edge".into(),
+            ..ListenerStatus::default()
+        }],
+        active_connections: open,
+        total_connections: 0,
+        firewall_rules: 0,
+        backends: vec![],
+        cluster: Some(link(node, applied, 1042)),
+    };
+    let route = |requests: u64, errors: u64| RouteEntry {
+        not_served: None,
+        listener: "0.0.0.0:443".into(),
+        route: Route {
+            hostname: "web.test".into(),
+            mode: Mode::L7,
+            ..Route::default()
+        },
+        stats: RouteStats {
+            requests,
+            responses: [0, requests - errors, 0, 0, errors],
+            active_connections: 7,
+            ..RouteStats::default()
+        },
+    };
+    let long = "edge-node-eu-west-1c-0042.example.internal";
+    let round = |at: Instant, scale: u64| Poll {
+        at,
+        current: "/run/mc-proxy/a.sock".into(),
+        samples: vec![
+            Sample {
+                context: "a".into(),
+                socket: "/run/mc-proxy/a.sock".into(),
+                reading: Ok(Reading {
+                    status: status("node-a", 1040, 12),
+                    routes: vec![route(10 * scale, 0)],
+                }),
+            },
+            Sample {
+                context: "eu-west-1c-0042".into(),
+                socket: "/run/mc-proxy/b.sock".into(),
+                reading: Ok(Reading {
+                    status: status(long, 1042, 123_456),
+                    routes: vec![route(25_000 * scale, 250 * scale)],
+                }),
+            },
+            Sample {
+                context: "old-box".into(),
+                socket: "/run/mc-proxy/gone.sock".into(),
+                reading: Err("connect /run/mc-proxy/gone.sock: No such file or directory".into()),
+            },
+        ],
+        registry: Some(Ok(ClusterStatus {
+            link: link("node-a", 1040, 1042),
+            nodes: ["node-a", long, "node-z"]
+                .iter()
+                .map(|name| ClusterNode {
+                    name: (*name).into(),
+                    version: "0.1.0".into(),
+                    listeners: vec!["edge=0.0.0.0:443".into()],
+                    admin: "/run/mc-proxy/admin.sock".into(),
+                    metrics: "127.0.0.1:9090".into(),
+                    applied_revision: 1030,
+                    last_error: String::new(),
+                    started_ms: 0,
+                })
+                .collect(),
+            nodes_error: String::new(),
+        })),
+    };
+    let mut app = App::new().with_context(Some("a".into()));
+    let t0 = Instant::now();
+    app.on_daemon(DaemonMsg::Fleet(round(t0, 1)));
+    app.on_daemon(DaemonMsg::Fleet(round(t0 + Duration::from_secs(2), 2)));
+    app.on_key(key(KeyCode::Char('n')));
+    app
+}
+
+#[test]
+fn the_fleet_view_fits_80x24_with_every_node_and_no_ambiguous_value() {
+    let app = fleet_app();
+    let s = render(&app, 80, 24);
+    println!("{s}");
+    let row = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with('│') && l.contains(name))
+            .unwrap_or_else(|| panic!("no row {name}:\n{s}"))
+    };
+    // The console's node: marked, behind by 2 of its own store's revisions, 5 req/s.
+    let a = row("*node-a");
+    for value in ["behind", "1040", " 2 ", " 12 ", "5/s", "0%"] {
+        assert!(a.contains(value), "{value:?} in {a:?}");
+    }
+    // The long name is cut with an ellipsis, its figures whole: 12.5K/s, 1.0% errors.
+    let b = row("edge-node-eu");
+    assert!(b.contains('…'), "{b}");
+    for value in ["123K", "12K/s", "1.0%", " up ", " 1042 "] {
+        assert!(b.contains(value), "{value:?} in {b:?}");
+    }
+    // The gone socket: why, and no figure of before.
+    let gone = row("old-box");
+    assert!(gone.contains("unreachable") && !gone.contains("/s"), "{gone}");
+    // Only in the registry: what the registry says, a dash for traffic.
+    let z = row("node-z");
+    assert!(z.contains("no context") && z.contains("1030") && z.contains(" 12 "), "{z}");
+    assert!(z.trim_end_matches([' ', '│']).ends_with('–'), "{z}");
+    // The selected row's detail under the table, and the keys.
+    assert!(s.contains("node-a: context a, shown now"), "{s}");
+    assert!(s.contains("enter switch") && s.contains("esc back"), "{s}");
+    // At 60 columns the same rows, fewer columns, values still whole.
+    let s = render(&app, 60, 20);
+    println!("{s}");
+    assert!(s.contains("12K/s") && s.contains("no context"), "{s}");
 }

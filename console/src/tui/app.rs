@@ -27,6 +27,7 @@ pub use super::data::{
     RouteView, admin_states, rule_key,
 };
 pub use super::firewall::FirewallView;
+pub use super::fleet::{Fleet, FleetView};
 pub use super::form::{Field, Form};
 use super::input::Context;
 pub use super::route_detail::RouteDetail;
@@ -53,6 +54,8 @@ pub enum DaemonMsg {
     Connections(ConnectionList),
     /// The daemon went away; the link retries.
     Disconnected(String),
+    /// A round of the fleet poll (every context, the registry).
+    Fleet(super::fleet::Poll),
     /// How an [`Action`] went: `Ok` with a note, or the daemon's error.
     ActionDone(Result<String, String>),
 }
@@ -117,6 +120,14 @@ pub enum Action {
     RemoveRule(FirewallRule),
     /// Start (`true`) or stop polling the open connections; no daemon change, no answer.
     WatchConnections(bool),
+    /// Show another node: the link leaves this daemon and connects to `socket`; everything
+    /// shown starts over from that daemon's snapshot.
+    SwitchNode {
+        /// The context that reaches it (the status line shows it).
+        context: String,
+        /// Its admin socket.
+        socket: std::path::PathBuf,
+    },
     /// Leave the console.
     Quit,
 }
@@ -128,6 +139,8 @@ pub enum View {
     Routes,
     /// Open connections.
     Connections,
+    /// Every node of the fleet.
+    Fleet,
 }
 
 /// What has the keyboard, by name (the component itself is [`App::popup`] or the view).
@@ -168,6 +181,10 @@ pub struct App {
     view: View,
     /// The box on top, with the keyboard.
     popup: Option<Popup>,
+    /// What the fleet poll said.
+    fleet: Fleet,
+    /// The fleet view.
+    fleet_view: FleetView,
 }
 
 impl Default for App {
@@ -185,6 +202,8 @@ impl App {
             conns: ConnView::default(),
             view: View::Routes,
             popup: None,
+            fleet: Fleet::default(),
+            fleet_view: FleetView::default(),
         }
     }
 
@@ -221,6 +240,16 @@ impl App {
     /// The connections view.
     pub fn conns(&self) -> &ConnView {
         &self.conns
+    }
+
+    /// The fleet as last polled.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// The fleet view.
+    pub fn fleet_view(&self) -> &FleetView {
+        &self.fleet_view
     }
 
     /// The main view on show.
@@ -270,12 +299,13 @@ impl App {
         match self.view {
             View::Routes => self.routes.filtering,
             View::Connections => self.conns.filtering,
+            View::Fleet => false,
         }
     }
 
     /// What the components read: the data and the routes view's selection.
     pub fn ctx(&self) -> Ctx<'_> {
-        Ctx::new(&self.data, &self.routes, self.view)
+        Ctx::new(&self.data, &self.routes, self.view, &self.fleet)
     }
 
     /// The selected listener, if any.
@@ -299,6 +329,7 @@ impl App {
             (Some(popup), _) => popup.component().context(),
             (None, View::Routes) => self.routes.context(),
             (None, View::Connections) => self.conns.context(),
+            (None, View::Fleet) => self.fleet_view.context(),
         }
     }
 
@@ -319,6 +350,7 @@ impl App {
             fw.follow(&self.data);
         }
         self.conns.follow();
+        self.fleet_view.follow(&self.fleet);
     }
 
     /// Applies a message from the daemon link.
@@ -338,6 +370,7 @@ impl App {
             }
             DaemonMsg::Connections(list) => self.conns.update(list, now),
             DaemonMsg::Disconnected(reason) => self.data.on_disconnected(reason),
+            DaemonMsg::Fleet(poll) => self.fleet.update(poll),
             DaemonMsg::ActionDone(result) => self.on_action_done(result),
         }
         self.follow_all();
@@ -389,17 +422,30 @@ impl App {
         }
     }
 
+    /// Starts over for another node: nothing of this one stays on screen (its routes,
+    /// events, connections, selections), the fleet view keeps its rows.
+    fn switch_to(&mut self, context: String, socket: &std::path::Path) {
+        self.data = Data::new(self.data.read_only);
+        self.data.context = Some(context);
+        self.routes = RoutesView::default();
+        self.conns = ConnView::default();
+        self.view = View::Routes;
+        self.popup = None;
+        self.fleet.switched(socket);
+    }
+
     /// Handles a key: the component with the keyboard decides; returns what to ask the daemon
     /// (or the link), if anything.
     pub fn on_key(&mut self, key: KeyEvent) -> Option<Action> {
         if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
             return Some(Action::Quit);
         }
-        let ctx = Ctx::new(&self.data, &self.routes, self.view);
+        let ctx = Ctx::new(&self.data, &self.routes, self.view, &self.fleet);
         let outcome = match (&mut self.popup, self.view) {
             (Some(popup), _) => popup.component_mut().on_key(&key, &ctx),
             (None, View::Routes) => self.routes.on_key(&key, &ctx),
             (None, View::Connections) => self.conns.on_key(&key, &ctx),
+            (None, View::Fleet) => self.fleet_view.on_key(&key, &ctx),
         };
         let action = self.apply(outcome);
         self.follow_all();
@@ -427,7 +473,14 @@ impl App {
                 self.data.note = None;
                 None
             }
+            Outcome::Note(text) => {
+                self.data.set_note(text, false);
+                None
+            }
         };
+        if let Some(Action::SwitchNode { context, socket }) = &action {
+            self.switch_to(context.clone(), socket);
+        }
         if let Some(Action::AddRoute { route, .. } | Action::UpdateRoute { route, .. }) = &action {
             // The selection goes to the route being saved, wherever it sorts.
             self.routes.route_sel.expect(route.hostname.clone());

@@ -16,6 +16,7 @@ use super::app::{Action, View};
 use super::confirm::Confirm;
 use super::data::{Data, RouteView};
 use super::firewall::FirewallView;
+use super::fleet::Fleet;
 use super::form::Form;
 use super::help::Help;
 use super::input::Context;
@@ -34,16 +35,19 @@ pub struct Ctx<'a> {
     pub route: Option<&'a RouteView>,
     /// The main view under the popups.
     pub view: View,
+    /// The fleet as last polled (the fleet view, a route's traffic per node).
+    pub fleet: &'a Fleet,
 }
 
 impl<'a> Ctx<'a> {
     /// The context for `data` with the selection of `routes` (borrowed only to find it).
-    pub fn new(data: &'a Data, routes: &RoutesView, view: View) -> Ctx<'a> {
+    pub fn new(data: &'a Data, routes: &RoutesView, view: View, fleet: &'a Fleet) -> Ctx<'a> {
         Ctx {
             data,
             listener: routes.listener(data),
             route: routes.route(data),
             view,
+            fleet,
         }
     }
 }
@@ -63,6 +67,8 @@ pub enum Outcome {
     Show(View),
     /// Clear the status line's notice.
     ClearNote,
+    /// Put this in the status line's notice (no daemon change).
+    Note(String),
 }
 
 impl Outcome {

@@ -52,6 +52,7 @@ impl Help {
                 Context::Help,
                 Context::Text,
             ],
+            (None, View::Fleet) => vec![Context::Fleet, Context::Help],
             (None, View::Routes) => vec![
                 Context::Routes,
                 Context::RouteDetail,
@@ -103,6 +104,12 @@ impl Component for Help {
                     Span::raw(b.help),
                 ]));
             }
+        }
+        if self.view == View::Fleet {
+            lines.push(Line::from(format!(
+                "nodes: every context, and every node the cluster registry names (a dash where only the node could tell). REQ/S counts L7 requests and L4 connections; ERR is their failed share (5xx, backend errors); both over the last {}s. LAG: store revisions not applied yet. * marks the node shown.",
+                super::fleet_link::INTERVAL.as_secs()
+            )));
         }
         if self.view == View::Routes && self.back.is_none() {
             lines.push(Line::from(format!(

@@ -16,6 +16,8 @@ pub enum Context {
     Routes,
     /// The connections view.
     Connections,
+    /// The fleet view.
+    Fleet,
     /// The firewall rules box.
     Firewall,
     /// A route's detail box, with its backends.
@@ -43,6 +45,7 @@ impl Context {
         match self {
             Context::Routes => "listeners and routes",
             Context::Connections => "connections (c)",
+            Context::Fleet => "fleet: every node (n)",
             Context::Firewall => "firewall (f)",
             Context::RouteDetail => "route detail (enter on a route)",
             Context::ListenerDetail => "listener detail (enter on a listener)",
@@ -85,6 +88,8 @@ pub enum Command {
     Firewall,
     /// Switch between the routes and connections views.
     Connections,
+    /// Switch between the routes and fleet views.
+    Fleet,
     /// Start a new filter.
     Filter,
     /// Next sort order.
@@ -168,7 +173,7 @@ const fn b(
 
 use Command as C;
 use Context::{
-    Confirm as Cf, Connections as Conns, Filter as Fl, Firewall as Fw, Form as Fm, Help as Hp,
+    Confirm as Cf, Connections as Conns, Filter as Fl, Fleet as Fv, Firewall as Fw, Form as Fm, Help as Hp,
     ListenerDetail as Ld, NewRule as Nr, RouteDetail as Rd, Routes as Rt, Text as Tx,
 };
 use KeyCode::{
@@ -190,6 +195,7 @@ pub const KEYS: &[Binding] = &[
     b(Rt, &[Char('v')], "v", "events pane: all, no traffic, backends only, traffic only", Some("v events"), C::EventFilter, false),
     b(Rt, &[Char('c')], "c", "open connections", Some("c conns"), C::Connections, false),
     b(Rt, &[Char('f')], "f", "firewall rules", Some("f firewall"), C::Firewall, false),
+    b(Rt, &[Char('n')], "n", "every node of the fleet (contexts, cluster registry)", Some("n nodes"), C::Fleet, false),
     b(Rt, &[Char('?')], "?", "this help", Some("? help"), C::Help, false),
     b(Rt, &[Esc], "esc", "clear the filter and the notice", None, C::Close, false),
     b(Rt, &[Char('q')], "q ctrl-c", "quit", Some("q quit"), C::Quit, false),
@@ -201,6 +207,12 @@ pub const KEYS: &[Binding] = &[
     b(Conns, &[Char('?')], "?", "this help", Some("? help"), C::Help, false),
     b(Conns, &[Esc, Char('c')], "esc c", "back to the routes", Some("esc back"), C::Close, false),
     b(Conns, &[Char('q')], "q", "quit", Some("q quit"), C::Quit, false),
+    b(Fv, &[Up, Down, Char('k'), Char('j')], "up/down j/k", "move the selection", None, C::Down, false),
+    b(Fv, &[PageUp, PageDown, Home, End], "pgup/pgdn home/end", "move by a page, to the first or last row", None, C::PageDown, false),
+    b(Fv, &[Enter], "enter", "switch the console to the selected node (its context)", Some("enter switch"), C::Detail, false),
+    b(Fv, &[Char('?')], "?", "this help", Some("? help"), C::Help, false),
+    b(Fv, &[Esc, Char('n')], "esc n", "back to the routes", Some("esc back"), C::Close, false),
+    b(Fv, &[Char('q')], "q", "quit", Some("q quit"), C::Quit, false),
     b(Fw, &[Up, Down, Char('k'), Char('j')], "up/down j/k", "move the selection", None, C::Down, false),
     b(Fw, &[Char('a')], "a", "block an address or network", Some("a block"), C::Add, true),
     b(Fw, &[Char('d'), Delete], "d del", "unblock the selected rule (asks first)", Some("d unblock"), C::Delete, true),
@@ -284,7 +296,7 @@ mod tests {
 
     #[test]
     fn every_context_lists_its_keys_in_the_help() {
-        for context in [Rt, Conns, Fw, Rd, Ld, Fm, Fl, Nr, Cf, Hp, Tx] {
+        for context in [Rt, Conns, Fv, Fw, Rd, Ld, Fm, Fl, Nr, Cf, Hp, Tx] {
             assert!(!context.title().is_empty());
             assert!(shown(context, false).count() > 0, "{context:?} has no keys");
         }

@@ -5,7 +5,8 @@
 //! I/O: the admin socket. The event subscription starts before the snapshot is fetched, so no
 //! change falls between the two (the app tolerates seeing one twice). While the connections
 //! view is shown (`Action::WatchConnections`), the open connections are polled once a second;
-//! the wish survives reconnects.
+//! the wish survives reconnects. `SwitchNode` ends the stretch and starts one with another
+//! daemon at once; the fleet poll (`fleet_link`) is told which socket is shown now.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,14 +14,18 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use mc_proxy_shared::Route;
 use mc_proxy_shared::client::{AdminClient, ClientError, RoutePatch};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::app::{Action, DaemonMsg};
+use super::fleet_link;
+use crate::contexts::Context;
 
-/// Starts the link; returns its messages, the way to send it actions, and its task.
+/// Starts the link to `socket`, and the fleet poll of `contexts` with it; returns their
+/// messages, the way to send actions, and the link's task (the poll ends with the console).
 pub fn spawn(
     socket: PathBuf,
+    contexts: Vec<Context>,
 ) -> (
     mpsc::Receiver<DaemonMsg>,
     mpsc::Sender<Action>,
@@ -28,7 +33,9 @@ pub fn spawn(
 ) {
     let (msg_tx, msg_rx) = mpsc::channel(1024);
     let (action_tx, action_rx) = mpsc::channel(8);
-    let task = tokio::spawn(run(socket, msg_tx, action_rx));
+    let (current_tx, current_rx) = watch::channel(socket.clone());
+    fleet_link::spawn(contexts, current_rx, msg_tx.clone());
+    let task = tokio::spawn(run(socket, msg_tx, action_rx, current_tx));
     (msg_rx, action_tx, task)
 }
 
@@ -36,17 +43,35 @@ pub fn spawn(
 /// enough that a poll stays cheap for the daemon.
 pub const POLL_LIMIT: u32 = 2000;
 
-async fn run(socket: PathBuf, msgs: mpsc::Sender<DaemonMsg>, mut actions: mpsc::Receiver<Action>) {
+/// Why a connected stretch ended.
+enum End {
+    /// The console is gone.
+    Gone,
+    /// The operator switched to the node behind this socket.
+    Switch(PathBuf),
+}
+
+async fn run(
+    mut socket: PathBuf,
+    msgs: mpsc::Sender<DaemonMsg>,
+    mut actions: mpsc::Receiver<Action>,
+    current: watch::Sender<PathBuf>,
+) {
     let mut watch = false;
     loop {
         let reason = match session(&socket, &msgs, &mut actions, &mut watch).await {
-            Ok(()) => return, // the console is gone
+            Ok(End::Gone) => return,
+            Ok(End::Switch(to)) => {
+                socket = to;
+                current.send_replace(socket.clone());
+                continue;
+            }
             Err(reason) => reason,
         };
         if msgs.send(DaemonMsg::Disconnected(reason)).await.is_err() {
             return;
         }
-        // Wait a second before retrying; refuse actions meanwhile.
+        // Wait a second before retrying; refuse actions meanwhile (a switch goes at once).
         let retry = tokio::time::sleep(Duration::from_secs(1));
         tokio::pin!(retry);
         loop {
@@ -54,9 +79,17 @@ async fn run(socket: PathBuf, msgs: mpsc::Sender<DaemonMsg>, mut actions: mpsc::
                 () = &mut retry => break,
                 action = actions.recv() => {
                     let Some(action) = action else { return };
-                    if let Action::WatchConnections(on) = action {
-                        watch = on;
-                        continue;
+                    match action {
+                        Action::WatchConnections(on) => {
+                            watch = on;
+                            continue;
+                        }
+                        Action::SwitchNode { socket: to, .. } => {
+                            socket = to;
+                            current.send_replace(socket.clone());
+                            break;
+                        }
+                        _ => {}
                     }
                     let refused = DaemonMsg::ActionDone(Err("not connected to the daemon".into()));
                     if msgs.send(refused).await.is_err() {
@@ -68,13 +101,14 @@ async fn run(socket: PathBuf, msgs: mpsc::Sender<DaemonMsg>, mut actions: mpsc::
     }
 }
 
-/// One connected stretch. `Ok` only when the console went away.
+/// One connected stretch, until the console goes or the operator switches (`Ok`), or the
+/// daemon goes (`Err`, why).
 async fn session(
     socket: &PathBuf,
     msgs: &mpsc::Sender<DaemonMsg>,
     actions: &mut mpsc::Receiver<Action>,
     watch: &mut bool,
-) -> Result<(), String> {
+) -> Result<End, String> {
     let short = |e: ClientError| match e {
         ClientError::Connect { reason, .. } => reason,
         other => other.to_string(),
@@ -93,7 +127,7 @@ async fn session(
         .await
         .is_err()
     {
-        return Ok(());
+        return Ok(End::Gone);
     }
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -115,12 +149,13 @@ async fn session(
                     poll.reset_immediately();
                     continue;
                 }
+                Some(Action::SwitchNode { socket, .. }) => return Ok(End::Switch(socket)),
                 Some(action) => DaemonMsg::ActionDone(perform(&mut client, action).await),
-                None => return Ok(()),
+                None => return Ok(End::Gone),
             },
         };
         if msgs.send(msg).await.is_err() {
-            return Ok(());
+            return Ok(End::Gone);
         }
     }
 }
@@ -215,7 +250,9 @@ async fn perform(client: &mut AdminClient, action: Action) -> Result<String, Str
             let text = format!("unblocked {} {}", rule.kind, rule.value);
             client.remove_firewall_rule(rule).await.map(|()| text)
         }
-        Action::Quit | Action::WatchConnections(_) => Ok(String::new()),
+        Action::Quit | Action::WatchConnections(_) | Action::SwitchNode { .. } => {
+            Ok(String::new())
+        }
     };
     result.map_err(|e| match e {
         ClientError::Rpc(status) => status.message().to_owned(),

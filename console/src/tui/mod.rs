@@ -7,10 +7,13 @@
 //!   `help`; shared drawing pieces are in `widgets`;
 //! - `ui`: the frame's layout (status line, view, hints, popup), from `&App`;
 //! - `input`: the key table, every context (views, boxes, form, filter, questions, help);
-//! - `link`: the background task that talks to the daemon, reconnecting when it goes away.
+//! - `link`: the background task that talks to the daemon, reconnecting when it goes away, and
+//!   switching to another node when the operator asks;
+//! - `fleet`: every node the contexts and the cluster registry name, and the fleet view;
+//!   `fleet_link` polls them.
 //!
 //! I/O: the terminal (raw mode, alternate screen; restored on exit, on error and on panic) and,
-//! through `link`, the admin socket. The loop waits on keys, daemon messages and a 1 s tick
+//! through `link` and `fleet_link`, the admin sockets. The loop waits on keys, daemon messages and a 1 s tick
 //! (for the uptime and expiring notices); the view changes from the event stream and action
 //! results, and the connections view from a once-a-second poll while it is shown.
 
@@ -20,6 +23,8 @@ pub mod confirm;
 pub mod conns;
 pub mod data;
 pub mod firewall;
+pub mod fleet;
+pub mod fleet_link;
 pub mod form;
 pub mod health;
 pub mod help;
@@ -156,8 +161,13 @@ fn restore() {
 
 /// Runs the console on the real terminal until the user quits; `read_only` hides and refuses
 /// every key that would change the daemon; `context`, the context that named the socket, is
-/// shown in the status line.
-pub async fn run(socket: PathBuf, read_only: bool, context: Option<String>) -> io::Result<()> {
+/// shown in the status line; `contexts` are the fleet view's nodes.
+pub async fn run(
+    socket: PathBuf,
+    read_only: bool,
+    context: Option<String>,
+    contexts: Vec<crate::contexts::Context>,
+) -> io::Result<()> {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         restore();
@@ -169,7 +179,7 @@ pub async fn run(socket: PathBuf, read_only: bool, context: Option<String>) -> i
     let terminal = Terminal::new(CrosstermBackend::new(io::stdout()))
         .map_err(|e| io::Error::other(e.to_string()))?;
 
-    let (mut msgs, actions, link) = link::spawn(socket);
+    let (mut msgs, actions, link) = link::spawn(socket, contexts);
     let (input_tx, mut inputs) = mpsc::unbounded_channel();
     let keys = tokio::spawn(async move {
         let mut events = EventStream::new();

@@ -18,6 +18,7 @@ use super::app::{Action, PAGE, View};
 use super::component::{Component, Ctx, Outcome};
 use super::confirm::Confirm;
 use super::data::{RouteView, admin_states};
+use super::fleet::Fleet;
 use super::form::{Form, protocol_meaning};
 use super::health::{ERROR_SHARE, WARN_SHARE, WINDOW};
 use super::help::Help;
@@ -180,6 +181,7 @@ impl Component for RouteDetail {
         // From the line after send_proxy on: counters and rates.
         let figures_from = lines.len() + 1;
         lines.extend(figure_lines(r));
+        lines.extend(node_lines(ctx.fleet, &l.name, &r.route.hostname));
         if stale {
             for line in &mut lines[figures_from..] {
                 *line = std::mem::take(line).style(stale_style());
@@ -315,6 +317,39 @@ fn figure_lines(r: &RouteView) -> Vec<Line<'static>> {
             fit::percent(ERROR_SHARE)
         ),
     ));
+    lines
+}
+
+/// The route's traffic on each node of the fleet that has it, when more than one does
+/// (nothing more to say with one): open connections, rate and error share over the fleet
+/// poll's interval, a dash until two polls were seen.
+fn node_lines(fleet: &Fleet, listener: &str, hostname: &str) -> Vec<Line<'static>> {
+    let nodes = fleet.route(&(listener.to_owned(), hostname.to_owned()));
+    if nodes.len() < 2 {
+        return Vec::new();
+    }
+    let secs = super::fleet_link::INTERVAL.as_secs();
+    let mut lines = vec![field(
+        "per node",
+        format!("{} nodes, over {secs}s (n: the fleet)", nodes.len()),
+    )];
+    for (node, figures) in nodes {
+        let (rate, share) = match figures.traffic {
+            Some(t) => (
+                fit::per_sec(t.per_sec),
+                t.error_share.map_or_else(|| "–".to_owned(), fit::percent),
+            ),
+            None => ("–".to_owned(), "–".to_owned()),
+        };
+        let marker = if node.current { "*" } else { " " };
+        lines.push(Line::from(format!(
+            "  {marker}{:<15} {:>6} open {:>7} req/s {:>6} err",
+            fit::end(&node.name, 15),
+            fit::count(figures.open),
+            rate,
+            share
+        )));
+    }
     lines
 }
 

@@ -412,6 +412,7 @@ impl Component for RoutesView {
                 self.filtering = true;
             }
             Command::Connections => return Outcome::Show(View::Connections),
+            Command::Fleet => return Outcome::Show(View::Fleet),
             Command::Sort => self.sort = self.sort.next(),
             Command::EventFilter => self.log_filter = self.log_filter.next(),
             Command::SwitchPane => {

@@ -62,6 +62,7 @@ pub fn render(app: &App, frame: &mut Frame<'_>) {
     match ctx.view {
         View::Routes => app.routes_view().render(&ctx, frame, body),
         View::Connections => app.conns().render(&ctx, frame, body),
+        View::Fleet => app.fleet_view().render(&ctx, frame, body),
     }
     render_hints(app, frame, hints);
     if let Some(popup) = app.popup() {
@@ -152,6 +153,7 @@ fn render_hints(app: &App, frame: &mut Frame<'_>, area: Rect) {
     let (filter, filtering) = match app.view() {
         View::Routes => (&app.routes_view().filter, app.routes_view().filtering),
         View::Connections => (&app.conns().filter, app.conns().filtering),
+        View::Fleet => (&app.routes_view().filter, false),
     };
     if filtering {
         let tail = format!("   {}  ctrl-u/w", super::form::hints(Context::Filter));
@@ -167,6 +169,7 @@ fn render_hints(app: &App, frame: &mut Frame<'_>, area: Rect) {
     let context = match app.view() {
         View::Routes => Context::Routes,
         View::Connections => Context::Connections,
+        View::Fleet => Context::Fleet,
     };
     // Whole hints only: drop the ones that do not fit, but always keep help.
     let hints: Vec<&str> = input::shown(context, app.data().read_only)
