@@ -1990,8 +1990,14 @@ async fn the_fleet_view_polls_every_context_and_enter_switches_the_console_to_a_
             .to_owned()
     };
     let gamma = row(&s, "gamma");
-    assert!(gamma.contains("unreachable") && !gamma.contains("/s"), "{gamma}");
-    assert!(row(&s, "alpha").contains("*alpha"), "the node shown is marked:\n{s}");
+    assert!(
+        gamma.contains("unreachable") && !gamma.contains("/s"),
+        "{gamma}"
+    );
+    assert!(
+        row(&s, "alpha").contains("*alpha"),
+        "the node shown is marked:\n{s}"
+    );
     // Two polls later b has a rate and a has none.
     let deadline = Instant::now() + Duration::from_secs(15);
     let s = loop {
@@ -2155,10 +2161,16 @@ fn the_fleet_view_fits_80x24_with_every_node_and_no_ambiguous_value() {
     }
     // The gone socket: why, and no figure of before.
     let gone = row("old-box");
-    assert!(gone.contains("unreachable") && !gone.contains("/s"), "{gone}");
+    assert!(
+        gone.contains("unreachable") && !gone.contains("/s"),
+        "{gone}"
+    );
     // Only in the registry: what the registry says, a dash for traffic.
     let z = row("node-z");
-    assert!(z.contains("no context") && z.contains("1030") && z.contains(" 12 "), "{z}");
+    assert!(
+        z.contains("no context") && z.contains("1030") && z.contains(" 12 "),
+        "{z}"
+    );
     assert!(z.trim_end_matches([' ', '│']).ends_with('–'), "{z}");
     // The selected row's detail under the table, and the keys.
     assert!(s.contains("node-a: context a, shown now"), "{s}");

@@ -581,17 +581,24 @@ impl Columns {
             fit::end(&n.name, self.name.saturating_sub(1))
         ))];
         if let Some(w) = self.context {
-            cells.push(Cell::from(n.context.as_deref().map_or_else(dash, |c| fit::end(c, w))));
+            cells.push(Cell::from(
+                n.context.as_deref().map_or_else(dash, |c| fit::end(c, w)),
+            ));
         }
         let (state, style) = state_of(n);
         cells.push(Cell::from(state).style(style));
         if self.version {
             cells.push(Cell::from(
-                n.version.as_deref().map_or_else(dash, |v| fit::end(v, VERSION)),
+                n.version
+                    .as_deref()
+                    .map_or_else(dash, |v| fit::end(v, VERSION)),
             ));
         }
         if self.revision {
-            cells.push(right(n.applied.map_or_else(dash, |r| fit::end(&r.to_string(), REV))));
+            cells.push(right(
+                n.applied
+                    .map_or_else(dash, |r| fit::end(&r.to_string(), REV)),
+            ));
         }
         cells.push(right(n.lag.map_or_else(dash, |l| fit::count(l as u64))));
         cells.push(right(n.open.map_or_else(dash, fit::count)));
@@ -739,7 +746,10 @@ mod tests {
         let mut fleet = Fleet::default();
         fleet.update(poll(
             t0,
-            vec![sample("a", up(10, vec![l7("x.test", 100, 0), l7("y.test", 0, 0)]))],
+            vec![sample(
+                "a",
+                up(10, vec![l7("x.test", 100, 0), l7("y.test", 0, 0)]),
+            )],
         ));
         let a = &fleet.nodes[0];
         assert!(a.current, "the console's socket is marked");
@@ -751,7 +761,10 @@ mod tests {
         // Two seconds later: 40 more requests on x, 10 of them 5xx; 20 on y, none failed.
         fleet.update(poll(
             t0 + Duration::from_secs(2),
-            vec![sample("a", up(12, vec![l7("x.test", 140, 10), l7("y.test", 20, 0)]))],
+            vec![sample(
+                "a",
+                up(12, vec![l7("x.test", 140, 10), l7("y.test", 20, 0)]),
+            )],
         ));
         let a = &fleet.nodes[0];
         let t = a.traffic.expect("a rate after two polls");
@@ -777,7 +790,10 @@ mod tests {
     fn an_unreachable_node_shows_why_and_no_figure_of_before() {
         let t0 = Instant::now();
         let mut fleet = Fleet::default();
-        fleet.update(poll(t0, vec![sample("b", up(10, vec![l7("x.test", 1, 0)]))]));
+        fleet.update(poll(
+            t0,
+            vec![sample("b", up(10, vec![l7("x.test", 1, 0)]))],
+        ));
         assert_eq!(fleet.nodes[0].open, Some(3));
         fleet.update(poll(
             t0 + Duration::from_secs(2),
@@ -785,7 +801,10 @@ mod tests {
         ));
         let b = &fleet.nodes[0];
         assert_eq!(b.reach, Reach::Unreachable("connection refused".into()));
-        assert_eq!((b.open, b.traffic, b.version.as_deref()), (None, None, None));
+        assert_eq!(
+            (b.open, b.traffic, b.version.as_deref()),
+            (None, None, None)
+        );
         assert!(b.routes.is_empty());
         assert_eq!(state_of(b).0, "unreachable");
         assert!(!b.current);
@@ -824,12 +843,20 @@ mod tests {
         assert_eq!(names, ["node-a", "node-c"], "one row per node, by name");
         let a = &fleet.nodes[0];
         assert_eq!(a.context.as_deref(), Some("a"));
-        assert_eq!((a.applied, a.lag), (Some(40), Some(2)), "its own link's figures");
+        assert_eq!(
+            (a.applied, a.lag),
+            (Some(40), Some(2)),
+            "its own link's figures"
+        );
         assert_eq!(state_of(a).0, "behind");
         let c = &fleet.nodes[1];
         assert_eq!(c.reach, Reach::RegistryOnly);
         assert_eq!((c.applied, c.lag), (Some(37), Some(5)));
-        assert_eq!((c.open, c.traffic), (None, None), "only the node could tell");
+        assert_eq!(
+            (c.open, c.traffic),
+            (None, None),
+            "only the node could tell"
+        );
         assert_eq!(state_of(c).0, "no context");
         assert_eq!(fleet.reached(), 1);
 

@@ -39,7 +39,11 @@ pub fn spawn(
     tokio::spawn(run(contexts, current, msgs))
 }
 
-async fn run(contexts: Vec<Context>, current: watch::Receiver<PathBuf>, msgs: mpsc::Sender<DaemonMsg>) {
+async fn run(
+    contexts: Vec<Context>,
+    current: watch::Receiver<PathBuf>,
+    msgs: mpsc::Sender<DaemonMsg>,
+) {
     let mut clients: HashMap<PathBuf, AdminClient> = HashMap::new();
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -110,7 +114,9 @@ async fn read(
     let work = async {
         let mut client = match client {
             Some(client) => client,
-            None => AdminClient::connect(socket).await.map_err(|e| e.to_string())?,
+            None => AdminClient::connect(socket)
+                .await
+                .map_err(|e| e.to_string())?,
         };
         let status = client.status().await.map_err(|e| e.to_string())?;
         let routes = client.list_routes(None).await.map_err(|e| e.to_string())?;
@@ -119,10 +125,7 @@ async fn read(
     match tokio::time::timeout(TIMEOUT, work).await {
         Ok(Ok((reading, client))) => (Ok(reading), Some(client)),
         Ok(Err(e)) => (Err(short(&e)), None),
-        Err(_) => (
-            Err(format!("no answer in {}ms", TIMEOUT.as_millis())),
-            None,
-        ),
+        Err(_) => (Err(format!("no answer in {}ms", TIMEOUT.as_millis())), None),
     }
 }
 

@@ -173,8 +173,8 @@ const fn b(
 
 use Command as C;
 use Context::{
-    Confirm as Cf, Connections as Conns, Filter as Fl, Fleet as Fv, Firewall as Fw, Form as Fm, Help as Hp,
-    ListenerDetail as Ld, NewRule as Nr, RouteDetail as Rd, Routes as Rt, Text as Tx,
+    Confirm as Cf, Connections as Conns, Filter as Fl, Firewall as Fw, Fleet as Fv, Form as Fm,
+    Help as Hp, ListenerDetail as Ld, NewRule as Nr, RouteDetail as Rd, Routes as Rt, Text as Tx,
 };
 use KeyCode::{
     BackTab, Char, Delete, Down, End, Enter, Esc, Home, Left, PageDown, PageUp, Right, Tab, Up,

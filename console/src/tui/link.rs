@@ -250,9 +250,7 @@ async fn perform(client: &mut AdminClient, action: Action) -> Result<String, Str
             let text = format!("unblocked {} {}", rule.kind, rule.value);
             client.remove_firewall_rule(rule).await.map(|()| text)
         }
-        Action::Quit | Action::WatchConnections(_) | Action::SwitchNode { .. } => {
-            Ok(String::new())
-        }
+        Action::Quit | Action::WatchConnections(_) | Action::SwitchNode { .. } => Ok(String::new()),
     };
     result.map_err(|e| match e {
         ClientError::Rpc(status) => status.message().to_owned(),
