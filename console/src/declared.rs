@@ -536,7 +536,7 @@ fn check(fc: FileHealthCheck) -> Result<HealthCheck, String> {
 
 // ---- The plan. ----
 
-/// One change, made by one admin call (a route's member states by one call each).
+/// One change of the plan; `mcproxyctl apply` makes the plan as one change set.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// Block an address or a network.
@@ -558,10 +558,8 @@ pub enum Change {
         label: String,
         /// The route's hostname.
         hostname: String,
-        /// The fields that differ (`None`: only member states do).
-        patch: Option<RoutePatch>,
-        /// Members whose admin state differs, with the file's state.
-        states: Vec<(String, AdminState)>,
+        /// The fields that differ (member states ride on the backend set).
+        patch: RoutePatch,
         /// `field old -> new`, one per difference.
         fields: Vec<String>,
     },
@@ -817,11 +815,9 @@ fn route_change(
             backends_text(&have.backends),
             backends_text(&want.backends)
         ));
-        // The set is replaced whole; the states the file gives ride along (and are set one
-        // by one below when the daemon keeps its own).
+        // The set is replaced whole; the states the file gives ride along.
         patch.backends = Some(want.backends.clone());
     }
-    let mut states = Vec::new();
     for b in &want.backends {
         let now = have
             .backends
@@ -830,7 +826,8 @@ fn route_change(
             .map_or(AdminState::Enabled, |h| h.state);
         if now != b.state {
             fields.push(format!("state of {} {now} -> {}", b.address, b.state));
-            states.push((b.address.clone(), b.state));
+            // A state is set by sending the whole set with it (one change per route).
+            patch.backends = Some(want.backends.clone());
         }
     }
     macro_rules! field {
@@ -883,8 +880,7 @@ fn route_change(
         listener: listener.to_owned(),
         label: label.to_owned(),
         hostname: want.hostname.clone(),
-        patch: (patch != RoutePatch::default()).then_some(patch),
-        states,
+        patch,
         fields,
     })
 }
@@ -1082,7 +1078,6 @@ balance = "least_conn"
                 "access_log"
             ]
         );
-        let patch = patch.unwrap();
         assert_eq!(patch.mode, Some(Mode::L7));
         assert_eq!(patch.backends, None);
         // A relative path stored from the daemon's TOML, written the same in the file.

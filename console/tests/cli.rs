@@ -2276,7 +2276,7 @@ async fn apply_makes_the_daemon_match_a_file_and_a_second_apply_changes_nothing(
 }
 
 #[tokio::test]
-async fn a_refused_change_stops_the_apply_and_lists_what_was_applied() {
+async fn a_refused_change_refuses_the_whole_set_naming_the_file_listener_and_route() {
     let proxy = Proxy::start("[[listeners]]\naddr = \"127.0.0.1:0\"\nname = \"public\"\n").await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.toml");
@@ -2293,7 +2293,7 @@ async fn a_refused_change_stops_the_apply_and_lists_what_was_applied() {
     let path = path.display().to_string();
     let o = ctl(&proxy, &["apply", "-f", &path]).await;
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert_eq!(stdout(&o), "+ firewall ip 192.0.2.7\n");
+    assert_eq!(stdout(&o), "", "nothing reported as made");
     let err = stderr(&o);
     assert!(
         err.contains(&format!(
@@ -2302,8 +2302,14 @@ async fn a_refused_change_stops_the_apply_and_lists_what_was_applied() {
         "{err}"
     );
     assert!(
-        err.contains("applied before it (1 change(s)") && err.contains("  + firewall ip 192.0.2.7"),
-        "{err}"
+        err.contains("change 2: ") && err.contains("nothing was applied"),
+        "the daemon names the change's place in the set: {err}"
+    );
+    let o = ctl(&proxy, &["firewall", "list", "--no-headers"]).await;
+    assert_eq!(
+        stdout(&o),
+        "",
+        "the rule before it in the set is not made either"
     );
     let missing = dir.path().join("missing.pem").display().to_string();
     assert!(
@@ -2312,6 +2318,34 @@ async fn a_refused_change_stops_the_apply_and_lists_what_was_applied() {
     );
     let o = ctl(&proxy, &["routes", "list", "--no-headers"]).await;
     assert_eq!(stdout(&o), "", "the refused route is not there");
+}
+
+#[tokio::test]
+async fn a_no_sni_route_naming_a_route_the_file_adds_is_set_after_it() {
+    let proxy = Proxy::start("[[listeners]]\naddr = \"127.0.0.1:0\"\nname = \"public\"\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        "[[listeners]]\nname = \"public\"\nno_sni_route = \"default.test\"\n\
+         [[listeners.routes]]\nhostname = \"default.test\"\nbackend = \"127.0.0.1:9001\"\n",
+    )
+    .unwrap();
+    let path = path.display().to_string();
+    let o = ctl(&proxy, &["apply", "-f", &path]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.contains("+ route default.test on public")
+            && out.contains("~ listener public: no_sni_route")
+            && out.contains("applied 2 change(s)"),
+        "{out}"
+    );
+    let o = ctl(&proxy, &["diff", "-f", &path]).await;
+    assert_eq!(
+        (o.status.code(), stdout(&o)),
+        (Some(0), "no changes\n".into())
+    );
 }
 
 #[tokio::test]
@@ -2349,9 +2383,31 @@ async fn apply_on_a_cluster_node_changes_the_fleet_and_stops_when_the_store_is_a
     std::fs::write(&path, format!("{head}{}", route("fleet.test"))).unwrap();
     let path = path.display().to_string();
 
-    // Applied through A: the fleet's change, which B serves and then has nothing to change.
+    // Applied through A: the fleet's change, one transaction (one store revision for the
+    // rule and the route), which B serves and then has nothing to change.
+    let applied = |p: &Proxy| p.state.cluster().map(|v| v.applied).unwrap_or_default();
+    let before = applied(&a);
     let o = ctl(&a, &["apply", "-f", &path]).await;
     assert_ok(&o);
+    assert_eq!(
+        stdout(&o),
+        "+ firewall ip 192.0.2.7\n+ route fleet.test on 127.0.0.1:0: l4 -> 127.0.0.1:9001\n\
+         applied 2 change(s) from "
+            .to_owned()
+            + &path
+            + "\n"
+    );
+    // The rule and the route were written by one transaction: one revision, which A applied.
+    let written: Vec<(String, i64)> = store
+        .mod_revisions("/mc-proxy/apply/v1/")
+        .await
+        .into_iter()
+        .filter(|(key, _)| key.contains("/firewall/") || key.contains("/routes/"))
+        .collect();
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert_eq!(written[0].1, written[1].1, "one transaction: {written:?}");
+    assert!(applied(&a) >= written[0].1, "answered once applied here");
+    assert!(before < written[0].1);
     let start = std::time::Instant::now();
     loop {
         let o = ctl(&b, &["diff", "-f", &path]).await;
@@ -2364,6 +2420,7 @@ async fn apply_on_a_cluster_node_changes_the_fleet_and_stops_when_the_store_is_a
     }
     let o = ctl(&b, &["apply", "-f", &path]).await;
     assert_eq!(stdout(&o), "no changes\n");
+    assert!(applied(&b) >= written[0].1, "B applied that revision");
 
     // The store away: the first change is refused with the cluster's exit status, naming the
     // file, listener and route; nothing changed.

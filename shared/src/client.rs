@@ -74,6 +74,18 @@ impl ClientError {
     pub fn is_store_away(&self) -> bool {
         matches!(self, ClientError::Rpc(s) if s.code() == tonic::Code::Unavailable)
     }
+
+    /// A change set was refused at this change (its position, from 1): none was made.
+    pub fn change_index(&self) -> Option<usize> {
+        match self {
+            ClientError::Rpc(s) => s
+                .metadata()
+                .get(CHANGE_INDEX_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            _ => None,
+        }
+    }
 }
 
 impl From<ParseModeError> for ClientError {
@@ -97,6 +109,10 @@ impl From<ParseKindError> for ClientError {
 /// The metadata key a daemon's own UNAVAILABLE carries (its cluster store is away), to tell
 /// it from the UNAVAILABLE tonic makes up when the connection to the daemon breaks.
 pub const STORE_AWAY_HEADER: &str = "mc-proxy-store-away";
+
+/// The trailer of an `ApplyChanges` refusal: the refused change's position in the set, from
+/// 1 (no change of the set was made).
+pub const CHANGE_INDEX_HEADER: &str = "mc-proxy-change-index";
 
 impl From<tonic::Status> for ClientError {
     /// A status the daemon sent is [`ClientError::Rpc`]; one tonic made up because the
@@ -833,27 +849,7 @@ impl AdminClient {
     ) -> Result<(Route, Vec<String>), ClientError> {
         let r = self
             .inner
-            .update_route(pb::UpdateRouteRequest {
-                listener: listener.to_owned(),
-                hostname: hostname.to_owned(),
-                new_hostname: patch.hostname,
-                backend: None,
-                backends: patch.backends.map(|set| pb::BackendSet {
-                    backends: set.into_iter().map(pb::RouteBackend::from).collect(),
-                }),
-                balance: patch.balance.map(|b| pb::Balance::from(b).into()),
-                clear_health_check: matches!(patch.health_check, Some(None)),
-                health_check: patch.health_check.flatten().map(pb::HealthCheck::from),
-                mode: patch.mode.map(|m| pb::RouteMode::from(m).into()),
-                tls_cert: patch.tls_cert,
-                tls_key: patch.tls_key,
-                backend_tls: patch.backend_tls,
-                send_proxy_protocol: patch.send_proxy_protocol,
-                backend_protocol: patch
-                    .backend_protocol
-                    .map(|p| pb::BackendProtocol::from(p).into()),
-                access_log: patch.access_log,
-            })
+            .update_route(update_route_request(listener, hostname, patch))
             .await?
             .into_inner();
         Ok((required_route(r.route)?, r.warnings))
@@ -894,6 +890,23 @@ impl AdminClient {
             .await?
             .into_inner();
         required_route(r.route)
+    }
+
+    /// Makes `changes` as one set: all of them, or (an error) none. A refusal says which
+    /// change in [`ClientError::change_index`]. Returns the warnings, each prefixed with its
+    /// change's position.
+    pub async fn apply_changes(
+        &mut self,
+        changes: Vec<SetChange>,
+    ) -> Result<Vec<String>, ClientError> {
+        let r = self
+            .inner
+            .apply_changes(pb::ApplyChangesRequest {
+                changes: changes.into_iter().map(pb::ChangeSetItem::from).collect(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.warnings)
     }
 
     /// Removes a route.
@@ -974,15 +987,7 @@ impl AdminClient {
     ) -> Result<(ListenerStatus, Vec<String>), ClientError> {
         let r = self
             .inner
-            .update_listener(pb::UpdateListenerRequest {
-                listener: listener.to_owned(),
-                no_sni_route: update.no_sni_route,
-                access_log: update.access_log,
-                proxy_protocol: update.proxy_protocol,
-                proxy_protocol_from: update
-                    .proxy_protocol_from
-                    .map(|sources| pb::ProxySources { sources }),
-            })
+            .update_listener(update_listener_request(listener, update))
             .await?
             .into_inner();
         listener_answer(r.listener, r.warnings)
@@ -1719,4 +1724,140 @@ pub struct ClusterStatus {
     pub nodes: Vec<ClusterNode>,
     /// Why the list is missing (the store is away), empty otherwise.
     pub nodes_error: String,
+}
+
+/// The `UpdateRoute` request that sets what `patch` sets.
+fn update_route_request(
+    listener: &str,
+    hostname: &str,
+    patch: RoutePatch,
+) -> pb::UpdateRouteRequest {
+    pb::UpdateRouteRequest {
+        listener: listener.to_owned(),
+        hostname: hostname.to_owned(),
+        new_hostname: patch.hostname,
+        backend: None,
+        backends: patch.backends.map(|set| pb::BackendSet {
+            backends: set.into_iter().map(pb::RouteBackend::from).collect(),
+        }),
+        balance: patch.balance.map(|b| pb::Balance::from(b).into()),
+        clear_health_check: matches!(patch.health_check, Some(None)),
+        health_check: patch.health_check.flatten().map(pb::HealthCheck::from),
+        mode: patch.mode.map(|m| pb::RouteMode::from(m).into()),
+        tls_cert: patch.tls_cert,
+        tls_key: patch.tls_key,
+        backend_tls: patch.backend_tls,
+        send_proxy_protocol: patch.send_proxy_protocol,
+        backend_protocol: patch
+            .backend_protocol
+            .map(|p| pb::BackendProtocol::from(p).into()),
+        access_log: patch.access_log,
+    }
+}
+
+/// The `UpdateListener` request that sets what `update` sets.
+fn update_listener_request(listener: &str, update: ListenerUpdate) -> pb::UpdateListenerRequest {
+    pb::UpdateListenerRequest {
+        listener: listener.to_owned(),
+        no_sni_route: update.no_sni_route,
+        access_log: update.access_log,
+        proxy_protocol: update.proxy_protocol,
+        proxy_protocol_from: update
+            .proxy_protocol_from
+            .map(|sources| pb::ProxySources { sources }),
+    }
+}
+
+/// One change of a set ([`AdminClient::apply_changes`]): what the single-change calls take.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SetChange {
+    /// [`AdminClient::add_route`].
+    AddRoute {
+        /// The listener's name or address.
+        listener: String,
+        /// The route, member states included.
+        route: Route,
+    },
+    /// [`AdminClient::update_route`].
+    UpdateRoute {
+        /// The listener's name or address.
+        listener: String,
+        /// The route's hostname.
+        hostname: String,
+        /// What to change.
+        patch: RoutePatch,
+    },
+    /// [`AdminClient::remove_route`].
+    RemoveRoute {
+        /// The listener's name or address.
+        listener: String,
+        /// The route's hostname.
+        hostname: String,
+    },
+    /// [`AdminClient::add_firewall_rule`].
+    AddRule(FirewallRule),
+    /// [`AdminClient::remove_firewall_rule`].
+    RemoveRule(FirewallRule),
+    /// [`AdminClient::update_listener`].
+    UpdateListener {
+        /// The listener's name or address.
+        listener: String,
+        /// What to set.
+        update: ListenerUpdate,
+    },
+    /// [`AdminClient::set_backend_state`].
+    SetBackendState {
+        /// The listener's name or address.
+        listener: String,
+        /// The route's hostname.
+        hostname: String,
+        /// The member's address.
+        address: String,
+        /// Its new admin state.
+        state: AdminState,
+    },
+}
+
+impl From<SetChange> for pb::ChangeSetItem {
+    fn from(c: SetChange) -> Self {
+        use pb::change_set_item::Change as Item;
+        let item = match c {
+            SetChange::AddRoute { listener, route } => Item::AddRoute(pb::AddRouteRequest {
+                listener,
+                route: Some(route.into()),
+            }),
+            SetChange::UpdateRoute {
+                listener,
+                hostname,
+                patch,
+            } => Item::UpdateRoute(update_route_request(&listener, &hostname, patch)),
+            SetChange::RemoveRoute { listener, hostname } => {
+                Item::RemoveRoute(pb::RemoveRouteRequest { listener, hostname })
+            }
+            SetChange::AddRule(rule) => Item::AddFirewallRule(pb::AddFirewallRuleRequest {
+                rule: Some(rule.into()),
+            }),
+            SetChange::RemoveRule(rule) => {
+                Item::RemoveFirewallRule(pb::RemoveFirewallRuleRequest {
+                    rule: Some(rule.into()),
+                })
+            }
+            SetChange::UpdateListener { listener, update } => {
+                Item::UpdateListener(update_listener_request(&listener, update))
+            }
+            SetChange::SetBackendState {
+                listener,
+                hostname,
+                address,
+                state,
+            } => Item::SetBackendState(pb::SetBackendStateRequest {
+                listener,
+                hostname,
+                address,
+                state: pb::AdminState::from(state).into(),
+                weight: None,
+            }),
+        };
+        pb::ChangeSetItem { change: Some(item) }
+    }
 }

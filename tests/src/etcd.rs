@@ -359,6 +359,24 @@ impl EtcdCluster {
         panic!("etcd compact failed: {last:?}");
     }
 
+    /// Every key under `prefix` with the revision that last wrote it, in key order.
+    pub async fn mod_revisions(&self, prefix: &str) -> Vec<(String, i64)> {
+        let mut client = self.client().await;
+        let r = client
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .expect("etcd get");
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.mod_revision(),
+                )
+            })
+            .collect()
+    }
+
     /// The last lines of every member's log, for a failure message.
     pub fn log_tail(&self) -> String {
         let mut out = String::new();

@@ -2,14 +2,15 @@
 //! daemon made to match a file of listeners, routes and firewall rules (`crate::declared`
 //! reads it and plans the changes).
 //!
-//! I/O: the file, the admin socket (through the caller's client), stdout and stderr. The
-//! admin API has no multi-change transaction, so apply is change by change in the plan's safe
-//! order: the first refusal stops it, naming the file, listener and route, and lists what was
-//! applied before it (its exit status is the refusal's: 1, or 5/6 on a cluster node). On a
-//! cluster node each change is fleet-wide as it is made (the daemon writes it through etcd).
+//! I/O: the file, the admin socket (through the caller's client), stdout and stderr. The plan
+//! is sent as one change set (`ApplyChanges`): the daemon checks every change before making
+//! the first, so a refusal changes nothing and names the file, listener and route of the
+//! change it refused; on a cluster node the set is one transaction in the fleet's store. The
+//! one exception: a listener's `no_sni_route` naming a route the same plan adds goes in a
+//! second set after the first (the daemon checks a set against what exists before it), and
+//! the output says so.
 
-use mc_proxy_shared::client::{AdminClient, ClientError};
-use mc_proxy_shared::{AdminState, Route};
+use mc_proxy_shared::client::{AdminClient, SetChange};
 
 use super::{CtlError, emit, print_warnings, warn};
 use crate::cli::ApplyArgs;
@@ -29,8 +30,8 @@ pub(super) async fn diff(client: &mut AdminClient, args: &ApplyArgs) -> Result<(
     }
 }
 
-/// `apply`: each change of the plan made and printed as it is made; `dry_run` prints the plan
-/// and changes nothing.
+/// `apply`: the plan made as one change set (two when a `no_sni_route` names a route it adds)
+/// and printed once made; `dry_run` prints the plan and changes nothing.
 pub(super) async fn apply(
     client: &mut AdminClient,
     args: &ApplyArgs,
@@ -40,31 +41,46 @@ pub(super) async fn apply(
     if dry_run || plan.changes.is_empty() {
         return emit(&plan.text());
     }
-    let mut applied: Vec<String> = Vec::new();
-    for change in &plan.changes {
-        if let Err(e) = make(client, change).await {
-            warn(&format!(
-                "mcproxyctl: {}: {} refused: {change}",
-                declared.file,
-                context(change)
-            ));
-            if applied.is_empty() {
-                warn("nothing was applied (apply is change by change, not one transaction)");
-            } else {
-                warn(&format!(
-                    "applied before it ({} change(s), kept: apply is change by change, not one \
-                     transaction):",
-                    applied.len()
-                ));
-                for line in &applied {
-                    warn(&format!("  {line}"));
-                }
-            }
-            return Err(e);
+    let (first, second) = sets(&plan.changes);
+    let mut applied = 0;
+    for (n, set) in [first, second].into_iter().enumerate() {
+        if set.is_empty() {
+            continue;
         }
-        let line = change.to_string();
-        emit(&format!("{line}\n"))?;
-        applied.push(line);
+        let items = set.iter().map(|c| set_change(c)).collect();
+        match client.apply_changes(items).await {
+            Ok(warnings) => {
+                for change in &set {
+                    emit(&format!("{change}\n"))?;
+                }
+                print_warnings(&warnings)?;
+                applied += set.len();
+            }
+            Err(e) => {
+                // A refusal of the whole set (the store away) names its change when it has one.
+                let index = e.change_index().or((set.len() == 1).then_some(1));
+                match index.and_then(|i| set.get(i.wrapping_sub(1))) {
+                    Some(change) => warn(&format!(
+                        "mcproxyctl: {}: {} refused: {change}",
+                        declared.file,
+                        context(change)
+                    )),
+                    None => warn(&format!(
+                        "mcproxyctl: {}: the change set was refused",
+                        declared.file
+                    )),
+                }
+                if n == 0 {
+                    warn("nothing was applied: the set is all or nothing");
+                } else {
+                    warn(&format!(
+                        "applied before it ({applied} change(s), kept): the first set; this one \
+                         sets a no_sni_route to a route the first set added"
+                    ));
+                }
+                return Err(e.into());
+            }
+        }
     }
     let kept = Plan {
         changes: Vec::new(),
@@ -75,10 +91,29 @@ pub(super) async fn apply(
         emit(text.trim_end_matches("no changes\n"))?;
     }
     emit(&format!(
-        "applied {} change(s) from {}\n",
-        applied.len(),
+        "applied {applied} change(s) from {}\n",
         declared.file
     ))
+}
+
+/// The plan as change sets: everything, but a listener update whose `no_sni_route` names a
+/// route the plan adds on that listener, which needs the route to exist when it is checked.
+fn sets(changes: &[Change]) -> (Vec<&Change>, Vec<&Change>) {
+    let added = |listener: &str, hostname: &str| {
+        changes.iter().any(|c| {
+            matches!(c, Change::AddRoute { listener: l, route, .. }
+                if l == listener && route.hostname.eq_ignore_ascii_case(hostname))
+        })
+    };
+    changes.iter().partition(|c| match c {
+        Change::UpdateListener {
+            listener, update, ..
+        } => !update
+            .no_sni_route
+            .as_deref()
+            .is_some_and(|h| added(listener, h.trim())),
+        _ => true,
+    })
 }
 
 /// The file, checked, and the plan against what the daemon has now. A file refused, or one
@@ -116,79 +151,29 @@ fn context(change: &Change) -> String {
     }
 }
 
-/// One change through the admin API (a route's member states one call each).
-async fn make(client: &mut AdminClient, change: &Change) -> Result<(), CtlError> {
-    match change {
-        Change::AddRule(rule) => {
-            client.add_firewall_rule(rule.clone()).await?;
-        }
-        Change::RemoveRule(rule) => client.remove_firewall_rule(rule.clone()).await?,
+/// A change of the plan as the admin API's change set takes it.
+fn set_change(change: &Change) -> SetChange {
+    match change.clone() {
+        Change::AddRule(rule) => SetChange::AddRule(rule),
+        Change::RemoveRule(rule) => SetChange::RemoveRule(rule),
         Change::AddRoute {
             listener, route, ..
-        } => {
-            let (added, warnings) = client.add_route(listener, route.clone()).await?;
-            print_warnings(&warnings)?;
-            let states: Vec<(String, AdminState)> = route
-                .backends
-                .iter()
-                .map(|b| (b.address.clone(), b.state))
-                .collect();
-            set_states(client, listener, &added, &states).await?;
-        }
+        } => SetChange::AddRoute { listener, route },
         Change::UpdateRoute {
             listener,
             hostname,
             patch,
-            states,
             ..
-        } => {
-            let now = match patch {
-                Some(patch) => {
-                    let (route, warnings) = client
-                        .update_route(listener, hostname, patch.clone())
-                        .await?;
-                    print_warnings(&warnings)?;
-                    route
-                }
-                None => Route {
-                    hostname: hostname.clone(),
-                    ..Route::default()
-                },
-            };
-            set_states(client, listener, &now, states).await?;
-        }
+        } => SetChange::UpdateRoute {
+            listener,
+            hostname,
+            patch,
+        },
         Change::UpdateListener {
             listener, update, ..
-        } => {
-            let (_, warnings) = client.update_listener(listener, update.clone()).await?;
-            print_warnings(&warnings)?;
-        }
+        } => SetChange::UpdateListener { listener, update },
         Change::RemoveRoute {
             listener, hostname, ..
-        } => client.remove_route(listener, hostname).await?,
+        } => SetChange::RemoveRoute { listener, hostname },
     }
-    Ok(())
-}
-
-/// SetBackendState for each member of `route` (as the daemon answered) whose admin state is
-/// not the file's; a member missing from the answer is set too.
-async fn set_states(
-    client: &mut AdminClient,
-    listener: &str,
-    route: &Route,
-    states: &[(String, AdminState)],
-) -> Result<(), ClientError> {
-    for (address, state) in states {
-        let now = route
-            .backends
-            .iter()
-            .find(|b| b.address.eq_ignore_ascii_case(address))
-            .map(|b| b.state);
-        if now != Some(*state) {
-            client
-                .set_backend_state(listener, &route.hostname, address, *state)
-                .await?;
-        }
-    }
-    Ok(())
 }

@@ -27,6 +27,7 @@ use tokio_stream::wrappers::{
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response};
 
+use crate::control::apply::MAX_SET;
 use crate::control::reload::{ReloadOutcome, RouteReload};
 use crate::control::{Applied, Change, ChangeError, Control, ListenerChange, listener_by_name};
 use crate::model::events::{Caller, Event, Origin, Timed};
@@ -146,6 +147,9 @@ async fn publish_stats(state: Arc<State>, shutdown: CancellationToken) {
 
 fn status(e: ChangeError) -> tonic::Status {
     match e {
+        // A change of a set: the code of its own reason, the whole text, and its position
+        // for the caller to name what it sent.
+        ChangeError::InSet { index, source } => in_set(index - 1, status(*source)),
         ChangeError::Invalid(m) => tonic::Status::invalid_argument(m),
         ChangeError::NotFound(m) => tonic::Status::not_found(m),
         ChangeError::AlreadyExists(m) => tonic::Status::already_exists(m),
@@ -620,13 +624,7 @@ impl AdminService for Admin {
         request: Request<pb::AddRouteRequest>,
     ) -> Result<Response<pb::AddRouteResponse>, tonic::Status> {
         let caller = caller_of(&request);
-        let req = request.into_inner();
-        let route = Route::try_from(required(req.route, "route")?)
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        let change = Change::AddRoute {
-            listener: req.listener,
-            route,
-        };
+        let change = add_route_change(request.into_inner())?;
         let (route, warnings) = route_answer(self.apply(caller, change).await?)?;
         Ok(Response::new(pb::AddRouteResponse {
             route: Some(route),
@@ -640,63 +638,7 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::UpdateRouteResponse>, tonic::Status> {
         let caller = caller_of(&request);
         let req = request.into_inner();
-        let mode = req
-            .mode
-            .map(request_mode)
-            .transpose()
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        let backend_protocol = req
-            .backend_protocol
-            .map(request_backend_protocol)
-            .transpose()
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        let invalid = |e: &dyn std::fmt::Display| tonic::Status::invalid_argument(e.to_string());
-        // The set wins over field 4, which is a one-member set as before backend sets.
-        let backends = match (req.backends, req.backend) {
-            (Some(set), _) => Some(
-                set.backends
-                    .into_iter()
-                    .map(RouteBackend::try_from)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| invalid(&e))?,
-            ),
-            (None, Some(one)) => Some(vec![RouteBackend::new(one)]),
-            (None, None) => None,
-        };
-        let balance = req
-            .balance
-            .map(request_balance)
-            .transpose()
-            .map_err(|e| invalid(&e))?;
-        let health_check = match (req.clear_health_check, req.health_check) {
-            (true, Some(_)) => {
-                return Err(tonic::Status::invalid_argument(
-                    "health_check and clear_health_check are both set: send one",
-                ));
-            }
-            (true, None) => Some(None),
-            (false, Some(check)) => {
-                Some(Some(HealthCheck::try_from(check).map_err(|e| invalid(&e))?))
-            }
-            (false, None) => None,
-        };
-        let change = Change::UpdateRoute {
-            listener: req.listener,
-            hostname: req.hostname,
-            patch: RoutePatch {
-                hostname: req.new_hostname,
-                backends,
-                balance,
-                health_check,
-                mode,
-                tls_cert: req.tls_cert,
-                tls_key: req.tls_key,
-                backend_tls: req.backend_tls,
-                send_proxy_protocol: req.send_proxy_protocol,
-                backend_protocol,
-                access_log: req.access_log,
-            },
-        };
+        let change = update_route_change(req)?;
         let (route, warnings) = route_answer(self.apply(caller, change).await?)?;
         Ok(Response::new(pb::UpdateRouteResponse {
             route: Some(route),
@@ -839,20 +781,7 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::UpdateListenerResponse>, tonic::Status> {
         let caller = caller_of(&request);
         let req = request.into_inner();
-        let applied = self
-            .apply(
-                caller,
-                Change::UpdateListener {
-                    listener: req.listener,
-                    settings: ListenerChange {
-                        proxy_protocol: req.proxy_protocol,
-                        proxy_protocol_from: req.proxy_protocol_from.map(|p| p.sources),
-                        no_sni_route: req.no_sni_route,
-                        access_log: req.access_log,
-                    },
-                },
-            )
-            .await?;
+        let applied = self.apply(caller, update_listener_change(req)).await?;
         let (listener, warnings) = listener_answer(applied)?;
         Ok(Response::new(pb::UpdateListenerResponse {
             listener: Some(listener),
@@ -897,26 +826,49 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::SetBackendStateResponse>, tonic::Status> {
         let caller = caller_of(&request);
         let req = request.into_inner();
-        // UNSPECIFIED means "unchanged" (a weight change), never "set it to the default": a
-        // request with neither is refused by `apply`.
-        let state = match req.state {
-            0 => None,
-            n => Some(AdminState::try_from(n).map_err(|_| {
-                tonic::Status::invalid_argument(format!(
-                    "state {n} is not enabled, draining or disabled"
-                ))
-            })?),
-        };
-        let change = Change::SetBackendState {
-            listener: req.listener,
-            hostname: req.hostname,
-            address: req.address,
-            state,
-            weight: req.weight,
-        };
+        let change = set_backend_change(req)?;
         let (route, _) = route_answer(self.apply(caller, change).await?)?;
         Ok(Response::new(pb::SetBackendStateResponse {
             route: Some(route),
+        }))
+    }
+
+    async fn apply_changes(
+        &self,
+        request: Request<pb::ApplyChangesRequest>,
+    ) -> Result<Response<pb::ApplyChangesResponse>, tonic::Status> {
+        let caller = caller_of(&request);
+        let items = request.into_inner().changes;
+        if items.len() > MAX_SET {
+            return Err(tonic::Status::invalid_argument(format!(
+                "{} changes in one set: at most {MAX_SET}",
+                items.len()
+            )));
+        }
+        let changes = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| set_item_change(item).map_err(|s| in_set(i, s)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let results = match self.apply(caller, Change::Set(changes)).await? {
+            Applied::Set(results) => results,
+            other => {
+                return Err(tonic::Status::internal(format!(
+                    "unexpected result of a change set: {other:?}"
+                )));
+            }
+        };
+        let mut warnings = Vec::new();
+        for (i, result) in results.iter().enumerate() {
+            if let Applied::Route { warnings: w, .. } | Applied::Listener { warnings: w, .. } =
+                result
+            {
+                warnings.extend(w.iter().map(|w| format!("change {}: {w}", i + 1)));
+            }
+        }
+        Ok(Response::new(pb::ApplyChangesResponse {
+            applied: u32::try_from(results.len()).unwrap_or(u32::MAX),
+            warnings,
         }))
     }
 
@@ -963,4 +915,141 @@ impl AdminService for Admin {
 fn rule_from_pb(rule: Option<pb::FirewallRule>) -> Result<FirewallRule, tonic::Status> {
     FirewallRule::try_from(required(rule, "rule")?)
         .map_err(|e| tonic::Status::invalid_argument(e.to_string()))
+}
+
+/// An `UpdateRoute` request as a change (also a change of a set).
+fn update_route_change(req: pb::UpdateRouteRequest) -> Result<Change, tonic::Status> {
+    let mode = req
+        .mode
+        .map(request_mode)
+        .transpose()
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    let backend_protocol = req
+        .backend_protocol
+        .map(request_backend_protocol)
+        .transpose()
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    let invalid = |e: &dyn std::fmt::Display| tonic::Status::invalid_argument(e.to_string());
+    // The set wins over field 4, which is a one-member set as before backend sets.
+    let backends = match (req.backends, req.backend) {
+        (Some(set), _) => Some(
+            set.backends
+                .into_iter()
+                .map(RouteBackend::try_from)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(&e))?,
+        ),
+        (None, Some(one)) => Some(vec![RouteBackend::new(one)]),
+        (None, None) => None,
+    };
+    let balance = req
+        .balance
+        .map(request_balance)
+        .transpose()
+        .map_err(|e| invalid(&e))?;
+    let health_check = match (req.clear_health_check, req.health_check) {
+        (true, Some(_)) => {
+            return Err(tonic::Status::invalid_argument(
+                "health_check and clear_health_check are both set: send one",
+            ));
+        }
+        (true, None) => Some(None),
+        (false, Some(check)) => Some(Some(HealthCheck::try_from(check).map_err(|e| invalid(&e))?)),
+        (false, None) => None,
+    };
+    Ok(Change::UpdateRoute {
+        listener: req.listener,
+        hostname: req.hostname,
+        patch: RoutePatch {
+            hostname: req.new_hostname,
+            backends,
+            balance,
+            health_check,
+            mode,
+            tls_cert: req.tls_cert,
+            tls_key: req.tls_key,
+            backend_tls: req.backend_tls,
+            send_proxy_protocol: req.send_proxy_protocol,
+            backend_protocol,
+            access_log: req.access_log,
+        },
+    })
+}
+
+/// A `SetBackendState` request as a change (also a change of a set).
+fn set_backend_change(req: pb::SetBackendStateRequest) -> Result<Change, tonic::Status> {
+    // UNSPECIFIED means "unchanged" (a weight change), never "set it to the default": a
+    // request with neither is refused by `apply`.
+    let state = match req.state {
+        0 => None,
+        n => Some(AdminState::try_from(n).map_err(|_| {
+            tonic::Status::invalid_argument(format!(
+                "state {n} is not enabled, draining or disabled"
+            ))
+        })?),
+    };
+    Ok(Change::SetBackendState {
+        listener: req.listener,
+        hostname: req.hostname,
+        address: req.address,
+        state,
+        weight: req.weight,
+    })
+}
+
+/// An `AddRoute` request as a change (also a change of a set).
+fn add_route_change(req: pb::AddRouteRequest) -> Result<Change, tonic::Status> {
+    let route = Route::try_from(required(req.route, "route")?)
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    Ok(Change::AddRoute {
+        listener: req.listener,
+        route,
+    })
+}
+
+/// An `UpdateListener` request as a change (also a change of a set).
+fn update_listener_change(req: pb::UpdateListenerRequest) -> Change {
+    Change::UpdateListener {
+        listener: req.listener,
+        settings: ListenerChange {
+            proxy_protocol: req.proxy_protocol,
+            proxy_protocol_from: req.proxy_protocol_from.map(|p| p.sources),
+            no_sni_route: req.no_sni_route,
+            access_log: req.access_log,
+        },
+    }
+}
+
+/// One change of an `ApplyChanges` set, converted as its own call would convert it.
+fn set_item_change(item: pb::ChangeSetItem) -> Result<Change, tonic::Status> {
+    use pb::change_set_item::Change as Item;
+    Ok(match required(item.change, "change")? {
+        Item::AddRoute(req) => add_route_change(req)?,
+        Item::UpdateRoute(req) => update_route_change(req)?,
+        Item::RemoveRoute(req) => Change::RemoveRoute {
+            listener: req.listener,
+            hostname: req.hostname,
+        },
+        Item::AddFirewallRule(req) => Change::AddFirewallRule(rule_from_pb(req.rule)?),
+        Item::RemoveFirewallRule(req) => Change::RemoveFirewallRule(rule_from_pb(req.rule)?),
+        Item::UpdateListener(req) => update_listener_change(req),
+        Item::SetBackendState(req) => set_backend_change(req)?,
+    })
+}
+
+/// A refusal of the `i`-th (from 0) change of a set before it reached the control plane:
+/// its position in the text and the trailer, as [`status`] gives those that did.
+fn in_set(i: usize, s: tonic::Status) -> tonic::Status {
+    let index = i + 1;
+    let mut status = tonic::Status::with_metadata(
+        s.code(),
+        format!("change {index}: {}", s.message()),
+        s.metadata().clone(),
+    );
+    if let Ok(value) = tonic::metadata::MetadataValue::try_from(index.to_string()) {
+        status
+            .metadata_mut()
+            .insert(mc_proxy_shared::client::CHANGE_INDEX_HEADER, value);
+    }
+    status
 }

@@ -115,6 +115,11 @@ pub enum Change {
     /// different by a resync): applied here as it is, whoever wrote it. Only the cluster
     /// sync sends these.
     Synced(Vec<Synced>),
+    /// Several route, firewall and listener changes made as one (`mcproxyctl apply`): every
+    /// one is checked before the first is made, a set touching one object twice is refused,
+    /// and on a cluster node the set is one transaction in the fleet's store. Only the
+    /// changes [`Change::fits_a_set`] allows.
+    Set(Vec<Change>),
 }
 
 /// One object of the fleet's shared state as the cluster store has it (see
@@ -165,7 +170,24 @@ impl Change {
             Change::RemoveListener { .. } => "remove_listener",
             Change::ReloadSettings(_) => "reload_settings",
             Change::Synced(_) => "sync",
+            Change::Set(_) => "change_set",
         }
+    }
+
+    /// Whether the change may be part of a [`Change::Set`]: the route, firewall and listener
+    /// setting changes `mcproxyctl apply` makes (not binding or unbinding a listener, not a
+    /// reload, not another set).
+    pub fn fits_a_set(&self) -> bool {
+        matches!(
+            self,
+            Change::AddRoute { .. }
+                | Change::UpdateRoute { .. }
+                | Change::RemoveRoute { .. }
+                | Change::SetBackendState { .. }
+                | Change::AddFirewallRule(_)
+                | Change::RemoveFirewallRule(_)
+                | Change::UpdateListener { .. }
+        )
     }
 
     /// Whether, on a cluster node, the change is the fleet's (written to the cluster store
@@ -224,6 +246,8 @@ pub enum Applied {
     Rule(FirewallRule),
     /// One result per stored L7 route.
     Reloaded(Vec<RouteReload>),
+    /// A [`Change::Set`]: one result per change, in order.
+    Set(Vec<Applied>),
 }
 
 /// Why a change was not applied; nothing changed. The first three are the caller's to fix.
@@ -252,6 +276,33 @@ pub enum ChangeError {
     /// applied. The node keeps serving what it has.
     #[error("{0}")]
     Unavailable(String),
+    /// The change at `index` (1-based) of a [`Change::Set`] was refused, for `source`; no
+    /// change of the set was made.
+    #[error("change {index}: {source}")]
+    InSet {
+        /// Its position in the set, from 1.
+        index: usize,
+        /// Why.
+        source: Box<ChangeError>,
+    },
+}
+
+impl ChangeError {
+    /// The refusal of the `i`-th (from 0) change of a set.
+    fn in_set(self, i: usize) -> ChangeError {
+        ChangeError::InSet {
+            index: i + 1,
+            source: Box::new(self),
+        }
+    }
+
+    /// The reason itself, out of any set it came from.
+    pub fn root(&self) -> &ChangeError {
+        match self {
+            ChangeError::InSet { source, .. } => source.root(),
+            other => other,
+        }
+    }
 }
 
 impl From<StoreError> for ChangeError {
@@ -504,36 +555,137 @@ impl Control {
             tracing::info_span!("change", id = origin.change, by = ?origin.caller.to_string());
         let _in_change = span.enter();
         let kind = change.kind();
-        let result = match self.fleet.get() {
+        let from_fleet = matches!(origin.caller, Caller::Node { .. });
+        let result = match (self.fleet.get(), change) {
+            (fleet, Change::Set(changes)) => {
+                let fleet = fleet.filter(|_| !from_fleet).map(|f| f.as_ref());
+                self.apply_set(fleet, changes, &origin)
+            }
             // A change the watch delivered is applied here as it is; one asked of this node
             // goes to the fleet first.
-            Some(fleet)
-                if change.is_fleet_wide() && !matches!(origin.caller, Caller::Node { .. }) =>
-            {
+            (Some(fleet), change) if change.is_fleet_wide() && !from_fleet => {
                 self.fleet_apply(fleet.as_ref(), change, &origin)
             }
-            _ => self.dispatch(change, &origin),
+            (_, change) => self.dispatch(change, &origin),
         };
         match &result {
             Ok(_) => tracing::info!(change = kind, "change applied"),
             // The daemon's own failures were logged at error where they happened.
-            Err(
-                e @ (ChangeError::Invalid(_)
+            Err(e) => match e.root() {
+                ChangeError::Invalid(_)
                 | ChangeError::NotFound(_)
                 | ChangeError::AlreadyExists(_)
                 | ChangeError::Conflict(_)
-                | ChangeError::Unavailable(_)),
-            ) => tracing::info!(change = kind, "change refused: {e}"),
-            Err(_) => {}
+                | ChangeError::Unavailable(_) => {
+                    tracing::info!(change = kind, "change refused: {e}")
+                }
+                _ => {}
+            },
         }
         result
     }
 
+    /// [`Change::Set`]. Every change is planned as a fleet-wide change would be (`plan`: the
+    /// same checks as [`Control::dispatch`] makes), against the fleet's store on a cluster
+    /// node, against this node's own objects otherwise; a refusal names the change's position
+    /// and nothing is made. Then, on a cluster node, the writes of all go to the store as one
+    /// transaction and every node applies them from its watch together; on a single node the
+    /// changes are made one by one under the store lock, which is held from the first check
+    /// to the last change, so no other change slips in between. (The one way a single node's
+    /// set can stop half-way after its checks is the database failing to write, reported as
+    /// such with the change's position.)
+    fn apply_set(
+        &self,
+        fleet: Option<&dyn FleetStore>,
+        changes: Vec<Change>,
+        origin: &Origin,
+    ) -> Result<Applied, ChangeError> {
+        if changes.len() > MAX_SET {
+            return Err(ChangeError::Invalid(format!(
+                "{} changes in one set: at most {MAX_SET}",
+                changes.len()
+            )));
+        }
+        if let Some(i) = changes.iter().position(|c| !c.fits_a_set()) {
+            return Err(ChangeError::Invalid(format!(
+                "{} cannot be part of a change set (route, firewall and listener setting \
+                 changes only)",
+                changes[i].kind()
+            ))
+            .in_set(i));
+        }
+        let mut store = self.store()?;
+        let rules;
+        let here;
+        let checker: &dyn FleetStore = match fleet {
+            Some(fleet) => fleet,
+            None => {
+                rules = store.firewall_rules()?;
+                here = Here {
+                    state: &self.state,
+                    rules: rules.iter().map(|r| r.value.clone()).collect(),
+                };
+                &here
+            }
+        };
+        let mut plans = Vec::with_capacity(changes.len());
+        let mut touched = std::collections::HashSet::new();
+        for (i, change) in changes.iter().enumerate() {
+            let (ops, answer, local) =
+                plan(&store, &self.state, checker, change.clone()).map_err(|e| e.in_set(i))?;
+            for op in &ops {
+                if !touched.insert(op.key()) {
+                    return Err(ChangeError::Invalid(format!(
+                        "{} is changed a second time in the set: one change per object",
+                        op.key()
+                    ))
+                    .in_set(i));
+                }
+            }
+            plans.push((ops, answer, local));
+        }
+        let Some(fleet) = fleet else {
+            let mut results = Vec::with_capacity(changes.len());
+            for (i, change) in changes.into_iter().enumerate() {
+                results.push(
+                    self.dispatch_locked(&mut store, change, origin)
+                        .map_err(|e| e.in_set(i))?,
+                );
+            }
+            return Ok(Applied::Set(results));
+        };
+        drop(store);
+        let ops = plans
+            .iter_mut()
+            .flat_map(|(ops, ..)| ops.drain(..))
+            .collect();
+        fleet.write(ops, &origin.caller.to_string())?;
+        let mut results = Vec::with_capacity(plans.len());
+        for (i, (_, answer, local)) in plans.into_iter().enumerate() {
+            let result = match local {
+                Some(local) => self.dispatch(local, origin),
+                None => answer(&self.state),
+            };
+            results.push(result.map_err(|e| e.in_set(i))?);
+        }
+        Ok(Applied::Set(results))
+    }
+
     fn dispatch(&self, change: Change, origin: &Origin) -> Result<Applied, ChangeError> {
         let mut store = self.store()?;
+        self.dispatch_locked(&mut store, change, origin)
+    }
+
+    /// [`Control::dispatch`] with the store already locked.
+    fn dispatch_locked(
+        &self,
+        store: &mut Store,
+        change: Change,
+        origin: &Origin,
+    ) -> Result<Applied, ChangeError> {
         let state = &*self.state;
         let cx = Apply {
-            store: &mut store,
+            store,
             state,
             origin,
         };
@@ -578,6 +730,9 @@ impl Control {
             } => remove_listener(cx, listener, with_routes),
             Change::ReloadSettings(new) => reload_settings(state, new),
             Change::Synced(batch) => apply_synced(cx, batch),
+            Change::Set(_) => Err(ChangeError::Internal(
+                "a change set is made by apply_set, not dispatch".into(),
+            )),
         }
     }
 }
@@ -1351,6 +1506,53 @@ pub trait FleetStore: Send + Sync + std::fmt::Debug {
     >;
 }
 
+/// The most changes one [`Change::Set`] takes (a route file of 10 000 routes fits).
+pub const MAX_SET: usize = 10_000;
+
+/// What a single node checks a [`Change::Set`] against: its own objects, as if they were the
+/// fleet's (every one at revision 0), so [`plan`] runs every check a change would pass.
+/// Nothing is ever written through it.
+#[derive(Debug)]
+struct Here<'a> {
+    state: &'a State,
+    /// The stored rules' values.
+    rules: std::collections::HashSet<String>,
+}
+
+impl FleetStore for Here<'_> {
+    fn revision_of(&self, key: &FleetKey) -> Option<i64> {
+        let exists = match key {
+            FleetKey::Route { listener, hostname } => self.state.listeners().iter().any(|l| {
+                fleet_name(l) == *listener
+                    && (l.routes().get(hostname).is_some()
+                        || l.not_served_route(hostname).is_some())
+            }),
+            FleetKey::Rule(value) => self.rules.contains(value),
+            FleetKey::NoSni { .. } => true,
+        };
+        exists.then_some(0)
+    }
+
+    fn write(&self, _: Vec<FleetOp>, _: &str) -> Result<(), ChangeError> {
+        Err(ChangeError::Internal(
+            "a single node's change set is checked against it, never written".into(),
+        ))
+    }
+
+    fn nodes(
+        &self,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<Vec<crate::model::cluster::NodeInfo>, ChangeError>,
+                > + Send
+                + '_,
+        >,
+    > {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
 /// An object of the fleet's shared state, by what names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum FleetKey {
@@ -1368,6 +1570,44 @@ pub enum FleetKey {
         /// The listener's name.
         listener: String,
     },
+}
+
+impl std::fmt::Display for FleetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FleetKey::Route { listener, hostname } => {
+                write!(f, "route {hostname} of listener {listener}")
+            }
+            FleetKey::Rule(value) => write!(f, "firewall rule {value}"),
+            FleetKey::NoSni { listener } => write!(f, "the no-SNI route of listener {listener}"),
+        }
+    }
+}
+
+impl FleetOp {
+    /// The object it writes.
+    pub fn key(&self) -> FleetKey {
+        match self {
+            FleetOp::PutRoute {
+                listener, route, ..
+            } => FleetKey::Route {
+                listener: listener.clone(),
+                hostname: route.hostname.clone(),
+            },
+            FleetOp::DeleteRoute {
+                listener, hostname, ..
+            } => FleetKey::Route {
+                listener: listener.clone(),
+                hostname: hostname.clone(),
+            },
+            FleetOp::PutRule { rule } | FleetOp::DeleteRule { rule, .. } => {
+                FleetKey::Rule(rule.value.clone())
+            }
+            FleetOp::PutNoSni { listener, .. } => FleetKey::NoSni {
+                listener: listener.clone(),
+            },
+        }
+    }
 }
 
 /// One write of a fleet-wide change; `expect` is the object's revision the change was
@@ -2089,6 +2329,90 @@ mod tests {
             .unwrap();
         assert_eq!(backend_of(&control, "app.test"), None);
         assert!(control.store().unwrap().routes(1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_change_set_is_checked_whole_before_its_first_change_is_made() {
+        let (control, _dir) = control();
+        let rule = |value: &str| FirewallRule {
+            kind: FirewallRuleKind::Ip,
+            value: value.into(),
+        };
+        let add = |hostname: &str| Change::AddRoute {
+            listener: L.into(),
+            route: route(hostname, "127.0.0.1:5"),
+        };
+        // The third change names a route that does not exist: nothing of the set is made.
+        let refused = control
+            .apply(Change::Set(vec![
+                Change::AddFirewallRule(rule("192.0.2.9")),
+                add("one.test"),
+                Change::RemoveRoute {
+                    listener: L.into(),
+                    hostname: "nowhere.test".into(),
+                },
+            ]))
+            .unwrap_err();
+        assert!(
+            matches!(refused, ChangeError::InSet { index: 3, ref source } if matches!(**source, ChangeError::NotFound(_))),
+            "{refused:?}"
+        );
+        assert_eq!(backend_of(&control, "one.test"), None);
+        assert!(control.firewall_rules().unwrap().is_empty());
+        assert_eq!(control.store().unwrap().routes(1).unwrap().len(), 1);
+
+        // One object twice, or a change a set does not take: refused, naming its place.
+        let twice = control
+            .apply(Change::Set(vec![add("two.test"), add("Two.Test")]))
+            .unwrap_err();
+        assert!(
+            matches!(twice, ChangeError::InSet { index: 2, .. })
+                && twice.to_string().contains("second time"),
+            "{twice}"
+        );
+        let reload = control
+            .apply(Change::Set(vec![
+                add("two.test"),
+                Change::ReloadCertificates,
+            ]))
+            .unwrap_err();
+        assert!(
+            matches!(reload, ChangeError::InSet { index: 2, .. }),
+            "{reload}"
+        );
+        assert_eq!(backend_of(&control, "two.test"), None);
+
+        // A good set: every change made, one result each, in order.
+        let applied = control
+            .apply(Change::Set(vec![
+                Change::AddFirewallRule(rule("192.0.2.9")),
+                add("one.test"),
+                Change::UpdateRoute {
+                    listener: L.into(),
+                    hostname: "app.test".into(),
+                    patch: RoutePatch {
+                        backends: Some(vec![RouteBackend::new("127.0.0.1:6")]),
+                        ..RoutePatch::default()
+                    },
+                },
+            ]))
+            .unwrap();
+        let Applied::Set(results) = applied else {
+            panic!("{applied:?}")
+        };
+        assert_eq!(results.len(), 3);
+        assert!(
+            matches!(results[1], Applied::Route { ref route, .. } if route.hostname == "one.test")
+        );
+        assert_eq!(
+            backend_of(&control, "one.test").as_deref(),
+            Some("127.0.0.1:5")
+        );
+        assert_eq!(
+            backend_of(&control, "app.test").as_deref(),
+            Some("127.0.0.1:6")
+        );
+        assert_eq!(control.firewall_rules().unwrap().len(), 1);
     }
 
     #[test]
