@@ -331,7 +331,10 @@ fn node_lines(fleet: &Fleet, listener: &str, hostname: &str) -> Vec<Line<'static
     let secs = super::fleet_link::INTERVAL.as_secs();
     let mut lines = vec![field(
         "per node",
-        format!("{} nodes, over {secs}s (n: the fleet)", nodes.len()),
+        format!(
+            "{} nodes: open, requests (l4: connections) and errors over {secs}s",
+            nodes.len()
+        ),
     )];
     for (node, figures) in nodes {
         let (rate, share) = match figures.traffic {
@@ -343,7 +346,7 @@ fn node_lines(fleet: &Fleet, listener: &str, hostname: &str) -> Vec<Line<'static
         };
         let marker = if node.current { "*" } else { " " };
         lines.push(Line::from(format!(
-            "  {marker}{:<15} {:>6} open {:>7} req/s {:>6} err",
+            "  {marker}{:<15} {:>6} open {:>7} {:>6} err",
             fit::end(&node.name, 15),
             fit::count(figures.open),
             rate,
