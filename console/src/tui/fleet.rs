@@ -191,6 +191,10 @@ pub struct Fleet {
     /// Why the registry could not be read, if so.
     pub registry_error: Option<String>,
     previous: HashMap<String, Previous>,
+    /// The cluster name each context's node last gave: a name is not a live figure, so an
+    /// unreachable node keeps it, and its registry entry (alive until its lease runs out)
+    /// is its own row rather than a second one.
+    names: HashMap<String, String>,
 }
 
 impl Fleet {
@@ -217,7 +221,7 @@ impl Fleet {
 
     /// One context's row, its rates from the previous poll of the same daemon run.
     fn node_of(
-        &self,
+        &mut self,
         sample: Sample,
         at: Instant,
         current: &std::path::Path,
@@ -243,11 +247,15 @@ impl Fleet {
             Ok(reading) => reading,
             Err(e) => {
                 node.reach = Reach::Unreachable(e);
+                if let Some(name) = self.names.get(&sample.context) {
+                    node.name = name.clone();
+                }
                 return node;
             }
         };
         let status = &reading.status;
         if let Some(link) = &status.cluster {
+            self.names.insert(sample.context.clone(), link.node.clone());
             node.name = link.node.clone();
             node.store = Some(link.state.clone());
             node.applied = Some(link.applied_revision);
@@ -339,16 +347,19 @@ impl Fleet {
     }
 }
 
-/// Adds what the registry says: a reached node is matched by its cluster name; a registered
-/// node no context reaches gets a row of its own.
+/// Adds what the registry says: a context's node is matched by its cluster name (an
+/// unreachable one by the name it last gave, and it stays a row of dashes: a registry entry
+/// lives until its lease runs out, so it says nothing of now); a registered node no context
+/// reaches gets a row of its own.
 fn merge_registry(nodes: &mut Vec<Node>, cluster: &ClusterStatus) {
     let newest = cluster.link.store_revision;
     for entry in &cluster.nodes {
         if let Some(node) = nodes
             .iter_mut()
-            .find(|n| n.reach == Reach::Up && n.store.is_some() && n.name == entry.name)
+            .find(|n| n.context.is_some() && n.name == entry.name)
         {
-            if node.last_error.is_none() && !entry.last_error.is_empty() {
+            if node.reach == Reach::Up && node.last_error.is_none() && !entry.last_error.is_empty()
+            {
                 node.last_error = Some(entry.last_error.clone());
             }
             continue;
@@ -836,7 +847,7 @@ mod tests {
             nodes_error: String::new(),
         };
         fleet.update(Poll {
-            registry: Some(Ok(registry)),
+            registry: Some(Ok(registry.clone())),
             ..poll(t0, vec![sample("a", reading)])
         });
         let names: Vec<_> = fleet.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -869,5 +880,23 @@ mod tests {
             Outcome::Show(View::Routes) => {}
             other => panic!("the node shown: back to its routes, got {other:?}"),
         }
+
+        // Killed: its registry entry lives until its lease runs out, yet it is one row, by
+        // the name it last gave, with nothing from before.
+        fleet.update(Poll {
+            registry: Some(Ok(registry)),
+            ..poll(
+                t0 + Duration::from_secs(2),
+                vec![sample("a", Err("connection refused".into()))],
+            )
+        });
+        let names: Vec<_> = fleet.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["node-a", "node-c"]);
+        let a = &fleet.nodes[0];
+        assert_eq!(state_of(a).0, "unreachable");
+        assert_eq!(
+            (a.version.as_deref(), a.applied, a.open),
+            (None, None, None)
+        );
     }
 }
