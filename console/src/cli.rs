@@ -61,6 +61,10 @@ pub enum Command {
     /// List, add or remove firewall rules (blocked addresses and networks).
     #[command(subcommand)]
     Firewall(FirewallCommand),
+    /// The certificates L7 routes serve: source, issuer, end, state (expiring within 14
+    /// days, expired), and the L7 routes that serve none with why.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Follow the daemon's live events, one line each, until interrupted.
     Events {
         /// Print one JSON object per line.
@@ -227,6 +231,20 @@ pub struct TableArgs {
     /// Leave out the header line(s) of the table, for shell loops.
     #[arg(long, conflicts_with = "json")]
     pub no_headers: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Every L7 route's certificate: LISTENER HOSTNAME SOURCE ISSUER NOT AFTER STATE DETAIL.
+    /// STATE is ok, expiring (14 days or fewer left), expired, not valid yet, or not served
+    /// (DETAIL says why).
+    List {
+        /// Only this listener's routes (its name or address).
+        #[arg(long, value_name = "LISTENER")]
+        listener: Option<String>,
+        #[command(flatten)]
+        table: TableArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

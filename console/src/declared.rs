@@ -955,6 +955,7 @@ mod tests {
             route,
             stats: Default::default(),
             not_served: None,
+            certificate: None,
         }
     }
 

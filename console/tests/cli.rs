@@ -2443,3 +2443,99 @@ async fn apply_on_a_cluster_node_changes_the_fleet_and_stops_when_the_store_is_a
     let o = ctl(&a, &["routes", "list", "--no-headers"]).await;
     assert!(!stdout(&o).contains("more.test"), "{}", stdout(&o));
 }
+
+#[tokio::test]
+async fn certificates_near_their_end_are_listed_exported_and_logged() {
+    let (_guard, logs) = capture_logs();
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (soon_cert, soon_key) = pki.write_pem_valid(dir.path(), &["soon.test"], -80, 5);
+    let (later_cert, later_key) = pki.write_pem_valid(dir.path(), &["later.test"], -1, 90);
+    let route = |hostname: &str, cert: &str, key: &str| {
+        format!(
+            "[[listeners.routes]]\nhostname = {hostname:?}\nbackend = \"127.0.0.1:9\"\n\
+             mode = \"l7\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n"
+        )
+    };
+    let gone = dir.path().join("gone.pem").display().to_string();
+    let proxy = Proxy::start(&format!(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\n{}{}{}\
+         [[listeners.routes]]\nhostname = \"plain.test\"\nbackend = \"127.0.0.1:9\"\n",
+        route("soon.test", &soon_cert, &soon_key),
+        route("later.test", &later_cert, &later_key),
+        route("gone.test", &gone, &gone),
+    ))
+    .await;
+
+    // The table: one line per L7 route (the L4 one has no certificate), its state by the
+    // days left, the route not served with why.
+    let o = ctl(&proxy, &["certs", "list"]).await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    let line = |host: &str| {
+        out.lines()
+            .find(|l| l.contains(host))
+            .unwrap_or_else(|| panic!("no {host}:\n{out}"))
+            .to_owned()
+    };
+    assert!(out.starts_with("LISTENER"), "{out}");
+    assert!(!out.contains("plain.test"), "{out}");
+    let soon = line("soon.test");
+    assert!(
+        soon.contains("file") && soon.contains("mc-proxy test CA") && soon.contains("expiring"),
+        "{soon}"
+    );
+    assert!(
+        soon.contains("expires in 4d") || soon.contains("expires in 5d"),
+        "{soon}"
+    );
+    let later = line("later.test");
+    assert!(
+        later.contains(" ok ") && later.contains("89d left"),
+        "{later}"
+    );
+    let gone_line = line("gone.test");
+    assert!(
+        gone_line.contains("not served") && gone_line.contains("gone.pem"),
+        "{gone_line}"
+    );
+
+    // JSON: the exact end, as the daemon read it from the certificate.
+    let o = ctl(&proxy, &["certs", "list", "--json"]).await;
+    let json: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{json}");
+    let soon_json = rows.iter().find(|r| r["hostname"] == "soon.test").unwrap();
+    assert_eq!(soon_json["state"], "expiring");
+    let not_after = soon_json["not_after_ms"].as_u64().unwrap() / 1000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let left = not_after as i64 - now as i64;
+    assert!((5 * 86_400 - 120..=5 * 86_400).contains(&left), "{left}");
+
+    // /metrics: each certificate's end as a timestamp, for an alert rule.
+    let metrics = mc_proxy_tests::web::http1_request(proxy.metrics, "GET", "/metrics", &[]).await;
+    let body = metrics.body;
+    let series = format!(
+        "mcproxy_route_certificate_expiry_timestamp_seconds{{listener=\"127.0.0.1:0\",route=\"soon.test\"}} {not_after}"
+    );
+    assert!(body.contains(&series), "{series} not in:\n{body}");
+    assert!(!body.contains("route=\"plain.test\"} 0\nmcproxy_route_certificate"));
+
+    // The log warns of the one near its end, not of the other.
+    assert!(wait_for_log(&logs, "soon.test").await);
+    let text = log_text(&logs);
+    let warned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("certificate expires in"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].contains("route=soon.test")
+            && (warned[0].contains("expires in 5d 0h") || warned[0].contains("expires in 4d 23h")),
+        "{}",
+        warned[0]
+    );
+}

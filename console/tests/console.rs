@@ -78,12 +78,14 @@ fn busy_app() -> App {
                 listener: "127.0.0.1:8443".into(),
                 route: route("app.test", Mode::L4, true),
                 stats: a,
+                certificate: None,
             },
             RouteEntry {
                 not_served: None,
                 listener: "127.0.0.1:8443".into(),
                 route: route("web.test", Mode::L7, false),
                 stats: b,
+                certificate: None,
             },
         ]
     };
@@ -422,6 +424,7 @@ fn app_with(routes: &[(&str, &str, Mode)]) -> App {
             .iter()
             .map(|(hostname, backend, mode)| RouteEntry {
                 not_served: None,
+                certificate: None,
                 listener: "127.0.0.1:8443".into(),
                 route: Route {
                     hostname: (*hostname).into(),
@@ -598,6 +601,7 @@ fn stats_at(app: &mut App, at: Instant, routes: &[(&str, RouteStats)]) {
                             ..Route::default()
                         },
                         stats: stats.clone(),
+                        certificate: None,
                     })
                     .collect(),
             },
@@ -979,6 +983,7 @@ fn a_routes_backends_show_their_state_and_traffic_and_follow_state_changes() {
                         ],
                         ..RouteStats::default()
                     },
+                    certificate: None,
                 }],
                 backends: vec![],
                 cluster: None,
@@ -1081,6 +1086,7 @@ fn a_route_not_served_is_red_with_its_reason_in_the_detail() {
                 ..Route::default()
             },
             stats: RouteStats::default(),
+            certificate: None,
         };
         app.on_event(
             TimedEvent {
@@ -1302,6 +1308,7 @@ fn a_wrapping_reason_never_hides_rows_without_a_mark() {
                         members,
                         ..RouteStats::default()
                     },
+                    certificate: None,
                 }],
                 backends: vec![],
                 cluster: None,
@@ -1516,6 +1523,7 @@ fn pool_app() -> App {
                         members,
                         ..RouteStats::default()
                     },
+                    certificate: None,
                 }],
                 backends: vec![],
                 cluster: None,
@@ -1758,6 +1766,7 @@ fn a_backends_since_and_last_check_show_in_the_route_detail() {
                         members: (0..6).map(member).collect(),
                         ..RouteStats::default()
                     },
+                    certificate: None,
                 }],
                 backends: vec![],
                 cluster: None,
@@ -2084,6 +2093,7 @@ fn fleet_app() -> App {
             active_connections: 7,
             ..RouteStats::default()
         },
+        certificate: None,
     };
     let long = "edge-node-eu-west-1c-0042.example.internal";
     let round = |at: Instant, scale: u64| Poll {
@@ -2179,4 +2189,71 @@ fn the_fleet_view_fits_80x24_with_every_node_and_no_ambiguous_value() {
     let s = render(&app, 60, 20);
     println!("{s}");
     assert!(s.contains("12K/s") && s.contains("no context"), "{s}");
+}
+
+#[test]
+fn a_certificate_near_its_end_colours_its_route_and_the_detail_says_when() {
+    use mc_proxy_shared::client::Certificate;
+    let now = mcproxyctl::format::now_ms();
+    let day = 86_400_000;
+    let cert = |days_left: u64| Certificate {
+        source: "file".into(),
+        issuer: "R11".into(),
+        not_before_ms: now - 60 * day,
+        not_after_ms: now + days_left * day + day / 2,
+    };
+    let mut app = app_with(&[
+        ("ok.test", "127.0.0.1:9001", Mode::L7),
+        ("soon.test", "127.0.0.1:9002", Mode::L7),
+        ("gone.test", "127.0.0.1:9003", Mode::L7),
+    ]);
+    let mut routes: Vec<RouteEntry> = ["ok.test", "soon.test", "gone.test"]
+        .iter()
+        .map(|h| RouteEntry {
+            listener: "127.0.0.1:8443".into(),
+            route: Route {
+                hostname: (*h).into(),
+                mode: Mode::L7,
+                ..Route::default()
+            },
+            stats: RouteStats::default(),
+            not_served: None,
+            certificate: None,
+        })
+        .collect();
+    routes[0].certificate = Some(cert(60));
+    routes[1].certificate = Some(cert(3));
+    routes[2].certificate = Some(Certificate {
+        not_after_ms: now - day,
+        ..cert(0)
+    });
+    app.on_daemon(DaemonMsg::Event(TimedEvent {
+        timestamp_ms: now,
+        event: Event::Stats {
+            listeners: vec![ListenerStatus {
+                addr: "127.0.0.1:8443".into(),
+                ..ListenerStatus::default()
+            }],
+            routes,
+            backends: vec![],
+            cluster: None,
+        },
+    }));
+    assert_eq!(row_colour(&app, "ok.test"), Color::Reset);
+    assert_eq!(row_colour(&app, "soon.test"), Color::Yellow);
+    assert_eq!(row_colour(&app, "gone.test"), Color::Red);
+    // The detail of the expiring one (rows by name: gone, ok, soon): issuer, end, days left.
+    app.on_key(key(KeyCode::Down));
+    app.on_key(key(KeyCode::Down));
+    app.on_key(key(KeyCode::Enter));
+    let s = render(&app, 100, 40);
+    assert!(s.contains("route soon.test"), "{s}");
+    let line = s
+        .lines()
+        .find(|l| l.contains("│certificate"))
+        .unwrap_or_else(|| panic!("{s}"));
+    assert!(
+        line.contains("file by R11, until ") && line.contains("(expires in 3d)"),
+        "{line}"
+    );
 }

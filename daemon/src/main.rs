@@ -432,14 +432,16 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
                 run.await;
             }
         };
+        // Certificates near their end: a warn line and an event at start and every 6 hours.
+        let certificates = mc_proxy::control::expiry::watch(Arc::clone(&state), drained.clone());
         let data_plane = async {
             workers.wait().await;
             drained.cancel();
         };
-        let serving = async { tokio::join!(admin, data_plane, metrics, cluster) };
+        let serving = async { tokio::join!(admin, data_plane, metrics, cluster, certificates) };
         // The signal loop is polled here, not spawned: if it ever failed, the daemon would go
         // on without anyone acting on SIGTERM. It never returns; serving ends at shutdown.
-        let (admin, (), (), ()) = tokio::select! {
+        let (admin, (), (), (), ()) = tokio::select! {
             never = signals => match never {},
             served = serving => served,
         };

@@ -470,6 +470,70 @@ pub struct RouteEntry {
     /// load at start or at a reload); a reload that loads the files serves it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub not_served: Option<String>,
+    /// A served L7 route: the certificate it serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Certificate>,
+}
+
+/// Days before its end from which a certificate is called expiring (yellow in the console,
+/// a warning in the log): Let's Encrypt renews at 30 days left, so 14 means renewal failed
+/// for two weeks, and a file certificate still leaves two weeks to replace it.
+pub const EXPIRY_WARN_DAYS: u64 = 14;
+
+/// A served certificate (see the proto's `CertificateStatus`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Certificate {
+    /// `file` (the route's tls_cert/tls_key).
+    pub source: String,
+    /// The issuer's common name, else its organisation.
+    pub issuer: String,
+    /// Valid from, ms since the Unix epoch.
+    pub not_before_ms: u64,
+    /// Valid until, ms since the Unix epoch.
+    pub not_after_ms: u64,
+}
+
+/// How near a certificate's end is, at some moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// More than [`EXPIRY_WARN_DAYS`] left (whole days).
+    Valid(u64),
+    /// [`EXPIRY_WARN_DAYS`] or fewer left (whole days, 0 on its last day).
+    Soon(u64),
+    /// Past its end.
+    Expired,
+    /// Before its start.
+    NotYetValid,
+}
+
+impl Certificate {
+    /// How near its end is at `now_ms`.
+    pub fn expiry(&self, now_ms: u64) -> Expiry {
+        if now_ms < self.not_before_ms {
+            return Expiry::NotYetValid;
+        }
+        if now_ms >= self.not_after_ms {
+            return Expiry::Expired;
+        }
+        let days = (self.not_after_ms - now_ms) / 86_400_000;
+        if days <= EXPIRY_WARN_DAYS {
+            Expiry::Soon(days)
+        } else {
+            Expiry::Valid(days)
+        }
+    }
+}
+
+impl std::fmt::Display for Expiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expiry::Valid(days) => write!(f, "{days}d left"),
+            Expiry::Soon(0) => f.write_str("expires today"),
+            Expiry::Soon(days) => write!(f, "expires in {days}d"),
+            Expiry::Expired => f.write_str("EXPIRED"),
+            Expiry::NotYetValid => f.write_str("not valid yet"),
+        }
+    }
 }
 
 /// One event from `watch_events`, with the daemon's time in ms since the Unix epoch.
@@ -596,6 +660,15 @@ pub enum Event {
         /// Who changed it.
         #[serde(skip_serializing_if = "Option::is_none")]
         origin: Option<ChangeOrigin>,
+    },
+    /// An L7 route's certificate ends within [`EXPIRY_WARN_DAYS`] days or has ended.
+    CertificateExpiring {
+        /// The listener's configured address.
+        listener: String,
+        /// The route's hostname.
+        route: String,
+        /// The certificate's end, ms since the Unix epoch.
+        not_after_ms: u64,
     },
     /// A cluster node's link to the fleet's store changed state.
     ClusterLink {
@@ -1264,6 +1337,12 @@ impl TryFrom<pb::RouteStatus> for RouteEntry {
                 .transpose()?
                 .unwrap_or_default(),
             not_served: Some(r.not_served).filter(|reason| !reason.is_empty()),
+            certificate: r.certificate.map(|c| Certificate {
+                source: c.source,
+                issuer: c.issuer,
+                not_before_ms: c.not_before_ms,
+                not_after_ms: c.not_after_ms,
+            }),
         })
     }
 }
@@ -1344,6 +1423,11 @@ impl TryFrom<pb::Event> for TimedEvent {
             },
             Kind::ClusterLink(l) => Event::ClusterLink {
                 link: ClusterLink::from(l),
+            },
+            Kind::CertificateExpiring(c) => Event::CertificateExpiring {
+                listener: c.listener,
+                route: c.route,
+                not_after_ms: c.not_after_ms,
             },
             Kind::ListenerChanged(c) => Event::ListenerChanged {
                 listener: c.listener,

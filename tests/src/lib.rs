@@ -209,6 +209,34 @@ impl Pki {
         )
     }
 
+    /// Like `write_pem`, with a leaf valid from `days_from` to `days_until` days from now
+    /// (negative: in the past).
+    pub fn write_pem_valid(
+        &self,
+        dir: &std::path::Path,
+        names: &[&str],
+        days_from: i64,
+        days_until: i64,
+    ) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now + time::Duration::days(days_from);
+        params.not_after = now + time::Duration::days(days_until);
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let stem = names[0].replace('*', "_");
+        let cert_path = dir.join(format!("{stem}.pem"));
+        let key_path = dir.join(format!("{stem}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (
+            cert_path.display().to_string(),
+            key_path.display().to_string(),
+        )
+    }
+
     /// The CA certificate as PEM (for `[proxy] backend_ca`, or clients that are not Rust).
     pub fn ca_pem(&self) -> String {
         self.ca.pem()
@@ -569,11 +597,16 @@ impl Proxy {
                 }
             }
         });
-        let metrics_task = tokio::spawn(metrics::serve(
-            metrics_listener,
-            Arc::clone(&state),
-            shutdown.clone(),
-        ));
+        // /metrics, and the certificate watch beside it as the daemon runs both until drained.
+        let metrics_task = tokio::spawn({
+            let (state, shutdown) = (Arc::clone(&state), shutdown.clone());
+            async move {
+                tokio::join!(
+                    metrics::serve(metrics_listener, Arc::clone(&state), shutdown.clone()),
+                    mc_proxy::control::expiry::watch(state, shutdown),
+                );
+            }
+        });
         Proxy {
             addrs,
             state,

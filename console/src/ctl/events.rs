@@ -46,7 +46,7 @@ pub(super) async fn follow(
 }
 
 /// Every event type, as `--json` names it in `type`.
-pub const EVENT_TYPES: [&str; 10] = [
+pub const EVENT_TYPES: [&str; 11] = [
     "connection_opened",
     "connection_closed",
     "connection_blocked",
@@ -55,6 +55,7 @@ pub const EVENT_TYPES: [&str; 10] = [
     "firewall_changed",
     "backend_changed",
     "cluster_link",
+    "certificate_expiring",
     "stats",
     "lagged",
 ];
@@ -70,6 +71,7 @@ pub fn event_type(event: &Event) -> &'static str {
         Event::FirewallChanged { .. } => "firewall_changed",
         Event::BackendChanged { .. } => "backend_changed",
         Event::ClusterLink { .. } => "cluster_link",
+        Event::CertificateExpiring { .. } => "certificate_expiring",
         Event::Stats { .. } => "stats",
         Event::Lagged { .. } => "lagged",
     }
@@ -207,6 +209,14 @@ fn change_text(event: &Event) -> String {
         Event::Lagged { dropped } => {
             format!("lagged {dropped} event(s) dropped: reading too slowly")
         }
+        Event::CertificateExpiring {
+            listener,
+            route,
+            not_after_ms,
+        } => format!(
+            "cert   {route} on {listener}: its certificate ends {}",
+            crate::format::date(*not_after_ms)
+        ),
         _ => String::new(),
     }
 }

@@ -13,6 +13,7 @@
 //! I/O: the admin socket, stdout and stderr.
 
 mod apply;
+mod certs;
 mod cluster;
 pub mod config;
 mod connections;
@@ -175,6 +176,7 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
         Command::Routes(command) => routes::run(&mut client, command).await,
         Command::Listeners(command) => listeners::run(&mut client, command).await,
         Command::Firewall(command) => firewall::run(&mut client, command).await,
+        Command::Certs(command) => certs::run(&mut client, command).await,
         Command::Connections {
             action: Some(ConnectionsCommand::Close { ids }),
             ..

@@ -506,6 +506,7 @@ mod tests {
                 ..Route::default()
             },
             stats: Default::default(),
+            certificate: None,
         };
         let routes = [
             entry("a.test", Mode::L4, mc_proxy_shared::BackendProtocol::Http1),
@@ -588,6 +589,7 @@ mod tests {
                 ..Default::default()
             },
             route,
+            certificate: None,
         };
         let mut entry = entry;
         entry.stats.members[0].last_check = Some(mc_proxy_shared::CheckResult {

@@ -84,6 +84,27 @@ pub fn clock(ms: u64) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600 % 24, s / 60 % 60, s % 60)
 }
 
+/// `YYYY-MM-DD HH:MM UTC` of a Unix time in ms: a certificate's end (days from civil,
+/// H. Hinnant, inverted).
+pub fn date(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rest / 3600,
+        rest / 60 % 60
+    )
+}
+
 /// `HH:MM:SS.mmm` (UTC) of a Unix time in ms: `mcproxyctl events`, where lines come faster.
 pub fn clock_ms(ms: u64) -> String {
     format!("{}.{:03}", clock(ms), ms % 1000)
@@ -140,6 +161,14 @@ pub fn origin_short(origin: Option<&ChangeOrigin>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_are_utc_calendar_days() {
+        assert_eq!(date(0), "1970-01-01 00:00 UTC");
+        assert_eq!(date(1_804_118_400_000), "2027-03-04 00:00 UTC");
+        assert_eq!(date(951_782_400_000 + 3_723_000), "2000-02-29 01:02 UTC");
+        assert_eq!(date(4_102_444_799_000), "2099-12-31 23:59 UTC");
+    }
 
     #[test]
     fn times_of_day_and_uptimes_read_the_same_everywhere() {

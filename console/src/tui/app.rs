@@ -524,6 +524,7 @@ mod tests {
                 ..Route::default()
             },
             stats: RouteStats::default(),
+            certificate: None,
         }
     }
 

@@ -9,7 +9,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use mc_proxy_shared::client::{Event, ListenerStatus, RouteEntry, RouteStats, Status, TimedEvent};
+use mc_proxy_shared::client::{
+    Certificate, Event, ListenerStatus, RouteEntry, RouteStats, Status, TimedEvent,
+};
 use mc_proxy_shared::{ChangeAction, FirewallRule, MemberStats, Route};
 
 use super::health::{Health, Recent, Window};
@@ -64,6 +66,9 @@ pub struct RouteView {
     /// `Some(reason)`: stored but not served (its certificate or key did not load); shown
     /// red, with the reason in the detail.
     pub not_served: Option<String>,
+    /// A served L7 route: the certificate it serves, as of the last snapshot (each second's
+    /// stats carry it, so a reload's renewal shows within a second).
+    pub certificate: Option<Certificate>,
 }
 
 /// One line of the events pane.
@@ -161,6 +166,7 @@ impl RouteView {
             window: Window::default(),
             last_sample: None,
             not_served: None,
+            certificate: None,
         }
     }
 
@@ -382,6 +388,7 @@ impl Data {
                 .unwrap_or_else(|| RouteView::new(entry.route.clone()));
             view.route = entry.route;
             view.not_served = entry.not_served;
+            view.certificate = entry.certificate;
             // A restarted daemon starts its counters from zero: begin a new window.
             if entry.stats.total_connections < view.stats.total_connections {
                 view.window = Window::default();
@@ -458,6 +465,24 @@ impl Data {
                 self.cluster = Some(link);
                 Applied::Changed
             }
+            // Already in the log; a notice too, as a backend going down is.
+            Event::CertificateExpiring {
+                route,
+                not_after_ms,
+                ..
+            } => {
+                let when = if not_after_ms <= event.timestamp_ms {
+                    "has EXPIRED".to_owned()
+                } else {
+                    format!("ends {}", crate::format::date(not_after_ms))
+                };
+                self.note = Some(Note {
+                    text: format!("certificate of {route} {when}"),
+                    error: true,
+                    at: self.now,
+                });
+                Applied::Logged
+            }
             // The listener list itself comes with the next stats tick.
             Event::ListenerChanged { .. }
             | Event::ConnectionBlocked { .. }
@@ -486,11 +511,13 @@ impl Data {
             {
                 Some(view) => {
                     view.not_served = entry.not_served;
+                    view.certificate = entry.certificate;
                     view.sample(entry.stats, now);
                 }
                 None => {
                     let mut view = RouteView::new(entry.route);
                     view.not_served = entry.not_served;
+                    view.certificate = entry.certificate;
                     view.sample(entry.stats, now);
                     list.push(view);
                 }
@@ -701,6 +728,17 @@ fn change_line(time: &str, event: &Event) -> Option<(LogKind, String)> {
         Event::Lagged { dropped } => (
             LogKind::Daemon,
             format!("{time} missed {dropped} event(s): console too slow"),
+        ),
+        Event::CertificateExpiring {
+            route,
+            not_after_ms,
+            ..
+        } => (
+            LogKind::Daemon,
+            format!(
+                "{time} certificate of {route} ends {}",
+                crate::format::date(*not_after_ms)
+            ),
         ),
         _ => return None,
     })

@@ -724,6 +724,7 @@ mod tests {
                 responses: [0, requests - errors, 0, 0, errors],
                 ..RouteStats::default()
             },
+            certificate: None,
         }
     }
 

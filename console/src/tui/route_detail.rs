@@ -20,11 +20,15 @@ use super::confirm::Confirm;
 use super::data::{RouteView, admin_states};
 use super::fleet::Fleet;
 use super::form::{Form, protocol_meaning};
+use super::health::Health;
 use super::health::{ERROR_SHARE, WARN_SHARE, WINDOW};
 use super::help::Help;
 use super::input::{self, Command, Context};
-use super::widgets::{NOT_SERVED, bold, detail_popup, field, not_served_style, stale_style};
+use super::widgets::{
+    NOT_SERVED, bold, detail_popup, field, health_style, not_served_style, stale_style,
+};
 use crate::format::fit;
+use mc_proxy_shared::client::{Certificate, Expiry};
 
 /// The route detail's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -177,6 +181,9 @@ impl Component for RouteDetail {
         lines.extend(member_lines(r, sel, stale, now_ms));
         if r.route.mode == Mode::L7 {
             lines.extend(l7_lines(r));
+            if r.not_served.is_none() {
+                lines.push(certificate_line(r.certificate.as_ref(), now_ms));
+            }
         }
         // From the line after send_proxy on: counters and rates.
         let figures_from = lines.len() + 1;
@@ -244,6 +251,36 @@ fn l7_lines(r: &RouteView) -> Vec<Line<'static>> {
         ),
         field("access_log", yes(r.route.access_log)),
     ]
+}
+
+/// The certificate the route serves: issuer, end and how near it is, yellow within
+/// [`mc_proxy_shared::client::EXPIRY_WARN_DAYS`] days and red past it (`None`: the daemon
+/// could not read its validity).
+fn certificate_line(certificate: Option<&Certificate>, now_ms: u64) -> Line<'static> {
+    let Some(c) = certificate else {
+        return field("certificate", "its validity could not be read");
+    };
+    let expiry = c.expiry(now_ms);
+    let issuer = if c.issuer.is_empty() {
+        "unnamed issuer"
+    } else {
+        &c.issuer
+    };
+    let text = format!(
+        "{} by {issuer}, until {} ({expiry})",
+        c.source,
+        crate::format::date(c.not_after_ms)
+    );
+    field("certificate", text).style(health_style(cert_health(expiry)))
+}
+
+/// What a certificate's state colours: expiring like a warning, expired like an error.
+pub fn cert_health(expiry: Expiry) -> Health {
+    match expiry {
+        Expiry::Valid(_) => Health::Ok,
+        Expiry::Soon(_) => Health::Warning,
+        Expiry::Expired | Expiry::NotYetValid => Health::Error,
+    }
 }
 
 /// send_proxy, then the counters, rates, latency and error share.

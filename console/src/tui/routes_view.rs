@@ -21,11 +21,12 @@ use super::confirm::Confirm;
 use super::data::{Data, LogFilter, RouteView};
 use super::firewall::FirewallView;
 use super::form::{Form, filter_key};
+use super::health::Health;
 use super::help::Help;
 use super::input::{self, Command, Context};
 use super::listener_detail::ListenerDetail;
 use super::order;
-use super::route_detail::RouteDetail;
+use super::route_detail::{RouteDetail, cert_health};
 use super::select::Selection;
 use super::widgets::{
     Col, NOT_SERVED, bold, figure, health_style, not_served_style, pane_block, right, selected,
@@ -221,7 +222,15 @@ impl RoutesView {
         let columns = RouteColumns::new(&routes, usize::from(area.width.saturating_sub(2)));
         // Without the daemon the figures are the last it sent: dimmed, so they do not look live.
         let stale = data.stale_since().is_some();
-        let rows = routes.iter().map(|r| columns.row(r, stale));
+        // A certificate near its end colours the row as errors would. Times are the
+        // figures', not a clock's.
+        let now_ms = data.figures_at_ms.unwrap_or(0);
+        let cert_health = |r: &RouteView| {
+            r.certificate
+                .as_ref()
+                .map_or(Health::Ok, |c| cert_health(c.expiry(now_ms)))
+        };
+        let rows = routes.iter().map(|r| columns.row(r, stale, cert_health(r)));
         let title = self.routes_title(data, routes.len());
         let table = Table::new(rows, columns.widths())
             .header(columns.header())
@@ -562,8 +571,9 @@ impl RouteColumns {
         Row::new(header).style(bold())
     }
 
-    /// One route's row, coloured by its health (red when it is not served).
-    fn row(&self, r: &RouteView, stale: bool) -> Row<'static> {
+    /// One route's row, coloured by its health or its certificate's, the worse of the two
+    /// (red when it is not served).
+    fn row(&self, r: &RouteView, stale: bool, cert: Health) -> Row<'static> {
         let right = |s: String| figure(s, stale);
         let mut cells = vec![
             Cell::from(fit::hostname(&r.route.hostname, self.host_w)),
@@ -583,7 +593,7 @@ impl RouteColumns {
             cells.push(up_figure(r, w, stale));
         }
         cells.extend(self.traffic_cells(r, stale));
-        Row::new(cells).style(health_style(r.health()))
+        Row::new(cells).style(health_style(r.health().max(cert)))
     }
 
     /// The figures after the backend: connections, bytes and rates, errors, latency.

@@ -354,6 +354,16 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
                     members: info.members().into_iter().map(Into::into).collect(),
                 }),
                 not_served: String::new(),
+                certificate: info
+                    .tls
+                    .as_ref()
+                    .and_then(|tls| tls.summary.as_ref())
+                    .map(|s| pb::CertificateStatus {
+                        source: "file".into(),
+                        issuer: s.issuer.clone(),
+                        not_before_ms: s.not_before * 1000,
+                        not_after_ms: s.not_after * 1000,
+                    }),
             });
         }
         // Stored routes left out (their files did not load): listed, with why, no stats.
@@ -363,6 +373,7 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
                 route: Some(n.route.clone().into()),
                 stats: None,
                 not_served: n.reason.clone(),
+                certificate: None,
             });
         }
     }
@@ -485,6 +496,15 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
             origin: Some(origin_to_pb(&origin)),
         }),
         Event::ClusterLink(view) => Kind::ClusterLink(cluster_link(&view)),
+        Event::CertificateExpiring {
+            listener,
+            route,
+            not_after,
+        } => Kind::CertificateExpiring(pb::CertificateExpiring {
+            listener: listener.to_string(),
+            route,
+            not_after_ms: not_after * 1000,
+        }),
         Event::StatsTick => Kind::Stats(pb::StatsSnapshot {
             listeners: state
                 .listeners()

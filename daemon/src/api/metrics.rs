@@ -461,8 +461,16 @@ fn encode_routes(
     // exported 24 series that could never move).
     let mut routes = Vec::new();
     let mut l7_routes = Vec::new();
+    let mut certificates = Vec::new();
     for (listener, l) in listeners {
         for info in l.routes().iter() {
+            if let Some(summary) = info.tls.as_ref().and_then(|t| t.summary.as_ref()) {
+                certificates.push((
+                    listener.as_str(),
+                    info.route.hostname.clone(),
+                    summary.not_after,
+                ));
+            }
             let row = (
                 listener.as_str(),
                 info.route.hostname.clone(),
@@ -585,6 +593,21 @@ fn encode_routes(
         |s: &RouteStatsSnapshot| ConstHistogram(s.connect_duration)
     );
 
+    family(
+        e,
+        "mcproxy_route_certificate_expiry_timestamp",
+        "L7: when the certificate the route serves ends (its notAfter), seconds since the \
+         Unix epoch. Alert on `mcproxy_route_certificate_expiry_timestamp_seconds - time() < \
+         14 * 86400`.",
+        Some(&Unit::Seconds),
+        MetricType::Gauge,
+        certificates.iter().map(|(listener, route, not_after)| {
+            (
+                vec![("listener", *listener), ("route", route.as_str())],
+                ConstGauge::new(i64::try_from(*not_after).unwrap_or(i64::MAX)),
+            )
+        }),
+    )?;
     per_route!(
         "mcproxy_route_no_backend",
         "Connections (L4, reset no_backend) or requests (L7, answered 503) refused because \

@@ -10,6 +10,7 @@ pub(crate) mod apply;
 pub mod boot;
 pub mod cluster;
 pub mod config;
+pub mod expiry;
 pub(crate) mod reload;
 pub mod store;
 

@@ -217,6 +217,69 @@ pub fn not_after(key: &CertifiedKey) -> Option<String> {
     Some(not_after.to_string())
 }
 
+/// What an operator needs to know of a served certificate: when it is valid and who issued
+/// it. Read once when the route loads (a small DER walk, no X.509 library).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSummary {
+    /// Valid from, seconds since the Unix epoch.
+    pub not_before: u64,
+    /// Valid until, seconds since the Unix epoch.
+    pub not_after: u64,
+    /// The issuer's common name, else its organisation, else empty.
+    pub issuer: String,
+}
+
+/// The leaf certificate's [`CertSummary`], if its validity can be read.
+pub fn summary(key: &CertifiedKey) -> Option<CertSummary> {
+    let leaf = key.cert.first()?;
+    let (not_before, not_after) = validity(leaf)?;
+    Some(CertSummary {
+        not_before: not_before.unix(),
+        not_after: not_after.unix(),
+        issuer: issuer(leaf).unwrap_or_default(),
+    })
+}
+
+/// The issuer's CN, else its O (RFC 5280 §4.1.2.4): tbsCertificate → [version], serial,
+/// signature → issuer, a SEQUENCE of SETs of (OID, value), at most 64 characters.
+fn issuer(der: &[u8]) -> Option<String> {
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    const O: &[u8] = &[0x55, 0x04, 0x0a];
+    let (cert, _) = tlv(der, 0x30)?;
+    let (tbs, _) = tlv(cert, 0x30)?;
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = skip(rest)?;
+    }
+    rest = skip(rest)?; // serialNumber
+    rest = skip(rest)?; // signature
+    let (mut name, _) = tlv(rest, 0x30)?;
+    let (mut cn, mut o) = (None, None);
+    while !name.is_empty() {
+        let (set, after) = tlv(name, 0x31)?;
+        name = after;
+        let mut set = set;
+        while !set.is_empty() {
+            let (atv, after) = tlv(set, 0x30)?;
+            set = after;
+            let (oid, value) = tlv(atv, 0x06)?;
+            let tag = *value.first()?;
+            // UTF8String, PrintableString, T61String, IA5String, BMPString is left out.
+            if ![0x0c, 0x13, 0x14, 0x16].contains(&tag) {
+                continue;
+            }
+            let (text, _) = tlv(value, tag)?;
+            let text = String::from_utf8_lossy(text).chars().take(64).collect();
+            match oid {
+                _ if oid == CN => cn = Some(text),
+                _ if oid == O => o = Some(text),
+                _ => {}
+            }
+        }
+    }
+    cn.or(o)
+}
+
 /// A UTC time from a certificate (RFC 5280 §4.1.2.5), to the second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct CertTime {
@@ -406,6 +469,34 @@ mod tests {
         });
         assert!(leaf_warnings(&ck, "a.test", NOW_2026).is_empty());
         assert!(leaf_warnings(&ck, "*.w.test", NOW_2026).is_empty());
+    }
+
+    #[test]
+    fn a_summary_has_the_validity_and_the_issuers_common_name() {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Test Org");
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "Test Issuing CA R7");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let mut leaf = rcgen::CertificateParams::new(vec!["app.test".into()]).unwrap();
+        leaf.not_before = rcgen::date_time_ymd(2026, 1, 2);
+        leaf.not_after = rcgen::date_time_ymd(2027, 3, 4);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+        let key = CertifiedKey::from_der(
+            vec![cert.der().clone(), ca_cert.der().clone()],
+            PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+            &provider(),
+        )
+        .unwrap();
+        let s = summary(&key).unwrap();
+        assert_eq!(s.issuer, "Test Issuing CA R7");
+        assert_eq!(s.not_before, 1_767_312_000, "2026-01-02T00:00:00Z");
+        assert_eq!(s.not_after, 1_804_118_400, "2027-03-04T00:00:00Z");
     }
 
     #[test]

@@ -170,6 +170,16 @@ pub enum Event {
         /// An operator's change (drain, weight, ...); `None` for what health checking found.
         origin: Option<Origin>,
     },
+    /// An L7 route's certificate ends within `EXPIRY_WARN_DAYS` days or has ended
+    /// (`control::expiry`: at start and every 6 hours).
+    CertificateExpiring {
+        /// The listener's configured address.
+        listener: SocketAddr,
+        /// The route's hostname.
+        route: String,
+        /// The certificate's end, seconds since the Unix epoch.
+        not_after: u64,
+    },
     /// A cluster node's link to the fleet's store changed state (connected, lost, back).
     ClusterLink(crate::model::cluster::ClusterView),
     /// About a second passed: watchers send a snapshot of the counters as they read this.

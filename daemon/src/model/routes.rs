@@ -189,6 +189,8 @@ pub struct L7Tls {
     pub key: Arc<CertifiedKey>,
     /// ALPN `h2`, `http/1.1`, this certificate.
     pub server: Arc<rustls::ServerConfig>,
+    /// Its validity and issuer, read once (`None`: the validity did not parse).
+    pub summary: Option<crate::model::certs::CertSummary>,
 }
 
 impl RouteInfo {
@@ -196,6 +198,7 @@ impl RouteInfo {
     pub fn new(valid: ValidRoute, stats: Arc<RouteStats>) -> Self {
         let tls = valid.key.map(|key| L7Tls {
             server: server_config(Arc::clone(&key)),
+            summary: crate::model::certs::summary(&key),
             key,
         });
         stats.retain_members(&valid.route.backends);

@@ -1,0 +1,144 @@
+//! `mcproxyctl certs list`: every served L7 route's certificate, where it comes from, who
+//! issued it, when it ends and how near that is (expiring within
+//! [`EXPIRY_WARN_DAYS`] days, or expired), and every L7 route that serves none with why.
+//!
+//! I/O: the admin socket (through the caller's client) and stdout. The state is computed
+//! here from the daemon's dates and this machine's clock, with the rule the console uses
+//! (`Certificate::expiry`).
+
+use mc_proxy_shared::Mode;
+#[cfg(doc)]
+use mc_proxy_shared::client::EXPIRY_WARN_DAYS;
+use mc_proxy_shared::client::{AdminClient, RouteEntry};
+use serde::Serialize;
+
+use super::{CtlError, print_out, table};
+use crate::cli::{CertsCommand, TableArgs};
+use crate::format::{date, now_ms};
+
+/// `certs ...`.
+pub(super) async fn run(client: &mut AdminClient, command: CertsCommand) -> Result<(), CtlError> {
+    match command {
+        CertsCommand::List { listener, table } => list(client, listener.as_deref(), &table).await,
+    }
+}
+
+/// One line of `certs list` (and its JSON object).
+#[derive(Debug, Serialize)]
+struct CertLine {
+    listener: String,
+    hostname: String,
+    /// `file`, or empty when the route serves no certificate.
+    source: String,
+    issuer: String,
+    /// RFC 3339-like UTC, empty when unknown.
+    not_after: String,
+    not_after_ms: u64,
+    /// `ok`, `expiring`, `expired`, `not valid yet`, `not served`.
+    state: String,
+    /// `83d left`, `expires in 3d`, the reason a route is not served.
+    detail: String,
+}
+
+async fn list(
+    client: &mut AdminClient,
+    listener: Option<&str>,
+    how: &TableArgs,
+) -> Result<(), CtlError> {
+    let routes = client.list_routes(listener).await?;
+    let now = now_ms();
+    let lines: Vec<CertLine> = routes
+        .iter()
+        .filter(|r| r.route.mode == Mode::L7)
+        .map(|r| line(r, now))
+        .collect();
+    print_out(how, &lines[..], format)
+}
+
+fn line(r: &RouteEntry, now: u64) -> CertLine {
+    use mc_proxy_shared::client::Expiry;
+    let (source, issuer, not_after, not_after_ms, state, detail) =
+        match (&r.certificate, &r.not_served) {
+            (_, Some(reason)) => (
+                String::new(),
+                String::new(),
+                String::new(),
+                0,
+                "not served",
+                reason.clone(),
+            ),
+            (Some(c), None) => {
+                let expiry = c.expiry(now);
+                let state = match expiry {
+                    Expiry::Valid(_) => "ok",
+                    Expiry::Soon(_) => "expiring",
+                    Expiry::Expired => "expired",
+                    Expiry::NotYetValid => "not valid yet",
+                };
+                (
+                    c.source.clone(),
+                    c.issuer.clone(),
+                    date(c.not_after_ms),
+                    c.not_after_ms,
+                    state,
+                    expiry.to_string(),
+                )
+            }
+            (None, None) => (
+                "file".into(),
+                String::new(),
+                String::new(),
+                0,
+                "unknown",
+                "its validity could not be read".into(),
+            ),
+        };
+    CertLine {
+        listener: r.listener.clone(),
+        hostname: r.route.hostname.clone(),
+        source,
+        issuer,
+        not_after,
+        not_after_ms,
+        state: state.into(),
+        detail,
+    }
+}
+
+fn format(lines: &[CertLine], headers: bool) -> String {
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let rows: Vec<Vec<String>> = lines
+        .iter()
+        .map(|l| {
+            vec![
+                l.listener.clone(),
+                l.hostname.clone(),
+                dash(&l.source),
+                dash(&l.issuer),
+                dash(&l.not_after),
+                l.state.clone(),
+                l.detail.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "LISTENER",
+        "HOSTNAME",
+        "SOURCE",
+        "ISSUER",
+        "NOT AFTER",
+        "STATE",
+        "DETAIL",
+    ];
+    let mut out = table(headers.then_some(&header[..]), &rows);
+    if headers && lines.is_empty() {
+        out.push_str("(no L7 routes)\n");
+    }
+    out
+}
