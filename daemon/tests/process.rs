@@ -354,12 +354,22 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     .unwrap()
     .replace("/usr/local/bin/mc-proxy", env!("CARGO_BIN_EXE_mc-proxy"));
     assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    // An upgraded process announces MAINPID= before it is the main process.
+    assert!(unit.contains("\nNotifyAccess=all\n"), "{unit}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mc-proxy.service");
     std::fs::write(&path, unit).unwrap();
+    // The socket activation example, next to the service it activates.
+    let socket = dir.path().join("mc-proxy.socket");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../srv/mc-proxy.socket"),
+        &socket,
+    )
+    .unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
+        .arg(&socket)
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -370,8 +380,8 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     );
     assert!(out.status.success(), "{text}");
     assert!(
-        !text.contains("mc-proxy.service:"),
-        "warnings about the unit: {text}"
+        !text.contains("mc-proxy.service:") && !text.contains("mc-proxy.socket:"),
+        "warnings about the units: {text}"
     );
 }
 

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::listeners::sockets;
+use crate::listeners::{handover, sockets};
 use crate::model::state::{ListenerCounters, ListenerState, SocketGuard, State};
 use crate::proxy::l7;
 use crate::proxy::pipeline::{self, Shared};
@@ -131,6 +131,7 @@ pub enum WorkersError {
 #[derive(Debug)]
 pub struct Workers {
     workers: Vec<(tokio::runtime::Runtime, Vec<BoundListener>)>,
+    registry: handover::Registry,
 }
 
 impl Workers {
@@ -138,16 +139,73 @@ impl Workers {
     /// worker binds the configured address (port 0 included); the others bind the address it
     /// got. With one worker no `SO_REUSEPORT` is set.
     pub fn bind(state: &State, workers: usize) -> Result<Workers, WorkersError> {
+        Workers::bind_with(state, workers, &mut handover::Inherited::default())
+    }
+
+    /// [`Workers::bind`], taking each listener's sockets from `inherited` when it has them
+    /// (an upgrade's handover, systemd's socket activation) and binding the others. An
+    /// inherited socket is never closed while the process runs (with `SO_REUSEPORT` each
+    /// socket has its own backlog: closing one would reset what waits in it), so the workers
+    /// share what came: with at least as many sockets as workers, worker `i` accepts on
+    /// sockets `i`, `i + workers`, ...; with fewer, worker `i` accepts on socket
+    /// `i % sockets` too (a duplicate: one socket, several epoll sets).
+    pub fn bind_with(
+        state: &State,
+        workers: usize,
+        inherited: &mut handover::Inherited,
+    ) -> Result<Workers, WorkersError> {
         let workers = workers.max(1);
         // Every socket first, so that an address in use fails before any runtime starts.
         let listeners = state.listeners();
-        let mut sockets = Vec::with_capacity(listeners.len());
+        // Per listener, per worker: the sockets that worker accepts on.
+        let mut sockets: Vec<Vec<Vec<std::net::TcpListener>>> = Vec::with_capacity(listeners.len());
         for l in listeners.iter() {
-            sockets.push(sockets::bind_for_workers(l.addr, workers)?.into_iter());
+            let taken = inherited.take_listener(l);
+            let mut mine: Vec<Vec<std::net::TcpListener>> =
+                (0..workers).map(|_| Vec::new()).collect();
+            if taken.is_empty() {
+                for (worker, socket) in sockets::bind_for_workers(l.addr, workers)?
+                    .into_iter()
+                    .enumerate()
+                {
+                    mine[worker].push(socket);
+                }
+            } else {
+                let bound = taken[0].local_addr().unwrap_or(l.addr);
+                let shared = taken.len();
+                if shared < workers {
+                    for worker in shared..workers {
+                        let copy =
+                            taken[worker % shared]
+                                .try_clone()
+                                .map_err(|source| BindError {
+                                    addr: bound,
+                                    source,
+                                })?;
+                        mine[worker].push(copy);
+                    }
+                }
+                for (j, socket) in taken.into_iter().enumerate() {
+                    // Accept loops poll them: non-blocking whatever the sender had.
+                    socket.set_nonblocking(true).map_err(|source| BindError {
+                        addr: bound,
+                        source,
+                    })?;
+                    mine[j % workers].push(socket);
+                }
+                tracing::info!(
+                    listener = %bound,
+                    sockets = shared,
+                    workers,
+                    "listening on inherited sockets"
+                );
+            }
+            sockets.push(mine);
         }
         // On an error the runtimes built so far go through `Drop for Workers`.
         let mut built = Workers {
             workers: Vec::with_capacity(workers),
+            registry: handover::Registry::default(),
         };
         for worker in 0..workers {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -157,14 +215,17 @@ impl Workers {
             // The sockets register with the runtime current at `from_std`: this worker's.
             let bound = {
                 let _in_worker = runtime.enter();
-                listeners
-                    .iter()
-                    .zip(sockets.iter_mut())
-                    .filter_map(|(l, mine)| {
-                        mine.next()
-                            .map(|socket| register(l, socket, l.socket_guard()))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
+                let mut bound = Vec::new();
+                let mut result = Ok(());
+                for (l, per_worker) in listeners.iter().zip(sockets.iter_mut()) {
+                    for socket in std::mem::take(&mut per_worker[worker]) {
+                        match register(l, socket, l.socket_guard()) {
+                            Ok(b) => bound.push(b),
+                            Err(e) => result = Err(e),
+                        }
+                    }
+                }
+                result.map(|()| bound)
             };
             match bound {
                 Ok(bound) => built.workers.push((runtime, bound)),
@@ -178,6 +239,11 @@ impl Workers {
         Ok(built)
     }
 
+    /// The live sockets of the workers once started: what an upgrade hands over.
+    pub fn registry(&self) -> handover::Registry {
+        self.registry.clone()
+    }
+
     /// How many workers there are.
     pub fn count(&self) -> usize {
         self.workers.len()
@@ -187,7 +253,13 @@ impl Workers {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.workers
             .first()
-            .map(|(_, bound)| bound.iter().filter_map(|b| b.local_addr().ok()).collect())
+            .map(|(_, bound)| {
+                let mut addrs: Vec<SocketAddr> =
+                    bound.iter().filter_map(|b| b.local_addr().ok()).collect();
+                // A worker accepting on several inherited sockets of one listener.
+                addrs.dedup();
+                addrs
+            })
             .unwrap_or_default()
     }
 
@@ -215,6 +287,7 @@ impl Workers {
                 shutdown.clone(),
                 fleet.clone(),
                 worker,
+                self.registry.clone(),
             );
             let spawned = std::thread::Builder::new()
                 .name(format!("mc-worker-{worker}"))
@@ -305,7 +378,8 @@ pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: Can
     let feed = sockets::Feed::default();
     let added = feed.subscribe();
     state.install_sockets(Arc::new(feed));
-    serve_worker(listeners, added, state, shutdown, fleet, 0).await;
+    let registry = handover::Registry::default();
+    serve_worker(listeners, added, state, shutdown, fleet, 0, registry).await;
     tracing::info!("all connections closed");
 }
 
@@ -337,7 +411,8 @@ impl Fleet {
 /// worker's sockets of listeners added at run time (`sockets::Feed`). `worker`: its index,
 /// which picks its shard of the connection registry; worker 0 is the lead, which also runs
 /// the active health checks and logs the listeners and the start of shutdown (one worker
-/// does, for the whole daemon).
+/// does, for the whole daemon). `registry`: where each accept loop records its socket, for
+/// an upgrade's handover.
 async fn serve_worker(
     listeners: Vec<BoundListener>,
     mut added: tokio::sync::mpsc::UnboundedReceiver<crate::listeners::sockets::Opened>,
@@ -345,6 +420,7 @@ async fn serve_worker(
     shutdown: CancellationToken,
     fleet: Fleet,
     worker: usize,
+    registry: handover::Registry,
 ) {
     let lead = worker == 0;
     let tracker = TaskTracker::new();
@@ -404,6 +480,7 @@ async fn serve_worker(
         }
         tracker.spawn(accept_loop(
             bound,
+            registry.clone(),
             Arc::clone(&shared),
             Arc::clone(&capacity),
             tracker.clone(),
@@ -464,6 +541,7 @@ async fn serve_worker(
 /// file table must not end the listener for good.
 async fn accept_loop(
     bound: BoundListener,
+    registry: handover::Registry,
     shared: Arc<Shared>,
     capacity: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -481,6 +559,12 @@ async fn accept_loop(
     // each have their own, which `handle_conn` asks the socket for.
     let conn_local = bound_addr.filter(|a| !a.ip().is_unspecified());
     let removed = listener.closed().clone();
+    // Declared before the socket, so dropped after it: counts it open until it has closed.
+    let _open = bound._open;
+    // Held here only (the registry's reference is weak): the socket closes when this loop
+    // ends, at shutdown or when the listener is removed.
+    let socket = Arc::new(bound.listener);
+    registry.add(&listener, shared.worker, &socket);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -488,7 +572,7 @@ async fn accept_loop(
                 tracing::debug!(listener = %local, "listener removed: no longer accepting");
                 return;
             }
-            res = bound.listener.accept() => res,
+            res = socket.accept() => res,
         };
         let (stream, peer) = match accepted {
             Ok(conn) => {
