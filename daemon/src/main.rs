@@ -945,8 +945,8 @@ mod upgrade {
                 "upgrade: process {pid} asks to take over; handing over the listening sockets"
             );
             if let Err(e) = handover::serve_handover(channel, pid, self) {
-                let why = format!("the handover to process {pid} failed: {e}");
-                tracing::error!("upgrade failed, serving on as before: {why}");
+                let why = format!("the handover to process {pid} broke off: {e}");
+                tracing::error!("upgrade: {why}; this process serves on as before");
                 self.report(Err(why));
                 self.busy.store(false, Ordering::SeqCst);
             }
@@ -969,7 +969,8 @@ mod upgrade {
         /// Starts `binary` (this daemon's own path by default) with this daemon's arguments
         /// and --upgrade, and waits until it has taken over (its pid) or failed (why: it did
         /// not start, exited, its handover broke off, or it took longer than
-        /// [`SPAWN_TIMEOUT`]; it is killed then). `by` names who asked, for the log.
+        /// [`SPAWN_TIMEOUT`]; it is killed then), logged either way. `by` names who asked,
+        /// for the log.
         pub fn spawn(&self, binary: Option<&Path>, by: &str) -> Result<u32, String> {
             if self.handed_over.is_cancelled() {
                 return Err("this daemon has handed over already and is draining".into());
@@ -983,6 +984,9 @@ mod upgrade {
             let result = self.start_and_wait(exe, by, &rx);
             *self.lock_waiting() = None;
             self.spawning.store(false, Ordering::SeqCst);
+            if let Err(why) = &result {
+                tracing::error!("{by}: upgrade failed, serving on as before: {why}");
+            }
             result
         }
 
@@ -1103,9 +1107,8 @@ mod upgrade {
         let started = std::thread::Builder::new()
             .name("mc-upgrade".into())
             .spawn(move || {
-                if let Err(why) = handing.spawn(None, "SIGUSR2") {
-                    tracing::error!("SIGUSR2: upgrade failed, serving on as before: {why}");
-                }
+                // The outcome is logged either way.
+                let _ = handing.spawn(None, "SIGUSR2");
             });
         if let Err(e) = started {
             tracing::error!("SIGUSR2: cannot start the upgrade thread: {e}");

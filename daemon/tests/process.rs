@@ -1449,3 +1449,628 @@ fn check_validates_the_cluster_section_and_names_the_cluster() {
         "{err}"
     );
 }
+
+/// An upgraded process (`mc-proxy --upgrade`, a child of the daemon under test, not of the
+/// test): killed when the test ends.
+struct Upgraded(u32);
+
+impl Drop for Upgraded {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(self.0.to_string())
+            .status();
+    }
+}
+
+/// Chunks (of 1000 bytes, one per 100 ms) a [`tls_backend`] streams to a client that asks
+/// `stream`.
+const STREAM_CHUNKS: usize = 30;
+
+/// A TLS server for the L4 route: a client's `stream\n` gets [`STREAM_CHUNKS`] chunks of 1000
+/// bytes over 3 s, anything else `pong\n`; then the connection closes.
+async fn tls_backend(cert: &str, key: &str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = vec![CertificateDer::from(
+        rustls_pki_types::pem::PemObject::from_pem_slice(cert.as_bytes())
+            .map(|c: CertificateDer<'static>| c.to_vec())
+            .unwrap(),
+    )];
+    let key = <rustls_pki_types::PrivateKeyDer<'static> as rustls_pki_types::pem::PemObject>::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(mc_proxy::model::certs::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                while !line.ends_with(b"\n") {
+                    match tls.read(&mut byte).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => line.push(byte[0]),
+                    }
+                }
+                if line == b"stream\n" {
+                    for _ in 0..STREAM_CHUNKS {
+                        if tls.write_all(&[b's'; 1000]).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                } else {
+                    let _ = tls.write_all(b"pong\n").await;
+                }
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/1.1 backend: `/slow` answers after 3 s, anything else at once; [`BACKEND_BODY`]
+/// bytes each.
+async fn slow_h1_backend() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                        }
+                        let body =
+                            http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; BACKEND_BODY]));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A TLS connection through the proxy, every failure an error (for counting, not panicking).
+async fn try_tls(
+    addr: &str,
+    sni: &'static str,
+    root: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let mut store = rustls::RootCertStore::empty();
+    store
+        .add(CertificateDer::from(root.to_vec()))
+        .map_err(|e| e.to_string())?;
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(mc_proxy::model::certs::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(store)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    connector
+        .connect(ServerName::try_from(sni).map_err(|e| e.to_string())?, tcp)
+        .await
+        .map_err(|e| format!("{sni} handshake: {e}"))
+}
+
+/// One L4 exchange through the proxy (`plain.test`): `line` sent, the whole answer read.
+async fn l4_once(addr: &str, root: &[u8], line: &[u8]) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = try_tls(addr, "plain.test", root).await?;
+    tls.write_all(line)
+        .await
+        .map_err(|e| format!("l4 write: {e}"))?;
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer)
+        .await
+        .map_err(|e| format!("l4 read after {} bytes: {e}", answer.len()))?;
+    Ok(answer)
+}
+
+/// One L7 request through the proxy (`web.test`, HTTP/1.1, `Connection: close`): its status
+/// and body length.
+async fn l7_once(addr: &str, root: &[u8], path: &str) -> Result<(u16, usize), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = try_tls(addr, "web.test", root).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("l7 write: {e}"))?;
+    let mut answer = Vec::new();
+    let read = tls.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("l7: no status in {:?} ({read:?})", clip_text(&text)))?;
+    let head_end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("l7: no head end ({read:?})"))?;
+    Ok((status, answer.len() - head_end - 4))
+}
+
+fn clip_text(text: &str) -> String {
+    text.chars().take(200).collect()
+}
+
+/// The upgrade tests' config: one listener with the L7 route `web.test` (`l7` backend) and
+/// the L4 route `plain.test` (`l4` backend), 2 workers, metrics on, the admin socket in
+/// `dir`.
+fn upgrade_config(
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+    l7: std::net::SocketAddr,
+    l4: std::net::SocketAddr,
+) -> String {
+    format!(
+        "[database]\npath = {:?}\n[admin]\nsocket = {:?}\n[metrics]\naddr = \"127.0.0.1:0\"\n\
+         [proxy]\nworkers = 2\nshutdown_timeout = \"20s\"\n\
+         [[listeners]]\naddr = \"127.0.0.1:0\"\n\
+         [[listeners.routes]]\nhostname = \"web.test\"\nbackend = \"{l7}\"\nmode = \"l7\"\n\
+         backend_protocol = \"http1\"\ntls_cert = {:?}\ntls_key = {:?}\n\
+         [[listeners.routes]]\nhostname = \"plain.test\"\nbackend = \"{l4}\"\n",
+        dir.join("mc-proxy.db").display().to_string(),
+        dir.join("admin.sock").display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    )
+}
+
+/// A daemon on [`upgrade_config`] with its backends; its listener address, the DER of the
+/// certificate the backends and the L7 route use, and its metrics address.
+async fn upgrade_daemon() -> (Daemon, String, Vec<u8>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = self_signed_for(&["web.test", "plain.test"]);
+    let (cert_path, key_path) = (dir.path().join("web.pem"), dir.path().join("web.key"));
+    write(&cert_path, &cert);
+    write(&key_path, &key);
+    let l7 = slow_h1_backend().await;
+    let l4 = tls_backend(&cert, &key).await;
+    let config = upgrade_config(dir.path(), &cert_path, &key_path, l7, l4);
+    let daemon = Daemon::start(dir, &config);
+    let ready = daemon.next_notification();
+    let addr = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS=serving "))
+        .and_then(|s| s.split([',', ';']).next())
+        .unwrap_or_else(|| panic!("no listener in {ready}\n{}", daemon.log_text()))
+        .to_owned();
+    let metrics = ready
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_else(|| panic!("no metrics address in {ready}"))
+        .to_owned();
+    (daemon, addr, der, metrics)
+}
+
+/// `mc-proxy upgrade` on the daemon's config (plus `args`): exit code, stdout, stderr.
+fn upgrade_command(daemon: &Daemon, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mc-proxy"))
+        .arg("--config")
+        .arg(daemon._dir.path().join("mc-proxy.toml"))
+        .arg("upgrade")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits up to `limit` for the daemon (the old process) to exit; its status.
+async fn exit_of(daemon: &mut Daemon, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the old process did not exit within {limit:?}:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A datagram on the notify socket, or None within `wait`.
+fn notification_within(daemon: &Daemon, wait: Duration) -> Option<String> {
+    daemon.notify.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 4096];
+    let got = daemon
+        .notify
+        .recv(&mut buf)
+        .ok()
+        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    daemon
+        .notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_upgrades_under_churn_without_a_failed_connection_and_open_transfers_finish() {
+    let (mut daemon, addr, der, metrics_addr) = upgrade_daemon().await;
+    let old_pid = daemon.child.id();
+
+    // Long transfers, open on the old process before the upgrade.
+    let l4_long = {
+        let (addr, der) = (addr.clone(), der.clone());
+        tokio::spawn(async move { l4_once(&addr, &der, b"stream\n").await })
+    };
+    let l7_long = {
+        let (addr, der) = (addr.clone(), der.clone());
+        tokio::spawn(async move { l7_once(&addr, &der, "/slow").await })
+    };
+    // Churn: two L4 and two L7 clients, each opening connection after connection.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut churners = Vec::new();
+    for kind in ["l4", "l4", "l7", "l7"] {
+        let (addr, der, stop) = (addr.clone(), der.clone(), stop.clone());
+        churners.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !stop.is_cancelled() {
+                let result = match kind {
+                    "l4" => l4_once(&addr, &der, b"ping\n").await.and_then(|a| {
+                        (a == b"pong\n")
+                            .then_some(())
+                            .ok_or_else(|| format!("l4 answer {a:?}"))
+                    }),
+                    _ => l7_once(&addr, &der, "/").await.and_then(|(status, len)| {
+                        (status == 200 && len == BACKEND_BODY)
+                            .then_some(())
+                            .ok_or_else(|| format!("l7 answer {status}, {len} bytes"))
+                    }),
+                };
+                match result {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    daemon.signal("USR2");
+    // The new process announces itself: MAINPID and READY=1 in one datagram.
+    let announced = tokio::task::block_in_place(|| daemon.next_notification());
+    let new_pid: u32 = announced
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no MAINPID in {announced:?}\n{}", daemon.log_text()));
+    let _new = Upgraded(new_pid);
+    assert_ne!(new_pid, old_pid);
+    assert!(announced.lines().any(|l| l == "READY=1"), "{announced}");
+
+    // The transfers opened before finish whole, on the old process, which drains them.
+    let l4 = l4_long.await.unwrap();
+    assert_eq!(
+        l4.as_ref().map(Vec::len),
+        Ok(STREAM_CHUNKS * 1000),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        l7_long.await.unwrap(),
+        Ok((200, BACKEND_BODY)),
+        "{}",
+        daemon.log_text()
+    );
+    let status = exit_of(&mut daemon, Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}\n{}", daemon.log_text());
+    // Churn goes on past the old process's exit: the new one serves everything.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.cancel();
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in churners {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed: {:?}\n{}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(10)],
+        daemon.log_text()
+    );
+    assert!(ok > 100, "only {ok} connections: no churn to speak of");
+    let _ = writeln!(
+        std::io::stderr(),
+        "{ok} connections through the upgrade, none failed"
+    );
+
+    // The new process answers on every socket: traffic, /metrics, the admin socket.
+    assert_eq!(
+        l4_once(&addr, &der, b"ping\n").await,
+        Ok(b"pong\n".to_vec())
+    );
+    let metrics = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = TcpStream::connect(&metrics_addr).await.unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).await.unwrap();
+        text
+    };
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let socket = daemon._dir.path().join("admin.sock");
+    let mut admin = mc_proxy_shared::client::AdminClient::connect(&socket)
+        .await
+        .unwrap();
+    let status = admin.status().await.unwrap();
+    assert_eq!(status.listeners.len(), 1);
+    assert!(
+        socket.exists() && socket.with_extension("sock.upgrade").exists(),
+        "the old process removed the socket files it handed over"
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.contains(&format!(
+            "upgrade: process {new_pid} serves in this one's place"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("shutdown grace period over"), "{log}");
+    // The old process sent no STOPPING=1: systemd would stop the unit, new process included.
+    while let Some(more) = notification_within(&daemon, Duration::from_millis(300)) {
+        assert!(!more.contains("STOPPING=1"), "{more}");
+    }
+}
+
+/// An L4 route for the admin-write tests.
+fn l4_route(hostname: &str) -> mc_proxy_shared::Route {
+    mc_proxy_shared::Route {
+        hostname: hostname.into(),
+        backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9")],
+        ..mc_proxy_shared::Route::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upgrade_leaves_the_running_daemon_serving_and_writable() {
+    let (mut daemon, addr, der, _) = upgrade_daemon().await;
+    let socket = daemon._dir.path().join("admin.sock");
+
+    // A binary that exits at once: refused before anything was handed over.
+    let (code, out, err) =
+        tokio::task::block_in_place(|| upgrade_command(&daemon, &["--binary", "/bin/false"]));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("upgrade failed, the running daemon serves on")
+            && err.contains("/bin/false")
+            && err.contains("exited before taking over"),
+        "{err}"
+    );
+    assert!(daemon.still_running());
+    assert_eq!(
+        l4_once(&addr, &der, b"ping\n").await,
+        Ok(b"pong\n".to_vec())
+    );
+    assert_eq!(l7_once(&addr, &der, "/").await, Ok((200, BACKEND_BODY)));
+    let mut admin = mc_proxy_shared::client::AdminClient::connect(&socket)
+        .await
+        .unwrap();
+    admin
+        .add_route("127.0.0.1:0", l4_route("one.test"))
+        .await
+        .unwrap();
+
+    // A new process that takes the sockets and the database release, then cannot open the
+    // database: the old process takes its database back.
+    let dir = daemon._dir.path();
+    let broken = dir.join("broken.toml");
+    std::fs::write(
+        &broken,
+        format!(
+            "[database]\npath = {:?}\n[admin]\nsocket = {:?}\n",
+            dir.join("no-such-dir/mc-proxy.db").display().to_string(),
+            socket.display().to_string()
+        ),
+    )
+    .unwrap();
+    let script = dir.join("new-mc-proxy");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec {} --config {} --upgrade\n",
+            env!("CARGO_BIN_EXE_mc-proxy"),
+            broken.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        upgrade_command(&daemon, &["--binary", script.to_str().unwrap()])
+    });
+    assert_eq!(code, Some(1), "{out}{err}\n{}", daemon.log_text());
+    assert!(err.contains("upgrade failed"), "{err}");
+    assert!(
+        daemon.wait_for_log("database reopened, admin writes taken again"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(daemon.still_running());
+    // Untouched: serving, every socket still its own, writable, the earlier write kept.
+    for _ in 0..20 {
+        assert_eq!(
+            l4_once(&addr, &der, b"ping\n").await,
+            Ok(b"pong\n".to_vec())
+        );
+        assert_eq!(l7_once(&addr, &der, "/").await, Ok((200, BACKEND_BODY)));
+    }
+    let mut admin = mc_proxy_shared::client::AdminClient::connect(&socket)
+        .await
+        .unwrap();
+    admin
+        .add_route("127.0.0.1:0", l4_route("two.test"))
+        .await
+        .unwrap();
+    let routes: Vec<String> = admin
+        .list_routes(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.route.hostname)
+        .collect();
+    assert!(
+        routes.contains(&"one.test".to_owned()) && routes.contains(&"two.test".to_owned()),
+        "{routes:?}"
+    );
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("upgrade failed, serving on as before").count(),
+        2,
+        "{log}"
+    );
+    // And a real upgrade still goes through afterwards.
+    let (code, out, err) = tokio::task::block_in_place(|| upgrade_command(&daemon, &[]));
+    assert_eq!(code, Some(0), "{out}{err}\n{}", daemon.log_text());
+    let pid: u32 = out
+        .split("process ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    let _new = Upgraded(pid);
+    assert!(
+        exit_of(&mut daemon, Duration::from_secs(10))
+            .await
+            .success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_write_during_an_upgrade_is_stored_or_refused_never_lost() {
+    let (mut daemon, _addr, _der, _) = upgrade_daemon().await;
+    let socket = daemon._dir.path().join("admin.sock");
+    let stop = tokio_util::sync::CancellationToken::new();
+    // A client adding route after route, reconnecting when its connection goes.
+    let writer = {
+        let (socket, stop) = (socket.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut acked, mut refused, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
+            let mut client = None;
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                let admin = match &mut client {
+                    Some(admin) => admin,
+                    None => match mc_proxy_shared::client::AdminClient::connect(&socket).await {
+                        Ok(admin) => client.insert(admin),
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue;
+                        }
+                    },
+                };
+                i += 1;
+                let name = format!("w{i}.test");
+                match admin.add_route("127.0.0.1:0", l4_route(&name)).await {
+                    Ok(_) => acked.push(name),
+                    Err(mc_proxy_shared::client::ClientError::Rpc(status))
+                        if status.code() == tonic::Code::Unavailable =>
+                    {
+                        assert!(
+                            status
+                                .message()
+                                .contains("handing over to its upgraded process"),
+                            "{status:?}"
+                        );
+                        refused.push(name);
+                    }
+                    // The connection went with the old process's admin API: not acknowledged.
+                    Err(_) => {
+                        unknown.push(name);
+                        client = None;
+                    }
+                }
+            }
+            (acked, refused, unknown)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, out, err) = tokio::task::block_in_place(|| upgrade_command(&daemon, &[]));
+    assert_eq!(code, Some(0), "{out}{err}\n{}", daemon.log_text());
+    let pid: u32 = out
+        .split("process ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    let _new = Upgraded(pid);
+    assert!(
+        exit_of(&mut daemon, Duration::from_secs(10))
+            .await
+            .success()
+    );
+    let before_stop = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let (acked, refused, unknown) = writer.await.unwrap();
+    assert!(before_stop.elapsed() >= Duration::from_millis(300));
+
+    // Only the new process answers now: every acknowledged write is in its database.
+    let mut admin = mc_proxy_shared::client::AdminClient::connect(&socket)
+        .await
+        .unwrap();
+    let stored: std::collections::HashSet<String> = admin
+        .list_routes(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.route.hostname)
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|n| !stored.contains(*n)).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged and lost: {lost:?}\n{}",
+        daemon.log_text()
+    );
+    // A refused write changed nothing.
+    for name in &refused {
+        assert!(!stored.contains(name), "{name} was refused and stored");
+    }
+    assert!(acked.len() > 20, "too few writes: {}", acked.len());
+    let _ = writeln!(
+        std::io::stderr(),
+        "{} writes acknowledged and stored, {} refused during the handover, {} cut with the old \
+         process's connection",
+        acked.len(),
+        refused.len(),
+        unknown.len()
+    );
+}

@@ -67,10 +67,19 @@ impl Watch<'_> {
     /// started, its route is gone, or no request was in flight for `keepalive_timeout`.
     /// Closing means GOAWAY (HTTP/2) or `Connection: close` after the current response
     /// (HTTP/1.1), as at shutdown: requests in flight finish.
+    ///
+    /// At shutdown a connection that has asked for nothing yet waits for its first request
+    /// (at most `request_header_timeout`, [`InFlight::no_first_request`]) and closes after
+    /// it: its client connected to a listening socket and is sending a request, which closing
+    /// now would reset. That is every connection accepted just before the listeners closed,
+    /// and during an upgrade many are (the old process accepts until the new one serves).
     pub(super) async fn closing(&self) -> L7End {
         tokio::select! {
             biased;
-            () = self.shutdown.cancelled() => L7End::Drained,
+            () = async {
+                self.shutdown.cancelled().await;
+                self.in_flight.first_request().await;
+            } => L7End::Drained,
             () = self.routing.gone() => L7End::RouteGone,
             () = self.in_flight.idle_for(self.keepalive) => L7End::KeepaliveTimeout,
         }
@@ -105,6 +114,8 @@ pub struct InFlight {
     start: Instant,
     /// A request has started on the connection.
     started: AtomicBool,
+    /// Woken when `started` is set.
+    first: tokio::sync::Notify,
     count: AtomicU64,
     last_done_ms: AtomicU64,
 }
@@ -114,6 +125,7 @@ impl InFlight {
         InFlight {
             start: Instant::now(),
             started: AtomicBool::new(false),
+            first: tokio::sync::Notify::new(),
             count: AtomicU64::new(0),
             last_done_ms: AtomicU64::new(0),
         }
@@ -123,9 +135,22 @@ impl InFlight {
     pub fn enter(self: &Arc<Self>) -> InFlightGuard {
         self.count.fetch_add(1, Ordering::Relaxed);
         if !self.started.load(Ordering::Relaxed) {
-            self.started.store(true, Ordering::Relaxed);
+            self.started.store(true, Ordering::Release);
+            self.first.notify_waiters();
         }
         InFlightGuard(Arc::clone(self))
+    }
+
+    /// Resolves once a request has started on the connection.
+    pub(super) async fn first_request(&self) {
+        loop {
+            // Registered before the flag is read: a start in between still wakes it.
+            let started = self.first.notified();
+            if self.started.load(Ordering::Acquire) {
+                return;
+            }
+            started.await;
+        }
     }
 
     /// Resolves at `timeout` after the connection was set up if no request has started by
