@@ -1456,10 +1456,25 @@ struct Upgraded(u32);
 
 impl Drop for Upgraded {
     fn drop(&mut self) {
+        if gone(self.0) {
+            return;
+        }
         let _ = Command::new("kill")
             .arg("-KILL")
             .arg(self.0.to_string())
             .status();
+    }
+}
+
+/// Whether process `pid` has exited (gone, or a zombie nobody reaped yet).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // `pid (comm) S ...`: the state follows the last `)`.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with(['Z', 'X'])),
     }
 }
 
@@ -1715,7 +1730,8 @@ fn notification_within(daemon: &Daemon, wait: Duration) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigusr2_upgrades_under_churn_without_a_failed_connection_and_open_transfers_finish() {
+async fn sigusr2_upgrades_repeatedly_under_churn_without_a_failed_connection_and_open_transfers_finish()
+ {
     let (mut daemon, addr, der, metrics_addr) = upgrade_daemon().await;
     let old_pid = daemon.child.id();
 
@@ -1786,8 +1802,40 @@ async fn sigusr2_upgrades_under_churn_without_a_failed_connection_and_open_trans
     );
     let status = exit_of(&mut daemon, Duration::from_secs(15)).await;
     assert!(status.success(), "{status:?}\n{}", daemon.log_text());
-    // Churn goes on past the old process's exit: the new one serves everything.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Churn goes on past the old process's exit: the new one serves everything, and is
+    // upgraded in turn, twice (each new process the child of the one before).
+    let mut current = _new;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let status = Command::new("kill")
+            .arg("-USR2")
+            .arg(current.0.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let announced = tokio::task::block_in_place(|| daemon.next_notification());
+        let next: u32 = announced
+            .lines()
+            .find_map(|l| l.strip_prefix("MAINPID="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no MAINPID in {announced:?}\n{}", daemon.log_text()));
+        assert_ne!(next, current.0);
+        let previous = std::mem::replace(&mut current, Upgraded(next));
+        // The previous process drains (nothing long is open) and exits.
+        let started = Instant::now();
+        while !gone(previous.0) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "process {} did not exit after its upgrade\n{}",
+                previous.0,
+                daemon.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Exited: nothing to kill, and its pid may be another process's one day.
+        std::mem::forget(previous);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     stop.cancel();
     let (mut ok, mut failed) = (0, Vec::new());
     for c in churners {
@@ -2072,5 +2120,142 @@ async fn an_admin_write_during_an_upgrade_is_stored_or_refused_never_lost() {
         acked.len(),
         refused.len(),
         unknown.len()
+    );
+}
+
+impl Daemon {
+    /// The daemon on `config` under `systemd-socket-activate` listening on `listen` with the
+    /// descriptor name `fdname` (the activator execs the daemon at the first connection).
+    fn start_activated(dir: tempfile::TempDir, config: &str, listen: &str, fdname: &str) -> Daemon {
+        let config_path = dir.path().join("mc-proxy.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut child = Command::new("systemd-socket-activate")
+            .arg("--listen")
+            .arg(listen)
+            .arg(format!("--fdname={fdname}"))
+            .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
+            .arg("--setenv=RUST_LOG=info")
+            .arg(env!("CARGO_BIN_EXE_mc-proxy"))
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let sink = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { return };
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        Daemon {
+            child,
+            log,
+            notify,
+            _dir: dir,
+        }
+    }
+}
+
+/// A loopback port nothing listens on (bound, then closed: the activator binds it next).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_serves_the_named_listener_on_the_passed_socket_and_refuses_a_stray_one()
+{
+    if Command::new("systemd-socket-activate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: systemd-socket-activate is not installed (apt-get install systemd)"
+        );
+        return;
+    }
+    let config = |dir: &Path, l4: std::net::SocketAddr| {
+        format!(
+            "[database]\npath = {:?}\n[proxy]\nworkers = 2\nshutdown_timeout = \"1s\"\n\
+             [[listeners]]\naddr = \"127.0.0.2:0\"\nname = \"web\"\n\
+             [[listeners.routes]]\nhostname = \"plain.test\"\nbackend = \"{l4}\"\n\
+             [[listeners]]\naddr = \"127.0.0.1:0\"\n",
+            dir.join("mc-proxy.db").display().to_string(),
+        )
+    };
+    let (cert, key, der) = self_signed_for(&["plain.test"]);
+    let l4 = tls_backend(&cert, &key).await;
+
+    // The socket named "web" is listener web's, whatever its configured address says.
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), l4);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut daemon = Daemon::start_activated(dir, &text, &listen, "web");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The first connection starts the daemon, and waits in the socket's backlog meanwhile.
+    assert_eq!(
+        l4_once(&listen, &der, b"ping\n").await,
+        Ok(b"pong\n".to_vec()),
+        "{}",
+        daemon.log_text()
+    );
+    let ready = tokio::task::block_in_place(|| daemon.next_notification());
+    assert!(ready.contains("READY=1"), "{ready}");
+    let status = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS=serving "))
+        .unwrap_or_else(|| panic!("{ready}"));
+    // Both listeners: web on the passed socket, the other bound by the daemon.
+    assert!(
+        status.starts_with(&format!("{listen}, 127.0.0.1:")),
+        "{status}"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            l4_once(&listen, &der, b"ping\n").await,
+            Ok(b"pong\n".to_vec())
+        );
+    }
+    assert!(
+        daemon
+            .log_text()
+            .contains("socket activation: 1 listening socket(s)")
+    );
+    daemon.signal("TERM");
+    assert!(
+        exit_of(&mut daemon, Duration::from_secs(10))
+            .await
+            .success()
+    );
+
+    // A socket no listener takes (its name matches none, nor does its address): no start.
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), l4);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut daemon = Daemon::start_activated(dir, &text, &listen, "nope");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _trigger = TcpStream::connect(&listen).await.unwrap();
+    let status = exit_of(&mut daemon, Duration::from_secs(10)).await;
+    assert!(!status.success());
+    let log = daemon.log_text();
+    assert!(
+        log.contains("socket activation: inherited socket(s) match no listener")
+            && log.contains(&format!("listening socket {listen} (name nope)")),
+        "{log}"
     );
 }
