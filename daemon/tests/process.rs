@@ -1879,6 +1879,8 @@ async fn sigusr2_upgrades_repeatedly_under_churn_without_a_failed_connection_and
         .unwrap();
     let status = admin.status().await.unwrap();
     assert_eq!(status.listeners.len(), 1);
+    // The admin status names the process that answers: the last one started.
+    assert_eq!(status.pid, Some(current.0));
     assert!(
         socket.exists() && socket.with_extension("sock.upgrade").exists(),
         "the old process removed the socket files it handed over"

@@ -610,6 +610,7 @@ impl AdminService for Admin {
             listeners,
             backends: backend_statuses(state),
             cluster: state.cluster().map(|view| cluster_link(&view)),
+            pid: Some(std::process::id()),
         }))
     }
 
