@@ -89,7 +89,8 @@ struct Cli {
     log_format: LogFormat,
 
     /// Start as the upgrade of the daemon already running on this config: receive its
-    /// listening sockets over its upgrade socket (the [admin] socket's path + ".upgrade"),
+    /// listening sockets over its upgrade socket ($MCPROXY_UPGRADE_SOCKET, which the daemon
+    /// sets for the binary it starts; else the [admin] socket's path + ".upgrade"),
     /// take over its database and admin socket once it has stopped writing, then tell it to
     /// drain. If this process fails before taking over, the running daemon serves on,
     /// untouched. What SIGUSR2 and `mc-proxy upgrade` start; rarely run by hand.
@@ -412,7 +413,11 @@ fn serve(config_path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
                 config_path.display()
             );
         };
-        let path = handover::upgrade_path(admin);
+        // The old process says where it listens (its config's admin socket may differ from
+        // this one's); by hand, the config's.
+        let path = std::env::var_os(UPGRADE_SOCKET_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| handover::upgrade_path(admin));
         let (channel, inherited) =
             handover::join(&path).context("upgrade: cannot take the running daemon's sockets")?;
         tracing::info!(
@@ -640,6 +645,9 @@ fn serve(config_path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     })
 }
 
+/// Set by the old process for the binary it starts with --upgrade: its upgrade socket.
+const UPGRADE_SOCKET_ENV: &str = "MCPROXY_UPGRADE_SOCKET";
+
 /// How long admin clients may stay connected once the data plane has drained.
 const ADMIN_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -845,6 +853,8 @@ mod upgrade {
         waiting: Mutex<Option<mpsc::Sender<Result<u32, String>>>>,
         /// What SIGUSR2 starts: this binary's path as it was started, and its arguments.
         exe: PathBuf,
+        /// This daemon's upgrade socket, told to the binary it starts.
+        upgrade_path: PathBuf,
         args: Vec<OsString>,
     }
 
@@ -892,6 +902,7 @@ mod upgrade {
                 spawning: AtomicBool::new(false),
                 waiting: Mutex::new(None),
                 exe: own_path(),
+                upgrade_path: parts.upgrade.path().to_owned(),
                 args: std::env::args_os()
                     .skip(1)
                     .filter(|a| a != "--upgrade")
@@ -1004,6 +1015,7 @@ mod upgrade {
                 .env_remove("LISTEN_FDS")
                 .env_remove("LISTEN_PID")
                 .env_remove("LISTEN_FDNAMES")
+                .env(super::UPGRADE_SOCKET_ENV, &self.upgrade_path)
                 .stdin(std::process::Stdio::null())
                 .spawn()
                 .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;

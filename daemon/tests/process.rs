@@ -2261,3 +2261,67 @@ async fn socket_activation_serves_the_named_listener_on_the_passed_socket_and_re
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_may_change_the_worker_count_and_serves_on_the_sockets_it_received() {
+    let (mut daemon, addr, der, _) = upgrade_daemon().await;
+    let config_path = daemon._dir.path().join("mc-proxy.toml");
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    assert!(text.contains("workers = 2"));
+    let mut current: Option<Upgraded> = None;
+    // 2 sockets for 3 workers (one shared), then those for 1 worker (it takes them all).
+    for workers in [3, 1] {
+        // The new process reads the config as it is now, [proxy] workers included.
+        std::fs::write(
+            &config_path,
+            text.replace("workers = 2", &format!("workers = {workers}")),
+        )
+        .unwrap();
+        let old = current.as_ref().map_or(daemon.child.id(), |u| u.0);
+        let status = Command::new("kill")
+            .arg("-USR2")
+            .arg(old.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let announced = tokio::task::block_in_place(|| daemon.next_notification());
+        let pid: u32 = announced
+            .lines()
+            .find_map(|l| l.strip_prefix("MAINPID="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no MAINPID in {announced:?}\n{}", daemon.log_text()));
+        assert!(
+            announced.contains(&format!("; {workers} data-plane thread(s)")),
+            "{announced}"
+        );
+        let previous = current.replace(Upgraded(pid));
+        match previous {
+            None => assert!(
+                exit_of(&mut daemon, Duration::from_secs(10))
+                    .await
+                    .success()
+            ),
+            Some(previous) => {
+                let started = Instant::now();
+                while !gone(previous.0) {
+                    assert!(started.elapsed() < Duration::from_secs(10), "no exit");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                std::mem::forget(previous);
+            }
+        }
+        // Only the new process is left: every connection lands on a socket it accepts on.
+        for _ in 0..30 {
+            assert_eq!(
+                l4_once(&addr, &der, b"ping\n").await,
+                Ok(b"pong\n".to_vec())
+            );
+            assert_eq!(l7_once(&addr, &der, "/").await, Ok((200, BACKEND_BODY)));
+        }
+    }
+    let log = daemon.log_text();
+    assert!(
+        log.contains("listening on inherited sockets") && log.contains("sockets=2 workers=3"),
+        "{log}"
+    );
+}
