@@ -1107,6 +1107,7 @@ mod upgrade {
             // The admin API, /metrics and the upgrade socket stop accepting; the data plane
             // stops accepting and drains, as after SIGTERM without its shutdown_delay (the
             // node stays in service: the new process accepts).
+            self.control.state().begin_handover();
             self.handed_over.cancel();
             self.shutdown.cancel();
             self.report(Ok(pid));

@@ -1625,6 +1625,84 @@ async fn l7_once(addr: &str, root: &[u8], path: &str) -> Result<(u16, usize), St
     Ok((status, answer.len() - head_end - 4))
 }
 
+/// A keep-alive HTTP/1.1 client: request after request on one connection, a new connection
+/// only once an answer said `Connection: close`, until `stop`. (answered, reconnections,
+/// failures).
+async fn keepalive_client(
+    addr: String,
+    root: Vec<u8>,
+    stop: tokio_util::sync::CancellationToken,
+) -> (usize, usize, Vec<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut ok, mut reconnects, mut failed) = (0, 0, Vec::new());
+    let mut conn: Option<tokio_rustls::client::TlsStream<TcpStream>> = None;
+    while !stop.is_cancelled() {
+        let tls = match &mut conn {
+            Some(tls) => tls,
+            None => match try_tls(&addr, "web.test", &root).await {
+                Ok(tls) => {
+                    reconnects += 1;
+                    conn.insert(tls)
+                }
+                Err(e) => {
+                    failed.push(e);
+                    continue;
+                }
+            },
+        };
+        let sent = tls
+            .write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+            .await;
+        // Head, then the body by its Content-Length.
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        let result = async {
+            sent.map_err(|e| format!("keep-alive write: {e}"))?;
+            loop {
+                if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .ok_or_else(|| format!("keep-alive: no length in {head:?}"))?;
+                    if answer.len() >= end + 4 + len {
+                        if !head.starts_with("http/1.1 200") {
+                            return Err(format!("keep-alive: {head:?}"));
+                        }
+                        return Ok(head.contains("connection: close"));
+                    }
+                }
+                match tls.read(&mut buf).await {
+                    Ok(0) => {
+                        return Err(format!(
+                            "keep-alive: closed after {} bytes of an answer",
+                            answer.len()
+                        ));
+                    }
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                    Err(e) => return Err(format!("keep-alive read: {e}")),
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(close) => {
+                ok += 1;
+                if close {
+                    conn = None;
+                }
+            }
+            Err(e) => {
+                failed.push(e);
+                conn = None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (ok, reconnects, failed)
+}
+
 fn clip_text(text: &str) -> String {
     text.chars().take(200).collect()
 }
@@ -1772,6 +1850,10 @@ async fn sigusr2_upgrades_repeatedly_under_churn_without_a_failed_connection_and
             (ok, failed)
         }));
     }
+    // Two keep-alive clients: their connections to the old process go idle between requests.
+    let keepalive: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(keepalive_client(addr.clone(), der.clone(), stop.clone())))
+        .collect();
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     daemon.signal("USR2");
@@ -1841,6 +1923,14 @@ async fn sigusr2_upgrades_repeatedly_under_churn_without_a_failed_connection_and
     for c in churners {
         let (o, f) = c.await.unwrap();
         ok += o;
+        failed.extend(f);
+    }
+    // Each keep-alive connection was closed by a `Connection: close` answer, never under a
+    // request: one reconnection per upgrade at most, and none failed.
+    for k in keepalive {
+        let (answered, reconnects, f) = k.await.unwrap();
+        assert!(answered > 50 && reconnects >= 2, "{answered} {reconnects}");
+        ok += answered;
         failed.extend(f);
     }
     assert!(

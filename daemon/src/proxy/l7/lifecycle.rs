@@ -50,6 +50,8 @@ pub(super) struct Watch<'a> {
     pub(super) shutdown: &'a CancellationToken,
     /// The connection's requests in flight (the keep-alive timeout's clock).
     pub(super) in_flight: &'a InFlight,
+    /// The daemon's state: whether a shutdown is an upgrade's handover.
+    pub(super) state: &'a crate::model::state::State,
     /// The last byte either way (the idle timeout's clock).
     pub(super) activity: &'a Activity,
     /// The connection's route: drained when it is gone.
@@ -79,6 +81,12 @@ impl Watch<'_> {
             () = async {
                 self.shutdown.cancelled().await;
                 self.in_flight.first_request().await;
+                // An upgrade's drain: a connection idle between requests waits for its next
+                // one (or its keep-alive timeout, below) instead of closing under a client
+                // that may be writing it; HTTP/1.1 has no other race-free way to close.
+                if self.state.is_handing_over() {
+                    self.in_flight.busy().await;
+                }
             } => L7End::Drained,
             () = self.routing.gone() => L7End::RouteGone,
             () = self.in_flight.idle_for(self.keepalive) => L7End::KeepaliveTimeout,
@@ -114,8 +122,10 @@ pub struct InFlight {
     start: Instant,
     /// A request has started on the connection.
     started: AtomicBool,
-    /// Woken when `started` is set.
+    /// Woken when `started` is set, and at every request while `watched`.
     first: tokio::sync::Notify,
+    /// Someone waits in [`InFlight::busy`]: every request start wakes it.
+    watched: AtomicBool,
     count: AtomicU64,
     last_done_ms: AtomicU64,
 }
@@ -126,6 +136,7 @@ impl InFlight {
             start: Instant::now(),
             started: AtomicBool::new(false),
             first: tokio::sync::Notify::new(),
+            watched: AtomicBool::new(false),
             count: AtomicU64::new(0),
             last_done_ms: AtomicU64::new(0),
         }
@@ -133,12 +144,28 @@ impl InFlight {
 
     /// Counts a request as in flight until the guard drops.
     pub fn enter(self: &Arc<Self>) -> InFlightGuard {
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::SeqCst);
         if !self.started.load(Ordering::Relaxed) {
             self.started.store(true, Ordering::Release);
             self.first.notify_waiters();
+        } else if self.watched.load(Ordering::SeqCst) {
+            self.first.notify_waiters();
         }
         InFlightGuard(Arc::clone(self))
+    }
+
+    /// Resolves once a request is in flight (at once if one is).
+    pub(super) async fn busy(&self) {
+        // Set before the count is read, the count raised before `watched` is read (both
+        // SeqCst): either this sees the request or the request start wakes this.
+        self.watched.store(true, Ordering::SeqCst);
+        loop {
+            let entered = self.first.notified();
+            if self.count.load(Ordering::SeqCst) > 0 {
+                return;
+            }
+            entered.await;
+        }
     }
 
     /// Resolves once a request has started on the connection.
