@@ -404,6 +404,15 @@ fn serve(config_path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     for w in &config.warnings {
         tracing::warn!("{}: {w}", config_path.display());
     }
+    // The control plane (signals, the admin API, /metrics, reloads) runs on this thread;
+    // the data plane on worker threads of its own (`server::Workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Before anything can take time (a handover, opening the database): from here on SIGHUP
+    // reloads and SIGTERM drains (once serving) instead of killing us.
+    let signals = runtime.block_on(async { Signals::install() })?;
     // Steps 1 to 4 of the handover (see `handover`): before this process touches the database.
     let (taking_over, mut inherited) = if upgrade {
         let Some(admin) = &config.admin.socket else {
@@ -448,16 +457,8 @@ fn serve(config_path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     let control =
         Arc::new(Control::new(Arc::clone(&state), store).with_config_path(config_path.to_owned()));
 
-    // The control plane (signals, the admin API, /metrics, reloads) runs on this thread;
-    // the data plane on worker threads of its own (`server::Workers`).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let shutdown = CancellationToken::new();
-    let (signals, admin_socket, metrics_listener, upgrade_socket) = runtime.block_on(async {
-        // Before anything can take time: from here on SIGHUP reloads instead of killing us.
-        let signals = Signals::install()?;
+    let (admin_socket, metrics_listener, upgrade_socket) = runtime.block_on(async {
         let admin_socket = match config.admin.socket.as_deref() {
             Some(path) => Some(match inherited.take_admin(path) {
                 Some(listener) => AdminSocket::inherited(path, listener)?,
@@ -483,7 +484,7 @@ fn serve(config_path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             }
             None => None,
         };
-        anyhow::Ok((signals, admin_socket, metrics_listener, upgrade_socket))
+        anyhow::Ok((admin_socket, metrics_listener, upgrade_socket))
     })?;
     // Outside `block_on`: `start` drops the runtime of a worker whose thread could not be
     // spawned, which a runtime context forbids.
@@ -1147,6 +1148,9 @@ mod upgrade {
         };
         loop {
             let accepted = tokio::select! {
+                // Checked first: once handed over, a connection waiting in the shared backlog
+                // is the new process's to accept.
+                biased;
                 () = stop.cancelled() => break,
                 accepted = listener.accept() => accepted,
             };
