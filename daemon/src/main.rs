@@ -250,6 +250,14 @@ fn upgrade_command(path: &std::path::Path, binary: Option<PathBuf>) -> ExitCode 
         );
         return ExitCode::from(2);
     };
+    // The daemon resolves a relative path against its own working directory: send it whole.
+    let binary = match binary.map(|b| std::path::absolute(&b)).transpose() {
+        Ok(binary) => binary,
+        Err(e) => {
+            eprintln!("mc-proxy: --binary: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let socket = handover::upgrade_path(admin);
     let channel = match handover::Channel::connect(&socket) {
         Ok(channel) => channel,
