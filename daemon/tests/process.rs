@@ -1703,6 +1703,94 @@ async fn keepalive_client(
     (ok, reconnects, failed)
 }
 
+/// An HTTP/2 client (ALPN `h2`) sending request after request on one connection, a new one
+/// only once the old one is closing (GOAWAY), until `stop`: (answered, connections, failures).
+async fn h2_client(
+    addr: String,
+    root: Vec<u8>,
+    stop: tokio_util::sync::CancellationToken,
+) -> (usize, usize, Vec<String>) {
+    use http_body_util::BodyExt;
+    let (mut ok, mut connections, mut failed) = (0, 0, Vec::new());
+    let mut sender: Option<
+        hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    > = None;
+    while !stop.is_cancelled() {
+        if sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let connected = async {
+                let mut store = rustls::RootCertStore::empty();
+                store
+                    .add(CertificateDer::from(root.clone()))
+                    .map_err(|e| e.to_string())?;
+                let mut config =
+                    rustls::ClientConfig::builder_with_provider(mc_proxy::model::certs::provider())
+                        .with_safe_default_protocol_versions()
+                        .map_err(|e| e.to_string())?
+                        .with_root_certificates(store)
+                        .with_no_client_auth();
+                config.alpn_protocols = vec![b"h2".to_vec()];
+                let tcp = TcpStream::connect(&addr)
+                    .await
+                    .map_err(|e| format!("h2 connect: {e}"))?;
+                let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                    .connect(ServerName::try_from("web.test").unwrap(), tcp)
+                    .await
+                    .map_err(|e| format!("h2 handshake: {e}"))?;
+                let (send, conn) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    hyper_util::rt::TokioIo::new(tls),
+                )
+                .await
+                .map_err(|e| format!("h2 preface: {e}"))?;
+                tokio::spawn(conn);
+                Ok::<_, String>(send)
+            }
+            .await;
+            match connected {
+                Ok(send) => {
+                    connections += 1;
+                    sender = Some(send);
+                }
+                Err(e) => {
+                    failed.push(e);
+                    continue;
+                }
+            }
+        }
+        let Some(send) = sender.as_mut() else {
+            continue;
+        };
+        if send.ready().await.is_err() {
+            // Closing (GOAWAY) before this request went out: a new connection, no failure.
+            sender = None;
+            continue;
+        }
+        let request = http::Request::get("https://web.test/")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        match send.try_send_request(request).await {
+            Ok(resp) if resp.status() == 200 => {
+                match resp.into_body().collect().await.map(|b| b.to_bytes().len()) {
+                    Ok(BACKEND_BODY) => ok += 1,
+                    Ok(len) => failed.push(format!("h2: a body of {len} bytes")),
+                    Err(e) => failed.push(format!("h2 body: {e}")),
+                }
+            }
+            Ok(resp) => failed.push(format!("h2: status {}", resp.status())),
+            // Handed back unsent: the connection was going away (GOAWAY) when the request was
+            // queued on it. hyper-util's pooled client retries these on a new connection by
+            // itself (`retry_canceled_requests`); so does this one.
+            Err(e) if e.message().is_some() => sender = None,
+            Err(e) => {
+                failed.push(format!("h2 request: {:?}", e.error()));
+                sender = None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (ok, connections, failed)
+}
+
 fn clip_text(text: &str) -> String {
     text.chars().take(200).collect()
 }
@@ -1854,6 +1942,7 @@ async fn sigusr2_upgrades_repeatedly_under_churn_without_a_failed_connection_and
     let keepalive: Vec<_> = (0..2)
         .map(|_| tokio::spawn(keepalive_client(addr.clone(), der.clone(), stop.clone())))
         .collect();
+    let h2 = tokio::spawn(h2_client(addr.clone(), der.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     daemon.signal("USR2");
@@ -1933,6 +2022,14 @@ async fn sigusr2_upgrades_repeatedly_under_churn_without_a_failed_connection_and
         ok += answered;
         failed.extend(f);
     }
+    // The HTTP/2 client moved to a new connection at each GOAWAY, between its requests.
+    let (answered, connections, f) = h2.await.unwrap();
+    assert!(
+        answered > 50 && connections >= 2,
+        "{answered} {connections}"
+    );
+    ok += answered;
+    failed.extend(f);
     assert!(
         failed.is_empty(),
         "{} of {} connections failed: {:?}\n{}",

@@ -694,10 +694,10 @@ impl State {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether the drain under way is an upgrade's ([`State::begin_handover`]): an L7
+    /// Whether the drain under way is an upgrade's ([`State::begin_handover`]): an HTTP/1.1
     /// connection idle between requests then stays open until its next request, answered with
-    /// `Connection: close` / GOAWAY, or its keep-alive timeout, rather than being closed at
-    /// once while its client may be sending (the new process serves meanwhile).
+    /// `Connection: close`, or its keep-alive timeout, rather than being closed at once while
+    /// its client may be sending (the new process serves meanwhile).
     pub fn is_handing_over(&self) -> bool {
         self.handing_over.load(std::sync::atomic::Ordering::Relaxed)
     }

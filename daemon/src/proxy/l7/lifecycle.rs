@@ -52,6 +52,9 @@ pub(super) struct Watch<'a> {
     pub(super) in_flight: &'a InFlight,
     /// The daemon's state: whether a shutdown is an upgrade's handover.
     pub(super) state: &'a crate::model::state::State,
+    /// In an upgrade's drain, an idle connection waits for its next request before closing
+    /// (HTTP/1.1: see [`Watch::closing`]).
+    pub(super) linger_idle: bool,
     /// The last byte either way (the idle timeout's clock).
     pub(super) activity: &'a Activity,
     /// The connection's route: drained when it is gone.
@@ -81,10 +84,11 @@ impl Watch<'_> {
             () = async {
                 self.shutdown.cancelled().await;
                 self.in_flight.first_request().await;
-                // An upgrade's drain: a connection idle between requests waits for its next
-                // one (or its keep-alive timeout, below) instead of closing under a client
-                // that may be writing it; HTTP/1.1 has no other race-free way to close.
-                if self.state.is_handing_over() {
+                // An upgrade's drain: an HTTP/1.1 connection idle between requests waits for
+                // its next one (or its keep-alive timeout, below) instead of closing under a
+                // client that may be writing it: HTTP/1.1 has no race-free close. HTTP/2's
+                // GOAWAY is one, and goes at once.
+                if self.linger_idle && self.state.is_handing_over() {
                     self.in_flight.busy().await;
                 }
             } => L7End::Drained,

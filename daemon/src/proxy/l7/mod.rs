@@ -214,6 +214,9 @@ pub async fn serve(
         shutdown: &shutdown,
         in_flight: &in_flight,
         state: &state,
+        // HTTP/2's GOAWAY closes race-free; HTTP/1.1 (and what may still turn out to be
+        // prior-knowledge HTTP/2) has nothing like it.
+        linger_idle: !h2,
         activity: &activity,
         routing: &ctx.routing,
         first_request,
