@@ -1704,14 +1704,15 @@ async fn keepalive_client(
 }
 
 /// An HTTP/2 client (ALPN `h2`) sending request after request on one connection, a new one
-/// only once the old one is closing (GOAWAY), until `stop`: (answered, connections, failures).
+/// only once the old one is closing (GOAWAY), until `stop`: (answered, connections, requests
+/// retried because the server had not processed them, failures).
 async fn h2_client(
     addr: String,
     root: Vec<u8>,
     stop: tokio_util::sync::CancellationToken,
-) -> (usize, usize, Vec<String>) {
+) -> (usize, usize, usize, Vec<String>) {
     use http_body_util::BodyExt;
-    let (mut ok, mut connections, mut failed) = (0, 0, Vec::new());
+    let (mut ok, mut connections, mut retried, mut failed) = (0, 0, 0, Vec::new());
     let mut sender: Option<
         hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
     > = None;
@@ -1780,7 +1781,18 @@ async fn h2_client(
             // Handed back unsent: the connection was going away (GOAWAY) when the request was
             // queued on it. hyper-util's pooled client retries these on a new connection by
             // itself (`retry_canceled_requests`); so does this one.
-            Err(e) if e.message().is_some() => sender = None,
+            Err(e) if e.message().is_some() => {
+                retried += 1;
+                sender = None;
+            }
+            // Refused by the server's GOAWAY: a stream above its last-stream-id, which RFC 9113
+            // §6.8 says the server did not process and the client may retry. (h2 writes a
+            // PING's answer before HEADERS it had queued, so a request created just before
+            // the first GOAWAY arrived can reach the server after its final one.)
+            Err(e) if refused_by_goaway(e.error()) => {
+                retried += 1;
+                sender = None;
+            }
             Err(e) => {
                 failed.push(format!("h2 request: {:?}", e.error()));
                 sender = None;
@@ -1788,7 +1800,16 @@ async fn h2_client(
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    (ok, connections, failed)
+    (ok, connections, retried, failed)
+}
+
+/// Whether `e` is HTTP/2's "stream not processed": the peer's GOAWAY (no error) left it out.
+fn refused_by_goaway(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|h| {
+            h.is_go_away() && h.is_remote() && h.reason() == Some(h2::Reason::NO_ERROR)
+        })
 }
 
 fn clip_text(text: &str) -> String {
@@ -2023,7 +2044,7 @@ async fn sigusr2_upgrades_repeatedly_under_churn_without_a_failed_connection_and
         failed.extend(f);
     }
     // The HTTP/2 client moved to a new connection at each GOAWAY, between its requests.
-    let (answered, connections, f) = h2.await.unwrap();
+    let (answered, connections, h2_retried, f) = h2.await.unwrap();
     assert!(
         answered > 50 && connections >= 2,
         "{answered} {connections}"
@@ -2041,7 +2062,8 @@ async fn sigusr2_upgrades_repeatedly_under_churn_without_a_failed_connection_and
     assert!(ok > 100, "only {ok} connections: no churn to speak of");
     let _ = writeln!(
         std::io::stderr(),
-        "{ok} connections through the upgrade, none failed"
+        "{ok} connections and requests through the upgrades, none failed ({h2_retried} HTTP/2 \
+         requests retried, not processed by the server that sent GOAWAY)"
     );
 
     // The new process answers on every socket: traffic, /metrics, the admin socket.
