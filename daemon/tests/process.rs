@@ -2534,3 +2534,47 @@ async fn an_upgrade_may_change_the_worker_count_and_serves_on_the_sockets_it_rec
         "{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_added_and_one_removed_at_run_time_are_handed_over_as_they_are() {
+    let (mut daemon, _addr, _der, _) = upgrade_daemon().await;
+    let socket = daemon._dir.path().join("admin.sock");
+    let mut admin = mc_proxy_shared::client::AdminClient::connect(&socket)
+        .await
+        .unwrap();
+    let added = format!("127.0.0.1:{}", free_port());
+    let removed = format!("127.0.0.1:{}", free_port());
+    for addr in [&added, &removed] {
+        admin.add_listener(addr, false, vec![]).await.unwrap();
+    }
+    admin.remove_listener(&removed, false).await.unwrap();
+    drop(admin);
+
+    let (code, out, err) = tokio::task::block_in_place(|| upgrade_command(&daemon, &[]));
+    assert_eq!(code, Some(0), "{out}{err}\n{}", daemon.log_text());
+    let pid: u32 = out
+        .split("process ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    let _new = Upgraded(pid);
+    assert!(
+        exit_of(&mut daemon, Duration::from_secs(10))
+            .await
+            .success()
+    );
+    let log = daemon.log_text();
+    // The added listener's sockets came along (not bound anew); the removed one's did not.
+    assert!(
+        log.contains(&format!(
+            "listening on inherited sockets listener={added} sockets=2"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("closing inherited sockets"), "{log}");
+    // Only the new process is left, and it accepts on the added listener; the removed
+    // listener's port is closed.
+    assert!(TcpStream::connect(&added).await.is_ok());
+    assert!(TcpStream::connect(&removed).await.is_err());
+}

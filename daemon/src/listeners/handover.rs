@@ -36,7 +36,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustix::net::{
@@ -385,61 +385,94 @@ pub fn serve_handover(
     }
 }
 
-/// The data plane's live listening sockets, as each worker's accept loop holds them: what a
-/// handover sends. Holds no socket open (weak references): a removed listener's sockets
-/// close with its accept loops, as without an upgrade.
+/// The data plane's listening sockets, from the moment they are bound: what a handover sends.
+/// Each entry is a duplicate of a socket, held by a [`Registered`] guard that travels with the
+/// socket (in `BoundListener`, then its accept loop) and removes the entry when the socket is
+/// dropped: a removed listener's socket closes as before and is never handed over, and one
+/// whose accept loop has not started yet is handed over all the same (closing it unsent
+/// would reset what waits in its backlog).
 #[derive(Debug, Default, Clone)]
 pub struct Registry {
-    entries: Arc<Mutex<Vec<Entry>>>,
+    entries: Arc<Mutex<Entries>>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    next: u64,
+    live: Vec<Entry>,
 }
 
 #[derive(Debug)]
 struct Entry {
+    id: u64,
     listener: Arc<ListenerState>,
     worker: usize,
-    socket: Weak<tokio::net::TcpListener>,
+    socket: OwnedFd,
+}
+
+/// A socket's place in the [`Registry`]: dropped with the socket, it takes the entry out.
+#[derive(Debug)]
+pub struct Registered {
+    registry: Registry,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.registry.lock().live.retain(|e| e.id != id);
+    }
 }
 
 impl Registry {
-    /// Records `socket`, worker `worker`'s socket of `listener`.
+    /// Records `socket`, worker `worker`'s socket of `listener`, until the guard drops.
     pub(crate) fn add(
         &self,
         listener: &Arc<ListenerState>,
         worker: usize,
-        socket: &Arc<tokio::net::TcpListener>,
-    ) {
+        socket: &impl AsFd,
+    ) -> std::io::Result<Registered> {
+        let socket = socket.as_fd().try_clone_to_owned()?;
         let mut entries = self.lock();
-        entries.retain(|e| e.socket.strong_count() > 0);
-        entries.push(Entry {
+        entries.next += 1;
+        let id = entries.next;
+        entries.live.push(Entry {
+            id,
             listener: Arc::clone(listener),
             worker,
-            socket: Arc::downgrade(socket),
+            socket,
         });
+        Ok(Registered {
+            registry: self.clone(),
+            id,
+        })
     }
 
-    /// A duplicate of every socket still accepting, with what it is, by listener then worker.
+    /// A duplicate of every registered socket of a listener not removed, with what it is, by
+    /// listener then worker.
     pub fn sockets(&self) -> Vec<(SocketKind, OwnedFd)> {
         let mut out = Vec::new();
-        for e in self.lock().iter() {
-            let Some(socket) = e.socket.upgrade() else {
-                continue;
-            };
+        for e in self.lock().live.iter() {
             if e.listener.closed().is_cancelled() {
                 continue;
             }
-            let bound = socket.local_addr().unwrap_or(e.listener.addr);
-            match socket.as_fd().try_clone_to_owned() {
-                Ok(fd) => out.push((
-                    SocketKind::Listener {
-                        addr: e.listener.addr,
-                        bound,
-                        name: e.listener.name.clone(),
-                        worker: e.worker,
-                    },
-                    fd,
-                )),
-                Err(err) => tracing::warn!(listener = %bound, "cannot duplicate a socket: {err}"),
-            }
+            let bound = std::net::TcpListener::from(match e.socket.try_clone() {
+                Ok(fd) => fd,
+                Err(err) => {
+                    tracing::warn!(listener = %e.listener.addr, "cannot duplicate a socket: {err}");
+                    continue;
+                }
+            });
+            let addr = bound.local_addr().unwrap_or(e.listener.addr);
+            out.push((
+                SocketKind::Listener {
+                    addr: e.listener.addr,
+                    bound: addr,
+                    name: e.listener.name.clone(),
+                    worker: e.worker,
+                },
+                OwnedFd::from(bound),
+            ));
         }
         out.sort_by_key(|(kind, _)| match kind {
             SocketKind::Listener { bound, worker, .. } => (*bound, *worker),
@@ -448,7 +481,7 @@ impl Registry {
         out
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         // Only pushed to and filtered: a poisoned list is still a good one.
         self.entries
             .lock()

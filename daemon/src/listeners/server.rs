@@ -43,6 +43,8 @@ pub struct BoundListener {
     pub listener: TcpListener,
     /// Its routes, flags and counters.
     pub state: Arc<ListenerState>,
+    /// Its entry in the handover registry (the daemon's workers), which goes with it.
+    _registered: Option<handover::Registered>,
     /// Counts the socket as open; after `listener`, so it drops after the socket closed.
     _open: SocketGuard,
 }
@@ -66,16 +68,18 @@ pub async fn bind(state: &State) -> Result<Vec<BoundListener>, BindError> {
             addr: l.addr,
             source,
         })?;
-        bound.push(register(l, socket, l.socket_guard())?);
+        bound.push(register(l, socket, l.socket_guard(), None)?);
     }
     Ok(bound)
 }
 
-/// Registers `socket` with the current runtime as one of `state`'s sockets.
+/// Registers `socket` with the current runtime as one of `state`'s sockets (`registered`: its
+/// handover registry entry, dropped with it).
 fn register(
     state: &Arc<ListenerState>,
     socket: std::net::TcpListener,
     open: SocketGuard,
+    registered: Option<handover::Registered>,
 ) -> Result<BoundListener, BindError> {
     let addr = socket.local_addr().unwrap_or(state.addr);
     let listener = TcpListener::from_std(socket).map_err(|source| BindError { addr, source })?;
@@ -83,6 +87,7 @@ fn register(
     Ok(BoundListener {
         listener,
         state: Arc::clone(state),
+        _registered: registered,
         _open: open,
     })
 }
@@ -207,6 +212,7 @@ impl Workers {
             workers: Vec::with_capacity(workers),
             registry: handover::Registry::default(),
         };
+        let registry = built.registry.clone();
         for worker in 0..workers {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -219,7 +225,18 @@ impl Workers {
                 let mut result = Ok(());
                 for (l, per_worker) in listeners.iter().zip(sockets.iter_mut()) {
                     for socket in std::mem::take(&mut per_worker[worker]) {
-                        match register(l, socket, l.socket_guard()) {
+                        // Registered from the start: an upgrade right after start-up hands
+                        // over every socket, accept loop running or not.
+                        let registered =
+                            registry
+                                .add(l, worker, &socket)
+                                .map_err(|source| BindError {
+                                    addr: socket.local_addr().unwrap_or(l.addr),
+                                    source,
+                                });
+                        match registered
+                            .and_then(|r| register(l, socket, l.socket_guard(), Some(r)))
+                        {
                             Ok(b) => bound.push(b),
                             Err(e) => result = Err(e),
                         }
@@ -239,7 +256,8 @@ impl Workers {
         Ok(built)
     }
 
-    /// The live sockets of the workers once started: what an upgrade hands over.
+    /// The workers' listening sockets, from now on and as listeners come and go: what an
+    /// upgrade hands over.
     pub fn registry(&self) -> handover::Registry {
         self.registry.clone()
     }
@@ -274,7 +292,7 @@ impl Workers {
         let fleet = Fleet::new(state, self.workers.len());
         // Every worker's inbox for listeners added at run time, installed in the state once
         // they all exist: `control` binds through it.
-        let feed = sockets::Feed::default();
+        let feed = sockets::Feed::with_registry(self.registry.clone());
         let mut running = Vec::with_capacity(self.workers.len());
         // What is not started yet stays in `self` (and its `Drop`) if a thread fails.
         let mut pending = std::mem::take(&mut self.workers).into_iter().enumerate();
@@ -287,7 +305,6 @@ impl Workers {
                 shutdown.clone(),
                 fleet.clone(),
                 worker,
-                self.registry.clone(),
             );
             let spawned = std::thread::Builder::new()
                 .name(format!("mc-worker-{worker}"))
@@ -378,8 +395,7 @@ pub async fn run(listeners: Vec<BoundListener>, state: Arc<State>, shutdown: Can
     let feed = sockets::Feed::default();
     let added = feed.subscribe();
     state.install_sockets(Arc::new(feed));
-    let registry = handover::Registry::default();
-    serve_worker(listeners, added, state, shutdown, fleet, 0, registry).await;
+    serve_worker(listeners, added, state, shutdown, fleet, 0).await;
     tracing::info!("all connections closed");
 }
 
@@ -411,8 +427,7 @@ impl Fleet {
 /// worker's sockets of listeners added at run time (`sockets::Feed`). `worker`: its index,
 /// which picks its shard of the connection registry; worker 0 is the lead, which also runs
 /// the active health checks and logs the listeners and the start of shutdown (one worker
-/// does, for the whole daemon). `registry`: where each accept loop records its socket, for
-/// an upgrade's handover.
+/// does, for the whole daemon).
 async fn serve_worker(
     listeners: Vec<BoundListener>,
     mut added: tokio::sync::mpsc::UnboundedReceiver<crate::listeners::sockets::Opened>,
@@ -420,7 +435,6 @@ async fn serve_worker(
     shutdown: CancellationToken,
     fleet: Fleet,
     worker: usize,
-    registry: handover::Registry,
 ) {
     let lead = worker == 0;
     let tracker = TaskTracker::new();
@@ -480,7 +494,6 @@ async fn serve_worker(
         }
         tracker.spawn(accept_loop(
             bound,
-            registry.clone(),
             Arc::clone(&shared),
             Arc::clone(&capacity),
             tracker.clone(),
@@ -495,7 +508,7 @@ async fn serve_worker(
         tokio::select! {
             () = shutdown.cancelled() => break,
             opened = added.recv() => match opened {
-                Some(opened) => match register(&opened.state, opened.socket, opened.guard) {
+                Some(opened) => match register(&opened.state, opened.socket, opened.guard, opened.registered) {
                     Ok(bound) => accept(bound),
                     Err(e) => tracing::error!("{e}: this worker does not accept on it"),
                 },
@@ -541,7 +554,6 @@ async fn serve_worker(
 /// file table must not end the listener for good.
 async fn accept_loop(
     bound: BoundListener,
-    registry: handover::Registry,
     shared: Arc<Shared>,
     capacity: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -559,12 +571,11 @@ async fn accept_loop(
     // each have their own, which `handle_conn` asks the socket for.
     let conn_local = bound_addr.filter(|a| !a.ip().is_unspecified());
     let removed = listener.closed().clone();
-    // Declared before the socket, so dropped after it: counts it open until it has closed.
+    // Dropped in reverse: the socket, its registry entry (the last copy), then the guard that
+    // counts it open.
     let _open = bound._open;
-    // Held here only (the registry's reference is weak): the socket closes when this loop
-    // ends, at shutdown or when the listener is removed.
-    let socket = Arc::new(bound.listener);
-    registry.add(&listener, shared.worker, &socket);
+    let _registered = bound._registered;
+    let socket = bound.listener;
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,

@@ -67,6 +67,12 @@ pub(super) struct Watch<'a> {
     pub(super) idle: Duration,
 }
 
+/// An upgrade's drain sends an HTTP/2 connection its GOAWAY once no request has been in
+/// flight for this long...
+const GOAWAY_PAUSE: Duration = Duration::from_millis(1);
+/// ...or after this long, for a client that is never idle.
+const GOAWAY_PAUSE_WAIT: Duration = Duration::from_secs(1);
+
 impl Watch<'_> {
     /// Resolves when the connection should close gracefully, with the reason: shutdown
     /// started, its route is gone, or no request was in flight for `keepalive_timeout`.
@@ -87,9 +93,18 @@ impl Watch<'_> {
                 // An upgrade's drain: an HTTP/1.1 connection idle between requests waits for
                 // its next one (or its keep-alive timeout, below) instead of closing under a
                 // client that may be writing it: HTTP/1.1 has no race-free close. HTTP/2's
-                // GOAWAY is one, and goes at once.
-                if self.linger_idle && self.state.is_handing_over() {
-                    self.in_flight.busy().await;
+                // GOAWAY goes in a pause between requests (at most `GOAWAY_PAUSE_WAIT`
+                // away), when the client is least likely to have a request queued that the
+                // final GOAWAY would refuse unprocessed.
+                if self.state.is_handing_over() {
+                    if self.linger_idle {
+                        self.in_flight.busy().await;
+                    } else {
+                        tokio::select! {
+                            () = self.in_flight.idle_for(GOAWAY_PAUSE) => {}
+                            () = tokio::time::sleep(GOAWAY_PAUSE_WAIT) => {}
+                        }
+                    }
                 }
             } => L7End::Drained,
             () = self.routing.gone() => L7End::RouteGone,
