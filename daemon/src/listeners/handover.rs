@@ -752,6 +752,91 @@ mod tests {
         assert!(matches!(b.recv(), Err(HandoverError::Closed)));
     }
 
+    fn listener(addr: &str, name: Option<&str>) -> ListenerState {
+        use crate::model::routes::RouteTable;
+        use crate::model::state::ListenerSettings;
+        let l = ListenerState::new(
+            1,
+            addr.parse().unwrap(),
+            ListenerSettings::default(),
+            RouteTable::with_stats(Vec::new(), |_| Arc::default()),
+        );
+        match name {
+            Some(n) => l.with_name(n.to_owned()),
+            None => l,
+        }
+    }
+
+    fn socket() -> (SocketAddr, OwnedFd) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        (l.local_addr().unwrap(), OwnedFd::from(l))
+    }
+
+    /// An old process's sockets go to the listener it had them for (configured address,
+    /// port 0 included), in worker order; a name or a bound address equal to a configured
+    /// one matches too; what nothing takes is named.
+    #[test]
+    fn inherited_sockets_are_matched_by_address_name_or_bound_address() {
+        let mut inherited = Inherited::default();
+        let (a, fd_a1) = socket();
+        let (a0, fd_a0) = socket();
+        let configured: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        for (worker, fd) in [(1, fd_a1), (0, fd_a0)] {
+            let kind = SocketKind::Listener {
+                addr: configured,
+                bound: a,
+                name: "127.0.0.1:0".into(),
+                worker,
+            };
+            inherited.add(kind, fd).unwrap();
+        }
+        let (b, fd_b) = socket();
+        inherited.listeners.push(InheritedListener {
+            addr: None,
+            bound: b,
+            name: Some("web".into()),
+            worker: 0,
+            socket: std::net::TcpListener::from(fd_b),
+        });
+        let (c, fd_c) = socket();
+        inherited.listeners.push(InheritedListener {
+            addr: None,
+            bound: c,
+            name: None,
+            worker: 0,
+            socket: std::net::TcpListener::from(fd_c),
+        });
+        assert_eq!(inherited.len(), 4);
+
+        let taken = inherited.take_listener(&listener("127.0.0.1:0", None));
+        // Worker 0's first (here two ports stand for one port's two sockets).
+        let order: Vec<SocketAddr> = taken.iter().map(|s| s.local_addr().unwrap()).collect();
+        assert_eq!(order, [a0, a]);
+        let web = inherited.take_listener(&listener("127.0.0.2:0", Some("web")));
+        assert_eq!(web[0].local_addr().unwrap(), b);
+        assert!(
+            inherited
+                .take_listener(&listener("127.0.0.3:443", None))
+                .is_empty()
+        );
+        let by_bound = inherited.take_listener(&listener(&c.to_string(), None));
+        assert_eq!(by_bound.len(), 1);
+        assert!(inherited.is_empty(), "{:?}", inherited.leftover());
+
+        let (d, fd_d) = socket();
+        inherited.listeners.push(InheritedListener {
+            addr: None,
+            bound: d,
+            name: Some("stray".into()),
+            worker: 0,
+            socket: std::net::TcpListener::from(fd_d),
+        });
+        assert_eq!(
+            inherited.leftover(),
+            vec![format!("listening socket {d} (name stray)")]
+        );
+    }
+
     #[test]
     fn the_upgrade_socket_sits_next_to_the_admin_socket() {
         assert_eq!(
