@@ -303,7 +303,7 @@ pub fn join(path: &Path) -> Result<(Channel, Inherited), HandoverError> {
     let mut inherited = Inherited::default();
     loop {
         match channel.recv()? {
-            (Message::Socket(kind), Some(fd)) => inherited.add(kind, fd)?,
+            (Message::Socket(kind), Some(fd)) => inherited.add(kind, fd),
             (Message::Socket(kind), None) => {
                 return Err(HandoverError::Protocol(format!(
                     "{kind} came without its descriptor"
@@ -517,7 +517,7 @@ pub struct Inherited {
 }
 
 impl Inherited {
-    fn add(&mut self, kind: SocketKind, fd: OwnedFd) -> Result<(), HandoverError> {
+    fn add(&mut self, kind: SocketKind, fd: OwnedFd) {
         match kind {
             SocketKind::Listener {
                 addr,
@@ -535,7 +535,6 @@ impl Inherited {
             SocketKind::Admin { path } => self.admin = Some((path, UnixListener::from(fd))),
             SocketKind::Upgrade { path } => self.upgrade = Some((path, UnixListener::from(fd))),
         }
-        Ok(())
     }
 
     /// How many sockets are left to take.
@@ -788,7 +787,7 @@ mod tests {
                 name: "127.0.0.1:0".into(),
                 worker,
             };
-            inherited.add(kind, fd).unwrap();
+            inherited.add(kind, fd);
         }
         let (b, fd_b) = socket();
         inherited.listeners.push(InheritedListener {
