@@ -280,7 +280,10 @@ fn upgrade_command(path: &std::path::Path, binary: Option<PathBuf>) -> ExitCode 
             ExitCode::FAILURE
         }
         Ok((other, _)) => {
-            eprintln!("mc-proxy: unexpected answer from the daemon: {other:?}");
+            eprintln!(
+                "mc-proxy: unexpected answer from the daemon: {}",
+                mc_proxy_shared::text::clip(&format!("{other:?}"))
+            );
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -940,7 +943,10 @@ mod upgrade {
                         tracing::warn!("upgrade: cannot answer mc-proxy upgrade: {e}");
                     }
                 }
-                Ok((other, _)) => tracing::warn!("upgrade socket: unexpected {other:?}"),
+                Ok((other, _)) => tracing::warn!(
+                    "upgrade socket: unexpected {}",
+                    mc_proxy_shared::text::clip(&format!("{other:?}"))
+                ),
                 Err(e) => tracing::warn!("upgrade socket: {e}"),
             }
         }

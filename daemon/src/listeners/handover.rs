@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mc_proxy_shared::text::clip;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -70,9 +71,6 @@ pub enum HandoverError {
     /// The old process said no (another upgrade under way, its database cannot close).
     #[error("upgrade refused by the running daemon: {0}")]
     Refused(String),
-    /// An inherited socket matches no listener (socket activation).
-    #[error("{0}")]
-    Unmatched(String),
 }
 
 /// The longest message accepted: every message is small (a socket's header, a reason).
@@ -275,7 +273,7 @@ impl Channel {
             }
         })?;
         let msg = serde_json::from_slice(&body)
-            .map_err(|e| HandoverError::Protocol(mc_proxy_shared::text::clip(&e.to_string())))?;
+            .map_err(|e| HandoverError::Protocol(clip(&e.to_string())))?;
         Ok((msg, fds.into_iter().next()))
     }
 
@@ -285,7 +283,8 @@ impl Channel {
             (msg, _) if msg == *expected => Ok(()),
             (Message::Failed { reason }, _) => Err(HandoverError::Refused(reason)),
             (other, _) => Err(HandoverError::Protocol(format!(
-                "expected {expected:?}, got {other:?}"
+                "expected {expected:?}, got {}",
+                clip(&format!("{other:?}"))
             ))),
         }
     }
@@ -313,7 +312,8 @@ pub fn join(path: &Path) -> Result<(Channel, Inherited), HandoverError> {
             (Message::Failed { reason }, _) => return Err(HandoverError::Refused(reason)),
             (other, _) => {
                 return Err(HandoverError::Protocol(format!(
-                    "expected a socket, got {other:?}"
+                    "expected a socket, got {}",
+                    clip(&format!("{other:?}"))
                 )));
             }
         }
