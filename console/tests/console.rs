@@ -99,6 +99,7 @@ fn busy_app() -> App {
             firewall_rules: 0,
             backends: vec![],
             cluster: None,
+            pid: None,
         },
         routes: entries(stats(10, 1000, 2000, 0, 0), stats(40, 0, 0, 100, 0)),
         rules: vec![],
@@ -419,6 +420,7 @@ fn app_with(routes: &[(&str, &str, Mode)]) -> App {
             firewall_rules: 0,
             backends: vec![],
             cluster: None,
+            pid: None,
         },
         routes: routes
             .iter()
@@ -739,6 +741,7 @@ fn connections_view_lists_open_connections_and_read_only_hides_editing_keys() {
             firewall_rules: 0,
             backends: vec![],
             cluster: None,
+            pid: None,
         },
         routes: vec![],
         rules: vec![],
@@ -1473,6 +1476,7 @@ fn without_the_daemon_the_figures_are_grey_and_the_screen_says_since_when() {
             firewall_rules: 0,
             backends: vec![],
             cluster: None,
+            pid: None,
         },
         routes: vec![],
         rules: vec![],
@@ -2078,6 +2082,7 @@ fn fleet_app() -> App {
         firewall_rules: 0,
         backends: vec![],
         cluster: Some(link(node, applied, 1042)),
+        pid: None,
     };
     let route = |requests: u64, errors: u64| RouteEntry {
         not_served: None,

@@ -15,6 +15,7 @@ use mc_proxy::control::Control;
 use mc_proxy::control::boot;
 use mc_proxy::control::config::Config;
 use mc_proxy::control::store::Store;
+use mc_proxy::listeners::handover::{self, Inherited};
 use mc_proxy::listeners::server;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -49,9 +50,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// 503, keeps accepting for [proxy] shutdown_delay (0 by default: a load balancer's health
 /// check takes the node out meanwhile), then stops accepting and waits up to [proxy]
 /// shutdown_timeout for open connections (the admin API and /metrics answer until they are
-/// done); a second one exits at once. Under systemd
-/// (Type=notify, see srv/mc-proxy.service) it reports READY=1 once listening, RELOADING=1 and
-/// READY=1 around a reload, and STOPPING=1 when draining.
+/// done); a second one exits at once. SIGUSR2 (or `mc-proxy upgrade`) upgrades without
+/// dropping a connection: the daemon starts the binary at its own path on disk with
+/// --upgrade, hands it every listening socket, and drains once it serves (see --upgrade).
+/// Under systemd (Type=notify, see srv/mc-proxy.service) it reports READY=1 once listening,
+/// RELOADING=1 and READY=1 around a reload, and STOPPING=1 when draining; an upgraded process
+/// reports MAINPID= and READY=1 (the unit needs NotifyAccess=all). Sockets passed by systemd
+/// socket activation (LISTEN_FDS, srv/mc-proxy.socket) are used for the listeners they match,
+/// by FileDescriptorName = the listener's name or by address; one that matches none is an
+/// error.
 #[derive(Debug, Parser)]
 #[command(name = "mc-proxy", version)]
 struct Cli {
@@ -81,6 +88,15 @@ struct Cli {
     )]
     log_format: LogFormat,
 
+    /// Start as the upgrade of the daemon already running on this config: receive its
+    /// listening sockets over its upgrade socket ($MCPROXY_UPGRADE_SOCKET, which the daemon
+    /// sets for the binary it starts; else the [admin] socket's path + ".upgrade"),
+    /// take over its database and admin socket once it has stopped writing, then tell it to
+    /// drain. If this process fails before taking over, the running daemon serves on,
+    /// untouched. What SIGUSR2 and `mc-proxy upgrade` start; rarely run by hand.
+    #[arg(long)]
+    upgrade: bool,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -105,6 +121,18 @@ enum Command {
     /// Move this node's state into the fleet's store ([cluster] of the config) and back.
     #[command(subcommand)]
     Cluster(ClusterAction),
+    /// Upgrade the running daemon without dropping a connection (the same as SIGUSR2, with an
+    /// answer): it starts the mc-proxy binary at its own path on disk (the new one after a
+    /// package upgrade) with --upgrade, hands it every listening socket, and drains its open
+    /// connections once the new process serves. Prints the new process's pid and exits 0; on
+    /// a failure (the new binary does not start, its config does not load) prints why and
+    /// exits 1, the running daemon serving on, untouched; exit 2 when the config has no
+    /// [admin] socket (the upgrade socket is next to it) or no daemon answers on it.
+    Upgrade {
+        /// Start this binary instead of the daemon's own path on disk.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,9 +163,10 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&config_path),
         Some(Command::Cluster(action)) => cluster_command(&config_path, action),
+        Some(Command::Upgrade { binary }) => upgrade_command(&config_path, binary),
         None => {
             init_logging(cli.log_format);
-            match serve(&config_path) {
+            match serve(&config_path, cli.upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -197,6 +226,68 @@ fn cluster_command(path: &std::path::Path, action: ClusterAction) -> ExitCode {
         }
         Err(e) => {
             eprintln!("mc-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `mc-proxy upgrade`: asks the running daemon to upgrade and prints what happened (see
+/// [`Command::Upgrade`] for the exit codes).
+fn upgrade_command(path: &std::path::Path, binary: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("error: {line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(admin) = &config.admin.socket else {
+        eprintln!(
+            "mc-proxy: {} has no [admin] socket: the upgrade socket is next to it",
+            path.display()
+        );
+        return ExitCode::from(2);
+    };
+    // The daemon resolves a relative path against its own working directory: send it whole.
+    let binary = match binary.map(|b| std::path::absolute(&b)).transpose() {
+        Ok(binary) => binary,
+        Err(e) => {
+            eprintln!("mc-proxy: --binary: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let socket = handover::upgrade_path(admin);
+    let channel = match handover::Channel::connect(&socket) {
+        Ok(channel) => channel,
+        Err(e) => {
+            eprintln!("mc-proxy: {e} (is the daemon running?)");
+            return ExitCode::from(2);
+        }
+    };
+    let asked = channel
+        .send(&handover::Message::Upgrade { binary }, None)
+        .and_then(|()| channel.set_timeout(upgrade::SPAWN_TIMEOUT + handover::STEP_TIMEOUT))
+        .and_then(|()| channel.recv());
+    match asked {
+        Ok((handover::Message::Upgraded { pid }, _)) => {
+            println!("upgraded: process {pid} serves; the old process drains its open connections");
+            ExitCode::SUCCESS
+        }
+        Ok((handover::Message::Failed { reason }, _)) => {
+            eprintln!("mc-proxy: upgrade failed, the running daemon serves on: {reason}");
+            ExitCode::FAILURE
+        }
+        Ok((other, _)) => {
+            eprintln!(
+                "mc-proxy: unexpected answer from the daemon: {}",
+                mc_proxy_shared::text::clip(&format!("{other:?}"))
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("mc-proxy: {e}");
             ExitCode::FAILURE
         }
     }
@@ -316,11 +407,59 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
+/// Serves until shut down. `upgrade`: take the sockets and control of the daemon running on
+/// this config (`handover`); otherwise sockets systemd passed (LISTEN_FDS) are used where
+/// they match a listener.
+fn serve(config_path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     for w in &config.warnings {
         tracing::warn!("{}: {w}", config_path.display());
     }
+    // The control plane (signals, the admin API, /metrics, reloads) runs on this thread;
+    // the data plane on worker threads of its own (`server::Workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Before anything can take time (a handover, opening the database): from here on SIGHUP
+    // reloads and SIGTERM drains (once serving) instead of killing us.
+    let signals = runtime.block_on(async { Signals::install() })?;
+    // Steps 1 to 4 of the handover (see `handover`): before this process touches the database.
+    let (taking_over, mut inherited) = if upgrade {
+        let Some(admin) = &config.admin.socket else {
+            anyhow::bail!(
+                "--upgrade takes over through the running daemon's upgrade socket, next to its \
+                 [admin] socket: {} has no [admin] socket",
+                config_path.display()
+            );
+        };
+        // The old process says where it listens (its config's admin socket may differ from
+        // this one's); by hand, the config's.
+        let path = std::env::var_os(UPGRADE_SOCKET_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| handover::upgrade_path(admin));
+        let (channel, inherited) =
+            handover::join(&path).context("upgrade: cannot take the running daemon's sockets")?;
+        tracing::info!(
+            "upgrade: received {} listening socket(s) from the running daemon; asking it to \
+             release control",
+            inherited.len()
+        );
+        channel
+            .release()
+            .context("upgrade: the running daemon did not release control")?;
+        tracing::info!("upgrade: the running daemon released its database; taking over");
+        (Some(channel), inherited)
+    } else {
+        let inherited = Inherited::from_listen_fds().context("socket activation (LISTEN_FDS)")?;
+        if !inherited.is_empty() {
+            tracing::info!(
+                "socket activation: {} listening socket(s) passed by systemd",
+                inherited.len()
+            );
+        }
+        (None, inherited)
+    };
     let mut store = Store::open(&config.database.path)?;
     let state = Arc::new(boot::load_state(&config, &mut store)?);
     for line in mc_proxy::control::not_applied(&config, &state) {
@@ -329,34 +468,77 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
     let control =
         Arc::new(Control::new(Arc::clone(&state), store).with_config_path(config_path.to_owned()));
 
-    // The control plane (signals, the admin API, /metrics, reloads) runs on this thread;
-    // the data plane on worker threads of its own (`server::Workers`).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let shutdown = CancellationToken::new();
-    let (signals, admin_socket, metrics_listener) = runtime.block_on(async {
-        // Before anything can take time: from here on SIGHUP reloads instead of killing us.
-        let signals = Signals::install()?;
-        let admin_socket = config
-            .admin
-            .socket
-            .as_deref()
-            .map(AdminSocket::bind)
-            .transpose()?;
-        let metrics_listener = match config.metrics.addr {
-            Some(addr) => Some(metrics::bind(addr).await?),
+    let (admin_socket, metrics_listener, upgrade_socket) = runtime.block_on(async {
+        let admin_socket = match config.admin.socket.as_deref() {
+            Some(path) => Some(match inherited.take_admin(path) {
+                Some(listener) => AdminSocket::inherited(path, listener)?,
+                None => AdminSocket::bind(path)?,
+            }),
             None => None,
         };
-        anyhow::Ok((signals, admin_socket, metrics_listener))
+        let metrics_listener = match config.metrics.addr {
+            Some(addr) => Some(match inherited.take_metrics(addr) {
+                Some(listener) => {
+                    listener.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(listener)?
+                }
+                None => metrics::bind(addr).await?,
+            }),
+            None => None,
+        };
+        let upgrade_socket = match config.admin.socket.as_deref() {
+            Some(admin) => {
+                let path = handover::upgrade_path(admin);
+                let listener = inherited.take_upgrade(&path);
+                Some(handover::UpgradeSocket::bind(&path, listener)?)
+            }
+            None => None,
+        };
+        anyhow::Ok((admin_socket, metrics_listener, upgrade_socket))
     })?;
     // Outside `block_on`: `start` drops the runtime of a worker whose thread could not be
     // spawned, which a runtime context forbids.
-    let workers = server::Workers::bind(&state, server::worker_count(&state.proxy()))?;
+    let workers =
+        server::Workers::bind_with(&state, server::worker_count(&state.proxy()), &mut inherited)?;
+    let leftover = inherited.leftover();
+    if !leftover.is_empty() {
+        if taking_over.is_some() {
+            // The old process's sockets of listeners this one does not serve: nothing would
+            // accept on them.
+            tracing::warn!(
+                "upgrade: closing inherited sockets no listener uses: {}",
+                leftover.join(", ")
+            );
+        } else {
+            anyhow::bail!(
+                "socket activation: inherited socket(s) match no listener (by name or address) \
+                 of the database: {}",
+                leftover.join(", ")
+            );
+        }
+    }
+    drop(inherited);
+    let registry = workers.registry();
     let listening = workers.local_addrs();
     let worker_count = workers.count();
     let workers = workers.start(&state, &shutdown)?;
+    // The admin API, /metrics, the cluster link and the upgrade socket stop at `handed_over`:
+    // at the end of the drain, or once an upgraded process serves in this one's place.
+    let drained = CancellationToken::new();
+    let handed_over = drained.child_token();
+    let handing = upgrade_socket.as_ref().map(|socket| {
+        Arc::new(upgrade::Handing::new(upgrade::Parts {
+            control: Arc::clone(&control),
+            db: config.database.path.clone(),
+            registry,
+            admin: admin_socket.as_ref(),
+            metrics: metrics_listener.as_ref(),
+            upgrade: socket,
+            shutdown: shutdown.clone(),
+            handed_over: handed_over.clone(),
+        }))
+    });
     runtime.block_on(async move {
         let mut ready = format!(
             "serving {}",
@@ -373,18 +555,39 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         if let Some(socket) = &admin_socket {
             ready.push_str(&format!("; admin API on {}", socket.path().display()));
         }
-        notify::ready(&ready);
-        let signals = signals.handle(shutdown.clone(), Arc::clone(&control), ready);
-        // The admin API and /metrics stay up through the drain (an operator watches the last
-        // connections close, and can still inspect them), and end once the data plane has.
-        let drained = CancellationToken::new();
+        match &taking_over {
+            Some(channel) => {
+                // systemd follows this process from now on (the unit's NotifyAccess=all lets
+                // a process other than the main one say so).
+                notify::main_pid_ready(&ready);
+                match channel.drain() {
+                    Ok(()) => tracing::info!(
+                        pid = std::process::id(),
+                        "upgrade: serving in place of the old process, which drains its open \
+                         connections"
+                    ),
+                    Err(e) => {
+                        tracing::warn!("upgrade: serving; telling the old process to drain: {e}")
+                    }
+                }
+            }
+            None => notify::ready(&ready),
+        }
+        drop(taking_over);
+        let signals = signals.handle(
+            shutdown.clone(),
+            Arc::clone(&control),
+            ready,
+            handing.clone(),
+        );
         // An admin API failure is logged at once and the daemon keeps proxying: traffic
         // matters more than control, SIGHUP still reloads, and the operator restarts when it
         // suits them. The exit status still reports it.
         let admin_api = async {
             match admin_socket {
                 Some(socket) => {
-                    let result = admin::serve(socket, Arc::clone(&control), drained.clone()).await;
+                    let result =
+                        admin::serve(socket, Arc::clone(&control), handed_over.clone()).await;
                     if let Err(e) = &result {
                         tracing::error!("{e}: the admin API is down, proxying goes on");
                     }
@@ -414,7 +617,7 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
         let metrics = async {
             if let Some(listener) = metrics_listener {
-                metrics::serve(listener, Arc::clone(&state), drained.clone()).await;
+                metrics::serve(listener, Arc::clone(&state), handed_over.clone()).await;
             }
         };
         // The fleet's store, with [cluster]: the node serves from its database meanwhile,
@@ -427,21 +630,30 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
                     &config.database.path,
                     config.admin.socket.as_deref(),
                     metrics_addr,
-                    drained.clone(),
+                    handed_over.clone(),
                 );
                 run.await;
             }
         };
-        // Certificates near their end: a warn line and an event at start and every 6 hours.
-        let certificates = mc_proxy::control::expiry::watch(Arc::clone(&state), drained.clone());
+        // Certificates near their end: a warn line and an event at start and every 6 hours
+        // (until handed over: the new process watches them then).
+        let certificates =
+            mc_proxy::control::expiry::watch(Arc::clone(&state), handed_over.clone());
+        // Upgrade requests and handovers, until handed over or drained.
+        let upgrades = async {
+            if let (Some(socket), Some(handing)) = (upgrade_socket, handing) {
+                upgrade::serve(socket, handing, handed_over.clone()).await;
+            }
+        };
         let data_plane = async {
             workers.wait().await;
             drained.cancel();
         };
-        let serving = async { tokio::join!(admin, data_plane, metrics, cluster, certificates) };
+        let serving =
+            async { tokio::join!(admin, data_plane, metrics, cluster, upgrades, certificates) };
         // The signal loop is polled here, not spawned: if it ever failed, the daemon would go
         // on without anyone acting on SIGTERM. It never returns; serving ends at shutdown.
-        let (admin, (), (), (), ()) = tokio::select! {
+        let (admin, (), (), (), (), ()) = tokio::select! {
             never = signals => match never {},
             served = serving => served,
         };
@@ -449,6 +661,9 @@ fn serve(config_path: &std::path::Path) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// Set by the old process for the binary it starts with --upgrade: its upgrade socket.
+const UPGRADE_SOCKET_ENV: &str = "MCPROXY_UPGRADE_SOCKET";
 
 /// How long admin clients may stay connected once the data plane has drained.
 const ADMIN_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -458,6 +673,7 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -468,21 +684,35 @@ impl Signals {
             term: install(SignalKind::terminate(), "SIGTERM")?,
             int: install(SignalKind::interrupt(), "SIGINT")?,
             hup: install(SignalKind::hangup(), "SIGHUP")?,
+            usr2: install(SignalKind::user_defined2(), "SIGUSR2")?,
         })
     }
 
     /// First SIGTERM/SIGINT: graceful shutdown. Second: exit now. SIGHUP: re-read `[proxy]`
     /// and reload the L7 certificates (see [`Control::reload`]), also while connections are
-    /// open; ignored once shutdown has begun.
+    /// open; ignored once shutdown has begun. SIGUSR2: upgrade ([`upgrade::Handing::spawn`]),
+    /// on a thread of its own; ignored without an [admin] socket or once shutdown has begun.
     async fn handle(
         mut self,
         shutdown: CancellationToken,
         control: Arc<Control>,
         ready_status: String,
+        handing: Option<Arc<upgrade::Handing>>,
     ) -> std::convert::Infallible {
         let mut stopping = false;
         loop {
             let name = tokio::select! {
+                _ = self.usr2.recv() => {
+                    match &handing {
+                        _ if stopping => tracing::info!("SIGUSR2: shutting down, not upgrading"),
+                        Some(handing) => upgrade::on_signal(handing),
+                        None => tracing::warn!(
+                            "SIGUSR2: upgrading needs an [admin] socket (the upgrade socket is \
+                             next to it); ignored"
+                        ),
+                    }
+                    continue;
+                }
                 _ = self.term.recv() => "SIGTERM",
                 _ = self.int.recv() => "SIGINT",
                 _ = self.hup.recv() => {
@@ -556,6 +786,17 @@ mod notify {
         send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
+    /// An upgraded process serves in place of the old one: it is the main process now
+    /// (`MAINPID=`, which systemd takes from a process other than the main one only with
+    /// `NotifyAccess=all`), and ready. One datagram, so systemd never sees READY without it.
+    pub fn main_pid_ready(status: &str) {
+        send(&[
+            NotifyState::MainPid(std::process::id()),
+            NotifyState::Ready,
+            NotifyState::Status(status),
+        ]);
+    }
+
     /// A reload began; `ready` ends it. Carries the monotonic time `Type=notify-reload` needs.
     pub fn reloading() {
         let mut states = vec![NotifyState::Reloading, NotifyState::Status("reloading")];
@@ -571,5 +812,408 @@ mod notify {
             NotifyState::Stopping,
             NotifyState::Status("draining connections"),
         ]);
+    }
+}
+
+/// The old process's side of an upgrade (see `mc_proxy::listeners::handover` for the
+/// sequence): the upgrade socket's accept loop, what each handover step does to this daemon
+/// (stop admin writes, reopen the database, drain), and starting the new binary on SIGUSR2 or
+/// `mc-proxy upgrade`. Handovers run on threads of their own (they block on the socket and
+/// SQLite), never on the control plane's runtime.
+mod upgrade {
+    use std::ffi::OsString;
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex, mpsc};
+    use std::time::{Duration, Instant};
+
+    use mc_proxy::api::admin::AdminSocket;
+    use mc_proxy::control::Control;
+    use mc_proxy::listeners::handover::{
+        self, Channel, Message, Owner, Registry, SocketKind, UpgradeSocket,
+    };
+    use tokio_util::sync::CancellationToken;
+
+    /// How long a started binary has to connect and take over before it is killed and the
+    /// upgrade reported failed.
+    pub const SPAWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// What [`Handing`] is built from.
+    pub struct Parts<'a> {
+        pub control: Arc<Control>,
+        pub db: PathBuf,
+        pub registry: Registry,
+        pub admin: Option<&'a AdminSocket>,
+        pub metrics: Option<&'a tokio::net::TcpListener>,
+        pub upgrade: &'a UpgradeSocket,
+        pub shutdown: CancellationToken,
+        pub handed_over: CancellationToken,
+    }
+
+    /// This daemon as the old process of an upgrade.
+    pub struct Handing {
+        control: Arc<Control>,
+        db: PathBuf,
+        registry: Registry,
+        /// The admin, metrics and upgrade sockets (duplicates, duplicated again per handover).
+        fixed: Vec<(SocketKind, OwnedFd)>,
+        /// Set at the handover: the socket files are the new process's.
+        keep_files: Vec<Arc<AtomicBool>>,
+        shutdown: CancellationToken,
+        handed_over: CancellationToken,
+        /// A handover is under way.
+        busy: AtomicBool,
+        /// A binary is being started.
+        spawning: AtomicBool,
+        /// Who waits for the outcome of the handover a started binary asks for.
+        waiting: Mutex<Option<mpsc::Sender<Result<u32, String>>>>,
+        /// What SIGUSR2 starts: this binary's path as it was started, and its arguments.
+        exe: PathBuf,
+        /// This daemon's upgrade socket, told to the binary it starts.
+        upgrade_path: PathBuf,
+        args: Vec<OsString>,
+    }
+
+    impl Handing {
+        pub fn new(parts: Parts<'_>) -> Handing {
+            let mut fixed = Vec::new();
+            let mut keep_files = vec![parts.upgrade.keep_file()];
+            let mut dup = |kind: SocketKind, fd: std::io::Result<OwnedFd>| match fd {
+                Ok(fd) => fixed.push((kind, fd)),
+                // The new process binds it then; an upgrade still works.
+                Err(e) => tracing::warn!("upgrade: cannot keep a copy of the {kind}: {e}"),
+            };
+            if let Some(admin) = parts.admin {
+                keep_files.push(admin.keep_file());
+                dup(
+                    SocketKind::Admin {
+                        path: admin.path().to_owned(),
+                    },
+                    admin.duplicate(),
+                );
+            }
+            if let Some(metrics) = parts.metrics
+                && let Ok(addr) = metrics.local_addr()
+            {
+                dup(
+                    SocketKind::Metrics { addr },
+                    metrics.as_fd().try_clone_to_owned(),
+                );
+            }
+            dup(
+                SocketKind::Upgrade {
+                    path: parts.upgrade.path().to_owned(),
+                },
+                parts.upgrade.listener.as_fd().try_clone_to_owned(),
+            );
+            Handing {
+                control: parts.control,
+                db: parts.db,
+                registry: parts.registry,
+                fixed,
+                keep_files,
+                shutdown: parts.shutdown,
+                handed_over: parts.handed_over,
+                busy: AtomicBool::new(false),
+                spawning: AtomicBool::new(false),
+                waiting: Mutex::new(None),
+                exe: own_path(),
+                upgrade_path: parts.upgrade.path().to_owned(),
+                args: std::env::args_os()
+                    .skip(1)
+                    .filter(|a| a != "--upgrade")
+                    .collect(),
+            }
+        }
+
+        /// One connection to the upgrade socket: a new process's handover, or an operator's
+        /// `mc-proxy upgrade`.
+        fn connection(&self, stream: std::os::unix::net::UnixStream) {
+            let channel = match Channel::new(stream) {
+                Ok(channel) => channel,
+                Err(e) => {
+                    tracing::warn!("upgrade socket: {e}");
+                    return;
+                }
+            };
+            match channel.recv() {
+                Ok((Message::Hello { pid }, _)) => self.hand_over(&channel, pid),
+                Ok((Message::Upgrade { binary }, _)) => {
+                    let answer = match self.spawn(binary.as_deref(), "mc-proxy upgrade") {
+                        Ok(pid) => Message::Upgraded { pid },
+                        Err(reason) => Message::Failed { reason },
+                    };
+                    if let Err(e) = channel.send(&answer, None) {
+                        tracing::warn!("upgrade: cannot answer mc-proxy upgrade: {e}");
+                    }
+                }
+                Ok((other, _)) => tracing::warn!(
+                    "upgrade socket: unexpected {}",
+                    mc_proxy_shared::text::clip(&format!("{other:?}"))
+                ),
+                Err(e) => tracing::warn!("upgrade socket: {e}"),
+            }
+        }
+
+        fn hand_over(&self, channel: &Channel, pid: u32) {
+            let refuse = |reason: &str| {
+                tracing::warn!("upgrade: process {pid} refused: {reason}");
+                let _ = channel.send(
+                    &Message::Failed {
+                        reason: reason.to_owned(),
+                    },
+                    None,
+                );
+            };
+            if self.handed_over.is_cancelled() {
+                return refuse("this daemon has handed over already and is draining");
+            }
+            if self.busy.swap(true, Ordering::SeqCst) {
+                return refuse("another upgrade is under way");
+            }
+            tracing::info!(
+                "upgrade: process {pid} asks to take over; handing over the listening sockets"
+            );
+            if let Err(e) = handover::serve_handover(channel, pid, self) {
+                let why = format!("the handover to process {pid} broke off: {e}");
+                tracing::error!("upgrade: {why}; this process serves on as before");
+                self.report(Err(why));
+                self.busy.store(false, Ordering::SeqCst);
+            }
+        }
+
+        fn report(&self, outcome: Result<u32, String>) {
+            if let Some(tx) = self.lock_waiting().as_ref() {
+                let _ = tx.send(outcome);
+            }
+        }
+
+        fn lock_waiting(
+            &self,
+        ) -> std::sync::MutexGuard<'_, Option<mpsc::Sender<Result<u32, String>>>> {
+            self.waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+
+        /// Starts `binary` (this daemon's own path by default) with this daemon's arguments
+        /// and --upgrade, and waits until it has taken over (its pid) or failed (why: it did
+        /// not start, exited, its handover broke off, or it took longer than
+        /// [`SPAWN_TIMEOUT`]; it is killed then), logged either way. `by` names who asked,
+        /// for the log.
+        pub fn spawn(&self, binary: Option<&Path>, by: &str) -> Result<u32, String> {
+            if self.handed_over.is_cancelled() {
+                return Err("this daemon has handed over already and is draining".into());
+            }
+            if self.spawning.swap(true, Ordering::SeqCst) {
+                return Err("another upgrade is under way".into());
+            }
+            let (tx, rx) = mpsc::channel();
+            *self.lock_waiting() = Some(tx);
+            let exe = binary.unwrap_or(&self.exe);
+            let result = self.start_and_wait(exe, by, &rx);
+            *self.lock_waiting() = None;
+            self.spawning.store(false, Ordering::SeqCst);
+            if let Err(why) = &result {
+                tracing::error!("{by}: upgrade failed, serving on as before: {why}");
+            }
+            result
+        }
+
+        fn start_and_wait(
+            &self,
+            exe: &Path,
+            by: &str,
+            outcome: &mpsc::Receiver<Result<u32, String>>,
+        ) -> Result<u32, String> {
+            tracing::info!("{by}: upgrading: starting {} --upgrade", exe.display());
+            let mut child = std::process::Command::new(exe)
+                .args(&self.args)
+                .arg("--upgrade")
+                // Systemd's sockets are this process's; the new one gets them by handover.
+                .env_remove("LISTEN_FDS")
+                .env_remove("LISTEN_PID")
+                .env_remove("LISTEN_FDNAMES")
+                .env(super::UPGRADE_SOCKET_ENV, &self.upgrade_path)
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+            let pid = child.id();
+            let deadline = Instant::now() + SPAWN_TIMEOUT + handover::STEP_TIMEOUT;
+            let kill = |child: &mut std::process::Child, why: String| {
+                let _ = child.kill();
+                let _ = child.wait();
+                why
+            };
+            loop {
+                match outcome.recv_timeout(Duration::from_millis(50)) {
+                    Ok(Ok(new)) => return Ok(new),
+                    // The handover broke off: the new process must not serve next to this one.
+                    Ok(Err(why)) => return Err(kill(&mut child, why)),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        return Err(kill(&mut child, "the upgrade was abandoned".into()));
+                    }
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!(
+                        "{} (pid {pid}) exited before taking over ({status}); its log lines say \
+                         why",
+                        exe.display()
+                    ));
+                }
+                if Instant::now() > deadline {
+                    return Err(kill(
+                        &mut child,
+                        format!(
+                            "{} (pid {pid}) did not take over within {}s: killed",
+                            exe.display(),
+                            (SPAWN_TIMEOUT + handover::STEP_TIMEOUT).as_secs()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    impl Owner for Handing {
+        fn sockets(&self) -> Vec<(SocketKind, OwnedFd)> {
+            let mut out = self.registry.sockets();
+            for (kind, fd) in &self.fixed {
+                match fd.try_clone() {
+                    Ok(fd) => out.push((kind.clone(), fd)),
+                    Err(e) => tracing::warn!("upgrade: cannot hand over the {kind}: {e}"),
+                }
+            }
+            out
+        }
+
+        fn release(&self, to: u32) -> Result<(), String> {
+            self.control
+                .release(to)
+                .map_err(|e| format!("cannot release the database: {e}"))?;
+            tracing::info!(
+                "upgrade: admin writes stopped and database closed for process {to} (writes \
+                 are refused with UNAVAILABLE until it serves or goes away)"
+            );
+            Ok(())
+        }
+
+        fn resume(&self, why: &str) {
+            match self.control.resume(&self.db) {
+                Ok(()) => tracing::error!(
+                    "upgrade: the new process went away after the database was released \
+                     ({why}): database reopened, admin writes taken again"
+                ),
+                Err(e) => tracing::error!(
+                    "upgrade: the new process went away after the database was released \
+                     ({why}), and the database cannot be reopened: admin writes stay refused \
+                     (restart the daemon): {e}"
+                ),
+            }
+        }
+
+        fn drain(&self, pid: u32) {
+            for keep in &self.keep_files {
+                keep.store(true, Ordering::SeqCst);
+            }
+            let grace = self.control.state().proxy().shutdown_timeout;
+            tracing::info!(
+                "upgrade: process {pid} serves in this one's place; no longer accepting, \
+                 draining open connections (shutdown_timeout {})",
+                humantime::format_duration(grace)
+            );
+            // The admin API, /metrics and the upgrade socket stop accepting; the data plane
+            // stops accepting and drains, as after SIGTERM without its shutdown_delay (the
+            // node stays in service: the new process accepts).
+            self.control.state().begin_handover();
+            self.handed_over.cancel();
+            self.shutdown.cancel();
+            self.report(Ok(pid));
+        }
+    }
+
+    /// SIGUSR2: [`Handing::spawn`] on a thread of its own; the outcome is logged.
+    pub fn on_signal(handing: &Arc<Handing>) {
+        let handing = Arc::clone(handing);
+        let started = std::thread::Builder::new()
+            .name("mc-upgrade".into())
+            .spawn(move || {
+                // The outcome is logged either way.
+                let _ = handing.spawn(None, "SIGUSR2");
+            });
+        if let Err(e) = started {
+            tracing::error!("SIGUSR2: cannot start the upgrade thread: {e}");
+        }
+    }
+
+    /// Accepts on the upgrade socket until `stop` (handed over, or drained); each connection
+    /// on a thread of its own.
+    pub async fn serve(socket: UpgradeSocket, handing: Arc<Handing>, stop: CancellationToken) {
+        let listener = match socket
+            .listener
+            .try_clone()
+            .and_then(tokio::net::UnixListener::from_std)
+        {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(
+                    "upgrade socket {}: {e}: upgrades are not available",
+                    socket.path().display()
+                );
+                return;
+            }
+        };
+        loop {
+            let accepted = tokio::select! {
+                // Checked first: once handed over, a connection waiting in the shared backlog
+                // is the new process's to accept.
+                biased;
+                () = stop.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted.and_then(|(s, _)| s.into_std()) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!("upgrade socket: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let handing = Arc::clone(&handing);
+            let started = std::thread::Builder::new()
+                .name("mc-handover".into())
+                .spawn(move || handing.connection(stream));
+            if let Err(e) = started {
+                tracing::error!("upgrade socket: cannot start a thread: {e}");
+            }
+        }
+        // `socket` drops here: its file goes unless it was handed over.
+        drop(listener);
+        drop(socket);
+    }
+
+    /// This binary's path as it was started (argv[0], made absolute against the working
+    /// directory at start, or looked up in PATH), not /proc/self/exe: after a package upgrade
+    /// that names the old, deleted file, and an upgrade must start the new one (as nginx does).
+    fn own_path() -> PathBuf {
+        let argv0 = std::env::args_os().next().map(PathBuf::from);
+        if let Some(argv0) = argv0 {
+            if argv0.components().count() > 1 {
+                return std::env::current_dir()
+                    .map(|cwd| cwd.join(&argv0))
+                    .unwrap_or(argv0);
+            }
+            if let Some(paths) = std::env::var_os("PATH") {
+                for dir in std::env::split_paths(&paths) {
+                    let candidate = dir.join(&argv0);
+                    if candidate.is_file() {
+                        return candidate;
+                    }
+                }
+            }
+        }
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mc-proxy"))
     }
 }

@@ -354,12 +354,22 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     .unwrap()
     .replace("/usr/local/bin/mc-proxy", env!("CARGO_BIN_EXE_mc-proxy"));
     assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    // An upgraded process announces MAINPID= before it is the main process.
+    assert!(unit.contains("\nNotifyAccess=all\n"), "{unit}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mc-proxy.service");
     std::fs::write(&path, unit).unwrap();
+    // The socket activation example, next to the service it activates.
+    let socket = dir.path().join("mc-proxy.socket");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../srv/mc-proxy.socket"),
+        &socket,
+    )
+    .unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
+        .arg(&socket)
         .current_dir(dir.path())
         .output()
         .unwrap();
@@ -370,8 +380,8 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     );
     assert!(out.status.success(), "{text}");
     assert!(
-        !text.contains("mc-proxy.service:"),
-        "warnings about the unit: {text}"
+        !text.contains("mc-proxy.service:") && !text.contains("mc-proxy.socket:"),
+        "warnings about the units: {text}"
     );
 }
 
@@ -1438,4 +1448,1133 @@ fn check_validates_the_cluster_section_and_names_the_cluster() {
         err.contains("mc-proxy.toml: cluster.tls.ca: ") && err.contains("missing-ca.pem"),
         "{err}"
     );
+}
+
+/// An upgraded process (`mc-proxy --upgrade`, a child of the daemon under test, not of the
+/// test): killed when the test ends.
+struct Upgraded(u32);
+
+impl Drop for Upgraded {
+    fn drop(&mut self) {
+        if gone(self.0) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(self.0.to_string())
+            .status();
+    }
+}
+
+/// Whether process `pid` has exited (gone, or a zombie nobody reaped yet).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // `pid (comm) S ...`: the state follows the last `)`.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+/// Chunks (of 1000 bytes, one per 100 ms) a [`tls_backend`] streams to a client that asks
+/// `stream`.
+const STREAM_CHUNKS: usize = 30;
+
+/// A TLS server for the L4 route: a client's `stream\n` gets [`STREAM_CHUNKS`] chunks of 1000
+/// bytes over 3 s, anything else `pong\n`; then the connection closes.
+async fn tls_backend(cert: &str, key: &str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = vec![CertificateDer::from(
+        rustls_pki_types::pem::PemObject::from_pem_slice(cert.as_bytes())
+            .map(|c: CertificateDer<'static>| c.to_vec())
+            .unwrap(),
+    )];
+    let key = <rustls_pki_types::PrivateKeyDer<'static> as rustls_pki_types::pem::PemObject>::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(mc_proxy::model::certs::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                while !line.ends_with(b"\n") {
+                    match tls.read(&mut byte).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => line.push(byte[0]),
+                    }
+                }
+                if line == b"stream\n" {
+                    for _ in 0..STREAM_CHUNKS {
+                        if tls.write_all(&[b's'; 1000]).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                } else {
+                    let _ = tls.write_all(b"pong\n").await;
+                }
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/1.1 backend: `/slow` answers after 3 s, anything else at once; [`BACKEND_BODY`]
+/// bytes each.
+async fn slow_h1_backend() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                        }
+                        let body =
+                            http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; BACKEND_BODY]));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A TLS connection through the proxy, every failure an error (for counting, not panicking).
+async fn try_tls(
+    addr: &str,
+    sni: &'static str,
+    root: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let mut store = rustls::RootCertStore::empty();
+    store
+        .add(CertificateDer::from(root.to_vec()))
+        .map_err(|e| e.to_string())?;
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(mc_proxy::model::certs::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(store)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    connector
+        .connect(ServerName::try_from(sni).map_err(|e| e.to_string())?, tcp)
+        .await
+        .map_err(|e| format!("{sni} handshake: {e}"))
+}
+
+/// One L4 exchange through the proxy (`plain.test`): `line` sent, the whole answer read.
+async fn l4_once(addr: &str, root: &[u8], line: &[u8]) -> Result<Vec<u8>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = try_tls(addr, "plain.test", root).await?;
+    tls.write_all(line)
+        .await
+        .map_err(|e| format!("l4 write: {e}"))?;
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer)
+        .await
+        .map_err(|e| format!("l4 read after {} bytes: {e}", answer.len()))?;
+    Ok(answer)
+}
+
+/// One L7 request through the proxy (`web.test`, HTTP/1.1, `Connection: close`): its status
+/// and body length.
+async fn l7_once(addr: &str, root: &[u8], path: &str) -> Result<(u16, usize), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = try_tls(addr, "web.test", root).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: web.test\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("l7 write: {e}"))?;
+    let mut answer = Vec::new();
+    let read = tls.read_to_end(&mut answer).await;
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("l7: no status in {:?} ({read:?})", clip_text(&text)))?;
+    let head_end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| format!("l7: no head end ({read:?})"))?;
+    Ok((status, answer.len() - head_end - 4))
+}
+
+/// A keep-alive HTTP/1.1 client: request after request on one connection, a new connection
+/// only once an answer said `Connection: close`, until `stop`. (answered, reconnections,
+/// failures).
+async fn keepalive_client(
+    addr: String,
+    root: Vec<u8>,
+    stop: tokio_util::sync::CancellationToken,
+) -> (usize, usize, Vec<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut ok, mut reconnects, mut failed) = (0, 0, Vec::new());
+    let mut conn: Option<tokio_rustls::client::TlsStream<TcpStream>> = None;
+    while !stop.is_cancelled() {
+        let tls = match &mut conn {
+            Some(tls) => tls,
+            None => match try_tls(&addr, "web.test", &root).await {
+                Ok(tls) => {
+                    reconnects += 1;
+                    conn.insert(tls)
+                }
+                Err(e) => {
+                    failed.push(e);
+                    continue;
+                }
+            },
+        };
+        let sent = tls
+            .write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+            .await;
+        // Head, then the body by its Content-Length.
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        let result = async {
+            sent.map_err(|e| format!("keep-alive write: {e}"))?;
+            loop {
+                if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .ok_or_else(|| format!("keep-alive: no length in {head:?}"))?;
+                    if answer.len() >= end + 4 + len {
+                        if !head.starts_with("http/1.1 200") {
+                            return Err(format!("keep-alive: {head:?}"));
+                        }
+                        return Ok(head.contains("connection: close"));
+                    }
+                }
+                match tls.read(&mut buf).await {
+                    Ok(0) => {
+                        return Err(format!(
+                            "keep-alive: closed after {} bytes of an answer",
+                            answer.len()
+                        ));
+                    }
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                    Err(e) => return Err(format!("keep-alive read: {e}")),
+                }
+            }
+        }
+        .await;
+        match result {
+            Ok(close) => {
+                ok += 1;
+                if close {
+                    conn = None;
+                }
+            }
+            Err(e) => {
+                failed.push(e);
+                conn = None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (ok, reconnects, failed)
+}
+
+/// An HTTP/2 client (ALPN `h2`) sending request after request on one connection, a new one
+/// only once the old one is closing (GOAWAY), until `stop`: (answered, connections, requests
+/// retried because the server had not processed them, failures).
+async fn h2_client(
+    addr: String,
+    root: Vec<u8>,
+    stop: tokio_util::sync::CancellationToken,
+) -> (usize, usize, usize, Vec<String>) {
+    use http_body_util::BodyExt;
+    let (mut ok, mut connections, mut retried, mut failed) = (0, 0, 0, Vec::new());
+    let mut sender: Option<
+        hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    > = None;
+    while !stop.is_cancelled() {
+        if sender.as_ref().is_none_or(|s| s.is_closed()) {
+            let connected = async {
+                let mut store = rustls::RootCertStore::empty();
+                store
+                    .add(CertificateDer::from(root.clone()))
+                    .map_err(|e| e.to_string())?;
+                let mut config =
+                    rustls::ClientConfig::builder_with_provider(mc_proxy::model::certs::provider())
+                        .with_safe_default_protocol_versions()
+                        .map_err(|e| e.to_string())?
+                        .with_root_certificates(store)
+                        .with_no_client_auth();
+                config.alpn_protocols = vec![b"h2".to_vec()];
+                let tcp = TcpStream::connect(&addr)
+                    .await
+                    .map_err(|e| format!("h2 connect: {e}"))?;
+                let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                    .connect(ServerName::try_from("web.test").unwrap(), tcp)
+                    .await
+                    .map_err(|e| format!("h2 handshake: {e}"))?;
+                let (send, conn) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    hyper_util::rt::TokioIo::new(tls),
+                )
+                .await
+                .map_err(|e| format!("h2 preface: {e}"))?;
+                tokio::spawn(conn);
+                Ok::<_, String>(send)
+            }
+            .await;
+            match connected {
+                Ok(send) => {
+                    connections += 1;
+                    sender = Some(send);
+                }
+                Err(e) => {
+                    failed.push(e);
+                    continue;
+                }
+            }
+        }
+        let Some(send) = sender.as_mut() else {
+            continue;
+        };
+        if send.ready().await.is_err() {
+            // Closing (GOAWAY) before this request went out: a new connection, no failure.
+            sender = None;
+            continue;
+        }
+        let request = http::Request::get("https://web.test/")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        match send.try_send_request(request).await {
+            Ok(resp) if resp.status() == 200 => {
+                match resp.into_body().collect().await.map(|b| b.to_bytes().len()) {
+                    Ok(BACKEND_BODY) => ok += 1,
+                    Ok(len) => failed.push(format!("h2: a body of {len} bytes")),
+                    Err(e) => failed.push(format!("h2 body: {e}")),
+                }
+            }
+            Ok(resp) => failed.push(format!("h2: status {}", resp.status())),
+            // Handed back unsent: the connection was going away (GOAWAY) when the request was
+            // queued on it. hyper-util's pooled client retries these on a new connection by
+            // itself (`retry_canceled_requests`); so does this one.
+            Err(e) if e.message().is_some() => {
+                retried += 1;
+                sender = None;
+            }
+            // Refused by the server's GOAWAY: a stream above its last-stream-id, which RFC 9113
+            // §6.8 says the server did not process and the client may retry. (h2 writes a
+            // PING's answer before HEADERS it had queued, so a request created just before
+            // the first GOAWAY arrived can reach the server after its final one.)
+            Err(e) if refused_by_goaway(e.error()) => {
+                retried += 1;
+                sender = None;
+            }
+            Err(e) => {
+                failed.push(format!("h2 request: {:?}", e.error()));
+                sender = None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (ok, connections, retried, failed)
+}
+
+/// Whether `e` is HTTP/2's "stream not processed": the peer's GOAWAY (no error) left it out.
+fn refused_by_goaway(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|h| {
+            h.is_go_away() && h.is_remote() && h.reason() == Some(h2::Reason::NO_ERROR)
+        })
+}
+
+fn clip_text(text: &str) -> String {
+    text.chars().take(200).collect()
+}
+
+/// The upgrade tests' config: one listener with the L7 route `web.test` (`l7` backend) and
+/// the L4 route `plain.test` (`l4` backend), 2 workers, metrics on, the admin socket in
+/// `dir`.
+fn upgrade_config(
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+    l7: std::net::SocketAddr,
+    l4: std::net::SocketAddr,
+) -> String {
+    format!(
+        "[database]\npath = {:?}\n[admin]\nsocket = {:?}\n[metrics]\naddr = \"127.0.0.1:0\"\n\
+         [proxy]\nworkers = 2\nshutdown_timeout = \"20s\"\n\
+         [[listeners]]\naddr = \"127.0.0.1:0\"\n\
+         [[listeners.routes]]\nhostname = \"web.test\"\nbackend = \"{l7}\"\nmode = \"l7\"\n\
+         backend_protocol = \"http1\"\ntls_cert = {:?}\ntls_key = {:?}\n\
+         [[listeners.routes]]\nhostname = \"plain.test\"\nbackend = \"{l4}\"\n",
+        dir.join("mc-proxy.db").display().to_string(),
+        dir.join("admin.sock").display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    )
+}
+
+/// A daemon on [`upgrade_config`] with its backends; its listener address, the DER of the
+/// certificate the backends and the L7 route use, and its metrics address.
+async fn upgrade_daemon() -> (Daemon, String, Vec<u8>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = self_signed_for(&["web.test", "plain.test"]);
+    let (cert_path, key_path) = (dir.path().join("web.pem"), dir.path().join("web.key"));
+    write(&cert_path, &cert);
+    write(&key_path, &key);
+    let l7 = slow_h1_backend().await;
+    let l4 = tls_backend(&cert, &key).await;
+    let config = upgrade_config(dir.path(), &cert_path, &key_path, l7, l4);
+    let daemon = Daemon::start(dir, &config);
+    let ready = daemon.next_notification();
+    let addr = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS=serving "))
+        .and_then(|s| s.split([',', ';']).next())
+        .unwrap_or_else(|| panic!("no listener in {ready}\n{}", daemon.log_text()))
+        .to_owned();
+    let metrics = ready
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_else(|| panic!("no metrics address in {ready}"))
+        .to_owned();
+    (daemon, addr, der, metrics)
+}
+
+/// `mc-proxy upgrade` on the daemon's config (plus `args`): exit code, stdout, stderr.
+fn upgrade_command(daemon: &Daemon, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mc-proxy"))
+        .arg("--config")
+        .arg(daemon._dir.path().join("mc-proxy.toml"))
+        .arg("upgrade")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits up to `limit` for the daemon (the old process) to exit; its status.
+async fn exit_of(daemon: &mut Daemon, limit: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the old process did not exit within {limit:?}:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A datagram on the notify socket, or None within `wait`.
+fn notification_within(daemon: &Daemon, wait: Duration) -> Option<String> {
+    daemon.notify.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 4096];
+    let got = daemon
+        .notify
+        .recv(&mut buf)
+        .ok()
+        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+    daemon
+        .notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_upgrades_repeatedly_under_churn_without_a_failed_connection_and_open_transfers_finish()
+ {
+    let (mut daemon, addr, der, metrics_addr) = upgrade_daemon().await;
+    let old_pid = daemon.child.id();
+
+    // Long transfers, open on the old process before the upgrade.
+    let l4_long = {
+        let (addr, der) = (addr.clone(), der.clone());
+        tokio::spawn(async move { l4_once(&addr, &der, b"stream\n").await })
+    };
+    let l7_long = {
+        let (addr, der) = (addr.clone(), der.clone());
+        tokio::spawn(async move { l7_once(&addr, &der, "/slow").await })
+    };
+    // Churn: two L4 and two L7 clients, each opening connection after connection.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut churners = Vec::new();
+    for kind in ["l4", "l4", "l7", "l7"] {
+        let (addr, der, stop) = (addr.clone(), der.clone(), stop.clone());
+        churners.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !stop.is_cancelled() {
+                let result = match kind {
+                    "l4" => l4_once(&addr, &der, b"ping\n").await.and_then(|a| {
+                        (a == b"pong\n")
+                            .then_some(())
+                            .ok_or_else(|| format!("l4 answer {a:?}"))
+                    }),
+                    _ => l7_once(&addr, &der, "/").await.and_then(|(status, len)| {
+                        (status == 200 && len == BACKEND_BODY)
+                            .then_some(())
+                            .ok_or_else(|| format!("l7 answer {status}, {len} bytes"))
+                    }),
+                };
+                match result {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    // Two keep-alive clients: their connections to the old process go idle between requests.
+    let keepalive: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(keepalive_client(addr.clone(), der.clone(), stop.clone())))
+        .collect();
+    let h2 = tokio::spawn(h2_client(addr.clone(), der.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    daemon.signal("USR2");
+    // The new process announces itself: MAINPID and READY=1 in one datagram.
+    let announced = tokio::task::block_in_place(|| daemon.next_notification());
+    let new_pid: u32 = announced
+        .lines()
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no MAINPID in {announced:?}\n{}", daemon.log_text()));
+    let _new = Upgraded(new_pid);
+    assert_ne!(new_pid, old_pid);
+    assert!(announced.lines().any(|l| l == "READY=1"), "{announced}");
+
+    // The transfers opened before finish whole, on the old process, which drains them.
+    let l4 = l4_long.await.unwrap();
+    assert_eq!(
+        l4.as_ref().map(Vec::len),
+        Ok(STREAM_CHUNKS * 1000),
+        "{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        l7_long.await.unwrap(),
+        Ok((200, BACKEND_BODY)),
+        "{}",
+        daemon.log_text()
+    );
+    let status = exit_of(&mut daemon, Duration::from_secs(15)).await;
+    assert!(status.success(), "{status:?}\n{}", daemon.log_text());
+    // Churn goes on past the old process's exit: the new one serves everything, and is
+    // upgraded in turn, twice (each new process the child of the one before).
+    let mut current = _new;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let status = Command::new("kill")
+            .arg("-USR2")
+            .arg(current.0.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let announced = tokio::task::block_in_place(|| daemon.next_notification());
+        let next: u32 = announced
+            .lines()
+            .find_map(|l| l.strip_prefix("MAINPID="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no MAINPID in {announced:?}\n{}", daemon.log_text()));
+        assert_ne!(next, current.0);
+        let previous = std::mem::replace(&mut current, Upgraded(next));
+        // The previous process drains (nothing long is open) and exits.
+        let started = Instant::now();
+        while !gone(previous.0) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "process {} did not exit after its upgrade\n{}",
+                previous.0,
+                daemon.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Exited: nothing to kill, and its pid may be another process's one day.
+        std::mem::forget(previous);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in churners {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    // Each keep-alive connection was closed by a `Connection: close` answer, never under a
+    // request: one reconnection per upgrade at most, and none failed.
+    for k in keepalive {
+        let (answered, reconnects, f) = k.await.unwrap();
+        assert!(answered > 50 && reconnects >= 2, "{answered} {reconnects}");
+        ok += answered;
+        failed.extend(f);
+    }
+    // The HTTP/2 client moved to a new connection at each GOAWAY, between its requests.
+    let (answered, connections, h2_retried, f) = h2.await.unwrap();
+    assert!(
+        answered > 50 && connections >= 2,
+        "{answered} {connections}"
+    );
+    ok += answered;
+    failed.extend(f);
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed: {:?}\n{}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(10)],
+        daemon.log_text()
+    );
+    assert!(ok > 100, "only {ok} connections: no churn to speak of");
+    let _ = writeln!(
+        std::io::stderr(),
+        "{ok} connections and requests through the upgrades, none failed ({h2_retried} HTTP/2 \
+         requests retried, not processed by the server that sent GOAWAY)"
+    );
+
+    // The new process answers on every socket: traffic, /metrics, the admin socket.
+    assert_eq!(
+        l4_once(&addr, &der, b"ping\n").await,
+        Ok(b"pong\n".to_vec())
+    );
+    let metrics = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = TcpStream::connect(&metrics_addr).await.unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).await.unwrap();
+        text
+    };
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let socket = daemon._dir.path().join("admin.sock");
+    let mut admin = mc_proxy_shared::client::AdminClient::connect(&socket)
+        .await
+        .unwrap();
+    let status = admin.status().await.unwrap();
+    assert_eq!(status.listeners.len(), 1);
+    // The admin status names the process that answers: the last one started.
+    assert_eq!(status.pid, Some(current.0));
+    assert!(
+        socket.exists() && socket.with_extension("sock.upgrade").exists(),
+        "the old process removed the socket files it handed over"
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.contains(&format!(
+            "upgrade: process {new_pid} serves in this one's place"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("shutdown grace period over"), "{log}");
+    // The old process sent no STOPPING=1: systemd would stop the unit, new process included.
+    while let Some(more) = notification_within(&daemon, Duration::from_millis(300)) {
+        assert!(!more.contains("STOPPING=1"), "{more}");
+    }
+}
+
+/// An L4 route for the admin-write tests.
+fn l4_route(hostname: &str) -> mc_proxy_shared::Route {
+    mc_proxy_shared::Route {
+        hostname: hostname.into(),
+        backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9")],
+        ..mc_proxy_shared::Route::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upgrade_leaves_the_running_daemon_serving_and_writable() {
+    let (mut daemon, addr, der, _) = upgrade_daemon().await;
+    let socket = daemon._dir.path().join("admin.sock");
+
+    // A binary that exits at once: refused before anything was handed over.
+    let (code, out, err) =
+        tokio::task::block_in_place(|| upgrade_command(&daemon, &["--binary", "/bin/false"]));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("upgrade failed, the running daemon serves on")
+            && err.contains("/bin/false")
+            && err.contains("exited before taking over"),
+        "{err}"
+    );
+    assert!(daemon.still_running());
+    assert_eq!(
+        l4_once(&addr, &der, b"ping\n").await,
+        Ok(b"pong\n".to_vec())
+    );
+    assert_eq!(l7_once(&addr, &der, "/").await, Ok((200, BACKEND_BODY)));
+    let mut admin = mc_proxy_shared::client::AdminClient::connect(&socket)
+        .await
+        .unwrap();
+    admin
+        .add_route("127.0.0.1:0", l4_route("one.test"))
+        .await
+        .unwrap();
+
+    // A new process that takes the sockets and the database release, then cannot open the
+    // database: the old process takes its database back.
+    let dir = daemon._dir.path();
+    let broken = dir.join("broken.toml");
+    std::fs::write(
+        &broken,
+        format!(
+            "[database]\npath = {:?}\n[admin]\nsocket = {:?}\n",
+            dir.join("no-such-dir/mc-proxy.db").display().to_string(),
+            socket.display().to_string()
+        ),
+    )
+    .unwrap();
+    let script = dir.join("new-mc-proxy");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec {} --config {} --upgrade\n",
+            env!("CARGO_BIN_EXE_mc-proxy"),
+            broken.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        upgrade_command(&daemon, &["--binary", script.to_str().unwrap()])
+    });
+    assert_eq!(code, Some(1), "{out}{err}\n{}", daemon.log_text());
+    assert!(err.contains("upgrade failed"), "{err}");
+    assert!(
+        daemon.wait_for_log("database reopened, admin writes taken again"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(daemon.still_running());
+    // Untouched: serving, every socket still its own, writable, the earlier write kept.
+    for _ in 0..20 {
+        assert_eq!(
+            l4_once(&addr, &der, b"ping\n").await,
+            Ok(b"pong\n".to_vec())
+        );
+        assert_eq!(l7_once(&addr, &der, "/").await, Ok((200, BACKEND_BODY)));
+    }
+    let mut admin = mc_proxy_shared::client::AdminClient::connect(&socket)
+        .await
+        .unwrap();
+    admin
+        .add_route("127.0.0.1:0", l4_route("two.test"))
+        .await
+        .unwrap();
+    let routes: Vec<String> = admin
+        .list_routes(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.route.hostname)
+        .collect();
+    assert!(
+        routes.contains(&"one.test".to_owned()) && routes.contains(&"two.test".to_owned()),
+        "{routes:?}"
+    );
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("upgrade failed, serving on as before").count(),
+        2,
+        "{log}"
+    );
+    // And a real upgrade still goes through afterwards.
+    let (code, out, err) = tokio::task::block_in_place(|| upgrade_command(&daemon, &[]));
+    assert_eq!(code, Some(0), "{out}{err}\n{}", daemon.log_text());
+    let pid: u32 = out
+        .split("process ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    let _new = Upgraded(pid);
+    assert!(
+        exit_of(&mut daemon, Duration::from_secs(10))
+            .await
+            .success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_write_during_an_upgrade_is_stored_or_refused_never_lost() {
+    let (mut daemon, _addr, _der, _) = upgrade_daemon().await;
+    let socket = daemon._dir.path().join("admin.sock");
+    let stop = tokio_util::sync::CancellationToken::new();
+    // A client adding route after route, reconnecting when its connection goes.
+    let writer = {
+        let (socket, stop) = (socket.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut acked, mut refused, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
+            let mut client = None;
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                let admin = match &mut client {
+                    Some(admin) => admin,
+                    None => match mc_proxy_shared::client::AdminClient::connect(&socket).await {
+                        Ok(admin) => client.insert(admin),
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            continue;
+                        }
+                    },
+                };
+                i += 1;
+                let name = format!("w{i}.test");
+                match admin.add_route("127.0.0.1:0", l4_route(&name)).await {
+                    Ok(_) => acked.push(name),
+                    Err(mc_proxy_shared::client::ClientError::Rpc(status))
+                        if status.code() == tonic::Code::Unavailable =>
+                    {
+                        assert!(
+                            status
+                                .message()
+                                .contains("handing over to its upgraded process"),
+                            "{status:?}"
+                        );
+                        refused.push(name);
+                    }
+                    // The connection went with the old process's admin API: not acknowledged.
+                    Err(_) => {
+                        unknown.push(name);
+                        client = None;
+                    }
+                }
+            }
+            (acked, refused, unknown)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, out, err) = tokio::task::block_in_place(|| upgrade_command(&daemon, &[]));
+    assert_eq!(code, Some(0), "{out}{err}\n{}", daemon.log_text());
+    let pid: u32 = out
+        .split("process ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    let _new = Upgraded(pid);
+    assert!(
+        exit_of(&mut daemon, Duration::from_secs(10))
+            .await
+            .success()
+    );
+    let before_stop = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let (acked, refused, unknown) = writer.await.unwrap();
+    assert!(before_stop.elapsed() >= Duration::from_millis(300));
+
+    // Only the new process answers now: every acknowledged write is in its database.
+    let mut admin = mc_proxy_shared::client::AdminClient::connect(&socket)
+        .await
+        .unwrap();
+    let stored: std::collections::HashSet<String> = admin
+        .list_routes(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.route.hostname)
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|n| !stored.contains(*n)).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged and lost: {lost:?}\n{}",
+        daemon.log_text()
+    );
+    // A refused write changed nothing.
+    for name in &refused {
+        assert!(!stored.contains(name), "{name} was refused and stored");
+    }
+    assert!(acked.len() > 20, "too few writes: {}", acked.len());
+    let _ = writeln!(
+        std::io::stderr(),
+        "{} writes acknowledged and stored, {} refused during the handover, {} cut with the old \
+         process's connection",
+        acked.len(),
+        refused.len(),
+        unknown.len()
+    );
+}
+
+impl Daemon {
+    /// The daemon on `config` under `systemd-socket-activate` listening on `listen` with the
+    /// descriptor name `fdname` (the activator execs the daemon at the first connection).
+    fn start_activated(dir: tempfile::TempDir, config: &str, listen: &str, fdname: &str) -> Daemon {
+        let config_path = dir.path().join("mc-proxy.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut child = Command::new("systemd-socket-activate")
+            .arg("--listen")
+            .arg(listen)
+            .arg(format!("--fdname={fdname}"))
+            .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
+            .arg("--setenv=RUST_LOG=info")
+            .arg(env!("CARGO_BIN_EXE_mc-proxy"))
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let sink = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { return };
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        Daemon {
+            child,
+            log,
+            notify,
+            _dir: dir,
+        }
+    }
+}
+
+/// A loopback port nothing listens on (bound, then closed: the activator binds it next).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_serves_the_named_listener_on_the_passed_socket_and_refuses_a_stray_one()
+{
+    if Command::new("systemd-socket-activate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: systemd-socket-activate is not installed (apt-get install systemd)"
+        );
+        return;
+    }
+    let config = |dir: &Path, l4: std::net::SocketAddr| {
+        format!(
+            "[database]\npath = {:?}\n[proxy]\nworkers = 2\nshutdown_timeout = \"1s\"\n\
+             [[listeners]]\naddr = \"127.0.0.2:0\"\nname = \"web\"\n\
+             [[listeners.routes]]\nhostname = \"plain.test\"\nbackend = \"{l4}\"\n\
+             [[listeners]]\naddr = \"127.0.0.1:0\"\n",
+            dir.join("mc-proxy.db").display().to_string(),
+        )
+    };
+    let (cert, key, der) = self_signed_for(&["plain.test"]);
+    let l4 = tls_backend(&cert, &key).await;
+
+    // The socket named "web" is listener web's, whatever its configured address says.
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), l4);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut daemon = Daemon::start_activated(dir, &text, &listen, "web");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The first connection starts the daemon, and waits in the socket's backlog meanwhile.
+    assert_eq!(
+        l4_once(&listen, &der, b"ping\n").await,
+        Ok(b"pong\n".to_vec()),
+        "{}",
+        daemon.log_text()
+    );
+    let ready = tokio::task::block_in_place(|| daemon.next_notification());
+    assert!(ready.contains("READY=1"), "{ready}");
+    let status = ready
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS=serving "))
+        .unwrap_or_else(|| panic!("{ready}"));
+    // Both listeners: web on the passed socket, the other bound by the daemon.
+    assert!(
+        status.starts_with(&format!("{listen}, 127.0.0.1:")),
+        "{status}"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            l4_once(&listen, &der, b"ping\n").await,
+            Ok(b"pong\n".to_vec())
+        );
+    }
+    assert!(
+        daemon
+            .log_text()
+            .contains("socket activation: 1 listening socket(s)")
+    );
+    daemon.signal("TERM");
+    assert!(
+        exit_of(&mut daemon, Duration::from_secs(10))
+            .await
+            .success()
+    );
+
+    // A socket no listener takes (its name matches none, nor does its address): no start.
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(dir.path(), l4);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut daemon = Daemon::start_activated(dir, &text, &listen, "nope");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _trigger = TcpStream::connect(&listen).await.unwrap();
+    let status = exit_of(&mut daemon, Duration::from_secs(10)).await;
+    assert!(!status.success());
+    let log = daemon.log_text();
+    assert!(
+        log.contains("socket activation: inherited socket(s) match no listener")
+            && log.contains(&format!("listening socket {listen} (name nope)")),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_may_change_the_worker_count_and_serves_on_the_sockets_it_received() {
+    let (mut daemon, addr, der, _) = upgrade_daemon().await;
+    let config_path = daemon._dir.path().join("mc-proxy.toml");
+    let text = std::fs::read_to_string(&config_path).unwrap();
+    assert!(text.contains("workers = 2"));
+    let mut current: Option<Upgraded> = None;
+    // 2 sockets for 3 workers (one shared), then those for 1 worker (it takes them all).
+    for workers in [3, 1] {
+        // The new process reads the config as it is now, [proxy] workers included.
+        std::fs::write(
+            &config_path,
+            text.replace("workers = 2", &format!("workers = {workers}")),
+        )
+        .unwrap();
+        let old = current.as_ref().map_or(daemon.child.id(), |u| u.0);
+        let status = Command::new("kill")
+            .arg("-USR2")
+            .arg(old.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let announced = tokio::task::block_in_place(|| daemon.next_notification());
+        let pid: u32 = announced
+            .lines()
+            .find_map(|l| l.strip_prefix("MAINPID="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no MAINPID in {announced:?}\n{}", daemon.log_text()));
+        assert!(
+            announced.contains(&format!("; {workers} data-plane thread(s)")),
+            "{announced}"
+        );
+        let previous = current.replace(Upgraded(pid));
+        match previous {
+            None => assert!(
+                exit_of(&mut daemon, Duration::from_secs(10))
+                    .await
+                    .success()
+            ),
+            Some(previous) => {
+                let started = Instant::now();
+                while !gone(previous.0) {
+                    assert!(started.elapsed() < Duration::from_secs(10), "no exit");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                std::mem::forget(previous);
+            }
+        }
+        // Only the new process is left: every connection lands on a socket it accepts on.
+        for _ in 0..30 {
+            assert_eq!(
+                l4_once(&addr, &der, b"ping\n").await,
+                Ok(b"pong\n".to_vec())
+            );
+            assert_eq!(l7_once(&addr, &der, "/").await, Ok((200, BACKEND_BODY)));
+        }
+    }
+    let log = daemon.log_text();
+    assert!(
+        log.contains("listening on inherited sockets") && log.contains("sockets=2 workers=3"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_added_and_one_removed_at_run_time_are_handed_over_as_they_are() {
+    let (mut daemon, _addr, _der, _) = upgrade_daemon().await;
+    let socket = daemon._dir.path().join("admin.sock");
+    let mut admin = mc_proxy_shared::client::AdminClient::connect(&socket)
+        .await
+        .unwrap();
+    let added = format!("127.0.0.1:{}", free_port());
+    let removed = format!("127.0.0.1:{}", free_port());
+    for addr in [&added, &removed] {
+        admin.add_listener(addr, false, vec![]).await.unwrap();
+    }
+    admin.remove_listener(&removed, false).await.unwrap();
+    drop(admin);
+
+    let (code, out, err) = tokio::task::block_in_place(|| upgrade_command(&daemon, &[]));
+    assert_eq!(code, Some(0), "{out}{err}\n{}", daemon.log_text());
+    let pid: u32 = out
+        .split("process ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {out:?}"));
+    let _new = Upgraded(pid);
+    assert!(
+        exit_of(&mut daemon, Duration::from_secs(10))
+            .await
+            .success()
+    );
+    let log = daemon.log_text();
+    // The added listener's sockets came along (not bound anew); the removed one's did not.
+    assert!(
+        log.contains(&format!(
+            "listening on inherited sockets listener={added} sockets=2"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("closing inherited sockets"), "{log}");
+    // Only the new process is left, and it accepts on the added listener; the removed
+    // listener's port is closed.
+    assert!(TcpStream::connect(&added).await.is_ok());
+    assert!(TcpStream::connect(&removed).await.is_err());
 }

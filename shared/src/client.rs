@@ -209,6 +209,9 @@ pub struct Status {
     /// On a cluster node: its link to the fleet's store.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterLink>,
+    /// The daemon's process id (a new one after an upgrade); `None` from older daemons.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 /// One backend's pooled L7 connections (see the proto's `BackendStatus`).
@@ -878,6 +881,7 @@ impl AdminClient {
                 .collect::<Result<_, _>>()
                 .map_err(|e| ClientError::Protocol(e.to_string()))?,
             cluster: r.cluster.map(ClusterLink::from),
+            pid: r.pid,
         })
     }
 

@@ -24,8 +24,10 @@ pub(super) async fn backends(client: &mut AdminClient, table: &TableArgs) -> Res
 
 fn format_status(s: &Status, headers: bool) -> String {
     let mut out = String::new();
+    // The pid tells an upgraded daemon (a new process on the same socket) from the old one.
+    let pid = s.pid.map(|p| format!(", pid {p}")).unwrap_or_default();
     let summary = format!(
-        "mc-proxy {}, up {}, {} open / {} total connections, {} firewall rule(s)\n\n",
+        "mc-proxy {}{pid}, up {}, {} open / {} total connections, {} firewall rule(s)\n\n",
         s.version,
         uptime(s.uptime),
         s.active_connections,

@@ -540,6 +540,7 @@ mod tests {
                 firewall_rules: 0,
                 backends: vec![],
                 cluster: None,
+                pid: None,
             },
             routes: vec![
                 entry("127.0.0.1:8443", "api.test"),
@@ -1043,6 +1044,7 @@ mod tests {
                 firewall_rules: 0,
                 backends: vec![],
                 cluster: None,
+                pid: None,
             },
             routes: vec![],
             rules: vec![],

@@ -694,6 +694,7 @@ mod tests {
             total_connections: 0,
             firewall_rules: 0,
             backends: vec![],
+            pid: None,
             cluster: node.map(|(name, applied, store)| ClusterLink {
                 node: name.into(),
                 endpoints: vec![],

@@ -1,6 +1,8 @@
 //! The console's connection to the daemon: one background task that connects, subscribes to
 //! events, fetches a snapshot, forwards events and carries out actions; when the daemon goes
-//! away it reports `Disconnected` and retries every second until it is back.
+//! away it tries once more at once (after a session that had lasted: an upgraded daemon is
+//! already accepting on the same socket), then reports `Disconnected` and retries every
+//! second until it is back.
 //!
 //! I/O: the admin socket. The event subscription starts before the snapshot is fetched, so no
 //! change falls between the two (the app tolerates seeing one twice). While the connections
@@ -39,6 +41,9 @@ pub fn spawn(
     (msg_rx, action_tx, task)
 }
 
+/// How long a session must have lasted for its end to be retried at once.
+const RECONNECT_AT_ONCE_AFTER: Duration = Duration::from_secs(1);
+
 /// How many connections one poll asks for: more than a screen can show many times over, few
 /// enough that a poll stays cheap for the daemon.
 pub const POLL_LIMIT: u32 = 2000;
@@ -59,6 +64,7 @@ async fn run(
 ) {
     let mut watch = false;
     loop {
+        let began = tokio::time::Instant::now();
         let reason = match session(&socket, &msgs, &mut actions, &mut watch).await {
             Ok(End::Gone) => return,
             Ok(End::Switch(to)) => {
@@ -68,6 +74,13 @@ async fn run(
             }
             Err(reason) => reason,
         };
+        // A session that had been working ended (`mc-proxy upgrade` hands the socket to a new
+        // process that already accepts): one attempt at once, with no `Disconnected` flash if
+        // it works. One that fails fast is reported and retried after the wait below, so a
+        // daemon that keeps closing connections is not hammered.
+        if began.elapsed() >= RECONNECT_AT_ONCE_AFTER {
+            continue;
+        }
         if msgs.send(DaemonMsg::Disconnected(reason)).await.is_err() {
             return;
         }

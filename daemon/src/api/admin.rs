@@ -53,20 +53,24 @@ pub enum AdminError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// A bound admin socket; the file is removed when this is dropped.
+/// A bound admin socket; the file is removed when this is dropped (unless it was handed to
+/// an upgraded process: [`AdminSocket::keep_file`]).
 #[derive(Debug)]
 pub struct AdminSocket {
     listener: UnixListener,
     file: SocketFile,
 }
 
-/// Removes the socket file on drop, so a clean exit leaves nothing behind.
+/// Removes the socket file on drop, so a clean exit leaves nothing behind; not once `keep`
+/// is set (the file is another process's now).
 #[derive(Debug)]
-struct SocketFile(PathBuf);
+struct SocketFile(PathBuf, Arc<std::sync::atomic::AtomicBool>);
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if !self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
@@ -86,16 +90,46 @@ impl AdminSocket {
             std::fs::remove_file(path).map_err(bind_err)?;
         }
         let listener = UnixListener::bind(path).map_err(bind_err)?;
-        let file = SocketFile(path.to_owned());
+        let file = SocketFile(path.to_owned(), Arc::default());
         // Anyone who can connect can reroute traffic: owner only. (The directory's mode
         // guards the instant between bind and chmod.)
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
         Ok(AdminSocket { listener, file })
     }
 
+    /// The socket at `path` that the old process handed over in an upgrade: already bound,
+    /// with its file and mode; no connection waiting in its backlog is lost.
+    pub fn inherited(
+        path: &Path,
+        listener: std::os::unix::net::UnixListener,
+    ) -> Result<AdminSocket, AdminError> {
+        let bind_err = |source| AdminError::Bind {
+            path: path.to_owned(),
+            source,
+        };
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let listener = UnixListener::from_std(listener).map_err(bind_err)?;
+        Ok(AdminSocket {
+            listener,
+            file: SocketFile(path.to_owned(), Arc::default()),
+        })
+    }
+
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.file.0
+    }
+
+    /// A duplicate of the listening socket, to hand to an upgraded process.
+    pub fn duplicate(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        self.listener.as_fd().try_clone_to_owned()
+    }
+
+    /// A switch that, once set, leaves the socket file in place when this process exits (an
+    /// upgraded process serves it).
+    pub fn keep_file(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        Arc::clone(&self.file.1)
     }
 }
 
@@ -600,6 +634,7 @@ impl AdminService for Admin {
             listeners,
             backends: backend_statuses(state),
             cluster: state.cluster().map(|view| cluster_link(&view)),
+            pid: Some(std::process::id()),
         }))
     }
 

@@ -431,6 +431,9 @@ pub struct Control {
     /// On a cluster node, the fleet's store: fleet-wide changes are written there and
     /// applied from its watch.
     fleet: std::sync::OnceLock<Arc<dyn FleetStore>>,
+    /// Set (under the store's lock) once the database was released to an upgraded process
+    /// ([`Control::release`]): every store access is refused with this text from then on.
+    released: Mutex<Option<String>>,
 }
 
 /// What a reload ([`Control::reload`]) did.
@@ -453,7 +456,43 @@ impl Control {
             config_path: None,
             changes: std::sync::atomic::AtomicU64::new(0),
             fleet: std::sync::OnceLock::new(),
+            released: Mutex::new(None),
         }
+    }
+
+    /// An upgrade's handover (`listeners::handover`, step 4): waits for the change in progress
+    /// (it holds the store's lock until stored, so it is acknowledged and the new process
+    /// reads it), then closes the database; every later change and store read is refused with
+    /// UNAVAILABLE saying why (`to`: the new process's pid), until [`Control::resume`].
+    pub fn release(&self, to: u32) -> Result<(), ChangeError> {
+        let mut store = self.store()?;
+        // An empty in-memory database in its place: the file's connection closes here, and
+        // nothing reads the placeholder (`store()` refuses first).
+        let placeholder = Store::detached()?;
+        drop(std::mem::replace(&mut *store, placeholder));
+        *self.released_lock() = Some(format!(
+            "this daemon is handing over to its upgraded process (pid {to}): nothing was \
+             applied; retry, the new process answers on the same admin socket in a moment"
+        ));
+        Ok(())
+    }
+
+    /// The upgraded process went away before taking over: reopens the database at `db` and
+    /// takes changes again.
+    pub fn resume(&self, db: &Path) -> Result<(), ChangeError> {
+        let mut store = self.store.lock().map_err(|_| {
+            ChangeError::Internal("store lock poisoned by an earlier failure".into())
+        })?;
+        *store = Store::open(db)?;
+        *self.released_lock() = None;
+        Ok(())
+    }
+
+    fn released_lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // Only ever replaced whole: a poisoned value is still a good one.
+        self.released
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Reloads re-read `[proxy]` from the config file at `path`.
@@ -529,9 +568,14 @@ impl Control {
     }
 
     fn store(&self) -> Result<std::sync::MutexGuard<'_, Store>, ChangeError> {
-        self.store
-            .lock()
-            .map_err(|_| ChangeError::Internal("store lock poisoned by an earlier failure".into()))
+        let store = self.store.lock().map_err(|_| {
+            ChangeError::Internal("store lock poisoned by an earlier failure".into())
+        })?;
+        // Read under the store's lock, which `release` holds while it sets it.
+        if let Some(why) = self.released_lock().as_ref() {
+            return Err(ChangeError::Unavailable(why.clone()));
+        }
+        Ok(store)
     }
 
     /// Applies one change for an unknown caller ([`Control::apply_by`]).
@@ -2273,6 +2317,47 @@ mod tests {
         control.state().listeners()[0]
             .lookup(sni)
             .map(|r| r.route.backend_list())
+    }
+
+    /// An upgrade's handover: once released, a change is refused as UNAVAILABLE with the
+    /// reason and changes nothing, and another process can write the database; after
+    /// `resume` changes are taken again and see what the other process wrote.
+    #[test]
+    fn a_released_store_refuses_changes_until_resumed() {
+        let (control, dir) = control();
+        control.release(4242).unwrap();
+        let refused = control
+            .apply(Change::AddRoute {
+                listener: L.into(),
+                route: route("late.test", "127.0.0.1:1"),
+            })
+            .unwrap_err();
+        assert!(
+            matches!(&refused, ChangeError::Unavailable(m) if m.contains("pid 4242")),
+            "{refused:?}"
+        );
+        assert_eq!(backend_of(&control, "late.test"), None);
+        // The file is free for the new process: it writes, and this one's state is not used.
+        let db = dir.path().join("mc.db");
+        let mut other = Store::open(&db).unwrap();
+        let listener = other.listeners().unwrap()[0].id;
+        other
+            .create_route(listener, &route("other.test", "127.0.0.1:2"))
+            .unwrap();
+        drop(other);
+        control.resume(&db).unwrap();
+        control
+            .apply(Change::AddRoute {
+                listener: L.into(),
+                route: route("again.test", "127.0.0.1:3"),
+            })
+            .unwrap();
+        let stored = control.store().unwrap().routes(1).unwrap();
+        let names: Vec<&str> = stored.iter().map(|r| r.hostname.as_str()).collect();
+        assert!(
+            names.contains(&"other.test") && names.contains(&"again.test"),
+            "{names:?}"
+        );
     }
 
     #[test]

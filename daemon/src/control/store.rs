@@ -200,6 +200,17 @@ impl Store {
         Store::open_at_version(path.as_ref(), SCHEMA_VERSION)
     }
 
+    /// An empty in-memory store with no schema: what the control plane holds in place of the
+    /// database once it released it to an upgraded process (nothing reads it: see
+    /// `Control::release`).
+    pub(crate) fn detached() -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Open {
+            path: ":memory:".into(),
+            source,
+        })?;
+        Ok(Store { conn })
+    }
+
     /// Opens and migrates up to `target` only. Lets tests build an old database.
     fn open_at_version(path: &Path, target: u32) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open {

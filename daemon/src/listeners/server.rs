@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::listeners::sockets;
+use crate::listeners::{handover, sockets};
 use crate::model::state::{ListenerCounters, ListenerState, SocketGuard, State};
 use crate::proxy::l7;
 use crate::proxy::pipeline::{self, Shared};
@@ -43,6 +43,8 @@ pub struct BoundListener {
     pub listener: TcpListener,
     /// Its routes, flags and counters.
     pub state: Arc<ListenerState>,
+    /// Its entry in the handover registry (the daemon's workers), which goes with it.
+    _registered: Option<handover::Registered>,
     /// Counts the socket as open; after `listener`, so it drops after the socket closed.
     _open: SocketGuard,
 }
@@ -66,16 +68,18 @@ pub async fn bind(state: &State) -> Result<Vec<BoundListener>, BindError> {
             addr: l.addr,
             source,
         })?;
-        bound.push(register(l, socket, l.socket_guard())?);
+        bound.push(register(l, socket, l.socket_guard(), None)?);
     }
     Ok(bound)
 }
 
-/// Registers `socket` with the current runtime as one of `state`'s sockets.
+/// Registers `socket` with the current runtime as one of `state`'s sockets (`registered`: its
+/// handover registry entry, dropped with it).
 fn register(
     state: &Arc<ListenerState>,
     socket: std::net::TcpListener,
     open: SocketGuard,
+    registered: Option<handover::Registered>,
 ) -> Result<BoundListener, BindError> {
     let addr = socket.local_addr().unwrap_or(state.addr);
     let listener = TcpListener::from_std(socket).map_err(|source| BindError { addr, source })?;
@@ -83,6 +87,7 @@ fn register(
     Ok(BoundListener {
         listener,
         state: Arc::clone(state),
+        _registered: registered,
         _open: open,
     })
 }
@@ -131,6 +136,7 @@ pub enum WorkersError {
 #[derive(Debug)]
 pub struct Workers {
     workers: Vec<(tokio::runtime::Runtime, Vec<BoundListener>)>,
+    registry: handover::Registry,
 }
 
 impl Workers {
@@ -138,17 +144,75 @@ impl Workers {
     /// worker binds the configured address (port 0 included); the others bind the address it
     /// got. With one worker no `SO_REUSEPORT` is set.
     pub fn bind(state: &State, workers: usize) -> Result<Workers, WorkersError> {
+        Workers::bind_with(state, workers, &mut handover::Inherited::default())
+    }
+
+    /// [`Workers::bind`], taking each listener's sockets from `inherited` when it has them
+    /// (an upgrade's handover, systemd's socket activation) and binding the others. An
+    /// inherited socket is never closed while the process runs (with `SO_REUSEPORT` each
+    /// socket has its own backlog: closing one would reset what waits in it), so the workers
+    /// share what came: with at least as many sockets as workers, worker `i` accepts on
+    /// sockets `i`, `i + workers`, ...; with fewer, worker `i` accepts on socket
+    /// `i % sockets` too (a duplicate: one socket, several epoll sets).
+    pub fn bind_with(
+        state: &State,
+        workers: usize,
+        inherited: &mut handover::Inherited,
+    ) -> Result<Workers, WorkersError> {
         let workers = workers.max(1);
         // Every socket first, so that an address in use fails before any runtime starts.
         let listeners = state.listeners();
-        let mut sockets = Vec::with_capacity(listeners.len());
+        // Per listener, per worker: the sockets that worker accepts on.
+        let mut sockets: Vec<Vec<Vec<std::net::TcpListener>>> = Vec::with_capacity(listeners.len());
         for l in listeners.iter() {
-            sockets.push(sockets::bind_for_workers(l.addr, workers)?.into_iter());
+            let taken = inherited.take_listener(l);
+            let mut mine: Vec<Vec<std::net::TcpListener>> =
+                (0..workers).map(|_| Vec::new()).collect();
+            if taken.is_empty() {
+                for (worker, socket) in sockets::bind_for_workers(l.addr, workers)?
+                    .into_iter()
+                    .enumerate()
+                {
+                    mine[worker].push(socket);
+                }
+            } else {
+                let bound = taken[0].local_addr().unwrap_or(l.addr);
+                let shared = taken.len();
+                if shared < workers {
+                    for worker in shared..workers {
+                        let copy =
+                            taken[worker % shared]
+                                .try_clone()
+                                .map_err(|source| BindError {
+                                    addr: bound,
+                                    source,
+                                })?;
+                        mine[worker].push(copy);
+                    }
+                }
+                for (j, socket) in taken.into_iter().enumerate() {
+                    // Accept loops poll them: non-blocking whatever the sender had.
+                    socket.set_nonblocking(true).map_err(|source| BindError {
+                        addr: bound,
+                        source,
+                    })?;
+                    mine[j % workers].push(socket);
+                }
+                tracing::info!(
+                    listener = %bound,
+                    sockets = shared,
+                    workers,
+                    "listening on inherited sockets"
+                );
+            }
+            sockets.push(mine);
         }
         // On an error the runtimes built so far go through `Drop for Workers`.
         let mut built = Workers {
             workers: Vec::with_capacity(workers),
+            registry: handover::Registry::default(),
         };
+        let registry = built.registry.clone();
         for worker in 0..workers {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -157,14 +221,28 @@ impl Workers {
             // The sockets register with the runtime current at `from_std`: this worker's.
             let bound = {
                 let _in_worker = runtime.enter();
-                listeners
-                    .iter()
-                    .zip(sockets.iter_mut())
-                    .filter_map(|(l, mine)| {
-                        mine.next()
-                            .map(|socket| register(l, socket, l.socket_guard()))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
+                let mut bound = Vec::new();
+                let mut result = Ok(());
+                for (l, per_worker) in listeners.iter().zip(sockets.iter_mut()) {
+                    for socket in std::mem::take(&mut per_worker[worker]) {
+                        // Registered from the start: an upgrade right after start-up hands
+                        // over every socket, accept loop running or not.
+                        let registered =
+                            registry
+                                .add(l, worker, &socket)
+                                .map_err(|source| BindError {
+                                    addr: socket.local_addr().unwrap_or(l.addr),
+                                    source,
+                                });
+                        match registered
+                            .and_then(|r| register(l, socket, l.socket_guard(), Some(r)))
+                        {
+                            Ok(b) => bound.push(b),
+                            Err(e) => result = Err(e),
+                        }
+                    }
+                }
+                result.map(|()| bound)
             };
             match bound {
                 Ok(bound) => built.workers.push((runtime, bound)),
@@ -178,6 +256,12 @@ impl Workers {
         Ok(built)
     }
 
+    /// The workers' listening sockets, from now on and as listeners come and go: what an
+    /// upgrade hands over.
+    pub fn registry(&self) -> handover::Registry {
+        self.registry.clone()
+    }
+
     /// How many workers there are.
     pub fn count(&self) -> usize {
         self.workers.len()
@@ -187,7 +271,13 @@ impl Workers {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.workers
             .first()
-            .map(|(_, bound)| bound.iter().filter_map(|b| b.local_addr().ok()).collect())
+            .map(|(_, bound)| {
+                let mut addrs: Vec<SocketAddr> =
+                    bound.iter().filter_map(|b| b.local_addr().ok()).collect();
+                // A worker accepting on several inherited sockets of one listener.
+                addrs.dedup();
+                addrs
+            })
             .unwrap_or_default()
     }
 
@@ -202,7 +292,7 @@ impl Workers {
         let fleet = Fleet::new(state, self.workers.len());
         // Every worker's inbox for listeners added at run time, installed in the state once
         // they all exist: `control` binds through it.
-        let feed = sockets::Feed::default();
+        let feed = sockets::Feed::with_registry(self.registry.clone());
         let mut running = Vec::with_capacity(self.workers.len());
         // What is not started yet stays in `self` (and its `Drop`) if a thread fails.
         let mut pending = std::mem::take(&mut self.workers).into_iter().enumerate();
@@ -418,7 +508,7 @@ async fn serve_worker(
         tokio::select! {
             () = shutdown.cancelled() => break,
             opened = added.recv() => match opened {
-                Some(opened) => match register(&opened.state, opened.socket, opened.guard) {
+                Some(opened) => match register(&opened.state, opened.socket, opened.guard, opened.registered) {
                     Ok(bound) => accept(bound),
                     Err(e) => tracing::error!("{e}: this worker does not accept on it"),
                 },
@@ -481,6 +571,11 @@ async fn accept_loop(
     // each have their own, which `handle_conn` asks the socket for.
     let conn_local = bound_addr.filter(|a| !a.ip().is_unspecified());
     let removed = listener.closed().clone();
+    // Dropped in reverse: the socket, its registry entry (the last copy), then the guard that
+    // counts it open.
+    let _open = bound._open;
+    let _registered = bound._registered;
+    let socket = bound.listener;
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -488,7 +583,7 @@ async fn accept_loop(
                 tracing::debug!(listener = %local, "listener removed: no longer accepting");
                 return;
             }
-            res = bound.listener.accept() => res,
+            res = socket.accept() => res,
         };
         let (stream, peer) = match accepted {
             Ok(conn) => {

@@ -72,6 +72,8 @@ pub struct Opened {
     pub socket: std::net::TcpListener,
     /// Counts the socket as open until it is closed.
     pub guard: SocketGuard,
+    /// Its entry in the handover registry, dropped with it.
+    pub registered: Option<crate::listeners::handover::Registered>,
 }
 
 /// The data-plane workers' inboxes for listeners added at run time. Each worker subscribes
@@ -79,9 +81,19 @@ pub struct Opened {
 #[derive(Debug, Default, Clone)]
 pub struct Feed {
     workers: Arc<Mutex<Vec<mpsc::UnboundedSender<Opened>>>>,
+    /// Where the sockets handed to workers are recorded for an upgrade's handover.
+    registry: crate::listeners::handover::Registry,
 }
 
 impl Feed {
+    /// A feed whose sockets go into `registry` as they are handed to the workers.
+    pub fn with_registry(registry: crate::listeners::handover::Registry) -> Self {
+        Feed {
+            workers: Arc::default(),
+            registry,
+        }
+    }
+
     /// A worker's inbox.
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Opened> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -109,11 +121,20 @@ impl Feed {
         }
         let mut workers = self.lock();
         workers.retain(|tx| !tx.is_closed());
-        for (tx, socket) in workers.iter().zip(sockets) {
+        for (worker, (tx, socket)) in workers.iter().zip(sockets).enumerate() {
+            // A socket not registered still serves; only an upgrade would not take it.
+            let registered = match self.registry.add(listener, worker, &socket) {
+                Ok(registered) => Some(registered),
+                Err(e) => {
+                    tracing::warn!(listener = %listener.addr, "an upgrade would not hand this socket over: {e}");
+                    None
+                }
+            };
             let _ = tx.send(Opened {
                 state: Arc::clone(listener),
                 socket,
                 guard: listener.socket_guard(),
+                registered,
             });
         }
     }

@@ -607,6 +607,9 @@ pub struct State {
     /// Shutdown has begun: `/ready` answers 503 (the listeners may still accept, for
     /// `[proxy] shutdown_delay`).
     draining: std::sync::atomic::AtomicBool,
+    /// This process handed its sockets to an upgraded one and drains: the node stays in
+    /// service, so open L7 connections are not hurried (see `is_handing_over`).
+    handing_over: std::sync::atomic::AtomicBool,
     /// Counters per (listener id, hostname), kept across route table swaps. Locked only while
     /// building a table, never on the data path.
     route_stats: Mutex<HashMap<(i64, String), Arc<RouteStats>>>,
@@ -635,6 +638,7 @@ impl State {
             cluster: ArcSwapOption::empty(),
             node: std::sync::OnceLock::new(),
             draining: std::sync::atomic::AtomicBool::new(false),
+            handing_over: std::sync::atomic::AtomicBool::new(false),
             route_stats: Mutex::new(route_stats),
         }
     }
@@ -687,6 +691,20 @@ impl State {
     /// Shutdown begins: from now on `/ready` answers 503.
     pub fn begin_draining(&self) {
         self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the drain under way is an upgrade's ([`State::begin_handover`]): an HTTP/1.1
+    /// connection idle between requests then stays open until its next request, answered with
+    /// `Connection: close`, or its keep-alive timeout, rather than being closed at once while
+    /// its client may be sending (the new process serves meanwhile).
+    pub fn is_handing_over(&self) -> bool {
+        self.handing_over.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// An upgraded process serves in this one's place; set before the shutdown fires.
+    pub fn begin_handover(&self) {
+        self.handing_over
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 

@@ -625,6 +625,31 @@ async fn shutdown_drains_an_open_stream_then_closes_the_connection() {
     );
 }
 
+/// A client that connected just before shutdown (handshake done, request on its way) gets
+/// its request served, with `Connection: close`, instead of a reset: what every connection a
+/// listener accepted in its last moments is, and during an upgrade there are many.
+#[tokio::test]
+async fn shutdown_serves_the_first_request_of_a_connection_that_had_not_sent_it_yet() {
+    let pki = Pki::new();
+    let backend = H2Backend::start().await;
+    let mut proxy = web_proxy(&pki, backend.addr).start().await;
+    let mut tls = tls_to_proxy(proxy.addr(), "web.test", &pki, &[b"http/1.1"])
+        .await
+        .unwrap();
+    proxy.shutdown.cancel();
+    // Well after the shutdown began: the connection waits for its request.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    timed(tls.read_to_end(&mut out)).await.unwrap();
+    let text = String::from_utf8_lossy(&out).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    timed(proxy.stop()).await;
+}
+
 #[tokio::test]
 async fn connection_log_line_is_written_once_with_outcome() {
     let (_guard, logs) = capture_logs();

@@ -50,6 +50,11 @@ pub(super) struct Watch<'a> {
     pub(super) shutdown: &'a CancellationToken,
     /// The connection's requests in flight (the keep-alive timeout's clock).
     pub(super) in_flight: &'a InFlight,
+    /// The daemon's state: whether a shutdown is an upgrade's handover.
+    pub(super) state: &'a crate::model::state::State,
+    /// In an upgrade's drain, an idle connection waits for its next request before closing
+    /// (HTTP/1.1: see [`Watch::closing`]).
+    pub(super) linger_idle: bool,
     /// The last byte either way (the idle timeout's clock).
     pub(super) activity: &'a Activity,
     /// The connection's route: drained when it is gone.
@@ -62,15 +67,46 @@ pub(super) struct Watch<'a> {
     pub(super) idle: Duration,
 }
 
+/// An upgrade's drain sends an HTTP/2 connection its GOAWAY once no request has been in
+/// flight for this long...
+const GOAWAY_PAUSE: Duration = Duration::from_millis(1);
+/// ...or after this long, for a client that is never idle.
+const GOAWAY_PAUSE_WAIT: Duration = Duration::from_secs(1);
+
 impl Watch<'_> {
     /// Resolves when the connection should close gracefully, with the reason: shutdown
     /// started, its route is gone, or no request was in flight for `keepalive_timeout`.
     /// Closing means GOAWAY (HTTP/2) or `Connection: close` after the current response
     /// (HTTP/1.1), as at shutdown: requests in flight finish.
+    ///
+    /// At shutdown a connection that has asked for nothing yet waits for its first request
+    /// (at most `request_header_timeout`, [`InFlight::no_first_request`]) and closes after
+    /// it: its client connected to a listening socket and is sending a request, which closing
+    /// now would reset. That is every connection accepted just before the listeners closed,
+    /// and during an upgrade many are (the old process accepts until the new one serves).
     pub(super) async fn closing(&self) -> L7End {
         tokio::select! {
             biased;
-            () = self.shutdown.cancelled() => L7End::Drained,
+            () = async {
+                self.shutdown.cancelled().await;
+                self.in_flight.first_request().await;
+                // An upgrade's drain: an HTTP/1.1 connection idle between requests waits for
+                // its next one (or its keep-alive timeout, below) instead of closing under a
+                // client that may be writing it: HTTP/1.1 has no race-free close. HTTP/2's
+                // GOAWAY goes in a pause between requests (at most `GOAWAY_PAUSE_WAIT`
+                // away), when the client is least likely to have a request queued that the
+                // final GOAWAY would refuse unprocessed.
+                if self.state.is_handing_over() {
+                    if self.linger_idle {
+                        self.in_flight.busy().await;
+                    } else {
+                        tokio::select! {
+                            () = self.in_flight.idle_for(GOAWAY_PAUSE) => {}
+                            () = tokio::time::sleep(GOAWAY_PAUSE_WAIT) => {}
+                        }
+                    }
+                }
+            } => L7End::Drained,
             () = self.routing.gone() => L7End::RouteGone,
             () = self.in_flight.idle_for(self.keepalive) => L7End::KeepaliveTimeout,
         }
@@ -105,6 +141,10 @@ pub struct InFlight {
     start: Instant,
     /// A request has started on the connection.
     started: AtomicBool,
+    /// Woken when `started` is set, and at every request while `watched`.
+    first: tokio::sync::Notify,
+    /// Someone waits in [`InFlight::busy`]: every request start wakes it.
+    watched: AtomicBool,
     count: AtomicU64,
     last_done_ms: AtomicU64,
 }
@@ -114,6 +154,8 @@ impl InFlight {
         InFlight {
             start: Instant::now(),
             started: AtomicBool::new(false),
+            first: tokio::sync::Notify::new(),
+            watched: AtomicBool::new(false),
             count: AtomicU64::new(0),
             last_done_ms: AtomicU64::new(0),
         }
@@ -121,11 +163,40 @@ impl InFlight {
 
     /// Counts a request as in flight until the guard drops.
     pub fn enter(self: &Arc<Self>) -> InFlightGuard {
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::SeqCst);
         if !self.started.load(Ordering::Relaxed) {
-            self.started.store(true, Ordering::Relaxed);
+            self.started.store(true, Ordering::Release);
+            self.first.notify_waiters();
+        } else if self.watched.load(Ordering::SeqCst) {
+            self.first.notify_waiters();
         }
         InFlightGuard(Arc::clone(self))
+    }
+
+    /// Resolves once a request is in flight (at once if one is).
+    pub(super) async fn busy(&self) {
+        // Set before the count is read, the count raised before `watched` is read (both
+        // SeqCst): either this sees the request or the request start wakes this.
+        self.watched.store(true, Ordering::SeqCst);
+        loop {
+            let entered = self.first.notified();
+            if self.count.load(Ordering::SeqCst) > 0 {
+                return;
+            }
+            entered.await;
+        }
+    }
+
+    /// Resolves once a request has started on the connection.
+    pub(super) async fn first_request(&self) {
+        loop {
+            // Registered before the flag is read: a start in between still wakes it.
+            let started = self.first.notified();
+            if self.started.load(Ordering::Acquire) {
+                return;
+            }
+            started.await;
+        }
     }
 
     /// Resolves at `timeout` after the connection was set up if no request has started by

@@ -201,6 +201,7 @@ pub async fn serve(
         session.keepalive_timeout,
         session.idle_timeout,
     );
+    let state = Arc::clone(&session.state);
     let ctx = connection_ctx(session, pool, &in_flight, &tunnels);
     // The connection's end, whichever way this returns: what its backend work watches.
     let _closed_on_return = ctx.closed.clone().drop_guard();
@@ -212,6 +213,10 @@ pub async fn serve(
     let watch = Watch {
         shutdown: &shutdown,
         in_flight: &in_flight,
+        state: &state,
+        // HTTP/2's GOAWAY closes race-free; HTTP/1.1 (and what may still turn out to be
+        // prior-knowledge HTTP/2) has nothing like it.
+        linger_idle: !h2,
         activity: &activity,
         routing: &ctx.routing,
         first_request,
