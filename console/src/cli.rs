@@ -258,6 +258,8 @@ pub enum ListenersCommand {
         /// routes say.
         #[arg(long)]
         access_log: bool,
+        #[command(flatten)]
+        limits: ClientLimitArgs,
     },
     /// Change a listener's settings, all or nothing. Connections accepted from then on use
     /// them; open ones keep what they started with. The address cannot change: add the new
@@ -282,6 +284,8 @@ pub enum ListenersCommand {
         /// Log every L7 request on it: on, or off (then each route's own setting decides).
         #[arg(long, value_name = "on|off", value_parser = on_off())]
         access_log: Option<bool>,
+        #[command(flatten)]
+        limits: ClientLimitArgs,
     },
     /// Stop listening and delete the listener. Open L7 connections are drained (GOAWAY,
     /// `Connection: close`), L4 relays run to their end. Refused while it has routes, unless
@@ -293,6 +297,40 @@ pub enum ListenersCommand {
         #[arg(long)]
         with_routes: bool,
     },
+}
+
+/// A listener's limits per client address (the real one: after a trusted PROXY header).
+/// Over one, a new connection is reset before its ClientHello is read. 0 turns a limit off.
+/// A change applies to new connections at once; open ones are never cut.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct ClientLimitArgs {
+    /// Connections one client may have open at once (0: no limit; at most 4000).
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_client: Option<u32>,
+    /// New connections one client may open per second, on average (0: no limit; at most
+    /// 1000).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub new_conns_per_client: Option<u32>,
+    /// New connections one client may open back to back before the rate applies (0: one
+    /// second's worth of the rate).
+    #[arg(long, value_name = "N")]
+    pub new_conns_burst: Option<u32>,
+    /// IPv6 clients are grouped by this prefix length (16-128, default 64: one host owns a
+    /// /64). IPv4 clients are single addresses.
+    #[arg(long, value_name = "BITS")]
+    pub client_ipv6_prefix: Option<u32>,
+}
+
+impl ClientLimitArgs {
+    /// The flags as a patch of the listener's limits.
+    pub fn patch(self) -> mc_proxy_shared::ClientLimitsPatch {
+        mc_proxy_shared::ClientLimitsPatch {
+            max_conns_per_client: self.max_conns_per_client,
+            new_conns_per_client: self.new_conns_per_client,
+            new_conns_burst: self.new_conns_burst,
+            client_ipv6_prefix: self.client_ipv6_prefix,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

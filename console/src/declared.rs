@@ -114,6 +114,14 @@ struct FileListener {
     #[serde(default)]
     access_log: bool,
     #[serde(default)]
+    max_conns_per_client: Option<u32>,
+    #[serde(default)]
+    new_conns_per_client: Option<u32>,
+    #[serde(default)]
+    new_conns_burst: Option<u32>,
+    #[serde(default)]
+    client_ipv6_prefix: Option<u32>,
+    #[serde(default)]
     routes: Vec<FileRoute>,
 }
 
@@ -220,6 +228,9 @@ pub struct DeclaredListener {
     pub no_sni_route: String,
     /// `access_log`.
     pub access_log: bool,
+    /// `max_conns_per_client`, `new_conns_per_client`, `new_conns_burst`,
+    /// `client_ipv6_prefix`.
+    pub client_limits: mc_proxy_shared::ClientLimits,
     /// Its routes, hostnames normalised, certificate paths absolute.
     pub routes: Vec<Route>,
 }
@@ -399,6 +410,18 @@ fn listener(
             ));
         }
     }
+    // The daemon's own check of the limits.
+    let client_limits = mc_proxy_shared::ClientLimits::default()
+        .patched(&mc_proxy_shared::ClientLimitsPatch {
+            max_conns_per_client: fl.max_conns_per_client,
+            new_conns_per_client: fl.new_conns_per_client,
+            new_conns_burst: fl.new_conns_burst,
+            client_ipv6_prefix: fl.client_ipv6_prefix,
+        })
+        .unwrap_or_else(|e| {
+            problems.push(format!("{lctx}: {e}"));
+            mc_proxy_shared::ClientLimits::default()
+        });
     Some(DeclaredListener {
         addr: fl.addr,
         name: fl.name,
@@ -406,6 +429,7 @@ fn listener(
         proxy_protocol_from: fl.proxy_protocol_from,
         no_sni_route,
         access_log: fl.access_log,
+        client_limits,
         routes,
     })
 }
@@ -932,6 +956,38 @@ fn listener_change(want: &DeclaredListener, have: &ListenerStatus) -> Option<Cha
             have.access_log, want.access_log
         ));
         update.access_log = Some(want.access_log);
+    }
+    let (w, h) = (&want.client_limits, &have.client_limits);
+    for (field, want, have, set) in [
+        (
+            "max_conns_per_client",
+            w.max_conns_per_client,
+            h.max_conns_per_client,
+            &mut update.client_limits.max_conns_per_client,
+        ),
+        (
+            "new_conns_per_client",
+            w.new_conns_per_client,
+            h.new_conns_per_client,
+            &mut update.client_limits.new_conns_per_client,
+        ),
+        (
+            "new_conns_burst",
+            w.new_conns_burst,
+            h.new_conns_burst,
+            &mut update.client_limits.new_conns_burst,
+        ),
+        (
+            "client_ipv6_prefix",
+            u32::from(w.client_ipv6_prefix),
+            u32::from(h.client_ipv6_prefix),
+            &mut update.client_limits.client_ipv6_prefix,
+        ),
+    ] {
+        if want != have {
+            fields.push(format!("{field} {have} -> {want}"));
+            *set = Some(want);
+        }
     }
     (!fields.is_empty()).then(|| Change::UpdateListener {
         listener: have.addr.clone(),

@@ -66,6 +66,33 @@ pub fn to_toml(
         if l.access_log {
             out.push_str("access_log = true\n");
         }
+        let (limits, default) = (&l.client_limits, mc_proxy_shared::ClientLimits::default());
+        for (key, value, default) in [
+            (
+                "max_conns_per_client",
+                limits.max_conns_per_client,
+                default.max_conns_per_client,
+            ),
+            (
+                "new_conns_per_client",
+                limits.new_conns_per_client,
+                default.new_conns_per_client,
+            ),
+            (
+                "new_conns_burst",
+                limits.new_conns_burst,
+                default.new_conns_burst,
+            ),
+            (
+                "client_ipv6_prefix",
+                u32::from(limits.client_ipv6_prefix),
+                u32::from(default.client_ipv6_prefix),
+            ),
+        ] {
+            if value != default {
+                let _ = writeln!(out, "{key} = {value}");
+            }
+        }
         let mut mine: Vec<&RouteEntry> = routes.iter().filter(|r| r.listener == l.addr).collect();
         mine.sort_by(|a, b| a.route.hostname.cmp(&b.route.hostname));
         for entry in mine {

@@ -1664,6 +1664,79 @@ async fn listeners_are_listed_added_updated_and_removed() {
         stderr(&o)
     );
 
+    // Per-client limits: set (the others keep their value), refused by the shared rules.
+    let o = ctl(
+        &proxy,
+        &[
+            "listeners",
+            "update",
+            "--listener",
+            "127.0.0.6:0",
+            "--max-conns-per-client",
+            "20",
+            "--new-conns-per-client",
+            "10",
+            "--client-ipv6-prefix",
+            "56",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).ends_with("; per client (IPv6 /56): 20 open, 10 new/s (burst 10)\n"),
+        "{}",
+        stdout(&o)
+    );
+    let o = ctl(
+        &proxy,
+        &[
+            "listeners",
+            "update",
+            "--listener",
+            "127.0.0.6:0",
+            "--new-conns-per-client",
+            "0",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).ends_with("; per client (IPv6 /56): 20 open\n"),
+        "{}",
+        stdout(&o)
+    );
+    let o = ctl(
+        &proxy,
+        &[
+            "listeners",
+            "update",
+            "--listener",
+            "127.0.0.6:0",
+            "--new-conns-burst",
+            "5",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no rate applies"), "{}", stderr(&o));
+    let o = ctl(
+        &proxy,
+        &[
+            "listeners",
+            "add",
+            "127.0.0.7:0",
+            "--client-ipv6-prefix",
+            "8",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("client_ipv6_prefix 8"),
+        "{}",
+        stderr(&o)
+    );
+
     // The same address twice is refused; removed, it is gone.
     let o = ctl(&proxy, &["listeners", "add", "127.0.0.6:0"]).await;
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));

@@ -275,6 +275,23 @@ pub struct ListenerStatus {
     pub bound: String,
     /// Every L7 request on it is logged.
     pub access_log: bool,
+    /// Its limits per client address.
+    pub client_limits: crate::limits::ClientLimits,
+    /// Its client table: (capacity, entries, evictions, untracked); capacity 0: none yet.
+    pub client_table: ClientTableStatus,
+}
+
+/// A listener's client table, as [`ListenerStatus::client_table`] shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ClientTableStatus {
+    /// Slots (0: no table yet, no limit was ever on).
+    pub capacity: u64,
+    /// Slots holding a client.
+    pub entries: u64,
+    /// Clients dropped to make room for another.
+    pub evictions: u64,
+    /// Connections admitted untracked (no slot could be had).
+    pub untracked: u64,
 }
 
 /// A listener change's answer: the listener as it is now, and any warnings.
@@ -299,6 +316,8 @@ pub struct ListenerUpdate {
     pub no_sni_route: Option<String>,
     /// Log every L7 request on it.
     pub access_log: Option<bool>,
+    /// Limits per client address.
+    pub client_limits: crate::limits::ClientLimitsPatch,
 }
 
 /// What a reload did ([`AdminClient::reload_all`]).
@@ -982,6 +1001,10 @@ impl AdminClient {
                 proxy_protocol_from: update
                     .proxy_protocol_from
                     .map(|sources| pb::ProxySources { sources }),
+                max_conns_per_client: update.client_limits.max_conns_per_client,
+                new_conns_per_client: update.client_limits.new_conns_per_client,
+                new_conns_burst: update.client_limits.new_conns_burst,
+                client_ipv6_prefix: update.client_limits.client_ipv6_prefix,
             })
             .await?
             .into_inner();
@@ -1020,6 +1043,10 @@ impl AdminClient {
                 proxy_protocol_from: fields.proxy_protocol_from.unwrap_or_default(),
                 access_log: fields.access_log.unwrap_or(false),
                 name: name.map(str::to_owned),
+                max_conns_per_client: fields.client_limits.max_conns_per_client,
+                new_conns_per_client: fields.client_limits.new_conns_per_client,
+                new_conns_burst: fields.client_limits.new_conns_burst,
+                client_ipv6_prefix: fields.client_limits.client_ipv6_prefix,
             })
             .await?
             .into_inner();
@@ -1198,6 +1225,16 @@ impl TryFrom<pb::ListenerStatus> for ListenerStatus {
             no_sni_route: l.no_sni_route,
             bound: l.bound,
             access_log: l.access_log,
+            client_limits: l.client_limits.map(Into::into).unwrap_or_default(),
+            client_table: l
+                .client_table
+                .map(|t| ClientTableStatus {
+                    capacity: t.capacity,
+                    entries: t.entries,
+                    evictions: t.evictions,
+                    untracked: t.untracked,
+                })
+                .unwrap_or_default(),
             resets_by_reason: l
                 .resets_by_reason
                 .into_iter()

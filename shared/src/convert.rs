@@ -76,7 +76,7 @@ wire_enum!(
     BlockedReason,
     BlockedReason,
     "blocked reason",
-    [Firewall, UntrustedProxy]
+    [Firewall, UntrustedProxy, ClientConnLimit, ClientRateLimit]
 );
 wire_enum!(
     ResetReason,
@@ -98,6 +98,8 @@ wire_enum!(
         BackendTimeout,
         BackendUnreachable,
         NoBackend,
+        ClientConnLimit,
+        ClientRateLimit,
     ]
 );
 wire_enum!(
@@ -174,6 +176,33 @@ pub fn routed_mode(value: i32) -> Result<Option<Mode>, UnknownWireValue> {
         return Ok(None);
     }
     Mode::try_from(value).map(Some)
+}
+
+impl From<crate::limits::ClientLimits> for pb::ClientLimitSettings {
+    fn from(l: crate::limits::ClientLimits) -> Self {
+        pb::ClientLimitSettings {
+            max_conns_per_client: l.max_conns_per_client,
+            new_conns_per_client: l.new_conns_per_client,
+            new_conns_burst: l.new_conns_burst,
+            client_ipv6_prefix: u32::from(l.client_ipv6_prefix),
+        }
+    }
+}
+
+impl From<pb::ClientLimitSettings> for crate::limits::ClientLimits {
+    /// As sent; a prefix of 0 (a daemon from before the limits) or out of range is the
+    /// default /64.
+    fn from(l: pb::ClientLimitSettings) -> Self {
+        crate::limits::ClientLimits {
+            max_conns_per_client: l.max_conns_per_client,
+            new_conns_per_client: l.new_conns_per_client,
+            new_conns_burst: l.new_conns_burst,
+            client_ipv6_prefix: u8::try_from(l.client_ipv6_prefix)
+                .ok()
+                .filter(|p| (1..=128).contains(p))
+                .unwrap_or(crate::limits::DEFAULT_CLIENT_IPV6_PREFIX),
+        }
+    }
 }
 
 /// A connection's outcome on the wire.

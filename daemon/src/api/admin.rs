@@ -315,6 +315,17 @@ fn listener_status(l: &ListenerState) -> pb::ListenerStatus {
         bound: l.bound().map(|a| a.to_string()).unwrap_or_default(),
         name: l.name.clone(),
         access_log: settings.access_log,
+        client_limits: Some(settings.client_limits.into()),
+        client_table: Some(
+            l.client_table_stats()
+                .map(|t| pb::ClientLimitTable {
+                    capacity: t.capacity,
+                    entries: t.entries,
+                    evictions: t.evictions,
+                    untracked: t.untracked,
+                })
+                .unwrap_or_default(),
+        ),
         resets_by_reason: c
             .resets_by_reason()
             .map(|(r, n)| pb::ResetCount {
@@ -805,6 +816,12 @@ impl AdminService for Admin {
                         proxy_protocol_from: Some(req.proxy_protocol_from),
                         no_sni_route: None,
                         access_log: Some(req.access_log),
+                        client_limits: mc_proxy_shared::ClientLimitsPatch {
+                            max_conns_per_client: req.max_conns_per_client,
+                            new_conns_per_client: req.new_conns_per_client,
+                            new_conns_burst: req.new_conns_burst,
+                            client_ipv6_prefix: req.client_ipv6_prefix,
+                        },
                     },
                 },
             )
@@ -849,6 +866,12 @@ impl AdminService for Admin {
                         proxy_protocol_from: req.proxy_protocol_from.map(|p| p.sources),
                         no_sni_route: req.no_sni_route,
                         access_log: req.access_log,
+                        client_limits: mc_proxy_shared::ClientLimitsPatch {
+                            max_conns_per_client: req.max_conns_per_client,
+                            new_conns_per_client: req.new_conns_per_client,
+                            new_conns_burst: req.new_conns_burst,
+                            client_ipv6_prefix: req.client_ipv6_prefix,
+                        },
                     },
                 },
             )

@@ -447,6 +447,74 @@ fn encode_listeners(
         "Connections closed at accept because [proxy] max_connections was reached.",
         &|c| c.over_capacity.load(Relaxed),
     )?;
+    encode_client_tables(e, listeners)
+}
+
+/// The client tables of listeners with a client limit (made when one was first on): their
+/// size, use, evictions and untracked admissions. Refusals are in `mcproxy_listener_resets`
+/// (`client_conn_limit`, `client_rate_limit`).
+fn encode_client_tables(
+    e: &mut DescriptorEncoder<'_>,
+    listeners: &[(String, &Arc<ListenerState>)],
+) -> Result<(), std::fmt::Error> {
+    let tables: Vec<(&str, crate::model::clients::TableStats)> = listeners
+        .iter()
+        .filter_map(|(name, l)| Some((name.as_str(), l.client_table_stats()?)))
+        .collect();
+    for (name, help, kind, read) in [
+        (
+            "mcproxy_listener_client_table_capacity",
+            "Slots of the listener's client table ([proxy] client_table_size).",
+            MetricType::Gauge,
+            (|t| t.capacity) as fn(&crate::model::clients::TableStats) -> u64,
+        ),
+        (
+            "mcproxy_listener_client_table_entries",
+            "Slots of the listener's client table holding a client.",
+            MetricType::Gauge,
+            |t| t.entries,
+        ),
+        (
+            "mcproxy_listener_client_table_evictions",
+            "Clients dropped from the full client table while their new-connection bucket was \
+             not full (they start over with a full one).",
+            MetricType::Counter,
+            |t| t.evictions,
+        ),
+        (
+            "mcproxy_listener_client_table_untracked",
+            "Connections admitted without per-client limits: every slot the client could take \
+             held open connections.",
+            MetricType::Counter,
+            |t| t.untracked,
+        ),
+    ] {
+        match kind {
+            MetricType::Gauge => family(
+                e,
+                name,
+                help,
+                None,
+                kind,
+                tables.iter().map(|(listener, t)| {
+                    (
+                        vec![("listener", *listener)],
+                        ConstGauge::new(read(t) as i64),
+                    )
+                }),
+            )?,
+            _ => family(
+                e,
+                name,
+                help,
+                None,
+                kind,
+                tables.iter().map(|(listener, t)| {
+                    (vec![("listener", *listener)], ConstCounter::new(read(t)))
+                }),
+            )?,
+        }
+    }
     Ok(())
 }
 

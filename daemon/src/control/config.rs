@@ -117,6 +117,8 @@ pub struct ListenerConfig {
     /// Log every L7 request on this listener (`mc_proxy::request`), whatever its route says.
     /// Read from the file at every start (not stored).
     pub access_log: bool,
+    /// Limits per client address.
+    pub client_limits: mc_proxy_shared::ClientLimits,
 }
 
 impl ListenerConfig {
@@ -162,8 +164,43 @@ impl ListenerConfig {
         for net in &self.proxy_protocol_from {
             command.push_str(&format!(" --proxy-protocol-from {net}"));
         }
+        command.push_str(&client_limit_flags(&self.client_limits, false));
         command
     }
+}
+
+/// `limits` as `mcproxyctl listeners` flags (` --max-conns-per-client 10 ...`): those not at
+/// their default, or (`all`) every one, as an update that must set them all needs.
+pub fn client_limit_flags(limits: &mc_proxy_shared::ClientLimits, all: bool) -> String {
+    let default = mc_proxy_shared::ClientLimits::default();
+    let mut flags = String::new();
+    for (flag, value, default) in [
+        (
+            "--max-conns-per-client",
+            limits.max_conns_per_client,
+            default.max_conns_per_client,
+        ),
+        (
+            "--new-conns-per-client",
+            limits.new_conns_per_client,
+            default.new_conns_per_client,
+        ),
+        (
+            "--new-conns-burst",
+            limits.new_conns_burst,
+            default.new_conns_burst,
+        ),
+        (
+            "--client-ipv6-prefix",
+            u32::from(limits.client_ipv6_prefix),
+            u32::from(default.client_ipv6_prefix),
+        ),
+    ] {
+        if all || value != default {
+            flags.push_str(&format!(" {flag} {value}"));
+        }
+    }
+    flags
 }
 
 /// Why a config could not be used.
@@ -339,6 +376,7 @@ struct FileProxy {
     #[serde(default, deserialize_with = "duration")]
     backend_eject_max_time: Option<Duration>,
     workers: Option<usize>,
+    client_table_size: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -357,6 +395,14 @@ struct FileListener {
     routes: Vec<FileRoute>,
     #[serde(default)]
     access_log: bool,
+    #[serde(default)]
+    max_conns_per_client: Option<u32>,
+    #[serde(default)]
+    new_conns_per_client: Option<u32>,
+    #[serde(default)]
+    new_conns_burst: Option<u32>,
+    #[serde(default)]
+    client_ipv6_prefix: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -631,6 +677,7 @@ fn validate_proxy(p: FileProxy, problem: &mut impl FnMut(String, String)) -> Pro
             .backend_eject_max_time
             .unwrap_or(defaults.backend_eject_max_time),
         workers: p.workers.unwrap_or(defaults.workers),
+        client_table_size: p.client_table_size.unwrap_or(defaults.client_table_size),
     };
     for (name, value) in [
         ("client_hello_timeout", proxy.client_hello_timeout),
@@ -672,6 +719,19 @@ fn validate_proxy(p: FileProxy, problem: &mut impl FnMut(String, String)) -> Pro
                 humantime::format_duration(MAX_SHUTDOWN_DELAY)
             ),
         );
+    }
+    {
+        use crate::model::clients::CLIENT_TABLE_SIZE_RANGE as RANGE;
+        if !RANGE.contains(&proxy.client_table_size) {
+            problem(
+                "proxy.client_table_size".into(),
+                format!(
+                    "must be between {} and {} slots",
+                    RANGE.start(),
+                    RANGE.end()
+                ),
+            );
+        }
     }
     if proxy.workers > MAX_WORKERS {
         problem(
@@ -776,6 +836,17 @@ fn validate_listeners(
                  header is read and the list has no effect"
             ));
         }
+        let client_limits = mc_proxy_shared::ClientLimits::default()
+            .patched(&mc_proxy_shared::ClientLimitsPatch {
+                max_conns_per_client: fl.max_conns_per_client,
+                new_conns_per_client: fl.new_conns_per_client,
+                new_conns_burst: fl.new_conns_burst,
+                client_ipv6_prefix: fl.client_ipv6_prefix,
+            })
+            .unwrap_or_else(|e| {
+                problem(lctx.clone(), e.to_string());
+                mc_proxy_shared::ClientLimits::default()
+            });
 
         let mut routes = Vec::new();
         let mut seen_hosts: HashMap<String, usize> = HashMap::new();
@@ -883,6 +954,7 @@ fn validate_listeners(
             no_sni_route,
             routes,
             access_log: fl.access_log,
+            client_limits,
         });
     }
     listener_name_problems(&names, problem);
@@ -1731,6 +1803,69 @@ mod tests {
                 .contains("listener 127.0.0.1:8443, proxy_protocol_from[1]: invalid network"),
             "{}",
             problems[0]
+        );
+    }
+
+    #[test]
+    fn client_limits_are_read_per_listener_and_checked_by_the_shared_rules() {
+        let f = Fixture::new();
+        let config = f
+            .parse(
+                r#"
+                [proxy]
+                client_table_size = 4096
+                [[listeners]]
+                addr = "127.0.0.1:8443"
+                max_conns_per_client = 20
+                new_conns_per_client = 10
+                new_conns_burst = 40
+                client_ipv6_prefix = 56
+                [[listeners]]
+                addr = "127.0.0.1:8444"
+                "#,
+            )
+            .unwrap();
+        let limits = config.listeners[0].client_limits;
+        assert_eq!(
+            (
+                limits.max_conns_per_client,
+                limits.new_conns_per_client,
+                limits.new_conns_burst,
+                limits.client_ipv6_prefix
+            ),
+            (20, 10, 40, 56)
+        );
+        assert_eq!(
+            config.listeners[1].client_limits,
+            mc_proxy_shared::ClientLimits::default()
+        );
+        assert_eq!(config.proxy.client_table_size, 4096);
+        assert!(
+            config.listeners[0].add_command().ends_with(
+                "--max-conns-per-client 20 --new-conns-per-client 10 \
+                            --new-conns-burst 40 --client-ipv6-prefix 56"
+            ),
+            "{}",
+            config.listeners[0].add_command()
+        );
+
+        let problems = f.problems(
+            r#"
+            [proxy]
+            client_table_size = 10
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            new_conns_burst = 5
+            "#,
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("proxy.client_table_size"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("listener 127.0.0.1:8443: new_conns_burst is set"),
+            "{problems:?}"
         );
     }
 

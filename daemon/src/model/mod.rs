@@ -10,6 +10,7 @@
 
 pub(crate) mod backends;
 pub mod certs;
+pub mod clients;
 pub mod cluster;
 pub(crate) mod conns;
 pub mod events;

@@ -1,0 +1,235 @@
+//! Abuse limits: the per-client-address limits of a listener ([`ClientLimits`]) and the checks
+//! on their values. One check ([`ClientLimits::check`]), applied by the daemon's TOML parser,
+//! its admin API (`control::apply`), `mcproxyctl` and the console, so all refuse the same
+//! values with the same words.
+//!
+//! No I/O. Invariant: a [`ClientLimits`] that passed [`ClientLimits::check`] fits the daemon's
+//! client table (concurrent counts in 12 bits, a bucket's debt well under its clock's wrap).
+
+use serde::{Deserialize, Serialize};
+
+/// The largest `max_conns_per_client` (the daemon's client table counts in 12 bits).
+pub const MAX_CONNS_PER_CLIENT: u32 = 4_000;
+
+/// The largest `new_conns_per_client` rate, per second (a higher one is no limit on one
+/// client).
+pub const MAX_NEW_CONNS_RATE: u32 = 1_000;
+
+/// The largest `new_conns_burst`.
+pub const MAX_NEW_CONNS_BURST: u32 = 100_000;
+
+/// The longest a full bucket may take to refill (burst / rate), in seconds: bounds how far
+/// ahead of the clock a client's bucket may be, which the table's clock wrap relies on.
+pub const MAX_REFILL_SECONDS: u32 = 3_600;
+
+/// The default IPv6 grouping: one host (one customer, one VM) owns a /64.
+pub const DEFAULT_CLIENT_IPV6_PREFIX: u8 = 64;
+
+/// The shortest IPv6 grouping accepted: a shorter one would put unrelated networks (whole
+/// providers) under one budget.
+pub const MIN_CLIENT_IPV6_PREFIX: u8 = 16;
+
+/// A listener's limits per client address (the real one: after a trusted PROXY header). A
+/// zero turns a limit off; all off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientLimits {
+    /// Connections one client may have open at once (0: no limit).
+    pub max_conns_per_client: u32,
+    /// New connections one client may open per second, on average (0: no limit).
+    pub new_conns_per_client: u32,
+    /// How many new connections one client may open back to back before the rate applies
+    /// (0: as many as the rate, one second's worth).
+    pub new_conns_burst: u32,
+    /// IPv6 clients are grouped by this prefix length: every address of one /64 (by default)
+    /// is one client. IPv4 clients are single addresses.
+    pub client_ipv6_prefix: u8,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_conns_per_client: 0,
+            new_conns_per_client: 0,
+            new_conns_burst: 0,
+            client_ipv6_prefix: DEFAULT_CLIENT_IPV6_PREFIX,
+        }
+    }
+}
+
+/// What is wrong with a listener's client limits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientLimitsError {
+    /// `max_conns_per_client` too large.
+    #[error("max_conns_per_client {0} is over {MAX_CONNS_PER_CLIENT}")]
+    MaxConns(u32),
+    /// `new_conns_per_client` too large.
+    #[error("new_conns_per_client {0} is over {MAX_NEW_CONNS_RATE} per second")]
+    Rate(u32),
+    /// `new_conns_burst` too large.
+    #[error("new_conns_burst {0} is over {MAX_NEW_CONNS_BURST}")]
+    Burst(u32),
+    /// A burst that takes too long to refill at the rate.
+    #[error(
+        "new_conns_burst {burst} at new_conns_per_client {rate} takes over {MAX_REFILL_SECONDS} s \
+         to refill: raise the rate or lower the burst"
+    )]
+    Refill {
+        /// The burst.
+        burst: u32,
+        /// The rate.
+        rate: u32,
+    },
+    /// A burst without a rate.
+    #[error("new_conns_burst is set but new_conns_per_client is 0, so no rate applies")]
+    BurstWithoutRate,
+    /// `client_ipv6_prefix` out of range.
+    #[error("client_ipv6_prefix {0} is not between {MIN_CLIENT_IPV6_PREFIX} and 128")]
+    Prefix(u32),
+}
+
+impl ClientLimits {
+    /// Whether any limit is on (otherwise the daemon skips the client table).
+    pub fn any(&self) -> bool {
+        self.max_conns_per_client > 0 || self.new_conns_per_client > 0
+    }
+
+    /// The burst in effect: `new_conns_burst`, or one second's worth of the rate when 0.
+    pub fn burst(&self) -> u32 {
+        match self.new_conns_burst {
+            0 => self.new_conns_per_client,
+            b => b,
+        }
+    }
+
+    /// The one check of every source (TOML, admin API, CLI, console).
+    pub fn check(&self) -> Result<(), ClientLimitsError> {
+        if self.max_conns_per_client > MAX_CONNS_PER_CLIENT {
+            return Err(ClientLimitsError::MaxConns(self.max_conns_per_client));
+        }
+        let rate = self.new_conns_per_client;
+        if rate > MAX_NEW_CONNS_RATE {
+            return Err(ClientLimitsError::Rate(rate));
+        }
+        if self.new_conns_burst > MAX_NEW_CONNS_BURST {
+            return Err(ClientLimitsError::Burst(self.new_conns_burst));
+        }
+        if rate == 0 && self.new_conns_burst > 0 {
+            return Err(ClientLimitsError::BurstWithoutRate);
+        }
+        if rate > 0 && self.burst() / rate >= MAX_REFILL_SECONDS {
+            return Err(ClientLimitsError::Refill {
+                burst: self.new_conns_burst,
+                rate,
+            });
+        }
+        check_ipv6_prefix(u32::from(self.client_ipv6_prefix))?;
+        Ok(())
+    }
+
+    /// `self` with the fields `patch` sets, checked: what an update or a new listener gets.
+    pub fn patched(&self, patch: &ClientLimitsPatch) -> Result<ClientLimits, ClientLimitsError> {
+        let prefix = match patch.client_ipv6_prefix {
+            Some(p) => check_ipv6_prefix(p)?,
+            None => self.client_ipv6_prefix,
+        };
+        let limits = ClientLimits {
+            max_conns_per_client: patch
+                .max_conns_per_client
+                .unwrap_or(self.max_conns_per_client),
+            new_conns_per_client: patch
+                .new_conns_per_client
+                .unwrap_or(self.new_conns_per_client),
+            new_conns_burst: patch.new_conns_burst.unwrap_or(self.new_conns_burst),
+            client_ipv6_prefix: prefix,
+        };
+        limits.check()?;
+        Ok(limits)
+    }
+}
+
+/// A prefix length as the wire carries it (u32), checked and narrowed.
+fn check_ipv6_prefix(prefix: u32) -> Result<u8, ClientLimitsError> {
+    match u8::try_from(prefix) {
+        Ok(p) if (MIN_CLIENT_IPV6_PREFIX..=128).contains(&p) => Ok(p),
+        _ => Err(ClientLimitsError::Prefix(prefix)),
+    }
+}
+
+/// The client limits a listener change sets; `None` keeps the current value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientLimitsPatch {
+    /// New `max_conns_per_client`.
+    pub max_conns_per_client: Option<u32>,
+    /// New `new_conns_per_client`.
+    pub new_conns_per_client: Option<u32>,
+    /// New `new_conns_burst`.
+    pub new_conns_burst: Option<u32>,
+    /// New `client_ipv6_prefix` (as the wire carries it; checked by [`ClientLimits::patched`]).
+    pub client_ipv6_prefix: Option<u32>,
+}
+
+impl ClientLimitsPatch {
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == ClientLimitsPatch::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_off_by_default_and_group_ipv6_by_64() {
+        let limits = ClientLimits::default();
+        assert!(!limits.any());
+        assert_eq!(limits.client_ipv6_prefix, 64);
+        assert_eq!(limits.check(), Ok(()));
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_with_their_name() {
+        let base = ClientLimits::default();
+        let bad = |patch: ClientLimitsPatch| base.patched(&patch).unwrap_err().to_string();
+        assert!(
+            bad(ClientLimitsPatch {
+                max_conns_per_client: Some(4_001),
+                ..Default::default()
+            })
+            .contains("max_conns_per_client 4001")
+        );
+        assert!(
+            bad(ClientLimitsPatch {
+                new_conns_burst: Some(5),
+                ..Default::default()
+            })
+            .contains("no rate applies")
+        );
+        assert!(
+            bad(ClientLimitsPatch {
+                new_conns_per_client: Some(1),
+                new_conns_burst: Some(4000),
+                ..Default::default()
+            })
+            .contains("to refill")
+        );
+        assert!(
+            bad(ClientLimitsPatch {
+                client_ipv6_prefix: Some(300),
+                ..Default::default()
+            })
+            .contains("client_ipv6_prefix 300")
+        );
+        let ok = base
+            .patched(&ClientLimitsPatch {
+                max_conns_per_client: Some(10),
+                new_conns_per_client: Some(5),
+                client_ipv6_prefix: Some(56),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(ok.burst(), 5);
+        assert_eq!(ok.client_ipv6_prefix, 56);
+    }
+}

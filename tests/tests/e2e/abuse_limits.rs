@@ -1,0 +1,212 @@
+//! Abuse limits end to end: a listener's limits per client address (concurrent connections,
+//! new connections per second), with clients on distinct loopback addresses (`127.0.0.x`
+//! binds) or behind a trusted PROXY header; a flooding client is reset before its ClientHello
+//! while another keeps being served.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mc_proxy::protocols::proxyproto;
+use mc_proxy_shared::ResetReason;
+use mc_proxy_shared::client::ListenerUpdate;
+use mc_proxy_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The listener of a one-listener test proxy, by its configured address.
+const L: &str = "127.0.0.1:0";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A full TLS round trip through the L4 route to the echo backend from `source`.
+async fn round_trip_from(source: IpAddr, proxy: SocketAddr, pki: &Pki) -> std::io::Result<()> {
+    let mut c = tls_connect_from(source, proxy, b"", "a.test", pki.client_config()).await?;
+    let answer = send_and_finish(&mut c, b"hi").await?;
+    assert_eq!(answer, b"hibye from a.test\n");
+    Ok(())
+}
+
+/// Echo one line on an open connection: it is still served.
+async fn still_served(c: &mut Client) {
+    c.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf))
+        .await
+        .expect("no echo within 5 s")
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
+#[tokio::test]
+async fn a_client_at_max_conns_per_client_is_reset_before_its_hello_while_another_is_served() {
+    let pki = Pki::new();
+    let backend = TlsBackend::start(&pki, &["a.test"]).await;
+    let proxy = ProxyBuilder::new()
+        .route("a.test", backend.addr)
+        .listener_setting("max_conns_per_client", 3)
+        .start()
+        .await;
+    let (_guard, logs) = capture_logs();
+    let (flooder, innocent) = (ip("127.0.0.2"), ip("127.0.0.3"));
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            tls_connect_from(flooder, proxy.addr(), b"", "a.test", pki.client_config())
+                .await
+                .unwrap(),
+        );
+    }
+    // Over the cap: reset with nothing sent, so before any ClientHello could be read.
+    for _ in 0..5 {
+        let mut c = tcp_connect_from(flooder, proxy.addr()).await.unwrap();
+        assert_reset(&mut c).await;
+    }
+    round_trip_from(innocent, proxy.addr(), &pki).await.unwrap();
+    let listener = &proxy.state.listeners()[0];
+    assert_eq!(listener.counters.resets(ResetReason::ClientConnLimit), 5);
+    assert_eq!(listener.counters.resets(ResetReason::ClientRateLimit), 0);
+    // One warning for the burst of refusals (each refusal is a debug line).
+    assert!(wait_for_log(&logs, "client limits refused connections").await);
+    assert_eq!(
+        log_text(&logs)
+            .matches("client limits refused connections")
+            .count(),
+        1,
+        "{}",
+        log_text(&logs)
+    );
+
+    // A connection that ends gives its place back.
+    let mut first = held.remove(0);
+    send_and_finish(&mut first, b"bye").await.unwrap();
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tls_connect_from(flooder, proxy.addr(), b"", "a.test", pki.client_config()).await {
+            Ok(c) => {
+                held.push(c);
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the freed place was not given back: {e}"),
+        }
+    }
+
+    // A lower cap applies at once to new connections; the open ones are not cut.
+    let mut admin = proxy.admin().await;
+    let update = ListenerUpdate {
+        client_limits: mc_proxy_shared::ClientLimitsPatch {
+            max_conns_per_client: Some(1),
+            ..Default::default()
+        },
+        ..ListenerUpdate::default()
+    };
+    let (status, _) = admin.update_listener(L, update).await.unwrap();
+    assert_eq!(status.client_limits.max_conns_per_client, 1);
+    for c in &mut held {
+        still_served(c).await;
+    }
+    let mut c = tcp_connect_from(flooder, proxy.addr()).await.unwrap();
+    assert_reset(&mut c).await;
+    round_trip_from(innocent, proxy.addr(), &pki).await.unwrap();
+    let status = &admin.status().await.unwrap().listeners[0];
+    assert_eq!(status.resets_by_reason[&ResetReason::ClientConnLimit], 6);
+    assert_eq!(status.client_table.capacity, 65_536);
+    assert_eq!(status.client_table.entries, 2);
+
+    // The same in /metrics, which promtool accepts.
+    let text = crate::admin::scrape(&proxy).await;
+    let listener = format!("{{listener=\"{L}\"");
+    for line in [
+        format!("mcproxy_listener_resets_total{listener},reason=\"client_conn_limit\"}} 6"),
+        format!("mcproxy_listener_resets_total{listener},reason=\"client_rate_limit\"}} 0"),
+        format!("mcproxy_listener_client_table_capacity{listener}}} 65536"),
+        format!("mcproxy_listener_client_table_entries{listener}}} 2"),
+        format!("mcproxy_listener_client_table_evictions_total{listener}}} 0"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    crate::admin::promtool_check(&text);
+}
+
+#[tokio::test]
+async fn a_connection_flood_from_one_address_gets_the_rate_and_burst_and_no_more() {
+    const RATE: u32 = 5;
+    const BURST: u32 = 5;
+    let pki = Pki::new();
+    let backend = TlsBackend::start(&pki, &["a.test"]).await;
+    let proxy = ProxyBuilder::new()
+        .route("a.test", backend.addr)
+        .listener_setting("new_conns_per_client", RATE)
+        .listener_setting("new_conns_burst", BURST)
+        .start()
+        .await;
+    let (flooder, innocent) = (ip("127.0.0.4"), ip("127.0.0.5"));
+    let started = Instant::now();
+    let (mut admitted, mut refused, mut served) = (0u32, 0u32, 0u32);
+    // Back to back for about 1.5 s.
+    while started.elapsed() < Duration::from_millis(1500) {
+        match round_trip_from(flooder, proxy.addr(), &pki).await {
+            Ok(()) => admitted += 1,
+            Err(_) => refused += 1,
+        }
+        // The other client, within its own rate (4 a second), is served throughout.
+        if started.elapsed() >= Duration::from_millis(250) * served {
+            round_trip_from(innocent, proxy.addr(), &pki).await.unwrap();
+            served += 1;
+        }
+    }
+    assert!(served >= 6, "{served}");
+    let elapsed = started.elapsed().as_secs_f64();
+    // GCRA: the burst at once, then one per 1/RATE s.
+    let most = BURST + (f64::from(RATE) * elapsed).ceil() as u32;
+    assert!(
+        (BURST..=most).contains(&admitted),
+        "admitted {admitted} in {elapsed:.2}s, expected {BURST}..={most}"
+    );
+    assert!(refused > 0, "the flood was never refused");
+    let listener = &proxy.state.listeners()[0];
+    assert_eq!(
+        listener.counters.resets(ResetReason::ClientRateLimit),
+        u64::from(refused)
+    );
+}
+
+#[tokio::test]
+async fn ipv6_clients_behind_a_trusted_proxy_header_are_grouped_by_their_64() {
+    let pki = Pki::new();
+    let backend = TlsBackend::start(&pki, &["a.test"]).await;
+    let proxy = ProxyBuilder::new()
+        .route("a.test", backend.addr)
+        .proxy_protocol_from(&["127.0.0.1"])
+        .listener_setting("max_conns_per_client", 1)
+        .start()
+        .await;
+    let header = |client: &str| {
+        proxyproto::encode_v2(
+            SocketAddr::new(ip(client), 4000),
+            "[2001:db8::443]:443".parse().unwrap(),
+        )
+    };
+    let connect = |client: &'static str| {
+        let preamble = header(client);
+        let config = pki.client_config();
+        let addr = proxy.addr();
+        async move { tls_connect_from(ip("127.0.0.1"), addr, &preamble, "a.test", config).await }
+    };
+    let _held = connect("2001:db8:1:2::1").await.unwrap();
+    // The same /64, another address: the same client.
+    assert!(connect("2001:db8:1:2::ffff").await.is_err());
+    // Another /64 of the same /48: another client.
+    let mut other = connect("2001:db8:1:3::1").await.unwrap();
+    assert_eq!(
+        send_and_finish(&mut other, b"hi").await.unwrap(),
+        b"hibye from a.test\n"
+    );
+    let listener = &proxy.state.listeners()[0];
+    assert_eq!(listener.counters.resets(ResetReason::ClientConnLimit), 1);
+}
