@@ -592,6 +592,8 @@ pub struct RouteArgs {
     /// host, method, path, status, backend, duration, bytes, retries). Default off.
     #[arg(long, value_name = "on|off", value_parser = on_off())]
     pub access_log: Option<bool>,
+    #[command(flatten)]
+    pub limits: RouteLimitArgs,
     /// Print the stored route as JSON.
     #[arg(long)]
     pub json: bool,
@@ -599,6 +601,41 @@ pub struct RouteArgs {
     /// here, not by clap, to say so: `--backend a:1, weight=3`.
     #[arg(hide = true, value_name = "WORD", value_hint = clap::ValueHint::Other, value_parser = Clipped(stray))]
     pub stray: Vec<String>,
+}
+
+/// A route's access lists (and, on L7 routes, request limits). On `routes update` a list
+/// given replaces the route's whole list.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RouteLimitArgs {
+    /// Serve only clients from this network or address (repeat for several); others are
+    /// reset (l4) or answered 403 (l7). The real client address: a trusted PROXY header's.
+    #[arg(long, value_name = "NET", conflicts_with = "allow_any")]
+    pub allow_from: Vec<String>,
+    /// Refuse clients from this network or address (repeat for several), whatever
+    /// --allow-from says.
+    #[arg(long, value_name = "NET", conflicts_with = "deny_none")]
+    pub deny_from: Vec<String>,
+    /// routes update: clear the allow list (every client not denied is served).
+    #[arg(long)]
+    pub allow_any: bool,
+    /// routes update: clear the deny list.
+    #[arg(long)]
+    pub deny_none: bool,
+}
+
+impl RouteLimitArgs {
+    /// The flags as a patch of the route's limits (a list named replaces the route's).
+    pub fn patch(&self) -> mc_proxy_shared::limits::RouteLimitsPatch {
+        let list = |values: &[String], clear: bool| match (clear, values.is_empty()) {
+            (true, _) => Some(Vec::new()),
+            (false, false) => Some(values.to_vec()),
+            (false, true) => None,
+        };
+        mc_proxy_shared::limits::RouteLimitsPatch {
+            allow_from: list(&self.allow_from, self.allow_any),
+            deny_from: list(&self.deny_from, self.deny_none),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -645,6 +682,8 @@ pub struct UpdateArgs {
     /// L7: the per-request access log line (target mc_proxy::request), on or off.
     #[arg(long, value_name = "on|off", value_parser = on_off())]
     pub access_log: Option<bool>,
+    #[command(flatten)]
+    pub limits: RouteLimitArgs,
     /// Print the stored route as JSON.
     #[arg(long)]
     pub json: bool,

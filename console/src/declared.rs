@@ -151,6 +151,10 @@ struct FileRoute {
     backend_protocol: String,
     #[serde(default)]
     access_log: bool,
+    #[serde(default)]
+    allow_from: Vec<String>,
+    #[serde(default)]
+    deny_from: Vec<String>,
 }
 
 /// `"host:port"`, `"host:port weight=N"` or `{ address, weight, state }`, as the config takes.
@@ -494,6 +498,10 @@ fn route(fr: FileRoute, dir: &Path) -> Result<Route, Vec<String>> {
         send_proxy_protocol: fr.send_proxy_protocol,
         backend_protocol,
         access_log: fr.access_log,
+        limits: mc_proxy_shared::limits::RouteLimits {
+            allow_from: fr.allow_from,
+            deny_from: fr.deny_from,
+        },
     };
     // The daemon's own checks on the fields (hostname, backend addresses, weights, duplicates,
     // the health check's timing and path, what l7 needs): the same words as its refusals.
@@ -900,6 +908,34 @@ fn route_change(
     }
     field!(send_proxy_protocol, |r| r.send_proxy_protocol.to_string());
     field!(access_log, |r| r.access_log.to_string());
+    // Compared in the daemon's canonical form (`10.1.2.3/8` is `10.0.0.0/8`).
+    let limits = want
+        .limits
+        .checked()
+        .unwrap_or_else(|_| want.limits.clone());
+    for (name, have, want, set) in [
+        (
+            "allow_from",
+            &have.limits.allow_from,
+            limits.allow_from,
+            &mut patch.limits.allow_from,
+        ),
+        (
+            "deny_from",
+            &have.limits.deny_from,
+            limits.deny_from,
+            &mut patch.limits.deny_from,
+        ),
+    ] {
+        if *have != want {
+            fields.push(format!(
+                "{name} {} -> {}",
+                or_dash(&have.join(",")),
+                or_dash(&want.join(","))
+            ));
+            *set = Some(want);
+        }
+    }
     if fields.is_empty() {
         return None;
     }

@@ -139,6 +139,15 @@ fn write_route(out: &mut String, entry: &RouteEntry) {
     if r.access_log {
         out.push_str("access_log = true\n");
     }
+    for (key, list) in [
+        ("allow_from", &r.limits.allow_from),
+        ("deny_from", &r.limits.deny_from),
+    ] {
+        if !list.is_empty() {
+            let list: Vec<&str> = list.iter().map(String::as_str).collect();
+            let _ = writeln!(out, "{key} = {}", array(&list));
+        }
+    }
     if let Some(check) = &r.health_check {
         write_check(out, check);
     }

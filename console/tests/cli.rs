@@ -2459,3 +2459,104 @@ async fn apply_on_a_cluster_node_changes_the_fleet_and_stops_when_the_store_is_a
     let o = ctl(&a, &["routes", "list", "--no-headers"]).await;
     assert!(!stdout(&o).contains("more.test"), "{}", stdout(&o));
 }
+
+#[tokio::test]
+async fn route_access_lists_are_set_replaced_cleared_and_shown() {
+    let proxy = ProxyBuilder::new()
+        .route("a.test", "127.0.0.1:9")
+        .start()
+        .await;
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "add",
+            "--listener",
+            L,
+            "--hostname",
+            "b.test",
+            "--backend",
+            "127.0.0.1:9",
+            "--allow-from",
+            "10.1.2.3/8",
+            "--allow-from",
+            "192.0.2.7",
+            "--json",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let added: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        added["limits"]["allow_from"],
+        serde_json::json!(["10.0.0.0/8", "192.0.2.7/32"])
+    );
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "update",
+            "--listener",
+            L,
+            "--hostname",
+            "b.test",
+            "--deny-from",
+            "10.6.6.0/24",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let o = ctl(&proxy, &["routes", "show", "b.test"]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o)
+            .contains("limits    allow from 10.0.0.0/8, 192.0.2.7/32; deny from 10.6.6.0/24\n"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("refused   0 denied (reset)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "update",
+            "--listener",
+            L,
+            "--hostname",
+            "b.test",
+            "--allow-any",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let o = ctl(&proxy, &["routes", "show", "b.test"]).await;
+    assert!(
+        stdout(&o).contains("limits    deny from 10.6.6.0/24\n"),
+        "{}",
+        stdout(&o)
+    );
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "update",
+            "--listener",
+            L,
+            "--hostname",
+            "b.test",
+            "--deny-from",
+            "office",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("deny_from[0]: \"office\" is not an address or network"),
+        "{}",
+        stderr(&o)
+    );
+}

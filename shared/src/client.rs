@@ -362,6 +362,15 @@ pub struct RouteStats {
     pub connect_duration: Histogram,
     /// Per member of the backend set, in the route's order.
     pub members: Vec<MemberStats>,
+    /// What the route's limits refused.
+    pub limits: RouteLimitStats,
+}
+
+/// How often a route's limits refused something since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RouteLimitStats {
+    /// Connections reset (L4) or requests answered 403 (L7) by `allow_from` / `deny_from`.
+    pub denied: u64,
 }
 
 /// A latency histogram with fixed buckets, as the daemon counts it.
@@ -872,6 +881,8 @@ impl AdminClient {
                     .backend_protocol
                     .map(|p| pb::BackendProtocol::from(p).into()),
                 access_log: patch.access_log,
+                allow_from: patch.limits.allow_from.map(|nets| pb::LimitNets { nets }),
+                deny_from: patch.limits.deny_from.map(|nets| pb::LimitNets { nets }),
             })
             .await?
             .into_inner();
@@ -1268,6 +1279,10 @@ impl TryFrom<pb::RouteStats> for RouteStats {
             responses,
             request_duration: s.request_duration.map(Histogram::from).unwrap_or_default(),
             connect_duration: s.connect_duration.map(Histogram::from).unwrap_or_default(),
+            limits: s
+                .limit_stats
+                .map(|l| RouteLimitStats { denied: l.denied })
+                .unwrap_or_default(),
         })
     }
 }

@@ -76,7 +76,13 @@ wire_enum!(
     BlockedReason,
     BlockedReason,
     "blocked reason",
-    [Firewall, UntrustedProxy, ClientConnLimit, ClientRateLimit]
+    [
+        Firewall,
+        UntrustedProxy,
+        ClientConnLimit,
+        ClientRateLimit,
+        RouteDenied
+    ]
 );
 wire_enum!(
     ResetReason,
@@ -100,6 +106,7 @@ wire_enum!(
         NoBackend,
         ClientConnLimit,
         ClientRateLimit,
+        RouteDenied,
     ]
 );
 wire_enum!(
@@ -235,6 +242,27 @@ impl From<Route> for pb::Route {
             send_proxy_protocol: r.send_proxy_protocol,
             backend_protocol: pb::BackendProtocol::from(r.backend_protocol).into(),
             access_log: r.access_log,
+            limits: (r.limits != crate::limits::RouteLimits::default())
+                .then(|| pb::LimitRoute::from(r.limits)),
+        }
+    }
+}
+
+impl From<crate::limits::RouteLimits> for pb::LimitRoute {
+    fn from(l: crate::limits::RouteLimits) -> Self {
+        pb::LimitRoute {
+            allow_from: l.allow_from,
+            deny_from: l.deny_from,
+        }
+    }
+}
+
+impl From<pb::LimitRoute> for crate::limits::RouteLimits {
+    /// As sent: the receiver checks it with the route.
+    fn from(l: pb::LimitRoute) -> Self {
+        crate::limits::RouteLimits {
+            allow_from: l.allow_from,
+            deny_from: l.deny_from,
         }
     }
 }
@@ -409,6 +437,7 @@ impl TryFrom<pb::Route> for Route {
             backend_tls: r.backend_tls,
             send_proxy_protocol: r.send_proxy_protocol,
             access_log: r.access_log,
+            limits: r.limits.map(Into::into).unwrap_or_default(),
         })
     }
 }

@@ -1,7 +1,8 @@
-//! Abuse limits: the per-client-address limits of a listener ([`ClientLimits`]) and the checks
-//! on their values. One check ([`ClientLimits::check`]), applied by the daemon's TOML parser,
-//! its admin API (`control::apply`), `mcproxyctl` and the console, so all refuse the same
-//! values with the same words.
+//! Abuse limits: the per-client-address limits of a listener ([`ClientLimits`]), a route's
+//! access lists and request limits ([`RouteLimits`]), and the checks on their values. One
+//! check each ([`ClientLimits::check`], [`RouteLimits::checked`]), applied by the daemon's TOML
+//! parser, its admin API (`control::apply`, `routes::validate_route`), `mcproxyctl` and the
+//! console, so all refuse the same values with the same words.
 //!
 //! No I/O. Invariant: a [`ClientLimits`] that passed [`ClientLimits::check`] fits the daemon's
 //! client table (concurrent counts in 12 bits, a bucket's debt well under its clock's wrap).
@@ -176,9 +177,151 @@ impl ClientLimitsPatch {
     }
 }
 
+/// The most entries of one route's `allow_from` or `deny_from`.
+pub const MAX_ROUTE_NETS: usize = 256;
+
+/// The longest entry of an access list (an IPv6 network with its prefix fits).
+const MAX_NET_LEN: usize = 64;
+
+/// A route's access lists and request limits. Stored and sent whole (the store keeps it as one
+/// JSON column, a cluster document as one object): a field added later defaults when absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RouteLimits {
+    /// Networks (or addresses) whose clients the route serves; empty: every client not denied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
+    /// Networks (or addresses) whose clients the route refuses, whatever `allow_from` says.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny_from: Vec<String>,
+}
+
+/// What is wrong with a route's limits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteLimitsError {
+    /// An access list entry that is not a network or an address.
+    #[error("{list}[{index}]: {} is not an address or network", crate::text::clip(.value))]
+    Net {
+        /// `allow_from` or `deny_from`.
+        list: &'static str,
+        /// Its position.
+        index: usize,
+        /// What was given.
+        value: String,
+    },
+    /// Too many entries.
+    #[error("{list} has {count} entries; a route takes at most {MAX_ROUTE_NETS}")]
+    TooMany {
+        /// `allow_from` or `deny_from`.
+        list: &'static str,
+        /// How many were given.
+        count: usize,
+    },
+}
+
+/// `value` as a network, in its canonical text (`10.1.2.3/8` is `10.0.0.0/8`, an address
+/// alone its single-host network).
+pub fn parse_net(value: &str) -> Option<ipnet::IpNet> {
+    let value = value.trim();
+    if value.len() > MAX_NET_LEN {
+        return None;
+    }
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .ok()
+        .map(|net| net.trunc())
+}
+
+impl RouteLimits {
+    /// The one check of every source, returning the limits in canonical form (each network
+    /// as `parse_net` writes it): what is stored and compared.
+    pub fn checked(&self) -> Result<RouteLimits, RouteLimitsError> {
+        let nets = |list: &'static str, values: &[String]| {
+            if values.len() > MAX_ROUTE_NETS {
+                return Err(RouteLimitsError::TooMany {
+                    list,
+                    count: values.len(),
+                });
+            }
+            values
+                .iter()
+                .enumerate()
+                .map(|(index, value)| {
+                    parse_net(value)
+                        .map(|n| n.to_string())
+                        .ok_or_else(|| RouteLimitsError::Net {
+                            list,
+                            index,
+                            value: value.clone(),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(RouteLimits {
+            allow_from: nets("allow_from", &self.allow_from)?,
+            deny_from: nets("deny_from", &self.deny_from)?,
+        })
+    }
+
+    /// Whether any access list is set.
+    pub fn has_access_lists(&self) -> bool {
+        !self.allow_from.is_empty() || !self.deny_from.is_empty()
+    }
+}
+
+/// The route limits a route update sets; `None` keeps the current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteLimitsPatch {
+    /// A new `allow_from` (empty: every client).
+    pub allow_from: Option<Vec<String>>,
+    /// A new `deny_from` (empty: none).
+    pub deny_from: Option<Vec<String>>,
+}
+
+impl RouteLimitsPatch {
+    /// `current` with the fields this patch sets (unchecked: the route's validation checks).
+    pub fn apply(&self, current: RouteLimits) -> RouteLimits {
+        RouteLimits {
+            allow_from: self.allow_from.clone().unwrap_or(current.allow_from),
+            deny_from: self.deny_from.clone().unwrap_or(current.deny_from),
+        }
+    }
+
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == RouteLimitsPatch::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_lists_are_stored_in_canonical_form_and_bad_entries_named() {
+        let limits = RouteLimits {
+            allow_from: vec![
+                " 10.1.2.3/8".into(),
+                "192.0.2.7".into(),
+                "2001:db8::1/32".into(),
+            ],
+            deny_from: vec!["10.9.0.0/16".into()],
+        };
+        let checked = limits.checked().unwrap();
+        assert_eq!(
+            checked.allow_from,
+            ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]
+        );
+        let bad = RouteLimits {
+            deny_from: vec!["10.0.0.0/8".into(), "office".into()],
+            ..RouteLimits::default()
+        };
+        assert_eq!(
+            bad.checked().unwrap_err().to_string(),
+            "deny_from[1]: \"office\" is not an address or network"
+        );
+    }
 
     #[test]
     fn limits_are_off_by_default_and_group_ipv6_by_64() {

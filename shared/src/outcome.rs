@@ -111,6 +111,8 @@ named! {
         ClientConnLimit = "client_conn_limit",
         /// The client opens connections faster than `new_conns_per_client` (burst spent).
         ClientRateLimit = "client_rate_limit",
+        /// The route's `allow_from` / `deny_from` refuses the client (L4 routes).
+        RouteDenied = "route_denied",
     }
 }
 
@@ -125,6 +127,8 @@ named! {
         ClientConnLimit = "client_conn_limit",
         /// The client opens connections faster than `new_conns_per_client`.
         ClientRateLimit = "client_rate_limit",
+        /// The route's `allow_from` / `deny_from` refuses the client (L4 routes).
+        RouteDenied = "route_denied",
     }
 }
 

@@ -688,6 +688,8 @@ struct RouteSpec {
     send_proxy: bool,
     backend_protocol: Option<mc_proxy_shared::BackendProtocol>,
     access_log: bool,
+    /// More `key = value` lines (access lists, request limits, ...).
+    settings: Vec<String>,
 }
 
 impl Default for ProxyBuilder {
@@ -777,7 +779,14 @@ impl ProxyBuilder {
             send_proxy: false,
             backend_protocol: None,
             access_log: false,
+            settings: Vec::new(),
         });
+        self
+    }
+
+    /// A `key = value` line (the value as TOML) on the last route: `allow_from`, ...
+    pub fn route_setting(mut self, key: &str, value: impl std::fmt::Display) -> Self {
+        self.last_route().settings.push(format!("{key} = {value}"));
         self
     }
 
@@ -1045,6 +1054,9 @@ impl ProxyBuilder {
                 }
                 if route.access_log {
                     writeln!(out, "access_log = true").unwrap();
+                }
+                for line in &route.settings {
+                    writeln!(out, "{line}").unwrap();
                 }
             }
         }

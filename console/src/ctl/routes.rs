@@ -157,6 +157,7 @@ async fn add_route(client: &mut AdminClient, args: RouteArgs) -> Result<(), CtlE
         send_proxy_protocol: args.send_proxy_protocol,
         backend_protocol: args.backend_protocol.unwrap_or_default(),
         access_log: args.access_log.unwrap_or(false),
+        limits: args.limits.patch().apply(Default::default()),
     };
     let (route, warnings) = client.add_route(&args.listener, route).await?;
     report_route(
@@ -203,12 +204,14 @@ async fn update_route(client: &mut AdminClient, args: UpdateArgs) -> Result<(), 
         send_proxy_protocol: args.send_proxy_protocol,
         backend_protocol: args.backend_protocol,
         access_log: args.access_log,
+        limits: args.limits.patch(),
     };
     if patch == RoutePatch::default() {
         return Err(CtlError::Usage(
             "nothing to change: give at least one of --new-hostname, --backend, --balance, \
              --check*, --no-check, --mode, --tls-cert, --tls-key, --backend-tls, \
-             --backend-protocol, --send-proxy-protocol, --access-log"
+             --backend-protocol, --send-proxy-protocol, --access-log, --allow-from, \
+             --deny-from, --allow-any, --deny-none"
                 .into(),
         ));
     }
@@ -402,6 +405,9 @@ fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
         }
     );
     let _ = writeln!(out, "check     {}", check_text(r));
+    if let Some(limits) = limits_text(r) {
+        let _ = writeln!(out, "limits    {limits}");
+    }
     if e.not_served.is_none() {
         let s = &e.stats;
         let _ = writeln!(
@@ -410,10 +416,31 @@ fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
              another backend",
             s.active_connections, s.total_connections, s.backend_errors, s.retries
         );
+        if r.limits != Default::default() {
+            let _ = writeln!(
+                out,
+                "refused   {} denied ({})",
+                s.limits.denied,
+                if r.mode == Mode::L7 { "403" } else { "reset" }
+            );
+        }
     }
     out.push('\n');
     out.push_str(&members_table(e, now_ms));
     out
+}
+
+/// The route's access lists (and request limits) in words; `None` when it has none.
+fn limits_text(r: &Route) -> Option<String> {
+    let l = &r.limits;
+    let mut parts = Vec::new();
+    if !l.allow_from.is_empty() {
+        parts.push(format!("allow from {}", l.allow_from.join(", ")));
+    }
+    if !l.deny_from.is_empty() {
+        parts.push(format!("deny from {}", l.deny_from.join(", ")));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// The check in words: `GET /health every 2s, timeout 1s, rise 2, fall 3, expect 200-399`.

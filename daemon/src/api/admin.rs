@@ -359,6 +359,7 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
                     request_duration: Some(histogram(&s.request_duration)),
                     connect_duration: Some(histogram(&s.connect_duration)),
                     members: info.members().into_iter().map(Into::into).collect(),
+                    limit_stats: Some(pb::LimitRouteStats { denied: s.denied }),
                 }),
                 not_served: String::new(),
             });
@@ -706,6 +707,10 @@ impl AdminService for Admin {
                 send_proxy_protocol: req.send_proxy_protocol,
                 backend_protocol,
                 access_log: req.access_log,
+                limits: mc_proxy_shared::limits::RouteLimitsPatch {
+                    allow_from: req.allow_from.map(|l| l.nets),
+                    deny_from: req.deny_from.map(|l| l.nets),
+                },
             },
         };
         let (route, warnings) = route_answer(self.apply(caller, change).await?)?;

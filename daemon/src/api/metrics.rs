@@ -661,6 +661,14 @@ fn encode_routes(
         MetricType::Counter,
         |s: &RouteStatsSnapshot| ConstCounter::new(s.no_backend)
     );
+    per_route!(
+        "mcproxy_route_denied",
+        "Connections (L4, reset route_denied) or requests (L7, answered 403) refused by the \
+         route's allow_from / deny_from.",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.denied)
+    );
     Ok(())
 }
 

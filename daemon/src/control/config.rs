@@ -432,6 +432,10 @@ struct FileRoute {
     backend_protocol: String,
     #[serde(default)]
     access_log: bool,
+    #[serde(default)]
+    allow_from: Vec<String>,
+    #[serde(default)]
+    deny_from: Vec<String>,
 }
 
 /// One entry of `backends = [...]`: `"host:port"`, `"host:port weight=N"` or
@@ -893,6 +897,10 @@ fn validate_listeners(
                 send_proxy_protocol: fr.send_proxy_protocol,
                 backend_protocol,
                 access_log: fr.access_log,
+                limits: mc_proxy_shared::limits::RouteLimits {
+                    allow_from: fr.allow_from,
+                    deny_from: fr.deny_from,
+                },
             };
             let route = match validate_route(&route) {
                 Ok(valid) => {
@@ -1865,6 +1873,43 @@ mod tests {
         );
         assert!(
             problems[1].contains("listener 127.0.0.1:8443: new_conns_burst is set"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn route_access_lists_are_read_in_canonical_form_and_bad_entries_named() {
+        let f = Fixture::new();
+        let config = f
+            .parse(
+                r#"
+                [[listeners]]
+                addr = "127.0.0.1:8443"
+                [[listeners.routes]]
+                hostname = "a.test"
+                backend = "127.0.0.1:9000"
+                allow_from = ["10.1.2.3/8", "192.0.2.7"]
+                deny_from = ["10.6.6.0/24"]
+                "#,
+            )
+            .unwrap();
+        let limits = &config.listeners[0].routes[0].limits;
+        assert_eq!(limits.allow_from, ["10.0.0.0/8", "192.0.2.7/32"]);
+        assert_eq!(limits.deny_from, ["10.6.6.0/24"]);
+
+        let problems = f.problems(
+            r#"
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            [[listeners.routes]]
+            hostname = "a.test"
+            backend = "127.0.0.1:9000"
+            deny_from = ["office"]
+            "#,
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("route a.test: deny_from[0]: \"office\" is not an address"),
             "{problems:?}"
         );
     }

@@ -508,7 +508,7 @@ impl Store {
                     tls_key = ?6, backend_tls = ?7, send_proxy_protocol = ?8,
                     backend_protocol = ?9, balance = ?10, check_interval_ms = ?11,
                     check_timeout_ms = ?12, check_rise = ?13, check_fall = ?14,
-                    check_path = ?15, check_expect = ?16, access_log = ?17
+                    check_path = ?15, check_expect = ?16, access_log = ?17, limits = ?18
               WHERE id = ?1",
             params![
                 id,
@@ -528,6 +528,7 @@ impl Store {
                 check.path,
                 check.expect,
                 route.access_log,
+                limits_json(route),
             ],
         )
         .map_err(|e| unique_violation(e, || format!("route {}", route.hostname)))?;
@@ -718,7 +719,7 @@ fn insert_listener(
 
 const ROUTE_COLUMNS: &str = "id, hostname, mode, tls_cert, tls_key, backend_tls, \
      send_proxy_protocol, backend_protocol, balance, check_interval_ms, check_timeout_ms, \
-     check_rise, check_fall, check_path, check_expect, access_log";
+     check_rise, check_fall, check_path, check_expect, access_log, limits";
 
 /// A `routes` row as read, its enums still text: parsed in [`StoredRoute::into_route`] so
 /// that a bad value names the route.
@@ -739,6 +740,8 @@ struct StoredRoute {
     check_path: String,
     check_expect: String,
     access_log: bool,
+    /// `RouteLimits` as JSON.
+    limits: String,
 }
 
 impl StoredRoute {
@@ -760,6 +763,7 @@ impl StoredRoute {
             check_path: row.get(13)?,
             check_expect: row.get(14)?,
             access_log: row.get(15)?,
+            limits: row.get(16)?,
         })
     }
 
@@ -806,6 +810,7 @@ impl StoredRoute {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let limits = serde_json::from_str(&self.limits).map_err(|e| corrupt(&e))?;
         Ok(Route {
             hostname,
             backends,
@@ -818,8 +823,16 @@ impl StoredRoute {
             send_proxy_protocol: self.send_proxy_protocol,
             backend_protocol,
             access_log: self.access_log,
+            limits,
         })
     }
+}
+
+/// A route's limits as the `limits` column keeps them (JSON; fields at their default left
+/// out).
+fn limits_json(route: &Route) -> String {
+    // Serialising a plain struct of strings and numbers cannot fail.
+    serde_json::to_string(&route.limits).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// The `check_*` columns of a route: all NULL-or-empty but the interval's NULL when it has no
@@ -870,8 +883,9 @@ fn insert_route(conn: &Connection, listener_id: i64, route: &Route) -> Result<i6
         "INSERT INTO routes (listener_id, hostname, backend, mode, tls_cert, tls_key,
                              backend_tls, send_proxy_protocol, backend_protocol, balance,
                              check_interval_ms, check_timeout_ms, check_rise, check_fall,
-                             check_path, check_expect, access_log)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                             check_path, check_expect, access_log, limits)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18)",
         params![
             listener_id,
             route.hostname,
@@ -890,6 +904,7 @@ fn insert_route(conn: &Connection, listener_id: i64, route: &Route) -> Result<i6
             check.path,
             check.expect,
             route.access_log,
+            limits_json(route),
         ],
     )
     .map_err(|e| match e {
@@ -1478,6 +1493,10 @@ mod tests {
             send_proxy_protocol: true,
             backend_protocol: BackendProtocol::Http1,
             access_log: true,
+            limits: mc_proxy_shared::limits::RouteLimits {
+                allow_from: vec!["10.0.0.0/8".into()],
+                deny_from: vec!["10.6.6.0/24".into(), "2001:db8::/32".into()],
+            },
             ..Route::default()
         };
         let l4 = Route {

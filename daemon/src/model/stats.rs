@@ -58,6 +58,8 @@ pub struct RouteStats {
     /// Connections (L4) or requests (L7) refused because no member could take them (every
     /// one down, ejected with a trial out, draining or disabled).
     pub no_backend: AtomicU64,
+    /// Connections (L4) or requests (L7) refused by the route's `allow_from` / `deny_from`.
+    pub denied: AtomicU64,
     /// Each member's health and counters by address: kept across route edits and admin state
     /// changes. Locked only while a route table is built, never on the data path.
     members: Mutex<HashMap<String, Arc<MemberHealth>>>,
@@ -88,6 +90,8 @@ pub struct RouteStatsSnapshot {
     pub connect_duration: HistogramSnapshot,
     /// See [`RouteStats::no_backend`].
     pub no_backend: u64,
+    /// See [`RouteStats::denied`].
+    pub denied: u64,
 }
 
 impl RouteStats {
@@ -128,6 +132,7 @@ impl RouteStats {
             request_duration: self.request_duration.snapshot(),
             connect_duration: self.connect_duration.snapshot(),
             no_backend: load(&self.no_backend),
+            denied: load(&self.denied),
         }
     }
 }

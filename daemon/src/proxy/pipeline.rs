@@ -4,7 +4,7 @@
 //! stream to the L4 relay or the L7 server. [`handle_conn`] reads top to bottom as ARCHITECTURE.md's
 //! pipeline, one call per step:
 //! PROXY header (listeners with `proxy_protocol`) → firewall → client limits → ClientHello →
-//! route → dispatch
+//! route (and its access lists, L4) → dispatch
 //! (L4 passthrough in [`crate::proxy::l4`], L7 termination in [`crate::proxy::l7`]) → access record.
 //!
 //! The client address is the TCP peer's, or the source of a received PROXY header: that one
@@ -71,6 +71,14 @@ pub enum ConnError {
     /// Policy: the client opens connections faster than `new_conns_per_client`.
     #[error("client {0} is over new_conns_per_client")]
     ClientRateLimit(IpAddr),
+    /// Policy: the route's `allow_from` / `deny_from` refuses the client (L4 routes).
+    #[error("route {route} refuses client {client} (allow_from / deny_from)")]
+    RouteDenied {
+        /// The route's hostname.
+        route: String,
+        /// The client address.
+        client: IpAddr,
+    },
     /// Policy: the peer may not send PROXY headers here.
     #[error("peer {0} is not in proxy_protocol_from")]
     UntrustedProxy(IpAddr),
@@ -102,6 +110,7 @@ impl ConnError {
             ConnError::UntrustedProxy(_) => ResetReason::UntrustedProxy,
             ConnError::ClientConnLimit(_) => ResetReason::ClientConnLimit,
             ConnError::ClientRateLimit(_) => ResetReason::ClientRateLimit,
+            ConnError::RouteDenied { .. } => ResetReason::RouteDenied,
             ConnError::ProxyHeader(proxyproto::ReadError::Timeout) => {
                 ResetReason::ProxyHeaderTimeout
             }
@@ -129,6 +138,7 @@ impl ConnError {
             ConnError::UntrustedProxy(_) => Some(BlockedReason::UntrustedProxy),
             ConnError::ClientConnLimit(_) => Some(BlockedReason::ClientConnLimit),
             ConnError::ClientRateLimit(_) => Some(BlockedReason::ClientRateLimit),
+            ConnError::RouteDenied { .. } => Some(BlockedReason::RouteDenied),
             _ => None,
         }
     }
@@ -272,6 +282,15 @@ async fn pipeline(
     };
     tracing::Span::current().record("route", route.hostname());
     record.route = Some(Arc::clone(&route));
+    // L4: the route's access lists refuse here; an L7 route answers each request 403 (its
+    // current version decides, see `l7::downstream`).
+    if route.tls.is_none() && !route.access.admits(record.client.ip()) {
+        route.stats.denied.fetch_add(1, Ordering::Relaxed);
+        return Err(ConnError::RouteDenied {
+            route: route.hostname().to_owned(),
+            client: record.client.ip(),
+        });
+    }
     if route.tls.is_some() {
         // L4 publishes it once dialled, naming its backend (`l4::serve`).
         access::opened(record, listener.addr, &route, state);

@@ -210,3 +210,115 @@ async fn ipv6_clients_behind_a_trusted_proxy_header_are_grouped_by_their_64() {
     let listener = &proxy.state.listeners()[0];
     assert_eq!(listener.counters.resets(ResetReason::ClientConnLimit), 1);
 }
+
+/// A PROXY v2 header naming `client` (the proxy trusts it from 127.0.0.1).
+fn from_client(client: &str) -> Vec<u8> {
+    proxyproto::encode_v2(
+        SocketAddr::new(ip(client), 4000),
+        "192.0.2.1:443".parse().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn route_access_lists_reset_l4_clients_and_answer_l7_requests_403() {
+    use mc_proxy_tests::web::{H2Backend, ask_h2, h2_client_after, with_body};
+
+    let pki = Pki::new();
+    let l4 = TlsBackend::start(&pki, &["a.test"]).await;
+    let web = H2Backend::start().await;
+    let proxy = ProxyBuilder::new()
+        .proxy_protocol_from(&["127.0.0.1"])
+        .route("a.test", l4.addr)
+        .route_setting("allow_from", r#"["10.0.0.0/8", "2001:db8::/32"]"#)
+        .route_setting("deny_from", r#"["10.6.6.0/24"]"#)
+        .route("web.test", web.addr)
+        .l7(&pki)
+        .route_setting("allow_from", r#"["10.0.0.0/8"]"#)
+        .route_setting("deny_from", r#"["10.6.6.6"]"#)
+        .start()
+        .await;
+    let lo = ip("127.0.0.1");
+
+    // L4: allowed, allowed over IPv6, denied inside the allowed network, outside it.
+    for client in ["10.1.2.3", "2001:db8::5"] {
+        let mut c = tls_connect_from(
+            lo,
+            proxy.addr(),
+            &from_client(client),
+            "a.test",
+            pki.client_config(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{client}: {e}"));
+        assert_eq!(
+            send_and_finish(&mut c, b"hi").await.unwrap(),
+            b"hibye from a.test\n"
+        );
+    }
+    for client in ["10.6.6.1", "192.0.2.77"] {
+        // The ClientHello is read (it names the route), then the connection is reset.
+        let refused = tls_connect_from(
+            lo,
+            proxy.addr(),
+            &from_client(client),
+            "a.test",
+            pki.client_config(),
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "{client}: {refused}"
+        );
+    }
+    assert_eq!(l4.accepted(), 2, "the denied never reached the backend");
+    let listener = &proxy.state.listeners()[0];
+    assert_eq!(listener.counters.resets(ResetReason::RouteDenied), 2);
+    assert_eq!(
+        listener.lookup("a.test").unwrap().stats.snapshot().denied,
+        2
+    );
+
+    // L7: 403 for each request of a denied client, never forwarded; others served.
+    let request = || with_body(http::Request::builder().uri("https://web.test/x"), "");
+    let mut allowed = h2_client_after(lo, proxy.addr(), &from_client("10.1.1.1"), "web.test", &pki)
+        .await
+        .unwrap();
+    assert_eq!(ask_h2(&mut allowed, request()).await.status, 200);
+    for client in ["10.6.6.6", "172.16.0.1"] {
+        let mut denied = h2_client_after(lo, proxy.addr(), &from_client(client), "web.test", &pki)
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let answer = ask_h2(&mut denied, request()).await;
+            assert_eq!(answer.status, 403, "{client}");
+            assert!(answer.body.contains("forbidden"), "{}", answer.body);
+        }
+    }
+    assert_eq!(web.requests(), 1, "no denied request reached the backend");
+    let stats = listener.lookup("web.test").unwrap().stats.snapshot();
+    assert_eq!(stats.denied, 4);
+    assert_eq!(stats.responses[3], 4);
+
+    // A list changed at run time reaches the open connection's next request.
+    let mut admin = proxy.admin().await;
+    let patch = mc_proxy_shared::RoutePatch {
+        limits: mc_proxy_shared::limits::RouteLimitsPatch {
+            deny_from: Some(vec!["10.1.0.0/16".into()]),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (route, _) = admin.update_route(L, "web.test", patch).await.unwrap();
+    assert_eq!(route.limits.deny_from, ["10.1.0.0/16"]);
+    assert_eq!(ask_h2(&mut allowed, request()).await.status, 403);
+    let routes = admin.list_routes(None).await.unwrap();
+    let web_route = routes
+        .iter()
+        .find(|r| r.route.hostname == "web.test")
+        .unwrap();
+    assert_eq!(web_route.stats.limits.denied, 5);
+    assert_eq!(web_route.route.limits.allow_from, ["10.0.0.0/8"]);
+}

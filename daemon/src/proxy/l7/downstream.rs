@@ -186,6 +186,9 @@ pub enum RequestError {
     /// An upgrade (WebSocket, or one refused): see [`WebSocketError`] for whose fault.
     #[error(transparent)]
     WebSocket(#[from] WebSocketError),
+    /// Policy: the route's `allow_from` / `deny_from` refuses the client (403).
+    #[error("the route's allow_from / deny_from refuses the client")]
+    Denied,
     /// The client connection ended while the request waited for the backend.
     #[error("client connection closed")]
     Closed,
@@ -198,6 +201,7 @@ impl RequestError {
                 StatusCode::MISDIRECTED_REQUEST
             }
             RequestError::BadAuthority(_) => StatusCode::BAD_REQUEST,
+            RequestError::Denied => StatusCode::FORBIDDEN,
             RequestError::Refused(v) => v.status(),
             RequestError::Upstream(e) => e.status(),
             RequestError::WebSocket(e) => e.status(),
@@ -215,6 +219,7 @@ impl RequestError {
                 "misdirected request: this connection's route changed; retry on a new connection\n"
             }
             RequestError::BadAuthority(_) => "bad request: unusable host\n",
+            RequestError::Denied => "forbidden: this address may not use this site\n",
             RequestError::Refused(v) => v.text(),
             RequestError::WebSocket(e) => e.text(),
             RequestError::Upstream(e) if e.status() == StatusCode::GATEWAY_TIMEOUT => {
@@ -323,6 +328,11 @@ pub fn handle(
                         stats.backend_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%method, %path, "backend error: {e}");
                     }
+                    // Policy, and a scanner's every request: counted, not logged at info.
+                    RequestError::Denied => {
+                        stats.denied.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%method, %path, "refused: {e}");
+                    }
                     _ => tracing::info!(%method, %path, "refused: {e}"),
                 }
                 let mut resp = text_response(e.status(), e.text());
@@ -412,6 +422,13 @@ fn forward<'a>(
         // which reads only one of them.
         limits::check_request(&req, ctx.limits)?;
         let authority = requested_authority(&req, ctx.sni.as_deref())?;
+        // The route's access lists, as its current version has them: a change reaches open
+        // connections at their next request.
+        if let Some(upstream) = &upstream
+            && !upstream.route().access.admits(ctx.client.ip())
+        {
+            return Err(RequestError::Denied);
+        }
         if let Some(upgrade) = websocket::upgrade_of(&req) {
             // Boxed: the WebSocket set-up's state is larger than the whole plain-request path,
             // and every request's future (moved whole when it is created and boxed) would carry
