@@ -621,6 +621,21 @@ pub struct RouteLimitArgs {
     /// routes update: clear the deny list.
     #[arg(long)]
     pub deny_none: bool,
+    /// L7: requests one client may make per second, on average (0: no limit; at most 1000);
+    /// over it a request is answered 429 with Retry-After and never forwarded.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub client_request_rate: Option<u32>,
+    /// L7: requests one client may make back to back before its rate applies (0: one
+    /// second's worth).
+    #[arg(long, value_name = "N")]
+    pub client_request_burst: Option<u32>,
+    /// L7: requests the whole route takes per second, every client together (0: no limit).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub route_request_rate: Option<u32>,
+    /// L7: requests the route takes back to back before its rate applies (0: one second's
+    /// worth).
+    #[arg(long, value_name = "N")]
+    pub route_request_burst: Option<u32>,
 }
 
 impl RouteLimitArgs {
@@ -634,6 +649,10 @@ impl RouteLimitArgs {
         mc_proxy_shared::limits::RouteLimitsPatch {
             allow_from: list(&self.allow_from, self.allow_any),
             deny_from: list(&self.deny_from, self.deny_none),
+            client_request_rate: self.client_request_rate,
+            client_request_burst: self.client_request_burst,
+            route_request_rate: self.route_request_rate,
+            route_request_burst: self.route_request_burst,
         }
     }
 }

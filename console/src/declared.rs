@@ -155,6 +155,14 @@ struct FileRoute {
     allow_from: Vec<String>,
     #[serde(default)]
     deny_from: Vec<String>,
+    #[serde(default)]
+    client_request_rate: u32,
+    #[serde(default)]
+    client_request_burst: u32,
+    #[serde(default)]
+    route_request_rate: u32,
+    #[serde(default)]
+    route_request_burst: u32,
 }
 
 /// `"host:port"`, `"host:port weight=N"` or `{ address, weight, state }`, as the config takes.
@@ -498,10 +506,14 @@ fn route(fr: FileRoute, dir: &Path) -> Result<Route, Vec<String>> {
         send_proxy_protocol: fr.send_proxy_protocol,
         backend_protocol,
         access_log: fr.access_log,
-        limits: mc_proxy_shared::limits::RouteLimits {
+        limits: Box::new(mc_proxy_shared::limits::RouteLimits {
             allow_from: fr.allow_from,
             deny_from: fr.deny_from,
-        },
+            client_request_rate: fr.client_request_rate,
+            client_request_burst: fr.client_request_burst,
+            route_request_rate: fr.route_request_rate,
+            route_request_burst: fr.route_request_burst,
+        }),
     };
     // The daemon's own checks on the fields (hostname, backend addresses, weights, duplicates,
     // the health check's timing and path, what l7 needs): the same words as its refusals.
@@ -912,7 +924,7 @@ fn route_change(
     let limits = want
         .limits
         .checked()
-        .unwrap_or_else(|_| want.limits.clone());
+        .unwrap_or_else(|_| (*want.limits).clone());
     for (name, have, want, set) in [
         (
             "allow_from",
@@ -933,6 +945,37 @@ fn route_change(
                 or_dash(&have.join(",")),
                 or_dash(&want.join(","))
             ));
+            *set = Some(want);
+        }
+    }
+    for (name, have, want, set) in [
+        (
+            "client_request_rate",
+            have.limits.client_request_rate,
+            limits.client_request_rate,
+            &mut patch.limits.client_request_rate,
+        ),
+        (
+            "client_request_burst",
+            have.limits.client_request_burst,
+            limits.client_request_burst,
+            &mut patch.limits.client_request_burst,
+        ),
+        (
+            "route_request_rate",
+            have.limits.route_request_rate,
+            limits.route_request_rate,
+            &mut patch.limits.route_request_rate,
+        ),
+        (
+            "route_request_burst",
+            have.limits.route_request_burst,
+            limits.route_request_burst,
+            &mut patch.limits.route_request_burst,
+        ),
+    ] {
+        if have != want {
+            fields.push(format!("{name} {have} -> {want}"));
             *set = Some(want);
         }
     }

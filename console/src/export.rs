@@ -148,6 +148,16 @@ fn write_route(out: &mut String, entry: &RouteEntry) {
             let _ = writeln!(out, "{key} = {}", array(&list));
         }
     }
+    for (key, value) in [
+        ("client_request_rate", r.limits.client_request_rate),
+        ("client_request_burst", r.limits.client_request_burst),
+        ("route_request_rate", r.limits.route_request_rate),
+        ("route_request_burst", r.limits.route_request_burst),
+    ] {
+        if value > 0 {
+            let _ = writeln!(out, "{key} = {value}");
+        }
+    }
     if let Some(check) = &r.health_check {
         write_check(out, check);
     }

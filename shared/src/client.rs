@@ -371,6 +371,8 @@ pub struct RouteStats {
 pub struct RouteLimitStats {
     /// Connections reset (L4) or requests answered 403 (L7) by `allow_from` / `deny_from`.
     pub denied: u64,
+    /// L7 requests answered 429 by a request rate.
+    pub rate_limited: u64,
 }
 
 /// A latency histogram with fixed buckets, as the daemon counts it.
@@ -883,6 +885,10 @@ impl AdminClient {
                 access_log: patch.access_log,
                 allow_from: patch.limits.allow_from.map(|nets| pb::LimitNets { nets }),
                 deny_from: patch.limits.deny_from.map(|nets| pb::LimitNets { nets }),
+                client_request_rate: patch.limits.client_request_rate,
+                client_request_burst: patch.limits.client_request_burst,
+                route_request_rate: patch.limits.route_request_rate,
+                route_request_burst: patch.limits.route_request_burst,
             })
             .await?
             .into_inner();
@@ -1281,7 +1287,10 @@ impl TryFrom<pb::RouteStats> for RouteStats {
             connect_duration: s.connect_duration.map(Histogram::from).unwrap_or_default(),
             limits: s
                 .limit_stats
-                .map(|l| RouteLimitStats { denied: l.denied })
+                .map(|l| RouteLimitStats {
+                    denied: l.denied,
+                    rate_limited: l.rate_limited,
+                })
                 .unwrap_or_default(),
         })
     }

@@ -242,8 +242,8 @@ impl From<Route> for pb::Route {
             send_proxy_protocol: r.send_proxy_protocol,
             backend_protocol: pb::BackendProtocol::from(r.backend_protocol).into(),
             access_log: r.access_log,
-            limits: (r.limits != crate::limits::RouteLimits::default())
-                .then(|| pb::LimitRoute::from(r.limits)),
+            limits: (*r.limits != crate::limits::RouteLimits::default())
+                .then(|| pb::LimitRoute::from(*r.limits)),
         }
     }
 }
@@ -253,6 +253,10 @@ impl From<crate::limits::RouteLimits> for pb::LimitRoute {
         pb::LimitRoute {
             allow_from: l.allow_from,
             deny_from: l.deny_from,
+            client_request_rate: l.client_request_rate,
+            client_request_burst: l.client_request_burst,
+            route_request_rate: l.route_request_rate,
+            route_request_burst: l.route_request_burst,
         }
     }
 }
@@ -263,6 +267,10 @@ impl From<pb::LimitRoute> for crate::limits::RouteLimits {
         crate::limits::RouteLimits {
             allow_from: l.allow_from,
             deny_from: l.deny_from,
+            client_request_rate: l.client_request_rate,
+            client_request_burst: l.client_request_burst,
+            route_request_rate: l.route_request_rate,
+            route_request_burst: l.route_request_burst,
         }
     }
 }
@@ -437,7 +445,7 @@ impl TryFrom<pb::Route> for Route {
             backend_tls: r.backend_tls,
             send_proxy_protocol: r.send_proxy_protocol,
             access_log: r.access_log,
-            limits: r.limits.map(Into::into).unwrap_or_default(),
+            limits: Box::new(r.limits.map(Into::into).unwrap_or_default()),
         })
     }
 }

@@ -194,7 +194,35 @@ pub struct RouteLimits {
     /// Networks (or addresses) whose clients the route refuses, whatever `allow_from` says.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deny_from: Vec<String>,
+    /// L7: requests one client may make per second, on average (0: no limit); over it, 429.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub client_request_rate: u32,
+    /// L7: requests one client may make back to back before its rate applies (0: one second's
+    /// worth).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub client_request_burst: u32,
+    /// L7: requests the whole route takes per second, every client together (0: no limit).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub route_request_rate: u32,
+    /// L7: requests the route takes back to back before its rate applies (0: one second's
+    /// worth).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub route_request_burst: u32,
 }
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The largest `client_request_rate`, per second.
+pub const MAX_CLIENT_REQUEST_RATE: u32 = 1_000;
+
+/// The largest `route_request_rate`, per second.
+pub const MAX_ROUTE_REQUEST_RATE: u32 = 1_000_000;
+
+/// The largest request burst (client or route).
+pub const MAX_REQUEST_BURST: u32 = 1_000_000;
 
 /// What is wrong with a route's limits.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -216,6 +244,35 @@ pub enum RouteLimitsError {
         list: &'static str,
         /// How many were given.
         count: usize,
+    },
+    /// A number out of its range.
+    #[error("{field} {value} is over {max}")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// What was given.
+        value: u32,
+        /// The most it may be.
+        max: u32,
+    },
+    /// A burst without its rate.
+    #[error("{burst} is set but {rate} is 0, so no rate applies")]
+    BurstWithoutRate {
+        /// The burst's name.
+        burst: &'static str,
+        /// The rate's name.
+        rate: &'static str,
+    },
+    /// A per-client burst that takes too long to refill at its rate.
+    #[error(
+        "client_request_burst {burst} at client_request_rate {rate} takes over \
+         {MAX_REFILL_SECONDS} s to refill: raise the rate or lower the burst"
+    )]
+    Refill {
+        /// The burst.
+        burst: u32,
+        /// The rate.
+        rate: u32,
     },
 }
 
@@ -258,10 +315,68 @@ impl RouteLimits {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
+        let at_most = |field: &'static str, value: u32, max: u32| {
+            if value > max {
+                return Err(RouteLimitsError::TooLarge { field, value, max });
+            }
+            Ok(value)
+        };
+        at_most(
+            "client_request_rate",
+            self.client_request_rate,
+            MAX_CLIENT_REQUEST_RATE,
+        )?;
+        at_most(
+            "client_request_burst",
+            self.client_request_burst,
+            MAX_REQUEST_BURST,
+        )?;
+        at_most(
+            "route_request_rate",
+            self.route_request_rate,
+            MAX_ROUTE_REQUEST_RATE,
+        )?;
+        at_most(
+            "route_request_burst",
+            self.route_request_burst,
+            MAX_REQUEST_BURST,
+        )?;
+        for (burst, rate, b, r) in [
+            (
+                "client_request_burst",
+                "client_request_rate",
+                self.client_request_burst,
+                self.client_request_rate,
+            ),
+            (
+                "route_request_burst",
+                "route_request_rate",
+                self.route_request_burst,
+                self.route_request_rate,
+            ),
+        ] {
+            if b > 0 && r == 0 {
+                return Err(RouteLimitsError::BurstWithoutRate { burst, rate });
+            }
+        }
+        if self.client_request_rate > 0
+            && self.client_request_burst / self.client_request_rate >= MAX_REFILL_SECONDS
+        {
+            return Err(RouteLimitsError::Refill {
+                burst: self.client_request_burst,
+                rate: self.client_request_rate,
+            });
+        }
         Ok(RouteLimits {
             allow_from: nets("allow_from", &self.allow_from)?,
             deny_from: nets("deny_from", &self.deny_from)?,
+            ..self.clone()
         })
+    }
+
+    /// Whether a request limit (L7 only) is set.
+    pub fn has_request_limits(&self) -> bool {
+        self.client_request_rate > 0 || self.route_request_rate > 0
     }
 
     /// Whether any access list is set.
@@ -277,6 +392,14 @@ pub struct RouteLimitsPatch {
     pub allow_from: Option<Vec<String>>,
     /// A new `deny_from` (empty: none).
     pub deny_from: Option<Vec<String>>,
+    /// A new `client_request_rate` (0: off).
+    pub client_request_rate: Option<u32>,
+    /// A new `client_request_burst`.
+    pub client_request_burst: Option<u32>,
+    /// A new `route_request_rate` (0: off).
+    pub route_request_rate: Option<u32>,
+    /// A new `route_request_burst`.
+    pub route_request_burst: Option<u32>,
 }
 
 impl RouteLimitsPatch {
@@ -285,6 +408,18 @@ impl RouteLimitsPatch {
         RouteLimits {
             allow_from: self.allow_from.clone().unwrap_or(current.allow_from),
             deny_from: self.deny_from.clone().unwrap_or(current.deny_from),
+            client_request_rate: self
+                .client_request_rate
+                .unwrap_or(current.client_request_rate),
+            client_request_burst: self
+                .client_request_burst
+                .unwrap_or(current.client_request_burst),
+            route_request_rate: self
+                .route_request_rate
+                .unwrap_or(current.route_request_rate),
+            route_request_burst: self
+                .route_request_burst
+                .unwrap_or(current.route_request_burst),
         }
     }
 
@@ -307,6 +442,7 @@ mod tests {
                 "2001:db8::1/32".into(),
             ],
             deny_from: vec!["10.9.0.0/16".into()],
+            ..RouteLimits::default()
         };
         let checked = limits.checked().unwrap();
         assert_eq!(

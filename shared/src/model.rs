@@ -856,9 +856,9 @@ pub struct Route {
     #[serde(default)]
     pub access_log: bool,
     /// Access lists and request limits (absent from a document or answer written before
-    /// them: none).
+    /// them: none). Boxed: most routes have none, and a route is moved about whole.
     #[serde(default)]
-    pub limits: crate::limits::RouteLimits,
+    pub limits: Box<crate::limits::RouteLimits>,
 }
 
 impl Route {

@@ -157,7 +157,7 @@ async fn add_route(client: &mut AdminClient, args: RouteArgs) -> Result<(), CtlE
         send_proxy_protocol: args.send_proxy_protocol,
         backend_protocol: args.backend_protocol.unwrap_or_default(),
         access_log: args.access_log.unwrap_or(false),
-        limits: args.limits.patch().apply(Default::default()),
+        limits: Box::new(args.limits.patch().apply(Default::default())),
     };
     let (route, warnings) = client.add_route(&args.listener, route).await?;
     report_route(
@@ -211,7 +211,8 @@ async fn update_route(client: &mut AdminClient, args: UpdateArgs) -> Result<(), 
             "nothing to change: give at least one of --new-hostname, --backend, --balance, \
              --check*, --no-check, --mode, --tls-cert, --tls-key, --backend-tls, \
              --backend-protocol, --send-proxy-protocol, --access-log, --allow-from, \
-             --deny-from, --allow-any, --deny-none"
+             --deny-from, --allow-any, --deny-none, --client-request-rate, \
+             --client-request-burst, --route-request-rate, --route-request-burst"
                 .into(),
         ));
     }
@@ -439,6 +440,21 @@ fn limits_text(r: &Route) -> Option<String> {
     }
     if !l.deny_from.is_empty() {
         parts.push(format!("deny from {}", l.deny_from.join(", ")));
+    }
+    let burst = |burst: u32, rate: u32| if burst == 0 { rate } else { burst };
+    if l.client_request_rate > 0 {
+        parts.push(format!(
+            "{} req/s per client (burst {})",
+            l.client_request_rate,
+            burst(l.client_request_burst, l.client_request_rate)
+        ));
+    }
+    if l.route_request_rate > 0 {
+        parts.push(format!(
+            "{} req/s for the route (burst {})",
+            l.route_request_rate,
+            burst(l.route_request_burst, l.route_request_rate)
+        ));
     }
     (!parts.is_empty()).then(|| parts.join("; "))
 }

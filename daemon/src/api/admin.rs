@@ -359,7 +359,10 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
                     request_duration: Some(histogram(&s.request_duration)),
                     connect_duration: Some(histogram(&s.connect_duration)),
                     members: info.members().into_iter().map(Into::into).collect(),
-                    limit_stats: Some(pb::LimitRouteStats { denied: s.denied }),
+                    limit_stats: Some(pb::LimitRouteStats {
+                        denied: s.denied,
+                        rate_limited: s.rate_limited,
+                    }),
                 }),
                 not_served: String::new(),
             });
@@ -710,6 +713,10 @@ impl AdminService for Admin {
                 limits: mc_proxy_shared::limits::RouteLimitsPatch {
                     allow_from: req.allow_from.map(|l| l.nets),
                     deny_from: req.deny_from.map(|l| l.nets),
+                    client_request_rate: req.client_request_rate,
+                    client_request_burst: req.client_request_burst,
+                    route_request_rate: req.route_request_rate,
+                    route_request_burst: req.route_request_burst,
                 },
             },
         };

@@ -669,6 +669,15 @@ fn encode_routes(
         MetricType::Counter,
         |s: &RouteStatsSnapshot| ConstCounter::new(s.denied)
     );
+    per_route!(
+        l7_routes,
+        "mcproxy_route_rate_limited",
+        "L7 requests answered 429 (never forwarded) by the route's client_request_rate or \
+         route_request_rate.",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.rate_limited)
+    );
     Ok(())
 }
 

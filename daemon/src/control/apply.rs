@@ -1269,7 +1269,7 @@ fn merge(current: Route, patch: RoutePatch) -> Route {
             .unwrap_or(current.send_proxy_protocol),
         backend_protocol: patch.backend_protocol.unwrap_or(current.backend_protocol),
         access_log: patch.access_log.unwrap_or(current.access_log),
-        limits: patch.limits.apply(current.limits),
+        limits: Box::new(patch.limits.apply(*current.limits)),
     }
 }
 

@@ -436,6 +436,14 @@ struct FileRoute {
     allow_from: Vec<String>,
     #[serde(default)]
     deny_from: Vec<String>,
+    #[serde(default)]
+    client_request_rate: u32,
+    #[serde(default)]
+    client_request_burst: u32,
+    #[serde(default)]
+    route_request_rate: u32,
+    #[serde(default)]
+    route_request_burst: u32,
 }
 
 /// One entry of `backends = [...]`: `"host:port"`, `"host:port weight=N"` or
@@ -897,10 +905,14 @@ fn validate_listeners(
                 send_proxy_protocol: fr.send_proxy_protocol,
                 backend_protocol,
                 access_log: fr.access_log,
-                limits: mc_proxy_shared::limits::RouteLimits {
+                limits: Box::new(mc_proxy_shared::limits::RouteLimits {
                     allow_from: fr.allow_from,
                     deny_from: fr.deny_from,
-                },
+                    client_request_rate: fr.client_request_rate,
+                    client_request_burst: fr.client_request_burst,
+                    route_request_rate: fr.route_request_rate,
+                    route_request_burst: fr.route_request_burst,
+                }),
             };
             let route = match validate_route(&route) {
                 Ok(valid) => {

@@ -1493,10 +1493,14 @@ mod tests {
             send_proxy_protocol: true,
             backend_protocol: BackendProtocol::Http1,
             access_log: true,
-            limits: mc_proxy_shared::limits::RouteLimits {
+            limits: Box::new(mc_proxy_shared::limits::RouteLimits {
                 allow_from: vec!["10.0.0.0/8".into()],
                 deny_from: vec!["10.6.6.0/24".into(), "2001:db8::/32".into()],
-            },
+                client_request_rate: 10,
+                client_request_burst: 20,
+                route_request_rate: 100,
+                route_request_burst: 0,
+            }),
             ..Route::default()
         };
         let l4 = Route {

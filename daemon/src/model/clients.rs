@@ -58,8 +58,12 @@ const TICKS_PER_SECOND: u64 = 10_000;
 pub enum Refusal {
     /// It has `max_conns_per_client` open.
     Conns,
-    /// Its bucket is empty (`new_conns_per_client`, `new_conns_burst`).
-    Rate,
+    /// Its bucket is empty (`new_conns_per_client`, `new_conns_burst`, or a route's request
+    /// rate): one more would be admitted after `wait`.
+    Rate {
+        /// Until the bucket holds one again.
+        wait: std::time::Duration,
+    },
 }
 
 /// What the admin API shows of a table.
@@ -136,15 +140,21 @@ fn client_key(ip: IpAddr, prefix: u8) -> u128 {
     }
 }
 
-/// The rate limit in clock ticks: (interval, tolerance, most a bucket can be ahead).
-fn bucket(limits: &ClientLimits) -> Option<(u64, u64, u64)> {
-    let rate = u64::from(limits.new_conns_per_client);
+/// A rate per second and a burst in clock ticks: (interval, tolerance, most a bucket can be
+/// ahead); `None` when the rate is 0 (off).
+fn bucket(rate: u32, burst: u32) -> Option<(u64, u64, u64)> {
+    let rate = u64::from(rate);
     if rate == 0 {
         return None;
     }
     let interval = ((TICKS_PER_SECOND + rate / 2) / rate).max(1);
-    let burst = u64::from(limits.burst()).max(1);
+    let burst = u64::from(burst).max(1);
     Some((interval, (burst - 1) * interval, burst * interval))
+}
+
+/// Clock ticks as a duration.
+fn ticks(n: u64) -> std::time::Duration {
+    std::time::Duration::from_micros(n * (1_000_000 / TICKS_PER_SECOND))
 }
 
 impl ClientTable {
@@ -183,21 +193,52 @@ impl ClientTable {
     /// Admits a new connection of `client` under `limits`, or says which limit refuses it.
     /// The guard holds its place in the concurrent count until dropped.
     pub fn admit(&self, client: IpAddr, limits: &ClientLimits) -> Result<ClientGuard<'_>, Refusal> {
-        let hash = self
-            .hasher
-            .hash_one(client_key(client, limits.client_ipv6_prefix));
+        let rate = bucket(limits.new_conns_per_client, limits.burst());
+        let slot = self.take(
+            client,
+            limits.client_ipv6_prefix,
+            u64::from(limits.max_conns_per_client),
+            rate,
+            true,
+        )?;
+        Ok(ClientGuard { table: self, slot })
+    }
+
+    /// Admits one request of `client` under a rate per second and burst (0: the rate), or
+    /// says how long until one would be; open connections are not counted. IPv6 clients are
+    /// grouped by `ipv6_prefix`.
+    pub fn admit_request(
+        &self,
+        client: IpAddr,
+        ipv6_prefix: u8,
+        rate: u32,
+        burst: u32,
+    ) -> Result<(), Refusal> {
+        let burst = if burst == 0 { rate } else { burst };
+        self.take(client, ipv6_prefix, 0, bucket(rate, burst), false)
+            .map(|_| ())
+    }
+
+    /// The one admission: finds or makes `client`'s slot (see the module docs), refuses at
+    /// `max_conns` open (0: no cap) or with its bucket spent, else spends one from the bucket
+    /// and, with `count`, counts one more open connection. Returns the slot counted in
+    /// (`None`: not counted).
+    fn take(
+        &self,
+        client: IpAddr,
+        ipv6_prefix: u8,
+        max_conns: u64,
+        rate: Option<(u64, u64, u64)>,
+        count: bool,
+    ) -> Result<Option<usize>, Refusal> {
+        let hash = self.hasher.hash_one(client_key(client, ipv6_prefix));
         let my_tag = ((hash >> TAG_SHIFT) & TAG_MASK).max(1);
         let mask = self.slots.len() - 1;
         let start = hash as usize & mask;
-        let rate = bucket(limits);
         let max_ahead = rate.map_or(0, |(_, _, max)| max);
-        let max_conns = u64::from(limits.max_conns_per_client);
         let untracked = || {
             self.untracked.fetch_add(1, Ordering::Relaxed);
-            Ok(ClientGuard {
-                table: self,
-                slot: None,
-            })
+            Ok(None)
         };
         // A CAS lost to another worker on the same slot: look again (a few times; then the
         // connection goes untracked rather than spin on a hot slot).
@@ -235,17 +276,20 @@ impl ClientTable {
             let time = match rate {
                 Some((interval, tolerance, _)) => {
                     if ahead > tolerance {
-                        return Err(Refusal::Rate);
+                        return Err(Refusal::Rate {
+                            wait: ticks(ahead - tolerance),
+                        });
                     }
                     now + ahead + interval
                 }
                 None => now,
             };
-            if open >= CONNS_MAX {
+            if count && open >= CONNS_MAX {
                 // Only without a connection cap (which is below this): not counted.
                 return untracked();
             }
-            let new = pack(my_tag, open + 1, time);
+            let open_now = if count { open + 1 } else { open };
+            let new = pack(my_tag, open_now, time);
             if self.slots[i]
                 .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
@@ -253,10 +297,7 @@ impl ClientTable {
                 if evicts {
                     self.evictions.fetch_add(1, Ordering::Relaxed);
                 }
-                return Ok(ClientGuard {
-                    table: self,
-                    slot: Some(i),
-                });
+                return Ok(count.then_some(i));
             }
         }
         untracked()
@@ -330,7 +371,10 @@ mod tests {
         for _ in 0..3 {
             drop(table.admit(a, &l).unwrap());
         }
-        assert_eq!(table.admit(same, &l).unwrap_err(), Refusal::Rate);
+        assert!(matches!(
+            table.admit(same, &l).unwrap_err(),
+            Refusal::Rate { wait } if wait > std::time::Duration::from_millis(900)
+        ));
         let other: IpAddr = "2001:db8:0:1::1".parse().unwrap();
         drop(table.admit(other, &l).unwrap());
     }
@@ -344,7 +388,7 @@ mod tests {
         for _ in 0..5 {
             drop(table.admit(a, &l).unwrap());
         }
-        assert_eq!(table.admit(a, &l).unwrap_err(), Refusal::Rate);
+        assert!(matches!(table.admit(a, &l), Err(Refusal::Rate { .. })));
         drop(table.admit(b, &l).unwrap());
     }
 

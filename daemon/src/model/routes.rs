@@ -128,6 +128,13 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
                         .to_owned(),
                 );
             }
+            if route.limits.has_request_limits() {
+                warnings.push(
+                    "request rates are set on an l4 route and are not used: an l4 route has no \
+                     requests (limit its clients with the listener's new_conns_per_client)"
+                        .to_owned(),
+                );
+            }
             // backend_tls means nothing for passthrough; the plan says ignore, not error.
         }
     }
@@ -138,7 +145,7 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
     Ok(ValidRoute {
         route: Route {
             hostname,
-            limits,
+            limits: Box::new(limits),
             ..route.clone()
         },
         key,

@@ -60,6 +60,10 @@ pub struct RouteStats {
     pub no_backend: AtomicU64,
     /// Connections (L4) or requests (L7) refused by the route's `allow_from` / `deny_from`.
     pub denied: AtomicU64,
+    /// L7 requests answered 429 by the route's request rates.
+    pub rate_limited: AtomicU64,
+    /// The state of the route's request rates, shared by every version of the route.
+    pub limiter: crate::model::route_limits::RouteLimiter,
     /// Each member's health and counters by address: kept across route edits and admin state
     /// changes. Locked only while a route table is built, never on the data path.
     members: Mutex<HashMap<String, Arc<MemberHealth>>>,
@@ -92,6 +96,8 @@ pub struct RouteStatsSnapshot {
     pub no_backend: u64,
     /// See [`RouteStats::denied`].
     pub denied: u64,
+    /// See [`RouteStats::rate_limited`].
+    pub rate_limited: u64,
 }
 
 impl RouteStats {
@@ -133,6 +139,7 @@ impl RouteStats {
             connect_duration: self.connect_duration.snapshot(),
             no_backend: load(&self.no_backend),
             denied: load(&self.denied),
+            rate_limited: load(&self.rate_limited),
         }
     }
 }

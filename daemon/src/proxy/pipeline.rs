@@ -485,7 +485,7 @@ fn check_client_limits<'a>(
     }
     Err(match refusal {
         Refusal::Conns => ConnError::ClientConnLimit(client),
-        Refusal::Rate => ConnError::ClientRateLimit(client),
+        Refusal::Rate { .. } => ConnError::ClientRateLimit(client),
     })
 }
 

@@ -322,3 +322,127 @@ async fn route_access_lists_reset_l4_clients_and_answer_l7_requests_403() {
     assert_eq!(web_route.stats.limits.denied, 5);
     assert_eq!(web_route.route.limits.allow_from, ["10.0.0.0/8"]);
 }
+
+/// Sends GET requests on `client` back to back for `secs`; (answered 200, answered 429).
+async fn flood_h2(
+    client: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    secs: f64,
+) -> (u64, u64) {
+    use mc_proxy_tests::web::{ask_h2, with_body};
+    let started = Instant::now();
+    let (mut ok, mut limited) = (0, 0);
+    while started.elapsed().as_secs_f64() < secs {
+        let answer = ask_h2(
+            client,
+            with_body(http::Request::builder().uri("https://web.test/flood"), ""),
+        )
+        .await;
+        match answer.status.as_u16() {
+            200 => ok += 1,
+            429 => {
+                // Whole seconds, computed from the bucket: at 10 a second, under one.
+                assert_eq!(answer.header("retry-after"), "1");
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    (ok, limited)
+}
+
+#[tokio::test]
+async fn a_request_flood_is_answered_429_and_the_backend_sees_only_the_rate() {
+    use mc_proxy_tests::web::{H2Backend, h2_client_after};
+    const RATE: u64 = 10;
+    const BURST: u64 = 5;
+    let pki = Pki::new();
+    let web = H2Backend::start().await;
+    let proxy = ProxyBuilder::new()
+        .route("web.test", web.addr)
+        .l7(&pki)
+        .route_setting("client_request_rate", RATE)
+        .route_setting("client_request_burst", BURST)
+        .start()
+        .await;
+    let mut flooder = h2_client_after(ip("127.0.0.8"), proxy.addr(), b"", "web.test", &pki)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (ok, limited) = flood_h2(&mut flooder, 2.0).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    // GCRA: the burst at once, then one every 1/RATE s; a little slack for the clock.
+    let least = BURST + (RATE as f64 * elapsed).floor() as u64 - 1;
+    let most = BURST + (RATE as f64 * elapsed).ceil() as u64;
+    assert!(
+        (least..=most).contains(&ok),
+        "{ok} served in {elapsed:.2}s, expected {least}..={most}"
+    );
+    assert!(
+        limited > 10 * ok,
+        "a flood, not a trickle: {limited} refused"
+    );
+    // Never forwarded: the backend saw exactly the ones served.
+    assert_eq!(web.requests() as u64, ok);
+    // Another client is not held back by the flooder's bucket.
+    let mut other = h2_client_after(ip("127.0.0.9"), proxy.addr(), b"", "web.test", &pki)
+        .await
+        .unwrap();
+    let (ok_other, limited_other) = flood_h2(&mut other, 0.1).await;
+    assert!(
+        ok_other >= BURST.min(3) && ok_other <= BURST + 1,
+        "{ok_other}"
+    );
+    let _ = limited_other;
+    let stats = web_stats_of(&proxy);
+    assert_eq!(stats.rate_limited, limited + limited_other);
+    assert_eq!(stats.responses[3], limited + limited_other);
+
+    // The same in /metrics.
+    let text = crate::admin::scrape(&proxy).await;
+    let line = format!(
+        "mcproxy_route_rate_limited_total{{listener=\"{L}\",route=\"web.test\"}} {}",
+        limited + limited_other
+    );
+    assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+}
+
+#[tokio::test]
+async fn a_route_rate_holds_for_every_client_together() {
+    use mc_proxy_tests::web::{H2Backend, h2_client_after};
+    const RATE: u64 = 20;
+    let pki = Pki::new();
+    let web = H2Backend::start().await;
+    let proxy = ProxyBuilder::new()
+        .route("web.test", web.addr)
+        .l7(&pki)
+        .route_setting("route_request_rate", RATE)
+        .route_setting("route_request_burst", 1)
+        .start()
+        .await;
+    let started = Instant::now();
+    let floods = ["127.0.0.10", "127.0.0.11", "127.0.0.12"].map(|source| {
+        let (addr, pki) = (proxy.addr(), &pki);
+        async move {
+            let mut c = h2_client_after(ip(source), addr, b"", "web.test", pki)
+                .await
+                .unwrap();
+            flood_h2(&mut c, 1.5).await
+        }
+    });
+    let results = futures_util::future::join_all(floods).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok: u64 = results.iter().map(|(ok, _)| ok).sum();
+    let least = (RATE as f64 * (elapsed - 0.2)).floor() as u64;
+    let most = 1 + (RATE as f64 * elapsed).ceil() as u64;
+    assert!(
+        (least..=most).contains(&ok),
+        "{ok} served in {elapsed:.2}s, expected {least}..={most}"
+    );
+    assert_eq!(web.requests() as u64, ok);
+    // Every client got some: the bucket is first come, first served, not one client's.
+    assert!(results.iter().all(|(ok, _)| *ok > 0), "{results:?}");
+}
+
+fn web_stats_of(proxy: &Proxy) -> mc_proxy::model::stats::RouteStatsSnapshot {
+    mc_proxy_tests::web::web_stats(proxy)
+}

@@ -189,6 +189,13 @@ pub enum RequestError {
     /// Policy: the route's `allow_from` / `deny_from` refuses the client (403).
     #[error("the route's allow_from / deny_from refuses the client")]
     Denied,
+    /// Policy: over the route's request rate, the client's or the route's (429); one more
+    /// would be admitted after `wait`.
+    #[error("over the route's request rate (retry in {wait:?})")]
+    RateLimited {
+        /// Until the bucket holds one again (the `Retry-After`, rounded up to seconds).
+        wait: std::time::Duration,
+    },
     /// The client connection ended while the request waited for the backend.
     #[error("client connection closed")]
     Closed,
@@ -202,6 +209,7 @@ impl RequestError {
             }
             RequestError::BadAuthority(_) => StatusCode::BAD_REQUEST,
             RequestError::Denied => StatusCode::FORBIDDEN,
+            RequestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             RequestError::Refused(v) => v.status(),
             RequestError::Upstream(e) => e.status(),
             RequestError::WebSocket(e) => e.status(),
@@ -220,6 +228,7 @@ impl RequestError {
             }
             RequestError::BadAuthority(_) => "bad request: unusable host\n",
             RequestError::Denied => "forbidden: this address may not use this site\n",
+            RequestError::RateLimited { .. } => "too many requests: retry after a while\n",
             RequestError::Refused(v) => v.text(),
             RequestError::WebSocket(e) => e.text(),
             RequestError::Upstream(e) if e.status() == StatusCode::GATEWAY_TIMEOUT => {
@@ -333,11 +342,23 @@ pub fn handle(
                         stats.denied.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(%method, %path, "refused: {e}");
                     }
+                    // A flood's every request: counted, not logged at info.
+                    RequestError::RateLimited { .. } => {
+                        stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%method, %path, "refused: {e}");
+                    }
                     _ => tracing::info!(%method, %path, "refused: {e}"),
                 }
                 let mut resp = text_response(e.status(), e.text());
                 if let RequestError::WebSocket(w) = &e {
                     w.decorate(resp.headers_mut());
+                }
+                if let RequestError::RateLimited { wait } = &e {
+                    // Whole seconds (RFC 9110 §10.2.3), rounded up: a client that waits that
+                    // long finds its bucket holding one.
+                    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
                 }
                 resp
             }
@@ -422,12 +443,26 @@ fn forward<'a>(
         // which reads only one of them.
         limits::check_request(&req, ctx.limits)?;
         let authority = requested_authority(&req, ctx.sni.as_deref())?;
-        // The route's access lists, as its current version has them: a change reaches open
-        // connections at their next request.
-        if let Some(upstream) = &upstream
-            && !upstream.route().access.admits(ctx.client.ip())
-        {
-            return Err(RequestError::Denied);
+        // The route's access lists, as its current version has them (a change reaches open
+        // connections at their next request).
+        if let Some(upstream) = &upstream {
+            let route = upstream.route();
+            if !route.access.admits(ctx.client.ip()) {
+                return Err(RequestError::Denied);
+            }
+            // Then its request rates: a refused request is never forwarded.
+            if route.route.limits.has_request_limits() {
+                route
+                    .stats
+                    .limiter
+                    .admit_request(
+                        ctx.client.ip(),
+                        ctx.routing.client_ipv6_prefix(),
+                        &route.route.limits,
+                        ctx.routing.client_table_size(),
+                    )
+                    .map_err(|wait| RequestError::RateLimited { wait })?;
+            }
         }
         if let Some(upgrade) = websocket::upgrade_of(&req) {
             // Boxed: the WebSocket set-up's state is larger than the whole plain-request path,
