@@ -636,6 +636,22 @@ pub struct RouteLimitArgs {
     /// worth).
     #[arg(long, value_name = "N")]
     pub route_request_burst: Option<u32>,
+    /// L7: requests in flight to the route's backends at once (0: no cap); more wait in the
+    /// queue, or get 503.
+    #[arg(long, value_name = "N")]
+    pub max_requests: Option<u32>,
+    /// L7: requests that may wait for a slot under --max-requests (0: none, 503 at once).
+    #[arg(long, value_name = "N")]
+    pub max_queue: Option<u32>,
+    /// L7: how long a request may wait in that queue (default 1s, at most 60s).
+    #[arg(long, value_name = "DURATION", value_parser = queue_timeout)]
+    pub queue_timeout: Option<u32>,
+}
+
+/// A queue timeout (`250ms`, `2s`) as milliseconds.
+fn queue_timeout(text: &str) -> Result<u32, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    u32::try_from(d.as_millis()).map_err(|_| "too long".to_owned())
 }
 
 impl RouteLimitArgs {
@@ -653,6 +669,9 @@ impl RouteLimitArgs {
             client_request_burst: self.client_request_burst,
             route_request_rate: self.route_request_rate,
             route_request_burst: self.route_request_burst,
+            max_requests: self.max_requests,
+            max_queue: self.max_queue,
+            queue_timeout_ms: self.queue_timeout,
         }
     }
 }

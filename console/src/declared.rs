@@ -163,6 +163,12 @@ struct FileRoute {
     route_request_rate: u32,
     #[serde(default)]
     route_request_burst: u32,
+    #[serde(default)]
+    max_requests: u32,
+    #[serde(default)]
+    max_queue: u32,
+    #[serde(default)]
+    queue_timeout: Option<String>,
 }
 
 /// `"host:port"`, `"host:port weight=N"` or `{ address, weight, state }`, as the config takes.
@@ -491,6 +497,15 @@ fn route(fr: FileRoute, dir: &Path) -> Result<Route, Vec<String>> {
             dir.join(PathBuf::from(&p)).display().to_string()
         }
     };
+    // As the daemon's TOML takes it: a humantime duration.
+    let queue_timeout_ms = match fr.queue_timeout.as_deref().map(humantime::parse_duration) {
+        None => 0,
+        Some(Ok(d)) => u32::try_from(d.as_millis()).unwrap_or(u32::MAX),
+        Some(Err(e)) => {
+            errors.push(format!("queue_timeout: {e}"));
+            0
+        }
+    };
     let (Ok(mode), Ok(balance), Ok(backend_protocol)) = (mode, balance, protocol) else {
         return Err(errors);
     };
@@ -513,6 +528,9 @@ fn route(fr: FileRoute, dir: &Path) -> Result<Route, Vec<String>> {
             client_request_burst: fr.client_request_burst,
             route_request_rate: fr.route_request_rate,
             route_request_burst: fr.route_request_burst,
+            max_requests: fr.max_requests,
+            max_queue: fr.max_queue,
+            queue_timeout_ms,
         }),
     };
     // The daemon's own checks on the fields (hostname, backend addresses, weights, duplicates,
@@ -972,6 +990,24 @@ fn route_change(
             have.limits.route_request_burst,
             limits.route_request_burst,
             &mut patch.limits.route_request_burst,
+        ),
+        (
+            "max_requests",
+            have.limits.max_requests,
+            limits.max_requests,
+            &mut patch.limits.max_requests,
+        ),
+        (
+            "max_queue",
+            have.limits.max_queue,
+            limits.max_queue,
+            &mut patch.limits.max_queue,
+        ),
+        (
+            "queue_timeout_ms",
+            have.limits.queue_timeout_ms,
+            limits.queue_timeout_ms,
+            &mut patch.limits.queue_timeout_ms,
         ),
     ] {
         if have != want {

@@ -153,10 +153,15 @@ fn write_route(out: &mut String, entry: &RouteEntry) {
         ("client_request_burst", r.limits.client_request_burst),
         ("route_request_rate", r.limits.route_request_rate),
         ("route_request_burst", r.limits.route_request_burst),
+        ("max_requests", r.limits.max_requests),
+        ("max_queue", r.limits.max_queue),
     ] {
         if value > 0 {
             let _ = writeln!(out, "{key} = {value}");
         }
+    }
+    if r.limits.queue_timeout_ms > 0 {
+        let _ = writeln!(out, "queue_timeout = \"{}ms\"", r.limits.queue_timeout_ms);
     }
     if let Some(check) = &r.health_check {
         write_check(out, check);

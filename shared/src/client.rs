@@ -373,6 +373,14 @@ pub struct RouteLimitStats {
     pub denied: u64,
     /// L7 requests answered 429 by a request rate.
     pub rate_limited: u64,
+    /// L7 requests answered 503 by `max_requests` (queue full, or waited too long).
+    pub overloaded: u64,
+    /// L7 requests that waited in the queue.
+    pub queued: u64,
+    /// L7 requests in flight under `max_requests` now.
+    pub in_flight: u64,
+    /// L7 requests waiting in the queue now.
+    pub waiting: u64,
 }
 
 /// A latency histogram with fixed buckets, as the daemon counts it.
@@ -889,6 +897,9 @@ impl AdminClient {
                 client_request_burst: patch.limits.client_request_burst,
                 route_request_rate: patch.limits.route_request_rate,
                 route_request_burst: patch.limits.route_request_burst,
+                max_requests: patch.limits.max_requests,
+                max_queue: patch.limits.max_queue,
+                queue_timeout_ms: patch.limits.queue_timeout_ms,
             })
             .await?
             .into_inner();
@@ -1290,6 +1301,10 @@ impl TryFrom<pb::RouteStats> for RouteStats {
                 .map(|l| RouteLimitStats {
                     denied: l.denied,
                     rate_limited: l.rate_limited,
+                    overloaded: l.overloaded,
+                    queued: l.queued,
+                    in_flight: l.in_flight,
+                    waiting: l.waiting,
                 })
                 .unwrap_or_default(),
         })

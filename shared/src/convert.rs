@@ -257,6 +257,9 @@ impl From<crate::limits::RouteLimits> for pb::LimitRoute {
             client_request_burst: l.client_request_burst,
             route_request_rate: l.route_request_rate,
             route_request_burst: l.route_request_burst,
+            max_requests: l.max_requests,
+            max_queue: l.max_queue,
+            queue_timeout_ms: l.queue_timeout_ms,
         }
     }
 }
@@ -271,6 +274,9 @@ impl From<pb::LimitRoute> for crate::limits::RouteLimits {
             client_request_burst: l.client_request_burst,
             route_request_rate: l.route_request_rate,
             route_request_burst: l.route_request_burst,
+            max_requests: l.max_requests,
+            max_queue: l.max_queue,
+            queue_timeout_ms: l.queue_timeout_ms,
         }
     }
 }

@@ -208,7 +208,28 @@ pub struct RouteLimits {
     /// worth).
     #[serde(skip_serializing_if = "is_zero")]
     pub route_request_burst: u32,
+    /// L7: requests in flight to the route's backends at once, every client together (0: no
+    /// cap); more wait in the queue, or get 503.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub max_requests: u32,
+    /// L7: requests that may wait for one of `max_requests` (0: none wait, 503 at once).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub max_queue: u32,
+    /// L7: how long a request may wait in the queue before its 503, in milliseconds (0: the
+    /// default, [`DEFAULT_QUEUE_TIMEOUT_MS`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub queue_timeout_ms: u32,
 }
+
+/// The queue timeout when `queue_timeout_ms` is 0.
+pub const DEFAULT_QUEUE_TIMEOUT_MS: u32 = 1_000;
+
+/// The longest queue timeout, in milliseconds: a queue is for smoothing bursts, not for
+/// holding clients.
+pub const MAX_QUEUE_TIMEOUT_MS: u32 = 60_000;
+
+/// The largest `max_requests` and `max_queue`.
+pub const MAX_REQUESTS: u32 = 1_000_000;
 
 #[allow(clippy::trivially_copy_pass_by_ref)]
 fn is_zero(n: &u32) -> bool {
@@ -255,8 +276,8 @@ pub enum RouteLimitsError {
         /// The most it may be.
         max: u32,
     },
-    /// A burst without its rate.
-    #[error("{burst} is set but {rate} is 0, so no rate applies")]
+    /// A burst (or queue) without its rate (or cap).
+    #[error("{burst} is set but {rate} is 0, so it does not apply")]
     BurstWithoutRate {
         /// The burst's name.
         burst: &'static str,
@@ -341,6 +362,23 @@ impl RouteLimits {
             self.route_request_burst,
             MAX_REQUEST_BURST,
         )?;
+        at_most("max_requests", self.max_requests, MAX_REQUESTS)?;
+        at_most("max_queue", self.max_queue, MAX_REQUESTS)?;
+        at_most(
+            "queue_timeout_ms",
+            self.queue_timeout_ms,
+            MAX_QUEUE_TIMEOUT_MS,
+        )?;
+        if self.max_requests == 0 && (self.max_queue > 0 || self.queue_timeout_ms > 0) {
+            return Err(RouteLimitsError::BurstWithoutRate {
+                burst: if self.max_queue > 0 {
+                    "max_queue"
+                } else {
+                    "queue_timeout"
+                },
+                rate: "max_requests",
+            });
+        }
         for (burst, rate, b, r) in [
             (
                 "client_request_burst",
@@ -376,7 +414,15 @@ impl RouteLimits {
 
     /// Whether a request limit (L7 only) is set.
     pub fn has_request_limits(&self) -> bool {
-        self.client_request_rate > 0 || self.route_request_rate > 0
+        self.client_request_rate > 0 || self.route_request_rate > 0 || self.max_requests > 0
+    }
+
+    /// How long a request may wait in the queue.
+    pub fn queue_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(match self.queue_timeout_ms {
+            0 => DEFAULT_QUEUE_TIMEOUT_MS,
+            ms => ms,
+        }))
     }
 
     /// Whether any access list is set.
@@ -400,6 +446,12 @@ pub struct RouteLimitsPatch {
     pub route_request_rate: Option<u32>,
     /// A new `route_request_burst`.
     pub route_request_burst: Option<u32>,
+    /// A new `max_requests` (0: no cap).
+    pub max_requests: Option<u32>,
+    /// A new `max_queue`.
+    pub max_queue: Option<u32>,
+    /// A new `queue_timeout_ms` (0: the default).
+    pub queue_timeout_ms: Option<u32>,
 }
 
 impl RouteLimitsPatch {
@@ -420,6 +472,9 @@ impl RouteLimitsPatch {
             route_request_burst: self
                 .route_request_burst
                 .unwrap_or(current.route_request_burst),
+            max_requests: self.max_requests.unwrap_or(current.max_requests),
+            max_queue: self.max_queue.unwrap_or(current.max_queue),
+            queue_timeout_ms: self.queue_timeout_ms.unwrap_or(current.queue_timeout_ms),
         }
     }
 

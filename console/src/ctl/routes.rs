@@ -212,7 +212,8 @@ async fn update_route(client: &mut AdminClient, args: UpdateArgs) -> Result<(), 
              --check*, --no-check, --mode, --tls-cert, --tls-key, --backend-tls, \
              --backend-protocol, --send-proxy-protocol, --access-log, --allow-from, \
              --deny-from, --allow-any, --deny-none, --client-request-rate, \
-             --client-request-burst, --route-request-rate, --route-request-burst"
+             --client-request-burst, --route-request-rate, --route-request-burst, \
+             --max-requests, --max-queue, --queue-timeout"
                 .into(),
         ));
     }
@@ -420,9 +421,15 @@ fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
         if r.limits != Default::default() {
             let _ = writeln!(
                 out,
-                "refused   {} denied ({})",
+                "refused   {} denied ({}), {} rate limited (429), {} overloaded (503); {} \
+                 queued, {} in flight, {} waiting",
                 s.limits.denied,
-                if r.mode == Mode::L7 { "403" } else { "reset" }
+                if r.mode == Mode::L7 { "403" } else { "reset" },
+                s.limits.rate_limited,
+                s.limits.overloaded,
+                s.limits.queued,
+                s.limits.in_flight,
+                s.limits.waiting
             );
         }
     }
@@ -454,6 +461,14 @@ fn limits_text(r: &Route) -> Option<String> {
             "{} req/s for the route (burst {})",
             l.route_request_rate,
             burst(l.route_request_burst, l.route_request_rate)
+        ));
+    }
+    if l.max_requests > 0 {
+        parts.push(format!(
+            "{} requests at once, {} may wait {}",
+            l.max_requests,
+            l.max_queue,
+            humantime::format_duration(l.queue_timeout())
         ));
     }
     (!parts.is_empty()).then(|| parts.join("; "))

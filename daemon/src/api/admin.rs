@@ -359,9 +359,17 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
                     request_duration: Some(histogram(&s.request_duration)),
                     connect_duration: Some(histogram(&s.connect_duration)),
                     members: info.members().into_iter().map(Into::into).collect(),
-                    limit_stats: Some(pb::LimitRouteStats {
-                        denied: s.denied,
-                        rate_limited: s.rate_limited,
+                    limit_stats: Some({
+                        let gate = &info.stats.limiter.gate;
+                        let (in_flight, waiting) = gate.load();
+                        pb::LimitRouteStats {
+                            denied: s.denied,
+                            rate_limited: s.rate_limited,
+                            overloaded: s.overloaded,
+                            queued: s.queued,
+                            in_flight,
+                            waiting,
+                        }
                     }),
                 }),
                 not_served: String::new(),
@@ -717,6 +725,9 @@ impl AdminService for Admin {
                     client_request_burst: req.client_request_burst,
                     route_request_rate: req.route_request_rate,
                     route_request_burst: req.route_request_burst,
+                    max_requests: req.max_requests,
+                    max_queue: req.max_queue,
+                    queue_timeout_ms: req.queue_timeout_ms,
                 },
             },
         };

@@ -678,6 +678,23 @@ fn encode_routes(
         MetricType::Counter,
         |s: &RouteStatsSnapshot| ConstCounter::new(s.rate_limited)
     );
+    per_route!(
+        l7_routes,
+        "mcproxy_route_overloaded",
+        "L7 requests answered 503 by the route's max_requests: its queue full, or their wait \
+         over queue_timeout (never forwarded).",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.overloaded)
+    );
+    per_route!(
+        l7_routes,
+        "mcproxy_route_queued",
+        "L7 requests that waited in the route's max_requests queue (served or not).",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.queued)
+    );
     Ok(())
 }
 

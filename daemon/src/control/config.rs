@@ -444,6 +444,12 @@ struct FileRoute {
     route_request_rate: u32,
     #[serde(default)]
     route_request_burst: u32,
+    #[serde(default)]
+    max_requests: u32,
+    #[serde(default)]
+    max_queue: u32,
+    #[serde(default, deserialize_with = "duration")]
+    queue_timeout: Option<Duration>,
 }
 
 /// One entry of `backends = [...]`: `"host:port"`, `"host:port weight=N"` or
@@ -912,6 +918,12 @@ fn validate_listeners(
                     client_request_burst: fr.client_request_burst,
                     route_request_rate: fr.route_request_rate,
                     route_request_burst: fr.route_request_burst,
+                    max_requests: fr.max_requests,
+                    max_queue: fr.max_queue,
+                    // Past u32 milliseconds it is out of range anyway: the check says so.
+                    queue_timeout_ms: fr
+                        .queue_timeout
+                        .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
                 }),
             };
             let route = match validate_route(&route) {

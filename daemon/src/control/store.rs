@@ -1500,6 +1500,9 @@ mod tests {
                 client_request_burst: 20,
                 route_request_rate: 100,
                 route_request_burst: 0,
+                max_requests: 50,
+                max_queue: 10,
+                queue_timeout_ms: 250,
             }),
             ..Route::default()
         };

@@ -1,15 +1,18 @@
 //! A route's request limits as the data path enforces them: the per-client request rate (a
-//! client table of its own, `model::clients`) and the whole route's rate (one bucket), kept
-//! with the route's counters so that every version of the route shares them (an edit of the
-//! route or of its limits keeps what clients have spent).
+//! client table of its own, `model::clients`), the whole route's rate (one bucket) and its
+//! concurrency cap with a short queue ([`Gate`]), kept with the route's counters so that every
+//! version of the route shares them (an edit of the route or of its limits keeps what clients
+//! have spent and the requests in flight).
 //!
-//! No I/O, no lock: the route's bucket is one `AtomicU64` (a GCRA time in nanoseconds since
-//! the bucket was made) changed by compare-and-swap; the client table is made when a client
-//! rate is first on, with `[proxy] client_table_size` slots.
+//! No I/O. The route's bucket is one `AtomicU64` (a GCRA time in nanoseconds since the bucket
+//! was made) changed by compare-and-swap; the client table is made when a client rate is
+//! first on, with `[proxy] client_table_size` slots. The gate's fast path is one CAS on the
+//! in-flight count; only a request that has to wait touches the `Notify` (whose waiter list
+//! is locked), and a slot given back wakes one waiter.
 
 use std::net::IpAddr;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use mc_proxy_shared::limits::RouteLimits;
@@ -21,6 +24,128 @@ use crate::model::clients::{ClientTable, Refusal};
 pub struct RouteLimiter {
     clients: OnceLock<ClientTable>,
     route: RouteBucket,
+    /// `max_requests` and its queue.
+    pub gate: Gate,
+}
+
+/// Why a request found no slot under `max_requests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GateError {
+    /// Every slot busy and `max_queue` requests already waiting (or no queue).
+    #[error("max_requests in flight and the queue full")]
+    Full,
+    /// It waited `queue_timeout` and no slot freed.
+    #[error("no slot freed within the queue timeout")]
+    Timeout,
+}
+
+/// A route's concurrency cap: requests in flight, requests waiting, and what wakes them.
+#[derive(Debug, Default)]
+pub struct Gate {
+    in_flight: AtomicU64,
+    waiting: AtomicU64,
+    freed: tokio::sync::Notify,
+    /// Requests that had to wait (since start).
+    pub queued: AtomicU64,
+    /// Requests refused: the queue full, or their wait over (since start).
+    pub overloaded: AtomicU64,
+}
+
+/// A place in the queue, left when dropped.
+struct Waiting<'a>(&'a Gate);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One request's slot under `max_requests`; given back (and a waiter woken) when dropped.
+#[derive(Debug)]
+pub struct GateSlot {
+    stats: Arc<crate::model::stats::RouteStats>,
+}
+
+impl Drop for GateSlot {
+    fn drop(&mut self) {
+        let gate = &self.stats.limiter.gate;
+        gate.in_flight.fetch_sub(1, Ordering::AcqRel);
+        gate.freed.notify_one();
+    }
+}
+
+impl Gate {
+    /// Requests in flight under the cap now, and waiting now.
+    pub fn load(&self) -> (u64, u64) {
+        (
+            self.in_flight.load(Ordering::Relaxed),
+            self.waiting.load(Ordering::Relaxed),
+        )
+    }
+
+    fn try_take(&self, max: u64) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+}
+
+/// A slot of `stats`' route under `limits.max_requests`: at once if one is free, else after
+/// waiting in the queue (at most `max_queue` wait, each at most `queue_timeout`). The cap is
+/// read per request, so a change applies to the next one; requests in flight are never cut.
+pub async fn enter(
+    stats: &Arc<crate::model::stats::RouteStats>,
+    limits: &RouteLimits,
+) -> Result<GateSlot, GateError> {
+    let gate = &stats.limiter.gate;
+    let max = u64::from(limits.max_requests);
+    let slot = || GateSlot {
+        stats: Arc::clone(stats),
+    };
+    if gate.try_take(max) {
+        return Ok(slot());
+    }
+    let refuse = |e| {
+        gate.overloaded.fetch_add(1, Ordering::Relaxed);
+        Err(e)
+    };
+    // A place in the queue, or 503 at once.
+    if gate
+        .waiting
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < u64::from(limits.max_queue)).then_some(n + 1)
+        })
+        .is_err()
+    {
+        return refuse(GateError::Full);
+    }
+    gate.queued.fetch_add(1, Ordering::Relaxed);
+    // Leaves the queue however the wait ends, the request dropped (its client gone) included.
+    let waiting = Waiting(gate);
+    let deadline = tokio::time::Instant::now() + limits.queue_timeout();
+    let taken = loop {
+        // Registered before the check: a slot freed between the check and the wait wakes it.
+        let freed = gate.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if gate.try_take(max) {
+            break true;
+        }
+        if tokio::time::timeout_at(deadline, freed).await.is_err() {
+            // One last look: a slot freed as the time ran out is still taken.
+            break gate.try_take(max);
+        }
+    };
+    drop(waiting);
+    if taken {
+        // Another waiter may fit too (the cap was raised, several slots freed at once).
+        gate.freed.notify_one();
+        Ok(slot())
+    } else {
+        refuse(GateError::Timeout)
+    }
 }
 
 impl RouteLimiter {
@@ -50,6 +175,11 @@ impl RouteLimiter {
                 .admit(limits.route_request_rate, limits.route_request_burst)?;
         }
         Ok(())
+    }
+
+    /// Whether a rate (not the cap) is set.
+    pub fn rates(limits: &RouteLimits) -> bool {
+        limits.client_request_rate > 0 || limits.route_request_rate > 0
     }
 
     /// The per-client table's use, if one was made.
@@ -107,6 +237,43 @@ impl RouteBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn capped(max: u32, queue: u32, timeout_ms: u32) -> RouteLimits {
+        RouteLimits {
+            max_requests: max,
+            max_queue: queue,
+            queue_timeout_ms: timeout_ms,
+            ..RouteLimits::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_admits_the_cap_queues_the_next_and_refuses_past_the_queue() {
+        let stats = Arc::new(crate::model::stats::RouteStats::default());
+        let limits = capped(2, 1, 500);
+        let a = enter(&stats, &limits).await.unwrap();
+        let _b = enter(&stats, &limits).await.unwrap();
+        // The third waits; a fourth finds the queue full.
+        let waiter = tokio::spawn({
+            let (stats, limits) = (Arc::clone(&stats), limits.clone());
+            async move { enter(&stats, &limits).await.map(|_| ()) }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(stats.limiter.gate.load(), (2, 1));
+        assert_eq!(enter(&stats, &limits).await.unwrap_err(), GateError::Full);
+        drop(a);
+        waiter.await.unwrap().unwrap();
+        // Nobody frees a slot: the wait ends at the timeout, not before.
+        let started = tokio::time::Instant::now();
+        let _c = enter(&stats, &limits).await.unwrap();
+        assert_eq!(
+            enter(&stats, &limits).await.unwrap_err(),
+            GateError::Timeout
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        assert_eq!(stats.limiter.gate.overloaded.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.limiter.gate.queued.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn the_route_bucket_takes_its_burst_then_says_how_long_to_wait() {

@@ -98,6 +98,10 @@ pub struct RouteStatsSnapshot {
     pub denied: u64,
     /// See [`RouteStats::rate_limited`].
     pub rate_limited: u64,
+    /// L7 requests refused by `max_requests` (the gate's `overloaded`).
+    pub overloaded: u64,
+    /// L7 requests that waited in the `max_requests` queue.
+    pub queued: u64,
 }
 
 impl RouteStats {
@@ -140,6 +144,8 @@ impl RouteStats {
             no_backend: load(&self.no_backend),
             denied: load(&self.denied),
             rate_limited: load(&self.rate_limited),
+            overloaded: load(&self.limiter.gate.overloaded),
+            queued: load(&self.limiter.gate.queued),
         }
     }
 }

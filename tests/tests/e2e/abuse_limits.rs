@@ -446,3 +446,97 @@ async fn a_route_rate_holds_for_every_client_together() {
 fn web_stats_of(proxy: &Proxy) -> mc_proxy::model::stats::RouteStatsSnapshot {
     mc_proxy_tests::web::web_stats(proxy)
 }
+
+#[tokio::test]
+async fn max_requests_queues_a_few_and_answers_503_past_the_queue_or_its_timeout() {
+    use mc_proxy_tests::web::{H2Backend, H2Options, ask_h2, h2_client, with_body};
+    const DELAY: Duration = Duration::from_millis(400);
+    let pki = Pki::new();
+    let web = H2Backend::start_with(H2Options {
+        delay: Some(DELAY),
+        ..H2Options::default()
+    })
+    .await;
+    let proxy = ProxyBuilder::new()
+        .route("web.test", web.addr)
+        .l7(&pki)
+        .route_setting("max_requests", 2)
+        .route_setting("max_queue", 2)
+        .route_setting("queue_timeout", "\"1s\"")
+        .start()
+        .await;
+    let client = h2_client(proxy.addr(), "web.test", &pki).await;
+    // Six at once: two in flight, two queued (served as the first two end), two refused.
+    let asks = (0..6).map(|i| {
+        let mut client = client.clone();
+        async move {
+            // Started a little apart, so that which ones wait is known.
+            tokio::time::sleep(Duration::from_millis(20 * i)).await;
+            let started = Instant::now();
+            let answer = ask_h2(
+                &mut client,
+                with_body(http::Request::builder().uri("https://web.test/slow"), ""),
+            )
+            .await;
+            (answer.status.as_u16(), started.elapsed())
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 503, 503], "{answers:?}");
+    // The queued ones waited for a slot: one delay, then their own.
+    for (_, took) in &answers[2..4] {
+        assert!(
+            *took >= DELAY * 2 - Duration::from_millis(100),
+            "{answers:?}"
+        );
+    }
+    // Past the queue: refused at once, never forwarded.
+    for (_, took) in &answers[4..] {
+        assert!(*took < DELAY, "{answers:?}");
+    }
+    assert_eq!(web.requests(), 4);
+
+    // A queue timeout shorter than the backend's answers: the third waits it out, then 503.
+    let mut admin = proxy.admin().await;
+    let patch = mc_proxy_shared::RoutePatch {
+        limits: mc_proxy_shared::limits::RouteLimitsPatch {
+            queue_timeout_ms: Some(200),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    admin.update_route(L, "web.test", patch).await.unwrap();
+    let asks = (0..3).map(|i| {
+        let mut client = client.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(20 * i)).await;
+            let started = Instant::now();
+            let answer = ask_h2(
+                &mut client,
+                with_body(http::Request::builder().uri("https://web.test/slow"), ""),
+            )
+            .await;
+            (answer.status.as_u16(), started.elapsed())
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [200, 200, 503], "{answers:?}");
+    let waited = answers[2].1;
+    assert!(
+        waited >= Duration::from_millis(190) && waited < DELAY,
+        "{answers:?}"
+    );
+    let routes = admin.list_routes(None).await.unwrap();
+    let limits = routes[0].stats.limits;
+    assert_eq!(
+        (
+            limits.overloaded,
+            limits.queued,
+            limits.in_flight,
+            limits.waiting
+        ),
+        (3, 3, 0, 0)
+    );
+}

@@ -38,6 +38,7 @@ use super::upstream::{Upstream, UpstreamError};
 use super::websocket::{self, Tunnels, WebSocketError};
 use crate::connectors::pool::PoolError;
 use crate::connectors::response::RespBody;
+use crate::model::route_limits::{self, GateError, GateSlot, RouteLimiter};
 use crate::model::routes::RouteInfo;
 use crate::protocols::body::{BackendError, ReqBody};
 
@@ -48,6 +49,9 @@ use crate::protocols::body::{BackendError, ReqBody};
 pub struct ProxyBody {
     inner: Content,
     _in_flight: Option<InFlightGuard>,
+    /// The request's slot under its route's `max_requests`: the backend is busy with it until
+    /// its response body is done.
+    slot: Option<GateSlot>,
     /// The request's access log record, when its line is on: counts the bytes sent and
     /// writes the line when this body is dropped (`request_log`).
     log: Option<Box<RequestLog>>,
@@ -72,6 +76,7 @@ impl ProxyBody {
         ProxyBody {
             inner,
             _in_flight: None,
+            slot: None,
             log: None,
         }
     }
@@ -189,6 +194,9 @@ pub enum RequestError {
     /// Policy: the route's `allow_from` / `deny_from` refuses the client (403).
     #[error("the route's allow_from / deny_from refuses the client")]
     Denied,
+    /// Policy: the route has `max_requests` in flight and no room (or time) to wait (503).
+    #[error("the route is at max_requests: {0}")]
+    Overloaded(#[from] GateError),
     /// Policy: over the route's request rate, the client's or the route's (429); one more
     /// would be admitted after `wait`.
     #[error("over the route's request rate (retry in {wait:?})")]
@@ -210,6 +218,7 @@ impl RequestError {
             RequestError::BadAuthority(_) => StatusCode::BAD_REQUEST,
             RequestError::Denied => StatusCode::FORBIDDEN,
             RequestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RequestError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             RequestError::Refused(v) => v.status(),
             RequestError::Upstream(e) => e.status(),
             RequestError::WebSocket(e) => e.status(),
@@ -229,6 +238,9 @@ impl RequestError {
             RequestError::BadAuthority(_) => "bad request: unusable host\n",
             RequestError::Denied => "forbidden: this address may not use this site\n",
             RequestError::RateLimited { .. } => "too many requests: retry after a while\n",
+            RequestError::Overloaded(_) => {
+                "service unavailable: the site is at its request capacity\n"
+            }
             RequestError::Refused(v) => v.text(),
             RequestError::WebSocket(e) => e.text(),
             RequestError::Upstream(e) if e.status() == StatusCode::GATEWAY_TIMEOUT => {
@@ -347,6 +359,10 @@ pub fn handle(
                         stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(%method, %path, "refused: {e}");
                     }
+                    // Counted by the gate.
+                    RequestError::Overloaded(_) => {
+                        tracing::debug!(%method, %path, "refused: {e}");
+                    }
                     _ => tracing::info!(%method, %path, "refused: {e}"),
                 }
                 let mut resp = text_response(e.status(), e.text());
@@ -445,13 +461,14 @@ fn forward<'a>(
         let authority = requested_authority(&req, ctx.sni.as_deref())?;
         // The route's access lists, as its current version has them (a change reaches open
         // connections at their next request).
+        let mut slot = None;
         if let Some(upstream) = &upstream {
             let route = upstream.route();
             if !route.access.admits(ctx.client.ip()) {
                 return Err(RequestError::Denied);
             }
-            // Then its request rates: a refused request is never forwarded.
-            if route.route.limits.has_request_limits() {
+            // Then its request rates and cap: a refused request is never forwarded.
+            if RouteLimiter::rates(&route.route.limits) {
                 route
                     .stats
                     .limiter
@@ -462,6 +479,13 @@ fn forward<'a>(
                         ctx.routing.client_table_size(),
                     )
                     .map_err(|wait| RequestError::RateLimited { wait })?;
+            }
+            if route.route.limits.max_requests > 0 {
+                let entered = tokio::select! {
+                    entered = route_limits::enter(&route.stats, &route.route.limits) => entered,
+                    () = ctx.closed.cancelled() => return Err(RequestError::Closed),
+                };
+                slot = Some(entered?);
             }
         }
         if let Some(upgrade) = websocket::upgrade_of(&req) {
@@ -507,10 +531,9 @@ fn forward<'a>(
         };
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            ProxyBody::new(Content::Backend(body)),
-        ))
+        let mut body = ProxyBody::new(Content::Backend(body));
+        body.slot = slot;
+        Ok(Response::from_parts(parts, body))
     }
 }
 
