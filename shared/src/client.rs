@@ -381,6 +381,8 @@ pub struct RouteLimitStats {
     pub in_flight: u64,
     /// L7 requests waiting in the queue now.
     pub waiting: u64,
+    /// HTTP/2 connections sent GOAWAY for resetting too many accepted streams.
+    pub rapid_resets: u64,
 }
 
 /// A latency histogram with fixed buckets, as the daemon counts it.
@@ -1305,6 +1307,7 @@ impl TryFrom<pb::RouteStats> for RouteStats {
                     queued: l.queued,
                     in_flight: l.in_flight,
                     waiting: l.waiting,
+                    rapid_resets: l.rapid_resets,
                 })
                 .unwrap_or_default(),
         })

@@ -432,6 +432,13 @@ fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
                 s.limits.waiting
             );
         }
+        if s.limits.rapid_resets > 0 {
+            let _ = writeln!(
+                out,
+                "h2        {} connections sent GOAWAY for resetting too many accepted streams",
+                s.limits.rapid_resets
+            );
+        }
     }
     out.push('\n');
     out.push_str(&members_table(e, now_ms));

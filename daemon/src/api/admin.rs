@@ -369,6 +369,7 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
                             queued: s.queued,
                             in_flight,
                             waiting,
+                            rapid_resets: s.rapid_resets,
                         }
                     }),
                 }),

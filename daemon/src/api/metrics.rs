@@ -695,6 +695,15 @@ fn encode_routes(
         MetricType::Counter,
         |s: &RouteStatsSnapshot| ConstCounter::new(s.queued)
     );
+    per_route!(
+        l7_routes,
+        "mcproxy_route_h2_rapid_resets",
+        "L7 HTTP/2 connections sent GOAWAY ENHANCE_YOUR_CALM for resetting more than \
+         h2_max_client_resets accepted streams within h2_client_reset_window.",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.rapid_resets)
+    );
     Ok(())
 }
 

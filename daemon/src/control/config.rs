@@ -377,6 +377,13 @@ struct FileProxy {
     backend_eject_max_time: Option<Duration>,
     workers: Option<usize>,
     client_table_size: Option<usize>,
+    h2_max_concurrent_streams: Option<u32>,
+    h2_max_pending_accept_reset_streams: Option<usize>,
+    h2_max_local_error_reset_streams: Option<usize>,
+    h2_max_send_buf_size: Option<usize>,
+    h2_max_client_resets: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    h2_client_reset_window: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -696,6 +703,24 @@ fn validate_proxy(p: FileProxy, problem: &mut impl FnMut(String, String)) -> Pro
             .unwrap_or(defaults.backend_eject_max_time),
         workers: p.workers.unwrap_or(defaults.workers),
         client_table_size: p.client_table_size.unwrap_or(defaults.client_table_size),
+        h2_max_concurrent_streams: p
+            .h2_max_concurrent_streams
+            .unwrap_or(defaults.h2_max_concurrent_streams),
+        h2_max_pending_accept_reset_streams: p
+            .h2_max_pending_accept_reset_streams
+            .unwrap_or(defaults.h2_max_pending_accept_reset_streams),
+        h2_max_local_error_reset_streams: p
+            .h2_max_local_error_reset_streams
+            .unwrap_or(defaults.h2_max_local_error_reset_streams),
+        h2_max_send_buf_size: p
+            .h2_max_send_buf_size
+            .unwrap_or(defaults.h2_max_send_buf_size),
+        h2_max_client_resets: p
+            .h2_max_client_resets
+            .unwrap_or(defaults.h2_max_client_resets),
+        h2_client_reset_window: p
+            .h2_client_reset_window
+            .unwrap_or(defaults.h2_client_reset_window),
     };
     for (name, value) in [
         ("client_hello_timeout", proxy.client_hello_timeout),
@@ -750,6 +775,39 @@ fn validate_proxy(p: FileProxy, problem: &mut impl FnMut(String, String)) -> Pro
                 ),
             );
         }
+    }
+    // HTTP/2 limits: each at least 1 (0 would refuse every stream or every byte), and no
+    // larger than a client could need.
+    for (name, value, max) in [
+        (
+            "h2_max_concurrent_streams",
+            proxy.h2_max_concurrent_streams as usize,
+            10_000,
+        ),
+        (
+            "h2_max_pending_accept_reset_streams",
+            proxy.h2_max_pending_accept_reset_streams,
+            10_000,
+        ),
+        (
+            "h2_max_local_error_reset_streams",
+            proxy.h2_max_local_error_reset_streams,
+            1_000_000,
+        ),
+        ("h2_max_send_buf_size", proxy.h2_max_send_buf_size, 16 << 20),
+    ] {
+        if !(1..=max).contains(&value) {
+            problem(
+                format!("proxy.{name}"),
+                format!("must be between 1 and {max}"),
+            );
+        }
+    }
+    if proxy.h2_max_client_resets > 0 && proxy.h2_client_reset_window.is_zero() {
+        problem(
+            "proxy.h2_client_reset_window".into(),
+            "must be greater than zero (set h2_max_client_resets = 0 to turn the limit off)".into(),
+        );
     }
     if proxy.workers > MAX_WORKERS {
         problem(
@@ -1935,6 +1993,54 @@ mod tests {
         assert!(
             problems[0].contains("route a.test: deny_from[0]: \"office\" is not an address"),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn h2_limits_default_to_the_former_constants_and_are_bounded() {
+        use crate::proxy::l7::limits::{
+            MAX_CONCURRENT_STREAMS, MAX_LOCAL_ERROR_RESET_STREAMS,
+            MAX_PENDING_ACCEPT_RESET_STREAMS, MAX_SEND_BUF_SIZE,
+        };
+        let f = Fixture::new();
+        let config = f.parse("").unwrap();
+        let p = &config.proxy;
+        assert_eq!(
+            (
+                p.h2_max_concurrent_streams,
+                p.h2_max_pending_accept_reset_streams,
+                p.h2_max_local_error_reset_streams,
+                p.h2_max_send_buf_size,
+                p.h2_max_client_resets,
+                p.h2_client_reset_window,
+            ),
+            (
+                MAX_CONCURRENT_STREAMS,
+                MAX_PENDING_ACCEPT_RESET_STREAMS,
+                MAX_LOCAL_ERROR_RESET_STREAMS,
+                MAX_SEND_BUF_SIZE,
+                100,
+                Duration::from_secs(10),
+            )
+        );
+        let config = f
+            .parse("[proxy]\nh2_max_concurrent_streams = 32\nh2_client_reset_window = \"1s\"\n")
+            .unwrap();
+        assert_eq!(config.proxy.h2_max_concurrent_streams, 32);
+        assert_eq!(config.proxy.h2_client_reset_window, Duration::from_secs(1));
+        let problems = f.problems("[proxy]\nh2_max_concurrent_streams = 0\n");
+        assert!(
+            problems[0].contains("proxy.h2_max_concurrent_streams: must be between 1 and"),
+            "{problems:?}"
+        );
+        // A reload applies them to new connections.
+        let (_, report) = ProxyConfig::default().reload(&config.proxy);
+        assert!(
+            report
+                .applied
+                .iter()
+                .any(|a| a.starts_with("h2_max_concurrent_streams")),
+            "{report:?}"
         );
     }
 

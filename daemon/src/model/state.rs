@@ -86,7 +86,28 @@ pub struct ProxyConfig {
     /// Slots of each listener's client table (per-client limits), made when a limit is first
     /// on: 8 bytes each.
     pub client_table_size: usize,
+    /// L7 HTTP/2: streams one client connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// L7 HTTP/2: streams the client may reset before the server accepted them, at once.
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// L7 HTTP/2: streams the server may reset for the client's protocol errors, per
+    /// connection.
+    pub h2_max_local_error_reset_streams: usize,
+    /// L7 HTTP/2: response bytes buffered per stream towards the client.
+    pub h2_max_send_buf_size: usize,
+    /// L7 HTTP/2: streams the client may reset after the server accepted them (before their
+    /// response) within `h2_client_reset_window`; one more: GOAWAY ENHANCE_YOUR_CALM (0: no
+    /// limit).
+    pub h2_max_client_resets: u32,
+    /// L7 HTTP/2: the window `h2_max_client_resets` counts in.
+    pub h2_client_reset_window: Duration,
 }
+
+/// Default `[proxy] h2_max_client_resets`.
+pub const DEFAULT_H2_MAX_CLIENT_RESETS: u32 = 100;
+
+/// Default `[proxy] h2_client_reset_window`.
+pub const DEFAULT_H2_CLIENT_RESET_WINDOW: Duration = Duration::from_secs(10);
 
 impl Default for ProxyConfig {
     fn default() -> Self {
@@ -112,6 +133,13 @@ impl Default for ProxyConfig {
             backend_eject_max_time: Duration::from_secs(120),
             workers: 0,
             client_table_size: crate::model::clients::DEFAULT_CLIENT_TABLE_SIZE,
+            // The values the constants of `l7::limits` had before they were settings.
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_accept_reset_streams: 20,
+            h2_max_local_error_reset_streams: 100,
+            h2_max_send_buf_size: 400 * 1024,
+            h2_max_client_resets: DEFAULT_H2_MAX_CLIENT_RESETS,
+            h2_client_reset_window: DEFAULT_H2_CLIENT_RESET_WINDOW,
         }
     }
 }
@@ -127,8 +155,8 @@ pub struct SettingsReload {
 
 impl ProxyConfig {
     /// `self` with the settings of `new` that may change while the daemon runs, and what
-    /// changed. Every timeout, the request head limit and passive health are read per
-    /// connection or per failure, so they change safely; `max_connections` (the semaphore's
+    /// changed. Every timeout, the request head and HTTP/2 limits and passive health are read
+    /// per connection or per failure, so they change safely; `max_connections` (the semaphore's
     /// size), `backend_ca` (the backend TLS config built at start), the pools' sizes and idle
     /// timeout (per worker, built at start), `workers` and `client_table_size` (each
     /// listener's client table is built once) keep their value until a restart.
@@ -154,6 +182,12 @@ impl ProxyConfig {
             backend_eject_max_time: _,
             workers: _,
             client_table_size: _,
+            h2_max_concurrent_streams: _,
+            h2_max_pending_accept_reset_streams: _,
+            h2_max_local_error_reset_streams: _,
+            h2_max_send_buf_size: _,
+            h2_max_client_resets: _,
+            h2_client_reset_window: _,
         } = new;
         let mut merged = self.clone();
         let mut report = SettingsReload::default();
@@ -190,6 +224,12 @@ impl ProxyConfig {
             backend_eject_after,
             backend_eject_time,
             backend_eject_max_time,
+            h2_max_concurrent_streams,
+            h2_max_pending_accept_reset_streams,
+            h2_max_local_error_reset_streams,
+            h2_max_send_buf_size,
+            h2_max_client_resets,
+            h2_client_reset_window,
         );
         restart!(
             max_connections,

@@ -62,6 +62,9 @@ pub struct RouteStats {
     pub denied: AtomicU64,
     /// L7 requests answered 429 by the route's request rates.
     pub rate_limited: AtomicU64,
+    /// L7 HTTP/2 connections sent GOAWAY ENHANCE_YOUR_CALM for resetting too many accepted
+    /// streams (`h2_max_client_resets`).
+    pub rapid_resets: AtomicU64,
     /// The state of the route's request rates, shared by every version of the route.
     pub limiter: crate::model::route_limits::RouteLimiter,
     /// Each member's health and counters by address: kept across route edits and admin state
@@ -102,6 +105,8 @@ pub struct RouteStatsSnapshot {
     pub overloaded: u64,
     /// L7 requests that waited in the `max_requests` queue.
     pub queued: u64,
+    /// See [`RouteStats::rapid_resets`].
+    pub rapid_resets: u64,
 }
 
 impl RouteStats {
@@ -146,6 +151,7 @@ impl RouteStats {
             rate_limited: load(&self.rate_limited),
             overloaded: load(&self.limiter.gate.overloaded),
             queued: load(&self.limiter.gate.queued),
+            rapid_resets: load(&self.rapid_resets),
         }
     }
 }

@@ -408,9 +408,7 @@ async fn serve_l7(
             request_header_timeout: proxy.request_header_timeout,
             keepalive_timeout: proxy.keepalive_timeout,
             idle_timeout: proxy.idle_timeout,
-            limits: l7::limits::Limits {
-                max_request_head: proxy.max_request_head,
-            },
+            limits: l7::limits::Limits::of(&proxy),
             state: Arc::clone(&shared.state),
             listener: Arc::clone(listener),
         }
