@@ -130,25 +130,9 @@ async fn update(
 
 /// A listener's client limits in words, after `; `; nothing when none is on.
 pub(super) fn limits_text(limits: &mc_proxy_shared::ClientLimits) -> String {
-    if !limits.any() {
-        return String::new();
-    }
-    let mut parts = Vec::new();
-    if limits.max_conns_per_client > 0 {
-        parts.push(format!("{} open", limits.max_conns_per_client));
-    }
-    if limits.new_conns_per_client > 0 {
-        parts.push(format!(
-            "{} new/s (burst {})",
-            limits.new_conns_per_client,
-            limits.burst()
-        ));
-    }
-    format!(
-        "; per client (IPv6 /{}): {}",
-        limits.client_ipv6_prefix,
-        parts.join(", ")
-    )
+    crate::format::client_limits(limits)
+        .map(|text| format!("; {text}"))
+        .unwrap_or_default()
 }
 
 /// A listener's PROXY protocol setting in words.

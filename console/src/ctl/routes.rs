@@ -407,7 +407,7 @@ fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
         }
     );
     let _ = writeln!(out, "check     {}", check_text(r));
-    if let Some(limits) = limits_text(r) {
+    if let Some(limits) = crate::format::route_limits(&r.limits) {
         let _ = writeln!(out, "limits    {limits}");
     }
     if e.not_served.is_none() {
@@ -443,42 +443,6 @@ fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
     out.push('\n');
     out.push_str(&members_table(e, now_ms));
     out
-}
-
-/// The route's access lists (and request limits) in words; `None` when it has none.
-fn limits_text(r: &Route) -> Option<String> {
-    let l = &r.limits;
-    let mut parts = Vec::new();
-    if !l.allow_from.is_empty() {
-        parts.push(format!("allow from {}", l.allow_from.join(", ")));
-    }
-    if !l.deny_from.is_empty() {
-        parts.push(format!("deny from {}", l.deny_from.join(", ")));
-    }
-    let burst = |burst: u32, rate: u32| if burst == 0 { rate } else { burst };
-    if l.client_request_rate > 0 {
-        parts.push(format!(
-            "{} req/s per client (burst {})",
-            l.client_request_rate,
-            burst(l.client_request_burst, l.client_request_rate)
-        ));
-    }
-    if l.route_request_rate > 0 {
-        parts.push(format!(
-            "{} req/s for the route (burst {})",
-            l.route_request_rate,
-            burst(l.route_request_burst, l.route_request_rate)
-        ));
-    }
-    if l.max_requests > 0 {
-        parts.push(format!(
-            "{} requests at once, {} may wait {}",
-            l.max_requests,
-            l.max_queue,
-            humantime::format_duration(l.queue_timeout())
-        ));
-    }
-    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// The check in words: `GET /health every 2s, timeout 1s, rise 2, fall 3, expect 200-399`.
