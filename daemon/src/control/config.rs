@@ -1998,10 +1998,11 @@ mod tests {
 
     #[test]
     fn h2_limits_default_to_the_former_constants_and_are_bounded() {
-        use crate::proxy::l7::limits::{
-            MAX_CONCURRENT_STREAMS, MAX_LOCAL_ERROR_RESET_STREAMS,
-            MAX_PENDING_ACCEPT_RESET_STREAMS, MAX_SEND_BUF_SIZE,
-        };
+        // `l7::limits`' constants (a layer above this one), before they were settings.
+        const MAX_CONCURRENT_STREAMS: u32 = 100;
+        const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+        const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 100;
+        const MAX_SEND_BUF_SIZE: usize = 400 * 1024;
         let f = Fixture::new();
         let config = f.parse("").unwrap();
         let p = &config.proxy;

@@ -24,8 +24,8 @@ use crate::model::clients::{ClientTable, Refusal};
 pub struct RouteLimiter {
     clients: OnceLock<ClientTable>,
     route: RouteBucket,
-    /// `max_requests` and its queue.
-    pub gate: Gate,
+    /// `max_requests` and its queue (shared with the slots it gave out).
+    pub gate: Arc<Gate>,
 }
 
 /// Why a request found no slot under `max_requests`.
@@ -63,14 +63,13 @@ impl Drop for Waiting<'_> {
 /// One request's slot under `max_requests`; given back (and a waiter woken) when dropped.
 #[derive(Debug)]
 pub struct GateSlot {
-    stats: Arc<crate::model::stats::RouteStats>,
+    gate: Arc<Gate>,
 }
 
 impl Drop for GateSlot {
     fn drop(&mut self) {
-        let gate = &self.stats.limiter.gate;
-        gate.in_flight.fetch_sub(1, Ordering::AcqRel);
-        gate.freed.notify_one();
+        self.gate.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.gate.freed.notify_one();
     }
 }
 
@@ -92,17 +91,14 @@ impl Gate {
     }
 }
 
-/// A slot of `stats`' route under `limits.max_requests`: at once if one is free, else after
-/// waiting in the queue (at most `max_queue` wait, each at most `queue_timeout`). The cap is
-/// read per request, so a change applies to the next one; requests in flight are never cut.
-pub async fn enter(
-    stats: &Arc<crate::model::stats::RouteStats>,
-    limits: &RouteLimits,
-) -> Result<GateSlot, GateError> {
-    let gate = &stats.limiter.gate;
+/// A slot of the route's `gate` under `limits.max_requests`: at once if one is free, else
+/// after waiting in the queue (at most `max_queue` wait, each at most `queue_timeout`). The
+/// cap is read per request, so a change applies to the next one; requests in flight are never
+/// cut.
+pub async fn enter(gate: &Arc<Gate>, limits: &RouteLimits) -> Result<GateSlot, GateError> {
     let max = u64::from(limits.max_requests);
     let slot = || GateSlot {
-        stats: Arc::clone(stats),
+        gate: Arc::clone(gate),
     };
     if gate.try_take(max) {
         return Ok(slot());
@@ -249,30 +245,27 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_gate_admits_the_cap_queues_the_next_and_refuses_past_the_queue() {
-        let stats = Arc::new(crate::model::stats::RouteStats::default());
+        let gate = Arc::new(Gate::default());
         let limits = capped(2, 1, 500);
-        let a = enter(&stats, &limits).await.unwrap();
-        let _b = enter(&stats, &limits).await.unwrap();
+        let a = enter(&gate, &limits).await.unwrap();
+        let _b = enter(&gate, &limits).await.unwrap();
         // The third waits; a fourth finds the queue full.
         let waiter = tokio::spawn({
-            let (stats, limits) = (Arc::clone(&stats), limits.clone());
-            async move { enter(&stats, &limits).await.map(|_| ()) }
+            let (gate, limits) = (Arc::clone(&gate), limits.clone());
+            async move { enter(&gate, &limits).await.map(|_| ()) }
         });
         tokio::task::yield_now().await;
-        assert_eq!(stats.limiter.gate.load(), (2, 1));
-        assert_eq!(enter(&stats, &limits).await.unwrap_err(), GateError::Full);
+        assert_eq!(gate.load(), (2, 1));
+        assert_eq!(enter(&gate, &limits).await.unwrap_err(), GateError::Full);
         drop(a);
         waiter.await.unwrap().unwrap();
         // Nobody frees a slot: the wait ends at the timeout, not before.
         let started = tokio::time::Instant::now();
-        let _c = enter(&stats, &limits).await.unwrap();
-        assert_eq!(
-            enter(&stats, &limits).await.unwrap_err(),
-            GateError::Timeout
-        );
+        let _c = enter(&gate, &limits).await.unwrap();
+        assert_eq!(enter(&gate, &limits).await.unwrap_err(), GateError::Timeout);
         assert_eq!(started.elapsed(), Duration::from_millis(500));
-        assert_eq!(stats.limiter.gate.overloaded.load(Ordering::Relaxed), 2);
-        assert_eq!(stats.limiter.gate.queued.load(Ordering::Relaxed), 2);
+        assert_eq!(gate.overloaded.load(Ordering::Relaxed), 2);
+        assert_eq!(gate.queued.load(Ordering::Relaxed), 2);
     }
 
     #[test]

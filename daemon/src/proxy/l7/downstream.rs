@@ -482,7 +482,7 @@ fn forward<'a>(
             }
             if route.route.limits.max_requests > 0 {
                 let entered = tokio::select! {
-                    entered = route_limits::enter(&route.stats, &route.route.limits) => entered,
+                    entered = route_limits::enter(&route.stats.limiter.gate, &route.route.limits) => entered,
                     () = ctx.closed.cancelled() => return Err(RequestError::Closed),
                 };
                 slot = Some(entered?);
