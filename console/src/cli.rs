@@ -276,6 +276,8 @@ pub enum ListenersCommand {
         /// routes say.
         #[arg(long)]
         access_log: bool,
+        #[command(flatten)]
+        limits: ClientLimitArgs,
     },
     /// Change a listener's settings, all or nothing. Connections accepted from then on use
     /// them; open ones keep what they started with. The address cannot change: add the new
@@ -300,6 +302,8 @@ pub enum ListenersCommand {
         /// Log every L7 request on it: on, or off (then each route's own setting decides).
         #[arg(long, value_name = "on|off", value_parser = on_off())]
         access_log: Option<bool>,
+        #[command(flatten)]
+        limits: ClientLimitArgs,
     },
     /// Stop listening and delete the listener. Open L7 connections are drained (GOAWAY,
     /// `Connection: close`), L4 relays run to their end. Refused while it has routes, unless
@@ -311,6 +315,40 @@ pub enum ListenersCommand {
         #[arg(long)]
         with_routes: bool,
     },
+}
+
+/// A listener's limits per client address (the real one: after a trusted PROXY header).
+/// Over one, a new connection is reset before its ClientHello is read. 0 turns a limit off.
+/// A change applies to new connections at once; open ones are never cut.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct ClientLimitArgs {
+    /// Connections one client may have open at once (0: no limit; at most 4000).
+    #[arg(long, value_name = "N")]
+    pub max_conns_per_client: Option<u32>,
+    /// New connections one client may open per second, on average (0: no limit; at most
+    /// 1000).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub new_conns_per_client: Option<u32>,
+    /// New connections one client may open back to back before the rate applies (0: one
+    /// second's worth of the rate).
+    #[arg(long, value_name = "N")]
+    pub new_conns_burst: Option<u32>,
+    /// IPv6 clients are grouped by this prefix length (16-128, default 64: one host owns a
+    /// /64). IPv4 clients are single addresses.
+    #[arg(long, value_name = "BITS")]
+    pub client_ipv6_prefix: Option<u32>,
+}
+
+impl ClientLimitArgs {
+    /// The flags as a patch of the listener's limits.
+    pub fn patch(self) -> mc_proxy_shared::ClientLimitsPatch {
+        mc_proxy_shared::ClientLimitsPatch {
+            max_conns_per_client: self.max_conns_per_client,
+            new_conns_per_client: self.new_conns_per_client,
+            new_conns_burst: self.new_conns_burst,
+            client_ipv6_prefix: self.client_ipv6_prefix,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -572,6 +610,8 @@ pub struct RouteArgs {
     /// host, method, path, status, backend, duration, bytes, retries). Default off.
     #[arg(long, value_name = "on|off", value_parser = on_off())]
     pub access_log: Option<bool>,
+    #[command(flatten)]
+    pub limits: RouteLimitArgs,
     /// Print the stored route as JSON.
     #[arg(long)]
     pub json: bool,
@@ -579,6 +619,79 @@ pub struct RouteArgs {
     /// here, not by clap, to say so: `--backend a:1, weight=3`.
     #[arg(hide = true, value_name = "WORD", value_hint = clap::ValueHint::Other, value_parser = Clipped(stray))]
     pub stray: Vec<String>,
+}
+
+/// A route's access lists (and, on L7 routes, request limits). On `routes update` a list
+/// given replaces the route's whole list.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RouteLimitArgs {
+    /// Serve only clients from this network or address (repeat for several); others are
+    /// reset (l4) or answered 403 (l7). The real client address: a trusted PROXY header's.
+    #[arg(long, value_name = "NET", conflicts_with = "allow_any")]
+    pub allow_from: Vec<String>,
+    /// Refuse clients from this network or address (repeat for several), whatever
+    /// --allow-from says.
+    #[arg(long, value_name = "NET", conflicts_with = "deny_none")]
+    pub deny_from: Vec<String>,
+    /// routes update: clear the allow list (every client not denied is served).
+    #[arg(long)]
+    pub allow_any: bool,
+    /// routes update: clear the deny list.
+    #[arg(long)]
+    pub deny_none: bool,
+    /// L7: requests one client may make per second, on average (0: no limit; at most 1000);
+    /// over it a request is answered 429 with Retry-After and never forwarded.
+    #[arg(long, value_name = "PER_SECOND")]
+    pub client_request_rate: Option<u32>,
+    /// L7: requests one client may make back to back before its rate applies (0: one
+    /// second's worth).
+    #[arg(long, value_name = "N")]
+    pub client_request_burst: Option<u32>,
+    /// L7: requests the whole route takes per second, every client together (0: no limit).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub route_request_rate: Option<u32>,
+    /// L7: requests the route takes back to back before its rate applies (0: one second's
+    /// worth).
+    #[arg(long, value_name = "N")]
+    pub route_request_burst: Option<u32>,
+    /// L7: requests in flight to the route's backends at once (0: no cap); more wait in the
+    /// queue, or get 503.
+    #[arg(long, value_name = "N")]
+    pub max_requests: Option<u32>,
+    /// L7: requests that may wait for a slot under --max-requests (0: none, 503 at once).
+    #[arg(long, value_name = "N")]
+    pub max_queue: Option<u32>,
+    /// L7: how long a request may wait in that queue (default 1s, at most 60s).
+    #[arg(long, value_name = "DURATION", value_parser = queue_timeout)]
+    pub queue_timeout: Option<u32>,
+}
+
+/// A queue timeout (`250ms`, `2s`) as milliseconds.
+fn queue_timeout(text: &str) -> Result<u32, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    u32::try_from(d.as_millis()).map_err(|_| "too long".to_owned())
+}
+
+impl RouteLimitArgs {
+    /// The flags as a patch of the route's limits (a list named replaces the route's).
+    pub fn patch(&self) -> mc_proxy_shared::limits::RouteLimitsPatch {
+        let list = |values: &[String], clear: bool| match (clear, values.is_empty()) {
+            (true, _) => Some(Vec::new()),
+            (false, false) => Some(values.to_vec()),
+            (false, true) => None,
+        };
+        mc_proxy_shared::limits::RouteLimitsPatch {
+            allow_from: list(&self.allow_from, self.allow_any),
+            deny_from: list(&self.deny_from, self.deny_none),
+            client_request_rate: self.client_request_rate,
+            client_request_burst: self.client_request_burst,
+            route_request_rate: self.route_request_rate,
+            route_request_burst: self.route_request_burst,
+            max_requests: self.max_requests,
+            max_queue: self.max_queue,
+            queue_timeout_ms: self.queue_timeout,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -625,6 +738,8 @@ pub struct UpdateArgs {
     /// L7: the per-request access log line (target mc_proxy::request), on or off.
     #[arg(long, value_name = "on|off", value_parser = on_off())]
     pub access_log: Option<bool>,
+    #[command(flatten)]
+    pub limits: RouteLimitArgs,
     /// Print the stored route as JSON.
     #[arg(long)]
     pub json: bool,

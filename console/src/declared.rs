@@ -114,6 +114,14 @@ struct FileListener {
     #[serde(default)]
     access_log: bool,
     #[serde(default)]
+    max_conns_per_client: Option<u32>,
+    #[serde(default)]
+    new_conns_per_client: Option<u32>,
+    #[serde(default)]
+    new_conns_burst: Option<u32>,
+    #[serde(default)]
+    client_ipv6_prefix: Option<u32>,
+    #[serde(default)]
     routes: Vec<FileRoute>,
 }
 
@@ -143,6 +151,24 @@ struct FileRoute {
     backend_protocol: String,
     #[serde(default)]
     access_log: bool,
+    #[serde(default)]
+    allow_from: Vec<String>,
+    #[serde(default)]
+    deny_from: Vec<String>,
+    #[serde(default)]
+    client_request_rate: u32,
+    #[serde(default)]
+    client_request_burst: u32,
+    #[serde(default)]
+    route_request_rate: u32,
+    #[serde(default)]
+    route_request_burst: u32,
+    #[serde(default)]
+    max_requests: u32,
+    #[serde(default)]
+    max_queue: u32,
+    #[serde(default)]
+    queue_timeout: Option<String>,
 }
 
 /// `"host:port"`, `"host:port weight=N"` or `{ address, weight, state }`, as the config takes.
@@ -220,6 +246,9 @@ pub struct DeclaredListener {
     pub no_sni_route: String,
     /// `access_log`.
     pub access_log: bool,
+    /// `max_conns_per_client`, `new_conns_per_client`, `new_conns_burst`,
+    /// `client_ipv6_prefix`.
+    pub client_limits: mc_proxy_shared::ClientLimits,
     /// Its routes, hostnames normalised, certificate paths absolute.
     pub routes: Vec<Route>,
 }
@@ -399,6 +428,18 @@ fn listener(
             ));
         }
     }
+    // The daemon's own check of the limits.
+    let client_limits = mc_proxy_shared::ClientLimits::default()
+        .patched(&mc_proxy_shared::ClientLimitsPatch {
+            max_conns_per_client: fl.max_conns_per_client,
+            new_conns_per_client: fl.new_conns_per_client,
+            new_conns_burst: fl.new_conns_burst,
+            client_ipv6_prefix: fl.client_ipv6_prefix,
+        })
+        .unwrap_or_else(|e| {
+            problems.push(format!("{lctx}: {e}"));
+            mc_proxy_shared::ClientLimits::default()
+        });
     Some(DeclaredListener {
         addr: fl.addr,
         name: fl.name,
@@ -406,6 +447,7 @@ fn listener(
         proxy_protocol_from: fl.proxy_protocol_from,
         no_sni_route,
         access_log: fl.access_log,
+        client_limits,
         routes,
     })
 }
@@ -455,6 +497,15 @@ fn route(fr: FileRoute, dir: &Path) -> Result<Route, Vec<String>> {
             dir.join(PathBuf::from(&p)).display().to_string()
         }
     };
+    // As the daemon's TOML takes it: a humantime duration.
+    let queue_timeout_ms = match fr.queue_timeout.as_deref().map(humantime::parse_duration) {
+        None => 0,
+        Some(Ok(d)) => u32::try_from(d.as_millis()).unwrap_or(u32::MAX),
+        Some(Err(e)) => {
+            errors.push(format!("queue_timeout: {e}"));
+            0
+        }
+    };
     let (Ok(mode), Ok(balance), Ok(backend_protocol)) = (mode, balance, protocol) else {
         return Err(errors);
     };
@@ -470,6 +521,17 @@ fn route(fr: FileRoute, dir: &Path) -> Result<Route, Vec<String>> {
         send_proxy_protocol: fr.send_proxy_protocol,
         backend_protocol,
         access_log: fr.access_log,
+        limits: Box::new(mc_proxy_shared::limits::RouteLimits {
+            allow_from: fr.allow_from,
+            deny_from: fr.deny_from,
+            client_request_rate: fr.client_request_rate,
+            client_request_burst: fr.client_request_burst,
+            route_request_rate: fr.route_request_rate,
+            route_request_burst: fr.route_request_burst,
+            max_requests: fr.max_requests,
+            max_queue: fr.max_queue,
+            queue_timeout_ms,
+        }),
     };
     // The daemon's own checks on the fields (hostname, backend addresses, weights, duplicates,
     // the health check's timing and path, what l7 needs): the same words as its refusals.
@@ -873,6 +935,83 @@ fn route_change(
     }
     field!(send_proxy_protocol, |r| r.send_proxy_protocol.to_string());
     field!(access_log, |r| r.access_log.to_string());
+    // Compared in the daemon's canonical form (`10.1.2.3/8` is `10.0.0.0/8`).
+    let limits = want
+        .limits
+        .checked()
+        .unwrap_or_else(|_| (*want.limits).clone());
+    for (name, have, want, set) in [
+        (
+            "allow_from",
+            &have.limits.allow_from,
+            limits.allow_from,
+            &mut patch.limits.allow_from,
+        ),
+        (
+            "deny_from",
+            &have.limits.deny_from,
+            limits.deny_from,
+            &mut patch.limits.deny_from,
+        ),
+    ] {
+        if *have != want {
+            fields.push(format!(
+                "{name} {} -> {}",
+                or_dash(&have.join(",")),
+                or_dash(&want.join(","))
+            ));
+            *set = Some(want);
+        }
+    }
+    for (name, have, want, set) in [
+        (
+            "client_request_rate",
+            have.limits.client_request_rate,
+            limits.client_request_rate,
+            &mut patch.limits.client_request_rate,
+        ),
+        (
+            "client_request_burst",
+            have.limits.client_request_burst,
+            limits.client_request_burst,
+            &mut patch.limits.client_request_burst,
+        ),
+        (
+            "route_request_rate",
+            have.limits.route_request_rate,
+            limits.route_request_rate,
+            &mut patch.limits.route_request_rate,
+        ),
+        (
+            "route_request_burst",
+            have.limits.route_request_burst,
+            limits.route_request_burst,
+            &mut patch.limits.route_request_burst,
+        ),
+        (
+            "max_requests",
+            have.limits.max_requests,
+            limits.max_requests,
+            &mut patch.limits.max_requests,
+        ),
+        (
+            "max_queue",
+            have.limits.max_queue,
+            limits.max_queue,
+            &mut patch.limits.max_queue,
+        ),
+        (
+            "queue_timeout_ms",
+            have.limits.queue_timeout_ms,
+            limits.queue_timeout_ms,
+            &mut patch.limits.queue_timeout_ms,
+        ),
+    ] {
+        if have != want {
+            fields.push(format!("{name} {have} -> {want}"));
+            *set = Some(want);
+        }
+    }
     if fields.is_empty() {
         return None;
     }
@@ -928,6 +1067,38 @@ fn listener_change(want: &DeclaredListener, have: &ListenerStatus) -> Option<Cha
             have.access_log, want.access_log
         ));
         update.access_log = Some(want.access_log);
+    }
+    let (w, h) = (&want.client_limits, &have.client_limits);
+    for (field, want, have, set) in [
+        (
+            "max_conns_per_client",
+            w.max_conns_per_client,
+            h.max_conns_per_client,
+            &mut update.client_limits.max_conns_per_client,
+        ),
+        (
+            "new_conns_per_client",
+            w.new_conns_per_client,
+            h.new_conns_per_client,
+            &mut update.client_limits.new_conns_per_client,
+        ),
+        (
+            "new_conns_burst",
+            w.new_conns_burst,
+            h.new_conns_burst,
+            &mut update.client_limits.new_conns_burst,
+        ),
+        (
+            "client_ipv6_prefix",
+            u32::from(w.client_ipv6_prefix),
+            u32::from(h.client_ipv6_prefix),
+            &mut update.client_limits.client_ipv6_prefix,
+        ),
+    ] {
+        if want != have {
+            fields.push(format!("{field} {have} -> {want}"));
+            *set = Some(want);
+        }
     }
     (!fields.is_empty()).then(|| Change::UpdateListener {
         listener: have.addr.clone(),

@@ -66,6 +66,33 @@ pub fn to_toml(
         if l.access_log {
             out.push_str("access_log = true\n");
         }
+        let (limits, default) = (&l.client_limits, mc_proxy_shared::ClientLimits::default());
+        for (key, value, default) in [
+            (
+                "max_conns_per_client",
+                limits.max_conns_per_client,
+                default.max_conns_per_client,
+            ),
+            (
+                "new_conns_per_client",
+                limits.new_conns_per_client,
+                default.new_conns_per_client,
+            ),
+            (
+                "new_conns_burst",
+                limits.new_conns_burst,
+                default.new_conns_burst,
+            ),
+            (
+                "client_ipv6_prefix",
+                u32::from(limits.client_ipv6_prefix),
+                u32::from(default.client_ipv6_prefix),
+            ),
+        ] {
+            if value != default {
+                let _ = writeln!(out, "{key} = {value}");
+            }
+        }
         let mut mine: Vec<&RouteEntry> = routes.iter().filter(|r| r.listener == l.addr).collect();
         mine.sort_by(|a, b| a.route.hostname.cmp(&b.route.hostname));
         for entry in mine {
@@ -111,6 +138,30 @@ fn write_route(out: &mut String, entry: &RouteEntry) {
     }
     if r.access_log {
         out.push_str("access_log = true\n");
+    }
+    for (key, list) in [
+        ("allow_from", &r.limits.allow_from),
+        ("deny_from", &r.limits.deny_from),
+    ] {
+        if !list.is_empty() {
+            let list: Vec<&str> = list.iter().map(String::as_str).collect();
+            let _ = writeln!(out, "{key} = {}", array(&list));
+        }
+    }
+    for (key, value) in [
+        ("client_request_rate", r.limits.client_request_rate),
+        ("client_request_burst", r.limits.client_request_burst),
+        ("route_request_rate", r.limits.route_request_rate),
+        ("route_request_burst", r.limits.route_request_burst),
+        ("max_requests", r.limits.max_requests),
+        ("max_queue", r.limits.max_queue),
+    ] {
+        if value > 0 {
+            let _ = writeln!(out, "{key} = {value}");
+        }
+    }
+    if r.limits.queue_timeout_ms > 0 {
+        let _ = writeln!(out, "queue_timeout = \"{}ms\"", r.limits.queue_timeout_ms);
     }
     if let Some(check) = &r.health_check {
         write_check(out, check);

@@ -1664,6 +1664,79 @@ async fn listeners_are_listed_added_updated_and_removed() {
         stderr(&o)
     );
 
+    // Per-client limits: set (the others keep their value), refused by the shared rules.
+    let o = ctl(
+        &proxy,
+        &[
+            "listeners",
+            "update",
+            "--listener",
+            "127.0.0.6:0",
+            "--max-conns-per-client",
+            "20",
+            "--new-conns-per-client",
+            "10",
+            "--client-ipv6-prefix",
+            "56",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).ends_with("; per client (IPv6 /56): 20 open, 10 new/s (burst 10)\n"),
+        "{}",
+        stdout(&o)
+    );
+    let o = ctl(
+        &proxy,
+        &[
+            "listeners",
+            "update",
+            "--listener",
+            "127.0.0.6:0",
+            "--new-conns-per-client",
+            "0",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).ends_with("; per client (IPv6 /56): 20 open\n"),
+        "{}",
+        stdout(&o)
+    );
+    let o = ctl(
+        &proxy,
+        &[
+            "listeners",
+            "update",
+            "--listener",
+            "127.0.0.6:0",
+            "--new-conns-burst",
+            "5",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no rate applies"), "{}", stderr(&o));
+    let o = ctl(
+        &proxy,
+        &[
+            "listeners",
+            "add",
+            "127.0.0.7:0",
+            "--client-ipv6-prefix",
+            "8",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("client_ipv6_prefix 8"),
+        "{}",
+        stderr(&o)
+    );
+
     // The same address twice is refused; removed, it is gone.
     let o = ctl(&proxy, &["listeners", "add", "127.0.0.6:0"]).await;
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
@@ -2537,5 +2610,106 @@ async fn certificates_near_their_end_are_listed_exported_and_logged() {
             && (warned[0].contains("expires in 5d 0h") || warned[0].contains("expires in 4d 23h")),
         "{}",
         warned[0]
+    );
+}
+
+#[tokio::test]
+async fn route_access_lists_are_set_replaced_cleared_and_shown() {
+    let proxy = ProxyBuilder::new()
+        .route("a.test", "127.0.0.1:9")
+        .start()
+        .await;
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "add",
+            "--listener",
+            L,
+            "--hostname",
+            "b.test",
+            "--backend",
+            "127.0.0.1:9",
+            "--allow-from",
+            "10.1.2.3/8",
+            "--allow-from",
+            "192.0.2.7",
+            "--json",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let added: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        added["limits"]["allow_from"],
+        serde_json::json!(["10.0.0.0/8", "192.0.2.7/32"])
+    );
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "update",
+            "--listener",
+            L,
+            "--hostname",
+            "b.test",
+            "--deny-from",
+            "10.6.6.0/24",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let o = ctl(&proxy, &["routes", "show", "b.test"]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o)
+            .contains("limits    allow from 10.0.0.0/8, 192.0.2.7/32; deny from 10.6.6.0/24\n"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("refused   0 denied (reset)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "update",
+            "--listener",
+            L,
+            "--hostname",
+            "b.test",
+            "--allow-any",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let o = ctl(&proxy, &["routes", "show", "b.test"]).await;
+    assert!(
+        stdout(&o).contains("limits    deny from 10.6.6.0/24\n"),
+        "{}",
+        stdout(&o)
+    );
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "update",
+            "--listener",
+            L,
+            "--hostname",
+            "b.test",
+            "--deny-from",
+            "office",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("deny_from[0]: \"office\" is not an address or network"),
+        "{}",
+        stderr(&o)
     );
 }

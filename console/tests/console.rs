@@ -2262,3 +2262,52 @@ fn a_certificate_near_its_end_colours_its_route_and_the_detail_says_when() {
         "{line}"
     );
 }
+
+#[test]
+fn route_details_show_the_route_limits_and_their_refusals() {
+    let mut app = app_with(&[("web.test", "127.0.0.1:9080", Mode::L7)]);
+    let mut limits = mc_proxy_shared::limits::RouteLimits {
+        allow_from: vec!["10.0.0.0/8".into()],
+        client_request_rate: 10,
+        max_requests: 4,
+        max_queue: 2,
+        ..Default::default()
+    };
+    limits.client_request_burst = 20;
+    app.on_event(
+        TimedEvent {
+            timestamp_ms: 0,
+            event: Event::RouteChanged {
+                listener: "127.0.0.1:8443".into(),
+                action: mc_proxy_shared::ChangeAction::Updated,
+                route: Route {
+                    hostname: "web.test".into(),
+                    backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9080")],
+                    mode: Mode::L7,
+                    tls_cert: "/c.pem".into(),
+                    tls_key: "/c.key".into(),
+                    limits: Box::new(limits),
+                    ..Route::default()
+                },
+                previous_hostname: "web.test".into(),
+                origin: None,
+            },
+        },
+        Instant::now(),
+    );
+    app.on_key(key(KeyCode::Enter));
+    let s = render(&app, 120, 60);
+    assert!(s.contains("route web.test"), "{s}");
+    // The limits line wraps in the box; its start and its end.
+    assert!(
+        s.contains("limits         allow from 10.0.0.0/8; 10 req/s per client (burst 20); 4"),
+        "{s}"
+    );
+    assert!(s.contains("wait 1s"), "{s}");
+    assert!(s.contains("0 (403)"), "{s}");
+    assert!(s.contains("0 (429)"), "{s}");
+    assert!(
+        s.contains("0 in flight, 0 waiting; 0 queued, 0 refused (503) since start"),
+        "{s}"
+    );
+}

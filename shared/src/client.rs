@@ -294,6 +294,23 @@ pub struct ListenerStatus {
     pub bound: String,
     /// Every L7 request on it is logged.
     pub access_log: bool,
+    /// Its limits per client address.
+    pub client_limits: crate::limits::ClientLimits,
+    /// Its client table: (capacity, entries, evictions, untracked); capacity 0: none yet.
+    pub client_table: ClientTableStatus,
+}
+
+/// A listener's client table, as [`ListenerStatus::client_table`] shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ClientTableStatus {
+    /// Slots (0: no table yet, no limit was ever on).
+    pub capacity: u64,
+    /// Slots holding a client.
+    pub entries: u64,
+    /// Clients dropped to make room for another.
+    pub evictions: u64,
+    /// Connections admitted untracked (no slot could be had).
+    pub untracked: u64,
 }
 
 /// A listener change's answer: the listener as it is now, and any warnings.
@@ -318,6 +335,8 @@ pub struct ListenerUpdate {
     pub no_sni_route: Option<String>,
     /// Log every L7 request on it.
     pub access_log: Option<bool>,
+    /// Limits per client address.
+    pub client_limits: crate::limits::ClientLimitsPatch,
 }
 
 /// What a reload did ([`AdminClient::reload_all`]).
@@ -362,6 +381,27 @@ pub struct RouteStats {
     pub connect_duration: Histogram,
     /// Per member of the backend set, in the route's order.
     pub members: Vec<MemberStats>,
+    /// What the route's limits refused.
+    pub limits: RouteLimitStats,
+}
+
+/// How often a route's limits refused something since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RouteLimitStats {
+    /// Connections reset (L4) or requests answered 403 (L7) by `allow_from` / `deny_from`.
+    pub denied: u64,
+    /// L7 requests answered 429 by a request rate.
+    pub rate_limited: u64,
+    /// L7 requests answered 503 by `max_requests` (queue full, or waited too long).
+    pub overloaded: u64,
+    /// L7 requests that waited in the queue.
+    pub queued: u64,
+    /// L7 requests in flight under `max_requests` now.
+    pub in_flight: u64,
+    /// L7 requests waiting in the queue now.
+    pub waiting: u64,
+    /// HTTP/2 connections sent GOAWAY for resetting too many accepted streams.
+    pub rapid_resets: u64,
 }
 
 /// A latency histogram with fixed buckets, as the daemon counts it.
@@ -1102,6 +1142,10 @@ impl AdminClient {
                 proxy_protocol_from: fields.proxy_protocol_from.unwrap_or_default(),
                 access_log: fields.access_log.unwrap_or(false),
                 name: name.map(str::to_owned),
+                max_conns_per_client: fields.client_limits.max_conns_per_client,
+                new_conns_per_client: fields.client_limits.new_conns_per_client,
+                new_conns_burst: fields.client_limits.new_conns_burst,
+                client_ipv6_prefix: fields.client_limits.client_ipv6_prefix,
             })
             .await?
             .into_inner();
@@ -1280,6 +1324,16 @@ impl TryFrom<pb::ListenerStatus> for ListenerStatus {
             no_sni_route: l.no_sni_route,
             bound: l.bound,
             access_log: l.access_log,
+            client_limits: l.client_limits.map(Into::into).unwrap_or_default(),
+            client_table: l
+                .client_table
+                .map(|t| ClientTableStatus {
+                    capacity: t.capacity,
+                    entries: t.entries,
+                    evictions: t.evictions,
+                    untracked: t.untracked,
+                })
+                .unwrap_or_default(),
             resets_by_reason: l
                 .resets_by_reason
                 .into_iter()
@@ -1313,6 +1367,18 @@ impl TryFrom<pb::RouteStats> for RouteStats {
             responses,
             request_duration: s.request_duration.map(Histogram::from).unwrap_or_default(),
             connect_duration: s.connect_duration.map(Histogram::from).unwrap_or_default(),
+            limits: s
+                .limit_stats
+                .map(|l| RouteLimitStats {
+                    denied: l.denied,
+                    rate_limited: l.rate_limited,
+                    overloaded: l.overloaded,
+                    queued: l.queued,
+                    in_flight: l.in_flight,
+                    waiting: l.waiting,
+                    rapid_resets: l.rapid_resets,
+                })
+                .unwrap_or_default(),
         })
     }
 }
@@ -1840,6 +1906,15 @@ fn update_route_request(
             .backend_protocol
             .map(|p| pb::BackendProtocol::from(p).into()),
         access_log: patch.access_log,
+        allow_from: patch.limits.allow_from.map(|nets| pb::LimitNets { nets }),
+        deny_from: patch.limits.deny_from.map(|nets| pb::LimitNets { nets }),
+        client_request_rate: patch.limits.client_request_rate,
+        client_request_burst: patch.limits.client_request_burst,
+        route_request_rate: patch.limits.route_request_rate,
+        route_request_burst: patch.limits.route_request_burst,
+        max_requests: patch.limits.max_requests,
+        max_queue: patch.limits.max_queue,
+        queue_timeout_ms: patch.limits.queue_timeout_ms,
     }
 }
 
@@ -1853,6 +1928,10 @@ fn update_listener_request(listener: &str, update: ListenerUpdate) -> pb::Update
         proxy_protocol_from: update
             .proxy_protocol_from
             .map(|sources| pb::ProxySources { sources }),
+        max_conns_per_client: update.client_limits.max_conns_per_client,
+        new_conns_per_client: update.client_limits.new_conns_per_client,
+        new_conns_burst: update.client_limits.new_conns_burst,
+        client_ipv6_prefix: update.client_limits.client_ipv6_prefix,
     }
 }
 

@@ -76,7 +76,13 @@ wire_enum!(
     BlockedReason,
     BlockedReason,
     "blocked reason",
-    [Firewall, UntrustedProxy]
+    [
+        Firewall,
+        UntrustedProxy,
+        ClientConnLimit,
+        ClientRateLimit,
+        RouteDenied
+    ]
 );
 wire_enum!(
     ResetReason,
@@ -98,6 +104,9 @@ wire_enum!(
         BackendTimeout,
         BackendUnreachable,
         NoBackend,
+        ClientConnLimit,
+        ClientRateLimit,
+        RouteDenied,
     ]
 );
 wire_enum!(
@@ -176,6 +185,33 @@ pub fn routed_mode(value: i32) -> Result<Option<Mode>, UnknownWireValue> {
     Mode::try_from(value).map(Some)
 }
 
+impl From<crate::limits::ClientLimits> for pb::ClientLimitSettings {
+    fn from(l: crate::limits::ClientLimits) -> Self {
+        pb::ClientLimitSettings {
+            max_conns_per_client: l.max_conns_per_client,
+            new_conns_per_client: l.new_conns_per_client,
+            new_conns_burst: l.new_conns_burst,
+            client_ipv6_prefix: u32::from(l.client_ipv6_prefix),
+        }
+    }
+}
+
+impl From<pb::ClientLimitSettings> for crate::limits::ClientLimits {
+    /// As sent; a prefix of 0 (a daemon from before the limits) or out of range is the
+    /// default /64.
+    fn from(l: pb::ClientLimitSettings) -> Self {
+        crate::limits::ClientLimits {
+            max_conns_per_client: l.max_conns_per_client,
+            new_conns_per_client: l.new_conns_per_client,
+            new_conns_burst: l.new_conns_burst,
+            client_ipv6_prefix: u8::try_from(l.client_ipv6_prefix)
+                .ok()
+                .filter(|p| (1..=128).contains(p))
+                .unwrap_or(crate::limits::DEFAULT_CLIENT_IPV6_PREFIX),
+        }
+    }
+}
+
 /// A connection's outcome on the wire.
 pub fn outcome_to_pb(outcome: Outcome) -> pb::connection_closed::Outcome {
     use pb::connection_closed::Outcome as O;
@@ -206,6 +242,41 @@ impl From<Route> for pb::Route {
             send_proxy_protocol: r.send_proxy_protocol,
             backend_protocol: pb::BackendProtocol::from(r.backend_protocol).into(),
             access_log: r.access_log,
+            limits: (*r.limits != crate::limits::RouteLimits::default())
+                .then(|| pb::LimitRoute::from(*r.limits)),
+        }
+    }
+}
+
+impl From<crate::limits::RouteLimits> for pb::LimitRoute {
+    fn from(l: crate::limits::RouteLimits) -> Self {
+        pb::LimitRoute {
+            allow_from: l.allow_from,
+            deny_from: l.deny_from,
+            client_request_rate: l.client_request_rate,
+            client_request_burst: l.client_request_burst,
+            route_request_rate: l.route_request_rate,
+            route_request_burst: l.route_request_burst,
+            max_requests: l.max_requests,
+            max_queue: l.max_queue,
+            queue_timeout_ms: l.queue_timeout_ms,
+        }
+    }
+}
+
+impl From<pb::LimitRoute> for crate::limits::RouteLimits {
+    /// As sent: the receiver checks it with the route.
+    fn from(l: pb::LimitRoute) -> Self {
+        crate::limits::RouteLimits {
+            allow_from: l.allow_from,
+            deny_from: l.deny_from,
+            client_request_rate: l.client_request_rate,
+            client_request_burst: l.client_request_burst,
+            route_request_rate: l.route_request_rate,
+            route_request_burst: l.route_request_burst,
+            max_requests: l.max_requests,
+            max_queue: l.max_queue,
+            queue_timeout_ms: l.queue_timeout_ms,
         }
     }
 }
@@ -380,6 +451,7 @@ impl TryFrom<pb::Route> for Route {
             backend_tls: r.backend_tls,
             send_proxy_protocol: r.send_proxy_protocol,
             access_log: r.access_log,
+            limits: Box::new(r.limits.map(Into::into).unwrap_or_default()),
         })
     }
 }

@@ -8,17 +8,20 @@
 //! `routes::validate_route` (the one place that decides whether a route is acceptable) applies
 //! and the console uses to refuse the same values with the same words before sending;
 //! `route_check`, every check on a route's fields that needs no file, which `validate_route`
-//! applies before loading the certificate and `mcproxyctl apply` before sending a file.
+//! applies before loading the certificate and `mcproxyctl apply` before sending a file;
+//! `limits`, the abuse limits and their one check.
 
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod convert;
+pub mod limits;
 pub mod model;
 pub mod outcome;
 pub mod route_check;
 pub mod text;
 
+pub use limits::{ClientLimits, ClientLimitsError, ClientLimitsPatch};
 pub use model::{
     AdminState, BackendProtocol, BackendState, Balance, CheckResult, FirewallRule,
     FirewallRuleKind, HealthCheck, HealthCheckError, MemberStats, Mode, ParseAdminStateError,

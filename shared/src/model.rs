@@ -855,6 +855,10 @@ pub struct Route {
     /// `access_log` is).
     #[serde(default)]
     pub access_log: bool,
+    /// Access lists and request limits (absent from a document or answer written before
+    /// them: none). Boxed: most routes have none, and a route is moved about whole.
+    #[serde(default)]
+    pub limits: Box<crate::limits::RouteLimits>,
 }
 
 impl Route {
@@ -896,6 +900,8 @@ pub struct RoutePatch {
     pub backend_protocol: Option<BackendProtocol>,
     /// New access_log flag.
     pub access_log: Option<bool>,
+    /// Access lists and request limits to change.
+    pub limits: crate::limits::RouteLimitsPatch,
 }
 
 /// What a firewall rule matches.

@@ -107,6 +107,12 @@ named! {
         BackendUnreachable = "backend_unreachable",
         /// Every backend of the route is down, ejected, draining or disabled (L4).
         NoBackend = "no_backend",
+        /// The client (its address, or its IPv6 prefix) has `max_conns_per_client` open.
+        ClientConnLimit = "client_conn_limit",
+        /// The client opens connections faster than `new_conns_per_client` (burst spent).
+        ClientRateLimit = "client_rate_limit",
+        /// The route's `allow_from` / `deny_from` refuses the client (L4 routes).
+        RouteDenied = "route_denied",
     }
 }
 
@@ -117,6 +123,12 @@ named! {
         Firewall = "firewall",
         /// The peer may not send PROXY headers to this listener.
         UntrustedProxy = "untrusted_proxy",
+        /// The client has `max_conns_per_client` open on this listener.
+        ClientConnLimit = "client_conn_limit",
+        /// The client opens connections faster than `new_conns_per_client`.
+        ClientRateLimit = "client_rate_limit",
+        /// The route's `allow_from` / `deny_from` refuses the client (L4 routes).
+        RouteDenied = "route_denied",
     }
 }
 

@@ -70,6 +70,9 @@ pub enum RouteFieldError {
          in the TLS handshake): set backend_tls, or use h2 or http1 for a cleartext backend"
     )]
     AutoWithoutTls,
+    /// An access list or request limit that cannot work.
+    #[error(transparent)]
+    Limits(#[from] crate::limits::RouteLimitsError),
 }
 
 /// A route hostname as routes are stored and looked up by name (`App.Test.` is `app.test`,
@@ -96,6 +99,9 @@ pub fn route_field_problems(route: &Route) -> Vec<RouteFieldError> {
         && let Err(e) = validate_health_check(check, route.mode)
     {
         out.push(e);
+    }
+    if let Err(e) = route.limits.checked() {
+        out.push(e.into());
     }
     if route.mode == Mode::L7 {
         if route.tls_cert.is_empty() {

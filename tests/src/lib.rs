@@ -702,6 +702,8 @@ struct ListenerSpec {
     proxy_protocol: bool,
     proxy_protocol_from: Vec<String>,
     no_sni_route: Option<String>,
+    /// More `key = value` lines (client limits, ...).
+    settings: Vec<String>,
     routes: Vec<RouteSpec>,
 }
 
@@ -719,6 +721,8 @@ struct RouteSpec {
     send_proxy: bool,
     backend_protocol: Option<mc_proxy_shared::BackendProtocol>,
     access_log: bool,
+    /// More `key = value` lines (access lists, request limits, ...).
+    settings: Vec<String>,
 }
 
 impl Default for ProxyBuilder {
@@ -771,6 +775,21 @@ impl ProxyBuilder {
         self
     }
 
+    /// A `key = value` line (the value as TOML) on the last listener: `max_conns_per_client`,
+    /// `new_conns_per_client`, ...
+    pub fn listener_setting(mut self, key: &str, value: impl std::fmt::Display) -> Self {
+        self.last_listener()
+            .settings
+            .push(format!("{key} = {value}"));
+        self
+    }
+
+    /// A `key = value` line (the value as TOML) in `[proxy]`.
+    pub fn proxy_setting(mut self, key: &str, value: impl std::fmt::Display) -> Self {
+        self.proxy.push(format!("{key} = {value}"));
+        self
+    }
+
     /// The listener reads a PROXY header only from these peers (IPs or CIDRs).
     pub fn proxy_protocol_from(mut self, peers: &[&str]) -> Self {
         let listener = self.last_listener();
@@ -793,7 +812,14 @@ impl ProxyBuilder {
             send_proxy: false,
             backend_protocol: None,
             access_log: false,
+            settings: Vec::new(),
         });
+        self
+    }
+
+    /// A `key = value` line (the value as TOML) on the last route: `allow_from`, ...
+    pub fn route_setting(mut self, key: &str, value: impl std::fmt::Display) -> Self {
+        self.last_route().settings.push(format!("{key} = {value}"));
         self
     }
 
@@ -1023,6 +1049,9 @@ impl ProxyBuilder {
             if let Some(route) = &listener.no_sni_route {
                 writeln!(out, "no_sni_route = {route:?}").unwrap();
             }
+            for line in &listener.settings {
+                writeln!(out, "{line}").unwrap();
+            }
             for route in &listener.routes {
                 writeln!(out, "[[listeners.routes]]\nhostname = {:?}", route.hostname).unwrap();
                 if route.members.is_empty() {
@@ -1058,6 +1087,9 @@ impl ProxyBuilder {
                 }
                 if route.access_log {
                     writeln!(out, "access_log = true").unwrap();
+                }
+                for line in &route.settings {
+                    writeln!(out, "{line}").unwrap();
                 }
             }
         }
@@ -1136,6 +1168,35 @@ pub async fn tls_connect_after(
 ) -> io::Result<Client> {
     let mut tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
+    tcp.write_all(preamble).await?;
+    let name = ServerName::try_from(sni.to_owned()).map_err(io::Error::other)?;
+    TlsConnector::from(config)
+        .connect(name, Recorded::new(tcp))
+        .await
+}
+
+/// Connects to `addr` from the local address `source` (port any): a client of its own, as
+/// per-client limits see it (`127.0.0.x` are all loopback addresses on Linux).
+pub async fn tcp_connect_from(source: std::net::IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match source {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    let tcp = socket.connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// Like `tls_connect_after`, from the local address `source` (see [`tcp_connect_from`]).
+pub async fn tls_connect_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    preamble: &[u8],
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> io::Result<Client> {
+    let mut tcp = tcp_connect_from(source, addr).await?;
     tcp.write_all(preamble).await?;
     let name = ServerName::try_from(sni.to_owned()).map_err(io::Error::other)?;
     TlsConnector::from(config)

@@ -683,6 +683,29 @@ pub async fn h2_client(
     sender
 }
 
+/// An HTTP/2 client connection to the proxy that starts with `preamble` (a PROXY header), from
+/// the local address `source`.
+pub async fn h2_client_after(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    preamble: &[u8],
+    sni: &str,
+    pki: &Pki,
+) -> std::io::Result<hyper::client::conn::http2::SendRequest<ClientBody>> {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = crate::tcp_connect_from(source, addr).await?;
+    tcp.write_all(preamble).await?;
+    let config = pki.client_config_with(|c| c.alpn_protocols = vec![b"h2".to_vec()]);
+    let name = ServerName::try_from(sni.to_owned()).map_err(std::io::Error::other)?;
+    let tls = TlsConnector::from(config).connect(name, tcp).await?;
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
 /// An HTTP/1.1 client connection to the proxy (TLS, ALPN http/1.1).
 pub async fn h1_client(
     addr: SocketAddr,

@@ -1,5 +1,6 @@
 //! `mcproxyctl listeners ...`: list, add, update (PROXY protocol, trusted sources, the no-SNI
-//! route, the access log), remove; and the listeners table `status` prints too.
+//! route, the access log, the per-client limits), remove; and the listeners table `status`
+//! prints too.
 //!
 //! I/O: the admin socket (through the caller's client) and stdout/stderr.
 
@@ -26,12 +27,18 @@ pub(super) async fn run(
             proxy_protocol,
             proxy_protocol_from,
             access_log,
+            limits,
         } => {
+            // The daemon's own check, before anything is sent.
+            mc_proxy_shared::ClientLimits::default()
+                .patched(&limits.patch())
+                .map_err(|e| CtlError::Usage(e.to_string()))?;
             let fields = ListenerUpdate {
                 proxy_protocol: Some(proxy_protocol),
                 proxy_protocol_from: Some(proxy_protocol_from),
                 no_sni_route: None,
                 access_log: Some(access_log),
+                client_limits: limits.patch(),
             };
             add(client, &addr, name.as_deref(), fields).await
         }
@@ -42,10 +49,12 @@ pub(super) async fn run(
             proxy_protocol_from,
             any_proxy_source,
             access_log,
+            limits,
         } => {
             let fields = ListenerUpdate {
                 no_sni_route,
                 access_log,
+                client_limits: limits.patch(),
                 proxy_protocol,
                 proxy_protocol_from: match (any_proxy_source, proxy_protocol_from.is_empty()) {
                     (true, _) => Some(Vec::new()),
@@ -82,10 +91,11 @@ async fn add(
         format!(" (name {})", l.name)
     };
     emit(&format!(
-        "listener {}{named} added{bound}, {}; no routes yet: mcproxyctl routes add --listener {} \
-         ...\n",
+        "listener {}{named} added{bound}, {}{}; no routes yet: mcproxyctl routes add \
+         --listener {} ...\n",
         l.addr,
         proxy_text(&l),
+        limits_text(&l.client_limits),
         l.name
     ))
 }
@@ -99,7 +109,8 @@ async fn update(
     if fields == ListenerUpdate::default() {
         return Err(CtlError::Usage(
             "nothing to change: give at least one of --no-sni-route, --proxy-protocol, \
-             --proxy-protocol-from, --any-proxy-source, --access-log"
+             --proxy-protocol-from, --any-proxy-source, --access-log, --max-conns-per-client, \
+             --new-conns-per-client, --new-conns-burst, --client-ipv6-prefix"
                 .into(),
         ));
     }
@@ -110,10 +121,18 @@ async fn update(
         route => format!("hellos without SNI go to {route}"),
     };
     emit(&format!(
-        "listener {} updated: {}; {no_sni}\n",
+        "listener {} updated: {}; {no_sni}{}\n",
         l.addr,
-        proxy_text(&l)
+        proxy_text(&l),
+        limits_text(&l.client_limits)
     ))
+}
+
+/// A listener's client limits in words, after `; `; nothing when none is on.
+pub(super) fn limits_text(limits: &mc_proxy_shared::ClientLimits) -> String {
+    crate::format::client_limits(limits)
+        .map(|text| format!("; {text}"))
+        .unwrap_or_default()
 }
 
 /// A listener's PROXY protocol setting in words.

@@ -157,6 +157,7 @@ async fn add_route(client: &mut AdminClient, args: RouteArgs) -> Result<(), CtlE
         send_proxy_protocol: args.send_proxy_protocol,
         backend_protocol: args.backend_protocol.unwrap_or_default(),
         access_log: args.access_log.unwrap_or(false),
+        limits: Box::new(args.limits.patch().apply(Default::default())),
     };
     let (route, warnings) = client.add_route(&args.listener, route).await?;
     report_route(
@@ -203,12 +204,16 @@ async fn update_route(client: &mut AdminClient, args: UpdateArgs) -> Result<(), 
         send_proxy_protocol: args.send_proxy_protocol,
         backend_protocol: args.backend_protocol,
         access_log: args.access_log,
+        limits: args.limits.patch(),
     };
     if patch == RoutePatch::default() {
         return Err(CtlError::Usage(
             "nothing to change: give at least one of --new-hostname, --backend, --balance, \
              --check*, --no-check, --mode, --tls-cert, --tls-key, --backend-tls, \
-             --backend-protocol, --send-proxy-protocol, --access-log"
+             --backend-protocol, --send-proxy-protocol, --access-log, --allow-from, \
+             --deny-from, --allow-any, --deny-none, --client-request-rate, \
+             --client-request-burst, --route-request-rate, --route-request-burst, \
+             --max-requests, --max-queue, --queue-timeout"
                 .into(),
         ));
     }
@@ -402,6 +407,9 @@ fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
         }
     );
     let _ = writeln!(out, "check     {}", check_text(r));
+    if let Some(limits) = crate::format::route_limits(&r.limits) {
+        let _ = writeln!(out, "limits    {limits}");
+    }
     if e.not_served.is_none() {
         let s = &e.stats;
         let _ = writeln!(
@@ -410,6 +418,27 @@ fn format_route_detail_at(e: &RouteEntry, now_ms: u64) -> String {
              another backend",
             s.active_connections, s.total_connections, s.backend_errors, s.retries
         );
+        if r.limits != Default::default() {
+            let _ = writeln!(
+                out,
+                "refused   {} denied ({}), {} rate limited (429), {} overloaded (503); {} \
+                 queued, {} in flight, {} waiting",
+                s.limits.denied,
+                if r.mode == Mode::L7 { "403" } else { "reset" },
+                s.limits.rate_limited,
+                s.limits.overloaded,
+                s.limits.queued,
+                s.limits.in_flight,
+                s.limits.waiting
+            );
+        }
+        if s.limits.rapid_resets > 0 {
+            let _ = writeln!(
+                out,
+                "h2        {} connections sent GOAWAY for resetting too many accepted streams",
+                s.limits.rapid_resets
+            );
+        }
     }
     out.push('\n');
     out.push_str(&members_table(e, now_ms));

@@ -1,6 +1,7 @@
 //! Values written for people, shared by the command line (`ctl`) and the console (`tui`), so
 //! the two never say the same thing two ways: byte sizes, member states and how long they
-//! have held, the last health check, times of day, uptimes, who made a change.
+//! have held, the last health check, times of day, uptimes, who made a change, a route's
+//! limits.
 //!
 //! No I/O, no state; only [`now_ms`] reads the clock (callers that must not, such as drawing,
 //! pass a time in). `fit` holds the fixed-width forms the console's tables use (and that the
@@ -12,6 +13,66 @@ use std::time::Duration;
 
 use mc_proxy_shared::client::{ChangeOrigin, ClusterLink};
 use mc_proxy_shared::{AdminState, BackendState, MemberStats};
+
+/// A listener's limits per client in words (`listeners`, the console's listener detail);
+/// `None` when none is on.
+pub fn client_limits(limits: &mc_proxy_shared::ClientLimits) -> Option<String> {
+    if !limits.any() {
+        return None;
+    }
+    let mut parts = Vec::new();
+    if limits.max_conns_per_client > 0 {
+        parts.push(format!("{} open", limits.max_conns_per_client));
+    }
+    if limits.new_conns_per_client > 0 {
+        parts.push(format!(
+            "{} new/s (burst {})",
+            limits.new_conns_per_client,
+            limits.burst()
+        ));
+    }
+    Some(format!(
+        "per client (IPv6 /{}): {}",
+        limits.client_ipv6_prefix,
+        parts.join(", ")
+    ))
+}
+
+/// A route's access lists and request limits in words (`routes show`, the console's route
+/// detail); `None` when it has none.
+pub fn route_limits(l: &mc_proxy_shared::limits::RouteLimits) -> Option<String> {
+    let mut parts = Vec::new();
+    if !l.allow_from.is_empty() {
+        parts.push(format!("allow from {}", l.allow_from.join(", ")));
+    }
+    if !l.deny_from.is_empty() {
+        parts.push(format!("deny from {}", l.deny_from.join(", ")));
+    }
+    let burst = |burst: u32, rate: u32| if burst == 0 { rate } else { burst };
+    if l.client_request_rate > 0 {
+        parts.push(format!(
+            "{} req/s per client (burst {})",
+            l.client_request_rate,
+            burst(l.client_request_burst, l.client_request_rate)
+        ));
+    }
+    if l.route_request_rate > 0 {
+        parts.push(format!(
+            "{} req/s for the route (burst {})",
+            l.route_request_rate,
+            burst(l.route_request_burst, l.route_request_rate)
+        ));
+    }
+    if l.max_requests > 0 {
+        parts.push(format!(
+            "{} requests at once, {} may wait {}",
+            l.max_requests,
+            l.max_queue,
+            humantime::format_duration(l.queue_timeout())
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
 
 /// 1536 -> "1.5K" (the CLI's tables: one decimal, binary units).
 pub fn human_bytes(n: u64) -> String {

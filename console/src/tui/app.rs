@@ -75,8 +75,9 @@ pub enum Action {
     UpdateRoute {
         /// Listener address.
         listener: String,
-        /// The route as the form was opened on it (its hostname names it to the daemon).
-        before: Route,
+        /// The route as the form was opened on it (its hostname names it to the daemon);
+        /// boxed, so that every action is not two routes large.
+        before: Box<Route>,
         /// Every field after the edit.
         route: Route,
     },

@@ -359,6 +359,9 @@ impl Form {
             },
             // An L7 field: an L4 route has no requests to log (its connection line says all).
             access_log: l7 && self.access_log,
+            // Not edited in the form (`mcproxyctl routes update --allow-from ...`): a new route
+            // has none, an edit leaves the route's as they are (`link::patch` sends none).
+            limits: Default::default(),
         })
     }
 }
@@ -585,7 +588,7 @@ impl Form {
             },
             Some(before) => Action::UpdateRoute {
                 listener: self.listener.clone(),
-                before: before.clone(),
+                before: Box::new(before.clone()),
                 route,
             },
         })

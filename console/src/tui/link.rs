@@ -201,6 +201,8 @@ fn patch(before: &Route, after: Route) -> Result<RoutePatch, String> {
         send_proxy_protocol: changed(&before.send_proxy_protocol, after.send_proxy_protocol),
         backend_protocol: changed(&before.backend_protocol, after.backend_protocol),
         access_log: changed(&before.access_log, after.access_log),
+        // The form does not edit them: left as the route has them.
+        limits: Default::default(),
     })
 }
 

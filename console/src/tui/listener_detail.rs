@@ -72,6 +72,20 @@ impl Component for ListenerDetail {
                     n => format!("{} served, {n} not served", l.route_count),
                 },
             ),
+            field(
+                "client limits",
+                crate::format::client_limits(&l.client_limits).unwrap_or_else(|| "none".into()),
+            ),
+            field(
+                "client table",
+                match l.client_table.capacity {
+                    0 => "none yet".to_owned(),
+                    capacity => format!(
+                        "{} of {capacity} slots; {} evicted, {} untracked",
+                        l.client_table.entries, l.client_table.evictions, l.client_table.untracked
+                    ),
+                },
+            ),
             field("open", l.active_connections.to_string()),
             field("accepted", l.accepted.to_string()),
             field("over capacity", l.over_capacity.to_string()),

@@ -1,5 +1,6 @@
 //! The route detail box: everything about the selected route, every member in full with its
-//! live state, traffic and last check, the counters and rates; its selected backend and keys
+//! live state, traffic and last check, the counters and rates, its limits and how often they
+//! refused; its selected backend and keys
 //! (context `RouteDetail`): select a backend, drain/enable/disable it, change its weight, edit
 //! the route, show these keys.
 //!
@@ -354,6 +355,51 @@ fn figure_lines(r: &RouteView) -> Vec<Line<'static>> {
             fit::percent(ERROR_SHARE)
         ),
     ));
+    lines.extend(limit_lines(r));
+    lines
+}
+
+/// The route's limits and how often each refused, since the daemon started: what a route
+/// with none shows nothing of (unless it still counted something, an HTTP/2 GOAWAY say).
+fn limit_lines(r: &RouteView) -> Vec<Line<'static>> {
+    let l = &r.stats.limits;
+    let mut lines = Vec::new();
+    if let Some(text) = crate::format::route_limits(&r.route.limits) {
+        lines.push(field("limits", text));
+    }
+    let access = r.route.limits.has_access_lists();
+    if access || l.denied > 0 {
+        let how = if r.route.mode == Mode::L7 {
+            "403"
+        } else {
+            "reset"
+        };
+        lines.push(field("denied", format!("{} ({how})", l.denied)));
+    }
+    if r.route.mode == Mode::L7 {
+        let limits = &r.route.limits;
+        if limits.client_request_rate > 0 || limits.route_request_rate > 0 || l.rate_limited > 0 {
+            lines.push(field("rate limited", format!("{} (429)", l.rate_limited)));
+        }
+        if limits.max_requests > 0 || l.overloaded > 0 {
+            lines.push(field(
+                "max_requests",
+                format!(
+                    "{} in flight, {} waiting; {} queued, {} refused (503) since start",
+                    l.in_flight, l.waiting, l.queued, l.overloaded
+                ),
+            ));
+        }
+        if l.rapid_resets > 0 {
+            lines.push(field(
+                "h2 resets",
+                format!(
+                    "{} connections sent GOAWAY for resetting too many streams",
+                    l.rapid_resets
+                ),
+            ));
+        }
+    }
     lines
 }
 

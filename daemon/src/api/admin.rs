@@ -353,6 +353,17 @@ fn listener_status(l: &ListenerState) -> pb::ListenerStatus {
         bound: l.bound().map(|a| a.to_string()).unwrap_or_default(),
         name: l.name.clone(),
         access_log: settings.access_log,
+        client_limits: Some(settings.client_limits.into()),
+        client_table: Some(
+            l.client_table_stats()
+                .map(|t| pb::ClientLimitTable {
+                    capacity: t.capacity,
+                    entries: t.entries,
+                    evictions: t.evictions,
+                    untracked: t.untracked,
+                })
+                .unwrap_or_default(),
+        ),
         resets_by_reason: c
             .resets_by_reason()
             .map(|(r, n)| pb::ResetCount {
@@ -386,6 +397,19 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
                     request_duration: Some(histogram(&s.request_duration)),
                     connect_duration: Some(histogram(&s.connect_duration)),
                     members: info.members().into_iter().map(Into::into).collect(),
+                    limit_stats: Some({
+                        let gate = &info.stats.limiter.gate;
+                        let (in_flight, waiting) = gate.load();
+                        pb::LimitRouteStats {
+                            denied: s.denied,
+                            rate_limited: s.rate_limited,
+                            overloaded: s.overloaded,
+                            queued: s.queued,
+                            in_flight,
+                            waiting,
+                            rapid_resets: s.rapid_resets,
+                        }
+                    }),
                 }),
                 not_served: String::new(),
                 certificate: info
@@ -802,6 +826,12 @@ impl AdminService for Admin {
                         proxy_protocol_from: Some(req.proxy_protocol_from),
                         no_sni_route: None,
                         access_log: Some(req.access_log),
+                        client_limits: mc_proxy_shared::ClientLimitsPatch {
+                            max_conns_per_client: req.max_conns_per_client,
+                            new_conns_per_client: req.new_conns_per_client,
+                            new_conns_burst: req.new_conns_burst,
+                            client_ipv6_prefix: req.client_ipv6_prefix,
+                        },
                     },
                 },
             )
@@ -1027,6 +1057,17 @@ fn update_route_change(req: pb::UpdateRouteRequest) -> Result<Change, tonic::Sta
             send_proxy_protocol: req.send_proxy_protocol,
             backend_protocol,
             access_log: req.access_log,
+            limits: mc_proxy_shared::limits::RouteLimitsPatch {
+                allow_from: req.allow_from.map(|l| l.nets),
+                deny_from: req.deny_from.map(|l| l.nets),
+                client_request_rate: req.client_request_rate,
+                client_request_burst: req.client_request_burst,
+                route_request_rate: req.route_request_rate,
+                route_request_burst: req.route_request_burst,
+                max_requests: req.max_requests,
+                max_queue: req.max_queue,
+                queue_timeout_ms: req.queue_timeout_ms,
+            },
         },
     })
 }
@@ -1071,6 +1112,12 @@ fn update_listener_change(req: pb::UpdateListenerRequest) -> Change {
             proxy_protocol_from: req.proxy_protocol_from.map(|p| p.sources),
             no_sni_route: req.no_sni_route,
             access_log: req.access_log,
+            client_limits: mc_proxy_shared::ClientLimitsPatch {
+                max_conns_per_client: req.max_conns_per_client,
+                new_conns_per_client: req.new_conns_per_client,
+                new_conns_burst: req.new_conns_burst,
+                client_ipv6_prefix: req.client_ipv6_prefix,
+            },
         },
     }
 }

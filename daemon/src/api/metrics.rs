@@ -447,6 +447,74 @@ fn encode_listeners(
         "Connections closed at accept because [proxy] max_connections was reached.",
         &|c| c.over_capacity.load(Relaxed),
     )?;
+    encode_client_tables(e, listeners)
+}
+
+/// The client tables of listeners with a client limit (made when one was first on): their
+/// size, use, evictions and untracked admissions. Refusals are in `mcproxy_listener_resets`
+/// (`client_conn_limit`, `client_rate_limit`).
+fn encode_client_tables(
+    e: &mut DescriptorEncoder<'_>,
+    listeners: &[(String, &Arc<ListenerState>)],
+) -> Result<(), std::fmt::Error> {
+    let tables: Vec<(&str, crate::model::clients::TableStats)> = listeners
+        .iter()
+        .filter_map(|(name, l)| Some((name.as_str(), l.client_table_stats()?)))
+        .collect();
+    for (name, help, kind, read) in [
+        (
+            "mcproxy_listener_client_table_capacity",
+            "Slots of the listener's client table ([proxy] client_table_size).",
+            MetricType::Gauge,
+            (|t| t.capacity) as fn(&crate::model::clients::TableStats) -> u64,
+        ),
+        (
+            "mcproxy_listener_client_table_entries",
+            "Slots of the listener's client table holding a client.",
+            MetricType::Gauge,
+            |t| t.entries,
+        ),
+        (
+            "mcproxy_listener_client_table_evictions",
+            "Clients dropped from the full client table while their new-connection bucket was \
+             not full (they start over with a full one).",
+            MetricType::Counter,
+            |t| t.evictions,
+        ),
+        (
+            "mcproxy_listener_client_table_untracked",
+            "Connections admitted without per-client limits: every slot the client could take \
+             held open connections.",
+            MetricType::Counter,
+            |t| t.untracked,
+        ),
+    ] {
+        match kind {
+            MetricType::Gauge => family(
+                e,
+                name,
+                help,
+                None,
+                kind,
+                tables.iter().map(|(listener, t)| {
+                    (
+                        vec![("listener", *listener)],
+                        ConstGauge::new(read(t) as i64),
+                    )
+                }),
+            )?,
+            _ => family(
+                e,
+                name,
+                help,
+                None,
+                kind,
+                tables.iter().map(|(listener, t)| {
+                    (vec![("listener", *listener)], ConstCounter::new(read(t)))
+                }),
+            )?,
+        }
+    }
     Ok(())
 }
 
@@ -615,6 +683,49 @@ fn encode_routes(
         None,
         MetricType::Counter,
         |s: &RouteStatsSnapshot| ConstCounter::new(s.no_backend)
+    );
+    per_route!(
+        "mcproxy_route_denied",
+        "Connections (L4, reset route_denied) or requests (L7, answered 403) refused by the \
+         route's allow_from / deny_from.",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.denied)
+    );
+    per_route!(
+        l7_routes,
+        "mcproxy_route_rate_limited",
+        "L7 requests answered 429 (never forwarded) by the route's client_request_rate or \
+         route_request_rate.",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.rate_limited)
+    );
+    per_route!(
+        l7_routes,
+        "mcproxy_route_overloaded",
+        "L7 requests answered 503 by the route's max_requests: its queue full, or their wait \
+         over queue_timeout (never forwarded).",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.overloaded)
+    );
+    per_route!(
+        l7_routes,
+        "mcproxy_route_queued",
+        "L7 requests that waited in the route's max_requests queue (served or not).",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.queued)
+    );
+    per_route!(
+        l7_routes,
+        "mcproxy_route_h2_rapid_resets",
+        "L7 HTTP/2 connections sent GOAWAY ENHANCE_YOUR_CALM for resetting more than \
+         h2_max_client_resets accepted streams within h2_client_reset_window.",
+        None,
+        MetricType::Counter,
+        |s: &RouteStatsSnapshot| ConstCounter::new(s.rapid_resets)
     );
     Ok(())
 }

@@ -219,6 +219,8 @@ pub struct ListenerChange {
     pub no_sni_route: Option<String>,
     /// Log every L7 request on it (one `mc_proxy::request` line each).
     pub access_log: Option<bool>,
+    /// Limits per client address; unset fields keep their value.
+    pub client_limits: mc_proxy_shared::ClientLimitsPatch,
 }
 
 /// What a change did.
@@ -1143,7 +1145,8 @@ fn update_listener(
     let (settings, warnings) =
         listener_settings(ListenerSettings::clone(&listener.settings()), settings)?;
     store.update_listener(listener.id, &stored(&settings, no_sni.as_deref()))?;
-    tracing::info!(listener = %listener.addr, proxy_protocol = settings.proxy_protocol, proxy_protocol_from = %sources_text(&settings).join(","), no_sni_route = no_sni.as_deref().unwrap_or("-"), access_log = settings.access_log, "listener updated");
+    let limits = &settings.client_limits;
+    tracing::info!(listener = %listener.addr, proxy_protocol = settings.proxy_protocol, proxy_protocol_from = %sources_text(&settings).join(","), no_sni_route = no_sni.as_deref().unwrap_or("-"), access_log = settings.access_log, max_conns_per_client = limits.max_conns_per_client, new_conns_per_client = limits.new_conns_per_client, new_conns_burst = limits.new_conns_burst, client_ipv6_prefix = limits.client_ipv6_prefix, "listener updated");
     listener.set_settings(settings);
     if listener.no_sni_route() != no_sni {
         listener.set_no_sni_route(no_sni);
@@ -1260,6 +1263,13 @@ pub fn not_applied(config: &crate::control::config::Config, state: &State) -> Ve
             let on = if l.access_log { "on" } else { "off" };
             differ.push(format!("--access-log {on}"));
         }
+        if settings.client_limits != l.client_limits {
+            differ.push(
+                crate::control::config::client_limit_flags(&l.client_limits, true)
+                    .trim()
+                    .to_owned(),
+            );
+        }
         if !differ.is_empty() {
             lines.push(format!(
                 "listener {} in {} has settings the database does not (the database's apply); \
@@ -1329,6 +1339,10 @@ fn listener_settings(
     if let Some(on) = change.access_log {
         settings.access_log = on;
     }
+    settings.client_limits = settings
+        .client_limits
+        .patched(&change.client_limits)
+        .map_err(|e| ChangeError::Invalid(e.to_string()))?;
     if let Some(from) = change.proxy_protocol_from {
         if from.len() > max_len::PROXY_SOURCES {
             return Err(ChangeError::Invalid(format!(
@@ -1368,6 +1382,7 @@ fn stored(settings: &ListenerSettings, no_sni_route: Option<&str>) -> ListenerFi
         proxy_protocol_from: sources_text(settings),
         no_sni_route: no_sni_route.unwrap_or_default().to_owned(),
         access_log: settings.access_log,
+        client_limits: crate::control::store::StoredClientLimits::of(&settings.client_limits),
     }
 }
 
@@ -1453,6 +1468,7 @@ fn merge(current: Route, patch: RoutePatch) -> Route {
             .unwrap_or(current.send_proxy_protocol),
         backend_protocol: patch.backend_protocol.unwrap_or(current.backend_protocol),
         access_log: patch.access_log.unwrap_or(current.access_log),
+        limits: Box::new(patch.limits.apply(*current.limits)),
     }
 }
 

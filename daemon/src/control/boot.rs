@@ -37,6 +37,14 @@ pub enum StartError {
         /// The stored value.
         value: String,
     },
+    /// Stored client limits out of their bounds (edited by hand?).
+    #[error("listener {addr}: stored client limits: {source}")]
+    ClientLimits {
+        /// The listener.
+        addr: String,
+        /// What is wrong.
+        source: mc_proxy_shared::ClientLimitsError,
+    },
     /// A stored firewall rule does not parse.
     #[error("stored {0}")]
     Firewall(#[from] InvalidRule),
@@ -103,6 +111,13 @@ pub fn load_state(config: &Config, store: &mut Store) -> Result<State, StartErro
                 })
             })
             .collect::<Result<_, _>>()?;
+        let client_limits =
+            row.client_limits
+                .limits()
+                .map_err(|source| StartError::ClientLimits {
+                    addr: row.addr.clone(),
+                    source,
+                })?;
         let listener = ListenerState::new(
             row.id,
             addr,
@@ -110,6 +125,7 @@ pub fn load_state(config: &Config, store: &mut Store) -> Result<State, StartErro
                 proxy_protocol: row.proxy_protocol,
                 proxy_protocol_from,
                 access_log: row.access_log,
+                client_limits,
             },
             RouteTable::with_stats(routes, |_| Arc::default()),
         )

@@ -117,6 +117,8 @@ pub struct ListenerConfig {
     /// Log every L7 request on this listener (`mc_proxy::request`), whatever its route says.
     /// Read from the file at every start (not stored).
     pub access_log: bool,
+    /// Limits per client address.
+    pub client_limits: mc_proxy_shared::ClientLimits,
 }
 
 impl ListenerConfig {
@@ -162,8 +164,43 @@ impl ListenerConfig {
         for net in &self.proxy_protocol_from {
             command.push_str(&format!(" --proxy-protocol-from {net}"));
         }
+        command.push_str(&client_limit_flags(&self.client_limits, false));
         command
     }
+}
+
+/// `limits` as `mcproxyctl listeners` flags (` --max-conns-per-client 10 ...`): those not at
+/// their default, or (`all`) every one, as an update that must set them all needs.
+pub fn client_limit_flags(limits: &mc_proxy_shared::ClientLimits, all: bool) -> String {
+    let default = mc_proxy_shared::ClientLimits::default();
+    let mut flags = String::new();
+    for (flag, value, default) in [
+        (
+            "--max-conns-per-client",
+            limits.max_conns_per_client,
+            default.max_conns_per_client,
+        ),
+        (
+            "--new-conns-per-client",
+            limits.new_conns_per_client,
+            default.new_conns_per_client,
+        ),
+        (
+            "--new-conns-burst",
+            limits.new_conns_burst,
+            default.new_conns_burst,
+        ),
+        (
+            "--client-ipv6-prefix",
+            u32::from(limits.client_ipv6_prefix),
+            u32::from(default.client_ipv6_prefix),
+        ),
+    ] {
+        if all || value != default {
+            flags.push_str(&format!(" {flag} {value}"));
+        }
+    }
+    flags
 }
 
 /// Why a config could not be used.
@@ -339,6 +376,14 @@ struct FileProxy {
     #[serde(default, deserialize_with = "duration")]
     backend_eject_max_time: Option<Duration>,
     workers: Option<usize>,
+    client_table_size: Option<usize>,
+    h2_max_concurrent_streams: Option<u32>,
+    h2_max_pending_accept_reset_streams: Option<usize>,
+    h2_max_local_error_reset_streams: Option<usize>,
+    h2_max_send_buf_size: Option<usize>,
+    h2_max_client_resets: Option<u32>,
+    #[serde(default, deserialize_with = "duration")]
+    h2_client_reset_window: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -357,6 +402,14 @@ struct FileListener {
     routes: Vec<FileRoute>,
     #[serde(default)]
     access_log: bool,
+    #[serde(default)]
+    max_conns_per_client: Option<u32>,
+    #[serde(default)]
+    new_conns_per_client: Option<u32>,
+    #[serde(default)]
+    new_conns_burst: Option<u32>,
+    #[serde(default)]
+    client_ipv6_prefix: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -386,6 +439,24 @@ struct FileRoute {
     backend_protocol: String,
     #[serde(default)]
     access_log: bool,
+    #[serde(default)]
+    allow_from: Vec<String>,
+    #[serde(default)]
+    deny_from: Vec<String>,
+    #[serde(default)]
+    client_request_rate: u32,
+    #[serde(default)]
+    client_request_burst: u32,
+    #[serde(default)]
+    route_request_rate: u32,
+    #[serde(default)]
+    route_request_burst: u32,
+    #[serde(default)]
+    max_requests: u32,
+    #[serde(default)]
+    max_queue: u32,
+    #[serde(default, deserialize_with = "duration")]
+    queue_timeout: Option<Duration>,
 }
 
 /// One entry of `backends = [...]`: `"host:port"`, `"host:port weight=N"` or
@@ -631,6 +702,25 @@ fn validate_proxy(p: FileProxy, problem: &mut impl FnMut(String, String)) -> Pro
             .backend_eject_max_time
             .unwrap_or(defaults.backend_eject_max_time),
         workers: p.workers.unwrap_or(defaults.workers),
+        client_table_size: p.client_table_size.unwrap_or(defaults.client_table_size),
+        h2_max_concurrent_streams: p
+            .h2_max_concurrent_streams
+            .unwrap_or(defaults.h2_max_concurrent_streams),
+        h2_max_pending_accept_reset_streams: p
+            .h2_max_pending_accept_reset_streams
+            .unwrap_or(defaults.h2_max_pending_accept_reset_streams),
+        h2_max_local_error_reset_streams: p
+            .h2_max_local_error_reset_streams
+            .unwrap_or(defaults.h2_max_local_error_reset_streams),
+        h2_max_send_buf_size: p
+            .h2_max_send_buf_size
+            .unwrap_or(defaults.h2_max_send_buf_size),
+        h2_max_client_resets: p
+            .h2_max_client_resets
+            .unwrap_or(defaults.h2_max_client_resets),
+        h2_client_reset_window: p
+            .h2_client_reset_window
+            .unwrap_or(defaults.h2_client_reset_window),
     };
     for (name, value) in [
         ("client_hello_timeout", proxy.client_hello_timeout),
@@ -671,6 +761,52 @@ fn validate_proxy(p: FileProxy, problem: &mut impl FnMut(String, String)) -> Pro
                 "must be at most {}",
                 humantime::format_duration(MAX_SHUTDOWN_DELAY)
             ),
+        );
+    }
+    {
+        use crate::model::clients::CLIENT_TABLE_SIZE_RANGE as RANGE;
+        if !RANGE.contains(&proxy.client_table_size) {
+            problem(
+                "proxy.client_table_size".into(),
+                format!(
+                    "must be between {} and {} slots",
+                    RANGE.start(),
+                    RANGE.end()
+                ),
+            );
+        }
+    }
+    // HTTP/2 limits: each at least 1 (0 would refuse every stream or every byte), and no
+    // larger than a client could need.
+    for (name, value, max) in [
+        (
+            "h2_max_concurrent_streams",
+            proxy.h2_max_concurrent_streams as usize,
+            10_000,
+        ),
+        (
+            "h2_max_pending_accept_reset_streams",
+            proxy.h2_max_pending_accept_reset_streams,
+            10_000,
+        ),
+        (
+            "h2_max_local_error_reset_streams",
+            proxy.h2_max_local_error_reset_streams,
+            1_000_000,
+        ),
+        ("h2_max_send_buf_size", proxy.h2_max_send_buf_size, 16 << 20),
+    ] {
+        if !(1..=max).contains(&value) {
+            problem(
+                format!("proxy.{name}"),
+                format!("must be between 1 and {max}"),
+            );
+        }
+    }
+    if proxy.h2_max_client_resets > 0 && proxy.h2_client_reset_window.is_zero() {
+        problem(
+            "proxy.h2_client_reset_window".into(),
+            "must be greater than zero (set h2_max_client_resets = 0 to turn the limit off)".into(),
         );
     }
     if proxy.workers > MAX_WORKERS {
@@ -776,6 +912,17 @@ fn validate_listeners(
                  header is read and the list has no effect"
             ));
         }
+        let client_limits = mc_proxy_shared::ClientLimits::default()
+            .patched(&mc_proxy_shared::ClientLimitsPatch {
+                max_conns_per_client: fl.max_conns_per_client,
+                new_conns_per_client: fl.new_conns_per_client,
+                new_conns_burst: fl.new_conns_burst,
+                client_ipv6_prefix: fl.client_ipv6_prefix,
+            })
+            .unwrap_or_else(|e| {
+                problem(lctx.clone(), e.to_string());
+                mc_proxy_shared::ClientLimits::default()
+            });
 
         let mut routes = Vec::new();
         let mut seen_hosts: HashMap<String, usize> = HashMap::new();
@@ -822,6 +969,20 @@ fn validate_listeners(
                 send_proxy_protocol: fr.send_proxy_protocol,
                 backend_protocol,
                 access_log: fr.access_log,
+                limits: Box::new(mc_proxy_shared::limits::RouteLimits {
+                    allow_from: fr.allow_from,
+                    deny_from: fr.deny_from,
+                    client_request_rate: fr.client_request_rate,
+                    client_request_burst: fr.client_request_burst,
+                    route_request_rate: fr.route_request_rate,
+                    route_request_burst: fr.route_request_burst,
+                    max_requests: fr.max_requests,
+                    max_queue: fr.max_queue,
+                    // Past u32 milliseconds it is out of range anyway: the check says so.
+                    queue_timeout_ms: fr
+                        .queue_timeout
+                        .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+                }),
             };
             let route = match validate_route(&route) {
                 Ok(valid) => {
@@ -883,6 +1044,7 @@ fn validate_listeners(
             no_sni_route,
             routes,
             access_log: fl.access_log,
+            client_limits,
         });
     }
     listener_name_problems(&names, problem);
@@ -1731,6 +1893,155 @@ mod tests {
                 .contains("listener 127.0.0.1:8443, proxy_protocol_from[1]: invalid network"),
             "{}",
             problems[0]
+        );
+    }
+
+    #[test]
+    fn client_limits_are_read_per_listener_and_checked_by_the_shared_rules() {
+        let f = Fixture::new();
+        let config = f
+            .parse(
+                r#"
+                [proxy]
+                client_table_size = 4096
+                [[listeners]]
+                addr = "127.0.0.1:8443"
+                max_conns_per_client = 20
+                new_conns_per_client = 10
+                new_conns_burst = 40
+                client_ipv6_prefix = 56
+                [[listeners]]
+                addr = "127.0.0.1:8444"
+                "#,
+            )
+            .unwrap();
+        let limits = config.listeners[0].client_limits;
+        assert_eq!(
+            (
+                limits.max_conns_per_client,
+                limits.new_conns_per_client,
+                limits.new_conns_burst,
+                limits.client_ipv6_prefix
+            ),
+            (20, 10, 40, 56)
+        );
+        assert_eq!(
+            config.listeners[1].client_limits,
+            mc_proxy_shared::ClientLimits::default()
+        );
+        assert_eq!(config.proxy.client_table_size, 4096);
+        assert!(
+            config.listeners[0].add_command().ends_with(
+                "--max-conns-per-client 20 --new-conns-per-client 10 \
+                            --new-conns-burst 40 --client-ipv6-prefix 56"
+            ),
+            "{}",
+            config.listeners[0].add_command()
+        );
+
+        let problems = f.problems(
+            r#"
+            [proxy]
+            client_table_size = 10
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            new_conns_burst = 5
+            "#,
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("proxy.client_table_size"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("listener 127.0.0.1:8443: new_conns_burst is set"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn route_access_lists_are_read_in_canonical_form_and_bad_entries_named() {
+        let f = Fixture::new();
+        let config = f
+            .parse(
+                r#"
+                [[listeners]]
+                addr = "127.0.0.1:8443"
+                [[listeners.routes]]
+                hostname = "a.test"
+                backend = "127.0.0.1:9000"
+                allow_from = ["10.1.2.3/8", "192.0.2.7"]
+                deny_from = ["10.6.6.0/24"]
+                "#,
+            )
+            .unwrap();
+        let limits = &config.listeners[0].routes[0].limits;
+        assert_eq!(limits.allow_from, ["10.0.0.0/8", "192.0.2.7/32"]);
+        assert_eq!(limits.deny_from, ["10.6.6.0/24"]);
+
+        let problems = f.problems(
+            r#"
+            [[listeners]]
+            addr = "127.0.0.1:8443"
+            [[listeners.routes]]
+            hostname = "a.test"
+            backend = "127.0.0.1:9000"
+            deny_from = ["office"]
+            "#,
+        );
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("route a.test: deny_from[0]: \"office\" is not an address"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn h2_limits_default_to_the_former_constants_and_are_bounded() {
+        // `l7::limits`' constants (a layer above this one), before they were settings.
+        const MAX_CONCURRENT_STREAMS: u32 = 100;
+        const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+        const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 100;
+        const MAX_SEND_BUF_SIZE: usize = 400 * 1024;
+        let f = Fixture::new();
+        let config = f.parse("").unwrap();
+        let p = &config.proxy;
+        assert_eq!(
+            (
+                p.h2_max_concurrent_streams,
+                p.h2_max_pending_accept_reset_streams,
+                p.h2_max_local_error_reset_streams,
+                p.h2_max_send_buf_size,
+                p.h2_max_client_resets,
+                p.h2_client_reset_window,
+            ),
+            (
+                MAX_CONCURRENT_STREAMS,
+                MAX_PENDING_ACCEPT_RESET_STREAMS,
+                MAX_LOCAL_ERROR_RESET_STREAMS,
+                MAX_SEND_BUF_SIZE,
+                100,
+                Duration::from_secs(10),
+            )
+        );
+        let config = f
+            .parse("[proxy]\nh2_max_concurrent_streams = 32\nh2_client_reset_window = \"1s\"\n")
+            .unwrap();
+        assert_eq!(config.proxy.h2_max_concurrent_streams, 32);
+        assert_eq!(config.proxy.h2_client_reset_window, Duration::from_secs(1));
+        let problems = f.problems("[proxy]\nh2_max_concurrent_streams = 0\n");
+        assert!(
+            problems[0].contains("proxy.h2_max_concurrent_streams: must be between 1 and"),
+            "{problems:?}"
+        );
+        // A reload applies them to new connections.
+        let (_, report) = ProxyConfig::default().reload(&config.proxy);
+        assert!(
+            report
+                .applied
+                .iter()
+                .any(|a| a.starts_with("h2_max_concurrent_streams")),
+            "{report:?}"
         );
     }
 

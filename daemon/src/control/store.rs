@@ -83,6 +83,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "cluster_revision",
         sql: include_str!("../../../migrations/0010_cluster_revision.sql"),
     },
+    Migration {
+        version: 11,
+        name: "limits",
+        sql: include_str!("../../../migrations/0011_limits.sql"),
+    },
 ];
 
 /// The schema version this binary creates and understands.
@@ -153,6 +158,45 @@ pub struct ListenerRow {
     pub access_log: bool,
     /// Its name (the address unless given one), unique; fixed when it is added.
     pub name: String,
+    /// Its limits per client address, as stored (checked when loaded).
+    pub client_limits: StoredClientLimits,
+}
+
+/// A listener's client limits as stored: the columns as they are, checked by `boot`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredClientLimits {
+    /// `max_conns_per_client`.
+    pub max_conns_per_client: u32,
+    /// `new_conns_per_client`.
+    pub new_conns_per_client: u32,
+    /// `new_conns_burst`.
+    pub new_conns_burst: u32,
+    /// `client_ipv6_prefix`.
+    pub client_ipv6_prefix: u32,
+}
+
+impl StoredClientLimits {
+    /// The limits as the store keeps them.
+    pub fn of(limits: &mc_proxy_shared::ClientLimits) -> Self {
+        StoredClientLimits {
+            max_conns_per_client: limits.max_conns_per_client,
+            new_conns_per_client: limits.new_conns_per_client,
+            new_conns_burst: limits.new_conns_burst,
+            client_ipv6_prefix: u32::from(limits.client_ipv6_prefix),
+        }
+    }
+
+    /// The stored values, checked as any other source's.
+    pub fn limits(
+        &self,
+    ) -> Result<mc_proxy_shared::ClientLimits, mc_proxy_shared::ClientLimitsError> {
+        mc_proxy_shared::ClientLimits::default().patched(&mc_proxy_shared::ClientLimitsPatch {
+            max_conns_per_client: Some(self.max_conns_per_client),
+            new_conns_per_client: Some(self.new_conns_per_client),
+            new_conns_burst: Some(self.new_conns_burst),
+            client_ipv6_prefix: Some(self.client_ipv6_prefix),
+        })
+    }
 }
 
 /// What a listener write stores: everything but its id and address.
@@ -166,10 +210,13 @@ pub struct ListenerFields {
     pub no_sni_route: String,
     /// Every L7 request on it gets a per-request log line.
     pub access_log: bool,
+    /// Its limits per client address.
+    pub client_limits: StoredClientLimits,
 }
 
-const LISTENER_COLUMNS: &str =
-    "id, addr, proxy_protocol, proxy_protocol_from, no_sni_route, access_log, name";
+const LISTENER_COLUMNS: &str = "id, addr, proxy_protocol, proxy_protocol_from, no_sni_route, \
+     access_log, name, max_conns_per_client, new_conns_per_client, new_conns_burst, \
+     client_ipv6_prefix";
 
 fn listener_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ListenerRow> {
     let from: String = row.get(3)?;
@@ -185,6 +232,12 @@ fn listener_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ListenerRow> {
         no_sni_route: row.get(4)?,
         access_log: row.get(5)?,
         name: row.get(6)?,
+        client_limits: StoredClientLimits {
+            max_conns_per_client: row.get(7)?,
+            new_conns_per_client: row.get(8)?,
+            new_conns_burst: row.get(9)?,
+            client_ipv6_prefix: row.get(10)?,
+        },
     })
 }
 
@@ -303,6 +356,7 @@ impl Store {
                 proxy_protocol_from: from,
                 no_sni_route: listener.no_sni_route.clone().unwrap_or_default(),
                 access_log: listener.access_log,
+                client_limits: StoredClientLimits::of(&listener.client_limits),
             };
             let id = insert_listener(&tx, &listener.addr.to_string(), &listener.name, &fields)?;
             for route in &listener.routes {
@@ -368,14 +422,20 @@ impl Store {
     ) -> Result<(), StoreError> {
         let changed = self.conn.execute(
             "UPDATE listeners SET proxy_protocol = ?2, proxy_protocol_from = ?3,
-                                  no_sni_route = ?4, access_log = ?5
+                                  no_sni_route = ?4, access_log = ?5,
+                                  max_conns_per_client = ?6, new_conns_per_client = ?7,
+                                  new_conns_burst = ?8, client_ipv6_prefix = ?9
              WHERE id = ?1",
             params![
                 listener_id,
                 fields.proxy_protocol,
                 fields.proxy_protocol_from.join(","),
                 fields.no_sni_route,
-                fields.access_log
+                fields.access_log,
+                fields.client_limits.max_conns_per_client,
+                fields.client_limits.new_conns_per_client,
+                fields.client_limits.new_conns_burst,
+                fields.client_limits.client_ipv6_prefix,
             ],
         )?;
         if changed == 0 {
@@ -459,7 +519,7 @@ impl Store {
                     tls_key = ?6, backend_tls = ?7, send_proxy_protocol = ?8,
                     backend_protocol = ?9, balance = ?10, check_interval_ms = ?11,
                     check_timeout_ms = ?12, check_rise = ?13, check_fall = ?14,
-                    check_path = ?15, check_expect = ?16, access_log = ?17
+                    check_path = ?15, check_expect = ?16, access_log = ?17, limits = ?18
               WHERE id = ?1",
             params![
                 id,
@@ -479,6 +539,7 @@ impl Store {
                 check.path,
                 check.expect,
                 route.access_log,
+                limits_json(route),
             ],
         )
         .map_err(|e| unique_violation(e, || format!("route {}", route.hostname)))?;
@@ -647,15 +708,20 @@ fn insert_listener(
 ) -> Result<i64, StoreError> {
     conn.execute(
         "INSERT INTO listeners (addr, proxy_protocol, proxy_protocol_from, no_sni_route,
-                                access_log, name)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                                access_log, name, max_conns_per_client, new_conns_per_client,
+                                new_conns_burst, client_ipv6_prefix)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             addr,
             fields.proxy_protocol,
             fields.proxy_protocol_from.join(","),
             fields.no_sni_route,
             fields.access_log,
-            name
+            name,
+            fields.client_limits.max_conns_per_client,
+            fields.client_limits.new_conns_per_client,
+            fields.client_limits.new_conns_burst,
+            fields.client_limits.client_ipv6_prefix,
         ],
     )
     .map_err(|e| unique_violation(e, || format!("listener {addr} (name {name})")))?;
@@ -664,7 +730,7 @@ fn insert_listener(
 
 const ROUTE_COLUMNS: &str = "id, hostname, mode, tls_cert, tls_key, backend_tls, \
      send_proxy_protocol, backend_protocol, balance, check_interval_ms, check_timeout_ms, \
-     check_rise, check_fall, check_path, check_expect, access_log";
+     check_rise, check_fall, check_path, check_expect, access_log, limits";
 
 /// A `routes` row as read, its enums still text: parsed in [`StoredRoute::into_route`] so
 /// that a bad value names the route.
@@ -685,6 +751,8 @@ struct StoredRoute {
     check_path: String,
     check_expect: String,
     access_log: bool,
+    /// `RouteLimits` as JSON.
+    limits: String,
 }
 
 impl StoredRoute {
@@ -706,6 +774,7 @@ impl StoredRoute {
             check_path: row.get(13)?,
             check_expect: row.get(14)?,
             access_log: row.get(15)?,
+            limits: row.get(16)?,
         })
     }
 
@@ -752,6 +821,7 @@ impl StoredRoute {
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let limits = serde_json::from_str(&self.limits).map_err(|e| corrupt(&e))?;
         Ok(Route {
             hostname,
             backends,
@@ -764,8 +834,16 @@ impl StoredRoute {
             send_proxy_protocol: self.send_proxy_protocol,
             backend_protocol,
             access_log: self.access_log,
+            limits,
         })
     }
+}
+
+/// A route's limits as the `limits` column keeps them (JSON; fields at their default left
+/// out).
+fn limits_json(route: &Route) -> String {
+    // Serialising a plain struct of strings and numbers cannot fail.
+    serde_json::to_string(&route.limits).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// The `check_*` columns of a route: all NULL-or-empty but the interval's NULL when it has no
@@ -816,8 +894,9 @@ fn insert_route(conn: &Connection, listener_id: i64, route: &Route) -> Result<i6
         "INSERT INTO routes (listener_id, hostname, backend, mode, tls_cert, tls_key,
                              backend_tls, send_proxy_protocol, backend_protocol, balance,
                              check_interval_ms, check_timeout_ms, check_rise, check_fall,
-                             check_path, check_expect, access_log)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                             check_path, check_expect, access_log, limits)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18)",
         params![
             listener_id,
             route.hostname,
@@ -836,6 +915,7 @@ fn insert_route(conn: &Connection, listener_id: i64, route: &Route) -> Result<i6
             check.path,
             check.expect,
             route.access_log,
+            limits_json(route),
         ],
     )
     .map_err(|e| match e {
@@ -925,7 +1005,7 @@ mod tests {
         let (_dir, path) = temp_db();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 10);
+        assert_eq!(SCHEMA_VERSION, 11);
         let listeners = columns(&store, "listeners");
         for col in [
             "proxy_protocol",
@@ -933,6 +1013,10 @@ mod tests {
             "no_sni_route",
             "access_log",
             "name",
+            "max_conns_per_client",
+            "new_conns_per_client",
+            "new_conns_burst",
+            "client_ipv6_prefix",
         ] {
             assert!(
                 listeners.contains(&col.to_owned()),
@@ -995,6 +1079,7 @@ mod tests {
                 no_sni_route: String::new(),
                 access_log: false,
                 name: "127.0.0.1:8443".into(),
+                client_limits: StoredClientLimits::of(&Default::default()),
             }]
         );
         assert_eq!(
@@ -1399,6 +1484,12 @@ mod tests {
                 &ListenerFields {
                     proxy_protocol: true,
                     proxy_protocol_from: from.clone(),
+                    client_limits: StoredClientLimits {
+                        max_conns_per_client: 20,
+                        new_conns_per_client: 10,
+                        new_conns_burst: 40,
+                        client_ipv6_prefix: 56,
+                    },
                     ..ListenerFields::default()
                 },
             )
@@ -1413,6 +1504,17 @@ mod tests {
             send_proxy_protocol: true,
             backend_protocol: BackendProtocol::Http1,
             access_log: true,
+            limits: Box::new(mc_proxy_shared::limits::RouteLimits {
+                allow_from: vec!["10.0.0.0/8".into()],
+                deny_from: vec!["10.6.6.0/24".into(), "2001:db8::/32".into()],
+                client_request_rate: 10,
+                client_request_burst: 20,
+                route_request_rate: 100,
+                route_request_burst: 0,
+                max_requests: 50,
+                max_queue: 10,
+                queue_timeout_ms: 250,
+            }),
             ..Route::default()
         };
         let l4 = Route {
@@ -1428,6 +1530,11 @@ mod tests {
         assert_eq!(listener.proxy_protocol_from, from);
         assert_eq!(listener.id, id);
         assert_eq!(listener.name, "edge-v6");
+        assert_eq!(
+            listener.client_limits.limits().unwrap().client_ipv6_prefix,
+            56
+        );
+        assert_eq!(listener.client_limits.new_conns_burst, 40);
 
         // Reopen: it is on disk, not only in this connection.
         drop(store);

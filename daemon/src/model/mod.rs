@@ -10,11 +10,13 @@
 
 pub(crate) mod backends;
 pub mod certs;
+pub mod clients;
 pub mod cluster;
 pub(crate) mod conns;
 pub mod events;
 pub(crate) mod firewall;
 pub(crate) mod histogram;
+pub mod route_limits;
 pub(crate) mod routes;
 pub mod state;
 pub mod stats;

@@ -128,12 +128,24 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
                         .to_owned(),
                 );
             }
+            if route.limits.has_request_limits() {
+                warnings.push(
+                    "request rates are set on an l4 route and are not used: an l4 route has no \
+                     requests (limit its clients with the listener's new_conns_per_client)"
+                        .to_owned(),
+                );
+            }
             // backend_tls means nothing for passthrough; the plan says ignore, not error.
         }
     }
+    let limits = route
+        .limits
+        .checked()
+        .expect("shape_problems checks the limits");
     Ok(ValidRoute {
         route: Route {
             hostname,
+            limits: Box::new(limits),
             ..route.clone()
         },
         key,
@@ -180,6 +192,43 @@ pub struct RouteInfo {
     pub stats: Arc<RouteStats>,
     /// The members with their health, and the balancing.
     pub backends: BackendSet,
+    /// `allow_from` and `deny_from`, parsed.
+    pub access: RouteAccess,
+}
+
+/// A route's access lists, parsed once per route version (see [`RouteAccess::admits`]).
+#[derive(Debug, Clone, Default)]
+pub struct RouteAccess {
+    allow: Vec<ipnet::IpNet>,
+    deny: Vec<ipnet::IpNet>,
+}
+
+impl RouteAccess {
+    /// The lists of `limits` (checked by validation; an entry that does not parse is skipped).
+    pub fn new(limits: &mc_proxy_shared::limits::RouteLimits) -> Self {
+        let nets = |list: &[String]| {
+            list.iter()
+                .filter_map(|n| mc_proxy_shared::limits::parse_net(n))
+                .collect()
+        };
+        RouteAccess {
+            allow: nets(&limits.allow_from),
+            deny: nets(&limits.deny_from),
+        }
+    }
+
+    /// Whether the route serves `client`: not in `deny_from`, and in `allow_from` when that
+    /// is set. Deny wins, so that `allow_from = ["10.0.0.0/8"]` with
+    /// `deny_from = ["10.6.6.0/24"]` reads as it would in nginx. IPv4-mapped IPv6 clients are
+    /// compared as IPv4.
+    pub fn admits(&self, client: std::net::IpAddr) -> bool {
+        if self.allow.is_empty() && self.deny.is_empty() {
+            return true;
+        }
+        let client = client.to_canonical();
+        !self.deny.iter().any(|n| n.contains(&client))
+            && (self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&client)))
+    }
 }
 
 /// An L7 route's TLS termination, built once per route load rather than per connection.
@@ -206,6 +255,7 @@ impl RouteInfo {
             stats.member(address)
         });
         RouteInfo {
+            access: RouteAccess::new(&valid.route.limits),
             route: valid.route,
             tls,
             stats,

@@ -83,7 +83,31 @@ pub struct ProxyConfig {
     /// Data-plane worker threads, each with its own runtime and listener sockets (0: one
     /// per CPU). Read at start only.
     pub workers: usize,
+    /// Slots of each listener's client table (per-client limits), made when a limit is first
+    /// on: 8 bytes each.
+    pub client_table_size: usize,
+    /// L7 HTTP/2: streams one client connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// L7 HTTP/2: streams the client may reset before the server accepted them, at once.
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// L7 HTTP/2: streams the server may reset for the client's protocol errors, per
+    /// connection.
+    pub h2_max_local_error_reset_streams: usize,
+    /// L7 HTTP/2: response bytes buffered per stream towards the client.
+    pub h2_max_send_buf_size: usize,
+    /// L7 HTTP/2: streams the client may reset after the server accepted them (before their
+    /// response) within `h2_client_reset_window`; one more: GOAWAY ENHANCE_YOUR_CALM (0: no
+    /// limit).
+    pub h2_max_client_resets: u32,
+    /// L7 HTTP/2: the window `h2_max_client_resets` counts in.
+    pub h2_client_reset_window: Duration,
 }
+
+/// Default `[proxy] h2_max_client_resets`.
+pub const DEFAULT_H2_MAX_CLIENT_RESETS: u32 = 100;
+
+/// Default `[proxy] h2_client_reset_window`.
+pub const DEFAULT_H2_CLIENT_RESET_WINDOW: Duration = Duration::from_secs(10);
 
 impl Default for ProxyConfig {
     fn default() -> Self {
@@ -108,6 +132,14 @@ impl Default for ProxyConfig {
             backend_eject_time: Duration::from_secs(5),
             backend_eject_max_time: Duration::from_secs(120),
             workers: 0,
+            client_table_size: crate::model::clients::DEFAULT_CLIENT_TABLE_SIZE,
+            // The values the constants of `l7::limits` had before they were settings.
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_accept_reset_streams: 20,
+            h2_max_local_error_reset_streams: 100,
+            h2_max_send_buf_size: 400 * 1024,
+            h2_max_client_resets: DEFAULT_H2_MAX_CLIENT_RESETS,
+            h2_client_reset_window: DEFAULT_H2_CLIENT_RESET_WINDOW,
         }
     }
 }
@@ -123,10 +155,11 @@ pub struct SettingsReload {
 
 impl ProxyConfig {
     /// `self` with the settings of `new` that may change while the daemon runs, and what
-    /// changed. Every timeout, the request head limit and passive health are read per
-    /// connection or per failure, so they change safely; `max_connections` (the semaphore's
+    /// changed. Every timeout, the request head and HTTP/2 limits and passive health are read
+    /// per connection or per failure, so they change safely; `max_connections` (the semaphore's
     /// size), `backend_ca` (the backend TLS config built at start), the pools' sizes and idle
-    /// timeout (per worker, built at start) and `workers` keep their value until a restart.
+    /// timeout (per worker, built at start), `workers` and `client_table_size` (each
+    /// listener's client table is built once) keep their value until a restart.
     pub fn reload(&self, new: &ProxyConfig) -> (ProxyConfig, SettingsReload) {
         // Every field is named here, so a new one cannot be forgotten in both lists below.
         let ProxyConfig {
@@ -148,6 +181,13 @@ impl ProxyConfig {
             backend_eject_time: _,
             backend_eject_max_time: _,
             workers: _,
+            client_table_size: _,
+            h2_max_concurrent_streams: _,
+            h2_max_pending_accept_reset_streams: _,
+            h2_max_local_error_reset_streams: _,
+            h2_max_send_buf_size: _,
+            h2_max_client_resets: _,
+            h2_client_reset_window: _,
         } = new;
         let mut merged = self.clone();
         let mut report = SettingsReload::default();
@@ -184,6 +224,12 @@ impl ProxyConfig {
             backend_eject_after,
             backend_eject_time,
             backend_eject_max_time,
+            h2_max_concurrent_streams,
+            h2_max_pending_accept_reset_streams,
+            h2_max_local_error_reset_streams,
+            h2_max_send_buf_size,
+            h2_max_client_resets,
+            h2_client_reset_window,
         );
         restart!(
             max_connections,
@@ -192,6 +238,7 @@ impl ProxyConfig {
             backend_max_idle,
             backend_idle_timeout,
             workers,
+            client_table_size,
         );
         (merged, report)
     }
@@ -206,7 +253,7 @@ pub struct ListenerCounters {
     pub active: AtomicU64,
     /// Connections reset by the pipeline (any reason, firewall included).
     pub resets: AtomicU64,
-    /// Connections reset by the firewall.
+    /// Connections refused by policy: the firewall, an untrusted PROXY sender, a client limit.
     pub blocked: AtomicU64,
     /// Connections closed at accept because `max_connections` was reached.
     pub over_capacity: AtomicU64,
@@ -285,6 +332,8 @@ pub struct ListenerSettings {
     /// Every L7 request on this listener gets a `mc_proxy::request` line, whatever its
     /// route says.
     pub access_log: bool,
+    /// Limits per client address (`max_conns_per_client`, ...), checked on every accept.
+    pub client_limits: mc_proxy_shared::ClientLimits,
 }
 
 impl ListenerSettings {
@@ -373,6 +422,9 @@ pub struct ListenerState {
     /// Cancelled (and replaced by a fresh one) whenever the route table or the no-SNI route
     /// changes: what open L7 connections wait on to see whether their route is still theirs.
     changed: ArcSwap<CancellationToken>,
+    /// The per-client state of its client limits; made when a limit is first on, kept for the
+    /// listener's life (a limit change keeps the counts of open connections).
+    clients: std::sync::OnceLock<crate::model::clients::ClientTable>,
 }
 
 /// The longest listener name.
@@ -416,6 +468,7 @@ impl ListenerState {
             routes: ArcSwap::from_pointee(routes),
             not_served: ArcSwap::from_pointee(Vec::new()),
             changed: ArcSwap::from_pointee(CancellationToken::new()),
+            clients: std::sync::OnceLock::new(),
         }
     }
 
@@ -478,6 +531,17 @@ impl ListenerState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
         SocketGuard(Arc::clone(&self.sockets))
+    }
+
+    /// The client table, made with `size` slots on first use.
+    pub fn client_table(&self, size: usize) -> &crate::model::clients::ClientTable {
+        self.clients
+            .get_or_init(|| crate::model::clients::ClientTable::new(size))
+    }
+
+    /// The client table's use, if it was ever made.
+    pub fn client_table_stats(&self) -> Option<crate::model::clients::TableStats> {
+        self.clients.get().map(|t| t.stats())
     }
 
     /// Whether every L7 request on this listener is logged (`[[listeners]] access_log`).

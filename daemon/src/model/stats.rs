@@ -58,6 +58,15 @@ pub struct RouteStats {
     /// Connections (L4) or requests (L7) refused because no member could take them (every
     /// one down, ejected with a trial out, draining or disabled).
     pub no_backend: AtomicU64,
+    /// Connections (L4) or requests (L7) refused by the route's `allow_from` / `deny_from`.
+    pub denied: AtomicU64,
+    /// L7 requests answered 429 by the route's request rates.
+    pub rate_limited: AtomicU64,
+    /// L7 HTTP/2 connections sent GOAWAY ENHANCE_YOUR_CALM for resetting too many accepted
+    /// streams (`h2_max_client_resets`).
+    pub rapid_resets: AtomicU64,
+    /// The state of the route's request rates, shared by every version of the route.
+    pub limiter: crate::model::route_limits::RouteLimiter,
     /// Each member's health and counters by address: kept across route edits and admin state
     /// changes. Locked only while a route table is built, never on the data path.
     members: Mutex<HashMap<String, Arc<MemberHealth>>>,
@@ -88,6 +97,16 @@ pub struct RouteStatsSnapshot {
     pub connect_duration: HistogramSnapshot,
     /// See [`RouteStats::no_backend`].
     pub no_backend: u64,
+    /// See [`RouteStats::denied`].
+    pub denied: u64,
+    /// See [`RouteStats::rate_limited`].
+    pub rate_limited: u64,
+    /// L7 requests refused by `max_requests` (the gate's `overloaded`).
+    pub overloaded: u64,
+    /// L7 requests that waited in the `max_requests` queue.
+    pub queued: u64,
+    /// See [`RouteStats::rapid_resets`].
+    pub rapid_resets: u64,
 }
 
 impl RouteStats {
@@ -128,6 +147,11 @@ impl RouteStats {
             request_duration: self.request_duration.snapshot(),
             connect_duration: self.connect_duration.snapshot(),
             no_backend: load(&self.no_backend),
+            denied: load(&self.denied),
+            rate_limited: load(&self.rate_limited),
+            overloaded: load(&self.limiter.gate.overloaded),
+            queued: load(&self.limiter.gate.queued),
+            rapid_resets: load(&self.rapid_resets),
         }
     }
 }

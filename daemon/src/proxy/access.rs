@@ -64,7 +64,7 @@ pub struct Ending {
     /// What went wrong, if anything (the error's text).
     pub error: Option<String>,
     /// Whose fault it was decides the level: the operator's (backend, config) warn, everything
-    /// else (clients, policy, normal closes) info.
+    /// else (clients, policy, normal closes) info; refusals by a client limit debug.
     pub level: Level,
 }
 
@@ -88,7 +88,7 @@ pub fn blocked(record: &Record, listener: &ListenerState, reason: BlockedReason,
         // An untrusted PROXY sender is named by its TCP address: its header was never read.
         client: match reason {
             BlockedReason::UntrustedProxy => record.peer,
-            BlockedReason::Firewall => record.client,
+            _ => record.client,
         },
         reason,
     });
@@ -146,6 +146,9 @@ fn log_close(record: &Record, ending: &Ending, elapsed: Duration, node: Option<&
     // `tracing::event!` wants a constant level.
     match ending.level {
         Level::WARN => access_log!(Level::WARN),
+        // Refusals by a client limit: a flood would write a line per connection; the pipeline
+        // writes a rate-limited warning instead.
+        Level::DEBUG => access_log!(Level::DEBUG),
         _ => access_log!(Level::INFO),
     }
 }

@@ -3,7 +3,8 @@
 //! I/O: reads the client's first bytes (a PROXY header, the ClientHello), then hands the
 //! stream to the L4 relay or the L7 server. [`handle_conn`] reads top to bottom as ARCHITECTURE.md's
 //! pipeline, one call per step:
-//! PROXY header (listeners with `proxy_protocol`) → firewall → ClientHello → route → dispatch
+//! PROXY header (listeners with `proxy_protocol`) → firewall → client limits → ClientHello →
+//! route (and its access lists, L4) → dispatch
 //! (L4 passthrough in [`crate::proxy::l4`], L7 termination in [`crate::proxy::l7`]) → access record.
 //!
 //! The client address is the TCP peer's, or the source of a received PROXY header: that one
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Level;
 
+use crate::model::clients::{ClientGuard, Refusal};
 use crate::model::conns::Registered;
 use crate::model::routes::RouteInfo;
 use crate::model::state::{ListenerSettings, ListenerState, State};
@@ -63,6 +65,20 @@ pub enum ConnError {
     /// Policy: the client address is blocked.
     #[error("blocked by firewall: {0}")]
     Blocked(IpAddr),
+    /// Policy: the client has `max_conns_per_client` open on this listener.
+    #[error("client {0} has max_conns_per_client open")]
+    ClientConnLimit(IpAddr),
+    /// Policy: the client opens connections faster than `new_conns_per_client`.
+    #[error("client {0} is over new_conns_per_client")]
+    ClientRateLimit(IpAddr),
+    /// Policy: the route's `allow_from` / `deny_from` refuses the client (L4 routes).
+    #[error("route {route} refuses client {client} (allow_from / deny_from)")]
+    RouteDenied {
+        /// The route's hostname.
+        route: String,
+        /// The client address.
+        client: IpAddr,
+    },
     /// Policy: the peer may not send PROXY headers here.
     #[error("peer {0} is not in proxy_protocol_from")]
     UntrustedProxy(IpAddr),
@@ -92,6 +108,9 @@ impl ConnError {
         let reason = match self {
             ConnError::Blocked(_) => ResetReason::Blocked,
             ConnError::UntrustedProxy(_) => ResetReason::UntrustedProxy,
+            ConnError::ClientConnLimit(_) => ResetReason::ClientConnLimit,
+            ConnError::ClientRateLimit(_) => ResetReason::ClientRateLimit,
+            ConnError::RouteDenied { .. } => ResetReason::RouteDenied,
             ConnError::ProxyHeader(proxyproto::ReadError::Timeout) => {
                 ResetReason::ProxyHeaderTimeout
             }
@@ -117,15 +136,19 @@ impl ConnError {
         match self {
             ConnError::Blocked(_) => Some(BlockedReason::Firewall),
             ConnError::UntrustedProxy(_) => Some(BlockedReason::UntrustedProxy),
+            ConnError::ClientConnLimit(_) => Some(BlockedReason::ClientConnLimit),
+            ConnError::ClientRateLimit(_) => Some(BlockedReason::ClientRateLimit),
+            ConnError::RouteDenied { .. } => Some(BlockedReason::RouteDenied),
             _ => None,
         }
     }
 
     /// Backend trouble is the operator's to look at (warn); clients and policy are routine
-    /// (info).
+    /// (info); a client limit's refusals come in floods (debug, and a rate-limited warning).
     fn level(&self) -> Level {
         match self {
             ConnError::L4(_) => Level::WARN,
+            ConnError::ClientConnLimit(_) | ConnError::ClientRateLimit(_) => Level::DEBUG,
             _ => Level::INFO,
         }
     }
@@ -246,6 +269,8 @@ async fn pipeline(
     };
     tracing::Span::current().record("client", tracing::field::display(record.client));
     check_firewall(state, record.client.ip())?;
+    // Held until the connection ends: its place in the client's concurrent count.
+    let _client = check_client_limits(listener, state, record.client.ip())?;
     let hello_timeout = state.proxy().client_hello_timeout;
     let (sni, peeked) = read_client_hello(stream, early, hello_timeout).await?;
     record.sni = sni;
@@ -257,6 +282,15 @@ async fn pipeline(
     };
     tracing::Span::current().record("route", route.hostname());
     record.route = Some(Arc::clone(&route));
+    // L4: the route's access lists refuse here; an L7 route answers each request 403 (its
+    // current version decides, see `l7::downstream`).
+    if route.tls.is_none() && !route.access.admits(record.client.ip()) {
+        route.stats.denied.fetch_add(1, Ordering::Relaxed);
+        return Err(ConnError::RouteDenied {
+            route: route.hostname().to_owned(),
+            client: record.client.ip(),
+        });
+    }
     if route.tls.is_some() {
         // L4 publishes it once dialled, naming its backend (`l4::serve`).
         access::opened(record, listener.addr, &route, state);
@@ -374,9 +408,7 @@ async fn serve_l7(
             request_header_timeout: proxy.request_header_timeout,
             keepalive_timeout: proxy.keepalive_timeout,
             idle_timeout: proxy.idle_timeout,
-            limits: l7::limits::Limits {
-                max_request_head: proxy.max_request_head,
-            },
+            limits: l7::limits::Limits::of(&proxy),
             state: Arc::clone(&shared.state),
             listener: Arc::clone(listener),
         }
@@ -416,6 +448,43 @@ fn check_firewall(state: &State, client: IpAddr) -> Result<(), ConnError> {
         return Err(ConnError::Blocked(client));
     }
     Ok(())
+}
+
+/// How often, at most, a listener warns that its client limits refuse connections.
+const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// The listener's limits per client address, if any is on: admits the connection into the
+/// client's counts (the guard gives its place back), or refuses it before its ClientHello is
+/// read. The limits are read now, so a change applies from the next connection on.
+fn check_client_limits<'a>(
+    listener: &'a ListenerState,
+    state: &State,
+    client: IpAddr,
+) -> Result<Option<ClientGuard<'a>>, ConnError> {
+    let limits = listener.settings().client_limits;
+    if !limits.any() {
+        return Ok(None);
+    }
+    let table = listener.client_table(state.proxy().client_table_size);
+    let refusal = match table.admit(client, &limits) {
+        Ok(guard) => return Ok(Some(guard)),
+        Err(refusal) => refusal,
+    };
+    if let Some(refused) = table.note_refusal(LIMIT_WARNING_EVERY) {
+        tracing::warn!(
+            listener = %listener.addr,
+            %client,
+            refused,
+            max_conns_per_client = limits.max_conns_per_client,
+            new_conns_per_client = limits.new_conns_per_client,
+            "client limits refused connections (count since the last warning; each one is \
+             logged at debug)"
+        );
+    }
+    Err(match refusal {
+        Refusal::Conns => ConnError::ClientConnLimit(client),
+        Refusal::Rate { .. } => ConnError::ClientRateLimit(client),
+    })
 }
 
 /// Reads the whole ClientHello after the `early` bytes already read, returning its SNI and

@@ -1194,7 +1194,7 @@ fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     found[0].value
 }
 
-async fn scrape(proxy: &Proxy) -> String {
+pub(crate) async fn scrape(proxy: &Proxy) -> String {
     let answer = web::http1_request(proxy.metrics, "GET", "/metrics", &[]).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(
@@ -1206,7 +1206,7 @@ async fn scrape(proxy: &Proxy) -> String {
 
 /// `promtool check metrics` on `text`; skipped (with a message) where promtool is missing,
 /// unless MCPROXY_REQUIRE_PROMTOOL is set (CI).
-fn promtool_check(text: &str) {
+pub(crate) fn promtool_check(text: &str) {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let child = Command::new("promtool")

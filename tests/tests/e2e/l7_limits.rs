@@ -117,6 +117,14 @@ async fn a_100_kib_header_gets_431_on_http1_and_http2() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 431);
+    // hyper's own 431 (the head never became a request) is counted on the route, as a
+    // request and a 4xx, once its connection has ended.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while web_stats(&proxy).responses[3] == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = web_stats(&proxy);
+    assert_eq!((stats.requests, stats.responses[3]), (1, 1));
 
     let mut h2 = h2_client(proxy.addr(), "web.test", &pki).await;
     let resp = timed(h2.send_request(with_header_of("https://web.test/", 100 * 1024)))
@@ -412,4 +420,58 @@ async fn a_client_that_respects_the_stream_limit_gets_every_answer() {
     let answers = timed(futures_util::future::join_all(calls)).await;
     assert!(answers.iter().all(|a| a.status == 200));
     assert_eq!(backend.requests(), n);
+}
+
+#[tokio::test]
+async fn resets_of_accepted_streams_past_the_window_limit_get_goaway() {
+    let pki = Pki::new();
+    // Slow answers: every stream is still waiting on the backend when the client resets it.
+    let backend = H2Backend::start_with(H2Options {
+        delay: Some(Duration::from_secs(5)),
+        ..H2Options::default()
+    })
+    .await;
+    let proxy = web_proxy(&pki, backend.addr)
+        .proxy_setting("h2_max_client_resets", 5)
+        .proxy_setting("h2_client_reset_window", "\"10s\"")
+        .start()
+        .await;
+    let mut raw = RawH2::connect(proxy.addr(), "web.test", &pki).await;
+    let block = h2raw::get("web.test", "/");
+    // Five accepted and reset: within the limit, the connection serves on.
+    for i in 0..6u32 {
+        let id = 2 * i + 1;
+        raw.send(&h2raw::frame(
+            h2raw::HEADERS,
+            h2raw::END_HEADERS,
+            id,
+            &block,
+        ))
+        .await
+        .unwrap();
+        // Accepted by the proxy (and on its way to the backend) before the reset.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        raw.send(&h2raw::rst_stream(id, h2raw::CANCEL))
+            .await
+            .unwrap();
+        if i == 4 {
+            assert_eq!(web_stats(&proxy).rapid_resets, 0, "five are allowed");
+        }
+    }
+    let frames = raw.frames_until_goaway().await;
+    let goaway = frames.last().unwrap();
+    assert_eq!(
+        goaway.error_code(),
+        Some(h2raw::ENHANCE_YOUR_CALM),
+        "{goaway:?}"
+    );
+    assert_eq!(web_stats(&proxy).rapid_resets, 1);
+    // The limit is the connection's: another client is served.
+    let mut h2 = h2_client(proxy.addr(), "web.test", &pki).await;
+    let started = std::time::Instant::now();
+    let resp = timed(h2.send_request(with_header_of("https://web.test/", 10)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(started.elapsed() >= Duration::from_secs(4));
 }

@@ -365,6 +365,7 @@ async fn a_listener_update_applies_to_new_connections_all_or_nothing() {
         proxy_protocol_from: Some(vec!["10.0.0.0/8".into(), "lb.example".into()]),
         no_sni_route: Some("a.test".into()),
         access_log: Some(true),
+        ..ListenerUpdate::default()
     };
     let err = admin.update_listener(L, update).await.unwrap_err();
     assert_eq!(err.code(), Some(tonic::Code::InvalidArgument), "{err}");

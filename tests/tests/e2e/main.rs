@@ -7,6 +7,7 @@
 //! the process: `fd_exhaustion` (lowers the descriptor limit) and `large_bodies` (reads the
 //! process's peak resident size).
 
+mod abuse_limits;
 mod admin;
 mod backend_close;
 mod backends;

@@ -113,4 +113,35 @@ mod tests {
         assert!(!doc.same_content(&changed));
         assert!(decode::<RouteDoc>(b"{not json").is_err());
     }
+
+    /// A route's limits travel in its document; a document written before them (no
+    /// `limits` key) still parses, with none.
+    #[test]
+    fn route_limits_round_trip_and_older_documents_have_none() {
+        let mut doc = RouteDoc {
+            route: Route {
+                hostname: "a.test".into(),
+                backends: vec![RouteBackend::new("127.0.0.1:9000")],
+                ..Route::default()
+            },
+            cert_pem: String::new(),
+            key_pem: String::new(),
+            origin: DocOrigin::default(),
+        };
+        let old = String::from_utf8(encode(&doc)).unwrap();
+        assert!(!old.contains("allow_from"), "{old}");
+        let back: RouteDoc = decode(old.as_bytes()).unwrap();
+        assert_eq!(back.route.limits, Default::default());
+        doc.route.limits.allow_from = vec!["10.0.0.0/8".into()];
+        doc.route.limits.deny_from = vec!["10.6.6.0/24".into()];
+        let back: RouteDoc = decode(&encode(&doc)).unwrap();
+        assert_eq!(back, doc);
+        assert!(!doc.same_content(&RouteDoc {
+            route: Route {
+                limits: Default::default(),
+                ..doc.route.clone()
+            },
+            ..doc.clone()
+        }));
+    }
 }

@@ -38,6 +38,7 @@ use super::upstream::{Upstream, UpstreamError};
 use super::websocket::{self, Tunnels, WebSocketError};
 use crate::connectors::pool::PoolError;
 use crate::connectors::response::RespBody;
+use crate::model::route_limits::{self, GateError, GateSlot, RouteLimiter};
 use crate::model::routes::RouteInfo;
 use crate::protocols::body::{BackendError, ReqBody};
 
@@ -48,6 +49,9 @@ use crate::protocols::body::{BackendError, ReqBody};
 pub struct ProxyBody {
     inner: Content,
     _in_flight: Option<InFlightGuard>,
+    /// The request's slot under its route's `max_requests`: the backend is busy with it until
+    /// its response body is done.
+    slot: Option<GateSlot>,
     /// The request's access log record, when its line is on: counts the bytes sent and
     /// writes the line when this body is dropped (`request_log`).
     log: Option<Box<RequestLog>>,
@@ -72,6 +76,7 @@ impl ProxyBody {
         ProxyBody {
             inner,
             _in_flight: None,
+            slot: None,
             log: None,
         }
     }
@@ -186,6 +191,19 @@ pub enum RequestError {
     /// An upgrade (WebSocket, or one refused): see [`WebSocketError`] for whose fault.
     #[error(transparent)]
     WebSocket(#[from] WebSocketError),
+    /// Policy: the route's `allow_from` / `deny_from` refuses the client (403).
+    #[error("the route's allow_from / deny_from refuses the client")]
+    Denied,
+    /// Policy: the route has `max_requests` in flight and no room (or time) to wait (503).
+    #[error("the route is at max_requests: {0}")]
+    Overloaded(#[from] GateError),
+    /// Policy: over the route's request rate, the client's or the route's (429); one more
+    /// would be admitted after `wait`.
+    #[error("over the route's request rate (retry in {wait:?})")]
+    RateLimited {
+        /// Until the bucket holds one again (the `Retry-After`, rounded up to seconds).
+        wait: std::time::Duration,
+    },
     /// The client connection ended while the request waited for the backend.
     #[error("client connection closed")]
     Closed,
@@ -198,6 +216,9 @@ impl RequestError {
                 StatusCode::MISDIRECTED_REQUEST
             }
             RequestError::BadAuthority(_) => StatusCode::BAD_REQUEST,
+            RequestError::Denied => StatusCode::FORBIDDEN,
+            RequestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RequestError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             RequestError::Refused(v) => v.status(),
             RequestError::Upstream(e) => e.status(),
             RequestError::WebSocket(e) => e.status(),
@@ -215,6 +236,11 @@ impl RequestError {
                 "misdirected request: this connection's route changed; retry on a new connection\n"
             }
             RequestError::BadAuthority(_) => "bad request: unusable host\n",
+            RequestError::Denied => "forbidden: this address may not use this site\n",
+            RequestError::RateLimited { .. } => "too many requests: retry after a while\n",
+            RequestError::Overloaded(_) => {
+                "service unavailable: the site is at its request capacity\n"
+            }
             RequestError::Refused(v) => v.text(),
             RequestError::WebSocket(e) => e.text(),
             RequestError::Upstream(e) if e.status() == StatusCode::GATEWAY_TIMEOUT => {
@@ -323,11 +349,32 @@ pub fn handle(
                         stats.backend_errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%method, %path, "backend error: {e}");
                     }
+                    // Policy, and a scanner's every request: counted, not logged at info.
+                    RequestError::Denied => {
+                        stats.denied.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%method, %path, "refused: {e}");
+                    }
+                    // A flood's every request: counted, not logged at info.
+                    RequestError::RateLimited { .. } => {
+                        stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%method, %path, "refused: {e}");
+                    }
+                    // Counted by the gate.
+                    RequestError::Overloaded(_) => {
+                        tracing::debug!(%method, %path, "refused: {e}");
+                    }
                     _ => tracing::info!(%method, %path, "refused: {e}"),
                 }
                 let mut resp = text_response(e.status(), e.text());
                 if let RequestError::WebSocket(w) = &e {
                     w.decorate(resp.headers_mut());
+                }
+                if let RequestError::RateLimited { wait } = &e {
+                    // Whole seconds (RFC 9110 §10.2.3), rounded up: a client that waits that
+                    // long finds its bucket holding one.
+                    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
                 }
                 resp
             }
@@ -412,6 +459,35 @@ fn forward<'a>(
         // which reads only one of them.
         limits::check_request(&req, ctx.limits)?;
         let authority = requested_authority(&req, ctx.sni.as_deref())?;
+        // The route's access lists, as its current version has them (a change reaches open
+        // connections at their next request).
+        let mut slot = None;
+        if let Some(upstream) = &upstream {
+            let route = upstream.route();
+            if !route.access.admits(ctx.client.ip()) {
+                return Err(RequestError::Denied);
+            }
+            // Then its request rates and cap: a refused request is never forwarded.
+            if RouteLimiter::rates(&route.route.limits) {
+                route
+                    .stats
+                    .limiter
+                    .admit_request(
+                        ctx.client.ip(),
+                        ctx.routing.client_ipv6_prefix(),
+                        &route.route.limits,
+                        ctx.routing.client_table_size(),
+                    )
+                    .map_err(|wait| RequestError::RateLimited { wait })?;
+            }
+            if route.route.limits.max_requests > 0 {
+                let entered = tokio::select! {
+                    entered = route_limits::enter(&route.stats.limiter.gate, &route.route.limits) => entered,
+                    () = ctx.closed.cancelled() => return Err(RequestError::Closed),
+                };
+                slot = Some(entered?);
+            }
+        }
         if let Some(upgrade) = websocket::upgrade_of(&req) {
             // Boxed: the WebSocket set-up's state is larger than the whole plain-request path,
             // and every request's future (moved whole when it is created and boxed) would carry
@@ -455,10 +531,9 @@ fn forward<'a>(
         };
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            ProxyBody::new(Content::Backend(body)),
-        ))
+        let mut body = ProxyBody::new(Content::Backend(body));
+        body.slot = slot;
+        Ok(Response::from_parts(parts, body))
     }
 }
 

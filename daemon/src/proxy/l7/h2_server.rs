@@ -16,7 +16,11 @@
 //! future, and with it the backend stream (reset `CANCEL`). A response body that fails
 //! resets the client's stream with `INTERNAL_ERROR`. Shutdown, a route gone and the
 //! keep-alive timeout send GOAWAY and let the open streams finish; the idle timeout, and a
-//! client that opened no stream within `request_header_timeout`, end the connection.
+//! client that opened no stream within `request_header_timeout`, end the connection. A client
+//! that resets more than `h2_max_client_resets` accepted streams before their response within
+//! `h2_client_reset_window` (rapid reset on accepted streams: each one cost a backend request
+//! h2's own pending-accept budget never sees) gets GOAWAY ENHANCE_YOUR_CALM, counted on the
+//! route (`rapid_resets`).
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -46,6 +50,8 @@ enum Event {
     Closing(L7End),
     /// No first request within `request_header_timeout`.
     NoRequest,
+    /// Too many accepted streams reset by the client within the window.
+    RapidReset,
     Idle,
     /// The connection ended: closed (`Ok`) or failed.
     Ended(Result<(), h2::Error>),
@@ -124,6 +130,7 @@ where
         let mut no_request = pin!(watch.in_flight.no_first_request(watch.first_request));
         let mut streams = FuturesUnordered::new();
         let mut closing: Option<L7End> = None;
+        let mut resets = ResetWindow::new(limits);
         loop {
             let event = std::future::poll_fn(|cx| {
                 if closing.is_none()
@@ -150,7 +157,11 @@ where
                 loop {
                     // Streams first: what they queue is written by the connection's poll
                     // below, in the same pass.
-                    while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+                    while let Poll::Ready(Some(reset)) = streams.poll_next_unpin(cx) {
+                        if reset == Ended::ResetByClient && resets.exceeded() && closing.is_none() {
+                            return Poll::Ready(Event::RapidReset);
+                        }
+                    }
                     match conn.poll_accept(cx) {
                         Poll::Ready(Some(Ok((req, respond)))) => {
                             // Boxed: `FuturesUnordered` keeps a stub task the size of its
@@ -179,6 +190,25 @@ where
                     conn.graceful_shutdown();
                 }
                 (Event::NoRequest, _) => return L7End::RequestHeaderTimeout,
+                (Event::RapidReset, Some(conn)) => {
+                    ctx.route
+                        .stats
+                        .rapid_resets
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(
+                        resets = limits.h2_max_client_resets,
+                        window = ?limits.h2_client_reset_window,
+                        "client reset too many accepted streams: GOAWAY ENHANCE_YOUR_CALM"
+                    );
+                    closing = Some(L7End::Failed(format!(
+                        "rapid reset: more than {} accepted streams reset by the client within {:?}",
+                        limits.h2_max_client_resets, limits.h2_client_reset_window
+                    )));
+                    // The open streams are dropped (their backend streams cancelled).
+                    streams.clear();
+                    conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                }
+                (Event::RapidReset, None) => unreachable!("streams exist only once serving"),
                 (Event::Idle, _) => return L7End::IdleTimeout,
                 (Event::Ended(res), _) => {
                     return match (res, closing) {
@@ -194,6 +224,49 @@ where
     }
 }
 
+/// How a stream ended, as the connection's rapid-reset count needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Answered (or failed on our side).
+    Answered,
+    /// The client reset it before its response head.
+    ResetByClient,
+}
+
+/// The client's resets of accepted streams in the current window (a fixed window: cheap,
+/// and a burst across a window edge gets at most twice the limit).
+struct ResetWindow {
+    max: u32,
+    window: std::time::Duration,
+    started: tokio::time::Instant,
+    count: u32,
+}
+
+impl ResetWindow {
+    fn new(limits: Limits) -> Self {
+        ResetWindow {
+            max: limits.h2_max_client_resets,
+            window: limits.h2_client_reset_window,
+            started: tokio::time::Instant::now(),
+            count: 0,
+        }
+    }
+
+    /// Counts one reset; true once more than `max` fell in one window (never with `max` 0).
+    fn exceeded(&mut self) -> bool {
+        if self.max == 0 {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.started) >= self.window {
+            self.started = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count > self.max
+    }
+}
+
 /// One client stream: its request handled, its response sent back.
 #[expect(
     clippy::manual_async_fn,
@@ -203,7 +276,7 @@ fn stream(
     ctx: Arc<Ctx>,
     req: Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
-) -> impl Future<Output = ()> + Send + 'static {
+) -> impl Future<Output = Ended> + Send + 'static {
     // Boxed per stream and moved whole when created: no second copy of the arguments.
     async move {
         let content_length = body::content_length(req.headers());
@@ -229,7 +302,7 @@ fn stream(
         .await;
         let Some(Ok(resp)) = resp else {
             tracing::debug!("stream reset by the client before its response");
-            return;
+            return Ended::ResetByClient;
         };
         let (head, mut body) = resp.into_parts();
         let mut head = Response::from_parts(head, ());
@@ -239,7 +312,7 @@ fn stream(
                 Ok(send) => drop(handoff.send(send)),
                 Err(e) => tracing::debug!("WebSocket answer to the client failed: {e}"),
             }
-            return;
+            return Ended::Answered;
         }
         let end = body.is_end_stream();
         if !end
@@ -254,11 +327,11 @@ fn stream(
             Err(e) => {
                 tracing::debug!("response head to the client failed: {e}");
                 respond.send_reset(h2::Reason::INTERNAL_ERROR);
-                return;
+                return Ended::Answered;
             }
         };
         if end {
-            return;
+            return Ended::Answered;
         }
         let mut to = ToStream::new(send);
         let sent = std::future::poll_fn(|cx: &mut Context<'_>| {
@@ -268,5 +341,6 @@ fn stream(
         if let Err(e) = sent {
             tracing::debug!("response body to the client ended: {e}");
         }
+        Ended::Answered
     }
 }

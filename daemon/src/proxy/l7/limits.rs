@@ -9,10 +9,8 @@
 //! bound by a read's worth of bytes still gets 431, identically on HTTP/1.1 and HTTP/2.
 //!
 //! The HTTP/2 numbers follow sozu's and h2's documented limits (see ARCHITECTURE.md,
-//! decisions); they are constants rather than settings because they bound a single client's
-//! cost, not a deployment's shape. Only the head size is configurable
-//! (`[proxy] max_request_head`), because applications legitimately differ there (large
-//! cookies, JWTs).
+//! decisions); the constants below are their defaults, and `[proxy] h2_*` settings (read per
+//! connection, [`Limits`]) change them. The head size is `[proxy] max_request_head`.
 
 use http::{HeaderMap, Request, StatusCode, Version, header};
 use hyper_util::server::conn::auto;
@@ -49,17 +47,51 @@ pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 100;
 /// cost to 40 MiB per connection.
 pub const MAX_SEND_BUF_SIZE: usize = 400 * 1024;
 
-/// The per-connection limits that depend on configuration.
+/// The per-connection limits that depend on configuration (`[proxy]`, read when the
+/// connection starts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// `[proxy] max_request_head`, in bytes.
     pub max_request_head: usize,
+    /// `[proxy] h2_max_concurrent_streams`.
+    pub h2_max_concurrent_streams: u32,
+    /// `[proxy] h2_max_pending_accept_reset_streams`.
+    pub h2_max_pending_accept_reset_streams: usize,
+    /// `[proxy] h2_max_local_error_reset_streams`.
+    pub h2_max_local_error_reset_streams: usize,
+    /// `[proxy] h2_max_send_buf_size`.
+    pub h2_max_send_buf_size: usize,
+    /// `[proxy] h2_max_client_resets` (0: no limit) within `h2_client_reset_window`.
+    pub h2_max_client_resets: u32,
+    /// `[proxy] h2_client_reset_window`.
+    pub h2_client_reset_window: std::time::Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
+            h2_max_concurrent_streams: MAX_CONCURRENT_STREAMS,
+            h2_max_pending_accept_reset_streams: MAX_PENDING_ACCEPT_RESET_STREAMS,
+            h2_max_local_error_reset_streams: MAX_LOCAL_ERROR_RESET_STREAMS,
+            h2_max_send_buf_size: MAX_SEND_BUF_SIZE,
+            h2_max_client_resets: crate::model::state::DEFAULT_H2_MAX_CLIENT_RESETS,
+            h2_client_reset_window: crate::model::state::DEFAULT_H2_CLIENT_RESET_WINDOW,
+        }
+    }
+}
+
+impl Limits {
+    /// The limits `proxy` sets.
+    pub fn of(proxy: &crate::model::state::ProxyConfig) -> Self {
+        Limits {
+            max_request_head: proxy.max_request_head,
+            h2_max_concurrent_streams: proxy.h2_max_concurrent_streams,
+            h2_max_pending_accept_reset_streams: proxy.h2_max_pending_accept_reset_streams,
+            h2_max_local_error_reset_streams: proxy.h2_max_local_error_reset_streams,
+            h2_max_send_buf_size: proxy.h2_max_send_buf_size,
+            h2_max_client_resets: proxy.h2_max_client_resets,
+            h2_client_reset_window: proxy.h2_client_reset_window,
         }
     }
 }
@@ -77,10 +109,10 @@ pub fn configure<E>(builder: &mut auto::Builder<E>, limits: Limits) {
     builder
         .http2()
         .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX))
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
-        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
-        .max_send_buf_size(MAX_SEND_BUF_SIZE);
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
+        .max_send_buf_size(limits.h2_max_send_buf_size);
 }
 
 /// Applies the same limits to the `h2` crate's server builder, for the HTTP/2 connections
@@ -91,10 +123,10 @@ pub fn configure_h2(builder: &mut h2::server::Builder, limits: Limits) {
         .clamp(MIN_MAX_REQUEST_HEAD, MAX_MAX_REQUEST_HEAD);
     builder
         .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX))
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
-        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
-        .max_send_buffer_size(MAX_SEND_BUF_SIZE);
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(Some(limits.h2_max_local_error_reset_streams))
+        .max_send_buffer_size(limits.h2_max_send_buf_size);
 }
 
 /// Why a parsed request is refused before it is forwarded.
@@ -224,6 +256,12 @@ mod tests {
 
     const L: Limits = Limits {
         max_request_head: DEFAULT_MAX_REQUEST_HEAD,
+        h2_max_concurrent_streams: MAX_CONCURRENT_STREAMS,
+        h2_max_pending_accept_reset_streams: MAX_PENDING_ACCEPT_RESET_STREAMS,
+        h2_max_local_error_reset_streams: MAX_LOCAL_ERROR_RESET_STREAMS,
+        h2_max_send_buf_size: MAX_SEND_BUF_SIZE,
+        h2_max_client_resets: 100,
+        h2_client_reset_window: std::time::Duration::from_secs(10),
     };
 
     #[test]
@@ -283,6 +321,7 @@ mod tests {
     fn a_head_over_the_limit_is_too_large() {
         let small = Limits {
             max_request_head: MIN_MAX_REQUEST_HEAD,
+            ..L
         };
         let big = "a".repeat(MIN_MAX_REQUEST_HEAD);
         let r = req(

@@ -93,6 +93,17 @@ impl Routing {
         self.listener.addr
     }
 
+    /// How the listener groups IPv6 clients (`client_ipv6_prefix`): a route's per-client
+    /// request rate sees the clients its listener's limits see.
+    pub fn client_ipv6_prefix(&self) -> u8 {
+        self.listener.settings().client_limits.client_ipv6_prefix
+    }
+
+    /// `[proxy] client_table_size`: the size of a route's client table when it is made.
+    pub fn client_table_size(&self) -> usize {
+        self.endpoints.state.proxy().client_table_size
+    }
+
     /// Whether the listener logs every request (`[[listeners]] access_log`).
     pub fn listener_logs(&self) -> bool {
         self.listener.access_log()
