@@ -156,6 +156,7 @@ wire_enum!(
         TlsHandshakeFailed,
         TlsHandshakeTimeout,
         AdminClosed,
+        AcmeChallenge,
     ]
 );
 

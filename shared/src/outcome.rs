@@ -175,6 +175,9 @@ named! {
         /// An operator closed it (`mcproxyctl connections close`, the console): cut at once,
         /// like at the end of the shutdown grace period.
         AdminClosed = "admin_closed",
+        /// An ACME CA's tls-alpn-01 validation: shown the pending challenge's certificate
+        /// (RFC 8737), then closed; never routed.
+        AcmeChallenge = "acme_challenge",
     }
 }
 

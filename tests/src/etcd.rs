@@ -432,7 +432,7 @@ async fn health(port: u16) -> bool {
 }
 
 /// `n` distinct ports from `PORTS`, each free on loopback when picked.
-fn free_ports(n: usize) -> Vec<u16> {
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
     let mut ports = Vec::with_capacity(n);
     let span = u64::from(PORTS.end - PORTS.start);
     for _ in 0..10_000 {

@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod grpc;
 pub mod h2origin;
 pub mod h2raw;
+pub mod pebble;
 pub mod site;
 pub mod web;
 pub mod ws;

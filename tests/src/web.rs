@@ -848,3 +848,47 @@ impl crate::ProxyBuilder {
         self.duration("backend_eject_time", value)
     }
 }
+
+/// One HTTPS GET of `path` on `addr` (as `localhost`), trusting only the CA in the PEM file
+/// `ca`; the answer read whole.
+pub async fn https_get_with_ca(
+    addr: SocketAddr,
+    path: &str,
+    ca: &std::path::Path,
+) -> std::io::Result<Answer> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        rustls_pki_types::CertificateDer::pem_file_iter(ca).map_err(std::io::Error::other)?
+    {
+        roots
+            .add(cert.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method("GET")
+        .uri(path)
+        .header("host", format!("localhost:{}", addr.port()));
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        sender.send_request(with_body(req, "")),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("no answer within 10 s"))?
+    .map_err(std::io::Error::other)?;
+    Ok(answer(resp).await)
+}

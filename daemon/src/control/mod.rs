@@ -6,6 +6,7 @@
 //! I/O: the config file, the database, certificate files, etcd. Imports `model` only; the data
 //! plane never imports it (checked by `daemon/tests/layers.rs`).
 
+pub mod acme;
 pub(crate) mod apply;
 pub mod boot;
 pub mod cluster;

@@ -8,6 +8,7 @@
 //! imports from above (checked by `daemon/tests/layers.rs`). Writers of the snapshot are
 //! `control` (and `listeners` for the bound address); everyone else reads.
 
+pub mod acme;
 pub(crate) mod backends;
 pub mod certs;
 pub mod clients;

@@ -659,6 +659,8 @@ pub struct State {
     sockets: std::sync::OnceLock<Arc<dyn SocketHost>>,
     /// Live events for admin API subscribers.
     pub events: EventBus,
+    /// ACME tls-alpn-01 challenges pending (`control::acme` in, the listeners out).
+    pub acme: crate::model::acme::Challenges,
     /// Open routed connections, for `ListConnections`.
     pub connections: crate::model::conns::Registry,
     /// The L7 backend connection pool's counters, per backend.
@@ -696,6 +698,7 @@ impl State {
             listeners: ArcSwap::from_pointee(listeners),
             sockets: std::sync::OnceLock::new(),
             events: EventBus::default(),
+            acme: Default::default(),
             connections: crate::model::conns::Registry::default(),
             backends: Arc::default(),
             firewall: ArcSwap::from_pointee(firewall),

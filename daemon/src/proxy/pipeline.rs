@@ -165,6 +165,9 @@ pub enum ConnEnd {
     Cancelled,
     /// An operator closed it.
     AdminClosed,
+    /// An ACME validation was shown its challenge certificate (`None`), or its handshake
+    /// failed (why).
+    AcmeChallenge(Option<String>),
 }
 
 impl ConnEnd {
@@ -178,6 +181,7 @@ impl ConnEnd {
             }
             ConnEnd::L4(RelayEnd::Cancelled) | ConnEnd::Cancelled => (CloseReason::Shutdown, None),
             ConnEnd::AdminClosed => (CloseReason::AdminClosed, None),
+            ConnEnd::AcmeChallenge(error) => (CloseReason::AcmeChallenge, error),
             ConnEnd::L4(RelayEnd::Error(e)) => (CloseReason::RelayError, Some(e.to_string())),
             ConnEnd::L7(L7End::Drained) => (CloseReason::Drained, None),
             ConnEnd::L7(L7End::KeepaliveTimeout) => (CloseReason::KeepaliveTimeout, None),
@@ -272,8 +276,14 @@ async fn pipeline(
     // Held until the connection ends: its place in the client's concurrent count.
     let _client = check_client_limits(listener, state, record.client.ip())?;
     let hello_timeout = state.proxy().client_hello_timeout;
-    let (sni, peeked) = read_client_hello(stream, early, hello_timeout).await?;
+    let (sni, peeked, challenge) = read_client_hello(stream, early, hello_timeout, state).await?;
     record.sni = sni;
+    // An ACME CA validating a name with a pending tls-alpn-01 challenge: shown its
+    // certificate, never routed. Any other ClientHello goes on as before.
+    if let Some(config) = challenge {
+        let stream = slot.take().expect("the stream is still here");
+        return Ok(answer_challenge(stream, peeked, config, hello_timeout).await);
+    }
     let route = match &record.sni {
         Some(sni) => listener
             .lookup(sni)
@@ -490,15 +500,46 @@ fn check_client_limits<'a>(
 /// Reads the whole ClientHello after the `early` bytes already read, returning its SNI and
 /// every byte read (to be forwarded verbatim). The rest of the hello (its ALPN list) is
 /// dropped here: an L4 connection would otherwise keep it for its whole life.
+/// The TLS configuration of a pending ACME tls-alpn-01 challenge, when the hello is its
+/// validation.
+type Challenge = Option<Arc<rustls::ServerConfig>>;
+
+/// Reads the whole ClientHello after the `early` bytes already read, returning its SNI,
+/// every byte read (to be forwarded verbatim), and the challenge it validates if it is an
+/// ACME CA's. The rest of the hello (its ALPN list) is dropped here: an L4 connection would
+/// otherwise keep it for its whole life.
 async fn read_client_hello(
     stream: &mut TcpStream,
     early: Vec<u8>,
     timeout: Duration,
-) -> Result<(Option<String>, Vec<u8>), ConnError> {
+    state: &State,
+) -> Result<(Option<String>, Vec<u8>, Challenge), ConnError> {
     let mut peeked = early;
     peeked.reserve(2048);
     let hello = sni::read_client_hello(stream, &mut peeked, timeout).await?;
-    Ok((hello.server_name, peeked))
+    let challenge = state.acme.answer(hello.server_name.as_deref(), &hello.alpn);
+    Ok((hello.server_name, peeked, challenge))
+}
+
+/// Shows an ACME CA's validation the challenge certificate (the handshake is all it needs;
+/// RFC 8737 §3), then closes.
+async fn answer_challenge(
+    stream: TcpStream,
+    peeked: Vec<u8>,
+    config: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+) -> ConnEnd {
+    use tokio::io::AsyncWriteExt;
+    let handshake = tokio_rustls::TlsAcceptor::from(config)
+        .accept(crate::protocols::io::Rewind::new(peeked, stream));
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(mut tls)) => {
+            let _ = tls.shutdown().await;
+            ConnEnd::AcmeChallenge(None)
+        }
+        Ok(Err(e)) => ConnEnd::AcmeChallenge(Some(e.to_string())),
+        Err(_) => ConnEnd::AcmeChallenge(Some("the validation's handshake timed out".into())),
+    }
 }
 
 /// Closes with SO_LINGER 0, so the peer sees RST instead of an orderly FIN: a refused

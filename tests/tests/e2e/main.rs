@@ -8,6 +8,7 @@
 //! process's peak resident size).
 
 mod abuse_limits;
+mod acme;
 mod admin;
 mod backend_close;
 mod backends;

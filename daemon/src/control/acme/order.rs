@@ -1,0 +1,167 @@
+//! One ACME order, from `new-order` to the issued chain, for one hostname, validated by
+//! tls-alpn-01 (RFC 8737): the challenge certificate goes into the shared
+//! [`Challenges`] before the CA is told the challenge is ready and comes out when the order
+//! ends, however it ends.
+//!
+//! I/O: HTTPS to the CA (through [`super::http::Client`]). The private key is generated
+//! here (ECDSA P-256, rcgen through instant-acme), so it never leaves the node but in its
+//! database. Must-staple is never asked for (no OCSP stapling here).
+
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+
+use crate::model::acme::{Challenges, challenge_certificate};
+
+/// Why an order did not give a certificate. Whose fault: [`AcmeError::Ca`] the CA's answer
+/// (a refused name, a failed validation: its problem document says why), the others this
+/// node's or the network's.
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    /// The CA said no (or its validation of this node failed).
+    #[error("the CA refused: {0}")]
+    Ca(String),
+    /// The CA could not be reached or answered garbage.
+    #[error("talking to the CA: {0}")]
+    Transport(String),
+    /// This node's side: a key or challenge certificate could not be made.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl From<instant_acme::Error> for AcmeError {
+    fn from(e: instant_acme::Error) -> Self {
+        match e {
+            instant_acme::Error::Api(problem) => AcmeError::Ca(problem.to_string()),
+            other => AcmeError::Transport(other.to_string()),
+        }
+    }
+}
+
+/// An issued certificate: the chain (leaf first) and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The chain as the CA sent it.
+    pub chain_pem: String,
+    /// The leaf's private key (PKCS#8).
+    pub key_pem: String,
+}
+
+/// The account, ready to order.
+pub struct Orderer {
+    account: Account,
+}
+
+impl std::fmt::Debug for Orderer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orderer")
+            .field("account", &self.account.id())
+            .finish()
+    }
+}
+
+/// How long an order may wait for the CA to validate and to issue.
+const RETRIES: Duration = Duration::from_secs(90);
+
+impl Orderer {
+    /// The account at `directory`: restored from `credentials` when given (the database's),
+    /// else created (with `contact`, the terms of service agreed); returns the credentials
+    /// to keep when it was created.
+    pub async fn connect(
+        directory: &str,
+        contact: &[String],
+        credentials: Option<AccountCredentials>,
+        http: super::http::Client,
+    ) -> Result<(Orderer, Option<AccountCredentials>), AcmeError> {
+        let builder = Account::builder_with_http(Box::new(http));
+        if let Some(credentials) = credentials {
+            let account = builder.from_credentials(credentials).await?;
+            return Ok((Orderer { account }, None));
+        }
+        let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let (account, credentials) = builder
+            .create(
+                &NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                directory.to_owned(),
+                None,
+            )
+            .await?;
+        Ok((Orderer { account }, Some(credentials)))
+    }
+
+    /// Orders a certificate for `hostname`, answering its tls-alpn-01 challenge through
+    /// `challenges`.
+    pub async fn order(
+        &self,
+        hostname: &str,
+        challenges: &Challenges,
+    ) -> Result<Issued, AcmeError> {
+        let identifiers = [Identifier::Dns(hostname.to_owned())];
+        let mut order = self.account.new_order(&NewOrder::new(&identifiers)).await?;
+        let mut answered = Answered {
+            challenges,
+            names: Vec::new(),
+        };
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz?;
+            match authz.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                other => {
+                    return Err(AcmeError::Ca(format!(
+                        "authorization for {hostname} is {other:?}"
+                    )));
+                }
+            }
+            let mut challenge = authz.challenge(ChallengeType::TlsAlpn01).ok_or_else(|| {
+                AcmeError::Ca(format!(
+                    "the CA offers no tls-alpn-01 challenge for {hostname}"
+                ))
+            })?;
+            let digest = challenge.key_authorization().digest();
+            let name = challenge.identifier().to_string();
+            let key = challenge_certificate(&name, digest.as_ref()).map_err(AcmeError::Local)?;
+            answered.challenges.insert(&name, key);
+            answered.names.push(name);
+            challenge.set_ready().await?;
+        }
+        let retries = RetryPolicy::new().timeout(RETRIES);
+        let status = order.poll_ready(&retries).await?;
+        if status != OrderStatus::Ready {
+            let why = order
+                .state()
+                .error
+                .as_ref()
+                .map_or_else(|| format!("{status:?}"), ToString::to_string);
+            return Err(AcmeError::Ca(format!(
+                "order for {hostname} is not ready: {why}"
+            )));
+        }
+        let key_pem = order.finalize().await?;
+        let chain_pem = order.poll_certificate(&retries).await?;
+        drop(answered);
+        Ok(Issued { chain_pem, key_pem })
+    }
+}
+
+/// The challenges an order put in, taken out when it ends, however it ends.
+struct Answered<'a> {
+    challenges: &'a Challenges,
+    names: Vec<String>,
+}
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        for name in &self.names {
+            self.challenges.remove(name);
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Pending ACME tls-alpn-01 challenges (RFC 8737): for each name being validated, the
+//! self-signed certificate carrying the `acmeIdentifier` extension that the CA's validation
+//! connection must be shown. The control plane (`control::acme`) puts one in before it tells
+//! the CA the challenge is ready and takes it out when the order is done; the data plane
+//! answers a ClientHello that offers only ALPN `acme-tls/1` for such a name with it, and
+//! nothing else changes for any other client.
+//!
+//! No I/O. Invariant: the data plane's look-up costs one atomic load while no challenge is
+//! pending (the usual case); the map's lock is never held across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The ALPN protocol of tls-alpn-01 validations.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The pending challenges, by hostname (lowercase).
+#[derive(Debug, Default)]
+pub struct Challenges {
+    pending: AtomicUsize,
+    certs: RwLock<HashMap<String, Arc<rustls::ServerConfig>>>,
+}
+
+impl Challenges {
+    /// Answers validations of `hostname` with `key` from now on.
+    pub fn insert(&self, hostname: &str, key: Arc<CertifiedKey>) {
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(crate::model::certs::provider())
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .expect("the AWS-LC provider supports TLS 1.2 and 1.3")
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+        config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+        let mut certs = self.certs.write().unwrap_or_else(|e| e.into_inner());
+        certs.insert(hostname.to_ascii_lowercase(), Arc::new(config));
+        self.pending.store(certs.len(), Ordering::Release);
+    }
+
+    /// Stops answering validations of `hostname`.
+    pub fn remove(&self, hostname: &str) {
+        let mut certs = self.certs.write().unwrap_or_else(|e| e.into_inner());
+        certs.remove(&hostname.to_ascii_lowercase());
+        self.pending.store(certs.len(), Ordering::Release);
+    }
+
+    /// The TLS configuration that answers a validation of `sni` when `alpn` is exactly
+    /// `acme-tls/1` (RFC 8737 §3: the validation offers that protocol alone) and a challenge
+    /// for it is pending; `None` otherwise, and then the connection goes on as any other.
+    pub fn answer(&self, sni: Option<&str>, alpn: &[Vec<u8>]) -> Option<Arc<rustls::ServerConfig>> {
+        if self.pending.load(Ordering::Acquire) == 0 || alpn.len() != 1 || alpn[0] != ACME_TLS_ALPN
+        {
+            return None;
+        }
+        let certs = self.certs.read().unwrap_or_else(|e| e.into_inner());
+        certs.get(&sni?.to_ascii_lowercase()).cloned()
+    }
+}
+
+/// The tls-alpn-01 certificate for `hostname`: self-signed, P-256, with the critical
+/// `acmeIdentifier` extension holding `digest` (SHA-256 of the key authorization).
+pub fn challenge_certificate(hostname: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![hostname.to_owned()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| e.to_string())?;
+    let signing = crate::model::certs::provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| e.to_string())?;
+    // `CertifiedKey::new`, not `from_der`: the latter parses the certificate with webpki to
+    // check the key matches, and webpki refuses the critical acmeIdentifier extension that
+    // is the point of this certificate (the key is the one just generated for it).
+    Ok(Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(cert.der().to_vec())],
+        signing,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_acme_tls_hello_for_a_pending_name_is_answered() {
+        let challenges = Challenges::default();
+        let alpn = vec![ACME_TLS_ALPN.to_vec()];
+        assert!(
+            challenges.answer(Some("a.test"), &alpn).is_none(),
+            "none pending"
+        );
+        let key = challenge_certificate("a.test", &[7; 32]).unwrap();
+        challenges.insert("A.test", key);
+        assert!(challenges.answer(Some("a.test"), &alpn).is_some());
+        assert!(
+            challenges.answer(Some("b.test"), &alpn).is_none(),
+            "another name"
+        );
+        assert!(challenges.answer(None, &alpn).is_none(), "no SNI");
+        let browser = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        assert!(
+            challenges.answer(Some("a.test"), &browser).is_none(),
+            "a client"
+        );
+        let mixed = vec![b"h2".to_vec(), ACME_TLS_ALPN.to_vec()];
+        assert!(
+            challenges.answer(Some("a.test"), &mixed).is_none(),
+            "not alone"
+        );
+        challenges.remove("a.test");
+        assert!(challenges.answer(Some("a.test"), &alpn).is_none(), "done");
+    }
+}
