@@ -612,6 +612,10 @@ pub struct RouteArgs {
     pub access_log: Option<bool>,
     #[command(flatten)]
     pub limits: RouteLimitArgs,
+    /// L7: the certificate from ACME ([acme] in the daemon's config) instead of --tls-cert /
+    /// --tls-key: ordered now, served once issued, renewed before it ends.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub acme: bool,
     /// Print the stored route as JSON.
     #[arg(long)]
     pub json: bool,
@@ -740,6 +744,9 @@ pub struct UpdateArgs {
     pub access_log: Option<bool>,
     #[command(flatten)]
     pub limits: RouteLimitArgs,
+    /// L7: the certificate from ACME (on: --tls-cert/--tls-key are cleared; off: give them).
+    #[arg(long, value_name = "on|off", value_parser = on_off())]
+    pub acme: Option<bool>,
     /// Print the stored route as JSON.
     #[arg(long)]
     pub json: bool,

@@ -169,6 +169,7 @@ struct FileRoute {
     max_queue: u32,
     #[serde(default)]
     queue_timeout: Option<String>,
+    acme: bool,
 }
 
 /// `"host:port"`, `"host:port weight=N"` or `{ address, weight, state }`, as the config takes.
@@ -532,6 +533,7 @@ fn route(fr: FileRoute, dir: &Path) -> Result<Route, Vec<String>> {
             max_queue: fr.max_queue,
             queue_timeout_ms,
         }),
+        acme: fr.acme,
     };
     // The daemon's own checks on the fields (hostname, backend addresses, weights, duplicates,
     // the health check's timing and path, what l7 needs): the same words as its refusals.
@@ -1012,6 +1014,7 @@ fn route_change(
             *set = Some(want);
         }
     }
+    field!(acme, |r| r.acme.to_string());
     if fields.is_empty() {
         return None;
     }

@@ -136,6 +136,9 @@ fn write_route(out: &mut String, entry: &RouteEntry) {
     if r.send_proxy_protocol {
         out.push_str("send_proxy_protocol = true\n");
     }
+    if r.acme {
+        out.push_str("acme = true\n");
+    }
     if r.access_log {
         out.push_str("access_log = true\n");
     }

@@ -1915,6 +1915,7 @@ fn update_route_request(
         max_requests: patch.limits.max_requests,
         max_queue: patch.limits.max_queue,
         queue_timeout_ms: patch.limits.queue_timeout_ms,
+        acme: patch.acme,
     }
 }
 

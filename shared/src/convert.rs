@@ -245,6 +245,7 @@ impl From<Route> for pb::Route {
             access_log: r.access_log,
             limits: (*r.limits != crate::limits::RouteLimits::default())
                 .then(|| pb::LimitRoute::from(*r.limits)),
+            acme: r.acme,
         }
     }
 }
@@ -453,6 +454,7 @@ impl TryFrom<pb::Route> for Route {
             send_proxy_protocol: r.send_proxy_protocol,
             access_log: r.access_log,
             limits: Box::new(r.limits.map(Into::into).unwrap_or_default()),
+            acme: r.acme,
         })
     }
 }

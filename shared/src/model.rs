@@ -859,6 +859,10 @@ pub struct Route {
     /// them: none). Boxed: most routes have none, and a route is moved about whole.
     #[serde(default)]
     pub limits: Box<crate::limits::RouteLimits>,
+    /// L7 only: the certificate comes from ACME (`[acme]`), not from `tls_cert`/`tls_key`,
+    /// which stay empty. Ordered when the route is added, renewed before it ends.
+    #[serde(default)]
+    pub acme: bool,
 }
 
 impl Route {
@@ -902,6 +906,8 @@ pub struct RoutePatch {
     pub access_log: Option<bool>,
     /// Access lists and request limits to change.
     pub limits: crate::limits::RouteLimitsPatch,
+    /// New acme flag.
+    pub acme: Option<bool>,
 }
 
 /// What a firewall rule matches.

@@ -59,11 +59,21 @@ pub enum RouteFieldError {
     #[error(transparent)]
     HealthCheck(#[from] HealthCheckError),
     /// An l7 route without `tls_cert`.
-    #[error("mode l7 needs tls_cert (a PEM certificate chain for the route's hostname)")]
+    #[error(
+        "mode l7 needs tls_cert (a PEM certificate chain for the route's hostname), or acme"
+    )]
     MissingCert,
     /// An l7 route without `tls_key`.
     #[error("mode l7 needs tls_key (the PEM private key for tls_cert)")]
     MissingKey,
+    /// `acme` on an l4 route.
+    #[error("acme is for l7 routes (an l4 route passes the client's TLS through)")]
+    AcmeOnL4,
+    /// `acme` with `tls_cert`/`tls_key`.
+    #[error(
+        "acme and tls_cert/tls_key are both set: the certificate comes from one or the other"
+    )]
+    AcmeAndFiles,
     /// An l7 route with `backend_protocol` auto but without `backend_tls`.
     #[error(
         "backend_protocol auto needs backend_tls (the backend picks h2 or http/1.1 by ALPN, \
@@ -103,11 +113,17 @@ pub fn route_field_problems(route: &Route) -> Vec<RouteFieldError> {
     if let Err(e) = route.limits.checked() {
         out.push(e.into());
     }
+    if route.acme && route.mode != Mode::L7 {
+        out.push(RouteFieldError::AcmeOnL4);
+    }
+    if route.acme && (!route.tls_cert.is_empty() || !route.tls_key.is_empty()) {
+        out.push(RouteFieldError::AcmeAndFiles);
+    }
     if route.mode == Mode::L7 {
-        if route.tls_cert.is_empty() {
+        if route.tls_cert.is_empty() && !route.acme {
             out.push(RouteFieldError::MissingCert);
         }
-        if route.tls_key.is_empty() {
+        if route.tls_key.is_empty() && !route.acme {
             out.push(RouteFieldError::MissingKey);
         }
         if route.backend_protocol == BackendProtocol::Auto && !route.backend_tls {

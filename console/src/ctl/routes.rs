@@ -158,6 +158,7 @@ async fn add_route(client: &mut AdminClient, args: RouteArgs) -> Result<(), CtlE
         backend_protocol: args.backend_protocol.unwrap_or_default(),
         access_log: args.access_log.unwrap_or(false),
         limits: Box::new(args.limits.patch().apply(Default::default())),
+        acme: args.acme,
     };
     let (route, warnings) = client.add_route(&args.listener, route).await?;
     report_route(
@@ -205,6 +206,7 @@ async fn update_route(client: &mut AdminClient, args: UpdateArgs) -> Result<(), 
         backend_protocol: args.backend_protocol,
         access_log: args.access_log,
         limits: args.limits.patch(),
+        acme: args.acme,
     };
     if patch == RoutePatch::default() {
         return Err(CtlError::Usage(
@@ -213,7 +215,7 @@ async fn update_route(client: &mut AdminClient, args: UpdateArgs) -> Result<(), 
              --backend-protocol, --send-proxy-protocol, --access-log, --allow-from, \
              --deny-from, --allow-any, --deny-none, --client-request-rate, \
              --client-request-burst, --route-request-rate, --route-request-burst, \
-             --max-requests, --max-queue, --queue-timeout"
+             --max-requests, --max-queue, --queue-timeout, --acme"
                 .into(),
         ));
     }
@@ -286,6 +288,9 @@ fn flags(route: &Route) -> String {
     }
     if route.access_log {
         f.push("access-log");
+    }
+    if route.acme {
+        f.push("acme");
     }
     if f.is_empty() {
         String::new()

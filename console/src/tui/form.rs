@@ -97,6 +97,8 @@ pub struct Form {
     pub send_proxy_protocol: bool,
     /// L7: a log line per request.
     pub access_log: bool,
+    /// L7: the certificate from ACME (cert and key fields hidden).
+    pub acme: bool,
     /// The focused field.
     pub focus: Field,
     /// The daemon's answer to the last submit, shown inline.
@@ -136,6 +138,8 @@ pub enum Field {
     BackendProtocol,
     /// Toggle, L7 only: the per-request log.
     AccessLog,
+    /// Toggle, L7 only: the certificate from ACME instead of files.
+    Acme,
     /// Toggle.
     SendProxy,
 }
@@ -161,6 +165,7 @@ impl Form {
             backend_protocol: BackendProtocol::default(),
             send_proxy_protocol: false,
             access_log: false,
+            acme: false,
             focus: Field::Hostname,
             error: None,
             pending: false,
@@ -203,6 +208,7 @@ impl Form {
             backend_protocol: r.backend_protocol,
             send_proxy_protocol: r.send_proxy_protocol,
             access_log: r.access_log,
+            acme: r.acme,
             ..Form::new(listener)
         }
     }
@@ -213,9 +219,11 @@ impl Form {
     pub fn fields(&self) -> Vec<Field> {
         let mut fields = vec![Field::Hostname, Field::Backend, Field::Mode];
         if self.mode == Mode::L7 {
+            fields.push(Field::Acme);
+            if !self.acme {
+                fields.extend([Field::TlsCert, Field::TlsKey]);
+            }
             fields.extend([
-                Field::TlsCert,
-                Field::TlsKey,
                 Field::BackendTls,
                 Field::BackendProtocol,
                 Field::AccessLog,
@@ -272,6 +280,7 @@ impl Form {
             Field::BackendProtocol => self.backend_protocol = step(self.backend_protocol, forward),
             Field::SendProxy => self.send_proxy_protocol = !self.send_proxy_protocol,
             Field::AccessLog => self.access_log = !self.access_log,
+            Field::Acme => self.acme = !self.acme,
             Field::Balance => self.balance = step_in(Balance::ALL, self.balance, forward),
             Field::Check => self.check = !self.check,
             _ => {}
@@ -340,12 +349,12 @@ impl Form {
             balance: self.balance,
             health_check,
             mode: self.mode,
-            tls_cert: if l7 {
+            tls_cert: if l7 && !self.acme {
                 self.tls_cert.trim().to_owned()
             } else {
                 String::new()
             },
-            tls_key: if l7 {
+            tls_key: if l7 && !self.acme {
                 self.tls_key.trim().to_owned()
             } else {
                 String::new()
@@ -362,6 +371,7 @@ impl Form {
             // Not edited in the form (`mcproxyctl routes update --allow-from ...`): a new route
             // has none, an edit leaves the route's as they are (`link::patch` sends none).
             limits: Default::default(),
+            acme: l7 && self.acme,
         })
     }
 }
@@ -566,6 +576,7 @@ impl Form {
             ),
             Field::SendProxy => ("send_proxy", checkbox(self.send_proxy_protocol)),
             Field::AccessLog => ("access_log", checkbox(self.access_log)),
+            Field::Acme => ("acme", checkbox(self.acme)),
         }
     }
 

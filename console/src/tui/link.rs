@@ -203,6 +203,7 @@ fn patch(before: &Route, after: Route) -> Result<RoutePatch, String> {
         access_log: changed(&before.access_log, after.access_log),
         // The form does not edit them: left as the route has them.
         limits: Default::default(),
+        acme: changed(&before.acme, after.acme),
     })
 }
 

@@ -1068,6 +1068,7 @@ fn update_route_change(req: pb::UpdateRouteRequest) -> Result<Change, tonic::Sta
                 max_queue: req.max_queue,
                 queue_timeout_ms: req.queue_timeout_ms,
             },
+            acme: req.acme,
         },
     })
 }

@@ -30,8 +30,8 @@ use crate::control::reload::{RouteReload, reload_certificates};
 use crate::control::store::{ListenerFields, Store, StoreError};
 use crate::model::events::{Caller, Event, Origin};
 use crate::model::firewall::{Firewall, parse_rule};
-use crate::model::routes::{ValidRoute, validate_route};
-use crate::model::state::{ListenerSettings, ListenerState, State, check_listener_name};
+use crate::model::routes::{IssuedPem, RouteError, ValidRoute, validate_route, validate_route_with};
+use crate::model::state::{ListenerSettings, ListenerState, NotServed, State, check_listener_name};
 
 /// A change someone asked for.
 #[derive(Debug, Clone)]
@@ -559,6 +559,59 @@ impl Control {
         })
     }
 
+    /// ACME: the account credentials (JSON) kept for `directory`. Blocks on SQLite.
+    pub fn acme_account(&self, directory: &str) -> Result<Option<String>, ChangeError> {
+        Ok(self.store()?.acme_account(directory)?)
+    }
+
+    /// ACME: keeps a new account's credentials. Blocks on SQLite.
+    pub fn save_acme_account(&self, directory: &str, credentials: &str) -> Result<(), ChangeError> {
+        Ok(self.store()?.save_acme_account(directory, credentials)?)
+    }
+
+    /// ACME: every stored acme route's hostname (once, whatever its listeners) with when its
+    /// certificate should be renewed, in Unix seconds (`None`: none issued, order now): a
+    /// third of its lifetime before its end. Blocks on SQLite.
+    pub fn acme_due(&self) -> Result<Vec<(String, Option<u64>)>, ChangeError> {
+        let store = self.store()?;
+        let mut out: Vec<(String, Option<u64>)> = Vec::new();
+        for listener in self.state.listeners().iter() {
+            for route in store.routes(listener.id)? {
+                if !route.acme || out.iter().any(|(h, _)| *h == route.hostname) {
+                    continue;
+                }
+                let renew = store
+                    .acme_certificate_dates(&route.hostname)?
+                    .map(|(issued_at, not_after)| {
+                        let lifetime = not_after.saturating_sub(issued_at);
+                        not_after.saturating_sub(lifetime / 3)
+                    });
+                out.push((route.hostname, renew));
+            }
+        }
+        Ok(out)
+    }
+
+    /// ACME: keeps an issued certificate (replacing the one before), then serves it: every
+    /// L7 route's certificate is loaded again, so each acme route with this name (on every
+    /// listener) serves it to new handshakes. Blocks on SQLite.
+    pub fn install_acme_certificate(
+        &self,
+        hostname: &str,
+        chain_pem: &str,
+        key_pem: &str,
+        not_after: u64,
+    ) -> Result<(), ChangeError> {
+        self.store()?.save_acme_certificate(
+            hostname,
+            chain_pem,
+            key_pem,
+            i64::try_from(not_after).unwrap_or(i64::MAX),
+        )?;
+        self.apply_by(Change::ReloadCertificates, Caller::Signal("acme"))?;
+        Ok(())
+    }
+
     /// The live state.
     pub fn state(&self) -> &Arc<State> {
         &self.state
@@ -798,6 +851,9 @@ fn add_route(cx: Apply<'_>, listener: String, route: Route) -> Result<Applied, C
         state,
         origin,
     } = cx;
+    if route.acme {
+        return add_acme_route(store, state, origin, &listener, route);
+    }
     let (listener, valid) = new_route(state, &listener, &route)?;
     let listener = &*listener;
     store.create_route(listener.id, &valid.route)?;
@@ -854,7 +910,11 @@ fn update_route(
         state,
         origin,
     } = cx;
-    let (listener, old, valid) = updated_route(store, state, &listener, &hostname, patch)?;
+    let (listener, old, merged) = merged_route(store, state, &listener, &hostname, patch)?;
+    if merged.acme {
+        return update_acme_route(store, state, origin, &listener, old, merged);
+    }
+    let valid = validate(&listener, &merged)?;
     let listener = &*listener;
     store.update_route(listener.id, &old, &valid.route)?;
     let applied = Applied::Route {
@@ -877,6 +937,20 @@ fn updated_route(
     hostname: &str,
     patch: RoutePatch,
 ) -> Result<(Arc<ListenerState>, String, ValidRoute), ChangeError> {
+    let (listener, old, merged) = merged_route(store, state, listener, hostname, patch)?;
+    let valid = validate(&listener, &merged)?;
+    Ok((listener, old, valid))
+}
+
+/// The listener, the route's current name and the route as it would be after the patch,
+/// before its certificate is loaded.
+fn merged_route(
+    store: &Store,
+    state: &State,
+    listener: &str,
+    hostname: &str,
+    patch: RoutePatch,
+) -> Result<(Arc<ListenerState>, String, Route), ChangeError> {
     check_len("hostname", hostname, max_len::HOSTNAME)?;
     check_patch_fields(&patch)?;
     let listener = listener_by_name(state, listener)?;
@@ -900,8 +974,144 @@ fn updated_route(
     if crate::model::routes::route_name(&merged.hostname).as_deref() != Some(old.as_str()) {
         keep_no_sni_route(&listener, &old, "renamed")?;
     }
-    let valid = validate(&listener, &merged)?;
-    Ok((listener, old, valid))
+    Ok((listener, old, merged))
+}
+
+/// The not-served reason of an ACME route whose certificate is not issued yet.
+pub const ACME_WAITING: &str = "waiting for its ACME certificate (ordered; served once issued)";
+
+/// The certificate ACME issued for `hostname`, from the database.
+fn issued_pem(store: &Store, hostname: &str) -> Result<Option<IssuedPem>, ChangeError> {
+    Ok(store
+        .acme_certificate(hostname)?
+        .map(|(chain, key, _)| IssuedPem { chain, key }))
+}
+
+/// An ACME route checked: served with its issued certificate, or waiting for one.
+fn checked_acme_route(
+    store: &Store,
+    listener: &ListenerState,
+    route: &Route,
+) -> Result<Result<ValidRoute, Route>, ChangeError> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        ChangeError::Invalid(format!(
+            "listener {}, route {}: {e}",
+            listener.addr,
+            clip(&route.hostname)
+        ))
+    };
+    let name = crate::model::routes::route_name(&route.hostname)
+        .ok_or_else(|| invalid(&"not a route name"))?;
+    let issued = issued_pem(store, &name)?;
+    match validate_route_with(route, issued.as_ref()) {
+        Ok(valid) => Ok(Ok(valid)),
+        Err(RouteError::AcmePending) => Ok(Err(Route {
+            hostname: name,
+            ..route.clone()
+        })),
+        Err(e) => Err(invalid(&e)),
+    }
+}
+
+/// [`Change::AddRoute`] of an ACME route: served at once if its certificate was issued
+/// before (a route removed and added again), else stored and listed as waiting while the
+/// ACME task orders it.
+fn add_acme_route(
+    store: &mut Store,
+    state: &State,
+    origin: &Origin,
+    listener: &str,
+    route: Route,
+) -> Result<Applied, ChangeError> {
+    check_route_fields(&route)?;
+    let listener = listener_by_name(state, listener)?;
+    let listener = &*listener;
+    if let Some(name) = crate::model::routes::route_name(&route.hostname)
+        && (listener.routes().get(&name).is_some() || listener.not_served_route(&name).is_some())
+    {
+        return Err(ChangeError::AlreadyExists(format!(
+            "route {name} already exists on listener {}",
+            listener.addr
+        )));
+    }
+    match checked_acme_route(store, listener, &route)? {
+        Ok(valid) => {
+            store.create_route(listener.id, &valid.route)?;
+            let applied = Applied::Route {
+                route: valid.route.clone(),
+                warnings: valid.warnings.clone(),
+            };
+            let route = valid.route.clone();
+            tracing::info!(listener = %listener.addr, route = %route.hostname, "route added (ACME certificate already issued)");
+            swap_routes(state, listener, |routes| routes.push(valid));
+            publish_route(state, listener.addr, ChangeAction::Added, route, None, origin);
+            Ok(applied)
+        }
+        Err(route) => {
+            store.create_route(listener.id, &route)?;
+            tracing::info!(listener = %listener.addr, route = %route.hostname, "route added, {ACME_WAITING}");
+            wait_for_acme(state, listener, &route);
+            publish_route(state, listener.addr, ChangeAction::Added, route.clone(), None, origin);
+            Ok(Applied::Route {
+                route,
+                warnings: vec![format!("not served yet: {ACME_WAITING}")],
+            })
+        }
+    }
+}
+
+/// [`Change::UpdateRoute`] of a route that is (or becomes) an ACME one.
+fn update_acme_route(
+    store: &mut Store,
+    state: &State,
+    origin: &Origin,
+    listener: &ListenerState,
+    old: String,
+    merged: Route,
+) -> Result<Applied, ChangeError> {
+    match checked_acme_route(store, listener, &merged)? {
+        Ok(valid) => {
+            store.update_route(listener.id, &old, &valid.route)?;
+            let applied = Applied::Route {
+                route: valid.route.clone(),
+                warnings: valid.warnings.clone(),
+            };
+            listener.forget_not_served(&old);
+            replace_route(state, listener, old, valid, origin);
+            Ok(applied)
+        }
+        Err(route) => {
+            store.update_route(listener.id, &old, &route)?;
+            // Whatever it served before (files) it no longer does: it waits.
+            swap_routes(state, listener, |routes| routes.retain(|r| r.route.hostname != old));
+            listener.forget_not_served(&old);
+            wait_for_acme(state, listener, &route);
+            publish_route(
+                state,
+                listener.addr,
+                ChangeAction::Updated,
+                route.clone(),
+                Some(old),
+                origin,
+            );
+            Ok(Applied::Route {
+                route,
+                warnings: vec![format!("not served now: {ACME_WAITING}")],
+            })
+        }
+    }
+}
+
+/// Lists `route` as not served, waiting for its certificate, and wakes the ACME task.
+fn wait_for_acme(state: &State, listener: &ListenerState, route: &Route) {
+    let mut list = Vec::clone(&listener.not_served());
+    list.retain(|n| n.route.hostname != route.hostname);
+    list.push(NotServed {
+        route: route.clone(),
+        reason: ACME_WAITING.to_owned(),
+    });
+    listener.set_not_served(list);
+    state.acme.wake();
 }
 
 /// [`Change::RemoveRoute`].
@@ -1443,6 +1653,14 @@ fn not_live(listener: &ListenerState, name: &str) -> ChangeError {
 }
 
 fn validate(listener: &ListenerState, route: &Route) -> Result<ValidRoute, ChangeError> {
+    if route.acme {
+        return Err(ChangeError::Invalid(format!(
+            "listener {}, route {}: an acme route is added or updated on its own (not in a \
+             change set) and not on a cluster node yet",
+            listener.addr,
+            clip(&route.hostname)
+        )));
+    }
     validate_route(route).map_err(|e| {
         ChangeError::Invalid(format!(
             "listener {}, route {}: {e}",
@@ -1452,8 +1670,13 @@ fn validate(listener: &ListenerState, route: &Route) -> Result<ValidRoute, Chang
     })
 }
 
-/// `current` with the fields `patch` sets replaced.
-fn merge(current: Route, patch: RoutePatch) -> Route {
+/// `current` with the fields `patch` sets replaced. Turning `acme` on without naming files
+/// drops the old files (the certificate comes from one or the other).
+fn merge(current: Route, mut patch: RoutePatch) -> Route {
+    if patch.acme == Some(true) && patch.tls_cert.is_none() && patch.tls_key.is_none() {
+        patch.tls_cert = Some(String::new());
+        patch.tls_key = Some(String::new());
+    }
     Route {
         hostname: patch.hostname.unwrap_or(current.hostname),
         backends: patch.backends.unwrap_or(current.backends),
@@ -1469,6 +1692,7 @@ fn merge(current: Route, patch: RoutePatch) -> Route {
         backend_protocol: patch.backend_protocol.unwrap_or(current.backend_protocol),
         access_log: patch.access_log.unwrap_or(current.access_log),
         limits: Box::new(patch.limits.apply(*current.limits)),
+        acme: patch.acme.unwrap_or(current.acme),
     }
 }
 

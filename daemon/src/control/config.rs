@@ -53,6 +53,8 @@ pub struct Config {
     /// `[cluster]`: the etcd cluster this node shares its state through; `None` (no section):
     /// a node of its own, SQLite alone.
     pub cluster: Option<ClusterConfig>,
+    /// `[acme]`: the CA that `acme = true` routes get their certificates from.
+    pub acme: Option<crate::control::acme::settings::AcmeConfig>,
     /// Things that are allowed but probably not meant (cert on an l4 route, ...).
     pub warnings: Vec<String>,
     /// L7 routes whose certificate or key files do not load: errors for `mc-proxy check`, but
@@ -314,6 +316,7 @@ struct FileConfig {
     #[serde(default)]
     listeners: Vec<FileListener>,
     cluster: Option<FileCluster>,
+    acme: Option<crate::control::acme::settings::FileAcme>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -457,6 +460,7 @@ struct FileRoute {
     max_queue: u32,
     #[serde(default, deserialize_with = "duration")]
     queue_timeout: Option<Duration>,
+    acme: bool,
 }
 
 /// One entry of `backends = [...]`: `"host:port"`, `"host:port weight=N"` or
@@ -627,6 +631,7 @@ impl FileConfig {
         }
         let metrics = validate_metrics(&self.metrics, &mut problem);
         let cluster = self.cluster.and_then(|c| c.validate(&mut problem));
+        let acme = self.acme.and_then(|a| a.validate(&mut problem));
         let listeners = validate_listeners(
             self.listeners,
             &mut problem,
@@ -634,6 +639,21 @@ impl FileConfig {
             &mut warnings,
         );
 
+        // An acme route needs a CA to get its certificate from, and is a single node's for
+        // now (a fleet would order once per node).
+        for l in &listeners {
+            for r in l.routes.iter().filter(|r| r.acme) {
+                let context = format!("listener {}, route {}", l.addr, r.hostname);
+                if acme.is_none() {
+                    problem(context, "acme = true needs an [acme] section (the CA)".into());
+                } else if cluster.is_some() {
+                    problem(
+                        context,
+                        "acme routes are not supported on a [cluster] node yet".into(),
+                    );
+                }
+            }
+        }
         if !problems.is_empty() {
             // Every problem, the files' too: `check` prints them all at once.
             problems.extend(file_problems);
@@ -659,6 +679,7 @@ impl FileConfig {
             proxy,
             listeners,
             cluster,
+            acme,
             warnings,
             file_problems,
         })
@@ -983,11 +1004,19 @@ fn validate_listeners(
                         .queue_timeout
                         .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
                 }),
+                acme: fr.acme,
             };
             let route = match validate_route(&route) {
                 Ok(valid) => {
                     warnings.extend(valid.warnings.iter().map(|w| format!("{rctx}: {w}")));
                     valid.route
+                }
+                // An ACME route whose fields are right: its certificate is the database's
+                // (or the CA's, once ordered), never the file's business.
+                Err(RouteError::AcmePending) => {
+                    let hostname = route_name(&route.hostname)
+                        .expect("validate_route checks the hostname before the certificate");
+                    Route { hostname, ..route }
                 }
                 // Everything but the files is right (the files are loaded last): the
                 // route is kept, and its files are a problem of their own kind.

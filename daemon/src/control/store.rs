@@ -88,6 +88,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "limits",
         sql: include_str!("../../../migrations/0011_limits.sql"),
     },
+    Migration {
+        version: 14,
+        name: "acme",
+        sql: include_str!("../../../migrations/0014_acme.sql"),
+    },
 ];
 
 /// The schema version this binary creates and understands.
@@ -519,7 +524,8 @@ impl Store {
                     tls_key = ?6, backend_tls = ?7, send_proxy_protocol = ?8,
                     backend_protocol = ?9, balance = ?10, check_interval_ms = ?11,
                     check_timeout_ms = ?12, check_rise = ?13, check_fall = ?14,
-                    check_path = ?15, check_expect = ?16, access_log = ?17, limits = ?18
+                    check_path = ?15, check_expect = ?16, access_log = ?17, limits = ?18,
+                    acme = ?19
               WHERE id = ?1",
             params![
                 id,
@@ -540,6 +546,7 @@ impl Store {
                 check.expect,
                 route.access_log,
                 limits_json(route),
+                route.acme,
             ],
         )
         .map_err(|e| unique_violation(e, || format!("route {}", route.hostname)))?;
@@ -599,6 +606,77 @@ impl Store {
         if changed == 0 {
             return Err(StoreError::NotFound(format!("route {hostname}")));
         }
+        Ok(())
+    }
+
+    /// The ACME account's credentials (JSON) at `directory`, if one was created.
+    pub fn acme_account(&self, directory: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT credentials FROM acme_accounts WHERE directory = ?1",
+                [directory],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Keeps a new ACME account's credentials (JSON) for `directory`.
+    pub fn save_acme_account(&mut self, directory: &str, credentials: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO acme_accounts (directory, credentials, created_at)
+             VALUES (?1, ?2, strftime('%s', 'now'))
+             ON CONFLICT (directory) DO UPDATE SET credentials = excluded.credentials",
+            [directory, credentials],
+        )?;
+        Ok(())
+    }
+
+    /// The certificate ACME issued for `hostname`: (chain PEM, key PEM, not after in Unix
+    /// seconds), if any.
+    pub fn acme_certificate(
+        &self,
+        hostname: &str,
+    ) -> Result<Option<(String, String, i64)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT chain_pem, key_pem, not_after FROM acme_certificates WHERE hostname = ?1",
+                [hostname],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()?)
+    }
+
+    /// When the certificate ACME issued for `hostname` was issued and ends (Unix seconds).
+    pub fn acme_certificate_dates(&self, hostname: &str) -> Result<Option<(u64, u64)>, StoreError> {
+        let dates: Option<(i64, i64)> = self
+            .conn
+            .query_row(
+                "SELECT issued_at, not_after FROM acme_certificates WHERE hostname = ?1",
+                [hostname],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        Ok(dates.map(|(a, b)| (u64::try_from(a).unwrap_or(0), u64::try_from(b).unwrap_or(0))))
+    }
+
+    /// Keeps (or replaces) the certificate ACME issued for `hostname`.
+    pub fn save_acme_certificate(
+        &mut self,
+        hostname: &str,
+        chain_pem: &str,
+        key_pem: &str,
+        not_after: i64,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO acme_certificates (hostname, chain_pem, key_pem, not_after, issued_at)
+             VALUES (?1, ?2, ?3, ?4, strftime('%s', 'now'))
+             ON CONFLICT (hostname) DO UPDATE SET chain_pem = excluded.chain_pem,
+                 key_pem = excluded.key_pem, not_after = excluded.not_after,
+                 issued_at = excluded.issued_at",
+            params![hostname, chain_pem, key_pem, not_after],
+        )?;
         Ok(())
     }
 
@@ -730,7 +808,7 @@ fn insert_listener(
 
 const ROUTE_COLUMNS: &str = "id, hostname, mode, tls_cert, tls_key, backend_tls, \
      send_proxy_protocol, backend_protocol, balance, check_interval_ms, check_timeout_ms, \
-     check_rise, check_fall, check_path, check_expect, access_log, limits";
+     check_rise, check_fall, check_path, check_expect, access_log, limits, acme";
 
 /// A `routes` row as read, its enums still text: parsed in [`StoredRoute::into_route`] so
 /// that a bad value names the route.
@@ -753,6 +831,7 @@ struct StoredRoute {
     access_log: bool,
     /// `RouteLimits` as JSON.
     limits: String,
+    acme: bool,
 }
 
 impl StoredRoute {
@@ -775,6 +854,7 @@ impl StoredRoute {
             check_expect: row.get(14)?,
             access_log: row.get(15)?,
             limits: row.get(16)?,
+            acme: row.get(17)?,
         })
     }
 
@@ -835,6 +915,7 @@ impl StoredRoute {
             backend_protocol,
             access_log: self.access_log,
             limits,
+            acme: self.acme,
         })
     }
 }
@@ -894,9 +975,9 @@ fn insert_route(conn: &Connection, listener_id: i64, route: &Route) -> Result<i6
         "INSERT INTO routes (listener_id, hostname, backend, mode, tls_cert, tls_key,
                              backend_tls, send_proxy_protocol, backend_protocol, balance,
                              check_interval_ms, check_timeout_ms, check_rise, check_fall,
-                             check_path, check_expect, access_log, limits)
+                             check_path, check_expect, access_log, limits, acme)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18)",
+                 ?18, ?19)",
         params![
             listener_id,
             route.hostname,
@@ -916,6 +997,7 @@ fn insert_route(conn: &Connection, listener_id: i64, route: &Route) -> Result<i6
             check.expect,
             route.access_log,
             limits_json(route),
+            route.acme,
         ],
     )
     .map_err(|e| match e {
@@ -1005,7 +1087,7 @@ mod tests {
         let (_dir, path) = temp_db();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 11);
+        assert_eq!(SCHEMA_VERSION, 14);
         let listeners = columns(&store, "listeners");
         for col in [
             "proxy_protocol",
@@ -1032,6 +1114,7 @@ mod tests {
             "send_proxy_protocol",
             "backend_protocol",
             "access_log",
+            "acme",
         ] {
             assert!(
                 routes.contains(&col.to_owned()),

@@ -18,14 +18,42 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// The ALPN protocol of tls-alpn-01 validations.
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
-/// The pending challenges, by hostname (lowercase).
+/// The pending challenges, by hostname (lowercase); how the ACME task is woken when an ACME
+/// route is added; and each name's last order error, for the operator.
 #[derive(Debug, Default)]
 pub struct Challenges {
     pending: AtomicUsize,
     certs: RwLock<HashMap<String, Arc<rustls::ServerConfig>>>,
+    wake: tokio::sync::Notify,
+    errors: RwLock<HashMap<String, String>>,
 }
 
 impl Challenges {
+    /// Tells the ACME task to look at the routes now (one was added or changed).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits until [`Challenges::wake`] is called (a call made meanwhile counts).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Records (or, `None`, clears) `hostname`'s last order error.
+    pub fn set_error(&self, hostname: &str, error: Option<String>) {
+        let mut errors = self.errors.write().unwrap_or_else(|e| e.into_inner());
+        match error {
+            Some(e) => errors.insert(hostname.to_owned(), e),
+            None => errors.remove(hostname),
+        };
+    }
+
+    /// `hostname`'s last order error, if its last order failed.
+    pub fn error(&self, hostname: &str) -> Option<String> {
+        let errors = self.errors.read().unwrap_or_else(|e| e.into_inner());
+        errors.get(hostname).cloned()
+    }
+
     /// Answers validations of `hostname` with `key` from now on.
     pub fn insert(&self, hostname: &str, key: Arc<CertifiedKey>) {
         let mut config =

@@ -104,8 +104,18 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
         path: key.to_owned(),
         source,
     })?;
+    certified_key_from_pem(&cert_pem, &key_pem, cert, key)
+}
 
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+/// Parses and checks a PEM certificate chain and private key held in memory (an ACME
+/// certificate from the database); `cert` and `key` name them in errors.
+pub fn certified_key_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<CertifiedKey>, CertError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CertError::ParseCert {
             path: cert.to_owned(),
@@ -117,7 +127,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
             reason: "no CERTIFICATE block found".into(),
         });
     }
-    let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertError::ParseKey {
+    let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertError::ParseKey {
         path: key.to_owned(),
         reason: pem_reason(&e),
     })?;

@@ -39,6 +39,18 @@ pub enum RouteError {
     /// The cert/key pair does not load or does not match.
     #[error(transparent)]
     Cert(#[from] CertError),
+    /// An `acme` route whose certificate has not been issued yet.
+    #[error("waiting for its ACME certificate (none issued yet)")]
+    AcmePending,
+}
+
+/// An ACME route's issued certificate, as the database holds it (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedPem {
+    /// The chain, leaf first.
+    pub chain: String,
+    /// The leaf's private key.
+    pub key: String,
 }
 
 /// A route that passed [`validate_route`]: normalised, with the warnings to log.
@@ -91,6 +103,12 @@ pub fn route_name(hostname: &str) -> Option<String> {
 /// kept as given, not refused; a `backend_protocol` other than the default is warned about,
 /// like a certificate.
 pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
+    validate_route_with(route, None)
+}
+
+/// [`validate_route`], with an `acme` route's issued certificate (from the database; `None`:
+/// none yet, and the route waits, [`RouteError::AcmePending`]).
+pub fn validate_route_with(route: &Route, issued: Option<&IssuedPem>) -> Result<ValidRoute, RouteError> {
     if let Some(first) = shape_problems(route).into_iter().next() {
         return Err(first);
     }
@@ -99,7 +117,18 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
     let mut key = None;
     match route.mode {
         Mode::L7 => {
-            let loaded = load_certified_key(Path::new(&route.tls_cert), Path::new(&route.tls_key))?;
+            let loaded = if route.acme {
+                let issued = issued.ok_or(RouteError::AcmePending)?;
+                let label = Path::new("acme:").join(&hostname);
+                crate::model::certs::certified_key_from_pem(
+                    issued.chain.as_bytes(),
+                    issued.key.as_bytes(),
+                    &label,
+                    &label,
+                )?
+            } else {
+                load_certified_key(Path::new(&route.tls_cert), Path::new(&route.tls_key))?
+            };
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());

@@ -6,6 +6,8 @@
 //! I/O: HTTPS to the CA.
 
 pub mod http;
+pub mod manager;
 pub mod order;
+pub mod settings;
 
 pub use order::{AcmeError, Issued, Orderer};
