@@ -637,8 +637,21 @@ fn serve(config_path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         };
         // Certificates near their end: a warn line and an event at start and every 6 hours
         // (until handed over: the new process watches them then).
-        let certificates =
-            mc_proxy::control::expiry::watch(Arc::clone(&state), handed_over.clone());
+        // With [acme]: the task that orders and renews acme routes' certificates.
+        let certificates = async {
+            let watch = mc_proxy::control::expiry::watch(Arc::clone(&state), handed_over.clone());
+            let acme = async {
+                if let Some(acme) = config.acme.clone() {
+                    mc_proxy::control::acme::manager::run(
+                        acme,
+                        Arc::clone(&control),
+                        handed_over.clone(),
+                    )
+                    .await;
+                }
+            };
+            tokio::join!(watch, acme);
+        };
         // Upgrade requests and handovers, until handed over or drained.
         let upgrades = async {
             if let (Some(socket), Some(handing)) = (upgrade_socket, handing) {

@@ -589,11 +589,22 @@ impl Proxy {
             );
             tokio::spawn(run)
         });
+        // With [acme], the ordering task as the daemon runs it (it ends with the admin API's).
+        let acme_task = config.acme.clone().map(|acme| {
+            tokio::spawn(mc_proxy::control::acme::manager::run(
+                acme,
+                Arc::clone(&control),
+                shutdown.clone(),
+            ))
+        });
         let admin_task = tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
                 admin::serve(admin_socket, control, shutdown).await.unwrap();
                 if let Some(task) = cluster_task {
+                    let _ = task.await;
+                }
+                if let Some(task) = acme_task {
                     let _ = task.await;
                 }
             }

@@ -52,6 +52,12 @@ impl Pebble {
     /// Starts pebble validating tls-alpn-01 on `tls_port` and http-01 on `http_port` (of
     /// 127.0.0.1), and waits until its directory answers.
     pub async fn start(tls_port: u16, http_port: u16) -> Pebble {
+        Pebble::start_with(tls_port, http_port, None).await
+    }
+
+    /// [`Pebble::start`], issuing certificates valid for `validity` seconds (pebble's default
+    /// is five years). `blocked.test` is on pebble's block list in both: orders for it fail.
+    pub async fn start_with(tls_port: u16, http_port: u16, validity: Option<u64>) -> Pebble {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new();
         let (cert, key) = pki.write_pem(dir.path(), &["localhost"]);
@@ -59,7 +65,7 @@ impl Pebble {
         std::fs::write(&api_ca, pki.ca_pem()).unwrap();
         let ports = crate::etcd::free_ports(4);
         let (api, management, dns_port, dns_management) = (ports[0], ports[1], ports[2], ports[3]);
-        let config = serde_json_config(api, management, &cert, &key, tls_port, http_port);
+        let config = serde_json_config(api, management, &cert, &key, tls_port, http_port, validity);
         let config_path = dir.path().join("pebble.json");
         std::fs::write(&config_path, config).unwrap();
         let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
@@ -148,7 +154,11 @@ fn serde_json_config(
     key: &str,
     tls_port: u16,
     http_port: u16,
+    validity: Option<u64>,
 ) -> String {
+    let validity = validity
+        .map(|s| format!(",\n  \"certificateValidityPeriod\": {s}"))
+        .unwrap_or_default();
     format!(
         r#"{{"pebble": {{
   "listenAddress": "127.0.0.1:{api}",
@@ -158,7 +168,8 @@ fn serde_json_config(
   "httpPort": {http_port},
   "tlsPort": {tls_port},
   "ocspResponderURL": "",
-  "externalAccountBindingRequired": false
+  "externalAccountBindingRequired": false,
+  "domainBlocklist": ["blocked.test"]{validity}
 }}}}"#
     )
 }

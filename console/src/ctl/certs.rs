@@ -60,11 +60,11 @@ fn line(r: &RouteEntry, now: u64) -> CertLine {
     let (source, issuer, not_after, not_after_ms, state, detail) =
         match (&r.certificate, &r.not_served) {
             (_, Some(reason)) => (
-                String::new(),
+                if r.route.acme { "acme" } else { "" }.to_owned(),
                 String::new(),
                 String::new(),
                 0,
-                "not served",
+                if r.route.acme { "pending" } else { "not served" },
                 reason.clone(),
             ),
             (Some(c), None) => {

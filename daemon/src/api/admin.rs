@@ -417,7 +417,7 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
                     .as_ref()
                     .and_then(|tls| tls.summary.as_ref())
                     .map(|s| pb::CertificateStatus {
-                        source: "file".into(),
+                        source: if info.route.acme { "acme" } else { "file" }.into(),
                         issuer: s.issuer.clone(),
                         not_before_ms: s.not_before * 1000,
                         not_after_ms: s.not_after * 1000,
@@ -426,11 +426,16 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
         }
         // Stored routes left out (their files did not load): listed, with why, no stats.
         for n in l.not_served().iter() {
+            // A waiting acme route says why its last order failed, if it did.
+            let reason = match state.acme.error(&n.route.hostname) {
+                Some(e) if n.route.acme => format!("{}; last order failed: {e}", n.reason),
+                _ => n.reason.clone(),
+            };
             out.push(pb::RouteStatus {
                 listener: l.addr.to_string(),
                 route: Some(n.route.clone().into()),
                 stats: None,
-                not_served: n.reason.clone(),
+                not_served: reason,
                 certificate: None,
             });
         }

@@ -1024,6 +1024,7 @@ fn add_acme_route(
     route: Route,
 ) -> Result<Applied, ChangeError> {
     check_route_fields(&route)?;
+    no_acme_without_ca(state)?;
     let listener = listener_by_name(state, listener)?;
     let listener = &*listener;
     if let Some(name) = crate::model::routes::route_name(&route.hostname)
@@ -1060,6 +1061,16 @@ fn add_acme_route(
     }
 }
 
+/// An acme route on a daemon without `[acme]` would wait forever: refused.
+fn no_acme_without_ca(state: &State) -> Result<(), ChangeError> {
+    if state.acme.enabled() {
+        return Ok(());
+    }
+    Err(ChangeError::Invalid(
+        "acme: this daemon has no [acme] section in its config (the CA to order from)".into(),
+    ))
+}
+
 /// [`Change::UpdateRoute`] of a route that is (or becomes) an ACME one.
 fn update_acme_route(
     store: &mut Store,
@@ -1069,6 +1080,7 @@ fn update_acme_route(
     old: String,
     merged: Route,
 ) -> Result<Applied, ChangeError> {
+    no_acme_without_ca(state)?;
     match checked_acme_route(store, listener, &merged)? {
         Ok(valid) => {
             store.update_route(listener.id, &old, &valid.route)?;

@@ -1192,6 +1192,40 @@ mod tests {
     }
 
     #[test]
+    fn acme_routes_need_a_ca_no_files_and_l7() {
+        let f = Fixture::new();
+        let route = |extra: &str| {
+            format!(
+                "[[listeners]]\naddr = \"127.0.0.1:8443\"\n[[listeners.routes]]\n\
+                 hostname = \"a.test\"\nbackend = \"127.0.0.1:9\"\n{extra}"
+            )
+        };
+        let acme = "[acme]\nterms_of_service_agreed = true\n";
+        let p = f.problems(&route("mode = \"l7\"\nacme = true\n"));
+        assert!(
+            p.iter().any(|p| p.contains("route a.test") && p.contains("needs an [acme] section")),
+            "{p:?}"
+        );
+        let p = f.problems(&format!(
+            "{acme}{}",
+            route("mode = \"l7\"\nacme = true\ntls_cert = \"/x.pem\"\ntls_key = \"/x.key\"\n")
+        ));
+        assert!(p.iter().any(|p| p.contains("one or the other")), "{p:?}");
+        let p = f.problems(&format!("{acme}{}", route("acme = true\n")));
+        assert!(p.iter().any(|p| p.contains("acme is for l7 routes")), "{p:?}");
+        // Right: no files needed, nothing loaded at parse time.
+        let config = f
+            .parse(&format!("{acme}{}", route("mode = \"l7\"\nacme = true\n")))
+            .unwrap();
+        assert!(config.listeners[0].routes[0].acme);
+        assert!(config.file_problems.is_empty());
+        assert_eq!(
+            config.acme.unwrap().directory,
+            crate::control::acme::settings::LETS_ENCRYPT
+        );
+    }
+
+    #[test]
     fn valid_l4_and_l7_routes_load() {
         let f = Fixture::new();
         let config = f

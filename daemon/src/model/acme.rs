@@ -26,9 +26,20 @@ pub struct Challenges {
     certs: RwLock<HashMap<String, Arc<rustls::ServerConfig>>>,
     wake: tokio::sync::Notify,
     errors: RwLock<HashMap<String, String>>,
+    enabled: std::sync::atomic::AtomicBool,
 }
 
 impl Challenges {
+    /// The daemon has `[acme]` and its ACME task runs: acme routes may be added.
+    pub fn enable(&self) {
+        self.enabled.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Challenges::enable`] was called.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire)
+    }
+
     /// Tells the ACME task to look at the routes now (one was added or changed).
     pub fn wake(&self) {
         self.wake.notify_one();

@@ -187,3 +187,221 @@ async fn a_pending_challenge_changes_nothing_for_other_clients() {
         "done: back to the route"
     );
 }
+
+/// The proxy config of the ACME tests: `[acme]` on `ca`, a listener on `port`, `routes`.
+fn acme_config(ca: &Pebble, port: u16, routes: &str) -> String {
+    format!(
+        "[acme]\ndirectory = {:?}\nca = {:?}\nterms_of_service_agreed = true\n\
+         contact = [\"mailto:ops@acme.test\"]\n\
+         [[listeners]]\naddr = \"127.0.0.1:{port}\"\n{routes}",
+        ca.directory,
+        ca.api_ca.display().to_string()
+    )
+}
+
+/// A client config trusting only pebble's issuing root.
+async fn trusting(ca: &Pebble) -> std::sync::Arc<rustls::ClientConfig> {
+    let root = CertificateDer::from_pem_slice(ca.issuer_root_pem().await.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).unwrap();
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(mc_proxy::model::certs::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// The status of `GET /` on `hostname` through `addr` (HTTP/1.1 over TLS, checked with
+/// `config`).
+async fn get(
+    addr: std::net::SocketAddr,
+    hostname: &str,
+    path: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> u16 {
+    let tls = tls_connect(addr, hostname, config).await.expect("TLS to the route");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = ::http::Request::builder()
+        .uri(path)
+        .header("host", hostname)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    sender.send_request(req).await.unwrap().status().as_u16()
+}
+
+/// Waits (30 s at most) until `hostname` is served on the proxy's first listener.
+async fn served(proxy: &Proxy, hostname: &str) {
+    for _ in 0..3000 {
+        if proxy.state.listeners()[0].lookup(hostname).is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{hostname} not served within 30 s");
+}
+
+#[tokio::test]
+async fn an_acme_route_waits_then_serves_a_certificate_kept_across_a_restart() {
+    if !pebble::available() {
+        return;
+    }
+    let (_guard, logs) = capture_logs();
+    let reserved = mc_proxy_tests::ReservedPort::new();
+    let port = reserved.port;
+    let ca = Pebble::start(port, 1).await;
+    let backend = mc_proxy_tests::web::H1Backend::start().await;
+    let route = |hostname: &str| {
+        format!(
+            "[[listeners.routes]]\nhostname = {hostname:?}\nbackend = \"{}\"\nmode = \"l7\"\n\
+             backend_protocol = \"http1\"\nacme = true\n",
+            backend.addr
+        )
+    };
+    drop(reserved);
+    let proxy = Proxy::start(&acme_config(&ca, port, &route("acme.test"))).await;
+
+    // Served once issued; a client that trusts the CA's root gets through to the backend.
+    served(&proxy, "acme.test").await;
+    let client = trusting(&ca).await;
+    let answer = get(proxy.addr(), "acme.test", "/", client.clone()).await;
+    assert_eq!(answer, 200);
+
+    // A route added through the API waits (the answer says so), then is served too.
+    let mut admin = proxy.admin().await;
+    let o = admin
+        .add_route(
+            &proxy.addr().to_string(),
+            mc_proxy_shared::Route {
+                hostname: "api.acme.test".into(),
+                backends: vec![mc_proxy_shared::RouteBackend::new(backend.addr.to_string())],
+                mode: mc_proxy_shared::Mode::L7,
+                backend_protocol: mc_proxy_shared::BackendProtocol::Http1,
+                acme: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(o.1.iter().any(|w| w.contains("waiting for its ACME certificate")), "{:?}", o.1);
+    served(&proxy, "api.acme.test").await;
+    let answer =
+        get(proxy.addr(), "api.acme.test", "/", client.clone()).await;
+    assert_eq!(answer, 200);
+    let orders = log_text(&logs).matches("ordering an ACME certificate").count();
+    assert_eq!(orders, 2, "one order per route");
+    // Listed with where it comes from and who issued it.
+    let routes = admin.list_routes(None).await.unwrap();
+    let cert = routes
+        .iter()
+        .find(|r| r.route.hostname == "acme.test")
+        .and_then(|r| r.certificate.clone())
+        .unwrap();
+    assert_eq!(cert.source, "acme");
+    assert!(cert.issuer.starts_with("Pebble Intermediate CA"), "{}", cert.issuer);
+
+    // A restart serves both from the database at once, with no new order.
+    let dir = proxy.stop_and_keep_dir().await;
+    let proxy = Proxy::start_in(dir, &acme_config(&ca, port, &route("acme.test"))).await;
+    assert!(proxy.state.listeners()[0].lookup("acme.test").is_some());
+    assert!(proxy.state.listeners()[0].lookup("api.acme.test").is_some());
+    let answer = get(proxy.addr(), "acme.test", "/", client).await;
+    assert_eq!(answer, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        log_text(&logs).matches("ordering an ACME certificate").count(),
+        orders,
+        "nothing ordered again"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_is_renewed_before_its_end_and_a_refused_order_is_shown_and_retried_later() {
+    if !pebble::available() {
+        return;
+    }
+    let (_guard, logs) = capture_logs();
+    let reserved = mc_proxy_tests::ReservedPort::new();
+    let port = reserved.port;
+    // Certificates for 9 s: renewed when a third is left, 3 s before the end.
+    let ca = Pebble::start_with(port, 1, Some(9)).await;
+    let backend = mc_proxy_tests::web::H1Backend::start().await;
+    let route = |hostname: &str| {
+        format!(
+            "[[listeners.routes]]\nhostname = {hostname:?}\nbackend = \"{}\"\nmode = \"l7\"\n\
+             backend_protocol = \"http1\"\nacme = true\n",
+            backend.addr
+        )
+    };
+    drop(reserved);
+    let config = acme_config(&ca, port, &(route("short.test") + &route("blocked.test")));
+    let proxy = Proxy::start(&config).await;
+    served(&proxy, "short.test").await;
+    let client = trusting(&ca).await;
+    let first = served_leaf(proxy.addr(), "short.test", client.clone()).await.unwrap();
+    let issued = std::time::Instant::now();
+
+    // The refused name waits, says why, and is not asked again at once (back-off).
+    let mut admin = proxy.admin().await;
+    let mut reason = String::new();
+    for _ in 0..300 {
+        let routes = admin.list_routes(None).await.unwrap();
+        let blocked = routes.iter().find(|r| r.route.hostname == "blocked.test").unwrap();
+        reason = blocked.not_served.clone().unwrap_or_default();
+        if reason.contains("last order failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        reason.starts_with("waiting for its ACME certificate") && reason.contains("blocked.test"),
+        "{reason}"
+    );
+    assert!(log_text(&logs).contains("ACME order failed"), "a warn line");
+
+    // Renewed: a new certificate before the first one ends, served without a gap.
+    let mut renewed = None;
+    while issued.elapsed() < Duration::from_secs(9) {
+        let leaf = served_leaf(proxy.addr(), "short.test", client.clone())
+            .await
+            .expect("served all along");
+        if leaf != first {
+            renewed = Some(issued.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let renewed = renewed.expect("renewed before the first certificate ended");
+    assert!(renewed >= Duration::from_secs(5), "not before a third was left: {renewed:?}");
+    let blocked_orders = log_text(&logs)
+        .lines()
+        .filter(|l| l.contains("ordering an ACME certificate") && l.contains("blocked.test"))
+        .count();
+    assert_eq!(blocked_orders, 1, "the refused name waits its back-off (a minute)");
+}
+
+#[tokio::test]
+async fn without_acme_settings_an_acme_route_is_refused_and_nothing_is_stored() {
+    let proxy = Proxy::start("[[listeners]]\naddr = \"127.0.0.1:0\"\n").await;
+    let mut admin = proxy.admin().await;
+    let refused = admin
+        .add_route(
+            &proxy.addr().to_string(),
+            mc_proxy_shared::Route {
+                hostname: "acme.test".into(),
+                backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9")],
+                mode: mc_proxy_shared::Mode::L7,
+                acme: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("no [acme] section"), "{refused}");
+    assert!(admin.list_routes(None).await.unwrap().is_empty());
+}

@@ -36,6 +36,7 @@ fn now() -> u64 {
 /// Runs until `shutdown`.
 pub async fn run(settings: AcmeConfig, control: Arc<Control>, shutdown: CancellationToken) {
     let state = Arc::clone(control.state());
+    state.acme.enable();
     let http = match http::Client::new(settings.ca_pem.as_deref()) {
         Ok(http) => http,
         Err(e) => {
@@ -52,6 +53,8 @@ pub async fn run(settings: AcmeConfig, control: Arc<Control>, shutdown: Cancella
             Vec::new()
         });
         let mut next = now() + IDLE.as_secs();
+        // An order made: look again at once (its renewal time is due from the database).
+        let mut issued_any = false;
         for (hostname, renew_at) in due {
             let t = now();
             if let Some(at) = renew_at.filter(|at| *at > t) {
@@ -75,6 +78,7 @@ pub async fn run(settings: AcmeConfig, control: Arc<Control>, shutdown: Cancella
             };
             match result {
                 Ok(not_after) => {
+                    issued_any = true;
                     backoff.remove(&hostname);
                     state.acme.set_error(&hostname, None);
                     tracing::info!(route = %hostname, not_after, "ACME certificate issued and served");
@@ -89,6 +93,9 @@ pub async fn run(settings: AcmeConfig, control: Arc<Control>, shutdown: Cancella
                     state.acme.set_error(&hostname, Some(e.to_string()));
                 }
             }
+        }
+        if issued_any {
+            continue;
         }
         let sleep = Duration::from_secs(next.saturating_sub(now()).max(1));
         tokio::select! {
