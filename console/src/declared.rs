@@ -169,6 +169,7 @@ struct FileRoute {
     max_queue: u32,
     #[serde(default)]
     queue_timeout: Option<String>,
+    #[serde(default)]
     acme: bool,
 }
 

@@ -59,9 +59,7 @@ pub enum RouteFieldError {
     #[error(transparent)]
     HealthCheck(#[from] HealthCheckError),
     /// An l7 route without `tls_cert`.
-    #[error(
-        "mode l7 needs tls_cert (a PEM certificate chain for the route's hostname), or acme"
-    )]
+    #[error("mode l7 needs tls_cert (a PEM certificate chain for the route's hostname), or acme")]
     MissingCert,
     /// An l7 route without `tls_key`.
     #[error("mode l7 needs tls_key (the PEM private key for tls_cert)")]
@@ -70,9 +68,7 @@ pub enum RouteFieldError {
     #[error("acme is for l7 routes (an l4 route passes the client's TLS through)")]
     AcmeOnL4,
     /// `acme` with `tls_cert`/`tls_key`.
-    #[error(
-        "acme and tls_cert/tls_key are both set: the certificate comes from one or the other"
-    )]
+    #[error("acme and tls_cert/tls_key are both set: the certificate comes from one or the other")]
     AcmeAndFiles,
     /// An l7 route with `backend_protocol` auto but without `backend_tls`.
     #[error(

@@ -64,7 +64,11 @@ fn line(r: &RouteEntry, now: u64) -> CertLine {
                 String::new(),
                 String::new(),
                 0,
-                if r.route.acme { "pending" } else { "not served" },
+                if r.route.acme {
+                    "pending"
+                } else {
+                    "not served"
+                },
                 reason.clone(),
             ),
             (Some(c), None) => {

@@ -223,11 +223,7 @@ impl Form {
             if !self.acme {
                 fields.extend([Field::TlsCert, Field::TlsKey]);
             }
-            fields.extend([
-                Field::BackendTls,
-                Field::BackendProtocol,
-                Field::AccessLog,
-            ]);
+            fields.extend([Field::BackendTls, Field::BackendProtocol, Field::AccessLog]);
         }
         fields.extend([Field::SendProxy, Field::Balance, Field::Check]);
         if self.check {

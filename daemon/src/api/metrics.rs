@@ -266,8 +266,36 @@ impl Collector for StateCollector {
         encode_health_checks(e, &listeners)?;
         encode_pool(e, &self.state)?;
         encode_cluster(e, &self.state)?;
+        encode_acme(e, &self.state)?;
         Ok(())
     }
+}
+
+/// With `[acme]`: its orders by outcome. Absent without.
+fn encode_acme(e: &mut DescriptorEncoder<'_>, state: &State) -> Result<(), std::fmt::Error> {
+    if !state.acme.enabled() {
+        return Ok(());
+    }
+    let issued = state
+        .acme
+        .orders_issued
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let failed = state
+        .acme
+        .orders_failed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    family(
+        e,
+        "mcproxy_acme_orders",
+        "ACME orders since start, by outcome: issued (a certificate, served), failed (the CA \
+         refused, a validation failed, the CA was unreachable; retried after a back-off).",
+        None,
+        MetricType::Counter,
+        [
+            (vec![("outcome", "issued")], ConstCounter::new(issued)),
+            (vec![("outcome", "failed")], ConstCounter::new(failed)),
+        ],
+    )
 }
 
 /// On a cluster node: its link to the fleet's store. Absent on a single node.

@@ -30,7 +30,9 @@ use crate::control::reload::{RouteReload, reload_certificates};
 use crate::control::store::{ListenerFields, Store, StoreError};
 use crate::model::events::{Caller, Event, Origin};
 use crate::model::firewall::{Firewall, parse_rule};
-use crate::model::routes::{IssuedPem, RouteError, ValidRoute, validate_route, validate_route_with};
+use crate::model::routes::{
+    IssuedPem, RouteError, ValidRoute, validate_route, validate_route_with,
+};
 use crate::model::state::{ListenerSettings, ListenerState, NotServed, State, check_listener_name};
 
 /// A change someone asked for.
@@ -580,12 +582,13 @@ impl Control {
                 if !route.acme || out.iter().any(|(h, _)| *h == route.hostname) {
                     continue;
                 }
-                let renew = store
-                    .acme_certificate_dates(&route.hostname)?
-                    .map(|(issued_at, not_after)| {
-                        let lifetime = not_after.saturating_sub(issued_at);
-                        not_after.saturating_sub(lifetime / 3)
-                    });
+                let renew =
+                    store
+                        .acme_certificate_dates(&route.hostname)?
+                        .map(|(issued_at, not_after)| {
+                            let lifetime = not_after.saturating_sub(issued_at);
+                            not_after.saturating_sub(lifetime / 3)
+                        });
                 out.push((route.hostname, renew));
             }
         }
@@ -1045,14 +1048,28 @@ fn add_acme_route(
             let route = valid.route.clone();
             tracing::info!(listener = %listener.addr, route = %route.hostname, "route added (ACME certificate already issued)");
             swap_routes(state, listener, |routes| routes.push(valid));
-            publish_route(state, listener.addr, ChangeAction::Added, route, None, origin);
+            publish_route(
+                state,
+                listener.addr,
+                ChangeAction::Added,
+                route,
+                None,
+                origin,
+            );
             Ok(applied)
         }
         Err(route) => {
             store.create_route(listener.id, &route)?;
             tracing::info!(listener = %listener.addr, route = %route.hostname, "route added, {ACME_WAITING}");
             wait_for_acme(state, listener, &route);
-            publish_route(state, listener.addr, ChangeAction::Added, route.clone(), None, origin);
+            publish_route(
+                state,
+                listener.addr,
+                ChangeAction::Added,
+                route.clone(),
+                None,
+                origin,
+            );
             Ok(Applied::Route {
                 route,
                 warnings: vec![format!("not served yet: {ACME_WAITING}")],
@@ -1095,7 +1112,9 @@ fn update_acme_route(
         Err(route) => {
             store.update_route(listener.id, &old, &route)?;
             // Whatever it served before (files) it no longer does: it waits.
-            swap_routes(state, listener, |routes| routes.retain(|r| r.route.hostname != old));
+            swap_routes(state, listener, |routes| {
+                routes.retain(|r| r.route.hostname != old)
+            });
             listener.forget_not_served(&old);
             wait_for_acme(state, listener, &route);
             publish_route(

@@ -460,6 +460,7 @@ struct FileRoute {
     max_queue: u32,
     #[serde(default, deserialize_with = "duration")]
     queue_timeout: Option<Duration>,
+    #[serde(default)]
     acme: bool,
 }
 
@@ -645,7 +646,10 @@ impl FileConfig {
             for r in l.routes.iter().filter(|r| r.acme) {
                 let context = format!("listener {}, route {}", l.addr, r.hostname);
                 if acme.is_none() {
-                    problem(context, "acme = true needs an [acme] section (the CA)".into());
+                    problem(
+                        context,
+                        "acme = true needs an [acme] section (the CA)".into(),
+                    );
                 } else if cluster.is_some() {
                     problem(
                         context,
@@ -1203,7 +1207,8 @@ mod tests {
         let acme = "[acme]\nterms_of_service_agreed = true\n";
         let p = f.problems(&route("mode = \"l7\"\nacme = true\n"));
         assert!(
-            p.iter().any(|p| p.contains("route a.test") && p.contains("needs an [acme] section")),
+            p.iter()
+                .any(|p| p.contains("route a.test") && p.contains("needs an [acme] section")),
             "{p:?}"
         );
         let p = f.problems(&format!(
@@ -1212,7 +1217,10 @@ mod tests {
         ));
         assert!(p.iter().any(|p| p.contains("one or the other")), "{p:?}");
         let p = f.problems(&format!("{acme}{}", route("acme = true\n")));
-        assert!(p.iter().any(|p| p.contains("acme is for l7 routes")), "{p:?}");
+        assert!(
+            p.iter().any(|p| p.contains("acme is for l7 routes")),
+            "{p:?}"
+        );
         // Right: no files needed, nothing loaded at parse time.
         let config = f
             .parse(&format!("{acme}{}", route("mode = \"l7\"\nacme = true\n")))

@@ -622,7 +622,11 @@ impl Store {
     }
 
     /// Keeps a new ACME account's credentials (JSON) for `directory`.
-    pub fn save_acme_account(&mut self, directory: &str, credentials: &str) -> Result<(), StoreError> {
+    pub fn save_acme_account(
+        &mut self,
+        directory: &str,
+        credentials: &str,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO acme_accounts (directory, credentials, created_at)
              VALUES (?1, ?2, strftime('%s', 'now'))

@@ -27,6 +27,10 @@ pub struct Challenges {
     wake: tokio::sync::Notify,
     errors: RwLock<HashMap<String, String>>,
     enabled: std::sync::atomic::AtomicBool,
+    /// Orders that issued a certificate, and orders that failed, since start.
+    pub orders_issued: std::sync::atomic::AtomicU64,
+    /// See `orders_issued`.
+    pub orders_failed: std::sync::atomic::AtomicU64,
 }
 
 impl Challenges {

@@ -108,7 +108,10 @@ pub fn validate_route(route: &Route) -> Result<ValidRoute, RouteError> {
 
 /// [`validate_route`], with an `acme` route's issued certificate (from the database; `None`:
 /// none yet, and the route waits, [`RouteError::AcmePending`]).
-pub fn validate_route_with(route: &Route, issued: Option<&IssuedPem>) -> Result<ValidRoute, RouteError> {
+pub fn validate_route_with(
+    route: &Route,
+    issued: Option<&IssuedPem>,
+) -> Result<ValidRoute, RouteError> {
     if let Some(first) = shape_problems(route).into_iter().next() {
         return Err(first);
     }

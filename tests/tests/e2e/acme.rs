@@ -221,7 +221,9 @@ async fn get(
     path: &str,
     config: std::sync::Arc<rustls::ClientConfig>,
 ) -> u16 {
-    let tls = tls_connect(addr, hostname, config).await.expect("TLS to the route");
+    let tls = tls_connect(addr, hostname, config)
+        .await
+        .expect("TLS to the route");
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
@@ -288,12 +290,18 @@ async fn an_acme_route_waits_then_serves_a_certificate_kept_across_a_restart() {
         )
         .await
         .unwrap();
-    assert!(o.1.iter().any(|w| w.contains("waiting for its ACME certificate")), "{:?}", o.1);
+    assert!(
+        o.1.iter()
+            .any(|w| w.contains("waiting for its ACME certificate")),
+        "{:?}",
+        o.1
+    );
     served(&proxy, "api.acme.test").await;
-    let answer =
-        get(proxy.addr(), "api.acme.test", "/", client.clone()).await;
+    let answer = get(proxy.addr(), "api.acme.test", "/", client.clone()).await;
     assert_eq!(answer, 200);
-    let orders = log_text(&logs).matches("ordering an ACME certificate").count();
+    let orders = log_text(&logs)
+        .matches("ordering an ACME certificate")
+        .count();
     assert_eq!(orders, 2, "one order per route");
     // Listed with where it comes from and who issued it.
     let routes = admin.list_routes(None).await.unwrap();
@@ -303,7 +311,11 @@ async fn an_acme_route_waits_then_serves_a_certificate_kept_across_a_restart() {
         .and_then(|r| r.certificate.clone())
         .unwrap();
     assert_eq!(cert.source, "acme");
-    assert!(cert.issuer.starts_with("Pebble Intermediate CA"), "{}", cert.issuer);
+    assert!(
+        cert.issuer.starts_with("Pebble Intermediate CA"),
+        "{}",
+        cert.issuer
+    );
 
     // A restart serves both from the database at once, with no new order.
     let dir = proxy.stop_and_keep_dir().await;
@@ -314,7 +326,9 @@ async fn an_acme_route_waits_then_serves_a_certificate_kept_across_a_restart() {
     assert_eq!(answer, 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        log_text(&logs).matches("ordering an ACME certificate").count(),
+        log_text(&logs)
+            .matches("ordering an ACME certificate")
+            .count(),
         orders,
         "nothing ordered again"
     );
@@ -343,7 +357,9 @@ async fn a_certificate_is_renewed_before_its_end_and_a_refused_order_is_shown_an
     let proxy = Proxy::start(&config).await;
     served(&proxy, "short.test").await;
     let client = trusting(&ca).await;
-    let first = served_leaf(proxy.addr(), "short.test", client.clone()).await.unwrap();
+    let first = served_leaf(proxy.addr(), "short.test", client.clone())
+        .await
+        .unwrap();
     let issued = std::time::Instant::now();
 
     // The refused name waits, says why, and is not asked again at once (back-off).
@@ -351,7 +367,10 @@ async fn a_certificate_is_renewed_before_its_end_and_a_refused_order_is_shown_an
     let mut reason = String::new();
     for _ in 0..300 {
         let routes = admin.list_routes(None).await.unwrap();
-        let blocked = routes.iter().find(|r| r.route.hostname == "blocked.test").unwrap();
+        let blocked = routes
+            .iter()
+            .find(|r| r.route.hostname == "blocked.test")
+            .unwrap();
         reason = blocked.not_served.clone().unwrap_or_default();
         if reason.contains("last order failed") {
             break;
@@ -363,6 +382,19 @@ async fn a_certificate_is_renewed_before_its_end_and_a_refused_order_is_shown_an
         "{reason}"
     );
     assert!(log_text(&logs).contains("ACME order failed"), "a warn line");
+    let metrics = mc_proxy_tests::web::http1_request(proxy.metrics, "GET", "/metrics", &[]).await;
+    assert!(
+        metrics
+            .body
+            .contains("mcproxy_acme_orders_total{outcome=\"failed\"} 1"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics
+            .body
+            .contains("mcproxy_acme_orders_total{outcome=\"issued\"} 1")
+    );
 
     // Renewed: a new certificate before the first one ends, served without a gap.
     let mut renewed = None;
@@ -377,12 +409,18 @@ async fn a_certificate_is_renewed_before_its_end_and_a_refused_order_is_shown_an
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let renewed = renewed.expect("renewed before the first certificate ended");
-    assert!(renewed >= Duration::from_secs(5), "not before a third was left: {renewed:?}");
+    assert!(
+        renewed >= Duration::from_secs(5),
+        "not before a third was left: {renewed:?}"
+    );
     let blocked_orders = log_text(&logs)
         .lines()
         .filter(|l| l.contains("ordering an ACME certificate") && l.contains("blocked.test"))
         .count();
-    assert_eq!(blocked_orders, 1, "the refused name waits its back-off (a minute)");
+    assert_eq!(
+        blocked_orders, 1,
+        "the refused name waits its back-off (a minute)"
+    );
 }
 
 #[tokio::test]
@@ -402,6 +440,9 @@ async fn without_acme_settings_an_acme_route_is_refused_and_nothing_is_stored() 
         )
         .await
         .unwrap_err();
-    assert!(refused.to_string().contains("no [acme] section"), "{refused}");
+    assert!(
+        refused.to_string().contains("no [acme] section"),
+        "{refused}"
+    );
     assert!(admin.list_routes(None).await.unwrap().is_empty());
 }

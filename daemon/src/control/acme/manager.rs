@@ -48,10 +48,12 @@ pub async fn run(settings: AcmeConfig, control: Arc<Control>, shutdown: Cancella
     // Per hostname: no order before this time (Unix seconds), and the next back-off.
     let mut backoff: HashMap<String, (u64, Duration)> = HashMap::new();
     loop {
-        let due = blocking(&control, |c| c.acme_due()).await.unwrap_or_else(|e| {
-            tracing::error!("ACME: reading the routes failed: {e}");
-            Vec::new()
-        });
+        let due = blocking(&control, |c| c.acme_due())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!("ACME: reading the routes failed: {e}");
+                Vec::new()
+            });
         let mut next = now() + IDLE.as_secs();
         // An order made: look again at once (its renewal time is due from the database).
         let mut issued_any = false;
@@ -79,11 +81,19 @@ pub async fn run(settings: AcmeConfig, control: Arc<Control>, shutdown: Cancella
             match result {
                 Ok(not_after) => {
                     issued_any = true;
+                    state
+                        .acme
+                        .orders_issued
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     backoff.remove(&hostname);
                     state.acme.set_error(&hostname, None);
                     tracing::info!(route = %hostname, not_after, "ACME certificate issued and served");
                 }
                 Err(e) => {
+                    state
+                        .acme
+                        .orders_failed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let wait = backoff.get(&hostname).map_or(BACKOFF_MIN, |(_, d)| *d);
                     let jitter = wait.as_secs() * u64::from(rand_percent()) / 100;
                     let after = now() + wait.as_secs() + jitter;
@@ -138,7 +148,11 @@ async fn account(
 }
 
 /// One order: issued, kept and served; its end (Unix seconds).
-async fn order(orderer: &Orderer, control: &Arc<Control>, hostname: &str) -> Result<u64, AcmeError> {
+async fn order(
+    orderer: &Orderer,
+    control: &Arc<Control>,
+    hostname: &str,
+) -> Result<u64, AcmeError> {
     tracing::info!(route = %hostname, "ordering an ACME certificate");
     let issued = orderer.order(hostname, &control.state().acme).await?;
     let label = std::path::Path::new("acme:").join(hostname);

@@ -63,7 +63,10 @@ impl FileAcme {
             if !c.starts_with("mailto:") || c.len() > 256 || c.len() <= "mailto:".len() {
                 problem(
                     format!("acme.contact[{i}]"),
-                    format!("must be mailto:ADDRESS, not {}", mc_proxy_shared::text::clip(c)),
+                    format!(
+                        "must be mailto:ADDRESS, not {}",
+                        mc_proxy_shared::text::clip(c)
+                    ),
                 );
                 ok = false;
             }
@@ -82,7 +85,10 @@ impl FileAcme {
             Some(path) => match std::fs::read(path) {
                 Ok(pem) => Some(pem),
                 Err(e) => {
-                    problem("acme.ca".into(), format!("cannot read {}: {e}", path.display()));
+                    problem(
+                        "acme.ca".into(),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
                     ok = false;
                     None
                 }
