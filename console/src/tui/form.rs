@@ -219,11 +219,16 @@ impl Form {
     pub fn fields(&self) -> Vec<Field> {
         let mut fields = vec![Field::Hostname, Field::Backend, Field::Mode];
         if self.mode == Mode::L7 {
-            fields.push(Field::Acme);
+            // Files, or ACME (the last L7 field): with ACME on the file fields are not shown.
             if !self.acme {
                 fields.extend([Field::TlsCert, Field::TlsKey]);
             }
-            fields.extend([Field::BackendTls, Field::BackendProtocol, Field::AccessLog]);
+            fields.extend([
+                Field::BackendTls,
+                Field::BackendProtocol,
+                Field::AccessLog,
+                Field::Acme,
+            ]);
         }
         fields.extend([Field::SendProxy, Field::Balance, Field::Check]);
         if self.check {
@@ -887,6 +892,28 @@ mod tests {
         form.toggle(true);
         assert_eq!(form.route().unwrap().health_check, None);
         assert!(!form.fields().contains(&Field::CheckInterval));
+    }
+
+    /// ACME is an L7 choice against the files: on, the file fields go and none is sent.
+    #[test]
+    fn acme_hides_the_certificate_files() {
+        let mut form = Form::new("127.0.0.1:8443".into());
+        form.hostname = "web.test".into();
+        form.backend = "127.0.0.1:9".into();
+        assert!(!form.fields().contains(&Field::Acme), "an L7 field");
+        form.mode = Mode::L7;
+        form.tls_cert = "/c.pem".into();
+        form.tls_key = "/c.key".into();
+        assert!(form.fields().contains(&Field::TlsCert));
+        form.focus = Field::Acme;
+        form.toggle(true);
+        assert!(
+            !form.fields().contains(&Field::TlsCert) && !form.fields().contains(&Field::TlsKey)
+        );
+        let route = form.route().unwrap();
+        assert!(route.acme && route.tls_cert.is_empty() && route.tls_key.is_empty());
+        let edit = Form::edit("127.0.0.1:8443".into(), &route);
+        assert!(edit.acme && !edit.fields().contains(&Field::TlsCert));
     }
 
     /// The request log is an L7 field: shown and sent on L7, neither on L4, and an edit

@@ -980,9 +980,6 @@ fn merged_route(
     Ok((listener, old, merged))
 }
 
-/// The not-served reason of an ACME route whose certificate is not issued yet.
-pub const ACME_WAITING: &str = "waiting for its ACME certificate (ordered; served once issued)";
-
 /// The certificate ACME issued for `hostname`, from the database.
 fn issued_pem(store: &Store, hostname: &str) -> Result<Option<IssuedPem>, ChangeError> {
     Ok(store
@@ -1060,7 +1057,7 @@ fn add_acme_route(
         }
         Err(route) => {
             store.create_route(listener.id, &route)?;
-            tracing::info!(listener = %listener.addr, route = %route.hostname, "route added, {ACME_WAITING}");
+            tracing::info!(listener = %listener.addr, route = %route.hostname, "route added, {}", RouteError::AcmePending);
             wait_for_acme(state, listener, &route);
             publish_route(
                 state,
@@ -1072,7 +1069,7 @@ fn add_acme_route(
             );
             Ok(Applied::Route {
                 route,
-                warnings: vec![format!("not served yet: {ACME_WAITING}")],
+                warnings: vec![format!("not served yet: {}", RouteError::AcmePending)],
             })
         }
     }
@@ -1127,7 +1124,7 @@ fn update_acme_route(
             );
             Ok(Applied::Route {
                 route,
-                warnings: vec![format!("not served now: {ACME_WAITING}")],
+                warnings: vec![format!("not served now: {}", RouteError::AcmePending)],
             })
         }
     }
@@ -1139,7 +1136,7 @@ fn wait_for_acme(state: &State, listener: &ListenerState, route: &Route) {
     list.retain(|n| n.route.hostname != route.hostname);
     list.push(NotServed {
         route: route.clone(),
-        reason: ACME_WAITING.to_owned(),
+        reason: RouteError::AcmePending.to_string(),
     });
     listener.set_not_served(list);
     state.acme.wake();

@@ -97,10 +97,10 @@ pub fn load_state(config: &Config, store: &mut Store) -> Result<State, StartErro
                     routes.push(valid);
                 }
                 Err(RouteError::AcmePending) => {
-                    tracing::info!(listener = %addr, route = %route.hostname, "{}", crate::control::apply::ACME_WAITING);
+                    tracing::info!(listener = %addr, route = %route.hostname, "{}", RouteError::AcmePending);
                     not_served.push(NotServed {
                         route,
-                        reason: crate::control::apply::ACME_WAITING.to_owned(),
+                        reason: RouteError::AcmePending.to_string(),
                     });
                 }
                 Err(e) => {

@@ -146,9 +146,7 @@ pub fn reload_certificates(
                         not_served.push(NotServed {
                             route: route.clone(),
                             reason: match error {
-                                RouteError::AcmePending => {
-                                    crate::control::apply::ACME_WAITING.to_owned()
-                                }
+                                RouteError::AcmePending => RouteError::AcmePending.to_string(),
                                 ref e => e.to_string(),
                             },
                         });

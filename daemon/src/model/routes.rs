@@ -40,7 +40,7 @@ pub enum RouteError {
     #[error(transparent)]
     Cert(#[from] CertError),
     /// An `acme` route whose certificate has not been issued yet.
-    #[error("waiting for its ACME certificate (none issued yet)")]
+    #[error("waiting for its ACME certificate (ordered; served once issued)")]
     AcmePending,
 }
 
