@@ -881,6 +881,9 @@ mod upgrade {
         spawning: AtomicBool,
         /// Who waits for the outcome of the handover a started binary asks for.
         waiting: Mutex<Option<mpsc::Sender<Result<u32, String>>>>,
+        /// Whoever asked for the upgrade (`mc-proxy upgrade`, SIGUSR2) has its answer: the
+        /// process must not stop before `mc-proxy upgrade` is told the new pid.
+        answered: (Mutex<bool>, std::sync::Condvar),
         /// What SIGUSR2 starts: this binary's path as it was started, and its arguments.
         exe: PathBuf,
         /// This daemon's upgrade socket, told to the binary it starts.
@@ -931,6 +934,7 @@ mod upgrade {
                 busy: AtomicBool::new(false),
                 spawning: AtomicBool::new(false),
                 waiting: Mutex::new(None),
+                answered: (Mutex::new(true), std::sync::Condvar::new()),
                 exe: own_path(),
                 upgrade_path: parts.upgrade.path().to_owned(),
                 args: std::env::args_os()
@@ -960,6 +964,7 @@ mod upgrade {
                     if let Err(e) = channel.send(&answer, None) {
                         tracing::warn!("upgrade: cannot answer mc-proxy upgrade: {e}");
                     }
+                    self.mark_answered();
                 }
                 Ok((other, _)) => tracing::warn!(
                     "upgrade socket: unexpected {}",
@@ -996,6 +1001,24 @@ mod upgrade {
             }
         }
 
+        /// The one who asked for the upgrade has its answer (see `answered`).
+        pub fn mark_answered(&self) {
+            let (done, cv) = &self.answered;
+            *done
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+            cv.notify_all();
+        }
+
+        /// Waits (2 s at most) until the one who asked for the upgrade has its answer.
+        fn wait_answered(&self) {
+            let (done, cv) = &self.answered;
+            let guard = done
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = cv.wait_timeout_while(guard, Duration::from_secs(2), |done| !*done);
+        }
+
         fn report(&self, outcome: Result<u32, String>) {
             if let Some(tx) = self.lock_waiting().as_ref() {
                 let _ = tx.send(outcome);
@@ -1023,6 +1046,11 @@ mod upgrade {
                 return Err("another upgrade is under way".into());
             }
             let (tx, rx) = mpsc::channel();
+            *self
+                .answered
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = false;
             *self.lock_waiting() = Some(tx);
             let exe = binary.unwrap_or(&self.exe);
             let result = self.start_and_wait(exe, by, &rx);
@@ -1140,10 +1168,13 @@ mod upgrade {
             // The admin API, /metrics and the upgrade socket stop accepting; the data plane
             // stops accepting and drains, as after SIGTERM without its shutdown_delay (the
             // node stays in service: the new process accepts).
+            // The one who asked is told the new pid before anything stops (the process may
+            // exit soon after: nothing open to drain).
+            self.report(Ok(pid));
+            self.wait_answered();
             self.control.state().begin_handover();
             self.handed_over.cancel();
             self.shutdown.cancel();
-            self.report(Ok(pid));
         }
     }
 
@@ -1155,6 +1186,7 @@ mod upgrade {
             .spawn(move || {
                 // The outcome is logged either way.
                 let _ = handing.spawn(None, "SIGUSR2");
+                handing.mark_answered();
             });
         if let Err(e) = started {
             tracing::error!("SIGUSR2: cannot start the upgrade thread: {e}");
