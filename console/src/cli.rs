@@ -61,6 +61,17 @@ pub enum Command {
     /// List, add or remove firewall rules (blocked addresses and networks).
     #[command(subcommand)]
     Firewall(FirewallCommand),
+    /// The client addresses that hit limits most (listeners' per-client connection limits,
+    /// routes' access lists, request rates and caps), most first: CLIENT HITS LAST ROUTE WHEN.
+    /// HITS reads `≤N` where the bounded table (64 addresses) may have counted an evicted
+    /// address's hits to this one.
+    Talkers {
+        /// At most this many (0: all the table holds).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        limit: u32,
+        #[command(flatten)]
+        table: TableArgs,
+    },
     /// The certificates L7 routes serve: source, issuer, end, state (expiring within 14
     /// days, expired), and the L7 routes that serve none with why.
     #[command(subcommand)]

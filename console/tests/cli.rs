@@ -2713,3 +2713,48 @@ async fn route_access_lists_are_set_replaced_cleared_and_shown() {
         stderr(&o)
     );
 }
+
+#[tokio::test]
+async fn talkers_lists_the_addresses_limits_refused_most_first() {
+    let proxy = Proxy::start(
+        "[[listeners]]\naddr = \"127.0.0.1:0\"\nmax_conns_per_client = 1\n\
+         [[listeners.routes]]\nhostname = \"a.test\"\nbackend = \"127.0.0.1:9\"\n",
+    )
+    .await;
+    let o = ctl(&proxy, &["talkers"]).await;
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("(no client hit a limit since start)"),
+        "{}",
+        stdout(&o)
+    );
+    // 127.0.0.4 holds its one connection, then is refused three times; 127.0.0.5 once.
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let _held = tcp_connect_from(ip("127.0.0.4"), proxy.addr())
+        .await
+        .unwrap();
+    let _other = tcp_connect_from(ip("127.0.0.5"), proxy.addr())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (source, times) in [("127.0.0.4", 3), ("127.0.0.5", 1)] {
+        for _ in 0..times {
+            let mut c = tcp_connect_from(ip(source), proxy.addr()).await.unwrap();
+            assert_reset(&mut c).await;
+        }
+    }
+    let o = ctl(&proxy, &["talkers", "--no-headers"]).await;
+    assert_ok(&o);
+    let lines: Vec<Vec<String>> = stdout(&o)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0][..4], ["127.0.0.4", "3", "client_conn_limit", "-"]);
+    assert_eq!(lines[1][..2], ["127.0.0.5", "1"]);
+    let o = ctl(&proxy, &["talkers", "--limit", "1", "--json"]).await;
+    let json: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 1);
+    assert_eq!(json[0]["client"], "127.0.0.4");
+    assert_eq!(json[0]["hits"], 3);
+}

@@ -693,7 +693,9 @@ fn connections_view_lists_open_connections_and_read_only_hides_editing_keys() {
     assert!(render(&app, 80, 24).contains("a add"));
     assert_eq!(
         app.on_key(key(KeyCode::Char('c'))),
-        Some(mcproxyctl::tui::app::Action::WatchConnections(true))
+        Some(mcproxyctl::tui::app::Action::Watch(
+            mcproxyctl::tui::app::View::Connections
+        ))
     );
     let conn = |id, client: &str, bytes_in| Connection {
         id,
@@ -2310,4 +2312,57 @@ fn route_details_show_the_route_limits_and_their_refusals() {
         s.contains("0 in flight, 0 waiting; 0 queued, 0 refused (503) since start"),
         "{s}"
     );
+}
+
+#[test]
+fn the_talkers_view_fits_80x24_with_ipv6_networks_and_estimated_counts_marked() {
+    use mc_proxy_shared::client::Talker;
+    let mut app = App::new();
+    let now = mcproxyctl::format::now_ms();
+    let talker = |client: &str, hits, error, last: &str, route: &str| Talker {
+        client: client.into(),
+        hits,
+        error,
+        last: last.into(),
+        route: route.into(),
+        last_ms: now - 3000,
+    };
+    app.on_key(key(KeyCode::Char('t')));
+    app.on_daemon(DaemonMsg::Talkers(vec![
+        talker(
+            "2001:db8:1234:5678::/64",
+            120_345,
+            0,
+            "rate_limited",
+            "api.example.com",
+        ),
+        talker("198.51.100.7", 4_000, 12, "client_conn_limit", ""),
+        talker(
+            "203.0.113.9",
+            3,
+            0,
+            "route_denied",
+            "admin.internal.example.com",
+        ),
+    ]));
+    let s = render(&app, 80, 24);
+    println!("{s}");
+    let row = |needle: &str| {
+        s.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle}:\n{s}"))
+    };
+    let v6 = row("2001:db8:1234:5678::/64");
+    assert!(v6.contains("120345") && v6.contains("rate_limited"), "{v6}");
+    let est = row("198.51.100.7");
+    assert!(
+        est.contains("≤4000") && est.contains("client_conn_limit"),
+        "an estimate says so: {est}"
+    );
+    assert!(row("203.0.113.9").contains("route_denied"));
+    assert!(s.contains("clients hitting limits: 3"), "{s}");
+    assert!(s.contains("esc back"), "{s}");
+    // t again: back to the routes.
+    app.on_key(key(KeyCode::Char('t')));
+    assert!(render(&app, 80, 24).contains("listeners"));
 }

@@ -1026,6 +1026,26 @@ impl AdminClient {
         Ok(r.warnings)
     }
 
+    /// The client addresses that hit limits most, most first (`limit` 0: all).
+    pub async fn talkers(&mut self, limit: u32) -> Result<Vec<Talker>, ClientError> {
+        let r = self
+            .inner
+            .list_talkers(pb::ListTalkersRequest { limit })
+            .await?
+            .into_inner();
+        Ok(r.talkers
+            .into_iter()
+            .map(|t| Talker {
+                client: t.client,
+                hits: t.hits,
+                error: t.error,
+                last: t.last,
+                route: t.route,
+                last_ms: t.last_ms,
+            })
+            .collect())
+    }
+
     /// Removes a route.
     pub async fn remove_route(
         &mut self,
@@ -2028,4 +2048,22 @@ impl From<SetChange> for pb::ChangeSetItem {
         };
         pb::ChangeSetItem { change: Some(item) }
     }
+}
+
+/// A client address and its refusals by limits (see the proto's `LimitTalker`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Talker {
+    /// An IPv4 address, or an IPv6 /64.
+    pub client: String,
+    /// Refusals counted for it.
+    pub hits: u64,
+    /// At most this many of `hits` were inherited from the entry it replaced.
+    pub error: u64,
+    /// The last refusal's limit (`client_conn_limit`, `client_rate_limit`, `route_denied`,
+    /// `rate_limited`, `overloaded`).
+    pub last: String,
+    /// Its route (empty: refused before a route was chosen).
+    pub route: String,
+    /// When, ms since the Unix epoch.
+    pub last_ms: u64,
 }

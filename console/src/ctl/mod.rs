@@ -23,6 +23,7 @@ mod listeners;
 mod reload;
 mod routes;
 mod status;
+pub mod talkers;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -177,6 +178,7 @@ pub async fn run(socket: &Path, command: Command) -> Result<(), CtlError> {
         Command::Listeners(command) => listeners::run(&mut client, command).await,
         Command::Firewall(command) => firewall::run(&mut client, command).await,
         Command::Certs(command) => certs::run(&mut client, command).await,
+        Command::Talkers { limit, table } => talkers::run(&mut client, limit, &table).await,
         Command::Connections {
             action: Some(ConnectionsCommand::Close { ids }),
             ..

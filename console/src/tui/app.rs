@@ -32,6 +32,7 @@ pub use super::form::{Field, Form};
 use super::input::Context;
 pub use super::route_detail::RouteDetail;
 pub use super::routes_view::{Pane, RouteSort, RoutesView};
+pub use super::talkers::TalkersView;
 
 /// Rows moved by page up/down.
 pub const PAGE: isize = 10;
@@ -56,6 +57,8 @@ pub enum DaemonMsg {
     Disconnected(String),
     /// A round of the fleet poll (every context, the registry).
     Fleet(super::fleet::Poll),
+    /// The talkers, polled while the talkers view is shown.
+    Talkers(Vec<mc_proxy_shared::client::Talker>),
     /// How an [`Action`] went: `Ok` with a note, or the daemon's error.
     ActionDone(Result<String, String>),
 }
@@ -119,8 +122,9 @@ pub enum Action {
     AddRule(FirewallRule),
     /// Unblock one.
     RemoveRule(FirewallRule),
-    /// Start (`true`) or stop polling the open connections; no daemon change, no answer.
-    WatchConnections(bool),
+    /// The view now on show: the link polls what it needs (the connections view its
+    /// connections, the talkers view its talkers; no daemon change, no answer).
+    Watch(View),
     /// Show another node: the link leaves this daemon and connects to `socket`; everything
     /// shown starts over from that daemon's snapshot.
     SwitchNode {
@@ -142,6 +146,8 @@ pub enum View {
     Connections,
     /// Every node of the fleet.
     Fleet,
+    /// The client addresses that hit limits most.
+    Talkers,
 }
 
 /// What has the keyboard, by name (the component itself is [`App::popup`] or the view).
@@ -186,6 +192,8 @@ pub struct App {
     fleet: Fleet,
     /// The fleet view.
     fleet_view: FleetView,
+    /// The talkers view.
+    talkers: TalkersView,
 }
 
 impl Default for App {
@@ -205,6 +213,7 @@ impl App {
             popup: None,
             fleet: Fleet::default(),
             fleet_view: FleetView::default(),
+            talkers: TalkersView::default(),
         }
     }
 
@@ -251,6 +260,11 @@ impl App {
     /// The fleet view.
     pub fn fleet_view(&self) -> &FleetView {
         &self.fleet_view
+    }
+
+    /// The talkers view.
+    pub fn talkers(&self) -> &TalkersView {
+        &self.talkers
     }
 
     /// The main view on show.
@@ -300,7 +314,7 @@ impl App {
         match self.view {
             View::Routes => self.routes.filtering,
             View::Connections => self.conns.filtering,
-            View::Fleet => false,
+            View::Fleet | View::Talkers => false,
         }
     }
 
@@ -331,6 +345,7 @@ impl App {
             (None, View::Routes) => self.routes.context(),
             (None, View::Connections) => self.conns.context(),
             (None, View::Fleet) => self.fleet_view.context(),
+            (None, View::Talkers) => self.talkers.context(),
         }
     }
 
@@ -372,6 +387,7 @@ impl App {
             DaemonMsg::Connections(list) => self.conns.update(list, now),
             DaemonMsg::Disconnected(reason) => self.data.on_disconnected(reason),
             DaemonMsg::Fleet(poll) => self.fleet.update(poll),
+            DaemonMsg::Talkers(list) => self.talkers.update(list, now),
             DaemonMsg::ActionDone(result) => self.on_action_done(result),
         }
         self.follow_all();
@@ -447,6 +463,7 @@ impl App {
             (None, View::Routes) => self.routes.on_key(&key, &ctx),
             (None, View::Connections) => self.conns.on_key(&key, &ctx),
             (None, View::Fleet) => self.fleet_view.on_key(&key, &ctx),
+            (None, View::Talkers) => self.talkers.on_key(&key, &ctx),
         };
         let action = self.apply(outcome);
         self.follow_all();
@@ -468,7 +485,7 @@ impl App {
             }
             Outcome::Show(view) => {
                 self.view = view;
-                Some(Action::WatchConnections(view == View::Connections))
+                Some(Action::Watch(view))
             }
             Outcome::ClearNote => {
                 self.data.note = None;

@@ -53,6 +53,7 @@ impl Help {
                 Context::Text,
             ],
             (None, View::Fleet) => vec![Context::Fleet, Context::Help],
+            (None, View::Talkers) => vec![Context::Talkers, Context::Help],
             (None, View::Routes) => vec![
                 Context::Routes,
                 Context::RouteDetail,

@@ -18,6 +18,8 @@ pub enum Context {
     Connections,
     /// The fleet view.
     Fleet,
+    /// The talkers view.
+    Talkers,
     /// The firewall rules box.
     Firewall,
     /// A route's detail box, with its backends.
@@ -46,6 +48,7 @@ impl Context {
             Context::Routes => "listeners and routes",
             Context::Connections => "connections (c)",
             Context::Fleet => "fleet: every node (n)",
+            Context::Talkers => "clients hitting limits (t)",
             Context::Firewall => "firewall (f)",
             Context::RouteDetail => "route detail (enter on a route)",
             Context::ListenerDetail => "listener detail (enter on a listener)",
@@ -90,6 +93,8 @@ pub enum Command {
     Connections,
     /// Switch between the routes and fleet views.
     Fleet,
+    /// Switch between the routes and talkers views.
+    Talkers,
     /// Start a new filter.
     Filter,
     /// Next sort order.
@@ -174,7 +179,8 @@ const fn b(
 use Command as C;
 use Context::{
     Confirm as Cf, Connections as Conns, Filter as Fl, Firewall as Fw, Fleet as Fv, Form as Fm,
-    Help as Hp, ListenerDetail as Ld, NewRule as Nr, RouteDetail as Rd, Routes as Rt, Text as Tx,
+    Help as Hp, ListenerDetail as Ld, NewRule as Nr, RouteDetail as Rd, Routes as Rt,
+    Talkers as Tk, Text as Tx,
 };
 use KeyCode::{
     BackTab, Char, Delete, Down, End, Enter, Esc, Home, Left, PageDown, PageUp, Right, Tab, Up,
@@ -196,6 +202,7 @@ pub const KEYS: &[Binding] = &[
     b(Rt, &[Char('c')], "c", "open connections", Some("c conns"), C::Connections, false),
     b(Rt, &[Char('f')], "f", "firewall rules", Some("f firewall"), C::Firewall, false),
     b(Rt, &[Char('n')], "n", "every node of the fleet (contexts, cluster registry)", Some("n nodes"), C::Fleet, false),
+    b(Rt, &[Char('t')], "t", "the client addresses that hit limits most", Some("t talkers"), C::Talkers, false),
     b(Rt, &[Char('?')], "?", "this help", Some("? help"), C::Help, false),
     b(Rt, &[Esc], "esc", "clear the filter and the notice", None, C::Close, false),
     b(Rt, &[Char('q')], "q ctrl-c", "quit", Some("q quit"), C::Quit, false),
@@ -213,6 +220,11 @@ pub const KEYS: &[Binding] = &[
     b(Fv, &[Char('?')], "?", "this help", Some("? help"), C::Help, false),
     b(Fv, &[Esc, Char('n')], "esc n", "back to the routes", Some("esc back"), C::Close, false),
     b(Fv, &[Char('q')], "q", "quit", Some("q quit"), C::Quit, false),
+    b(Tk, &[Up, Down, Char('k'), Char('j')], "up/down j/k", "move the selection", None, C::Down, false),
+    b(Tk, &[PageUp, PageDown, Home, End], "pgup/pgdn home/end", "move by a page, to the first or last row", None, C::PageDown, false),
+    b(Tk, &[Char('?')], "?", "this help", Some("? help"), C::Help, false),
+    b(Tk, &[Esc, Char('t')], "esc t", "back to the routes", Some("esc back"), C::Close, false),
+    b(Tk, &[Char('q')], "q", "quit", Some("q quit"), C::Quit, false),
     b(Fw, &[Up, Down, Char('k'), Char('j')], "up/down j/k", "move the selection", None, C::Down, false),
     b(Fw, &[Char('a')], "a", "block an address or network", Some("a block"), C::Add, true),
     b(Fw, &[Char('d'), Delete], "d del", "unblock the selected rule (asks first)", Some("d unblock"), C::Delete, true),
@@ -296,7 +308,7 @@ mod tests {
 
     #[test]
     fn every_context_lists_its_keys_in_the_help() {
-        for context in [Rt, Conns, Fv, Fw, Rd, Ld, Fm, Fl, Nr, Cf, Hp, Tx] {
+        for context in [Rt, Conns, Fv, Tk, Fw, Rd, Ld, Fm, Fl, Nr, Cf, Hp, Tx] {
             assert!(!context.title().is_empty());
             assert!(shown(context, false).count() > 0, "{context:?} has no keys");
         }

@@ -6,7 +6,8 @@
 //!
 //! I/O: the admin socket. The event subscription starts before the snapshot is fetched, so no
 //! change falls between the two (the app tolerates seeing one twice). While the connections
-//! view is shown (`Action::WatchConnections`), the open connections are polled once a second;
+//! view is shown (`Action::Watch`), the open connections are polled once a second (the
+//! talkers while the talkers view is);
 //! the wish survives reconnects. `SwitchNode` ends the stretch and starts one with another
 //! daemon at once; the fleet poll (`fleet_link`) is told which socket is shown now.
 
@@ -19,7 +20,7 @@ use mc_proxy_shared::client::{AdminClient, ClientError, RoutePatch};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::app::{Action, DaemonMsg};
+use super::app::{Action, DaemonMsg, View};
 use super::fleet_link;
 use crate::contexts::Context;
 
@@ -62,7 +63,8 @@ async fn run(
     mut actions: mpsc::Receiver<Action>,
     current: watch::Sender<PathBuf>,
 ) {
-    let mut watch = false;
+    // What the view on show needs polled (the connections, the talkers), if anything.
+    let mut watch = View::Routes;
     loop {
         let began = tokio::time::Instant::now();
         let reason = match session(&socket, &msgs, &mut actions, &mut watch).await {
@@ -93,8 +95,8 @@ async fn run(
                 action = actions.recv() => {
                     let Some(action) = action else { return };
                     match action {
-                        Action::WatchConnections(on) => {
-                            watch = on;
+                        Action::Watch(view) => {
+                            watch = view;
                             continue;
                         }
                         Action::SwitchNode { socket: to, .. } => {
@@ -120,7 +122,7 @@ async fn session(
     socket: &PathBuf,
     msgs: &mpsc::Sender<DaemonMsg>,
     actions: &mut mpsc::Receiver<Action>,
-    watch: &mut bool,
+    watch: &mut View,
 ) -> Result<End, String> {
     let short = |e: ClientError| match e {
         ClientError::Connect { reason, .. } => reason,
@@ -146,18 +148,25 @@ async fn session(
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let msg = tokio::select! {
-            _ = poll.tick(), if *watch => match client.list_connections(POLL_LIMIT).await {
-                Ok(list) => DaemonMsg::Connections(list),
-                Err(e) => return Err(short(e)),
-            },
+            _ = poll.tick(), if matches!(*watch, View::Connections | View::Talkers) => {
+                let polled = if *watch == View::Connections {
+                    client.list_connections(POLL_LIMIT).await.map(DaemonMsg::Connections)
+                } else {
+                    client.talkers(0).await.map(DaemonMsg::Talkers)
+                };
+                match polled {
+                    Ok(msg) => msg,
+                    Err(e) => return Err(short(e)),
+                }
+            }
             event = events.next() => match event {
                 Some(Ok(event)) => DaemonMsg::Event(event),
                 Some(Err(e)) => return Err(short(e)),
                 None => return Err("the daemon closed the event stream".into()),
             },
             action = actions.recv() => match action {
-                Some(Action::WatchConnections(on)) => {
-                    *watch = on;
+                Some(Action::Watch(view)) => {
+                    *watch = view;
                     // Poll at once rather than up to a second later.
                     poll.reset_immediately();
                     continue;
@@ -266,7 +275,7 @@ async fn perform(client: &mut AdminClient, action: Action) -> Result<String, Str
             let text = format!("unblocked {} {}", rule.kind, rule.value);
             client.remove_firewall_rule(rule).await.map(|()| text)
         }
-        Action::Quit | Action::WatchConnections(_) | Action::SwitchNode { .. } => Ok(String::new()),
+        Action::Quit | Action::Watch(_) | Action::SwitchNode { .. } => Ok(String::new()),
     };
     result.map_err(|e| match e {
         ClientError::Rpc(status) => status.message().to_owned(),

@@ -35,6 +35,7 @@ pub mod order;
 pub mod route_detail;
 pub mod routes_view;
 pub mod select;
+pub mod talkers;
 pub mod ui;
 pub mod widgets;
 

@@ -422,6 +422,7 @@ impl Component for RoutesView {
             }
             Command::Connections => return Outcome::Show(View::Connections),
             Command::Fleet => return Outcome::Show(View::Fleet),
+            Command::Talkers => return Outcome::Show(View::Talkers),
             Command::Sort => self.sort = self.sort.next(),
             Command::EventFilter => self.log_filter = self.log_filter.next(),
             Command::SwitchPane => {

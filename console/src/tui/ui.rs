@@ -63,6 +63,7 @@ pub fn render(app: &App, frame: &mut Frame<'_>) {
         View::Routes => app.routes_view().render(&ctx, frame, body),
         View::Connections => app.conns().render(&ctx, frame, body),
         View::Fleet => app.fleet_view().render(&ctx, frame, body),
+        View::Talkers => app.talkers().render(&ctx, frame, body),
     }
     render_hints(app, frame, hints);
     if let Some(popup) = app.popup() {
@@ -153,7 +154,7 @@ fn render_hints(app: &App, frame: &mut Frame<'_>, area: Rect) {
     let (filter, filtering) = match app.view() {
         View::Routes => (&app.routes_view().filter, app.routes_view().filtering),
         View::Connections => (&app.conns().filter, app.conns().filtering),
-        View::Fleet => (&app.routes_view().filter, false),
+        View::Fleet | View::Talkers => (&app.routes_view().filter, false),
     };
     if filtering {
         let tail = format!("   {}  ctrl-u/w", super::form::hints(Context::Filter));
@@ -170,6 +171,7 @@ fn render_hints(app: &App, frame: &mut Frame<'_>, area: Rect) {
         View::Routes => Context::Routes,
         View::Connections => Context::Connections,
         View::Fleet => Context::Fleet,
+        View::Talkers => Context::Talkers,
     };
     // Whole hints only: drop the ones that do not fit, but always keep help.
     let hints: Vec<&str> = input::shown(context, app.data().read_only)

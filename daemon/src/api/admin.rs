@@ -923,6 +923,31 @@ impl AdminService for Admin {
         }))
     }
 
+    async fn list_talkers(
+        &self,
+        request: Request<pb::ListTalkersRequest>,
+    ) -> Result<Response<pb::ListTalkersResponse>, tonic::Status> {
+        let limit = match request.into_inner().limit {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let talkers = self
+            .state()
+            .talkers
+            .top(limit)
+            .into_iter()
+            .map(|t| pb::LimitTalker {
+                client: t.client,
+                hits: t.hits,
+                error: t.error,
+                last: t.last.as_str().to_owned(),
+                route: t.route,
+                last_ms: t.last_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ListTalkersResponse { talkers }))
+    }
+
     async fn apply_changes(
         &self,
         request: Request<pb::ApplyChangesRequest>,

@@ -21,3 +21,4 @@ pub mod route_limits;
 pub(crate) mod routes;
 pub mod state;
 pub mod stats;
+pub mod talkers;

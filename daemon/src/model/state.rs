@@ -663,6 +663,8 @@ pub struct State {
     pub acme: crate::model::acme::Challenges,
     /// Open routed connections, for `ListConnections`.
     pub connections: crate::model::conns::Registry,
+    /// The addresses that hit limits most (`mcproxyctl talkers`, the console's view).
+    pub talkers: Arc<crate::model::talkers::Talkers>,
     /// The L7 backend connection pool's counters, per backend.
     pub backends: Arc<crate::model::stats::BackendRegistry>,
     firewall: ArcSwap<Firewall>,
@@ -700,6 +702,7 @@ impl State {
             events: EventBus::default(),
             acme: Default::default(),
             connections: crate::model::conns::Registry::default(),
+            talkers: Arc::default(),
             backends: Arc::default(),
             firewall: ArcSwap::from_pointee(firewall),
             cluster: ArcSwapOption::empty(),

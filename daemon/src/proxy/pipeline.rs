@@ -372,6 +372,17 @@ fn refuse(
     state: &State,
 ) -> Ending {
     if let Some(reason) = e.blocked() {
+        use crate::model::talkers::Hit;
+        let hit = match reason {
+            BlockedReason::ClientConnLimit => Some(Hit::ConnLimit),
+            BlockedReason::ClientRateLimit => Some(Hit::ConnRate),
+            BlockedReason::RouteDenied => Some(Hit::Denied),
+            _ => None,
+        };
+        if let Some(hit) = hit {
+            let route = record.route.as_ref().map_or("", |r| r.hostname());
+            state.talkers.note(record.client.ip(), hit, route);
+        }
         access::blocked(record, listener, reason, state);
         listener.counters.blocked.fetch_add(1, Ordering::Relaxed);
     }

@@ -65,6 +65,20 @@ async fn a_client_at_max_conns_per_client_is_reset_before_its_hello_while_anothe
     round_trip_from(innocent, proxy.addr(), &pki).await.unwrap();
     let listener = &proxy.state.listeners()[0];
     assert_eq!(listener.counters.resets(ResetReason::ClientConnLimit), 5);
+    // The talkers name the flooder, with its count and limit; the innocent is not there.
+    let talkers = proxy.admin().await.talkers(0).await.unwrap();
+    assert_eq!(talkers.len(), 1, "{talkers:?}");
+    let t = &talkers[0];
+    assert_eq!(
+        (
+            t.client.as_str(),
+            t.hits,
+            t.error,
+            t.last.as_str(),
+            t.route.as_str()
+        ),
+        ("127.0.0.2", 5, 0, "client_conn_limit", "")
+    );
     assert_eq!(listener.counters.resets(ResetReason::ClientRateLimit), 0);
     // One warning for the burst of refusals (each refusal is a debug line).
     assert!(wait_for_log(&logs, "client limits refused connections").await);
@@ -396,6 +410,17 @@ async fn a_request_flood_is_answered_429_and_the_backend_sees_only_the_rate() {
     let stats = web_stats_of(&proxy);
     assert_eq!(stats.rate_limited, limited + limited_other);
     assert_eq!(stats.responses[3], limited + limited_other);
+    // The flooder tops the talkers with every 429 it got, on its route.
+    let talkers = proxy.admin().await.talkers(1).await.unwrap();
+    assert_eq!(
+        (
+            talkers[0].client.as_str(),
+            talkers[0].hits,
+            talkers[0].last.as_str()
+        ),
+        ("127.0.0.8", limited, "rate_limited")
+    );
+    assert_eq!(talkers[0].route, "web.test");
 
     // The same in /metrics.
     let text = crate::admin::scrape(&proxy).await;

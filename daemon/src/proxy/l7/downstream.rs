@@ -40,6 +40,7 @@ use crate::connectors::pool::PoolError;
 use crate::connectors::response::RespBody;
 use crate::model::route_limits::{self, GateError, GateSlot, RouteLimiter};
 use crate::model::routes::RouteInfo;
+use crate::model::talkers::Hit;
 use crate::protocols::body::{BackendError, ReqBody};
 
 /// The body of every response the proxy sends: the backend's, streamed, or a short text. It
@@ -287,6 +288,8 @@ pub struct Ctx {
     pub limits: Limits,
     /// The connection's WebSocket tunnels.
     pub tunnels: Tunnels,
+    /// Where refusals by the route's limits are noted with the client address.
+    pub talkers: Arc<crate::model::talkers::Talkers>,
 }
 
 /// Answers every request, never fails (errors become responses): hyper's service function,
@@ -352,15 +355,21 @@ pub fn handle(
                     // Policy, and a scanner's every request: counted, not logged at info.
                     RequestError::Denied => {
                         stats.denied.fetch_add(1, Ordering::Relaxed);
+                        ctx.talkers
+                            .note(ctx.client.ip(), Hit::Denied, ctx.route.hostname());
                         tracing::debug!(%method, %path, "refused: {e}");
                     }
                     // A flood's every request: counted, not logged at info.
                     RequestError::RateLimited { .. } => {
                         stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        ctx.talkers
+                            .note(ctx.client.ip(), Hit::RateLimited, ctx.route.hostname());
                         tracing::debug!(%method, %path, "refused: {e}");
                     }
                     // Counted by the gate.
                     RequestError::Overloaded(_) => {
+                        ctx.talkers
+                            .note(ctx.client.ip(), Hit::Overloaded, ctx.route.hostname());
                         tracing::debug!(%method, %path, "refused: {e}");
                     }
                     _ => tracing::info!(%method, %path, "refused: {e}"),

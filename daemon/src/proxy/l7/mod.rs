@@ -286,6 +286,7 @@ fn connection_ctx(
 ) -> Arc<downstream::Ctx> {
     let closed = CancellationToken::new();
     let route = Arc::clone(&session.route);
+    let talkers = Arc::clone(&session.state.talkers);
     let routing = routing::Routing::new(
         session.listener,
         session.sni.clone(),
@@ -314,6 +315,7 @@ fn connection_ctx(
         in_flight: Arc::clone(in_flight),
         limits: session.limits,
         tunnels: tunnels.clone(),
+        talkers,
     })
 }
 
