@@ -96,6 +96,16 @@ impl Limits {
     }
 }
 
+/// The HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE` advertised and enforced by h2: twice the head
+/// limit. A header block between the two becomes a request that [`check_request`] answers 431
+/// itself, counted in the route's requests and 4xx like every other refusal; h2's own 431 (a
+/// block past twice the limit) tells the server nothing and stays uncounted, so it is kept for
+/// blocks no client sends by mistake. One block is decoded at a time per connection, so the
+/// larger bound costs at most one head's worth of memory more per connection.
+fn h2_header_list_size(head: usize) -> u32 {
+    u32::try_from(head.saturating_mul(2)).unwrap_or(u32::MAX)
+}
+
 /// Applies the limits to hyper's server builder: the HTTP/1.1 read buffer (a head that does
 /// not fit gets hyper's own 431 and the connection closes) and the HTTP/2 abuse policy.
 /// Timeouts and keep-alive are configured elsewhere (`l7::serve`).
@@ -108,7 +118,7 @@ pub fn configure<E>(builder: &mut auto::Builder<E>, limits: Limits) {
     builder.http1().max_buf_size(head);
     builder
         .http2()
-        .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX))
+        .max_header_list_size(h2_header_list_size(head))
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
         .max_local_error_reset_streams(limits.h2_max_local_error_reset_streams)
@@ -122,7 +132,7 @@ pub fn configure_h2(builder: &mut h2::server::Builder, limits: Limits) {
         .max_request_head
         .clamp(MIN_MAX_REQUEST_HEAD, MAX_MAX_REQUEST_HEAD);
     builder
-        .max_header_list_size(u32::try_from(head).unwrap_or(u32::MAX))
+        .max_header_list_size(h2_header_list_size(head))
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .max_pending_accept_reset_streams(limits.h2_max_pending_accept_reset_streams)
         .max_local_error_reset_streams(Some(limits.h2_max_local_error_reset_streams))
