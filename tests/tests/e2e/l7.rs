@@ -236,14 +236,16 @@ async fn a_request_its_http2_client_resets_before_the_answer_is_logged_with_stat
     ] {
         assert!(line.contains(&field), "no {field} in {line}");
     }
-    // At least the 200 ms the client waited (a lower bound: the line is not early).
+    // About the 200 ms the client waited (a lower bound: the line is not early). The
+    // client's clock started before its request left, the proxy's when the head arrived: a
+    // few ms of loopback and scheduling between them, not more.
     let ms: u64 = line
         .split(" duration_ms=")
         .nth(1)
         .and_then(|v| v.split(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap();
-    assert!(ms >= 200, "{line}");
+    assert!(ms >= 180, "{line}");
     // The connection serves on, and its next request is logged as usual.
     let req = Request::builder().uri("https://web.test/next");
     assert_eq!(ask_h2(&mut client, with_body(req, "")).await.status, 200);
