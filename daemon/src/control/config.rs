@@ -902,10 +902,9 @@ fn validate_listeners(
                 continue;
             }
         };
-        // Port 0 is several listeners' worth of "any port": only one may ask for it.
-        if let Some(first) = seen_addrs.insert(addr, i)
-            && addr.port() != 0
-        {
+        // The database knows a listener by its configured address, so two listeners on
+        // one address, port 0 included, cannot both be stored: refused here, not at start.
+        if let Some(first) = seen_addrs.insert(addr, i) {
             problem(
                 lctx.clone(),
                 format!("duplicate listener address (also listeners[{first}])"),
@@ -1649,15 +1648,18 @@ mod tests {
                 name = "edge-v6"
                 [[listeners]]
                 addr = "127.0.0.1:0"
-                [[listeners]]
-                addr = "127.0.0.1:0"
                 "#,
             )
             .unwrap();
         let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["127.0.0.1:8443", "edge-v6", "127.0.0.1:0", "127.0.0.1:0"]
+        assert_eq!(names, ["127.0.0.1:8443", "edge-v6", "127.0.0.1:0"]);
+        // Port 0 twice: one address the database could not store twice, refused here.
+        let p = f.problems(
+            "[[listeners]]\naddr = \"127.0.0.1:0\"\n[[listeners]]\naddr = \"127.0.0.1:0\"\n",
+        );
+        assert!(
+            p.iter().any(|p| p.contains("duplicate listener address")),
+            "{p:?}"
         );
         assert_eq!(
             config.listeners[1].add_command(),
