@@ -256,6 +256,13 @@ pub enum CertsCommand {
         #[command(flatten)]
         table: TableArgs,
     },
+    /// Order a new certificate now for an acme route (before its renewal time); the old one
+    /// serves until the new one is in place. `certs list` shows when it is. A route whose
+    /// certificate comes from files is refused (replace them, then `mcproxyctl reload`).
+    Renew {
+        /// The route's hostname.
+        hostname: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -1026,6 +1026,16 @@ impl AdminClient {
         Ok(r.warnings)
     }
 
+    /// Orders a new certificate now for the acme route `hostname` (answered once queued).
+    pub async fn renew_certificate(&mut self, hostname: &str) -> Result<(), ClientError> {
+        self.inner
+            .renew_certificate(pb::RenewCertificateRequest {
+                hostname: hostname.to_owned(),
+            })
+            .await?;
+        Ok(())
+    }
+
     /// The client addresses that hit limits most, most first (`limit` 0: all).
     pub async fn talkers(&mut self, limit: u32) -> Result<Vec<Talker>, ClientError> {
         let r = self

@@ -20,6 +20,13 @@ use crate::format::{date, now_ms};
 pub(super) async fn run(client: &mut AdminClient, command: CertsCommand) -> Result<(), CtlError> {
     match command {
         CertsCommand::List { listener, table } => list(client, listener.as_deref(), &table).await,
+        CertsCommand::Renew { hostname } => {
+            client.renew_certificate(&hostname).await?;
+            super::emit(&format!(
+                "ordering a new certificate for {hostname}; mcproxyctl certs list shows it once \
+                 it is served\n"
+            ))
+        }
     }
 }
 

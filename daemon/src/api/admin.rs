@@ -923,6 +923,44 @@ impl AdminService for Admin {
         }))
     }
 
+    async fn renew_certificate(
+        &self,
+        request: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, tonic::Status> {
+        let hostname = request.into_inner().hostname;
+        let state = self.state();
+        let name = mc_proxy_shared::route_check::route_name(&hostname).ok_or_else(|| {
+            tonic::Status::invalid_argument(format!(
+                "{} is not a route name",
+                mc_proxy_shared::text::clip(&hostname)
+            ))
+        })?;
+        // Served or waiting, on any listener.
+        let mut acme = None;
+        for l in state.listeners().iter() {
+            let served = l.routes().get(&name).map(|r| r.route.acme);
+            let waiting = l.not_served_route(&name).map(|n| n.route.acme);
+            if let Some(is_acme) = served.or(waiting) {
+                acme = Some(acme.unwrap_or(false) || is_acme);
+            }
+        }
+        match acme {
+            None => Err(tonic::Status::not_found(format!("no route {name}"))),
+            Some(false) => Err(tonic::Status::failed_precondition(format!(
+                "route {name} is not an acme route (an l7 route's certificate files are \
+                 renewed by replacing them, then mcproxyctl reload)"
+            ))),
+            Some(true) if !state.acme.enabled() => Err(tonic::Status::failed_precondition(
+                "this daemon has no [acme] section: nothing orders certificates",
+            )),
+            Some(true) => {
+                tracing::info!(route = %name, "certificate renewal asked through the admin API");
+                state.acme.force(&name);
+                Ok(Response::new(pb::RenewCertificateResponse {}))
+            }
+        }
+    }
+
     async fn list_talkers(
         &self,
         request: Request<pb::ListTalkersRequest>,

@@ -27,6 +27,8 @@ pub struct Challenges {
     wake: tokio::sync::Notify,
     errors: RwLock<HashMap<String, String>>,
     enabled: std::sync::atomic::AtomicBool,
+    /// Names an operator asked to renew now (`mcproxyctl certs renew`).
+    forced: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Orders that issued a certificate, and orders that failed, since start.
     pub orders_issued: std::sync::atomic::AtomicU64,
     /// See `orders_issued`.
@@ -52,6 +54,23 @@ impl Challenges {
     /// Waits until [`Challenges::wake`] is called (a call made meanwhile counts).
     pub async fn woken(&self) {
         self.wake.notified().await;
+    }
+
+    /// Asks the ACME task to order `hostname` now, whatever its renewal time or back-off.
+    pub fn force(&self, hostname: &str) {
+        self.forced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(hostname.to_owned());
+        self.wake();
+    }
+
+    /// Whether `hostname` was asked to be renewed now; the ask is taken (consumed).
+    pub fn take_forced(&self, hostname: &str) -> bool {
+        self.forced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(hostname)
     }
 
     /// Records (or, `None`, clears) `hostname`'s last order error.

@@ -332,6 +332,29 @@ async fn an_acme_route_waits_then_serves_a_certificate_kept_across_a_restart() {
         orders,
         "nothing ordered again"
     );
+
+    // `certs renew`: a new certificate now, long before its renewal time, served in place
+    // of the first.
+    let first = served_leaf(proxy.addr(), "acme.test", trusting(&ca).await)
+        .await
+        .unwrap();
+    let mut admin = proxy.admin().await;
+    admin.renew_certificate("acme.test").await.unwrap();
+    let mut renewed = false;
+    for _ in 0..300 {
+        let leaf = served_leaf(proxy.addr(), "acme.test", trusting(&ca).await)
+            .await
+            .expect("served all along");
+        if leaf != first {
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(renewed, "renewed on demand");
+    // Refused with why for a name that has no acme route.
+    let e = admin.renew_certificate("nowhere.test").await.unwrap_err();
+    assert!(e.to_string().contains("no route nowhere.test"), "{e}");
 }
 
 #[tokio::test]
@@ -445,4 +468,18 @@ async fn without_acme_settings_an_acme_route_is_refused_and_nothing_is_stored() 
         "{refused}"
     );
     assert!(admin.list_routes(None).await.unwrap().is_empty());
+    // Nothing to renew either: a route of files (here an l4 one) says what renews it.
+    admin
+        .add_route(
+            "127.0.0.1:0",
+            mc_proxy_shared::Route {
+                hostname: "files.test".into(),
+                backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9")],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let e = admin.renew_certificate("files.test").await.unwrap_err();
+    assert!(e.to_string().contains("not an acme route"), "{e}");
 }

@@ -59,11 +59,16 @@ pub async fn run(settings: AcmeConfig, control: Arc<Control>, shutdown: Cancella
         let mut issued_any = false;
         for (hostname, renew_at) in due {
             let t = now();
-            if let Some(at) = renew_at.filter(|at| *at > t) {
+            // An operator's `certs renew`: now, whatever the renewal time or the back-off.
+            let forced = state.acme.take_forced(&hostname);
+            if let Some(at) = renew_at.filter(|at| *at > t && !forced) {
                 next = next.min(at);
                 continue;
             }
-            if let Some((after, _)) = backoff.get(&hostname).filter(|(after, _)| *after > t) {
+            if let Some((after, _)) = backoff
+                .get(&hostname)
+                .filter(|(after, _)| *after > t && !forced)
+            {
                 next = next.min(*after);
                 continue;
             }
