@@ -10,8 +10,10 @@
 # for throughput, H2_CONNS (64), H2_STREAMS (10), H2_SECS (6) for L7 HTTP/2, H1_CONNS (32) for
 # L7 HTTP/1.1, IDLE_N (5000) for L4 idle memory, IDLE_L7_N (2000) for L7 idle memory, HOLD_N
 # (10000, capped by the open file limit) for connections held, LOGS (0: mc-proxy logs at
-# `warn` and HAProxy not at all, like the issue's harness; 1: both log each connection, as
-# deployed), PORT_BASE (24100: ports PORT_BASE+1..+21 on 127.0.0.1 must be free).
+# `warn` and HAProxy not at all, like the issue's harness; 1: as deployed, both to a file: a
+# line per L4 connection (mc-proxy's connection line, HAProxy `option tcplog`) and a line per
+# L7 request (the route's `access_log`, HAProxy `option httplog`), and the bytes per line of
+# each reported), PORT_BASE (24100: ports PORT_BASE+1..+21 on 127.0.0.1 must be free).
 # CARGO_TARGET_DIR is honoured (the binaries are taken from its release directory); MC_PROXY
 # names another mc-proxy binary to measure (and BENCH another mc-bench; with both set nothing is
 # built). ONLY (all): a subset of
@@ -121,6 +123,9 @@ PIDS+=($!)
 PIDS+=($!)
 for p in $TLS_BE $RAW_BE $H2C_BE; do wait_port $p; done
 
+# LOGS=1: every L7 request logged, as HAProxy's httplog does.
+MC_ACCESS_LOG=
+[ "$LOGS" = 1 ] && MC_ACCESS_LOG="access_log = true"
 L7_ROUTE="
 [[listeners.routes]]
 hostname = \"web.test\"
@@ -128,7 +133,7 @@ backend = \"127.0.0.1:$H2C_BE\"
 mode = \"l7\"
 tls_cert = \"$C/web.test.pem\"
 tls_key = \"$C/web.test.key\"
-"
+${MC_ACCESS_LOG}"
 write_mc_config() { # with_l7
     cat >"$TMP/mc-proxy.toml" <<EOF
 [database]
@@ -159,8 +164,7 @@ if ! "$MC_PROXY" check --config "$TMP/mc-proxy.toml" >"$TMP/check.log" 2>&1; the
 fi
 
 MC_LOG=info HA_LOG="    log stdout format raw local0" HA_TCPLOG="    option tcplog"
-HA_HTTPLOG="    option httplog
-    option dontlog-normal"
+HA_HTTPLOG="    option httplog"
 if [ "$LOGS" = 0 ]; then MC_LOG=warn HA_LOG= HA_TCPLOG= HA_HTTPLOG=; fi
 # One job for both: SNI routing of TLS passthrough on one port, TLS termination + h2c on another
 # (mc-proxy does both on one listener; HAProxy needs a tcp and an http frontend).
@@ -419,3 +423,9 @@ row "  memory per held connection (KiB)" lower hold
 [ -z "$L7_NOTE" ] || echo "$L7_NOTE"
 echo
 echo "direct: the client straight to the backend (no proxy), for scale."
+if [ "$LOGS" = 1 ]; then
+    # The lines as written: mc-proxy's request lines (target mc_proxy::request) and connection
+    # lines, HAProxy's httplog and tcplog lines.
+    bpl() { awk -v pat="$2" '$0 ~ pat {n++; b += length($0) + 1} END {if (n) printf "%d bytes/line (%d lines)", b / n, n; else printf "no lines"}' "$1"; }
+    echo "log lines: mc-proxy request $(bpl "$TMP/mc-proxy.log" 'mc_proxy::request'), connection $(bpl "$TMP/mc-proxy.log" 'connection closed'); HAProxy http $(bpl "$TMP/haproxy.log" 'HTTP/'), tcp $(bpl "$TMP/haproxy.log" 'tls_echo|raw_sink')"
+fi
