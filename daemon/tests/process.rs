@@ -2564,14 +2564,15 @@ async fn a_listener_added_and_one_removed_at_run_time_are_handed_over_as_they_ar
             .await
             .success()
     );
-    let log = daemon.log_text();
     // The added listener's sockets came along (not bound anew); the removed one's did not.
+    // (The new process writes its log in batches: its line may come a moment later.)
+    let needle = format!("listening on inherited sockets listener={added} sockets=2");
     assert!(
-        log.contains(&format!(
-            "listening on inherited sockets listener={added} sockets=2"
-        )),
-        "{log}"
+        tokio::task::block_in_place(|| daemon.wait_for_log(&needle)),
+        "{}",
+        daemon.log_text()
     );
+    let log = daemon.log_text();
     assert!(!log.contains("closing inherited sockets"), "{log}");
     // Only the new process is left, and it accepts on the added listener; the removed
     // listener's port is closed.
