@@ -21,7 +21,6 @@ pub mod api;
 pub(crate) mod connectors;
 pub mod control;
 pub mod listeners;
-pub mod logwriter;
 pub mod model;
 pub mod protocols;
 pub mod proxy;

@@ -166,13 +166,13 @@ fn main() -> ExitCode {
         Some(Command::Upgrade { binary }) => upgrade_command(&config_path, binary),
         None => {
             init_logging(cli.log_format);
-            mc_proxy::logwriter::start_flusher();
+            mc_proxy::api::logwriter::start_flusher();
             let served = serve(&config_path, cli.upgrade);
             if let Err(e) = &served {
                 tracing::error!("{e:#}");
             }
             // Every line logged before the exit's own words.
-            mc_proxy::logwriter::flush();
+            mc_proxy::api::logwriter::flush();
             match served {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -394,8 +394,8 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        // Batched: one write(2) per batch, not per line (`mc_proxy::logwriter`).
-        .with_writer(mc_proxy::logwriter::Buffered)
+        // Batched: one write(2) per batch, not per line (`mc_proxy::api::logwriter`).
+        .with_writer(mc_proxy::api::logwriter::Buffered)
         // A log line that cannot be written (stderr a pipe whose reader went away: a closed
         // SSH session, `| tee` killed) is dropped. By default tracing-subscriber reports that
         // with eprintln!, which panics on the same broken stderr: the daemon died, or, when
@@ -754,7 +754,7 @@ impl Signals {
                 tokio::spawn(async move { server::drain_then_stop(&state, &shutdown).await });
             } else {
                 tracing::warn!("{name} again: exiting without waiting for connections");
-                mc_proxy::logwriter::flush();
+                mc_proxy::api::logwriter::flush();
                 std::process::exit(1);
             }
         }
