@@ -859,6 +859,17 @@ fn add_route(cx: Apply<'_>, listener: String, route: Route) -> Result<Applied, C
     }
     let (listener, valid) = new_route(state, &listener, &route)?;
     let listener = &*listener;
+    serve_added_route(store, state, origin, listener, valid)
+}
+
+/// A checked new route stored, served and published: what every route add ends with.
+fn serve_added_route(
+    store: &mut Store,
+    state: &State,
+    origin: &Origin,
+    listener: &ListenerState,
+    valid: ValidRoute,
+) -> Result<Applied, ChangeError> {
     store.create_route(listener.id, &valid.route)?;
     let applied = Applied::Route {
         route: valid.route.clone(),
@@ -1036,25 +1047,8 @@ fn add_acme_route(
         )));
     }
     match checked_acme_route(store, listener, &route)? {
-        Ok(valid) => {
-            store.create_route(listener.id, &valid.route)?;
-            let applied = Applied::Route {
-                route: valid.route.clone(),
-                warnings: valid.warnings.clone(),
-            };
-            let route = valid.route.clone();
-            tracing::info!(listener = %listener.addr, route = %route.hostname, "route added (ACME certificate already issued)");
-            swap_routes(state, listener, |routes| routes.push(valid));
-            publish_route(
-                state,
-                listener.addr,
-                ChangeAction::Added,
-                route,
-                None,
-                origin,
-            );
-            Ok(applied)
-        }
+        // Its certificate was issued before (a route removed and added again).
+        Ok(valid) => serve_added_route(store, state, origin, listener, valid),
         Err(route) => {
             store.create_route(listener.id, &route)?;
             tracing::info!(listener = %listener.addr, route = %route.hostname, "route added, {}", RouteError::AcmePending);
