@@ -283,6 +283,14 @@ pub enum ListenersCommand {
         /// Default: the address.
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
+        /// What it does: `tls` routes TLS connections by SNI (the default); `http` is a
+        /// plain-HTTP listener (port 80) that answers ACME http-01 challenges and redirects
+        /// every other request to https:// on the same host and path (308). Fixed once added.
+        #[arg(long, value_name = "tls|http", default_value = "tls")]
+        kind: mc_proxy_shared::ListenerKind,
+        /// An http listener's redirect target port (default 443, which the URL leaves out).
+        #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+        redirect_port: Option<u16>,
         /// Expect a PROXY protocol header (v1 or v2) on every connection.
         #[arg(long)]
         proxy_protocol: bool,

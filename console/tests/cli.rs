@@ -2758,3 +2758,93 @@ async fn talkers_lists_the_addresses_limits_refused_most_first() {
     assert_eq!(json[0]["client"], "127.0.0.4");
     assert_eq!(json[0]["hits"], 3);
 }
+
+#[tokio::test]
+async fn an_http_listener_is_added_with_its_kind_and_listed_as_a_redirect() {
+    let proxy = ProxyBuilder::new()
+        .route("a.test", "127.0.0.1:9")
+        .start()
+        .await;
+    let o = ctl(
+        &proxy,
+        &[
+            "listeners",
+            "add",
+            "127.0.0.8:0",
+            "--kind",
+            "http",
+            "--redirect-port",
+            "8443",
+        ],
+    )
+    .await;
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("http listener 127.0.0.8:0 added")
+            && out.contains("redirects everything else to https:// port 8443"),
+        "{out}"
+    );
+    let o = ctl(&proxy, &["listeners", "list"]).await;
+    let out = stdout(&o);
+    let row = out.lines().find(|l| l.starts_with("127.0.0.8:0")).unwrap();
+    assert!(row.split_whitespace().any(|c| c == "http"), "{out}");
+    assert!(
+        out.contains("listener 127.0.0.8:0: plain HTTP, answers ACME http-01 and redirects to https://HOST:8443/"),
+        "{out}"
+    );
+    let o = ctl(&proxy, &["listeners", "list", "--json"]).await;
+    let json: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let http = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["addr"] == "127.0.0.8:0")
+        .unwrap();
+    assert_eq!(http["kind"], "http");
+    assert_eq!(http["redirect_port"], 8443);
+
+    // Refused with why, and nothing added: a kind it does not know, a redirect port on a
+    // tls listener, a route on the http one.
+    let o = ctl(
+        &proxy,
+        &["listeners", "add", "127.0.0.9:0", "--kind", "udp"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(2), "usage");
+    assert!(
+        stderr(&o).contains("invalid listener kind \"udp\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = ctl(
+        &proxy,
+        &["listeners", "add", "127.0.0.9:0", "--redirect-port", "8443"],
+    )
+    .await;
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("redirect_port is for http listeners"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ctl(
+        &proxy,
+        &[
+            "routes",
+            "add",
+            "--listener",
+            "127.0.0.8:0",
+            "--hostname",
+            "b.test",
+            "--backend",
+            "127.0.0.1:9",
+        ],
+    )
+    .await;
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("holds no routes"), "{}", stderr(&o));
+    let o = ctl(&proxy, &["listeners", "list", "--json"]).await;
+    let json: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2);
+}

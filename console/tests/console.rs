@@ -2208,13 +2208,17 @@ fn a_certificate_near_its_end_colours_its_route_and_the_detail_says_when() {
         issuer: "R11".into(),
         not_before_ms: now - 60 * day,
         not_after_ms: now + days_left * day + day / 2,
+        renews_at_ms: None,
+        renewal_by_ari: false,
+        last_error: None,
     };
     let mut app = app_with(&[
         ("ok.test", "127.0.0.1:9001", Mode::L7),
         ("soon.test", "127.0.0.1:9002", Mode::L7),
         ("gone.test", "127.0.0.1:9003", Mode::L7),
+        ("acme.test", "127.0.0.1:9004", Mode::L7),
     ]);
-    let mut routes: Vec<RouteEntry> = ["ok.test", "soon.test", "gone.test"]
+    let mut routes: Vec<RouteEntry> = ["ok.test", "soon.test", "gone.test", "acme.test"]
         .iter()
         .map(|h| RouteEntry {
             listener: "127.0.0.1:8443".into(),
@@ -2234,6 +2238,13 @@ fn a_certificate_near_its_end_colours_its_route_and_the_detail_says_when() {
         not_after_ms: now - day,
         ..cert(0)
     });
+    // ACME, far from its end, but its renewal failed: a warning too.
+    routes[3].certificate = Some(Certificate {
+        source: "acme".into(),
+        renews_at_ms: Some(now + 30 * day),
+        last_error: Some("talking to the CA: connection refused".into()),
+        ..cert(60)
+    });
     app.on_daemon(DaemonMsg::Event(TimedEvent {
         timestamp_ms: now,
         event: Event::Stats {
@@ -2249,7 +2260,20 @@ fn a_certificate_near_its_end_colours_its_route_and_the_detail_says_when() {
     assert_eq!(row_colour(&app, "ok.test"), Color::Reset);
     assert_eq!(row_colour(&app, "soon.test"), Color::Yellow);
     assert_eq!(row_colour(&app, "gone.test"), Color::Red);
-    // The detail of the expiring one (rows by name: gone, ok, soon): issuer, end, days left.
+    assert_eq!(row_colour(&app, "acme.test"), Color::Yellow);
+    // The ACME one's detail (rows by name: acme, gone, ok, soon): when it renews, and why
+    // the last renewal failed.
+    app.on_key(key(KeyCode::Enter));
+    let s = render(&app, 100, 40);
+    assert!(s.contains("route acme.test"), "{s}");
+    assert!(s.contains("│renews"), "{s}");
+    assert!(
+        s.contains("FAILED: talking to the CA: connection refused"),
+        "{s}"
+    );
+    app.on_key(key(KeyCode::Esc));
+    // The detail of the expiring one: issuer, end, days left.
+    app.on_key(key(KeyCode::Down));
     app.on_key(key(KeyCode::Down));
     app.on_key(key(KeyCode::Down));
     app.on_key(key(KeyCode::Enter));

@@ -17,8 +17,8 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::convert::{UnknownWireValue, WireRouteError, request_backend_protocol, routed_mode};
 pub use crate::model::RoutePatch;
 use crate::model::{
-    AdminState, BackendProtocol, FirewallRule, MemberStats, Mode, ParseBackendProtocolError,
-    ParseKindError, ParseModeError, Route,
+    AdminState, BackendProtocol, FirewallRule, ListenerKind, MemberStats, Mode,
+    ParseBackendProtocolError, ParseKindError, ParseModeError, Route,
 };
 use crate::outcome::{BlockedReason, ChangeAction, Outcome, ResetReason};
 use crate::pb;
@@ -298,6 +298,21 @@ pub struct ListenerStatus {
     pub client_limits: crate::limits::ClientLimits,
     /// Its client table: (capacity, entries, evictions, untracked); capacity 0: none yet.
     pub client_table: ClientTableStatus,
+    /// What it does with connections.
+    pub kind: ListenerKind,
+    /// An HTTP listener's redirect port (443 when none is set; 0 on a TLS listener).
+    pub redirect_port: u16,
+}
+
+/// What a listener is given when it is added and keeps for its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NewListener<'a> {
+    /// Its name (`None`: its address).
+    pub name: Option<&'a str>,
+    /// What it does with connections.
+    pub kind: ListenerKind,
+    /// An HTTP listener's redirect port (`None`: 443).
+    pub redirect_port: Option<u16>,
 }
 
 /// A listener's client table, as [`ListenerStatus::client_table`] shows it.
@@ -534,6 +549,14 @@ pub struct Certificate {
     pub not_before_ms: u64,
     /// Valid until, ms since the Unix epoch.
     pub not_after_ms: u64,
+    /// ACME: when it is to be renewed, ms since the Unix epoch (`None`: not known yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renews_at_ms: Option<u64>,
+    /// ACME: the CA's renewal information chose `renews_at_ms`.
+    pub renewal_by_ari: bool,
+    /// ACME: why the last order failed (the certificate is still served).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// How near a certificate's end is, at some moment.
@@ -1152,18 +1175,24 @@ impl AdminClient {
             proxy_protocol_from: Some(proxy_protocol_from),
             ..ListenerUpdate::default()
         };
-        self.add_listener_with(addr, None, update).await
+        self.add_listener_with(addr, NewListener::default(), update)
+            .await
     }
 
     /// Adds a listener with the settings `fields` gives (unset: off; the no-SNI route is
-    /// ignored, a new listener has no route).
-    /// `name`: its name (`None`: its address).
+    /// ignored, a new listener has no route) and what `new` fixes for its life (its name,
+    /// its kind).
     pub async fn add_listener_with(
         &mut self,
         addr: &str,
-        name: Option<&str>,
+        new: NewListener<'_>,
         fields: ListenerUpdate,
     ) -> Result<(ListenerStatus, Vec<String>), ClientError> {
+        let NewListener {
+            name,
+            kind,
+            redirect_port,
+        } = new;
         let r = self
             .inner
             .add_listener(pb::AddListenerRequest {
@@ -1176,6 +1205,8 @@ impl AdminClient {
                 new_conns_per_client: fields.client_limits.new_conns_per_client,
                 new_conns_burst: fields.client_limits.new_conns_burst,
                 client_ipv6_prefix: fields.client_limits.client_ipv6_prefix,
+                kind: pb::ListenerKind::from(kind).into(),
+                redirect_port: redirect_port.map(u32::from),
             })
             .await?
             .into_inner();
@@ -1369,6 +1400,8 @@ impl TryFrom<pb::ListenerStatus> for ListenerStatus {
                 .into_iter()
                 .map(|c| Ok((ResetReason::try_from(c.reason)?, c.count)))
                 .collect::<Result<_, UnknownWireValue>>()?,
+            kind: crate::convert::listener_kind(l.kind)?,
+            redirect_port: u16::try_from(l.redirect_port).unwrap_or(0),
         })
     }
 }
@@ -1442,6 +1475,9 @@ impl TryFrom<pb::RouteStatus> for RouteEntry {
                 issuer: c.issuer,
                 not_before_ms: c.not_before_ms,
                 not_after_ms: c.not_after_ms,
+                renews_at_ms: Some(c.renews_at_ms).filter(|ms| *ms != 0),
+                renewal_by_ari: c.renewal_by_ari,
+                last_error: Some(c.last_error).filter(|e| !e.is_empty()),
             }),
         })
     }

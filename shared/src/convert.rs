@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use crate::model::{
     AdminState, BackendProtocol, BackendState, Balance, CheckResult, FirewallRule,
-    FirewallRuleKind, HealthCheck, MemberStats, Mode, ParseBackendProtocolError, ParseBalanceError,
-    ParseKindError, ParseModeError, ParseStatusClassesError, Route, RouteBackend, StatusClasses,
+    FirewallRuleKind, HealthCheck, ListenerKind, MemberStats, Mode, ParseBackendProtocolError,
+    ParseBalanceError, ParseKindError, ParseModeError, ParseStatusClassesError, Route,
+    RouteBackend, StatusClasses,
 };
 use crate::outcome::{BlockedReason, ChangeAction, CloseReason, Outcome, ResetReason};
 use crate::pb;
@@ -54,6 +55,16 @@ macro_rules! wire_enum {
 }
 
 wire_enum!(Mode, RouteMode, "route mode", [L4, L7]);
+wire_enum!(ListenerKind, ListenerKind, "listener kind", [Tls, Http]);
+
+/// A listener's kind in a request or an answer: UNSPECIFIED (left out, or a peer from before
+/// kinds) means TLS, what every listener was.
+pub fn listener_kind(value: i32) -> Result<ListenerKind, UnknownWireValue> {
+    if value == pb::ListenerKind::Unspecified as i32 {
+        return Ok(ListenerKind::Tls);
+    }
+    ListenerKind::try_from(value)
+}
 wire_enum!(
     BackendProtocol,
     BackendProtocol,

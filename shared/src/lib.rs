@@ -24,10 +24,10 @@ pub mod text;
 pub use limits::{ClientLimits, ClientLimitsError, ClientLimitsPatch};
 pub use model::{
     AdminState, BackendProtocol, BackendState, Balance, CheckResult, FirewallRule,
-    FirewallRuleKind, HealthCheck, HealthCheckError, MemberStats, Mode, ParseAdminStateError,
-    ParseBackendProtocolError, ParseBackendStateError, ParseBalanceError, ParseKindError,
-    ParseModeError, ParseRouteBackendError, ParseStatusClassesError, Route, RouteBackend,
-    RoutePatch, StatusClasses, WeightError,
+    FirewallRuleKind, HealthCheck, HealthCheckError, ListenerKind, MemberStats, Mode,
+    ParseAdminStateError, ParseBackendProtocolError, ParseBackendStateError, ParseBalanceError,
+    ParseKindError, ParseListenerKindError, ParseModeError, ParseRouteBackendError,
+    ParseStatusClassesError, Route, RouteBackend, RoutePatch, StatusClasses, WeightError,
 };
 pub use outcome::{BlockedReason, ChangeAction, CloseReason, Outcome, ResetReason, TlsFailure};
 

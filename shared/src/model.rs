@@ -60,6 +60,54 @@ impl FromStr for Mode {
     }
 }
 
+/// What a listener does with a connection. Fixed when the listener is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// TLS: routes by the ClientHello's SNI (L4 passthrough or L7 termination). The default,
+    /// what every listener was before kinds existed.
+    #[default]
+    Tls,
+    /// Plain HTTP (the usual `:80`): answers ACME http-01 challenges and redirects every
+    /// other request to `https://` on the same host and path. Holds no routes.
+    Http,
+}
+
+impl ListenerKind {
+    /// The name used in the TOML config, the database and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Tls => "tls",
+            ListenerKind::Http => "http",
+        }
+    }
+}
+
+impl fmt::Display for ListenerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A listener kind string that is none of `""`, `"tls"`, `"http"`; holds it quoted and
+/// clipped for messages ([`crate::text::clip`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid listener kind {0}: expected \"tls\" or \"http\" (empty means \"tls\")")]
+pub struct ParseListenerKindError(pub String);
+
+impl FromStr for ListenerKind {
+    type Err = ParseListenerKindError;
+
+    /// Parses the config spelling; the empty string is `tls`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" | "tls" => Ok(ListenerKind::Tls),
+            "http" => Ok(ListenerKind::Http),
+            other => Err(ParseListenerKindError(crate::text::clip(other))),
+        }
+    }
+}
+
 /// The HTTP version an L7 route speaks to its backend. Orthogonal to `backend_tls`, which
 /// says whether that happens over TLS: `h2` without TLS is cleartext HTTP/2 with prior
 /// knowledge (h2c), with TLS HTTP/2 negotiated by ALPN `h2`; `http1` is HTTP/1.1 either way

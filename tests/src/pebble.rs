@@ -121,6 +121,12 @@ impl Pebble {
         response.body
     }
 
+    /// Stops pebble (its DNS stays): the CA is down from now on.
+    pub fn stop(&mut self) {
+        let _ = self.pebble.kill();
+        let _ = self.pebble.wait();
+    }
+
     /// The end of pebble's logs, for a failure message.
     pub fn log_tail(&self) -> String {
         let mut out = String::new();

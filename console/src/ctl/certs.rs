@@ -41,8 +41,14 @@ struct CertLine {
     /// RFC 3339-like UTC, empty when unknown.
     not_after: String,
     not_after_ms: u64,
-    /// `ok`, `expiring`, `expired`, `not valid yet`, `not served`.
+    /// ACME: when it is to be renewed (RFC 3339-like UTC), empty when unknown or a file's.
+    renews: String,
+    renews_at_ms: u64,
+    /// `ok`, `expiring`, `expired`, `not valid yet`, `renew failed`, `pending`, `not served`.
     state: String,
+    /// ACME: why the last order failed.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    last_error: String,
     /// `83d left`, `expires in 3d`, the reason a route is not served.
     detail: String,
 }
@@ -64,6 +70,16 @@ async fn list(
 
 fn line(r: &RouteEntry, now: u64) -> CertLine {
     use mc_proxy_shared::client::Expiry;
+    let renews_at_ms = r
+        .certificate
+        .as_ref()
+        .and_then(|c| c.renews_at_ms)
+        .unwrap_or(0);
+    let last_error = r
+        .certificate
+        .as_ref()
+        .and_then(|c| c.last_error.clone())
+        .unwrap_or_default();
     let (source, issuer, not_after, not_after_ms, state, detail) =
         match (&r.certificate, &r.not_served) {
             (_, Some(reason)) => (
@@ -81,6 +97,8 @@ fn line(r: &RouteEntry, now: u64) -> CertLine {
             (Some(c), None) => {
                 let expiry = c.expiry(now);
                 let state = match expiry {
+                    // The old certificate is served while renewals fail.
+                    Expiry::Valid(_) if c.last_error.is_some() => "renew failed",
                     Expiry::Valid(_) => "ok",
                     Expiry::Soon(_) => "expiring",
                     Expiry::Expired => "expired",
@@ -111,8 +129,19 @@ fn line(r: &RouteEntry, now: u64) -> CertLine {
         issuer,
         not_after,
         not_after_ms,
+        renews: if renews_at_ms == 0 {
+            String::new()
+        } else {
+            date(renews_at_ms)
+        },
+        renews_at_ms,
         state: state.into(),
-        detail,
+        detail: if last_error.is_empty() {
+            detail
+        } else {
+            format!("{detail}; last order failed: {last_error}")
+        },
+        last_error,
     }
 }
 
@@ -133,6 +162,7 @@ fn format(lines: &[CertLine], headers: bool) -> String {
                 dash(&l.source),
                 dash(&l.issuer),
                 dash(&l.not_after),
+                dash(&l.renews),
                 l.state.clone(),
                 l.detail.clone(),
             ]
@@ -144,6 +174,7 @@ fn format(lines: &[CertLine], headers: bool) -> String {
         "SOURCE",
         "ISSUER",
         "NOT AFTER",
+        "RENEWS",
         "STATE",
         "DETAIL",
     ];
@@ -152,4 +183,56 @@ fn format(lines: &[CertLine], headers: bool) -> String {
         out.push_str("(no L7 routes)\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use mc_proxy_shared::client::{Certificate, RouteEntry};
+
+    use super::*;
+
+    #[test]
+    fn a_served_acme_certificate_whose_renewal_failed_says_so_with_when_it_renews() {
+        let day = 86_400_000;
+        let now = 1_000 * day;
+        let mut entry = RouteEntry {
+            listener: "127.0.0.1:443".into(),
+            route: mc_proxy_shared::Route {
+                hostname: "a.test".into(),
+                mode: Mode::L7,
+                acme: true,
+                ..Default::default()
+            },
+            stats: Default::default(),
+            not_served: None,
+            certificate: Some(Certificate {
+                source: "acme".into(),
+                issuer: "R10".into(),
+                not_before_ms: now - 30 * day,
+                not_after_ms: now + 60 * day,
+                renews_at_ms: Some(now + 30 * day),
+                renewal_by_ari: false,
+                last_error: None,
+            }),
+        };
+        let ok = line(&entry, now);
+        assert_eq!(ok.state, "ok");
+        assert_eq!(ok.renews, date(now + 30 * day));
+        assert_eq!(ok.last_error, "");
+        entry.certificate.as_mut().unwrap().last_error = Some("talking to the CA: down".into());
+        let failed = line(&entry, now);
+        assert_eq!(failed.state, "renew failed");
+        assert!(
+            failed
+                .detail
+                .ends_with("last order failed: talking to the CA: down"),
+            "{}",
+            failed.detail
+        );
+        let table = format(&[failed], true);
+        assert!(
+            table.contains("RENEWS") && table.contains("renew failed"),
+            "{table}"
+        );
+    }
 }

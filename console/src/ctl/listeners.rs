@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use mc_proxy_shared::client::{AdminClient, ListenerStatus, ListenerUpdate};
+use mc_proxy_shared::client::{AdminClient, ListenerStatus, ListenerUpdate, NewListener};
 
 use super::{CtlError, emit, print_out, print_warnings, table};
 use crate::cli::ListenersCommand;
@@ -24,6 +24,8 @@ pub(super) async fn run(
         ListenersCommand::Add {
             addr,
             name,
+            kind,
+            redirect_port,
             proxy_protocol,
             proxy_protocol_from,
             access_log,
@@ -40,7 +42,12 @@ pub(super) async fn run(
                 access_log: Some(access_log),
                 client_limits: limits.patch(),
             };
-            add(client, &addr, name.as_deref(), fields).await
+            let new = NewListener {
+                name: name.as_deref(),
+                kind,
+                redirect_port,
+            };
+            add(client, &addr, new, fields).await
         }
         ListenersCommand::Update {
             listener,
@@ -75,10 +82,10 @@ pub(super) async fn run(
 async fn add(
     client: &mut AdminClient,
     addr: &str,
-    name: Option<&str>,
+    new: NewListener<'_>,
     fields: ListenerUpdate,
 ) -> Result<(), CtlError> {
-    let (l, warnings) = client.add_listener_with(addr, name, fields).await?;
+    let (l, warnings) = client.add_listener_with(addr, new, fields).await?;
     print_warnings(&warnings)?;
     let bound = match l.bound.as_str() {
         "" => String::new(),
@@ -90,6 +97,19 @@ async fn add(
     } else {
         format!(" (name {})", l.name)
     };
+    if l.kind == mc_proxy_shared::ListenerKind::Http {
+        return emit(&format!(
+            "http listener {}{named} added{bound}, {}{}: answers ACME http-01 challenges, \
+             redirects everything else to https://{}\n",
+            l.addr,
+            proxy_text(&l),
+            limits_text(&l.client_limits),
+            match l.redirect_port {
+                443 => String::new(),
+                port => format!(" port {port}"),
+            }
+        ));
+    }
     emit(&format!(
         "listener {}{named} added{bound}, {}{}; no routes yet: mcproxyctl routes add \
          --listener {} ...\n",
@@ -170,7 +190,11 @@ pub(super) fn format_listeners(listeners: &[ListenerStatus], headers: bool) -> S
                 } else {
                     "no".into()
                 },
-                l.route_count.to_string(),
+                match l.kind {
+                    // An http listener holds none: it redirects (said under the table).
+                    mc_proxy_shared::ListenerKind::Http => "http".to_owned(),
+                    mc_proxy_shared::ListenerKind::Tls => l.route_count.to_string(),
+                },
                 l.active_connections.to_string(),
                 l.accepted.to_string(),
                 l.resets.to_string(),
@@ -200,6 +224,20 @@ pub(super) fn format_listeners(listeners: &[ListenerStatus], headers: bool) -> S
             out,
             "listener {}: {} stored route(s) not served (see mcproxyctl routes list)",
             l.addr, l.routes_not_served
+        );
+    }
+    let http = listeners
+        .iter()
+        .filter(|l| l.kind == mc_proxy_shared::ListenerKind::Http);
+    for l in http.filter(|_| headers) {
+        let port = match l.redirect_port {
+            443 => String::new(),
+            port => format!(":{port}"),
+        };
+        let _ = writeln!(
+            out,
+            "listener {}: plain HTTP, answers ACME http-01 and redirects to https://HOST{port}/",
+            l.addr
         );
     }
     out

@@ -183,7 +183,7 @@ impl Component for RouteDetail {
         if r.route.mode == Mode::L7 {
             lines.extend(l7_lines(r));
             if r.not_served.is_none() {
-                lines.push(certificate_line(r.certificate.as_ref(), now_ms));
+                lines.extend(certificate_lines(r.certificate.as_ref(), now_ms));
             }
         }
         // From the line after send_proxy on: counters and rates.
@@ -255,11 +255,12 @@ fn l7_lines(r: &RouteView) -> Vec<Line<'static>> {
 }
 
 /// The certificate the route serves: issuer, end and how near it is, yellow within
-/// [`mc_proxy_shared::client::EXPIRY_WARN_DAYS`] days and red past it (`None`: the daemon
-/// could not read its validity).
-fn certificate_line(certificate: Option<&Certificate>, now_ms: u64) -> Line<'static> {
+/// [`mc_proxy_shared::client::EXPIRY_WARN_DAYS`] days or after a failed renewal, red past
+/// its end (`None`: the daemon could not read its validity); an ACME one's renewal time and
+/// the last order's error under it.
+fn certificate_lines(certificate: Option<&Certificate>, now_ms: u64) -> Vec<Line<'static>> {
     let Some(c) = certificate else {
-        return field("certificate", "its validity could not be read");
+        return vec![field("certificate", "its validity could not be read")];
     };
     let expiry = c.expiry(now_ms);
     let issuer = if c.issuer.is_empty() {
@@ -272,12 +273,27 @@ fn certificate_line(certificate: Option<&Certificate>, now_ms: u64) -> Line<'sta
         c.source,
         crate::format::date(c.not_after_ms)
     );
-    field("certificate", text).style(health_style(cert_health(expiry)))
+    let style = health_style(cert_health(c, now_ms));
+    let mut lines = vec![field("certificate", text).style(style)];
+    if let Some(at) = c.renews_at_ms {
+        let by = if c.renewal_by_ari {
+            " (the CA's renewal window)"
+        } else {
+            ""
+        };
+        lines.push(field("renews", format!("{}{by}", crate::format::date(at))));
+    }
+    if let Some(error) = &c.last_error {
+        lines.push(field("renewal", format!("FAILED: {error}")).style(style));
+    }
+    lines
 }
 
-/// What a certificate's state colours: expiring like a warning, expired like an error.
-pub fn cert_health(expiry: Expiry) -> Health {
-    match expiry {
+/// What a certificate's state colours: expiring or failing to renew like a warning,
+/// expired like an error.
+pub fn cert_health(c: &Certificate, now_ms: u64) -> Health {
+    match c.expiry(now_ms) {
+        Expiry::Valid(_) if c.last_error.is_some() => Health::Warning,
         Expiry::Valid(_) => Health::Ok,
         Expiry::Soon(_) => Health::Warning,
         Expiry::Expired | Expiry::NotYetValid => Health::Error,

@@ -228,7 +228,7 @@ impl RoutesView {
         let cert_health = |r: &RouteView| {
             r.certificate
                 .as_ref()
-                .map_or(Health::Ok, |c| cert_health(c.expiry(now_ms)))
+                .map_or(Health::Ok, |c| cert_health(c, now_ms))
         };
         let rows = routes.iter().map(|r| columns.row(r, stale, cert_health(r)));
         let title = self.routes_title(data, routes.len());

@@ -335,6 +335,8 @@ fn listener_status(l: &ListenerState) -> pb::ListenerStatus {
     let c = &l.counters;
     let settings = l.settings();
     pb::ListenerStatus {
+        kind: pb::ListenerKind::from(l.kind).into(),
+        redirect_port: u32::from(l.redirect_port),
         addr: l.addr.to_string(),
         proxy_protocol: settings.proxy_protocol,
         proxy_protocol_from: settings
@@ -416,11 +418,23 @@ fn route_statuses(state: &State, only: Option<&ListenerState>) -> Vec<pb::RouteS
                     .tls
                     .as_ref()
                     .and_then(|tls| tls.summary.as_ref())
-                    .map(|s| pb::CertificateStatus {
-                        source: if info.route.acme { "acme" } else { "file" }.into(),
-                        issuer: s.issuer.clone(),
-                        not_before_ms: s.not_before * 1000,
-                        not_after_ms: s.not_after * 1000,
+                    .map(|s| {
+                        let acme = info.route.acme;
+                        let renewal = acme
+                            .then(|| state.acme.renewal(info.route.hostname.as_str()))
+                            .flatten();
+                        pb::CertificateStatus {
+                            source: if acme { "acme" } else { "file" }.into(),
+                            issuer: s.issuer.clone(),
+                            not_before_ms: s.not_before * 1000,
+                            not_after_ms: s.not_after * 1000,
+                            renews_at_ms: renewal.map_or(0, |(at, _)| at * 1000),
+                            renewal_by_ari: renewal.is_some_and(|(_, ari)| ari),
+                            last_error: acme
+                                .then(|| state.acme.error(&info.route.hostname))
+                                .flatten()
+                                .unwrap_or_default(),
+                        }
                     }),
             });
         }
@@ -826,6 +840,9 @@ impl AdminService for Admin {
                 Change::AddListener {
                     addr: req.addr,
                     name: req.name,
+                    kind: mc_proxy_shared::convert::listener_kind(req.kind)
+                        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?,
+                    redirect_port: req.redirect_port,
                     settings: ListenerChange {
                         proxy_protocol: Some(req.proxy_protocol),
                         proxy_protocol_from: Some(req.proxy_protocol_from),

@@ -89,6 +89,10 @@ pub enum Change {
         addr: String,
         /// Its name (`check_listener_name`); `None`: its address.
         name: Option<String>,
+        /// What it does with connections.
+        kind: mc_proxy_shared::ListenerKind,
+        /// An HTTP listener's redirect port (`None`: 443); refused on a TLS one.
+        redirect_port: Option<u32>,
         /// Its PROXY protocol settings.
         settings: ListenerChange,
     },
@@ -572,24 +576,38 @@ impl Control {
     }
 
     /// ACME: every stored acme route's hostname (once, whatever its listeners) with when its
-    /// certificate should be renewed, in Unix seconds (`None`: none issued, order now): a
-    /// third of its lifetime before its end. Blocks on SQLite.
-    pub fn acme_due(&self) -> Result<Vec<(String, Option<u64>)>, ChangeError> {
+    /// certificate should be renewed by default, in Unix seconds (`None`: none issued,
+    /// order now): a third of its lifetime before its end; and its leaf (DER), which the
+    /// CA's renewal information is asked about. Blocks on SQLite.
+    pub fn acme_due(&self) -> Result<Vec<AcmeDue>, ChangeError> {
+        use rustls_pki_types::pem::PemObject;
         let store = self.store()?;
-        let mut out: Vec<(String, Option<u64>)> = Vec::new();
+        let mut out: Vec<AcmeDue> = Vec::new();
         for listener in self.state.listeners().iter() {
             for route in store.routes(listener.id)? {
-                if !route.acme || out.iter().any(|(h, _)| *h == route.hostname) {
+                if !route.acme || out.iter().any(|d| d.hostname == route.hostname) {
                     continue;
                 }
-                let renew =
+                let renew_at =
                     store
                         .acme_certificate_dates(&route.hostname)?
                         .map(|(issued_at, not_after)| {
                             let lifetime = not_after.saturating_sub(issued_at);
                             not_after.saturating_sub(lifetime / 3)
                         });
-                out.push((route.hostname, renew));
+                let leaf = store
+                    .acme_certificate(&route.hostname)?
+                    .and_then(|(chain, _, _)| {
+                        rustls_pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
+                            .next()?
+                            .ok()
+                    })
+                    .map(|der| der.to_vec());
+                out.push(AcmeDue {
+                    hostname: route.hostname,
+                    renew_at,
+                    leaf,
+                });
             }
         }
         Ok(out)
@@ -821,8 +839,10 @@ impl Control {
             Change::AddListener {
                 addr,
                 name,
+                kind,
+                redirect_port,
                 settings,
-            } => add_listener(cx, addr, name, settings),
+            } => add_listener(cx, addr, name, kind, redirect_port, settings),
             Change::UpdateListener { listener, settings } => {
                 update_listener(cx, listener, settings)
             }
@@ -898,7 +918,7 @@ fn new_route(
     check_route_fields(route)?;
     check_absolute("tls_cert", &route.tls_cert)?;
     check_absolute("tls_key", &route.tls_key)?;
-    let listener = listener_by_name(state, listener)?;
+    let listener = routes_listener(state, listener)?;
     if let Some(name) = crate::model::routes::route_name(&route.hostname)
         && let Some(stored) = listener.not_served_route(&name)
     {
@@ -1036,7 +1056,7 @@ fn add_acme_route(
 ) -> Result<Applied, ChangeError> {
     check_route_fields(&route)?;
     no_acme_without_ca(state)?;
-    let listener = listener_by_name(state, listener)?;
+    let listener = routes_listener(state, listener)?;
     let listener = &*listener;
     if let Some(name) = crate::model::routes::route_name(&route.hostname)
         && (listener.routes().get(&name).is_some() || listener.not_served_route(&name).is_some())
@@ -1294,11 +1314,37 @@ fn edited_member(
     Ok((listener, name, valid))
 }
 
+/// The listener a new route goes to: a TLS one (an HTTP listener holds no routes).
+fn routes_listener(state: &State, name: &str) -> Result<Arc<ListenerState>, ChangeError> {
+    let listener = listener_by_name(state, name)?;
+    if listener.kind != mc_proxy_shared::ListenerKind::Tls {
+        return Err(ChangeError::Invalid(format!(
+            "listener {} is an http listener: it holds no routes (it answers ACME http-01 \
+             challenges and redirects to https://); add the route to a tls listener",
+            listener.addr
+        )));
+    }
+    Ok(listener)
+}
+
+/// An acme route's certificate as [`Control::acme_due`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeDue {
+    /// The route's hostname.
+    pub hostname: String,
+    /// When to renew by default (Unix seconds); `None`: no certificate yet.
+    pub renew_at: Option<u64>,
+    /// The certificate's leaf (DER), if it has one.
+    pub leaf: Option<Vec<u8>>,
+}
+
 /// [`Change::AddListener`].
 fn add_listener(
     cx: Apply<'_>,
     addr: String,
     name: Option<String>,
+    kind: mc_proxy_shared::ListenerKind,
+    redirect_port: Option<u32>,
     settings: ListenerChange,
 ) -> Result<Applied, ChangeError> {
     let Apply {
@@ -1333,6 +1379,14 @@ fn add_listener(
             )));
         }
     }
+    let redirect_port = redirect_port
+        .map(|p| {
+            u16::try_from(p)
+                .map_err(|_| ChangeError::Invalid("redirect_port must be 1 to 65535".into()))
+        })
+        .transpose()?;
+    crate::control::config::check_kind_fields(kind, redirect_port, None)
+        .map_err(ChangeError::Invalid)?;
     let (settings, warnings) = listener_settings(ListenerSettings::default(), settings)?;
     // Bound before it is stored: an address in use fails with nothing written.
     let host = state.sockets().ok_or_else(|| {
@@ -1341,16 +1395,23 @@ fn add_listener(
     let sockets = host
         .bind(addr)
         .map_err(|e| ChangeError::Invalid(e.to_string()))?;
-    let id = store.create_listener(&addr.to_string(), &name, &stored(&settings, None))?;
-    let listener = Arc::new(
-        ListenerState::new(
-            id,
-            addr,
-            settings,
-            crate::model::routes::RouteTable::with_stats(Vec::new(), |_| Arc::default()),
-        )
-        .with_name(name),
-    );
+    let fields = ListenerFields {
+        kind,
+        redirect_port: redirect_port.unwrap_or(0),
+        ..stored(&settings, None)
+    };
+    let id = store.create_listener(&addr.to_string(), &name, &fields)?;
+    let listener = ListenerState::new(
+        id,
+        addr,
+        settings,
+        crate::model::routes::RouteTable::with_stats(Vec::new(), |_| Arc::default()),
+    )
+    .with_name(name);
+    let listener = Arc::new(match kind {
+        mc_proxy_shared::ListenerKind::Tls => listener,
+        mc_proxy_shared::ListenerKind::Http => listener.with_http(fields.redirect_port),
+    });
     let mut all = state.listeners().to_vec();
     all.push(Arc::clone(&listener));
     state.set_listeners(all);
@@ -1607,9 +1668,12 @@ fn listener_settings(
     Ok((settings, warnings))
 }
 
-/// A listener's row as the store keeps it.
+/// A listener's updatable fields as the store keeps them (its kind is written at creation
+/// only: `Store::update_listener` leaves it).
 fn stored(settings: &ListenerSettings, no_sni_route: Option<&str>) -> ListenerFields {
     ListenerFields {
+        kind: mc_proxy_shared::ListenerKind::Tls,
+        redirect_port: 0,
         proxy_protocol: settings.proxy_protocol,
         proxy_protocol_from: sources_text(settings),
         no_sni_route: no_sni_route.unwrap_or_default().to_owned(),

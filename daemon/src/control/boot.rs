@@ -45,6 +45,14 @@ pub enum StartError {
         /// What is wrong.
         source: mc_proxy_shared::ClientLimitsError,
     },
+    /// A stored listener kind this binary does not know (written by a newer one?).
+    #[error("listener {addr}: stored {source}")]
+    ListenerKind {
+        /// The listener.
+        addr: String,
+        /// What is wrong.
+        source: mc_proxy_shared::ParseListenerKindError,
+    },
     /// A stored firewall rule does not parse.
     #[error("stored {0}")]
     Firewall(#[from] InvalidRule),
@@ -145,6 +153,16 @@ pub fn load_state(config: &Config, store: &mut Store) -> Result<State, StartErro
             RouteTable::with_stats(routes, |_| Arc::default()),
         )
         .with_name(row.name);
+        let listener = match row.kind.parse::<mc_proxy_shared::ListenerKind>() {
+            Ok(mc_proxy_shared::ListenerKind::Tls) => listener,
+            Ok(mc_proxy_shared::ListenerKind::Http) => listener.with_http(row.redirect_port),
+            Err(e) => {
+                return Err(StartError::ListenerKind {
+                    addr: row.addr.clone(),
+                    source: e,
+                });
+            }
+        };
         listener.set_no_sni_route(Some(row.no_sni_route).filter(|n| !n.is_empty()));
         listener.set_not_served(not_served);
         listeners.push(Arc::new(listener));

@@ -121,6 +121,10 @@ pub struct ListenerConfig {
     pub access_log: bool,
     /// Limits per client address.
     pub client_limits: mc_proxy_shared::ClientLimits,
+    /// What it does with connections (`kind = "http"`: the plain-HTTP redirect listener).
+    pub kind: mc_proxy_shared::ListenerKind,
+    /// An HTTP listener's redirect port (`None`: 443).
+    pub redirect_port: Option<u16>,
 }
 
 impl ListenerConfig {
@@ -159,6 +163,12 @@ impl ListenerConfig {
         let mut command = format!("mcproxyctl listeners add {}", self.addr);
         if self.name != self.addr.to_string() {
             command.push_str(&format!(" --name {}", self.name));
+        }
+        if self.kind != mc_proxy_shared::ListenerKind::Tls {
+            command.push_str(&format!(" --kind {}", self.kind));
+        }
+        if let Some(port) = self.redirect_port {
+            command.push_str(&format!(" --redirect-port {port}"));
         }
         if self.proxy_protocol {
             command.push_str(" --proxy-protocol");
@@ -413,6 +423,10 @@ struct FileListener {
     new_conns_burst: Option<u32>,
     #[serde(default)]
     client_ipv6_prefix: Option<u32>,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    redirect_port: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -948,6 +962,26 @@ fn validate_listeners(
                 mc_proxy_shared::ClientLimits::default()
             });
 
+        let kind = fl
+            .kind
+            .parse::<mc_proxy_shared::ListenerKind>()
+            .unwrap_or_else(|e| {
+                problem(format!("{lctx}, kind"), e.to_string());
+                mc_proxy_shared::ListenerKind::Tls
+            });
+        if let Err(e) = check_kind_fields(kind, fl.redirect_port, fl.no_sni_route.as_deref()) {
+            problem(lctx.clone(), e);
+        }
+        if kind == mc_proxy_shared::ListenerKind::Http && !fl.routes.is_empty() {
+            for fr in &fl.routes {
+                problem(
+                    format!("{lctx}, route {}", clip(&fr.hostname)),
+                    "an http listener holds no routes (it answers ACME http-01 challenges and \
+                     redirects to https://): put the route on a tls listener"
+                        .into(),
+                );
+            }
+        }
         let mut routes = Vec::new();
         let mut seen_hosts: HashMap<String, usize> = HashMap::new();
         for (j, fr) in fl.routes.into_iter().enumerate() {
@@ -1077,10 +1111,39 @@ fn validate_listeners(
             routes,
             access_log: fl.access_log,
             client_limits,
+            kind,
+            redirect_port: fl.redirect_port,
         });
     }
     listener_name_problems(&names, problem);
     listeners
+}
+
+/// What a listener's kind allows (the TOML and the admin API share it): `redirect_port`
+/// (1 to 65535) only on an http listener, and no no-SNI route on one (it holds no routes).
+pub fn check_kind_fields(
+    kind: mc_proxy_shared::ListenerKind,
+    redirect_port: Option<u16>,
+    no_sni_route: Option<&str>,
+) -> Result<(), String> {
+    use mc_proxy_shared::ListenerKind;
+    match (kind, redirect_port) {
+        (ListenerKind::Tls, Some(_)) => {
+            return Err(
+                "redirect_port is for http listeners (kind = \"http\"); a tls listener \
+                 redirects nothing"
+                    .into(),
+            );
+        }
+        (ListenerKind::Http, Some(0)) => {
+            return Err("redirect_port must be 1 to 65535".into());
+        }
+        _ => {}
+    }
+    if kind == ListenerKind::Http && no_sni_route.is_some_and(|r| !r.trim().is_empty()) {
+        return Err("no_sni_route is for tls listeners: an http listener holds no routes".into());
+    }
+    Ok(())
 }
 
 /// Names are unique, and no name is another listener's address: a request naming a listener

@@ -31,7 +31,7 @@ struct Migration {
     sql: &'static str,
 }
 
-/// Every migration this binary knows, in order. Versions are 1, 2, 3, ... without gaps.
+/// Every migration this binary knows, in ascending order (12 and 13 were never released).
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -92,6 +92,11 @@ const MIGRATIONS: &[Migration] = &[
         version: 14,
         name: "acme",
         sql: include_str!("../../../migrations/0014_acme.sql"),
+    },
+    Migration {
+        version: 15,
+        name: "listener_kind",
+        sql: include_str!("../../../migrations/0015_listener_kind.sql"),
     },
 ];
 
@@ -165,6 +170,10 @@ pub struct ListenerRow {
     pub name: String,
     /// Its limits per client address, as stored (checked when loaded).
     pub client_limits: StoredClientLimits,
+    /// Its kind as stored (`tls`, `http`; checked when loaded).
+    pub kind: String,
+    /// An HTTP listener's redirect port (0: 443).
+    pub redirect_port: u16,
 }
 
 /// A listener's client limits as stored: the columns as they are, checked by `boot`.
@@ -217,11 +226,15 @@ pub struct ListenerFields {
     pub access_log: bool,
     /// Its limits per client address.
     pub client_limits: StoredClientLimits,
+    /// Its kind: written when it is created, never by an update.
+    pub kind: mc_proxy_shared::ListenerKind,
+    /// An HTTP listener's redirect port (0: 443): written when it is created only.
+    pub redirect_port: u16,
 }
 
 const LISTENER_COLUMNS: &str = "id, addr, proxy_protocol, proxy_protocol_from, no_sni_route, \
      access_log, name, max_conns_per_client, new_conns_per_client, new_conns_burst, \
-     client_ipv6_prefix";
+     client_ipv6_prefix, kind, redirect_port";
 
 fn listener_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ListenerRow> {
     let from: String = row.get(3)?;
@@ -243,6 +256,8 @@ fn listener_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ListenerRow> {
             new_conns_burst: row.get(9)?,
             client_ipv6_prefix: row.get(10)?,
         },
+        kind: row.get(11)?,
+        redirect_port: row.get(12)?,
     })
 }
 
@@ -362,6 +377,8 @@ impl Store {
                 no_sni_route: listener.no_sni_route.clone().unwrap_or_default(),
                 access_log: listener.access_log,
                 client_limits: StoredClientLimits::of(&listener.client_limits),
+                kind: listener.kind,
+                redirect_port: listener.redirect_port.unwrap_or(0),
             };
             let id = insert_listener(&tx, &listener.addr.to_string(), &listener.name, &fields)?;
             for route in &listener.routes {
@@ -791,8 +808,8 @@ fn insert_listener(
     conn.execute(
         "INSERT INTO listeners (addr, proxy_protocol, proxy_protocol_from, no_sni_route,
                                 access_log, name, max_conns_per_client, new_conns_per_client,
-                                new_conns_burst, client_ipv6_prefix)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                new_conns_burst, client_ipv6_prefix, kind, redirect_port)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         params![
             addr,
             fields.proxy_protocol,
@@ -804,6 +821,8 @@ fn insert_listener(
             fields.client_limits.new_conns_per_client,
             fields.client_limits.new_conns_burst,
             fields.client_limits.client_ipv6_prefix,
+            fields.kind.as_str(),
+            fields.redirect_port,
         ],
     )
     .map_err(|e| unique_violation(e, || format!("listener {addr} (name {name})")))?;
@@ -1091,7 +1110,7 @@ mod tests {
         let (_dir, path) = temp_db();
         let store = Store::open(&path).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-        assert_eq!(SCHEMA_VERSION, 14);
+        assert_eq!(SCHEMA_VERSION, 15);
         let listeners = columns(&store, "listeners");
         for col in [
             "proxy_protocol",
@@ -1103,6 +1122,8 @@ mod tests {
             "new_conns_per_client",
             "new_conns_burst",
             "client_ipv6_prefix",
+            "kind",
+            "redirect_port",
         ] {
             assert!(
                 listeners.contains(&col.to_owned()),
@@ -1167,6 +1188,8 @@ mod tests {
                 access_log: false,
                 name: "127.0.0.1:8443".into(),
                 client_limits: StoredClientLimits::of(&Default::default()),
+                kind: "tls".into(),
+                redirect_port: 0,
             }]
         );
         assert_eq!(

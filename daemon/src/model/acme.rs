@@ -1,12 +1,14 @@
-//! Pending ACME tls-alpn-01 challenges (RFC 8737): for each name being validated, the
+//! Pending ACME challenges. tls-alpn-01 (RFC 8737): for each name being validated, the
 //! self-signed certificate carrying the `acmeIdentifier` extension that the CA's validation
-//! connection must be shown. The control plane (`control::acme`) puts one in before it tells
-//! the CA the challenge is ready and takes it out when the order is done; the data plane
-//! answers a ClientHello that offers only ALPN `acme-tls/1` for such a name with it, and
-//! nothing else changes for any other client.
+//! connection must be shown; the data plane answers a ClientHello that offers only ALPN
+//! `acme-tls/1` for such a name with it, and nothing else changes for any other client.
+//! http-01 (RFC 8555 §8.3): for each token, its name and key authorization, which the plain
+//! HTTP listeners serve at `/.well-known/acme-challenge/TOKEN`. The control plane
+//! (`control::acme`) puts a challenge in before it tells the CA it is ready and takes it out
+//! when the order is done, however it ends.
 //!
 //! No I/O. Invariant: the data plane's look-up costs one atomic load while no challenge is
-//! pending (the usual case); the map's lock is never held across an `.await`.
+//! pending (the usual case); the maps' locks are never held across an `.await`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,8 +26,14 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 pub struct Challenges {
     pending: AtomicUsize,
     certs: RwLock<HashMap<String, Arc<rustls::ServerConfig>>>,
+    /// http-01: token → (hostname, lowercase; key authorization).
+    tokens: RwLock<HashMap<String, (String, String)>>,
+    tokens_pending: AtomicUsize,
     wake: tokio::sync::Notify,
     errors: RwLock<HashMap<String, String>>,
+    /// Per hostname: when its certificate is to be renewed (Unix seconds), and whether the
+    /// CA's renewal information (ARI) says so.
+    renewals: RwLock<HashMap<String, (u64, bool)>>,
     enabled: std::sync::atomic::AtomicBool,
     /// Names an operator asked to renew now (`mcproxyctl certs renew`).
     forced: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -82,6 +90,23 @@ impl Challenges {
         };
     }
 
+    /// Records when `hostname`'s certificate is to be renewed (`None`: it has none), and
+    /// whether the CA's renewal information chose the time.
+    pub fn set_renewal(&self, hostname: &str, at: Option<u64>, by_ari: bool) {
+        let mut renewals = self.renewals.write().unwrap_or_else(|e| e.into_inner());
+        match at {
+            Some(at) => renewals.insert(hostname.to_owned(), (at, by_ari)),
+            None => renewals.remove(hostname),
+        };
+    }
+
+    /// When `hostname`'s certificate is to be renewed (Unix seconds), and whether ARI chose
+    /// it; `None` before the ACME task has looked at it.
+    pub fn renewal(&self, hostname: &str) -> Option<(u64, bool)> {
+        let renewals = self.renewals.read().unwrap_or_else(|e| e.into_inner());
+        renewals.get(hostname).copied()
+    }
+
     /// `hostname`'s last order error, if its last order failed.
     pub fn error(&self, hostname: &str) -> Option<String> {
         let errors = self.errors.read().unwrap_or_else(|e| e.into_inner());
@@ -119,6 +144,39 @@ impl Challenges {
         }
         let certs = self.certs.read().unwrap_or_else(|e| e.into_inner());
         certs.get(&sni?.to_ascii_lowercase()).cloned()
+    }
+}
+
+impl Challenges {
+    /// Answers http-01 validations of `hostname` asking for `token` with
+    /// `key_authorization` from now on.
+    pub fn insert_token(&self, hostname: &str, token: &str, key_authorization: String) {
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        tokens.insert(
+            token.to_owned(),
+            (hostname.to_ascii_lowercase(), key_authorization),
+        );
+        self.tokens_pending.store(tokens.len(), Ordering::Release);
+    }
+
+    /// Stops answering `token`.
+    pub fn remove_token(&self, token: &str) {
+        let mut tokens = self.tokens.write().unwrap_or_else(|e| e.into_inner());
+        tokens.remove(token);
+        self.tokens_pending.store(tokens.len(), Ordering::Release);
+    }
+
+    /// The key authorization to answer `GET /.well-known/acme-challenge/{token}` with, when
+    /// that token is pending for `host` (the request's, without its port; the CA names the
+    /// identifier it validates); `None` otherwise.
+    pub fn answer_token(&self, host: &str, token: &str) -> Option<String> {
+        if self.tokens_pending.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
+        let (name, key_authorization) = tokens.get(token)?;
+        name.eq_ignore_ascii_case(host)
+            .then(|| key_authorization.clone())
     }
 }
 
@@ -177,5 +235,32 @@ mod tests {
         );
         challenges.remove("a.test");
         assert!(challenges.answer(Some("a.test"), &alpn).is_none(), "done");
+    }
+
+    #[test]
+    fn an_http_token_is_answered_for_its_own_name_only_while_pending() {
+        let challenges = Challenges::default();
+        assert_eq!(
+            challenges.answer_token("a.test", "tok"),
+            None,
+            "none pending"
+        );
+        challenges.insert_token("A.test", "tok", "tok.thumb".into());
+        assert_eq!(
+            challenges.answer_token("a.TEST", "tok").as_deref(),
+            Some("tok.thumb")
+        );
+        assert_eq!(
+            challenges.answer_token("b.test", "tok"),
+            None,
+            "another name"
+        );
+        assert_eq!(
+            challenges.answer_token("a.test", "other"),
+            None,
+            "another token"
+        );
+        challenges.remove_token("tok");
+        assert_eq!(challenges.answer_token("a.test", "tok"), None, "done");
     }
 }

@@ -401,6 +401,10 @@ pub struct ListenerState {
     /// Its name (`check_listener_name`), unique among listeners; its address by default. What
     /// shared routes name it by, so nodes binding different addresses can share them.
     pub name: String,
+    /// What it does with connections; fixed for its life.
+    pub kind: mc_proxy_shared::ListenerKind,
+    /// An HTTP listener's redirect port (443 unless set); 0 on a TLS listener.
+    pub redirect_port: u16,
     /// PROXY protocol settings; swapped by `control`.
     settings: ArcSwap<ListenerSettings>,
     /// The address its sockets got (set once bound; differs from `addr` when the port is 0).
@@ -459,6 +463,8 @@ impl ListenerState {
             id,
             addr,
             name: addr.to_string(),
+            kind: mc_proxy_shared::ListenerKind::Tls,
+            redirect_port: 0,
             settings: ArcSwap::from_pointee(settings),
             bound: std::sync::OnceLock::new(),
             closed: CancellationToken::new(),
@@ -475,6 +481,19 @@ impl ListenerState {
     /// The same listener with the name it is stored under.
     pub fn with_name(self, name: String) -> Self {
         ListenerState { name, ..self }
+    }
+
+    /// The same listener as a plain-HTTP one redirecting to `redirect_port` (0: 443).
+    pub fn with_http(self, redirect_port: u16) -> Self {
+        ListenerState {
+            kind: mc_proxy_shared::ListenerKind::Http,
+            redirect_port: if redirect_port == 0 {
+                443
+            } else {
+                redirect_port
+            },
+            ..self
+        }
     }
 
     /// The current settings, through a guard: read on every accept, so no reference count

@@ -3,7 +3,8 @@
 //! I/O: reads the client's first bytes (a PROXY header, the ClientHello), then hands the
 //! stream to the L4 relay or the L7 server. [`handle_conn`] reads top to bottom as ARCHITECTURE.md's
 //! pipeline, one call per step:
-//! PROXY header (listeners with `proxy_protocol`) → firewall → client limits → ClientHello →
+//! PROXY header (listeners with `proxy_protocol`) → firewall → client limits → (plain-HTTP
+//! listeners: [`crate::proxy::redirect`] answers, and that is all) → ClientHello →
 //! route (and its access lists, L4) → dispatch
 //! (L4 passthrough in [`crate::proxy::l4`], L7 termination in [`crate::proxy::l7`]) → access record.
 //!
@@ -39,6 +40,7 @@ use crate::protocols::sni;
 use crate::proxy::access::{self, Ending, Record};
 use crate::proxy::l4::{self, L4Error};
 use crate::proxy::l7::{self, L7End};
+use crate::proxy::redirect::{self, RedirectEnd};
 
 /// What every connection task shares.
 pub struct Shared {
@@ -168,6 +170,8 @@ pub enum ConnEnd {
     /// An ACME validation was shown its challenge certificate (`None`), or its handshake
     /// failed (why).
     AcmeChallenge(Option<String>),
+    /// A plain-HTTP listener's connection.
+    Redirect(RedirectEnd),
 }
 
 impl ConnEnd {
@@ -182,6 +186,11 @@ impl ConnEnd {
             ConnEnd::L4(RelayEnd::Cancelled) | ConnEnd::Cancelled => (CloseReason::Shutdown, None),
             ConnEnd::AdminClosed => (CloseReason::AdminClosed, None),
             ConnEnd::AcmeChallenge(error) => (CloseReason::AcmeChallenge, error),
+            ConnEnd::Redirect(RedirectEnd::Answered) => (CloseReason::Closed, None),
+            ConnEnd::Redirect(RedirectEnd::HeaderTimeout) => {
+                (CloseReason::RequestHeaderTimeout, None)
+            }
+            ConnEnd::Redirect(RedirectEnd::Error(e)) => (CloseReason::HttpError, Some(e)),
             ConnEnd::L4(RelayEnd::Error(e)) => (CloseReason::RelayError, Some(e.to_string())),
             ConnEnd::L7(L7End::Drained) => (CloseReason::Drained, None),
             ConnEnd::L7(L7End::KeepaliveTimeout) => (CloseReason::KeepaliveTimeout, None),
@@ -275,6 +284,22 @@ async fn pipeline(
     check_firewall(state, record.client.ip())?;
     // Held until the connection ends: its place in the client's concurrent count.
     let _client = check_client_limits(listener, state, record.client.ip())?;
+    // A plain-HTTP listener: no ClientHello, no route; ACME http-01 answers and redirects
+    // to https://. Boxed, as the L7 step is, so TLS connections do not carry its room.
+    if listener.kind == mc_proxy_shared::ListenerKind::Http {
+        let stream = slot.take().expect("the stream is still here");
+        let proxy = state.proxy();
+        return Ok(ConnEnd::Redirect(
+            Box::pin(redirect::serve(
+                stream,
+                early,
+                listener.redirect_port,
+                proxy.request_header_timeout,
+                Arc::clone(state),
+            ))
+            .await,
+        ));
+    }
     let hello_timeout = state.proxy().client_hello_timeout;
     let (sni, peeked, challenge) = read_client_hello(stream, early, hello_timeout, state).await?;
     record.sni = sni;

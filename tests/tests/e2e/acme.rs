@@ -27,7 +27,12 @@ async fn an_order_is_validated_by_tls_alpn_01_on_the_listener_and_chains_to_the_
     let credentials = created.expect("a new account's credentials to keep");
     let issued = tokio::time::timeout(
         Duration::from_secs(60),
-        orderer.order("acme-a.test", challenges),
+        orderer.order(
+            "acme-a.test",
+            challenges,
+            &[mc_proxy::control::acme::settings::ChallengeKind::TlsAlpn01],
+            None,
+        ),
     )
     .await
     .expect("issued within 60 s")
@@ -172,20 +177,17 @@ async fn a_pending_challenge_changes_nothing_for_other_clients() {
         mixed, challenge_der,
         "acme-tls/1 among others is not a validation"
     );
-    // Another name: no challenge, routed (or refused) as ever.
-    assert_ne!(
-        shown(proxy.addr(), "other.test", &[b"acme-tls/1"])
-            .await
-            .as_ref(),
-        Some(&challenge_der)
+    // Another name: no challenge, and no route: refused, no certificate shown.
+    assert_eq!(
+        shown(proxy.addr(), "other.test", &[b"acme-tls/1"]).await,
+        None
     );
     proxy.state.acme.remove("web.test");
+    // No challenge pending: a validation-looking hello is refused, and shown no certificate
+    // at all (the route speaks h2 and HTTP/1.1 only: no ALPN in common, so the handshake
+    // fails before any certificate is sent).
     let after = shown(proxy.addr(), "web.test", &[b"acme-tls/1"]).await;
-    assert_ne!(
-        after.as_ref(),
-        Some(&challenge_der),
-        "done: back to the route"
-    );
+    assert_eq!(after, None, "done: nothing leaked");
 }
 
 /// The proxy config of the ACME tests: `[acme]` on `ca`, a listener on `port`, `routes`.
@@ -482,4 +484,330 @@ async fn without_acme_settings_an_acme_route_is_refused_and_nothing_is_stored() 
         .unwrap();
     let e = admin.renew_certificate("files.test").await.unwrap_err();
     assert!(e.to_string().contains("not an acme route"), "{e}");
+}
+
+/// A plain-HTTP listener of the proxy: its bound address (the second listener).
+fn http_listener(proxy: &Proxy) -> std::net::SocketAddr {
+    let l = &proxy.state.listeners()[1];
+    assert_eq!(l.kind, mc_proxy_shared::ListenerKind::Http);
+    l.bound().expect("bound")
+}
+
+/// Sends `request` raw to `addr` and reads to EOF (10 s at most): the answer and how long
+/// the connection lasted.
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was not closed within 10 s");
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn the_http_listener_redirects_to_https_and_answers_bad_input_with_an_error_never_a_hang() {
+    let (_guard, logs) = capture_logs();
+    let proxy = Proxy::start(
+        "[proxy]\nrequest_header_timeout = \"1s\"\n\
+         [[listeners]]\naddr = \"127.0.0.1:0\"\n\
+         [[listeners]]\naddr = \"127.0.0.2:0\"\nkind = \"http\"\nredirect_port = 8443\n",
+    )
+    .await;
+    let addr = http_listener(&proxy);
+
+    // Same host (its port dropped), path and query, on https and the redirect port; 308
+    // keeps the method, so a POST is redirected too; one request per connection.
+    let (answer, _) = raw(
+        addr,
+        b"GET /a/b?c=d HTTP/1.1\r\nHost: Example.test:80\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 308 "), "{answer}");
+    assert!(
+        answer.contains("\r\nlocation: https://Example.test:8443/a/b?c=d\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    let (answer, _) = raw(
+        addr,
+        b"POST /form HTTP/1.1\r\nHost: [2001:db8::1]\r\nContent-Length: 3\r\n\r\nabc",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 308 "), "{answer}");
+    assert!(
+        answer.contains("\r\nlocation: https://[2001:db8::1]:8443/form\r\n"),
+        "{answer}"
+    );
+    // A proxy-style absolute URI names the host.
+    let (answer, _) = raw(
+        addr,
+        b"GET http://abs.test/x HTTP/1.1\r\nHost: other.test\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.contains("\r\nlocation: https://abs.test:8443/x\r\n"),
+        "{answer}"
+    );
+
+    // No pending challenge: 404, not a redirect (a CA must not follow one to nowhere).
+    let (answer, _) = raw(
+        addr,
+        b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    // A pending one: its key authorization, for its own name only.
+    proxy
+        .state
+        .acme
+        .insert_token("a.test", "tok", "tok.thumbprint".into());
+    let (answer, _) = raw(
+        addr,
+        b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with("\r\n\r\ntok.thumbprint"), "{answer}");
+    let (answer, _) = raw(
+        addr,
+        b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: b.test\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    proxy.state.acme.remove_token("tok");
+
+    // Bad input: an answer saying so, then the close; nothing of it echoed back.
+    let huge_host = format!("GET / HTTP/1.1\r\nHost: a{}b\r\n\r\n", " ".repeat(1000));
+    let oversized = format!(
+        "GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(16 * 1024)
+    );
+    let cases: [(&str, &[u8], &str); 6] = [
+        ("no Host", b"GET / HTTP/1.0\r\n\r\n", "400"),
+        ("a bad Host", huge_host.as_bytes(), "400"),
+        (
+            "userinfo",
+            b"GET / HTTP/1.1\r\nHost: u@a.test\r\n\r\n",
+            "400",
+        ),
+        (
+            "OPTIONS *",
+            b"OPTIONS * HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            "400",
+        ),
+        (
+            "a TLS ClientHello",
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03garbage\r\n\r\n",
+            "400",
+        ),
+        ("a head past 8 KiB", oversized.as_bytes(), "431"),
+    ];
+    for (what, request, status) in cases {
+        let (answer, took) = raw(addr, request).await;
+        assert_eq!(answer.split(' ').nth(1), Some(status), "{what}: {answer}");
+        assert!(answer.len() < 1024, "{what}: nothing echoed: {answer}");
+        assert!(took < Duration::from_secs(1), "{what}: at once: {took:?}");
+    }
+
+    // A head that never ends: closed after request_header_timeout (1 s), not before.
+    let (answer, took) = raw(addr, b"GET / HTTP/1.1\r\nHost: a.te").await;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}: {answer}"
+    );
+    assert!(
+        wait_for_log(&logs, "outcome=\"request_header_timeout\"").await,
+        "{}",
+        log_text(&logs)
+    );
+
+    // It holds no routes, by the API or the file; redirect_port is for it alone.
+    let mut admin = proxy.admin().await;
+    let refused = admin
+        .add_route(
+            "127.0.0.2:0",
+            mc_proxy_shared::Route {
+                hostname: "app.test".into(),
+                backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:9")],
+                ..Default::default()
+            },
+        )
+        .await;
+    let e = refused.unwrap_err().to_string();
+    assert!(e.contains("is an http listener: it holds no routes"), "{e}");
+    let before = admin.list_routes(None).await.unwrap().len();
+    let e = admin
+        .add_listener_with(
+            "127.0.0.3:0",
+            mc_proxy_shared::client::NewListener {
+                redirect_port: Some(8443),
+                ..Default::default()
+            },
+            mc_proxy_shared::client::ListenerUpdate::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("redirect_port is for http listeners"), "{e}");
+    assert_eq!(admin.status().await.unwrap().listeners.len(), 2);
+    assert_eq!(admin.list_routes(None).await.unwrap().len(), before);
+    let listed = admin.status().await.unwrap().listeners;
+    assert_eq!(listed[1].kind, mc_proxy_shared::ListenerKind::Http);
+    assert_eq!(listed[1].redirect_port, 8443);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mc-proxy.toml");
+    std::fs::write(
+        &file,
+        "[database]\npath = \"/tmp/unused.db\"\n[admin]\nsocket = \"/tmp/unused.sock\"\n\
+         [[listeners]]\naddr = \"127.0.0.1:80\"\nkind = \"http\"\n\
+         [[listeners.routes]]\nhostname = \"app.test\"\nbackend = \"127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let problems = mc_proxy::control::config::Config::load(&file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        problems.contains("listener 127.0.0.1:80, route \"app.test\"")
+            && problems.contains("an http listener holds no routes"),
+        "{problems}"
+    );
+}
+
+#[tokio::test]
+async fn an_order_is_validated_by_http_01_on_the_http_listener_and_served() {
+    if !pebble::available() {
+        return;
+    }
+    let (_guard, logs) = capture_logs();
+    let (tls, http) = (
+        mc_proxy_tests::ReservedPort::new(),
+        mc_proxy_tests::ReservedPort::new(),
+    );
+    let (tls_port, http_port) = (tls.port, http.port);
+    let ca = Pebble::start(tls_port, http_port).await;
+    let backend = mc_proxy_tests::web::H1Backend::start().await;
+    let config = acme_config(
+        &ca,
+        tls_port,
+        &format!(
+            "[[listeners.routes]]\nhostname = \"web.acme.test\"\nbackend = \"{}\"\n\
+             mode = \"l7\"\nbackend_protocol = \"http1\"\nacme = true\n\
+             [[listeners]]\naddr = \"127.0.0.1:{http_port}\"\nkind = \"http\"\n",
+            backend.addr
+        ),
+    )
+    .replace(
+        "terms_of_service_agreed = true\n",
+        "terms_of_service_agreed = true\nchallenges = [\"http-01\"]\n",
+    );
+    drop((tls, http));
+    let proxy = Proxy::start(&config).await;
+    served(&proxy, "web.acme.test").await;
+    let answer = get(proxy.addr(), "web.acme.test", "/", trusting(&ca).await).await;
+    assert_eq!(answer, 200);
+    let text = log_text(&logs);
+    assert!(text.contains("challenge=\"http-01\""), "{text}");
+    assert!(text.contains("ACME http-01 challenge answered"), "{text}");
+    assert!(
+        !text.contains("outcome=\"acme_challenge\""),
+        "no tls-alpn-01"
+    );
+    // Listed with when it renews (this pebble has no renewal information: a third of its
+    // five-year lifetime before its end).
+    let mut admin = proxy.admin().await;
+    let cert = admin
+        .list_routes(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|r| r.certificate)
+        .expect("served with a certificate");
+    let renews = cert.renews_at_ms.expect("a renewal time");
+    let lifetime = cert.not_after_ms - cert.not_before_ms;
+    let expected = cert.not_after_ms - lifetime / 3;
+    assert!(
+        renews.abs_diff(expected) < 5_000,
+        "{renews} against {expected}"
+    );
+    assert!(!cert.renewal_by_ari);
+    assert_eq!(cert.last_error, None);
+}
+
+#[tokio::test]
+async fn with_the_ca_down_at_renewal_the_old_certificate_is_served_and_the_failure_shown() {
+    if !pebble::available() {
+        return;
+    }
+    let (_guard, logs) = capture_logs();
+    let reserved = mc_proxy_tests::ReservedPort::new();
+    let port = reserved.port;
+    // Certificates for 9 s: renewal due 6 s after issue.
+    let mut ca = Pebble::start_with(port, 1, Some(9)).await;
+    let backend = mc_proxy_tests::web::H1Backend::start().await;
+    drop(reserved);
+    let proxy = Proxy::start(&acme_config(
+        &ca,
+        port,
+        &format!(
+            "[[listeners.routes]]\nhostname = \"down.test\"\nbackend = \"{}\"\nmode = \"l7\"\n\
+             backend_protocol = \"http1\"\nacme = true\n",
+            backend.addr
+        ),
+    ))
+    .await;
+    served(&proxy, "down.test").await;
+    let issued = std::time::Instant::now();
+    let client = trusting(&ca).await;
+    let first = served_leaf(proxy.addr(), "down.test", client.clone())
+        .await
+        .unwrap();
+    ca.stop();
+
+    // At renewal time the order fails; the route keeps its certificate and says why.
+    let mut admin = proxy.admin().await;
+    let mut failed = None;
+    while issued.elapsed() < Duration::from_millis(8500) {
+        let cert = admin
+            .list_routes(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find_map(|r| r.certificate)
+            .expect("still served");
+        if cert.last_error.is_some() {
+            failed = Some((cert, issued.elapsed()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (cert, when) = failed.expect("the failed renewal is shown before the end");
+    assert!(
+        when >= Duration::from_secs(5),
+        "not before it was due: {when:?}"
+    );
+    assert!(
+        cert.last_error
+            .as_deref()
+            .unwrap()
+            .contains("talking to the CA"),
+        "{:?}",
+        cert.last_error
+    );
+    let leaf = served_leaf(proxy.addr(), "down.test", client)
+        .await
+        .expect("served all along");
+    assert_eq!(leaf, first, "the old certificate");
+    assert!(log_text(&logs).contains("ACME order failed"));
+    // Retried after a back-off (a minute), not at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let orders = log_text(&logs)
+        .matches("ordering an ACME certificate")
+        .count();
+    assert_eq!(orders, 2, "the first order and one renewal");
 }

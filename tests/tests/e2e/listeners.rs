@@ -291,7 +291,14 @@ async fn a_named_listener_takes_routes_through_its_name() {
     let mut admin = proxy.admin().await;
 
     let (added, warnings) = admin
-        .add_listener_with(ADDED, Some("edge-2"), ListenerUpdate::default())
+        .add_listener_with(
+            ADDED,
+            mc_proxy_shared::client::NewListener {
+                name: Some("edge-2"),
+                ..Default::default()
+            },
+            ListenerUpdate::default(),
+        )
         .await
         .unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
@@ -326,7 +333,14 @@ async fn a_named_listener_takes_routes_through_its_name() {
         ("", tonic::Code::InvalidArgument),
     ] {
         let err = admin
-            .add_listener_with("127.0.0.3:0", Some(name), ListenerUpdate::default())
+            .add_listener_with(
+                "127.0.0.3:0",
+                mc_proxy_shared::client::NewListener {
+                    name: Some(name),
+                    ..Default::default()
+                },
+                ListenerUpdate::default(),
+            )
             .await
             .unwrap_err();
         assert_eq!(err.code(), Some(code), "name {name:?}: {err}");

@@ -24,10 +24,15 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the system's trusted roots usually live (the same file backend TLS reads).
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// The client: a rustls configuration with the roots it trusts.
+/// The client: a rustls configuration with the roots it trusts, and the CA's last
+/// `Retry-After` on a refusal.
 #[derive(Clone)]
 pub struct Client {
     tls: Arc<rustls::ClientConfig>,
+    /// The latest `Retry-After` of a 429 or 503 answer (RFC 8555 §6.6: rate limits; the CA
+    /// busy): instant-acme's errors carry the problem document, not the headers, so the
+    /// manager takes it from here to wait at least that long before ordering again.
+    retry_after: Arc<std::sync::Mutex<Option<std::time::SystemTime>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -60,7 +65,18 @@ impl Client {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(Client { tls: Arc::new(tls) })
+        Ok(Client {
+            tls: Arc::new(tls),
+            retry_after: Arc::default(),
+        })
+    }
+
+    /// The `Retry-After` of the CA's last 429 or 503 answer since the last call, if any.
+    pub fn take_retry_after(&self) -> Option<std::time::SystemTime> {
+        self.retry_after
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     async fn send(&self, req: Request<BodyWrapper<Bytes>>) -> Result<BytesResponse, String> {
@@ -109,7 +125,30 @@ impl Client {
             .send_request(Request::from_parts(parts, body))
             .await
             .map_err(|e| format!("{uri}: {e}"))?;
+        if matches!(
+            response.status(),
+            http::StatusCode::TOO_MANY_REQUESTS | http::StatusCode::SERVICE_UNAVAILABLE
+        ) && let Some(at) = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry_after)
+        {
+            *self
+                .retry_after
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(at);
+        }
         Ok(BytesResponse::from(response))
+    }
+}
+
+/// A `Retry-After` value (RFC 9110 §10.2.3: seconds or an HTTP date) as a moment.
+pub fn retry_after(value: &str) -> Option<std::time::SystemTime> {
+    let value = value.trim();
+    match value.parse::<u64>() {
+        Ok(secs) => Some(std::time::SystemTime::now() + Duration::from_secs(secs)),
+        Err(_) => httpdate::parse_http_date(value).ok(),
     }
 }
 
@@ -128,5 +167,26 @@ impl HttpClient for Client {
                 )),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        let at = retry_after(" 120 ").unwrap();
+        let ahead = at.duration_since(SystemTime::now()).unwrap();
+        assert!(ahead > Duration::from_secs(118) && ahead <= Duration::from_secs(120));
+        let date = retry_after("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        assert_eq!(
+            date.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            1_445_412_480
+        );
+        assert_eq!(retry_after("soon"), None);
+        assert_eq!(retry_after(""), None);
     }
 }

@@ -3,11 +3,14 @@
 //!
 //! I/O: HTTPS to the CA (through `order`), the database (through `Control`, on blocking
 //! threads). When: at start, whenever an acme route is added or changed (`Challenges::wake`),
-//! and at the earliest renewal due (a third of a certificate's lifetime before its end). A
-//! failed order is retried after a back-off that doubles from 1 minute to 6 hours, with up
-//! to 10 % jitter so a fleet of names does not come back at once; the failure is a warn line
-//! and each route's last error (shown with its pending state). The old certificate is served
-//! until the new one is in the database and loaded.
+//! and at the earliest renewal due. The renewal time is the CA's when it offers renewal
+//! information (ARI, RFC 9773: a random moment in its suggested window, asked again after
+//! its `Retry-After`, and the renewal order names the certificate it replaces), else a third
+//! of the certificate's lifetime before its end. A failed order is retried after a back-off
+//! that doubles from 1 minute to 6 hours, with up to 10 % jitter so a fleet of names does
+//! not come back at once, and never before the CA's `Retry-After` when it refused with one
+//! (429, 503); the failure is a warn line and each route's last error (shown with its state).
+//! The old certificate is served until the new one is in the database and loaded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,8 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::http;
 use super::order::{AcmeError, Orderer};
-use super::settings::AcmeConfig;
+use super::settings::{AcmeConfig, ChallengeKind};
 use crate::control::Control;
+use crate::control::apply::AcmeDue;
+use crate::model::state::State;
 
 /// First back-off after a failed order.
 const BACKOFF_MIN: Duration = Duration::from_secs(60);
@@ -26,11 +31,46 @@ const BACKOFF_MIN: Duration = Duration::from_secs(60);
 const BACKOFF_MAX: Duration = Duration::from_secs(6 * 3600);
 /// Longest sleep with nothing due: the task looks again at least this often.
 const IDLE: Duration = Duration::from_secs(3600);
+/// The bounds put on the CA's `Retry-After` for renewal information (RFC 9773 §4.3.2: a
+/// client asks again no sooner than told, and at least daily would be reasonable).
+const ARI_MIN: Duration = Duration::from_secs(60);
+/// See [`ARI_MIN`].
+const ARI_MAX: Duration = Duration::from_secs(24 * 3600);
+/// How long to wait before asking the CA's renewal information again after it failed.
+const ARI_RETRY: Duration = Duration::from_secs(3600);
 
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// What ARI said of one certificate.
+struct Ari {
+    /// The certificate asked about.
+    leaf: Vec<u8>,
+    /// The window (Unix seconds) and the moment picked in it.
+    window: (u64, u64),
+    at: u64,
+    /// Ask again from then.
+    ask_after: u64,
+    /// Named by the renewal order.
+    id: Option<instant_acme::CertificateIdentifier<'static>>,
+}
+
+/// The task's memory between passes.
+struct Task {
+    settings: AcmeConfig,
+    control: Arc<Control>,
+    state: Arc<State>,
+    http: http::Client,
+    orderer: Option<Orderer>,
+    /// Per hostname: no order before this time (Unix seconds), and the next back-off.
+    backoff: HashMap<String, (u64, Duration)>,
+    /// Per hostname: the CA's renewal information.
+    ari: HashMap<String, Ari>,
+    /// Cleared when the directory turns out to have no renewal information.
+    ari_offered: bool,
 }
 
 /// Runs until `shutdown`.
@@ -44,71 +84,18 @@ pub async fn run(settings: AcmeConfig, control: Arc<Control>, shutdown: Cancella
             return;
         }
     };
-    let mut orderer: Option<Orderer> = None;
-    // Per hostname: no order before this time (Unix seconds), and the next back-off.
-    let mut backoff: HashMap<String, (u64, Duration)> = HashMap::new();
+    let mut task = Task {
+        settings,
+        control,
+        state: Arc::clone(&state),
+        http,
+        orderer: None,
+        backoff: HashMap::new(),
+        ari: HashMap::new(),
+        ari_offered: true,
+    };
     loop {
-        let due = blocking(&control, |c| c.acme_due())
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!("ACME: reading the routes failed: {e}");
-                Vec::new()
-            });
-        let mut next = now() + IDLE.as_secs();
-        // An order made: look again at once (its renewal time is due from the database).
-        let mut issued_any = false;
-        for (hostname, renew_at) in due {
-            let t = now();
-            // An operator's `certs renew`: now, whatever the renewal time or the back-off.
-            let forced = state.acme.take_forced(&hostname);
-            if let Some(at) = renew_at.filter(|at| *at > t && !forced) {
-                next = next.min(at);
-                continue;
-            }
-            if let Some((after, _)) = backoff
-                .get(&hostname)
-                .filter(|(after, _)| *after > t && !forced)
-            {
-                next = next.min(*after);
-                continue;
-            }
-            let result = match &orderer {
-                Some(o) => order(o, &control, &hostname).await,
-                None => match account(&settings, &control, http.clone()).await {
-                    Ok(o) => {
-                        let result = order(&o, &control, &hostname).await;
-                        orderer = Some(o);
-                        result
-                    }
-                    Err(e) => Err(e),
-                },
-            };
-            match result {
-                Ok(not_after) => {
-                    issued_any = true;
-                    state
-                        .acme
-                        .orders_issued
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    backoff.remove(&hostname);
-                    state.acme.set_error(&hostname, None);
-                    tracing::info!(route = %hostname, not_after, "ACME certificate issued and served");
-                }
-                Err(e) => {
-                    state
-                        .acme
-                        .orders_failed
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let wait = backoff.get(&hostname).map_or(BACKOFF_MIN, |(_, d)| *d);
-                    let jitter = wait.as_secs() * u64::from(rand_percent()) / 100;
-                    let after = now() + wait.as_secs() + jitter;
-                    backoff.insert(hostname.clone(), (after, (wait * 2).min(BACKOFF_MAX)));
-                    next = next.min(after);
-                    tracing::warn!(route = %hostname, retry_in_s = wait.as_secs() + jitter, "ACME order failed: {e}");
-                    state.acme.set_error(&hostname, Some(e.to_string()));
-                }
-            }
-        }
+        let (next, issued_any) = task.pass().await;
         if issued_any {
             continue;
         }
@@ -119,6 +106,224 @@ pub async fn run(settings: AcmeConfig, control: Arc<Control>, shutdown: Cancella
             () = tokio::time::sleep(sleep) => {}
         }
     }
+}
+
+impl Task {
+    /// Looks at every acme route once, ordering what is due; returns when to look again
+    /// (Unix seconds) and whether a certificate was issued (then look again at once: its
+    /// renewal time is due from the database).
+    async fn pass(&mut self) -> (u64, bool) {
+        let due = blocking(&self.control, |c| c.acme_due())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!("ACME: reading the routes failed: {e}");
+                Vec::new()
+            });
+        let mut next = now() + IDLE.as_secs();
+        let mut issued_any = false;
+        for AcmeDue {
+            hostname,
+            renew_at,
+            leaf,
+        } in due
+        {
+            // An operator's `certs renew`: now, whatever the renewal time or the back-off.
+            let forced = self.state.acme.take_forced(&hostname);
+            let (renew_at, replaces) = match (renew_at, leaf) {
+                (Some(default), Some(leaf)) => self.renewal_time(&hostname, default, leaf).await,
+                (renew_at, _) => (renew_at, None),
+            };
+            if let Some(ari) = self.ari.get(&hostname) {
+                next = next.min(ari.ask_after);
+            }
+            let t = now();
+            if let Some(at) = renew_at.filter(|at| *at > t && !forced) {
+                next = next.min(at);
+                continue;
+            }
+            if let Some((after, _)) = self
+                .backoff
+                .get(&hostname)
+                .filter(|(after, _)| *after > t && !forced)
+            {
+                next = next.min(*after);
+                continue;
+            }
+            match self.order(&hostname, replaces).await {
+                Ok(not_after) => {
+                    issued_any = true;
+                    self.state
+                        .acme
+                        .orders_issued
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.backoff.remove(&hostname);
+                    self.ari.remove(&hostname);
+                    self.state.acme.set_error(&hostname, None);
+                    tracing::info!(route = %hostname, not_after, "ACME certificate issued and served");
+                }
+                Err(e) => {
+                    self.state
+                        .acme
+                        .orders_failed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let wait = self.backoff.get(&hostname).map_or(BACKOFF_MIN, |(_, d)| *d);
+                    let jitter = wait.as_secs() * rand_below(11) / 100;
+                    let mut after = now() + wait.as_secs() + jitter;
+                    // The CA said when it would take another order: not before.
+                    if let Some(told) = self.http.take_retry_after() {
+                        let told = told
+                            .duration_since(UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs())
+                            .min(now() + BACKOFF_MAX.as_secs());
+                        after = after.max(told);
+                    }
+                    self.backoff
+                        .insert(hostname.clone(), (after, (wait * 2).min(BACKOFF_MAX)));
+                    next = next.min(after);
+                    tracing::warn!(route = %hostname, retry_in_s = after.saturating_sub(now()), "ACME order failed: {e}");
+                    self.state.acme.set_error(&hostname, Some(e.to_string()));
+                }
+            }
+        }
+        (next, issued_any)
+    }
+
+    /// When to renew `hostname`'s certificate `leaf`: ARI's pick when the CA offers it (and
+    /// the identifier a renewal order names), else `default`. Recorded for `certs list`.
+    async fn renewal_time(
+        &mut self,
+        hostname: &str,
+        default: u64,
+        leaf: Vec<u8>,
+    ) -> (
+        Option<u64>,
+        Option<instant_acme::CertificateIdentifier<'static>>,
+    ) {
+        let t = now();
+        let fresh = self
+            .ari
+            .get(hostname)
+            .is_some_and(|a| a.leaf == leaf && a.ask_after > t);
+        if self.ari_offered && !fresh && self.account().await.is_ok() {
+            let orderer = self.orderer.as_ref().expect("account() made it");
+            let der = rustls_pki_types::CertificateDer::from(leaf.clone());
+            match orderer.renewal(&der).await {
+                Ok(Some(r)) => {
+                    let before = self
+                        .ari
+                        .get(hostname)
+                        .filter(|a| a.leaf == leaf)
+                        .map(|a| (a.window, a.at));
+                    let at = pick((r.start, r.end), before, t, rand_below);
+                    let ask = r.ask_again.clamp(ARI_MIN, ARI_MAX);
+                    self.ari.insert(
+                        hostname.to_owned(),
+                        Ari {
+                            leaf,
+                            window: (r.start, r.end),
+                            at,
+                            ask_after: t + ask.as_secs(),
+                            id: Some(r.id),
+                        },
+                    );
+                }
+                Ok(None) => {
+                    tracing::info!(
+                        "the ACME directory offers no renewal information (ARI): renewing \
+                         with a third of each certificate's lifetime left"
+                    );
+                    self.ari_offered = false;
+                }
+                Err(e) => {
+                    tracing::warn!(route = %hostname, "ACME renewal information failed (renewing by the default time meanwhile): {e}");
+                    self.ari.insert(
+                        hostname.to_owned(),
+                        Ari {
+                            leaf,
+                            window: (0, 0),
+                            at: default,
+                            ask_after: t + ARI_RETRY.as_secs(),
+                            id: None,
+                        },
+                    );
+                }
+            }
+        }
+        let (at, by_ari, id) = match self.ari.get(hostname).filter(|_| self.ari_offered) {
+            Some(a) => (a.at, a.id.is_some(), a.id.clone()),
+            None => (default, false, None),
+        };
+        self.state.acme.set_renewal(hostname, Some(at), by_ari);
+        (Some(at), id)
+    }
+
+    /// The account, made (or restored) once.
+    async fn account(&mut self) -> Result<&Orderer, AcmeError> {
+        if self.orderer.is_none() {
+            self.orderer = Some(account(&self.settings, &self.control, self.http.clone()).await?);
+        }
+        Ok(self.orderer.as_ref().expect("just made"))
+    }
+
+    /// One order: issued, kept and served; its end (Unix seconds).
+    async fn order(
+        &mut self,
+        hostname: &str,
+        replaces: Option<instant_acme::CertificateIdentifier<'static>>,
+    ) -> Result<u64, AcmeError> {
+        let kinds = usable_kinds(&self.settings, &self.state)?;
+        let control = Arc::clone(&self.control);
+        let orderer = self.account().await?;
+        let result = order(orderer, &control, hostname, &kinds, replaces.clone()).await;
+        match result {
+            // A CA may refuse the `replaces` it cannot match (the certificate was replaced
+            // already, by another order): the renewal goes on without it.
+            Err(AcmeError::Ca(e)) if replaces.is_some() => {
+                tracing::info!(route = %hostname, "the CA refused the renewal's replaces ({e}): ordering without it");
+                order(orderer, &control, hostname, &kinds, None).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// The moment to renew in ARI's `window` (Unix seconds) at `now`: the one picked `before`
+/// for the same window (asking again must not move it), else now if the window has begun,
+/// else a random moment in it (`random(n)`: below `n`), so a fleet's renewals spread out.
+fn pick(
+    window: (u64, u64),
+    before: Option<((u64, u64), u64)>,
+    now: u64,
+    random: impl FnOnce(u64) -> u64,
+) -> u64 {
+    match before {
+        Some((w, at)) if w == window => at,
+        _ if window.0 <= now => now,
+        _ => window.0 + random(window.1.saturating_sub(window.0).max(1)),
+    }
+}
+
+/// The challenge kinds this node can answer now, in the operator's order: http-01 needs one
+/// of its `kind = "http"` listeners.
+fn usable_kinds(settings: &AcmeConfig, state: &State) -> Result<Vec<ChallengeKind>, AcmeError> {
+    let http = state
+        .listeners()
+        .iter()
+        .any(|l| l.kind == mc_proxy_shared::ListenerKind::Http);
+    let kinds: Vec<ChallengeKind> = settings
+        .challenges
+        .iter()
+        .copied()
+        .filter(|k| *k != ChallengeKind::Http01 || http)
+        .collect();
+    if kinds.is_empty() {
+        return Err(AcmeError::Local(
+            "no challenge can be answered: [acme] challenges allows only http-01, which needs \
+             a kind = \"http\" listener (on port 80 for a public CA)"
+                .into(),
+        ));
+    }
+    Ok(kinds)
 }
 
 /// The account: from the database's credentials, else created and kept.
@@ -157,9 +362,13 @@ async fn order(
     orderer: &Orderer,
     control: &Arc<Control>,
     hostname: &str,
+    kinds: &[ChallengeKind],
+    replaces: Option<instant_acme::CertificateIdentifier<'static>>,
 ) -> Result<u64, AcmeError> {
     tracing::info!(route = %hostname, "ordering an ACME certificate");
-    let issued = orderer.order(hostname, &control.state().acme).await?;
+    let issued = orderer
+        .order(hostname, &control.state().acme, kinds, replaces)
+        .await?;
     let label = std::path::Path::new("acme:").join(hostname);
     let key = crate::model::certs::certified_key_from_pem(
         issued.chain_pem.as_bytes(),
@@ -191,10 +400,31 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| crate::control::ChangeError::Internal(format!("ACME task: {e}")))?
 }
 
-/// 0 to 10, from std's per-process random hash keys.
-fn rand_percent() -> u8 {
+/// A number below `n` (at least 1), from std's per-process random hash keys.
+fn rand_below(n: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(now());
-    (h.finish() % 11) as u8
+    h.finish() % n.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ari_picks_a_moment_in_the_window_and_keeps_it_while_the_window_stays() {
+        let window = (1_000, 2_000);
+        // Not begun: somewhere in it, as the random number says.
+        assert_eq!(pick(window, None, 500, |n| n - 1), 1_999);
+        assert_eq!(pick(window, None, 500, |_| 0), 1_000);
+        // Asked again, the same window: the same moment, whatever the dice say now.
+        assert_eq!(pick(window, Some((window, 1_234)), 900, |_| 0), 1_234);
+        // The CA moved the window (an incident: renew early): a new pick.
+        assert_eq!(pick((600, 700), Some((window, 1_234)), 500, |_| 50), 650);
+        // Begun: now.
+        assert_eq!(pick(window, None, 1_500, |_| 0), 1_500);
+        // An empty or inverted window does not divide by zero.
+        assert_eq!(pick((900, 900), None, 500, |n| n - 1), 900);
+    }
 }

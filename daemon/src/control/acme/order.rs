@@ -1,5 +1,6 @@
 //! One ACME order, from `new-order` to the issued chain, for one hostname, validated by
-//! tls-alpn-01 (RFC 8737): the challenge certificate goes into the shared
+//! tls-alpn-01 (RFC 8737) or http-01 (RFC 8555 §8.3), the first of the kinds it is given
+//! that the CA offers: the challenge certificate or token goes into the shared
 //! [`Challenges`] before the CA is told the challenge is ready and comes out when the order
 //! ends, however it ends.
 //!
@@ -14,6 +15,7 @@ use instant_acme::{
     NewOrder, OrderStatus, RetryPolicy,
 };
 
+use super::settings::ChallengeKind;
 use crate::model::acme::{Challenges, challenge_certificate};
 
 /// Why an order did not give a certificate. Whose fault: [`AcmeError::Ca`] the CA's answer
@@ -48,6 +50,20 @@ pub struct Issued {
     pub chain_pem: String,
     /// The leaf's private key (PKCS#8).
     pub key_pem: String,
+}
+
+/// The CA's renewal information for a certificate (RFC 9773).
+#[derive(Debug, Clone)]
+pub struct Renewal {
+    /// The suggested window, Unix seconds: renew at a random moment in it (at once if it
+    /// has begun).
+    pub start: u64,
+    /// See `start`.
+    pub end: u64,
+    /// When to ask again (the answer's `Retry-After`).
+    pub ask_again: Duration,
+    /// The certificate, as a renewal order names what it replaces.
+    pub id: instant_acme::CertificateIdentifier<'static>,
 }
 
 /// The account, ready to order.
@@ -96,18 +112,51 @@ impl Orderer {
         Ok((Orderer { account }, Some(credentials)))
     }
 
-    /// Orders a certificate for `hostname`, answering its tls-alpn-01 challenge through
-    /// `challenges`.
+    /// The CA's renewal window for `leaf` (DER), or `None` when its directory offers no
+    /// renewal information.
+    pub async fn renewal(
+        &self,
+        leaf: &rustls_pki_types::CertificateDer<'_>,
+    ) -> Result<Option<Renewal>, AcmeError> {
+        let id = instant_acme::CertificateIdentifier::try_from(leaf)
+            .map_err(|e| AcmeError::Local(format!("the certificate's identifier: {e}")))?
+            .into_owned();
+        match self.account.renewal_info(&id).await {
+            Ok((info, ask_again)) => {
+                let window = &info.suggested_window;
+                Ok(Some(Renewal {
+                    start: u64::try_from(window.start.unix_timestamp()).unwrap_or(0),
+                    end: u64::try_from(window.end.unix_timestamp()).unwrap_or(0),
+                    ask_again,
+                    id,
+                }))
+            }
+            Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Orders a certificate for `hostname`, answering its challenge through `challenges`
+    /// with the first of `kinds` the CA offers (`kinds`: what this node can answer, in the
+    /// operator's order of preference). `replaces`: the certificate it renews, when the CA
+    /// has renewal information (RFC 9773 §5), so the CA may exempt it from rate limits.
     pub async fn order(
         &self,
         hostname: &str,
         challenges: &Challenges,
+        kinds: &[ChallengeKind],
+        replaces: Option<instant_acme::CertificateIdentifier<'static>>,
     ) -> Result<Issued, AcmeError> {
         let identifiers = [Identifier::Dns(hostname.to_owned())];
-        let mut order = self.account.new_order(&NewOrder::new(&identifiers)).await?;
+        let mut new_order = NewOrder::new(&identifiers);
+        if let Some(replaces) = replaces {
+            new_order = new_order.replaces(replaces);
+        }
+        let mut order = self.account.new_order(&new_order).await?;
         let mut answered = Answered {
             challenges,
             names: Vec::new(),
+            tokens: Vec::new(),
         };
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
@@ -121,16 +170,42 @@ impl Orderer {
                     )));
                 }
             }
-            let mut challenge = authz.challenge(ChallengeType::TlsAlpn01).ok_or_else(|| {
-                AcmeError::Ca(format!(
-                    "the CA offers no tls-alpn-01 challenge for {hostname}"
-                ))
-            })?;
-            let digest = challenge.key_authorization().digest();
+            let offered: Vec<ChallengeType> =
+                authz.challenges.iter().map(|c| c.r#type.clone()).collect();
+            let kind = kinds
+                .iter()
+                .copied()
+                .find(|k| offered.contains(&challenge_type(*k)))
+                .ok_or_else(|| {
+                    let wanted: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+                    AcmeError::Ca(format!(
+                        "the CA offers none of the challenges this node can answer ({}) for \
+                         {hostname}",
+                        wanted.join(", ")
+                    ))
+                })?;
+            let mut challenge = authz
+                .challenge(challenge_type(kind))
+                .expect("the kind was found among the offered challenges");
             let name = challenge.identifier().to_string();
-            let key = challenge_certificate(&name, digest.as_ref()).map_err(AcmeError::Local)?;
-            answered.challenges.insert(&name, key);
-            answered.names.push(name);
+            match kind {
+                ChallengeKind::TlsAlpn01 => {
+                    let digest = challenge.key_authorization().digest();
+                    let key =
+                        challenge_certificate(&name, digest.as_ref()).map_err(AcmeError::Local)?;
+                    answered.challenges.insert(&name, key);
+                    answered.names.push(name);
+                }
+                ChallengeKind::Http01 => {
+                    let token = challenge.token.clone();
+                    let key_authorization = challenge.key_authorization().as_str().to_owned();
+                    answered
+                        .challenges
+                        .insert_token(&name, &token, key_authorization);
+                    answered.tokens.push(token);
+                }
+            }
+            tracing::info!(route = %hostname, challenge = kind.as_str(), "ACME challenge ready");
             challenge.set_ready().await?;
         }
         let retries = RetryPolicy::new().timeout(RETRIES);
@@ -152,16 +227,30 @@ impl Orderer {
     }
 }
 
+/// The protocol's name for a kind.
+fn challenge_type(kind: ChallengeKind) -> ChallengeType {
+    match kind {
+        ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        ChallengeKind::Http01 => ChallengeType::Http01,
+    }
+}
+
 /// The challenges an order put in, taken out when it ends, however it ends.
 struct Answered<'a> {
     challenges: &'a Challenges,
+    /// tls-alpn-01, by name.
     names: Vec<String>,
+    /// http-01, by token.
+    tokens: Vec<String>,
 }
 
 impl Drop for Answered<'_> {
     fn drop(&mut self) {
         for name in &self.names {
             self.challenges.remove(name);
+        }
+        for token in &self.tokens {
+            self.challenges.remove_token(token);
         }
     }
 }

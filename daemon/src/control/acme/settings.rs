@@ -6,11 +6,13 @@
 //! contact = ["mailto:ops@example.com"]
 //! terms_of_service_agreed = true    # required: the CA's terms, read and agreed
 //! ca = "/etc/mc-proxy/private-ca.pem"   # extra roots to trust for the directory
+//! challenges = ["tls-alpn-01", "http-01"]   # the default: in this order of preference
 //! ```
 //!
 //! No I/O but reading `ca` when the settings are checked (so `mc-proxy check` names a bad
-//! file). Challenges: tls-alpn-01 on the route's own listener (http-01 and DNS-01 are not
-//! offered yet); keys: ECDSA P-256.
+//! file). Challenges: tls-alpn-01 on the route's own listener, http-01 on the node's
+//! `kind = "http"` listeners (an order uses the first kind in `challenges` that the CA offers
+//! and this node can answer); DNS-01 is not offered. Keys: ECDSA P-256.
 
 use std::path::PathBuf;
 
@@ -31,6 +33,27 @@ pub struct FileAcme {
     terms_of_service_agreed: bool,
     #[serde(default)]
     ca: Option<PathBuf>,
+    #[serde(default)]
+    challenges: Option<Vec<String>>,
+}
+
+/// An ACME challenge kind this node can answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeKind {
+    /// RFC 8737: a TLS handshake on the route's own listener.
+    TlsAlpn01,
+    /// RFC 8555 §8.3: `GET /.well-known/acme-challenge/TOKEN` on port 80 (an http listener).
+    Http01,
+}
+
+impl ChallengeKind {
+    /// Its name in `[acme] challenges` and in the ACME protocol.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+            ChallengeKind::Http01 => "http-01",
+        }
+    }
 }
 
 /// `[acme]`, checked.
@@ -42,6 +65,8 @@ pub struct AcmeConfig {
     pub contact: Vec<String>,
     /// Extra roots (PEM) to trust for the directory, read from `ca`.
     pub ca_pem: Option<Vec<u8>>,
+    /// The challenge kinds to use, in order of preference (not empty, no repeats).
+    pub challenges: Vec<ChallengeKind>,
 }
 
 impl FileAcme {
@@ -94,10 +119,50 @@ impl FileAcme {
                 }
             },
         };
+        let mut challenges = Vec::new();
+        match self.challenges {
+            None => challenges = vec![ChallengeKind::TlsAlpn01, ChallengeKind::Http01],
+            Some(names) => {
+                for (i, name) in names.iter().enumerate() {
+                    let kind = match name.as_str() {
+                        "tls-alpn-01" => ChallengeKind::TlsAlpn01,
+                        "http-01" => ChallengeKind::Http01,
+                        other => {
+                            problem(
+                                format!("acme.challenges[{i}]"),
+                                format!(
+                                    "unknown challenge {}: expected \"tls-alpn-01\" or \
+                                     \"http-01\" (DNS-01 is not offered)",
+                                    mc_proxy_shared::text::clip(other)
+                                ),
+                            );
+                            ok = false;
+                            continue;
+                        }
+                    };
+                    if challenges.contains(&kind) {
+                        problem(
+                            format!("acme.challenges[{i}]"),
+                            format!("{} is listed twice", kind.as_str()),
+                        );
+                        ok = false;
+                    }
+                    challenges.push(kind);
+                }
+                if names.is_empty() {
+                    problem(
+                        "acme.challenges".into(),
+                        "must name at least one challenge (tls-alpn-01, http-01)".into(),
+                    );
+                    ok = false;
+                }
+            }
+        }
         ok.then_some(AcmeConfig {
             directory,
             contact: self.contact,
             ca_pem,
+            challenges,
         })
     }
 }
@@ -117,6 +182,20 @@ mod tests {
     fn the_terms_must_be_agreed_and_the_directory_is_lets_encrypt_by_default() {
         let c = check("terms_of_service_agreed = true").unwrap();
         assert_eq!(c.directory, LETS_ENCRYPT);
+        assert_eq!(
+            c.challenges,
+            [ChallengeKind::TlsAlpn01, ChallengeKind::Http01]
+        );
+        let c = check("terms_of_service_agreed = true\nchallenges = [\"http-01\"]").unwrap();
+        assert_eq!(c.challenges, [ChallengeKind::Http01]);
+        let e = check(
+            "terms_of_service_agreed = true\nchallenges = [\"dns-01\", \"http-01\", \"http-01\"]",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["acme.challenges[0]", "acme.challenges[2]"]);
+        let e = check("terms_of_service_agreed = true\nchallenges = []").unwrap_err();
+        assert_eq!(e[0].0, "acme.challenges");
         let e = check("").unwrap_err();
         assert_eq!(e[0].0, "acme.terms_of_service_agreed");
         let e = check(
