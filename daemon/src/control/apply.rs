@@ -439,6 +439,9 @@ pub struct Control {
     /// On a cluster node, the fleet's store: fleet-wide changes are written there and
     /// applied from its watch.
     fleet: std::sync::OnceLock<Arc<dyn FleetStore>>,
+    /// On a cluster node, where the fleet shares ACME work (the name locks, the pending
+    /// challenges, the issued certificates).
+    acme_share: std::sync::OnceLock<Arc<dyn crate::control::acme::share::Share>>,
     /// Set (under the store's lock) once the database was released to an upgraded process
     /// ([`Control::release`]): every store access is refused with this text from then on.
     released: Mutex<Option<String>>,
@@ -464,6 +467,7 @@ impl Control {
             config_path: None,
             changes: std::sync::atomic::AtomicU64::new(0),
             fleet: std::sync::OnceLock::new(),
+            acme_share: std::sync::OnceLock::new(),
             released: Mutex::new(None),
         }
     }
@@ -588,13 +592,11 @@ impl Control {
                 if !route.acme || out.iter().any(|d| d.hostname == route.hostname) {
                     continue;
                 }
-                let renew_at =
-                    store
-                        .acme_certificate_dates(&route.hostname)?
-                        .map(|(issued_at, not_after)| {
-                            let lifetime = not_after.saturating_sub(issued_at);
-                            not_after.saturating_sub(lifetime / 3)
-                        });
+                let dates = store.acme_certificate_dates(&route.hostname)?;
+                let renew_at = dates.map(|(issued_at, not_after)| {
+                    let lifetime = not_after.saturating_sub(issued_at);
+                    not_after.saturating_sub(lifetime / 3)
+                });
                 let leaf = store
                     .acme_certificate(&route.hostname)?
                     .and_then(|(chain, _, _)| {
@@ -606,11 +608,21 @@ impl Control {
                 out.push(AcmeDue {
                     hostname: route.hostname,
                     renew_at,
+                    not_after: dates.map(|(_, not_after)| not_after),
                     leaf,
                 });
             }
         }
         Ok(out)
+    }
+
+    /// ACME: the end of the certificate issued for `hostname` (Unix seconds), if the database
+    /// holds one. Blocks on SQLite.
+    pub fn acme_certificate_end(&self, hostname: &str) -> Result<Option<u64>, ChangeError> {
+        Ok(self
+            .store()?
+            .acme_certificate_dates(hostname)?
+            .map(|(_, not_after)| not_after))
     }
 
     /// ACME: keeps an issued certificate (replacing the one before), then serves it: every
@@ -960,20 +972,6 @@ fn update_route(
     listener.forget_not_served(&old);
     replace_route(state, listener, old, valid, origin);
     Ok(applied)
-}
-
-/// The checks of [`Change::UpdateRoute`]: the listener, the route's current name and the
-/// route as it would be after the patch.
-fn updated_route(
-    store: &Store,
-    state: &State,
-    listener: &str,
-    hostname: &str,
-    patch: RoutePatch,
-) -> Result<(Arc<ListenerState>, String, ValidRoute), ChangeError> {
-    let (listener, old, merged) = merged_route(store, state, listener, hostname, patch)?;
-    let valid = validate(&listener, &merged)?;
-    Ok((listener, old, valid))
 }
 
 /// The listener, the route's current name and the route as it would be after the patch,
@@ -1334,6 +1332,8 @@ pub struct AcmeDue {
     pub hostname: String,
     /// When to renew by default (Unix seconds); `None`: no certificate yet.
     pub renew_at: Option<u64>,
+    /// Its certificate's end (Unix seconds), if it has one.
+    pub not_after: Option<u64>,
     /// The certificate's leaf (DER), if it has one.
     pub leaf: Option<Vec<u8>>,
 }
@@ -1742,7 +1742,7 @@ fn validate(listener: &ListenerState, route: &Route) -> Result<ValidRoute, Chang
     if route.acme {
         return Err(ChangeError::Invalid(format!(
             "listener {}, route {}: an acme route is added or updated on its own (not in a \
-             change set) and not on a cluster node yet",
+             change set)",
             listener.addr,
             clip(&route.hostname)
         )));
@@ -2062,6 +2062,17 @@ fn not_in_store(what: &str) -> ChangeError {
 }
 
 impl Control {
+    /// Makes this cluster node's ACME task share its work with the fleet through `share`
+    /// (set once; a second call is ignored).
+    pub fn set_acme_share(&self, share: Arc<dyn crate::control::acme::share::Share>) {
+        let _ = self.acme_share.set(share);
+    }
+
+    /// Where the fleet shares ACME work, on a cluster node.
+    pub fn acme_share(&self) -> Option<&Arc<dyn crate::control::acme::share::Share>> {
+        self.acme_share.get()
+    }
+
     /// Makes this control plane a cluster node's: fleet-wide changes go to `fleet`.
     pub fn set_fleet(&self, fleet: Arc<dyn FleetStore>) {
         let _ = self.fleet.set(fleet);
@@ -2137,7 +2148,9 @@ fn plan(
     change: Change,
 ) -> Result<Plan, ChangeError> {
     match change {
-        Change::AddRoute { listener, route } => plan_add_route(state, fleet, listener, route),
+        Change::AddRoute { listener, route } => {
+            plan_add_route(store, state, fleet, listener, route)
+        }
         Change::UpdateRoute {
             listener,
             hostname,
@@ -2181,25 +2194,75 @@ fn route_key(listener: &ListenerState, hostname: &str) -> FleetKey {
 
 /// [`plan`] for [`Change::AddRoute`].
 fn plan_add_route(
+    store: &Store,
     state: &State,
     fleet: &dyn FleetStore,
     listener: String,
     route: Route,
 ) -> Result<Plan, ChangeError> {
-    let (listener, valid) = new_route(state, &listener, &route)?;
-    let key = route_key(&listener, &valid.route.hostname);
-    if fleet.revision_of(&key).is_some() || listener.routes().get(&valid.route.hostname).is_some() {
+    let (listener, valid) = match route.acme {
+        true => new_fleet_acme_route(store, state, &listener, &route)?,
+        false => {
+            let (listener, valid) = new_route(state, &listener, &route)?;
+            (listener, (valid.route, valid.warnings))
+        }
+    };
+    let (route, warnings) = valid;
+    let key = route_key(&listener, &route.hostname);
+    if fleet.revision_of(&key).is_some() || listener.routes().get(&route.hostname).is_some() {
         return Err(ChangeError::AlreadyExists(format!(
             "route {} already exists on listener {}",
-            valid.route.hostname, listener.addr
+            route.hostname, listener.addr
         )));
     }
     let ops = vec![FleetOp::PutRoute {
         listener: fleet_name(&listener),
-        route: valid.route.clone(),
+        route: route.clone(),
         expect: None,
     }];
-    Ok((ops, route_answer(valid.route, valid.warnings), None))
+    Ok((ops, route_answer(route, warnings), None))
+}
+
+/// A route checked for the fleet's store, with its warnings.
+type Checked = (Route, Vec<String>);
+
+/// [`plan_add_route`]'s checks of an acme route: as [`add_acme_route`] makes them.
+fn new_fleet_acme_route(
+    store: &Store,
+    state: &State,
+    listener: &str,
+    route: &Route,
+) -> Result<(Arc<ListenerState>, Checked), ChangeError> {
+    check_route_fields(route)?;
+    no_acme_without_ca(state)?;
+    let listener = routes_listener(state, listener)?;
+    if let Some(name) = crate::model::routes::route_name(&route.hostname)
+        && listener.not_served_route(&name).is_some()
+    {
+        return Err(ChangeError::AlreadyExists(format!(
+            "route {name} already exists on listener {}",
+            listener.addr
+        )));
+    }
+    let valid = fleet_acme_route(store, &listener, route)?;
+    Ok((listener, valid))
+}
+
+/// An acme route for the fleet's store: its fields checked, the route as stored (the fleet
+/// ships no certificate for it: each node serves the one it holds, its own order's or the
+/// fleet's), with the warning that it waits when this node has no certificate for it yet.
+fn fleet_acme_route(
+    store: &Store,
+    listener: &ListenerState,
+    route: &Route,
+) -> Result<Checked, ChangeError> {
+    Ok(match checked_acme_route(store, listener, route)? {
+        Ok(valid) => (valid.route, valid.warnings),
+        Err(waiting) => (
+            waiting,
+            vec![format!("not served yet: {}", RouteError::AcmePending)],
+        ),
+    })
 }
 
 /// [`plan`] for [`Change::UpdateRoute`].
@@ -2211,18 +2274,25 @@ fn plan_update_route(
     hostname: String,
     patch: RoutePatch,
 ) -> Result<Plan, ChangeError> {
-    let (listener, old, valid) = updated_route(store, state, &listener, &hostname, patch)?;
+    let (listener, old, merged) = merged_route(store, state, &listener, &hostname, patch)?;
+    let (route, warnings) = match merged.acme {
+        true => fleet_acme_route(store, &listener, &merged)?,
+        false => {
+            let valid = validate(&listener, &merged)?;
+            (valid.route, valid.warnings)
+        }
+    };
     let old_key = route_key(&listener, &old);
     let expect = fleet
         .revision_of(&old_key)
         .ok_or_else(|| not_in_store(&format!("route {old}")))?;
     let mut ops = Vec::new();
-    if valid.route.hostname != old {
-        let new_key = route_key(&listener, &valid.route.hostname);
+    if route.hostname != old {
+        let new_key = route_key(&listener, &route.hostname);
         if fleet.revision_of(&new_key).is_some() {
             return Err(ChangeError::AlreadyExists(format!(
                 "route {} already exists on listener {}",
-                valid.route.hostname, listener.addr
+                route.hostname, listener.addr
             )));
         }
         ops.push(FleetOp::DeleteRoute {
@@ -2232,17 +2302,17 @@ fn plan_update_route(
         });
         ops.push(FleetOp::PutRoute {
             listener: fleet_name(&listener),
-            route: valid.route.clone(),
+            route: route.clone(),
             expect: None,
         });
     } else {
         ops.push(FleetOp::PutRoute {
             listener: fleet_name(&listener),
-            route: valid.route.clone(),
+            route: route.clone(),
             expect: Some(expect),
         });
     }
-    Ok((ops, route_answer(valid.route, valid.warnings), None))
+    Ok((ops, route_answer(route, warnings), None))
 }
 
 /// [`plan`] for [`Change::RemoveRoute`].
@@ -2485,36 +2555,56 @@ fn sync_put_route(
     stored: &mut StoredRoutes,
 ) -> Result<(), ChangeError> {
     let listener = listener_by_fleet_name(state, listener)?;
-    let valid = validate(&listener, &route)?;
-    let name = valid.route.hostname.clone();
+    // An acme route is served with the certificate this node holds for it (its own order's
+    // or the fleet's), else stored and listed as waiting for one.
+    let checked = match route.acme {
+        true => checked_acme_route(store, &listener, &route)?,
+        false => Ok(validate(&listener, &route)?),
+    };
+    let wanted = match &checked {
+        Ok(valid) => &valid.route,
+        Err(waiting) => waiting,
+    };
+    let name = wanted.hostname.clone();
     let current = stored_of(stored, store, &listener)?.get(&name).cloned();
     let action = match &current {
-        Some(current) if *current == valid.route => return Ok(()),
+        Some(current)
+            if current == wanted && checked.is_ok() == listener.routes().get(&name).is_some() =>
+        {
+            return Ok(());
+        }
+        Some(current) if current == wanted => ChangeAction::Updated,
         Some(_) => {
-            store.update_route(listener.id, &name, &valid.route)?;
+            store.update_route(listener.id, &name, wanted)?;
             ChangeAction::Updated
         }
         None => {
-            store.create_route(listener.id, &valid.route)?;
+            store.create_route(listener.id, wanted)?;
             ChangeAction::Added
         }
     };
     listener.forget_not_served(&name);
-    tracing::info!(listener = %listener.addr, route = %name, backends = %valid.route.backend_list(), "route {action} from the cluster");
+    tracing::info!(listener = %listener.addr, route = %name, backends = %wanted.backend_list(), "route {action} from the cluster");
     let previous = current.map(|c| c.hostname);
-    stored_of(stored, store, &listener)?.insert(name.clone(), valid.route.clone());
+    stored_of(stored, store, &listener)?.insert(name.clone(), wanted.clone());
     publish_route(
         state,
         listener.addr,
         action,
-        valid.route.clone(),
+        wanted.clone(),
         previous,
         origin,
     );
     let (_, put, dropped) = table_of(tables, &listener);
     put.retain(|p| p.route.hostname != name);
     dropped.retain(|d| *d != name);
-    put.push(valid);
+    match checked {
+        Ok(valid) => put.push(valid),
+        Err(waiting) => {
+            dropped.push(name);
+            wait_for_acme(state, &listener, &waiting);
+        }
+    }
     Ok(())
 }
 

@@ -654,20 +654,14 @@ impl FileConfig {
             &mut warnings,
         );
 
-        // An acme route needs a CA to get its certificate from, and is a single node's for
-        // now (a fleet would order once per node).
+        // An acme route needs a CA to get its certificate from: this node's, or on a
+        // cluster node the fleet's (a node with [acme] orders it, every node serves it).
         for l in &listeners {
             for r in l.routes.iter().filter(|r| r.acme) {
-                let context = format!("listener {}, route {}", l.addr, r.hostname);
-                if acme.is_none() {
+                if acme.is_none() && cluster.is_none() {
                     problem(
-                        context,
+                        format!("listener {}, route {}", l.addr, r.hostname),
                         "acme = true needs an [acme] section (the CA)".into(),
-                    );
-                } else if cluster.is_some() {
-                    problem(
-                        context,
-                        "acme routes are not supported on a [cluster] node yet".into(),
                     );
                 }
             }

@@ -32,6 +32,7 @@ async fn an_order_is_validated_by_tls_alpn_01_on_the_listener_and_chains_to_the_
             challenges,
             &[mc_proxy::control::acme::settings::ChallengeKind::TlsAlpn01],
             None,
+            None,
         ),
     )
     .await
@@ -810,4 +811,126 @@ async fn with_the_ca_down_at_renewal_the_old_certificate_is_served_and_the_failu
         .matches("ordering an ACME certificate")
         .count();
     assert_eq!(orders, 2, "the first order and one renewal");
+}
+
+#[tokio::test]
+async fn on_a_fleet_one_node_orders_any_node_answers_the_ca_and_every_node_serves_it() {
+    if !pebble::available() || !mc_proxy_tests::etcd::available() {
+        return;
+    }
+    let (_guard, logs) = capture_logs();
+    let store = mc_proxy_tests::etcd::EtcdCluster::start(1).await;
+    let reserved = mc_proxy_tests::ReservedPort::new();
+    let port = reserved.port;
+    let ca = Pebble::start(port, 1).await;
+    let backend = mc_proxy_tests::web::H1Backend::start().await;
+    let endpoints: Vec<String> = store.endpoints().iter().map(|e| format!("{e:?}")).collect();
+    let node = |name: &str, addr: &str, acme: bool| {
+        let acme = if acme {
+            format!(
+                "[acme]\ndirectory = {:?}\nca = {:?}\nterms_of_service_agreed = true\n",
+                ca.directory,
+                ca.api_ca.display().to_string()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "{acme}[cluster]\nendpoints = [{}]\nprefix = \"/mc-proxy/acme\"\nname = {name:?}\n\
+             request_timeout = \"4s\"\nconnect_timeout = \"1s\"\nlease_ttl = \"4s\"\n\
+             [[listeners]]\naddr = {addr:?}\nname = \"public\"\n",
+            endpoints.join(", ")
+        )
+    };
+    drop(reserved);
+    // A has no [acme] and is what the CA reaches; B and C may order.
+    let a = Proxy::start(&node("a", &format!("127.0.0.1:{port}"), false)).await;
+    let b = Proxy::start(&node("b", "127.0.0.1:0", true)).await;
+    let c = Proxy::start(&node("c", "127.0.0.1:0", true)).await;
+    for p in [&a, &b, &c] {
+        for _ in 0..1000 {
+            if p.state
+                .cluster()
+                .is_some_and(|v| v.link == mc_proxy::model::cluster::Link::Connected)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // Added through A, which orders nothing itself: waiting, then served by every node.
+    let mut admin = a.admin().await;
+    let (_, warnings) = admin
+        .add_route(
+            "public",
+            mc_proxy_shared::Route {
+                hostname: "fleet.acme.test".into(),
+                backends: vec![mc_proxy_shared::RouteBackend::new(backend.addr.to_string())],
+                mode: mc_proxy_shared::Mode::L7,
+                backend_protocol: mc_proxy_shared::BackendProtocol::Http1,
+                acme: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("waiting for its ACME certificate")),
+        "{warnings:?}"
+    );
+    for p in [&a, &b, &c] {
+        served(p, "fleet.acme.test").await;
+    }
+    let client = trusting(&ca).await;
+    for p in [&a, &b, &c] {
+        assert_eq!(
+            get(p.addr(), "fleet.acme.test", "/", client.clone()).await,
+            200
+        );
+    }
+    // One order in the fleet; its challenge answered by A for the node that ordered.
+    let text = log_text(&logs);
+    assert_eq!(
+        text.matches("ordering an ACME certificate").count(),
+        1,
+        "one node orders:\n{text}"
+    );
+    assert!(
+        text.contains("answering another node's ACME challenge here too"),
+        "{text}"
+    );
+    assert!(
+        text.contains("outcome=\"acme_challenge\""),
+        "A showed the CA"
+    );
+    assert!(
+        text.contains("ACME certificate from the fleet installed and served"),
+        "{text}"
+    );
+    // The same certificate everywhere.
+    let leaf = |p: &Proxy| {
+        let (addr, client) = (p.addr(), client.clone());
+        async move {
+            served_leaf(addr, "fleet.acme.test", client)
+                .await
+                .expect("served")
+        }
+    };
+    let (la, lb, lc) = (leaf(&a).await, leaf(&b).await, leaf(&c).await);
+    assert!(la == lb && lb == lc, "one certificate");
+
+    // A node that joins later takes the fleet's certificate: no second order.
+    let d = Proxy::start(&node("d", "127.0.0.1:0", true)).await;
+    served(&d, "fleet.acme.test").await;
+    assert_eq!(leaf(&d).await, la);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        log_text(&logs)
+            .matches("ordering an ACME certificate")
+            .count(),
+        1
+    );
 }

@@ -19,8 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 use super::http;
-use super::order::{AcmeError, Orderer};
+use super::order::{AcmeError, Issued, Orderer};
 use super::settings::{AcmeConfig, ChallengeKind};
+use super::share::{Held, Share, SharedCertificate};
 use crate::control::Control;
 use crate::control::apply::AcmeDue;
 use crate::model::state::State;
@@ -36,6 +37,8 @@ const IDLE: Duration = Duration::from_secs(3600);
 const ARI_MIN: Duration = Duration::from_secs(60);
 /// See [`ARI_MIN`].
 const ARI_MAX: Duration = Duration::from_secs(24 * 3600);
+/// How soon to look again at a name another node of the fleet is ordering.
+const BUSY_RETRY: Duration = Duration::from_secs(10);
 /// How long to wait before asking the CA's renewal information again after it failed.
 const ARI_RETRY: Duration = Duration::from_secs(3600);
 
@@ -94,6 +97,14 @@ pub async fn run(settings: AcmeConfig, control: Arc<Control>, shutdown: Cancella
         ari: HashMap::new(),
         ari_offered: true,
     };
+    // On a cluster node: not before the fleet's certificates are here (a name without one
+    // on this node may have one in the fleet).
+    if let Some(share) = task.control.acme_share().cloned() {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = share.ready() => {}
+        }
+    }
     loop {
         let (next, issued_any) = task.pass().await;
         if issued_any {
@@ -124,6 +135,7 @@ impl Task {
         for AcmeDue {
             hostname,
             renew_at,
+            not_after,
             leaf,
         } in due
         {
@@ -149,8 +161,8 @@ impl Task {
                 next = next.min(*after);
                 continue;
             }
-            match self.order(&hostname, replaces).await {
-                Ok(not_after) => {
+            match self.order(&hostname, replaces, not_after).await {
+                Ok(Ordered::Issued(not_after)) => {
                     issued_any = true;
                     self.state
                         .acme
@@ -160,6 +172,18 @@ impl Task {
                     self.ari.remove(&hostname);
                     self.state.acme.set_error(&hostname, None);
                     tracing::info!(route = %hostname, not_after, "ACME certificate issued and served");
+                }
+                Ok(Ordered::FromFleet(not_after)) => {
+                    issued_any = true;
+                    self.backoff.remove(&hostname);
+                    self.ari.remove(&hostname);
+                    self.state.acme.set_error(&hostname, None);
+                    tracing::info!(route = %hostname, not_after, "ACME certificate taken from the fleet (another node ordered it)");
+                }
+                Ok(Ordered::Busy) => {
+                    // Another node orders it now: its certificate comes through the fleet.
+                    next = next.min(now() + BUSY_RETRY.as_secs());
+                    tracing::debug!(route = %hostname, "another node is ordering this name");
                 }
                 Err(e) => {
                     self.state
@@ -265,26 +289,106 @@ impl Task {
         Ok(self.orderer.as_ref().expect("just made"))
     }
 
-    /// One order: issued, kept and served; its end (Unix seconds).
+    /// One order: issued, kept and served; its end (Unix seconds). On a cluster node, under
+    /// the fleet's lock on the name, and not when the fleet already has a newer certificate
+    /// than `not_after` (this node's): that one is installed instead.
     async fn order(
         &mut self,
         hostname: &str,
         replaces: Option<instant_acme::CertificateIdentifier<'static>>,
-    ) -> Result<u64, AcmeError> {
+        not_after: Option<u64>,
+    ) -> Result<Ordered, AcmeError> {
         let kinds = usable_kinds(&self.settings, &self.state)?;
         let control = Arc::clone(&self.control);
+        let share = control.acme_share().cloned();
+        let held = match &share {
+            None => None,
+            Some(share) => match share.lock(hostname).await.map_err(AcmeError::Fleet)? {
+                None => return Ok(Ordered::Busy),
+                Some(held) => Some(held),
+            },
+        };
+        let result = self
+            .order_held(
+                hostname,
+                replaces,
+                not_after,
+                &kinds,
+                share.as_deref(),
+                held.as_deref(),
+            )
+            .await;
+        if let Some(held) = held {
+            held.release().await;
+        }
+        result
+    }
+
+    async fn order_held(
+        &mut self,
+        hostname: &str,
+        replaces: Option<instant_acme::CertificateIdentifier<'static>>,
+        not_after: Option<u64>,
+        kinds: &[ChallengeKind],
+        share: Option<&dyn Share>,
+        held: Option<&dyn Held>,
+    ) -> Result<Ordered, AcmeError> {
+        let control = Arc::clone(&self.control);
+        if let Some(share) = share
+            && let Some(theirs) = share
+                .certificate(hostname)
+                .await
+                .map_err(AcmeError::Fleet)?
+            && not_after.is_none_or(|ours| theirs.not_after > ours)
+        {
+            let end = theirs.not_after;
+            blocking(&control, move |c| {
+                c.install_acme_certificate(
+                    &theirs.hostname,
+                    &theirs.chain_pem,
+                    &theirs.key_pem,
+                    theirs.not_after,
+                )
+            })
+            .await
+            .map_err(|e| AcmeError::Local(e.to_string()))?;
+            return Ok(Ordered::FromFleet(end));
+        }
         let orderer = self.account().await?;
-        let result = order(orderer, &control, hostname, &kinds, replaces.clone()).await;
-        match result {
+        let result = match order(orderer, &control, hostname, kinds, replaces.clone(), held).await {
             // A CA may refuse the `replaces` it cannot match (the certificate was replaced
             // already, by another order): the renewal goes on without it.
             Err(AcmeError::Ca(e)) if replaces.is_some() => {
                 tracing::info!(route = %hostname, "the CA refused the renewal's replaces ({e}): ordering without it");
-                order(orderer, &control, hostname, &kinds, None).await
+                order(orderer, &control, hostname, kinds, None, held).await
             }
             other => other,
+        };
+        let (not_after, issued) = result?;
+        if let Some(share) = share {
+            let certificate = SharedCertificate {
+                hostname: hostname.to_owned(),
+                chain_pem: issued.chain_pem,
+                key_pem: issued.key_pem,
+                not_after,
+                node: String::new(),
+            };
+            if let Err(e) = share.publish(&certificate).await {
+                tracing::warn!(route = %hostname, "the certificate is served here but could not be given to the fleet (its nodes will take it at their next look, or order): {e}");
+            }
         }
+        Ok(Ordered::Issued(not_after))
     }
+}
+
+/// What an order came to.
+enum Ordered {
+    /// Issued here: its end.
+    Issued(u64),
+    /// The fleet had a newer one, now installed here: its end.
+    FromFleet(u64),
+    /// Another node of the fleet holds the name's lock.
+    Busy,
 }
 
 /// The moment to renew in ARI's `window` (Unix seconds) at `now`: the one picked `before`
@@ -357,17 +461,18 @@ async fn account(
     Ok(orderer)
 }
 
-/// One order: issued, kept and served; its end (Unix seconds).
+/// One order: issued, kept and served; its end (Unix seconds) and the certificate.
 async fn order(
     orderer: &Orderer,
     control: &Arc<Control>,
     hostname: &str,
     kinds: &[ChallengeKind],
     replaces: Option<instant_acme::CertificateIdentifier<'static>>,
-) -> Result<u64, AcmeError> {
+    fleet: Option<&dyn Held>,
+) -> Result<(u64, Issued), AcmeError> {
     tracing::info!(route = %hostname, "ordering an ACME certificate");
     let issued = orderer
-        .order(hostname, &control.state().acme, kinds, replaces)
+        .order(hostname, &control.state().acme, kinds, replaces, fleet)
         .await?;
     let label = std::path::Path::new("acme:").join(hostname);
     let key = crate::model::certs::certified_key_from_pem(
@@ -380,13 +485,17 @@ async fn order(
     let not_after = crate::model::certs::summary(&key)
         .map(|s| s.not_after)
         .ok_or_else(|| AcmeError::Ca("the issued certificate's validity does not parse".into()))?;
-    let hostname = hostname.to_owned();
+    let (name, chain, key_pem) = (
+        hostname.to_owned(),
+        issued.chain_pem.clone(),
+        issued.key_pem.clone(),
+    );
     blocking(control, move |c| {
-        c.install_acme_certificate(&hostname, &issued.chain_pem, &issued.key_pem, not_after)
+        c.install_acme_certificate(&name, &chain, &key_pem, not_after)
     })
     .await
     .map_err(|e| AcmeError::Local(e.to_string()))?;
-    Ok(not_after)
+    Ok((not_after, issued))
 }
 
 /// Runs a blocking control-plane call off the runtime.

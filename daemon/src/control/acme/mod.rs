@@ -9,5 +9,6 @@ pub mod http;
 pub mod manager;
 pub mod order;
 pub mod settings;
+pub mod share;
 
 pub use order::{AcmeError, Issued, Orderer};

@@ -16,6 +16,7 @@ use instant_acme::{
 };
 
 use super::settings::ChallengeKind;
+use super::share::Pending;
 use crate::model::acme::{Challenges, challenge_certificate};
 
 /// Why an order did not give a certificate. Whose fault: [`AcmeError::Ca`] the CA's answer
@@ -32,6 +33,9 @@ pub enum AcmeError {
     /// This node's side: a key or challenge certificate could not be made.
     #[error("{0}")]
     Local(String),
+    /// The fleet's store (a cluster node's etcd) could not be reached or refused.
+    #[error("the fleet's store: {0}")]
+    Fleet(String),
 }
 
 impl From<instant_acme::Error> for AcmeError {
@@ -140,12 +144,15 @@ impl Orderer {
     /// with the first of `kinds` the CA offers (`kinds`: what this node can answer, in the
     /// operator's order of preference). `replaces`: the certificate it renews, when the CA
     /// has renewal information (RFC 9773 §5), so the CA may exempt it from rate limits.
+    /// `fleet`: on a cluster node, the name's lock, through which each challenge is given to
+    /// every node before the CA is told it is ready (the CA may reach any of them).
     pub async fn order(
         &self,
         hostname: &str,
         challenges: &Challenges,
         kinds: &[ChallengeKind],
         replaces: Option<instant_acme::CertificateIdentifier<'static>>,
+        fleet: Option<&dyn super::share::Held>,
     ) -> Result<Issued, AcmeError> {
         let identifiers = [Identifier::Dns(hostname.to_owned())];
         let mut new_order = NewOrder::new(&identifiers);
@@ -188,22 +195,36 @@ impl Orderer {
                 .challenge(challenge_type(kind))
                 .expect("the kind was found among the offered challenges");
             let name = challenge.identifier().to_string();
-            match kind {
+            let pending = match kind {
                 ChallengeKind::TlsAlpn01 => {
                     let digest = challenge.key_authorization().digest();
                     let key =
                         challenge_certificate(&name, digest.as_ref()).map_err(AcmeError::Local)?;
                     answered.challenges.insert(&name, key);
-                    answered.names.push(name);
+                    answered.names.push(name.clone());
+                    Pending::TlsAlpn01 {
+                        hostname: name,
+                        digest_hex: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+                    }
                 }
                 ChallengeKind::Http01 => {
                     let token = challenge.token.clone();
                     let key_authorization = challenge.key_authorization().as_str().to_owned();
                     answered
                         .challenges
-                        .insert_token(&name, &token, key_authorization);
-                    answered.tokens.push(token);
+                        .insert_token(&name, &token, key_authorization.clone());
+                    answered.tokens.push(token.clone());
+                    Pending::Http01 {
+                        hostname: name,
+                        token,
+                        key_authorization,
+                    }
                 }
+            };
+            if let Some(fleet) = fleet {
+                fleet.put(&pending).await.map_err(|e| {
+                    AcmeError::Local(format!("giving the challenge to the fleet: {e}"))
+                })?;
             }
             tracing::info!(route = %hostname, challenge = kind.as_str(), "ACME challenge ready");
             challenge.set_ready().await?;

@@ -1,13 +1,15 @@
 //! The cluster: this node's link to etcd, through which a fleet of nodes shares one route
 //! table, when `[cluster]` is set. `settings` (the `[cluster]` connection settings),
 //! `client` (the connection, `ClusterError`), `keys` (where each shared object lives),
-//! `doc` (what is stored there), `sync` (the read and write paths, the node registry).
+//! `doc` (what is stored there), `sync` (the read and write paths, the node registry),
+//! `acme` (the name locks, pending challenges and certificates the fleet's ACME shares).
 //!
 //! I/O: the network to etcd, the TLS and password files the settings name, and the PEM
 //! files of the fleet's L7 routes. Imports `model` and `control::apply`, through which every
 //! change it applies goes. Without a `[cluster]` section nothing here runs and SQLite alone
 //! holds the node's state.
 
+pub mod acme;
 pub mod client;
 pub mod doc;
 pub mod keys;
@@ -46,13 +48,25 @@ pub fn start(
     };
     let stored = control.cluster_revision(&cfg.prefix).ok().flatten();
     let cluster = sync::Cluster::new(settings, Arc::clone(control));
+    let acme_cfg = cfg.clone();
     let cfg = Arc::new(cfg.clone());
     let connect: sync::Connector = Arc::new(move || {
         let cfg = Arc::clone(&cfg);
         Box::pin(async move { client::connect(&cfg).await.map_err(|e| e.to_string()) })
     });
     tracing::info!("{}", cluster_summary(&cluster, stored));
-    let run = Arc::clone(&cluster).run(connect, shutdown);
+    // ACME across the fleet: any node answers a validation, one orders each name, every
+    // node serves what was issued. Acme routes may be added on any node of the fleet (one
+    // with [acme] orders them).
+    let acme = acme::AcmeShare::new(acme_cfg, Arc::clone(control), Arc::clone(&connect));
+    control.set_acme_share(Arc::clone(&acme) as _);
+    control.state().acme.enable();
+    let run = {
+        let cluster = Arc::clone(&cluster);
+        async move {
+            tokio::join!(cluster.run(connect, shutdown.clone()), acme.run(shutdown));
+        }
+    };
     (cluster, run)
 }
 

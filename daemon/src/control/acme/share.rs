@@ -1,0 +1,87 @@
+//! What a fleet's nodes share of ACME work, as the ACME task sees it: a lock per name (one
+//! node orders), the pending challenges (any node can answer the CA's validation) and the
+//! issued certificates (every node serves them). The cluster's etcd implements it
+//! (`control::cluster::acme`); a single node has none and keeps all of it to itself.
+//!
+//! No I/O here: the trait and the values that cross it.
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future, as the trait's methods return (no async-trait dependency).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A pending challenge, as every node needs it to answer the CA.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Pending {
+    /// tls-alpn-01: the SHA-256 digest of the key authorization (each node builds its own
+    /// self-signed challenge certificate carrying it).
+    TlsAlpn01 {
+        /// The name validated.
+        hostname: String,
+        /// The digest, hex.
+        digest_hex: String,
+    },
+    /// http-01: the token and its key authorization.
+    Http01 {
+        /// The name validated.
+        hostname: String,
+        /// The token of the URL.
+        token: String,
+        /// The answer.
+        key_authorization: String,
+    },
+}
+
+/// An issued certificate as the fleet keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedCertificate {
+    /// The name it is for.
+    pub hostname: String,
+    /// The chain, PEM, leaf first.
+    pub chain_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// Its end, Unix seconds.
+    pub not_after: u64,
+    /// The node that ordered it.
+    pub node: String,
+}
+
+/// The fleet's side of ACME.
+pub trait Share: Send + Sync + std::fmt::Debug {
+    /// Resolves once the fleet's certificates and challenges have been read (and the ones
+    /// this node lacks installed): before that, a name without a certificate here may have
+    /// one in the fleet, and ordering it would be a wasted order.
+    fn ready(&self) -> BoxFuture<'_, ()>;
+
+    /// Takes the fleet-wide lock on `hostname` for one order. `Ok(None)`: another node holds
+    /// it (it is ordering that name now).
+    fn lock<'a>(
+        &'a self,
+        hostname: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Box<dyn Held>>, String>>;
+
+    /// The fleet's certificate for `hostname`, if it has one.
+    fn certificate<'a>(
+        &'a self,
+        hostname: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SharedCertificate>, String>>;
+
+    /// Gives every node a certificate issued here.
+    fn publish<'a>(
+        &'a self,
+        certificate: &'a SharedCertificate,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// A lock held on a name: what its order publishes goes with it.
+pub trait Held: Send + Sync {
+    /// Publishes a pending challenge for every node to answer; it disappears when the lock is
+    /// released (or this node dies and its lease ends).
+    fn put<'a>(&'a self, challenge: &'a Pending) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Releases the lock and its challenges.
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
