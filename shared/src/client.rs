@@ -736,6 +736,17 @@ pub enum Event {
         /// The certificate's end, ms since the Unix epoch.
         not_after_ms: u64,
     },
+    /// An ACME order ended.
+    AcmeOrder {
+        /// The route's hostname.
+        route: String,
+        /// Issued: the new certificate's end, ms since the Unix epoch.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        not_after_ms: Option<u64>,
+        /// Failed: why.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// A cluster node's link to the fleet's store changed state.
     ClusterLink {
         /// The link as it is now.
@@ -1559,6 +1570,11 @@ impl TryFrom<pb::Event> for TimedEvent {
             },
             Kind::ClusterLink(l) => Event::ClusterLink {
                 link: ClusterLink::from(l),
+            },
+            Kind::AcmeOrder(o) => Event::AcmeOrder {
+                route: o.route,
+                not_after_ms: Some(o.not_after_ms).filter(|ms| *ms != 0),
+                error: Some(o.error).filter(|e| !e.is_empty()),
             },
             Kind::CertificateExpiring(c) => Event::CertificateExpiring {
                 listener: c.listener,

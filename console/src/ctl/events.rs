@@ -46,7 +46,7 @@ pub(super) async fn follow(
 }
 
 /// Every event type, as `--json` names it in `type`.
-pub const EVENT_TYPES: [&str; 11] = [
+pub const EVENT_TYPES: [&str; 12] = [
     "connection_opened",
     "connection_closed",
     "connection_blocked",
@@ -56,6 +56,7 @@ pub const EVENT_TYPES: [&str; 11] = [
     "backend_changed",
     "cluster_link",
     "certificate_expiring",
+    "acme_order",
     "stats",
     "lagged",
 ];
@@ -72,6 +73,7 @@ pub fn event_type(event: &Event) -> &'static str {
         Event::BackendChanged { .. } => "backend_changed",
         Event::ClusterLink { .. } => "cluster_link",
         Event::CertificateExpiring { .. } => "certificate_expiring",
+        Event::AcmeOrder { .. } => "acme_order",
         Event::Stats { .. } => "stats",
         Event::Lagged { .. } => "lagged",
     }
@@ -217,6 +219,20 @@ fn change_text(event: &Event) -> String {
             "cert   {route} on {listener}: its certificate ends {}",
             crate::format::date(*not_after_ms)
         ),
+        Event::AcmeOrder {
+            route,
+            not_after_ms,
+            error,
+        } => match (not_after_ms, error) {
+            (Some(end), _) => format!(
+                "acme   {route}: certificate issued, until {}",
+                crate::format::date(*end)
+            ),
+            (None, error) => format!(
+                "acme   {route}: order FAILED: {}",
+                error.as_deref().unwrap_or("no reason given")
+            ),
+        },
         _ => String::new(),
     }
 }

@@ -483,6 +483,20 @@ impl Data {
                 });
                 Applied::Logged
             }
+            // A failed order is a notice, as an expiring certificate is.
+            Event::AcmeOrder {
+                route,
+                error: Some(error),
+                ..
+            } => {
+                self.note = Some(Note {
+                    text: format!("ACME order for {route} failed: {error}"),
+                    error: true,
+                    at: self.now,
+                });
+                Applied::Logged
+            }
+            Event::AcmeOrder { .. } => Applied::Logged,
             // The listener list itself comes with the next stats tick.
             Event::ListenerChanged { .. }
             | Event::ConnectionBlocked { .. }
@@ -739,6 +753,23 @@ fn change_line(time: &str, event: &Event) -> Option<(LogKind, String)> {
                 "{time} certificate of {route} ends {}",
                 crate::format::date(*not_after_ms)
             ),
+        ),
+        Event::AcmeOrder {
+            route,
+            not_after_ms,
+            error,
+        } => (
+            LogKind::Daemon,
+            match (not_after_ms, error) {
+                (Some(end), _) => format!(
+                    "{time} ACME issued {route}, until {}",
+                    crate::format::date(*end)
+                ),
+                (None, error) => format!(
+                    "{time} ACME order for {route} FAILED: {}",
+                    error.as_deref().unwrap_or("no reason given")
+                ),
+            },
         ),
         _ => return None,
     })

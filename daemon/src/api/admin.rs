@@ -573,6 +573,15 @@ fn event_to_pb(timed: Timed, state: &State) -> pb::Event {
             origin: Some(origin_to_pb(&origin)),
         }),
         Event::ClusterLink(view) => Kind::ClusterLink(cluster_link(&view)),
+        Event::AcmeOrder {
+            route,
+            not_after,
+            error,
+        } => Kind::AcmeOrder(pb::AcmeOrder {
+            route,
+            not_after_ms: not_after.map_or(0, |s| s * 1000),
+            error: error.unwrap_or_default(),
+        }),
         Event::CertificateExpiring {
             listener,
             route,

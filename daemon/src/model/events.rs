@@ -180,6 +180,15 @@ pub enum Event {
         /// The certificate's end, seconds since the Unix epoch.
         not_after: u64,
     },
+    /// An ACME order ended: a certificate issued (and served), or why it failed.
+    AcmeOrder {
+        /// The route's hostname.
+        route: String,
+        /// The new certificate's end, seconds since the Unix epoch; `None`: it failed.
+        not_after: Option<u64>,
+        /// Why it failed.
+        error: Option<String>,
+    },
     /// A cluster node's link to the fleet's store changed state (connected, lost, back).
     ClusterLink(crate::model::cluster::ClusterView),
     /// About a second passed: watchers send a snapshot of the counters as they read this.

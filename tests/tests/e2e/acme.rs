@@ -33,6 +33,7 @@ async fn an_order_is_validated_by_tls_alpn_01_on_the_listener_and_chains_to_the_
             &[mc_proxy::control::acme::settings::ChallengeKind::TlsAlpn01],
             None,
             None,
+            mc_proxy::control::acme::settings::KeyType::EcdsaP384,
         ),
     )
     .await
@@ -81,7 +82,11 @@ async fn an_order_is_validated_by_tls_alpn_01_on_the_listener_and_chains_to_the_
     .unwrap();
     rustls::client::verify_server_name(&leaf, &ServerName::try_from("acme-a.test").unwrap())
         .unwrap();
-    assert!(issued.key_pem.contains("PRIVATE KEY"));
+    // The key type asked for: P-384, in the leaf as in the key.
+    let key = rcgen::KeyPair::from_pem(&issued.key_pem).unwrap();
+    assert_eq!(key.algorithm(), &rcgen::PKCS_ECDSA_P384_SHA384);
+    const SECP384R1: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    assert!(chain[0].windows(SECP384R1.len()).any(|w| w == SECP384R1));
 
     // The account comes back from its credentials: no second account.
     let (_, again) = Orderer::connect(&ca.directory, &[], Some(credentials), client)
@@ -705,13 +710,21 @@ async fn an_order_is_validated_by_http_01_on_the_http_listener_and_served() {
     )
     .replace(
         "terms_of_service_agreed = true\n",
-        "terms_of_service_agreed = true\nchallenges = [\"http-01\"]\n",
+        "terms_of_service_agreed = true\nchallenges = [\"http-01\"]\nkey_type = \"rsa-2048\"\n",
     );
     drop((tls, http));
     let proxy = Proxy::start(&config).await;
     served(&proxy, "web.acme.test").await;
     let answer = get(proxy.addr(), "web.acme.test", "/", trusting(&ca).await).await;
     assert_eq!(answer, 200);
+    // An RSA key, as key_type asked (rsaEncryption in the leaf's public key).
+    const RSA: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+    ];
+    let leaf = served_leaf(proxy.addr(), "web.acme.test", trusting(&ca).await)
+        .await
+        .unwrap();
+    assert!(leaf.windows(RSA.len()).any(|w| w == RSA), "an RSA leaf");
     let text = log_text(&logs);
     assert!(text.contains("challenge=\"http-01\""), "{text}");
     assert!(text.contains("ACME http-01 challenge answered"), "{text}");
@@ -769,9 +782,10 @@ async fn with_the_ca_down_at_renewal_the_old_certificate_is_served_and_the_failu
         .await
         .unwrap();
     ca.stop();
+    let mut admin = proxy.admin().await;
+    let mut events = Box::pin(admin.watch_events().await.unwrap());
 
     // At renewal time the order fails; the route keeps its certificate and says why.
-    let mut admin = proxy.admin().await;
     let mut failed = None;
     while issued.elapsed() < Duration::from_millis(8500) {
         let cert = admin
@@ -805,6 +819,29 @@ async fn with_the_ca_down_at_renewal_the_old_certificate_is_served_and_the_failu
         .expect("served all along");
     assert_eq!(leaf, first, "the old certificate");
     assert!(log_text(&logs).contains("ACME order failed"));
+    // And an event says so.
+    let failed = tokio::time::timeout(Duration::from_secs(5), async {
+        use futures_util::StreamExt;
+        while let Some(event) = events.next().await {
+            if let Ok(mc_proxy_shared::client::TimedEvent {
+                event:
+                    mc_proxy_shared::client::Event::AcmeOrder {
+                        route,
+                        not_after_ms: None,
+                        error: Some(error),
+                    },
+                ..
+            }) = event
+            {
+                return (route, error);
+            }
+        }
+        panic!("the event stream ended");
+    })
+    .await
+    .expect("an acme_order event within 5 s");
+    assert_eq!(failed.0, "down.test");
+    assert!(failed.1.contains("talking to the CA"), "{}", failed.1);
     // Retried after a back-off (a minute), not at once.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let orders = log_text(&logs)

@@ -24,6 +24,7 @@ use super::settings::{AcmeConfig, ChallengeKind};
 use super::share::{Held, Share, SharedCertificate};
 use crate::control::Control;
 use crate::control::apply::AcmeDue;
+use crate::model::events::Event;
 use crate::model::state::State;
 
 /// First back-off after a failed order.
@@ -172,6 +173,11 @@ impl Task {
                     self.ari.remove(&hostname);
                     self.state.acme.set_error(&hostname, None);
                     tracing::info!(route = %hostname, not_after, "ACME certificate issued and served");
+                    self.state.events.publish(|| Event::AcmeOrder {
+                        route: hostname.clone(),
+                        not_after: Some(not_after),
+                        error: None,
+                    });
                 }
                 Ok(Ordered::FromFleet(not_after)) => {
                     issued_any = true;
@@ -206,6 +212,11 @@ impl Task {
                     next = next.min(after);
                     tracing::warn!(route = %hostname, retry_in_s = after.saturating_sub(now()), "ACME order failed: {e}");
                     self.state.acme.set_error(&hostname, Some(e.to_string()));
+                    self.state.events.publish(|| Event::AcmeOrder {
+                        route: hostname.clone(),
+                        not_after: None,
+                        error: Some(e.to_string()),
+                    });
                 }
             }
         }
@@ -354,13 +365,24 @@ impl Task {
             .map_err(|e| AcmeError::Local(e.to_string()))?;
             return Ok(Ordered::FromFleet(end));
         }
+        let key_type = self.settings.key_type;
         let orderer = self.account().await?;
-        let result = match order(orderer, &control, hostname, kinds, replaces.clone(), held).await {
+        let result = match order(
+            orderer,
+            &control,
+            hostname,
+            kinds,
+            replaces.clone(),
+            held,
+            key_type,
+        )
+        .await
+        {
             // A CA may refuse the `replaces` it cannot match (the certificate was replaced
             // already, by another order): the renewal goes on without it.
             Err(AcmeError::Ca(e)) if replaces.is_some() => {
                 tracing::info!(route = %hostname, "the CA refused the renewal's replaces ({e}): ordering without it");
-                order(orderer, &control, hostname, kinds, None, held).await
+                order(orderer, &control, hostname, kinds, None, held, key_type).await
             }
             other => other,
         };
@@ -469,10 +491,18 @@ async fn order(
     kinds: &[ChallengeKind],
     replaces: Option<instant_acme::CertificateIdentifier<'static>>,
     fleet: Option<&dyn Held>,
+    key_type: super::settings::KeyType,
 ) -> Result<(u64, Issued), AcmeError> {
     tracing::info!(route = %hostname, "ordering an ACME certificate");
     let issued = orderer
-        .order(hostname, &control.state().acme, kinds, replaces, fleet)
+        .order(
+            hostname,
+            &control.state().acme,
+            kinds,
+            replaces,
+            fleet,
+            key_type,
+        )
         .await?;
     let label = std::path::Path::new("acme:").join(hostname);
     let key = crate::model::certs::certified_key_from_pem(

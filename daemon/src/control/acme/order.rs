@@ -5,8 +5,9 @@
 //! ends, however it ends.
 //!
 //! I/O: HTTPS to the CA (through [`super::http::Client`]). The private key is generated
-//! here (ECDSA P-256, rcgen through instant-acme), so it never leaves the node but in its
-//! database. Must-staple is never asked for (no OCSP stapling here).
+//! here (rcgen, of the `[acme] key_type`), and the CSR signed with it, so it never leaves the
+//! node but in its database (and a fleet's etcd). Must-staple is never asked for (no OCSP
+//! stapling here).
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use instant_acme::{
     NewOrder, OrderStatus, RetryPolicy,
 };
 
-use super::settings::ChallengeKind;
+use super::settings::{ChallengeKind, KeyType};
 use super::share::Pending;
 use crate::model::acme::{Challenges, challenge_certificate};
 
@@ -153,6 +154,7 @@ impl Orderer {
         kinds: &[ChallengeKind],
         replaces: Option<instant_acme::CertificateIdentifier<'static>>,
         fleet: Option<&dyn super::share::Held>,
+        key_type: KeyType,
     ) -> Result<Issued, AcmeError> {
         let identifiers = [Identifier::Dns(hostname.to_owned())];
         let mut new_order = NewOrder::new(&identifiers);
@@ -241,11 +243,35 @@ impl Orderer {
                 "order for {hostname} is not ready: {why}"
             )));
         }
-        let key_pem = order.finalize().await?;
+        let key_pem = finalize(&mut order, hostname, key_type).await?;
         let chain_pem = order.poll_certificate(&retries).await?;
         drop(answered);
         Ok(Issued { chain_pem, key_pem })
     }
+}
+
+/// Sends the CSR for `hostname` signed by a new key of `key_type`; returns the key (PEM).
+async fn finalize(
+    order: &mut instant_acme::Order,
+    hostname: &str,
+    key_type: KeyType,
+) -> Result<String, AcmeError> {
+    let algorithm = match key_type {
+        KeyType::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        KeyType::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        KeyType::Rsa2048 => &rcgen::PKCS_RSA_SHA256,
+    };
+    let local = |e: rcgen::Error| AcmeError::Local(format!("the certificate request: {e}"));
+    let key = match key_type {
+        KeyType::Rsa2048 => rcgen::KeyPair::generate_rsa_for(algorithm, rcgen::RsaKeySize::_2048),
+        _ => rcgen::KeyPair::generate_for(algorithm),
+    }
+    .map_err(local)?;
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_owned()]).map_err(local)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key).map_err(local)?;
+    order.finalize_csr(csr.der()).await?;
+    Ok(key.serialize_pem())
 }
 
 /// The protocol's name for a kind.

@@ -7,12 +7,14 @@
 //! terms_of_service_agreed = true    # required: the CA's terms, read and agreed
 //! ca = "/etc/mc-proxy/private-ca.pem"   # extra roots to trust for the directory
 //! challenges = ["tls-alpn-01", "http-01"]   # the default: in this order of preference
+//! key_type = "ecdsa-p256"           # the default; or "ecdsa-p384", "rsa-2048"
 //! ```
 //!
 //! No I/O but reading `ca` when the settings are checked (so `mc-proxy check` names a bad
 //! file). Challenges: tls-alpn-01 on the route's own listener, http-01 on the node's
 //! `kind = "http"` listeners (an order uses the first kind in `challenges` that the CA offers
-//! and this node can answer); DNS-01 is not offered. Keys: ECDSA P-256.
+//! and this node can answer); DNS-01 is not offered. Keys: ECDSA P-256 unless `key_type` says
+//! otherwise (P-384, or RSA 2048 for the rare client without ECDSA).
 
 use std::path::PathBuf;
 
@@ -35,6 +37,31 @@ pub struct FileAcme {
     ca: Option<PathBuf>,
     #[serde(default)]
     challenges: Option<Vec<String>>,
+    #[serde(default)]
+    key_type: Option<String>,
+}
+
+/// The key type of the certificates ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyType {
+    /// ECDSA on P-256: small, fast, what every current client takes (the default).
+    #[default]
+    EcdsaP256,
+    /// ECDSA on P-384.
+    EcdsaP384,
+    /// RSA, 2048 bits: for old clients without ECDSA; slower handshakes.
+    Rsa2048,
+}
+
+impl KeyType {
+    /// Its name in `[acme] key_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::EcdsaP256 => "ecdsa-p256",
+            KeyType::EcdsaP384 => "ecdsa-p384",
+            KeyType::Rsa2048 => "rsa-2048",
+        }
+    }
 }
 
 /// An ACME challenge kind this node can answer.
@@ -67,6 +94,8 @@ pub struct AcmeConfig {
     pub ca_pem: Option<Vec<u8>>,
     /// The challenge kinds to use, in order of preference (not empty, no repeats).
     pub challenges: Vec<ChallengeKind>,
+    /// The certificates' key type.
+    pub key_type: KeyType,
 }
 
 impl FileAcme {
@@ -158,11 +187,29 @@ impl FileAcme {
                 }
             }
         }
+        let key_type = match self.key_type.as_deref() {
+            None | Some("ecdsa-p256") => KeyType::EcdsaP256,
+            Some("ecdsa-p384") => KeyType::EcdsaP384,
+            Some("rsa-2048") => KeyType::Rsa2048,
+            Some(other) => {
+                problem(
+                    "acme.key_type".into(),
+                    format!(
+                        "unknown key type {}: expected \"ecdsa-p256\", \"ecdsa-p384\" or \
+                         \"rsa-2048\"",
+                        mc_proxy_shared::text::clip(other)
+                    ),
+                );
+                ok = false;
+                KeyType::default()
+            }
+        };
         ok.then_some(AcmeConfig {
             directory,
             contact: self.contact,
             ca_pem,
             challenges,
+            key_type,
         })
     }
 }
@@ -196,6 +243,11 @@ mod tests {
         assert_eq!(keys, ["acme.challenges[0]", "acme.challenges[2]"]);
         let e = check("terms_of_service_agreed = true\nchallenges = []").unwrap_err();
         assert_eq!(e[0].0, "acme.challenges");
+        assert_eq!(c.key_type, KeyType::EcdsaP256);
+        let c = check("terms_of_service_agreed = true\nkey_type = \"rsa-2048\"").unwrap();
+        assert_eq!(c.key_type, KeyType::Rsa2048);
+        let e = check("terms_of_service_agreed = true\nkey_type = \"dsa\"").unwrap_err();
+        assert_eq!(e[0].0, "acme.key_type");
         let e = check("").unwrap_err();
         assert_eq!(e[0].0, "acme.terms_of_service_agreed");
         let e = check(
