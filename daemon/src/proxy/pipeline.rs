@@ -96,6 +96,15 @@ pub enum ConnError {
     /// Client (or config): no route for the SNI.
     #[error("no route for {0}")]
     UnknownHost(String),
+    /// Config: the SNI's route is stored but not served (its certificate did not load, or
+    /// an acme route waits for its certificate); reset as an unknown host, logged with why.
+    #[error("route {host} is not served: {reason}")]
+    NotServed {
+        /// The SNI.
+        host: String,
+        /// Why (the not-served list's reason).
+        reason: String,
+    },
     /// Backend: the L4 backend could not be set up.
     #[error(transparent)]
     L4(#[from] L4Error),
@@ -126,7 +135,7 @@ impl ConnError {
             }
             ConnError::Hello(sni::ReadError::Parse(_)) => ResetReason::BadHello,
             ConnError::NoSni => ResetReason::NoSni,
-            ConnError::UnknownHost(_) => ResetReason::UnknownHost,
+            ConnError::UnknownHost(_) | ConnError::NotServed { .. } => ResetReason::UnknownHost,
             ConnError::L4(e) => e.reason(),
             ConnError::L7(e) => return Outcome::Closed(e.close_reason()),
         };
@@ -312,7 +321,7 @@ async fn pipeline(
     let route = match &record.sni {
         Some(sni) => listener
             .lookup(sni)
-            .ok_or_else(|| ConnError::UnknownHost(sni.clone()))?,
+            .ok_or_else(|| unknown_host(listener, sni))?,
         None => listener.lookup_no_sni().ok_or(ConnError::NoSni)?,
     };
     tracing::Span::current().record("route", route.hostname());
@@ -487,6 +496,18 @@ async fn read_proxy_header(
         record.client = source;
     }
     Ok(leftover)
+}
+
+/// No route serves `sni`: said with why when a stored route for it is not served (a
+/// certificate that did not load, an acme route waiting for its certificate).
+fn unknown_host(listener: &ListenerState, sni: &str) -> ConnError {
+    match listener.not_served_route(sni) {
+        Some(stored) => ConnError::NotServed {
+            host: sni.to_owned(),
+            reason: stored.reason,
+        },
+        None => ConnError::UnknownHost(sni.to_owned()),
+    }
 }
 
 fn check_firewall(state: &State, client: IpAddr) -> Result<(), ConnError> {

@@ -413,6 +413,21 @@ async fn a_certificate_is_renewed_before_its_end_and_a_refused_order_is_shown_an
         "{reason}"
     );
     assert!(log_text(&logs).contains("ACME order failed"), "a warn line");
+    // Its handshakes are reset, and the log says why.
+    assert!(
+        served_leaf(proxy.addr(), "blocked.test", client.clone())
+            .await
+            .is_err()
+    );
+    assert!(
+        wait_for_log(
+            &logs,
+            "route blocked.test is not served: waiting for its ACME certificate"
+        )
+        .await,
+        "{}",
+        log_text(&logs)
+    );
     let metrics = mc_proxy_tests::web::http1_request(proxy.metrics, "GET", "/metrics", &[]).await;
     assert!(
         metrics
@@ -427,7 +442,22 @@ async fn a_certificate_is_renewed_before_its_end_and_a_refused_order_is_shown_an
             .contains("mcproxy_acme_orders_total{outcome=\"issued\"} 1")
     );
 
-    // Renewed: a new certificate before the first one ends, served without a gap.
+    // Renewed: a new certificate before the first one ends, served without a gap: a client
+    // handshaking back to back meanwhile never fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = tokio::spawn({
+        let (stop, client, addr) = (stop.clone(), client.clone(), proxy.addr());
+        async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match served_leaf(addr, "short.test", client.clone()).await {
+                    Ok(_) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            (ok, failed)
+        }
+    });
     let mut renewed = None;
     while issued.elapsed() < Duration::from_secs(9) {
         let leaf = served_leaf(proxy.addr(), "short.test", client.clone())
@@ -439,6 +469,14 @@ async fn a_certificate_is_renewed_before_its_end_and_a_refused_order_is_shown_an
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = hammer.await.unwrap();
+    assert_eq!(
+        failed, 0,
+        "no failed handshake across the swap ({ok} succeeded)"
+    );
+    assert!(ok > 20, "handshakes went on: {ok}");
     let renewed = renewed.expect("renewed before the first certificate ended");
     assert!(
         renewed >= Duration::from_secs(5),
