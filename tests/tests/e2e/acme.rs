@@ -207,6 +207,18 @@ fn acme_config(ca: &Pebble, port: u16, routes: &str) -> String {
     )
 }
 
+/// An L7 acme route to an HTTP/1.1 `backend`, as the API takes it.
+fn acme_route(hostname: &str, backend: std::net::SocketAddr) -> mc_proxy_shared::Route {
+    mc_proxy_shared::Route {
+        hostname: hostname.into(),
+        backends: vec![mc_proxy_shared::RouteBackend::new(backend.to_string())],
+        mode: mc_proxy_shared::Mode::L7,
+        backend_protocol: mc_proxy_shared::BackendProtocol::Http1,
+        acme: true,
+        ..Default::default()
+    }
+}
+
 /// A client config trusting only pebble's issuing root.
 async fn trusting(ca: &Pebble) -> std::sync::Arc<rustls::ClientConfig> {
     let root = CertificateDer::from_pem_slice(ca.issuer_root_pem().await.as_bytes()).unwrap();
@@ -287,14 +299,7 @@ async fn an_acme_route_waits_then_serves_a_certificate_kept_across_a_restart() {
     let o = admin
         .add_route(
             &proxy.addr().to_string(),
-            mc_proxy_shared::Route {
-                hostname: "api.acme.test".into(),
-                backends: vec![mc_proxy_shared::RouteBackend::new(backend.addr.to_string())],
-                mode: mc_proxy_shared::Mode::L7,
-                backend_protocol: mc_proxy_shared::BackendProtocol::Http1,
-                acme: true,
-                ..Default::default()
-            },
+            acme_route("api.acme.test", backend.addr),
         )
         .await
         .unwrap();
@@ -937,17 +942,7 @@ async fn on_a_fleet_one_node_orders_any_node_answers_the_ca_and_every_node_serve
     // Added through A, which orders nothing itself: waiting, then served by every node.
     let mut admin = a.admin().await;
     let (_, warnings) = admin
-        .add_route(
-            "public",
-            mc_proxy_shared::Route {
-                hostname: "fleet.acme.test".into(),
-                backends: vec![mc_proxy_shared::RouteBackend::new(backend.addr.to_string())],
-                mode: mc_proxy_shared::Mode::L7,
-                backend_protocol: mc_proxy_shared::BackendProtocol::Http1,
-                acme: true,
-                ..Default::default()
-            },
-        )
+        .add_route("public", acme_route("fleet.acme.test", backend.addr))
         .await
         .unwrap();
     assert!(
