@@ -452,34 +452,72 @@ fn usable_kinds(settings: &AcmeConfig, state: &State) -> Result<Vec<ChallengeKin
     Ok(kinds)
 }
 
-/// The account: from the database's credentials, else created and kept.
+/// The account: on a fleet the fleet's, else from the database's credentials, else created
+/// and kept (in the database, and as the fleet's unless another node's came first).
 async fn account(
     settings: &AcmeConfig,
     control: &Arc<Control>,
     http: http::Client,
 ) -> Result<Orderer, AcmeError> {
     let directory = settings.directory.clone();
-    let stored = blocking(control, {
+    let share = control.acme_share().cloned();
+    let fleets = match &share {
+        Some(share) => share.account(&directory).await.map_err(AcmeError::Fleet)?,
+        None => None,
+    };
+    let stored = match fleets {
+        Some(json) => Some(json),
+        None => blocking(control, {
+            let directory = directory.clone();
+            move |c| c.acme_account(&directory)
+        })
+        .await
+        .map_err(|e| AcmeError::Local(e.to_string()))?,
+    };
+    let credentials = |json: &str| {
+        serde_json::from_str(json)
+            .map_err(|e| AcmeError::Local(format!("stored ACME account: {e}")))
+    };
+    let (orderer, created) = Orderer::connect(
+        &directory,
+        &settings.contact,
+        stored.as_deref().map(credentials).transpose()?,
+        http.clone(),
+    )
+    .await?;
+    let Some(created) = created else {
+        // Known already; on a fleet, made the fleet's if it was this node's alone.
+        if let (Some(share), Some(json)) = (&share, &stored) {
+            let _ = share.save_account(&directory, json).await;
+        }
+        return Ok(orderer);
+    };
+    let json = serde_json::to_string(&created)
+        .map_err(|e| AcmeError::Local(format!("ACME account: {e}")))?;
+    // Another node's account came first: that one is the fleet's.
+    if let Some(share) = &share
+        && let Some(theirs) = share
+            .save_account(&directory, &json)
+            .await
+            .map_err(AcmeError::Fleet)?
+    {
+        let (orderer, _) = Orderer::connect(
+            &directory,
+            &settings.contact,
+            Some(credentials(&theirs)?),
+            http,
+        )
+        .await?;
+        tracing::info!("ACME: using the fleet's account at {directory}");
+        return Ok(orderer);
+    }
+    blocking(control, {
         let directory = directory.clone();
-        move |c| c.acme_account(&directory)
+        move |c| c.save_acme_account(&directory, &json)
     })
     .await
     .map_err(|e| AcmeError::Local(e.to_string()))?;
-    let credentials = stored
-        .as_deref()
-        .map(serde_json::from_str)
-        .transpose()
-        .map_err(|e| AcmeError::Local(format!("stored ACME account: {e}")))?;
-    let (orderer, created) =
-        Orderer::connect(&directory, &settings.contact, credentials, http).await?;
-    if let Some(created) = created {
-        let json = serde_json::to_string(&created)
-            .map_err(|e| AcmeError::Local(format!("ACME account: {e}")))?;
-        blocking(control, move |c| c.save_acme_account(&directory, &json))
-            .await
-            .map_err(|e| AcmeError::Local(e.to_string()))?;
-        tracing::info!("ACME account created at {}", settings.directory);
-    }
+    tracing::info!("ACME account created at {directory}");
     Ok(orderer)
 }
 

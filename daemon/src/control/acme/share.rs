@@ -1,6 +1,6 @@
-//! What a fleet's nodes share of ACME work, as the ACME task sees it: a lock per name (one
-//! node orders), the pending challenges (any node can answer the CA's validation) and the
-//! issued certificates (every node serves them). The cluster's etcd implements it
+//! What a fleet's nodes share of ACME work, as the ACME task sees it: one account, a lock per
+//! name (one node orders), the pending challenges (any node can answer the CA's validation)
+//! and the issued certificates (every node serves them). The cluster's etcd implements it
 //! (`control::cluster::acme`); a single node has none and keeps all of it to itself.
 //!
 //! No I/O here: the trait and the values that cross it.
@@ -68,6 +68,18 @@ pub trait Share: Send + Sync + std::fmt::Debug {
         &'a self,
         hostname: &'a str,
     ) -> BoxFuture<'a, Result<Option<SharedCertificate>, String>>;
+
+    /// The fleet's ACME account at `directory` (instant-acme's credentials, JSON), if one
+    /// node made it.
+    fn account<'a>(&'a self, directory: &'a str) -> BoxFuture<'a, Result<Option<String>, String>>;
+
+    /// Keeps the account this node made as the fleet's, unless another node's came first:
+    /// then that one (`Some`) is the fleet's, to be used instead.
+    fn save_account<'a>(
+        &'a self,
+        directory: &'a str,
+        credentials: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, String>>;
 
     /// Gives every node a certificate issued here.
     fn publish<'a>(

@@ -4,7 +4,10 @@
 //!   alive while it orders, so a node that dies mid-order frees the name within the TTL;
 //! - `challenges/<hostname>`: the order's pending challenge, bound to the same lease, so it
 //!   goes when the order ends (the lease is revoked) however it ends;
-//! - `certs/<hostname>`: the last certificate issued for the name, chain and key.
+//! - `certs/<hostname>`: the last certificate issued for the name, chain and key;
+//! - `accounts/<directory, escaped>`: the fleet's ACME account at that CA (its key), made by
+//!   the first node that needed one, so renewals name certificates of their own account
+//!   (ARI's `replaces`) and the CA's per-account limits see one fleet.
 //!
 //! Every node watches that prefix ([`AcmeShare::run`]): another node's challenge is answered
 //! here too (the CA may validate through any node), and a certificate this node lacks (or an
@@ -83,6 +86,14 @@ impl AcmeShare {
             ready: watch::channel(false).0,
             answering: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn account_key(&self, directory: &str) -> String {
+        format!(
+            "{}accounts/{}",
+            self.root,
+            directory.replace('%', "%25").replace('/', "%2F")
+        )
     }
 
     fn key(&self, kind: &str, hostname: &str) -> String {
@@ -427,6 +438,57 @@ impl Share for AcmeShare {
                     .map(Some)
                     .map_err(|e| format!("the fleet's certificate for {hostname}: {e}")),
             }
+        })
+    }
+
+    fn account<'a>(&'a self, directory: &'a str) -> BoxFuture<'a, Result<Option<String>, String>> {
+        Box::pin(async move {
+            let key = self.account_key(directory);
+            let resp = self
+                .call(|mut c| {
+                    let key = key.clone();
+                    async move { c.get(key, None).await }
+                })
+                .await?;
+            Ok(resp
+                .kvs()
+                .first()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        })
+    }
+
+    fn save_account<'a>(
+        &'a self,
+        directory: &'a str,
+        credentials: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, String>> {
+        Box::pin(async move {
+            let key = self.account_key(directory);
+            let txn = Txn::new()
+                .when(vec![Compare::create_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then(vec![TxnOp::put(key.clone(), credentials, None)])
+                .or_else(vec![TxnOp::get(key, None)]);
+            let resp = self
+                .call(|mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await?;
+            if resp.succeeded() {
+                return Ok(None);
+            }
+            let theirs = resp.op_responses().into_iter().find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(get) => get
+                    .kvs()
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                _ => None,
+            });
+            Ok(theirs)
         })
     }
 
