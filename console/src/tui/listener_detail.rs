@@ -65,13 +65,25 @@ impl Component for ListenerDetail {
                     route => route.to_owned(),
                 },
             ),
-            field(
-                "routes",
-                match l.routes_not_served {
-                    0 => l.route_count.to_string(),
-                    n => format!("{} served, {n} not served", l.route_count),
-                },
-            ),
+            match l.kind {
+                mc_proxy_shared::ListenerKind::Http => field(
+                    "kind",
+                    format!(
+                        "plain HTTP: ACME http-01, redirects to https://HOST{}/",
+                        match l.redirect_port {
+                            443 => String::new(),
+                            port => format!(":{port}"),
+                        }
+                    ),
+                ),
+                mc_proxy_shared::ListenerKind::Tls => field(
+                    "routes",
+                    match l.routes_not_served {
+                        0 => l.route_count.to_string(),
+                        n => format!("{} served, {n} not served", l.route_count),
+                    },
+                ),
+            },
             field(
                 "client limits",
                 crate::format::client_limits(&l.client_limits).unwrap_or_else(|| "none".into()),

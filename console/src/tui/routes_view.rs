@@ -307,7 +307,13 @@ impl RoutesView {
             Row::new(vec![
                 Cell::from(fit::address(&l.addr, addr_w)),
                 Cell::from(if l.proxy_protocol { "PROXY" } else { "-" }),
-                right(fit::count(u64::from(l.route_count))),
+                match l.kind {
+                    // An http listener holds no routes: it redirects (its detail says where).
+                    mc_proxy_shared::ListenerKind::Http => right("http".to_owned()),
+                    mc_proxy_shared::ListenerKind::Tls => {
+                        right(fit::count(u64::from(l.route_count)))
+                    }
+                },
                 figure(fit::count(l.active_connections), stale),
                 figure(fit::count(l.accepted), stale),
                 figure(fit::count(l.resets), stale),
