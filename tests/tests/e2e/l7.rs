@@ -269,6 +269,11 @@ async fn http1_keepalive_requests_are_logged_each_at_its_response_end() {
         let log = log_text(&logs);
         let line = log.lines().find(|l| l.contains(&needle)).unwrap();
         assert!(line.contains("protocol=\"HTTP/1.1\""), "{line}");
+        // What carries nothing is left out: no retry, no error.
+        assert!(
+            !line.contains("retries=") && !line.contains("error="),
+            "{line}"
+        );
         assert!(
             line.contains(&format!(" bytes_in={} ", body.len())),
             "{line}"

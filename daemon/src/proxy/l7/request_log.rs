@@ -11,6 +11,9 @@
 //! exactly once whatever ends the response (the last frame, a backend error mid-body, the
 //! client going away, or the request's future dropped before any response).
 //!
+//! Fields that would carry nothing (`backend` when none was asked, `retries` when there was
+//! none, `error` when there was none) are left out, not written empty.
+//!
 //! Invariants: the line is a root event (no parent span), so it carries the connection's id,
 //! listener, client and route as fields of its own: with the text format a span's
 //! `conn{...}:` prefix is not logfmt. Every text value the client controls (host, path,
@@ -152,6 +155,13 @@ impl Drop for RequestLog {
             .target
             .as_ref()
             .map_or_else(String::new, |t| escape(t.as_str().as_bytes(), MAX_PATH));
+        // Fields that would say nothing are left out (a `None` is not written): no backend
+        // asked, no retry, no error. A line is written per request; HAProxy's is 130 bytes.
+        let error = self
+            .error
+            .as_deref()
+            .map(|e| escape(e.as_bytes(), MAX_HOST));
+        let retries = self.trace.tries.saturating_sub(1);
         tracing::info!(
             target: TARGET,
             parent: None,
@@ -164,8 +174,8 @@ impl Drop for RequestLog {
             path = path.as_str(),
             protocol = protocol(self.version),
             status = self.status,
-            backend = self.trace.backend.as_deref().unwrap_or(""),
-            retries = self.trace.tries.saturating_sub(1),
+            backend = self.trace.backend.as_deref(),
+            retries = (retries > 0).then_some(retries),
             node = ctx.node.as_deref(),
             duration_ms = self.started.elapsed().as_millis() as u64,
             bytes_in = self
@@ -175,11 +185,7 @@ impl Drop for RequestLog {
                 .map_or(0, |b| b.load(Ordering::Relaxed)),
             bytes_out = self.bytes_out,
             outcome = self.outcome(),
-            error = self
-                .error
-                .as_deref()
-                .map_or_else(String::new, |e| escape(e.as_bytes(), MAX_HOST))
-                .as_str(),
+            error = error.as_deref(),
             "request"
         );
     }
