@@ -17,7 +17,9 @@
 # CARGO_TARGET_DIR is honoured (the binaries are taken from its release directory); MC_PROXY
 # names another mc-proxy binary to measure (and BENCH another mc-bench; with both set nothing is
 # built). ONLY (all): a subset of
-# "connrate tput l7hs h2 h1 idle l7idle hold", for a quick A/B of one lever.
+# "connrate tput l7hs h2 h1 tlsbe idle l7idle hold", for a quick A/B of one lever. `tlsbe` is
+# L7 re-encryption: the same HTTP/2 client load to a backend over TLS, speaking HTTP/2 (ALPN h2)
+# and HTTP/1.1, mc-proxy's `backend_tls` against HAProxy's `server ... ssl alpn`.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -84,8 +86,9 @@ fi
 
 # --- processes -----------------------------------------------------------------------------------
 TLS_BE=$((PORT_BASE + 1)) RAW_BE=$((PORT_BASE + 2)) H2C_BE=$((PORT_BASE + 3))
+TLSH_BE=$((PORT_BASE + 4))
 MC=$((PORT_BASE + 10)) HA_L4=$((PORT_BASE + 20)) HA_L7=$((PORT_BASE + 21))
-for p in $TLS_BE $RAW_BE $H2C_BE $MC $HA_L4 $HA_L7; do
+for p in $TLS_BE $RAW_BE $H2C_BE $TLSH_BE $MC $HA_L4 $HA_L7; do
     if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
         echo "127.0.0.1:$p is in use; set PORT_BASE to a free range" >&2
         exit 1
@@ -121,7 +124,10 @@ PIDS+=($!)
 PIDS+=($!)
 "$BENCH" h2c-backend --addr 127.0.0.1:$H2C_BE --max-secs 1800 >"$TMP/h2c-backend.log" 2>&1 &
 PIDS+=($!)
-for p in $TLS_BE $RAW_BE $H2C_BE; do wait_port $p; done
+"$BENCH" tls-http-backend --addr 127.0.0.1:$TLSH_BE --cert "$C/tlsbe.test.pem" \
+    --key "$C/tlsbe.test.key" --max-secs 1800 >"$TMP/tls-http-backend.log" 2>&1 &
+PIDS+=($!)
+for p in $TLS_BE $RAW_BE $H2C_BE $TLSH_BE; do wait_port $p; done
 
 # LOGS=1: every L7 request logged, as HAProxy's httplog does.
 MC_ACCESS_LOG=
@@ -133,6 +139,27 @@ backend = \"127.0.0.1:$H2C_BE\"
 mode = \"l7\"
 tls_cert = \"$C/web.test.pem\"
 tls_key = \"$C/web.test.key\"
+${MC_ACCESS_LOG}
+
+# Re-encryption: HTTP/2 and HTTP/1.1 to a backend over TLS, its certificate checked.
+[[listeners.routes]]
+hostname = \"tlsbe.test\"
+backend = \"127.0.0.1:$TLSH_BE\"
+mode = \"l7\"
+tls_cert = \"$C/tlsbe.test.pem\"
+tls_key = \"$C/tlsbe.test.key\"
+backend_tls = true
+backend_protocol = \"h2\"
+${MC_ACCESS_LOG}
+
+[[listeners.routes]]
+hostname = \"tlsbe1.test\"
+backend = \"127.0.0.1:$TLSH_BE\"
+mode = \"l7\"
+tls_cert = \"$C/tlsbe.test.pem\"
+tls_key = \"$C/tlsbe.test.key\"
+backend_tls = true
+backend_protocol = \"http1\"
 ${MC_ACCESS_LOG}"
 write_mc_config() { # with_l7
     cat >"$TMP/mc-proxy.toml" <<EOF
@@ -142,6 +169,7 @@ path = "$TMP/mc-proxy.db"
 [proxy]
 max_connections = $MAXCONN
 shutdown_timeout = "2s"
+backend_ca = "$C/ca.pem"
 
 [[listeners]]
 addr = "127.0.0.1:$MC"
@@ -201,12 +229,22 @@ frontend l7
     mode http
 $HA_HTTPLOG
     option forwardfor
-    bind 127.0.0.1:$HA_L7 ssl crt $C/web.test.haproxy.pem alpn h2,http/1.1
+    bind 127.0.0.1:$HA_L7 ssl crt $C/web.test.haproxy.pem crt $C/tlsbe.test.haproxy.pem alpn h2,http/1.1
+    use_backend tls_h2 if { ssl_fc_sni -i tlsbe.test }
+    use_backend tls_h1 if { ssl_fc_sni -i tlsbe1.test }
     default_backend h2c
 
 backend h2c
     mode http
     server s1 127.0.0.1:$H2C_BE proto h2
+
+backend tls_h2
+    mode http
+    server s1 127.0.0.1:$TLSH_BE ssl verify required ca-file $C/ca.pem sni str(tlsbe.test) alpn h2
+
+backend tls_h1
+    mode http
+    server s1 127.0.0.1:$TLSH_BE ssl verify required ca-file $C/ca.pem sni str(tlsbe1.test) alpn http/1.1
 EOF
 haproxy -c -q -f "$TMP/haproxy.cfg"
 
@@ -325,6 +363,19 @@ if [ "$L7" = 1 ] && "$BENCH" h2load-like --target 127.0.0.1:$MC --sni web.test -
             record h1cpu "$who" "$(awk -v c="$LAST_CPU_S" -v n="$(field "$LAST" requests)" 'BEGIN {printf "%.1f", c * 1e6 / n}')"
         done
     done
+    want tlsbe && say "L7 re-encryption: $H2_CONNS connections x $H2_STREAMS streams to a TLS backend (h2, then HTTP/1.1), $H2_SECS s, $ROUNDS rounds"
+    want tlsbe && for r in $(seq "$ROUNDS"); do
+        for be in tlsbe tlsbe1; do
+            for who in $(order "$r"); do
+                target=127.0.0.1:$MC
+                [ "$who" = ha ] && target=127.0.0.1:$HA_L7
+                run "$who" "$BENCH" h2load-like --target "$target" --sni "$be.test" --ca "$C/ca.pem" \
+                    --concurrency "$H2_CONNS" --streams "$H2_STREAMS" --seconds "$H2_SECS"
+                record "${be}rps" "$who" "$(field "$LAST" rps)"
+                record "${be}cpu" "$who" "$(awk -v c="$LAST_CPU_S" -v n="$(field "$LAST" requests)" 'BEGIN {printf "%.1f", c * 1e6 / n}')"
+            done
+        done
+    done
 else
     L7_NOTE="L7: skipped (mc-proxy L7 not available)"
     say "$L7_NOTE"
@@ -412,6 +463,10 @@ if [ -z "$L7_NOTE" ]; then
     row "  proxy CPU per request (us)" lower reqcpu
     row "L7 HTTP/1.1 requests/s (${H1_CONNS} conns, ${H2_SECS} s)" higher h1rps
     row "  proxy CPU per request (us)" lower h1cpu
+    row "L7 h2 to an h2-over-TLS backend, requests/s" higher tlsberps
+    row "  proxy CPU per request (us)" lower tlsbecpu
+    row "L7 h2 to an HTTP/1.1-over-TLS backend, req/s" higher tlsbe1rps
+    row "  proxy CPU per request (us)" lower tlsbe1cpu
 fi
 row "L4 memory per idle connection (KiB, N=$IDLE_N)" lower idlemem
 if [ -z "$L7_NOTE" ]; then

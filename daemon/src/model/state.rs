@@ -124,7 +124,11 @@ impl Default for ProxyConfig {
             backend_ca: None,
             max_request_head: DEFAULT_MAX_REQUEST_HEAD,
             backend_max_connections: 1024,
-            backend_max_idle: 256,
+            // As many as may be open: a connection idle past `backend_idle_timeout` closes
+            // anyway, so this bounds nothing a quiet backend keeps, and a lower cap closed
+            // connections a busy one needed again at once (a TLS handshake per request past
+            // 256 in flight: docs/BENCHMARKS.md, re-encryption).
+            backend_max_idle: 1024,
             // Under the 5 s keep-alive of Node.js and Apache: the proxy closes an idle
             // connection before the backend does, so a request rarely races a close.
             backend_idle_timeout: Duration::from_secs(4),

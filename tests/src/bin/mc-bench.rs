@@ -1,7 +1,7 @@
 //! `mc-bench`: the load generator and the backends of `bench/run.sh`, which compares mc-proxy
 //! with HAProxy on loopback (see docs/BENCHMARKS.md).
 //!
-//! Backends (`tls-backend`, `raw-backend`, `h2c-backend`) serve until `--max-secs` (default
+//! Backends (`tls-backend`, `raw-backend`, `h2c-backend`, `tls-http-backend`) serve until `--max-secs` (default
 //! 900) so that a crashed script never leaves them behind for long. Load subcommands print
 //! one `RESULT key=value ...` line for the script; every loop in them is bounded by a count
 //! or a deadline, and every network wait by a timeout.
@@ -40,11 +40,14 @@ const OP_TIMEOUT: Duration = Duration::from_secs(10);
 
 const USAGE: &str = "\
 usage: mc-bench SUBCOMMAND [--key value ...]
-  certs DIR                    CA (ca.pem) and leaves a.test, web.test (NAME.pem, NAME.key,
-                               NAME.haproxy.pem = cert + key for HAProxy)
+  certs DIR                    CA (ca.pem) and leaves a.test, web.test, tlsbe.test (also
+                               tlsbe1.test) (NAME.pem, NAME.key, NAME.haproxy.pem = cert +
+                               key for HAProxy)
   tls-backend --addr A --cert P --key P [--max-secs S]   TLS echo server
   raw-backend --addr A [--max-secs S]                     sink for `throughput`
   h2c-backend --addr A [--max-secs S]                     HTTP/2 cleartext, answers 200 \"ok\"
+  tls-http-backend --addr A --cert P --key P [--max-secs S]  HTTP/2 or HTTP/1.1 over TLS
+                               (ALPN h2, http/1.1), answers 200 \"ok\"
   connrate --target A --sni H --ca P --concurrency C --seconds T [--mode echo|handshake]
                                [--groups default|pq]  (handshake: TLS with the proxy itself,
                                close_notify, read to EOF; pq: offer only X25519MLKEM768)
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             "tls-backend" => serve_for(&opts, tls_backend(&opts)).await,
             "raw-backend" => serve_for(&opts, raw_backend(&opts)).await,
             "h2c-backend" => serve_for(&opts, h2c_backend(&opts)).await,
+            "tls-http-backend" => serve_for(&opts, tls_http_backend(&opts)).await,
             "connrate" => connrate(&opts).await,
             "throughput" => throughput(&opts).await,
             "h2load-like" => h2load_like(&opts).await,
@@ -160,8 +164,13 @@ fn certs(opts: &Opts) -> Res<()> {
     std::fs::create_dir_all(&dir)?;
     let pki = Pki::new();
     std::fs::write(dir.join("ca.pem"), pki.ca_pem())?;
-    for name in ["a.test", "web.test"] {
-        let (cert, key) = pki.write_pem(&dir, &[name]);
+    for names in [
+        &["a.test"][..],
+        &["web.test"],
+        &["tlsbe.test", "tlsbe1.test"],
+    ] {
+        let name = names[0];
+        let (cert, key) = pki.write_pem(&dir, names);
         let mut both = std::fs::read(&cert)?;
         both.extend(std::fs::read(&key)?);
         std::fs::write(dir.join(format!("{name}.haproxy.pem")), both)?;
@@ -327,6 +336,32 @@ async fn h2c_backend(opts: &Opts) -> Res<()> {
             .max_concurrent_streams(1000)
             .serve_connection(TokioIo::new(tcp), service)
             .await;
+    })
+    .await
+}
+
+/// The backend of the re-encryption figures: HTTP/2 or HTTP/1.1 (as ALPN picks) over TLS,
+/// answering every request 200 "ok".
+async fn tls_http_backend(opts: &Opts) -> Res<()> {
+    let mut config = Arc::unwrap_or_clone(server_config(
+        Path::new(opts.req("cert")?),
+        Path::new(opts.req("key")?),
+    )?);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    accept_each(opts.addr("addr")?, move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(Ok(tls)) = tokio::time::timeout(OP_TIMEOUT, acceptor.accept(tcp)).await else {
+                return;
+            };
+            let service = service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http2().max_concurrent_streams(1000);
+            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+        }
     })
     .await
 }
