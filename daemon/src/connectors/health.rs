@@ -60,7 +60,7 @@ pub async fn run(shared: Checker, tasks: TaskTracker, shutdown: CancellationToke
         }
         let now = Instant::now();
         for listener in shared.state.listeners().iter() {
-            for route in listener.routes().iter() {
+            for route in listener.routes().unordered() {
                 let check = route.route.health_check.as_ref();
                 for (index, m) in route.backends.members().iter().enumerate() {
                     // An admin change (drain, disable, enable), an ejection's end and a check

@@ -717,12 +717,42 @@ impl State {
     /// versions (same hostname). Counters of hostnames no longer present are dropped.
     pub fn build_table(&self, listener_id: i64, routes: Vec<ValidRoute>) -> RouteTable {
         let mut stats = self.route_stats.lock().expect("route stats lock poisoned");
-        stats.retain(|(id, host), _| {
-            *id != listener_id || routes.iter().any(|r| &r.route.hostname == host)
-        });
+        let present: std::collections::HashSet<&str> =
+            routes.iter().map(|r| r.route.hostname.as_str()).collect();
+        stats.retain(|(id, host), _| *id != listener_id || present.contains(host.as_str()));
         RouteTable::with_stats(routes, |host| {
             Arc::clone(stats.entry((listener_id, host.to_owned())).or_default())
         })
+    }
+
+    /// `listener`'s current table with the routes stored under the names in `remove` taken
+    /// out and `put` in (each replacing any route of its name), as [`RouteTable::patched`]:
+    /// only the routes of `put` are built, each keeping the counters of its earlier versions;
+    /// the counters of a name removed and not put back are dropped. What one admin change
+    /// does, at the cost of the routes it changes, not of the table. The caller swaps the
+    /// result in ([`ListenerState::replace_routes`]) and serialises changes (`control`'s
+    /// store lock), since the table is read here and replaced there.
+    pub fn patch_table(
+        &self,
+        listener: &ListenerState,
+        remove: &[&str],
+        put: Vec<ValidRoute>,
+    ) -> RouteTable {
+        let mut stats = self.route_stats.lock().expect("route stats lock poisoned");
+        let put_back: std::collections::HashSet<&str> =
+            put.iter().map(|r| r.route.hostname.as_str()).collect();
+        for name in remove.iter().filter(|name| !put_back.contains(**name)) {
+            stats.remove(&(listener.id, (*name).to_owned()));
+        }
+        let put: Vec<Arc<RouteInfo>> = put
+            .into_iter()
+            .map(|valid| {
+                let key = (listener.id, valid.route.hostname.clone());
+                let route_stats = Arc::clone(stats.entry(key).or_default());
+                Arc::new(RouteInfo::new(valid, route_stats))
+            })
+            .collect();
+        listener.routes().patched(remove.iter().copied(), put)
     }
 
     /// Where listeners added at run time get their sockets: installed once by the data plane
@@ -900,6 +930,117 @@ mod tests {
             Some(n) => l.with_name(n.to_owned()),
             None => l,
         })
+    }
+
+    /// The names the table property test draws from: exact names, wildcards over them and
+    /// the catch-all, so that exact-over-wildcard and wildcard-over-catch-all both matter.
+    fn pool_name(i: usize) -> String {
+        match i % 4 {
+            0 => format!("n{}.test", i / 4 % 5),
+            1 => format!("*.n{}.test", i / 4 % 5),
+            2 => format!("x.n{}.test", i / 4 % 5),
+            _ if i % 8 == 3 => "*".to_owned(),
+            _ => format!("*.x.n{}.test", i / 4 % 5),
+        }
+    }
+
+    /// One admin change of the property test: `(kind, name, other name, port)`.
+    type Op = (u8, usize, usize, u16);
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// A table patched change by change (`State::patch_table`, what `control` does per
+        /// change) answers every lookup as a table built afresh from the same routes does;
+        /// a route the change did not name is the same `RouteInfo` as before (its
+        /// connections see no new version); counters are kept across a route's versions and
+        /// exist exactly for the routes there are.
+        #[test]
+        fn a_patched_table_answers_as_one_built_afresh(
+            ops in proptest::collection::vec((0u8..3, 0usize..40, 0usize..40, 1u16..60000), 1..80)
+        ) {
+            let ops: Vec<Op> = ops;
+            let state = State::new(
+                ProxyConfig::default(),
+                vec![listener(1, "127.0.0.1:8443", None)],
+                Firewall::default(),
+            );
+            let l = Arc::clone(&state.listeners()[0]);
+            let route = |name: &str, port: u16| Route {
+                hostname: name.to_owned(),
+                backends: vec![mc_proxy_shared::RouteBackend::new(format!("127.0.0.1:{port}"))],
+                ..Route::default()
+            };
+            // The routes as the store would hold them.
+            let mut model = std::collections::BTreeMap::<String, u16>::new();
+            for (kind, a, b, port) in ops {
+                let (a, b) = (pool_name(a), pool_name(b));
+                let (remove, put): (Vec<&str>, Vec<Route>) = match kind {
+                    // An add or an update in place.
+                    0 => (vec![], vec![route(&a, port)]),
+                    // A removal.
+                    1 => (vec![a.as_str()], vec![]),
+                    // A rename of `a` to `b` (or an update when they are the same name).
+                    _ => (vec![a.as_str()], vec![route(&b, port)]),
+                };
+                let before = l.routes();
+                let stats_before: HashMap<String, Arc<RouteStats>> = before
+                    .unordered()
+                    .map(|r| (r.route.hostname.clone(), Arc::clone(&r.stats)))
+                    .collect();
+                for name in &remove {
+                    model.remove(*name);
+                }
+                for r in &put {
+                    model.insert(r.hostname.clone(), r.backends[0].address[10..].parse().unwrap());
+                }
+                let touched: Vec<String> = remove
+                    .iter()
+                    .map(|n| (*n).to_owned())
+                    .chain(put.iter().map(|r| r.hostname.clone()))
+                    .collect();
+                let put = put.into_iter().map(ValidRoute::unchecked).collect();
+                l.replace_routes(state.patch_table(&l, &remove, put));
+                let after = l.routes();
+                for name in model.keys() {
+                    let now = after.get(name).expect("a route of the model");
+                    if !touched.contains(name) {
+                        let was = before.get(name).expect("untouched, so there before");
+                        proptest::prop_assert!(Arc::ptr_eq(&was, &now), "{name} rebuilt");
+                    }
+                    if let Some(stats) = stats_before.get(name) {
+                        proptest::prop_assert!(Arc::ptr_eq(stats, &now.stats), "{name}'s counters");
+                    }
+                }
+            }
+            let table = l.routes();
+            let fresh = RouteTable::new(model.iter().map(|(name, port)| route(name, *port)));
+            let listed = |t: &RouteTable| -> Vec<(String, String)> {
+                t.iter().map(|r| (r.route.hostname.clone(), r.route.backend_list())).collect()
+            };
+            proptest::prop_assert_eq!(listed(&table), listed(&fresh));
+            proptest::prop_assert_eq!(table.len(), model.len());
+            for i in 0..40 {
+                for sni in [
+                    pool_name(i).replace('*', "w"),
+                    format!("y.n{}.test", i % 5),
+                    format!("a.b.n{}.test", i % 5),
+                    "elsewhere.test".to_owned(),
+                ] {
+                    let backend = |t: &RouteTable| t.lookup(&sni).map(|r| r.route.backend_list());
+                    proptest::prop_assert_eq!(backend(&table), backend(&fresh), "{}", sni);
+                }
+            }
+            let mut counted: Vec<String> = state
+                .route_stats
+                .lock()
+                .unwrap()
+                .keys()
+                .map(|(_, host)| host.clone())
+                .collect();
+            counted.sort();
+            proptest::prop_assert_eq!(counted, model.keys().cloned().collect::<Vec<_>>());
+        }
     }
 
     /// One resolution for every request: a listener is found by its name, or by its
