@@ -1717,7 +1717,8 @@ fn checked_rule(rule: &FirewallRule) -> Result<FirewallRule, ChangeError> {
 /// route is kept as it is, loaded key, counters and all (`State::patch_table`), so a change
 /// costs the same on a table of ten routes or ten thousand.
 fn swap_routes(state: &State, listener: &ListenerState, remove: &[&str], put: Vec<ValidRoute>) {
-    listener.replace_routes(state.patch_table(listener, remove, put));
+    let (table, fresh) = state.patch_table(listener, remove, put);
+    listener.patch_routes(table, fresh);
 }
 
 /// Swaps `valid` in for the route stored as `old` and publishes the update.

@@ -341,6 +341,9 @@ pub struct RouteTable {
     wildcard: RouteMap,
     /// The route named `*`: any SNI nothing else matches.
     catch_all: Option<Arc<RouteInfo>>,
+    /// The routes with a health check, by hostname: what the health walk probes every tick
+    /// (the others it looks at only when something may have changed, `connectors::health`).
+    checked: RouteMap,
 }
 
 impl RouteTable {
@@ -387,6 +390,12 @@ impl RouteTable {
 
     /// Inserts (or replaces) a route under its hostname.
     fn put(&mut self, info: Arc<RouteInfo>) {
+        if info.route.health_check.is_some() {
+            let name = info.route.hostname.clone();
+            self.checked.insert_mut(name, Arc::clone(&info));
+        } else {
+            self.checked.remove_mut(&info.route.hostname);
+        }
         if info.route.hostname == CATCH_ALL {
             self.catch_all = Some(info);
             return;
@@ -399,6 +408,7 @@ impl RouteTable {
 
     /// Removes the route stored under `hostname`, if any.
     fn take(&mut self, hostname: &str) {
+        self.checked.remove_mut(hostname);
         if hostname == CATCH_ALL {
             self.catch_all = None;
             return;
@@ -458,6 +468,11 @@ impl RouteTable {
             .values()
             .chain(self.wildcard.values())
             .chain(self.catch_all.as_ref())
+    }
+
+    /// The routes with a health check, in no particular order.
+    pub fn checked(&self) -> impl Iterator<Item = &Arc<RouteInfo>> {
+        self.checked.values()
     }
 
     /// Number of routes in the table.
@@ -725,6 +740,41 @@ mod tests {
         assert!(valid.route.access_log);
         assert_eq!(valid.warnings.len(), 1, "{:?}", valid.warnings);
         assert!(valid.warnings[0].starts_with("access_log is set on an l4 route"));
+    }
+
+    /// The health walk probes the routes `checked` lists every tick and looks at the others
+    /// only when something may have changed: a route is listed exactly while it has a check.
+    #[test]
+    fn checked_lists_exactly_the_routes_with_a_health_check() {
+        let with_check = |name: &str| Route {
+            health_check: Some(HealthCheck::default()),
+            ..route(name, "127.0.0.1:1")
+        };
+        let info = |r: Route| Arc::new(RouteInfo::new(ValidRoute::unchecked(r), Arc::default()));
+        let names = |t: &RouteTable| {
+            let mut v: Vec<String> = t.checked().map(|r| r.route.hostname.clone()).collect();
+            v.sort();
+            v
+        };
+        let table = RouteTable::new([
+            with_check("a.test"),
+            route("b.test", "127.0.0.1:1"),
+            with_check("*.c.test"),
+            with_check("*"),
+        ]);
+        assert_eq!(names(&table), ["*", "*.c.test", "a.test"]);
+        // The check removed from a.test, added to b.test, *.c.test removed.
+        let table = table.patched(
+            ["*.c.test"],
+            [
+                info(route("a.test", "127.0.0.1:2")),
+                info(with_check("b.test")),
+            ],
+        );
+        assert_eq!(names(&table), ["*", "b.test"]);
+        let table = table.patched(["*", "b.test"], []);
+        assert!(names(&table).is_empty());
+        assert_eq!(table.len(), 1);
     }
 
     #[test]

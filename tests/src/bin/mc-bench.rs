@@ -52,6 +52,7 @@ usage: mc-bench SUBCOMMAND [--key value ...]
   h2load-like --target A --sni H --ca P --concurrency C --streams S --seconds T [--http 1]
   idle --target A --sni H --ca P --count N --hold-secs S [--mode l4|tls|h2]
   routes --socket P --listener L --routes N --changes M [--batch B] [--backend A] [--fill api|none]
+                               [--rate R]  (R changes a second; default back to back)
                                fills L with N L4 routes (half exact, half wildcard; `none`: they
                                are there already, as `route_name(i)`), then times M single
                                changes through the admin API (add, update, remove in turn)";
@@ -814,7 +815,17 @@ async fn routes(opts: &Opts) -> Res<()> {
 
     let kinds = ["add", "update", "remove"];
     let mut times: [Vec<Duration>; 3] = Default::default();
+    // `--rate R`: a change every 1/R s (a fleet's stream) rather than back to back.
+    let rate: f64 = opts.num("rate", Some(0.0))?;
+    let mut pace = (rate > 0.0).then(|| {
+        let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        pace
+    });
     for j in 0..m {
+        if let Some(pace) = pace.as_mut() {
+            pace.tick().await;
+        }
         let kind = j % 3;
         // One added route per round of three: added, a filled route updated, removed.
         let added = format!("c{}.change.test", j / 3);
