@@ -3,9 +3,11 @@
 //! I/O: per probe, on L4 routes a TCP connect and a TLS handshake (the certificate not
 //! verified: see [`AnyCertificate`]); on L7 routes without a `path` a TCP connect; with a
 //! `path` an HTTP `GET path` through the L7 pool, in the route's backend protocol and TLS,
-//! checked against the expected statuses. Each result is kept with its time and latency. One task ([`run`]) looks every [`TICK`] for members whose
-//! next probe is due and starts each probe as a task of its own on the same tracker, so a
-//! slow backend never delays another's check; a member has at most one probe running
+//! checked against the expected statuses. Each result is kept with its time and latency.
+//! One task ([`run`]) looks every [`TICK`] for members whose next probe is due (at the routes
+//! with a check; at the others only when something may have changed there, see [`run`]) and
+//! starts each probe as a task of its own on the same tracker, so a slow backend never
+//! delays another's check; a member has at most one probe running
 //! (`MemberHealth::probe_due`). Results go to the member's health (`rise`/`fall`), and state
 //! changes are logged and published (`State::backend_changed`). The same walk publishes the
 //! state changes admin writes made (drain, disable, enable: the route was swapped with the
