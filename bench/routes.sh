@@ -7,12 +7,14 @@
 #
 # Knobs (environment): SIZES ("10 1000 10000"), CHANGES (300), BATCH (1000, routes per change
 # set of the fill), FILL (api: through the admin API in change sets; toml: seeded from the
-# config file at first start, for builds whose change sets are slow to fill). MC_PROXY and
-# BENCH name the binaries (else the release builds of this tree, built first).
+# config file at first start, for builds whose change sets are slow to fill), RATE (0: changes
+# back to back; R: R changes a second, a fleet's stream). MC_PROXY and BENCH name the binaries
+# (else the release builds of this tree, built first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIZES=${SIZES:-"10 1000 10000"} CHANGES=${CHANGES:-300} BATCH=${BATCH:-1000} FILL=${FILL:-api}
+RATE=${RATE:-0}
 TARGET=${CARGO_TARGET_DIR:-target}/release
 if [ -z "${MC_PROXY:-}" ] || [ -z "${BENCH:-}" ]; then
     cargo build --release -q -p mc-proxy -p mc-proxy-tests --bin mc-proxy --bin mc-bench
@@ -58,7 +60,7 @@ TOML
     fill=api
     [ "$FILL" = toml ] && fill=none
     "$BENCH" routes --socket "$dir/mc.sock" --listener edge --routes "$n" --changes "$CHANGES" \
-        --batch "$BATCH" --fill "$fill"
+        --batch "$BATCH" --fill "$fill" --rate "$RATE"
     kill "$PID"
     wait "$PID" 2>/dev/null || true
     PID=
