@@ -13,13 +13,15 @@
 # `warn` and HAProxy not at all, like the issue's harness; 1: as deployed, both to a file: a
 # line per L4 connection (mc-proxy's connection line, HAProxy `option tcplog`) and a line per
 # L7 request (the route's `access_log`, HAProxy `option httplog`), and the bytes per line of
-# each reported), PORT_BASE (24100: ports PORT_BASE+1..+21 on 127.0.0.1 must be free).
+# each reported), PORT_BASE (24100: ports PORT_BASE+1..+21 on 127.0.0.1 must be free),
+# ROUTES_N (10000) for `routes`: L4 CPU per connection through a second mc-proxy whose
+# listener holds ROUTES_N more routes (half exact, half wildcard), against the two-route one.
 # CARGO_TARGET_DIR is honoured (the binaries are taken from its release directory); MC_PROXY
 # names another mc-proxy binary to measure (and BENCH another mc-bench; with both set nothing is
 # built). ONLY (all): a subset of
-# "connrate tput l7hs h2 h1 tlsbe idle l7idle hold", for a quick A/B of one lever. `tlsbe` is
-# L7 re-encryption: the same HTTP/2 client load to a backend over TLS, speaking HTTP/2 (ALPN h2)
-# and HTTP/1.1, mc-proxy's `backend_tls` against HAProxy's `server ... ssl alpn`.
+# "connrate routes tput l7hs h2 h1 tlsbe idle l7idle hold", for a quick A/B of one lever.
+# `tlsbe` is L7 re-encryption: the same HTTP/2 client load to a backend over TLS, speaking
+# HTTP/2 (ALPN h2) and HTTP/1.1, mc-proxy's `backend_tls` against HAProxy's `server ... ssl alpn`.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -34,6 +36,7 @@ IDLE_N=${IDLE_N:-5000}
 IDLE_L7_N=${IDLE_L7_N:-2000}
 IDLE_HOLD=${IDLE_HOLD:-3}
 HOLD_N=${HOLD_N:-10000}
+ROUTES_N=${ROUTES_N:-10000}
 LOGS=${LOGS:-0}
 PORT_BASE=${PORT_BASE:-24100}
 ONLY=${ONLY:-}
@@ -87,8 +90,8 @@ fi
 # --- processes -----------------------------------------------------------------------------------
 TLS_BE=$((PORT_BASE + 1)) RAW_BE=$((PORT_BASE + 2)) H2C_BE=$((PORT_BASE + 3))
 TLSH_BE=$((PORT_BASE + 4))
-MC=$((PORT_BASE + 10)) HA_L4=$((PORT_BASE + 20)) HA_L7=$((PORT_BASE + 21))
-for p in $TLS_BE $RAW_BE $H2C_BE $TLSH_BE $MC $HA_L4 $HA_L7; do
+MC=$((PORT_BASE + 10)) MC_BIG=$((PORT_BASE + 11)) HA_L4=$((PORT_BASE + 20)) HA_L7=$((PORT_BASE + 21))
+for p in $TLS_BE $RAW_BE $H2C_BE $TLSH_BE $MC $MC_BIG $HA_L4 $HA_L7; do
     if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
         echo "127.0.0.1:$p is in use; set PORT_BASE to a free range" >&2
         exit 1
@@ -97,10 +100,10 @@ done
 
 TMP=$(mktemp -d /tmp/mc-bench.XXXXXX)
 PIDS=()
-MC_PID= HA_PID=
+MC_PID= HA_PID= BIG_PID=
 cleanup() {
     local rc=$?
-    for pid in "${PIDS[@]}" $MC_PID $HA_PID; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}" $MC_PID $HA_PID $BIG_PID; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     if [ "$rc" = 0 ]; then rm -rf "$TMP"; else echo "failed; logs kept in $TMP" >&2; fi
 }
@@ -270,8 +273,8 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' /proc/"$1"/status; }
 field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1 == k {print $2}'; }
 record() { echo "$3" >>"$TMP/res.$1.$2"; } # metric who value
 median() { [ -s "$TMP/res.$1.$2" ] && sort -g "$TMP/res.$1.$2" | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}' || echo -; }
-pid_of() { case $1 in mc) echo "$MC_PID" ;; ha) echo "$HA_PID" ;; *) echo ;; esac; }
-l4_target() { case $1 in mc) echo 127.0.0.1:$MC ;; ha) echo 127.0.0.1:$HA_L4 ;; direct) echo "127.0.0.1:$2" ;; esac; }
+pid_of() { case $1 in mc) echo "$MC_PID" ;; ha) echo "$HA_PID" ;; big) echo "$BIG_PID" ;; *) echo ;; esac; }
+l4_target() { case $1 in mc) echo 127.0.0.1:$MC ;; ha) echo 127.0.0.1:$HA_L4 ;; big) echo 127.0.0.1:$MC_BIG ;; direct) echo "127.0.0.1:$2" ;; esac; }
 order() { # round -> the order of the contenders in it (alternating who goes first)
     if (($1 % 2)); then echo "mc ha ${2:-}"; else echo "ha mc ${2:-}"; fi
 }
@@ -309,6 +312,60 @@ want connrate && for r in $(seq "$ROUNDS"); do
         [ "$who" = direct ] || record conncpu "$who" "$(awk -v c="$LAST_CPU_S" -v n="$conns" 'BEGIN {printf "%.1f", c * 1e6 / n}')"
     done
 done
+
+# The route table's size (issue 35): the same L4 job through a second mc-proxy, its listener
+# holding ROUTES_N more routes (`mc-bench routes`' names: even exact, odd wildcard), alternating
+# with the two-route one.
+if want routes; then
+    say "L4 new TLS connections/s with $ROUTES_N more routes: $CONC clients, $SECS s, $ROUNDS rounds"
+    mkdir -p "$TMP/big"
+    sed -e "s#$TMP/mc-proxy.db#$TMP/big/mc-proxy.db#" -e "s#127.0.0.1:$MC\"#127.0.0.1:$MC_BIG\"#" \
+        "$TMP/mc-proxy.toml" >"$TMP/big/mc-proxy.toml"
+    awk -v n="$ROUTES_N" 'BEGIN {
+        for (i = 0; i < n; i++) {
+            h = (i % 2 == 0) ? "r" i ".fill.test" : "*.r" i ".fill.test"
+            printf "[[listeners.routes]]\nhostname = \"%s\"\nbackend = \"127.0.0.1:9\"\n", h
+        }
+    }' >>"$TMP/big/mc-proxy.toml"
+    printf '[admin]\nsocket = "%s"\n' "$TMP/big/admin.sock" >>"$TMP/big/mc-proxy.toml"
+    RUST_LOG=$MC_LOG "$MC_PROXY" --config "$TMP/big/mc-proxy.toml" >>"$TMP/big/mc-proxy.log" 2>&1 &
+    BIG_PID=$!
+    wait_port $MC_BIG
+    sleep 1
+    for r in $(seq "$ROUNDS"); do
+        for who in $( ((r % 2)) && echo "mc big" || echo "big mc"); do
+            run "$who" "$BENCH" connrate --target "$(l4_target "$who")" --sni a.test \
+                --ca "$C/ca.pem" --concurrency "$CONC" --seconds "$SECS"
+            record routesrate "$who" "$(field "$LAST" conn_per_sec)"
+            record routescpu "$who" "$(awk -v c="$LAST_CPU_S" -v n="$(field "$LAST" conns)" 'BEGIN {printf "%.1f", c * 1e6 / n}')"
+        done
+    done
+    # L7 requests while 10 route changes a second are applied to the large table, against
+    # the same load quiet: the p99, and what each change took.
+    if [ "$L7" = 1 ]; then
+        say "L7 h2 at $ROUTES_N routes, quiet and with 10 route changes/s: $ROUNDS rounds"
+        for r in $(seq "$ROUNDS"); do
+            run big "$BENCH" h2load-like --target 127.0.0.1:$MC_BIG --sni web.test --ca "$C/ca.pem" \
+                --concurrency "$H2_CONNS" --streams "$H2_STREAMS" --seconds "$H2_SECS"
+            record routesquiet big "$(field "$LAST" p99_ms)"
+            "$BENCH" routes --socket "$TMP/big/admin.sock" --listener 127.0.0.1:$MC_BIG \
+                --routes "$ROUTES_N" --fill none --rate 10 --changes $((H2_SECS * 10)) \
+                >"$TMP/big/changes.$r" 2>>"$TMP/bench.err" &
+            CH=$!
+            run big "$BENCH" h2load-like --target 127.0.0.1:$MC_BIG --sni web.test --ca "$C/ca.pem" \
+                --concurrency "$H2_CONNS" --streams "$H2_STREAMS" --seconds "$H2_SECS"
+            record routesbusy big "$(field "$LAST" p99_ms)"
+            wait $CH
+            changes=$(grep '^RESULT' "$TMP/big/changes.$r")
+            printf '   changes %s\n' "${changes#RESULT }" >&2
+            record routeschange big "$(field "$changes" all_p50_ms)"
+            record routeschange99 big "$(field "$changes" all_p99_ms)"
+        done
+    fi
+    kill -TERM "$BIG_PID"
+    wait "$BIG_PID" || true
+    BIG_PID=
+fi
 
 want tput && say "L4 throughput: one connection, $BYTES bytes, $ROUNDS rounds"
 want tput && for r in $(seq "$ROUNDS"); do
@@ -476,6 +533,15 @@ fi
 row "L4 connections held (of $HOLD_N)" higher hold.up
 row "  memory per held connection (KiB)" lower hold
 [ -z "$L7_NOTE" ] || echo "$L7_NOTE"
+if [ -s "$TMP/res.routescpu.big" ]; then
+    echo
+    echo "L4 with $ROUTES_N more routes (same mc-proxy, a second process), median of $ROUNDS alternating rounds:"
+    echo "  new TLS connections/s: $(median routesrate big) against $(median routesrate mc) with 2 routes ($(ratio "$(median routesrate big)" "$(median routesrate mc)"))"
+    echo "  proxy CPU per connection (us): $(median routescpu big) against $(median routescpu mc) ($(ratio "$(median routescpu big)" "$(median routescpu mc)"))"
+    if [ -s "$TMP/res.routesbusy.big" ]; then
+        echo "  L7 h2 p99 (ms) with 10 route changes/s: $(median routesbusy big) against $(median routesquiet big) quiet ($(ratio "$(median routesbusy big)" "$(median routesquiet big)")); a change took $(median routeschange big) ms p50, $(median routeschange99 big) ms p99"
+    fi
+fi
 echo
 echo "direct: the client straight to the backend (no proxy), for scale."
 if [ "$LOGS" = 1 ]; then

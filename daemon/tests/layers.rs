@@ -34,6 +34,7 @@ const WRITERS: &[&str] = &[
     ".set_proxy(",
     ".replace_firewall(",
     ".replace_routes(",
+    ".patch_routes(",
     ".set_settings(",
     ".set_no_sni_route(",
     ".set_not_served(",

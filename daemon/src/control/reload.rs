@@ -91,9 +91,10 @@ pub fn reload_certificates(
     let mut report = Vec::new();
     for (listener, stored) in listeners.iter().zip(stored) {
         let table = listener.routes();
-        // Start from what is served, so L4 routes and unchanged ones keep their `RouteInfo`
-        // fields as they are; then replace or add the L7 routes that loaded.
-        let mut routes: Vec<ValidRoute> = table.iter().map(|r| r.to_valid()).collect();
+        // The table as served, patched with the L7 routes that loaded (replaced or added):
+        // every other route keeps its `RouteInfo` as it is, and the cost is the L7 routes',
+        // not the table's (`State::patch_table`).
+        let mut put: Vec<ValidRoute> = Vec::new();
         let mut changed_any = false;
         let mut added = Vec::new();
         // Stored routes left out after this reload, with why: L4 ones keep the reason they
@@ -108,7 +109,7 @@ pub fn reload_certificates(
             }
         }
         for route in stored.into_iter().filter(|r| r.mode == Mode::L7) {
-            let live = table.iter().find(|r| r.route.hostname == route.hostname);
+            let live = table.stored(&route.hostname);
             // An ACME route's certificate is the database's.
             let issued = if route.acme {
                 store
@@ -136,8 +137,7 @@ pub fn reload_certificates(
                     if matches!(outcome, ReloadOutcome::Added { .. }) {
                         added.push(valid.route.clone());
                     }
-                    routes.retain(|r| r.route.hostname != valid.route.hostname);
-                    routes.push(valid);
+                    put.push(valid);
                     changed_any = true;
                     outcome
                 }
@@ -165,7 +165,8 @@ pub fn reload_certificates(
             });
         }
         if changed_any {
-            listener.replace_routes(state.build_table(listener.id, routes));
+            let (patched, fresh) = state.patch_table(listener, &[], put);
+            listener.patch_routes(patched, fresh);
         }
         listener.set_not_served(not_served);
         for route in &added {

@@ -487,7 +487,25 @@ impl Store {
         let rows = stmt
             .query_map([listener_id], StoredRoute::from_row)?
             .collect::<Result<Vec<_>, _>>()?;
-        let mut members = self.conn.prepare(
+        self.with_members(rows)
+    }
+
+    /// The route `hostname` (a stored name) of one listener, if there is one: one indexed
+    /// read (the `(listener_id, hostname)` key), where [`Store::routes`] reads them all, so
+    /// that a change of one route costs the same however many the listener has.
+    pub fn route(&self, listener_id: i64, hostname: &str) -> Result<Option<Route>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ROUTE_COLUMNS} FROM routes WHERE listener_id = ?1 AND hostname = ?2"
+        ))?;
+        let rows = stmt
+            .query_map(params![listener_id, hostname], StoredRoute::from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.with_members(rows)?.pop())
+    }
+
+    /// Stored routes with their backend sets, in the operator's order.
+    fn with_members(&self, rows: Vec<StoredRoute>) -> Result<Vec<Route>, StoreError> {
+        let mut members = self.conn.prepare_cached(
             "SELECT address, weight, admin_state FROM backends
               WHERE route_id = ?1 ORDER BY position",
         )?;

@@ -42,6 +42,19 @@ use crate::model::histogram::{HistogramSnapshot, LatencyHistogram};
 /// The longest state change reason kept, in bytes: errors can carry names from afar.
 const REASON_MAX: usize = 200;
 
+/// Ejections begun in this process. An ejection's end is the one change of a member's state
+/// that comes with no event of its own (it is time passing): the health walk looks at every
+/// route when this count moved since its last look, and learns there when each ejection ends
+/// ([`MemberHealth::observe_noting`]); otherwise it looks only at the routes it probes
+/// (`connectors::health`). A count each walk compares with its own last reading, so daemons
+/// sharing a test process cost one another an extra look at most, never a missed end.
+static EJECTIONS_BEGUN: AtomicU64 = AtomicU64::new(0);
+
+/// [`EJECTIONS_BEGUN`] now.
+pub fn ejections_begun() -> u64 {
+    EJECTIONS_BEGUN.load(Ordering::Acquire)
+}
+
 /// `text` cut to [`REASON_MAX`] bytes at a character boundary, with `…` when cut.
 fn clip(text: &str) -> String {
     if text.len() <= REASON_MAX {
@@ -320,6 +333,7 @@ impl MemberHealth {
                 .saturating_mul(1 << (h.streak - 1).min(16))
                 .min(passive.eject_max_time.max(passive.eject_time));
             h.ejected_until = Some(now + cooldown);
+            EJECTIONS_BEGUN.fetch_add(1, Ordering::AcqRel);
             h.ejected_at = Some(now);
             self.ejections.fetch_add(1, Ordering::Relaxed);
             // The end as a wall clock time: read later, "for 5s" alone would not say whether
@@ -433,7 +447,21 @@ impl MemberHealth {
     /// again). Publishes any state change since the last one (admin changes, an ejection
     /// whose cooldown ended).
     pub fn observe(&self, spec: &RouteBackend, check: Option<&HealthCheck>) -> Option<Transition> {
+        self.observe_noting(spec, check, &mut None)
+    }
+
+    /// [`Self::observe`], and `ends` lowered to the end of the member's ejection if it is
+    /// ejected: when the walk must look again (the end is published by no one else).
+    pub fn observe_noting(
+        &self,
+        spec: &RouteBackend,
+        check: Option<&HealthCheck>,
+        ends: &mut Option<Instant>,
+    ) -> Option<Transition> {
         let mut h = self.lock();
+        if let Some(until) = h.ejected_until.filter(|until| *until > Instant::now()) {
+            *ends = Some(ends.map_or(until, |end| end.min(until)));
+        }
         if h.check_for.as_ref() != check {
             let had = h.check_for.is_some();
             h.check_for = check.cloned();

@@ -430,6 +430,10 @@ pub struct ListenerState {
     /// Cancelled (and replaced by a fresh one) whenever the route table or the no-SNI route
     /// changes: what open L7 connections wait on to see whether their route is still theirs.
     changed: ArcSwap<CancellationToken>,
+    /// The routes patches built since the health walk last took them ([`Self::take_fresh`]);
+    /// `None` when it must look at every route (a whole table swapped in, too many patches
+    /// piled up, or it never looked).
+    fresh: Mutex<Option<Vec<Arc<RouteInfo>>>>,
     /// The per-client state of its client limits; made when a limit is first on, kept for the
     /// listener's life (a limit change keeps the counts of open connections).
     clients: std::sync::OnceLock<crate::model::clients::ClientTable>,
@@ -437,6 +441,10 @@ pub struct ListenerState {
 
 /// The longest listener name.
 pub const MAX_LISTENER_NAME_LEN: usize = 64;
+
+/// The most patched routes a listener keeps for the health walk ([`ListenerState::take_fresh`])
+/// before it asks for a look at every route instead.
+const MAX_FRESH: usize = 4096;
 
 /// The listener name rules (the TOML, the admin API and the CLI share them): 1 to
 /// `MAX_LISTENER_NAME_LEN` characters of `[A-Za-z0-9._:[]-]`, so that any `IP:port` is a valid
@@ -478,6 +486,7 @@ impl ListenerState {
             routes: ArcSwap::from_pointee(routes),
             not_served: ArcSwap::from_pointee(Vec::new()),
             changed: ArcSwap::from_pointee(CancellationToken::new()),
+            fresh: Mutex::new(None),
             clients: std::sync::OnceLock::new(),
         }
     }
@@ -667,7 +676,41 @@ impl ListenerState {
     /// are drained if their route is gone), see `l7::routing`.
     pub fn replace_routes(&self, table: RouteTable) {
         self.routes.store(Arc::new(table));
+        *self.fresh_lock() = None;
         self.announce_change();
+    }
+
+    /// [`Self::replace_routes`] with a table patched from the current one
+    /// ([`State::patch_table`]), `fresh` the routes the patch built: the health walk looks at
+    /// those (their admin states or checks may have changed) rather than at every route.
+    pub fn patch_routes(&self, table: RouteTable, fresh: Vec<Arc<RouteInfo>>) {
+        self.routes.store(Arc::new(table));
+        {
+            let mut pending = self.fresh_lock();
+            if let Some(list) = pending.as_mut() {
+                if list.len() + fresh.len() > MAX_FRESH {
+                    // Nobody took them for a while (no walk runs, or a large batch): a look
+                    // at every route instead, and no memory held.
+                    *pending = None;
+                } else {
+                    list.extend(fresh);
+                }
+            }
+        }
+        self.announce_change();
+    }
+
+    /// The routes patched in since the last call (`None`: look at every route), for the
+    /// health walk: taken before it reads the table, so a patch made meanwhile is in the
+    /// next call's list (looked at twice at worst, never missed).
+    pub fn take_fresh(&self) -> Option<Vec<Arc<RouteInfo>>> {
+        self.fresh_lock().replace(Vec::new())
+    }
+
+    fn fresh_lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<Arc<RouteInfo>>>> {
+        self.fresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -740,12 +783,45 @@ impl State {
     /// versions (same hostname). Counters of hostnames no longer present are dropped.
     pub fn build_table(&self, listener_id: i64, routes: Vec<ValidRoute>) -> RouteTable {
         let mut stats = self.route_stats.lock().expect("route stats lock poisoned");
-        stats.retain(|(id, host), _| {
-            *id != listener_id || routes.iter().any(|r| &r.route.hostname == host)
-        });
+        let present: std::collections::HashSet<&str> =
+            routes.iter().map(|r| r.route.hostname.as_str()).collect();
+        stats.retain(|(id, host), _| *id != listener_id || present.contains(host.as_str()));
         RouteTable::with_stats(routes, |host| {
             Arc::clone(stats.entry((listener_id, host.to_owned())).or_default())
         })
+    }
+
+    /// `listener`'s current table with the routes stored under the names in `remove` taken
+    /// out and `put` in (each replacing any route of its name), as [`RouteTable::patched`],
+    /// and the routes built: only those of `put`, each keeping the counters of its earlier
+    /// versions; the counters of a name removed and not put back are dropped. What one admin
+    /// change does, at the cost of the routes it changes, not of the table. The caller swaps
+    /// the result in ([`ListenerState::patch_routes`]) and serialises changes (`control`'s
+    /// store lock), since the table is read here and replaced there.
+    pub fn patch_table(
+        &self,
+        listener: &ListenerState,
+        remove: &[&str],
+        put: Vec<ValidRoute>,
+    ) -> (RouteTable, Vec<Arc<RouteInfo>>) {
+        let mut stats = self.route_stats.lock().expect("route stats lock poisoned");
+        let put_back: std::collections::HashSet<&str> =
+            put.iter().map(|r| r.route.hostname.as_str()).collect();
+        for name in remove.iter().filter(|name| !put_back.contains(**name)) {
+            stats.remove(&(listener.id, (*name).to_owned()));
+        }
+        let put: Vec<Arc<RouteInfo>> = put
+            .into_iter()
+            .map(|valid| {
+                let key = (listener.id, valid.route.hostname.clone());
+                let route_stats = Arc::clone(stats.entry(key).or_default());
+                Arc::new(RouteInfo::new(valid, route_stats))
+            })
+            .collect();
+        let table = listener
+            .routes()
+            .patched(remove.iter().copied(), put.iter().cloned());
+        (table, put)
     }
 
     /// Where listeners added at run time get their sockets: installed once by the data plane
@@ -923,6 +999,163 @@ mod tests {
             Some(n) => l.with_name(n.to_owned()),
             None => l,
         })
+    }
+
+    /// What the health walk is told to look at: every route after a whole table was swapped
+    /// in (or before it ever looked), else exactly the routes patched in since it last asked,
+    /// and every route again once too many piled up.
+    #[test]
+    fn the_walk_is_told_the_routes_patched_in_since_it_last_asked() {
+        let state = State::new(
+            ProxyConfig::default(),
+            vec![listener(1, "127.0.0.1:8443", None)],
+            Firewall::default(),
+        );
+        let l = Arc::clone(&state.listeners()[0]);
+        let route = |name: &str| {
+            ValidRoute::unchecked(Route {
+                hostname: name.to_owned(),
+                backends: vec![mc_proxy_shared::RouteBackend::new("127.0.0.1:1")],
+                ..Route::default()
+            })
+        };
+        let names = |fresh: Option<Vec<Arc<RouteInfo>>>| {
+            fresh.map(|f| {
+                f.iter()
+                    .map(|r| r.route.hostname.clone())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(names(l.take_fresh()), None, "never looked: everything");
+        assert_eq!(names(l.take_fresh()), Some(vec![]));
+        let (table, fresh) = state.patch_table(&l, &[], vec![route("a.test"), route("b.test")]);
+        l.patch_routes(table, fresh);
+        let (table, fresh) = state.patch_table(&l, &["a.test"], vec![]);
+        l.patch_routes(table, fresh);
+        assert_eq!(
+            names(l.take_fresh()),
+            Some(vec!["a.test".to_owned(), "b.test".to_owned()])
+        );
+        assert_eq!(names(l.take_fresh()), Some(vec![]));
+        l.replace_routes(RouteTable::new([]));
+        assert_eq!(names(l.take_fresh()), None, "a whole table: everything");
+        for i in 0..=MAX_FRESH {
+            let (table, fresh) = state.patch_table(&l, &[], vec![route(&format!("r{i}.test"))]);
+            l.patch_routes(table, fresh);
+        }
+        assert_eq!(names(l.take_fresh()), None, "too many: everything");
+    }
+
+    /// The names the table property test draws from: exact names, wildcards over them and
+    /// the catch-all, so that exact-over-wildcard and wildcard-over-catch-all both matter.
+    fn pool_name(i: usize) -> String {
+        match i % 4 {
+            0 => format!("n{}.test", i / 4 % 5),
+            1 => format!("*.n{}.test", i / 4 % 5),
+            2 => format!("x.n{}.test", i / 4 % 5),
+            _ if i % 8 == 3 => "*".to_owned(),
+            _ => format!("*.x.n{}.test", i / 4 % 5),
+        }
+    }
+
+    /// One admin change of the property test: `(kind, name, other name, port)`.
+    type Op = (u8, usize, usize, u16);
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// A table patched change by change (`State::patch_table`, what `control` does per
+        /// change) answers every lookup as a table built afresh from the same routes does;
+        /// a route the change did not name is the same `RouteInfo` as before (its
+        /// connections see no new version); counters are kept across a route's versions and
+        /// exist exactly for the routes there are.
+        #[test]
+        fn a_patched_table_answers_as_one_built_afresh(
+            ops in proptest::collection::vec((0u8..3, 0usize..40, 0usize..40, 1u16..60000), 1..80)
+        ) {
+            let ops: Vec<Op> = ops;
+            let state = State::new(
+                ProxyConfig::default(),
+                vec![listener(1, "127.0.0.1:8443", None)],
+                Firewall::default(),
+            );
+            let l = Arc::clone(&state.listeners()[0]);
+            let route = |name: &str, port: u16| Route {
+                hostname: name.to_owned(),
+                backends: vec![mc_proxy_shared::RouteBackend::new(format!("127.0.0.1:{port}"))],
+                ..Route::default()
+            };
+            // The routes as the store would hold them.
+            let mut model = std::collections::BTreeMap::<String, u16>::new();
+            for (kind, a, b, port) in ops {
+                let (a, b) = (pool_name(a), pool_name(b));
+                let (remove, put): (Vec<&str>, Vec<Route>) = match kind {
+                    // An add or an update in place.
+                    0 => (vec![], vec![route(&a, port)]),
+                    // A removal.
+                    1 => (vec![a.as_str()], vec![]),
+                    // A rename of `a` to `b` (or an update when they are the same name).
+                    _ => (vec![a.as_str()], vec![route(&b, port)]),
+                };
+                let before = l.routes();
+                let stats_before: HashMap<String, Arc<RouteStats>> = before
+                    .unordered()
+                    .map(|r| (r.route.hostname.clone(), Arc::clone(&r.stats)))
+                    .collect();
+                for name in &remove {
+                    model.remove(*name);
+                }
+                for r in &put {
+                    model.insert(r.hostname.clone(), r.backends[0].address[10..].parse().unwrap());
+                }
+                let touched: Vec<String> = remove
+                    .iter()
+                    .map(|n| (*n).to_owned())
+                    .chain(put.iter().map(|r| r.hostname.clone()))
+                    .collect();
+                let put = put.into_iter().map(ValidRoute::unchecked).collect();
+                let (table, fresh) = state.patch_table(&l, &remove, put);
+                l.patch_routes(table, fresh);
+                let after = l.routes();
+                for name in model.keys() {
+                    let now = after.get(name).expect("a route of the model");
+                    if !touched.contains(name) {
+                        let was = before.get(name).expect("untouched, so there before");
+                        proptest::prop_assert!(Arc::ptr_eq(&was, &now), "{name} rebuilt");
+                    }
+                    if let Some(stats) = stats_before.get(name) {
+                        proptest::prop_assert!(Arc::ptr_eq(stats, &now.stats), "{name}'s counters");
+                    }
+                }
+            }
+            let table = l.routes();
+            let fresh = RouteTable::new(model.iter().map(|(name, port)| route(name, *port)));
+            let listed = |t: &RouteTable| -> Vec<(String, String)> {
+                t.iter().map(|r| (r.route.hostname.clone(), r.route.backend_list())).collect()
+            };
+            proptest::prop_assert_eq!(listed(&table), listed(&fresh));
+            proptest::prop_assert_eq!(table.len(), model.len());
+            for i in 0..40 {
+                for sni in [
+                    pool_name(i).replace('*', "w"),
+                    format!("y.n{}.test", i % 5),
+                    format!("a.b.n{}.test", i % 5),
+                    "elsewhere.test".to_owned(),
+                ] {
+                    let backend = |t: &RouteTable| t.lookup(&sni).map(|r| r.route.backend_list());
+                    proptest::prop_assert_eq!(backend(&table), backend(&fresh), "{}", sni);
+                }
+            }
+            let mut counted: Vec<String> = state
+                .route_stats
+                .lock()
+                .unwrap()
+                .keys()
+                .map(|(_, host)| host.clone())
+                .collect();
+            counted.sort();
+            proptest::prop_assert_eq!(counted, model.keys().cloned().collect::<Vec<_>>());
+        }
     }
 
     /// One resolution for every request: a listener is found by its name, or by its

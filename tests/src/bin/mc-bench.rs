@@ -53,7 +53,12 @@ usage: mc-bench SUBCOMMAND [--key value ...]
                                close_notify, read to EOF; pq: offer only X25519MLKEM768)
   throughput --target A --sni H --bytes N
   h2load-like --target A --sni H --ca P --concurrency C --streams S --seconds T [--http 1]
-  idle --target A --sni H --ca P --count N --hold-secs S [--mode l4|tls|h2]";
+  idle --target A --sni H --ca P --count N --hold-secs S [--mode l4|tls|h2]
+  routes --socket P --listener L --routes N --changes M [--batch B] [--backend A] [--fill api|none]
+                               [--rate R]  (R changes a second; default back to back)
+                               fills L with N L4 routes (half exact, half wildcard; `none`: they
+                               are there already, as `route_name(i)`), then times M single
+                               changes through the admin API (add, update, remove in turn)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
             "throughput" => throughput(&opts).await,
             "h2load-like" => h2load_like(&opts).await,
             "idle" => idle(&opts).await,
+            "routes" => routes(&opts).await,
             other => Err(format!("unknown subcommand {other:?}").into()),
         }
     });
@@ -781,5 +787,127 @@ async fn idle(opts: &Opts) -> Res<()> {
     tokio::time::sleep(hold).await;
     drop(conns);
     println!("closed");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Route changes
+
+/// The `i`-th route of the fill: even ones exact (`r{i}.fill.test`), odd ones wildcards
+/// (`*.r{i}.fill.test`), so that both lookup structures hold half the table.
+fn route_name(i: usize) -> String {
+    if i.is_multiple_of(2) {
+        format!("r{i}.fill.test")
+    } else {
+        format!("*.r{i}.fill.test")
+    }
+}
+
+fn l4_route(hostname: String, backend: &str) -> mc_proxy_shared::Route {
+    mc_proxy_shared::Route {
+        hostname,
+        backends: vec![mc_proxy_shared::RouteBackend::new(backend)],
+        ..mc_proxy_shared::Route::default()
+    }
+}
+
+/// What one admin change costs as the table grows: fills `--listener` with `--routes` L4
+/// routes in change sets of `--batch` (default 1000; `--fill none` when they are already
+/// there), then makes `--changes` single changes, one at a time through one client (no
+/// process start in the figure): an add of a new route, an update of a filled route's backend
+/// set, the removal of the route added, in turn. Prints the fill time and the median and p99
+/// of each kind and of all.
+async fn routes(opts: &Opts) -> Res<()> {
+    use mc_proxy_shared::client::{AdminClient, SetChange};
+    let socket = opts.req("socket")?;
+    let listener = opts.req("listener")?.to_owned();
+    let n: usize = opts.num("routes", None)?;
+    let m: usize = opts.num("changes", None)?;
+    let batch: usize = opts.num("batch", Some(1000))?;
+    let backend = opts.get("backend").unwrap_or("127.0.0.1:9").to_owned();
+    let mut client = AdminClient::connect(socket).await?;
+
+    let fill_start = Instant::now();
+    if opts.get("fill").unwrap_or("api") == "api" {
+        let mut next = 0;
+        while next < n {
+            let end = (next + batch.max(1)).min(n);
+            let changes = (next..end)
+                .map(|i| SetChange::AddRoute {
+                    listener: listener.clone(),
+                    route: l4_route(route_name(i), &backend),
+                })
+                .collect();
+            client.apply_changes(changes).await?;
+            next = end;
+        }
+    }
+    let fill_secs = fill_start.elapsed().as_secs_f64();
+    let listed = client.list_routes(Some(&listener)).await?.len();
+    if listed < n {
+        return Err(format!("the listener has {listed} routes, {n} expected").into());
+    }
+
+    let kinds = ["add", "update", "remove"];
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    // `--rate R`: a change every 1/R s (a fleet's stream) rather than back to back.
+    let rate: f64 = opts.num("rate", Some(0.0))?;
+    let mut pace = (rate > 0.0).then(|| {
+        let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        pace
+    });
+    for j in 0..m {
+        if let Some(pace) = pace.as_mut() {
+            pace.tick().await;
+        }
+        let kind = j % 3;
+        // One added route per round of three: added, a filled route updated, removed.
+        let added = format!("c{}.change.test", j / 3);
+        let t0 = Instant::now();
+        match kind {
+            0 => {
+                client
+                    .add_route(&listener, l4_route(added, &backend))
+                    .await?;
+            }
+            1 => {
+                let filled = route_name((j / 3 * 7919) % n.max(1));
+                let port = 10_000 + j % 50_000;
+                let patch = mc_proxy_shared::RoutePatch {
+                    backends: Some(vec![mc_proxy_shared::RouteBackend::new(format!(
+                        "127.0.0.1:{port}"
+                    ))]),
+                    ..Default::default()
+                };
+                if n == 0 {
+                    return Err("updates need at least one filled route".into());
+                }
+                client.update_route(&listener, &filled, patch).await?;
+            }
+            _ => client.remove_route(&listener, &added).await?,
+        }
+        times[kind].push(t0.elapsed());
+    }
+    let stats = |mut v: Vec<Duration>| -> (f64, f64) {
+        if v.is_empty() {
+            return (0.0, 0.0);
+        }
+        v.sort_unstable();
+        let at = |p: f64| {
+            let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+            v[i].as_secs_f64() * 1e3
+        };
+        (at(0.5), at(0.99))
+    };
+    let all: Vec<Duration> = times.iter().flatten().copied().collect();
+    let mut line = format!("RESULT routes={n} changes={m} fill_secs={fill_secs:.2}");
+    let (p50, p99) = stats(all);
+    line.push_str(&format!(" all_p50_ms={p50:.3} all_p99_ms={p99:.3}"));
+    for (kind, v) in kinds.iter().zip(times) {
+        let (p50, p99) = stats(v);
+        line.push_str(&format!(" {kind}_p50_ms={p50:.3} {kind}_p99_ms={p99:.3}"));
+    }
+    println!("{line}");
     Ok(())
 }
