@@ -401,8 +401,22 @@ fn init_logging(format: LogFormat) {
         // with eprintln!, which panics on the same broken stderr: the daemon died, or, when
         // the signal task hit it, went on ignoring SIGTERM.
         .log_internal_errors(false);
+    // Request lines are formatted by the daemon itself, as the subscriber would write them
+    // (`model::logline`: a third of a logged request's cost was the subscriber's formatting),
+    // and go to the same batch. Not on a terminal: there the subscriber colours its lines.
+    use mc_proxy::model::logline::{self, LineFormat};
+    let ansi = std::io::stderr().is_terminal();
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text if !ansi => {
+            logline::install(LineFormat::Text, mc_proxy::api::logwriter::push_batched)
+        }
+        LogFormat::Text => {}
+        LogFormat::Json => {
+            logline::install(LineFormat::Json, mc_proxy::api::logwriter::push_batched)
+        }
+    }
+    match format {
+        LogFormat::Text => builder.with_ansi(ansi).init(),
         // The event's fields at the top level, next to `message`; the connection's span (id,
         // listener, peer, client, route) as `span`, so a line stands on its own.
         LogFormat::Json => builder

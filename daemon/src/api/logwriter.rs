@@ -68,6 +68,13 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffered {
     }
 }
 
+/// Appends a whole traffic line to the batch (the sink of `model::logline`, whose lines are
+/// the request lines formatted without tracing-subscriber).
+pub fn push_batched(line: &[u8]) {
+    // Never fails: the buffer takes it, and a stderr error drops the batch.
+    let _ = Line { now: false }.write(line);
+}
+
 /// Writes what waits (stderr errors drop it: logging must never stop the daemon).
 fn write_out(buf: &mut Vec<u8>) {
     let _ = std::io::stderr().write_all(buf);

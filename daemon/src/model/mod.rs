@@ -17,6 +17,7 @@ pub(crate) mod conns;
 pub mod events;
 pub(crate) mod firewall;
 pub(crate) mod histogram;
+pub mod logline;
 pub mod route_limits;
 pub(crate) mod routes;
 pub mod state;

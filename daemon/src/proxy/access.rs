@@ -136,7 +136,8 @@ fn log_close(record: &Record, ending: &Ending, elapsed: Duration, node: Option<&
                 bytes_down = record.live.bytes.down.load(Ordering::Relaxed),
                 duration_ms = elapsed.as_millis() as u64,
                 outcome = ending.outcome.as_str(),
-                error = ending.error.as_deref().unwrap_or(""),
+                // Left out when nothing failed (most lines): no `error=""`.
+                error = ending.error.as_deref(),
                 // A cluster node's name; absent on a single node.
                 node,
                 "connection closed"

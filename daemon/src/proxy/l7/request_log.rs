@@ -1,7 +1,8 @@
 //! The per-request access log: one `info` line per L7 request, target [`TARGET`], message
 //! `request`, written when the response is over (its body finished, failed or abandoned).
 //!
-//! No I/O of its own (the line goes to `tracing`). [`Trace`] is what `downstream` and
+//! No I/O of its own: the line goes to the sink the binary installed (`model::logline`, which
+//! formats it as tracing-subscriber would, at a fraction of the cost), else to `tracing`. [`Trace`] is what `downstream` and
 //! `upstream` note about a request on its way (the member asked, the retries, a request body
 //! counter) and costs nothing unless the line is on: a `bool` decides, once per request, and
 //! nothing is allocated or formatted when it is false (the trace is then a local of the
@@ -27,6 +28,9 @@ use std::time::Instant;
 
 use http::uri::PathAndQuery;
 use http::{Method, Version};
+
+pub use crate::model::logline::escape;
+use crate::model::logline::{self, Line};
 
 /// The tracing target of the per-request line: what `RUST_LOG` filters on
 /// (`RUST_LOG=info,mc_proxy::request=off`).
@@ -148,8 +152,53 @@ impl RequestLog {
     }
 }
 
+impl RequestLog {
+    /// The line's fields, in the order the `tracing` event below has them.
+    fn fields(&self, line: &mut Line<'_>) {
+        let ctx = &self.ctx;
+        let retries = self.trace.tries.saturating_sub(1);
+        line.u64("conn", ctx.conn)
+            .addr("listener", ctx.local)
+            .addr("client", ctx.client)
+            .str("route", &ctx.route.route.hostname)
+            .str("host", &self.host)
+            .escaped("method", self.method.as_str().as_bytes(), MAX_HOST)
+            .escaped(
+                "path",
+                self.target
+                    .as_ref()
+                    .map_or(&[][..], |t| t.as_str().as_bytes()),
+                MAX_PATH,
+            )
+            .str("protocol", protocol(self.version))
+            .u64("status", u64::from(self.status))
+            .opt_str("backend", self.trace.backend.as_deref())
+            .opt_u64("retries", (retries > 0).then_some(u64::from(retries)))
+            .opt_str("node", ctx.node.as_deref())
+            .u64("duration_ms", self.started.elapsed().as_millis() as u64)
+            .u64("bytes_in", self.bytes_in())
+            .u64("bytes_out", self.bytes_out)
+            .str("outcome", self.outcome());
+        if let Some(error) = &self.error {
+            line.escaped("error", error.as_bytes(), MAX_HOST);
+        }
+    }
+
+    fn bytes_in(&self) -> u64 {
+        self.trace
+            .bytes_in
+            .as_ref()
+            .map_or(0, |b| b.load(Ordering::Relaxed))
+    }
+}
+
 impl Drop for RequestLog {
     fn drop(&mut self) {
+        if logline::installed().is_some() {
+            logline::info(TARGET, "request", |line| self.fields(line));
+            return;
+        }
+        // No sink installed (a library user's or a test's process): through `tracing`.
         let ctx = &self.ctx;
         let path = self
             .target
@@ -178,11 +227,7 @@ impl Drop for RequestLog {
             retries = (retries > 0).then_some(retries),
             node = ctx.node.as_deref(),
             duration_ms = self.started.elapsed().as_millis() as u64,
-            bytes_in = self
-                .trace
-                .bytes_in
-                .as_ref()
-                .map_or(0, |b| b.load(Ordering::Relaxed)),
+            bytes_in = self.bytes_in(),
             bytes_out = self.bytes_out,
             outcome = self.outcome(),
             error = error.as_deref(),
@@ -198,71 +243,5 @@ fn protocol(version: Version) -> &'static str {
         Version::HTTP_10 => "HTTP/1.0",
         Version::HTTP_3 => "HTTP/3",
         _ => "HTTP/1.1",
-    }
-}
-
-/// `bytes` as printable ASCII, for a log value: every byte outside space..`~`, and `\`,
-/// percent-encoded (`%0A`, `%C3%A9`, `%5C`), so the value has no control character, no
-/// newline, no invalid UTF-8 and no backslash. A path stays an equivalent form of the request
-/// target (RFC 3986 §2.1: any byte may be written percent-encoded). No backslash: the text
-/// formatter's only escape left is `\"`, which every logfmt parser reads, where some (Python's
-/// `logfmt`) misread `\\`. Cut after `max` bytes of input, marked with a trailing `…` (never
-/// part of an escaped value otherwise, being non-ASCII).
-pub fn escape(bytes: &[u8], max: usize) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let kept = &bytes[..bytes.len().min(max)];
-    let mut out = String::with_capacity(kept.len() + 3);
-    for &b in kept {
-        if (b' '..=b'~').contains(&b) && b != b'\\' {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-    }
-    if bytes.len() > max {
-        out.push('…');
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn printable_ascii_is_kept_as_it_is() {
-        assert_eq!(escape(b"/a b?c=\"d\"&e='f'", 100), "/a b?c=\"d\"&e='f'");
-    }
-
-    #[test]
-    fn control_bytes_backslash_and_non_ascii_are_percent_encoded() {
-        assert_eq!(escape(b"a\nb\r\t\x00\x7f", 100), "a%0Ab%0D%09%00%7F");
-        assert_eq!(escape(b"\\x41", 100), "%5Cx41");
-        assert_eq!(escape(b"\xff\xfe", 100), "%FF%FE");
-        assert_eq!(escape("é".as_bytes(), 100), "%C3%A9");
-        // What the client percent-encoded itself stays as it was.
-        assert_eq!(escape(b"/a%20b", 100), "/a%20b");
-    }
-
-    #[test]
-    fn long_values_are_cut_and_marked() {
-        let long = vec![b'x'; 5000];
-        let out = escape(&long, MAX_PATH);
-        assert_eq!(out.len(), MAX_PATH + '…'.len_utf8());
-        assert!(out.ends_with("x…"));
-        assert_eq!(escape(b"abc", 3), "abc");
-    }
-
-    #[test]
-    fn the_output_is_printable_ascii_without_backslash_whatever_the_input() {
-        let all: Vec<u8> = (0..=255).collect();
-        let out = escape(&all, 1000);
-        assert!(
-            out.bytes()
-                .all(|b| (b' '..=b'~').contains(&b) && b != b'\\'),
-            "{out}"
-        );
     }
 }
