@@ -592,7 +592,7 @@ if [ -z "$L7_NOTE" ]; then
     row "L7 WebSocket messages/s (${WS_CONNS} conns, ${MSG_SIZE} B)" higher wsmps
     row "  p99 latency (ms)" lower wsp99
     row "  proxy CPU per message (us)" lower wscpu
-    row "L7 gRPC bidi messages/s (${GRPC_CONNS}x${GRPC_STREAMS} streams)" higher grpcmps
+    row "L7 gRPC bidi messages/s (${GRPC_CONNS}x${GRPC_STREAMS} streams, ${MSG_SIZE} B)" higher grpcmps
     row "  p99 latency (ms)" lower grpcp99
     row "  proxy CPU per message (us)" lower grpccpu
 fi
