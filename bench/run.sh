@@ -16,12 +16,16 @@
 # each reported), PORT_BASE (24100: ports PORT_BASE+1..+21 on 127.0.0.1 must be free),
 # ROUTES_N (10000) for `routes`: L4 CPU per connection through a second mc-proxy whose
 # listener holds ROUTES_N more routes (half exact, half wildcard), against the two-route one.
+# WS_CONNS (64) WebSockets and GRPC_CONNS (16) x GRPC_STREAMS (4) gRPC bidi streams, MSG_SIZE
+# (64) bytes a message, H2_SECS each, for `stream`.
 # CARGO_TARGET_DIR is honoured (the binaries are taken from its release directory); MC_PROXY
 # names another mc-proxy binary to measure (and BENCH another mc-bench; with both set nothing is
 # built). ONLY (all): a subset of
-# "connrate routes tput l7hs h2 h1 tlsbe idle l7idle hold", for a quick A/B of one lever.
+# "connrate routes tput l7hs h2 h1 tlsbe stream idle l7idle hold", for a quick A/B of one lever.
 # `tlsbe` is L7 re-encryption: the same HTTP/2 client load to a backend over TLS, speaking
 # HTTP/2 (ALPN h2) and HTTP/1.1, mc-proxy's `backend_tls` against HAProxy's `server ... ssl alpn`.
+# `stream` is long-lived streams through L7: WebSocket messages (HTTP/1.1 upgrade, an HTTP/1.1
+# echo backend) and gRPC bidi stream messages (h2c echo backend), each echoed one at a time.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -37,6 +41,10 @@ IDLE_L7_N=${IDLE_L7_N:-2000}
 IDLE_HOLD=${IDLE_HOLD:-3}
 HOLD_N=${HOLD_N:-10000}
 ROUTES_N=${ROUTES_N:-10000}
+WS_CONNS=${WS_CONNS:-64}
+GRPC_CONNS=${GRPC_CONNS:-16}
+GRPC_STREAMS=${GRPC_STREAMS:-4}
+MSG_SIZE=${MSG_SIZE:-64}
 LOGS=${LOGS:-0}
 PORT_BASE=${PORT_BASE:-24100}
 ONLY=${ONLY:-}
@@ -89,9 +97,9 @@ fi
 
 # --- processes -----------------------------------------------------------------------------------
 TLS_BE=$((PORT_BASE + 1)) RAW_BE=$((PORT_BASE + 2)) H2C_BE=$((PORT_BASE + 3))
-TLSH_BE=$((PORT_BASE + 4))
+TLSH_BE=$((PORT_BASE + 4)) WS_BE=$((PORT_BASE + 5)) GRPC_BE=$((PORT_BASE + 6))
 MC=$((PORT_BASE + 10)) MC_BIG=$((PORT_BASE + 11)) HA_L4=$((PORT_BASE + 20)) HA_L7=$((PORT_BASE + 21))
-for p in $TLS_BE $RAW_BE $H2C_BE $TLSH_BE $MC $MC_BIG $HA_L4 $HA_L7; do
+for p in $TLS_BE $RAW_BE $H2C_BE $TLSH_BE $WS_BE $GRPC_BE $MC $MC_BIG $HA_L4 $HA_L7; do
     if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
         echo "127.0.0.1:$p is in use; set PORT_BASE to a free range" >&2
         exit 1
@@ -130,7 +138,11 @@ PIDS+=($!)
 "$BENCH" tls-http-backend --addr 127.0.0.1:$TLSH_BE --cert "$C/tlsbe.test.pem" \
     --key "$C/tlsbe.test.key" --max-secs 1800 >"$TMP/tls-http-backend.log" 2>&1 &
 PIDS+=($!)
-for p in $TLS_BE $RAW_BE $H2C_BE $TLSH_BE; do wait_port $p; done
+"$BENCH" ws-backend --addr 127.0.0.1:$WS_BE --max-secs 1800 >"$TMP/ws-backend.log" 2>&1 &
+PIDS+=($!)
+"$BENCH" grpc-backend --addr 127.0.0.1:$GRPC_BE --max-secs 1800 >"$TMP/grpc-backend.log" 2>&1 &
+PIDS+=($!)
+for p in $TLS_BE $RAW_BE $H2C_BE $TLSH_BE $WS_BE $GRPC_BE; do wait_port $p; done
 
 # LOGS=1: every L7 request logged, as HAProxy's httplog does.
 MC_ACCESS_LOG=
@@ -163,6 +175,24 @@ tls_cert = \"$C/tlsbe.test.pem\"
 tls_key = \"$C/tlsbe.test.key\"
 backend_tls = true
 backend_protocol = \"http1\"
+${MC_ACCESS_LOG}
+
+# Streams: WebSockets to an HTTP/1.1 backend, gRPC to an h2c one.
+[[listeners.routes]]
+hostname = \"ws.test\"
+backend = \"127.0.0.1:$WS_BE\"
+mode = \"l7\"
+tls_cert = \"$C/ws.test.pem\"
+tls_key = \"$C/ws.test.key\"
+backend_protocol = \"http1\"
+${MC_ACCESS_LOG}
+
+[[listeners.routes]]
+hostname = \"grpc.test\"
+backend = \"127.0.0.1:$GRPC_BE\"
+mode = \"l7\"
+tls_cert = \"$C/grpc.test.pem\"
+tls_key = \"$C/grpc.test.key\"
 ${MC_ACCESS_LOG}"
 write_mc_config() { # with_l7
     cat >"$TMP/mc-proxy.toml" <<EOF
@@ -232,9 +262,11 @@ frontend l7
     mode http
 $HA_HTTPLOG
     option forwardfor
-    bind 127.0.0.1:$HA_L7 ssl crt $C/web.test.haproxy.pem crt $C/tlsbe.test.haproxy.pem alpn h2,http/1.1
+    bind 127.0.0.1:$HA_L7 ssl crt $C/web.test.haproxy.pem crt $C/tlsbe.test.haproxy.pem crt $C/ws.test.haproxy.pem crt $C/grpc.test.haproxy.pem alpn h2,http/1.1
     use_backend tls_h2 if { ssl_fc_sni -i tlsbe.test }
     use_backend tls_h1 if { ssl_fc_sni -i tlsbe1.test }
+    use_backend ws_h1 if { ssl_fc_sni -i ws.test }
+    use_backend grpc_h2c if { ssl_fc_sni -i grpc.test }
     default_backend h2c
 
 backend h2c
@@ -248,6 +280,16 @@ backend tls_h2
 backend tls_h1
     mode http
     server s1 127.0.0.1:$TLSH_BE ssl verify required ca-file $C/ca.pem sni str(tlsbe1.test) alpn http/1.1
+
+# WebSocket: HTTP/1.1 to the backend; after the 101 HAProxy tunnels the bytes (timeout tunnel
+# defaults to the client and server timeouts).
+backend ws_h1
+    mode http
+    server s1 127.0.0.1:$WS_BE
+
+backend grpc_h2c
+    mode http
+    server s1 127.0.0.1:$GRPC_BE proto h2
 EOF
 haproxy -c -q -f "$TMP/haproxy.cfg"
 
@@ -433,6 +475,29 @@ if [ "$L7" = 1 ] && "$BENCH" h2load-like --target 127.0.0.1:$MC --sni web.test -
             done
         done
     done
+    # Long-lived streams: messages echoed one at a time on each, per message the proxy's CPU.
+    want stream && say "L7 streams: $WS_CONNS WebSockets, then $GRPC_CONNS connections x $GRPC_STREAMS gRPC bidi streams, $MSG_SIZE-byte messages, $H2_SECS s, $ROUNDS rounds"
+    want stream && for r in $(seq "$ROUNDS"); do
+        for who in $(order "$r"); do
+            target=127.0.0.1:$MC
+            [ "$who" = ha ] && target=127.0.0.1:$HA_L7
+            run "$who" "$BENCH" ws --target "$target" --sni ws.test --ca "$C/ca.pem" \
+                --concurrency "$WS_CONNS" --seconds "$H2_SECS" --size "$MSG_SIZE"
+            record wsmps "$who" "$(field "$LAST" msgs_per_sec)"
+            record wsp99 "$who" "$(field "$LAST" p99_ms)"
+            record wscpu "$who" "$(awk -v c="$LAST_CPU_S" -v n="$(field "$LAST" messages)" 'BEGIN {printf "%.2f", c * 1e6 / n}')"
+        done
+        for who in $(order "$r"); do
+            target=127.0.0.1:$MC
+            [ "$who" = ha ] && target=127.0.0.1:$HA_L7
+            run "$who" "$BENCH" grpc-stream --target "$target" --sni grpc.test --ca "$C/ca.pem" \
+                --concurrency "$GRPC_CONNS" --streams "$GRPC_STREAMS" --seconds "$H2_SECS" \
+                --size "$MSG_SIZE"
+            record grpcmps "$who" "$(field "$LAST" msgs_per_sec)"
+            record grpcp99 "$who" "$(field "$LAST" p99_ms)"
+            record grpccpu "$who" "$(awk -v c="$LAST_CPU_S" -v n="$(field "$LAST" messages)" 'BEGIN {printf "%.2f", c * 1e6 / n}')"
+        done
+    done
 else
     L7_NOTE="L7: skipped (mc-proxy L7 not available)"
     say "$L7_NOTE"
@@ -524,6 +589,12 @@ if [ -z "$L7_NOTE" ]; then
     row "  proxy CPU per request (us)" lower tlsbecpu
     row "L7 h2 to an HTTP/1.1-over-TLS backend, req/s" higher tlsbe1rps
     row "  proxy CPU per request (us)" lower tlsbe1cpu
+    row "L7 WebSocket messages/s (${WS_CONNS} conns, ${MSG_SIZE} B)" higher wsmps
+    row "  p99 latency (ms)" lower wsp99
+    row "  proxy CPU per message (us)" lower wscpu
+    row "L7 gRPC bidi messages/s (${GRPC_CONNS}x${GRPC_STREAMS} streams, ${MSG_SIZE} B)" higher grpcmps
+    row "  p99 latency (ms)" lower grpcp99
+    row "  proxy CPU per message (us)" lower grpccpu
 fi
 row "L4 memory per idle connection (KiB, N=$IDLE_N)" lower idlemem
 if [ -z "$L7_NOTE" ]; then

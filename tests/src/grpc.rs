@@ -140,17 +140,34 @@ impl GrpcBackend {
     pub async fn start() -> GrpcBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let service = EchoServer::new(EchoService)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
         let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(TcpListenerStream::new(listener))
-                .await;
+            let _ = serve(listener, None).await;
         });
         GrpcBackend { addr, task }
     }
+}
+
+/// Serves the `echo.Echo` test service on h2c on `listener` until it fails; `max_streams`
+/// sets SETTINGS_MAX_CONCURRENT_STREAMS (tonic's default when `None`). The [`GrpcBackend`]
+/// fixture and `mc-bench grpc-backend` run it.
+pub async fn serve(
+    listener: TcpListener,
+    max_streams: Option<u32>,
+) -> Result<(), tonic::transport::Error> {
+    let service = EchoServer::new(EchoService)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    // TCP_NODELAY as on the proxy's side: a small echo waits for no ACK.
+    let incoming = TcpListenerStream::new(listener).map(|tcp| {
+        let tcp = tcp?;
+        tcp.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(tcp)
+    });
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(max_streams)
+        .add_service(service)
+        .serve_with_incoming(incoming)
+        .await
 }
 
 impl Drop for GrpcBackend {

@@ -1,8 +1,9 @@
 //! `mc-bench`: the load generator and the backends of `bench/run.sh`, which compares mc-proxy
 //! with HAProxy on loopback (see docs/BENCHMARKS.md).
 //!
-//! Backends (`tls-backend`, `raw-backend`, `h2c-backend`, `tls-http-backend`) serve until `--max-secs` (default
-//! 900) so that a crashed script never leaves them behind for long. Load subcommands print
+//! Backends (`tls-backend`, `raw-backend`, `h2c-backend`, `tls-http-backend`, `ws-backend`,
+//! `grpc-backend`) serve until `--max-secs` (default 900) so that a crashed script never
+//! leaves them behind for long. Load subcommands print
 //! one `RESULT key=value ...` line for the script; every loop in them is bounded by a count
 //! or a deadline, and every network wait by a timeout.
 //!
@@ -41,18 +42,27 @@ const OP_TIMEOUT: Duration = Duration::from_secs(10);
 const USAGE: &str = "\
 usage: mc-bench SUBCOMMAND [--key value ...]
   certs DIR                    CA (ca.pem) and leaves a.test, web.test, tlsbe.test (also
-                               tlsbe1.test) (NAME.pem, NAME.key, NAME.haproxy.pem = cert +
-                               key for HAProxy)
+                               tlsbe1.test), ws.test, grpc.test (NAME.pem, NAME.key,
+                               NAME.haproxy.pem = cert + key for HAProxy)
   tls-backend --addr A --cert P --key P [--max-secs S]   TLS echo server
   raw-backend --addr A [--max-secs S]                     sink for `throughput`
   h2c-backend --addr A [--max-secs S]                     HTTP/2 cleartext, answers 200 \"ok\"
   tls-http-backend --addr A --cert P --key P [--max-secs S]  HTTP/2 or HTTP/1.1 over TLS
                                (ALPN h2, http/1.1), answers 200 \"ok\"
+  ws-backend --addr A [--max-secs S]      WebSocket echo over cleartext HTTP/1.1
+  grpc-backend --addr A [--max-secs S]    gRPC `echo.Echo` (tests/proto/echo.proto) on h2c;
+                               `Bidi` echoes each message of a stream
   connrate --target A --sni H --ca P --concurrency C --seconds T [--mode echo|handshake]
                                [--groups default|pq]  (handshake: TLS with the proxy itself,
                                close_notify, read to EOF; pq: offer only X25519MLKEM768)
   throughput --target A --sni H --bytes N
   h2load-like --target A --sni H --ca P --concurrency C --streams S --seconds T [--http 1]
+  ws --target A --sni H --ca P --concurrency C --seconds T [--size N]
+                               C WebSockets (TLS, ALPN http/1.1, upgrade), each a loop: one
+                               binary message of N bytes (64), wait for its echo
+  grpc-stream --target A --sni H --ca P --concurrency C --streams S --seconds T [--size N]
+                               C connections (TLS, ALPN h2) with S `Bidi` streams each, each
+                               stream a loop: one message of N payload bytes (64), its echo
   idle --target A --sni H --ca P --count N --hold-secs S [--mode l4|tls|h2]
   routes --socket P --listener L --routes N --changes M [--batch B] [--backend A] [--fill api|none]
                                [--rate R]  (R changes a second; default back to back)
@@ -84,9 +94,13 @@ fn main() -> ExitCode {
             "raw-backend" => serve_for(&opts, raw_backend(&opts)).await,
             "h2c-backend" => serve_for(&opts, h2c_backend(&opts)).await,
             "tls-http-backend" => serve_for(&opts, tls_http_backend(&opts)).await,
+            "ws-backend" => serve_for(&opts, ws_backend(&opts)).await,
+            "grpc-backend" => serve_for(&opts, grpc_backend(&opts)).await,
             "connrate" => connrate(&opts).await,
             "throughput" => throughput(&opts).await,
             "h2load-like" => h2load_like(&opts).await,
+            "ws" => ws(&opts).await,
+            "grpc-stream" => grpc_stream(&opts).await,
             "idle" => idle(&opts).await,
             "routes" => routes(&opts).await,
             other => Err(format!("unknown subcommand {other:?}").into()),
@@ -174,6 +188,8 @@ fn certs(opts: &Opts) -> Res<()> {
         &["a.test"][..],
         &["web.test"],
         &["tlsbe.test", "tlsbe1.test"],
+        &["ws.test"],
+        &["grpc.test"],
     ] {
         let name = names[0];
         let (cert, key) = pki.write_pem(&dir, names);
@@ -370,6 +386,29 @@ async fn tls_http_backend(opts: &Opts) -> Res<()> {
         }
     })
     .await
+}
+
+/// WebSocket echo over cleartext HTTP/1.1: tungstenite's server handshake, then every text or
+/// binary message sent back (the test fixtures' echo loop, `mc_proxy_tests::ws::echo`).
+async fn ws_backend(opts: &Opts) -> Res<()> {
+    accept_each(opts.addr("addr")?, |tcp| async move {
+        let handshake = tokio_tungstenite::accept_async(tcp);
+        let Ok(Ok(ws)) = tokio::time::timeout(OP_TIMEOUT, handshake).await else {
+            return;
+        };
+        mc_proxy_tests::ws::echo(ws, Arc::default()).await;
+    })
+    .await
+}
+
+/// The gRPC test service (`echo.Echo`, tests/proto/echo.proto) on h2c, 1000 streams per
+/// connection allowed (as `h2c-backend`).
+async fn grpc_backend(opts: &Opts) -> Res<()> {
+    let listener = TcpListener::bind(opts.addr("addr")?).await?;
+    println!("listening on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    mc_proxy_tests::grpc::serve(listener, Some(1000)).await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -690,18 +729,273 @@ async fn h2load_like(opts: &Opts) -> Res<()> {
         return Err(format!("no request succeeded ({errors} errors)").into());
     }
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i].as_secs_f64() * 1e3
-    };
     println!(
         "RESULT rps={:.0} p50_ms={:.3} p99_ms={:.3} requests={} errors={errors} secs={secs:.2}",
         latencies.len() as f64 / secs,
-        pct(0.50),
-        pct(0.99),
+        pct_ms(&latencies, 0.50),
+        pct_ms(&latencies, 0.99),
         latencies.len()
     );
     Ok(())
+}
+
+/// The `p` quantile of `sorted` (not empty) in milliseconds.
+fn pct_ms(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+/// What one echo loop of `ws` or `grpc-stream` measured: the latency of each round trip, and
+/// the failure that ended it early, if any (a broken stream is not reopened).
+#[derive(Default)]
+struct EchoLoop {
+    latencies: Vec<Duration>,
+    error: Option<String>,
+}
+
+impl EchoLoop {
+    /// Records a round trip that started at `t0` (bounded by [`OP_TIMEOUT`]); false when it
+    /// failed and the loop ends.
+    fn record(&mut self, t0: Instant, res: Result<Res<()>, tokio::time::error::Elapsed>) -> bool {
+        match res {
+            Ok(Ok(())) => {
+                self.latencies.push(t0.elapsed());
+                true
+            }
+            Ok(Err(e)) => {
+                self.error = Some(e.to_string());
+                false
+            }
+            Err(_) => {
+                self.error = Some("timed out".to_owned());
+                false
+            }
+        }
+    }
+}
+
+/// Joins the echo loops and prints the `RESULT` line of `ws` and `grpc-stream`: messages (round
+/// trips) per second over the run, latency p50/p99, loops ended by an error.
+async fn report_echo_loops(name: &str, mut loops: JoinSet<EchoLoop>, start: Instant) -> Res<()> {
+    let (mut latencies, mut errors, mut first_error) = (Vec::new(), 0u64, None);
+    while let Some(res) = loops.join_next().await {
+        let l = res?;
+        latencies.extend(l.latencies);
+        if let Some(e) = l.error {
+            errors += 1;
+            first_error.get_or_insert(e);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if let Some(e) = first_error {
+        eprintln!("{name}: first error: {e}");
+    }
+    if latencies.is_empty() {
+        return Err(format!("no message came back ({errors} loops failed)").into());
+    }
+    latencies.sort_unstable();
+    println!(
+        "RESULT msgs_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} messages={} errors={errors} secs={secs:.2}",
+        latencies.len() as f64 / secs,
+        pct_ms(&latencies, 0.50),
+        pct_ms(&latencies, 0.99),
+        latencies.len()
+    );
+    Ok(())
+}
+
+type ClientWs = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// WebSocket messages through an L7 route: `--concurrency` TLS connections (ALPN http/1.1),
+/// each upgraded (`GET wss://SNI/`), then a loop for `--seconds`: one binary message of
+/// `--size` bytes (default 64), wait for its echo. Messages per second (a message and its
+/// echo count once) and latency percentiles; each WebSocket is closed at the end.
+async fn ws(opts: &Opts) -> Res<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let target = opts.addr("target")?;
+    let host = opts.req("sni")?.to_owned();
+    let sni = opts.sni()?;
+    let connector = TlsConnector::from(client_config(Some(opts.req("ca")?), &[b"http/1.1"])?);
+    let concurrency: usize = opts.num("concurrency", None)?;
+    let seconds: f64 = opts.num("seconds", None)?;
+    let size: usize = opts.num("size", Some(64))?;
+
+    let mut sockets: Vec<ClientWs> = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let setup = async {
+            let tcp = TcpStream::connect(target).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(sni.clone(), tcp).await?;
+            if tls.get_ref().1.alpn_protocol() != Some(b"http/1.1") {
+                return Err::<_, Box<dyn Error + Send + Sync>>(
+                    "the proxy did not agree to http/1.1".into(),
+                );
+            }
+            let req = format!("wss://{host}/").into_client_request()?;
+            let (ws, _) = tokio_tungstenite::client_async(req, tls).await?;
+            Ok(ws)
+        };
+        let ws = tokio::time::timeout(OP_TIMEOUT, setup)
+            .await
+            .map_err(|_| "WebSocket setup timed out")??;
+        sockets.push(ws);
+    }
+
+    let payload = Bytes::from(vec![b'm'; size]);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let mut loops = JoinSet::new();
+    for mut ws in sockets {
+        let payload = payload.clone();
+        loops.spawn(async move {
+            let mut out = EchoLoop::default();
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let round_trip = async {
+                    ws.send(Message::Binary(payload.clone())).await?;
+                    // Control frames (none expected) are skipped, within the round trip's
+                    // timeout.
+                    loop {
+                        match ws.next().await {
+                            Some(Ok(Message::Binary(echo))) if echo.len() == size => {
+                                return Ok(());
+                            }
+                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                            Some(Ok(other)) => {
+                                return Err(format!("unexpected message {other:?}").into());
+                            }
+                            Some(Err(e)) => return Err(e.into()),
+                            None => return Err("the WebSocket ended".into()),
+                        }
+                    }
+                };
+                if !out.record(t0, tokio::time::timeout(OP_TIMEOUT, round_trip).await) {
+                    break;
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+            out
+        });
+    }
+    report_echo_loops("ws", loops, start).await
+}
+
+/// TCP + TLS (ALPN h2) to the proxy for one SNI, as tonic's connector.
+#[derive(Clone)]
+struct GrpcConnector {
+    target: SocketAddr,
+    sni: ServerName<'static>,
+    tls: TlsConnector,
+}
+
+type GrpcIo = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+impl tower_service::Service<hyper::Uri> for GrpcConnector {
+    type Response = GrpcIo;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = std::io::Result<GrpcIo>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = TcpStream::connect(this.target).await?;
+            tcp.set_nodelay(true)?;
+            let tls = this.tls.connect(this.sni, tcp).await?;
+            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(std::io::Error::other("the proxy did not agree to h2"));
+            }
+            Ok(TokioIo::new(tls))
+        })
+    }
+}
+
+/// gRPC streaming through an L7 route: `--concurrency` connections (TLS, ALPN h2, a tonic
+/// channel each) with `--streams` `echo.Echo/Bidi` calls each, held open; each stream a loop for
+/// `--seconds`: one message with `--size` payload bytes (default 64), wait for its echo.
+/// Messages per second (a message and its echo count once) and latency percentiles; each
+/// stream is ended by the client at the end.
+async fn grpc_stream(opts: &Opts) -> Res<()> {
+    use mc_proxy_tests::grpc::pb::Msg;
+    use mc_proxy_tests::grpc::pb::echo_client::EchoClient;
+    let target = opts.addr("target")?;
+    let host = opts.req("sni")?.to_owned();
+    let connector = GrpcConnector {
+        target,
+        sni: opts.sni()?,
+        tls: TlsConnector::from(client_config(Some(opts.req("ca")?), &[b"h2"])?),
+    };
+    let concurrency: usize = opts.num("concurrency", None)?;
+    let streams: usize = opts.num("streams", None)?;
+    let seconds: f64 = opts.num("seconds", None)?;
+    let size: usize = opts.num("size", Some(64))?;
+
+    // `http://` with a TLS connector: see `mc_proxy_tests::grpc::echo_client`.
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host}"))?;
+    let mut calls = Vec::with_capacity(concurrency * streams);
+    for _ in 0..concurrency {
+        let channel = tokio::time::timeout(
+            OP_TIMEOUT,
+            endpoint.connect_with_connector(connector.clone()),
+        )
+        .await
+        .map_err(|_| "connection setup timed out")??;
+        let mut client = EchoClient::new(channel);
+        for _ in 0..streams {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(1);
+            let call = client.bidi(tokio_stream::wrappers::ReceiverStream::new(rx));
+            let resp = tokio::time::timeout(OP_TIMEOUT, call)
+                .await
+                .map_err(|_| "opening a stream timed out")??;
+            calls.push((tx, resp.into_inner()));
+        }
+    }
+
+    let msg = Msg {
+        payload: vec![b'm'; size],
+        ..Msg::default()
+    };
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let mut loops = JoinSet::new();
+    for (tx, mut echoes) in calls {
+        let msg = msg.clone();
+        loops.spawn(async move {
+            let mut out = EchoLoop::default();
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let round_trip = async {
+                    tx.send(msg.clone())
+                        .await
+                        .map_err(|_| "the request stream ended")?;
+                    match echoes.message().await? {
+                        Some(echo) if echo.payload.len() == size => Ok(()),
+                        Some(_) => Err("echo mismatch".into()),
+                        None => Err("the response stream ended".into()),
+                    }
+                };
+                if !out.record(t0, tokio::time::timeout(OP_TIMEOUT, round_trip).await) {
+                    break;
+                }
+            }
+            // The end of the request stream ends the call; its status read for up to 1 s.
+            drop(tx);
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Ok(Some(_)) = echoes.message().await {}
+            })
+            .await;
+            out
+        });
+    }
+    report_echo_loops("grpc-stream", loops, start).await
 }
 
 /// One idle connection of `idle`, kept open until dropped.
