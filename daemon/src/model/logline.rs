@@ -102,18 +102,26 @@ pub fn info(target: &'static str, message: &'static str, fields: impl FnOnce(&mu
     let Some(&(format, sink)) = SINK.get() else {
         return;
     };
-    SCRATCH.with(|scratch| {
-        let Ok(mut scratch) = scratch.try_borrow_mut() else {
-            return;
-        };
-        let (buf, stamp) = &mut *scratch;
-        buf.clear();
+    let write = |buf: &mut Vec<u8>, stamp: &mut Stamp| {
         let mut line = Line::start(buf, stamp, format, target, message, SystemTime::now());
         fields(&mut line);
         line.end();
         sink(buf);
-        if buf.capacity() > KEEP {
-            buf.shrink_to(KEEP);
+    };
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => {
+            let (buf, stamp) = &mut *scratch;
+            buf.clear();
+            write(buf, stamp);
+            if buf.capacity() > KEEP {
+                buf.shrink_to(KEEP);
+            }
+        }
+        // A line logged while this thread builds one (a sink that logs): a buffer of its
+        // own, never a lost line.
+        Err(_) => {
+            let mut stamp = Stamp::EMPTY;
+            write(&mut Vec::new(), &mut stamp);
         }
     });
 }
