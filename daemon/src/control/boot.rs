@@ -11,7 +11,7 @@ use crate::control::config::{Config, parse_net};
 use crate::control::store::{Store, StoreError};
 use crate::model::events::EventBus;
 use crate::model::firewall::{Firewall, InvalidRule};
-use crate::model::routes::{IssuedPem, RouteError, RouteTable, validate_route_with};
+use crate::model::routes::{RouteError, RouteTable, validate_route_with};
 use crate::model::state::{ListenerSettings, ListenerState, NotServed, State};
 
 /// Why the daemon could not start.
@@ -90,13 +90,7 @@ pub fn load_state(config: &Config, store: &mut Store) -> Result<State, StartErro
         let mut not_served = Vec::new();
         for route in store.routes(row.id)? {
             // An ACME route's certificate is the database's; none yet: it waits.
-            let issued = if route.acme {
-                store
-                    .acme_certificate(&route.hostname)?
-                    .map(|(chain, key, _)| IssuedPem { chain, key })
-            } else {
-                None
-            };
+            let issued = store.issued_for(&route)?;
             match validate_route_with(&route, issued.as_ref()) {
                 Ok(valid) => {
                     for w in &valid.warnings {

@@ -22,7 +22,7 @@ use mc_proxy_shared::{ChangeAction, Mode, Route};
 use crate::control::store::{Store, StoreError};
 use crate::model::certs::not_after;
 use crate::model::events::{Event, Origin};
-use crate::model::routes::{IssuedPem, RouteError, RouteInfo, ValidRoute, validate_route_with};
+use crate::model::routes::{RouteError, RouteInfo, ValidRoute, validate_route_with};
 use crate::model::state::{NotServed, State};
 
 /// What happened to one L7 route.
@@ -111,13 +111,7 @@ pub fn reload_certificates(
         for route in stored.into_iter().filter(|r| r.mode == Mode::L7) {
             let live = table.stored(&route.hostname);
             // An ACME route's certificate is the database's.
-            let issued = if route.acme {
-                store
-                    .acme_certificate(&route.hostname)?
-                    .map(|(chain, key, _)| IssuedPem { chain, key })
-            } else {
-                None
-            };
+            let issued = store.issued_for(&route)?;
             let outcome = match validate_route_with(&route, issued.as_ref()) {
                 Ok(valid) => {
                     let key = valid.key().map(|k| &**k);

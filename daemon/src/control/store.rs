@@ -23,6 +23,7 @@ use mc_proxy_shared::{
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::control::config::Config;
+use crate::model::routes::IssuedPem;
 
 /// A numbered schema migration.
 struct Migration {
@@ -685,6 +686,17 @@ impl Store {
                 |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
             .optional()?)
+    }
+
+    /// What validating `route` needs from the database: for an acme route, the certificate
+    /// ACME issued for it (none yet: it waits); for any other route, nothing.
+    pub fn issued_for(&self, route: &Route) -> Result<Option<IssuedPem>, StoreError> {
+        if !route.acme {
+            return Ok(None);
+        }
+        Ok(self
+            .acme_certificate(&route.hostname)?
+            .map(|(chain, key, _)| IssuedPem { chain, key }))
     }
 
     /// When the certificate ACME issued for `hostname` was issued and ends (Unix seconds).
