@@ -406,14 +406,13 @@ fn init_logging(format: LogFormat) {
     // and go to the same batch. Not on a terminal: there the subscriber colours its lines.
     use mc_proxy::model::logline::{self, LineFormat};
     let ansi = std::io::stderr().is_terminal();
-    match format {
-        LogFormat::Text if !ansi => {
-            logline::install(LineFormat::Text, mc_proxy::api::logwriter::push_batched)
-        }
-        LogFormat::Text => {}
-        LogFormat::Json => {
-            logline::install(LineFormat::Json, mc_proxy::api::logwriter::push_batched)
-        }
+    let direct = match format {
+        LogFormat::Text if ansi => None,
+        LogFormat::Text => Some(LineFormat::Text),
+        LogFormat::Json => Some(LineFormat::Json),
+    };
+    if let Some(direct) = direct {
+        logline::install(direct, mc_proxy::api::logwriter::push_batched);
     }
     match format {
         LogFormat::Text => builder.with_ansi(ansi).init(),

@@ -13,11 +13,10 @@
 //! (`timestamp`, `level`, `message`, the fields, `target`), so a parser of either sees no
 //! difference (checked against tracing-subscriber in the tests below), except that the JSON
 //! line leaves out the `span` object, whose fields the request line carries already. Nothing
-//! is installed in a library user's or a test's process: then [`installed`] is `None` and the
-//! caller logs through `tracing` as before.
+//! is installed in a library user's or a test's process: then [`info`] says so and the caller
+//! logs through `tracing` as before.
 
 use std::cell::RefCell;
-use std::fmt::Display;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -42,11 +41,6 @@ static SINK: OnceLock<(LineFormat, Sink)> = OnceLock::new();
 /// process (later calls change nothing): the binary calls it when it sets up logging.
 pub fn install(format: LineFormat, sink: Sink) {
     let _ = SINK.set((format, sink));
-}
-
-/// The format lines are written in directly, if the binary installed a sink.
-pub fn installed() -> Option<LineFormat> {
-    SINK.get().map(|(format, _)| *format)
 }
 
 /// Longest a line's buffer stays allocated between lines (a line with a long path grows it).
@@ -97,10 +91,15 @@ pub struct Line<'a> {
 }
 
 /// Builds one `INFO` line of `target` with `message` through `fields`, and hands it to the
-/// installed sink. Does nothing when none is installed.
-pub fn info(target: &'static str, message: &'static str, fields: impl FnOnce(&mut Line<'_>)) {
+/// installed sink. False, and nothing done, when none is installed: the caller logs through
+/// `tracing`.
+pub fn info(
+    target: &'static str,
+    message: &'static str,
+    fields: impl FnOnce(&mut Line<'_>),
+) -> bool {
     let Some(&(format, sink)) = SINK.get() else {
-        return;
+        return false;
     };
     let write = |buf: &mut Vec<u8>, stamp: &mut Stamp| {
         let mut line = Line::start(buf, stamp, format, target, message, SystemTime::now());
@@ -124,6 +123,7 @@ pub fn info(target: &'static str, message: &'static str, fields: impl FnOnce(&mu
             write(&mut Vec::new(), &mut stamp);
         }
     });
+    true
 }
 
 impl<'a> Line<'a> {
@@ -215,50 +215,32 @@ impl<'a> Line<'a> {
         self
     }
 
-    /// An address field (tracing's `key = %addr`), an IPv4 one written without `fmt`.
+    /// An address field (tracing's `key = %addr`: bare in the text format, a string in
+    /// JSON); an IPv4 one written without `fmt`. An address's text (digits, `.`, `:`, `[`,
+    /// `]`, hex, `%`) never needs escaping.
     pub fn addr(&mut self, key: &str, addr: SocketAddr) -> &mut Self {
-        let SocketAddr::V4(v4) = addr else {
-            return self.display(key, addr);
-        };
         self.key(key);
         let json = self.format == LineFormat::Json;
         if json {
             self.out.push(b'"');
         }
-        for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-            if i > 0 {
-                self.out.push(b'.');
+        match addr {
+            SocketAddr::V4(v4) => {
+                for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.out.push(b'.');
+                    }
+                    push_padded(self.out, octet, 1);
+                }
+                self.out.push(b':');
+                push_padded(self.out, v4.port(), 1);
             }
-            push_padded(self.out, octet, 1);
+            SocketAddr::V6(_) => {
+                let _ = write!(self.out, "{addr}");
+            }
         }
-        self.out.push(b':');
-        push_padded(self.out, v4.port(), 1);
         if json {
             self.out.push(b'"');
-        }
-        self
-    }
-
-    /// A field written with its `Display` (tracing's `key = %value`: bare in the text format,
-    /// a string in JSON). For values whose text needs no quoting (addresses).
-    pub fn display(&mut self, key: &str, value: impl Display) -> &mut Self {
-        self.key(key);
-        match self.format {
-            LineFormat::Text => {
-                let _ = write!(self.out, "{value}");
-            }
-            LineFormat::Json => {
-                self.out.push(b'"');
-                let from = self.out.len();
-                let _ = write!(self.out, "{value}");
-                if self.out[from..].iter().any(|&b| needs_json_escape(b)) {
-                    let text = String::from_utf8_lossy(&self.out[from..]).into_owned();
-                    self.out.truncate(from - 1);
-                    json_string(self.out, &text);
-                } else {
-                    self.out.push(b'"');
-                }
-            }
         }
         self
     }
@@ -550,15 +532,17 @@ mod tests {
         ] {
             let addr: SocketAddr = addr.parse().unwrap();
             for format in [LineFormat::Text, LineFormat::Json] {
-                let (mut a, mut b) = (Vec::new(), Vec::new());
+                let mut out = Vec::new();
                 let mut stamp = Stamp::EMPTY;
-                let mut line = Line::start(&mut a, &mut stamp, format, TARGET, "m", UNIX_EPOCH);
+                let mut line = Line::start(&mut out, &mut stamp, format, TARGET, "m", UNIX_EPOCH);
                 line.addr("client", addr);
                 line.end();
-                let mut line = Line::start(&mut b, &mut stamp, format, TARGET, "m", UNIX_EPOCH);
-                line.display("client", addr);
-                line.end();
-                assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+                let field = match format {
+                    LineFormat::Text => format!(" client={addr}\n"),
+                    LineFormat::Json => format!(",\"client\":\"{addr}\",\"target\""),
+                };
+                let out = String::from_utf8(out).unwrap();
+                assert!(out.contains(&field), "{out} lacks {field}");
             }
         }
     }

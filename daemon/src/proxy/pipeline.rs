@@ -619,7 +619,7 @@ mod tests {
     /// connection's whole life: an idle L4 relay should carry little more than the relay. The
     /// steps that need more (dialling, the L7 server, the redirect listener, an ACME
     /// challenge's handshake) are boxed; one left inline (the challenge's rustls handshake)
-    /// once took an idle L4 connection from 2.1 to 4.4 KiB (docs/BENCHMARKS.md).
+    /// once took an idle L4 connection from 2.4 to 4.5 KiB (docs/BENCHMARKS.md).
     #[tokio::test]
     async fn a_connection_task_holds_no_boxed_steps_room() {
         let listener = Arc::new(ListenerState::new(

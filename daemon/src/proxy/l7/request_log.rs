@@ -2,9 +2,10 @@
 //! `request`, written when the response is over (its body finished, failed or abandoned).
 //!
 //! No I/O of its own: the line goes to the sink the binary installed (`model::logline`, which
-//! formats it as tracing-subscriber would, at a fraction of the cost), else to `tracing`. [`Trace`] is what `downstream` and
-//! `upstream` note about a request on its way (the member asked, the retries, a request body
-//! counter) and costs nothing unless the line is on: a `bool` decides, once per request, and
+//! formats it as tracing-subscriber would, at a fraction of the cost), else to `tracing`.
+//! [`Trace`] is what `downstream` and `upstream` note about a request on its way (the member
+//! asked, the retries, a request body counter) and costs nothing unless the line is on: a
+//! `bool` decides, once per request, and
 //! nothing is allocated or formatted when it is false (the trace is then a local of the
 //! request's; on, it is the record's own). [`RequestLog`] is the record of a
 //! logged request; it travels inside the response body (`downstream::ProxyBody`), which
@@ -150,9 +151,7 @@ impl RequestLog {
             "client_closed"
         }
     }
-}
 
-impl RequestLog {
     /// The line's fields, in the order the `tracing` event below has them.
     fn fields(&self, line: &mut Line<'_>) {
         let ctx = &self.ctx;
@@ -194,8 +193,7 @@ impl RequestLog {
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
-        if logline::installed().is_some() {
-            logline::info(TARGET, "request", |line| self.fields(line));
+        if logline::info(TARGET, "request", |line| self.fields(line)) {
             return;
         }
         // No sink installed (a library user's or a test's process): through `tracing`.
