@@ -728,15 +728,21 @@ async fn h2load_like(opts: &Opts) -> Res<()> {
     if latencies.is_empty() {
         return Err(format!("no request succeeded ({errors} errors)").into());
     }
+    print_latencies("rps", "requests", latencies, errors, secs);
+    Ok(())
+}
+
+/// Prints the `RESULT` line of a load that timed each round trip: `RATE` per second over
+/// `secs`, latency p50/p99, the `COUNT` done, the errors.
+fn print_latencies(rate: &str, count: &str, mut latencies: Vec<Duration>, errors: u64, secs: f64) {
     latencies.sort_unstable();
     println!(
-        "RESULT rps={:.0} p50_ms={:.3} p99_ms={:.3} requests={} errors={errors} secs={secs:.2}",
+        "RESULT {rate}={:.0} p50_ms={:.3} p99_ms={:.3} {count}={} errors={errors} secs={secs:.2}",
         latencies.len() as f64 / secs,
         pct_ms(&latencies, 0.50),
         pct_ms(&latencies, 0.99),
         latencies.len()
     );
-    Ok(())
 }
 
 /// The `p` quantile of `sorted` (not empty) in milliseconds.
@@ -793,14 +799,7 @@ async fn report_echo_loops(name: &str, mut loops: JoinSet<EchoLoop>, start: Inst
     if latencies.is_empty() {
         return Err(format!("no message came back ({errors} loops failed)").into());
     }
-    latencies.sort_unstable();
-    println!(
-        "RESULT msgs_per_sec={:.0} p50_ms={:.3} p99_ms={:.3} messages={} errors={errors} secs={secs:.2}",
-        latencies.len() as f64 / secs,
-        pct_ms(&latencies, 0.50),
-        pct_ms(&latencies, 0.99),
-        latencies.len()
-    );
+    print_latencies("msgs_per_sec", "messages", latencies, errors, secs);
     Ok(())
 }
 
