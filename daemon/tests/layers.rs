@@ -35,6 +35,7 @@ const WRITERS: &[&str] = &[
     ".replace_firewall(",
     ".replace_routes(",
     ".patch_routes(",
+    ".patch_table(",
     ".set_settings(",
     ".set_no_sni_route(",
     ".set_not_served(",

@@ -909,7 +909,7 @@ fn serve_added_route(
     };
     tracing::info!(listener = %listener.addr, route = %valid.route.hostname, backends = %valid.route.backend_list(), mode = %valid.route.mode, "route added");
     let route = valid.route.clone();
-    swap_routes(state, listener, &[], vec![valid]);
+    state.patch_table(listener, &[], vec![valid]);
     publish_route(
         state,
         listener.addr,
@@ -1119,7 +1119,7 @@ fn update_acme_route(
         Err(route) => {
             store.update_route(listener.id, &old, &route)?;
             // Whatever it served before (files) it no longer does: it waits.
-            swap_routes(state, listener, &[&old], Vec::new());
+            state.patch_table(listener, &[&old], Vec::new());
             listener.forget_not_served(&old);
             wait_for_acme(state, listener, &route);
             publish_route(
@@ -1166,7 +1166,7 @@ fn remove_route(cx: Apply<'_>, listener: String, hostname: String) -> Result<App
         .ok_or_else(|| no_route(listener, &name))?;
     keep_no_sni_route(listener, &name, "removed")?;
     store.delete_route(listener.id, &name)?;
-    swap_routes(state, listener, &[&name], Vec::new());
+    state.patch_table(listener, &[&name], Vec::new());
     listener.forget_not_served(&name);
     tracing::info!(listener = %listener.addr, route = %name, "route removed");
     publish_route(
@@ -1238,7 +1238,7 @@ fn set_backend(
     // A member's state changed, not the route: `backend_changed` with the new
     // state and reason at once (not `route_changed`, and not only when the health
     // loop next looks).
-    swap_routes(state, listener, &[], vec![valid]);
+    state.patch_table(listener, &[], vec![valid]);
     if let Some(live) = listener.routes().get(&name) {
         for t in live.backends.publishable() {
             state.backend_changed_by(listener.addr, &live, Some(t), Some(origin.clone()));
@@ -1776,15 +1776,6 @@ fn checked_rule(rule: &FirewallRule) -> Result<FirewallRule, ChangeError> {
     parse_rule(rule.kind, &rule.value).map_err(|e| ChangeError::Invalid(e.to_string()))
 }
 
-/// Replaces a listener's table with its current one less the routes named in `remove` and
-/// with the routes of `put` (each replacing its name's): only those are built, every other
-/// route is kept as it is, loaded key, counters and all (`State::patch_table`), so a change
-/// costs the same on a table of ten routes or ten thousand.
-fn swap_routes(state: &State, listener: &ListenerState, remove: &[&str], put: Vec<ValidRoute>) {
-    let (table, fresh) = state.patch_table(listener, remove, put);
-    listener.patch_routes(table, fresh);
-}
-
 /// Swaps `valid` in for the route stored as `old` and publishes the update.
 fn replace_route(
     state: &State,
@@ -1794,7 +1785,7 @@ fn replace_route(
     origin: &Origin,
 ) {
     let route = valid.route.clone();
-    swap_routes(state, listener, &[&old], vec![valid]);
+    state.patch_table(listener, &[&old], vec![valid]);
     publish_route(
         state,
         listener.addr,
@@ -2475,7 +2466,7 @@ fn apply_synced(cx: Apply<'_>, batch: Vec<Synced>) -> Result<Applied, ChangeErro
     }
     for (listener, put, dropped) in tables {
         let dropped: Vec<&str> = dropped.iter().map(String::as_str).collect();
-        swap_routes(state, &listener, &dropped, put);
+        state.patch_table(&listener, &dropped, put);
     }
     if firewall_changed {
         swap_firewall(store, state)?;

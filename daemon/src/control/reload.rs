@@ -159,8 +159,7 @@ pub fn reload_certificates(
             });
         }
         if changed_any {
-            let (patched, fresh) = state.patch_table(listener, &[], put);
-            listener.patch_routes(patched, fresh);
+            state.patch_table(listener, &[], put);
         }
         listener.set_not_served(not_served);
         for route in &added {

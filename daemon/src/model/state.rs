@@ -791,19 +791,15 @@ impl State {
         })
     }
 
-    /// `listener`'s current table with the routes stored under the names in `remove` taken
-    /// out and `put` in (each replacing any route of its name), as [`RouteTable::patched`],
-    /// and the routes built: only those of `put`, each keeping the counters of its earlier
-    /// versions; the counters of a name removed and not put back are dropped. What one admin
-    /// change does, at the cost of the routes it changes, not of the table. The caller swaps
-    /// the result in ([`ListenerState::patch_routes`]) and serialises changes (`control`'s
-    /// store lock), since the table is read here and replaced there.
-    pub fn patch_table(
-        &self,
-        listener: &ListenerState,
-        remove: &[&str],
-        put: Vec<ValidRoute>,
-    ) -> (RouteTable, Vec<Arc<RouteInfo>>) {
+    /// Swaps in `listener`'s current table with the routes stored under the names in `remove`
+    /// taken out and `put` in (each replacing any route of its name), as
+    /// [`RouteTable::patched`]; only the routes of `put` are built, each keeping the counters
+    /// of its earlier versions, and they are what the health walk is told to look at
+    /// ([`ListenerState::patch_routes`]); the counters of a name removed and not put back are
+    /// dropped. What one admin change does, at the cost of the routes it changes, not of the
+    /// table. The caller serialises changes (`control`'s store lock), since the table is read
+    /// and replaced here.
+    pub fn patch_table(&self, listener: &ListenerState, remove: &[&str], put: Vec<ValidRoute>) {
         let mut stats = self.route_stats.lock().expect("route stats lock poisoned");
         let put_back: std::collections::HashSet<&str> =
             put.iter().map(|r| r.route.hostname.as_str()).collect();
@@ -821,7 +817,7 @@ impl State {
         let table = listener
             .routes()
             .patched(remove.iter().copied(), put.iter().cloned());
-        (table, put)
+        listener.patch_routes(table, put);
     }
 
     /// Where listeners added at run time get their sockets: installed once by the data plane
@@ -1028,10 +1024,8 @@ mod tests {
         };
         assert_eq!(names(l.take_fresh()), None, "never looked: everything");
         assert_eq!(names(l.take_fresh()), Some(vec![]));
-        let (table, fresh) = state.patch_table(&l, &[], vec![route("a.test"), route("b.test")]);
-        l.patch_routes(table, fresh);
-        let (table, fresh) = state.patch_table(&l, &["a.test"], vec![]);
-        l.patch_routes(table, fresh);
+        state.patch_table(&l, &[], vec![route("a.test"), route("b.test")]);
+        state.patch_table(&l, &["a.test"], vec![]);
         assert_eq!(
             names(l.take_fresh()),
             Some(vec!["a.test".to_owned(), "b.test".to_owned()])
@@ -1040,8 +1034,7 @@ mod tests {
         l.replace_routes(RouteTable::new([]));
         assert_eq!(names(l.take_fresh()), None, "a whole table: everything");
         for i in 0..=MAX_FRESH {
-            let (table, fresh) = state.patch_table(&l, &[], vec![route(&format!("r{i}.test"))]);
-            l.patch_routes(table, fresh);
+            state.patch_table(&l, &[], vec![route(&format!("r{i}.test"))]);
         }
         assert_eq!(names(l.take_fresh()), None, "too many: everything");
     }
@@ -1114,8 +1107,7 @@ mod tests {
                     .chain(put.iter().map(|r| r.hostname.clone()))
                     .collect();
                 let put = put.into_iter().map(ValidRoute::unchecked).collect();
-                let (table, fresh) = state.patch_table(&l, &remove, put);
-                l.patch_routes(table, fresh);
+                state.patch_table(&l, &remove, put);
                 let after = l.routes();
                 for name in model.keys() {
                     let now = after.get(name).expect("a route of the model");
