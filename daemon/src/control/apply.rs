@@ -30,9 +30,7 @@ use crate::control::reload::{RouteReload, reload_certificates};
 use crate::control::store::{ListenerFields, Store, StoreError};
 use crate::model::events::{Caller, Event, Origin};
 use crate::model::firewall::{Firewall, parse_rule};
-use crate::model::routes::{
-    IssuedPem, RouteError, ValidRoute, validate_route, validate_route_with,
-};
+use crate::model::routes::{RouteError, ValidRoute, validate_route, validate_route_with};
 use crate::model::state::{ListenerSettings, ListenerState, NotServed, State, check_listener_name};
 
 /// A change someone asked for.
@@ -592,14 +590,14 @@ impl Control {
                 if !route.acme || out.iter().any(|d| d.hostname == route.hostname) {
                     continue;
                 }
-                let dates = store.acme_certificate_dates(&route.hostname)?;
-                let renew_at = dates.map(|(issued_at, not_after)| {
-                    let lifetime = not_after.saturating_sub(issued_at);
+                let issued = store.acme_certificate_renewal(&route.hostname)?;
+                let renew_at = issued.as_ref().map(|(issued_at, not_after, _)| {
+                    let lifetime = not_after.saturating_sub(*issued_at);
                     not_after.saturating_sub(lifetime / 3)
                 });
-                let leaf = store
-                    .acme_certificate(&route.hostname)?
-                    .and_then(|(chain, _, _)| {
+                let not_after = issued.as_ref().map(|(_, not_after, _)| *not_after);
+                let leaf = issued
+                    .and_then(|(_, _, chain)| {
                         rustls_pki_types::CertificateDer::pem_slice_iter(chain.as_bytes())
                             .next()?
                             .ok()
@@ -608,7 +606,7 @@ impl Control {
                 out.push(AcmeDue {
                     hostname: route.hostname,
                     renew_at,
-                    not_after: dates.map(|(_, not_after)| not_after),
+                    not_after,
                     leaf,
                 });
             }
@@ -1007,13 +1005,6 @@ fn merged_route(
     Ok((listener, old, merged))
 }
 
-/// The certificate ACME issued for `hostname`, from the database.
-fn issued_pem(store: &Store, hostname: &str) -> Result<Option<IssuedPem>, ChangeError> {
-    Ok(store
-        .acme_certificate(hostname)?
-        .map(|(chain, key, _)| IssuedPem { chain, key }))
-}
-
 /// An ACME route checked: served with its issued certificate, or waiting for one.
 fn checked_acme_route(
     store: &Store,
@@ -1029,7 +1020,7 @@ fn checked_acme_route(
     };
     let name = crate::model::routes::route_name(&route.hostname)
         .ok_or_else(|| invalid(&"not a route name"))?;
-    let issued = issued_pem(store, &name)?;
+    let issued = store.issued_pem(&name)?;
     match validate_route_with(route, issued.as_ref()) {
         Ok(valid) => Ok(Ok(valid)),
         Err(RouteError::AcmePending) => Ok(Err(Route {
@@ -1397,10 +1388,7 @@ fn add_listener(
         crate::model::routes::RouteTable::with_stats(Vec::new(), |_| Arc::default()),
     )
     .with_name(name);
-    let listener = Arc::new(match kind {
-        mc_proxy_shared::ListenerKind::Tls => listener,
-        mc_proxy_shared::ListenerKind::Http => listener.with_http(fields.redirect_port),
-    });
+    let listener = Arc::new(listener.with_kind(kind, fields.redirect_port));
     let mut all = state.listeners().to_vec();
     all.push(Arc::clone(&listener));
     state.set_listeners(all);

@@ -147,16 +147,14 @@ pub fn load_state(config: &Config, store: &mut Store) -> Result<State, StartErro
             RouteTable::with_stats(routes, |_| Arc::default()),
         )
         .with_name(row.name);
-        let listener = match row.kind.parse::<mc_proxy_shared::ListenerKind>() {
-            Ok(mc_proxy_shared::ListenerKind::Tls) => listener,
-            Ok(mc_proxy_shared::ListenerKind::Http) => listener.with_http(row.redirect_port),
-            Err(e) => {
-                return Err(StartError::ListenerKind {
-                    addr: row.addr.clone(),
-                    source: e,
-                });
-            }
-        };
+        let kind = row
+            .kind
+            .parse::<mc_proxy_shared::ListenerKind>()
+            .map_err(|e| StartError::ListenerKind {
+                addr: row.addr.clone(),
+                source: e,
+            })?;
+        let listener = listener.with_kind(kind, row.redirect_port);
         listener.set_no_sni_route(Some(row.no_sni_route).filter(|n| !n.is_empty()));
         listener.set_not_served(not_served);
         listeners.push(Arc::new(listener));

@@ -139,10 +139,7 @@ pub fn reload_certificates(
                     if live.is_none() {
                         not_served.push(NotServed {
                             route: route.clone(),
-                            reason: match error {
-                                RouteError::AcmePending => RouteError::AcmePending.to_string(),
-                                ref e => e.to_string(),
-                            },
+                            reason: error.to_string(),
                         });
                     }
                     ReloadOutcome::Failed {

@@ -691,11 +691,16 @@ impl Store {
     /// What validating `route` needs from the database: for an acme route, the certificate
     /// ACME issued for it (none yet: it waits); for any other route, nothing.
     pub fn issued_for(&self, route: &Route) -> Result<Option<IssuedPem>, StoreError> {
-        if !route.acme {
-            return Ok(None);
+        match route.acme {
+            true => self.issued_pem(&route.hostname),
+            false => Ok(None),
         }
+    }
+
+    /// The certificate ACME issued for `hostname`, as a route is validated with it.
+    pub fn issued_pem(&self, hostname: &str) -> Result<Option<IssuedPem>, StoreError> {
         Ok(self
-            .acme_certificate(&route.hostname)?
+            .acme_certificate(hostname)?
             .map(|(chain, key, _)| IssuedPem { chain, key }))
     }
 
@@ -710,6 +715,29 @@ impl Store {
             )
             .optional()?;
         Ok(dates.map(|(a, b)| (u64::try_from(a).unwrap_or(0), u64::try_from(b).unwrap_or(0))))
+    }
+
+    /// When the certificate ACME issued for `hostname` was issued and ends (Unix seconds),
+    /// with its chain (PEM): what a renewal needs, in one read, without the key.
+    pub fn acme_certificate_renewal(
+        &self,
+        hostname: &str,
+    ) -> Result<Option<(u64, u64, String)>, StoreError> {
+        let row: Option<(i64, i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT issued_at, not_after, chain_pem FROM acme_certificates WHERE hostname = ?1",
+                [hostname],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(a, b, chain)| {
+            (
+                u64::try_from(a).unwrap_or(0),
+                u64::try_from(b).unwrap_or(0),
+                chain,
+            )
+        }))
     }
 
     /// Keeps (or replaces) the certificate ACME issued for `hostname`.

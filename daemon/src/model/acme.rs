@@ -90,14 +90,11 @@ impl Challenges {
         };
     }
 
-    /// Records when `hostname`'s certificate is to be renewed (`None`: it has none), and
-    /// whether the CA's renewal information chose the time.
-    pub fn set_renewal(&self, hostname: &str, at: Option<u64>, by_ari: bool) {
+    /// Records when `hostname`'s certificate is to be renewed, and whether the CA's renewal
+    /// information chose the time.
+    pub fn set_renewal(&self, hostname: &str, at: u64, by_ari: bool) {
         let mut renewals = self.renewals.write().unwrap_or_else(|e| e.into_inner());
-        match at {
-            Some(at) => renewals.insert(hostname.to_owned(), (at, by_ari)),
-            None => renewals.remove(hostname),
-        };
+        renewals.insert(hostname.to_owned(), (at, by_ari));
     }
 
     /// When `hostname`'s certificate is to be renewed (Unix seconds), and whether ARI chose

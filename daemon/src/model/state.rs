@@ -496,16 +496,20 @@ impl ListenerState {
         ListenerState { name, ..self }
     }
 
-    /// The same listener as a plain-HTTP one redirecting to `redirect_port` (0: 443).
-    pub fn with_http(self, redirect_port: u16) -> Self {
-        ListenerState {
-            kind: mc_proxy_shared::ListenerKind::Http,
-            redirect_port: if redirect_port == 0 {
-                443
-            } else {
-                redirect_port
+    /// The same listener of `kind`: a TLS one as it is, a plain-HTTP one redirecting to
+    /// `redirect_port` (0: 443).
+    pub fn with_kind(self, kind: mc_proxy_shared::ListenerKind, redirect_port: u16) -> Self {
+        match kind {
+            mc_proxy_shared::ListenerKind::Tls => self,
+            mc_proxy_shared::ListenerKind::Http => ListenerState {
+                kind,
+                redirect_port: if redirect_port == 0 {
+                    443
+                } else {
+                    redirect_port
+                },
+                ..self
             },
-            ..self
         }
     }
 

@@ -288,7 +288,7 @@ impl Task {
             Some(a) => (a.at, a.id.is_some(), a.id.clone()),
             None => (default, false, None),
         };
-        self.state.acme.set_renewal(hostname, Some(at), by_ari);
+        self.state.acme.set_renewal(hostname, at, by_ari);
         (Some(at), id)
     }
 

@@ -256,15 +256,13 @@ async fn finalize(
     hostname: &str,
     key_type: KeyType,
 ) -> Result<String, AcmeError> {
-    let algorithm = match key_type {
-        KeyType::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
-        KeyType::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-        KeyType::Rsa2048 => &rcgen::PKCS_RSA_SHA256,
-    };
     let local = |e: rcgen::Error| AcmeError::Local(format!("the certificate request: {e}"));
     let key = match key_type {
-        KeyType::Rsa2048 => rcgen::KeyPair::generate_rsa_for(algorithm, rcgen::RsaKeySize::_2048),
-        _ => rcgen::KeyPair::generate_for(algorithm),
+        KeyType::EcdsaP256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+        KeyType::EcdsaP384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+        KeyType::Rsa2048 => {
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        }
     }
     .map_err(local)?;
     let mut params = rcgen::CertificateParams::new(vec![hostname.to_owned()]).map_err(local)?;

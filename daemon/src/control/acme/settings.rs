@@ -54,6 +54,14 @@ pub enum KeyType {
 }
 
 impl KeyType {
+    /// Every key type, as `[acme] key_type` names them.
+    const ALL: [KeyType; 3] = [KeyType::EcdsaP256, KeyType::EcdsaP384, KeyType::Rsa2048];
+
+    /// The key type `[acme] key_type` names `name`.
+    fn named(name: &str) -> Option<KeyType> {
+        KeyType::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     /// Its name in `[acme] key_type`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -74,6 +82,13 @@ pub enum ChallengeKind {
 }
 
 impl ChallengeKind {
+    /// The kind `[acme] challenges` names `name`.
+    fn named(name: &str) -> Option<ChallengeKind> {
+        [ChallengeKind::TlsAlpn01, ChallengeKind::Http01]
+            .into_iter()
+            .find(|k| k.as_str() == name)
+    }
+
     /// Its name in `[acme] challenges` and in the ACME protocol.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -153,10 +168,10 @@ impl FileAcme {
             None => challenges = vec![ChallengeKind::TlsAlpn01, ChallengeKind::Http01],
             Some(names) => {
                 for (i, name) in names.iter().enumerate() {
-                    let kind = match name.as_str() {
-                        "tls-alpn-01" => ChallengeKind::TlsAlpn01,
-                        "http-01" => ChallengeKind::Http01,
-                        other => {
+                    let kind = match ChallengeKind::named(name) {
+                        Some(kind) => kind,
+                        None => {
+                            let other = name.as_str();
                             problem(
                                 format!("acme.challenges[{i}]"),
                                 format!(
@@ -188,9 +203,8 @@ impl FileAcme {
             }
         }
         let key_type = match self.key_type.as_deref() {
-            None | Some("ecdsa-p256") => KeyType::EcdsaP256,
-            Some("ecdsa-p384") => KeyType::EcdsaP384,
-            Some("rsa-2048") => KeyType::Rsa2048,
+            None => KeyType::EcdsaP256,
+            Some(name) if let Some(key_type) = KeyType::named(name) => key_type,
             Some(other) => {
                 problem(
                     "acme.key_type".into(),
