@@ -65,6 +65,12 @@ pub enum Change {
     RemoveFirewallRule(FirewallRule),
     /// Re-read every L7 route's certificate and key (SIGHUP).
     ReloadCertificates,
+    /// Re-read the certificate of the routes named `hostname` (every listener): an ACME
+    /// certificate was just stored for it.
+    ReloadCertificate {
+        /// The routes' hostname.
+        hostname: String,
+    },
     /// Set one member of a route enabled, draining or disabled, and/or its weight: stored,
     /// then the route is swapped for one whose member has the new state (the data plane keeps
     /// the member's health and counters across the swap). At least one of the two is given.
@@ -168,6 +174,7 @@ impl Change {
             Change::AddFirewallRule(_) => "add_firewall_rule",
             Change::RemoveFirewallRule(_) => "remove_firewall_rule",
             Change::ReloadCertificates => "reload_certificates",
+            Change::ReloadCertificate { .. } => "reload_certificate",
             Change::SetBackendState { .. } => "set_backend",
             Change::AddListener { .. } => "add_listener",
             Change::UpdateListener { .. } => "update_listener",
@@ -623,9 +630,9 @@ impl Control {
             .map(|(_, not_after)| not_after))
     }
 
-    /// ACME: keeps an issued certificate (replacing the one before), then serves it: every
-    /// L7 route's certificate is loaded again, so each acme route with this name (on every
-    /// listener) serves it to new handshakes. Blocks on SQLite.
+    /// ACME: keeps an issued certificate (replacing the one before), then serves it: the
+    /// routes with this name (on every listener) load it again and serve it to new
+    /// handshakes; no other route's files are read. Blocks on SQLite.
     pub fn install_acme_certificate(
         &self,
         hostname: &str,
@@ -639,7 +646,12 @@ impl Control {
             key_pem,
             i64::try_from(not_after).unwrap_or(i64::MAX),
         )?;
-        self.apply_by(Change::ReloadCertificates, Caller::Signal("acme"))?;
+        self.apply_by(
+            Change::ReloadCertificate {
+                hostname: hostname.to_owned(),
+            },
+            Caller::Signal("acme"),
+        )?;
         Ok(())
     }
 
@@ -836,7 +848,20 @@ impl Control {
                     origin,
                 } = cx;
                 Ok(Applied::Reloaded(reload_certificates(
-                    store, state, origin,
+                    store, state, origin, None,
+                )?))
+            }
+            Change::ReloadCertificate { hostname } => {
+                let Apply {
+                    store,
+                    state,
+                    origin,
+                } = cx;
+                Ok(Applied::Reloaded(reload_certificates(
+                    store,
+                    state,
+                    origin,
+                    Some(&hostname),
                 )?))
             }
             Change::SetBackendState {

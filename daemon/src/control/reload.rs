@@ -73,13 +73,15 @@ impl RouteReload {
     }
 }
 
-/// Reloads every stored L7 route's certificate and key and swaps each listener's table (see
-/// the module docs). Returns one entry per stored L7 route, in listener then hostname order.
-/// Fails only if the store cannot be read, and then changes nothing.
+/// Reloads every stored L7 route's certificate and key (`only`: the routes of that hostname,
+/// on every listener: an ACME certificate just installed) and swaps each listener's table
+/// (see the module docs). Returns one entry per route reloaded, in listener then hostname
+/// order. Fails only if the store cannot be read, and then changes nothing.
 pub fn reload_certificates(
     store: &mut Store,
     state: &State,
     origin: &Origin,
+    only: Option<&str>,
 ) -> Result<Vec<RouteReload>, StoreError> {
     // Read everything first: a store error must not leave half the listeners swapped.
     let listeners = state.listeners();
@@ -97,18 +99,19 @@ pub fn reload_certificates(
         let mut put: Vec<ValidRoute> = Vec::new();
         let mut changed_any = false;
         let mut added = Vec::new();
-        // Stored routes left out after this reload, with why: L4 ones keep the reason they
-        // were left out with at start (reload does not touch them).
+        // Stored routes left out after this reload, with why: those it does not reload (L4
+        // ones, other names than `only`'s) keep the reason they were left out with.
+        let reloads = |r: &Route| r.mode == Mode::L7 && only.is_none_or(|h| r.hostname == h);
         let before = listener.not_served();
         let mut not_served: Vec<NotServed> = Vec::new();
         for route in &stored {
-            if route.mode != Mode::L7
+            if !reloads(route)
                 && let Some(n) = before.iter().find(|n| n.route.hostname == route.hostname)
             {
                 not_served.push(n.clone());
             }
         }
-        for route in stored.into_iter().filter(|r| r.mode == Mode::L7) {
+        for route in stored.into_iter().filter(reloads) {
             let live = table.stored(&route.hostname);
             // An ACME route's certificate is the database's.
             let issued = store.issued_for(&route)?;
