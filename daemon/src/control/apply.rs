@@ -621,13 +621,26 @@ impl Control {
         Ok(out)
     }
 
-    /// ACME: the end of the certificate issued for `hostname` (Unix seconds), if the database
-    /// holds one. Blocks on SQLite.
-    pub fn acme_certificate_end(&self, hostname: &str) -> Result<Option<u64>, ChangeError> {
-        Ok(self
+    /// ACME: installs the fleet's certificate for its name unless the database holds one that
+    /// lasts as long or longer; says whether it did. Blocks on SQLite.
+    pub fn install_fleet_certificate(
+        &self,
+        theirs: &crate::control::acme::share::SharedCertificate,
+    ) -> Result<bool, ChangeError> {
+        let ours = self
             .store()?
-            .acme_certificate_dates(hostname)?
-            .map(|(_, not_after)| not_after))
+            .acme_certificate_dates(&theirs.hostname)?
+            .map(|(_, not_after)| not_after);
+        if ours.is_some_and(|end| end >= theirs.not_after) {
+            return Ok(false);
+        }
+        self.install_acme_certificate(
+            &theirs.hostname,
+            &theirs.chain_pem,
+            &theirs.key_pem,
+            theirs.not_after,
+        )?;
+        Ok(true)
     }
 
     /// ACME: keeps an issued certificate (replacing the one before), then serves it: the

@@ -163,28 +163,25 @@ impl Task {
                 continue;
             }
             match self.order(&hostname, replaces, not_after).await {
-                Ok(Ordered::Issued(not_after)) => {
-                    issued_any = true;
-                    self.state
-                        .acme
-                        .orders_issued
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.backoff.remove(&hostname);
-                    self.ari.remove(&hostname);
-                    self.state.acme.set_error(&hostname, None);
-                    tracing::info!(route = %hostname, not_after, "ACME certificate issued and served");
-                    self.state.events.publish(|| Event::AcmeOrder {
-                        route: hostname.clone(),
-                        not_after: Some(not_after),
-                        error: None,
-                    });
-                }
-                Ok(Ordered::FromFleet(not_after)) => {
+                Ok(got @ (Ordered::Issued(not_after) | Ordered::FromFleet(not_after))) => {
                     issued_any = true;
                     self.backoff.remove(&hostname);
                     self.ari.remove(&hostname);
                     self.state.acme.set_error(&hostname, None);
-                    tracing::info!(route = %hostname, not_after, "ACME certificate taken from the fleet (another node ordered it)");
+                    if matches!(got, Ordered::FromFleet(_)) {
+                        tracing::info!(route = %hostname, not_after, "ACME certificate taken from the fleet (another node ordered it)");
+                    } else {
+                        self.state
+                            .acme
+                            .orders_issued
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!(route = %hostname, not_after, "ACME certificate issued and served");
+                        self.state.events.publish(|| Event::AcmeOrder {
+                            route: hostname.clone(),
+                            not_after: Some(not_after),
+                            error: None,
+                        });
+                    }
                 }
                 Ok(Ordered::Busy) => {
                     // Another node orders it now: its certificate comes through the fleet.
@@ -353,16 +350,9 @@ impl Task {
             && not_after.is_none_or(|ours| theirs.not_after > ours)
         {
             let end = theirs.not_after;
-            blocking(&control, move |c| {
-                c.install_acme_certificate(
-                    &theirs.hostname,
-                    &theirs.chain_pem,
-                    &theirs.key_pem,
-                    theirs.not_after,
-                )
-            })
-            .await
-            .map_err(|e| AcmeError::Local(e.to_string()))?;
+            blocking(&control, move |c| c.install_fleet_certificate(&theirs))
+                .await
+                .map_err(|e| AcmeError::Local(e.to_string()))?;
             return Ok(Ordered::FromFleet(end));
         }
         let key_type = self.settings.key_type;

@@ -254,18 +254,9 @@ impl AcmeShare {
                 }
                 let control = Arc::clone(&self.control);
                 let installed = tokio::task::spawn_blocking(move || {
-                    let ours = control.acme_certificate_end(&doc.hostname)?;
-                    if ours.is_some_and(|end| end >= doc.not_after) {
-                        return Ok(None);
-                    }
                     control
-                        .install_acme_certificate(
-                            &doc.hostname,
-                            &doc.chain_pem,
-                            &doc.key_pem,
-                            doc.not_after,
-                        )
-                        .map(|()| Some(doc.node))
+                        .install_fleet_certificate(&doc)
+                        .map(|installed| installed.then_some(doc.node))
                 })
                 .await;
                 match installed {
