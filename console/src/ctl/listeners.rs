@@ -230,14 +230,11 @@ pub(super) fn format_listeners(listeners: &[ListenerStatus], headers: bool) -> S
         .iter()
         .filter(|l| l.kind == mc_proxy_shared::ListenerKind::Http);
     for l in http.filter(|_| headers) {
-        let port = match l.redirect_port {
-            443 => String::new(),
-            port => format!(":{port}"),
-        };
         let _ = writeln!(
             out,
-            "listener {}: plain HTTP, answers ACME http-01 and redirects to https://HOST{port}/",
-            l.addr
+            "listener {}: plain HTTP, answers ACME http-01 and redirects to {}",
+            l.addr,
+            crate::format::redirect_target(l.redirect_port)
         );
     }
     out

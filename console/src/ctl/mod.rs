@@ -23,7 +23,7 @@ mod listeners;
 mod reload;
 mod routes;
 mod status;
-pub mod talkers;
+mod talkers;
 
 use std::fmt::Write as _;
 use std::io::Write as _;

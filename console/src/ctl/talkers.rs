@@ -8,7 +8,7 @@ use mc_proxy_shared::client::{AdminClient, Talker};
 
 use super::{CtlError, print_out, table};
 use crate::cli::TableArgs;
-use crate::format::{fit, now_ms};
+use crate::format::{fit, now_ms, talker_hits};
 
 /// `talkers`.
 pub(super) async fn run(
@@ -21,22 +21,13 @@ pub(super) async fn run(
     print_out(how, &talkers[..], |t, headers| format(t, headers, now))
 }
 
-/// `hits`, or `≤hits` when part of it may be inherited (a bounded table's estimate).
-pub fn hits_text(t: &Talker) -> String {
-    if t.error == 0 {
-        t.hits.to_string()
-    } else {
-        format!("≤{}", t.hits)
-    }
-}
-
 fn format(talkers: &[Talker], headers: bool, now: u64) -> String {
     let rows: Vec<Vec<String>> = talkers
         .iter()
         .map(|t| {
             vec![
                 t.client.clone(),
-                hits_text(t),
+                talker_hits(t, false),
                 t.last.clone(),
                 if t.route.is_empty() {
                     "-".into()

@@ -74,6 +74,25 @@ pub fn route_limits(l: &mc_proxy_shared::limits::RouteLimits) -> Option<String> 
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
+/// Where a plain-HTTP listener redirects: `https://HOST/`, with the port when not 443.
+pub fn redirect_target(port: u16) -> String {
+    match port {
+        443 => "https://HOST/".to_owned(),
+        port => format!("https://HOST:{port}/"),
+    }
+}
+
+/// A talker's hits, `≤hits` when part of the count may be inherited (the daemon's bounded
+/// table's estimate); `compact`: from a million on with a unit (`1.2M`), for a 7-column cell.
+pub fn talker_hits(t: &mc_proxy_shared::client::Talker, compact: bool) -> String {
+    let mark = if t.error == 0 { "" } else { "≤" };
+    if compact && t.hits >= 1_000_000 {
+        format!("{mark}{}", fit::count(t.hits))
+    } else {
+        format!("{mark}{}", t.hits)
+    }
+}
+
 /// 1536 -> "1.5K" (the CLI's tables: one decimal, binary units).
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];

@@ -387,7 +387,7 @@ impl App {
             DaemonMsg::Connections(list) => self.conns.update(list, now),
             DaemonMsg::Disconnected(reason) => self.data.on_disconnected(reason),
             DaemonMsg::Fleet(poll) => self.fleet.update(poll),
-            DaemonMsg::Talkers(list) => self.talkers.update(list, now),
+            DaemonMsg::Talkers(list) => self.talkers.update(list),
             DaemonMsg::ActionDone(result) => self.on_action_done(result),
         }
         self.follow_all();

@@ -69,11 +69,8 @@ impl Component for ListenerDetail {
                 mc_proxy_shared::ListenerKind::Http => field(
                     "kind",
                     format!(
-                        "plain HTTP: ACME http-01, redirects to https://HOST{}/",
-                        match l.redirect_port {
-                            443 => String::new(),
-                            port => format!(":{port}"),
-                        }
+                        "plain HTTP: ACME http-01, redirects to {}",
+                        crate::format::redirect_target(l.redirect_port)
                     ),
                 ),
                 mc_proxy_shared::ListenerKind::Tls => field(

@@ -7,8 +7,6 @@
 //! address; a count that the daemon's bounded table may have inherited reads `≤N`, never a
 //! plain figure; times are as of the poll, not the screen's clock.
 
-use std::time::Instant;
-
 use crossterm::event::KeyEvent;
 use mc_proxy_shared::client::Talker;
 use ratatui::Frame;
@@ -21,51 +19,38 @@ use super::help::Help;
 use super::input::{self, Command, Context};
 use super::select::Selection;
 use super::widgets::{bold, pane_block, right, selected};
-use crate::ctl::talkers::hits_text;
-
-/// HITS in at most 7 columns: exact below a million, with a unit above (`1.2M`), `≤` when
-/// the count may be inherited.
-fn hits_cell(t: &Talker) -> String {
-    if t.hits < 1_000_000 {
-        return hits_text(t);
-    }
-    let mark = if t.error == 0 { "" } else { "≤" };
-    format!("{mark}{}", fit::count(t.hits))
-}
-use crate::format::{fit, now_ms};
+use crate::format::{fit, now_ms, talker_hits};
 
 /// The talkers view.
 #[derive(Debug, Clone, Default)]
 pub struct TalkersView {
     /// The last poll's answer, most first.
     pub list: Vec<Talker>,
-    /// When it came (`None`: nothing polled yet), and the Unix time then (ms).
-    pub at: Option<(Instant, u64)>,
+    /// The Unix time (ms) the last poll came (`None`: nothing polled yet).
+    pub at_ms: Option<u64>,
     /// Selected address.
     pub sel: Selection,
 }
 
 impl TalkersView {
     /// Takes a poll.
-    pub fn update(&mut self, list: Vec<Talker>, at: Instant) {
+    pub fn update(&mut self, list: Vec<Talker>) {
         self.list = list;
-        self.at = Some((at, now_ms()));
+        self.at_ms = Some(now_ms());
         self.follow();
+    }
+
+    fn keys(list: &[Talker]) -> Vec<&str> {
+        list.iter().map(|t| t.client.as_str()).collect()
     }
 
     /// Re-finds the selection.
     pub fn follow(&mut self) {
-        let keys: Vec<&str> = self.list.iter().map(|t| t.client.as_str()).collect();
-        self.sel.follow(&keys);
+        self.sel.follow(&Self::keys(&self.list));
     }
 
     fn step(&mut self, delta: isize) {
-        let last = self.list.len().saturating_sub(1);
-        let idx = self.sel.index().saturating_add_signed(delta).min(last);
-        if let Some(t) = self.list.get(idx) {
-            self.sel.set(t.client.clone());
-        }
-        self.follow();
+        self.sel.step(&Self::keys(&self.list), delta);
     }
 }
 
@@ -94,7 +79,7 @@ impl Component for TalkersView {
     }
 
     fn render(&self, _ctx: &Ctx<'_>, frame: &mut Frame<'_>, area: Rect) {
-        let title = match self.at {
+        let title = match self.at_ms {
             None => "clients hitting limits: polling...".to_owned(),
             Some(_) => format!(
                 "clients hitting limits: {} (most first, since start)",
@@ -105,7 +90,7 @@ impl Component for TalkersView {
         let inner = block.inner(area);
         frame.render_widget(block, area);
         if self.list.is_empty() {
-            let text = if self.at.is_some() {
+            let text = if self.at_ms.is_some() {
                 " no client hit a limit since the daemon started"
             } else {
                 ""
@@ -120,11 +105,11 @@ impl Component for TalkersView {
         let route_w = width
             .saturating_sub(client_w + hits_w + last_w + when_w + 4)
             .max(6);
-        let now_ms = self.at.map_or(0, |(_, ms)| ms);
+        let now_ms = self.at_ms.unwrap_or(0);
         let rows = self.list.iter().map(|t| {
             Row::new(vec![
                 Cell::from(fit::start(&t.client, client_w)),
-                right(hits_cell(t)),
+                right(talker_hits(t, true)),
                 Cell::from(fit::end(&t.last, last_w)),
                 Cell::from(if t.route.is_empty() {
                     "-".to_owned()
