@@ -126,7 +126,7 @@ fn pack(tag: u64, conns: u64, time: u64) -> u64 {
 
 /// A client's key: an IPv4 address whole, an IPv6 address cut to `prefix` bits (IPv4-mapped
 /// IPv6 addresses are IPv4 clients).
-fn client_key(ip: IpAddr, prefix: u8) -> u128 {
+pub(crate) fn client_key(ip: IpAddr, prefix: u8) -> u128 {
     match ip.to_canonical() {
         IpAddr::V4(v4) => (0xffff_u128 << 32) | u128::from(u32::from(v4)),
         IpAddr::V6(v6) => {

@@ -11,6 +11,8 @@
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+use crate::model::clients::client_key;
+
 /// Entries kept.
 pub const CAPACITY: usize = 64;
 
@@ -62,21 +64,31 @@ pub struct Talker {
 /// The table (see the module docs).
 #[derive(Debug, Default)]
 pub struct Talkers {
-    entries: Mutex<Vec<Talker>>,
+    entries: Mutex<Vec<Entry>>,
 }
 
-/// The key an address is counted under: IPv6 clients by /64 (one host owns one).
-pub fn client_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let s = v6.segments();
-                let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
-                format!("{net}/64")
-            }
-        },
+/// A [`Talker`] as the table keeps it: the address as its number (a refusal compares and
+/// copies no text under the lock), written out only when the table is read.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// `clients::client_key` at /64: an IPv4 address whole, an IPv6 one by its /64.
+    key: u128,
+    hits: u64,
+    error: u64,
+    last: Hit,
+    route: String,
+    last_ms: u64,
+}
+
+/// IPv6 clients are counted by /64 (one host owns one).
+const IPV6_PREFIX: u8 = 64;
+
+/// A key's text: the IPv4 address, or the IPv6 /64.
+fn client_text(key: u128) -> String {
+    let ip = std::net::Ipv6Addr::from(key);
+    match ip.to_ipv4_mapped() {
+        Some(v4) => v4.to_string(),
+        None => format!("{ip}/{IPV6_PREFIX}"),
     }
 }
 
@@ -86,17 +98,17 @@ impl Talkers {
         let Ok(mut entries) = self.entries.try_lock() else {
             return;
         };
-        let key = client_key(client);
+        let key = client_key(client, IPV6_PREFIX);
         let now = crate::model::events::now_ms();
-        if let Some(t) = entries.iter_mut().find(|t| t.client == key) {
+        if let Some(t) = entries.iter_mut().find(|t| t.key == key) {
             t.hits += 1;
             t.last = hit;
             route.clone_into(&mut t.route);
             t.last_ms = now;
             return;
         }
-        let entry = |hits, error| Talker {
-            client: key.clone(),
+        let entry = |hits, error| Entry {
+            key,
             hits,
             error,
             last: hit,
@@ -115,10 +127,20 @@ impl Talkers {
 
     /// The `n` addresses with the most refusals, most first.
     pub fn top(&self, n: usize) -> Vec<Talker> {
-        let mut all = match self.entries.lock() {
-            Ok(e) => e.clone(),
-            Err(e) => e.into_inner().clone(),
-        };
+        let mut all: Vec<Talker> = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|e| Talker {
+                client: client_text(e.key),
+                hits: e.hits,
+                error: e.error,
+                last: e.last,
+                route: e.route.clone(),
+                last_ms: e.last_ms,
+            })
+            .collect();
         all.sort_by(|a, b| b.hits.cmp(&a.hits).then_with(|| a.client.cmp(&b.client)));
         all.truncate(n);
         all
