@@ -93,32 +93,26 @@ fn respond(
     let authority = req
         .uri()
         .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
-    let Some(host) = authority.as_deref().and_then(host_of) else {
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()));
+    let Some(host) = authority.and_then(checked_host) else {
         return text(
             StatusCode::BAD_REQUEST,
             "bad request: a Host header naming a host is required\n",
         );
     };
-    let Some(path) = req.uri().path_and_query().map(|p| p.as_str()) else {
+    // No path (`OPTIONS *`): nothing to redirect to.
+    let Some(path) = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'))
+    else {
         return text(
             StatusCode::BAD_REQUEST,
             "bad request: no path to redirect\n",
         );
     };
-    if !path.starts_with('/') {
-        // `OPTIONS *`: nothing to redirect to.
-        return text(
-            StatusCode::BAD_REQUEST,
-            "bad request: no path to redirect\n",
-        );
-    }
     if let Some(token) = req.uri().path().strip_prefix(CHALLENGE_PATH) {
         return match challenges.answer_token(host, token) {
             Some(key_authorization) => {
@@ -154,7 +148,7 @@ fn respond(
 /// The host of an authority (`host`, `host:port`, `[v6]:port`) when it is a DNS name or an
 /// IP literal, without the port; `None` for anything else (userinfo, bad characters, an
 /// empty or overlong name), so that nothing unchecked reaches a `Location`.
-fn host_of(authority: &str) -> Option<&str> {
+fn checked_host(authority: &str) -> Option<&str> {
     if authority.contains('@') {
         return None;
     }
@@ -178,18 +172,12 @@ fn host_of(authority: &str) -> Option<&str> {
             host
         }
     };
-    let dns_ok = |h: &str| {
-        !h.is_empty()
-            && h.len() <= 253
-            && h.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            })
+    // A DNS name as routes take them (`wire::dns`), or an IPv4 literal; kept as written.
+    let name_ok = |h: &str| {
+        mc_proxy_wire::dns::normalize_dns_name(h).is_some()
+            || h.parse::<std::net::Ipv4Addr>().is_ok()
     };
-    (host.starts_with('[') || dns_ok(host.trim_end_matches('.'))).then_some(host)
+    (host.starts_with('[') || name_ok(host)).then_some(host)
 }
 
 fn port_ok(port: &str) -> bool {
@@ -208,16 +196,16 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 
 #[cfg(test)]
 mod tests {
-    use super::host_of;
+    use super::checked_host;
 
     #[test]
     fn only_a_dns_name_or_an_ip_literal_is_a_host() {
-        assert_eq!(host_of("example.com"), Some("example.com"));
-        assert_eq!(host_of("Example.com:80"), Some("Example.com"));
-        assert_eq!(host_of("192.0.2.1:8080"), Some("192.0.2.1"));
-        assert_eq!(host_of("[2001:db8::1]:80"), Some("[2001:db8::1]"));
-        assert_eq!(host_of("[2001:db8::1]"), Some("[2001:db8::1]"));
-        assert_eq!(host_of("example.com."), Some("example.com."));
+        assert_eq!(checked_host("example.com"), Some("example.com"));
+        assert_eq!(checked_host("Example.com:80"), Some("Example.com"));
+        assert_eq!(checked_host("192.0.2.1:8080"), Some("192.0.2.1"));
+        assert_eq!(checked_host("[2001:db8::1]:80"), Some("[2001:db8::1]"));
+        assert_eq!(checked_host("[2001:db8::1]"), Some("[2001:db8::1]"));
+        assert_eq!(checked_host("example.com."), Some("example.com."));
         for bad in [
             "",
             ":80",
@@ -230,11 +218,13 @@ mod tests {
             "[::1]x",
             "a/b",
             "a\"b",
+            "-a.test",
+            "999.1.1.1",
         ] {
-            assert_eq!(host_of(bad), None, "{bad:?}");
+            assert_eq!(checked_host(bad), None, "{bad:?}");
         }
-        assert_eq!(host_of(&"a".repeat(64)), None, "a label of 64");
+        assert_eq!(checked_host(&"a".repeat(64)), None, "a label of 64");
         let long = vec!["a".repeat(60); 5].join(".");
-        assert_eq!(host_of(&long), None, "over 253");
+        assert_eq!(checked_host(&long), None, "over 253");
     }
 }
