@@ -67,6 +67,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// What a key under the root names.
+/// The key of `hostname`'s entry of `kind` (`challenges`, `certs`, `locks`) under `root`.
+fn key(root: &str, kind: &str, hostname: &str) -> String {
+    format!("{root}{kind}/{}", hostname.to_ascii_lowercase())
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum AcmeKey {
     Challenge(String),
@@ -89,15 +94,11 @@ impl AcmeShare {
     }
 
     fn account_key(&self, directory: &str) -> String {
-        format!(
-            "{}accounts/{}",
-            self.root,
-            directory.replace('%', "%25").replace('/', "%2F")
-        )
+        format!("{}accounts/{}", self.root, super::keys::escape(directory))
     }
 
     fn key(&self, kind: &str, hostname: &str) -> String {
-        format!("{}{kind}/{}", self.root, hostname.to_ascii_lowercase())
+        key(&self.root, kind, hostname)
     }
 
     fn parse(&self, key: &str) -> Option<AcmeKey> {
@@ -521,11 +522,7 @@ impl Held for Lock {
             let hostname = match challenge {
                 Pending::TlsAlpn01 { hostname, .. } | Pending::Http01 { hostname, .. } => hostname,
             };
-            let key = format!(
-                "{}challenges/{}",
-                self.share_root,
-                hostname.to_ascii_lowercase()
-            );
+            let key = key(&self.share_root, "challenges", hostname);
             let doc = ChallengeDoc {
                 node: self.node.clone(),
                 challenge: challenge.clone(),

@@ -47,7 +47,9 @@ pub enum Key {
     LastChange,
 }
 
-fn escape(segment: &str) -> String {
+/// A key segment that may hold `/` (a listener's name, a rule, a directory URL), escaped so
+/// it stays one segment.
+pub(super) fn escape(segment: &str) -> String {
     segment.replace('%', "%25").replace('/', "%2F")
 }
 
