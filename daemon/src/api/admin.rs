@@ -976,8 +976,11 @@ impl AdminService for Admin {
                 "route {name} is not an acme route (an l7 route's certificate files are \
                  renewed by replacing them, then mcproxyctl reload)"
             ))),
-            Some(true) if !state.acme.enabled() => Err(tonic::Status::failed_precondition(
-                "this daemon has no [acme] section: nothing orders certificates",
+            // A fleet node without [acme] takes acme routes but orders nothing: a forced
+            // renewal there would be answered and never done.
+            Some(true) if !state.acme.orders_here() => Err(tonic::Status::failed_precondition(
+                "this daemon has no [acme] section: nothing orders certificates here (renew \
+                 on a node with [acme])",
             )),
             Some(true) => {
                 tracing::info!(route = %name, "certificate renewal asked through the admin API");

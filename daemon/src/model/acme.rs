@@ -35,6 +35,9 @@ pub struct Challenges {
     /// CA's renewal information (ARI) says so.
     renewals: RwLock<HashMap<String, (u64, bool)>>,
     enabled: std::sync::atomic::AtomicBool,
+    /// This daemon's own ACME task runs (a fleet node without `[acme]` takes acme routes,
+    /// but orders nothing).
+    ordering: std::sync::atomic::AtomicBool,
     /// Names an operator asked to renew now (`mcproxyctl certs renew`).
     forced: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Orders that issued a certificate, and orders that failed, since start.
@@ -52,6 +55,18 @@ impl Challenges {
     /// Whether [`Challenges::enable`] was called.
     pub fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
+    }
+
+    /// This daemon's ACME task runs (and acme routes may be added).
+    pub fn start_ordering(&self) {
+        self.ordering.store(true, Ordering::Release);
+        self.enable();
+    }
+
+    /// Whether this daemon orders certificates itself ([`Challenges::start_ordering`]): what
+    /// a forced renewal needs.
+    pub fn orders_here(&self) -> bool {
+        self.ordering.load(Ordering::Acquire)
     }
 
     /// Tells the ACME task to look at the routes now (one was added or changed).

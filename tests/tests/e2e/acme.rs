@@ -991,6 +991,17 @@ async fn on_a_fleet_one_node_orders_any_node_answers_the_ca_and_every_node_serve
     };
     let (la, lb, lc) = (leaf(&a).await, leaf(&b).await, leaf(&c).await);
     assert!(la == lb && lb == lc, "one certificate");
+    // A renewal asked of A, which orders nothing, is refused, not answered and dropped.
+    let refused = admin
+        .renew_certificate("fleet.acme.test")
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("nothing orders certificates here"),
+        "{refused}"
+    );
 
     // A node that joins later takes the fleet's certificate: no second order.
     let d = Proxy::start(&node("d", "127.0.0.1:0", true)).await;

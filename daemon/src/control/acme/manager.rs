@@ -88,6 +88,7 @@ pub async fn run(settings: AcmeConfig, control: Arc<Control>, shutdown: Cancella
             return;
         }
     };
+    state.acme.start_ordering();
     let mut task = Task {
         settings,
         control,
