@@ -854,29 +854,8 @@ impl Control {
             Change::RemoveRoute { listener, hostname } => remove_route(cx, listener, hostname),
             Change::AddFirewallRule(rule) => add_firewall_rule(cx, rule),
             Change::RemoveFirewallRule(rule) => remove_firewall_rule(cx, rule),
-            Change::ReloadCertificates => {
-                let Apply {
-                    store,
-                    state,
-                    origin,
-                } = cx;
-                Ok(Applied::Reloaded(reload_certificates(
-                    store, state, origin, None,
-                )?))
-            }
-            Change::ReloadCertificate { hostname } => {
-                let Apply {
-                    store,
-                    state,
-                    origin,
-                } = cx;
-                Ok(Applied::Reloaded(reload_certificates(
-                    store,
-                    state,
-                    origin,
-                    Some(&hostname),
-                )?))
-            }
+            Change::ReloadCertificates => reload(cx, None),
+            Change::ReloadCertificate { hostname } => reload(cx, Some(&hostname)),
             Change::SetBackendState {
                 listener,
                 hostname,
@@ -1041,6 +1020,18 @@ fn merged_route(
         keep_no_sni_route(&listener, &old, "renamed")?;
     }
     Ok((listener, old, merged))
+}
+
+/// [`Change::ReloadCertificates`], or [`Change::ReloadCertificate`] for `only`'s routes.
+fn reload(cx: Apply<'_>, only: Option<&str>) -> Result<Applied, ChangeError> {
+    let Apply {
+        store,
+        state,
+        origin,
+    } = cx;
+    Ok(Applied::Reloaded(reload_certificates(
+        store, state, origin, only,
+    )?))
 }
 
 /// An ACME route checked: served with its issued certificate, or waiting for one.
