@@ -556,17 +556,75 @@ async fn log_format_json_writes_one_object_per_line_with_the_access_fields() {
     let closed = closed.expect("the access line");
     assert_eq!(closed["outcome"], "not_tls", "{closed}");
     assert_eq!(closed["level"], "INFO", "{closed}");
-    // The connection's span travels with it: who, on which listener.
+    assert_eq!(closed["target"], "mc_proxy::access", "{closed}");
+    assert_eq!(
+        closed["error"], "client hello: not a TLS handshake",
+        "{closed}"
+    );
+    // The line says who, on which listener, itself: no span object repeating it, and no
+    // field that says nothing (no route, no SNI, no backend, the peer is the client).
+    assert!(closed["conn"].is_u64(), "{closed}");
+    assert_eq!(closed["listener"].as_str(), Some(addr.as_str()), "{closed}");
     assert!(
-        closed["span"]["client"]
+        closed["client"]
             .as_str()
             .is_some_and(|c| c.starts_with("127.0.0.1:")),
         "{closed}"
     );
-    assert!(
-        closed["span"]["id"].is_number() || closed["span"]["id"].is_string(),
-        "{closed}"
+    for absent in ["span", "peer", "route", "sni", "backend"] {
+        assert!(closed.get(absent).is_none(), "{absent}: {closed}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_line_parses_as_logfmt_in_the_text_format() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[database]\npath = {:?}\n[[listeners]]\naddr = \"127.0.0.1:0\"\n",
+        dir.path().join("mc-proxy.db").display().to_string(),
     );
+    let daemon = Daemon::start_with_stderr(dir, &config, None, &[]);
+    let addr = ready_addr(&daemon);
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    assert!(
+        daemon.wait_for_log("connection closed"),
+        "{}",
+        daemon.log_text()
+    );
+    let log = daemon.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("connection closed"))
+        .unwrap();
+    // Written outside the connection's span: no `conn{...}:` prefix, so the whole line is
+    // logfmt, the timestamp, level, target and message first as bare words.
+    let pairs = parse_logfmt(line).unwrap_or_else(|e| panic!("not logfmt ({e}): {line}"));
+    let bare: Vec<&str> = pairs
+        .iter()
+        .take_while(|(_, v)| v.is_none())
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(
+        bare[1..],
+        ["INFO", "mc_proxy::access:", "connection", "closed"],
+        "{line}"
+    );
+    let fields: HashMap<&str, &str> = pairs
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.as_deref()?)))
+        .collect();
+    assert_eq!(fields["listener"], addr, "{line}");
+    assert!(fields["client"].starts_with("127.0.0.1:"), "{line}");
+    assert_eq!(fields["outcome"], "not_tls", "{line}");
+    assert_eq!(
+        fields["error"], "client hello: not a TLS handshake",
+        "{line}"
+    );
+    // conn, listener, client, bytes_up, bytes_down, duration_ms, outcome, error: nothing
+    // that would be empty (no route, SNI or backend; the peer is the client).
+    assert_eq!(fields.len(), 8, "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

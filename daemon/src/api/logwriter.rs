@@ -28,7 +28,7 @@ static BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 pub struct Buffered;
 
 /// The targets of the lines that come with traffic, batched.
-const BATCHED: [&str; 2] = ["mc_proxy::request", "mc_proxy::proxy::access"];
+const BATCHED: [&str; 2] = ["mc_proxy::request", "mc_proxy::access"];
 
 /// One line's writer (tracing-subscriber formats a whole line, then writes it once).
 #[derive(Debug)]

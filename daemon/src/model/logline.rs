@@ -1,5 +1,5 @@
-//! Traffic log lines the daemon formats itself: the per-request line goes through here rather
-//! than through tracing-subscriber's formatter, whose generic field visitor (a `dyn Debug` per
+//! Traffic log lines the daemon formats itself: the per-request and per-connection lines go
+//! through here rather than through tracing-subscriber's formatter, whose generic field visitor (a `dyn Debug` per
 //! field, the timestamp formatted whole each time, styles asked even without colours) was a
 //! third of a logged HTTP/2 request's cost (docs/BENCHMARKS.md).
 //!
@@ -12,8 +12,9 @@
 //! message key=value key="text"`, a `&str` quoted as `{:?}` does) and the flattened JSON one
 //! (`timestamp`, `level`, `message`, the fields, `target`), so a parser of either sees no
 //! difference (checked against tracing-subscriber in the tests below), except that the JSON
-//! line leaves out the `span` object, whose fields the request line carries already. Nothing
-//! is installed in a library user's or a test's process: then [`info`] says so and the caller
+//! line leaves out the `span` object: a traffic line is written outside any span and carries
+//! the connection's fields itself (tracing's `parent: None`). Nothing
+//! is installed in a library user's or a test's process: then [`event`] says so and the caller
 //! logs through `tracing` as before.
 
 use std::cell::RefCell;
@@ -21,6 +22,8 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::Level;
 
 /// The two formats of `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,10 +93,12 @@ pub struct Line<'a> {
     target: &'static str,
 }
 
-/// Builds one `INFO` line of `target` with `message` through `fields`, and hands it to the
-/// installed sink. False, and nothing done, when none is installed: the caller logs through
-/// `tracing`.
-pub fn info(
+/// Builds one line of `level` and `target` with `message` through `fields`, and hands it to
+/// the installed sink. False, and nothing done, when none is installed: the caller logs
+/// through `tracing`. The caller has asked `tracing::enabled!` for the target and level: the
+/// subscriber's filter (`RUST_LOG`) is not consulted here.
+pub fn event(
+    level: Level,
     target: &'static str,
     message: &'static str,
     fields: impl FnOnce(&mut Line<'_>),
@@ -102,7 +107,12 @@ pub fn info(
         return false;
     };
     let write = |buf: &mut Vec<u8>, stamp: &mut Stamp| {
-        let mut line = Line::start(buf, stamp, format, target, message, SystemTime::now());
+        let head = Head {
+            level,
+            target,
+            message,
+        };
+        let mut line = Line::start(buf, stamp, format, head, SystemTime::now());
         fields(&mut line);
         line.end();
         sink(buf);
@@ -126,34 +136,126 @@ pub fn info(
     true
 }
 
+/// One line as [`event`] would hand it to the sink, for other modules' tests to compare with
+/// what tracing-subscriber writes.
+#[cfg(test)]
+pub(crate) fn render(
+    format: LineFormat,
+    level: Level,
+    target: &'static str,
+    message: &'static str,
+    fields: impl FnOnce(&mut Line<'_>),
+) -> String {
+    let mut out = Vec::new();
+    let mut stamp = Stamp::EMPTY;
+    let head = Head {
+        level,
+        target,
+        message,
+    };
+    let mut line = Line::start(&mut out, &mut stamp, format, head, SystemTime::now());
+    fields(&mut line);
+    line.end();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// What tracing-subscriber, configured as the daemon's binary does (every level on), writes
+/// for the events `emit` logs: the reference [`render`] is compared with.
+#[cfg(test)]
+pub(crate) fn through_subscriber(format: LineFormat, emit: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut b) = self.0.lock() {
+                b.extend_from_slice(bytes);
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let captured = Captured::default();
+    let writer = {
+        let captured = captured.clone();
+        move || captured.clone()
+    };
+    match format {
+        LineFormat::Text => {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(writer)
+                .with_ansi(false)
+                .with_max_level(Level::TRACE)
+                .finish();
+            tracing::subscriber::with_default(subscriber, emit);
+        }
+        LineFormat::Json => {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(writer)
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_max_level(Level::TRACE)
+                .finish();
+            tracing::subscriber::with_default(subscriber, emit);
+        }
+    }
+    let bytes = captured.0.lock().map(|b| b.clone()).unwrap_or_default();
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
+/// A line's text after its timestamp (which differs between two runs of the same event).
+#[cfg(test)]
+pub(crate) fn after_stamp(line: &str) -> &str {
+    line.find('Z').map_or(line, |at| &line[at..])
+}
+
+/// What every line starts with besides its timestamp.
+#[derive(Clone, Copy)]
+struct Head {
+    level: Level,
+    target: &'static str,
+    message: &'static str,
+}
+
 impl<'a> Line<'a> {
     fn start(
         out: &'a mut Vec<u8>,
         stamp: &mut Stamp,
         format: LineFormat,
-        target: &'static str,
-        message: &'static str,
+        head: Head,
         now: SystemTime,
     ) -> Self {
         match format {
             LineFormat::Text => {
                 stamp.write(now, out);
-                out.extend_from_slice(b"  INFO ");
-                out.extend_from_slice(target.as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(padded(head.level).as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(head.target.as_bytes());
                 out.extend_from_slice(b": ");
-                out.extend_from_slice(message.as_bytes());
+                out.extend_from_slice(head.message.as_bytes());
             }
             LineFormat::Json => {
                 out.extend_from_slice(b"{\"timestamp\":\"");
                 stamp.write(now, out);
-                out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":");
-                json_string(out, message);
+                out.extend_from_slice(b"\",\"level\":\"");
+                out.extend_from_slice(head.level.as_str().as_bytes());
+                out.extend_from_slice(b"\",\"message\":");
+                json_string(out, head.message);
             }
         }
         Line {
             out,
             format,
-            target,
+            target: head.target,
         }
     }
 
@@ -257,6 +359,17 @@ impl<'a> Line<'a> {
     }
 }
 
+/// A level as the text format writes it: right-aligned in five columns.
+fn padded(level: Level) -> &'static str {
+    match level {
+        Level::TRACE => "TRACE",
+        Level::DEBUG => "DEBUG",
+        Level::INFO => " INFO",
+        Level::WARN => " WARN",
+        Level::ERROR => "ERROR",
+    }
+}
+
 /// `bytes` as printable ASCII, for a log value: every byte outside space..`~`, and `\`,
 /// percent-encoded (`%0A`, `%C3%A9`, `%5C`), so the value has no control character, no
 /// newline, no invalid UTF-8 and no backslash. A path stays an equivalent form of the request
@@ -347,72 +460,62 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    /// A tracing-subscriber writer into a shared buffer.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     const TARGET: &str = "mc_proxy::request";
     const HOSTILE: &str = "a\"b\\c\u{7f}é\n\t";
 
-    /// The same event through tracing-subscriber, configured as the daemon's binary does.
-    fn through_tracing(format: LineFormat, host: &str, retries: Option<u64>) -> String {
-        let captured = Captured::default();
-        let writer = {
-            let captured = captured.clone();
-            move || captured.clone()
-        };
-        let event = || {
-            let addr: SocketAddr = "[::1]:8443".parse().unwrap();
-            tracing::info!(
-                target: TARGET,
-                parent: None,
-                conn = 7u64,
-                listener = %addr,
-                host,
-                backend = None::<&str>,
-                retries,
-                status = 200u16,
-                "request"
-            );
-        };
-        match format {
-            LineFormat::Text => {
-                let subscriber = tracing_subscriber::fmt()
-                    .with_writer(writer)
-                    .with_ansi(false)
-                    .finish();
-                tracing::subscriber::with_default(subscriber, event);
-            }
-            LineFormat::Json => {
-                let subscriber = tracing_subscriber::fmt()
-                    .with_writer(writer)
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .finish();
-                tracing::subscriber::with_default(subscriber, event);
-            }
+    fn head(level: Level, message: &'static str) -> Head {
+        Head {
+            level,
+            target: TARGET,
+            message,
         }
-        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
     }
 
-    fn direct(format: LineFormat, host: &str, retries: Option<u64>, now: SystemTime) -> String {
+    /// The same event through tracing-subscriber, configured as the daemon's binary does.
+    fn through_tracing(
+        format: LineFormat,
+        level: Level,
+        host: &str,
+        retries: Option<u64>,
+    ) -> String {
+        let event = || {
+            let addr: SocketAddr = "[::1]:8443".parse().unwrap();
+            macro_rules! event {
+                ($level:expr) => {
+                    tracing::event!(
+                        target: TARGET,
+                        parent: None,
+                        $level,
+                        conn = 7u64,
+                        listener = %addr,
+                        host,
+                        backend = None::<&str>,
+                        retries,
+                        status = 200u16,
+                        "request"
+                    )
+                };
+            }
+            match level {
+                Level::WARN => event!(Level::WARN),
+                Level::DEBUG => event!(Level::DEBUG),
+                _ => event!(Level::INFO),
+            }
+        };
+        through_subscriber(format, event)
+    }
+
+    fn direct(
+        format: LineFormat,
+        level: Level,
+        host: &str,
+        retries: Option<u64>,
+        now: SystemTime,
+    ) -> String {
         let mut out = Vec::new();
         let mut stamp = Stamp::EMPTY;
-        let mut line = Line::start(&mut out, &mut stamp, format, TARGET, "request", now);
+        let mut line = Line::start(&mut out, &mut stamp, format, head(level, "request"), now);
         let addr: SocketAddr = "[::1]:8443".parse().unwrap();
         line.u64("conn", 7)
             .addr("listener", addr)
@@ -424,19 +527,24 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    /// Everything after the timestamp, which differs between the two runs.
-    fn after_stamp(line: &str) -> &str {
-        let at = line.find('Z').expect("a timestamp");
-        &line[at..]
-    }
-
     #[test]
     fn a_line_is_what_tracing_subscriber_writes_in_both_formats() {
+        let cases = [
+            (Level::INFO, "web.test", None),
+            (Level::INFO, HOSTILE, Some(2)),
+            (Level::INFO, "", Some(0)),
+            (Level::WARN, "web.test", Some(1)),
+            (Level::DEBUG, HOSTILE, None),
+        ];
         for format in [LineFormat::Text, LineFormat::Json] {
-            for (host, retries) in [("web.test", None), (HOSTILE, Some(2)), ("", Some(0))] {
-                let theirs = through_tracing(format, host, retries);
-                let ours = direct(format, host, retries, SystemTime::now());
-                assert_eq!(after_stamp(&ours), after_stamp(&theirs), "{format:?}");
+            for (level, host, retries) in cases {
+                let theirs = through_tracing(format, level, host, retries);
+                let ours = direct(format, level, host, retries, SystemTime::now());
+                assert_eq!(
+                    after_stamp(&ours),
+                    after_stamp(&theirs),
+                    "{format:?} {level}"
+                );
                 assert!(ours.ends_with('\n') && ours.matches('\n').count() == 1);
             }
         }
@@ -445,7 +553,7 @@ mod tests {
     #[test]
     fn the_timestamp_is_rfc3339_with_microseconds_in_utc() {
         let at = UNIX_EPOCH + std::time::Duration::from_micros(1_796_642_303_028_045);
-        let line = direct(LineFormat::Text, "h", None, at);
+        let line = direct(LineFormat::Text, Level::INFO, "h", None, at);
         assert!(
             line.starts_with("2026-12-07T11:18:23.028045Z  INFO "),
             "{line}"
@@ -460,7 +568,7 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "2026-12-07T11:18:23.028045Z2026-12-07T11:18:23.028050Z2026-12-07T11:18:24.028045Z"
         );
-        let json = direct(LineFormat::Json, "h", None, UNIX_EPOCH);
+        let json = direct(LineFormat::Json, Level::INFO, "h", None, UNIX_EPOCH);
         assert!(
             json.starts_with("{\"timestamp\":\"1970-01-01T00:00:00.000000Z\""),
             "{json}"
@@ -509,10 +617,22 @@ mod tests {
             for max in [3, 1000] {
                 let (mut a, mut b) = (Vec::new(), Vec::new());
                 let mut stamp = Stamp::EMPTY;
-                let mut line = Line::start(&mut a, &mut stamp, format, TARGET, "m", UNIX_EPOCH);
+                let mut line = Line::start(
+                    &mut a,
+                    &mut stamp,
+                    format,
+                    head(Level::INFO, "m"),
+                    UNIX_EPOCH,
+                );
                 line.escaped("path", &hostile, max);
                 line.end();
-                let mut line = Line::start(&mut b, &mut stamp, format, TARGET, "m", UNIX_EPOCH);
+                let mut line = Line::start(
+                    &mut b,
+                    &mut stamp,
+                    format,
+                    head(Level::INFO, "m"),
+                    UNIX_EPOCH,
+                );
                 line.str("path", &escape(&hostile, max));
                 line.end();
                 assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
@@ -534,7 +654,13 @@ mod tests {
             for format in [LineFormat::Text, LineFormat::Json] {
                 let mut out = Vec::new();
                 let mut stamp = Stamp::EMPTY;
-                let mut line = Line::start(&mut out, &mut stamp, format, TARGET, "m", UNIX_EPOCH);
+                let mut line = Line::start(
+                    &mut out,
+                    &mut stamp,
+                    format,
+                    head(Level::INFO, "m"),
+                    UNIX_EPOCH,
+                );
                 line.addr("client", addr);
                 line.end();
                 let field = match format {

@@ -193,7 +193,9 @@ impl RequestLog {
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
-        if logline::info(TARGET, "request", |line| self.fields(line)) {
+        if logline::event(tracing::Level::INFO, TARGET, "request", |line| {
+            self.fields(line)
+        }) {
             return;
         }
         // No sink installed (a library user's or a test's process): through `tracing`.
