@@ -206,7 +206,9 @@ impl Orderer {
                     answered.names.push(name.clone());
                     Pending::TlsAlpn01 {
                         hostname: name,
-                        digest_hex: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+                        digest: digest.as_ref().try_into().map_err(|_| {
+                            AcmeError::Local("a key authorization digest is not SHA-256".into())
+                        })?,
                     }
                 }
                 ChallengeKind::Http01 => {

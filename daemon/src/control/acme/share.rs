@@ -20,8 +20,9 @@ pub enum Pending {
     TlsAlpn01 {
         /// The name validated.
         hostname: String,
-        /// The digest, hex.
-        digest_hex: String,
+        /// The digest (kept as hex text in the fleet's document).
+        #[serde(rename = "digest_hex", with = "hex_digest")]
+        digest: [u8; 32],
     },
     /// http-01: the token and its key authorization.
     Http01 {
@@ -32,6 +33,36 @@ pub enum Pending {
         /// The answer.
         key_authorization: String,
     },
+}
+
+/// A SHA-256 digest as lowercase hex text, the one place it is written and read.
+mod hex_digest {
+    use serde::de::Error as _;
+
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+
+    pub fn serialize<S: serde::Serializer>(digest: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        let text: String = digest
+            .iter()
+            .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
+            .map(char::from)
+            .collect();
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        let bad = || D::Error::custom("a digest is 64 hex digits");
+        if text.len() != 64 {
+            return Err(bad());
+        }
+        let mut digest = [0u8; 32];
+        for (byte, pair) in digest.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| bad())?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        Ok(digest)
+    }
 }
 
 /// An issued certificate as the fleet keeps it.
@@ -96,4 +127,34 @@ pub trait Held: Send + Sync {
 
     /// Releases the lock and its challenges.
     fn release(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_alpn_challenge_keeps_its_digest_as_hex_text_and_refuses_a_bad_one() {
+        let mut digest = [0u8; 32];
+        digest[0] = 0xab;
+        digest[31] = 0x07;
+        let pending = Pending::TlsAlpn01 {
+            hostname: "a.test".into(),
+            digest,
+        };
+        let text = serde_json::to_string(&pending).unwrap();
+        let hex = format!("ab{}07", "00".repeat(30));
+        assert_eq!(
+            text,
+            format!(r#"{{"kind":"tls-alpn01","hostname":"a.test","digest_hex":"{hex}"}}"#)
+        );
+        assert_eq!(serde_json::from_str::<Pending>(&text).unwrap(), pending);
+        for bad in [&hex[..62], &format!("zz{}", &hex[2..]), &format!("{hex}00")] {
+            let doc =
+                format!(r#"{{"kind":"tls-alpn01","hostname":"a.test","digest_hex":"{bad}"}}"#);
+            let err = serde_json::from_str::<Pending>(&doc).unwrap_err();
+            assert!(err.to_string().contains("64 hex digits"), "{err}");
+        }
+    }
 }

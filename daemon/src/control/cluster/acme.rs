@@ -279,10 +279,7 @@ impl AcmeShare {
     fn answer(&self, host: &str, challenge: Pending) {
         let challenges = &self.control.state().acme;
         match challenge {
-            Pending::TlsAlpn01 { digest_hex, .. } => {
-                let Some(digest) = unhex(&digest_hex) else {
-                    return;
-                };
+            Pending::TlsAlpn01 { digest, .. } => {
                 match crate::model::acme::challenge_certificate(host, &digest) {
                     Ok(key) => challenges.insert(host, key),
                     Err(e) => {
@@ -322,18 +319,6 @@ impl AcmeShare {
 struct ChallengeDoc {
     node: String,
     challenge: Pending,
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    text.len()
-        .is_multiple_of(2)
-        .then(|| {
-            (0..text.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-                .collect()
-        })
-        .flatten()
 }
 
 impl Share for AcmeShare {
