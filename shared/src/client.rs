@@ -588,6 +588,47 @@ impl Certificate {
             Expiry::Valid(days)
         }
     }
+
+    /// What an operator should make of it at `now_ms`: its expiry, except that a valid one
+    /// whose last renewal failed says so (the old certificate is served meanwhile).
+    pub fn state(&self, now_ms: u64) -> CertState {
+        match self.expiry(now_ms) {
+            Expiry::Valid(_) if self.last_error.is_some() => CertState::RenewFailed,
+            Expiry::Valid(_) => CertState::Ok,
+            Expiry::Soon(_) => CertState::Expiring,
+            Expiry::Expired => CertState::Expired,
+            Expiry::NotYetValid => CertState::NotYetValid,
+        }
+    }
+}
+
+/// A served certificate's state ([`Certificate::state`]), as `certs list` names it and the
+/// console colours it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertState {
+    /// Valid, more than [`EXPIRY_WARN_DAYS`] left.
+    Ok,
+    /// Valid, but its last renewal failed.
+    RenewFailed,
+    /// [`EXPIRY_WARN_DAYS`] or fewer left.
+    Expiring,
+    /// Past its end.
+    Expired,
+    /// Before its start.
+    NotYetValid,
+}
+
+impl CertState {
+    /// The word `certs list` writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertState::Ok => "ok",
+            CertState::RenewFailed => "renew failed",
+            CertState::Expiring => "expiring",
+            CertState::Expired => "expired",
+            CertState::NotYetValid => "not valid yet",
+        }
+    }
 }
 
 impl std::fmt::Display for Expiry {

@@ -69,7 +69,6 @@ async fn list(
 }
 
 fn line(r: &RouteEntry, now: u64) -> CertLine {
-    use mc_proxy_shared::client::Expiry;
     let renews_at_ms = r
         .certificate
         .as_ref()
@@ -96,14 +95,7 @@ fn line(r: &RouteEntry, now: u64) -> CertLine {
             ),
             (Some(c), None) => {
                 let expiry = c.expiry(now);
-                let state = match expiry {
-                    // The old certificate is served while renewals fail.
-                    Expiry::Valid(_) if c.last_error.is_some() => "renew failed",
-                    Expiry::Valid(_) => "ok",
-                    Expiry::Soon(_) => "expiring",
-                    Expiry::Expired => "expired",
-                    Expiry::NotYetValid => "not valid yet",
-                };
+                let state = c.state(now).as_str();
                 (
                     c.source.clone(),
                     c.issuer.clone(),

@@ -29,7 +29,7 @@ use super::widgets::{
     NOT_SERVED, bold, detail_popup, field, health_style, not_served_style, stale_style,
 };
 use crate::format::fit;
-use mc_proxy_shared::client::{Certificate, Expiry};
+use mc_proxy_shared::client::{CertState, Certificate};
 
 /// The route detail's state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -292,11 +292,10 @@ fn certificate_lines(certificate: Option<&Certificate>, now_ms: u64) -> Vec<Line
 /// What a certificate's state colours: expiring or failing to renew like a warning,
 /// expired like an error.
 pub fn cert_health(c: &Certificate, now_ms: u64) -> Health {
-    match c.expiry(now_ms) {
-        Expiry::Valid(_) if c.last_error.is_some() => Health::Warning,
-        Expiry::Valid(_) => Health::Ok,
-        Expiry::Soon(_) => Health::Warning,
-        Expiry::Expired | Expiry::NotYetValid => Health::Error,
+    match c.state(now_ms) {
+        CertState::Ok => Health::Ok,
+        CertState::RenewFailed | CertState::Expiring => Health::Warning,
+        CertState::Expired | CertState::NotYetValid => Health::Error,
     }
 }
 
