@@ -1070,17 +1070,12 @@ fn add_acme_route(
     listener: &str,
     route: Route,
 ) -> Result<Applied, ChangeError> {
-    check_route_fields(&route)?;
-    no_acme_without_ca(state)?;
-    let listener = routes_listener(state, listener)?;
+    let listener = acme_route_listener(state, listener, &route)?;
     let listener = &*listener;
     if let Some(name) = crate::model::routes::route_name(&route.hostname)
-        && (listener.routes().get(&name).is_some() || listener.not_served_route(&name).is_some())
+        && listener.routes().get(&name).is_some()
     {
-        return Err(ChangeError::AlreadyExists(format!(
-            "route {name} already exists on listener {}",
-            listener.addr
-        )));
+        return Err(route_exists(&name, listener));
     }
     match checked_acme_route(store, listener, &route)? {
         // Its certificate was issued before (a route removed and added again).
@@ -1103,6 +1098,33 @@ fn add_acme_route(
             })
         }
     }
+}
+
+/// The checks an acme route's add makes first, on a single node and for the fleet alike: its
+/// fields, a CA to order from, its listener, and no route of its name already waiting there
+/// for a certificate.
+fn acme_route_listener(
+    state: &State,
+    listener: &str,
+    route: &Route,
+) -> Result<Arc<ListenerState>, ChangeError> {
+    check_route_fields(route)?;
+    no_acme_without_ca(state)?;
+    let listener = routes_listener(state, listener)?;
+    if let Some(name) = crate::model::routes::route_name(&route.hostname)
+        && listener.not_served_route(&name).is_some()
+    {
+        return Err(route_exists(&name, &listener));
+    }
+    Ok(listener)
+}
+
+/// A route of that name is on the listener already.
+fn route_exists(name: &str, listener: &ListenerState) -> ChangeError {
+    ChangeError::AlreadyExists(format!(
+        "route {name} already exists on listener {}",
+        listener.addr
+    ))
 }
 
 /// An acme route on a daemon without `[acme]` would wait forever: refused.
@@ -2205,10 +2227,7 @@ fn plan_add_route(
     let (route, warnings) = valid;
     let key = route_key(&listener, &route.hostname);
     if fleet.revision_of(&key).is_some() || listener.routes().get(&route.hostname).is_some() {
-        return Err(ChangeError::AlreadyExists(format!(
-            "route {} already exists on listener {}",
-            route.hostname, listener.addr
-        )));
+        return Err(route_exists(&route.hostname, &listener));
     }
     let ops = vec![FleetOp::PutRoute {
         listener: fleet_name(&listener),
@@ -2228,17 +2247,8 @@ fn new_fleet_acme_route(
     listener: &str,
     route: &Route,
 ) -> Result<(Arc<ListenerState>, Checked), ChangeError> {
-    check_route_fields(route)?;
-    no_acme_without_ca(state)?;
-    let listener = routes_listener(state, listener)?;
-    if let Some(name) = crate::model::routes::route_name(&route.hostname)
-        && listener.not_served_route(&name).is_some()
-    {
-        return Err(ChangeError::AlreadyExists(format!(
-            "route {name} already exists on listener {}",
-            listener.addr
-        )));
-    }
+    // A served route of that name: `plan_add_route` looks for its key in the fleet.
+    let listener = acme_route_listener(state, listener, route)?;
     let valid = fleet_acme_route(store, &listener, route)?;
     Ok((listener, valid))
 }
@@ -2285,10 +2295,7 @@ fn plan_update_route(
     if route.hostname != old {
         let new_key = route_key(&listener, &route.hostname);
         if fleet.revision_of(&new_key).is_some() {
-            return Err(ChangeError::AlreadyExists(format!(
-                "route {} already exists on listener {}",
-                route.hostname, listener.addr
-            )));
+            return Err(route_exists(&route.hostname, &listener));
         }
         ops.push(FleetOp::DeleteRoute {
             listener: fleet_name(&listener),
