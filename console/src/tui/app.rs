@@ -34,9 +34,6 @@ pub use super::route_detail::RouteDetail;
 pub use super::routes_view::{Pane, RouteSort, RoutesView};
 pub use super::talkers::TalkersView;
 
-/// Rows moved by page up/down.
-pub const PAGE: isize = 10;
-
 /// What the daemon link reports to the app.
 #[derive(Debug, Clone)]
 pub enum DaemonMsg {

@@ -14,7 +14,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState};
 
-use super::app::{Action, PAGE, View};
+use super::app::{Action, View};
 use super::component::{Component, Ctx, Outcome};
 use super::confirm::Confirm;
 use super::form::filter_key;
@@ -176,6 +176,10 @@ impl Component for ConnView {
         let Some(command) = input::lookup(Context::Connections, key, ctx.data.read_only) else {
             return Outcome::Stay;
         };
+        if let Some(rows) = command.rows() {
+            self.step(rows);
+            return Outcome::Stay;
+        }
         match command {
             Command::Quit => return Outcome::Send(Action::Quit),
             Command::Help => return Outcome::open(Help::new(View::Connections, None)),
@@ -185,12 +189,6 @@ impl Component for ConnView {
             }
             Command::Sort => self.sort = self.sort.next(),
             Command::Close | Command::Connections => return Outcome::Show(View::Routes),
-            Command::Up => self.step(-1),
-            Command::Down => self.step(1),
-            Command::PageUp => self.step(-PAGE),
-            Command::PageDown => self.step(PAGE),
-            Command::Top => self.step(isize::MIN / 2),
-            Command::Bottom => self.step(isize::MAX / 2),
             Command::Delete => {
                 if let Some(confirm) = self.confirm_close() {
                     return Outcome::open(confirm);

@@ -28,7 +28,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState};
 
-use super::app::{Action, PAGE, View};
+use super::app::{Action, View};
 use super::component::{Component, Ctx, Outcome};
 use super::help::Help;
 use super::input::{self, Command, Context};
@@ -412,17 +412,9 @@ impl FleetView {
         fleet.nodes.get(self.sel.index())
     }
 
-    fn moved(&mut self, fleet: &Fleet, command: Command) {
+    fn moved(&mut self, fleet: &Fleet, rows: isize) {
         let last = fleet.nodes.len().saturating_sub(1);
-        let idx = self.sel.index();
-        let idx = match command {
-            Command::Up => idx.saturating_sub(1),
-            Command::Down => (idx + 1).min(last),
-            Command::PageUp => idx.saturating_sub(PAGE.unsigned_abs()),
-            Command::PageDown => (idx + PAGE.unsigned_abs()).min(last),
-            Command::Top => 0,
-            _ => last,
-        };
+        let idx = self.sel.index().saturating_add_signed(rows).min(last);
         if let Some(n) = fleet.nodes.get(idx) {
             self.sel.set(row_key(n));
         }
@@ -439,16 +431,11 @@ impl Component for FleetView {
         let Some(command) = input::lookup(Context::Fleet, key, ctx.data.read_only) else {
             return Outcome::Stay;
         };
+        if let Some(rows) = command.rows() {
+            self.moved(ctx.fleet, rows);
+            return Outcome::Stay;
+        }
         match command {
-            Command::Up
-            | Command::Down
-            | Command::PageUp
-            | Command::PageDown
-            | Command::Top
-            | Command::Bottom => {
-                self.moved(ctx.fleet, command);
-                Outcome::Stay
-            }
             Command::Detail => switch(self.node(ctx.fleet)),
             Command::Help => Outcome::open(Help::new(View::Fleet, None)),
             Command::Quit => Outcome::Send(Action::Quit),

@@ -137,6 +137,25 @@ pub enum Command {
     TextEditing,
 }
 
+/// Rows moved by page up/down.
+pub const PAGE: isize = 10;
+
+impl Command {
+    /// How far a selection key moves the selection, in rows: `None` for other keys. Top and
+    /// Bottom are far enough to clamp at either end of any list.
+    pub fn rows(self) -> Option<isize> {
+        Some(match self {
+            Command::Up => -1,
+            Command::Down => 1,
+            Command::PageUp => -PAGE,
+            Command::PageDown => PAGE,
+            Command::Top => isize::MIN / 2,
+            Command::Bottom => isize::MAX / 2,
+            _ => return None,
+        })
+    }
+}
+
 /// One binding.
 #[derive(Debug, Clone, Copy)]
 pub struct Binding {

@@ -15,7 +15,7 @@ use ratatui::layout::Rect;
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 
-use super::app::{Action, PAGE, View};
+use super::app::{Action, View};
 use super::component::{Component, Ctx, Outcome};
 use super::confirm::Confirm;
 use super::data::{RouteView, admin_states};
@@ -41,16 +41,10 @@ pub struct RouteDetail {
 impl RouteDetail {
     /// A key that moves the selection: `true` if it was one.
     fn select(&mut self, command: Command, last: usize) -> bool {
-        let step = |sel: usize, delta: isize| sel.saturating_add_signed(delta).min(last);
-        self.member_sel = match command {
-            Command::Up => step(self.member_sel, -1),
-            Command::Down => step(self.member_sel, 1),
-            Command::PageUp => step(self.member_sel, -PAGE),
-            Command::PageDown => step(self.member_sel, PAGE),
-            Command::Top => 0,
-            Command::Bottom => last,
-            _ => return false,
+        let Some(rows) = command.rows() else {
+            return false;
         };
+        self.member_sel = self.member_sel.saturating_add_signed(rows).min(last);
         true
     }
 

@@ -15,7 +15,7 @@ use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, List, ListItem, Paragraph, Row, Sparkline, Table, TableState};
 
-use super::app::{PAGE, View};
+use super::app::View;
 use super::component::{Component, Ctx, Outcome};
 use super::confirm::Confirm;
 use super::data::{Data, LogFilter, RouteView};
@@ -420,6 +420,10 @@ impl Component for RoutesView {
         if let Some(open) = self.open(command, ctx) {
             return open;
         }
+        if let Some(rows) = command.rows() {
+            self.move_selection(data, rows);
+            return Outcome::Stay;
+        }
         match command {
             Command::Quit => return Outcome::Send(super::app::Action::Quit),
             Command::Filter => {
@@ -437,12 +441,6 @@ impl Component for RoutesView {
                     Pane::Routes => Pane::Listeners,
                 };
             }
-            Command::Up => self.move_selection(data, -1),
-            Command::Down => self.move_selection(data, 1),
-            Command::PageUp => self.move_selection(data, -PAGE),
-            Command::PageDown => self.move_selection(data, PAGE),
-            Command::Top => self.move_selection(data, isize::MIN / 2),
-            Command::Bottom => self.move_selection(data, isize::MAX / 2),
             Command::Close => {
                 self.filter.clear();
                 return Outcome::ClearNote;

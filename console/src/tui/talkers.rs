@@ -13,7 +13,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Rect};
 use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState};
 
-use super::app::{Action, PAGE, View};
+use super::app::{Action, View};
 use super::component::{Component, Ctx, Outcome};
 use super::help::Help;
 use super::input::{self, Command, Context};
@@ -63,13 +63,11 @@ impl Component for TalkersView {
         let Some(command) = input::lookup(Context::Talkers, key, ctx.data.read_only) else {
             return Outcome::Stay;
         };
+        if let Some(rows) = command.rows() {
+            self.step(rows);
+            return Outcome::Stay;
+        }
         match command {
-            Command::Up => self.step(-1),
-            Command::Down => self.step(1),
-            Command::PageUp => self.step(-PAGE),
-            Command::PageDown => self.step(PAGE),
-            Command::Top => self.step(isize::MIN / 2),
-            Command::Bottom => self.step(isize::MAX / 2),
             Command::Help => return Outcome::open(Help::new(View::Talkers, None)),
             Command::Quit => return Outcome::Send(Action::Quit),
             Command::Close | Command::Talkers => return Outcome::Show(View::Routes),
