@@ -2386,6 +2386,21 @@ fn the_talkers_view_fits_80x24_with_ipv6_networks_and_estimated_counts_marked() 
     assert!(row("203.0.113.9").contains("route_denied"));
     assert!(s.contains("clients hitting limits: 3"), "{s}");
     assert!(s.contains("esc back"), "{s}");
+    // At the console's narrowest the clients and counts stay whole; a limit's name that does
+    // not fit is cut with an ellipsis, never silently.
+    let s = render(&app, 60, 16);
+    let row = |needle: &str| {
+        s.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle}:\n{s}"))
+    };
+    assert!(row("2001:db8:1234:5678::/64").contains("120345"), "{s}");
+    let est = row("198.51.100.7");
+    assert!(
+        est.contains("≤4000") && est.contains("client_conn_…"),
+        "{est}"
+    );
+    assert!(row("203.0.113.9").contains("route_denied"), "{s}");
     // t again: back to the routes.
     app.on_key(key(KeyCode::Char('t')));
     assert!(render(&app, 80, 24).contains("listeners"));

@@ -97,12 +97,13 @@ impl Component for TalkersView {
             return;
         }
         let width = usize::from(inner.width);
-        // A client is at most 24 columns (an IPv6 /64: four groups, `::/64`); the route takes
-        // the rest.
-        let (client_w, hits_w, last_w, when_w) = (24, 7, 17, 4);
-        let route_w = width
-            .saturating_sub(client_w + hits_w + last_w + when_w + 4)
-            .max(6);
+        // A client is at most 24 columns (an IPv6 /64: four groups, `::/64`), kept whole; the
+        // limit's name (17 at most) gives way first on a narrow terminal (cut with `…`, never
+        // silently), the route takes the rest.
+        let (client_w, hits_w, when_w) = (24, 7, 4);
+        let rest = width.saturating_sub(client_w + hits_w + when_w + 4);
+        let last_w = rest.saturating_sub(6).clamp(6, 17);
+        let route_w = rest.saturating_sub(last_w).max(6);
         let now_ms = self.at_ms.unwrap_or(0);
         let rows = self.list.iter().map(|t| {
             Row::new(vec![
