@@ -456,6 +456,7 @@ async fn account(
         Some(share) => share.account(&directory).await.map_err(AcmeError::Fleet)?,
         None => None,
     };
+    let from_fleet = fleets.is_some();
     let stored = match fleets {
         Some(json) => Some(json),
         None => blocking(control, {
@@ -476,10 +477,22 @@ async fn account(
         http.clone(),
     )
     .await?;
+    // The fleet's account, when another node's came first: every node orders with one.
+    let at = &directory;
+    let fleets_instead = |theirs: String| async move {
+        let (orderer, _) =
+            Orderer::connect(at, &settings.contact, Some(credentials(&theirs)?), http).await?;
+        tracing::info!("ACME: using the fleet's account at {at}");
+        Ok(orderer)
+    };
     let Some(created) = created else {
-        // Known already; on a fleet, made the fleet's if it was this node's alone.
-        if let (Some(share), Some(json)) = (&share, &stored) {
-            let _ = share.save_account(&directory, json).await;
+        // Known already. This node's own (from its database): on a fleet, made the fleet's,
+        // unless another node's was saved meanwhile, which is then used. A fleet that cannot
+        // be written to does not stop this node ordering with its own.
+        if let (Some(share), Some(json), false) = (&share, &stored, from_fleet)
+            && let Some(theirs) = fleet_won(json, share.save_account(&directory, json).await)
+        {
+            return fleets_instead(theirs).await;
         }
         return Ok(orderer);
     };
@@ -492,15 +505,7 @@ async fn account(
             .await
             .map_err(AcmeError::Fleet)?
     {
-        let (orderer, _) = Orderer::connect(
-            &directory,
-            &settings.contact,
-            Some(credentials(&theirs)?),
-            http,
-        )
-        .await?;
-        tracing::info!("ACME: using the fleet's account at {directory}");
-        return Ok(orderer);
+        return fleets_instead(theirs).await;
     }
     blocking(control, {
         let directory = directory.clone();
@@ -510,6 +515,20 @@ async fn account(
     .map_err(|e| AcmeError::Local(e.to_string()))?;
     tracing::info!("ACME account created at {directory}");
     Ok(orderer)
+}
+
+/// After a node offered its own account (`ours`) as the fleet's: the fleet's, when another
+/// node's was there first and is to be used instead. A fleet that could not be written to
+/// keeps the node on its own account (warned): ordering does not wait for the store.
+fn fleet_won(ours: &str, saved: Result<Option<String>, String>) -> Option<String> {
+    match saved {
+        Ok(Some(theirs)) if theirs != ours => Some(theirs),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!("ACME: the account not shared with the fleet: {e}");
+            None
+        }
+    }
 }
 
 /// One order: issued, kept and served; its end (Unix seconds) and the certificate.
@@ -594,5 +613,19 @@ mod tests {
         assert_eq!(pick(window, None, 1_500, |_| 0), 1_500);
         // An empty or inverted window does not divide by zero.
         assert_eq!(pick((900, 900), None, 500, |n| n - 1), 900);
+    }
+
+    #[test]
+    fn a_node_offering_its_own_account_switches_to_the_fleets_when_another_came_first() {
+        // Saved as the fleet's, or already the fleet's: this node's stays.
+        assert_eq!(fleet_won("{a}", Ok(None)), None);
+        assert_eq!(fleet_won("{a}", Ok(Some("{a}".into()))), None);
+        // Another node's was there first: that one, so the fleet orders with one account.
+        assert_eq!(
+            fleet_won("{a}", Ok(Some("{b}".into()))),
+            Some("{b}".to_owned())
+        );
+        // The store away: ordering goes on with this node's own.
+        assert_eq!(fleet_won("{a}", Err("unavailable".into())), None);
     }
 }
