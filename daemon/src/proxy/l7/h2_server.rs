@@ -69,13 +69,16 @@ enum Phase<T> {
 // its own (rust-lang/rust#62958), doubling the kilobyte-sized TLS stream in a future every
 // connection holds.
 
-/// Serves HTTP/2 on `io` (the client already chose it by ALPN) until the connection ends.
-pub(super) fn serve<'a, T>(
+/// Waits for the first bytes of a client that chose HTTP/2 by ALPN: `io` with them to replay,
+/// for [`run`], or how the connection ended before any.
+///
+/// Its own future, which the caller boxes and drops before boxing [`run`]: a future keeps
+/// the room of everything it ever held, and this one holds the TLS stream, which `run`
+/// holds again (an idle connection would carry both for its life).
+pub(super) fn first_bytes<'a, T>(
     io: T,
-    ctx: Arc<Ctx>,
-    limits: Limits,
-    watch: Watch<'a>,
-) -> impl Future<Output = L7End> + 'a
+    watch: &'a Watch<'a>,
+) -> impl Future<Output = Result<Rewind<T>, L7End>> + 'a
 where
     T: AsyncRead + AsyncWrite + Unpin + 'a,
 {
@@ -88,26 +91,25 @@ where
         let mut first = [0u8; PREFACE_LEN];
         let n = tokio::select! {
             read = io.read(&mut first) => match read {
-                Ok(0) => return L7End::Closed,
+                Ok(0) => return Err(L7End::Closed),
                 Ok(n) => n,
-                Err(e) => return L7End::Io(e),
+                Err(e) => return Err(L7End::Io(e)),
             },
-            () = watch.activity.idle_for(watch.idle) => return L7End::IdleTimeout,
+            () = watch.activity.idle_for(watch.idle) => return Err(L7End::IdleTimeout),
             () = watch.in_flight.no_first_request(watch.first_request) => {
-                return L7End::RequestHeaderTimeout;
+                return Err(L7End::RequestHeaderTimeout);
             }
             // Nothing of HTTP/2 to drain yet.
-            why = watch.closing() => return why,
+            why = watch.closing() => return Err(why),
         };
-        let io = Rewind::new(first[..n].to_vec(), io);
-        // Boxed: the connection's state (h2's codec, the streams) is allocated only now.
-        Box::pin(run(io, ctx, limits, watch)).await
+        Ok(Rewind::new(first[..n].to_vec(), io))
     }
 }
 
-/// Serves the connection once the client's first bytes are in: h2's handshake, then its
-/// streams.
-fn run<'a, T>(
+/// Serves the connection once the client's first bytes are in ([`first_bytes`]): h2's
+/// handshake, then its streams, until the connection ends. The caller boxes it: the
+/// connection's state (h2's codec, the streams) is allocated only now.
+pub(super) fn run<'a, T>(
     io: T,
     ctx: Arc<Ctx>,
     limits: Limits,

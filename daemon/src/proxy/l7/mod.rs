@@ -228,7 +228,13 @@ pub async fn serve(
     // runs, sized for what it holds while waiting, not the larger of the two (an idle TLS
     // connection's memory, docs/BENCHMARKS.md).
     if h2 {
-        return Ok(Box::pin(h2_server::serve(tls, ctx, limits, watch)).await);
+        // Two steps, each boxed, the first dropped before the second exists: a box keeps
+        // the room of all its future ever held, and both hold the TLS stream.
+        let io = match Box::pin(h2_server::first_bytes(tls, &watch)).await {
+            Ok(io) => io,
+            Err(end) => return Ok(end),
+        };
+        return Ok(Box::pin(h2_server::run(io, ctx, limits, watch)).await);
     }
     let hyper = Hyper {
         executor,
@@ -236,7 +242,10 @@ pub async fn serve(
         request_header_timeout: first_request,
         limits,
     };
-    Ok(Box::pin(serve_hyper(tls, ctx, hyper, watch)).await)
+    // The stream in a box of its own: hyper's connection borrows its builder, so both are
+    // made inside the future, which would then keep room for the stream twice (as its
+    // argument and inside the connection); boxed, the argument is a pointer.
+    Ok(Box::pin(serve_hyper(Box::new(tls), ctx, hyper, watch)).await)
 }
 
 /// The TLS handshake on the client stream (after replaying `peeked`), within the session's
@@ -254,7 +263,10 @@ async fn handshake(
         route: Arc::clone(&session.route),
         activity: Arc::clone(activity),
     };
-    let accept = tokio_rustls::TlsAcceptor::from(Arc::clone(&session.tls)).accept(metered);
+    // Boxed, and dropped once done: the handshake's state (the stream and rustls' session
+    // being set up) would otherwise stay as room in the connection's future for its life.
+    let accept =
+        Box::pin(tokio_rustls::TlsAcceptor::from(Arc::clone(&session.tls)).accept(metered));
     let tls = match tokio::time::timeout(session.handshake_timeout, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return Err(L7Error::Handshake(e)),
@@ -329,7 +341,12 @@ struct Hyper {
 
 /// Serves HTTP/1.1 (and HTTP/2 by prior knowledge) with hyper's server until the connection
 /// ends.
-async fn serve_hyper<T>(tls: T, ctx: Arc<downstream::Ctx>, hyper: Hyper, watch: Watch<'_>) -> L7End
+async fn serve_hyper<T>(
+    tls: Box<T>,
+    ctx: Arc<downstream::Ctx>,
+    hyper: Hyper,
+    watch: Watch<'_>,
+) -> L7End
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
