@@ -160,7 +160,7 @@ impl RequestLog {
             .addr("listener", ctx.local)
             .addr("client", ctx.client)
             .str("route", &ctx.route.route.hostname)
-            .str("host", &self.host)
+            .opt_str("host", self.host())
             .escaped("method", self.method.as_str().as_bytes(), MAX_HOST)
             .escaped(
                 "path",
@@ -181,6 +181,12 @@ impl RequestLog {
         if let Some(error) = &self.error {
             line.escaped("error", error.as_bytes(), MAX_HOST);
         }
+    }
+
+    /// The request's host when the route's name does not say it already (another case, a
+    /// port, a wildcard route's name, a misdirected request): left out otherwise.
+    fn host(&self) -> Option<&str> {
+        (self.host != self.ctx.route.route.hostname).then_some(self.host.as_str())
     }
 
     fn bytes_in(&self) -> u64 {
@@ -218,7 +224,7 @@ impl Drop for RequestLog {
             listener = %ctx.local,
             client = %ctx.client,
             route = ctx.route.route.hostname.as_str(),
-            host = self.host.as_str(),
+            host = self.host(),
             method = escape(self.method.as_str().as_bytes(), MAX_HOST).as_str(),
             path = path.as_str(),
             protocol = protocol(self.version),
