@@ -13,8 +13,9 @@
 //! exactly once whatever ends the response (the last frame, a backend error mid-body, the
 //! client going away, or the request's future dropped before any response).
 //!
-//! Fields that would carry nothing (`backend` when none was asked, `retries` when there was
-//! none, `error` when there was none) are left out, not written empty.
+//! Fields that would carry nothing (`host` when it is the route's hostname, `backend` when
+//! none was asked, `retries` when there was none, `error` when there was none) are left out,
+//! not written empty.
 //!
 //! Invariants: the line is a root event (no parent span), so it carries the connection's id,
 //! listener, client and route as fields of its own: with the text format a span's
