@@ -7,7 +7,7 @@
 //!
 //! `WakeGate` answers `Pending` at once, without polling what is behind it, while that has
 //! not woken since it last answered `Pending`: `ReadGate` reads a stream through one (see its
-//! docs for why).
+//! docs for why), `Woken` polls a future through one.
 
 use std::io;
 use std::pin::Pin;
@@ -210,6 +210,38 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadGate<S> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A future polled through a [`WakeGate`]: only when it woke. For a future that is
+    /// raced against busy work in a `select!` and rarely ready (a cancellation), which the
+    /// `select!` would otherwise poll each time the work wakes the task.
+    #[derive(Debug)]
+    pub struct Woken<F> {
+        #[pin]
+        inner: F,
+        gate: WakeGate,
+    }
+}
+
+impl<F> Woken<F> {
+    /// `inner`, polled only when it woke.
+    pub fn new(inner: F) -> Self {
+        Woken {
+            inner,
+            gate: WakeGate::default(),
+        }
+    }
+}
+
+impl<F: Future> Future for Woken<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let inner = this.inner;
+        this.gate.poll(cx, |cx| inner.poll(cx))
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for ReadGate<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -346,5 +378,24 @@ mod tests {
         }
         drop(near);
         assert_eq!(reader.await.unwrap(), b"one two");
+    }
+
+    #[tokio::test]
+    async fn a_woken_future_is_polled_again_only_after_it_woke() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<u8>();
+        let polls = std::cell::Cell::new(0);
+        let mut rx = rx;
+        let counted = std::future::poll_fn(|cx| {
+            polls.set(polls.get() + 1);
+            Pin::new(&mut rx).poll(cx)
+        });
+        let mut woken = std::pin::pin!(Woken::new(counted));
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..3 {
+            assert!(woken.as_mut().poll(&mut cx).is_pending());
+        }
+        tx.send(7).unwrap();
+        assert!(matches!(woken.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
+        assert_eq!(polls.get(), 2);
     }
 }
