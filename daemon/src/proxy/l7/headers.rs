@@ -27,6 +27,11 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// every field it names, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`,
 /// and `TE` unless it is exactly `trailers` (gRPC needs that one to reach the backend).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first: a map with none of these fields (nearly every request
+    // and response) costs no hash lookups, where the removals below hash each name once.
+    if !headers.keys().any(connection_specific) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -59,6 +64,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !te_is_trailers {
         headers.remove(header::TE);
     }
+}
+
+/// A field [`strip_hop_by_hop`] looks at: connection-specific, or `TE`.
+fn connection_specific(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// A client's address as the forwarding headers carry it, made once per client connection:
