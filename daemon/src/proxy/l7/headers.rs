@@ -128,6 +128,15 @@ pub fn rewrite_request(headers: &mut HeaderMap, client: &ClientAddr) {
 /// IPv6 literals keep their brackets stripped too. `None` if nothing is left. Borrowed when
 /// already lowercase (the usual case: no allocation per request).
 pub fn host_of(authority: &str) -> Option<Cow<'_, str>> {
+    // The usual authority is a bare lowercase name: one pass over its bytes says so.
+    if !authority.is_empty()
+        && !authority.ends_with('.')
+        && authority
+            .bytes()
+            .all(|b| !matches!(b, b'@' | b'[' | b':' | b'A'..=b'Z'))
+    {
+        return Some(Cow::Borrowed(authority));
+    }
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split_once(']').map(|(h, _)| h)?
@@ -230,5 +239,8 @@ mod tests {
         assert_eq!(host_of("[::1]:443").as_deref(), Some("::1"));
         assert_eq!(host_of(":443"), None);
         assert_eq!(host_of(""), None);
+        assert_eq!(host_of("web.test").as_deref(), Some("web.test"));
+        assert_eq!(host_of("Web.test").as_deref(), Some("web.test"));
+        assert_eq!(host_of("."), None);
     }
 }
