@@ -266,10 +266,14 @@ impl ToStream {
         B: Body<Data = Bytes>,
     {
         let stream = &mut self.stream;
+        // Once per poll, not per chunk: a reset is taken in by the connection's task, which
+        // does not run while this one does (the client side's streams share its task; a
+        // backend connection's driver is on this worker's thread), and the waker registered
+        // here stays until h2 wakes it.
+        if let Poll::Ready(e) = poll_reset(stream, cx) {
+            return Poll::Ready(Err(SendBodyError::Stream(e)));
+        }
         loop {
-            if let Poll::Ready(e) = poll_reset(stream, cx) {
-                return Poll::Ready(Err(SendBodyError::Stream(e)));
-            }
             if let Some((data, last)) = self.pending.take() {
                 // The last chunk goes to h2 at once: nothing is read after it, so h2 holding
                 // it until the window allows is the one chunk this would hold, and h2 claims
