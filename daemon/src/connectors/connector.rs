@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::protocols::io::ReadGate;
 use crate::protocols::proxyproto;
 
 /// Where the system's trusted roots usually live (Debian, Ubuntu, Alpine, Arch).
@@ -118,7 +119,9 @@ pub enum BackendStream {
     /// Cleartext (h2c or HTTP/1.1).
     Plain(TcpStream),
     /// TLS; boxed, the rustls state is large and the plain case should not pay for it.
-    Tls(Box<TlsStream<TcpStream>>),
+    /// Read through a [`ReadGate`]: hyper's HTTP/1.1 client reads its connection each time its
+    /// task runs, and an empty read through rustls is not free.
+    Tls(Box<ReadGate<TlsStream<TcpStream>>>),
 }
 
 /// The client configurations for TLS to backends, one per ALPN offer, built once per daemon
@@ -258,7 +261,7 @@ pub async fn connect(
             Wire::Http1
         }
     });
-    Ok((BackendStream::Tls(Box::new(stream)), wire))
+    Ok((BackendStream::Tls(Box::new(ReadGate::new(stream))), wire))
 }
 
 impl AsyncRead for BackendStream {

@@ -62,11 +62,11 @@ async fn send_h1(mut lease: H1Lease, req: Request<ReqBody>) -> Result<Response<R
             unsent: Some(req),
         });
     }
-    let close = wants_close(req.headers());
+    // The request asks for no close: `headers::rewrite_request` removed its `Connection`
+    // (and a health probe has none).
     match lease.sender().try_send_request(req).await {
         Ok(resp) => {
-            let reusable =
-                !close && !wants_close(resp.headers()) && resp.version() == Version::HTTP_11;
+            let reusable = !wants_close(resp.headers()) && resp.version() == Version::HTTP_11;
             Ok(resp.map(|body| RespBody::http1(body, Held::Connection(Some(lease), reusable))))
         }
         Err(mut e) => Err(Failed {
@@ -217,6 +217,10 @@ pub async fn probe(
 }
 
 pub(crate) fn wants_close(headers: &HeaderMap) -> bool {
+    // A pass over the names (no hashing) finds no `Connection` in nearly every message.
+    if !headers.keys().any(|name| name == header::CONNECTION) {
+        return false;
+    }
     headers
         .get_all(header::CONNECTION)
         .iter()

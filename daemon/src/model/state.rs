@@ -430,6 +430,9 @@ pub struct ListenerState {
     /// Cancelled (and replaced by a fresh one) whenever the route table or the no-SNI route
     /// changes: what open L7 connections wait on to see whether their route is still theirs.
     changed: ArcSwap<CancellationToken>,
+    /// Counts the changes `changed` announces: a connection that looked its route up at the
+    /// current count need not look again (`l7::routing`).
+    generation: AtomicU64,
     /// The routes patches built since the health walk last took them ([`Self::take_fresh`]);
     /// `None` when it must look at every route (a whole table swapped in, too many patches
     /// piled up, or it never looked).
@@ -486,6 +489,7 @@ impl ListenerState {
             routes: ArcSwap::from_pointee(routes),
             not_served: ArcSwap::from_pointee(Vec::new()),
             changed: ArcSwap::from_pointee(CancellationToken::new()),
+            generation: AtomicU64::new(0),
             fresh: Mutex::new(None),
             clients: std::sync::OnceLock::new(),
         }
@@ -615,8 +619,16 @@ impl ListenerState {
         CancellationToken::clone(&self.changed.load())
     }
 
+    /// How many changes of the route table or the no-SNI route were announced so far. A
+    /// look-up made after reading it is current until it moves.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Tells those waiting on [`Self::changes`] that routes changed.
     fn announce_change(&self) {
+        // After the store this announces: a reader that sees the new count sees the change.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let old = self.changed.swap(Arc::new(CancellationToken::new()));
         old.cancel();
     }

@@ -266,22 +266,33 @@ impl ToStream {
         B: Body<Data = Bytes>,
     {
         let stream = &mut self.stream;
+        // Once per poll, not per chunk: a reset is taken in by the connection's task, which
+        // does not run while this one does (the client side's streams share its task; a
+        // backend connection's driver is on this worker's thread), and the waker registered
+        // here stays until h2 wakes it.
+        if let Poll::Ready(e) = poll_reset(stream, cx) {
+            return Poll::Ready(Err(SendBodyError::Stream(e)));
+        }
         loop {
-            if let Poll::Ready(e) = poll_reset(stream, cx) {
-                return Poll::Ready(Err(SendBodyError::Stream(e)));
-            }
             if let Some((data, last)) = self.pending.take() {
-                match poll_window(stream, cx) {
-                    Poll::Pending => {
-                        self.pending = Some((data, last));
-                        return Poll::Pending;
+                // The last chunk goes to h2 at once: nothing is read after it, so h2 holding
+                // it until the window allows is the one chunk this would hold, and h2 claims
+                // the window for what it buffers itself. Saves a claim and a poll of the
+                // window (each takes the connection's stream lock) on every response whose
+                // body is one chunk.
+                if !last {
+                    match poll_window(stream, cx) {
+                        Poll::Pending => {
+                            self.pending = Some((data, last));
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Some(Ok(()))) => {}
+                        Poll::Ready(Some(Err(e))) => {
+                            return Poll::Ready(Err(SendBodyError::Stream(e)));
+                        }
+                        // The stream is over (reset or closed): nothing more to send.
+                        Poll::Ready(None) => return Poll::Ready(Ok(())),
                     }
-                    Poll::Ready(Some(Ok(()))) => {}
-                    Poll::Ready(Some(Err(e))) => {
-                        return Poll::Ready(Err(SendBodyError::Stream(e)));
-                    }
-                    // The stream is over (reset or closed): nothing more to send.
-                    Poll::Ready(None) => return Poll::Ready(Ok(())),
                 }
                 stream
                     .send_data(data, last)

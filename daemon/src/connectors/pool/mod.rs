@@ -59,6 +59,7 @@ pub(crate) use handshake::{SettingsWatch, handshake_h1, handshake_h2};
 use crate::connectors::connector::{self, BackendStream, BackendTls, Target, Wire};
 use crate::model::stats::{BackendCounters, BackendKey, BackendRegistry};
 use crate::protocols::body::ReqBody;
+use crate::protocols::io::Woken;
 
 /// Streams per HTTP/2 backend connection when the backend announces no limit (or a higher
 /// one): spreads a heavy load over a few connections instead of one huge one.
@@ -672,7 +673,9 @@ impl TargetPool {
                     Ok(()) => tracing::debug!("backend connection closed"),
                     Err(e) => tracing::debug!("backend connection ended: {e}"),
                 },
-                () = closed.cancelled() => {}
+                // Through a gate: the connection wakes this task a few times per request, and
+                // each poll of the token's future takes its waiter list's lock.
+                () = Woken::new(closed.cancelled()) => {}
             }
             home.counters.open.fetch_sub(1, Ordering::AcqRel);
             home.open.fetch_sub(1, Ordering::AcqRel);

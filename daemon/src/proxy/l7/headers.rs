@@ -27,6 +27,11 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// every field it names, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`,
 /// and `TE` unless it is exactly `trailers` (gRPC needs that one to reach the backend).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names first: a map with none of these fields (nearly every request
+    // and response) costs no hash lookups, where the removals below hash each name once.
+    if !headers.keys().any(connection_specific) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -59,6 +64,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !te_is_trailers {
         headers.remove(header::TE);
     }
+}
+
+/// A field [`strip_hop_by_hop`] looks at: connection-specific, or `TE`.
+fn connection_specific(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// A client's address as the forwarding headers carry it, made once per client connection:
@@ -113,6 +128,15 @@ pub fn rewrite_request(headers: &mut HeaderMap, client: &ClientAddr) {
 /// IPv6 literals keep their brackets stripped too. `None` if nothing is left. Borrowed when
 /// already lowercase (the usual case: no allocation per request).
 pub fn host_of(authority: &str) -> Option<Cow<'_, str>> {
+    // The usual authority is a bare lowercase name: one pass over its bytes says so.
+    if !authority.is_empty()
+        && !authority.ends_with('.')
+        && authority
+            .bytes()
+            .all(|b| !matches!(b, b'@' | b'[' | b':' | b'A'..=b'Z'))
+    {
+        return Some(Cow::Borrowed(authority));
+    }
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split_once(']').map(|(h, _)| h)?
@@ -215,5 +239,8 @@ mod tests {
         assert_eq!(host_of("[::1]:443").as_deref(), Some("::1"));
         assert_eq!(host_of(":443"), None);
         assert_eq!(host_of(""), None);
+        assert_eq!(host_of("web.test").as_deref(), Some("web.test"));
+        assert_eq!(host_of("Web.test").as_deref(), Some("web.test"));
+        assert_eq!(host_of("."), None);
     }
 }

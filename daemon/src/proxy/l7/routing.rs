@@ -1,5 +1,5 @@
-//! An open L7 connection's route, as it is now: looked up again in the listener's table for
-//! every request, so that a drain, a disabled member, a new backend set, balance or health
+//! An open L7 connection's route, as it is now: looked up again in the listener's table by
+//! the first request after each change of the table (or of the no-SNI route), so that a drain, a disabled member, a new backend set, balance or health
 //! check reaches connections that were opened before the change (HTTP/2 and gRPC clients keep
 //! theirs for hours).
 //!
@@ -20,6 +20,7 @@
 //! does not redial them.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -58,6 +59,10 @@ pub struct Routing {
     endpoints: Endpoints,
     /// The version the last request used, with its pools.
     current: ArcSwap<Upstream>,
+    /// The listener's [`ListenerState::generation`] at which `current` was last found to be
+    /// the route's version (`u64::MAX`: not yet): until it moves, a request takes `current`
+    /// without looking the name up in the table.
+    checked: AtomicU64,
     /// This connection's own pools (`send_proxy_protocol` routes), kept across versions.
     dedicated: Mutex<Vec<Arc<TargetPool>>>,
 }
@@ -84,6 +89,7 @@ impl Routing {
             hostname,
             endpoints,
             current: ArcSwap::from_pointee(first),
+            checked: AtomicU64::new(u64::MAX),
             dedicated,
         }
     }
@@ -112,10 +118,17 @@ impl Routing {
     /// The current version of the connection's route, with its pools; `None` when the route
     /// is gone (see the module docs).
     pub fn current(&self) -> Option<Arc<Upstream>> {
+        // Read before the look-up: a change made after it moves the count, and the next
+        // request looks again.
+        let generation = self.listener.generation();
+        if self.checked.load(Ordering::Relaxed) == generation {
+            return Some(self.current.load_full());
+        }
         let cached = self.current.load();
         self.listener.with_route(self.sni.as_deref(), |found| {
             let route = found?;
             if Arc::ptr_eq(route, cached.route()) {
+                self.checked.store(generation, Ordering::Relaxed);
                 return Some(Arc::clone(&cached));
             }
             if !self.serves(route) {
@@ -129,6 +142,7 @@ impl Routing {
                 self.listener.addr,
             ));
             self.current.store(Arc::clone(&fresh));
+            self.checked.store(generation, Ordering::Relaxed);
             Some(fresh)
         })
     }
