@@ -123,6 +123,21 @@ impl Daemon {
         false
     }
 
+    /// The first log line holding `needle`, once one is written (panics with the log after
+    /// 10 s without).
+    fn log_line(&self, needle: &str) -> String {
+        assert!(
+            self.wait_for_log(needle),
+            "no {needle:?} in:\n{}",
+            self.log_text()
+        );
+        let log = self.log_text();
+        log.lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    }
+
     fn still_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
@@ -235,16 +250,7 @@ async fn sighup_reloads_certificates_and_systemd_hears_every_step() {
         "a broken certificate ended the daemon"
     );
     assert_eq!(served_leaf(&addr, "web.test", &[&der1, &der2]).await, der2);
-    assert!(
-        daemon.wait_for_log("keeping the certificate loaded before"),
-        "{}",
-        daemon.log_text()
-    );
-    let log = daemon.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("keeping the certificate loaded before"))
-        .unwrap();
+    let line = daemon.log_line("keeping the certificate loaded before");
     assert!(line.contains("web.test"), "{line}");
     assert!(
         line.contains(&key_path.display().to_string()),
@@ -495,16 +501,7 @@ async fn a_route_whose_certificate_files_fail_never_keeps_the_daemon_from_starti
     // The other route is served; the broken one is logged and left out.
     let tcp = TcpStream::connect(&addr).await.unwrap();
     drop(tcp);
-    assert!(
-        daemon.wait_for_log("stored route is invalid and will not be served"),
-        "{}",
-        daemon.log_text()
-    );
-    let log = daemon.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("will not be served"))
-        .unwrap();
+    let line = daemon.log_line("stored route is invalid and will not be served");
     assert!(line.contains("web.test"), "{line}");
 
     // Second start on the same database, the file now missing altogether: still starts.
@@ -588,19 +585,10 @@ async fn a_connection_line_parses_as_logfmt_in_the_text_format() {
     let addr = ready_addr(&daemon);
     let mut tcp = TcpStream::connect(&addr).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-    assert!(
-        daemon.wait_for_log("connection closed"),
-        "{}",
-        daemon.log_text()
-    );
-    let log = daemon.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("connection closed"))
-        .unwrap();
+    let line = daemon.log_line("connection closed");
     // Written outside the connection's span: no `conn{...}:` prefix, so the whole line is
     // logfmt, the timestamp, level, target and message first as bare words.
-    let pairs = parse_logfmt(line).unwrap_or_else(|e| panic!("not logfmt ({e}): {line}"));
+    let pairs = parse_logfmt(&line).unwrap_or_else(|e| panic!("not logfmt ({e}): {line}"));
     let bare: Vec<&str> = pairs
         .iter()
         .take_while(|(_, v)| v.is_none())

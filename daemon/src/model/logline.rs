@@ -615,27 +615,13 @@ mod tests {
         let hostile: Vec<u8> = (0..=255u8).chain(*b"\"q\"").collect();
         for format in [LineFormat::Text, LineFormat::Json] {
             for max in [3, 1000] {
-                let (mut a, mut b) = (Vec::new(), Vec::new());
-                let mut stamp = Stamp::EMPTY;
-                let mut line = Line::start(
-                    &mut a,
-                    &mut stamp,
-                    format,
-                    head(Level::INFO, "m"),
-                    UNIX_EPOCH,
-                );
-                line.escaped("path", &hostile, max);
-                line.end();
-                let mut line = Line::start(
-                    &mut b,
-                    &mut stamp,
-                    format,
-                    head(Level::INFO, "m"),
-                    UNIX_EPOCH,
-                );
-                line.str("path", &escape(&hostile, max));
-                line.end();
-                assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+                let ours = render(format, Level::INFO, TARGET, "m", |line| {
+                    line.escaped("path", &hostile, max);
+                });
+                let via_str = render(format, Level::INFO, TARGET, "m", |line| {
+                    line.str("path", &escape(&hostile, max));
+                });
+                assert_eq!(after_stamp(&ours), after_stamp(&via_str));
             }
         }
     }
@@ -652,22 +638,13 @@ mod tests {
         ] {
             let addr: SocketAddr = addr.parse().unwrap();
             for format in [LineFormat::Text, LineFormat::Json] {
-                let mut out = Vec::new();
-                let mut stamp = Stamp::EMPTY;
-                let mut line = Line::start(
-                    &mut out,
-                    &mut stamp,
-                    format,
-                    head(Level::INFO, "m"),
-                    UNIX_EPOCH,
-                );
-                line.addr("client", addr);
-                line.end();
+                let out = render(format, Level::INFO, TARGET, "m", |line| {
+                    line.addr("client", addr);
+                });
                 let field = match format {
                     LineFormat::Text => format!(" client={addr}\n"),
                     LineFormat::Json => format!(",\"client\":\"{addr}\",\"target\""),
                 };
-                let out = String::from_utf8(out).unwrap();
                 assert!(out.contains(&field), "{out} lacks {field}");
             }
         }
