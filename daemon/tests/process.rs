@@ -281,10 +281,7 @@ async fn sighup_reloads_certificates_and_systemd_hears_every_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_notify_socket_it_serves_and_sighup_does_not_kill_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[database]\npath = {:?}\n[[listeners]]\naddr = \"127.0.0.1:0\"\n",
-        dir.path().join("mc-proxy.db").display().to_string(),
-    );
+    let config = one_listener(&dir);
     let config_path = dir.path().join("mc-proxy.toml");
     std::fs::write(&config_path, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mc-proxy"))
@@ -395,10 +392,7 @@ fn the_unit_file_passes_systemd_analyze_verify() {
 async fn a_closed_stderr_neither_kills_the_daemon_nor_deafens_it_to_sigterm() {
     // A closed SSH session or a killed `| tee`: every log line from now on hits EPIPE.
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[database]\npath = {:?}\n[[listeners]]\naddr = \"127.0.0.1:0\"\n",
-        dir.path().join("mc-proxy.db").display().to_string()
-    );
+    let config = one_listener(&dir);
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let mut daemon = Daemon::start_with_stderr(dir, &config, Some(writer), &[]);
@@ -454,6 +448,14 @@ fn two_routes(dir: &Path, cert: &Path, key: &Path) -> String {
 }
 
 /// The first listener address in a READY notification, or a panic with the log.
+/// A config with its database in `dir` and one listener on a free port, nothing else.
+fn one_listener(dir: &tempfile::TempDir) -> String {
+    format!(
+        "[database]\npath = {:?}\n[[listeners]]\naddr = \"127.0.0.1:0\"\n",
+        dir.path().join("mc-proxy.db").display().to_string(),
+    )
+}
+
 fn ready_addr(daemon: &Daemon) -> String {
     let ready = daemon.next_notification();
     assert!(
@@ -521,10 +523,7 @@ async fn a_route_whose_certificate_files_fail_never_keeps_the_daemon_from_starti
 async fn log_format_json_writes_one_object_per_line_with_the_access_fields() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[database]\npath = {:?}\n[[listeners]]\naddr = \"127.0.0.1:0\"\n",
-        dir.path().join("mc-proxy.db").display().to_string(),
-    );
+    let config = one_listener(&dir);
     let daemon = Daemon::start_with_stderr(dir, &config, None, &["--log-format", "json"]);
     let addr = ready_addr(&daemon);
     // Not TLS: reset, and logged with its outcome.
@@ -577,10 +576,7 @@ async fn log_format_json_writes_one_object_per_line_with_the_access_fields() {
 async fn a_connection_line_parses_as_logfmt_in_the_text_format() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[database]\npath = {:?}\n[[listeners]]\naddr = \"127.0.0.1:0\"\n",
-        dir.path().join("mc-proxy.db").display().to_string(),
-    );
+    let config = one_listener(&dir);
     let daemon = Daemon::start_with_stderr(dir, &config, None, &[]);
     let addr = ready_addr(&daemon);
     let mut tcp = TcpStream::connect(&addr).await.unwrap();

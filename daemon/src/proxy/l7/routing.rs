@@ -1,7 +1,7 @@
 //! An open L7 connection's route, as it is now: looked up again in the listener's table by
-//! the first request after each change of the table (or of the no-SNI route), so that a drain, a disabled member, a new backend set, balance or health
-//! check reaches connections that were opened before the change (HTTP/2 and gRPC clients keep
-//! theirs for hours).
+//! the first request after each change of the table (or of the no-SNI route), so that a
+//! drain, a disabled member, a new backend set, balance or health check reaches connections
+//! that were opened before the change (HTTP/2 and gRPC clients keep theirs for hours).
 //!
 //! No I/O. What a connection keeps for its whole life is what its TLS session fixed: the
 //! certificate it was shown and the name it was routed by (its SNI, or the listener's no-SNI
