@@ -147,53 +147,22 @@ for p in $TLS_BE $RAW_BE $H2C_BE $TLSH_BE $WS_BE $GRPC_BE; do wait_port $p; done
 # LOGS=1: every L7 request logged, as HAProxy's httplog does.
 MC_ACCESS_LOG=
 [ "$LOGS" = 1 ] && MC_ACCESS_LOG="access_log = true"
-L7_ROUTE="
-[[listeners.routes]]
-hostname = \"web.test\"
-backend = \"127.0.0.1:$H2C_BE\"
-mode = \"l7\"
-tls_cert = \"$C/web.test.pem\"
-tls_key = \"$C/web.test.key\"
-${MC_ACCESS_LOG}
-
+l7_route() { # hostname backend-port certificate-name [extra TOML lines...]
+    local host=$1 port=$2 cert=$3 line
+    shift 3
+    printf '\n[[listeners.routes]]\nhostname = "%s"\nbackend = "127.0.0.1:%s"\nmode = "l7"\n' "$host" "$port"
+    printf 'tls_cert = "%s"\ntls_key = "%s"\n' "$C/$cert.pem" "$C/$cert.key"
+    for line in "$@" "$MC_ACCESS_LOG"; do
+        if [ -n "$line" ]; then printf '%s\n' "$line"; fi
+    done
+}
+L7_ROUTE="$(l7_route web.test "$H2C_BE" web.test)
 # Re-encryption: HTTP/2 and HTTP/1.1 to a backend over TLS, its certificate checked.
-[[listeners.routes]]
-hostname = \"tlsbe.test\"
-backend = \"127.0.0.1:$TLSH_BE\"
-mode = \"l7\"
-tls_cert = \"$C/tlsbe.test.pem\"
-tls_key = \"$C/tlsbe.test.key\"
-backend_tls = true
-backend_protocol = \"h2\"
-${MC_ACCESS_LOG}
-
-[[listeners.routes]]
-hostname = \"tlsbe1.test\"
-backend = \"127.0.0.1:$TLSH_BE\"
-mode = \"l7\"
-tls_cert = \"$C/tlsbe.test.pem\"
-tls_key = \"$C/tlsbe.test.key\"
-backend_tls = true
-backend_protocol = \"http1\"
-${MC_ACCESS_LOG}
-
+$(l7_route tlsbe.test "$TLSH_BE" tlsbe.test 'backend_tls = true' 'backend_protocol = "h2"')
+$(l7_route tlsbe1.test "$TLSH_BE" tlsbe.test 'backend_tls = true' 'backend_protocol = "http1"')
 # Streams: WebSockets to an HTTP/1.1 backend, gRPC to an h2c one.
-[[listeners.routes]]
-hostname = \"ws.test\"
-backend = \"127.0.0.1:$WS_BE\"
-mode = \"l7\"
-tls_cert = \"$C/ws.test.pem\"
-tls_key = \"$C/ws.test.key\"
-backend_protocol = \"http1\"
-${MC_ACCESS_LOG}
-
-[[listeners.routes]]
-hostname = \"grpc.test\"
-backend = \"127.0.0.1:$GRPC_BE\"
-mode = \"l7\"
-tls_cert = \"$C/grpc.test.pem\"
-tls_key = \"$C/grpc.test.key\"
-${MC_ACCESS_LOG}"
+$(l7_route ws.test "$WS_BE" ws.test 'backend_protocol = "http1"')
+$(l7_route grpc.test "$GRPC_BE" grpc.test)"
 write_mc_config() { # with_l7
     cat >"$TMP/mc-proxy.toml" <<EOF
 [database]
